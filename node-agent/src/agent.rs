@@ -1,0 +1,333 @@
+//! The agent's components and how they connect.
+//!
+//! ```text
+//!  notify FIFO reader ──transitions──► main loop (owns the keepalived probe) ──► Outbox ──► sender ──► server
+//!                                      ticks: heartbeat, reconcile              (spool +    (retries with
+//!                                                                                latest)     backoff + jitter)
+//! ```
+//!
+//! The main loop builds a report on every FIFO transition and every heartbeat tick. A report that
+//! differs from the previous one in a way that matters is a state change: it goes to the on-disk
+//! spool at once and the sender is woken. Other reports replace the single "latest" slot, which
+//! the sender only sends when the spool is empty; a failed one is not retried, the next tick
+//! supersedes it. Sequence numbers are handed out under the outbox lock, so the server always
+//! receives them in increasing order.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use hapulse_protocol::{HeartbeatReport, KeepalivedReport, VrrpState, PROTOCOL_VERSION};
+use rand::Rng;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::client::AgentClient;
+use crate::config::Settings;
+use crate::keepalived::{fifo, KeepalivedProbe};
+use crate::spool::Spool;
+
+/// Reports waiting to be sent: the durable spool of state changes and the latest periodic report.
+struct Outbox {
+    spool: Spool,
+    latest: Option<HeartbeatReport>,
+    next_seq: u64,
+}
+
+struct Shared {
+    outbox: Mutex<Outbox>,
+    wake: Notify,
+}
+
+impl Shared {
+    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        // A panic while holding the lock cannot leave the outbox half-updated in a way that
+        // matters more than stopping would: keep going with what is there.
+        self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Everything that goes into a report except its sequence number and spool counters.
+struct Snapshot {
+    keepalived: KeepalivedReport,
+    state_change: bool,
+}
+
+/// The part of a report that makes it a state change when it differs from the previous one:
+/// keepalived up/down and, per instance, state, priorities, VIPs and held VIPs. Counters and
+/// timestamps are left out: they change without anything happening.
+type StateKey = (
+    bool,
+    Vec<(
+        String,
+        VrrpState,
+        Option<u8>,
+        Option<u8>,
+        Vec<String>,
+        Vec<String>,
+    )>,
+);
+
+fn state_key(k: &KeepalivedReport) -> StateKey {
+    let instances = k
+        .instances
+        .iter()
+        .map(|i| {
+            (
+                i.name.clone(),
+                i.state,
+                i.base_priority,
+                i.effective_priority,
+                i.vips.clone(),
+                i.held_vips.clone(),
+            )
+        })
+        .collect();
+    (k.running, instances)
+}
+
+/// Runs the agent until `shutdown` is cancelled; then sends what is in flight and what the spool
+/// holds (for at most the request timeout), and returns.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let client = AgentClient::new(
+        &settings.server_url,
+        settings.token.clone(),
+        settings.request_timeout,
+    )?;
+    let spool = Spool::open(&settings.state_dir, settings.spool_capacity)?;
+    let shared = Arc::new(Shared {
+        outbox: Mutex::new(Outbox {
+            spool,
+            latest: None,
+            next_seq: 1,
+        }),
+        wake: Notify::new(),
+    });
+    let boot_id = Uuid::new_v4();
+    tracing::info!(node_id = %settings.node_id, cluster = %settings.cluster, %boot_id, server = %settings.server_url, "agent starting");
+
+    let mut probe = KeepalivedProbe::new(settings.keepalived.clone()).await?;
+    let (fifo_tx, mut fifo_rx) = mpsc::channel(256);
+    let fifo_shutdown = shutdown.child_token();
+    let fifo_path = settings.keepalived.notify_fifo.clone();
+    let fifo_task = tokio::spawn(async move {
+        if let Err(e) = fifo::read_fifo(&fifo_path, fifo_tx, fifo_shutdown).await {
+            tracing::error!(path = %fifo_path.display(), error = %e, "notify FIFO reader stopped; relying on reconciliation");
+        }
+    });
+
+    let sender_shutdown = CancellationToken::new();
+    let sender = tokio::spawn(send_loop(
+        client,
+        shared.clone(),
+        settings.clone(),
+        sender_shutdown.clone(),
+    ));
+
+    let mut heartbeat = tokio::time::interval(settings.heartbeat_interval);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut reconcile = tokio::time::interval(settings.keepalived.reconcile_interval);
+    reconcile.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut last_key = None;
+    let mut last_running = None;
+    probe.reconcile().await;
+
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(transition) = fifo_rx.recv() => {
+                probe.apply_transition(&transition);
+                // Report the FIFO's news at once, then fill in the details from a fresh dump.
+                let snap = take_snapshot(&mut probe, &mut last_key).await;
+                stage(&shared, &settings, boot_id, snap);
+                probe.reconcile().await;
+            }
+            _ = reconcile.tick() => probe.reconcile().await,
+            _ = heartbeat.tick() => {}
+        }
+        let running = probe.keepalived_pid().is_some();
+        if last_running.is_some_and(|was| was != running) {
+            tracing::warn!(
+                running,
+                "keepalived {}",
+                if running { "started" } else { "is not running" }
+            );
+            if running {
+                probe.reconcile().await;
+            }
+        }
+        last_running = Some(running);
+        let snap = take_snapshot(&mut probe, &mut last_key).await;
+        stage(&shared, &settings, boot_id, snap);
+    }
+
+    tracing::info!("shutting down: flushing reports");
+    sender_shutdown.cancel();
+    let _ = sender.await;
+    let _ = fifo_task.await;
+    let left = shared.outbox().spool.len();
+    if left > 0 {
+        tracing::warn!(
+            reports = left,
+            "server unreachable at shutdown; spooled state changes will be sent at next start"
+        );
+    }
+    Ok(())
+}
+
+async fn take_snapshot(probe: &mut KeepalivedProbe, last_key: &mut Option<StateKey>) -> Snapshot {
+    let keepalived = probe.snapshot().await;
+    let key = state_key(&keepalived);
+    let state_change = last_key.as_ref() != Some(&key);
+    *last_key = Some(key);
+    Snapshot {
+        keepalived,
+        state_change,
+    }
+}
+
+/// Numbers a snapshot and puts it in the outbox: state changes into the durable spool (a spool
+/// write error is logged and the report kept as "latest", so it is still sent while the server is
+/// up), others into the latest slot. Wakes the sender.
+fn stage(shared: &Shared, settings: &Settings, boot_id: Uuid, snap: Snapshot) {
+    let mut outbox = shared.outbox();
+    let report = HeartbeatReport {
+        protocol_version: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        node_id: settings.node_id.clone(),
+        cluster: settings.cluster.clone(),
+        boot_id,
+        seq: outbox.next_seq,
+        observed_at: chrono::Utc::now(),
+        state_change: snap.state_change,
+        heartbeat_interval_ms: settings.heartbeat_interval.as_millis() as u64,
+        hostname: crate::host::hostname(),
+        uptime_seconds: crate::host::uptime_seconds(),
+        load1: crate::host::load1(),
+        keepalived: snap.keepalived,
+        spool_depth: outbox.spool.len() as u64,
+        spool_dropped: outbox.spool.dropped(),
+    };
+    outbox.next_seq += 1;
+    if report.state_change {
+        tracing::info!(seq = report.seq, "state change");
+        outbox.latest = None;
+        if let Err(e) = outbox.spool.push(report.clone()) {
+            tracing::error!(error = %e, "cannot write the spool; state change kept in memory only");
+            outbox.latest = Some(report);
+        }
+    } else {
+        outbox.latest = Some(report);
+    }
+    drop(outbox);
+    shared.wake.notify_one();
+}
+
+/// What the sender should send next: the oldest spooled report, else the latest periodic one.
+enum Next {
+    Spooled(HeartbeatReport),
+    Latest(HeartbeatReport),
+}
+
+fn next_report(shared: &Shared) -> Option<Next> {
+    let mut outbox = shared.outbox();
+    if let Some(front) = outbox.spool.front() {
+        return Some(Next::Spooled(front.clone()));
+    }
+    outbox.latest.take().map(Next::Latest)
+}
+
+/// Sends reports as they come, oldest state change first. While the server is unreachable it
+/// waits between attempts, doubling from the heartbeat interval up to `max_retry_backoff`, with
+/// ±20 % jitter. After `shutdown` it tries each spooled report once more and stops at the first
+/// failure.
+async fn send_loop(
+    client: AgentClient,
+    shared: Arc<Shared>,
+    settings: Settings,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = settings.heartbeat_interval;
+    let mut failing = false;
+    loop {
+        let Some(next) = next_report(&shared) else {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            tokio::select! {
+                _ = shared.wake.notified() => {}
+                _ = shutdown.cancelled() => {}
+            }
+            continue;
+        };
+        let (report, spooled) = match next {
+            Next::Spooled(r) => (r, true),
+            Next::Latest(r) => (r, false),
+        };
+        match client.send_heartbeat(&report).await {
+            Ok(ack) => {
+                if failing {
+                    tracing::info!(seq = report.seq, "server reachable again");
+                    failing = false;
+                }
+                backoff = settings.heartbeat_interval;
+                if !ack.accepted {
+                    tracing::debug!(seq = report.seq, "server had this report already");
+                }
+                if spooled {
+                    let mut outbox = shared.outbox();
+                    // The front is still this report: only this task removes from the spool.
+                    if let Err(e) = outbox.spool.pop_front() {
+                        tracing::error!(error = %e, "cannot rewrite the spool; the report may be sent again (the server ignores repeats)");
+                    }
+                }
+            }
+            Err(e) if !e.is_retryable() => {
+                tracing::error!(seq = report.seq, error = %e, "server refused a report; dropping it");
+                if spooled {
+                    let _ = shared.outbox().spool.pop_front();
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(seq = report.seq, error = %e, "cannot deliver report; retrying with backoff");
+                    failing = true;
+                } else {
+                    tracing::debug!(seq = report.seq, error = %e, "still cannot deliver report");
+                }
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                let wait = jitter(backoff);
+                backoff = (backoff * 2).min(settings.max_retry_backoff);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+        }
+    }
+}
+
+/// `base` ± 20 %, so a fleet that lost its server does not come back in lock step.
+fn jitter(base: Duration) -> Duration {
+    let factor = rand::rng().random_range(0.8..1.2);
+    base.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_twenty_percent() {
+        for _ in 0..1000 {
+            let d = jitter(Duration::from_millis(1000));
+            assert!(
+                d >= Duration::from_millis(800) && d <= Duration::from_millis(1200),
+                "{d:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Agent configuration: defaults, then a TOML file (`--config PATH`), then `HAPULSE_AGENT_*`
+//! environment variables (nested keys with a double underscore:
+//! `HAPULSE_AGENT_KEEPALIVED__PID_FILE`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+/// Everything the agent needs to run. `Debug` never shows the token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Base URL of the hapulse server, e.g. `http://10.0.0.1:8080`.
+    pub server_url: String,
+    /// Stable id of this node; unique across every cluster the server knows.
+    pub node_id: String,
+    /// Cluster this node belongs to.
+    pub cluster: String,
+    /// Agent token the server expects (`agent_token` in the server's configuration).
+    #[serde(serialize_with = "serialize_redacted")]
+    pub token: SecretString,
+    /// Time between two heartbeats (default 1 s). A state change is sent at once, whatever this is.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Timeout of one HTTP request to the server (default 5 s).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Longest wait between two retries while the server is unreachable (default 30 s); waits
+    /// double from `heartbeat_interval` up to this, with ±20 % jitter.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_backoff: Duration,
+    /// Directory for the spool of state changes not yet accepted by the server.
+    pub state_dir: PathBuf,
+    /// Most state-change reports kept in the spool; the oldest is dropped beyond it (default 10000).
+    pub spool_capacity: usize,
+    /// keepalived probe.
+    pub keepalived: KeepalivedSettings,
+}
+
+/// Where the agent finds keepalived's state on this host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepalivedSettings {
+    /// The `notify_fifo` path of keepalived's `global_defs`. The agent creates the FIFO when it is
+    /// missing and reads one line per state change from it.
+    pub notify_fifo: PathBuf,
+    /// keepalived's main pid file (`--pid`); the agent sends the JSON-dump signal to this pid and
+    /// treats a missing or dead pid as keepalived not running.
+    pub pid_file: PathBuf,
+    /// Where keepalived writes its JSON dump: always `/tmp/keepalived.json` in keepalived's own
+    /// mount namespace.
+    pub json_dump: PathBuf,
+    /// keepalived binary, asked once at start-up for the JSON-dump signal number
+    /// (`keepalived --signum=JSON`).
+    pub binary: PathBuf,
+    /// Time between two full reconciliations from the JSON dump (default 5 s), so a missed FIFO
+    /// line cannot leave a stale role.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+    /// Longest wait for keepalived to rewrite its JSON dump after the signal (default 1 s).
+    #[serde(with = "humantime_serde")]
+    pub dump_timeout: Duration,
+}
+
+fn serialize_redacted<S: serde::Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("")
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            server_url: "http://127.0.0.1:8080".into(),
+            node_id: String::new(),
+            cluster: String::new(),
+            token: SecretString::from(""),
+            heartbeat_interval: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(5),
+            max_retry_backoff: Duration::from_secs(30),
+            state_dir: PathBuf::from("/var/lib/hapulse-agent"),
+            spool_capacity: 10_000,
+            keepalived: KeepalivedSettings {
+                notify_fifo: PathBuf::from("/run/keepalived/hapulse.fifo"),
+                pid_file: PathBuf::from("/run/keepalived.pid"),
+                json_dump: PathBuf::from("/tmp/keepalived.json"),
+                binary: PathBuf::from("keepalived"),
+                reconcile_interval: Duration::from_secs(5),
+                dump_timeout: Duration::from_secs(1),
+            },
+        }
+    }
+}
+
+/// A configuration that cannot be used, with the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an environment variable did not parse or has a wrong type.
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value parsed but is not acceptable.
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid {
+        /// The key at fault.
+        key: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (when given; a missing file is an error), then the
+    /// `HAPULSE_AGENT_*` environment, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid {
+                    key: "--config",
+                    reason: format!("{} does not exist", path.display()),
+                });
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("HAPULSE_AGENT_").split("__"));
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The defaults as a commented TOML document (`--print-default-config`).
+    pub fn default_toml() -> String {
+        let body = toml::to_string(&Settings::default())
+            .unwrap_or_else(|e| format!("# cannot render defaults: {e}\n"));
+        format!(
+            "# hapulse-agent configuration; every key can be overridden by HAPULSE_AGENT_<KEY>\n\
+             # (nested keys: HAPULSE_AGENT_KEEPALIVED__PID_FILE). node_id, cluster and token are required.\n{body}"
+        )
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_string(),
+            })
+        };
+        if !valid_name(&self.node_id) {
+            return invalid("node_id", "required; 1-64 characters of A-Z a-z 0-9 . _ -");
+        }
+        if !valid_name(&self.cluster) {
+            return invalid("cluster", "required; 1-64 characters of A-Z a-z 0-9 . _ -");
+        }
+        if secrecy::ExposeSecret::expose_secret(&self.token).is_empty() {
+            return invalid("token", "required: the server's agent_token");
+        }
+        if !(self.server_url.starts_with("http://") || self.server_url.starts_with("https://")) {
+            return invalid("server_url", "must start with http:// or https://");
+        }
+        if self.heartbeat_interval < Duration::from_millis(100) {
+            return invalid("heartbeat_interval", "must be at least 100ms");
+        }
+        if self.spool_capacity == 0 {
+            return invalid("spool_capacity", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Node ids and cluster names: 1-64 characters of `A-Z a-z 0-9 . _ -`. The server applies the
+/// same rule.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_round_trips_and_hides_the_token() {
+        let text = Settings::default_toml();
+        assert!(text.contains("heartbeat_interval = \"1s\""), "{text}");
+        assert!(text.contains("[keepalived]"), "{text}");
+        let parsed: Settings = toml::from_str(&text).unwrap();
+        assert_eq!(parsed.heartbeat_interval, Duration::from_secs(1));
+        let mut s = Settings::default();
+        s.token = SecretString::from("hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn file_then_environment_and_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "node_id = \"db1\"\ncluster = \"pg\"\ntoken = \"t\"\nheartbeat_interval = \"250ms\"\n",
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HAPULSE_AGENT_KEEPALIVED__PID_FILE", "/run/k.pid");
+            let s = Settings::load(Some(&path)).unwrap();
+            assert_eq!(s.node_id, "db1");
+            assert_eq!(s.heartbeat_interval, Duration::from_millis(250));
+            assert_eq!(s.keepalived.pid_file, PathBuf::from("/run/k.pid"));
+            jail.set_env("HAPULSE_AGENT_NODE_ID", "bad id!");
+            let err = Settings::load(Some(&path)).unwrap_err().to_string();
+            assert!(err.contains("node_id"), "{err}");
+            Ok(())
+        });
+        let err = Settings::load(Some(&dir.path().join("missing.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not exist"), "{err}");
+    }
+}

@@ -1,0 +1,13 @@
+//! hapulse node agent: watches keepalived on one host and reports to the hapulse server.
+//!
+//! Components (see [`agent`]): the keepalived probe ([`keepalived`]), the heartbeat outbox with
+//! its on-disk [`spool`], and the HTTP [`client`]. The agent is never in the data path: whatever
+//! happens to it or to the server, keepalived keeps failing over on its own.
+
+pub mod agent;
+pub mod client;
+pub mod config;
+pub mod host;
+pub mod keepalived;
+pub mod spool;
+mod sys;

@@ -1,0 +1,227 @@
+//! Wire types shared by the hapulse node agent and server.
+//!
+//! The agent POSTs a [`HeartbeatReport`] as JSON to `/api/agent/v1/heartbeat` and the server
+//! answers with a [`HeartbeatAck`]. Every report is a full snapshot of what the agent observes, so
+//! the server can derive transitions (role change, VIP move) by comparing snapshots, and a lost
+//! report never leaves the server with a partial picture.
+//!
+//! De-duplication: a report is identified by `(node_id, boot_id, seq)`. `seq` starts at 1 each time
+//! the agent process starts (a new `boot_id`) and only grows. The server ignores a report whose
+//! `seq` is not above the highest it has accepted for that node and boot id, so replaying the
+//! agent's spool after an outage never doubles an event.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Version of the agent ↔ server protocol. The server refuses reports with a different major
+/// protocol version (HTTP 400, code `protocol_version`).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Path of the heartbeat endpoint, relative to the server's base URL.
+pub const HEARTBEAT_PATH: &str = "/api/agent/v1/heartbeat";
+
+/// One agent report: who is speaking, how the host is, and every VRRP instance it observes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatReport {
+    /// [`PROTOCOL_VERSION`] of the agent that built this report.
+    pub protocol_version: u32,
+    /// Version of the agent software (its crate version, e.g. `0.1.0`).
+    pub agent_version: String,
+    /// Stable node id from the agent's configuration (not its address).
+    pub node_id: String,
+    /// Cluster the node belongs to, from the agent's configuration.
+    pub cluster: String,
+    /// Random id chosen each time the agent process starts; `seq` restarts with it.
+    pub boot_id: Uuid,
+    /// Sequence number of this report within `boot_id`, starting at 1.
+    pub seq: u64,
+    /// When the agent took this snapshot (agent clock).
+    pub observed_at: DateTime<Utc>,
+    /// True when this snapshot differs from the previous one in a way that matters (role, VIP,
+    /// priority, keepalived up/down). Such reports are spooled on disk while the server is down.
+    pub state_change: bool,
+    /// The agent's heartbeat interval in milliseconds; the server's failure detector counts
+    /// missed heartbeats against it.
+    pub heartbeat_interval_ms: u64,
+    /// Host name from the kernel (`uname -n`).
+    pub hostname: String,
+    /// Host uptime in seconds (`/proc/uptime`).
+    pub uptime_seconds: u64,
+    /// One-minute load average (`/proc/loadavg`).
+    pub load1: f64,
+    /// keepalived as this agent sees it.
+    pub keepalived: KeepalivedReport,
+    /// Number of state-change reports waiting in the agent's on-disk spool when this one was sent.
+    pub spool_depth: u64,
+    /// Reports the agent's spool had to drop since it started because it was full.
+    pub spool_dropped: u64,
+}
+
+/// keepalived on one host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepalivedReport {
+    /// True when the pid in keepalived's pid file names a live process.
+    pub running: bool,
+    /// Every VRRP instance this host knows (from the JSON dump and the notify FIFO). When
+    /// keepalived is not running, the instances it last had are reported in state `STOP`.
+    pub instances: Vec<VrrpInstanceReport>,
+}
+
+/// One keepalived `vrrp_instance` on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VrrpInstanceReport {
+    /// Instance name (keepalived `iname`, e.g. `VI_1`).
+    pub name: String,
+    /// Virtual router id, 1..=255 (keepalived `vrid`); absent until the first JSON dump.
+    pub vrid: Option<u8>,
+    /// Interface the instance runs on (keepalived `ifp_ifname`).
+    pub interface: Option<String>,
+    /// Current VRRP state.
+    pub state: VrrpState,
+    /// Configured priority (keepalived `base_priority`).
+    pub base_priority: Option<u8>,
+    /// Priority after track scripts and files (keepalived `effective_priority`; the notify FIFO
+    /// also carries it).
+    pub effective_priority: Option<u8>,
+    /// The instance's VIPs as bare addresses (`10.0.0.100`), without prefix length.
+    pub vips: Vec<String>,
+    /// Those of `vips` that the kernel has on an interface of this host right now (netlink): the
+    /// ground truth of who holds a VIP, whatever keepalived last said.
+    pub held_vips: Vec<String>,
+    /// When keepalived last changed this instance's state (keepalived `last_transition`).
+    pub last_transition: Option<DateTime<Utc>>,
+    /// keepalived's counters for this instance (`become_master`, `release_master`,
+    /// `advert_rcvd`, `advert_sent`, `pri_zero_sent`, `pri_zero_rcvd`), as dumped.
+    pub counters: VrrpCounters,
+}
+
+impl VrrpInstanceReport {
+    /// True when this host holds at least one of the instance's VIPs.
+    pub fn holds_vip(&self) -> bool {
+        !self.held_vips.is_empty()
+    }
+}
+
+/// keepalived's per-instance counters (the `stats` object of its JSON dump).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VrrpCounters {
+    /// Times the instance became MASTER.
+    pub become_master: u64,
+    /// Times the instance gave MASTER up.
+    pub release_master: u64,
+    /// Adverts received.
+    pub advert_rcvd: u64,
+    /// Adverts sent.
+    pub advert_sent: u64,
+    /// Priority-0 adverts sent (a clean stop or FAULT hands over at once).
+    pub pri_zero_sent: u64,
+    /// Priority-0 adverts received.
+    pub pri_zero_rcvd: u64,
+}
+
+/// VRRP instance state as keepalived names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum VrrpState {
+    /// Starting up (keepalived state 0).
+    Init,
+    /// Standby (keepalived state 1).
+    Backup,
+    /// Holds the master role (keepalived state 2).
+    Master,
+    /// Failed a track check or its interface is down (keepalived state 3).
+    Fault,
+    /// keepalived is not running, or stopped the instance.
+    Stop,
+}
+
+impl VrrpState {
+    /// The name keepalived uses (`MASTER`, `BACKUP`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VrrpState::Init => "INIT",
+            VrrpState::Backup => "BACKUP",
+            VrrpState::Master => "MASTER",
+            VrrpState::Fault => "FAULT",
+            VrrpState::Stop => "STOP",
+        }
+    }
+
+    /// Parses the upper-case name (`MASTER`, `BACKUP`, `FAULT`, `STOP`, `INIT`).
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "INIT" => VrrpState::Init,
+            "BACKUP" => VrrpState::Backup,
+            "MASTER" => VrrpState::Master,
+            "FAULT" => VrrpState::Fault,
+            "STOP" => VrrpState::Stop,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for VrrpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The server's answer to an accepted heartbeat (HTTP 200).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// The `seq` this answer is for.
+    pub seq: u64,
+    /// False when the server had already accepted this `(boot_id, seq)` (a replay): nothing was
+    /// written again.
+    pub accepted: bool,
+    /// Server protocol version.
+    pub protocol_version: u32,
+}
+
+/// Error body of every hapulse HTTP API: a stable machine-readable `code`, a message for people,
+/// and the offending field when one is to blame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// Stable code, e.g. `invalid_body`, `unauthorized`, `database_unavailable`.
+    pub code: String,
+    /// What went wrong, safe to show.
+    pub message: String,
+    /// The request field at fault, when there is one (e.g. `keepalived.instances[0].state`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vrrp_state_round_trips_through_its_name() {
+        for state in [
+            VrrpState::Init,
+            VrrpState::Backup,
+            VrrpState::Master,
+            VrrpState::Fault,
+            VrrpState::Stop,
+        ] {
+            assert_eq!(VrrpState::parse(state.as_str()), Some(state));
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+        }
+        assert_eq!(VrrpState::parse("master"), None);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let json = r#"{"running":true,"instances":[],"extra":1}"#;
+        let err = serde_json::from_str::<KeepalivedReport>(json).unwrap_err();
+        assert!(err.to_string().contains("unknown field `extra`"), "{err}");
+    }
+}
