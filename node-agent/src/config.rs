@@ -190,12 +190,15 @@ mod tests {
         assert!(text.contains("[keepalived]"), "{text}");
         let parsed: Settings = toml::from_str(&text).unwrap();
         assert_eq!(parsed.heartbeat_interval, Duration::from_secs(1));
-        let mut s = Settings::default();
-        s.token = SecretString::from("hunter2");
+        let s = Settings {
+            token: SecretString::from("hunter2"),
+            ..Settings::default()
+        };
         assert!(!format!("{s:?}").contains("hunter2"));
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API
     fn file_then_environment_and_validation() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.toml");

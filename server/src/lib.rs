@@ -1,1 +1,21 @@
+//! hapulse server: receives agent heartbeats, keeps history in PostgreSQL, detects failures,
+//! serves the dashboard, the REST API and Prometheus metrics.
+//!
+//! Entry point: [`launch::launch`]. Data flow: agent → [`api::agent`] → [`ingest`] (events
+//! through [`db`], samples through [`history`]) → [`live`] state → [`view`] → [`api::v1`] and
+//! [`ui`]; [`detector`] watches heartbeat ages.
 
+pub mod api;
+pub mod config;
+pub mod db;
+pub mod detector;
+pub mod error;
+pub mod history;
+pub mod ingest;
+pub mod launch;
+pub mod live;
+pub mod metrics;
+pub mod router;
+pub mod state;
+pub mod ui;
+pub mod view;

@@ -1,0 +1,99 @@
+//! HTTP APIs: the agent API (`/api/agent/v1`) and the REST API (`/api/v1`), with the extractors
+//! that enforce their policy (authentication, JSON bodies, query strings).
+
+pub mod agent;
+pub mod v1;
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
+
+use crate::error::AppError;
+use crate::state::AppState;
+
+/// Largest JSON body accepted, in bytes (256 KiB: a report with 256 instances fits easily).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// A JSON body, parsed strictly: wrong content type → 415, too large → 413, malformed → 400 with
+/// the path of the offending field (`keepalived.instances[0].state`).
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, AppError> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+            });
+        if !is_json {
+            return Err(AppError::UnsupportedMediaType);
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
+            .await
+            .map_err(|_| AppError::PayloadTooLarge(MAX_BODY_BYTES))?;
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            AppError::BadRequest {
+                code: "invalid_body",
+                message: e.inner().to_string(),
+                field: (path != ".").then_some(path),
+            }
+        })?;
+        de.end().map_err(|e| AppError::BadRequest {
+            code: "invalid_body",
+            message: e.to_string(),
+            field: None,
+        })?;
+        Ok(ApiJson(value))
+    }
+}
+
+/// A query string parsed strictly into `T`; errors are 400 `invalid_query`.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, AppError> {
+        let query = parts.uri.query().unwrap_or("");
+        serde_urlencoded::from_str(query)
+            .map(ApiQuery)
+            .map_err(|e| AppError::BadRequest {
+                code: "invalid_query",
+                message: e.to_string(),
+                field: None,
+            })
+    }
+}
+
+/// Proof that the request carries the agent token (`Authorization: Bearer <agent_token>`),
+/// compared in constant time.
+pub struct AgentAuth;
+
+impl FromRequestParts<AppState> for AgentAuth {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(AppError::Unauthorized)?;
+        let expected = secrecy::ExposeSecret::expose_secret(&state.settings.agent_token);
+        if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+            Ok(AgentAuth)
+        } else {
+            Err(AppError::Unauthorized)
+        }
+    }
+}

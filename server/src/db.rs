@@ -1,0 +1,512 @@
+//! PostgreSQL queries. One backend, runtime-checked queries (`sqlx::query` with binds), each
+//! covered by the integration tests. Functions that are part of a larger unit of work take a
+//! `&mut Transaction`; the caller begins and commits.
+
+use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, Utc};
+use hapulse_protocol::{HeartbeatReport, VrrpCounters, VrrpInstanceReport, VrrpState};
+use serde::Serialize;
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::live::{Live, NewEvent, NodeLive, NodeStatus};
+
+/// Runs the migrations in `migrations/` that have not run yet.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    sqlx::migrate!("../migrations").run(pool).await
+}
+
+/// Rebuilds live state from the tables. Nodes that were up get `now` as their last-seen
+/// instant: the server's own downtime is not their fault, so the detector gives each a full
+/// window to report again before suspecting it.
+pub async fn load_live(pool: &PgPool, now: Instant) -> Result<Live, sqlx::Error> {
+    let mut live = Live::default();
+    let rows = sqlx::query(
+        "SELECT node_id, cluster, hostname, agent_version, protocol_version, boot_id, last_seq,
+                heartbeat_interval_ms, last_heartbeat_at, last_observed_at, status, status_since,
+                uptime_seconds, load1, keepalived_running, spool_depth, spool_dropped
+           FROM nodes",
+    )
+    .fetch_all(pool)
+    .await?;
+    for row in rows {
+        let status: String = row.try_get("status")?;
+        let node = NodeLive {
+            node_id: row.try_get("node_id")?,
+            cluster: row.try_get("cluster")?,
+            hostname: row.try_get("hostname")?,
+            agent_version: row.try_get("agent_version")?,
+            protocol_version: row.try_get::<i32, _>("protocol_version")? as u32,
+            boot_id: row.try_get("boot_id")?,
+            last_seq: row.try_get::<i64, _>("last_seq")? as u64,
+            heartbeat_interval_ms: row.try_get::<i32, _>("heartbeat_interval_ms")? as u64,
+            last_heartbeat_at: row.try_get("last_heartbeat_at")?,
+            last_seen: now,
+            last_observed_at: row.try_get("last_observed_at")?,
+            status: NodeStatus::parse(&status).unwrap_or(NodeStatus::Down),
+            status_since: row.try_get("status_since")?,
+            uptime_seconds: row.try_get::<i64, _>("uptime_seconds")? as u64,
+            load1: row.try_get("load1")?,
+            keepalived_running: row.try_get("keepalived_running")?,
+            instances: Vec::new(),
+            spool_depth: row.try_get::<i64, _>("spool_depth")? as u64,
+            spool_dropped: row.try_get::<i64, _>("spool_dropped")? as u64,
+        };
+        live.nodes.insert(node.node_id.clone(), node);
+    }
+    let rows = sqlx::query(
+        "SELECT node_id, name, vrid, interface, state, base_priority, effective_priority, vips,
+                held_vips, last_transition, counters
+           FROM vrrp_instances ORDER BY node_id, name",
+    )
+    .fetch_all(pool)
+    .await?;
+    for row in rows {
+        let node_id: String = row.try_get("node_id")?;
+        let state: String = row.try_get("state")?;
+        let counters: sqlx::types::Json<VrrpCounters> = row.try_get("counters")?;
+        let instance = VrrpInstanceReport {
+            name: row.try_get("name")?,
+            vrid: row.try_get::<Option<i16>, _>("vrid")?.map(|v| v as u8),
+            interface: row.try_get("interface")?,
+            state: VrrpState::parse(&state).unwrap_or(VrrpState::Stop),
+            base_priority: row
+                .try_get::<Option<i16>, _>("base_priority")?
+                .map(|v| v as u8),
+            effective_priority: row
+                .try_get::<Option<i16>, _>("effective_priority")?
+                .map(|v| v as u8),
+            vips: row.try_get("vips")?,
+            held_vips: row.try_get("held_vips")?,
+            last_transition: row.try_get("last_transition")?,
+            counters: counters.0,
+        };
+        if let Some(node) = live.nodes.get_mut(&node_id) {
+            node.instances.push(instance);
+        }
+    }
+    Ok(live)
+}
+
+/// The de-duplication watermark `(boot_id, last_seq)` of a node, locked until the transaction
+/// ends so two copies of one report cannot both pass.
+pub async fn lock_watermark(
+    tx: &mut Transaction<'_, Postgres>,
+    node_id: &str,
+) -> Result<Option<(Uuid, u64)>, sqlx::Error> {
+    let row = sqlx::query("SELECT boot_id, last_seq FROM nodes WHERE node_id = $1 FOR UPDATE")
+        .bind(node_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.map(|r| {
+        Ok((
+            r.try_get("boot_id")?,
+            r.try_get::<i64, _>("last_seq")? as u64,
+        ))
+    })
+    .transpose()
+}
+
+/// Writes the node row and its instances as `node` describes them (after applying a report).
+pub async fn store_node(
+    tx: &mut Transaction<'_, Postgres>,
+    node: &NodeLive,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO clusters (name) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(&node.cluster)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO nodes (node_id, cluster, hostname, agent_version, protocol_version, boot_id,
+                            last_seq, heartbeat_interval_ms, last_heartbeat_at, last_observed_at,
+                            status, status_since, uptime_seconds, load1, keepalived_running,
+                            spool_depth, spool_dropped)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+         ON CONFLICT (node_id) DO UPDATE SET
+            cluster = EXCLUDED.cluster, hostname = EXCLUDED.hostname,
+            agent_version = EXCLUDED.agent_version, protocol_version = EXCLUDED.protocol_version,
+            boot_id = EXCLUDED.boot_id, last_seq = EXCLUDED.last_seq,
+            heartbeat_interval_ms = EXCLUDED.heartbeat_interval_ms,
+            last_heartbeat_at = EXCLUDED.last_heartbeat_at, last_observed_at = EXCLUDED.last_observed_at,
+            status = EXCLUDED.status, status_since = EXCLUDED.status_since,
+            uptime_seconds = EXCLUDED.uptime_seconds, load1 = EXCLUDED.load1,
+            keepalived_running = EXCLUDED.keepalived_running,
+            spool_depth = EXCLUDED.spool_depth, spool_dropped = EXCLUDED.spool_dropped",
+    )
+    .bind(&node.node_id)
+    .bind(&node.cluster)
+    .bind(&node.hostname)
+    .bind(&node.agent_version)
+    .bind(node.protocol_version as i32)
+    .bind(node.boot_id)
+    .bind(node.last_seq as i64)
+    .bind(node.heartbeat_interval_ms as i32)
+    .bind(node.last_heartbeat_at)
+    .bind(node.last_observed_at)
+    .bind(node.status.as_str())
+    .bind(node.status_since)
+    .bind(node.uptime_seconds as i64)
+    .bind(node.load1)
+    .bind(node.keepalived_running)
+    .bind(node.spool_depth as i64)
+    .bind(node.spool_dropped as i64)
+    .execute(&mut **tx)
+    .await?;
+    let names: Vec<&str> = node.instances.iter().map(|i| i.name.as_str()).collect();
+    sqlx::query("DELETE FROM vrrp_instances WHERE node_id = $1 AND NOT (name = ANY($2))")
+        .bind(&node.node_id)
+        .bind(&names)
+        .execute(&mut **tx)
+        .await?;
+    for i in &node.instances {
+        sqlx::query(
+            "INSERT INTO vrrp_instances (node_id, name, vrid, interface, state, base_priority,
+                                         effective_priority, vips, held_vips, last_transition, counters, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now())
+             ON CONFLICT (node_id, name) DO UPDATE SET
+                vrid = EXCLUDED.vrid, interface = EXCLUDED.interface, state = EXCLUDED.state,
+                base_priority = EXCLUDED.base_priority, effective_priority = EXCLUDED.effective_priority,
+                vips = EXCLUDED.vips, held_vips = EXCLUDED.held_vips,
+                last_transition = EXCLUDED.last_transition, counters = EXCLUDED.counters, updated_at = now()",
+        )
+        .bind(&node.node_id)
+        .bind(&i.name)
+        .bind(i.vrid.map(i16::from))
+        .bind(&i.interface)
+        .bind(i.state.as_str())
+        .bind(i.base_priority.map(i16::from))
+        .bind(i.effective_priority.map(i16::from))
+        .bind(&i.vips)
+        .bind(&i.held_vips)
+        .bind(i.last_transition)
+        .bind(sqlx::types::Json(&i.counters))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Sets a node's detector status.
+pub async fn store_status(
+    tx: &mut Transaction<'_, Postgres>,
+    node_id: &str,
+    status: NodeStatus,
+    since: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE nodes SET status = $2, status_since = $3 WHERE node_id = $1")
+        .bind(node_id)
+        .bind(status.as_str())
+        .bind(since)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Appends events (one multi-row insert).
+pub async fn insert_events(
+    tx: &mut Transaction<'_, Postgres>,
+    events: &[NewEvent],
+) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut at = Vec::with_capacity(events.len());
+    let mut cluster = Vec::with_capacity(events.len());
+    let mut node = Vec::with_capacity(events.len());
+    let mut instance = Vec::with_capacity(events.len());
+    let mut kind = Vec::with_capacity(events.len());
+    let mut from = Vec::with_capacity(events.len());
+    let mut to = Vec::with_capacity(events.len());
+    let mut message = Vec::with_capacity(events.len());
+    let mut detail = Vec::with_capacity(events.len());
+    for e in events {
+        at.push(e.at);
+        cluster.push(e.cluster.as_str());
+        node.push(e.node_id.as_deref());
+        instance.push(e.instance.as_deref());
+        kind.push(e.kind.as_str());
+        from.push(e.from_state.as_deref());
+        to.push(e.to_state.as_deref());
+        message.push(e.message.as_str());
+        detail.push(sqlx::types::Json(&e.detail));
+    }
+    sqlx::query(
+        "INSERT INTO events (at, cluster, node_id, instance, kind, from_state, to_state, message, detail)
+         SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[],
+                              $6::text[], $7::text[], $8::text[], $9::jsonb[])",
+    )
+    .bind(&at)
+    .bind(&cluster)
+    .bind(&node)
+    .bind(&instance)
+    .bind(&kind)
+    .bind(&from)
+    .bind(&to)
+    .bind(&message)
+    .bind(&detail)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// One accepted heartbeat, for the history table.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Arrival (server clock).
+    pub received_at: DateTime<Utc>,
+    /// Snapshot time (agent clock).
+    pub observed_at: DateTime<Utc>,
+    /// Node.
+    pub node_id: String,
+    /// Agent run.
+    pub boot_id: Uuid,
+    /// Sequence number.
+    pub seq: u64,
+    /// Load average.
+    pub load1: f64,
+    /// Host uptime (s).
+    pub uptime_seconds: u64,
+    /// Per instance: name, state, effective priority, holds_vip (JSON array).
+    pub instances: serde_json::Value,
+    /// Reports waiting in the agent's spool.
+    pub spool_depth: u64,
+}
+
+impl Sample {
+    /// The sample of an accepted report.
+    pub fn of(report: &HeartbeatReport, received_at: DateTime<Utc>) -> Sample {
+        let instances = report
+            .keepalived
+            .instances
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "name": i.name, "state": i.state,
+                    "effective_priority": i.effective_priority, "holds_vip": i.holds_vip(),
+                })
+            })
+            .collect();
+        Sample {
+            received_at,
+            observed_at: report.observed_at,
+            node_id: report.node_id.clone(),
+            boot_id: report.boot_id,
+            seq: report.seq,
+            load1: report.load1,
+            uptime_seconds: report.uptime_seconds,
+            instances: serde_json::Value::Array(instances),
+            spool_depth: report.spool_depth,
+        }
+    }
+}
+
+/// Writes a batch of samples and advances each node's watermark and last-heartbeat time, in one
+/// transaction of two statements.
+pub async fn write_samples(pool: &PgPool, samples: &[Sample]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let n = samples.len();
+    let (mut received, mut observed, mut node, mut boot, mut seq, mut load, mut uptime, mut inst) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for s in samples {
+        received.push(s.received_at);
+        observed.push(s.observed_at);
+        node.push(s.node_id.as_str());
+        boot.push(s.boot_id);
+        seq.push(s.seq as i64);
+        load.push(s.load1);
+        uptime.push(s.uptime_seconds as i64);
+        inst.push(sqlx::types::Json(&s.instances));
+    }
+    sqlx::query(
+        "INSERT INTO heartbeat_samples (received_at, observed_at, node_id, boot_id, seq, load1, uptime_seconds, instances)
+         SELECT * FROM UNNEST($1::timestamptz[], $2::timestamptz[], $3::text[], $4::uuid[], $5::int8[],
+                              $6::float8[], $7::int8[], $8::jsonb[])",
+    )
+    .bind(&received)
+    .bind(&observed)
+    .bind(&node)
+    .bind(&boot)
+    .bind(&seq)
+    .bind(&load)
+    .bind(&uptime)
+    .bind(&inst)
+    .execute(&mut *tx)
+    .await?;
+    // The newest sample of each node in this batch (samples arrive in acceptance order).
+    let mut latest: std::collections::HashMap<&str, &Sample> = std::collections::HashMap::new();
+    for s in samples {
+        latest.insert(s.node_id.as_str(), s);
+    }
+    let (
+        mut l_node,
+        mut l_boot,
+        mut l_seq,
+        mut l_recv,
+        mut l_obs,
+        mut l_load,
+        mut l_up,
+        mut l_spool,
+    ) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for s in latest.values() {
+        l_node.push(s.node_id.as_str());
+        l_boot.push(s.boot_id);
+        l_seq.push(s.seq as i64);
+        l_recv.push(s.received_at);
+        l_obs.push(s.observed_at);
+        l_load.push(s.load1);
+        l_up.push(s.uptime_seconds as i64);
+        l_spool.push(s.spool_depth as i64);
+    }
+    sqlx::query(
+        "UPDATE nodes SET boot_id = u.boot_id, last_seq = u.seq, last_heartbeat_at = u.received_at,
+                          last_observed_at = u.observed_at, load1 = u.load1, uptime_seconds = u.uptime,
+                          spool_depth = u.spool
+           FROM UNNEST($1::text[], $2::uuid[], $3::int8[], $4::timestamptz[], $5::timestamptz[],
+                       $6::float8[], $7::int8[], $8::int8[])
+                AS u(node_id, boot_id, seq, received_at, observed_at, load1, uptime, spool)
+          WHERE nodes.node_id = u.node_id
+            AND (nodes.boot_id <> u.boot_id OR nodes.last_seq < u.seq)",
+    )
+    .bind(&l_node)
+    .bind(&l_boot)
+    .bind(&l_seq)
+    .bind(&l_recv)
+    .bind(&l_obs)
+    .bind(&l_load)
+    .bind(&l_up)
+    .bind(&l_spool)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+fn partition_name(day: NaiveDate) -> String {
+    format!("heartbeat_samples_p{}", day.format("%Y%m%d"))
+}
+
+/// Creates the daily partitions of `heartbeat_samples` from yesterday to `days_ahead` days after
+/// `now` (UTC days), and drops those that ended before `now - retention`. Returns the names of
+/// the dropped partitions.
+pub async fn maintain_partitions(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    days_ahead: i64,
+    retention: std::time::Duration,
+) -> Result<Vec<String>, sqlx::Error> {
+    let today = now.date_naive();
+    for offset in -1..=days_ahead {
+        let day = today + ChronoDuration::days(offset);
+        let next = day + ChronoDuration::days(1);
+        // Names and bounds come from dates we formatted, not from input.
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {} PARTITION OF heartbeat_samples FOR VALUES FROM ('{}') TO ('{}')",
+            partition_name(day),
+            day.format("%Y-%m-%d 00:00:00+00"),
+            next.format("%Y-%m-%d 00:00:00+00"),
+        );
+        sqlx::query(&sql).execute(pool).await?;
+    }
+    let retention = ChronoDuration::from_std(retention).unwrap_or(ChronoDuration::days(7));
+    let oldest_kept = (now - retention).date_naive();
+    let rows = sqlx::query(
+        "SELECT c.relname FROM pg_inherits i
+           JOIN pg_class c ON c.oid = i.inhrelid
+           JOIN pg_class p ON p.oid = i.inhparent
+          WHERE p.relname = 'heartbeat_samples'",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut dropped = Vec::new();
+    for row in rows {
+        let name: String = row.try_get(0)?;
+        let Some(day) = name
+            .strip_prefix("heartbeat_samples_p")
+            .and_then(|d| NaiveDate::parse_from_str(d, "%Y%m%d").ok())
+        else {
+            continue;
+        };
+        if day < oldest_kept {
+            sqlx::query(&format!("DROP TABLE IF EXISTS {}", partition_name(day)))
+                .execute(pool)
+                .await?;
+            dropped.push(name);
+        }
+    }
+    Ok(dropped)
+}
+
+/// A stored event, as `/api/v1/events` returns it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Event {
+    /// Increasing id.
+    pub id: i64,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// When the server stored it.
+    pub recorded_at: DateTime<Utc>,
+    /// Cluster.
+    pub cluster: String,
+    /// Node, when it concerns one.
+    pub node_id: Option<String>,
+    /// VRRP instance, when it concerns one.
+    pub instance: Option<String>,
+    /// Kind (`role_change`, `node_down`, …).
+    pub kind: String,
+    /// State before.
+    pub from_state: Option<String>,
+    /// State after.
+    pub to_state: Option<String>,
+    /// One sentence.
+    pub message: String,
+    /// Structured details.
+    pub detail: sqlx::types::Json<serde_json::Value>,
+}
+
+/// Which events to list.
+#[derive(Debug, Default, Clone)]
+pub struct EventFilter {
+    /// Only this cluster.
+    pub cluster: Option<String>,
+    /// Only this node.
+    pub node_id: Option<String>,
+    /// Only events at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Most rows.
+    pub limit: i64,
+}
+
+/// Events matching `filter`, newest first.
+pub async fn list_events(pool: &PgPool, filter: &EventFilter) -> Result<Vec<Event>, sqlx::Error> {
+    sqlx::query_as::<_, Event>(
+        "SELECT id, at, recorded_at, cluster, node_id, instance, kind, from_state, to_state, message, detail
+           FROM events
+          WHERE ($1::text IS NULL OR cluster = $1)
+            AND ($2::text IS NULL OR node_id = $2)
+            AND ($3::timestamptz IS NULL OR at >= $3)
+          ORDER BY at DESC, id DESC
+          LIMIT $4",
+    )
+    .bind(&filter.cluster)
+    .bind(&filter.node_id)
+    .bind(filter.since)
+    .bind(filter.limit)
+    .fetch_all(pool)
+    .await
+}

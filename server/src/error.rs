@@ -1,0 +1,113 @@
+//! HTTP errors: every failure becomes a JSON [`ApiError`] body with a stable code. Internal
+//! causes are logged, never shown: clients see a safe message.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hapulse_protocol::ApiError;
+
+/// An error a handler returns.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// 400: the request is malformed; `field` names the culprit when one is.
+    #[error("{message}")]
+    BadRequest {
+        /// Stable code (`invalid_body`, `invalid_query`, `protocol_version`, …).
+        code: &'static str,
+        /// For people.
+        message: String,
+        /// The field at fault.
+        field: Option<String>,
+    },
+    /// 401: missing or wrong credentials.
+    #[error("missing or invalid credentials")]
+    Unauthorized,
+    /// 404: the named thing does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// 413: the body is larger than allowed.
+    #[error("request body larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// 415: the body is not JSON.
+    #[error("expected Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// 503: PostgreSQL cannot be reached or the write path is overloaded; retry later. The
+    /// cause was logged where it happened.
+    #[error("database unavailable, retry later")]
+    DatabaseUnavailable,
+    /// 500: a bug or an unexpected failure; details only in the log.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl AppError {
+    /// A 400 with a field.
+    pub fn invalid(
+        code: &'static str,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        AppError::BadRequest {
+            code,
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_) => {
+                tracing::warn!(error = %e, "database unavailable");
+                AppError::DatabaseUnavailable
+            }
+            sqlx::Error::Database(ref db)
+                if db.code().is_some_and(|c| {
+                    c.starts_with("08") || c == "57P01" || c == "57P03" || c == "25006"
+                }) =>
+            {
+                // Connection exceptions, shutdown in progress, read-only transaction.
+                tracing::warn!(error = %e, "database unavailable");
+                AppError::DatabaseUnavailable
+            }
+            other => AppError::Internal(other.into()),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, code, field) = match &self {
+            AppError::BadRequest { code, field, .. } => {
+                (StatusCode::BAD_REQUEST, *code, field.clone())
+            }
+            AppError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
+            AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+            AppError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", None),
+            AppError::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                None,
+            ),
+            AppError::DatabaseUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                None,
+            ),
+            AppError::Internal(e) => {
+                tracing::error!(error = %format!("{e:#}"), "internal error");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
+            }
+        };
+        let body = ApiError {
+            code: code.to_string(),
+            message: self.to_string(),
+            field,
+        };
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,272 @@
+//! Accepting a heartbeat report: de-duplicate, derive transitions, store, update live state.
+//!
+//! Two paths. A report that changes nothing but counters and timestamps only updates live state
+//! and is written as a history sample (batched). A report that changes something (a new node, a
+//! node back from suspect/down, a new agent run, a role, a priority, a VIP, keepalived up/down)
+//! takes the transition path: under the transitions lock, in one transaction, the node's
+//! watermark row is locked and checked, node and instances are stored and the events inserted.
+//! Either way the answer waits for the commit, so an acknowledged report is never lost.
+
+use chrono::Utc;
+use hapulse_protocol::{HeartbeatAck, HeartbeatReport, VrrpInstanceReport, PROTOCOL_VERSION};
+
+use crate::db::{self, Sample};
+use crate::error::AppError;
+use crate::live::{transitions, NodeLive, NodeStatus};
+use crate::state::AppState;
+
+/// Most VRRP instances one report may carry.
+pub const MAX_INSTANCES: usize = 256;
+/// Most VIPs one instance may carry.
+pub const MAX_VIPS: usize = 64;
+
+/// Node ids and cluster names: 1-64 characters of `A-Z a-z 0-9 . _ -` (the agent applies the
+/// same rule to its configuration).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Checks what deserialisation cannot; the error names the field.
+pub fn validate(report: &HeartbeatReport) -> Result<(), AppError> {
+    if report.protocol_version != PROTOCOL_VERSION {
+        return Err(AppError::BadRequest {
+            code: "protocol_version",
+            message: format!(
+                "protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}",
+                report.protocol_version
+            ),
+            field: Some("protocol_version".into()),
+        });
+    }
+    if !valid_name(&report.node_id) {
+        return Err(AppError::invalid(
+            "invalid_body",
+            "node_id",
+            "1-64 characters of A-Z a-z 0-9 . _ -",
+        ));
+    }
+    if !valid_name(&report.cluster) {
+        return Err(AppError::invalid(
+            "invalid_body",
+            "cluster",
+            "1-64 characters of A-Z a-z 0-9 . _ -",
+        ));
+    }
+    if report.seq == 0 || report.seq > i64::MAX as u64 {
+        return Err(AppError::invalid(
+            "invalid_body",
+            "seq",
+            "must be between 1 and 2^63-1",
+        ));
+    }
+    if !(100..=3_600_000).contains(&report.heartbeat_interval_ms) {
+        return Err(AppError::invalid(
+            "invalid_body",
+            "heartbeat_interval_ms",
+            "must be 100..=3600000",
+        ));
+    }
+    if report.hostname.len() > 255 || report.agent_version.len() > 64 {
+        return Err(AppError::invalid(
+            "invalid_body",
+            "hostname",
+            "hostname ≤ 255 and agent_version ≤ 64 bytes",
+        ));
+    }
+    if !report.load1.is_finite() || report.load1 < 0.0 {
+        return Err(AppError::invalid(
+            "invalid_body",
+            "load1",
+            "must be a finite number ≥ 0",
+        ));
+    }
+    let instances = &report.keepalived.instances;
+    if instances.len() > MAX_INSTANCES {
+        return Err(AppError::invalid(
+            "invalid_body",
+            "keepalived.instances",
+            format!("at most {MAX_INSTANCES} instances"),
+        ));
+    }
+    for (n, i) in instances.iter().enumerate() {
+        let field = |name: &str| format!("keepalived.instances[{n}].{name}");
+        if i.name.is_empty() || i.name.len() > 64 || i.name.chars().any(char::is_control) {
+            return Err(AppError::invalid(
+                "invalid_body",
+                field("name"),
+                "1-64 printable characters",
+            ));
+        }
+        if instances[..n].iter().any(|o| o.name == i.name) {
+            return Err(AppError::invalid(
+                "invalid_body",
+                field("name"),
+                format!("instance {:?} appears twice", i.name),
+            ));
+        }
+        if i.interface.as_ref().is_some_and(|s| s.len() > 64) {
+            return Err(AppError::invalid(
+                "invalid_body",
+                field("interface"),
+                "at most 64 bytes",
+            ));
+        }
+        if i.vips.len() > MAX_VIPS {
+            return Err(AppError::invalid(
+                "invalid_body",
+                field("vips"),
+                format!("at most {MAX_VIPS} VIPs"),
+            ));
+        }
+        for (v, vip) in i.vips.iter().enumerate() {
+            if vip.parse::<std::net::IpAddr>().is_err() {
+                return Err(AppError::invalid(
+                    "invalid_body",
+                    format!("keepalived.instances[{n}].vips[{v}]"),
+                    format!("{vip:?} is not an IP address"),
+                ));
+            }
+        }
+        if let Some(v) = i.held_vips.iter().position(|h| !i.vips.contains(h)) {
+            return Err(AppError::invalid(
+                "invalid_body",
+                format!("keepalived.instances[{n}].held_vips[{v}]"),
+                "a held VIP must be one of the instance's vips",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The fields of an instance that are stored; counters and timestamps alone do not make a write.
+fn stored_key(i: &VrrpInstanceReport) -> impl PartialEq + '_ {
+    (
+        &i.name,
+        i.vrid,
+        &i.interface,
+        i.state,
+        i.base_priority,
+        i.effective_priority,
+        &i.vips,
+        &i.held_vips,
+    )
+}
+
+fn needs_store(previous: &NodeLive, report: &HeartbeatReport) -> bool {
+    let mut instances = report.keepalived.instances.iter().collect::<Vec<_>>();
+    instances.sort_by(|a, b| a.name.cmp(&b.name));
+    previous.cluster != report.cluster
+        || previous.hostname != report.hostname
+        || previous.agent_version != report.agent_version
+        || previous.heartbeat_interval_ms != report.heartbeat_interval_ms
+        || previous.instances.len() != instances.len()
+        || previous
+            .instances
+            .iter()
+            .zip(&instances)
+            .any(|(a, b)| stored_key(a) != stored_key(b))
+}
+
+/// Accepts one validated report. Replays (already accepted `(boot_id, seq)`) answer
+/// `accepted: false` and write nothing.
+pub async fn accept(state: &AppState, report: HeartbeatReport) -> Result<HeartbeatAck, AppError> {
+    let started = std::time::Instant::now();
+    let ack = |accepted| HeartbeatAck {
+        seq: report.seq,
+        accepted,
+        protocol_version: PROTOCOL_VERSION,
+    };
+    let fast_path = {
+        let live = state.live();
+        match live.nodes.get(&report.node_id) {
+            Some(node) if node.is_replay(&report) => {
+                state.metrics.heartbeat("duplicate", started.elapsed());
+                return Ok(ack(false));
+            }
+            Some(node) => {
+                node.status == NodeStatus::Up
+                    && node.boot_id == report.boot_id
+                    && node.keepalived_running == report.keepalived.running
+                    && !needs_store(node, &report)
+            }
+            None => false,
+        }
+    };
+    let received_at = Utc::now();
+    let accepted = if fast_path {
+        let now = tokio::time::Instant::now();
+        let mut live = state.live_mut();
+        match live.nodes.get_mut(&report.node_id) {
+            Some(node) if !node.is_replay(&report) => {
+                node.apply(&report, received_at, now);
+                true
+            }
+            _ => false,
+        }
+    } else {
+        record_transition(state, &report, received_at).await?
+    };
+    if !accepted {
+        state.metrics.heartbeat("duplicate", started.elapsed());
+        return Ok(ack(false));
+    }
+    state
+        .history
+        .write(Sample::of(&report, received_at))
+        .await
+        .map_err(|e| {
+            tracing::warn!(node_id = %report.node_id, error = %e, "heartbeat sample not stored");
+            AppError::DatabaseUnavailable
+        })?;
+    state.metrics.heartbeat("accepted", started.elapsed());
+    Ok(ack(true))
+}
+
+/// The transition path: returns false when the database says the report is a replay.
+async fn record_transition(
+    state: &AppState,
+    report: &HeartbeatReport,
+    received_at: chrono::DateTime<Utc>,
+) -> Result<bool, AppError> {
+    let _serial = state.transitions.lock().await;
+    let (events, mut node) = {
+        let live = state.live();
+        let previous = live.nodes.get(&report.node_id);
+        let events = transitions(previous, report, &live);
+        let now = tokio::time::Instant::now();
+        let node = match previous {
+            Some(p) => {
+                let mut n = p.clone();
+                n.apply(report, received_at, now);
+                n
+            }
+            None => NodeLive::from_report(report, received_at, now),
+        };
+        (events, node)
+    };
+    if node.status != NodeStatus::Up {
+        node.status = NodeStatus::Up;
+        node.status_since = received_at;
+    }
+    let mut tx = state.db.begin().await?;
+    if let Some((boot_id, last_seq)) = db::lock_watermark(&mut tx, &report.node_id).await? {
+        if boot_id == report.boot_id && report.seq <= last_seq {
+            return Ok(false);
+        }
+    }
+    db::store_node(&mut tx, &node).await?;
+    db::insert_events(&mut tx, &events).await?;
+    tx.commit().await?;
+    for e in &events {
+        tracing::info!(cluster = %e.cluster, node_id = ?e.node_id, instance = ?e.instance, kind = e.kind.as_str(), "{}", e.message);
+        state.metrics.event(e.kind);
+    }
+    let cluster = node.cluster.clone();
+    state.live_mut().nodes.insert(node.node_id.clone(), node);
+    state.announce(&cluster);
+    Ok(true)
+}

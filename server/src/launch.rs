@@ -1,0 +1,131 @@
+//! Start-up and shutdown of the whole server.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, Mutex};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::db;
+use crate::history::HistoryWriter;
+use crate::metrics::Metrics;
+use crate::state::{App, AppState};
+
+/// Partitions of `heartbeat_samples` created ahead of today.
+const PARTITION_DAYS_AHEAD: i64 = 2;
+
+/// Connects to PostgreSQL (waiting at most 10 s for a connection).
+pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(settings.database_max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(settings.database_url.expose_secret())
+        .await
+        .context("cannot connect to PostgreSQL (database_url)")
+}
+
+/// Connects to `settings.database_url` and [`serve`]s until `shutdown` is cancelled.
+pub async fn launch(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let pool = connect(&settings).await?;
+    let result = serve(settings, pool.clone(), listener, shutdown).await;
+    pool.close().await;
+    result
+}
+
+/// Runs the server on `listener` with `pool` until `shutdown` is cancelled: migrates the
+/// database, rebuilds live state from it, starts the failure detector, the history writer and
+/// partition maintenance, and serves HTTP. On shutdown it stops accepting, lets in-flight
+/// requests finish, writes the queued samples and returns.
+pub async fn serve(
+    settings: Settings,
+    pool: PgPool,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    db::migrate(&pool).await.context("running migrations")?;
+    db::maintain_partitions(
+        &pool,
+        chrono::Utc::now(),
+        PARTITION_DAYS_AHEAD,
+        settings.history.retention,
+    )
+    .await
+    .context("creating heartbeat partitions")?;
+    let live = db::load_live(&pool, tokio::time::Instant::now())
+        .await
+        .context("loading state")?;
+    tracing::info!(nodes = live.nodes.len(), "state loaded");
+
+    let metrics = Metrics::new().context("registering metrics")?;
+    let (history, history_task) = HistoryWriter::spawn(
+        pool.clone(),
+        settings.history.batch_max_rows,
+        metrics.clone(),
+    );
+    let (changes, _) = broadcast::channel(1024);
+    let state = AppState(Arc::new(App {
+        db: pool.clone(),
+        settings: settings.clone(),
+        live: RwLock::new(live),
+        transitions: Mutex::new(()),
+        history,
+        metrics,
+        changes,
+        shutdown: shutdown.clone(),
+    }));
+
+    let tasks = CancellationToken::new();
+    let detector = tokio::spawn(crate::detector::run(state.clone(), tasks.clone()));
+    let maintenance = tokio::spawn(maintain(
+        pool.clone(),
+        settings.history.retention,
+        tasks.clone(),
+    ));
+
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "hapulse-server listening");
+    axum::serve(listener, crate::router::router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .context("serving HTTP")?;
+
+    tasks.cancel();
+    let _ = detector.await;
+    let _ = maintenance.await;
+    // The router and the tasks held the last handles of the history writer: it drains and stops.
+    let _ = history_task.await;
+    tracing::info!("hapulse-server stopped");
+    Ok(())
+}
+
+/// Hourly: create partitions ahead, drop those past retention.
+async fn maintain(pool: PgPool, retention: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match db::maintain_partitions(&pool, chrono::Utc::now(), PARTITION_DAYS_AHEAD, retention)
+            .await
+        {
+            Ok(dropped) if !dropped.is_empty() => {
+                tracing::info!(?dropped, "dropped heartbeat partitions past retention")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "heartbeat partition maintenance failed"),
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! Live state: the latest report of every node, in memory. It is a cache of the `nodes` and
+//! `vrrp_instances` tables, rebuilt from them at start-up; every change to it that matters is
+//! written to PostgreSQL first.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use hapulse_protocol::{HeartbeatReport, VrrpInstanceReport, VrrpState};
+use serde::Serialize;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// The failure detector's verdict on a node, ordered from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    /// Heartbeats arrive on time.
+    Up,
+    /// `suspect_after_missed` heartbeats missed.
+    Suspect,
+    /// `down_after_missed` heartbeats missed.
+    Down,
+}
+
+impl NodeStatus {
+    /// `up`, `suspect` or `down`, as stored in `nodes.status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Up => "up",
+            NodeStatus::Suspect => "suspect",
+            NodeStatus::Down => "down",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "up" => NodeStatus::Up,
+            "suspect" => NodeStatus::Suspect,
+            "down" => NodeStatus::Down,
+            _ => return None,
+        })
+    }
+}
+
+/// What the server knows about one node.
+#[derive(Debug, Clone)]
+pub struct NodeLive {
+    /// Stable node id.
+    pub node_id: String,
+    /// Cluster it belongs to.
+    pub cluster: String,
+    /// Host name the agent reported.
+    pub hostname: String,
+    /// Agent software version.
+    pub agent_version: String,
+    /// Agent protocol version.
+    pub protocol_version: u32,
+    /// Agent run id of the last accepted report.
+    pub boot_id: Uuid,
+    /// Highest accepted `seq` within `boot_id`.
+    pub last_seq: u64,
+    /// The agent's heartbeat interval (ms).
+    pub heartbeat_interval_ms: u64,
+    /// When the last report arrived (server clock).
+    pub last_heartbeat_at: DateTime<Utc>,
+    /// Same instant on the monotonic clock, for the detector.
+    pub last_seen: Instant,
+    /// When the agent took its last snapshot (agent clock).
+    pub last_observed_at: DateTime<Utc>,
+    /// Detector verdict.
+    pub status: NodeStatus,
+    /// Since when `status` holds.
+    pub status_since: DateTime<Utc>,
+    /// Host uptime (s).
+    pub uptime_seconds: u64,
+    /// One-minute load average.
+    pub load1: f64,
+    /// keepalived's main process is alive.
+    pub keepalived_running: bool,
+    /// VRRP instances, sorted by name.
+    pub instances: Vec<VrrpInstanceReport>,
+    /// Reports waiting in the agent's spool when it sent the last one.
+    pub spool_depth: u64,
+    /// Reports the agent's spool dropped.
+    pub spool_dropped: u64,
+}
+
+impl NodeLive {
+    /// A node as its first accepted report describes it.
+    pub fn from_report(report: &HeartbeatReport, received_at: DateTime<Utc>, now: Instant) -> Self {
+        let mut node = NodeLive {
+            node_id: report.node_id.clone(),
+            cluster: report.cluster.clone(),
+            hostname: String::new(),
+            agent_version: String::new(),
+            protocol_version: 0,
+            boot_id: report.boot_id,
+            last_seq: 0,
+            heartbeat_interval_ms: 0,
+            last_heartbeat_at: received_at,
+            last_seen: now,
+            last_observed_at: report.observed_at,
+            status: NodeStatus::Up,
+            status_since: received_at,
+            uptime_seconds: 0,
+            load1: 0.0,
+            keepalived_running: false,
+            instances: Vec::new(),
+            spool_depth: 0,
+            spool_dropped: 0,
+        };
+        node.apply(report, received_at, now);
+        node
+    }
+
+    /// Takes everything a report says (not the detector status).
+    pub fn apply(&mut self, report: &HeartbeatReport, received_at: DateTime<Utc>, now: Instant) {
+        self.cluster.clone_from(&report.cluster);
+        self.hostname.clone_from(&report.hostname);
+        self.agent_version.clone_from(&report.agent_version);
+        self.protocol_version = report.protocol_version;
+        self.boot_id = report.boot_id;
+        self.last_seq = report.seq;
+        self.heartbeat_interval_ms = report.heartbeat_interval_ms;
+        self.last_heartbeat_at = received_at;
+        self.last_seen = now;
+        self.last_observed_at = report.observed_at;
+        self.uptime_seconds = report.uptime_seconds;
+        self.load1 = report.load1;
+        self.keepalived_running = report.keepalived.running;
+        let mut instances = report.keepalived.instances.clone();
+        instances.sort_by(|a, b| a.name.cmp(&b.name));
+        self.instances = instances;
+        self.spool_depth = report.spool_depth;
+        self.spool_dropped = report.spool_dropped;
+    }
+
+    /// True when `report` was already accepted (same run, `seq` not above the watermark).
+    pub fn is_replay(&self, report: &HeartbeatReport) -> bool {
+        self.boot_id == report.boot_id && report.seq <= self.last_seq
+    }
+
+    /// The instance named `name`.
+    pub fn instance(&self, name: &str) -> Option<&VrrpInstanceReport> {
+        self.instances.iter().find(|i| i.name == name)
+    }
+}
+
+/// Every node the server knows, by node id.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Nodes by id.
+    pub nodes: BTreeMap<String, NodeLive>,
+}
+
+impl Live {
+    /// Nodes of `cluster`, by id.
+    pub fn cluster_nodes<'a>(
+        &'a self,
+        cluster: &'a str,
+    ) -> impl Iterator<Item = &'a NodeLive> + 'a {
+        self.nodes.values().filter(move |n| n.cluster == cluster)
+    }
+
+    /// Names of every cluster with at least one node, sorted.
+    pub fn cluster_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.nodes.values().map(|n| n.cluster.clone()).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+/// A transition to record in the `events` table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NewEvent {
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// Cluster.
+    pub cluster: String,
+    /// Node, when the event concerns one.
+    pub node_id: Option<String>,
+    /// VRRP instance, when the event concerns one.
+    pub instance: Option<String>,
+    /// One of [`EventKind`]'s names.
+    pub kind: EventKind,
+    /// State before (e.g. `BACKUP`, `up`).
+    pub from_state: Option<String>,
+    /// State after.
+    pub to_state: Option<String>,
+    /// One sentence for people.
+    pub message: String,
+    /// Structured details (JSON object).
+    pub detail: serde_json::Value,
+}
+
+/// Kinds of events. Stored by name; scripts filter on these names, keep them stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A node reported for the first time, or again after being suspect or down.
+    NodeUp,
+    /// A node missed `suspect_after_missed` heartbeats.
+    NodeSuspect,
+    /// A node missed `down_after_missed` heartbeats.
+    NodeDown,
+    /// A VRRP instance changed state on a node (MASTER/BACKUP/FAULT/STOP/INIT).
+    RoleChange,
+    /// An instance's effective priority changed on a node.
+    PriorityChange,
+    /// A node gained a VIP (the kernel has it on an interface).
+    VipAcquired,
+    /// A node lost a VIP.
+    VipReleased,
+    /// keepalived's main process started or stopped on a node.
+    KeepalivedStarted,
+    /// See [`EventKind::KeepalivedStarted`].
+    KeepalivedStopped,
+    /// An agent started a new run (new `boot_id`).
+    AgentRestarted,
+}
+
+impl EventKind {
+    /// The stored name (`role_change`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::NodeUp => "node_up",
+            EventKind::NodeSuspect => "node_suspect",
+            EventKind::NodeDown => "node_down",
+            EventKind::RoleChange => "role_change",
+            EventKind::PriorityChange => "priority_change",
+            EventKind::VipAcquired => "vip_acquired",
+            EventKind::VipReleased => "vip_released",
+            EventKind::KeepalivedStarted => "keepalived_started",
+            EventKind::KeepalivedStopped => "keepalived_stopped",
+            EventKind::AgentRestarted => "agent_restarted",
+        }
+    }
+
+    /// Every kind, for metrics and filters.
+    pub const ALL: [EventKind; 10] = [
+        EventKind::NodeUp,
+        EventKind::NodeSuspect,
+        EventKind::NodeDown,
+        EventKind::RoleChange,
+        EventKind::PriorityChange,
+        EventKind::VipAcquired,
+        EventKind::VipReleased,
+        EventKind::KeepalivedStarted,
+        EventKind::KeepalivedStopped,
+        EventKind::AgentRestarted,
+    ];
+}
+
+/// The events that accepting `report` causes, given what the server knew of the node before
+/// (`None`: never seen) and of its cluster (`live`, for who held a VIP before). Event times are
+/// the agent's `observed_at`.
+pub fn transitions(
+    previous: Option<&NodeLive>,
+    report: &HeartbeatReport,
+    live: &Live,
+) -> Vec<NewEvent> {
+    let at = report.observed_at;
+    let node = &report.node_id;
+    let cluster = &report.cluster;
+    let event = |kind: EventKind,
+                 instance: Option<&str>,
+                 from: Option<String>,
+                 to: Option<String>,
+                 message: String,
+                 detail: serde_json::Value| NewEvent {
+        at,
+        cluster: cluster.clone(),
+        node_id: Some(node.clone()),
+        instance: instance.map(str::to_string),
+        kind,
+        from_state: from,
+        to_state: to,
+        message,
+        detail,
+    };
+    let mut out = Vec::new();
+    match previous {
+        None => out.push(event(
+            EventKind::NodeUp,
+            None,
+            None,
+            Some("up".into()),
+            format!("node {node} ({}) reported for the first time", report.hostname),
+            serde_json::json!({ "hostname": report.hostname, "agent_version": report.agent_version }),
+        )),
+        Some(p) => {
+            if p.status != NodeStatus::Up {
+                out.push(event(
+                    EventKind::NodeUp,
+                    None,
+                    Some(p.status.as_str().into()),
+                    Some("up".into()),
+                    format!("node {node} is reporting again"),
+                    serde_json::json!({}),
+                ));
+            }
+            if p.boot_id != report.boot_id {
+                out.push(event(
+                    EventKind::AgentRestarted,
+                    None,
+                    None,
+                    None,
+                    format!("agent on {node} restarted"),
+                    serde_json::json!({ "boot_id": report.boot_id, "previous_boot_id": p.boot_id }),
+                ));
+            }
+        }
+    }
+    let was_running = previous.map(|p| p.keepalived_running);
+    if was_running.is_some_and(|r| r != report.keepalived.running)
+        || (was_running.is_none() && !report.keepalived.running)
+    {
+        let (kind, verb) = if report.keepalived.running {
+            (EventKind::KeepalivedStarted, "started")
+        } else {
+            (EventKind::KeepalivedStopped, "is not running")
+        };
+        out.push(event(
+            kind,
+            None,
+            None,
+            None,
+            format!("keepalived on {node} {verb}"),
+            serde_json::json!({}),
+        ));
+    }
+    for instance in &report.keepalived.instances {
+        let before = previous.and_then(|p| p.instance(&instance.name));
+        let name = Some(instance.name.as_str());
+        let old_state = before.map(|b| b.state);
+        if old_state != Some(instance.state) {
+            let message = match old_state {
+                Some(old) => format!("{} on {node}: {old} → {}", instance.name, instance.state),
+                None => format!("{} on {node}: {}", instance.name, instance.state),
+            };
+            out.push(event(
+                EventKind::RoleChange,
+                name,
+                old_state.map(|s| s.as_str().into()),
+                Some(instance.state.as_str().into()),
+                message,
+                serde_json::json!({ "effective_priority": instance.effective_priority, "keepalived_last_transition": instance.last_transition }),
+            ));
+        }
+        if let Some(b) = before {
+            if b.effective_priority != instance.effective_priority
+                && instance.state != VrrpState::Stop
+            {
+                out.push(event(
+                    EventKind::PriorityChange,
+                    name,
+                    b.effective_priority.map(|p| p.to_string()),
+                    instance.effective_priority.map(|p| p.to_string()),
+                    format!(
+                        "{} on {node}: effective priority {} → {}",
+                        instance.name,
+                        b.effective_priority.map_or("?".into(), |p| p.to_string()),
+                        instance
+                            .effective_priority
+                            .map_or("?".into(), |p| p.to_string())
+                    ),
+                    serde_json::json!({ "base_priority": instance.base_priority }),
+                ));
+            }
+        }
+        let held_before: &[String] = before.map_or(&[], |b| &b.held_vips);
+        for vip in instance
+            .held_vips
+            .iter()
+            .filter(|v| !held_before.contains(v))
+        {
+            let previous_holders: Vec<&str> = live
+                .cluster_nodes(cluster)
+                .filter(|n| &n.node_id != node && n.status != NodeStatus::Down)
+                .filter(|n| n.instances.iter().any(|i| i.held_vips.contains(vip)))
+                .map(|n| n.node_id.as_str())
+                .collect();
+            let message = if previous_holders.is_empty() {
+                format!("VIP {vip} ({}) is now on {node}", instance.name)
+            } else {
+                format!(
+                    "VIP {vip} ({}) is now on {node}, also held by {}",
+                    instance.name,
+                    previous_holders.join(", ")
+                )
+            };
+            out.push(event(
+                EventKind::VipAcquired,
+                name,
+                None,
+                Some(vip.clone()),
+                message,
+                serde_json::json!({ "vip": vip, "other_holders": previous_holders }),
+            ));
+        }
+        for vip in held_before
+            .iter()
+            .filter(|v| !instance.held_vips.contains(v))
+        {
+            out.push(event(
+                EventKind::VipReleased,
+                name,
+                Some(vip.clone()),
+                None,
+                format!("VIP {vip} ({}) left {node}", instance.name),
+                serde_json::json!({ "vip": vip }),
+            ));
+        }
+    }
+    out
+}

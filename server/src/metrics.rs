@@ -1,0 +1,210 @@
+//! Prometheus metrics (`GET /metrics`). Labels are bounded: cluster, node and instance names
+//! come from configuration, results and kinds from fixed lists.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::live::{EventKind, Live, NodeStatus};
+use crate::view;
+
+/// Instruments, cheap to clone (each is an `Arc` inside).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    heartbeats: IntCounterVec,
+    ingest_seconds: HistogramVec,
+    events: IntCounterVec,
+    history_rows: IntCounterVec,
+    history_batch_seconds: Histogram,
+    instance_state: IntGaugeVec,
+    instance_priority: IntGaugeVec,
+    heartbeat_age: GaugeVec,
+    node_status: IntGaugeVec,
+    cluster_health: IntGaugeVec,
+}
+
+/// VRRP states, the `state` label of `hapulse_vrrp_instance_state`.
+const STATES: [hapulse_protocol::VrrpState; 5] = [
+    hapulse_protocol::VrrpState::Init,
+    hapulse_protocol::VrrpState::Backup,
+    hapulse_protocol::VrrpState::Master,
+    hapulse_protocol::VrrpState::Fault,
+    hapulse_protocol::VrrpState::Stop,
+];
+
+impl Metrics {
+    /// Creates and registers every instrument.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new_custom(Some("hapulse".into()), None)?;
+        let heartbeats = IntCounterVec::new(
+            Opts::new(
+                "heartbeats_total",
+                "Heartbeat reports received, by result (accepted, duplicate, rejected)",
+            ),
+            &["result"],
+        )?;
+        let ingest_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "heartbeat_ingest_seconds",
+                "Time from receiving a report to answering it, in seconds",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["result"],
+        )?;
+        let events = IntCounterVec::new(
+            Opts::new("events_total", "Events recorded, by kind"),
+            &["kind"],
+        )?;
+        let history_rows = IntCounterVec::new(
+            Opts::new(
+                "history_rows_total",
+                "Heartbeat samples written, by result (ok, failed)",
+            ),
+            &["result"],
+        )?;
+        let history_batch_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "history_batch_seconds",
+                "Time to write one batch of samples, in seconds",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+        )?;
+        let instance_state = IntGaugeVec::new(
+            Opts::new(
+                "vrrp_instance_state",
+                "1 for the current VRRP state of an instance on a node, 0 for the others",
+            ),
+            &["cluster", "instance", "node", "state"],
+        )?;
+        let instance_priority = IntGaugeVec::new(
+            Opts::new(
+                "vrrp_instance_effective_priority",
+                "Effective VRRP priority of an instance on a node",
+            ),
+            &["cluster", "instance", "node"],
+        )?;
+        let heartbeat_age = GaugeVec::new(
+            Opts::new(
+                "node_heartbeat_age_seconds",
+                "Seconds since the node's last heartbeat arrived",
+            ),
+            &["cluster", "node"],
+        )?;
+        let node_status = IntGaugeVec::new(
+            Opts::new(
+                "node_status",
+                "1 for the failure detector's current verdict on a node (up, suspect, down)",
+            ),
+            &["cluster", "node", "status"],
+        )?;
+        let cluster_health = IntGaugeVec::new(
+            Opts::new("cluster_health", "1 for a cluster's current health verdict"),
+            &["cluster", "health"],
+        )?;
+        registry.register(Box::new(heartbeats.clone()))?;
+        registry.register(Box::new(ingest_seconds.clone()))?;
+        registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(history_rows.clone()))?;
+        registry.register(Box::new(history_batch_seconds.clone()))?;
+        registry.register(Box::new(instance_state.clone()))?;
+        registry.register(Box::new(instance_priority.clone()))?;
+        registry.register(Box::new(heartbeat_age.clone()))?;
+        registry.register(Box::new(node_status.clone()))?;
+        registry.register(Box::new(cluster_health.clone()))?;
+        for kind in EventKind::ALL {
+            events.with_label_values(&[kind.as_str()]);
+        }
+        Ok(Metrics {
+            registry,
+            heartbeats,
+            ingest_seconds,
+            events,
+            history_rows,
+            history_batch_seconds,
+            instance_state,
+            instance_priority,
+            heartbeat_age,
+            node_status,
+            cluster_health,
+        })
+    }
+
+    /// Counts one report with its `result` (`accepted`, `duplicate`, `rejected`).
+    pub fn heartbeat(&self, result: &'static str, elapsed: Duration) {
+        self.heartbeats.with_label_values(&[result]).inc();
+        self.ingest_seconds
+            .with_label_values(&[result])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one recorded event.
+    pub fn event(&self, kind: EventKind) {
+        self.events.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    /// Records one history batch.
+    pub fn history_batch(&self, rows: usize, elapsed: Duration, ok: bool) {
+        self.history_rows
+            .with_label_values(&[if ok { "ok" } else { "failed" }])
+            .inc_by(rows as u64);
+        self.history_batch_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// The text exposition, with the state gauges refreshed from `live`.
+    pub fn render(&self, live: &Live, now: DateTime<Utc>) -> String {
+        self.instance_state.reset();
+        self.instance_priority.reset();
+        self.heartbeat_age.reset();
+        self.node_status.reset();
+        self.cluster_health.reset();
+        for node in live.nodes.values() {
+            let age = (now - node.last_heartbeat_at).num_milliseconds().max(0) as f64 / 1000.0;
+            self.heartbeat_age
+                .with_label_values(&[&node.cluster, &node.node_id])
+                .set(age);
+            for status in [NodeStatus::Up, NodeStatus::Suspect, NodeStatus::Down] {
+                self.node_status
+                    .with_label_values(&[&node.cluster, &node.node_id, status.as_str()])
+                    .set(i64::from(node.status == status));
+            }
+            for i in &node.instances {
+                for state in STATES {
+                    self.instance_state
+                        .with_label_values(&[&node.cluster, &i.name, &node.node_id, state.as_str()])
+                        .set(i64::from(i.state == state));
+                }
+                if let Some(p) = i.effective_priority {
+                    self.instance_priority
+                        .with_label_values(&[&node.cluster, &i.name, &node.node_id])
+                        .set(i64::from(p));
+                }
+            }
+        }
+        for cluster in view::clusters(live, now) {
+            for health in [
+                view::Health::Healthy,
+                view::Health::Degraded,
+                view::Health::NoMaster,
+                view::Health::SplitBrain,
+            ] {
+                self.cluster_health
+                    .with_label_values(&[&cluster.name, health.as_str()])
+                    .set(i64::from(cluster.health == health));
+            }
+        }
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

@@ -1,0 +1,80 @@
+//! The one route table.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::AppError;
+use crate::state::AppState;
+use crate::{api, ui};
+
+/// Every route of the server, testable without a socket.
+pub fn router(state: AppState) -> Router {
+    let timeout = state.settings.request_timeout;
+    Router::new()
+        // Dashboard.
+        .route("/", get(ui::overview))
+        .route("/clusters/{cluster}", get(ui::cluster))
+        .route("/nodes/{node_id}", get(ui::node))
+        .route("/events", get(ui::events))
+        .route("/ui/stream", get(ui::stream))
+        .route("/static/{file}", get(ui::asset))
+        // Agent API.
+        .route(
+            hapulse_protocol::HEARTBEAT_PATH,
+            post(api::agent::heartbeat),
+        )
+        // REST API.
+        .route("/api/v1/clusters", get(api::v1::clusters))
+        .route("/api/v1/clusters/{cluster}", get(api::v1::cluster))
+        .route("/api/v1/nodes/{node_id}", get(api::v1::node))
+        .route("/api/v1/events", get(api::v1::events))
+        // Operations.
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            // Spans are named by route template, never by raw URI.
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("unmatched", MatchedPath::as_str);
+            tracing::info_span!("http", method = %req.method(), route)
+        }))
+        .with_state(state)
+}
+
+async fn not_found() -> AppError {
+    AppError::NotFound("route".into())
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.metrics.render(&state.live(), chrono::Utc::now());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// `GET /healthz`: the process is alive.
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: 200 when PostgreSQL answers, 503 otherwise.
+async fn readyz(State(state): State<AppState>) -> Response {
+    match sqlx::query("SELECT 1").execute(&state.db).await {
+        Ok(_) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: database unavailable");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
+        }
+    }
+}

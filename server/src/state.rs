@@ -1,0 +1,62 @@
+//! Shared server state, one `Arc` cloned into every handler and task.
+
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use sqlx::PgPool;
+use tokio::sync::{broadcast, Mutex};
+
+use crate::config::Settings;
+use crate::history::HistoryWriter;
+use crate::live::Live;
+use crate::metrics::Metrics;
+
+/// Handle to the server's state; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(pub Arc<App>);
+
+impl std::ops::Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+/// The server's state.
+pub struct App {
+    /// PostgreSQL pool: the source of truth.
+    pub db: PgPool,
+    /// Configuration the server started with.
+    pub settings: Settings,
+    /// Latest state of every node: a cache of the `nodes` and `vrrp_instances` tables. Locked
+    /// briefly, never across an `.await`.
+    pub live: RwLock<Live>,
+    /// Serialises every write that records transitions (ingest of a changed report, detector
+    /// verdicts), so events are derived from the state they change, in order.
+    pub transitions: Mutex<()>,
+    /// Batched writer of heartbeat samples.
+    pub history: HistoryWriter,
+    /// Prometheus registry and instruments.
+    pub metrics: Metrics,
+    /// Names of clusters whose state changed, for the dashboard's server-sent events.
+    pub changes: broadcast::Sender<String>,
+    /// Cancelled when the server shuts down; ends long-lived responses (event streams).
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl App {
+    /// Reads live state. A poisoned lock (a panic while writing) still holds a consistent map:
+    /// every write replaces whole node entries.
+    pub fn live(&self) -> RwLockReadGuard<'_, Live> {
+        self.live.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes live state (see [`App::live`] on poisoning).
+    pub fn live_mut(&self) -> RwLockWriteGuard<'_, Live> {
+        self.live.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Tells dashboard viewers that `cluster` changed. Nobody listening is fine.
+    pub fn announce(&self, cluster: &str) {
+        let _ = self.changes.send(cluster.to_string());
+    }
+}

@@ -1,0 +1,228 @@
+//! The dashboard: server-rendered pages that work without JavaScript. Each page is a partial
+//! (`*_partial.html`) wrapped in `base.html`; `?partial=1` returns the partial alone, which
+//! `hapulse.js` fetches whenever the server-sent event stream (`/ui/stream`) says the page's
+//! cluster changed.
+
+use std::convert::Infallible;
+
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::api::ApiQuery;
+use crate::db::{self, Event, EventFilter};
+use crate::error::AppError;
+use crate::state::AppState;
+use crate::view::{self, ClusterView, NodeView};
+
+/// `?partial=1` asks for the fragment only.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    #[serde(default)]
+    partial: Option<u8>,
+}
+
+#[derive(Template)]
+#[template(path = "base.html")]
+struct Base<'a> {
+    title: &'a str,
+    /// Cluster whose changes refresh this page (`*`: any).
+    scope: &'a str,
+    body: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "overview_partial.html")]
+struct OverviewPartial<'a> {
+    now: DateTime<Utc>,
+    clusters: &'a [ClusterView],
+}
+
+#[derive(Template)]
+#[template(path = "cluster_partial.html")]
+struct ClusterPartial<'a> {
+    now: DateTime<Utc>,
+    cluster: &'a ClusterView,
+    events: &'a [Event],
+}
+
+#[derive(Template)]
+#[template(path = "node_partial.html")]
+struct NodePartial<'a> {
+    now: DateTime<Utc>,
+    node: &'a NodeView,
+    events: &'a [Event],
+}
+
+#[derive(Template)]
+#[template(path = "events_partial.html")]
+struct EventsPartial<'a> {
+    now: DateTime<Utc>,
+    events: &'a [Event],
+}
+
+fn render(t: &impl Template) -> Result<String, AppError> {
+    t.render().map_err(|e| AppError::Internal(e.into()))
+}
+
+fn page(q: &PageQuery, title: &str, scope: &str, body: String) -> Result<Response, AppError> {
+    if q.partial == Some(1) {
+        return Ok(Html(body).into_response());
+    }
+    let full = render(&Base {
+        title,
+        scope,
+        body: &body,
+    })?;
+    Ok(Html(full).into_response())
+}
+
+/// `GET /`: every cluster with its verdict, masters and VIP holders.
+pub async fn overview(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Response, AppError> {
+    let now = Utc::now();
+    let clusters = view::clusters(&state.live(), now);
+    let body = render(&OverviewPartial {
+        now,
+        clusters: &clusters,
+    })?;
+    page(&q, "Clusters", "*", body)
+}
+
+/// `GET /clusters/{cluster}`: nodes, instances, roles, priorities, VIP holders, heartbeat ages,
+/// and the cluster's event timeline.
+pub async fn cluster(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Response, AppError> {
+    let now = Utc::now();
+    let cluster = view::cluster_view(&state.live(), &name, now)
+        .ok_or_else(|| AppError::NotFound(format!("cluster {name:?}")))?;
+    let filter = EventFilter {
+        cluster: Some(name.clone()),
+        limit: 50,
+        ..Default::default()
+    };
+    let events = db::list_events(&state.db, &filter).await?;
+    let body = render(&ClusterPartial {
+        now,
+        cluster: &cluster,
+        events: &events,
+    })?;
+    page(&q, &format!("Cluster {name}"), &name, body)
+}
+
+/// `GET /nodes/{node_id}`: one node, its instances and its events.
+pub async fn node(
+    State(state): State<AppState>,
+    Path(node_id): Path<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Response, AppError> {
+    let now = Utc::now();
+    let node = view::node_view(&state.live(), &node_id, now)
+        .ok_or_else(|| AppError::NotFound(format!("node {node_id:?}")))?;
+    let filter = EventFilter {
+        node_id: Some(node_id.clone()),
+        limit: 50,
+        ..Default::default()
+    };
+    let events = db::list_events(&state.db, &filter).await?;
+    let body = render(&NodePartial {
+        now,
+        node: &node,
+        events: &events,
+    })?;
+    page(&q, &format!("Node {node_id}"), &node.cluster, body)
+}
+
+/// `GET /events`: the latest 200 events of every cluster.
+pub async fn events(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Response, AppError> {
+    let now = Utc::now();
+    let events = db::list_events(
+        &state.db,
+        &EventFilter {
+            limit: 200,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let body = render(&EventsPartial {
+        now,
+        events: &events,
+    })?;
+    page(&q, "Events", "*", body)
+}
+
+/// `GET /ui/stream`: server-sent events; `event: change`, `data: <cluster>` whenever a cluster's
+/// state changes (`*` when this stream fell behind and missed some).
+pub async fn stream(
+    State(state): State<AppState>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let changes = BroadcastStream::new(state.changes.subscribe())
+        .map(|change| {
+            let cluster = change.unwrap_or_else(|_lagged| "*".to_string());
+            Ok(SseEvent::default().event("change").data(cluster))
+        })
+        .take_until(state.shutdown.clone().cancelled_owned());
+    Sse::new(changes).keep_alive(KeepAlive::default())
+}
+
+/// `GET /static/{file}`: the stylesheet and script, compiled into the binary.
+pub async fn asset(Path(file): Path<String>) -> Response {
+    let (body, kind) = match file.as_str() {
+        "hapulse.css" => (
+            include_str!("../../web/static/hapulse.css"),
+            "text/css; charset=utf-8",
+        ),
+        "hapulse.js" => (
+            include_str!("../../web/static/hapulse.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        _ => return (StatusCode::NOT_FOUND, "not found").into_response(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Helpers the templates call.
+mod filters {
+    use chrono::{DateTime, Utc};
+
+    /// `1.2 s`, `3 min`, `2 h` since `then`.
+    pub fn age(
+        then: &DateTime<Utc>,
+        _: &dyn askama::Values,
+        now: &DateTime<Utc>,
+    ) -> askama::Result<String> {
+        let ms = (*now - *then).num_milliseconds().max(0);
+        Ok(if ms < 10_000 {
+            format!("{:.1} s", ms as f64 / 1000.0)
+        } else if ms < 120_000 {
+            format!("{} s", ms / 1000)
+        } else if ms < 7_200_000 {
+            format!("{} min", ms / 60_000)
+        } else {
+            format!("{} h", ms / 3_600_000)
+        })
+    }
+}

@@ -1,0 +1,388 @@
+//! The agent API, the REST API, the detector and the dashboard against a real PostgreSQL.
+
+use std::time::Duration;
+
+use hapulse_agent::client::SendError;
+use hapulse_protocol::VrrpState;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::harness::{count, eventually, report, TestServer, TOKEN};
+
+#[sqlx::test(migrations = false)]
+async fn reports_name_the_master_and_vip_holder(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let agent = server.agent();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    assert!(
+        agent
+            .send_heartbeat(&report("a", a, 1, VrrpState::Master, true))
+            .await
+            .unwrap()
+            .accepted
+    );
+    assert!(
+        agent
+            .send_heartbeat(&report("b", b, 1, VrrpState::Backup, false))
+            .await
+            .unwrap()
+            .accepted
+    );
+
+    let (status, cluster) = server.get_json("/api/v1/clusters/c").await;
+    assert_eq!(status, 200, "{cluster}");
+    assert_eq!(cluster["health"], "healthy", "{cluster}");
+    let instance = &cluster["instances"][0];
+    assert_eq!(instance["name"], "VI_1");
+    assert_eq!(instance["master"], "a");
+    assert_eq!(instance["vips"][0]["vip"], "10.0.0.100");
+    assert_eq!(instance["vips"][0]["holders"], serde_json::json!(["a"]));
+    assert_eq!(cluster["nodes_up"], 2);
+
+    let (_, list) = server.get_json("/api/v1/clusters").await;
+    assert_eq!(list["clusters"][0]["name"], "c");
+    let (status, node) = server.get_json("/api/v1/nodes/b").await;
+    assert_eq!(status, 200);
+    assert_eq!(node["status"], "up");
+    assert_eq!(node["instances"][0]["state"], "BACKUP");
+    assert_eq!(node["instances"][0]["holds_vip"], false);
+    assert_eq!(node["hostname"], "b.example");
+
+    // Failover: a goes BACKUP and drops the VIP, b becomes MASTER and takes it.
+    agent
+        .send_heartbeat(&report("a", a, 2, VrrpState::Backup, false))
+        .await
+        .unwrap();
+    agent
+        .send_heartbeat(&report("b", b, 2, VrrpState::Master, true))
+        .await
+        .unwrap();
+    let (_, cluster) = server.get_json("/api/v1/clusters/c").await;
+    assert_eq!(cluster["instances"][0]["master"], "b");
+    let (_, events) = server.get_json("/api/v1/events?cluster=c").await;
+    let kinds: Vec<(String, String)> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["node_id"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("node_up", "a"),
+        ("role_change", "b"),
+        ("vip_acquired", "b"),
+        ("vip_released", "a"),
+    ] {
+        assert!(
+            kinds.contains(&(expected.0.into(), expected.1.into())),
+            "{expected:?} missing from {kinds:?}"
+        );
+    }
+    let (_, events) = server
+        .get_json("/api/v1/events?cluster=c&node=b&limit=1")
+        .await;
+    assert_eq!(events["events"].as_array().unwrap().len(), 1);
+
+    assert_eq!(server.get_json("/api/v1/clusters/nope").await.0, 404);
+    assert_eq!(server.get_json("/api/v1/nodes/nope").await.0, 404);
+    let (status, error) = server.get_json("/api/v1/events?limit=0").await;
+    assert_eq!((status, error["field"].as_str()), (400, Some("limit")));
+    let (status, error) = server.get_json("/api/v1/events?since=yesterday").await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (400, Some("invalid_query"))
+    );
+    let pool = server.stop().await;
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM heartbeat_samples").await,
+        4
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn replays_are_acknowledged_but_never_doubled_even_across_a_restart(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let agent = server.agent();
+    let boot = Uuid::new_v4();
+    let first = report("a", boot, 1, VrrpState::Backup, false);
+    let change = report("a", boot, 2, VrrpState::Master, true);
+    assert!(agent.send_heartbeat(&first).await.unwrap().accepted);
+    assert!(agent.send_heartbeat(&change).await.unwrap().accepted);
+    assert!(!agent.send_heartbeat(&change).await.unwrap().accepted);
+    assert!(!agent.send_heartbeat(&first).await.unwrap().accepted);
+    let pool = server.stop().await;
+
+    let server = TestServer::start(pool).await;
+    let agent = server.agent();
+    // After a restart the watermark comes from PostgreSQL.
+    assert!(!agent.send_heartbeat(&change).await.unwrap().accepted);
+    let (_, cluster) = server.get_json("/api/v1/clusters/c").await;
+    assert_eq!(
+        cluster["instances"][0]["master"], "a",
+        "state survives the restart: {cluster}"
+    );
+    // A new agent run starts again at seq 1.
+    let reboot = Uuid::new_v4();
+    assert!(
+        agent
+            .send_heartbeat(&report("a", reboot, 1, VrrpState::Backup, false))
+            .await
+            .unwrap()
+            .accepted
+    );
+    let pool = server.stop().await;
+    let to_master = count(
+        &pool,
+        "SELECT count(*) FROM events WHERE kind = 'role_change' AND to_state = 'MASTER'",
+    )
+    .await;
+    assert_eq!(to_master, 1);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM events WHERE kind = 'agent_restarted'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM heartbeat_samples").await,
+        3
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn bad_input_is_refused_with_the_field_named_and_nothing_written(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let url = format!("{}/api/agent/v1/heartbeat", server.url);
+    let good =
+        serde_json::to_value(report("a", Uuid::new_v4(), 1, VrrpState::Master, true)).unwrap();
+    let post = |body: String, token: Option<&str>| {
+        let mut r = server
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    let check = |status: u16, code: &str, field: Option<&str>| {
+        let (code, field) = (code.to_string(), field.map(str::to_string));
+        move |r: reqwest::Response| async move {
+            assert_eq!(r.status().as_u16(), status);
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["code"], code.as_str(), "{body}");
+            assert_eq!(body["field"].as_str().map(str::to_string), field, "{body}");
+        }
+    };
+
+    check(401, "unauthorized", None)(post(good.to_string(), None).await.unwrap()).await;
+    check(401, "unauthorized", None)(post(good.to_string(), Some("wrong-token")).await.unwrap())
+        .await;
+    let mut bad_state = good.clone();
+    bad_state["keepalived"]["instances"][0]["state"] = "LEADER".into();
+    check(400, "invalid_body", Some("keepalived.instances[0].state"))(
+        post(bad_state.to_string(), Some(TOKEN)).await.unwrap(),
+    )
+    .await;
+    let mut unknown = good.clone();
+    unknown["surprise"] = 1.into();
+    check(400, "invalid_body", Some("surprise"))(
+        post(unknown.to_string(), Some(TOKEN)).await.unwrap(),
+    )
+    .await;
+    let mut bad_vip = good.clone();
+    bad_vip["keepalived"]["instances"][0]["vips"][0] = "not-an-ip".into();
+    check(400, "invalid_body", Some("keepalived.instances[0].vips[0]"))(
+        post(bad_vip.to_string(), Some(TOKEN)).await.unwrap(),
+    )
+    .await;
+    let mut bad_name = good.clone();
+    bad_name["node_id"] = "a b".into();
+    check(400, "invalid_body", Some("node_id"))(
+        post(bad_name.to_string(), Some(TOKEN)).await.unwrap(),
+    )
+    .await;
+    let mut old = good.clone();
+    old["protocol_version"] = 99.into();
+    check(400, "protocol_version", Some("protocol_version"))(
+        post(old.to_string(), Some(TOKEN)).await.unwrap(),
+    )
+    .await;
+    check(400, "invalid_body", Some("protocol_version"))(
+        post("{\"protocol_version\":".into(), Some(TOKEN))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(300 * 1024));
+    check(413, "body_too_large", None)(post(huge, Some(TOKEN)).await.unwrap()).await;
+    let r = server
+        .http
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .body(good.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 415);
+
+    // The agent's client sees a refused token as retryable, a refused report as final.
+    let wrong = hapulse_agent::client::AgentClient::new(
+        &server.url,
+        "nope".to_string().into(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let err = wrong
+        .send_heartbeat(&report("a", Uuid::new_v4(), 1, VrrpState::Master, true))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SendError::Unauthorized { status: 401, .. }) && err.is_retryable(),
+        "{err}"
+    );
+
+    let pool = server.stop().await;
+    assert_eq!(count(&pool, "SELECT count(*) FROM nodes").await, 0);
+    assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 0);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM heartbeat_samples").await,
+        0
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_silent_node_becomes_suspect_then_down_then_up_again(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let agent = server.agent();
+    let boot = Uuid::new_v4();
+    let mut r = report("a", boot, 1, VrrpState::Master, true);
+    r.heartbeat_interval_ms = 100;
+    agent.send_heartbeat(&r).await.unwrap();
+    let verdicts = eventually(10, "node a down", || async {
+        let (_, events) = server.get_json("/api/v1/events?node=a").await;
+        let kinds: Vec<String> = events["events"]
+            .as_array()?
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap_or("").to_string())
+            .collect();
+        kinds.contains(&"node_down".to_string()).then_some(kinds)
+    })
+    .await;
+    assert!(
+        verdicts.contains(&"node_suspect".to_string()),
+        "{verdicts:?}"
+    );
+    let (_, node) = server.get_json("/api/v1/nodes/a").await;
+    assert_eq!(node["status"], "down");
+    // A down node's stale MASTER does not count.
+    let (_, cluster) = server.get_json("/api/v1/clusters/c").await;
+    assert_eq!(cluster["health"], "no_master", "{cluster}");
+
+    r.seq = 2;
+    agent.send_heartbeat(&r).await.unwrap();
+    let (_, node) = server.get_json("/api/v1/nodes/a").await;
+    assert_eq!(node["status"], "up");
+    let pool = server.stop().await;
+    let ups = count(
+        &pool,
+        "SELECT count(*) FROM events WHERE kind = 'node_up' AND from_state = 'down'",
+    )
+    .await;
+    assert_eq!(ups, 1);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM events WHERE kind = 'node_down'"
+        )
+        .await,
+        1
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn dashboard_pages_stream_and_metrics(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let (status, page) = server.get_text("/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("No agent has reported yet"), "{page}");
+
+    // Subscribe to the live stream before anything changes.
+    let mut stream = server
+        .http
+        .get(format!("{}/ui/stream", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let agent = server.agent();
+    agent
+        .send_heartbeat(&report("a", Uuid::new_v4(), 1, VrrpState::Master, true))
+        .await
+        .unwrap();
+    let chunk = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let bytes = stream.chunk().await.unwrap().unwrap();
+            let text = String::from_utf8_lossy(&bytes).to_string();
+            if text.contains("event: change") {
+                return text;
+            }
+        }
+    })
+    .await
+    .expect("a change event within 5 s");
+    assert!(chunk.contains("data: c"), "{chunk}");
+
+    let (_, page) = server.get_text("/").await;
+    assert!(
+        page.contains("href=\"/clusters/c\"") && page.contains("/static/hapulse.js"),
+        "{page}"
+    );
+    let (status, page) = server.get_text("/clusters/c").await;
+    assert_eq!(status, 200);
+    for needle in [
+        "MASTER",
+        "10.0.0.100",
+        "150 / 150",
+        "data-since",
+        "role_change",
+        "degraded",
+    ] {
+        assert!(
+            page.contains(needle),
+            "cluster page lacks {needle:?}: {page}"
+        );
+    }
+    let (_, partial) = server.get_text("/clusters/c?partial=1").await;
+    assert!(
+        !partial.contains("<html") && partial.contains("MASTER"),
+        "{partial}"
+    );
+    assert_eq!(server.get_text("/clusters/nope").await.0, 404);
+    assert_eq!(server.get_text("/nodes/a").await.0, 200);
+    assert_eq!(server.get_text("/events").await.0, 200);
+    assert_eq!(server.get_text("/static/hapulse.css").await.0, 200);
+    assert_eq!(server.get_text("/static/nope.css").await.0, 404);
+    assert_eq!(server.get_text("/?bogus=1").await.0, 400);
+
+    let (_, metrics) = server.get_text("/metrics").await;
+    for needle in [
+        "hapulse_vrrp_instance_state{cluster=\"c\",instance=\"VI_1\",node=\"a\",state=\"MASTER\"} 1",
+        "hapulse_heartbeats_total{result=\"accepted\"} 1",
+        "hapulse_node_heartbeat_age_seconds{cluster=\"c\",node=\"a\"}",
+        "hapulse_cluster_health{cluster=\"c\",health=\"degraded\"} 1",
+        "hapulse_heartbeat_ingest_seconds_bucket",
+    ] {
+        assert!(metrics.contains(needle), "metrics lack {needle:?}:\n{metrics}");
+    }
+    assert_eq!(server.get_text("/healthz").await, (200, "ok".into()));
+    drop(stream);
+    server.stop().await;
+}

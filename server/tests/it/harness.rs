@@ -1,0 +1,180 @@
+//! Test harness: a real server on 127.0.0.1:0 with a per-test database.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use hapulse_agent::client::AgentClient;
+use hapulse_protocol::{
+    HeartbeatReport, KeepalivedReport, VrrpInstanceReport, VrrpState, PROTOCOL_VERSION,
+};
+use hapulse_server::config::Settings;
+use secrecy::SecretString;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const TOKEN: &str = "test-agent-token-0123456789";
+
+pub struct TestServer {
+    pub url: String,
+    pub pool: PgPool,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+pub fn settings() -> Settings {
+    let mut s = Settings {
+        agent_token: SecretString::from(TOKEN),
+        database_url: SecretString::from("unused: the test passes a pool"),
+        ..Settings::default()
+    };
+    s.detector.check_interval = Duration::from_millis(20);
+    s
+}
+
+impl TestServer {
+    pub async fn start(pool: PgPool) -> TestServer {
+        Self::start_with(pool, settings()).await
+    }
+
+    pub async fn start_with(pool: PgPool, settings: Settings) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(hapulse_server::launch::serve(
+            settings,
+            pool.clone(),
+            listener,
+            shutdown.clone(),
+        ));
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = http.get(format!("{url}/readyz")).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(!task.is_finished(), "server exited during start-up");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server not ready within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        TestServer {
+            url,
+            pool,
+            http,
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn agent(&self) -> AgentClient {
+        AgentClient::new(
+            &self.url,
+            SecretString::from(TOKEN),
+            Duration::from_secs(10),
+        )
+        .unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(self) -> PgPool {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+        self.pool
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, failing after `secs` seconds with `what`.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A report of `node` in cluster `c` with one instance VI_1 (VIP 10.0.0.100) in `state`.
+pub fn report(
+    node: &str,
+    boot_id: Uuid,
+    seq: u64,
+    state: VrrpState,
+    holds_vip: bool,
+) -> HeartbeatReport {
+    HeartbeatReport {
+        protocol_version: PROTOCOL_VERSION,
+        agent_version: "test".into(),
+        node_id: node.into(),
+        cluster: "c".into(),
+        boot_id,
+        seq,
+        observed_at: Utc::now(),
+        state_change: true,
+        heartbeat_interval_ms: 1000,
+        hostname: format!("{node}.example"),
+        uptime_seconds: 100,
+        load1: 0.5,
+        keepalived: KeepalivedReport {
+            running: true,
+            instances: vec![VrrpInstanceReport {
+                name: "VI_1".into(),
+                vrid: Some(51),
+                interface: Some("eth0".into()),
+                state,
+                base_priority: Some(if state == VrrpState::Master { 150 } else { 100 }),
+                effective_priority: Some(if state == VrrpState::Master { 150 } else { 100 }),
+                vips: vec!["10.0.0.100".into()],
+                held_vips: if holds_vip {
+                    vec!["10.0.0.100".into()]
+                } else {
+                    vec![]
+                },
+                last_transition: Some(Utc::now()),
+                counters: Default::default(),
+            }],
+        },
+        spool_depth: 0,
+        spool_dropped: 0,
+    }
+}
+
+pub async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}

@@ -1,0 +1,8 @@
+//! Integration tests of hapulse-server: one binary, modules by subject. The server runs for
+//! real on a port-0 listener against a real PostgreSQL (a database per test, from
+//! `DATABASE_URL`), and is driven through the agent's own HTTP client.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
+mod api;
+mod harness;
+mod lab;
