@@ -124,7 +124,12 @@ impl Settings {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("HAPULSE_AGENT_").split("__"));
+        // HAPULSE_AGENT_CONFIG is the --config flag, not a key.
+        figment = figment.merge(
+            Env::prefixed("HAPULSE_AGENT_")
+                .ignore(&["CONFIG"])
+                .split("__"),
+        );
         let settings: Settings = figment.extract().map_err(Box::new)?;
         settings.validate()?;
         Ok(settings)
@@ -209,6 +214,7 @@ mod tests {
         .unwrap();
         figment::Jail::expect_with(|jail| {
             jail.set_env("HAPULSE_AGENT_KEEPALIVED__PID_FILE", "/run/k.pid");
+            jail.set_env("HAPULSE_AGENT_CONFIG", "/ignored/here");
             let s = Settings::load(Some(&path)).unwrap();
             assert_eq!(s.node_id, "db1");
             assert_eq!(s.heartbeat_interval, Duration::from_millis(250));

@@ -59,6 +59,17 @@ pub struct HistorySettings {
     pub batch_max_rows: usize,
 }
 
+/// Environment keys (after `HAPULSE_`, lower case) that belong to the server; `__` ends a section.
+const SERVER_ENV_KEYS: [&str; 7] = [
+    "listen",
+    "database_url",
+    "database_max_connections",
+    "agent_token",
+    "request_timeout",
+    "detector__",
+    "history__",
+];
+
 fn serialize_redacted<S: serde::Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str("")
 }
@@ -113,12 +124,14 @@ impl Settings {
             }
             figment = figment.merge(Toml::file(path));
         }
-        // HAPULSE_AGENT_* belongs to the agent; HAPULSE_CONFIG is the --config flag.
+        // Only this server's keys: other tools share the HAPULSE_ prefix (HAPULSE_AGENT_* is the
+        // agent's, HAPULSE_LAB_* the lab's, HAPULSE_CONFIG is --config).
         let env = Env::prefixed("HAPULSE_")
-            .ignore(&["CONFIG"])
             .filter(|key| {
                 let key = key.as_str().to_ascii_lowercase();
-                !key.starts_with("agent_") || key == "agent_token"
+                SERVER_ENV_KEYS
+                    .iter()
+                    .any(|k| key == *k || (k.ends_with("__") && key.starts_with(k)))
             })
             .split("__");
         let settings: Settings = figment.merge(env).extract().map_err(Box::new)?;
@@ -197,6 +210,7 @@ mod tests {
             jail.set_env("HAPULSE_DATABASE_URL", "postgres://x@y/z");
             jail.set_env("HAPULSE_AGENT_TOKEN", "0123456789abcdef");
             jail.set_env("HAPULSE_AGENT_NODE_ID", "belongs-to-the-agent");
+            jail.set_env("HAPULSE_LAB_NAME", "belongs-to-the-lab");
             jail.set_env("HAPULSE_LISTEN", "0.0.0.0:9000");
             jail.set_env("HAPULSE_DETECTOR__DOWN_AFTER_MISSED", "5");
             let s = Settings::load(None).unwrap();

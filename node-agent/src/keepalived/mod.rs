@@ -26,6 +26,8 @@ pub struct KeepalivedProbe {
     settings: KeepalivedSettings,
     /// Signal number of keepalived's JSON dump, asked from the binary; `None` until known.
     json_signal: Option<i32>,
+    /// The failure to learn `json_signal` was already logged at warning level.
+    json_signal_warned: bool,
     /// Last known instances by name; `held_vips` is filled in at snapshot time.
     instances: BTreeMap<String, VrrpInstanceReport>,
     addresses: vips::AddressTable,
@@ -38,6 +40,7 @@ impl KeepalivedProbe {
         let mut probe = KeepalivedProbe {
             settings,
             json_signal: None,
+            json_signal_warned: false,
             instances: BTreeMap::new(),
             addresses,
         };
@@ -54,11 +57,15 @@ impl KeepalivedProbe {
                 tracing::info!(signal = n, "keepalived JSON dump signal");
                 self.json_signal = Some(n);
             }
-            Err(e) => tracing::warn!(
-                binary = %self.settings.binary.display(),
-                error = %e,
-                "cannot learn keepalived's JSON signal; reporting from the notify FIFO only"
-            ),
+            Err(e) if !self.json_signal_warned => {
+                self.json_signal_warned = true;
+                tracing::warn!(
+                    binary = %self.settings.binary.display(),
+                    error = %e,
+                    "cannot learn keepalived's JSON signal; reporting from the notify FIFO only until it can"
+                );
+            }
+            Err(e) => tracing::debug!(error = %e, "keepalived JSON signal still unknown"),
         }
     }
 
@@ -182,6 +189,10 @@ async fn json_signal_number(binary: &std::path::Path) -> std::io::Result<i32> {
         tokio::process::Command::new(binary)
             .arg("--signum=JSON")
             .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .kill_on_drop(true)
             .output(),
     )

@@ -36,11 +36,16 @@ pub fn settings() -> Settings {
 
 impl TestServer {
     pub async fn start(pool: PgPool) -> TestServer {
-        Self::start_with(pool, settings()).await
+        let mut s = settings();
+        s.listen = "127.0.0.1:0".parse().unwrap();
+        Self::start_on(pool, s).await
     }
 
-    pub async fn start_with(pool: PgPool, settings: Settings) -> TestServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// Starts on `settings.listen` (the default harness uses 127.0.0.1:0).
+    pub async fn start_on(pool: PgPool, settings: Settings) -> TestServer {
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(hapulse_server::launch::serve(
