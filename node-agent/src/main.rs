@@ -11,7 +11,12 @@ use tokio_util::sync::CancellationToken;
 /// hapulse node agent: reports this host's keepalived VRRP state (roles, priorities, VIPs) to the
 /// hapulse server every heartbeat interval, and every state change at once.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    after_help = "keepalived needs `notify_fifo <keepalived.notify_fifo>` in global_defs.\n\
+                  Example: hapulse-agent --config /etc/hapulse/agent.toml\n\
+                  Every key and its default: hapulse-agent --print-default-config"
+)]
 struct Cli {
     /// TOML configuration file; every key can also be set as HAPULSE_AGENT_<KEY>
     /// (nested: HAPULSE_AGENT_KEEPALIVED__PID_FILE).

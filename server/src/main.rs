@@ -11,7 +11,12 @@ use tokio_util::sync::CancellationToken;
 /// hapulse central server: agent heartbeats in, history in PostgreSQL, live dashboard, REST API
 /// (/api/v1) and Prometheus metrics (/metrics) out.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    after_help = "Example: HAPULSE_DATABASE_URL=postgres://hapulse:…@127.0.0.1/hapulse \\\n\
+                  \x20        HAPULSE_AGENT_TOKEN=$(cat /etc/hapulse/agent-token) hapulse-server\n\
+                  Every key and its default: hapulse-server --print-default-config"
+)]
 struct Cli {
     /// TOML configuration file; every key can also be set as HAPULSE_<KEY>
     /// (nested: HAPULSE_DETECTOR__DOWN_AFTER_MISSED).
