@@ -134,6 +134,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     probe.reconcile().await;
 
     loop {
+        // A report goes out on every heartbeat tick, and at once whenever the state changed.
+        let mut tick_due = false;
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(transition) = fifo_rx.recv() => {
@@ -144,7 +146,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
                 probe.reconcile().await;
             }
             _ = reconcile.tick() => probe.reconcile().await,
-            _ = heartbeat.tick() => {}
+            _ = heartbeat.tick() => tick_due = true,
         }
         let running = probe.keepalived_pid().is_some();
         if last_running.is_some_and(|was| was != running) {
@@ -159,7 +161,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         }
         last_running = Some(running);
         let snap = take_snapshot(&mut probe, &mut last_key).await;
-        stage(&shared, &settings, boot_id, snap);
+        if tick_due || snap.state_change {
+            stage(&shared, &settings, boot_id, snap);
+        }
     }
 
     tracing::info!("shutting down: flushing reports");

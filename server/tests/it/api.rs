@@ -386,3 +386,46 @@ async fn dashboard_pages_stream_and_metrics(pool: PgPool) {
     drop(stream);
     server.stop().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn heartbeat_partitions_are_created_ahead_and_dropped_after_retention(pool: PgPool) {
+    use hapulse_server::db::maintain_partitions;
+    let server = TestServer::start(pool).await;
+    let pool = server.stop().await;
+    let partitions = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, String>(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+              JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'heartbeat_samples' ORDER BY 1",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let today = chrono::Utc::now();
+    let names = partitions(pool.clone()).await;
+    let expect = |offset: i64| {
+        format!(
+            "heartbeat_samples_p{}",
+            (today + chrono::Duration::days(offset)).format("%Y%m%d")
+        )
+    };
+    for offset in -1..=2 {
+        assert!(
+            names.contains(&expect(offset)),
+            "{} missing from {names:?}",
+            expect(offset)
+        );
+    }
+    // Ten days later with a 7-day retention: the old days go, the new ones exist.
+    let later = today + chrono::Duration::days(10);
+    let dropped = maintain_partitions(&pool, later, 2, Duration::from_secs(7 * 24 * 3600))
+        .await
+        .unwrap();
+    assert!(
+        dropped.contains(&expect(0)) && dropped.contains(&expect(1)),
+        "{dropped:?}"
+    );
+    let names = partitions(pool.clone()).await;
+    assert!(!names.contains(&expect(0)), "{names:?}");
+    assert!((9..=12).all(|d| names.contains(&expect(d))), "{names:?}");
+}

@@ -263,6 +263,13 @@ async fn keepalived_failover_is_seen_and_survives_a_server_outage(pool: PgPool) 
     }
     let (_, cluster) = server.get_json(&format!("/api/v1/clusters/{LAB}")).await;
     assert_eq!(cluster["health"], "healthy", "{cluster}");
+    // The server's own outage is not the nodes' fault: no false suspect or down verdicts.
+    assert!(
+        !again
+            .iter()
+            .any(|e| e["kind"] == "node_suspect" || e["kind"] == "node_down"),
+        "{again:#?}"
+    );
 
     // 5. SIGTERM: the agent finishes its work and exits 0.
     Lab::run(&["agent", "h2", "stop"]);
