@@ -26,7 +26,7 @@ use uuid::Uuid;
 use crate::client::AgentClient;
 use crate::config::Settings;
 use crate::keepalived::{fifo, KeepalivedProbe};
-use crate::spool::Spool;
+use crate::spool::{ReportKey, Spool};
 
 /// Reports waiting to be sent: the durable spool of state changes and the latest periodic report.
 struct Outbox {
@@ -280,17 +280,18 @@ async fn send_loop(
                     tracing::debug!(seq = report.seq, "server had this report already");
                 }
                 if spooled {
-                    let mut outbox = shared.outbox();
-                    // The front is still this report: only this task removes from the spool.
-                    if let Err(e) = outbox.spool.pop_front() {
-                        tracing::error!(error = %e, "cannot rewrite the spool; the report may be sent again (the server ignores repeats)");
+                    // Removes it only if it is still the oldest (a full spool may have dropped it).
+                    if let Err(e) = shared.outbox().spool.acknowledge(ReportKey::of(&report)) {
+                        tracing::error!(error = %e, "cannot update the spool; the report may be sent again (the server ignores repeats)");
                     }
                 }
             }
             Err(e) if !e.is_retryable() => {
                 tracing::error!(seq = report.seq, error = %e, "server refused a report; dropping it");
                 if spooled {
-                    let _ = shared.outbox().spool.pop_front();
+                    if let Err(e) = shared.outbox().spool.acknowledge(ReportKey::of(&report)) {
+                        tracing::error!(error = %e, "cannot update the spool");
+                    }
                 }
             }
             Err(e) => {

@@ -164,8 +164,23 @@ impl Settings {
         if !(self.server_url.starts_with("http://") || self.server_url.starts_with("https://")) {
             return invalid("server_url", "must start with http:// or https://");
         }
-        if self.heartbeat_interval < Duration::from_millis(100) {
-            return invalid("heartbeat_interval", "must be at least 100ms");
+        // The server accepts heartbeat intervals of 100 ms to 1 h.
+        if self.heartbeat_interval < Duration::from_millis(100)
+            || self.heartbeat_interval > Duration::from_secs(3600)
+        {
+            return invalid("heartbeat_interval", "must be between 100ms and 1h");
+        }
+        if self.request_timeout < Duration::from_millis(100) {
+            return invalid("request_timeout", "must be at least 100ms");
+        }
+        if self.max_retry_backoff < self.heartbeat_interval {
+            return invalid("max_retry_backoff", "must be at least heartbeat_interval");
+        }
+        if self.keepalived.reconcile_interval < Duration::from_millis(100) {
+            return invalid("keepalived.reconcile_interval", "must be at least 100ms");
+        }
+        if self.keepalived.dump_timeout < Duration::from_millis(10) {
+            return invalid("keepalived.dump_timeout", "must be at least 10ms");
         }
         if self.spool_capacity == 0 {
             return invalid("spool_capacity", "must be at least 1");
@@ -219,6 +234,10 @@ mod tests {
             assert_eq!(s.node_id, "db1");
             assert_eq!(s.heartbeat_interval, Duration::from_millis(250));
             assert_eq!(s.keepalived.pid_file, PathBuf::from("/run/k.pid"));
+            jail.set_env("HAPULSE_AGENT_KEEPALIVED__RECONCILE_INTERVAL", "0s");
+            let err = Settings::load(Some(&path)).unwrap_err().to_string();
+            assert!(err.contains("reconcile_interval"), "{err}");
+            jail.set_env("HAPULSE_AGENT_KEEPALIVED__RECONCILE_INTERVAL", "5s");
             jail.set_env("HAPULSE_AGENT_NODE_ID", "bad id!");
             let err = Settings::load(Some(&path)).unwrap_err().to_string();
             assert!(err.contains("node_id"), "{err}");

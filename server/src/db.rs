@@ -301,7 +301,8 @@ impl Sample {
 }
 
 /// Writes a batch of samples and advances each node's watermark and last-heartbeat time, in one
-/// transaction of two statements.
+/// transaction of two statements. Only the transition path starts a new agent run (boot id): a
+/// late sample of an older run never moves the watermark back.
 pub async fn write_samples(pool: &PgPool, samples: &[Sample]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let n = samples.len();
@@ -382,7 +383,7 @@ pub async fn write_samples(pool: &PgPool, samples: &[Sample]) -> Result<(), sqlx
                        $6::float8[], $7::int8[], $8::int8[])
                 AS u(node_id, boot_id, seq, received_at, observed_at, load1, uptime, spool)
           WHERE nodes.node_id = u.node_id
-            AND (nodes.boot_id <> u.boot_id OR nodes.last_seq < u.seq)",
+            AND nodes.boot_id = u.boot_id AND nodes.last_seq < u.seq",
     )
     .bind(&l_node)
     .bind(&l_boot)

@@ -70,11 +70,21 @@ pub fn validate(report: &HeartbeatReport) -> Result<(), AppError> {
             "must be 100..=3600000",
         ));
     }
-    if report.hostname.len() > 255 || report.agent_version.len() > 64 {
+    // Control characters (NUL above all) would make PostgreSQL refuse the row with a 500 the
+    // agent retries forever.
+    let text_ok = |s: &str, max: usize| s.len() <= max && !s.chars().any(char::is_control);
+    if !text_ok(&report.hostname, 255) {
         return Err(AppError::invalid(
             "invalid_body",
             "hostname",
-            "hostname ≤ 255 and agent_version ≤ 64 bytes",
+            "at most 255 bytes, no control characters",
+        ));
+    }
+    if !text_ok(&report.agent_version, 64) {
+        return Err(AppError::invalid(
+            "invalid_body",
+            "agent_version",
+            "at most 64 bytes, no control characters",
         ));
     }
     if !report.load1.is_finite() || report.load1 < 0.0 {
@@ -108,11 +118,11 @@ pub fn validate(report: &HeartbeatReport) -> Result<(), AppError> {
                 format!("instance {:?} appears twice", i.name),
             ));
         }
-        if i.interface.as_ref().is_some_and(|s| s.len() > 64) {
+        if i.interface.as_ref().is_some_and(|s| !text_ok(s, 64)) {
             return Err(AppError::invalid(
                 "invalid_body",
                 field("interface"),
-                "at most 64 bytes",
+                "at most 64 bytes, no control characters",
             ));
         }
         if i.vips.len() > MAX_VIPS {
@@ -197,31 +207,33 @@ pub async fn accept(state: &AppState, report: HeartbeatReport) -> Result<Heartbe
         }
     };
     let received_at = Utc::now();
-    let accepted = if fast_path {
-        let now = tokio::time::Instant::now();
-        let mut live = state.live_mut();
-        match live.nodes.get_mut(&report.node_id) {
-            Some(node) if !node.is_replay(&report) => {
-                node.apply(&report, received_at, now);
-                true
-            }
-            _ => false,
-        }
-    } else {
-        record_transition(state, &report, received_at).await?
-    };
-    if !accepted {
-        state.metrics.heartbeat("duplicate", started.elapsed());
-        return Ok(ack(false));
-    }
-    state
-        .history
-        .write(Sample::of(&report, received_at))
-        .await
-        .map_err(|e| {
+    let sample = Sample::of(&report, received_at);
+    let write_sample = |sample| async {
+        state.history.write(sample).await.map_err(|e| {
             tracing::warn!(node_id = %report.node_id, error = %e, "heartbeat sample not stored");
             AppError::DatabaseUnavailable
-        })?;
+        })
+    };
+    if fast_path {
+        // Durable first, then visible: a report the server failed to store is not marked seen,
+        // so the agent's retry is accepted.
+        write_sample(sample).await?;
+        let now = tokio::time::Instant::now();
+        let mut live = state.live_mut();
+        if let Some(node) = live.nodes.get_mut(&report.node_id) {
+            if !node.is_replay(&report) {
+                node.apply(&report, received_at, now);
+            }
+        }
+    } else {
+        if !record_transition(state, &report, received_at).await? {
+            state.metrics.heartbeat("duplicate", started.elapsed());
+            return Ok(ack(false));
+        }
+        // The transition (state and events) is committed; should the sample fail, the agent's
+        // retry is a replay and only this sample is missing from the history.
+        write_sample(sample).await?;
+    }
     state.metrics.heartbeat("accepted", started.elapsed());
     Ok(ack(true))
 }
@@ -266,7 +278,18 @@ async fn record_transition(
         state.metrics.event(e.kind);
     }
     let cluster = node.cluster.clone();
-    state.live_mut().nodes.insert(node.node_id.clone(), node);
+    {
+        let mut live = state.live_mut();
+        // A newer report of the same run may have been applied meanwhile (the agent retried
+        // while this one was in flight): never go back in time.
+        let newer = live
+            .nodes
+            .get(&node.node_id)
+            .is_some_and(|n| n.boot_id == node.boot_id && n.last_seq > node.last_seq);
+        if !newer {
+            live.nodes.insert(node.node_id.clone(), node);
+        }
+    }
     state.announce(&cluster);
     Ok(true)
 }

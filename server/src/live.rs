@@ -219,6 +219,9 @@ pub enum EventKind {
     KeepalivedStopped,
     /// An agent started a new run (new `boot_id`).
     AgentRestarted,
+    /// A VRRP instance a node reported before is gone from its reports (keepalived reloaded
+    /// without it).
+    InstanceRemoved,
 }
 
 impl EventKind {
@@ -235,11 +238,12 @@ impl EventKind {
             EventKind::KeepalivedStarted => "keepalived_started",
             EventKind::KeepalivedStopped => "keepalived_stopped",
             EventKind::AgentRestarted => "agent_restarted",
+            EventKind::InstanceRemoved => "instance_removed",
         }
     }
 
     /// Every kind, for metrics and filters.
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::NodeUp,
         EventKind::NodeSuspect,
         EventKind::NodeDown,
@@ -250,6 +254,7 @@ impl EventKind {
         EventKind::KeepalivedStarted,
         EventKind::KeepalivedStopped,
         EventKind::AgentRestarted,
+        EventKind::InstanceRemoved,
     ];
 }
 
@@ -414,5 +419,130 @@ pub fn transitions(
             ));
         }
     }
+    let gone = previous
+        .into_iter()
+        .flat_map(|p| p.instances.iter())
+        .filter(|old| {
+            !report
+                .keepalived
+                .instances
+                .iter()
+                .any(|i| i.name == old.name)
+        });
+    for old in gone {
+        for vip in &old.held_vips {
+            out.push(event(
+                EventKind::VipReleased,
+                Some(&old.name),
+                Some(vip.clone()),
+                None,
+                format!("VIP {vip} ({}) left {node}", old.name),
+                serde_json::json!({ "vip": vip }),
+            ));
+        }
+        out.push(event(
+            EventKind::InstanceRemoved,
+            Some(&old.name),
+            Some(old.state.as_str().into()),
+            None,
+            format!(
+                "{} is no longer configured on {node} (was {})",
+                old.name, old.state
+            ),
+            serde_json::json!({}),
+        ));
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hapulse_protocol::KeepalivedReport;
+
+    fn report(seq: u64, instances: Vec<VrrpInstanceReport>) -> HeartbeatReport {
+        HeartbeatReport {
+            protocol_version: 1,
+            agent_version: "t".into(),
+            node_id: "a".into(),
+            cluster: "c".into(),
+            boot_id: Uuid::nil(),
+            seq,
+            observed_at: Utc::now(),
+            state_change: true,
+            heartbeat_interval_ms: 1000,
+            hostname: "a".into(),
+            uptime_seconds: 1,
+            load1: 0.0,
+            keepalived: KeepalivedReport {
+                running: true,
+                instances,
+            },
+            spool_depth: 0,
+            spool_dropped: 0,
+        }
+    }
+
+    fn instance(name: &str, state: VrrpState, held: bool, priority: u8) -> VrrpInstanceReport {
+        VrrpInstanceReport {
+            name: name.into(),
+            vrid: Some(1),
+            interface: Some("eth0".into()),
+            state,
+            base_priority: Some(100),
+            effective_priority: Some(priority),
+            vips: vec!["10.0.0.1".into()],
+            held_vips: if held {
+                vec!["10.0.0.1".into()]
+            } else {
+                vec![]
+            },
+            last_transition: None,
+            counters: Default::default(),
+        }
+    }
+
+    fn kinds(events: &[NewEvent]) -> Vec<(&'static str, Option<String>, Option<String>)> {
+        events
+            .iter()
+            .map(|e| (e.kind.as_str(), e.from_state.clone(), e.to_state.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn derives_role_priority_vip_and_removal_events() {
+        let live = Live::default();
+        let first = report(
+            1,
+            vec![
+                instance("VI_1", VrrpState::Backup, false, 100),
+                instance("VI_2", VrrpState::Master, true, 100),
+            ],
+        );
+        let events = transitions(None, &first, &live);
+        assert_eq!(events[0].kind, EventKind::NodeUp);
+        let before = NodeLive::from_report(&first, Utc::now(), Instant::now());
+
+        // Nothing changed: no events.
+        assert!(transitions(
+            Some(&before),
+            &report(2, first.keepalived.instances.clone()),
+            &live
+        )
+        .is_empty());
+
+        let next = report(3, vec![instance("VI_1", VrrpState::Master, true, 110)]);
+        let events = transitions(Some(&before), &next, &live);
+        assert_eq!(
+            kinds(&events),
+            vec![
+                ("role_change", Some("BACKUP".into()), Some("MASTER".into())),
+                ("priority_change", Some("100".into()), Some("110".into())),
+                ("vip_acquired", None, Some("10.0.0.1".into())),
+                ("vip_released", Some("10.0.0.1".into()), None),
+                ("instance_removed", Some("MASTER".into()), None),
+            ]
+        );
+        assert_eq!(events[4].instance.as_deref(), Some("VI_2"));
+    }
 }

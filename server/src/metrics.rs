@@ -16,6 +16,8 @@ use crate::view;
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// Serialises [`Metrics::render`]: it resets and refills shared gauges.
+    render_lock: std::sync::Arc<std::sync::Mutex<()>>,
     heartbeats: IntCounterVec,
     ingest_seconds: HistogramVec,
     events: IntCounterVec,
@@ -125,6 +127,7 @@ impl Metrics {
         }
         Ok(Metrics {
             registry,
+            render_lock: Default::default(),
             heartbeats,
             ingest_seconds,
             events,
@@ -161,6 +164,11 @@ impl Metrics {
 
     /// The text exposition, with the state gauges refreshed from `live`.
     pub fn render(&self, live: &Live, now: DateTime<Utc>) -> String {
+        // Poisoning cannot leave anything half-done that the resets below do not redo.
+        let _serial = self
+            .render_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.instance_state.reset();
         self.instance_priority.reset();
         self.heartbeat_age.reset();

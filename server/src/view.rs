@@ -280,6 +280,23 @@ pub fn instance_view(name: &str, nodes: &[&NodeLive]) -> InstanceView {
                 &mut health,
             );
         }
+        for holder in holders.iter().filter(|h| !masters.contains(h)) {
+            worsen(
+                Health::Degraded,
+                format!("VIP {vip} is on {holder}, which is not MASTER"),
+                &mut health,
+            );
+        }
+    }
+    for master in &masters {
+        let holds_any = vips.values().any(|holders| holders.contains(master));
+        if !vips.is_empty() && !holds_any {
+            worsen(
+                Health::Degraded,
+                format!("MASTER {master} holds none of the VIPs"),
+                &mut health,
+            );
+        }
     }
     for m in &members {
         if m.node_status != NodeStatus::Up {
@@ -524,6 +541,21 @@ mod tests {
             node("b", VrrpState::Backup, &[], NodeStatus::Up),
         ]);
         assert_eq!(v.health, Health::Degraded, "master without its VIP");
+        let v = verdict(&[
+            node("a", VrrpState::Master, &[], NodeStatus::Up),
+            node("b", VrrpState::Backup, VIP, NodeStatus::Up),
+        ]);
+        assert_eq!(
+            v.health,
+            Health::Degraded,
+            "the VIP is on the BACKUP: {:?}",
+            v.reasons
+        );
+        assert!(
+            v.reasons.iter().any(|r| r.contains("not MASTER")),
+            "{:?}",
+            v.reasons
+        );
     }
 
     #[test]

@@ -111,18 +111,25 @@ pub async fn read_fifo(
     let receiver = tokio::net::unix::pipe::OpenOptions::new()
         .read_write(true)
         .open_receiver(path)?;
-    let mut lines = BufReader::new(receiver).lines();
+    let mut reader = BufReader::new(receiver);
+    let mut raw = Vec::new();
     loop {
-        let line = tokio::select! {
+        raw.clear();
+        let read = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            line = lines.next_line() => line?,
+            read = reader.read_until(b'\n', &mut raw) => read?,
         };
-        let Some(line) = line else { return Ok(()) };
+        if read == 0 {
+            return Ok(());
+        }
+        // Bytes that are not UTF-8 cannot stop the reader: they make the line malformed.
+        let line = String::from_utf8_lossy(&raw);
         match parse_line(&line) {
             Ok(FifoLine::Instance(t)) => {
                 tracing::info!(instance = %t.name, state = %t.state, priority = ?t.priority, "keepalived notify");
-                if out.send(t).await.is_err() {
-                    return Ok(());
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    sent = out.send(t) => if sent.is_err() { return Ok(()) },
                 }
             }
             Ok(FifoLine::Other(kind)) => {
@@ -210,7 +217,7 @@ mod tests {
             .open_sender(&path)
             .unwrap();
         writer
-            .write_all(b"INSTANCE \"VI_1\" BACKUP 100\nnot a line\nINSTANCE \"VI_1\" MASTER 100\n")
+            .write_all(b"INSTANCE \"VI_1\" BACKUP 100\nnot a line \xff\xfe\nINSTANCE \"VI_1\" MASTER 100\n")
             .await
             .unwrap();
         assert_eq!(rx.recv().await.unwrap().state, VrrpState::Backup);

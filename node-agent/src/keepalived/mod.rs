@@ -151,11 +151,13 @@ impl KeepalivedProbe {
     /// The current report: keepalived up or down, each instance with the VIPs the kernel has.
     pub async fn snapshot(&mut self) -> KeepalivedReport {
         let running = self.keepalived_pid().is_some();
+        // On a netlink failure the VIPs keep the holders last seen: an empty answer would look
+        // like every VIP leaving this host.
         let addresses = match self.addresses.addresses().await {
-            Ok(a) => a,
+            Ok(a) => Some(a),
             Err(e) => {
-                tracing::warn!(error = %e, "reading interface addresses over netlink failed");
-                Default::default()
+                tracing::warn!(error = %e, "reading interface addresses over netlink failed; keeping the last known VIP holders");
+                None
             }
         };
         let instances = self
@@ -166,15 +168,17 @@ impl KeepalivedProbe {
                     instance.state = VrrpState::Stop;
                     instance.last_transition = Some(chrono::Utc::now());
                 }
-                instance.held_vips = instance
-                    .vips
-                    .iter()
-                    .filter(|vip| {
-                        vip.parse::<std::net::IpAddr>()
-                            .is_ok_and(|ip| addresses.contains(&ip))
-                    })
-                    .cloned()
-                    .collect();
+                if let Some(addresses) = &addresses {
+                    instance.held_vips = instance
+                        .vips
+                        .iter()
+                        .filter(|vip| {
+                            vip.parse::<std::net::IpAddr>()
+                                .is_ok_and(|ip| addresses.contains(&ip))
+                        })
+                        .cloned()
+                        .collect();
+                }
                 instance.clone()
             })
             .collect();

@@ -32,5 +32,11 @@ pub async fn heartbeat(
     tracing::Span::current()
         .record("node_id", report.node_id.as_str())
         .record("seq", report.seq);
-    ingest::accept(&state, report).await.map(Json)
+    // Its own task: an agent that gives up waiting (timeout) must not cut a transition between
+    // its commit and the update of live state.
+    let task = tokio::spawn(async move { ingest::accept(&state, report).await });
+    match task.await {
+        Ok(result) => result.map(Json),
+        Err(e) => Err(AppError::Internal(e.into())),
+    }
 }

@@ -209,6 +209,10 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_written(pool: PgP
         post(bad_name.to_string(), Some(TOKEN)).await.unwrap(),
     )
     .await;
+    let mut nul = good.clone();
+    nul["hostname"] = "db1\u{0}".into();
+    check(400, "invalid_body", Some("hostname"))(post(nul.to_string(), Some(TOKEN)).await.unwrap())
+        .await;
     let mut old = good.clone();
     old["protocol_version"] = 99.into();
     check(400, "protocol_version", Some("protocol_version"))(
