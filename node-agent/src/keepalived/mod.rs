@@ -69,11 +69,16 @@ impl KeepalivedProbe {
         }
     }
 
-    /// The pid in keepalived's pid file, when that process is alive.
+    /// The pid in keepalived's pid file, when that process is alive: it exists and is not a
+    /// zombie (a killed keepalived whose parent has not reaped it yet still answers kill(pid, 0)).
     pub fn keepalived_pid(&self) -> Option<i32> {
         let text = std::fs::read_to_string(&self.settings.pid_file).ok()?;
         let pid: i32 = text.trim().parse().ok()?;
-        crate::sys::kill(pid, 0).ok().map(|_| pid)
+        crate::sys::kill(pid, 0).ok()?;
+        // /proc/PID/stat: "pid (comm) state …"; comm may hold spaces and parentheses.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+        (!matches!(state, "Z" | "X")).then_some(pid)
     }
 
     /// Applies one FIFO line. Returns true when it changed what the probe knows.
