@@ -16,9 +16,12 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use hapulse_protocol::{HeartbeatReport, KeepalivedReport, VrrpState, PROTOCOL_VERSION};
+use hapulse_protocol::{
+    HeartbeatReport, KeepalivedReport, LinkState, ReplicationLinkReport, ReplicationRole,
+    VrrpState, PROTOCOL_VERSION,
+};
 use rand::Rng;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -26,6 +29,7 @@ use uuid::Uuid;
 use crate::client::AgentClient;
 use crate::config::Settings;
 use crate::keepalived::{fifo, KeepalivedProbe};
+use crate::replication::{self, ReplicationProbes};
 use crate::spool::{ReportKey, Spool};
 
 /// Reports waiting to be sent: the durable spool of state changes and the latest periodic report.
@@ -51,6 +55,7 @@ impl Shared {
 /// Everything that goes into a report except its sequence number and spool counters.
 struct Snapshot {
     keepalived: KeepalivedReport,
+    replication: Vec<ReplicationLinkReport>,
     state_change: bool,
 }
 
@@ -67,9 +72,10 @@ type StateKey = (
         Vec<String>,
         Vec<String>,
     )>,
+    Vec<(String, ReplicationRole, LinkState)>,
 );
 
-fn state_key(k: &KeepalivedReport) -> StateKey {
+fn state_key(k: &KeepalivedReport, replication: &[ReplicationLinkReport]) -> StateKey {
     let instances = k
         .instances
         .iter()
@@ -84,7 +90,7 @@ fn state_key(k: &KeepalivedReport) -> StateKey {
             )
         })
         .collect();
-    (k.running, instances)
+    (k.running, instances, replication::state_key(replication))
 }
 
 /// Runs the agent until `shutdown` is cancelled; then sends what is in flight and what the spool
@@ -117,6 +123,17 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         }
     });
 
+    let (links_tx, mut links_rx) = watch::channel(Vec::new());
+    let probes = ReplicationProbes::new(&settings);
+    let replication_task = (!probes.is_empty()).then(|| {
+        tokio::spawn(replication::run(
+            probes,
+            settings.heartbeat_interval,
+            links_tx,
+            shutdown.child_token(),
+        ))
+    });
+
     let sender_shutdown = CancellationToken::new();
     let sender = tokio::spawn(send_loop(
         client,
@@ -141,11 +158,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             Some(transition) = fifo_rx.recv() => {
                 probe.apply_transition(&transition);
                 // Report the FIFO's news at once, then fill in the details from a fresh dump.
-                let snap = take_snapshot(&mut probe, &mut last_key).await;
+                let snap = take_snapshot(&mut probe, &links_rx, &mut last_key).await;
                 stage(&shared, &settings, boot_id, snap);
                 probe.reconcile().await;
             }
             _ = reconcile.tick() => probe.reconcile().await,
+            // A replication link changed role or state: report at once.
+            Ok(()) = links_rx.changed() => {}
             _ = heartbeat.tick() => tick_due = true,
         }
         let running = probe.keepalived_pid().is_some();
@@ -160,7 +179,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             }
         }
         last_running = Some(running);
-        let snap = take_snapshot(&mut probe, &mut last_key).await;
+        let snap = take_snapshot(&mut probe, &links_rx, &mut last_key).await;
         if tick_due || snap.state_change {
             stage(&shared, &settings, boot_id, snap);
         }
@@ -170,6 +189,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     sender_shutdown.cancel();
     let _ = sender.await;
     let _ = fifo_task.await;
+    if let Some(task) = replication_task {
+        let _ = task.await;
+    }
     let left = shared.outbox().spool.len();
     if left > 0 {
         tracing::warn!(
@@ -180,13 +202,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     Ok(())
 }
 
-async fn take_snapshot(probe: &mut KeepalivedProbe, last_key: &mut Option<StateKey>) -> Snapshot {
+async fn take_snapshot(
+    probe: &mut KeepalivedProbe,
+    links: &watch::Receiver<Vec<ReplicationLinkReport>>,
+    last_key: &mut Option<StateKey>,
+) -> Snapshot {
     let keepalived = probe.snapshot().await;
-    let key = state_key(&keepalived);
+    let replication = links.borrow().clone();
+    let key = state_key(&keepalived, &replication);
     let state_change = last_key.as_ref() != Some(&key);
     *last_key = Some(key);
     Snapshot {
         keepalived,
+        replication,
         state_change,
     }
 }
@@ -210,6 +238,7 @@ fn stage(shared: &Shared, settings: &Settings, boot_id: Uuid, snap: Snapshot) {
         uptime_seconds: crate::host::uptime_seconds(),
         load1: crate::host::load1(),
         keepalived: snap.keepalived,
+        replication: snap.replication,
         spool_depth: outbox.spool.len() as u64,
         spool_dropped: outbox.spool.dropped(),
     };

@@ -37,6 +37,19 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// Most state-change reports kept in the spool; the oldest is dropped beyond it (default 10000).
     pub spool_capacity: usize,
+    /// Longest wait for one replication source to answer (default 2 s); beyond it the link is
+    /// reported `down`.
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
+    /// PostgreSQL replication probes (`[[postgresql]]` sections).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub postgresql: Vec<PostgresSettings>,
+    /// MySQL/MariaDB replication probes (`[[mysql]]` sections).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mysql: Vec<MysqlSettings>,
+    /// DRBD probes (`[[drbd]]` sections).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drbd: Vec<DrbdSettings>,
     /// keepalived probe.
     pub keepalived: KeepalivedSettings,
 }
@@ -66,6 +79,63 @@ pub struct KeepalivedSettings {
     pub dump_timeout: Duration,
 }
 
+/// A PostgreSQL server on this host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSettings {
+    /// Link name, the same on every node of the cluster (`pg`).
+    pub name: String,
+    /// Connection string: `postgres://hapulse@127.0.0.1/postgres`, or a local socket,
+    /// `postgres:///postgres?host=/var/run/postgresql&user=postgres`. The role needs
+    /// `pg_monitor`. Never logged.
+    #[serde(serialize_with = "serialize_redacted")]
+    pub dsn: SecretString,
+    /// VRRP instance whose VIP should be on this link's primary.
+    #[serde(default)]
+    pub vrrp_instance: Option<String>,
+}
+
+/// A MySQL or MariaDB server on this host, asked through its `mysql` client.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlSettings {
+    /// Link name, the same on every node of the cluster.
+    pub name: String,
+    /// The `mysql` (or `mariadb`) client binary.
+    #[serde(default = "default_mysql_client")]
+    pub client: PathBuf,
+    /// Option file with the credentials (`[client] user=… password=…`), passed as
+    /// `--defaults-file`.
+    #[serde(default)]
+    pub defaults_file: Option<PathBuf>,
+    /// VRRP instance whose VIP should be on this link's primary.
+    #[serde(default)]
+    pub vrrp_instance: Option<String>,
+}
+
+/// DRBD resources on this host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrbdSettings {
+    /// The `drbdsetup` binary.
+    #[serde(default = "default_drbdsetup")]
+    pub drbdsetup: PathBuf,
+    /// Resources to report; all when empty.
+    #[serde(default)]
+    pub resources: Vec<String>,
+    /// VRRP instance whose VIP should be on the resources' Primary.
+    #[serde(default)]
+    pub vrrp_instance: Option<String>,
+}
+
+fn default_mysql_client() -> PathBuf {
+    PathBuf::from("mysql")
+}
+
+fn default_drbdsetup() -> PathBuf {
+    PathBuf::from("drbdsetup")
+}
+
 fn serialize_redacted<S: serde::Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str("")
 }
@@ -82,6 +152,10 @@ impl Default for Settings {
             max_retry_backoff: Duration::from_secs(30),
             state_dir: PathBuf::from("/var/lib/hapulse-agent"),
             spool_capacity: 10_000,
+            probe_timeout: Duration::from_secs(2),
+            postgresql: Vec::new(),
+            mysql: Vec::new(),
+            drbd: Vec::new(),
             keepalived: KeepalivedSettings {
                 notify_fifo: PathBuf::from("/run/keepalived/hapulse.fifo"),
                 pid_file: PathBuf::from("/run/keepalived.pid"),
@@ -141,7 +215,21 @@ impl Settings {
             .unwrap_or_else(|e| format!("# cannot render defaults: {e}\n"));
         format!(
             "# hapulse-agent configuration; every key can be overridden by HAPULSE_AGENT_<KEY>\n\
-             # (nested keys: HAPULSE_AGENT_KEEPALIVED__PID_FILE). node_id, cluster and token are required.\n{body}"
+             # (nested keys: HAPULSE_AGENT_KEEPALIVED__PID_FILE). node_id, cluster and token are required.\n{body}\n\
+             # Replication probes, none by default. Examples:\n\
+             # [[postgresql]]\n\
+             # name = \"pg\"\n\
+             # dsn = \"postgres:///postgres?host=/var/run/postgresql&user=postgres\"\n\
+             # vrrp_instance = \"VI_1\"\n\
+             #\n\
+             # [[mysql]]\n\
+             # name = \"db\"\n\
+             # client = \"mysql\"\n\
+             # defaults_file = \"/etc/hapulse/mysql.cnf\"\n\
+             #\n\
+             # [[drbd]]\n\
+             # drbdsetup = \"drbdsetup\"\n\
+             # resources = [\"r0\"]\n"
         )
     }
 
@@ -182,6 +270,20 @@ impl Settings {
         if self.keepalived.dump_timeout < Duration::from_millis(10) {
             return invalid("keepalived.dump_timeout", "must be at least 10ms");
         }
+        let mut names = std::collections::BTreeSet::new();
+        for name in self
+            .postgresql
+            .iter()
+            .map(|p| &p.name)
+            .chain(self.mysql.iter().map(|m| &m.name))
+        {
+            if !valid_name(name) || !names.insert(name) {
+                return invalid(
+                    "postgresql/mysql name",
+                    "1-64 characters of A-Z a-z 0-9 . _ -, unique",
+                );
+            }
+        }
         if self.spool_capacity == 0 {
             return invalid("spool_capacity", "must be at least 1");
         }
@@ -209,6 +311,22 @@ mod tests {
         assert!(text.contains("heartbeat_interval = \"1s\""), "{text}");
         assert!(text.contains("[keepalived]"), "{text}");
         let parsed: Settings = toml::from_str(&text).unwrap();
+        assert!(parsed.postgresql.is_empty());
+        let with_probe: Settings = toml::from_str(
+            &text
+                .replace("# [[postgresql]]\n# name", "[[postgresql]]\nname")
+                .replace("# dsn", "dsn")
+                .replace("# vrrp_instance", "vrrp_instance"),
+        )
+        .unwrap();
+        assert_eq!(
+            with_probe.postgresql[0].vrrp_instance.as_deref(),
+            Some("VI_1")
+        );
+        assert!(
+            !format!("{with_probe:?}").contains("/var/run/postgresql"),
+            "the DSN is secret"
+        );
         assert_eq!(parsed.heartbeat_interval, Duration::from_secs(1));
         let s = Settings {
             token: SecretString::from("hunter2"),

@@ -9,5 +9,6 @@ pub mod client;
 pub mod config;
 pub mod host;
 pub mod keepalived;
+pub mod replication;
 pub mod spool;
 mod sys;

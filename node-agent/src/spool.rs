@@ -233,6 +233,7 @@ mod tests {
                 running: true,
                 instances: vec![],
             },
+            replication: vec![],
             spool_depth: 0,
             spool_dropped: 0,
         }

@@ -55,6 +55,10 @@ pub struct HeartbeatReport {
     pub load1: f64,
     /// keepalived as this agent sees it.
     pub keepalived: KeepalivedReport,
+    /// Replication links this host takes part in (PostgreSQL, MySQL/MariaDB, DRBD), from the
+    /// probes enabled in the agent's configuration. Absent from agents without probes.
+    #[serde(default)]
+    pub replication: Vec<ReplicationLinkReport>,
     /// Number of state-change reports waiting in the agent's on-disk spool when this one was sent.
     pub spool_depth: u64,
     /// Reports the agent's spool had to drop since it started because it was full.
@@ -170,6 +174,128 @@ impl VrrpState {
 impl fmt::Display for VrrpState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Kind of replication a link is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicationKind {
+    /// PostgreSQL streaming replication.
+    Postgresql,
+    /// MySQL or MariaDB replication.
+    Mysql,
+    /// A DRBD resource.
+    Drbd,
+}
+
+impl ReplicationKind {
+    /// `postgresql`, `mysql`, `drbd`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicationKind::Postgresql => "postgresql",
+            ReplicationKind::Mysql => "mysql",
+            ReplicationKind::Drbd => "drbd",
+        }
+    }
+}
+
+/// This host's role in a replication link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicationRole {
+    /// Source of the data: PostgreSQL primary, MySQL source, DRBD Primary.
+    Primary,
+    /// Receiver: PostgreSQL standby, MySQL replica, DRBD Secondary.
+    Secondary,
+    /// Not known (the database is down, say).
+    Unknown,
+}
+
+impl ReplicationRole {
+    /// `primary`, `secondary`, `unknown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicationRole::Primary => "primary",
+            ReplicationRole::Secondary => "secondary",
+            ReplicationRole::Unknown => "unknown",
+        }
+    }
+}
+
+/// State of a replication link, in hapulse's words across the three sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    /// Data flows and the receiver is caught up or following (PostgreSQL `streaming`, MySQL IO
+    /// and SQL threads running, DRBD `Established`).
+    Streaming,
+    /// The receiver is connected and behind on purpose or by load: PostgreSQL `catchup` or
+    /// `startup`, DRBD resync (`SyncSource`/`SyncTarget`).
+    CatchingUp,
+    /// Replay or apply is paused on the receiver (PostgreSQL `pg_wal_replay_pause()`, MySQL SQL
+    /// thread stopped while IO runs).
+    Paused,
+    /// The link is configured but not connected (no WAL receiver, MySQL IO thread stopped,
+    /// DRBD not `Connected`).
+    Disconnected,
+    /// Replication is stopped on purpose (MySQL both threads stopped) or not configured here.
+    Stopped,
+    /// The source could not be asked (database down, command failed); `error` says why.
+    Down,
+}
+
+impl LinkState {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Streaming => "streaming",
+            LinkState::CatchingUp => "catching_up",
+            LinkState::Paused => "paused",
+            LinkState::Disconnected => "disconnected",
+            LinkState::Stopped => "stopped",
+            LinkState::Down => "down",
+        }
+    }
+}
+
+/// One replication link as one host sees it: one per configured PostgreSQL or MySQL probe and
+/// per DRBD resource. A PostgreSQL primary folds its standbys (`pg_stat_replication` rows) into
+/// its one link: `peer` lists them, the lag is the largest, `raw` has each standby's fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationLinkReport {
+    /// Source kind.
+    pub kind: ReplicationKind,
+    /// Name: the probe's configured name (PostgreSQL, MySQL) or the DRBD resource name.
+    pub name: String,
+    /// This host's role.
+    pub role: ReplicationRole,
+    /// The other end: standby `application_name` (client address) on a PostgreSQL primary, the
+    /// sending host on a standby, the MySQL source host, the DRBD peer's name.
+    pub peer: Option<String>,
+    /// Link state.
+    pub state: LinkState,
+    /// How far the receiver is behind, in bytes: PostgreSQL WAL bytes not yet replayed
+    /// (`pg_wal_lsn_diff`), DRBD out-of-sync data (KiB × 1024). MySQL gives no byte lag.
+    pub lag_bytes: Option<u64>,
+    /// How far behind in seconds: PostgreSQL `replay_lag` (primary) or time since the last
+    /// replayed transaction while WAL is pending (standby), MySQL `Seconds_Behind_Source`.
+    pub lag_seconds: Option<f64>,
+    /// The VRRP instance whose VIP should follow this link's primary (from the probe's
+    /// configuration), for the "VIP holder is not the primary" check.
+    pub vrrp_instance: Option<String>,
+    /// Why the source could not be asked, when `state` is `down`.
+    pub error: Option<String>,
+    /// The fields the source gave, as text, by their own names (`replay_lsn`, `Last_IO_Error`,
+    /// `peer-disk-state` …).
+    pub raw: std::collections::BTreeMap<String, String>,
+}
+
+impl ReplicationLinkReport {
+    /// Identity of the link on its node and in its cluster: `kind:name` (`postgresql:pg`).
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.kind.as_str(), self.name)
     }
 }
 

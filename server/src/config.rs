@@ -57,6 +57,9 @@ pub struct HistorySettings {
     pub retention: Duration,
     /// Most samples written in one batch (default 1000).
     pub batch_max_rows: usize,
+    /// Per-minute rollups (min/max/avg) are kept this long (default 90 days).
+    #[serde(with = "humantime_serde")]
+    pub rollup_retention: Duration,
 }
 
 /// Environment keys (after `HAPULSE_`, lower case) that belong to the server; `__` ends a section.
@@ -90,6 +93,7 @@ impl Default for Settings {
             history: HistorySettings {
                 retention: Duration::from_secs(7 * 24 * 3600),
                 batch_max_rows: 1000,
+                rollup_retention: Duration::from_secs(90 * 24 * 3600),
             },
         }
     }
@@ -173,6 +177,12 @@ impl Settings {
         }
         if self.history.retention < Duration::from_secs(24 * 3600) {
             return invalid("history.retention", "must be at least 1 day");
+        }
+        if self.history.rollup_retention < self.history.retention {
+            return invalid(
+                "history.rollup_retention",
+                "must be at least history.retention",
+            );
         }
         if self.history.batch_max_rows == 0 {
             return invalid("history.batch_max_rows", "must be at least 1");

@@ -2,8 +2,10 @@
 //! covered by the integration tests. Functions that are part of a larger unit of work take a
 //! `&mut Transaction`; the caller begins and commits.
 
-use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, Utc};
-use hapulse_protocol::{HeartbeatReport, VrrpCounters, VrrpInstanceReport, VrrpState};
+use chrono::{DateTime, Utc};
+use hapulse_protocol::{
+    HeartbeatReport, ReplicationLinkReport, VrrpCounters, VrrpInstanceReport, VrrpState,
+};
 use serde::Serialize;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use tokio::time::Instant;
@@ -49,6 +51,7 @@ pub async fn load_live(pool: &PgPool, now: Instant) -> Result<Live, sqlx::Error>
             load1: row.try_get("load1")?,
             keepalived_running: row.try_get("keepalived_running")?,
             instances: Vec::new(),
+            replication: Vec::new(),
             spool_depth: row.try_get::<i64, _>("spool_depth")? as u64,
             spool_dropped: row.try_get::<i64, _>("spool_dropped")? as u64,
         };
@@ -83,6 +86,50 @@ pub async fn load_live(pool: &PgPool, now: Instant) -> Result<Live, sqlx::Error>
         };
         if let Some(node) = live.nodes.get_mut(&node_id) {
             node.instances.push(instance);
+        }
+    }
+    let rows = sqlx::query(
+        "SELECT node_id, kind, name, role, peer, state, lag_bytes, lag_seconds, vrrp_instance, error, raw
+           FROM replication_links ORDER BY node_id, link",
+    )
+    .fetch_all(pool)
+    .await?;
+    for row in rows {
+        let node_id: String = row.try_get("node_id")?;
+        let text = |column: &str| -> Result<String, sqlx::Error> { row.try_get(column) };
+        // Stored by this program from the same enums: a value it cannot read back is a bug, and
+        // the link is skipped rather than failing the start-up.
+        let parsed = (|| {
+            let kind =
+                serde_json::from_value(serde_json::Value::String(text("kind").ok()?)).ok()?;
+            let role =
+                serde_json::from_value(serde_json::Value::String(text("role").ok()?)).ok()?;
+            let state =
+                serde_json::from_value(serde_json::Value::String(text("state").ok()?)).ok()?;
+            Some((kind, role, state))
+        })();
+        let Some((kind, role, state)) = parsed else {
+            tracing::error!(node_id = %node_id, "unreadable replication_links row skipped");
+            continue;
+        };
+        let raw: sqlx::types::Json<std::collections::BTreeMap<String, String>> =
+            row.try_get("raw")?;
+        let link = ReplicationLinkReport {
+            kind,
+            name: row.try_get("name")?,
+            role,
+            peer: row.try_get("peer")?,
+            state,
+            lag_bytes: row
+                .try_get::<Option<i64>, _>("lag_bytes")?
+                .map(|v| v.max(0) as u64),
+            lag_seconds: row.try_get("lag_seconds")?,
+            vrrp_instance: row.try_get("vrrp_instance")?,
+            error: row.try_get("error")?,
+            raw: raw.0,
+        };
+        if let Some(node) = live.nodes.get_mut(&node_id) {
+            node.replication.push(link);
         }
     }
     Ok(live)
@@ -183,6 +230,42 @@ pub async fn store_node(
         .execute(&mut **tx)
         .await?;
     }
+    let keys: Vec<String> = node
+        .replication
+        .iter()
+        .map(ReplicationLinkReport::key)
+        .collect();
+    sqlx::query("DELETE FROM replication_links WHERE node_id = $1 AND NOT (link = ANY($2))")
+        .bind(&node.node_id)
+        .bind(&keys)
+        .execute(&mut **tx)
+        .await?;
+    for (l, key) in node.replication.iter().zip(&keys) {
+        sqlx::query(
+            "INSERT INTO replication_links (node_id, link, kind, name, role, peer, state, lag_bytes,
+                                            lag_seconds, vrrp_instance, error, raw, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now())
+             ON CONFLICT (node_id, link) DO UPDATE SET
+                kind = EXCLUDED.kind, name = EXCLUDED.name, role = EXCLUDED.role, peer = EXCLUDED.peer,
+                state = EXCLUDED.state, lag_bytes = EXCLUDED.lag_bytes, lag_seconds = EXCLUDED.lag_seconds,
+                vrrp_instance = EXCLUDED.vrrp_instance, error = EXCLUDED.error, raw = EXCLUDED.raw,
+                updated_at = now()",
+        )
+        .bind(&node.node_id)
+        .bind(key)
+        .bind(l.kind.as_str())
+        .bind(&l.name)
+        .bind(l.role.as_str())
+        .bind(&l.peer)
+        .bind(l.state.as_str())
+        .bind(l.lag_bytes.map(|b| b.min(i64::MAX as u64) as i64))
+        .bind(l.lag_seconds)
+        .bind(&l.vrrp_instance)
+        .bind(&l.error)
+        .bind(sqlx::types::Json(&l.raw))
+        .execute(&mut **tx)
+        .await?;
+    }
     Ok(())
 }
 
@@ -214,6 +297,7 @@ pub async fn insert_events(
     let mut cluster = Vec::with_capacity(events.len());
     let mut node = Vec::with_capacity(events.len());
     let mut instance = Vec::with_capacity(events.len());
+    let mut link = Vec::with_capacity(events.len());
     let mut kind = Vec::with_capacity(events.len());
     let mut from = Vec::with_capacity(events.len());
     let mut to = Vec::with_capacity(events.len());
@@ -224,6 +308,7 @@ pub async fn insert_events(
         cluster.push(e.cluster.as_str());
         node.push(e.node_id.as_deref());
         instance.push(e.instance.as_deref());
+        link.push(e.link.as_deref());
         kind.push(e.kind.as_str());
         from.push(e.from_state.as_deref());
         to.push(e.to_state.as_deref());
@@ -231,9 +316,9 @@ pub async fn insert_events(
         detail.push(sqlx::types::Json(&e.detail));
     }
     sqlx::query(
-        "INSERT INTO events (at, cluster, node_id, instance, kind, from_state, to_state, message, detail)
+        "INSERT INTO events (at, cluster, node_id, instance, kind, from_state, to_state, message, detail, link)
          SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[],
-                              $6::text[], $7::text[], $8::text[], $9::jsonb[])",
+                              $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::text[])",
     )
     .bind(&at)
     .bind(&cluster)
@@ -244,6 +329,7 @@ pub async fn insert_events(
     .bind(&to)
     .bind(&message)
     .bind(&detail)
+    .bind(&link)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -270,6 +356,23 @@ pub struct Sample {
     pub instances: serde_json::Value,
     /// Reports waiting in the agent's spool.
     pub spool_depth: u64,
+    /// Replication links: key, role, state, lag in bytes and seconds.
+    pub links: Vec<LinkSample>,
+}
+
+/// One replication link in one heartbeat.
+#[derive(Debug, Clone)]
+pub struct LinkSample {
+    /// `kind:name`.
+    pub link: String,
+    /// `primary`, `secondary`, `unknown`.
+    pub role: &'static str,
+    /// Link state name.
+    pub state: &'static str,
+    /// Lag in bytes.
+    pub lag_bytes: Option<i64>,
+    /// Lag in seconds.
+    pub lag_seconds: Option<f64>,
 }
 
 impl Sample {
@@ -296,6 +399,17 @@ impl Sample {
             uptime_seconds: report.uptime_seconds,
             instances: serde_json::Value::Array(instances),
             spool_depth: report.spool_depth,
+            links: report
+                .replication
+                .iter()
+                .map(|l| LinkSample {
+                    link: l.key(),
+                    role: l.role.as_str(),
+                    state: l.state.as_str(),
+                    lag_bytes: l.lag_bytes.map(|b| b.min(i64::MAX as u64) as i64),
+                    lag_seconds: l.lag_seconds,
+                })
+                .collect(),
         }
     }
 }
@@ -341,6 +455,33 @@ pub async fn write_samples(pool: &PgPool, samples: &[Sample]) -> Result<(), sqlx
     .bind(&inst)
     .execute(&mut *tx)
     .await?;
+    let links: Vec<(&Sample, &LinkSample)> = samples
+        .iter()
+        .flat_map(|s| s.links.iter().map(move |l| (s, l)))
+        .collect();
+    if !links.is_empty() {
+        let received: Vec<_> = links.iter().map(|(s, _)| s.received_at).collect();
+        let node: Vec<&str> = links.iter().map(|(s, _)| s.node_id.as_str()).collect();
+        let key: Vec<&str> = links.iter().map(|(_, l)| l.link.as_str()).collect();
+        let role: Vec<&str> = links.iter().map(|(_, l)| l.role).collect();
+        let state: Vec<&str> = links.iter().map(|(_, l)| l.state).collect();
+        let bytes: Vec<Option<i64>> = links.iter().map(|(_, l)| l.lag_bytes).collect();
+        let seconds: Vec<Option<f64>> = links.iter().map(|(_, l)| l.lag_seconds).collect();
+        sqlx::query(
+            "INSERT INTO replication_samples (received_at, node_id, link, role, state, lag_bytes, lag_seconds)
+             SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::int8[], $7::float8[])",
+        )
+        .bind(&received)
+        .bind(&node)
+        .bind(&key)
+        .bind(&role)
+        .bind(&state)
+        .bind(&bytes)
+        .bind(&seconds)
+        .execute(&mut *tx)
+        .await?;
+    }
     // The newest sample of each node in this batch (samples arrive in acceptance order).
     let mut latest: std::collections::HashMap<&str, &Sample> = std::collections::HashMap::new();
     for s in samples {
@@ -398,61 +539,6 @@ pub async fn write_samples(pool: &PgPool, samples: &[Sample]) -> Result<(), sqlx
     tx.commit().await
 }
 
-fn partition_name(day: NaiveDate) -> String {
-    format!("heartbeat_samples_p{}", day.format("%Y%m%d"))
-}
-
-/// Creates the daily partitions of `heartbeat_samples` from yesterday to `days_ahead` days after
-/// `now` (UTC days), and drops those that ended before `now - retention`. Returns the names of
-/// the dropped partitions.
-pub async fn maintain_partitions(
-    pool: &PgPool,
-    now: DateTime<Utc>,
-    days_ahead: i64,
-    retention: std::time::Duration,
-) -> Result<Vec<String>, sqlx::Error> {
-    let today = now.date_naive();
-    for offset in -1..=days_ahead {
-        let day = today + ChronoDuration::days(offset);
-        let next = day + ChronoDuration::days(1);
-        // Names and bounds come from dates we formatted, not from input.
-        let sql = format!(
-            "CREATE TABLE IF NOT EXISTS {} PARTITION OF heartbeat_samples FOR VALUES FROM ('{}') TO ('{}')",
-            partition_name(day),
-            day.format("%Y-%m-%d 00:00:00+00"),
-            next.format("%Y-%m-%d 00:00:00+00"),
-        );
-        sqlx::query(&sql).execute(pool).await?;
-    }
-    let retention = ChronoDuration::from_std(retention).unwrap_or(ChronoDuration::days(7));
-    let oldest_kept = (now - retention).date_naive();
-    let rows = sqlx::query(
-        "SELECT c.relname FROM pg_inherits i
-           JOIN pg_class c ON c.oid = i.inhrelid
-           JOIN pg_class p ON p.oid = i.inhparent
-          WHERE p.relname = 'heartbeat_samples'",
-    )
-    .fetch_all(pool)
-    .await?;
-    let mut dropped = Vec::new();
-    for row in rows {
-        let name: String = row.try_get(0)?;
-        let Some(day) = name
-            .strip_prefix("heartbeat_samples_p")
-            .and_then(|d| NaiveDate::parse_from_str(d, "%Y%m%d").ok())
-        else {
-            continue;
-        };
-        if day < oldest_kept {
-            sqlx::query(&format!("DROP TABLE IF EXISTS {}", partition_name(day)))
-                .execute(pool)
-                .await?;
-            dropped.push(name);
-        }
-    }
-    Ok(dropped)
-}
-
 /// A stored event, as `/api/v1/events` returns it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Event {
@@ -468,6 +554,8 @@ pub struct Event {
     pub node_id: Option<String>,
     /// VRRP instance, when it concerns one.
     pub instance: Option<String>,
+    /// Replication link (`postgresql:pg`), when it concerns one.
+    pub link: Option<String>,
     /// Kind (`role_change`, `node_down`, …).
     pub kind: String,
     /// State before.
@@ -496,7 +584,7 @@ pub struct EventFilter {
 /// Events matching `filter`, newest first.
 pub async fn list_events(pool: &PgPool, filter: &EventFilter) -> Result<Vec<Event>, sqlx::Error> {
     sqlx::query_as::<_, Event>(
-        "SELECT id, at, recorded_at, cluster, node_id, instance, kind, from_state, to_state, message, detail
+        "SELECT id, at, recorded_at, cluster, node_id, instance, link, kind, from_state, to_state, message, detail
            FROM events
           WHERE ($1::text IS NULL OR cluster = $1)
             AND ($2::text IS NULL OR node_id = $2)

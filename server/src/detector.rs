@@ -83,6 +83,7 @@ pub async fn check(state: &AppState, now: Instant) -> Result<(), sqlx::Error> {
             cluster: cluster.clone(),
             node_id: Some(node_id.clone()),
             instance: None,
+            link: None,
             kind,
             from_state: Some(from.as_str().into()),
             to_state: Some(verdict.as_str().into()),

@@ -8,7 +8,10 @@
 //! Either way the answer waits for the commit, so an acknowledged report is never lost.
 
 use chrono::Utc;
-use hapulse_protocol::{HeartbeatAck, HeartbeatReport, VrrpInstanceReport, PROTOCOL_VERSION};
+use hapulse_protocol::{
+    HeartbeatAck, HeartbeatReport, LinkState, ReplicationLinkReport, ReplicationRole,
+    VrrpInstanceReport, PROTOCOL_VERSION,
+};
 
 use crate::db::{self, Sample};
 use crate::error::AppError;
@@ -19,6 +22,8 @@ use crate::state::AppState;
 pub const MAX_INSTANCES: usize = 256;
 /// Most VIPs one instance may carry.
 pub const MAX_VIPS: usize = 64;
+/// Most replication links one report may carry.
+pub const MAX_LINKS: usize = 64;
 
 /// Node ids and cluster names: 1-64 characters of `A-Z a-z 0-9 . _ -` (the agent applies the
 /// same rule to its configuration).
@@ -102,6 +107,61 @@ pub fn validate(report: &HeartbeatReport) -> Result<(), AppError> {
             format!("at most {MAX_INSTANCES} instances"),
         ));
     }
+    if report.replication.len() > MAX_LINKS {
+        return Err(AppError::invalid(
+            "invalid_body",
+            "replication",
+            format!("at most {MAX_LINKS} links"),
+        ));
+    }
+    for (n, l) in report.replication.iter().enumerate() {
+        let field = |name: &str| format!("replication[{n}].{name}");
+        if !valid_name(&l.name) {
+            return Err(AppError::invalid(
+                "invalid_body",
+                field("name"),
+                "1-64 characters of A-Z a-z 0-9 . _ -",
+            ));
+        }
+        if report.replication[..n].iter().any(|o| o.key() == l.key()) {
+            return Err(AppError::invalid(
+                "invalid_body",
+                field("name"),
+                format!("link {} appears twice", l.key()),
+            ));
+        }
+        for (name, value, max) in [
+            ("peer", &l.peer, 1024),
+            ("vrrp_instance", &l.vrrp_instance, 64),
+            ("error", &l.error, 4096),
+        ] {
+            if value.as_deref().is_some_and(|v| !text_ok(v, max)) {
+                return Err(AppError::invalid(
+                    "invalid_body",
+                    field(name),
+                    format!("at most {max} bytes, no control characters"),
+                ));
+            }
+        }
+        if l.lag_seconds.is_some_and(|s| !s.is_finite() || s < 0.0) {
+            return Err(AppError::invalid(
+                "invalid_body",
+                field("lag_seconds"),
+                "must be a finite number ≥ 0",
+            ));
+        }
+        if l.raw.len() > 256
+            || l.raw.iter().any(|(k, v)| {
+                k.len() > 128 || v.len() > 4096 || k.contains('\0') || v.contains('\0')
+            })
+        {
+            return Err(AppError::invalid(
+                "invalid_body",
+                field("raw"),
+                "at most 256 fields, names ≤ 128 and values ≤ 4096 bytes, no NUL",
+            ));
+        }
+    }
     for (n, i) in instances.iter().enumerate() {
         let field = |name: &str| format!("keepalived.instances[{n}].{name}");
         if i.name.is_empty() || i.name.len() > 64 || i.name.chars().any(char::is_control) {
@@ -179,6 +239,36 @@ fn needs_store(previous: &NodeLive, report: &HeartbeatReport) -> bool {
             .iter()
             .zip(&instances)
             .any(|(a, b)| stored_key(a) != stored_key(b))
+        || link_keys(&previous.replication) != link_keys(&report.replication)
+}
+
+/// A link's stored state: key, role, state, peer, VRRP instance, whether it has an error.
+type LinkKey<'a> = (
+    String,
+    ReplicationRole,
+    LinkState,
+    &'a Option<String>,
+    &'a Option<String>,
+    bool,
+);
+
+/// The fields of the links that are stored as state; lag alone goes to history only.
+fn link_keys(links: &[ReplicationLinkReport]) -> Vec<LinkKey<'_>> {
+    let mut keys: Vec<_> = links
+        .iter()
+        .map(|l| {
+            (
+                l.key(),
+                l.role,
+                l.state,
+                &l.peer,
+                &l.vrrp_instance,
+                l.error.is_some(),
+            )
+        })
+        .collect();
+    keys.sort_by(|a, b| a.0.cmp(&b.0));
+    keys
 }
 
 /// Accepts one validated report. Replays (already accepted `(boot_id, seq)`) answer

@@ -12,13 +12,17 @@ use tokio::sync::{broadcast, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::db;
 use crate::history::HistoryWriter;
 use crate::metrics::Metrics;
 use crate::state::{App, AppState};
+use crate::{db, series};
 
 /// Partitions of `heartbeat_samples` created ahead of today.
 const PARTITION_DAYS_AHEAD: i64 = 2;
+/// How often the rollup job looks for complete minutes.
+const ROLLUP_INTERVAL: Duration = Duration::from_secs(30);
+/// How long after a minute ends before it is rolled up (history batches still in flight).
+const ROLLUP_SETTLE: Duration = Duration::from_secs(10);
 
 /// Connects to PostgreSQL (waiting at most 10 s for a connection).
 pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
@@ -53,14 +57,13 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     db::migrate(&pool).await.context("running migrations")?;
-    db::maintain_partitions(
-        &pool,
-        chrono::Utc::now(),
-        PARTITION_DAYS_AHEAD,
+    let tables = series::partitioned_tables(
         settings.history.retention,
-    )
-    .await
-    .context("creating heartbeat partitions")?;
+        settings.history.rollup_retention,
+    );
+    series::maintain_partitions(&pool, &tables, chrono::Utc::now(), PARTITION_DAYS_AHEAD)
+        .await
+        .context("creating history partitions")?;
     let live = db::load_live(&pool, tokio::time::Instant::now())
         .await
         .context("loading state")?;
@@ -86,11 +89,7 @@ pub async fn serve(
 
     let tasks = CancellationToken::new();
     let detector = tokio::spawn(crate::detector::run(state.clone(), tasks.clone()));
-    let maintenance = tokio::spawn(maintain(
-        pool.clone(),
-        settings.history.retention,
-        tasks.clone(),
-    ));
+    let maintenance = tokio::spawn(maintain(pool.clone(), tables, tasks.clone()));
 
     let address = listener.local_addr()?;
     tracing::info!(%address, "hapulse-server listening");
@@ -108,24 +107,37 @@ pub async fn serve(
     Ok(())
 }
 
-/// Hourly: create partitions ahead, drop those past retention.
-async fn maintain(pool: PgPool, retention: Duration, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(3600));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    tick.tick().await;
+/// Every 30 s: roll up the minutes that are complete. Hourly: create partitions ahead, drop
+/// those past retention.
+async fn maintain(pool: PgPool, tables: [series::Partitioned; 4], shutdown: CancellationToken) {
+    let mut rollup = tokio::time::interval(ROLLUP_INTERVAL);
+    rollup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut partitions = tokio::time::interval(Duration::from_secs(3600));
+    partitions.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    partitions.tick().await;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match db::maintain_partitions(&pool, chrono::Utc::now(), PARTITION_DAYS_AHEAD, retention)
-            .await
-        {
-            Ok(dropped) if !dropped.is_empty() => {
-                tracing::info!(?dropped, "dropped heartbeat partitions past retention")
+            _ = rollup.tick() => {
+                // Catch up a day per call until current (after downtime), then once per tick.
+                loop {
+                    match series::roll_up(&pool, chrono::Utc::now(), ROLLUP_SETTLE).await {
+                        Ok(Some(until)) if chrono::Utc::now() - until > chrono::Duration::minutes(2) => continue,
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::error!(error = %e, "rolling up history failed");
+                            break;
+                        }
+                    }
+                }
             }
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "heartbeat partition maintenance failed"),
+            _ = partitions.tick() => {
+                match series::maintain_partitions(&pool, &tables, chrono::Utc::now(), PARTITION_DAYS_AHEAD).await {
+                    Ok(dropped) if !dropped.is_empty() => tracing::info!(?dropped, "dropped history partitions past retention"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "history partition maintenance failed"),
+                }
+            }
         }
     }
 }

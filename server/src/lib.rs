@@ -16,6 +16,7 @@ pub mod launch;
 pub mod live;
 pub mod metrics;
 pub mod router;
+pub mod series;
 pub mod state;
 pub mod ui;
 pub mod view;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use hapulse_protocol::{HeartbeatReport, VrrpInstanceReport, VrrpState};
+use hapulse_protocol::{HeartbeatReport, ReplicationLinkReport, VrrpInstanceReport, VrrpState};
 use serde::Serialize;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -84,6 +84,8 @@ pub struct NodeLive {
     pub spool_depth: u64,
     /// Reports the agent's spool dropped.
     pub spool_dropped: u64,
+    /// Replication links, sorted by key (`kind:name`).
+    pub replication: Vec<ReplicationLinkReport>,
 }
 
 impl NodeLive {
@@ -109,6 +111,7 @@ impl NodeLive {
             instances: Vec::new(),
             spool_depth: 0,
             spool_dropped: 0,
+            replication: Vec::new(),
         };
         node.apply(report, received_at, now);
         node
@@ -134,11 +137,19 @@ impl NodeLive {
         self.instances = instances;
         self.spool_depth = report.spool_depth;
         self.spool_dropped = report.spool_dropped;
+        let mut links = report.replication.clone();
+        links.sort_by_key(ReplicationLinkReport::key);
+        self.replication = links;
     }
 
     /// True when `report` was already accepted (same run, `seq` not above the watermark).
     pub fn is_replay(&self, report: &HeartbeatReport) -> bool {
         self.boot_id == report.boot_id && report.seq <= self.last_seq
+    }
+
+    /// The replication link with key `key` (`postgresql:pg`).
+    pub fn link(&self, key: &str) -> Option<&ReplicationLinkReport> {
+        self.replication.iter().find(|l| l.key() == key)
     }
 
     /// The instance named `name`.
@@ -183,6 +194,8 @@ pub struct NewEvent {
     pub node_id: Option<String>,
     /// VRRP instance, when the event concerns one.
     pub instance: Option<String>,
+    /// Replication link (`postgresql:pg`), when the event concerns one.
+    pub link: Option<String>,
     /// One of [`EventKind`]'s names.
     pub kind: EventKind,
     /// State before (e.g. `BACKUP`, `up`).
@@ -222,6 +235,13 @@ pub enum EventKind {
     /// A VRRP instance a node reported before is gone from its reports (keepalived reloaded
     /// without it).
     InstanceRemoved,
+    /// A replication link appeared, or changed state (streaming, catching up, paused,
+    /// disconnected, stopped, down).
+    ReplicationState,
+    /// A replication link changed role on a node (primary ↔ secondary): a promotion or demotion.
+    ReplicationRole,
+    /// A replication link a node reported before is gone from its reports.
+    ReplicationRemoved,
 }
 
 impl EventKind {
@@ -239,11 +259,14 @@ impl EventKind {
             EventKind::KeepalivedStopped => "keepalived_stopped",
             EventKind::AgentRestarted => "agent_restarted",
             EventKind::InstanceRemoved => "instance_removed",
+            EventKind::ReplicationState => "replication_state",
+            EventKind::ReplicationRole => "replication_role",
+            EventKind::ReplicationRemoved => "replication_removed",
         }
     }
 
     /// Every kind, for metrics and filters.
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::NodeUp,
         EventKind::NodeSuspect,
         EventKind::NodeDown,
@@ -255,6 +278,9 @@ impl EventKind {
         EventKind::KeepalivedStopped,
         EventKind::AgentRestarted,
         EventKind::InstanceRemoved,
+        EventKind::ReplicationState,
+        EventKind::ReplicationRole,
+        EventKind::ReplicationRemoved,
     ];
 }
 
@@ -279,6 +305,7 @@ pub fn transitions(
         cluster: cluster.clone(),
         node_id: Some(node.clone()),
         instance: instance.map(str::to_string),
+        link: None,
         kind,
         from_state: from,
         to_state: to,
@@ -452,6 +479,76 @@ pub fn transitions(
             serde_json::json!({}),
         ));
     }
+    let old_links: &[ReplicationLinkReport] = previous.map_or(&[], |p| &p.replication);
+    for link in &report.replication {
+        let key = link.key();
+        let before = old_links.iter().find(|l| l.key() == key);
+        let mut push = |kind, from: Option<&str>, to: &str, message: String| {
+            let mut e = event(
+                kind,
+                None,
+                from.map(str::to_string),
+                Some(to.to_string()),
+                message,
+                serde_json::json!({ "peer": link.peer, "lag_bytes": link.lag_bytes, "lag_seconds": link.lag_seconds, "error": link.error }),
+            );
+            e.link = Some(key.clone());
+            out.push(e);
+        };
+        if before.map(|b| b.state) != Some(link.state) {
+            let why = link
+                .error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default();
+            let message = match before {
+                Some(b) => format!(
+                    "{key} on {node}: {} → {}{why}",
+                    b.state.as_str(),
+                    link.state.as_str()
+                ),
+                None => format!(
+                    "{key} on {node}: {} {}{why}",
+                    link.role.as_str(),
+                    link.state.as_str()
+                ),
+            };
+            push(
+                EventKind::ReplicationState,
+                before.map(|b| b.state.as_str()),
+                link.state.as_str(),
+                message,
+            );
+        }
+        if let Some(b) = before.filter(|b| b.role != link.role) {
+            let message = format!(
+                "{key} on {node}: {} → {}",
+                b.role.as_str(),
+                link.role.as_str()
+            );
+            push(
+                EventKind::ReplicationRole,
+                Some(b.role.as_str()),
+                link.role.as_str(),
+                message,
+            );
+        }
+    }
+    for old in old_links
+        .iter()
+        .filter(|o| !report.replication.iter().any(|l| l.key() == o.key()))
+    {
+        let mut e = event(
+            EventKind::ReplicationRemoved,
+            None,
+            Some(old.state.as_str().into()),
+            None,
+            format!("{} is no longer reported by {node}", old.key()),
+            serde_json::json!({}),
+        );
+        e.link = Some(old.key());
+        out.push(e);
+    }
     out
 }
 
@@ -478,6 +575,7 @@ mod tests {
                 running: true,
                 instances,
             },
+            replication: vec![],
             spool_depth: 0,
             spool_dropped: 0,
         }

@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use hapulse_protocol::{VrrpCounters, VrrpState};
+use hapulse_protocol::{
+    LinkState, ReplicationKind, ReplicationLinkReport, ReplicationRole, VrrpCounters, VrrpState,
+};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -129,6 +131,58 @@ pub struct ClusterView {
     pub nodes: Vec<NodeSummary>,
     /// Instances, by name.
     pub instances: Vec<InstanceView>,
+    /// Replication links (PostgreSQL, MySQL, DRBD), by key.
+    pub replication: Vec<ReplicationView>,
+}
+
+/// One node's end of a replication link.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkMemberView {
+    /// Node id.
+    pub node_id: String,
+    /// Detector verdict on the node.
+    pub node_status: NodeStatus,
+    /// Its role.
+    pub role: ReplicationRole,
+    /// Link state as it sees it.
+    pub state: LinkState,
+    /// The other end as it names it.
+    pub peer: Option<String>,
+    /// Lag in bytes.
+    pub lag_bytes: Option<u64>,
+    /// Lag in seconds.
+    pub lag_seconds: Option<f64>,
+    /// Why the source could not be asked.
+    pub error: Option<String>,
+}
+
+/// A replication link across the nodes of a cluster: who is primary, how far behind each
+/// standby is, and whether the VIP is where the primary is.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicationView {
+    /// `kind:name` (`postgresql:pg`).
+    pub link: String,
+    /// Source kind.
+    pub kind: ReplicationKind,
+    /// Link name.
+    pub name: String,
+    /// Verdict.
+    pub health: Health,
+    /// Why the verdict is not `healthy`.
+    pub reasons: Vec<String>,
+    /// The primary when there is exactly one.
+    pub primary: Option<String>,
+    /// Every node (not down) that says it is primary.
+    pub primaries: Vec<String>,
+    /// VRRP instance whose VIP should follow the primary (configured, or the cluster's only one).
+    pub vrrp_instance: Option<String>,
+    /// Nodes holding that instance's VIPs.
+    pub vip_holders: Vec<String>,
+    /// True when the VIP is on the primary, false when it is elsewhere, absent when there is
+    /// nothing to compare.
+    pub vip_on_primary: Option<bool>,
+    /// Members, by node id.
+    pub members: Vec<LinkMemberView>,
 }
 
 /// Everything about one node.
@@ -159,6 +213,8 @@ pub struct NodeView {
     pub spool_dropped: u64,
     /// Its VRRP instances.
     pub instances: Vec<NodeInstanceView>,
+    /// Its replication links, as it reported them.
+    pub replication: Vec<ReplicationLinkReport>,
 }
 
 /// A VRRP instance as one node reports it.
@@ -374,6 +430,24 @@ pub fn cluster_view(live: &Live, cluster: &str, now: DateTime<Utc>) -> Option<Cl
     if instances.is_empty() {
         reasons.push("no VRRP instance reported".into());
     }
+    let mut keys: Vec<String> = nodes
+        .iter()
+        .flat_map(|n| n.replication.iter().map(|l| l.key()))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let replication: Vec<ReplicationView> = keys
+        .iter()
+        .map(|k| replication_view(k, &nodes, &instances))
+        .collect();
+    for r in &replication {
+        health = health.max(r.health);
+        reasons.extend(
+            r.reasons
+                .iter()
+                .map(|reason| format!("{}: {reason}", r.link)),
+        );
+    }
     for node in &nodes {
         if node.status != NodeStatus::Up
             && !instances
@@ -392,7 +466,134 @@ pub fn cluster_view(live: &Live, cluster: &str, now: DateTime<Utc>) -> Option<Cl
         nodes_total: nodes.len(),
         nodes: nodes.iter().map(|n| summary(n, now)).collect(),
         instances,
+        replication,
     })
+}
+
+/// The verdict on one replication link from its members' reports and the cluster's instances.
+pub fn replication_view(
+    key: &str,
+    nodes: &[&NodeLive],
+    instances: &[InstanceView],
+) -> ReplicationView {
+    let mut members = Vec::new();
+    let mut kind = ReplicationKind::Postgresql;
+    let mut name = String::new();
+    let mut configured_instance = None;
+    for node in nodes {
+        let Some(link) = node.link(key) else { continue };
+        kind = link.kind;
+        name.clone_from(&link.name);
+        configured_instance = configured_instance.or(link.vrrp_instance.clone());
+        members.push(LinkMemberView {
+            node_id: node.node_id.clone(),
+            node_status: node.status,
+            role: link.role,
+            state: link.state,
+            peer: link.peer.clone(),
+            lag_bytes: link.lag_bytes,
+            lag_seconds: link.lag_seconds,
+            error: link.error.clone(),
+        });
+    }
+    let primaries: Vec<String> = members
+        .iter()
+        .filter(|m| m.role == ReplicationRole::Primary && m.node_status != NodeStatus::Down)
+        .map(|m| m.node_id.clone())
+        .collect();
+    let mut health = Health::Healthy;
+    let mut reasons = Vec::new();
+    let mut worsen = |h: Health, reason: String| {
+        health = health.max(h);
+        reasons.push(reason);
+    };
+    if primaries.len() > 1 {
+        worsen(
+            Health::SplitBrain,
+            format!(
+                "{} nodes are primary: {}",
+                primaries.len(),
+                primaries.join(", ")
+            ),
+        );
+    } else if primaries.is_empty() {
+        worsen(Health::NoMaster, "no reachable node is primary".into());
+    }
+    for m in &members {
+        match m.state {
+            LinkState::Streaming | LinkState::CatchingUp => {}
+            // A primary without standbys says disconnected; the standbys' own view is reported
+            // below, so only say it when no standby reports at all.
+            LinkState::Disconnected if m.role == ReplicationRole::Primary => {}
+            state => worsen(
+                Health::Degraded,
+                format!(
+                    "{} on {}{}",
+                    state.as_str(),
+                    m.node_id,
+                    m.error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ),
+            ),
+        }
+    }
+    let standbys = members
+        .iter()
+        .filter(|m| {
+            m.role == ReplicationRole::Secondary
+                && m.node_status == NodeStatus::Up
+                && matches!(m.state, LinkState::Streaming | LinkState::CatchingUp)
+        })
+        .count();
+    if primaries.len() == 1 && standbys == 0 {
+        worsen(Health::Degraded, "no standby is replicating".into());
+    }
+    let vrrp_instance =
+        configured_instance.or_else(|| (instances.len() == 1).then(|| instances[0].name.clone()));
+    let vip_holders: Vec<String> = vrrp_instance
+        .as_ref()
+        .and_then(|i| instances.iter().find(|v| &v.name == i))
+        .map(|i| {
+            let mut holders: Vec<String> = i
+                .vips
+                .iter()
+                .flat_map(|v| v.holders.iter().cloned())
+                .collect();
+            holders.sort();
+            holders.dedup();
+            holders
+        })
+        .unwrap_or_default();
+    let vip_on_primary = match (primaries.as_slice(), vip_holders.is_empty()) {
+        ([primary], false) => Some(vip_holders.iter().all(|h| h == primary)),
+        _ => None,
+    };
+    if vip_on_primary == Some(false) {
+        worsen(
+            Health::Degraded,
+            format!(
+                "the VIP of {} is on {} but the primary is {}",
+                vrrp_instance.as_deref().unwrap_or("?"),
+                vip_holders.join(", "),
+                primaries.join(", ")
+            ),
+        );
+    }
+    ReplicationView {
+        link: key.to_string(),
+        kind,
+        name,
+        health,
+        reasons,
+        primary: (primaries.len() == 1).then(|| primaries[0].clone()),
+        primaries,
+        vrrp_instance,
+        vip_holders,
+        vip_on_primary,
+        members,
+    }
 }
 
 /// Every cluster, by name.
@@ -435,6 +636,7 @@ pub fn node_view(live: &Live, node_id: &str, now: DateTime<Utc>) -> Option<NodeV
                 counters: i.counters.clone(),
             })
             .collect(),
+        replication: node.replication.clone(),
     })
 }
 
@@ -472,6 +674,7 @@ mod tests {
                     counters: Default::default(),
                 }],
             },
+            replication: vec![],
             spool_depth: 0,
             spool_dropped: 0,
         };

@@ -392,44 +392,73 @@ async fn dashboard_pages_stream_and_metrics(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
-async fn heartbeat_partitions_are_created_ahead_and_dropped_after_retention(pool: PgPool) {
-    use hapulse_server::db::maintain_partitions;
+async fn history_partitions_are_created_ahead_and_dropped_after_retention(pool: PgPool) {
+    use hapulse_server::series::{maintain_partitions, partitioned_tables};
     let server = TestServer::start(pool).await;
     let pool = server.stop().await;
-    let partitions = |pool: PgPool| async move {
+    let partitions = |pool: PgPool, table: &'static str| async move {
         sqlx::query_scalar::<_, String>(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-              JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'heartbeat_samples' ORDER BY 1",
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+              JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = $1 ORDER BY 1",
         )
+        .bind(table)
         .fetch_all(&pool)
         .await
         .unwrap()
     };
     let today = chrono::Utc::now();
-    let names = partitions(pool.clone()).await;
-    let expect = |offset: i64| {
+    let name = |table: &str, offset: i64| {
         format!(
-            "heartbeat_samples_p{}",
+            "{table}_p{}",
             (today + chrono::Duration::days(offset)).format("%Y%m%d")
         )
     };
-    for offset in -1..=2 {
-        assert!(
-            names.contains(&expect(offset)),
-            "{} missing from {names:?}",
-            expect(offset)
-        );
+    for table in [
+        "heartbeat_samples",
+        "replication_samples",
+        "heartbeat_rollups_1m",
+        "replication_rollups_1m",
+    ] {
+        let names = partitions(pool.clone(), table).await;
+        for offset in -1..=2 {
+            assert!(
+                names.contains(&name(table, offset)),
+                "{} missing from {names:?}",
+                name(table, offset)
+            );
+        }
     }
-    // Ten days later with a 7-day retention: the old days go, the new ones exist.
-    let later = today + chrono::Duration::days(10);
-    let dropped = maintain_partitions(&pool, later, 2, Duration::from_secs(7 * 24 * 3600))
-        .await
-        .unwrap();
+    // Rollups can be written for every day raw samples are kept.
+    let names = partitions(pool.clone(), "replication_rollups_1m").await;
     assert!(
-        dropped.contains(&expect(0)) && dropped.contains(&expect(1)),
+        names.contains(&name("replication_rollups_1m", -7)),
+        "{names:?}"
+    );
+
+    // Ten days later with 7-day raw and 90-day rollup retention: old raw days go (detached
+    // concurrently, then dropped), rollups stay, new days exist.
+    let tables = partitioned_tables(
+        Duration::from_secs(7 * 86_400),
+        Duration::from_secs(90 * 86_400),
+    );
+    let later = today + chrono::Duration::days(10);
+    let dropped = maintain_partitions(&pool, &tables, later, 2).await.unwrap();
+    assert!(
+        dropped.contains(&name("heartbeat_samples", 0))
+            && dropped.contains(&name("replication_samples", 1)),
         "{dropped:?}"
     );
-    let names = partitions(pool.clone()).await;
-    assert!(!names.contains(&expect(0)), "{names:?}");
-    assert!((9..=12).all(|d| names.contains(&expect(d))), "{names:?}");
+    assert!(
+        !dropped.iter().any(|d| d.contains("rollups")),
+        "{dropped:?}"
+    );
+    let names = partitions(pool.clone(), "heartbeat_samples").await;
+    assert!(!names.contains(&name("heartbeat_samples", 0)), "{names:?}");
+    assert!(
+        (9..=12).all(|d| names.contains(&name("heartbeat_samples", d))),
+        "{names:?}"
+    );
+    assert!(partitions(pool.clone(), "heartbeat_rollups_1m")
+        .await
+        .contains(&name("heartbeat_rollups_1m", 0)));
 }

@@ -175,6 +175,7 @@ pub fn report(
                 counters: Default::default(),
             }],
         },
+        replication: vec![],
         spool_depth: 0,
         spool_dropped: 0,
     }

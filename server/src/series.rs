@@ -1,0 +1,478 @@
+//! Time-series storage: daily partitions of the sample and rollup tables (created ahead,
+//! dropped by retention, neither blocking ingest), the per-minute rollup job, and the queries
+//! behind `GET /api/v1/nodes/{node_id}/history`.
+//!
+//! Raw samples (`heartbeat_samples`, `replication_samples`) are partitioned by arrival day and
+//! kept `history.retention` (default 7 days); per-minute rollups (`heartbeat_rollups_1m`,
+//! `replication_rollups_1m`) by minute, kept `history.rollup_retention` (default 90 days).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Duration as ChronoDuration, DurationRound, NaiveDate, Utc};
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+
+/// A partitioned table and how long its partitions live.
+#[derive(Debug, Clone, Copy)]
+pub struct Partitioned {
+    /// Parent table.
+    pub table: &'static str,
+    /// Partitions ending before `now - retention` are dropped.
+    pub retention: Duration,
+    /// Days before today to create partitions for (rollups may be written for past days).
+    pub days_back: i64,
+}
+
+/// The partitioned tables, with retentions from the configuration.
+pub fn partitioned_tables(raw: Duration, rollup: Duration) -> [Partitioned; 4] {
+    let raw_days = (raw.as_secs() / 86_400) as i64 + 1;
+    [
+        Partitioned {
+            table: "heartbeat_samples",
+            retention: raw,
+            days_back: 1,
+        },
+        Partitioned {
+            table: "replication_samples",
+            retention: raw,
+            days_back: 1,
+        },
+        Partitioned {
+            table: "heartbeat_rollups_1m",
+            retention: rollup,
+            days_back: raw_days,
+        },
+        Partitioned {
+            table: "replication_rollups_1m",
+            retention: rollup,
+            days_back: raw_days,
+        },
+    ]
+}
+
+fn partition_name(table: &str, day: NaiveDate) -> String {
+    format!("{table}_p{}", day.format("%Y%m%d"))
+}
+
+async fn partitions_of(pool: &PgPool, table: &str) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i
+           JOIN pg_class c ON c.oid = i.inhrelid
+           JOIN pg_class p ON p.oid = i.inhparent
+          WHERE p.relname = $1",
+    )
+    .bind(table)
+    .fetch_all(pool)
+    .await
+}
+
+/// Creates the missing daily partitions of each table from `days_back` days before `now` to
+/// `days_ahead` after, and drops those that ended before `now - retention`. Returns the dropped
+/// partitions' names.
+///
+/// Neither step blocks ingest: a partition is created as a plain table and then attached
+/// (`ATTACH PARTITION` takes only a SHARE UPDATE EXCLUSIVE lock on the parent), and an old one is
+/// detached with `DETACH PARTITION … CONCURRENTLY` (PostgreSQL 14+) before it is dropped.
+pub async fn maintain_partitions(
+    pool: &PgPool,
+    tables: &[Partitioned],
+    now: DateTime<Utc>,
+    days_ahead: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    let today = now.date_naive();
+    let mut dropped = Vec::new();
+    for t in tables {
+        let existing = partitions_of(pool, t.table).await?;
+        let retention = ChronoDuration::from_std(t.retention).unwrap_or(ChronoDuration::days(7));
+        let oldest_kept = (now - retention).date_naive();
+        for offset in -t.days_back..=days_ahead {
+            let day = today + ChronoDuration::days(offset);
+            let name = partition_name(t.table, day);
+            if day < oldest_kept || existing.contains(&name) {
+                continue;
+            }
+            // Table names and bounds come from dates formatted here, never from input.
+            let create = format!(
+                "CREATE TABLE IF NOT EXISTS {name} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+                 ALTER TABLE {} ATTACH PARTITION {name} FOR VALUES FROM ('{}') TO ('{}');",
+                t.table,
+                t.table,
+                day.format("%Y-%m-%d 00:00:00+00"),
+                (day + ChronoDuration::days(1)).format("%Y-%m-%d 00:00:00+00"),
+            );
+            sqlx::raw_sql(&create).execute(pool).await?;
+        }
+        for name in existing {
+            let Some(day) = name
+                .strip_prefix(&format!("{}_p", t.table))
+                .and_then(|d| NaiveDate::parse_from_str(d, "%Y%m%d").ok())
+            else {
+                continue;
+            };
+            if day < oldest_kept {
+                let detach = format!(
+                    "ALTER TABLE {} DETACH PARTITION {name} CONCURRENTLY",
+                    t.table
+                );
+                sqlx::raw_sql(&detach).execute(pool).await?;
+                sqlx::raw_sql(&format!("DROP TABLE IF EXISTS {name}"))
+                    .execute(pool)
+                    .await?;
+                dropped.push(name);
+            }
+        }
+    }
+    Ok(dropped)
+}
+
+/// Rolls up whole minutes of raw samples not rolled up yet, ending at least `settle` before
+/// `now` (so batches still in flight are in), at most one day per call. Idempotent: a minute
+/// rolled twice gets the same row. Returns the new watermark, if any work was done.
+pub async fn roll_up(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    settle: Duration,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    let minute = ChronoDuration::minutes(1);
+    let settle = ChronoDuration::from_std(settle).unwrap_or(ChronoDuration::seconds(10));
+    let Ok(until) = (now - settle).duration_trunc(minute) else {
+        return Ok(None);
+    };
+    let watermark: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT rolled_until FROM rollup_progress")
+            .fetch_optional(pool)
+            .await?;
+    let from = match watermark {
+        Some(w) => w,
+        None => {
+            let oldest: Option<DateTime<Utc>> =
+                sqlx::query_scalar("SELECT min(received_at) FROM heartbeat_samples")
+                    .fetch_one(pool)
+                    .await?;
+            match oldest.and_then(|o| o.duration_trunc(minute).ok()) {
+                Some(o) => o,
+                None => until,
+            }
+        }
+    };
+    if from >= until {
+        return Ok(None);
+    }
+    let to = until.min(from + ChronoDuration::days(1));
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO heartbeat_rollups_1m (minute, node_id, heartbeats, load1_avg, load1_max)
+         SELECT date_trunc('minute', received_at), node_id, count(*), avg(load1), max(load1)
+           FROM heartbeat_samples WHERE received_at >= $1 AND received_at < $2
+          GROUP BY 1, 2
+         ON CONFLICT (node_id, minute) DO UPDATE SET heartbeats = EXCLUDED.heartbeats,
+            load1_avg = EXCLUDED.load1_avg, load1_max = EXCLUDED.load1_max",
+    )
+    .bind(from)
+    .bind(to)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO replication_rollups_1m (minute, node_id, link, samples,
+                lag_bytes_min, lag_bytes_max, lag_bytes_sum, lag_bytes_n,
+                lag_seconds_min, lag_seconds_max, lag_seconds_sum, lag_seconds_n)
+         SELECT date_trunc('minute', received_at), node_id, link, count(*),
+                min(lag_bytes), max(lag_bytes), sum(lag_bytes), count(lag_bytes),
+                min(lag_seconds), max(lag_seconds), sum(lag_seconds), count(lag_seconds)
+           FROM replication_samples WHERE received_at >= $1 AND received_at < $2
+          GROUP BY 1, 2, 3
+         ON CONFLICT (node_id, link, minute) DO UPDATE SET samples = EXCLUDED.samples,
+            lag_bytes_min = EXCLUDED.lag_bytes_min, lag_bytes_max = EXCLUDED.lag_bytes_max,
+            lag_bytes_sum = EXCLUDED.lag_bytes_sum, lag_bytes_n = EXCLUDED.lag_bytes_n,
+            lag_seconds_min = EXCLUDED.lag_seconds_min, lag_seconds_max = EXCLUDED.lag_seconds_max,
+            lag_seconds_sum = EXCLUDED.lag_seconds_sum, lag_seconds_n = EXCLUDED.lag_seconds_n",
+    )
+    .bind(from)
+    .bind(to)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO rollup_progress (singleton, rolled_until) VALUES (true, $1)
+         ON CONFLICT (singleton) DO UPDATE SET rolled_until = EXCLUDED.rolled_until",
+    )
+    .bind(to)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(to))
+}
+
+/// What a history series measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Replication lag of one link, bytes.
+    LagBytes,
+    /// Replication lag of one link, seconds.
+    LagSeconds,
+    /// Heartbeats received per step (a gap shows as 0).
+    Heartbeats,
+    /// One-minute load average.
+    Load1,
+}
+
+impl Metric {
+    /// True for metrics of a replication link.
+    pub fn needs_link(self) -> bool {
+        matches!(self, Metric::LagBytes | Metric::LagSeconds)
+    }
+}
+
+/// Where a series came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Raw samples.
+    Raw,
+    /// Per-minute rollups, with raw samples for the minutes not rolled up yet.
+    Rollup,
+}
+
+/// One bucket of a series: aggregates of the samples in `[t, t + step)`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Point {
+    /// Bucket start.
+    pub t: DateTime<Utc>,
+    /// Smallest value.
+    pub min: Option<f64>,
+    /// Largest value.
+    pub max: Option<f64>,
+    /// Mean value.
+    pub avg: Option<f64>,
+    /// Samples in the bucket.
+    pub count: i64,
+}
+
+/// What to fetch.
+#[derive(Debug, Clone)]
+pub struct SeriesQuery {
+    /// Node.
+    pub node_id: String,
+    /// Metric.
+    pub metric: Metric,
+    /// Link key for lag metrics.
+    pub link: Option<String>,
+    /// Range start (inclusive).
+    pub from: DateTime<Utc>,
+    /// Range end (exclusive).
+    pub to: DateTime<Utc>,
+    /// Bucket width.
+    pub step: Duration,
+    /// Raw samples or rollups.
+    pub source: Source,
+}
+
+/// The series: buckets in time order; empty buckets are left out (for `heartbeats`, filled with
+/// zero, since a missing heartbeat is the point).
+pub async fn series(pool: &PgPool, q: &SeriesQuery) -> Result<Vec<Point>, sqlx::Error> {
+    let link = q.link.clone().unwrap_or_default();
+    let step = q.step.as_secs_f64();
+    let mut points = match q.source {
+        Source::Raw => fetch(pool, raw_sql(q.metric), q, q.from, q.to, &link, step).await?,
+        Source::Rollup => {
+            let rolled: Option<DateTime<Utc>> =
+                sqlx::query_scalar("SELECT rolled_until FROM rollup_progress")
+                    .fetch_optional(pool)
+                    .await?;
+            let seam = rolled.unwrap_or(q.from).clamp(q.from, q.to);
+            let mut points =
+                fetch(pool, rollup_sql(q.metric), q, q.from, seam, &link, step).await?;
+            points.extend(fetch(pool, raw_sql(q.metric), q, seam, q.to, &link, step).await?);
+            merge(points)
+        }
+    };
+    if q.metric == Metric::Heartbeats {
+        points = fill_zero(points, q);
+    }
+    Ok(points)
+}
+
+async fn fetch(
+    pool: &PgPool,
+    sql: &str,
+    q: &SeriesQuery,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    link: &str,
+    step: f64,
+) -> Result<Vec<Point>, sqlx::Error> {
+    if from >= to {
+        return Ok(Vec::new());
+    }
+    // $4 is the bucket origin: buckets line up with the requested range whatever the source.
+    let rows = sqlx::query(sql)
+        .bind(&q.node_id)
+        .bind(from)
+        .bind(to)
+        .bind(q.from)
+        .bind(step)
+        .bind(link)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Point {
+                t: r.try_get("t")?,
+                min: r.try_get("min")?,
+                max: r.try_get("max")?,
+                avg: r.try_get("avg")?,
+                count: r.try_get("count")?,
+            })
+        })
+        .collect()
+}
+
+fn raw_sql(metric: Metric) -> &'static str {
+    match metric {
+        Metric::LagBytes => "SELECT date_bin($5::float8 * interval '1 second', received_at, $4) AS t,
+                min(lag_bytes)::float8 AS min, max(lag_bytes)::float8 AS max, avg(lag_bytes)::float8 AS avg,
+                count(*) AS count
+           FROM replication_samples
+          WHERE node_id = $1 AND link = $6 AND received_at >= $2 AND received_at < $3
+          GROUP BY 1 ORDER BY 1",
+        Metric::LagSeconds => "SELECT date_bin($5::float8 * interval '1 second', received_at, $4) AS t,
+                min(lag_seconds) AS min, max(lag_seconds) AS max, avg(lag_seconds) AS avg, count(*) AS count
+           FROM replication_samples
+          WHERE node_id = $1 AND link = $6 AND received_at >= $2 AND received_at < $3
+          GROUP BY 1 ORDER BY 1",
+        Metric::Heartbeats => "SELECT date_bin($5::float8 * interval '1 second', received_at, $4) AS t,
+                count(*)::float8 AS min, count(*)::float8 AS max, count(*)::float8 AS avg, count(*) AS count
+           FROM heartbeat_samples
+          WHERE node_id = $1 AND ($6::text IS NULL OR TRUE) AND received_at >= $2 AND received_at < $3
+          GROUP BY 1 ORDER BY 1",
+        Metric::Load1 => "SELECT date_bin($5::float8 * interval '1 second', received_at, $4) AS t,
+                min(load1) AS min, max(load1) AS max, avg(load1) AS avg, count(*) AS count
+           FROM heartbeat_samples
+          WHERE node_id = $1 AND ($6::text IS NULL OR TRUE) AND received_at >= $2 AND received_at < $3
+          GROUP BY 1 ORDER BY 1",
+    }
+}
+
+fn rollup_sql(metric: Metric) -> &'static str {
+    match metric {
+        Metric::LagBytes => "SELECT date_bin($5::float8 * interval '1 second', minute, $4) AS t,
+                min(lag_bytes_min)::float8 AS min, max(lag_bytes_max)::float8 AS max,
+                (sum(lag_bytes_sum) / nullif(sum(lag_bytes_n), 0))::float8 AS avg, sum(samples)::int8 AS count
+           FROM replication_rollups_1m
+          WHERE node_id = $1 AND link = $6 AND minute >= $2 AND minute < $3
+          GROUP BY 1 ORDER BY 1",
+        Metric::LagSeconds => "SELECT date_bin($5::float8 * interval '1 second', minute, $4) AS t,
+                min(lag_seconds_min) AS min, max(lag_seconds_max) AS max,
+                sum(lag_seconds_sum) / nullif(sum(lag_seconds_n), 0) AS avg, sum(samples)::int8 AS count
+           FROM replication_rollups_1m
+          WHERE node_id = $1 AND link = $6 AND minute >= $2 AND minute < $3
+          GROUP BY 1 ORDER BY 1",
+        Metric::Heartbeats => "SELECT date_bin($5::float8 * interval '1 second', minute, $4) AS t,
+                sum(heartbeats)::float8 AS min, sum(heartbeats)::float8 AS max, sum(heartbeats)::float8 AS avg,
+                sum(heartbeats)::int8 AS count
+           FROM heartbeat_rollups_1m
+          WHERE node_id = $1 AND ($6::text IS NULL OR TRUE) AND minute >= $2 AND minute < $3
+          GROUP BY 1 ORDER BY 1",
+        Metric::Load1 => "SELECT date_bin($5::float8 * interval '1 second', minute, $4) AS t,
+                min(load1_avg) AS min, max(load1_max) AS max,
+                sum(load1_avg * heartbeats) / nullif(sum(heartbeats), 0) AS avg, sum(heartbeats)::int8 AS count
+           FROM heartbeat_rollups_1m
+          WHERE node_id = $1 AND ($6::text IS NULL OR TRUE) AND minute >= $2 AND minute < $3
+          GROUP BY 1 ORDER BY 1",
+    }
+}
+
+/// Joins buckets that both sources filled (the one holding the seam between rollups and raw).
+fn merge(mut points: Vec<Point>) -> Vec<Point> {
+    points.sort_by_key(|p| p.t);
+    let mut out: Vec<Point> = Vec::with_capacity(points.len());
+    for p in points {
+        match out.last_mut() {
+            Some(last) if last.t == p.t => {
+                let n = (last.count + p.count).max(1) as f64;
+                last.avg = match (last.avg, p.avg) {
+                    (Some(a), Some(b)) => Some((a * last.count as f64 + b * p.count as f64) / n),
+                    (a, b) => a.or(b),
+                };
+                last.min = match (last.min, p.min) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                last.max = match (last.max, p.max) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                last.count += p.count;
+            }
+            _ => out.push(p),
+        }
+    }
+    out
+}
+
+/// Heartbeats per bucket with the empty buckets as zero, up to the last whole bucket before now.
+fn fill_zero(points: Vec<Point>, q: &SeriesQuery) -> Vec<Point> {
+    let Ok(step) = ChronoDuration::from_std(q.step) else {
+        return points;
+    };
+    if step <= ChronoDuration::zero() {
+        return points;
+    }
+    let end = q.to.min(Utc::now());
+    let mut by_t = points
+        .into_iter()
+        .map(|p| (p.t, p))
+        .collect::<std::collections::BTreeMap<_, _>>();
+    let mut t = q.from;
+    while t + step <= end {
+        by_t.entry(t).or_insert(Point {
+            t,
+            min: Some(0.0),
+            max: Some(0.0),
+            avg: Some(0.0),
+            count: 0,
+        });
+        t += step;
+    }
+    by_t.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(t: i64, min: f64, max: f64, avg: f64, count: i64) -> Point {
+        Point {
+            t: DateTime::from_timestamp(t, 0).unwrap(),
+            min: Some(min),
+            max: Some(max),
+            avg: Some(avg),
+            count,
+        }
+    }
+
+    #[test]
+    fn merging_the_seam_bucket_weights_the_average() {
+        let merged = merge(vec![
+            p(60, 1.0, 5.0, 2.0, 30),
+            p(0, 0.0, 0.0, 0.0, 60),
+            p(60, 0.5, 9.0, 6.0, 10),
+        ]);
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[1], p(60, 0.5, 9.0, 3.0, 40));
+    }
+
+    #[test]
+    fn partitions_are_named_by_day() {
+        let day = NaiveDate::from_ymd_opt(2026, 11, 21).unwrap();
+        assert_eq!(
+            partition_name("replication_samples", day),
+            "replication_samples_p20261121"
+        );
+        let tables = partitioned_tables(
+            Duration::from_secs(7 * 86_400),
+            Duration::from_secs(90 * 86_400),
+        );
+        assert_eq!(tables[2].days_back, 8);
+    }
+}
