@@ -6,6 +6,7 @@
 //! [`ui`]; [`detector`] watches heartbeat ages.
 
 pub mod api;
+pub mod charts;
 pub mod config;
 pub mod db;
 pub mod detector;

@@ -28,6 +28,9 @@ pub struct Metrics {
     heartbeat_age: GaugeVec,
     node_status: IntGaugeVec,
     cluster_health: IntGaugeVec,
+    link_lag_bytes: GaugeVec,
+    link_lag_seconds: GaugeVec,
+    link_state: IntGaugeVec,
 }
 
 /// VRRP states, the `state` label of `hapulse_vrrp_instance_state`.
@@ -112,6 +115,30 @@ impl Metrics {
             Opts::new("cluster_health", "1 for a cluster's current health verdict"),
             &["cluster", "health"],
         )?;
+        let link_lag_bytes = GaugeVec::new(
+            Opts::new(
+                "replication_lag_bytes",
+                "Replication lag of a link on a node, in bytes",
+            ),
+            &["cluster", "node", "link"],
+        )?;
+        let link_lag_seconds = GaugeVec::new(
+            Opts::new(
+                "replication_lag_seconds",
+                "Replication lag of a link on a node, in seconds",
+            ),
+            &["cluster", "node", "link"],
+        )?;
+        let link_state = IntGaugeVec::new(
+            Opts::new(
+                "replication_link_state",
+                "1 for the current state of a replication link on a node, with its role",
+            ),
+            &["cluster", "node", "link", "role", "state"],
+        )?;
+        registry.register(Box::new(link_lag_bytes.clone()))?;
+        registry.register(Box::new(link_lag_seconds.clone()))?;
+        registry.register(Box::new(link_state.clone()))?;
         registry.register(Box::new(heartbeats.clone()))?;
         registry.register(Box::new(ingest_seconds.clone()))?;
         registry.register(Box::new(events.clone()))?;
@@ -138,6 +165,9 @@ impl Metrics {
             heartbeat_age,
             node_status,
             cluster_health,
+            link_lag_bytes,
+            link_lag_seconds,
+            link_state,
         })
     }
 
@@ -174,6 +204,9 @@ impl Metrics {
         self.heartbeat_age.reset();
         self.node_status.reset();
         self.cluster_health.reset();
+        self.link_lag_bytes.reset();
+        self.link_lag_seconds.reset();
+        self.link_state.reset();
         for node in live.nodes.values() {
             let age = (now - node.last_heartbeat_at).num_milliseconds().max(0) as f64 / 1000.0;
             self.heartbeat_age
@@ -183,6 +216,29 @@ impl Metrics {
                 self.node_status
                     .with_label_values(&[&node.cluster, &node.node_id, status.as_str()])
                     .set(i64::from(node.status == status));
+            }
+            for link in &node.replication {
+                let key = link.key();
+                let labels = [node.cluster.as_str(), node.node_id.as_str(), key.as_str()];
+                if let Some(bytes) = link.lag_bytes {
+                    self.link_lag_bytes
+                        .with_label_values(&labels)
+                        .set(bytes as f64);
+                }
+                if let Some(seconds) = link.lag_seconds {
+                    self.link_lag_seconds
+                        .with_label_values(&labels)
+                        .set(seconds);
+                }
+                self.link_state
+                    .with_label_values(&[
+                        &node.cluster,
+                        &node.node_id,
+                        &key,
+                        link.role.as_str(),
+                        link.state.as_str(),
+                    ])
+                    .set(1);
             }
             for i in &node.instances {
                 for state in STATES {

@@ -476,3 +476,170 @@ mod tests {
         assert_eq!(tables[2].days_back, 8);
     }
 }
+
+/// Bucket widths a chart or the API picks from when no step is given, in seconds.
+const NICE_STEPS: [u64; 14] = [
+    1, 5, 10, 15, 30, 60, 300, 600, 900, 1800, 3600, 10_800, 21_600, 86_400,
+];
+/// Most buckets one series may have.
+pub const MAX_POINTS: u64 = 10_000;
+/// Longest range one series may cover.
+pub const MAX_RANGE_DAYS: i64 = 400;
+
+/// A series request that does not make sense; `field` names the query parameter.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PlanError {
+    /// Query parameter at fault.
+    pub field: &'static str,
+    /// Why.
+    pub message: String,
+}
+
+/// Decides range, step and source for a series: `to` defaults to `now`, `from` to an hour
+/// before `to`, the step to about 240 buckets (a nice width). Rollups serve ranges longer than
+/// 6 hours with steps of a minute or more, and anything older than the raw retention; their
+/// step is a whole number of minutes.
+pub fn plan(
+    now: DateTime<Utc>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    step: Option<Duration>,
+    raw_retention: Duration,
+) -> Result<(DateTime<Utc>, DateTime<Utc>, Duration, Source), PlanError> {
+    let to = to.unwrap_or(now);
+    let from = from.unwrap_or(to - ChronoDuration::hours(1));
+    if from >= to {
+        return Err(PlanError {
+            field: "from",
+            message: "must be before `to`".into(),
+        });
+    }
+    let range = to - from;
+    if range > ChronoDuration::days(MAX_RANGE_DAYS) {
+        return Err(PlanError {
+            field: "from",
+            message: format!("the range may cover at most {MAX_RANGE_DAYS} days"),
+        });
+    }
+    let range_secs = range.num_seconds().max(1) as u64;
+    let mut step = match step {
+        Some(s) if s < Duration::from_secs(1) => {
+            return Err(PlanError {
+                field: "step",
+                message: "must be at least 1s".into(),
+            })
+        }
+        Some(s) => Duration::from_secs(s.as_secs()),
+        None => {
+            let wanted = range_secs.div_ceil(240);
+            Duration::from_secs(
+                NICE_STEPS
+                    .iter()
+                    .copied()
+                    .find(|s| *s >= wanted)
+                    .unwrap_or(86_400),
+            )
+        }
+    };
+    let raw_horizon =
+        now - ChronoDuration::from_std(raw_retention).unwrap_or(ChronoDuration::days(7));
+    let source = if (step >= Duration::from_secs(60) && range > ChronoDuration::hours(6))
+        || from < raw_horizon
+    {
+        step = Duration::from_secs(step.as_secs().div_ceil(60).max(1) * 60);
+        Source::Rollup
+    } else {
+        Source::Raw
+    };
+    if range_secs / step.as_secs().max(1) > MAX_POINTS {
+        return Err(PlanError {
+            field: "step",
+            message: format!("at most {MAX_POINTS} buckets; use a larger step"),
+        });
+    }
+    Ok((from, to, step, source))
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+
+    const WEEK: Duration = Duration::from_secs(7 * 86_400);
+
+    #[test]
+    fn defaults_and_sources() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let (from, to, step, source) = plan(now, None, None, None, WEEK).unwrap();
+        assert_eq!(
+            (to, to - from, step, source),
+            (
+                now,
+                ChronoDuration::hours(1),
+                Duration::from_secs(15),
+                Source::Raw
+            )
+        );
+        let day = plan(now, Some(now - ChronoDuration::hours(24)), None, None, WEEK).unwrap();
+        assert_eq!((day.2, day.3), (Duration::from_secs(600), Source::Rollup));
+        let week = plan(now, Some(now - ChronoDuration::days(7)), None, None, WEEK).unwrap();
+        assert_eq!(
+            (week.2, week.3),
+            (Duration::from_secs(3600), Source::Rollup)
+        );
+        // Older than the raw retention: rollups, whole minutes.
+        let old = plan(
+            now,
+            Some(now - ChronoDuration::days(30)),
+            Some(now - ChronoDuration::days(29)),
+            Some(Duration::from_secs(90)),
+            WEEK,
+        )
+        .unwrap();
+        assert_eq!((old.2, old.3), (Duration::from_secs(120), Source::Rollup));
+        // A fine step over a short range stays raw.
+        let fine = plan(
+            now,
+            Some(now - ChronoDuration::minutes(10)),
+            None,
+            Some(Duration::from_secs(1)),
+            WEEK,
+        )
+        .unwrap();
+        assert_eq!((fine.2, fine.3), (Duration::from_secs(1), Source::Raw));
+    }
+
+    #[test]
+    fn nonsense_is_refused_with_the_parameter_named() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        assert_eq!(
+            plan(now, Some(now), Some(now), None, WEEK)
+                .unwrap_err()
+                .field,
+            "from"
+        );
+        assert_eq!(
+            plan(now, Some(now - ChronoDuration::days(500)), None, None, WEEK)
+                .unwrap_err()
+                .field,
+            "from"
+        );
+        assert_eq!(
+            plan(now, None, None, Some(Duration::from_millis(10)), WEEK)
+                .unwrap_err()
+                .field,
+            "step"
+        );
+        assert_eq!(
+            plan(
+                now,
+                Some(now - ChronoDuration::days(3)),
+                None,
+                Some(Duration::from_secs(1)),
+                WEEK
+            )
+            .unwrap_err()
+            .field,
+            "step"
+        );
+    }
+}

@@ -17,10 +17,13 @@ use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
 
 use crate::api::ApiQuery;
+use crate::charts::{self, Unit};
 use crate::db::{self, Event, EventFilter};
 use crate::error::AppError;
+use crate::series::{self, Metric, SeriesQuery};
 use crate::state::AppState;
 use crate::view::{self, ClusterView, NodeView};
+use hapulse_protocol::ReplicationKind;
 
 /// `?partial=1` asks for the fragment only.
 #[derive(Deserialize)]
@@ -60,6 +63,89 @@ struct NodePartial<'a> {
     now: DateTime<Utc>,
     node: &'a NodeView,
     events: &'a [Event],
+    /// `1h`, `24h` or `7d`.
+    range: &'a str,
+    charts: &'a [Chart],
+}
+
+/// A chart on a page: its SVG, drawn by [`charts::line_chart`].
+pub struct Chart {
+    /// The SVG element (safe: built from numbers and escaped text).
+    pub svg: String,
+}
+
+/// Query of the node page.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodePageQuery {
+    #[serde(default)]
+    partial: Option<u8>,
+    /// Chart range: `1h` (default), `24h` or `7d`.
+    #[serde(default)]
+    range: Option<String>,
+}
+
+/// The ranges the node page offers.
+const RANGES: [(&str, i64); 3] = [("1h", 1), ("24h", 24), ("7d", 168)];
+
+/// Charts of a node over the last `hours`: replication lag per link, heartbeats.
+async fn node_charts(
+    state: &AppState,
+    node: &NodeView,
+    hours: i64,
+    now: DateTime<Utc>,
+) -> Result<Vec<Chart>, AppError> {
+    let (from, to, step, source) = series::plan(
+        now,
+        Some(now - chrono::Duration::hours(hours)),
+        Some(now),
+        None,
+        state.settings.history.retention,
+    )
+    .map_err(|e| AppError::Internal(anyhow::anyhow!("chart plan: {}", e.message)))?;
+    let mut wanted: Vec<(Metric, Option<String>, String, Unit)> = Vec::new();
+    for link in &node.replication {
+        let key = link.key();
+        if link.kind != ReplicationKind::Mysql {
+            wanted.push((
+                Metric::LagBytes,
+                Some(key.clone()),
+                format!("{key} lag (bytes)"),
+                Unit::Bytes,
+            ));
+        }
+        if link.kind != ReplicationKind::Drbd {
+            wanted.push((
+                Metric::LagSeconds,
+                Some(key.clone()),
+                format!("{key} lag (seconds)"),
+                Unit::Seconds,
+            ));
+        }
+    }
+    wanted.push((
+        Metric::Heartbeats,
+        None,
+        format!("heartbeats per {}", humantime::format_duration(step)),
+        Unit::Count,
+    ));
+    let mut charts = Vec::new();
+    for (metric, link, title, unit) in wanted {
+        let query = SeriesQuery {
+            node_id: node.summary.node_id.clone(),
+            metric,
+            link,
+            from,
+            to,
+            step,
+            source,
+        };
+        let points = series::series(&state.db, &query).await?;
+        charts.push(Chart {
+            svg: charts::line_chart(&title, unit, &points, from, to),
+        });
+    }
+    Ok(charts)
 }
 
 #[derive(Template)]
@@ -127,11 +213,20 @@ pub async fn cluster(
 pub async fn node(
     State(state): State<AppState>,
     Path(node_id): Path<String>,
-    ApiQuery(q): ApiQuery<PageQuery>,
+    ApiQuery(q): ApiQuery<NodePageQuery>,
 ) -> Result<Response, AppError> {
     let now = Utc::now();
+    let range = q.range.as_deref().unwrap_or("1h");
+    let Some((range, hours)) = RANGES.iter().copied().find(|(name, _)| *name == range) else {
+        return Err(AppError::invalid(
+            "invalid_query",
+            "range",
+            "one of 1h, 24h, 7d",
+        ));
+    };
     let node = view::node_view(&state.live(), &node_id, now)
         .ok_or_else(|| AppError::NotFound(format!("node {node_id:?}")))?;
+    let charts = node_charts(&state, &node, hours, now).await?;
     let filter = EventFilter {
         node_id: Some(node_id.clone()),
         limit: 50,
@@ -142,7 +237,10 @@ pub async fn node(
         now,
         node: &node,
         events: &events,
+        range,
+        charts: &charts,
     })?;
+    let q = PageQuery { partial: q.partial };
     page(&q, &format!("Node {node_id}"), &node.cluster, body)
 }
 
@@ -207,6 +305,20 @@ pub async fn asset(Path(file): Path<String>) -> Response {
 /// Helpers the templates call.
 mod filters {
     use chrono::{DateTime, Utc};
+
+    /// A byte count for people (`1.5 MiB`); `—` when absent.
+    pub fn bytes(value: &Option<u64>, _: &dyn askama::Values) -> askama::Result<String> {
+        Ok(value.map_or("—".into(), |v| {
+            crate::charts::format_value(v as f64, crate::charts::Unit::Bytes)
+        }))
+    }
+
+    /// Seconds for people (`250 ms`); `—` when absent.
+    pub fn seconds(value: &Option<f64>, _: &dyn askama::Values) -> askama::Result<String> {
+        Ok(value.map_or("—".into(), |v| {
+            crate::charts::format_value(v, crate::charts::Unit::Seconds)
+        }))
+    }
 
     /// `1.2 s`, `3 min`, `2 h` since `then`.
     pub fn age(

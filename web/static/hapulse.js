@@ -60,6 +60,14 @@
     document.body.classList.remove("online");
     document.body.classList.add("offline");
   };
+  // Pages whose fragment asks for it (charts of lag and heartbeats) also refresh on a timer:
+  // samples change every heartbeat without being a state change worth an event.
+  function scheduleRefresh() {
+    const holder = root.querySelector("[data-refresh]");
+    const every = holder ? parseInt(holder.dataset.refresh, 10) : 0;
+    if (every > 0) setTimeout(() => { refresh().finally(scheduleRefresh); }, every);
+  }
   measureSkew();
+  scheduleRefresh();
   setInterval(tick, 1000);
 })();

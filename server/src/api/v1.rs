@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::ApiQuery;
 use crate::db::{self, Event, EventFilter};
 use crate::error::AppError;
+use crate::series::{self, Metric, Point, SeriesQuery, Source};
 use crate::state::AppState;
 use crate::view::{self, ClusterView, NodeView};
 
@@ -87,5 +88,122 @@ pub async fn events(
     };
     Ok(Json(EventList {
         events: db::list_events(&state.db, &filter).await?,
+    }))
+}
+
+/// Query of `GET /api/v1/nodes/{node_id}/history`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// `lag_bytes`, `lag_seconds`, `heartbeats` or `load1`.
+    pub metric: Metric,
+    /// Link key (`postgresql:pg`) for lag metrics; may be left out when the node has one link.
+    pub link: Option<String>,
+    /// Range start, RFC 3339 (default: an hour before `to`).
+    pub from: Option<DateTime<Utc>>,
+    /// Range end, RFC 3339 (default: now).
+    pub to: Option<DateTime<Utc>>,
+    /// Bucket width (`15s`, `1m`, `1h`; default: about 240 buckets).
+    pub step: Option<String>,
+}
+
+/// Body of `GET /api/v1/nodes/{node_id}/history`.
+#[derive(Debug, Serialize)]
+pub struct History {
+    /// Node.
+    pub node_id: String,
+    /// Metric.
+    pub metric: Metric,
+    /// Link, for lag metrics.
+    pub link: Option<String>,
+    /// Range start.
+    pub from: DateTime<Utc>,
+    /// Range end.
+    pub to: DateTime<Utc>,
+    /// Bucket width in seconds.
+    pub step_seconds: u64,
+    /// `raw` samples or per-minute `rollup`s.
+    pub source: Source,
+    /// Buckets in time order: `t` (bucket start), `min`, `max`, `avg`, `count`.
+    pub points: Vec<Point>,
+}
+
+/// Resolves a history request against a node: which link, which range, which source.
+pub fn history_query(
+    state: &AppState,
+    node_id: &str,
+    q: HistoryQuery,
+) -> Result<SeriesQuery, AppError> {
+    let links: Vec<String> = {
+        let live = state.live();
+        let node = live
+            .nodes
+            .get(node_id)
+            .ok_or_else(|| AppError::NotFound(format!("node {node_id:?}")))?;
+        node.replication.iter().map(|l| l.key()).collect()
+    };
+    let link = match (q.metric.needs_link(), q.link) {
+        (false, _) => None,
+        (true, Some(link)) => Some(link),
+        (true, None) if links.len() == 1 => links.first().cloned(),
+        (true, None) => {
+            return Err(AppError::invalid(
+                "invalid_query",
+                "link",
+                format!(
+                    "this metric needs a link; the node has: {}",
+                    if links.is_empty() {
+                        "none".to_string()
+                    } else {
+                        links.join(", ")
+                    }
+                ),
+            ))
+        }
+    };
+    let step = q
+        .step
+        .map(|s| {
+            humantime::parse_duration(&s)
+                .map_err(|e| AppError::invalid("invalid_query", "step", format!("{s:?}: {e}")))
+        })
+        .transpose()?;
+    let (from, to, step, source) = series::plan(
+        Utc::now(),
+        q.from,
+        q.to,
+        step,
+        state.settings.history.retention,
+    )
+    .map_err(|e| AppError::invalid("invalid_query", e.field, e.message))?;
+    Ok(SeriesQuery {
+        node_id: node_id.to_string(),
+        metric: q.metric,
+        link,
+        from,
+        to,
+        step,
+        source,
+    })
+}
+
+/// `GET /api/v1/nodes/{node_id}/history?metric=&link=&from=&to=&step=`: a time series of one
+/// node, from raw samples or, for long ranges, per-minute rollups.
+pub async fn history(
+    State(state): State<AppState>,
+    Path(node_id): Path<String>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> Result<Json<History>, AppError> {
+    let query = history_query(&state, &node_id, q)?;
+    let points = series::series(&state.db, &query).await?;
+    Ok(Json(History {
+        node_id,
+        metric: query.metric,
+        link: query.link,
+        from: query.from,
+        to: query.to,
+        step_seconds: query.step.as_secs(),
+        source: query.source,
+        points,
     }))
 }
