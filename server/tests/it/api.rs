@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use hapulse_agent::client::SendError;
-use hapulse_protocol::VrrpState;
+use hapulse_protocol::{
+    LinkState, ReplicationKind, ReplicationLinkReport, ReplicationRole, VrrpState,
+};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -461,4 +463,172 @@ async fn history_partitions_are_created_ahead_and_dropped_after_retention(pool: 
     assert!(partitions(pool.clone(), "heartbeat_rollups_1m")
         .await
         .contains(&name("heartbeat_rollups_1m", 0)));
+}
+
+fn pg_link(role: ReplicationRole, state: LinkState, lag_bytes: u64) -> ReplicationLinkReport {
+    ReplicationLinkReport {
+        kind: ReplicationKind::Postgresql,
+        name: "pg".into(),
+        role,
+        peer: None,
+        state,
+        lag_bytes: Some(lag_bytes),
+        lag_seconds: Some(lag_bytes as f64 / 1e6),
+        vrrp_instance: Some("VI_1".into()),
+        error: None,
+        raw: Default::default(),
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn replication_links_lag_history_and_the_vip_check(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let agent = server.agent();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let started = chrono::Utc::now();
+    let mut seq = 0;
+    // h-a: VRRP master and PostgreSQL primary; h-b: backup and a standby falling behind.
+    for lag in [0u64, 1_000, 50_000, 2_000_000, 0] {
+        seq += 1;
+        let mut ra = report("a", a, seq, VrrpState::Master, true);
+        ra.replication = vec![pg_link(ReplicationRole::Primary, LinkState::Streaming, lag)];
+        let mut rb = report("b", b, seq, VrrpState::Backup, false);
+        let state = if lag > 1_000_000 {
+            LinkState::Paused
+        } else {
+            LinkState::Streaming
+        };
+        rb.replication = vec![pg_link(ReplicationRole::Secondary, state, lag)];
+        agent.send_heartbeat(&ra).await.unwrap();
+        agent.send_heartbeat(&rb).await.unwrap();
+    }
+    let (_, cluster) = server.get_json("/api/v1/clusters/c").await;
+    let link = &cluster["replication"][0];
+    assert_eq!(link["link"], "postgresql:pg", "{cluster}");
+    assert_eq!(link["primary"], "a");
+    assert_eq!(link["vip_on_primary"], true);
+    assert_eq!(link["health"], "healthy", "{link}");
+    let standby = link["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["node_id"] == "b")
+        .unwrap();
+    assert_eq!(
+        (standby["role"].as_str(), standby["state"].as_str()),
+        (Some("secondary"), Some("streaming"))
+    );
+
+    // The history API returns the lag the standby went through, from raw samples.
+    let from =
+        (started - chrono::Duration::seconds(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (status, history) = server
+        .get_json(&format!(
+            "/api/v1/nodes/b/history?metric=lag_bytes&from={from}&step=1h"
+        ))
+        .await;
+    assert_eq!(status, 200, "{history}");
+    assert_eq!(
+        history["link"], "postgresql:pg",
+        "the node's only link is the default"
+    );
+    assert_eq!(history["source"], "raw");
+    let points = history["points"].as_array().unwrap();
+    assert_eq!(points.len(), 1, "{history}");
+    assert_eq!(points[0]["max"], 2_000_000.0);
+    assert_eq!(points[0]["count"], 5);
+    let (_, beats) = server
+        .get_json(&format!(
+            "/api/v1/nodes/b/history?metric=heartbeats&from={from}&step=1h"
+        ))
+        .await;
+    assert_eq!(beats["points"][0]["count"], 5, "{beats}");
+    let (status, error) = server
+        .get_json("/api/v1/nodes/b/history?metric=lag_bytes&step=0s")
+        .await;
+    assert_eq!(
+        (status, error["field"].as_str()),
+        (400, Some("step")),
+        "{error}"
+    );
+    let (status, error) = server
+        .get_json("/api/v1/nodes/b/history?metric=bogus")
+        .await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (400, Some("invalid_query")),
+        "{error}"
+    );
+    assert_eq!(
+        server
+            .get_json("/api/v1/nodes/nope/history?metric=load1")
+            .await
+            .0,
+        404
+    );
+
+    // Rolled up, a long range comes from the rollups with the same extremes.
+    let rolled = hapulse_server::series::roll_up(
+        &server.pool,
+        chrono::Utc::now() + chrono::Duration::minutes(2),
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    assert!(rolled.is_some());
+    let week_ago = (chrono::Utc::now() - chrono::Duration::days(6))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (_, long) = server
+        .get_json(&format!(
+            "/api/v1/nodes/b/history?metric=lag_bytes&from={week_ago}"
+        ))
+        .await;
+    assert_eq!(long["source"], "rollup", "{long}");
+    let max = long["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["max"].as_f64())
+        .fold(0.0, f64::max);
+    assert_eq!(max, 2_000_000.0, "{long}");
+
+    // The VIP moves to b while a stays primary: flagged.
+    seq += 1;
+    let mut ra = report("a", a, seq, VrrpState::Backup, false);
+    ra.replication = vec![pg_link(ReplicationRole::Primary, LinkState::Streaming, 0)];
+    let mut rb = report("b", b, seq, VrrpState::Master, true);
+    rb.replication = vec![pg_link(ReplicationRole::Secondary, LinkState::Streaming, 0)];
+    agent.send_heartbeat(&ra).await.unwrap();
+    agent.send_heartbeat(&rb).await.unwrap();
+    let (_, cluster) = server.get_json("/api/v1/clusters/c").await;
+    let link = &cluster["replication"][0];
+    assert_eq!(link["vip_on_primary"], false, "{link}");
+    assert_eq!(link["health"], "degraded");
+    assert_eq!(
+        link["reasons"][0], "the VIP of VI_1 is on b but the primary is a",
+        "{link}"
+    );
+    let (_, page) = server.get_text("/clusters/c").await;
+    assert!(page.contains("not on the primary"), "{page}");
+    let (_, page) = server.get_text("/nodes/b?range=24h").await;
+    assert!(
+        page.contains("<svg class=\"chart\"") && page.contains("postgresql:pg lag (bytes)"),
+        "{page}"
+    );
+    assert_eq!(server.get_text("/nodes/b?range=1y").await.0, 400);
+    let (_, metrics) = server.get_text("/metrics").await;
+    assert!(
+        metrics.contains(
+            "hapulse_replication_lag_bytes{cluster=\"c\",link=\"postgresql:pg\",node=\"b\"} 0"
+        ),
+        "{metrics}"
+    );
+
+    let pool = server.stop().await;
+    let paused = count(&pool, "SELECT count(*) FROM events WHERE kind = 'replication_state' AND to_state = 'paused' AND link = 'postgresql:pg'").await;
+    assert_eq!(paused, 1);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM replication_links").await,
+        2
+    );
 }

@@ -14,9 +14,18 @@ use sqlx::PgPool;
 
 use crate::harness::{eventually, settings, TestServer, TOKEN};
 
-const LAB: &str = "hptest";
-const NET: &str = "10.213.1";
-const PORT: u16 = 18080;
+/// The keepalived failover lab.
+const FAILOVER_LAB: Lab = Lab {
+    name: "hptest",
+    net: "10.213.1",
+    port: 18080,
+};
+/// The PostgreSQL replication lab (runs beside the other: its own namespaces, bridge, subnet).
+const REPLICATION_LAB: Lab = Lab {
+    name: "hprepl",
+    net: "10.213.3",
+    port: 18082,
+};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -57,16 +66,22 @@ fn require_root_and_tools() {
     }
 }
 
-/// The test's lab; `Drop` tears it down even when an assertion failed.
-struct Lab;
+/// A test's lab: its name (namespace prefix), private /24 and server port. `Drop` tears it down
+/// even when an assertion failed.
+struct Lab {
+    name: &'static str,
+    net: &'static str,
+    port: u16,
+}
 
 impl Lab {
-    fn run(args: &[&str]) -> std::process::Output {
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let (name, net, port) = (self.name, self.net, self.port);
         let output = Command::new(repo_root().join("scripts/lab"))
             .args(args)
-            .env("HAPULSE_LAB_NAME", LAB)
-            .env("HAPULSE_LAB_NET", NET)
-            .env("HAPULSE_LAB_SERVER_URL", format!("http://{NET}.1:{PORT}"))
+            .env("HAPULSE_LAB_NAME", name)
+            .env("HAPULSE_LAB_NET", net)
+            .env("HAPULSE_LAB_SERVER_URL", format!("http://{net}.1:{port}"))
             .env("HAPULSE_LAB_TOKEN", TOKEN)
             .env("HAPULSE_LAB_AGENT_BIN", agent_binary())
             .output()
@@ -80,21 +95,27 @@ impl Lab {
         output
     }
 
-    fn up(hosts: u32) -> Lab {
-        Lab::run(&["down"]);
-        Lab::run(&["up", &hosts.to_string()]);
-        Lab
+    fn up(self, args: &[&str]) -> Lab {
+        self.run(&["down"]);
+        self.run(&[&["up"], args].concat());
+        self
     }
 
-    fn host_dir(host: &str) -> PathBuf {
-        PathBuf::from(format!("/run/hapulse-lab/{LAB}/{host}"))
+    fn host_dir(&self, host: &str) -> PathBuf {
+        PathBuf::from(format!("/run/hapulse-lab/{}/{host}", self.name))
     }
 
-    fn holds_vip(host: &str) -> bool {
+    async fn start_server(&self, pool: PgPool) -> TestServer {
+        let mut s = settings();
+        s.listen = format!("{}.1:{}", self.net, self.port).parse().unwrap();
+        TestServer::start_on(pool, s).await
+    }
+
+    fn holds_vip(&self, host: &str) -> bool {
         let out = Command::new("ip")
             .args([
                 "-n",
-                &format!("{LAB}-{host}"),
+                &format!("{}-{host}", self.name),
                 "-br",
                 "addr",
                 "show",
@@ -103,7 +124,7 @@ impl Lab {
             ])
             .output()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout).contains(&format!("{NET}.100/"))
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{}.100/", self.net))
     }
 }
 
@@ -111,31 +132,29 @@ impl Drop for Lab {
     fn drop(&mut self) {
         let _ = Command::new(repo_root().join("scripts/lab"))
             .arg("down")
-            .env("HAPULSE_LAB_NAME", LAB)
-            .env("HAPULSE_LAB_NET", NET)
+            .env("HAPULSE_LAB_NAME", self.name)
+            .env("HAPULSE_LAB_NET", self.net)
             .status();
     }
 }
 
-async fn start_server(pool: PgPool) -> TestServer {
-    let mut s = settings();
-    s.listen = format!("{NET}.1:{PORT}").parse().unwrap();
-    TestServer::start_on(pool, s).await
-}
-
 /// The master of VI_1 in the lab cluster as the API names it.
-async fn api_master(server: &TestServer) -> Option<String> {
-    let (status, cluster) = server.get_json(&format!("/api/v1/clusters/{LAB}")).await;
+async fn api_master(server: &TestServer, lab: &str) -> Option<String> {
+    let (status, cluster) = server.get_json(&format!("/api/v1/clusters/{lab}")).await;
     (status == 200).then_some(())?;
     cluster["instances"][0]["master"]
         .as_str()
         .map(str::to_string)
 }
 
-async fn events(server: &TestServer, since: chrono::DateTime<Utc>) -> Vec<serde_json::Value> {
+async fn events(
+    server: &TestServer,
+    lab: &str,
+    since: chrono::DateTime<Utc>,
+) -> Vec<serde_json::Value> {
     let (status, body) = server
         .get_json(&format!(
-            "/api/v1/events?cluster={LAB}&since={}&limit=1000",
+            "/api/v1/events?cluster={lab}&since={}&limit=1000",
             since.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
         ))
         .await;
@@ -158,12 +177,13 @@ fn count_role_changes(events: &[serde_json::Value], node: &str, from: &str, to: 
 #[sqlx::test(migrations = false)]
 async fn keepalived_failover_is_seen_and_survives_a_server_outage(pool: PgPool) {
     require_root_and_tools();
-    let _lab = Lab::up(2);
-    let server = start_server(pool).await;
+    let lab = FAILOVER_LAB.up(&["2"]);
+    let name = lab.name;
+    let server = lab.start_server(pool).await;
 
     // 1. Steady state: the API names h1 (priority 150) master and holder of the VIP.
     eventually(30, "h1 master and VIP holder, both nodes up", || async {
-        let (_, c) = server.get_json(&format!("/api/v1/clusters/{LAB}")).await;
+        let (_, c) = server.get_json(&format!("/api/v1/clusters/{name}")).await;
         let i = &c["instances"][0];
         (c["nodes_up"] == 2
             && i["master"] == "h1"
@@ -172,22 +192,22 @@ async fn keepalived_failover_is_seen_and_survives_a_server_outage(pool: PgPool) 
             .then_some(())
     })
     .await;
-    assert!(Lab::holds_vip("h1") && !Lab::holds_vip("h2"));
+    assert!(lab.holds_vip("h1") && !lab.holds_vip("h2"));
 
     // 2. SIGKILL the master's keepalived: no priority-0 advert, h2 takes over on its own timer.
     let before_kill = Utc::now();
     let killed = Instant::now();
-    Lab::run(&["keepalived", "h1", "kill"]);
+    lab.run(&["keepalived", "h1", "kill"]);
     eventually(20, "the API names h2 master", || async {
-        (api_master(&server).await.as_deref() == Some("h2")).then_some(())
+        (api_master(&server, name).await.as_deref() == Some("h2")).then_some(())
     })
     .await;
     println!(
         "SIGKILL of the master's keepalived → API names the new master: {:?}",
         killed.elapsed()
     );
-    assert!(Lab::holds_vip("h2"), "the kernel of h2 has the VIP");
-    let after_kill = events(&server, before_kill).await;
+    assert!(lab.holds_vip("h2"), "the kernel of h2 has the VIP");
+    let after_kill = events(&server, name, before_kill).await;
     assert_eq!(
         count_role_changes(&after_kill, "h2", "BACKUP", "MASTER"),
         1,
@@ -210,25 +230,25 @@ async fn keepalived_failover_is_seen_and_survives_a_server_outage(pool: PgPool) 
     let pool = server.stop().await;
     let outage_start = Utc::now();
     let stopped = Instant::now();
-    Lab::run(&["keepalived", "h1", "start"]);
+    lab.run(&["keepalived", "h1", "start"]);
     while stopped.elapsed() < Duration::from_secs(10) {
         // The outage is part of the scenario, not a wait for readiness.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(
-        Lab::holds_vip("h1") && !Lab::holds_vip("h2"),
+        lab.holds_vip("h1") && !lab.holds_vip("h2"),
         "h1 took the VIP back while the server was down"
     );
     let outage_end = Utc::now();
-    let server = start_server(pool).await;
+    let server = lab.start_server(pool).await;
 
     // 4. The spooled changes arrive, in order, exactly once.
     eventually(30, "the API names h1 master again", || async {
-        (api_master(&server).await.as_deref() == Some("h1")).then_some(())
+        (api_master(&server, name).await.as_deref() == Some("h1")).then_some(())
     })
     .await;
     let during = eventually(30, "both spooled role changes", || async {
-        let all = events(&server, outage_start).await;
+        let all = events(&server, name, outage_start).await;
         (count_role_changes(&all, "h1", "BACKUP", "MASTER") >= 1
             && count_role_changes(&all, "h2", "MASTER", "BACKUP") >= 1)
             .then_some(all)
@@ -253,15 +273,15 @@ async fn keepalived_failover_is_seen_and_survives_a_server_outage(pool: PgPool) 
     }
     // Once more after a few heartbeats: replays must not have added anything.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let again = events(&server, outage_start).await;
+    let again = events(&server, name, outage_start).await;
     assert_eq!(count_role_changes(&again, "h1", "BACKUP", "MASTER"), 1);
     assert_eq!(count_role_changes(&again, "h2", "MASTER", "BACKUP"), 1);
     for host in ["h1", "h2"] {
-        let spool = std::fs::read_to_string(Lab::host_dir(host).join("agent-state/spool.jsonl"))
+        let spool = std::fs::read_to_string(lab.host_dir(host).join("agent-state/spool.jsonl"))
             .unwrap_or_default();
         assert!(spool.is_empty(), "{host}'s spool was flushed: {spool}");
     }
-    let (_, cluster) = server.get_json(&format!("/api/v1/clusters/{LAB}")).await;
+    let (_, cluster) = server.get_json(&format!("/api/v1/clusters/{name}")).await;
     assert_eq!(cluster["health"], "healthy", "{cluster}");
     // The server's own outage is not the nodes' fault: no false suspect or down verdicts.
     assert!(
@@ -272,8 +292,135 @@ async fn keepalived_failover_is_seen_and_survives_a_server_outage(pool: PgPool) 
     );
 
     // 5. SIGTERM: the agent finishes its work and exits 0.
-    Lab::run(&["agent", "h2", "stop"]);
-    let log = std::fs::read_to_string(Lab::host_dir("h2").join("agent.log")).unwrap();
+    lab.run(&["agent", "h2", "stop"]);
+    let log = std::fs::read_to_string(lab.host_dir("h2").join("agent.log")).unwrap();
     assert!(log.contains("agent stopped"), "{log}");
+    server.stop().await;
+}
+
+/// The lab PostgreSQL link as the cluster API shows it: (primary, vip_on_primary, standby h2's
+/// state and lag in bytes).
+async fn pg_link(
+    server: &TestServer,
+    lab: &str,
+) -> Option<(Option<String>, serde_json::Value, String, u64)> {
+    let (status, cluster) = server.get_json(&format!("/api/v1/clusters/{lab}")).await;
+    (status == 200).then_some(())?;
+    let link = cluster["replication"]
+        .as_array()?
+        .iter()
+        .find(|l| l["link"] == "postgresql:pg")?
+        .clone();
+    let standby = link["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["node_id"] == "h2")?
+        .clone();
+    Some((
+        link["primary"].as_str().map(str::to_string),
+        link["vip_on_primary"].clone(),
+        standby["state"].as_str()?.to_string(),
+        standby["lag_bytes"].as_u64()?,
+    ))
+}
+
+#[sqlx::test(migrations = false)]
+async fn postgresql_replication_lag_is_reported_kept_and_charted(pool: PgPool) {
+    require_root_and_tools();
+    let lab = REPLICATION_LAB.up(&["2", "--postgres"]);
+    let name = lab.name;
+    let server = lab.start_server(pool).await;
+    let started = Utc::now();
+
+    // A real primary on h1 (which holds the VIP) streaming to a real standby on h2.
+    eventually(60, "h1 primary with the VIP, h2 streaming", || async {
+        let (primary, on_primary, state, lag) = pg_link(&server, name).await?;
+        (primary.as_deref() == Some("h1")
+            && on_primary == true
+            && state == "streaming"
+            && lag < 65_536)
+            .then_some(())
+    })
+    .await;
+
+    // Pause replay on the standby and write on the primary: the lag grows.
+    lab.run(&["psql", "h2", "-qAt", "-c", "SELECT pg_wal_replay_pause()"]);
+    lab.run(&[
+        "psql",
+        "h1",
+        "-qAt",
+        "-c",
+        "CREATE TABLE filler AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 40000) g",
+    ]);
+    let lag = eventually(30, "h2 paused with more than 4 MiB to replay", || async {
+        let (_, _, state, lag) = pg_link(&server, name).await?;
+        (state == "paused" && lag > 4 << 20).then_some(lag)
+    })
+    .await;
+    println!("standby lag while replay is paused: {lag} bytes");
+
+    // The history API has it, from raw samples.
+    let from = started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let max_in_history = eventually(10, "the lag in the history API", || async {
+        let (status, history) = server
+            .get_json(&format!(
+                "/api/v1/nodes/h2/history?metric=lag_bytes&link=postgresql:pg&from={from}&step=5s"
+            ))
+            .await;
+        assert_eq!(status, 200, "{history}");
+        let max = history["points"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["max"].as_f64())
+            .fold(0.0, f64::max);
+        (max > (4 << 20) as f64).then_some(max)
+    })
+    .await;
+    assert!(
+        max_in_history >= lag as f64 * 0.9,
+        "{max_in_history} vs {lag}"
+    );
+    let (_, page) = server.get_text("/nodes/h2").await;
+    assert!(
+        page.contains("postgresql:pg lag (bytes)") && page.contains("paused"),
+        "{page}"
+    );
+
+    // Resume: the standby catches up, the lag returns to near zero.
+    lab.run(&["psql", "h2", "-qAt", "-c", "SELECT pg_wal_replay_resume()"]);
+    eventually(30, "h2 streaming again, caught up", || async {
+        let (_, _, state, lag) = pg_link(&server, name).await?;
+        (state == "streaming" && lag < 65_536).then_some(())
+    })
+    .await;
+    let all = events(&server, name, started).await;
+    let transitions: Vec<(String, String)> = all
+        .iter()
+        .filter(|e| e["kind"] == "replication_state" && e["node_id"] == "h2")
+        .map(|e| {
+            (
+                e["from_state"].as_str().unwrap_or("").to_string(),
+                e["to_state"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        transitions.contains(&("streaming".into(), "paused".into())),
+        "{transitions:?}"
+    );
+    assert!(
+        transitions.contains(&("paused".into(), "streaming".into())),
+        "{transitions:?}"
+    );
+
+    // keepalived fails over but the database does not: the VIP is on h2, the primary stays h1.
+    lab.run(&["keepalived", "h1", "kill"]);
+    eventually(20, "the VIP-vs-primary mismatch flagged", || async {
+        let (primary, on_primary, _, _) = pg_link(&server, name).await?;
+        (primary.as_deref() == Some("h1") && on_primary == false).then_some(())
+    })
+    .await;
+    let (_, page) = server.get_text(&format!("/clusters/{name}")).await;
+    assert!(page.contains("not on the primary"), "{page}");
     server.stop().await;
 }
