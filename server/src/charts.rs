@@ -166,10 +166,23 @@ pub fn line_chart(
             r#"<polygon class="band" points="{}"/><polyline class="line" points="{line}"/>"#,
             band.trim_end()
         );
+        // Sparse series (a new node, a short range) would be invisible as a line alone.
+        if points.len() <= 60 {
+            for p in points {
+                if let Some(avg) = p.avg {
+                    let _ = write!(
+                        svg,
+                        r#"<circle class="dot" cx="{:.1}" cy="{:.1}" r="2"/>"#,
+                        x(p.t),
+                        y(avg)
+                    );
+                }
+            }
+        }
         if let Some(last) = points.iter().rev().find_map(|p| p.avg) {
             let _ = write!(
                 svg,
-                r#"<text class="last" x="{}" y="15" text-anchor="end">now {}</text>"#,
+                r#"<text class="last" x="{}" y="15" text-anchor="end">last bucket: mean {}</text>"#,
                 WIDTH - RIGHT,
                 escape(&format_value(last, unit))
             );

@@ -1,0 +1,268 @@
+//! The dashboard in a real browser: Debian's headless Chromium driven over WebDriver
+//! (chromedriver, from `scripts/setup`) with fantoccini. Loads the overview, opens a cluster and
+//! a node by clicking, checks the master, the lag and a chart, watches a failover arrive live
+//! (server-sent events, no reload), and saves screenshots under target/screenshots/.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use hapulse_protocol::{
+    LinkState, ReplicationKind, ReplicationLinkReport, ReplicationRole, VrrpState,
+};
+use hyper_util::client::legacy::connect::HttpConnector;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::harness::{eventually, report, TestServer};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// chromedriver, stopped (and reaped) on drop.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn browser() -> (Driver, Client) {
+    for tool in [CHROMIUM, CHROMEDRIVER] {
+        assert!(
+            Path::new(tool).exists(),
+            "{tool} is missing: run `sudo scripts/setup` (apt: chromium, chromium-driver)"
+        );
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let driver = Driver(
+        Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver"),
+    );
+    let profile = tempfile_dir();
+    let capabilities = serde_json::json!({
+        "goog:chromeOptions": {
+            "binary": CHROMIUM,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1280,1000", format!("--user-data-dir={}", profile.display()),
+            ]
+        }
+    });
+    let serde_json::Value::Object(capabilities) = capabilities else {
+        unreachable!()
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    let client = eventually(30, "chromedriver to accept a session", || {
+        let capabilities = capabilities.clone();
+        let url = url.clone();
+        async move {
+            // Plain HTTP to chromedriver on loopback: no TLS stack needed.
+            ClientBuilder::new(HttpConnector::new())
+                .capabilities(capabilities)
+                .connect(&url)
+                .await
+                .ok()
+        }
+    })
+    .await;
+    (driver, client)
+}
+
+/// A fresh Chromium profile directory under target/.
+fn tempfile_dir() -> PathBuf {
+    let dir = screenshots_dir().join(format!("profile-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn screenshots_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .unwrap()
+                .join("target")
+        });
+    let dir = target.join("screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn screenshot(client: &Client, name: &str) {
+    let png = client.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    std::fs::write(screenshots_dir().join(format!("{name}.png")), png).unwrap();
+}
+
+fn pg(role: ReplicationRole, state: LinkState, lag: u64) -> ReplicationLinkReport {
+    ReplicationLinkReport {
+        kind: ReplicationKind::Postgresql,
+        name: "pg".into(),
+        role,
+        peer: None,
+        state,
+        lag_bytes: Some(lag),
+        lag_seconds: Some(lag as f64 / 1e6),
+        vrrp_instance: Some("VI_1".into()),
+        error: None,
+        raw: Default::default(),
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_dashboard_in_headless_chromium(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let agent = server.agent();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    for seq in 1..=5u64 {
+        let mut ra = report("a", a, seq, VrrpState::Master, true);
+        ra.replication = vec![pg(ReplicationRole::Primary, LinkState::Streaming, 0)];
+        let mut rb = report("b", b, seq, VrrpState::Backup, false);
+        rb.replication = vec![pg(
+            ReplicationRole::Secondary,
+            LinkState::Streaming,
+            (seq * 3) << 20,
+        )];
+        agent.send_heartbeat(&ra).await.unwrap();
+        agent.send_heartbeat(&rb).await.unwrap();
+    }
+    let (_driver, client) = browser().await;
+
+    // Overview: the cluster, its verdict and master.
+    client.goto(&format!("{}/", server.url)).await.unwrap();
+    let overview = client
+        .find(Locator::Css("main"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        overview.contains("healthy") && overview.contains("10.0.0.100"),
+        "{overview}"
+    );
+    screenshot(&client, "overview").await;
+
+    // Cluster page, reached by clicking: master, VIP holder, the standby's lag.
+    client
+        .find(Locator::Css("a[href='/clusters/c']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    client
+        .wait()
+        .for_element(Locator::Css("section.replication"))
+        .await
+        .unwrap();
+    let master = client
+        .find(Locator::Css("section.instance .master"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(master, "a");
+    let cluster = client
+        .find(Locator::Css("main"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(cluster.contains("15.0 MiB"), "the standby's lag: {cluster}");
+    assert!(cluster.contains("on the primary"), "{cluster}");
+    screenshot(&client, "cluster").await;
+
+    // Live: a failover arrives without a reload (server-sent events + fragment refresh).
+    client
+        .wait()
+        .for_element(Locator::Css("body.online"))
+        .await
+        .unwrap();
+    let mut ra = report("a", a, 6, VrrpState::Backup, false);
+    ra.replication = vec![pg(ReplicationRole::Primary, LinkState::Streaming, 0)];
+    let mut rb = report("b", b, 6, VrrpState::Master, true);
+    rb.replication = vec![pg(ReplicationRole::Secondary, LinkState::Streaming, 0)];
+    agent.send_heartbeat(&ra).await.unwrap();
+    agent.send_heartbeat(&rb).await.unwrap();
+    let live_master = eventually(10, "the new master on the open page", || async {
+        let text = client
+            .find(Locator::Css("section.instance .master"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        (text == "b").then_some(text)
+    })
+    .await;
+    assert_eq!(live_master, "b");
+    let mismatch = client
+        .find(Locator::Css(".mismatch"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(mismatch.contains("not on the primary"), "{mismatch}");
+    screenshot(&client, "cluster-after-failover").await;
+
+    // Node page: lag table and charts drawn as SVG.
+    client
+        .find(Locator::Css("a[href='/nodes/b']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    client
+        .wait()
+        .for_element(Locator::Css("svg.chart"))
+        .await
+        .unwrap();
+    let charts = client.find_all(Locator::Css("svg.chart")).await.unwrap();
+    assert_eq!(charts.len(), 3, "lag in bytes, lag in seconds, heartbeats");
+    let lines = client
+        .find_all(Locator::Css("svg.chart polyline.line"))
+        .await
+        .unwrap();
+    assert!(!lines.is_empty(), "the lag chart has a line");
+    screenshot(&client, "node").await;
+    client
+        .find(Locator::LinkText("7d"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    client
+        .wait()
+        .for_element(Locator::Css("svg.chart"))
+        .await
+        .unwrap();
+    assert!(client
+        .current_url()
+        .await
+        .unwrap()
+        .as_str()
+        .ends_with("?range=7d"));
+    screenshot(&client, "node-7d").await;
+
+    client.close().await.unwrap();
+    server.stop().await;
+}
