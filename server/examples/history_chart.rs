@@ -46,29 +46,63 @@ async fn time_get(http: &reqwest::Client, url: &str) -> Result<(Duration, Durati
 
 #[tokio::main]
 async fn main() -> Result<(), String> {
-    let url = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL is not set (source /var/lib/hapulse/dev.env)")?;
+    let url = std::env::var("DATABASE_URL")
+        .map_err(|_| "DATABASE_URL is not set (source /var/lib/hapulse/dev.env)")?;
     let admin_options: PgConnectOptions = url.parse().map_err(|e| format!("DATABASE_URL: {e}"))?;
     let name = format!("hapulse_bench_{}", std::process::id());
-    let mut admin = PgConnection::connect_with(&admin_options).await.map_err(|e| e.to_string())?;
-    sqlx::raw_sql(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.map_err(|e| e.to_string())?;
+    let mut admin = PgConnection::connect_with(&admin_options)
+        .await
+        .map_err(|e| e.to_string())?;
+    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .map_err(|e| e.to_string())?;
     let result = run(admin_options.clone().database(&name)).await;
-    sqlx::raw_sql(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.map_err(|e| e.to_string())?;
+    sqlx::raw_sql(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .map_err(|e| e.to_string())?;
     result
 }
 
 /// Starts the server on `pool` (port 0) and waits until it is ready.
-async fn start_server(pool: &sqlx::PgPool, http: &reqwest::Client) -> Result<(String, CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>), String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
-    let base = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
+async fn start_server(
+    pool: &sqlx::PgPool,
+    http: &reqwest::Client,
+) -> Result<
+    (
+        String,
+        CancellationToken,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ),
+    String,
+> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let base = format!(
+        "http://{}",
+        listener.local_addr().map_err(|e| e.to_string())?
+    );
     let settings = Settings {
         agent_token: SecretString::from("bench-token-0123456789"),
         database_url: SecretString::from("unused: the pool is given"),
         ..Settings::default()
     };
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(hapulse_server::launch::serve(settings, pool.clone(), listener, shutdown.clone()));
+    let server = tokio::spawn(hapulse_server::launch::serve(
+        settings,
+        pool.clone(),
+        listener,
+        shutdown.clone(),
+    ));
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+    while !http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
         if Instant::now() > deadline {
             return Err("server not ready".into());
         }
@@ -78,7 +112,11 @@ async fn start_server(pool: &sqlx::PgPool, http: &reqwest::Client) -> Result<(St
 }
 
 async fn run(options: PgConnectOptions) -> Result<(), String> {
-    let pool = PgPoolOptions::new().max_connections(10).connect_with(options).await.map_err(|e| e.to_string())?;
+    let pool = PgPoolOptions::new()
+        .max_connections(10)
+        .connect_with(options)
+        .await
+        .map_err(|e| e.to_string())?;
     let http = reqwest::Client::new();
     // First start: migrations.
     let (_, shutdown, server) = start_server(&pool, &http).await?;
@@ -88,12 +126,30 @@ async fn run(options: PgConnectOptions) -> Result<(), String> {
     // Partitions for the past week (the server creates them from yesterday on).
     let week = Duration::from_secs(8 * 86_400);
     let tables = [
-        Partitioned { table: "heartbeat_samples", retention: week, days_back: DAYS + 1 },
-        Partitioned { table: "replication_samples", retention: week, days_back: DAYS + 1 },
-        Partitioned { table: "heartbeat_rollups_1m", retention: week, days_back: DAYS + 1 },
-        Partitioned { table: "replication_rollups_1m", retention: week, days_back: DAYS + 1 },
+        Partitioned {
+            table: "heartbeat_samples",
+            retention: week,
+            days_back: DAYS + 1,
+        },
+        Partitioned {
+            table: "replication_samples",
+            retention: week,
+            days_back: DAYS + 1,
+        },
+        Partitioned {
+            table: "heartbeat_rollups_1m",
+            retention: week,
+            days_back: DAYS + 1,
+        },
+        Partitioned {
+            table: "replication_rollups_1m",
+            retention: week,
+            days_back: DAYS + 1,
+        },
     ];
-    series::maintain_partitions(&pool, &tables, Utc::now(), 2).await.map_err(|e| e.to_string())?;
+    series::maintain_partitions(&pool, &tables, Utc::now(), 2)
+        .await
+        .map_err(|e| e.to_string())?;
 
     // The node, as an agent would have registered it, and a week of 1 s samples.
     let now = Utc::now();
@@ -135,21 +191,41 @@ async fn run(options: PgConnectOptions) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let inserted = loaded.elapsed();
     let rolling = Instant::now();
-    while series::roll_up(&pool, Utc::now(), Duration::from_secs(10)).await.map_err(|e| e.to_string())?.is_some() {}
+    while series::roll_up(&pool, Utc::now(), Duration::from_secs(10))
+        .await
+        .map_err(|e| e.to_string())?
+        .is_some()
+    {}
     let rolled = rolling.elapsed();
-    sqlx::raw_sql("VACUUM ANALYZE").execute(&pool).await.map_err(|e| e.to_string())?;
+    sqlx::raw_sql("VACUUM ANALYZE")
+        .execute(&pool)
+        .await
+        .map_err(|e| e.to_string())?;
     // Second start: the node is in the tables now, and in the server's live state.
     let (base, shutdown, server) = start_server(&pool, &http).await?;
 
     let from = start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let api = format!("{base}/api/v1/nodes/n1/history?metric=lag_bytes&from={from}");
-    let body: serde_json::Value = http.get(&api).send().await.map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())?;
+    let body: serde_json::Value = http
+        .get(&api)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
     let (api_p50, api_p99) = time_get(&http, &api).await?;
-    let (page_p50, page_p99) = time_get(&http, &format!("{base}/nodes/n1?range=7d&partial=1")).await?;
+    let (page_p50, page_p99) =
+        time_get(&http, &format!("{base}/nodes/n1?range=7d&partial=1")).await?;
 
     let size = |sql: &'static str| {
         let pool = pool.clone();
-        async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await.map_err(|e| e.to_string()) }
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .map_err(|e| e.to_string())
+        }
     };
     let heartbeat_bytes = size(
         "SELECT sum(pg_total_relation_size(c.oid))::int8 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
