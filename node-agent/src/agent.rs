@@ -135,10 +135,20 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     });
 
     let sender_shutdown = CancellationToken::new();
+    // Commands: a long poll of their own, plus those that arrive in heartbeat answers.
+    let executor = crate::commands::Executor::open(settings.clone())?;
+    let (fallback_tx, fallback_rx) = mpsc::channel(64);
+    let commands_task = tokio::spawn(crate::commands::run_loop(
+        executor,
+        client.clone(),
+        fallback_rx,
+        shutdown.child_token(),
+    ));
     let sender = tokio::spawn(send_loop(
         client,
         shared.clone(),
         settings.clone(),
+        fallback_tx,
         sender_shutdown.clone(),
     ));
 
@@ -189,6 +199,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     sender_shutdown.cancel();
     let _ = sender.await;
     let _ = fifo_task.await;
+    let _ = commands_task.await;
     if let Some(task) = replication_task {
         let _ = task.await;
     }
@@ -279,6 +290,7 @@ async fn send_loop(
     client: AgentClient,
     shared: Arc<Shared>,
     settings: Settings,
+    commands: mpsc::Sender<hapulse_protocol::Command>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = settings.heartbeat_interval;
@@ -300,6 +312,12 @@ async fn send_loop(
         };
         match client.send_heartbeat(&report).await {
             Ok(ack) => {
+                for command in ack.commands {
+                    // The executor de-duplicates: the long poll may deliver the same command.
+                    if commands.try_send(command).is_err() {
+                        tracing::debug!("command queue full; the long poll will deliver it");
+                    }
+                }
                 if failing {
                     tracing::info!(seq = report.seq, "server reachable again");
                     failing = false;

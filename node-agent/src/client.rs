@@ -3,8 +3,12 @@
 
 use std::time::Duration;
 
-use hapulse_protocol::{ApiError, HeartbeatAck, HeartbeatReport, HEARTBEAT_PATH};
+use hapulse_protocol::{
+    command_result_path, ApiError, Command, CommandResult, HeartbeatAck, HeartbeatReport,
+    COMMANDS_PATH, HEARTBEAT_PATH,
+};
 use secrecy::{ExposeSecret, SecretString};
+use uuid::Uuid;
 
 /// Why a report was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +55,7 @@ impl SendError {
 #[derive(Clone)]
 pub struct AgentClient {
     http: reqwest::Client,
+    base_url: String,
     heartbeat_url: String,
     token: SecretString,
 }
@@ -67,11 +72,61 @@ impl AgentClient {
             .connect_timeout(timeout)
             .user_agent(concat!("hapulse-agent/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let base_url = server_url.trim_end_matches('/').to_string();
         Ok(AgentClient {
             http,
-            heartbeat_url: format!("{}{HEARTBEAT_PATH}", server_url.trim_end_matches('/')),
+            heartbeat_url: format!("{base_url}{HEARTBEAT_PATH}"),
+            base_url,
             token,
         })
+    }
+
+    /// Long poll: waits up to `wait` on the server for commands of `node_id` (the request's own
+    /// timeout is `wait` plus the client's timeout). An empty list means none arrived in time.
+    pub async fn poll_commands(
+        &self,
+        node_id: &str,
+        wait: Duration,
+    ) -> Result<Vec<Command>, SendError> {
+        let response = self
+            .http
+            .get(format!("{}{COMMANDS_PATH}", self.base_url))
+            .query(&[
+                ("node_id", node_id),
+                ("wait_ms", &wait.as_millis().to_string()),
+            ])
+            .bearer_auth(self.token.expose_secret())
+            .timeout(wait + Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(SendError::Unreachable)?;
+        Self::parse(response).await
+    }
+
+    /// Reports how command `id` ended.
+    pub async fn send_result(&self, id: Uuid, result: &CommandResult) -> Result<(), SendError> {
+        let response = self
+            .http
+            .post(format!("{}{}", self.base_url, command_result_path(id)))
+            .bearer_auth(self.token.expose_secret())
+            .json(result)
+            .send()
+            .await
+            .map_err(SendError::Unreachable)?;
+        Self::parse::<serde_json::Value>(response).await.map(|_| ())
+    }
+
+    async fn parse<T: serde::de::DeserializeOwned>(
+        response: reqwest::Response,
+    ) -> Result<T, SendError> {
+        let status = response.status();
+        if status.is_success() {
+            return response.json().await.map_err(SendError::Unreachable);
+        }
+        Err(Self::error(
+            status.as_u16(),
+            response.text().await.unwrap_or_default(),
+        ))
     }
 
     /// POSTs one report and returns the server's acknowledgement.
@@ -91,7 +146,13 @@ impl AgentClient {
         if status.is_success() {
             return response.json().await.map_err(SendError::Unreachable);
         }
-        let body = response.text().await.unwrap_or_default();
+        Err(Self::error(
+            status.as_u16(),
+            response.text().await.unwrap_or_default(),
+        ))
+    }
+
+    fn error(status: u16, body: String) -> SendError {
         let error: ApiError = serde_json::from_str(&body).unwrap_or(ApiError {
             code: "unexpected_response".into(),
             message: body.chars().take(200).collect(),
@@ -101,8 +162,7 @@ impl AgentClient {
             Some(field) => format!("{} (field `{field}`)", error.message),
             None => error.message,
         };
-        let status = status.as_u16();
-        Err(match status {
+        match status {
             401 | 403 => SendError::Unauthorized { status, message },
             408 | 429 => SendError::Server { status, message },
             400..=499 => SendError::Rejected {
@@ -111,6 +171,6 @@ impl AgentClient {
                 message,
             },
             _ => SendError::Server { status, message },
-        })
+        }
     }
 }

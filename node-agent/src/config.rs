@@ -52,6 +52,82 @@ pub struct Settings {
     pub drbd: Vec<DrbdSettings>,
     /// keepalived probe.
     pub keepalived: KeepalivedSettings,
+    /// What the server may ask this host to do. Nothing is enabled by default.
+    #[serde(default)]
+    pub actions: ActionSettings,
+}
+
+/// Commands this agent accepts. An action not listed in `enabled` is refused, whatever the
+/// server says.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionSettings {
+    /// Action kinds allowed: `set_priority_offset`, `fence`, `postgres_stop`,
+    /// `postgres_promote`, `drbd_role`, `hook`.
+    #[serde(default)]
+    pub enabled: Vec<String>,
+    /// keepalived track files per VRRP instance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub track_files: Vec<TrackFileSettings>,
+    /// How to stop the PostgreSQL server of a link (`postgres_stop`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub postgres: Vec<PostgresActionSettings>,
+    /// The operator's hook, run as `HOOK pre|post` with `HAPULSE_*` variables (`hook`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<PathBuf>,
+    /// The `drbdadm` binary (`drbd_role`).
+    #[serde(default = "default_drbdadm")]
+    pub drbdadm: PathBuf,
+    /// Longest a command may run (default 60 s); a child process is killed beyond it.
+    #[serde(default = "default_action_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// The track files keepalived reads for one instance. keepalived.conf needs, for instance VI_1:
+/// `vrrp_track_file hapulse_prio_VI_1 { file PRIORITY_FILE }`,
+/// `vrrp_track_file hapulse_fence_VI_1 { file FENCE_FILE }` and, in the instance,
+/// `track_file { hapulse_prio_VI_1 weight 1  hapulse_fence_VI_1 weight 0 }`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackFileSettings {
+    /// VRRP instance.
+    pub instance: String,
+    /// Track file with `weight 1`: its integer is added to the priority.
+    pub priority_file: PathBuf,
+    /// Track file with `weight 0`: non-zero puts the instance in FAULT.
+    pub fence_file: PathBuf,
+}
+
+/// How to stop one PostgreSQL server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresActionSettings {
+    /// Replication link name (as in `[[postgresql]]`).
+    pub link: String,
+    /// Program and arguments that stop the server with a fast shutdown, e.g.
+    /// `["pg_ctlcluster", "15", "main", "stop", "-m", "fast"]`. Run without a shell.
+    pub stop_command: Vec<String>,
+}
+
+impl Default for ActionSettings {
+    fn default() -> Self {
+        ActionSettings {
+            enabled: Vec::new(),
+            track_files: Vec::new(),
+            postgres: Vec::new(),
+            hook: None,
+            drbdadm: default_drbdadm(),
+            timeout: default_action_timeout(),
+        }
+    }
+}
+
+fn default_drbdadm() -> PathBuf {
+    PathBuf::from("drbdadm")
+}
+
+fn default_action_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// Where the agent finds keepalived's state on this host.
@@ -156,6 +232,7 @@ impl Default for Settings {
             postgresql: Vec::new(),
             mysql: Vec::new(),
             drbd: Vec::new(),
+            actions: ActionSettings::default(),
             keepalived: KeepalivedSettings {
                 notify_fifo: PathBuf::from("/run/keepalived/hapulse.fifo"),
                 pid_file: PathBuf::from("/run/keepalived.pid"),
@@ -269,6 +346,36 @@ impl Settings {
         }
         if self.keepalived.dump_timeout < Duration::from_millis(10) {
             return invalid("keepalived.dump_timeout", "must be at least 10ms");
+        }
+        const KINDS: [&str; 6] = [
+            "set_priority_offset",
+            "fence",
+            "postgres_stop",
+            "postgres_promote",
+            "drbd_role",
+            "hook",
+        ];
+        if let Some(unknown) = self
+            .actions
+            .enabled
+            .iter()
+            .find(|k| !KINDS.contains(&k.as_str()))
+        {
+            return Err(ConfigError::Invalid {
+                key: "actions.enabled",
+                reason: format!("unknown action {unknown:?}; known: {}", KINDS.join(", ")),
+            });
+        }
+        if self.actions.timeout < Duration::from_secs(1) {
+            return invalid("actions.timeout", "must be at least 1s");
+        }
+        if self
+            .actions
+            .postgres
+            .iter()
+            .any(|p| p.stop_command.is_empty())
+        {
+            return invalid("actions.postgres.stop_command", "must name a program");
         }
         let mut names = std::collections::BTreeSet::new();
         for name in self

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod commands;
 pub mod config;
 pub mod host;
 pub mod keepalived;

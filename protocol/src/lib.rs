@@ -309,6 +309,125 @@ pub struct HeartbeatAck {
     pub accepted: bool,
     /// Server protocol version.
     pub protocol_version: u32,
+    /// Commands waiting for this node: the fallback when the long poll is not connected.
+    #[serde(default)]
+    pub commands: Vec<Command>,
+}
+
+/// Path of the agent's long poll for commands, relative to the server's base URL.
+pub const COMMANDS_PATH: &str = "/api/agent/v1/commands";
+
+/// Something the server asks one agent to do. Durable on the server before it is sent; the agent
+/// executes each `id` at most once and refuses an `epoch` lower than the highest it has seen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Command {
+    /// Unique id.
+    pub id: Uuid,
+    /// Cluster.
+    pub cluster: String,
+    /// The node that must run it.
+    pub node_id: String,
+    /// The cluster's epoch when the command was issued (fencing token).
+    pub epoch: u64,
+    /// What to do.
+    pub action: Action,
+    /// After this instant the command must not start.
+    pub deadline: DateTime<Utc>,
+    /// The switchover it belongs to, if any (passed to hooks).
+    pub switchover_id: Option<Uuid>,
+}
+
+/// The actions an agent can run; each must also be enabled in the agent's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
+    /// Write `offset` to the instance's priority track file (a keepalived `vrrp_track_file`
+    /// with `weight 1`): effective priority = base priority + offset, no reload needed.
+    SetPriorityOffset {
+        /// VRRP instance.
+        instance: String,
+        /// Added to the base priority, -253..=253.
+        offset: i32,
+    },
+    /// Write 1 (fenced) or 0 to the instance's fence track file (`weight 0`): non-zero puts the
+    /// instance in FAULT, which sends a priority-0 advert so a backup takes the VIP at once.
+    Fence {
+        /// VRRP instance.
+        instance: String,
+        /// True to fence, false to lift the fence.
+        fenced: bool,
+    },
+    /// Stop the PostgreSQL server of `link` (fast shutdown: every connected standby receives the
+    /// WAL up to the shutdown checkpoint before the server exits).
+    PostgresStop {
+        /// Replication link name (`pg`).
+        link: String,
+    },
+    /// Promote the PostgreSQL standby of `link` (`SELECT pg_promote()`).
+    PostgresPromote {
+        /// Replication link name.
+        link: String,
+    },
+    /// `drbdadm primary|secondary RESOURCE`.
+    DrbdRole {
+        /// DRBD resource.
+        resource: String,
+        /// `primary` or `secondary`.
+        role: ReplicationRole,
+    },
+    /// Run the operator's hook for `phase` (`pre` or `post`) with the switchover's details in
+    /// its environment. A non-zero exit of a `pre` hook aborts the switchover.
+    Hook {
+        /// `pre` or `post`.
+        phase: String,
+        /// `HAPULSE_*` variables for the hook (names without the prefix, values as text).
+        env: std::collections::BTreeMap<String, String>,
+    },
+}
+
+impl Action {
+    /// Short name of the action (`set_priority_offset`, `fence`, …), as enabled in the agent's
+    /// `actions.enabled`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::SetPriorityOffset { .. } => "set_priority_offset",
+            Action::Fence { .. } => "fence",
+            Action::PostgresStop { .. } => "postgres_stop",
+            Action::PostgresPromote { .. } => "postgres_promote",
+            Action::DrbdRole { .. } => "drbd_role",
+            Action::Hook { .. } => "hook",
+        }
+    }
+}
+
+/// How a command ended on the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandOutcome {
+    /// It ran and did what it says.
+    Succeeded,
+    /// It ran and failed (non-zero exit, SQL error, …).
+    Failed,
+    /// It was not run: lower epoch than seen, already executed, not enabled, past its deadline.
+    Refused,
+}
+
+/// Path of the result endpoint, relative to the server's base URL: `{COMMANDS_PATH}/{id}/result`.
+pub fn command_result_path(id: Uuid) -> String {
+    format!("{COMMANDS_PATH}/{id}/result")
+}
+
+/// What the agent reports after a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandResult {
+    /// The node reporting (must be the command's node).
+    pub node_id: String,
+    /// Outcome.
+    pub outcome: CommandOutcome,
+    /// What happened, for people (why it was refused, the error, the hook's output tail).
+    pub message: String,
 }
 
 /// Error body of every hapulse HTTP API: a stable machine-readable `code`, a message for people,

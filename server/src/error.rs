@@ -22,6 +22,17 @@ pub enum AppError {
     /// 401: missing or wrong credentials.
     #[error("missing or invalid credentials")]
     Unauthorized,
+    /// 403: authenticated, but not allowed to do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 409: the request conflicts with the current state; `code` says how.
+    #[error("{message}")]
+    Conflict {
+        /// Stable code (`switchover_running`, `target_not_backup`, …).
+        code: &'static str,
+        /// For people.
+        message: String,
+    },
     /// 404: the named thing does not exist.
     #[error("{0} not found")]
     NotFound(String),
@@ -87,6 +98,8 @@ impl IntoResponse for AppError {
             }
             AppError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+            AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
+            AppError::Conflict { code, .. } => (StatusCode::CONFLICT, *code, None),
             AppError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", None),
             AppError::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -279,6 +279,7 @@ pub async fn accept(state: &AppState, report: HeartbeatReport) -> Result<Heartbe
         seq: report.seq,
         accepted,
         protocol_version: PROTOCOL_VERSION,
+        commands: Vec::new(),
     };
     let fast_path = {
         let live = state.live();

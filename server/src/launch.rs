@@ -84,6 +84,7 @@ pub async fn serve(
         history,
         metrics,
         changes,
+        commands: Default::default(),
         shutdown: shutdown.clone(),
     }));
 

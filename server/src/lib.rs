@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod charts;
+pub mod commands;
 pub mod config;
 pub mod db;
 pub mod detector;

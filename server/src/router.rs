@@ -28,6 +28,14 @@ pub fn router(state: AppState) -> Router {
             hapulse_protocol::HEARTBEAT_PATH,
             post(api::agent::heartbeat),
         )
+        .route(
+            hapulse_protocol::COMMANDS_PATH,
+            get(api::agent::poll_commands),
+        )
+        .route(
+            "/api/agent/v1/commands/{id}/result",
+            post(api::agent::command_result),
+        )
         // REST API.
         .route("/api/v1/clusters", get(api::v1::clusters))
         .route("/api/v1/clusters/{cluster}", get(api::v1::cluster))

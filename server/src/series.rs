@@ -102,7 +102,30 @@ pub async fn maintain_partitions(
             );
             sqlx::raw_sql(&create).execute(pool).await?;
         }
+        // Partitions a crashed `DETACH … CONCURRENTLY` left half-detached are finished first.
+        let pending: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+               JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = $1 AND i.inhdetachpending",
+        )
+        .bind(t.table)
+        .fetch_all(pool)
+        .await?;
+        for name in &pending {
+            sqlx::raw_sql(&format!(
+                "ALTER TABLE {} DETACH PARTITION {name} FINALIZE",
+                t.table
+            ))
+            .execute(pool)
+            .await?;
+        }
         for name in existing {
+            if pending.contains(&name) {
+                sqlx::raw_sql(&format!("DROP TABLE IF EXISTS {name}"))
+                    .execute(pool)
+                    .await?;
+                dropped.push(name);
+                continue;
+            }
             let Some(day) = name
                 .strip_prefix(&format!("{}_p", t.table))
                 .and_then(|d| NaiveDate::parse_from_str(d, "%Y%m%d").ok())
@@ -142,7 +165,7 @@ pub async fn roll_up(
         sqlx::query_scalar("SELECT rolled_until FROM rollup_progress")
             .fetch_optional(pool)
             .await?;
-    let from = match watermark {
+    let start = match watermark {
         Some(w) => w,
         None => {
             let oldest: Option<DateTime<Utc>> =
@@ -155,10 +178,11 @@ pub async fn roll_up(
             }
         }
     };
-    if from >= until {
-        return Ok(None);
-    }
-    let to = until.min(from + ChronoDuration::days(1));
+    // Samples committed late (a slow batch) land in minutes already rolled up: the last
+    // RE_ROLL minutes are rolled again on every call (the upserts make that harmless).
+    let to = until.min(start + ChronoDuration::days(1));
+    let from = start.min(until) - RE_ROLL;
+    let advanced = to > start;
     let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO heartbeat_rollups_1m (minute, node_id, heartbeats, load1_avg, load1_max)
@@ -195,12 +219,15 @@ pub async fn roll_up(
         "INSERT INTO rollup_progress (singleton, rolled_until) VALUES (true, $1)
          ON CONFLICT (singleton) DO UPDATE SET rolled_until = EXCLUDED.rolled_until",
     )
-    .bind(to)
+    .bind(to.max(start))
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Some(to))
+    Ok(advanced.then_some(to))
 }
+
+/// How far back each rollup call rolls again.
+const RE_ROLL: ChronoDuration = ChronoDuration::minutes(10);
 
 /// What a history series measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -283,7 +310,7 @@ pub async fn series(pool: &PgPool, q: &SeriesQuery) -> Result<Vec<Point>, sqlx::
             let mut points =
                 fetch(pool, rollup_sql(q.metric), q, q.from, seam, &link, step).await?;
             points.extend(fetch(pool, raw_sql(q.metric), q, seam, q.to, &link, step).await?);
-            merge(points)
+            merge(points, q.metric == Metric::Heartbeats)
         }
     };
     if q.metric == Metric::Heartbeats {
@@ -383,11 +410,20 @@ fn rollup_sql(metric: Metric) -> &'static str {
 }
 
 /// Joins buckets that both sources filled (the one holding the seam between rollups and raw).
-fn merge(mut points: Vec<Point>) -> Vec<Point> {
+/// For counts (`additive`) the parts add up; otherwise the mean is weighted by sample count.
+fn merge(mut points: Vec<Point>, additive: bool) -> Vec<Point> {
     points.sort_by_key(|p| p.t);
     let mut out: Vec<Point> = Vec::with_capacity(points.len());
     for p in points {
         match out.last_mut() {
+            Some(last) if last.t == p.t && additive => {
+                let sum =
+                    |a: Option<f64>, b: Option<f64>| Some(a.unwrap_or(0.0) + b.unwrap_or(0.0));
+                last.min = sum(last.min, p.min);
+                last.max = sum(last.max, p.max);
+                last.avg = sum(last.avg, p.avg);
+                last.count += p.count;
+            }
             Some(last) if last.t == p.t => {
                 let n = (last.count + p.count).max(1) as f64;
                 last.avg = match (last.avg, p.avg) {
@@ -453,13 +489,25 @@ mod tests {
 
     #[test]
     fn merging_the_seam_bucket_weights_the_average() {
-        let merged = merge(vec![
-            p(60, 1.0, 5.0, 2.0, 30),
-            p(0, 0.0, 0.0, 0.0, 60),
-            p(60, 0.5, 9.0, 6.0, 10),
-        ]);
+        let merged = merge(
+            vec![
+                p(60, 1.0, 5.0, 2.0, 30),
+                p(0, 0.0, 0.0, 0.0, 60),
+                p(60, 0.5, 9.0, 6.0, 10),
+            ],
+            false,
+        );
         assert_eq!(merged.len(), 2);
         assert_eq!(merged[1], p(60, 0.5, 9.0, 3.0, 40));
+        // Heartbeat counts add up.
+        let beats = merge(
+            vec![
+                p(0, 240.0, 240.0, 240.0, 240),
+                p(0, 360.0, 360.0, 360.0, 360),
+            ],
+            true,
+        );
+        assert_eq!(beats, vec![p(0, 600.0, 600.0, 600.0, 600)]);
     }
 
     #[test]
@@ -506,29 +554,34 @@ pub fn plan(
     step: Option<Duration>,
     raw_retention: Duration,
 ) -> Result<(DateTime<Utc>, DateTime<Utc>, Duration, Source), PlanError> {
+    let invalid = |field, message: &str| {
+        Err(PlanError {
+            field,
+            message: message.to_string(),
+        })
+    };
+    let sane = |t: &DateTime<Utc>| (1970..=9999).contains(&chrono::Datelike::year(t));
+    if to.as_ref().is_some_and(|t| !sane(t)) {
+        return invalid("to", "must be between the years 1970 and 9999");
+    }
+    if from.as_ref().is_some_and(|t| !sane(t)) {
+        return invalid("from", "must be between the years 1970 and 9999");
+    }
     let to = to.unwrap_or(now);
     let from = from.unwrap_or(to - ChronoDuration::hours(1));
     if from >= to {
-        return Err(PlanError {
-            field: "from",
-            message: "must be before `to`".into(),
-        });
+        return invalid("from", "must be before `to`");
     }
     let range = to - from;
     if range > ChronoDuration::days(MAX_RANGE_DAYS) {
-        return Err(PlanError {
-            field: "from",
-            message: format!("the range may cover at most {MAX_RANGE_DAYS} days"),
-        });
+        return invalid(
+            "from",
+            &format!("the range may cover at most {MAX_RANGE_DAYS} days"),
+        );
     }
     let range_secs = range.num_seconds().max(1) as u64;
-    let mut step = match step {
-        Some(s) if s < Duration::from_secs(1) => {
-            return Err(PlanError {
-                field: "step",
-                message: "must be at least 1s".into(),
-            })
-        }
+    let step = match step {
+        Some(s) if s < Duration::from_secs(1) => return invalid("step", "must be at least 1s"),
         Some(s) => Duration::from_secs(s.as_secs()),
         None => {
             let wanted = range_secs.div_ceil(240);
@@ -543,19 +596,26 @@ pub fn plan(
     };
     let raw_horizon =
         now - ChronoDuration::from_std(raw_retention).unwrap_or(ChronoDuration::days(7));
-    let source = if (step >= Duration::from_secs(60) && range > ChronoDuration::hours(6))
+    let (from, step, source) = if (step >= Duration::from_secs(60)
+        && range > ChronoDuration::hours(6))
         || from < raw_horizon
     {
-        step = Duration::from_secs(step.as_secs().div_ceil(60).max(1) * 60);
-        Source::Rollup
+        // Whole minutes, from a whole minute: the minute holding `from` is in the rollups.
+        let step = Duration::from_secs(step.as_secs().div_ceil(60).max(1) * 60);
+        (
+            from.duration_trunc(ChronoDuration::minutes(1))
+                .unwrap_or(from),
+            step,
+            Source::Rollup,
+        )
     } else {
-        Source::Raw
+        (from, step, Source::Raw)
     };
     if range_secs / step.as_secs().max(1) > MAX_POINTS {
-        return Err(PlanError {
-            field: "step",
-            message: format!("at most {MAX_POINTS} buckets; use a larger step"),
-        });
+        return invalid(
+            "step",
+            &format!("at most {MAX_POINTS} buckets; use a larger step"),
+        );
     }
     Ok((from, to, step, source))
 }
@@ -640,6 +700,18 @@ mod plan_tests {
             .unwrap_err()
             .field,
             "step"
+        );
+        let before_epoch = DateTime::from_timestamp(-86_400 * 400, 0).unwrap();
+        assert_eq!(
+            plan(now, Some(before_epoch), None, None, WEEK)
+                .unwrap_err()
+                .field,
+            "from"
+        );
+        let far = DateTime::from_timestamp(400_000_000_000, 0).unwrap();
+        assert_eq!(
+            plan(now, None, Some(far), None, WEEK).unwrap_err().field,
+            "to"
         );
     }
 }

@@ -108,23 +108,37 @@ fn link(r: Resource) -> Result<ReplicationLinkReport, String> {
                     pct.to_string(),
                 );
             }
-            out_of_sync += p.out_of_sync_kib;
-            let device_state = match p.replication_state.as_str() {
-                "Established" => LinkState::Streaming,
-                s if s.starts_with("Sync")
-                    || s.starts_with("PausedSync")
-                    || s.starts_with("WFBitMap")
-                    || s.starts_with("Verify") =>
+            // Each peer has its own count of what it lacks: the worst one is the lag.
+            out_of_sync = out_of_sync.max(p.out_of_sync_kib);
+            let device_state = match (p.replication_state.as_str(), p.peer_disk_state.as_str()) {
+                ("Established", "UpToDate") => LinkState::Streaming,
+                ("Established", "Inconsistent") => LinkState::CatchingUp,
+                // Connected, but the peer's disk cannot take over (Diskless, Outdated, …).
+                ("Established", _) => LinkState::Disconnected,
+                (s, _)
+                    if s.starts_with("Sync")
+                        || s.starts_with("PausedSync")
+                        || s.starts_with("WFBitMap")
+                        || s.starts_with("Verify") =>
                 {
                     LinkState::CatchingUp
                 }
-                "Off" => LinkState::Disconnected,
+                ("Off", _) => LinkState::Disconnected,
                 _ => LinkState::CatchingUp,
             };
             if state == LinkState::Streaming {
                 state = device_state;
             }
         }
+    }
+    // This host's own disk: not UpToDate means it cannot serve as it claims.
+    for d in &r.devices {
+        state = match (d.disk_state.as_str(), state) {
+            ("UpToDate", s) => s,
+            ("Inconsistent", LinkState::Streaming) => LinkState::CatchingUp,
+            ("Inconsistent", s) => s,
+            _ => LinkState::Disconnected,
+        };
     }
     let peer = (!r.connections.is_empty()).then(|| {
         r.connections
@@ -237,6 +251,29 @@ mod tests {
                 .get("node2.connection-state")
                 .map(String::as_str),
             Some("Connecting")
+        );
+    }
+
+    #[test]
+    fn disk_states_count() {
+        let json = r#"[{"name":"r0","role":"Primary","devices":[{"disk-state":"Diskless"}],
+            "connections":[{"name":"a","connection-state":"Connected","peer_devices":[{"replication-state":"Established","peer-disk-state":"UpToDate","out-of-sync":5}]},
+                           {"name":"b","connection-state":"Connected","peer_devices":[{"replication-state":"Established","peer-disk-state":"UpToDate","out-of-sync":7}]}]}]"#;
+        let link = &parse_status(json, &[]).unwrap()[0];
+        assert_eq!(link.state, LinkState::Disconnected, "a diskless primary");
+        assert_eq!(
+            link.lag_bytes,
+            Some(7 * 1024),
+            "the worst peer, not the sum"
+        );
+        let outdated_peer = json.replace("Diskless", "UpToDate").replacen(
+            "\"peer-disk-state\":\"UpToDate\"",
+            "\"peer-disk-state\":\"Outdated\"",
+            1,
+        );
+        assert_eq!(
+            parse_status(&outdated_peer, &[]).unwrap()[0].state,
+            LinkState::Disconnected
         );
     }
 

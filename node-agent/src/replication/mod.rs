@@ -111,7 +111,19 @@ impl ReplicationProbes {
                     .await
                     .unwrap_or_else(|e| down(ReplicationKind::Mysql, &c.name, e))],
                 Probe::Drbd(p, resources) => match p.probe().await {
-                    Ok(links) => links,
+                    Ok(mut links) => {
+                        // A configured resource that is down is missing from the output.
+                        for r in resources.iter() {
+                            if !links.iter().any(|l| &l.name == r) {
+                                links.push(down(
+                                    ReplicationKind::Drbd,
+                                    r,
+                                    "not in drbdsetup status output (resource down?)".into(),
+                                ));
+                            }
+                        }
+                        links
+                    }
                     Err(e) if resources.is_empty() => vec![down(ReplicationKind::Drbd, &c.name, e)],
                     Err(e) => resources
                         .iter()

@@ -83,9 +83,10 @@ pub fn primary_link(name: &str, rows: &[TextRow]) -> Result<ReplicationLinkRepor
             Some(addr) => format!("{app} ({addr})"),
             None => app.to_string(),
         };
+        // Keyed by the peer (name and address): standbys may share an application_name.
         for (k, v) in row {
             if let Some(v) = v {
-                raw.insert(format!("{app}.{k}"), v.clone());
+                raw.insert(format!("{peer}.{k}"), v.clone());
             }
         }
         lsn(row, "replay_lsn")?;
@@ -153,9 +154,6 @@ pub fn standby_link(name: &str, row: &TextRow) -> Result<ReplicationLinkReport, 
     };
     let state = match get(row, "receiver_status") {
         _ if paused => LinkState::Paused,
-        Some("streaming") if lag_bytes.unwrap_or(0) > 0 && lag_seconds.unwrap_or(0.0) > 10.0 => {
-            LinkState::CatchingUp
-        }
         Some("streaming") => LinkState::Streaming,
         Some("starting" | "catchup") => LinkState::CatchingUp,
         Some("waiting" | "restarting" | "stopping" | "stopped") | None => LinkState::Disconnected,
@@ -286,7 +284,9 @@ mod tests {
         assert_eq!(link.lag_seconds, Some(0.00256));
         assert_eq!(link.peer.as_deref(), Some("h2 (10.213.0.12)"));
         assert_eq!(
-            link.raw.get("h2.replay_lsn").map(String::as_str),
+            link.raw
+                .get("h2 (10.213.0.12).replay_lsn")
+                .map(String::as_str),
             Some("0/352BEA8")
         );
         // No standby at all: the primary is alone.

@@ -4,7 +4,15 @@ use axum::extract::State;
 use axum::Json;
 use hapulse_protocol::{HeartbeatAck, HeartbeatReport};
 
-use super::{AgentAuth, ApiJson};
+use std::time::Duration;
+
+use axum::extract::Path;
+use hapulse_protocol::{Command, CommandResult};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::{AgentAuth, ApiJson, ApiQuery};
+use crate::commands::{self, ResultError};
 use crate::error::AppError;
 use crate::ingest;
 use crate::state::AppState;
@@ -34,9 +42,85 @@ pub async fn heartbeat(
         .record("seq", report.seq);
     // Its own task: an agent that gives up waiting (timeout) must not cut a transition between
     // its commit and the update of live state.
-    let task = tokio::spawn(async move { ingest::accept(&state, report).await });
-    match task.await {
-        Ok(result) => result.map(Json),
-        Err(e) => Err(AppError::Internal(e.into())),
+    let node_id = report.node_id.clone();
+    let task = tokio::spawn({
+        let state = state.clone();
+        async move { ingest::accept(&state, report).await }
+    });
+    let mut ack = match task.await {
+        Ok(result) => result?,
+        Err(e) => return Err(AppError::Internal(e.into())),
+    };
+    // Fallback delivery of commands, for agents whose long poll is not connected.
+    if state.commands.may_have_commands(&node_id) {
+        ack.commands = commands::take(&state.db, &node_id).await?;
+        if ack.commands.is_empty() {
+            state.commands.drained(&node_id);
+        }
+    }
+    Ok(Json(ack))
+}
+
+/// Query of the command long poll.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollQuery {
+    /// The polling node.
+    pub node_id: String,
+    /// Longest wait in milliseconds, at most 30000 (default 25000).
+    pub wait_ms: Option<u64>,
+}
+
+/// `GET /api/agent/v1/commands?node_id=&wait_ms=`: the node's open commands, as soon as there
+/// are any, or `[]` after `wait_ms`. Marks them delivered.
+pub async fn poll_commands(
+    State(state): State<AppState>,
+    _auth: AgentAuth,
+    ApiQuery(q): ApiQuery<PollQuery>,
+) -> Result<Json<Vec<Command>>, AppError> {
+    if !ingest::valid_name(&q.node_id) {
+        return Err(AppError::invalid(
+            "invalid_query",
+            "node_id",
+            "1-64 characters of A-Z a-z 0-9 . _ -",
+        ));
+    }
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(25_000).min(30_000));
+    let waiter = state.commands.waiter(&q.node_id);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        // Registered before looking, so a command issued in between still wakes this poll.
+        let notified = waiter.notified();
+        let commands = commands::take(&state.db, &q.node_id).await?;
+        if !commands.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(commands));
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = state.shutdown.cancelled() => return Ok(Json(Vec::new())),
+        }
+    }
+}
+
+/// `POST /api/agent/v1/commands/{id}/result`: how a command ended on the agent. 404 for an
+/// unknown command, 403 when it belongs to another node.
+pub async fn command_result(
+    State(state): State<AppState>,
+    _auth: AgentAuth,
+    Path(id): Path<Uuid>,
+    ApiJson(result): ApiJson<CommandResult>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    match commands::record_result(&state.db, id, &result).await {
+        Ok(()) => {
+            tracing::info!(command = %id, node_id = %result.node_id, outcome = ?result.outcome, message = %result.message, "command result");
+            state.commands.wake_orchestrator();
+            Ok(Json(serde_json::json!({ "recorded": true })))
+        }
+        Err(ResultError::Unknown(_)) => Err(AppError::NotFound(format!("command {id}"))),
+        Err(ResultError::WrongNode(..)) => Err(AppError::Forbidden(
+            "the command belongs to another node".into(),
+        )),
+        Err(ResultError::Sql(e)) => Err(e.into()),
     }
 }

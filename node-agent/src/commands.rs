@@ -1,0 +1,602 @@
+//! Commands from the server: received on a long poll (and, as a fallback, in heartbeat
+//! answers), checked against the fencing epoch and the actions this host allows, executed at
+//! most once, and answered with a result.
+//!
+//! Fencing: `commands.json` in the state directory records the highest epoch seen and the ids
+//! of recent commands with their results. It is written (fsync, rename) *before* a command runs,
+//! so a crash mid-command never runs it twice, and a command with an epoch lower than one
+//! already seen is refused, whoever sends it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hapulse_protocol::{Action, Command, CommandOutcome, CommandResult, ReplicationRole};
+use rand::Rng;
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use sqlx::Connection;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::client::{AgentClient, SendError};
+use crate::config::Settings;
+
+/// Commands remembered for de-duplication.
+const REMEMBERED: usize = 1000;
+
+/// The fencing state kept on disk.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct FenceState {
+    /// Highest epoch seen in any command.
+    pub highest_epoch: u64,
+    /// Recent command ids, oldest first, with their result once known.
+    pub executed: VecDeque<(Uuid, Option<CommandResult>)>,
+}
+
+/// Executes commands for one node.
+pub struct Executor {
+    settings: Settings,
+    path: PathBuf,
+    state: FenceState,
+}
+
+impl Executor {
+    /// Loads the fencing state from the state directory (a missing file is a fresh start; an
+    /// unreadable one is an error: starting from epoch 0 would undo the fencing).
+    pub fn open(settings: Settings) -> std::io::Result<Executor> {
+        std::fs::create_dir_all(&settings.state_dir)?;
+        let path = settings.state_dir.join("commands.json");
+        let state = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                std::io::Error::other(format!("{} is unreadable ({e}); fix or remove it knowingly: it holds the fencing epoch", path.display()))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FenceState::default(),
+            Err(e) => return Err(e),
+        };
+        Ok(Executor {
+            settings,
+            path,
+            state,
+        })
+    }
+
+    /// The highest epoch seen.
+    pub fn highest_epoch(&self) -> u64 {
+        self.state.highest_epoch
+    }
+
+    fn save(&self) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("json.tmp");
+        {
+            let mut file = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(
+                &mut file,
+                &serde_json::to_vec(&self.state).map_err(std::io::Error::other)?,
+            )?;
+            file.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.path)
+    }
+
+    fn refuse(&self, message: String) -> CommandResult {
+        tracing::warn!(reason = %message, "command refused");
+        CommandResult {
+            node_id: self.settings.node_id.clone(),
+            outcome: CommandOutcome::Refused,
+            message,
+        }
+    }
+
+    /// Checks and runs one command, returning its result. A command seen before returns its
+    /// first result again (the server may resend one whose result it did not get).
+    pub async fn handle(&mut self, command: &Command) -> CommandResult {
+        if let Some((_, previous)) = self.state.executed.iter().find(|(id, _)| *id == command.id) {
+            return previous.clone().unwrap_or_else(|| {
+                self.refuse(format!("command {} was started before and its outcome is unknown (the agent stopped while it ran); not running it again", command.id))
+            });
+        }
+        if command.node_id != self.settings.node_id || command.cluster != self.settings.cluster {
+            return self.refuse(format!(
+                "command is for {}/{}, this is {}/{}",
+                command.cluster, command.node_id, self.settings.cluster, self.settings.node_id
+            ));
+        }
+        if command.epoch < self.state.highest_epoch {
+            return self.refuse(format!(
+                "epoch {} is older than epoch {} already seen: a newer switchover superseded this command",
+                command.epoch, self.state.highest_epoch
+            ));
+        }
+        if chrono::Utc::now() > command.deadline {
+            return self.refuse(format!("deadline {} has passed", command.deadline));
+        }
+        let kind = command.action.kind();
+        if !self.settings.actions.enabled.iter().any(|k| k == kind) {
+            return self.refuse(format!(
+                "action {kind} is not enabled in this agent's configuration (actions.enabled)"
+            ));
+        }
+        // Durable before it runs: at most once, even across a crash.
+        self.state.highest_epoch = command.epoch;
+        self.state.executed.push_back((command.id, None));
+        while self.state.executed.len() > REMEMBERED {
+            self.state.executed.pop_front();
+        }
+        if let Err(e) = self.save() {
+            self.state.executed.pop_back();
+            return CommandResult {
+                node_id: self.settings.node_id.clone(),
+                outcome: CommandOutcome::Failed,
+                message: format!("cannot record the command before running it: {e}"),
+            };
+        }
+        tracing::info!(command = %command.id, epoch = command.epoch, action = ?command.action, "running command");
+        let outcome = self.execute(&command.action, command.switchover_id).await;
+        let result = CommandResult {
+            node_id: self.settings.node_id.clone(),
+            outcome: if outcome.is_ok() {
+                CommandOutcome::Succeeded
+            } else {
+                CommandOutcome::Failed
+            },
+            message: match outcome {
+                Ok(m) | Err(m) => m,
+            },
+        };
+        tracing::info!(command = %command.id, outcome = ?result.outcome, message = %result.message, "command finished");
+        if let Some(entry) = self
+            .state
+            .executed
+            .iter_mut()
+            .find(|(id, _)| *id == command.id)
+        {
+            entry.1 = Some(result.clone());
+        }
+        if let Err(e) = self.save() {
+            tracing::error!(error = %e, "cannot record a command's result");
+        }
+        result
+    }
+
+    async fn execute(&self, action: &Action, switchover: Option<Uuid>) -> Result<String, String> {
+        let actions = &self.settings.actions;
+        match action {
+            Action::SetPriorityOffset { instance, offset } => {
+                if !(-253..=253).contains(offset) {
+                    return Err(format!("offset {offset} is outside -253..=253"));
+                }
+                let files = self.track_files(instance)?;
+                write_track_file(&files.priority_file, *offset).map(|_| {
+                    format!(
+                        "{instance}: priority offset {offset} written to {}",
+                        files.priority_file.display()
+                    )
+                })
+            }
+            Action::Fence { instance, fenced } => {
+                let files = self.track_files(instance)?;
+                write_track_file(&files.fence_file, i32::from(*fenced)).map(|_| {
+                    format!(
+                        "{instance}: {} ({})",
+                        if *fenced { "fenced" } else { "fence lifted" },
+                        files.fence_file.display()
+                    )
+                })
+            }
+            Action::PostgresStop { link } => {
+                let config = actions
+                    .postgres
+                    .iter()
+                    .find(|p| &p.link == link)
+                    .ok_or_else(|| format!("no actions.postgres entry for link {link:?}"))?;
+                run(
+                    &config.stop_command[0],
+                    &config.stop_command[1..],
+                    &BTreeMap::new(),
+                    actions.timeout,
+                )
+                .await
+            }
+            Action::PostgresPromote { link } => {
+                let probe = self
+                    .settings
+                    .postgresql
+                    .iter()
+                    .find(|p| &p.name == link)
+                    .ok_or_else(|| format!("no [[postgresql]] probe named {link:?}"))?;
+                promote(probe.dsn.expose_secret(), actions.timeout).await
+            }
+            Action::DrbdRole { resource, role } => {
+                let verb = match role {
+                    ReplicationRole::Primary => "primary",
+                    ReplicationRole::Secondary => "secondary",
+                    ReplicationRole::Unknown => {
+                        return Err("role must be primary or secondary".into())
+                    }
+                };
+                let drbdadm = actions.drbdadm.to_string_lossy().into_owned();
+                run(
+                    &drbdadm,
+                    &[verb.to_string(), resource.clone()],
+                    &BTreeMap::new(),
+                    actions.timeout,
+                )
+                .await
+            }
+            Action::Hook { phase, env } => {
+                let hook = actions
+                    .hook
+                    .as_ref()
+                    .ok_or("no hook configured (actions.hook)")?;
+                if phase != "pre" && phase != "post" {
+                    return Err(format!("phase must be pre or post, not {phase:?}"));
+                }
+                let mut vars: BTreeMap<String, String> = env
+                    .iter()
+                    .filter(|(k, _)| {
+                        !k.is_empty()
+                            && k.bytes()
+                                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+                    })
+                    .map(|(k, v)| (format!("HAPULSE_{k}"), v.clone()))
+                    .collect();
+                vars.insert("HAPULSE_PHASE".into(), phase.clone());
+                vars.insert("HAPULSE_NODE_ID".into(), self.settings.node_id.clone());
+                if let Some(id) = switchover {
+                    vars.insert("HAPULSE_SWITCHOVER_ID".into(), id.to_string());
+                }
+                run(
+                    &hook.to_string_lossy(),
+                    std::slice::from_ref(phase),
+                    &vars,
+                    actions.timeout,
+                )
+                .await
+            }
+        }
+    }
+
+    fn track_files(&self, instance: &str) -> Result<&crate::config::TrackFileSettings, String> {
+        self.settings
+            .actions
+            .track_files
+            .iter()
+            .find(|t| t.instance == instance)
+            .ok_or_else(|| format!("no actions.track_files entry for instance {instance:?}"))
+    }
+}
+
+/// Writes an integer to a keepalived track file: a temporary file renamed over it, so keepalived
+/// (which watches the directory with inotify) never reads a half-written number.
+pub fn write_track_file(path: &Path, value: i32) -> Result<(), String> {
+    let tmp = path.with_extension("hapulse-tmp");
+    std::fs::write(&tmp, format!("{value}\n"))
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Runs a program with arguments (no shell), a cleared environment plus `env`, and a timeout;
+/// Ok with the output's tail on exit 0.
+async fn run(
+    program: &str,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+    timeout: Duration,
+) -> Result<String, String> {
+    let output = tokio::time::timeout(
+        timeout,
+        tokio::process::Command::new(program)
+            .args(args)
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .envs(env)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| format!("{program}: killed after {timeout:?}"))?
+    .map_err(|e| format!("cannot run {program}: {e}"))?;
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    let tail: String = text
+        .trim()
+        .chars()
+        .rev()
+        .take(500)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    if output.status.success() {
+        Ok(format!("{program}: ok {tail}").trim().to_string())
+    } else {
+        Err(format!("{program}: {} {tail}", output.status)
+            .trim()
+            .to_string())
+    }
+}
+
+/// `SELECT pg_promote(true, N)`: waits for the promotion to finish.
+async fn promote(dsn: &str, timeout: Duration) -> Result<String, String> {
+    let wait = timeout.as_secs().clamp(1, 3600) as i32;
+    let work = async {
+        let mut conn = sqlx::PgConnection::connect(dsn)
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let promoted: bool = sqlx::query_scalar("SELECT pg_promote(true, $1)")
+            .bind(wait)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| format!("pg_promote(): {e}"))?;
+        if promoted {
+            Ok("promoted (pg_promote)".to_string())
+        } else {
+            Err(format!("pg_promote() did not finish within {wait} s"))
+        }
+    };
+    tokio::time::timeout(timeout + Duration::from_secs(5), work)
+        .await
+        .map_err(|_| "promotion timed out".to_string())?
+}
+
+/// Runs until `shutdown`: long-polls the server for commands (and takes those that arrive in
+/// heartbeat answers on `fallback`), executes them one at a time, and delivers each result,
+/// retrying with backoff while the server is unreachable.
+pub async fn run_loop(
+    mut executor: Executor,
+    client: AgentClient,
+    mut fallback: mpsc::Receiver<Command>,
+    shutdown: CancellationToken,
+) {
+    let node_id = executor.settings.node_id.clone();
+    let max_backoff = executor.settings.max_retry_backoff;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let commands = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            Some(command) = fallback.recv() => Ok(vec![command]),
+            polled = client.poll_commands(&node_id, Duration::from_secs(25)) => polled,
+        };
+        let commands = match commands {
+            Ok(c) => {
+                backoff = Duration::from_millis(500);
+                c
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "command poll failed; retrying");
+                let wait = backoff.mul_f64(rand::rng().random_range(0.8..1.2));
+                backoff = (backoff * 2).min(max_backoff);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => continue,
+                }
+            }
+        };
+        for command in commands {
+            let result = executor.handle(&command).await;
+            deliver(&client, command.id, &result, max_backoff, &shutdown).await;
+        }
+    }
+}
+
+async fn deliver(
+    client: &AgentClient,
+    id: Uuid,
+    result: &CommandResult,
+    max_backoff: Duration,
+    shutdown: &CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match client.send_result(id, result).await {
+            Ok(()) => return,
+            Err(e @ SendError::Rejected { .. }) => {
+                tracing::error!(command = %id, error = %e, "server refused the command's result");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(command = %id, error = %e, "cannot deliver a command's result; retrying")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(max_backoff);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TrackFileSettings;
+
+    fn settings(dir: &Path, enabled: &[&str]) -> Settings {
+        let mut s = Settings {
+            node_id: "n1".into(),
+            cluster: "c".into(),
+            state_dir: dir.join("state"),
+            ..Settings::default()
+        };
+        s.actions.enabled = enabled.iter().map(|k| k.to_string()).collect();
+        s.actions.track_files = vec![TrackFileSettings {
+            instance: "VI_1".into(),
+            priority_file: dir.join("prio"),
+            fence_file: dir.join("fence"),
+        }];
+        s
+    }
+
+    fn command(epoch: u64, action: Action) -> Command {
+        Command {
+            id: Uuid::new_v4(),
+            cluster: "c".into(),
+            node_id: "n1".into(),
+            epoch,
+            action,
+            deadline: chrono::Utc::now() + chrono::Duration::minutes(1),
+            switchover_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn epochs_fence_and_each_command_runs_once_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ex =
+            Executor::open(settings(dir.path(), &["set_priority_offset", "fence"])).unwrap();
+        let first = command(
+            3,
+            Action::SetPriorityOffset {
+                instance: "VI_1".into(),
+                offset: -20,
+            },
+        );
+        assert_eq!(ex.handle(&first).await.outcome, CommandOutcome::Succeeded);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("prio")).unwrap(),
+            "-20\n"
+        );
+        drop(ex);
+
+        let mut ex =
+            Executor::open(settings(dir.path(), &["set_priority_offset", "fence"])).unwrap();
+        assert_eq!(ex.highest_epoch(), 3, "the epoch survives a restart");
+        // The same id again: its first result, not a second run.
+        std::fs::write(dir.path().join("prio"), "0\n").unwrap();
+        let again = ex.handle(&first).await;
+        assert_eq!(again.outcome, CommandOutcome::Succeeded);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("prio")).unwrap(),
+            "0\n",
+            "not run twice"
+        );
+        // An older epoch is refused and changes nothing.
+        let stale = ex
+            .handle(&command(
+                2,
+                Action::Fence {
+                    instance: "VI_1".into(),
+                    fenced: true,
+                },
+            ))
+            .await;
+        assert_eq!(stale.outcome, CommandOutcome::Refused);
+        assert!(
+            stale.message.contains("epoch 2 is older than epoch 3"),
+            "{}",
+            stale.message
+        );
+        assert!(!dir.path().join("fence").exists());
+        // Not enabled, unknown instance, someone else's command.
+        let hook = ex
+            .handle(&command(
+                3,
+                Action::Hook {
+                    phase: "pre".into(),
+                    env: BTreeMap::new(),
+                },
+            ))
+            .await;
+        assert!(
+            hook.outcome == CommandOutcome::Refused && hook.message.contains("not enabled"),
+            "{}",
+            hook.message
+        );
+        let unknown = ex
+            .handle(&command(
+                3,
+                Action::Fence {
+                    instance: "VI_9".into(),
+                    fenced: true,
+                },
+            ))
+            .await;
+        assert_eq!(unknown.outcome, CommandOutcome::Failed);
+        let mut other = command(
+            4,
+            Action::Fence {
+                instance: "VI_1".into(),
+                fenced: true,
+            },
+        );
+        other.node_id = "n2".into();
+        assert_eq!(ex.handle(&other).await.outcome, CommandOutcome::Refused);
+        let fence = ex
+            .handle(&command(
+                4,
+                Action::Fence {
+                    instance: "VI_1".into(),
+                    fenced: true,
+                },
+            ))
+            .await;
+        assert_eq!(
+            fence.outcome,
+            CommandOutcome::Succeeded,
+            "{}",
+            fence.message
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("fence")).unwrap(),
+            "1\n"
+        );
+        assert_eq!(ex.highest_epoch(), 4);
+    }
+
+    #[tokio::test]
+    async fn hooks_get_their_variables_and_a_failing_hook_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let hook = dir.path().join("hook.sh");
+        std::fs::write(&hook, "#!/bin/sh\necho \"phase=$1 target=$HAPULSE_TARGET node=$HAPULSE_NODE_ID\"\n[ \"$HAPULSE_TARGET\" != refuse ]\n").unwrap();
+        std::os::unix::fs::PermissionsExt::set_mode(
+            &mut std::fs::metadata(&hook).unwrap().permissions(),
+            0o755,
+        );
+        std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let mut s = settings(dir.path(), &["hook"]);
+        s.actions.hook = Some(hook);
+        let mut ex = Executor::open(s).unwrap();
+        let env = |target: &str| {
+            BTreeMap::from([
+                ("TARGET".to_string(), target.to_string()),
+                ("bad name".to_string(), "x".to_string()),
+            ])
+        };
+        let ok = ex
+            .handle(&command(
+                1,
+                Action::Hook {
+                    phase: "pre".into(),
+                    env: env("h2"),
+                },
+            ))
+            .await;
+        assert_eq!(ok.outcome, CommandOutcome::Succeeded, "{}", ok.message);
+        assert!(
+            ok.message.contains("phase=pre target=h2 node=n1"),
+            "{}",
+            ok.message
+        );
+        let refused = ex
+            .handle(&command(
+                1,
+                Action::Hook {
+                    phase: "pre".into(),
+                    env: env("refuse"),
+                },
+            ))
+            .await;
+        assert_eq!(
+            refused.outcome,
+            CommandOutcome::Failed,
+            "{}",
+            refused.message
+        );
+    }
+}

@@ -1,0 +1,209 @@
+//! The command channel to agents. A command is a row in `commands` before any agent sees it
+//! (pending → delivered → succeeded / failed / refused, or expired); agents fetch theirs on a
+//! long poll that wakes the moment one is issued, and in heartbeat answers as a fallback.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use hapulse_protocol::{Action, Command, CommandOutcome, CommandResult};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+/// Wakes the long poll of a node when a command for it is issued.
+#[derive(Default)]
+pub struct CommandBus {
+    waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Nodes that may have open commands: only their heartbeats look in the table.
+    open: Mutex<std::collections::HashSet<String>>,
+    /// Signalled when any command result is recorded.
+    results: Notify,
+}
+
+impl CommandBus {
+    /// The wake-up of `node_id` (created on first use).
+    pub fn waiter(&self, node_id: &str) -> Arc<Notify> {
+        let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+        waiters.entry(node_id.to_string()).or_default().clone()
+    }
+
+    /// Wakes `node_id`'s poll; if none waits, its next poll returns at once.
+    pub fn wake(&self, node_id: &str) {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(node_id.to_string());
+        self.waiter(node_id).notify_one();
+    }
+
+    /// True when `node_id` may have open commands (set by [`CommandBus::wake`]).
+    pub fn may_have_commands(&self, node_id: &str) -> bool {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(node_id)
+    }
+
+    /// Wakes everything waiting for a command result (the orchestrator).
+    pub fn wake_orchestrator(&self) {
+        self.results.notify_waiters();
+    }
+
+    /// Resolves when a command result arrives (or spuriously): callers re-check the table.
+    pub async fn result_arrived(&self) {
+        self.results.notified().await;
+    }
+
+    /// `node_id` has no open command left.
+    pub fn drained(&self, node_id: &str) {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(node_id);
+    }
+}
+
+/// A command to issue.
+#[derive(Debug, Clone)]
+pub struct NewCommand {
+    /// Cluster.
+    pub cluster: String,
+    /// Node that runs it.
+    pub node_id: String,
+    /// The cluster's epoch (fencing token).
+    pub epoch: u64,
+    /// What to do.
+    pub action: Action,
+    /// How long the agent may take to start it.
+    pub deadline: Duration,
+    /// The switchover it belongs to.
+    pub switchover_id: Option<Uuid>,
+    /// Who asked.
+    pub requested_by: String,
+}
+
+/// Inserts a pending command; the caller commits, then calls [`CommandBus::wake`].
+pub async fn insert(
+    tx: &mut Transaction<'_, Postgres>,
+    c: &NewCommand,
+) -> Result<Uuid, sqlx::Error> {
+    let id = Uuid::new_v4();
+    let deadline = Utc::now()
+        + chrono::Duration::from_std(c.deadline).unwrap_or(chrono::Duration::seconds(30));
+    sqlx::query(
+        "INSERT INTO commands (id, cluster, node_id, epoch, action, deadline, switchover_id, state, requested_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8)",
+    )
+    .bind(id)
+    .bind(&c.cluster)
+    .bind(&c.node_id)
+    .bind(c.epoch as i64)
+    .bind(sqlx::types::Json(&c.action))
+    .bind(deadline)
+    .bind(c.switchover_id)
+    .bind(&c.requested_by)
+    .execute(&mut **tx)
+    .await?;
+    Ok(id)
+}
+
+/// Hands out `node_id`'s commands that are pending, or delivered 10 s ago without a result (the
+/// agent may have missed them), and marks them delivered. Expired ones are marked expired.
+pub async fn take(pool: &PgPool, node_id: &str) -> Result<Vec<Command>, sqlx::Error> {
+    sqlx::query("UPDATE commands SET state = 'expired', finished_at = now() WHERE node_id = $1 AND state IN ('pending', 'delivered') AND deadline < now()")
+        .bind(node_id)
+        .execute(pool)
+        .await?;
+    let rows = sqlx::query(
+        "UPDATE commands SET state = 'delivered', delivered_at = now()
+          WHERE id IN (SELECT id FROM commands
+                        WHERE node_id = $1
+                          AND (state = 'pending' OR (state = 'delivered' AND delivered_at < now() - interval '10 seconds'))
+                        ORDER BY created_at FOR UPDATE SKIP LOCKED)
+          RETURNING id, cluster, node_id, epoch, action, deadline, switchover_id, created_at",
+    )
+    .bind(node_id)
+    .fetch_all(pool)
+    .await?;
+    let mut commands: Vec<(DateTime<Utc>, Command)> = Vec::with_capacity(rows.len());
+    for row in rows {
+        let action: sqlx::types::Json<Action> = row.try_get("action")?;
+        commands.push((
+            row.try_get("created_at")?,
+            Command {
+                id: row.try_get("id")?,
+                cluster: row.try_get("cluster")?,
+                node_id: row.try_get("node_id")?,
+                epoch: row.try_get::<i64, _>("epoch")? as u64,
+                action: action.0,
+                deadline: row.try_get("deadline")?,
+                switchover_id: row.try_get("switchover_id")?,
+            },
+        ));
+    }
+    commands.sort_by_key(|(created, _)| *created);
+    Ok(commands.into_iter().map(|(_, c)| c).collect())
+}
+
+/// Why a result was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum ResultError {
+    /// No such command.
+    #[error("no command {0}")]
+    Unknown(Uuid),
+    /// The command belongs to another node.
+    #[error("command {0} is not for node {1}")]
+    WrongNode(Uuid, String),
+    /// Database failure.
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+}
+
+/// Records how a command ended (idempotent: a second report of a finished command is ignored).
+pub async fn record_result(
+    pool: &PgPool,
+    id: Uuid,
+    result: &CommandResult,
+) -> Result<(), ResultError> {
+    let node: Option<String> = sqlx::query_scalar("SELECT node_id FROM commands WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    match node {
+        None => return Err(ResultError::Unknown(id)),
+        Some(n) if n != result.node_id => {
+            return Err(ResultError::WrongNode(id, result.node_id.clone()))
+        }
+        Some(_) => {}
+    }
+    let state = match result.outcome {
+        CommandOutcome::Succeeded => "succeeded",
+        CommandOutcome::Failed => "failed",
+        CommandOutcome::Refused => "refused",
+    };
+    sqlx::query(
+        "UPDATE commands SET state = $2, result = $3, finished_at = now()
+          WHERE id = $1 AND state IN ('pending', 'delivered', 'expired')",
+    )
+    .bind(id)
+    .bind(state)
+    .bind(&result.message)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A command's state and result text.
+pub async fn status(
+    pool: &PgPool,
+    id: Uuid,
+) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
+    let row = sqlx::query("SELECT state, result FROM commands WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    row.map(|r| Ok((r.try_get("state")?, r.try_get("result")?)))
+        .transpose()
+}
