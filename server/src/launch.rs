@@ -88,16 +88,22 @@ pub async fn serve(
         shutdown: shutdown.clone(),
     }));
 
+    crate::switchover::recover(&state)
+        .await
+        .context("recovering switchovers")?;
     let tasks = CancellationToken::new();
     let detector = tokio::spawn(crate::detector::run(state.clone(), tasks.clone()));
     let maintenance = tokio::spawn(maintain(pool.clone(), tables, tasks.clone()));
 
     let address = listener.local_addr()?;
     tracing::info!(%address, "hapulse-server listening");
-    axum::serve(listener, crate::router::router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .context("serving HTTP")?;
+    axum::serve(
+        listener,
+        crate::router::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
+    .context("serving HTTP")?;
 
     tasks.cancel();
     let _ = detector.await;

@@ -20,5 +20,6 @@ pub mod metrics;
 pub mod router;
 pub mod series;
 pub mod state;
+pub mod switchover;
 pub mod ui;
 pub mod view;

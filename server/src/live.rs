@@ -242,6 +242,12 @@ pub enum EventKind {
     ReplicationRole,
     /// A replication link a node reported before is gone from its reports.
     ReplicationRemoved,
+    /// A planned switchover started.
+    SwitchoverStarted,
+    /// A planned switchover finished as planned.
+    SwitchoverSucceeded,
+    /// A planned switchover stopped on a failure.
+    SwitchoverFailed,
 }
 
 impl EventKind {
@@ -262,11 +268,14 @@ impl EventKind {
             EventKind::ReplicationState => "replication_state",
             EventKind::ReplicationRole => "replication_role",
             EventKind::ReplicationRemoved => "replication_removed",
+            EventKind::SwitchoverStarted => "switchover_started",
+            EventKind::SwitchoverSucceeded => "switchover_succeeded",
+            EventKind::SwitchoverFailed => "switchover_failed",
         }
     }
 
     /// Every kind, for metrics and filters.
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 17] = [
         EventKind::NodeUp,
         EventKind::NodeSuspect,
         EventKind::NodeDown,
@@ -281,6 +290,9 @@ impl EventKind {
         EventKind::ReplicationState,
         EventKind::ReplicationRole,
         EventKind::ReplicationRemoved,
+        EventKind::SwitchoverStarted,
+        EventKind::SwitchoverSucceeded,
+        EventKind::SwitchoverFailed,
     ];
 }
 

@@ -42,6 +42,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/nodes/{node_id}", get(api::v1::node))
         .route("/api/v1/nodes/{node_id}/history", get(api::v1::history))
         .route("/api/v1/events", get(api::v1::events))
+        .route(
+            "/api/v1/clusters/{cluster}/switchover",
+            post(api::v1::switchover),
+        )
+        .route(
+            "/api/v1/switchovers/{id}",
+            get(api::v1::get_switchover).delete(api::v1::cancel_switchover),
+        )
         // Operations.
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))

@@ -133,6 +133,8 @@ pub struct ClusterView {
     pub instances: Vec<InstanceView>,
     /// Replication links (PostgreSQL, MySQL, DRBD), by key.
     pub replication: Vec<ReplicationView>,
+    /// The cluster's epoch: raised by every switchover; commands carry it (fencing token).
+    pub epoch: u64,
 }
 
 /// One node's end of a replication link.
@@ -467,6 +469,7 @@ pub fn cluster_view(live: &Live, cluster: &str, now: DateTime<Utc>) -> Option<Cl
         nodes: nodes.iter().map(|n| summary(n, now)).collect(),
         instances,
         replication,
+        epoch: 0,
     })
 }
 

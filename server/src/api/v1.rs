@@ -5,12 +5,16 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::ApiQuery;
+use super::{ApiJson, ApiQuery};
 use crate::db::{self, Event, EventFilter};
 use crate::error::AppError;
 use crate::series::{self, Metric, Point, SeriesQuery, Source};
 use crate::state::AppState;
+use crate::switchover::{self, Plan, Switchover, SwitchoverRequest};
 use crate::view::{self, ClusterView, NodeView};
+use axum::extract::ConnectInfo;
+use axum::http::StatusCode;
+use uuid::Uuid;
 
 /// Body of `GET /api/v1/clusters`.
 #[derive(Serialize)]
@@ -21,9 +25,30 @@ pub struct ClusterList {
 
 /// `GET /api/v1/clusters`: every cluster with its health verdict, instances, masters and VIP
 /// holders.
-pub async fn clusters(State(state): State<AppState>) -> Json<ClusterList> {
-    let clusters = view::clusters(&state.live(), Utc::now());
-    Json(ClusterList { clusters })
+pub async fn clusters(State(state): State<AppState>) -> Result<Json<ClusterList>, AppError> {
+    let mut clusters = view::clusters(&state.live(), Utc::now());
+    let epochs: Vec<(String, i64)> = sqlx::query_as("SELECT name, epoch FROM clusters")
+        .fetch_all(&state.db)
+        .await?;
+    for c in &mut clusters {
+        c.epoch = epochs
+            .iter()
+            .find(|(n, _)| *n == c.name)
+            .map_or(0, |(_, e)| *e as u64);
+    }
+    Ok(Json(ClusterList { clusters }))
+}
+
+/// The view of `name` with its epoch, or 404.
+pub async fn cluster_with_epoch(state: &AppState, name: &str) -> Result<ClusterView, AppError> {
+    let mut view = view::cluster_view(&state.live(), name, Utc::now())
+        .ok_or_else(|| AppError::NotFound(format!("cluster {name:?}")))?;
+    view.epoch = sqlx::query_scalar::<_, i64>("SELECT epoch FROM clusters WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&state.db)
+        .await?
+        .unwrap_or(0) as u64;
+    Ok(view)
 }
 
 /// `GET /api/v1/clusters/{cluster}`: one cluster; 404 when no node belongs to it.
@@ -31,9 +56,7 @@ pub async fn cluster(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<ClusterView>, AppError> {
-    view::cluster_view(&state.live(), &name, Utc::now())
-        .map(Json)
-        .ok_or_else(|| AppError::NotFound(format!("cluster {name:?}")))
+    cluster_with_epoch(&state, &name).await.map(Json)
 }
 
 /// `GET /api/v1/nodes/{node_id}`: one node with its instances; 404 when unknown.
@@ -206,4 +229,102 @@ pub async fn history(
         source: query.source,
         points,
     }))
+}
+
+/// Answer of a switchover request: the plan, and the id once accepted.
+#[derive(Debug, Serialize)]
+pub struct SwitchoverAccepted {
+    /// Id (absent for a dry run).
+    pub id: Option<Uuid>,
+    /// `planned` (dry run) or `scheduled`.
+    pub state: &'static str,
+    /// The cluster epoch the switchover raised (absent for a dry run).
+    pub epoch: Option<u64>,
+    /// The preview.
+    pub plan: Plan,
+}
+
+/// `POST /api/v1/clusters/{cluster}/switchover`: preflight, then 200 with the plan for a dry
+/// run, or 202 with the id; 4xx/409 naming the reason when preflight refuses.
+pub async fn switchover(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    ApiJson(req): ApiJson<SwitchoverRequest>,
+) -> Result<(StatusCode, Json<SwitchoverAccepted>), AppError> {
+    request_switchover(&state, &name, req, "api", &peer.ip().to_string()).await
+}
+
+/// Preflight, plan and (unless a dry run) accept and start a switchover; shared by the REST API
+/// and the dashboard. Refusals are audited too.
+pub async fn request_switchover(
+    state: &AppState,
+    cluster: &str,
+    req: SwitchoverRequest,
+    actor: &str,
+    source: &str,
+) -> Result<(StatusCode, Json<SwitchoverAccepted>), AppError> {
+    let view = cluster_with_epoch(state, cluster).await?;
+    let plan = match switchover::plan(&view, &req) {
+        Ok(p) => p,
+        Err(e) => {
+            if !req.dry_run {
+                switchover::audit(
+                    &state.db,
+                    actor,
+                    Some(source),
+                    "switchover",
+                    &format!("{cluster} → {}", req.target_node),
+                    Some(&req.reason),
+                    &format!("refused: {e}"),
+                    serde_json::json!({}),
+                )
+                .await?;
+            }
+            return Err(e);
+        }
+    };
+    if req.dry_run {
+        return Ok((
+            StatusCode::OK,
+            Json(SwitchoverAccepted {
+                id: None,
+                state: "planned",
+                epoch: None,
+                plan,
+            }),
+        ));
+    }
+    let (id, epoch) = switchover::create(state, &plan, &req, actor, Some(source)).await?;
+    switchover::spawn(state.clone(), id);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(SwitchoverAccepted {
+            id: Some(id),
+            state: "scheduled",
+            epoch: Some(epoch),
+            plan,
+        }),
+    ))
+}
+
+/// `GET /api/v1/switchovers/{id}`: the switchover, its steps and their states.
+pub async fn get_switchover(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Switchover>, AppError> {
+    switchover::get(&state.db, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| AppError::NotFound(format!("switchover {id}")))
+}
+
+/// `DELETE /api/v1/switchovers/{id}`: cancels a switchover that has not started (409 otherwise).
+pub async fn cancel_switchover(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    switchover::cancel(&state, id, "api", Some(&peer.ip().to_string())).await?;
+    Ok(Json(serde_json::json!({ "id": id, "state": "cancelled" })))
 }

@@ -1,0 +1,1066 @@
+//! Planned switchover: move the master role of a VRRP instance (and the primary of the
+//! replication link tied to it) to a chosen node, on purpose and safely.
+//!
+//! 1. **Preflight** ([`plan`]): the target exists, is up, is a BACKUP member of the instance,
+//!    its lag is within the limit; the instance has exactly one master; no other switchover runs.
+//! 2. **Accept** ([`create`]): in one transaction the cluster's epoch is raised (row lock) and
+//!    the switchover row inserted; a partial unique index lets only one switchover per cluster be
+//!    scheduled or running, so a concurrent request gets 409.
+//! 3. **Run** ([`spawn`]): a state machine, recorded step by step. Steps send epoch-fenced
+//!    commands to agents and wait for their results and for the reported state to follow:
+//!    `pre_hook` → (`stop_old_primary` → `wait_for_catch_up` → `promote_target`, with a
+//!    database) → `set_priorities` → `move_vip` → `verify` → `post_hook`. Each step has a
+//!    timeout; on failure the run stops, lifts a fence it set, and records where it stopped and
+//!    what state the cluster is in.
+//!
+//! The move sticks: before the VIP moves, every other member's priority is lowered below the
+//! target's through its priority track file, so preemption cannot take it back. The VIP then
+//! moves at once: the old master's instance is fenced (weight-0 track file → FAULT →
+//! priority-0 advert), and the fence is lifted as soon as the target is MASTER.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use hapulse_protocol::{Action, LinkState, ReplicationRole, VrrpState};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::commands::{self, NewCommand};
+use crate::error::AppError;
+use crate::live::{EventKind, NewEvent, NodeStatus};
+use crate::state::AppState;
+use crate::view::{self, ClusterView};
+
+/// Body of `POST /api/v1/clusters/{cluster}/switchover`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchoverRequest {
+    /// The node that should become master.
+    pub target_node: String,
+    /// VRRP instance to move; may be left out when the cluster has one.
+    #[serde(default)]
+    pub instance: Option<String>,
+    /// Why (kept in the audit log and the event).
+    pub reason: String,
+    /// Only plan and preview; change nothing (200 instead of 202).
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Refuse when the target's replication lag is above this many bytes.
+    #[serde(default)]
+    pub max_lag_bytes: Option<u64>,
+    /// Start at this time instead of now.
+    #[serde(default)]
+    pub scheduled_at: Option<DateTime<Utc>>,
+}
+
+/// One step of the plan and, once running, how it went.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Step {
+    /// Step name (`move_vip`, …).
+    pub name: String,
+    /// What it does, for people.
+    pub description: String,
+    /// `pending`, `running`, `succeeded`, `skipped`, `failed`.
+    pub state: String,
+    /// When it started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// What happened.
+    pub message: Option<String>,
+}
+
+/// The preview of a switchover.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// Cluster.
+    pub cluster: String,
+    /// VRRP instance.
+    pub instance: String,
+    /// The current master.
+    pub old_master: String,
+    /// The future master.
+    pub target_node: String,
+    /// The replication link moved with it (`postgresql:pg`), if the cluster has one tied to the
+    /// instance with its primary on the old master.
+    pub link: Option<String>,
+    /// The target's replication lag now, bytes.
+    pub target_lag_bytes: Option<u64>,
+    /// The target's replication lag now, seconds.
+    pub target_lag_seconds: Option<f64>,
+    /// What would be lost if the old primary died now instead: the target's lag. A switchover
+    /// itself loses nothing: it stops writes and waits for the target to catch up.
+    pub data_at_risk_bytes: Option<u64>,
+    /// Expected duration in seconds (VIP move ≈ 1 s with fencing; a database adds a shutdown,
+    /// catch-up and promotion).
+    pub expected_seconds: u64,
+    /// The VIPs that move.
+    pub vips: Vec<String>,
+    /// The ordered steps.
+    pub steps: Vec<Step>,
+}
+
+fn step(name: &str, description: String) -> Step {
+    Step {
+        name: name.into(),
+        description,
+        state: "pending".into(),
+        started_at: None,
+        finished_at: None,
+        message: None,
+    }
+}
+
+fn conflict(code: &'static str, message: String) -> AppError {
+    AppError::Conflict { code, message }
+}
+
+/// Preflight and plan. Errors name the reason: 404 unknown cluster or target, 400 a missing
+/// instance, 409 for a state that forbids the move.
+pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, AppError> {
+    let instance = match &req.instance {
+        Some(name) => cluster
+            .instances
+            .iter()
+            .find(|i| &i.name == name)
+            .ok_or_else(|| {
+                AppError::invalid(
+                    "invalid_body",
+                    "instance",
+                    format!("cluster {} has no VRRP instance {name:?}", cluster.name),
+                )
+            })?,
+        None if cluster.instances.len() == 1 => &cluster.instances[0],
+        None => {
+            return Err(AppError::invalid(
+                "invalid_body",
+                "instance",
+                format!("cluster {} has several instances; name one", cluster.name),
+            ))
+        }
+    };
+    if req.reason.trim().is_empty() || req.reason.len() > 1000 {
+        return Err(AppError::invalid(
+            "invalid_body",
+            "reason",
+            "say why, in at most 1000 bytes",
+        ));
+    }
+    let Some(target_summary) = cluster.nodes.iter().find(|n| n.node_id == req.target_node) else {
+        return Err(AppError::NotFound(format!(
+            "target node {:?} in cluster {}",
+            req.target_node, cluster.name
+        )));
+    };
+    let Some(target) = instance
+        .members
+        .iter()
+        .find(|m| m.node_id == req.target_node)
+    else {
+        return Err(conflict(
+            "target_not_member",
+            format!("{} is not a member of {}", req.target_node, instance.name),
+        ));
+    };
+    if target_summary.status != NodeStatus::Up {
+        return Err(conflict(
+            "target_down",
+            format!(
+                "{} is {}: it must be up",
+                req.target_node,
+                target_summary.status.as_str()
+            ),
+        ));
+    }
+    if target.state != VrrpState::Backup {
+        return Err(conflict(
+            "target_not_backup",
+            format!(
+                "{} is {} in {}: it must be BACKUP",
+                req.target_node, target.state, instance.name
+            ),
+        ));
+    }
+    let Some(old_master) = instance.master.clone() else {
+        return Err(conflict(
+            "no_single_master",
+            format!(
+                "{} has {} masters ({}); a switchover needs one healthy master",
+                instance.name,
+                instance.masters.len(),
+                instance.masters.join(", ")
+            ),
+        ));
+    };
+    let link = cluster.replication.iter().find(|r| {
+        r.vrrp_instance.as_deref() == Some(instance.name.as_str())
+            && r.primary.as_deref() == Some(old_master.as_str())
+    });
+    let target_link = link.and_then(|l| l.members.iter().find(|m| m.node_id == req.target_node));
+    if let Some(l) = link {
+        match target_link {
+            Some(m)
+                if m.role == ReplicationRole::Secondary
+                    && matches!(
+                        m.state,
+                        LinkState::Streaming | LinkState::CatchingUp | LinkState::Paused
+                    ) => {}
+            Some(m) => {
+                return Err(conflict(
+                    "target_not_standby",
+                    format!(
+                        "{} is {} and {} on {}: it must be a replicating standby",
+                        req.target_node,
+                        m.role.as_str(),
+                        m.state.as_str(),
+                        l.link
+                    ),
+                ))
+            }
+            None => {
+                return Err(conflict(
+                    "target_not_standby",
+                    format!("{} does not report {}", req.target_node, l.link),
+                ))
+            }
+        }
+    }
+    let lag_bytes = target_link.and_then(|m| m.lag_bytes);
+    if let (Some(max), Some(lag)) = (req.max_lag_bytes, lag_bytes) {
+        if lag > max {
+            return Err(conflict(
+                "lag_too_high",
+                format!(
+                    "{}'s lag is {lag} bytes, above the limit of {max}",
+                    req.target_node
+                ),
+            ));
+        }
+    }
+    let mut steps = vec![step(
+        "pre_hook",
+        format!(
+            "run the pre-switchover hook on {old_master} and {} (where enabled); a failure aborts",
+            req.target_node
+        ),
+    )];
+    if let Some(l) = link {
+        steps.push(step("stop_old_primary", format!("stop writes: fast shutdown of the {} primary on {old_master} (its standbys receive all WAL first)", l.link)));
+        steps.push(step(
+            "wait_for_catch_up",
+            format!(
+                "wait until {} has replayed everything it received",
+                req.target_node
+            ),
+        ));
+        steps.push(step(
+            "promote_target",
+            format!("promote {} to {} primary", req.target_node, l.link),
+        ));
+    }
+    steps.push(step(
+        "set_priorities",
+        format!(
+            "make it stick: lower every other member of {} below {}'s priority",
+            instance.name, req.target_node
+        ),
+    ));
+    steps.push(step("move_vip", format!("fence {} on {old_master} (FAULT, priority-0 advert) until {} is MASTER, then lift the fence", instance.name, req.target_node)));
+    steps.push(step(
+        "verify",
+        format!(
+            "{} is MASTER and holds the VIP, {old_master} is not, for 3 s",
+            req.target_node
+        ),
+    ));
+    steps.push(step(
+        "post_hook",
+        "run the post-switchover hook (where enabled)".into(),
+    ));
+    Ok(Plan {
+        cluster: cluster.name.clone(),
+        instance: instance.name.clone(),
+        old_master,
+        target_node: req.target_node.clone(),
+        link: link.map(|l| l.link.clone()),
+        target_lag_bytes: lag_bytes,
+        target_lag_seconds: target_link.and_then(|m| m.lag_seconds),
+        data_at_risk_bytes: lag_bytes,
+        expected_seconds: if link.is_some() { 10 } else { 3 },
+        vips: instance.vips.iter().map(|v| v.vip.clone()).collect(),
+        steps,
+    })
+}
+
+/// A stored switchover, as `GET /api/v1/switchovers/{id}` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Switchover {
+    /// Id.
+    pub id: Uuid,
+    /// Cluster.
+    pub cluster: String,
+    /// VRRP instance.
+    pub instance: String,
+    /// Future master.
+    pub target_node: String,
+    /// Master when it was requested.
+    pub old_master: String,
+    /// Replication link moved with it.
+    pub link: Option<String>,
+    /// Why.
+    pub reason: String,
+    /// Who asked.
+    pub requested_by: String,
+    /// `scheduled`, `running`, `succeeded`, `failed`, `cancelled`.
+    pub state: String,
+    /// The cluster epoch it raised.
+    pub epoch: u64,
+    /// When it was requested.
+    pub created_at: DateTime<Utc>,
+    /// When it should start.
+    pub scheduled_at: Option<DateTime<Utc>>,
+    /// When it started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Steps with their states.
+    pub steps: Vec<Step>,
+    /// Where and why it stopped, and the state it left the cluster in.
+    pub error: Option<String>,
+}
+
+/// Loads a switchover.
+pub async fn get(pool: &sqlx::PgPool, id: Uuid) -> Result<Option<Switchover>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT id, cluster, instance, target_node, old_master, link, reason, requested_by, state, epoch,
+                created_at, scheduled_at, started_at, finished_at, steps, error
+           FROM switchovers WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let steps: sqlx::types::Json<Vec<Step>> = r.try_get("steps")?;
+    Ok(Some(Switchover {
+        id: r.try_get("id")?,
+        cluster: r.try_get("cluster")?,
+        instance: r.try_get("instance")?,
+        target_node: r.try_get("target_node")?,
+        old_master: r.try_get("old_master")?,
+        link: r.try_get("link")?,
+        reason: r.try_get("reason")?,
+        requested_by: r.try_get("requested_by")?,
+        state: r.try_get("state")?,
+        epoch: r.try_get::<i64, _>("epoch")? as u64,
+        created_at: r.try_get("created_at")?,
+        scheduled_at: r.try_get("scheduled_at")?,
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+        steps: steps.0,
+        error: r.try_get("error")?,
+    }))
+}
+
+/// Appends an audit row.
+pub async fn audit(
+    pool: &sqlx::PgPool,
+    actor: &str,
+    source: Option<&str>,
+    action: &str,
+    target: &str,
+    reason: Option<&str>,
+    outcome: &str,
+    detail: serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO audit_log (actor, source, action, target, reason, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        .bind(actor)
+        .bind(source)
+        .bind(action)
+        .bind(target)
+        .bind(reason)
+        .bind(outcome)
+        .bind(sqlx::types::Json(detail))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Accepts a planned switchover: raises the cluster's epoch and stores the switchover in one
+/// transaction. 409 `switchover_running` when another one is scheduled or running.
+pub async fn create(
+    state: &AppState,
+    plan: &Plan,
+    req: &SwitchoverRequest,
+    actor: &str,
+    source: Option<&str>,
+) -> Result<(Uuid, u64), AppError> {
+    let id = Uuid::new_v4();
+    let mut tx = state.db.begin().await?;
+    let epoch: i64 =
+        sqlx::query_scalar("UPDATE clusters SET epoch = epoch + 1 WHERE name = $1 RETURNING epoch")
+            .bind(&plan.cluster)
+            .fetch_one(&mut *tx)
+            .await?;
+    let inserted = sqlx::query(
+        "INSERT INTO switchovers (id, cluster, instance, target_node, old_master, link, reason, requested_by,
+                                  requested_from, state, epoch, max_lag_bytes, scheduled_at, steps)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'scheduled', $10, $11, $12, $13)",
+    )
+    .bind(id)
+    .bind(&plan.cluster)
+    .bind(&plan.instance)
+    .bind(&plan.target_node)
+    .bind(&plan.old_master)
+    .bind(&plan.link)
+    .bind(&req.reason)
+    .bind(actor)
+    .bind(source)
+    .bind(epoch)
+    .bind(req.max_lag_bytes.map(|b| b.min(i64::MAX as u64) as i64))
+    .bind(req.scheduled_at)
+    .bind(sqlx::types::Json(&plan.steps))
+    .execute(&mut *tx)
+    .await;
+    if let Err(sqlx::Error::Database(e)) = &inserted {
+        if e.constraint() == Some("switchovers_one_active") {
+            return Err(conflict(
+                "switchover_running",
+                format!(
+                    "another switchover of {} is scheduled or running",
+                    plan.cluster
+                ),
+            ));
+        }
+    }
+    inserted?;
+    tx.commit().await?;
+    audit(
+        &state.db,
+        actor,
+        source,
+        "switchover",
+        &format!("{}/{} → {}", plan.cluster, plan.instance, plan.target_node),
+        Some(&req.reason),
+        "accepted",
+        serde_json::json!({ "switchover_id": id, "epoch": epoch }),
+    )
+    .await?;
+    Ok((id, epoch as u64))
+}
+
+/// Cancels a switchover that has not started. 409 when it has.
+pub async fn cancel(
+    state: &AppState,
+    id: Uuid,
+    actor: &str,
+    source: Option<&str>,
+) -> Result<(), AppError> {
+    let updated = sqlx::query("UPDATE switchovers SET state = 'cancelled', finished_at = now() WHERE id = $1 AND state = 'scheduled' AND started_at IS NULL")
+        .bind(id)
+        .execute(&state.db)
+        .await?;
+    if updated.rows_affected() == 0 {
+        return match get(&state.db, id).await? {
+            None => Err(AppError::NotFound(format!("switchover {id}"))),
+            Some(s) => Err(conflict(
+                "switchover_started",
+                format!(
+                    "switchover {id} is {}; only a scheduled one can be cancelled",
+                    s.state
+                ),
+            )),
+        };
+    }
+    audit(
+        &state.db,
+        actor,
+        source,
+        "switchover_cancel",
+        &id.to_string(),
+        None,
+        "cancelled",
+        serde_json::json!({}),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Marks switchovers a previous server process left running as failed, and starts the scheduled
+/// ones. Called at start-up.
+pub async fn recover(state: &AppState) -> Result<(), sqlx::Error> {
+    let interrupted: Vec<(Uuid, String)> = sqlx::query_as(
+        "UPDATE switchovers SET state = 'failed', finished_at = now(),
+                error = 'interrupted: the server stopped while it ran; check the cluster page before acting (a fence may still be set)'
+          WHERE state = 'running' RETURNING id, cluster",
+    )
+    .fetch_all(&state.db)
+    .await?;
+    for (id, cluster) in interrupted {
+        tracing::error!(switchover = %id, cluster = %cluster, "switchover interrupted by a server restart");
+    }
+    let scheduled: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM switchovers WHERE state = 'scheduled'")
+            .fetch_all(&state.db)
+            .await?;
+    for id in scheduled {
+        spawn(state.clone(), id);
+    }
+    Ok(())
+}
+
+/// Runs switchover `id` in the background.
+pub fn spawn(state: AppState, id: Uuid) {
+    tokio::spawn(async move {
+        if let Err(e) = run(&state, id).await {
+            tracing::error!(switchover = %id, error = %e, "switchover could not be recorded");
+        }
+    });
+}
+
+/// The run: waits for `scheduled_at`, then the steps in order.
+async fn run(state: &AppState, id: Uuid) -> Result<(), sqlx::Error> {
+    let Some(sw) = get(&state.db, id).await? else {
+        return Ok(());
+    };
+    if let Some(at) = sw.scheduled_at {
+        let wait = (at - Utc::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = state.shutdown.cancelled() => return Ok(()),
+        }
+    }
+    let started = sqlx::query("UPDATE switchovers SET state = 'running', started_at = now() WHERE id = $1 AND state = 'scheduled'")
+        .bind(id)
+        .execute(&state.db)
+        .await?;
+    if started.rows_affected() == 0 {
+        return Ok(()); // cancelled meanwhile
+    }
+    event(
+        state,
+        &sw,
+        EventKind::SwitchoverStarted,
+        format!(
+            "switchover of {} from {} to {} started: {}",
+            sw.instance, sw.old_master, sw.target_node, sw.reason
+        ),
+    )
+    .await?;
+    let mut run = Run {
+        state,
+        sw: sw.clone(),
+        fenced: false,
+    };
+    let mut failure = None;
+    for index in 0..sw.steps.len() {
+        let name = sw.steps[index].name.clone();
+        run.mark(index, "running", None).await?;
+        let outcome = tokio::time::timeout(step_timeout(&name), run.step(&name))
+            .await
+            .unwrap_or_else(|_| Err(format!("timed out after {:?}", step_timeout(&name))));
+        match outcome {
+            Ok(StepOutcome::Done(message)) => run.mark(index, "succeeded", Some(message)).await?,
+            Ok(StepOutcome::Skipped(message)) => run.mark(index, "skipped", Some(message)).await?,
+            Err(message) => {
+                run.mark(index, "failed", Some(message.clone())).await?;
+                failure = Some((name, message));
+                break;
+            }
+        }
+    }
+    let (final_state, error) = match failure {
+        None => ("succeeded", None),
+        Some((step, message)) => {
+            let mut described = format!("stopped at {step}: {message}.");
+            if run.fenced {
+                let lifted = run
+                    .command(
+                        &sw.old_master,
+                        Action::Fence {
+                            instance: sw.instance.clone(),
+                            fenced: false,
+                        },
+                    )
+                    .await;
+                described.push_str(match lifted {
+                    Ok(_) => " The fence on the old master was lifted.",
+                    Err(_) => " The fence on the old master could NOT be lifted: its instance stays in FAULT until the fence file is reset.",
+                });
+            }
+            described.push_str(&run.describe_state());
+            ("failed", Some(described))
+        }
+    };
+    sqlx::query("UPDATE switchovers SET state = $2, finished_at = now(), error = $3 WHERE id = $1")
+        .bind(id)
+        .bind(final_state)
+        .bind(&error)
+        .execute(&state.db)
+        .await?;
+    let (kind, message) = match &error {
+        None => (
+            EventKind::SwitchoverSucceeded,
+            format!(
+                "switchover of {} to {} succeeded",
+                sw.instance, sw.target_node
+            ),
+        ),
+        Some(e) => (
+            EventKind::SwitchoverFailed,
+            format!(
+                "switchover of {} to {} failed, {e}",
+                sw.instance, sw.target_node
+            ),
+        ),
+    };
+    event(state, &sw, kind, message).await?;
+    audit(
+        &state.db,
+        &sw.requested_by,
+        None,
+        "switchover",
+        &format!("{}/{} → {}", sw.cluster, sw.instance, sw.target_node),
+        Some(&sw.reason),
+        final_state,
+        serde_json::json!({ "switchover_id": id, "error": error }),
+    )
+    .await?;
+    state.announce(&sw.cluster);
+    Ok(())
+}
+
+fn step_timeout(name: &str) -> Duration {
+    match name {
+        "stop_old_primary" | "promote_target" | "pre_hook" | "post_hook" => Duration::from_secs(90),
+        "wait_for_catch_up" => Duration::from_secs(60),
+        _ => Duration::from_secs(30),
+    }
+}
+
+async fn event(
+    state: &AppState,
+    sw: &Switchover,
+    kind: EventKind,
+    message: String,
+) -> Result<(), sqlx::Error> {
+    let e = NewEvent {
+        at: Utc::now(),
+        cluster: sw.cluster.clone(),
+        node_id: Some(sw.target_node.clone()),
+        instance: Some(sw.instance.clone()),
+        link: sw.link.clone(),
+        kind,
+        from_state: Some(sw.old_master.clone()),
+        to_state: Some(sw.target_node.clone()),
+        message,
+        detail: serde_json::json!({ "switchover_id": sw.id, "epoch": sw.epoch, "reason": sw.reason, "requested_by": sw.requested_by }),
+    };
+    let mut tx = state.db.begin().await?;
+    crate::db::insert_events(&mut tx, std::slice::from_ref(&e)).await?;
+    tx.commit().await?;
+    state.metrics.event(kind);
+    state.announce(&sw.cluster);
+    Ok(())
+}
+
+enum StepOutcome {
+    Done(String),
+    Skipped(String),
+}
+
+struct Run<'a> {
+    state: &'a AppState,
+    sw: Switchover,
+    /// The old master's fence is set and must be lifted if the run stops.
+    fenced: bool,
+}
+
+impl Run<'_> {
+    async fn mark(
+        &mut self,
+        index: usize,
+        state: &str,
+        message: Option<String>,
+    ) -> Result<(), sqlx::Error> {
+        let now = Utc::now();
+        if let Some(step) = self.sw.steps.get_mut(index) {
+            if state == "running" {
+                step.started_at = Some(now);
+            } else {
+                step.finished_at = Some(now);
+            }
+            step.state = state.to_string();
+            step.message = message;
+            tracing::info!(switchover = %self.sw.id, step = %step.name, state, message = ?step.message, "switchover step");
+        }
+        sqlx::query("UPDATE switchovers SET steps = $2 WHERE id = $1")
+            .bind(self.sw.id)
+            .bind(sqlx::types::Json(&self.sw.steps))
+            .execute(&self.state.db)
+            .await?;
+        self.state.announce(&self.sw.cluster);
+        Ok(())
+    }
+
+    /// Issues one command to `node` and waits for its result: Ok(message) when it succeeded,
+    /// Err(description) when it failed, was refused, or no result came in time.
+    async fn command(&self, node: &str, action: Action) -> Result<String, (String, bool)> {
+        let new = NewCommand {
+            cluster: self.sw.cluster.clone(),
+            node_id: node.to_string(),
+            epoch: self.sw.epoch,
+            action,
+            deadline: Duration::from_secs(30),
+            switchover_id: Some(self.sw.id),
+            requested_by: self.sw.requested_by.clone(),
+        };
+        let id = async {
+            let mut tx = self.state.db.begin().await?;
+            let id = commands::insert(&mut tx, &new).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(id)
+        }
+        .await
+        .map_err(|e| (format!("cannot store the command for {node}: {e}"), false))?;
+        self.state.commands.wake(node);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(85);
+        loop {
+            let waiting = self.state.commands.result_arrived();
+            let status = commands::status(&self.state.db, id)
+                .await
+                .map_err(|e| (format!("reading command {id}: {e}"), false))?;
+            match status {
+                Some((s, result)) if s == "succeeded" => {
+                    return Ok(format!("{node}: {}", result.unwrap_or_default()))
+                }
+                Some((s, result)) if s == "refused" => {
+                    return Err((
+                        format!(
+                            "{node} refused {}: {}",
+                            new.action.kind(),
+                            result.unwrap_or_default()
+                        ),
+                        true,
+                    ))
+                }
+                Some((s, result)) if s == "failed" || s == "expired" => {
+                    return Err((
+                        format!(
+                            "{node}: {} {s}: {}",
+                            new.action.kind(),
+                            result.unwrap_or_else(|| "no result before the deadline".into())
+                        ),
+                        false,
+                    ))
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err((
+                    format!("{node} did not answer {}", new.action.kind()),
+                    false,
+                ));
+            }
+            tokio::select! {
+                _ = waiting => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+
+    /// Polls live state every 50 ms until `check` holds, or fails with `what` after `limit`.
+    async fn until(
+        &self,
+        limit: Duration,
+        what: &str,
+        check: impl Fn(&ClusterView) -> bool,
+    ) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let holds = view::cluster_view(&self.state.live(), &self.sw.cluster, Utc::now())
+                .is_some_and(|c| check(&c));
+            if holds {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("{what} did not happen within {limit:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn describe_state(&self) -> String {
+        let live = self.state.live();
+        let Some(c) = view::cluster_view(&live, &self.sw.cluster, Utc::now()) else {
+            return String::new();
+        };
+        let mut out = String::new();
+        if let Some(i) = c.instances.iter().find(|i| i.name == self.sw.instance) {
+            out.push_str(&format!(
+                " Now: {} master {}, VIP on {}.",
+                i.name,
+                if i.masters.is_empty() {
+                    "none".into()
+                } else {
+                    i.masters.join(", ")
+                },
+                i.vips
+                    .iter()
+                    .flat_map(|v| v.holders.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if let Some(l) = self
+            .sw
+            .link
+            .as_ref()
+            .and_then(|k| c.replication.iter().find(|r| &r.link == k))
+        {
+            out.push_str(&format!(
+                " {} primary: {}.",
+                l.link,
+                if l.primaries.is_empty() {
+                    "none".into()
+                } else {
+                    l.primaries.join(", ")
+                }
+            ));
+        }
+        out
+    }
+
+    fn link_member<'c>(
+        c: &'c ClusterView,
+        link: &str,
+        node: &str,
+    ) -> Option<&'c view::LinkMemberView> {
+        c.replication
+            .iter()
+            .find(|r| r.link == link)?
+            .members
+            .iter()
+            .find(|m| m.node_id == node)
+    }
+
+    async fn step(&mut self, name: &str) -> Result<StepOutcome, String> {
+        let sw = self.sw.clone();
+        let link_name = sw
+            .link
+            .as_ref()
+            .map(|l| l.split_once(':').map_or(l.as_str(), |(_, n)| n).to_string());
+        match name {
+            "pre_hook" | "post_hook" => {
+                let phase = if name == "pre_hook" { "pre" } else { "post" };
+                let env = BTreeMap::from([
+                    ("CLUSTER".to_string(), sw.cluster.clone()),
+                    ("INSTANCE".to_string(), sw.instance.clone()),
+                    ("TARGET".to_string(), sw.target_node.clone()),
+                    ("OLD_MASTER".to_string(), sw.old_master.clone()),
+                    ("REASON".to_string(), sw.reason.clone()),
+                    ("EPOCH".to_string(), sw.epoch.to_string()),
+                ]);
+                let mut ran = Vec::new();
+                for node in [&sw.old_master, &sw.target_node] {
+                    match self
+                        .command(
+                            node,
+                            Action::Hook {
+                                phase: phase.into(),
+                                env: env.clone(),
+                            },
+                        )
+                        .await
+                    {
+                        Ok(m) => ran.push(m),
+                        Err((m, true))
+                            if m.contains("not enabled") || m.contains("no hook configured") => {}
+                        Err((m, _)) => return Err(m),
+                    }
+                }
+                Ok(if ran.is_empty() {
+                    StepOutcome::Skipped("no hook enabled on either node".into())
+                } else {
+                    StepOutcome::Done(ran.join("; "))
+                })
+            }
+            "stop_old_primary" => {
+                let link = link_name.ok_or("no link")?;
+                self.command(&sw.old_master, Action::PostgresStop { link })
+                    .await
+                    .map(StepOutcome::Done)
+                    .map_err(|(m, _)| m)
+            }
+            "wait_for_catch_up" => {
+                let key = sw.link.clone().ok_or("no link")?;
+                // Two looks in a row with nothing left to replay.
+                let mut seen = 0;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(55);
+                loop {
+                    let lag = {
+                        let live = self.state.live();
+                        view::cluster_view(&live, &sw.cluster, Utc::now()).and_then(|c| {
+                            Self::link_member(&c, &key, &sw.target_node).and_then(|m| m.lag_bytes)
+                        })
+                    };
+                    seen = if lag == Some(0) { seen + 1 } else { 0 };
+                    if seen >= 2 {
+                        return Ok(StepOutcome::Done(format!(
+                            "{} has replayed all it received",
+                            sw.target_node
+                        )));
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(format!(
+                            "{} still has {lag:?} bytes to replay",
+                            sw.target_node
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+            "promote_target" => {
+                let link = link_name.ok_or("no link")?;
+                let key = sw.link.clone().ok_or("no link")?;
+                let message = self
+                    .command(&sw.target_node, Action::PostgresPromote { link })
+                    .await
+                    .map_err(|(m, _)| m)?;
+                let target = sw.target_node.clone();
+                self.until(
+                    Duration::from_secs(20),
+                    "the target reporting itself primary",
+                    |c| {
+                        Self::link_member(c, &key, &target)
+                            .is_some_and(|m| m.role == ReplicationRole::Primary)
+                    },
+                )
+                .await?;
+                Ok(StepOutcome::Done(message))
+            }
+            "set_priorities" => {
+                let members: Vec<(String, Option<u8>)> = {
+                    let live = self.state.live();
+                    view::cluster_view(&live, &sw.cluster, Utc::now())
+                        .and_then(|c| c.instances.into_iter().find(|i| i.name == sw.instance))
+                        .map(|i| {
+                            i.members
+                                .into_iter()
+                                .map(|m| (m.node_id, m.base_priority))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+                let target_base = members
+                    .iter()
+                    .find(|(n, _)| *n == sw.target_node)
+                    .and_then(|(_, b)| *b)
+                    .ok_or("the target's base priority is unknown (no JSON dump yet)")?;
+                let mut done = Vec::new();
+                for (node, base) in &members {
+                    let offset = if *node == sw.target_node {
+                        0
+                    } else {
+                        let base = base.ok_or(format!("{node}'s base priority is unknown"))?;
+                        (i32::from(target_base) - 10 - i32::from(base)).clamp(-253, 0)
+                    };
+                    let message = self
+                        .command(
+                            node,
+                            Action::SetPriorityOffset {
+                                instance: sw.instance.clone(),
+                                offset,
+                            },
+                        )
+                        .await
+                        .map_err(|(m, _)| m)?;
+                    done.push(format!("{node} {offset:+}: {message}"));
+                }
+                Ok(StepOutcome::Done(done.join("; ")))
+            }
+            "move_vip" => {
+                // Counted as set from the moment it is asked for: if the answer is lost, the
+                // fence is lifted anyway on failure.
+                self.fenced = true;
+                self.command(
+                    &sw.old_master,
+                    Action::Fence {
+                        instance: sw.instance.clone(),
+                        fenced: true,
+                    },
+                )
+                .await
+                .map_err(|(m, _)| m)?;
+                let (target, instance) = (sw.target_node.clone(), sw.instance.clone());
+                self.until(
+                    Duration::from_secs(15),
+                    "the target becoming MASTER with the VIP",
+                    |c| {
+                        c.instances.iter().any(|i| {
+                            i.name == instance
+                                && i.master.as_deref() == Some(target.as_str())
+                                && i.members.iter().any(|m| m.node_id == target && m.holds_vip)
+                        })
+                    },
+                )
+                .await?;
+                self.command(
+                    &sw.old_master,
+                    Action::Fence {
+                        instance: sw.instance.clone(),
+                        fenced: false,
+                    },
+                )
+                .await
+                .map_err(|(m, _)| m)?;
+                self.fenced = false;
+                Ok(StepOutcome::Done(format!(
+                    "{} is MASTER with the VIP; the fence on {} is lifted",
+                    sw.target_node, sw.old_master
+                )))
+            }
+            "verify" => {
+                let (target, old, instance, key) = (
+                    sw.target_node.clone(),
+                    sw.old_master.clone(),
+                    sw.instance.clone(),
+                    sw.link.clone(),
+                );
+                let holds = |c: &ClusterView| {
+                    let vrrp = c.instances.iter().any(|i| {
+                        i.name == instance
+                            && i.master.as_deref() == Some(target.as_str())
+                            && i.members.iter().any(|m| m.node_id == target && m.holds_vip)
+                            && i.members.iter().any(|m| {
+                                m.node_id == old && m.state != VrrpState::Master && !m.holds_vip
+                            })
+                    });
+                    let db = key.as_ref().is_none_or(|k| {
+                        Self::link_member(c, k, &target)
+                            .is_some_and(|m| m.role == ReplicationRole::Primary)
+                    });
+                    vrrp && db
+                };
+                self.until(Duration::from_secs(15), "the new roles settling", holds)
+                    .await?;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let still = view::cluster_view(&self.state.live(), &sw.cluster, Utc::now())
+                    .is_some_and(|c| holds(&c));
+                if still {
+                    Ok(StepOutcome::Done(format!(
+                        "{} is MASTER with the VIP and stays",
+                        sw.target_node
+                    )))
+                } else {
+                    Err(format!(
+                        "{} did not keep the master role for 3 s",
+                        sw.target_node
+                    ))
+                }
+            }
+            other => Err(format!("unknown step {other}")),
+        }
+    }
+}
