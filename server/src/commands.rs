@@ -106,7 +106,62 @@ pub async fn insert(
     .bind(&c.requested_by)
     .execute(&mut **tx)
     .await?;
+    // Delivered at commit to every server replica's listener, which wakes the node's long poll.
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(NOTIFY_CHANNEL)
+        .bind(&c.node_id)
+        .execute(&mut **tx)
+        .await?;
     Ok(id)
+}
+
+/// PostgreSQL channel on which a committed command names its node.
+pub const NOTIFY_CHANNEL: &str = "hapulse_commands";
+
+/// Listens on [`NOTIFY_CHANNEL`] until `shutdown` and wakes the long polls of the nodes named,
+/// so a command issued by any server replica (or inserted by hand) reaches its agent at once.
+pub async fn listen(
+    pool: PgPool,
+    bus: std::sync::Arc<crate::state::App>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let listener = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.listen(NOTIFY_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            l = listener => match l {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for command notifications; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            },
+        };
+        backoff = Duration::from_millis(200);
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                n = listener.recv() => n,
+            };
+            match next {
+                Ok(n) => bus.commands.wake(n.payload()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "command notifications interrupted; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// Hands out `node_id`'s commands that are pending, or delivered 10 s ago without a result (the

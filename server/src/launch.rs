@@ -93,6 +93,11 @@ pub async fn serve(
         .context("recovering switchovers")?;
     let tasks = CancellationToken::new();
     let detector = tokio::spawn(crate::detector::run(state.clone(), tasks.clone()));
+    let notifications = tokio::spawn(crate::commands::listen(
+        pool.clone(),
+        state.0.clone(),
+        tasks.clone(),
+    ));
     let maintenance = tokio::spawn(maintain(pool.clone(), tables, tasks.clone()));
 
     let address = listener.local_addr()?;
@@ -107,6 +112,7 @@ pub async fn serve(
 
     tasks.cancel();
     let _ = detector.await;
+    let _ = notifications.await;
     let _ = maintenance.await;
     // The router and the tasks held the last handles of the history writer: it drains and stops.
     let _ = history_task.await;

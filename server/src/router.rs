@@ -21,6 +21,11 @@ pub fn router(state: AppState) -> Router {
         .route("/clusters/{cluster}", get(ui::cluster))
         .route("/nodes/{node_id}", get(ui::node))
         .route("/events", get(ui::events))
+        .route(
+            "/clusters/{cluster}/switchover",
+            get(ui::switchover_preview).post(ui::switchover_confirm),
+        )
+        .route("/switchovers/{id}", get(ui::switchover_progress))
         .route("/ui/stream", get(ui::stream))
         .route("/static/{file}", get(ui::asset))
         // Agent API.

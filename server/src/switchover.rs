@@ -363,28 +363,39 @@ pub async fn get(pool: &sqlx::PgPool, id: Uuid) -> Result<Option<Switchover>, sq
     }))
 }
 
-/// Appends an audit row.
-pub async fn audit(
-    pool: &sqlx::PgPool,
-    actor: &str,
-    source: Option<&str>,
-    action: &str,
-    target: &str,
-    reason: Option<&str>,
-    outcome: &str,
-    detail: serde_json::Value,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO audit_log (actor, source, action, target, reason, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-        .bind(actor)
-        .bind(source)
-        .bind(action)
-        .bind(target)
-        .bind(reason)
-        .bind(outcome)
-        .bind(sqlx::types::Json(detail))
-        .execute(pool)
-        .await?;
-    Ok(())
+/// One audit row: who did what, from where, why, and how it ended. Append-only.
+pub struct Audit<'a> {
+    /// Who (`api`, `dashboard`, a user once accounts exist).
+    pub actor: &'a str,
+    /// From which address.
+    pub source: Option<&'a str>,
+    /// What (`switchover`, `switchover_cancel`, …).
+    pub action: &'a str,
+    /// On what.
+    pub target: &'a str,
+    /// Why, as given.
+    pub reason: Option<&'a str>,
+    /// How it ended (`accepted`, `succeeded`, `refused: …`).
+    pub outcome: &'a str,
+    /// Anything else worth keeping (JSON object).
+    pub detail: serde_json::Value,
+}
+
+impl Audit<'_> {
+    /// Appends the row.
+    pub async fn record(self, pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO audit_log (actor, source, action, target, reason, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(self.actor)
+            .bind(self.source)
+            .bind(self.action)
+            .bind(self.target)
+            .bind(self.reason)
+            .bind(self.outcome)
+            .bind(sqlx::types::Json(self.detail))
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
 }
 
 /// Accepts a planned switchover: raises the cluster's epoch and stores the switchover in one
@@ -436,16 +447,16 @@ pub async fn create(
     }
     inserted?;
     tx.commit().await?;
-    audit(
-        &state.db,
+    Audit {
         actor,
         source,
-        "switchover",
-        &format!("{}/{} → {}", plan.cluster, plan.instance, plan.target_node),
-        Some(&req.reason),
-        "accepted",
-        serde_json::json!({ "switchover_id": id, "epoch": epoch }),
-    )
+        action: "switchover",
+        target: &format!("{}/{} → {}", plan.cluster, plan.instance, plan.target_node),
+        reason: Some(&req.reason),
+        outcome: "accepted",
+        detail: serde_json::json!({ "switchover_id": id, "epoch": epoch }),
+    }
+    .record(&state.db)
     .await?;
     Ok((id, epoch as u64))
 }
@@ -473,16 +484,16 @@ pub async fn cancel(
             )),
         };
     }
-    audit(
-        &state.db,
+    Audit {
         actor,
         source,
-        "switchover_cancel",
-        &id.to_string(),
-        None,
-        "cancelled",
-        serde_json::json!({}),
-    )
+        action: "switchover_cancel",
+        target: &id.to_string(),
+        reason: None,
+        outcome: "cancelled",
+        detail: serde_json::json!({}),
+    }
+    .record(&state.db)
     .await?;
     Ok(())
 }
@@ -616,16 +627,16 @@ async fn run(state: &AppState, id: Uuid) -> Result<(), sqlx::Error> {
         ),
     };
     event(state, &sw, kind, message).await?;
-    audit(
-        &state.db,
-        &sw.requested_by,
-        None,
-        "switchover",
-        &format!("{}/{} → {}", sw.cluster, sw.instance, sw.target_node),
-        Some(&sw.reason),
-        final_state,
-        serde_json::json!({ "switchover_id": id, "error": error }),
-    )
+    Audit {
+        actor: &sw.requested_by,
+        source: None,
+        action: "switchover",
+        target: &format!("{}/{} → {}", sw.cluster, sw.instance, sw.target_node),
+        reason: Some(&sw.reason),
+        outcome: final_state,
+        detail: serde_json::json!({ "switchover_id": id, "error": error }),
+    }
+    .record(&state.db)
     .await?;
     state.announce(&sw.cluster);
     Ok(())
@@ -724,7 +735,6 @@ impl Run<'_> {
         }
         .await
         .map_err(|e| (format!("cannot store the command for {node}: {e}"), false))?;
-        self.state.commands.wake(node);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(85);
         loop {
             let waiting = self.state.commands.result_arrived();

@@ -22,8 +22,13 @@ use crate::db::{self, Event, EventFilter};
 use crate::error::AppError;
 use crate::series::{self, Metric, SeriesQuery};
 use crate::state::AppState;
+use crate::switchover::{self, Plan, Switchover, SwitchoverRequest};
 use crate::view::{self, ClusterView, NodeView};
+use axum::extract::ConnectInfo;
+use axum::response::Redirect;
+use axum::Form;
 use hapulse_protocol::ReplicationKind;
+use uuid::Uuid;
 
 /// `?partial=1` asks for the fragment only.
 #[derive(Deserialize)]
@@ -242,6 +247,178 @@ pub async fn node(
     })?;
     let q = PageQuery { partial: q.partial };
     page(&q, &format!("Node {node_id}"), &node.cluster, body)
+}
+
+#[derive(Template)]
+#[template(path = "switchover_preview_partial.html")]
+struct SwitchoverPreviewPartial<'a> {
+    now: DateTime<Utc>,
+    cluster: &'a str,
+    plan: Option<Plan>,
+    error: Option<String>,
+    reason: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "switchover_partial.html")]
+struct SwitchoverPartial<'a> {
+    now: DateTime<Utc>,
+    sw: &'a Switchover,
+}
+
+/// Query of the switchover preview.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewQuery {
+    instance: Option<String>,
+    target: String,
+}
+
+/// The confirmation form.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmForm {
+    instance: String,
+    target: String,
+    reason: String,
+    confirm: String,
+}
+
+async fn preview_page(
+    state: &AppState,
+    cluster: &str,
+    instance: Option<String>,
+    target: String,
+    reason: &str,
+    error: Option<String>,
+) -> Result<(StatusCode, Response), AppError> {
+    let req = SwitchoverRequest {
+        target_node: target,
+        instance,
+        reason: "preview".into(),
+        dry_run: true,
+        max_lag_bytes: None,
+        scheduled_at: None,
+    };
+    let view = crate::api::v1::cluster_with_epoch(state, cluster).await?;
+    let (plan, status, error) = match switchover::plan(&view, &req) {
+        Ok(plan) => (
+            Some(plan),
+            if error.is_some() {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::OK
+            },
+            error,
+        ),
+        Err(e) => (
+            None,
+            StatusCode::CONFLICT,
+            Some(format!("Preflight refuses: {e}")),
+        ),
+    };
+    let body = render(&SwitchoverPreviewPartial {
+        now: Utc::now(),
+        cluster,
+        plan,
+        error,
+        reason,
+    })?;
+    let full = render(&Base {
+        title: &format!("Switchover in {cluster}"),
+        scope: cluster,
+        body: &body,
+    })?;
+    Ok((status, Html(full).into_response()))
+}
+
+/// `GET /clusters/{cluster}/switchover?instance=&target=`: the preview (plan, lag, data at
+/// risk, expected time) and the confirmation form, or why preflight refuses.
+pub async fn switchover_preview(
+    State(state): State<AppState>,
+    Path(cluster): Path<String>,
+    ApiQuery(q): ApiQuery<PreviewQuery>,
+) -> Result<Response, AppError> {
+    let (status, page) = preview_page(&state, &cluster, q.instance, q.target, "", None).await?;
+    Ok((status, page).into_response())
+}
+
+/// `POST /clusters/{cluster}/switchover`: the confirmed form; the target's name must be typed
+/// again. Redirects to the progress page.
+pub async fn switchover_confirm(
+    State(state): State<AppState>,
+    Path(cluster): Path<String>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Form(form): Form<ConfirmForm>,
+) -> Result<Response, AppError> {
+    if form.confirm.trim() != form.target {
+        let message = format!("Type {} exactly to confirm.", form.target);
+        let (status, page) = preview_page(
+            &state,
+            &cluster,
+            Some(form.instance),
+            form.target,
+            &form.reason,
+            Some(message),
+        )
+        .await?;
+        return Ok((status, page).into_response());
+    }
+    let req = SwitchoverRequest {
+        target_node: form.target.clone(),
+        instance: Some(form.instance.clone()),
+        reason: form.reason.clone(),
+        dry_run: false,
+        max_lag_bytes: None,
+        scheduled_at: None,
+    };
+    match crate::api::v1::request_switchover(
+        &state,
+        &cluster,
+        req,
+        "dashboard",
+        &peer.ip().to_string(),
+    )
+    .await
+    {
+        Ok((_, accepted)) => match accepted.0.id {
+            Some(id) => Ok(Redirect::to(&format!("/switchovers/{id}")).into_response()),
+            None => Err(AppError::Internal(anyhow::anyhow!(
+                "accepted switchover without id"
+            ))),
+        },
+        Err(
+            e @ (AppError::Conflict { .. } | AppError::BadRequest { .. } | AppError::NotFound(_)),
+        ) => {
+            let (status, page) = preview_page(
+                &state,
+                &cluster,
+                Some(form.instance),
+                form.target,
+                &form.reason,
+                Some(e.to_string()),
+            )
+            .await?;
+            Ok((status, page).into_response())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `GET /switchovers/{id}`: steps and their states, live while it runs.
+pub async fn switchover_progress(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Response, AppError> {
+    let sw = switchover::get(&state.db, id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("switchover {id}")))?;
+    let body = render(&SwitchoverPartial {
+        now: Utc::now(),
+        sw: &sw,
+    })?;
+    page(&q, &format!("Switchover {id}"), &sw.cluster, body)
 }
 
 /// `GET /events`: the latest 200 events of every cluster.

@@ -269,16 +269,16 @@ pub async fn request_switchover(
         Ok(p) => p,
         Err(e) => {
             if !req.dry_run {
-                switchover::audit(
-                    &state.db,
+                switchover::Audit {
                     actor,
-                    Some(source),
-                    "switchover",
-                    &format!("{cluster} → {}", req.target_node),
-                    Some(&req.reason),
-                    &format!("refused: {e}"),
-                    serde_json::json!({}),
-                )
+                    source: Some(source),
+                    action: "switchover",
+                    target: &format!("{cluster} → {}", req.target_node),
+                    reason: Some(&req.reason),
+                    outcome: &format!("refused: {e}"),
+                    detail: serde_json::json!({}),
+                }
+                .record(&state.db)
                 .await?;
             }
             return Err(e);

@@ -20,6 +20,18 @@ const FAILOVER_LAB: Lab = Lab {
     net: "10.213.1",
     port: 18080,
 };
+/// The switchover lab (keepalived only).
+const SWITCHOVER_LAB: Lab = Lab {
+    name: "hpswitch",
+    net: "10.213.4",
+    port: 18084,
+};
+/// The switchover lab with a PostgreSQL primary and standby.
+const SWITCHOVER_PG_LAB: Lab = Lab {
+    name: "hpswpg",
+    net: "10.213.5",
+    port: 18085,
+};
 /// The PostgreSQL replication lab (runs beside the other: its own namespaces, bridge, subnet).
 const REPLICATION_LAB: Lab = Lab {
     name: "hprepl",
@@ -56,6 +68,7 @@ fn require_root_and_tools() {
         let found = Command::new("sh")
             .arg("-c")
             .arg(format!("command -v {tool}"))
+            .stdout(std::process::Stdio::null())
             .status()
             .unwrap()
             .success();
@@ -422,5 +435,299 @@ async fn postgresql_replication_lag_is_reported_kept_and_charted(pool: PgPool) {
     .await;
     let (_, page) = server.get_text(&format!("/clusters/{name}")).await;
     assert!(page.contains("not on the primary"), "{page}");
+    server.stop().await;
+}
+
+async fn post_switchover(
+    server: &TestServer,
+    lab: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = server
+        .http
+        .post(format!("{}/api/v1/clusters/{lab}/switchover", server.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// Waits for switchover `id` to end and returns it.
+async fn finished_switchover(server: &TestServer, id: &str) -> serde_json::Value {
+    eventually(60, "the switchover to finish", || async {
+        let (_, sw) = server.get_json(&format!("/api/v1/switchovers/{id}")).await;
+        matches!(sw["state"].as_str(), Some("succeeded" | "failed")).then_some(sw)
+    })
+    .await
+}
+
+#[sqlx::test(migrations = false)]
+async fn rest_switchover_moves_the_vip_for_good_and_fences_old_epochs(pool: PgPool) {
+    require_root_and_tools();
+    let lab = SWITCHOVER_LAB.up(&["2"]);
+    let name = lab.name;
+    let server = lab.start_server(pool).await;
+    eventually(30, "h1 master, both nodes up, priorities known", || async {
+        let (_, c) = server.get_json(&format!("/api/v1/clusters/{name}")).await;
+        let i = &c["instances"][0];
+        (c["nodes_up"] == 2 && i["master"] == "h1" && i["members"][1]["base_priority"] == 140)
+            .then_some(())
+    })
+    .await;
+    let commands = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM commands")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+
+    // Preflight refuses, with the reason, and sends nothing.
+    let (status, body) = post_switchover(
+        &server,
+        name,
+        serde_json::json!({"target_node": "nope", "reason": "test"}),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = post_switchover(
+        &server,
+        name,
+        serde_json::json!({"target_node": "h1", "reason": "test"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("target_not_backup")),
+        "{body}"
+    );
+    let (status, body) = post_switchover(
+        &server,
+        name,
+        serde_json::json!({"target_node": "h2", "reason": "test", "instance": "VI_9"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("instance")),
+        "{body}"
+    );
+    let (status, body) = post_switchover(
+        &server,
+        name,
+        serde_json::json!({"target_node": "h2", "reason": "test", "dry_run": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let steps: Vec<&str> = body["plan"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "pre_hook",
+            "set_priorities",
+            "move_vip",
+            "verify",
+            "post_hook"
+        ]
+    );
+    assert_eq!(
+        commands(server.pool.clone()).await,
+        0,
+        "preflight and dry runs send nothing"
+    );
+
+    // Two requests at the same moment: exactly one runs.
+    let request = serde_json::json!({"target_node": "h2", "reason": "planned maintenance of h1"});
+    let posted = Instant::now();
+    let (first, second) = tokio::join!(
+        post_switchover(&server, name, request.clone()),
+        post_switchover(&server, name, request.clone())
+    );
+    let mut statuses = [first.0, second.0];
+    statuses.sort();
+    assert_eq!(statuses, [202, 409], "{first:?} {second:?}");
+    let accepted = if first.0 == 202 { &first.1 } else { &second.1 };
+    let refused = if first.0 == 409 { &first.1 } else { &second.1 };
+    assert_eq!(refused["code"], "switchover_running", "{refused}");
+    eventually(10, "the VIP on h2's interface", || async {
+        lab.holds_vip("h2").then_some(())
+    })
+    .await;
+    println!("REST call → VIP on the target: {:?}", posted.elapsed());
+    let sw = finished_switchover(&server, accepted["id"].as_str().unwrap()).await;
+    assert_eq!(sw["state"], "succeeded", "{sw:#}");
+    assert_eq!(sw["epoch"], 1);
+
+    // It sticks: h1 does not preempt back.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(lab.holds_vip("h2") && !lab.holds_vip("h1"));
+    let (_, cluster) = server.get_json(&format!("/api/v1/clusters/{name}")).await;
+    assert_eq!(cluster["instances"][0]["master"], "h2", "{cluster}");
+    assert_eq!(cluster["epoch"], 1);
+    let (_, page) = server.get_text(&format!("/clusters/{name}")).await;
+    assert!(
+        page.contains("master: <span class=\"master\">h2</span>"),
+        "{page}"
+    );
+    let (_, progress) = server
+        .get_text(&format!("/switchovers/{}", sw["id"].as_str().unwrap()))
+        .await;
+    assert!(
+        progress.contains("succeeded") && progress.contains("move_vip"),
+        "{progress}"
+    );
+    let audit: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'switchover' AND outcome = 'succeeded'",
+    )
+    .fetch_one(&server.pool)
+    .await
+    .unwrap();
+    assert_eq!(audit, 1);
+    let hook_log =
+        std::fs::read_to_string(format!("/run/hapulse-lab/{name}/hook.log")).unwrap_or_default();
+    assert!(
+        hook_log.contains("h1 pre target=h2 epoch=1") && hook_log.contains("h2 post target=h2"),
+        "{hook_log}"
+    );
+
+    // A command replayed with an older epoch is refused by the agent, and nothing changes.
+    let stale = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO commands (id, cluster, node_id, epoch, action, deadline, state, requested_by)
+         VALUES ($1, $2, 'h2', 0, '{\"type\":\"fence\",\"instance\":\"VI_1\",\"fenced\":true}', now() + interval '1 minute', 'pending', 'test');
+         ",
+    )
+    .bind(stale)
+    .bind(name)
+    .execute(&server.pool)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_notify('hapulse_commands', 'h2')")
+        .execute(&server.pool)
+        .await
+        .unwrap();
+    let (state, result): (String, Option<String>) =
+        eventually(10, "the stale command's result", || async {
+            let row: (String, Option<String>) =
+                sqlx::query_as("SELECT state, result FROM commands WHERE id = $1")
+                    .bind(stale)
+                    .fetch_one(&server.pool)
+                    .await
+                    .ok()?;
+            (row.0 != "pending" && row.0 != "delivered").then_some(row)
+        })
+        .await;
+    assert_eq!(state, "refused");
+    assert!(result
+        .unwrap_or_default()
+        .contains("epoch 0 is older than epoch 1"));
+    assert_eq!(
+        std::fs::read_to_string(lab.host_dir("h2").join("track/VI_1.fence"))
+            .unwrap()
+            .trim(),
+        "0"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(lab.holds_vip("h2"), "the VIP stayed");
+
+    // A target that is down is refused by preflight, and nothing is sent.
+    lab.run(&["agent", "h1", "stop"]);
+    eventually(15, "h1 down", || async {
+        let (_, node) = server.get_json("/api/v1/nodes/h1").await;
+        (node["status"] == "down").then_some(())
+    })
+    .await;
+    let before = commands(server.pool.clone()).await;
+    let (status, body) = post_switchover(
+        &server,
+        name,
+        serde_json::json!({"target_node": "h1", "reason": "back"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("target_down")),
+        "{body}"
+    );
+    assert_eq!(commands(server.pool.clone()).await, before);
+    server.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn postgresql_switchover_promotes_the_standby_and_loses_nothing(pool: PgPool) {
+    require_root_and_tools();
+    let lab = SWITCHOVER_PG_LAB.up(&["2", "--postgres"]);
+    let name = lab.name;
+    let server = lab.start_server(pool).await;
+    eventually(60, "h1 master and primary, h2 streaming", || async {
+        let (_, c) = server.get_json(&format!("/api/v1/clusters/{name}")).await;
+        let link = c["replication"].as_array()?.first()?.clone();
+        (c["instances"][0]["master"] == "h1"
+            && c["instances"][0]["members"][1]["base_priority"] == 140
+            && link["primary"] == "h1"
+            && link["health"] == "healthy")
+            .then_some(())
+    })
+    .await;
+    // Committed on the old primary right before the switchover.
+    lab.run(&[
+        "psql",
+        "h1",
+        "-qAt",
+        "-c",
+        "CREATE TABLE orders AS SELECT g AS id FROM generate_series(1, 50000) g",
+    ]);
+    let (status, body) = post_switchover(
+        &server,
+        name,
+        serde_json::json!({"target_node": "h2", "reason": "move the database"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["plan"]["link"], "postgresql:pg");
+    let sw = finished_switchover(&server, body["id"].as_str().unwrap()).await;
+    assert_eq!(sw["state"], "succeeded", "{sw:#}");
+    let steps: Vec<&str> = sw["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "pre_hook",
+            "stop_old_primary",
+            "wait_for_catch_up",
+            "promote_target",
+            "set_priorities",
+            "move_vip",
+            "verify",
+            "post_hook"
+        ]
+    );
+
+    // The standby is the primary now, the VIP followed, and every committed row is there.
+    assert!(lab.holds_vip("h2") && !lab.holds_vip("h1"));
+    let out = lab.run(&[
+        "psql",
+        "h2",
+        "-qAt",
+        "-c",
+        "SELECT count(*), pg_is_in_recovery() FROM orders",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "50000|f");
+    let (_, cluster) = server.get_json(&format!("/api/v1/clusters/{name}")).await;
+    assert_eq!(cluster["replication"][0]["primary"], "h2", "{cluster}");
+    assert_eq!(
+        cluster["replication"][0]["vip_on_primary"], true,
+        "{cluster}"
+    );
     server.stop().await;
 }
