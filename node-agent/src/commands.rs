@@ -86,6 +86,7 @@ impl Executor {
             node_id: self.settings.node_id.clone(),
             outcome: CommandOutcome::Refused,
             message,
+            data: BTreeMap::new(),
         }
     }
 
@@ -130,10 +131,14 @@ impl Executor {
                 node_id: self.settings.node_id.clone(),
                 outcome: CommandOutcome::Failed,
                 message: format!("cannot record the command before running it: {e}"),
+                data: BTreeMap::new(),
             };
         }
         tracing::info!(command = %command.id, epoch = command.epoch, action = ?command.action, "running command");
-        let outcome = self.execute(&command.action, command.switchover_id).await;
+        let mut data = BTreeMap::new();
+        let outcome = self
+            .execute(&command.action, command.switchover_id, &mut data)
+            .await;
         let result = CommandResult {
             node_id: self.settings.node_id.clone(),
             outcome: if outcome.is_ok() {
@@ -144,6 +149,7 @@ impl Executor {
             message: match outcome {
                 Ok(m) | Err(m) => m,
             },
+            data,
         };
         tracing::info!(command = %command.id, outcome = ?result.outcome, message = %result.message, "command finished");
         if let Some(entry) = self
@@ -160,7 +166,12 @@ impl Executor {
         result
     }
 
-    async fn execute(&self, action: &Action, switchover: Option<Uuid>) -> Result<String, String> {
+    async fn execute(
+        &self,
+        action: &Action,
+        switchover: Option<Uuid>,
+        data: &mut BTreeMap<String, String>,
+    ) -> Result<String, String> {
         let actions = &self.settings.actions;
         match action {
             Action::SetPriorityOffset { instance, offset } => {
@@ -191,13 +202,33 @@ impl Executor {
                     .iter()
                     .find(|p| &p.link == link)
                     .ok_or_else(|| format!("no actions.postgres entry for link {link:?}"))?;
-                run(
+                let stopped = run(
                     &config.stop_command[0],
                     &config.stop_command[1..],
                     &BTreeMap::new(),
                     actions.timeout,
                 )
-                .await
+                .await?;
+                // The shutdown checkpoint: every transaction committed before the stop is
+                // before it, so a standby that has replayed past it has everything.
+                if let (Some(controldata), Some(dir)) =
+                    (&config.pg_controldata, &config.data_directory)
+                {
+                    let out = run_full(
+                        &controldata.to_string_lossy(),
+                        &[dir.to_string_lossy().into_owned()],
+                        &BTreeMap::new(),
+                        actions.timeout,
+                    )
+                    .await?;
+                    match shutdown_checkpoint(&out) {
+                        Some(lsn) => {
+                            data.insert("shutdown_checkpoint_lsn".into(), lsn);
+                        }
+                        None => return Err(format!("stopped, but pg_controldata does not show a clean shutdown with its checkpoint: {out}")),
+                    }
+                }
+                Ok(stopped)
             }
             Action::PostgresPromote { link } => {
                 let probe = self
@@ -268,6 +299,23 @@ impl Executor {
     }
 }
 
+/// The "Latest checkpoint location" of `pg_controldata` output, when the cluster state says it
+/// was shut down cleanly (`shut down`, or `shut down in recovery` for a standby).
+pub fn shutdown_checkpoint(output: &str) -> Option<String> {
+    let field = |name: &str| {
+        output
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim_start_matches(':').trim().to_string())
+    };
+    let state = field("Database cluster state")?;
+    if !state.starts_with("shut down") {
+        return None;
+    }
+    field("Latest checkpoint location")
+        .filter(|lsn| crate::replication::postgres::parse_lsn(lsn).is_some())
+}
+
 /// Writes an integer to a keepalived track file: a temporary file renamed over it, so keepalived
 /// (which watches the directory with inotify) never reads a half-written number.
 pub fn write_track_file(path: &Path, value: i32) -> Result<(), String> {
@@ -278,8 +326,9 @@ pub fn write_track_file(path: &Path, value: i32) -> Result<(), String> {
 }
 
 /// Runs a program with arguments (no shell), a cleared environment plus `env`, and a timeout;
-/// Ok with the output's tail on exit 0.
-async fn run(
+/// Ok with its whole output (stdout, then stderr) on exit 0, Err with the exit status and the
+/// output's tail otherwise.
+async fn run_full(
     program: &str,
     args: &[String],
     env: &BTreeMap<String, String>,
@@ -303,22 +352,31 @@ async fn run(
     .map_err(|e| format!("cannot run {program}: {e}"))?;
     let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&output.stderr));
-    let tail: String = text
-        .trim()
-        .chars()
-        .rev()
-        .take(500)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
     if output.status.success() {
-        Ok(format!("{program}: ok {tail}").trim().to_string())
+        Ok(text)
     } else {
-        Err(format!("{program}: {} {tail}", output.status)
+        Err(format!("{program}: {} {}", output.status, tail(&text))
             .trim()
             .to_string())
     }
+}
+
+/// The last 500 characters of `text`, trimmed.
+fn tail(text: &str) -> String {
+    let text = text.trim();
+    let start = text.char_indices().rev().nth(499).map_or(0, |(i, _)| i);
+    text[start..].to_string()
+}
+
+/// [`run_full`], with the output's tail as the message.
+async fn run(
+    program: &str,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+    timeout: Duration,
+) -> Result<String, String> {
+    let out = run_full(program, args, env, timeout).await?;
+    Ok(format!("{program}: ok {}", tail(&out)).trim().to_string())
 }
 
 /// `SELECT pg_promote(true, N)`: waits for the promotion to finish.
@@ -357,10 +415,19 @@ pub async fn run_loop(
     let max_backoff = executor.settings.max_retry_backoff;
     let mut backoff = Duration::from_millis(500);
     loop {
-        let commands = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            Some(command) = fallback.recv() => Ok(vec![command]),
-            polled = client.poll_commands(&node_id, Duration::from_secs(25)) => polled,
+        // Commands from heartbeat answers first; the poll itself is never cut short (the server
+        // marks what it hands out as delivered).
+        let mut queued = Vec::new();
+        while let Ok(command) = fallback.try_recv() {
+            queued.push(command);
+        }
+        let commands = if !queued.is_empty() {
+            Ok(queued)
+        } else {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                polled = client.poll_commands(&node_id, Duration::from_secs(25)) => polled,
+            }
         };
         let commands = match commands {
             Ok(c) => {
@@ -546,6 +613,18 @@ mod tests {
             "1\n"
         );
         assert_eq!(ex.highest_epoch(), 4);
+    }
+
+    #[test]
+    fn shutdown_checkpoint_from_pg_controldata() {
+        // Lines as pg_controldata 15 prints them (from the lab).
+        let out = "pg_control version number:            1300\nDatabase cluster state:               shut down\nLatest checkpoint location:           0/5000028\nLatest checkpoint's REDO location:    0/5000028\n";
+        assert_eq!(shutdown_checkpoint(out).as_deref(), Some("0/5000028"));
+        assert_eq!(
+            shutdown_checkpoint(&out.replace("shut down", "in production")),
+            None
+        );
+        assert_eq!(shutdown_checkpoint("garbage"), None);
     }
 
     #[tokio::test]

@@ -107,6 +107,14 @@ pub struct PostgresActionSettings {
     /// Program and arguments that stop the server with a fast shutdown, e.g.
     /// `["pg_ctlcluster", "15", "main", "stop", "-m", "fast"]`. Run without a shell.
     pub stop_command: Vec<String>,
+    /// The server's data directory; with `pg_controldata`, the agent reports the shutdown
+    /// checkpoint after the stop and the switchover waits until the target has replayed past it
+    /// (otherwise it waits until the target has nothing left to replay).
+    #[serde(default)]
+    pub data_directory: Option<PathBuf>,
+    /// The `pg_controldata` binary (e.g. `/usr/lib/postgresql/15/bin/pg_controldata`).
+    #[serde(default)]
+    pub pg_controldata: Option<PathBuf>,
 }
 
 impl Default for ActionSettings {
@@ -368,6 +376,15 @@ impl Settings {
         }
         if self.actions.timeout < Duration::from_secs(1) {
             return invalid("actions.timeout", "must be at least 1s");
+        }
+        let mut instances = std::collections::BTreeSet::new();
+        for t in &self.actions.track_files {
+            if t.priority_file == t.fence_file || !instances.insert(&t.instance) {
+                return invalid(
+                    "actions.track_files",
+                    "one entry per instance, with two different files",
+                );
+            }
         }
         if self
             .actions

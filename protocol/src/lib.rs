@@ -299,6 +299,14 @@ impl ReplicationLinkReport {
     }
 }
 
+/// Parses a PostgreSQL LSN (`16/B374D848`, as `pg_lsn` prints it) into a byte position.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (high, low) = text.split_once('/')?;
+    let high = u64::from_str_radix(high, 16).ok()?;
+    let low = u64::from_str_radix(low, 16).ok()?;
+    (high <= u32::MAX as u64 && low <= u32::MAX as u64).then_some((high << 32) | low)
+}
+
 /// The server's answer to an accepted heartbeat (HTTP 200).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatAck {
@@ -428,6 +436,10 @@ pub struct CommandResult {
     pub outcome: CommandOutcome,
     /// What happened, for people (why it was refused, the error, the hook's output tail).
     pub message: String,
+    /// Facts for the orchestrator, by name: `shutdown_checkpoint_lsn` after `postgres_stop`
+    /// (everything committed before the stop is before it).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub data: std::collections::BTreeMap<String, String>,
 }
 
 /// Error body of every hapulse HTTP API: a stable machine-readable `code`, a message for people,

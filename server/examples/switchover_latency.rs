@@ -24,7 +24,10 @@ const NET: &str = "10.213.6";
 const PORT: u16 = 18086;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 fn lab(args: &[&str]) -> Result<(), String> {
@@ -39,7 +42,10 @@ fn lab(args: &[&str]) -> Result<(), String> {
         .env("RUST_LOG", "warn")
         .status()
         .map_err(|e| format!("scripts/lab: {e}"))?;
-    status.success().then_some(()).ok_or_else(|| format!("scripts/lab {args:?} failed"))
+    status
+        .success()
+        .then_some(())
+        .ok_or_else(|| format!("scripts/lab {args:?} failed"))
 }
 
 struct Down;
@@ -50,7 +56,13 @@ impl Drop for Down {
 }
 
 async fn cluster(http: &reqwest::Client) -> Option<serde_json::Value> {
-    http.get(format!("http://{NET}.1:{PORT}/api/v1/clusters/{LAB}")).send().await.ok()?.json().await.ok()
+    http.get(format!("http://{NET}.1:{PORT}/api/v1/clusters/{LAB}"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
 }
 
 /// `ip monitor address` in `host`'s namespace; the receiver gets the instant the VIP appears.
@@ -81,16 +93,26 @@ fn median(values: &mut [f64]) -> f64 {
 
 #[tokio::main]
 async fn main() -> Result<(), String> {
-    let rounds: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(5).max(1);
-    let url = std::env::var("HAPULSE_DATABASE_URL").map_err(|_| "HAPULSE_DATABASE_URL is not set (source /var/lib/hapulse/dev.env)")?;
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    let url = std::env::var("HAPULSE_DATABASE_URL")
+        .map_err(|_| "HAPULSE_DATABASE_URL is not set (source /var/lib/hapulse/dev.env)")?;
     lab(&["down"])?;
     lab(&["up", "2"])?;
     let _down = Down;
     let http = reqwest::Client::new();
-    let pool = sqlx::PgPool::connect(&url).await.map_err(|e| e.to_string())?;
+    let pool = sqlx::PgPool::connect(&url)
+        .await
+        .map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let ready = cluster(&http).await.is_some_and(|c| c["instances"][0]["master"] == "h1" && c["instances"][0]["members"][1]["base_priority"] == 140);
+        let ready = cluster(&http).await.is_some_and(|c| {
+            c["instances"][0]["master"] == "h1"
+                && c["instances"][0]["members"][1]["base_priority"] == 140
+        });
         if ready {
             break;
         }
@@ -104,7 +126,10 @@ async fn main() -> Result<(), String> {
     for round in 1..=rounds {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let c = cluster(&http).await.ok_or("no cluster")?;
-        let master = c["instances"][0]["master"].as_str().ok_or("no master")?.to_string();
+        let master = c["instances"][0]["master"]
+            .as_str()
+            .ok_or("no master")?
+            .to_string();
         let target = if master == "h1" { "h2" } else { "h1" };
         let (mut monitor, vip_seen) = watch_vip(target)?;
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -118,12 +143,24 @@ async fn main() -> Result<(), String> {
             .json()
             .await
             .map_err(|e| e.to_string())?;
-        let id = response["id"].as_str().ok_or(format!("not accepted: {response}"))?.to_string();
-        let vip = vip_seen.recv_timeout(Duration::from_secs(15)).map_err(|_| "the VIP never reached the target")?;
+        let id = response["id"]
+            .as_str()
+            .ok_or(format!("not accepted: {response}"))?
+            .to_string();
+        let vip = vip_seen
+            .recv_timeout(Duration::from_secs(15))
+            .map_err(|_| "the VIP never reached the target")?;
         let _ = monitor.kill();
         let _ = monitor.wait();
         let done = loop {
-            let sw: serde_json::Value = http.get(format!("http://{NET}.1:{PORT}/api/v1/switchovers/{id}")).send().await.map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())?;
+            let sw: serde_json::Value = http
+                .get(format!("http://{NET}.1:{PORT}/api/v1/switchovers/{id}"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
             match sw["state"].as_str() {
                 Some("succeeded") => break Instant::now(),
                 Some("failed") => return Err(format!("switchover failed: {}", sw["error"])),
@@ -158,6 +195,10 @@ async fn main() -> Result<(), String> {
         median(&mut finished)
     );
     let _ = median(&mut to_done);
-    sqlx::query("DELETE FROM commands WHERE cluster = $1").bind(LAB).execute(&pool).await.map_err(|e| e.to_string())?;
+    sqlx::query("DELETE FROM commands WHERE cluster = $1")
+        .bind(LAB)
+        .execute(&pool)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -167,7 +167,8 @@ pub async fn listen(
 /// Hands out `node_id`'s commands that are pending, or delivered 10 s ago without a result (the
 /// agent may have missed them), and marks them delivered. Expired ones are marked expired.
 pub async fn take(pool: &PgPool, node_id: &str) -> Result<Vec<Command>, sqlx::Error> {
-    sqlx::query("UPDATE commands SET state = 'expired', finished_at = now() WHERE node_id = $1 AND state IN ('pending', 'delivered') AND deadline < now()")
+    // Only commands never handed out expire here: a delivered one may still be running.
+    sqlx::query("UPDATE commands SET state = 'expired', finished_at = now() WHERE node_id = $1 AND state = 'pending' AND deadline < now()")
         .bind(node_id)
         .execute(pool)
         .await?;
@@ -239,26 +240,44 @@ pub async fn record_result(
         CommandOutcome::Refused => "refused",
     };
     sqlx::query(
-        "UPDATE commands SET state = $2, result = $3, finished_at = now()
+        "UPDATE commands SET state = $2, result = $3, result_data = $4, finished_at = now()
           WHERE id = $1 AND state IN ('pending', 'delivered', 'expired')",
     )
     .bind(id)
     .bind(state)
     .bind(&result.message)
+    .bind(sqlx::types::Json(&result.data))
     .execute(pool)
     .await?;
     Ok(())
 }
 
-/// A command's state and result text.
-pub async fn status(
-    pool: &PgPool,
-    id: Uuid,
-) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
-    let row = sqlx::query("SELECT state, result FROM commands WHERE id = $1")
+/// A command's state, result text and result facts.
+pub type Status = (
+    String,
+    Option<String>,
+    std::collections::BTreeMap<String, String>,
+);
+
+/// A command's state, result text and result facts.
+pub async fn status(pool: &PgPool, id: Uuid) -> Result<Option<Status>, sqlx::Error> {
+    let row = sqlx::query("SELECT state, result, result_data FROM commands WHERE id = $1")
         .bind(id)
         .fetch_optional(pool)
         .await?;
-    row.map(|r| Ok((r.try_get("state")?, r.try_get("result")?)))
-        .transpose()
+    row.map(|r| {
+        let data: sqlx::types::Json<std::collections::BTreeMap<String, String>> =
+            r.try_get("result_data")?;
+        Ok((r.try_get("state")?, r.try_get("result")?, data.0))
+    })
+    .transpose()
+}
+
+/// Expires the open commands of a switchover that has ended, so none of them runs later.
+pub async fn expire_switchover(pool: &PgPool, switchover: Uuid) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("UPDATE commands SET state = 'expired', finished_at = now() WHERE switchover_id = $1 AND state IN ('pending', 'delivered')")
+        .bind(switchover)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
 }

@@ -141,12 +141,25 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, AppE
             ))
         }
     };
-    if req.reason.trim().is_empty() || req.reason.len() > 1000 {
+    if req.reason.trim().is_empty()
+        || req.reason.len() > 1000
+        || req.reason.chars().any(char::is_control)
+    {
         return Err(AppError::invalid(
             "invalid_body",
             "reason",
-            "say why, in at most 1000 bytes",
+            "say why, in at most 1000 bytes, on one line",
         ));
+    }
+    if let Some(at) = req.scheduled_at {
+        let now = Utc::now();
+        if at < now - chrono::Duration::minutes(1) || at > now + chrono::Duration::days(7) {
+            return Err(AppError::invalid(
+                "invalid_body",
+                "scheduled_at",
+                "must be between now and 7 days ahead",
+            ));
+        }
     }
     let Some(target_summary) = cluster.nodes.iter().find(|n| n.node_id == req.target_node) else {
         return Err(AppError::NotFound(format!(
@@ -194,24 +207,52 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, AppE
             ),
         ));
     };
-    let link = cluster.replication.iter().find(|r| {
-        r.vrrp_instance.as_deref() == Some(instance.name.as_str())
-            && r.primary.as_deref() == Some(old_master.as_str())
-    });
+    if let Some(down) = instance
+        .members
+        .iter()
+        .find(|m| m.node_status != NodeStatus::Up)
+    {
+        return Err(conflict(
+            "member_down",
+            format!(
+                "{} is {}: every member of {} must be up to change priorities safely",
+                down.node_id,
+                down.node_status.as_str(),
+                instance.name
+            ),
+        ));
+    }
+    // A database tied to this instance moves with it, and only from the old master.
+    let tied: Vec<&view::ReplicationView> = cluster
+        .replication
+        .iter()
+        .filter(|r| r.vrrp_instance.as_deref() == Some(instance.name.as_str()))
+        .collect();
+    if let Some(elsewhere) = tied
+        .iter()
+        .find(|r| r.primary.as_deref() != Some(old_master.as_str()))
+    {
+        return Err(conflict(
+            "primary_elsewhere",
+            format!(
+                "{} is tied to {} but its primary is {}, not the master {old_master}: fix that first",
+                elsewhere.link,
+                instance.name,
+                if elsewhere.primaries.is_empty() { "nobody".into() } else { elsewhere.primaries.join(", ") }
+            ),
+        ));
+    }
+    let link = tied.first().copied();
     let target_link = link.and_then(|l| l.members.iter().find(|m| m.node_id == req.target_node));
     if let Some(l) = link {
         match target_link {
-            Some(m)
-                if m.role == ReplicationRole::Secondary
-                    && matches!(
-                        m.state,
-                        LinkState::Streaming | LinkState::CatchingUp | LinkState::Paused
-                    ) => {}
+            // Only a streaming standby receives the WAL the old primary's shutdown sends.
+            Some(m) if m.role == ReplicationRole::Secondary && m.state == LinkState::Streaming => {}
             Some(m) => {
                 return Err(conflict(
                     "target_not_standby",
                     format!(
-                        "{} is {} and {} on {}: it must be a replicating standby",
+                        "{} is {} and {} on {}: it must be a streaming standby",
                         req.target_node,
                         m.role.as_str(),
                         m.state.as_str(),
@@ -228,16 +269,26 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, AppE
         }
     }
     let lag_bytes = target_link.and_then(|m| m.lag_bytes);
-    if let (Some(max), Some(lag)) = (req.max_lag_bytes, lag_bytes) {
-        if lag > max {
+    match (req.max_lag_bytes, lag_bytes, link) {
+        (Some(max), Some(lag), _) if lag > max => {
             return Err(conflict(
                 "lag_too_high",
                 format!(
                     "{}'s lag is {lag} bytes, above the limit of {max}",
                     req.target_node
                 ),
-            ));
+            ))
         }
+        (Some(_), None, Some(l)) => {
+            return Err(conflict(
+                "lag_unknown",
+                format!(
+                    "{}'s lag on {} is unknown, so max_lag_bytes cannot be checked",
+                    req.target_node, l.link
+                ),
+            ))
+        }
+        _ => {}
     }
     let mut steps = vec![step(
         "pre_hook",
@@ -382,8 +433,8 @@ pub struct Audit<'a> {
 }
 
 impl Audit<'_> {
-    /// Appends the row.
-    pub async fn record(self, pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+    /// Appends the row (on a pool or inside the caller's transaction).
+    pub async fn record<'e, E: sqlx::PgExecutor<'e>>(self, executor: E) -> Result<(), sqlx::Error> {
         sqlx::query("INSERT INTO audit_log (actor, source, action, target, reason, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(self.actor)
             .bind(self.source)
@@ -392,7 +443,7 @@ impl Audit<'_> {
             .bind(self.reason)
             .bind(self.outcome)
             .bind(sqlx::types::Json(self.detail))
-            .execute(pool)
+            .execute(executor)
             .await?;
         Ok(())
     }
@@ -446,18 +497,20 @@ pub async fn create(
         }
     }
     inserted?;
-    tx.commit().await?;
+    // The audit row commits with the switchover: accepted means recorded.
+    let target = format!("{}/{} → {}", plan.cluster, plan.instance, plan.target_node);
     Audit {
         actor,
         source,
         action: "switchover",
-        target: &format!("{}/{} → {}", plan.cluster, plan.instance, plan.target_node),
+        target: &target,
         reason: Some(&req.reason),
         outcome: "accepted",
         detail: serde_json::json!({ "switchover_id": id, "epoch": epoch }),
     }
-    .record(&state.db)
+    .record(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok((id, epoch as u64))
 }
 
@@ -530,7 +583,9 @@ pub fn spawn(state: AppState, id: Uuid) {
     });
 }
 
-/// The run: waits for `scheduled_at`, then the steps in order.
+/// The run: waits for `scheduled_at`, checks the plan again against the cluster as it is now,
+/// then runs the steps in order. Whatever happens (a step failing, the database failing), it
+/// lifts a fence it set, expires its commands and records how it ended.
 async fn run(state: &AppState, id: Uuid) -> Result<(), sqlx::Error> {
     let Some(sw) = get(&state.db, id).await? else {
         return Ok(());
@@ -549,35 +604,70 @@ async fn run(state: &AppState, id: Uuid) -> Result<(), sqlx::Error> {
     if started.rows_affected() == 0 {
         return Ok(()); // cancelled meanwhile
     }
-    event(
-        state,
-        &sw,
-        EventKind::SwitchoverStarted,
-        format!(
-            "switchover of {} from {} to {} started: {}",
-            sw.instance, sw.old_master, sw.target_node, sw.reason
-        ),
-    )
-    .await?;
     let mut run = Run {
         state,
         sw: sw.clone(),
         fenced: false,
+        epoch: sw.epoch,
+        checkpoint_lsn: None,
     };
-    let mut failure = None;
+    log_db(
+        event(
+            state,
+            &sw,
+            EventKind::SwitchoverStarted,
+            format!(
+                "switchover of {} from {} to {} started: {}",
+                sw.instance, sw.old_master, sw.target_node, sw.reason
+            ),
+        )
+        .await,
+    );
+    // A scheduled switchover was planned earlier: the cluster must still allow it.
+    let replanned = match crate::api::v1::cluster_with_epoch(state, &sw.cluster).await {
+        Ok(view) => {
+            let req = SwitchoverRequest {
+                target_node: sw.target_node.clone(),
+                instance: Some(sw.instance.clone()),
+                reason: sw.reason.clone(),
+                dry_run: true,
+                max_lag_bytes: None,
+                scheduled_at: None,
+            };
+            plan(&view, &req).map_err(|e| e.to_string()).and_then(|p| {
+                if p.old_master == sw.old_master && p.link == sw.link {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "the cluster changed since the request (master now {}, link {:?})",
+                        p.old_master, p.link
+                    ))
+                }
+            })
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    let mut failure = replanned.err().map(|e| ("preflight".to_string(), e));
     for index in 0..sw.steps.len() {
+        if failure.is_some() {
+            break;
+        }
         let name = sw.steps[index].name.clone();
-        run.mark(index, "running", None).await?;
-        let outcome = tokio::time::timeout(step_timeout(&name), run.step(&name))
+        log_db(run.mark(index, "running", None).await);
+        let limit = step_timeout(&name);
+        let outcome = tokio::time::timeout(limit, run.step(&name))
             .await
-            .unwrap_or_else(|_| Err(format!("timed out after {:?}", step_timeout(&name))));
+            .unwrap_or_else(|_| Err(format!("timed out after {limit:?}")));
         match outcome {
-            Ok(StepOutcome::Done(message)) => run.mark(index, "succeeded", Some(message)).await?,
-            Ok(StepOutcome::Skipped(message)) => run.mark(index, "skipped", Some(message)).await?,
+            Ok(StepOutcome::Done(message)) => {
+                log_db(run.mark(index, "succeeded", Some(message)).await)
+            }
+            Ok(StepOutcome::Skipped(message)) => {
+                log_db(run.mark(index, "skipped", Some(message)).await)
+            }
             Err(message) => {
-                run.mark(index, "failed", Some(message.clone())).await?;
+                log_db(run.mark(index, "failed", Some(message.clone())).await);
                 failure = Some((name, message));
-                break;
             }
         }
     }
@@ -585,31 +675,40 @@ async fn run(state: &AppState, id: Uuid) -> Result<(), sqlx::Error> {
         None => ("succeeded", None),
         Some((step, message)) => {
             let mut described = format!("stopped at {step}: {message}.");
+            if step == "promote_target" {
+                described.push_str(" The promotion may still complete on its own: check the target before restarting the old primary, or there will be two primaries.");
+            }
             if run.fenced {
-                let lifted = run
-                    .command(
-                        &sw.old_master,
-                        Action::Fence {
-                            instance: sw.instance.clone(),
-                            fenced: false,
-                        },
-                    )
-                    .await;
-                described.push_str(match lifted {
-                    Ok(_) => " The fence on the old master was lifted.",
-                    Err(_) => " The fence on the old master could NOT be lifted: its instance stays in FAULT until the fence file is reset.",
-                });
+                described.push_str(&run.lift_fence().await);
             }
             described.push_str(&run.describe_state());
             ("failed", Some(described))
         }
     };
-    sqlx::query("UPDATE switchovers SET state = $2, finished_at = now(), error = $3 WHERE id = $1")
-        .bind(id)
-        .bind(final_state)
-        .bind(&error)
-        .execute(&state.db)
-        .await?;
+    // None of this switchover's commands may run from now on.
+    log_db(commands::expire_switchover(&state.db, id).await.map(|_| ()));
+    let mut recorded = false;
+    for attempt in 0..5u64 {
+        let done = sqlx::query("UPDATE switchovers SET state = $2, finished_at = now(), error = $3 WHERE id = $1 AND state = 'running'")
+            .bind(id)
+            .bind(final_state)
+            .bind(&error)
+            .execute(&state.db)
+            .await;
+        match done {
+            Ok(_) => {
+                recorded = true;
+                break;
+            }
+            Err(e) => {
+                tracing::error!(switchover = %id, error = %e, attempt, "cannot record the switchover's end; retrying");
+                tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+            }
+        }
+    }
+    if !recorded {
+        tracing::error!(switchover = %id, state = final_state, error = ?error, "the switchover's end is not recorded; the next server start marks it failed");
+    }
     let (kind, message) = match &error {
         None => (
             EventKind::SwitchoverSucceeded,
@@ -626,20 +725,27 @@ async fn run(state: &AppState, id: Uuid) -> Result<(), sqlx::Error> {
             ),
         ),
     };
-    event(state, &sw, kind, message).await?;
-    Audit {
+    log_db(event(state, &sw, kind, message).await);
+    let target = format!("{}/{} → {}", sw.cluster, sw.instance, sw.target_node);
+    let audit = Audit {
         actor: &sw.requested_by,
         source: None,
         action: "switchover",
-        target: &format!("{}/{} → {}", sw.cluster, sw.instance, sw.target_node),
+        target: &target,
         reason: Some(&sw.reason),
         outcome: final_state,
         detail: serde_json::json!({ "switchover_id": id, "error": error }),
-    }
-    .record(&state.db)
-    .await?;
+    };
+    log_db(audit.record(&state.db).await);
     state.announce(&sw.cluster);
     Ok(())
+}
+
+/// Logs a database error that must not stop a running switchover's bookkeeping.
+fn log_db(result: Result<(), sqlx::Error>) {
+    if let Err(e) = result {
+        tracing::error!(error = %e, "switchover bookkeeping failed");
+    }
 }
 
 fn step_timeout(name: &str) -> Duration {
@@ -686,6 +792,11 @@ struct Run<'a> {
     sw: Switchover,
     /// The old master's fence is set and must be lifted if the run stops.
     fenced: bool,
+    /// The epoch commands carry: the switchover's, or a newer one for the compensation after a
+    /// failure (so a late copy of one of its own commands cannot undo it).
+    epoch: u64,
+    /// The old primary's shutdown checkpoint, as its agent reported it after the stop.
+    checkpoint_lsn: Option<u64>,
 }
 
 impl Run<'_> {
@@ -715,13 +826,18 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Issues one command to `node` and waits for its result: Ok(message) when it succeeded,
-    /// Err(description) when it failed, was refused, or no result came in time.
-    async fn command(&self, node: &str, action: Action) -> Result<String, (String, bool)> {
+    /// Issues one command to `node` (with the run's epoch) and waits for its result:
+    /// Ok((message, facts)) when it succeeded; Err((description, refused)) when it failed, was
+    /// refused, or no result came in time.
+    async fn command(
+        &self,
+        node: &str,
+        action: Action,
+    ) -> Result<(String, BTreeMap<String, String>), (String, bool)> {
         let new = NewCommand {
             cluster: self.sw.cluster.clone(),
             node_id: node.to_string(),
-            epoch: self.sw.epoch,
+            epoch: self.epoch,
             action,
             deadline: Duration::from_secs(30),
             switchover_id: Some(self.sw.id),
@@ -735,6 +851,10 @@ impl Run<'_> {
         }
         .await
         .map_err(|e| (format!("cannot store the command for {node}: {e}"), false))?;
+        // NOTIFY wakes every replica's long polls; this wakes ours even if the listener is
+        // reconnecting.
+        self.state.commands.wake(node);
+        let kind = new.action.kind();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(85);
         loop {
             let waiting = self.state.commands.result_arrived();
@@ -742,24 +862,19 @@ impl Run<'_> {
                 .await
                 .map_err(|e| (format!("reading command {id}: {e}"), false))?;
             match status {
-                Some((s, result)) if s == "succeeded" => {
-                    return Ok(format!("{node}: {}", result.unwrap_or_default()))
+                Some((s, result, data)) if s == "succeeded" => {
+                    return Ok((format!("{node}: {}", result.unwrap_or_default()), data))
                 }
-                Some((s, result)) if s == "refused" => {
+                Some((s, result, _)) if s == "refused" => {
                     return Err((
-                        format!(
-                            "{node} refused {}: {}",
-                            new.action.kind(),
-                            result.unwrap_or_default()
-                        ),
+                        format!("{node} refused {kind}: {}", result.unwrap_or_default()),
                         true,
                     ))
                 }
-                Some((s, result)) if s == "failed" || s == "expired" => {
+                Some((s, result, _)) if s == "failed" || s == "expired" => {
                     return Err((
                         format!(
-                            "{node}: {} {s}: {}",
-                            new.action.kind(),
+                            "{node}: {kind} {s}: {}",
                             result.unwrap_or_else(|| "no result before the deadline".into())
                         ),
                         false,
@@ -768,16 +883,21 @@ impl Run<'_> {
                 _ => {}
             }
             if tokio::time::Instant::now() > deadline {
-                return Err((
-                    format!("{node} did not answer {}", new.action.kind()),
-                    false,
-                ));
+                return Err((format!("{node} did not answer {kind}"), false));
             }
             tokio::select! {
                 _ = waiting => {}
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
         }
+    }
+
+    /// [`Run::command`], keeping only the message.
+    async fn command_message(&self, node: &str, action: Action) -> Result<String, String> {
+        self.command(node, action)
+            .await
+            .map(|(m, _)| m)
+            .map_err(|(m, _)| m)
     }
 
     /// Polls live state every 50 ms until `check` holds, or fails with `what` after `limit`.
@@ -855,6 +975,44 @@ impl Run<'_> {
             .find(|m| m.node_id == node)
     }
 
+    /// Lifts the old master's fence with a newer epoch; says how that went.
+    async fn lift_fence(&mut self) -> String {
+        let raised: Result<i64, sqlx::Error> = sqlx::query_scalar(
+            "UPDATE clusters SET epoch = epoch + 1 WHERE name = $1 RETURNING epoch",
+        )
+        .bind(&self.sw.cluster)
+        .fetch_one(&self.state.db)
+        .await;
+        if let Ok(epoch) = raised {
+            self.epoch = epoch as u64;
+        }
+        let old = self.sw.old_master.clone();
+        match self.command(&old, Action::Fence { instance: self.sw.instance.clone(), fenced: false }).await {
+            Ok(_) => {
+                self.fenced = false;
+                " The fence on the old master was lifted.".into()
+            }
+            Err((e, _)) => format!(" The fence on the old master could NOT be lifted ({e}): its instance stays in FAULT until its fence file holds 0."),
+        }
+    }
+
+    /// The target's link as live state shows it.
+    fn target_link(&self) -> Option<view::LinkMemberView> {
+        let key = self.sw.link.as_ref()?;
+        let live = self.state.live();
+        let c = view::cluster_view(&live, &self.sw.cluster, Utc::now())?;
+        Self::link_member(&c, key, &self.sw.target_node).cloned()
+    }
+
+    /// The replay position the target last reported (raw `replay_lsn` of its standby link).
+    fn target_replay_lsn(&self) -> Option<u64> {
+        let key = self.sw.link.as_ref()?;
+        let live = self.state.live();
+        let node = live.nodes.get(&self.sw.target_node)?;
+        let link = node.link(key)?;
+        hapulse_protocol::parse_lsn(link.raw.get("replay_lsn")?)
+    }
+
     async fn step(&mut self, name: &str) -> Result<StepOutcome, String> {
         let sw = self.sw.clone();
         let link_name = sw
@@ -884,7 +1042,7 @@ impl Run<'_> {
                         )
                         .await
                     {
-                        Ok(m) => ran.push(m),
+                        Ok((m, _)) => ran.push(m),
                         Err((m, true))
                             if m.contains("not enabled") || m.contains("no hook configured") => {}
                         Err((m, _)) => return Err(m),
@@ -898,34 +1056,65 @@ impl Run<'_> {
             }
             "stop_old_primary" => {
                 let link = link_name.ok_or("no link")?;
-                self.command(&sw.old_master, Action::PostgresStop { link })
+                // Only a standby that is streaming now receives the WAL the shutdown sends.
+                match self.target_link() {
+                    Some(m) if m.state == LinkState::Streaming => {}
+                    Some(m) => {
+                        return Err(format!(
+                        "{} is {} on {}, not streaming: stopping the primary now could lose data",
+                        sw.target_node,
+                        m.state.as_str(),
+                        link
+                    ))
+                    }
+                    None => return Err(format!("{} does not report the link", sw.target_node)),
+                }
+                let (message, data) = self
+                    .command(&sw.old_master, Action::PostgresStop { link })
                     .await
-                    .map(StepOutcome::Done)
-                    .map_err(|(m, _)| m)
+                    .map_err(|(m, _)| m)?;
+                self.checkpoint_lsn = data
+                    .get("shutdown_checkpoint_lsn")
+                    .and_then(|l| hapulse_protocol::parse_lsn(l));
+                Ok(StepOutcome::Done(match self.checkpoint_lsn {
+                    Some(_) => format!(
+                        "{message} (shutdown checkpoint {})",
+                        data.get("shutdown_checkpoint_lsn")
+                            .map_or("", String::as_str)
+                    ),
+                    None => message,
+                }))
             }
             "wait_for_catch_up" => {
-                let key = sw.link.clone().ok_or("no link")?;
-                // Two looks in a row with nothing left to replay.
-                let mut seen = 0;
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(55);
+                let mut seen = 0;
                 loop {
-                    let lag = {
-                        let live = self.state.live();
-                        view::cluster_view(&live, &sw.cluster, Utc::now()).and_then(|c| {
-                            Self::link_member(&c, &key, &sw.target_node).and_then(|m| m.lag_bytes)
-                        })
+                    // With the old primary's shutdown checkpoint: replayed past it. Without: two
+                    // looks in a row with nothing received left to replay.
+                    let caught_up = match self.checkpoint_lsn {
+                        Some(checkpoint) => self
+                            .target_replay_lsn()
+                            .is_some_and(|replayed| replayed > checkpoint),
+                        None => {
+                            seen = if self.target_link().and_then(|m| m.lag_bytes) == Some(0) {
+                                seen + 1
+                            } else {
+                                0
+                            };
+                            seen >= 2
+                        }
                     };
-                    seen = if lag == Some(0) { seen + 1 } else { 0 };
-                    if seen >= 2 {
-                        return Ok(StepOutcome::Done(format!(
-                            "{} has replayed all it received",
-                            sw.target_node
-                        )));
+                    if caught_up {
+                        return Ok(StepOutcome::Done(match self.checkpoint_lsn {
+                            Some(_) => format!("{} has replayed past the old primary's shutdown checkpoint", sw.target_node),
+                            None => format!("{} has replayed all it received (no shutdown checkpoint reported: configure data_directory and pg_controldata)", sw.target_node),
+                        }));
                     }
                     if tokio::time::Instant::now() > deadline {
                         return Err(format!(
-                            "{} still has {lag:?} bytes to replay",
-                            sw.target_node
+                            "{} has not caught up (replayed {:?})",
+                            sw.target_node,
+                            self.target_replay_lsn()
                         ));
                     }
                     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -935,9 +1124,8 @@ impl Run<'_> {
                 let link = link_name.ok_or("no link")?;
                 let key = sw.link.clone().ok_or("no link")?;
                 let message = self
-                    .command(&sw.target_node, Action::PostgresPromote { link })
-                    .await
-                    .map_err(|(m, _)| m)?;
+                    .command_message(&sw.target_node, Action::PostgresPromote { link })
+                    .await?;
                 let target = sw.target_node.clone();
                 self.until(
                     Duration::from_secs(20),
@@ -968,8 +1156,12 @@ impl Run<'_> {
                     .find(|(n, _)| *n == sw.target_node)
                     .and_then(|(_, b)| *b)
                     .ok_or("the target's base priority is unknown (no JSON dump yet)")?;
+                // The target first, the old master last: while the others are lowered, no third
+                // node can rank above the target and preempt.
+                let mut order: Vec<&(String, Option<u8>)> = members.iter().collect();
+                order.sort_by_key(|(n, _)| (*n != sw.target_node, *n == sw.old_master));
                 let mut done = Vec::new();
-                for (node, base) in &members {
+                for (node, base) in order {
                     let offset = if *node == sw.target_node {
                         0
                     } else {
@@ -977,15 +1169,14 @@ impl Run<'_> {
                         (i32::from(target_base) - 10 - i32::from(base)).clamp(-253, 0)
                     };
                     let message = self
-                        .command(
+                        .command_message(
                             node,
                             Action::SetPriorityOffset {
                                 instance: sw.instance.clone(),
                                 offset,
                             },
                         )
-                        .await
-                        .map_err(|(m, _)| m)?;
+                        .await?;
                     done.push(format!("{node} {offset:+}: {message}"));
                 }
                 Ok(StepOutcome::Done(done.join("; ")))
@@ -994,15 +1185,14 @@ impl Run<'_> {
                 // Counted as set from the moment it is asked for: if the answer is lost, the
                 // fence is lifted anyway on failure.
                 self.fenced = true;
-                self.command(
+                self.command_message(
                     &sw.old_master,
                     Action::Fence {
                         instance: sw.instance.clone(),
                         fenced: true,
                     },
                 )
-                .await
-                .map_err(|(m, _)| m)?;
+                .await?;
                 let (target, instance) = (sw.target_node.clone(), sw.instance.clone());
                 self.until(
                     Duration::from_secs(15),
@@ -1016,15 +1206,14 @@ impl Run<'_> {
                     },
                 )
                 .await?;
-                self.command(
+                self.command_message(
                     &sw.old_master,
                     Action::Fence {
                         instance: sw.instance.clone(),
                         fenced: false,
                     },
                 )
-                .await
-                .map_err(|(m, _)| m)?;
+                .await?;
                 self.fenced = false;
                 Ok(StepOutcome::Done(format!(
                     "{} is MASTER with the VIP; the fence on {} is lifted",

@@ -349,8 +349,25 @@ pub async fn switchover_confirm(
     State(state): State<AppState>,
     Path(cluster): Path<String>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
     Form(form): Form<ConfirmForm>,
 ) -> Result<Response, AppError> {
+    // A form posted from another site's page is refused: the browser names that site in
+    // Origin. (Accounts, sessions and CSRF tokens come with the account model.)
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if let Some(origin) = headers
+        .get(axum::http::header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+    {
+        let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
+        if Some(origin_host) != host {
+            return Err(AppError::Forbidden(format!(
+                "cross-site form post from {origin} refused"
+            )));
+        }
+    }
     if form.confirm.trim() != form.target {
         let message = format!("Type {} exactly to confirm.", form.target);
         let (status, page) = preview_page(

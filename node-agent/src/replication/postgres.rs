@@ -39,13 +39,7 @@ const STANDBY: &str = "SELECT pg_last_wal_receive_lsn()::text AS receive_lsn,
         (SELECT sender_host FROM pg_stat_wal_receiver) AS sender_host,
         (SELECT sender_port::text FROM pg_stat_wal_receiver) AS sender_port";
 
-/// Parses a PostgreSQL LSN (`16/B374D848`) into a byte position.
-pub fn parse_lsn(text: &str) -> Option<u64> {
-    let (high, low) = text.split_once('/')?;
-    let high = u64::from_str_radix(high, 16).ok()?;
-    let low = u64::from_str_radix(low, 16).ok()?;
-    (high <= u32::MAX as u64 && low <= u32::MAX as u64).then_some((high << 32) | low)
-}
+pub use hapulse_protocol::parse_lsn;
 
 fn get<'a>(row: &'a TextRow, key: &str) -> Option<&'a str> {
     row.get(key).and_then(|v| v.as_deref())

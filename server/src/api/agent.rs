@@ -89,15 +89,17 @@ pub async fn poll_commands(
     let waiter = state.commands.waiter(&q.node_id);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        // Registered before looking, so a command issued in between still wakes this poll.
+        // Registered before looking, so a command issued in between still wakes this poll;
+        // and a look every second whatever happens, in case a wake-up was lost.
         let notified = waiter.notified();
         let commands = commands::take(&state.db, &q.node_id).await?;
         if !commands.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(Json(commands));
         }
+        let next_look = (tokio::time::Instant::now() + Duration::from_secs(1)).min(deadline);
         tokio::select! {
             _ = notified => {}
-            _ = tokio::time::sleep_until(deadline) => {}
+            _ = tokio::time::sleep_until(next_look) => {}
             _ = state.shutdown.cancelled() => return Ok(Json(Vec::new())),
         }
     }

@@ -712,6 +712,21 @@ async fn postgresql_switchover_promotes_the_standby_and_loses_nothing(pool: PgPo
             "post_hook"
         ]
     );
+    // Caught up by position, not by appearance: past the old primary's shutdown checkpoint.
+    assert!(
+        sw["steps"][1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shutdown checkpoint 0/"),
+        "{sw:#}"
+    );
+    assert!(
+        sw["steps"][2]["message"]
+            .as_str()
+            .unwrap()
+            .contains("past the old primary's shutdown checkpoint"),
+        "{sw:#}"
+    );
 
     // The standby is the primary now, the VIP followed, and every committed row is there.
     assert!(lab.holds_vip("h2") && !lab.holds_vip("h1"));
