@@ -326,7 +326,8 @@ async fn preview_page(
     })?;
     let full = render(&Base {
         title: &format!("Switchover in {cluster}"),
-        scope: cluster,
+        // Not live: the page holds a form to fill in.
+        scope: "none",
         body: &body,
     })?;
     Ok((status, Html(full).into_response()))

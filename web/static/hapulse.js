@@ -27,7 +27,14 @@
     });
   }
 
+  // Someone filling in a form on the page: leave the page alone until they are done.
+  function editing() {
+    const el = document.activeElement;
+    return el && root.contains(el) && /^(INPUT|SELECT|TEXTAREA|BUTTON)$/.test(el.tagName);
+  }
+
   async function refresh() {
+    if (editing()) return;
     if (inflight) { again = true; return; }
     inflight = true;
     try {
@@ -47,6 +54,7 @@
     }
   }
 
+  if (scope === "none") return; // a page that is not live (a form to confirm)
   const stream = new EventSource("/ui/stream");
   stream.addEventListener("change", (e) => {
     if (scope === "*" || e.data === scope || e.data === "*") refresh();

@@ -129,8 +129,10 @@ async fn the_dashboard_in_headless_chromium(pool: PgPool) {
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     for seq in 1..=5u64 {
         let mut ra = report("a", a, seq, VrrpState::Master, true);
+        ra.heartbeat_interval_ms = 60_000; // stays up for the whole test
         ra.replication = vec![pg(ReplicationRole::Primary, LinkState::Streaming, 0)];
         let mut rb = report("b", b, seq, VrrpState::Backup, false);
+        rb.heartbeat_interval_ms = 60_000; // stays up for the whole test
         rb.replication = vec![pg(
             ReplicationRole::Secondary,
             LinkState::Streaming,
@@ -188,6 +190,101 @@ async fn the_dashboard_in_headless_chromium(pool: PgPool) {
     assert!(cluster.contains("on the primary"), "{cluster}");
     screenshot(&client, "cluster").await;
 
+    // Switchover from the cluster page: preview, then a confirmation that must name the target.
+    client
+        .goto(&format!("{}/clusters/c", server.url))
+        .await
+        .unwrap();
+    client
+        .wait()
+        .for_element(Locator::Css("body.online"))
+        .await
+        .unwrap();
+    // The live page may swap its fragment under us once after connecting: retry the click.
+    eventually(10, "the switchover preview button", || async {
+        client
+            .find(Locator::Css("form.switchover button"))
+            .await
+            .ok()?
+            .click()
+            .await
+            .ok()
+    })
+    .await;
+    client
+        .wait()
+        .for_element(Locator::Css("ol.steps"))
+        .await
+        .unwrap();
+    let preview = client
+        .find(Locator::Css("main"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        preview.contains("From")
+            && preview.contains("set_priorities")
+            && preview.contains("move_vip"),
+        "{preview}"
+    );
+    assert!(
+        preview.contains("stop_old_primary"),
+        "the database moves with the VIP: {preview}"
+    );
+    client
+        .find(Locator::Css("input[name='reason']"))
+        .await
+        .unwrap()
+        .send_keys("browser test")
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("input[name='confirm']"))
+        .await
+        .unwrap()
+        .send_keys("not-the-target")
+        .await
+        .unwrap();
+    screenshot(&client, "switchover-preview").await;
+    client
+        .find(Locator::Css("form.confirm button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    client
+        .wait()
+        .for_element(Locator::Css("p.error"))
+        .await
+        .unwrap();
+    let refused = client
+        .find(Locator::Css("p.error"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(refused.contains("to confirm"), "{refused}");
+    let started: i64 = sqlx::query_scalar("SELECT count(*) FROM switchovers")
+        .fetch_one(&server.pool)
+        .await
+        .unwrap();
+    assert_eq!(started, 0, "a wrong confirmation starts nothing");
+
+    // Back to the cluster page for the live part.
+    client
+        .goto(&format!("{}/clusters/c", server.url))
+        .await
+        .unwrap();
+    client
+        .wait()
+        .for_element(Locator::Css("section.replication"))
+        .await
+        .unwrap();
+
     // Live: a failover arrives without a reload (server-sent events + fragment refresh).
     client
         .wait()
@@ -195,8 +292,10 @@ async fn the_dashboard_in_headless_chromium(pool: PgPool) {
         .await
         .unwrap();
     let mut ra = report("a", a, 6, VrrpState::Backup, false);
+    ra.heartbeat_interval_ms = 60_000; // stays up for the whole test
     ra.replication = vec![pg(ReplicationRole::Primary, LinkState::Streaming, 0)];
     let mut rb = report("b", b, 6, VrrpState::Master, true);
+    rb.heartbeat_interval_ms = 60_000; // stays up for the whole test
     rb.replication = vec![pg(ReplicationRole::Secondary, LinkState::Streaming, 0)];
     agent.send_heartbeat(&ra).await.unwrap();
     agent.send_heartbeat(&rb).await.unwrap();
