@@ -142,14 +142,7 @@ impl AgentClient {
             .send()
             .await
             .map_err(SendError::Unreachable)?;
-        let status = response.status();
-        if status.is_success() {
-            return response.json().await.map_err(SendError::Unreachable);
-        }
-        Err(Self::error(
-            status.as_u16(),
-            response.text().await.unwrap_or_default(),
-        ))
+        Self::parse(response).await
     }
 
     fn error(status: u16, body: String) -> SendError {

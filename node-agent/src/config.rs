@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use hapulse_protocol::valid_name;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
@@ -413,16 +414,6 @@ impl Settings {
         }
         Ok(())
     }
-}
-
-/// Node ids and cluster names: 1-64 characters of `A-Z a-z 0-9 . _ -`. The server applies the
-/// same rule.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[cfg(test)]

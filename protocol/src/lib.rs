@@ -299,6 +299,16 @@ impl ReplicationLinkReport {
     }
 }
 
+/// Node ids, cluster names and replication link names: 1-64 characters of `A-Z a-z 0-9 . _ -`.
+/// The agent checks its configuration with it, the server every report.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// Parses a PostgreSQL LSN (`16/B374D848`, as `pg_lsn` prints it) into a byte position.
 pub fn parse_lsn(text: &str) -> Option<u64> {
     let (high, low) = text.split_once('/')?;

@@ -14,47 +14,15 @@
 //! `change` event, fetches the cluster page fragment as `hapulse.js` does, recording when the
 //! fragment first shows h2 as master. Prints every sample and the medians.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{median, Lab};
 
 const LAB: &str = "hpbench";
 const NET: &str = "10.213.2";
 const PORT: u16 = 18081;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
-fn lab(args: &[&str]) -> Result<(), String> {
-    let release = root().join("target/release");
-    let status = Command::new(root().join("scripts/lab"))
-        .args(args)
-        .env("HAPULSE_LAB_NAME", LAB)
-        .env("HAPULSE_LAB_NET", NET)
-        .env("HAPULSE_LAB_PORT", PORT.to_string())
-        .env("HAPULSE_LAB_SERVER_BIN", release.join("hapulse-server"))
-        .env("HAPULSE_LAB_AGENT_BIN", release.join("hapulse-agent"))
-        .env("RUST_LOG", "warn")
-        .status()
-        .map_err(|e| format!("scripts/lab: {e}"))?;
-    status
-        .success()
-        .then_some(())
-        .ok_or_else(|| format!("scripts/lab {args:?} failed"))
-}
-
-struct Down;
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = lab(&["down"]);
-    }
-}
 
 async fn master(http: &reqwest::Client) -> Option<String> {
     let url = format!("http://{NET}.1:{PORT}/api/v1/clusters/{LAB}");
@@ -113,32 +81,6 @@ fn watch_dashboard(
     rx
 }
 
-/// Starts `ip monitor address` in h2's namespace; the receiver gets the instant the VIP appears.
-fn watch_vip() -> Result<(std::process::Child, mpsc::Receiver<Instant>), String> {
-    let mut child = Command::new("ip")
-        .args(["-n", &format!("{LAB}-h2"), "monitor", "address"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("ip monitor: {e}"))?;
-    let stdout = child.stdout.take().ok_or("ip monitor has no stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let vip = format!("inet {NET}.100/");
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains(&vip) && !line.starts_with("Deleted") {
-                let _ = tx.send(Instant::now());
-                return;
-            }
-        }
-    });
-    Ok((child, rx))
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let rounds: usize = std::env::args()
@@ -146,9 +88,14 @@ async fn main() -> Result<(), String> {
         .and_then(|a| a.parse().ok())
         .unwrap_or(5)
         .max(1);
-    lab(&["down"])?;
-    lab(&["up", "2"])?;
-    let _down = Down;
+    // Taken down when `lab` is dropped, also on an early error return.
+    let lab = Lab {
+        name: LAB,
+        net: NET,
+        port: PORT,
+    };
+    lab.run(&["down"])?;
+    lab.run(&["up", "2"])?;
     let http = reqwest::Client::new();
     wait_for_master(&http, "h1", Duration::from_secs(30)).await?;
     let (mut kernel_to_api, mut kill_to_api, mut kill_to_kernel) =
@@ -156,11 +103,11 @@ async fn main() -> Result<(), String> {
     let mut kernel_to_dashboard = Vec::new();
     for round in 1..=rounds {
         tokio::time::sleep(Duration::from_secs(2)).await; // let adverts settle
-        let (mut monitor, vip_seen) = watch_vip()?;
+        let (mut monitor, vip_seen) = lab.watch_vip("h2")?;
         let dashboard = watch_dashboard(http.clone(), "h2");
         tokio::time::sleep(Duration::from_millis(200)).await; // monitor subscribed
         let killed = Instant::now();
-        lab(&["keepalived", "h1", "kill"])?;
+        lab.run(&["keepalived", "h1", "kill"])?;
         let api = wait_for_master(&http, "h2", Duration::from_secs(20)).await?;
         let kernel = vip_seen
             .recv_timeout(Duration::from_secs(10))
@@ -183,7 +130,7 @@ async fn main() -> Result<(), String> {
             "round {round}: SIGKILL→kernel VIP {:.0} ms, kernel VIP→API {:.1} ms, kernel VIP→dashboard fragment {:.1} ms, SIGKILL→API {:.0} ms",
             kill_to_kernel[round - 1], k2a, k2d, kill_to_api[round - 1]
         );
-        lab(&["keepalived", "h1", "start"])?;
+        lab.run(&["keepalived", "h1", "start"])?;
         wait_for_master(&http, "h1", Duration::from_secs(30)).await?;
     }
     println!(

@@ -13,47 +13,15 @@
 //! from the database how long each command took from being stored to being handed to its agent
 //! (the long poll) and to its result. Prints every sample and the medians.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{median, Lab};
 
 const LAB: &str = "hpswbench";
 const NET: &str = "10.213.6";
 const PORT: u16 = 18086;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
-fn lab(args: &[&str]) -> Result<(), String> {
-    let release = root().join("target/release");
-    let status = Command::new(root().join("scripts/lab"))
-        .args(args)
-        .env("HAPULSE_LAB_NAME", LAB)
-        .env("HAPULSE_LAB_NET", NET)
-        .env("HAPULSE_LAB_PORT", PORT.to_string())
-        .env("HAPULSE_LAB_SERVER_BIN", release.join("hapulse-server"))
-        .env("HAPULSE_LAB_AGENT_BIN", release.join("hapulse-agent"))
-        .env("RUST_LOG", "warn")
-        .status()
-        .map_err(|e| format!("scripts/lab: {e}"))?;
-    status
-        .success()
-        .then_some(())
-        .ok_or_else(|| format!("scripts/lab {args:?} failed"))
-}
-
-struct Down;
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = lab(&["down"]);
-    }
-}
 
 async fn cluster(http: &reqwest::Client) -> Option<serde_json::Value> {
     http.get(format!("http://{NET}.1:{PORT}/api/v1/clusters/{LAB}"))
@@ -65,32 +33,6 @@ async fn cluster(http: &reqwest::Client) -> Option<serde_json::Value> {
         .ok()
 }
 
-/// `ip monitor address` in `host`'s namespace; the receiver gets the instant the VIP appears.
-fn watch_vip(host: &str) -> Result<(std::process::Child, mpsc::Receiver<Instant>), String> {
-    let mut child = Command::new("ip")
-        .args(["-n", &format!("{LAB}-{host}"), "monitor", "address"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("ip monitor: {e}"))?;
-    let stdout = child.stdout.take().ok_or("ip monitor has no stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let vip = format!("inet {NET}.100/");
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains(&vip) && !line.starts_with("Deleted") {
-                let _ = tx.send(Instant::now());
-                return;
-            }
-        }
-    });
-    Ok((child, rx))
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let rounds: usize = std::env::args()
@@ -100,9 +42,14 @@ async fn main() -> Result<(), String> {
         .max(1);
     let url = std::env::var("HAPULSE_DATABASE_URL")
         .map_err(|_| "HAPULSE_DATABASE_URL is not set (source /var/lib/hapulse/dev.env)")?;
-    lab(&["down"])?;
-    lab(&["up", "2"])?;
-    let _down = Down;
+    // Taken down when `lab` is dropped, also on an early error return.
+    let lab = Lab {
+        name: LAB,
+        net: NET,
+        port: PORT,
+    };
+    lab.run(&["down"])?;
+    lab.run(&["up", "2"])?;
     let http = reqwest::Client::new();
     let pool = sqlx::PgPool::connect(&url)
         .await
@@ -131,7 +78,7 @@ async fn main() -> Result<(), String> {
             .ok_or("no master")?
             .to_string();
         let target = if master == "h1" { "h2" } else { "h1" };
-        let (mut monitor, vip_seen) = watch_vip(target)?;
+        let (mut monitor, vip_seen) = lab.watch_vip(target)?;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let asked = Instant::now();
         let response: serde_json::Value = http
@@ -147,9 +94,20 @@ async fn main() -> Result<(), String> {
             .as_str()
             .ok_or(format!("not accepted: {response}"))?
             .to_string();
-        let vip = vip_seen
-            .recv_timeout(Duration::from_secs(15))
-            .map_err(|_| "the VIP never reached the target")?;
+        let Ok(vip) = vip_seen.recv_timeout(Duration::from_secs(15)) else {
+            let sw: serde_json::Value = http
+                .get(format!("http://{NET}.1:{PORT}/api/v1/switchovers/{id}"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            return Err(format!(
+                "the VIP never reached {target}: switchover {} {}",
+                sw["state"], sw["error"]
+            ));
+        };
         let _ = monitor.kill();
         let _ = monitor.wait();
         let done = loop {

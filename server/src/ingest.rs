@@ -17,6 +17,7 @@ use crate::db::{self, Sample};
 use crate::error::AppError;
 use crate::live::{transitions, NodeLive, NodeStatus};
 use crate::state::AppState;
+pub use hapulse_protocol::valid_name;
 
 /// Most VRRP instances one report may carry.
 pub const MAX_INSTANCES: usize = 256;
@@ -24,16 +25,6 @@ pub const MAX_INSTANCES: usize = 256;
 pub const MAX_VIPS: usize = 64;
 /// Most replication links one report may carry.
 pub const MAX_LINKS: usize = 64;
-
-/// Node ids and cluster names: 1-64 characters of `A-Z a-z 0-9 . _ -` (the agent applies the
-/// same rule to its configuration).
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
 
 /// Checks what deserialisation cannot; the error names the field.
 pub fn validate(report: &HeartbeatReport) -> Result<(), AppError> {

@@ -3,13 +3,11 @@
 use std::time::Duration;
 
 use hapulse_agent::client::SendError;
-use hapulse_protocol::{
-    LinkState, ReplicationKind, ReplicationLinkReport, ReplicationRole, VrrpState,
-};
+use hapulse_protocol::{LinkState, ReplicationRole, VrrpState};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::harness::{count, eventually, report, TestServer, TOKEN};
+use crate::harness::{count, eventually, pg_report_link, report, TestServer, TOKEN};
 
 #[sqlx::test(migrations = false)]
 async fn reports_name_the_master_and_vip_holder(pool: PgPool) {
@@ -465,21 +463,6 @@ async fn history_partitions_are_created_ahead_and_dropped_after_retention(pool: 
         .contains(&name("heartbeat_rollups_1m", 0)));
 }
 
-fn pg_link(role: ReplicationRole, state: LinkState, lag_bytes: u64) -> ReplicationLinkReport {
-    ReplicationLinkReport {
-        kind: ReplicationKind::Postgresql,
-        name: "pg".into(),
-        role,
-        peer: None,
-        state,
-        lag_bytes: Some(lag_bytes),
-        lag_seconds: Some(lag_bytes as f64 / 1e6),
-        vrrp_instance: Some("VI_1".into()),
-        error: None,
-        raw: Default::default(),
-    }
-}
-
 #[sqlx::test(migrations = false)]
 async fn replication_links_lag_history_and_the_vip_check(pool: PgPool) {
     let server = TestServer::start(pool).await;
@@ -491,14 +474,18 @@ async fn replication_links_lag_history_and_the_vip_check(pool: PgPool) {
     for lag in [0u64, 1_000, 50_000, 2_000_000, 0] {
         seq += 1;
         let mut ra = report("a", a, seq, VrrpState::Master, true);
-        ra.replication = vec![pg_link(ReplicationRole::Primary, LinkState::Streaming, lag)];
+        ra.replication = vec![pg_report_link(
+            ReplicationRole::Primary,
+            LinkState::Streaming,
+            lag,
+        )];
         let mut rb = report("b", b, seq, VrrpState::Backup, false);
         let state = if lag > 1_000_000 {
             LinkState::Paused
         } else {
             LinkState::Streaming
         };
-        rb.replication = vec![pg_link(ReplicationRole::Secondary, state, lag)];
+        rb.replication = vec![pg_report_link(ReplicationRole::Secondary, state, lag)];
         agent.send_heartbeat(&ra).await.unwrap();
         agent.send_heartbeat(&rb).await.unwrap();
     }
@@ -595,9 +582,17 @@ async fn replication_links_lag_history_and_the_vip_check(pool: PgPool) {
     // The VIP moves to b while a stays primary: flagged.
     seq += 1;
     let mut ra = report("a", a, seq, VrrpState::Backup, false);
-    ra.replication = vec![pg_link(ReplicationRole::Primary, LinkState::Streaming, 0)];
+    ra.replication = vec![pg_report_link(
+        ReplicationRole::Primary,
+        LinkState::Streaming,
+        0,
+    )];
     let mut rb = report("b", b, seq, VrrpState::Master, true);
-    rb.replication = vec![pg_link(ReplicationRole::Secondary, LinkState::Streaming, 0)];
+    rb.replication = vec![pg_report_link(
+        ReplicationRole::Secondary,
+        LinkState::Streaming,
+        0,
+    )];
     agent.send_heartbeat(&ra).await.unwrap();
     agent.send_heartbeat(&rb).await.unwrap();
     let (_, cluster) = server.get_json("/api/v1/clusters/c").await;

@@ -7,14 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use hapulse_protocol::{
-    LinkState, ReplicationKind, ReplicationLinkReport, ReplicationRole, VrrpState,
-};
+use hapulse_protocol::{LinkState, ReplicationRole, VrrpState};
 use hyper_util::client::legacy::connect::HttpConnector;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::harness::{eventually, report, TestServer};
+use crate::harness::{eventually, pg_report_link, report, TestServer};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -107,21 +105,6 @@ async fn screenshot(client: &Client, name: &str) {
     std::fs::write(screenshots_dir().join(format!("{name}.png")), png).unwrap();
 }
 
-fn pg(role: ReplicationRole, state: LinkState, lag: u64) -> ReplicationLinkReport {
-    ReplicationLinkReport {
-        kind: ReplicationKind::Postgresql,
-        name: "pg".into(),
-        role,
-        peer: None,
-        state,
-        lag_bytes: Some(lag),
-        lag_seconds: Some(lag as f64 / 1e6),
-        vrrp_instance: Some("VI_1".into()),
-        error: None,
-        raw: Default::default(),
-    }
-}
-
 #[sqlx::test(migrations = false)]
 async fn the_dashboard_in_headless_chromium(pool: PgPool) {
     let server = TestServer::start(pool).await;
@@ -130,10 +113,14 @@ async fn the_dashboard_in_headless_chromium(pool: PgPool) {
     for seq in 1..=5u64 {
         let mut ra = report("a", a, seq, VrrpState::Master, true);
         ra.heartbeat_interval_ms = 60_000; // stays up for the whole test
-        ra.replication = vec![pg(ReplicationRole::Primary, LinkState::Streaming, 0)];
+        ra.replication = vec![pg_report_link(
+            ReplicationRole::Primary,
+            LinkState::Streaming,
+            0,
+        )];
         let mut rb = report("b", b, seq, VrrpState::Backup, false);
         rb.heartbeat_interval_ms = 60_000; // stays up for the whole test
-        rb.replication = vec![pg(
+        rb.replication = vec![pg_report_link(
             ReplicationRole::Secondary,
             LinkState::Streaming,
             (seq * 3) << 20,
@@ -293,10 +280,18 @@ async fn the_dashboard_in_headless_chromium(pool: PgPool) {
         .unwrap();
     let mut ra = report("a", a, 6, VrrpState::Backup, false);
     ra.heartbeat_interval_ms = 60_000; // stays up for the whole test
-    ra.replication = vec![pg(ReplicationRole::Primary, LinkState::Streaming, 0)];
+    ra.replication = vec![pg_report_link(
+        ReplicationRole::Primary,
+        LinkState::Streaming,
+        0,
+    )];
     let mut rb = report("b", b, 6, VrrpState::Master, true);
     rb.heartbeat_interval_ms = 60_000; // stays up for the whole test
-    rb.replication = vec![pg(ReplicationRole::Secondary, LinkState::Streaming, 0)];
+    rb.replication = vec![pg_report_link(
+        ReplicationRole::Secondary,
+        LinkState::Streaming,
+        0,
+    )];
     agent.send_heartbeat(&ra).await.unwrap();
     agent.send_heartbeat(&rb).await.unwrap();
     let live_master = eventually(10, "the new master on the open page", || async {

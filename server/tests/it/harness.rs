@@ -5,7 +5,8 @@ use std::time::Duration;
 use chrono::Utc;
 use hapulse_agent::client::AgentClient;
 use hapulse_protocol::{
-    HeartbeatReport, KeepalivedReport, VrrpInstanceReport, VrrpState, PROTOCOL_VERSION,
+    HeartbeatReport, KeepalivedReport, LinkState, ReplicationKind, ReplicationLinkReport,
+    ReplicationRole, VrrpInstanceReport, VrrpState, PROTOCOL_VERSION,
 };
 use hapulse_server::config::Settings;
 use secrecy::SecretString;
@@ -183,4 +184,24 @@ pub fn report(
 
 pub async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+/// A PostgreSQL link `pg` tied to VI_1, with `lag_bytes` of lag (and lag / 1e6 seconds).
+pub fn pg_report_link(
+    role: ReplicationRole,
+    state: LinkState,
+    lag_bytes: u64,
+) -> ReplicationLinkReport {
+    ReplicationLinkReport {
+        kind: ReplicationKind::Postgresql,
+        name: "pg".into(),
+        role,
+        peer: None,
+        state,
+        lag_bytes: Some(lag_bytes),
+        lag_seconds: Some(lag_bytes as f64 / 1e6),
+        vrrp_instance: Some("VI_1".into()),
+        error: None,
+        raw: Default::default(),
+    }
 }

@@ -1,0 +1,80 @@
+//! What the lab benchmarks share: running `scripts/lab` with release binaries, tearing the lab
+//! down, watching a VIP arrive in a host's namespace, medians.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Instant;
+
+/// A benchmark's lab: name, private /24 and server port. Taken down on drop.
+pub struct Lab {
+    /// Namespace prefix and cluster name.
+    pub name: &'static str,
+    /// First three octets of the lab's /24.
+    pub net: &'static str,
+    /// The lab server's port.
+    pub port: u16,
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+impl Lab {
+    /// Runs `scripts/lab ARGS` for this lab with the release binaries.
+    pub fn run(&self, args: &[&str]) -> Result<(), String> {
+        let release = root().join("target/release");
+        let status = Command::new(root().join("scripts/lab"))
+            .args(args)
+            .env("HAPULSE_LAB_NAME", self.name)
+            .env("HAPULSE_LAB_NET", self.net)
+            .env("HAPULSE_LAB_PORT", self.port.to_string())
+            .env("HAPULSE_LAB_SERVER_BIN", release.join("hapulse-server"))
+            .env("HAPULSE_LAB_AGENT_BIN", release.join("hapulse-agent"))
+            .env("RUST_LOG", "warn")
+            .status()
+            .map_err(|e| format!("scripts/lab: {e}"))?;
+        status
+            .success()
+            .then_some(())
+            .ok_or_else(|| format!("scripts/lab {args:?} failed"))
+    }
+
+    /// Starts `ip monitor address` in `host`'s namespace; the receiver gets the instant the
+    /// VIP (`NET.100`) appears there.
+    pub fn watch_vip(&self, host: &str) -> Result<(Child, mpsc::Receiver<Instant>), String> {
+        let mut child = Command::new("ip")
+            .args(["-n", &format!("{}-{host}", self.name), "monitor", "address"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("ip monitor: {e}"))?;
+        let stdout = child.stdout.take().ok_or("ip monitor has no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        let vip = format!("inet {}.100/", self.net);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains(&vip) && !line.starts_with("Deleted") {
+                    let _ = tx.send(Instant::now());
+                    return;
+                }
+            }
+        });
+        Ok((child, rx))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
+
+/// The median (upper middle for an even count); 0 for none.
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
