@@ -32,6 +32,156 @@ pub struct Settings {
     pub detector: DetectorSettings,
     /// Heartbeat history.
     pub history: HistorySettings,
+    /// Alert rules and where notifications go.
+    #[serde(default)]
+    pub alerts: AlertSettings,
+}
+
+/// Alert rules' thresholds and the receivers of notifications.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSettings {
+    /// How often the rules are evaluated (default 1 s).
+    #[serde(with = "humantime_serde")]
+    pub evaluate_interval: Duration,
+    /// A firing alert is notified again after this long (default 4 h).
+    #[serde(with = "humantime_serde")]
+    pub repeat_interval: Duration,
+    /// Replication lag above this many bytes is `replication_lag` (default 64 MiB).
+    pub lag_bytes_threshold: u64,
+    /// Replication lag above this many seconds is `replication_lag` (default 60 s).
+    pub lag_seconds_threshold: f64,
+    /// How long the lag must stay above a threshold before the alert fires (default 60 s).
+    /// Other rules fire at once: their inputs are already debounced (the failure detector,
+    /// keepalived's own timers).
+    #[serde(with = "humantime_serde")]
+    pub lag_for: Duration,
+    /// Base URL of the dashboard, for links in messages.
+    pub dashboard_url: String,
+    /// Email receivers (SMTP).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub email: Vec<EmailReceiver>,
+    /// SMS receivers (an HTTP SMS gateway).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sms: Vec<SmsReceiver>,
+    /// Webhook receivers (a JSON POST).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhook: Vec<WebhookReceiver>,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        AlertSettings {
+            evaluate_interval: Duration::from_secs(1),
+            repeat_interval: Duration::from_secs(4 * 3600),
+            lag_bytes_threshold: 64 << 20,
+            lag_seconds_threshold: 60.0,
+            lag_for: Duration::from_secs(60),
+            dashboard_url: "http://127.0.0.1:8080".into(),
+            email: Vec::new(),
+            sms: Vec::new(),
+            webhook: Vec::new(),
+        }
+    }
+}
+
+/// An SMTP server and who gets the mail.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailReceiver {
+    /// Name, for the delivery log (`oncall`).
+    pub name: String,
+    /// SMTP server host.
+    pub smtp_host: String,
+    /// SMTP port (default 25; 587 for STARTTLS, 465 for TLS).
+    #[serde(default = "default_smtp_port")]
+    pub smtp_port: u16,
+    /// `none`, `starttls` or `tls`.
+    #[serde(default = "default_security")]
+    pub security: String,
+    /// SMTP user, when the server wants one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// SMTP password. Never logged.
+    #[serde(default, serialize_with = "serialize_redacted_opt")]
+    pub password: Option<SecretString>,
+    /// Sender address.
+    pub from: String,
+    /// Recipient addresses.
+    pub to: Vec<String>,
+    /// Severities sent here (default all: `critical`, `warning`, `info`).
+    #[serde(default)]
+    pub severities: Vec<String>,
+}
+
+/// An HTTP SMS gateway: one request per recipient and message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsReceiver {
+    /// Name, for the delivery log (`pager`).
+    pub name: String,
+    /// Gateway URL.
+    pub url: String,
+    /// HTTP method (default POST).
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Extra headers (e.g. `Authorization`). Values are never logged.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Request body; `{to}` and `{message}` are replaced (the message is JSON-escaped when
+    /// `json_body` is true). Default: a JSON object `{"to": …, "text": …}`.
+    #[serde(default = "default_sms_body")]
+    pub body_template: String,
+    /// Escape the message for a JSON body (default true).
+    #[serde(default = "default_true")]
+    pub json_body: bool,
+    /// Phone numbers.
+    pub to: Vec<String>,
+    /// Severities sent here (default `critical`).
+    #[serde(default = "default_sms_severities")]
+    pub severities: Vec<String>,
+}
+
+/// A JSON POST per notification.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookReceiver {
+    /// Name, for the delivery log.
+    pub name: String,
+    /// URL.
+    pub url: String,
+    /// Severities sent here (default all).
+    #[serde(default)]
+    pub severities: Vec<String>,
+}
+
+fn default_smtp_port() -> u16 {
+    25
+}
+fn default_security() -> String {
+    "starttls".into()
+}
+fn default_method() -> String {
+    "POST".into()
+}
+fn default_sms_body() -> String {
+    "{\"to\": \"{to}\", \"text\": \"{message}\"}".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_sms_severities() -> Vec<String> {
+    vec!["critical".into()]
+}
+
+fn serialize_redacted_opt<S: serde::Serializer>(
+    value: &Option<SecretString>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_str(""),
+        None => s.serialize_none(),
+    }
 }
 
 /// When a silent node becomes suspect, then down. Counted in the node's own heartbeat intervals,
@@ -63,7 +213,7 @@ pub struct HistorySettings {
 }
 
 /// Environment keys (after `HAPULSE_`, lower case) that belong to the server; `__` ends a section.
-const SERVER_ENV_KEYS: [&str; 7] = [
+const SERVER_ENV_KEYS: [&str; 8] = [
     "listen",
     "database_url",
     "database_max_connections",
@@ -71,6 +221,7 @@ const SERVER_ENV_KEYS: [&str; 7] = [
     "request_timeout",
     "detector__",
     "history__",
+    "alerts__",
 ];
 
 fn serialize_redacted<S: serde::Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
@@ -90,6 +241,7 @@ impl Default for Settings {
                 down_after_missed: 3,
                 check_interval: Duration::from_millis(100),
             },
+            alerts: AlertSettings::default(),
             history: HistorySettings {
                 retention: Duration::from_secs(7 * 24 * 3600),
                 batch_max_rows: 1000,
@@ -182,6 +334,27 @@ impl Settings {
             return invalid(
                 "history.rollup_retention",
                 "must be at least history.retention",
+            );
+        }
+        let a = &self.alerts;
+        if a.evaluate_interval < Duration::from_millis(100) {
+            return invalid("alerts.evaluate_interval", "must be at least 100ms");
+        }
+        if a.email
+            .iter()
+            .any(|e| !["none", "starttls", "tls"].contains(&e.security.as_str()) || e.to.is_empty())
+        {
+            return invalid(
+                "alerts.email",
+                "security must be none, starttls or tls, and `to` must name someone",
+            );
+        }
+        if a.sms.iter().any(|s| {
+            s.to.is_empty() || !(s.url.starts_with("http://") || s.url.starts_with("https://"))
+        }) {
+            return invalid(
+                "alerts.sms",
+                "url must be http(s) and `to` must name someone",
             );
         }
         if self.history.batch_max_rows == 0 {

@@ -85,6 +85,7 @@ pub async fn serve(
         metrics,
         changes,
         commands: Default::default(),
+        notifier: tokio::sync::Notify::new(),
         shutdown: shutdown.clone(),
     }));
 
@@ -93,6 +94,8 @@ pub async fn serve(
         .context("recovering switchovers")?;
     let tasks = CancellationToken::new();
     let detector = tokio::spawn(crate::detector::run(state.clone(), tasks.clone()));
+    let alerting = tokio::spawn(crate::alerts::run(state.clone(), tasks.clone()));
+    let sender = tokio::spawn(crate::notify::run(state.clone(), tasks.clone()));
     let notifications = tokio::spawn(crate::commands::listen(
         pool.clone(),
         state.0.clone(),
@@ -113,6 +116,8 @@ pub async fn serve(
     tasks.cancel();
     let _ = detector.await;
     let _ = notifications.await;
+    let _ = alerting.await;
+    let _ = sender.await;
     let _ = maintenance.await;
     // The router and the tasks held the last handles of the history writer: it drains and stops.
     let _ = history_task.await;

@@ -5,6 +5,7 @@
 //! through [`db`], samples through [`history`]) → [`live`] state → [`view`] → [`api::v1`] and
 //! [`ui`]; [`detector`] watches heartbeat ages.
 
+pub mod alerts;
 pub mod api;
 pub mod charts;
 pub mod commands;
@@ -17,6 +18,7 @@ pub mod ingest;
 pub mod launch;
 pub mod live;
 pub mod metrics;
+pub mod notify;
 pub mod router;
 pub mod series;
 pub mod state;

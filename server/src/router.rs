@@ -47,6 +47,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/nodes/{node_id}", get(api::v1::node))
         .route("/api/v1/nodes/{node_id}/history", get(api::v1::history))
         .route("/api/v1/events", get(api::v1::events))
+        .route("/api/v1/alerts", get(api::v1::alerts))
+        .route("/api/v1/notifications", get(api::v1::notifications))
         .route(
             "/api/v1/clusters/{cluster}/switchover",
             post(api::v1::switchover),

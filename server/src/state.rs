@@ -39,6 +39,8 @@ pub struct App {
     pub metrics: Metrics,
     /// Names of clusters whose state changed, for the dashboard's server-sent events.
     pub changes: broadcast::Sender<String>,
+    /// Wakes the notification sender when the alert engine stores notifications.
+    pub notifier: tokio::sync::Notify,
     /// Wakes agents' long polls when commands are issued.
     pub commands: crate::commands::CommandBus,
     /// Cancelled when the server shuts down; ends long-lived responses (event streams).

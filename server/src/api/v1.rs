@@ -328,3 +328,33 @@ pub async fn cancel_switchover(
     switchover::cancel(&state, id, "api", Some(&peer.ip().to_string())).await?;
     Ok(Json(serde_json::json!({ "id": id, "state": "cancelled" })))
 }
+
+/// Body of `GET /api/v1/alerts`.
+#[derive(Serialize)]
+pub struct AlertList {
+    /// Pending and firing alerts first, then the latest resolved ones.
+    pub alerts: Vec<crate::alerts::Alert>,
+}
+
+/// `GET /api/v1/alerts`: open alerts, then recent history.
+pub async fn alerts(State(state): State<AppState>) -> Result<Json<AlertList>, AppError> {
+    Ok(Json(AlertList {
+        alerts: crate::alerts::list(&state.db).await?,
+    }))
+}
+
+/// Body of `GET /api/v1/notifications`.
+#[derive(Serialize)]
+pub struct NotificationList {
+    /// The latest notifications, newest first, with their delivery state.
+    pub notifications: Vec<crate::notify::Notification>,
+}
+
+/// `GET /api/v1/notifications`: the delivery log.
+pub async fn notifications(
+    State(state): State<AppState>,
+) -> Result<Json<NotificationList>, AppError> {
+    Ok(Json(NotificationList {
+        notifications: crate::notify::list(&state.db).await?,
+    }))
+}

@@ -3,6 +3,7 @@
 //! `DATABASE_URL`), and is driven through the agent's own HTTP client.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
+mod alerting;
 mod api;
 mod browser;
 mod harness;

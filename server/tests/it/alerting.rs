@@ -1,0 +1,231 @@
+//! Alerts delivered through real servers on loopback: an SMTP server (mailin-embedded) that
+//! starts late, so the first attempts fail and are retried; an HTTP server that plays the SMS
+//! gateway and the webhook receiver and records what it gets.
+
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::routing::post;
+use hapulse_protocol::VrrpState;
+use hapulse_server::config::{EmailReceiver, SmsReceiver, WebhookReceiver};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::harness::{eventually, report, settings, TestServer};
+
+/// Collects every mail the SMTP server accepts.
+#[derive(Clone, Default)]
+struct Mailbox {
+    current: Arc<Mutex<String>>,
+    received: Arc<Mutex<Vec<String>>>,
+}
+
+impl mailin_embedded::Handler for Mailbox {
+    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.current
+            .lock()
+            .unwrap()
+            .push_str(&String::from_utf8_lossy(buf));
+        Ok(())
+    }
+
+    fn data_end(&mut self) -> mailin_embedded::Response {
+        let mail = std::mem::take(&mut *self.current.lock().unwrap());
+        self.received.lock().unwrap().push(mail);
+        mailin_embedded::response::OK
+    }
+}
+
+fn count(list: &Arc<Mutex<Vec<String>>>, needle: &str) -> usize {
+    list.lock()
+        .unwrap()
+        .iter()
+        .filter(|m| m.contains(needle))
+        .count()
+}
+
+#[sqlx::test(migrations = false)]
+async fn node_down_is_mailed_texted_and_posted_once_and_resolved(pool: PgPool) {
+    // The SMS gateway and the webhook receiver.
+    let requests: Arc<Mutex<Vec<String>>> = Arc::default();
+    let record = |prefix: &'static str, requests: Arc<Mutex<Vec<String>>>| {
+        move |body: String| {
+            let requests = requests.clone();
+            async move {
+                requests.lock().unwrap().push(format!("{prefix} {body}"));
+                "ok"
+            }
+        }
+    };
+    let gateway = axum::Router::new()
+        .route("/sms", post(record("sms", requests.clone())))
+        .route("/hook", post(record("hook", requests.clone())));
+    let gateway_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway_addr = gateway_listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(gateway_listener, gateway).await });
+    // The SMTP server's port, with nothing listening yet: the server is "down".
+    let smtp_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+
+    let mut s = settings();
+    s.listen = "127.0.0.1:0".parse().unwrap();
+    s.alerts.evaluate_interval = Duration::from_millis(100);
+    s.alerts.email = vec![EmailReceiver {
+        name: "oncall".into(),
+        smtp_host: "127.0.0.1".into(),
+        smtp_port,
+        security: "none".into(),
+        username: None,
+        password: None,
+        from: "hapulse <hapulse@example.com>".into(),
+        to: vec!["oncall@example.com".into()],
+        severities: vec![],
+    }];
+    s.alerts.sms = vec![SmsReceiver {
+        name: "pager".into(),
+        url: format!("http://{gateway_addr}/sms"),
+        method: "POST".into(),
+        headers: Default::default(),
+        body_template: "{\"to\": \"{to}\", \"text\": \"{message}\"}".into(),
+        json_body: true,
+        to: vec!["+15550001".into()],
+        severities: vec!["critical".into()],
+    }];
+    s.alerts.webhook = vec![WebhookReceiver {
+        name: "chat".into(),
+        url: format!("http://{gateway_addr}/hook"),
+        severities: vec![],
+    }];
+    let server = TestServer::start_on(pool, s).await;
+    let agent = server.agent();
+
+    // a is master and reports every 100 ms, then stops: it goes down.
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut ra = report("a", a, 1, VrrpState::Master, true);
+    ra.heartbeat_interval_ms = 100;
+    let mut rb = report("b", b, 1, VrrpState::Backup, false);
+    rb.heartbeat_interval_ms = 60_000;
+    agent.send_heartbeat(&ra).await.unwrap();
+    agent.send_heartbeat(&rb).await.unwrap();
+
+    eventually(10, "the node_down SMS and webhook", || async {
+        (count(&requests, "sms") >= 1
+            && count(
+                &requests,
+                "hook {\"subject\":\"[FIRING critical] node_down c/a\"",
+            ) == 1)
+            .then_some(())
+    })
+    .await;
+    let sms: Vec<String> = requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.starts_with("sms") && r.contains("node_down"))
+        .cloned()
+        .collect();
+    assert_eq!(sms.len(), 1, "{sms:?}");
+    assert!(
+        sms[0].contains("\"to\": \"+15550001\"")
+            && sms[0].contains("node a in c sends no heartbeats"),
+        "{sms:?}"
+    );
+    let (_, alerts) = server.get_json("/api/v1/alerts").await;
+    let node_down = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["rule"] == "node_down")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (node_down["state"].as_str(), node_down["severity"].as_str()),
+        (Some("firing"), Some("critical")),
+        "{alerts}"
+    );
+
+    // The mail could not go out yet: it waits in the outbox with its error.
+    let (_, log) = server.get_json("/api/v1/notifications").await;
+    let mail = log["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| {
+            n["receiver"] == "email:oncall" && n["subject"].as_str().unwrap().contains("node_down")
+        })
+        .cloned()
+        .unwrap();
+    assert_eq!(mail["state"], "pending", "{mail}");
+    assert!(
+        mail["last_error"].as_str().unwrap_or("").contains("SMTP"),
+        "{mail}"
+    );
+
+    // The SMTP server comes back: the mail is delivered, once.
+    let mailbox = Mailbox::default();
+    let smtp = TcpListener::bind(("127.0.0.1", smtp_port)).unwrap();
+    let handler = mailbox.clone();
+    std::thread::spawn(move || {
+        let mut server = mailin_embedded::Server::new(handler);
+        server
+            .with_name("smtp.test")
+            .with_num_threads(1)
+            .with_tcp_listener(smtp);
+        let _ = server.serve();
+    });
+    eventually(30, "the node_down mail", || async {
+        (count(
+            &mailbox.received,
+            "Subject: [FIRING critical] node_down c/a",
+        ) == 1)
+            .then_some(())
+    })
+    .await;
+
+    // a reports again: node_down resolves; one resolved mail, SMS and webhook.
+    ra.seq = 2;
+    ra.heartbeat_interval_ms = 60_000; // and stays up
+    agent.send_heartbeat(&ra).await.unwrap();
+    eventually(30, "the resolved mail", || async {
+        (count(
+            &mailbox.received,
+            "Subject: [RESOLVED critical] node_down c/a",
+        ) == 1)
+            .then_some(())
+    })
+    .await;
+    eventually(10, "the resolved SMS", || async {
+        (count(&requests, "[RESOLVED critical] node_down c/a") == 2).then_some(())
+    })
+    .await;
+    // Nothing more after a while: no repeats, no doubles.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        count(&mailbox.received, "node_down c/a"),
+        2,
+        "one firing and one resolved mail"
+    );
+    assert_eq!(
+        count(&requests, "node_down c/a"),
+        4,
+        "firing and resolved, by SMS and webhook: {:?}",
+        requests.lock().unwrap()
+    );
+    let mail = mailbox
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|m| m.contains("[FIRING critical] node_down"))
+        .cloned()
+        .unwrap();
+    assert!(
+        mail.contains("To: oncall@example.com") && mail.contains("/clusters/c"),
+        "{mail}"
+    );
+    server.stop().await;
+}
