@@ -247,7 +247,10 @@ struct Open {
     id: Uuid,
     firing: bool,
     active_since: DateTime<Utc>,
+    /// When a firing (or repeat) notification was last stored; `None` while silenced before
+    /// anyone was told.
     last_notified_at: Option<DateTime<Utc>>,
+    silenced: bool,
     condition: Condition,
 }
 
@@ -283,7 +286,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
 
 async fn load_open(state: &AppState) -> Result<HashMap<String, Open>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT id, fingerprint, rule, severity, cluster, node_id, instance, link, summary, state, active_since, last_notified_at
+        "SELECT id, fingerprint, rule, severity, cluster, node_id, instance, link, summary, state, active_since, last_notified_at, silenced
            FROM alerts WHERE state IN ('pending', 'firing')",
     )
     .fetch_all(&state.db)
@@ -320,6 +323,7 @@ async fn load_open(state: &AppState) -> Result<HashMap<String, Open>, sqlx::Erro
                 firing: state_name == "firing",
                 active_since: r.try_get("active_since")?,
                 last_notified_at: r.try_get("last_notified_at")?,
+                silenced: r.try_get("silenced")?,
                 condition,
             },
         );
@@ -338,7 +342,9 @@ pub const RULES: [&str; 7] = [
     "vip_not_on_primary",
 ];
 
-/// One evaluation: opens, fires, repeats and resolves alerts against `conditions`.
+/// One evaluation: opens, fires, repeats and resolves alerts against `conditions`. A silenced
+/// alert still opens, fires and resolves, but nobody is told; if it is still firing when the
+/// silence ends, it is notified then. An acknowledged alert is not repeated.
 async fn step(
     state: &AppState,
     settings: &AlertSettings,
@@ -346,92 +352,97 @@ async fn step(
     conditions: Vec<Condition>,
 ) -> Result<(), sqlx::Error> {
     let now = Utc::now();
+    let silences = crate::silences::current(&state.db).await?;
+    let silenced = |c: &Condition| silences.iter().any(|s| s.matches(c, now));
+    let repeat = chrono::Duration::from_std(settings.repeat_interval).unwrap_or_default();
     let mut seen = std::collections::HashSet::new();
     for c in conditions {
         seen.insert(c.fingerprint.clone());
-        match open.get_mut(&c.fingerprint) {
-            None => {
-                let id = Uuid::new_v4();
-                let fire = c.hold.is_zero();
-                let mut tx = state.db.begin().await?;
-                sqlx::query(
-                    "INSERT INTO alerts (id, fingerprint, rule, severity, cluster, node_id, instance, link, summary, state, active_since, fired_at, last_notified_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
-                )
-                .bind(id)
-                .bind(&c.fingerprint)
-                .bind(c.rule)
-                .bind(c.severity.as_str())
-                .bind(&c.cluster)
-                .bind(&c.node_id)
-                .bind(&c.instance)
-                .bind(&c.link)
-                .bind(&c.summary)
-                .bind(if fire { "firing" } else { "pending" })
+        let mute = silenced(&c);
+        if !open.contains_key(&c.fingerprint) {
+            let id = Uuid::new_v4();
+            sqlx::query(
+                "INSERT INTO alerts (id, fingerprint, rule, severity, cluster, node_id, instance, link, summary, state, active_since, silenced)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11)",
+            )
+            .bind(id)
+            .bind(&c.fingerprint)
+            .bind(c.rule)
+            .bind(c.severity.as_str())
+            .bind(&c.cluster)
+            .bind(&c.node_id)
+            .bind(&c.instance)
+            .bind(&c.link)
+            .bind(&c.summary)
+            .bind(now)
+            .bind(mute)
+            .execute(&state.db)
+            .await?;
+            open.insert(
+                c.fingerprint.clone(),
+                Open {
+                    id,
+                    firing: false,
+                    active_since: now,
+                    last_notified_at: None,
+                    silenced: mute,
+                    condition: c.clone(),
+                },
+            );
+        }
+        let Some(a) = open.get_mut(&c.fingerprint) else {
+            continue;
+        };
+        let held = now - a.active_since >= chrono::Duration::from_std(c.hold).unwrap_or_default();
+        let due = match (a.firing, a.last_notified_at) {
+            (false, _) if held => Some("firing"),
+            (true, None) => Some("firing"),
+            (true, Some(t)) if now - t >= repeat => Some("repeat"),
+            _ => None,
+        };
+        let mut tx = state.db.begin().await?;
+        if !a.firing && held {
+            sqlx::query(
+                "UPDATE alerts SET state = 'firing', fired_at = $2, summary = $3 WHERE id = $1",
+            )
+            .bind(a.id)
+            .bind(now)
+            .bind(&c.summary)
+            .execute(&mut *tx)
+            .await?;
+            tracing::warn!(alert = %c.fingerprint, severity = c.severity.as_str(), silenced = mute, summary = %c.summary, "alert firing");
+            a.firing = true;
+        }
+        let mut notified = false;
+        if let Some(kind) = due.filter(|_| !mute) {
+            // An acknowledged alert is not repeated.
+            let claimed = sqlx::query("UPDATE alerts SET last_notified_at = $2 WHERE id = $1 AND ($3 OR acked_at IS NULL) RETURNING id")
+                .bind(a.id)
                 .bind(now)
-                .bind(fire.then_some(now))
+                .bind(kind == "firing")
+                .fetch_optional(&mut *tx)
+                .await?;
+            if claimed.is_some() {
+                crate::notify::enqueue(&mut tx, settings, a.id, &c, kind, now).await?;
+                a.last_notified_at = Some(now);
+                notified = true;
+            } else {
+                a.last_notified_at = Some(now);
+            }
+        }
+        if a.silenced != mute {
+            sqlx::query("UPDATE alerts SET silenced = $2 WHERE id = $1")
+                .bind(a.id)
+                .bind(mute)
                 .execute(&mut *tx)
                 .await?;
-                if fire {
-                    crate::notify::enqueue(&mut tx, settings, id, &c, "firing", now).await?;
-                }
-                tx.commit().await?;
-                if fire {
-                    tracing::warn!(alert = %c.fingerprint, severity = c.severity.as_str(), summary = %c.summary, "alert firing");
-                    state.notifier.notify_one();
-                }
-                open.insert(
-                    c.fingerprint.clone(),
-                    Open {
-                        id,
-                        firing: fire,
-                        active_since: now,
-                        last_notified_at: fire.then_some(now),
-                        condition: c,
-                    },
-                );
-            }
-            Some(a)
-                if !a.firing
-                    && now - a.active_since
-                        >= chrono::Duration::from_std(c.hold).unwrap_or_default() =>
-            {
-                let mut tx = state.db.begin().await?;
-                sqlx::query("UPDATE alerts SET state = 'firing', fired_at = $2, last_notified_at = $2, summary = $3 WHERE id = $1")
-                    .bind(a.id)
-                    .bind(now)
-                    .bind(&c.summary)
-                    .execute(&mut *tx)
-                    .await?;
-                crate::notify::enqueue(&mut tx, settings, a.id, &c, "firing", now).await?;
-                tx.commit().await?;
-                tracing::warn!(alert = %c.fingerprint, severity = c.severity.as_str(), summary = %c.summary, "alert firing");
-                state.notifier.notify_one();
-                a.firing = true;
-                a.last_notified_at = Some(now);
-                a.condition = c;
-            }
-            Some(a)
-                if a.firing
-                    && a.last_notified_at.is_some_and(|t| {
-                        now - t
-                            >= chrono::Duration::from_std(settings.repeat_interval)
-                                .unwrap_or_default()
-                    }) =>
-            {
-                let mut tx = state.db.begin().await?;
-                sqlx::query("UPDATE alerts SET last_notified_at = $2 WHERE id = $1")
-                    .bind(a.id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                crate::notify::enqueue(&mut tx, settings, a.id, &c, "repeat", now).await?;
-                tx.commit().await?;
-                state.notifier.notify_one();
-                a.last_notified_at = Some(now);
-            }
-            Some(_) => {}
+            a.silenced = mute;
         }
+        tx.commit().await?;
+        if notified {
+            state.notifier.notify_one();
+        }
+        a.condition = c;
     }
     let gone: Vec<String> = open
         .keys()
@@ -448,12 +459,16 @@ async fn step(
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        if a.firing {
+        // Only who was told it fired is told it is over.
+        let tell = a.firing && a.last_notified_at.is_some();
+        if tell {
             resolve_notice(&mut tx, settings, &a, now).await?;
         }
         tx.commit().await?;
         if a.firing {
             tracing::info!(alert = %fingerprint, "alert resolved");
+        }
+        if tell {
             state.notifier.notify_one();
         }
     }
@@ -506,16 +521,44 @@ pub struct Alert {
     pub fired_at: Option<DateTime<Utc>>,
     /// When it resolved.
     pub resolved_at: Option<DateTime<Utc>>,
+    /// A silence or maintenance window matches it.
+    pub silenced: bool,
+    /// When someone acknowledged it (no more repeats).
+    pub acked_at: Option<DateTime<Utc>>,
+    /// Who acknowledged it.
+    pub acked_by: Option<String>,
+    /// What they said.
+    pub ack_comment: Option<String>,
 }
 
 /// Open alerts first, then the latest resolved ones (at most 200 rows).
 pub async fn list(pool: &sqlx::PgPool) -> Result<Vec<Alert>, sqlx::Error> {
     sqlx::query_as::<_, Alert>(
-        "SELECT id, fingerprint, rule, severity, cluster, node_id, instance, link, summary, state, active_since, fired_at, resolved_at
+        "SELECT id, fingerprint, rule, severity, cluster, node_id, instance, link, summary, state, active_since, fired_at, resolved_at,
+                silenced, acked_at, acked_by, ack_comment
            FROM alerts ORDER BY (state = 'resolved'), active_since DESC LIMIT 200",
     )
     .fetch_all(pool)
     .await
+}
+
+/// Acknowledges an open alert: no more repeats until it resolves. 404 when it is not open.
+pub async fn acknowledge(
+    pool: &sqlx::PgPool,
+    id: Uuid,
+    author: &str,
+    comment: &str,
+) -> Result<(), crate::error::AppError> {
+    let done = sqlx::query("UPDATE alerts SET acked_at = now(), acked_by = $2, ack_comment = $3 WHERE id = $1 AND state IN ('pending', 'firing')")
+        .bind(id)
+        .bind(author)
+        .bind(comment)
+        .execute(pool)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(crate::error::AppError::NotFound(format!("open alert {id}")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod notify;
 pub mod router;
 pub mod series;
+pub mod silences;
 pub mod state;
 pub mod switchover;
 pub mod ui;

@@ -48,6 +48,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/nodes/{node_id}/history", get(api::v1::history))
         .route("/api/v1/events", get(api::v1::events))
         .route("/api/v1/alerts", get(api::v1::alerts))
+        .route("/api/v1/alerts/{id}/ack", post(api::v1::ack_alert))
+        .route(
+            "/api/v1/silences",
+            get(api::v1::silences).post(api::v1::create_silence),
+        )
+        .route(
+            "/api/v1/silences/{id}",
+            axum::routing::delete(api::v1::expire_silence),
+        )
         .route("/api/v1/notifications", get(api::v1::notifications))
         .route(
             "/api/v1/clusters/{cluster}/switchover",

@@ -611,6 +611,25 @@ async fn run(state: &AppState, id: Uuid) -> Result<(), sqlx::Error> {
         epoch: sw.epoch,
         checkpoint_lsn: None,
     };
+    // The alerts this switchover will cause, and only those, are silenced while it runs.
+    let silence = crate::silences::create(
+        &state.db,
+        &crate::silences::NewSilence {
+            cluster: Some(sw.cluster.clone()),
+            node_id: None,
+            rules: SWITCHOVER_SILENCES.iter().map(|r| r.to_string()).collect(),
+            severity: None,
+            maintenance: false,
+            starts_at: None,
+            ends_at: Utc::now() + chrono::Duration::minutes(10),
+            author: sw.requested_by.clone(),
+            reason: format!("switchover {id} of {} to {}", sw.instance, sw.target_node),
+        },
+        Some(id),
+    )
+    .await
+    .map_err(|e| tracing::warn!(error = %e, "cannot silence the switchover's alerts"))
+    .ok();
     log_db(
         event(
             state,
@@ -685,6 +704,16 @@ async fn run(state: &AppState, id: Uuid) -> Result<(), sqlx::Error> {
             ("failed", Some(described))
         }
     };
+    if let Some(silence) = &silence {
+        // A little after the end, so the last reports of the move settle first.
+        let end = sqlx::query(
+            "UPDATE silences SET ends_at = now() + interval '15 seconds' WHERE id = $1",
+        )
+        .bind(silence.id)
+        .execute(&state.db)
+        .await;
+        log_db(end.map(|_| ()));
+    }
     // None of this switchover's commands may run from now on.
     log_db(commands::expire_switchover(&state.db, id).await.map(|_| ()));
     let mut recorded = false;
@@ -747,6 +776,16 @@ fn log_db(result: Result<(), sqlx::Error>) {
         tracing::error!(error = %e, "switchover bookkeeping failed");
     }
 }
+
+/// Rules a switchover trips on purpose while it runs (the old master in FAULT, the VIP and the
+/// primary briefly apart, the database stopped): silenced for its duration.
+const SWITCHOVER_SILENCES: [&str; 5] = [
+    "instance_fault",
+    "no_master",
+    "vip_not_on_primary",
+    "replication_broken",
+    "replication_lag",
+];
 
 fn step_timeout(name: &str) -> Duration {
     match name {

@@ -358,3 +358,108 @@ pub async fn notifications(
         notifications: crate::notify::list(&state.db).await?,
     }))
 }
+
+/// Body of `POST /api/v1/alerts/{id}/ack`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    /// Who.
+    pub author: String,
+    /// What they say (kept with the alert).
+    pub comment: String,
+}
+
+/// `POST /api/v1/alerts/{id}/ack`: acknowledges an open alert; it is not repeated until it
+/// resolves. 404 when it is not open.
+pub async fn ack_alert(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    ApiJson(ack): ApiJson<AckRequest>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let ok =
+        |s: &str, max| !s.trim().is_empty() && s.len() <= max && !s.chars().any(char::is_control);
+    if !ok(&ack.author, 200) || !ok(&ack.comment, 1000) {
+        return Err(AppError::invalid(
+            "invalid_body",
+            "comment",
+            "author and comment are required, one line each",
+        ));
+    }
+    crate::alerts::acknowledge(&state.db, id, &ack.author, &ack.comment).await?;
+    let source = peer.ip().to_string();
+    switchover::Audit {
+        actor: &ack.author,
+        source: Some(&source),
+        action: "alert_ack",
+        target: &id.to_string(),
+        reason: Some(&ack.comment),
+        outcome: "acknowledged",
+        detail: serde_json::json!({}),
+    }
+    .record(&state.db)
+    .await?;
+    Ok(Json(serde_json::json!({ "id": id, "acknowledged": true })))
+}
+
+/// Body of `GET /api/v1/silences`.
+#[derive(Serialize)]
+pub struct SilenceList {
+    /// Silences and maintenance windows not over yet, soonest end first.
+    pub silences: Vec<crate::silences::Silence>,
+}
+
+/// `GET /api/v1/silences`: current and future silences.
+pub async fn silences(State(state): State<AppState>) -> Result<Json<SilenceList>, AppError> {
+    Ok(Json(SilenceList {
+        silences: crate::silences::current(&state.db).await?,
+    }))
+}
+
+/// `POST /api/v1/silences`: a silence or maintenance window (201). 400 naming the field for a
+/// silence that would match everything, unknown rules, or bad times.
+pub async fn create_silence(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    ApiJson(new): ApiJson<crate::silences::NewSilence>,
+) -> Result<(StatusCode, Json<crate::silences::Silence>), AppError> {
+    let silence = crate::silences::create(&state.db, &new, None).await?;
+    let source = peer.ip().to_string();
+    switchover::Audit {
+        actor: &new.author,
+        source: Some(&source),
+        action: if new.maintenance { "maintenance" } else { "silence" },
+        target: &silence.id.to_string(),
+        reason: Some(&new.reason),
+        outcome: "created",
+        detail: serde_json::json!({ "cluster": new.cluster, "node_id": new.node_id, "rules": new.rules, "ends_at": new.ends_at }),
+    }
+    .record(&state.db)
+    .await?;
+    if let Some(cluster) = &silence.cluster {
+        state.announce(cluster);
+    }
+    Ok((StatusCode::CREATED, Json(silence)))
+}
+
+/// `DELETE /api/v1/silences/{id}`: ends a silence now.
+pub async fn expire_silence(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    crate::silences::expire(&state.db, id).await?;
+    let source = peer.ip().to_string();
+    switchover::Audit {
+        actor: "api",
+        source: Some(&source),
+        action: "silence_expire",
+        target: &id.to_string(),
+        reason: None,
+        outcome: "expired",
+        detail: serde_json::json!({}),
+    }
+    .record(&state.db)
+    .await?;
+    Ok(Json(serde_json::json!({ "id": id, "expired": true })))
+}

@@ -229,3 +229,149 @@ async fn node_down_is_mailed_texted_and_posted_once_and_resolved(pool: PgPool) {
     );
     server.stop().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn silences_mute_and_acknowledgements_stop_repeats(pool: PgPool) {
+    let requests: Arc<Mutex<Vec<String>>> = Arc::default();
+    let recorder = requests.clone();
+    let gateway = axum::Router::new().route(
+        "/hook",
+        post(move |body: String| {
+            let requests = recorder.clone();
+            async move {
+                requests.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let gateway_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway_addr = gateway_listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(gateway_listener, gateway).await });
+    let mut s = settings();
+    s.listen = "127.0.0.1:0".parse().unwrap();
+    s.alerts.evaluate_interval = Duration::from_millis(100);
+    s.alerts.repeat_interval = Duration::from_secs(1);
+    s.alerts.webhook = vec![WebhookReceiver {
+        name: "chat".into(),
+        url: format!("http://{gateway_addr}/hook"),
+        severities: vec![],
+    }];
+    let server = TestServer::start_on(pool, s).await;
+    let post_json = |path: &str, body: serde_json::Value| {
+        let url = format!("{}{path}", server.url);
+        let http = server.http.clone();
+        async move {
+            let r = http.post(url).json(&body).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+
+    // A silence that matches everything is refused; a maintenance window for node a is not.
+    let until = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (status, body) = post_json(
+        "/api/v1/silences",
+        serde_json::json!({"ends_at": until, "author": "me", "reason": "all"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("matchers")),
+        "{body}"
+    );
+    let (status, body) = post_json("/api/v1/silences", serde_json::json!({"cluster": "c", "rules": ["bogus"], "ends_at": until, "author": "me", "reason": "x"})).await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("rules")),
+        "{body}"
+    );
+    let (status, maintenance) = post_json(
+        "/api/v1/silences",
+        serde_json::json!({"cluster": "c", "node_id": "a", "maintenance": true, "ends_at": until, "author": "ops", "reason": "kernel update on a"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{maintenance}");
+
+    // a (in maintenance) and b both go down.
+    let agent = server.agent();
+    for node in ["a", "b"] {
+        let mut r = report(
+            node,
+            Uuid::new_v4(),
+            1,
+            if node == "a" {
+                VrrpState::Master
+            } else {
+                VrrpState::Backup
+            },
+            node == "a",
+        );
+        r.heartbeat_interval_ms = 100;
+        agent.send_heartbeat(&r).await.unwrap();
+    }
+    let alerts = eventually(10, "both node_down alerts firing", || async {
+        let (_, list) = server.get_json("/api/v1/alerts").await;
+        let firing: Vec<serde_json::Value> = list["alerts"]
+            .as_array()?
+            .iter()
+            .filter(|a| a["rule"] == "node_down" && a["state"] == "firing")
+            .cloned()
+            .collect();
+        (firing.len() == 2).then_some(firing)
+    })
+    .await;
+    let a = alerts.iter().find(|x| x["node_id"] == "a").unwrap();
+    let b = alerts.iter().find(|x| x["node_id"] == "b").unwrap();
+    assert_eq!(
+        (a["silenced"].as_bool(), b["silenced"].as_bool()),
+        (Some(true), Some(false))
+    );
+    eventually(10, "b's notification", || async {
+        (count(&requests, "node_down c/b") >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        count(&requests, "node_down c/a"),
+        0,
+        "a is in maintenance: {:?}",
+        requests.lock().unwrap()
+    );
+
+    // b repeats every second until acknowledged, then stops.
+    eventually(10, "a repeat for b", || async {
+        (count(&requests, "STILL FIRING critical] node_down c/b") >= 1).then_some(())
+    })
+    .await;
+    let (status, body) = post_json(
+        &format!("/api/v1/alerts/{}/ack", b["id"].as_str().unwrap()),
+        serde_json::json!({"author": "me", "comment": "looking at it"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_ack = count(&requests, "node_down c/b");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        count(&requests, "node_down c/b"),
+        after_ack,
+        "no repeats after the acknowledgement"
+    );
+    assert_eq!(count(&requests, "node_down c/a"), 0);
+
+    // The maintenance window ends while a is still down: now it is told.
+    let id = maintenance["id"].as_str().unwrap();
+    let r = server
+        .http
+        .delete(format!("{}/api/v1/silences/{id}", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    eventually(10, "a's notification after the window", || async {
+        (count(&requests, "[FIRING critical] node_down c/a") == 1).then_some(())
+    })
+    .await;
+    server.stop().await;
+}
