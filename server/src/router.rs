@@ -21,6 +21,7 @@ pub fn router(state: AppState) -> Router {
         .route("/clusters/{cluster}", get(ui::cluster))
         .route("/nodes/{node_id}", get(ui::node))
         .route("/events", get(ui::events))
+        .route("/alerts", get(ui::alerts))
         .route(
             "/clusters/{cluster}/switchover",
             get(ui::switchover_preview).post(ui::switchover_confirm),

@@ -60,6 +60,8 @@ struct ClusterPartial<'a> {
     now: DateTime<Utc>,
     cluster: &'a ClusterView,
     events: &'a [Event],
+    /// Maintenance windows in force for this cluster or its nodes.
+    maintenance: &'a [crate::silences::Silence],
 }
 
 #[derive(Template)]
@@ -206,10 +208,18 @@ pub async fn cluster(
         ..Default::default()
     };
     let events = db::list_events(&state.db, &filter).await?;
+    let maintenance: Vec<crate::silences::Silence> = crate::silences::current(&state.db)
+        .await?
+        .into_iter()
+        .filter(|s| {
+            s.maintenance && s.starts_at <= now && s.cluster.as_deref().is_none_or(|c| c == name)
+        })
+        .collect();
     let body = render(&ClusterPartial {
         now,
         cluster: &cluster,
         events: &events,
+        maintenance: &maintenance,
     })?;
     page(&q, &format!("Cluster {name}"), &name, body)
 }
@@ -437,6 +447,33 @@ pub async fn switchover_progress(
         sw: &sw,
     })?;
     page(&q, &format!("Switchover {id}"), &sw.cluster, body)
+}
+
+#[derive(Template)]
+#[template(path = "alerts_partial.html")]
+struct AlertsPartial<'a> {
+    now: DateTime<Utc>,
+    alerts: &'a [crate::alerts::Alert],
+    silences: &'a [crate::silences::Silence],
+    notifications: &'a [crate::notify::Notification],
+}
+
+/// `GET /alerts`: open alerts and recent history, silences and maintenance windows, and the
+/// delivery log.
+pub async fn alerts(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Response, AppError> {
+    let alerts = crate::alerts::list(&state.db).await?;
+    let silences = crate::silences::current(&state.db).await?;
+    let notifications = crate::notify::list(&state.db).await?;
+    let body = render(&AlertsPartial {
+        now: Utc::now(),
+        alerts: &alerts,
+        silences: &silences,
+        notifications: &notifications,
+    })?;
+    page(&q, "Alerts", "*", body)
 }
 
 /// `GET /events`: the latest 200 events of every cluster.

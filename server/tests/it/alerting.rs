@@ -339,6 +339,17 @@ async fn silences_mute_and_acknowledgements_stop_repeats(pool: PgPool) {
         requests.lock().unwrap()
     );
 
+    let (_, page) = server.get_text("/clusters/c").await;
+    assert!(
+        page.contains("maintenance-banner") && page.contains("kernel update on a"),
+        "{page}"
+    );
+    let (_, page) = server.get_text("/alerts").await;
+    assert!(
+        page.contains("silenced") && page.contains("node_down") && page.contains("webhook:chat"),
+        "{page}"
+    );
+
     // b repeats every second until acknowledged, then stops.
     eventually(10, "a repeat for b", || async {
         (count(&requests, "STILL FIRING critical] node_down c/b") >= 1).then_some(())
