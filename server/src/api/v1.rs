@@ -265,7 +265,29 @@ pub async fn request_switchover(
     source: &str,
 ) -> Result<(StatusCode, Json<SwitchoverAccepted>), AppError> {
     let view = cluster_with_epoch(state, cluster).await?;
-    let plan = match switchover::plan(&view, &req) {
+    let now = Utc::now();
+    let in_maintenance = crate::silences::current(&state.db)
+        .await?
+        .into_iter()
+        .find(|s| {
+            s.maintenance
+                && s.starts_at <= now
+                && s.node_id.is_none()
+                && s.cluster.as_deref() == Some(cluster)
+        });
+    let planned = match in_maintenance {
+        Some(m) => Err(AppError::Conflict {
+            code: "cluster_in_maintenance",
+            message: format!(
+                "{cluster} is in maintenance until {} ({}: {})",
+                m.ends_at.format("%Y-%m-%d %H:%M UTC"),
+                m.author,
+                m.reason
+            ),
+        }),
+        None => switchover::plan(&view, &req),
+    };
+    let plan = match planned {
         Ok(p) => p,
         Err(e) => {
             if !req.dry_run {

@@ -386,3 +386,48 @@ async fn silences_mute_and_acknowledgements_stop_repeats(pool: PgPool) {
     .await;
     server.stop().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_cluster_in_maintenance_refuses_switchovers(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let agent = server.agent();
+    for (node, state) in [("a", VrrpState::Master), ("b", VrrpState::Backup)] {
+        let mut r = report(node, Uuid::new_v4(), 1, state, node == "a");
+        r.heartbeat_interval_ms = 60_000;
+        agent.send_heartbeat(&r).await.unwrap();
+    }
+    let switchover = || async {
+        let r = server
+            .http
+            .post(format!("{}/api/v1/clusters/c/switchover", server.url))
+            .json(&serde_json::json!({"target_node": "b", "reason": "test", "dry_run": true}))
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+    assert_eq!(switchover().await.0, 200);
+    let until = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let r = server
+        .http
+        .post(format!("{}/api/v1/silences", server.url))
+        .json(&serde_json::json!({"cluster": "c", "maintenance": true, "ends_at": until, "author": "ops", "reason": "rack move"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let (status, body) = switchover().await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("cluster_in_maintenance")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("rack move"),
+        "{body}"
+    );
+    server.stop().await;
+}
