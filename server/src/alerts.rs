@@ -17,8 +17,8 @@ use sqlx::{Postgres, Row, Transaction};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::AlertSettings;
-use crate::live::NodeStatus;
+use crate::config::{AlertSettings, Thresholds};
+use crate::live::{NodeLive, NodeStatus};
 use crate::state::AppState;
 use crate::view::{self, ClusterView, Health};
 
@@ -30,6 +30,8 @@ pub enum Severity {
     Critical,
     /// Look at it today.
     Warning,
+    /// Worth knowing; nothing is broken.
+    Info,
 }
 
 impl Severity {
@@ -38,6 +40,7 @@ impl Severity {
         match self {
             Severity::Critical => "critical",
             Severity::Warning => "warning",
+            Severity::Info => "info",
         }
     }
 }
@@ -47,8 +50,7 @@ impl Severity {
 pub struct Condition {
     /// `rule:cluster/what`.
     pub fingerprint: String,
-    /// Rule name (`node_down`, `no_master`, `split_brain`, `instance_fault`,
-    /// `replication_broken`, `replication_lag`, `vip_not_on_primary`).
+    /// Rule name, one of [`RULES`].
     pub rule: &'static str,
     /// Severity.
     pub severity: Severity,
@@ -66,8 +68,99 @@ pub struct Condition {
     pub hold: Duration,
 }
 
-/// The conditions in a cluster's view.
-pub fn evaluate(c: &ClusterView, s: &AlertSettings) -> Vec<Condition> {
+/// An unplanned change of an instance's MASTER, seen by the server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failover {
+    /// Cluster.
+    pub cluster: String,
+    /// VRRP instance.
+    pub instance: String,
+    /// The MASTER before.
+    pub from: String,
+    /// The MASTER now.
+    pub to: String,
+    /// When the server saw the new MASTER.
+    pub at: DateTime<Utc>,
+}
+
+/// A VRRP role change (an event the server stored), for the flapping rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoleChange {
+    /// Cluster.
+    pub cluster: String,
+    /// VRRP instance.
+    pub instance: String,
+    /// When the server recorded it.
+    pub at: DateTime<Utc>,
+}
+
+/// Remembers each instance's last single MASTER, to notice when another node takes over.
+/// Starts empty: after a server restart the first MASTER seen is the baseline, not a failover.
+#[derive(Debug, Default)]
+pub struct MasterTracker {
+    last: HashMap<(String, String), String>,
+}
+
+impl MasterTracker {
+    /// Compares the views with the MASTERs seen before and returns the changes (with `at` =
+    /// `now`). An instance with no MASTER or two keeps its last single MASTER, so `a` → none →
+    /// `b` is one change from `a` to `b`.
+    pub fn observe(&mut self, views: &[ClusterView], now: DateTime<Utc>) -> Vec<Failover> {
+        let mut changes = Vec::new();
+        for c in views {
+            for i in &c.instances {
+                let Some(master) = &i.master else { continue };
+                let key = (c.name.clone(), i.name.clone());
+                match self.last.insert(key, master.clone()) {
+                    Some(before) if before != *master => changes.push(Failover {
+                        cluster: c.name.clone(),
+                        instance: i.name.clone(),
+                        from: before,
+                        to: master.clone(),
+                        at: now,
+                    }),
+                    _ => {}
+                }
+            }
+        }
+        changes
+    }
+}
+
+/// Everything the rules look at for one cluster besides its view.
+#[derive(Debug, Default)]
+pub struct Evidence<'a> {
+    /// The cluster's nodes as last reported.
+    pub nodes: Vec<&'a NodeLive>,
+    /// Its VRRP role changes within the flap window.
+    pub role_changes: Vec<&'a RoleChange>,
+    /// Its unplanned MASTER changes still within `failover_notice_for`.
+    pub failovers: Vec<&'a Failover>,
+}
+
+/// `a.b.c` is older than `x.y.z` (numeric parts compared in order; anything unparsable is not
+/// older).
+fn version_behind(agent: &str, server: &str) -> bool {
+    let parts = |v: &str| -> Option<Vec<u64>> {
+        v.split(['.', '-', '+'])
+            .take(3)
+            .map(|p| p.parse().ok())
+            .collect()
+    };
+    match (parts(agent), parts(server)) {
+        (Some(a), Some(s)) => a < s,
+        _ => false,
+    }
+}
+
+/// The conditions in a cluster: its view, its nodes' reports and its recent role changes, with
+/// the thresholds for that cluster, at `now`.
+pub fn evaluate(
+    c: &ClusterView,
+    evidence: &Evidence<'_>,
+    t: &Thresholds,
+    now: DateTime<Utc>,
+) -> Vec<Condition> {
     let mut out = Vec::new();
     let mut push = |rule: &'static str,
                     severity,
@@ -89,7 +182,7 @@ pub fn evaluate(c: &ClusterView, s: &AlertSettings) -> Vec<Condition> {
             hold,
         });
     };
-    let now = Duration::ZERO;
+    let at_once = Duration::ZERO;
     for n in c.nodes.iter().filter(|n| n.status == NodeStatus::Down) {
         push(
             "node_down",
@@ -104,7 +197,7 @@ pub fn evaluate(c: &ClusterView, s: &AlertSettings) -> Vec<Condition> {
                 c.name,
                 n.status_since.format("%H:%M:%S UTC")
             ),
-            now,
+            at_once,
         );
     }
     for i in &c.instances {
@@ -122,7 +215,7 @@ pub fn evaluate(c: &ClusterView, s: &AlertSettings) -> Vec<Condition> {
                     i.name,
                     i.reasons.join("; ")
                 ),
-                now,
+                at_once,
             ),
             Health::NoMaster => push(
                 "no_master",
@@ -135,7 +228,7 @@ pub fn evaluate(c: &ClusterView, s: &AlertSettings) -> Vec<Condition> {
                     "{}/{} has no MASTER: the service behind its VIP is down",
                     c.name, i.name
                 ),
-                now,
+                at_once,
             ),
             _ => {}
         }
@@ -152,7 +245,7 @@ pub fn evaluate(c: &ClusterView, s: &AlertSettings) -> Vec<Condition> {
                 Some(&i.name),
                 None,
                 format!("{} is in FAULT on {} ({})", i.name, m.node_id, c.name),
-                now,
+                at_once,
             );
         }
     }
@@ -171,7 +264,7 @@ pub fn evaluate(c: &ClusterView, s: &AlertSettings) -> Vec<Condition> {
                     c.name,
                     r.reasons.join("; ")
                 ),
-                now,
+                at_once,
             );
         }
         for m in r
@@ -196,11 +289,11 @@ pub fn evaluate(c: &ClusterView, s: &AlertSettings) -> Vec<Condition> {
                     None,
                     Some(&r.link),
                     format!("{} on {} is {}{why}", r.link, m.node_id, m.state.as_str()),
-                    now,
+                    at_once,
                 );
             }
-            let over_bytes = m.lag_bytes.is_some_and(|b| b > s.lag_bytes_threshold);
-            let over_seconds = m.lag_seconds.is_some_and(|l| l > s.lag_seconds_threshold);
+            let over_bytes = m.lag_bytes.is_some_and(|b| b > t.lag_bytes);
+            let over_seconds = m.lag_seconds.is_some_and(|l| l > t.lag_seconds);
             if over_bytes || over_seconds {
                 push(
                     "replication_lag",
@@ -216,7 +309,7 @@ pub fn evaluate(c: &ClusterView, s: &AlertSettings) -> Vec<Condition> {
                         m.lag_bytes.unwrap_or(0),
                         m.lag_seconds.unwrap_or(0.0)
                     ),
-                    s.lag_for,
+                    t.lag_for,
                 );
             }
         }
@@ -234,7 +327,116 @@ pub fn evaluate(c: &ClusterView, s: &AlertSettings) -> Vec<Condition> {
                     c.name,
                     r.reasons.last().cloned().unwrap_or_default()
                 ),
-                now,
+                at_once,
+            );
+        }
+    }
+    let mut changes: HashMap<&str, usize> = HashMap::new();
+    for r in evidence
+        .role_changes
+        .iter()
+        .filter(|r| now - r.at <= chrono::Duration::from_std(t.flap_window).unwrap_or_default())
+    {
+        *changes.entry(r.instance.as_str()).or_default() += 1;
+    }
+    let mut flapping: Vec<(&str, usize)> = changes
+        .into_iter()
+        .filter(|(_, n)| *n > t.flap_max_changes as usize)
+        .collect();
+    flapping.sort();
+    for (instance, n) in flapping {
+        push(
+            "flapping",
+            Severity::Warning,
+            instance.to_string(),
+            None,
+            Some(instance),
+            None,
+            format!(
+                "{}/{instance} is flapping: {n} VRRP role changes in the last {}",
+                c.name,
+                humantime::format_duration(t.flap_window)
+            ),
+            at_once,
+        );
+    }
+    for f in evidence.failovers.iter().filter(|f| {
+        now - f.at < chrono::Duration::from_std(t.failover_notice_for).unwrap_or_default()
+    }) {
+        push(
+            "failover",
+            Severity::Warning,
+            format!("{}@{}", f.instance, f.at.format("%Y-%m-%dT%H:%M:%S%.3fZ")),
+            Some(&f.to),
+            Some(&f.instance),
+            None,
+            format!(
+                "failover in {}/{}: {} took over from {} at {}",
+                c.name,
+                f.instance,
+                f.to,
+                f.from,
+                f.at.format("%H:%M:%S UTC")
+            ),
+            at_once,
+        );
+    }
+    for n in evidence.nodes.iter().filter(|n| n.status == NodeStatus::Up) {
+        // A report replayed from the spool is old by design; only a live one shows the clock.
+        let skew = (n.last_observed_at - n.last_heartbeat_at).num_milliseconds();
+        let max = t.clock_skew_max.as_millis() as i64;
+        if n.spool_depth == 0 && skew.abs() > max {
+            push(
+                "clock_skew",
+                Severity::Warning,
+                n.node_id.clone(),
+                Some(&n.node_id),
+                None,
+                None,
+                format!(
+                    "the clock on {} is {:.1} s {} the server's (tolerated: {})",
+                    n.node_id,
+                    skew.abs() as f64 / 1000.0,
+                    if skew > 0 { "ahead of" } else { "behind" },
+                    humantime::format_duration(t.clock_skew_max)
+                ),
+                Duration::from_secs(30),
+            );
+        }
+        if n.spool_depth > t.spool_depth_max || n.spool_dropped > 0 {
+            push(
+                "agent_spool",
+                Severity::Warning,
+                n.node_id.clone(),
+                Some(&n.node_id),
+                None,
+                None,
+                format!(
+                    "the agent on {} has {} unsent reports in its spool and dropped {} since it started",
+                    n.node_id, n.spool_depth, n.spool_dropped
+                ),
+                at_once,
+            );
+        }
+        let server_version = env!("CARGO_PKG_VERSION");
+        if version_behind(&n.agent_version, server_version)
+            || n.protocol_version != hapulse_protocol::PROTOCOL_VERSION
+        {
+            push(
+                "agent_version",
+                Severity::Info,
+                n.node_id.clone(),
+                Some(&n.node_id),
+                None,
+                None,
+                format!(
+                    "the agent on {} runs {} (protocol {}); the server runs {server_version} (protocol {})",
+                    n.node_id,
+                    n.agent_version,
+                    n.protocol_version,
+                    hapulse_protocol::PROTOCOL_VERSION
+                ),
+                at_once,
             );
         }
     }
@@ -266,22 +468,113 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
     };
     let mut tick = tokio::time::interval(settings.evaluate_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut masters = MasterTracker::default();
+    let mut failovers: Vec<Failover> = Vec::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let conditions: Vec<Condition> = {
-            let live = state.live();
-            view::clusters(&live, Utc::now())
-                .iter()
-                .flat_map(|c| evaluate(c, &settings))
-                .collect()
-        };
-        if let Err(e) = step(&state, &settings, &mut open, conditions).await {
+        if let Err(e) =
+            evaluate_all(&state, &settings, &mut masters, &mut failovers, &mut open).await
+        {
             tracing::warn!(error = %e, "alert evaluation failed; retrying");
         }
     }
+}
+
+/// One round: the views, the new failovers, the recent role changes, the rules, the lifecycle.
+async fn evaluate_all(
+    state: &AppState,
+    settings: &AlertSettings,
+    masters: &mut MasterTracker,
+    failovers: &mut Vec<Failover>,
+    open: &mut HashMap<String, Open>,
+) -> Result<(), sqlx::Error> {
+    let now = Utc::now();
+    let views = view::clusters(&state.live(), now);
+    for f in masters.observe(&views, now) {
+        if planned(&state.db, &f.cluster).await? {
+            tracing::info!(cluster = %f.cluster, instance = %f.instance, from = %f.from, to = %f.to, "MASTER moved by a switchover");
+        } else {
+            tracing::warn!(cluster = %f.cluster, instance = %f.instance, from = %f.from, to = %f.to, "failover: MASTER changed");
+            failovers.push(f);
+        }
+    }
+    failovers.retain(|f| {
+        now - f.at
+            < chrono::Duration::from_std(settings.thresholds(&f.cluster).failover_notice_for)
+                .unwrap_or_default()
+    });
+    let longest_window = std::iter::once(settings.flap_window)
+        .chain(settings.clusters.values().filter_map(|c| c.flap_window))
+        .max()
+        .unwrap_or(settings.flap_window);
+    let role_changes = recent_role_changes(&state.db, longest_window).await?;
+    let conditions: Vec<Condition> = {
+        let live = state.live();
+        views
+            .iter()
+            .flat_map(|c| {
+                let evidence = Evidence {
+                    nodes: live
+                        .nodes
+                        .values()
+                        .filter(|n| n.cluster == c.name)
+                        .collect(),
+                    role_changes: role_changes
+                        .iter()
+                        .filter(|r| r.cluster == c.name)
+                        .collect(),
+                    failovers: failovers.iter().filter(|f| f.cluster == c.name).collect(),
+                };
+                evaluate(c, &evidence, &settings.thresholds(&c.name), now)
+            })
+            .collect()
+    };
+    step(state, settings, open, conditions).await
+}
+
+/// A switchover of `cluster` is running or ended in the last 30 s: a MASTER change now is its
+/// doing, not a failover.
+async fn planned(db: &sqlx::PgPool, cluster: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM switchovers WHERE cluster = $1
+                  AND (state = 'running' OR finished_at > now() - interval '30 seconds'))",
+    )
+    .bind(cluster)
+    .fetch_one(db)
+    .await
+}
+
+/// VRRP role changes recorded within `window`, leaving out those a switchover made (a planned
+/// move is not flapping).
+async fn recent_role_changes(
+    db: &sqlx::PgPool,
+    window: Duration,
+) -> Result<Vec<RoleChange>, sqlx::Error> {
+    // `at` (agent clock, indexed) narrows the scan; `recorded_at` (server clock) decides.
+    let rows = sqlx::query(
+        "SELECT e.cluster, e.instance, e.recorded_at FROM events e
+          WHERE e.at > now() - $1 * interval '1 second' - interval '1 hour'
+            AND e.recorded_at > now() - $1 * interval '1 second'
+            AND e.kind = 'role_change' AND e.instance IS NOT NULL
+            AND NOT EXISTS (SELECT 1 FROM switchovers s
+                             WHERE s.cluster = e.cluster AND s.started_at <= e.recorded_at
+                               AND e.recorded_at <= coalesce(s.finished_at, now()) + interval '30 seconds')",
+    )
+    .bind(window.as_secs_f64())
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(RoleChange {
+                cluster: r.try_get("cluster")?,
+                instance: r.try_get("instance")?,
+                at: r.try_get("recorded_at")?,
+            })
+        })
+        .collect()
 }
 
 async fn load_open(state: &AppState) -> Result<HashMap<String, Open>, sqlx::Error> {
@@ -303,10 +596,10 @@ async fn load_open(state: &AppState) -> Result<HashMap<String, Open>, sqlx::Erro
                 .copied()
                 .find(|k| *k == rule)
                 .unwrap_or("unknown"),
-            severity: if severity == "critical" {
-                Severity::Critical
-            } else {
-                Severity::Warning
+            severity: match severity.as_str() {
+                "critical" => Severity::Critical,
+                "warning" => Severity::Warning,
+                _ => Severity::Info,
             },
             cluster: r.try_get("cluster")?,
             node_id: r.try_get("node_id")?,
@@ -332,7 +625,7 @@ async fn load_open(state: &AppState) -> Result<HashMap<String, Open>, sqlx::Erro
 }
 
 /// The rules' names.
-pub const RULES: [&str; 7] = [
+pub const RULES: [&str; 12] = [
     "node_down",
     "no_master",
     "split_brain",
@@ -340,7 +633,16 @@ pub const RULES: [&str; 7] = [
     "replication_broken",
     "replication_lag",
     "vip_not_on_primary",
+    "flapping",
+    "failover",
+    "clock_skew",
+    "agent_spool",
+    "agent_version",
 ];
+
+/// Rules that report an event rather than a state: they end quietly, without a resolved
+/// message.
+const EVENT_RULES: [&str; 1] = ["failover"];
 
 /// One evaluation: opens, fires, repeats and resolves alerts against `conditions`. A silenced
 /// alert still opens, fires and resolves, but nobody is told; if it is still firing when the
@@ -356,6 +658,7 @@ async fn step(
     let silenced = |c: &Condition| silences.iter().any(|s| s.matches(c, now));
     let repeat = chrono::Duration::from_std(settings.repeat_interval).unwrap_or_default();
     let mut seen = std::collections::HashSet::new();
+    let mut wake = false;
     for c in conditions {
         seen.insert(c.fingerprint.clone());
         let mute = silenced(&c);
@@ -439,9 +742,7 @@ async fn step(
             a.silenced = mute;
         }
         tx.commit().await?;
-        if notified {
-            state.notifier.notify_one();
-        }
+        wake |= notified;
         a.condition = c;
     }
     let gone: Vec<String> = open
@@ -460,7 +761,8 @@ async fn step(
             .execute(&mut *tx)
             .await?;
         // Only who was told it fired is told it is over.
-        let tell = a.firing && a.last_notified_at.is_some();
+        let tell =
+            a.firing && a.last_notified_at.is_some() && !EVENT_RULES.contains(&a.condition.rule);
         if tell {
             resolve_notice(&mut tx, settings, &a, now).await?;
         }
@@ -468,9 +770,11 @@ async fn step(
         if a.firing {
             tracing::info!(alert = %fingerprint, "alert resolved");
         }
-        if tell {
-            state.notifier.notify_one();
-        }
+        wake |= tell;
+    }
+    // Woken once per round, so what one round stored goes out grouped per cluster.
+    if wake {
+        state.notifier.notify_one();
     }
     Ok(())
 }
@@ -638,10 +942,19 @@ mod tests {
             live.nodes.insert(n.node_id.clone(), n);
         }
         let view = view::cluster_view(&live, "c", Utc::now()).unwrap();
-        evaluate(&view, &AlertSettings::default())
-            .into_iter()
-            .map(|c| (c.rule, c.severity, c.fingerprint))
-            .collect()
+        let evidence = Evidence {
+            nodes: live.nodes.values().collect(),
+            ..Default::default()
+        };
+        evaluate(
+            &view,
+            &evidence,
+            &AlertSettings::default().thresholds("c"),
+            Utc::now(),
+        )
+        .into_iter()
+        .map(|c| (c.rule, c.severity, c.fingerprint))
+        .collect()
     }
 
     #[test]
@@ -731,5 +1044,152 @@ mod tests {
             names.contains(&"vip_not_on_primary") && names.contains(&"instance_fault"),
             "{found:?}"
         );
+    }
+
+    fn conditions(
+        nodes: Vec<NodeLive>,
+        role_changes: &[RoleChange],
+        failovers: &[Failover],
+        t: &Thresholds,
+    ) -> Vec<Condition> {
+        let mut live = Live::default();
+        for n in nodes {
+            live.nodes.insert(n.node_id.clone(), n);
+        }
+        let view = view::cluster_view(&live, "c", Utc::now()).unwrap();
+        let evidence = Evidence {
+            nodes: live.nodes.values().collect(),
+            role_changes: role_changes.iter().collect(),
+            failovers: failovers.iter().collect(),
+        };
+        evaluate(&view, &evidence, t, Utc::now())
+    }
+
+    fn pair() -> Vec<NodeLive> {
+        vec![
+            node("a", VrrpState::Master, true, NodeStatus::Up, None),
+            node("b", VrrpState::Backup, false, NodeStatus::Up, None),
+        ]
+    }
+
+    #[test]
+    fn flapping_counts_role_changes_within_the_window() {
+        let t = AlertSettings::default().thresholds("c");
+        let change = |secs_ago: i64| RoleChange {
+            cluster: "c".into(),
+            instance: "VI_1".into(),
+            at: Utc::now() - chrono::Duration::seconds(secs_ago),
+        };
+        // Four changes are allowed; a fifth, or five old ones, is not flapping.
+        let four: Vec<RoleChange> = (0..4).map(|i| change(i * 10)).collect();
+        assert!(conditions(pair(), &four, &[], &t).is_empty());
+        let old: Vec<RoleChange> = (0..5).map(|i| change(3600 + i)).collect();
+        assert!(conditions(pair(), &old, &[], &t).is_empty());
+        let five: Vec<RoleChange> = (0..5).map(|i| change(i * 10)).collect();
+        let found = conditions(pair(), &five, &[], &t);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].fingerprint, "flapping:c/VI_1");
+        assert!(
+            found[0].summary.contains("5 VRRP role changes"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_new_master_is_a_failover_once_and_for_a_while() {
+        let mut tracker = MasterTracker::default();
+        let view = |master: &str| {
+            let mut live = Live::default();
+            for (id, state) in [("a", VrrpState::Backup), ("b", VrrpState::Backup)] {
+                let state = if id == master {
+                    VrrpState::Master
+                } else {
+                    state
+                };
+                live.nodes.insert(
+                    id.into(),
+                    node(id, state, id == master, NodeStatus::Up, None),
+                );
+            }
+            vec![view::cluster_view(&live, "c", Utc::now()).unwrap()]
+        };
+        let now = Utc::now();
+        // The first MASTER seen is a baseline, not a failover (a server restart).
+        assert!(tracker.observe(&view("a"), now).is_empty());
+        assert!(tracker.observe(&view("a"), now).is_empty());
+        // No MASTER for a moment, then b: one failover from a to b.
+        assert!(tracker.observe(&view("none"), now).is_empty());
+        let changes = tracker.observe(&view("b"), now);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(
+            (changes[0].from.as_str(), changes[0].to.as_str()),
+            ("a", "b")
+        );
+
+        let t = AlertSettings::default().thresholds("c");
+        let found = conditions(pair(), &[], &changes, &t);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            (found[0].rule, found[0].severity),
+            ("failover", Severity::Warning)
+        );
+        assert!(found[0].summary.contains("b took over from a"), "{found:?}");
+        let mut stale = changes.clone();
+        stale[0].at = Utc::now() - chrono::Duration::minutes(6);
+        assert!(conditions(pair(), &[], &stale, &t).is_empty());
+    }
+
+    #[test]
+    fn agent_clock_spool_and_version_rules() {
+        let t = AlertSettings::default().thresholds("c");
+        let mut nodes = pair();
+        nodes[0].last_observed_at = nodes[0].last_heartbeat_at + chrono::Duration::seconds(8);
+        nodes[1].spool_depth = 301;
+        let found = conditions(nodes, &[], &[], &t);
+        let skew = found.iter().find(|c| c.rule == "clock_skew").unwrap();
+        assert!(skew.summary.contains("8.0 s ahead of"), "{skew:?}");
+        assert_eq!(skew.hold, Duration::from_secs(30));
+        assert!(
+            found.iter().any(|c| c.fingerprint == "agent_spool:c/b"),
+            "{found:?}"
+        );
+
+        // A report replayed from a spool is old, not skewed.
+        let mut nodes = pair();
+        nodes[0].last_observed_at = nodes[0].last_heartbeat_at - chrono::Duration::minutes(5);
+        nodes[0].spool_depth = 10;
+        assert!(conditions(nodes, &[], &[], &t).is_empty());
+
+        let mut nodes = pair();
+        nodes[1].agent_version = "0.0.9".into();
+        nodes[0].spool_dropped = 1;
+        let found = conditions(nodes, &[], &[], &t);
+        let version = found.iter().find(|c| c.rule == "agent_version").unwrap();
+        assert_eq!(version.severity, Severity::Info);
+        assert!(
+            found.iter().any(|c| c.fingerprint == "agent_spool:c/a"),
+            "{found:?}"
+        );
+        assert!(version_behind("0.1.0", "0.1.1") && version_behind("0.9.9", "1.0.0"));
+        assert!(!version_behind("0.1.0", "0.1.0") && !version_behind("1.0.0", "0.9.0"));
+        assert!(!version_behind("dev", "0.1.0"));
+    }
+
+    #[test]
+    fn thresholds_can_be_set_per_cluster() {
+        let mut s = AlertSettings::default();
+        s.clusters.insert(
+            "batch".into(),
+            crate::config::ClusterThresholds {
+                lag_bytes_threshold: Some(1 << 40),
+                flap_max_changes: Some(20),
+                ..Default::default()
+            },
+        );
+        let batch = s.thresholds("batch");
+        let other = s.thresholds("prod");
+        assert_eq!((batch.lag_bytes, batch.flap_max_changes), (1 << 40, 20));
+        assert_eq!((other.lag_bytes, other.flap_max_changes), (64 << 20, 4));
+        assert_eq!(batch.lag_for, other.lag_for);
     }
 }

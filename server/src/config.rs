@@ -56,6 +56,25 @@ pub struct AlertSettings {
     /// keepalived's own timers).
     #[serde(with = "humantime_serde")]
     pub lag_for: Duration,
+    /// More VRRP role changes than this in one instance within `flap_window` is `flapping`
+    /// (default 4).
+    pub flap_max_changes: u32,
+    /// See `flap_max_changes` (default 10 min).
+    #[serde(with = "humantime_serde")]
+    pub flap_window: Duration,
+    /// An unplanned change of an instance's MASTER is a `failover` alert for this long, then it
+    /// ends without a resolved message (default 5 min).
+    #[serde(with = "humantime_serde")]
+    pub failover_notice_for: Duration,
+    /// An agent clock further than this from the server's is `clock_skew` (default 5 s).
+    #[serde(with = "humantime_serde")]
+    pub clock_skew_max: Duration,
+    /// More unsent reports than this in an agent's spool is `agent_spool` (default 300, five
+    /// minutes at 1 Hz); any dropped report is too.
+    pub spool_depth_max: u64,
+    /// Per-cluster overrides of the thresholds above: `[alerts.clusters.prod] lag_bytes_threshold = …`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub clusters: std::collections::BTreeMap<String, ClusterThresholds>,
     /// Base URL of the dashboard, for links in messages.
     pub dashboard_url: String,
     /// Email receivers (SMTP).
@@ -77,10 +96,82 @@ impl Default for AlertSettings {
             lag_bytes_threshold: 64 << 20,
             lag_seconds_threshold: 60.0,
             lag_for: Duration::from_secs(60),
+            flap_max_changes: 4,
+            flap_window: Duration::from_secs(600),
+            failover_notice_for: Duration::from_secs(300),
+            clock_skew_max: Duration::from_secs(5),
+            spool_depth_max: 300,
+            clusters: Default::default(),
             dashboard_url: "http://127.0.0.1:8080".into(),
             email: Vec::new(),
             sms: Vec::new(),
             webhook: Vec::new(),
+        }
+    }
+}
+
+/// Thresholds for one cluster; any left out are the global ones in [`AlertSettings`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterThresholds {
+    /// See [`AlertSettings::lag_bytes_threshold`].
+    pub lag_bytes_threshold: Option<u64>,
+    /// See [`AlertSettings::lag_seconds_threshold`].
+    pub lag_seconds_threshold: Option<f64>,
+    /// See [`AlertSettings::lag_for`].
+    #[serde(default, with = "humantime_serde")]
+    pub lag_for: Option<Duration>,
+    /// See [`AlertSettings::flap_max_changes`].
+    pub flap_max_changes: Option<u32>,
+    /// See [`AlertSettings::flap_window`].
+    #[serde(default, with = "humantime_serde")]
+    pub flap_window: Option<Duration>,
+    /// See [`AlertSettings::failover_notice_for`].
+    #[serde(default, with = "humantime_serde")]
+    pub failover_notice_for: Option<Duration>,
+    /// See [`AlertSettings::clock_skew_max`].
+    #[serde(default, with = "humantime_serde")]
+    pub clock_skew_max: Option<Duration>,
+    /// See [`AlertSettings::spool_depth_max`].
+    pub spool_depth_max: Option<u64>,
+}
+
+/// The thresholds in force for one cluster: the global ones with its overrides applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thresholds {
+    /// Replication lag bytes.
+    pub lag_bytes: u64,
+    /// Replication lag seconds.
+    pub lag_seconds: f64,
+    /// How long lag must stay high.
+    pub lag_for: Duration,
+    /// Role changes allowed within `flap_window`.
+    pub flap_max_changes: u32,
+    /// The flapping window.
+    pub flap_window: Duration,
+    /// How long a failover alert lasts.
+    pub failover_notice_for: Duration,
+    /// Largest tolerated agent clock offset.
+    pub clock_skew_max: Duration,
+    /// Largest tolerated spool depth (reports).
+    pub spool_depth_max: u64,
+}
+
+impl AlertSettings {
+    /// The thresholds for `cluster`.
+    pub fn thresholds(&self, cluster: &str) -> Thresholds {
+        let o = self.clusters.get(cluster).cloned().unwrap_or_default();
+        Thresholds {
+            lag_bytes: o.lag_bytes_threshold.unwrap_or(self.lag_bytes_threshold),
+            lag_seconds: o
+                .lag_seconds_threshold
+                .unwrap_or(self.lag_seconds_threshold),
+            lag_for: o.lag_for.unwrap_or(self.lag_for),
+            flap_max_changes: o.flap_max_changes.unwrap_or(self.flap_max_changes),
+            flap_window: o.flap_window.unwrap_or(self.flap_window),
+            failover_notice_for: o.failover_notice_for.unwrap_or(self.failover_notice_for),
+            clock_skew_max: o.clock_skew_max.unwrap_or(self.clock_skew_max),
+            spool_depth_max: o.spool_depth_max.unwrap_or(self.spool_depth_max),
         }
     }
 }
@@ -115,13 +206,30 @@ pub struct EmailReceiver {
 }
 
 /// An HTTP SMS gateway: one request per recipient and message.
+///
+/// `kind = "generic"` sends `body_template` to `url` with `method` and `headers`.
+/// `kind = "twilio"` speaks Twilio's Messages API (and gateways compatible with it): a form POST
+/// of `To`, `From`, `Body` to `{url}/2010-04-01/Accounts/{account_sid}/Messages.json` with HTTP
+/// basic authentication `account_sid:auth_token`; `url` is the API's base URL.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmsReceiver {
     /// Name, for the delivery log (`pager`).
     pub name: String,
-    /// Gateway URL.
+    /// `generic` (default) or `twilio`.
+    #[serde(default = "default_sms_kind")]
+    pub kind: String,
+    /// Gateway URL (for `twilio`, the API base URL).
     pub url: String,
+    /// Twilio account SID.
+    #[serde(default)]
+    pub account_sid: Option<String>,
+    /// Twilio auth token. Never logged.
+    #[serde(default, serialize_with = "serialize_redacted_opt")]
+    pub auth_token: Option<SecretString>,
+    /// Twilio sender number.
+    #[serde(default)]
+    pub from: Option<String>,
     /// HTTP method (default POST).
     #[serde(default = "default_method")]
     pub method: String,
@@ -160,6 +268,9 @@ fn default_smtp_port() -> u16 {
 }
 fn default_security() -> String {
     "starttls".into()
+}
+fn default_sms_kind() -> String {
+    "generic".into()
 }
 fn default_method() -> String {
     "POST".into()
@@ -356,6 +467,25 @@ impl Settings {
                 "alerts.sms",
                 "url must be http(s) and `to` must name someone",
             );
+        }
+        for s in &a.sms {
+            match s.kind.as_str() {
+                "generic" => {}
+                "twilio"
+                    if s.account_sid.is_some() && s.auth_token.is_some() && s.from.is_some() => {}
+                "twilio" => {
+                    return invalid(
+                        "alerts.sms",
+                        "kind = \"twilio\" needs account_sid, auth_token and from",
+                    )
+                }
+                _ => return invalid("alerts.sms", "kind must be generic or twilio"),
+            }
+        }
+        let all = std::iter::once(a.flap_max_changes)
+            .chain(a.clusters.values().filter_map(|c| c.flap_max_changes));
+        if all.into_iter().any(|n| n == 0) {
+            return invalid("alerts.flap_max_changes", "must be at least 1");
         }
         if self.history.batch_max_rows == 0 {
             return invalid("history.batch_max_rows", "must be at least 1");

@@ -87,7 +87,7 @@ pub async fn enqueue(
     );
     for receiver in receivers {
         sqlx::query(
-            "INSERT INTO notifications (id, alert_id, receiver, kind, subject, body, state) VALUES ($1, $2, $3, $4, $5, $6, 'pending')",
+            "INSERT INTO notifications (id, alert_id, receiver, kind, subject, body, state, cluster) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7)",
         )
         .bind(Uuid::new_v4())
         .bind(alert_id)
@@ -95,6 +95,7 @@ pub async fn enqueue(
         .bind(kind)
         .bind(&subject)
         .bind(&body)
+        .bind(&c.cluster)
         .execute(&mut **tx)
         .await?;
     }
@@ -127,37 +128,124 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
     }
 }
 
-/// Claims and sends the due notifications; returns how many it handled.
+/// One message for a receiver: one notification, or several for the same cluster.
+#[derive(Debug, Default)]
+struct Outgoing {
+    ids: Vec<Uuid>,
+    receiver: String,
+    cluster: String,
+    subjects: Vec<String>,
+    bodies: Vec<String>,
+    attempts: i32,
+}
+
+impl Outgoing {
+    /// Subject and body: the notification's own, or a summary line and every part.
+    fn text(&self) -> (String, String) {
+        if let ([subject], [body]) = (self.subjects.as_slice(), self.bodies.as_slice()) {
+            return (subject.clone(), body.clone());
+        }
+        let subject = format!(
+            "[hapulse {}] {} alerts: {}",
+            self.cluster,
+            self.subjects.len(),
+            self.subjects.join("; ")
+        );
+        let body = self
+            .subjects
+            .iter()
+            .zip(&self.bodies)
+            .map(|(s, b)| format!("{s}\n{b}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        (subject, body)
+    }
+
+    /// The SMS text: each notification's subject and summary, one per line.
+    fn sms_text(&self) -> String {
+        self.subjects
+            .iter()
+            .zip(&self.bodies)
+            .map(|(s, b)| format!("{s}: {}", b.lines().next().unwrap_or("")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Groups claimed notifications per receiver and cluster, in the order they were stored.
+fn group(rows: Vec<(Uuid, String, String, String, String, i32)>) -> Vec<Outgoing> {
+    let mut messages: Vec<Outgoing> = Vec::new();
+    for (id, receiver, cluster, subject, body, attempts) in rows {
+        let at = messages
+            .iter()
+            .position(|m| m.receiver == receiver && m.cluster == cluster);
+        let m = match at {
+            Some(i) => &mut messages[i],
+            None => {
+                messages.push(Outgoing {
+                    receiver,
+                    cluster,
+                    ..Default::default()
+                });
+                let last = messages.len() - 1;
+                &mut messages[last]
+            }
+        };
+        m.ids.push(id);
+        m.subjects.push(subject);
+        m.bodies.push(body);
+        m.attempts = m.attempts.max(attempts);
+    }
+    messages
+}
+
+/// Claims and sends the due notifications, one message per receiver and cluster; returns how
+/// many notifications it handled.
 async fn deliver_due(state: &AppState, http: &reqwest::Client) -> Result<usize, sqlx::Error> {
     let due = sqlx::query(
         "UPDATE notifications SET next_attempt_at = now() + interval '1 minute', attempts = attempts + 1
           WHERE id IN (SELECT id FROM notifications WHERE state = 'pending' AND next_attempt_at <= now()
-                        ORDER BY created_at LIMIT 20 FOR UPDATE SKIP LOCKED)
-          RETURNING id, receiver, subject, body, attempts",
+                        ORDER BY created_at LIMIT 100 FOR UPDATE SKIP LOCKED)
+          RETURNING id, receiver, cluster, subject, body, attempts, created_at",
     )
     .fetch_all(&state.db)
     .await?;
+    let handled = due.len();
+    let mut rows = Vec::with_capacity(due.len());
     for row in &due {
-        let id: Uuid = row.try_get("id")?;
-        let receiver: String = row.try_get("receiver")?;
-        let subject: String = row.try_get("subject")?;
-        let body: String = row.try_get("body")?;
-        let attempts: i32 = row.try_get("attempts")?;
-        let outcome = send(&state.settings.alerts, http, &receiver, &subject, &body).await;
-        match outcome {
+        let created: DateTime<Utc> = row.try_get("created_at")?;
+        rows.push((
+            created,
+            (
+                row.try_get("id")?,
+                row.try_get("receiver")?,
+                row.try_get("cluster")?,
+                row.try_get("subject")?,
+                row.try_get("body")?,
+                row.try_get("attempts")?,
+            ),
+        ));
+    }
+    rows.sort_by_key(|(created, _)| *created);
+    for m in group(rows.into_iter().map(|(_, r)| r).collect()) {
+        let subject = m.text().0;
+        match send(&state.settings.alerts, http, &m).await {
             Ok(()) => {
-                tracing::info!(notification = %id, receiver = %receiver, subject = %subject, "notification sent");
-                sqlx::query("UPDATE notifications SET state = 'sent', sent_at = now(), last_error = NULL WHERE id = $1").bind(id).execute(&state.db).await?;
+                tracing::info!(notifications = m.ids.len(), receiver = %m.receiver, subject = %subject, "notification sent");
+                sqlx::query("UPDATE notifications SET state = 'sent', sent_at = now(), last_error = NULL WHERE id = ANY($1)")
+                    .bind(&m.ids)
+                    .execute(&state.db)
+                    .await?;
             }
             Err(e) => {
-                let give_up = attempts >= MAX_ATTEMPTS;
-                let backoff = Duration::from_secs((2u64 << attempts.clamp(0, 16)).min(300));
-                tracing::warn!(notification = %id, receiver = %receiver, attempts, error = %e, give_up, "notification not delivered");
+                let give_up = m.attempts >= MAX_ATTEMPTS;
+                let backoff = Duration::from_secs((2u64 << m.attempts.clamp(0, 16)).min(300));
+                tracing::warn!(notifications = m.ids.len(), receiver = %m.receiver, attempts = m.attempts, error = %e, give_up, "notification not delivered");
                 sqlx::query(
                     "UPDATE notifications SET last_error = $2, state = CASE WHEN $3 THEN 'failed' ELSE 'pending' END,
-                            next_attempt_at = now() + $4 * interval '1 second' WHERE id = $1",
+                            next_attempt_at = now() + $4 * interval '1 second' WHERE id = ANY($1)",
                 )
-                .bind(id)
+                .bind(&m.ids)
                 .bind(&e)
                 .bind(give_up)
                 .bind(backoff.as_secs() as f64)
@@ -166,18 +254,18 @@ async fn deliver_due(state: &AppState, http: &reqwest::Client) -> Result<usize, 
             }
         }
     }
-    Ok(due.len())
+    Ok(handled)
 }
 
-/// Sends one notification to the receiver named `kind:name[:to]`.
+/// Sends one message to the receiver named `kind:name[:to]`.
 async fn send(
     settings: &AlertSettings,
     http: &reqwest::Client,
-    receiver: &str,
-    subject: &str,
-    body: &str,
+    m: &Outgoing,
 ) -> Result<(), String> {
-    let mut parts = receiver.splitn(3, ':');
+    let (subject, body) = m.text();
+    let (subject, body) = (subject.as_str(), body.as_str());
+    let mut parts = m.receiver.splitn(3, ':');
     let (kind, name, to) = (
         parts.next().unwrap_or(""),
         parts.next().unwrap_or(""),
@@ -198,13 +286,7 @@ async fn send(
                 .iter()
                 .find(|s| s.name == name)
                 .ok_or(format!("no sms receiver {name:?} configured any more"))?;
-            send_sms(
-                http,
-                r,
-                to.unwrap_or(""),
-                &format!("{subject}: {}", body.lines().next().unwrap_or("")),
-            )
-            .await
+            send_sms(http, r, to.unwrap_or(""), &m.sms_text()).await
         }
         "webhook" => {
             let r = settings
@@ -265,6 +347,9 @@ async fn send_sms(
     to: &str,
     message: &str,
 ) -> Result<(), String> {
+    if r.kind == "twilio" {
+        return send_twilio(http, r, to, message).await;
+    }
     let message = if r.json_body {
         json_escape(message)
     } else {
@@ -291,6 +376,42 @@ async fn send_sms(
         Ok(())
     } else {
         Err(format!("SMS gateway answered {}", response.status()))
+    }
+}
+
+/// Twilio's Messages API: `POST {base}/2010-04-01/Accounts/{sid}/Messages.json`, form fields
+/// `To`, `From`, `Body`, basic authentication with the account SID and auth token; it answers
+/// 201 Created.
+async fn send_twilio(
+    http: &reqwest::Client,
+    r: &SmsReceiver,
+    to: &str,
+    message: &str,
+) -> Result<(), String> {
+    // `validate` makes sure a twilio receiver has all three.
+    let (Some(sid), Some(token), Some(from)) = (&r.account_sid, &r.auth_token, &r.from) else {
+        return Err("twilio receiver without account_sid, auth_token or from".into());
+    };
+    let url = format!(
+        "{}/2010-04-01/Accounts/{sid}/Messages.json",
+        r.url.trim_end_matches('/')
+    );
+    let response = http
+        .post(&url)
+        .basic_auth(sid, Some(token.expose_secret()))
+        .form(&[("To", to), ("From", from.as_str()), ("Body", message)])
+        .send()
+        .await
+        .map_err(|e| format!("Twilio API: {e}"))?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        let status = response.status();
+        let detail = response.text().await.unwrap_or_default();
+        Err(format!(
+            "Twilio API answered {status}: {}",
+            detail.chars().take(200).collect::<String>()
+        ))
     }
 }
 
@@ -360,6 +481,63 @@ pub async fn list(pool: &PgPool) -> Result<Vec<Notification>, sqlx::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notifications_are_grouped_per_receiver_and_cluster() {
+        let row = |receiver: &str, cluster: &str, subject: &str, attempts| {
+            (
+                Uuid::new_v4(),
+                receiver.to_string(),
+                cluster.to_string(),
+                subject.to_string(),
+                format!("{subject} summary\n\nSince: now"),
+                attempts,
+            )
+        };
+        let messages = group(vec![
+            row(
+                "email:oncall",
+                "prod",
+                "[FIRING critical] node_down prod/a",
+                1,
+            ),
+            row(
+                "sms:pager:+1",
+                "prod",
+                "[FIRING critical] node_down prod/a",
+                1,
+            ),
+            row(
+                "email:oncall",
+                "prod",
+                "[FIRING critical] no_master prod/VI_1",
+                3,
+            ),
+            row(
+                "email:oncall",
+                "test",
+                "[FIRING critical] node_down test/x",
+                1,
+            ),
+        ]);
+        assert_eq!(messages.len(), 3);
+        let prod = &messages[0];
+        assert_eq!((prod.ids.len(), prod.attempts), (2, 3));
+        let (subject, body) = prod.text();
+        assert_eq!(
+            subject,
+            "[hapulse prod] 2 alerts: [FIRING critical] node_down prod/a; [FIRING critical] no_master prod/VI_1"
+        );
+        assert!(
+            body.contains("node_down prod/a summary")
+                && body.contains("no_master prod/VI_1 summary")
+        );
+        assert_eq!(prod.sms_text().lines().count(), 2, "{}", prod.sms_text());
+        // One notification goes out as it is.
+        let (subject, body) = messages[2].text();
+        assert_eq!(subject, "[FIRING critical] node_down test/x");
+        assert!(body.starts_with("[FIRING critical] node_down test/x summary"));
+    }
 
     #[test]
     fn messages_are_escaped_for_json_bodies() {

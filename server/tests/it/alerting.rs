@@ -58,9 +58,34 @@ async fn node_down_is_mailed_texted_and_posted_once_and_resolved(pool: PgPool) {
             }
         }
     };
-    let gateway = axum::Router::new()
-        .route("/sms", post(record("sms", requests.clone())))
-        .route("/hook", post(record("hook", requests.clone())));
+    let twilio_requests = requests.clone();
+    let gateway =
+        axum::Router::new()
+            .route(
+                "/twilio/2010-04-01/Accounts/AC0123/Messages.json",
+                post(
+                    move |headers: axum::http::HeaderMap,
+                          axum::Form(form): axum::Form<
+                        std::collections::BTreeMap<String, String>,
+                    >| {
+                        let requests = twilio_requests.clone();
+                        async move {
+                            let auth = headers
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string();
+                            requests
+                                .lock()
+                                .unwrap()
+                                .push(format!("twilio {auth} {form:?}"));
+                            (axum::http::StatusCode::CREATED, "{}")
+                        }
+                    },
+                ),
+            )
+            .route("/sms", post(record("sms", requests.clone())))
+            .route("/hook", post(record("hook", requests.clone())));
     let gateway_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gateway_addr = gateway_listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(gateway_listener, gateway).await });
@@ -85,16 +110,36 @@ async fn node_down_is_mailed_texted_and_posted_once_and_resolved(pool: PgPool) {
         to: vec!["oncall@example.com".into()],
         severities: vec![],
     }];
-    s.alerts.sms = vec![SmsReceiver {
-        name: "pager".into(),
-        url: format!("http://{gateway_addr}/sms"),
-        method: "POST".into(),
-        headers: Default::default(),
-        body_template: "{\"to\": \"{to}\", \"text\": \"{message}\"}".into(),
-        json_body: true,
-        to: vec!["+15550001".into()],
-        severities: vec!["critical".into()],
-    }];
+    s.alerts.sms = vec![
+        SmsReceiver {
+            name: "pager".into(),
+            kind: "generic".into(),
+            account_sid: None,
+            auth_token: None,
+            from: None,
+            url: format!("http://{gateway_addr}/sms"),
+            method: "POST".into(),
+            headers: Default::default(),
+            body_template: "{\"to\": \"{to}\", \"text\": \"{message}\"}".into(),
+            json_body: true,
+            to: vec!["+15550001".into()],
+            severities: vec!["critical".into()],
+        },
+        SmsReceiver {
+            name: "twilio".into(),
+            kind: "twilio".into(),
+            account_sid: Some("AC0123".into()),
+            auth_token: Some("twilio-token".to_string().into()),
+            from: Some("+15559999".into()),
+            url: format!("http://{gateway_addr}/twilio/"),
+            method: "POST".into(),
+            headers: Default::default(),
+            body_template: String::new(),
+            json_body: false,
+            to: vec!["+15550002".into()],
+            severities: vec!["critical".into()],
+        },
+    ];
     s.alerts.webhook = vec![WebhookReceiver {
         name: "chat".into(),
         url: format!("http://{gateway_addr}/hook"),
@@ -114,13 +159,46 @@ async fn node_down_is_mailed_texted_and_posted_once_and_resolved(pool: PgPool) {
 
     eventually(10, "the node_down SMS and webhook", || async {
         (count(&requests, "sms") >= 1
-            && count(
-                &requests,
-                "hook {\"subject\":\"[FIRING critical] node_down c/a\"",
-            ) == 1)
+            && count(&requests, "twilio") >= 1
+            && count(&requests, "hook") >= 1)
             .then_some(())
     })
     .await;
+    assert_eq!(
+        count(&requests, "[FIRING critical] node_down c/a"),
+        3,
+        "one SMS by each gateway and one webhook post: {:?}",
+        requests.lock().unwrap()
+    );
+    // Twilio's API: basic authentication with the account SID and token, form fields.
+    let twilio = requests
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|r| r.starts_with("twilio"))
+        .cloned()
+        .unwrap();
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode("AC0123:twilio-token");
+    assert!(
+        twilio.contains(&format!("Basic {basic}"))
+            && twilio.contains("\"From\": \"+15559999\"")
+            && twilio.contains("\"To\": \"+15550002\"")
+            && twilio.contains("node a in c sends no heartbeats"),
+        "{twilio}"
+    );
+    // node_down and no_master fired in the same round: one message per receiver.
+    let hook = requests
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|r| r.starts_with("hook"))
+        .cloned()
+        .unwrap();
+    assert!(
+        hook.contains("[hapulse c] 2 alerts") && hook.contains("no_master c/VI_1"),
+        "{hook}"
+    );
     let sms: Vec<String> = requests
         .lock()
         .unwrap()
@@ -178,11 +256,7 @@ async fn node_down_is_mailed_texted_and_posted_once_and_resolved(pool: PgPool) {
         let _ = server.serve();
     });
     eventually(30, "the node_down mail", || async {
-        (count(
-            &mailbox.received,
-            "Subject: [FIRING critical] node_down c/a",
-        ) == 1)
-            .then_some(())
+        (count(&mailbox.received, "[FIRING critical] node_down c/a") == 1).then_some(())
     })
     .await;
 
@@ -191,15 +265,11 @@ async fn node_down_is_mailed_texted_and_posted_once_and_resolved(pool: PgPool) {
     ra.heartbeat_interval_ms = 60_000; // and stays up
     agent.send_heartbeat(&ra).await.unwrap();
     eventually(30, "the resolved mail", || async {
-        (count(
-            &mailbox.received,
-            "Subject: [RESOLVED critical] node_down c/a",
-        ) == 1)
-            .then_some(())
+        (count(&mailbox.received, "[RESOLVED critical] node_down c/a") == 1).then_some(())
     })
     .await;
     eventually(10, "the resolved SMS", || async {
-        (count(&requests, "[RESOLVED critical] node_down c/a") == 2).then_some(())
+        (count(&requests, "[RESOLVED critical] node_down c/a") == 3).then_some(())
     })
     .await;
     // Nothing more after a while: no repeats, no doubles.
@@ -211,8 +281,8 @@ async fn node_down_is_mailed_texted_and_posted_once_and_resolved(pool: PgPool) {
     );
     assert_eq!(
         count(&requests, "node_down c/a"),
-        4,
-        "firing and resolved, by SMS and webhook: {:?}",
+        6,
+        "firing and resolved, by two SMS gateways and webhook: {:?}",
         requests.lock().unwrap()
     );
     let mail = mailbox
