@@ -22,6 +22,9 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes/{node_id}", get(ui::node))
         .route("/events", get(ui::events))
         .route("/alerts", get(ui::alerts))
+        .route("/alerts/{id}/ack", post(ui::ack_alert))
+        .route("/alerts/silences", post(ui::create_silence))
+        .route("/alerts/silences/{id}/end", post(ui::end_silence))
         .route(
             "/clusters/{cluster}/switchover",
             get(ui::switchover_preview).post(ui::switchover_confirm),

@@ -67,7 +67,7 @@ pub struct NewSilence {
     /// Rule matchers.
     #[serde(default)]
     pub rules: Vec<String>,
-    /// Severity matcher (`critical`, `warning`).
+    /// Severity matcher (`critical`, `warning`, `info`).
     #[serde(default)]
     pub severity: Option<String>,
     /// A maintenance window.
@@ -111,12 +111,12 @@ pub async fn create(
     }
     if s.severity
         .as_deref()
-        .is_some_and(|v| v != "critical" && v != "warning")
+        .is_some_and(|v| !["critical", "warning", "info"].contains(&v))
     {
         return Err(AppError::invalid(
             "invalid_body",
             "severity",
-            "critical or warning",
+            "critical, warning or info",
         ));
     }
     for (field, value) in [("cluster", &s.cluster), ("node_id", &s.node_id)] {

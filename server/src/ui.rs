@@ -31,7 +31,7 @@ use hapulse_protocol::ReplicationKind;
 use uuid::Uuid;
 
 /// `?partial=1` asks for the fragment only.
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     #[serde(default)]
@@ -363,22 +363,7 @@ pub async fn switchover_confirm(
     headers: axum::http::HeaderMap,
     Form(form): Form<ConfirmForm>,
 ) -> Result<Response, AppError> {
-    // A form posted from another site's page is refused: the browser names that site in
-    // Origin. (Accounts, sessions and CSRF tokens come with the account model.)
-    let host = headers
-        .get(axum::http::header::HOST)
-        .and_then(|h| h.to_str().ok());
-    if let Some(origin) = headers
-        .get(axum::http::header::ORIGIN)
-        .and_then(|o| o.to_str().ok())
-    {
-        let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
-        if Some(origin_host) != host {
-            return Err(AppError::Forbidden(format!(
-                "cross-site form post from {origin} refused"
-            )));
-        }
-    }
+    refuse_cross_site(&headers)?;
     if form.confirm.trim() != form.target {
         let message = format!("Type {} exactly to confirm.", form.target);
         let (status, page) = preview_page(
@@ -433,6 +418,26 @@ pub async fn switchover_confirm(
     }
 }
 
+/// A form posted from another site's page is refused (403): the browser names that site in
+/// Origin. (Accounts, sessions and CSRF tokens come with the account model.)
+fn refuse_cross_site(headers: &axum::http::HeaderMap) -> Result<(), AppError> {
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if let Some(origin) = headers
+        .get(axum::http::header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+    {
+        let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
+        if Some(origin_host) != host {
+            return Err(AppError::Forbidden(format!(
+                "cross-site form post from {origin} refused"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `GET /switchovers/{id}`: steps and their states, live while it runs.
 pub async fn switchover_progress(
     State(state): State<AppState>,
@@ -456,6 +461,8 @@ struct AlertsPartial<'a> {
     alerts: &'a [crate::alerts::Alert],
     silences: &'a [crate::silences::Silence],
     notifications: &'a [crate::notify::Notification],
+    rules: &'a [&'static str],
+    error: Option<String>,
 }
 
 /// `GET /alerts`: open alerts and recent history, silences and maintenance windows, and the
@@ -463,6 +470,14 @@ struct AlertsPartial<'a> {
 pub async fn alerts(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Response, AppError> {
+    alerts_page(&state, &q, None).await
+}
+
+async fn alerts_page(
+    state: &AppState,
+    q: &PageQuery,
+    error: Option<String>,
 ) -> Result<Response, AppError> {
     let alerts = crate::alerts::list(&state.db).await?;
     let silences = crate::silences::current(&state.db).await?;
@@ -472,8 +487,111 @@ pub async fn alerts(
         alerts: &alerts,
         silences: &silences,
         notifications: &notifications,
+        rules: &crate::alerts::RULES,
+        error,
     })?;
-    page(&q, "Alerts", "*", body)
+    page(q, "Alerts", "*", body)
+}
+
+/// A form's answer: back to the alerts page, or the page again with what was wrong (400).
+async fn after_form(state: &AppState, outcome: Result<(), AppError>) -> Result<Response, AppError> {
+    match outcome {
+        Ok(()) => Ok(Redirect::to("/alerts").into_response()),
+        Err(e @ (AppError::BadRequest { .. } | AppError::NotFound(_))) => {
+            let page = alerts_page(state, &PageQuery::default(), Some(e.to_string())).await?;
+            Ok((StatusCode::BAD_REQUEST, page).into_response())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The acknowledgement form.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckForm {
+    author: String,
+    comment: String,
+}
+
+/// `POST /alerts/{id}/ack`: acknowledges an open alert (no more repeats until it resolves).
+pub async fn ack_alert(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
+    Form(form): Form<AckForm>,
+) -> Result<Response, AppError> {
+    refuse_cross_site(&headers)?;
+    let source = peer.ip().to_string();
+    let outcome =
+        crate::api::v1::acknowledge(&state, id, &form.author, &form.comment, &source).await;
+    after_form(&state, outcome).await
+}
+
+/// The silence form: empty matchers are left out; `hours` from now.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SilenceForm {
+    #[serde(default)]
+    cluster: String,
+    #[serde(default)]
+    node_id: String,
+    #[serde(default)]
+    rule: String,
+    #[serde(default)]
+    severity: String,
+    #[serde(default)]
+    maintenance: Option<String>,
+    hours: f64,
+    author: String,
+    reason: String,
+}
+
+/// `POST /alerts/silences`: a silence or maintenance window from the alerts page.
+pub async fn create_silence(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
+    Form(form): Form<SilenceForm>,
+) -> Result<Response, AppError> {
+    refuse_cross_site(&headers)?;
+    let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
+    let outcome = if !(form.hours > 0.0 && form.hours <= 24.0 * 90.0) {
+        Err(AppError::invalid(
+            "invalid_body",
+            "hours",
+            "a duration from 0 to 2160 hours (90 days)",
+        ))
+    } else {
+        let silence = crate::silences::NewSilence {
+            cluster: some(&form.cluster),
+            node_id: some(&form.node_id),
+            rules: some(&form.rule).into_iter().collect(),
+            severity: some(&form.severity),
+            maintenance: form.maintenance.is_some(),
+            starts_at: None,
+            ends_at: Utc::now() + chrono::Duration::seconds((form.hours * 3600.0) as i64),
+            author: form.author,
+            reason: form.reason,
+        };
+        crate::api::v1::silence(&state, &silence, &peer.ip().to_string())
+            .await
+            .map(|_| ())
+    };
+    after_form(&state, outcome).await
+}
+
+/// `POST /alerts/silences/{id}/end`: ends a silence now.
+pub async fn end_silence(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, AppError> {
+    refuse_cross_site(&headers)?;
+    let source = peer.ip().to_string();
+    let outcome = crate::api::v1::end_silence(&state, id, "dashboard", &source).await;
+    after_form(&state, outcome).await
 }
 
 /// `GET /events`: the latest 200 events of every cluster.

@@ -30,6 +30,7 @@
   // Someone filling in a form on the page: leave the page alone until they are done.
   function editing() {
     const el = document.activeElement;
+    if (root.querySelector("details[open] form")) return true; // an action form opened
     return el && root.contains(el) && /^(INPUT|SELECT|TEXTAREA|BUTTON)$/.test(el.tagName);
   }
 

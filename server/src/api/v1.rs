@@ -399,29 +399,48 @@ pub async fn ack_alert(
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     ApiJson(ack): ApiJson<AckRequest>,
 ) -> Result<Json<serde_json::Value>, AppError> {
+    acknowledge(
+        &state,
+        id,
+        &ack.author,
+        &ack.comment,
+        &peer.ip().to_string(),
+    )
+    .await?;
+    Ok(Json(serde_json::json!({ "id": id, "acknowledged": true })))
+}
+
+/// Acknowledges open alert `id` for `author` (from `source`, an address) and audits it. 400
+/// (field `comment`) without an author and a one-line comment; 404 when it is not open.
+pub async fn acknowledge(
+    state: &AppState,
+    id: Uuid,
+    author: &str,
+    comment: &str,
+    source: &str,
+) -> Result<(), AppError> {
     let ok =
         |s: &str, max| !s.trim().is_empty() && s.len() <= max && !s.chars().any(char::is_control);
-    if !ok(&ack.author, 200) || !ok(&ack.comment, 1000) {
+    if !ok(author, 200) || !ok(comment, 1000) {
         return Err(AppError::invalid(
             "invalid_body",
             "comment",
             "author and comment are required, one line each",
         ));
     }
-    crate::alerts::acknowledge(&state.db, id, &ack.author, &ack.comment).await?;
-    let source = peer.ip().to_string();
+    crate::alerts::acknowledge(&state.db, id, author, comment).await?;
     switchover::Audit {
-        actor: &ack.author,
-        source: Some(&source),
+        actor: author,
+        source: Some(source),
         action: "alert_ack",
         target: &id.to_string(),
-        reason: Some(&ack.comment),
+        reason: Some(comment),
         outcome: "acknowledged",
         detail: serde_json::json!({}),
     }
     .record(&state.db)
     .await?;
-    Ok(Json(serde_json::json!({ "id": id, "acknowledged": true })))
+    Ok(())
 }
 
 /// Body of `GET /api/v1/silences`.
@@ -445,11 +464,21 @@ pub async fn create_silence(
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     ApiJson(new): ApiJson<crate::silences::NewSilence>,
 ) -> Result<(StatusCode, Json<crate::silences::Silence>), AppError> {
-    let silence = crate::silences::create(&state.db, &new, None).await?;
-    let source = peer.ip().to_string();
+    let silence = silence(&state, &new, &peer.ip().to_string()).await?;
+    Ok((StatusCode::CREATED, Json(silence)))
+}
+
+/// Stores a silence or maintenance window from `source` (an address), audits it and tells the
+/// dashboards. Errors as [`crate::silences::create`].
+pub async fn silence(
+    state: &AppState,
+    new: &crate::silences::NewSilence,
+    source: &str,
+) -> Result<crate::silences::Silence, AppError> {
+    let silence = crate::silences::create(&state.db, new, None).await?;
     switchover::Audit {
         actor: &new.author,
-        source: Some(&source),
+        source: Some(source),
         action: if new.maintenance { "maintenance" } else { "silence" },
         target: &silence.id.to_string(),
         reason: Some(&new.reason),
@@ -461,7 +490,7 @@ pub async fn create_silence(
     if let Some(cluster) = &silence.cluster {
         state.announce(cluster);
     }
-    Ok((StatusCode::CREATED, Json(silence)))
+    Ok(silence)
 }
 
 /// `DELETE /api/v1/silences/{id}`: ends a silence now.
@@ -470,11 +499,22 @@ pub async fn expire_silence(
     Path(id): Path<Uuid>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
 ) -> Result<Json<serde_json::Value>, AppError> {
+    end_silence(&state, id, "api", &peer.ip().to_string()).await?;
+    Ok(Json(serde_json::json!({ "id": id, "expired": true })))
+}
+
+/// Ends silence `id` now for `actor` (`api`, `dashboard`) from `source`, and audits it. 404 when
+/// it is not current.
+pub async fn end_silence(
+    state: &AppState,
+    id: Uuid,
+    actor: &str,
+    source: &str,
+) -> Result<(), AppError> {
     crate::silences::expire(&state.db, id).await?;
-    let source = peer.ip().to_string();
     switchover::Audit {
-        actor: "api",
-        source: Some(&source),
+        actor,
+        source: Some(source),
         action: "silence_expire",
         target: &id.to_string(),
         reason: None,
@@ -483,5 +523,5 @@ pub async fn expire_silence(
     }
     .record(&state.db)
     .await?;
-    Ok(Json(serde_json::json!({ "id": id, "expired": true })))
+    Ok(())
 }

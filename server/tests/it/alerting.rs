@@ -16,9 +16,104 @@ use crate::harness::{eventually, report, settings, TestServer};
 
 /// Collects every mail the SMTP server accepts.
 #[derive(Clone, Default)]
-struct Mailbox {
+pub(crate) struct Mailbox {
     current: Arc<Mutex<String>>,
-    received: Arc<Mutex<Vec<String>>>,
+    pub received: Arc<Mutex<Vec<String>>>,
+}
+
+impl Mailbox {
+    /// A real SMTP server (mailin-embedded) on `listener`, in a thread of its own.
+    pub fn serve(listener: TcpListener) -> Mailbox {
+        let mailbox = Mailbox::default();
+        let handler = mailbox.clone();
+        std::thread::spawn(move || {
+            let mut server = mailin_embedded::Server::new(handler);
+            server
+                .with_name("smtp.test")
+                .with_num_threads(1)
+                .with_tcp_listener(listener);
+            let _ = server.serve();
+        });
+        mailbox
+    }
+}
+
+/// An HTTP server on 127.0.0.1 that plays an SMS gateway (`POST /sms`), Twilio's Messages API
+/// for account `AC0123` (under `/twilio`) and a webhook receiver (`POST /hook`), recording each
+/// request as `sms BODY`, `twilio AUTHORIZATION FORM` or `hook BODY`.
+pub(crate) async fn recording_gateway() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let requests: Arc<Mutex<Vec<String>>> = Arc::default();
+    let record = |prefix: &'static str, requests: Arc<Mutex<Vec<String>>>| {
+        move |body: String| {
+            let requests = requests.clone();
+            async move {
+                requests.lock().unwrap().push(format!("{prefix} {body}"));
+                "ok"
+            }
+        }
+    };
+    let twilio_requests = requests.clone();
+    let twilio =
+        move |headers: axum::http::HeaderMap,
+              axum::Form(form): axum::Form<std::collections::BTreeMap<String, String>>| {
+            let requests = twilio_requests.clone();
+            async move {
+                let auth = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                requests
+                    .lock()
+                    .unwrap()
+                    .push(format!("twilio {auth} {form:?}"));
+                (axum::http::StatusCode::CREATED, "{}")
+            }
+        };
+    let gateway = axum::Router::new()
+        .route("/sms", post(record("sms", requests.clone())))
+        .route("/hook", post(record("hook", requests.clone())))
+        .route(
+            "/twilio/2010-04-01/Accounts/AC0123/Messages.json",
+            post(twilio),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, gateway).await });
+    (addr, requests)
+}
+
+/// A generic SMS receiver posting JSON to `url`, for critical alerts.
+pub(crate) fn sms_receiver(url: String, to: &str) -> SmsReceiver {
+    SmsReceiver {
+        name: "pager".into(),
+        kind: "generic".into(),
+        account_sid: None,
+        auth_token: None,
+        from: None,
+        url,
+        method: "POST".into(),
+        headers: Default::default(),
+        body_template: "{\"to\": \"{to}\", \"text\": \"{message}\"}".into(),
+        json_body: true,
+        to: vec![to.into()],
+        severities: vec!["critical".into()],
+    }
+}
+
+/// An email receiver for every severity on a plain SMTP server at 127.0.0.1:`port`.
+pub(crate) fn email_receiver(smtp_port: u16) -> EmailReceiver {
+    EmailReceiver {
+        name: "oncall".into(),
+        smtp_host: "127.0.0.1".into(),
+        smtp_port,
+        security: "none".into(),
+        username: None,
+        password: None,
+        from: "hapulse <hapulse@example.com>".into(),
+        to: vec!["oncall@example.com".into()],
+        severities: vec![],
+    }
 }
 
 impl mailin_embedded::Handler for Mailbox {
@@ -37,7 +132,7 @@ impl mailin_embedded::Handler for Mailbox {
     }
 }
 
-fn count(list: &Arc<Mutex<Vec<String>>>, needle: &str) -> usize {
+pub(crate) fn count(list: &Arc<Mutex<Vec<String>>>, needle: &str) -> usize {
     list.lock()
         .unwrap()
         .iter()
@@ -47,48 +142,7 @@ fn count(list: &Arc<Mutex<Vec<String>>>, needle: &str) -> usize {
 
 #[sqlx::test(migrations = false)]
 async fn node_down_is_mailed_texted_and_posted_once_and_resolved(pool: PgPool) {
-    // The SMS gateway and the webhook receiver.
-    let requests: Arc<Mutex<Vec<String>>> = Arc::default();
-    let record = |prefix: &'static str, requests: Arc<Mutex<Vec<String>>>| {
-        move |body: String| {
-            let requests = requests.clone();
-            async move {
-                requests.lock().unwrap().push(format!("{prefix} {body}"));
-                "ok"
-            }
-        }
-    };
-    let twilio_requests = requests.clone();
-    let gateway =
-        axum::Router::new()
-            .route(
-                "/twilio/2010-04-01/Accounts/AC0123/Messages.json",
-                post(
-                    move |headers: axum::http::HeaderMap,
-                          axum::Form(form): axum::Form<
-                        std::collections::BTreeMap<String, String>,
-                    >| {
-                        let requests = twilio_requests.clone();
-                        async move {
-                            let auth = headers
-                                .get("authorization")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_string();
-                            requests
-                                .lock()
-                                .unwrap()
-                                .push(format!("twilio {auth} {form:?}"));
-                            (axum::http::StatusCode::CREATED, "{}")
-                        }
-                    },
-                ),
-            )
-            .route("/sms", post(record("sms", requests.clone())))
-            .route("/hook", post(record("hook", requests.clone())));
-    let gateway_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gateway_addr = gateway_listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(gateway_listener, gateway).await });
+    let (gateway_addr, requests) = recording_gateway().await;
     // The SMTP server's port, with nothing listening yet: the server is "down".
     let smtp_port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -99,32 +153,9 @@ async fn node_down_is_mailed_texted_and_posted_once_and_resolved(pool: PgPool) {
     let mut s = settings();
     s.listen = "127.0.0.1:0".parse().unwrap();
     s.alerts.evaluate_interval = Duration::from_millis(100);
-    s.alerts.email = vec![EmailReceiver {
-        name: "oncall".into(),
-        smtp_host: "127.0.0.1".into(),
-        smtp_port,
-        security: "none".into(),
-        username: None,
-        password: None,
-        from: "hapulse <hapulse@example.com>".into(),
-        to: vec!["oncall@example.com".into()],
-        severities: vec![],
-    }];
+    s.alerts.email = vec![email_receiver(smtp_port)];
     s.alerts.sms = vec![
-        SmsReceiver {
-            name: "pager".into(),
-            kind: "generic".into(),
-            account_sid: None,
-            auth_token: None,
-            from: None,
-            url: format!("http://{gateway_addr}/sms"),
-            method: "POST".into(),
-            headers: Default::default(),
-            body_template: "{\"to\": \"{to}\", \"text\": \"{message}\"}".into(),
-            json_body: true,
-            to: vec!["+15550001".into()],
-            severities: vec!["critical".into()],
-        },
+        sms_receiver(format!("http://{gateway_addr}/sms"), "+15550001"),
         SmsReceiver {
             name: "twilio".into(),
             kind: "twilio".into(),
@@ -244,17 +275,7 @@ async fn node_down_is_mailed_texted_and_posted_once_and_resolved(pool: PgPool) {
     );
 
     // The SMTP server comes back: the mail is delivered, once.
-    let mailbox = Mailbox::default();
-    let smtp = TcpListener::bind(("127.0.0.1", smtp_port)).unwrap();
-    let handler = mailbox.clone();
-    std::thread::spawn(move || {
-        let mut server = mailin_embedded::Server::new(handler);
-        server
-            .with_name("smtp.test")
-            .with_num_threads(1)
-            .with_tcp_listener(smtp);
-        let _ = server.serve();
-    });
+    let mailbox = Mailbox::serve(TcpListener::bind(("127.0.0.1", smtp_port)).unwrap());
     eventually(30, "the node_down mail", || async {
         (count(&mailbox.received, "[FIRING critical] node_down c/a") == 1).then_some(())
     })
@@ -302,21 +323,7 @@ async fn node_down_is_mailed_texted_and_posted_once_and_resolved(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn silences_mute_and_acknowledgements_stop_repeats(pool: PgPool) {
-    let requests: Arc<Mutex<Vec<String>>> = Arc::default();
-    let recorder = requests.clone();
-    let gateway = axum::Router::new().route(
-        "/hook",
-        post(move |body: String| {
-            let requests = recorder.clone();
-            async move {
-                requests.lock().unwrap().push(body);
-                "ok"
-            }
-        }),
-    );
-    let gateway_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gateway_addr = gateway_listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(gateway_listener, gateway).await });
+    let (gateway_addr, requests) = recording_gateway().await;
     let mut s = settings();
     s.listen = "127.0.0.1:0".parse().unwrap();
     s.alerts.evaluate_interval = Duration::from_millis(100);
@@ -498,6 +505,139 @@ async fn a_cluster_in_maintenance_refuses_switchovers(pool: PgPool) {
     assert!(
         body["message"].as_str().unwrap().contains("rack move"),
         "{body}"
+    );
+    server.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_alerts_page_acknowledges_and_silences_with_forms(pool: PgPool) {
+    let mut s = settings();
+    s.listen = "127.0.0.1:0".parse().unwrap();
+    s.alerts.evaluate_interval = Duration::from_millis(100);
+    let server = TestServer::start_on(pool, s).await;
+    let mut r = report("a", Uuid::new_v4(), 1, VrrpState::Master, true);
+    r.heartbeat_interval_ms = 100;
+    server.agent().send_heartbeat(&r).await.unwrap();
+    let alert = eventually(10, "node_down firing", || async {
+        let (_, list) = server.get_json("/api/v1/alerts").await;
+        list["alerts"]
+            .as_array()?
+            .iter()
+            .find(|a| a["rule"] == "node_down" && a["state"] == "firing")
+            .cloned()
+    })
+    .await;
+    let id = alert["id"].as_str().unwrap();
+    let (_, page) = server.get_text("/alerts").await;
+    assert!(
+        page.contains(&format!("action=\"/alerts/{id}/ack\""))
+            && page.contains("action=\"/alerts/silences\""),
+        "{page}"
+    );
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let post =
+        |path: String, form: Vec<(&'static str, &'static str)>, origin: Option<&'static str>| {
+            let mut request = http.post(format!("{}{path}", server.url)).form(&form);
+            if let Some(origin) = origin {
+                request = request.header("Origin", origin);
+            }
+            async move {
+                let r = request.send().await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            }
+        };
+
+    // Another site's page cannot post the form.
+    let ack = vec![("author", "ana"), ("comment", "disk swap, on it")];
+    let (status, _) = post(
+        format!("/alerts/{id}/ack"),
+        ack.clone(),
+        Some("http://evil.example"),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (_, list) = server.get_json("/api/v1/alerts").await;
+    assert!(
+        list["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["acked_at"].is_null()),
+        "{list}"
+    );
+
+    let (status, _) = post(format!("/alerts/{id}/ack"), ack, None).await;
+    assert_eq!(status, 303);
+    let (_, list) = server.get_json("/api/v1/alerts").await;
+    let a = list["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == id)
+        .unwrap();
+    assert_eq!(
+        (a["acked_by"].as_str(), a["ack_comment"].as_str()),
+        (Some("ana"), Some("disk swap, on it"))
+    );
+
+    // A silence without matchers is refused and the page says why; nothing is stored.
+    let no_matchers = vec![("hours", "1"), ("author", "ana"), ("reason", "all quiet")];
+    let (status, page) = post("/alerts/silences".into(), no_matchers, None).await;
+    assert_eq!(status, 400);
+    assert!(page.contains("a silence must match something"), "{page}");
+    let (_, silences) = server.get_json("/api/v1/silences").await;
+    assert_eq!(silences["silences"].as_array().unwrap().len(), 0);
+
+    let for_a = vec![
+        ("cluster", "c"),
+        ("node_id", "a"),
+        ("rule", "node_down"),
+        ("hours", "4"),
+        ("author", "ana"),
+        ("reason", "disk swap"),
+    ];
+    let (status, _) = post("/alerts/silences".into(), for_a, None).await;
+    assert_eq!(status, 303);
+    let (_, silences) = server.get_json("/api/v1/silences").await;
+    let silence = silences["silences"][0].clone();
+    assert_eq!(
+        (silence["node_id"].as_str(), silence["rules"][0].as_str()),
+        (Some("a"), Some("node_down")),
+        "{silence}"
+    );
+    eventually(10, "the alert shown silenced", || async {
+        let (_, list) = server.get_json("/api/v1/alerts").await;
+        list["alerts"]
+            .as_array()?
+            .iter()
+            .any(|a| a["id"] == id && a["silenced"] == true)
+            .then_some(())
+    })
+    .await;
+    let (status, _) = post(
+        format!("/alerts/silences/{}/end", silence["id"].as_str().unwrap()),
+        vec![],
+        None,
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (_, silences) = server.get_json("/api/v1/silences").await;
+    assert_eq!(silences["silences"].as_array().unwrap().len(), 0);
+    let actions: Vec<String> =
+        sqlx::query_scalar("SELECT action || ' by ' || actor FROM audit_log ORDER BY id")
+            .fetch_all(&server.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        actions,
+        [
+            "alert_ack by ana",
+            "silence by ana",
+            "silence_expire by dashboard"
+        ]
     );
     server.stop().await;
 }

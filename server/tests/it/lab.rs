@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use sqlx::PgPool;
 
+use hapulse_server::config::Settings;
+
 use crate::harness::{eventually, settings, TestServer, TOKEN};
 
 /// The keepalived failover lab.
-const FAILOVER_LAB: Lab = Lab {
+pub(crate) const FAILOVER_LAB: Lab = Lab {
     name: "hptest",
     net: "10.213.1",
     port: 18080,
@@ -39,14 +41,14 @@ const REPLICATION_LAB: Lab = Lab {
     port: 18082,
 };
 
-fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
         .to_path_buf()
 }
 
-fn agent_binary() -> PathBuf {
+pub(crate) fn agent_binary() -> PathBuf {
     // Cargo builds every workspace binary into the same directory before running tests.
     let path = Path::new(env!("CARGO_BIN_EXE_hapulse-server")).with_file_name("hapulse-agent");
     assert!(
@@ -57,7 +59,7 @@ fn agent_binary() -> PathBuf {
     path
 }
 
-fn require_root_and_tools() {
+pub(crate) fn require_root_and_tools() {
     let uid = Command::new("id").arg("-u").output().expect("run id -u");
     assert_eq!(
         String::from_utf8_lossy(&uid.stdout).trim(),
@@ -81,14 +83,14 @@ fn require_root_and_tools() {
 
 /// A test's lab: its name (namespace prefix), private /24 and server port. `Drop` tears it down
 /// even when an assertion failed.
-struct Lab {
-    name: &'static str,
-    net: &'static str,
-    port: u16,
+pub(crate) struct Lab {
+    pub name: &'static str,
+    pub net: &'static str,
+    pub port: u16,
 }
 
 impl Lab {
-    fn run(&self, args: &[&str]) -> std::process::Output {
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
         let (name, net, port) = (self.name, self.net, self.port);
         let output = Command::new(repo_root().join("scripts/lab"))
             .args(args)
@@ -108,23 +110,27 @@ impl Lab {
         output
     }
 
-    fn up(self, args: &[&str]) -> Lab {
+    pub fn up(self, args: &[&str]) -> Lab {
         self.run(&["down"]);
         self.run(&[&["up"], args].concat());
         self
     }
 
-    fn host_dir(&self, host: &str) -> PathBuf {
+    pub fn host_dir(&self, host: &str) -> PathBuf {
         PathBuf::from(format!("/run/hapulse-lab/{}/{host}", self.name))
     }
 
-    async fn start_server(&self, pool: PgPool) -> TestServer {
-        let mut s = settings();
+    pub async fn start_server(&self, pool: PgPool) -> TestServer {
+        self.start_server_with(pool, settings()).await
+    }
+
+    /// Starts the server with `s`, listening on the lab bridge.
+    pub async fn start_server_with(&self, pool: PgPool, mut s: Settings) -> TestServer {
         s.listen = format!("{}.1:{}", self.net, self.port).parse().unwrap();
         TestServer::start_on(pool, s).await
     }
 
-    fn holds_vip(&self, host: &str) -> bool {
+    pub fn holds_vip(&self, host: &str) -> bool {
         let out = Command::new("ip")
             .args([
                 "-n",
@@ -152,7 +158,7 @@ impl Drop for Lab {
 }
 
 /// The master of VI_1 in the lab cluster as the API names it.
-async fn api_master(server: &TestServer, lab: &str) -> Option<String> {
+pub(crate) async fn api_master(server: &TestServer, lab: &str) -> Option<String> {
     let (status, cluster) = server.get_json(&format!("/api/v1/clusters/{lab}")).await;
     (status == 200).then_some(())?;
     cluster["instances"][0]["master"]
