@@ -7,6 +7,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod availability;
 pub mod charts;
 pub mod commands;
 pub mod config;

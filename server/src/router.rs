@@ -48,6 +48,10 @@ pub fn router(state: AppState) -> Router {
         // REST API.
         .route("/api/v1/clusters", get(api::v1::clusters))
         .route("/api/v1/clusters/{cluster}", get(api::v1::cluster))
+        .route(
+            "/api/v1/clusters/{cluster}/availability",
+            get(api::v1::availability),
+        )
         .route("/api/v1/nodes/{node_id}", get(api::v1::node))
         .route("/api/v1/nodes/{node_id}/history", get(api::v1::history))
         .route("/api/v1/events", get(api::v1::events))

@@ -62,6 +62,8 @@ struct ClusterPartial<'a> {
     events: &'a [Event],
     /// Maintenance windows in force for this cluster or its nodes.
     maintenance: &'a [crate::silences::Silence],
+    /// Availability over 24 h, 7 d, 30 d.
+    availability: &'a [crate::availability::Availability],
 }
 
 #[derive(Template)]
@@ -215,11 +217,15 @@ pub async fn cluster(
             s.maintenance && s.starts_at <= now && s.cluster.as_deref().is_none_or(|c| c == name)
         })
         .collect();
+    let availability = crate::availability::of_cluster(&state.db, &name, now)
+        .await?
+        .unwrap_or_default();
     let body = render(&ClusterPartial {
         now,
         cluster: &cluster,
         events: &events,
         maintenance: &maintenance,
+        availability: &availability,
     })?;
     page(&q, &format!("Cluster {name}"), &name, body)
 }
@@ -664,6 +670,18 @@ mod filters {
     }
 
     /// Seconds for people (`250 ms`); `—` when absent.
+    /// Seconds as `3d 4h`, `2h 5m`, `4m 10s` or `12.3s`.
+    pub fn duration(value: &f64, _: &dyn askama::Values) -> askama::Result<String> {
+        let s = value.max(0.0);
+        let whole = s as u64;
+        Ok(match whole {
+            0..60 => format!("{s:.1}s"),
+            60..3600 => format!("{}m {}s", whole / 60, whole % 60),
+            3600..86_400 => format!("{}h {}m", whole / 3600, whole % 3600 / 60),
+            _ => format!("{}d {}h", whole / 86_400, whole % 86_400 / 3600),
+        })
+    }
+
     pub fn seconds(value: &Option<f64>, _: &dyn askama::Values) -> askama::Result<String> {
         Ok(value.map_or("—".into(), |v| {
             crate::charts::format_value(v, crate::charts::Unit::Seconds)

@@ -59,6 +59,21 @@ pub async fn cluster(
     cluster_with_epoch(&state, &name).await.map(Json)
 }
 
+/// `GET /api/v1/clusters/{cluster}/availability`: uptime with and without a MASTER, failures,
+/// MTTF and MTTR over 24 h, 7 d and 30 d (see [`crate::availability`]); 404 for a cluster never
+/// seen.
+pub async fn availability(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let windows = crate::availability::of_cluster(&state.db, &name, Utc::now())
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("cluster {name:?}")))?;
+    Ok(Json(
+        serde_json::json!({ "cluster": name, "windows": windows }),
+    ))
+}
+
 /// `GET /api/v1/nodes/{node_id}`: one node with its instances; 404 when unknown.
 pub async fn node(
     State(state): State<AppState>,

@@ -318,6 +318,34 @@ async fn node_down_is_mailed_texted_and_posted_once_and_resolved(pool: PgPool) {
         mail.contains("To: oncall@example.com") && mail.contains("/clusters/c"),
         "{mail}"
     );
+
+    // Availability: one period without a MASTER (a, the only MASTER, was down), as long as
+    // the no_master alert was open.
+    let (status, availability) = server.get_json("/api/v1/clusters/c/availability").await;
+    assert_eq!(status, 200, "{availability}");
+    let day = &availability["windows"][0];
+    assert_eq!(
+        (day["window"].as_str(), day["failures"].as_u64()),
+        (Some("24h"), Some(1)),
+        "{availability}"
+    );
+    let (no_master_seconds,): (f64,) = sqlx::query_as(
+        "SELECT extract(epoch FROM resolved_at - active_since)::float8 FROM alerts WHERE rule = 'no_master'",
+    )
+    .fetch_one(&server.pool)
+    .await
+    .unwrap();
+    assert!(
+        (day["mttr_seconds"].as_f64().unwrap() - no_master_seconds).abs() < 0.01,
+        "{availability} vs {no_master_seconds}"
+    );
+    let up = day["uptime_percent"].as_f64().unwrap();
+    assert!(up > 0.0 && up < 100.0, "{availability}");
+    assert_eq!(availability["windows"].as_array().unwrap().len(), 3);
+    let (status, _) = server.get_json("/api/v1/clusters/nope/availability").await;
+    assert_eq!(status, 404);
+    let (_, page) = server.get_text("/clusters/c").await;
+    assert!(page.contains("id=\"availability\""), "{page}");
     server.stop().await;
 }
 
