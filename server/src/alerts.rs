@@ -1,7 +1,8 @@
 //! Alert rules for HA failure modes, and the alert lifecycle.
 //!
-//! Every `evaluate_interval` the rules look at the clusters' live views and yield *conditions*,
-//! each with a fingerprint (`node_down:prod/db1`). A new condition opens an alert, `pending`
+//! Every `evaluate_interval`, and at once after a state change, the rules look at the clusters'
+//! live views (and the recent role changes and failovers) and yield *conditions*, each with a
+//! fingerprint (`node_down:prod/db1`). A new condition opens an alert, `pending`
 //! until it has held for the rule's duration, then `firing`: notifications are stored in the
 //! outbox in the same transaction ([`crate::notify`] delivers them). A firing alert is notified
 //! again every `repeat_interval`; when its condition is gone it is `resolved`, with a resolved
@@ -470,11 +471,21 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut masters = MasterTracker::default();
     let mut failovers: Vec<Failover> = Vec::new();
+    // A state change (a role change, a node down) is evaluated at once, not at the next tick;
+    // bursts are evaluated at most every 50 ms.
+    let mut changes = state.changes.subscribe();
+    let mut last = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            _ = changes.recv() => {
+                tokio::time::sleep_until(last + Duration::from_millis(50)).await;
+                // What else arrived meanwhile is covered by this round.
+                while changes.try_recv().is_ok() {}
+            }
         }
+        last = tokio::time::Instant::now();
         if let Err(e) =
             evaluate_all(&state, &settings, &mut masters, &mut failovers, &mut open).await
         {

@@ -27,9 +27,15 @@ fn root() -> PathBuf {
 impl Lab {
     /// Runs `scripts/lab ARGS` for this lab with the release binaries.
     pub fn run(&self, args: &[&str]) -> Result<(), String> {
+        self.run_with(args, &[])
+    }
+
+    /// As [`Lab::run`], with extra environment (`HAPULSE_CONFIG` for the lab server).
+    pub fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
         let release = root().join("target/release");
         let status = Command::new(root().join("scripts/lab"))
             .args(args)
+            .envs(env.iter().copied())
             .env("HAPULSE_LAB_NAME", self.name)
             .env("HAPULSE_LAB_NET", self.net)
             .env("HAPULSE_LAB_PORT", self.port.to_string())
