@@ -203,6 +203,9 @@ pub struct EmailReceiver {
     /// Severities sent here (default all: `critical`, `warning`, `info`).
     #[serde(default)]
     pub severities: Vec<String>,
+    /// Clusters sent here (default all).
+    #[serde(default)]
+    pub clusters: Vec<String>,
 }
 
 /// An HTTP SMS gateway: one request per recipient and message.
@@ -248,6 +251,9 @@ pub struct SmsReceiver {
     /// Severities sent here (default `critical`).
     #[serde(default = "default_sms_severities")]
     pub severities: Vec<String>,
+    /// Clusters sent here (default all).
+    #[serde(default)]
+    pub clusters: Vec<String>,
 }
 
 /// A JSON POST per notification.
@@ -261,6 +267,9 @@ pub struct WebhookReceiver {
     /// Severities sent here (default all).
     #[serde(default)]
     pub severities: Vec<String>,
+    /// Clusters sent here (default all).
+    #[serde(default)]
+    pub clusters: Vec<String>,
 }
 
 fn default_smtp_port() -> u16 {

@@ -26,8 +26,80 @@ use crate::state::AppState;
 /// Attempts before a notification is given up as `failed`.
 const MAX_ATTEMPTS: i32 = 50;
 
-fn wants(severities: &[String], severity: &str) -> bool {
-    severities.is_empty() || severities.iter().any(|s| s == severity)
+/// An empty list takes everything.
+fn wants(list: &[String], value: &str) -> bool {
+    list.is_empty() || list.iter().any(|s| s == value)
+}
+
+/// The receivers (`email:NAME`, `sms:NAME:NUMBER`, `webhook:NAME`) routed an alert of
+/// `severity` in `cluster`.
+fn receivers(settings: &AlertSettings, severity: &str, cluster: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    out.extend(
+        settings
+            .email
+            .iter()
+            .filter(|e| wants(&e.severities, severity) && wants(&e.clusters, cluster))
+            .map(|e| format!("email:{}", e.name)),
+    );
+    for s in settings
+        .sms
+        .iter()
+        .filter(|s| wants(&s.severities, severity) && wants(&s.clusters, cluster))
+    {
+        out.extend(s.to.iter().map(|to| format!("sms:{}:{to}", s.name)));
+    }
+    out.extend(
+        settings
+            .webhook
+            .iter()
+            .filter(|w| wants(&w.severities, severity) && wants(&w.clusters, cluster))
+            .map(|w| format!("webhook:{}", w.name)),
+    );
+    out
+}
+
+/// The message body (`web/templates/notification.txt`): what, where, since when, and the link
+/// to the cluster's dashboard page.
+#[derive(askama::Template)]
+#[template(path = "notification.txt")]
+struct Body<'a> {
+    summary: &'a str,
+    rule: &'a str,
+    severity: &'a str,
+    kind: &'a str,
+    cluster: &'a str,
+    node_id: Option<&'a str>,
+    instance: Option<&'a str>,
+    link: Option<&'a str>,
+    since: String,
+    dashboard: String,
+}
+
+fn body(settings: &AlertSettings, c: &Condition, kind: &str, at: DateTime<Utc>) -> String {
+    let dashboard = format!(
+        "{}/clusters/{}",
+        settings.dashboard_url.trim_end_matches('/'),
+        c.cluster
+    );
+    let body = Body {
+        summary: &c.summary,
+        rule: c.rule,
+        severity: c.severity.as_str(),
+        kind,
+        cluster: &c.cluster,
+        node_id: c.node_id.as_deref(),
+        instance: c.instance.as_deref(),
+        link: c.link.as_deref(),
+        since: at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        dashboard: dashboard.clone(),
+    };
+    askama::Template::render(&body).unwrap_or_else(|e| {
+        // The template is compiled in; rendering plain strings cannot fail, but a message
+        // without its details is better than none.
+        tracing::warn!(error = %e, "notification template failed");
+        format!("{}\n\nDashboard: {dashboard}\n", c.summary)
+    })
 }
 
 /// Stores the notifications of one alert event (`firing`, `repeat`, `resolved`) for every
@@ -51,41 +123,8 @@ pub async fn enqueue(
         c.rule,
         c.fingerprint.split_once(':').map_or("", |(_, w)| w)
     );
-    let link = format!(
-        "{}/clusters/{}",
-        settings.dashboard_url.trim_end_matches('/'),
-        c.cluster
-    );
-    let body = format!(
-        "{}\n\nSince: {}\nCluster: {}\nDashboard: {link}\n",
-        c.summary,
-        at.format("%Y-%m-%d %H:%M:%S UTC"),
-        c.cluster
-    );
-    let severity = c.severity.as_str();
-    let mut receivers: Vec<String> = Vec::new();
-    receivers.extend(
-        settings
-            .email
-            .iter()
-            .filter(|e| wants(&e.severities, severity))
-            .map(|e| format!("email:{}", e.name)),
-    );
-    for s in settings
-        .sms
-        .iter()
-        .filter(|s| wants(&s.severities, severity))
-    {
-        receivers.extend(s.to.iter().map(|to| format!("sms:{}:{to}", s.name)));
-    }
-    receivers.extend(
-        settings
-            .webhook
-            .iter()
-            .filter(|w| wants(&w.severities, severity))
-            .map(|w| format!("webhook:{}", w.name)),
-    );
-    for receiver in receivers {
+    let body = body(settings, c, kind, at);
+    for receiver in receivers(settings, c.severity.as_str(), &c.cluster) {
         sqlx::query(
             "INSERT INTO notifications (id, alert_id, receiver, kind, subject, body, state, cluster) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7)",
         )
@@ -481,6 +520,50 @@ pub async fn list(pool: &PgPool) -> Result<Vec<Notification>, sqlx::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn receivers_are_routed_by_severity_and_cluster_and_bodies_say_what_where_when() {
+        let mut settings = AlertSettings::default();
+        let receiver =
+            |name: &str, severities: &[&str], clusters: &[&str]| crate::config::WebhookReceiver {
+                name: name.into(),
+                url: "http://127.0.0.1:9/".into(),
+                severities: severities.iter().map(|s| s.to_string()).collect(),
+                clusters: clusters.iter().map(|s| s.to_string()).collect(),
+            };
+        settings.webhook = vec![
+            receiver("all", &[], &[]),
+            receiver("prod-critical", &["critical"], &["prod"]),
+            receiver("test", &[], &["test"]),
+        ];
+        assert_eq!(
+            receivers(&settings, "critical", "prod"),
+            ["webhook:all", "webhook:prod-critical"]
+        );
+        assert_eq!(receivers(&settings, "warning", "prod"), ["webhook:all"]);
+        assert_eq!(
+            receivers(&settings, "info", "test"),
+            ["webhook:all", "webhook:test"]
+        );
+
+        let c = Condition {
+            fingerprint: "node_down:prod/db1".into(),
+            rule: "node_down",
+            severity: crate::alerts::Severity::Critical,
+            cluster: "prod".into(),
+            node_id: Some("db1".into()),
+            instance: None,
+            link: None,
+            summary: "node db1 in prod sends no heartbeats <b>".into(),
+            hold: Duration::ZERO,
+        };
+        let at = "2026-11-21T03:04:05Z".parse().unwrap();
+        let text = body(&settings, &c, "firing", at);
+        assert_eq!(
+            text,
+            "node db1 in prod sends no heartbeats <b>\n\nWhat:      node_down (critical)\nCluster:   prod\nNode:      db1\nSince:     2026-11-21 03:04:05 UTC\nDashboard: http://127.0.0.1:8080/clusters/prod"
+        );
+    }
 
     #[test]
     fn notifications_are_grouped_per_receiver_and_cluster() {

@@ -88,6 +88,23 @@ fn text_ok(s: &str, max: usize) -> bool {
     !s.trim().is_empty() && s.len() <= max && !s.chars().any(char::is_control)
 }
 
+/// The maintenance windows among `windows` in force at `now` that concern `cluster` and any of
+/// `nodes` (its node ids, or one node for a node page): a window for the cluster, for one of those
+/// nodes, or for such a node in any cluster.
+pub fn maintenance_for<'a>(
+    windows: &'a [Silence],
+    now: DateTime<Utc>,
+    cluster: &str,
+    nodes: &[&str],
+) -> Vec<&'a Silence> {
+    windows
+        .iter()
+        .filter(|s| s.maintenance && s.starts_at <= now && now < s.ends_at)
+        .filter(|s| s.cluster.as_deref().is_none_or(|c| c == cluster))
+        .filter(|s| s.node_id.as_deref().is_none_or(|n| nodes.contains(&n)))
+        .collect()
+}
+
 /// Stores a silence. A silence that would match every alert is refused (400, field
 /// `matchers`), as is one that ends before it starts or lasts more than 90 days.
 pub async fn create(

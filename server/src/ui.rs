@@ -52,6 +52,8 @@ struct Base<'a> {
 struct OverviewPartial<'a> {
     now: DateTime<Utc>,
     clusters: &'a [ClusterView],
+    /// Clusters with a maintenance window in force (for them or one of their nodes).
+    in_maintenance: &'a [String],
 }
 
 #[derive(Template)]
@@ -61,7 +63,7 @@ struct ClusterPartial<'a> {
     cluster: &'a ClusterView,
     events: &'a [Event],
     /// Maintenance windows in force for this cluster or its nodes.
-    maintenance: &'a [crate::silences::Silence],
+    maintenance: &'a [&'a crate::silences::Silence],
     /// Availability over 24 h, 7 d, 30 d.
     availability: &'a [crate::availability::Availability],
 }
@@ -75,6 +77,8 @@ struct NodePartial<'a> {
     /// `1h`, `24h` or `7d`.
     range: &'a str,
     charts: &'a [Chart],
+    /// Maintenance windows in force for this node.
+    maintenance: &'a [&'a crate::silences::Silence],
 }
 
 /// A chart on a page: its SVG, drawn by [`charts::line_chart`].
@@ -187,9 +191,19 @@ pub async fn overview(
 ) -> Result<Response, AppError> {
     let now = Utc::now();
     let clusters = view::clusters(&state.live(), now);
+    let windows = crate::silences::current(&state.db).await?;
+    let in_maintenance: Vec<String> = clusters
+        .iter()
+        .filter(|c| {
+            let nodes: Vec<&str> = c.nodes.iter().map(|n| n.node_id.as_str()).collect();
+            !crate::silences::maintenance_for(&windows, now, &c.name, &nodes).is_empty()
+        })
+        .map(|c| c.name.clone())
+        .collect();
     let body = render(&OverviewPartial {
         now,
         clusters: &clusters,
+        in_maintenance: &in_maintenance,
     })?;
     page(&q, "Clusters", "*", body)
 }
@@ -210,13 +224,9 @@ pub async fn cluster(
         ..Default::default()
     };
     let events = db::list_events(&state.db, &filter).await?;
-    let maintenance: Vec<crate::silences::Silence> = crate::silences::current(&state.db)
-        .await?
-        .into_iter()
-        .filter(|s| {
-            s.maintenance && s.starts_at <= now && s.cluster.as_deref().is_none_or(|c| c == name)
-        })
-        .collect();
+    let windows = crate::silences::current(&state.db).await?;
+    let nodes: Vec<&str> = cluster.nodes.iter().map(|n| n.node_id.as_str()).collect();
+    let maintenance = crate::silences::maintenance_for(&windows, now, &name, &nodes);
     let availability = crate::availability::of_cluster(&state.db, &name, now)
         .await?
         .unwrap_or_default();
@@ -254,12 +264,15 @@ pub async fn node(
         ..Default::default()
     };
     let events = db::list_events(&state.db, &filter).await?;
+    let windows = crate::silences::current(&state.db).await?;
+    let maintenance = crate::silences::maintenance_for(&windows, now, &node.cluster, &[&node_id]);
     let body = render(&NodePartial {
         now,
         node: &node,
         events: &events,
         range,
         charts: &charts,
+        maintenance: &maintenance,
     })?;
     let q = PageQuery { partial: q.partial };
     page(&q, &format!("Node {node_id}"), &node.cluster, body)

@@ -98,6 +98,7 @@ pub(crate) fn sms_receiver(url: String, to: &str) -> SmsReceiver {
         json_body: true,
         to: vec![to.into()],
         severities: vec!["critical".into()],
+        clusters: vec![],
     }
 }
 
@@ -113,6 +114,7 @@ pub(crate) fn email_receiver(smtp_port: u16) -> EmailReceiver {
         from: "hapulse <hapulse@example.com>".into(),
         to: vec!["oncall@example.com".into()],
         severities: vec![],
+        clusters: vec![],
     }
 }
 
@@ -169,12 +171,14 @@ async fn node_down_is_mailed_texted_and_posted_once_and_resolved(pool: PgPool) {
             json_body: false,
             to: vec!["+15550002".into()],
             severities: vec!["critical".into()],
+            clusters: vec![],
         },
     ];
     s.alerts.webhook = vec![WebhookReceiver {
         name: "chat".into(),
         url: format!("http://{gateway_addr}/hook"),
         severities: vec![],
+        clusters: vec![],
     }];
     let server = TestServer::start_on(pool, s).await;
     let agent = server.agent();
@@ -360,6 +364,7 @@ async fn silences_mute_and_acknowledgements_stop_repeats(pool: PgPool) {
         name: "chat".into(),
         url: format!("http://{gateway_addr}/hook"),
         severities: vec![],
+        clusters: vec![],
     }];
     let server = TestServer::start_on(pool, s).await;
     let post_json = |path: &str, body: serde_json::Value| {
@@ -449,6 +454,13 @@ async fn silences_mute_and_acknowledgements_stop_repeats(pool: PgPool) {
         page.contains("maintenance-banner") && page.contains("kernel update on a"),
         "{page}"
     );
+    // Shown everywhere: on the overview and on the node's page, not on the other node's.
+    let (_, page) = server.get_text("/").await;
+    assert!(page.contains("maintenance-badge"), "{page}");
+    let (_, page) = server.get_text("/nodes/a").await;
+    assert!(page.contains("Maintenance</strong> of this node"), "{page}");
+    let (_, page) = server.get_text("/nodes/b").await;
+    assert!(!page.contains("maintenance-banner"), "{page}");
     let (_, page) = server.get_text("/alerts").await;
     assert!(
         page.contains("silenced") && page.contains("node_down") && page.contains("webhook:chat"),
