@@ -100,6 +100,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         &settings.server_url,
         settings.token.clone(),
         settings.request_timeout,
+        settings.ca_file.as_deref(),
     )?;
     let spool = Spool::open(&settings.state_dir, settings.spool_capacity)?;
     let shared = Arc::new(Shared {

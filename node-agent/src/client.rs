@@ -61,17 +61,29 @@ pub struct AgentClient {
 }
 
 impl AgentClient {
-    /// A client of the server at `server_url` (e.g. `http://10.0.0.1:8080`).
+    /// A client of the server at `server_url` (`http://10.0.0.1:8080` or `https://…`). An
+    /// HTTPS server's certificate is verified against the system's roots and, when given, the
+    /// PEM CA certificates in `ca_file`. Errors: `ca_file` unreadable or not PEM.
     pub fn new(
         server_url: &str,
         token: SecretString,
         timeout: Duration,
-    ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+        ca_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
-            .user_agent(concat!("hapulse-agent/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("hapulse-agent/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("ca_file {}: {e}", path.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| anyhow::anyhow!("ca_file {}: {e}", path.display()))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build()?;
         let base_url = server_url.trim_end_matches('/').to_string();
         Ok(AgentClient {
             http,

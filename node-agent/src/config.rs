@@ -24,6 +24,10 @@ pub struct Settings {
     /// Agent token the server expects (`agent_token` in the server's configuration).
     #[serde(serialize_with = "serialize_redacted")]
     pub token: SecretString,
+    /// PEM CA certificates that sign the server's HTTPS certificate, besides the system's roots
+    /// (default none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// Time between two heartbeats (default 1 s). A state change is sent at once, whatever this is.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
@@ -236,6 +240,7 @@ impl Default for Settings {
             request_timeout: Duration::from_secs(5),
             max_retry_backoff: Duration::from_secs(30),
             state_dir: PathBuf::from("/var/lib/hapulse-agent"),
+            ca_file: None,
             spool_capacity: 10_000,
             probe_timeout: Duration::from_secs(2),
             postgresql: Vec::new(),

@@ -96,7 +96,7 @@ async fn main() -> Result<(), String> {
     };
     lab.run(&["down"])?;
     lab.run(&["up", "2"])?;
-    let http = reqwest::Client::new();
+    let http = lab.api_client()?;
     wait_for_master(&http, "h1", Duration::from_secs(30)).await?;
     let (mut kernel_to_api, mut kill_to_api, mut kill_to_kernel) =
         (Vec::new(), Vec::new(), Vec::new());

@@ -117,11 +117,31 @@ async fn run(options: PgConnectOptions) -> Result<(), String> {
         .connect_with(options)
         .await
         .map_err(|e| e.to_string())?;
-    let http = reqwest::Client::new();
+    let anonymous = reqwest::Client::new();
     // First start: migrations.
-    let (_, shutdown, server) = start_server(&pool, &http).await?;
+    let (_, shutdown, server) = start_server(&pool, &anonymous).await?;
     shutdown.cancel();
     let _ = server.await;
+    let (_, token) = hapulse_server::auth::create_token(
+        &pool,
+        "benchmark",
+        hapulse_server::auth::Role::Viewer,
+        &None,
+        "benchmark",
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}")
+            .parse()
+            .map_err(|e| format!("token header: {e}"))?,
+    );
+    let http = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .map_err(|e| e.to_string())?;
 
     // Partitions for the past week (the server creates them from yesterday on).
     let week = Duration::from_secs(8 * 86_400);

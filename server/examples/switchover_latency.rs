@@ -50,7 +50,7 @@ async fn main() -> Result<(), String> {
     };
     lab.run(&["down"])?;
     lab.run(&["up", "2"])?;
-    let http = reqwest::Client::new();
+    let http = lab.api_client()?;
     let pool = sqlx::PgPool::connect(&url)
         .await
         .map_err(|e| e.to_string())?;

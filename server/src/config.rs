@@ -35,6 +35,61 @@ pub struct Settings {
     /// Alert rules and where notifications go.
     #[serde(default)]
     pub alerts: AlertSettings,
+    /// Sessions, logins and anonymous access.
+    #[serde(default)]
+    pub auth: AuthSettings,
+    /// HTTPS: when set, the server speaks TLS only (rustls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSettings>,
+}
+
+/// Sessions and logins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// A session unused this long ends (default 30 min).
+    #[serde(with = "humantime_serde")]
+    pub session_idle: Duration,
+    /// A session ends this long after login, used or not (default 12 h).
+    #[serde(with = "humantime_serde")]
+    pub session_absolute: Duration,
+    /// A switchover confirmed on the dashboard needs the password given within this long
+    /// (default 5 min); the confirmation form asks for it.
+    #[serde(with = "humantime_serde")]
+    pub reauth_window: Duration,
+    /// Let anyone read the dashboard and the REST API without logging in (default false).
+    pub anonymous_read: bool,
+    /// Failed logins for one account within `login_window` before it is refused (default 5).
+    pub login_max_failures_per_account: usize,
+    /// Failed logins from one address within `login_window` before it is refused (default 20).
+    pub login_max_failures_per_source: usize,
+    /// See the two above (default 15 min).
+    #[serde(with = "humantime_serde")]
+    pub login_window: Duration,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            session_idle: Duration::from_secs(30 * 60),
+            session_absolute: Duration::from_secs(12 * 3600),
+            reauth_window: Duration::from_secs(5 * 60),
+            anonymous_read: false,
+            login_max_failures_per_account: 5,
+            login_max_failures_per_source: 20,
+            login_window: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// Certificate and key for HTTPS (rustls, TLS 1.2 and 1.3).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: std::path::PathBuf,
 }
 
 /// Alert rules' thresholds and the receivers of notifications.
@@ -333,7 +388,9 @@ pub struct HistorySettings {
 }
 
 /// Environment keys (after `HAPULSE_`, lower case) that belong to the server; `__` ends a section.
-const SERVER_ENV_KEYS: [&str; 8] = [
+const SERVER_ENV_KEYS: [&str; 10] = [
+    "auth__",
+    "tls__",
     "listen",
     "database_url",
     "database_max_connections",
@@ -362,6 +419,8 @@ impl Default for Settings {
                 check_interval: Duration::from_millis(100),
             },
             alerts: AlertSettings::default(),
+            auth: AuthSettings::default(),
+            tls: None,
             history: HistorySettings {
                 retention: Duration::from_secs(7 * 24 * 3600),
                 batch_max_rows: 1000,
@@ -425,17 +484,23 @@ impl Settings {
         )
     }
 
+    /// What serving needs beyond [`Settings::validate`] (the `user` and `token` commands do not
+    /// need an agent token).
+    pub fn validate_for_serving(&self) -> Result<(), ConfigError> {
+        if self.agent_token.expose_secret().len() < 16 {
+            return Err(ConfigError::Invalid {
+                key: "agent_token",
+                reason: "required, at least 16 characters (HAPULSE_AGENT_TOKEN)",
+            });
+        }
+        Ok(())
+    }
+
     /// Checks what the types cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason| Err(ConfigError::Invalid { key, reason });
         if self.database_url.expose_secret().is_empty() {
             return invalid("database_url", "required (HAPULSE_DATABASE_URL)");
-        }
-        if self.agent_token.expose_secret().len() < 16 {
-            return invalid(
-                "agent_token",
-                "required, at least 16 characters (HAPULSE_AGENT_TOKEN)",
-            );
         }
         let d = &self.detector;
         if d.suspect_after_missed == 0 || d.down_after_missed <= d.suspect_after_missed {
@@ -539,7 +604,11 @@ mod tests {
             assert_eq!(s.listen.port(), 9000);
             assert_eq!(s.detector.down_after_missed, 5);
             jail.set_env("HAPULSE_AGENT_TOKEN", "short");
-            let err = Settings::load(None).unwrap_err().to_string();
+            let err = Settings::load(None)
+                .unwrap()
+                .validate_for_serving()
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("agent_token"), "{err}");
             Ok(())
         });

@@ -36,6 +36,9 @@ pub enum AppError {
     /// 404: the named thing does not exist.
     #[error("{0} not found")]
     NotFound(String),
+    /// 429: too many attempts; retry later.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// 413: the body is larger than allowed.
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -99,6 +102,9 @@ impl IntoResponse for AppError {
             AppError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
+            AppError::TooManyRequests(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_requests", None)
+            }
             AppError::Conflict { code, .. } => (StatusCode::CONFLICT, *code, None),
             AppError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", None),
             AppError::UnsupportedMediaType => (

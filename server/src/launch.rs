@@ -86,6 +86,7 @@ pub async fn serve(
         changes,
         commands: Default::default(),
         notifier: tokio::sync::Notify::new(),
+        login_throttle: Default::default(),
         shutdown: shutdown.clone(),
     }));
 
@@ -104,14 +105,35 @@ pub async fn serve(
     let maintenance = tokio::spawn(maintain(pool.clone(), tables, tasks.clone()));
 
     let address = listener.local_addr()?;
-    tracing::info!(%address, "hapulse-server listening");
-    axum::serve(
-        listener,
-        crate::router::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await
-    .context("serving HTTP")?;
+    let app =
+        crate::router::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    match &settings.tls {
+        None => {
+            tracing::info!(%address, "hapulse-server listening (HTTP)");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+                .context("serving HTTP")?;
+        }
+        Some(tls) => {
+            let config = axum_server::tls_rustls::RustlsConfig::from_config(tls_config(tls)?);
+            let handle = axum_server::Handle::new();
+            tokio::spawn({
+                let handle = handle.clone();
+                async move {
+                    shutdown.cancelled().await;
+                    // Event streams end on the same signal; 10 s for the rest to finish.
+                    handle.graceful_shutdown(Some(Duration::from_secs(10)));
+                }
+            });
+            tracing::info!(%address, "hapulse-server listening (HTTPS)");
+            axum_server::from_tcp_rustls(listener.into_std()?, config)
+                .handle(handle)
+                .serve(app)
+                .await
+                .context("serving HTTPS")?;
+        }
+    }
 
     tasks.cancel();
     let _ = detector.await;
@@ -123,6 +145,31 @@ pub async fn serve(
     let _ = history_task.await;
     tracing::info!("hapulse-server stopped");
     Ok(())
+}
+
+/// The rustls configuration for `tls`: its certificate chain and key, TLS 1.2 and 1.3, HTTP/1.1
+/// and HTTP/2 by ALPN. Errors name the file at fault.
+fn tls_config(tls: &crate::config::TlsSettings) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&tls.cert_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("tls.cert_file {}", tls.cert_file.display()))?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "tls.cert_file {} holds no certificate",
+        tls.cert_file.display()
+    );
+    let key = PrivateKeyDer::from_pem_file(&tls.key_file)
+        .with_context(|| format!("tls.key_file {}", tls.key_file.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("tls.cert_file and tls.key_file do not make a usable pair")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Every 30 s: roll up the minutes that are complete. Hourly: create partitions ahead, drop

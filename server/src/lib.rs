@@ -7,6 +7,8 @@
 
 pub mod alerts;
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod availability;
 pub mod charts;
 pub mod commands;

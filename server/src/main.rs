@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use hapulse_server::auth::{self, Role};
 use hapulse_server::config::Settings;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -35,6 +36,210 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Manage dashboard users, directly in the database (`user add --admin NAME` makes the first
+    /// admin; the password is read from the terminal, or from stdin when it is not one).
+    User {
+        #[command(subcommand)]
+        action: UserCommand,
+    },
+    /// Manage API tokens, directly in the database.
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user.
+    Add {
+        /// Login name (1-64 characters of A-Z a-z 0-9 . _ -).
+        name: String,
+        /// Make it an admin (same as --role admin).
+        #[arg(long, conflicts_with = "role")]
+        admin: bool,
+        /// viewer, operator or admin.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        /// Limit it to these clusters (comma-separated); default: all.
+        #[arg(long, value_delimiter = ',')]
+        clusters: Vec<String>,
+    },
+    /// List users.
+    List,
+    /// Set a user's password (read like `add` does) and end its sessions.
+    Passwd {
+        /// Login name.
+        name: String,
+    },
+    /// Disable a user and end its sessions.
+    Disable {
+        /// Login name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create an API token and print it; it is shown this once.
+    Create {
+        /// What it is for (`prometheus`).
+        #[arg(long)]
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long)]
+        role: String,
+        /// Limit it to these clusters (comma-separated); default: all.
+        #[arg(long, value_delimiter = ',')]
+        clusters: Vec<String>,
+    },
+    /// Revoke an API token by id.
+    Revoke {
+        /// The id `token create` printed.
+        id: uuid::Uuid,
+    },
+}
+
+/// Reads a new password: twice from a terminal (not echoed), or one line from stdin.
+fn read_new_password() -> anyhow::Result<String> {
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        let first = rpassword::prompt_password("Password: ")?;
+        let again = rpassword::prompt_password("Again: ")?;
+        anyhow::ensure!(first == again, "the two passwords differ");
+        Ok(first)
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    }
+}
+
+fn role_arg(role: &str) -> anyhow::Result<Role> {
+    Role::parse(role).ok_or_else(|| anyhow::anyhow!("--role must be viewer, operator or admin"))
+}
+
+fn clusters_arg(clusters: Vec<String>) -> Option<Vec<String>> {
+    (!clusters.is_empty()).then_some(clusters)
+}
+
+/// Audits what the command line did: the actor is `cli`, the source this host.
+async fn audit_cli(
+    pool: &sqlx::PgPool,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+) -> anyhow::Result<()> {
+    hapulse_server::audit::Audit {
+        actor: "cli",
+        role: Some("admin"),
+        source: Some("local"),
+        action,
+        target,
+        reason: None,
+        outcome: "done",
+        detail,
+    }
+    .record(pool)
+    .await?;
+    Ok(())
+}
+
+async fn user_command(settings: &Settings, action: UserCommand) -> anyhow::Result<()> {
+    let pool = hapulse_server::launch::connect(settings).await?;
+    hapulse_server::db::migrate(&pool).await?;
+    match action {
+        UserCommand::Add {
+            name,
+            admin,
+            role,
+            clusters,
+        } => {
+            let role = if admin { Role::Admin } else { role_arg(&role)? };
+            let clusters = clusters_arg(clusters);
+            let password = read_new_password()?;
+            auth::create_user(&pool, &name, &password, role, &clusters)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            audit_cli(
+                &pool,
+                "user_create",
+                &name,
+                serde_json::json!({ "role": role.as_str(), "clusters": clusters }),
+            )
+            .await?;
+            println!("user {name} created ({})", role.as_str());
+        }
+        UserCommand::List => {
+            for u in auth::list_users(&pool).await? {
+                let clusters = u
+                    .clusters
+                    .map_or("all clusters".to_string(), |c| c.join(","));
+                let disabled = if u.disabled_at.is_some() {
+                    " (disabled)"
+                } else {
+                    ""
+                };
+                println!("{}\t{}\t{clusters}{disabled}", u.name, u.role);
+            }
+        }
+        UserCommand::Passwd { name } => {
+            let password = read_new_password()?;
+            auth::set_password(&pool, &name, &password)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            audit_cli(&pool, "user_password", &name, serde_json::json!({})).await?;
+            println!("password of {name} set, sessions ended");
+        }
+        UserCommand::Disable { name } => {
+            auth::disable_user(&pool, &name)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            audit_cli(&pool, "user_disable", &name, serde_json::json!({})).await?;
+            println!("user {name} disabled, sessions ended");
+        }
+    }
+    Ok(())
+}
+
+async fn token_command(settings: &Settings, action: TokenCommand) -> anyhow::Result<()> {
+    let pool = hapulse_server::launch::connect(settings).await?;
+    hapulse_server::db::migrate(&pool).await?;
+    match action {
+        TokenCommand::Create {
+            name,
+            role,
+            clusters,
+        } => {
+            let role = role_arg(&role)?;
+            let clusters = clusters_arg(clusters);
+            let (id, token) = auth::create_token(&pool, &name, role, &clusters, "cli")
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            audit_cli(
+                &pool,
+                "token_create",
+                &id.to_string(),
+                serde_json::json!({ "name": name, "role": role.as_str(), "clusters": clusters }),
+            )
+            .await?;
+            eprintln!("token {id} ({name}, {}); shown once:", role.as_str());
+            println!("{token}");
+        }
+        TokenCommand::Revoke { id } => {
+            auth::revoke_token(&pool, id)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            audit_cli(
+                &pool,
+                "token_revoke",
+                &id.to_string(),
+                serde_json::json!({}),
+            )
+            .await?;
+            println!("token {id} revoked");
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -73,7 +278,10 @@ fn main() -> ExitCode {
                 tracing::info!("migrations applied");
                 Ok(())
             }
+            Command::User { action } => user_command(&settings, action).await,
+            Command::Token { action } => token_command(&settings, action).await,
             Command::Serve => {
+                settings.validate_for_serving()?;
                 let listener = tokio::net::TcpListener::bind(settings.listen)
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;

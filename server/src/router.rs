@@ -21,6 +21,9 @@ pub fn router(state: AppState) -> Router {
         .route("/clusters/{cluster}", get(ui::cluster))
         .route("/nodes/{node_id}", get(ui::node))
         .route("/events", get(ui::events))
+        .route("/login", get(ui::login_form).post(ui::login))
+        .route("/logout", post(ui::logout))
+        .route("/audit", get(ui::audit))
         .route("/alerts", get(ui::alerts))
         .route("/alerts/{id}/ack", post(ui::ack_alert))
         .route("/alerts/silences", post(ui::create_silence))
@@ -67,6 +70,23 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/notifications", get(api::v1::notifications))
         .route(
+            "/api/v1/users",
+            get(api::admin::users).post(api::admin::create_user),
+        )
+        .route(
+            "/api/v1/users/{name}",
+            axum::routing::delete(api::admin::disable_user),
+        )
+        .route(
+            "/api/v1/tokens",
+            get(api::admin::tokens).post(api::admin::create_token),
+        )
+        .route(
+            "/api/v1/tokens/{id}",
+            axum::routing::delete(api::admin::revoke_token),
+        )
+        .route("/api/v1/audit", get(api::admin::audit))
+        .route(
             "/api/v1/clusters/{cluster}/switchover",
             post(api::v1::switchover),
         )
@@ -79,6 +99,14 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
+        // Innermost first: authentication sees the matched route's path, then the body limit,
+        // the security headers on every answer (also errors and redirects), the timeout.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::authenticate,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(security_headers))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             timeout,
@@ -92,6 +120,33 @@ pub fn router(state: AppState) -> Router {
             tracing::info_span!("http", method = %req.method(), route)
         }))
         .with_state(state)
+}
+
+/// Headers on every answer: a Content-Security-Policy that allows no inline script and no
+/// framing, no MIME sniffing, no referrer.
+async fn security_headers(req: Request, next: axum::middleware::Next) -> Response {
+    let mut response = next.run(req).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+    );
+    h.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
+    response
 }
 
 async fn not_found() -> AppError {

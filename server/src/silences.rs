@@ -78,7 +78,8 @@ pub struct NewSilence {
     pub starts_at: Option<DateTime<Utc>>,
     /// Until.
     pub ends_at: DateTime<Utc>,
-    /// Who.
+    /// Who: the principal that asks (not part of a request body).
+    #[serde(skip_deserializing)]
     pub author: String,
     /// Why.
     pub reason: String,

@@ -27,6 +27,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use uuid::Uuid;
 
+use crate::audit::Audit;
+use crate::auth::Principal;
 use crate::commands::{self, NewCommand};
 use crate::error::AppError;
 use crate::live::{EventKind, NewEvent, NodeStatus};
@@ -414,49 +416,13 @@ pub async fn get(pool: &sqlx::PgPool, id: Uuid) -> Result<Option<Switchover>, sq
     }))
 }
 
-/// One audit row: who did what, from where, why, and how it ended. Append-only.
-pub struct Audit<'a> {
-    /// Who (`api`, `dashboard`, a user once accounts exist).
-    pub actor: &'a str,
-    /// From which address.
-    pub source: Option<&'a str>,
-    /// What (`switchover`, `switchover_cancel`, …).
-    pub action: &'a str,
-    /// On what.
-    pub target: &'a str,
-    /// Why, as given.
-    pub reason: Option<&'a str>,
-    /// How it ended (`accepted`, `succeeded`, `refused: …`).
-    pub outcome: &'a str,
-    /// Anything else worth keeping (JSON object).
-    pub detail: serde_json::Value,
-}
-
-impl Audit<'_> {
-    /// Appends the row (on a pool or inside the caller's transaction).
-    pub async fn record<'e, E: sqlx::PgExecutor<'e>>(self, executor: E) -> Result<(), sqlx::Error> {
-        sqlx::query("INSERT INTO audit_log (actor, source, action, target, reason, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .bind(self.actor)
-            .bind(self.source)
-            .bind(self.action)
-            .bind(self.target)
-            .bind(self.reason)
-            .bind(self.outcome)
-            .bind(sqlx::types::Json(self.detail))
-            .execute(executor)
-            .await?;
-        Ok(())
-    }
-}
-
 /// Accepts a planned switchover: raises the cluster's epoch and stores the switchover in one
 /// transaction. 409 `switchover_running` when another one is scheduled or running.
 pub async fn create(
     state: &AppState,
     plan: &Plan,
     req: &SwitchoverRequest,
-    actor: &str,
-    source: Option<&str>,
+    who: &Principal,
 ) -> Result<(Uuid, u64), AppError> {
     let id = Uuid::new_v4();
     let mut tx = state.db.begin().await?;
@@ -477,8 +443,8 @@ pub async fn create(
     .bind(&plan.old_master)
     .bind(&plan.link)
     .bind(&req.reason)
-    .bind(actor)
-    .bind(source)
+    .bind(&who.name)
+    .bind(&who.source)
     .bind(epoch)
     .bind(req.max_lag_bytes.map(|b| b.min(i64::MAX as u64) as i64))
     .bind(req.scheduled_at)
@@ -499,28 +465,17 @@ pub async fn create(
     inserted?;
     // The audit row commits with the switchover: accepted means recorded.
     let target = format!("{}/{} → {}", plan.cluster, plan.instance, plan.target_node);
-    Audit {
-        actor,
-        source,
-        action: "switchover",
-        target: &target,
-        reason: Some(&req.reason),
-        outcome: "accepted",
-        detail: serde_json::json!({ "switchover_id": id, "epoch": epoch }),
-    }
-    .record(&mut *tx)
-    .await?;
+    Audit::by(who, "switchover", &target, "accepted")
+        .reason(&req.reason)
+        .detail(serde_json::json!({ "switchover_id": id, "epoch": epoch }))
+        .record(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok((id, epoch as u64))
 }
 
 /// Cancels a switchover that has not started. 409 when it has.
-pub async fn cancel(
-    state: &AppState,
-    id: Uuid,
-    actor: &str,
-    source: Option<&str>,
-) -> Result<(), AppError> {
+pub async fn cancel(state: &AppState, id: Uuid, who: &Principal) -> Result<(), AppError> {
     let updated = sqlx::query("UPDATE switchovers SET state = 'cancelled', finished_at = now() WHERE id = $1 AND state = 'scheduled' AND started_at IS NULL")
         .bind(id)
         .execute(&state.db)
@@ -537,17 +492,9 @@ pub async fn cancel(
             )),
         };
     }
-    Audit {
-        actor,
-        source,
-        action: "switchover_cancel",
-        target: &id.to_string(),
-        reason: None,
-        outcome: "cancelled",
-        detail: serde_json::json!({}),
-    }
-    .record(&state.db)
-    .await?;
+    Audit::by(who, "switchover_cancel", &id.to_string(), "cancelled")
+        .record(&state.db)
+        .await?;
     Ok(())
 }
 
@@ -758,6 +705,7 @@ async fn run(state: &AppState, id: Uuid) -> Result<(), sqlx::Error> {
     let target = format!("{}/{} → {}", sw.cluster, sw.instance, sw.target_node);
     let audit = Audit {
         actor: &sw.requested_by,
+        role: None,
         source: None,
         action: "switchover",
         target: &target,

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
 
 use crate::api::ApiQuery;
+use crate::auth::{self, Auth, Principal, Role};
 use crate::charts::{self, Unit};
 use crate::db::{self, Event, EventFilter};
 use crate::error::AppError;
@@ -45,6 +46,8 @@ struct Base<'a> {
     /// Cluster whose changes refresh this page (`*`: any).
     scope: &'a str,
     body: &'a str,
+    /// Who is looking (`None` on the login page).
+    me: Option<&'a Principal>,
 }
 
 #[derive(Template)]
@@ -172,7 +175,13 @@ fn render(t: &impl Template) -> Result<String, AppError> {
     t.render().map_err(|e| AppError::Internal(e.into()))
 }
 
-fn page(q: &PageQuery, title: &str, scope: &str, body: String) -> Result<Response, AppError> {
+fn page(
+    me: &Principal,
+    q: &PageQuery,
+    title: &str,
+    scope: &str,
+    body: String,
+) -> Result<Response, AppError> {
     if q.partial == Some(1) {
         return Ok(Html(body).into_response());
     }
@@ -180,6 +189,7 @@ fn page(q: &PageQuery, title: &str, scope: &str, body: String) -> Result<Respons
         title,
         scope,
         body: &body,
+        me: Some(me),
     })?;
     Ok(Html(full).into_response())
 }
@@ -187,10 +197,12 @@ fn page(q: &PageQuery, title: &str, scope: &str, body: String) -> Result<Respons
 /// `GET /`: every cluster with its verdict, masters and VIP holders.
 pub async fn overview(
     State(state): State<AppState>,
+    Auth(me): Auth,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Response, AppError> {
     let now = Utc::now();
-    let clusters = view::clusters(&state.live(), now);
+    let mut clusters = view::clusters(&state.live(), now);
+    clusters.retain(|c| me.may_see(&c.name));
     let windows = crate::silences::current(&state.db).await?;
     let in_maintenance: Vec<String> = clusters
         .iter()
@@ -205,13 +217,14 @@ pub async fn overview(
         clusters: &clusters,
         in_maintenance: &in_maintenance,
     })?;
-    page(&q, "Clusters", "*", body)
+    page(&me, &q, "Clusters", "*", body)
 }
 
 /// `GET /clusters/{cluster}`: nodes, instances, roles, priorities, VIP holders, heartbeat ages,
 /// and the cluster's event timeline.
 pub async fn cluster(
     State(state): State<AppState>,
+    Auth(me): Auth,
     Path(name): Path<String>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Response, AppError> {
@@ -237,12 +250,13 @@ pub async fn cluster(
         maintenance: &maintenance,
         availability: &availability,
     })?;
-    page(&q, &format!("Cluster {name}"), &name, body)
+    page(&me, &q, &format!("Cluster {name}"), &name, body)
 }
 
 /// `GET /nodes/{node_id}`: one node, its instances and its events.
 pub async fn node(
     State(state): State<AppState>,
+    Auth(me): Auth,
     Path(node_id): Path<String>,
     ApiQuery(q): ApiQuery<NodePageQuery>,
 ) -> Result<Response, AppError> {
@@ -256,6 +270,7 @@ pub async fn node(
         ));
     };
     let node = view::node_view(&state.live(), &node_id, now)
+        .filter(|n| me.may_see(&n.cluster))
         .ok_or_else(|| AppError::NotFound(format!("node {node_id:?}")))?;
     let charts = node_charts(&state, &node, hours, now).await?;
     let filter = EventFilter {
@@ -275,7 +290,7 @@ pub async fn node(
         maintenance: &maintenance,
     })?;
     let q = PageQuery { partial: q.partial };
-    page(&q, &format!("Node {node_id}"), &node.cluster, body)
+    page(&me, &q, &format!("Node {node_id}"), &node.cluster, body)
 }
 
 #[derive(Template)]
@@ -286,6 +301,9 @@ struct SwitchoverPreviewPartial<'a> {
     plan: Option<Plan>,
     error: Option<String>,
     reason: &'a str,
+    csrf: &'a str,
+    /// The password must be given again (`auth.reauth_window` has passed).
+    needs_password: bool,
 }
 
 #[derive(Template)]
@@ -311,10 +329,14 @@ pub struct ConfirmForm {
     target: String,
     reason: String,
     confirm: String,
+    /// The user's password, unless given within `auth.reauth_window`.
+    #[serde(default)]
+    password: String,
 }
 
 async fn preview_page(
     state: &AppState,
+    me: &Principal,
     cluster: &str,
     instance: Option<String>,
     target: String,
@@ -352,12 +374,15 @@ async fn preview_page(
         plan,
         error,
         reason,
+        csrf: me.csrf(),
+        needs_password: !auth::recently_authenticated(state, me),
     })?;
     let full = render(&Base {
         title: &format!("Switchover in {cluster}"),
         // Not live: the page holds a form to fill in.
         scope: "none",
         body: &body,
+        me: Some(me),
     })?;
     Ok((status, Html(full).into_response()))
 }
@@ -366,10 +391,12 @@ async fn preview_page(
 /// risk, expected time) and the confirmation form, or why preflight refuses.
 pub async fn switchover_preview(
     State(state): State<AppState>,
+    Auth(me): Auth,
     Path(cluster): Path<String>,
     ApiQuery(q): ApiQuery<PreviewQuery>,
 ) -> Result<Response, AppError> {
-    let (status, page) = preview_page(&state, &cluster, q.instance, q.target, "", None).await?;
+    let (status, page) =
+        preview_page(&state, &me, &cluster, q.instance, q.target, "", None).await?;
     Ok((status, page).into_response())
 }
 
@@ -377,16 +404,22 @@ pub async fn switchover_preview(
 /// again. Redirects to the progress page.
 pub async fn switchover_confirm(
     State(state): State<AppState>,
+    Auth(me): Auth,
     Path(cluster): Path<String>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    headers: axum::http::HeaderMap,
     Form(form): Form<ConfirmForm>,
 ) -> Result<Response, AppError> {
-    refuse_cross_site(&headers)?;
-    if form.confirm.trim() != form.target {
-        let message = format!("Type {} exactly to confirm.", form.target);
+    let confirmed = form.confirm.trim() == form.target;
+    let authenticated = auth::recently_authenticated(&state, &me)
+        || (confirmed && auth::reauthenticate(&state, &me, &form.password).await?);
+    if !confirmed || !authenticated {
+        let message = if confirmed {
+            "Your password, again: a switchover needs it.".to_string()
+        } else {
+            format!("Type {} exactly to confirm.", form.target)
+        };
         let (status, page) = preview_page(
             &state,
+            &me,
             &cluster,
             Some(form.instance),
             form.target,
@@ -404,15 +437,7 @@ pub async fn switchover_confirm(
         max_lag_bytes: None,
         scheduled_at: None,
     };
-    match crate::api::v1::request_switchover(
-        &state,
-        &cluster,
-        req,
-        "dashboard",
-        &peer.ip().to_string(),
-    )
-    .await
-    {
+    match crate::api::v1::request_switchover(&state, &cluster, req, &me).await {
         Ok((_, accepted)) => match accepted.0.id {
             Some(id) => Ok(Redirect::to(&format!("/switchovers/{id}")).into_response()),
             None => Err(AppError::Internal(anyhow::anyhow!(
@@ -424,6 +449,7 @@ pub async fn switchover_confirm(
         ) => {
             let (status, page) = preview_page(
                 &state,
+                &me,
                 &cluster,
                 Some(form.instance),
                 form.target,
@@ -437,40 +463,22 @@ pub async fn switchover_confirm(
     }
 }
 
-/// A form posted from another site's page is refused (403): the browser names that site in
-/// Origin. (Accounts, sessions and CSRF tokens come with the account model.)
-fn refuse_cross_site(headers: &axum::http::HeaderMap) -> Result<(), AppError> {
-    let host = headers
-        .get(axum::http::header::HOST)
-        .and_then(|h| h.to_str().ok());
-    if let Some(origin) = headers
-        .get(axum::http::header::ORIGIN)
-        .and_then(|o| o.to_str().ok())
-    {
-        let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
-        if Some(origin_host) != host {
-            return Err(AppError::Forbidden(format!(
-                "cross-site form post from {origin} refused"
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// `GET /switchovers/{id}`: steps and their states, live while it runs.
 pub async fn switchover_progress(
     State(state): State<AppState>,
+    Auth(me): Auth,
     Path(id): Path<Uuid>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Response, AppError> {
     let sw = switchover::get(&state.db, id)
         .await?
+        .filter(|s| me.may_see(&s.cluster))
         .ok_or_else(|| AppError::NotFound(format!("switchover {id}")))?;
     let body = render(&SwitchoverPartial {
         now: Utc::now(),
         sw: &sw,
     })?;
-    page(&q, &format!("Switchover {id}"), &sw.cluster, body)
+    page(&me, &q, &format!("Switchover {id}"), &sw.cluster, body)
 }
 
 #[derive(Template)]
@@ -482,25 +490,39 @@ struct AlertsPartial<'a> {
     notifications: &'a [crate::notify::Notification],
     rules: &'a [&'static str],
     error: Option<String>,
+    csrf: &'a str,
+    /// May acknowledge and silence.
+    operator: bool,
+    /// May open and end maintenance windows.
+    admin: bool,
 }
 
 /// `GET /alerts`: open alerts and recent history, silences and maintenance windows, and the
 /// delivery log.
 pub async fn alerts(
     State(state): State<AppState>,
+    Auth(me): Auth,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Response, AppError> {
-    alerts_page(&state, &q, None).await
+    alerts_page(&state, &me, &q, None).await
 }
 
 async fn alerts_page(
     state: &AppState,
+    me: &Principal,
     q: &PageQuery,
     error: Option<String>,
 ) -> Result<Response, AppError> {
-    let alerts = crate::alerts::list(&state.db).await?;
-    let silences = crate::silences::current(&state.db).await?;
-    let notifications = crate::notify::list(&state.db).await?;
+    let mut alerts = crate::alerts::list(&state.db).await?;
+    alerts.retain(|a| me.may_see(&a.cluster));
+    let mut silences = crate::silences::current(&state.db).await?;
+    silences.retain(|s| s.cluster.as_deref().is_none_or(|c| me.may_see(c)));
+    // The delivery log names clusters in its subjects: whole-fleet principals only.
+    let notifications = if me.clusters.is_none() {
+        crate::notify::list(&state.db).await?
+    } else {
+        Vec::new()
+    };
     let body = render(&AlertsPartial {
         now: Utc::now(),
         alerts: &alerts,
@@ -508,17 +530,29 @@ async fn alerts_page(
         notifications: &notifications,
         rules: &crate::alerts::RULES,
         error,
+        csrf: me.csrf(),
+        operator: me.role >= Role::Operator,
+        admin: me.role >= Role::Admin,
     })?;
-    page(q, "Alerts", "*", body)
+    page(me, q, "Alerts", "*", body)
 }
 
 /// A form's answer: back to the alerts page, or the page again with what was wrong (400).
-async fn after_form(state: &AppState, outcome: Result<(), AppError>) -> Result<Response, AppError> {
+async fn after_form(
+    state: &AppState,
+    me: &Principal,
+    outcome: Result<(), AppError>,
+) -> Result<Response, AppError> {
     match outcome {
         Ok(()) => Ok(Redirect::to("/alerts").into_response()),
-        Err(e @ (AppError::BadRequest { .. } | AppError::NotFound(_))) => {
-            let page = alerts_page(state, &PageQuery::default(), Some(e.to_string())).await?;
-            Ok((StatusCode::BAD_REQUEST, page).into_response())
+        Err(e @ (AppError::BadRequest { .. } | AppError::NotFound(_) | AppError::Forbidden(_))) => {
+            let status = if matches!(e, AppError::Forbidden(_)) {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            let page = alerts_page(state, me, &PageQuery::default(), Some(e.to_string())).await?;
+            Ok((status, page).into_response())
         }
         Err(e) => Err(e),
     }
@@ -528,23 +562,18 @@ async fn after_form(state: &AppState, outcome: Result<(), AppError>) -> Result<R
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AckForm {
-    author: String,
     comment: String,
 }
 
 /// `POST /alerts/{id}/ack`: acknowledges an open alert (no more repeats until it resolves).
 pub async fn ack_alert(
     State(state): State<AppState>,
+    Auth(me): Auth,
     Path(id): Path<Uuid>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    headers: axum::http::HeaderMap,
     Form(form): Form<AckForm>,
 ) -> Result<Response, AppError> {
-    refuse_cross_site(&headers)?;
-    let source = peer.ip().to_string();
-    let outcome =
-        crate::api::v1::acknowledge(&state, id, &form.author, &form.comment, &source).await;
-    after_form(&state, outcome).await
+    let outcome = crate::api::v1::acknowledge(&state, id, &form.comment, &me).await;
+    after_form(&state, &me, outcome).await
 }
 
 /// The silence form: empty matchers are left out; `hours` from now.
@@ -562,18 +591,15 @@ pub struct SilenceForm {
     #[serde(default)]
     maintenance: Option<String>,
     hours: f64,
-    author: String,
     reason: String,
 }
 
 /// `POST /alerts/silences`: a silence or maintenance window from the alerts page.
 pub async fn create_silence(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    headers: axum::http::HeaderMap,
+    Auth(me): Auth,
     Form(form): Form<SilenceForm>,
 ) -> Result<Response, AppError> {
-    refuse_cross_site(&headers)?;
     let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
     let outcome = if !(form.hours > 0.0 && form.hours <= 24.0 * 90.0) {
         Err(AppError::invalid(
@@ -590,36 +616,34 @@ pub async fn create_silence(
             maintenance: form.maintenance.is_some(),
             starts_at: None,
             ends_at: Utc::now() + chrono::Duration::seconds((form.hours * 3600.0) as i64),
-            author: form.author,
+            author: String::new(),
             reason: form.reason,
         };
-        crate::api::v1::silence(&state, &silence, &peer.ip().to_string())
+        crate::api::v1::silence(&state, silence, &me)
             .await
             .map(|_| ())
     };
-    after_form(&state, outcome).await
+    after_form(&state, &me, outcome).await
 }
 
 /// `POST /alerts/silences/{id}/end`: ends a silence now.
 pub async fn end_silence(
     State(state): State<AppState>,
+    Auth(me): Auth,
     Path(id): Path<Uuid>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    headers: axum::http::HeaderMap,
 ) -> Result<Response, AppError> {
-    refuse_cross_site(&headers)?;
-    let source = peer.ip().to_string();
-    let outcome = crate::api::v1::end_silence(&state, id, "dashboard", &source).await;
-    after_form(&state, outcome).await
+    let outcome = crate::api::v1::end_silence(&state, id, &me).await;
+    after_form(&state, &me, outcome).await
 }
 
 /// `GET /events`: the latest 200 events of every cluster.
 pub async fn events(
     State(state): State<AppState>,
+    Auth(me): Auth,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Response, AppError> {
     let now = Utc::now();
-    let events = db::list_events(
+    let mut events = db::list_events(
         &state.db,
         &EventFilter {
             limit: 200,
@@ -627,11 +651,12 @@ pub async fn events(
         },
     )
     .await?;
+    events.retain(|e| me.may_see(&e.cluster));
     let body = render(&EventsPartial {
         now,
         events: &events,
     })?;
-    page(&q, "Events", "*", body)
+    page(&me, &q, "Events", "*", body)
 }
 
 /// `GET /ui/stream`: server-sent events; `event: change`, `data: <cluster>` whenever a cluster's
@@ -718,4 +743,156 @@ mod filters {
             format!("{} h", ms / 3_600_000)
         })
     }
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage<'a> {
+    next: &'a str,
+    error: Option<&'a str>,
+}
+
+/// Query of the login page: where to go after.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LoginQuery {
+    #[serde(default)]
+    next: Option<String>,
+}
+
+/// Only a path on this server: `/…`, never `//host` or a URL.
+fn local_path(next: Option<&str>) -> &str {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n,
+        _ => "/",
+    }
+}
+
+fn login_page(status: StatusCode, next: &str, error: Option<&str>) -> Result<Response, AppError> {
+    let body = render(&LoginPage { next, error })?;
+    let full = render(&Base {
+        title: "Log in",
+        scope: "none",
+        body: &body,
+        me: None,
+    })?;
+    Ok((status, Html(full)).into_response())
+}
+
+/// `GET /login`: the login form.
+pub async fn login_form(ApiQuery(q): ApiQuery<LoginQuery>) -> Result<Response, AppError> {
+    login_page(StatusCode::OK, local_path(q.next.as_deref()), None)
+}
+
+/// The login form's fields.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginForm {
+    name: String,
+    password: String,
+    #[serde(default)]
+    next: Option<String>,
+}
+
+/// `POST /login`: checks the name and password (throttled per account and per address), opens a
+/// session with a new id and sets its cookie; every attempt is audited.
+pub async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Form(form): Form<LoginForm>,
+) -> Result<Response, AppError> {
+    let source = peer.ip().to_string();
+    let next = local_path(form.next.as_deref()).to_string();
+    let outcome = auth::login(&state, &form.name, &form.password, &source).await?;
+    let audit = |outcome: &'static str| crate::audit::Audit {
+        actor: "",
+        role: None,
+        source: Some(&source),
+        action: "login",
+        target: "",
+        reason: None,
+        outcome,
+        detail: serde_json::json!({}),
+    };
+    // The name is recorded as given, cut short: it may be anything.
+    let name: String = form.name.chars().take(64).collect();
+    match outcome {
+        Ok(session) => {
+            crate::audit::Audit {
+                actor: &name,
+                target: &name,
+                ..audit("succeeded")
+            }
+            .record(&state.db)
+            .await?;
+            tracing::info!(user = %name, source = %source, "login");
+            Ok((
+                [(
+                    header::SET_COOKIE,
+                    auth::session_cookie(&state, Some(&session.id)),
+                )],
+                Redirect::to(&next),
+            )
+                .into_response())
+        }
+        Err(e) => {
+            let (status, message, outcome) = match e {
+                auth::LoginError::Throttled => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too many failed logins for this account or from this address; wait a few minutes.",
+                    "refused: throttled",
+                ),
+                auth::LoginError::Wrong => (
+                    StatusCode::UNAUTHORIZED,
+                    "Wrong name or password.",
+                    "failed",
+                ),
+            };
+            crate::audit::Audit {
+                actor: &name,
+                target: &name,
+                ..audit(outcome)
+            }
+            .record(&state.db)
+            .await?;
+            tracing::warn!(user = %name, source = %source, outcome, "login refused");
+            login_page(status, &next, Some(message))
+        }
+    }
+}
+
+/// `POST /logout`: ends the session on the server and clears the cookie.
+pub async fn logout(State(state): State<AppState>, Auth(me): Auth) -> Result<Response, AppError> {
+    if matches!(me.via, auth::Via::Session { .. }) {
+        auth::logout(&state, &me).await?;
+        crate::audit::Audit::by(&me, "logout", &me.name, "succeeded")
+            .record(&state.db)
+            .await?;
+    }
+    Ok((
+        [(header::SET_COOKIE, auth::session_cookie(&state, None))],
+        Redirect::to("/login"),
+    )
+        .into_response())
+}
+
+#[derive(Template)]
+#[template(path = "audit_partial.html")]
+struct AuditPartial<'a> {
+    now: DateTime<Utc>,
+    entries: &'a [crate::audit::Entry],
+}
+
+/// `GET /audit`: the latest 500 audit rows (admins only).
+pub async fn audit(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Response, AppError> {
+    let entries = crate::audit::list(&state.db, 500, None).await?;
+    let body = render(&AuditPartial {
+        now: Utc::now(),
+        entries: &entries,
+    })?;
+    page(&me, &q, "Audit log", "none", body)
 }

@@ -50,6 +50,34 @@ impl Lab {
             .ok_or_else(|| format!("scripts/lab {args:?} failed"))
     }
 
+    /// An HTTP client for the lab server's API: creates an admin API token with the release
+    /// server's `token create` (against `HAPULSE_DATABASE_URL`, the lab server's database) and
+    /// sends it with every request.
+    #[allow(dead_code)] // alert_latency reads mail, not the API
+    pub fn api_client(&self) -> Result<reqwest::Client, String> {
+        let out = Command::new(root().join("target/release/hapulse-server"))
+            .args(["token", "create", "--name", "benchmark", "--role", "admin"])
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("hapulse-server token create: {e}"))?;
+        if !out.status.success() {
+            return Err("hapulse-server token create failed".into());
+        }
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}")
+                .parse()
+                .map_err(|e| format!("token header: {e}"))?,
+        );
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .map_err(|e| e.to_string())
+    }
+
     /// Starts `ip monitor address` in `host`'s namespace; the receiver gets the instant the
     /// VIP (`NET.100`) appears there.
     pub fn watch_vip(&self, host: &str) -> Result<(Child, mpsc::Receiver<Instant>), String> {

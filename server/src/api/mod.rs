@@ -1,6 +1,7 @@
 //! HTTP APIs: the agent API (`/api/agent/v1`) and the REST API (`/api/v1`), with the extractors
 //! that enforce their policy (authentication, JSON bodies, query strings).
 
+pub mod admin;
 pub mod agent;
 pub mod v1;
 

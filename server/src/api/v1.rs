@@ -6,13 +6,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiJson, ApiQuery};
+use crate::audit::Audit;
+use crate::auth::{Auth, Principal};
 use crate::db::{self, Event, EventFilter};
 use crate::error::AppError;
 use crate::series::{self, Metric, Point, SeriesQuery, Source};
 use crate::state::AppState;
 use crate::switchover::{self, Plan, Switchover, SwitchoverRequest};
 use crate::view::{self, ClusterView, NodeView};
-use axum::extract::ConnectInfo;
 use axum::http::StatusCode;
 use uuid::Uuid;
 
@@ -25,8 +26,12 @@ pub struct ClusterList {
 
 /// `GET /api/v1/clusters`: every cluster with its health verdict, instances, masters and VIP
 /// holders.
-pub async fn clusters(State(state): State<AppState>) -> Result<Json<ClusterList>, AppError> {
+pub async fn clusters(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+) -> Result<Json<ClusterList>, AppError> {
     let mut clusters = view::clusters(&state.live(), Utc::now());
+    clusters.retain(|c| me.may_see(&c.name));
     let epochs: Vec<(String, i64)> = sqlx::query_as("SELECT name, epoch FROM clusters")
         .fetch_all(&state.db)
         .await?;
@@ -77,11 +82,22 @@ pub async fn availability(
 /// `GET /api/v1/nodes/{node_id}`: one node with its instances; 404 when unknown.
 pub async fn node(
     State(state): State<AppState>,
+    Auth(me): Auth,
     Path(node_id): Path<String>,
 ) -> Result<Json<NodeView>, AppError> {
     view::node_view(&state.live(), &node_id, Utc::now())
+        .filter(|n| me.may_see(&n.cluster))
         .map(Json)
         .ok_or_else(|| AppError::NotFound(format!("node {node_id:?}")))
+}
+
+/// 404 unless `node_id` is a node of a cluster `who` may see.
+pub fn node_in_scope(state: &AppState, who: &Principal, node_id: &str) -> Result<(), AppError> {
+    let live = state.live();
+    match live.nodes.get(node_id) {
+        Some(n) if who.may_see(&n.cluster) => Ok(()),
+        _ => Err(AppError::NotFound(format!("node {node_id:?}"))),
+    }
 }
 
 /// Query of `GET /api/v1/events`.
@@ -108,6 +124,7 @@ pub struct EventList {
 /// `GET /api/v1/events?cluster=&node=&since=&limit=`: stored events, newest first.
 pub async fn events(
     State(state): State<AppState>,
+    Auth(me): Auth,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Json<EventList>, AppError> {
     let limit = q.limit.unwrap_or(100);
@@ -124,9 +141,9 @@ pub async fn events(
         since: q.since,
         limit,
     };
-    Ok(Json(EventList {
-        events: db::list_events(&state.db, &filter).await?,
-    }))
+    let mut events = db::list_events(&state.db, &filter).await?;
+    events.retain(|e| me.may_see(&e.cluster));
+    Ok(Json(EventList { events }))
 }
 
 /// Query of `GET /api/v1/nodes/{node_id}/history`.
@@ -229,9 +246,11 @@ pub fn history_query(
 /// node, from raw samples or, for long ranges, per-minute rollups.
 pub async fn history(
     State(state): State<AppState>,
+    Auth(me): Auth,
     Path(node_id): Path<String>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<Json<History>, AppError> {
+    node_in_scope(&state, &me, &node_id)?;
     let query = history_query(&state, &node_id, q)?;
     let points = series::series(&state.db, &query).await?;
     Ok(Json(History {
@@ -263,11 +282,11 @@ pub struct SwitchoverAccepted {
 /// run, or 202 with the id; 4xx/409 naming the reason when preflight refuses.
 pub async fn switchover(
     State(state): State<AppState>,
+    Auth(me): Auth,
     Path(name): Path<String>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     ApiJson(req): ApiJson<SwitchoverRequest>,
 ) -> Result<(StatusCode, Json<SwitchoverAccepted>), AppError> {
-    request_switchover(&state, &name, req, "api", &peer.ip().to_string()).await
+    request_switchover(&state, &name, req, &me).await
 }
 
 /// Preflight, plan and (unless a dry run) accept and start a switchover; shared by the REST API
@@ -276,8 +295,7 @@ pub async fn request_switchover(
     state: &AppState,
     cluster: &str,
     req: SwitchoverRequest,
-    actor: &str,
-    source: &str,
+    who: &Principal,
 ) -> Result<(StatusCode, Json<SwitchoverAccepted>), AppError> {
     let view = cluster_with_epoch(state, cluster).await?;
     let now = Utc::now();
@@ -306,17 +324,12 @@ pub async fn request_switchover(
         Ok(p) => p,
         Err(e) => {
             if !req.dry_run {
-                switchover::Audit {
-                    actor,
-                    source: Some(source),
-                    action: "switchover",
-                    target: &format!("{cluster} → {}", req.target_node),
-                    reason: Some(&req.reason),
-                    outcome: &format!("refused: {e}"),
-                    detail: serde_json::json!({}),
-                }
-                .record(&state.db)
-                .await?;
+                let target = format!("{cluster} → {}", req.target_node);
+                let outcome = format!("refused: {e}");
+                Audit::by(who, "switchover", &target, &outcome)
+                    .reason(&req.reason)
+                    .record(&state.db)
+                    .await?;
             }
             return Err(e);
         }
@@ -332,7 +345,7 @@ pub async fn request_switchover(
             }),
         ));
     }
-    let (id, epoch) = switchover::create(state, &plan, &req, actor, Some(source)).await?;
+    let (id, epoch) = switchover::create(state, &plan, &req, who).await?;
     switchover::spawn(state.clone(), id);
     Ok((
         StatusCode::ACCEPTED,
@@ -348,10 +361,12 @@ pub async fn request_switchover(
 /// `GET /api/v1/switchovers/{id}`: the switchover, its steps and their states.
 pub async fn get_switchover(
     State(state): State<AppState>,
+    Auth(me): Auth,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Switchover>, AppError> {
     switchover::get(&state.db, id)
         .await?
+        .filter(|s| me.may_see(&s.cluster))
         .map(Json)
         .ok_or_else(|| AppError::NotFound(format!("switchover {id}")))
 }
@@ -359,10 +374,14 @@ pub async fn get_switchover(
 /// `DELETE /api/v1/switchovers/{id}`: cancels a switchover that has not started (409 otherwise).
 pub async fn cancel_switchover(
     State(state): State<AppState>,
+    Auth(me): Auth,
     Path(id): Path<Uuid>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    switchover::cancel(&state, id, "api", Some(&peer.ip().to_string())).await?;
+    let sw = switchover::get(&state.db, id)
+        .await?
+        .filter(|s| me.may_see(&s.cluster))
+        .ok_or_else(|| AppError::NotFound(format!("switchover {id}")))?;
+    switchover::cancel(&state, sw.id, &me).await?;
     Ok(Json(serde_json::json!({ "id": id, "state": "cancelled" })))
 }
 
@@ -374,10 +393,13 @@ pub struct AlertList {
 }
 
 /// `GET /api/v1/alerts`: open alerts, then recent history.
-pub async fn alerts(State(state): State<AppState>) -> Result<Json<AlertList>, AppError> {
-    Ok(Json(AlertList {
-        alerts: crate::alerts::list(&state.db).await?,
-    }))
+pub async fn alerts(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+) -> Result<Json<AlertList>, AppError> {
+    let mut alerts = crate::alerts::list(&state.db).await?;
+    alerts.retain(|a| me.may_see(&a.cluster));
+    Ok(Json(AlertList { alerts }))
 }
 
 /// Body of `GET /api/v1/notifications`.
@@ -400,8 +422,6 @@ pub async fn notifications(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AckRequest {
-    /// Who.
-    pub author: String,
     /// What they say (kept with the alert).
     pub comment: String,
 }
@@ -410,51 +430,41 @@ pub struct AckRequest {
 /// resolves. 404 when it is not open.
 pub async fn ack_alert(
     State(state): State<AppState>,
+    Auth(me): Auth,
     Path(id): Path<Uuid>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     ApiJson(ack): ApiJson<AckRequest>,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    acknowledge(
-        &state,
-        id,
-        &ack.author,
-        &ack.comment,
-        &peer.ip().to_string(),
-    )
-    .await?;
+    acknowledge(&state, id, &ack.comment, &me).await?;
     Ok(Json(serde_json::json!({ "id": id, "acknowledged": true })))
 }
 
-/// Acknowledges open alert `id` for `author` (from `source`, an address) and audits it. 400
-/// (field `comment`) without an author and a one-line comment; 404 when it is not open.
+/// Acknowledges open alert `id` for `who` and audits it. 400 (field `comment`) without a
+/// one-line comment; 404 when it is not open or not in `who`'s clusters.
 pub async fn acknowledge(
     state: &AppState,
     id: Uuid,
-    author: &str,
     comment: &str,
-    source: &str,
+    who: &Principal,
 ) -> Result<(), AppError> {
-    let ok =
-        |s: &str, max| !s.trim().is_empty() && s.len() <= max && !s.chars().any(char::is_control);
-    if !ok(author, 200) || !ok(comment, 1000) {
+    if comment.trim().is_empty() || comment.len() > 1000 || comment.chars().any(char::is_control) {
         return Err(AppError::invalid(
             "invalid_body",
             "comment",
-            "author and comment are required, one line each",
+            "a comment is required, one line of at most 1000 bytes",
         ));
     }
-    crate::alerts::acknowledge(&state.db, id, author, comment).await?;
-    switchover::Audit {
-        actor: author,
-        source: Some(source),
-        action: "alert_ack",
-        target: &id.to_string(),
-        reason: Some(comment),
-        outcome: "acknowledged",
-        detail: serde_json::json!({}),
+    let cluster: Option<String> = sqlx::query_scalar("SELECT cluster FROM alerts WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&state.db)
+        .await?;
+    if !cluster.is_some_and(|c| who.may_see(&c)) {
+        return Err(AppError::NotFound(format!("open alert {id}")));
     }
-    .record(&state.db)
-    .await?;
+    crate::alerts::acknowledge(&state.db, id, &who.name, comment).await?;
+    Audit::by(who, "alert_ack", &id.to_string(), "acknowledged")
+        .reason(comment)
+        .record(&state.db)
+        .await?;
     Ok(())
 }
 
@@ -473,33 +483,44 @@ pub async fn silences(State(state): State<AppState>) -> Result<Json<SilenceList>
 }
 
 /// `POST /api/v1/silences`: a silence or maintenance window (201). 400 naming the field for a
-/// silence that would match everything, unknown rules, or bad times.
+/// silence that would match everything, unknown rules, or bad times; 403 for a maintenance
+/// window without the admin role, or a silence reaching beyond the caller's clusters.
 pub async fn create_silence(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Auth(me): Auth,
     ApiJson(new): ApiJson<crate::silences::NewSilence>,
 ) -> Result<(StatusCode, Json<crate::silences::Silence>), AppError> {
-    let silence = silence(&state, &new, &peer.ip().to_string()).await?;
+    let silence = silence(&state, new, &me).await?;
     Ok((StatusCode::CREATED, Json(silence)))
 }
 
-/// Stores a silence or maintenance window from `source` (an address), audits it and tells the
-/// dashboards. Errors as [`crate::silences::create`].
+/// Stores a silence or maintenance window for `who`, audits it and tells the dashboards. Errors
+/// as [`crate::silences::create`], and 403 as [`create_silence`] says.
 pub async fn silence(
     state: &AppState,
-    new: &crate::silences::NewSilence,
-    source: &str,
+    mut new: crate::silences::NewSilence,
+    who: &Principal,
 ) -> Result<crate::silences::Silence, AppError> {
-    let silence = crate::silences::create(&state.db, new, None).await?;
-    switchover::Audit {
-        actor: &new.author,
-        source: Some(source),
-        action: if new.maintenance { "maintenance" } else { "silence" },
-        target: &silence.id.to_string(),
-        reason: Some(&new.reason),
-        outcome: "created",
-        detail: serde_json::json!({ "cluster": new.cluster, "node_id": new.node_id, "rules": new.rules, "ends_at": new.ends_at }),
+    if new.maintenance {
+        who.require(crate::auth::Role::Admin)?;
     }
+    if who.clusters.is_some() && !new.cluster.as_deref().is_some_and(|c| who.may_see(c)) {
+        return Err(AppError::Forbidden(format!(
+            "{} may only silence its own clusters: name one",
+            who.name
+        )));
+    }
+    new.author = who.name.clone();
+    let silence = crate::silences::create(&state.db, &new, None).await?;
+    let id = silence.id.to_string();
+    Audit::by(
+        who,
+        if new.maintenance { "maintenance" } else { "silence" },
+        &id,
+        "created",
+    )
+    .reason(&new.reason)
+    .detail(serde_json::json!({ "cluster": new.cluster, "node_id": new.node_id, "rules": new.rules, "ends_at": new.ends_at }))
     .record(&state.db)
     .await?;
     if let Some(cluster) = &silence.cluster {
@@ -511,32 +532,29 @@ pub async fn silence(
 /// `DELETE /api/v1/silences/{id}`: ends a silence now.
 pub async fn expire_silence(
     State(state): State<AppState>,
+    Auth(me): Auth,
     Path(id): Path<Uuid>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    end_silence(&state, id, "api", &peer.ip().to_string()).await?;
+    end_silence(&state, id, &me).await?;
     Ok(Json(serde_json::json!({ "id": id, "expired": true })))
 }
 
-/// Ends silence `id` now for `actor` (`api`, `dashboard`) from `source`, and audits it. 404 when
-/// it is not current.
-pub async fn end_silence(
-    state: &AppState,
-    id: Uuid,
-    actor: &str,
-    source: &str,
-) -> Result<(), AppError> {
-    crate::silences::expire(&state.db, id).await?;
-    switchover::Audit {
-        actor,
-        source: Some(source),
-        action: "silence_expire",
-        target: &id.to_string(),
-        reason: None,
-        outcome: "expired",
-        detail: serde_json::json!({}),
+/// Ends silence `id` now for `who`, and audits it. 404 when it is not current; 403 for a
+/// maintenance window without the admin role.
+pub async fn end_silence(state: &AppState, id: Uuid, who: &Principal) -> Result<(), AppError> {
+    let current = crate::silences::current(&state.db).await?;
+    let Some(s) = current
+        .iter()
+        .find(|s| s.id == id && s.cluster.as_deref().is_none_or(|c| who.may_see(c)))
+    else {
+        return Err(AppError::NotFound(format!("silence {id}")));
+    };
+    if s.maintenance {
+        who.require(crate::auth::Role::Admin)?;
     }
-    .record(&state.db)
-    .await?;
+    crate::silences::expire(&state.db, id).await?;
+    Audit::by(who, "silence_expire", &id.to_string(), "expired")
+        .record(&state.db)
+        .await?;
     Ok(())
 }

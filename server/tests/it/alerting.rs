@@ -12,6 +12,8 @@ use hapulse_server::config::{EmailReceiver, SmsReceiver, WebhookReceiver};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use hapulse_server::auth::Role;
+
 use crate::harness::{eventually, report, settings, TestServer};
 
 /// Collects every mail the SMTP server accepts.
@@ -383,7 +385,7 @@ async fn silences_mute_and_acknowledgements_stop_repeats(pool: PgPool) {
     let until = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     let (status, body) = post_json(
         "/api/v1/silences",
-        serde_json::json!({"ends_at": until, "author": "me", "reason": "all"}),
+        serde_json::json!({"ends_at": until, "reason": "all"}),
     )
     .await;
     assert_eq!(
@@ -391,7 +393,11 @@ async fn silences_mute_and_acknowledgements_stop_repeats(pool: PgPool) {
         (400, Some("matchers")),
         "{body}"
     );
-    let (status, body) = post_json("/api/v1/silences", serde_json::json!({"cluster": "c", "rules": ["bogus"], "ends_at": until, "author": "me", "reason": "x"})).await;
+    let (status, body) = post_json(
+        "/api/v1/silences",
+        serde_json::json!({"cluster": "c", "rules": ["bogus"], "ends_at": until, "reason": "x"}),
+    )
+    .await;
     assert_eq!(
         (status, body["field"].as_str()),
         (400, Some("rules")),
@@ -399,7 +405,7 @@ async fn silences_mute_and_acknowledgements_stop_repeats(pool: PgPool) {
     );
     let (status, maintenance) = post_json(
         "/api/v1/silences",
-        serde_json::json!({"cluster": "c", "node_id": "a", "maintenance": true, "ends_at": until, "author": "ops", "reason": "kernel update on a"}),
+        serde_json::json!({"cluster": "c", "node_id": "a", "maintenance": true, "ends_at": until, "reason": "kernel update on a"}),
     )
     .await;
     assert_eq!(status, 201, "{maintenance}");
@@ -474,7 +480,7 @@ async fn silences_mute_and_acknowledgements_stop_repeats(pool: PgPool) {
     .await;
     let (status, body) = post_json(
         &format!("/api/v1/alerts/{}/ack", b["id"].as_str().unwrap()),
-        serde_json::json!({"author": "me", "comment": "looking at it"}),
+        serde_json::json!({"comment": "looking at it"}),
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -531,7 +537,7 @@ async fn a_cluster_in_maintenance_refuses_switchovers(pool: PgPool) {
     let r = server
         .http
         .post(format!("{}/api/v1/silences", server.url))
-        .json(&serde_json::json!({"cluster": "c", "maintenance": true, "ends_at": until, "author": "ops", "reason": "rack move"}))
+        .json(&serde_json::json!({"cluster": "c", "maintenance": true, "ends_at": until, "reason": "rack move"}))
         .send()
         .await
         .unwrap();
@@ -568,37 +574,41 @@ async fn the_alerts_page_acknowledges_and_silences_with_forms(pool: PgPool) {
     })
     .await;
     let id = alert["id"].as_str().unwrap();
-    let (_, page) = server.get_text("/alerts").await;
+    server.user("ana", Role::Operator, None).await;
+    let ana = server.login("ana").await;
+    let page = ana
+        .http
+        .get(format!("{}/alerts", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         page.contains(&format!("action=\"/alerts/{id}/ack\""))
-            && page.contains("action=\"/alerts/silences\""),
-        "{page}"
+            && page.contains("action=\"/alerts/silences\"")
+            && !page.contains("maintenance window</label>"),
+        "an operator acknowledges and silences, but opens no maintenance window: {page}"
     );
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let post =
-        |path: String, form: Vec<(&'static str, &'static str)>, origin: Option<&'static str>| {
-            let mut request = http.post(format!("{}{path}", server.url)).form(&form);
-            if let Some(origin) = origin {
-                request = request.header("Origin", origin);
-            }
-            async move {
-                let r = request.send().await.unwrap();
-                (r.status().as_u16(), r.text().await.unwrap())
-            }
-        };
+    let post = |path: String, form: Vec<(&'static str, String)>| {
+        let request = ana.http.post(format!("{}{path}", server.url)).form(&form);
+        async move {
+            let r = request.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let csrf = || ("csrf", ana.csrf.clone());
 
-    // Another site's page cannot post the form.
-    let ack = vec![("author", "ana"), ("comment", "disk swap, on it")];
-    let (status, _) = post(
-        format!("/alerts/{id}/ack"),
-        ack.clone(),
-        Some("http://evil.example"),
-    )
-    .await;
-    assert_eq!(status, 403);
+    // Without the CSRF token, or with another, the form is refused and nothing changes.
+    let comment = ("comment", "disk swap, on it".to_string());
+    for form in [
+        vec![comment.clone()],
+        vec![comment.clone(), ("csrf", "forged".to_string())],
+    ] {
+        let (status, _) = post(format!("/alerts/{id}/ack"), form).await;
+        assert_eq!(status, 403);
+    }
     let (_, list) = server.get_json("/api/v1/alerts").await;
     assert!(
         list["alerts"]
@@ -609,7 +619,7 @@ async fn the_alerts_page_acknowledges_and_silences_with_forms(pool: PgPool) {
         "{list}"
     );
 
-    let (status, _) = post(format!("/alerts/{id}/ack"), ack, None).await;
+    let (status, _) = post(format!("/alerts/{id}/ack"), vec![comment, csrf()]).await;
     assert_eq!(status, 303);
     let (_, list) = server.get_json("/api/v1/alerts").await;
     let a = list["alerts"]
@@ -624,28 +634,47 @@ async fn the_alerts_page_acknowledges_and_silences_with_forms(pool: PgPool) {
     );
 
     // A silence without matchers is refused and the page says why; nothing is stored.
-    let no_matchers = vec![("hours", "1"), ("author", "ana"), ("reason", "all quiet")];
-    let (status, page) = post("/alerts/silences".into(), no_matchers, None).await;
+    let no_matchers = vec![
+        ("hours", "1".to_string()),
+        ("reason", "all quiet".to_string()),
+        csrf(),
+    ];
+    let (status, page) = post("/alerts/silences".into(), no_matchers).await;
     assert_eq!(status, 400);
     assert!(page.contains("a silence must match something"), "{page}");
+    // An operator opens no maintenance window.
+    let maintenance = vec![
+        ("cluster", "c".to_string()),
+        ("maintenance", "on".to_string()),
+        ("hours", "1".to_string()),
+        ("reason", "rack move".to_string()),
+        csrf(),
+    ];
+    let (status, page) = post("/alerts/silences".into(), maintenance).await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("this needs admin"), "{page}");
     let (_, silences) = server.get_json("/api/v1/silences").await;
     assert_eq!(silences["silences"].as_array().unwrap().len(), 0);
 
     let for_a = vec![
-        ("cluster", "c"),
-        ("node_id", "a"),
-        ("rule", "node_down"),
-        ("hours", "4"),
-        ("author", "ana"),
-        ("reason", "disk swap"),
+        ("cluster", "c".to_string()),
+        ("node_id", "a".to_string()),
+        ("rule", "node_down".to_string()),
+        ("hours", "4".to_string()),
+        ("reason", "disk swap".to_string()),
+        csrf(),
     ];
-    let (status, _) = post("/alerts/silences".into(), for_a, None).await;
+    let (status, _) = post("/alerts/silences".into(), for_a).await;
     assert_eq!(status, 303);
     let (_, silences) = server.get_json("/api/v1/silences").await;
     let silence = silences["silences"][0].clone();
     assert_eq!(
-        (silence["node_id"].as_str(), silence["rules"][0].as_str()),
-        (Some("a"), Some("node_down")),
+        (
+            silence["node_id"].as_str(),
+            silence["rules"][0].as_str(),
+            silence["author"].as_str()
+        ),
+        (Some("a"), Some("node_down"), Some("ana")),
         "{silence}"
     );
     eventually(10, "the alert shown silenced", || async {
@@ -659,24 +688,25 @@ async fn the_alerts_page_acknowledges_and_silences_with_forms(pool: PgPool) {
     .await;
     let (status, _) = post(
         format!("/alerts/silences/{}/end", silence["id"].as_str().unwrap()),
-        vec![],
-        None,
+        vec![csrf()],
     )
     .await;
     assert_eq!(status, 303);
     let (_, silences) = server.get_json("/api/v1/silences").await;
     assert_eq!(silences["silences"].as_array().unwrap().len(), 0);
-    let actions: Vec<String> =
-        sqlx::query_scalar("SELECT action || ' by ' || actor FROM audit_log ORDER BY id")
-            .fetch_all(&server.pool)
-            .await
-            .unwrap();
+    let actions: Vec<String> = sqlx::query_scalar(
+        "SELECT action || ' by ' || actor || ' (' || coalesce(role, '-') || ')' FROM audit_log ORDER BY id",
+    )
+    .fetch_all(&server.pool)
+    .await
+    .unwrap();
     assert_eq!(
         actions,
         [
-            "alert_ack by ana",
-            "silence by ana",
-            "silence_expire by dashboard"
+            "login by ana (-)",
+            "alert_ack by ana (operator)",
+            "silence by ana (operator)",
+            "silence_expire by ana (operator)"
         ]
     );
     server.stop().await;

@@ -12,7 +12,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::harness::{eventually, pg_report_link, report, TestServer};
+use hapulse_server::auth::Role;
+
+use crate::harness::{eventually, pg_report_link, report, TestServer, PASSWORD};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -130,8 +132,42 @@ async fn the_dashboard_in_headless_chromium(pool: PgPool) {
     }
     let (_driver, client) = browser().await;
 
-    // Overview: the cluster, its verdict and master.
+    // Nobody is let in without logging in: the dashboard sends the browser to the login form,
+    // and back where it wanted to go.
+    server.user("olga", Role::Operator, None).await;
     client.goto(&format!("{}/", server.url)).await.unwrap();
+    let login_url = client.current_url().await.unwrap();
+    assert_eq!(login_url.path(), "/login", "{login_url}");
+    client
+        .find(Locator::Css("input[name='name']"))
+        .await
+        .unwrap()
+        .send_keys("olga")
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("input[name='password']"))
+        .await
+        .unwrap()
+        .send_keys(PASSWORD)
+        .await
+        .unwrap();
+    screenshot(&client, "login").await;
+    client
+        .find(Locator::Css("form.login-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    client
+        .wait()
+        .for_element(Locator::Css(".who"))
+        .await
+        .unwrap();
+
+    // Overview: the cluster, its verdict and master.
+    assert_eq!(client.current_url().await.unwrap().path(), "/");
     let overview = client
         .find(Locator::Css("main"))
         .await

@@ -20,7 +20,10 @@ pub const TOKEN: &str = "test-agent-token-0123456789";
 pub struct TestServer {
     pub url: String,
     pub pool: PgPool,
+    /// Sends an admin API token with every request.
     pub http: reqwest::Client,
+    /// The admin token `http` sends.
+    pub admin_token: String,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -70,10 +73,21 @@ impl TestServer {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let (_, admin_token) = hapulse_server::auth::create_token(
+            &pool,
+            "test-admin",
+            hapulse_server::auth::Role::Admin,
+            &None,
+            "test",
+        )
+        .await
+        .unwrap();
+        let http = bearer_client(&admin_token);
         TestServer {
             url,
             pool,
             http,
+            admin_token,
             shutdown,
             task,
         }
@@ -84,6 +98,7 @@ impl TestServer {
             &self.url,
             SecretString::from(TOKEN),
             Duration::from_secs(10),
+            None,
         )
         .unwrap()
     }
@@ -115,6 +130,91 @@ impl TestServer {
         self.task.await.unwrap().unwrap();
         self.pool
     }
+}
+
+/// A logged-in dashboard session: a client that sends its cookie, and its CSRF token.
+pub struct Session {
+    pub http: reqwest::Client,
+    pub csrf: String,
+}
+
+/// A password for test users.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+impl TestServer {
+    /// Creates a user with [`PASSWORD`].
+    pub async fn user(
+        &self,
+        name: &str,
+        role: hapulse_server::auth::Role,
+        clusters: Option<Vec<String>>,
+    ) {
+        hapulse_server::auth::create_user(&self.pool, name, PASSWORD, role, &clusters)
+            .await
+            .unwrap();
+    }
+
+    /// Logs in through the form; panics unless it succeeds.
+    pub async fn login(&self, name: &str) -> Session {
+        let plain = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let r = plain
+            .post(format!("{}/login", self.url))
+            .form(&[("name", name), ("password", PASSWORD), ("next", "/alerts")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 303, "login of {name}");
+        let cookie = r
+            .headers()
+            .get("set-cookie")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::COOKIE, cookie.parse().unwrap());
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let page = http
+            .get(format!("{}/", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let csrf = page
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no CSRF token on the page: {page}"))
+            .to_string();
+        Session { http, csrf }
+    }
+}
+
+/// An HTTP client that sends `Authorization: Bearer TOKEN` with every request and does not
+/// follow redirects.
+pub fn bearer_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, failing after `secs` seconds with `what`.

@@ -127,7 +127,7 @@ async fn a_dead_master_is_mailed_and_texted_once_resolved_and_silenced(pool: PgP
         .post(format!("{}/api/v1/silences", server.url))
         .json(
             &serde_json::json!({"cluster": name, "node_id": "h1", "ends_at": until,
-                                  "author": "ops", "reason": "replacing the disk of h1"}),
+                                  "reason": "replacing the disk of h1"}),
         )
         .send()
         .await

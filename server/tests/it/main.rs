@@ -9,3 +9,4 @@ mod browser;
 mod harness;
 mod lab;
 mod lab_alerts;
+mod security;

@@ -1,0 +1,521 @@
+//! Who may do what: every route called with no credentials, a revoked token, and tokens of each
+//! role; sessions that end at logout; login throttling; CSRF on the API; cluster scopes; HTML
+//! escaping; security headers; and bad bodies on every write route that change nothing.
+
+use hapulse_protocol::VrrpState;
+use hapulse_server::auth::{create_token, revoke_token, Role};
+use reqwest::Method;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::harness::{bearer_client, report, TestServer, PASSWORD};
+
+/// Every route but the agent API and the public ones, with the least role it needs. Write
+/// bodies are `{}` or an empty form: whoever gets past authorization gets a 4xx for the body,
+/// so nothing changes while the matrix runs.
+fn routes(alert: Uuid, switchover: Uuid) -> Vec<(Method, String, Role)> {
+    let get = |p: &str| (Method::GET, p.to_string(), Role::Viewer);
+    vec![
+        get("/"),
+        get("/clusters/c"),
+        get("/nodes/a"),
+        get("/events"),
+        get("/alerts"),
+        get("/clusters/c/switchover?target=b"),
+        get(&format!("/switchovers/{switchover}")),
+        get("/ui/stream"),
+        get("/metrics"),
+        get("/api/v1/clusters"),
+        get("/api/v1/clusters/c"),
+        get("/api/v1/clusters/c/availability"),
+        get("/api/v1/nodes/a"),
+        get("/api/v1/nodes/a/history?metric=heartbeats"),
+        get("/api/v1/events"),
+        get("/api/v1/alerts"),
+        get("/api/v1/silences"),
+        get("/api/v1/notifications"),
+        get(&format!("/api/v1/switchovers/{switchover}")),
+        (Method::POST, "/logout".into(), Role::Viewer),
+        (
+            Method::POST,
+            "/clusters/c/switchover".into(),
+            Role::Operator,
+        ),
+        (Method::POST, format!("/alerts/{alert}/ack"), Role::Operator),
+        (Method::POST, "/alerts/silences".into(), Role::Operator),
+        (
+            Method::POST,
+            format!("/alerts/silences/{}/end", Uuid::nil()),
+            Role::Operator,
+        ),
+        (
+            Method::POST,
+            "/api/v1/clusters/c/switchover".into(),
+            Role::Operator,
+        ),
+        (
+            Method::DELETE,
+            format!("/api/v1/switchovers/{}", Uuid::nil()),
+            Role::Operator,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/alerts/{alert}/ack"),
+            Role::Operator,
+        ),
+        (Method::POST, "/api/v1/silences".into(), Role::Operator),
+        (
+            Method::DELETE,
+            format!("/api/v1/silences/{}", Uuid::nil()),
+            Role::Operator,
+        ),
+        (Method::GET, "/audit".into(), Role::Admin),
+        (Method::GET, "/api/v1/audit".into(), Role::Admin),
+        (Method::GET, "/api/v1/users".into(), Role::Admin),
+        (Method::POST, "/api/v1/users".into(), Role::Admin),
+        (Method::DELETE, "/api/v1/users/nobody".into(), Role::Admin),
+        (Method::GET, "/api/v1/tokens".into(), Role::Admin),
+        (Method::POST, "/api/v1/tokens".into(), Role::Admin),
+        (
+            Method::DELETE,
+            format!("/api/v1/tokens/{}", Uuid::nil()),
+            Role::Admin,
+        ),
+    ]
+}
+
+async fn call(http: &reqwest::Client, base: &str, method: &Method, path: &str) -> u16 {
+    let url = format!("{base}{path}");
+    let request = http.request(method.clone(), &url);
+    let request = if *method == Method::GET {
+        request
+    } else if path.starts_with("/api/") {
+        request.json(&serde_json::json!({}))
+    } else {
+        request.form(&[("x", "")])
+    };
+    // The event stream never ends: its status line is enough.
+    let r = tokio::time::timeout(std::time::Duration::from_secs(10), request.send())
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path} timed out"))
+        .unwrap();
+    r.status().as_u16()
+}
+
+/// Rows in the tables a write could touch.
+async fn rows(pool: &PgPool) -> Vec<i64> {
+    let mut counts = Vec::new();
+    for table in [
+        "switchovers",
+        "silences",
+        "users",
+        "api_tokens",
+        "commands",
+        "audit_log",
+    ] {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        counts.push(n);
+    }
+    let acked: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts WHERE acked_at IS NOT NULL")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    counts.push(acked);
+    counts
+}
+
+#[sqlx::test(migrations = false)]
+async fn every_route_checks_roles_and_tokens(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let agent = server.agent();
+    for (node, state) in [("a", VrrpState::Master), ("b", VrrpState::Backup)] {
+        let mut r = report(node, Uuid::new_v4(), 1, state, node == "a");
+        r.heartbeat_interval_ms = 60_000;
+        agent.send_heartbeat(&r).await.unwrap();
+    }
+    let alert = Uuid::new_v4();
+    sqlx::query("INSERT INTO alerts (id, fingerprint, rule, severity, cluster, summary, state, active_since) VALUES ($1, 'x', 'node_down', 'critical', 'c', 's', 'firing', now())")
+        .bind(alert)
+        .execute(&server.pool)
+        .await
+        .unwrap();
+    let switchover = Uuid::new_v4();
+    let mut tokens = Vec::new();
+    for role in [Role::Viewer, Role::Operator, Role::Admin] {
+        let (_, token) = create_token(&server.pool, role.as_str(), role, &None, "test")
+            .await
+            .unwrap();
+        tokens.push((role, bearer_client(&token)));
+    }
+    let (revoked_id, revoked) = create_token(&server.pool, "old", Role::Admin, &None, "test")
+        .await
+        .unwrap();
+    revoke_token(&server.pool, revoked_id).await.unwrap();
+    let revoked = bearer_client(&revoked);
+    let nobody = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let before = rows(&server.pool).await;
+
+    let mut failures = Vec::new();
+    for (method, path, needs) in routes(alert, switchover) {
+        let api = path.starts_with("/api/") || path == "/metrics";
+        let status = call(&nobody, &server.url, &method, &path).await;
+        let expected_anonymous = if api || method != Method::GET {
+            401
+        } else {
+            303
+        };
+        if status != expected_anonymous {
+            failures.push(format!("{method} {path} without credentials: {status}"));
+        }
+        let status = call(&revoked, &server.url, &method, &path).await;
+        if status != 401 {
+            failures.push(format!("{method} {path} with a revoked token: {status}"));
+        }
+        for (role, http) in &tokens {
+            let status = call(http, &server.url, &method, &path).await;
+            let allowed = *role >= needs;
+            let refused = status == 401 || status == 403;
+            if allowed == refused {
+                failures.push(format!(
+                    "{method} {path} as {}: {status} (needs {})",
+                    role.as_str(),
+                    needs.as_str()
+                ));
+            }
+            // (Logging out a token ends nothing and just sends it to the login page.)
+            if allowed
+                && method != Method::GET
+                && path != "/logout"
+                && !(400..500).contains(&status)
+            {
+                failures.push(format!(
+                    "{method} {path} as {} with an empty body: {status}, expected a 4xx",
+                    role.as_str()
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert_eq!(
+        rows(&server.pool).await,
+        before,
+        "nothing was written by refused or malformed requests"
+    );
+    server.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn malformed_and_oversized_bodies_change_nothing(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let writes = [
+        "/api/v1/clusters/c/switchover",
+        "/api/v1/silences",
+        &format!("/api/v1/alerts/{}/ack", Uuid::nil()),
+        "/api/v1/users",
+        "/api/v1/tokens",
+        "/api/agent/v1/heartbeat",
+    ];
+    let before = rows(&server.pool).await;
+    let big = format!("{{\"reason\": \"{}\"}}", "x".repeat(300 * 1024));
+    for path in writes {
+        let url = format!("{}{path}", server.url);
+        let auth = if path.starts_with("/api/agent/") {
+            crate::harness::TOKEN.to_string()
+        } else {
+            server.admin_token.clone()
+        };
+        for (what, body, expected) in [
+            ("malformed JSON", "{\"target_node\": ".to_string(), 400),
+            (
+                "an unknown field",
+                "{\"no_such_field\": 1}".to_string(),
+                400,
+            ),
+            ("a JSON array", "[1, 2]".to_string(), 400),
+            ("300 KiB", big.clone(), 413),
+        ] {
+            let r = reqwest::Client::new()
+                .post(&url)
+                .bearer_auth(&auth)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let answer: serde_json::Value = r.json().await.unwrap_or_default();
+            assert_eq!(status, expected, "{path} with {what}: {answer}");
+            assert!(answer["code"].is_string(), "{path} with {what}: {answer}");
+        }
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/silences", server.url))
+        .bearer_auth(&server.admin_token)
+        .header("content-type", "application/json")
+        .body("{\"cluster\": \"c\", \"ends_at\": \"2026-11-21T00:00:00Z\", \"reason\": \"x\", \"rules\": [7]}")
+        .send()
+        .await
+        .unwrap();
+    let answer: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(answer["field"], "rules[0]", "the field is named: {answer}");
+    assert_eq!(rows(&server.pool).await, before);
+    server.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn sessions_end_at_logout_and_logins_are_throttled(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    server.user("vera", Role::Viewer, None).await;
+    let vera = server.login("vera").await;
+    let status = |http: reqwest::Client, path: &'static str| {
+        let url = format!("{}{path}", server.url);
+        async move { http.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(vera.http.clone(), "/api/v1/clusters").await, 200);
+    // A write through the API with a session needs the CSRF header.
+    let r = vera
+        .http
+        .post(format!("{}/api/v1/silences", server.url))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403, "viewer, and no CSRF header");
+    // Logout without the CSRF token is refused; with it, the session ends on the server.
+    let logout = |csrf: Option<&str>| {
+        let mut form = vec![];
+        if let Some(c) = csrf {
+            form.push(("csrf", c.to_string()));
+        }
+        vera.http
+            .post(format!("{}/logout", server.url))
+            .form(&form)
+            .send()
+    };
+    assert_eq!(logout(None).await.unwrap().status().as_u16(), 403);
+    let r = logout(Some(&vera.csrf)).await.unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert!(
+        r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0"),
+        "the cookie is cleared"
+    );
+    // The old cookie is worth nothing now, even sent again by hand.
+    assert_eq!(status(vera.http.clone(), "/api/v1/clusters").await, 401);
+    assert_eq!(status(vera.http.clone(), "/").await, 303);
+    let ended: bool = sqlx::query_scalar("SELECT ended_at IS NOT NULL FROM sessions")
+        .fetch_one(&server.pool)
+        .await
+        .unwrap();
+    assert!(ended);
+
+    // Five wrong passwords: the sixth attempt is refused even with the right one.
+    let plain = reqwest::Client::new();
+    let attempt = |password: &'static str| {
+        plain
+            .post(format!("{}/login", server.url))
+            .form(&[("name", "vera"), ("password", password)])
+            .send()
+    };
+    for _ in 0..5 {
+        assert_eq!(
+            attempt("wrong password!").await.unwrap().status().as_u16(),
+            401
+        );
+    }
+    let r = attempt(PASSWORD).await.unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    assert!(r.text().await.unwrap().contains("Too many failed logins"));
+    let audit: Vec<String> =
+        sqlx::query_scalar("SELECT action || ':' || outcome FROM audit_log ORDER BY id")
+            .fetch_all(&server.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        audit.iter().filter(|a| *a == "login:failed").count(),
+        5,
+        "{audit:?}"
+    );
+    assert!(audit.contains(&"login:refused: throttled".to_string()));
+    assert!(audit.contains(&"logout:succeeded".to_string()));
+    server.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn scopes_escaping_and_headers(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let agent = server.agent();
+    for cluster in ["c", "d"] {
+        let mut r = report(
+            &format!("{cluster}1"),
+            Uuid::new_v4(),
+            1,
+            VrrpState::Master,
+            true,
+        );
+        r.cluster = cluster.into();
+        r.heartbeat_interval_ms = 60_000;
+        r.hostname = "<script>alert('owned')</script>".into();
+        agent.send_heartbeat(&r).await.unwrap();
+    }
+    let (_, token) = create_token(
+        &server.pool,
+        "c-only",
+        Role::Operator,
+        &Some(vec!["c".into()]),
+        "test",
+    )
+    .await
+    .unwrap();
+    let scoped = bearer_client(&token);
+    let get = |path: &str| {
+        let request = scoped.get(format!("{}{path}", server.url));
+        async move {
+            let r = request.send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let (_, list) = get("/api/v1/clusters").await;
+    let names: Vec<&str> = list["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["c"]);
+    assert_eq!(get("/api/v1/clusters/d").await.0, 403);
+    assert_eq!(get("/api/v1/nodes/d1").await.0, 404);
+    assert_eq!(get("/api/v1/nodes/c1").await.0, 200);
+    let r = scoped
+        .post(format!("{}/api/v1/silences", server.url))
+        .json(
+            &serde_json::json!({"node_id": "d1", "ends_at": "2099-01-01T00:00:00Z", "reason": "x"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403, "a silence beyond its clusters");
+
+    // Whatever an agent reports is text on the page, never markup.
+    let (status, page) = server.get_text("/nodes/c1").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("&#60;script&#62;alert(&#39;owned&#39;)&#60;/script&#62;")
+            && !page.contains("<script>alert"),
+        "{page}"
+    );
+    let r = server
+        .http
+        .get(format!("{}/", server.url))
+        .send()
+        .await
+        .unwrap();
+    let csp = r.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'")
+            && !csp.contains("unsafe-inline")
+            && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    for h in [
+        "x-frame-options",
+        "x-content-type-options",
+        "referrer-policy",
+    ] {
+        assert!(r.headers().contains_key(h), "{h} missing");
+    }
+    let r = reqwest::get(format!("{}/api/v1/clusters", server.url))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(
+        r.headers().contains_key("content-security-policy"),
+        "headers on errors too"
+    );
+    server.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn https_with_a_verified_certificate_and_secure_cookies(pool: PgPool) {
+    // A self-signed certificate for localhost: it is its own CA.
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("hapulse-tls-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    let mut s = crate::harness::settings();
+    s.tls = Some(hapulse_server::config::TlsSettings {
+        cert_file: cert_file.clone(),
+        key_file,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "https://localhost:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(hapulse_server::launch::serve(
+        s,
+        pool.clone(),
+        listener,
+        shutdown.clone(),
+    ));
+
+    // An agent that trusts the CA reports; one that does not refuses the server.
+    let token = || secrecy::SecretString::from(crate::harness::TOKEN);
+    let timeout = std::time::Duration::from_secs(5);
+    let trusting =
+        hapulse_agent::client::AgentClient::new(&url, token(), timeout, Some(&cert_file)).unwrap();
+    let r = report("a", Uuid::new_v4(), 1, VrrpState::Master, true);
+    crate::harness::eventually(30, "the HTTPS server accepts a heartbeat", || async {
+        trusting.send_heartbeat(&r).await.ok()
+    })
+    .await;
+    let doubting = hapulse_agent::client::AgentClient::new(&url, token(), timeout, None).unwrap();
+    let err = doubting.send_heartbeat(&r).await.unwrap_err().to_string();
+    assert!(
+        err.to_lowercase().contains("certificate") || err.contains("error sending request"),
+        "{err}"
+    );
+
+    // Over TLS the session cookie is __Host- prefixed and Secure.
+    hapulse_server::auth::create_user(&pool, "tess", PASSWORD, Role::Viewer, &None)
+        .await
+        .unwrap();
+    let browser = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = browser
+        .post(format!("{url}/login"))
+        .form(&[("name", "tess"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.starts_with("__Host-hapulse_session=")
+            && cookie.contains("; Secure")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict")
+            && cookie.contains("Path=/"),
+        "{cookie}"
+    );
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
