@@ -96,9 +96,12 @@ fn state_key(k: &KeepalivedReport, replication: &[ReplicationLinkReport]) -> Sta
 /// Runs the agent until `shutdown` is cancelled; then sends what is in flight and what the spool
 /// holds (for at most the request timeout), and returns.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let Some(credential) = crate::credential::obtain(&settings, &shutdown).await? else {
+        return Ok(());
+    };
     let client = AgentClient::new(
         &settings.server_url,
-        settings.token.clone(),
+        credential,
         settings.request_timeout,
         settings.ca_file.as_deref(),
     )?;

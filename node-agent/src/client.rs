@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use hapulse_protocol::{
-    command_result_path, ApiError, Command, CommandResult, HeartbeatAck, HeartbeatReport,
-    COMMANDS_PATH, HEARTBEAT_PATH,
+    command_result_path, ApiError, Command, CommandResult, EnrollRequest, EnrollResponse,
+    HeartbeatAck, HeartbeatReport, COMMANDS_PATH, ENROLL_PATH, HEARTBEAT_PATH,
 };
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
@@ -16,8 +16,9 @@ pub enum SendError {
     /// The server could not be reached or did not answer in time: retry later.
     #[error("server unreachable: {0}")]
     Unreachable(#[source] reqwest::Error),
-    /// The server refused the token (401/403): retry later, an operator must fix the token.
-    #[error("server refused the agent token ({status}): {message}")]
+    /// The server refused the credential (401/403): retry later; an operator must enroll the
+    /// node again if it was revoked.
+    #[error("server refused the node credential ({status}): {message}")]
     Unauthorized {
         /// HTTP status.
         status: u16,
@@ -113,6 +114,24 @@ impl AgentClient {
             .await
             .map_err(SendError::Unreachable)?;
         Self::parse(response).await
+    }
+
+    /// Trades a one-time enrollment token for this node's credential (`POST
+    /// /api/agent/v1/enroll`; the client's own credential is not sent).
+    pub async fn enroll(&self, node_id: &str, token: &str) -> Result<String, SendError> {
+        let response = self
+            .http
+            .post(format!("{}{ENROLL_PATH}", self.base_url))
+            .json(&EnrollRequest {
+                node_id: node_id.to_string(),
+                token: token.to_string(),
+            })
+            .send()
+            .await
+            .map_err(SendError::Unreachable)?;
+        Self::parse::<EnrollResponse>(response)
+            .await
+            .map(|r| r.credential)
     }
 
     /// Reports how command `id` ended.

@@ -21,9 +21,15 @@ pub struct Settings {
     pub node_id: String,
     /// Cluster this node belongs to.
     pub cluster: String,
-    /// Agent token the server expects (`agent_token` in the server's configuration).
-    #[serde(serialize_with = "serialize_redacted")]
-    pub token: SecretString,
+    /// One-time enrollment token from `hapulse-server enroll NODE_ID` (or `POST
+    /// /api/v1/enrollments`), needed only until the agent holds a credential
+    /// (`state_dir/credential`). Never logged.
+    #[serde(
+        default,
+        serialize_with = "serialize_redacted_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub enrollment_token: Option<SecretString>,
     /// PEM CA certificates that sign the server's HTTPS certificate, besides the system's roots
     /// (default none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -229,13 +235,23 @@ fn serialize_redacted<S: serde::Serializer>(_: &SecretString, s: S) -> Result<S:
     s.serialize_str("")
 }
 
+fn serialize_redacted_opt<S: serde::Serializer>(
+    value: &Option<SecretString>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_str(""),
+        None => s.serialize_none(),
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             server_url: "http://127.0.0.1:8080".into(),
             node_id: String::new(),
             cluster: String::new(),
-            token: SecretString::from(""),
+            enrollment_token: None,
             heartbeat_interval: Duration::from_secs(1),
             request_timeout: Duration::from_secs(5),
             max_retry_backoff: Duration::from_secs(30),
@@ -306,7 +322,7 @@ impl Settings {
             .unwrap_or_else(|e| format!("# cannot render defaults: {e}\n"));
         format!(
             "# hapulse-agent configuration; every key can be overridden by HAPULSE_AGENT_<KEY>\n\
-             # (nested keys: HAPULSE_AGENT_KEEPALIVED__PID_FILE). node_id, cluster and token are required.\n{body}\n\
+             # (nested keys: HAPULSE_AGENT_KEEPALIVED__PID_FILE). node_id and cluster are required; enrollment_token until the node is enrolled.\n{body}\n\
              # Replication probes, none by default. Examples:\n\
              # [[postgresql]]\n\
              # name = \"pg\"\n\
@@ -336,9 +352,6 @@ impl Settings {
         }
         if !valid_name(&self.cluster) {
             return invalid("cluster", "required; 1-64 characters of A-Z a-z 0-9 . _ -");
-        }
-        if secrecy::ExposeSecret::expose_secret(&self.token).is_empty() {
-            return invalid("token", "required: the server's agent_token");
         }
         if !(self.server_url.starts_with("http://") || self.server_url.starts_with("https://")) {
             return invalid("server_url", "must start with http:// or https://");
@@ -449,7 +462,7 @@ mod tests {
         );
         assert_eq!(parsed.heartbeat_interval, Duration::from_secs(1));
         let s = Settings {
-            token: SecretString::from("hunter2"),
+            enrollment_token: Some(SecretString::from("hunter2")),
             ..Settings::default()
         };
         assert!(!format!("{s:?}").contains("hunter2"));
@@ -462,7 +475,7 @@ mod tests {
         let path = dir.path().join("agent.toml");
         std::fs::write(
             &path,
-            "node_id = \"db1\"\ncluster = \"pg\"\ntoken = \"t\"\nheartbeat_interval = \"250ms\"\n",
+            "node_id = \"db1\"\ncluster = \"pg\"\nheartbeat_interval = \"250ms\"\n",
         )
         .unwrap();
         figment::Jail::expect_with(|jail| {

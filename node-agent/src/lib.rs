@@ -8,6 +8,7 @@ pub mod agent;
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod credential;
 pub mod host;
 pub mod keepalived;
 pub mod replication;

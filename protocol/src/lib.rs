@@ -317,6 +317,30 @@ pub fn parse_lsn(text: &str) -> Option<u64> {
     (high <= u32::MAX as u64 && low <= u32::MAX as u64).then_some((high << 32) | low)
 }
 
+/// Path of the enrollment endpoint, relative to the server's base URL.
+pub const ENROLL_PATH: &str = "/api/agent/v1/enroll";
+
+/// `POST {ENROLL_PATH}`: trade a one-time enrollment token for this node's credential. The
+/// request needs no `Authorization` header: the token is the proof.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// The node the token was created for.
+    pub node_id: String,
+    /// The enrollment token (`hpe_…`).
+    pub token: String,
+}
+
+/// The answer to an accepted enrollment (HTTP 200); 401 when the token is unknown, used, expired
+/// or for another node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    /// The node the credential is bound to.
+    pub node_id: String,
+    /// The node credential (`hpn_…`): keep it secret, send it as `Authorization: Bearer`.
+    pub credential: String,
+}
+
 /// The server's answer to an accepted heartbeat (HTTP 200).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatAck {

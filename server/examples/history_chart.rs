@@ -85,7 +85,6 @@ async fn start_server(
         listener.local_addr().map_err(|e| e.to_string())?
     );
     let settings = Settings {
-        agent_token: SecretString::from("bench-token-0123456789"),
         database_url: SecretString::from("unused: the pool is given"),
         ..Settings::default()
     };

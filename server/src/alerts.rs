@@ -669,7 +669,7 @@ async fn step(
     let silenced = |c: &Condition| silences.iter().any(|s| s.matches(c, now));
     let repeat = chrono::Duration::from_std(settings.repeat_interval).unwrap_or_default();
     let mut seen = std::collections::HashSet::new();
-    let mut wake = false;
+    let mut round: Vec<Uuid> = Vec::new();
     for c in conditions {
         seen.insert(c.fingerprint.clone());
         let mute = silenced(&c);
@@ -727,7 +727,6 @@ async fn step(
             tracing::warn!(alert = %c.fingerprint, severity = c.severity.as_str(), silenced = mute, summary = %c.summary, "alert firing");
             a.firing = true;
         }
-        let mut notified = false;
         if let Some(kind) = due.filter(|_| !mute) {
             // An acknowledged alert is not repeated.
             let claimed = sqlx::query("UPDATE alerts SET last_notified_at = $2 WHERE id = $1 AND ($3 OR acked_at IS NULL) RETURNING id")
@@ -737,12 +736,9 @@ async fn step(
                 .fetch_optional(&mut *tx)
                 .await?;
             if claimed.is_some() {
-                crate::notify::enqueue(&mut tx, settings, a.id, &c, kind, now).await?;
-                a.last_notified_at = Some(now);
-                notified = true;
-            } else {
-                a.last_notified_at = Some(now);
+                round.extend(crate::notify::enqueue(&mut tx, settings, a.id, &c, kind, now).await?);
             }
+            a.last_notified_at = Some(now);
         }
         if a.silenced != mute {
             sqlx::query("UPDATE alerts SET silenced = $2 WHERE id = $1")
@@ -753,7 +749,6 @@ async fn step(
             a.silenced = mute;
         }
         tx.commit().await?;
-        wake |= notified;
         a.condition = c;
     }
     let gone: Vec<String> = open
@@ -775,16 +770,16 @@ async fn step(
         let tell =
             a.firing && a.last_notified_at.is_some() && !EVENT_RULES.contains(&a.condition.rule);
         if tell {
-            resolve_notice(&mut tx, settings, &a, now).await?;
+            round.extend(resolve_notice(&mut tx, settings, &a, now).await?);
         }
         tx.commit().await?;
         if a.firing {
             tracing::info!(alert = %fingerprint, "alert resolved");
         }
-        wake |= tell;
     }
-    // Woken once per round, so what one round stored goes out grouped per cluster.
-    if wake {
+    // What one round stored becomes due at once, so it goes out grouped per cluster.
+    if !round.is_empty() {
+        crate::notify::release(&state.db, &round).await?;
         state.notifier.notify_one();
     }
     Ok(())
@@ -795,7 +790,7 @@ async fn resolve_notice(
     settings: &AlertSettings,
     a: &Open,
     now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<Uuid>, sqlx::Error> {
     let mut c = a.condition.clone();
     c.summary = format!(
         "resolved after {}: {}",

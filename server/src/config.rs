@@ -21,10 +21,6 @@ pub struct Settings {
     pub database_url: SecretString,
     /// Most connections in the PostgreSQL pool (default 10).
     pub database_max_connections: u32,
-    /// Token every agent presents as `Authorization: Bearer …`. Required: there are no anonymous
-    /// writes.
-    #[serde(serialize_with = "serialize_redacted")]
-    pub agent_token: SecretString,
     /// Longest time a request may take before the server answers 408 (default 30 s).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -388,13 +384,12 @@ pub struct HistorySettings {
 }
 
 /// Environment keys (after `HAPULSE_`, lower case) that belong to the server; `__` ends a section.
-const SERVER_ENV_KEYS: [&str; 10] = [
+const SERVER_ENV_KEYS: [&str; 9] = [
     "auth__",
     "tls__",
     "listen",
     "database_url",
     "database_max_connections",
-    "agent_token",
     "request_timeout",
     "detector__",
     "history__",
@@ -411,7 +406,6 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: SecretString::from(""),
             database_max_connections: 10,
-            agent_token: SecretString::from(""),
             request_timeout: Duration::from_secs(30),
             detector: DetectorSettings {
                 suspect_after_missed: 2,
@@ -480,20 +474,8 @@ impl Settings {
             .unwrap_or_else(|e| format!("# cannot render defaults: {e}\n"));
         format!(
             "# hapulse-server configuration; every key can be overridden by HAPULSE_<KEY>\n\
-             # (nested keys: HAPULSE_DETECTOR__DOWN_AFTER_MISSED). database_url and agent_token are required.\n{body}"
+             # (nested keys: HAPULSE_DETECTOR__DOWN_AFTER_MISSED). database_url is required.\n{body}"
         )
-    }
-
-    /// What serving needs beyond [`Settings::validate`] (the `user` and `token` commands do not
-    /// need an agent token).
-    pub fn validate_for_serving(&self) -> Result<(), ConfigError> {
-        if self.agent_token.expose_secret().len() < 16 {
-            return Err(ConfigError::Invalid {
-                key: "agent_token",
-                reason: "required, at least 16 characters (HAPULSE_AGENT_TOKEN)",
-            });
-        }
-        Ok(())
     }
 
     /// Checks what the types cannot.
@@ -579,14 +561,10 @@ mod tests {
         assert!(text.contains("[detector]"), "{text}");
         let s = Settings {
             database_url: SecretString::from("postgres://u:pw-secret@h/db"),
-            agent_token: SecretString::from("token-secret-token-secret"),
             ..Settings::default()
         };
         let debug = format!("{s:?}");
-        assert!(
-            !debug.contains("pw-secret") && !debug.contains("token-secret"),
-            "{debug}"
-        );
+        assert!(!debug.contains("pw-secret"), "{debug}");
         assert!(!toml::to_string(&s).unwrap().contains("secret"));
     }
 
@@ -595,7 +573,6 @@ mod tests {
     fn environment_overrides_and_validation() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("HAPULSE_DATABASE_URL", "postgres://x@y/z");
-            jail.set_env("HAPULSE_AGENT_TOKEN", "0123456789abcdef");
             jail.set_env("HAPULSE_AGENT_NODE_ID", "belongs-to-the-agent");
             jail.set_env("HAPULSE_LAB_NAME", "belongs-to-the-lab");
             jail.set_env("HAPULSE_LISTEN", "0.0.0.0:9000");
@@ -603,13 +580,9 @@ mod tests {
             let s = Settings::load(None).unwrap();
             assert_eq!(s.listen.port(), 9000);
             assert_eq!(s.detector.down_after_missed, 5);
-            jail.set_env("HAPULSE_AGENT_TOKEN", "short");
-            let err = Settings::load(None)
-                .unwrap()
-                .validate_for_serving()
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains("agent_token"), "{err}");
+            jail.set_env("HAPULSE_DETECTOR__DOWN_AFTER_MISSED", "1");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("detector"), "{err}");
             Ok(())
         });
     }

@@ -67,6 +67,9 @@ pub async fn serve(
     let live = db::load_live(&pool, tokio::time::Instant::now())
         .await
         .context("loading state")?;
+    let credentials = crate::enrollment::Credentials::load(&pool)
+        .await
+        .context("loading node credentials")?;
     tracing::info!(nodes = live.nodes.len(), "state loaded");
 
     let metrics = Metrics::new().context("registering metrics")?;
@@ -86,6 +89,7 @@ pub async fn serve(
         changes,
         commands: Default::default(),
         notifier: tokio::sync::Notify::new(),
+        credentials,
         login_throttle: Default::default(),
         shutdown: shutdown.clone(),
     }));

@@ -15,6 +15,7 @@ pub mod commands;
 pub mod config;
 pub mod db;
 pub mod detector;
+pub mod enrollment;
 pub mod error;
 pub mod history;
 pub mod ingest;

@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(
     version,
-    after_help = "Example: HAPULSE_DATABASE_URL=postgres://hapulse:…@127.0.0.1/hapulse \\\n\
-                  \x20        HAPULSE_AGENT_TOKEN=$(cat /etc/hapulse/agent-token) hapulse-server\n\
+    after_help = "Example: HAPULSE_DATABASE_URL=postgres://hapulse:…@127.0.0.1/hapulse hapulse-server\n\
+                  First admin:  hapulse-server user add --admin NAME\n\
+                  Enroll a node: hapulse-server enroll NODE_ID  (its agent's enrollment_token)\n\
                   Every key and its default: hapulse-server --print-default-config"
 )]
 struct Cli {
@@ -41,6 +42,15 @@ enum Command {
     User {
         #[command(subcommand)]
         action: UserCommand,
+    },
+    /// Create a one-time enrollment token for a node and print it: the agent's
+    /// `enrollment_token` (HAPULSE_AGENT_ENROLLMENT_TOKEN), traded for its credential.
+    Enroll {
+        /// The node's id (its agent's `node_id`).
+        node_id: String,
+        /// How long the token works unused (at most 7 days).
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        expires_in: std::time::Duration,
     },
     /// Manage API tokens, directly in the database.
     Token {
@@ -280,8 +290,31 @@ fn main() -> ExitCode {
             }
             Command::User { action } => user_command(&settings, action).await,
             Command::Token { action } => token_command(&settings, action).await,
+            Command::Enroll {
+                node_id,
+                expires_in,
+            } => {
+                let pool = hapulse_server::launch::connect(&settings).await?;
+                hapulse_server::db::migrate(&pool).await?;
+                let created =
+                    hapulse_server::enrollment::create(&pool, &node_id, expires_in, "cli")
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                audit_cli(
+                    &pool,
+                    "enrollment_create",
+                    &node_id,
+                    serde_json::json!({ "expires_at": created.expires_at }),
+                )
+                .await?;
+                eprintln!(
+                    "enrollment token for {node_id}, valid until {} (once):",
+                    created.expires_at.format("%Y-%m-%d %H:%M UTC")
+                );
+                println!("{}", created.token);
+                Ok(())
+            }
             Command::Serve => {
-                settings.validate_for_serving()?;
                 let listener = tokio::net::TcpListener::bind(settings.listen)
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;

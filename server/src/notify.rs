@@ -103,7 +103,9 @@ fn body(settings: &AlertSettings, c: &Condition, kind: &str, at: DateTime<Utc>) 
 }
 
 /// Stores the notifications of one alert event (`firing`, `repeat`, `resolved`) for every
-/// receiver that takes its severity, in the caller's transaction.
+/// receiver routed it, in the caller's transaction, and returns their ids. They are held for
+/// [`ROUND_HOLD`] so that the sender sees a whole evaluation round at once (to group it); the
+/// round ends with [`release`]. Should the server stop in between, the hold simply runs out.
 pub async fn enqueue(
     tx: &mut Transaction<'_, Postgres>,
     settings: &AlertSettings,
@@ -111,7 +113,7 @@ pub async fn enqueue(
     c: &Condition,
     kind: &str,
     at: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<Uuid>, sqlx::Error> {
     let state = match kind {
         "resolved" => "RESOLVED",
         "repeat" => "STILL FIRING",
@@ -124,20 +126,39 @@ pub async fn enqueue(
         c.fingerprint.split_once(':').map_or("", |(_, w)| w)
     );
     let body = body(settings, c, kind, at);
+    let mut ids = Vec::new();
     for receiver in receivers(settings, c.severity.as_str(), &c.cluster) {
+        let id = Uuid::new_v4();
+        ids.push(id);
         sqlx::query(
-            "INSERT INTO notifications (id, alert_id, receiver, kind, subject, body, state, cluster) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7)",
+            "INSERT INTO notifications (id, alert_id, receiver, kind, subject, body, state, cluster, next_attempt_at)
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, now() + $8 * interval '1 second')",
         )
-        .bind(Uuid::new_v4())
+        .bind(id)
         .bind(alert_id)
         .bind(&receiver)
         .bind(kind)
         .bind(&subject)
         .bind(&body)
         .bind(&c.cluster)
+        .bind(ROUND_HOLD.as_secs_f64())
         .execute(&mut **tx)
         .await?;
     }
+    Ok(ids)
+}
+
+/// How long notifications wait for the end of the evaluation round that stored them.
+pub const ROUND_HOLD: Duration = Duration::from_secs(5);
+
+/// Ends an evaluation round: its notifications become due together, in one statement.
+pub async fn release(pool: &PgPool, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE notifications SET next_attempt_at = now() WHERE id = ANY($1) AND attempts = 0",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

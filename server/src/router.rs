@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
             "/api/agent/v1/commands/{id}/result",
             post(api::agent::command_result),
         )
+        .route(hapulse_protocol::ENROLL_PATH, post(api::agent::enroll))
         // REST API.
         .route("/api/v1/clusters", get(api::v1::clusters))
         .route("/api/v1/clusters/{cluster}", get(api::v1::cluster))
@@ -86,6 +87,11 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(api::admin::revoke_token),
         )
         .route("/api/v1/audit", get(api::admin::audit))
+        .route("/api/v1/enrollments", post(api::admin::create_enrollment))
+        .route(
+            "/api/v1/nodes/{node_id}/revoke",
+            post(api::admin::revoke_node),
+        )
         .route(
             "/api/v1/clusters/{cluster}/switchover",
             post(api::v1::switchover),

@@ -43,6 +43,8 @@ pub struct App {
     pub notifier: tokio::sync::Notify,
     /// Wakes agents' long polls when commands are issued.
     pub commands: crate::commands::CommandBus,
+    /// Live node credentials of enrolled agents.
+    pub credentials: crate::enrollment::Credentials,
     /// Failed logins, for throttling.
     pub login_throttle: crate::auth::Throttle,
     /// Cancelled when the server shuts down; ends long-lived responses (event streams).

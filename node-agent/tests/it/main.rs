@@ -31,7 +31,7 @@ fn spools_state_changes_while_the_server_is_down_and_exits_zero_on_sigterm() {
     std::fs::write(
         &config,
         format!(
-            "server_url = \"http://127.0.0.1:{port}\"\nnode_id = \"t1\"\ncluster = \"c\"\ntoken = \"secret-token\"\n\
+            "server_url = \"http://127.0.0.1:{port}\"\nnode_id = \"t1\"\ncluster = \"c\"\n\
              heartbeat_interval = \"100ms\"\nmax_retry_backoff = \"200ms\"\nstate_dir = \"{}\"\n\
              [keepalived]\nnotify_fifo = \"{}\"\npid_file = \"{}\"\njson_dump = \"{}\"\nbinary = \"/bin/false\"\n",
             dir.path().join("state").display(),
@@ -39,6 +39,15 @@ fn spools_state_changes_while_the_server_is_down_and_exits_zero_on_sigterm() {
             dir.path().join("keepalived.pid").display(),
             dir.path().join("keepalived.json").display(),
         ),
+    )
+    .unwrap();
+    // Enrolled before: the credential is on disk (mode 0600), no enrollment token is needed.
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    let credential = dir.path().join("state/credential");
+    std::fs::write(&credential, "hpn_secret-credential\n").unwrap();
+    std::fs::set_permissions(
+        &credential,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
     let start = || {
@@ -106,8 +115,8 @@ fn spools_state_changes_while_the_server_is_down_and_exits_zero_on_sigterm() {
         "{log}"
     );
     assert!(
-        !log.contains("secret-token"),
-        "the token never appears in logs:\n{log}"
+        !log.contains("hpn_secret-credential"),
+        "the credential never appears in logs:\n{log}"
     );
 
     // Unsent state changes survive the restart, in order.
@@ -173,7 +182,6 @@ impl Drop for Proc {
 #[test]
 fn bad_configuration_is_refused_with_the_key_named() {
     let output = Command::new(env!("CARGO_BIN_EXE_hapulse-agent"))
-        .env("HAPULSE_AGENT_TOKEN", "t")
         .env("HAPULSE_AGENT_CLUSTER", "c")
         .output()
         .unwrap();
@@ -188,4 +196,22 @@ fn bad_configuration_is_refused_with_the_key_named() {
         .unwrap();
     assert!(output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).contains("[keepalived]"));
+}
+
+#[test]
+fn an_agent_that_is_not_enrolled_says_how_to_enroll() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_hapulse-agent"))
+        .env("HAPULSE_AGENT_NODE_ID", "db7")
+        .env("HAPULSE_AGENT_CLUSTER", "c")
+        .env("HAPULSE_AGENT_STATE_DIR", dir.path())
+        .env("HAPULSE_AGENT_KEEPALIVED__BINARY", "/bin/false")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("node db7 is not enrolled") && stderr.contains("hapulse-server enroll db7"),
+        "{stderr}"
+    );
 }

@@ -156,3 +156,47 @@ pub async fn audit(
     let entries = crate::audit::list(&state.db, limit, q.before).await?;
     Ok(Json(serde_json::json!({ "audit": entries })))
 }
+
+/// Body of `POST /api/v1/enrollments`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewEnrollment {
+    /// The node to enroll.
+    pub node_id: String,
+    /// How long the token works unused, like `1h` (default 24 h, at most 7 days).
+    #[serde(default, with = "humantime_serde")]
+    pub expires_in: Option<std::time::Duration>,
+}
+
+/// `POST /api/v1/enrollments`: a one-time enrollment token for a node (201, shown once).
+pub async fn create_enrollment(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    ApiJson(new): ApiJson<NewEnrollment>,
+) -> Result<(StatusCode, Json<crate::enrollment::NewEnrollment>), AppError> {
+    let lifetime = new
+        .expires_in
+        .unwrap_or(std::time::Duration::from_secs(24 * 3600));
+    let created = crate::enrollment::create(&state.db, &new.node_id, lifetime, &me.name).await?;
+    Audit::by(&me, "enrollment_create", &new.node_id, "created")
+        .detail(serde_json::json!({ "expires_at": created.expires_at }))
+        .record(&state.db)
+        .await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// `POST /api/v1/nodes/{node_id}/revoke`: the node's agent is refused from now on (404 without
+/// a live credential).
+pub async fn revoke_node(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    Path(node_id): Path<String>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    crate::enrollment::revoke(&state.db, &state.credentials, &node_id).await?;
+    Audit::by(&me, "node_revoke", &node_id, "revoked")
+        .record(&state.db)
+        .await?;
+    Ok(Json(
+        serde_json::json!({ "node_id": node_id, "revoked": true }),
+    ))
+}

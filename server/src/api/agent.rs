@@ -6,8 +6,9 @@ use hapulse_protocol::{HeartbeatAck, HeartbeatReport};
 
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
 use axum::extract::Path;
-use hapulse_protocol::{Command, CommandResult};
+use hapulse_protocol::{Command, CommandResult, EnrollRequest, EnrollResponse};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -19,15 +20,18 @@ use crate::state::AppState;
 
 /// `POST /api/agent/v1/heartbeat`: one [`HeartbeatReport`]. Answers 200 with a
 /// [`HeartbeatAck`] once the report is durable (`accepted: false` for a replay), 400 naming the
-/// field for a malformed report, 401 without the agent token, 503 when PostgreSQL is unavailable
-/// (the agent retries).
+/// field for a malformed report, 401 without a node credential, 403 for a report of another
+/// node than the credential's, 503 when PostgreSQL is unavailable (the agent retries).
 #[tracing::instrument(name = "POST /api/agent/v1/heartbeat", skip_all, fields(node_id, seq))]
 pub async fn heartbeat(
     State(state): State<AppState>,
-    _auth: AgentAuth,
+    auth: AgentAuth,
     body: Result<ApiJson<HeartbeatReport>, AppError>,
 ) -> Result<Json<HeartbeatAck>, AppError> {
-    let report = match body.and_then(|ApiJson(r)| ingest::validate(&r).map(|()| r)) {
+    let report = match body
+        .and_then(|ApiJson(r)| ingest::validate(&r).map(|()| r))
+        .and_then(|r| auth.require_node(&r.node_id).map(|()| r))
+    {
         Ok(r) => r,
         Err(e) => {
             state
@@ -75,16 +79,10 @@ pub struct PollQuery {
 /// are any, or `[]` after `wait_ms`. Marks them delivered.
 pub async fn poll_commands(
     State(state): State<AppState>,
-    _auth: AgentAuth,
+    auth: AgentAuth,
     ApiQuery(q): ApiQuery<PollQuery>,
 ) -> Result<Json<Vec<Command>>, AppError> {
-    if !ingest::valid_name(&q.node_id) {
-        return Err(AppError::invalid(
-            "invalid_query",
-            "node_id",
-            "1-64 characters of A-Z a-z 0-9 . _ -",
-        ));
-    }
+    auth.require_node(&q.node_id)?;
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(25_000).min(30_000));
     let waiter = state.commands.waiter(&q.node_id);
     let deadline = tokio::time::Instant::now() + wait;
@@ -109,10 +107,11 @@ pub async fn poll_commands(
 /// unknown command, 403 when it belongs to another node.
 pub async fn command_result(
     State(state): State<AppState>,
-    _auth: AgentAuth,
+    auth: AgentAuth,
     Path(id): Path<Uuid>,
     ApiJson(result): ApiJson<CommandResult>,
 ) -> Result<Json<serde_json::Value>, AppError> {
+    auth.require_node(&result.node_id)?;
     match commands::record_result(&state.db, id, &result).await {
         Ok(()) => {
             tracing::info!(command = %id, node_id = %result.node_id, outcome = ?result.outcome, message = %result.message, "command result");
@@ -125,4 +124,40 @@ pub async fn command_result(
         )),
         Err(ResultError::Sql(e)) => Err(e.into()),
     }
+}
+
+/// `POST /api/agent/v1/enroll`: an [`EnrollRequest`] (no `Authorization`: the one-time token is
+/// the proof) → 200 with the node credential; 401 for a token that is unknown, used, expired or
+/// for another node. Audited.
+pub async fn enroll(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    ApiJson(req): ApiJson<EnrollRequest>,
+) -> Result<Json<EnrollResponse>, AppError> {
+    let source = peer.ip().to_string();
+    let outcome =
+        crate::enrollment::enroll(&state.db, &state.credentials, &req.node_id, &req.token).await;
+    let node: String = req.node_id.chars().take(64).collect();
+    crate::audit::Audit {
+        actor: &format!("agent:{node}"),
+        role: None,
+        source: Some(&source),
+        action: "node_enroll",
+        target: &node,
+        reason: None,
+        outcome: if outcome.is_ok() {
+            "enrolled"
+        } else {
+            "refused"
+        },
+        detail: serde_json::json!({}),
+    }
+    .record(&state.db)
+    .await?;
+    let credential = outcome?;
+    tracing::info!(node_id = %req.node_id, source = %source, "node enrolled");
+    Ok(Json(EnrollResponse {
+        node_id: req.node_id,
+        credential,
+    }))
 }

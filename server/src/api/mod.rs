@@ -9,7 +9,6 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
-use subtle::ConstantTimeEq;
 
 use crate::error::AppError;
 use crate::state::AppState;
@@ -76,9 +75,23 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// Proof that the request carries the agent token (`Authorization: Bearer <agent_token>`),
-/// compared in constant time.
-pub struct AgentAuth;
+/// An enrolled agent: the request carries a live node credential (`Authorization: Bearer
+/// hpn_…`); holds the node id the credential is bound to. 401 otherwise.
+pub struct AgentAuth(pub String);
+
+impl AgentAuth {
+    /// 403 unless `node_id` is the credential's own node.
+    pub fn require_node(&self, node_id: &str) -> Result<(), AppError> {
+        if self.0 == node_id {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden(format!(
+                "the credential of node {:?} cannot act for node {node_id:?}",
+                self.0
+            )))
+        }
+    }
+}
 
 impl FromRequestParts<AppState> for AgentAuth {
     type Rejection = AppError;
@@ -90,11 +103,10 @@ impl FromRequestParts<AppState> for AgentAuth {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(AppError::Unauthorized)?;
-        let expected = secrecy::ExposeSecret::expose_secret(&state.settings.agent_token);
-        if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
-            Ok(AgentAuth)
-        } else {
-            Err(AppError::Unauthorized)
-        }
+        state
+            .credentials
+            .node_of(presented)
+            .map(AgentAuth)
+            .ok_or(AppError::Unauthorized)
     }
 }

@@ -703,6 +703,7 @@ async fn the_alerts_page_acknowledges_and_silences_with_forms(pool: PgPool) {
     assert_eq!(
         actions,
         [
+            "node_enroll by agent:a (-)",
             "login by ana (-)",
             "alert_ack by ana (operator)",
             "silence by ana (operator)",

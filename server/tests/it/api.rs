@@ -7,7 +7,7 @@ use hapulse_protocol::{LinkState, ReplicationRole, VrrpState};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::harness::{count, eventually, pg_report_link, report, TestServer, TOKEN};
+use crate::harness::{count, eventually, pg_report_link, report, TestServer};
 
 #[sqlx::test(migrations = false)]
 async fn reports_name_the_master_and_vip_holder(pool: PgPool) {
@@ -161,6 +161,8 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_written(pool: PgP
     let url = format!("{}/api/agent/v1/heartbeat", server.url);
     let good =
         serde_json::to_value(report("a", Uuid::new_v4(), 1, VrrpState::Master, true)).unwrap();
+    let credential = server.credential("a").await;
+    let cred = credential.as_str();
     let post = |body: String, token: Option<&str>| {
         let mut r = server
             .http
@@ -188,49 +190,49 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_written(pool: PgP
     let mut bad_state = good.clone();
     bad_state["keepalived"]["instances"][0]["state"] = "LEADER".into();
     check(400, "invalid_body", Some("keepalived.instances[0].state"))(
-        post(bad_state.to_string(), Some(TOKEN)).await.unwrap(),
+        post(bad_state.to_string(), Some(cred)).await.unwrap(),
     )
     .await;
     let mut unknown = good.clone();
     unknown["surprise"] = 1.into();
     check(400, "invalid_body", Some("surprise"))(
-        post(unknown.to_string(), Some(TOKEN)).await.unwrap(),
+        post(unknown.to_string(), Some(cred)).await.unwrap(),
     )
     .await;
     let mut bad_vip = good.clone();
     bad_vip["keepalived"]["instances"][0]["vips"][0] = "not-an-ip".into();
     check(400, "invalid_body", Some("keepalived.instances[0].vips[0]"))(
-        post(bad_vip.to_string(), Some(TOKEN)).await.unwrap(),
+        post(bad_vip.to_string(), Some(cred)).await.unwrap(),
     )
     .await;
     let mut bad_name = good.clone();
     bad_name["node_id"] = "a b".into();
     check(400, "invalid_body", Some("node_id"))(
-        post(bad_name.to_string(), Some(TOKEN)).await.unwrap(),
+        post(bad_name.to_string(), Some(cred)).await.unwrap(),
     )
     .await;
     let mut nul = good.clone();
     nul["hostname"] = "db1\u{0}".into();
-    check(400, "invalid_body", Some("hostname"))(post(nul.to_string(), Some(TOKEN)).await.unwrap())
+    check(400, "invalid_body", Some("hostname"))(post(nul.to_string(), Some(cred)).await.unwrap())
         .await;
     let mut old = good.clone();
     old["protocol_version"] = 99.into();
     check(400, "protocol_version", Some("protocol_version"))(
-        post(old.to_string(), Some(TOKEN)).await.unwrap(),
+        post(old.to_string(), Some(cred)).await.unwrap(),
     )
     .await;
     check(400, "invalid_body", Some("protocol_version"))(
-        post("{\"protocol_version\":".into(), Some(TOKEN))
+        post("{\"protocol_version\":".into(), Some(cred))
             .await
             .unwrap(),
     )
     .await;
     let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(300 * 1024));
-    check(413, "body_too_large", None)(post(huge, Some(TOKEN)).await.unwrap()).await;
+    check(413, "body_too_large", None)(post(huge, Some(cred)).await.unwrap()).await;
     let r = server
         .http
         .post(&url)
-        .bearer_auth(TOKEN)
+        .bearer_auth(cred)
         .body(good.to_string())
         .send()
         .await

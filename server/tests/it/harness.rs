@@ -15,8 +15,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub const TOKEN: &str = "test-agent-token-0123456789";
-
 pub struct TestServer {
     pub url: String,
     pub pool: PgPool,
@@ -30,7 +28,6 @@ pub struct TestServer {
 
 pub fn settings() -> Settings {
     let mut s = Settings {
-        agent_token: SecretString::from(TOKEN),
         database_url: SecretString::from("unused: the test passes a pool"),
         ..Settings::default()
     };
@@ -93,14 +90,20 @@ impl TestServer {
         }
     }
 
-    pub fn agent(&self) -> AgentClient {
-        AgentClient::new(
-            &self.url,
-            SecretString::from(TOKEN),
-            Duration::from_secs(10),
-            None,
-        )
-        .unwrap()
+    /// Agents for any node ids: each enrolls (through the real enrollment endpoint) the first
+    /// time it reports.
+    pub fn agent(&self) -> Agents {
+        Agents {
+            url: self.url.clone(),
+            pool: self.pool.clone(),
+            clients: Default::default(),
+        }
+    }
+
+    /// A node credential for `node_id`: an enrollment token made in the database, traded at
+    /// `POST /api/agent/v1/enroll`.
+    pub async fn credential(&self, node_id: &str) -> String {
+        credential(&self.url, &self.pool, node_id).await
     }
 
     pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
@@ -129,6 +132,52 @@ impl TestServer {
         self.shutdown.cancel();
         self.task.await.unwrap().unwrap();
         self.pool
+    }
+}
+
+async fn credential(url: &str, pool: &PgPool, node_id: &str) -> String {
+    let enrollment =
+        hapulse_server::enrollment::create(pool, node_id, Duration::from_secs(600), "test")
+            .await
+            .unwrap();
+    let client = AgentClient::new(
+        url,
+        SecretString::from(String::new()),
+        Duration::from_secs(10),
+        None,
+    )
+    .unwrap();
+    client.enroll(node_id, &enrollment.token).await.unwrap()
+}
+
+/// Enrolled agents, one client per node id.
+pub struct Agents {
+    url: String,
+    pool: PgPool,
+    clients: tokio::sync::Mutex<std::collections::HashMap<String, AgentClient>>,
+}
+
+impl Agents {
+    /// Sends `report` with the credential of its node, enrolling it first if needed.
+    pub async fn send_heartbeat(
+        &self,
+        report: &HeartbeatReport,
+    ) -> Result<hapulse_protocol::HeartbeatAck, hapulse_agent::client::SendError> {
+        let mut clients = self.clients.lock().await;
+        if !clients.contains_key(&report.node_id) {
+            let secret = credential(&self.url, &self.pool, &report.node_id).await;
+            let client = AgentClient::new(
+                &self.url,
+                SecretString::from(secret),
+                Duration::from_secs(10),
+                None,
+            )
+            .unwrap();
+            clients.insert(report.node_id.clone(), client);
+        }
+        let client = clients[&report.node_id].clone();
+        drop(clients);
+        client.send_heartbeat(report).await
     }
 }
 

@@ -14,7 +14,7 @@ use sqlx::PgPool;
 
 use hapulse_server::config::Settings;
 
-use crate::harness::{eventually, settings, TestServer, TOKEN};
+use crate::harness::{eventually, settings, TestServer};
 
 /// The keepalived failover lab.
 pub(crate) const FAILOVER_LAB: Lab = Lab {
@@ -91,13 +91,18 @@ pub(crate) struct Lab {
 
 impl Lab {
     pub fn run(&self, args: &[&str]) -> std::process::Output {
+        self.run_with(args, &[])
+    }
+
+    /// As [`Lab::run`], with extra environment.
+    pub fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         let (name, net, port) = (self.name, self.net, self.port);
         let output = Command::new(repo_root().join("scripts/lab"))
             .args(args)
+            .envs(env.iter().copied())
             .env("HAPULSE_LAB_NAME", name)
             .env("HAPULSE_LAB_NET", net)
             .env("HAPULSE_LAB_SERVER_URL", format!("http://{net}.1:{port}"))
-            .env("HAPULSE_LAB_TOKEN", TOKEN)
             .env("HAPULSE_LAB_AGENT_BIN", agent_binary())
             .output()
             .expect("run scripts/lab");
@@ -110,9 +115,25 @@ impl Lab {
         output
     }
 
-    pub fn up(self, args: &[&str]) -> Lab {
+    /// Brings the lab up (`args`: host count, options) with an enrollment token per host made in
+    /// `pool`, the database of the server the test starts next.
+    pub async fn up(self, pool: &PgPool, args: &[&str]) -> Lab {
+        hapulse_server::db::migrate(pool).await.unwrap();
+        let hosts: usize = args[0].parse().unwrap();
+        let mut tokens = Vec::new();
+        for i in 1..=hosts {
+            let host = format!("h{i}");
+            let e =
+                hapulse_server::enrollment::create(pool, &host, Duration::from_secs(3600), "test")
+                    .await
+                    .unwrap();
+            tokens.push(format!("{host}={}", e.token));
+        }
         self.run(&["down"]);
-        self.run(&[&["up"], args].concat());
+        self.run_with(
+            &[&["up"], args].concat(),
+            &[("HAPULSE_LAB_ENROLLMENT_TOKENS", &tokens.join(" "))],
+        );
         self
     }
 
@@ -196,7 +217,7 @@ fn count_role_changes(events: &[serde_json::Value], node: &str, from: &str, to: 
 #[sqlx::test(migrations = false)]
 async fn keepalived_failover_is_seen_and_survives_a_server_outage(pool: PgPool) {
     require_root_and_tools();
-    let lab = FAILOVER_LAB.up(&["2"]);
+    let lab = FAILOVER_LAB.up(&pool, &["2"]).await;
     let name = lab.name;
     let server = lab.start_server(pool).await;
 
@@ -346,7 +367,7 @@ async fn pg_link(
 #[sqlx::test(migrations = false)]
 async fn postgresql_replication_lag_is_reported_kept_and_charted(pool: PgPool) {
     require_root_and_tools();
-    let lab = REPLICATION_LAB.up(&["2", "--postgres"]);
+    let lab = REPLICATION_LAB.up(&pool, &["2", "--postgres"]).await;
     let name = lab.name;
     let server = lab.start_server(pool).await;
     let started = Utc::now();
@@ -472,7 +493,7 @@ async fn finished_switchover(server: &TestServer, id: &str) -> serde_json::Value
 #[sqlx::test(migrations = false)]
 async fn rest_switchover_moves_the_vip_for_good_and_fences_old_epochs(pool: PgPool) {
     require_root_and_tools();
-    let lab = SWITCHOVER_LAB.up(&["2"]);
+    let lab = SWITCHOVER_LAB.up(&pool, &["2"]).await;
     let name = lab.name;
     let server = lab.start_server(pool).await;
     eventually(30, "h1 master, both nodes up, priorities known", || async {
@@ -668,7 +689,7 @@ async fn rest_switchover_moves_the_vip_for_good_and_fences_old_epochs(pool: PgPo
 #[sqlx::test(migrations = false)]
 async fn postgresql_switchover_promotes_the_standby_and_loses_nothing(pool: PgPool) {
     require_root_and_tools();
-    let lab = SWITCHOVER_PG_LAB.up(&["2", "--postgres"]);
+    let lab = SWITCHOVER_PG_LAB.up(&pool, &["2", "--postgres"]).await;
     let name = lab.name;
     let server = lab.start_server(pool).await;
     eventually(60, "h1 master and primary, h2 streaming", || async {

@@ -59,7 +59,7 @@ async fn open_alert(server: &TestServer, rule: &str, node: &str) -> Option<serde
 #[sqlx::test(migrations = false)]
 async fn a_dead_master_is_mailed_and_texted_once_resolved_and_silenced(pool: PgPool) {
     require_root_and_tools();
-    let lab = ALERT_LAB.up(&["2"]);
+    let lab = ALERT_LAB.up(&pool, &["2"]).await;
     let name = lab.name;
     let (server, mailbox, sms) = alerting_server(&lab, pool).await;
     eventually(30, "h1 master, both nodes up", || async {
@@ -171,7 +171,7 @@ async fn a_dead_master_is_mailed_and_texted_once_resolved_and_silenced(pool: PgP
 #[sqlx::test(migrations = false)]
 async fn a_cut_vrrp_link_is_a_split_brain_alert_until_it_heals(pool: PgPool) {
     require_root_and_tools();
-    let lab = SPLIT_LAB.up(&["2"]);
+    let lab = SPLIT_LAB.up(&pool, &["2"]).await;
     let name = lab.name;
     let (server, mailbox, sms) = alerting_server(&lab, pool).await;
     eventually(30, "h1 master, both nodes up, healthy", || async {

@@ -75,6 +75,12 @@ fn routes(alert: Uuid, switchover: Uuid) -> Vec<(Method, String, Role)> {
         (Method::POST, "/api/v1/users".into(), Role::Admin),
         (Method::DELETE, "/api/v1/users/nobody".into(), Role::Admin),
         (Method::GET, "/api/v1/tokens".into(), Role::Admin),
+        (Method::POST, "/api/v1/enrollments".into(), Role::Admin),
+        (
+            Method::POST,
+            "/api/v1/nodes/nobody/revoke".into(),
+            Role::Admin,
+        ),
         (Method::POST, "/api/v1/tokens".into(), Role::Admin),
         (
             Method::DELETE,
@@ -219,14 +225,17 @@ async fn malformed_and_oversized_bodies_change_nothing(pool: PgPool) {
         &format!("/api/v1/alerts/{}/ack", Uuid::nil()),
         "/api/v1/users",
         "/api/v1/tokens",
+        "/api/v1/enrollments",
         "/api/agent/v1/heartbeat",
+        "/api/agent/v1/enroll",
     ];
+    let credential = server.credential("a").await;
     let before = rows(&server.pool).await;
     let big = format!("{{\"reason\": \"{}\"}}", "x".repeat(300 * 1024));
     for path in writes {
         let url = format!("{}{path}", server.url);
         let auth = if path.starts_with("/api/agent/") {
-            crate::harness::TOKEN.to_string()
+            credential.clone()
         } else {
             server.admin_token.clone()
         };
@@ -460,6 +469,7 @@ async fn https_with_a_verified_certificate_and_secure_cookies(pool: PgPool) {
         cert_file: cert_file.clone(),
         key_file,
     });
+    hapulse_server::db::migrate(&pool).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!(
         "https://localhost:{}",
@@ -474,16 +484,31 @@ async fn https_with_a_verified_certificate_and_secure_cookies(pool: PgPool) {
     ));
 
     // An agent that trusts the CA reports; one that does not refuses the server.
-    let token = || secrecy::SecretString::from(crate::harness::TOKEN);
     let timeout = std::time::Duration::from_secs(5);
-    let trusting =
-        hapulse_agent::client::AgentClient::new(&url, token(), timeout, Some(&cert_file)).unwrap();
-    let r = report("a", Uuid::new_v4(), 1, VrrpState::Master, true);
-    crate::harness::eventually(30, "the HTTPS server accepts a heartbeat", || async {
-        trusting.send_heartbeat(&r).await.ok()
+    let client = |secret: &str, ca: Option<&std::path::Path>| {
+        hapulse_agent::client::AgentClient::new(
+            &url,
+            secrecy::SecretString::from(secret.to_string()),
+            timeout,
+            ca,
+        )
+        .unwrap()
+    };
+    let enrollment =
+        hapulse_server::enrollment::create(&pool, "a", std::time::Duration::from_secs(600), "test")
+            .await
+            .unwrap();
+    let secret = crate::harness::eventually(30, "the HTTPS server enrolls the node", || async {
+        client("", Some(&cert_file))
+            .enroll("a", &enrollment.token)
+            .await
+            .ok()
     })
     .await;
-    let doubting = hapulse_agent::client::AgentClient::new(&url, token(), timeout, None).unwrap();
+    let trusting = client(&secret, Some(&cert_file));
+    let r = report("a", Uuid::new_v4(), 1, VrrpState::Master, true);
+    trusting.send_heartbeat(&r).await.unwrap();
+    let doubting = client(&secret, None);
     let err = doubting.send_heartbeat(&r).await.unwrap_err().to_string();
     assert!(
         err.to_lowercase().contains("certificate") || err.contains("error sending request"),
@@ -518,4 +543,127 @@ async fn https_with_a_verified_certificate_and_secure_cookies(pool: PgPool) {
     shutdown.cancel();
     task.await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_node_credential_acts_for_its_own_node_only(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let enroll = |node: &'static str, token: String| {
+        let url = server.url.clone();
+        async move {
+            hapulse_agent::client::AgentClient::new(
+                &url,
+                secrecy::SecretString::from(String::new()),
+                std::time::Duration::from_secs(5),
+                None,
+            )
+            .unwrap()
+            .enroll(node, &token)
+            .await
+        }
+    };
+    let hour = std::time::Duration::from_secs(3600);
+    let token = hapulse_server::enrollment::create(&server.pool, "a", hour, "test")
+        .await
+        .unwrap()
+        .token;
+    // A token made for a does not enroll b; used once, it does not enroll again.
+    assert!(enroll("b", token.clone()).await.is_err());
+    let credential = enroll("a", token.clone()).await.unwrap();
+    assert!(enroll("a", token).await.is_err());
+    let stored: Vec<u8> =
+        sqlx::query_scalar("SELECT secret_hash FROM node_credentials WHERE node_id = 'a'")
+            .fetch_one(&server.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        stored,
+        hapulse_server::auth::digest(&credential),
+        "stored hashed"
+    );
+
+    let a = hapulse_agent::client::AgentClient::new(
+        &server.url,
+        secrecy::SecretString::from(credential.clone()),
+        std::time::Duration::from_secs(5),
+        None,
+    )
+    .unwrap();
+    a.send_heartbeat(&report("a", Uuid::new_v4(), 1, VrrpState::Master, true))
+        .await
+        .unwrap();
+    // Reporting for b, or fetching b's commands, with a's credential: 403, nothing stored.
+    let err = a
+        .send_heartbeat(&report("b", Uuid::new_v4(), 1, VrrpState::Backup, false))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            hapulse_agent::client::SendError::Unauthorized { status: 403, .. }
+        ),
+        "{err}"
+    );
+    let err = a
+        .poll_commands("b", std::time::Duration::from_millis(10))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("403"), "{err}");
+    let nodes: i64 = sqlx::query_scalar("SELECT count(*) FROM nodes")
+        .fetch_one(&server.pool)
+        .await
+        .unwrap();
+    assert_eq!(nodes, 1);
+
+    // An admin revokes a: its agent is refused from then on.
+    let r = server
+        .http
+        .post(format!("{}/api/v1/nodes/a/revoke", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let err = a
+        .send_heartbeat(&report("a", Uuid::new_v4(), 2, VrrpState::Master, true))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            hapulse_agent::client::SendError::Unauthorized { status: 401, .. }
+        ),
+        "{err}"
+    );
+    // A new enrollment token (through the API) enrolls it again, with a new credential.
+    let r: serde_json::Value = server
+        .http
+        .post(format!("{}/api/v1/enrollments", server.url))
+        .json(&serde_json::json!({"node_id": "a", "expires_in": "10m"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let again = enroll("a", r["token"].as_str().unwrap().to_string())
+        .await
+        .unwrap();
+    assert_ne!(again, credential);
+    let audit: Vec<String> =
+        sqlx::query_scalar("SELECT action || ':' || outcome FROM audit_log ORDER BY id")
+            .fetch_all(&server.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        audit,
+        [
+            "node_enroll:refused",
+            "node_enroll:enrolled",
+            "node_enroll:refused",
+            "node_revoke:revoked",
+            "enrollment_create:created",
+            "node_enroll:enrolled"
+        ]
+    );
+    server.stop().await;
 }
