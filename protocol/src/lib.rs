@@ -24,7 +24,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const HEARTBEAT_PATH: &str = "/api/agent/v1/heartbeat";
 
 /// One agent report: who is speaking, how the host is, and every VRRP instance it observes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatReport {
     /// [`PROTOCOL_VERSION`] of the agent that built this report.
@@ -66,7 +66,7 @@ pub struct HeartbeatReport {
 }
 
 /// keepalived on one host.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeepalivedReport {
     /// True when the pid in keepalived's pid file names a live process.
@@ -77,7 +77,7 @@ pub struct KeepalivedReport {
 }
 
 /// One keepalived `vrrp_instance` on one host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VrrpInstanceReport {
     /// Instance name (keepalived `iname`, e.g. `VI_1`).
@@ -113,7 +113,7 @@ impl VrrpInstanceReport {
 }
 
 /// keepalived's per-instance counters (the `stats` object of its JSON dump).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VrrpCounters {
     /// Times the instance became MASTER.
@@ -131,7 +131,7 @@ pub struct VrrpCounters {
 }
 
 /// VRRP instance state as keepalived names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum VrrpState {
     /// Starting up (keepalived state 0).
@@ -178,7 +178,19 @@ impl fmt::Display for VrrpState {
 }
 
 /// Kind of replication a link is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ReplicationKind {
     /// PostgreSQL streaming replication.
@@ -201,7 +213,7 @@ impl ReplicationKind {
 }
 
 /// This host's role in a replication link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ReplicationRole {
     /// Source of the data: PostgreSQL primary, MySQL source, DRBD Primary.
@@ -224,7 +236,7 @@ impl ReplicationRole {
 }
 
 /// State of a replication link, in hapulse's words across the three sources.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LinkState {
     /// Data flows and the receiver is caught up or following (PostgreSQL `streaming`, MySQL IO
@@ -262,7 +274,7 @@ impl LinkState {
 /// One replication link as one host sees it: one per configured PostgreSQL or MySQL probe and
 /// per DRBD resource. A PostgreSQL primary folds its standbys (`pg_stat_replication` rows) into
 /// its one link: `peer` lists them, the lag is the largest, `raw` has each standby's fields.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicationLinkReport {
     /// Source kind.
@@ -322,7 +334,7 @@ pub const ENROLL_PATH: &str = "/api/agent/v1/enroll";
 
 /// `POST {ENROLL_PATH}`: trade a one-time enrollment token for this node's credential. The
 /// request needs no `Authorization` header: the token is the proof.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     /// The node the token was created for.
@@ -333,7 +345,7 @@ pub struct EnrollRequest {
 
 /// The answer to an accepted enrollment (HTTP 200); 401 when the token is unknown, used, expired
 /// or for another node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnrollResponse {
     /// The node the credential is bound to.
     pub node_id: String,
@@ -342,7 +354,7 @@ pub struct EnrollResponse {
 }
 
 /// The server's answer to an accepted heartbeat (HTTP 200).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeartbeatAck {
     /// The `seq` this answer is for.
     pub seq: u64,
@@ -361,7 +373,7 @@ pub const COMMANDS_PATH: &str = "/api/agent/v1/commands";
 
 /// Something the server asks one agent to do. Durable on the server before it is sent; the agent
 /// executes each `id` at most once and refuses an `epoch` lower than the highest it has seen.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Command {
     /// Unique id.
@@ -381,7 +393,7 @@ pub struct Command {
 }
 
 /// The actions an agent can run; each must also be enabled in the agent's configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Action {
     /// Write `offset` to the instance's priority track file (a keepalived `vrrp_track_file`
@@ -444,7 +456,7 @@ impl Action {
 }
 
 /// How a command ended on the agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandOutcome {
     /// It ran and did what it says.
@@ -461,7 +473,7 @@ pub fn command_result_path(id: Uuid) -> String {
 }
 
 /// What the agent reports after a command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandResult {
     /// The node reporting (must be the command's node).
@@ -478,7 +490,7 @@ pub struct CommandResult {
 
 /// Error body of every hapulse HTTP API: a stable machine-readable `code`, a message for people,
 /// and the offending field when one is to blame.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiError {
     /// Stable code, e.g. `invalid_body`, `unauthorized`, `database_unavailable`.
     pub code: String,

@@ -24,7 +24,7 @@ use crate::state::AppState;
 use crate::view::{self, ClusterView, Health};
 
 /// How bad.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     /// Wake someone.
@@ -803,7 +803,7 @@ async fn resolve_notice(
 }
 
 /// An alert as the API lists it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Alert {
     /// Id.
     pub id: Uuid,

@@ -72,7 +72,7 @@ impl<'a> Audit<'a> {
 }
 
 /// A stored row.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Entry {
     /// Sequence number.
     pub id: i64,
@@ -93,6 +93,7 @@ pub struct Entry {
     /// How it ended.
     pub outcome: String,
     /// More.
+    #[schema(value_type = Object)]
     pub detail: sqlx::types::Json<serde_json::Value>,
 }
 

@@ -37,7 +37,7 @@ use crate::error::AppError;
 use crate::state::AppState;
 
 /// What a principal may do; each role includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Read everything in its clusters.
@@ -310,7 +310,7 @@ pub async fn disable_user(pool: &PgPool, name: &str) -> Result<(), AppError> {
 }
 
 /// A user as listed (never the hash).
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct User {
     /// Name.
     pub name: String,
@@ -334,7 +334,7 @@ pub async fn list_users(pool: &PgPool) -> Result<Vec<User>, sqlx::Error> {
 }
 
 /// An API token as listed (never the secret).
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Token {
     /// Id.
     pub id: Uuid,

@@ -17,7 +17,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 /// Availability over one window.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Availability {
     /// `24h`, `7d`, `30d`.
     pub window: &'static str,

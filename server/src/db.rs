@@ -540,7 +540,7 @@ pub async fn write_samples(pool: &PgPool, samples: &[Sample]) -> Result<(), sqlx
 }
 
 /// A stored event, as `/api/v1/events` returns it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Event {
     /// Increasing id.
     pub id: i64,
@@ -565,6 +565,7 @@ pub struct Event {
     /// One sentence.
     pub message: String,
     /// Structured details.
+    #[schema(value_type = Object)]
     pub detail: sqlx::types::Json<serde_json::Value>,
 }
 

@@ -61,7 +61,7 @@ impl Credentials {
 }
 
 /// A new enrollment token: shown once.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct NewEnrollment {
     /// The node it enrolls.
     pub node_id: String,

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 /// The failure detector's verdict on a node, ordered from best to worst.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeStatus {
     /// Heartbeats arrive on time.
@@ -184,7 +184,7 @@ impl Live {
 }
 
 /// A transition to record in the `events` table.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct NewEvent {
     /// When it happened.
     pub at: DateTime<Utc>,
@@ -209,7 +209,7 @@ pub struct NewEvent {
 }
 
 /// Kinds of events. Stored by name; scripts filter on these names, keep them stable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A node reported for the first time, or again after being suspect or down.

@@ -475,7 +475,7 @@ async fn send_twilio(
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct WebhookBody<'a> {
     subject: &'a str,
     text: &'a str,
@@ -504,7 +504,7 @@ async fn send_webhook(
 }
 
 /// A notification as the delivery log shows it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Notification {
     /// Id.
     pub id: Uuid,

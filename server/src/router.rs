@@ -87,6 +87,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(api::admin::revoke_token),
         )
         .route("/api/v1/audit", get(api::admin::audit))
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/enrollments", post(api::admin::create_enrollment))
         .route(
             "/api/v1/nodes/{node_id}/revoke",
@@ -126,6 +127,11 @@ pub fn router(state: AppState) -> Router {
             tracing::info_span!("http", method = %req.method(), route)
         }))
         .with_state(state)
+}
+
+/// `GET /api/v1/openapi.json`: the OpenAPI 3.1 document of this API.
+async fn openapi() -> Response {
+    axum::Json(api::openapi::document()).into_response()
 }
 
 /// Headers on every answer: a Content-Security-Policy that allows no inline script and no

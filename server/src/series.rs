@@ -230,7 +230,7 @@ pub async fn roll_up(
 const RE_ROLL: ChronoDuration = ChronoDuration::minutes(10);
 
 /// What a history series measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     /// Replication lag of one link, bytes.
@@ -251,7 +251,7 @@ impl Metric {
 }
 
 /// Where a series came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     /// Raw samples.
@@ -261,7 +261,7 @@ pub enum Source {
 }
 
 /// One bucket of a series: aggregates of the samples in `[t, t + step)`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Point {
     /// Bucket start.
     pub t: DateTime<Utc>,

@@ -10,7 +10,7 @@ use crate::alerts::{Condition, RULES};
 use crate::error::AppError;
 
 /// A silence as stored and listed.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Silence {
     /// Id.
     pub id: Uuid,
@@ -55,7 +55,7 @@ impl Silence {
 }
 
 /// Body of `POST /api/v1/silences`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSilence {
     /// Cluster matcher.

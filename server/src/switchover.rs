@@ -36,7 +36,7 @@ use crate::state::AppState;
 use crate::view::{self, ClusterView};
 
 /// Body of `POST /api/v1/clusters/{cluster}/switchover`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SwitchoverRequest {
     /// The node that should become master.
@@ -58,7 +58,7 @@ pub struct SwitchoverRequest {
 }
 
 /// One step of the plan and, once running, how it went.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Step {
     /// Step name (`move_vip`, …).
     pub name: String,
@@ -75,7 +75,7 @@ pub struct Step {
 }
 
 /// The preview of a switchover.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Plan {
     /// Cluster.
     pub cluster: String,
@@ -348,7 +348,7 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, AppE
 }
 
 /// A stored switchover, as `GET /api/v1/switchovers/{id}` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Switchover {
     /// Id.
     pub id: Uuid,

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::live::{Live, NodeLive, NodeStatus};
 
 /// Health verdict of an instance or a cluster, from best to worst.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Health {
     /// One MASTER holding every VIP, every member up and ready to take over.
@@ -43,7 +43,7 @@ impl Health {
 }
 
 /// One node's part in a VRRP instance.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MemberView {
     /// Node id.
     pub node_id: String,
@@ -64,7 +64,7 @@ pub struct MemberView {
 }
 
 /// One VIP and who has it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct VipView {
     /// The address.
     pub vip: String,
@@ -73,7 +73,7 @@ pub struct VipView {
 }
 
 /// A VRRP instance across the nodes of a cluster.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct InstanceView {
     /// Instance name.
     pub name: String,
@@ -94,7 +94,7 @@ pub struct InstanceView {
 }
 
 /// A node in a cluster listing.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NodeSummary {
     /// Node id.
     pub node_id: String,
@@ -115,7 +115,7 @@ pub struct NodeSummary {
 }
 
 /// A cluster with its verdict.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ClusterView {
     /// Cluster name.
     pub name: String,
@@ -138,7 +138,7 @@ pub struct ClusterView {
 }
 
 /// One node's end of a replication link.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LinkMemberView {
     /// Node id.
     pub node_id: String,
@@ -160,7 +160,7 @@ pub struct LinkMemberView {
 
 /// A replication link across the nodes of a cluster: who is primary, how far behind each
 /// standby is, and whether the VIP is where the primary is.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReplicationView {
     /// `kind:name` (`postgresql:pg`).
     pub link: String,
@@ -188,7 +188,7 @@ pub struct ReplicationView {
 }
 
 /// Everything about one node.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NodeView {
     /// Summary fields.
     #[serde(flatten)]
@@ -220,7 +220,7 @@ pub struct NodeView {
 }
 
 /// A VRRP instance as one node reports it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NodeInstanceView {
     /// Instance name.
     pub name: String,

@@ -19,7 +19,7 @@ fn role(field_value: &str) -> Result<Role, AppError> {
 }
 
 /// Body of `POST /api/v1/users`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     /// Login name.
@@ -33,10 +33,18 @@ pub struct NewUser {
     pub clusters: Option<Vec<String>>,
 }
 
+/// Body of `GET /api/v1/users`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UserList {
+    /// Every user, by name.
+    pub users: Vec<auth::User>,
+}
+
 /// `GET /api/v1/users`.
-pub async fn users(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
-    let users = auth::list_users(&state.db).await?;
-    Ok(Json(serde_json::json!({ "users": users })))
+pub async fn users(State(state): State<AppState>) -> Result<Json<UserList>, AppError> {
+    Ok(Json(UserList {
+        users: auth::list_users(&state.db).await?,
+    }))
 }
 
 /// `POST /api/v1/users`: 201; 400 naming the field, 409 `user_exists`.
@@ -71,7 +79,7 @@ pub async fn disable_user(
 }
 
 /// Body of `POST /api/v1/tokens`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     /// What it is for (`prometheus`, `runbook-bot`).
@@ -84,7 +92,7 @@ pub struct NewToken {
 }
 
 /// Answer of `POST /api/v1/tokens`: the secret, shown this once.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct CreatedToken {
     /// Id (to revoke it).
     pub id: Uuid,
@@ -92,10 +100,18 @@ pub struct CreatedToken {
     pub token: String,
 }
 
+/// Body of `GET /api/v1/tokens`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TokenList {
+    /// Every token, oldest first.
+    pub tokens: Vec<auth::Token>,
+}
+
 /// `GET /api/v1/tokens`: every token, never the secrets.
-pub async fn tokens(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
-    let tokens = auth::list_tokens(&state.db).await?;
-    Ok(Json(serde_json::json!({ "tokens": tokens })))
+pub async fn tokens(State(state): State<AppState>) -> Result<Json<TokenList>, AppError> {
+    Ok(Json(TokenList {
+        tokens: auth::list_tokens(&state.db).await?,
+    }))
 }
 
 /// `POST /api/v1/tokens`: 201 with the secret.
@@ -129,7 +145,7 @@ pub async fn revoke_token(
 }
 
 /// Query of `GET /api/v1/audit`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// Most rows, 1..=1000 (default 100).
@@ -140,11 +156,18 @@ pub struct AuditQuery {
     pub before: Option<i64>,
 }
 
+/// Body of `GET /api/v1/audit`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AuditList {
+    /// Rows, newest first.
+    pub audit: Vec<crate::audit::Entry>,
+}
+
 /// `GET /api/v1/audit?limit=&before=`: the audit log, newest first.
 pub async fn audit(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<AuditQuery>,
-) -> Result<Json<serde_json::Value>, AppError> {
+) -> Result<Json<AuditList>, AppError> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(AppError::BadRequest {
@@ -153,14 +176,15 @@ pub async fn audit(
             field: Some("limit".into()),
         });
     }
-    let entries = crate::audit::list(&state.db, limit, q.before).await?;
-    Ok(Json(serde_json::json!({ "audit": entries })))
+    Ok(Json(AuditList {
+        audit: crate::audit::list(&state.db, limit, q.before).await?,
+    }))
 }
 
 /// Body of `POST /api/v1/enrollments`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct NewEnrollment {
+pub struct EnrollmentRequest {
     /// The node to enroll.
     pub node_id: String,
     /// How long the token works unused, like `1h` (default 24 h, at most 7 days).
@@ -172,7 +196,7 @@ pub struct NewEnrollment {
 pub async fn create_enrollment(
     State(state): State<AppState>,
     Auth(me): Auth,
-    ApiJson(new): ApiJson<NewEnrollment>,
+    ApiJson(new): ApiJson<EnrollmentRequest>,
 ) -> Result<(StatusCode, Json<crate::enrollment::NewEnrollment>), AppError> {
     let lifetime = new
         .expires_in

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod openapi;
 pub mod v1;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};

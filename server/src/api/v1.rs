@@ -18,7 +18,7 @@ use axum::http::StatusCode;
 use uuid::Uuid;
 
 /// Body of `GET /api/v1/clusters`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ClusterList {
     /// Every cluster with at least one node, by name.
     pub clusters: Vec<ClusterView>,
@@ -70,13 +70,23 @@ pub async fn cluster(
 pub async fn availability(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, AppError> {
+) -> Result<Json<AvailabilityList>, AppError> {
     let windows = crate::availability::of_cluster(&state.db, &name, Utc::now())
         .await?
         .ok_or_else(|| AppError::NotFound(format!("cluster {name:?}")))?;
-    Ok(Json(
-        serde_json::json!({ "cluster": name, "windows": windows }),
-    ))
+    Ok(Json(AvailabilityList {
+        cluster: name,
+        windows,
+    }))
+}
+
+/// Body of `GET /api/v1/clusters/{cluster}/availability`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AvailabilityList {
+    /// The cluster.
+    pub cluster: String,
+    /// 24 h, 7 d and 30 d.
+    pub windows: Vec<crate::availability::Availability>,
 }
 
 /// `GET /api/v1/nodes/{node_id}`: one node with its instances; 404 when unknown.
@@ -101,7 +111,7 @@ pub fn node_in_scope(state: &AppState, who: &Principal, node_id: &str) -> Result
 }
 
 /// Query of `GET /api/v1/events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Only this cluster.
@@ -115,7 +125,7 @@ pub struct EventsQuery {
 }
 
 /// Body of `GET /api/v1/events`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct EventList {
     /// Matching events, newest first.
     pub events: Vec<Event>,
@@ -147,7 +157,7 @@ pub async fn events(
 }
 
 /// Query of `GET /api/v1/nodes/{node_id}/history`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     /// `lag_bytes`, `lag_seconds`, `heartbeats` or `load1`.
@@ -163,7 +173,7 @@ pub struct HistoryQuery {
 }
 
 /// Body of `GET /api/v1/nodes/{node_id}/history`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct History {
     /// Node.
     pub node_id: String,
@@ -266,7 +276,7 @@ pub async fn history(
 }
 
 /// Answer of a switchover request: the plan, and the id once accepted.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SwitchoverAccepted {
     /// Id (absent for a dry run).
     pub id: Option<Uuid>,
@@ -386,7 +396,7 @@ pub async fn cancel_switchover(
 }
 
 /// Body of `GET /api/v1/alerts`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AlertList {
     /// Pending and firing alerts first, then the latest resolved ones.
     pub alerts: Vec<crate::alerts::Alert>,
@@ -403,7 +413,7 @@ pub async fn alerts(
 }
 
 /// Body of `GET /api/v1/notifications`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct NotificationList {
     /// The latest notifications, newest first, with their delivery state.
     pub notifications: Vec<crate::notify::Notification>,
@@ -419,7 +429,7 @@ pub async fn notifications(
 }
 
 /// Body of `POST /api/v1/alerts/{id}/ack`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckRequest {
     /// What they say (kept with the alert).
@@ -469,7 +479,7 @@ pub async fn acknowledge(
 }
 
 /// Body of `GET /api/v1/silences`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct SilenceList {
     /// Silences and maintenance windows not over yet, soonest end first.
     pub silences: Vec<crate::silences::Silence>,

@@ -9,4 +9,5 @@ mod browser;
 mod harness;
 mod lab;
 mod lab_alerts;
+mod openapi;
 mod security;

@@ -34,6 +34,7 @@ fn routes(alert: Uuid, switchover: Uuid) -> Vec<(Method, String, Role)> {
         get("/api/v1/alerts"),
         get("/api/v1/silences"),
         get("/api/v1/notifications"),
+        get("/api/v1/openapi.json"),
         get(&format!("/api/v1/switchovers/{switchover}")),
         (Method::POST, "/logout".into(), Role::Viewer),
         (

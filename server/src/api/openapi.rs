@@ -1,0 +1,356 @@
+//! The OpenAPI 3.1 document of `/api/v1`, served at `/api/v1/openapi.json`.
+//!
+//! The schemas are derived from the Rust types the handlers serialize and parse (utoipa's
+//! `ToSchema`), so they cannot drift from the code; the table of operations below names, for
+//! each route, its body and answer types. A test checks real answers against these schemas.
+
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{
+    ContentBuilder, OpenApi, PathItem, PathsBuilder, Ref, RefOr, Required, ResponseBuilder,
+    ResponsesBuilder,
+};
+use utoipa::OpenApi as _;
+
+use crate::api::{admin, v1};
+
+/// Every schema the operations refer to, with the ones they contain.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "hapulse REST API",
+        description = "Clusters of keepalived hosts: state, history, switchovers, alerts, silences, accounts. Authenticate with `Authorization: Bearer hpt_…` (an API token) or a dashboard session (writes then need `X-CSRF-Token`). Errors are `ApiError` with a stable `code`."
+    ),
+    components(schemas(
+        hapulse_protocol::ApiError,
+        v1::ClusterList,
+        crate::view::ClusterView,
+        crate::view::NodeView,
+        v1::EventList,
+        v1::History,
+        crate::switchover::SwitchoverRequest,
+        v1::SwitchoverAccepted,
+        crate::switchover::Switchover,
+        v1::AlertList,
+        v1::NotificationList,
+        v1::AckRequest,
+        v1::SilenceList,
+        crate::silences::NewSilence,
+        crate::silences::Silence,
+        v1::AvailabilityList,
+        admin::NewUser,
+        admin::UserList,
+        admin::NewToken,
+        admin::CreatedToken,
+        admin::TokenList,
+        admin::AuditList,
+        admin::EnrollmentRequest,
+        crate::enrollment::NewEnrollment,
+    ))
+)]
+struct Schemas;
+
+/// One operation: method, path, what it does, the least role, body and answer schemas.
+struct Op {
+    method: HttpMethod,
+    path: &'static str,
+    summary: &'static str,
+    role: &'static str,
+    body: Option<&'static str>,
+    ok: (u16, Option<&'static str>),
+    errors: &'static [u16],
+}
+
+const OPS: &[Op] = &[
+    Op {
+        method: HttpMethod::Get,
+        path: "/api/v1/clusters",
+        summary: "Every cluster with its verdict, instances, masters and VIP holders",
+        role: "viewer",
+        body: None,
+        ok: (200, Some("ClusterList")),
+        errors: &[401],
+    },
+    Op {
+        method: HttpMethod::Get,
+        path: "/api/v1/clusters/{cluster}",
+        summary: "One cluster",
+        role: "viewer",
+        body: None,
+        ok: (200, Some("ClusterView")),
+        errors: &[401, 403, 404],
+    },
+    Op {
+        method: HttpMethod::Get,
+        path: "/api/v1/clusters/{cluster}/availability",
+        summary: "Uptime with and without a MASTER, failures, MTTF and MTTR over 24 h, 7 d, 30 d",
+        role: "viewer",
+        body: None,
+        ok: (200, Some("AvailabilityList")),
+        errors: &[401, 403, 404],
+    },
+    Op {
+        method: HttpMethod::Post,
+        path: "/api/v1/clusters/{cluster}/switchover",
+        summary: "Preflight and plan (dry_run) or start a switchover",
+        role: "operator",
+        body: Some("SwitchoverRequest"),
+        ok: (202, Some("SwitchoverAccepted")),
+        errors: &[400, 401, 403, 404, 409],
+    },
+    Op {
+        method: HttpMethod::Get,
+        path: "/api/v1/switchovers/{id}",
+        summary: "A switchover and its steps",
+        role: "viewer",
+        body: None,
+        ok: (200, Some("Switchover")),
+        errors: &[401, 404],
+    },
+    Op {
+        method: HttpMethod::Delete,
+        path: "/api/v1/switchovers/{id}",
+        summary: "Cancel a scheduled switchover",
+        role: "operator",
+        body: None,
+        ok: (200, None),
+        errors: &[401, 403, 404, 409],
+    },
+    Op {
+        method: HttpMethod::Get,
+        path: "/api/v1/nodes/{node_id}",
+        summary: "One node with its instances and replication links",
+        role: "viewer",
+        body: None,
+        ok: (200, Some("NodeView")),
+        errors: &[401, 404],
+    },
+    Op {
+        method: HttpMethod::Get,
+        path: "/api/v1/nodes/{node_id}/history",
+        summary: "A time series of one node (metric, link, from, to, step)",
+        role: "viewer",
+        body: None,
+        ok: (200, Some("History")),
+        errors: &[400, 401, 404],
+    },
+    Op {
+        method: HttpMethod::Post,
+        path: "/api/v1/nodes/{node_id}/revoke",
+        summary: "Revoke a node's credential",
+        role: "admin",
+        body: None,
+        ok: (200, None),
+        errors: &[401, 403, 404],
+    },
+    Op {
+        method: HttpMethod::Get,
+        path: "/api/v1/events",
+        summary: "Stored events, newest first (cluster, node, since, limit)",
+        role: "viewer",
+        body: None,
+        ok: (200, Some("EventList")),
+        errors: &[400, 401],
+    },
+    Op {
+        method: HttpMethod::Get,
+        path: "/api/v1/alerts",
+        summary: "Open alerts, then recent ones",
+        role: "viewer",
+        body: None,
+        ok: (200, Some("AlertList")),
+        errors: &[401],
+    },
+    Op {
+        method: HttpMethod::Post,
+        path: "/api/v1/alerts/{id}/ack",
+        summary: "Acknowledge an open alert: no more repeats",
+        role: "operator",
+        body: Some("AckRequest"),
+        ok: (200, None),
+        errors: &[400, 401, 403, 404],
+    },
+    Op {
+        method: HttpMethod::Get,
+        path: "/api/v1/silences",
+        summary: "Current and future silences and maintenance windows",
+        role: "viewer",
+        body: None,
+        ok: (200, Some("SilenceList")),
+        errors: &[401],
+    },
+    Op {
+        method: HttpMethod::Post,
+        path: "/api/v1/silences",
+        summary: "Create a silence (a maintenance window needs admin)",
+        role: "operator",
+        body: Some("NewSilence"),
+        ok: (201, Some("Silence")),
+        errors: &[400, 401, 403],
+    },
+    Op {
+        method: HttpMethod::Delete,
+        path: "/api/v1/silences/{id}",
+        summary: "End a silence now",
+        role: "operator",
+        body: None,
+        ok: (200, None),
+        errors: &[401, 403, 404],
+    },
+    Op {
+        method: HttpMethod::Get,
+        path: "/api/v1/notifications",
+        summary: "The notification delivery log",
+        role: "viewer",
+        body: None,
+        ok: (200, Some("NotificationList")),
+        errors: &[401],
+    },
+    Op {
+        method: HttpMethod::Get,
+        path: "/api/v1/users",
+        summary: "Users",
+        role: "admin",
+        body: None,
+        ok: (200, Some("UserList")),
+        errors: &[401, 403],
+    },
+    Op {
+        method: HttpMethod::Post,
+        path: "/api/v1/users",
+        summary: "Create a user",
+        role: "admin",
+        body: Some("NewUser"),
+        ok: (201, None),
+        errors: &[400, 401, 403, 409],
+    },
+    Op {
+        method: HttpMethod::Delete,
+        path: "/api/v1/users/{name}",
+        summary: "Disable a user and end its sessions",
+        role: "admin",
+        body: None,
+        ok: (200, None),
+        errors: &[401, 403, 404],
+    },
+    Op {
+        method: HttpMethod::Get,
+        path: "/api/v1/tokens",
+        summary: "API tokens (never their secrets)",
+        role: "admin",
+        body: None,
+        ok: (200, Some("TokenList")),
+        errors: &[401, 403],
+    },
+    Op {
+        method: HttpMethod::Post,
+        path: "/api/v1/tokens",
+        summary: "Create an API token (shown once)",
+        role: "admin",
+        body: Some("NewToken"),
+        ok: (201, Some("CreatedToken")),
+        errors: &[400, 401, 403],
+    },
+    Op {
+        method: HttpMethod::Delete,
+        path: "/api/v1/tokens/{id}",
+        summary: "Revoke an API token",
+        role: "admin",
+        body: None,
+        ok: (200, None),
+        errors: &[401, 403, 404],
+    },
+    Op {
+        method: HttpMethod::Get,
+        path: "/api/v1/audit",
+        summary: "The audit log, newest first (limit, before)",
+        role: "admin",
+        body: None,
+        ok: (200, Some("AuditList")),
+        errors: &[400, 401, 403],
+    },
+    Op {
+        method: HttpMethod::Post,
+        path: "/api/v1/enrollments",
+        summary: "A one-time enrollment token for a node (shown once)",
+        role: "admin",
+        body: Some("EnrollmentRequest"),
+        ok: (201, Some("NewEnrollment")),
+        errors: &[400, 401, 403],
+    },
+];
+
+fn json(schema: &str) -> utoipa::openapi::Content {
+    ContentBuilder::new()
+        .schema(Some(RefOr::Ref(Ref::from_schema_name(schema))))
+        .build()
+}
+
+/// The document: schemas from the types, operations from the table.
+pub fn document() -> OpenApi {
+    let mut doc = Schemas::openapi();
+    let mut paths = PathsBuilder::new();
+    for op in OPS {
+        let mut responses = ResponsesBuilder::new();
+        let mut ok = ResponseBuilder::new().description("success");
+        if let Some(schema) = op.ok.1 {
+            ok = ok.content("application/json", json(schema));
+        }
+        responses = responses.response(op.ok.0.to_string(), ok.build());
+        for status in op.errors {
+            let description = match status {
+                400 => "malformed request; `field` names the culprit",
+                401 => "no or wrong credentials",
+                403 => "not allowed for this role or cluster",
+                404 => "no such thing (or not in the caller's clusters)",
+                409 => "conflicts with the current state; `code` says how",
+                _ => "error",
+            };
+            responses = responses.response(
+                status.to_string(),
+                ResponseBuilder::new()
+                    .description(description)
+                    .content("application/json", json("ApiError"))
+                    .build(),
+            );
+        }
+        let mut operation = OperationBuilder::new()
+            .summary(Some(op.summary))
+            .description(Some(format!("Needs the {} role.", op.role)))
+            .responses(responses.build())
+            .security(SecurityRequirement::new("bearer", Vec::<String>::new()));
+        for name in op
+            .path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+        {
+            operation = operation.parameter(
+                ParameterBuilder::new()
+                    .name(name)
+                    .parameter_in(ParameterIn::Path)
+                    .required(Required::True)
+                    .schema(Some(utoipa::openapi::schema::Object::with_type(
+                        utoipa::openapi::schema::Type::String,
+                    ))),
+            );
+        }
+        if let Some(schema) = op.body {
+            operation = operation.request_body(Some(
+                RequestBodyBuilder::new()
+                    .content("application/json", json(schema))
+                    .required(Some(Required::True))
+                    .build(),
+            ));
+        }
+        paths = paths.path(op.path, PathItem::new(op.method.clone(), operation.build()));
+    }
+    doc.paths = paths.build();
+    if let Some(components) = doc.components.as_mut() {
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+    doc
+}
