@@ -103,7 +103,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         &settings.server_url,
         credential,
         settings.request_timeout,
-        settings.ca_file.as_deref(),
+        &settings.client_tls(),
     )?;
     let spool = Spool::open(&settings.state_dir, settings.spool_capacity)?;
     let shared = Arc::new(Shared {

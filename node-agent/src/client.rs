@@ -53,6 +53,17 @@ impl SendError {
 }
 
 /// Client of `/api/agent/v1`.
+/// Files for TLS: extra CAs for the server's certificate, and this node's client certificate.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    /// PEM CA certificates, besides the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate naming the node.
+    pub client_cert_file: Option<std::path::PathBuf>,
+    /// Its PEM private key.
+    pub client_key_file: Option<std::path::PathBuf>,
+}
+
 #[derive(Clone)]
 pub struct AgentClient {
     http: reqwest::Client,
@@ -63,26 +74,36 @@ pub struct AgentClient {
 
 impl AgentClient {
     /// A client of the server at `server_url` (`http://10.0.0.1:8080` or `https://…`). An
-    /// HTTPS server's certificate is verified against the system's roots and, when given, the
-    /// PEM CA certificates in `ca_file`. Errors: `ca_file` unreadable or not PEM.
+    /// HTTPS server's certificate is verified against the system's roots and the CAs in
+    /// `tls.ca_file`; `tls`'s client certificate is presented to servers that ask. Errors: a
+    /// file unreadable or not PEM.
     pub fn new(
         server_url: &str,
         token: SecretString,
         timeout: Duration,
-        ca_file: Option<&std::path::Path>,
+        tls: &ClientTls,
     ) -> anyhow::Result<Self> {
+        let read = |key: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| anyhow::anyhow!("{key} {}: {e}", path.display()))
+        };
         let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .user_agent(concat!("hapulse-agent/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| anyhow::anyhow!("ca_file {}: {e}", path.display()))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+        if let Some(path) = &tls.ca_file {
+            for cert in reqwest::Certificate::from_pem_bundle(&read("ca_file", path)?)
                 .map_err(|e| anyhow::anyhow!("ca_file {}: {e}", path.display()))?
             {
                 builder = builder.add_root_certificate(cert);
             }
+        }
+        if let (Some(cert), Some(key)) = (&tls.client_cert_file, &tls.client_key_file) {
+            let mut pem = read("client_cert_file", cert)?;
+            pem.extend(read("client_key_file", key)?);
+            builder = builder.identity(
+                reqwest::Identity::from_pem(&pem)
+                    .map_err(|e| anyhow::anyhow!("client_cert_file/client_key_file: {e}"))?,
+            );
         }
         let http = builder.build()?;
         let base_url = server_url.trim_end_matches('/').to_string();

@@ -34,6 +34,13 @@ pub struct Settings {
     /// (default none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// PEM client certificate naming this node (a DNS subject alternative name), for a server
+    /// that demands one (`tls.client_ca_file`); with `client_key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<PathBuf>,
     /// Time between two heartbeats (default 1 s). A state change is sent at once, whatever this is.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
@@ -257,6 +264,8 @@ impl Default for Settings {
             max_retry_backoff: Duration::from_secs(30),
             state_dir: PathBuf::from("/var/lib/hapulse-agent"),
             ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
             spool_capacity: 10_000,
             probe_timeout: Duration::from_secs(2),
             postgresql: Vec::new(),
@@ -340,6 +349,15 @@ impl Settings {
         )
     }
 
+    /// The TLS files of the server connection.
+    pub fn client_tls(&self) -> crate::client::ClientTls {
+        crate::client::ClientTls {
+            ca_file: self.ca_file.clone(),
+            client_cert_file: self.client_cert_file.clone(),
+            client_key_file: self.client_key_file.clone(),
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason: &str| {
             Err(ConfigError::Invalid {
@@ -352,6 +370,12 @@ impl Settings {
         }
         if !valid_name(&self.cluster) {
             return invalid("cluster", "required; 1-64 characters of A-Z a-z 0-9 . _ -");
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            return invalid(
+                "client_cert_file",
+                "needs client_key_file, and the other way round",
+            );
         }
         if !(self.server_url.starts_with("http://") || self.server_url.starts_with("https://")) {
             return invalid("server_url", "must start with http:// or https://");

@@ -74,7 +74,7 @@ pub async fn obtain(
         &settings.server_url,
         SecretString::from(String::new()),
         settings.request_timeout,
-        settings.ca_file.as_deref(),
+        &settings.client_tls(),
     )?;
     let mut backoff = settings.heartbeat_interval;
     loop {

@@ -86,6 +86,11 @@ pub struct TlsSettings {
     pub cert_file: std::path::PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key_file: std::path::PathBuf,
+    /// PEM CA certificates. When set, agents must present a client certificate signed by one of
+    /// them that names their node id (a DNS subject alternative name) — mTLS on the agent API;
+    /// browsers and API clients need none.
+    #[serde(default)]
+    pub client_ca_file: Option<std::path::PathBuf>,
 }
 
 /// Alert rules' thresholds and the receivers of notifications.

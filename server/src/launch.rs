@@ -120,7 +120,8 @@ pub async fn serve(
                 .context("serving HTTP")?;
         }
         Some(tls) => {
-            let config = axum_server::tls_rustls::RustlsConfig::from_config(tls_config(tls)?);
+            let config =
+                axum_server::tls_rustls::RustlsConfig::from_config(crate::tls::server_config(tls)?);
             let handle = axum_server::Handle::new();
             tokio::spawn({
                 let handle = handle.clone();
@@ -131,7 +132,10 @@ pub async fn serve(
                 }
             });
             tracing::info!(%address, "hapulse-server listening (HTTPS)");
-            axum_server::from_tcp_rustls(listener.into_std()?, config)
+            axum_server::from_tcp(listener.into_std()?)
+                .acceptor(crate::tls::ClientCertAcceptor(
+                    axum_server::tls_rustls::RustlsAcceptor::new(config),
+                ))
                 .handle(handle)
                 .serve(app)
                 .await
@@ -149,31 +153,6 @@ pub async fn serve(
     let _ = history_task.await;
     tracing::info!("hapulse-server stopped");
     Ok(())
-}
-
-/// The rustls configuration for `tls`: its certificate chain and key, TLS 1.2 and 1.3, HTTP/1.1
-/// and HTTP/2 by ALPN. Errors name the file at fault.
-fn tls_config(tls: &crate::config::TlsSettings) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(&tls.cert_file)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("tls.cert_file {}", tls.cert_file.display()))?;
-    anyhow::ensure!(
-        !certs.is_empty(),
-        "tls.cert_file {} holds no certificate",
-        tls.cert_file.display()
-    );
-    let key = PrivateKeyDer::from_pem_file(&tls.key_file)
-        .with_context(|| format!("tls.key_file {}", tls.key_file.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("tls.cert_file and tls.key_file do not make a usable pair")?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
 }
 
 /// Every 30 s: roll up the minutes that are complete. Hourly: create partitions ahead, drop

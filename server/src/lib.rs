@@ -28,5 +28,6 @@ pub mod series;
 pub mod silences;
 pub mod state;
 pub mod switchover;
+pub mod tls;
 pub mod ui;
 pub mod view;

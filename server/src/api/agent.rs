@@ -128,12 +128,14 @@ pub async fn command_result(
 
 /// `POST /api/agent/v1/enroll`: an [`EnrollRequest`] (no `Authorization`: the one-time token is
 /// the proof) → 200 with the node credential; 401 for a token that is unknown, used, expired or
-/// for another node. Audited.
+/// for another node (or, with mTLS, without a client certificate naming the node). Audited.
 pub async fn enroll(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    certificate: Option<axum::Extension<crate::tls::PeerCertificate>>,
     ApiJson(req): ApiJson<EnrollRequest>,
 ) -> Result<Json<EnrollResponse>, AppError> {
+    super::require_client_certificate(certificate.as_deref(), &state, &req.node_id)?;
     let source = peer.ip().to_string();
     let outcome =
         crate::enrollment::enroll(&state.db, &state.credentials, &req.node_id, &req.token).await;

@@ -104,10 +104,41 @@ impl FromRequestParts<AppState> for AgentAuth {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(AppError::Unauthorized)?;
-        state
+        let node = state
             .credentials
             .node_of(presented)
-            .map(AgentAuth)
-            .ok_or(AppError::Unauthorized)
+            .ok_or(AppError::Unauthorized)?;
+        require_client_certificate(
+            parts.extensions.get::<crate::tls::PeerCertificate>(),
+            state,
+            &node,
+        )?;
+        Ok(AgentAuth(node))
+    }
+}
+
+/// With `tls.client_ca_file`, an agent must present a client certificate (verified by the TLS
+/// handshake) that names `node_id`: 401 without one, 403 for one naming another node.
+pub fn require_client_certificate(
+    peer: Option<&crate::tls::PeerCertificate>,
+    state: &AppState,
+    node_id: &str,
+) -> Result<(), AppError> {
+    if state
+        .settings
+        .tls
+        .as_ref()
+        .is_none_or(|t| t.client_ca_file.is_none())
+    {
+        return Ok(());
+    }
+    match peer {
+        Some(crate::tls::PeerCertificate(Some(cert))) if crate::tls::names_node(cert, node_id) => {
+            Ok(())
+        }
+        Some(crate::tls::PeerCertificate(Some(_))) => Err(AppError::Forbidden(format!(
+            "the client certificate does not name node {node_id:?}"
+        ))),
+        _ => Err(AppError::Unauthorized),
     }
 }

@@ -244,7 +244,7 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_written(pool: PgP
         &server.url,
         "nope".to_string().into(),
         Duration::from_secs(5),
-        None,
+        &Default::default(),
     )
     .unwrap();
     let err = wrong

@@ -144,7 +144,7 @@ async fn credential(url: &str, pool: &PgPool, node_id: &str) -> String {
         url,
         SecretString::from(String::new()),
         Duration::from_secs(10),
-        None,
+        &Default::default(),
     )
     .unwrap();
     client.enroll(node_id, &enrollment.token).await.unwrap()
@@ -170,7 +170,7 @@ impl Agents {
                 &self.url,
                 SecretString::from(secret),
                 Duration::from_secs(10),
-                None,
+                &Default::default(),
             )
             .unwrap();
             clients.insert(report.node_id.clone(), client);

@@ -457,18 +457,41 @@ async fn scopes_escaping_and_headers(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
-async fn https_with_a_verified_certificate_and_secure_cookies(pool: PgPool) {
-    // A self-signed certificate for localhost: it is its own CA.
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+async fn https_client_certificates_and_secure_cookies(pool: PgPool) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    };
+    // A CA, a server certificate for localhost and client certificates for nodes a and b.
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "hapulse test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf = |name: &str, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
     let dir = std::env::temp_dir().join(format!("hapulse-tls-{}", Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
-    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ca_file = write("ca.pem", &ca.pem());
+    let (server_cert, server_key) = leaf("localhost", ExtendedKeyUsagePurpose::ServerAuth);
+    let (a_cert, a_key) = leaf("a", ExtendedKeyUsagePurpose::ClientAuth);
+    let (b_cert, b_key) = leaf("b", ExtendedKeyUsagePurpose::ClientAuth);
     let mut s = crate::harness::settings();
     s.tls = Some(hapulse_server::config::TlsSettings {
-        cert_file: cert_file.clone(),
-        key_file,
+        cert_file: write("server.pem", &server_cert),
+        key_file: write("server.key", &server_key),
+        client_ca_file: Some(ca_file.clone()),
     });
     hapulse_server::db::migrate(&pool).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -483,15 +506,17 @@ async fn https_with_a_verified_certificate_and_secure_cookies(pool: PgPool) {
         listener,
         shutdown.clone(),
     ));
-
-    // An agent that trusts the CA reports; one that does not refuses the server.
-    let timeout = std::time::Duration::from_secs(5);
-    let client = |secret: &str, ca: Option<&std::path::Path>| {
+    let tls = |ca: bool, client: Option<(&str, &str)>| hapulse_agent::client::ClientTls {
+        ca_file: ca.then(|| ca_file.clone()),
+        client_cert_file: client.map(|(c, _)| write(&format!("{}.pem", Uuid::new_v4()), c)),
+        client_key_file: client.map(|(_, k)| write(&format!("{}.key", Uuid::new_v4()), k)),
+    };
+    let client = |secret: &str, tls: hapulse_agent::client::ClientTls| {
         hapulse_agent::client::AgentClient::new(
             &url,
             secrecy::SecretString::from(secret.to_string()),
-            timeout,
-            ca,
+            std::time::Duration::from_secs(5),
+            &tls,
         )
         .unwrap()
     };
@@ -499,29 +524,66 @@ async fn https_with_a_verified_certificate_and_secure_cookies(pool: PgPool) {
         hapulse_server::enrollment::create(&pool, "a", std::time::Duration::from_secs(600), "test")
             .await
             .unwrap();
-    let secret = crate::harness::eventually(30, "the HTTPS server enrolls the node", || async {
-        client("", Some(&cert_file))
+    // Without a client certificate, enrollment is refused even with a good token.
+    let refused = crate::harness::eventually(30, "the HTTPS server answers", || async {
+        match client("", tls(true, None))
             .enroll("a", &enrollment.token)
             .await
-            .ok()
+        {
+            Err(hapulse_agent::client::SendError::Unauthorized { status, .. }) => Some(status),
+            _ => None,
+        }
     })
     .await;
-    let trusting = client(&secret, Some(&cert_file));
+    assert_eq!(refused, 401);
+    // With b's certificate, a cannot enroll either.
+    let err = client("", tls(true, Some((&b_cert, &b_key))))
+        .enroll("a", &enrollment.token)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("403"), "{err}");
+    let secret = client("", tls(true, Some((&a_cert, &a_key))))
+        .enroll("a", &enrollment.token)
+        .await
+        .unwrap();
+
+    // a reports with its credential and its certificate; not without the certificate, not with
+    // b's; an agent that does not trust the CA refuses the server.
     let r = report("a", Uuid::new_v4(), 1, VrrpState::Master, true);
-    trusting.send_heartbeat(&r).await.unwrap();
-    let doubting = client(&secret, None);
-    let err = doubting.send_heartbeat(&r).await.unwrap_err().to_string();
+    client(&secret, tls(true, Some((&a_cert, &a_key))))
+        .send_heartbeat(&r)
+        .await
+        .unwrap();
+    let status = |e: hapulse_agent::client::SendError| match e {
+        hapulse_agent::client::SendError::Unauthorized { status, .. } => status,
+        other => panic!("{other}"),
+    };
+    let e = client(&secret, tls(true, None))
+        .send_heartbeat(&r)
+        .await
+        .unwrap_err();
+    assert_eq!(status(e), 401);
+    let e = client(&secret, tls(true, Some((&b_cert, &b_key))))
+        .send_heartbeat(&r)
+        .await
+        .unwrap_err();
+    assert_eq!(status(e), 403);
+    let err = client(&secret, tls(false, Some((&a_cert, &a_key))))
+        .send_heartbeat(&r)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         err.to_lowercase().contains("certificate") || err.contains("error sending request"),
         "{err}"
     );
 
-    // Over TLS the session cookie is __Host- prefixed and Secure.
+    // Browsers need no certificate; over TLS the session cookie is __Host- prefixed and Secure.
     hapulse_server::auth::create_user(&pool, "tess", PASSWORD, Role::Viewer, &None)
         .await
         .unwrap();
     let browser = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
@@ -556,7 +618,7 @@ async fn a_node_credential_acts_for_its_own_node_only(pool: PgPool) {
                 &url,
                 secrecy::SecretString::from(String::new()),
                 std::time::Duration::from_secs(5),
-                None,
+                &Default::default(),
             )
             .unwrap()
             .enroll(node, &token)
@@ -587,7 +649,7 @@ async fn a_node_credential_acts_for_its_own_node_only(pool: PgPool) {
         &server.url,
         secrecy::SecretString::from(credential.clone()),
         std::time::Duration::from_secs(5),
-        None,
+        &Default::default(),
     )
     .unwrap();
     a.send_heartbeat(&report("a", Uuid::new_v4(), 1, VrrpState::Master, true))
