@@ -730,3 +730,100 @@ async fn a_node_credential_acts_for_its_own_node_only(pool: PgPool) {
     );
     server.stop().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn switchovers_need_the_password_again_and_sessions_expire(pool: PgPool) {
+    let mut s = crate::harness::settings();
+    s.listen = "127.0.0.1:0".parse().unwrap();
+    s.auth.reauth_window = std::time::Duration::ZERO;
+    s.auth.session_idle = std::time::Duration::from_secs(2);
+    let server = TestServer::start_on(pool, s).await;
+    let agent = server.agent();
+    for (node, state) in [("a", VrrpState::Master), ("b", VrrpState::Backup)] {
+        let mut r = report(node, Uuid::new_v4(), 1, state, node == "a");
+        r.heartbeat_interval_ms = 60_000;
+        agent.send_heartbeat(&r).await.unwrap();
+    }
+    server.user("otto", Role::Operator, None).await;
+    let otto = server.login("otto").await;
+    let preview = otto
+        .http
+        .get(format!("{}/clusters/c/switchover?target=b", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        preview.contains("name=\"password\""),
+        "the confirmation asks for the password: {preview}"
+    );
+    let confirm = |password: &'static str| {
+        otto.http
+            .post(format!("{}/clusters/c/switchover", server.url))
+            .form(&[
+                ("csrf", otto.csrf.as_str()),
+                ("instance", "VI_1"),
+                ("target", "b"),
+                ("reason", "test"),
+                ("confirm", "b"),
+                ("password", password),
+            ])
+            .send()
+    };
+    let r = confirm("not my password").await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().await.unwrap().contains("Your password, again"));
+    let switchovers: i64 = sqlx::query_scalar("SELECT count(*) FROM switchovers")
+        .fetch_one(&server.pool)
+        .await
+        .unwrap();
+    assert_eq!(switchovers, 0, "nothing started");
+    // With the password the request reaches preflight (which refuses here: the cluster is in a
+    // maintenance window, so no switchover runs in this test) and is audited as otto's.
+    let r = server
+        .http
+        .post(format!("{}/api/v1/silences", server.url))
+        .json(&serde_json::json!({"cluster": "c", "maintenance": true,
+            "ends_at": chrono::Utc::now() + chrono::Duration::hours(1), "reason": "test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let r = confirm(PASSWORD).await.unwrap();
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains("is in maintenance") && !page.contains("Your password, again"),
+        "{page}"
+    );
+    let outcome: String = sqlx::query_scalar(
+        "SELECT actor || ' ' || outcome FROM audit_log WHERE action = 'switchover'",
+    )
+    .fetch_one(&server.pool)
+    .await
+    .unwrap();
+    assert!(outcome.starts_with("otto refused: "), "{outcome}");
+
+    // The audit log cannot be changed, not even with SQL.
+    let err = sqlx::query("UPDATE audit_log SET actor = 'someone else'")
+        .execute(&server.pool)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    assert!(sqlx::query("DELETE FROM audit_log")
+        .execute(&server.pool)
+        .await
+        .is_err());
+
+    // Unused for longer than auth.session_idle, the session is over.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let r = otto
+        .http
+        .get(format!("{}/api/v1/clusters", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    server.stop().await;
+}
