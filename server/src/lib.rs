@@ -17,6 +17,7 @@ pub mod db;
 pub mod detector;
 pub mod enrollment;
 pub mod error;
+pub mod failover;
 pub mod history;
 pub mod ingest;
 pub mod launch;

@@ -1,0 +1,937 @@
+//! The automatic-failover decision: a pure function from what is known about a cluster to what
+//! to do, with the reason. Nothing here acts; the caller gathers the evidence, stores each
+//! decision with it, and carries out the action (through the switchover machinery).
+//!
+//! The rules, in the order they are applied:
+//!
+//! 1. One operation at a time: while a switchover or failover runs, nothing new.
+//! 2. A server that has just started knows nothing yet: every node gets a grace period.
+//! 3. Missed heartbeats alone prove nothing. The master counts as dead only when the server
+//!    does not hear it **and** a majority of the peers that report do not see it either (VRRP
+//!    adverts, reachability, the replication connection). A master that a majority still sees
+//!    is partitioned from the server, not dead: no failover.
+//! 4. A master the server hears but that cannot reach the cluster's reference address (the
+//!    gateway) while a candidate can should step down.
+//! 5. A candidate must be up, promotable (priority > 0), reach the reference address (an
+//!    isolated node must not take over) and have lost no more than the data-loss bound. The best
+//!    is the highest priority, then the least lag.
+//! 6. Policy: `off` only alerts, `notify` proposes the failover to a person, `auto` acts — and
+//!    the global switch turns every automatic action off.
+//! 7. Anti-flapping: after an automatic failover, no other on the cluster within the anti-flap
+//!    period unless a person acknowledged the previous one.
+//! 8. Fence first: the old master cannot be reached (rule 3), so it is fenced by the configured
+//!    fencing hook (STONITH), which must succeed before the promotion — unless the cluster is
+//!    configured to accept the risk.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// What a cluster allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Alerts only.
+    Off,
+    /// Propose a failover in the dashboard; a person confirms it.
+    Notify,
+    /// Act.
+    Auto,
+}
+
+/// The cluster's failover policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// `off`, `notify` or `auto`.
+    pub mode: Mode,
+    /// The global switch: false turns every automatic action off at once.
+    pub automatic_enabled: bool,
+    /// Largest replication lag of a candidate, bytes, for an automatic promotion.
+    pub max_lag_bytes: u64,
+    /// Largest replication lag of a candidate, seconds.
+    pub max_lag_seconds: f64,
+    /// After an automatic failover, no other automatic one for this long (default 1 h), unless
+    /// a person acknowledged the previous one.
+    pub anti_flap: Duration,
+    /// A fencing hook (STONITH: the operator's script that powers the old master off) is
+    /// configured.
+    pub fencing_hook: bool,
+    /// Promote without fencing an unreachable old master (the operator accepts the risk of
+    /// two primaries).
+    pub accept_unfenced: bool,
+    /// How long after the server starts every node is given before it is judged.
+    pub grace: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            mode: Mode::Off,
+            automatic_enabled: true,
+            max_lag_bytes: 16 << 20,
+            max_lag_seconds: 10.0,
+            anti_flap: Duration::from_secs(3600),
+            fencing_hook: false,
+            accept_unfenced: false,
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A node that could become master.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// Node id.
+    pub node_id: String,
+    /// Its heartbeats arrive.
+    pub up: bool,
+    /// Candidate priority; 0 = never promote.
+    pub priority: u32,
+    /// It reaches the cluster's reference address.
+    pub reaches_reference: bool,
+    /// Its replication lag behind the master, bytes (`None`: unknown).
+    pub lag_bytes: Option<u64>,
+    /// Its replication lag, seconds (`None`: unknown).
+    pub lag_seconds: Option<f64>,
+}
+
+/// What is known about the current master.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evidence {
+    /// The master's node id.
+    pub master: String,
+    /// The server hears the master's heartbeats.
+    pub server_hears_master: bool,
+    /// Peers (other members) whose agents report.
+    pub peers_reporting: usize,
+    /// Of those, how many still see the master (adverts, reachability, replication connection).
+    pub peers_seeing_master: usize,
+    /// The master reaches the reference address (`None`: unknown, e.g. not heard).
+    pub master_reaches_reference: Option<bool>,
+}
+
+/// What happened before.
+#[derive(Debug, Clone, PartialEq)]
+pub struct History {
+    /// A switchover or failover of this cluster runs now.
+    pub operation_running: bool,
+    /// When this server process started.
+    pub server_started_at: DateTime<Utc>,
+    /// The last automatic failover of this cluster, and whether a person acknowledged it.
+    pub last_automatic: Option<(DateTime<Utc>, bool)>,
+}
+
+/// Everything [`decide`] looks at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Situation {
+    /// Now.
+    pub now: DateTime<Utc>,
+    /// The policy.
+    pub policy: Policy,
+    /// About the master.
+    pub evidence: Evidence,
+    /// The other members.
+    pub candidates: Vec<Candidate>,
+    /// The past.
+    pub history: History,
+}
+
+/// How the old master is fenced before the promotion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fencing {
+    /// The configured fencing hook (power off through IPMI, a PDU, a cloud API); it must
+    /// succeed first.
+    Hook,
+    /// None: the cluster accepts the risk.
+    AcceptedRisk,
+}
+
+/// What to do, and why (one sentence for people).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Decision {
+    /// Nothing to do.
+    Nothing {
+        /// Why.
+        reason: String,
+    },
+    /// Not yet: not enough is known.
+    Wait {
+        /// Why.
+        reason: String,
+    },
+    /// Something a person must see: a failover is needed but not allowed now.
+    Alert {
+        /// Why.
+        reason: String,
+    },
+    /// Policy `notify`: propose this failover to a person.
+    Propose {
+        /// The node to promote.
+        candidate: String,
+        /// Why.
+        reason: String,
+    },
+    /// Fence the old master, then promote `candidate`.
+    Failover {
+        /// The node to promote.
+        candidate: String,
+        /// How the old master is fenced.
+        fencing: Fencing,
+        /// Why.
+        reason: String,
+    },
+    /// The master cannot reach the reference address while a candidate can: it steps down
+    /// (a planned switchover to `candidate`).
+    StepDown {
+        /// The node to promote.
+        candidate: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Decision {
+    /// `nothing`, `wait`, `alert`, `propose`, `failover`, `step_down`.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Decision::Nothing { .. } => "nothing",
+            Decision::Wait { .. } => "wait",
+            Decision::Alert { .. } => "alert",
+            Decision::Propose { .. } => "propose",
+            Decision::Failover { .. } => "failover",
+            Decision::StepDown { .. } => "step_down",
+        }
+    }
+}
+
+fn lag_text(c: &Candidate) -> String {
+    match (c.lag_bytes, c.lag_seconds) {
+        (Some(b), Some(s)) => format!("{b} bytes / {s:.1} s behind"),
+        (Some(b), None) => format!("{b} bytes behind"),
+        (None, Some(s)) => format!("{s:.1} s behind"),
+        (None, None) => "lag unknown".into(),
+    }
+}
+
+/// The best candidate that may take over, or why none may.
+fn best_candidate(s: &Situation) -> Result<&Candidate, String> {
+    let promotable: Vec<&Candidate> = s
+        .candidates
+        .iter()
+        .filter(|c| c.up && c.priority > 0 && c.node_id != s.evidence.master)
+        .collect();
+    if promotable.is_empty() {
+        return Err("no candidate is up and promotable (priority > 0)".into());
+    }
+    let reaching: Vec<&Candidate> = promotable
+        .iter()
+        .copied()
+        .filter(|c| c.reaches_reference)
+        .collect();
+    if reaching.is_empty() {
+        return Err(
+            "no candidate reaches the reference address: an isolated node must not take over"
+                .into(),
+        );
+    }
+    let p = &s.policy;
+    let within = |c: &&Candidate| {
+        c.lag_bytes.is_some_and(|b| b <= p.max_lag_bytes)
+            && c.lag_seconds.is_none_or(|l| l <= p.max_lag_seconds)
+    };
+    let mut fit: Vec<&Candidate> = reaching.iter().copied().filter(within).collect();
+    fit.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then(a.lag_bytes.cmp(&b.lag_bytes))
+            .then(a.node_id.cmp(&b.node_id))
+    });
+    match fit.first() {
+        Some(c) => Ok(c),
+        None => {
+            let least = reaching
+                .iter()
+                .min_by_key(|c| c.lag_bytes.unwrap_or(u64::MAX))
+                .map(|c| format!("{} is {}", c.node_id, lag_text(c)))
+                .unwrap_or_default();
+            Err(format!(
+                "every candidate would lose more than the bound ({} bytes / {:.1} s): {least}; a person may fail over accepting the data loss",
+                p.max_lag_bytes, p.max_lag_seconds
+            ))
+        }
+    }
+}
+
+/// The decision for one cluster. Pure: the same situation gives the same decision.
+pub fn decide(s: &Situation) -> Decision {
+    let e = &s.evidence;
+    let p = &s.policy;
+    if s.history.operation_running {
+        return Decision::Nothing {
+            reason: "another switchover or failover of this cluster is running".into(),
+        };
+    }
+    let since_start = (s.now - s.history.server_started_at)
+        .to_std()
+        .unwrap_or_default();
+    if since_start < p.grace {
+        return Decision::Wait {
+            reason: format!(
+                "the server started {} s ago; every node gets {} s before it is judged",
+                since_start.as_secs(),
+                p.grace.as_secs()
+            ),
+        };
+    }
+    if e.server_hears_master {
+        if e.master_reaches_reference == Some(false) {
+            return match best_candidate(s) {
+                Ok(c) if p.mode == Mode::Auto && p.automatic_enabled => Decision::StepDown {
+                    candidate: c.node_id.clone(),
+                    reason: format!(
+                        "{} cannot reach the reference address and {} can: the master steps down",
+                        e.master, c.node_id
+                    ),
+                },
+                Ok(c) => Decision::Alert {
+                    reason: format!(
+                        "{} cannot reach the reference address and {} can; automatic action is off",
+                        e.master, c.node_id
+                    ),
+                },
+                Err(why) => Decision::Alert {
+                    reason: format!(
+                        "{} cannot reach the reference address, and no candidate may take over: {why}",
+                        e.master
+                    ),
+                },
+            };
+        }
+        return Decision::Nothing {
+            reason: format!("the server hears {}", e.master),
+        };
+    }
+    // The server does not hear the master: do its peers?
+    if e.peers_reporting == 0 {
+        return Decision::Wait {
+            reason: format!(
+                "the server does not hear {} and no peer reports: a missed heartbeat alone proves nothing",
+                e.master
+            ),
+        };
+    }
+    let not_seeing = e.peers_reporting - e.peers_seeing_master.min(e.peers_reporting);
+    if not_seeing * 2 <= e.peers_reporting {
+        return Decision::Nothing {
+            reason: format!(
+                "the server does not hear {} but {} of {} peers still see it: a partition, not a dead master",
+                e.master, e.peers_seeing_master, e.peers_reporting
+            ),
+        };
+    }
+    let dead = format!(
+        "{} is unreachable from the server and from {not_seeing} of {} peers",
+        e.master, e.peers_reporting
+    );
+    let candidate = match best_candidate(s) {
+        Ok(c) => c,
+        Err(why) => {
+            return Decision::Alert {
+                reason: format!("{dead}, but {why}"),
+            }
+        }
+    };
+    let chosen = format!(
+        "{dead}; {} is the best candidate (priority {}, {})",
+        candidate.node_id,
+        candidate.priority,
+        lag_text(candidate)
+    );
+    match p.mode {
+        Mode::Off => {
+            return Decision::Alert {
+                reason: format!("{chosen}; failover policy is off"),
+            }
+        }
+        Mode::Notify => {
+            return Decision::Propose {
+                candidate: candidate.node_id.clone(),
+                reason: format!("{chosen}; a person confirms"),
+            }
+        }
+        Mode::Auto => {}
+    }
+    if !p.automatic_enabled {
+        return Decision::Alert {
+            reason: format!("{chosen}; automatic actions are switched off"),
+        };
+    }
+    if let Some((at, acknowledged)) = s.history.last_automatic {
+        let since = (s.now - at).to_std().unwrap_or_default();
+        if since < p.anti_flap && !acknowledged {
+            return Decision::Alert {
+                reason: format!(
+                    "{chosen}; but an automatic failover ran {} min ago and nobody acknowledged it (anti-flapping: {} min)",
+                    since.as_secs() / 60,
+                    p.anti_flap.as_secs() / 60
+                ),
+            };
+        }
+    }
+    let fencing = if p.fencing_hook {
+        Fencing::Hook
+    } else if p.accept_unfenced {
+        Fencing::AcceptedRisk
+    } else {
+        return Decision::Alert {
+            reason: format!(
+                "{chosen}; but the old master cannot be fenced (no fencing hook) and the cluster does not accept the risk"
+            ),
+        };
+    };
+    Decision::Failover {
+        candidate: candidate.node_id.clone(),
+        fencing,
+        reason: chosen,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::UNIX_EPOCH
+            + chrono::Duration::days(20_000)
+            + chrono::Duration::seconds(secs)
+    }
+
+    fn candidate(id: &str, priority: u32, reaches: bool, lag: u64) -> Candidate {
+        Candidate {
+            node_id: id.into(),
+            up: true,
+            priority,
+            reaches_reference: reaches,
+            lag_bytes: Some(lag),
+            lag_seconds: Some(0.0),
+        }
+    }
+
+    /// A dead master of a three-node cluster, policy auto with a fencing hook, server up long.
+    fn dead_master() -> Situation {
+        Situation {
+            now: at(10_000),
+            policy: Policy {
+                mode: Mode::Auto,
+                fencing_hook: true,
+                ..Policy::default()
+            },
+            evidence: Evidence {
+                master: "m".into(),
+                server_hears_master: false,
+                peers_reporting: 2,
+                peers_seeing_master: 0,
+                master_reaches_reference: None,
+            },
+            candidates: vec![candidate("a", 100, true, 0), candidate("b", 50, true, 0)],
+            history: History {
+                operation_running: false,
+                server_started_at: at(0),
+                last_automatic: None,
+            },
+        }
+    }
+
+    type Case = (
+        &'static str,
+        fn(&mut Situation),
+        &'static str,
+        Option<&'static str>,
+    );
+
+    /// Named cases: a change to the dead-master situation, the expected action and candidate.
+    const CASES: &[Case] = &[
+        ("dead master, auto", |_| {}, "failover", Some("a")),
+        (
+            "dead master, notify",
+            |s| s.policy.mode = Mode::Notify,
+            "propose",
+            Some("a"),
+        ),
+        (
+            "dead master, off",
+            |s| s.policy.mode = Mode::Off,
+            "alert",
+            None,
+        ),
+        (
+            "global switch off",
+            |s| s.policy.automatic_enabled = false,
+            "alert",
+            None,
+        ),
+        (
+            "global switch off, notify still proposes",
+            |s| {
+                s.policy.automatic_enabled = false;
+                s.policy.mode = Mode::Notify
+            },
+            "propose",
+            Some("a"),
+        ),
+        (
+            "server hears the master",
+            |s| s.evidence.server_hears_master = true,
+            "nothing",
+            None,
+        ),
+        (
+            "partition: both peers see the master",
+            |s| s.evidence.peers_seeing_master = 2,
+            "nothing",
+            None,
+        ),
+        (
+            "half the peers see the master",
+            |s| s.evidence.peers_seeing_master = 1,
+            "nothing",
+            None,
+        ),
+        (
+            "one of three peers sees it",
+            |s| {
+                s.evidence.peers_reporting = 3;
+                s.evidence.peers_seeing_master = 1;
+                s.candidates.push(candidate("c", 10, true, 0))
+            },
+            "failover",
+            Some("a"),
+        ),
+        (
+            "two of three peers see it",
+            |s| {
+                s.evidence.peers_reporting = 3;
+                s.evidence.peers_seeing_master = 2
+            },
+            "nothing",
+            None,
+        ),
+        (
+            "no peer reports",
+            |s| s.evidence.peers_reporting = 0,
+            "wait",
+            None,
+        ),
+        (
+            "two-node cluster, the peer does not see it",
+            |s| {
+                s.evidence.peers_reporting = 1;
+                s.candidates.truncate(1)
+            },
+            "failover",
+            Some("a"),
+        ),
+        (
+            "two-node cluster, the peer sees it",
+            |s| {
+                s.evidence.peers_reporting = 1;
+                s.evidence.peers_seeing_master = 1;
+                s.candidates.truncate(1)
+            },
+            "nothing",
+            None,
+        ),
+        (
+            "peers claim more than report",
+            |s| s.evidence.peers_seeing_master = 5,
+            "nothing",
+            None,
+        ),
+        (
+            "operation running",
+            |s| s.history.operation_running = true,
+            "nothing",
+            None,
+        ),
+        (
+            "server just started",
+            |s| s.history.server_started_at = at(9_990),
+            "wait",
+            None,
+        ),
+        (
+            "server started exactly grace ago",
+            |s| s.history.server_started_at = at(9_970),
+            "failover",
+            Some("a"),
+        ),
+        (
+            "server started 29 s ago",
+            |s| s.history.server_started_at = at(9_971),
+            "wait",
+            None,
+        ),
+        (
+            "a isolated: b takes over",
+            |s| s.candidates[0].reaches_reference = false,
+            "failover",
+            Some("b"),
+        ),
+        (
+            "every candidate isolated",
+            |s| {
+                s.candidates[0].reaches_reference = false;
+                s.candidates[1].reaches_reference = false
+            },
+            "alert",
+            None,
+        ),
+        (
+            "a down: b",
+            |s| s.candidates[0].up = false,
+            "failover",
+            Some("b"),
+        ),
+        (
+            "all candidates down",
+            |s| {
+                s.candidates[0].up = false;
+                s.candidates[1].up = false
+            },
+            "alert",
+            None,
+        ),
+        (
+            "a never promoted (priority 0)",
+            |s| s.candidates[0].priority = 0,
+            "failover",
+            Some("b"),
+        ),
+        (
+            "no candidate at all",
+            |s| s.candidates.clear(),
+            "alert",
+            None,
+        ),
+        (
+            "a lags over the bytes bound: b",
+            |s| s.candidates[0].lag_bytes = Some(1 << 30),
+            "failover",
+            Some("b"),
+        ),
+        (
+            "a lags over the seconds bound: b",
+            |s| s.candidates[0].lag_seconds = Some(600.0),
+            "failover",
+            Some("b"),
+        ),
+        (
+            "both lag over the bound",
+            |s| {
+                s.candidates[0].lag_bytes = Some(1 << 30);
+                s.candidates[1].lag_bytes = Some(1 << 29)
+            },
+            "alert",
+            None,
+        ),
+        (
+            "a's lag unknown: b",
+            |s| s.candidates[0].lag_bytes = None,
+            "failover",
+            Some("b"),
+        ),
+        (
+            "every lag unknown",
+            |s| {
+                s.candidates[0].lag_bytes = None;
+                s.candidates[1].lag_bytes = None
+            },
+            "alert",
+            None,
+        ),
+        (
+            "lag exactly at the bound",
+            |s| s.candidates[0].lag_bytes = Some(16 << 20),
+            "failover",
+            Some("a"),
+        ),
+        (
+            "lag one byte over the bound",
+            |s| s.candidates[0].lag_bytes = Some((16 << 20) + 1),
+            "failover",
+            Some("b"),
+        ),
+        (
+            "equal priority: least lag",
+            |s| {
+                s.candidates[1].priority = 100;
+                s.candidates[0].lag_bytes = Some(500);
+                s.candidates[1].lag_bytes = Some(100)
+            },
+            "failover",
+            Some("b"),
+        ),
+        (
+            "equal priority and lag: by name",
+            |s| s.candidates[1].priority = 100,
+            "failover",
+            Some("a"),
+        ),
+        (
+            "higher priority wins over less lag",
+            |s| s.candidates[0].lag_bytes = Some(1000),
+            "failover",
+            Some("a"),
+        ),
+        (
+            "the master is listed as a candidate",
+            |s| s.candidates.insert(0, candidate("m", 200, true, 0)),
+            "failover",
+            Some("a"),
+        ),
+        (
+            "anti-flap: an unacknowledged failover 10 min ago",
+            |s| s.history.last_automatic = Some((at(9_400), false)),
+            "alert",
+            None,
+        ),
+        (
+            "anti-flap: acknowledged",
+            |s| s.history.last_automatic = Some((at(9_400), true)),
+            "failover",
+            Some("a"),
+        ),
+        (
+            "anti-flap: 2 h ago",
+            |s| s.history.last_automatic = Some((at(2_800), false)),
+            "failover",
+            Some("a"),
+        ),
+        (
+            "anti-flap: exactly 1 h ago",
+            |s| s.history.last_automatic = Some((at(6_400), false)),
+            "failover",
+            Some("a"),
+        ),
+        (
+            "anti-flap in notify mode still proposes",
+            |s| {
+                s.policy.mode = Mode::Notify;
+                s.history.last_automatic = Some((at(9_400), false))
+            },
+            "propose",
+            Some("a"),
+        ),
+        (
+            "no fencing hook, risk not accepted",
+            |s| s.policy.fencing_hook = false,
+            "alert",
+            None,
+        ),
+        (
+            "no fencing hook, risk accepted",
+            |s| {
+                s.policy.fencing_hook = false;
+                s.policy.accept_unfenced = true
+            },
+            "failover",
+            Some("a"),
+        ),
+        (
+            "master cannot reach the reference: step down",
+            |s| {
+                s.evidence.server_hears_master = true;
+                s.evidence.master_reaches_reference = Some(false)
+            },
+            "step_down",
+            Some("a"),
+        ),
+        (
+            "master cannot reach the reference, notify",
+            |s| {
+                s.evidence.server_hears_master = true;
+                s.evidence.master_reaches_reference = Some(false);
+                s.policy.mode = Mode::Notify
+            },
+            "alert",
+            None,
+        ),
+        (
+            "master and candidates cannot reach the reference",
+            |s| {
+                s.evidence.server_hears_master = true;
+                s.evidence.master_reaches_reference = Some(false);
+                for c in &mut s.candidates {
+                    c.reaches_reference = false
+                }
+            },
+            "alert",
+            None,
+        ),
+        (
+            "master reaches the reference",
+            |s| {
+                s.evidence.server_hears_master = true;
+                s.evidence.master_reaches_reference = Some(true)
+            },
+            "nothing",
+            None,
+        ),
+        (
+            "returning ex-master heard again",
+            |s| {
+                s.evidence.server_hears_master = true;
+                s.history.last_automatic = Some((at(9_900), false))
+            },
+            "nothing",
+            None,
+        ),
+        (
+            "operation running beats grace",
+            |s| {
+                s.history.operation_running = true;
+                s.history.server_started_at = at(9_999)
+            },
+            "nothing",
+            None,
+        ),
+        (
+            "grace beats a dead master",
+            |s| s.history.server_started_at = at(10_000),
+            "wait",
+            None,
+        ),
+        (
+            "server clock behind its start",
+            |s| s.history.server_started_at = at(10_100),
+            "wait",
+            None,
+        ),
+    ];
+
+    #[test]
+    fn named_cases() {
+        for (name, change, action, candidate) in CASES {
+            let mut s = dead_master();
+            change(&mut s);
+            let d = decide(&s);
+            assert_eq!(d.action(), *action, "{name}: {d:?}");
+            let chosen = match &d {
+                Decision::Propose { candidate, .. }
+                | Decision::Failover { candidate, .. }
+                | Decision::StepDown { candidate, .. } => Some(candidate.as_str()),
+                _ => None,
+            };
+            assert_eq!(chosen, *candidate, "{name}: {d:?}");
+        }
+    }
+
+    /// Every combination of the inputs that matter, checked against the safety rules: never a
+    /// failover while the master is heard or a majority of peers sees it, during an operation
+    /// or the grace period, to an isolated, down, unpromotable or lagging node, within the
+    /// anti-flap period unacknowledged, or without fencing or accepted risk.
+    #[test]
+    fn safety_over_every_combination() {
+        let mut cases = 0;
+        let bools = [false, true];
+        for hears in bools {
+            for (reporting, seeing) in [
+                (0, 0),
+                (1, 0),
+                (1, 1),
+                (2, 0),
+                (2, 1),
+                (2, 2),
+                (3, 1),
+                (3, 2),
+            ] {
+                for running in bools {
+                    for fresh_start in bools {
+                        for mode in [Mode::Off, Mode::Notify, Mode::Auto] {
+                            for enabled in bools {
+                                for (reaches, up, priority, lag) in [
+                                    (true, true, 100, 0u64),
+                                    (false, true, 100, 0),
+                                    (true, false, 100, 0),
+                                    (true, true, 0, 0),
+                                    (true, true, 100, 1 << 30),
+                                ] {
+                                    for recent in [None, Some(false), Some(true)] {
+                                        for (hook, risk) in
+                                            [(true, false), (false, true), (false, false)]
+                                        {
+                                            let s = Situation {
+                                                now: at(10_000),
+                                                policy: Policy {
+                                                    mode,
+                                                    automatic_enabled: enabled,
+                                                    fencing_hook: hook,
+                                                    accept_unfenced: risk,
+                                                    ..Policy::default()
+                                                },
+                                                evidence: Evidence {
+                                                    master: "m".into(),
+                                                    server_hears_master: hears,
+                                                    peers_reporting: reporting,
+                                                    peers_seeing_master: seeing,
+                                                    master_reaches_reference: Some(true),
+                                                },
+                                                candidates: vec![Candidate {
+                                                    node_id: "a".into(),
+                                                    up,
+                                                    priority,
+                                                    reaches_reference: reaches,
+                                                    lag_bytes: Some(lag),
+                                                    lag_seconds: Some(0.0),
+                                                }],
+                                                history: History {
+                                                    operation_running: running,
+                                                    server_started_at: if fresh_start {
+                                                        at(9_990)
+                                                    } else {
+                                                        at(0)
+                                                    },
+                                                    last_automatic: recent
+                                                        .map(|ack| (at(9_000), ack)),
+                                                },
+                                            };
+                                            let d = decide(&s);
+                                            cases += 1;
+                                            if let Decision::Failover { .. } = d {
+                                                let ctx = format!("{s:?} → {d:?}");
+                                                assert!(!hears, "{ctx}");
+                                                assert!(
+                                                    reporting > 0
+                                                        && (reporting - seeing) * 2 > reporting,
+                                                    "{ctx}"
+                                                );
+                                                assert!(!running && !fresh_start, "{ctx}");
+                                                assert!(mode == Mode::Auto && enabled, "{ctx}");
+                                                assert!(
+                                                    reaches
+                                                        && up
+                                                        && priority > 0
+                                                        && lag <= s.policy.max_lag_bytes,
+                                                    "{ctx}"
+                                                );
+                                                assert!(recent != Some(false), "{ctx}");
+                                                assert!(hook || risk, "{ctx}");
+                                            }
+                                            if running {
+                                                assert_eq!(d.action(), "nothing", "{s:?}");
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(cases > 10_000, "{cases}");
+    }
+}
