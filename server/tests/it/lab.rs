@@ -247,7 +247,14 @@ async fn keepalived_failover_is_seen_and_survives_a_server_outage(pool: PgPool) 
         killed.elapsed()
     );
     assert!(lab.holds_vip("h2"), "the kernel of h2 has the VIP");
-    let after_kill = events(&server, name, before_kill).await;
+    // h1's agent reports keepalived's death on its own clock: wait for both sides, then count.
+    let after_kill = eventually(20, "h1 STOP and h2 MASTER in the events", || async {
+        let all = events(&server, name, before_kill).await;
+        (count_role_changes(&all, "h2", "BACKUP", "MASTER") >= 1
+            && count_role_changes(&all, "h1", "MASTER", "STOP") >= 1)
+            .then_some(all)
+    })
+    .await;
     assert_eq!(
         count_role_changes(&after_kill, "h2", "BACKUP", "MASTER"),
         1,
