@@ -827,3 +827,38 @@ async fn switchovers_need_the_password_again_and_sessions_expire(pool: PgPool) {
     assert_eq!(r.status().as_u16(), 401);
     server.stop().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn anonymous_read_access_is_an_option_and_reads_only(pool: PgPool) {
+    let mut s = crate::harness::settings();
+    s.listen = "127.0.0.1:0".parse().unwrap();
+    s.auth.anonymous_read = true;
+    let server = TestServer::start_on(pool, s).await;
+    let mut r = report("a", Uuid::new_v4(), 1, VrrpState::Master, true);
+    r.heartbeat_interval_ms = 60_000;
+    server.agent().send_heartbeat(&r).await.unwrap();
+    let anonymous = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for (method, path, expected) in [
+        (Method::GET, "/", 200),
+        (Method::GET, "/api/v1/clusters", 200),
+        (Method::GET, "/api/v1/users", 403),
+        (Method::POST, "/api/v1/silences", 401),
+        (Method::POST, "/api/v1/clusters/c/switchover", 401),
+    ] {
+        let status = call(&anonymous, &server.url, &method, path).await;
+        assert_eq!(status, expected, "{method} {path}");
+    }
+    let page = anonymous
+        .get(format!("{}/", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("anonymous (viewer)"), "{page}");
+    server.stop().await;
+}
