@@ -51,12 +51,12 @@ use crate::api::{admin, v1};
 )]
 struct Schemas;
 
-/// One operation: method, path, what it does, the least role, body and answer schemas.
+/// One operation: method, path, what it does, body and answer schemas. The role it needs is
+/// the middleware's own answer ([`crate::auth::required_role`]), not restated here.
 struct Op {
     method: HttpMethod,
     path: &'static str,
     summary: &'static str,
-    role: &'static str,
     body: Option<&'static str>,
     ok: (u16, Option<&'static str>),
     errors: &'static [u16],
@@ -67,7 +67,6 @@ const OPS: &[Op] = &[
         method: HttpMethod::Get,
         path: "/api/v1/clusters",
         summary: "Every cluster with its verdict, instances, masters and VIP holders",
-        role: "viewer",
         body: None,
         ok: (200, Some("ClusterList")),
         errors: &[401],
@@ -76,7 +75,6 @@ const OPS: &[Op] = &[
         method: HttpMethod::Get,
         path: "/api/v1/clusters/{cluster}",
         summary: "One cluster",
-        role: "viewer",
         body: None,
         ok: (200, Some("ClusterView")),
         errors: &[401, 403, 404],
@@ -85,7 +83,6 @@ const OPS: &[Op] = &[
         method: HttpMethod::Get,
         path: "/api/v1/clusters/{cluster}/availability",
         summary: "Uptime with and without a MASTER, failures, MTTF and MTTR over 24 h, 7 d, 30 d",
-        role: "viewer",
         body: None,
         ok: (200, Some("AvailabilityList")),
         errors: &[401, 403, 404],
@@ -94,7 +91,6 @@ const OPS: &[Op] = &[
         method: HttpMethod::Post,
         path: "/api/v1/clusters/{cluster}/switchover",
         summary: "Preflight and plan (dry_run) or start a switchover",
-        role: "operator",
         body: Some("SwitchoverRequest"),
         ok: (202, Some("SwitchoverAccepted")),
         errors: &[400, 401, 403, 404, 409],
@@ -103,7 +99,6 @@ const OPS: &[Op] = &[
         method: HttpMethod::Get,
         path: "/api/v1/switchovers/{id}",
         summary: "A switchover and its steps",
-        role: "viewer",
         body: None,
         ok: (200, Some("Switchover")),
         errors: &[401, 404],
@@ -112,7 +107,6 @@ const OPS: &[Op] = &[
         method: HttpMethod::Delete,
         path: "/api/v1/switchovers/{id}",
         summary: "Cancel a scheduled switchover",
-        role: "operator",
         body: None,
         ok: (200, None),
         errors: &[401, 403, 404, 409],
@@ -121,7 +115,6 @@ const OPS: &[Op] = &[
         method: HttpMethod::Get,
         path: "/api/v1/nodes/{node_id}",
         summary: "One node with its instances and replication links",
-        role: "viewer",
         body: None,
         ok: (200, Some("NodeView")),
         errors: &[401, 404],
@@ -130,7 +123,6 @@ const OPS: &[Op] = &[
         method: HttpMethod::Get,
         path: "/api/v1/nodes/{node_id}/history",
         summary: "A time series of one node (metric, link, from, to, step)",
-        role: "viewer",
         body: None,
         ok: (200, Some("History")),
         errors: &[400, 401, 404],
@@ -139,7 +131,6 @@ const OPS: &[Op] = &[
         method: HttpMethod::Post,
         path: "/api/v1/nodes/{node_id}/revoke",
         summary: "Revoke a node's credential",
-        role: "admin",
         body: None,
         ok: (200, None),
         errors: &[401, 403, 404],
@@ -148,7 +139,6 @@ const OPS: &[Op] = &[
         method: HttpMethod::Get,
         path: "/api/v1/events",
         summary: "Stored events, newest first (cluster, node, since, limit)",
-        role: "viewer",
         body: None,
         ok: (200, Some("EventList")),
         errors: &[400, 401],
@@ -157,7 +147,6 @@ const OPS: &[Op] = &[
         method: HttpMethod::Get,
         path: "/api/v1/alerts",
         summary: "Open alerts, then recent ones",
-        role: "viewer",
         body: None,
         ok: (200, Some("AlertList")),
         errors: &[401],
@@ -166,7 +155,6 @@ const OPS: &[Op] = &[
         method: HttpMethod::Post,
         path: "/api/v1/alerts/{id}/ack",
         summary: "Acknowledge an open alert: no more repeats",
-        role: "operator",
         body: Some("AckRequest"),
         ok: (200, None),
         errors: &[400, 401, 403, 404],
@@ -175,7 +163,6 @@ const OPS: &[Op] = &[
         method: HttpMethod::Get,
         path: "/api/v1/silences",
         summary: "Current and future silences and maintenance windows",
-        role: "viewer",
         body: None,
         ok: (200, Some("SilenceList")),
         errors: &[401],
@@ -184,7 +171,6 @@ const OPS: &[Op] = &[
         method: HttpMethod::Post,
         path: "/api/v1/silences",
         summary: "Create a silence (a maintenance window needs admin)",
-        role: "operator",
         body: Some("NewSilence"),
         ok: (201, Some("Silence")),
         errors: &[400, 401, 403],
@@ -193,7 +179,6 @@ const OPS: &[Op] = &[
         method: HttpMethod::Delete,
         path: "/api/v1/silences/{id}",
         summary: "End a silence now",
-        role: "operator",
         body: None,
         ok: (200, None),
         errors: &[401, 403, 404],
@@ -202,7 +187,6 @@ const OPS: &[Op] = &[
         method: HttpMethod::Get,
         path: "/api/v1/notifications",
         summary: "The notification delivery log",
-        role: "viewer",
         body: None,
         ok: (200, Some("NotificationList")),
         errors: &[401],
@@ -211,7 +195,6 @@ const OPS: &[Op] = &[
         method: HttpMethod::Get,
         path: "/api/v1/users",
         summary: "Users",
-        role: "admin",
         body: None,
         ok: (200, Some("UserList")),
         errors: &[401, 403],
@@ -220,7 +203,6 @@ const OPS: &[Op] = &[
         method: HttpMethod::Post,
         path: "/api/v1/users",
         summary: "Create a user",
-        role: "admin",
         body: Some("NewUser"),
         ok: (201, None),
         errors: &[400, 401, 403, 409],
@@ -229,7 +211,6 @@ const OPS: &[Op] = &[
         method: HttpMethod::Delete,
         path: "/api/v1/users/{name}",
         summary: "Disable a user and end its sessions",
-        role: "admin",
         body: None,
         ok: (200, None),
         errors: &[401, 403, 404],
@@ -238,7 +219,6 @@ const OPS: &[Op] = &[
         method: HttpMethod::Get,
         path: "/api/v1/tokens",
         summary: "API tokens (never their secrets)",
-        role: "admin",
         body: None,
         ok: (200, Some("TokenList")),
         errors: &[401, 403],
@@ -247,7 +227,6 @@ const OPS: &[Op] = &[
         method: HttpMethod::Post,
         path: "/api/v1/tokens",
         summary: "Create an API token (shown once)",
-        role: "admin",
         body: Some("NewToken"),
         ok: (201, Some("CreatedToken")),
         errors: &[400, 401, 403],
@@ -256,7 +235,6 @@ const OPS: &[Op] = &[
         method: HttpMethod::Delete,
         path: "/api/v1/tokens/{id}",
         summary: "Revoke an API token",
-        role: "admin",
         body: None,
         ok: (200, None),
         errors: &[401, 403, 404],
@@ -265,7 +243,6 @@ const OPS: &[Op] = &[
         method: HttpMethod::Get,
         path: "/api/v1/audit",
         summary: "The audit log, newest first (limit, before)",
-        role: "admin",
         body: None,
         ok: (200, Some("AuditList")),
         errors: &[400, 401, 403],
@@ -274,7 +251,6 @@ const OPS: &[Op] = &[
         method: HttpMethod::Post,
         path: "/api/v1/enrollments",
         summary: "A one-time enrollment token for a node (shown once)",
-        role: "admin",
         body: Some("EnrollmentRequest"),
         ok: (201, Some("NewEnrollment")),
         errors: &[400, 401, 403],
@@ -285,6 +261,19 @@ fn json(schema: &str) -> utoipa::openapi::Content {
     ContentBuilder::new()
         .schema(Some(RefOr::Ref(Ref::from_schema_name(schema))))
         .build()
+}
+
+fn method(m: &HttpMethod) -> axum::http::Method {
+    match m {
+        HttpMethod::Get => axum::http::Method::GET,
+        HttpMethod::Post => axum::http::Method::POST,
+        HttpMethod::Delete => axum::http::Method::DELETE,
+        HttpMethod::Put => axum::http::Method::PUT,
+        HttpMethod::Patch => axum::http::Method::PATCH,
+        HttpMethod::Head => axum::http::Method::HEAD,
+        HttpMethod::Options => axum::http::Method::OPTIONS,
+        HttpMethod::Trace => axum::http::Method::TRACE,
+    }
 }
 
 /// The document: schemas from the types, operations from the table.
@@ -317,7 +306,10 @@ pub fn document() -> OpenApi {
         }
         let mut operation = OperationBuilder::new()
             .summary(Some(op.summary))
-            .description(Some(format!("Needs the {} role.", op.role)))
+            .description(Some(format!(
+                "Needs the {} role.",
+                crate::auth::required_role(&method(&op.method), op.path).as_str()
+            )))
             .responses(responses.build())
             .security(SecurityRequirement::new("bearer", Vec::<String>::new()));
         for name in op
