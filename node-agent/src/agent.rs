@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hapulse_protocol::{
-    HeartbeatReport, KeepalivedReport, LinkState, ReplicationLinkReport, ReplicationRole,
-    VrrpState, PROTOCOL_VERSION,
+    ArbitrationReport, HeartbeatReport, KeepalivedReport, LinkState, ReplicationLinkReport,
+    ReplicationRole, VrrpState, PROTOCOL_VERSION,
 };
 use rand::Rng;
 use tokio::sync::{mpsc, watch, Notify};
@@ -56,12 +56,14 @@ impl Shared {
 struct Snapshot {
     keepalived: KeepalivedReport,
     replication: Vec<ReplicationLinkReport>,
+    arbitration: Option<ArbitrationReport>,
     state_change: bool,
 }
 
 /// The part of a report that makes it a state change when it differs from the previous one:
-/// keepalived up/down and, per instance, state, priorities, VIPs and held VIPs. Counters and
-/// timestamps are left out: they change without anything happening.
+/// keepalived up/down and, per instance, state, priorities, VIPs and held VIPs; per replication
+/// link role and state; which arbitration targets answer, and a self-fence. Counters, lags,
+/// round-trip times and timestamps are left out: they change without anything happening.
 type StateKey = (
     bool,
     Vec<(
@@ -73,9 +75,14 @@ type StateKey = (
         Vec<String>,
     )>,
     Vec<(String, ReplicationRole, LinkState)>,
+    Option<(bool, Vec<bool>, bool)>,
 );
 
-fn state_key(k: &KeepalivedReport, replication: &[ReplicationLinkReport]) -> StateKey {
+fn state_key(
+    k: &KeepalivedReport,
+    replication: &[ReplicationLinkReport],
+    arbitration: Option<&ArbitrationReport>,
+) -> StateKey {
     let instances = k
         .instances
         .iter()
@@ -90,7 +97,19 @@ fn state_key(k: &KeepalivedReport, replication: &[ReplicationLinkReport]) -> Sta
             )
         })
         .collect();
-    (k.running, instances, replication::state_key(replication))
+    let arbitration = arbitration.map(|a| {
+        (
+            a.reference.as_ref().is_some_and(|r| r.reachable),
+            a.peers.iter().map(|p| p.reach.reachable).collect(),
+            a.self_fenced_at.is_some(),
+        )
+    });
+    (
+        k.running,
+        instances,
+        replication::state_key(replication),
+        arbitration,
+    )
 }
 
 /// Runs the agent until `shutdown` is cancelled; then sends what is in flight and what the spool
@@ -138,6 +157,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         ))
     });
 
+    let contact = crate::arbitration::ServerContact::new();
+    let (arbitration_tx, mut arbitration_rx) = watch::channel(None);
+    let arbitration_task = settings.arbitration.clone().map(|a| {
+        tokio::spawn(crate::arbitration::run(
+            settings.clone(),
+            a,
+            contact.clone(),
+            links_rx.clone(),
+            arbitration_tx,
+            shutdown.child_token(),
+        ))
+    });
+
     let sender_shutdown = CancellationToken::new();
     // Commands: a long poll of their own, plus those that arrive in heartbeat answers.
     let executor = crate::commands::Executor::open(settings.clone())?;
@@ -152,6 +184,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         client,
         shared.clone(),
         settings.clone(),
+        contact,
         fallback_tx,
         sender_shutdown.clone(),
     ));
@@ -172,13 +205,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             Some(transition) = fifo_rx.recv() => {
                 probe.apply_transition(&transition);
                 // Report the FIFO's news at once, then fill in the details from a fresh dump.
-                let snap = take_snapshot(&mut probe, &links_rx, &mut last_key).await;
+                let snap = take_snapshot(&mut probe, &links_rx, &arbitration_rx, &mut last_key).await;
                 stage(&shared, &settings, boot_id, snap);
                 probe.reconcile().await;
             }
             _ = reconcile.tick() => probe.reconcile().await,
             // A replication link changed role or state: report at once.
             Ok(()) = links_rx.changed() => {}
+            // An arbitration target stopped or started answering: report at once.
+            Ok(()) = arbitration_rx.changed() => {}
             _ = heartbeat.tick() => tick_due = true,
         }
         let running = probe.keepalived_pid().is_some();
@@ -193,7 +228,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             }
         }
         last_running = Some(running);
-        let snap = take_snapshot(&mut probe, &links_rx, &mut last_key).await;
+        let snap = take_snapshot(&mut probe, &links_rx, &arbitration_rx, &mut last_key).await;
         if tick_due || snap.state_change {
             stage(&shared, &settings, boot_id, snap);
         }
@@ -204,7 +239,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let _ = sender.await;
     let _ = fifo_task.await;
     let _ = commands_task.await;
-    if let Some(task) = replication_task {
+    for task in [replication_task, arbitration_task].into_iter().flatten() {
         let _ = task.await;
     }
     let left = shared.outbox().spool.len();
@@ -220,16 +255,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 async fn take_snapshot(
     probe: &mut KeepalivedProbe,
     links: &watch::Receiver<Vec<ReplicationLinkReport>>,
+    arbitration: &watch::Receiver<Option<ArbitrationReport>>,
     last_key: &mut Option<StateKey>,
 ) -> Snapshot {
     let keepalived = probe.snapshot().await;
     let replication = links.borrow().clone();
-    let key = state_key(&keepalived, &replication);
+    let arbitration = arbitration.borrow().clone();
+    let key = state_key(&keepalived, &replication, arbitration.as_ref());
     let state_change = last_key.as_ref() != Some(&key);
     *last_key = Some(key);
     Snapshot {
         keepalived,
         replication,
+        arbitration,
         state_change,
     }
 }
@@ -254,6 +292,7 @@ fn stage(shared: &Shared, settings: &Settings, boot_id: Uuid, snap: Snapshot) {
         load1: crate::host::load1(),
         keepalived: snap.keepalived,
         replication: snap.replication,
+        arbitration: snap.arbitration,
         spool_depth: outbox.spool.len() as u64,
         spool_dropped: outbox.spool.dropped(),
     };
@@ -294,6 +333,7 @@ async fn send_loop(
     client: AgentClient,
     shared: Arc<Shared>,
     settings: Settings,
+    contact: Arc<crate::arbitration::ServerContact>,
     commands: mpsc::Sender<hapulse_protocol::Command>,
     shutdown: CancellationToken,
 ) {
@@ -316,6 +356,7 @@ async fn send_loop(
         };
         match client.send_heartbeat(&report).await {
             Ok(ack) => {
+                contact.touch();
                 for command in ack.commands {
                     // The executor de-duplicates: the long poll may deliver the same command.
                     if commands.try_send(command).is_err() {

@@ -188,6 +188,15 @@ impl Executor {
             }
             Action::Fence { instance, fenced } => {
                 let files = self.track_files(instance)?;
+                if !*fenced {
+                    // The server lifts a self-fence this way: the host has rejoined.
+                    let marker = crate::arbitration::marker_path(&self.settings.state_dir);
+                    match std::fs::remove_file(&marker) {
+                        Ok(()) => tracing::info!("self-fence lifted by the server"),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(format!("cannot remove {}: {e}", marker.display())),
+                    }
+                }
                 write_track_file(&files.fence_file, i32::from(*fenced)).map(|_| {
                     format!(
                         "{instance}: {} ({})",
@@ -196,40 +205,7 @@ impl Executor {
                     )
                 })
             }
-            Action::PostgresStop { link } => {
-                let config = actions
-                    .postgres
-                    .iter()
-                    .find(|p| &p.link == link)
-                    .ok_or_else(|| format!("no actions.postgres entry for link {link:?}"))?;
-                let stopped = run(
-                    &config.stop_command[0],
-                    &config.stop_command[1..],
-                    &BTreeMap::new(),
-                    actions.timeout,
-                )
-                .await?;
-                // The shutdown checkpoint: every transaction committed before the stop is
-                // before it, so a standby that has replayed past it has everything.
-                if let (Some(controldata), Some(dir)) =
-                    (&config.pg_controldata, &config.data_directory)
-                {
-                    let out = run_full(
-                        &controldata.to_string_lossy(),
-                        &[dir.to_string_lossy().into_owned()],
-                        &BTreeMap::new(),
-                        actions.timeout,
-                    )
-                    .await?;
-                    match shutdown_checkpoint(&out) {
-                        Some(lsn) => {
-                            data.insert("shutdown_checkpoint_lsn".into(), lsn);
-                        }
-                        None => return Err(format!("stopped, but pg_controldata does not show a clean shutdown with its checkpoint: {out}")),
-                    }
-                }
-                Ok(stopped)
-            }
+            Action::PostgresStop { link } => stop_postgres(&self.settings, link, data).await,
             Action::PostgresPromote { link } => {
                 let probe = self
                     .settings
@@ -297,6 +273,47 @@ impl Executor {
             .find(|t| t.instance == instance)
             .ok_or_else(|| format!("no actions.track_files entry for instance {instance:?}"))
     }
+}
+
+/// Stops the PostgreSQL server of `link` with its `[[actions.postgres]]` stop command and, with
+/// `pg_controldata` configured, puts its shutdown checkpoint in `data`
+/// (`shutdown_checkpoint_lsn`): every transaction committed before the stop is before it, so a
+/// standby that has replayed past it has everything. Err: no stop command for the link, the
+/// command failed, or the cluster did not shut down cleanly.
+pub async fn stop_postgres(
+    settings: &Settings,
+    link: &str,
+    data: &mut BTreeMap<String, String>,
+) -> Result<String, String> {
+    let actions = &settings.actions;
+    let config = actions
+        .postgres
+        .iter()
+        .find(|p| p.link == link)
+        .ok_or_else(|| format!("no actions.postgres entry for link {link:?}"))?;
+    let stopped = run(
+        &config.stop_command[0],
+        &config.stop_command[1..],
+        &BTreeMap::new(),
+        actions.timeout,
+    )
+    .await?;
+    if let (Some(controldata), Some(dir)) = (&config.pg_controldata, &config.data_directory) {
+        let out = run_full(
+            &controldata.to_string_lossy(),
+            &[dir.to_string_lossy().into_owned()],
+            &BTreeMap::new(),
+            actions.timeout,
+        )
+        .await?;
+        match shutdown_checkpoint(&out) {
+            Some(lsn) => {
+                data.insert("shutdown_checkpoint_lsn".into(), lsn);
+            }
+            None => return Err(format!("stopped, but pg_controldata does not show a clean shutdown with its checkpoint: {out}")),
+        }
+    }
+    Ok(stopped)
 }
 
 /// The "Latest checkpoint location" of `pg_controldata` output, when the cluster state says it

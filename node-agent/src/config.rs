@@ -73,6 +73,11 @@ pub struct Settings {
     /// What the server may ask this host to do. Nothing is enabled by default.
     #[serde(default)]
     pub actions: ActionSettings,
+    /// Reachability probes for automatic failover, and self-fencing (`[arbitration]`). Absent:
+    /// none; the server then never counts this node as a witness or a candidate that reaches
+    /// the reference address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arbitration: Option<crate::arbitration::ArbitrationSettings>,
 }
 
 /// Commands this agent accepts. An action not listed in `enabled` is refused, whatever the
@@ -272,6 +277,7 @@ impl Default for Settings {
             mysql: Vec::new(),
             drbd: Vec::new(),
             actions: ActionSettings::default(),
+            arbitration: None,
             keepalived: KeepalivedSettings {
                 notify_fifo: PathBuf::from("/run/keepalived/hapulse.fifo"),
                 pid_file: PathBuf::from("/run/keepalived.pid"),
@@ -345,7 +351,18 @@ impl Settings {
              #\n\
              # [[drbd]]\n\
              # drbdsetup = \"drbdsetup\"\n\
-             # resources = [\"r0\"]\n"
+             # resources = [\"r0\"]\n\
+             #\n\
+             # Arbitration for automatic failover, none by default. Example:\n\
+             # [arbitration]\n\
+             # reference_address = \"10.0.0.254\"   # the gateway\n\
+             # interval = \"1s\"\n\
+             # timeout = \"500ms\"\n\
+             # self_fence_after = \"5s\"           # fence this host when it reaches nothing\n\
+             # stop_primary_when_isolated = true\n\
+             # [[arbitration.peers]]\n\
+             # node_id = \"db2\"\n\
+             # address = \"10.0.0.12\"\n"
         )
     }
 
@@ -448,6 +465,50 @@ impl Settings {
                 return invalid(
                     "postgresql/mysql name",
                     "1-64 characters of A-Z a-z 0-9 . _ -, unique",
+                );
+            }
+        }
+        if let Some(a) = &self.arbitration {
+            if a.interval < Duration::from_millis(100) || a.interval > Duration::from_secs(60) {
+                return invalid("arbitration.interval", "must be between 100ms and 60s");
+            }
+            if a.timeout < Duration::from_millis(10) || a.timeout >= a.interval {
+                return invalid(
+                    "arbitration.timeout",
+                    "must be at least 10ms and below arbitration.interval",
+                );
+            }
+            if let Some(p) = a
+                .peers
+                .iter()
+                .find(|p| !valid_name(&p.node_id) || p.node_id == self.node_id)
+            {
+                return Err(ConfigError::Invalid {
+                    key: "arbitration.peers",
+                    reason: format!(
+                        "{:?}: a peer is another node's id (1-64 characters of A-Z a-z 0-9 . _ -)",
+                        p.node_id
+                    ),
+                });
+            }
+            if let Some(after) = a.self_fence_after {
+                if after < a.interval * 2 {
+                    return invalid(
+                        "arbitration.self_fence_after",
+                        "must be at least two probe intervals",
+                    );
+                }
+                if self.actions.track_files.is_empty() {
+                    return invalid(
+                        "arbitration.self_fence_after",
+                        "self-fencing needs actions.track_files (the fence file of each instance)",
+                    );
+                }
+            }
+            if a.stop_primary_when_isolated && self.actions.postgres.is_empty() {
+                return invalid(
+                    "arbitration.stop_primary_when_isolated",
+                    "needs an [[actions.postgres]] stop command",
                 );
             }
         }

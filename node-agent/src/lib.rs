@@ -5,6 +5,7 @@
 //! happens to it or to the server, keepalived keeps failing over on its own.
 
 pub mod agent;
+pub mod arbitration;
 pub mod client;
 pub mod commands;
 pub mod config;

@@ -234,6 +234,7 @@ mod tests {
                 instances: vec![],
             },
             replication: vec![],
+            arbitration: None,
             spool_depth: 0,
             spool_dropped: 0,
         }

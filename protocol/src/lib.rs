@@ -59,6 +59,10 @@ pub struct HeartbeatReport {
     /// probes enabled in the agent's configuration. Absent from agents without probes.
     #[serde(default)]
     pub replication: Vec<ReplicationLinkReport>,
+    /// What this host reaches: the cluster's reference address and its peers (ICMP echo), for
+    /// the automatic-failover decision. Absent from agents without `[arbitration]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arbitration: Option<ArbitrationReport>,
     /// Number of state-change reports waiting in the agent's on-disk spool when this one was sent.
     pub spool_depth: u64,
     /// Reports the agent's spool had to drop since it started because it was full.
@@ -309,6 +313,48 @@ impl ReplicationLinkReport {
     pub fn key(&self) -> String {
         format!("{}:{}", self.kind.as_str(), self.name)
     }
+}
+
+/// Reachability as one agent measures it, every probe interval, with ICMP echo.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ArbitrationReport {
+    /// The cluster's reference address (typically the gateway, as the Linux-HA `ping` node
+    /// recommends): a node that cannot reach it must not take over.
+    pub reference: Option<Reachability>,
+    /// The other members of the cluster, from the agent's `[[arbitration.peers]]`.
+    #[serde(default)]
+    pub peers: Vec<PeerReachability>,
+    /// The agent found its host isolated (reference, every peer and the server unreachable for
+    /// `self_fence_after`) and fenced its own VRRP instances (and stopped a primary database
+    /// where configured) at this time; the fence stays until the server lifts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_fenced_at: Option<DateTime<Utc>>,
+}
+
+/// The outcome of the latest probes of one address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reachability {
+    /// The address probed (IPv4 or IPv6).
+    #[schema(value_type = String, format = "ip")]
+    pub address: std::net::IpAddr,
+    /// The latest probe was answered within the probe timeout.
+    pub reachable: bool,
+    /// Round-trip time of the latest answered probe, milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Probes in a row that went unanswered (0 when `reachable`).
+    pub consecutive_failures: u32,
+}
+
+/// [`Reachability`] of one peer node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PeerReachability {
+    /// The peer's node id.
+    pub node_id: String,
+    /// How it answers.
+    pub reach: Reachability,
 }
 
 /// Node ids, cluster names and replication link names: 1-64 characters of `A-Z a-z 0-9 . _ -`.

@@ -934,6 +934,7 @@ mod tests {
                 })
                 .into_iter()
                 .collect(),
+            arbitration: None,
             spool_depth: 0,
             spool_dropped: 0,
         };

@@ -37,6 +37,124 @@ pub struct Settings {
     /// HTTPS: when set, the server speaks TLS only (rustls).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSettings>,
+    /// Automatic failover: policy per cluster, the arbiter's pace.
+    #[serde(default)]
+    pub failover: FailoverSettings,
+}
+
+/// `[failover]`: when and how the server fails a cluster over by itself. Every cluster is `off`
+/// (alerts only) unless `[failover.clusters.NAME]` says otherwise.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverSettings {
+    /// The global switch at first start (default true). Afterwards it lives in the database and
+    /// is turned with `PUT /api/v1/failover` (admin): false stops every automatic action at once.
+    pub automatic_enabled: bool,
+    /// How often the arbiter weighs the evidence of every cluster (default 250 ms).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// After the server starts, every node gets this long before it is judged (default 30 s), so
+    /// a server restart never looks like a mass failure.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// Policy per cluster.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub clusters: std::collections::BTreeMap<String, ClusterFailover>,
+}
+
+impl Default for FailoverSettings {
+    fn default() -> Self {
+        FailoverSettings {
+            automatic_enabled: true,
+            interval: Duration::from_millis(250),
+            grace: Duration::from_secs(30),
+            clusters: Default::default(),
+        }
+    }
+}
+
+/// `[failover.clusters.NAME]`: one cluster's failover policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFailover {
+    /// `off` (alerts only), `notify` (propose; a person confirms) or `auto`.
+    pub mode: crate::failover::Mode,
+    /// Candidate priority per node id; 0 = never promote. Nodes left out have
+    /// `default_candidate_priority`.
+    #[serde(default)]
+    pub candidates: std::collections::BTreeMap<String, u32>,
+    /// Priority of nodes not in `candidates` (default 1).
+    #[serde(default = "default_candidate_priority")]
+    pub default_candidate_priority: u32,
+    /// No automatic promotion of a standby further behind than this many bytes (default 16 MiB).
+    #[serde(default = "default_failover_lag_bytes")]
+    pub max_lag_bytes: u64,
+    /// …or this many seconds (default 10 s).
+    #[serde(default = "default_failover_lag_seconds")]
+    pub max_lag_seconds: f64,
+    /// After an automatic failover, no other automatic one for this long (default 1 h) unless a
+    /// person acknowledged the previous one.
+    #[serde(default = "default_anti_flap", with = "humantime_serde")]
+    pub anti_flap: Duration,
+    /// STONITH: the operator's program and arguments, run on the server (no shell) with
+    /// `HAPULSE_CLUSTER`, `HAPULSE_NODE_ID` (the node to power off), `HAPULSE_TARGET`,
+    /// `HAPULSE_EPOCH` in its environment. Exit 0 means the old master is off; anything else
+    /// stops the failover before the promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fencing_hook: Option<Vec<String>>,
+    /// Longest the fencing hook may run (default 30 s).
+    #[serde(default = "default_fencing_timeout", with = "humantime_serde")]
+    pub fencing_timeout: Duration,
+    /// Promote without fencing an unreachable old master (default false): the operator accepts
+    /// the risk of two primaries (the agents' self-fencing is then the only fence).
+    #[serde(default)]
+    pub accept_unfenced: bool,
+}
+
+fn default_candidate_priority() -> u32 {
+    1
+}
+fn default_failover_lag_bytes() -> u64 {
+    16 << 20
+}
+fn default_failover_lag_seconds() -> f64 {
+    10.0
+}
+fn default_anti_flap() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_fencing_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl FailoverSettings {
+    /// The policy of `cluster`, with the global switch as it is now.
+    pub fn policy(&self, cluster: &str, automatic_enabled: bool) -> crate::failover::Policy {
+        let mut p = crate::failover::Policy {
+            automatic_enabled,
+            grace: self.grace,
+            ..Default::default()
+        };
+        if let Some(c) = self.clusters.get(cluster) {
+            p.mode = c.mode;
+            p.max_lag_bytes = c.max_lag_bytes;
+            p.max_lag_seconds = c.max_lag_seconds;
+            p.anti_flap = c.anti_flap;
+            p.fencing_hook = c.fencing_hook.is_some();
+            p.accept_unfenced = c.accept_unfenced;
+        }
+        p
+    }
+
+    /// Candidate priority of `node` in `cluster` (1 when the cluster has no policy).
+    pub fn candidate_priority(&self, cluster: &str, node: &str) -> u32 {
+        self.clusters.get(cluster).map_or(1, |c| {
+            c.candidates
+                .get(node)
+                .copied()
+                .unwrap_or(c.default_candidate_priority)
+        })
+    }
 }
 
 /// Sessions and logins.
@@ -389,7 +507,7 @@ pub struct HistorySettings {
 }
 
 /// Environment keys (after `HAPULSE_`, lower case) that belong to the server; `__` ends a section.
-const SERVER_ENV_KEYS: [&str; 9] = [
+const SERVER_ENV_KEYS: [&str; 10] = [
     "auth__",
     "tls__",
     "listen",
@@ -399,6 +517,7 @@ const SERVER_ENV_KEYS: [&str; 9] = [
     "detector__",
     "history__",
     "alerts__",
+    "failover__",
 ];
 
 fn serialize_redacted<S: serde::Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
@@ -420,6 +539,7 @@ impl Default for Settings {
             alerts: AlertSettings::default(),
             auth: AuthSettings::default(),
             tls: None,
+            failover: FailoverSettings::default(),
             history: HistorySettings {
                 retention: Duration::from_secs(7 * 24 * 3600),
                 batch_max_rows: 1000,
@@ -507,6 +627,24 @@ impl Settings {
                 "history.rollup_retention",
                 "must be at least history.retention",
             );
+        }
+        let f = &self.failover;
+        if f.interval < Duration::from_millis(50) || f.interval > Duration::from_secs(10) {
+            return invalid("failover.interval", "must be between 50ms and 10s");
+        }
+        for c in f.clusters.values() {
+            if c.fencing_hook.as_ref().is_some_and(|h| h.is_empty()) {
+                return invalid(
+                    "failover.clusters.*.fencing_hook",
+                    "must name a program (and its arguments)",
+                );
+            }
+            if c.max_lag_seconds.is_nan() || c.max_lag_seconds < 0.0 {
+                return invalid("failover.clusters.*.max_lag_seconds", "must be 0 or more");
+            }
+            if c.fencing_timeout < Duration::from_secs(1) {
+                return invalid("failover.clusters.*.fencing_timeout", "must be at least 1s");
+            }
         }
         let a = &self.alerts;
         if a.evaluate_interval < Duration::from_millis(100) {

@@ -52,6 +52,7 @@ pub async fn load_live(pool: &PgPool, now: Instant) -> Result<Live, sqlx::Error>
             keepalived_running: row.try_get("keepalived_running")?,
             instances: Vec::new(),
             replication: Vec::new(),
+            arbitration: None,
             spool_depth: row.try_get::<i64, _>("spool_depth")? as u64,
             spool_dropped: row.try_get::<i64, _>("spool_dropped")? as u64,
         };

@@ -92,6 +92,9 @@ pub async fn serve(
         credentials,
         login_throttle: Default::default(),
         shutdown: shutdown.clone(),
+        started_at: chrono::Utc::now(),
+        automatic_failover: std::sync::atomic::AtomicBool::new(settings.failover.automatic_enabled),
+        verdicts: Default::default(),
     }));
 
     crate::switchover::recover(&state)
@@ -107,6 +110,7 @@ pub async fn serve(
         tasks.clone(),
     ));
     let maintenance = tokio::spawn(maintain(pool.clone(), tables, tasks.clone()));
+    let arbiter = tokio::spawn(crate::arbiter::run(state.clone(), tasks.clone()));
 
     let address = listener.local_addr()?;
     let app =
@@ -149,6 +153,7 @@ pub async fn serve(
     let _ = alerting.await;
     let _ = sender.await;
     let _ = maintenance.await;
+    let _ = arbiter.await;
     // The router and the tasks held the last handles of the history writer: it drains and stops.
     let _ = history_task.await;
     tracing::info!("hapulse-server stopped");

@@ -7,6 +7,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod arbiter;
 pub mod audit;
 pub mod auth;
 pub mod availability;

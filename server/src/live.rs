@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use hapulse_protocol::{HeartbeatReport, ReplicationLinkReport, VrrpInstanceReport, VrrpState};
+use hapulse_protocol::{
+    ArbitrationReport, HeartbeatReport, ReplicationLinkReport, VrrpInstanceReport, VrrpState,
+};
 use serde::Serialize;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -86,6 +88,9 @@ pub struct NodeLive {
     pub spool_dropped: u64,
     /// Replication links, sorted by key (`kind:name`).
     pub replication: Vec<ReplicationLinkReport>,
+    /// What the agent reaches (reference address, peers), from its last report; in memory only
+    /// (the arbiter's grace period after a server start covers its absence).
+    pub arbitration: Option<ArbitrationReport>,
 }
 
 impl NodeLive {
@@ -112,6 +117,7 @@ impl NodeLive {
             spool_depth: 0,
             spool_dropped: 0,
             replication: Vec::new(),
+            arbitration: None,
         };
         node.apply(report, received_at, now);
         node
@@ -140,6 +146,7 @@ impl NodeLive {
         let mut links = report.replication.clone();
         links.sort_by_key(ReplicationLinkReport::key);
         self.replication = links;
+        self.arbitration.clone_from(&report.arbitration);
     }
 
     /// True when `report` was already accepted (same run, `seq` not above the watermark).
@@ -588,6 +595,7 @@ mod tests {
                 instances,
             },
             replication: vec![],
+            arbitration: None,
             spool_depth: 0,
             spool_dropped: 0,
         }

@@ -49,6 +49,12 @@ pub struct App {
     pub login_throttle: crate::auth::Throttle,
     /// Cancelled when the server shuts down; ends long-lived responses (event streams).
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// When this server process started (the arbiter's grace period counts from it).
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// The global switch of automatic actions as the arbiter last read it.
+    pub automatic_failover: std::sync::atomic::AtomicBool,
+    /// The arbiter's latest verdict per cluster.
+    pub verdicts: RwLock<std::collections::BTreeMap<String, crate::arbiter::Verdict>>,
 }
 
 impl App {

@@ -74,9 +74,11 @@ pub struct Step {
     pub message: Option<String>,
 }
 
-/// The preview of a switchover.
+/// The preview of a switchover (or the plan of a failover).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Plan {
+    /// `switchover` (planned, the old master alive) or `failover` (the old master lost).
+    pub kind: String,
     /// Cluster.
     pub cluster: String,
     /// VRRP instance.
@@ -333,6 +335,7 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, AppE
         "run the post-switchover hook (where enabled)".into(),
     ));
     Ok(Plan {
+        kind: "switchover".into(),
         cluster: cluster.name.clone(),
         instance: instance.name.clone(),
         old_master,
@@ -347,11 +350,110 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, AppE
     })
 }
 
+/// The plan of a failover: the old master `old_master` is lost (the arbiter's evidence says so),
+/// `target` takes over. Steps: fence the old master (the cluster's fencing hook, or nothing when
+/// the cluster accepts the risk), promote the target's database, lower every other reachable
+/// member's priority, wait for the target to be MASTER with the VIP, verify.
+pub fn failover_plan(
+    cluster: &ClusterView,
+    instance: &str,
+    link: Option<&str>,
+    old_master: &str,
+    target: &str,
+) -> Plan {
+    let mut steps = vec![step(
+        "fence_old_master",
+        format!("fence {old_master}: run the fencing hook (STONITH) and require its success, unless the cluster accepts the risk"),
+    )];
+    if let Some(l) = link {
+        steps.push(step(
+            "promote_target",
+            format!("promote {target} to {l} primary"),
+        ));
+    }
+    steps.push(step(
+        "set_priorities",
+        format!("make it stick: lower every other reachable member of {instance} below {target}'s priority"),
+    ));
+    steps.push(step(
+        "take_vip",
+        format!("{target} is MASTER of {instance} with the VIP"),
+    ));
+    steps.push(step(
+        "verify",
+        format!("{target} is MASTER and holds the VIP, {old_master} is not, for 3 s"),
+    ));
+    let view = cluster.instances.iter().find(|i| i.name == instance);
+    let target_link = link.and_then(|k| {
+        cluster
+            .replication
+            .iter()
+            .find(|r| r.link == k)?
+            .members
+            .iter()
+            .find(|m| m.node_id == target)
+    });
+    Plan {
+        kind: "failover".into(),
+        cluster: cluster.name.clone(),
+        instance: instance.to_string(),
+        old_master: old_master.to_string(),
+        target_node: target.to_string(),
+        link: link.map(str::to_string),
+        target_lag_bytes: target_link.and_then(|m| m.lag_bytes),
+        target_lag_seconds: target_link.and_then(|m| m.lag_seconds),
+        data_at_risk_bytes: target_link.and_then(|m| m.lag_bytes),
+        expected_seconds: if link.is_some() { 5 } else { 2 },
+        vips: view.map_or_else(Vec::new, |i| i.vips.iter().map(|v| v.vip.clone()).collect()),
+        steps,
+    }
+}
+
+/// Accepts and starts a failover of `g.instance` from the leader to `candidate` (the arbiter's
+/// decision, or a person's confirmation): raises the epoch, stores it, runs it. 409 when another
+/// switchover or failover of the cluster is scheduled or running.
+pub async fn start_failover(
+    state: &AppState,
+    cluster: &ClusterView,
+    g: &crate::arbiter::Gathered,
+    candidate: &str,
+    reason: &str,
+    automatic: bool,
+    who: &Principal,
+) -> Result<Uuid, AppError> {
+    let plan = failover_plan(
+        cluster,
+        &g.instance,
+        g.link.as_deref(),
+        &g.leader,
+        candidate,
+    );
+    let req = SwitchoverRequest {
+        target_node: candidate.to_string(),
+        instance: Some(g.instance.clone()),
+        reason: reason.chars().take(1000).collect(),
+        dry_run: false,
+        max_lag_bytes: None,
+        scheduled_at: None,
+    };
+    let (id, _) = create(state, &plan, &req, who, automatic).await?;
+    spawn(state.clone(), id);
+    Ok(id)
+}
+
 /// A stored switchover, as `GET /api/v1/switchovers/{id}` shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Switchover {
     /// Id.
     pub id: Uuid,
+    /// `switchover` or `failover`.
+    pub kind: String,
+    /// Started by the arbiter, not a person.
+    pub automatic: bool,
+    /// When a person acknowledged this automatic failover (lifts the anti-flapping hold).
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    /// Who acknowledged it.
+    pub acknowledged_by: Option<String>,
     /// Cluster.
     pub cluster: String,
     /// VRRP instance.
@@ -387,7 +489,8 @@ pub struct Switchover {
 /// Loads a switchover.
 pub async fn get(pool: &sqlx::PgPool, id: Uuid) -> Result<Option<Switchover>, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT id, cluster, instance, target_node, old_master, link, reason, requested_by, state, epoch,
+        "SELECT id, kind, automatic, acknowledged_at, acknowledged_by, cluster, instance, target_node,
+                old_master, link, reason, requested_by, state, epoch,
                 created_at, scheduled_at, started_at, finished_at, steps, error
            FROM switchovers WHERE id = $1",
     )
@@ -398,6 +501,10 @@ pub async fn get(pool: &sqlx::PgPool, id: Uuid) -> Result<Option<Switchover>, sq
     let steps: sqlx::types::Json<Vec<Step>> = r.try_get("steps")?;
     Ok(Some(Switchover {
         id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
+        automatic: r.try_get("automatic")?,
+        acknowledged_at: r.try_get("acknowledged_at")?,
+        acknowledged_by: r.try_get("acknowledged_by")?,
         cluster: r.try_get("cluster")?,
         instance: r.try_get("instance")?,
         target_node: r.try_get("target_node")?,
@@ -416,13 +523,15 @@ pub async fn get(pool: &sqlx::PgPool, id: Uuid) -> Result<Option<Switchover>, sq
     }))
 }
 
-/// Accepts a planned switchover: raises the cluster's epoch and stores the switchover in one
-/// transaction. 409 `switchover_running` when another one is scheduled or running.
+/// Accepts a planned switchover or a failover (`plan.kind`; `automatic` when the arbiter started
+/// it): raises the cluster's epoch and stores it in one transaction. 409 `switchover_running`
+/// when another one is scheduled or running.
 pub async fn create(
     state: &AppState,
     plan: &Plan,
     req: &SwitchoverRequest,
     who: &Principal,
+    automatic: bool,
 ) -> Result<(Uuid, u64), AppError> {
     let id = Uuid::new_v4();
     let mut tx = state.db.begin().await?;
@@ -433,8 +542,8 @@ pub async fn create(
             .await?;
     let inserted = sqlx::query(
         "INSERT INTO switchovers (id, cluster, instance, target_node, old_master, link, reason, requested_by,
-                                  requested_from, state, epoch, max_lag_bytes, scheduled_at, steps)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'scheduled', $10, $11, $12, $13)",
+                                  requested_from, state, epoch, max_lag_bytes, scheduled_at, steps, kind, automatic)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'scheduled', $10, $11, $12, $13, $14, $15)",
     )
     .bind(id)
     .bind(&plan.cluster)
@@ -449,6 +558,8 @@ pub async fn create(
     .bind(req.max_lag_bytes.map(|b| b.min(i64::MAX as u64) as i64))
     .bind(req.scheduled_at)
     .bind(sqlx::types::Json(&plan.steps))
+    .bind(&plan.kind)
+    .bind(automatic)
     .execute(&mut *tx)
     .await;
     if let Err(sqlx::Error::Database(e)) = &inserted {
@@ -456,7 +567,7 @@ pub async fn create(
             return Err(conflict(
                 "switchover_running",
                 format!(
-                    "another switchover of {} is scheduled or running",
+                    "another switchover or failover of {} is scheduled or running",
                     plan.cluster
                 ),
             ));
@@ -465,9 +576,9 @@ pub async fn create(
     inserted?;
     // The audit row commits with the switchover: accepted means recorded.
     let target = format!("{}/{} → {}", plan.cluster, plan.instance, plan.target_node);
-    Audit::by(who, "switchover", &target, "accepted")
+    Audit::by(who, &plan.kind, &target, "accepted")
         .reason(&req.reason)
-        .detail(serde_json::json!({ "switchover_id": id, "epoch": epoch }))
+        .detail(serde_json::json!({ "switchover_id": id, "epoch": epoch, "automatic": automatic }))
         .record(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -583,35 +694,40 @@ async fn run(state: &AppState, id: Uuid) -> Result<(), sqlx::Error> {
             &sw,
             EventKind::SwitchoverStarted,
             format!(
-                "switchover of {} from {} to {} started: {}",
-                sw.instance, sw.old_master, sw.target_node, sw.reason
+                "{} of {} from {} to {} started: {}",
+                sw.kind, sw.instance, sw.old_master, sw.target_node, sw.reason
             ),
         )
         .await,
     );
-    // A scheduled switchover was planned earlier: the cluster must still allow it.
-    let replanned = match crate::api::v1::cluster_with_epoch(state, &sw.cluster).await {
-        Ok(view) => {
-            let req = SwitchoverRequest {
-                target_node: sw.target_node.clone(),
-                instance: Some(sw.instance.clone()),
-                reason: sw.reason.clone(),
-                dry_run: true,
-                max_lag_bytes: None,
-                scheduled_at: None,
-            };
-            plan(&view, &req).map_err(|e| e.to_string()).and_then(|p| {
-                if p.old_master == sw.old_master && p.link == sw.link {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "the cluster changed since the request (master now {}, link {:?})",
-                        p.old_master, p.link
-                    ))
-                }
-            })
+    // A scheduled switchover was planned earlier: the cluster must still allow it. A failover
+    // was decided on the evidence of this very moment.
+    let replanned = if sw.kind == "failover" {
+        Ok(())
+    } else {
+        match crate::api::v1::cluster_with_epoch(state, &sw.cluster).await {
+            Ok(view) => {
+                let req = SwitchoverRequest {
+                    target_node: sw.target_node.clone(),
+                    instance: Some(sw.instance.clone()),
+                    reason: sw.reason.clone(),
+                    dry_run: true,
+                    max_lag_bytes: None,
+                    scheduled_at: None,
+                };
+                plan(&view, &req).map_err(|e| e.to_string()).and_then(|p| {
+                    if p.old_master == sw.old_master && p.link == sw.link {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "the cluster changed since the request (master now {}, link {:?})",
+                            p.old_master, p.link
+                        ))
+                    }
+                })
+            }
+            Err(e) => Err(e.to_string()),
         }
-        Err(e) => Err(e.to_string()),
     };
     let mut failure = replanned.err().map(|e| ("preflight".to_string(), e));
     for index in 0..sw.steps.len() {
@@ -661,6 +777,15 @@ async fn run(state: &AppState, id: Uuid) -> Result<(), sqlx::Error> {
         .await;
         log_db(end.map(|_| ()));
     }
+    if final_state == "succeeded" {
+        // The target is the master of this epoch now.
+        let leader = sqlx::query("UPDATE clusters SET leader = $2 WHERE name = $1")
+            .bind(&sw.cluster)
+            .bind(&sw.target_node)
+            .execute(&state.db)
+            .await;
+        log_db(leader.map(|_| ()));
+    }
     // None of this switchover's commands may run from now on.
     log_db(commands::expire_switchover(&state.db, id).await.map(|_| ()));
     let mut recorded = false;
@@ -689,15 +814,15 @@ async fn run(state: &AppState, id: Uuid) -> Result<(), sqlx::Error> {
         None => (
             EventKind::SwitchoverSucceeded,
             format!(
-                "switchover of {} to {} succeeded",
-                sw.instance, sw.target_node
+                "{} of {} to {} succeeded",
+                sw.kind, sw.instance, sw.target_node
             ),
         ),
         Some(e) => (
             EventKind::SwitchoverFailed,
             format!(
-                "switchover of {} to {} failed, {e}",
-                sw.instance, sw.target_node
+                "{} of {} to {} failed, {e}",
+                sw.kind, sw.instance, sw.target_node
             ),
         ),
     };
@@ -707,7 +832,7 @@ async fn run(state: &AppState, id: Uuid) -> Result<(), sqlx::Error> {
         actor: &sw.requested_by,
         role: None,
         source: None,
-        action: "switchover",
+        action: &sw.kind,
         target: &target,
         reason: Some(&sw.reason),
         outcome: final_state,
@@ -983,6 +1108,60 @@ impl Run<'_> {
         }
     }
 
+    /// STONITH before a promotion: the cluster's fencing hook must succeed; without one the step
+    /// is skipped only when the cluster accepts the risk.
+    async fn fence_old_master(&self) -> Result<StepOutcome, String> {
+        let sw = &self.sw;
+        let policy = self.state.settings.failover.clusters.get(&sw.cluster);
+        let Some(hook) = policy.and_then(|p| p.fencing_hook.as_ref()) else {
+            return if policy.is_some_and(|p| p.accept_unfenced) {
+                Ok(StepOutcome::Skipped(format!(
+                    "no fencing hook: the cluster accepts the risk (failover.clusters.{}.accept_unfenced); agents that self-fence are the only fence",
+                    sw.cluster
+                )))
+            } else {
+                Err(format!(
+                    "{} cannot be fenced: no fencing hook (failover.clusters.{}.fencing_hook) and the cluster does not accept the risk",
+                    sw.old_master, sw.cluster
+                ))
+            };
+        };
+        let limit = policy.map_or(Duration::from_secs(30), |p| p.fencing_timeout);
+        // Validated non-empty at start-up (failover.clusters.*.fencing_hook).
+        let (program, args) = hook.split_first().ok_or("empty fencing hook")?;
+        let child = tokio::process::Command::new(program)
+            .args(args)
+            .env("HAPULSE_CLUSTER", &sw.cluster)
+            .env("HAPULSE_NODE_ID", &sw.old_master)
+            .env("HAPULSE_TARGET", &sw.target_node)
+            .env("HAPULSE_EPOCH", sw.epoch.to_string())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(limit, child)
+            .await
+            .map_err(|_| format!("the fencing hook {program} did not finish within {limit:?}"))?
+            .map_err(|e| format!("cannot run the fencing hook {program}: {e}"))?;
+        let text = String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr);
+        let tail: String = {
+            let t = text.trim();
+            let start = t.len().saturating_sub(300);
+            t.get(start..).unwrap_or(t).to_string()
+        };
+        if output.status.success() {
+            Ok(StepOutcome::Done(format!(
+                "fencing hook fenced {}: {tail}",
+                sw.old_master
+            )))
+        } else {
+            Err(format!(
+                "the fencing hook failed ({}): {tail}; no promotion without a fenced old master",
+                output.status
+            ))
+        }
+    }
+
     /// The target's link as live state shows it.
     fn target_link(&self) -> Option<view::LinkMemberView> {
         let key = self.sw.link.as_ref()?;
@@ -1131,8 +1310,11 @@ impl Run<'_> {
                     view::cluster_view(&live, &sw.cluster, Utc::now())
                         .and_then(|c| c.instances.into_iter().find(|i| i.name == sw.instance))
                         .map(|i| {
+                            // A failover leaves out the lost old master (and any member that is
+                            // down): it is kept fenced until it rejoins.
                             i.members
                                 .into_iter()
+                                .filter(|m| m.node_status == NodeStatus::Up)
                                 .map(|m| (m.node_id, m.base_priority))
                                 .collect()
                         })
@@ -1220,7 +1402,9 @@ impl Run<'_> {
                             && i.master.as_deref() == Some(target.as_str())
                             && i.members.iter().any(|m| m.node_id == target && m.holds_vip)
                             && i.members.iter().any(|m| {
-                                m.node_id == old && m.state != VrrpState::Master && !m.holds_vip
+                                m.node_id == old
+                                    && (m.node_status != NodeStatus::Up
+                                        || (m.state != VrrpState::Master && !m.holds_vip))
                             })
                     });
                     let db = key.as_ref().is_none_or(|k| {
@@ -1245,6 +1429,26 @@ impl Run<'_> {
                         sw.target_node
                     ))
                 }
+            }
+            "fence_old_master" => self.fence_old_master().await,
+            "take_vip" => {
+                let (target, instance) = (sw.target_node.clone(), sw.instance.clone());
+                self.until(
+                    Duration::from_secs(15),
+                    "the target becoming MASTER with the VIP",
+                    |c| {
+                        c.instances.iter().any(|i| {
+                            i.name == instance
+                                && i.master.as_deref() == Some(target.as_str())
+                                && i.members.iter().any(|m| m.node_id == target && m.holds_vip)
+                        })
+                    },
+                )
+                .await?;
+                Ok(StepOutcome::Done(format!(
+                    "{} is MASTER with the VIP",
+                    sw.target_node
+                )))
             }
             other => Err(format!("unknown step {other}")),
         }

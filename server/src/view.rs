@@ -217,6 +217,8 @@ pub struct NodeView {
     pub instances: Vec<NodeInstanceView>,
     /// Its replication links, as it reported them.
     pub replication: Vec<ReplicationLinkReport>,
+    /// What it reaches (reference address, peers), as it last reported.
+    pub arbitration: Option<hapulse_protocol::ArbitrationReport>,
 }
 
 /// A VRRP instance as one node reports it.
@@ -640,6 +642,7 @@ pub fn node_view(live: &Live, node_id: &str, now: DateTime<Utc>) -> Option<NodeV
             })
             .collect(),
         replication: node.replication.clone(),
+        arbitration: node.arbitration.clone(),
     })
 }
 
@@ -678,6 +681,7 @@ mod tests {
                 }],
             },
             replication: vec![],
+            arbitration: None,
             spool_depth: 0,
             spool_dropped: 0,
         };

@@ -355,7 +355,7 @@ pub async fn request_switchover(
             }),
         ));
     }
-    let (id, epoch) = switchover::create(state, &plan, &req, who).await?;
+    let (id, epoch) = switchover::create(state, &plan, &req, who, false).await?;
     switchover::spawn(state.clone(), id);
     Ok((
         StatusCode::ACCEPTED,

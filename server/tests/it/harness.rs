@@ -326,6 +326,7 @@ pub fn report(
             }],
         },
         replication: vec![],
+        arbitration: None,
         spool_depth: 0,
         spool_dropped: 0,
     }

@@ -1,0 +1,611 @@
+//! The arbiter: automatic failover, wired to the live state.
+//!
+//! Every `failover.interval`, for every cluster, it
+//!
+//! 1. finds the **leader**, the master of the current epoch: with a replication link tied to
+//!    the VRRP instance, the only primary among the nodes that are up (else the stored leader,
+//!    while it still says it is primary); without one, the only MASTER. The leader is stored in
+//!    `clusters.leader`, so a restart keeps it;
+//! 2. gathers the **evidence** about it ([`Gathered`]): does the server hear it, which peers
+//!    still see it (an ICMP echo answered, or a BACKUP state that keepalived keeps only while
+//!    adverts arrive and no other node is MASTER), does it reach the reference address; and the
+//!    candidates with their priority, reference reachability and lag;
+//! 3. asks [`failover::decide`] and records every change of verdict with its evidence in
+//!    `failover_decisions` (the dashboard's "why did it / why didn't it");
+//! 4. acts on it: a failover run (fence, promote, VIP, verify, through the switchover machinery),
+//!    or a step-down switchover; `propose` waits for a person (`POST
+//!    /api/v1/clusters/{cluster}/failover`);
+//! 5. keeps the epoch's master the only one: while the leader is up, another node that is
+//!    MASTER of the instance (a split brain after a cut heartbeat link, an ex-master that came
+//!    back and preempted) is fenced, and another primary database is stopped, with the current
+//!    epoch — in clusters whose policy is `auto`, and never while an operation runs.
+//!
+//! Replication connection state is shown as evidence but not counted: a dead primary's
+//! connection still looks `streaming` until `wal_receiver_timeout` (60 s by default) ends it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use hapulse_protocol::{Action, ReplicationRole, VrrpState};
+use serde::Serialize;
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Principal;
+use crate::commands::{self, NewCommand};
+use crate::failover::{self, Candidate, Decision, Evidence, History, Situation};
+use crate::live::{Live, NodeLive, NodeStatus};
+use crate::state::AppState;
+use crate::view::{self, ClusterView};
+
+/// Key of the global switch in `runtime_settings`.
+pub const SWITCH_KEY: &str = "automatic_failover_enabled";
+
+/// The actor of automatic actions, in switchovers, commands and the audit log.
+pub const ACTOR: &str = "hapulse (automatic failover)";
+
+/// One peer's view of the leader.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Witness {
+    /// Peer node id.
+    pub node_id: String,
+    /// Detector verdict on the peer.
+    pub status: NodeStatus,
+    /// It is up and its agent reports arbitration probes: its view counts.
+    pub counts: bool,
+    /// Its last ICMP echo to the leader was answered (None: it does not probe the leader).
+    pub pings_leader: Option<bool>,
+    /// It is BACKUP in the instance while no node but the leader is MASTER: adverts arrive.
+    pub hears_adverts: bool,
+    /// Its replication link is streaming (shown, not counted: see the module documentation).
+    pub replication_streaming: Option<bool>,
+    /// Its verdict: it sees the leader.
+    pub sees_leader: bool,
+    /// It reaches the reference address (None: no arbitration probes).
+    pub reaches_reference: Option<bool>,
+    /// Candidate priority (0: never promoted).
+    pub priority: u32,
+    /// Replication lag counted against the data-loss bound, bytes: the larger of what it last
+    /// reported (received, not replayed) and what the leader last reported for its standbys.
+    pub lag_bytes: Option<u64>,
+    /// The same in seconds.
+    pub lag_seconds: Option<f64>,
+}
+
+/// What the arbiter knew about a cluster when it decided.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Gathered {
+    /// The VRRP instance judged.
+    pub instance: String,
+    /// The replication link tied to it (`postgresql:pg`).
+    pub link: Option<String>,
+    /// The master of the current epoch.
+    pub leader: String,
+    /// Detector verdict on the leader.
+    pub leader_status: NodeStatus,
+    /// The leader reaches the reference address (None: unknown).
+    pub leader_reaches_reference: Option<bool>,
+    /// Every other node.
+    pub witnesses: Vec<Witness>,
+}
+
+/// The arbiter's latest verdict on one cluster.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Verdict {
+    /// When it was reached.
+    pub at: DateTime<Utc>,
+    /// The cluster's mode: `off`, `notify`, `auto`.
+    pub mode: failover::Mode,
+    /// What to do and why.
+    #[schema(value_type = Object)]
+    pub decision: Decision,
+    /// What it was based on (None: no leader known).
+    pub evidence: Option<Gathered>,
+}
+
+/// Runs the arbiter until `shutdown`.
+pub async fn run(state: AppState, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(state.settings.failover.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut memory = Memory::default();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = round(&state, &mut memory).await {
+            tracing::warn!(error = %e, "arbiter round failed; retrying");
+        }
+    }
+}
+
+/// What the arbiter remembers between rounds.
+#[derive(Default)]
+struct Memory {
+    /// The last recorded (action, candidate, reason without digits) per cluster.
+    recorded: BTreeMap<String, (String, Option<String>, String)>,
+    /// (cluster, node) fenced or stopped by the split-brain rule and not yet seen obeying, with
+    /// when: the commands are issued again after a minute (their deadline).
+    enforced: BTreeMap<(String, String), tokio::time::Instant>,
+}
+
+/// The global switch, as stored (the configured value until someone turns it).
+pub async fn automatic_enabled(state: &AppState) -> Result<bool, sqlx::Error> {
+    let stored: Option<sqlx::types::Json<bool>> =
+        sqlx::query_scalar("SELECT value FROM runtime_settings WHERE key = $1")
+            .bind(SWITCH_KEY)
+            .fetch_optional(&state.db)
+            .await?;
+    Ok(stored.map_or(state.settings.failover.automatic_enabled, |j| j.0))
+}
+
+/// One round over every cluster.
+async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error> {
+    let now = Utc::now();
+    let enabled = automatic_enabled(state).await?;
+    state.automatic_failover.store(enabled, Ordering::Relaxed);
+    let leaders: BTreeMap<String, Option<String>> =
+        sqlx::query_as("SELECT name, leader FROM clusters")
+            .fetch_all(&state.db)
+            .await?
+            .into_iter()
+            .collect();
+    let running: BTreeSet<String> = sqlx::query_scalar(
+        "SELECT cluster FROM switchovers WHERE state IN ('scheduled', 'running')",
+    )
+    .fetch_all(&state.db)
+    .await?
+    .into_iter()
+    .collect();
+    let last_automatic: BTreeMap<String, (DateTime<Utc>, bool)> = sqlx::query(
+        "SELECT DISTINCT ON (cluster) cluster, created_at, acknowledged_at IS NOT NULL AS acked
+           FROM switchovers WHERE automatic AND kind = 'failover'
+          ORDER BY cluster, created_at DESC",
+    )
+    .fetch_all(&state.db)
+    .await?
+    .into_iter()
+    .filter_map(|r| {
+        Some((
+            r.try_get("cluster").ok()?,
+            (r.try_get("created_at").ok()?, r.try_get("acked").ok()?),
+        ))
+    })
+    .collect();
+    let views = view::clusters(&state.live(), now);
+    for c in &views {
+        let policy = state.settings.failover.policy(&c.name, enabled);
+        let stored = leaders.get(&c.name).cloned().flatten();
+        let (leader, gathered) = {
+            let live = state.live();
+            let leader = find_leader(&live, c, stored.as_deref());
+            let gathered = leader
+                .as_ref()
+                .map(|(instance, link, leader)| gather(state, &live, c, instance, link, leader));
+            (leader, gathered)
+        };
+        if let Some((_, _, l)) = &leader {
+            if stored.as_deref() != Some(l.as_str()) {
+                tracing::info!(cluster = %c.name, leader = %l, previous = ?stored, "leader of the current epoch");
+                sqlx::query("UPDATE clusters SET leader = $2 WHERE name = $1")
+                    .bind(&c.name)
+                    .bind(l)
+                    .execute(&state.db)
+                    .await?;
+            }
+        }
+        let operation_running = running.contains(&c.name);
+        let decision = match &gathered {
+            None => Decision::Nothing {
+                reason: "no leader known: no single MASTER (or primary) has been seen yet".into(),
+            },
+            Some(g) => failover::decide(&Situation {
+                now,
+                policy: policy.clone(),
+                evidence: evidence(g),
+                candidates: candidates(g),
+                history: History {
+                    operation_running,
+                    server_started_at: state.started_at,
+                    last_automatic: last_automatic.get(&c.name).copied(),
+                },
+            }),
+        };
+        let verdict = Verdict {
+            at: now,
+            mode: policy.mode,
+            decision: decision.clone(),
+            evidence: gathered.clone(),
+        };
+        record(state, memory, &c.name, &verdict).await?;
+        state
+            .verdicts
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(c.name.clone(), verdict);
+        if let Some(g) = &gathered {
+            act(state, c, g, &decision).await;
+            if policy.mode == failover::Mode::Auto && policy.automatic_enabled && !operation_running
+            {
+                enforce_epoch(state, memory, c, g).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The leader of `c`: (instance, link key, node id).
+fn find_leader(
+    live: &Live,
+    c: &ClusterView,
+    stored: Option<&str>,
+) -> Option<(String, Option<String>, String)> {
+    let tied = c.replication.iter().find(|r| {
+        r.vrrp_instance.is_some()
+            && c.instances
+                .iter()
+                .any(|i| Some(&i.name) == r.vrrp_instance.as_ref())
+    });
+    let instance = match tied {
+        Some(r) => r.vrrp_instance.clone()?,
+        None if c.instances.len() == 1 => c.instances[0].name.clone(),
+        None => return None,
+    };
+    let nodes: Vec<&NodeLive> = live.cluster_nodes(&c.name).collect();
+    let leader = match tied {
+        Some(r) => {
+            let says_primary = |n: &&&NodeLive| {
+                n.link(&r.link)
+                    .is_some_and(|l| l.role == ReplicationRole::Primary)
+            };
+            let up: Vec<&&NodeLive> = nodes
+                .iter()
+                .filter(|n| n.status == NodeStatus::Up)
+                .filter(says_primary)
+                .collect();
+            let any: Vec<&&NodeLive> = nodes.iter().filter(says_primary).collect();
+            if up.len() == 1 {
+                up[0].node_id.clone()
+            } else if let Some(s) = stored.filter(|s| any.iter().any(|n| n.node_id == *s)) {
+                s.to_string()
+            } else if any.len() == 1 {
+                any[0].node_id.clone()
+            } else {
+                return None;
+            }
+        }
+        None => {
+            let i = c.instances.iter().find(|i| i.name == instance)?;
+            match (&i.master, stored) {
+                (Some(m), _) => m.clone(),
+                (None, Some(s)) if i.members.iter().any(|m| m.node_id == s) => s.to_string(),
+                _ => return None,
+            }
+        }
+    };
+    Some((instance, tied.map(|r| r.link.clone()), leader))
+}
+
+fn gather(
+    state: &AppState,
+    live: &Live,
+    c: &ClusterView,
+    instance: &str,
+    link: &Option<String>,
+    leader: &str,
+) -> Gathered {
+    let node = live.nodes.get(leader);
+    let leader_status = node.map_or(NodeStatus::Down, |n| n.status);
+    let heard = leader_status == NodeStatus::Up;
+    let reference = |n: &NodeLive| {
+        n.arbitration
+            .as_ref()
+            .and_then(|a| a.reference.as_ref())
+            .map(|r| r.reachable)
+    };
+    // Another node that is MASTER takes the adverts a BACKUP hears.
+    let other_master = live.cluster_nodes(&c.name).any(|n| {
+        n.node_id != leader
+            && n.status == NodeStatus::Up
+            && n.instance(instance)
+                .is_some_and(|i| i.state == VrrpState::Master)
+    });
+    let leader_link = node.and_then(|n| link.as_deref().and_then(|k| n.link(k)));
+    let witnesses = live
+        .cluster_nodes(&c.name)
+        .filter(|n| n.node_id != leader)
+        .map(|n| {
+            let pings_leader = n.arbitration.as_ref().and_then(|a| {
+                a.peers
+                    .iter()
+                    .find(|p| p.node_id == leader)
+                    .map(|p| p.reach.reachable)
+            });
+            let hears_adverts = !other_master
+                && n.instance(instance)
+                    .is_some_and(|i| i.state == VrrpState::Backup);
+            let own = link.as_deref().and_then(|k| n.link(k));
+            let max_opt = |a: Option<u64>, b: Option<u64>| match (a, b) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            Witness {
+                node_id: n.node_id.clone(),
+                status: n.status,
+                counts: n.status == NodeStatus::Up && n.arbitration.is_some(),
+                pings_leader,
+                hears_adverts,
+                replication_streaming: own
+                    .map(|l| l.state == hapulse_protocol::LinkState::Streaming),
+                sees_leader: pings_leader == Some(true) || hears_adverts,
+                reaches_reference: reference(n),
+                priority: state
+                    .settings
+                    .failover
+                    .candidate_priority(&c.name, &n.node_id),
+                lag_bytes: max_opt(
+                    own.and_then(|l| l.lag_bytes),
+                    leader_link.and_then(|l| l.lag_bytes),
+                ),
+                lag_seconds: match (
+                    own.and_then(|l| l.lag_seconds),
+                    leader_link.and_then(|l| l.lag_seconds),
+                ) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                },
+            }
+        })
+        .collect();
+    Gathered {
+        instance: instance.to_string(),
+        link: link.clone(),
+        leader: leader.to_string(),
+        leader_status,
+        leader_reaches_reference: node.filter(|_| heard).and_then(reference),
+        witnesses,
+    }
+}
+
+/// The decision's view of the evidence.
+pub fn evidence(g: &Gathered) -> Evidence {
+    let counted: Vec<&Witness> = g.witnesses.iter().filter(|w| w.counts).collect();
+    Evidence {
+        master: g.leader.clone(),
+        server_hears_master: g.leader_status == NodeStatus::Up,
+        peers_reporting: counted.len(),
+        peers_seeing_master: counted.iter().filter(|w| w.sees_leader).count(),
+        master_reaches_reference: g.leader_reaches_reference,
+    }
+}
+
+/// The decision's view of the candidates.
+pub fn candidates(g: &Gathered) -> Vec<Candidate> {
+    g.witnesses
+        .iter()
+        .map(|w| Candidate {
+            node_id: w.node_id.clone(),
+            up: w.status == NodeStatus::Up,
+            priority: w.priority,
+            reaches_reference: w.reaches_reference == Some(true),
+            lag_bytes: w.lag_bytes,
+            lag_seconds: w.lag_seconds,
+        })
+        .collect()
+}
+
+/// Stores the verdict when it differs from the last one stored (numbers in the reason, such as
+/// seconds since start, do not make a new verdict).
+async fn record(
+    state: &AppState,
+    memory: &mut Memory,
+    cluster: &str,
+    v: &Verdict,
+) -> Result<(), sqlx::Error> {
+    let (candidate, reason) = parts(&v.decision);
+    let key = (
+        v.decision.action().to_string(),
+        candidate.clone(),
+        reason.chars().filter(|c| !c.is_ascii_digit()).collect(),
+    );
+    if memory.recorded.get(cluster) == Some(&key) {
+        return Ok(());
+    }
+    insert_decision(
+        state,
+        cluster,
+        v.decision.action(),
+        candidate.as_deref(),
+        &reason,
+        &v.evidence,
+    )
+    .await?;
+    let level = matches!(v.decision, Decision::Nothing { .. } | Decision::Wait { .. });
+    if level {
+        tracing::info!(cluster, action = v.decision.action(), "arbiter: {reason}");
+    } else {
+        tracing::warn!(cluster, action = v.decision.action(), candidate = ?candidate, "arbiter: {reason}");
+    }
+    memory.recorded.insert(cluster.to_string(), key);
+    Ok(())
+}
+
+async fn insert_decision(
+    state: &AppState,
+    cluster: &str,
+    action: &str,
+    candidate: Option<&str>,
+    reason: &str,
+    evidence: &Option<Gathered>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO failover_decisions (cluster, action, candidate, reason, evidence)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(cluster)
+    .bind(action)
+    .bind(candidate)
+    .bind(reason)
+    .bind(sqlx::types::Json(evidence))
+    .execute(&state.db)
+    .await?;
+    state.announce(cluster);
+    Ok(())
+}
+
+/// (candidate, reason) of a decision.
+pub fn parts(d: &Decision) -> (Option<String>, String) {
+    match d {
+        Decision::Nothing { reason } | Decision::Wait { reason } | Decision::Alert { reason } => {
+            (None, reason.clone())
+        }
+        Decision::Propose { candidate, reason }
+        | Decision::Failover {
+            candidate, reason, ..
+        }
+        | Decision::StepDown { candidate, reason } => (Some(candidate.clone()), reason.clone()),
+    }
+}
+
+/// Carries out a decision that acts. A refusal by the switchover machinery (another operation
+/// started meanwhile, the cluster changed) is logged; the next round decides again.
+async fn act(state: &AppState, c: &ClusterView, g: &Gathered, decision: &Decision) {
+    let who = Principal {
+        name: ACTOR.into(),
+        ..Principal::system()
+    };
+    let started = match decision {
+        Decision::Failover {
+            candidate, reason, ..
+        } => crate::switchover::start_failover(state, c, g, candidate, reason, true, &who).await,
+        Decision::StepDown { candidate, reason } => {
+            let req = crate::switchover::SwitchoverRequest {
+                target_node: candidate.clone(),
+                instance: Some(g.instance.clone()),
+                reason: reason.clone(),
+                dry_run: false,
+                max_lag_bytes: None,
+                scheduled_at: None,
+            };
+            match crate::switchover::plan(c, &req) {
+                Ok(plan) => crate::switchover::create(state, &plan, &req, &who, true)
+                    .await
+                    .map(|(id, _)| {
+                        crate::switchover::spawn(state.clone(), id);
+                        id
+                    }),
+                Err(e) => Err(e),
+            }
+        }
+        _ => return,
+    };
+    match started {
+        Ok(id) => {
+            tracing::warn!(cluster = %c.name, switchover = %id, action = decision.action(), "arbiter acting")
+        }
+        Err(e) => {
+            tracing::warn!(cluster = %c.name, error = %e, action = decision.action(), "arbiter could not act")
+        }
+    }
+}
+
+/// Keeps the epoch's master the only master (and primary) while it is up: fences any other
+/// MASTER of the instance and stops any other primary, once per episode.
+async fn enforce_epoch(
+    state: &AppState,
+    memory: &mut Memory,
+    c: &ClusterView,
+    g: &Gathered,
+) -> Result<(), sqlx::Error> {
+    if g.leader_status != NodeStatus::Up {
+        return Ok(());
+    }
+    let offenders: Vec<(String, bool, bool)> = {
+        let live = state.live();
+        live.cluster_nodes(&c.name)
+            .filter(|n| n.node_id != g.leader && n.status == NodeStatus::Up)
+            .map(|n| {
+                let master = n
+                    .instance(&g.instance)
+                    .is_some_and(|i| i.state == VrrpState::Master);
+                let primary = g.link.as_deref().is_some_and(|k| {
+                    n.link(k)
+                        .is_some_and(|l| l.role == ReplicationRole::Primary)
+                });
+                (n.node_id.clone(), master, primary)
+            })
+            .collect()
+    };
+    for (node, master, primary) in offenders {
+        let key = (c.name.clone(), node.clone());
+        if !master && !primary {
+            memory.enforced.remove(&key);
+            continue;
+        }
+        let now = tokio::time::Instant::now();
+        if memory
+            .enforced
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(60))
+        {
+            continue;
+        }
+        memory.enforced.insert(key, now);
+        let what = match (master, primary) {
+            (true, true) => "MASTER and a primary",
+            (true, false) => "MASTER",
+            _ => "a primary",
+        };
+        let reason = format!(
+            "split brain: {node} is {what} beside {}, the master of the current epoch; {node} is fenced{}",
+            g.leader,
+            if primary { " and its database stopped" } else { "" }
+        );
+        tracing::error!(cluster = %c.name, node = %node, "{reason}");
+        insert_decision(
+            state,
+            &c.name,
+            "fence",
+            Some(&node),
+            &reason,
+            &Some(g.clone()),
+        )
+        .await?;
+        let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM clusters WHERE name = $1")
+            .bind(&c.name)
+            .fetch_one(&state.db)
+            .await?;
+        let mut actions = vec![Action::Fence {
+            instance: g.instance.clone(),
+            fenced: true,
+        }];
+        if primary {
+            if let Some((_, name)) = g.link.as_deref().and_then(|k| k.split_once(':')) {
+                actions.push(Action::PostgresStop {
+                    link: name.to_string(),
+                });
+            }
+        }
+        let mut tx = state.db.begin().await?;
+        for action in actions {
+            commands::insert(
+                &mut tx,
+                &NewCommand {
+                    cluster: c.name.clone(),
+                    node_id: node.clone(),
+                    epoch: epoch as u64,
+                    action,
+                    deadline: Duration::from_secs(60),
+                    switchover_id: None,
+                    requested_by: ACTOR.into(),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        state.commands.wake(&node);
+    }
+    Ok(())
+}
