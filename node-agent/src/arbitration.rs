@@ -9,8 +9,8 @@
 //! Self-fencing: when the reference address, every peer and the server have all been
 //! unreachable for `arbitration.self_fence_after`, this host is isolated. Whatever it serves
 //! nobody can reach, and the others will promote a new master; so it fences every VRRP instance
-//! it has track files for (FAULT: no VIP) and, with `stop_primary_when_isolated`, stops a
-//! PostgreSQL primary. The fence files stay written across restarts and reboots, so a host that
+//! it has track files for (FAULT: no VIP) and, with `isolated_primary_stop_command`, stops its
+//! database if it is a primary. The fence files stay written across restarts and reboots, so a host that
 //! comes back does not preempt the new master with a stale database; only the server lifts the
 //! fence (a `fence` command with `fenced = false`), once a person has rejoined the host.
 
@@ -52,10 +52,12 @@ pub struct ArbitrationSettings {
     /// have been unreachable this long (e.g. `"5s"`). Absent: never self-fence.
     #[serde(default, with = "humantime_serde")]
     pub self_fence_after: Option<Duration>,
-    /// With self-fencing, also stop a PostgreSQL primary on this host (through its
-    /// `[[actions.postgres]]` stop command).
-    #[serde(default)]
-    pub stop_primary_when_isolated: bool,
+    /// With self-fencing, the program and arguments that stop this host's database when it is a
+    /// primary (no shell), e.g. `["pg_ctlcluster", "15", "main", "stop", "-m", "immediate"]`.
+    /// Use an immediate stop: a fast shutdown waits for the standbys to receive the last WAL,
+    /// which an isolated host cannot send (it would hang for `wal_sender_timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolated_primary_stop_command: Option<Vec<String>>,
 }
 
 /// One peer to probe.
@@ -301,14 +303,20 @@ async fn self_fence(settings: &Settings, arbitration: &ArbitrationSettings, prim
             Err(e) => tracing::error!(instance = %files.instance, error = %e, "cannot self-fence"),
         }
     }
-    if arbitration.stop_primary_when_isolated {
-        for link in primaries {
-            let mut data = BTreeMap::new();
-            match crate::commands::stop_postgres(settings, link, &mut data).await {
-                Ok(message) => tracing::warn!(link = %link, %message, "isolated primary stopped"),
-                Err(e) => {
-                    tracing::error!(link = %link, error = %e, "cannot stop the isolated primary")
-                }
+    if let (Some((program, args)), false) = (
+        arbitration
+            .isolated_primary_stop_command
+            .as_ref()
+            .and_then(|c| c.split_first()),
+        primaries.is_empty(),
+    ) {
+        match crate::commands::run(program, args, &BTreeMap::new(), settings.actions.timeout).await
+        {
+            Ok(message) => {
+                tracing::warn!(links = ?primaries, %message, "isolated primary stopped")
+            }
+            Err(e) => {
+                tracing::error!(links = ?primaries, error = %e, "cannot stop the isolated primary")
             }
         }
     }

@@ -386,7 +386,7 @@ fn tail(text: &str) -> String {
 }
 
 /// [`run_full`], with the output's tail as the message.
-async fn run(
+pub(crate) async fn run(
     program: &str,
     args: &[String],
     env: &BTreeMap<String, String>,

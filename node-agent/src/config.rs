@@ -359,7 +359,7 @@ impl Settings {
              # interval = \"1s\"\n\
              # timeout = \"500ms\"\n\
              # self_fence_after = \"5s\"           # fence this host when it reaches nothing\n\
-             # stop_primary_when_isolated = true\n\
+             # isolated_primary_stop_command = [\"pg_ctlcluster\", \"15\", \"main\", \"stop\", \"-m\", \"immediate\"]\n\
              # [[arbitration.peers]]\n\
              # node_id = \"db2\"\n\
              # address = \"10.0.0.12\"\n"
@@ -505,10 +505,13 @@ impl Settings {
                     );
                 }
             }
-            if a.stop_primary_when_isolated && self.actions.postgres.is_empty() {
+            if a.isolated_primary_stop_command
+                .as_ref()
+                .is_some_and(|c| c.is_empty())
+            {
                 return invalid(
-                    "arbitration.stop_primary_when_isolated",
-                    "needs an [[actions.postgres]] stop command",
+                    "arbitration.isolated_primary_stop_command",
+                    "must name a program",
                 );
             }
         }

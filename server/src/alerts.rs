@@ -137,6 +137,10 @@ pub struct Evidence<'a> {
     pub role_changes: Vec<&'a RoleChange>,
     /// Its unplanned MASTER changes still within `failover_notice_for`.
     pub failovers: Vec<&'a Failover>,
+    /// The arbiter's latest verdict on it.
+    pub verdict: Option<&'a crate::arbiter::Verdict>,
+    /// Its failover runs that failed in the last 24 h and nobody acknowledged: (id, error).
+    pub failed_failovers: Vec<&'a (uuid::Uuid, String)>,
 }
 
 /// `a.b.c` is older than `x.y.z` (numeric parts compared in order; anything unparsable is not
@@ -382,6 +386,54 @@ pub fn evaluate(
             at_once,
         );
     }
+    if let Some(v) = evidence
+        .verdict
+        .filter(|v| v.mode != crate::failover::Mode::Off)
+    {
+        let (candidate, reason) = (v.decision.candidate(), v.decision.reason());
+        match &v.decision {
+            crate::failover::Decision::Alert { .. } => push(
+                "failover_blocked",
+                Severity::Critical,
+                "arbiter".into(),
+                None,
+                v.evidence.as_ref().map(|g| g.instance.as_str()),
+                None,
+                format!(
+                    "{}: a failover is needed but not allowed now: {reason}",
+                    c.name
+                ),
+                at_once,
+            ),
+            crate::failover::Decision::Propose { .. } => push(
+                "failover_proposed",
+                Severity::Critical,
+                "arbiter".into(),
+                candidate,
+                v.evidence.as_ref().map(|g| g.instance.as_str()),
+                None,
+                format!(
+                    "{}: failover to {} proposed, confirm it on the cluster page: {reason}",
+                    c.name,
+                    candidate.unwrap_or("?")
+                ),
+                at_once,
+            ),
+            _ => {}
+        }
+    }
+    for (id, error) in evidence.failed_failovers.iter() {
+        push(
+            "failover_failed",
+            Severity::Critical,
+            id.to_string(),
+            None,
+            None,
+            None,
+            format!("{}: failover {id} failed: {error}", c.name),
+            at_once,
+        );
+    }
     for n in evidence.nodes.iter().filter(|n| n.status == NodeStatus::Up) {
         // A report replayed from the spool is old by design; only a live one shows the clock.
         let skew = (n.last_observed_at - n.last_heartbeat_at).num_milliseconds();
@@ -522,6 +574,21 @@ async fn evaluate_all(
         .max()
         .unwrap_or(settings.flap_window);
     let role_changes = recent_role_changes(&state.db, longest_window).await?;
+    let failed: Vec<(String, (Uuid, String))> = sqlx::query_as(
+        "SELECT cluster, id, coalesce(error, 'failed') FROM switchovers
+          WHERE kind = 'failover' AND state = 'failed' AND acknowledged_at IS NULL
+            AND finished_at > now() - interval '24 hours'",
+    )
+    .fetch_all(&state.db)
+    .await?
+    .into_iter()
+    .map(|(c, id, e): (String, Uuid, String)| (c, (id, e)))
+    .collect();
+    let verdicts = state
+        .verdicts
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     let conditions: Vec<Condition> = {
         let live = state.live();
         views
@@ -538,6 +605,12 @@ async fn evaluate_all(
                         .filter(|r| r.cluster == c.name)
                         .collect(),
                     failovers: failovers.iter().filter(|f| f.cluster == c.name).collect(),
+                    verdict: verdicts.get(&c.name),
+                    failed_failovers: failed
+                        .iter()
+                        .filter(|(cluster, _)| *cluster == c.name)
+                        .map(|(_, f)| f)
+                        .collect(),
                 };
                 evaluate(c, &evidence, &settings.thresholds(&c.name), now)
             })
@@ -636,7 +709,7 @@ async fn load_open(state: &AppState) -> Result<HashMap<String, Open>, sqlx::Erro
 }
 
 /// The rules' names.
-pub const RULES: [&str; 12] = [
+pub const RULES: [&str; 15] = [
     "node_down",
     "no_master",
     "split_brain",
@@ -646,6 +719,9 @@ pub const RULES: [&str; 12] = [
     "vip_not_on_primary",
     "flapping",
     "failover",
+    "failover_blocked",
+    "failover_proposed",
+    "failover_failed",
     "clock_skew",
     "agent_spool",
     "agent_version",
@@ -1068,6 +1144,7 @@ mod tests {
             nodes: live.nodes.values().collect(),
             role_changes: role_changes.iter().collect(),
             failovers: failovers.iter().collect(),
+            ..Default::default()
         };
         evaluate(&view, &evidence, t, Utc::now())
     }

@@ -404,7 +404,8 @@ async fn record(
     cluster: &str,
     v: &Verdict,
 ) -> Result<(), sqlx::Error> {
-    let (candidate, reason) = parts(&v.decision);
+    let candidate = v.decision.candidate().map(str::to_string);
+    let reason = v.decision.reason();
     let key = (
         v.decision.action().to_string(),
         candidate.clone(),
@@ -418,7 +419,7 @@ async fn record(
         cluster,
         v.decision.action(),
         candidate.as_deref(),
-        &reason,
+        reason,
         &v.evidence,
     )
     .await?;
@@ -453,20 +454,6 @@ async fn insert_decision(
     .await?;
     state.announce(cluster);
     Ok(())
-}
-
-/// (candidate, reason) of a decision.
-pub fn parts(d: &Decision) -> (Option<String>, String) {
-    match d {
-        Decision::Nothing { reason } | Decision::Wait { reason } | Decision::Alert { reason } => {
-            (None, reason.clone())
-        }
-        Decision::Propose { candidate, reason }
-        | Decision::Failover {
-            candidate, reason, ..
-        }
-        | Decision::StepDown { candidate, reason } => (Some(candidate.clone()), reason.clone()),
-    }
 }
 
 /// Carries out a decision that acts. A refusal by the switchover machinery (another operation

@@ -684,6 +684,7 @@ pub fn required_role(method: &Method, path: &str) -> Role {
         "/api/v1/tokens",
         "/api/v1/enrollments",
         "/api/v1/audit",
+        "/api/v1/failover",
         "/audit",
     ];
     if admin_only

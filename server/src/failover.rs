@@ -193,7 +193,40 @@ pub enum Decision {
     },
 }
 
+impl Mode {
+    /// `off`, `notify`, `auto`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Notify => "notify",
+            Mode::Auto => "auto",
+        }
+    }
+}
+
 impl Decision {
+    /// Why, for people.
+    pub fn reason(&self) -> &str {
+        match self {
+            Decision::Nothing { reason }
+            | Decision::Wait { reason }
+            | Decision::Alert { reason }
+            | Decision::Propose { reason, .. }
+            | Decision::Failover { reason, .. }
+            | Decision::StepDown { reason, .. } => reason,
+        }
+    }
+
+    /// The node it would promote, if it promotes one.
+    pub fn candidate(&self) -> Option<&str> {
+        match self {
+            Decision::Propose { candidate, .. }
+            | Decision::Failover { candidate, .. }
+            | Decision::StepDown { candidate, .. } => Some(candidate),
+            _ => None,
+        }
+    }
+
     /// `nothing`, `wait`, `alert`, `propose`, `failover`, `step_down`.
     pub fn action(&self) -> &'static str {
         match self {

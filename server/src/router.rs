@@ -33,6 +33,11 @@ pub fn router(state: AppState) -> Router {
             get(ui::switchover_preview).post(ui::switchover_confirm),
         )
         .route("/switchovers/{id}", get(ui::switchover_progress))
+        .route(
+            "/switchovers/{id}/acknowledge",
+            post(ui::failover_acknowledge),
+        )
+        .route("/clusters/{cluster}/failover", post(ui::failover_confirm))
         .route("/ui/stream", get(ui::stream))
         .route("/static/{file}", get(ui::asset))
         // Agent API.
@@ -100,6 +105,22 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/switchovers/{id}",
             get(api::v1::get_switchover).delete(api::v1::cancel_switchover),
+        )
+        .route(
+            "/api/v1/switchovers/{id}/acknowledge",
+            post(api::failover::acknowledge),
+        )
+        .route(
+            "/api/v1/clusters/{cluster}/failover",
+            get(api::failover::status).post(api::failover::confirm),
+        )
+        .route(
+            "/api/v1/clusters/{cluster}/nodes/{node_id}/unfence",
+            post(api::failover::unfence),
+        )
+        .route(
+            "/api/v1/failover",
+            axum::routing::put(api::failover::set_switch),
         )
         // Operations.
         .route("/metrics", get(metrics))

@@ -69,6 +69,10 @@ struct ClusterPartial<'a> {
     maintenance: &'a [&'a crate::silences::Silence],
     /// Availability over 24 h, 7 d, 30 d.
     availability: &'a [crate::availability::Availability],
+    /// The arbiter's verdict, evidence and recent decisions.
+    failover: &'a crate::api::failover::FailoverStatus,
+    /// The viewer's CSRF token (for the failover forms).
+    csrf: &'a str,
 }
 
 #[derive(Template)]
@@ -243,12 +247,15 @@ pub async fn cluster(
     let availability = crate::availability::of_cluster(&state.db, &name, now)
         .await?
         .unwrap_or_default();
+    let failover = crate::api::failover::load_status(&state, &name).await?;
     let body = render(&ClusterPartial {
         now,
         cluster: &cluster,
         events: &events,
         maintenance: &maintenance,
         availability: &availability,
+        failover: &failover,
+        csrf: me.csrf(),
     })?;
     page(&me, &q, &format!("Cluster {name}"), &name, body)
 }
@@ -461,6 +468,63 @@ pub async fn switchover_confirm(
         }
         Err(e) => Err(e),
     }
+}
+
+/// The failover confirmation form on the cluster page.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverForm {
+    target: String,
+    reason: String,
+    /// A checkbox: present when ticked.
+    #[serde(default)]
+    accept_data_loss: Option<String>,
+    /// The user's password, unless given within `auth.reauth_window`.
+    #[serde(default)]
+    password: String,
+}
+
+/// `POST /clusters/{cluster}/failover`: a person confirms the proposed failover (password
+/// again unless given recently). Redirects to its progress page; a refusal says why.
+pub async fn failover_confirm(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    Path(cluster): Path<String>,
+    Form(form): Form<FailoverForm>,
+) -> Result<Response, AppError> {
+    let authenticated = auth::recently_authenticated(&state, &me)
+        || auth::reauthenticate(&state, &me, &form.password).await?;
+    if !authenticated {
+        return Err(AppError::Forbidden(
+            "your password, again: a failover needs it".into(),
+        ));
+    }
+    let req = crate::api::failover::FailoverRequest {
+        target_node: form.target,
+        reason: form.reason,
+        accept_data_loss: form.accept_data_loss.is_some(),
+    };
+    let id = crate::api::failover::request_failover(&state, &cluster, &req, &me).await?;
+    Ok(Redirect::to(&format!("/switchovers/{id}")).into_response())
+}
+
+/// The acknowledgement form of an automatic failover.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverAckForm {
+    reason: String,
+}
+
+/// `POST /switchovers/{id}/acknowledge`: acknowledges an automatic failover (lifts its
+/// anti-flapping hold) and returns to its progress page.
+pub async fn failover_acknowledge(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    Path(id): Path<Uuid>,
+    Form(form): Form<FailoverAckForm>,
+) -> Result<Response, AppError> {
+    crate::api::failover::acknowledge_failover(&state, id, &form.reason, &me).await?;
+    Ok(Redirect::to(&format!("/switchovers/{id}")).into_response())
 }
 
 /// `GET /switchovers/{id}`: steps and their states, live while it runs.

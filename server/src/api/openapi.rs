@@ -13,7 +13,7 @@ use utoipa::openapi::{
 };
 use utoipa::OpenApi as _;
 
-use crate::api::{admin, v1};
+use crate::api::{admin, failover, v1};
 
 /// Every schema the operations refer to, with the ones they contain.
 #[derive(utoipa::OpenApi)]
@@ -47,6 +47,11 @@ use crate::api::{admin, v1};
         admin::AuditList,
         admin::EnrollmentRequest,
         crate::enrollment::NewEnrollment,
+        failover::FailoverStatus,
+        failover::FailoverRequest,
+        failover::FailoverAccepted,
+        failover::ReasonRequest,
+        failover::SwitchRequest,
     ))
 )]
 struct Schemas;
@@ -110,6 +115,46 @@ const OPS: &[Op] = &[
         body: None,
         ok: (200, None),
         errors: &[401, 403, 404, 409],
+    },
+    Op {
+        method: HttpMethod::Get,
+        path: "/api/v1/clusters/{cluster}/failover",
+        summary: "Failover policy, the arbiter's verdict with its evidence, recent verdicts",
+        body: None,
+        ok: (200, Some("FailoverStatus")),
+        errors: &[401, 403, 404],
+    },
+    Op {
+        method: HttpMethod::Post,
+        path: "/api/v1/clusters/{cluster}/failover",
+        summary: "Confirm a failover to a node (the leader must be lost; accept_data_loss beyond the bound)",
+        body: Some("FailoverRequest"),
+        ok: (202, Some("FailoverAccepted")),
+        errors: &[400, 401, 403, 404, 409],
+    },
+    Op {
+        method: HttpMethod::Post,
+        path: "/api/v1/clusters/{cluster}/nodes/{node_id}/unfence",
+        summary: "Lift the fence of a node that rejoined as a standby",
+        body: Some("ReasonRequest"),
+        ok: (200, None),
+        errors: &[400, 401, 403, 404, 409],
+    },
+    Op {
+        method: HttpMethod::Post,
+        path: "/api/v1/switchovers/{id}/acknowledge",
+        summary: "Acknowledge an automatic failover (lifts its anti-flapping hold)",
+        body: Some("ReasonRequest"),
+        ok: (200, None),
+        errors: &[400, 401, 403, 404, 409],
+    },
+    Op {
+        method: HttpMethod::Put,
+        path: "/api/v1/failover",
+        summary: "The global switch of automatic failover",
+        body: Some("SwitchRequest"),
+        ok: (200, None),
+        errors: &[400, 401, 403],
     },
     Op {
         method: HttpMethod::Get,
