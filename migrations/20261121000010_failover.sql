@@ -31,3 +31,15 @@ CREATE TABLE runtime_settings (
     updated_at  timestamptz NOT NULL DEFAULT now(),
     updated_by  text NOT NULL
 );
+
+-- Nodes the server keeps fenced: the old master of a failover, a second MASTER fenced in favour
+-- of the leader. Whenever such a node reports an unfenced instance it is fenced again, until a
+-- person lifts the fence (POST /api/v1/clusters/{cluster}/nodes/{node}/unfence), which deletes
+-- the row.
+CREATE TABLE kept_fenced (
+    cluster  text NOT NULL REFERENCES clusters (name),
+    node_id  text NOT NULL,
+    since    timestamptz NOT NULL DEFAULT now(),
+    reason   text NOT NULL,
+    PRIMARY KEY (cluster, node_id)
+);

@@ -15,10 +15,13 @@
 //! 4. acts on it: a failover run (fence, promote, VIP, verify, through the switchover machinery),
 //!    or a step-down switchover; `propose` waits for a person (`POST
 //!    /api/v1/clusters/{cluster}/failover`);
-//! 5. keeps the epoch's master the only one: while the leader is up, another node that is
-//!    MASTER of the instance (a split brain after a cut heartbeat link, an ex-master that came
-//!    back and preempted) is fenced, and another primary database is stopped, with the current
-//!    epoch — in clusters whose policy is `auto`, and never while an operation runs.
+//! 5. keeps the epoch's master the only one ([`enforce_epoch`]): while the leader is up, another
+//!    node that is MASTER of the instance (a split brain after a cut heartbeat link) is fenced,
+//!    and another primary database stopped, with the current epoch — in clusters whose policy is
+//!    `auto`; and a node the server keeps fenced (the old master of a failover that comes back)
+//!    is fenced again whenever it reports itself unfenced, until a person lifts the fence. The
+//!    global switch stops the first, not the second: a fence already set is kept. Nothing is
+//!    enforced while a switchover or failover runs.
 //!
 //! Replication connection state is shown as evidence but not counted: a dead primary's
 //! connection still looks `streaming` until `wal_receiver_timeout` (60 s by default) ends it.
@@ -227,9 +230,10 @@ async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error>
             .insert(c.name.clone(), verdict);
         if let Some(g) = &gathered {
             act(state, c, g, &decision).await;
-            if policy.mode == failover::Mode::Auto && policy.automatic_enabled && !operation_running
-            {
-                enforce_epoch(state, memory, c, g).await?;
+            // A running switchover or failover fences and promotes by itself.
+            if !operation_running {
+                let split_brain = policy.mode == failover::Mode::Auto && policy.automatic_enabled;
+                enforce_epoch(state, memory, c, g, split_brain).await?;
             }
         }
     }
@@ -498,36 +502,54 @@ async fn act(state: &AppState, c: &ClusterView, g: &Gathered, decision: &Decisio
     }
 }
 
-/// Keeps the epoch's master the only master (and primary) while it is up: fences any other
-/// MASTER of the instance and stops any other primary, once per episode.
+/// Keeps the epoch's master the only master (and primary):
+///
+/// - `split_brain` (policy `auto`, the global switch on): while the leader is up, any other node
+///   that is MASTER of the instance, or a primary, is fenced (and its database stopped) and kept
+///   fenced;
+/// - always: a node the server keeps fenced (`kept_fenced`: the old master of a failover, a
+///   fenced second master) that reports an unfenced instance or a running primary is fenced
+///   again, until a person lifts the fence.
+///
+/// Commands carry the current epoch; each is issued again after a minute if not obeyed.
 async fn enforce_epoch(
     state: &AppState,
     memory: &mut Memory,
     c: &ClusterView,
     g: &Gathered,
+    split_brain: bool,
 ) -> Result<(), sqlx::Error> {
-    if g.leader_status != NodeStatus::Up {
-        return Ok(());
-    }
-    let offenders: Vec<(String, bool, bool)> = {
+    let kept: BTreeSet<String> =
+        sqlx::query_scalar("SELECT node_id FROM kept_fenced WHERE cluster = $1")
+            .bind(&c.name)
+            .fetch_all(&state.db)
+            .await?
+            .into_iter()
+            .collect();
+    let leader_up = g.leader_status == NodeStatus::Up;
+    let nodes: Vec<(String, Option<VrrpState>, bool)> = {
         let live = state.live();
         live.cluster_nodes(&c.name)
             .filter(|n| n.node_id != g.leader && n.status == NodeStatus::Up)
             .map(|n| {
-                let master = n
-                    .instance(&g.instance)
-                    .is_some_and(|i| i.state == VrrpState::Master);
                 let primary = g.link.as_deref().is_some_and(|k| {
                     n.link(k)
                         .is_some_and(|l| l.role == ReplicationRole::Primary)
                 });
-                (n.node_id.clone(), master, primary)
+                (
+                    n.node_id.clone(),
+                    n.instance(&g.instance).map(|i| i.state),
+                    primary,
+                )
             })
             .collect()
     };
-    for (node, master, primary) in offenders {
+    for (node, vrrp, primary) in nodes {
         let key = (c.name.clone(), node.clone());
-        if !master && !primary {
+        let master = vrrp == Some(VrrpState::Master);
+        let second = split_brain && leader_up && (master || primary);
+        let unfenced = kept.contains(&node) && (vrrp != Some(VrrpState::Fault) || primary);
+        if !second && !unfenced {
             memory.enforced.remove(&key);
             continue;
         }
@@ -540,16 +562,37 @@ async fn enforce_epoch(
             continue;
         }
         memory.enforced.insert(key, now);
-        let what = match (master, primary) {
-            (true, true) => "MASTER and a primary",
-            (true, false) => "MASTER",
-            _ => "a primary",
+        let reason = if unfenced {
+            format!(
+                "{node} is kept fenced but reports {}{}: fenced again{}",
+                vrrp.map_or("no instance state".to_string(), |s| format!(
+                    "{} in {}",
+                    s.as_str(),
+                    g.instance
+                )),
+                if primary {
+                    " and a running primary"
+                } else {
+                    ""
+                },
+                if primary {
+                    ", its database stopped"
+                } else {
+                    ""
+                },
+            )
+        } else {
+            let what = match (master, primary) {
+                (true, true) => "MASTER and a primary",
+                (true, false) => "MASTER",
+                _ => "a primary",
+            };
+            format!(
+                "split brain: {node} is {what} beside {}, the master of the current epoch; {node} is fenced{}",
+                g.leader,
+                if primary { " and its database stopped" } else { "" }
+            )
         };
-        let reason = format!(
-            "split brain: {node} is {what} beside {}, the master of the current epoch; {node} is fenced{}",
-            g.leader,
-            if primary { " and its database stopped" } else { "" }
-        );
         tracing::error!(cluster = %c.name, node = %node, "{reason}");
         insert_decision(
             state,
@@ -560,10 +603,6 @@ async fn enforce_epoch(
             &Some(g.clone()),
         )
         .await?;
-        let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM clusters WHERE name = $1")
-            .bind(&c.name)
-            .fetch_one(&state.db)
-            .await?;
         let mut actions = vec![Action::Fence {
             instance: g.instance.clone(),
             fenced: true,
@@ -576,6 +615,11 @@ async fn enforce_epoch(
             }
         }
         let mut tx = state.db.begin().await?;
+        let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM clusters WHERE name = $1")
+            .bind(&c.name)
+            .fetch_one(&mut *tx)
+            .await?;
+        keep_fenced(&mut tx, &c.name, &node, &reason).await?;
         for action in actions {
             commands::insert(
                 &mut tx,
@@ -594,5 +638,24 @@ async fn enforce_epoch(
         tx.commit().await?;
         state.commands.wake(&node);
     }
+    Ok(())
+}
+
+/// Records that `node` stays fenced until a person lifts the fence (no-op when it is already).
+pub async fn keep_fenced(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    cluster: &str,
+    node: &str,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO kept_fenced (cluster, node_id, reason) VALUES ($1, $2, $3)
+         ON CONFLICT (cluster, node_id) DO NOTHING",
+    )
+    .bind(cluster)
+    .bind(node)
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }

@@ -778,13 +778,21 @@ async fn run(state: &AppState, id: Uuid) -> Result<(), sqlx::Error> {
         log_db(end.map(|_| ()));
     }
     if final_state == "succeeded" {
-        // The target is the master of this epoch now.
-        let leader = sqlx::query("UPDATE clusters SET leader = $2 WHERE name = $1")
-            .bind(&sw.cluster)
-            .bind(&sw.target_node)
-            .execute(&state.db)
-            .await;
-        log_db(leader.map(|_| ()));
+        // The target is the master of this epoch now; a lost old master stays fenced.
+        let recorded = async {
+            let mut tx = state.db.begin().await?;
+            sqlx::query("UPDATE clusters SET leader = $2 WHERE name = $1")
+                .bind(&sw.cluster)
+                .bind(&sw.target_node)
+                .execute(&mut *tx)
+                .await?;
+            if sw.kind == "failover" {
+                let reason = format!("the old master of failover {id}");
+                crate::arbiter::keep_fenced(&mut tx, &sw.cluster, &sw.old_master, &reason).await?;
+            }
+            tx.commit().await
+        };
+        log_db(recorded.await);
     }
     // None of this switchover's commands may run from now on.
     log_db(commands::expire_switchover(&state.db, id).await.map(|_| ()));

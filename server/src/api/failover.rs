@@ -437,6 +437,11 @@ pub async fn unfence(
         )
         .await?;
     }
+    sqlx::query("DELETE FROM kept_fenced WHERE cluster = $1 AND node_id = $2")
+        .bind(&cluster)
+        .bind(&node)
+        .execute(&mut *tx)
+        .await?;
     Audit::by(&me, "unfence", &format!("{cluster}/{node}"), "accepted")
         .reason(&req.reason)
         .detail(serde_json::json!({ "priority_offset": offset, "epoch": view.epoch }))

@@ -101,6 +101,21 @@ fn screenshots_dir() -> PathBuf {
     dir
 }
 
+/// The text of the first element matching `css`. The dashboard re-renders live (on every state
+/// change and arbiter verdict), so an element found may be replaced before it is read: retry.
+async fn text_of(client: &Client, css: &str) -> String {
+    for _ in 0..50 {
+        match client.find(Locator::Css(css)).await {
+            Ok(e) => match e.text().await {
+                Ok(t) => return t,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            },
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    panic!("no stable element {css}");
+}
+
 async fn screenshot(client: &Client, name: &str) {
     let png = client.screenshot().await.unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
@@ -168,13 +183,7 @@ async fn the_dashboard_in_headless_chromium(pool: PgPool) {
 
     // Overview: the cluster, its verdict and master.
     assert_eq!(client.current_url().await.unwrap().path(), "/");
-    let overview = client
-        .find(Locator::Css("main"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let overview = text_of(&client, "main").await;
     assert!(
         overview.contains("healthy") && overview.contains("10.0.0.100"),
         "{overview}"
@@ -194,21 +203,9 @@ async fn the_dashboard_in_headless_chromium(pool: PgPool) {
         .for_element(Locator::Css("section.replication"))
         .await
         .unwrap();
-    let master = client
-        .find(Locator::Css("section.instance .master"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let master = text_of(&client, "section.instance .master").await;
     assert_eq!(master, "a");
-    let cluster = client
-        .find(Locator::Css("main"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let cluster = text_of(&client, "main").await;
     assert!(cluster.contains("15.0 MiB"), "the standby's lag: {cluster}");
     assert!(cluster.contains("on the primary"), "{cluster}");
     screenshot(&client, "cluster").await;
@@ -239,13 +236,7 @@ async fn the_dashboard_in_headless_chromium(pool: PgPool) {
         .for_element(Locator::Css("ol.steps"))
         .await
         .unwrap();
-    let preview = client
-        .find(Locator::Css("main"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let preview = text_of(&client, "main").await;
     assert!(
         preview.contains("From")
             && preview.contains("set_priorities")
@@ -283,13 +274,7 @@ async fn the_dashboard_in_headless_chromium(pool: PgPool) {
         .for_element(Locator::Css("p.error"))
         .await
         .unwrap();
-    let refused = client
-        .find(Locator::Css("p.error"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let refused = text_of(&client, "p.error").await;
     assert!(refused.contains("to confirm"), "{refused}");
     let started: i64 = sqlx::query_scalar("SELECT count(*) FROM switchovers")
         .fetch_one(&server.pool)
@@ -342,13 +327,7 @@ async fn the_dashboard_in_headless_chromium(pool: PgPool) {
     })
     .await;
     assert_eq!(live_master, "b");
-    let mismatch = client
-        .find(Locator::Css(".mismatch"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let mismatch = text_of(&client, ".mismatch").await;
     assert!(mismatch.contains("not on the primary"), "{mismatch}");
     screenshot(&client, "cluster-after-failover").await;
 

@@ -489,7 +489,7 @@ async fn post_switchover(
 }
 
 /// Waits for switchover `id` to end and returns it.
-async fn finished_switchover(server: &TestServer, id: &str) -> serde_json::Value {
+pub(crate) async fn finished_switchover(server: &TestServer, id: &str) -> serde_json::Value {
     eventually(60, "the switchover to finish", || async {
         let (_, sw) = server.get_json(&format!("/api/v1/switchovers/{id}")).await;
         matches!(sw["state"].as_str(), Some("succeeded" | "failed")).then_some(sw)

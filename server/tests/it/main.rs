@@ -9,5 +9,6 @@ mod browser;
 mod harness;
 mod lab;
 mod lab_alerts;
+mod lab_failover;
 mod openapi;
 mod security;

@@ -1,0 +1,391 @@
+//! Automatic failover on real keepalived hosts with a real PostgreSQL primary and standbys:
+//! a master losing its network, a frozen agent, a cut heartbeat link, an ex-master coming back,
+//! a second failure inside the anti-flapping hold. The lab's agents probe the bridge's "gateway"
+//! address and each other, and fence themselves after 3 s of reaching nothing; the server's
+//! fencing hook is the lab's `stonith` script (it kills the old master's processes: a power cut).
+//!
+//! Needs root, keepalived, iproute2, nftables and PostgreSQL (scripts/setup installs them).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+
+use hapulse_server::config::{ClusterFailover, Settings};
+use hapulse_server::failover::Mode;
+
+use crate::harness::{eventually, settings, TestServer};
+use crate::lab::{finished_switchover, require_root_and_tools, Lab};
+
+/// Three hosts: h1 primary, h2 and h3 standbys.
+const AUTO_LAB: Lab = Lab {
+    name: "hpauto",
+    net: "10.213.11",
+    port: 18111,
+};
+/// Two hosts: h1 primary, h2 standby.
+const PARTITION_LAB: Lab = Lab {
+    name: "hppart",
+    net: "10.213.12",
+    port: 18112,
+};
+
+/// The server's settings: `auto` for the lab's cluster, the lab's STONITH hook, h2 preferred.
+fn auto_settings(lab: &Lab) -> Settings {
+    let mut s = settings();
+    // Long enough for every agent's first report; the restart case is in the unit cases.
+    s.failover.grace = Duration::from_secs(3);
+    s.failover.clusters.insert(
+        lab.name.to_string(),
+        ClusterFailover {
+            mode: Mode::Auto,
+            candidates: [("h2".to_string(), 100), ("h3".to_string(), 50)].into(),
+            default_candidate_priority: 1,
+            max_lag_bytes: 16 << 20,
+            max_lag_seconds: 10.0,
+            anti_flap: Duration::from_secs(3600),
+            fencing_hook: Some(vec![format!("/run/hapulse-lab/{}/stonith", lab.name)]),
+            fencing_timeout: Duration::from_secs(30),
+            accept_unfenced: false,
+        },
+    );
+    s
+}
+
+/// psql as postgres on `host` (or, with `host` = None, on the VIP over the network); None when
+/// it fails.
+fn psql(lab: &Lab, host: Option<&str>, sql: &str) -> Option<String> {
+    let target = match host {
+        Some(h) => format!("/run/hapulse-lab/{}/{h}/pgsock", lab.name),
+        None => format!("{}.100", lab.net),
+    };
+    let out = Command::new("psql")
+        .args(["-h", &target, "-U", "postgres", "-d", "postgres", "-qAt"])
+        .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "2")
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `GET /api/v1/clusters/{lab}/failover` (404 until the first report names the cluster).
+async fn failover_status(server: &TestServer, lab: &str) -> serde_json::Value {
+    server
+        .get_json(&format!("/api/v1/clusters/{lab}/failover"))
+        .await
+        .1
+}
+
+/// Automatic failovers of the cluster, oldest first: (id, target).
+async fn failovers(pool: &PgPool, lab: &str) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT id::text, target_node FROM switchovers
+          WHERE cluster = $1 AND kind = 'failover' ORDER BY created_at",
+    )
+    .bind(lab)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Waits until `leader` leads, every other node is up, counts as a witness and streams, and the
+/// arbiter sees nothing to do.
+async fn settled(server: &TestServer, lab: &str, leader: &str, witnesses: usize) {
+    eventually(90, "the arbiter settled with every witness", || async {
+        let f = failover_status(server, lab).await;
+        let w = f["verdict"]["evidence"]["witnesses"].as_array()?.clone();
+        (f["leader"] == leader
+            && f["verdict"]["decision"]["action"] == "nothing"
+            && w.len() == witnesses
+            && w.iter().all(|w| {
+                w["counts"] == true
+                    && w["replication_streaming"] == true
+                    && w["sees_leader"] == true
+            }))
+        .then_some(())
+    })
+    .await;
+}
+
+fn file(lab: &Lab, path: &str) -> String {
+    std::fs::read_to_string(format!("/run/hapulse-lab/{}/{path}", lab.name)).unwrap_or_default()
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_master_losing_its_network_is_fenced_and_replaced_once(pool: PgPool) {
+    require_root_and_tools();
+    let lab = AUTO_LAB.up(&pool, &["3", "--postgres"]).await;
+    let name = lab.name;
+    let server = lab
+        .start_server_with(pool.clone(), auto_settings(&lab))
+        .await;
+    settled(&server, name, "h1", 2).await;
+    let (_, before) = server.get_json(&format!("/api/v1/clusters/{name}")).await;
+    let epoch_before = before["epoch"].as_u64().unwrap();
+
+    // Committed on the primary and replayed by both standbys before the fault.
+    psql(
+        &lab,
+        Some("h1"),
+        "CREATE TABLE orders AS SELECT g AS id FROM generate_series(1, 10000) g",
+    )
+    .expect("create the table on h1");
+    eventually(30, "both standbys replayed the rows", || async {
+        let counts = ["h2", "h3"]
+            .map(|h| psql(&lab, Some(h), "SELECT count(*) FROM orders").unwrap_or_default());
+        (counts == ["10000", "10000"]).then_some(())
+    })
+    .await;
+
+    // The master host loses its network.
+    let fault = Instant::now();
+    lab.run(&["link", "h1", "down"]);
+    let (id, target) = eventually(30, "an automatic failover", || async {
+        failovers(&pool, name).await.into_iter().next()
+    })
+    .await;
+    assert_eq!(target, "h2", "the preferred candidate");
+    let sw = finished_switchover(&server, &id).await;
+    assert_eq!(sw["state"], "succeeded", "{sw:#}");
+    assert_eq!(sw["automatic"], true);
+    for s in sw["steps"].as_array().unwrap() {
+        eprintln!(
+            "  {} {} → {}: {}",
+            s["name"], s["started_at"], s["finished_at"], s["message"]
+        );
+    }
+    eprintln!("  requested at {}", sw["created_at"]);
+    let steps: Vec<&str> = sw["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "fence_old_master",
+            "promote_target",
+            "set_priorities",
+            "take_vip",
+            "verify"
+        ]
+    );
+    // The VIP answers on the new primary: a write through it commits.
+    eventually(20, "a write through the VIP", || async {
+        psql(&lab, None, "INSERT INTO orders VALUES (10001)")
+    })
+    .await;
+    eprintln!(
+        "failover: h1's link down → write committed through the VIP on h2 after {} ms",
+        fault.elapsed().as_millis()
+    );
+    let f = failover_status(&server, name).await;
+    for d in f["decisions"].as_array().unwrap().iter().rev() {
+        eprintln!("  verdict {} {} {}", d["at"], d["action"], d["reason"]);
+    }
+
+    // Exactly one new master; the database promoted with every committed row; the old master
+    // fenced by the STONITH hook (and, when it found itself isolated first, by its own agent);
+    // the epoch raised.
+    assert_eq!(
+        psql(
+            &lab,
+            Some("h2"),
+            "SELECT count(*), pg_is_in_recovery() FROM orders"
+        )
+        .as_deref(),
+        Some("10001|f")
+    );
+    assert!(lab.holds_vip("h2") && !lab.holds_vip("h1") && !lab.holds_vip("h3"));
+    let (_, cluster) = server.get_json(&format!("/api/v1/clusters/{name}")).await;
+    assert_eq!(
+        cluster["instances"][0]["masters"],
+        serde_json::json!(["h2"]),
+        "{cluster}"
+    );
+    assert!(cluster["epoch"].as_u64().unwrap() > epoch_before);
+    assert!(file(&lab, "stonith.log").contains("power off h1"));
+    eprintln!(
+        "  h1 fenced itself before the hook powered it off: {}",
+        !file(&lab, "h1/agent-state/self-fenced").is_empty()
+    );
+    let f = failover_status(&server, name).await;
+    assert_eq!(f["leader"], "h2", "{f:#}");
+    assert_eq!(f["unacknowledged_failover"], id.as_str());
+    let decisions = f["decisions"].as_array().unwrap();
+    let why = decisions
+        .iter()
+        .find(|d| d["action"] == "failover")
+        .expect("the failover verdict is recorded");
+    assert!(
+        why["reason"]
+            .as_str()
+            .unwrap()
+            .contains("h1 is unreachable from the server and from 2 of 2 peers"),
+        "{why}"
+    );
+
+    // The ex-master powers back on: it is kept fenced (FAULT, no VIP) — by its own fence file
+    // if it fenced itself, else by the server as soon as its agent reports — and cannot be
+    // unfenced until it has rejoined as a standby.
+    lab.run(&["link", "h1", "up"]);
+    lab.run(&["keepalived", "h1", "start"]);
+    lab.run(&["agent", "h1", "start"]);
+    eventually(30, "h1 reporting again, in FAULT", || async {
+        let (_, n) = server.get_json("/api/v1/nodes/h1").await;
+        (n["status"] == "up" && n["instances"][0]["state"] == "FAULT").then_some(())
+    })
+    .await;
+    for _ in 0..50 {
+        if !(lab.holds_vip("h2") && !lab.holds_vip("h1")) {
+            let f = failover_status(&server, name).await;
+            panic!(
+                "the VIP left h2: {f:#}\nh1 keepalived:\n{}\nh1 agent:\n{}",
+                file(&lab, "h1/keepalived.log"),
+                file(&lab, "h1/agent.log")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, cluster) = server.get_json(&format!("/api/v1/clusters/{name}")).await;
+    assert_eq!(
+        cluster["instances"][0]["masters"],
+        serde_json::json!(["h2"]),
+        "{cluster}"
+    );
+    let r = server
+        .http
+        .post(format!(
+            "{}/api/v1/clusters/{name}/nodes/h1/unfence",
+            server.url
+        ))
+        .json(&serde_json::json!({"reason": "try"}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("not_rejoined")),
+        "{body}"
+    );
+
+    // A second failure inside the anti-flapping hold: no automatic action, a critical alert.
+    lab.run(&["link", "h2", "down"]);
+    eventually(30, "the arbiter holding back", || async {
+        let f = failover_status(&server, name).await;
+        let reason = f["verdict"]["decision"]["reason"].as_str()?.to_string();
+        (f["verdict"]["decision"]["action"] == "alert" && reason.contains("anti-flapping"))
+            .then_some(())
+    })
+    .await;
+    eventually(15, "a critical failover_blocked alert", || async {
+        let (_, a) = server.get_json("/api/v1/alerts").await;
+        a["alerts"]
+            .as_array()?
+            .iter()
+            .any(|a| {
+                a["rule"] == "failover_blocked"
+                    && a["severity"] == "critical"
+                    && a["state"] == "firing"
+            })
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(failovers(&pool, name).await.len(), 1, "no second failover");
+    server.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_frozen_agent_or_a_cut_heartbeat_link_never_fails_over(pool: PgPool) {
+    require_root_and_tools();
+    let lab = PARTITION_LAB.up(&pool, &["2", "--postgres"]).await;
+    let name = lab.name;
+    let server = lab
+        .start_server_with(pool.clone(), auto_settings(&lab))
+        .await;
+    settled(&server, name, "h1", 1).await;
+
+    // The master's agent hangs while keepalived and PostgreSQL carry on: the server stops
+    // hearing h1, its peer does not.
+    lab.run(&["agent", "h1", "freeze"]);
+    eventually(20, "the arbiter calling it a partition", || async {
+        let f = failover_status(&server, name).await;
+        f["verdict"]["decision"]["reason"]
+            .as_str()?
+            .contains("1 of 1 peers still see it")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        failovers(&pool, name).await.is_empty(),
+        "no failover on stale heartbeats"
+    );
+    assert!(lab.holds_vip("h1") && !lab.holds_vip("h2"));
+    lab.run(&["agent", "h1", "thaw"]);
+    eventually(20, "h1 heard again", || async {
+        let f = failover_status(&server, name).await;
+        (f["verdict"]["evidence"]["leader_status"] == "up").then_some(())
+    })
+    .await;
+
+    // The heartbeat link is cut: h2 hears no adverts and makes itself MASTER beside h1 while
+    // both still reach the gateway. No failover: the server hears h1. The split brain is
+    // resolved in favour of h1, which holds the current epoch: h2 is fenced.
+    lab.run(&["vrrp", "h2", "drop"]);
+    eventually(30, "h2 fenced, the VIP on h1 alone", || async {
+        let (_, n) = server.get_json("/api/v1/nodes/h2").await;
+        (n["instances"][0]["state"] == "FAULT" && lab.holds_vip("h1") && !lab.holds_vip("h2"))
+            .then_some(())
+    })
+    .await;
+    let f = failover_status(&server, name).await;
+    assert!(
+        f["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["action"] == "fence" && d["candidate"] == "h2"),
+        "{f:#}"
+    );
+    assert_eq!(f["verdict"]["decision"]["action"], "nothing", "{f:#}");
+    assert_eq!(
+        psql(&lab, Some("h1"), "SELECT pg_is_in_recovery()").as_deref(),
+        Some("f")
+    );
+    assert_eq!(
+        psql(&lab, Some("h2"), "SELECT pg_is_in_recovery()").as_deref(),
+        Some("t")
+    );
+
+    // Healed: h2 stays fenced until a person lifts it; as a streaming standby it may be.
+    lab.run(&["vrrp", "h2", "allow"]);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, n) = server.get_json("/api/v1/nodes/h2").await;
+    assert_eq!(n["instances"][0]["state"], "FAULT", "{n:#}");
+    let r = server
+        .http
+        .post(format!(
+            "{}/api/v1/clusters/{name}/nodes/h2/unfence",
+            server.url
+        ))
+        .json(&serde_json::json!({"reason": "heartbeat link repaired"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    eventually(20, "h2 a BACKUP again, the VIP on h1", || async {
+        let (_, n) = server.get_json("/api/v1/nodes/h2").await;
+        (n["instances"][0]["state"] == "BACKUP" && lab.holds_vip("h1") && !lab.holds_vip("h2"))
+            .then_some(())
+    })
+    .await;
+    assert!(failovers(&pool, name).await.is_empty());
+    server.stop().await;
+}
