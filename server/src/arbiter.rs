@@ -184,9 +184,9 @@ async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error>
         let (leader, gathered) = {
             let live = state.live();
             let leader = find_leader(&live, c, stored.as_deref());
-            let gathered = leader
-                .as_ref()
-                .map(|(instance, link, leader)| gather(state, &live, c, instance, link, leader));
+            let gathered = leader.as_ref().map(|(instance, link, leader)| {
+                gather(&state.settings.failover, &live, c, instance, link, leader)
+            });
             (leader, gathered)
         };
         if let Some((_, _, l)) = &leader {
@@ -292,8 +292,9 @@ fn find_leader(
     Some((instance, tied.map(|r| r.link.clone()), leader))
 }
 
+/// The evidence about `leader` from the live state.
 fn gather(
-    state: &AppState,
+    settings: &crate::config::FailoverSettings,
     live: &Live,
     c: &ClusterView,
     instance: &str,
@@ -345,10 +346,7 @@ fn gather(
                     .map(|l| l.state == hapulse_protocol::LinkState::Streaming),
                 sees_leader: pings_leader == Some(true) || hears_adverts,
                 reaches_reference: reference(n),
-                priority: state
-                    .settings
-                    .failover
-                    .candidate_priority(&c.name, &n.node_id),
+                priority: settings.candidate_priority(&c.name, &n.node_id),
                 lag_bytes: max_opt(
                     own.and_then(|l| l.lag_bytes),
                     leader_link.and_then(|l| l.lag_bytes),
@@ -658,4 +656,208 @@ pub async fn keep_fenced(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hapulse_protocol::{
+        ArbitrationReport, HeartbeatReport, KeepalivedReport, LinkState, PeerReachability,
+        Reachability, ReplicationKind, ReplicationLinkReport, VrrpInstanceReport,
+    };
+
+    /// A node of cluster `c` in `state`, with a PostgreSQL link in `role`, pinging each of
+    /// `pings` with the given outcome and reaching the reference address.
+    fn node(
+        id: &str,
+        state: VrrpState,
+        role: ReplicationRole,
+        status: NodeStatus,
+        pings: &[(&str, bool)],
+    ) -> NodeLive {
+        let report = HeartbeatReport {
+            protocol_version: 1,
+            agent_version: "t".into(),
+            node_id: id.into(),
+            cluster: "c".into(),
+            boot_id: uuid::Uuid::nil(),
+            seq: 1,
+            observed_at: Utc::now(),
+            state_change: true,
+            heartbeat_interval_ms: 1000,
+            hostname: id.into(),
+            uptime_seconds: 1,
+            load1: 0.0,
+            keepalived: KeepalivedReport {
+                running: true,
+                instances: vec![VrrpInstanceReport {
+                    name: "VI_1".into(),
+                    vrid: Some(51),
+                    interface: Some("eth0".into()),
+                    state,
+                    base_priority: Some(100),
+                    effective_priority: Some(100),
+                    vips: vec!["10.0.0.100".into()],
+                    held_vips: if state == VrrpState::Master {
+                        vec!["10.0.0.100".into()]
+                    } else {
+                        vec![]
+                    },
+                    last_transition: None,
+                    counters: Default::default(),
+                }],
+            },
+            replication: vec![ReplicationLinkReport {
+                kind: ReplicationKind::Postgresql,
+                name: "pg".into(),
+                role,
+                peer: None,
+                state: LinkState::Streaming,
+                lag_bytes: Some(0),
+                lag_seconds: Some(0.0),
+                vrrp_instance: Some("VI_1".into()),
+                error: None,
+                raw: Default::default(),
+            }],
+            arbitration: Some(ArbitrationReport {
+                reference: Some(Reachability {
+                    address: "10.0.0.254".parse().unwrap(),
+                    reachable: true,
+                    rtt_ms: Some(0.1),
+                    consecutive_failures: 0,
+                }),
+                peers: pings
+                    .iter()
+                    .map(|(peer, ok)| PeerReachability {
+                        node_id: peer.to_string(),
+                        reach: Reachability {
+                            address: "10.0.0.1".parse().unwrap(),
+                            reachable: *ok,
+                            rtt_ms: None,
+                            consecutive_failures: u32::from(!ok),
+                        },
+                    })
+                    .collect(),
+                self_fenced_at: None,
+            }),
+            spool_depth: 0,
+            spool_dropped: 0,
+        };
+        let mut n = NodeLive::from_report(&report, Utc::now(), tokio::time::Instant::now());
+        n.status = status;
+        n
+    }
+
+    fn judge(nodes: Vec<NodeLive>, stored: Option<&str>) -> Option<Gathered> {
+        let mut live = Live::default();
+        for n in nodes {
+            live.nodes.insert(n.node_id.clone(), n);
+        }
+        let c = view::cluster_view(&live, "c", Utc::now())?;
+        let (instance, link, leader) = find_leader(&live, &c, stored)?;
+        Some(gather(
+            &Default::default(),
+            &live,
+            &c,
+            &instance,
+            &link,
+            &leader,
+        ))
+    }
+
+    use NodeStatus::{Down, Up};
+    use ReplicationRole::{Primary, Secondary};
+    use VrrpState::{Backup, Fault, Master};
+
+    #[test]
+    fn the_leader_is_the_only_primary_that_is_up_else_the_stored_one() {
+        let g = judge(
+            vec![
+                node("a", Master, Primary, Up, &[("b", true)]),
+                node("b", Backup, Secondary, Up, &[("a", true)]),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (g.leader.as_str(), g.link.as_deref()),
+            ("a", Some("postgresql:pg"))
+        );
+        // The primary is down: it stays the leader (nobody else is primary).
+        let g = judge(
+            vec![
+                node("a", Master, Primary, Down, &[("b", false)]),
+                node("b", Master, Secondary, Up, &[("a", false)]),
+            ],
+            Some("a"),
+        )
+        .unwrap();
+        assert_eq!(g.leader, "a");
+        // Two primaries up (an ex-master back with its old primary): the stored leader.
+        let g = judge(
+            vec![
+                node("a", Backup, Primary, Up, &[("b", true)]),
+                node("b", Master, Primary, Up, &[("a", true)]),
+            ],
+            Some("b"),
+        )
+        .unwrap();
+        assert_eq!(g.leader, "b");
+    }
+
+    #[test]
+    fn a_backup_sees_the_leader_only_while_no_one_else_is_master() {
+        // The leader's link is down: its peers' pings fail, but the BACKUPs still hear adverts
+        // until keepalived's master-down timer ends.
+        let g = judge(
+            vec![
+                node("a", Fault, Primary, Down, &[]),
+                node("b", Backup, Secondary, Up, &[("a", false)]),
+                node("c", Backup, Secondary, Up, &[("a", false)]),
+            ],
+            Some("a"),
+        )
+        .unwrap();
+        let e = evidence(&g);
+        assert_eq!((e.peers_reporting, e.peers_seeing_master), (2, 2));
+        // b took over: c's adverts come from b now, so nobody sees a.
+        let g = judge(
+            vec![
+                node("a", Fault, Primary, Down, &[]),
+                node("b", Master, Secondary, Up, &[("a", false)]),
+                node("c", Backup, Secondary, Up, &[("a", false)]),
+            ],
+            Some("a"),
+        )
+        .unwrap();
+        let e = evidence(&g);
+        assert_eq!((e.peers_reporting, e.peers_seeing_master), (2, 0));
+        assert!(!e.server_hears_master);
+        // A frozen agent: the server lost a, the peers did not.
+        let g = judge(
+            vec![
+                node("a", Master, Primary, Down, &[]),
+                node("b", Backup, Secondary, Up, &[("a", true)]),
+            ],
+            Some("a"),
+        )
+        .unwrap();
+        assert_eq!(evidence(&g).peers_seeing_master, 1);
+        // A peer that is down does not count as a witness.
+        let g = judge(
+            vec![
+                node("a", Fault, Primary, Down, &[]),
+                node("b", Master, Secondary, Up, &[("a", false)]),
+                node("c", Backup, Secondary, Down, &[("a", true)]),
+            ],
+            Some("a"),
+        )
+        .unwrap();
+        let e = evidence(&g);
+        assert_eq!((e.peers_reporting, e.peers_seeing_master), (1, 0));
+        let cands = candidates(&g);
+        assert_eq!(cands.len(), 2);
+        assert!(cands.iter().all(|c| c.reaches_reference && c.priority == 1));
+        assert!(!cands.iter().find(|c| c.node_id == "c").unwrap().up);
+    }
 }

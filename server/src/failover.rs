@@ -843,10 +843,453 @@ mod tests {
             "wait",
             None,
         ),
+        // Dead master: how the evidence adds up.
+        (
+            "one of one peer loses it",
+            |s| {
+                s.evidence.peers_reporting = 1;
+                s.evidence.peers_seeing_master = 0
+            },
+            "failover",
+            Some("a"),
+        ),
+        (
+            "one of one peer still sees it",
+            |s| {
+                s.evidence.peers_reporting = 1;
+                s.evidence.peers_seeing_master = 1
+            },
+            "nothing",
+            None,
+        ),
+        (
+            "three of four peers lose it",
+            |s| {
+                s.evidence.peers_reporting = 4;
+                s.evidence.peers_seeing_master = 1
+            },
+            "failover",
+            Some("a"),
+        ),
+        (
+            "two of four peers lose it: no majority",
+            |s| {
+                s.evidence.peers_reporting = 4;
+                s.evidence.peers_seeing_master = 2
+            },
+            "nothing",
+            None,
+        ),
+        (
+            "three of five peers lose it",
+            |s| {
+                s.evidence.peers_reporting = 5;
+                s.evidence.peers_seeing_master = 2
+            },
+            "failover",
+            Some("a"),
+        ),
+        (
+            "two of five peers lose it",
+            |s| {
+                s.evidence.peers_reporting = 5;
+                s.evidence.peers_seeing_master = 3
+            },
+            "nothing",
+            None,
+        ),
+        (
+            "more peers seeing than reporting is read as all",
+            |s| s.evidence.peers_seeing_master = 7,
+            "nothing",
+            None,
+        ),
+        (
+            "heard master with no peers",
+            |s| {
+                s.evidence.server_hears_master = true;
+                s.evidence.peers_reporting = 0
+            },
+            "nothing",
+            None,
+        ),
+        (
+            "heard master that every peer lost",
+            |s| s.evidence.server_hears_master = true,
+            "nothing",
+            None,
+        ),
+        (
+            "master's reference reach unknown while heard",
+            |s| {
+                s.evidence.server_hears_master = true;
+                s.evidence.master_reaches_reference = None
+            },
+            "nothing",
+            None,
+        ),
+        (
+            "unheard master's reference reach is not looked at",
+            |s| s.evidence.master_reaches_reference = Some(false),
+            "failover",
+            Some("a"),
+        ),
+        // Isolated and unfit candidates.
+        (
+            "the preferred candidate is isolated",
+            |s| s.candidates[0].reaches_reference = false,
+            "failover",
+            Some("b"),
+        ),
+        (
+            "the preferred candidate is down",
+            |s| s.candidates[0].up = false,
+            "failover",
+            Some("b"),
+        ),
+        (
+            "the preferred candidate is never promoted",
+            |s| s.candidates[0].priority = 0,
+            "failover",
+            Some("b"),
+        ),
+        (
+            "every candidate is down",
+            |s| {
+                for c in &mut s.candidates {
+                    c.up = false
+                }
+            },
+            "alert",
+            None,
+        ),
+        (
+            "every candidate has priority 0",
+            |s| {
+                for c in &mut s.candidates {
+                    c.priority = 0
+                }
+            },
+            "alert",
+            None,
+        ),
+        (
+            "no candidates at all",
+            |s| s.candidates.clear(),
+            "alert",
+            None,
+        ),
+        (
+            "the master listed among the candidates is skipped",
+            |s| s.candidates.insert(0, candidate("m", 1000, true, 0)),
+            "failover",
+            Some("a"),
+        ),
+        (
+            "isolated candidate in notify mode",
+            |s| {
+                s.policy.mode = Mode::Notify;
+                for c in &mut s.candidates {
+                    c.reaches_reference = false
+                }
+            },
+            "alert",
+            None,
+        ),
+        (
+            "isolated preferred candidate in notify mode proposes the other",
+            |s| {
+                s.policy.mode = Mode::Notify;
+                s.candidates[0].reaches_reference = false
+            },
+            "propose",
+            Some("b"),
+        ),
+        // Lag and the data-loss bound.
+        (
+            "lag exactly at the byte bound",
+            |s| s.candidates[0].lag_bytes = Some(16 << 20),
+            "failover",
+            Some("a"),
+        ),
+        (
+            "lag one byte over the bound",
+            |s| s.candidates[0].lag_bytes = Some((16 << 20) + 1),
+            "failover",
+            Some("b"),
+        ),
+        (
+            "both over the byte bound",
+            |s| {
+                for c in &mut s.candidates {
+                    c.lag_bytes = Some(1 << 30)
+                }
+            },
+            "alert",
+            None,
+        ),
+        (
+            "lag over the seconds bound",
+            |s| s.candidates[0].lag_seconds = Some(10.5),
+            "failover",
+            Some("b"),
+        ),
+        (
+            "lag exactly at the seconds bound",
+            |s| s.candidates[0].lag_seconds = Some(10.0),
+            "failover",
+            Some("a"),
+        ),
+        (
+            "unknown seconds lag with known bytes",
+            |s| s.candidates[0].lag_seconds = None,
+            "failover",
+            Some("a"),
+        ),
+        (
+            "unknown byte lag is never within the bound",
+            |s| s.candidates[0].lag_bytes = None,
+            "failover",
+            Some("b"),
+        ),
+        (
+            "no byte lag known anywhere",
+            |s| {
+                for c in &mut s.candidates {
+                    c.lag_bytes = None
+                }
+            },
+            "alert",
+            None,
+        ),
+        (
+            "a zero bound accepts only a candidate with nothing pending",
+            |s| {
+                s.policy.max_lag_bytes = 0;
+                s.candidates[0].lag_bytes = Some(1)
+            },
+            "failover",
+            Some("b"),
+        ),
+        (
+            "lagging candidates in notify mode",
+            |s| {
+                s.policy.mode = Mode::Notify;
+                for c in &mut s.candidates {
+                    c.lag_bytes = Some(1 << 30)
+                }
+            },
+            "alert",
+            None,
+        ),
+        // Choosing among candidates.
+        (
+            "equal priority: least lag wins",
+            |s| {
+                s.candidates[1].priority = 100;
+                s.candidates[0].lag_bytes = Some(500);
+                s.candidates[1].lag_bytes = Some(100)
+            },
+            "failover",
+            Some("b"),
+        ),
+        (
+            "equal priority and lag: by node id",
+            |s| s.candidates[1].priority = 100,
+            "failover",
+            Some("a"),
+        ),
+        (
+            "priority beats lag",
+            |s| {
+                s.candidates[0].lag_bytes = Some(1000);
+                s.candidates[1].lag_bytes = Some(0)
+            },
+            "failover",
+            Some("a"),
+        ),
+        (
+            "a third, higher-priority candidate",
+            |s| {
+                s.evidence.peers_reporting = 3;
+                s.candidates.push(candidate("c", 500, true, 0))
+            },
+            "failover",
+            Some("c"),
+        ),
+        (
+            "the higher-priority third candidate is isolated",
+            |s| {
+                s.evidence.peers_reporting = 3;
+                s.candidates.push(candidate("c", 500, false, 0))
+            },
+            "failover",
+            Some("a"),
+        ),
+        // Flapping.
+        (
+            "previous automatic failover 59 min ago, unacknowledged",
+            |s| s.history.last_automatic = Some((at(10_000 - 59 * 60), false)),
+            "alert",
+            None,
+        ),
+        (
+            "previous automatic failover exactly an hour ago",
+            |s| s.history.last_automatic = Some((at(10_000 - 3600), false)),
+            "failover",
+            Some("a"),
+        ),
+        (
+            "previous automatic failover a second ago, acknowledged",
+            |s| s.history.last_automatic = Some((at(9_999), true)),
+            "failover",
+            Some("a"),
+        ),
+        (
+            "shorter anti-flap period has passed",
+            |s| {
+                s.policy.anti_flap = Duration::from_secs(60);
+                s.history.last_automatic = Some((at(10_000 - 61), false))
+            },
+            "failover",
+            Some("a"),
+        ),
+        (
+            "anti-flap in notify mode still proposes",
+            |s| {
+                s.policy.mode = Mode::Notify;
+                s.history.last_automatic = Some((at(9_990), false))
+            },
+            "propose",
+            Some("a"),
+        ),
+        (
+            "anti-flap while the master is heard",
+            |s| {
+                s.evidence.server_hears_master = true;
+                s.history.last_automatic = Some((at(9_990), false))
+            },
+            "nothing",
+            None,
+        ),
+        (
+            "a previous failover dated in the future holds back",
+            |s| s.history.last_automatic = Some((at(10_050), false)),
+            "alert",
+            None,
+        ),
+        // Concurrent operations.
+        (
+            "operation running with the master heard",
+            |s| {
+                s.history.operation_running = true;
+                s.evidence.server_hears_master = true
+            },
+            "nothing",
+            None,
+        ),
+        (
+            "operation running in notify mode",
+            |s| {
+                s.history.operation_running = true;
+                s.policy.mode = Mode::Notify
+            },
+            "nothing",
+            None,
+        ),
+        (
+            "operation running while the master must step down",
+            |s| {
+                s.history.operation_running = true;
+                s.evidence.server_hears_master = true;
+                s.evidence.master_reaches_reference = Some(false)
+            },
+            "nothing",
+            None,
+        ),
+        // Server restart.
+        (
+            "one second before the grace period ends",
+            |s| s.history.server_started_at = at(10_000 - 29),
+            "wait",
+            None,
+        ),
+        (
+            "the grace period has just ended",
+            |s| s.history.server_started_at = at(10_000 - 30),
+            "failover",
+            Some("a"),
+        ),
+        (
+            "no grace configured",
+            |s| {
+                s.policy.grace = Duration::ZERO;
+                s.history.server_started_at = at(10_000)
+            },
+            "failover",
+            Some("a"),
+        ),
+        (
+            "restart with every peer silent",
+            |s| {
+                s.history.server_started_at = at(10_000 - 5);
+                s.evidence.peers_reporting = 0
+            },
+            "wait",
+            None,
+        ),
+        // Fencing.
+        (
+            "hook and accepted risk: the hook is used",
+            |s| s.policy.accept_unfenced = true,
+            "failover",
+            Some("a"),
+        ),
+        (
+            "no fencing in notify mode still proposes",
+            |s| {
+                s.policy.mode = Mode::Notify;
+                s.policy.fencing_hook = false
+            },
+            "propose",
+            Some("a"),
+        ),
+        // Stepping down.
+        (
+            "step down skips an isolated preferred candidate",
+            |s| {
+                s.evidence.server_hears_master = true;
+                s.evidence.master_reaches_reference = Some(false);
+                s.candidates[0].reaches_reference = false
+            },
+            "step_down",
+            Some("b"),
+        ),
+        (
+            "step down with the global switch off",
+            |s| {
+                s.evidence.server_hears_master = true;
+                s.evidence.master_reaches_reference = Some(false);
+                s.policy.automatic_enabled = false
+            },
+            "alert",
+            None,
+        ),
+        (
+            "step down only to a candidate within the lag bound",
+            |s| {
+                s.evidence.server_hears_master = true;
+                s.evidence.master_reaches_reference = Some(false);
+                s.candidates[0].lag_bytes = Some(1 << 30)
+            },
+            "step_down",
+            Some("b"),
+        ),
     ];
 
     #[test]
     fn named_cases() {
+        assert!(CASES.len() >= 100, "{} cases", CASES.len());
         for (name, change, action, candidate) in CASES {
             let mut s = dead_master();
             change(&mut s);

@@ -80,6 +80,7 @@ impl Lab {
 
     /// Starts `ip monitor address` in `host`'s namespace; the receiver gets the instant the
     /// VIP (`NET.100`) appears there.
+    #[allow(dead_code)] // automatic_failover_latency measures writes, not the address
     pub fn watch_vip(&self, host: &str) -> Result<(Child, mpsc::Receiver<Instant>), String> {
         let mut child = Command::new("ip")
             .args(["-n", &format!("{}-{host}", self.name), "monitor", "address"])
