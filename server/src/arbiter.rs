@@ -504,7 +504,8 @@ async fn act(state: &AppState, c: &ClusterView, g: &Gathered, decision: &Decisio
 ///
 /// - `split_brain` (policy `auto`, the global switch on): while the leader is up, any other node
 ///   that is MASTER of the instance, or a primary, is fenced (and its database stopped) and kept
-///   fenced;
+///   fenced; so is, whatever the leader's state, a MASTER that cannot reach the reference
+///   address;
 /// - always: a node the server keeps fenced (`kept_fenced`: the old master of a failover, a
 ///   fenced second master) that reports an unfenced instance or a running primary is fenced
 ///   again, until a person lifts the fence.
@@ -525,6 +526,12 @@ async fn enforce_epoch(
             .into_iter()
             .collect();
     let leader_up = g.leader_status == NodeStatus::Up;
+    let isolated: BTreeSet<&str> = g
+        .witnesses
+        .iter()
+        .filter(|w| w.reaches_reference == Some(false))
+        .map(|w| w.node_id.as_str())
+        .collect();
     let nodes: Vec<(String, Option<VrrpState>, bool)> = {
         let live = state.live();
         live.cluster_nodes(&c.name)
@@ -545,7 +552,10 @@ async fn enforce_epoch(
     for (node, vrrp, primary) in nodes {
         let key = (c.name.clone(), node.clone());
         let master = vrrp == Some(VrrpState::Master);
-        let second = split_brain && leader_up && (master || primary);
+        // A second master beside a leader that is up, or a MASTER that cannot reach the
+        // reference address (it must not take over, whatever became of the leader).
+        let second = split_brain
+            && ((leader_up && (master || primary)) || (master && isolated.contains(node.as_str())));
         let unfenced = kept.contains(&node) && (vrrp != Some(VrrpState::Fault) || primary);
         if !second && !unfenced {
             memory.enforced.remove(&key);
@@ -585,11 +595,17 @@ async fn enforce_epoch(
                 (true, false) => "MASTER",
                 _ => "a primary",
             };
-            format!(
-                "split brain: {node} is {what} beside {}, the master of the current epoch; {node} is fenced{}",
-                g.leader,
-                if primary { " and its database stopped" } else { "" }
-            )
+            if leader_up {
+                format!(
+                    "split brain: {node} is {what} beside {}, the master of the current epoch; {node} is fenced{}",
+                    g.leader,
+                    if primary { " and its database stopped" } else { "" }
+                )
+            } else {
+                format!(
+                    "{node} made itself MASTER but cannot reach the reference address: an isolated node must not take over; {node} is fenced"
+                )
+            }
         };
         tracing::error!(cluster = %c.name, node = %node, "{reason}");
         insert_decision(

@@ -29,6 +29,12 @@ const PARTITION_LAB: Lab = Lab {
     net: "10.213.12",
     port: 18112,
 };
+/// Two hosts for the randomized faults.
+const CHAOS_LAB: Lab = Lab {
+    name: "hpchaos",
+    net: "10.213.14",
+    port: 18114,
+};
 
 /// The server's settings: `auto` for the lab's cluster, the lab's STONITH hook, h2 preferred.
 fn auto_settings(lab: &Lab) -> Settings {
@@ -55,9 +61,14 @@ fn auto_settings(lab: &Lab) -> Settings {
 /// psql as postgres on `host` (or, with `host` = None, on the VIP over the network); None when
 /// it fails.
 fn psql(lab: &Lab, host: Option<&str>, sql: &str) -> Option<String> {
+    psql_on(lab.name, lab.net, host, sql)
+}
+
+/// [`psql`] for lab `name` on `net`.
+fn psql_on(name: &str, net: &str, host: Option<&str>, sql: &str) -> Option<String> {
     let target = match host {
-        Some(h) => format!("/run/hapulse-lab/{}/{h}/pgsock", lab.name),
-        None => format!("{}.100", lab.net),
+        Some(h) => format!("/run/hapulse-lab/{name}/{h}/pgsock"),
+        None => format!("{net}.100"),
     };
     let out = Command::new("psql")
         .args(["-h", &target, "-U", "postgres", "-d", "postgres", "-qAt"])
@@ -386,6 +397,245 @@ async fn a_frozen_agent_or_a_cut_heartbeat_link_never_fails_over(pool: PgPool) {
             .then_some(())
     })
     .await;
+
+    // The master's agent hangs and h2 is cut off from h1 and from the gateway (not from the
+    // server): both the server and h2 lose h1, but h2 cannot reach the reference address, so it
+    // must not take over: no failover, a critical alert, and h2 — MASTER by keepalived's own
+    // doing — fenced.
+    lab.run(&["agent", "h1", "freeze"]);
+    lab.run(&["isolate", "h2", "on"]);
+    eventually(
+        30,
+        "the arbiter refusing the isolated candidate",
+        || async {
+            let f = failover_status(&server, name).await;
+            let reason = f["verdict"]["decision"]["reason"].as_str()?.to_string();
+            (f["verdict"]["decision"]["action"] == "alert"
+                && reason.contains("an isolated node must not take over"))
+            .then_some(())
+        },
+    )
+    .await;
+    eventually(30, "the isolated MASTER fenced", || async {
+        let (_, n) = server.get_json("/api/v1/nodes/h2").await;
+        let f = failover_status(&server, name).await;
+        let fenced = f["decisions"].as_array()?.iter().any(|d| {
+            d["action"] == "fence"
+                && d["candidate"] == "h2"
+                && d["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("cannot reach the reference address"))
+        });
+        (fenced && n["instances"][0]["state"] == "FAULT" && !lab.holds_vip("h2")).then_some(())
+    })
+    .await;
+    eventually(15, "a critical failover_blocked alert", || async {
+        let (_, a) = server.get_json("/api/v1/alerts").await;
+        a["alerts"]
+            .as_array()?
+            .iter()
+            .any(|a| a["rule"] == "failover_blocked" && a["state"] == "firing")
+            .then_some(())
+    })
+    .await;
+    assert!(lab.holds_vip("h1"));
+    assert_eq!(
+        psql(&lab, Some("h1"), "SELECT pg_is_in_recovery()").as_deref(),
+        Some("f")
+    );
+    lab.run(&["isolate", "h2", "off"]);
+    lab.run(&["agent", "h1", "thaw"]);
     assert!(failovers(&pool, name).await.is_empty());
+    server.stop().await;
+}
+
+/// One fault the randomized run injects, with its repair.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// SIGSTOP the agent for the given seconds, then SIGCONT.
+    FreezeAgent(&'static str, u64),
+    /// Drop incoming VRRP (a cut heartbeat link) for the given seconds; unfence if fenced.
+    CutHeartbeat(&'static str, u64),
+    /// Stop keepalived cleanly, then start it again.
+    RestartKeepalived(&'static str),
+    /// Stop the agent, then start it again.
+    RestartAgent(&'static str),
+}
+
+/// What the watcher saw go wrong, from the kernels and the databases (not from hapulse).
+struct Watcher {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Watcher {
+    /// Every 200 ms: who holds the VIP (`ip addr`) and who is a primary (`pg_is_in_recovery`).
+    /// Two VIP holders for longer than `takeover` (keepalived's own takeover time), or two
+    /// primaries at any time, is a violation.
+    fn start(lab: &Lab, takeover: Duration) -> Watcher {
+        let (name, net) = (lab.name, lab.net);
+        let holds_vip = move |host: &str| {
+            let out = Command::new("ip")
+                .args([
+                    "-n",
+                    &format!("{name}-{host}"),
+                    "-br",
+                    "addr",
+                    "show",
+                    "dev",
+                    "eth0",
+                ])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default();
+            out.contains(&format!("{net}.100/"))
+        };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut violations = Vec::new();
+            let mut two_since: Option<Instant> = None;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let holders = ["h1", "h2"].iter().filter(|h| holds_vip(h)).count();
+                match (holders > 1, two_since) {
+                    (true, None) => two_since = Some(Instant::now()),
+                    (true, Some(since)) if since.elapsed() > takeover => {
+                        violations.push(format!("two VIP holders for {:?}", since.elapsed()));
+                        two_since = Some(Instant::now());
+                    }
+                    (false, _) => two_since = None,
+                    _ => {}
+                }
+                let primaries = ["h1", "h2"]
+                    .iter()
+                    .filter(|h| {
+                        psql_on(name, net, Some(h), "SELECT pg_is_in_recovery()").as_deref()
+                            == Some("f")
+                    })
+                    .count();
+                if primaries > 1 {
+                    violations.push("two primaries".into());
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            violations
+        });
+        Watcher { stop, thread }
+    }
+
+    fn finish(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// Lifts the fence the arbiter set on `host` (a second master), once it is a streaming standby.
+async fn unfence_when_rejoined(server: &TestServer, lab: &str, host: &str) {
+    let (_, n) = server.get_json(&format!("/api/v1/nodes/{host}")).await;
+    if n["instances"][0]["state"] != "FAULT" {
+        return;
+    }
+    eventually(30, "the fenced node unfenced", || async {
+        let r = server
+            .http
+            .post(format!(
+                "{}/api/v1/clusters/{lab}/nodes/{host}/unfence",
+                server.url
+            ))
+            .json(&serde_json::json!({"reason": "fault repaired"}))
+            .send()
+            .await
+            .ok()?;
+        (r.status().as_u16() == 200).then_some(())
+    })
+    .await;
+    eventually(30, "the unfenced node a BACKUP", || async {
+        let (_, n) = server.get_json(&format!("/api/v1/nodes/{host}")).await;
+        (n["instances"][0]["state"] == "BACKUP").then_some(())
+    })
+    .await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn randomized_faults_never_make_two_masters_or_two_primaries(pool: PgPool) {
+    use rand::{Rng, SeedableRng};
+    require_root_and_tools();
+    let seed: u64 = std::env::var("HAPULSE_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("fault seed {seed} (HAPULSE_FAULT_SEED={seed} repeats this run)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let lab = CHAOS_LAB.up(&pool, &["2", "--postgres"]).await;
+    let name = lab.name;
+    let server = lab
+        .start_server_with(pool.clone(), auto_settings(&lab))
+        .await;
+    settled(&server, name, "h1", 1).await;
+    // keepalived's own takeover: 3 × advert_int + skew, plus a report and a command.
+    let watcher = Watcher::start(&lab, Duration::from_secs(5));
+    // Every kind of fault twice, on random hosts for random times, in a random order.
+    let hosts = ["h1", "h2"];
+    let mut faults: Vec<Fault> = (0..8)
+        .map(|i| {
+            let host = hosts[rng.gen_range(0..2)];
+            match i % 4 {
+                0 => Fault::FreezeAgent(host, rng.gen_range(2..7)),
+                1 => Fault::CutHeartbeat(host, rng.gen_range(2..7)),
+                2 => Fault::RestartKeepalived("h2"),
+                _ => Fault::RestartAgent(host),
+            }
+        })
+        .collect();
+    rand::seq::SliceRandom::shuffle(faults.as_mut_slice(), &mut rng);
+    for (round, fault) in faults.into_iter().enumerate() {
+        eprintln!("round {}: {fault:?}", round + 1);
+        match fault {
+            Fault::FreezeAgent(h, secs) => {
+                lab.run(&["agent", h, "freeze"]);
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                lab.run(&["agent", h, "thaw"]);
+            }
+            Fault::CutHeartbeat(h, secs) => {
+                lab.run(&["vrrp", h, "drop"]);
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                lab.run(&["vrrp", h, "allow"]);
+            }
+            Fault::RestartKeepalived(h) => {
+                lab.run(&["keepalived", h, "stop"]);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                lab.run(&["keepalived", h, "start"]);
+            }
+            Fault::RestartAgent(h) => {
+                lab.run(&["agent", h, "stop"]);
+                lab.run(&["agent", h, "start"]);
+            }
+        }
+        // Repaired: h2 back to a BACKUP (unfenced if the arbiter fenced it), h1 the master.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        unfence_when_rejoined(&server, name, "h2").await;
+        settled(&server, name, "h1", 1).await;
+    }
+    let violations = watcher.finish();
+    assert!(violations.is_empty(), "seed {seed}: {violations:?}");
+    assert!(
+        failovers(&pool, name).await.is_empty(),
+        "seed {seed}: no fault here warrants a failover"
+    );
+    // Every command an agent executed carried an epoch at least as high as any before it.
+    let executed: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT node_id, epoch FROM commands WHERE state = 'succeeded' ORDER BY node_id, finished_at",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for pair in executed.windows(2) {
+        if pair[0].0 == pair[1].0 {
+            assert!(
+                pair[0].1 <= pair[1].1,
+                "seed {seed}: stale epoch executed: {executed:?}"
+            );
+        }
+    }
     server.stop().await;
 }
