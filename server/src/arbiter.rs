@@ -27,7 +27,6 @@
 //! connection still looks `streaming` until `wal_receiver_timeout` (60 s by default) ends it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -132,6 +131,8 @@ struct Memory {
     /// (cluster, node) fenced or stopped by the split-brain rule and not yet seen obeying, with
     /// when: the commands are issued again after a minute (their deadline).
     enforced: BTreeMap<(String, String), tokio::time::Instant>,
+    /// Clusters whose last attempt to act was refused, with when: not tried again for 30 s.
+    refused: BTreeMap<String, tokio::time::Instant>,
 }
 
 /// The global switch, as stored (the configured value until someone turns it).
@@ -148,7 +149,6 @@ pub async fn automatic_enabled(state: &AppState) -> Result<bool, sqlx::Error> {
 async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error> {
     let now = Utc::now();
     let enabled = automatic_enabled(state).await?;
-    state.automatic_failover.store(enabled, Ordering::Relaxed);
     let leaders: BTreeMap<String, Option<String>> =
         sqlx::query_as("SELECT name, leader FROM clusters")
             .fetch_all(&state.db)
@@ -229,7 +229,15 @@ async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error>
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(c.name.clone(), verdict);
         if let Some(g) = &gathered {
-            act(state, c, g, &decision).await;
+            let backing_off = memory
+                .refused
+                .get(&c.name)
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(30));
+            if !backing_off && !act(state, c, g, &decision).await {
+                memory
+                    .refused
+                    .insert(c.name.clone(), tokio::time::Instant::now());
+            }
             // A running switchover or failover fences and promotes by itself.
             if !operation_running {
                 let split_brain = policy.mode == failover::Mode::Auto && policy.automatic_enabled;
@@ -458,9 +466,10 @@ async fn insert_decision(
     Ok(())
 }
 
-/// Carries out a decision that acts. A refusal by the switchover machinery (another operation
-/// started meanwhile, the cluster changed) is logged; the next round decides again.
-async fn act(state: &AppState, c: &ClusterView, g: &Gathered, decision: &Decision) {
+/// Carries out a decision that acts; false when the switchover machinery refused (another
+/// operation started meanwhile, the cluster changed): logged, and tried again after 30 s if the
+/// verdict stands.
+async fn act(state: &AppState, c: &ClusterView, g: &Gathered, decision: &Decision) -> bool {
     let who = Principal {
         name: ACTOR.into(),
         ..Principal::system()
@@ -488,14 +497,16 @@ async fn act(state: &AppState, c: &ClusterView, g: &Gathered, decision: &Decisio
                 Err(e) => Err(e),
             }
         }
-        _ => return,
+        _ => return true,
     };
     match started {
         Ok(id) => {
-            tracing::warn!(cluster = %c.name, switchover = %id, action = decision.action(), "arbiter acting")
+            tracing::warn!(cluster = %c.name, switchover = %id, action = decision.action(), "arbiter acting");
+            true
         }
         Err(e) => {
-            tracing::warn!(cluster = %c.name, error = %e, action = decision.action(), "arbiter could not act")
+            tracing::error!(cluster = %c.name, error = %e, action = decision.action(), "arbiter could not act; trying again in 30 s if the verdict stands");
+            false
         }
     }
 }

@@ -93,7 +93,6 @@ pub async fn serve(
         login_throttle: Default::default(),
         shutdown: shutdown.clone(),
         started_at: chrono::Utc::now(),
-        automatic_failover: std::sync::atomic::AtomicBool::new(settings.failover.automatic_enabled),
         verdicts: Default::default(),
     }));
 

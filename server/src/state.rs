@@ -51,8 +51,6 @@ pub struct App {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// When this server process started (the arbiter's grace period counts from it).
     pub started_at: chrono::DateTime<chrono::Utc>,
-    /// The global switch of automatic actions as the arbiter last read it.
-    pub automatic_failover: std::sync::atomic::AtomicBool,
     /// The arbiter's latest verdict per cluster.
     pub verdicts: RwLock<std::collections::BTreeMap<String, crate::arbiter::Verdict>>,
 }

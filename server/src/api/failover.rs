@@ -239,7 +239,13 @@ pub async fn request_failover(
     });
     let started = match &decision {
         Decision::Failover { reason, .. } => {
-            let reason = format!("{} (confirmed: {reason})", req.reason);
+            // Kept with the failover and in its audit row.
+            let loss = if req.accept_data_loss {
+                "; data loss beyond the bound accepted"
+            } else {
+                ""
+            };
+            let reason = format!("{} (confirmed{loss}: {reason})", req.reason);
             crate::switchover::start_failover(
                 state,
                 &view,
@@ -494,9 +500,6 @@ pub async fn set_switch(
         .record(&mut *tx)
         .await?;
     tx.commit().await?;
-    state
-        .automatic_failover
-        .store(req.automatic_enabled, std::sync::atomic::Ordering::Relaxed);
     tracing::warn!(by = %me.name, enabled = req.automatic_enabled, reason = %req.reason, "automatic failover switched");
     Ok(Json(
         serde_json::json!({ "automatic_enabled": req.automatic_enabled }),
