@@ -52,7 +52,6 @@ impl SendError {
     }
 }
 
-/// Client of `/api/agent/v1`.
 /// Files for TLS: extra CAs for the server's certificate, and this node's client certificate.
 #[derive(Debug, Clone, Default)]
 pub struct ClientTls {
@@ -64,6 +63,7 @@ pub struct ClientTls {
     pub client_key_file: Option<std::path::PathBuf>,
 }
 
+/// Client of `/api/agent/v1`.
 #[derive(Clone)]
 pub struct AgentClient {
     http: reqwest::Client,
@@ -113,6 +113,15 @@ impl AgentClient {
             base_url,
             token,
         })
+    }
+
+    /// The same client (connection pool, TLS) speaking for another node with `token`: how the
+    /// simulator plays thousands of agents over a few connections.
+    pub fn with_token(&self, token: SecretString) -> AgentClient {
+        AgentClient {
+            token,
+            ..self.clone()
+        }
     }
 
     /// Long poll: waits up to `wait` on the server for commands of `node_id` (the request's own

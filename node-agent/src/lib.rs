@@ -13,5 +13,6 @@ pub mod credential;
 pub mod host;
 pub mod keepalived;
 pub mod replication;
+pub mod simulate;
 pub mod spool;
 mod sys;

@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
                   Every key and its default: hapulse-agent --print-default-config"
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Subcommand>,
     /// TOML configuration file; every key can also be set as HAPULSE_AGENT_<KEY>
     /// (nested: HAPULSE_AGENT_KEEPALIVED__PID_FILE).
     #[arg(long, short, env = "HAPULSE_AGENT_CONFIG")]
@@ -25,6 +27,14 @@ struct Cli {
     /// Print every configuration key with its default value and exit.
     #[arg(long)]
     print_default_config: bool,
+}
+
+#[derive(clap::Subcommand)]
+enum Subcommand {
+    /// Play N agents against a server over the real agent API (load tests; trying hapulse
+    /// without root): `hapulse-agent simulate --server-url URL --api-token TOKEN --nodes 1000
+    /// --clusters 500 --churn 1`.
+    Simulate(hapulse_agent::simulate::SimulateArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +51,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(Subcommand::Simulate(args)) = cli.command {
+        return simulate(args);
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -68,6 +81,31 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "agent failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// `hapulse-agent simulate`: runs until `--duration` or a signal.
+fn simulate(args: hapulse_agent::simulate::SimulateArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hapulse-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        if let Err(e) = watch_signals(shutdown.clone()) {
+            eprintln!("hapulse-agent: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+        match hapulse_agent::simulate::run(args, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hapulse-agent simulate: {e:#}");
                 ExitCode::FAILURE
             }
         }
