@@ -185,7 +185,10 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> anyhow::Res
         let sent = stats.sent.load(Ordering::Relaxed);
         let acked = stats.acked.load(Ordering::Relaxed);
         let mut window = std::mem::take(
-            &mut *stats.latencies.lock().unwrap_or_else(PoisonError::into_inner),
+            &mut *stats
+                .latencies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
         );
         let secs = args.report_every.as_secs_f64();
         println!(
@@ -380,13 +383,26 @@ async fn play(
         if world.dead[index].load(Ordering::Relaxed) {
             continue;
         }
-        let master = world.masters[node.cluster_index].load(Ordering::Relaxed) as usize
-            == node.member_index;
+        let master =
+            world.masters[node.cluster_index].load(Ordering::Relaxed) as usize == node.member_index;
         // A random walk of the standby's lag, in bytes.
         lag = (lag + rand::rng().random_range(-4096.0..4096.0)).clamp(0.0, 1e7);
         seq += 1;
-        let role = if master { VrrpState::Master } else { VrrpState::Backup };
-        let report = report(&node, boot_id, seq, interval, started, role, lag as u64, last_role != Some(role));
+        let role = if master {
+            VrrpState::Master
+        } else {
+            VrrpState::Backup
+        };
+        let report = report(
+            &node,
+            boot_id,
+            seq,
+            interval,
+            started,
+            role,
+            lag as u64,
+            last_role != Some(role),
+        );
         last_role = Some(role);
         stats.sent.fetch_add(1, Ordering::Relaxed);
         let t = Instant::now();
@@ -424,7 +440,11 @@ fn report(
     lag: u64,
     state_change: bool,
 ) -> HeartbeatReport {
-    let vip = format!("10.{}.{}.100", 200 + node.cluster_index / 256 % 50, node.cluster_index % 256);
+    let vip = format!(
+        "10.{}.{}.100",
+        200 + node.cluster_index / 256 % 50,
+        node.cluster_index % 256
+    );
     let master = role == VrrpState::Master;
     HeartbeatReport {
         protocol_version: PROTOCOL_VERSION,

@@ -6,6 +6,7 @@
 mod alerting;
 mod api;
 mod browser;
+mod failover_api;
 mod harness;
 mod lab;
 mod lab_alerts;

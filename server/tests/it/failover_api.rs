@@ -1,0 +1,315 @@
+//! The failover API without a lab: a proposed failover confirmed by a person (the agents played
+//! by the test through the real agent API), refusals, acknowledgement, the global switch.
+
+use std::time::Duration;
+
+use hapulse_agent::client::AgentClient;
+use hapulse_protocol::{
+    Action, ArbitrationReport, CommandOutcome, CommandResult, LinkState, PeerReachability,
+    Reachability, ReplicationRole, VrrpState,
+};
+use secrecy::SecretString;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use hapulse_server::config::ClusterFailover;
+use hapulse_server::failover::Mode;
+
+use crate::harness::{count, eventually, pg_report_link, report, settings, TestServer};
+
+fn reach(ok: bool) -> Reachability {
+    Reachability {
+        address: "10.0.0.1".parse().unwrap(),
+        reachable: ok,
+        rtt_ms: ok.then_some(0.2),
+        consecutive_failures: u32::from(!ok),
+    }
+}
+
+/// Reaches the reference address; sees `peer` or not.
+fn arbitration(peer: &str, sees: bool) -> Option<ArbitrationReport> {
+    Some(ArbitrationReport {
+        reference: Some(reach(true)),
+        peers: vec![PeerReachability {
+            node_id: peer.into(),
+            reach: reach(sees),
+        }],
+        self_fenced_at: None,
+    })
+}
+
+async fn post(
+    server: &TestServer,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = server
+        .http
+        .post(format!("{}{path}", server.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_person_confirms_a_proposed_failover(pool: PgPool) {
+    let mut s = settings();
+    s.failover.grace = Duration::ZERO;
+    s.failover.clusters.insert(
+        "c".into(),
+        ClusterFailover {
+            mode: Mode::Notify,
+            candidates: Default::default(),
+            default_candidate_priority: 1,
+            max_lag_bytes: 1000,
+            max_lag_seconds: 10.0,
+            anti_flap: Duration::from_secs(3600),
+            fencing_hook: None,
+            fencing_timeout: Duration::from_secs(30),
+            accept_unfenced: true,
+        },
+    );
+    let server = TestServer::start_on(pool, s).await;
+    let agents = server.agent();
+    let b = AgentClient::new(
+        &server.url,
+        SecretString::from(server.credential("b").await),
+        Duration::from_secs(10),
+        &Default::default(),
+    )
+    .unwrap();
+    let mut ra = report("a", Uuid::new_v4(), 1, VrrpState::Master, true);
+    ra.heartbeat_interval_ms = 100; // silent for 300 ms: down
+    ra.replication = vec![pg_report_link(
+        ReplicationRole::Primary,
+        LinkState::Streaming,
+        0,
+    )];
+    ra.arbitration = arbitration("b", true);
+    let b_boot = Uuid::new_v4();
+    let mut b_seq = 1;
+    let mut rb = report("b", b_boot, b_seq, VrrpState::Backup, false);
+    rb.replication = vec![pg_report_link(
+        ReplicationRole::Secondary,
+        LinkState::Streaming,
+        500,
+    )];
+    rb.arbitration = arbitration("a", true);
+    agents.send_heartbeat(&ra).await.unwrap();
+    b.send_heartbeat(&rb).await.unwrap();
+    eventually(10, "a leading, nothing to do", || async {
+        let (_, f) = server.get_json("/api/v1/clusters/c/failover").await;
+        (f["leader"] == "a" && f["verdict"]["decision"]["action"] == "nothing").then_some(())
+    })
+    .await;
+
+    // While the server hears a, a person cannot fail over: 409 with the arbiter's reason,
+    // audited, nothing started.
+    let (status, body) = post(
+        &server,
+        "/api/v1/clusters/c/failover",
+        serde_json::json!({"target_node": "b", "reason": "a looks slow"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("failover_refused")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("the server hears a"),
+        "{body}"
+    );
+    assert_eq!(
+        count(&server.pool, "SELECT count(*) FROM switchovers").await,
+        0
+    );
+    assert_eq!(
+        count(
+            &server.pool,
+            "SELECT count(*) FROM audit_log WHERE action = 'failover' AND outcome LIKE 'refused%'"
+        )
+        .await,
+        1
+    );
+
+    // a goes silent; b lost it too and keepalived made b MASTER with the VIP: propose b.
+    b_seq += 1;
+    rb = report("b", b_boot, b_seq, VrrpState::Master, true);
+    rb.replication = vec![pg_report_link(
+        ReplicationRole::Secondary,
+        LinkState::Disconnected,
+        500,
+    )];
+    rb.arbitration = arbitration("a", false);
+    b.send_heartbeat(&rb).await.unwrap();
+    eventually(10, "a failover proposed, and alerted", || async {
+        let (_, f) = server.get_json("/api/v1/clusters/c/failover").await;
+        let (_, a) = server.get_json("/api/v1/alerts").await;
+        let alerted = a["alerts"].as_array()?.iter().any(|a| {
+            a["rule"] == "failover_proposed"
+                && a["severity"] == "critical"
+                && a["state"] == "firing"
+        });
+        (f["verdict"]["decision"]["action"] == "propose"
+            && f["verdict"]["decision"]["candidate"] == "b"
+            && alerted)
+            .then_some(())
+    })
+    .await;
+    // Then b turns out 2000 bytes behind, the bound is 1000: blocked (and alerted); a person
+    // may still fail over, only with accept_data_loss.
+    b_seq += 1;
+    rb.seq = b_seq;
+    rb.replication = vec![pg_report_link(
+        ReplicationRole::Secondary,
+        LinkState::Disconnected,
+        2000,
+    )];
+    b.send_heartbeat(&rb).await.unwrap();
+    eventually(
+        10,
+        "the failover blocked by the data-loss bound",
+        || async {
+            let (_, f) = server.get_json("/api/v1/clusters/c/failover").await;
+            let (_, a) = server.get_json("/api/v1/alerts").await;
+            let alerted = a["alerts"]
+                .as_array()?
+                .iter()
+                .any(|a| a["rule"] == "failover_blocked" && a["state"] == "firing");
+            (f["verdict"]["decision"]["action"] == "alert" && alerted).then_some(())
+        },
+    )
+    .await;
+    let confirm = |accept: bool| serde_json::json!({"target_node": "b", "reason": "a is gone", "accept_data_loss": accept});
+    let (status, body) = post(&server, "/api/v1/clusters/c/failover", confirm(false)).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("failover_refused")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("would lose more than the bound"),
+        "{body}"
+    );
+    let (status, body) = post(&server, "/api/v1/clusters/c/failover", confirm(true)).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+
+    // Play b's agent: answer its commands, report the promotion, keep heartbeating.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let sw = loop {
+        for command in b
+            .poll_commands("b", Duration::from_millis(200))
+            .await
+            .unwrap_or_default()
+        {
+            if matches!(command.action, Action::PostgresPromote { .. }) {
+                rb.replication = vec![pg_report_link(
+                    ReplicationRole::Primary,
+                    LinkState::Disconnected,
+                    0,
+                )];
+            }
+            b.send_result(
+                command.id,
+                &CommandResult {
+                    node_id: "b".into(),
+                    outcome: CommandOutcome::Succeeded,
+                    message: format!("did {}", command.action.kind()),
+                    data: Default::default(),
+                },
+            )
+            .await
+            .unwrap();
+        }
+        b_seq += 1;
+        rb.seq = b_seq;
+        b.send_heartbeat(&rb).await.unwrap();
+        let (_, sw) = server.get_json(&format!("/api/v1/switchovers/{id}")).await;
+        if matches!(sw["state"].as_str(), Some("succeeded" | "failed")) {
+            break sw;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the failover did not end: {sw:#}"
+        );
+    };
+    assert_eq!(sw["state"], "succeeded", "{sw:#}");
+    assert_eq!(
+        (sw["kind"].as_str(), sw["automatic"].as_bool()),
+        (Some("failover"), Some(false))
+    );
+    assert!(
+        sw["reason"]
+            .as_str()
+            .unwrap()
+            .contains("data loss beyond the bound accepted"),
+        "{sw}"
+    );
+    assert_eq!(
+        sw["steps"][0]["state"], "skipped",
+        "no hook, risk accepted: {sw:#}"
+    );
+    let (_, f) = server.get_json("/api/v1/clusters/c/failover").await;
+    assert_eq!(f["leader"], "b", "{f:#}");
+    let kept = count(
+        &server.pool,
+        "SELECT count(*) FROM kept_fenced WHERE node_id = 'a'",
+    )
+    .await;
+    assert_eq!(kept, 1, "the old master stays fenced");
+
+    // Acknowledged once; a second time is a conflict; an unknown id is 404.
+    let ack = serde_json::json!({"reason": "checked a's host"});
+    let (status, _) = post(
+        &server,
+        &format!("/api/v1/switchovers/{id}/acknowledge"),
+        ack.clone(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = post(
+        &server,
+        &format!("/api/v1/switchovers/{id}/acknowledge"),
+        ack.clone(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("already_acknowledged"))
+    );
+    let (status, _) = post(
+        &server,
+        &format!("/api/v1/switchovers/{}/acknowledge", Uuid::new_v4()),
+        ack,
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // The global switch: stored, shown, audited.
+    let r = server
+        .http
+        .put(format!("{}/api/v1/failover", server.url))
+        .json(&serde_json::json!({"automatic_enabled": false, "reason": "maintenance night"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let (_, f) = server.get_json("/api/v1/clusters/c/failover").await;
+    assert_eq!(f["automatic_enabled"], false);
+    assert_eq!(
+        count(&server.pool, "SELECT count(*) FROM audit_log WHERE action = 'automatic_failover' AND outcome = 'disabled'").await,
+        1
+    );
+    server.stop().await;
+}
