@@ -350,6 +350,73 @@ mod tests {
         assert!(t.reachability().reachable);
     }
 
+    #[tokio::test]
+    async fn an_isolated_host_fences_itself_until_the_server_lifts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings {
+            node_id: "n".into(),
+            cluster: "c".into(),
+            state_dir: dir.path().join("state"),
+            ..Settings::default()
+        };
+        std::fs::create_dir_all(&settings.state_dir).unwrap();
+        settings.actions.enabled = vec!["fence".into()];
+        settings.actions.track_files = vec![crate::config::TrackFileSettings {
+            instance: "VI_1".into(),
+            priority_file: dir.path().join("prio"),
+            fence_file: dir.path().join("fence"),
+        }];
+        let stopped = dir.path().join("stopped");
+        let arbitration = ArbitrationSettings {
+            reference_address: "192.0.2.1".parse().unwrap(),
+            peers: vec![],
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(50),
+            self_fence_after: Some(Duration::from_millis(300)),
+            isolated_primary_stop_command: Some(vec![
+                "touch".into(),
+                stopped.display().to_string(),
+            ]),
+        };
+        // Not a primary: the database is left alone.
+        self_fence(&settings, &arbitration, &[]).await;
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("fence")).unwrap(),
+            "1\n"
+        );
+        assert!(self_fenced_at(&settings.state_dir).is_some());
+        assert!(!stopped.exists());
+        // A primary: stopped too.
+        self_fence(&settings, &arbitration, &["pg".into()]).await;
+        assert!(stopped.exists());
+        // Only a fence command (the server, with a current epoch) lifts it.
+        let mut executor = crate::commands::Executor::open(settings.clone()).unwrap();
+        let lift = hapulse_protocol::Command {
+            id: uuid::Uuid::new_v4(),
+            cluster: "c".into(),
+            node_id: "n".into(),
+            epoch: 1,
+            action: hapulse_protocol::Action::Fence {
+                instance: "VI_1".into(),
+                fenced: false,
+            },
+            deadline: Utc::now() + chrono::Duration::seconds(30),
+            switchover_id: None,
+        };
+        let result = executor.handle(&lift).await;
+        assert_eq!(
+            result.outcome,
+            hapulse_protocol::CommandOutcome::Succeeded,
+            "{}",
+            result.message
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("fence")).unwrap(),
+            "0\n"
+        );
+        assert_eq!(self_fenced_at(&settings.state_dir), None);
+    }
+
     #[test]
     fn the_marker_round_trips() {
         let dir = tempfile::tempdir().unwrap();

@@ -432,8 +432,10 @@ pub async fn run_loop(
     let max_backoff = executor.settings.max_retry_backoff;
     let mut backoff = Duration::from_millis(500);
     loop {
-        // Commands from heartbeat answers first; the poll itself is never cut short (the server
-        // marks what it hands out as delivered).
+        // Commands from heartbeat answers first. The server marks what it hands out as
+        // delivered, so a command it put in a heartbeat answer does not come back on the long
+        // poll (for 10 s): one arriving that way ends the wait at once. Should the poll we drop
+        // have carried commands too, the server hands them out again after those 10 s.
         let mut queued = Vec::new();
         while let Ok(command) = fallback.try_recv() {
             queued.push(command);
@@ -443,6 +445,7 @@ pub async fn run_loop(
         } else {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                Some(command) = fallback.recv() => Ok(vec![command]),
                 polled = client.poll_commands(&node_id, Duration::from_secs(25)) => polled,
             }
         };

@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Principal;
 use crate::commands::{self, NewCommand};
 use crate::failover::{self, Candidate, Decision, Evidence, History, Situation};
-use crate::live::{Live, NodeLive, NodeStatus};
+use crate::live::{NodeLive, NodeStatus};
 use crate::state::AppState;
 use crate::view::{self, ClusterView};
 
@@ -177,19 +177,49 @@ async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error>
         ))
     })
     .collect();
-    let views = view::clusters(&state.live(), now);
-    for c in &views {
+    let mut kept: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (cluster, node) in
+        sqlx::query_as::<_, (String, String)>("SELECT cluster, node_id FROM kept_fenced")
+            .fetch_all(&state.db)
+            .await?
+    {
+        kept.entry(cluster).or_default().insert(node);
+    }
+    // Everything read from the live state in one pass, under one short lock.
+    let judged: Vec<Judged> = {
+        let live = state.live();
+        live.by_cluster()
+            .into_iter()
+            .filter_map(|(name, nodes)| {
+                let c = view::cluster_view_of(name, nodes.clone(), now)?;
+                let stored = leaders.get(name).cloned().flatten();
+                let leader = find_leader(&nodes, &c, stored.as_deref());
+                let gathered = leader.as_ref().map(|(instance, link, leader)| {
+                    gather(&state.settings.failover, &nodes, &c, instance, link, leader)
+                });
+                let members = gathered
+                    .as_ref()
+                    .map_or_else(Vec::new, |g| members(&nodes, g));
+                Some(Judged {
+                    view: c,
+                    stored,
+                    leader,
+                    gathered,
+                    members,
+                })
+            })
+            .collect()
+    };
+    for Judged {
+        view: c,
+        stored,
+        leader,
+        gathered,
+        members,
+    } in &judged
+    {
         let policy = state.settings.failover.policy(&c.name, enabled);
-        let stored = leaders.get(&c.name).cloned().flatten();
-        let (leader, gathered) = {
-            let live = state.live();
-            let leader = find_leader(&live, c, stored.as_deref());
-            let gathered = leader.as_ref().map(|(instance, link, leader)| {
-                gather(&state.settings.failover, &live, c, instance, link, leader)
-            });
-            (leader, gathered)
-        };
-        if let Some((_, _, l)) = &leader {
+        if let Some((_, _, l)) = leader {
             if stored.as_deref() != Some(l.as_str()) {
                 tracing::info!(cluster = %c.name, leader = %l, previous = ?stored, "leader of the current epoch");
                 sqlx::query("UPDATE clusters SET leader = $2 WHERE name = $1")
@@ -200,7 +230,7 @@ async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error>
             }
         }
         let operation_running = running.contains(&c.name);
-        let decision = match &gathered {
+        let decision = match gathered {
             None => Decision::Nothing {
                 reason: "no leader known: no single MASTER (or primary) has been seen yet".into(),
             },
@@ -228,7 +258,7 @@ async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error>
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(c.name.clone(), verdict);
-        if let Some(g) = &gathered {
+        if let Some(g) = gathered {
             let backing_off = memory
                 .refused
                 .get(&c.name)
@@ -241,16 +271,51 @@ async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error>
             // A running switchover or failover fences and promotes by itself.
             if !operation_running {
                 let split_brain = policy.mode == failover::Mode::Auto && policy.automatic_enabled;
-                enforce_epoch(state, memory, c, g, split_brain).await?;
+                let kept = kept.get(&c.name).cloned().unwrap_or_default();
+                enforce_epoch(state, memory, c, g, members, split_brain, &kept).await?;
             }
         }
     }
     Ok(())
 }
 
-/// The leader of `c`: (instance, link key, node id).
+/// One cluster as read from the live state in a round.
+struct Judged {
+    view: ClusterView,
+    /// The leader stored before this round.
+    stored: Option<String>,
+    /// (instance, link key, leader) as found now.
+    leader: Option<(String, Option<String>, String)>,
+    gathered: Option<Gathered>,
+    members: Vec<Member>,
+}
+
+/// A node other than the leader that is up: its id, its state in the leader's instance, and
+/// whether it says it is a primary of the leader's link.
+type Member = (String, Option<VrrpState>, bool);
+
+/// The [`Member`]s of a cluster.
+fn members(nodes: &[&NodeLive], g: &Gathered) -> Vec<Member> {
+    nodes
+        .iter()
+        .filter(|n| n.node_id != g.leader && n.status == NodeStatus::Up)
+        .map(|n| {
+            let primary = g.link.as_deref().is_some_and(|k| {
+                n.link(k)
+                    .is_some_and(|l| l.role == ReplicationRole::Primary)
+            });
+            (
+                n.node_id.clone(),
+                n.instance(&g.instance).map(|i| i.state),
+                primary,
+            )
+        })
+        .collect()
+}
+
+/// The leader of `c`, whose nodes are `nodes`: (instance, link key, node id).
 fn find_leader(
-    live: &Live,
+    nodes: &[&NodeLive],
     c: &ClusterView,
     stored: Option<&str>,
 ) -> Option<(String, Option<String>, String)> {
@@ -265,7 +330,6 @@ fn find_leader(
         None if c.instances.len() == 1 => c.instances[0].name.clone(),
         None => return None,
     };
-    let nodes: Vec<&NodeLive> = live.cluster_nodes(&c.name).collect();
     let leader = match tied {
         Some(r) => {
             let says_primary = |n: &&&NodeLive| {
@@ -300,16 +364,16 @@ fn find_leader(
     Some((instance, tied.map(|r| r.link.clone()), leader))
 }
 
-/// The evidence about `leader` from the live state.
+/// The evidence about `leader` from the cluster's nodes.
 fn gather(
     settings: &crate::config::FailoverSettings,
-    live: &Live,
+    nodes: &[&NodeLive],
     c: &ClusterView,
     instance: &str,
     link: &Option<String>,
     leader: &str,
 ) -> Gathered {
-    let node = live.nodes.get(leader);
+    let node = nodes.iter().copied().find(|n| n.node_id == leader);
     let leader_status = node.map_or(NodeStatus::Down, |n| n.status);
     let heard = leader_status == NodeStatus::Up;
     let reference = |n: &NodeLive| {
@@ -319,15 +383,15 @@ fn gather(
             .map(|r| r.reachable)
     };
     // Another node that is MASTER takes the adverts a BACKUP hears.
-    let other_master = live.cluster_nodes(&c.name).any(|n| {
+    let other_master = nodes.iter().any(|n| {
         n.node_id != leader
             && n.status == NodeStatus::Up
             && n.instance(instance)
                 .is_some_and(|i| i.state == VrrpState::Master)
     });
     let leader_link = node.and_then(|n| link.as_deref().and_then(|k| n.link(k)));
-    let witnesses = live
-        .cluster_nodes(&c.name)
+    let witnesses = nodes
+        .iter()
         .filter(|n| n.node_id != leader)
         .map(|n| {
             let pings_leader = n.arbitration.as_ref().and_then(|a| {
@@ -527,15 +591,10 @@ async fn enforce_epoch(
     memory: &mut Memory,
     c: &ClusterView,
     g: &Gathered,
+    members: &[Member],
     split_brain: bool,
+    kept: &BTreeSet<String>,
 ) -> Result<(), sqlx::Error> {
-    let kept: BTreeSet<String> =
-        sqlx::query_scalar("SELECT node_id FROM kept_fenced WHERE cluster = $1")
-            .bind(&c.name)
-            .fetch_all(&state.db)
-            .await?
-            .into_iter()
-            .collect();
     let leader_up = g.leader_status == NodeStatus::Up;
     let isolated: BTreeSet<&str> = g
         .witnesses
@@ -543,24 +602,7 @@ async fn enforce_epoch(
         .filter(|w| w.reaches_reference == Some(false))
         .map(|w| w.node_id.as_str())
         .collect();
-    let nodes: Vec<(String, Option<VrrpState>, bool)> = {
-        let live = state.live();
-        live.cluster_nodes(&c.name)
-            .filter(|n| n.node_id != g.leader && n.status == NodeStatus::Up)
-            .map(|n| {
-                let primary = g.link.as_deref().is_some_and(|k| {
-                    n.link(k)
-                        .is_some_and(|l| l.role == ReplicationRole::Primary)
-                });
-                (
-                    n.node_id.clone(),
-                    n.instance(&g.instance).map(|i| i.state),
-                    primary,
-                )
-            })
-            .collect()
-    };
-    for (node, vrrp, primary) in nodes {
+    for (node, vrrp, primary) in members.iter().cloned() {
         let key = (c.name.clone(), node.clone());
         let master = vrrp == Some(VrrpState::Master);
         // A second master beside a leader that is up, or a MASTER that cannot reach the
@@ -776,15 +818,12 @@ mod tests {
     }
 
     fn judge(nodes: Vec<NodeLive>, stored: Option<&str>) -> Option<Gathered> {
-        let mut live = Live::default();
-        for n in nodes {
-            live.nodes.insert(n.node_id.clone(), n);
-        }
-        let c = view::cluster_view(&live, "c", Utc::now())?;
-        let (instance, link, leader) = find_leader(&live, &c, stored)?;
+        let nodes: Vec<&NodeLive> = nodes.iter().collect();
+        let c = view::cluster_view_of("c", nodes.clone(), Utc::now())?;
+        let (instance, link, leader) = find_leader(&nodes, &c, stored)?;
         Some(gather(
             &Default::default(),
-            &live,
+            &nodes,
             &c,
             &instance,
             &link,

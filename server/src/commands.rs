@@ -20,6 +20,8 @@ pub struct CommandBus {
     open: Mutex<std::collections::HashSet<String>>,
     /// Signalled when any command result is recorded.
     results: Notify,
+    /// Per node, the number of the newest long poll: only that one may take commands.
+    polls: Mutex<HashMap<String, u64>>,
 }
 
 impl CommandBus {
@@ -29,12 +31,37 @@ impl CommandBus {
         waiters.entry(node_id.to_string()).or_default().clone()
     }
 
+    /// Starts a long poll of `node_id` and returns its number. Older polls of the node are woken
+    /// and, seeing they are no longer the newest, end empty-handed: a poll whose agent died
+    /// without closing its connection (a host that lost its network) must not take, and lose,
+    /// the commands meant for the agent that came back.
+    pub fn begin_poll(&self, node_id: &str) -> u64 {
+        let number = {
+            let mut polls = self.polls.lock().unwrap_or_else(PoisonError::into_inner);
+            let n = polls.entry(node_id.to_string()).or_default();
+            *n += 1;
+            *n
+        };
+        self.waiter(node_id).notify_waiters();
+        number
+    }
+
+    /// True while `number` is `node_id`'s newest long poll.
+    pub fn is_newest_poll(&self, node_id: &str, number: u64) -> bool {
+        self.polls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(node_id)
+            .is_some_and(|n| *n == number)
+    }
+
     /// Wakes `node_id`'s poll; if none waits, its next poll returns at once.
     pub fn wake(&self, node_id: &str) {
         self.open
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(node_id.to_string());
+        self.waiter(node_id).notify_waiters();
         self.waiter(node_id).notify_one();
     }
 
@@ -93,8 +120,9 @@ pub async fn insert(
     let deadline = Utc::now()
         + chrono::Duration::from_std(c.deadline).unwrap_or(chrono::Duration::seconds(30));
     sqlx::query(
-        "INSERT INTO commands (id, cluster, node_id, epoch, action, deadline, switchover_id, state, requested_by)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8)",
+        // clock_timestamp(), not now(): commands inserted in one transaction keep their order.
+        "INSERT INTO commands (id, cluster, node_id, epoch, action, deadline, switchover_id, state, requested_by, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, clock_timestamp())",
     )
     .bind(id)
     .bind(&c.cluster)

@@ -181,12 +181,13 @@ impl Live {
         self.nodes.values().filter(move |n| n.cluster == cluster)
     }
 
-    /// Names of every cluster with at least one node, sorted.
-    pub fn cluster_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.nodes.values().map(|n| n.cluster.clone()).collect();
-        names.sort();
-        names.dedup();
-        names
+    /// Every cluster (sorted) with its nodes (by node id), in one pass over the nodes.
+    pub fn by_cluster(&self) -> BTreeMap<&str, Vec<&NodeLive>> {
+        let mut out: BTreeMap<&str, Vec<&NodeLive>> = BTreeMap::new();
+        for n in self.nodes.values() {
+            out.entry(n.cluster.as_str()).or_default().push(n);
+        }
+        out
     }
 }
 

@@ -409,6 +409,15 @@ pub fn instance_view(name: &str, nodes: &[&NodeLive]) -> InstanceView {
 /// The view of `cluster`, or `None` when no node belongs to it.
 pub fn cluster_view(live: &Live, cluster: &str, now: DateTime<Utc>) -> Option<ClusterView> {
     let nodes: Vec<&NodeLive> = live.cluster_nodes(cluster).collect();
+    cluster_view_of(cluster, nodes, now)
+}
+
+/// The view of `cluster` from its nodes (`None` without any).
+pub fn cluster_view_of(
+    cluster: &str,
+    nodes: Vec<&NodeLive>,
+    now: DateTime<Utc>,
+) -> Option<ClusterView> {
     if nodes.is_empty() {
         return None;
     }
@@ -603,9 +612,9 @@ pub fn replication_view(
 
 /// Every cluster, by name.
 pub fn clusters(live: &Live, now: DateTime<Utc>) -> Vec<ClusterView> {
-    live.cluster_names()
-        .iter()
-        .filter_map(|c| cluster_view(live, c, now))
+    live.by_cluster()
+        .into_iter()
+        .filter_map(|(c, nodes)| cluster_view_of(c, nodes, now))
         .collect()
 }
 

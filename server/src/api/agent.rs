@@ -85,11 +85,15 @@ pub async fn poll_commands(
     auth.require_node(&q.node_id)?;
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(25_000).min(30_000));
     let waiter = state.commands.waiter(&q.node_id);
+    let number = state.commands.begin_poll(&q.node_id);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         // Registered before looking, so a command issued in between still wakes this poll;
         // and a look every second whatever happens, in case a wake-up was lost.
         let notified = waiter.notified();
+        if !state.commands.is_newest_poll(&q.node_id, number) {
+            return Ok(Json(Vec::new()));
+        }
         let commands = commands::take(&state.db, &q.node_id).await?;
         if !commands.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(Json(commands));

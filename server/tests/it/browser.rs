@@ -20,12 +20,18 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 /// chromedriver, stopped (and reaped) on drop.
-struct Driver(Child);
+/// chromedriver, and the profile directory of the Chromium it starts: a test that fails before
+/// closing its session leaves that Chromium running, so it is stopped by its (unique) profile.
+struct Driver(Child, PathBuf);
 
 impl Drop for Driver {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        let _ = Command::new("pkill")
+            .arg("-f")
+            .arg(format!("--user-data-dir={}", self.1.display()))
+            .status();
     }
 }
 
@@ -41,6 +47,7 @@ async fn browser() -> (Driver, Client) {
         .local_addr()
         .unwrap()
         .port();
+    let profile = tempfile_dir();
     let driver = Driver(
         Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
@@ -48,8 +55,8 @@ async fn browser() -> (Driver, Client) {
             .stderr(Stdio::null())
             .spawn()
             .expect("start chromedriver"),
+        profile.clone(),
     );
-    let profile = tempfile_dir();
     let capabilities = serde_json::json!({
         "goog:chromeOptions": {
             "binary": CHROMIUM,

@@ -242,6 +242,10 @@ async fn a_master_losing_its_network_is_fenced_and_replaced_once(pool: PgPool) {
     // The ex-master powers back on: it is kept fenced (FAULT, no VIP) — by its own fence file
     // if it fenced itself, else by the server as soon as its agent reports — and cannot be
     // unfenced until it has rejoined as a standby.
+    // As if it had not fenced itself first (that race is the hook's to win or lose): the
+    // server alone must keep it fenced.
+    std::fs::write(lab.host_dir("h1").join("track/VI_1.fence"), "0\n").unwrap();
+    let _ = std::fs::remove_file(lab.host_dir("h1").join("agent-state/self-fenced"));
     lab.run(&["link", "h1", "up"]);
     lab.run(&["keepalived", "h1", "start"]);
     lab.run(&["agent", "h1", "start"]);
@@ -253,8 +257,14 @@ async fn a_master_losing_its_network_is_fenced_and_replaced_once(pool: PgPool) {
     for _ in 0..50 {
         if !lab.holds_vip("h2") || lab.holds_vip("h1") {
             let f = failover_status(&server, name).await;
+            let commands: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
+                "SELECT node_id, action::text, state, result FROM commands ORDER BY created_at",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
             panic!(
-                "the VIP left h2: {f:#}\nh1 keepalived:\n{}\nh1 agent:\n{}",
+                "the VIP left h2: {f:#}\ncommands: {commands:#?}\nh1 keepalived:\n{}\nh1 agent:\n{}",
                 file(&lab, "h1/keepalived.log"),
                 file(&lab, "h1/agent.log")
             );
@@ -266,6 +276,17 @@ async fn a_master_losing_its_network_is_fenced_and_replaced_once(pool: PgPool) {
         cluster["instances"][0]["masters"],
         serde_json::json!(["h2"]),
         "{cluster}"
+    );
+    let f = failover_status(&server, name).await;
+    assert!(
+        f["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["action"] == "fence"
+                && d["candidate"] == "h1"
+                && d["reason"].as_str().unwrap().contains("kept fenced")),
+        "{f:#}"
     );
     let r = server
         .http
