@@ -1116,6 +1116,23 @@ impl Run<'_> {
         }
     }
 
+    /// Waits (15 s at most) until the target is the instance's only MASTER and holds the VIP.
+    async fn target_takes_vip(&self) -> Result<(), String> {
+        let (target, instance) = (self.sw.target_node.clone(), self.sw.instance.clone());
+        self.until(
+            Duration::from_secs(15),
+            "the target becoming MASTER with the VIP",
+            |c| {
+                c.instances.iter().any(|i| {
+                    i.name == instance
+                        && i.master.as_deref() == Some(target.as_str())
+                        && i.members.iter().any(|m| m.node_id == target && m.holds_vip)
+                })
+            },
+        )
+        .await
+    }
+
     /// STONITH before a promotion: the cluster's fencing hook must succeed; without one the step
     /// is skipped only when the cluster accepts the risk.
     async fn fence_old_master(&self) -> Result<StepOutcome, String> {
@@ -1361,19 +1378,7 @@ impl Run<'_> {
                     },
                 )
                 .await?;
-                let (target, instance) = (sw.target_node.clone(), sw.instance.clone());
-                self.until(
-                    Duration::from_secs(15),
-                    "the target becoming MASTER with the VIP",
-                    |c| {
-                        c.instances.iter().any(|i| {
-                            i.name == instance
-                                && i.master.as_deref() == Some(target.as_str())
-                                && i.members.iter().any(|m| m.node_id == target && m.holds_vip)
-                        })
-                    },
-                )
-                .await?;
+                self.target_takes_vip().await?;
                 self.command_message(
                     &sw.old_master,
                     Action::Fence {
@@ -1431,19 +1436,7 @@ impl Run<'_> {
             }
             "fence_old_master" => self.fence_old_master().await,
             "take_vip" => {
-                let (target, instance) = (sw.target_node.clone(), sw.instance.clone());
-                self.until(
-                    Duration::from_secs(15),
-                    "the target becoming MASTER with the VIP",
-                    |c| {
-                        c.instances.iter().any(|i| {
-                            i.name == instance
-                                && i.master.as_deref() == Some(target.as_str())
-                                && i.members.iter().any(|m| m.node_id == target && m.holds_vip)
-                        })
-                    },
-                )
-                .await?;
+                self.target_takes_vip().await?;
                 Ok(StepOutcome::Done(format!(
                     "{} is MASTER with the VIP",
                     sw.target_node

@@ -38,22 +38,6 @@ fn arbitration(peer: &str, sees: bool) -> Option<ArbitrationReport> {
     })
 }
 
-async fn post(
-    server: &TestServer,
-    path: &str,
-    body: serde_json::Value,
-) -> (u16, serde_json::Value) {
-    let r = server
-        .http
-        .post(format!("{}{path}", server.url))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or_default())
-}
-
 #[sqlx::test(migrations = false)]
 async fn a_person_confirms_a_proposed_failover(pool: PgPool) {
     let mut s = settings();
@@ -108,12 +92,12 @@ async fn a_person_confirms_a_proposed_failover(pool: PgPool) {
 
     // While the server hears a, a person cannot fail over: 409 with the arbiter's reason,
     // audited, nothing started.
-    let (status, body) = post(
-        &server,
-        "/api/v1/clusters/c/failover",
-        serde_json::json!({"target_node": "b", "reason": "a looks slow"}),
-    )
-    .await;
+    let (status, body) = server
+        .post_json(
+            "/api/v1/clusters/c/failover",
+            serde_json::json!({"target_node": "b", "reason": "a looks slow"}),
+        )
+        .await;
     assert_eq!(
         (status, body["code"].as_str()),
         (409, Some("failover_refused")),
@@ -188,7 +172,9 @@ async fn a_person_confirms_a_proposed_failover(pool: PgPool) {
     )
     .await;
     let confirm = |accept: bool| serde_json::json!({"target_node": "b", "reason": "a is gone", "accept_data_loss": accept});
-    let (status, body) = post(&server, "/api/v1/clusters/c/failover", confirm(false)).await;
+    let (status, body) = server
+        .post_json("/api/v1/clusters/c/failover", confirm(false))
+        .await;
     assert_eq!(
         (status, body["code"].as_str()),
         (409, Some("failover_refused")),
@@ -201,7 +187,9 @@ async fn a_person_confirms_a_proposed_failover(pool: PgPool) {
             .contains("would lose more than the bound"),
         "{body}"
     );
-    let (status, body) = post(&server, "/api/v1/clusters/c/failover", confirm(true)).await;
+    let (status, body) = server
+        .post_json("/api/v1/clusters/c/failover", confirm(true))
+        .await;
     assert_eq!(status, 202, "{body}");
     let id = body["id"].as_str().unwrap().to_string();
 
@@ -271,29 +259,29 @@ async fn a_person_confirms_a_proposed_failover(pool: PgPool) {
 
     // Acknowledged once; a second time is a conflict; an unknown id is 404.
     let ack = serde_json::json!({"reason": "checked a's host"});
-    let (status, _) = post(
-        &server,
-        &format!("/api/v1/switchovers/{id}/acknowledge"),
-        ack.clone(),
-    )
-    .await;
+    let (status, _) = server
+        .post_json(
+            &format!("/api/v1/switchovers/{id}/acknowledge"),
+            ack.clone(),
+        )
+        .await;
     assert_eq!(status, 200);
-    let (status, body) = post(
-        &server,
-        &format!("/api/v1/switchovers/{id}/acknowledge"),
-        ack.clone(),
-    )
-    .await;
+    let (status, body) = server
+        .post_json(
+            &format!("/api/v1/switchovers/{id}/acknowledge"),
+            ack.clone(),
+        )
+        .await;
     assert_eq!(
         (status, body["code"].as_str()),
         (409, Some("already_acknowledged"))
     );
-    let (status, _) = post(
-        &server,
-        &format!("/api/v1/switchovers/{}/acknowledge", Uuid::new_v4()),
-        ack,
-    )
-    .await;
+    let (status, _) = server
+        .post_json(
+            &format!("/api/v1/switchovers/{}/acknowledge", Uuid::new_v4()),
+            ack,
+        )
+        .await;
     assert_eq!(status, 404);
 
     // The global switch: stored, shown, audited.

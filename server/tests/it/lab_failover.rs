@@ -288,18 +288,12 @@ async fn a_master_losing_its_network_is_fenced_and_replaced_once(pool: PgPool) {
                 && d["reason"].as_str().unwrap().contains("kept fenced")),
         "{f:#}"
     );
-    let r = server
-        .http
-        .post(format!(
-            "{}/api/v1/clusters/{name}/nodes/h1/unfence",
-            server.url
-        ))
-        .json(&serde_json::json!({"reason": "try"}))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let body: serde_json::Value = r.json().await.unwrap();
+    let (status, body) = server
+        .post_json(
+            &format!("/api/v1/clusters/{name}/nodes/h1/unfence"),
+            serde_json::json!({"reason": "try"}),
+        )
+        .await;
     assert_eq!(
         (status, body["code"].as_str()),
         (409, Some("not_rejoined")),
@@ -401,17 +395,13 @@ async fn a_frozen_agent_or_a_cut_heartbeat_link_never_fails_over(pool: PgPool) {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let (_, n) = server.get_json("/api/v1/nodes/h2").await;
     assert_eq!(n["instances"][0]["state"], "FAULT", "{n:#}");
-    let r = server
-        .http
-        .post(format!(
-            "{}/api/v1/clusters/{name}/nodes/h2/unfence",
-            server.url
-        ))
-        .json(&serde_json::json!({"reason": "heartbeat link repaired"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    let (status, body) = server
+        .post_json(
+            &format!("/api/v1/clusters/{name}/nodes/h2/unfence"),
+            serde_json::json!({"reason": "heartbeat link repaired"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
     eventually(20, "h2 a BACKUP again, the VIP on h1", || async {
         let (_, n) = server.get_json("/api/v1/nodes/h2").await;
         (n["instances"][0]["state"] == "BACKUP" && lab.holds_vip("h1") && !lab.holds_vip("h2"))
