@@ -53,6 +53,10 @@ pub struct SimulateArgs {
     /// Stop after this long (default: until SIGINT/SIGTERM).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+    /// Run this long before measuring: counters and latencies start over after it (a line
+    /// `warm-up over` is printed then), and `--duration` counts from the start.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
     /// How often to print what was sent and acknowledged.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub report_every: Duration,
@@ -154,7 +158,8 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> anyhow::Res
         churn = args.churn,
         "simulation starting"
     );
-    let started = Instant::now();
+    let mut started = Instant::now();
+    let mut warming = !args.warmup.is_zero();
     let mut tasks = Vec::with_capacity(nodes.len());
     for (i, node) in nodes.iter().enumerate() {
         tasks.push(tokio::spawn(play(
@@ -176,10 +181,25 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> anyhow::Res
     }
     let mut ticker = tokio::time::interval(args.report_every);
     ticker.tick().await;
+    let warm_until = tokio::time::Instant::now() + args.warmup;
     let (mut last_sent, mut last_acked) = (0, 0);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
+            _ = tokio::time::sleep_until(warm_until), if warming => {
+                warming = false;
+                for counter in [&stats.sent, &stats.acked, &stats.failed] {
+                    counter.store(0, Ordering::Relaxed);
+                }
+                for latencies in [&stats.latencies, &stats.all] {
+                    latencies.lock().unwrap_or_else(PoisonError::into_inner).clear();
+                }
+                (last_sent, last_acked) = (0, 0);
+                started = Instant::now();
+                ticker.reset();
+                println!("warm-up over: measuring");
+                continue;
+            }
             _ = ticker.tick() => {}
         }
         let sent = stats.sent.load(Ordering::Relaxed);

@@ -133,6 +133,40 @@ struct Memory {
     enforced: BTreeMap<(String, String), tokio::time::Instant>,
     /// Clusters whose last attempt to act was refused, with when: not tried again for 30 s.
     refused: BTreeMap<String, tokio::time::Instant>,
+    /// Clusters that were not quiet (see [`quiet`]) in the round that last looked at them: looked
+    /// at again every round.
+    attention: BTreeSet<String>,
+    /// When every cluster was last looked at (None: never).
+    last_sweep: Option<tokio::time::Instant>,
+}
+
+/// Every cluster is looked at this often, changed or not (the verdicts shown refresh, and a
+/// change the attention rules missed is caught); between sweeps a round looks only at the
+/// clusters that changed or need attention, so a round over 5,000 quiet clusters costs nothing.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// A cluster needs no look until something in it changes: healthy (one MASTER holding every VIP,
+/// every member up), nothing to do, no operation running, nobody kept fenced, nothing refused or
+/// being enforced.
+fn quiet(
+    c: &ClusterView,
+    decision: &Decision,
+    operation_running: bool,
+    kept: bool,
+    memory: &Memory,
+) -> bool {
+    c.health == view::Health::Healthy
+        && matches!(decision, Decision::Nothing { .. })
+        && !operation_running
+        && !kept
+        && !memory
+            .refused
+            .get(&c.name)
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(30))
+        && !memory
+            .enforced
+            .keys()
+            .any(|(cluster, _)| *cluster == c.name)
 }
 
 /// The global switch, as stored (the configured value until someone turns it).
@@ -148,9 +182,36 @@ pub async fn automatic_enabled(state: &AppState) -> Result<bool, sqlx::Error> {
 /// One round over every cluster.
 async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error> {
     let now = Utc::now();
+    // The clusters to look at: all of them at a sweep; otherwise those whose nodes changed (the
+    // ingest path and the detector mark them), those with a node not up, and those that were not
+    // quiet last time.
+    let sweep = memory
+        .last_sweep
+        .is_none_or(|at| at.elapsed() >= SWEEP_EVERY);
+    let changed = std::mem::take(&mut state.live_mut().changed);
+    let selected: Vec<String> = {
+        let live = state.live();
+        live.by_cluster()
+            .into_iter()
+            .filter(|(name, nodes)| {
+                sweep
+                    || changed.contains(*name)
+                    || memory.attention.contains(*name)
+                    || nodes.iter().any(|n| n.status != NodeStatus::Up)
+            })
+            .map(|(name, _)| name.to_string())
+            .collect()
+    };
+    if sweep {
+        memory.last_sweep = Some(tokio::time::Instant::now());
+    }
+    if selected.is_empty() {
+        return Ok(());
+    }
     let enabled = automatic_enabled(state).await?;
     let leaders: BTreeMap<String, Option<String>> =
-        sqlx::query_as("SELECT name, leader FROM clusters")
+        sqlx::query_as("SELECT name, leader FROM clusters WHERE name = ANY($1)")
+            .bind(&selected)
             .fetch_all(&state.db)
             .await?
             .into_iter()
@@ -188,9 +249,11 @@ async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error>
     // Everything read from the live state in one pass, under one short lock.
     let judged: Vec<Judged> = {
         let live = state.live();
-        live.by_cluster()
-            .into_iter()
-            .filter_map(|(name, nodes)| {
+        let mut by_cluster = live.by_cluster();
+        selected
+            .iter()
+            .filter_map(|name| {
+                let nodes = by_cluster.remove(name.as_str())?;
                 let c = view::cluster_view_of(name, nodes.clone(), now)?;
                 let stored = leaders.get(name).cloned().flatten();
                 let leader = find_leader(&nodes, &c, stored.as_deref());
@@ -210,6 +273,8 @@ async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error>
             })
             .collect()
     };
+    // Looked at again next round unless found quiet below (also when this round fails midway).
+    memory.attention.extend(selected);
     for Judged {
         view: c,
         stored,
@@ -274,6 +339,15 @@ async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error>
                 let kept = kept.get(&c.name).cloned().unwrap_or_default();
                 enforce_epoch(state, memory, c, g, members, split_brain, &kept).await?;
             }
+        }
+        if quiet(
+            c,
+            &decision,
+            operation_running,
+            kept.contains_key(&c.name),
+            memory,
+        ) {
+            memory.attention.remove(&c.name);
         }
     }
     Ok(())

@@ -487,7 +487,8 @@ pub struct DetectorSettings {
     pub suspect_after_missed: u32,
     /// Missed heartbeats before a node is down (default 3).
     pub down_after_missed: u32,
-    /// How often the detector looks (default 100 ms): the worst-case extra delay of a verdict.
+    /// How often the detector looks (default 50 ms): the worst-case extra delay of a verdict. A
+    /// look is one pass over the nodes in memory (10,000 nodes: tens of microseconds).
     #[serde(with = "humantime_serde")]
     pub check_interval: Duration,
 }
@@ -534,7 +535,7 @@ impl Default for Settings {
             detector: DetectorSettings {
                 suspect_after_missed: 2,
                 down_after_missed: 3,
-                check_interval: Duration::from_millis(100),
+                check_interval: Duration::from_millis(50),
             },
             alerts: AlertSettings::default(),
             auth: AuthSettings::default(),

@@ -136,23 +136,23 @@ pub async fn load_live(pool: &PgPool, now: Instant) -> Result<Live, sqlx::Error>
     Ok(live)
 }
 
-/// The de-duplication watermark `(boot_id, last_seq)` of a node, locked until the transaction
-/// ends so two copies of one report cannot both pass.
-pub async fn lock_watermark(
+/// The de-duplication watermarks `(boot_id, last_seq)` of `node_ids` (those known), by node id,
+/// locked until the transaction ends; one query.
+pub async fn lock_watermarks(
     tx: &mut Transaction<'_, Postgres>,
-    node_id: &str,
-) -> Result<Option<(Uuid, u64)>, sqlx::Error> {
-    let row = sqlx::query("SELECT boot_id, last_seq FROM nodes WHERE node_id = $1 FOR UPDATE")
-        .bind(node_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    row.map(|r| {
-        Ok((
-            r.try_get("boot_id")?,
-            r.try_get::<i64, _>("last_seq")? as u64,
-        ))
-    })
-    .transpose()
+    node_ids: &[&str],
+) -> Result<std::collections::HashMap<String, (Uuid, u64)>, sqlx::Error> {
+    let rows: Vec<(String, Uuid, i64)> = sqlx::query_as(
+        "SELECT node_id, boot_id, last_seq FROM nodes WHERE node_id = ANY($1)
+          ORDER BY node_id FOR UPDATE",
+    )
+    .bind(node_ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(node, boot, seq)| (node, (boot, seq as u64)))
+        .collect())
 }
 
 /// Writes the node row and its instances as `node` describes them (after applying a report).
@@ -353,8 +353,8 @@ pub struct Sample {
     pub load1: f64,
     /// Host uptime (s).
     pub uptime_seconds: u64,
-    /// Per instance: name, state, effective priority, holds_vip (JSON array).
-    pub instances: serde_json::Value,
+    /// Per instance: name, state, effective priority, holds_vip (JSON array, as text).
+    pub instances: String,
     /// Reports waiting in the agent's spool.
     pub spool_depth: u64,
     /// Replication links: key, role, state, lag in bytes and seconds.
@@ -379,17 +379,27 @@ pub struct LinkSample {
 impl Sample {
     /// The sample of an accepted report.
     pub fn of(report: &HeartbeatReport, received_at: DateTime<Utc>) -> Sample {
-        let instances = report
+        /// One instance in the `instances` column.
+        #[derive(Serialize)]
+        struct InstanceSample<'a> {
+            name: &'a str,
+            state: hapulse_protocol::VrrpState,
+            effective_priority: Option<u8>,
+            holds_vip: bool,
+        }
+        let instances: Vec<InstanceSample> = report
             .keepalived
             .instances
             .iter()
-            .map(|i| {
-                serde_json::json!({
-                    "name": i.name, "state": i.state,
-                    "effective_priority": i.effective_priority, "holds_vip": i.holds_vip(),
-                })
+            .map(|i| InstanceSample {
+                name: &i.name,
+                state: i.state,
+                effective_priority: i.effective_priority,
+                holds_vip: i.holds_vip(),
             })
             .collect();
+        // Serialising plain strings, enums, integers and booleans cannot fail.
+        let instances = serde_json::to_string(&instances).unwrap_or_else(|_| "[]".into());
         Sample {
             received_at,
             observed_at: report.observed_at,
@@ -398,7 +408,7 @@ impl Sample {
             seq: report.seq,
             load1: report.load1,
             uptime_seconds: report.uptime_seconds,
-            instances: serde_json::Value::Array(instances),
+            instances,
             spool_depth: report.spool_depth,
             links: report
                 .replication
@@ -416,71 +426,59 @@ impl Sample {
 }
 
 /// Writes a batch of samples and advances each node's watermark and last-heartbeat time, in one
-/// transaction of two statements. Only the transition path starts a new agent run (boot id): a
-/// late sample of an older run never moves the watermark back.
+/// transaction: the samples by `COPY … FROM STDIN` (text format; one round trip for the whole
+/// batch, no per-row parameters), the watermarks by one `UPDATE … FROM UNNEST`. Only the
+/// transition path starts a new agent run (boot id): a late sample of an older run never moves
+/// the watermark back.
 pub async fn write_samples(pool: &PgPool, samples: &[Sample]) -> Result<(), sqlx::Error> {
+    use std::fmt::Write as _;
     let mut tx = pool.begin().await?;
-    let n = samples.len();
-    let (mut received, mut observed, mut node, mut boot, mut seq, mut load, mut uptime, mut inst) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
+    // `write!` into a String cannot fail (its fmt::Write never returns an error).
+    let mut rows = String::with_capacity(samples.len() * 200);
+    let mut links = String::new();
     for s in samples {
-        received.push(s.received_at);
-        observed.push(s.observed_at);
-        node.push(s.node_id.as_str());
-        boot.push(s.boot_id);
-        seq.push(s.seq as i64);
-        load.push(s.load1);
-        uptime.push(s.uptime_seconds as i64);
-        inst.push(sqlx::types::Json(&s.instances));
+        let received = copy_timestamp(s.received_at);
+        let _ = write!(
+            rows,
+            "{received}\t{}\t{}\t{}\t{}\t{}\t{}\t",
+            copy_timestamp(s.observed_at),
+            s.node_id,
+            s.boot_id,
+            s.seq,
+            s.load1,
+            s.uptime_seconds,
+        );
+        copy_escape(&mut rows, &s.instances);
+        rows.push('\n');
+        for l in &s.links {
+            let _ = write!(
+                links,
+                "{received}\t{}\t{}\t{}\t{}\t",
+                s.node_id, l.link, l.role, l.state
+            );
+            // Node ids and link keys are names (A-Z a-z 0-9 . _ - :): nothing to escape.
+            let _ = match l.lag_bytes {
+                Some(b) => write!(links, "{b}\t"),
+                None => write!(links, "\\N\t"),
+            };
+            let _ = match l.lag_seconds {
+                Some(secs) => writeln!(links, "{secs}"),
+                None => writeln!(links, "\\N"),
+            };
+        }
     }
-    sqlx::query(
-        "INSERT INTO heartbeat_samples (received_at, observed_at, node_id, boot_id, seq, load1, uptime_seconds, instances)
-         SELECT * FROM UNNEST($1::timestamptz[], $2::timestamptz[], $3::text[], $4::uuid[], $5::int8[],
-                              $6::float8[], $7::int8[], $8::jsonb[])",
+    copy_in(
+        &mut tx,
+        "COPY heartbeat_samples (received_at, observed_at, node_id, boot_id, seq, load1, uptime_seconds, instances) FROM STDIN",
+        rows,
     )
-    .bind(&received)
-    .bind(&observed)
-    .bind(&node)
-    .bind(&boot)
-    .bind(&seq)
-    .bind(&load)
-    .bind(&uptime)
-    .bind(&inst)
-    .execute(&mut *tx)
     .await?;
-    let links: Vec<(&Sample, &LinkSample)> = samples
-        .iter()
-        .flat_map(|s| s.links.iter().map(move |l| (s, l)))
-        .collect();
     if !links.is_empty() {
-        let received: Vec<_> = links.iter().map(|(s, _)| s.received_at).collect();
-        let node: Vec<&str> = links.iter().map(|(s, _)| s.node_id.as_str()).collect();
-        let key: Vec<&str> = links.iter().map(|(_, l)| l.link.as_str()).collect();
-        let role: Vec<&str> = links.iter().map(|(_, l)| l.role).collect();
-        let state: Vec<&str> = links.iter().map(|(_, l)| l.state).collect();
-        let bytes: Vec<Option<i64>> = links.iter().map(|(_, l)| l.lag_bytes).collect();
-        let seconds: Vec<Option<f64>> = links.iter().map(|(_, l)| l.lag_seconds).collect();
-        sqlx::query(
-            "INSERT INTO replication_samples (received_at, node_id, link, role, state, lag_bytes, lag_seconds)
-             SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                  $6::int8[], $7::float8[])",
+        copy_in(
+            &mut tx,
+            "COPY replication_samples (received_at, node_id, link, role, state, lag_bytes, lag_seconds) FROM STDIN",
+            links,
         )
-        .bind(&received)
-        .bind(&node)
-        .bind(&key)
-        .bind(&role)
-        .bind(&state)
-        .bind(&bytes)
-        .bind(&seconds)
-        .execute(&mut *tx)
         .await?;
     }
     // The newest sample of each node in this batch (samples arrive in acceptance order).
@@ -538,6 +536,44 @@ pub async fn write_samples(pool: &PgPool, samples: &[Sample]) -> Result<(), sqlx
     .execute(&mut *tx)
     .await?;
     tx.commit().await
+}
+
+/// Sends `data` (rows in COPY's text format) to `statement` (a `COPY … FROM STDIN`).
+async fn copy_in(
+    tx: &mut Transaction<'_, Postgres>,
+    statement: &str,
+    data: String,
+) -> Result<(), sqlx::Error> {
+    let mut copy = tx.copy_in_raw(statement).await?;
+    match copy.send(data.into_bytes()).await {
+        Ok(_) => copy.finish().await.map(|_| ()),
+        Err(e) => {
+            // The connection must leave COPY mode before it is used again.
+            let _ = copy.abort("hapulse: sending the rows failed").await;
+            Err(e)
+        }
+    }
+}
+
+/// A timestamp as COPY's text format reads it (ISO 8601, microseconds, UTC).
+fn copy_timestamp(
+    at: DateTime<Utc>,
+) -> chrono::format::DelayedFormat<chrono::format::StrftimeItems<'static>> {
+    at.format("%Y-%m-%d %H:%M:%S%.6f+00")
+}
+
+/// Appends `text` as one column of COPY's text format: backslash, tab, newline and carriage
+/// return escaped (PostgreSQL documentation, COPY, "Text Format").
+fn copy_escape(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
 }
 
 /// A stored event, as `/api/v1/events` returns it.

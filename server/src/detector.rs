@@ -42,69 +42,85 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
     }
 }
 
-/// One pass: records every node whose verdict got worse since the last pass.
+/// One pass: records every node whose verdict got worse since the last pass, all in one
+/// transaction (100 nodes lost at once cost one commit, not 100).
 pub async fn check(state: &AppState, now: Instant) -> Result<(), sqlx::Error> {
     let settings = state.settings.detector;
-    let worse: Vec<(String, NodeStatus)> = state
+    let verdict_of = |n: &crate::live::NodeLive, now: Instant| {
+        let silence = now.saturating_duration_since(n.last_seen);
+        let verdict = assess(
+            silence,
+            Duration::from_millis(n.heartbeat_interval_ms),
+            &settings,
+        );
+        (verdict > n.status).then_some((verdict, silence))
+    };
+    let any_worse = state
+        .live()
+        .nodes
+        .values()
+        .any(|n| verdict_of(n, now).is_some());
+    if !any_worse {
+        return Ok(());
+    }
+    let _serial = state.transitions.lock().await;
+    // Looked at under the lock: a report may have arrived meanwhile.
+    let at = Utc::now();
+    let (events, verdicts): (Vec<NewEvent>, Vec<NodeStatus>) = state
         .live()
         .nodes
         .values()
         .filter_map(|n| {
-            let verdict = assess(
-                now.saturating_duration_since(n.last_seen),
-                Duration::from_millis(n.heartbeat_interval_ms),
-                &settings,
-            );
-            (verdict > n.status).then(|| (n.node_id.clone(), verdict))
+            let (verdict, silence) = verdict_of(n, Instant::now())?;
+            let kind = if verdict == NodeStatus::Down {
+                EventKind::NodeDown
+            } else {
+                EventKind::NodeSuspect
+            };
+            let event = NewEvent {
+                at,
+                cluster: n.cluster.clone(),
+                node_id: Some(n.node_id.clone()),
+                instance: None,
+                link: None,
+                kind,
+                from_state: Some(n.status.as_str().into()),
+                to_state: Some(verdict.as_str().into()),
+                message: format!(
+                    "node {} is {}: no heartbeat for {} ms",
+                    n.node_id,
+                    verdict.as_str(),
+                    silence.as_millis()
+                ),
+                detail: serde_json::json!({ "silence_ms": silence.as_millis() as u64 }),
+            };
+            Some((event, verdict))
         })
-        .collect();
-    for (node_id, verdict) in worse {
-        let _serial = state.transitions.lock().await;
-        // Look again under the lock: a report may have arrived meanwhile.
-        let Some((cluster, from, silence)) = state.live().nodes.get(&node_id).and_then(|n| {
-            let silence = Instant::now().saturating_duration_since(n.last_seen);
-            let still = assess(
-                silence,
-                Duration::from_millis(n.heartbeat_interval_ms),
-                &settings,
-            );
-            (still > n.status).then(|| (n.cluster.clone(), n.status, silence))
-        }) else {
-            continue;
-        };
-        let at = Utc::now();
-        let kind = if verdict == NodeStatus::Down {
-            EventKind::NodeDown
-        } else {
-            EventKind::NodeSuspect
-        };
-        let event = NewEvent {
-            at,
-            cluster: cluster.clone(),
-            node_id: Some(node_id.clone()),
-            instance: None,
-            link: None,
-            kind,
-            from_state: Some(from.as_str().into()),
-            to_state: Some(verdict.as_str().into()),
-            message: format!(
-                "node {node_id} is {}: no heartbeat for {} ms",
-                verdict.as_str(),
-                silence.as_millis()
-            ),
-            detail: serde_json::json!({ "silence_ms": silence.as_millis() as u64 }),
-        };
-        let mut tx = state.db.begin().await?;
-        db::store_status(&mut tx, &node_id, verdict, at).await?;
-        db::insert_events(&mut tx, std::slice::from_ref(&event)).await?;
-        tx.commit().await?;
-        tracing::warn!(cluster = %cluster, node_id = %node_id, status = verdict.as_str(), silence_ms = silence.as_millis() as u64, "{}", event.message);
-        state.metrics.event(kind);
-        if let Some(n) = state.live_mut().nodes.get_mut(&node_id) {
-            n.status = verdict;
-            n.status_since = at;
+        .unzip();
+    let mut tx = state.db.begin().await?;
+    for (event, verdict) in events.iter().zip(&verdicts) {
+        if let Some(node_id) = &event.node_id {
+            db::store_status(&mut tx, node_id, *verdict, at).await?;
         }
-        state.announce(&cluster);
+    }
+    db::insert_events(&mut tx, &events).await?;
+    tx.commit().await?;
+    let mut clusters = std::collections::BTreeSet::new();
+    {
+        let mut live = state.live_mut();
+        for (event, verdict) in events.iter().zip(&verdicts) {
+            tracing::warn!(cluster = %event.cluster, node_id = ?event.node_id, status = verdict.as_str(), "{}", event.message);
+            state.metrics.event(event.kind);
+            if let Some(n) = event.node_id.as_ref().and_then(|id| live.nodes.get_mut(id)) {
+                n.status = *verdict;
+                n.status_since = at;
+            }
+            live.changed.insert(event.cluster.clone());
+            clusters.insert(event.cluster.clone());
+        }
+    }
+    for cluster in &clusters {
+        state.announce(cluster);
     }
     Ok(())
 }

@@ -61,7 +61,7 @@ impl HistoryWriter {
 async fn run(pool: sqlx::PgPool, mut rx: mpsc::Receiver<Job>, max_rows: usize, metrics: Metrics) {
     let mut jobs = Vec::with_capacity(max_rows);
     while rx.recv_many(&mut jobs, max_rows).await > 0 {
-        let samples: Vec<Sample> = jobs.iter().map(|(s, _)| s.clone()).collect();
+        let (samples, waiting): (Vec<Sample>, Vec<_>) = jobs.drain(..).unzip();
         let started = std::time::Instant::now();
         let ok = match db::write_samples(&pool, &samples).await {
             Ok(()) => true,
@@ -71,7 +71,7 @@ async fn run(pool: sqlx::PgPool, mut rx: mpsc::Receiver<Job>, max_rows: usize, m
             }
         };
         metrics.history_batch(samples.len(), started.elapsed(), ok);
-        for (_, done) in jobs.drain(..) {
+        for done in waiting {
             let _ = done.send(ok);
         }
     }

@@ -3,8 +3,9 @@
 //! Two paths. A report that changes nothing but counters and timestamps only updates live state
 //! and is written as a history sample (batched). A report that changes something (a new node, a
 //! node back from suspect/down, a new agent run, a role, a priority, a VIP, keepalived up/down)
-//! takes the transition path: under the transitions lock, in one transaction, the node's
-//! watermark row is locked and checked, node and instances are stored and the events inserted.
+//! takes the transition path: queued with the other changed reports of the moment and written
+//! together under the transitions lock, in one transaction (watermark rows locked and checked,
+//! nodes and instances stored, events inserted).
 //! Either way the answer waits for the commit, so an acknowledged report is never lost.
 
 use chrono::Utc;
@@ -15,7 +16,9 @@ use hapulse_protocol::{
 
 use crate::db::{self, Sample};
 use crate::error::AppError;
-use crate::live::{transitions, NodeLive, NodeStatus};
+use std::collections::HashMap;
+
+use crate::live::{transitions, NewEvent, NodeLive, NodeStatus};
 use crate::state::AppState;
 pub use hapulse_protocol::valid_name;
 
@@ -262,6 +265,27 @@ fn link_keys(links: &[ReplicationLinkReport]) -> Vec<LinkKey<'_>> {
     keys
 }
 
+/// What the arbiter reads of an arbitration report: who is reachable, and the self-fence
+/// (round-trip times and failure counts change every report and decide nothing).
+fn reach(
+    a: &Option<hapulse_protocol::ArbitrationReport>,
+) -> Option<(
+    Option<bool>,
+    Vec<(&str, bool)>,
+    Option<chrono::DateTime<Utc>>,
+)> {
+    a.as_ref().map(|a| {
+        (
+            a.reference.as_ref().map(|r| r.reachable),
+            a.peers
+                .iter()
+                .map(|p| (p.node_id.as_str(), p.reach.reachable))
+                .collect(),
+            a.self_fenced_at,
+        )
+    })
+}
+
 /// Accepts one validated report. Replays (already accepted `(boot_id, seq)`) answer
 /// `accepted: false` and write nothing.
 pub async fn accept(state: &AppState, report: HeartbeatReport) -> Result<HeartbeatAck, AppError> {
@@ -301,14 +325,18 @@ pub async fn accept(state: &AppState, report: HeartbeatReport) -> Result<Heartbe
         // so the agent's retry is accepted.
         write_sample(sample).await?;
         let now = tokio::time::Instant::now();
-        let mut live = state.live_mut();
+        let mut guard = state.live_mut();
+        let live = &mut *guard;
         if let Some(node) = live.nodes.get_mut(&report.node_id) {
             if !node.is_replay(&report) {
+                if reach(&node.arbitration) != reach(&report.arbitration) {
+                    live.changed.insert(report.cluster.clone());
+                }
                 node.apply(&report, received_at, now);
             }
         }
     } else {
-        if !record_transition(state, &report, received_at).await? {
+        if !record_transition(state, report.clone(), received_at).await? {
             state.metrics.heartbeat("duplicate", started.elapsed());
             return Ok(ack(false));
         }
@@ -320,58 +348,170 @@ pub async fn accept(state: &AppState, report: HeartbeatReport) -> Result<Heartbe
     Ok(ack(true))
 }
 
-/// The transition path: returns false when the database says the report is a replay.
+/// A report on the transition path, waiting to be written with the others that arrived
+/// meanwhile.
+pub struct PendingTransition {
+    report: HeartbeatReport,
+    received_at: chrono::DateTime<Utc>,
+    /// Accepted (true) or a replay (false).
+    done: tokio::sync::oneshot::Sender<Result<bool, AppError>>,
+}
+
+/// Most transitions written in one transaction.
+const MAX_TRANSITION_BATCH: usize = 1000;
+
+/// The transition path: returns false when the report is a replay. Group commit: the report
+/// joins the queue, and whoever holds the transitions lock writes everything queued in one
+/// transaction, so 10,000 nodes coming back at once (after a network cut, or a server restart)
+/// cost a few commits rather than 10,000 in a row.
 async fn record_transition(
     state: &AppState,
-    report: &HeartbeatReport,
+    report: HeartbeatReport,
     received_at: chrono::DateTime<Utc>,
 ) -> Result<bool, AppError> {
-    let _serial = state.transitions.lock().await;
-    let (events, mut node) = {
-        let live = state.live();
-        let previous = live.nodes.get(&report.node_id);
-        let events = transitions(previous, report, &live);
-        let now = tokio::time::Instant::now();
-        let node = match previous {
-            Some(p) => {
-                let mut n = p.clone();
-                n.apply(report, received_at, now);
-                n
+    let (done, result) = tokio::sync::oneshot::channel();
+    state
+        .pending_transitions
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(PendingTransition {
+            report,
+            received_at,
+            done,
+        });
+    let mut result = result;
+    loop {
+        {
+            let _serial = state.transitions.lock().await;
+            let batch: Vec<PendingTransition> = {
+                let mut queue = state
+                    .pending_transitions
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let n = queue.len().min(MAX_TRANSITION_BATCH);
+                queue.drain(..n).collect()
+            };
+            if !batch.is_empty() {
+                write_transitions(state, batch).await;
             }
-            None => NodeLive::from_report(report, received_at, now),
-        };
-        (events, node)
-    };
-    if node.status != NodeStatus::Up {
-        node.status = NodeStatus::Up;
-        node.status_since = received_at;
-    }
-    let mut tx = state.db.begin().await?;
-    if let Some((boot_id, last_seq)) = db::lock_watermark(&mut tx, &report.node_id).await? {
-        if boot_id == report.boot_id && report.seq <= last_seq {
-            return Ok(false);
+        }
+        // Ours was written by this holder of the lock or an earlier one (which answered before
+        // letting the lock go), or it is still queued behind a full batch.
+        match result.try_recv() {
+            Ok(outcome) => return outcome,
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => continue,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                return Err(AppError::DatabaseUnavailable)
+            }
         }
     }
-    db::store_node(&mut tx, &node).await?;
-    db::insert_events(&mut tx, &events).await?;
-    tx.commit().await?;
-    for e in &events {
-        tracing::info!(cluster = %e.cluster, node_id = ?e.node_id, instance = ?e.instance, kind = e.kind.as_str(), "{}", e.message);
-        state.metrics.event(e.kind);
+}
+
+/// Writes `batch` (reports in arrival order) in one transaction under the transitions lock and
+/// answers each: events derived against the live state (and against the reports before it in
+/// the batch, for the same node), watermarks locked and checked, nodes and events stored, one
+/// commit; then live state updated and the clusters announced. Should the transaction fail,
+/// every report of the batch gets the error (its agent retries).
+async fn write_transitions(state: &AppState, batch: Vec<PendingTransition>) {
+    let now = tokio::time::Instant::now();
+    // Per report: None for a replay, else the node after it and its events.
+    let mut prepared: Vec<Option<(NodeLive, Vec<NewEvent>)>> = Vec::with_capacity(batch.len());
+    {
+        let live = state.live();
+        let mut batch_nodes: HashMap<&str, NodeLive> = HashMap::new();
+        for job in &batch {
+            let report = &job.report;
+            let previous = batch_nodes
+                .get(report.node_id.as_str())
+                .or_else(|| live.nodes.get(&report.node_id));
+            if previous.is_some_and(|p| p.is_replay(report)) {
+                prepared.push(None);
+                continue;
+            }
+            let events = transitions(previous, report, &live);
+            let mut node = match previous {
+                Some(p) => {
+                    let mut n = p.clone();
+                    n.apply(report, job.received_at, now);
+                    n
+                }
+                None => NodeLive::from_report(report, job.received_at, now),
+            };
+            if node.status != NodeStatus::Up {
+                node.status = NodeStatus::Up;
+                node.status_since = job.received_at;
+            }
+            batch_nodes.insert(&report.node_id, node.clone());
+            prepared.push(Some((node, events)));
+        }
     }
-    let cluster = node.cluster.clone();
+    let stored = store_transitions(state, &batch, &mut prepared).await;
+    if let Err(e) = stored {
+        tracing::warn!(error = %e, reports = batch.len(), "transitions not stored");
+        for job in batch {
+            let _ = job.done.send(Err(AppError::DatabaseUnavailable));
+        }
+        return;
+    }
+    let mut clusters = std::collections::BTreeSet::new();
     {
         let mut live = state.live_mut();
-        // A newer report of the same run may have been applied meanwhile (the agent retried
-        // while this one was in flight): never go back in time.
-        let newer = live
-            .nodes
-            .get(&node.node_id)
-            .is_some_and(|n| n.boot_id == node.boot_id && n.last_seq > node.last_seq);
-        if !newer {
-            live.nodes.insert(node.node_id.clone(), node);
+        for (node, events) in prepared.iter().flatten() {
+            for e in events {
+                tracing::info!(cluster = %e.cluster, node_id = ?e.node_id, instance = ?e.instance, kind = e.kind.as_str(), "{}", e.message);
+                state.metrics.event(e.kind);
+            }
+            // A newer report of the same run may have been applied meanwhile (the agent
+            // retried while this one was in flight): never go back in time.
+            let newer = live
+                .nodes
+                .get(&node.node_id)
+                .is_some_and(|n| n.boot_id == node.boot_id && n.last_seq > node.last_seq);
+            if !newer {
+                live.changed.insert(node.cluster.clone());
+                clusters.insert(node.cluster.clone());
+                if let Some(old) = live.nodes.insert(node.node_id.clone(), node.clone()) {
+                    // A node that moved to another cluster changed both.
+                    live.changed.insert(old.cluster.clone());
+                    clusters.insert(old.cluster);
+                }
+            }
         }
     }
-    state.announce(&cluster);
-    Ok(true)
+    for cluster in &clusters {
+        state.announce(cluster);
+    }
+    for (job, outcome) in batch.into_iter().zip(prepared) {
+        let _ = job.done.send(Ok(outcome.is_some()));
+    }
+}
+
+/// The database part of [`write_transitions`]: reports the stored watermark shows as replays
+/// are set to None in `prepared`.
+async fn store_transitions(
+    state: &AppState,
+    batch: &[PendingTransition],
+    prepared: &mut [Option<(NodeLive, Vec<NewEvent>)>],
+) -> Result<(), sqlx::Error> {
+    let mut tx = state.db.begin().await?;
+    let ids: Vec<&str> = batch.iter().map(|j| j.report.node_id.as_str()).collect();
+    let watermarks = db::lock_watermarks(&mut tx, &ids).await?;
+    let mut events = Vec::new();
+    for (job, slot) in batch.iter().zip(prepared.iter_mut()) {
+        let report = &job.report;
+        if watermarks
+            .get(&report.node_id)
+            .is_some_and(|(boot_id, last_seq)| {
+                *boot_id == report.boot_id && report.seq <= *last_seq
+            })
+        {
+            *slot = None;
+        }
+        if let Some((node, node_events)) = slot {
+            db::store_node(&mut tx, node).await?;
+            events.extend(node_events.iter().cloned());
+        }
+    }
+    db::insert_events(&mut tx, &events).await?;
+    tx.commit().await
 }

@@ -84,6 +84,7 @@ pub async fn serve(
         settings: settings.clone(),
         live: RwLock::new(live),
         transitions: Mutex::new(()),
+        pending_transitions: Default::default(),
         history,
         metrics,
         changes,

@@ -170,6 +170,9 @@ impl NodeLive {
 pub struct Live {
     /// Nodes by id.
     pub nodes: BTreeMap<String, NodeLive>,
+    /// Clusters with a node whose stored state, detector status or reachability changed since
+    /// the arbiter last took this set (it looks at only these between its sweeps).
+    pub changed: std::collections::BTreeSet<String>,
 }
 
 impl Live {

@@ -33,6 +33,8 @@ pub struct App {
     /// Serialises every write that records transitions (ingest of a changed report, detector
     /// verdicts), so events are derived from the state they change, in order.
     pub transitions: Mutex<()>,
+    /// Reports on the transition path waiting for the holder of `transitions` (group commit).
+    pub pending_transitions: std::sync::Mutex<Vec<crate::ingest::PendingTransition>>,
     /// Batched writer of heartbeat samples.
     pub history: HistoryWriter,
     /// Prometheus registry and instruments.

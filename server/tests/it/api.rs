@@ -630,3 +630,51 @@ async fn replication_links_lag_history_and_the_vip_check(pool: PgPool) {
         2
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn history_rows_keep_every_value_through_copy(pool: PgPool) {
+    // Samples go to PostgreSQL in COPY's text format: an instance name with a backslash, a
+    // quote and a non-ASCII letter, a missing lag and sub-millisecond times must come back as sent.
+    let server = TestServer::start(pool).await;
+    let agent = server.agent();
+    let boot = Uuid::new_v4();
+    let mut r = report("a", boot, 1, VrrpState::Master, true);
+    r.keepalived.instances[0].name = r#"VI\1 "ü""#.into();
+    r.load1 = 0.125;
+    let mut lagging = pg_report_link(ReplicationRole::Primary, LinkState::Streaming, 4096);
+    lagging.lag_seconds = None;
+    r.replication = vec![lagging];
+    assert!(agent.send_heartbeat(&r).await.unwrap().accepted);
+    let pool = server.stop().await;
+    let (observed, seq, load1, instances): (
+        chrono::DateTime<chrono::Utc>,
+        i64,
+        f64,
+        serde_json::Value,
+    ) = sqlx::query_as(
+        "SELECT observed_at, seq, load1, instances FROM heartbeat_samples WHERE node_id = 'a'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        observed.timestamp_micros(),
+        r.observed_at.timestamp_micros()
+    );
+    assert_eq!((seq, load1), (1, 0.125));
+    assert_eq!(
+        instances,
+        serde_json::json!([{ "name": r#"VI\1 "ü""#, "state": "MASTER",
+                             "effective_priority": 150, "holds_vip": true }])
+    );
+    let (link, lag_bytes, lag_seconds): (String, Option<i64>, Option<f64>) = sqlx::query_as(
+        "SELECT link, lag_bytes, lag_seconds FROM replication_samples WHERE node_id = 'a'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (link.as_str(), lag_bytes, lag_seconds),
+        ("postgresql:pg", Some(4096), None)
+    );
+}

@@ -66,7 +66,9 @@ async fn a_person_confirms_a_proposed_failover(pool: PgPool) {
     )
     .unwrap();
     let mut ra = report("a", Uuid::new_v4(), 1, VrrpState::Master, true);
-    ra.heartbeat_interval_ms = 100; // silent for 300 ms: down
+    // Silent for 3 s: down. Long enough that the server still hears a when the first request
+    // below is refused, whatever the machine's load.
+    ra.heartbeat_interval_ms = 1000;
     ra.replication = vec![pg_report_link(
         ReplicationRole::Primary,
         LinkState::Streaming,
@@ -84,9 +86,12 @@ async fn a_person_confirms_a_proposed_failover(pool: PgPool) {
     rb.arbitration = arbitration("a", true);
     agents.send_heartbeat(&ra).await.unwrap();
     b.send_heartbeat(&rb).await.unwrap();
-    eventually(10, "a leading, nothing to do", || async {
+    eventually(10, "a leading, nothing to do, b seen", || async {
         let (_, f) = server.get_json("/api/v1/clusters/c/failover").await;
-        (f["leader"] == "a" && f["verdict"]["decision"]["action"] == "nothing").then_some(())
+        (f["leader"] == "a"
+            && f["verdict"]["decision"]["action"] == "nothing"
+            && f["verdict"]["evidence"]["witnesses"][0]["node_id"] == "b")
+            .then_some(())
     })
     .await;
 
