@@ -159,10 +159,10 @@ fn quiet(
         && matches!(decision, Decision::Nothing { .. })
         && !operation_running
         && !kept
-        && !memory
+        && memory
             .refused
             .get(&c.name)
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(30))
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(30))
         && !memory
             .enforced
             .keys()

@@ -265,15 +265,16 @@ fn link_keys(links: &[ReplicationLinkReport]) -> Vec<LinkKey<'_>> {
     keys
 }
 
+/// Reference reachable, (peer, reachable), self-fenced at.
+type Reach<'a> = (
+    Option<bool>,
+    Vec<(&'a str, bool)>,
+    Option<chrono::DateTime<Utc>>,
+);
+
 /// What the arbiter reads of an arbitration report: who is reachable, and the self-fence
 /// (round-trip times and failure counts change every report and decide nothing).
-fn reach(
-    a: &Option<hapulse_protocol::ArbitrationReport>,
-) -> Option<(
-    Option<bool>,
-    Vec<(&str, bool)>,
-    Option<chrono::DateTime<Utc>>,
-)> {
+fn reach(a: &Option<hapulse_protocol::ArbitrationReport>) -> Option<Reach<'_>> {
     a.as_ref().map(|a| {
         (
             a.reference.as_ref().map(|r| r.reachable),
