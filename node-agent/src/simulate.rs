@@ -57,6 +57,14 @@ pub struct SimulateArgs {
     /// `warm-up over` is printed then), and `--duration` counts from the start.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
+    /// Stop this many nodes at once (spread evenly over the fleet) `--stop-after` the start,
+    /// and print their ids (`stopped N nodes at TIME: id,id,…`): the failure detector's
+    /// benchmark.
+    #[arg(long, default_value_t = 0)]
+    pub stop_count: usize,
+    /// When to stop the `--stop-count` nodes.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub stop_after: Duration,
     /// How often to print what was sent and acknowledged.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub report_every: Duration,
@@ -115,6 +123,10 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> anyhow::Res
         "--interval must be at least 100ms (the server's minimum heartbeat interval)"
     );
     anyhow::ensure!(args.churn >= 0.0, "--churn must be 0 or more");
+    anyhow::ensure!(
+        args.stop_count <= args.nodes,
+        "--stop-count must be at most --nodes"
+    );
     let base = AgentClient::new(
         &args.server_url,
         SecretString::from(String::new()),
@@ -170,6 +182,28 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> anyhow::Res
             stats.clone(),
             stop.clone(),
         )));
+    }
+    if args.stop_count > 0 {
+        let (world, stop, nodes) = (world.clone(), stop.clone(), nodes.clone());
+        let (count, after) = (args.stop_count, args.stop_after);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(after) => {}
+            }
+            let step = nodes.len() / count;
+            let ids: Vec<&str> = (0..count)
+                .map(|i| {
+                    world.dead[i * step].store(true, Ordering::Relaxed);
+                    nodes[i * step].node_id.as_str()
+                })
+                .collect();
+            println!(
+                "stopped {count} nodes at {}: {}",
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                ids.join(",")
+            );
+        });
     }
     if args.churn > 0.0 {
         tokio::spawn(churn(

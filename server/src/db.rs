@@ -21,13 +21,25 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 /// Rebuilds live state from the tables. Nodes that were up get `now` as their last-seen
 /// instant: the server's own downtime is not their fault, so the detector gives each a full
 /// window to report again before suspecting it.
+///
+/// The stored watermark (`nodes.last_seq`) is advanced by the history writer at most every
+/// [`crate::history::WATERMARK_EVERY`] per node; the samples stored since (each one an accepted
+/// report) carry it the rest of the way, so a report accepted before a restart is still a
+/// replay after it.
 pub async fn load_live(pool: &PgPool, now: Instant) -> Result<Live, sqlx::Error> {
     let mut live = Live::default();
     let rows = sqlx::query(
-        "SELECT node_id, cluster, hostname, agent_version, protocol_version, boot_id, last_seq,
-                heartbeat_interval_ms, last_heartbeat_at, last_observed_at, status, status_since,
-                uptime_seconds, load1, keepalived_running, spool_depth, spool_dropped
-           FROM nodes",
+        "SELECT n.node_id, n.cluster, n.hostname, n.agent_version, n.protocol_version, n.boot_id,
+                greatest(n.last_seq, s.seq) AS last_seq, n.heartbeat_interval_ms,
+                greatest(n.last_heartbeat_at, s.received_at) AS last_heartbeat_at,
+                n.last_observed_at, n.status, n.status_since, n.uptime_seconds, n.load1,
+                n.keepalived_running, n.spool_depth, n.spool_dropped
+           FROM nodes n
+           LEFT JOIN LATERAL (
+                SELECT max(h.seq) AS seq, max(h.received_at) AS received_at
+                  FROM heartbeat_samples h
+                 WHERE h.node_id = n.node_id AND h.boot_id = n.boot_id
+                   AND h.received_at >= n.last_heartbeat_at) s ON true",
     )
     .fetch_all(pool)
     .await?;
@@ -270,19 +282,24 @@ pub async fn store_node(
     Ok(())
 }
 
-/// Sets a node's detector status.
-pub async fn store_status(
+/// Sets nodes' detector statuses (one statement), all since `since`.
+pub async fn store_statuses(
     tx: &mut Transaction<'_, Postgres>,
-    node_id: &str,
-    status: NodeStatus,
+    statuses: &[(&str, NodeStatus)],
     since: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE nodes SET status = $2, status_since = $3 WHERE node_id = $1")
-        .bind(node_id)
-        .bind(status.as_str())
-        .bind(since)
-        .execute(&mut **tx)
-        .await?;
+    let nodes: Vec<&str> = statuses.iter().map(|(n, _)| *n).collect();
+    let values: Vec<&str> = statuses.iter().map(|(_, s)| s.as_str()).collect();
+    sqlx::query(
+        "UPDATE nodes SET status = u.status, status_since = $3
+           FROM UNNEST($1::text[], $2::text[]) AS u(node_id, status)
+          WHERE nodes.node_id = u.node_id",
+    )
+    .bind(&nodes)
+    .bind(&values)
+    .bind(since)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -425,12 +442,17 @@ impl Sample {
     }
 }
 
-/// Writes a batch of samples and advances each node's watermark and last-heartbeat time, in one
-/// transaction: the samples by `COPY … FROM STDIN` (text format; one round trip for the whole
-/// batch, no per-row parameters), the watermarks by one `UPDATE … FROM UNNEST`. Only the
+/// Writes a batch of samples and advances the watermark and last-heartbeat time of the nodes
+/// `advance_watermark` names, in one transaction: the samples by `COPY … FROM STDIN` (text
+/// format; one round trip for the whole batch, no per-row parameters), the watermarks by one
+/// `UPDATE … FROM UNNEST` (the rest is recovered from the samples, see [`load_live`]). Only the
 /// transition path starts a new agent run (boot id): a late sample of an older run never moves
 /// the watermark back.
-pub async fn write_samples(pool: &PgPool, samples: &[Sample]) -> Result<(), sqlx::Error> {
+pub async fn write_samples(
+    pool: &PgPool,
+    samples: &[Sample],
+    advance_watermark: impl Fn(&str) -> bool,
+) -> Result<(), sqlx::Error> {
     use std::fmt::Write as _;
     let mut tx = pool.begin().await?;
     // `write!` into a String cannot fail (its fmt::Write never returns an error).
@@ -505,7 +527,7 @@ pub async fn write_samples(pool: &PgPool, samples: &[Sample]) -> Result<(), sqlx
         Vec::new(),
         Vec::new(),
     );
-    for s in latest.values() {
+    for s in latest.values().filter(|s| advance_watermark(&s.node_id)) {
         l_node.push(s.node_id.as_str());
         l_boot.push(s.boot_id);
         l_seq.push(s.seq as i64);

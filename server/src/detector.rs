@@ -97,12 +97,13 @@ pub async fn check(state: &AppState, now: Instant) -> Result<(), sqlx::Error> {
             Some((event, verdict))
         })
         .unzip();
+    let statuses: Vec<(&str, NodeStatus)> = events
+        .iter()
+        .zip(&verdicts)
+        .filter_map(|(e, v)| Some((e.node_id.as_deref()?, *v)))
+        .collect();
     let mut tx = state.db.begin().await?;
-    for (event, verdict) in events.iter().zip(&verdicts) {
-        if let Some(node_id) = &event.node_id {
-            db::store_status(&mut tx, node_id, *verdict, at).await?;
-        }
-    }
+    db::store_statuses(&mut tx, &statuses, at).await?;
     db::insert_events(&mut tx, &events).await?;
     tx.commit().await?;
     let mut clusters = std::collections::BTreeSet::new();

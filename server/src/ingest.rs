@@ -6,7 +6,8 @@
 //! takes the transition path: queued with the other changed reports of the moment and written
 //! together under the transitions lock, in one transaction (watermark rows locked and checked,
 //! nodes and instances stored, events inserted).
-//! Either way the answer waits for the commit, so an acknowledged report is never lost.
+//! Either way the answer waits for the commit, so an acknowledged report is never lost. The node
+//! counts as heard (for the failure detector) the moment its report arrives.
 
 use chrono::Utc;
 use hapulse_protocol::{
@@ -291,6 +292,7 @@ fn reach(a: &Option<hapulse_protocol::ArbitrationReport>) -> Option<Reach<'_>> {
 /// `accepted: false` and write nothing.
 pub async fn accept(state: &AppState, report: HeartbeatReport) -> Result<HeartbeatAck, AppError> {
     let started = std::time::Instant::now();
+    let arrived = tokio::time::Instant::now();
     let ack = |accepted| HeartbeatAck {
         seq: report.seq,
         accepted,
@@ -298,7 +300,11 @@ pub async fn accept(state: &AppState, report: HeartbeatReport) -> Result<Heartbe
         commands: Vec::new(),
     };
     let fast_path = {
-        let live = state.live();
+        let mut live = state.live_mut();
+        if let Some(node) = live.nodes.get_mut(&report.node_id) {
+            // Heard, whatever becomes of the report (a replay, a failed write): it is alive.
+            node.last_seen = node.last_seen.max(arrived);
+        }
         match live.nodes.get(&report.node_id) {
             Some(node) if node.is_replay(&report) => {
                 state.metrics.heartbeat("duplicate", started.elapsed());
@@ -322,10 +328,9 @@ pub async fn accept(state: &AppState, report: HeartbeatReport) -> Result<Heartbe
         })
     };
     if fast_path {
-        // Durable first, then visible: a report the server failed to store is not marked seen,
-        // so the agent's retry is accepted.
+        // Durable first, then visible: a report the server failed to store is not applied (its
+        // seq is not marked accepted), so the agent's retry is accepted.
         write_sample(sample).await?;
-        let now = tokio::time::Instant::now();
         let mut guard = state.live_mut();
         let live = &mut *guard;
         if let Some(node) = live.nodes.get_mut(&report.node_id) {
@@ -333,11 +338,11 @@ pub async fn accept(state: &AppState, report: HeartbeatReport) -> Result<Heartbe
                 if reach(&node.arbitration) != reach(&report.arbitration) {
                     live.changed.insert(report.cluster.clone());
                 }
-                node.apply(&report, received_at, now);
+                node.apply(&report, received_at, arrived);
             }
         }
     } else {
-        if !record_transition(state, report.clone(), received_at).await? {
+        if !record_transition(state, report.clone(), received_at, arrived).await? {
             state.metrics.heartbeat("duplicate", started.elapsed());
             return Ok(ack(false));
         }
@@ -354,6 +359,7 @@ pub async fn accept(state: &AppState, report: HeartbeatReport) -> Result<Heartbe
 pub struct PendingTransition {
     report: HeartbeatReport,
     received_at: chrono::DateTime<Utc>,
+    arrived: tokio::time::Instant,
     /// Accepted (true) or a replay (false).
     done: tokio::sync::oneshot::Sender<Result<bool, AppError>>,
 }
@@ -369,6 +375,7 @@ async fn record_transition(
     state: &AppState,
     report: HeartbeatReport,
     received_at: chrono::DateTime<Utc>,
+    arrived: tokio::time::Instant,
 ) -> Result<bool, AppError> {
     let (done, result) = tokio::sync::oneshot::channel();
     state
@@ -378,6 +385,7 @@ async fn record_transition(
         .push(PendingTransition {
             report,
             received_at,
+            arrived,
             done,
         });
     let mut result = result;
@@ -414,7 +422,6 @@ async fn record_transition(
 /// commit; then live state updated and the clusters announced. Should the transaction fail,
 /// every report of the batch gets the error (its agent retries).
 async fn write_transitions(state: &AppState, batch: Vec<PendingTransition>) {
-    let now = tokio::time::Instant::now();
     // Per report: None for a replay, else the node after it and its events.
     let mut prepared: Vec<Option<(NodeLive, Vec<NewEvent>)>> = Vec::with_capacity(batch.len());
     {
@@ -433,10 +440,10 @@ async fn write_transitions(state: &AppState, batch: Vec<PendingTransition>) {
             let mut node = match previous {
                 Some(p) => {
                     let mut n = p.clone();
-                    n.apply(report, job.received_at, now);
+                    n.apply(report, job.received_at, job.arrived);
                     n
                 }
-                None => NodeLive::from_report(report, job.received_at, now),
+                None => NodeLive::from_report(report, job.received_at, job.arrived),
             };
             if node.status != NodeStatus::Up {
                 node.status = NodeStatus::Up;
@@ -471,7 +478,12 @@ async fn write_transitions(state: &AppState, batch: Vec<PendingTransition>) {
             if !newer {
                 live.changed.insert(node.cluster.clone());
                 clusters.insert(node.cluster.clone());
-                if let Some(old) = live.nodes.insert(node.node_id.clone(), node.clone()) {
+                let mut node = node.clone();
+                if let Some(current) = live.nodes.get(&node.node_id) {
+                    // Heard meanwhile (a later report arrived while this one was stored).
+                    node.last_seen = node.last_seen.max(current.last_seen);
+                }
+                if let Some(old) = live.nodes.insert(node.node_id.clone(), node) {
                     // A node that moved to another cluster changed both.
                     live.changed.insert(old.cluster.clone());
                     clusters.insert(old.cluster);

@@ -66,7 +66,9 @@ pub struct NodeLive {
     pub heartbeat_interval_ms: u64,
     /// When the last report arrived (server clock).
     pub last_heartbeat_at: DateTime<Utc>,
-    /// Same instant on the monotonic clock, for the detector.
+    /// When the node was last heard from, on the monotonic clock, for the detector: set as a
+    /// report arrives, before it is stored, so the server's own slowness (a slow commit, a
+    /// queue) never counts as the node's silence.
     pub last_seen: Instant,
     /// When the agent took its last snapshot (agent clock).
     pub last_observed_at: DateTime<Utc>,
@@ -133,7 +135,7 @@ impl NodeLive {
         self.last_seq = report.seq;
         self.heartbeat_interval_ms = report.heartbeat_interval_ms;
         self.last_heartbeat_at = received_at;
-        self.last_seen = now;
+        self.last_seen = self.last_seen.max(now);
         self.last_observed_at = report.observed_at;
         self.uptime_seconds = report.uptime_seconds;
         self.load1 = report.load1;

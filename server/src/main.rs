@@ -9,6 +9,11 @@ use hapulse_server::config::Settings;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc rather than glibc malloc: less time per heartbeat and less memory per node
+/// (docs/benchmarks.md, "Fleet scale").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// hapulse central server: agent heartbeats in, history in PostgreSQL, live dashboard, REST API
 /// (/api/v1) and Prometheus metrics (/metrics) out.
 #[derive(Parser)]

@@ -678,3 +678,39 @@ async fn history_rows_keep_every_value_through_copy(pool: PgPool) {
         ("postgresql:pg", Some(4096), None)
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_quiet_report_accepted_before_a_restart_is_a_replay_after_it(pool: PgPool) {
+    // Reports that change nothing advance the stored watermark only every 10 s; the samples
+    // carry it across a restart.
+    let server = TestServer::start(pool).await;
+    let agent = server.agent();
+    let boot = Uuid::new_v4();
+    for seq in 1..=3 {
+        let r = report("a", boot, seq, VrrpState::Master, true);
+        assert!(agent.send_heartbeat(&r).await.unwrap().accepted);
+    }
+    let pool = server.stop().await;
+    let stored: i64 = sqlx::query_scalar("SELECT last_seq FROM nodes WHERE node_id = 'a'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(stored < 3, "the watermark row was written for every report");
+
+    let server = TestServer::start(pool).await;
+    let agent = server.agent();
+    for seq in [3, 2] {
+        let r = report("a", boot, seq, VrrpState::Master, true);
+        assert!(
+            !agent.send_heartbeat(&r).await.unwrap().accepted,
+            "seq {seq} accepted twice"
+        );
+    }
+    let r = report("a", boot, 4, VrrpState::Master, true);
+    assert!(agent.send_heartbeat(&r).await.unwrap().accepted);
+    let pool = server.stop().await;
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM heartbeat_samples").await,
+        4
+    );
+}
