@@ -1,6 +1,6 @@
 //! The batched writer of heartbeat samples. Handlers hand it a sample and wait for the commit,
 //! so an acknowledged heartbeat is durable; samples that arrive while a batch is being written
-//! go into the next one (one multi-row `UNNEST` insert per batch), so batches grow with load
+//! go into the next one (one `COPY` per batch, see [`db::write_samples`]), so batches grow with load
 //! without adding latency when the server is idle.
 
 use std::collections::{HashMap, HashSet};
