@@ -95,6 +95,7 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         started_at: chrono::Utc::now(),
         verdicts: Default::default(),
+        snapshots: Default::default(),
     }));
 
     crate::switchover::recover(&state)

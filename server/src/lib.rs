@@ -28,6 +28,7 @@ pub mod notify;
 pub mod router;
 pub mod series;
 pub mod silences;
+pub mod snapshot;
 pub mod state;
 pub mod switchover;
 pub mod tls;

@@ -55,6 +55,8 @@ pub struct App {
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// The arbiter's latest verdict per cluster.
     pub verdicts: RwLock<std::collections::BTreeMap<String, crate::arbiter::Verdict>>,
+    /// Views shared by the dashboard and the cluster list, rebuilt after a change.
+    pub snapshots: crate::snapshot::Snapshots,
 }
 
 impl App {
@@ -69,8 +71,11 @@ impl App {
         self.live.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Tells dashboard viewers that `cluster` changed. Nobody listening is fine.
+    /// Tells dashboard viewers that `cluster` changed (`*`: anything may have), after the
+    /// shared views are marked stale, so a page fetched on the event shows the change. Nobody
+    /// listening is fine.
     pub fn announce(&self, cluster: &str) {
+        self.snapshots.invalidate(cluster);
         let _ = self.changes.send(cluster.to_string());
     }
 }

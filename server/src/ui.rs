@@ -54,9 +54,40 @@ struct Base<'a> {
 #[template(path = "overview_partial.html")]
 struct OverviewPartial<'a> {
     now: DateTime<Utc>,
-    clusters: &'a [ClusterView],
+    /// This page's clusters: the worst health first, then by name.
+    clusters: &'a [&'a ClusterView],
     /// Clusters with a maintenance window in force (for them or one of their nodes).
-    in_maintenance: &'a [String],
+    in_maintenance: &'a [&'a str],
+    /// Clusters the viewer may see that match the filter, per health, best first.
+    counts: &'a [(view::Health, usize)],
+    /// Clusters the viewer may see that match the filter.
+    matching: usize,
+    /// The name filter (`?q=`), empty for none.
+    filter: &'a str,
+    /// 1-based page number and the number of pages (at least 1).
+    page: usize,
+    pages: usize,
+    /// 1-based positions of this page's first and last cluster among `matching` (0 when the
+    /// page is empty).
+    first: usize,
+    last: usize,
+}
+
+/// Clusters on one overview page.
+pub const OVERVIEW_PAGE_SIZE: usize = 100;
+
+/// Query of the overview.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OverviewQuery {
+    #[serde(default)]
+    partial: Option<u8>,
+    /// 1-based page number (default 1).
+    #[serde(default)]
+    page: Option<usize>,
+    /// Shows only clusters whose name contains this (case-insensitive).
+    #[serde(default)]
+    q: Option<String>,
 }
 
 #[derive(Template)]
@@ -198,29 +229,64 @@ fn page(
     Ok(Html(full).into_response())
 }
 
-/// `GET /`: every cluster with its verdict, masters and VIP holders.
+/// `GET /?page=&q=`: clusters with their verdict, masters and VIP holders, the worst first,
+/// [`OVERVIEW_PAGE_SIZE`] per page, with a count per health; `q` filters by name.
 pub async fn overview(
     State(state): State<AppState>,
     Auth(me): Auth,
-    ApiQuery(q): ApiQuery<PageQuery>,
+    ApiQuery(q): ApiQuery<OverviewQuery>,
 ) -> Result<Response, AppError> {
-    let now = Utc::now();
-    let mut clusters = view::clusters(&state.live(), now);
-    clusters.retain(|c| me.may_see(&c.name));
-    let windows = crate::silences::current(&state.db).await?;
-    let in_maintenance: Vec<String> = clusters
+    let page_number = q.page.unwrap_or(1);
+    if page_number == 0 {
+        return Err(AppError::invalid("invalid_query", "page", "1 or more"));
+    }
+    let filter = q.q.as_deref().unwrap_or("").trim().to_lowercase();
+    let fleet = state.snapshots.fleet(&state).await?;
+    let mut clusters: Vec<&ClusterView> = fleet
+        .clusters
+        .iter()
+        .filter(|c| me.may_see(&c.name))
+        .filter(|c| filter.is_empty() || c.name.to_lowercase().contains(&filter))
+        .collect();
+    let mut counts: Vec<(view::Health, usize)> = Vec::new();
+    for c in &clusters {
+        match counts.iter_mut().find(|(h, _)| *h == c.health) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((c.health, 1)),
+        }
+    }
+    counts.sort();
+    // Problems first; a stable sort keeps each health's clusters by name.
+    clusters.sort_by(|a, b| b.health.cmp(&a.health));
+    let matching = clusters.len();
+    let pages = matching.div_ceil(OVERVIEW_PAGE_SIZE).max(1);
+    let start = (page_number - 1).saturating_mul(OVERVIEW_PAGE_SIZE);
+    let shown: Vec<&ClusterView> = clusters
+        .into_iter()
+        .skip(start)
+        .take(OVERVIEW_PAGE_SIZE)
+        .collect();
+    let in_maintenance: Vec<&str> = shown
         .iter()
         .filter(|c| {
             let nodes: Vec<&str> = c.nodes.iter().map(|n| n.node_id.as_str()).collect();
-            !crate::silences::maintenance_for(&windows, now, &c.name, &nodes).is_empty()
+            !crate::silences::maintenance_for(&fleet.windows, fleet.now, &c.name, &nodes).is_empty()
         })
-        .map(|c| c.name.clone())
+        .map(|c| c.name.as_str())
         .collect();
     let body = render(&OverviewPartial {
-        now,
-        clusters: &clusters,
+        now: fleet.now,
+        clusters: &shown,
         in_maintenance: &in_maintenance,
+        counts: &counts,
+        matching,
+        filter: q.q.as_deref().unwrap_or("").trim(),
+        page: page_number,
+        pages,
+        first: if shown.is_empty() { 0 } else { start + 1 },
+        last: start + shown.len(),
     })?;
+    let q = PageQuery { partial: q.partial };
     page(&me, &q, "Clusters", "*", body)
 }
 
@@ -235,26 +301,16 @@ pub async fn cluster(
     let now = Utc::now();
     let cluster = view::cluster_view(&state.live(), &name, now)
         .ok_or_else(|| AppError::NotFound(format!("cluster {name:?}")))?;
-    let filter = EventFilter {
-        cluster: Some(name.clone()),
-        limit: 50,
-        ..Default::default()
-    };
-    let events = db::list_events(&state.db, &filter).await?;
-    let windows = crate::silences::current(&state.db).await?;
+    let extras = state.snapshots.cluster(&state, &name).await?;
     let nodes: Vec<&str> = cluster.nodes.iter().map(|n| n.node_id.as_str()).collect();
-    let maintenance = crate::silences::maintenance_for(&windows, now, &name, &nodes);
-    let availability = crate::availability::of_cluster(&state.db, &name, now)
-        .await?
-        .unwrap_or_default();
-    let failover = crate::api::failover::load_status(&state, &name).await?;
+    let maintenance = crate::silences::maintenance_for(&extras.windows, now, &name, &nodes);
     let body = render(&ClusterPartial {
         now,
         cluster: &cluster,
-        events: &events,
+        events: &extras.events,
         maintenance: &maintenance,
-        availability: &availability,
-        failover: &failover,
+        availability: &extras.availability,
+        failover: &extras.failover,
         csrf: me.csrf(),
     })?;
     page(&me, &q, &format!("Cluster {name}"), &name, body)

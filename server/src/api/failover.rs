@@ -501,6 +501,7 @@ pub async fn set_switch(
         .await?;
     tx.commit().await?;
     tracing::warn!(by = %me.name, enabled = req.automatic_enabled, reason = %req.reason, "automatic failover switched");
+    state.announce("*");
     Ok(Json(
         serde_json::json!({ "automatic_enabled": req.automatic_enabled }),
     ))

@@ -71,10 +71,10 @@ const OPS: &[Op] = &[
     Op {
         method: HttpMethod::Get,
         path: "/api/v1/clusters",
-        summary: "Every cluster with its verdict, instances, masters and VIP holders",
+        summary: "Clusters by name, a page at a time (?limit=1..1000, default 100; ?after=next_after), with their verdict, instances, masters and VIP holders",
         body: None,
         ok: (200, Some("ClusterList")),
-        errors: &[401],
+        errors: &[400, 401],
     },
     Op {
         method: HttpMethod::Get,

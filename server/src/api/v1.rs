@@ -20,28 +20,69 @@ use uuid::Uuid;
 /// Body of `GET /api/v1/clusters`.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ClusterList {
-    /// Every cluster with at least one node, by name.
+    /// A page of the clusters with at least one node, by name.
     pub clusters: Vec<ClusterView>,
+    /// Clusters the caller may see, on every page.
+    pub total: usize,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+    /// When the views were built: heartbeat ages are as of then (at most a second old).
+    pub generated_at: DateTime<Utc>,
 }
 
-/// `GET /api/v1/clusters`: every cluster with its health verdict, instances, masters and VIP
-/// holders.
+/// Default page size of `GET /api/v1/clusters`.
+pub const CLUSTER_PAGE_DEFAULT: usize = 100;
+/// Largest page size of `GET /api/v1/clusters`.
+pub const CLUSTER_PAGE_MAX: usize = 1000;
+
+/// Query of `GET /api/v1/clusters`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterListQuery {
+    /// Clusters per page, 1 to 1000 (default 100).
+    pub limit: Option<usize>,
+    /// Only clusters whose name sorts after this one (the previous page's `next_after`).
+    pub after: Option<String>,
+}
+
+/// `GET /api/v1/clusters?limit=&after=`: clusters with their health verdict, instances,
+/// masters and VIP holders, by name, a page at a time (400 for a limit outside 1–1000).
 pub async fn clusters(
     State(state): State<AppState>,
     Auth(me): Auth,
+    ApiQuery(q): ApiQuery<ClusterListQuery>,
 ) -> Result<Json<ClusterList>, AppError> {
-    let mut clusters = view::clusters(&state.live(), Utc::now());
-    clusters.retain(|c| me.may_see(&c.name));
-    let epochs: Vec<(String, i64)> = sqlx::query_as("SELECT name, epoch FROM clusters")
-        .fetch_all(&state.db)
-        .await?;
-    for c in &mut clusters {
-        c.epoch = epochs
-            .iter()
-            .find(|(n, _)| *n == c.name)
-            .map_or(0, |(_, e)| *e as u64);
+    let limit = q.limit.unwrap_or(CLUSTER_PAGE_DEFAULT);
+    if !(1..=CLUSTER_PAGE_MAX).contains(&limit) {
+        return Err(AppError::invalid(
+            "invalid_query",
+            "limit",
+            format!("1 to {CLUSTER_PAGE_MAX}"),
+        ));
     }
-    Ok(Json(ClusterList { clusters }))
+    let fleet = state.snapshots.fleet(&state).await?;
+    let visible = || fleet.clusters.iter().filter(|c| me.may_see(&c.name));
+    let total = visible().count();
+    let mut page = visible()
+        .filter(|c| {
+            q.after
+                .as_deref()
+                .is_none_or(|after| c.name.as_str() > after)
+        })
+        .take(limit + 1)
+        .cloned()
+        .collect::<Vec<_>>();
+    let next_after = (page.len() > limit).then(|| {
+        page.truncate(limit);
+        page.last().map(|c| c.name.clone())
+    });
+    Ok(Json(ClusterList {
+        clusters: page,
+        total,
+        next_after: next_after.flatten(),
+        generated_at: fleet.now,
+    }))
 }
 
 /// The view of `name` with its epoch, or 404.
@@ -533,9 +574,7 @@ pub async fn silence(
     .detail(serde_json::json!({ "cluster": new.cluster, "node_id": new.node_id, "rules": new.rules, "ends_at": new.ends_at }))
     .record(&state.db)
     .await?;
-    if let Some(cluster) = &silence.cluster {
-        state.announce(cluster);
-    }
+    state.announce(silence.cluster.as_deref().unwrap_or("*"));
     Ok(silence)
 }
 
@@ -566,5 +605,6 @@ pub async fn end_silence(state: &AppState, id: Uuid, who: &Principal) -> Result<
     Audit::by(who, "silence_expire", &id.to_string(), "expired")
         .record(&state.db)
         .await?;
+    state.announce(s.cluster.as_deref().unwrap_or("*"));
     Ok(())
 }

@@ -714,3 +714,76 @@ async fn a_quiet_report_accepted_before_a_restart_is_a_replay_after_it(pool: PgP
         4
     );
 }
+
+/// The cluster list and the overview come from one shared copy: paged, problems first on the
+/// overview, and a role change shows at once (the copy is rebuilt after an announced change).
+#[sqlx::test(migrations = false)]
+async fn cluster_lists_page_and_show_a_change_at_once(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let agent = server.agent();
+    let boots: Vec<Uuid> = (0..105).map(|_| Uuid::new_v4()).collect();
+    for (i, boot) in boots.iter().enumerate() {
+        let mut r = report(&format!("n{i:03}"), *boot, 1, VrrpState::Master, true);
+        r.cluster = format!("k{i:03}");
+        // Sending 105 reports takes seconds: nobody may go down meanwhile.
+        r.heartbeat_interval_ms = 600_000;
+        assert!(agent.send_heartbeat(&r).await.unwrap().accepted);
+    }
+    let names = |list: &serde_json::Value| -> Vec<String> {
+        list["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    let (status, list) = server.get_json("/api/v1/clusters").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["total"], 105);
+    assert_eq!(names(&list).len(), 100, "default page");
+    assert_eq!(names(&list)[0], "k000");
+    assert_eq!(list["next_after"], "k099");
+    let (_, rest) = server.get_json("/api/v1/clusters?after=k099").await;
+    assert_eq!(names(&rest), ["k100", "k101", "k102", "k103", "k104"]);
+    assert!(rest.get("next_after").is_none(), "last page: {rest}");
+    let (_, two) = server.get_json("/api/v1/clusters?limit=2&after=k010").await;
+    assert_eq!(names(&two), ["k011", "k012"]);
+    assert_eq!(two["next_after"], "k012");
+    for bad in ["limit=0", "limit=1001", "limit=x", "page=2"] {
+        let (status, body) = server.get_json(&format!("/api/v1/clusters?{bad}")).await;
+        assert_eq!(
+            (status, &body["code"]),
+            (400, &serde_json::json!("invalid_query")),
+            "{bad}: {body}"
+        );
+    }
+
+    // k050 loses its master: shown at once, though the list was built a moment ago.
+    let mut r = report("n050", boots[50], 2, VrrpState::Backup, false);
+    r.cluster = "k050".into();
+    r.heartbeat_interval_ms = 600_000;
+    agent.send_heartbeat(&r).await.unwrap();
+    let (_, one) = server.get_json("/api/v1/clusters?after=k049&limit=1").await;
+    assert_eq!(one["clusters"][0]["name"], "k050");
+    assert_eq!(one["clusters"][0]["health"], "no_master", "{one}");
+
+    // The overview: the worst first, 100 per page, a count per verdict, a name filter.
+    let (status, page) = server.get_text("/").await;
+    assert_eq!(status, 200);
+    let first_row = page.find("href=\"/clusters/k").unwrap();
+    assert_eq!(&page[first_row + 16..first_row + 20], "k050", "worst first: {}", &page[..first_row + 400]);
+    assert!(page.contains("105 clusters"), "{page}");
+    assert!(page.contains("1 no_master"), "{page}");
+    assert!(page.contains("Clusters 1–100 of 105") && page.contains("href=\"/?page=2\""));
+    let (_, page2) = server.get_text("/?page=2").await;
+    assert!(page2.contains("Clusters 101–105 of 105"), "{page2}");
+    assert_eq!(page2.matches("href=\"/clusters/k").count(), 5);
+    let (_, filtered) = server.get_text("/?q=K10").await;
+    assert!(filtered.contains("5 clusters matching"), "{filtered}");
+    assert_eq!(filtered.matches("href=\"/clusters/k10").count(), 5);
+    let (_, beyond) = server.get_text("/?page=9").await;
+    assert!(beyond.contains("No cluster on this page"), "{beyond}");
+    assert_eq!(server.get_text("/?page=0").await.0, 400);
+    server.stop().await;
+}
