@@ -257,7 +257,7 @@ pub async fn overview(
     }
     counts.sort();
     // Problems first; a stable sort keeps each health's clusters by name.
-    clusters.sort_by(|a, b| b.health.cmp(&a.health));
+    clusters.sort_by_key(|c| std::cmp::Reverse(c.health));
     let matching = clusters.len();
     let pages = matching.div_ceil(OVERVIEW_PAGE_SIZE).max(1);
     let start = (page_number - 1).saturating_mul(OVERVIEW_PAGE_SIZE);

@@ -772,7 +772,12 @@ async fn cluster_lists_page_and_show_a_change_at_once(pool: PgPool) {
     let (status, page) = server.get_text("/").await;
     assert_eq!(status, 200);
     let first_row = page.find("href=\"/clusters/k").unwrap();
-    assert_eq!(&page[first_row + 16..first_row + 20], "k050", "worst first: {}", &page[..first_row + 400]);
+    assert_eq!(
+        &page[first_row + 16..first_row + 20],
+        "k050",
+        "worst first: {}",
+        &page[..first_row + 400]
+    );
     assert!(page.contains("105 clusters"), "{page}");
     assert!(page.contains("1 no_master"), "{page}");
     assert!(page.contains("Clusters 1–100 of 105") && page.contains("href=\"/?page=2\""));
