@@ -8,7 +8,8 @@
 //! when something announced a change since it was built ([`crate::state::App::announce`]: role
 //! and status transitions, switchovers, verdicts, silences) or when it is older than
 //! [`MAX_AGE`] (heartbeat ages and replication lag change without an announcement). One reader
-//! rebuilds; the others wait for its copy rather than building their own.
+//! rebuilds. After an announced change the others wait for its copy (a page fetched because of
+//! the change must show it); a copy that is merely old is still served while it is rebuilt.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,6 +18,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
 
 use crate::db::{self, Event, EventFilter};
 use crate::error::AppError;
@@ -53,30 +55,39 @@ impl<T> Cached<T> {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn fresh(&self) -> Option<Arc<T>> {
+    /// The copy when nothing was announced since it was built, and whether it is young enough.
+    fn current(&self) -> Option<(Arc<T>, bool)> {
         let generation = self.generation.load(Ordering::Acquire);
         let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
         match &*current {
-            Some((built_at, built, value))
-                if *built_at == generation && built.elapsed() < MAX_AGE =>
-            {
-                Some(Arc::clone(value))
+            Some((built_at, built, value)) if *built_at == generation => {
+                Some((Arc::clone(value), built.elapsed() < MAX_AGE))
             }
             _ => None,
         }
     }
 
-    /// The fresh copy, built by `build` when there is none. A failed build stores nothing and
-    /// returns its error.
+    fn fresh(&self) -> Option<Arc<T>> {
+        self.current()
+            .and_then(|(value, young)| young.then_some(value))
+    }
+
+    /// The fresh copy, built by `build` when there is none; a copy only older than [`MAX_AGE`]
+    /// while another reader rebuilds it. A failed build stores nothing and returns its error.
     pub async fn get<F, Fut>(&self, build: F) -> Result<Arc<T>, AppError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, AppError>>,
     {
-        if let Some(value) = self.fresh() {
-            return Ok(value);
-        }
-        let _rebuilding = self.rebuild.lock().await;
+        let _rebuilding = match self.current() {
+            Some((value, true)) => return Ok(value),
+            // Only old, and someone is already rebuilding it: this one meanwhile.
+            Some((value, false)) => match self.rebuild.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => return Ok(value),
+            },
+            None => self.rebuild.lock().await,
+        };
         // Another reader may have rebuilt it while this one waited.
         if let Some(value) = self.fresh() {
             return Ok(value);
@@ -98,6 +109,34 @@ pub struct Fleet {
     pub clusters: Vec<ClusterView>,
     /// Silences and maintenance windows not over yet.
     pub windows: Vec<Silence>,
+    /// `clusters` as JSON, one document each, made when the API first asks for them.
+    json: tokio::sync::OnceCell<Vec<Box<RawValue>>>,
+}
+
+impl Fleet {
+    /// Each cluster of [`Fleet::clusters`] as JSON, in the same order: serialized once per
+    /// copy (off the runtime threads), so an API page is a concatenation.
+    pub async fn clusters_json(self: &Arc<Self>) -> Result<&[Box<RawValue>], AppError> {
+        let json = self
+            .json
+            .get_or_try_init(|| {
+                let fleet = Arc::clone(self);
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        fleet
+                            .clusters
+                            .iter()
+                            .map(serde_json::value::to_raw_value)
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .await
+                    .map_err(|e| AppError::Internal(e.into()))?
+                    .map_err(|e| AppError::Internal(e.into()))
+                }
+            })
+            .await?;
+        Ok(json)
+    }
 }
 
 /// A cluster page's parts that come from the database.
@@ -177,6 +216,7 @@ async fn build_fleet(state: &AppState) -> Result<Fleet, AppError> {
         now,
         clusters,
         windows,
+        json: Default::default(),
     })
 }
 
@@ -249,6 +289,29 @@ mod tests {
         let cached: Cached<u32> = Cached::default();
         assert_eq!(*cached.get(|| async { Ok(1) }).await.unwrap(), 1);
         std::thread::sleep(MAX_AGE + Duration::from_millis(10));
+        // Old, with a rebuild under way elsewhere: the old copy, without waiting.
+        let other = cached.rebuild.try_lock().unwrap();
+        assert_eq!(*cached.get(|| async { Ok(3) }).await.unwrap(), 1);
+        drop(other);
         assert_eq!(*cached.get(|| async { Ok(2) }).await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn after_a_change_readers_wait_for_the_rebuild() {
+        let cached: Arc<Cached<u32>> = Arc::default();
+        assert_eq!(*cached.get(|| async { Ok(1) }).await.unwrap(), 1);
+        cached.invalidate();
+        let rebuilding = cached.rebuild.lock().await;
+        let waiter = tokio::spawn({
+            let cached = Arc::clone(&cached);
+            async move { *cached.get(|| async { Ok(2) }).await.unwrap() }
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "must not serve the copy from before the change"
+        );
+        drop(rebuilding);
+        assert_eq!(waiter.await.unwrap(), 2);
     }
 }

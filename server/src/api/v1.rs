@@ -15,13 +15,16 @@ use crate::state::AppState;
 use crate::switchover::{self, Plan, Switchover, SwitchoverRequest};
 use crate::view::{self, ClusterView, NodeView};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
 /// Body of `GET /api/v1/clusters`.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct ClusterList {
-    /// A page of the clusters with at least one node, by name.
-    pub clusters: Vec<ClusterView>,
+pub struct ClusterList<'a> {
+    /// A page of the clusters with at least one node, by name (each a [`ClusterView`],
+    /// serialized once per shared copy: [`crate::snapshot::Fleet::clusters_json`]).
+    #[schema(value_type = Vec<ClusterView>)]
+    pub clusters: Vec<&'a serde_json::value::RawValue>,
     /// Clusters the caller may see, on every page.
     pub total: usize,
     /// Pass as `after` for the next page; absent on the last page.
@@ -52,7 +55,7 @@ pub async fn clusters(
     State(state): State<AppState>,
     Auth(me): Auth,
     ApiQuery(q): ApiQuery<ClusterListQuery>,
-) -> Result<Json<ClusterList>, AppError> {
+) -> Result<Response, AppError> {
     let limit = q.limit.unwrap_or(CLUSTER_PAGE_DEFAULT);
     if !(1..=CLUSTER_PAGE_MAX).contains(&limit) {
         return Err(AppError::invalid(
@@ -62,27 +65,34 @@ pub async fn clusters(
         ));
     }
     let fleet = state.snapshots.fleet(&state).await?;
-    let visible = || fleet.clusters.iter().filter(|c| me.may_see(&c.name));
+    let json = fleet.clusters_json().await?;
+    let visible = || {
+        fleet
+            .clusters
+            .iter()
+            .zip(json)
+            .filter(|(c, _)| me.may_see(&c.name))
+    };
     let total = visible().count();
-    let mut page = visible()
-        .filter(|c| {
+    let mut page: Vec<_> = visible()
+        .filter(|(c, _)| {
             q.after
                 .as_deref()
                 .is_none_or(|after| c.name.as_str() > after)
         })
         .take(limit + 1)
-        .cloned()
-        .collect::<Vec<_>>();
+        .collect();
     let next_after = (page.len() > limit).then(|| {
         page.truncate(limit);
-        page.last().map(|c| c.name.clone())
+        page.last().map(|(c, _)| c.name.clone())
     });
     Ok(Json(ClusterList {
-        clusters: page,
+        clusters: page.into_iter().map(|(_, json)| &**json).collect(),
         total,
         next_after: next_after.flatten(),
         generated_at: fleet.now,
-    }))
+    })
+    .into_response())
 }
 
 /// The view of `name` with its epoch, or 404.
