@@ -114,6 +114,14 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// The view of cluster `name`, if it has a node.
+    pub fn cluster(&self, name: &str) -> Option<&ClusterView> {
+        self.clusters
+            .binary_search_by(|c| c.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.clusters[i])
+    }
+
     /// Each cluster of [`Fleet::clusters`] as JSON, in the same order: serialized once per
     /// copy (off the runtime threads), so an API page is a concatenation.
     pub async fn clusters_json(self: &Arc<Self>) -> Result<&[Box<RawValue>], AppError> {

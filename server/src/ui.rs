@@ -298,15 +298,17 @@ pub async fn cluster(
     Path(name): Path<String>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Response, AppError> {
-    let now = Utc::now();
-    let cluster = view::cluster_view(&state.live(), &name, now)
+    let fleet = state.snapshots.fleet(&state).await?;
+    let now = fleet.now;
+    let cluster = fleet
+        .cluster(&name)
         .ok_or_else(|| AppError::NotFound(format!("cluster {name:?}")))?;
     let extras = state.snapshots.cluster(&state, &name).await?;
     let nodes: Vec<&str> = cluster.nodes.iter().map(|n| n.node_id.as_str()).collect();
     let maintenance = crate::silences::maintenance_for(&extras.windows, now, &name, &nodes);
     let body = render(&ClusterPartial {
         now,
-        cluster: &cluster,
+        cluster,
         events: &extras.events,
         maintenance: &maintenance,
         availability: &extras.availability,
