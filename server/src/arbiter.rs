@@ -275,23 +275,24 @@ async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error>
     };
     // Looked at again next round unless found quiet below (also when this round fails midway).
     memory.attention.extend(selected);
+    // First every cluster's verdict; then new leaders and changed verdicts stored in one
+    // transaction (thousands of clusters can change at once: one commit each took the
+    // database's whole capacity); then, with every verdict on record, the actions.
+    let mut verdicts = Vec::with_capacity(judged.len());
+    let mut new_leaders: Vec<(&str, &str)> = Vec::new();
     for Judged {
         view: c,
         stored,
         leader,
         gathered,
-        members,
+        ..
     } in &judged
     {
         let policy = state.settings.failover.policy(&c.name, enabled);
         if let Some((_, _, l)) = leader {
             if stored.as_deref() != Some(l.as_str()) {
                 tracing::info!(cluster = %c.name, leader = %l, previous = ?stored, "leader of the current epoch");
-                sqlx::query("UPDATE clusters SET leader = $2 WHERE name = $1")
-                    .bind(&c.name)
-                    .bind(l)
-                    .execute(&state.db)
-                    .await?;
+                new_leaders.push((&c.name, l));
             }
         }
         let operation_running = running.contains(&c.name);
@@ -311,13 +312,27 @@ async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error>
                 },
             }),
         };
-        let verdict = Verdict {
+        verdicts.push(Verdict {
             at: now,
             mode: policy.mode,
-            decision: decision.clone(),
+            decision,
             evidence: gathered.clone(),
-        };
-        record(state, memory, &c.name, &verdict).await?;
+        });
+    }
+    record(state, memory, &new_leaders, &judged, &verdicts).await?;
+    for (
+        Judged {
+            view: c,
+            gathered,
+            members,
+            ..
+        },
+        verdict,
+    ) in judged.iter().zip(verdicts)
+    {
+        let policy = state.settings.failover.policy(&c.name, enabled);
+        let operation_running = running.contains(&c.name);
+        let decision = verdict.decision.clone();
         state
             .verdicts
             .write()
@@ -544,40 +559,94 @@ pub fn candidates(g: &Gathered) -> Vec<Candidate> {
         .collect()
 }
 
-/// Stores the verdict when it differs from the last one stored (numbers in the reason, such as
-/// seconds since start, do not make a new verdict).
+/// Stores a round in one transaction: the clusters' new leaders, and each verdict that differs
+/// from the last one stored for its cluster (numbers in the reason, such as seconds since start,
+/// do not make a new verdict).
 async fn record(
     state: &AppState,
     memory: &mut Memory,
-    cluster: &str,
-    v: &Verdict,
+    new_leaders: &[(&str, &str)],
+    judged: &[Judged],
+    verdicts: &[Verdict],
 ) -> Result<(), sqlx::Error> {
-    let candidate = v.decision.candidate().map(str::to_string);
-    let reason = v.decision.reason();
-    let key = (
-        v.decision.action().to_string(),
-        candidate.clone(),
-        reason.chars().filter(|c| !c.is_ascii_digit()).collect(),
-    );
-    if memory.recorded.get(cluster) == Some(&key) {
+    type Key = (String, Option<String>, String);
+    let changed: Vec<(&str, &Verdict, Key)> = judged
+        .iter()
+        .zip(verdicts)
+        .filter_map(|(j, v)| {
+            let key = (
+                v.decision.action().to_string(),
+                v.decision.candidate().map(str::to_string),
+                v.decision
+                    .reason()
+                    .chars()
+                    .filter(|c| !c.is_ascii_digit())
+                    .collect(),
+            );
+            (memory.recorded.get(&j.view.name) != Some(&key)).then_some((
+                j.view.name.as_str(),
+                v,
+                key,
+            ))
+        })
+        .collect();
+    if new_leaders.is_empty() && changed.is_empty() {
         return Ok(());
     }
-    insert_decision(
-        state,
-        cluster,
-        v.decision.action(),
-        candidate.as_deref(),
-        reason,
-        &v.evidence,
-    )
-    .await?;
-    let level = matches!(v.decision, Decision::Nothing { .. } | Decision::Wait { .. });
-    if level {
-        tracing::info!(cluster, action = v.decision.action(), "arbiter: {reason}");
-    } else {
-        tracing::warn!(cluster, action = v.decision.action(), candidate = ?candidate, "arbiter: {reason}");
+    let mut tx = state.db.begin().await?;
+    if !new_leaders.is_empty() {
+        let (names, leaders): (Vec<&str>, Vec<&str>) = new_leaders.iter().copied().unzip();
+        sqlx::query(
+            "UPDATE clusters SET leader = u.leader
+               FROM UNNEST($1::text[], $2::text[]) AS u(name, leader)
+              WHERE clusters.name = u.name",
+        )
+        .bind(&names)
+        .bind(&leaders)
+        .execute(&mut *tx)
+        .await?;
     }
-    memory.recorded.insert(cluster.to_string(), key);
+    if !changed.is_empty() {
+        let clusters: Vec<&str> = changed.iter().map(|(c, _, _)| *c).collect();
+        let actions: Vec<&str> = changed
+            .iter()
+            .map(|(_, v, _)| v.decision.action())
+            .collect();
+        let candidates: Vec<Option<&str>> = changed
+            .iter()
+            .map(|(_, v, _)| v.decision.candidate())
+            .collect();
+        let reasons: Vec<&str> = changed
+            .iter()
+            .map(|(_, v, _)| v.decision.reason())
+            .collect();
+        let evidence: Vec<sqlx::types::Json<&Option<Gathered>>> = changed
+            .iter()
+            .map(|(_, v, _)| sqlx::types::Json(&v.evidence))
+            .collect();
+        sqlx::query(
+            "INSERT INTO failover_decisions (cluster, action, candidate, reason, evidence)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])",
+        )
+        .bind(&clusters)
+        .bind(&actions)
+        .bind(&candidates)
+        .bind(&reasons)
+        .bind(&evidence)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    for (cluster, v, key) in changed {
+        let (action, reason) = (v.decision.action(), v.decision.reason());
+        if matches!(v.decision, Decision::Nothing { .. } | Decision::Wait { .. }) {
+            tracing::info!(cluster, action, "arbiter: {reason}");
+        } else {
+            tracing::warn!(cluster, action, candidate = ?key.1, "arbiter: {reason}");
+        }
+        memory.recorded.insert(cluster.to_string(), key);
+        state.announce(cluster);
+    }
     Ok(())
 }
 

@@ -167,21 +167,41 @@ pub async fn lock_watermarks(
         .collect())
 }
 
-/// Writes the node row and its instances as `node` describes them (after applying a report).
-pub async fn store_node(
+/// Writes the node rows, their VRRP instances and replication links as `nodes` describe them
+/// (after applying reports): one statement per table for the whole batch, so thousands of nodes
+/// arriving at once cost a few round trips. A node listed twice is written as its last entry.
+pub async fn store_nodes(
     tx: &mut Transaction<'_, Postgres>,
-    node: &NodeLive,
+    nodes: &[&NodeLive],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO clusters (name) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(&node.cluster)
-        .execute(&mut **tx)
-        .await?;
+    // One row per node (ON CONFLICT may not touch a row twice), in a fixed order (locks).
+    let mut by_id: std::collections::BTreeMap<&str, &NodeLive> = Default::default();
+    for n in nodes {
+        by_id.insert(n.node_id.as_str(), n);
+    }
+    if by_id.is_empty() {
+        return Ok(());
+    }
+    let nodes: Vec<&NodeLive> = by_id.into_values().collect();
+    let mut clusters: Vec<&str> = nodes.iter().map(|n| n.cluster.as_str()).collect();
+    clusters.sort_unstable();
+    clusters.dedup();
+    sqlx::query(
+        "INSERT INTO clusters (name) SELECT * FROM UNNEST($1::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(&clusters)
+    .execute(&mut **tx)
+    .await?;
+    let col = |f: fn(&NodeLive) -> String| nodes.iter().map(|n| f(n)).collect::<Vec<String>>();
     sqlx::query(
         "INSERT INTO nodes (node_id, cluster, hostname, agent_version, protocol_version, boot_id,
                             last_seq, heartbeat_interval_ms, last_heartbeat_at, last_observed_at,
                             status, status_since, uptime_seconds, load1, keepalived_running,
                             spool_depth, spool_dropped)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[],
+                              $6::uuid[], $7::int8[], $8::int4[], $9::timestamptz[],
+                              $10::timestamptz[], $11::text[], $12::timestamptz[], $13::int8[],
+                              $14::float8[], $15::bool[], $16::int8[], $17::int8[])
          ON CONFLICT (node_id) DO UPDATE SET
             cluster = EXCLUDED.cluster, hostname = EXCLUDED.hostname,
             agent_version = EXCLUDED.agent_version, protocol_version = EXCLUDED.protocol_version,
@@ -193,89 +213,128 @@ pub async fn store_node(
             keepalived_running = EXCLUDED.keepalived_running,
             spool_depth = EXCLUDED.spool_depth, spool_dropped = EXCLUDED.spool_dropped",
     )
-    .bind(&node.node_id)
-    .bind(&node.cluster)
-    .bind(&node.hostname)
-    .bind(&node.agent_version)
-    .bind(node.protocol_version as i32)
-    .bind(node.boot_id)
-    .bind(node.last_seq as i64)
-    .bind(node.heartbeat_interval_ms as i32)
-    .bind(node.last_heartbeat_at)
-    .bind(node.last_observed_at)
-    .bind(node.status.as_str())
-    .bind(node.status_since)
-    .bind(node.uptime_seconds as i64)
-    .bind(node.load1)
-    .bind(node.keepalived_running)
-    .bind(node.spool_depth as i64)
-    .bind(node.spool_dropped as i64)
+    .bind(col(|n| n.node_id.clone()))
+    .bind(col(|n| n.cluster.clone()))
+    .bind(col(|n| n.hostname.clone()))
+    .bind(col(|n| n.agent_version.clone()))
+    .bind(nodes.iter().map(|n| n.protocol_version as i32).collect::<Vec<_>>())
+    .bind(nodes.iter().map(|n| n.boot_id).collect::<Vec<_>>())
+    .bind(nodes.iter().map(|n| n.last_seq as i64).collect::<Vec<_>>())
+    .bind(nodes.iter().map(|n| n.heartbeat_interval_ms as i32).collect::<Vec<_>>())
+    .bind(nodes.iter().map(|n| n.last_heartbeat_at).collect::<Vec<_>>())
+    .bind(nodes.iter().map(|n| n.last_observed_at).collect::<Vec<_>>())
+    .bind(nodes.iter().map(|n| n.status.as_str()).collect::<Vec<_>>())
+    .bind(nodes.iter().map(|n| n.status_since).collect::<Vec<_>>())
+    .bind(nodes.iter().map(|n| n.uptime_seconds as i64).collect::<Vec<_>>())
+    .bind(nodes.iter().map(|n| n.load1).collect::<Vec<_>>())
+    .bind(nodes.iter().map(|n| n.keepalived_running).collect::<Vec<_>>())
+    .bind(nodes.iter().map(|n| n.spool_depth as i64).collect::<Vec<_>>())
+    .bind(nodes.iter().map(|n| n.spool_dropped as i64).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
-    let names: Vec<&str> = node.instances.iter().map(|i| i.name.as_str()).collect();
-    sqlx::query("DELETE FROM vrrp_instances WHERE node_id = $1 AND NOT (name = ANY($2))")
-        .bind(&node.node_id)
-        .bind(&names)
-        .execute(&mut **tx)
-        .await?;
-    for i in &node.instances {
+
+    // VRRP instances: those no longer reported go, the others are upserted.
+    let ids: Vec<&str> = nodes.iter().map(|n| n.node_id.as_str()).collect();
+    let instances: Vec<(&str, &VrrpInstanceReport)> = nodes
+        .iter()
+        .flat_map(|n| n.instances.iter().map(move |i| (n.node_id.as_str(), i)))
+        .collect();
+    let inst_nodes: Vec<&str> = instances.iter().map(|(n, _)| *n).collect();
+    let inst_names: Vec<&str> = instances.iter().map(|(_, i)| i.name.as_str()).collect();
+    sqlx::query(
+        "DELETE FROM vrrp_instances
+          WHERE node_id = ANY($1)
+            AND (node_id, name) NOT IN (SELECT * FROM UNNEST($2::text[], $3::text[]))",
+    )
+    .bind(&ids)
+    .bind(&inst_nodes)
+    .bind(&inst_names)
+    .execute(&mut **tx)
+    .await?;
+    if !instances.is_empty() {
+        // A node's VIP lists are ragged: each travels as a JSON array.
+        let json_list = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
         sqlx::query(
             "INSERT INTO vrrp_instances (node_id, name, vrid, interface, state, base_priority,
-                                         effective_priority, vips, held_vips, last_transition, counters, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now())
+                                         effective_priority, vips, held_vips, last_transition,
+                                         counters, updated_at)
+             SELECT u.node_id, u.name, u.vrid, u.interface, u.state, u.base_priority,
+                    u.effective_priority,
+                    ARRAY(SELECT jsonb_array_elements_text(u.vips)),
+                    ARRAY(SELECT jsonb_array_elements_text(u.held_vips)),
+                    u.last_transition, u.counters, now()
+               FROM UNNEST($1::text[], $2::text[], $3::int2[], $4::text[], $5::text[], $6::int2[],
+                           $7::int2[], $8::jsonb[], $9::jsonb[], $10::timestamptz[], $11::jsonb[])
+                    AS u(node_id, name, vrid, interface, state, base_priority, effective_priority,
+                         vips, held_vips, last_transition, counters)
              ON CONFLICT (node_id, name) DO UPDATE SET
                 vrid = EXCLUDED.vrid, interface = EXCLUDED.interface, state = EXCLUDED.state,
                 base_priority = EXCLUDED.base_priority, effective_priority = EXCLUDED.effective_priority,
                 vips = EXCLUDED.vips, held_vips = EXCLUDED.held_vips,
                 last_transition = EXCLUDED.last_transition, counters = EXCLUDED.counters, updated_at = now()",
         )
-        .bind(&node.node_id)
-        .bind(&i.name)
-        .bind(i.vrid.map(i16::from))
-        .bind(&i.interface)
-        .bind(i.state.as_str())
-        .bind(i.base_priority.map(i16::from))
-        .bind(i.effective_priority.map(i16::from))
-        .bind(&i.vips)
-        .bind(&i.held_vips)
-        .bind(i.last_transition)
-        .bind(sqlx::types::Json(&i.counters))
+        .bind(&inst_nodes)
+        .bind(&inst_names)
+        .bind(instances.iter().map(|(_, i)| i.vrid.map(i16::from)).collect::<Vec<_>>())
+        .bind(instances.iter().map(|(_, i)| i.interface.as_deref()).collect::<Vec<_>>())
+        .bind(instances.iter().map(|(_, i)| i.state.as_str()).collect::<Vec<_>>())
+        .bind(instances.iter().map(|(_, i)| i.base_priority.map(i16::from)).collect::<Vec<_>>())
+        .bind(instances.iter().map(|(_, i)| i.effective_priority.map(i16::from)).collect::<Vec<_>>())
+        .bind(instances.iter().map(|(_, i)| json_list(&i.vips)).collect::<Vec<_>>())
+        .bind(instances.iter().map(|(_, i)| json_list(&i.held_vips)).collect::<Vec<_>>())
+        .bind(instances.iter().map(|(_, i)| i.last_transition).collect::<Vec<_>>())
+        .bind(instances.iter().map(|(_, i)| sqlx::types::Json(&i.counters)).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
     }
-    let keys: Vec<String> = node
-        .replication
+
+    // Replication links: likewise.
+    let links: Vec<(&str, String, &ReplicationLinkReport)> = nodes
         .iter()
-        .map(ReplicationLinkReport::key)
+        .flat_map(|n| {
+            n.replication
+                .iter()
+                .map(move |l| (n.node_id.as_str(), l.key(), l))
+        })
         .collect();
-    sqlx::query("DELETE FROM replication_links WHERE node_id = $1 AND NOT (link = ANY($2))")
-        .bind(&node.node_id)
-        .bind(&keys)
-        .execute(&mut **tx)
-        .await?;
-    for (l, key) in node.replication.iter().zip(&keys) {
+    let link_nodes: Vec<&str> = links.iter().map(|(n, _, _)| *n).collect();
+    let link_keys: Vec<&str> = links.iter().map(|(_, k, _)| k.as_str()).collect();
+    sqlx::query(
+        "DELETE FROM replication_links
+          WHERE node_id = ANY($1)
+            AND (node_id, link) NOT IN (SELECT * FROM UNNEST($2::text[], $3::text[]))",
+    )
+    .bind(&ids)
+    .bind(&link_nodes)
+    .bind(&link_keys)
+    .execute(&mut **tx)
+    .await?;
+    if !links.is_empty() {
         sqlx::query(
             "INSERT INTO replication_links (node_id, link, kind, name, role, peer, state, lag_bytes,
                                             lag_seconds, vrrp_instance, error, raw, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now())
+             SELECT u.*, now()
+               FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                           $7::text[], $8::int8[], $9::float8[], $10::text[], $11::text[],
+                           $12::jsonb[]) AS u
              ON CONFLICT (node_id, link) DO UPDATE SET
                 kind = EXCLUDED.kind, name = EXCLUDED.name, role = EXCLUDED.role, peer = EXCLUDED.peer,
                 state = EXCLUDED.state, lag_bytes = EXCLUDED.lag_bytes, lag_seconds = EXCLUDED.lag_seconds,
                 vrrp_instance = EXCLUDED.vrrp_instance, error = EXCLUDED.error, raw = EXCLUDED.raw,
                 updated_at = now()",
         )
-        .bind(&node.node_id)
-        .bind(key)
-        .bind(l.kind.as_str())
-        .bind(&l.name)
-        .bind(l.role.as_str())
-        .bind(&l.peer)
-        .bind(l.state.as_str())
-        .bind(l.lag_bytes.map(|b| b.min(i64::MAX as u64) as i64))
-        .bind(l.lag_seconds)
-        .bind(&l.vrrp_instance)
-        .bind(&l.error)
-        .bind(sqlx::types::Json(&l.raw))
+        .bind(&link_nodes)
+        .bind(&link_keys)
+        .bind(links.iter().map(|(_, _, l)| l.kind.as_str()).collect::<Vec<_>>())
+        .bind(links.iter().map(|(_, _, l)| l.name.as_str()).collect::<Vec<_>>())
+        .bind(links.iter().map(|(_, _, l)| l.role.as_str()).collect::<Vec<_>>())
+        .bind(links.iter().map(|(_, _, l)| l.peer.as_deref()).collect::<Vec<_>>())
+        .bind(links.iter().map(|(_, _, l)| l.state.as_str()).collect::<Vec<_>>())
+        .bind(links.iter().map(|(_, _, l)| l.lag_bytes.map(|b| b.min(i64::MAX as u64) as i64)).collect::<Vec<_>>())
+        .bind(links.iter().map(|(_, _, l)| l.lag_seconds).collect::<Vec<_>>())
+        .bind(links.iter().map(|(_, _, l)| l.vrrp_instance.as_deref()).collect::<Vec<_>>())
+        .bind(links.iter().map(|(_, _, l)| l.error.as_deref()).collect::<Vec<_>>())
+        .bind(links.iter().map(|(_, _, l)| sqlx::types::Json(&l.raw)).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
     }

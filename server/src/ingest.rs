@@ -510,6 +510,7 @@ async fn store_transitions(
     let ids: Vec<&str> = batch.iter().map(|j| j.report.node_id.as_str()).collect();
     let watermarks = db::lock_watermarks(&mut tx, &ids).await?;
     let mut events = Vec::new();
+    let mut nodes = Vec::with_capacity(batch.len());
     for (job, slot) in batch.iter().zip(prepared.iter_mut()) {
         let report = &job.report;
         if watermarks
@@ -521,10 +522,11 @@ async fn store_transitions(
             *slot = None;
         }
         if let Some((node, node_events)) = slot {
-            db::store_node(&mut tx, node).await?;
+            nodes.push(&*node);
             events.extend(node_events.iter().cloned());
         }
     }
+    db::store_nodes(&mut tx, &nodes).await?;
     db::insert_events(&mut tx, &events).await?;
     tx.commit().await
 }

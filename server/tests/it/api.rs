@@ -792,3 +792,90 @@ async fn cluster_lists_page_and_show_a_change_at_once(pool: PgPool) {
     assert_eq!(server.get_text("/?page=0").await.0, 400);
     server.stop().await;
 }
+
+/// Reports on the transition path are stored together (one statement per table for the
+/// batch): many new nodes at once, and instances and links a node stops reporting are removed.
+#[sqlx::test(migrations = false)]
+async fn transition_batches_store_every_node_instance_and_link(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let agent = server.agent();
+    // 40 new nodes at once: group-committed in a few batches.
+    let sends = (0..40).map(|i| {
+        let agent = &agent;
+        async move {
+            let mut r = report(
+                &format!("n{i:02}"),
+                Uuid::new_v4(),
+                1,
+                VrrpState::Backup,
+                false,
+            );
+            r.cluster = format!("b{}", i % 7);
+            r.keepalived.instances[0].vips = vec!["10.0.0.1".into(), "10.0.0.2".into()];
+            r.replication = vec![pg_report_link(
+                ReplicationRole::Secondary,
+                LinkState::Streaming,
+                i,
+            )];
+            agent.send_heartbeat(&r).await.unwrap()
+        }
+    });
+    let acks = futures::future::join_all(sends).await;
+    assert!(acks.iter().all(|a| a.accepted));
+    let rows: Vec<(String, String, Vec<String>)> =
+        sqlx::query_as("SELECT n.node_id, n.cluster, v.vips FROM nodes n JOIN vrrp_instances v USING (node_id) ORDER BY 1")
+            .fetch_all(&server.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 40);
+    assert_eq!(
+        rows[9],
+        (
+            "n09".into(),
+            "b2".into(),
+            vec!["10.0.0.1".into(), "10.0.0.2".into()]
+        )
+    );
+    assert_eq!(
+        count(&server.pool, "SELECT count(*) FROM clusters").await,
+        7
+    );
+    let lag: i64 =
+        sqlx::query_scalar("SELECT lag_bytes FROM replication_links WHERE node_id = 'n33'")
+            .fetch_one(&server.pool)
+            .await
+            .unwrap();
+    assert_eq!(lag, 33);
+
+    // n05 now reports a second instance and no link; then only the second instance.
+    let boot = Uuid::new_v4();
+    let mut r = report("n05", boot, 1, VrrpState::Master, true);
+    r.cluster = "b5".into();
+    let mut second = r.keepalived.instances[0].clone();
+    second.name = "VI_2".into();
+    second.held_vips = vec![];
+    r.keepalived.instances.push(second);
+    agent.send_heartbeat(&r).await.unwrap();
+    r.seq = 2;
+    r.keepalived.instances.remove(0);
+    agent.send_heartbeat(&r).await.unwrap();
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM vrrp_instances WHERE node_id = 'n05'")
+            .fetch_all(&server.pool)
+            .await
+            .unwrap();
+    assert_eq!(names, ["VI_2"]);
+    assert_eq!(
+        count(
+            &server.pool,
+            "SELECT count(*) FROM replication_links WHERE node_id = 'n05'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(&server.pool, "SELECT count(*) FROM replication_links").await,
+        39
+    );
+    server.stop().await;
+}
