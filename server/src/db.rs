@@ -341,13 +341,30 @@ pub async fn store_nodes(
     Ok(())
 }
 
-/// Sets nodes' detector statuses (one statement), all since `since`.
+/// Locks the rows of `node_ids` in `nodes` until the transaction ends, in node id order.
+///
+/// Every writer that updates many node rows in one statement locks them this way first: an
+/// `UPDATE … FROM UNNEST` takes its row locks in whatever order its plan visits them, and two of
+/// those (the history writer's watermarks, the detector's statuses) deadlocked under load.
+pub async fn lock_nodes(
+    tx: &mut Transaction<'_, Postgres>,
+    node_ids: &[&str],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1 FROM nodes WHERE node_id = ANY($1) ORDER BY node_id FOR UPDATE")
+        .bind(node_ids)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Sets nodes' detector statuses (one statement, rows locked first), all since `since`.
 pub async fn store_statuses(
     tx: &mut Transaction<'_, Postgres>,
     statuses: &[(&str, NodeStatus)],
     since: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     let nodes: Vec<&str> = statuses.iter().map(|(n, _)| *n).collect();
+    lock_nodes(tx, &nodes).await?;
     let values: Vec<&str> = statuses.iter().map(|(_, s)| s.as_str()).collect();
     sqlx::query(
         "UPDATE nodes SET status = u.status, status_since = $3
@@ -596,6 +613,10 @@ pub async fn write_samples(
         l_up.push(s.uptime_seconds as i64);
         l_spool.push(s.spool_depth as i64);
     }
+    if l_node.is_empty() {
+        return tx.commit().await;
+    }
+    lock_nodes(&mut tx, &l_node).await?;
     sqlx::query(
         "UPDATE nodes SET boot_id = u.boot_id, last_seq = u.seq, last_heartbeat_at = u.received_at,
                           last_observed_at = u.observed_at, load1 = u.load1, uptime_seconds = u.uptime,
