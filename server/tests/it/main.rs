@@ -13,3 +13,4 @@ mod lab_alerts;
 mod lab_failover;
 mod openapi;
 mod security;
+mod simulate;

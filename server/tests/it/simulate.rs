@@ -1,0 +1,92 @@
+//! `hapulse-agent simulate` against a real server: every simulated node enrolls with its own
+//! credential, reports over the agent API, and churn shows as role changes and node deaths.
+
+use std::time::Duration;
+
+use hapulse_agent::simulate::{self, SimulateArgs};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::harness::{count, TestServer};
+
+fn args(server: &TestServer, state_dir: &std::path::Path, duration: Duration) -> SimulateArgs {
+    SimulateArgs {
+        server_url: server.url.clone(),
+        api_token: Some(server.admin_token.clone()),
+        nodes: 12,
+        clusters: 6,
+        interval: Duration::from_millis(200),
+        churn: 5.0,
+        duration: Some(duration),
+        warmup: Duration::ZERO,
+        stop_count: 0,
+        stop_after: Duration::from_secs(60),
+        report_every: Duration::from_secs(1),
+        state_dir: state_dir.to_path_buf(),
+        prefix: "sim".into(),
+        request_timeout: Duration::from_secs(10),
+        ca_file: None,
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_simulator_plays_a_fleet_over_the_agent_api(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let state_dir = std::env::temp_dir().join(format!("hapulse-simulate-{}", Uuid::new_v4()));
+    simulate::run(
+        args(&server, &state_dir, Duration::from_secs(5)),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+
+    // 12 nodes in 6 clusters of two, each its own enrolled credential.
+    let (_, list) = server.get_json("/api/v1/clusters").await;
+    assert_eq!(list["total"], 6, "{list}");
+    for c in list["clusters"].as_array().unwrap() {
+        assert_eq!(c["nodes_total"], 2, "{c}");
+        assert_eq!(c["instances"][0]["name"], "VI_1", "{c}");
+        assert_eq!(c["replication"][0]["kind"], "postgresql", "{c}");
+    }
+    assert_eq!(
+        count(
+            &server.pool,
+            "SELECT count(*) FROM node_credentials WHERE revoked_at IS NULL"
+        )
+        .await,
+        12
+    );
+    // 5 s at 5 reports a second per node, less the dead ones' silence.
+    let samples = count(&server.pool, "SELECT count(*) FROM heartbeat_samples").await;
+    assert!(samples > 12 * 10, "{samples} samples");
+    // About 25 churn events: master moves (40 %) and deaths.
+    let moves = count(
+        &server.pool,
+        "SELECT count(*) FROM events WHERE kind = 'role_change' AND to_state = 'MASTER' AND at > (SELECT min(at) FROM events) + interval '1 second'",
+    )
+    .await;
+    let deaths = count(
+        &server.pool,
+        "SELECT count(*) FROM events WHERE kind IN ('node_suspect', 'node_down')",
+    )
+    .await;
+    assert!(
+        moves >= 1 && deaths >= 1,
+        "{moves} master moves, {deaths} deaths"
+    );
+
+    // A second run reuses the kept credentials: no admin token needed.
+    let mut again = args(&server, &state_dir, Duration::from_secs(1));
+    again.api_token = None;
+    again.churn = 0.0;
+    simulate::run(again, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&server.pool, "SELECT count(*) FROM node_credentials").await,
+        12
+    );
+    let _ = std::fs::remove_dir_all(&state_dir);
+    server.stop().await;
+}
