@@ -180,7 +180,8 @@ impl Snapshots {
         }
     }
 
-    /// The fleet, at most [`MAX_AGE`] old and not older than the last announced change.
+    /// The fleet, built after the last announced change and at most [`MAX_AGE`] old (older only
+    /// while another reader is rebuilding it).
     pub async fn fleet(&self, state: &AppState) -> Result<Arc<Fleet>, AppError> {
         self.fleet.get(|| build_fleet(state)).await
     }
