@@ -1,12 +1,13 @@
 //! The failover API without a lab: a proposed failover confirmed by a person (the agents played
 //! by the test through the real agent API), refusals, acknowledgement, the global switch.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hapulse_agent::client::AgentClient;
 use hapulse_protocol::{
-    Action, ArbitrationReport, CommandOutcome, CommandResult, LinkState, PeerReachability,
-    Reachability, ReplicationRole, VrrpState,
+    Action, ArbitrationReport, CommandOutcome, CommandResult, HeartbeatReport, LinkState,
+    PeerReachability, Reachability, ReplicationRole, VrrpState,
 };
 use secrecy::SecretString;
 use sqlx::PgPool;
@@ -75,9 +76,7 @@ async fn a_person_confirms_a_proposed_failover(pool: PgPool) {
         0,
     )];
     ra.arbitration = arbitration("b", true);
-    let b_boot = Uuid::new_v4();
-    let mut b_seq = 1;
-    let mut rb = report("b", b_boot, b_seq, VrrpState::Backup, false);
+    let mut rb = report("b", Uuid::new_v4(), 1, VrrpState::Backup, false);
     rb.replication = vec![pg_report_link(
         ReplicationRole::Secondary,
         LinkState::Streaming,
@@ -85,7 +84,11 @@ async fn a_person_confirms_a_proposed_failover(pool: PgPool) {
     )];
     rb.arbitration = arbitration("a", true);
     agents.send_heartbeat(&ra).await.unwrap();
+    // b's agent keeps heartbeating (what the test sets in `rb` is what it reports next), so b
+    // stays up however long the waits below take.
     b.send_heartbeat(&rb).await.unwrap();
+    let rb = Arc::new(Mutex::new(rb));
+    let heartbeats = tokio::spawn(keep_heartbeating(b.clone(), rb.clone()));
     eventually(10, "a leading, nothing to do, b seen", || async {
         let (_, f) = server.get_json("/api/v1/clusters/c/failover").await;
         (f["leader"] == "a"
@@ -129,15 +132,17 @@ async fn a_person_confirms_a_proposed_failover(pool: PgPool) {
     );
 
     // a goes silent; b lost it too and keepalived made b MASTER with the VIP: propose b.
-    b_seq += 1;
-    rb = report("b", b_boot, b_seq, VrrpState::Master, true);
-    rb.replication = vec![pg_report_link(
-        ReplicationRole::Secondary,
-        LinkState::Disconnected,
-        500,
-    )];
-    rb.arbitration = arbitration("a", false);
-    b.send_heartbeat(&rb).await.unwrap();
+    {
+        let mut rb = rb.lock().unwrap();
+        let (boot, seq) = (rb.boot_id, rb.seq);
+        *rb = report("b", boot, seq, VrrpState::Master, true);
+        rb.replication = vec![pg_report_link(
+            ReplicationRole::Secondary,
+            LinkState::Disconnected,
+            500,
+        )];
+        rb.arbitration = arbitration("a", false);
+    }
     eventually(10, "a failover proposed, and alerted", || async {
         let (_, f) = server.get_json("/api/v1/clusters/c/failover").await;
         let (_, a) = server.get_json("/api/v1/alerts").await;
@@ -154,14 +159,11 @@ async fn a_person_confirms_a_proposed_failover(pool: PgPool) {
     .await;
     // Then b turns out 2000 bytes behind, the bound is 1000: blocked (and alerted); a person
     // may still fail over, only with accept_data_loss.
-    b_seq += 1;
-    rb.seq = b_seq;
-    rb.replication = vec![pg_report_link(
+    rb.lock().unwrap().replication = vec![pg_report_link(
         ReplicationRole::Secondary,
         LinkState::Disconnected,
         2000,
     )];
-    b.send_heartbeat(&rb).await.unwrap();
     eventually(
         10,
         "the failover blocked by the data-loss bound",
@@ -198,7 +200,7 @@ async fn a_person_confirms_a_proposed_failover(pool: PgPool) {
     assert_eq!(status, 202, "{body}");
     let id = body["id"].as_str().unwrap().to_string();
 
-    // Play b's agent: answer its commands, report the promotion, keep heartbeating.
+    // Play b's agent: answer its commands, report the promotion (the heartbeats go on).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let sw = loop {
         for command in b
@@ -207,7 +209,7 @@ async fn a_person_confirms_a_proposed_failover(pool: PgPool) {
             .unwrap_or_default()
         {
             if matches!(command.action, Action::PostgresPromote { .. }) {
-                rb.replication = vec![pg_report_link(
+                rb.lock().unwrap().replication = vec![pg_report_link(
                     ReplicationRole::Primary,
                     LinkState::Disconnected,
                     0,
@@ -225,9 +227,6 @@ async fn a_person_confirms_a_proposed_failover(pool: PgPool) {
             .await
             .unwrap();
         }
-        b_seq += 1;
-        rb.seq = b_seq;
-        b.send_heartbeat(&rb).await.unwrap();
         let (_, sw) = server.get_json(&format!("/api/v1/switchovers/{id}")).await;
         if matches!(sw["state"].as_str(), Some("succeeded" | "failed")) {
             break sw;
@@ -304,5 +303,19 @@ async fn a_person_confirms_a_proposed_failover(pool: PgPool) {
         count(&server.pool, "SELECT count(*) FROM audit_log WHERE action = 'automatic_failover' AND outcome = 'disabled'").await,
         1
     );
+    heartbeats.abort();
     server.stop().await;
+}
+
+/// Plays an agent's heartbeat: every 250 ms, `report` as it is then, with the next seq.
+async fn keep_heartbeating(agent: AgentClient, report: Arc<Mutex<HeartbeatReport>>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let next = {
+            let mut r = report.lock().unwrap();
+            r.seq += 1;
+            r.clone()
+        };
+        agent.send_heartbeat(&next).await.unwrap();
+    }
 }

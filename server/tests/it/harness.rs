@@ -44,6 +44,14 @@ impl TestServer {
 
     /// Starts on `settings.listen` (the default harness uses 127.0.0.1:0).
     pub async fn start_on(pool: PgPool, settings: Settings) -> TestServer {
+        // The server's log goes to the test's captured output: shown when the test fails.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+            )
+            .try_init();
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .unwrap();
