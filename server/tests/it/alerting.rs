@@ -189,8 +189,7 @@ async fn node_down_is_mailed_texted_and_posted_once_and_resolved(pool: PgPool) {
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     let mut ra = report("a", a, 1, VrrpState::Master, true);
     ra.heartbeat_interval_ms = 100;
-    let mut rb = report("b", b, 1, VrrpState::Backup, false);
-    rb.heartbeat_interval_ms = 60_000;
+    let rb = report("b", b, 1, VrrpState::Backup, false);
     agent.send_heartbeat(&ra).await.unwrap();
     agent.send_heartbeat(&rb).await.unwrap();
 
@@ -515,8 +514,7 @@ async fn a_cluster_in_maintenance_refuses_switchovers(pool: PgPool) {
     let server = TestServer::start(pool).await;
     let agent = server.agent();
     for (node, state) in [("a", VrrpState::Master), ("b", VrrpState::Backup)] {
-        let mut r = report(node, Uuid::new_v4(), 1, state, node == "a");
-        r.heartbeat_interval_ms = 60_000;
+        let r = report(node, Uuid::new_v4(), 1, state, node == "a");
         agent.send_heartbeat(&r).await.unwrap();
     }
     let switchover = || async {

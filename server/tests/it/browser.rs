@@ -136,14 +136,12 @@ async fn the_dashboard_in_headless_chromium(pool: PgPool) {
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     for seq in 1..=5u64 {
         let mut ra = report("a", a, seq, VrrpState::Master, true);
-        ra.heartbeat_interval_ms = 60_000; // stays up for the whole test
         ra.replication = vec![pg_report_link(
             ReplicationRole::Primary,
             LinkState::Streaming,
             0,
         )];
         let mut rb = report("b", b, seq, VrrpState::Backup, false);
-        rb.heartbeat_interval_ms = 60_000; // stays up for the whole test
         rb.replication = vec![pg_report_link(
             ReplicationRole::Secondary,
             LinkState::Streaming,
@@ -307,14 +305,12 @@ async fn the_dashboard_in_headless_chromium(pool: PgPool) {
         .await
         .unwrap();
     let mut ra = report("a", a, 6, VrrpState::Backup, false);
-    ra.heartbeat_interval_ms = 60_000; // stays up for the whole test
     ra.replication = vec![pg_report_link(
         ReplicationRole::Primary,
         LinkState::Streaming,
         0,
     )];
     let mut rb = report("b", b, 6, VrrpState::Master, true);
-    rb.heartbeat_interval_ms = 60_000; // stays up for the whole test
     rb.replication = vec![pg_report_link(
         ReplicationRole::Secondary,
         LinkState::Streaming,

@@ -58,17 +58,21 @@ async fn a_person_confirms_a_proposed_failover(pool: PgPool) {
         },
     );
     let server = TestServer::start_on(pool, s).await;
-    let agents = server.agent();
-    let b = AgentClient::new(
-        &server.url,
-        SecretString::from(server.credential("b").await),
-        Duration::from_secs(10),
-        &Default::default(),
-    )
-    .unwrap();
+    let client = |secret: String| {
+        AgentClient::new(
+            &server.url,
+            SecretString::from(secret),
+            Duration::from_secs(10),
+            &Default::default(),
+        )
+        .unwrap()
+    };
+    let a = client(server.credential("a").await);
+    let b = client(server.credential("b").await);
+    // Both agents keep heartbeating (what the test sets in `rb` is what b reports next) until
+    // the test silences a: each node is up however long the waits below take on a loaded
+    // machine (a node silent for 2 s is suspect).
     let mut ra = report("a", Uuid::new_v4(), 1, VrrpState::Master, true);
-    // Silent for 3 s: down. Long enough that the server still hears a when the first request
-    // below is refused, whatever the machine's load.
     ra.heartbeat_interval_ms = 1000;
     ra.replication = vec![pg_report_link(
         ReplicationRole::Primary,
@@ -83,12 +87,11 @@ async fn a_person_confirms_a_proposed_failover(pool: PgPool) {
         500,
     )];
     rb.arbitration = arbitration("a", true);
-    agents.send_heartbeat(&ra).await.unwrap();
-    // b's agent keeps heartbeating (what the test sets in `rb` is what it reports next), so b
-    // stays up however long the waits below take.
+    a.send_heartbeat(&ra).await.unwrap();
     b.send_heartbeat(&rb).await.unwrap();
+    let a_heartbeats = tokio::spawn(keep_heartbeating(a, Arc::new(Mutex::new(ra))));
     let rb = Arc::new(Mutex::new(rb));
-    let heartbeats = tokio::spawn(keep_heartbeating(b.clone(), rb.clone()));
+    let b_heartbeats = tokio::spawn(keep_heartbeating(b.clone(), rb.clone()));
     eventually(10, "a leading, nothing to do, b seen", || async {
         let (_, f) = server.get_json("/api/v1/clusters/c/failover").await;
         (f["leader"] == "a"
@@ -132,6 +135,7 @@ async fn a_person_confirms_a_proposed_failover(pool: PgPool) {
     );
 
     // a goes silent; b lost it too and keepalived made b MASTER with the VIP: propose b.
+    a_heartbeats.abort();
     {
         let mut rb = rb.lock().unwrap();
         let (boot, seq) = (rb.boot_id, rb.seq);
@@ -303,7 +307,7 @@ async fn a_person_confirms_a_proposed_failover(pool: PgPool) {
         count(&server.pool, "SELECT count(*) FROM audit_log WHERE action = 'automatic_failover' AND outcome = 'disabled'").await,
         1
     );
-    heartbeats.abort();
+    b_heartbeats.abort();
     server.stop().await;
 }
 

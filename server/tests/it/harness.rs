@@ -307,6 +307,8 @@ where
 }
 
 /// A report of `node` in cluster `c` with one instance VI_1 (VIP 10.0.0.100) in `state`.
+/// Its heartbeat interval is a minute, so the node stays up while a test on a loaded machine
+/// looks at it; a test about silence sets a short one.
 pub fn report(
     node: &str,
     boot_id: Uuid,
@@ -323,7 +325,7 @@ pub fn report(
         seq,
         observed_at: Utc::now(),
         state_change: true,
-        heartbeat_interval_ms: 1000,
+        heartbeat_interval_ms: 60_000,
         hostname: format!("{node}.example"),
         uptime_seconds: 100,
         load1: 0.5,

@@ -27,7 +27,6 @@ async fn the_openapi_document_describes_the_real_answers(pool: PgPool) {
     let server = TestServer::start_on(pool, s).await;
     let agent = server.agent();
     let mut a = report("a", Uuid::new_v4(), 1, VrrpState::Master, true);
-    a.heartbeat_interval_ms = 60_000;
     a.replication = vec![pg_report_link(
         ReplicationRole::Primary,
         LinkState::Streaming,

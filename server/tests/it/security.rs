@@ -139,8 +139,7 @@ async fn every_route_checks_roles_and_tokens(pool: PgPool) {
     let server = TestServer::start(pool).await;
     let agent = server.agent();
     for (node, state) in [("a", VrrpState::Master), ("b", VrrpState::Backup)] {
-        let mut r = report(node, Uuid::new_v4(), 1, state, node == "a");
-        r.heartbeat_interval_ms = 60_000;
+        let r = report(node, Uuid::new_v4(), 1, state, node == "a");
         agent.send_heartbeat(&r).await.unwrap();
     }
     let alert = Uuid::new_v4();
@@ -372,7 +371,6 @@ async fn scopes_escaping_and_headers(pool: PgPool) {
             true,
         );
         r.cluster = cluster.into();
-        r.heartbeat_interval_ms = 60_000;
         r.hostname = "<script>alert('owned')</script>".into();
         agent.send_heartbeat(&r).await.unwrap();
     }
@@ -736,12 +734,11 @@ async fn switchovers_need_the_password_again_and_sessions_expire(pool: PgPool) {
     let mut s = crate::harness::settings();
     s.listen = "127.0.0.1:0".parse().unwrap();
     s.auth.reauth_window = std::time::Duration::ZERO;
-    s.auth.session_idle = std::time::Duration::from_secs(2);
+    s.auth.session_idle = std::time::Duration::from_secs(600);
     let server = TestServer::start_on(pool, s).await;
     let agent = server.agent();
     for (node, state) in [("a", VrrpState::Master), ("b", VrrpState::Backup)] {
-        let mut r = report(node, Uuid::new_v4(), 1, state, node == "a");
-        r.heartbeat_interval_ms = 60_000;
+        let r = report(node, Uuid::new_v4(), 1, state, node == "a");
         agent.send_heartbeat(&r).await.unwrap();
     }
     server.user("otto", Role::Operator, None).await;
@@ -816,8 +813,13 @@ async fn switchovers_need_the_password_again_and_sessions_expire(pool: PgPool) {
         .await
         .is_err());
 
-    // Unused for longer than auth.session_idle, the session is over.
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // Unused for longer than auth.session_idle (its last use moved 11 minutes back, rather than
+    // a test short enough to expire while a loaded machine is still between two requests), the
+    // session is over.
+    sqlx::query("UPDATE sessions SET last_seen_at = last_seen_at - interval '11 minutes'")
+        .execute(&server.pool)
+        .await
+        .unwrap();
     let r = otto
         .http
         .get(format!("{}/api/v1/clusters", server.url))
@@ -834,8 +836,7 @@ async fn anonymous_read_access_is_an_option_and_reads_only(pool: PgPool) {
     s.listen = "127.0.0.1:0".parse().unwrap();
     s.auth.anonymous_read = true;
     let server = TestServer::start_on(pool, s).await;
-    let mut r = report("a", Uuid::new_v4(), 1, VrrpState::Master, true);
-    r.heartbeat_interval_ms = 60_000;
+    let r = report("a", Uuid::new_v4(), 1, VrrpState::Master, true);
     server.agent().send_heartbeat(&r).await.unwrap();
     let anonymous = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -8,9 +8,13 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::harness::{count, TestServer};
+use crate::harness::{count, eventually, TestServer};
 
-fn args(server: &TestServer, state_dir: &std::path::Path, duration: Duration) -> SimulateArgs {
+fn args(
+    server: &TestServer,
+    state_dir: &std::path::Path,
+    duration: Option<Duration>,
+) -> SimulateArgs {
     SimulateArgs {
         server_url: server.url.clone(),
         api_token: Some(server.admin_token.clone()),
@@ -18,7 +22,7 @@ fn args(server: &TestServer, state_dir: &std::path::Path, duration: Duration) ->
         clusters: 6,
         interval: Duration::from_millis(200),
         churn: 5.0,
-        duration: Some(duration),
+        duration,
         warmup: Duration::ZERO,
         stop_count: 0,
         stop_after: Duration::from_secs(60),
@@ -34,25 +38,29 @@ fn args(server: &TestServer, state_dir: &std::path::Path, duration: Duration) ->
 async fn the_simulator_plays_a_fleet_over_the_agent_api(pool: PgPool) {
     let server = TestServer::start(pool).await;
     let state_dir = std::env::temp_dir().join(format!("hapulse-simulate-{}", Uuid::new_v4()));
-    // A quiet run first: every node enrolls and reports.
-    let mut quiet = args(&server, &state_dir, Duration::from_secs(2));
+    // A quiet run first, looked at while it runs (its nodes report every 200 ms, so they are
+    // down soon after it stops): 12 nodes in 6 clusters of two, each its own enrolled
+    // credential, n0 the MASTER of each, and at least 5 reports per node stored.
+    let mut quiet = args(&server, &state_dir, None);
     quiet.churn = 0.0;
-    simulate::run(quiet, CancellationToken::new())
-        .await
-        .unwrap();
-
-    // 12 nodes in 6 clusters of two, each its own enrolled credential.
-    let (_, list) = server.get_json("/api/v1/clusters").await;
-    assert_eq!(list["total"], 6, "{list}");
-    for c in list["clusters"].as_array().unwrap() {
-        assert_eq!(c["nodes_total"], 2, "{c}");
-        assert_eq!(
-            c["instances"][0]["master"],
-            format!("{}-n0", c["name"].as_str().unwrap()),
-            "{c}"
-        );
-        assert_eq!(c["replication"][0]["kind"], "postgresql", "{c}");
-    }
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(simulate::run(quiet, stop.clone()));
+    eventually(30, "the quiet fleet listed, reporting", || async {
+        let (_, list) = server.get_json("/api/v1/clusters").await;
+        let clusters = list["clusters"].as_array()?;
+        let listed = list["total"] == 6
+            && clusters.iter().all(|c| {
+                c["nodes_total"] == 2
+                    && c["instances"][0]["master"]
+                        == format!("{}-n0", c["name"].as_str().unwrap_or_default())
+                    && c["replication"][0]["kind"] == "postgresql"
+            });
+        let samples = count(&server.pool, "SELECT count(*) FROM heartbeat_samples").await;
+        (listed && samples >= 12 * 5).then_some(())
+    })
+    .await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
     assert_eq!(
         count(
             &server.pool,
@@ -61,14 +69,11 @@ async fn the_simulator_plays_a_fleet_over_the_agent_api(pool: PgPool) {
         .await,
         12
     );
-    // 2 s at 5 reports a second per node.
-    let samples = count(&server.pool, "SELECT count(*) FROM heartbeat_samples").await;
-    assert!(samples >= 12 * 5, "{samples} samples");
     let before = count(&server.pool, "SELECT coalesce(max(id), 0) FROM events").await;
 
     // Then churn, with the kept credentials (no admin token): about 25 events, master moves
     // (40 %) and deaths of 10-30 s.
-    let mut churn = args(&server, &state_dir, Duration::from_secs(5));
+    let mut churn = args(&server, &state_dir, Some(Duration::from_secs(5)));
     churn.api_token = None;
     simulate::run(churn, CancellationToken::new())
         .await
