@@ -578,11 +578,12 @@ pub fn transitions(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use hapulse_protocol::KeepalivedReport;
 
-    fn report(seq: u64, instances: Vec<VrrpInstanceReport>) -> HeartbeatReport {
+    /// Node a of cluster c, 1 s interval, keepalived running with `instances`.
+    pub(crate) fn report(seq: u64, instances: Vec<VrrpInstanceReport>) -> HeartbeatReport {
         HeartbeatReport {
             protocol_version: 1,
             agent_version: "t".into(),
