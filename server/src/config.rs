@@ -487,10 +487,8 @@ pub struct DetectorSettings {
     pub suspect_after_missed: u32,
     /// Missed heartbeats before a node is down (default 3).
     pub down_after_missed: u32,
-    /// The longest the detector sleeps between looks (default 50 ms). It wakes when the first
-    /// node's verdict falls due, so this bounds only how late it sees a node whose deadline came
-    /// closer while it slept (a shorter interval announced). A look is one pass over the nodes in
-    /// memory (10,000 nodes: tens of microseconds).
+    /// How often the detector looks (default 50 ms): the worst-case extra delay of a verdict. A
+    /// look is one pass over the nodes in memory (10,000 nodes: tens of microseconds).
     #[serde(with = "humantime_serde")]
     pub check_interval: Duration,
 }

@@ -1,20 +1,16 @@
 //! The failure detector: a node that misses `suspect_after_missed` heartbeats (counted in its own
 //! interval) is suspect, after `down_after_missed` it is down. Each verdict is an event, stored
 //! before live state changes. A node comes back up when a report arrives (see [`crate::ingest`]).
-//!
-//! The detector sleeps until the earliest moment a node's verdict falls due (its last report
-//! plus the missed count times its interval), so a verdict is not late by a polling period;
-//! `check_interval` only bounds the sleep.
 
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::time::Instant;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DetectorSettings;
 use crate::db;
-use crate::live::{EventKind, NewEvent, NodeLive, NodeStatus};
+use crate::live::{EventKind, NewEvent, NodeStatus};
 use crate::state::AppState;
 
 /// The verdict on a node silent for `silence` whose heartbeat interval is `interval`.
@@ -30,48 +26,18 @@ pub fn assess(silence: Duration, interval: Duration, settings: &DetectorSettings
     }
 }
 
-/// When the verdict on `node` gets worse unless a report arrives first: its last report plus
-/// the missed count of the next verdict times its interval. None when it is already down.
-pub fn deadline(node: &NodeLive, settings: &DetectorSettings) -> Option<Instant> {
-    let missed = match node.status {
-        NodeStatus::Up => settings.suspect_after_missed,
-        NodeStatus::Suspect => settings.down_after_missed,
-        NodeStatus::Down => return None,
-    };
-    // The same floor of one millisecond as `assess`, so both agree on the instant.
-    let interval = Duration::from_millis(node.heartbeat_interval_ms.max(1));
-    node.last_seen.checked_add(interval.checked_mul(missed)?)
-}
-
-/// When to look next: the earliest deadline of `nodes`, but no later than `latest`.
-pub fn next_look<'a>(
-    nodes: impl IntoIterator<Item = &'a NodeLive>,
-    settings: &DetectorSettings,
-    latest: Instant,
-) -> Instant {
-    nodes
-        .into_iter()
-        .filter_map(|n| deadline(n, settings))
-        .fold(latest, Instant::min)
-}
-
 /// Runs the detector until `shutdown`.
 pub async fn run(state: AppState, shutdown: CancellationToken) {
     let settings = state.settings.detector;
+    let mut tick = tokio::time::interval(settings.check_interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
-        let latest = Instant::now() + settings.check_interval;
-        let wake = next_look(state.live().nodes.values(), &settings, latest);
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep_until(wake) => {}
+            _ = tick.tick() => {}
         }
         if let Err(e) = check(&state, Instant::now()).await {
             tracing::warn!(error = %e, "failure detector could not record a verdict; retrying");
-            // A deadline already past would wake the loop at once: wait before trying again.
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(settings.check_interval) => {}
-            }
         }
     }
 }
@@ -184,42 +150,5 @@ mod tests {
         assert_eq!(assess(ms(750), ms(250), &SETTINGS), NodeStatus::Down);
         // A zero interval (never accepted by validation) cannot divide by zero.
         assert_eq!(assess(ms(5), Duration::ZERO, &SETTINGS), NodeStatus::Down);
-    }
-
-    fn node(status: NodeStatus, interval_ms: u64, last_seen: Instant) -> NodeLive {
-        let report = hapulse_protocol::HeartbeatReport {
-            heartbeat_interval_ms: interval_ms,
-            ..crate::live::tests::report(1, vec![])
-        };
-        let mut n = NodeLive::from_report(&report, Utc::now(), last_seen);
-        n.apply(&report, Utc::now(), last_seen);
-        n.status = status;
-        n
-    }
-
-    #[test]
-    fn wakes_when_the_first_verdict_falls_due_and_agrees_with_assess() {
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        let up = node(NodeStatus::Up, 1000, t0);
-        let suspect = node(NodeStatus::Suspect, 250, t0);
-        let down = node(NodeStatus::Down, 100, t0);
-        assert_eq!(deadline(&up, &SETTINGS), Some(t0 + ms(2000)));
-        assert_eq!(deadline(&suspect, &SETTINGS), Some(t0 + ms(750)));
-        assert_eq!(deadline(&down, &SETTINGS), None);
-        // At its deadline, and not a millisecond before, the verdict is worse.
-        for n in [&up, &suspect] {
-            let due = deadline(n, &SETTINGS).unwrap();
-            let interval = ms(n.heartbeat_interval_ms);
-            assert!(assess(due - t0, interval, &SETTINGS) > n.status);
-            assert_eq!(assess(due - t0 - ms(1), interval, &SETTINGS), n.status);
-        }
-        let latest = t0 + ms(50);
-        assert_eq!(next_look([&up, &suspect, &down], &SETTINGS, latest), latest);
-        let soon = node(NodeStatus::Suspect, 10, t0);
-        assert_eq!(
-            next_look([&up, &soon, &down], &SETTINGS, latest),
-            t0 + ms(30)
-        );
     }
 }

@@ -578,12 +578,11 @@ pub fn transitions(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use hapulse_protocol::KeepalivedReport;
 
-    /// Node a of cluster c, 1 s interval, keepalived running with `instances`.
-    pub(crate) fn report(seq: u64, instances: Vec<VrrpInstanceReport>) -> HeartbeatReport {
+    fn report(seq: u64, instances: Vec<VrrpInstanceReport>) -> HeartbeatReport {
         HeartbeatReport {
             protocol_version: 1,
             agent_version: "t".into(),
