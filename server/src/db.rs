@@ -343,9 +343,10 @@ pub async fn store_nodes(
 
 /// Locks the rows of `node_ids` in `nodes` until the transaction ends, in node id order.
 ///
-/// Every writer that updates many node rows in one statement locks them this way first: an
-/// `UPDATE … FROM UNNEST` takes its row locks in whatever order its plan visits them, and two of
-/// those (the history writer's watermarks, the detector's statuses) deadlocked under load.
+/// Every writer that updates many node rows in one statement and must wait for them locks them
+/// this way first: an `UPDATE … FROM UNNEST` takes its row locks in whatever order its plan
+/// visits them, and two of those (the history writer's watermarks, the detector's statuses)
+/// deadlocked under load. (The history writer now skips rows held by others instead.)
 pub async fn lock_nodes(
     tx: &mut Transaction<'_, Postgres>,
     node_ids: &[&str],
@@ -524,6 +525,11 @@ impl Sample {
 /// `UPDATE … FROM UNNEST` (the rest is recovered from the samples, see [`load_live`]). Only the
 /// transition path starts a new agent run (boot id): a late sample of an older run never moves
 /// the watermark back.
+///
+/// A node row another transaction holds (the transition path storing that node, the detector
+/// its status) is skipped, not waited for: the samples carry its watermark until the next
+/// advance. Waiting made every report on the fast path wait behind a batch of transitions (lock
+/// waits over a second when 10,000 nodes sent their first reports at once).
 pub async fn write_samples(
     pool: &PgPool,
     samples: &[Sample],
@@ -616,14 +622,16 @@ pub async fn write_samples(
     if l_node.is_empty() {
         return tx.commit().await;
     }
-    lock_nodes(&mut tx, &l_node).await?;
     sqlx::query(
-        "UPDATE nodes SET boot_id = u.boot_id, last_seq = u.seq, last_heartbeat_at = u.received_at,
+        "WITH free AS MATERIALIZED (SELECT node_id FROM nodes WHERE node_id = ANY($1)
+                        ORDER BY node_id FOR UPDATE SKIP LOCKED)
+         UPDATE nodes SET boot_id = u.boot_id, last_seq = u.seq, last_heartbeat_at = u.received_at,
                           last_observed_at = u.observed_at, load1 = u.load1, uptime_seconds = u.uptime,
                           spool_depth = u.spool
            FROM UNNEST($1::text[], $2::uuid[], $3::int8[], $4::timestamptz[], $5::timestamptz[],
                        $6::float8[], $7::int8[], $8::int8[])
                 AS u(node_id, boot_id, seq, received_at, observed_at, load1, uptime, spool)
+           JOIN free USING (node_id)
           WHERE nodes.node_id = u.node_id
             AND nodes.boot_id = u.boot_id AND nodes.last_seq < u.seq",
     )

@@ -103,6 +103,57 @@ async fn reports_name_the_master_and_vip_holder(pool: PgPool) {
     );
 }
 
+/// The history writer never waits for a node row another transaction holds: it stores every
+/// sample, advances the free watermarks and leaves the held one to the samples.
+#[sqlx::test(migrations = false)]
+async fn the_history_writer_skips_a_held_node_row(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let agent = server.agent();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    agent
+        .send_heartbeat(&report("a", a, 1, VrrpState::Master, true))
+        .await
+        .unwrap();
+    agent
+        .send_heartbeat(&report("b", b, 1, VrrpState::Backup, false))
+        .await
+        .unwrap();
+    let pool = server.stop().await;
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM nodes WHERE node_id = 'a' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let now = chrono::Utc::now();
+    let samples = [
+        hapulse_server::db::Sample::of(&report("a", a, 2, VrrpState::Master, true), now),
+        hapulse_server::db::Sample::of(&report("b", b, 2, VrrpState::Backup, false), now),
+    ];
+    // A liveness bound, not a latency figure: waiting for a's row would never end.
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        hapulse_server::db::write_samples(&pool, &samples, |_| true),
+    )
+    .await
+    .expect("the writer waited for the held row")
+    .unwrap();
+    holder.rollback().await.unwrap();
+    let seqs: Vec<(String, i64)> =
+        sqlx::query_as("SELECT node_id, last_seq FROM nodes ORDER BY node_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(seqs, vec![("a".into(), 1), ("b".into(), 2)]);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM heartbeat_samples WHERE seq = 2"
+        )
+        .await,
+        2
+    );
+}
+
 #[sqlx::test(migrations = false)]
 async fn replays_are_acknowledged_but_never_doubled_even_across_a_restart(pool: PgPool) {
     let server = TestServer::start(pool).await;
