@@ -7,7 +7,10 @@
 //! together under the transitions lock, in one transaction (watermark rows locked and checked,
 //! nodes and instances stored, events inserted).
 //! Either way the answer waits for the commit, so an acknowledged report is never lost. The node
-//! counts as heard (for the failure detector) the moment its report arrives.
+//! counts as heard (for the failure detector) the moment its report arrives and again when it
+//! is answered: its agent sends the next report only after the answer, so time the server took
+//! is not the node's silence (an overloaded server would otherwise declare its fleet down,
+//! and every node back from down takes the slower transition path).
 
 use chrono::Utc;
 use hapulse_protocol::{
@@ -338,7 +341,8 @@ pub async fn accept(state: &AppState, report: HeartbeatReport) -> Result<Heartbe
                 if reach(&node.arbitration) != reach(&report.arbitration) {
                     live.changed.insert(report.cluster.clone());
                 }
-                node.apply(&report, received_at, arrived);
+                // Heard again now, as it is answered.
+                node.apply(&report, received_at, tokio::time::Instant::now());
             }
         }
     } else {
@@ -463,6 +467,8 @@ async fn write_transitions(state: &AppState, batch: Vec<PendingTransition>) {
     }
     let mut clusters = std::collections::BTreeSet::new();
     {
+        // Committed: each report is answered now, and its node heard now.
+        let answered = tokio::time::Instant::now();
         let mut live = state.live_mut();
         for (node, events) in prepared.iter().flatten() {
             for e in events {
@@ -479,10 +485,7 @@ async fn write_transitions(state: &AppState, batch: Vec<PendingTransition>) {
                 live.changed.insert(node.cluster.clone());
                 clusters.insert(node.cluster.clone());
                 let mut node = node.clone();
-                if let Some(current) = live.nodes.get(&node.node_id) {
-                    // Heard meanwhile (a later report arrived while this one was stored).
-                    node.last_seen = node.last_seen.max(current.last_seen);
-                }
+                node.last_seen = node.last_seen.max(answered);
                 if let Some(old) = live.nodes.insert(node.node_id.clone(), node) {
                     // A node that moved to another cluster changed both.
                     live.changed.insert(old.cluster.clone());

@@ -67,8 +67,9 @@ pub struct NodeLive {
     /// When the last report arrived (server clock).
     pub last_heartbeat_at: DateTime<Utc>,
     /// When the node was last heard from, on the monotonic clock, for the detector: set as a
-    /// report arrives, before it is stored, so the server's own slowness (a slow commit, a
-    /// queue) never counts as the node's silence.
+    /// report arrives, before it is stored, and again when the server answers it. An agent
+    /// has one report in flight and sends the next after the answer, so the server's own
+    /// slowness (a slow commit, a queue) never counts as the node's silence.
     pub last_seen: Instant,
     /// When the agent took its last snapshot (agent clock).
     pub last_observed_at: DateTime<Utc>,

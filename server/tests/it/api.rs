@@ -103,6 +103,52 @@ async fn reports_name_the_master_and_vip_holder(pool: PgPool) {
     );
 }
 
+/// Time the server takes to answer is not the node's silence: a report held up for longer
+/// than the node's down time still leaves the node up once it is answered.
+#[sqlx::test(migrations = false)]
+async fn a_slow_answer_is_not_the_nodes_silence(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let agent = server.agent();
+    let boot = Uuid::new_v4();
+    let mut r = report("a", boot, 1, VrrpState::Master, true);
+    // Suspect after 4 s of silence, down after 6 s.
+    r.heartbeat_interval_ms = 2000;
+    agent.send_heartbeat(&r).await.unwrap();
+    // Another transaction holds a's row for 7 s: the next report (a role change, so it is
+    // written on the transition path) waits for it.
+    let mut holder = server.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM nodes WHERE node_id = 'a' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        holder.rollback().await.unwrap();
+    });
+    r.seq = 2;
+    r.keepalived.instances[0].state = VrrpState::Backup;
+    let sent = tokio::time::Instant::now();
+    assert!(agent.send_heartbeat(&r).await.unwrap().accepted);
+    assert!(
+        sent.elapsed() >= Duration::from_secs(6),
+        "the report was not held up"
+    );
+    release.await.unwrap();
+    // Answered just now: heard just now. (Counted from its arrival, it would be down at once.)
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, node) = server.get_json("/api/v1/nodes/a").await;
+    assert_eq!(node["status"], "up", "{node}");
+    assert_eq!(
+        count(
+            &server.pool,
+            "SELECT count(*) FROM events WHERE kind IN ('node_suspect', 'node_down')"
+        )
+        .await,
+        0
+    );
+    server.stop().await;
+}
+
 /// The history writer never waits for a node row another transaction holds: it stores every
 /// sample, advances the free watermarks and leaves the held one to the samples.
 #[sqlx::test(migrations = false)]
