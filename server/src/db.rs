@@ -343,10 +343,9 @@ pub async fn store_nodes(
 
 /// Locks the rows of `node_ids` in `nodes` until the transaction ends, in node id order.
 ///
-/// Every writer that updates many node rows in one statement and must wait for them locks them
-/// this way first: an `UPDATE … FROM UNNEST` takes its row locks in whatever order its plan
-/// visits them, and two of those (the history writer's watermarks, the detector's statuses)
-/// deadlocked under load. (The history writer now skips rows held by others instead.)
+/// A writer that updates many node rows in one statement and must wait for them (the
+/// detector's statuses) locks them this way first: an `UPDATE … FROM UNNEST` takes its row
+/// locks in whatever order its plan visits them, and two such writers deadlocked under load.
 pub async fn lock_nodes(
     tx: &mut Transaction<'_, Postgres>,
     node_ids: &[&str],
