@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{Duration as ChronoDuration, Utc};
 use hapulse_server::config::Settings;
-use hapulse_server::series::{self, Partitioned};
+use hapulse_server::history::series::{self, Partitioned};
 use secrecy::SecretString;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
@@ -121,10 +121,10 @@ async fn run(options: PgConnectOptions) -> Result<(), String> {
     let (_, shutdown, server) = start_server(&pool, &anonymous).await?;
     shutdown.cancel();
     let _ = server.await;
-    let (_, token) = hapulse_server::auth::create_token(
+    let (_, token) = hapulse_server::access::auth::create_token(
         &pool,
         "benchmark",
-        hapulse_server::auth::Role::Viewer,
+        hapulse_server::access::auth::Role::Viewer,
         &None,
         "benchmark",
     )

@@ -78,7 +78,7 @@ impl Default for FailoverSettings {
 #[serde(deny_unknown_fields)]
 pub struct ClusterFailover {
     /// `off` (alerts only), `notify` (propose; a person confirms) or `auto`.
-    pub mode: crate::failover::Mode,
+    pub mode: crate::failover::decision::Mode,
     /// Candidate priority per node id; 0 = never promote. Nodes left out have
     /// `default_candidate_priority`.
     #[serde(default)]
@@ -129,8 +129,12 @@ fn default_fencing_timeout() -> Duration {
 
 impl FailoverSettings {
     /// The policy of `cluster`, with the global switch as it is now.
-    pub fn policy(&self, cluster: &str, automatic_enabled: bool) -> crate::failover::Policy {
-        let mut p = crate::failover::Policy {
+    pub fn policy(
+        &self,
+        cluster: &str,
+        automatic_enabled: bool,
+    ) -> crate::failover::decision::Policy {
+        let mut p = crate::failover::decision::Policy {
             automatic_enabled,
             grace: self.grace,
             ..Default::default()

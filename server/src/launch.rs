@@ -12,10 +12,11 @@ use tokio::sync::{broadcast, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::history::HistoryWriter;
+use crate::fleet::store as db;
+use crate::history::series;
+use crate::history::writer::HistoryWriter;
 use crate::metrics::Metrics;
 use crate::state::{App, AppState};
-use crate::{db, series};
 
 /// Partitions of `heartbeat_samples` created ahead of today.
 const PARTITION_DAYS_AHEAD: i64 = 2;
@@ -67,7 +68,7 @@ pub async fn serve(
     let live = db::load_live(&pool, tokio::time::Instant::now())
         .await
         .context("loading state")?;
-    let credentials = crate::enrollment::Credentials::load(&pool)
+    let credentials = crate::agents::enrollment::Credentials::load(&pool)
         .await
         .context("loading node credentials")?;
     tracing::info!(nodes = live.nodes.len(), "state loaded");
@@ -98,24 +99,24 @@ pub async fn serve(
         snapshots: Default::default(),
     }));
 
-    crate::switchover::recover(&state)
+    crate::switchover::engine::recover(&state)
         .await
         .context("recovering switchovers")?;
     let tasks = CancellationToken::new();
-    let detector = tokio::spawn(crate::detector::run(state.clone(), tasks.clone()));
-    let alerting = tokio::spawn(crate::alerts::run(state.clone(), tasks.clone()));
-    let sender = tokio::spawn(crate::notify::run(state.clone(), tasks.clone()));
-    let notifications = tokio::spawn(crate::commands::listen(
+    let detector = tokio::spawn(crate::fleet::detector::run(state.clone(), tasks.clone()));
+    let alerting = tokio::spawn(crate::alerting::engine::run(state.clone(), tasks.clone()));
+    let sender = tokio::spawn(crate::alerting::notify::run(state.clone(), tasks.clone()));
+    let notifications = tokio::spawn(crate::agents::commands::listen(
         pool.clone(),
         state.0.clone(),
         tasks.clone(),
     ));
     let maintenance = tokio::spawn(maintain(pool.clone(), tables, tasks.clone()));
-    let arbiter = tokio::spawn(crate::arbiter::run(state.clone(), tasks.clone()));
+    let arbiter = tokio::spawn(crate::failover::arbiter::run(state.clone(), tasks.clone()));
 
     let address = listener.local_addr()?;
-    let app =
-        crate::router::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app = crate::http::router::router(state)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
     match &settings.tls {
         None => {
             tracing::info!(%address, "hapulse-server listening (HTTP)");

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hapulse_server::auth::{self, Role};
+use hapulse_server::access::auth::{self, Role};
 use hapulse_server::config::Settings;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -144,7 +144,7 @@ async fn audit_cli(
     target: &str,
     detail: serde_json::Value,
 ) -> anyhow::Result<()> {
-    hapulse_server::audit::Audit {
+    hapulse_server::access::audit::Audit {
         actor: "cli",
         role: Some("admin"),
         source: Some("local"),
@@ -161,7 +161,7 @@ async fn audit_cli(
 
 async fn user_command(settings: &Settings, action: UserCommand) -> anyhow::Result<()> {
     let pool = hapulse_server::launch::connect(settings).await?;
-    hapulse_server::db::migrate(&pool).await?;
+    hapulse_server::fleet::store::migrate(&pool).await?;
     match action {
         UserCommand::Add {
             name,
@@ -218,7 +218,7 @@ async fn user_command(settings: &Settings, action: UserCommand) -> anyhow::Resul
 
 async fn token_command(settings: &Settings, action: TokenCommand) -> anyhow::Result<()> {
     let pool = hapulse_server::launch::connect(settings).await?;
-    hapulse_server::db::migrate(&pool).await?;
+    hapulse_server::fleet::store::migrate(&pool).await?;
     match action {
         TokenCommand::Create {
             name,
@@ -289,7 +289,7 @@ fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Migrate => {
                 let pool = hapulse_server::launch::connect(&settings).await?;
-                hapulse_server::db::migrate(&pool).await?;
+                hapulse_server::fleet::store::migrate(&pool).await?;
                 tracing::info!("migrations applied");
                 Ok(())
             }
@@ -300,9 +300,9 @@ fn main() -> ExitCode {
                 expires_in,
             } => {
                 let pool = hapulse_server::launch::connect(&settings).await?;
-                hapulse_server::db::migrate(&pool).await?;
+                hapulse_server::fleet::store::migrate(&pool).await?;
                 let created =
-                    hapulse_server::enrollment::create(&pool, &node_id, expires_in, "cli")
+                    hapulse_server::agents::enrollment::create(&pool, &node_id, expires_in, "cli")
                         .await
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
                 audit_cli(

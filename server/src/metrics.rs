@@ -9,8 +9,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::live::{EventKind, Live, NodeStatus};
-use crate::view;
+use crate::fleet::live::{EventKind, Live, NodeStatus};
+use crate::fleet::view;
 
 /// Instruments, cheap to clone (each is an `Arc` inside).
 #[derive(Clone)]

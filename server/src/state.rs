@@ -6,8 +6,8 @@ use sqlx::PgPool;
 use tokio::sync::{broadcast, Mutex};
 
 use crate::config::Settings;
-use crate::history::HistoryWriter;
-use crate::live::Live;
+use crate::fleet::live::Live;
+use crate::history::writer::HistoryWriter;
 use crate::metrics::Metrics;
 
 /// Handle to the server's state; cheap to clone.
@@ -34,7 +34,7 @@ pub struct App {
     /// verdicts), so events are derived from the state they change, in order.
     pub transitions: Mutex<()>,
     /// Reports on the transition path waiting for the holder of `transitions` (group commit).
-    pub pending_transitions: std::sync::Mutex<Vec<crate::ingest::PendingTransition>>,
+    pub pending_transitions: std::sync::Mutex<Vec<crate::fleet::ingest::PendingTransition>>,
     /// Batched writer of heartbeat samples.
     pub history: HistoryWriter,
     /// Prometheus registry and instruments.
@@ -44,19 +44,19 @@ pub struct App {
     /// Wakes the notification sender when the alert engine stores notifications.
     pub notifier: tokio::sync::Notify,
     /// Wakes agents' long polls when commands are issued.
-    pub commands: crate::commands::CommandBus,
+    pub commands: crate::agents::commands::CommandBus,
     /// Live node credentials of enrolled agents.
-    pub credentials: crate::enrollment::Credentials,
+    pub credentials: crate::agents::enrollment::Credentials,
     /// Failed logins, for throttling.
-    pub login_throttle: crate::auth::Throttle,
+    pub login_throttle: crate::access::auth::Throttle,
     /// Cancelled when the server shuts down; ends long-lived responses (event streams).
     pub shutdown: tokio_util::sync::CancellationToken,
     /// When this server process started (the arbiter's grace period counts from it).
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// The arbiter's latest verdict per cluster.
-    pub verdicts: RwLock<std::collections::BTreeMap<String, crate::arbiter::Verdict>>,
+    pub verdicts: RwLock<std::collections::BTreeMap<String, crate::failover::arbiter::Verdict>>,
     /// Views shared by the dashboard and the cluster list, rebuilt after a change.
-    pub snapshots: crate::snapshot::Snapshots,
+    pub snapshots: crate::http::snapshot::Snapshots,
 }
 
 impl App {

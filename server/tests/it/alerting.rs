@@ -12,7 +12,7 @@ use hapulse_server::config::{EmailReceiver, SmsReceiver, WebhookReceiver};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use hapulse_server::auth::Role;
+use hapulse_server::access::auth::Role;
 
 use crate::harness::{eventually, report, settings, TestServer};
 

@@ -172,13 +172,13 @@ async fn the_history_writer_skips_a_held_node_row(pool: PgPool) {
         .unwrap();
     let now = chrono::Utc::now();
     let samples = [
-        hapulse_server::db::Sample::of(&report("a", a, 2, VrrpState::Master, true), now),
-        hapulse_server::db::Sample::of(&report("b", b, 2, VrrpState::Backup, false), now),
+        hapulse_server::fleet::store::Sample::of(&report("a", a, 2, VrrpState::Master, true), now),
+        hapulse_server::fleet::store::Sample::of(&report("b", b, 2, VrrpState::Backup, false), now),
     ];
     // A liveness bound, not a latency figure: waiting for a's row would never end.
     tokio::time::timeout(
         Duration::from_secs(30),
-        hapulse_server::db::write_samples(&pool, &samples, |_| true),
+        hapulse_server::fleet::store::write_samples(&pool, &samples, |_| true),
     )
     .await
     .expect("the writer waited for the held row")
@@ -495,7 +495,7 @@ async fn dashboard_pages_stream_and_metrics(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn history_partitions_are_created_ahead_and_dropped_after_retention(pool: PgPool) {
-    use hapulse_server::series::{maintain_partitions, partitioned_tables};
+    use hapulse_server::history::series::{maintain_partitions, partitioned_tables};
     let server = TestServer::start(pool).await;
     let pool = server.stop().await;
     let partitions = |pool: PgPool, table: &'static str| async move {
@@ -657,7 +657,7 @@ async fn replication_links_lag_history_and_the_vip_check(pool: PgPool) {
     );
 
     // Rolled up, a long range comes from the rollups with the same extremes.
-    let rolled = hapulse_server::series::roll_up(
+    let rolled = hapulse_server::history::series::roll_up(
         &server.pool,
         chrono::Utc::now() + chrono::Duration::minutes(2),
         Duration::ZERO,

@@ -12,7 +12,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use hapulse_server::auth::Role;
+use hapulse_server::access::auth::Role;
 
 use crate::harness::{eventually, pg_report_link, report, TestServer, PASSWORD};
 

@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use hapulse_server::config::ClusterFailover;
-use hapulse_server::failover::Mode;
+use hapulse_server::failover::decision::Mode;
 
 use crate::harness::{count, eventually, pg_report_link, report, settings, TestServer};
 

@@ -78,10 +78,10 @@ impl TestServer {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let (_, admin_token) = hapulse_server::auth::create_token(
+        let (_, admin_token) = hapulse_server::access::auth::create_token(
             &pool,
             "test-admin",
-            hapulse_server::auth::Role::Admin,
+            hapulse_server::access::auth::Role::Admin,
             &None,
             "test",
         )
@@ -158,7 +158,7 @@ impl TestServer {
 
 async fn credential(url: &str, pool: &PgPool, node_id: &str) -> String {
     let enrollment =
-        hapulse_server::enrollment::create(pool, node_id, Duration::from_secs(600), "test")
+        hapulse_server::agents::enrollment::create(pool, node_id, Duration::from_secs(600), "test")
             .await
             .unwrap();
     let client = AgentClient::new(
@@ -216,10 +216,10 @@ impl TestServer {
     pub async fn user(
         &self,
         name: &str,
-        role: hapulse_server::auth::Role,
+        role: hapulse_server::access::auth::Role,
         clusters: Option<Vec<String>>,
     ) {
-        hapulse_server::auth::create_user(&self.pool, name, PASSWORD, role, &clusters)
+        hapulse_server::access::auth::create_user(&self.pool, name, PASSWORD, role, &clusters)
             .await
             .unwrap();
     }

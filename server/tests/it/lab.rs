@@ -118,15 +118,19 @@ impl Lab {
     /// Brings the lab up (`args`: host count, options) with an enrollment token per host made in
     /// `pool`, the database of the server the test starts next.
     pub async fn up(self, pool: &PgPool, args: &[&str]) -> Lab {
-        hapulse_server::db::migrate(pool).await.unwrap();
+        hapulse_server::fleet::store::migrate(pool).await.unwrap();
         let hosts: usize = args[0].parse().unwrap();
         let mut tokens = Vec::new();
         for i in 1..=hosts {
             let host = format!("h{i}");
-            let e =
-                hapulse_server::enrollment::create(pool, &host, Duration::from_secs(3600), "test")
-                    .await
-                    .unwrap();
+            let e = hapulse_server::agents::enrollment::create(
+                pool,
+                &host,
+                Duration::from_secs(3600),
+                "test",
+            )
+            .await
+            .unwrap();
             tokens.push(format!("{host}={}", e.token));
         }
         self.run(&["down"]);

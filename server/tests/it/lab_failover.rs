@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 
 use hapulse_server::config::{ClusterFailover, Settings};
-use hapulse_server::failover::Mode;
+use hapulse_server::failover::decision::Mode;
 
 use crate::harness::{eventually, settings, TestServer};
 use crate::lab::{finished_switchover, require_root_and_tools, Lab};

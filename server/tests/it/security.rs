@@ -3,7 +3,7 @@
 //! escaping; security headers; and bad bodies on every write route that change nothing.
 
 use hapulse_protocol::VrrpState;
-use hapulse_server::auth::{create_token, revoke_token, Role};
+use hapulse_server::access::auth::{create_token, revoke_token, Role};
 use reqwest::Method;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -491,7 +491,7 @@ async fn https_client_certificates_and_secure_cookies(pool: PgPool) {
         key_file: write("server.key", &server_key),
         client_ca_file: Some(ca_file.clone()),
     });
-    hapulse_server::db::migrate(&pool).await.unwrap();
+    hapulse_server::fleet::store::migrate(&pool).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!(
         "https://localhost:{}",
@@ -518,10 +518,14 @@ async fn https_client_certificates_and_secure_cookies(pool: PgPool) {
         )
         .unwrap()
     };
-    let enrollment =
-        hapulse_server::enrollment::create(&pool, "a", std::time::Duration::from_secs(600), "test")
-            .await
-            .unwrap();
+    let enrollment = hapulse_server::agents::enrollment::create(
+        &pool,
+        "a",
+        std::time::Duration::from_secs(600),
+        "test",
+    )
+    .await
+    .unwrap();
     // Without a client certificate, enrollment is refused even with a good token.
     let refused = crate::harness::eventually(30, "the HTTPS server answers", || async {
         match client("", tls(true, None))
@@ -577,7 +581,7 @@ async fn https_client_certificates_and_secure_cookies(pool: PgPool) {
     );
 
     // Browsers need no certificate; over TLS the session cookie is __Host- prefixed and Secure.
-    hapulse_server::auth::create_user(&pool, "tess", PASSWORD, Role::Viewer, &None)
+    hapulse_server::access::auth::create_user(&pool, "tess", PASSWORD, Role::Viewer, &None)
         .await
         .unwrap();
     let browser = reqwest::Client::builder()
@@ -624,7 +628,7 @@ async fn a_node_credential_acts_for_its_own_node_only(pool: PgPool) {
         }
     };
     let hour = std::time::Duration::from_secs(3600);
-    let token = hapulse_server::enrollment::create(&server.pool, "a", hour, "test")
+    let token = hapulse_server::agents::enrollment::create(&server.pool, "a", hour, "test")
         .await
         .unwrap()
         .token;
@@ -639,7 +643,7 @@ async fn a_node_credential_acts_for_its_own_node_only(pool: PgPool) {
             .unwrap();
     assert_eq!(
         stored,
-        hapulse_server::auth::digest(&credential),
+        hapulse_server::access::auth::digest(&credential),
         "stored hashed"
     );
 

@@ -1,0 +1,7 @@
+//! Alerts: the rule vocabulary, the engine that turns fleet state into pending / firing /
+//! resolved alerts, silences and maintenance windows, and the durable outbox with its senders
+//! (email, SMS, webhooks).
+
+pub mod engine;
+pub mod notify;
+pub mod silences;

@@ -1,0 +1,1077 @@
+//! The arbiter: automatic failover, wired to the live state.
+//!
+//! Every `failover.interval`, for every cluster, it
+//!
+//! 1. finds the **leader**, the master of the current epoch: with a replication link tied to
+//!    the VRRP instance, the only primary among the nodes that are up (else the stored leader,
+//!    while it still says it is primary); without one, the only MASTER. The leader is stored in
+//!    `clusters.leader`, so a restart keeps it;
+//! 2. gathers the **evidence** about it ([`Gathered`]): does the server hear it, which peers
+//!    still see it (an ICMP echo answered, or a BACKUP state that keepalived keeps only while
+//!    adverts arrive and no other node is MASTER), does it reach the reference address; and the
+//!    candidates with their priority, reference reachability and lag;
+//! 3. asks [`failover::decide`] and records every change of verdict with its evidence in
+//!    `failover_decisions` (the dashboard's "why did it / why didn't it");
+//! 4. acts on it: a failover run (fence, promote, VIP, verify, through the switchover machinery),
+//!    or a step-down switchover; `propose` waits for a person (`POST
+//!    /api/v1/clusters/{cluster}/failover`);
+//! 5. keeps the epoch's master the only one ([`enforce_epoch`]): while the leader is up, another
+//!    node that is MASTER of the instance (a split brain after a cut heartbeat link) is fenced,
+//!    and another primary database stopped, with the current epoch — in clusters whose policy is
+//!    `auto`; and a node the server keeps fenced (the old master of a failover that comes back)
+//!    is fenced again whenever it reports itself unfenced, until a person lifts the fence. The
+//!    global switch stops the first, not the second: a fence already set is kept. Nothing is
+//!    enforced while a switchover or failover runs.
+//!
+//! Replication connection state is shown as evidence but not counted: a dead primary's
+//! connection still looks `streaming` until `wal_receiver_timeout` (60 s by default) ends it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use hapulse_protocol::{Action, ReplicationRole, VrrpState};
+use serde::Serialize;
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+
+use crate::access::auth::Principal;
+use crate::agents::commands::{self, NewCommand};
+use crate::failover::decision::{
+    self as failover, Candidate, Decision, Evidence, History, Situation,
+};
+use crate::fleet::live::{NodeLive, NodeStatus};
+use crate::fleet::view::{self, ClusterView};
+use crate::state::AppState;
+
+/// Key of the global switch in `runtime_settings`.
+pub const SWITCH_KEY: &str = "automatic_failover_enabled";
+
+/// The actor of automatic actions, in switchovers, commands and the audit log.
+pub const ACTOR: &str = "hapulse (automatic failover)";
+
+/// One peer's view of the leader.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Witness {
+    /// Peer node id.
+    pub node_id: String,
+    /// Detector verdict on the peer.
+    pub status: NodeStatus,
+    /// It is up and its agent reports arbitration probes: its view counts.
+    pub counts: bool,
+    /// Its last ICMP echo to the leader was answered (None: it does not probe the leader).
+    pub pings_leader: Option<bool>,
+    /// It is BACKUP in the instance while no node but the leader is MASTER: adverts arrive.
+    pub hears_adverts: bool,
+    /// Its replication link is streaming (shown, not counted: see the module documentation).
+    pub replication_streaming: Option<bool>,
+    /// Its verdict: it sees the leader.
+    pub sees_leader: bool,
+    /// It reaches the reference address (None: no arbitration probes).
+    pub reaches_reference: Option<bool>,
+    /// Candidate priority (0: never promoted).
+    pub priority: u32,
+    /// Replication lag counted against the data-loss bound, bytes: the larger of what it last
+    /// reported (received, not replayed) and what the leader last reported for its standbys.
+    pub lag_bytes: Option<u64>,
+    /// The same in seconds.
+    pub lag_seconds: Option<f64>,
+}
+
+/// What the arbiter knew about a cluster when it decided.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Gathered {
+    /// The VRRP instance judged.
+    pub instance: String,
+    /// The replication link tied to it (`postgresql:pg`).
+    pub link: Option<String>,
+    /// The master of the current epoch.
+    pub leader: String,
+    /// Detector verdict on the leader.
+    pub leader_status: NodeStatus,
+    /// The leader reaches the reference address (None: unknown).
+    pub leader_reaches_reference: Option<bool>,
+    /// Every other node.
+    pub witnesses: Vec<Witness>,
+}
+
+/// The arbiter's latest verdict on one cluster.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Verdict {
+    /// When it was reached.
+    pub at: DateTime<Utc>,
+    /// The cluster's mode: `off`, `notify`, `auto`.
+    pub mode: failover::Mode,
+    /// What to do and why.
+    #[schema(value_type = Object)]
+    pub decision: Decision,
+    /// What it was based on (None: no leader known).
+    pub evidence: Option<Gathered>,
+}
+
+/// Runs the arbiter until `shutdown`.
+pub async fn run(state: AppState, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(state.settings.failover.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut memory = Memory::default();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = round(&state, &mut memory).await {
+            tracing::warn!(error = %e, "arbiter round failed; retrying");
+        }
+    }
+}
+
+/// What the arbiter remembers between rounds.
+#[derive(Default)]
+struct Memory {
+    /// The last recorded (action, candidate, reason without digits) per cluster.
+    recorded: BTreeMap<String, (String, Option<String>, String)>,
+    /// (cluster, node) fenced or stopped by the split-brain rule and not yet seen obeying, with
+    /// when: the commands are issued again after a minute (their deadline).
+    enforced: BTreeMap<(String, String), tokio::time::Instant>,
+    /// Clusters whose last attempt to act was refused, with when: not tried again for 30 s.
+    refused: BTreeMap<String, tokio::time::Instant>,
+    /// Clusters that were not quiet (see [`quiet`]) in the round that last looked at them: looked
+    /// at again every round.
+    attention: BTreeSet<String>,
+    /// When every cluster was last looked at (None: never).
+    last_sweep: Option<tokio::time::Instant>,
+}
+
+/// Every cluster is looked at this often, changed or not (the verdicts shown refresh, and a
+/// change the attention rules missed is caught); between sweeps a round looks only at the
+/// clusters that changed or need attention, so a round over 5,000 quiet clusters costs nothing.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// A cluster needs no look until something in it changes: healthy (one MASTER holding every VIP,
+/// every member up), nothing to do, no operation running, nobody kept fenced, nothing refused or
+/// being enforced.
+fn quiet(
+    c: &ClusterView,
+    decision: &Decision,
+    operation_running: bool,
+    kept: bool,
+    memory: &Memory,
+) -> bool {
+    c.health == view::Health::Healthy
+        && matches!(decision, Decision::Nothing { .. })
+        && !operation_running
+        && !kept
+        && memory
+            .refused
+            .get(&c.name)
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(30))
+        && !memory
+            .enforced
+            .keys()
+            .any(|(cluster, _)| *cluster == c.name)
+}
+
+/// The global switch, as stored (the configured value until someone turns it).
+pub async fn automatic_enabled(state: &AppState) -> Result<bool, sqlx::Error> {
+    let stored: Option<sqlx::types::Json<bool>> =
+        sqlx::query_scalar("SELECT value FROM runtime_settings WHERE key = $1")
+            .bind(SWITCH_KEY)
+            .fetch_optional(&state.db)
+            .await?;
+    Ok(stored.map_or(state.settings.failover.automatic_enabled, |j| j.0))
+}
+
+/// One round over every cluster.
+async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error> {
+    let now = Utc::now();
+    // The clusters to look at: all of them at a sweep; otherwise those whose nodes changed (the
+    // ingest path and the detector mark them), those with a node not up, and those that were not
+    // quiet last time.
+    let sweep = memory
+        .last_sweep
+        .is_none_or(|at| at.elapsed() >= SWEEP_EVERY);
+    let changed = std::mem::take(&mut state.live_mut().changed);
+    let selected: Vec<String> = {
+        let live = state.live();
+        live.by_cluster()
+            .into_iter()
+            .filter(|(name, nodes)| {
+                sweep
+                    || changed.contains(*name)
+                    || memory.attention.contains(*name)
+                    || nodes.iter().any(|n| n.status != NodeStatus::Up)
+            })
+            .map(|(name, _)| name.to_string())
+            .collect()
+    };
+    if sweep {
+        memory.last_sweep = Some(tokio::time::Instant::now());
+    }
+    if selected.is_empty() {
+        return Ok(());
+    }
+    let enabled = automatic_enabled(state).await?;
+    let leaders: BTreeMap<String, Option<String>> =
+        sqlx::query_as("SELECT name, leader FROM clusters WHERE name = ANY($1)")
+            .bind(&selected)
+            .fetch_all(&state.db)
+            .await?
+            .into_iter()
+            .collect();
+    let running: BTreeSet<String> = sqlx::query_scalar(
+        "SELECT cluster FROM switchovers WHERE state IN ('scheduled', 'running')",
+    )
+    .fetch_all(&state.db)
+    .await?
+    .into_iter()
+    .collect();
+    let last_automatic: BTreeMap<String, (DateTime<Utc>, bool)> = sqlx::query(
+        "SELECT DISTINCT ON (cluster) cluster, created_at, acknowledged_at IS NOT NULL AS acked
+           FROM switchovers WHERE automatic AND kind = 'failover'
+          ORDER BY cluster, created_at DESC",
+    )
+    .fetch_all(&state.db)
+    .await?
+    .into_iter()
+    .filter_map(|r| {
+        Some((
+            r.try_get("cluster").ok()?,
+            (r.try_get("created_at").ok()?, r.try_get("acked").ok()?),
+        ))
+    })
+    .collect();
+    let mut kept: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (cluster, node) in
+        sqlx::query_as::<_, (String, String)>("SELECT cluster, node_id FROM kept_fenced")
+            .fetch_all(&state.db)
+            .await?
+    {
+        kept.entry(cluster).or_default().insert(node);
+    }
+    // Everything read from the live state in one pass, under one short lock.
+    let judged: Vec<Judged> = {
+        let live = state.live();
+        let mut by_cluster = live.by_cluster();
+        selected
+            .iter()
+            .filter_map(|name| {
+                let nodes = by_cluster.remove(name.as_str())?;
+                let c = view::cluster_view_of(name, nodes.clone(), now)?;
+                let stored = leaders.get(name).cloned().flatten();
+                let leader = find_leader(&nodes, &c, stored.as_deref());
+                let gathered = leader.as_ref().map(|(instance, link, leader)| {
+                    gather(&state.settings.failover, &nodes, &c, instance, link, leader)
+                });
+                let members = gathered
+                    .as_ref()
+                    .map_or_else(Vec::new, |g| members(&nodes, g));
+                Some(Judged {
+                    view: c,
+                    stored,
+                    leader,
+                    gathered,
+                    members,
+                })
+            })
+            .collect()
+    };
+    // Looked at again next round unless found quiet below (also when this round fails midway).
+    memory.attention.extend(selected);
+    // First every cluster's verdict; then new leaders and changed verdicts stored in one
+    // transaction (thousands of clusters can change at once: one commit each took the
+    // database's whole capacity); then, with every verdict on record, the actions.
+    let mut verdicts = Vec::with_capacity(judged.len());
+    let mut new_leaders: Vec<(&str, &str)> = Vec::new();
+    for Judged {
+        view: c,
+        stored,
+        leader,
+        gathered,
+        ..
+    } in &judged
+    {
+        let policy = state.settings.failover.policy(&c.name, enabled);
+        if let Some((_, _, l)) = leader {
+            if stored.as_deref() != Some(l.as_str()) {
+                tracing::info!(cluster = %c.name, leader = %l, previous = ?stored, "leader of the current epoch");
+                new_leaders.push((&c.name, l));
+            }
+        }
+        let operation_running = running.contains(&c.name);
+        let decision = match gathered {
+            None => Decision::Nothing {
+                reason: "no leader known: no single MASTER (or primary) has been seen yet".into(),
+            },
+            Some(g) => failover::decide(&Situation {
+                now,
+                policy: policy.clone(),
+                evidence: evidence(g),
+                candidates: candidates(g),
+                history: History {
+                    operation_running,
+                    server_started_at: state.started_at,
+                    last_automatic: last_automatic.get(&c.name).copied(),
+                },
+            }),
+        };
+        verdicts.push(Verdict {
+            at: now,
+            mode: policy.mode,
+            decision,
+            evidence: gathered.clone(),
+        });
+    }
+    record(state, memory, &new_leaders, &judged, &verdicts).await?;
+    for (
+        Judged {
+            view: c,
+            gathered,
+            members,
+            ..
+        },
+        verdict,
+    ) in judged.iter().zip(verdicts)
+    {
+        let policy = state.settings.failover.policy(&c.name, enabled);
+        let operation_running = running.contains(&c.name);
+        let decision = verdict.decision.clone();
+        state
+            .verdicts
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(c.name.clone(), verdict);
+        if let Some(g) = gathered {
+            let backing_off = memory
+                .refused
+                .get(&c.name)
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(30));
+            if !backing_off && !act(state, c, g, &decision).await {
+                memory
+                    .refused
+                    .insert(c.name.clone(), tokio::time::Instant::now());
+            }
+            // A running switchover or failover fences and promotes by itself.
+            if !operation_running {
+                let split_brain = policy.mode == failover::Mode::Auto && policy.automatic_enabled;
+                let kept = kept.get(&c.name).cloned().unwrap_or_default();
+                enforce_epoch(state, memory, c, g, members, split_brain, &kept).await?;
+            }
+        }
+        if quiet(
+            c,
+            &decision,
+            operation_running,
+            kept.contains_key(&c.name),
+            memory,
+        ) {
+            memory.attention.remove(&c.name);
+        }
+    }
+    Ok(())
+}
+
+/// One cluster as read from the live state in a round.
+struct Judged {
+    view: ClusterView,
+    /// The leader stored before this round.
+    stored: Option<String>,
+    /// (instance, link key, leader) as found now.
+    leader: Option<(String, Option<String>, String)>,
+    gathered: Option<Gathered>,
+    members: Vec<Member>,
+}
+
+/// A node other than the leader that is up: its id, its state in the leader's instance, and
+/// whether it says it is a primary of the leader's link.
+type Member = (String, Option<VrrpState>, bool);
+
+/// The [`Member`]s of a cluster.
+fn members(nodes: &[&NodeLive], g: &Gathered) -> Vec<Member> {
+    nodes
+        .iter()
+        .filter(|n| n.node_id != g.leader && n.status == NodeStatus::Up)
+        .map(|n| {
+            let primary = g.link.as_deref().is_some_and(|k| {
+                n.link(k)
+                    .is_some_and(|l| l.role == ReplicationRole::Primary)
+            });
+            (
+                n.node_id.clone(),
+                n.instance(&g.instance).map(|i| i.state),
+                primary,
+            )
+        })
+        .collect()
+}
+
+/// The leader of `c`, whose nodes are `nodes`: (instance, link key, node id).
+fn find_leader(
+    nodes: &[&NodeLive],
+    c: &ClusterView,
+    stored: Option<&str>,
+) -> Option<(String, Option<String>, String)> {
+    let tied = c.replication.iter().find(|r| {
+        r.vrrp_instance.is_some()
+            && c.instances
+                .iter()
+                .any(|i| Some(&i.name) == r.vrrp_instance.as_ref())
+    });
+    let instance = match tied {
+        Some(r) => r.vrrp_instance.clone()?,
+        None if c.instances.len() == 1 => c.instances[0].name.clone(),
+        None => return None,
+    };
+    let leader = match tied {
+        Some(r) => {
+            let says_primary = |n: &&&NodeLive| {
+                n.link(&r.link)
+                    .is_some_and(|l| l.role == ReplicationRole::Primary)
+            };
+            let up: Vec<&&NodeLive> = nodes
+                .iter()
+                .filter(|n| n.status == NodeStatus::Up)
+                .filter(says_primary)
+                .collect();
+            let any: Vec<&&NodeLive> = nodes.iter().filter(says_primary).collect();
+            if up.len() == 1 {
+                up[0].node_id.clone()
+            } else if let Some(s) = stored.filter(|s| any.iter().any(|n| n.node_id == *s)) {
+                s.to_string()
+            } else if any.len() == 1 {
+                any[0].node_id.clone()
+            } else {
+                return None;
+            }
+        }
+        None => {
+            let i = c.instances.iter().find(|i| i.name == instance)?;
+            match (&i.master, stored) {
+                (Some(m), _) => m.clone(),
+                (None, Some(s)) if i.members.iter().any(|m| m.node_id == s) => s.to_string(),
+                _ => return None,
+            }
+        }
+    };
+    Some((instance, tied.map(|r| r.link.clone()), leader))
+}
+
+/// The evidence about `leader` from the cluster's nodes.
+fn gather(
+    settings: &crate::config::FailoverSettings,
+    nodes: &[&NodeLive],
+    c: &ClusterView,
+    instance: &str,
+    link: &Option<String>,
+    leader: &str,
+) -> Gathered {
+    let node = nodes.iter().copied().find(|n| n.node_id == leader);
+    let leader_status = node.map_or(NodeStatus::Down, |n| n.status);
+    let heard = leader_status == NodeStatus::Up;
+    let reference = |n: &NodeLive| {
+        n.arbitration
+            .as_ref()
+            .and_then(|a| a.reference.as_ref())
+            .map(|r| r.reachable)
+    };
+    // Another node that is MASTER takes the adverts a BACKUP hears.
+    let other_master = nodes.iter().any(|n| {
+        n.node_id != leader
+            && n.status == NodeStatus::Up
+            && n.instance(instance)
+                .is_some_and(|i| i.state == VrrpState::Master)
+    });
+    let leader_link = node.and_then(|n| link.as_deref().and_then(|k| n.link(k)));
+    let witnesses = nodes
+        .iter()
+        .filter(|n| n.node_id != leader)
+        .map(|n| {
+            let pings_leader = n.arbitration.as_ref().and_then(|a| {
+                a.peers
+                    .iter()
+                    .find(|p| p.node_id == leader)
+                    .map(|p| p.reach.reachable)
+            });
+            let hears_adverts = !other_master
+                && n.instance(instance)
+                    .is_some_and(|i| i.state == VrrpState::Backup);
+            let own = link.as_deref().and_then(|k| n.link(k));
+            let max_opt = |a: Option<u64>, b: Option<u64>| match (a, b) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            Witness {
+                node_id: n.node_id.clone(),
+                status: n.status,
+                counts: n.status == NodeStatus::Up && n.arbitration.is_some(),
+                pings_leader,
+                hears_adverts,
+                replication_streaming: own
+                    .map(|l| l.state == hapulse_protocol::LinkState::Streaming),
+                sees_leader: pings_leader == Some(true) || hears_adverts,
+                reaches_reference: reference(n),
+                priority: settings.candidate_priority(&c.name, &n.node_id),
+                lag_bytes: max_opt(
+                    own.and_then(|l| l.lag_bytes),
+                    leader_link.and_then(|l| l.lag_bytes),
+                ),
+                lag_seconds: match (
+                    own.and_then(|l| l.lag_seconds),
+                    leader_link.and_then(|l| l.lag_seconds),
+                ) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                },
+            }
+        })
+        .collect();
+    Gathered {
+        instance: instance.to_string(),
+        link: link.clone(),
+        leader: leader.to_string(),
+        leader_status,
+        leader_reaches_reference: node.filter(|_| heard).and_then(reference),
+        witnesses,
+    }
+}
+
+/// The decision's view of the evidence.
+pub fn evidence(g: &Gathered) -> Evidence {
+    let counted: Vec<&Witness> = g.witnesses.iter().filter(|w| w.counts).collect();
+    Evidence {
+        master: g.leader.clone(),
+        server_hears_master: g.leader_status == NodeStatus::Up,
+        peers_reporting: counted.len(),
+        peers_seeing_master: counted.iter().filter(|w| w.sees_leader).count(),
+        master_reaches_reference: g.leader_reaches_reference,
+    }
+}
+
+/// The decision's view of the candidates.
+pub fn candidates(g: &Gathered) -> Vec<Candidate> {
+    g.witnesses
+        .iter()
+        .map(|w| Candidate {
+            node_id: w.node_id.clone(),
+            up: w.status == NodeStatus::Up,
+            priority: w.priority,
+            reaches_reference: w.reaches_reference == Some(true),
+            lag_bytes: w.lag_bytes,
+            lag_seconds: w.lag_seconds,
+        })
+        .collect()
+}
+
+/// Stores a round in one transaction: the clusters' new leaders, and each verdict that differs
+/// from the last one stored for its cluster (numbers in the reason, such as seconds since start,
+/// do not make a new verdict).
+async fn record(
+    state: &AppState,
+    memory: &mut Memory,
+    new_leaders: &[(&str, &str)],
+    judged: &[Judged],
+    verdicts: &[Verdict],
+) -> Result<(), sqlx::Error> {
+    type Key = (String, Option<String>, String);
+    let changed: Vec<(&str, &Verdict, Key)> = judged
+        .iter()
+        .zip(verdicts)
+        .filter_map(|(j, v)| {
+            let key = (
+                v.decision.action().to_string(),
+                v.decision.candidate().map(str::to_string),
+                v.decision
+                    .reason()
+                    .chars()
+                    .filter(|c| !c.is_ascii_digit())
+                    .collect(),
+            );
+            (memory.recorded.get(&j.view.name) != Some(&key)).then_some((
+                j.view.name.as_str(),
+                v,
+                key,
+            ))
+        })
+        .collect();
+    if new_leaders.is_empty() && changed.is_empty() {
+        return Ok(());
+    }
+    let mut tx = state.db.begin().await?;
+    if !new_leaders.is_empty() {
+        let (names, leaders): (Vec<&str>, Vec<&str>) = new_leaders.iter().copied().unzip();
+        sqlx::query(
+            "UPDATE clusters SET leader = u.leader
+               FROM UNNEST($1::text[], $2::text[]) AS u(name, leader)
+              WHERE clusters.name = u.name",
+        )
+        .bind(&names)
+        .bind(&leaders)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !changed.is_empty() {
+        let clusters: Vec<&str> = changed.iter().map(|(c, _, _)| *c).collect();
+        let actions: Vec<&str> = changed
+            .iter()
+            .map(|(_, v, _)| v.decision.action())
+            .collect();
+        let candidates: Vec<Option<&str>> = changed
+            .iter()
+            .map(|(_, v, _)| v.decision.candidate())
+            .collect();
+        let reasons: Vec<&str> = changed
+            .iter()
+            .map(|(_, v, _)| v.decision.reason())
+            .collect();
+        let evidence: Vec<sqlx::types::Json<&Option<Gathered>>> = changed
+            .iter()
+            .map(|(_, v, _)| sqlx::types::Json(&v.evidence))
+            .collect();
+        sqlx::query(
+            "INSERT INTO failover_decisions (cluster, action, candidate, reason, evidence)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])",
+        )
+        .bind(&clusters)
+        .bind(&actions)
+        .bind(&candidates)
+        .bind(&reasons)
+        .bind(&evidence)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    for (cluster, v, key) in changed {
+        let (action, reason) = (v.decision.action(), v.decision.reason());
+        if matches!(v.decision, Decision::Nothing { .. } | Decision::Wait { .. }) {
+            tracing::info!(cluster, action, "arbiter: {reason}");
+        } else {
+            tracing::warn!(cluster, action, candidate = ?key.1, "arbiter: {reason}");
+        }
+        memory.recorded.insert(cluster.to_string(), key);
+        state.announce(cluster);
+    }
+    Ok(())
+}
+
+async fn insert_decision(
+    state: &AppState,
+    cluster: &str,
+    action: &str,
+    candidate: Option<&str>,
+    reason: &str,
+    evidence: &Option<Gathered>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO failover_decisions (cluster, action, candidate, reason, evidence)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(cluster)
+    .bind(action)
+    .bind(candidate)
+    .bind(reason)
+    .bind(sqlx::types::Json(evidence))
+    .execute(&state.db)
+    .await?;
+    state.announce(cluster);
+    Ok(())
+}
+
+/// Carries out a decision that acts; false when the switchover machinery refused (another
+/// operation started meanwhile, the cluster changed): logged, and tried again after 30 s if the
+/// verdict stands.
+async fn act(state: &AppState, c: &ClusterView, g: &Gathered, decision: &Decision) -> bool {
+    let who = Principal {
+        name: ACTOR.into(),
+        ..Principal::system()
+    };
+    let started = match decision {
+        Decision::Failover {
+            candidate, reason, ..
+        } => {
+            crate::switchover::engine::start_failover(state, c, g, candidate, reason, true, &who)
+                .await
+        }
+        Decision::StepDown { candidate, reason } => {
+            let req = crate::switchover::engine::SwitchoverRequest {
+                target_node: candidate.clone(),
+                instance: Some(g.instance.clone()),
+                reason: reason.clone(),
+                dry_run: false,
+                max_lag_bytes: None,
+                scheduled_at: None,
+            };
+            match crate::switchover::engine::plan(c, &req) {
+                Ok(plan) => crate::switchover::engine::create(state, &plan, &req, &who, true)
+                    .await
+                    .map(|(id, _)| {
+                        crate::switchover::engine::spawn(state.clone(), id);
+                        id
+                    }),
+                Err(e) => Err(e),
+            }
+        }
+        _ => return true,
+    };
+    match started {
+        Ok(id) => {
+            tracing::warn!(cluster = %c.name, switchover = %id, action = decision.action(), "arbiter acting");
+            true
+        }
+        Err(e) => {
+            tracing::error!(cluster = %c.name, error = %e, action = decision.action(), "arbiter could not act; trying again in 30 s if the verdict stands");
+            false
+        }
+    }
+}
+
+/// Keeps the epoch's master the only master (and primary):
+///
+/// - `split_brain` (policy `auto`, the global switch on): while the leader is up, any other node
+///   that is MASTER of the instance, or a primary, is fenced (and its database stopped) and kept
+///   fenced; so is, whatever the leader's state, a MASTER that cannot reach the reference
+///   address;
+/// - always: a node the server keeps fenced (`kept_fenced`: the old master of a failover, a
+///   fenced second master) that reports an unfenced instance or a running primary is fenced
+///   again, until a person lifts the fence.
+///
+/// Commands carry the current epoch; each is issued again after a minute if not obeyed.
+async fn enforce_epoch(
+    state: &AppState,
+    memory: &mut Memory,
+    c: &ClusterView,
+    g: &Gathered,
+    members: &[Member],
+    split_brain: bool,
+    kept: &BTreeSet<String>,
+) -> Result<(), sqlx::Error> {
+    let leader_up = g.leader_status == NodeStatus::Up;
+    let isolated: BTreeSet<&str> = g
+        .witnesses
+        .iter()
+        .filter(|w| w.reaches_reference == Some(false))
+        .map(|w| w.node_id.as_str())
+        .collect();
+    for (node, vrrp, primary) in members.iter().cloned() {
+        let key = (c.name.clone(), node.clone());
+        let master = vrrp == Some(VrrpState::Master);
+        // A second master beside a leader that is up, or a MASTER that cannot reach the
+        // reference address (it must not take over, whatever became of the leader).
+        let second = split_brain
+            && ((leader_up && (master || primary)) || (master && isolated.contains(node.as_str())));
+        let unfenced = kept.contains(&node) && (vrrp != Some(VrrpState::Fault) || primary);
+        if !second && !unfenced {
+            memory.enforced.remove(&key);
+            continue;
+        }
+        let now = tokio::time::Instant::now();
+        if memory
+            .enforced
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(60))
+        {
+            continue;
+        }
+        memory.enforced.insert(key, now);
+        let reason = if unfenced {
+            format!(
+                "{node} is kept fenced but reports {}{}: fenced again{}",
+                vrrp.map_or("no instance state".to_string(), |s| format!(
+                    "{} in {}",
+                    s.as_str(),
+                    g.instance
+                )),
+                if primary {
+                    " and a running primary"
+                } else {
+                    ""
+                },
+                if primary {
+                    ", its database stopped"
+                } else {
+                    ""
+                },
+            )
+        } else {
+            let what = match (master, primary) {
+                (true, true) => "MASTER and a primary",
+                (true, false) => "MASTER",
+                _ => "a primary",
+            };
+            if leader_up {
+                format!(
+                    "split brain: {node} is {what} beside {}, the master of the current epoch; {node} is fenced{}",
+                    g.leader,
+                    if primary { " and its database stopped" } else { "" }
+                )
+            } else {
+                format!(
+                    "{node} made itself MASTER but cannot reach the reference address: an isolated node must not take over; {node} is fenced"
+                )
+            }
+        };
+        tracing::error!(cluster = %c.name, node = %node, "{reason}");
+        insert_decision(
+            state,
+            &c.name,
+            "fence",
+            Some(&node),
+            &reason,
+            &Some(g.clone()),
+        )
+        .await?;
+        let mut actions = vec![Action::Fence {
+            instance: g.instance.clone(),
+            fenced: true,
+        }];
+        if primary {
+            if let Some((_, name)) = g.link.as_deref().and_then(|k| k.split_once(':')) {
+                actions.push(Action::PostgresStop {
+                    link: name.to_string(),
+                });
+            }
+        }
+        let mut tx = state.db.begin().await?;
+        let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM clusters WHERE name = $1")
+            .bind(&c.name)
+            .fetch_one(&mut *tx)
+            .await?;
+        keep_fenced(&mut tx, &c.name, &node, &reason).await?;
+        for action in actions {
+            commands::insert(
+                &mut tx,
+                &NewCommand {
+                    cluster: c.name.clone(),
+                    node_id: node.clone(),
+                    epoch: epoch as u64,
+                    action,
+                    deadline: Duration::from_secs(60),
+                    switchover_id: None,
+                    requested_by: ACTOR.into(),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        state.commands.wake(&node);
+    }
+    Ok(())
+}
+
+/// Records that `node` stays fenced until a person lifts the fence (no-op when it is already).
+pub async fn keep_fenced(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    cluster: &str,
+    node: &str,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO kept_fenced (cluster, node_id, reason) VALUES ($1, $2, $3)
+         ON CONFLICT (cluster, node_id) DO NOTHING",
+    )
+    .bind(cluster)
+    .bind(node)
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hapulse_protocol::{
+        ArbitrationReport, HeartbeatReport, KeepalivedReport, LinkState, PeerReachability,
+        Reachability, ReplicationKind, ReplicationLinkReport, VrrpInstanceReport,
+    };
+
+    /// A node of cluster `c` in `state`, with a PostgreSQL link in `role`, pinging each of
+    /// `pings` with the given outcome and reaching the reference address.
+    fn node(
+        id: &str,
+        state: VrrpState,
+        role: ReplicationRole,
+        status: NodeStatus,
+        pings: &[(&str, bool)],
+    ) -> NodeLive {
+        let report = HeartbeatReport {
+            protocol_version: 1,
+            agent_version: "t".into(),
+            node_id: id.into(),
+            cluster: "c".into(),
+            boot_id: uuid::Uuid::nil(),
+            seq: 1,
+            observed_at: Utc::now(),
+            state_change: true,
+            heartbeat_interval_ms: 1000,
+            hostname: id.into(),
+            uptime_seconds: 1,
+            load1: 0.0,
+            keepalived: KeepalivedReport {
+                running: true,
+                instances: vec![VrrpInstanceReport {
+                    name: "VI_1".into(),
+                    vrid: Some(51),
+                    interface: Some("eth0".into()),
+                    state,
+                    base_priority: Some(100),
+                    effective_priority: Some(100),
+                    vips: vec!["10.0.0.100".into()],
+                    held_vips: if state == VrrpState::Master {
+                        vec!["10.0.0.100".into()]
+                    } else {
+                        vec![]
+                    },
+                    last_transition: None,
+                    counters: Default::default(),
+                }],
+            },
+            replication: vec![ReplicationLinkReport {
+                kind: ReplicationKind::Postgresql,
+                name: "pg".into(),
+                role,
+                peer: None,
+                state: LinkState::Streaming,
+                lag_bytes: Some(0),
+                lag_seconds: Some(0.0),
+                vrrp_instance: Some("VI_1".into()),
+                error: None,
+                raw: Default::default(),
+            }],
+            arbitration: Some(ArbitrationReport {
+                reference: Some(Reachability {
+                    address: "10.0.0.254".parse().unwrap(),
+                    reachable: true,
+                    rtt_ms: Some(0.1),
+                    consecutive_failures: 0,
+                }),
+                peers: pings
+                    .iter()
+                    .map(|(peer, ok)| PeerReachability {
+                        node_id: peer.to_string(),
+                        reach: Reachability {
+                            address: "10.0.0.1".parse().unwrap(),
+                            reachable: *ok,
+                            rtt_ms: None,
+                            consecutive_failures: u32::from(!ok),
+                        },
+                    })
+                    .collect(),
+                self_fenced_at: None,
+            }),
+            spool_depth: 0,
+            spool_dropped: 0,
+        };
+        let mut n = NodeLive::from_report(&report, Utc::now(), tokio::time::Instant::now());
+        n.status = status;
+        n
+    }
+
+    fn judge(nodes: Vec<NodeLive>, stored: Option<&str>) -> Option<Gathered> {
+        let nodes: Vec<&NodeLive> = nodes.iter().collect();
+        let c = view::cluster_view_of("c", nodes.clone(), Utc::now())?;
+        let (instance, link, leader) = find_leader(&nodes, &c, stored)?;
+        Some(gather(
+            &Default::default(),
+            &nodes,
+            &c,
+            &instance,
+            &link,
+            &leader,
+        ))
+    }
+
+    use NodeStatus::{Down, Up};
+    use ReplicationRole::{Primary, Secondary};
+    use VrrpState::{Backup, Fault, Master};
+
+    #[test]
+    fn the_leader_is_the_only_primary_that_is_up_else_the_stored_one() {
+        let g = judge(
+            vec![
+                node("a", Master, Primary, Up, &[("b", true)]),
+                node("b", Backup, Secondary, Up, &[("a", true)]),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (g.leader.as_str(), g.link.as_deref()),
+            ("a", Some("postgresql:pg"))
+        );
+        // The primary is down: it stays the leader (nobody else is primary).
+        let g = judge(
+            vec![
+                node("a", Master, Primary, Down, &[("b", false)]),
+                node("b", Master, Secondary, Up, &[("a", false)]),
+            ],
+            Some("a"),
+        )
+        .unwrap();
+        assert_eq!(g.leader, "a");
+        // Two primaries up (an ex-master back with its old primary): the stored leader.
+        let g = judge(
+            vec![
+                node("a", Backup, Primary, Up, &[("b", true)]),
+                node("b", Master, Primary, Up, &[("a", true)]),
+            ],
+            Some("b"),
+        )
+        .unwrap();
+        assert_eq!(g.leader, "b");
+    }
+
+    #[test]
+    fn a_backup_sees_the_leader_only_while_no_one_else_is_master() {
+        // The leader's link is down: its peers' pings fail, but the BACKUPs still hear adverts
+        // until keepalived's master-down timer ends.
+        let g = judge(
+            vec![
+                node("a", Fault, Primary, Down, &[]),
+                node("b", Backup, Secondary, Up, &[("a", false)]),
+                node("c", Backup, Secondary, Up, &[("a", false)]),
+            ],
+            Some("a"),
+        )
+        .unwrap();
+        let e = evidence(&g);
+        assert_eq!((e.peers_reporting, e.peers_seeing_master), (2, 2));
+        // b took over: c's adverts come from b now, so nobody sees a.
+        let g = judge(
+            vec![
+                node("a", Fault, Primary, Down, &[]),
+                node("b", Master, Secondary, Up, &[("a", false)]),
+                node("c", Backup, Secondary, Up, &[("a", false)]),
+            ],
+            Some("a"),
+        )
+        .unwrap();
+        let e = evidence(&g);
+        assert_eq!((e.peers_reporting, e.peers_seeing_master), (2, 0));
+        assert!(!e.server_hears_master);
+        // A frozen agent: the server lost a, the peers did not.
+        let g = judge(
+            vec![
+                node("a", Master, Primary, Down, &[]),
+                node("b", Backup, Secondary, Up, &[("a", true)]),
+            ],
+            Some("a"),
+        )
+        .unwrap();
+        assert_eq!(evidence(&g).peers_seeing_master, 1);
+        // A peer that is down does not count as a witness.
+        let g = judge(
+            vec![
+                node("a", Fault, Primary, Down, &[]),
+                node("b", Master, Secondary, Up, &[("a", false)]),
+                node("c", Backup, Secondary, Down, &[("a", true)]),
+            ],
+            Some("a"),
+        )
+        .unwrap();
+        let e = evidence(&g);
+        assert_eq!((e.peers_reporting, e.peers_seeing_master), (1, 0));
+        let cands = candidates(&g);
+        assert_eq!(cands.len(), 2);
+        assert!(cands.iter().all(|c| c.reaches_reference && c.priority == 1));
+        assert!(!cands.iter().find(|c| c.node_id == "c").unwrap().up);
+    }
+}

@@ -1,0 +1,7 @@
+//! Automatic failover: the pure decision (a function of the evidence, the policy and the
+//! history, exhaustively tested), the evidence gathered from the fleet, and the arbiter that
+//! decides every cluster's verdict, records it and acts on it (failover runs, step-downs,
+//! fencing of a second master, kept fences).
+
+pub mod arbiter;
+pub mod decision;

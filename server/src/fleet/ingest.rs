@@ -1,0 +1,535 @@
+//! Accepting a heartbeat report: de-duplicate, derive transitions, store, update live state.
+//!
+//! Two paths. A report that changes nothing but counters and timestamps only updates live state
+//! and is written as a history sample (batched). A report that changes something (a new node, a
+//! node back from suspect/down, a new agent run, a role, a priority, a VIP, keepalived up/down)
+//! takes the transition path: queued with the other changed reports of the moment and written
+//! together under the transitions lock, in one transaction (watermark rows locked and checked,
+//! nodes and instances stored, events inserted).
+//! Either way the answer waits for the commit, so an acknowledged report is never lost. The node
+//! counts as heard (for the failure detector) the moment its report arrives and again when it
+//! is answered: its agent sends the next report only after the answer, so time the server took
+//! is not the node's silence (an overloaded server would otherwise declare its fleet down,
+//! and every node back from down takes the slower transition path).
+
+use chrono::Utc;
+use hapulse_protocol::{
+    HeartbeatAck, HeartbeatReport, LinkState, ReplicationLinkReport, ReplicationRole,
+    VrrpInstanceReport, PROTOCOL_VERSION,
+};
+
+use crate::fleet::store::{self as db, Sample};
+use crate::http::error::AppError;
+use std::collections::HashMap;
+
+use crate::fleet::live::{transitions, NewEvent, NodeLive, NodeStatus};
+use crate::state::AppState;
+pub use hapulse_protocol::valid_name;
+
+/// Most VRRP instances one report may carry.
+pub const MAX_INSTANCES: usize = 256;
+/// Most VIPs one instance may carry.
+pub const MAX_VIPS: usize = 64;
+/// Most replication links one report may carry.
+pub const MAX_LINKS: usize = 64;
+
+/// Checks what deserialisation cannot; the error names the field.
+pub fn validate(report: &HeartbeatReport) -> Result<(), AppError> {
+    if report.protocol_version != PROTOCOL_VERSION {
+        return Err(AppError::BadRequest {
+            code: "protocol_version",
+            message: format!(
+                "protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}",
+                report.protocol_version
+            ),
+            field: Some("protocol_version".into()),
+        });
+    }
+    if !valid_name(&report.node_id) {
+        return Err(AppError::invalid(
+            "invalid_body",
+            "node_id",
+            "1-64 characters of A-Z a-z 0-9 . _ -",
+        ));
+    }
+    if !valid_name(&report.cluster) {
+        return Err(AppError::invalid(
+            "invalid_body",
+            "cluster",
+            "1-64 characters of A-Z a-z 0-9 . _ -",
+        ));
+    }
+    if report.seq == 0 || report.seq > i64::MAX as u64 {
+        return Err(AppError::invalid(
+            "invalid_body",
+            "seq",
+            "must be between 1 and 2^63-1",
+        ));
+    }
+    if !(100..=3_600_000).contains(&report.heartbeat_interval_ms) {
+        return Err(AppError::invalid(
+            "invalid_body",
+            "heartbeat_interval_ms",
+            "must be 100..=3600000",
+        ));
+    }
+    // Control characters (NUL above all) would make PostgreSQL refuse the row with a 500 the
+    // agent retries forever.
+    let text_ok = |s: &str, max: usize| s.len() <= max && !s.chars().any(char::is_control);
+    if !text_ok(&report.hostname, 255) {
+        return Err(AppError::invalid(
+            "invalid_body",
+            "hostname",
+            "at most 255 bytes, no control characters",
+        ));
+    }
+    if !text_ok(&report.agent_version, 64) {
+        return Err(AppError::invalid(
+            "invalid_body",
+            "agent_version",
+            "at most 64 bytes, no control characters",
+        ));
+    }
+    if !report.load1.is_finite() || report.load1 < 0.0 {
+        return Err(AppError::invalid(
+            "invalid_body",
+            "load1",
+            "must be a finite number ≥ 0",
+        ));
+    }
+    let instances = &report.keepalived.instances;
+    if instances.len() > MAX_INSTANCES {
+        return Err(AppError::invalid(
+            "invalid_body",
+            "keepalived.instances",
+            format!("at most {MAX_INSTANCES} instances"),
+        ));
+    }
+    if report.replication.len() > MAX_LINKS {
+        return Err(AppError::invalid(
+            "invalid_body",
+            "replication",
+            format!("at most {MAX_LINKS} links"),
+        ));
+    }
+    for (n, l) in report.replication.iter().enumerate() {
+        let field = |name: &str| format!("replication[{n}].{name}");
+        if !valid_name(&l.name) {
+            return Err(AppError::invalid(
+                "invalid_body",
+                field("name"),
+                "1-64 characters of A-Z a-z 0-9 . _ -",
+            ));
+        }
+        if report.replication[..n].iter().any(|o| o.key() == l.key()) {
+            return Err(AppError::invalid(
+                "invalid_body",
+                field("name"),
+                format!("link {} appears twice", l.key()),
+            ));
+        }
+        for (name, value, max) in [
+            ("peer", &l.peer, 1024),
+            ("vrrp_instance", &l.vrrp_instance, 64),
+            ("error", &l.error, 4096),
+        ] {
+            if value.as_deref().is_some_and(|v| !text_ok(v, max)) {
+                return Err(AppError::invalid(
+                    "invalid_body",
+                    field(name),
+                    format!("at most {max} bytes, no control characters"),
+                ));
+            }
+        }
+        if l.lag_seconds.is_some_and(|s| !s.is_finite() || s < 0.0) {
+            return Err(AppError::invalid(
+                "invalid_body",
+                field("lag_seconds"),
+                "must be a finite number ≥ 0",
+            ));
+        }
+        if l.raw.len() > 256
+            || l.raw.iter().any(|(k, v)| {
+                k.len() > 128 || v.len() > 4096 || k.contains('\0') || v.contains('\0')
+            })
+        {
+            return Err(AppError::invalid(
+                "invalid_body",
+                field("raw"),
+                "at most 256 fields, names ≤ 128 and values ≤ 4096 bytes, no NUL",
+            ));
+        }
+    }
+    for (n, i) in instances.iter().enumerate() {
+        let field = |name: &str| format!("keepalived.instances[{n}].{name}");
+        if i.name.is_empty() || i.name.len() > 64 || i.name.chars().any(char::is_control) {
+            return Err(AppError::invalid(
+                "invalid_body",
+                field("name"),
+                "1-64 printable characters",
+            ));
+        }
+        if instances[..n].iter().any(|o| o.name == i.name) {
+            return Err(AppError::invalid(
+                "invalid_body",
+                field("name"),
+                format!("instance {:?} appears twice", i.name),
+            ));
+        }
+        if i.interface.as_ref().is_some_and(|s| !text_ok(s, 64)) {
+            return Err(AppError::invalid(
+                "invalid_body",
+                field("interface"),
+                "at most 64 bytes, no control characters",
+            ));
+        }
+        if i.vips.len() > MAX_VIPS {
+            return Err(AppError::invalid(
+                "invalid_body",
+                field("vips"),
+                format!("at most {MAX_VIPS} VIPs"),
+            ));
+        }
+        for (v, vip) in i.vips.iter().enumerate() {
+            if vip.parse::<std::net::IpAddr>().is_err() {
+                return Err(AppError::invalid(
+                    "invalid_body",
+                    format!("keepalived.instances[{n}].vips[{v}]"),
+                    format!("{vip:?} is not an IP address"),
+                ));
+            }
+        }
+        if let Some(v) = i.held_vips.iter().position(|h| !i.vips.contains(h)) {
+            return Err(AppError::invalid(
+                "invalid_body",
+                format!("keepalived.instances[{n}].held_vips[{v}]"),
+                "a held VIP must be one of the instance's vips",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The fields of an instance that are stored; counters and timestamps alone do not make a write.
+fn stored_key(i: &VrrpInstanceReport) -> impl PartialEq + '_ {
+    (
+        &i.name,
+        i.vrid,
+        &i.interface,
+        i.state,
+        i.base_priority,
+        i.effective_priority,
+        &i.vips,
+        &i.held_vips,
+    )
+}
+
+fn needs_store(previous: &NodeLive, report: &HeartbeatReport) -> bool {
+    let mut instances = report.keepalived.instances.iter().collect::<Vec<_>>();
+    instances.sort_by(|a, b| a.name.cmp(&b.name));
+    previous.cluster != report.cluster
+        || previous.hostname != report.hostname
+        || previous.agent_version != report.agent_version
+        || previous.heartbeat_interval_ms != report.heartbeat_interval_ms
+        || previous.instances.len() != instances.len()
+        || previous
+            .instances
+            .iter()
+            .zip(&instances)
+            .any(|(a, b)| stored_key(a) != stored_key(b))
+        || link_keys(&previous.replication) != link_keys(&report.replication)
+}
+
+/// A link's stored state: key, role, state, peer, VRRP instance, whether it has an error.
+type LinkKey<'a> = (
+    String,
+    ReplicationRole,
+    LinkState,
+    &'a Option<String>,
+    &'a Option<String>,
+    bool,
+);
+
+/// The fields of the links that are stored as state; lag alone goes to history only.
+fn link_keys(links: &[ReplicationLinkReport]) -> Vec<LinkKey<'_>> {
+    let mut keys: Vec<_> = links
+        .iter()
+        .map(|l| {
+            (
+                l.key(),
+                l.role,
+                l.state,
+                &l.peer,
+                &l.vrrp_instance,
+                l.error.is_some(),
+            )
+        })
+        .collect();
+    keys.sort_by(|a, b| a.0.cmp(&b.0));
+    keys
+}
+
+/// Reference reachable, (peer, reachable), self-fenced at.
+type Reach<'a> = (
+    Option<bool>,
+    Vec<(&'a str, bool)>,
+    Option<chrono::DateTime<Utc>>,
+);
+
+/// What the arbiter reads of an arbitration report: who is reachable, and the self-fence
+/// (round-trip times and failure counts change every report and decide nothing).
+fn reach(a: &Option<hapulse_protocol::ArbitrationReport>) -> Option<Reach<'_>> {
+    a.as_ref().map(|a| {
+        (
+            a.reference.as_ref().map(|r| r.reachable),
+            a.peers
+                .iter()
+                .map(|p| (p.node_id.as_str(), p.reach.reachable))
+                .collect(),
+            a.self_fenced_at,
+        )
+    })
+}
+
+/// Accepts one validated report. Replays (already accepted `(boot_id, seq)`) answer
+/// `accepted: false` and write nothing.
+pub async fn accept(state: &AppState, report: HeartbeatReport) -> Result<HeartbeatAck, AppError> {
+    let started = std::time::Instant::now();
+    let arrived = tokio::time::Instant::now();
+    let ack = |accepted| HeartbeatAck {
+        seq: report.seq,
+        accepted,
+        protocol_version: PROTOCOL_VERSION,
+        commands: Vec::new(),
+    };
+    let fast_path = {
+        let mut live = state.live_mut();
+        if let Some(node) = live.nodes.get_mut(&report.node_id) {
+            // Heard, whatever becomes of the report (a replay, a failed write): it is alive.
+            node.last_seen = node.last_seen.max(arrived);
+        }
+        match live.nodes.get(&report.node_id) {
+            Some(node) if node.is_replay(&report) => {
+                state.metrics.heartbeat("duplicate", started.elapsed());
+                return Ok(ack(false));
+            }
+            Some(node) => {
+                node.status == NodeStatus::Up
+                    && node.boot_id == report.boot_id
+                    && node.keepalived_running == report.keepalived.running
+                    && !needs_store(node, &report)
+            }
+            None => false,
+        }
+    };
+    let received_at = Utc::now();
+    let sample = Sample::of(&report, received_at);
+    let write_sample = |sample| async {
+        state.history.write(sample).await.map_err(|e| {
+            tracing::warn!(node_id = %report.node_id, error = %e, "heartbeat sample not stored");
+            AppError::DatabaseUnavailable
+        })
+    };
+    if fast_path {
+        // Durable first, then visible: a report the server failed to store is not applied (its
+        // seq is not marked accepted), so the agent's retry is accepted.
+        write_sample(sample).await?;
+        let mut guard = state.live_mut();
+        let live = &mut *guard;
+        if let Some(node) = live.nodes.get_mut(&report.node_id) {
+            if !node.is_replay(&report) {
+                if reach(&node.arbitration) != reach(&report.arbitration) {
+                    live.changed.insert(report.cluster.clone());
+                }
+                // Heard again now, as it is answered.
+                node.apply(&report, received_at, tokio::time::Instant::now());
+            }
+        }
+    } else {
+        if !record_transition(state, report.clone(), received_at, arrived).await? {
+            state.metrics.heartbeat("duplicate", started.elapsed());
+            return Ok(ack(false));
+        }
+        // The transition (state and events) is committed; should the sample fail, the agent's
+        // retry is a replay and only this sample is missing from the history.
+        write_sample(sample).await?;
+    }
+    state.metrics.heartbeat("accepted", started.elapsed());
+    Ok(ack(true))
+}
+
+/// A report on the transition path, waiting to be written with the others that arrived
+/// meanwhile.
+pub struct PendingTransition {
+    report: HeartbeatReport,
+    received_at: chrono::DateTime<Utc>,
+    arrived: tokio::time::Instant,
+    /// Accepted (true) or a replay (false).
+    done: tokio::sync::oneshot::Sender<Result<bool, AppError>>,
+}
+
+/// Most transitions written in one transaction.
+const MAX_TRANSITION_BATCH: usize = 1000;
+
+/// The transition path: returns false when the report is a replay. Group commit: the report
+/// joins the queue, and whoever holds the transitions lock writes everything queued in one
+/// transaction, so 10,000 nodes coming back at once (after a network cut, or a server restart)
+/// cost a few commits rather than 10,000 in a row.
+async fn record_transition(
+    state: &AppState,
+    report: HeartbeatReport,
+    received_at: chrono::DateTime<Utc>,
+    arrived: tokio::time::Instant,
+) -> Result<bool, AppError> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    state
+        .pending_transitions
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(PendingTransition {
+            report,
+            received_at,
+            arrived,
+            done,
+        });
+    let mut result = result;
+    loop {
+        {
+            let _serial = state.transitions.lock().await;
+            let batch: Vec<PendingTransition> = {
+                let mut queue = state
+                    .pending_transitions
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let n = queue.len().min(MAX_TRANSITION_BATCH);
+                queue.drain(..n).collect()
+            };
+            if !batch.is_empty() {
+                write_transitions(state, batch).await;
+            }
+        }
+        // Ours was written by this holder of the lock or an earlier one (which answered before
+        // letting the lock go), or it is still queued behind a full batch.
+        match result.try_recv() {
+            Ok(outcome) => return outcome,
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => continue,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                return Err(AppError::DatabaseUnavailable)
+            }
+        }
+    }
+}
+
+/// Writes `batch` (reports in arrival order) in one transaction under the transitions lock and
+/// answers each: events derived against the live state (and against the reports before it in
+/// the batch, for the same node), watermarks locked and checked, nodes and events stored, one
+/// commit; then live state updated and the clusters announced. Should the transaction fail,
+/// every report of the batch gets the error (its agent retries).
+async fn write_transitions(state: &AppState, batch: Vec<PendingTransition>) {
+    // Per report: None for a replay, else the node after it and its events.
+    let mut prepared: Vec<Option<(NodeLive, Vec<NewEvent>)>> = Vec::with_capacity(batch.len());
+    {
+        let live = state.live();
+        let mut batch_nodes: HashMap<&str, NodeLive> = HashMap::new();
+        for job in &batch {
+            let report = &job.report;
+            let previous = batch_nodes
+                .get(report.node_id.as_str())
+                .or_else(|| live.nodes.get(&report.node_id));
+            if previous.is_some_and(|p| p.is_replay(report)) {
+                prepared.push(None);
+                continue;
+            }
+            let events = transitions(previous, report, &live);
+            let mut node = match previous {
+                Some(p) => {
+                    let mut n = p.clone();
+                    n.apply(report, job.received_at, job.arrived);
+                    n
+                }
+                None => NodeLive::from_report(report, job.received_at, job.arrived),
+            };
+            if node.status != NodeStatus::Up {
+                node.status = NodeStatus::Up;
+                node.status_since = job.received_at;
+            }
+            batch_nodes.insert(&report.node_id, node.clone());
+            prepared.push(Some((node, events)));
+        }
+    }
+    let stored = store_transitions(state, &batch, &mut prepared).await;
+    if let Err(e) = stored {
+        tracing::warn!(error = %e, reports = batch.len(), "transitions not stored");
+        for job in batch {
+            let _ = job.done.send(Err(AppError::DatabaseUnavailable));
+        }
+        return;
+    }
+    let mut clusters = std::collections::BTreeSet::new();
+    {
+        // Committed: each report is answered now, and its node heard now.
+        let answered = tokio::time::Instant::now();
+        let mut live = state.live_mut();
+        for (node, events) in prepared.iter().flatten() {
+            for e in events {
+                tracing::info!(cluster = %e.cluster, node_id = ?e.node_id, instance = ?e.instance, kind = e.kind.as_str(), "{}", e.message);
+                state.metrics.event(e.kind);
+            }
+            // A newer report of the same run may have been applied meanwhile (the agent
+            // retried while this one was in flight): never go back in time.
+            let newer = live
+                .nodes
+                .get(&node.node_id)
+                .is_some_and(|n| n.boot_id == node.boot_id && n.last_seq > node.last_seq);
+            if !newer {
+                live.changed.insert(node.cluster.clone());
+                clusters.insert(node.cluster.clone());
+                let mut node = node.clone();
+                node.last_seen = node.last_seen.max(answered);
+                if let Some(old) = live.nodes.insert(node.node_id.clone(), node) {
+                    // A node that moved to another cluster changed both.
+                    live.changed.insert(old.cluster.clone());
+                    clusters.insert(old.cluster);
+                }
+            }
+        }
+    }
+    for cluster in &clusters {
+        state.announce(cluster);
+    }
+    for (job, outcome) in batch.into_iter().zip(prepared) {
+        let _ = job.done.send(Ok(outcome.is_some()));
+    }
+}
+
+/// The database part of [`write_transitions`]: reports the stored watermark shows as replays
+/// are set to None in `prepared`.
+async fn store_transitions(
+    state: &AppState,
+    batch: &[PendingTransition],
+    prepared: &mut [Option<(NodeLive, Vec<NewEvent>)>],
+) -> Result<(), sqlx::Error> {
+    let mut tx = state.db.begin().await?;
+    let ids: Vec<&str> = batch.iter().map(|j| j.report.node_id.as_str()).collect();
+    let watermarks = db::lock_watermarks(&mut tx, &ids).await?;
+    let mut events = Vec::new();
+    let mut nodes = Vec::with_capacity(batch.len());
+    for (job, slot) in batch.iter().zip(prepared.iter_mut()) {
+        let report = &job.report;
+        if watermarks
+            .get(&report.node_id)
+            .is_some_and(|(boot_id, last_seq)| {
+                *boot_id == report.boot_id && report.seq <= *last_seq
+            })
+        {
+            *slot = None;
+        }
+        if let Some((node, node_events)) = slot {
+            nodes.push(&*node);
+            events.extend(node_events.iter().cloned());
+        }
+    }
+    db::store_nodes(&mut tx, &nodes).await?;
+    db::insert_events(&mut tx, &events).await?;
+    tx.commit().await
+}

@@ -1,0 +1,9 @@
+//! The fleet's state: heartbeats accepted and validated, the live in-memory state of every node
+//! and the transitions (events) derived from it, the failure detector, the stored node rows and
+//! events, and the per-instance / per-cluster views and verdicts built from live state.
+
+pub mod detector;
+pub mod ingest;
+pub mod live;
+pub mod store;
+pub mod view;

@@ -1,0 +1,805 @@
+//! What the REST API and the dashboard show, computed from live state: per VRRP instance its
+//! master, its VIP holders and a health verdict; per cluster the worst of its instances.
+//!
+//! These shapes are the public JSON of `/api/v1`; scripts outside the project depend on the field
+//! names, so keep them stable.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use hapulse_protocol::{
+    LinkState, ReplicationKind, ReplicationLinkReport, ReplicationRole, VrrpCounters, VrrpState,
+};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::fleet::live::{Live, NodeLive, NodeStatus};
+
+/// Health verdict of an instance or a cluster, from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// One MASTER holding every VIP, every member up and ready to take over.
+    Healthy,
+    /// It works, but something is off: a member suspect, down, in FAULT or stopped, no standby,
+    /// or the master not holding its VIP.
+    Degraded,
+    /// No reachable node is MASTER: the service behind the VIP is likely down.
+    NoMaster,
+    /// Two nodes are MASTER, or two nodes hold one VIP, at once.
+    SplitBrain,
+}
+
+impl Health {
+    /// `healthy`, `degraded`, `no_master`, `split_brain`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Degraded => "degraded",
+            Health::NoMaster => "no_master",
+            Health::SplitBrain => "split_brain",
+        }
+    }
+}
+
+/// One node's part in a VRRP instance.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct MemberView {
+    /// Node id.
+    pub node_id: String,
+    /// Detector verdict on the node.
+    pub node_status: NodeStatus,
+    /// VRRP state on that node.
+    pub state: VrrpState,
+    /// Configured priority.
+    pub base_priority: Option<u8>,
+    /// Effective priority.
+    pub effective_priority: Option<u8>,
+    /// True when the node holds at least one of the instance's VIPs.
+    pub holds_vip: bool,
+    /// The VIPs it holds.
+    pub held_vips: Vec<String>,
+    /// When keepalived last changed the state there.
+    pub last_transition: Option<DateTime<Utc>>,
+}
+
+/// One VIP and who has it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct VipView {
+    /// The address.
+    pub vip: String,
+    /// Nodes (not down) whose kernel has it; more than one is a split brain.
+    pub holders: Vec<String>,
+}
+
+/// A VRRP instance across the nodes of a cluster.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct InstanceView {
+    /// Instance name.
+    pub name: String,
+    /// Virtual router id (from the first member that reports one).
+    pub vrid: Option<u8>,
+    /// Verdict.
+    pub health: Health,
+    /// Why the verdict is not `healthy`, one sentence each.
+    pub reasons: Vec<String>,
+    /// The MASTER node when there is exactly one.
+    pub master: Option<String>,
+    /// Every node (not down) in state MASTER.
+    pub masters: Vec<String>,
+    /// Each VIP with its holders.
+    pub vips: Vec<VipView>,
+    /// Members, by node id.
+    pub members: Vec<MemberView>,
+}
+
+/// A node in a cluster listing.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct NodeSummary {
+    /// Node id.
+    pub node_id: String,
+    /// Host name.
+    pub hostname: String,
+    /// Detector verdict.
+    pub status: NodeStatus,
+    /// Since when.
+    pub status_since: DateTime<Utc>,
+    /// When its last heartbeat arrived (server clock).
+    pub last_heartbeat_at: DateTime<Utc>,
+    /// Milliseconds since then, when the answer was built.
+    pub heartbeat_age_ms: i64,
+    /// keepalived's main process is alive.
+    pub keepalived_running: bool,
+    /// Agent version.
+    pub agent_version: String,
+}
+
+/// A cluster with its verdict.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ClusterView {
+    /// Cluster name.
+    pub name: String,
+    /// Worst verdict of its instances (degraded when a node is not up).
+    pub health: Health,
+    /// Why, one sentence each.
+    pub reasons: Vec<String>,
+    /// Nodes reporting on time.
+    pub nodes_up: usize,
+    /// Nodes known.
+    pub nodes_total: usize,
+    /// Nodes, by id.
+    pub nodes: Vec<NodeSummary>,
+    /// Instances, by name.
+    pub instances: Vec<InstanceView>,
+    /// Replication links (PostgreSQL, MySQL, DRBD), by key.
+    pub replication: Vec<ReplicationView>,
+    /// The cluster's epoch: raised by every switchover; commands carry it (fencing token).
+    pub epoch: u64,
+}
+
+/// One node's end of a replication link.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LinkMemberView {
+    /// Node id.
+    pub node_id: String,
+    /// Detector verdict on the node.
+    pub node_status: NodeStatus,
+    /// Its role.
+    pub role: ReplicationRole,
+    /// Link state as it sees it.
+    pub state: LinkState,
+    /// The other end as it names it.
+    pub peer: Option<String>,
+    /// Lag in bytes.
+    pub lag_bytes: Option<u64>,
+    /// Lag in seconds.
+    pub lag_seconds: Option<f64>,
+    /// Why the source could not be asked.
+    pub error: Option<String>,
+}
+
+/// A replication link across the nodes of a cluster: who is primary, how far behind each
+/// standby is, and whether the VIP is where the primary is.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ReplicationView {
+    /// `kind:name` (`postgresql:pg`).
+    pub link: String,
+    /// Source kind.
+    pub kind: ReplicationKind,
+    /// Link name.
+    pub name: String,
+    /// Verdict.
+    pub health: Health,
+    /// Why the verdict is not `healthy`.
+    pub reasons: Vec<String>,
+    /// The primary when there is exactly one.
+    pub primary: Option<String>,
+    /// Every node (not down) that says it is primary.
+    pub primaries: Vec<String>,
+    /// VRRP instance whose VIP should follow the primary (configured, or the cluster's only one).
+    pub vrrp_instance: Option<String>,
+    /// Nodes holding that instance's VIPs.
+    pub vip_holders: Vec<String>,
+    /// True when the VIP is on the primary, false when it is elsewhere, absent when there is
+    /// nothing to compare.
+    pub vip_on_primary: Option<bool>,
+    /// Members, by node id.
+    pub members: Vec<LinkMemberView>,
+}
+
+/// Everything about one node.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct NodeView {
+    /// Summary fields.
+    #[serde(flatten)]
+    pub summary: NodeSummary,
+    /// Cluster.
+    pub cluster: String,
+    /// Current agent run.
+    pub boot_id: Uuid,
+    /// Highest accepted sequence number in that run.
+    pub last_seq: u64,
+    /// Agent heartbeat interval (ms).
+    pub heartbeat_interval_ms: u64,
+    /// Agent protocol version.
+    pub protocol_version: u32,
+    /// When the agent took its last snapshot (agent clock).
+    pub last_observed_at: DateTime<Utc>,
+    /// Host uptime (s).
+    pub uptime_seconds: u64,
+    /// One-minute load average.
+    pub load1: f64,
+    /// Reports waiting in the agent's spool.
+    pub spool_depth: u64,
+    /// Reports its spool dropped.
+    pub spool_dropped: u64,
+    /// Its VRRP instances.
+    pub instances: Vec<NodeInstanceView>,
+    /// Its replication links, as it reported them.
+    pub replication: Vec<ReplicationLinkReport>,
+    /// What it reaches (reference address, peers), as it last reported.
+    pub arbitration: Option<hapulse_protocol::ArbitrationReport>,
+}
+
+/// A VRRP instance as one node reports it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct NodeInstanceView {
+    /// Instance name.
+    pub name: String,
+    /// Virtual router id.
+    pub vrid: Option<u8>,
+    /// Interface.
+    pub interface: Option<String>,
+    /// State.
+    pub state: VrrpState,
+    /// Configured priority.
+    pub base_priority: Option<u8>,
+    /// Effective priority.
+    pub effective_priority: Option<u8>,
+    /// VIPs of the instance.
+    pub vips: Vec<String>,
+    /// Those the node holds.
+    pub held_vips: Vec<String>,
+    /// True when it holds at least one.
+    pub holds_vip: bool,
+    /// When keepalived last changed the state.
+    pub last_transition: Option<DateTime<Utc>>,
+    /// keepalived counters.
+    pub counters: VrrpCounters,
+}
+
+fn summary(node: &NodeLive, now: DateTime<Utc>) -> NodeSummary {
+    NodeSummary {
+        node_id: node.node_id.clone(),
+        hostname: node.hostname.clone(),
+        status: node.status,
+        status_since: node.status_since,
+        last_heartbeat_at: node.last_heartbeat_at,
+        heartbeat_age_ms: (now - node.last_heartbeat_at).num_milliseconds().max(0),
+        keepalived_running: node.keepalived_running,
+        agent_version: node.agent_version.clone(),
+    }
+}
+
+/// The verdict on one instance from its members' reports.
+pub fn instance_view(name: &str, nodes: &[&NodeLive]) -> InstanceView {
+    let mut members = Vec::new();
+    let mut vips: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut vrid = None;
+    for node in nodes {
+        let Some(instance) = node.instance(name) else {
+            continue;
+        };
+        vrid = vrid.or(instance.vrid);
+        for vip in &instance.vips {
+            vips.entry(vip.clone()).or_default();
+        }
+        if node.status != NodeStatus::Down {
+            for vip in &instance.held_vips {
+                vips.entry(vip.clone())
+                    .or_default()
+                    .push(node.node_id.clone());
+            }
+        }
+        members.push(MemberView {
+            node_id: node.node_id.clone(),
+            node_status: node.status,
+            state: instance.state,
+            base_priority: instance.base_priority,
+            effective_priority: instance.effective_priority,
+            holds_vip: instance.holds_vip(),
+            held_vips: instance.held_vips.clone(),
+            last_transition: instance.last_transition,
+        });
+    }
+    // A down node's last report is stale: its keepalived may be long gone. Only nodes that still
+    // report count as masters and holders.
+    let masters: Vec<String> = members
+        .iter()
+        .filter(|m| m.state == VrrpState::Master && m.node_status != NodeStatus::Down)
+        .map(|m| m.node_id.clone())
+        .collect();
+    let mut reasons = Vec::new();
+    let mut health = Health::Healthy;
+    let mut worsen = |h: Health, reason: String, health: &mut Health| {
+        *health = (*health).max(h);
+        reasons.push(reason);
+    };
+    if masters.len() > 1 {
+        worsen(
+            Health::SplitBrain,
+            format!("{} nodes are MASTER: {}", masters.len(), masters.join(", ")),
+            &mut health,
+        );
+    }
+    for (vip, holders) in &vips {
+        if holders.len() > 1 {
+            worsen(
+                Health::SplitBrain,
+                format!(
+                    "VIP {vip} is on {} nodes: {}",
+                    holders.len(),
+                    holders.join(", ")
+                ),
+                &mut health,
+            );
+        }
+    }
+    if masters.is_empty() {
+        worsen(
+            Health::NoMaster,
+            "no reachable node is MASTER".into(),
+            &mut health,
+        );
+    }
+    for (vip, holders) in &vips {
+        if holders.is_empty() {
+            worsen(
+                Health::Degraded,
+                format!("no node holds VIP {vip}"),
+                &mut health,
+            );
+        }
+        for holder in holders.iter().filter(|h| !masters.contains(h)) {
+            worsen(
+                Health::Degraded,
+                format!("VIP {vip} is on {holder}, which is not MASTER"),
+                &mut health,
+            );
+        }
+    }
+    for master in &masters {
+        let holds_any = vips.values().any(|holders| holders.contains(master));
+        if !vips.is_empty() && !holds_any {
+            worsen(
+                Health::Degraded,
+                format!("MASTER {master} holds none of the VIPs"),
+                &mut health,
+            );
+        }
+    }
+    for m in &members {
+        if m.node_status != NodeStatus::Up {
+            worsen(
+                Health::Degraded,
+                format!("node {} is {}", m.node_id, m.node_status.as_str()),
+                &mut health,
+            );
+        } else if matches!(
+            m.state,
+            VrrpState::Fault | VrrpState::Stop | VrrpState::Init
+        ) {
+            worsen(
+                Health::Degraded,
+                format!("{} is {} on {}", name, m.state, m.node_id),
+                &mut health,
+            );
+        }
+    }
+    let standbys = members
+        .iter()
+        .filter(|m| m.state == VrrpState::Backup && m.node_status == NodeStatus::Up)
+        .count();
+    if masters.len() == 1 && standbys == 0 {
+        worsen(
+            Health::Degraded,
+            "no standby is ready to take over".into(),
+            &mut health,
+        );
+    }
+    InstanceView {
+        name: name.to_string(),
+        vrid,
+        health,
+        reasons,
+        master: if masters.len() == 1 {
+            masters.first().cloned()
+        } else {
+            None
+        },
+        masters,
+        vips: vips
+            .into_iter()
+            .map(|(vip, holders)| VipView { vip, holders })
+            .collect(),
+        members,
+    }
+}
+
+/// The view of `cluster`, or `None` when no node belongs to it.
+pub fn cluster_view(live: &Live, cluster: &str, now: DateTime<Utc>) -> Option<ClusterView> {
+    let nodes: Vec<&NodeLive> = live.cluster_nodes(cluster).collect();
+    cluster_view_of(cluster, nodes, now)
+}
+
+/// The view of `cluster` from its nodes (`None` without any).
+pub fn cluster_view_of(
+    cluster: &str,
+    nodes: Vec<&NodeLive>,
+    now: DateTime<Utc>,
+) -> Option<ClusterView> {
+    if nodes.is_empty() {
+        return None;
+    }
+    let mut names: Vec<&str> = nodes
+        .iter()
+        .flat_map(|n| n.instances.iter().map(|i| i.name.as_str()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let instances: Vec<InstanceView> = names
+        .iter()
+        .map(|name| instance_view(name, &nodes))
+        .collect();
+    let mut health = instances
+        .iter()
+        .map(|i| i.health)
+        .max()
+        .unwrap_or(Health::NoMaster);
+    let mut reasons: Vec<String> = instances
+        .iter()
+        .flat_map(|i| i.reasons.iter().map(move |r| format!("{}: {r}", i.name)))
+        .collect();
+    if instances.is_empty() {
+        reasons.push("no VRRP instance reported".into());
+    }
+    let mut keys: Vec<String> = nodes
+        .iter()
+        .flat_map(|n| n.replication.iter().map(|l| l.key()))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let replication: Vec<ReplicationView> = keys
+        .iter()
+        .map(|k| replication_view(k, &nodes, &instances))
+        .collect();
+    for r in &replication {
+        health = health.max(r.health);
+        reasons.extend(
+            r.reasons
+                .iter()
+                .map(|reason| format!("{}: {reason}", r.link)),
+        );
+    }
+    for node in &nodes {
+        if node.status != NodeStatus::Up
+            && !instances
+                .iter()
+                .any(|i| i.members.iter().any(|m| m.node_id == node.node_id))
+        {
+            health = health.max(Health::Degraded);
+            reasons.push(format!("node {} is {}", node.node_id, node.status.as_str()));
+        }
+    }
+    Some(ClusterView {
+        name: cluster.to_string(),
+        health,
+        reasons,
+        nodes_up: nodes.iter().filter(|n| n.status == NodeStatus::Up).count(),
+        nodes_total: nodes.len(),
+        nodes: nodes.iter().map(|n| summary(n, now)).collect(),
+        instances,
+        replication,
+        epoch: 0,
+    })
+}
+
+/// The verdict on one replication link from its members' reports and the cluster's instances.
+pub fn replication_view(
+    key: &str,
+    nodes: &[&NodeLive],
+    instances: &[InstanceView],
+) -> ReplicationView {
+    let mut members = Vec::new();
+    let mut kind = ReplicationKind::Postgresql;
+    let mut name = String::new();
+    let mut configured_instance = None;
+    for node in nodes {
+        let Some(link) = node.link(key) else { continue };
+        kind = link.kind;
+        name.clone_from(&link.name);
+        configured_instance = configured_instance.or(link.vrrp_instance.clone());
+        members.push(LinkMemberView {
+            node_id: node.node_id.clone(),
+            node_status: node.status,
+            role: link.role,
+            state: link.state,
+            peer: link.peer.clone(),
+            lag_bytes: link.lag_bytes,
+            lag_seconds: link.lag_seconds,
+            error: link.error.clone(),
+        });
+    }
+    let primaries: Vec<String> = members
+        .iter()
+        .filter(|m| m.role == ReplicationRole::Primary && m.node_status != NodeStatus::Down)
+        .map(|m| m.node_id.clone())
+        .collect();
+    let mut health = Health::Healthy;
+    let mut reasons = Vec::new();
+    let mut worsen = |h: Health, reason: String| {
+        health = health.max(h);
+        reasons.push(reason);
+    };
+    if primaries.len() > 1 {
+        worsen(
+            Health::SplitBrain,
+            format!(
+                "{} nodes are primary: {}",
+                primaries.len(),
+                primaries.join(", ")
+            ),
+        );
+    } else if primaries.is_empty() {
+        worsen(Health::NoMaster, "no reachable node is primary".into());
+    }
+    for m in &members {
+        match m.state {
+            LinkState::Streaming | LinkState::CatchingUp => {}
+            // A primary without standbys says disconnected; the standbys' own view is reported
+            // below, so only say it when no standby reports at all.
+            LinkState::Disconnected if m.role == ReplicationRole::Primary => {}
+            state => worsen(
+                Health::Degraded,
+                format!(
+                    "{} on {}{}",
+                    state.as_str(),
+                    m.node_id,
+                    m.error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ),
+            ),
+        }
+    }
+    let standbys = members
+        .iter()
+        .filter(|m| {
+            m.role == ReplicationRole::Secondary
+                && m.node_status == NodeStatus::Up
+                && matches!(m.state, LinkState::Streaming | LinkState::CatchingUp)
+        })
+        .count();
+    if primaries.len() == 1 && standbys == 0 {
+        worsen(Health::Degraded, "no standby is replicating".into());
+    }
+    let vrrp_instance =
+        configured_instance.or_else(|| (instances.len() == 1).then(|| instances[0].name.clone()));
+    let vip_holders: Vec<String> = vrrp_instance
+        .as_ref()
+        .and_then(|i| instances.iter().find(|v| &v.name == i))
+        .map(|i| {
+            let mut holders: Vec<String> = i
+                .vips
+                .iter()
+                .flat_map(|v| v.holders.iter().cloned())
+                .collect();
+            holders.sort();
+            holders.dedup();
+            holders
+        })
+        .unwrap_or_default();
+    let vip_on_primary = match (primaries.as_slice(), vip_holders.is_empty()) {
+        ([primary], false) => Some(vip_holders.iter().all(|h| h == primary)),
+        _ => None,
+    };
+    if vip_on_primary == Some(false) {
+        worsen(
+            Health::Degraded,
+            format!(
+                "the VIP of {} is on {} but the primary is {}",
+                vrrp_instance.as_deref().unwrap_or("?"),
+                vip_holders.join(", "),
+                primaries.join(", ")
+            ),
+        );
+    }
+    ReplicationView {
+        link: key.to_string(),
+        kind,
+        name,
+        health,
+        reasons,
+        primary: (primaries.len() == 1).then(|| primaries[0].clone()),
+        primaries,
+        vrrp_instance,
+        vip_holders,
+        vip_on_primary,
+        members,
+    }
+}
+
+/// Every cluster, by name.
+pub fn clusters(live: &Live, now: DateTime<Utc>) -> Vec<ClusterView> {
+    live.by_cluster()
+        .into_iter()
+        .filter_map(|(c, nodes)| cluster_view_of(c, nodes, now))
+        .collect()
+}
+
+/// The view of one node, or `None` when unknown.
+pub fn node_view(live: &Live, node_id: &str, now: DateTime<Utc>) -> Option<NodeView> {
+    let node = live.nodes.get(node_id)?;
+    Some(NodeView {
+        summary: summary(node, now),
+        cluster: node.cluster.clone(),
+        boot_id: node.boot_id,
+        last_seq: node.last_seq,
+        heartbeat_interval_ms: node.heartbeat_interval_ms,
+        protocol_version: node.protocol_version,
+        last_observed_at: node.last_observed_at,
+        uptime_seconds: node.uptime_seconds,
+        load1: node.load1,
+        spool_depth: node.spool_depth,
+        spool_dropped: node.spool_dropped,
+        instances: node
+            .instances
+            .iter()
+            .map(|i| NodeInstanceView {
+                name: i.name.clone(),
+                vrid: i.vrid,
+                interface: i.interface.clone(),
+                state: i.state,
+                base_priority: i.base_priority,
+                effective_priority: i.effective_priority,
+                vips: i.vips.clone(),
+                held_vips: i.held_vips.clone(),
+                holds_vip: i.holds_vip(),
+                last_transition: i.last_transition,
+                counters: i.counters.clone(),
+            })
+            .collect(),
+        replication: node.replication.clone(),
+        arbitration: node.arbitration.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hapulse_protocol::{HeartbeatReport, KeepalivedReport, VrrpInstanceReport};
+
+    fn node(id: &str, state: VrrpState, held: &[&str], status: NodeStatus) -> NodeLive {
+        let report = HeartbeatReport {
+            protocol_version: 1,
+            agent_version: "t".into(),
+            node_id: id.into(),
+            cluster: "c".into(),
+            boot_id: Uuid::nil(),
+            seq: 1,
+            observed_at: Utc::now(),
+            state_change: true,
+            heartbeat_interval_ms: 1000,
+            hostname: id.into(),
+            uptime_seconds: 1,
+            load1: 0.0,
+            keepalived: KeepalivedReport {
+                running: true,
+                instances: vec![VrrpInstanceReport {
+                    name: "VI_1".into(),
+                    vrid: Some(51),
+                    interface: Some("eth0".into()),
+                    state,
+                    base_priority: Some(100),
+                    effective_priority: Some(100),
+                    vips: vec!["10.0.0.100".into()],
+                    held_vips: held.iter().map(|s| s.to_string()).collect(),
+                    last_transition: None,
+                    counters: Default::default(),
+                }],
+            },
+            replication: vec![],
+            arbitration: None,
+            spool_depth: 0,
+            spool_dropped: 0,
+        };
+        let mut n = NodeLive::from_report(&report, Utc::now(), tokio::time::Instant::now());
+        n.status = status;
+        n
+    }
+
+    fn verdict(nodes: &[NodeLive]) -> InstanceView {
+        let refs: Vec<&NodeLive> = nodes.iter().collect();
+        instance_view("VI_1", &refs)
+    }
+
+    const VIP: &[&str] = &["10.0.0.100"];
+
+    #[test]
+    fn healthy_pair() {
+        let v = verdict(&[
+            node("a", VrrpState::Master, VIP, NodeStatus::Up),
+            node("b", VrrpState::Backup, &[], NodeStatus::Up),
+        ]);
+        assert_eq!(v.health, Health::Healthy, "{:?}", v.reasons);
+        assert_eq!(v.master.as_deref(), Some("a"));
+        assert_eq!(v.vips[0].holders, vec!["a".to_string()]);
+        assert_eq!(v.vrid, Some(51));
+    }
+
+    #[test]
+    fn two_masters_or_two_holders_is_split_brain() {
+        let v = verdict(&[
+            node("a", VrrpState::Master, VIP, NodeStatus::Up),
+            node("b", VrrpState::Master, VIP, NodeStatus::Up),
+        ]);
+        assert_eq!(v.health, Health::SplitBrain);
+        assert_eq!(v.master, None);
+        assert_eq!(v.masters.len(), 2);
+        // keepalived SIGKILLed on the old master leaves the VIP configured there.
+        let v = verdict(&[
+            node("a", VrrpState::Stop, VIP, NodeStatus::Up),
+            node("b", VrrpState::Master, VIP, NodeStatus::Up),
+        ]);
+        assert_eq!(v.health, Health::SplitBrain, "{:?}", v.reasons);
+        assert_eq!(v.master.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn no_master_and_degraded() {
+        let v = verdict(&[
+            node("a", VrrpState::Backup, &[], NodeStatus::Up),
+            node("b", VrrpState::Fault, &[], NodeStatus::Up),
+        ]);
+        assert_eq!(v.health, Health::NoMaster);
+        let v = verdict(&[
+            node("a", VrrpState::Master, VIP, NodeStatus::Up),
+            node("b", VrrpState::Backup, &[], NodeStatus::Suspect),
+        ]);
+        assert_eq!(v.health, Health::Degraded);
+        assert!(
+            v.reasons.iter().any(|r| r.contains("suspect")),
+            "{:?}",
+            v.reasons
+        );
+        let v = verdict(&[node("a", VrrpState::Master, VIP, NodeStatus::Up)]);
+        assert_eq!(v.health, Health::Degraded, "a lone master has no standby");
+        let v = verdict(&[
+            node("a", VrrpState::Master, &[], NodeStatus::Up),
+            node("b", VrrpState::Backup, &[], NodeStatus::Up),
+        ]);
+        assert_eq!(v.health, Health::Degraded, "master without its VIP");
+        let v = verdict(&[
+            node("a", VrrpState::Master, &[], NodeStatus::Up),
+            node("b", VrrpState::Backup, VIP, NodeStatus::Up),
+        ]);
+        assert_eq!(
+            v.health,
+            Health::Degraded,
+            "the VIP is on the BACKUP: {:?}",
+            v.reasons
+        );
+        assert!(
+            v.reasons.iter().any(|r| r.contains("not MASTER")),
+            "{:?}",
+            v.reasons
+        );
+    }
+
+    #[test]
+    fn a_down_nodes_stale_master_does_not_count() {
+        let v = verdict(&[
+            node("a", VrrpState::Master, VIP, NodeStatus::Down),
+            node("b", VrrpState::Master, VIP, NodeStatus::Up),
+        ]);
+        assert_eq!(v.health, Health::Degraded, "{:?}", v.reasons);
+        assert_eq!(v.master.as_deref(), Some("b"));
+        assert_eq!(v.vips[0].holders, vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn cluster_verdict_is_the_worst_instance() {
+        let mut live = Live::default();
+        for n in [
+            node("a", VrrpState::Master, VIP, NodeStatus::Up),
+            node("b", VrrpState::Master, &[], NodeStatus::Up),
+        ] {
+            live.nodes.insert(n.node_id.clone(), n);
+        }
+        let c = cluster_view(&live, "c", Utc::now()).unwrap();
+        assert_eq!(c.health, Health::SplitBrain);
+        assert_eq!((c.nodes_up, c.nodes_total), (2, 2));
+        assert!(cluster_view(&live, "other", Utc::now()).is_none());
+    }
+}

@@ -1,0 +1,227 @@
+//! Admin endpoints: users, API tokens and the audit log (`/api/v1/users`, `/api/v1/tokens`,
+//! `/api/v1/audit`). The middleware lets only admins in; every change is audited.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::access::audit::Audit;
+use crate::access::auth::{self, Auth, Role};
+use crate::http::error::AppError;
+use crate::http::extract::{ApiJson, ApiQuery};
+use crate::state::AppState;
+
+fn role(field_value: &str) -> Result<Role, AppError> {
+    Role::parse(field_value)
+        .ok_or_else(|| AppError::invalid("invalid_body", "role", "viewer, operator or admin"))
+}
+
+/// Body of `POST /api/v1/users`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    /// Login name.
+    pub name: String,
+    /// Password (at least [`auth::MIN_PASSWORD_CHARS`] characters); stored as an argon2id hash.
+    pub password: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// Clusters the user is limited to; left out: all.
+    #[serde(default)]
+    pub clusters: Option<Vec<String>>,
+}
+
+/// Body of `GET /api/v1/users`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UserList {
+    /// Every user, by name.
+    pub users: Vec<auth::User>,
+}
+
+/// `GET /api/v1/users`.
+pub async fn users(State(state): State<AppState>) -> Result<Json<UserList>, AppError> {
+    Ok(Json(UserList {
+        users: auth::list_users(&state.db).await?,
+    }))
+}
+
+/// `POST /api/v1/users`: 201; 400 naming the field, 409 `user_exists`.
+pub async fn create_user(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    ApiJson(new): ApiJson<NewUser>,
+) -> Result<(StatusCode, Json<serde_json::Value>), AppError> {
+    let r = role(&new.role)?;
+    auth::create_user(&state.db, &new.name, &new.password, r, &new.clusters).await?;
+    Audit::by(&me, "user_create", &new.name, "created")
+        .detail(serde_json::json!({ "role": r.as_str(), "clusters": new.clusters }))
+        .record(&state.db)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "name": new.name, "role": r.as_str(), "clusters": new.clusters })),
+    ))
+}
+
+/// `DELETE /api/v1/users/{name}`: disables the user and ends its sessions.
+pub async fn disable_user(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    auth::disable_user(&state.db, &name).await?;
+    Audit::by(&me, "user_disable", &name, "disabled")
+        .record(&state.db)
+        .await?;
+    Ok(Json(serde_json::json!({ "name": name, "disabled": true })))
+}
+
+/// Body of `POST /api/v1/tokens`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    /// What it is for (`prometheus`, `runbook-bot`).
+    pub name: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// Clusters it is limited to; left out: all.
+    #[serde(default)]
+    pub clusters: Option<Vec<String>>,
+}
+
+/// Answer of `POST /api/v1/tokens`: the secret, shown this once.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CreatedToken {
+    /// Id (to revoke it).
+    pub id: Uuid,
+    /// The bearer token (`hpt_…`). Only its SHA-256 is stored.
+    pub token: String,
+}
+
+/// Body of `GET /api/v1/tokens`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TokenList {
+    /// Every token, oldest first.
+    pub tokens: Vec<auth::Token>,
+}
+
+/// `GET /api/v1/tokens`: every token, never the secrets.
+pub async fn tokens(State(state): State<AppState>) -> Result<Json<TokenList>, AppError> {
+    Ok(Json(TokenList {
+        tokens: auth::list_tokens(&state.db).await?,
+    }))
+}
+
+/// `POST /api/v1/tokens`: 201 with the secret.
+pub async fn create_token(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    ApiJson(new): ApiJson<NewToken>,
+) -> Result<(StatusCode, Json<CreatedToken>), AppError> {
+    let r = role(&new.role)?;
+    let (id, token) = auth::create_token(&state.db, &new.name, r, &new.clusters, &me.name).await?;
+    Audit::by(&me, "token_create", &id.to_string(), "created")
+        .detail(
+            serde_json::json!({ "name": new.name, "role": r.as_str(), "clusters": new.clusters }),
+        )
+        .record(&state.db)
+        .await?;
+    Ok((StatusCode::CREATED, Json(CreatedToken { id, token })))
+}
+
+/// `DELETE /api/v1/tokens/{id}`: revokes a token at once.
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    Path(id): Path<Uuid>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    auth::revoke_token(&state.db, id).await?;
+    Audit::by(&me, "token_revoke", &id.to_string(), "revoked")
+        .record(&state.db)
+        .await?;
+    Ok(Json(serde_json::json!({ "id": id, "revoked": true })))
+}
+
+/// Query of `GET /api/v1/audit`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Most rows, 1..=1000 (default 100).
+    #[serde(default)]
+    pub limit: Option<i64>,
+    /// Only rows older than this id (the next page).
+    #[serde(default)]
+    pub before: Option<i64>,
+}
+
+/// Body of `GET /api/v1/audit`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AuditList {
+    /// Rows, newest first.
+    pub audit: Vec<crate::access::audit::Entry>,
+}
+
+/// `GET /api/v1/audit?limit=&before=`: the audit log, newest first.
+pub async fn audit(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> Result<Json<AuditList>, AppError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(AppError::BadRequest {
+            code: "invalid_query",
+            message: "limit must be 1..=1000".into(),
+            field: Some("limit".into()),
+        });
+    }
+    Ok(Json(AuditList {
+        audit: crate::access::audit::list(&state.db, limit, q.before).await?,
+    }))
+}
+
+/// Body of `POST /api/v1/enrollments`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentRequest {
+    /// The node to enroll.
+    pub node_id: String,
+    /// How long the token works unused, like `1h` (default 24 h, at most 7 days).
+    #[serde(default, with = "humantime_serde")]
+    pub expires_in: Option<std::time::Duration>,
+}
+
+/// `POST /api/v1/enrollments`: a one-time enrollment token for a node (201, shown once).
+pub async fn create_enrollment(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    ApiJson(new): ApiJson<EnrollmentRequest>,
+) -> Result<(StatusCode, Json<crate::agents::enrollment::NewEnrollment>), AppError> {
+    let lifetime = new
+        .expires_in
+        .unwrap_or(std::time::Duration::from_secs(24 * 3600));
+    let created =
+        crate::agents::enrollment::create(&state.db, &new.node_id, lifetime, &me.name).await?;
+    Audit::by(&me, "enrollment_create", &new.node_id, "created")
+        .detail(serde_json::json!({ "expires_at": created.expires_at }))
+        .record(&state.db)
+        .await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// `POST /api/v1/nodes/{node_id}/revoke`: the node's agent is refused from now on (404 without
+/// a live credential).
+pub async fn revoke_node(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    Path(node_id): Path<String>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    crate::agents::enrollment::revoke(&state.db, &state.credentials, &node_id).await?;
+    Audit::by(&me, "node_revoke", &node_id, "revoked")
+        .record(&state.db)
+        .await?;
+    Ok(Json(
+        serde_json::json!({ "node_id": node_id, "revoked": true }),
+    ))
+}

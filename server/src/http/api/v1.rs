@@ -1,0 +1,620 @@
+//! `/api/v1`: the read API. Paths and field names are public: scripts depend on them.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::access::audit::Audit;
+use crate::access::auth::{Auth, Principal};
+use crate::fleet::store::{self as db, Event, EventFilter};
+use crate::fleet::view::{self, ClusterView, NodeView};
+use crate::history::series::{self, Metric, Point, SeriesQuery, Source};
+use crate::http::error::AppError;
+use crate::http::extract::{ApiJson, ApiQuery};
+use crate::state::AppState;
+use crate::switchover::engine::{self as switchover, Plan, Switchover, SwitchoverRequest};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use uuid::Uuid;
+
+/// Body of `GET /api/v1/clusters`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ClusterList<'a> {
+    /// A page of the clusters with at least one node, by name (each a [`ClusterView`],
+    /// serialized once per shared copy: [`crate::http::snapshot::Fleet::clusters_json`]).
+    #[schema(value_type = Vec<ClusterView>)]
+    pub clusters: Vec<&'a serde_json::value::RawValue>,
+    /// Clusters the caller may see, on every page.
+    pub total: usize,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+    /// When the views were built: heartbeat ages are as of then (at most a second old).
+    pub generated_at: DateTime<Utc>,
+}
+
+/// Default page size of `GET /api/v1/clusters`.
+pub const CLUSTER_PAGE_DEFAULT: usize = 100;
+/// Largest page size of `GET /api/v1/clusters`.
+pub const CLUSTER_PAGE_MAX: usize = 1000;
+
+/// Query of `GET /api/v1/clusters`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterListQuery {
+    /// Clusters per page, 1 to 1000 (default 100).
+    pub limit: Option<usize>,
+    /// Only clusters whose name sorts after this one (the previous page's `next_after`).
+    pub after: Option<String>,
+}
+
+/// `GET /api/v1/clusters?limit=&after=`: clusters with their health verdict, instances,
+/// masters and VIP holders, by name, a page at a time (400 for a limit outside 1–1000).
+pub async fn clusters(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    ApiQuery(q): ApiQuery<ClusterListQuery>,
+) -> Result<Response, AppError> {
+    let limit = q.limit.unwrap_or(CLUSTER_PAGE_DEFAULT);
+    if !(1..=CLUSTER_PAGE_MAX).contains(&limit) {
+        return Err(AppError::invalid(
+            "invalid_query",
+            "limit",
+            format!("1 to {CLUSTER_PAGE_MAX}"),
+        ));
+    }
+    let fleet = state.snapshots.fleet(&state).await?;
+    let json = fleet.clusters_json().await?;
+    let visible = || {
+        fleet
+            .clusters
+            .iter()
+            .zip(json)
+            .filter(|(c, _)| me.may_see(&c.name))
+    };
+    let total = visible().count();
+    let mut page: Vec<_> = visible()
+        .filter(|(c, _)| {
+            q.after
+                .as_deref()
+                .is_none_or(|after| c.name.as_str() > after)
+        })
+        .take(limit + 1)
+        .collect();
+    let next_after = (page.len() > limit).then(|| {
+        page.truncate(limit);
+        page.last().map(|(c, _)| c.name.clone())
+    });
+    Ok(Json(ClusterList {
+        clusters: page.into_iter().map(|(_, json)| &**json).collect(),
+        total,
+        next_after: next_after.flatten(),
+        generated_at: fleet.now,
+    })
+    .into_response())
+}
+
+/// The view of `name` with its epoch, or 404.
+pub async fn cluster_with_epoch(state: &AppState, name: &str) -> Result<ClusterView, AppError> {
+    let mut view = view::cluster_view(&state.live(), name, Utc::now())
+        .ok_or_else(|| AppError::NotFound(format!("cluster {name:?}")))?;
+    view.epoch = sqlx::query_scalar::<_, i64>("SELECT epoch FROM clusters WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&state.db)
+        .await?
+        .unwrap_or(0) as u64;
+    Ok(view)
+}
+
+/// `GET /api/v1/clusters/{cluster}`: one cluster; 404 when no node belongs to it.
+pub async fn cluster(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ClusterView>, AppError> {
+    cluster_with_epoch(&state, &name).await.map(Json)
+}
+
+/// `GET /api/v1/clusters/{cluster}/availability`: uptime with and without a MASTER, failures,
+/// MTTF and MTTR over 24 h, 7 d and 30 d (see [`crate::history::availability`]); 404 for a cluster never
+/// seen.
+pub async fn availability(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<AvailabilityList>, AppError> {
+    let windows = crate::history::availability::of_cluster(&state.db, &name, Utc::now())
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("cluster {name:?}")))?;
+    Ok(Json(AvailabilityList {
+        cluster: name,
+        windows,
+    }))
+}
+
+/// Body of `GET /api/v1/clusters/{cluster}/availability`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AvailabilityList {
+    /// The cluster.
+    pub cluster: String,
+    /// 24 h, 7 d and 30 d.
+    pub windows: Vec<crate::history::availability::Availability>,
+}
+
+/// `GET /api/v1/nodes/{node_id}`: one node with its instances; 404 when unknown.
+pub async fn node(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    Path(node_id): Path<String>,
+) -> Result<Json<NodeView>, AppError> {
+    view::node_view(&state.live(), &node_id, Utc::now())
+        .filter(|n| me.may_see(&n.cluster))
+        .map(Json)
+        .ok_or_else(|| AppError::NotFound(format!("node {node_id:?}")))
+}
+
+/// 404 unless `node_id` is a node of a cluster `who` may see.
+pub fn node_in_scope(state: &AppState, who: &Principal, node_id: &str) -> Result<(), AppError> {
+    let live = state.live();
+    match live.nodes.get(node_id) {
+        Some(n) if who.may_see(&n.cluster) => Ok(()),
+        _ => Err(AppError::NotFound(format!("node {node_id:?}"))),
+    }
+}
+
+/// Query of `GET /api/v1/events`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Only this cluster.
+    pub cluster: Option<String>,
+    /// Only this node.
+    pub node: Option<String>,
+    /// Only events at or after this RFC 3339 time (`2026-11-21T10:00:00Z`).
+    pub since: Option<DateTime<Utc>>,
+    /// Most events, 1..=1000 (default 100).
+    pub limit: Option<i64>,
+}
+
+/// Body of `GET /api/v1/events`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EventList {
+    /// Matching events, newest first.
+    pub events: Vec<Event>,
+}
+
+/// `GET /api/v1/events?cluster=&node=&since=&limit=`: stored events, newest first.
+pub async fn events(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+) -> Result<Json<EventList>, AppError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(AppError::BadRequest {
+            code: "invalid_query",
+            message: "limit must be 1..=1000".into(),
+            field: Some("limit".into()),
+        });
+    }
+    let filter = EventFilter {
+        cluster: q.cluster,
+        node_id: q.node,
+        since: q.since,
+        limit,
+    };
+    let mut events = db::list_events(&state.db, &filter).await?;
+    events.retain(|e| me.may_see(&e.cluster));
+    Ok(Json(EventList { events }))
+}
+
+/// Query of `GET /api/v1/nodes/{node_id}/history`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// `lag_bytes`, `lag_seconds`, `heartbeats` or `load1`.
+    pub metric: Metric,
+    /// Link key (`postgresql:pg`) for lag metrics; may be left out when the node has one link.
+    pub link: Option<String>,
+    /// Range start, RFC 3339 (default: an hour before `to`).
+    pub from: Option<DateTime<Utc>>,
+    /// Range end, RFC 3339 (default: now).
+    pub to: Option<DateTime<Utc>>,
+    /// Bucket width (`15s`, `1m`, `1h`; default: about 240 buckets).
+    pub step: Option<String>,
+}
+
+/// Body of `GET /api/v1/nodes/{node_id}/history`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct History {
+    /// Node.
+    pub node_id: String,
+    /// Metric.
+    pub metric: Metric,
+    /// Link, for lag metrics.
+    pub link: Option<String>,
+    /// Range start.
+    pub from: DateTime<Utc>,
+    /// Range end.
+    pub to: DateTime<Utc>,
+    /// Bucket width in seconds.
+    pub step_seconds: u64,
+    /// `raw` samples or per-minute `rollup`s.
+    pub source: Source,
+    /// Buckets in time order: `t` (bucket start), `min`, `max`, `avg`, `count`.
+    pub points: Vec<Point>,
+}
+
+/// Resolves a history request against a node: which link, which range, which source.
+pub fn history_query(
+    state: &AppState,
+    node_id: &str,
+    q: HistoryQuery,
+) -> Result<SeriesQuery, AppError> {
+    let links: Vec<String> = {
+        let live = state.live();
+        let node = live
+            .nodes
+            .get(node_id)
+            .ok_or_else(|| AppError::NotFound(format!("node {node_id:?}")))?;
+        node.replication.iter().map(|l| l.key()).collect()
+    };
+    let link = match (q.metric.needs_link(), q.link) {
+        (false, _) => None,
+        (true, Some(link)) => Some(link),
+        (true, None) if links.len() == 1 => links.first().cloned(),
+        (true, None) => {
+            return Err(AppError::invalid(
+                "invalid_query",
+                "link",
+                format!(
+                    "this metric needs a link; the node has: {}",
+                    if links.is_empty() {
+                        "none".to_string()
+                    } else {
+                        links.join(", ")
+                    }
+                ),
+            ))
+        }
+    };
+    let step = q
+        .step
+        .map(|s| {
+            humantime::parse_duration(&s)
+                .map_err(|e| AppError::invalid("invalid_query", "step", format!("{s:?}: {e}")))
+        })
+        .transpose()?;
+    let (from, to, step, source) = series::plan(
+        Utc::now(),
+        q.from,
+        q.to,
+        step,
+        state.settings.history.retention,
+    )
+    .map_err(|e| AppError::invalid("invalid_query", e.field, e.message))?;
+    Ok(SeriesQuery {
+        node_id: node_id.to_string(),
+        metric: q.metric,
+        link,
+        from,
+        to,
+        step,
+        source,
+    })
+}
+
+/// `GET /api/v1/nodes/{node_id}/history?metric=&link=&from=&to=&step=`: a time series of one
+/// node, from raw samples or, for long ranges, per-minute rollups.
+pub async fn history(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    Path(node_id): Path<String>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> Result<Json<History>, AppError> {
+    node_in_scope(&state, &me, &node_id)?;
+    let query = history_query(&state, &node_id, q)?;
+    let points = series::series(&state.db, &query).await?;
+    Ok(Json(History {
+        node_id,
+        metric: query.metric,
+        link: query.link,
+        from: query.from,
+        to: query.to,
+        step_seconds: query.step.as_secs(),
+        source: query.source,
+        points,
+    }))
+}
+
+/// Answer of a switchover request: the plan, and the id once accepted.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SwitchoverAccepted {
+    /// Id (absent for a dry run).
+    pub id: Option<Uuid>,
+    /// `planned` (dry run) or `scheduled`.
+    pub state: &'static str,
+    /// The cluster epoch the switchover raised (absent for a dry run).
+    pub epoch: Option<u64>,
+    /// The preview.
+    pub plan: Plan,
+}
+
+/// `POST /api/v1/clusters/{cluster}/switchover`: preflight, then 200 with the plan for a dry
+/// run, or 202 with the id; 4xx/409 naming the reason when preflight refuses.
+pub async fn switchover(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<SwitchoverRequest>,
+) -> Result<(StatusCode, Json<SwitchoverAccepted>), AppError> {
+    request_switchover(&state, &name, req, &me).await
+}
+
+/// Preflight, plan and (unless a dry run) accept and start a switchover; shared by the REST API
+/// and the dashboard. Refusals are audited too.
+pub async fn request_switchover(
+    state: &AppState,
+    cluster: &str,
+    req: SwitchoverRequest,
+    who: &Principal,
+) -> Result<(StatusCode, Json<SwitchoverAccepted>), AppError> {
+    let view = cluster_with_epoch(state, cluster).await?;
+    let now = Utc::now();
+    let in_maintenance = crate::alerting::silences::current(&state.db)
+        .await?
+        .into_iter()
+        .find(|s| {
+            s.maintenance
+                && s.starts_at <= now
+                && s.node_id.is_none()
+                && s.cluster.as_deref() == Some(cluster)
+        });
+    let planned = match in_maintenance {
+        Some(m) => Err(AppError::Conflict {
+            code: "cluster_in_maintenance",
+            message: format!(
+                "{cluster} is in maintenance until {} ({}: {})",
+                m.ends_at.format("%Y-%m-%d %H:%M UTC"),
+                m.author,
+                m.reason
+            ),
+        }),
+        None => switchover::plan(&view, &req),
+    };
+    let plan = match planned {
+        Ok(p) => p,
+        Err(e) => {
+            if !req.dry_run {
+                let target = format!("{cluster} → {}", req.target_node);
+                let outcome = format!("refused: {e}");
+                Audit::by(who, "switchover", &target, &outcome)
+                    .reason(&req.reason)
+                    .record(&state.db)
+                    .await?;
+            }
+            return Err(e);
+        }
+    };
+    if req.dry_run {
+        return Ok((
+            StatusCode::OK,
+            Json(SwitchoverAccepted {
+                id: None,
+                state: "planned",
+                epoch: None,
+                plan,
+            }),
+        ));
+    }
+    let (id, epoch) = switchover::create(state, &plan, &req, who, false).await?;
+    switchover::spawn(state.clone(), id);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(SwitchoverAccepted {
+            id: Some(id),
+            state: "scheduled",
+            epoch: Some(epoch),
+            plan,
+        }),
+    ))
+}
+
+/// `GET /api/v1/switchovers/{id}`: the switchover, its steps and their states.
+pub async fn get_switchover(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Switchover>, AppError> {
+    switchover::get(&state.db, id)
+        .await?
+        .filter(|s| me.may_see(&s.cluster))
+        .map(Json)
+        .ok_or_else(|| AppError::NotFound(format!("switchover {id}")))
+}
+
+/// `DELETE /api/v1/switchovers/{id}`: cancels a switchover that has not started (409 otherwise).
+pub async fn cancel_switchover(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    Path(id): Path<Uuid>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let sw = switchover::get(&state.db, id)
+        .await?
+        .filter(|s| me.may_see(&s.cluster))
+        .ok_or_else(|| AppError::NotFound(format!("switchover {id}")))?;
+    switchover::cancel(&state, sw.id, &me).await?;
+    Ok(Json(serde_json::json!({ "id": id, "state": "cancelled" })))
+}
+
+/// Body of `GET /api/v1/alerts`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AlertList {
+    /// Pending and firing alerts first, then the latest resolved ones.
+    pub alerts: Vec<crate::alerting::engine::Alert>,
+}
+
+/// `GET /api/v1/alerts`: open alerts, then recent history.
+pub async fn alerts(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+) -> Result<Json<AlertList>, AppError> {
+    let mut alerts = crate::alerting::engine::list(&state.db).await?;
+    alerts.retain(|a| me.may_see(&a.cluster));
+    Ok(Json(AlertList { alerts }))
+}
+
+/// Body of `GET /api/v1/notifications`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct NotificationList {
+    /// The latest notifications, newest first, with their delivery state.
+    pub notifications: Vec<crate::alerting::notify::Notification>,
+}
+
+/// `GET /api/v1/notifications`: the delivery log.
+pub async fn notifications(
+    State(state): State<AppState>,
+) -> Result<Json<NotificationList>, AppError> {
+    Ok(Json(NotificationList {
+        notifications: crate::alerting::notify::list(&state.db).await?,
+    }))
+}
+
+/// Body of `POST /api/v1/alerts/{id}/ack`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    /// What they say (kept with the alert).
+    pub comment: String,
+}
+
+/// `POST /api/v1/alerts/{id}/ack`: acknowledges an open alert; it is not repeated until it
+/// resolves. 404 when it is not open.
+pub async fn ack_alert(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    Path(id): Path<Uuid>,
+    ApiJson(ack): ApiJson<AckRequest>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    acknowledge(&state, id, &ack.comment, &me).await?;
+    Ok(Json(serde_json::json!({ "id": id, "acknowledged": true })))
+}
+
+/// Acknowledges open alert `id` for `who` and audits it. 400 (field `comment`) without a
+/// one-line comment; 404 when it is not open or not in `who`'s clusters.
+pub async fn acknowledge(
+    state: &AppState,
+    id: Uuid,
+    comment: &str,
+    who: &Principal,
+) -> Result<(), AppError> {
+    if comment.trim().is_empty() || comment.len() > 1000 || comment.chars().any(char::is_control) {
+        return Err(AppError::invalid(
+            "invalid_body",
+            "comment",
+            "a comment is required, one line of at most 1000 bytes",
+        ));
+    }
+    let cluster: Option<String> = sqlx::query_scalar("SELECT cluster FROM alerts WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&state.db)
+        .await?;
+    if !cluster.is_some_and(|c| who.may_see(&c)) {
+        return Err(AppError::NotFound(format!("open alert {id}")));
+    }
+    crate::alerting::engine::acknowledge(&state.db, id, &who.name, comment).await?;
+    Audit::by(who, "alert_ack", &id.to_string(), "acknowledged")
+        .reason(comment)
+        .record(&state.db)
+        .await?;
+    Ok(())
+}
+
+/// Body of `GET /api/v1/silences`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SilenceList {
+    /// Silences and maintenance windows not over yet, soonest end first.
+    pub silences: Vec<crate::alerting::silences::Silence>,
+}
+
+/// `GET /api/v1/silences`: current and future silences.
+pub async fn silences(State(state): State<AppState>) -> Result<Json<SilenceList>, AppError> {
+    Ok(Json(SilenceList {
+        silences: crate::alerting::silences::current(&state.db).await?,
+    }))
+}
+
+/// `POST /api/v1/silences`: a silence or maintenance window (201). 400 naming the field for a
+/// silence that would match everything, unknown rules, or bad times; 403 for a maintenance
+/// window without the admin role, or a silence reaching beyond the caller's clusters.
+pub async fn create_silence(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    ApiJson(new): ApiJson<crate::alerting::silences::NewSilence>,
+) -> Result<(StatusCode, Json<crate::alerting::silences::Silence>), AppError> {
+    let silence = silence(&state, new, &me).await?;
+    Ok((StatusCode::CREATED, Json(silence)))
+}
+
+/// Stores a silence or maintenance window for `who`, audits it and tells the dashboards. Errors
+/// as [`crate::alerting::silences::create`], and 403 as [`create_silence`] says.
+pub async fn silence(
+    state: &AppState,
+    mut new: crate::alerting::silences::NewSilence,
+    who: &Principal,
+) -> Result<crate::alerting::silences::Silence, AppError> {
+    if new.maintenance {
+        who.require(crate::access::auth::Role::Admin)?;
+    }
+    if who.clusters.is_some() && !new.cluster.as_deref().is_some_and(|c| who.may_see(c)) {
+        return Err(AppError::Forbidden(format!(
+            "{} may only silence its own clusters: name one",
+            who.name
+        )));
+    }
+    new.author = who.name.clone();
+    let silence = crate::alerting::silences::create(&state.db, &new, None).await?;
+    let id = silence.id.to_string();
+    Audit::by(
+        who,
+        if new.maintenance { "maintenance" } else { "silence" },
+        &id,
+        "created",
+    )
+    .reason(&new.reason)
+    .detail(serde_json::json!({ "cluster": new.cluster, "node_id": new.node_id, "rules": new.rules, "ends_at": new.ends_at }))
+    .record(&state.db)
+    .await?;
+    state.announce(silence.cluster.as_deref().unwrap_or("*"));
+    Ok(silence)
+}
+
+/// `DELETE /api/v1/silences/{id}`: ends a silence now.
+pub async fn expire_silence(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    Path(id): Path<Uuid>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    end_silence(&state, id, &me).await?;
+    Ok(Json(serde_json::json!({ "id": id, "expired": true })))
+}
+
+/// Ends silence `id` now for `who`, and audits it. 404 when it is not current; 403 for a
+/// maintenance window without the admin role.
+pub async fn end_silence(state: &AppState, id: Uuid, who: &Principal) -> Result<(), AppError> {
+    let current = crate::alerting::silences::current(&state.db).await?;
+    let Some(s) = current
+        .iter()
+        .find(|s| s.id == id && s.cluster.as_deref().is_none_or(|c| who.may_see(c)))
+    else {
+        return Err(AppError::NotFound(format!("silence {id}")));
+    };
+    if s.maintenance {
+        who.require(crate::access::auth::Role::Admin)?;
+    }
+    crate::alerting::silences::expire(&state.db, id).await?;
+    Audit::by(who, "silence_expire", &id.to_string(), "expired")
+        .record(&state.db)
+        .await?;
+    state.announce(s.cluster.as_deref().unwrap_or("*"));
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! The one route table.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::http::api;
+use crate::http::error::AppError;
+use crate::http::extract;
+use crate::http::ui::pages as ui;
+use crate::state::AppState;
+
+/// Every route of the server, testable without a socket.
+pub fn router(state: AppState) -> Router {
+    let timeout = state.settings.request_timeout;
+    Router::new()
+        // Dashboard.
+        .route("/", get(ui::overview))
+        .route("/clusters/{cluster}", get(ui::cluster))
+        .route("/nodes/{node_id}", get(ui::node))
+        .route("/events", get(ui::events))
+        .route("/login", get(ui::login_form).post(ui::login))
+        .route("/logout", post(ui::logout))
+        .route("/audit", get(ui::audit))
+        .route("/alerts", get(ui::alerts))
+        .route("/alerts/{id}/ack", post(ui::ack_alert))
+        .route("/alerts/silences", post(ui::create_silence))
+        .route("/alerts/silences/{id}/end", post(ui::end_silence))
+        .route(
+            "/clusters/{cluster}/switchover",
+            get(ui::switchover_preview).post(ui::switchover_confirm),
+        )
+        .route("/switchovers/{id}", get(ui::switchover_progress))
+        .route(
+            "/switchovers/{id}/acknowledge",
+            post(ui::failover_acknowledge),
+        )
+        .route("/clusters/{cluster}/failover", post(ui::failover_confirm))
+        .route("/ui/stream", get(ui::stream))
+        .route("/static/{file}", get(ui::asset))
+        // Agent API.
+        .route(
+            hapulse_protocol::HEARTBEAT_PATH,
+            post(api::agent::heartbeat),
+        )
+        .route(
+            hapulse_protocol::COMMANDS_PATH,
+            get(api::agent::poll_commands),
+        )
+        .route(
+            "/api/agent/v1/commands/{id}/result",
+            post(api::agent::command_result),
+        )
+        .route(hapulse_protocol::ENROLL_PATH, post(api::agent::enroll))
+        // REST API.
+        .route("/api/v1/clusters", get(api::v1::clusters))
+        .route("/api/v1/clusters/{cluster}", get(api::v1::cluster))
+        .route(
+            "/api/v1/clusters/{cluster}/availability",
+            get(api::v1::availability),
+        )
+        .route("/api/v1/nodes/{node_id}", get(api::v1::node))
+        .route("/api/v1/nodes/{node_id}/history", get(api::v1::history))
+        .route("/api/v1/events", get(api::v1::events))
+        .route("/api/v1/alerts", get(api::v1::alerts))
+        .route("/api/v1/alerts/{id}/ack", post(api::v1::ack_alert))
+        .route(
+            "/api/v1/silences",
+            get(api::v1::silences).post(api::v1::create_silence),
+        )
+        .route(
+            "/api/v1/silences/{id}",
+            axum::routing::delete(api::v1::expire_silence),
+        )
+        .route("/api/v1/notifications", get(api::v1::notifications))
+        .route(
+            "/api/v1/users",
+            get(api::admin::users).post(api::admin::create_user),
+        )
+        .route(
+            "/api/v1/users/{name}",
+            axum::routing::delete(api::admin::disable_user),
+        )
+        .route(
+            "/api/v1/tokens",
+            get(api::admin::tokens).post(api::admin::create_token),
+        )
+        .route(
+            "/api/v1/tokens/{id}",
+            axum::routing::delete(api::admin::revoke_token),
+        )
+        .route("/api/v1/audit", get(api::admin::audit))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/enrollments", post(api::admin::create_enrollment))
+        .route(
+            "/api/v1/nodes/{node_id}/revoke",
+            post(api::admin::revoke_node),
+        )
+        .route(
+            "/api/v1/clusters/{cluster}/switchover",
+            post(api::v1::switchover),
+        )
+        .route(
+            "/api/v1/switchovers/{id}",
+            get(api::v1::get_switchover).delete(api::v1::cancel_switchover),
+        )
+        .route(
+            "/api/v1/switchovers/{id}/acknowledge",
+            post(api::failover::acknowledge),
+        )
+        .route(
+            "/api/v1/clusters/{cluster}/failover",
+            get(api::failover::status).post(api::failover::confirm),
+        )
+        .route(
+            "/api/v1/clusters/{cluster}/nodes/{node_id}/unfence",
+            post(api::failover::unfence),
+        )
+        .route(
+            "/api/v1/failover",
+            axum::routing::put(api::failover::set_switch),
+        )
+        // Operations.
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        // Innermost first: authentication sees the matched route's path, then the body limit,
+        // the security headers on every answer (also errors and redirects), the timeout.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::access::auth::authenticate,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            extract::MAX_BODY_BYTES,
+        ))
+        .layer(axum::middleware::from_fn(security_headers))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            // Spans are named by route template, never by raw URI.
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("unmatched", MatchedPath::as_str);
+            tracing::info_span!("http", method = %req.method(), route)
+        }))
+        .with_state(state)
+}
+
+/// `GET /api/v1/openapi.json`: the OpenAPI 3.1 document of this API.
+async fn openapi() -> Response {
+    axum::Json(api::openapi::document()).into_response()
+}
+
+/// Headers on every answer: a Content-Security-Policy that allows no inline script and no
+/// framing, no MIME sniffing, no referrer.
+async fn security_headers(req: Request, next: axum::middleware::Next) -> Response {
+    let mut response = next.run(req).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+    );
+    h.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+async fn not_found() -> AppError {
+    AppError::NotFound("route".into())
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.metrics.render(&state.live(), chrono::Utc::now());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// `GET /healthz`: the process is alive.
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: 200 when PostgreSQL answers, 503 otherwise.
+async fn readyz(State(state): State<AppState>) -> Response {
+    match sqlx::query("SELECT 1").execute(&state.db).await {
+        Ok(_) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: database unavailable");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
+        }
+    }
+}
