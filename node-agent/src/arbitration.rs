@@ -16,67 +16,21 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use hapulse_protocol::{
     ArbitrationReport, PeerReachability, Reachability, ReplicationLinkReport, ReplicationRole,
 };
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 use surge_ping::{Client, Config, PingIdentifier, PingSequence, ICMP};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
-
-/// `[arbitration]`: the probes behind automatic failover. Absent: no probes, no self-fencing.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ArbitrationSettings {
-    /// The cluster's reference address (the gateway, say), the same on every node.
-    pub reference_address: IpAddr,
-    /// The other members of the cluster (`[[arbitration.peers]]`).
-    #[serde(default)]
-    pub peers: Vec<PeerSettings>,
-    /// Time between two rounds of probes (default 1 s).
-    #[serde(default = "default_interval", with = "humantime_serde")]
-    pub interval: Duration,
-    /// Longest wait for an echo reply (default 500 ms).
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Fence this host's VRRP instances when the reference address, every peer and the server
-    /// have been unreachable this long (e.g. `"5s"`). Absent: never self-fence.
-    #[serde(default, with = "humantime_serde")]
-    pub self_fence_after: Option<Duration>,
-    /// With self-fencing, the program and arguments that stop this host's database when it is a
-    /// primary (no shell), e.g. `["pg_ctlcluster", "15", "main", "stop", "-m", "immediate"]`.
-    /// Use an immediate stop: a fast shutdown waits for the standbys to receive the last WAL,
-    /// which an isolated host cannot send (it would hang for `wal_sender_timeout`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub isolated_primary_stop_command: Option<Vec<String>>,
-}
-
-/// One peer to probe.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PeerSettings {
-    /// The peer's node id (as it reports it).
-    pub node_id: String,
-    /// An address of the peer on the heartbeat network.
-    pub address: IpAddr,
-}
-
-fn default_interval() -> Duration {
-    Duration::from_secs(1)
-}
-
-fn default_timeout() -> Duration {
-    Duration::from_millis(500)
-}
+use crate::config::{ArbitrationSettings, Settings};
+use crate::track::{marker_path, self_fenced_at, write_track_file};
 
 /// When the server last accepted a report, for the isolation check: milliseconds since the
 /// agent started (0 = never). Shared between the sender and the arbitration task.
@@ -106,20 +60,6 @@ impl ServerContact {
         let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
         self.start.elapsed().saturating_sub(last)
     }
-}
-
-/// The file that records a self-fence: `state_dir/self-fenced`, holding its RFC 3339 time.
-pub fn marker_path(state_dir: &std::path::Path) -> PathBuf {
-    state_dir.join("self-fenced")
-}
-
-/// When this host fenced itself, from the marker file (None: it did not, or the server lifted
-/// the fence since).
-pub fn self_fenced_at(state_dir: &std::path::Path) -> Option<DateTime<Utc>> {
-    let text = std::fs::read_to_string(marker_path(state_dir)).ok()?;
-    DateTime::parse_from_rfc3339(text.trim())
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
 }
 
 /// One probed address and its current streak.
@@ -296,7 +236,7 @@ async fn self_fence(settings: &Settings, arbitration: &ArbitrationSettings, prim
         tracing::error!(error = %e, "cannot write the self-fence marker");
     }
     for files in &settings.actions.track_files {
-        match crate::commands::write_track_file(&files.fence_file, 1) {
+        match write_track_file(&files.fence_file, 1) {
             Ok(()) => {
                 tracing::warn!(instance = %files.instance, file = %files.fence_file.display(), "self-fenced")
             }
@@ -310,8 +250,7 @@ async fn self_fence(settings: &Settings, arbitration: &ArbitrationSettings, prim
             .and_then(|c| c.split_first()),
         primaries.is_empty(),
     ) {
-        match crate::commands::run(program, args, &BTreeMap::new(), settings.actions.timeout).await
-        {
+        match crate::child::run(program, args, &BTreeMap::new(), settings.actions.timeout).await {
             Ok(message) => {
                 tracing::warn!(links = ?primaries, %message, "isolated primary stopped")
             }
@@ -415,14 +354,5 @@ mod tests {
             "0\n"
         );
         assert_eq!(self_fenced_at(&settings.state_dir), None);
-    }
-
-    #[test]
-    fn the_marker_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(self_fenced_at(dir.path()), None);
-        let at = Utc::now();
-        std::fs::write(marker_path(dir.path()), at.to_rfc3339()).unwrap();
-        assert_eq!(self_fenced_at(dir.path()), Some(at));
     }
 }

@@ -8,7 +8,7 @@
 //! already seen is refused, whoever sends it.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use hapulse_protocol::{Action, Command, CommandOutcome, CommandResult, ReplicationRole};
@@ -20,8 +20,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::child::{run, run_full};
 use crate::client::{AgentClient, SendError};
 use crate::config::Settings;
+use crate::track::write_track_file;
 
 /// Commands remembered for de-duplication.
 const REMEMBERED: usize = 1000;
@@ -190,7 +192,7 @@ impl Executor {
                 let files = self.track_files(instance)?;
                 if !*fenced {
                     // The server lifts a self-fence this way: the host has rejoined.
-                    let marker = crate::arbitration::marker_path(&self.settings.state_dir);
+                    let marker = crate::track::marker_path(&self.settings.state_dir);
                     match std::fs::remove_file(&marker) {
                         Ok(()) => tracing::info!("self-fence lifted by the server"),
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -333,69 +335,6 @@ pub fn shutdown_checkpoint(output: &str) -> Option<String> {
         .filter(|lsn| crate::replication::postgres::parse_lsn(lsn).is_some())
 }
 
-/// Writes an integer to a keepalived track file: a temporary file renamed over it, so keepalived
-/// (which watches the directory with inotify) never reads a half-written number.
-pub fn write_track_file(path: &Path, value: i32) -> Result<(), String> {
-    let tmp = path.with_extension("hapulse-tmp");
-    std::fs::write(&tmp, format!("{value}\n"))
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
-/// Runs a program with arguments (no shell), a cleared environment plus `env`, and a timeout;
-/// Ok with its whole output (stdout, then stderr) on exit 0, Err with the exit status and the
-/// output's tail otherwise.
-async fn run_full(
-    program: &str,
-    args: &[String],
-    env: &BTreeMap<String, String>,
-    timeout: Duration,
-) -> Result<String, String> {
-    let output = tokio::time::timeout(
-        timeout,
-        tokio::process::Command::new(program)
-            .args(args)
-            .env_clear()
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
-            .envs(env)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .map_err(|_| format!("{program}: killed after {timeout:?}"))?
-    .map_err(|e| format!("cannot run {program}: {e}"))?;
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    if output.status.success() {
-        Ok(text)
-    } else {
-        Err(format!("{program}: {} {}", output.status, tail(&text))
-            .trim()
-            .to_string())
-    }
-}
-
-/// The last 500 characters of `text`, trimmed.
-fn tail(text: &str) -> String {
-    let text = text.trim();
-    let start = text.char_indices().rev().nth(499).map_or(0, |(i, _)| i);
-    text[start..].to_string()
-}
-
-/// [`run_full`], with the output's tail as the message.
-pub(crate) async fn run(
-    program: &str,
-    args: &[String],
-    env: &BTreeMap<String, String>,
-    timeout: Duration,
-) -> Result<String, String> {
-    let out = run_full(program, args, env, timeout).await?;
-    Ok(format!("{program}: ok {}", tail(&out)).trim().to_string())
-}
-
 /// `SELECT pg_promote(true, N)`: waits for the promotion to finish.
 async fn promote(dsn: &str, timeout: Duration) -> Result<String, String> {
     let wait = timeout.as_secs().clamp(1, 3600) as i32;
@@ -500,6 +439,8 @@ async fn deliver(
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use crate::config::TrackFileSettings;
 

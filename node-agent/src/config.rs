@@ -2,6 +2,7 @@
 //! environment variables (nested keys with a double underscore:
 //! `HAPULSE_AGENT_KEEPALIVED__PID_FILE`).
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -77,7 +78,7 @@ pub struct Settings {
     /// none; the server then never counts this node as a witness or a candidate that reaches
     /// the reference address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub arbitration: Option<crate::arbitration::ArbitrationSettings>,
+    pub arbitration: Option<ArbitrationSettings>,
 }
 
 /// Commands this agent accepts. An action not listed in `enabled` is refused, whatever the
@@ -233,6 +234,52 @@ pub struct DrbdSettings {
     /// VRRP instance whose VIP should be on the resources' Primary.
     #[serde(default)]
     pub vrrp_instance: Option<String>,
+}
+
+/// `[arbitration]`: the probes behind automatic failover (see [`crate::arbitration`]). Absent: no
+/// probes, no self-fencing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArbitrationSettings {
+    /// The cluster's reference address (the gateway, say), the same on every node.
+    pub reference_address: IpAddr,
+    /// The other members of the cluster (`[[arbitration.peers]]`).
+    #[serde(default)]
+    pub peers: Vec<PeerSettings>,
+    /// Time between two rounds of probes (default 1 s).
+    #[serde(default = "default_arbitration_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Longest wait for an echo reply (default 500 ms).
+    #[serde(default = "default_arbitration_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Fence this host's VRRP instances when the reference address, every peer and the server
+    /// have been unreachable this long (e.g. `"5s"`). Absent: never self-fence.
+    #[serde(default, with = "humantime_serde")]
+    pub self_fence_after: Option<Duration>,
+    /// With self-fencing, the program and arguments that stop this host's database when it is a
+    /// primary (no shell), e.g. `["pg_ctlcluster", "15", "main", "stop", "-m", "immediate"]`.
+    /// Use an immediate stop: a fast shutdown waits for the standbys to receive the last WAL,
+    /// which an isolated host cannot send (it would hang for `wal_sender_timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolated_primary_stop_command: Option<Vec<String>>,
+}
+
+/// One peer to probe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSettings {
+    /// The peer's node id (as it reports it).
+    pub node_id: String,
+    /// An address of the peer on the heartbeat network.
+    pub address: IpAddr,
+}
+
+fn default_arbitration_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_arbitration_timeout() -> Duration {
+    Duration::from_millis(500)
 }
 
 fn default_mysql_client() -> PathBuf {

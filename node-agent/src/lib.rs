@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod arbitration;
+mod child;
 pub mod client;
 pub mod commands;
 pub mod config;
@@ -16,3 +17,4 @@ pub mod replication;
 pub mod simulate;
 pub mod spool;
 mod sys;
+pub mod track;
