@@ -15,7 +15,8 @@ use hapulse_protocol::{LinkState, ReplicationKind, ReplicationLinkReport, Replic
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{Connection, PgConnection, Row};
 
-use super::Row as TextRow;
+/// A result row as text: column → value (`None` for SQL NULL).
+pub type TextRow = BTreeMap<String, Option<String>>;
 
 const IN_RECOVERY: &str = "SELECT pg_is_in_recovery()::text AS in_recovery";
 
