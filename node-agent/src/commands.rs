@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hapulse_protocol::{Action, Command, CommandOutcome, CommandResult, ReplicationRole};
+use hapulse_protocol::{
+    Action, Command, CommandOutcome, CommandResult, RefusalReason, ReplicationRole,
+};
 use rand::Rng;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
@@ -82,14 +84,54 @@ impl Executor {
         std::fs::rename(&tmp, &self.path)
     }
 
-    fn refuse(&self, message: String) -> CommandResult {
-        tracing::warn!(reason = %message, "command refused");
+    fn refuse(&self, reason: RefusalReason, message: String) -> CommandResult {
+        tracing::warn!(refusal = %reason, reason = %message, "command refused");
         CommandResult {
             node_id: self.settings.node_id.clone(),
             outcome: CommandOutcome::Refused,
             message,
             data: BTreeMap::new(),
+            refusal: Some(reason),
         }
+    }
+
+    /// Why `command` must not run, checked in this order: for another node or cluster, an epoch
+    /// older than one seen, past its deadline, an action not enabled here. None: it may run.
+    fn refusal(&self, command: &Command) -> Option<(RefusalReason, String)> {
+        if command.node_id != self.settings.node_id || command.cluster != self.settings.cluster {
+            return Some((
+                RefusalReason::WrongNode,
+                format!(
+                    "command is for {}/{}, this is {}/{}",
+                    command.cluster, command.node_id, self.settings.cluster, self.settings.node_id
+                ),
+            ));
+        }
+        if command.epoch < self.state.highest_epoch {
+            return Some((
+                RefusalReason::StaleEpoch,
+                format!(
+                    "epoch {} is older than epoch {} already seen: a newer switchover superseded this command",
+                    command.epoch, self.state.highest_epoch
+                ),
+            ));
+        }
+        if chrono::Utc::now() > command.deadline {
+            return Some((
+                RefusalReason::DeadlinePassed,
+                format!("deadline {} has passed", command.deadline),
+            ));
+        }
+        let kind = command.action.kind();
+        if !self.settings.actions.enabled.iter().any(|k| k == kind) {
+            return Some((
+                RefusalReason::NotEnabled,
+                format!(
+                    "action {kind} is not enabled in this agent's configuration (actions.enabled)"
+                ),
+            ));
+        }
+        None
     }
 
     /// Checks and runs one command, returning its result. A command seen before returns its
@@ -97,29 +139,11 @@ impl Executor {
     pub async fn handle(&mut self, command: &Command) -> CommandResult {
         if let Some((_, previous)) = self.state.executed.iter().find(|(id, _)| *id == command.id) {
             return previous.clone().unwrap_or_else(|| {
-                self.refuse(format!("command {} was started before and its outcome is unknown (the agent stopped while it ran); not running it again", command.id))
+                self.refuse(RefusalReason::AlreadyExecuted, format!("command {} was started before and its outcome is unknown (the agent stopped while it ran); not running it again", command.id))
             });
         }
-        if command.node_id != self.settings.node_id || command.cluster != self.settings.cluster {
-            return self.refuse(format!(
-                "command is for {}/{}, this is {}/{}",
-                command.cluster, command.node_id, self.settings.cluster, self.settings.node_id
-            ));
-        }
-        if command.epoch < self.state.highest_epoch {
-            return self.refuse(format!(
-                "epoch {} is older than epoch {} already seen: a newer switchover superseded this command",
-                command.epoch, self.state.highest_epoch
-            ));
-        }
-        if chrono::Utc::now() > command.deadline {
-            return self.refuse(format!("deadline {} has passed", command.deadline));
-        }
-        let kind = command.action.kind();
-        if !self.settings.actions.enabled.iter().any(|k| k == kind) {
-            return self.refuse(format!(
-                "action {kind} is not enabled in this agent's configuration (actions.enabled)"
-            ));
+        if let Some((reason, message)) = self.refusal(command) {
+            return self.refuse(reason, message);
         }
         // Durable before it runs: at most once, even across a crash.
         self.state.highest_epoch = command.epoch;
@@ -134,6 +158,7 @@ impl Executor {
                 outcome: CommandOutcome::Failed,
                 message: format!("cannot record the command before running it: {e}"),
                 data: BTreeMap::new(),
+                refusal: None,
             };
         }
         tracing::info!(command = %command.id, epoch = command.epoch, action = ?command.action, "running command");
@@ -152,6 +177,7 @@ impl Executor {
                 Ok(m) | Err(m) => m,
             },
             data,
+            refusal: None,
         };
         tracing::info!(command = %command.id, outcome = ?result.outcome, message = %result.message, "command finished");
         if let Some(entry) = self
@@ -514,6 +540,7 @@ mod tests {
             ))
             .await;
         assert_eq!(stale.outcome, CommandOutcome::Refused);
+        assert_eq!(stale.refusal, Some(RefusalReason::StaleEpoch));
         assert!(
             stale.message.contains("epoch 2 is older than epoch 3"),
             "{}",
@@ -530,11 +557,9 @@ mod tests {
                 },
             ))
             .await;
-        assert!(
-            hook.outcome == CommandOutcome::Refused && hook.message.contains("not enabled"),
-            "{}",
-            hook.message
-        );
+        assert_eq!(hook.outcome, CommandOutcome::Refused, "{}", hook.message);
+        assert_eq!(hook.refusal, Some(RefusalReason::NotEnabled));
+        assert!(hook.message.contains("not enabled"), "{}", hook.message);
         let unknown = ex
             .handle(&command(
                 3,
@@ -545,6 +570,7 @@ mod tests {
             ))
             .await;
         assert_eq!(unknown.outcome, CommandOutcome::Failed);
+        assert_eq!(unknown.refusal, None, "only a refusal has a reason");
         let mut other = command(
             4,
             Action::Fence {
@@ -553,7 +579,9 @@ mod tests {
             },
         );
         other.node_id = "n2".into();
-        assert_eq!(ex.handle(&other).await.outcome, CommandOutcome::Refused);
+        let other = ex.handle(&other).await;
+        assert_eq!(other.outcome, CommandOutcome::Refused);
+        assert_eq!(other.refusal, Some(RefusalReason::WrongNode));
         let fence = ex
             .handle(&command(
                 4,
@@ -569,11 +597,72 @@ mod tests {
             "{}",
             fence.message
         );
+        assert_eq!(fence.refusal, None);
         assert_eq!(
             std::fs::read_to_string(dir.path().join("fence")).unwrap(),
             "1\n"
         );
         assert_eq!(ex.highest_epoch(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_late_command_and_one_whose_outcome_is_unknown_are_refused_with_their_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path(), &["fence"]);
+        let fence = || {
+            command(
+                1,
+                Action::Fence {
+                    instance: "VI_1".into(),
+                    fenced: true,
+                },
+            )
+        };
+        // Started before the agent stopped, result never recorded.
+        let interrupted = fence();
+        std::fs::create_dir_all(&s.state_dir).unwrap();
+        std::fs::write(
+            s.state_dir.join("commands.json"),
+            serde_json::to_vec(&FenceState {
+                highest_epoch: 1,
+                executed: VecDeque::from([(interrupted.id, None)]),
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        let mut ex = Executor::open(s).unwrap();
+        let again = ex.handle(&interrupted).await;
+        assert_eq!(again.outcome, CommandOutcome::Refused);
+        assert_eq!(again.refusal, Some(RefusalReason::AlreadyExecuted));
+        let mut late = fence();
+        late.deadline = chrono::Utc::now() - chrono::Duration::seconds(1);
+        let late = ex.handle(&late).await;
+        assert_eq!(late.outcome, CommandOutcome::Refused);
+        assert_eq!(late.refusal, Some(RefusalReason::DeadlinePassed));
+        assert!(!dir.path().join("fence").exists(), "nothing ran");
+    }
+
+    #[tokio::test]
+    async fn a_hook_enabled_but_not_configured_fails_and_is_not_a_refusal() {
+        // The check happens after the command is recorded, so it counts as run and failed.
+        let dir = tempfile::tempdir().unwrap();
+        let mut ex = Executor::open(settings(dir.path(), &["hook"])).unwrap();
+        let result = ex
+            .handle(&command(
+                1,
+                Action::Hook {
+                    phase: "pre".into(),
+                    env: BTreeMap::new(),
+                },
+            ))
+            .await;
+        assert_eq!(result.outcome, CommandOutcome::Failed, "{}", result.message);
+        assert_eq!(result.refusal, None);
+        assert!(
+            result.message.contains("no hook configured"),
+            "{}",
+            result.message
+        );
     }
 
     #[test]

@@ -510,7 +510,46 @@ pub enum CommandOutcome {
     /// It ran and failed (non-zero exit, SQL error, …).
     Failed,
     /// It was not run: lower epoch than seen, already executed, not enabled, past its deadline.
+    /// The reason is in [`CommandResult::refusal`].
     Refused,
+}
+
+/// Why an agent refused a command without running it: the machine-readable counterpart of the
+/// result's message. Serialized in snake_case (`not_enabled`, `stale_epoch`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalReason {
+    /// The command is for another node or cluster than the agent's.
+    WrongNode,
+    /// Its epoch is lower than the highest the agent has seen: a newer switchover superseded it.
+    StaleEpoch,
+    /// Its deadline had passed when the agent received it.
+    DeadlinePassed,
+    /// Its action kind is not listed in the agent's `actions.enabled`.
+    NotEnabled,
+    /// The agent started this command id before and does not know how it ended (it stopped
+    /// while the command ran); it is not run a second time.
+    AlreadyExecuted,
+}
+
+impl RefusalReason {
+    /// The wire name: `wrong_node`, `stale_epoch`, `deadline_passed`, `not_enabled`,
+    /// `already_executed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::WrongNode => "wrong_node",
+            RefusalReason::StaleEpoch => "stale_epoch",
+            RefusalReason::DeadlinePassed => "deadline_passed",
+            RefusalReason::NotEnabled => "not_enabled",
+            RefusalReason::AlreadyExecuted => "already_executed",
+        }
+    }
+}
+
+impl fmt::Display for RefusalReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Path of the result endpoint, relative to the server's base URL: `{COMMANDS_PATH}/{id}/result`.
@@ -532,6 +571,10 @@ pub struct CommandResult {
     /// (everything committed before the stop is before it).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub data: std::collections::BTreeMap<String, String>,
+    /// Why the agent refused the command: set exactly when `outcome` is `refused`, absent
+    /// otherwise (and from agents older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<RefusalReason>,
 }
 
 /// Error body of every hapulse HTTP API: a stable machine-readable `code`, a message for people,
@@ -565,6 +608,41 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", state.as_str()));
         }
         assert_eq!(VrrpState::parse("master"), None);
+    }
+
+    #[test]
+    fn refusal_reasons_are_named_as_on_the_wire() {
+        for reason in [
+            RefusalReason::WrongNode,
+            RefusalReason::StaleEpoch,
+            RefusalReason::DeadlinePassed,
+            RefusalReason::NotEnabled,
+            RefusalReason::AlreadyExecuted,
+        ] {
+            let json = serde_json::to_string(&reason).unwrap();
+            assert_eq!(json, format!("\"{}\"", reason.as_str()));
+        }
+    }
+
+    #[test]
+    fn a_command_result_carries_its_refusal_only_when_there_is_one() {
+        // From an agent older than the field, or a command that ran: no `refusal` key.
+        let ran: CommandResult =
+            serde_json::from_str(r#"{"node_id":"n1","outcome":"succeeded","message":"ok"}"#)
+                .unwrap();
+        assert_eq!(ran.refusal, None);
+        assert!(!serde_json::to_string(&ran).unwrap().contains("refusal"));
+        let refused = CommandResult {
+            outcome: CommandOutcome::Refused,
+            refusal: Some(RefusalReason::NotEnabled),
+            ..ran
+        };
+        let json = serde_json::to_string(&refused).unwrap();
+        assert!(json.contains(r#""refusal":"not_enabled""#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<CommandResult>(&json).unwrap(),
+            refused
+        );
     }
 
     #[test]
