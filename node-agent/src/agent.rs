@@ -22,13 +22,17 @@ use hapulse_protocol::{
 };
 use rand::Rng;
 use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::arbitration::{self, ServerContact};
 use crate::client::AgentClient;
+use crate::commands::{self, Executor};
 use crate::config::Settings;
-use crate::keepalived::{fifo, KeepalivedProbe};
+use crate::keepalived::fifo::{self, InstanceTransition};
+use crate::keepalived::KeepalivedProbe;
 use crate::replication::{self, ReplicationProbes};
 use crate::spool::{ReportKey, Spool};
 
@@ -137,7 +141,70 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     tracing::info!(node_id = %settings.node_id, cluster = %settings.cluster, %boot_id, server = %settings.server_url, "agent starting");
 
     let mut probe = KeepalivedProbe::new(settings.keepalived.clone()).await?;
-    let (fifo_tx, mut fifo_rx) = mpsc::channel(256);
+    let (mut inputs, tasks) = spawn_components(&settings, client, &shared, &shutdown)?;
+    main_loop(
+        &mut probe,
+        &mut inputs,
+        &shared,
+        &settings,
+        boot_id,
+        &shutdown,
+    )
+    .await;
+
+    tracing::info!("shutting down: flushing reports");
+    tasks.join().await;
+    let left = shared.outbox().spool.len();
+    if left > 0 {
+        tracing::warn!(
+            reports = left,
+            "server unreachable at shutdown; spooled state changes will be sent at next start"
+        );
+    }
+    Ok(())
+}
+
+/// What the main loop hears from the other components.
+struct Inputs {
+    /// State transitions read from keepalived's notify FIFO.
+    fifo: mpsc::Receiver<InstanceTransition>,
+    /// The replication probes' latest links (stays empty with none configured).
+    links: watch::Receiver<Vec<ReplicationLinkReport>>,
+    /// The latest arbitration report (stays None without `[arbitration]`).
+    arbitration: watch::Receiver<Option<ArbitrationReport>>,
+}
+
+/// The components' tasks, to be joined at shutdown.
+struct Tasks {
+    /// The report sender: stopped last, by its own token, so it can flush the spool.
+    sender: JoinHandle<()>,
+    sender_shutdown: CancellationToken,
+    /// FIFO reader, command executor, and the replication and arbitration probes when
+    /// configured; each stops on a child token of the agent's shutdown.
+    others: Vec<JoinHandle<()>>,
+}
+
+impl Tasks {
+    /// Stops the sender (which first tries the spooled reports once more) and waits for every
+    /// task.
+    async fn join(self) {
+        self.sender_shutdown.cancel();
+        let _ = self.sender.await;
+        for task in self.others {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Starts the FIFO reader, the replication and arbitration probes (when configured), the
+/// command executor and the report sender. Errors: the executor's fencing state is unreadable.
+fn spawn_components(
+    settings: &Settings,
+    client: AgentClient,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Inputs, Tasks)> {
+    let (fifo_tx, fifo_rx) = mpsc::channel(256);
     let fifo_shutdown = shutdown.child_token();
     let fifo_path = settings.keepalived.notify_fifo.clone();
     let fifo_task = tokio::spawn(async move {
@@ -146,8 +213,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         }
     });
 
-    let (links_tx, mut links_rx) = watch::channel(Vec::new());
-    let probes = ReplicationProbes::new(&settings);
+    let (links_tx, links_rx) = watch::channel(Vec::new());
+    let probes = ReplicationProbes::new(settings);
     let replication_task = (!probes.is_empty()).then(|| {
         tokio::spawn(replication::run(
             probes,
@@ -157,10 +224,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         ))
     });
 
-    let contact = crate::arbitration::ServerContact::new();
-    let (arbitration_tx, mut arbitration_rx) = watch::channel(None);
+    let contact = ServerContact::new();
+    let (arbitration_tx, arbitration_rx) = watch::channel(None);
     let arbitration_task = settings.arbitration.clone().map(|a| {
-        tokio::spawn(crate::arbitration::run(
+        tokio::spawn(arbitration::run(
             settings.clone(),
             a,
             contact.clone(),
@@ -172,9 +239,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
     let sender_shutdown = CancellationToken::new();
     // Commands: a long poll of their own, plus those that arrive in heartbeat answers.
-    let executor = crate::commands::Executor::open(settings.clone())?;
+    let executor = Executor::open(settings.clone())?;
     let (fallback_tx, fallback_rx) = mpsc::channel(64);
-    let commands_task = tokio::spawn(crate::commands::run_loop(
+    let commands_task = tokio::spawn(commands::run_loop(
         executor,
         client.clone(),
         fallback_rx,
@@ -188,7 +255,35 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         fallback_tx,
         sender_shutdown.clone(),
     ));
+    let inputs = Inputs {
+        fifo: fifo_rx,
+        links: links_rx,
+        arbitration: arbitration_rx,
+    };
+    let others = [Some(fifo_task), Some(commands_task)]
+        .into_iter()
+        .chain([replication_task, arbitration_task])
+        .flatten()
+        .collect();
+    let tasks = Tasks {
+        sender,
+        sender_shutdown,
+        others,
+    };
+    Ok((inputs, tasks))
+}
 
+/// Until `shutdown`: reports on every heartbeat tick, and at once on a FIFO transition, a
+/// replication link's or an arbitration target's change, or keepalived starting or stopping;
+/// reconciles the probe from keepalived's JSON dump every `reconcile_interval`.
+async fn main_loop(
+    probe: &mut KeepalivedProbe,
+    inputs: &mut Inputs,
+    shared: &Shared,
+    settings: &Settings,
+    boot_id: Uuid,
+    shutdown: &CancellationToken,
+) {
     let mut heartbeat = tokio::time::interval(settings.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut reconcile = tokio::time::interval(settings.keepalived.reconcile_interval);
@@ -202,18 +297,18 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         let mut tick_due = false;
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(transition) = fifo_rx.recv() => {
+            Some(transition) = inputs.fifo.recv() => {
                 probe.apply_transition(&transition);
                 // Report the FIFO's news at once, then fill in the details from a fresh dump.
-                let snap = take_snapshot(&mut probe, &links_rx, &arbitration_rx, &mut last_key).await;
-                stage(&shared, &settings, boot_id, snap);
+                let snap = take_snapshot(probe, &inputs.links, &inputs.arbitration, &mut last_key).await;
+                stage(shared, settings, boot_id, snap);
                 probe.reconcile().await;
             }
             _ = reconcile.tick() => probe.reconcile().await,
             // A replication link changed role or state: report at once.
-            Ok(()) = links_rx.changed() => {}
+            Ok(()) = inputs.links.changed() => {}
             // An arbitration target stopped or started answering: report at once.
-            Ok(()) = arbitration_rx.changed() => {}
+            Ok(()) = inputs.arbitration.changed() => {}
             _ = heartbeat.tick() => tick_due = true,
         }
         let running = probe.keepalived_pid().is_some();
@@ -228,28 +323,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             }
         }
         last_running = Some(running);
-        let snap = take_snapshot(&mut probe, &links_rx, &arbitration_rx, &mut last_key).await;
+        let snap = take_snapshot(probe, &inputs.links, &inputs.arbitration, &mut last_key).await;
         if tick_due || snap.state_change {
-            stage(&shared, &settings, boot_id, snap);
+            stage(shared, settings, boot_id, snap);
         }
     }
-
-    tracing::info!("shutting down: flushing reports");
-    sender_shutdown.cancel();
-    let _ = sender.await;
-    let _ = fifo_task.await;
-    let _ = commands_task.await;
-    for task in [replication_task, arbitration_task].into_iter().flatten() {
-        let _ = task.await;
-    }
-    let left = shared.outbox().spool.len();
-    if left > 0 {
-        tracing::warn!(
-            reports = left,
-            "server unreachable at shutdown; spooled state changes will be sent at next start"
-        );
-    }
-    Ok(())
 }
 
 async fn take_snapshot(
@@ -333,7 +411,7 @@ async fn send_loop(
     client: AgentClient,
     shared: Arc<Shared>,
     settings: Settings,
-    contact: Arc<crate::arbitration::ServerContact>,
+    contact: Arc<ServerContact>,
     commands: mpsc::Sender<hapulse_protocol::Command>,
     shutdown: CancellationToken,
 ) {
