@@ -422,13 +422,24 @@ impl Settings {
         }
     }
 
+    /// Checks every key, in the order of the file: server and identity, keepalived, actions,
+    /// probe names, arbitration, spool. The first key at fault is the error.
     fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                reason: reason.to_string(),
-            })
-        };
+        self.validate_server()?;
+        self.keepalived.validate()?;
+        self.actions.validate()?;
+        self.validate_probe_names()?;
+        if let Some(a) = &self.arbitration {
+            a.validate(&self.node_id, &self.actions)?;
+        }
+        if self.spool_capacity == 0 {
+            return invalid("spool_capacity", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// This node's identity, the server's URL and TLS files, and the heartbeat timing.
+    fn validate_server(&self) -> Result<(), ConfigError> {
         if !valid_name(&self.node_id) {
             return invalid("node_id", "required; 1-64 characters of A-Z a-z 0-9 . _ -");
         }
@@ -456,51 +467,11 @@ impl Settings {
         if self.max_retry_backoff < self.heartbeat_interval {
             return invalid("max_retry_backoff", "must be at least heartbeat_interval");
         }
-        if self.keepalived.reconcile_interval < Duration::from_millis(100) {
-            return invalid("keepalived.reconcile_interval", "must be at least 100ms");
-        }
-        if self.keepalived.dump_timeout < Duration::from_millis(10) {
-            return invalid("keepalived.dump_timeout", "must be at least 10ms");
-        }
-        const KINDS: [&str; 6] = [
-            "set_priority_offset",
-            "fence",
-            "postgres_stop",
-            "postgres_promote",
-            "drbd_role",
-            "hook",
-        ];
-        if let Some(unknown) = self
-            .actions
-            .enabled
-            .iter()
-            .find(|k| !KINDS.contains(&k.as_str()))
-        {
-            return Err(ConfigError::Invalid {
-                key: "actions.enabled",
-                reason: format!("unknown action {unknown:?}; known: {}", KINDS.join(", ")),
-            });
-        }
-        if self.actions.timeout < Duration::from_secs(1) {
-            return invalid("actions.timeout", "must be at least 1s");
-        }
-        let mut instances = std::collections::BTreeSet::new();
-        for t in &self.actions.track_files {
-            if t.priority_file == t.fence_file || !instances.insert(&t.instance) {
-                return invalid(
-                    "actions.track_files",
-                    "one entry per instance, with two different files",
-                );
-            }
-        }
-        if self
-            .actions
-            .postgres
-            .iter()
-            .any(|p| p.stop_command.is_empty())
-        {
-            return invalid("actions.postgres.stop_command", "must name a program");
-        }
+        Ok(())
+    }
+
+    /// PostgreSQL and MySQL link names: valid and unique across both.
+    fn validate_probe_names(&self) -> Result<(), ConfigError> {
         let mut names = std::collections::BTreeSet::new();
         for name in self
             .postgresql
@@ -515,55 +486,125 @@ impl Settings {
                 );
             }
         }
-        if let Some(a) = &self.arbitration {
-            if a.interval < Duration::from_millis(100) || a.interval > Duration::from_secs(60) {
-                return invalid("arbitration.interval", "must be between 100ms and 60s");
-            }
-            if a.timeout < Duration::from_millis(10) || a.timeout >= a.interval {
+        Ok(())
+    }
+}
+
+/// The action kinds `actions.enabled` may list (as [`hapulse_protocol::Action::kind`] names them).
+const ACTION_KINDS: [&str; 6] = [
+    "set_priority_offset",
+    "fence",
+    "postgres_stop",
+    "postgres_promote",
+    "drbd_role",
+    "hook",
+];
+
+/// A refusal of `key` with a fixed reason.
+fn invalid(key: &'static str, reason: &str) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid {
+        key,
+        reason: reason.to_string(),
+    })
+}
+
+impl KeepalivedSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.reconcile_interval < Duration::from_millis(100) {
+            return invalid("keepalived.reconcile_interval", "must be at least 100ms");
+        }
+        if self.dump_timeout < Duration::from_millis(10) {
+            return invalid("keepalived.dump_timeout", "must be at least 10ms");
+        }
+        Ok(())
+    }
+}
+
+impl ActionSettings {
+    /// Known kinds, a timeout of at least 1 s, one pair of distinct track files per instance,
+    /// and a program in every stop command.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(unknown) = self
+            .enabled
+            .iter()
+            .find(|k| !ACTION_KINDS.contains(&k.as_str()))
+        {
+            return Err(ConfigError::Invalid {
+                key: "actions.enabled",
+                reason: format!(
+                    "unknown action {unknown:?}; known: {}",
+                    ACTION_KINDS.join(", ")
+                ),
+            });
+        }
+        if self.timeout < Duration::from_secs(1) {
+            return invalid("actions.timeout", "must be at least 1s");
+        }
+        let mut instances = std::collections::BTreeSet::new();
+        for t in &self.track_files {
+            if t.priority_file == t.fence_file || !instances.insert(&t.instance) {
                 return invalid(
-                    "arbitration.timeout",
-                    "must be at least 10ms and below arbitration.interval",
-                );
-            }
-            if let Some(p) = a
-                .peers
-                .iter()
-                .find(|p| !valid_name(&p.node_id) || p.node_id == self.node_id)
-            {
-                return Err(ConfigError::Invalid {
-                    key: "arbitration.peers",
-                    reason: format!(
-                        "{:?}: a peer is another node's id (1-64 characters of A-Z a-z 0-9 . _ -)",
-                        p.node_id
-                    ),
-                });
-            }
-            if let Some(after) = a.self_fence_after {
-                if after < a.interval * 2 {
-                    return invalid(
-                        "arbitration.self_fence_after",
-                        "must be at least two probe intervals",
-                    );
-                }
-                if self.actions.track_files.is_empty() {
-                    return invalid(
-                        "arbitration.self_fence_after",
-                        "self-fencing needs actions.track_files (the fence file of each instance)",
-                    );
-                }
-            }
-            if a.isolated_primary_stop_command
-                .as_ref()
-                .is_some_and(|c| c.is_empty())
-            {
-                return invalid(
-                    "arbitration.isolated_primary_stop_command",
-                    "must name a program",
+                    "actions.track_files",
+                    "one entry per instance, with two different files",
                 );
             }
         }
-        if self.spool_capacity == 0 {
-            return invalid("spool_capacity", "must be at least 1");
+        if self.postgres.iter().any(|p| p.stop_command.is_empty()) {
+            return invalid("actions.postgres.stop_command", "must name a program");
+        }
+        Ok(())
+    }
+}
+
+impl ArbitrationSettings {
+    /// Probe timing, peers that are other nodes, and self-fencing that has fence files to write
+    /// (`actions`) and a program in its stop command. `node_id` is this node's.
+    fn validate(&self, node_id: &str, actions: &ActionSettings) -> Result<(), ConfigError> {
+        if self.interval < Duration::from_millis(100) || self.interval > Duration::from_secs(60) {
+            return invalid("arbitration.interval", "must be between 100ms and 60s");
+        }
+        if self.timeout < Duration::from_millis(10) || self.timeout >= self.interval {
+            return invalid(
+                "arbitration.timeout",
+                "must be at least 10ms and below arbitration.interval",
+            );
+        }
+        if let Some(p) = self
+            .peers
+            .iter()
+            .find(|p| !valid_name(&p.node_id) || p.node_id == node_id)
+        {
+            return Err(ConfigError::Invalid {
+                key: "arbitration.peers",
+                reason: format!(
+                    "{:?}: a peer is another node's id (1-64 characters of A-Z a-z 0-9 . _ -)",
+                    p.node_id
+                ),
+            });
+        }
+        if let Some(after) = self.self_fence_after {
+            if after < self.interval * 2 {
+                return invalid(
+                    "arbitration.self_fence_after",
+                    "must be at least two probe intervals",
+                );
+            }
+            if actions.track_files.is_empty() {
+                return invalid(
+                    "arbitration.self_fence_after",
+                    "self-fencing needs actions.track_files (the fence file of each instance)",
+                );
+            }
+        }
+        if self
+            .isolated_primary_stop_command
+            .as_ref()
+            .is_some_and(|c| c.is_empty())
+        {
+            return invalid(
+                "arbitration.isolated_primary_stop_command",
+                "must name a program",
+            );
         }
         Ok(())
     }
@@ -601,6 +642,85 @@ mod tests {
             ..Settings::default()
         };
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn each_rule_names_its_key() {
+        let valid = Settings {
+            node_id: "db1".into(),
+            cluster: "pg".into(),
+            ..Settings::default()
+        };
+        valid.validate().unwrap();
+        let key_at_fault = |change: &dyn Fn(&mut Settings)| {
+            let mut s = valid.clone();
+            change(&mut s);
+            match s.validate() {
+                Err(ConfigError::Invalid { key, .. }) => key,
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        };
+        let arbitration = ArbitrationSettings {
+            reference_address: "192.0.2.1".parse().unwrap(),
+            peers: vec![],
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            self_fence_after: None,
+            isolated_primary_stop_command: None,
+        };
+        assert_eq!(
+            key_at_fault(&|s| s.client_key_file = Some("/k".into())),
+            "client_cert_file"
+        );
+        assert_eq!(
+            key_at_fault(&|s| s.server_url = "ftp://x".into()),
+            "server_url"
+        );
+        assert_eq!(
+            key_at_fault(&|s| s.keepalived.dump_timeout = Duration::ZERO),
+            "keepalived.dump_timeout"
+        );
+        assert_eq!(
+            key_at_fault(&|s| s.actions.enabled = vec!["reboot".into()]),
+            "actions.enabled"
+        );
+        assert_eq!(
+            key_at_fault(&|s| s.actions.postgres = vec![PostgresActionSettings {
+                link: "pg".into(),
+                stop_command: vec![],
+                data_directory: None,
+                pg_controldata: None,
+            }]),
+            "actions.postgres.stop_command"
+        );
+        assert_eq!(
+            key_at_fault(&|s| s.mysql = vec![MysqlSettings {
+                name: "bad name".into(),
+                client: "mysql".into(),
+                defaults_file: None,
+                vrrp_instance: None,
+            }]),
+            "postgresql/mysql name"
+        );
+        assert_eq!(
+            key_at_fault(&|s| s.arbitration = Some(ArbitrationSettings {
+                peers: vec![PeerSettings {
+                    node_id: "db1".into(),
+                    address: "192.0.2.2".parse().unwrap(),
+                }],
+                ..arbitration.clone()
+            })),
+            "arbitration.peers"
+        );
+        assert_eq!(
+            key_at_fault(&|s| s.arbitration = Some(ArbitrationSettings {
+                self_fence_after: Some(Duration::from_secs(5)),
+                ..arbitration.clone()
+            })),
+            "arbitration.self_fence_after",
+            "self-fencing without track files"
+        );
+        assert_eq!(key_at_fault(&|s| s.spool_capacity = 0), "spool_capacity");
     }
 
     #[test]
