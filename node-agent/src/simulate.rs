@@ -110,46 +110,26 @@ struct SimNode {
     client: AgentClient,
 }
 
+impl Stats {
+    /// Starts over: counters to zero, latencies forgotten (the end of the warm-up).
+    fn reset(&self) {
+        for counter in [&self.sent, &self.acked, &self.failed] {
+            counter.store(0, Ordering::Relaxed);
+        }
+        for latencies in [&self.latencies, &self.all] {
+            latencies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
+        }
+    }
+}
+
 /// Runs the simulation until `shutdown` or `--duration`. Errors: the state directory or the
 /// server refusing enrollment.
 pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    anyhow::ensure!(args.nodes > 0, "--nodes must be at least 1");
-    anyhow::ensure!(
-        args.clusters > 0 && args.clusters <= args.nodes,
-        "--clusters must be between 1 and --nodes"
-    );
-    anyhow::ensure!(
-        args.interval >= Duration::from_millis(100),
-        "--interval must be at least 100ms (the server's minimum heartbeat interval)"
-    );
-    anyhow::ensure!(args.churn >= 0.0, "--churn must be 0 or more");
-    anyhow::ensure!(
-        args.stop_count <= args.nodes,
-        "--stop-count must be at most --nodes"
-    );
-    let base = AgentClient::new(
-        &args.server_url,
-        SecretString::from(String::new()),
-        args.request_timeout,
-        &ClientTls {
-            ca_file: args.ca_file.clone(),
-            ..Default::default()
-        },
-    )?;
-    let credentials = credentials(&args, &base).await?;
-    let nodes: Vec<Arc<SimNode>> = (0..args.nodes)
-        .map(|i| {
-            let (node_id, cluster, c, m) = identity(&args, i);
-            let credential = credentials.get(&node_id).cloned().unwrap_or_default();
-            Arc::new(SimNode {
-                node_id,
-                cluster,
-                cluster_index: c,
-                member_index: m,
-                client: base.with_token(SecretString::from(credential)),
-            })
-        })
-        .collect();
+    check_args(&args)?;
+    let nodes = fleet(&args).await?;
     let world = Arc::new(World {
         masters: (0..args.clusters).map(|_| AtomicU64::new(0)).collect(),
         dead: (0..args.nodes).map(|_| AtomicBool::new(false)).collect(),
@@ -170,8 +150,7 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> anyhow::Res
         churn = args.churn,
         "simulation starting"
     );
-    let mut started = Instant::now();
-    let mut warming = !args.warmup.is_zero();
+    let started = Instant::now();
     let mut tasks = Vec::with_capacity(nodes.len());
     for (i, node) in nodes.iter().enumerate() {
         tasks.push(tokio::spawn(play(
@@ -184,26 +163,13 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> anyhow::Res
         )));
     }
     if args.stop_count > 0 {
-        let (world, stop, nodes) = (world.clone(), stop.clone(), nodes.clone());
-        let (count, after) = (args.stop_count, args.stop_after);
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(after) => {}
-            }
-            let step = nodes.len() / count;
-            let ids: Vec<&str> = (0..count)
-                .map(|i| {
-                    world.dead[i * step].store(true, Ordering::Relaxed);
-                    nodes[i * step].node_id.as_str()
-                })
-                .collect();
-            println!(
-                "stopped {count} nodes at {}: {}",
-                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                ids.join(",")
-            );
-        });
+        tokio::spawn(stop_nodes(
+            world.clone(),
+            nodes.clone(),
+            args.stop_count,
+            args.stop_after,
+            stop.clone(),
+        ));
     }
     if args.churn > 0.0 {
         tokio::spawn(churn(
@@ -213,6 +179,97 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> anyhow::Res
             stop.clone(),
         ));
     }
+    let started = print_progress(&args, &stats, &stop, started).await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    print_summary(&args, &stats, started);
+    Ok(())
+}
+
+/// Refuses options that cannot make a simulation.
+fn check_args(args: &SimulateArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.nodes > 0, "--nodes must be at least 1");
+    anyhow::ensure!(
+        args.clusters > 0 && args.clusters <= args.nodes,
+        "--clusters must be between 1 and --nodes"
+    );
+    anyhow::ensure!(
+        args.interval >= Duration::from_millis(100),
+        "--interval must be at least 100ms (the server's minimum heartbeat interval)"
+    );
+    anyhow::ensure!(args.churn >= 0.0, "--churn must be 0 or more");
+    anyhow::ensure!(
+        args.stop_count <= args.nodes,
+        "--stop-count must be at most --nodes"
+    );
+    Ok(())
+}
+
+/// Every simulated node with its own client and credential, enrolling those without one.
+async fn fleet(args: &SimulateArgs) -> anyhow::Result<Vec<Arc<SimNode>>> {
+    let base = AgentClient::new(
+        &args.server_url,
+        SecretString::from(String::new()),
+        args.request_timeout,
+        &ClientTls {
+            ca_file: args.ca_file.clone(),
+            ..Default::default()
+        },
+    )?;
+    let credentials = credentials(args, &base).await?;
+    Ok((0..args.nodes)
+        .map(|i| {
+            let (node_id, cluster, c, m) = identity(args, i);
+            let credential = credentials.get(&node_id).cloned().unwrap_or_default();
+            Arc::new(SimNode {
+                node_id,
+                cluster,
+                cluster_index: c,
+                member_index: m,
+                client: base.with_token(SecretString::from(credential)),
+            })
+        })
+        .collect())
+}
+
+/// `--stop-count`: `after` the start, `count` nodes spread evenly over the fleet die for good;
+/// prints their ids and the time.
+async fn stop_nodes(
+    world: Arc<World>,
+    nodes: Vec<Arc<SimNode>>,
+    count: usize,
+    after: Duration,
+    stop: CancellationToken,
+) {
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        _ = tokio::time::sleep(after) => {}
+    }
+    let step = nodes.len() / count;
+    let ids: Vec<&str> = (0..count)
+        .map(|i| {
+            world.dead[i * step].store(true, Ordering::Relaxed);
+            nodes[i * step].node_id.as_str()
+        })
+        .collect();
+    println!(
+        "stopped {count} nodes at {}: {}",
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        ids.join(",")
+    );
+}
+
+/// Until `stop`: every `--report-every` prints what was sent and acknowledged since the last
+/// print; after `--warmup`, starts the counters over. Returns when measuring started (`started`,
+/// or the end of the warm-up).
+async fn print_progress(
+    args: &SimulateArgs,
+    stats: &Stats,
+    stop: &CancellationToken,
+    mut started: Instant,
+) -> Instant {
+    let mut warming = !args.warmup.is_zero();
     let mut ticker = tokio::time::interval(args.report_every);
     ticker.tick().await;
     let warm_until = tokio::time::Instant::now() + args.warmup;
@@ -222,12 +279,7 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> anyhow::Res
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep_until(warm_until), if warming => {
                 warming = false;
-                for counter in [&stats.sent, &stats.acked, &stats.failed] {
-                    counter.store(0, Ordering::Relaxed);
-                }
-                for latencies in [&stats.latencies, &stats.all] {
-                    latencies.lock().unwrap_or_else(PoisonError::into_inner).clear();
-                }
+                stats.reset();
                 (last_sent, last_acked) = (0, 0);
                 started = Instant::now();
                 ticker.reset();
@@ -257,9 +309,11 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> anyhow::Res
         );
         (last_sent, last_acked) = (sent, acked);
     }
-    for t in tasks {
-        let _ = t.await;
-    }
+    started
+}
+
+/// The last line: totals, rate and latency percentiles since `started`.
+fn print_summary(args: &SimulateArgs, stats: &Stats, started: Instant) {
     let elapsed = started.elapsed().as_secs_f64();
     let mut all = std::mem::take(&mut *stats.all.lock().unwrap_or_else(PoisonError::into_inner));
     println!(
@@ -274,7 +328,6 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> anyhow::Res
         ms(percentile(&mut all, 0.99)),
         ms(percentile(&mut all, 1.0)),
     );
-    Ok(())
 }
 
 fn ms(micros: Option<u32>) -> String {
@@ -332,6 +385,20 @@ async fn credentials(
         )
     })?;
     tracing::info!(nodes = missing.len(), "enrolling simulated nodes");
+    known.extend(enroll(args, base, &api_token, &missing).await?);
+    save_credentials(&path, &known)?;
+    Ok(known)
+}
+
+/// Enrolls each of `missing` (64 at a time): a one-time token from `POST /api/v1/enrollments`
+/// with the admin `api_token`, exchanged for the node's credential. Returns (node id,
+/// credential) pairs; the first failure is the error.
+async fn enroll(
+    args: &SimulateArgs,
+    base: &AgentClient,
+    api_token: &str,
+    missing: &[String],
+) -> anyhow::Result<Vec<(String, String)>> {
     let http = reqwest::Client::builder()
         .timeout(args.request_timeout)
         .build()?;
@@ -346,7 +413,7 @@ async fn credentials(
             let (http, url, token, base, node, enrolled) = (
                 http.clone(),
                 url.clone(),
-                api_token.clone(),
+                api_token.to_string(),
                 base.clone(),
                 node.clone(),
                 enrolled.clone(),
@@ -378,9 +445,15 @@ async fn credentials(
             task.await??;
         }
     }
-    known.extend(std::mem::take(
-        &mut *enrolled.lock().unwrap_or_else(PoisonError::into_inner),
-    ));
+    let enrolled = std::mem::take(&mut *enrolled.lock().unwrap_or_else(PoisonError::into_inner));
+    Ok(enrolled)
+}
+
+/// Writes the credentials file with mode 0600: a temporary file, synced, renamed over it.
+fn save_credentials(
+    path: &std::path::Path,
+    known: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         use std::io::Write;
@@ -390,11 +463,11 @@ async fn credentials(
             .truncate(true)
             .mode_0600()
             .open(&tmp)?;
-        file.write_all(&serde_json::to_vec(&known)?)?;
+        file.write_all(&serde_json::to_vec(known)?)?;
         file.sync_all()?;
     }
-    std::fs::rename(&tmp, &path)?;
-    Ok(known)
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }
 
 /// `OpenOptions::mode(0o600)` on Unix.
