@@ -214,25 +214,7 @@ impl Executor {
                     )
                 })
             }
-            Action::Fence { instance, fenced } => {
-                let files = self.track_files(instance)?;
-                if !*fenced {
-                    // The server lifts a self-fence this way: the host has rejoined.
-                    let marker = crate::track::marker_path(&self.settings.state_dir);
-                    match std::fs::remove_file(&marker) {
-                        Ok(()) => tracing::info!("self-fence lifted by the server"),
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(format!("cannot remove {}: {e}", marker.display())),
-                    }
-                }
-                write_track_file(&files.fence_file, i32::from(*fenced)).map(|_| {
-                    format!(
-                        "{instance}: {} ({})",
-                        if *fenced { "fenced" } else { "fence lifted" },
-                        files.fence_file.display()
-                    )
-                })
-            }
+            Action::Fence { instance, fenced } => self.fence(instance, *fenced),
             Action::PostgresStop { link } => stop_postgres(&self.settings, link, data).await,
             Action::PostgresPromote { link } => {
                 let probe = self
@@ -260,37 +242,71 @@ impl Executor {
                 )
                 .await
             }
-            Action::Hook { phase, env } => {
-                let hook = actions
-                    .hook
-                    .as_ref()
-                    .ok_or("no hook configured (actions.hook)")?;
-                if phase != "pre" && phase != "post" {
-                    return Err(format!("phase must be pre or post, not {phase:?}"));
-                }
-                let mut vars: BTreeMap<String, String> = env
-                    .iter()
-                    .filter(|(k, _)| {
-                        !k.is_empty()
-                            && k.bytes()
-                                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-                    })
-                    .map(|(k, v)| (format!("HAPULSE_{k}"), v.clone()))
-                    .collect();
-                vars.insert("HAPULSE_PHASE".into(), phase.clone());
-                vars.insert("HAPULSE_NODE_ID".into(), self.settings.node_id.clone());
-                if let Some(id) = switchover {
-                    vars.insert("HAPULSE_SWITCHOVER_ID".into(), id.to_string());
-                }
-                run(
-                    &hook.to_string_lossy(),
-                    std::slice::from_ref(phase),
-                    &vars,
-                    actions.timeout,
-                )
-                .await
+            Action::Hook { phase, env } => self.run_hook(phase, env, switchover).await,
+        }
+    }
+
+    /// Writes the instance's fence file: 1 to fence, 0 to lift the fence, which also removes
+    /// the self-fence marker.
+    fn fence(&self, instance: &str, fenced: bool) -> Result<String, String> {
+        let files = self.track_files(instance)?;
+        if !fenced {
+            // The server lifts a self-fence this way: the host has rejoined.
+            let marker = crate::track::marker_path(&self.settings.state_dir);
+            match std::fs::remove_file(&marker) {
+                Ok(()) => tracing::info!("self-fence lifted by the server"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("cannot remove {}: {e}", marker.display())),
             }
         }
+        write_track_file(&files.fence_file, i32::from(fenced)).map(|_| {
+            format!(
+                "{instance}: {} ({})",
+                if fenced { "fenced" } else { "fence lifted" },
+                files.fence_file.display()
+            )
+        })
+    }
+
+    /// Runs the operator's hook as `HOOK PHASE`, with `env`'s well-formed names as `HAPULSE_*`
+    /// variables plus `HAPULSE_PHASE`, `HAPULSE_NODE_ID` and, for a switchover,
+    /// `HAPULSE_SWITCHOVER_ID`. Err: no hook configured, a phase other than pre or post, or
+    /// the hook failed.
+    async fn run_hook(
+        &self,
+        phase: &String,
+        env: &BTreeMap<String, String>,
+        switchover: Option<Uuid>,
+    ) -> Result<String, String> {
+        let actions = &self.settings.actions;
+        let hook = actions
+            .hook
+            .as_ref()
+            .ok_or("no hook configured (actions.hook)")?;
+        if phase != "pre" && phase != "post" {
+            return Err(format!("phase must be pre or post, not {phase:?}"));
+        }
+        let mut vars: BTreeMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| {
+                !k.is_empty()
+                    && k.bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            })
+            .map(|(k, v)| (format!("HAPULSE_{k}"), v.clone()))
+            .collect();
+        vars.insert("HAPULSE_PHASE".into(), phase.clone());
+        vars.insert("HAPULSE_NODE_ID".into(), self.settings.node_id.clone());
+        if let Some(id) = switchover {
+            vars.insert("HAPULSE_SWITCHOVER_ID".into(), id.to_string());
+        }
+        run(
+            &hook.to_string_lossy(),
+            std::slice::from_ref(phase),
+            &vars,
+            actions.timeout,
+        )
+        .await
     }
 
     fn track_files(&self, instance: &str) -> Result<&crate::config::TrackFileSettings, String> {

@@ -110,22 +110,7 @@ fn link(r: Resource) -> Result<ReplicationLinkReport, String> {
             }
             // Each peer has its own count of what it lacks: the worst one is the lag.
             out_of_sync = out_of_sync.max(p.out_of_sync_kib);
-            let device_state = match (p.replication_state.as_str(), p.peer_disk_state.as_str()) {
-                ("Established", "UpToDate") => LinkState::Streaming,
-                ("Established", "Inconsistent") => LinkState::CatchingUp,
-                // Connected, but the peer's disk cannot take over (Diskless, Outdated, …).
-                ("Established", _) => LinkState::Disconnected,
-                (s, _)
-                    if s.starts_with("Sync")
-                        || s.starts_with("PausedSync")
-                        || s.starts_with("WFBitMap")
-                        || s.starts_with("Verify") =>
-                {
-                    LinkState::CatchingUp
-                }
-                ("Off", _) => LinkState::Disconnected,
-                _ => LinkState::CatchingUp,
-            };
+            let device_state = peer_device_state(&p.replication_state, &p.peer_disk_state);
             if state == LinkState::Streaming {
                 state = device_state;
             }
@@ -159,6 +144,26 @@ fn link(r: Resource) -> Result<ReplicationLinkReport, String> {
         error: None,
         raw,
     })
+}
+
+/// The link state one peer device shows, from its `replication-state` and `peer-disk-state`.
+fn peer_device_state(replication_state: &str, peer_disk_state: &str) -> LinkState {
+    match (replication_state, peer_disk_state) {
+        ("Established", "UpToDate") => LinkState::Streaming,
+        ("Established", "Inconsistent") => LinkState::CatchingUp,
+        // Connected, but the peer's disk cannot take over (Diskless, Outdated, …).
+        ("Established", _) => LinkState::Disconnected,
+        (s, _)
+            if s.starts_with("Sync")
+                || s.starts_with("PausedSync")
+                || s.starts_with("WFBitMap")
+                || s.starts_with("Verify") =>
+        {
+            LinkState::CatchingUp
+        }
+        ("Off", _) => LinkState::Disconnected,
+        _ => LinkState::CatchingUp,
+    }
 }
 
 /// Runs `drbdsetup status --json` (no shell, cleared environment, killed on timeout).
