@@ -178,6 +178,7 @@ struct Inputs {
 struct Tasks {
     /// The report sender: stopped last, by its own token, so it can flush the spool.
     sender: JoinHandle<()>,
+    /// The sender's own token, cancelled once the main loop has stopped.
     sender_shutdown: CancellationToken,
     /// FIFO reader, command executor, and the replication and arbitration probes when
     /// configured; each stops on a child token of the agent's shutdown.

@@ -3,6 +3,14 @@
 //! Components (see [`agent`]): the keepalived probe ([`keepalived`]), the heartbeat outbox with
 //! its on-disk [`spool`], and the HTTP [`client`]. The agent is never in the data path: whatever
 //! happens to it or to the server, keepalived keeps failing over on its own.
+//!
+//! Modules import one way, from the bottom up (none imports one above it):
+//! 1. [`client`] (HTTP client), [`spool`], [`host`], `sys` (system calls): nothing of the crate.
+//! 2. [`config`]: every settings type.
+//! 3. `child` (child processes) and [`track`] (keepalived track files, the self-fence marker).
+//! 4. Probes: [`keepalived`], [`replication`]; [`credential`] (enrollment).
+//! 5. [`commands`] (the executor), then [`arbitration`] (which fences through `track`).
+//! 6. [`agent`], which wires the components together; [`simulate`] stands apart, on [`client`].
 
 pub mod agent;
 pub mod arbitration;
