@@ -34,7 +34,7 @@ pub struct App {
     /// verdicts), so events are derived from the state they change, in order.
     pub transitions: Mutex<()>,
     /// Reports on the transition path waiting for the holder of `transitions` (group commit).
-    pub pending_transitions: std::sync::Mutex<Vec<crate::fleet::ingest::PendingTransition>>,
+    pub pending_transitions: std::sync::Mutex<Vec<crate::fleet::pending::PendingTransition>>,
     /// Batched writer of heartbeat samples.
     pub history: HistoryWriter,
     /// Prometheus registry and instruments.
@@ -48,15 +48,21 @@ pub struct App {
     /// Live node credentials of enrolled agents.
     pub credentials: crate::agents::enrollment::Credentials,
     /// Failed logins, for throttling.
-    pub login_throttle: crate::access::auth::Throttle,
+    pub login_throttle: crate::access::throttle::Throttle,
     /// Cancelled when the server shuts down; ends long-lived responses (event streams).
     pub shutdown: tokio_util::sync::CancellationToken,
     /// When this server process started (the arbiter's grace period counts from it).
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// The arbiter's latest verdict per cluster.
-    pub verdicts: RwLock<std::collections::BTreeMap<String, crate::failover::arbiter::Verdict>>,
+    pub verdicts: RwLock<std::collections::BTreeMap<String, crate::failover::evidence::Verdict>>,
     /// Views shared by the dashboard and the cluster list, rebuilt after a change.
-    pub snapshots: crate::http::snapshot::Snapshots,
+    pub snapshots: crate::shared_views::Snapshots,
+}
+
+impl AsRef<crate::agents::commands::CommandBus> for App {
+    fn as_ref(&self) -> &crate::agents::commands::CommandBus {
+        &self.commands
+    }
 }
 
 impl App {

@@ -1,5 +1,6 @@
-//! Who may see and who may act: users with roles, sessions, API tokens, and the middleware that
-//! authenticates every request and enforces the policy.
+//! Who may see and who may act: principals, users with roles, API tokens, and the hashing of
+//! their secrets. Sessions are in [`crate::access::sessions`]; the middleware that authenticates
+//! every request and enforces the policy is [`crate::http::auth`].
 //!
 //! Roles, each including the one before: **viewer** (read), **operator** (switchover, cancel,
 //! acknowledge, silence), **admin** (users, tokens, enrollment, maintenance windows, the audit
@@ -14,27 +15,66 @@
 //! the `X-CSRF-Token` header for the REST API. Bearer tokens need no CSRF token (a browser never
 //! sends them by itself).
 
-use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::http::error::AppError;
-use crate::state::AppState;
+/// Why an access operation (users, tokens, sessions, a role check) was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    /// A field is not acceptable (HTTP 400); nothing was changed.
+    #[error("{message}")]
+    Invalid {
+        /// Stable code (`invalid_body`).
+        code: &'static str,
+        /// The field at fault.
+        field: String,
+        /// For people.
+        message: String,
+    },
+    /// It conflicts with what exists (HTTP 409; `code` says how: `user_exists`).
+    #[error("{message}")]
+    Conflict {
+        /// Stable code.
+        code: &'static str,
+        /// For people.
+        message: String,
+    },
+    /// The named user or token does not exist (HTTP 404).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The principal may not do this (HTTP 403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// PostgreSQL failed (HTTP 503 when it is unavailable, else 500).
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// Anything else (a hashing failure, a task that panicked): HTTP 500, details only in the
+    /// log.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl AccessError {
+    /// An [`AccessError::Invalid`] naming `field`.
+    pub fn invalid(
+        code: &'static str,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        AccessError::Invalid {
+            code,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
 
 /// What a principal may do; each role includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
@@ -127,11 +167,11 @@ impl Principal {
     }
 
     /// 403 unless it has at least `role`.
-    pub fn require(&self, role: Role) -> Result<(), AppError> {
+    pub fn require(&self, role: Role) -> Result<(), AccessError> {
         if self.role >= role {
             Ok(())
         } else {
-            Err(AppError::Forbidden(format!(
+            Err(AccessError::Forbidden(format!(
                 "{} has role {}; this needs {}",
                 self.name,
                 self.role.as_str(),
@@ -150,7 +190,7 @@ impl Principal {
 }
 
 /// 32 random bytes from the OS, base64url without padding (43 characters).
-fn random_secret() -> String {
+pub fn random_secret() -> String {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
@@ -169,12 +209,12 @@ pub fn new_secret(prefix: &str) -> (String, Vec<u8>) {
 }
 
 /// Hashes a password with argon2id and a random salt; the PHC string is what is stored.
-pub fn hash_password(password: &str) -> Result<String, AppError> {
+pub fn hash_password(password: &str) -> Result<String, AccessError> {
     let salt = SaltString::generate(&mut rand::rngs::OsRng);
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| AppError::Internal(anyhow::anyhow!("argon2: {e}")))
+        .map_err(|e| AccessError::Internal(anyhow::anyhow!("argon2: {e}")))
 }
 
 /// Does `password` match the stored PHC string? A malformed hash matches nothing.
@@ -190,17 +230,17 @@ pub fn verify_password(hash: &str, password: &str) -> bool {
 
 /// A PHC string no password matches, verified when the user does not exist so that a wrong
 /// name costs the same time as a wrong password.
-fn decoy_hash() -> &'static str {
+pub fn decoy_hash() -> &'static str {
     static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     DECOY.get_or_init(|| hash_password(&random_secret()).unwrap_or_default())
 }
 
 /// Checks a new user's or token's fields: 400 naming the field.
-fn check_name(field: &'static str, name: &str) -> Result<(), AppError> {
+fn check_name(field: &'static str, name: &str) -> Result<(), AccessError> {
     if hapulse_protocol::valid_name(name) {
         Ok(())
     } else {
-        Err(AppError::invalid(
+        Err(AccessError::invalid(
             "invalid_body",
             field,
             "1-64 characters of A-Z a-z 0-9 . _ -",
@@ -208,9 +248,9 @@ fn check_name(field: &'static str, name: &str) -> Result<(), AppError> {
     }
 }
 
-fn check_clusters(clusters: &Option<Vec<String>>) -> Result<(), AppError> {
+fn check_clusters(clusters: &Option<Vec<String>>) -> Result<(), AccessError> {
     match clusters {
-        Some(cs) if cs.is_empty() => Err(AppError::invalid(
+        Some(cs) if cs.is_empty() => Err(AccessError::invalid(
             "invalid_body",
             "clusters",
             "leave it out for every cluster, or name at least one",
@@ -231,11 +271,11 @@ pub async fn create_user(
     password: &str,
     role: Role,
     clusters: &Option<Vec<String>>,
-) -> Result<(), AppError> {
+) -> Result<(), AccessError> {
     check_name("name", name)?;
     check_clusters(clusters)?;
     if password.chars().count() < MIN_PASSWORD_CHARS {
-        return Err(AppError::invalid(
+        return Err(AccessError::invalid(
             "invalid_body",
             "password",
             format!("at least {MIN_PASSWORD_CHARS} characters"),
@@ -253,7 +293,7 @@ pub async fn create_user(
     .execute(pool)
     .await?;
     if inserted.rows_affected() == 0 {
-        return Err(AppError::Conflict {
+        return Err(AccessError::Conflict {
             code: "user_exists",
             message: format!("a user named {name:?} exists"),
         });
@@ -263,9 +303,9 @@ pub async fn create_user(
 
 /// Sets a user's password (argon2id) and ends its sessions. 400 for a short password, 404 for
 /// an unknown or disabled user.
-pub async fn set_password(pool: &PgPool, name: &str, password: &str) -> Result<(), AppError> {
+pub async fn set_password(pool: &PgPool, name: &str, password: &str) -> Result<(), AccessError> {
     if password.chars().count() < MIN_PASSWORD_CHARS {
-        return Err(AppError::invalid(
+        return Err(AccessError::invalid(
             "invalid_body",
             "password",
             format!("at least {MIN_PASSWORD_CHARS} characters"),
@@ -280,7 +320,7 @@ pub async fn set_password(pool: &PgPool, name: &str, password: &str) -> Result<(
             .execute(&mut *tx)
             .await?;
     if done.rows_affected() == 0 {
-        return Err(AppError::NotFound(format!("user {name:?}")));
+        return Err(AccessError::NotFound(format!("user {name:?}")));
     }
     sqlx::query("UPDATE sessions SET ended_at = now() WHERE user_name = $1 AND ended_at IS NULL")
         .bind(name)
@@ -291,7 +331,7 @@ pub async fn set_password(pool: &PgPool, name: &str, password: &str) -> Result<(
 }
 
 /// Disables a user and ends its sessions. 404 when there is no such active user.
-pub async fn disable_user(pool: &PgPool, name: &str) -> Result<(), AppError> {
+pub async fn disable_user(pool: &PgPool, name: &str) -> Result<(), AccessError> {
     let mut tx = pool.begin().await?;
     let done =
         sqlx::query("UPDATE users SET disabled_at = now() WHERE name = $1 AND disabled_at IS NULL")
@@ -299,7 +339,7 @@ pub async fn disable_user(pool: &PgPool, name: &str) -> Result<(), AppError> {
             .execute(&mut *tx)
             .await?;
     if done.rows_affected() == 0 {
-        return Err(AppError::NotFound(format!("user {name:?}")));
+        return Err(AccessError::NotFound(format!("user {name:?}")));
     }
     sqlx::query("UPDATE sessions SET ended_at = now() WHERE user_name = $1 AND ended_at IS NULL")
         .bind(name)
@@ -361,7 +401,7 @@ pub async fn create_token(
     role: Role,
     clusters: &Option<Vec<String>>,
     created_by: &str,
-) -> Result<(Uuid, String), AppError> {
+) -> Result<(Uuid, String), AccessError> {
     check_name("name", name)?;
     check_clusters(clusters)?;
     let (secret, hash) = new_secret("hpt_");
@@ -381,7 +421,7 @@ pub async fn create_token(
 }
 
 /// Revokes a token. 404 when there is no such live token.
-pub async fn revoke_token(pool: &PgPool, id: Uuid) -> Result<(), AppError> {
+pub async fn revoke_token(pool: &PgPool, id: Uuid) -> Result<(), AccessError> {
     let done = sqlx::query(
         "UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
     )
@@ -389,7 +429,7 @@ pub async fn revoke_token(pool: &PgPool, id: Uuid) -> Result<(), AppError> {
     .execute(pool)
     .await?;
     if done.rows_affected() == 0 {
-        return Err(AppError::NotFound(format!("token {id}")));
+        return Err(AccessError::NotFound(format!("token {id}")));
     }
     Ok(())
 }
@@ -404,446 +444,6 @@ pub async fn list_tokens(pool: &PgPool) -> Result<Vec<Token>, sqlx::Error> {
     .await
 }
 
-/// Failed logins per account and per source address within a sliding window; in memory (one
-/// server replica), so a restart forgets them.
-#[derive(Debug, Default)]
-pub struct Throttle {
-    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
-}
-
-impl Throttle {
-    fn recent(&self, key: &str, window: Duration) -> usize {
-        let mut map = self
-            .failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(q) = map.get_mut(key) else { return 0 };
-        while q.front().is_some_and(|t| t.elapsed() > window) {
-            q.pop_front();
-        }
-        q.len()
-    }
-
-    fn record(&self, key: &str) {
-        let mut map = self
-            .failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Bounded: a flood of made-up names cannot grow the map without limit.
-        if map.len() > 100_000 {
-            map.clear();
-        }
-        map.entry(key.to_string())
-            .or_default()
-            .push_back(Instant::now());
-    }
-}
-
-/// Why a login failed.
-#[derive(Debug, PartialEq, Eq)]
-pub enum LoginError {
-    /// Too many recent failures for this account or address: try later.
-    Throttled,
-    /// Wrong name or password (which one is not said).
-    Wrong,
-}
-
-/// A new session.
-pub struct NewSession {
-    /// The session id (the cookie's value).
-    pub id: String,
-}
-
-/// Checks a name and password (throttled per account and per source) and opens a session.
-pub async fn login(
-    state: &AppState,
-    name: &str,
-    password: &str,
-    source: &str,
-) -> Result<Result<NewSession, LoginError>, AppError> {
-    let a = &state.settings.auth;
-    let (account, address) = (format!("user:{name}"), format!("addr:{source}"));
-    if state.login_throttle.recent(&account, a.login_window) >= a.login_max_failures_per_account
-        || state.login_throttle.recent(&address, a.login_window) >= a.login_max_failures_per_source
-    {
-        return Ok(Err(LoginError::Throttled));
-    }
-    let row =
-        sqlx::query("SELECT password_hash FROM users WHERE name = $1 AND disabled_at IS NULL")
-            .bind(name)
-            .fetch_optional(&state.db)
-            .await?;
-    let hash: Option<String> = row.map(|r| r.try_get("password_hash")).transpose()?;
-    let password = password.to_string();
-    let ok = tokio::task::spawn_blocking(move || {
-        let matches = verify_password(hash.as_deref().unwrap_or(decoy_hash()), &password);
-        matches && hash.is_some()
-    })
-    .await
-    .map_err(|e| AppError::Internal(e.into()))?;
-    if !ok {
-        state.login_throttle.record(&account);
-        state.login_throttle.record(&address);
-        return Ok(Err(LoginError::Wrong));
-    }
-    let id = random_secret();
-    sqlx::query(
-        "INSERT INTO sessions (id_hash, user_name, csrf_token, source) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(digest(&id))
-    .bind(name)
-    .bind(random_secret())
-    .bind(source)
-    .execute(&state.db)
-    .await?;
-    Ok(Ok(NewSession { id }))
-}
-
-/// Checks the password of the session's user again (before a switchover confirmed on the
-/// dashboard) and records when; throttled like a login.
-pub async fn reauthenticate(
-    state: &AppState,
-    principal: &Principal,
-    password: &str,
-) -> Result<bool, AppError> {
-    let Via::Session { id_hash, .. } = &principal.via else {
-        return Ok(false);
-    };
-    let outcome = login(state, &principal.name, password, &principal.source).await?;
-    let Ok(fresh) = outcome else { return Ok(false) };
-    // `login` opened a second session: end it at once; the caller's session is re-authenticated.
-    sqlx::query("UPDATE sessions SET ended_at = now() WHERE id_hash = $1")
-        .bind(digest(&fresh.id))
-        .execute(&state.db)
-        .await?;
-    sqlx::query("UPDATE sessions SET reauth_at = now() WHERE id_hash = $1")
-        .bind(id_hash)
-        .execute(&state.db)
-        .await?;
-    Ok(true)
-}
-
-/// Ends the principal's session (logout). Other principals have nothing to end.
-pub async fn logout(state: &AppState, principal: &Principal) -> Result<(), AppError> {
-    if let Via::Session { id_hash, .. } = &principal.via {
-        sqlx::query("UPDATE sessions SET ended_at = now() WHERE id_hash = $1")
-            .bind(id_hash)
-            .execute(&state.db)
-            .await?;
-    }
-    Ok(())
-}
-
-/// The session cookie's name for this server (see the module docs).
-pub fn cookie_name(state: &AppState) -> &'static str {
-    if state.settings.tls.is_some() {
-        "__Host-hapulse_session"
-    } else {
-        "hapulse_session"
-    }
-}
-
-/// The `Set-Cookie` value for a new session, or (with `None`) one that removes it.
-pub fn session_cookie(state: &AppState, id: Option<&str>) -> String {
-    let secure = if state.settings.tls.is_some() {
-        "; Secure"
-    } else {
-        ""
-    };
-    match id {
-        Some(id) => format!(
-            "{}={id}; Path=/; HttpOnly; SameSite=Strict{secure}",
-            cookie_name(state)
-        ),
-        None => format!(
-            "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}",
-            cookie_name(state)
-        ),
-    }
-}
-
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
-fn parse_clusters(row: &sqlx::postgres::PgRow) -> Result<Option<Vec<String>>, sqlx::Error> {
-    row.try_get("clusters")
-}
-
-/// Who the request comes from: `Ok(None)` without credentials, 401 for wrong ones.
-async fn identify(
-    state: &AppState,
-    headers: &HeaderMap,
-    source: &str,
-) -> Result<Option<Principal>, AppError> {
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(AppError::Unauthorized)?;
-        let row = sqlx::query(
-            "SELECT id, name, role, clusters,
-                    last_used_at IS NULL OR last_used_at < now() - interval '1 minute' AS stale
-               FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
-        )
-        .bind(digest(token))
-        .fetch_optional(&state.db)
-        .await?
-        .ok_or(AppError::Unauthorized)?;
-        // Last use to the minute: a write per minute per token, not per request.
-        if row.try_get::<bool, _>("stale")? {
-            sqlx::query("UPDATE api_tokens SET last_used_at = now() WHERE id = $1")
-                .bind(row.try_get::<uuid::Uuid, _>("id")?)
-                .execute(&state.db)
-                .await?;
-        }
-        let role: String = row.try_get("role")?;
-        let name: String = row.try_get("name")?;
-        return Ok(Some(Principal {
-            name: format!("token:{name}"),
-            role: Role::parse(&role).unwrap_or(Role::Viewer),
-            clusters: parse_clusters(&row)?,
-            source: source.to_string(),
-            via: Via::Token {
-                id: row.try_get("id")?,
-            },
-        }));
-    }
-    let Some(id) = cookie(headers, cookie_name(state)) else {
-        return Ok(None);
-    };
-    let a = &state.settings.auth;
-    let id_hash = digest(id);
-    let row = sqlx::query(
-        "SELECT u.name, u.role, u.clusters, s.csrf_token, s.reauth_at,
-                s.last_seen_at < now() - $2 * interval '0.1 second' AS stale
-           FROM sessions s JOIN users u ON u.name = s.user_name
-          WHERE s.id_hash = $1 AND s.ended_at IS NULL AND u.disabled_at IS NULL
-            AND s.last_seen_at > now() - $2 * interval '1 second'
-            AND s.created_at > now() - $3 * interval '1 second'",
-    )
-    .bind(&id_hash)
-    .bind(a.session_idle.as_secs_f64())
-    .bind(a.session_absolute.as_secs_f64())
-    .fetch_optional(&state.db)
-    .await?;
-    let Some(row) = row else {
-        // Unknown, ended, expired (idle or absolute) or its user disabled: end it for good.
-        sqlx::query("UPDATE sessions SET ended_at = now() WHERE id_hash = $1 AND ended_at IS NULL")
-            .bind(&id_hash)
-            .execute(&state.db)
-            .await?;
-        return Ok(None);
-    };
-    // Touched when a tenth of the idle time has passed: far fewer writes than requests, and
-    // idle expiry stays within 10 % of its setting.
-    if row.try_get::<bool, _>("stale")? {
-        sqlx::query("UPDATE sessions SET last_seen_at = now() WHERE id_hash = $1")
-            .bind(&id_hash)
-            .execute(&state.db)
-            .await?;
-    }
-    let role: String = row.try_get("role")?;
-    Ok(Some(Principal {
-        name: row.try_get("name")?,
-        role: Role::parse(&role).unwrap_or(Role::Viewer),
-        clusters: parse_clusters(&row)?,
-        source: source.to_string(),
-        via: Via::Session {
-            id_hash,
-            csrf: row.try_get("csrf_token")?,
-            reauth_at: row.try_get("reauth_at")?,
-        },
-    }))
-}
-
-/// Paths anyone may reach: the login form, static assets, health checks, and the agent API
-/// (which authenticates agents itself).
-fn public(path: &str) -> bool {
-    path == "/login"
-        || path.starts_with("/static/")
-        || path == "/healthz"
-        || path == "/readyz"
-        || path.starts_with("/api/agent/")
-}
-
-/// The role a request needs: admin for users, tokens, enrollment and the audit log; viewer to
-/// read anything else; operator to change anything else. (Maintenance windows need admin too:
-/// the silence handlers check that, since it is in the body.)
-pub fn required_role(method: &Method, path: &str) -> Role {
-    let admin_only = [
-        "/api/v1/users",
-        "/api/v1/tokens",
-        "/api/v1/enrollments",
-        "/api/v1/audit",
-        "/api/v1/failover",
-        "/audit",
-    ];
-    if admin_only
-        .iter()
-        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
-        || (path.starts_with("/api/v1/nodes/") && path.ends_with("/revoke"))
-    {
-        return Role::Admin;
-    }
-    if matches!(*method, Method::GET | Method::HEAD) || path == "/logout" {
-        Role::Viewer
-    } else {
-        Role::Operator
-    }
-}
-
-/// The cluster a path concerns (`/clusters/{c}…`, `/api/v1/clusters/{c}…`), if any.
-fn cluster_of(path: &str) -> Option<&str> {
-    let rest = path
-        .strip_prefix("/api/v1/clusters/")
-        .or_else(|| path.strip_prefix("/clusters/"))?;
-    rest.split('/').next().filter(|c| !c.is_empty())
-}
-
-/// Largest dashboard form accepted, in bytes.
-const MAX_FORM_BYTES: usize = 64 * 1024;
-
-/// Authenticates every request that is not [`public`], enforces [`required_role`], the cluster
-/// scope and the CSRF token, and hands the [`Principal`] to the handler as an extension.
-/// Without credentials: 401 for the API and `/metrics`, a redirect to `/login` for pages.
-pub async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match authorize(&state, req).await {
-        Ok(req) => next.run(req).await,
-        Err(response) => response,
-    }
-}
-
-async fn authorize(state: &AppState, mut req: Request) -> Result<Request, Response> {
-    let path = req.uri().path().to_string();
-    if public(&path) {
-        return Ok(req);
-    }
-    let source = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or_else(|| "unknown".to_string(), |c| c.0.ip().to_string());
-    let api = path.starts_with("/api/") || path == "/metrics";
-    let safe = matches!(*req.method(), Method::GET | Method::HEAD);
-    let principal = identify(state, req.headers(), &source)
-        .await
-        .map_err(IntoResponse::into_response)?;
-    let principal = match principal {
-        Some(p) => p,
-        None if state.settings.auth.anonymous_read && safe => Principal {
-            name: "anonymous".into(),
-            role: Role::Viewer,
-            clusters: None,
-            source,
-            via: Via::Anonymous,
-        },
-        None if api || !safe => return Err(AppError::Unauthorized.into_response()),
-        None => {
-            let next = req
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string();
-            let query = serde_urlencoded::to_string([("next", next)]).unwrap_or_default();
-            return Err(Redirect::to(&format!("/login?{query}")).into_response());
-        }
-    };
-    let need = required_role(req.method(), &path);
-    principal
-        .require(need)
-        .map_err(IntoResponse::into_response)?;
-    if let Some(cluster) = cluster_of(&path) {
-        if !principal.may_see(cluster) {
-            return Err(AppError::Forbidden(format!(
-                "{} may not see cluster {cluster:?}",
-                principal.name
-            ))
-            .into_response());
-        }
-    }
-    if let (false, Via::Session { csrf, .. }) = (safe, &principal.via) {
-        if api {
-            let presented = req
-                .headers()
-                .get("x-csrf-token")
-                .and_then(|v| v.to_str().ok());
-            if presented != Some(csrf.as_str()) {
-                return Err(
-                    AppError::Forbidden("missing or wrong X-CSRF-Token header".into())
-                        .into_response(),
-                );
-            }
-        } else {
-            req = check_form_csrf(req, csrf).await?;
-        }
-    }
-    req.extensions_mut().insert(principal);
-    Ok(req)
-}
-
-/// Reads a dashboard form, checks its `csrf` field and hands the handler the form without it.
-async fn check_form_csrf(req: Request, csrf: &str) -> Result<Request, Response> {
-    let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, MAX_FORM_BYTES)
-        .await
-        .map_err(|_| AppError::PayloadTooLarge(MAX_FORM_BYTES).into_response())?;
-    let mut fields: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes)
-        .map_err(|e| AppError::invalid("invalid_body", "form", e.to_string()).into_response())?;
-    let presented: Vec<String> = fields
-        .iter()
-        .filter(|(k, _)| k == "csrf")
-        .map(|(_, v)| v.clone())
-        .collect();
-    if presented.len() != 1 || presented[0] != csrf {
-        return Err((
-            StatusCode::FORBIDDEN,
-            "This form is stale or did not come from this dashboard (CSRF token missing or wrong). Reload the page and try again.",
-        )
-            .into_response());
-    }
-    fields.retain(|(k, _)| k != "csrf");
-    let body = serde_urlencoded::to_string(&fields).unwrap_or_default();
-    Ok(Request::from_parts(parts, axum::body::Body::from(body)))
-}
-
-/// The principal the middleware authenticated.
-pub struct Auth(pub Principal);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Auth {
-    type Rejection = AppError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _state: &S,
-    ) -> Result<Self, AppError> {
-        parts
-            .extensions
-            .get::<Principal>()
-            .cloned()
-            .map(Auth)
-            .ok_or(AppError::Unauthorized)
-    }
-}
-
-/// Is the session's last password entry recent enough for a switchover (`auth.reauth_window`)?
-pub fn recently_authenticated(state: &AppState, principal: &Principal) -> bool {
-    match &principal.via {
-        Via::Session { reauth_at, .. } => {
-            Utc::now() - *reauth_at
-                <= chrono::Duration::from_std(state.settings.auth.reauth_window).unwrap_or_default()
-        }
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -856,38 +456,5 @@ mod tests {
         assert!(!verify_password(&hash, "correct horse battery!"));
         assert!(!verify_password("not a hash", "x"));
         assert_ne!(hash, hash_password("correct horse battery").unwrap());
-    }
-
-    #[test]
-    fn roles_order_and_the_policy() {
-        assert!(Role::Admin > Role::Operator && Role::Operator > Role::Viewer);
-        let get = Method::GET;
-        let post = Method::POST;
-        assert_eq!(required_role(&get, "/api/v1/clusters"), Role::Viewer);
-        assert_eq!(
-            required_role(&post, "/api/v1/clusters/c/switchover"),
-            Role::Operator
-        );
-        assert_eq!(required_role(&get, "/api/v1/users"), Role::Admin);
-        assert_eq!(
-            required_role(&Method::DELETE, "/api/v1/tokens/x"),
-            Role::Admin
-        );
-        assert_eq!(required_role(&post, "/api/v1/nodes/a/revoke"), Role::Admin);
-        assert_eq!(required_role(&post, "/logout"), Role::Viewer);
-        assert_eq!(cluster_of("/api/v1/clusters/prod/switchover"), Some("prod"));
-        assert_eq!(cluster_of("/clusters/prod"), Some("prod"));
-        assert_eq!(cluster_of("/api/v1/clusters"), None);
-    }
-
-    #[test]
-    fn cookies_are_found_among_others() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            "a=1; hapulse_session=xyz; b=2".parse().unwrap(),
-        );
-        assert_eq!(cookie(&h, "hapulse_session"), Some("xyz"));
-        assert_eq!(cookie(&h, "missing"), None);
     }
 }

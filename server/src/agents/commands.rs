@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use hapulse_protocol::{Action, Command, CommandOutcome, CommandResult};
+use hapulse_protocol::{Action, Command, CommandOutcome, CommandResult, RefusalReason};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -148,9 +148,10 @@ pub const NOTIFY_CHANNEL: &str = "hapulse_commands";
 
 /// Listens on [`NOTIFY_CHANNEL`] until `shutdown` and wakes the long polls of the nodes named,
 /// so a command issued by any server replica (or inserted by hand) reaches its agent at once.
-pub async fn listen(
+/// `bus` is anything that holds the [`CommandBus`] (the server's state).
+pub async fn listen<B: AsRef<CommandBus>>(
     pool: PgPool,
-    bus: std::sync::Arc<crate::state::App>,
+    bus: Arc<B>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(200);
@@ -182,7 +183,7 @@ pub async fn listen(
                 n = listener.recv() => n,
             };
             match next {
-                Ok(n) => bus.commands.wake(n.payload()),
+                Ok(n) => (*bus).as_ref().wake(n.payload()),
                 Err(e) => {
                     tracing::warn!(error = %e, "command notifications interrupted; reconnecting");
                     break;
@@ -268,35 +269,51 @@ pub async fn record_result(
         CommandOutcome::Refused => "refused",
     };
     sqlx::query(
-        "UPDATE commands SET state = $2, result = $3, result_data = $4, finished_at = now()
+        "UPDATE commands SET state = $2, result = $3, result_data = $4, refusal = $5,
+                finished_at = now()
           WHERE id = $1 AND state IN ('pending', 'delivered', 'expired')",
     )
     .bind(id)
     .bind(state)
     .bind(&result.message)
     .bind(sqlx::types::Json(&result.data))
+    .bind(result.refusal.map(RefusalReason::as_str))
     .execute(pool)
     .await?;
     Ok(())
 }
 
-/// A command's state, result text and result facts.
-pub type Status = (
-    String,
-    Option<String>,
-    std::collections::BTreeMap<String, String>,
-);
+/// Where a command stands, as stored in `commands`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    /// `pending`, `delivered`, `succeeded`, `failed`, `refused` or `expired`.
+    pub state: String,
+    /// The agent's message (absent until it answers).
+    pub result: Option<String>,
+    /// Facts the agent reported by name ([`CommandResult::data`]).
+    pub data: std::collections::BTreeMap<String, String>,
+    /// Why the agent refused it, when it did and said why ([`CommandResult::refusal`]); a
+    /// reason this server does not know reads as `None`.
+    pub refusal: Option<RefusalReason>,
+}
 
-/// A command's state, result text and result facts.
+/// Where command `id` stands; `None` for an unknown id.
 pub async fn status(pool: &PgPool, id: Uuid) -> Result<Option<Status>, sqlx::Error> {
-    let row = sqlx::query("SELECT state, result, result_data FROM commands WHERE id = $1")
+    let row = sqlx::query("SELECT state, result, result_data, refusal FROM commands WHERE id = $1")
         .bind(id)
         .fetch_optional(pool)
         .await?;
     row.map(|r| {
         let data: sqlx::types::Json<std::collections::BTreeMap<String, String>> =
             r.try_get("result_data")?;
-        Ok((r.try_get("state")?, r.try_get("result")?, data.0))
+        let refusal: Option<String> = r.try_get("refusal")?;
+        Ok(Status {
+            state: r.try_get("state")?,
+            result: r.try_get("result")?,
+            data: data.0,
+            refusal: refusal
+                .and_then(|s| serde_json::from_value(serde_json::Value::String(s)).ok()),
+        })
     })
     .transpose()
 }

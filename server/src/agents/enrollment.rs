@@ -18,7 +18,49 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::access::auth::{digest, new_secret};
-use crate::http::error::AppError;
+
+/// Why an enrollment, a node's first contact or a revocation was refused or failed; nothing
+/// was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollmentError {
+    /// The request is malformed (HTTP 400): `field` names the culprit.
+    #[error("{message}")]
+    Invalid {
+        /// Stable code (`invalid_body`).
+        code: &'static str,
+        /// The request field at fault (`node_id`, `lifetime`).
+        field: String,
+        /// For people.
+        message: String,
+    },
+    /// The enrollment token is unknown, used or expired (HTTP 401; which one is not said).
+    #[error("missing or invalid credentials")]
+    Unauthorized,
+    /// The node has no credential or token to revoke (HTTP 404).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// PostgreSQL failed (HTTP 503 when it is unavailable, else 500).
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// Anything else (HTTP 500, details only in the log).
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl EnrollmentError {
+    /// An [`EnrollmentError::Invalid`] naming `field`.
+    pub fn invalid(
+        code: &'static str,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        EnrollmentError::Invalid {
+            code,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
 
 /// Longest life of an enrollment token.
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -78,16 +120,16 @@ pub async fn create(
     node_id: &str,
     lifetime: Duration,
     created_by: &str,
-) -> Result<NewEnrollment, AppError> {
+) -> Result<NewEnrollment, EnrollmentError> {
     if !hapulse_protocol::valid_name(node_id) {
-        return Err(AppError::invalid(
+        return Err(EnrollmentError::invalid(
             "invalid_body",
             "node_id",
             "1-64 characters of A-Z a-z 0-9 . _ -",
         ));
     }
     if lifetime.is_zero() || lifetime > MAX_TOKEN_LIFETIME {
-        return Err(AppError::invalid(
+        return Err(EnrollmentError::invalid(
             "invalid_body",
             "expires_in",
             "more than 0 and at most 7 days",
@@ -95,7 +137,7 @@ pub async fn create(
     }
     let (token, hash) = new_secret("hpe_");
     let expires_at = Utc::now()
-        + chrono::Duration::from_std(lifetime).map_err(|e| AppError::Internal(e.into()))?;
+        + chrono::Duration::from_std(lifetime).map_err(|e| EnrollmentError::Internal(e.into()))?;
     sqlx::query(
         "INSERT INTO enrollment_tokens (id, token_hash, node_id, created_by, expires_at) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -120,7 +162,7 @@ pub async fn enroll(
     credentials: &Credentials,
     node_id: &str,
     token: &str,
-) -> Result<String, AppError> {
+) -> Result<String, EnrollmentError> {
     let mut tx = pool.begin().await?;
     let used: Option<String> = sqlx::query_scalar(
         "UPDATE enrollment_tokens SET used_at = now()
@@ -132,7 +174,7 @@ pub async fn enroll(
     .fetch_optional(&mut *tx)
     .await?;
     if used.is_none() {
-        return Err(AppError::Unauthorized);
+        return Err(EnrollmentError::Unauthorized);
     }
     let (secret, hash) = new_secret("hpn_");
     sqlx::query(
@@ -155,7 +197,7 @@ pub async fn revoke(
     pool: &PgPool,
     credentials: &Credentials,
     node_id: &str,
-) -> Result<(), AppError> {
+) -> Result<(), EnrollmentError> {
     let done = sqlx::query(
         "UPDATE node_credentials SET revoked_at = now() WHERE node_id = $1 AND revoked_at IS NULL",
     )
@@ -163,7 +205,7 @@ pub async fn revoke(
     .execute(pool)
     .await?;
     if done.rows_affected() == 0 {
-        return Err(AppError::NotFound(format!(
+        return Err(EnrollmentError::NotFound(format!(
             "credential of node {node_id:?}"
         )));
     }

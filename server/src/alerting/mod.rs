@@ -3,5 +3,7 @@
 //! (email, SMS, webhooks).
 
 pub mod engine;
+pub mod error;
 pub mod notify;
+pub mod rules;
 pub mod silences;

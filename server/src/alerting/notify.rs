@@ -19,7 +19,7 @@ use sqlx::{PgPool, Postgres, Row, Transaction};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::alerting::engine::Condition;
+use crate::alerting::rules::Condition;
 use crate::config::{AlertSettings, EmailReceiver, SmsReceiver, WebhookReceiver};
 use crate::state::AppState;
 
@@ -570,7 +570,7 @@ mod tests {
         let c = Condition {
             fingerprint: "node_down:prod/db1".into(),
             rule: "node_down",
-            severity: crate::alerting::engine::Severity::Critical,
+            severity: crate::alerting::rules::Severity::Critical,
             cluster: "prod".into(),
             node_id: Some("db1".into()),
             instance: None,

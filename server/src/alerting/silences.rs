@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::alerting::engine::{Condition, RULES};
-use crate::http::error::AppError;
+use crate::alerting::error::AlertingError;
+use crate::alerting::rules::{Condition, RULES};
 
 /// A silence as stored and listed.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -112,16 +112,16 @@ pub async fn create(
     pool: &sqlx::PgPool,
     s: &NewSilence,
     switchover: Option<Uuid>,
-) -> Result<Silence, AppError> {
+) -> Result<Silence, AlertingError> {
     if s.cluster.is_none() && s.node_id.is_none() && s.rules.is_empty() && s.severity.is_none() {
-        return Err(AppError::invalid(
+        return Err(AlertingError::invalid(
             "invalid_body",
             "matchers",
             "a silence must match something: cluster, node_id, rules or severity",
         ));
     }
     if let Some(bad) = s.rules.iter().find(|r| !RULES.contains(&r.as_str())) {
-        return Err(AppError::invalid(
+        return Err(AlertingError::invalid(
             "invalid_body",
             "rules",
             format!("unknown rule {bad:?}; known: {}", RULES.join(", ")),
@@ -131,7 +131,7 @@ pub async fn create(
         .as_deref()
         .is_some_and(|v| !["critical", "warning", "info"].contains(&v))
     {
-        return Err(AppError::invalid(
+        return Err(AlertingError::invalid(
             "invalid_body",
             "severity",
             "critical, warning or info",
@@ -142,7 +142,7 @@ pub async fn create(
             .as_deref()
             .is_some_and(|v| !hapulse_protocol::valid_name(v))
         {
-            return Err(AppError::invalid(
+            return Err(AlertingError::invalid(
                 "invalid_body",
                 field,
                 "1-64 characters of A-Z a-z 0-9 . _ -",
@@ -150,7 +150,7 @@ pub async fn create(
         }
     }
     if !text_ok(&s.author, 200) || !text_ok(&s.reason, 1000) {
-        return Err(AppError::invalid(
+        return Err(AlertingError::invalid(
             "invalid_body",
             "reason",
             "author and reason are required, one line each",
@@ -158,7 +158,7 @@ pub async fn create(
     }
     let starts = s.starts_at.unwrap_or_else(Utc::now);
     if s.ends_at <= starts || s.ends_at - starts > chrono::Duration::days(90) {
-        return Err(AppError::invalid(
+        return Err(AlertingError::invalid(
             "invalid_body",
             "ends_at",
             "must be after starts_at and within 90 days of it",
@@ -197,13 +197,13 @@ pub async fn current(pool: &sqlx::PgPool) -> Result<Vec<Silence>, sqlx::Error> {
 }
 
 /// Ends a silence now (404 when unknown or already over).
-pub async fn expire(pool: &sqlx::PgPool, id: Uuid) -> Result<(), AppError> {
+pub async fn expire(pool: &sqlx::PgPool, id: Uuid) -> Result<(), AlertingError> {
     let done = sqlx::query("UPDATE silences SET ends_at = greatest(starts_at + interval '1 microsecond', now()) WHERE id = $1 AND ends_at > now()")
         .bind(id)
         .execute(pool)
         .await?;
     if done.rows_affected() == 0 {
-        return Err(AppError::NotFound(format!("current silence {id}")));
+        return Err(AlertingError::NotFound(format!("current silence {id}")));
     }
     Ok(())
 }

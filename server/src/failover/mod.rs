@@ -5,3 +5,7 @@
 
 pub mod arbiter;
 pub mod decision;
+pub mod evidence;
+pub mod fences;
+pub mod requests;
+pub mod status;

@@ -18,198 +18,13 @@ use hapulse_protocol::{
     VrrpInstanceReport, PROTOCOL_VERSION,
 };
 
+use crate::fleet::pending::PendingTransition;
 use crate::fleet::store::{self as db, Sample};
-use crate::http::error::AppError;
+use crate::fleet::validate::IngestError;
 use std::collections::HashMap;
 
 use crate::fleet::live::{transitions, NewEvent, NodeLive, NodeStatus};
 use crate::state::AppState;
-pub use hapulse_protocol::valid_name;
-
-/// Most VRRP instances one report may carry.
-pub const MAX_INSTANCES: usize = 256;
-/// Most VIPs one instance may carry.
-pub const MAX_VIPS: usize = 64;
-/// Most replication links one report may carry.
-pub const MAX_LINKS: usize = 64;
-
-/// Checks what deserialisation cannot; the error names the field.
-pub fn validate(report: &HeartbeatReport) -> Result<(), AppError> {
-    if report.protocol_version != PROTOCOL_VERSION {
-        return Err(AppError::BadRequest {
-            code: "protocol_version",
-            message: format!(
-                "protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}",
-                report.protocol_version
-            ),
-            field: Some("protocol_version".into()),
-        });
-    }
-    if !valid_name(&report.node_id) {
-        return Err(AppError::invalid(
-            "invalid_body",
-            "node_id",
-            "1-64 characters of A-Z a-z 0-9 . _ -",
-        ));
-    }
-    if !valid_name(&report.cluster) {
-        return Err(AppError::invalid(
-            "invalid_body",
-            "cluster",
-            "1-64 characters of A-Z a-z 0-9 . _ -",
-        ));
-    }
-    if report.seq == 0 || report.seq > i64::MAX as u64 {
-        return Err(AppError::invalid(
-            "invalid_body",
-            "seq",
-            "must be between 1 and 2^63-1",
-        ));
-    }
-    if !(100..=3_600_000).contains(&report.heartbeat_interval_ms) {
-        return Err(AppError::invalid(
-            "invalid_body",
-            "heartbeat_interval_ms",
-            "must be 100..=3600000",
-        ));
-    }
-    // Control characters (NUL above all) would make PostgreSQL refuse the row with a 500 the
-    // agent retries forever.
-    let text_ok = |s: &str, max: usize| s.len() <= max && !s.chars().any(char::is_control);
-    if !text_ok(&report.hostname, 255) {
-        return Err(AppError::invalid(
-            "invalid_body",
-            "hostname",
-            "at most 255 bytes, no control characters",
-        ));
-    }
-    if !text_ok(&report.agent_version, 64) {
-        return Err(AppError::invalid(
-            "invalid_body",
-            "agent_version",
-            "at most 64 bytes, no control characters",
-        ));
-    }
-    if !report.load1.is_finite() || report.load1 < 0.0 {
-        return Err(AppError::invalid(
-            "invalid_body",
-            "load1",
-            "must be a finite number ≥ 0",
-        ));
-    }
-    let instances = &report.keepalived.instances;
-    if instances.len() > MAX_INSTANCES {
-        return Err(AppError::invalid(
-            "invalid_body",
-            "keepalived.instances",
-            format!("at most {MAX_INSTANCES} instances"),
-        ));
-    }
-    if report.replication.len() > MAX_LINKS {
-        return Err(AppError::invalid(
-            "invalid_body",
-            "replication",
-            format!("at most {MAX_LINKS} links"),
-        ));
-    }
-    for (n, l) in report.replication.iter().enumerate() {
-        let field = |name: &str| format!("replication[{n}].{name}");
-        if !valid_name(&l.name) {
-            return Err(AppError::invalid(
-                "invalid_body",
-                field("name"),
-                "1-64 characters of A-Z a-z 0-9 . _ -",
-            ));
-        }
-        if report.replication[..n].iter().any(|o| o.key() == l.key()) {
-            return Err(AppError::invalid(
-                "invalid_body",
-                field("name"),
-                format!("link {} appears twice", l.key()),
-            ));
-        }
-        for (name, value, max) in [
-            ("peer", &l.peer, 1024),
-            ("vrrp_instance", &l.vrrp_instance, 64),
-            ("error", &l.error, 4096),
-        ] {
-            if value.as_deref().is_some_and(|v| !text_ok(v, max)) {
-                return Err(AppError::invalid(
-                    "invalid_body",
-                    field(name),
-                    format!("at most {max} bytes, no control characters"),
-                ));
-            }
-        }
-        if l.lag_seconds.is_some_and(|s| !s.is_finite() || s < 0.0) {
-            return Err(AppError::invalid(
-                "invalid_body",
-                field("lag_seconds"),
-                "must be a finite number ≥ 0",
-            ));
-        }
-        if l.raw.len() > 256
-            || l.raw.iter().any(|(k, v)| {
-                k.len() > 128 || v.len() > 4096 || k.contains('\0') || v.contains('\0')
-            })
-        {
-            return Err(AppError::invalid(
-                "invalid_body",
-                field("raw"),
-                "at most 256 fields, names ≤ 128 and values ≤ 4096 bytes, no NUL",
-            ));
-        }
-    }
-    for (n, i) in instances.iter().enumerate() {
-        let field = |name: &str| format!("keepalived.instances[{n}].{name}");
-        if i.name.is_empty() || i.name.len() > 64 || i.name.chars().any(char::is_control) {
-            return Err(AppError::invalid(
-                "invalid_body",
-                field("name"),
-                "1-64 printable characters",
-            ));
-        }
-        if instances[..n].iter().any(|o| o.name == i.name) {
-            return Err(AppError::invalid(
-                "invalid_body",
-                field("name"),
-                format!("instance {:?} appears twice", i.name),
-            ));
-        }
-        if i.interface.as_ref().is_some_and(|s| !text_ok(s, 64)) {
-            return Err(AppError::invalid(
-                "invalid_body",
-                field("interface"),
-                "at most 64 bytes, no control characters",
-            ));
-        }
-        if i.vips.len() > MAX_VIPS {
-            return Err(AppError::invalid(
-                "invalid_body",
-                field("vips"),
-                format!("at most {MAX_VIPS} VIPs"),
-            ));
-        }
-        for (v, vip) in i.vips.iter().enumerate() {
-            if vip.parse::<std::net::IpAddr>().is_err() {
-                return Err(AppError::invalid(
-                    "invalid_body",
-                    format!("keepalived.instances[{n}].vips[{v}]"),
-                    format!("{vip:?} is not an IP address"),
-                ));
-            }
-        }
-        if let Some(v) = i.held_vips.iter().position(|h| !i.vips.contains(h)) {
-            return Err(AppError::invalid(
-                "invalid_body",
-                format!("keepalived.instances[{n}].held_vips[{v}]"),
-                "a held VIP must be one of the instance's vips",
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// The fields of an instance that are stored; counters and timestamps alone do not make a write.
 fn stored_key(i: &VrrpInstanceReport) -> impl PartialEq + '_ {
     (
@@ -293,7 +108,10 @@ fn reach(a: &Option<hapulse_protocol::ArbitrationReport>) -> Option<Reach<'_>> {
 
 /// Accepts one validated report. Replays (already accepted `(boot_id, seq)`) answer
 /// `accepted: false` and write nothing.
-pub async fn accept(state: &AppState, report: HeartbeatReport) -> Result<HeartbeatAck, AppError> {
+pub async fn accept(
+    state: &AppState,
+    report: HeartbeatReport,
+) -> Result<HeartbeatAck, IngestError> {
     let started = std::time::Instant::now();
     let arrived = tokio::time::Instant::now();
     let ack = |accepted| HeartbeatAck {
@@ -327,7 +145,7 @@ pub async fn accept(state: &AppState, report: HeartbeatReport) -> Result<Heartbe
     let write_sample = |sample| async {
         state.history.write(sample).await.map_err(|e| {
             tracing::warn!(node_id = %report.node_id, error = %e, "heartbeat sample not stored");
-            AppError::DatabaseUnavailable
+            IngestError::Unavailable
         })
     };
     if fast_path {
@@ -358,16 +176,6 @@ pub async fn accept(state: &AppState, report: HeartbeatReport) -> Result<Heartbe
     Ok(ack(true))
 }
 
-/// A report on the transition path, waiting to be written with the others that arrived
-/// meanwhile.
-pub struct PendingTransition {
-    report: HeartbeatReport,
-    received_at: chrono::DateTime<Utc>,
-    arrived: tokio::time::Instant,
-    /// Accepted (true) or a replay (false).
-    done: tokio::sync::oneshot::Sender<Result<bool, AppError>>,
-}
-
 /// Most transitions written in one transaction.
 const MAX_TRANSITION_BATCH: usize = 1000;
 
@@ -380,7 +188,7 @@ async fn record_transition(
     report: HeartbeatReport,
     received_at: chrono::DateTime<Utc>,
     arrived: tokio::time::Instant,
-) -> Result<bool, AppError> {
+) -> Result<bool, IngestError> {
     let (done, result) = tokio::sync::oneshot::channel();
     state
         .pending_transitions
@@ -414,7 +222,7 @@ async fn record_transition(
             Ok(outcome) => return outcome,
             Err(tokio::sync::oneshot::error::TryRecvError::Empty) => continue,
             Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
-                return Err(AppError::DatabaseUnavailable)
+                return Err(IngestError::Unavailable)
             }
         }
     }
@@ -461,7 +269,7 @@ async fn write_transitions(state: &AppState, batch: Vec<PendingTransition>) {
     if let Err(e) = stored {
         tracing::warn!(error = %e, reports = batch.len(), "transitions not stored");
         for job in batch {
-            let _ = job.done.send(Err(AppError::DatabaseUnavailable));
+            let _ = job.done.send(Err(IngestError::Unavailable));
         }
         return;
     }

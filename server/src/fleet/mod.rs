@@ -2,8 +2,11 @@
 //! and the transitions (events) derived from it, the failure detector, the stored node rows and
 //! events, and the per-instance / per-cluster views and verdicts built from live state.
 
+pub mod clusters;
 pub mod detector;
 pub mod ingest;
 pub mod live;
+pub mod pending;
 pub mod store;
+pub mod validate;
 pub mod view;

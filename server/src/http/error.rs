@@ -93,6 +93,109 @@ impl From<sqlx::Error> for AppError {
     }
 }
 
+impl From<crate::fleet::validate::IngestError> for AppError {
+    fn from(e: crate::fleet::validate::IngestError) -> Self {
+        use crate::fleet::validate::IngestError;
+        match e {
+            IngestError::Invalid {
+                code,
+                message,
+                field,
+            } => AppError::BadRequest {
+                code,
+                message,
+                field,
+            },
+            IngestError::Unavailable => AppError::DatabaseUnavailable,
+        }
+    }
+}
+
+impl From<crate::access::auth::AccessError> for AppError {
+    fn from(e: crate::access::auth::AccessError) -> Self {
+        use crate::access::auth::AccessError;
+        match e {
+            AccessError::Invalid {
+                code,
+                field,
+                message,
+            } => AppError::invalid(code, field, message),
+            AccessError::Conflict { code, message } => AppError::Conflict { code, message },
+            AccessError::NotFound(what) => AppError::NotFound(what),
+            AccessError::Forbidden(why) => AppError::Forbidden(why),
+            AccessError::Database(e) => AppError::from(e),
+            AccessError::Internal(e) => AppError::Internal(e),
+        }
+    }
+}
+
+impl From<crate::switchover::error::SwitchoverError> for AppError {
+    fn from(e: crate::switchover::error::SwitchoverError) -> Self {
+        use crate::switchover::error::SwitchoverError;
+        match e {
+            SwitchoverError::Invalid {
+                code,
+                field,
+                message,
+            } => AppError::invalid(code, field, message),
+            SwitchoverError::Conflict { code, message } => AppError::Conflict { code, message },
+            SwitchoverError::NotFound(what) => AppError::NotFound(what),
+            SwitchoverError::Database(e) => AppError::from(e),
+        }
+    }
+}
+
+impl From<crate::failover::requests::FailoverError> for AppError {
+    fn from(e: crate::failover::requests::FailoverError) -> Self {
+        use crate::failover::requests::FailoverError;
+        match e {
+            FailoverError::Invalid {
+                code,
+                field,
+                message,
+            } => AppError::invalid(code, field, message),
+            FailoverError::Conflict { code, message } => AppError::Conflict { code, message },
+            FailoverError::NotFound(what) => AppError::NotFound(what),
+            FailoverError::Run(e) => AppError::from(e),
+            FailoverError::Database(e) => AppError::from(e),
+        }
+    }
+}
+
+impl From<crate::agents::enrollment::EnrollmentError> for AppError {
+    fn from(e: crate::agents::enrollment::EnrollmentError) -> Self {
+        use crate::agents::enrollment::EnrollmentError;
+        match e {
+            EnrollmentError::Invalid {
+                code,
+                field,
+                message,
+            } => AppError::invalid(code, field, message),
+            EnrollmentError::Unauthorized => AppError::Unauthorized,
+            EnrollmentError::NotFound(what) => AppError::NotFound(what),
+            EnrollmentError::Database(e) => AppError::from(e),
+            EnrollmentError::Internal(e) => AppError::Internal(e),
+        }
+    }
+}
+
+impl From<crate::alerting::error::AlertingError> for AppError {
+    fn from(e: crate::alerting::error::AlertingError) -> Self {
+        use crate::alerting::error::AlertingError;
+        match e {
+            AlertingError::Invalid {
+                code,
+                field,
+                message,
+            } => AppError::invalid(code, field, message),
+            AlertingError::NotFound(what) => AppError::NotFound(what),
+            AlertingError::Forbidden(why) => AppError::Forbidden(why),
+            AlertingError::Access(e) => AppError::from(e),
+            AlertingError::Database(e) => AppError::from(e),
+        }
+    }
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, code, field) = match &self {

@@ -4,6 +4,7 @@
 //! call the domain and map the result; no domain module imports this one.
 
 pub mod api;
+pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod router;

@@ -133,7 +133,7 @@ pub fn router(state: AppState) -> Router {
         // the security headers on every answer (also errors and redirects), the timeout.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::access::auth::authenticate,
+            crate::http::auth::authenticate,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(
             extract::MAX_BODY_BYTES,

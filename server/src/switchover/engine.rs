@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use hapulse_protocol::{Action, LinkState, ReplicationRole, VrrpState};
+use hapulse_protocol::{Action, LinkState, RefusalReason, ReplicationRole, VrrpState};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use uuid::Uuid;
@@ -32,8 +32,8 @@ use crate::access::auth::Principal;
 use crate::agents::commands::{self, NewCommand};
 use crate::fleet::live::{EventKind, NewEvent, NodeStatus};
 use crate::fleet::view::{self, ClusterView};
-use crate::http::error::AppError;
 use crate::state::AppState;
+use crate::switchover::error::SwitchoverError;
 
 /// Body of `POST /api/v1/clusters/{cluster}/switchover`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -117,20 +117,27 @@ fn step(name: &str, description: String) -> Step {
     }
 }
 
-fn conflict(code: &'static str, message: String) -> AppError {
-    AppError::Conflict { code, message }
+fn conflict(code: &'static str, message: String) -> SwitchoverError {
+    SwitchoverError::Conflict { code, message }
+}
+
+/// The view of `name` with its epoch, or [`SwitchoverError::NotFound`].
+pub async fn cluster_view(state: &AppState, name: &str) -> Result<ClusterView, SwitchoverError> {
+    crate::fleet::clusters::with_epoch(state, name)
+        .await?
+        .ok_or_else(|| SwitchoverError::NotFound(format!("cluster {name:?}")))
 }
 
 /// Preflight and plan. Errors name the reason: 404 unknown cluster or target, 400 a missing
 /// instance, 409 for a state that forbids the move.
-pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, AppError> {
+pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, SwitchoverError> {
     let instance = match &req.instance {
         Some(name) => cluster
             .instances
             .iter()
             .find(|i| &i.name == name)
             .ok_or_else(|| {
-                AppError::invalid(
+                SwitchoverError::invalid(
                     "invalid_body",
                     "instance",
                     format!("cluster {} has no VRRP instance {name:?}", cluster.name),
@@ -138,7 +145,7 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, AppE
             })?,
         None if cluster.instances.len() == 1 => &cluster.instances[0],
         None => {
-            return Err(AppError::invalid(
+            return Err(SwitchoverError::invalid(
                 "invalid_body",
                 "instance",
                 format!("cluster {} has several instances; name one", cluster.name),
@@ -149,7 +156,7 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, AppE
         || req.reason.len() > 1000
         || req.reason.chars().any(char::is_control)
     {
-        return Err(AppError::invalid(
+        return Err(SwitchoverError::invalid(
             "invalid_body",
             "reason",
             "say why, in at most 1000 bytes, on one line",
@@ -158,7 +165,7 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, AppE
     if let Some(at) = req.scheduled_at {
         let now = Utc::now();
         if at < now - chrono::Duration::minutes(1) || at > now + chrono::Duration::days(7) {
-            return Err(AppError::invalid(
+            return Err(SwitchoverError::invalid(
                 "invalid_body",
                 "scheduled_at",
                 "must be between now and 7 days ahead",
@@ -166,7 +173,7 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, AppE
         }
     }
     let Some(target_summary) = cluster.nodes.iter().find(|n| n.node_id == req.target_node) else {
-        return Err(AppError::NotFound(format!(
+        return Err(SwitchoverError::NotFound(format!(
             "target node {:?} in cluster {}",
             req.target_node, cluster.name
         )));
@@ -415,12 +422,12 @@ pub fn failover_plan(
 pub async fn start_failover(
     state: &AppState,
     cluster: &ClusterView,
-    g: &crate::failover::arbiter::Gathered,
+    g: &crate::failover::evidence::Gathered,
     candidate: &str,
     reason: &str,
     automatic: bool,
     who: &Principal,
-) -> Result<Uuid, AppError> {
+) -> Result<Uuid, SwitchoverError> {
     let plan = failover_plan(
         cluster,
         &g.instance,
@@ -532,7 +539,7 @@ pub async fn create(
     req: &SwitchoverRequest,
     who: &Principal,
     automatic: bool,
-) -> Result<(Uuid, u64), AppError> {
+) -> Result<(Uuid, u64), SwitchoverError> {
     let id = Uuid::new_v4();
     let mut tx = state.db.begin().await?;
     let epoch: i64 =
@@ -586,14 +593,14 @@ pub async fn create(
 }
 
 /// Cancels a switchover that has not started. 409 when it has.
-pub async fn cancel(state: &AppState, id: Uuid, who: &Principal) -> Result<(), AppError> {
+pub async fn cancel(state: &AppState, id: Uuid, who: &Principal) -> Result<(), SwitchoverError> {
     let updated = sqlx::query("UPDATE switchovers SET state = 'cancelled', finished_at = now() WHERE id = $1 AND state = 'scheduled' AND started_at IS NULL")
         .bind(id)
         .execute(&state.db)
         .await?;
     if updated.rows_affected() == 0 {
         return match get(&state.db, id).await? {
-            None => Err(AppError::NotFound(format!("switchover {id}"))),
+            None => Err(SwitchoverError::NotFound(format!("switchover {id}"))),
             Some(s) => Err(conflict(
                 "switchover_started",
                 format!(
@@ -705,7 +712,7 @@ async fn run(state: &AppState, id: Uuid) -> Result<(), sqlx::Error> {
     let replanned = if sw.kind == "failover" {
         Ok(())
     } else {
-        match crate::http::api::v1::cluster_with_epoch(state, &sw.cluster).await {
+        match cluster_view(state, &sw.cluster).await {
             Ok(view) => {
                 let req = SwitchoverRequest {
                     target_node: sw.target_node.clone(),
@@ -788,13 +795,8 @@ async fn run(state: &AppState, id: Uuid) -> Result<(), sqlx::Error> {
                 .await?;
             if sw.kind == "failover" {
                 let reason = format!("the old master of failover {id}");
-                crate::failover::arbiter::keep_fenced(
-                    &mut tx,
-                    &sw.cluster,
-                    &sw.old_master,
-                    &reason,
-                )
-                .await?;
+                crate::failover::fences::keep_fenced(&mut tx, &sw.cluster, &sw.old_master, &reason)
+                    .await?;
             }
             tx.commit().await
         };
@@ -959,7 +961,7 @@ impl Run<'_> {
         &self,
         node: &str,
         action: Action,
-    ) -> Result<(String, BTreeMap<String, String>), (String, bool)> {
+    ) -> Result<(String, BTreeMap<String, String>), (String, Option<RefusalReason>)> {
         let new = NewCommand {
             cluster: self.sw.cluster.clone(),
             node_id: node.to_string(),
@@ -976,7 +978,7 @@ impl Run<'_> {
             Ok::<_, sqlx::Error>(id)
         }
         .await
-        .map_err(|e| (format!("cannot store the command for {node}: {e}"), false))?;
+        .map_err(|e| (format!("cannot store the command for {node}: {e}"), None))?;
         // NOTIFY wakes every replica's long polls; this wakes ours even if the listener is
         // reconnecting.
         self.state.commands.wake(node);
@@ -986,30 +988,32 @@ impl Run<'_> {
             let waiting = self.state.commands.result_arrived();
             let status = commands::status(&self.state.db, id)
                 .await
-                .map_err(|e| (format!("reading command {id}: {e}"), false))?;
+                .map_err(|e| (format!("reading command {id}: {e}"), None))?;
             match status {
-                Some((s, result, data)) if s == "succeeded" => {
-                    return Ok((format!("{node}: {}", result.unwrap_or_default()), data))
+                Some(s) if s.state == "succeeded" => {
+                    return Ok((format!("{node}: {}", s.result.unwrap_or_default()), s.data))
                 }
-                Some((s, result, _)) if s == "refused" => {
+                Some(s) if s.state == "refused" => {
                     return Err((
-                        format!("{node} refused {kind}: {}", result.unwrap_or_default()),
-                        true,
+                        format!("{node} refused {kind}: {}", s.result.unwrap_or_default()),
+                        s.refusal,
                     ))
                 }
-                Some((s, result, _)) if s == "failed" || s == "expired" => {
+                Some(s) if s.state == "failed" || s.state == "expired" => {
                     return Err((
                         format!(
-                            "{node}: {kind} {s}: {}",
-                            result.unwrap_or_else(|| "no result before the deadline".into())
+                            "{node}: {kind} {}: {}",
+                            s.state,
+                            s.result
+                                .unwrap_or_else(|| "no result before the deadline".into())
                         ),
-                        false,
+                        None,
                     ))
                 }
                 _ => {}
             }
             if tokio::time::Instant::now() > deadline {
-                return Err((format!("{node} did not answer {kind}"), false));
+                return Err((format!("{node} did not answer {kind}"), None));
             }
             tokio::select! {
                 _ = waiting => {}
@@ -1240,8 +1244,8 @@ impl Run<'_> {
                         .await
                     {
                         Ok((m, _)) => ran.push(m),
-                        Err((m, true))
-                            if m.contains("not enabled") || m.contains("no hook configured") => {}
+                        // A host that has not enabled hooks has none to run.
+                        Err((_, Some(RefusalReason::NotEnabled))) => {}
                         Err((m, _)) => return Err(m),
                     }
                 }

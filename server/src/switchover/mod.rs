@@ -2,3 +2,5 @@
 //! the engine that drives a run step by step with epoch-fenced commands to agents.
 
 pub mod engine;
+pub mod error;
+pub mod request;

@@ -222,6 +222,7 @@ async fn a_person_confirms_a_proposed_failover(pool: PgPool) {
             b.send_result(
                 command.id,
                 &CommandResult {
+                    refusal: None,
                     node_id: "b".into(),
                     outcome: CommandOutcome::Succeeded,
                     message: format!("did {}", command.action.kind()),

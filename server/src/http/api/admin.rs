@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::access::audit::Audit;
-use crate::access::auth::{self, Auth, Role};
+use crate::access::auth::{self, Role};
+use crate::http::auth::Auth;
 use crate::http::error::AppError;
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::state::AppState;

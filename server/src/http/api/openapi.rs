@@ -30,7 +30,7 @@ use crate::http::api::{admin, failover, v1};
         v1::EventList,
         v1::History,
         crate::switchover::engine::SwitchoverRequest,
-        v1::SwitchoverAccepted,
+        crate::switchover::request::SwitchoverAccepted,
         crate::switchover::engine::Switchover,
         v1::AlertList,
         v1::NotificationList,
@@ -47,8 +47,8 @@ use crate::http::api::{admin, failover, v1};
         admin::AuditList,
         admin::EnrollmentRequest,
         crate::agents::enrollment::NewEnrollment,
-        failover::FailoverStatus,
-        failover::FailoverRequest,
+        crate::failover::status::FailoverStatus,
+        crate::failover::requests::FailoverRequest,
         failover::FailoverAccepted,
         failover::ReasonRequest,
         failover::SwitchRequest,
@@ -57,7 +57,7 @@ use crate::http::api::{admin, failover, v1};
 struct Schemas;
 
 /// One operation: method, path, what it does, body and answer schemas. The role it needs is
-/// the middleware's own answer ([`crate::access::auth::required_role`]), not restated here.
+/// the middleware's own answer ([`crate::http::auth::required_role`]), not restated here.
 struct Op {
     method: HttpMethod,
     path: &'static str,
@@ -353,7 +353,7 @@ pub fn document() -> OpenApi {
             .summary(Some(op.summary))
             .description(Some(format!(
                 "Needs the {} role.",
-                crate::access::auth::required_role(&method(&op.method), op.path).as_str()
+                crate::http::auth::required_role(&method(&op.method), op.path).as_str()
             )))
             .responses(responses.build())
             .security(SecurityRequirement::new("bearer", Vec::<String>::new()));

@@ -6,14 +6,16 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::access::audit::Audit;
-use crate::access::auth::{Auth, Principal};
+use crate::access::auth::Principal;
 use crate::fleet::store::{self as db, Event, EventFilter};
 use crate::fleet::view::{self, ClusterView, NodeView};
 use crate::history::series::{self, Metric, Point, SeriesQuery, Source};
+use crate::http::auth::Auth;
 use crate::http::error::AppError;
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::state::AppState;
-use crate::switchover::engine::{self as switchover, Plan, Switchover, SwitchoverRequest};
+use crate::switchover::engine::{self as switchover, Switchover, SwitchoverRequest};
+use crate::switchover::request::{self, SwitchoverAccepted};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
@@ -22,7 +24,7 @@ use uuid::Uuid;
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ClusterList<'a> {
     /// A page of the clusters with at least one node, by name (each a [`ClusterView`],
-    /// serialized once per shared copy: [`crate::http::snapshot::Fleet::clusters_json`]).
+    /// serialized once per shared copy: [`crate::shared_views::Fleet::clusters_json`]).
     #[schema(value_type = Vec<ClusterView>)]
     pub clusters: Vec<&'a serde_json::value::RawValue>,
     /// Clusters the caller may see, on every page.
@@ -64,8 +66,8 @@ pub async fn clusters(
             format!("1 to {CLUSTER_PAGE_MAX}"),
         ));
     }
-    let fleet = state.snapshots.fleet(&state).await?;
-    let json = fleet.clusters_json().await?;
+    let fleet = crate::http::snapshot::fleet(&state).await?;
+    let json = fleet.clusters_json().await.map_err(AppError::Internal)?;
     let visible = || {
         fleet
             .clusters
@@ -95,24 +97,15 @@ pub async fn clusters(
     .into_response())
 }
 
-/// The view of `name` with its epoch, or 404.
-pub async fn cluster_with_epoch(state: &AppState, name: &str) -> Result<ClusterView, AppError> {
-    let mut view = view::cluster_view(&state.live(), name, Utc::now())
-        .ok_or_else(|| AppError::NotFound(format!("cluster {name:?}")))?;
-    view.epoch = sqlx::query_scalar::<_, i64>("SELECT epoch FROM clusters WHERE name = $1")
-        .bind(name)
-        .fetch_optional(&state.db)
-        .await?
-        .unwrap_or(0) as u64;
-    Ok(view)
-}
-
 /// `GET /api/v1/clusters/{cluster}`: one cluster; 404 when no node belongs to it.
 pub async fn cluster(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<ClusterView>, AppError> {
-    cluster_with_epoch(&state, &name).await.map(Json)
+    crate::fleet::clusters::with_epoch(&state, &name)
+        .await?
+        .map(Json)
+        .ok_or_else(|| AppError::NotFound(format!("cluster {name:?}")))
 }
 
 /// `GET /api/v1/clusters/{cluster}/availability`: uptime with and without a MASTER, failures,
@@ -326,19 +319,6 @@ pub async fn history(
     }))
 }
 
-/// Answer of a switchover request: the plan, and the id once accepted.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct SwitchoverAccepted {
-    /// Id (absent for a dry run).
-    pub id: Option<Uuid>,
-    /// `planned` (dry run) or `scheduled`.
-    pub state: &'static str,
-    /// The cluster epoch the switchover raised (absent for a dry run).
-    pub epoch: Option<u64>,
-    /// The preview.
-    pub plan: Plan,
-}
-
 /// `POST /api/v1/clusters/{cluster}/switchover`: preflight, then 200 with the plan for a dry
 /// run, or 202 with the id; 4xx/409 naming the reason when preflight refuses.
 pub async fn switchover(
@@ -347,76 +327,13 @@ pub async fn switchover(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<SwitchoverRequest>,
 ) -> Result<(StatusCode, Json<SwitchoverAccepted>), AppError> {
-    request_switchover(&state, &name, req, &me).await
-}
-
-/// Preflight, plan and (unless a dry run) accept and start a switchover; shared by the REST API
-/// and the dashboard. Refusals are audited too.
-pub async fn request_switchover(
-    state: &AppState,
-    cluster: &str,
-    req: SwitchoverRequest,
-    who: &Principal,
-) -> Result<(StatusCode, Json<SwitchoverAccepted>), AppError> {
-    let view = cluster_with_epoch(state, cluster).await?;
-    let now = Utc::now();
-    let in_maintenance = crate::alerting::silences::current(&state.db)
-        .await?
-        .into_iter()
-        .find(|s| {
-            s.maintenance
-                && s.starts_at <= now
-                && s.node_id.is_none()
-                && s.cluster.as_deref() == Some(cluster)
-        });
-    let planned = match in_maintenance {
-        Some(m) => Err(AppError::Conflict {
-            code: "cluster_in_maintenance",
-            message: format!(
-                "{cluster} is in maintenance until {} ({}: {})",
-                m.ends_at.format("%Y-%m-%d %H:%M UTC"),
-                m.author,
-                m.reason
-            ),
-        }),
-        None => switchover::plan(&view, &req),
+    let accepted = request::request_switchover(&state, &name, req, &me).await?;
+    let status = if accepted.id.is_some() {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
     };
-    let plan = match planned {
-        Ok(p) => p,
-        Err(e) => {
-            if !req.dry_run {
-                let target = format!("{cluster} → {}", req.target_node);
-                let outcome = format!("refused: {e}");
-                Audit::by(who, "switchover", &target, &outcome)
-                    .reason(&req.reason)
-                    .record(&state.db)
-                    .await?;
-            }
-            return Err(e);
-        }
-    };
-    if req.dry_run {
-        return Ok((
-            StatusCode::OK,
-            Json(SwitchoverAccepted {
-                id: None,
-                state: "planned",
-                epoch: None,
-                plan,
-            }),
-        ));
-    }
-    let (id, epoch) = switchover::create(state, &plan, &req, who, false).await?;
-    switchover::spawn(state.clone(), id);
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(SwitchoverAccepted {
-            id: Some(id),
-            state: "scheduled",
-            epoch: Some(epoch),
-            plan,
-        }),
-    ))
+    Ok((status, Json(accepted)))
 }
 
 /// `GET /api/v1/switchovers/{id}`: the switchover, its steps and their states.

@@ -16,15 +16,18 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::access::auth::{self, Auth, Principal, Role};
+use crate::access::auth::{Principal, Role};
+use crate::access::sessions;
 use crate::fleet::store::{self as db, Event, EventFilter};
 use crate::fleet::view::{self, ClusterView, NodeView};
 use crate::history::series::{self, Metric, SeriesQuery};
+use crate::http::auth::{self, Auth};
 use crate::http::error::AppError;
 use crate::http::extract::ApiQuery;
 use crate::http::ui::charts::{self, Unit};
 use crate::state::AppState;
 use crate::switchover::engine::{self as switchover, Plan, Switchover, SwitchoverRequest};
+use crate::switchover::error::SwitchoverError;
 use axum::extract::ConnectInfo;
 use axum::response::Redirect;
 use axum::Form;
@@ -101,7 +104,7 @@ struct ClusterPartial<'a> {
     /// Availability over 24 h, 7 d, 30 d.
     availability: &'a [crate::history::availability::Availability],
     /// The arbiter's verdict, evidence and recent decisions.
-    failover: &'a crate::http::api::failover::FailoverStatus,
+    failover: &'a crate::failover::status::FailoverStatus,
     /// The viewer's CSRF token (for the failover forms).
     csrf: &'a str,
 }
@@ -241,7 +244,7 @@ pub async fn overview(
         return Err(AppError::invalid("invalid_query", "page", "1 or more"));
     }
     let filter = q.q.as_deref().unwrap_or("").trim().to_lowercase();
-    let fleet = state.snapshots.fleet(&state).await?;
+    let fleet = crate::http::snapshot::fleet(&state).await?;
     let mut clusters: Vec<&ClusterView> = fleet
         .clusters
         .iter()
@@ -299,12 +302,12 @@ pub async fn cluster(
     Path(name): Path<String>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Response, AppError> {
-    let fleet = state.snapshots.fleet(&state).await?;
+    let fleet = crate::http::snapshot::fleet(&state).await?;
     let now = fleet.now;
     let cluster = fleet
         .cluster(&name)
         .ok_or_else(|| AppError::NotFound(format!("cluster {name:?}")))?;
-    let extras = state.snapshots.cluster(&state, &name).await?;
+    let extras = crate::http::snapshot::cluster(&state, &name).await?;
     let nodes: Vec<&str> = cluster.nodes.iter().map(|n| n.node_id.as_str()).collect();
     let maintenance =
         crate::alerting::silences::maintenance_for(&extras.windows, now, &name, &nodes);
@@ -419,7 +422,7 @@ async fn preview_page(
         max_lag_bytes: None,
         scheduled_at: None,
     };
-    let view = crate::http::api::v1::cluster_with_epoch(state, cluster).await?;
+    let view = crate::switchover::engine::cluster_view(state, cluster).await?;
     let (plan, status, error) = match switchover::plan(&view, &req) {
         Ok(plan) => (
             Some(plan),
@@ -443,7 +446,7 @@ async fn preview_page(
         error,
         reason,
         csrf: me.csrf(),
-        needs_password: !auth::recently_authenticated(state, me),
+        needs_password: !sessions::recently_authenticated(state, me),
     })?;
     let full = render(&Base {
         title: &format!("Switchover in {cluster}"),
@@ -477,8 +480,8 @@ pub async fn switchover_confirm(
     Form(form): Form<ConfirmForm>,
 ) -> Result<Response, AppError> {
     let confirmed = form.confirm.trim() == form.target;
-    let authenticated = auth::recently_authenticated(&state, &me)
-        || (confirmed && auth::reauthenticate(&state, &me, &form.password).await?);
+    let authenticated = sessions::recently_authenticated(&state, &me)
+        || (confirmed && sessions::reauthenticate(&state, &me, &form.password).await?);
     if !confirmed || !authenticated {
         let message = if confirmed {
             "Your password, again: a switchover needs it.".to_string()
@@ -505,15 +508,17 @@ pub async fn switchover_confirm(
         max_lag_bytes: None,
         scheduled_at: None,
     };
-    match crate::http::api::v1::request_switchover(&state, &cluster, req, &me).await {
-        Ok((_, accepted)) => match accepted.0.id {
+    match crate::switchover::request::request_switchover(&state, &cluster, req, &me).await {
+        Ok(accepted) => match accepted.id {
             Some(id) => Ok(Redirect::to(&format!("/switchovers/{id}")).into_response()),
             None => Err(AppError::Internal(anyhow::anyhow!(
                 "accepted switchover without id"
             ))),
         },
         Err(
-            e @ (AppError::Conflict { .. } | AppError::BadRequest { .. } | AppError::NotFound(_)),
+            e @ (SwitchoverError::Conflict { .. }
+            | SwitchoverError::Invalid { .. }
+            | SwitchoverError::NotFound(_)),
         ) => {
             let (status, page) = preview_page(
                 &state,
@@ -527,7 +532,7 @@ pub async fn switchover_confirm(
             .await?;
             Ok((status, page).into_response())
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -553,19 +558,19 @@ pub async fn failover_confirm(
     Path(cluster): Path<String>,
     Form(form): Form<FailoverForm>,
 ) -> Result<Response, AppError> {
-    let authenticated = auth::recently_authenticated(&state, &me)
-        || auth::reauthenticate(&state, &me, &form.password).await?;
+    let authenticated = sessions::recently_authenticated(&state, &me)
+        || sessions::reauthenticate(&state, &me, &form.password).await?;
     if !authenticated {
         return Err(AppError::Forbidden(
             "your password, again: a failover needs it".into(),
         ));
     }
-    let req = crate::http::api::failover::FailoverRequest {
+    let req = crate::failover::requests::FailoverRequest {
         target_node: form.target,
         reason: form.reason,
         accept_data_loss: form.accept_data_loss.is_some(),
     };
-    let id = crate::http::api::failover::request_failover(&state, &cluster, &req, &me).await?;
+    let id = crate::failover::requests::request_failover(&state, &cluster, &req, &me).await?;
     Ok(Redirect::to(&format!("/switchovers/{id}")).into_response())
 }
 
@@ -584,7 +589,7 @@ pub async fn failover_acknowledge(
     Path(id): Path<Uuid>,
     Form(form): Form<FailoverAckForm>,
 ) -> Result<Response, AppError> {
-    crate::http::api::failover::acknowledge_failover(&state, id, &form.reason, &me).await?;
+    crate::failover::requests::acknowledge_failover(&state, id, &form.reason, &me).await?;
     Ok(Redirect::to(&format!("/switchovers/{id}")).into_response())
 }
 
@@ -653,7 +658,7 @@ async fn alerts_page(
         alerts: &alerts,
         silences: &silences,
         notifications: &notifications,
-        rules: &crate::alerting::engine::RULES,
+        rules: &crate::alerting::rules::RULES,
         error,
         csrf: me.csrf(),
         operator: me.role >= Role::Operator,
@@ -679,7 +684,7 @@ async fn after_form(
             let page = alerts_page(state, me, &PageQuery::default(), Some(e.to_string())).await?;
             Ok((status, page).into_response())
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -928,7 +933,7 @@ pub async fn login(
 ) -> Result<Response, AppError> {
     let source = peer.ip().to_string();
     let next = local_path(form.next.as_deref()).to_string();
-    let outcome = auth::login(&state, &form.name, &form.password, &source).await?;
+    let outcome = sessions::login(&state, &form.name, &form.password, &source).await?;
     let audit = |outcome: &'static str| crate::access::audit::Audit {
         actor: "",
         role: None,
@@ -962,12 +967,12 @@ pub async fn login(
         }
         Err(e) => {
             let (status, message, outcome) = match e {
-                auth::LoginError::Throttled => (
+                sessions::LoginError::Throttled => (
                     StatusCode::TOO_MANY_REQUESTS,
                     "Too many failed logins for this account or from this address; wait a few minutes.",
                     "refused: throttled",
                 ),
-                auth::LoginError::Wrong => (
+                sessions::LoginError::Wrong => (
                     StatusCode::UNAUTHORIZED,
                     "Wrong name or password.",
                     "failed",
@@ -988,8 +993,8 @@ pub async fn login(
 
 /// `POST /logout`: ends the session on the server and clears the cookie.
 pub async fn logout(State(state): State<AppState>, Auth(me): Auth) -> Result<Response, AppError> {
-    if matches!(me.via, auth::Via::Session { .. }) {
-        auth::logout(&state, &me).await?;
+    if matches!(me.via, crate::access::auth::Via::Session { .. }) {
+        sessions::logout(&state, &me).await?;
         crate::access::audit::Audit::by(&me, "logout", &me.name, "succeeded")
             .record(&state.db)
             .await?;

@@ -1,0 +1,116 @@
+//! Sessions: login (throttled per account and per source), re-authentication before a
+//! dashboard switchover, logout.
+
+use chrono::Utc;
+use sqlx::Row;
+
+use crate::access::auth::{
+    decoy_hash, digest, random_secret, verify_password, AccessError, Principal, Via,
+};
+use crate::state::AppState;
+
+/// Why a login failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LoginError {
+    /// Too many recent failures for this account or address: try later.
+    Throttled,
+    /// Wrong name or password (which one is not said).
+    Wrong,
+}
+
+/// A new session.
+pub struct NewSession {
+    /// The session id (the cookie's value).
+    pub id: String,
+}
+
+/// Checks a name and password (throttled per account and per source) and opens a session.
+pub async fn login(
+    state: &AppState,
+    name: &str,
+    password: &str,
+    source: &str,
+) -> Result<Result<NewSession, LoginError>, AccessError> {
+    let a = &state.settings.auth;
+    let (account, address) = (format!("user:{name}"), format!("addr:{source}"));
+    if state.login_throttle.recent(&account, a.login_window) >= a.login_max_failures_per_account
+        || state.login_throttle.recent(&address, a.login_window) >= a.login_max_failures_per_source
+    {
+        return Ok(Err(LoginError::Throttled));
+    }
+    let row =
+        sqlx::query("SELECT password_hash FROM users WHERE name = $1 AND disabled_at IS NULL")
+            .bind(name)
+            .fetch_optional(&state.db)
+            .await?;
+    let hash: Option<String> = row.map(|r| r.try_get("password_hash")).transpose()?;
+    let password = password.to_string();
+    let ok = tokio::task::spawn_blocking(move || {
+        let matches = verify_password(hash.as_deref().unwrap_or(decoy_hash()), &password);
+        matches && hash.is_some()
+    })
+    .await
+    .map_err(|e| AccessError::Internal(e.into()))?;
+    if !ok {
+        state.login_throttle.record(&account);
+        state.login_throttle.record(&address);
+        return Ok(Err(LoginError::Wrong));
+    }
+    let id = random_secret();
+    sqlx::query(
+        "INSERT INTO sessions (id_hash, user_name, csrf_token, source) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(digest(&id))
+    .bind(name)
+    .bind(random_secret())
+    .bind(source)
+    .execute(&state.db)
+    .await?;
+    Ok(Ok(NewSession { id }))
+}
+
+/// Checks the password of the session's user again (before a switchover confirmed on the
+/// dashboard) and records when; throttled like a login.
+pub async fn reauthenticate(
+    state: &AppState,
+    principal: &Principal,
+    password: &str,
+) -> Result<bool, AccessError> {
+    let Via::Session { id_hash, .. } = &principal.via else {
+        return Ok(false);
+    };
+    let outcome = login(state, &principal.name, password, &principal.source).await?;
+    let Ok(fresh) = outcome else { return Ok(false) };
+    // `login` opened a second session: end it at once; the caller's session is re-authenticated.
+    sqlx::query("UPDATE sessions SET ended_at = now() WHERE id_hash = $1")
+        .bind(digest(&fresh.id))
+        .execute(&state.db)
+        .await?;
+    sqlx::query("UPDATE sessions SET reauth_at = now() WHERE id_hash = $1")
+        .bind(id_hash)
+        .execute(&state.db)
+        .await?;
+    Ok(true)
+}
+
+/// Ends the principal's session (logout). Other principals have nothing to end.
+pub async fn logout(state: &AppState, principal: &Principal) -> Result<(), AccessError> {
+    if let Via::Session { id_hash, .. } = &principal.via {
+        sqlx::query("UPDATE sessions SET ended_at = now() WHERE id_hash = $1")
+            .bind(id_hash)
+            .execute(&state.db)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Is the session's last password entry recent enough for a switchover (`auth.reauth_window`)?
+pub fn recently_authenticated(state: &AppState, principal: &Principal) -> bool {
+    match &principal.via {
+        Via::Session { reauth_at, .. } => {
+            Utc::now() - *reauth_at
+                <= chrono::Duration::from_std(state.settings.auth.reauth_window).unwrap_or_default()
+        }
+        _ => false,
+    }
+}

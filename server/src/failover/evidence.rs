@@ -1,0 +1,95 @@
+//! What the arbiter knew when it decided: each peer's view of the leader ([`Witness`]), the
+//! cluster's evidence ([`Gathered`]), the verdict kept per cluster ([`Verdict`]), and their
+//! translation into the pure decision's inputs ([`evidence`], [`candidates`]).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::failover::decision::{self as failover, Candidate, Decision, Evidence};
+use crate::fleet::live::NodeStatus;
+
+/// One peer's view of the leader.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Witness {
+    /// Peer node id.
+    pub node_id: String,
+    /// Detector verdict on the peer.
+    pub status: NodeStatus,
+    /// It is up and its agent reports arbitration probes: its view counts.
+    pub counts: bool,
+    /// Its last ICMP echo to the leader was answered (None: it does not probe the leader).
+    pub pings_leader: Option<bool>,
+    /// It is BACKUP in the instance while no node but the leader is MASTER: adverts arrive.
+    pub hears_adverts: bool,
+    /// Its replication link is streaming (shown, not counted: see the module documentation).
+    pub replication_streaming: Option<bool>,
+    /// Its verdict: it sees the leader.
+    pub sees_leader: bool,
+    /// It reaches the reference address (None: no arbitration probes).
+    pub reaches_reference: Option<bool>,
+    /// Candidate priority (0: never promoted).
+    pub priority: u32,
+    /// Replication lag counted against the data-loss bound, bytes: the larger of what it last
+    /// reported (received, not replayed) and what the leader last reported for its standbys.
+    pub lag_bytes: Option<u64>,
+    /// The same in seconds.
+    pub lag_seconds: Option<f64>,
+}
+
+/// What the arbiter knew about a cluster when it decided.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Gathered {
+    /// The VRRP instance judged.
+    pub instance: String,
+    /// The replication link tied to it (`postgresql:pg`).
+    pub link: Option<String>,
+    /// The master of the current epoch.
+    pub leader: String,
+    /// Detector verdict on the leader.
+    pub leader_status: NodeStatus,
+    /// The leader reaches the reference address (None: unknown).
+    pub leader_reaches_reference: Option<bool>,
+    /// Every other node.
+    pub witnesses: Vec<Witness>,
+}
+
+/// The arbiter's latest verdict on one cluster.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Verdict {
+    /// When it was reached.
+    pub at: DateTime<Utc>,
+    /// The cluster's mode: `off`, `notify`, `auto`.
+    pub mode: failover::Mode,
+    /// What to do and why.
+    #[schema(value_type = Object)]
+    pub decision: Decision,
+    /// What it was based on (None: no leader known).
+    pub evidence: Option<Gathered>,
+}
+
+/// The decision's view of the evidence.
+pub fn evidence(g: &Gathered) -> Evidence {
+    let counted: Vec<&Witness> = g.witnesses.iter().filter(|w| w.counts).collect();
+    Evidence {
+        master: g.leader.clone(),
+        server_hears_master: g.leader_status == NodeStatus::Up,
+        peers_reporting: counted.len(),
+        peers_seeing_master: counted.iter().filter(|w| w.sees_leader).count(),
+        master_reaches_reference: g.leader_reaches_reference,
+    }
+}
+
+/// The decision's view of the candidates.
+pub fn candidates(g: &Gathered) -> Vec<Candidate> {
+    g.witnesses
+        .iter()
+        .map(|w| Candidate {
+            node_id: w.node_id.clone(),
+            up: w.status == NodeStatus::Up,
+            priority: w.priority,
+            reaches_reference: w.reaches_reference == Some(true),
+            lag_bytes: w.lag_bytes,
+            lag_seconds: w.lag_seconds,
+        })
+        .collect()
+}

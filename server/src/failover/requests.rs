@@ -1,0 +1,435 @@
+//! What people ask of automatic failover (shared by the REST API and the dashboard): the status
+//! of a cluster, a confirmed failover, the acknowledgement that lifts the anti-flapping hold,
+//! lifting a kept fence once a node has rejoined, and the global switch. Each is audited.
+
+use chrono::Utc;
+use hapulse_protocol::{Action, LinkState, ReplicationRole};
+use serde::Deserialize;
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::access::audit::Audit;
+use crate::access::auth::Principal;
+use crate::agents::commands::{self, NewCommand};
+use crate::failover::arbiter;
+use crate::failover::decision::{self as failover, Decision, Mode};
+use crate::failover::evidence;
+use crate::failover::status::{DecisionRow, FailoverStatus, PolicyView};
+use crate::fleet::live::NodeStatus;
+use crate::state::AppState;
+use crate::switchover::error::SwitchoverError;
+
+/// Why a request about automatic failover was refused or failed; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum FailoverError {
+    /// The request is malformed (HTTP 400): `field` names the culprit.
+    #[error("{message}")]
+    Invalid {
+        /// Stable code (`invalid_body`).
+        code: &'static str,
+        /// The request field at fault (`reason`).
+        field: String,
+        /// For people.
+        message: String,
+    },
+    /// Refused in the cluster's current state (HTTP 409): `code` says why (`no_evidence`,
+    /// `failover_refused`, `already_acknowledged`, `not_rejoined`).
+    #[error("{message}")]
+    Conflict {
+        /// Stable code.
+        code: &'static str,
+        /// For people.
+        message: String,
+    },
+    /// The cluster, node or failover does not exist (HTTP 404).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Starting the failover run was refused or failed.
+    #[error(transparent)]
+    Run(#[from] SwitchoverError),
+    /// PostgreSQL failed (HTTP 503 when it is unavailable, else 500).
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl FailoverError {
+    /// A [`FailoverError::Invalid`] naming `field`.
+    pub fn invalid(
+        code: &'static str,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        FailoverError::Invalid {
+            code,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The failover status of `cluster` (shared with the dashboard).
+pub async fn load_status(state: &AppState, cluster: &str) -> Result<FailoverStatus, FailoverError> {
+    let leader: Option<Option<String>> =
+        sqlx::query_scalar("SELECT leader FROM clusters WHERE name = $1")
+            .bind(cluster)
+            .fetch_optional(&state.db)
+            .await?;
+    let Some(leader) = leader else {
+        return Err(FailoverError::NotFound(format!("cluster {cluster:?}")));
+    };
+    let rows = sqlx::query(
+        "SELECT at, action, candidate, reason FROM failover_decisions
+          WHERE cluster = $1 ORDER BY id DESC LIMIT 20",
+    )
+    .bind(cluster)
+    .fetch_all(&state.db)
+    .await?;
+    let decisions = rows
+        .iter()
+        .map(|r| {
+            Ok(DecisionRow {
+                at: r.try_get("at")?,
+                action: r.try_get("action")?,
+                candidate: r.try_get("candidate")?,
+                reason: r.try_get("reason")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+    let unacknowledged_failover: Option<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM (SELECT id, acknowledged_at FROM switchovers
+                          WHERE cluster = $1 AND automatic AND kind = 'failover'
+                          ORDER BY created_at DESC LIMIT 1) last
+          WHERE acknowledged_at IS NULL",
+    )
+    .bind(cluster)
+    .fetch_optional(&state.db)
+    .await?;
+    let enabled = arbiter::automatic_enabled(state).await?;
+    let p = state.settings.failover.policy(cluster, enabled);
+    Ok(FailoverStatus {
+        cluster: cluster.to_string(),
+        automatic_enabled: enabled,
+        policy: PolicyView {
+            mode: p.mode,
+            max_lag_bytes: p.max_lag_bytes,
+            max_lag_seconds: p.max_lag_seconds,
+            anti_flap_seconds: p.anti_flap.as_secs(),
+            fencing_hook: p.fencing_hook,
+            accept_unfenced: p.accept_unfenced,
+        },
+        leader,
+        verdict: state
+            .verdicts
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(cluster)
+            .cloned(),
+        decisions,
+        unacknowledged_failover,
+    })
+}
+
+/// Body of `POST /api/v1/clusters/{cluster}/failover`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverRequest {
+    /// The node to promote.
+    pub target_node: String,
+    /// Why (kept in the audit log).
+    pub reason: String,
+    /// Promote even when the target is further behind than the cluster's data-loss bound: the
+    /// transactions it has not received are lost.
+    #[serde(default)]
+    pub accept_data_loss: bool,
+}
+
+/// Checks and starts a person's failover; audited whether accepted or refused.
+pub async fn request_failover(
+    state: &AppState,
+    cluster: &str,
+    req: &FailoverRequest,
+    who: &Principal,
+) -> Result<Uuid, FailoverError> {
+    if req.reason.trim().is_empty()
+        || req.reason.len() > 1000
+        || req.reason.chars().any(char::is_control)
+    {
+        return Err(FailoverError::invalid(
+            "invalid_body",
+            "reason",
+            "say why, in at most 1000 bytes, on one line",
+        ));
+    }
+    let view = crate::switchover::engine::cluster_view(state, cluster).await?;
+    let target = format!("{cluster} → {}", req.target_node);
+    let verdict = state
+        .verdicts
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(cluster)
+        .cloned();
+    let Some(g) = verdict.and_then(|v| v.evidence) else {
+        return Err(FailoverError::Conflict {
+            code: "no_evidence",
+            message: format!("the arbiter knows no leader of {cluster} yet"),
+        });
+    };
+    let mut policy = state.settings.failover.policy(cluster, true);
+    policy.mode = Mode::Auto;
+    policy.anti_flap = std::time::Duration::ZERO;
+    policy.grace = std::time::Duration::ZERO;
+    if req.accept_data_loss {
+        policy.max_lag_bytes = u64::MAX;
+        policy.max_lag_seconds = f64::INFINITY;
+    }
+    let mut candidates = evidence::candidates(&g);
+    candidates.retain(|c| c.node_id == req.target_node);
+    if candidates.is_empty() {
+        return Err(FailoverError::NotFound(format!(
+            "node {:?} in cluster {cluster} (other than the leader {})",
+            req.target_node, g.leader
+        )));
+    }
+    let decision = failover::decide(&failover::Situation {
+        now: Utc::now(),
+        policy,
+        evidence: evidence::evidence(&g),
+        candidates,
+        history: failover::History {
+            operation_running: false,
+            server_started_at: state.started_at,
+            last_automatic: None,
+        },
+    });
+    let started = match &decision {
+        Decision::Failover { reason, .. } => {
+            // Kept with the failover and in its audit row.
+            let loss = if req.accept_data_loss {
+                "; data loss beyond the bound accepted"
+            } else {
+                ""
+            };
+            let reason = format!("{} (confirmed{loss}: {reason})", req.reason);
+            crate::switchover::engine::start_failover(
+                state,
+                &view,
+                &g,
+                &req.target_node,
+                &reason,
+                false,
+                who,
+            )
+            .await
+            .map_err(FailoverError::from)
+        }
+        other => Err(FailoverError::Conflict {
+            code: "failover_refused",
+            message: other.reason().to_string(),
+        }),
+    };
+    if let Err(e) = &started {
+        Audit::by(who, "failover", &target, &format!("refused: {e}"))
+            .reason(&req.reason)
+            .detail(serde_json::json!({ "accept_data_loss": req.accept_data_loss }))
+            .record(&state.db)
+            .await?;
+    }
+    started
+}
+
+/// One line saying why: refused (400, field `reason`) when empty, longer than 1000 bytes or
+/// with control characters.
+fn check_reason(reason: &str) -> Result<(), FailoverError> {
+    if reason.trim().is_empty() || reason.len() > 1000 || reason.chars().any(char::is_control) {
+        return Err(FailoverError::invalid(
+            "invalid_body",
+            "reason",
+            "say why, in at most 1000 bytes, on one line",
+        ));
+    }
+    Ok(())
+}
+
+/// Acknowledges failover `id` for `me` (shared with the dashboard); audited.
+pub async fn acknowledge_failover(
+    state: &AppState,
+    id: Uuid,
+    reason: &str,
+    me: &Principal,
+) -> Result<(), FailoverError> {
+    check_reason(reason)?;
+    let sw = crate::switchover::engine::get(&state.db, id)
+        .await?
+        .filter(|s| me.may_see(&s.cluster) && s.kind == "failover")
+        .ok_or_else(|| FailoverError::NotFound(format!("failover {id}")))?;
+    let mut tx = state.db.begin().await?;
+    let done = sqlx::query(
+        "UPDATE switchovers SET acknowledged_at = now(), acknowledged_by = $2
+          WHERE id = $1 AND acknowledged_at IS NULL",
+    )
+    .bind(id)
+    .bind(&me.name)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(FailoverError::Conflict {
+            code: "already_acknowledged",
+            message: format!("failover {id} is acknowledged already"),
+        });
+    }
+    Audit::by(me, "failover_acknowledge", &id.to_string(), "acknowledged")
+        .reason(reason)
+        .detail(serde_json::json!({ "cluster": sw.cluster }))
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    state.announce(&sw.cluster);
+    Ok(())
+}
+
+/// Lifts the fence on `node` of `cluster` for `me` once it has rejoined (see the REST handler
+/// for the rules): lowers its priority below the leader's, then unfences it, under the current
+/// epoch; audited. Returns the priority offset set.
+pub async fn unfence(
+    state: &AppState,
+    cluster: &str,
+    node: &str,
+    reason: &str,
+    me: &Principal,
+) -> Result<i32, FailoverError> {
+    check_reason(reason)?;
+    let view = crate::switchover::engine::cluster_view(state, cluster).await?;
+    let verdict = state
+        .verdicts
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(cluster)
+        .cloned();
+    let g = verdict
+        .and_then(|v| v.evidence)
+        .ok_or_else(|| FailoverError::Conflict {
+            code: "no_evidence",
+            message: format!("the arbiter knows no leader of {cluster} yet"),
+        })?;
+    let refuse = |message: String| FailoverError::Conflict {
+        code: "not_rejoined",
+        message,
+    };
+    if node == g.leader {
+        return Err(refuse(format!("{node} is the leader of {cluster}")));
+    }
+    let summary = view
+        .nodes
+        .iter()
+        .find(|n| n.node_id == node)
+        .ok_or_else(|| FailoverError::NotFound(format!("node {node:?} in cluster {cluster}")))?;
+    if summary.status != NodeStatus::Up {
+        return Err(refuse(format!("{node} is {}", summary.status.as_str())));
+    }
+    if let Some(link) = &g.link {
+        let member = view
+            .replication
+            .iter()
+            .find(|r| &r.link == link)
+            .and_then(|r| r.members.iter().find(|m| m.node_id == node));
+        match member {
+            Some(m) if m.role == ReplicationRole::Secondary && m.state == LinkState::Streaming => {}
+            Some(m) => {
+                return Err(refuse(format!(
+                    "{node} is {} and {} on {link}: rejoin it as a streaming standby of {} first",
+                    m.role.as_str(),
+                    m.state.as_str(),
+                    g.leader
+                )))
+            }
+            None => return Err(refuse(format!("{node} does not report {link}"))),
+        }
+    }
+    let instance = view
+        .instances
+        .iter()
+        .find(|i| i.name == g.instance)
+        .ok_or_else(|| refuse(format!("{node} does not report {}", g.instance)))?;
+    let base = |n: &str| {
+        instance
+            .members
+            .iter()
+            .find(|m| m.node_id == n)
+            .and_then(|m| m.base_priority)
+    };
+    let (Some(leader_base), Some(own_base)) = (base(&g.leader), base(&node)) else {
+        return Err(refuse(
+            "base priorities are unknown (no JSON dump yet)".into(),
+        ));
+    };
+    let offset = (i32::from(leader_base) - 10 - i32::from(own_base)).clamp(-253, 0);
+    let mut tx = state.db.begin().await?;
+    for action in [
+        Action::SetPriorityOffset {
+            instance: g.instance.clone(),
+            offset,
+        },
+        Action::Fence {
+            instance: g.instance.clone(),
+            fenced: false,
+        },
+    ] {
+        commands::insert(
+            &mut tx,
+            &NewCommand {
+                cluster: cluster.to_string(),
+                node_id: node.to_string(),
+                epoch: view.epoch,
+                action,
+                deadline: std::time::Duration::from_secs(60),
+                switchover_id: None,
+                requested_by: me.name.clone(),
+            },
+        )
+        .await?;
+    }
+    sqlx::query("DELETE FROM kept_fenced WHERE cluster = $1 AND node_id = $2")
+        .bind(cluster)
+        .bind(node)
+        .execute(&mut *tx)
+        .await?;
+    Audit::by(me, "unfence", &format!("{cluster}/{node}"), "accepted")
+        .reason(reason)
+        .detail(serde_json::json!({ "priority_offset": offset, "epoch": view.epoch }))
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    state.commands.wake(node);
+    Ok(offset)
+}
+
+/// Turns every automatic action on or off (the global switch, stored in `runtime_settings` so it
+/// survives restarts), for `me`; audited.
+pub async fn set_automatic(
+    state: &AppState,
+    enabled: bool,
+    reason: &str,
+    me: &Principal,
+) -> Result<(), FailoverError> {
+    check_reason(reason)?;
+    let mut tx = state.db.begin().await?;
+    sqlx::query(
+        "INSERT INTO runtime_settings (key, value, updated_by) VALUES ($1, $2, $3)
+         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now(),
+                                         updated_by = EXCLUDED.updated_by",
+    )
+    .bind(crate::failover::arbiter::SWITCH_KEY)
+    .bind(sqlx::types::Json(enabled))
+    .bind(&me.name)
+    .execute(&mut *tx)
+    .await?;
+    let outcome = if enabled { "enabled" } else { "disabled" };
+    Audit::by(me, "automatic_failover", "all clusters", outcome)
+        .reason(reason)
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::warn!(by = %me.name, enabled = enabled, reason = %reason, "automatic failover switched");
+    state.announce("*");
+    Ok(())
+}

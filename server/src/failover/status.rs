@@ -1,0 +1,59 @@
+//! What the dashboard and `GET /api/v1/clusters/{cluster}/failover` show of automatic failover
+//! for one cluster: its policy, the arbiter's verdict with its evidence, recent verdicts.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::failover::decision::Mode;
+use crate::failover::evidence::Verdict;
+
+/// One stored verdict.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DecisionRow {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// `nothing`, `wait`, `alert`, `propose`, `failover`, `step_down`, `fence`.
+    pub action: String,
+    /// The node to promote (or, for `fence`, the node fenced).
+    pub candidate: Option<String>,
+    /// Why, for people.
+    pub reason: String,
+}
+
+/// The cluster's policy as configured.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PolicyView {
+    /// `off`, `notify`, `auto`.
+    pub mode: Mode,
+    /// Largest lag of an automatic promotion, bytes.
+    pub max_lag_bytes: u64,
+    /// …seconds.
+    pub max_lag_seconds: f64,
+    /// Anti-flapping hold after an automatic failover, seconds.
+    pub anti_flap_seconds: u64,
+    /// A fencing hook (STONITH) is configured.
+    pub fencing_hook: bool,
+    /// The cluster promotes without fencing an unreachable old master.
+    pub accept_unfenced: bool,
+}
+
+/// Automatic failover of one cluster, as `GET /api/v1/clusters/{cluster}/failover` shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FailoverStatus {
+    /// Cluster.
+    pub cluster: String,
+    /// The global switch: false stops every automatic action.
+    pub automatic_enabled: bool,
+    /// The cluster's policy.
+    pub policy: PolicyView,
+    /// The master of the current epoch.
+    pub leader: Option<String>,
+    /// The arbiter's latest verdict with its evidence (absent until its first round).
+    pub verdict: Option<Verdict>,
+    /// The last 20 changes of verdict, newest first.
+    pub decisions: Vec<DecisionRow>,
+    /// The latest automatic failover when nobody acknowledged it yet: while it is within the
+    /// anti-flapping hold, no other automatic failover runs.
+    pub unacknowledged_failover: Option<Uuid>,
+}

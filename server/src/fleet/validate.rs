@@ -1,0 +1,222 @@
+//! What a heartbeat report must satisfy beyond its JSON shape (limits, names, consistency), and
+//! why the fleet refuses or cannot take one ([`IngestError`]).
+
+use hapulse_protocol::{valid_name, HeartbeatReport, PROTOCOL_VERSION};
+
+/// Why a heartbeat report was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The report is malformed (HTTP 400): nothing of it was applied.
+    #[error("{message}")]
+    Invalid {
+        /// Stable code (`protocol_version`, `invalid_body`, …).
+        code: &'static str,
+        /// For people.
+        message: String,
+        /// The report field at fault (`keepalived.instances[0].vips[1]`).
+        field: Option<String>,
+    },
+    /// PostgreSQL could not store the report (HTTP 503): nothing was applied, and the agent
+    /// keeps it and retries. The cause was logged where it happened.
+    #[error("database unavailable, retry later")]
+    Unavailable,
+}
+
+impl IngestError {
+    /// An [`IngestError::Invalid`] naming `field`.
+    pub fn invalid(
+        code: &'static str,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        IngestError::Invalid {
+            code,
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+}
+
+/// Most VRRP instances one report may carry.
+pub const MAX_INSTANCES: usize = 256;
+/// Most VIPs one instance may carry.
+pub const MAX_VIPS: usize = 64;
+/// Most replication links one report may carry.
+pub const MAX_LINKS: usize = 64;
+
+/// Checks what deserialisation cannot; the error names the field.
+pub fn validate(report: &HeartbeatReport) -> Result<(), IngestError> {
+    if report.protocol_version != PROTOCOL_VERSION {
+        return Err(IngestError::Invalid {
+            code: "protocol_version",
+            message: format!(
+                "protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}",
+                report.protocol_version
+            ),
+            field: Some("protocol_version".into()),
+        });
+    }
+    if !valid_name(&report.node_id) {
+        return Err(IngestError::invalid(
+            "invalid_body",
+            "node_id",
+            "1-64 characters of A-Z a-z 0-9 . _ -",
+        ));
+    }
+    if !valid_name(&report.cluster) {
+        return Err(IngestError::invalid(
+            "invalid_body",
+            "cluster",
+            "1-64 characters of A-Z a-z 0-9 . _ -",
+        ));
+    }
+    if report.seq == 0 || report.seq > i64::MAX as u64 {
+        return Err(IngestError::invalid(
+            "invalid_body",
+            "seq",
+            "must be between 1 and 2^63-1",
+        ));
+    }
+    if !(100..=3_600_000).contains(&report.heartbeat_interval_ms) {
+        return Err(IngestError::invalid(
+            "invalid_body",
+            "heartbeat_interval_ms",
+            "must be 100..=3600000",
+        ));
+    }
+    // Control characters (NUL above all) would make PostgreSQL refuse the row with a 500 the
+    // agent retries forever.
+    let text_ok = |s: &str, max: usize| s.len() <= max && !s.chars().any(char::is_control);
+    if !text_ok(&report.hostname, 255) {
+        return Err(IngestError::invalid(
+            "invalid_body",
+            "hostname",
+            "at most 255 bytes, no control characters",
+        ));
+    }
+    if !text_ok(&report.agent_version, 64) {
+        return Err(IngestError::invalid(
+            "invalid_body",
+            "agent_version",
+            "at most 64 bytes, no control characters",
+        ));
+    }
+    if !report.load1.is_finite() || report.load1 < 0.0 {
+        return Err(IngestError::invalid(
+            "invalid_body",
+            "load1",
+            "must be a finite number ≥ 0",
+        ));
+    }
+    let instances = &report.keepalived.instances;
+    if instances.len() > MAX_INSTANCES {
+        return Err(IngestError::invalid(
+            "invalid_body",
+            "keepalived.instances",
+            format!("at most {MAX_INSTANCES} instances"),
+        ));
+    }
+    if report.replication.len() > MAX_LINKS {
+        return Err(IngestError::invalid(
+            "invalid_body",
+            "replication",
+            format!("at most {MAX_LINKS} links"),
+        ));
+    }
+    for (n, l) in report.replication.iter().enumerate() {
+        let field = |name: &str| format!("replication[{n}].{name}");
+        if !valid_name(&l.name) {
+            return Err(IngestError::invalid(
+                "invalid_body",
+                field("name"),
+                "1-64 characters of A-Z a-z 0-9 . _ -",
+            ));
+        }
+        if report.replication[..n].iter().any(|o| o.key() == l.key()) {
+            return Err(IngestError::invalid(
+                "invalid_body",
+                field("name"),
+                format!("link {} appears twice", l.key()),
+            ));
+        }
+        for (name, value, max) in [
+            ("peer", &l.peer, 1024),
+            ("vrrp_instance", &l.vrrp_instance, 64),
+            ("error", &l.error, 4096),
+        ] {
+            if value.as_deref().is_some_and(|v| !text_ok(v, max)) {
+                return Err(IngestError::invalid(
+                    "invalid_body",
+                    field(name),
+                    format!("at most {max} bytes, no control characters"),
+                ));
+            }
+        }
+        if l.lag_seconds.is_some_and(|s| !s.is_finite() || s < 0.0) {
+            return Err(IngestError::invalid(
+                "invalid_body",
+                field("lag_seconds"),
+                "must be a finite number ≥ 0",
+            ));
+        }
+        if l.raw.len() > 256
+            || l.raw.iter().any(|(k, v)| {
+                k.len() > 128 || v.len() > 4096 || k.contains('\0') || v.contains('\0')
+            })
+        {
+            return Err(IngestError::invalid(
+                "invalid_body",
+                field("raw"),
+                "at most 256 fields, names ≤ 128 and values ≤ 4096 bytes, no NUL",
+            ));
+        }
+    }
+    for (n, i) in instances.iter().enumerate() {
+        let field = |name: &str| format!("keepalived.instances[{n}].{name}");
+        if i.name.is_empty() || i.name.len() > 64 || i.name.chars().any(char::is_control) {
+            return Err(IngestError::invalid(
+                "invalid_body",
+                field("name"),
+                "1-64 printable characters",
+            ));
+        }
+        if instances[..n].iter().any(|o| o.name == i.name) {
+            return Err(IngestError::invalid(
+                "invalid_body",
+                field("name"),
+                format!("instance {:?} appears twice", i.name),
+            ));
+        }
+        if i.interface.as_ref().is_some_and(|s| !text_ok(s, 64)) {
+            return Err(IngestError::invalid(
+                "invalid_body",
+                field("interface"),
+                "at most 64 bytes, no control characters",
+            ));
+        }
+        if i.vips.len() > MAX_VIPS {
+            return Err(IngestError::invalid(
+                "invalid_body",
+                field("vips"),
+                format!("at most {MAX_VIPS} VIPs"),
+            ));
+        }
+        for (v, vip) in i.vips.iter().enumerate() {
+            if vip.parse::<std::net::IpAddr>().is_err() {
+                return Err(IngestError::invalid(
+                    "invalid_body",
+                    format!("keepalived.instances[{n}].vips[{v}]"),
+                    format!("{vip:?} is not an IP address"),
+                ));
+            }
+        }
+        if let Some(v) = i.held_vips.iter().position(|h| !i.vips.contains(h)) {
+            return Err(IngestError::invalid(
+                "invalid_body",
+                format!("keepalived.instances[{n}].held_vips[{v}]"),
+                "a held VIP must be one of the instance's vips",
+            ));
+        }
+    }
+    Ok(())
+}
