@@ -5,5 +5,6 @@
 pub mod engine;
 pub mod error;
 pub mod notify;
+pub mod requests;
 pub mod rules;
 pub mod silences;

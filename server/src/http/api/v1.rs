@@ -5,8 +5,8 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::access::audit::Audit;
 use crate::access::auth::Principal;
+use crate::alerting::requests;
 use crate::fleet::store::{self as db, Event, EventFilter};
 use crate::fleet::view::{self, ClusterView, NodeView};
 use crate::history::series::{self, Metric, Point, SeriesQuery, Source};
@@ -412,38 +412,8 @@ pub async fn ack_alert(
     Path(id): Path<Uuid>,
     ApiJson(ack): ApiJson<AckRequest>,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    acknowledge(&state, id, &ack.comment, &me).await?;
+    requests::acknowledge(&state, id, &ack.comment, &me).await?;
     Ok(Json(serde_json::json!({ "id": id, "acknowledged": true })))
-}
-
-/// Acknowledges open alert `id` for `who` and audits it. 400 (field `comment`) without a
-/// one-line comment; 404 when it is not open or not in `who`'s clusters.
-pub async fn acknowledge(
-    state: &AppState,
-    id: Uuid,
-    comment: &str,
-    who: &Principal,
-) -> Result<(), AppError> {
-    if comment.trim().is_empty() || comment.len() > 1000 || comment.chars().any(char::is_control) {
-        return Err(AppError::invalid(
-            "invalid_body",
-            "comment",
-            "a comment is required, one line of at most 1000 bytes",
-        ));
-    }
-    let cluster: Option<String> = sqlx::query_scalar("SELECT cluster FROM alerts WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&state.db)
-        .await?;
-    if !cluster.is_some_and(|c| who.may_see(&c)) {
-        return Err(AppError::NotFound(format!("open alert {id}")));
-    }
-    crate::alerting::engine::acknowledge(&state.db, id, &who.name, comment).await?;
-    Audit::by(who, "alert_ack", &id.to_string(), "acknowledged")
-        .reason(comment)
-        .record(&state.db)
-        .await?;
-    Ok(())
 }
 
 /// Body of `GET /api/v1/silences`.
@@ -468,41 +438,8 @@ pub async fn create_silence(
     Auth(me): Auth,
     ApiJson(new): ApiJson<crate::alerting::silences::NewSilence>,
 ) -> Result<(StatusCode, Json<crate::alerting::silences::Silence>), AppError> {
-    let silence = silence(&state, new, &me).await?;
+    let silence = requests::silence(&state, new, &me).await?;
     Ok((StatusCode::CREATED, Json(silence)))
-}
-
-/// Stores a silence or maintenance window for `who`, audits it and tells the dashboards. Errors
-/// as [`crate::alerting::silences::create`], and 403 as [`create_silence`] says.
-pub async fn silence(
-    state: &AppState,
-    mut new: crate::alerting::silences::NewSilence,
-    who: &Principal,
-) -> Result<crate::alerting::silences::Silence, AppError> {
-    if new.maintenance {
-        who.require(crate::access::auth::Role::Admin)?;
-    }
-    if who.clusters.is_some() && !new.cluster.as_deref().is_some_and(|c| who.may_see(c)) {
-        return Err(AppError::Forbidden(format!(
-            "{} may only silence its own clusters: name one",
-            who.name
-        )));
-    }
-    new.author = who.name.clone();
-    let silence = crate::alerting::silences::create(&state.db, &new, None).await?;
-    let id = silence.id.to_string();
-    Audit::by(
-        who,
-        if new.maintenance { "maintenance" } else { "silence" },
-        &id,
-        "created",
-    )
-    .reason(&new.reason)
-    .detail(serde_json::json!({ "cluster": new.cluster, "node_id": new.node_id, "rules": new.rules, "ends_at": new.ends_at }))
-    .record(&state.db)
-    .await?;
-    state.announce(silence.cluster.as_deref().unwrap_or("*"));
-    Ok(silence)
 }
 
 /// `DELETE /api/v1/silences/{id}`: ends a silence now.
@@ -511,27 +448,6 @@ pub async fn expire_silence(
     Auth(me): Auth,
     Path(id): Path<Uuid>,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    end_silence(&state, id, &me).await?;
+    requests::end_silence(&state, id, &me).await?;
     Ok(Json(serde_json::json!({ "id": id, "expired": true })))
-}
-
-/// Ends silence `id` now for `who`, and audits it. 404 when it is not current; 403 for a
-/// maintenance window without the admin role.
-pub async fn end_silence(state: &AppState, id: Uuid, who: &Principal) -> Result<(), AppError> {
-    let current = crate::alerting::silences::current(&state.db).await?;
-    let Some(s) = current
-        .iter()
-        .find(|s| s.id == id && s.cluster.as_deref().is_none_or(|c| who.may_see(c)))
-    else {
-        return Err(AppError::NotFound(format!("silence {id}")));
-    };
-    if s.maintenance {
-        who.require(crate::access::auth::Role::Admin)?;
-    }
-    crate::alerting::silences::expire(&state.db, id).await?;
-    Audit::by(who, "silence_expire", &id.to_string(), "expired")
-        .record(&state.db)
-        .await?;
-    state.announce(s.cluster.as_deref().unwrap_or("*"));
-    Ok(())
 }

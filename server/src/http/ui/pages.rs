@@ -702,7 +702,9 @@ pub async fn ack_alert(
     Path(id): Path<Uuid>,
     Form(form): Form<AckForm>,
 ) -> Result<Response, AppError> {
-    let outcome = crate::http::api::v1::acknowledge(&state, id, &form.comment, &me).await;
+    let outcome = crate::alerting::requests::acknowledge(&state, id, &form.comment, &me)
+        .await
+        .map_err(AppError::from);
     after_form(&state, &me, outcome).await
 }
 
@@ -749,9 +751,10 @@ pub async fn create_silence(
             author: String::new(),
             reason: form.reason,
         };
-        crate::http::api::v1::silence(&state, silence, &me)
+        crate::alerting::requests::silence(&state, silence, &me)
             .await
             .map(|_| ())
+            .map_err(AppError::from)
     };
     after_form(&state, &me, outcome).await
 }
@@ -762,7 +765,9 @@ pub async fn end_silence(
     Auth(me): Auth,
     Path(id): Path<Uuid>,
 ) -> Result<Response, AppError> {
-    let outcome = crate::http::api::v1::end_silence(&state, id, &me).await;
+    let outcome = crate::alerting::requests::end_silence(&state, id, &me)
+        .await
+        .map_err(AppError::from);
     after_form(&state, &me, outcome).await
 }
 
