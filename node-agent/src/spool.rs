@@ -213,31 +213,11 @@ fn remove_if_present(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hapulse_protocol::KeepalivedReport;
 
     fn report(seq: u64) -> HeartbeatReport {
-        HeartbeatReport {
-            protocol_version: 1,
-            agent_version: "0".into(),
-            node_id: "n1".into(),
-            cluster: "c".into(),
-            boot_id: uuid::Uuid::nil(),
-            seq,
-            observed_at: chrono::Utc::now(),
-            state_change: true,
-            heartbeat_interval_ms: 1000,
-            hostname: "h".into(),
-            uptime_seconds: 1,
-            load1: 0.0,
-            keepalived: KeepalivedReport {
-                running: true,
-                instances: vec![],
-            },
-            replication: vec![],
-            arbitration: None,
-            spool_depth: 0,
-            spool_dropped: 0,
-        }
+        hapulse_protocol::testing::report("n1", "c")
+            .seq(seq)
+            .build()
     }
 
     fn key(seq: u64) -> ReportKey {

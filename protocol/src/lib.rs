@@ -12,6 +12,9 @@
 
 use std::fmt;
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

@@ -18,9 +18,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use hapulse_agent::client::AgentClient;
-use hapulse_protocol::{
-    HeartbeatReport, KeepalivedReport, VrrpInstanceReport, VrrpState, PROTOCOL_VERSION,
-};
+use hapulse_protocol::testing::{report, vrrp_instance};
+use hapulse_protocol::{HeartbeatReport, VrrpState};
 use secrecy::SecretString;
 use uuid::Uuid;
 
@@ -136,42 +135,13 @@ async fn main() -> Result<(), String> {
 
 /// The probe's report: one VRRP instance in `state`, holding its VIP when MASTER.
 fn probe_report(boot_id: Uuid, seq: u64, state: VrrpState) -> HeartbeatReport {
-    let master = state == VrrpState::Master;
-    HeartbeatReport {
-        protocol_version: PROTOCOL_VERSION,
-        agent_version: env!("CARGO_PKG_VERSION").into(),
-        node_id: PROBE.into(),
-        cluster: PROBE.into(),
-        boot_id,
-        seq,
-        observed_at: Utc::now(),
-        state_change: true,
-        heartbeat_interval_ms: 60_000,
-        hostname: PROBE.into(),
-        uptime_seconds: 1,
-        load1: 0.0,
-        keepalived: KeepalivedReport {
-            running: true,
-            instances: vec![VrrpInstanceReport {
-                name: "VI_1".into(),
-                vrid: Some(51),
-                interface: Some("eth0".into()),
-                state,
-                base_priority: Some(100),
-                effective_priority: Some(100),
-                vips: vec!["192.0.2.10".into()],
-                held_vips: if master {
-                    vec!["192.0.2.10".into()]
-                } else {
-                    vec![]
-                },
-                last_transition: Some(Utc::now()),
-                counters: Default::default(),
-            }],
-        },
-        replication: vec![],
-        arbitration: None,
-        spool_depth: 0,
-        spool_dropped: 0,
-    }
+    let mut instance = vrrp_instance("VI_1", state, "192.0.2.10", state == VrrpState::Master);
+    instance.last_transition = Some(Utc::now());
+    report(PROBE, PROBE)
+        .agent_version(env!("CARGO_PKG_VERSION"))
+        .boot_id(boot_id)
+        .seq(seq)
+        .interval_ms(60_000)
+        .instance(instance)
+        .build()
 }

@@ -516,11 +516,8 @@ mod tests {
     use crate::config::AlertSettings;
     use crate::fleet::live::{Live, NodeLive};
     use crate::fleet::view;
-    use hapulse_protocol::{
-        HeartbeatReport, KeepalivedReport, ReplicationKind, ReplicationLinkReport,
-        VrrpInstanceReport,
-    };
-    use uuid::Uuid;
+    use hapulse_protocol::testing::{pg_link, report, vrrp_instance};
+    use hapulse_protocol::ReplicationLinkReport;
 
     fn node(
         id: &str,
@@ -529,57 +526,17 @@ mod tests {
         status: NodeStatus,
         link: Option<(ReplicationRole, LinkState, u64)>,
     ) -> NodeLive {
-        let report = HeartbeatReport {
-            protocol_version: 1,
-            agent_version: "t".into(),
-            node_id: id.into(),
-            cluster: "c".into(),
-            boot_id: Uuid::nil(),
-            seq: 1,
-            observed_at: Utc::now(),
-            state_change: true,
-            heartbeat_interval_ms: 1000,
-            hostname: id.into(),
-            uptime_seconds: 1,
-            load1: 0.0,
-            keepalived: KeepalivedReport {
-                running: true,
-                instances: vec![VrrpInstanceReport {
-                    name: "VI_1".into(),
-                    vrid: Some(1),
-                    interface: None,
-                    state,
-                    base_priority: Some(100),
-                    effective_priority: Some(100),
-                    vips: vec!["10.0.0.1".into()],
-                    held_vips: if held {
-                        vec!["10.0.0.1".into()]
-                    } else {
-                        vec![]
-                    },
-                    last_transition: None,
-                    counters: Default::default(),
-                }],
-            },
-            replication: link
-                .map(|(role, state, lag)| ReplicationLinkReport {
-                    kind: ReplicationKind::Postgresql,
-                    name: "pg".into(),
-                    role,
-                    peer: None,
-                    state,
-                    lag_bytes: Some(lag),
-                    lag_seconds: Some(0.0),
-                    vrrp_instance: Some("VI_1".into()),
-                    error: None,
-                    raw: Default::default(),
-                })
-                .into_iter()
-                .collect(),
-            arbitration: None,
-            spool_depth: 0,
-            spool_dropped: 0,
-        };
+        let mut instance = vrrp_instance("VI_1", state, "10.0.0.1", held);
+        instance.vrid = Some(1);
+        instance.interface = None;
+        let mut report = report(id, "c").instance(instance);
+        if let Some((role, state, lag)) = link {
+            report = report.link(ReplicationLinkReport {
+                lag_seconds: Some(0.0),
+                ..pg_link(role, state, lag)
+            });
+        }
+        let report = report.build();
         let mut n = NodeLive::from_report(&report, Utc::now(), tokio::time::Instant::now());
         n.status = status;
         n

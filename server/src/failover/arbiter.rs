@@ -772,9 +772,9 @@ async fn enforce_epoch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hapulse_protocol::testing::{pg_link, report, vrrp_instance};
     use hapulse_protocol::{
-        ArbitrationReport, HeartbeatReport, KeepalivedReport, LinkState, PeerReachability,
-        Reachability, ReplicationKind, ReplicationLinkReport, VrrpInstanceReport,
+        ArbitrationReport, LinkState, PeerReachability, Reachability, ReplicationLinkReport,
     };
 
     /// A node of cluster `c` in `state`, with a PostgreSQL link in `role`, pinging each of
@@ -786,51 +786,19 @@ mod tests {
         status: NodeStatus,
         pings: &[(&str, bool)],
     ) -> NodeLive {
-        let report = HeartbeatReport {
-            protocol_version: 1,
-            agent_version: "t".into(),
-            node_id: id.into(),
-            cluster: "c".into(),
-            boot_id: uuid::Uuid::nil(),
-            seq: 1,
-            observed_at: Utc::now(),
-            state_change: true,
-            heartbeat_interval_ms: 1000,
-            hostname: id.into(),
-            uptime_seconds: 1,
-            load1: 0.0,
-            keepalived: KeepalivedReport {
-                running: true,
-                instances: vec![VrrpInstanceReport {
-                    name: "VI_1".into(),
-                    vrid: Some(51),
-                    interface: Some("eth0".into()),
-                    state,
-                    base_priority: Some(100),
-                    effective_priority: Some(100),
-                    vips: vec!["10.0.0.100".into()],
-                    held_vips: if state == VrrpState::Master {
-                        vec!["10.0.0.100".into()]
-                    } else {
-                        vec![]
-                    },
-                    last_transition: None,
-                    counters: Default::default(),
-                }],
-            },
-            replication: vec![ReplicationLinkReport {
-                kind: ReplicationKind::Postgresql,
-                name: "pg".into(),
-                role,
-                peer: None,
-                state: LinkState::Streaming,
-                lag_bytes: Some(0),
+        let link = pg_link(role, LinkState::Streaming, 0);
+        let report = report(id, "c")
+            .instance(vrrp_instance(
+                "VI_1",
+                state,
+                "10.0.0.100",
+                state == VrrpState::Master,
+            ))
+            .link(ReplicationLinkReport {
                 lag_seconds: Some(0.0),
-                vrrp_instance: Some("VI_1".into()),
-                error: None,
-                raw: Default::default(),
-            }],
-            arbitration: Some(ArbitrationReport {
+                ..link
+            })
+            .arbitration(ArbitrationReport {
                 reference: Some(Reachability {
                     address: "10.0.0.254".parse().unwrap(),
                     reachable: true,
@@ -850,10 +818,8 @@ mod tests {
                     })
                     .collect(),
                 self_fenced_at: None,
-            }),
-            spool_depth: 0,
-            spool_dropped: 0,
-        };
+            })
+            .build();
         let mut n = NodeLive::from_report(&report, Utc::now(), tokio::time::Instant::now());
         n.status = status;
         n

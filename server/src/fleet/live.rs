@@ -581,31 +581,11 @@ pub fn transitions(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hapulse_protocol::KeepalivedReport;
 
     fn report(seq: u64, instances: Vec<VrrpInstanceReport>) -> HeartbeatReport {
-        HeartbeatReport {
-            protocol_version: 1,
-            agent_version: "t".into(),
-            node_id: "a".into(),
-            cluster: "c".into(),
-            boot_id: Uuid::nil(),
-            seq,
-            observed_at: Utc::now(),
-            state_change: true,
-            heartbeat_interval_ms: 1000,
-            hostname: "a".into(),
-            uptime_seconds: 1,
-            load1: 0.0,
-            keepalived: KeepalivedReport {
-                running: true,
-                instances,
-            },
-            replication: vec![],
-            arbitration: None,
-            spool_depth: 0,
-            spool_dropped: 0,
-        }
+        let mut report = hapulse_protocol::testing::report("a", "c").seq(seq).build();
+        report.keepalived.instances = instances;
+        report
     }
 
     fn instance(name: &str, state: VrrpState, held: bool, priority: u8) -> VrrpInstanceReport {

@@ -658,42 +658,12 @@ pub fn node_view(live: &Live, node_id: &str, now: DateTime<Utc>) -> Option<NodeV
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hapulse_protocol::{HeartbeatReport, KeepalivedReport, VrrpInstanceReport};
+    use hapulse_protocol::testing::{report, vrrp_instance};
 
     fn node(id: &str, state: VrrpState, held: &[&str], status: NodeStatus) -> NodeLive {
-        let report = HeartbeatReport {
-            protocol_version: 1,
-            agent_version: "t".into(),
-            node_id: id.into(),
-            cluster: "c".into(),
-            boot_id: Uuid::nil(),
-            seq: 1,
-            observed_at: Utc::now(),
-            state_change: true,
-            heartbeat_interval_ms: 1000,
-            hostname: id.into(),
-            uptime_seconds: 1,
-            load1: 0.0,
-            keepalived: KeepalivedReport {
-                running: true,
-                instances: vec![VrrpInstanceReport {
-                    name: "VI_1".into(),
-                    vrid: Some(51),
-                    interface: Some("eth0".into()),
-                    state,
-                    base_priority: Some(100),
-                    effective_priority: Some(100),
-                    vips: vec!["10.0.0.100".into()],
-                    held_vips: held.iter().map(|s| s.to_string()).collect(),
-                    last_transition: None,
-                    counters: Default::default(),
-                }],
-            },
-            replication: vec![],
-            arbitration: None,
-            spool_depth: 0,
-            spool_dropped: 0,
-        };
+        let mut instance = vrrp_instance("VI_1", state, "10.0.0.100", false);
+        instance.held_vips = held.iter().map(|s| s.to_string()).collect();
+        let report = report(id, "c").instance(instance).build();
         let mut n = NodeLive::from_report(&report, Utc::now(), tokio::time::Instant::now());
         n.status = status;
         n

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use hapulse_agent::client::AgentClient;
+use hapulse_protocol::testing;
 use hapulse_protocol::{
-    HeartbeatReport, KeepalivedReport, LinkState, ReplicationKind, ReplicationLinkReport,
-    ReplicationRole, VrrpInstanceReport, VrrpState, PROTOCOL_VERSION,
+    HeartbeatReport, LinkState, ReplicationLinkReport, ReplicationRole, VrrpState,
 };
 use hapulse_server::config::Settings;
 use secrecy::SecretString;
@@ -316,43 +316,21 @@ pub fn report(
     state: VrrpState,
     holds_vip: bool,
 ) -> HeartbeatReport {
-    HeartbeatReport {
-        protocol_version: PROTOCOL_VERSION,
-        agent_version: "test".into(),
-        node_id: node.into(),
-        cluster: "c".into(),
-        boot_id,
-        seq,
-        observed_at: Utc::now(),
-        state_change: true,
-        heartbeat_interval_ms: 60_000,
-        hostname: format!("{node}.example"),
-        uptime_seconds: 100,
-        load1: 0.5,
-        keepalived: KeepalivedReport {
-            running: true,
-            instances: vec![VrrpInstanceReport {
-                name: "VI_1".into(),
-                vrid: Some(51),
-                interface: Some("eth0".into()),
-                state,
-                base_priority: Some(if state == VrrpState::Master { 150 } else { 100 }),
-                effective_priority: Some(if state == VrrpState::Master { 150 } else { 100 }),
-                vips: vec!["10.0.0.100".into()],
-                held_vips: if holds_vip {
-                    vec!["10.0.0.100".into()]
-                } else {
-                    vec![]
-                },
-                last_transition: Some(Utc::now()),
-                counters: Default::default(),
-            }],
-        },
-        replication: vec![],
-        arbitration: None,
-        spool_depth: 0,
-        spool_dropped: 0,
-    }
+    let mut instance = testing::vrrp_instance("VI_1", state, "10.0.0.100", holds_vip);
+    let priority = if state == VrrpState::Master { 150 } else { 100 };
+    instance.base_priority = Some(priority);
+    instance.effective_priority = Some(priority);
+    instance.last_transition = Some(Utc::now());
+    let mut report = testing::report(node, "c")
+        .boot_id(boot_id)
+        .seq(seq)
+        .interval_ms(60_000)
+        .hostname(&format!("{node}.example"))
+        .instance(instance)
+        .build();
+    report.uptime_seconds = 100;
+    report.load1 = 0.5;
+    report
 }
 
 pub async fn count(pool: &PgPool, sql: &str) -> i64 {
@@ -365,16 +343,5 @@ pub fn pg_report_link(
     state: LinkState,
     lag_bytes: u64,
 ) -> ReplicationLinkReport {
-    ReplicationLinkReport {
-        kind: ReplicationKind::Postgresql,
-        name: "pg".into(),
-        role,
-        peer: None,
-        state,
-        lag_bytes: Some(lag_bytes),
-        lag_seconds: Some(lag_bytes as f64 / 1e6),
-        vrrp_instance: Some("VI_1".into()),
-        error: None,
-        raw: Default::default(),
-    }
+    testing::pg_link(role, state, lag_bytes)
 }
