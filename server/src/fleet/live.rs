@@ -401,6 +401,7 @@ fn keepalived_event(
     report: &HeartbeatReport,
     out: &mut Vec<NewEvent>,
 ) {
+    let node = &report.node_id;
     let was_running = previous.map(|p| p.keepalived_running);
     if was_running.is_some_and(|r| r != report.keepalived.running)
         || (was_running.is_none() && !report.keepalived.running)
@@ -416,7 +417,7 @@ fn keepalived_event(
             None,
             None,
             None,
-            format!("keepalived on {} {verb}", report.node_id),
+            format!("keepalived on {node} {verb}"),
             serde_json::json!({}),
         ));
     }
@@ -523,13 +524,14 @@ fn vip_events(
 
 /// `vip` of instance `instance` left the reporting node.
 fn vip_released(report: &HeartbeatReport, instance: &str, vip: &str) -> NewEvent {
+    let node = &report.node_id;
     node_event(
         report,
         EventKind::VipReleased,
         Some(instance),
         Some(vip.to_string()),
         None,
-        format!("VIP {vip} ({instance}) left {}", report.node_id),
+        format!("VIP {vip} ({instance}) left {node}"),
         serde_json::json!({ "vip": vip }),
     )
 }
@@ -541,6 +543,7 @@ fn removed_instance_events(
     report: &HeartbeatReport,
     out: &mut Vec<NewEvent>,
 ) {
+    let node = &report.node_id;
     let gone = previous
         .into_iter()
         .flat_map(|p| p.instances.iter())
@@ -562,8 +565,8 @@ fn removed_instance_events(
             Some(old.state.as_str().into()),
             None,
             format!(
-                "{} is no longer configured on {} (was {})",
-                old.name, report.node_id, old.state
+                "{} is no longer configured on {node} (was {})",
+                old.name, old.state
             ),
             serde_json::json!({}),
         ));
@@ -577,6 +580,7 @@ fn replication_events(
     report: &HeartbeatReport,
     out: &mut Vec<NewEvent>,
 ) {
+    let node = &report.node_id;
     let old_links: &[ReplicationLinkReport] = previous.map_or(&[], |p| &p.replication);
     for link in &report.replication {
         let key = link.key();
@@ -593,7 +597,7 @@ fn replication_events(
             None,
             Some(old.state.as_str().into()),
             None,
-            format!("{} is no longer reported by {}", old.key(), report.node_id),
+            format!("{} is no longer reported by {node}", old.key()),
             serde_json::json!({}),
         );
         e.link = Some(old.key());
