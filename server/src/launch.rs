@@ -57,18 +57,52 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    db::migrate(&pool).await.context("running migrations")?;
+    let tables = prepare_database(&settings, &pool).await?;
+    let (state, history_task) = build_state(&settings, &pool, &shutdown).await?;
+    crate::switchover::engine::recover(&state)
+        .await
+        .context("recovering switchovers")?;
+    let tasks = CancellationToken::new();
+    let background = spawn_tasks(&state, &pool, tables, &tasks);
+    serve_http(&settings, state, listener, shutdown).await?;
+    tasks.cancel();
+    for task in background {
+        let _ = task.await;
+    }
+    // The router and the tasks held the last handles of the history writer: it drains and stops.
+    let _ = history_task.await;
+    tracing::info!("hapulse-server stopped");
+    Ok(())
+}
+
+/// Migrates the database and creates the history partitions due; returns the partitioned
+/// tables, for maintenance.
+async fn prepare_database(
+    settings: &Settings,
+    pool: &PgPool,
+) -> anyhow::Result<[series::Partitioned; 4]> {
+    db::migrate(pool).await.context("running migrations")?;
     let tables = series::partitioned_tables(
         settings.history.retention,
         settings.history.rollup_retention,
     );
-    series::maintain_partitions(&pool, &tables, chrono::Utc::now(), PARTITION_DAYS_AHEAD)
+    series::maintain_partitions(pool, &tables, chrono::Utc::now(), PARTITION_DAYS_AHEAD)
         .await
         .context("creating history partitions")?;
-    let live = db::load_live(&pool, tokio::time::Instant::now())
+    Ok(tables)
+}
+
+/// The shared state: live state and node credentials loaded from the database, metrics, and
+/// a history writer started (its task is returned, to wait for its drain at shutdown).
+async fn build_state(
+    settings: &Settings,
+    pool: &PgPool,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(AppState, tokio::task::JoinHandle<()>)> {
+    let live = db::load_live(pool, tokio::time::Instant::now())
         .await
         .context("loading state")?;
-    let credentials = crate::agents::enrollment::Credentials::load(&pool)
+    let credentials = crate::agents::enrollment::Credentials::load(pool)
         .await
         .context("loading node credentials")?;
     tracing::info!(nodes = live.nodes.len(), "state loaded");
@@ -98,11 +132,17 @@ pub async fn serve(
         verdicts: Default::default(),
         snapshots: Default::default(),
     }));
+    Ok((state, history_task))
+}
 
-    crate::switchover::engine::recover(&state)
-        .await
-        .context("recovering switchovers")?;
-    let tasks = CancellationToken::new();
+/// Starts the background tasks (failure detector, alerting and its sender, command
+/// notifications, history maintenance, failover arbiter), all stopped by `tasks`.
+fn spawn_tasks(
+    state: &AppState,
+    pool: &PgPool,
+    tables: [series::Partitioned; 4],
+    tasks: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let detector = tokio::spawn(crate::fleet::detector::run(state.clone(), tasks.clone()));
     let alerting = tokio::spawn(crate::alerting::engine::run(state.clone(), tasks.clone()));
     let sender = tokio::spawn(crate::alerting::notify::run(state.clone(), tasks.clone()));
@@ -113,7 +153,24 @@ pub async fn serve(
     ));
     let maintenance = tokio::spawn(maintain(pool.clone(), tables, tasks.clone()));
     let arbiter = tokio::spawn(crate::failover::arbiter::run(state.clone(), tasks.clone()));
+    vec![
+        detector,
+        notifications,
+        alerting,
+        sender,
+        maintenance,
+        arbiter,
+    ]
+}
 
+/// Serves the router on `listener`, over HTTPS when `settings.tls` is set, until `shutdown`
+/// is cancelled and in-flight requests have finished.
+async fn serve_http(
+    settings: &Settings,
+    state: AppState,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let app = crate::http::router::router(state)
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
@@ -148,17 +205,6 @@ pub async fn serve(
                 .context("serving HTTPS")?;
         }
     }
-
-    tasks.cancel();
-    let _ = detector.await;
-    let _ = notifications.await;
-    let _ = alerting.await;
-    let _ = sender.await;
-    let _ = maintenance.await;
-    let _ = arbiter.await;
-    // The router and the tasks held the last handles of the history writer: it drains and stops.
-    let _ = history_task.await;
-    tracing::info!("hapulse-server stopped");
     Ok(())
 }
 

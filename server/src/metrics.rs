@@ -46,109 +46,11 @@ impl Metrics {
     /// Creates and registers every instrument.
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new_custom(Some("hapulse".into()), None)?;
-        let heartbeats = IntCounterVec::new(
-            Opts::new(
-                "heartbeats_total",
-                "Heartbeat reports received, by result (accepted, duplicate, rejected)",
-            ),
-            &["result"],
-        )?;
-        let ingest_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "heartbeat_ingest_seconds",
-                "Time from receiving a report to answering it, in seconds",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ]),
-            &["result"],
-        )?;
-        let events = IntCounterVec::new(
-            Opts::new("events_total", "Events recorded, by kind"),
-            &["kind"],
-        )?;
-        let history_rows = IntCounterVec::new(
-            Opts::new(
-                "history_rows_total",
-                "Heartbeat samples written, by result (ok, failed)",
-            ),
-            &["result"],
-        )?;
-        let history_batch_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "history_batch_seconds",
-                "Time to write one batch of samples, in seconds",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-            ]),
-        )?;
-        let instance_state = IntGaugeVec::new(
-            Opts::new(
-                "vrrp_instance_state",
-                "1 for the current VRRP state of an instance on a node, 0 for the others",
-            ),
-            &["cluster", "instance", "node", "state"],
-        )?;
-        let instance_priority = IntGaugeVec::new(
-            Opts::new(
-                "vrrp_instance_effective_priority",
-                "Effective VRRP priority of an instance on a node",
-            ),
-            &["cluster", "instance", "node"],
-        )?;
-        let heartbeat_age = GaugeVec::new(
-            Opts::new(
-                "node_heartbeat_age_seconds",
-                "Seconds since the node's last heartbeat arrived",
-            ),
-            &["cluster", "node"],
-        )?;
-        let node_status = IntGaugeVec::new(
-            Opts::new(
-                "node_status",
-                "1 for the failure detector's current verdict on a node (up, suspect, down)",
-            ),
-            &["cluster", "node", "status"],
-        )?;
-        let cluster_health = IntGaugeVec::new(
-            Opts::new("cluster_health", "1 for a cluster's current health verdict"),
-            &["cluster", "health"],
-        )?;
-        let link_lag_bytes = GaugeVec::new(
-            Opts::new(
-                "replication_lag_bytes",
-                "Replication lag of a link on a node, in bytes",
-            ),
-            &["cluster", "node", "link"],
-        )?;
-        let link_lag_seconds = GaugeVec::new(
-            Opts::new(
-                "replication_lag_seconds",
-                "Replication lag of a link on a node, in seconds",
-            ),
-            &["cluster", "node", "link"],
-        )?;
-        let link_state = IntGaugeVec::new(
-            Opts::new(
-                "replication_link_state",
-                "1 for the current state of a replication link on a node, with its role",
-            ),
-            &["cluster", "node", "link", "role", "state"],
-        )?;
-        registry.register(Box::new(link_lag_bytes.clone()))?;
-        registry.register(Box::new(link_lag_seconds.clone()))?;
-        registry.register(Box::new(link_state.clone()))?;
-        registry.register(Box::new(heartbeats.clone()))?;
-        registry.register(Box::new(ingest_seconds.clone()))?;
-        registry.register(Box::new(events.clone()))?;
-        registry.register(Box::new(history_rows.clone()))?;
-        registry.register(Box::new(history_batch_seconds.clone()))?;
-        registry.register(Box::new(instance_state.clone()))?;
-        registry.register(Box::new(instance_priority.clone()))?;
-        registry.register(Box::new(heartbeat_age.clone()))?;
-        registry.register(Box::new(node_status.clone()))?;
-        registry.register(Box::new(cluster_health.clone()))?;
+        let (link_lag_bytes, link_lag_seconds, link_state) = replication_gauges(&registry)?;
+        let (heartbeats, ingest_seconds, events) = ingest_instruments(&registry)?;
+        let (history_rows, history_batch_seconds) = history_instruments(&registry)?;
+        let (instance_state, instance_priority) = instance_gauges(&registry)?;
+        let (heartbeat_age, node_status, cluster_health) = health_gauges(&registry)?;
         for kind in EventKind::ALL {
             events.with_label_values(&[kind.as_str()]);
         }
@@ -271,4 +173,156 @@ impl Metrics {
         }
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// Registers `collector` with `registry` and hands it back.
+fn registered<C>(registry: &Registry, collector: C) -> Result<C, prometheus::Error>
+where
+    C: prometheus::core::Collector + Clone + 'static,
+{
+    registry.register(Box::new(collector.clone()))?;
+    Ok(collector)
+}
+
+/// Replication gauges, registered: lag in bytes, lag in seconds, link state.
+fn replication_gauges(
+    registry: &Registry,
+) -> Result<(GaugeVec, GaugeVec, IntGaugeVec), prometheus::Error> {
+    let link_lag_bytes = GaugeVec::new(
+        Opts::new(
+            "replication_lag_bytes",
+            "Replication lag of a link on a node, in bytes",
+        ),
+        &["cluster", "node", "link"],
+    )?;
+    let link_lag_seconds = GaugeVec::new(
+        Opts::new(
+            "replication_lag_seconds",
+            "Replication lag of a link on a node, in seconds",
+        ),
+        &["cluster", "node", "link"],
+    )?;
+    let link_state = IntGaugeVec::new(
+        Opts::new(
+            "replication_link_state",
+            "1 for the current state of a replication link on a node, with its role",
+        ),
+        &["cluster", "node", "link", "role", "state"],
+    )?;
+    Ok((
+        registered(registry, link_lag_bytes)?,
+        registered(registry, link_lag_seconds)?,
+        registered(registry, link_state)?,
+    ))
+}
+
+/// Report intake instruments, registered: heartbeats by result, time to answer by result,
+/// events by kind.
+fn ingest_instruments(
+    registry: &Registry,
+) -> Result<(IntCounterVec, HistogramVec, IntCounterVec), prometheus::Error> {
+    let heartbeats = IntCounterVec::new(
+        Opts::new(
+            "heartbeats_total",
+            "Heartbeat reports received, by result (accepted, duplicate, rejected)",
+        ),
+        &["result"],
+    )?;
+    let ingest_seconds = HistogramVec::new(
+        HistogramOpts::new(
+            "heartbeat_ingest_seconds",
+            "Time from receiving a report to answering it, in seconds",
+        )
+        .buckets(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ]),
+        &["result"],
+    )?;
+    let events = IntCounterVec::new(
+        Opts::new("events_total", "Events recorded, by kind"),
+        &["kind"],
+    )?;
+    Ok((
+        registered(registry, heartbeats)?,
+        registered(registry, ingest_seconds)?,
+        registered(registry, events)?,
+    ))
+}
+
+/// History writer instruments, registered: rows written by result, time per batch.
+fn history_instruments(
+    registry: &Registry,
+) -> Result<(IntCounterVec, Histogram), prometheus::Error> {
+    let history_rows = IntCounterVec::new(
+        Opts::new(
+            "history_rows_total",
+            "Heartbeat samples written, by result (ok, failed)",
+        ),
+        &["result"],
+    )?;
+    let history_batch_seconds = Histogram::with_opts(
+        HistogramOpts::new(
+            "history_batch_seconds",
+            "Time to write one batch of samples, in seconds",
+        )
+        .buckets(vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        ]),
+    )?;
+    Ok((
+        registered(registry, history_rows)?,
+        registered(registry, history_batch_seconds)?,
+    ))
+}
+
+/// VRRP instance gauges, registered: state, effective priority.
+fn instance_gauges(registry: &Registry) -> Result<(IntGaugeVec, IntGaugeVec), prometheus::Error> {
+    let instance_state = IntGaugeVec::new(
+        Opts::new(
+            "vrrp_instance_state",
+            "1 for the current VRRP state of an instance on a node, 0 for the others",
+        ),
+        &["cluster", "instance", "node", "state"],
+    )?;
+    let instance_priority = IntGaugeVec::new(
+        Opts::new(
+            "vrrp_instance_effective_priority",
+            "Effective VRRP priority of an instance on a node",
+        ),
+        &["cluster", "instance", "node"],
+    )?;
+    Ok((
+        registered(registry, instance_state)?,
+        registered(registry, instance_priority)?,
+    ))
+}
+
+/// Node and cluster health gauges, registered: heartbeat age, detector status, cluster
+/// verdict.
+fn health_gauges(
+    registry: &Registry,
+) -> Result<(GaugeVec, IntGaugeVec, IntGaugeVec), prometheus::Error> {
+    let heartbeat_age = GaugeVec::new(
+        Opts::new(
+            "node_heartbeat_age_seconds",
+            "Seconds since the node's last heartbeat arrived",
+        ),
+        &["cluster", "node"],
+    )?;
+    let node_status = IntGaugeVec::new(
+        Opts::new(
+            "node_status",
+            "1 for the failure detector's current verdict on a node (up, suspect, down)",
+        ),
+        &["cluster", "node", "status"],
+    )?;
+    let cluster_health = IntGaugeVec::new(
+        Opts::new("cluster_health", "1 for a cluster's current health verdict"),
+        &["cluster", "health"],
+    )?;
+    Ok((
+        registered(registry, heartbeat_age)?,
+        registered(registry, node_status)?,
+        registered(registry, cluster_health)?,
+    ))
 }

@@ -318,18 +318,33 @@ pub fn transitions(
     report: &HeartbeatReport,
     live: &Live,
 ) -> Vec<NewEvent> {
-    let at = report.observed_at;
-    let node = &report.node_id;
-    let cluster = &report.cluster;
-    let event = |kind: EventKind,
-                 instance: Option<&str>,
-                 from: Option<String>,
-                 to: Option<String>,
-                 message: String,
-                 detail: serde_json::Value| NewEvent {
-        at,
-        cluster: cluster.clone(),
-        node_id: Some(node.clone()),
+    let mut out = Vec::new();
+    node_events(previous, report, &mut out);
+    keepalived_event(previous, report, &mut out);
+    for instance in &report.keepalived.instances {
+        let before = previous.and_then(|p| p.instance(&instance.name));
+        role_and_priority_events(report, before, instance, &mut out);
+        vip_events(report, live, before, instance, &mut out);
+    }
+    removed_instance_events(previous, report, &mut out);
+    replication_events(previous, report, &mut out);
+    out
+}
+
+/// An event about the reporting node, at its `observed_at`, not about a replication link.
+fn node_event(
+    report: &HeartbeatReport,
+    kind: EventKind,
+    instance: Option<&str>,
+    from: Option<String>,
+    to: Option<String>,
+    message: String,
+    detail: serde_json::Value,
+) -> NewEvent {
+    NewEvent {
+        at: report.observed_at,
+        cluster: report.cluster.clone(),
+        node_id: Some(report.node_id.clone()),
         instance: instance.map(str::to_string),
         link: None,
         kind,
@@ -337,10 +352,15 @@ pub fn transitions(
         to_state: to,
         message,
         detail,
-    };
-    let mut out = Vec::new();
+    }
+}
+
+/// The node's first report, its return from suspect or down, and a restart of its agent.
+fn node_events(previous: Option<&NodeLive>, report: &HeartbeatReport, out: &mut Vec<NewEvent>) {
+    let node = &report.node_id;
     match previous {
-        None => out.push(event(
+        None => out.push(node_event(
+            report,
             EventKind::NodeUp,
             None,
             None,
@@ -350,7 +370,8 @@ pub fn transitions(
         )),
         Some(p) => {
             if p.status != NodeStatus::Up {
-                out.push(event(
+                out.push(node_event(
+                    report,
                     EventKind::NodeUp,
                     None,
                     Some(p.status.as_str().into()),
@@ -360,7 +381,8 @@ pub fn transitions(
                 ));
             }
             if p.boot_id != report.boot_id {
-                out.push(event(
+                out.push(node_event(
+                    report,
                     EventKind::AgentRestarted,
                     None,
                     None,
@@ -371,6 +393,15 @@ pub fn transitions(
             }
         }
     }
+}
+
+/// keepalived started or stopped since the last report, or is not running in the first one.
+fn keepalived_event(
+    previous: Option<&NodeLive>,
+    report: &HeartbeatReport,
+    out: &mut Vec<NewEvent>,
+) {
+    let node = &report.node_id;
     let was_running = previous.map(|p| p.keepalived_running);
     if was_running.is_some_and(|r| r != report.keepalived.running)
         || (was_running.is_none() && !report.keepalived.running)
@@ -380,7 +411,8 @@ pub fn transitions(
         } else {
             (EventKind::KeepalivedStopped, "is not running")
         };
-        out.push(event(
+        out.push(node_event(
+            report,
             kind,
             None,
             None,
@@ -389,89 +421,129 @@ pub fn transitions(
             serde_json::json!({}),
         ));
     }
-    for instance in &report.keepalived.instances {
-        let before = previous.and_then(|p| p.instance(&instance.name));
-        let name = Some(instance.name.as_str());
-        let old_state = before.map(|b| b.state);
-        if old_state != Some(instance.state) {
-            let message = match old_state {
-                Some(old) => format!("{} on {node}: {old} → {}", instance.name, instance.state),
-                None => format!("{} on {node}: {}", instance.name, instance.state),
-            };
-            out.push(event(
-                EventKind::RoleChange,
-                name,
-                old_state.map(|s| s.as_str().into()),
-                Some(instance.state.as_str().into()),
-                message,
-                serde_json::json!({ "effective_priority": instance.effective_priority, "keepalived_last_transition": instance.last_transition }),
-            ));
-        }
-        if let Some(b) = before {
-            if b.effective_priority != instance.effective_priority
-                && instance.state != VrrpState::Stop
-            {
-                out.push(event(
-                    EventKind::PriorityChange,
-                    name,
-                    b.effective_priority.map(|p| p.to_string()),
-                    instance.effective_priority.map(|p| p.to_string()),
-                    format!(
-                        "{} on {node}: effective priority {} → {}",
-                        instance.name,
-                        b.effective_priority.map_or("?".into(), |p| p.to_string()),
-                        instance
-                            .effective_priority
-                            .map_or("?".into(), |p| p.to_string())
-                    ),
-                    serde_json::json!({ "base_priority": instance.base_priority }),
-                ));
-            }
-        }
-        let held_before: &[String] = before.map_or(&[], |b| &b.held_vips);
-        for vip in instance
-            .held_vips
-            .iter()
-            .filter(|v| !held_before.contains(v))
+}
+
+/// A reported instance's change of VRRP state (or its first state), and of its effective
+/// priority unless it is stopped; `before` is the instance in the node's previous report.
+fn role_and_priority_events(
+    report: &HeartbeatReport,
+    before: Option<&VrrpInstanceReport>,
+    instance: &VrrpInstanceReport,
+    out: &mut Vec<NewEvent>,
+) {
+    let node = &report.node_id;
+    let name = Some(instance.name.as_str());
+    let old_state = before.map(|b| b.state);
+    if old_state != Some(instance.state) {
+        let message = match old_state {
+            Some(old) => format!("{} on {node}: {old} → {}", instance.name, instance.state),
+            None => format!("{} on {node}: {}", instance.name, instance.state),
+        };
+        out.push(node_event(
+            report,
+            EventKind::RoleChange,
+            name,
+            old_state.map(|s| s.as_str().into()),
+            Some(instance.state.as_str().into()),
+            message,
+            serde_json::json!({ "effective_priority": instance.effective_priority, "keepalived_last_transition": instance.last_transition }),
+        ));
+    }
+    if let Some(b) = before {
+        if b.effective_priority != instance.effective_priority && instance.state != VrrpState::Stop
         {
-            let previous_holders: Vec<&str> = live
-                .cluster_nodes(cluster)
-                .filter(|n| &n.node_id != node && n.status != NodeStatus::Down)
-                .filter(|n| n.instances.iter().any(|i| i.held_vips.contains(vip)))
-                .map(|n| n.node_id.as_str())
-                .collect();
-            let message = if previous_holders.is_empty() {
-                format!("VIP {vip} ({}) is now on {node}", instance.name)
-            } else {
+            out.push(node_event(
+                report,
+                EventKind::PriorityChange,
+                name,
+                b.effective_priority.map(|p| p.to_string()),
+                instance.effective_priority.map(|p| p.to_string()),
                 format!(
-                    "VIP {vip} ({}) is now on {node}, also held by {}",
+                    "{} on {node}: effective priority {} → {}",
                     instance.name,
-                    previous_holders.join(", ")
-                )
-            };
-            out.push(event(
-                EventKind::VipAcquired,
-                name,
-                None,
-                Some(vip.clone()),
-                message,
-                serde_json::json!({ "vip": vip, "other_holders": previous_holders }),
-            ));
-        }
-        for vip in held_before
-            .iter()
-            .filter(|v| !instance.held_vips.contains(v))
-        {
-            out.push(event(
-                EventKind::VipReleased,
-                name,
-                Some(vip.clone()),
-                None,
-                format!("VIP {vip} ({}) left {node}", instance.name),
-                serde_json::json!({ "vip": vip }),
+                    b.effective_priority.map_or("?".into(), |p| p.to_string()),
+                    instance
+                        .effective_priority
+                        .map_or("?".into(), |p| p.to_string())
+                ),
+                serde_json::json!({ "base_priority": instance.base_priority }),
             ));
         }
     }
+}
+
+/// The VIPs a reported instance gained (naming the other nodes of the cluster, not down, that
+/// hold it too) and released since `before`, its previous report.
+fn vip_events(
+    report: &HeartbeatReport,
+    live: &Live,
+    before: Option<&VrrpInstanceReport>,
+    instance: &VrrpInstanceReport,
+    out: &mut Vec<NewEvent>,
+) {
+    let node = &report.node_id;
+    let name = Some(instance.name.as_str());
+    let held_before: &[String] = before.map_or(&[], |b| &b.held_vips);
+    for vip in instance
+        .held_vips
+        .iter()
+        .filter(|v| !held_before.contains(v))
+    {
+        let previous_holders: Vec<&str> = live
+            .cluster_nodes(&report.cluster)
+            .filter(|n| &n.node_id != node && n.status != NodeStatus::Down)
+            .filter(|n| n.instances.iter().any(|i| i.held_vips.contains(vip)))
+            .map(|n| n.node_id.as_str())
+            .collect();
+        let message = if previous_holders.is_empty() {
+            format!("VIP {vip} ({}) is now on {node}", instance.name)
+        } else {
+            format!(
+                "VIP {vip} ({}) is now on {node}, also held by {}",
+                instance.name,
+                previous_holders.join(", ")
+            )
+        };
+        out.push(node_event(
+            report,
+            EventKind::VipAcquired,
+            name,
+            None,
+            Some(vip.clone()),
+            message,
+            serde_json::json!({ "vip": vip, "other_holders": previous_holders }),
+        ));
+    }
+    for vip in held_before
+        .iter()
+        .filter(|v| !instance.held_vips.contains(v))
+    {
+        out.push(vip_released(report, &instance.name, vip));
+    }
+}
+
+/// `vip` of instance `instance` left the reporting node.
+fn vip_released(report: &HeartbeatReport, instance: &str, vip: &str) -> NewEvent {
+    let node = &report.node_id;
+    node_event(
+        report,
+        EventKind::VipReleased,
+        Some(instance),
+        Some(vip.to_string()),
+        None,
+        format!("VIP {vip} ({instance}) left {node}"),
+        serde_json::json!({ "vip": vip }),
+    )
+}
+
+/// The instances of the node's previous report that this one no longer has: the VIPs they
+/// held are released, then the instance is removed.
+fn removed_instance_events(
+    previous: Option<&NodeLive>,
+    report: &HeartbeatReport,
+    out: &mut Vec<NewEvent>,
+) {
+    let node = &report.node_id;
     let gone = previous
         .into_iter()
         .flat_map(|p| p.instances.iter())
@@ -484,16 +556,10 @@ pub fn transitions(
         });
     for old in gone {
         for vip in &old.held_vips {
-            out.push(event(
-                EventKind::VipReleased,
-                Some(&old.name),
-                Some(vip.clone()),
-                None,
-                format!("VIP {vip} ({}) left {node}", old.name),
-                serde_json::json!({ "vip": vip }),
-            ));
+            out.push(vip_released(report, &old.name, vip));
         }
-        out.push(event(
+        out.push(node_event(
+            report,
             EventKind::InstanceRemoved,
             Some(&old.name),
             Some(old.state.as_str().into()),
@@ -505,66 +571,28 @@ pub fn transitions(
             serde_json::json!({}),
         ));
     }
+}
+
+/// Replication links that appeared or changed state or role since the node's previous report,
+/// then the links it no longer reports.
+fn replication_events(
+    previous: Option<&NodeLive>,
+    report: &HeartbeatReport,
+    out: &mut Vec<NewEvent>,
+) {
+    let node = &report.node_id;
     let old_links: &[ReplicationLinkReport] = previous.map_or(&[], |p| &p.replication);
     for link in &report.replication {
         let key = link.key();
         let before = old_links.iter().find(|l| l.key() == key);
-        let mut push = |kind, from: Option<&str>, to: &str, message: String| {
-            let mut e = event(
-                kind,
-                None,
-                from.map(str::to_string),
-                Some(to.to_string()),
-                message,
-                serde_json::json!({ "peer": link.peer, "lag_bytes": link.lag_bytes, "lag_seconds": link.lag_seconds, "error": link.error }),
-            );
-            e.link = Some(key.clone());
-            out.push(e);
-        };
-        if before.map(|b| b.state) != Some(link.state) {
-            let why = link
-                .error
-                .as_deref()
-                .map(|e| format!(" ({e})"))
-                .unwrap_or_default();
-            let message = match before {
-                Some(b) => format!(
-                    "{key} on {node}: {} → {}{why}",
-                    b.state.as_str(),
-                    link.state.as_str()
-                ),
-                None => format!(
-                    "{key} on {node}: {} {}{why}",
-                    link.role.as_str(),
-                    link.state.as_str()
-                ),
-            };
-            push(
-                EventKind::ReplicationState,
-                before.map(|b| b.state.as_str()),
-                link.state.as_str(),
-                message,
-            );
-        }
-        if let Some(b) = before.filter(|b| b.role != link.role) {
-            let message = format!(
-                "{key} on {node}: {} → {}",
-                b.role.as_str(),
-                link.role.as_str()
-            );
-            push(
-                EventKind::ReplicationRole,
-                Some(b.role.as_str()),
-                link.role.as_str(),
-                message,
-            );
-        }
+        link_events(report, before, link, out);
     }
     for old in old_links
         .iter()
         .filter(|o| !report.replication.iter().any(|l| l.key() == o.key()))
     {
-        let mut e = event(
+        let mut e = node_event(
+            report,
             EventKind::ReplicationRemoved,
             None,
             Some(old.state.as_str().into()),
@@ -575,7 +603,69 @@ pub fn transitions(
         e.link = Some(old.key());
         out.push(e);
     }
-    out
+}
+
+/// A reported link's change of state (or its first state) and of role since `before`, its
+/// previous report.
+fn link_events(
+    report: &HeartbeatReport,
+    before: Option<&ReplicationLinkReport>,
+    link: &ReplicationLinkReport,
+    out: &mut Vec<NewEvent>,
+) {
+    let node = &report.node_id;
+    let key = link.key();
+    let mut push = |kind, from: Option<&str>, to: &str, message: String| {
+        let mut e = node_event(
+            report,
+            kind,
+            None,
+            from.map(str::to_string),
+            Some(to.to_string()),
+            message,
+            serde_json::json!({ "peer": link.peer, "lag_bytes": link.lag_bytes, "lag_seconds": link.lag_seconds, "error": link.error }),
+        );
+        e.link = Some(key.clone());
+        out.push(e);
+    };
+    if before.map(|b| b.state) != Some(link.state) {
+        let why = link
+            .error
+            .as_deref()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        let message = match before {
+            Some(b) => format!(
+                "{key} on {node}: {} → {}{why}",
+                b.state.as_str(),
+                link.state.as_str()
+            ),
+            None => format!(
+                "{key} on {node}: {} {}{why}",
+                link.role.as_str(),
+                link.state.as_str()
+            ),
+        };
+        push(
+            EventKind::ReplicationState,
+            before.map(|b| b.state.as_str()),
+            link.state.as_str(),
+            message,
+        );
+    }
+    if let Some(b) = before.filter(|b| b.role != link.role) {
+        let message = format!(
+            "{key} on {node}: {} → {}",
+            b.role.as_str(),
+            link.role.as_str()
+        );
+        push(
+            EventKind::ReplicationRole,
+            Some(b.role.as_str()),
+            link.role.as_str(),
+            message,
+        );
+    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,15 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 /// report) carry it the rest of the way, so a report accepted before a restart is still a
 /// replay after it.
 pub async fn load_live(pool: &PgPool, now: Instant) -> Result<Live, sqlx::Error> {
+    let mut live = load_nodes(pool, now).await?;
+    load_instances(pool, &mut live).await?;
+    load_links(pool, &mut live).await?;
+    Ok(live)
+}
+
+/// The stored nodes, without their instances and links, watermarks carried forward by their
+/// samples (see [`load_live`]); every node last seen at `now`.
+async fn load_nodes(pool: &PgPool, now: Instant) -> Result<Live, sqlx::Error> {
     let mut live = Live::default();
     let rows = sqlx::query(
         "SELECT n.node_id, n.cluster, n.hostname, n.agent_version, n.protocol_version, n.boot_id,
@@ -70,6 +79,11 @@ pub async fn load_live(pool: &PgPool, now: Instant) -> Result<Live, sqlx::Error>
         };
         live.nodes.insert(node.node_id.clone(), node);
     }
+    Ok(live)
+}
+
+/// Adds the stored VRRP instances to the nodes of `live`, sorted by name.
+async fn load_instances(pool: &PgPool, live: &mut Live) -> Result<(), sqlx::Error> {
     let rows = sqlx::query(
         "SELECT node_id, name, vrid, interface, state, base_priority, effective_priority, vips,
                 held_vips, last_transition, counters
@@ -101,6 +115,12 @@ pub async fn load_live(pool: &PgPool, now: Instant) -> Result<Live, sqlx::Error>
             node.instances.push(instance);
         }
     }
+    Ok(())
+}
+
+/// Adds the stored replication links to the nodes of `live`, sorted by key; a row whose kind,
+/// role or state cannot be read back is logged and skipped.
+async fn load_links(pool: &PgPool, live: &mut Live) -> Result<(), sqlx::Error> {
     let rows = sqlx::query(
         "SELECT node_id, kind, name, role, peer, state, lag_bytes, lag_seconds, vrrp_instance, error, raw
            FROM replication_links ORDER BY node_id, link",
@@ -145,7 +165,7 @@ pub async fn load_live(pool: &PgPool, now: Instant) -> Result<Live, sqlx::Error>
             node.replication.push(link);
         }
     }
-    Ok(live)
+    Ok(())
 }
 
 /// The de-duplication watermarks `(boot_id, last_seq)` of `node_ids` (those known), by node id,
@@ -183,6 +203,18 @@ pub async fn store_nodes(
         return Ok(());
     }
     let nodes: Vec<&NodeLive> = by_id.into_values().collect();
+    insert_clusters(tx, &nodes).await?;
+    upsert_node_rows(tx, &nodes).await?;
+    let ids: Vec<&str> = nodes.iter().map(|n| n.node_id.as_str()).collect();
+    store_instances(tx, &nodes, &ids).await?;
+    store_links(tx, &nodes, &ids).await
+}
+
+/// Creates the clusters of `nodes` that do not exist yet.
+async fn insert_clusters(
+    tx: &mut Transaction<'_, Postgres>,
+    nodes: &[&NodeLive],
+) -> Result<(), sqlx::Error> {
     let mut clusters: Vec<&str> = nodes.iter().map(|n| n.cluster.as_str()).collect();
     clusters.sort_unstable();
     clusters.dedup();
@@ -192,6 +224,14 @@ pub async fn store_nodes(
     .bind(&clusters)
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// Inserts or updates the `nodes` rows of `nodes` (one per node id, in id order).
+async fn upsert_node_rows(
+    tx: &mut Transaction<'_, Postgres>,
+    nodes: &[&NodeLive],
+) -> Result<(), sqlx::Error> {
     let col = |f: fn(&NodeLive) -> String| nodes.iter().map(|n| f(n)).collect::<Vec<String>>();
     sqlx::query(
         "INSERT INTO nodes (node_id, cluster, hostname, agent_version, protocol_version, boot_id,
@@ -232,9 +272,16 @@ pub async fn store_nodes(
     .bind(nodes.iter().map(|n| n.spool_dropped as i64).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
 
-    // VRRP instances: those no longer reported go, the others are upserted.
-    let ids: Vec<&str> = nodes.iter().map(|n| n.node_id.as_str()).collect();
+/// Replaces the stored VRRP instances of the nodes `ids`: those no longer reported go, the
+/// others are upserted.
+async fn store_instances(
+    tx: &mut Transaction<'_, Postgres>,
+    nodes: &[&NodeLive],
+    ids: &[&str],
+) -> Result<(), sqlx::Error> {
     let instances: Vec<(&str, &VrrpInstanceReport)> = nodes
         .iter()
         .flat_map(|n| n.instances.iter().map(move |i| (n.node_id.as_str(), i)))
@@ -246,7 +293,7 @@ pub async fn store_nodes(
           WHERE node_id = ANY($1)
             AND (node_id, name) NOT IN (SELECT * FROM UNNEST($2::text[], $3::text[]))",
     )
-    .bind(&ids)
+    .bind(ids)
     .bind(&inst_nodes)
     .bind(&inst_names)
     .execute(&mut **tx)
@@ -287,8 +334,16 @@ pub async fn store_nodes(
         .execute(&mut **tx)
         .await?;
     }
+    Ok(())
+}
 
-    // Replication links: likewise.
+/// Replaces the stored replication links of the nodes `ids`: those no longer reported go, the
+/// others are upserted.
+async fn store_links(
+    tx: &mut Transaction<'_, Postgres>,
+    nodes: &[&NodeLive],
+    ids: &[&str],
+) -> Result<(), sqlx::Error> {
     let links: Vec<(&str, String, &ReplicationLinkReport)> = nodes
         .iter()
         .flat_map(|n| {
@@ -304,7 +359,7 @@ pub async fn store_nodes(
           WHERE node_id = ANY($1)
             AND (node_id, link) NOT IN (SELECT * FROM UNNEST($2::text[], $3::text[]))",
     )
-    .bind(&ids)
+    .bind(ids)
     .bind(&link_nodes)
     .bind(&link_keys)
     .execute(&mut **tx)
@@ -534,11 +589,31 @@ pub async fn write_samples(
     samples: &[Sample],
     advance_watermark: impl Fn(&str) -> bool,
 ) -> Result<(), sqlx::Error> {
-    use std::fmt::Write as _;
     let mut tx = pool.begin().await?;
+    copy_in(
+        &mut tx,
+        "COPY heartbeat_samples (received_at, observed_at, node_id, boot_id, seq, load1, uptime_seconds, instances) FROM STDIN",
+        heartbeat_copy_rows(samples),
+    )
+    .await?;
+    let links = replication_copy_rows(samples);
+    if !links.is_empty() {
+        copy_in(
+            &mut tx,
+            "COPY replication_samples (received_at, node_id, link, role, state, lag_bytes, lag_seconds) FROM STDIN",
+            links,
+        )
+        .await?;
+    }
+    advance_watermarks(&mut tx, samples, advance_watermark).await?;
+    tx.commit().await
+}
+
+/// The `heartbeat_samples` rows of `samples`, in COPY's text format.
+fn heartbeat_copy_rows(samples: &[Sample]) -> String {
+    use std::fmt::Write as _;
     // `write!` into a String cannot fail (its fmt::Write never returns an error).
     let mut rows = String::with_capacity(samples.len() * 200);
-    let mut links = String::new();
     for s in samples {
         let received = copy_timestamp(s.received_at);
         let _ = write!(
@@ -553,6 +628,18 @@ pub async fn write_samples(
         );
         copy_escape(&mut rows, &s.instances);
         rows.push('\n');
+    }
+    rows
+}
+
+/// The `replication_samples` rows of `samples` (one per link per sample), in COPY's text
+/// format; empty when no sample has a link.
+fn replication_copy_rows(samples: &[Sample]) -> String {
+    use std::fmt::Write as _;
+    // `write!` into a String cannot fail (its fmt::Write never returns an error).
+    let mut links = String::new();
+    for s in samples {
+        let received = copy_timestamp(s.received_at);
         for l in &s.links {
             let _ = write!(
                 links,
@@ -570,20 +657,17 @@ pub async fn write_samples(
             };
         }
     }
-    copy_in(
-        &mut tx,
-        "COPY heartbeat_samples (received_at, observed_at, node_id, boot_id, seq, load1, uptime_seconds, instances) FROM STDIN",
-        rows,
-    )
-    .await?;
-    if !links.is_empty() {
-        copy_in(
-            &mut tx,
-            "COPY replication_samples (received_at, node_id, link, role, state, lag_bytes, lag_seconds) FROM STDIN",
-            links,
-        )
-        .await?;
-    }
+    links
+}
+
+/// Advances the watermark and last-heartbeat columns of the nodes `advance_watermark` names to
+/// their newest sample in `samples`, skipping node rows another transaction holds and never
+/// moving a watermark back or across agent runs (see [`write_samples`]).
+async fn advance_watermarks(
+    tx: &mut Transaction<'_, Postgres>,
+    samples: &[Sample],
+    advance_watermark: impl Fn(&str) -> bool,
+) -> Result<(), sqlx::Error> {
     // The newest sample of each node in this batch (samples arrive in acceptance order).
     let mut latest: std::collections::HashMap<&str, &Sample> = std::collections::HashMap::new();
     for s in samples {
@@ -619,7 +703,7 @@ pub async fn write_samples(
         l_spool.push(s.spool_depth as i64);
     }
     if l_node.is_empty() {
-        return tx.commit().await;
+        return Ok(());
     }
     sqlx::query(
         "WITH free AS MATERIALIZED (SELECT node_id FROM nodes WHERE node_id = ANY($1)
@@ -642,9 +726,9 @@ pub async fn write_samples(
     .bind(&l_load)
     .bind(&l_up)
     .bind(&l_spool)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
-    tx.commit().await
+    Ok(())
 }
 
 /// Sends `data` (rows in COPY's text format) to `statement` (a `COPY … FROM STDIN`).

@@ -261,37 +261,38 @@ fn summary(node: &NodeLive, now: DateTime<Utc>) -> NodeSummary {
     }
 }
 
+/// A health verdict being built: the worst health so far and every reason, in order.
+struct Verdict {
+    /// Worst health so far.
+    health: Health,
+    /// Why it is not healthy, one sentence each.
+    reasons: Vec<String>,
+}
+
+impl Verdict {
+    /// Healthy, for no reason yet.
+    fn new() -> Self {
+        Verdict {
+            health: Health::Healthy,
+            reasons: Vec::new(),
+        }
+    }
+
+    /// Makes the verdict at least `health`, because of `reason`.
+    fn worsen(&mut self, health: Health, reason: String) {
+        self.health = self.health.max(health);
+        self.reasons.push(reason);
+    }
+}
+
 /// The verdict on one instance from its members' reports.
 pub fn instance_view(name: &str, nodes: &[&NodeLive]) -> InstanceView {
-    let mut members = Vec::new();
-    let mut vips: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut vrid = None;
-    for node in nodes {
-        let Some(instance) = node.instance(name) else {
-            continue;
-        };
-        vrid = vrid.or(instance.vrid);
-        for vip in &instance.vips {
-            vips.entry(vip.clone()).or_default();
-        }
-        if node.status != NodeStatus::Down {
-            for vip in &instance.held_vips {
-                vips.entry(vip.clone())
-                    .or_default()
-                    .push(node.node_id.clone());
-            }
-        }
-        members.push(MemberView {
-            node_id: node.node_id.clone(),
-            node_status: node.status,
-            state: instance.state,
-            base_priority: instance.base_priority,
-            effective_priority: instance.effective_priority,
-            holds_vip: instance.holds_vip(),
-            held_vips: instance.held_vips.clone(),
-            last_transition: instance.last_transition,
-        });
-    }
+    let vrid = nodes
+        .iter()
+        .filter_map(|n| n.instance(name))
+        .find_map(|i| i.vrid);
+    let members = instance_members(name, nodes);
+    let vips = vip_holders(name, nodes);
     // A down node's last report is stale: its keepalived may be long gone. Only nodes that still
     // report count as masters and holders.
     let masters: Vec<String> = members
@@ -299,99 +300,18 @@ pub fn instance_view(name: &str, nodes: &[&NodeLive]) -> InstanceView {
         .filter(|m| m.state == VrrpState::Master && m.node_status != NodeStatus::Down)
         .map(|m| m.node_id.clone())
         .collect();
-    let mut reasons = Vec::new();
-    let mut health = Health::Healthy;
-    let mut worsen = |h: Health, reason: String, health: &mut Health| {
-        *health = (*health).max(h);
-        reasons.push(reason);
-    };
-    if masters.len() > 1 {
-        worsen(
-            Health::SplitBrain,
-            format!("{} nodes are MASTER: {}", masters.len(), masters.join(", ")),
-            &mut health,
-        );
-    }
-    for (vip, holders) in &vips {
-        if holders.len() > 1 {
-            worsen(
-                Health::SplitBrain,
-                format!(
-                    "VIP {vip} is on {} nodes: {}",
-                    holders.len(),
-                    holders.join(", ")
-                ),
-                &mut health,
-            );
-        }
-    }
+    let mut verdict = Verdict::new();
+    split_brain_reasons(&masters, &vips, &mut verdict);
     if masters.is_empty() {
-        worsen(
-            Health::NoMaster,
-            "no reachable node is MASTER".into(),
-            &mut health,
-        );
+        verdict.worsen(Health::NoMaster, "no reachable node is MASTER".into());
     }
-    for (vip, holders) in &vips {
-        if holders.is_empty() {
-            worsen(
-                Health::Degraded,
-                format!("no node holds VIP {vip}"),
-                &mut health,
-            );
-        }
-        for holder in holders.iter().filter(|h| !masters.contains(h)) {
-            worsen(
-                Health::Degraded,
-                format!("VIP {vip} is on {holder}, which is not MASTER"),
-                &mut health,
-            );
-        }
-    }
-    for master in &masters {
-        let holds_any = vips.values().any(|holders| holders.contains(master));
-        if !vips.is_empty() && !holds_any {
-            worsen(
-                Health::Degraded,
-                format!("MASTER {master} holds none of the VIPs"),
-                &mut health,
-            );
-        }
-    }
-    for m in &members {
-        if m.node_status != NodeStatus::Up {
-            worsen(
-                Health::Degraded,
-                format!("node {} is {}", m.node_id, m.node_status.as_str()),
-                &mut health,
-            );
-        } else if matches!(
-            m.state,
-            VrrpState::Fault | VrrpState::Stop | VrrpState::Init
-        ) {
-            worsen(
-                Health::Degraded,
-                format!("{} is {} on {}", name, m.state, m.node_id),
-                &mut health,
-            );
-        }
-    }
-    let standbys = members
-        .iter()
-        .filter(|m| m.state == VrrpState::Backup && m.node_status == NodeStatus::Up)
-        .count();
-    if masters.len() == 1 && standbys == 0 {
-        worsen(
-            Health::Degraded,
-            "no standby is ready to take over".into(),
-            &mut health,
-        );
-    }
+    vip_placement_reasons(&masters, &vips, &mut verdict);
+    member_reasons(name, &members, &masters, &mut verdict);
     InstanceView {
         name: name.to_string(),
         vrid,
-        health,
-        reasons,
+        health: verdict.health,
+        reasons: verdict.reasons,
         master: if masters.len() == 1 {
             masters.first().cloned()
         } else {
@@ -403,6 +323,129 @@ pub fn instance_view(name: &str, nodes: &[&NodeLive]) -> InstanceView {
             .map(|(vip, holders)| VipView { vip, holders })
             .collect(),
         members,
+    }
+}
+
+/// The members of instance `name`: every node of `nodes` that reports it, in order.
+fn instance_members(name: &str, nodes: &[&NodeLive]) -> Vec<MemberView> {
+    nodes
+        .iter()
+        .filter_map(|node| Some((node, node.instance(name)?)))
+        .map(|(node, instance)| MemberView {
+            node_id: node.node_id.clone(),
+            node_status: node.status,
+            state: instance.state,
+            base_priority: instance.base_priority,
+            effective_priority: instance.effective_priority,
+            holds_vip: instance.holds_vip(),
+            held_vips: instance.held_vips.clone(),
+            last_transition: instance.last_transition,
+        })
+        .collect()
+}
+
+/// Every VIP of instance `name` (as any member configures it) with the nodes, not down, whose
+/// kernel holds it.
+fn vip_holders(name: &str, nodes: &[&NodeLive]) -> BTreeMap<String, Vec<String>> {
+    let mut vips: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for node in nodes {
+        let Some(instance) = node.instance(name) else {
+            continue;
+        };
+        for vip in &instance.vips {
+            vips.entry(vip.clone()).or_default();
+        }
+        if node.status != NodeStatus::Down {
+            for vip in &instance.held_vips {
+                vips.entry(vip.clone())
+                    .or_default()
+                    .push(node.node_id.clone());
+            }
+        }
+    }
+    vips
+}
+
+/// Split brain: more than one MASTER, or a VIP on more than one node.
+fn split_brain_reasons(
+    masters: &[String],
+    vips: &BTreeMap<String, Vec<String>>,
+    verdict: &mut Verdict,
+) {
+    if masters.len() > 1 {
+        verdict.worsen(
+            Health::SplitBrain,
+            format!("{} nodes are MASTER: {}", masters.len(), masters.join(", ")),
+        );
+    }
+    for (vip, holders) in vips {
+        if holders.len() > 1 {
+            verdict.worsen(
+                Health::SplitBrain,
+                format!(
+                    "VIP {vip} is on {} nodes: {}",
+                    holders.len(),
+                    holders.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+/// VIPs out of place: held by no node, held by a node that is not MASTER, or a MASTER holding
+/// none of them.
+fn vip_placement_reasons(
+    masters: &[String],
+    vips: &BTreeMap<String, Vec<String>>,
+    verdict: &mut Verdict,
+) {
+    for (vip, holders) in vips {
+        if holders.is_empty() {
+            verdict.worsen(Health::Degraded, format!("no node holds VIP {vip}"));
+        }
+        for holder in holders.iter().filter(|h| !masters.contains(h)) {
+            verdict.worsen(
+                Health::Degraded,
+                format!("VIP {vip} is on {holder}, which is not MASTER"),
+            );
+        }
+    }
+    for master in masters {
+        let holds_any = vips.values().any(|holders| holders.contains(master));
+        if !vips.is_empty() && !holds_any {
+            verdict.worsen(
+                Health::Degraded,
+                format!("MASTER {master} holds none of the VIPs"),
+            );
+        }
+    }
+}
+
+/// Members that cannot take over (node not up; instance in FAULT, STOP or INIT), and a single
+/// MASTER without a standby ready.
+fn member_reasons(name: &str, members: &[MemberView], masters: &[String], verdict: &mut Verdict) {
+    for m in members {
+        if m.node_status != NodeStatus::Up {
+            verdict.worsen(
+                Health::Degraded,
+                format!("node {} is {}", m.node_id, m.node_status.as_str()),
+            );
+        } else if matches!(
+            m.state,
+            VrrpState::Fault | VrrpState::Stop | VrrpState::Init
+        ) {
+            verdict.worsen(
+                Health::Degraded,
+                format!("{} is {} on {}", name, m.state, m.node_id),
+            );
+        }
+    }
+    let standbys = members
+        .iter()
+        .filter(|m| m.state == VrrpState::Backup && m.node_status == NodeStatus::Up)
+        .count();
+    if masters.len() == 1 && standbys == 0 {
+        verdict.worsen(Health::Degraded, "no standby is ready to take over".into());
     }
 }
 
@@ -490,39 +533,79 @@ pub fn replication_view(
     nodes: &[&NodeLive],
     instances: &[InstanceView],
 ) -> ReplicationView {
-    let mut members = Vec::new();
-    let mut kind = ReplicationKind::Postgresql;
-    let mut name = String::new();
-    let mut configured_instance = None;
-    for node in nodes {
-        let Some(link) = node.link(key) else { continue };
-        kind = link.kind;
-        name.clone_from(&link.name);
-        configured_instance = configured_instance.or(link.vrrp_instance.clone());
-        members.push(LinkMemberView {
-            node_id: node.node_id.clone(),
-            node_status: node.status,
-            role: link.role,
-            state: link.state,
-            peer: link.peer.clone(),
-            lag_bytes: link.lag_bytes,
-            lag_seconds: link.lag_seconds,
-            error: link.error.clone(),
-        });
-    }
+    let links: Vec<(&NodeLive, &ReplicationLinkReport)> = nodes
+        .iter()
+        .filter_map(|node| Some((*node, node.link(key)?)))
+        .collect();
+    // Kind and name as the last member reports them; the instance as the first that names one.
+    let kind = links
+        .last()
+        .map_or(ReplicationKind::Postgresql, |(_, l)| l.kind);
+    let name = links
+        .last()
+        .map(|(_, l)| l.name.clone())
+        .unwrap_or_default();
+    let configured_instance = links.iter().find_map(|(_, l)| l.vrrp_instance.clone());
+    let members: Vec<LinkMemberView> = links.iter().map(|(n, l)| link_member(n, l)).collect();
     let primaries: Vec<String> = members
         .iter()
         .filter(|m| m.role == ReplicationRole::Primary && m.node_status != NodeStatus::Down)
         .map(|m| m.node_id.clone())
         .collect();
-    let mut health = Health::Healthy;
-    let mut reasons = Vec::new();
-    let mut worsen = |h: Health, reason: String| {
-        health = health.max(h);
-        reasons.push(reason);
+    let mut verdict = Verdict::new();
+    primary_reasons(&primaries, &mut verdict);
+    link_state_reasons(&members, &primaries, &mut verdict);
+    let vrrp_instance =
+        configured_instance.or_else(|| (instances.len() == 1).then(|| instances[0].name.clone()));
+    let vip_holders = instance_vip_holders(vrrp_instance.as_deref(), instances);
+    let vip_on_primary = match (primaries.as_slice(), vip_holders.is_empty()) {
+        ([primary], false) => Some(vip_holders.iter().all(|h| h == primary)),
+        _ => None,
     };
+    if vip_on_primary == Some(false) {
+        verdict.worsen(
+            Health::Degraded,
+            format!(
+                "the VIP of {} is on {} but the primary is {}",
+                vrrp_instance.as_deref().unwrap_or("?"),
+                vip_holders.join(", "),
+                primaries.join(", ")
+            ),
+        );
+    }
+    ReplicationView {
+        link: key.to_string(),
+        kind,
+        name,
+        health: verdict.health,
+        reasons: verdict.reasons,
+        primary: (primaries.len() == 1).then(|| primaries[0].clone()),
+        primaries,
+        vrrp_instance,
+        vip_holders,
+        vip_on_primary,
+        members,
+    }
+}
+
+/// `node`'s end of a replication link, as it reports `link`.
+fn link_member(node: &NodeLive, link: &ReplicationLinkReport) -> LinkMemberView {
+    LinkMemberView {
+        node_id: node.node_id.clone(),
+        node_status: node.status,
+        role: link.role,
+        state: link.state,
+        peer: link.peer.clone(),
+        lag_bytes: link.lag_bytes,
+        lag_seconds: link.lag_seconds,
+        error: link.error.clone(),
+    }
+}
+
+/// Split brain when more than one reachable node is primary; no master when none is.
+fn primary_reasons(primaries: &[String], verdict: &mut Verdict) {
     if primaries.len() > 1 {
-        worsen(
+        verdict.worsen(
             Health::SplitBrain,
             format!(
                 "{} nodes are primary: {}",
@@ -531,15 +614,19 @@ pub fn replication_view(
             ),
         );
     } else if primaries.is_empty() {
-        worsen(Health::NoMaster, "no reachable node is primary".into());
+        verdict.worsen(Health::NoMaster, "no reachable node is primary".into());
     }
-    for m in &members {
+}
+
+/// Members whose link is not replicating, and a single primary without a standby replicating.
+fn link_state_reasons(members: &[LinkMemberView], primaries: &[String], verdict: &mut Verdict) {
+    for m in members {
         match m.state {
             LinkState::Streaming | LinkState::CatchingUp => {}
             // A primary without standbys says disconnected; the standbys' own view is reported
             // below, so only say it when no standby reports at all.
             LinkState::Disconnected if m.role == ReplicationRole::Primary => {}
-            state => worsen(
+            state => verdict.worsen(
                 Health::Degraded,
                 format!(
                     "{} on {}{}",
@@ -562,13 +649,15 @@ pub fn replication_view(
         })
         .count();
     if primaries.len() == 1 && standbys == 0 {
-        worsen(Health::Degraded, "no standby is replicating".into());
+        verdict.worsen(Health::Degraded, "no standby is replicating".into());
     }
-    let vrrp_instance =
-        configured_instance.or_else(|| (instances.len() == 1).then(|| instances[0].name.clone()));
-    let vip_holders: Vec<String> = vrrp_instance
-        .as_ref()
-        .and_then(|i| instances.iter().find(|v| &v.name == i))
+}
+
+/// The nodes holding any VIP of the VRRP instance named `instance` (sorted, once each); empty
+/// without an instance or when it is not among `instances`.
+fn instance_vip_holders(instance: Option<&str>, instances: &[InstanceView]) -> Vec<String> {
+    instance
+        .and_then(|i| instances.iter().find(|v| v.name == i))
         .map(|i| {
             let mut holders: Vec<String> = i
                 .vips
@@ -579,35 +668,7 @@ pub fn replication_view(
             holders.dedup();
             holders
         })
-        .unwrap_or_default();
-    let vip_on_primary = match (primaries.as_slice(), vip_holders.is_empty()) {
-        ([primary], false) => Some(vip_holders.iter().all(|h| h == primary)),
-        _ => None,
-    };
-    if vip_on_primary == Some(false) {
-        worsen(
-            Health::Degraded,
-            format!(
-                "the VIP of {} is on {} but the primary is {}",
-                vrrp_instance.as_deref().unwrap_or("?"),
-                vip_holders.join(", "),
-                primaries.join(", ")
-            ),
-        );
-    }
-    ReplicationView {
-        link: key.to_string(),
-        kind,
-        name,
-        health,
-        reasons,
-        primary: (primaries.len() == 1).then(|| primaries[0].clone()),
-        primaries,
-        vrrp_instance,
-        vip_holders,
-        vip_on_primary,
-        members,
-    }
+        .unwrap_or_default()
 }
 
 /// Every cluster, by name.

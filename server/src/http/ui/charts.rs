@@ -81,6 +81,50 @@ fn nice_ceiling(value: f64, unit: Unit) -> f64 {
     nice * base
 }
 
+/// Width of the plot area (inside the axis labels).
+const PLOT_W: f64 = WIDTH - LEFT - RIGHT;
+/// Height of the plot area.
+const PLOT_H: f64 = HEIGHT - TOP - BOTTOM;
+
+/// Where a chart puts times and values: `[from, to]` across the plot area, `0..=ymax` up it.
+struct Frame {
+    /// Left edge.
+    from: DateTime<Utc>,
+    /// Right edge.
+    to: DateTime<Utc>,
+    /// `to - from` in milliseconds, at least 1.
+    span: f64,
+    /// Value at the top.
+    ymax: f64,
+}
+
+impl Frame {
+    /// The frame for `points` over `[from, to]`: the top is a round value at or above the
+    /// highest maximum (or mean).
+    fn new(points: &[Point], unit: Unit, from: DateTime<Utc>, to: DateTime<Utc>) -> Frame {
+        let top = points
+            .iter()
+            .filter_map(|p| p.max.or(p.avg))
+            .fold(0.0f64, f64::max);
+        Frame {
+            from,
+            to,
+            span: (to - from).num_milliseconds().max(1) as f64,
+            ymax: nice_ceiling(top, unit),
+        }
+    }
+
+    /// Horizontal position of `t` (clamped to the plot area).
+    fn x(&self, t: DateTime<Utc>) -> f64 {
+        LEFT + ((t - self.from).num_milliseconds() as f64 / self.span).clamp(0.0, 1.0) * PLOT_W
+    }
+
+    /// Vertical position of `v` (clamped to the plot area).
+    fn y(&self, v: f64) -> f64 {
+        TOP + PLOT_H - (v / self.ymax).clamp(0.0, 1.0) * PLOT_H
+    }
+}
+
 /// An SVG line chart of `points` over `[from, to]`.
 pub fn line_chart(
     title: &str,
@@ -89,36 +133,64 @@ pub fn line_chart(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> String {
-    let plot_w = WIDTH - LEFT - RIGHT;
-    let plot_h = HEIGHT - TOP - BOTTOM;
-    let span = (to - from).num_milliseconds().max(1) as f64;
-    let x = |t: DateTime<Utc>| {
-        LEFT + ((t - from).num_milliseconds() as f64 / span).clamp(0.0, 1.0) * plot_w
-    };
-    let top = points
-        .iter()
-        .filter_map(|p| p.max.or(p.avg))
-        .fold(0.0f64, f64::max);
-    let ymax = nice_ceiling(top, unit);
-    let y = |v: f64| TOP + plot_h - (v / ymax).clamp(0.0, 1.0) * plot_h;
+    let frame = Frame::new(points, unit, from, to);
     let mut svg = String::new();
     let title = escape(title);
     let _ = write!(
         svg,
         r#"<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{title}"><title>{title}</title><text class="chart-title" x="{LEFT}" y="15">{title}</text>"#
     );
+    value_axis(&mut svg, &frame, unit);
+    time_axis(&mut svg, &frame);
+    let with_range: Vec<&Point> = points
+        .iter()
+        .filter(|p| p.min.is_some() && p.max.is_some())
+        .collect();
+    if with_range.is_empty() {
+        let _ = write!(
+            svg,
+            r#"<text class="empty" x="{}" y="{}" text-anchor="middle">no samples in this range</text>"#,
+            LEFT + PLOT_W / 2.0,
+            TOP + PLOT_H / 2.0
+        );
+    } else {
+        band_and_line(&mut svg, &frame, points, &with_range);
+        // Sparse series (a new node, a short range) would be invisible as a line alone.
+        if points.len() <= 60 {
+            dots(&mut svg, &frame, points);
+        }
+        if let Some(last) = points.iter().rev().find_map(|p| p.avg) {
+            let _ = write!(
+                svg,
+                r#"<text class="last" x="{}" y="15" text-anchor="end">last bucket: mean {}</text>"#,
+                WIDTH - RIGHT,
+                escape(&format_value(last, unit))
+            );
+        }
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// Grid lines with value labels at the bottom, middle and top.
+fn value_axis(svg: &mut String, frame: &Frame, unit: Unit) {
     for fraction in [0.0, 0.5, 1.0] {
-        let value = ymax * fraction;
+        let value = frame.ymax * fraction;
         let _ = write!(
             svg,
             r#"<line class="grid" x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}"/><text class="axis" x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
             WIDTH - RIGHT,
             LEFT - 6.0,
-            y(value) + 4.0,
+            frame.y(value) + 4.0,
             escape(&format_value(value, unit)),
-            y = y(value),
+            y = frame.y(value),
         );
     }
+}
+
+/// Time labels at the start, middle and end (with the date when the range passes a day).
+fn time_axis(svg: &mut String, frame: &Frame) {
+    let (from, to) = (frame.from, frame.to);
     let time_format = if to - from > chrono::Duration::hours(24) {
         "%m-%d %H:%M"
     } else {
@@ -132,64 +204,57 @@ pub fn line_chart(
         let _ = write!(
             svg,
             r#"<text class="axis" x="{:.1}" y="{}" text-anchor="{anchor}">{}</text>"#,
-            x(t),
+            frame.x(t),
             HEIGHT - 6.0,
             t.format(time_format)
         );
     }
-    let with_range: Vec<&Point> = points
+}
+
+/// The min–max band of the buckets `with_range` (those with both) and the line of the means
+/// of `points`.
+fn band_and_line(svg: &mut String, frame: &Frame, points: &[Point], with_range: &[&Point]) {
+    let mut band = String::new();
+    for p in with_range {
+        let _ = write!(
+            band,
+            "{:.1},{:.1} ",
+            frame.x(p.t),
+            frame.y(p.max.unwrap_or(0.0))
+        );
+    }
+    for p in with_range.iter().rev() {
+        let _ = write!(
+            band,
+            "{:.1},{:.1} ",
+            frame.x(p.t),
+            frame.y(p.min.unwrap_or(0.0))
+        );
+    }
+    let line: String = points
         .iter()
-        .filter(|p| p.min.is_some() && p.max.is_some())
-        .collect();
-    if with_range.is_empty() {
-        let _ = write!(
-            svg,
-            r#"<text class="empty" x="{}" y="{}" text-anchor="middle">no samples in this range</text>"#,
-            LEFT + plot_w / 2.0,
-            TOP + plot_h / 2.0
-        );
-    } else {
-        let mut band = String::new();
-        for p in &with_range {
-            let _ = write!(band, "{:.1},{:.1} ", x(p.t), y(p.max.unwrap_or(0.0)));
-        }
-        for p in with_range.iter().rev() {
-            let _ = write!(band, "{:.1},{:.1} ", x(p.t), y(p.min.unwrap_or(0.0)));
-        }
-        let line: String = points
-            .iter()
-            .filter_map(|p| Some(format!("{:.1},{:.1}", x(p.t), y(p.avg?))))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let _ = write!(
-            svg,
-            r#"<polygon class="band" points="{}"/><polyline class="line" points="{line}"/>"#,
-            band.trim_end()
-        );
-        // Sparse series (a new node, a short range) would be invisible as a line alone.
-        if points.len() <= 60 {
-            for p in points {
-                if let Some(avg) = p.avg {
-                    let _ = write!(
-                        svg,
-                        r#"<circle class="dot" cx="{:.1}" cy="{:.1}" r="2"/>"#,
-                        x(p.t),
-                        y(avg)
-                    );
-                }
-            }
-        }
-        if let Some(last) = points.iter().rev().find_map(|p| p.avg) {
+        .filter_map(|p| Some(format!("{:.1},{:.1}", frame.x(p.t), frame.y(p.avg?))))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let _ = write!(
+        svg,
+        r#"<polygon class="band" points="{}"/><polyline class="line" points="{line}"/>"#,
+        band.trim_end()
+    );
+}
+
+/// A dot at each bucket's mean.
+fn dots(svg: &mut String, frame: &Frame, points: &[Point]) {
+    for p in points {
+        if let Some(avg) = p.avg {
             let _ = write!(
                 svg,
-                r#"<text class="last" x="{}" y="15" text-anchor="end">last bucket: mean {}</text>"#,
-                WIDTH - RIGHT,
-                escape(&format_value(last, unit))
+                r#"<circle class="dot" cx="{:.1}" cy="{:.1}" r="2"/>"#,
+                frame.x(p.t),
+                frame.y(avg)
             );
         }
     }
-    svg.push_str("</svg>");
-    svg
 }
 
 #[cfg(test)]
