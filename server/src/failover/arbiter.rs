@@ -758,87 +758,120 @@ async fn enforce_epoch(
         }
         memory.enforced.insert(key, now);
         let reason = if unfenced {
-            format!(
-                "{node} is kept fenced but reports {}{}: fenced again{}",
-                vrrp.map_or("no instance state".to_string(), |s| format!(
-                    "{} in {}",
-                    s.as_str(),
-                    g.instance
-                )),
-                if primary {
-                    " and a running primary"
-                } else {
-                    ""
-                },
-                if primary {
-                    ", its database stopped"
-                } else {
-                    ""
-                },
-            )
+            kept_fenced_reason(g, &node, vrrp, primary)
         } else {
-            let what = match (master, primary) {
-                (true, true) => "MASTER and a primary",
-                (true, false) => "MASTER",
-                _ => "a primary",
-            };
-            if leader_up {
-                format!(
-                    "split brain: {node} is {what} beside {}, the master of the current epoch; {node} is fenced{}",
-                    g.leader,
-                    if primary { " and its database stopped" } else { "" }
-                )
-            } else {
-                format!(
-                    "{node} made itself MASTER but cannot reach the reference address: an isolated node must not take over; {node} is fenced"
-                )
-            }
+            second_master_reason(g, &node, master, primary, leader_up)
         };
-        tracing::error!(cluster = %c.name, node = %node, "{reason}");
-        insert_decision(
-            state,
-            &c.name,
-            "fence",
-            Some(&node),
-            &reason,
-            &Some(g.clone()),
+        fence(state, c, g, &node, primary, &reason).await?;
+    }
+    Ok(())
+}
+
+/// Why a node the server keeps fenced is fenced again: it reports `vrrp` in the instance
+/// (none: no instance state), and is a running primary when `primary`.
+fn kept_fenced_reason(g: &Gathered, node: &str, vrrp: Option<VrrpState>, primary: bool) -> String {
+    format!(
+        "{node} is kept fenced but reports {}{}: fenced again{}",
+        vrrp.map_or("no instance state".to_string(), |s| format!(
+            "{} in {}",
+            s.as_str(),
+            g.instance
+        )),
+        if primary {
+            " and a running primary"
+        } else {
+            ""
+        },
+        if primary {
+            ", its database stopped"
+        } else {
+            ""
+        },
+    )
+}
+
+/// Why a second master is fenced: it is MASTER (`master`) and/or a primary beside the leader
+/// when `leader_up`, else an isolated MASTER that cannot reach the reference address.
+fn second_master_reason(
+    g: &Gathered,
+    node: &str,
+    master: bool,
+    primary: bool,
+    leader_up: bool,
+) -> String {
+    let what = match (master, primary) {
+        (true, true) => "MASTER and a primary",
+        (true, false) => "MASTER",
+        _ => "a primary",
+    };
+    if leader_up {
+        format!(
+            "split brain: {node} is {what} beside {}, the master of the current epoch; {node} is fenced{}",
+            g.leader,
+            if primary { " and its database stopped" } else { "" }
+        )
+    } else {
+        format!(
+            "{node} made itself MASTER but cannot reach the reference address: an isolated node must not take over; {node} is fenced"
+        )
+    }
+}
+
+/// Fences `node` for `reason` with the current epoch: records the decision, keeps the node
+/// fenced, and queues a fence command (and, for a `primary`, a database stop) for it, with a
+/// one-minute deadline.
+async fn fence(
+    state: &AppState,
+    c: &ClusterView,
+    g: &Gathered,
+    node: &str,
+    primary: bool,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    tracing::error!(cluster = %c.name, node = %node, "{reason}");
+    insert_decision(
+        state,
+        &c.name,
+        "fence",
+        Some(node),
+        reason,
+        &Some(g.clone()),
+    )
+    .await?;
+    let mut actions = vec![Action::Fence {
+        instance: g.instance.clone(),
+        fenced: true,
+    }];
+    if primary {
+        if let Some((_, name)) = g.link.as_deref().and_then(|k| k.split_once(':')) {
+            actions.push(Action::PostgresStop {
+                link: name.to_string(),
+            });
+        }
+    }
+    let mut tx = state.db.begin().await?;
+    let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM clusters WHERE name = $1")
+        .bind(&c.name)
+        .fetch_one(&mut *tx)
+        .await?;
+    keep_fenced(&mut tx, &c.name, node, reason).await?;
+    for action in actions {
+        commands::insert(
+            &mut tx,
+            &NewCommand {
+                cluster: c.name.clone(),
+                node_id: node.to_string(),
+                epoch: epoch as u64,
+                action,
+                deadline: Duration::from_secs(60),
+                switchover_id: None,
+                requested_by: ACTOR.into(),
+            },
         )
         .await?;
-        let mut actions = vec![Action::Fence {
-            instance: g.instance.clone(),
-            fenced: true,
-        }];
-        if primary {
-            if let Some((_, name)) = g.link.as_deref().and_then(|k| k.split_once(':')) {
-                actions.push(Action::PostgresStop {
-                    link: name.to_string(),
-                });
-            }
-        }
-        let mut tx = state.db.begin().await?;
-        let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM clusters WHERE name = $1")
-            .bind(&c.name)
-            .fetch_one(&mut *tx)
-            .await?;
-        keep_fenced(&mut tx, &c.name, &node, &reason).await?;
-        for action in actions {
-            commands::insert(
-                &mut tx,
-                &NewCommand {
-                    cluster: c.name.clone(),
-                    node_id: node.clone(),
-                    epoch: epoch as u64,
-                    action,
-                    deadline: Duration::from_secs(60),
-                    switchover_id: None,
-                    requested_by: ACTOR.into(),
-                },
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        state.commands.wake(&node);
     }
+    tx.commit().await?;
+    state.commands.wake(node);
     Ok(())
 }
 
