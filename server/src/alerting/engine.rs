@@ -258,86 +258,132 @@ async fn step(
         seen.insert(c.fingerprint.clone());
         let mute = silenced(&c);
         if !open.contains_key(&c.fingerprint) {
-            let id = Uuid::new_v4();
-            sqlx::query(
-                "INSERT INTO alerts (id, fingerprint, rule, severity, cluster, node_id, instance, link, summary, state, active_since, silenced)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11)",
-            )
-            .bind(id)
-            .bind(&c.fingerprint)
-            .bind(c.rule)
-            .bind(c.severity.as_str())
-            .bind(&c.cluster)
-            .bind(&c.node_id)
-            .bind(&c.instance)
-            .bind(&c.link)
-            .bind(&c.summary)
-            .bind(now)
-            .bind(mute)
-            .execute(&state.db)
-            .await?;
-            open.insert(
-                c.fingerprint.clone(),
-                Open {
-                    id,
-                    firing: false,
-                    active_since: now,
-                    last_notified_at: None,
-                    silenced: mute,
-                    condition: c.clone(),
-                },
-            );
+            open_alert(&state.db, open, &c, mute, now).await?;
         }
         let Some(a) = open.get_mut(&c.fingerprint) else {
             continue;
         };
-        let held = now - a.active_since >= chrono::Duration::from_std(c.hold).unwrap_or_default();
-        let due = match (a.firing, a.last_notified_at) {
-            (false, _) if held => Some("firing"),
-            (true, None) => Some("firing"),
-            (true, Some(t)) if now - t >= repeat => Some("repeat"),
-            _ => None,
-        };
-        let mut tx = state.db.begin().await?;
-        if !a.firing && held {
-            sqlx::query(
-                "UPDATE alerts SET state = 'firing', fired_at = $2, summary = $3 WHERE id = $1",
-            )
+        round.extend(advance(&state.db, settings, a, c, mute, repeat, now).await?);
+    }
+    round.extend(resolve_gone(&state.db, settings, open, &seen, now).await?);
+    // What one round stored becomes due at once, so it goes out grouped per cluster.
+    if !round.is_empty() {
+        crate::alerting::notify::release(&state.db, &round).await?;
+        state.notifier.notify_one();
+    }
+    Ok(())
+}
+
+/// Stores a new `pending` alert for `c` (silenced when `mute`) and adds it to `open`.
+async fn open_alert(
+    db: &sqlx::PgPool,
+    open: &mut HashMap<String, Open>,
+    c: &Condition,
+    mute: bool,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO alerts (id, fingerprint, rule, severity, cluster, node_id, instance, link, summary, state, active_since, silenced)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11)",
+    )
+    .bind(id)
+    .bind(&c.fingerprint)
+    .bind(c.rule)
+    .bind(c.severity.as_str())
+    .bind(&c.cluster)
+    .bind(&c.node_id)
+    .bind(&c.instance)
+    .bind(&c.link)
+    .bind(&c.summary)
+    .bind(now)
+    .bind(mute)
+    .execute(db)
+    .await?;
+    open.insert(
+        c.fingerprint.clone(),
+        Open {
+            id,
+            firing: false,
+            active_since: now,
+            last_notified_at: None,
+            silenced: mute,
+            condition: c.clone(),
+        },
+    );
+    Ok(())
+}
+
+/// Moves open alert `a` on with its condition `c`, in one transaction: fires it once it has
+/// held, stores the firing or repeat notification that is due (unless `mute`; an acknowledged
+/// alert is not repeated), and records a change of silence. Returns the notifications stored.
+async fn advance(
+    db: &sqlx::PgPool,
+    settings: &AlertSettings,
+    a: &mut Open,
+    c: Condition,
+    mute: bool,
+    repeat: chrono::Duration,
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let held = now - a.active_since >= chrono::Duration::from_std(c.hold).unwrap_or_default();
+    let due = match (a.firing, a.last_notified_at) {
+        (false, _) if held => Some("firing"),
+        (true, None) => Some("firing"),
+        (true, Some(t)) if now - t >= repeat => Some("repeat"),
+        _ => None,
+    };
+    let mut stored = Vec::new();
+    let mut tx = db.begin().await?;
+    if !a.firing && held {
+        sqlx::query(
+            "UPDATE alerts SET state = 'firing', fired_at = $2, summary = $3 WHERE id = $1",
+        )
+        .bind(a.id)
+        .bind(now)
+        .bind(&c.summary)
+        .execute(&mut *tx)
+        .await?;
+        tracing::warn!(alert = %c.fingerprint, severity = c.severity.as_str(), silenced = mute, summary = %c.summary, "alert firing");
+        a.firing = true;
+    }
+    if let Some(kind) = due.filter(|_| !mute) {
+        // An acknowledged alert is not repeated.
+        let claimed = sqlx::query("UPDATE alerts SET last_notified_at = $2 WHERE id = $1 AND ($3 OR acked_at IS NULL) RETURNING id")
             .bind(a.id)
             .bind(now)
-            .bind(&c.summary)
+            .bind(kind == "firing")
+            .fetch_optional(&mut *tx)
+            .await?;
+        if claimed.is_some() {
+            stored =
+                crate::alerting::notify::enqueue(&mut tx, settings, a.id, &c, kind, now).await?;
+        }
+        a.last_notified_at = Some(now);
+    }
+    if a.silenced != mute {
+        sqlx::query("UPDATE alerts SET silenced = $2 WHERE id = $1")
+            .bind(a.id)
+            .bind(mute)
             .execute(&mut *tx)
             .await?;
-            tracing::warn!(alert = %c.fingerprint, severity = c.severity.as_str(), silenced = mute, summary = %c.summary, "alert firing");
-            a.firing = true;
-        }
-        if let Some(kind) = due.filter(|_| !mute) {
-            // An acknowledged alert is not repeated.
-            let claimed = sqlx::query("UPDATE alerts SET last_notified_at = $2 WHERE id = $1 AND ($3 OR acked_at IS NULL) RETURNING id")
-                .bind(a.id)
-                .bind(now)
-                .bind(kind == "firing")
-                .fetch_optional(&mut *tx)
-                .await?;
-            if claimed.is_some() {
-                round.extend(
-                    crate::alerting::notify::enqueue(&mut tx, settings, a.id, &c, kind, now)
-                        .await?,
-                );
-            }
-            a.last_notified_at = Some(now);
-        }
-        if a.silenced != mute {
-            sqlx::query("UPDATE alerts SET silenced = $2 WHERE id = $1")
-                .bind(a.id)
-                .bind(mute)
-                .execute(&mut *tx)
-                .await?;
-            a.silenced = mute;
-        }
-        tx.commit().await?;
-        a.condition = c;
+        a.silenced = mute;
     }
+    tx.commit().await?;
+    a.condition = c;
+    Ok(stored)
+}
+
+/// Resolves the open alerts whose fingerprint is not in `seen` and removes them from `open`;
+/// only who was told an alert fired is told it is over. Returns the notifications stored.
+async fn resolve_gone(
+    db: &sqlx::PgPool,
+    settings: &AlertSettings,
+    open: &mut HashMap<String, Open>,
+    seen: &std::collections::HashSet<String>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let mut stored = Vec::new();
     let gone: Vec<String> = open
         .keys()
         .filter(|f| !seen.contains(*f))
@@ -347,7 +393,7 @@ async fn step(
         let Some(a) = open.remove(&fingerprint) else {
             continue;
         };
-        let mut tx = state.db.begin().await?;
+        let mut tx = db.begin().await?;
         sqlx::query("UPDATE alerts SET state = 'resolved', resolved_at = $2 WHERE id = $1")
             .bind(a.id)
             .bind(now)
@@ -357,19 +403,14 @@ async fn step(
         let tell =
             a.firing && a.last_notified_at.is_some() && !EVENT_RULES.contains(&a.condition.rule);
         if tell {
-            round.extend(resolve_notice(&mut tx, settings, &a, now).await?);
+            stored.extend(resolve_notice(&mut tx, settings, &a, now).await?);
         }
         tx.commit().await?;
         if a.firing {
             tracing::info!(alert = %fingerprint, "alert resolved");
         }
     }
-    // What one round stored becomes due at once, so it goes out grouped per cluster.
-    if !round.is_empty() {
-        crate::alerting::notify::release(&state.db, &round).await?;
-        state.notifier.notify_one();
-    }
-    Ok(())
+    Ok(stored)
 }
 
 async fn resolve_notice(

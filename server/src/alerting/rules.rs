@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::config::Thresholds;
 use crate::fleet::live::{NodeLive, NodeStatus};
-use crate::fleet::view::{ClusterView, Health};
+use crate::fleet::view::{ClusterView, Health, LinkMemberView};
 
 /// How bad.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -157,74 +157,117 @@ pub fn evaluate(
     t: &Thresholds,
     now: DateTime<Utc>,
 ) -> Vec<Condition> {
-    let mut out = Vec::new();
-    let mut push = |rule: &'static str,
-                    severity,
-                    what: String,
-                    node: Option<&str>,
-                    instance: Option<&str>,
-                    link: Option<&str>,
-                    summary: String,
-                    hold| {
-        out.push(Condition {
-            fingerprint: format!("{rule}:{}/{what}", c.name),
+    let mut f = Findings {
+        cluster: &c.name,
+        out: Vec::new(),
+    };
+    nodes_down(&mut f, c);
+    instance_rules(&mut f, c);
+    replication_rules(&mut f, c, t);
+    flapping(&mut f, evidence, t, now);
+    recent_failovers(&mut f, evidence, t, now);
+    arbiter_verdict(&mut f, evidence);
+    failed_failovers(&mut f, evidence);
+    agent_rules(&mut f, evidence, t);
+    f.out
+}
+
+/// Raised at once, without a hold.
+const AT_ONCE: Duration = Duration::ZERO;
+
+/// What a condition concerns besides its cluster: a node, a VRRP instance, a replication link.
+#[derive(Debug, Default, Clone, Copy)]
+struct Subject<'a> {
+    node: Option<&'a str>,
+    instance: Option<&'a str>,
+    link: Option<&'a str>,
+}
+
+/// The conditions found so far in one cluster, in the order the rules found them.
+struct Findings<'c> {
+    cluster: &'c str,
+    out: Vec<Condition>,
+}
+
+impl Findings<'_> {
+    /// Records a condition of `rule` about `what` (the last part of its fingerprint).
+    fn push(
+        &mut self,
+        rule: &'static str,
+        severity: Severity,
+        what: String,
+        about: Subject<'_>,
+        summary: String,
+        hold: Duration,
+    ) {
+        self.out.push(Condition {
+            fingerprint: format!("{rule}:{}/{what}", self.cluster),
             rule,
             severity,
-            cluster: c.name.clone(),
-            node_id: node.map(str::to_string),
-            instance: instance.map(str::to_string),
-            link: link.map(str::to_string),
+            cluster: self.cluster.to_string(),
+            node_id: about.node.map(str::to_string),
+            instance: about.instance.map(str::to_string),
+            link: about.link.map(str::to_string),
             summary,
             hold,
         });
-    };
-    let at_once = Duration::ZERO;
+    }
+}
+
+/// `node_down`: a node of the cluster sends no heartbeats.
+fn nodes_down(f: &mut Findings<'_>, c: &ClusterView) {
     for n in c.nodes.iter().filter(|n| n.status == NodeStatus::Down) {
-        push(
+        f.push(
             "node_down",
             Severity::Critical,
             n.node_id.clone(),
-            Some(&n.node_id),
-            None,
-            None,
+            Subject {
+                node: Some(&n.node_id),
+                ..Subject::default()
+            },
             format!(
                 "node {} in {} sends no heartbeats (down since {})",
                 n.node_id,
                 c.name,
                 n.status_since.format("%H:%M:%S UTC")
             ),
-            at_once,
+            AT_ONCE,
         );
     }
+}
+
+/// Per VRRP instance: `split_brain` or `no_master` from its health, then `instance_fault` for
+/// each up member in FAULT.
+fn instance_rules(f: &mut Findings<'_>, c: &ClusterView) {
     for i in &c.instances {
+        let about = Subject {
+            instance: Some(&i.name),
+            ..Subject::default()
+        };
         match i.health {
-            Health::SplitBrain => push(
+            Health::SplitBrain => f.push(
                 "split_brain",
                 Severity::Critical,
                 i.name.clone(),
-                None,
-                Some(&i.name),
-                None,
+                about,
                 format!(
                     "split brain in {}/{}: {}",
                     c.name,
                     i.name,
                     i.reasons.join("; ")
                 ),
-                at_once,
+                AT_ONCE,
             ),
-            Health::NoMaster => push(
+            Health::NoMaster => f.push(
                 "no_master",
                 Severity::Critical,
                 i.name.clone(),
-                None,
-                Some(&i.name),
-                None,
+                about,
                 format!(
                     "{}/{} has no MASTER: the service behind its VIP is down",
                     c.name, i.name
                 ),
-                at_once,
+                AT_ONCE,
             ),
             _ => {}
         }
@@ -233,34 +276,42 @@ pub fn evaluate(
             .iter()
             .filter(|m| m.state == VrrpState::Fault && m.node_status == NodeStatus::Up)
         {
-            push(
+            f.push(
                 "instance_fault",
                 Severity::Warning,
                 format!("{}/{}", i.name, m.node_id),
-                Some(&m.node_id),
-                Some(&i.name),
-                None,
+                Subject {
+                    node: Some(&m.node_id),
+                    ..about
+                },
                 format!("{} is in FAULT on {} ({})", i.name, m.node_id, c.name),
-                at_once,
+                AT_ONCE,
             );
         }
     }
+}
+
+/// Per replication link: `split_brain`, then each up secondary's `replication_broken` and
+/// `replication_lag`, then `vip_not_on_primary`.
+fn replication_rules(f: &mut Findings<'_>, c: &ClusterView, t: &Thresholds) {
     for r in &c.replication {
+        let about = Subject {
+            link: Some(&r.link),
+            ..Subject::default()
+        };
         if r.health == Health::SplitBrain {
-            push(
+            f.push(
                 "split_brain",
                 Severity::Critical,
                 r.link.clone(),
-                None,
-                None,
-                Some(&r.link),
+                about,
                 format!(
                     "split brain on {} in {}: {}",
                     r.link,
                     c.name,
                     r.reasons.join("; ")
                 ),
-                at_once,
+                AT_ONCE,
             );
         }
         for m in r
@@ -268,65 +319,77 @@ pub fn evaluate(
             .iter()
             .filter(|m| m.role == ReplicationRole::Secondary && m.node_status == NodeStatus::Up)
         {
-            if matches!(
-                m.state,
-                LinkState::Disconnected | LinkState::Stopped | LinkState::Down
-            ) {
-                let why = m
-                    .error
-                    .as_deref()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default();
-                push(
-                    "replication_broken",
-                    Severity::Critical,
-                    format!("{}/{}", r.link, m.node_id),
-                    Some(&m.node_id),
-                    None,
-                    Some(&r.link),
-                    format!("{} on {} is {}{why}", r.link, m.node_id, m.state.as_str()),
-                    at_once,
-                );
-            }
-            let over_bytes = m.lag_bytes.is_some_and(|b| b > t.lag_bytes);
-            let over_seconds = m.lag_seconds.is_some_and(|l| l > t.lag_seconds);
-            if over_bytes || over_seconds {
-                push(
-                    "replication_lag",
-                    Severity::Warning,
-                    format!("{}/{}", r.link, m.node_id),
-                    Some(&m.node_id),
-                    None,
-                    Some(&r.link),
-                    format!(
-                        "{} on {} is {} bytes / {:.1} s behind",
-                        r.link,
-                        m.node_id,
-                        m.lag_bytes.unwrap_or(0),
-                        m.lag_seconds.unwrap_or(0.0)
-                    ),
-                    t.lag_for,
-                );
-            }
+            secondary_rules(f, &r.link, m, t);
         }
         if r.vip_on_primary == Some(false) {
-            push(
+            f.push(
                 "vip_not_on_primary",
                 Severity::Warning,
                 r.link.clone(),
-                None,
-                r.vrrp_instance.as_deref(),
-                Some(&r.link),
+                Subject {
+                    instance: r.vrrp_instance.as_deref(),
+                    ..about
+                },
                 format!(
                     "{} in {}: {}",
                     r.link,
                     c.name,
                     r.reasons.last().cloned().unwrap_or_default()
                 ),
-                at_once,
+                AT_ONCE,
             );
         }
     }
+}
+
+/// An up secondary of `link`: `replication_broken` when its link is not running,
+/// `replication_lag` when it is further behind than the thresholds allow.
+fn secondary_rules(f: &mut Findings<'_>, link: &str, m: &LinkMemberView, t: &Thresholds) {
+    let about = Subject {
+        node: Some(&m.node_id),
+        link: Some(link),
+        ..Subject::default()
+    };
+    if matches!(
+        m.state,
+        LinkState::Disconnected | LinkState::Stopped | LinkState::Down
+    ) {
+        let why = m
+            .error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        f.push(
+            "replication_broken",
+            Severity::Critical,
+            format!("{link}/{}", m.node_id),
+            about,
+            format!("{link} on {} is {}{why}", m.node_id, m.state.as_str()),
+            AT_ONCE,
+        );
+    }
+    let over_bytes = m.lag_bytes.is_some_and(|b| b > t.lag_bytes);
+    let over_seconds = m.lag_seconds.is_some_and(|l| l > t.lag_seconds);
+    if over_bytes || over_seconds {
+        f.push(
+            "replication_lag",
+            Severity::Warning,
+            format!("{link}/{}", m.node_id),
+            about,
+            format!(
+                "{link} on {} is {} bytes / {:.1} s behind",
+                m.node_id,
+                m.lag_bytes.unwrap_or(0),
+                m.lag_seconds.unwrap_or(0.0)
+            ),
+            t.lag_for,
+        );
+    }
+}
+
+/// `flapping`: an instance changed VRRP role more than `flap_max_changes` times within
+/// `flap_window` (instances in name order).
+fn flapping(f: &mut Findings<'_>, evidence: &Evidence<'_>, t: &Thresholds, now: DateTime<Utc>) {
     let mut changes: HashMap<&str, usize> = HashMap::new();
     for r in evidence
         .role_changes
@@ -340,151 +403,193 @@ pub fn evaluate(
         .filter(|(_, n)| *n > t.flap_max_changes as usize)
         .collect();
     flapping.sort();
+    let cluster = f.cluster;
     for (instance, n) in flapping {
-        push(
+        f.push(
             "flapping",
             Severity::Warning,
             instance.to_string(),
-            None,
-            Some(instance),
-            None,
+            Subject {
+                instance: Some(instance),
+                ..Subject::default()
+            },
             format!(
-                "{}/{instance} is flapping: {n} VRRP role changes in the last {}",
-                c.name,
+                "{cluster}/{instance} is flapping: {n} VRRP role changes in the last {}",
                 humantime::format_duration(t.flap_window)
             ),
-            at_once,
+            AT_ONCE,
         );
     }
-    for f in evidence.failovers.iter().filter(|f| {
-        now - f.at < chrono::Duration::from_std(t.failover_notice_for).unwrap_or_default()
+}
+
+/// `failover`: an unplanned MASTER change seen less than `failover_notice_for` ago.
+fn recent_failovers(
+    f: &mut Findings<'_>,
+    evidence: &Evidence<'_>,
+    t: &Thresholds,
+    now: DateTime<Utc>,
+) {
+    let cluster = f.cluster;
+    for fo in evidence.failovers.iter().filter(|fo| {
+        now - fo.at < chrono::Duration::from_std(t.failover_notice_for).unwrap_or_default()
     }) {
-        push(
+        f.push(
             "failover",
             Severity::Warning,
-            format!("{}@{}", f.instance, f.at.format("%Y-%m-%dT%H:%M:%S%.3fZ")),
-            Some(&f.to),
-            Some(&f.instance),
-            None,
+            format!("{}@{}", fo.instance, fo.at.format("%Y-%m-%dT%H:%M:%S%.3fZ")),
+            Subject {
+                node: Some(&fo.to),
+                instance: Some(&fo.instance),
+                link: None,
+            },
             format!(
-                "failover in {}/{}: {} took over from {} at {}",
-                c.name,
-                f.instance,
-                f.to,
-                f.from,
-                f.at.format("%H:%M:%S UTC")
+                "failover in {cluster}/{}: {} took over from {} at {}",
+                fo.instance,
+                fo.to,
+                fo.from,
+                fo.at.format("%H:%M:%S UTC")
             ),
-            at_once,
+            AT_ONCE,
         );
     }
-    if let Some(v) = evidence
+}
+
+/// `failover_blocked` / `failover_proposed`: the arbiter (unless off) found a failover needed
+/// but not allowed, or proposed one for an operator to confirm.
+fn arbiter_verdict(f: &mut Findings<'_>, evidence: &Evidence<'_>) {
+    let Some(v) = evidence
         .verdict
         .filter(|v| v.mode != crate::failover::decision::Mode::Off)
-    {
-        let (candidate, reason) = (v.decision.candidate(), v.decision.reason());
-        match &v.decision {
-            crate::failover::decision::Decision::Alert { .. } => push(
-                "failover_blocked",
-                Severity::Critical,
-                "arbiter".into(),
-                None,
-                v.evidence.as_ref().map(|g| g.instance.as_str()),
-                None,
-                format!(
-                    "{}: a failover is needed but not allowed now: {reason}",
-                    c.name
-                ),
-                at_once,
+    else {
+        return;
+    };
+    let cluster = f.cluster;
+    let (candidate, reason) = (v.decision.candidate(), v.decision.reason());
+    let instance = v.evidence.as_ref().map(|g| g.instance.as_str());
+    match &v.decision {
+        crate::failover::decision::Decision::Alert { .. } => f.push(
+            "failover_blocked",
+            Severity::Critical,
+            "arbiter".into(),
+            Subject {
+                instance,
+                ..Subject::default()
+            },
+            format!("{cluster}: a failover is needed but not allowed now: {reason}"),
+            AT_ONCE,
+        ),
+        crate::failover::decision::Decision::Propose { .. } => f.push(
+            "failover_proposed",
+            Severity::Critical,
+            "arbiter".into(),
+            Subject {
+                node: candidate,
+                instance,
+                link: None,
+            },
+            format!(
+                "{cluster}: failover to {} proposed, confirm it on the cluster page: {reason}",
+                candidate.unwrap_or("?")
             ),
-            crate::failover::decision::Decision::Propose { .. } => push(
-                "failover_proposed",
-                Severity::Critical,
-                "arbiter".into(),
-                candidate,
-                v.evidence.as_ref().map(|g| g.instance.as_str()),
-                None,
-                format!(
-                    "{}: failover to {} proposed, confirm it on the cluster page: {reason}",
-                    c.name,
-                    candidate.unwrap_or("?")
-                ),
-                at_once,
-            ),
-            _ => {}
-        }
+            AT_ONCE,
+        ),
+        _ => {}
     }
+}
+
+/// `failover_failed`: a failover run that failed recently and nobody acknowledged.
+fn failed_failovers(f: &mut Findings<'_>, evidence: &Evidence<'_>) {
+    let cluster = f.cluster;
     for (id, error) in evidence.failed_failovers.iter() {
-        push(
+        f.push(
             "failover_failed",
             Severity::Critical,
             id.to_string(),
-            None,
-            None,
-            None,
-            format!("{}: failover {id} failed: {error}", c.name),
-            at_once,
+            Subject::default(),
+            format!("{cluster}: failover {id} failed: {error}"),
+            AT_ONCE,
         );
     }
+}
+
+/// Per up node, from its agent's report: `clock_skew`, `agent_spool`, `agent_version`.
+fn agent_rules(f: &mut Findings<'_>, evidence: &Evidence<'_>, t: &Thresholds) {
     for n in evidence.nodes.iter().filter(|n| n.status == NodeStatus::Up) {
-        // A report replayed from the spool is old by design; only a live one shows the clock.
-        let skew = (n.last_observed_at - n.last_heartbeat_at).num_milliseconds();
-        let max = t.clock_skew_max.as_millis() as i64;
-        if n.spool_depth == 0 && skew.abs() > max {
-            push(
-                "clock_skew",
-                Severity::Warning,
-                n.node_id.clone(),
-                Some(&n.node_id),
-                None,
-                None,
-                format!(
-                    "the clock on {} is {:.1} s {} the server's (tolerated: {})",
-                    n.node_id,
-                    skew.abs() as f64 / 1000.0,
-                    if skew > 0 { "ahead of" } else { "behind" },
-                    humantime::format_duration(t.clock_skew_max)
-                ),
-                Duration::from_secs(30),
-            );
-        }
-        if n.spool_depth > t.spool_depth_max || n.spool_dropped > 0 {
-            push(
-                "agent_spool",
-                Severity::Warning,
-                n.node_id.clone(),
-                Some(&n.node_id),
-                None,
-                None,
-                format!(
-                    "the agent on {} has {} unsent reports in its spool and dropped {} since it started",
-                    n.node_id, n.spool_depth, n.spool_dropped
-                ),
-                at_once,
-            );
-        }
-        let server_version = env!("CARGO_PKG_VERSION");
-        if version_behind(&n.agent_version, server_version)
-            || n.protocol_version != hapulse_protocol::PROTOCOL_VERSION
-        {
-            push(
-                "agent_version",
-                Severity::Info,
-                n.node_id.clone(),
-                Some(&n.node_id),
-                None,
-                None,
-                format!(
-                    "the agent on {} runs {} (protocol {}); the server runs {server_version} (protocol {})",
-                    n.node_id,
-                    n.agent_version,
-                    n.protocol_version,
-                    hapulse_protocol::PROTOCOL_VERSION
-                ),
-                at_once,
-            );
-        }
+        clock_skew(f, n, t);
+        agent_spool(f, n, t);
+        agent_version(f, n);
     }
-    out
+}
+
+/// The subject of a rule about one node.
+fn node_subject(n: &NodeLive) -> Subject<'_> {
+    Subject {
+        node: Some(&n.node_id),
+        ..Subject::default()
+    }
+}
+
+/// `clock_skew`: a live report's clock is further from the server's than `clock_skew_max`.
+fn clock_skew(f: &mut Findings<'_>, n: &NodeLive, t: &Thresholds) {
+    // A report replayed from the spool is old by design; only a live one shows the clock.
+    let skew = (n.last_observed_at - n.last_heartbeat_at).num_milliseconds();
+    let max = t.clock_skew_max.as_millis() as i64;
+    if n.spool_depth == 0 && skew.abs() > max {
+        f.push(
+            "clock_skew",
+            Severity::Warning,
+            n.node_id.clone(),
+            node_subject(n),
+            format!(
+                "the clock on {} is {:.1} s {} the server's (tolerated: {})",
+                n.node_id,
+                skew.abs() as f64 / 1000.0,
+                if skew > 0 { "ahead of" } else { "behind" },
+                humantime::format_duration(t.clock_skew_max)
+            ),
+            Duration::from_secs(30),
+        );
+    }
+}
+
+/// `agent_spool`: the agent holds more unsent reports than `spool_depth_max`, or dropped some.
+fn agent_spool(f: &mut Findings<'_>, n: &NodeLive, t: &Thresholds) {
+    if n.spool_depth > t.spool_depth_max || n.spool_dropped > 0 {
+        f.push(
+            "agent_spool",
+            Severity::Warning,
+            n.node_id.clone(),
+            node_subject(n),
+            format!(
+                "the agent on {} has {} unsent reports in its spool and dropped {} since it started",
+                n.node_id, n.spool_depth, n.spool_dropped
+            ),
+            AT_ONCE,
+        );
+    }
+}
+
+/// `agent_version`: the agent is older than the server or speaks another protocol version.
+fn agent_version(f: &mut Findings<'_>, n: &NodeLive) {
+    let server_version = env!("CARGO_PKG_VERSION");
+    if version_behind(&n.agent_version, server_version)
+        || n.protocol_version != hapulse_protocol::PROTOCOL_VERSION
+    {
+        f.push(
+            "agent_version",
+            Severity::Info,
+            n.node_id.clone(),
+            node_subject(n),
+            format!(
+                "the agent on {} runs {} (protocol {}); the server runs {server_version} (protocol {})",
+                n.node_id,
+                n.agent_version,
+                n.protocol_version,
+                hapulse_protocol::PROTOCOL_VERSION
+            ),
+            AT_ONCE,
+        );
+    }
 }
 
 /// The rules' names.

@@ -124,9 +124,26 @@ pub async fn automatic_enabled(state: &AppState) -> Result<bool, sqlx::Error> {
 /// One round over every cluster.
 async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error> {
     let now = Utc::now();
-    // The clusters to look at: all of them at a sweep; otherwise those whose nodes changed (the
-    // ingest path and the detector mark them), those with a node not up, and those that were not
-    // quiet last time.
+    let selected = select_clusters(state, memory);
+    if selected.is_empty() {
+        return Ok(());
+    }
+    let stored = Stored::load(state, &selected).await?;
+    let judged = judge(state, &selected, &stored.leaders, now);
+    // Looked at again next round unless found quiet below (also when this round fails midway).
+    memory.attention.extend(selected);
+    // First every cluster's verdict; then new leaders and changed verdicts stored in one
+    // transaction (thousands of clusters can change at once: one commit each took the
+    // database's whole capacity); then, with every verdict on record, the actions.
+    let (verdicts, new_leaders) = decide_all(state, &stored, &judged, now);
+    record(state, memory, &new_leaders, &judged, &verdicts).await?;
+    carry_out(state, memory, &stored, &judged, verdicts).await
+}
+
+/// The clusters a round looks at: all of them at a sweep; otherwise those whose nodes changed
+/// (the ingest path and the detector mark them), those with a node not up, and those that were
+/// not quiet last time. Takes the changed marks, and notes the sweep.
+fn select_clusters(state: &AppState, memory: &mut Memory) -> Vec<String> {
     let sweep = memory
         .last_sweep
         .is_none_or(|at| at.elapsed() >= SWEEP_EVERY);
@@ -147,30 +164,70 @@ async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error>
     if sweep {
         memory.last_sweep = Some(tokio::time::Instant::now());
     }
-    if selected.is_empty() {
-        return Ok(());
+    selected
+}
+
+/// What a round reads from the database about the clusters it looks at.
+struct Stored {
+    /// The global switch.
+    enabled: bool,
+    /// The leader stored for each selected cluster.
+    leaders: BTreeMap<String, Option<String>>,
+    /// Clusters with a switchover or failover scheduled or running.
+    running: BTreeSet<String>,
+    /// Each cluster's latest automatic failover: when it was created, whether acknowledged.
+    last_automatic: BTreeMap<String, (DateTime<Utc>, bool)>,
+    /// The nodes the server keeps fenced, per cluster.
+    kept: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Stored {
+    /// Reads it, for the `selected` clusters.
+    async fn load(state: &AppState, selected: &[String]) -> Result<Stored, sqlx::Error> {
+        let enabled = automatic_enabled(state).await?;
+        let leaders: BTreeMap<String, Option<String>> =
+            sqlx::query_as("SELECT name, leader FROM clusters WHERE name = ANY($1)")
+                .bind(selected)
+                .fetch_all(&state.db)
+                .await?
+                .into_iter()
+                .collect();
+        let running: BTreeSet<String> = sqlx::query_scalar(
+            "SELECT cluster FROM switchovers WHERE state IN ('scheduled', 'running')",
+        )
+        .fetch_all(&state.db)
+        .await?
+        .into_iter()
+        .collect();
+        let last_automatic = last_automatic_failovers(&state.db).await?;
+        let mut kept: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (cluster, node) in
+            sqlx::query_as::<_, (String, String)>("SELECT cluster, node_id FROM kept_fenced")
+                .fetch_all(&state.db)
+                .await?
+        {
+            kept.entry(cluster).or_default().insert(node);
+        }
+        Ok(Stored {
+            enabled,
+            leaders,
+            running,
+            last_automatic,
+            kept,
+        })
     }
-    let enabled = automatic_enabled(state).await?;
-    let leaders: BTreeMap<String, Option<String>> =
-        sqlx::query_as("SELECT name, leader FROM clusters WHERE name = ANY($1)")
-            .bind(&selected)
-            .fetch_all(&state.db)
-            .await?
-            .into_iter()
-            .collect();
-    let running: BTreeSet<String> = sqlx::query_scalar(
-        "SELECT cluster FROM switchovers WHERE state IN ('scheduled', 'running')",
-    )
-    .fetch_all(&state.db)
-    .await?
-    .into_iter()
-    .collect();
-    let last_automatic: BTreeMap<String, (DateTime<Utc>, bool)> = sqlx::query(
+}
+
+/// Each cluster's latest automatic failover: when it was created, whether acknowledged.
+async fn last_automatic_failovers(
+    db: &sqlx::PgPool,
+) -> Result<BTreeMap<String, (DateTime<Utc>, bool)>, sqlx::Error> {
+    Ok(sqlx::query(
         "SELECT DISTINCT ON (cluster) cluster, created_at, acknowledged_at IS NOT NULL AS acked
            FROM switchovers WHERE automatic AND kind = 'failover'
           ORDER BY cluster, created_at DESC",
     )
-    .fetch_all(&state.db)
+    .fetch_all(db)
     .await?
     .into_iter()
     .filter_map(|r| {
@@ -179,65 +236,69 @@ async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error>
             (r.try_get("created_at").ok()?, r.try_get("acked").ok()?),
         ))
     })
-    .collect();
-    let mut kept: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (cluster, node) in
-        sqlx::query_as::<_, (String, String)>("SELECT cluster, node_id FROM kept_fenced")
-            .fetch_all(&state.db)
-            .await?
-    {
-        kept.entry(cluster).or_default().insert(node);
-    }
-    // Everything read from the live state in one pass, under one short lock.
-    let judged: Vec<Judged> = {
-        let live = state.live();
-        let mut by_cluster = live.by_cluster();
-        selected
-            .iter()
-            .filter_map(|name| {
-                let nodes = by_cluster.remove(name.as_str())?;
-                let c = view::cluster_view_of(name, nodes.clone(), now)?;
-                let stored = leaders.get(name).cloned().flatten();
-                let leader = find_leader(&nodes, &c, stored.as_deref());
-                let gathered = leader.as_ref().map(|(instance, link, leader)| {
-                    gather(&state.settings.failover, &nodes, &c, instance, link, leader)
-                });
-                let members = gathered
-                    .as_ref()
-                    .map_or_else(Vec::new, |g| members(&nodes, g));
-                Some(Judged {
-                    view: c,
-                    stored,
-                    leader,
-                    gathered,
-                    members,
-                })
+    .collect())
+}
+
+/// The `selected` clusters as read from the live state, in one pass under one short lock: each
+/// one's view, its leader (stored and found now), the evidence about it, and the other members.
+fn judge(
+    state: &AppState,
+    selected: &[String],
+    leaders: &BTreeMap<String, Option<String>>,
+    now: DateTime<Utc>,
+) -> Vec<Judged> {
+    let live = state.live();
+    let mut by_cluster = live.by_cluster();
+    selected
+        .iter()
+        .filter_map(|name| {
+            let nodes = by_cluster.remove(name.as_str())?;
+            let c = view::cluster_view_of(name, nodes.clone(), now)?;
+            let stored = leaders.get(name).cloned().flatten();
+            let leader = find_leader(&nodes, &c, stored.as_deref());
+            let gathered = leader.as_ref().map(|(instance, link, leader)| {
+                gather(&state.settings.failover, &nodes, &c, instance, link, leader)
+            });
+            let members = gathered
+                .as_ref()
+                .map_or_else(Vec::new, |g| members(&nodes, g));
+            Some(Judged {
+                view: c,
+                stored,
+                leader,
+                gathered,
+                members,
             })
-            .collect()
-    };
-    // Looked at again next round unless found quiet below (also when this round fails midway).
-    memory.attention.extend(selected);
-    // First every cluster's verdict; then new leaders and changed verdicts stored in one
-    // transaction (thousands of clusters can change at once: one commit each took the
-    // database's whole capacity); then, with every verdict on record, the actions.
+        })
+        .collect()
+}
+
+/// Every judged cluster's verdict (in the same order), and the leaders found that differ from
+/// the stored ones, as (cluster, leader).
+fn decide_all<'j>(
+    state: &AppState,
+    stored: &Stored,
+    judged: &'j [Judged],
+    now: DateTime<Utc>,
+) -> (Vec<Verdict>, Vec<(&'j str, &'j str)>) {
     let mut verdicts = Vec::with_capacity(judged.len());
     let mut new_leaders: Vec<(&str, &str)> = Vec::new();
     for Judged {
         view: c,
-        stored,
+        stored: stored_leader,
         leader,
         gathered,
         ..
-    } in &judged
+    } in judged
     {
-        let policy = state.settings.failover.policy(&c.name, enabled);
+        let policy = state.settings.failover.policy(&c.name, stored.enabled);
         if let Some((_, _, l)) = leader {
-            if stored.as_deref() != Some(l.as_str()) {
-                tracing::info!(cluster = %c.name, leader = %l, previous = ?stored, "leader of the current epoch");
+            if stored_leader.as_deref() != Some(l.as_str()) {
+                tracing::info!(cluster = %c.name, leader = %l, previous = ?stored_leader, "leader of the current epoch");
                 new_leaders.push((&c.name, l));
             }
         }
-        let operation_running = running.contains(&c.name);
+        let operation_running = stored.running.contains(&c.name);
         let decision = match gathered {
             None => Decision::Nothing {
                 reason: "no leader known: no single MASTER (or primary) has been seen yet".into(),
@@ -250,7 +311,7 @@ async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error>
                 history: History {
                     operation_running,
                     server_started_at: state.started_at,
-                    last_automatic: last_automatic.get(&c.name).copied(),
+                    last_automatic: stored.last_automatic.get(&c.name).copied(),
                 },
             }),
         };
@@ -261,7 +322,19 @@ async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error>
             evidence: gathered.clone(),
         });
     }
-    record(state, memory, &new_leaders, &judged, &verdicts).await?;
+    (verdicts, new_leaders)
+}
+
+/// With every verdict on record: publishes each, acts on it (unless the cluster's last attempt
+/// was refused less than 30 s ago), keeps the epoch's master the only one while no operation
+/// runs, and lets a cluster found quiet out of the arbiter's attention.
+async fn carry_out(
+    state: &AppState,
+    memory: &mut Memory,
+    stored: &Stored,
+    judged: &[Judged],
+    verdicts: Vec<Verdict>,
+) -> Result<(), sqlx::Error> {
     for (
         Judged {
             view: c,
@@ -272,8 +345,8 @@ async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error>
         verdict,
     ) in judged.iter().zip(verdicts)
     {
-        let policy = state.settings.failover.policy(&c.name, enabled);
-        let operation_running = running.contains(&c.name);
+        let policy = state.settings.failover.policy(&c.name, stored.enabled);
+        let operation_running = stored.running.contains(&c.name);
         let decision = verdict.decision.clone();
         state
             .verdicts
@@ -293,7 +366,7 @@ async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error>
             // A running switchover or failover fences and promotes by itself.
             if !operation_running {
                 let split_brain = policy.mode == failover::Mode::Auto && policy.automatic_enabled;
-                let kept = kept.get(&c.name).cloned().unwrap_or_default();
+                let kept = stored.kept.get(&c.name).cloned().unwrap_or_default();
                 enforce_epoch(state, memory, c, g, members, split_brain, &kept).await?;
             }
         }
@@ -301,7 +374,7 @@ async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error>
             c,
             &decision,
             operation_running,
-            kept.contains_key(&c.name),
+            stored.kept.contains_key(&c.name),
             memory,
         ) {
             memory.attention.remove(&c.name);
@@ -685,87 +758,120 @@ async fn enforce_epoch(
         }
         memory.enforced.insert(key, now);
         let reason = if unfenced {
-            format!(
-                "{node} is kept fenced but reports {}{}: fenced again{}",
-                vrrp.map_or("no instance state".to_string(), |s| format!(
-                    "{} in {}",
-                    s.as_str(),
-                    g.instance
-                )),
-                if primary {
-                    " and a running primary"
-                } else {
-                    ""
-                },
-                if primary {
-                    ", its database stopped"
-                } else {
-                    ""
-                },
-            )
+            kept_fenced_reason(g, &node, vrrp, primary)
         } else {
-            let what = match (master, primary) {
-                (true, true) => "MASTER and a primary",
-                (true, false) => "MASTER",
-                _ => "a primary",
-            };
-            if leader_up {
-                format!(
-                    "split brain: {node} is {what} beside {}, the master of the current epoch; {node} is fenced{}",
-                    g.leader,
-                    if primary { " and its database stopped" } else { "" }
-                )
-            } else {
-                format!(
-                    "{node} made itself MASTER but cannot reach the reference address: an isolated node must not take over; {node} is fenced"
-                )
-            }
+            second_master_reason(g, &node, master, primary, leader_up)
         };
-        tracing::error!(cluster = %c.name, node = %node, "{reason}");
-        insert_decision(
-            state,
-            &c.name,
-            "fence",
-            Some(&node),
-            &reason,
-            &Some(g.clone()),
+        fence(state, c, g, &node, primary, &reason).await?;
+    }
+    Ok(())
+}
+
+/// Why a node the server keeps fenced is fenced again: it reports `vrrp` in the instance
+/// (none: no instance state), and is a running primary when `primary`.
+fn kept_fenced_reason(g: &Gathered, node: &str, vrrp: Option<VrrpState>, primary: bool) -> String {
+    format!(
+        "{node} is kept fenced but reports {}{}: fenced again{}",
+        vrrp.map_or("no instance state".to_string(), |s| format!(
+            "{} in {}",
+            s.as_str(),
+            g.instance
+        )),
+        if primary {
+            " and a running primary"
+        } else {
+            ""
+        },
+        if primary {
+            ", its database stopped"
+        } else {
+            ""
+        },
+    )
+}
+
+/// Why a second master is fenced: it is MASTER (`master`) and/or a primary beside the leader
+/// when `leader_up`, else an isolated MASTER that cannot reach the reference address.
+fn second_master_reason(
+    g: &Gathered,
+    node: &str,
+    master: bool,
+    primary: bool,
+    leader_up: bool,
+) -> String {
+    let what = match (master, primary) {
+        (true, true) => "MASTER and a primary",
+        (true, false) => "MASTER",
+        _ => "a primary",
+    };
+    if leader_up {
+        format!(
+            "split brain: {node} is {what} beside {}, the master of the current epoch; {node} is fenced{}",
+            g.leader,
+            if primary { " and its database stopped" } else { "" }
+        )
+    } else {
+        format!(
+            "{node} made itself MASTER but cannot reach the reference address: an isolated node must not take over; {node} is fenced"
+        )
+    }
+}
+
+/// Fences `node` for `reason` with the current epoch: records the decision, keeps the node
+/// fenced, and queues a fence command (and, for a `primary`, a database stop) for it, with a
+/// one-minute deadline.
+async fn fence(
+    state: &AppState,
+    c: &ClusterView,
+    g: &Gathered,
+    node: &str,
+    primary: bool,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    tracing::error!(cluster = %c.name, node = %node, "{reason}");
+    insert_decision(
+        state,
+        &c.name,
+        "fence",
+        Some(node),
+        reason,
+        &Some(g.clone()),
+    )
+    .await?;
+    let mut actions = vec![Action::Fence {
+        instance: g.instance.clone(),
+        fenced: true,
+    }];
+    if primary {
+        if let Some((_, name)) = g.link.as_deref().and_then(|k| k.split_once(':')) {
+            actions.push(Action::PostgresStop {
+                link: name.to_string(),
+            });
+        }
+    }
+    let mut tx = state.db.begin().await?;
+    let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM clusters WHERE name = $1")
+        .bind(&c.name)
+        .fetch_one(&mut *tx)
+        .await?;
+    keep_fenced(&mut tx, &c.name, node, reason).await?;
+    for action in actions {
+        commands::insert(
+            &mut tx,
+            &NewCommand {
+                cluster: c.name.clone(),
+                node_id: node.to_string(),
+                epoch: epoch as u64,
+                action,
+                deadline: Duration::from_secs(60),
+                switchover_id: None,
+                requested_by: ACTOR.into(),
+            },
         )
         .await?;
-        let mut actions = vec![Action::Fence {
-            instance: g.instance.clone(),
-            fenced: true,
-        }];
-        if primary {
-            if let Some((_, name)) = g.link.as_deref().and_then(|k| k.split_once(':')) {
-                actions.push(Action::PostgresStop {
-                    link: name.to_string(),
-                });
-            }
-        }
-        let mut tx = state.db.begin().await?;
-        let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM clusters WHERE name = $1")
-            .bind(&c.name)
-            .fetch_one(&mut *tx)
-            .await?;
-        keep_fenced(&mut tx, &c.name, &node, &reason).await?;
-        for action in actions {
-            commands::insert(
-                &mut tx,
-                &NewCommand {
-                    cluster: c.name.clone(),
-                    node_id: node.clone(),
-                    epoch: epoch as u64,
-                    action,
-                    deadline: Duration::from_secs(60),
-                    switchover_id: None,
-                    requested_by: ACTOR.into(),
-                },
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        state.commands.wake(&node);
     }
+    tx.commit().await?;
+    state.commands.wake(node);
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use crate::failover::decision::{self as failover, Decision, Mode};
 use crate::failover::evidence;
 use crate::failover::status::{DecisionRow, FailoverStatus, PolicyView};
 use crate::fleet::live::NodeStatus;
+use crate::fleet::view::ClusterView;
 use crate::state::AppState;
 use crate::switchover::error::SwitchoverError;
 
@@ -299,70 +300,8 @@ pub async fn unfence(
 ) -> Result<i32, FailoverError> {
     check_reason(reason)?;
     let view = crate::switchover::engine::cluster_view(state, cluster).await?;
-    let verdict = state
-        .verdicts
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(cluster)
-        .cloned();
-    let g = verdict
-        .and_then(|v| v.evidence)
-        .ok_or_else(|| FailoverError::Conflict {
-            code: "no_evidence",
-            message: format!("the arbiter knows no leader of {cluster} yet"),
-        })?;
-    let refuse = |message: String| FailoverError::Conflict {
-        code: "not_rejoined",
-        message,
-    };
-    if node == g.leader {
-        return Err(refuse(format!("{node} is the leader of {cluster}")));
-    }
-    let summary = view
-        .nodes
-        .iter()
-        .find(|n| n.node_id == node)
-        .ok_or_else(|| FailoverError::NotFound(format!("node {node:?} in cluster {cluster}")))?;
-    if summary.status != NodeStatus::Up {
-        return Err(refuse(format!("{node} is {}", summary.status.as_str())));
-    }
-    if let Some(link) = &g.link {
-        let member = view
-            .replication
-            .iter()
-            .find(|r| &r.link == link)
-            .and_then(|r| r.members.iter().find(|m| m.node_id == node));
-        match member {
-            Some(m) if m.role == ReplicationRole::Secondary && m.state == LinkState::Streaming => {}
-            Some(m) => {
-                return Err(refuse(format!(
-                    "{node} is {} and {} on {link}: rejoin it as a streaming standby of {} first",
-                    m.role.as_str(),
-                    m.state.as_str(),
-                    g.leader
-                )))
-            }
-            None => return Err(refuse(format!("{node} does not report {link}"))),
-        }
-    }
-    let instance = view
-        .instances
-        .iter()
-        .find(|i| i.name == g.instance)
-        .ok_or_else(|| refuse(format!("{node} does not report {}", g.instance)))?;
-    let base = |n: &str| {
-        instance
-            .members
-            .iter()
-            .find(|m| m.node_id == n)
-            .and_then(|m| m.base_priority)
-    };
-    let (Some(leader_base), Some(own_base)) = (base(&g.leader), base(&node)) else {
-        return Err(refuse(
-            "base priorities are unknown (no JSON dump yet)".into(),
-        ));
-    };
-    let offset = (i32::from(leader_base) - 10 - i32::from(own_base)).clamp(-253, 0);
+    let g = leader_evidence(state, cluster)?;
+    let offset = rejoined(&view, &g, cluster, node)?;
     let mut tx = state.db.begin().await?;
     for action in [
         Action::SetPriorityOffset {
@@ -401,6 +340,104 @@ pub async fn unfence(
     tx.commit().await?;
     state.commands.wake(node);
     Ok(offset)
+}
+
+/// The evidence behind the arbiter's latest verdict on `cluster` (it names the leader); a
+/// `no_evidence` conflict while it knows no leader.
+fn leader_evidence(state: &AppState, cluster: &str) -> Result<evidence::Gathered, FailoverError> {
+    let verdict = state
+        .verdicts
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(cluster)
+        .cloned();
+    verdict
+        .and_then(|v| v.evidence)
+        .ok_or_else(|| FailoverError::Conflict {
+            code: "no_evidence",
+            message: format!("the arbiter knows no leader of {cluster} yet"),
+        })
+}
+
+/// A `not_rejoined` conflict.
+fn not_rejoined(message: String) -> FailoverError {
+    FailoverError::Conflict {
+        code: "not_rejoined",
+        message,
+    }
+}
+
+/// Checks that `node` has rejoined `cluster` under leader `g.leader`: it is not the leader, it
+/// is up, and it is a streaming standby on the leader's link (if any). Returns the priority
+/// offset that puts it below the leader.
+fn rejoined(
+    view: &ClusterView,
+    g: &evidence::Gathered,
+    cluster: &str,
+    node: &str,
+) -> Result<i32, FailoverError> {
+    if node == g.leader {
+        return Err(not_rejoined(format!("{node} is the leader of {cluster}")));
+    }
+    let summary = view
+        .nodes
+        .iter()
+        .find(|n| n.node_id == node)
+        .ok_or_else(|| FailoverError::NotFound(format!("node {node:?} in cluster {cluster}")))?;
+    if summary.status != NodeStatus::Up {
+        return Err(not_rejoined(format!(
+            "{node} is {}",
+            summary.status.as_str()
+        )));
+    }
+    if let Some(link) = &g.link {
+        let member = view
+            .replication
+            .iter()
+            .find(|r| &r.link == link)
+            .and_then(|r| r.members.iter().find(|m| m.node_id == node));
+        match member {
+            Some(m) if m.role == ReplicationRole::Secondary && m.state == LinkState::Streaming => {}
+            Some(m) => {
+                return Err(not_rejoined(format!(
+                    "{node} is {} and {} on {link}: rejoin it as a streaming standby of {} first",
+                    m.role.as_str(),
+                    m.state.as_str(),
+                    g.leader
+                )))
+            }
+            None => return Err(not_rejoined(format!("{node} does not report {link}"))),
+        }
+    }
+    priority_offset(view, g, node)
+}
+
+/// The priority offset that puts `node` 10 below the leader in the leader's instance (clamped
+/// to what keepalived accepts, never raising it); a `not_rejoined` conflict while the base
+/// priorities are unknown.
+fn priority_offset(
+    view: &ClusterView,
+    g: &evidence::Gathered,
+    node: &str,
+) -> Result<i32, FailoverError> {
+    let instance = view
+        .instances
+        .iter()
+        .find(|i| i.name == g.instance)
+        .ok_or_else(|| not_rejoined(format!("{node} does not report {}", g.instance)))?;
+    let base = |n: &str| {
+        instance
+            .members
+            .iter()
+            .find(|m| m.node_id == n)
+            .and_then(|m| m.base_priority)
+    };
+    let (Some(leader_base), Some(own_base)) = (base(&g.leader), base(node)) else {
+        return Err(not_rejoined(
+            "base priorities are unknown (no JSON dump yet)".into(),
+        ));
+    };
+    Ok((i32::from(leader_base) - 10 - i32::from(own_base)).clamp(-253, 0))
 }
 
 /// Turns every automatic action on or off (the global switch, stored in `runtime_settings` so it

@@ -1,7 +1,9 @@
 //! What a heartbeat report must satisfy beyond its JSON shape (limits, names, consistency), and
 //! why the fleet refuses or cannot take one ([`IngestError`]).
 
-use hapulse_protocol::{valid_name, HeartbeatReport, PROTOCOL_VERSION};
+use hapulse_protocol::{
+    valid_name, HeartbeatReport, ReplicationLinkReport, VrrpInstanceReport, PROTOCOL_VERSION,
+};
 
 /// Why a heartbeat report was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,27 @@ pub const MAX_LINKS: usize = 64;
 
 /// Checks what deserialisation cannot; the error names the field.
 pub fn validate(report: &HeartbeatReport) -> Result<(), IngestError> {
+    check_header(report)?;
+    check_host(report)?;
+    check_counts(report)?;
+    for (n, l) in report.replication.iter().enumerate() {
+        check_link(n, l, &report.replication[..n])?;
+    }
+    let instances = &report.keepalived.instances;
+    for (n, i) in instances.iter().enumerate() {
+        check_instance(n, i, &instances[..n])?;
+    }
+    Ok(())
+}
+
+/// Text PostgreSQL stores as given: at most `max` bytes, no control characters (NUL above all
+/// would make PostgreSQL refuse the row with a 500 the agent retries forever).
+fn text_ok(s: &str, max: usize) -> bool {
+    s.len() <= max && !s.chars().any(char::is_control)
+}
+
+/// The report's header: protocol version, node and cluster names, sequence number, interval.
+fn check_header(report: &HeartbeatReport) -> Result<(), IngestError> {
     if report.protocol_version != PROTOCOL_VERSION {
         return Err(IngestError::Invalid {
             code: "protocol_version",
@@ -84,9 +107,11 @@ pub fn validate(report: &HeartbeatReport) -> Result<(), IngestError> {
             "must be 100..=3600000",
         ));
     }
-    // Control characters (NUL above all) would make PostgreSQL refuse the row with a 500 the
-    // agent retries forever.
-    let text_ok = |s: &str, max: usize| s.len() <= max && !s.chars().any(char::is_control);
+    Ok(())
+}
+
+/// What the report says of its host and agent: hostname, agent version, load.
+fn check_host(report: &HeartbeatReport) -> Result<(), IngestError> {
     if !text_ok(&report.hostname, 255) {
         return Err(IngestError::invalid(
             "invalid_body",
@@ -108,8 +133,12 @@ pub fn validate(report: &HeartbeatReport) -> Result<(), IngestError> {
             "must be a finite number ≥ 0",
         ));
     }
-    let instances = &report.keepalived.instances;
-    if instances.len() > MAX_INSTANCES {
+    Ok(())
+}
+
+/// At most [`MAX_INSTANCES`] VRRP instances and [`MAX_LINKS`] replication links.
+fn check_counts(report: &HeartbeatReport) -> Result<(), IngestError> {
+    if report.keepalived.instances.len() > MAX_INSTANCES {
         return Err(IngestError::invalid(
             "invalid_body",
             "keepalived.instances",
@@ -123,100 +152,122 @@ pub fn validate(report: &HeartbeatReport) -> Result<(), IngestError> {
             format!("at most {MAX_LINKS} links"),
         ));
     }
-    for (n, l) in report.replication.iter().enumerate() {
-        let field = |name: &str| format!("replication[{n}].{name}");
-        if !valid_name(&l.name) {
+    Ok(())
+}
+
+/// Replication link `l`, number `n`: its name (unique among the links `before` it), texts, lag
+/// and raw fields.
+fn check_link(
+    n: usize,
+    l: &ReplicationLinkReport,
+    before: &[ReplicationLinkReport],
+) -> Result<(), IngestError> {
+    let field = |name: &str| format!("replication[{n}].{name}");
+    if !valid_name(&l.name) {
+        return Err(IngestError::invalid(
+            "invalid_body",
+            field("name"),
+            "1-64 characters of A-Z a-z 0-9 . _ -",
+        ));
+    }
+    if before.iter().any(|o| o.key() == l.key()) {
+        return Err(IngestError::invalid(
+            "invalid_body",
+            field("name"),
+            format!("link {} appears twice", l.key()),
+        ));
+    }
+    for (name, value, max) in [
+        ("peer", &l.peer, 1024),
+        ("vrrp_instance", &l.vrrp_instance, 64),
+        ("error", &l.error, 4096),
+    ] {
+        if value.as_deref().is_some_and(|v| !text_ok(v, max)) {
             return Err(IngestError::invalid(
                 "invalid_body",
-                field("name"),
-                "1-64 characters of A-Z a-z 0-9 . _ -",
-            ));
-        }
-        if report.replication[..n].iter().any(|o| o.key() == l.key()) {
-            return Err(IngestError::invalid(
-                "invalid_body",
-                field("name"),
-                format!("link {} appears twice", l.key()),
-            ));
-        }
-        for (name, value, max) in [
-            ("peer", &l.peer, 1024),
-            ("vrrp_instance", &l.vrrp_instance, 64),
-            ("error", &l.error, 4096),
-        ] {
-            if value.as_deref().is_some_and(|v| !text_ok(v, max)) {
-                return Err(IngestError::invalid(
-                    "invalid_body",
-                    field(name),
-                    format!("at most {max} bytes, no control characters"),
-                ));
-            }
-        }
-        if l.lag_seconds.is_some_and(|s| !s.is_finite() || s < 0.0) {
-            return Err(IngestError::invalid(
-                "invalid_body",
-                field("lag_seconds"),
-                "must be a finite number ≥ 0",
-            ));
-        }
-        if l.raw.len() > 256
-            || l.raw.iter().any(|(k, v)| {
-                k.len() > 128 || v.len() > 4096 || k.contains('\0') || v.contains('\0')
-            })
-        {
-            return Err(IngestError::invalid(
-                "invalid_body",
-                field("raw"),
-                "at most 256 fields, names ≤ 128 and values ≤ 4096 bytes, no NUL",
+                field(name),
+                format!("at most {max} bytes, no control characters"),
             ));
         }
     }
-    for (n, i) in instances.iter().enumerate() {
-        let field = |name: &str| format!("keepalived.instances[{n}].{name}");
-        if i.name.is_empty() || i.name.len() > 64 || i.name.chars().any(char::is_control) {
+    if l.lag_seconds.is_some_and(|s| !s.is_finite() || s < 0.0) {
+        return Err(IngestError::invalid(
+            "invalid_body",
+            field("lag_seconds"),
+            "must be a finite number ≥ 0",
+        ));
+    }
+    if l.raw.len() > 256
+        || l.raw
+            .iter()
+            .any(|(k, v)| k.len() > 128 || v.len() > 4096 || k.contains('\0') || v.contains('\0'))
+    {
+        return Err(IngestError::invalid(
+            "invalid_body",
+            field("raw"),
+            "at most 256 fields, names ≤ 128 and values ≤ 4096 bytes, no NUL",
+        ));
+    }
+    Ok(())
+}
+
+/// VRRP instance `i`, number `n`: its name (unique among the instances `before` it),
+/// interface, and VIPs.
+fn check_instance(
+    n: usize,
+    i: &VrrpInstanceReport,
+    before: &[VrrpInstanceReport],
+) -> Result<(), IngestError> {
+    let field = |name: &str| format!("keepalived.instances[{n}].{name}");
+    if i.name.is_empty() || i.name.len() > 64 || i.name.chars().any(char::is_control) {
+        return Err(IngestError::invalid(
+            "invalid_body",
+            field("name"),
+            "1-64 printable characters",
+        ));
+    }
+    if before.iter().any(|o| o.name == i.name) {
+        return Err(IngestError::invalid(
+            "invalid_body",
+            field("name"),
+            format!("instance {:?} appears twice", i.name),
+        ));
+    }
+    if i.interface.as_ref().is_some_and(|s| !text_ok(s, 64)) {
+        return Err(IngestError::invalid(
+            "invalid_body",
+            field("interface"),
+            "at most 64 bytes, no control characters",
+        ));
+    }
+    check_vips(n, i)
+}
+
+/// The VIPs of instance `i`, number `n`: at most [`MAX_VIPS`], IP addresses, and the held ones
+/// among them.
+fn check_vips(n: usize, i: &VrrpInstanceReport) -> Result<(), IngestError> {
+    if i.vips.len() > MAX_VIPS {
+        return Err(IngestError::invalid(
+            "invalid_body",
+            format!("keepalived.instances[{n}].vips"),
+            format!("at most {MAX_VIPS} VIPs"),
+        ));
+    }
+    for (v, vip) in i.vips.iter().enumerate() {
+        if vip.parse::<std::net::IpAddr>().is_err() {
             return Err(IngestError::invalid(
                 "invalid_body",
-                field("name"),
-                "1-64 printable characters",
+                format!("keepalived.instances[{n}].vips[{v}]"),
+                format!("{vip:?} is not an IP address"),
             ));
         }
-        if instances[..n].iter().any(|o| o.name == i.name) {
-            return Err(IngestError::invalid(
-                "invalid_body",
-                field("name"),
-                format!("instance {:?} appears twice", i.name),
-            ));
-        }
-        if i.interface.as_ref().is_some_and(|s| !text_ok(s, 64)) {
-            return Err(IngestError::invalid(
-                "invalid_body",
-                field("interface"),
-                "at most 64 bytes, no control characters",
-            ));
-        }
-        if i.vips.len() > MAX_VIPS {
-            return Err(IngestError::invalid(
-                "invalid_body",
-                field("vips"),
-                format!("at most {MAX_VIPS} VIPs"),
-            ));
-        }
-        for (v, vip) in i.vips.iter().enumerate() {
-            if vip.parse::<std::net::IpAddr>().is_err() {
-                return Err(IngestError::invalid(
-                    "invalid_body",
-                    format!("keepalived.instances[{n}].vips[{v}]"),
-                    format!("{vip:?} is not an IP address"),
-                ));
-            }
-        }
-        if let Some(v) = i.held_vips.iter().position(|h| !i.vips.contains(h)) {
-            return Err(IngestError::invalid(
-                "invalid_body",
-                format!("keepalived.instances[{n}].held_vips[{v}]"),
-                "a held VIP must be one of the instance's vips",
-            ));
-        }
+    }
+    if let Some(v) = i.held_vips.iter().position(|h| !i.vips.contains(h)) {
+        return Err(IngestError::invalid(
+            "invalid_body",
+            format!("keepalived.instances[{n}].held_vips[{v}]"),
+            "a held VIP must be one of the instance's vips",
+        ));
     }
     Ok(())
 }
