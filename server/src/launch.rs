@@ -99,7 +99,7 @@ pub async fn serve(
         snapshots: Default::default(),
     }));
 
-    crate::switchover::engine::recover(&state)
+    crate::switchover::run::recover(&state)
         .await
         .context("recovering switchovers")?;
     let tasks = CancellationToken::new();

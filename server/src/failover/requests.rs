@@ -160,7 +160,7 @@ pub async fn request_failover(
             "say why, in at most 1000 bytes, on one line",
         ));
     }
-    let view = crate::switchover::engine::cluster_view(state, cluster).await?;
+    let view = crate::switchover::plan::cluster_view(state, cluster).await?;
     let target = format!("{cluster} → {}", req.target_node);
     let verdict = state
         .verdicts
@@ -210,7 +210,7 @@ pub async fn request_failover(
                 ""
             };
             let reason = format!("{} (confirmed{loss}: {reason})", req.reason);
-            crate::switchover::engine::start_failover(
+            crate::switchover::request::start_failover(
                 state,
                 &view,
                 &g,
@@ -258,7 +258,7 @@ pub async fn acknowledge_failover(
     me: &Principal,
 ) -> Result<(), FailoverError> {
     check_reason(reason)?;
-    let sw = crate::switchover::engine::get(&state.db, id)
+    let sw = crate::switchover::store::get(&state.db, id)
         .await?
         .filter(|s| me.may_see(&s.cluster) && s.kind == "failover")
         .ok_or_else(|| FailoverError::NotFound(format!("failover {id}")))?;
@@ -298,7 +298,7 @@ pub async fn unfence(
     me: &Principal,
 ) -> Result<i32, FailoverError> {
     check_reason(reason)?;
-    let view = crate::switchover::engine::cluster_view(state, cluster).await?;
+    let view = crate::switchover::plan::cluster_view(state, cluster).await?;
     let verdict = state
         .verdicts
         .read()

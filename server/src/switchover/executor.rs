@@ -1,0 +1,583 @@
+//! The executor of one run: the `Run` that carries out a step at a time — epoch-fenced
+//! commands to agents with their results awaited, waits on the live state until the cluster
+//! follows, the fencing hook — and records each step's state as it goes. A run that stops
+//! lifts a fence it set (with a newer epoch) and describes the state it left the cluster in.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::Utc;
+use hapulse_protocol::{Action, LinkState, RefusalReason, ReplicationRole, VrrpState};
+
+use crate::agents::commands::{self, NewCommand};
+use crate::fleet::live::NodeStatus;
+use crate::fleet::view::{self, ClusterView};
+use crate::state::AppState;
+use crate::switchover::store::Switchover;
+
+pub(super) enum StepOutcome {
+    Done(String),
+    Skipped(String),
+}
+
+pub(super) struct Run<'a> {
+    state: &'a AppState,
+    sw: Switchover,
+    /// The old master's fence is set and must be lifted if the run stops.
+    fenced: bool,
+    /// The epoch commands carry: the switchover's, or a newer one for the compensation after a
+    /// failure (so a late copy of one of its own commands cannot undo it).
+    epoch: u64,
+    /// The old primary's shutdown checkpoint, as its agent reported it after the stop.
+    checkpoint_lsn: Option<u64>,
+}
+
+impl<'a> Run<'a> {
+    /// The executor of `sw`, with its epoch and no fence set yet.
+    pub(super) fn new(state: &'a AppState, sw: Switchover) -> Self {
+        Run {
+            state,
+            epoch: sw.epoch,
+            sw,
+            fenced: false,
+            checkpoint_lsn: None,
+        }
+    }
+
+    /// Whether the old master's fence is (or may be) set and must be lifted if the run stops.
+    pub(super) fn fenced(&self) -> bool {
+        self.fenced
+    }
+
+    /// Records step `index` as `state` (`running`, `succeeded`, `skipped`, `failed`) with its
+    /// time and message, and tells the dashboards.
+    pub(super) async fn mark(
+        &mut self,
+        index: usize,
+        state: &str,
+        message: Option<String>,
+    ) -> Result<(), sqlx::Error> {
+        let now = Utc::now();
+        if let Some(step) = self.sw.steps.get_mut(index) {
+            if state == "running" {
+                step.started_at = Some(now);
+            } else {
+                step.finished_at = Some(now);
+            }
+            step.state = state.to_string();
+            step.message = message;
+            tracing::info!(switchover = %self.sw.id, step = %step.name, state, message = ?step.message, "switchover step");
+        }
+        sqlx::query("UPDATE switchovers SET steps = $2 WHERE id = $1")
+            .bind(self.sw.id)
+            .bind(sqlx::types::Json(&self.sw.steps))
+            .execute(&self.state.db)
+            .await?;
+        self.state.announce(&self.sw.cluster);
+        Ok(())
+    }
+
+    /// Issues one command to `node` (with the run's epoch) and waits for its result:
+    /// Ok((message, facts)) when it succeeded; Err((description, refused)) when it failed, was
+    /// refused, or no result came in time.
+    async fn command(
+        &self,
+        node: &str,
+        action: Action,
+    ) -> Result<(String, BTreeMap<String, String>), (String, Option<RefusalReason>)> {
+        let new = NewCommand {
+            cluster: self.sw.cluster.clone(),
+            node_id: node.to_string(),
+            epoch: self.epoch,
+            action,
+            deadline: Duration::from_secs(30),
+            switchover_id: Some(self.sw.id),
+            requested_by: self.sw.requested_by.clone(),
+        };
+        let id = async {
+            let mut tx = self.state.db.begin().await?;
+            let id = commands::insert(&mut tx, &new).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(id)
+        }
+        .await
+        .map_err(|e| (format!("cannot store the command for {node}: {e}"), None))?;
+        // NOTIFY wakes every replica's long polls; this wakes ours even if the listener is
+        // reconnecting.
+        self.state.commands.wake(node);
+        let kind = new.action.kind();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(85);
+        loop {
+            let waiting = self.state.commands.result_arrived();
+            let status = commands::status(&self.state.db, id)
+                .await
+                .map_err(|e| (format!("reading command {id}: {e}"), None))?;
+            match status {
+                Some(s) if s.state == "succeeded" => {
+                    return Ok((format!("{node}: {}", s.result.unwrap_or_default()), s.data))
+                }
+                Some(s) if s.state == "refused" => {
+                    return Err((
+                        format!("{node} refused {kind}: {}", s.result.unwrap_or_default()),
+                        s.refusal,
+                    ))
+                }
+                Some(s) if s.state == "failed" || s.state == "expired" => {
+                    return Err((
+                        format!(
+                            "{node}: {kind} {}: {}",
+                            s.state,
+                            s.result
+                                .unwrap_or_else(|| "no result before the deadline".into())
+                        ),
+                        None,
+                    ))
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err((format!("{node} did not answer {kind}"), None));
+            }
+            tokio::select! {
+                _ = waiting => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+
+    /// [`Run::command`], keeping only the message.
+    async fn command_message(&self, node: &str, action: Action) -> Result<String, String> {
+        self.command(node, action)
+            .await
+            .map(|(m, _)| m)
+            .map_err(|(m, _)| m)
+    }
+
+    /// Polls live state every 50 ms until `check` holds, or fails with `what` after `limit`.
+    async fn until(
+        &self,
+        limit: Duration,
+        what: &str,
+        check: impl Fn(&ClusterView) -> bool,
+    ) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let holds = view::cluster_view(&self.state.live(), &self.sw.cluster, Utc::now())
+                .is_some_and(|c| check(&c));
+            if holds {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("{what} did not happen within {limit:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The instance's masters and VIP holders and the link's primaries as live state shows them
+    /// now, as a sentence to append to an error.
+    pub(super) fn describe_state(&self) -> String {
+        let live = self.state.live();
+        let Some(c) = view::cluster_view(&live, &self.sw.cluster, Utc::now()) else {
+            return String::new();
+        };
+        let mut out = String::new();
+        if let Some(i) = c.instances.iter().find(|i| i.name == self.sw.instance) {
+            out.push_str(&format!(
+                " Now: {} master {}, VIP on {}.",
+                i.name,
+                if i.masters.is_empty() {
+                    "none".into()
+                } else {
+                    i.masters.join(", ")
+                },
+                i.vips
+                    .iter()
+                    .flat_map(|v| v.holders.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if let Some(l) = self
+            .sw
+            .link
+            .as_ref()
+            .and_then(|k| c.replication.iter().find(|r| &r.link == k))
+        {
+            out.push_str(&format!(
+                " {} primary: {}.",
+                l.link,
+                if l.primaries.is_empty() {
+                    "none".into()
+                } else {
+                    l.primaries.join(", ")
+                }
+            ));
+        }
+        out
+    }
+
+    fn link_member<'c>(
+        c: &'c ClusterView,
+        link: &str,
+        node: &str,
+    ) -> Option<&'c view::LinkMemberView> {
+        c.replication
+            .iter()
+            .find(|r| r.link == link)?
+            .members
+            .iter()
+            .find(|m| m.node_id == node)
+    }
+
+    /// Lifts the old master's fence with a newer epoch; says how that went.
+    pub(super) async fn lift_fence(&mut self) -> String {
+        let raised: Result<i64, sqlx::Error> = sqlx::query_scalar(
+            "UPDATE clusters SET epoch = epoch + 1 WHERE name = $1 RETURNING epoch",
+        )
+        .bind(&self.sw.cluster)
+        .fetch_one(&self.state.db)
+        .await;
+        if let Ok(epoch) = raised {
+            self.epoch = epoch as u64;
+        }
+        let old = self.sw.old_master.clone();
+        match self.command(&old, Action::Fence { instance: self.sw.instance.clone(), fenced: false }).await {
+            Ok(_) => {
+                self.fenced = false;
+                " The fence on the old master was lifted.".into()
+            }
+            Err((e, _)) => format!(" The fence on the old master could NOT be lifted ({e}): its instance stays in FAULT until its fence file holds 0."),
+        }
+    }
+
+    /// Waits (15 s at most) until the target is the instance's only MASTER and holds the VIP.
+    async fn target_takes_vip(&self) -> Result<(), String> {
+        let (target, instance) = (self.sw.target_node.clone(), self.sw.instance.clone());
+        self.until(
+            Duration::from_secs(15),
+            "the target becoming MASTER with the VIP",
+            |c| {
+                c.instances.iter().any(|i| {
+                    i.name == instance
+                        && i.master.as_deref() == Some(target.as_str())
+                        && i.members.iter().any(|m| m.node_id == target && m.holds_vip)
+                })
+            },
+        )
+        .await
+    }
+
+    /// STONITH before a promotion: the cluster's fencing hook must succeed; without one the step
+    /// is skipped only when the cluster accepts the risk.
+    async fn fence_old_master(&self) -> Result<StepOutcome, String> {
+        let sw = &self.sw;
+        let policy = self.state.settings.failover.clusters.get(&sw.cluster);
+        let Some(hook) = policy.and_then(|p| p.fencing_hook.as_ref()) else {
+            return if policy.is_some_and(|p| p.accept_unfenced) {
+                Ok(StepOutcome::Skipped(format!(
+                    "no fencing hook: the cluster accepts the risk (failover.clusters.{}.accept_unfenced); agents that self-fence are the only fence",
+                    sw.cluster
+                )))
+            } else {
+                Err(format!(
+                    "{} cannot be fenced: no fencing hook (failover.clusters.{}.fencing_hook) and the cluster does not accept the risk",
+                    sw.old_master, sw.cluster
+                ))
+            };
+        };
+        let limit = policy.map_or(Duration::from_secs(30), |p| p.fencing_timeout);
+        // Validated non-empty at start-up (failover.clusters.*.fencing_hook).
+        let (program, args) = hook.split_first().ok_or("empty fencing hook")?;
+        let child = tokio::process::Command::new(program)
+            .args(args)
+            .env("HAPULSE_CLUSTER", &sw.cluster)
+            .env("HAPULSE_NODE_ID", &sw.old_master)
+            .env("HAPULSE_TARGET", &sw.target_node)
+            .env("HAPULSE_EPOCH", sw.epoch.to_string())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(limit, child)
+            .await
+            .map_err(|_| format!("the fencing hook {program} did not finish within {limit:?}"))?
+            .map_err(|e| format!("cannot run the fencing hook {program}: {e}"))?;
+        let text = String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr);
+        let tail: String = {
+            let t = text.trim();
+            let start = t.len().saturating_sub(300);
+            t.get(start..).unwrap_or(t).to_string()
+        };
+        if output.status.success() {
+            Ok(StepOutcome::Done(format!(
+                "fencing hook fenced {}: {tail}",
+                sw.old_master
+            )))
+        } else {
+            Err(format!(
+                "the fencing hook failed ({}): {tail}; no promotion without a fenced old master",
+                output.status
+            ))
+        }
+    }
+
+    /// The target's link as live state shows it.
+    fn target_link(&self) -> Option<view::LinkMemberView> {
+        let key = self.sw.link.as_ref()?;
+        let live = self.state.live();
+        let c = view::cluster_view(&live, &self.sw.cluster, Utc::now())?;
+        Self::link_member(&c, key, &self.sw.target_node).cloned()
+    }
+
+    /// The replay position the target last reported (raw `replay_lsn` of its standby link).
+    fn target_replay_lsn(&self) -> Option<u64> {
+        let key = self.sw.link.as_ref()?;
+        let live = self.state.live();
+        let node = live.nodes.get(&self.sw.target_node)?;
+        let link = node.link(key)?;
+        hapulse_protocol::parse_lsn(link.raw.get("replay_lsn")?)
+    }
+
+    pub(super) async fn step(&mut self, name: &str) -> Result<StepOutcome, String> {
+        let sw = self.sw.clone();
+        let link_name = sw
+            .link
+            .as_ref()
+            .map(|l| l.split_once(':').map_or(l.as_str(), |(_, n)| n).to_string());
+        match name {
+            "pre_hook" | "post_hook" => {
+                let phase = if name == "pre_hook" { "pre" } else { "post" };
+                let env = BTreeMap::from([
+                    ("CLUSTER".to_string(), sw.cluster.clone()),
+                    ("INSTANCE".to_string(), sw.instance.clone()),
+                    ("TARGET".to_string(), sw.target_node.clone()),
+                    ("OLD_MASTER".to_string(), sw.old_master.clone()),
+                    ("REASON".to_string(), sw.reason.clone()),
+                    ("EPOCH".to_string(), sw.epoch.to_string()),
+                ]);
+                let mut ran = Vec::new();
+                for node in [&sw.old_master, &sw.target_node] {
+                    match self
+                        .command(
+                            node,
+                            Action::Hook {
+                                phase: phase.into(),
+                                env: env.clone(),
+                            },
+                        )
+                        .await
+                    {
+                        Ok((m, _)) => ran.push(m),
+                        // A host that has not enabled hooks has none to run.
+                        Err((_, Some(RefusalReason::NotEnabled))) => {}
+                        Err((m, _)) => return Err(m),
+                    }
+                }
+                Ok(if ran.is_empty() {
+                    StepOutcome::Skipped("no hook enabled on either node".into())
+                } else {
+                    StepOutcome::Done(ran.join("; "))
+                })
+            }
+            "stop_old_primary" => {
+                let link = link_name.ok_or("no link")?;
+                // Only a standby that is streaming now receives the WAL the shutdown sends.
+                match self.target_link() {
+                    Some(m) if m.state == LinkState::Streaming => {}
+                    Some(m) => {
+                        return Err(format!(
+                        "{} is {} on {}, not streaming: stopping the primary now could lose data",
+                        sw.target_node,
+                        m.state.as_str(),
+                        link
+                    ))
+                    }
+                    None => return Err(format!("{} does not report the link", sw.target_node)),
+                }
+                let (message, data) = self
+                    .command(&sw.old_master, Action::PostgresStop { link })
+                    .await
+                    .map_err(|(m, _)| m)?;
+                self.checkpoint_lsn = data
+                    .get("shutdown_checkpoint_lsn")
+                    .and_then(|l| hapulse_protocol::parse_lsn(l));
+                Ok(StepOutcome::Done(match self.checkpoint_lsn {
+                    Some(_) => format!(
+                        "{message} (shutdown checkpoint {})",
+                        data.get("shutdown_checkpoint_lsn")
+                            .map_or("", String::as_str)
+                    ),
+                    None => message,
+                }))
+            }
+            "wait_for_catch_up" => {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(55);
+                let mut seen = 0;
+                loop {
+                    // With the old primary's shutdown checkpoint: replayed past it. Without: two
+                    // looks in a row with nothing received left to replay.
+                    let caught_up = match self.checkpoint_lsn {
+                        Some(checkpoint) => self
+                            .target_replay_lsn()
+                            .is_some_and(|replayed| replayed > checkpoint),
+                        None => {
+                            seen = if self.target_link().and_then(|m| m.lag_bytes) == Some(0) {
+                                seen + 1
+                            } else {
+                                0
+                            };
+                            seen >= 2
+                        }
+                    };
+                    if caught_up {
+                        return Ok(StepOutcome::Done(match self.checkpoint_lsn {
+                            Some(_) => format!("{} has replayed past the old primary's shutdown checkpoint", sw.target_node),
+                            None => format!("{} has replayed all it received (no shutdown checkpoint reported: configure data_directory and pg_controldata)", sw.target_node),
+                        }));
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(format!(
+                            "{} has not caught up (replayed {:?})",
+                            sw.target_node,
+                            self.target_replay_lsn()
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+            "promote_target" => {
+                // pg_promote(true, …) returns once the promotion is complete; `verify` checks
+                // that the target reports itself primary.
+                let link = link_name.ok_or("no link")?;
+                let message = self
+                    .command_message(&sw.target_node, Action::PostgresPromote { link })
+                    .await?;
+                Ok(StepOutcome::Done(message))
+            }
+            "set_priorities" => {
+                let members: Vec<(String, Option<u8>)> = {
+                    let live = self.state.live();
+                    view::cluster_view(&live, &sw.cluster, Utc::now())
+                        .and_then(|c| c.instances.into_iter().find(|i| i.name == sw.instance))
+                        .map(|i| {
+                            // A failover leaves out the lost old master (and any member that is
+                            // down): it is kept fenced until it rejoins.
+                            i.members
+                                .into_iter()
+                                .filter(|m| m.node_status == NodeStatus::Up)
+                                .map(|m| (m.node_id, m.base_priority))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+                let target_base = members
+                    .iter()
+                    .find(|(n, _)| *n == sw.target_node)
+                    .and_then(|(_, b)| *b)
+                    .ok_or("the target's base priority is unknown (no JSON dump yet)")?;
+                // The target first, the old master last: while the others are lowered, no third
+                // node can rank above the target and preempt.
+                let mut order: Vec<&(String, Option<u8>)> = members.iter().collect();
+                order.sort_by_key(|(n, _)| (*n != sw.target_node, *n == sw.old_master));
+                let mut done = Vec::new();
+                for (node, base) in order {
+                    let offset = if *node == sw.target_node {
+                        0
+                    } else {
+                        let base = base.ok_or(format!("{node}'s base priority is unknown"))?;
+                        (i32::from(target_base) - 10 - i32::from(base)).clamp(-253, 0)
+                    };
+                    let message = self
+                        .command_message(
+                            node,
+                            Action::SetPriorityOffset {
+                                instance: sw.instance.clone(),
+                                offset,
+                            },
+                        )
+                        .await?;
+                    done.push(format!("{node} {offset:+}: {message}"));
+                }
+                Ok(StepOutcome::Done(done.join("; ")))
+            }
+            "move_vip" => {
+                // Counted as set from the moment it is asked for: if the answer is lost, the
+                // fence is lifted anyway on failure.
+                self.fenced = true;
+                self.command_message(
+                    &sw.old_master,
+                    Action::Fence {
+                        instance: sw.instance.clone(),
+                        fenced: true,
+                    },
+                )
+                .await?;
+                self.target_takes_vip().await?;
+                self.command_message(
+                    &sw.old_master,
+                    Action::Fence {
+                        instance: sw.instance.clone(),
+                        fenced: false,
+                    },
+                )
+                .await?;
+                self.fenced = false;
+                Ok(StepOutcome::Done(format!(
+                    "{} is MASTER with the VIP; the fence on {} is lifted",
+                    sw.target_node, sw.old_master
+                )))
+            }
+            "verify" => {
+                let (target, old, instance, key) = (
+                    sw.target_node.clone(),
+                    sw.old_master.clone(),
+                    sw.instance.clone(),
+                    sw.link.clone(),
+                );
+                let holds = |c: &ClusterView| {
+                    let vrrp = c.instances.iter().any(|i| {
+                        i.name == instance
+                            && i.master.as_deref() == Some(target.as_str())
+                            && i.members.iter().any(|m| m.node_id == target && m.holds_vip)
+                            && i.members.iter().any(|m| {
+                                m.node_id == old
+                                    && (m.node_status != NodeStatus::Up
+                                        || (m.state != VrrpState::Master && !m.holds_vip))
+                            })
+                    });
+                    let db = key.as_ref().is_none_or(|k| {
+                        Self::link_member(c, k, &target)
+                            .is_some_and(|m| m.role == ReplicationRole::Primary)
+                    });
+                    vrrp && db
+                };
+                self.until(Duration::from_secs(15), "the new roles settling", holds)
+                    .await?;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let still = view::cluster_view(&self.state.live(), &sw.cluster, Utc::now())
+                    .is_some_and(|c| holds(&c));
+                if still {
+                    Ok(StepOutcome::Done(format!(
+                        "{} is MASTER with the VIP and stays",
+                        sw.target_node
+                    )))
+                } else {
+                    Err(format!(
+                        "{} did not keep the master role for 3 s",
+                        sw.target_node
+                    ))
+                }
+            }
+            "fence_old_master" => self.fence_old_master().await,
+            "take_vip" => {
+                self.target_takes_vip().await?;
+                Ok(StepOutcome::Done(format!(
+                    "{} is MASTER with the VIP",
+                    sw.target_node
+                )))
+            }
+            other => Err(format!("unknown step {other}")),
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! The plan of a move: what a switchover request says, the preflight that checks it against the
+//! cluster as it is now (the target exists, is up, is a BACKUP member of the instance and, with a
+//! database, its streaming standby within the lag limit; the instance has exactly one master),
+//! and the ordered steps a run will take. A failover's plan skips the preflight: the arbiter's
+//! evidence decided it. Pure functions of a [`ClusterView`], apart from [`cluster_view`].
+
+use chrono::{DateTime, Utc};
+use hapulse_protocol::{LinkState, ReplicationRole, VrrpState};
+use serde::{Deserialize, Serialize};
+
+use crate::fleet::live::NodeStatus;
+use crate::fleet::view::{self, ClusterView};
+use crate::state::AppState;
+use crate::switchover::error::SwitchoverError;
+
+/// Body of `POST /api/v1/clusters/{cluster}/switchover`.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchoverRequest {
+    /// The node that should become master.
+    pub target_node: String,
+    /// VRRP instance to move; may be left out when the cluster has one.
+    #[serde(default)]
+    pub instance: Option<String>,
+    /// Why (kept in the audit log and the event).
+    pub reason: String,
+    /// Only plan and preview; change nothing (200 instead of 202).
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Refuse when the target's replication lag is above this many bytes.
+    #[serde(default)]
+    pub max_lag_bytes: Option<u64>,
+    /// Start at this time instead of now.
+    #[serde(default)]
+    pub scheduled_at: Option<DateTime<Utc>>,
+}
+
+/// One step of the plan and, once running, how it went.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct Step {
+    /// Step name (`move_vip`, …).
+    pub name: String,
+    /// What it does, for people.
+    pub description: String,
+    /// `pending`, `running`, `succeeded`, `skipped`, `failed`.
+    pub state: String,
+    /// When it started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// What happened.
+    pub message: Option<String>,
+}
+
+/// The preview of a switchover (or the plan of a failover).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Plan {
+    /// `switchover` (planned, the old master alive) or `failover` (the old master lost).
+    pub kind: String,
+    /// Cluster.
+    pub cluster: String,
+    /// VRRP instance.
+    pub instance: String,
+    /// The current master.
+    pub old_master: String,
+    /// The future master.
+    pub target_node: String,
+    /// The replication link moved with it (`postgresql:pg`), if the cluster has one tied to the
+    /// instance with its primary on the old master.
+    pub link: Option<String>,
+    /// The target's replication lag now, bytes.
+    pub target_lag_bytes: Option<u64>,
+    /// The target's replication lag now, seconds.
+    pub target_lag_seconds: Option<f64>,
+    /// What would be lost if the old primary died now instead: the target's lag. A switchover
+    /// itself loses nothing: it stops writes and waits for the target to catch up.
+    pub data_at_risk_bytes: Option<u64>,
+    /// Expected duration in seconds (VIP move ≈ 1 s with fencing; a database adds a shutdown,
+    /// catch-up and promotion).
+    pub expected_seconds: u64,
+    /// The VIPs that move.
+    pub vips: Vec<String>,
+    /// The ordered steps.
+    pub steps: Vec<Step>,
+}
+
+fn step(name: &str, description: String) -> Step {
+    Step {
+        name: name.into(),
+        description,
+        state: "pending".into(),
+        started_at: None,
+        finished_at: None,
+        message: None,
+    }
+}
+
+/// The view of `name` with its epoch, or [`SwitchoverError::NotFound`].
+pub async fn cluster_view(state: &AppState, name: &str) -> Result<ClusterView, SwitchoverError> {
+    crate::fleet::clusters::with_epoch(state, name)
+        .await?
+        .ok_or_else(|| SwitchoverError::NotFound(format!("cluster {name:?}")))
+}
+
+/// Preflight and plan. Errors name the reason: 404 unknown cluster or target, 400 a missing
+/// instance, 409 for a state that forbids the move.
+pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, SwitchoverError> {
+    let instance = match &req.instance {
+        Some(name) => cluster
+            .instances
+            .iter()
+            .find(|i| &i.name == name)
+            .ok_or_else(|| {
+                SwitchoverError::invalid(
+                    "invalid_body",
+                    "instance",
+                    format!("cluster {} has no VRRP instance {name:?}", cluster.name),
+                )
+            })?,
+        None if cluster.instances.len() == 1 => &cluster.instances[0],
+        None => {
+            return Err(SwitchoverError::invalid(
+                "invalid_body",
+                "instance",
+                format!("cluster {} has several instances; name one", cluster.name),
+            ))
+        }
+    };
+    if req.reason.trim().is_empty()
+        || req.reason.len() > 1000
+        || req.reason.chars().any(char::is_control)
+    {
+        return Err(SwitchoverError::invalid(
+            "invalid_body",
+            "reason",
+            "say why, in at most 1000 bytes, on one line",
+        ));
+    }
+    if let Some(at) = req.scheduled_at {
+        let now = Utc::now();
+        if at < now - chrono::Duration::minutes(1) || at > now + chrono::Duration::days(7) {
+            return Err(SwitchoverError::invalid(
+                "invalid_body",
+                "scheduled_at",
+                "must be between now and 7 days ahead",
+            ));
+        }
+    }
+    let Some(target_summary) = cluster.nodes.iter().find(|n| n.node_id == req.target_node) else {
+        return Err(SwitchoverError::NotFound(format!(
+            "target node {:?} in cluster {}",
+            req.target_node, cluster.name
+        )));
+    };
+    let Some(target) = instance
+        .members
+        .iter()
+        .find(|m| m.node_id == req.target_node)
+    else {
+        return Err(SwitchoverError::conflict(
+            "target_not_member",
+            format!("{} is not a member of {}", req.target_node, instance.name),
+        ));
+    };
+    if target_summary.status != NodeStatus::Up {
+        return Err(SwitchoverError::conflict(
+            "target_down",
+            format!(
+                "{} is {}: it must be up",
+                req.target_node,
+                target_summary.status.as_str()
+            ),
+        ));
+    }
+    if target.state != VrrpState::Backup {
+        return Err(SwitchoverError::conflict(
+            "target_not_backup",
+            format!(
+                "{} is {} in {}: it must be BACKUP",
+                req.target_node, target.state, instance.name
+            ),
+        ));
+    }
+    let Some(old_master) = instance.master.clone() else {
+        return Err(SwitchoverError::conflict(
+            "no_single_master",
+            format!(
+                "{} has {} masters ({}); a switchover needs one healthy master",
+                instance.name,
+                instance.masters.len(),
+                instance.masters.join(", ")
+            ),
+        ));
+    };
+    if let Some(down) = instance
+        .members
+        .iter()
+        .find(|m| m.node_status != NodeStatus::Up)
+    {
+        return Err(SwitchoverError::conflict(
+            "member_down",
+            format!(
+                "{} is {}: every member of {} must be up to change priorities safely",
+                down.node_id,
+                down.node_status.as_str(),
+                instance.name
+            ),
+        ));
+    }
+    // A database tied to this instance moves with it, and only from the old master.
+    let tied: Vec<&view::ReplicationView> = cluster
+        .replication
+        .iter()
+        .filter(|r| r.vrrp_instance.as_deref() == Some(instance.name.as_str()))
+        .collect();
+    if let Some(elsewhere) = tied
+        .iter()
+        .find(|r| r.primary.as_deref() != Some(old_master.as_str()))
+    {
+        return Err(SwitchoverError::conflict(
+            "primary_elsewhere",
+            format!(
+                "{} is tied to {} but its primary is {}, not the master {old_master}: fix that first",
+                elsewhere.link,
+                instance.name,
+                if elsewhere.primaries.is_empty() { "nobody".into() } else { elsewhere.primaries.join(", ") }
+            ),
+        ));
+    }
+    let link = tied.first().copied();
+    let target_link = link.and_then(|l| l.members.iter().find(|m| m.node_id == req.target_node));
+    if let Some(l) = link {
+        match target_link {
+            // Only a streaming standby receives the WAL the old primary's shutdown sends.
+            Some(m) if m.role == ReplicationRole::Secondary && m.state == LinkState::Streaming => {}
+            Some(m) => {
+                return Err(SwitchoverError::conflict(
+                    "target_not_standby",
+                    format!(
+                        "{} is {} and {} on {}: it must be a streaming standby",
+                        req.target_node,
+                        m.role.as_str(),
+                        m.state.as_str(),
+                        l.link
+                    ),
+                ))
+            }
+            None => {
+                return Err(SwitchoverError::conflict(
+                    "target_not_standby",
+                    format!("{} does not report {}", req.target_node, l.link),
+                ))
+            }
+        }
+    }
+    let lag_bytes = target_link.and_then(|m| m.lag_bytes);
+    match (req.max_lag_bytes, lag_bytes, link) {
+        (Some(max), Some(lag), _) if lag > max => {
+            return Err(SwitchoverError::conflict(
+                "lag_too_high",
+                format!(
+                    "{}'s lag is {lag} bytes, above the limit of {max}",
+                    req.target_node
+                ),
+            ))
+        }
+        (Some(_), None, Some(l)) => {
+            return Err(SwitchoverError::conflict(
+                "lag_unknown",
+                format!(
+                    "{}'s lag on {} is unknown, so max_lag_bytes cannot be checked",
+                    req.target_node, l.link
+                ),
+            ))
+        }
+        _ => {}
+    }
+    let mut steps = vec![step(
+        "pre_hook",
+        format!(
+            "run the pre-switchover hook on {old_master} and {} (where enabled); a failure aborts",
+            req.target_node
+        ),
+    )];
+    if let Some(l) = link {
+        steps.push(step("stop_old_primary", format!("stop writes: fast shutdown of the {} primary on {old_master} (its standbys receive all WAL first)", l.link)));
+        steps.push(step(
+            "wait_for_catch_up",
+            format!(
+                "wait until {} has replayed everything it received",
+                req.target_node
+            ),
+        ));
+        steps.push(step(
+            "promote_target",
+            format!("promote {} to {} primary", req.target_node, l.link),
+        ));
+    }
+    steps.push(step(
+        "set_priorities",
+        format!(
+            "make it stick: lower every other member of {} below {}'s priority",
+            instance.name, req.target_node
+        ),
+    ));
+    steps.push(step("move_vip", format!("fence {} on {old_master} (FAULT, priority-0 advert) until {} is MASTER, then lift the fence", instance.name, req.target_node)));
+    steps.push(step(
+        "verify",
+        format!(
+            "{} is MASTER and holds the VIP, {old_master} is not, for 3 s",
+            req.target_node
+        ),
+    ));
+    steps.push(step(
+        "post_hook",
+        "run the post-switchover hook (where enabled)".into(),
+    ));
+    Ok(Plan {
+        kind: "switchover".into(),
+        cluster: cluster.name.clone(),
+        instance: instance.name.clone(),
+        old_master,
+        target_node: req.target_node.clone(),
+        link: link.map(|l| l.link.clone()),
+        target_lag_bytes: lag_bytes,
+        target_lag_seconds: target_link.and_then(|m| m.lag_seconds),
+        data_at_risk_bytes: lag_bytes,
+        expected_seconds: if link.is_some() { 10 } else { 3 },
+        vips: instance.vips.iter().map(|v| v.vip.clone()).collect(),
+        steps,
+    })
+}
+
+/// The plan of a failover: the old master `old_master` is lost (the arbiter's evidence says so),
+/// `target` takes over. Steps: fence the old master (the cluster's fencing hook, or nothing when
+/// the cluster accepts the risk), promote the target's database, lower every other reachable
+/// member's priority, wait for the target to be MASTER with the VIP, verify.
+pub fn failover_plan(
+    cluster: &ClusterView,
+    instance: &str,
+    link: Option<&str>,
+    old_master: &str,
+    target: &str,
+) -> Plan {
+    let mut steps = vec![step(
+        "fence_old_master",
+        format!("fence {old_master}: run the fencing hook (STONITH) and require its success, unless the cluster accepts the risk"),
+    )];
+    if let Some(l) = link {
+        steps.push(step(
+            "promote_target",
+            format!("promote {target} to {l} primary"),
+        ));
+    }
+    steps.push(step(
+        "set_priorities",
+        format!("make it stick: lower every other reachable member of {instance} below {target}'s priority"),
+    ));
+    steps.push(step(
+        "take_vip",
+        format!("{target} is MASTER of {instance} with the VIP"),
+    ));
+    steps.push(step(
+        "verify",
+        format!("{target} is MASTER and holds the VIP, {old_master} is not, for 3 s"),
+    ));
+    let view = cluster.instances.iter().find(|i| i.name == instance);
+    let target_link = link.and_then(|k| {
+        cluster
+            .replication
+            .iter()
+            .find(|r| r.link == k)?
+            .members
+            .iter()
+            .find(|m| m.node_id == target)
+    });
+    Plan {
+        kind: "failover".into(),
+        cluster: cluster.name.clone(),
+        instance: instance.to_string(),
+        old_master: old_master.to_string(),
+        target_node: target.to_string(),
+        link: link.map(str::to_string),
+        target_lag_bytes: target_link.and_then(|m| m.lag_bytes),
+        target_lag_seconds: target_link.and_then(|m| m.lag_seconds),
+        data_at_risk_bytes: target_link.and_then(|m| m.lag_bytes),
+        expected_seconds: if link.is_some() { 5 } else { 2 },
+        vips: view.map_or_else(Vec::new, |i| i.vips.iter().map(|v| v.vip.clone()).collect()),
+        steps,
+    }
+}
