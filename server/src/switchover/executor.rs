@@ -13,6 +13,7 @@ use crate::agents::commands::{self, NewCommand};
 use crate::fleet::live::NodeStatus;
 use crate::fleet::view::{self, ClusterView};
 use crate::state::AppState;
+use crate::switchover::steps::StepName;
 use crate::switchover::store::Switchover;
 
 pub(super) enum StepOutcome {
@@ -339,15 +340,29 @@ impl<'a> Run<'a> {
         hapulse_protocol::parse_lsn(link.raw.get("replay_lsn")?)
     }
 
-    pub(super) async fn step(&mut self, name: &str) -> Result<StepOutcome, String> {
+    /// Carries out the step stored as `name` within its timeout. A name this server does not
+    /// know (one a newer server stored) fails the step, and so stops the run there.
+    pub(super) async fn run_step(&mut self, name: &str) -> Result<StepOutcome, String> {
+        let kind = StepName::parse(name).ok_or_else(|| format!("unknown step {name}"))?;
+        let limit = kind.timeout();
+        tokio::time::timeout(limit, self.step(kind))
+            .await
+            .unwrap_or_else(|_| Err(format!("timed out after {limit:?}")))
+    }
+
+    async fn step(&mut self, name: StepName) -> Result<StepOutcome, String> {
         let sw = self.sw.clone();
         let link_name = sw
             .link
             .as_ref()
             .map(|l| l.split_once(':').map_or(l.as_str(), |(_, n)| n).to_string());
         match name {
-            "pre_hook" | "post_hook" => {
-                let phase = if name == "pre_hook" { "pre" } else { "post" };
+            StepName::PreHook | StepName::PostHook => {
+                let phase = if name == StepName::PreHook {
+                    "pre"
+                } else {
+                    "post"
+                };
                 let env = BTreeMap::from([
                     ("CLUSTER".to_string(), sw.cluster.clone()),
                     ("INSTANCE".to_string(), sw.instance.clone()),
@@ -380,7 +395,7 @@ impl<'a> Run<'a> {
                     StepOutcome::Done(ran.join("; "))
                 })
             }
-            "stop_old_primary" => {
+            StepName::StopOldPrimary => {
                 let link = link_name.ok_or("no link")?;
                 // Only a standby that is streaming now receives the WAL the shutdown sends.
                 match self.target_link() {
@@ -411,7 +426,7 @@ impl<'a> Run<'a> {
                     None => message,
                 }))
             }
-            "wait_for_catch_up" => {
+            StepName::WaitForCatchUp => {
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(55);
                 let mut seen = 0;
                 loop {
@@ -446,7 +461,7 @@ impl<'a> Run<'a> {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
             }
-            "promote_target" => {
+            StepName::PromoteTarget => {
                 // pg_promote(true, …) returns once the promotion is complete; `verify` checks
                 // that the target reports itself primary.
                 let link = link_name.ok_or("no link")?;
@@ -455,7 +470,7 @@ impl<'a> Run<'a> {
                     .await?;
                 Ok(StepOutcome::Done(message))
             }
-            "set_priorities" => {
+            StepName::SetPriorities => {
                 let members: Vec<(String, Option<u8>)> = {
                     let live = self.state.live();
                     view::cluster_view(&live, &sw.cluster, Utc::now())
@@ -501,7 +516,7 @@ impl<'a> Run<'a> {
                 }
                 Ok(StepOutcome::Done(done.join("; ")))
             }
-            "move_vip" => {
+            StepName::MoveVip => {
                 // Counted as set from the moment it is asked for: if the answer is lost, the
                 // fence is lifted anyway on failure.
                 self.fenced = true;
@@ -528,7 +543,7 @@ impl<'a> Run<'a> {
                     sw.target_node, sw.old_master
                 )))
             }
-            "verify" => {
+            StepName::Verify => {
                 let (target, old, instance, key) = (
                     sw.target_node.clone(),
                     sw.old_master.clone(),
@@ -569,15 +584,14 @@ impl<'a> Run<'a> {
                     ))
                 }
             }
-            "fence_old_master" => self.fence_old_master().await,
-            "take_vip" => {
+            StepName::FenceOldMaster => self.fence_old_master().await,
+            StepName::TakeVip => {
                 self.target_takes_vip().await?;
                 Ok(StepOutcome::Done(format!(
                     "{} is MASTER with the VIP",
                     sw.target_node
                 )))
             }
-            other => Err(format!("unknown step {other}")),
         }
     }
 }

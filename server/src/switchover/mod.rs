@@ -1,12 +1,13 @@
-//! Switchovers and failover runs, in the order their modules import each other: the plan with
-//! its preflight checks ([`plan`]); the stored runs and their events ([`store`]); the executor
-//! that carries out one step at a time with epoch-fenced commands to agents ([`executor`]); the
-//! run's life from start to recorded end ([`run`]); and starting one, on request or on a
-//! failover decision ([`request`]).
+//! Switchovers and failover runs, in the order their modules import each other: the kinds of
+//! step ([`steps`]); the plan with its preflight checks ([`plan`]); the stored runs and their
+//! events ([`store`]); the executor that carries out one step at a time with epoch-fenced
+//! commands to agents ([`executor`]); the run's life from start to recorded end ([`run`]); and
+//! starting one, on request or on a failover decision ([`request`]).
 
 pub mod error;
 pub mod executor;
 pub mod plan;
 pub mod request;
 pub mod run;
+pub mod steps;
 pub mod store;

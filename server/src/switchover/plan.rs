@@ -12,6 +12,7 @@ use crate::fleet::live::NodeStatus;
 use crate::fleet::view::{self, ClusterView};
 use crate::state::AppState;
 use crate::switchover::error::SwitchoverError;
+use crate::switchover::steps::StepName;
 
 /// Body of `POST /api/v1/clusters/{cluster}/switchover`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -38,7 +39,7 @@ pub struct SwitchoverRequest {
 /// One step of the plan and, once running, how it went.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Step {
-    /// Step name (`move_vip`, …).
+    /// Step name (`move_vip`, …): [`StepName::as_str`].
     pub name: String,
     /// What it does, for people.
     pub description: String,
@@ -84,9 +85,10 @@ pub struct Plan {
     pub steps: Vec<Step>,
 }
 
-fn step(name: &str, description: String) -> Step {
+/// A pending step of kind `name`.
+fn step(name: StepName, description: String) -> Step {
     Step {
-        name: name.into(),
+        name: name.as_str().into(),
         description,
         state: "pending".into(),
         started_at: None,
@@ -276,43 +278,43 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, Swit
         _ => {}
     }
     let mut steps = vec![step(
-        "pre_hook",
+        StepName::PreHook,
         format!(
             "run the pre-switchover hook on {old_master} and {} (where enabled); a failure aborts",
             req.target_node
         ),
     )];
     if let Some(l) = link {
-        steps.push(step("stop_old_primary", format!("stop writes: fast shutdown of the {} primary on {old_master} (its standbys receive all WAL first)", l.link)));
+        steps.push(step(StepName::StopOldPrimary, format!("stop writes: fast shutdown of the {} primary on {old_master} (its standbys receive all WAL first)", l.link)));
         steps.push(step(
-            "wait_for_catch_up",
+            StepName::WaitForCatchUp,
             format!(
                 "wait until {} has replayed everything it received",
                 req.target_node
             ),
         ));
         steps.push(step(
-            "promote_target",
+            StepName::PromoteTarget,
             format!("promote {} to {} primary", req.target_node, l.link),
         ));
     }
     steps.push(step(
-        "set_priorities",
+        StepName::SetPriorities,
         format!(
             "make it stick: lower every other member of {} below {}'s priority",
             instance.name, req.target_node
         ),
     ));
-    steps.push(step("move_vip", format!("fence {} on {old_master} (FAULT, priority-0 advert) until {} is MASTER, then lift the fence", instance.name, req.target_node)));
+    steps.push(step(StepName::MoveVip, format!("fence {} on {old_master} (FAULT, priority-0 advert) until {} is MASTER, then lift the fence", instance.name, req.target_node)));
     steps.push(step(
-        "verify",
+        StepName::Verify,
         format!(
             "{} is MASTER and holds the VIP, {old_master} is not, for 3 s",
             req.target_node
         ),
     ));
     steps.push(step(
-        "post_hook",
+        StepName::PostHook,
         "run the post-switchover hook (where enabled)".into(),
     ));
     Ok(Plan {
@@ -343,25 +345,25 @@ pub fn failover_plan(
     target: &str,
 ) -> Plan {
     let mut steps = vec![step(
-        "fence_old_master",
+        StepName::FenceOldMaster,
         format!("fence {old_master}: run the fencing hook (STONITH) and require its success, unless the cluster accepts the risk"),
     )];
     if let Some(l) = link {
         steps.push(step(
-            "promote_target",
+            StepName::PromoteTarget,
             format!("promote {target} to {l} primary"),
         ));
     }
     steps.push(step(
-        "set_priorities",
+        StepName::SetPriorities,
         format!("make it stick: lower every other reachable member of {instance} below {target}'s priority"),
     ));
     steps.push(step(
-        "take_vip",
+        StepName::TakeVip,
         format!("{target} is MASTER of {instance} with the VIP"),
     ));
     steps.push(step(
-        "verify",
+        StepName::Verify,
         format!("{target} is MASTER and holds the VIP, {old_master} is not, for 3 s"),
     ));
     let view = cluster.instances.iter().find(|i| i.name == instance);

@@ -23,6 +23,7 @@ use crate::fleet::live::EventKind;
 use crate::state::AppState;
 use crate::switchover::executor::{Run, StepOutcome};
 use crate::switchover::plan::{cluster_view, plan, SwitchoverRequest};
+use crate::switchover::steps::StepName;
 use crate::switchover::store::{event, get};
 
 /// Marks switchovers a previous server process left running as failed, and starts the scheduled
@@ -146,10 +147,7 @@ async fn run(state: &AppState, id: Uuid) -> Result<(), sqlx::Error> {
         }
         let name = sw.steps[index].name.clone();
         log_db(run.mark(index, "running", None).await);
-        let limit = step_timeout(&name);
-        let outcome = tokio::time::timeout(limit, run.step(&name))
-            .await
-            .unwrap_or_else(|_| Err(format!("timed out after {limit:?}")));
+        let outcome = run.run_step(&name).await;
         match outcome {
             Ok(StepOutcome::Done(message)) => {
                 log_db(run.mark(index, "succeeded", Some(message)).await)
@@ -167,7 +165,7 @@ async fn run(state: &AppState, id: Uuid) -> Result<(), sqlx::Error> {
         None => ("succeeded", None),
         Some((step, message)) => {
             let mut described = format!("stopped at {step}: {message}.");
-            if step == "promote_target" {
+            if step == StepName::PromoteTarget.as_str() {
                 described.push_str(" The promotion may still complete on its own: check the target before restarting the old primary, or there will be two primaries.");
             }
             if run.fenced() {
@@ -278,11 +276,3 @@ const SWITCHOVER_SILENCES: [&str; 5] = [
     "replication_broken",
     "replication_lag",
 ];
-
-fn step_timeout(name: &str) -> Duration {
-    match name {
-        "stop_old_primary" | "promote_target" | "pre_hook" | "post_hook" => Duration::from_secs(90),
-        "wait_for_catch_up" => Duration::from_secs(60),
-        _ => Duration::from_secs(30),
-    }
-}
