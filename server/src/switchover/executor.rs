@@ -16,13 +16,20 @@ use crate::state::AppState;
 use crate::switchover::steps::StepName;
 use crate::switchover::store::Switchover;
 
+/// How a step that did not fail ended, with what happened (the step's message).
 pub(super) enum StepOutcome {
+    /// It did its work (`succeeded`).
     Done(String),
+    /// It had nothing to do (`skipped`): no hook enabled, no fencing hook and the risk accepted.
     Skipped(String),
 }
 
+/// The executor of one run: the stored switchover, its steps' states as they go, and what a
+/// stop must undo.
 pub(super) struct Run<'a> {
+    /// The server's state: database, live state, agents' command queue, settings.
     state: &'a AppState,
+    /// The run as stored, its steps updated as they go.
     sw: Switchover,
     /// The old master's fence is set and must be lifted if the run stops.
     fenced: bool,
@@ -48,6 +55,16 @@ impl<'a> Run<'a> {
     /// Whether the old master's fence is (or may be) set and must be lifted if the run stops.
     pub(super) fn fenced(&self) -> bool {
         self.fenced
+    }
+
+    /// Carries out the step stored as `name` within its timeout. A name this server does not
+    /// know (one a newer server stored) fails the step, and so stops the run there.
+    pub(super) async fn run_step(&mut self, name: &str) -> Result<StepOutcome, String> {
+        let kind = StepName::parse(name).ok_or_else(|| format!("unknown step {name}"))?;
+        let limit = kind.timeout();
+        tokio::time::timeout(limit, self.step(kind))
+            .await
+            .unwrap_or_else(|_| Err(format!("timed out after {limit:?}")))
     }
 
     /// Records step `index` as `state` (`running`, `succeeded`, `skipped`, `failed`) with its
@@ -175,6 +192,37 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// The target's link as live state shows it.
+    fn target_link(&self) -> Option<view::LinkMemberView> {
+        let key = self.sw.link.as_ref()?;
+        let live = self.state.live();
+        let c = view::cluster_view(&live, &self.sw.cluster, Utc::now())?;
+        Self::link_member(&c, key, &self.sw.target_node).cloned()
+    }
+
+    /// The replay position the target last reported (raw `replay_lsn` of its standby link).
+    fn target_replay_lsn(&self) -> Option<u64> {
+        let key = self.sw.link.as_ref()?;
+        let live = self.state.live();
+        let node = live.nodes.get(&self.sw.target_node)?;
+        let link = node.link(key)?;
+        hapulse_protocol::parse_lsn(link.raw.get("replay_lsn")?)
+    }
+
+    /// `node`'s member of replication link `link` in `c`.
+    fn link_member<'c>(
+        c: &'c ClusterView,
+        link: &str,
+        node: &str,
+    ) -> Option<&'c view::LinkMemberView> {
+        c.replication
+            .iter()
+            .find(|r| r.link == link)?
+            .members
+            .iter()
+            .find(|m| m.node_id == node)
+    }
+
     /// The instance's masters and VIP holders and the link's primaries as live state shows them
     /// now, as a sentence to append to an error.
     pub(super) fn describe_state(&self) -> String {
@@ -218,19 +266,6 @@ impl<'a> Run<'a> {
         out
     }
 
-    fn link_member<'c>(
-        c: &'c ClusterView,
-        link: &str,
-        node: &str,
-    ) -> Option<&'c view::LinkMemberView> {
-        c.replication
-            .iter()
-            .find(|r| r.link == link)?
-            .members
-            .iter()
-            .find(|m| m.node_id == node)
-    }
-
     /// Lifts the old master's fence with a newer epoch; says how that went.
     pub(super) async fn lift_fence(&mut self) -> String {
         let raised: Result<i64, sqlx::Error> = sqlx::query_scalar(
@@ -252,6 +287,228 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// Carries out one step; `Err` says why it failed.
+    async fn step(&mut self, name: StepName) -> Result<StepOutcome, String> {
+        match name {
+            StepName::PreHook => self.hooks("pre").await,
+            StepName::StopOldPrimary => self.stop_old_primary().await,
+            StepName::WaitForCatchUp => self.wait_for_catch_up().await,
+            StepName::PromoteTarget => self.promote_target().await,
+            StepName::SetPriorities => self.set_priorities().await,
+            StepName::MoveVip => self.move_vip().await,
+            StepName::Verify => self.verify().await,
+            StepName::PostHook => self.hooks("post").await,
+            StepName::FenceOldMaster => self.fence_old_master().await,
+            StepName::TakeVip => self.take_vip().await,
+        }
+    }
+
+    /// The replication link's name without its kind (`pg` for `postgresql:pg`), as the agents'
+    /// actions name it.
+    fn link_name(&self) -> Result<String, String> {
+        let link = self.sw.link.as_ref().ok_or("no link")?;
+        Ok(link
+            .split_once(':')
+            .map_or(link.as_str(), |(_, n)| n)
+            .to_string())
+    }
+
+    /// `pre_hook`, `post_hook`: the hook of `phase` on the old master, then on the target. A
+    /// host that has not enabled hooks is left out; any other failure fails the step.
+    async fn hooks(&self, phase: &str) -> Result<StepOutcome, String> {
+        let sw = &self.sw;
+        let env = BTreeMap::from([
+            ("CLUSTER".to_string(), sw.cluster.clone()),
+            ("INSTANCE".to_string(), sw.instance.clone()),
+            ("TARGET".to_string(), sw.target_node.clone()),
+            ("OLD_MASTER".to_string(), sw.old_master.clone()),
+            ("REASON".to_string(), sw.reason.clone()),
+            ("EPOCH".to_string(), sw.epoch.to_string()),
+        ]);
+        let mut ran = Vec::new();
+        for node in [&sw.old_master, &sw.target_node] {
+            let hook = Action::Hook {
+                phase: phase.into(),
+                env: env.clone(),
+            };
+            match self.command(node, hook).await {
+                Ok((m, _)) => ran.push(m),
+                // A host that has not enabled hooks has none to run.
+                Err((_, Some(RefusalReason::NotEnabled))) => {}
+                Err((m, _)) => return Err(m),
+            }
+        }
+        Ok(if ran.is_empty() {
+            StepOutcome::Skipped("no hook enabled on either node".into())
+        } else {
+            StepOutcome::Done(ran.join("; "))
+        })
+    }
+
+    /// `stop_old_primary`: stops writes with a fast shutdown of the old primary, once the target
+    /// streams, and keeps the shutdown checkpoint its agent reports.
+    async fn stop_old_primary(&mut self) -> Result<StepOutcome, String> {
+        let link = self.link_name()?;
+        let target = &self.sw.target_node;
+        // Only a standby that is streaming now receives the WAL the shutdown sends.
+        match self.target_link() {
+            Some(m) if m.state == LinkState::Streaming => {}
+            Some(m) => {
+                return Err(format!(
+                    "{} is {} on {}, not streaming: stopping the primary now could lose data",
+                    target,
+                    m.state.as_str(),
+                    link
+                ))
+            }
+            None => return Err(format!("{target} does not report the link")),
+        }
+        let (message, data) = self
+            .command(&self.sw.old_master, Action::PostgresStop { link })
+            .await
+            .map_err(|(m, _)| m)?;
+        self.checkpoint_lsn = data
+            .get("shutdown_checkpoint_lsn")
+            .and_then(|l| hapulse_protocol::parse_lsn(l));
+        Ok(StepOutcome::Done(match self.checkpoint_lsn {
+            Some(_) => format!(
+                "{message} (shutdown checkpoint {})",
+                data.get("shutdown_checkpoint_lsn")
+                    .map_or("", String::as_str)
+            ),
+            None => message,
+        }))
+    }
+
+    /// `wait_for_catch_up`: polls every 250 ms (55 s at most) until the target has replayed
+    /// everything the old primary sent.
+    async fn wait_for_catch_up(&self) -> Result<StepOutcome, String> {
+        let target = &self.sw.target_node;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(55);
+        let mut seen = 0;
+        loop {
+            if self.caught_up(&mut seen) {
+                return Ok(StepOutcome::Done(match self.checkpoint_lsn {
+                    Some(_) => format!("{target} has replayed past the old primary's shutdown checkpoint"),
+                    None => format!("{target} has replayed all it received (no shutdown checkpoint reported: configure data_directory and pg_controldata)"),
+                }));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "{} has not caught up (replayed {:?})",
+                    target,
+                    self.target_replay_lsn()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// One look at the target's replay. With the old primary's shutdown checkpoint: replayed
+    /// past it. Without: two looks in a row (`seen` counts them) with nothing received left to
+    /// replay.
+    fn caught_up(&self, seen: &mut u32) -> bool {
+        match self.checkpoint_lsn {
+            Some(checkpoint) => self
+                .target_replay_lsn()
+                .is_some_and(|replayed| replayed > checkpoint),
+            None => {
+                *seen = if self.target_link().and_then(|m| m.lag_bytes) == Some(0) {
+                    *seen + 1
+                } else {
+                    0
+                };
+                *seen >= 2
+            }
+        }
+    }
+
+    /// `promote_target`: promotes the target's database.
+    async fn promote_target(&self) -> Result<StepOutcome, String> {
+        // pg_promote(true, …) returns once the promotion is complete; `verify` checks that the
+        // target reports itself primary.
+        let link = self.link_name()?;
+        let message = self
+            .command_message(&self.sw.target_node, Action::PostgresPromote { link })
+            .await?;
+        Ok(StepOutcome::Done(message))
+    }
+
+    /// The instance's members that are up, with their base priorities, as live state shows
+    /// them now.
+    fn members_up(&self) -> Vec<(String, Option<u8>)> {
+        let live = self.state.live();
+        view::cluster_view(&live, &self.sw.cluster, Utc::now())
+            .and_then(|c| c.instances.into_iter().find(|i| i.name == self.sw.instance))
+            .map(|i| {
+                // A failover leaves out the lost old master (and any member that is down): it is
+                // kept fenced until it rejoins.
+                i.members
+                    .into_iter()
+                    .filter(|m| m.node_status == NodeStatus::Up)
+                    .map(|m| (m.node_id, m.base_priority))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `set_priorities`: makes the move stick by lowering every other member that is up at
+    /// least 10 below the target's base priority (the target's own offset back to 0).
+    async fn set_priorities(&self) -> Result<StepOutcome, String> {
+        let sw = &self.sw;
+        let members = self.members_up();
+        let target_base = members
+            .iter()
+            .find(|(n, _)| *n == sw.target_node)
+            .and_then(|(_, b)| *b)
+            .ok_or("the target's base priority is unknown (no JSON dump yet)")?;
+        // The target first, the old master last: while the others are lowered, no third node can
+        // rank above the target and preempt.
+        let mut order: Vec<&(String, Option<u8>)> = members.iter().collect();
+        order.sort_by_key(|(n, _)| (*n != sw.target_node, *n == sw.old_master));
+        let mut done = Vec::new();
+        for (node, base) in order {
+            let offset = if *node == sw.target_node {
+                0
+            } else {
+                let base = base.ok_or(format!("{node}'s base priority is unknown"))?;
+                (i32::from(target_base) - 10 - i32::from(base)).clamp(-253, 0)
+            };
+            let action = Action::SetPriorityOffset {
+                instance: sw.instance.clone(),
+                offset,
+            };
+            let message = self.command_message(node, action).await?;
+            done.push(format!("{node} {offset:+}: {message}"));
+        }
+        Ok(StepOutcome::Done(done.join("; ")))
+    }
+
+    /// `move_vip`: fences the old master's instance until the target is MASTER with the VIP,
+    /// then lifts the fence.
+    async fn move_vip(&mut self) -> Result<StepOutcome, String> {
+        let (old, instance) = (self.sw.old_master.clone(), self.sw.instance.clone());
+        // Counted as set from the moment it is asked for: if the answer is lost, the fence is
+        // lifted anyway on failure.
+        self.fenced = true;
+        let fence = Action::Fence {
+            instance: instance.clone(),
+            fenced: true,
+        };
+        self.command_message(&old, fence).await?;
+        self.target_takes_vip().await?;
+        let lift = Action::Fence {
+            instance,
+            fenced: false,
+        };
+        self.command_message(&old, lift).await?;
+        self.fenced = false;
+        Ok(StepOutcome::Done(format!(
+            "{} is MASTER with the VIP; the fence on {} is lifted",
+            self.sw.target_node, old
+        )))
+    }
+
     /// Waits (15 s at most) until the target is the instance's only MASTER and holds the VIP.
     async fn target_takes_vip(&self) -> Result<(), String> {
         let (target, instance) = (self.sw.target_node.clone(), self.sw.instance.clone());
@@ -269,7 +526,49 @@ impl<'a> Run<'a> {
         .await
     }
 
-    /// STONITH before a promotion: the cluster's fencing hook must succeed; without one the step
+    /// Whether `c` shows the roles the run set up: the target the instance's MASTER with the
+    /// VIP, the old master neither (or down), and the target primary of the link, if any.
+    fn new_roles_hold(&self, c: &ClusterView) -> bool {
+        let sw = &self.sw;
+        let (target, old) = (sw.target_node.as_str(), sw.old_master.as_str());
+        let vrrp = c.instances.iter().any(|i| {
+            i.name == sw.instance
+                && i.master.as_deref() == Some(target)
+                && i.members.iter().any(|m| m.node_id == target && m.holds_vip)
+                && i.members.iter().any(|m| {
+                    m.node_id == old
+                        && (m.node_status != NodeStatus::Up
+                            || (m.state != VrrpState::Master && !m.holds_vip))
+                })
+        });
+        let db = sw.link.as_ref().is_none_or(|k| {
+            Self::link_member(c, k, target).is_some_and(|m| m.role == ReplicationRole::Primary)
+        });
+        vrrp && db
+    }
+
+    /// `verify`: the new roles settle within 15 s and still hold 3 s later.
+    async fn verify(&self) -> Result<StepOutcome, String> {
+        let holds = |c: &ClusterView| self.new_roles_hold(c);
+        self.until(Duration::from_secs(15), "the new roles settling", holds)
+            .await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let still = view::cluster_view(&self.state.live(), &self.sw.cluster, Utc::now())
+            .is_some_and(|c| holds(&c));
+        if still {
+            Ok(StepOutcome::Done(format!(
+                "{} is MASTER with the VIP and stays",
+                self.sw.target_node
+            )))
+        } else {
+            Err(format!(
+                "{} did not keep the master role for 3 s",
+                self.sw.target_node
+            ))
+        }
+    }
+
+    /// `fence_old_master` (failover): STONITH before a promotion: the cluster's fencing hook must succeed; without one the step
     /// is skipped only when the cluster accepts the risk.
     async fn fence_old_master(&self) -> Result<StepOutcome, String> {
         let sw = &self.sw;
@@ -323,275 +622,12 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// The target's link as live state shows it.
-    fn target_link(&self) -> Option<view::LinkMemberView> {
-        let key = self.sw.link.as_ref()?;
-        let live = self.state.live();
-        let c = view::cluster_view(&live, &self.sw.cluster, Utc::now())?;
-        Self::link_member(&c, key, &self.sw.target_node).cloned()
-    }
-
-    /// The replay position the target last reported (raw `replay_lsn` of its standby link).
-    fn target_replay_lsn(&self) -> Option<u64> {
-        let key = self.sw.link.as_ref()?;
-        let live = self.state.live();
-        let node = live.nodes.get(&self.sw.target_node)?;
-        let link = node.link(key)?;
-        hapulse_protocol::parse_lsn(link.raw.get("replay_lsn")?)
-    }
-
-    /// Carries out the step stored as `name` within its timeout. A name this server does not
-    /// know (one a newer server stored) fails the step, and so stops the run there.
-    pub(super) async fn run_step(&mut self, name: &str) -> Result<StepOutcome, String> {
-        let kind = StepName::parse(name).ok_or_else(|| format!("unknown step {name}"))?;
-        let limit = kind.timeout();
-        tokio::time::timeout(limit, self.step(kind))
-            .await
-            .unwrap_or_else(|_| Err(format!("timed out after {limit:?}")))
-    }
-
-    async fn step(&mut self, name: StepName) -> Result<StepOutcome, String> {
-        let sw = self.sw.clone();
-        let link_name = sw
-            .link
-            .as_ref()
-            .map(|l| l.split_once(':').map_or(l.as_str(), |(_, n)| n).to_string());
-        match name {
-            StepName::PreHook | StepName::PostHook => {
-                let phase = if name == StepName::PreHook {
-                    "pre"
-                } else {
-                    "post"
-                };
-                let env = BTreeMap::from([
-                    ("CLUSTER".to_string(), sw.cluster.clone()),
-                    ("INSTANCE".to_string(), sw.instance.clone()),
-                    ("TARGET".to_string(), sw.target_node.clone()),
-                    ("OLD_MASTER".to_string(), sw.old_master.clone()),
-                    ("REASON".to_string(), sw.reason.clone()),
-                    ("EPOCH".to_string(), sw.epoch.to_string()),
-                ]);
-                let mut ran = Vec::new();
-                for node in [&sw.old_master, &sw.target_node] {
-                    match self
-                        .command(
-                            node,
-                            Action::Hook {
-                                phase: phase.into(),
-                                env: env.clone(),
-                            },
-                        )
-                        .await
-                    {
-                        Ok((m, _)) => ran.push(m),
-                        // A host that has not enabled hooks has none to run.
-                        Err((_, Some(RefusalReason::NotEnabled))) => {}
-                        Err((m, _)) => return Err(m),
-                    }
-                }
-                Ok(if ran.is_empty() {
-                    StepOutcome::Skipped("no hook enabled on either node".into())
-                } else {
-                    StepOutcome::Done(ran.join("; "))
-                })
-            }
-            StepName::StopOldPrimary => {
-                let link = link_name.ok_or("no link")?;
-                // Only a standby that is streaming now receives the WAL the shutdown sends.
-                match self.target_link() {
-                    Some(m) if m.state == LinkState::Streaming => {}
-                    Some(m) => {
-                        return Err(format!(
-                        "{} is {} on {}, not streaming: stopping the primary now could lose data",
-                        sw.target_node,
-                        m.state.as_str(),
-                        link
-                    ))
-                    }
-                    None => return Err(format!("{} does not report the link", sw.target_node)),
-                }
-                let (message, data) = self
-                    .command(&sw.old_master, Action::PostgresStop { link })
-                    .await
-                    .map_err(|(m, _)| m)?;
-                self.checkpoint_lsn = data
-                    .get("shutdown_checkpoint_lsn")
-                    .and_then(|l| hapulse_protocol::parse_lsn(l));
-                Ok(StepOutcome::Done(match self.checkpoint_lsn {
-                    Some(_) => format!(
-                        "{message} (shutdown checkpoint {})",
-                        data.get("shutdown_checkpoint_lsn")
-                            .map_or("", String::as_str)
-                    ),
-                    None => message,
-                }))
-            }
-            StepName::WaitForCatchUp => {
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(55);
-                let mut seen = 0;
-                loop {
-                    // With the old primary's shutdown checkpoint: replayed past it. Without: two
-                    // looks in a row with nothing received left to replay.
-                    let caught_up = match self.checkpoint_lsn {
-                        Some(checkpoint) => self
-                            .target_replay_lsn()
-                            .is_some_and(|replayed| replayed > checkpoint),
-                        None => {
-                            seen = if self.target_link().and_then(|m| m.lag_bytes) == Some(0) {
-                                seen + 1
-                            } else {
-                                0
-                            };
-                            seen >= 2
-                        }
-                    };
-                    if caught_up {
-                        return Ok(StepOutcome::Done(match self.checkpoint_lsn {
-                            Some(_) => format!("{} has replayed past the old primary's shutdown checkpoint", sw.target_node),
-                            None => format!("{} has replayed all it received (no shutdown checkpoint reported: configure data_directory and pg_controldata)", sw.target_node),
-                        }));
-                    }
-                    if tokio::time::Instant::now() > deadline {
-                        return Err(format!(
-                            "{} has not caught up (replayed {:?})",
-                            sw.target_node,
-                            self.target_replay_lsn()
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            }
-            StepName::PromoteTarget => {
-                // pg_promote(true, …) returns once the promotion is complete; `verify` checks
-                // that the target reports itself primary.
-                let link = link_name.ok_or("no link")?;
-                let message = self
-                    .command_message(&sw.target_node, Action::PostgresPromote { link })
-                    .await?;
-                Ok(StepOutcome::Done(message))
-            }
-            StepName::SetPriorities => {
-                let members: Vec<(String, Option<u8>)> = {
-                    let live = self.state.live();
-                    view::cluster_view(&live, &sw.cluster, Utc::now())
-                        .and_then(|c| c.instances.into_iter().find(|i| i.name == sw.instance))
-                        .map(|i| {
-                            // A failover leaves out the lost old master (and any member that is
-                            // down): it is kept fenced until it rejoins.
-                            i.members
-                                .into_iter()
-                                .filter(|m| m.node_status == NodeStatus::Up)
-                                .map(|m| (m.node_id, m.base_priority))
-                                .collect()
-                        })
-                        .unwrap_or_default()
-                };
-                let target_base = members
-                    .iter()
-                    .find(|(n, _)| *n == sw.target_node)
-                    .and_then(|(_, b)| *b)
-                    .ok_or("the target's base priority is unknown (no JSON dump yet)")?;
-                // The target first, the old master last: while the others are lowered, no third
-                // node can rank above the target and preempt.
-                let mut order: Vec<&(String, Option<u8>)> = members.iter().collect();
-                order.sort_by_key(|(n, _)| (*n != sw.target_node, *n == sw.old_master));
-                let mut done = Vec::new();
-                for (node, base) in order {
-                    let offset = if *node == sw.target_node {
-                        0
-                    } else {
-                        let base = base.ok_or(format!("{node}'s base priority is unknown"))?;
-                        (i32::from(target_base) - 10 - i32::from(base)).clamp(-253, 0)
-                    };
-                    let message = self
-                        .command_message(
-                            node,
-                            Action::SetPriorityOffset {
-                                instance: sw.instance.clone(),
-                                offset,
-                            },
-                        )
-                        .await?;
-                    done.push(format!("{node} {offset:+}: {message}"));
-                }
-                Ok(StepOutcome::Done(done.join("; ")))
-            }
-            StepName::MoveVip => {
-                // Counted as set from the moment it is asked for: if the answer is lost, the
-                // fence is lifted anyway on failure.
-                self.fenced = true;
-                self.command_message(
-                    &sw.old_master,
-                    Action::Fence {
-                        instance: sw.instance.clone(),
-                        fenced: true,
-                    },
-                )
-                .await?;
-                self.target_takes_vip().await?;
-                self.command_message(
-                    &sw.old_master,
-                    Action::Fence {
-                        instance: sw.instance.clone(),
-                        fenced: false,
-                    },
-                )
-                .await?;
-                self.fenced = false;
-                Ok(StepOutcome::Done(format!(
-                    "{} is MASTER with the VIP; the fence on {} is lifted",
-                    sw.target_node, sw.old_master
-                )))
-            }
-            StepName::Verify => {
-                let (target, old, instance, key) = (
-                    sw.target_node.clone(),
-                    sw.old_master.clone(),
-                    sw.instance.clone(),
-                    sw.link.clone(),
-                );
-                let holds = |c: &ClusterView| {
-                    let vrrp = c.instances.iter().any(|i| {
-                        i.name == instance
-                            && i.master.as_deref() == Some(target.as_str())
-                            && i.members.iter().any(|m| m.node_id == target && m.holds_vip)
-                            && i.members.iter().any(|m| {
-                                m.node_id == old
-                                    && (m.node_status != NodeStatus::Up
-                                        || (m.state != VrrpState::Master && !m.holds_vip))
-                            })
-                    });
-                    let db = key.as_ref().is_none_or(|k| {
-                        Self::link_member(c, k, &target)
-                            .is_some_and(|m| m.role == ReplicationRole::Primary)
-                    });
-                    vrrp && db
-                };
-                self.until(Duration::from_secs(15), "the new roles settling", holds)
-                    .await?;
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                let still = view::cluster_view(&self.state.live(), &sw.cluster, Utc::now())
-                    .is_some_and(|c| holds(&c));
-                if still {
-                    Ok(StepOutcome::Done(format!(
-                        "{} is MASTER with the VIP and stays",
-                        sw.target_node
-                    )))
-                } else {
-                    Err(format!(
-                        "{} did not keep the master role for 3 s",
-                        sw.target_node
-                    ))
-                }
-            }
-            StepName::FenceOldMaster => self.fence_old_master().await,
-            StepName::TakeVip => {
-                self.target_takes_vip().await?;
-                Ok(StepOutcome::Done(format!(
-                    "{} is MASTER with the VIP",
-                    sw.target_node
-                )))
-            }
-        }
+    /// `take_vip` (failover): the target becomes MASTER with the VIP.
+    async fn take_vip(&self) -> Result<StepOutcome, String> {
+        self.target_takes_vip().await?;
+        Ok(StepOutcome::Done(format!(
+            "{} is MASTER with the VIP",
+            self.sw.target_node
+        )))
     }
 }
