@@ -14,10 +14,10 @@ use crate::fleet::live::NodeStatus;
 use crate::fleet::view::{self, ClusterView};
 use crate::state::AppState;
 use crate::switchover::steps::StepName;
-use crate::switchover::store::Switchover;
+use crate::switchover::store::{self, log_db, Switchover};
 
 /// How a step that did not fail ended, with what happened (the step's message).
-pub(super) enum StepOutcome {
+enum StepOutcome {
     /// It did its work (`succeeded`).
     Done(String),
     /// It had nothing to do (`skipped`): no hook enabled, no fencing hook and the risk accepted.
@@ -52,14 +52,46 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Whether the old master's fence is (or may be) set and must be lifted if the run stops.
-    pub(super) fn fenced(&self) -> bool {
-        self.fenced
+    /// Carries out the steps in order, recording each one's state, until one fails: `None` when
+    /// all succeeded or were skipped, else the failed step's name and why it failed.
+    pub(super) async fn run_steps(&mut self) -> Option<(String, String)> {
+        for index in 0..self.sw.steps.len() {
+            let name = self.sw.steps[index].name.clone();
+            log_db(self.mark(index, "running", None).await);
+            match self.run_step(&name).await {
+                Ok(StepOutcome::Done(message)) => {
+                    log_db(self.mark(index, "succeeded", Some(message)).await)
+                }
+                Ok(StepOutcome::Skipped(message)) => {
+                    log_db(self.mark(index, "skipped", Some(message)).await)
+                }
+                Err(message) => {
+                    log_db(self.mark(index, "failed", Some(message.clone())).await);
+                    return Some((name, message));
+                }
+            }
+        }
+        None
+    }
+
+    /// After the run stopped at `step` (or `preflight`) because of `message`: lifts a fence it
+    /// set, and says where and why it stopped and what state the cluster is in (the run's
+    /// stored error).
+    pub(super) async fn stopped(&mut self, step: &str, message: &str) -> String {
+        let mut described = format!("stopped at {step}: {message}.");
+        if step == StepName::PromoteTarget.as_str() {
+            described.push_str(" The promotion may still complete on its own: check the target before restarting the old primary, or there will be two primaries.");
+        }
+        if self.fenced {
+            described.push_str(&self.lift_fence().await);
+        }
+        described.push_str(&self.describe_state());
+        described
     }
 
     /// Carries out the step stored as `name` within its timeout. A name this server does not
     /// know (one a newer server stored) fails the step, and so stops the run there.
-    pub(super) async fn run_step(&mut self, name: &str) -> Result<StepOutcome, String> {
+    async fn run_step(&mut self, name: &str) -> Result<StepOutcome, String> {
         let kind = StepName::parse(name).ok_or_else(|| format!("unknown step {name}"))?;
         let limit = kind.timeout();
         tokio::time::timeout(limit, self.step(kind))
@@ -69,7 +101,7 @@ impl<'a> Run<'a> {
 
     /// Records step `index` as `state` (`running`, `succeeded`, `skipped`, `failed`) with its
     /// time and message, and tells the dashboards.
-    pub(super) async fn mark(
+    async fn mark(
         &mut self,
         index: usize,
         state: &str,
@@ -86,11 +118,7 @@ impl<'a> Run<'a> {
             step.message = message;
             tracing::info!(switchover = %self.sw.id, step = %step.name, state, message = ?step.message, "switchover step");
         }
-        sqlx::query("UPDATE switchovers SET steps = $2 WHERE id = $1")
-            .bind(self.sw.id)
-            .bind(sqlx::types::Json(&self.sw.steps))
-            .execute(&self.state.db)
-            .await?;
+        store::save_steps(&self.state.db, self.sw.id, &self.sw.steps).await?;
         self.state.announce(&self.sw.cluster);
         Ok(())
     }
@@ -225,7 +253,7 @@ impl<'a> Run<'a> {
 
     /// The instance's masters and VIP holders and the link's primaries as live state shows them
     /// now, as a sentence to append to an error.
-    pub(super) fn describe_state(&self) -> String {
+    fn describe_state(&self) -> String {
         let live = self.state.live();
         let Some(c) = view::cluster_view(&live, &self.sw.cluster, Utc::now()) else {
             return String::new();
@@ -267,7 +295,7 @@ impl<'a> Run<'a> {
     }
 
     /// Lifts the old master's fence with a newer epoch; says how that went.
-    pub(super) async fn lift_fence(&mut self) -> String {
+    async fn lift_fence(&mut self) -> String {
         let raised: Result<i64, sqlx::Error> = sqlx::query_scalar(
             "UPDATE clusters SET epoch = epoch + 1 WHERE name = $1 RETURNING epoch",
         )

@@ -183,8 +183,75 @@ pub async fn cancel(state: &AppState, id: Uuid, who: &Principal) -> Result<(), S
     Ok(())
 }
 
+/// Marks scheduled run `id` running; `false` when it is no longer scheduled (cancelled
+/// meanwhile).
+pub(super) async fn start(pool: &sqlx::PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let started = sqlx::query("UPDATE switchovers SET state = 'running', started_at = now() WHERE id = $1 AND state = 'scheduled'")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(started.rows_affected() > 0)
+}
+
+/// Stores the steps of run `id` with their states.
+pub(super) async fn save_steps(
+    pool: &sqlx::PgPool,
+    id: Uuid,
+    steps: &[Step],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE switchovers SET steps = $2 WHERE id = $1")
+        .bind(id)
+        .bind(sqlx::types::Json(steps))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Records how running run `id` ended: `state` (`succeeded`, `failed`) and the error.
+pub(super) async fn finish(
+    pool: &sqlx::PgPool,
+    id: Uuid,
+    state: &str,
+    error: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE switchovers SET state = $2, finished_at = now(), error = $3 WHERE id = $1 AND state = 'running'")
+        .bind(id)
+        .bind(state)
+        .bind(error)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Marks the runs a previous server process left running as failed; their ids and clusters.
+pub(super) async fn fail_interrupted(
+    pool: &sqlx::PgPool,
+) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE switchovers SET state = 'failed', finished_at = now(),
+                error = 'interrupted: the server stopped while it ran; check the cluster page before acting (a fence may still be set)'
+          WHERE state = 'running' RETURNING id, cluster",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// The ids of the scheduled runs.
+pub(super) async fn scheduled(pool: &sqlx::PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM switchovers WHERE state = 'scheduled'")
+        .fetch_all(pool)
+        .await
+}
+
+/// Logs a database error that must not stop a running switchover's bookkeeping.
+pub(super) fn log_db(result: Result<(), sqlx::Error>) {
+    if let Err(e) = result {
+        tracing::error!(error = %e, "switchover bookkeeping failed");
+    }
+}
+
 /// Records an event of run `sw` in its cluster's history and tells the dashboards.
-pub async fn event(
+pub(super) async fn event(
     state: &AppState,
     sw: &Switchover,
     kind: EventKind,
