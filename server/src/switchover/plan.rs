@@ -105,9 +105,45 @@ pub async fn cluster_view(state: &AppState, name: &str) -> Result<ClusterView, S
 }
 
 /// Preflight and plan. Errors name the reason: 404 unknown cluster or target, 400 a missing
-/// instance, 409 for a state that forbids the move.
+/// instance, 409 for a state that forbids the move. The checks run in a fixed order and the
+/// first that fails answers.
 pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, SwitchoverError> {
-    let instance = match &req.instance {
+    let instance = pick_instance(cluster, req)?;
+    check_request(req)?;
+    check_target(cluster, instance, req)?;
+    let old_master = single_master(instance)?;
+    check_members_up(instance)?;
+    let link = tied_link(cluster, instance, &old_master)?;
+    let target_link = match link {
+        Some(l) => Some(streaming_standby(l, &req.target_node)?),
+        None => None,
+    };
+    let lag_bytes = target_link.and_then(|m| m.lag_bytes);
+    check_lag(req, lag_bytes, link)?;
+    let link_name = link.map(|l| l.link.as_str());
+    let steps = switchover_steps(&instance.name, &old_master, &req.target_node, link_name);
+    Ok(Plan {
+        kind: "switchover".into(),
+        cluster: cluster.name.clone(),
+        instance: instance.name.clone(),
+        old_master,
+        target_node: req.target_node.clone(),
+        link: link_name.map(str::to_string),
+        target_lag_bytes: lag_bytes,
+        target_lag_seconds: target_link.and_then(|m| m.lag_seconds),
+        data_at_risk_bytes: lag_bytes,
+        expected_seconds: if link.is_some() { 10 } else { 3 },
+        vips: instance.vips.iter().map(|v| v.vip.clone()).collect(),
+        steps,
+    })
+}
+
+/// The instance the request names, or the cluster's only one (400 otherwise).
+fn pick_instance<'c>(
+    cluster: &'c ClusterView,
+    req: &SwitchoverRequest,
+) -> Result<&'c view::InstanceView, SwitchoverError> {
+    match &req.instance {
         Some(name) => cluster
             .instances
             .iter()
@@ -118,16 +154,19 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, Swit
                     "instance",
                     format!("cluster {} has no VRRP instance {name:?}", cluster.name),
                 )
-            })?,
-        None if cluster.instances.len() == 1 => &cluster.instances[0],
-        None => {
-            return Err(SwitchoverError::invalid(
-                "invalid_body",
-                "instance",
-                format!("cluster {} has several instances; name one", cluster.name),
-            ))
-        }
-    };
+            }),
+        None if cluster.instances.len() == 1 => Ok(&cluster.instances[0]),
+        None => Err(SwitchoverError::invalid(
+            "invalid_body",
+            "instance",
+            format!("cluster {} has several instances; name one", cluster.name),
+        )),
+    }
+}
+
+/// The request's own fields (400): a reason on one line of at most 1000 bytes, a start time
+/// between now and 7 days ahead.
+fn check_request(req: &SwitchoverRequest) -> Result<(), SwitchoverError> {
     if req.reason.trim().is_empty()
         || req.reason.len() > 1000
         || req.reason.chars().any(char::is_control)
@@ -148,6 +187,15 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, Swit
             ));
         }
     }
+    Ok(())
+}
+
+/// The target is a node of the cluster (404), a member of the instance, up, and BACKUP (409).
+fn check_target(
+    cluster: &ClusterView,
+    instance: &view::InstanceView,
+    req: &SwitchoverRequest,
+) -> Result<(), SwitchoverError> {
     let Some(target_summary) = cluster.nodes.iter().find(|n| n.node_id == req.target_node) else {
         return Err(SwitchoverError::NotFound(format!(
             "target node {:?} in cluster {}",
@@ -183,8 +231,13 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, Swit
             ),
         ));
     }
-    let Some(old_master) = instance.master.clone() else {
-        return Err(SwitchoverError::conflict(
+    Ok(())
+}
+
+/// The instance's one master (409 when it has none or several).
+fn single_master(instance: &view::InstanceView) -> Result<String, SwitchoverError> {
+    instance.master.clone().ok_or_else(|| {
+        SwitchoverError::conflict(
             "no_single_master",
             format!(
                 "{} has {} masters ({}); a switchover needs one healthy master",
@@ -192,14 +245,18 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, Swit
                 instance.masters.len(),
                 instance.masters.join(", ")
             ),
-        ));
-    };
-    if let Some(down) = instance
+        )
+    })
+}
+
+/// Every member of the instance is up, so its priority can be changed safely (409).
+fn check_members_up(instance: &view::InstanceView) -> Result<(), SwitchoverError> {
+    match instance
         .members
         .iter()
         .find(|m| m.node_status != NodeStatus::Up)
     {
-        return Err(SwitchoverError::conflict(
+        Some(down) => Err(SwitchoverError::conflict(
             "member_down",
             format!(
                 "{} is {}: every member of {} must be up to change priorities safely",
@@ -207,9 +264,18 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, Swit
                 down.node_status.as_str(),
                 instance.name
             ),
-        ));
+        )),
+        None => Ok(()),
     }
-    // A database tied to this instance moves with it, and only from the old master.
+}
+
+/// The replication link tied to the instance, if any: a database tied to it moves with it, and
+/// only from the old master (409 when a tied link's primary is elsewhere).
+fn tied_link<'c>(
+    cluster: &'c ClusterView,
+    instance: &view::InstanceView,
+    old_master: &str,
+) -> Result<Option<&'c view::ReplicationView>, SwitchoverError> {
     let tied: Vec<&view::ReplicationView> = cluster
         .replication
         .iter()
@@ -217,7 +283,7 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, Swit
         .collect();
     if let Some(elsewhere) = tied
         .iter()
-        .find(|r| r.primary.as_deref() != Some(old_master.as_str()))
+        .find(|r| r.primary.as_deref() != Some(old_master))
     {
         return Err(SwitchoverError::conflict(
             "primary_elsewhere",
@@ -229,108 +295,98 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, Swit
             ),
         ));
     }
-    let link = tied.first().copied();
-    let target_link = link.and_then(|l| l.members.iter().find(|m| m.node_id == req.target_node));
-    if let Some(l) = link {
-        match target_link {
-            // Only a streaming standby receives the WAL the old primary's shutdown sends.
-            Some(m) if m.role == ReplicationRole::Secondary && m.state == LinkState::Streaming => {}
-            Some(m) => {
-                return Err(SwitchoverError::conflict(
-                    "target_not_standby",
-                    format!(
-                        "{} is {} and {} on {}: it must be a streaming standby",
-                        req.target_node,
-                        m.role.as_str(),
-                        m.state.as_str(),
-                        l.link
-                    ),
-                ))
-            }
-            None => {
-                return Err(SwitchoverError::conflict(
-                    "target_not_standby",
-                    format!("{} does not report {}", req.target_node, l.link),
-                ))
-            }
-        }
+    Ok(tied.first().copied())
+}
+
+/// The target's member of `link`, which must be a streaming standby (409): only one receives the
+/// WAL the old primary's shutdown sends.
+fn streaming_standby<'c>(
+    link: &'c view::ReplicationView,
+    target: &str,
+) -> Result<&'c view::LinkMemberView, SwitchoverError> {
+    match link.members.iter().find(|m| m.node_id == target) {
+        Some(m) if m.role == ReplicationRole::Secondary && m.state == LinkState::Streaming => Ok(m),
+        Some(m) => Err(SwitchoverError::conflict(
+            "target_not_standby",
+            format!(
+                "{} is {} and {} on {}: it must be a streaming standby",
+                target,
+                m.role.as_str(),
+                m.state.as_str(),
+                link.link
+            ),
+        )),
+        None => Err(SwitchoverError::conflict(
+            "target_not_standby",
+            format!("{} does not report {}", target, link.link),
+        )),
     }
-    let lag_bytes = target_link.and_then(|m| m.lag_bytes);
+}
+
+/// The target's lag is within `max_lag_bytes`, and known when a limit is set (409).
+fn check_lag(
+    req: &SwitchoverRequest,
+    lag_bytes: Option<u64>,
+    link: Option<&view::ReplicationView>,
+) -> Result<(), SwitchoverError> {
     match (req.max_lag_bytes, lag_bytes, link) {
-        (Some(max), Some(lag), _) if lag > max => {
-            return Err(SwitchoverError::conflict(
-                "lag_too_high",
-                format!(
-                    "{}'s lag is {lag} bytes, above the limit of {max}",
-                    req.target_node
-                ),
-            ))
-        }
-        (Some(_), None, Some(l)) => {
-            return Err(SwitchoverError::conflict(
-                "lag_unknown",
-                format!(
-                    "{}'s lag on {} is unknown, so max_lag_bytes cannot be checked",
-                    req.target_node, l.link
-                ),
-            ))
-        }
-        _ => {}
+        (Some(max), Some(lag), _) if lag > max => Err(SwitchoverError::conflict(
+            "lag_too_high",
+            format!(
+                "{}'s lag is {lag} bytes, above the limit of {max}",
+                req.target_node
+            ),
+        )),
+        (Some(_), None, Some(l)) => Err(SwitchoverError::conflict(
+            "lag_unknown",
+            format!(
+                "{}'s lag on {} is unknown, so max_lag_bytes cannot be checked",
+                req.target_node, l.link
+            ),
+        )),
+        _ => Ok(()),
     }
+}
+
+/// The steps of a switchover of `instance` from `old_master` to `target`, with the database
+/// steps when `link` moves with it.
+fn switchover_steps(
+    instance: &str,
+    old_master: &str,
+    target: &str,
+    link: Option<&str>,
+) -> Vec<Step> {
     let mut steps = vec![step(
         StepName::PreHook,
         format!(
-            "run the pre-switchover hook on {old_master} and {} (where enabled); a failure aborts",
-            req.target_node
+            "run the pre-switchover hook on {old_master} and {target} (where enabled); a failure aborts"
         ),
     )];
     if let Some(l) = link {
-        steps.push(step(StepName::StopOldPrimary, format!("stop writes: fast shutdown of the {} primary on {old_master} (its standbys receive all WAL first)", l.link)));
+        steps.push(step(StepName::StopOldPrimary, format!("stop writes: fast shutdown of the {l} primary on {old_master} (its standbys receive all WAL first)")));
         steps.push(step(
             StepName::WaitForCatchUp,
-            format!(
-                "wait until {} has replayed everything it received",
-                req.target_node
-            ),
+            format!("wait until {target} has replayed everything it received"),
         ));
         steps.push(step(
             StepName::PromoteTarget,
-            format!("promote {} to {} primary", req.target_node, l.link),
+            format!("promote {target} to {l} primary"),
         ));
     }
     steps.push(step(
         StepName::SetPriorities,
-        format!(
-            "make it stick: lower every other member of {} below {}'s priority",
-            instance.name, req.target_node
-        ),
+        format!("make it stick: lower every other member of {instance} below {target}'s priority"),
     ));
-    steps.push(step(StepName::MoveVip, format!("fence {} on {old_master} (FAULT, priority-0 advert) until {} is MASTER, then lift the fence", instance.name, req.target_node)));
+    steps.push(step(StepName::MoveVip, format!("fence {instance} on {old_master} (FAULT, priority-0 advert) until {target} is MASTER, then lift the fence")));
     steps.push(step(
         StepName::Verify,
-        format!(
-            "{} is MASTER and holds the VIP, {old_master} is not, for 3 s",
-            req.target_node
-        ),
+        format!("{target} is MASTER and holds the VIP, {old_master} is not, for 3 s"),
     ));
     steps.push(step(
         StepName::PostHook,
         "run the post-switchover hook (where enabled)".into(),
     ));
-    Ok(Plan {
-        kind: "switchover".into(),
-        cluster: cluster.name.clone(),
-        instance: instance.name.clone(),
-        old_master,
-        target_node: req.target_node.clone(),
-        link: link.map(|l| l.link.clone()),
-        target_lag_bytes: lag_bytes,
-        target_lag_seconds: target_link.and_then(|m| m.lag_seconds),
-        data_at_risk_bytes: lag_bytes,
-        expected_seconds: if link.is_some() { 10 } else { 3 },
-        vips: instance.vips.iter().map(|v| v.vip.clone()).collect(),
-        steps,
-    })
+    steps
 }
 
 /// The plan of a failover: the old master `old_master` is lost (the arbiter's evidence says so),
