@@ -216,7 +216,7 @@ async fn authorize(state: &AppState, mut req: Request) -> Result<Request, Respon
     let safe = matches!(*req.method(), Method::GET | Method::HEAD);
     let principal = identify(state, req.headers(), &source)
         .await
-        .map_err(|e| AppError::from(e).into_response())?;
+        .map_err(IntoResponse::into_response)?;
     let principal = match principal {
         Some(p) => p,
         None if state.settings.auth.anonymous_read && safe => Principal {

@@ -685,7 +685,7 @@ async fn after_form(
             let page = alerts_page(state, me, &PageQuery::default(), Some(e.to_string())).await?;
             Ok((status, page).into_response())
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 
