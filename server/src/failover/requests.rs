@@ -357,7 +357,7 @@ pub async fn unfence(
             .find(|m| m.node_id == n)
             .and_then(|m| m.base_priority)
     };
-    let (Some(leader_base), Some(own_base)) = (base(&g.leader), base(&node)) else {
+    let (Some(leader_base), Some(own_base)) = (base(&g.leader), base(node)) else {
         return Err(refuse(
             "base priorities are unknown (no JSON dump yet)".into(),
         ));
