@@ -447,3 +447,394 @@ pub fn failover_plan(
         steps,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The plan as it was before the module was split: codes, messages, steps, figures.
+
+    use hapulse_protocol::ReplicationKind;
+
+    use super::*;
+    use crate::fleet::view::{
+        Health, InstanceView, LinkMemberView, MemberView, NodeSummary, ReplicationView, VipView,
+    };
+
+    fn member(node: &str, state: VrrpState) -> MemberView {
+        MemberView {
+            node_id: node.into(),
+            node_status: NodeStatus::Up,
+            state,
+            base_priority: Some(100),
+            effective_priority: Some(100),
+            holds_vip: state == VrrpState::Master,
+            held_vips: Vec::new(),
+            last_transition: None,
+        }
+    }
+
+    fn node(id: &str) -> NodeSummary {
+        NodeSummary {
+            node_id: id.into(),
+            hostname: id.into(),
+            status: NodeStatus::Up,
+            status_since: Utc::now(),
+            last_heartbeat_at: Utc::now(),
+            heartbeat_age_ms: 0,
+            keepalived_running: true,
+            agent_version: "test".into(),
+        }
+    }
+
+    fn instance(name: &str) -> InstanceView {
+        InstanceView {
+            name: name.into(),
+            vrid: Some(51),
+            health: Health::Healthy,
+            reasons: Vec::new(),
+            master: Some("a".into()),
+            masters: vec!["a".into()],
+            vips: vec![VipView {
+                vip: "10.0.0.10".into(),
+                holders: vec!["a".into()],
+            }],
+            members: vec![
+                member("a", VrrpState::Master),
+                member("b", VrrpState::Backup),
+                member("c", VrrpState::Backup),
+            ],
+        }
+    }
+
+    fn link_member(node: &str, role: ReplicationRole, lag: Option<u64>) -> LinkMemberView {
+        LinkMemberView {
+            node_id: node.into(),
+            node_status: NodeStatus::Up,
+            role,
+            state: LinkState::Streaming,
+            peer: None,
+            lag_bytes: lag,
+            lag_seconds: lag.map(|_| 0.5),
+            error: None,
+        }
+    }
+
+    fn link() -> ReplicationView {
+        ReplicationView {
+            link: "postgresql:pg".into(),
+            kind: ReplicationKind::Postgresql,
+            name: "pg".into(),
+            health: Health::Healthy,
+            reasons: Vec::new(),
+            primary: Some("a".into()),
+            primaries: vec!["a".into()],
+            vrrp_instance: Some("vi".into()),
+            vip_holders: vec!["a".into()],
+            vip_on_primary: Some(true),
+            members: vec![
+                link_member("a", ReplicationRole::Primary, None),
+                link_member("b", ReplicationRole::Secondary, Some(128)),
+            ],
+        }
+    }
+
+    /// Cluster `c`: nodes a (MASTER), b and c (BACKUP) of instance `vi`, no database.
+    fn cluster() -> ClusterView {
+        ClusterView {
+            name: "c".into(),
+            health: Health::Healthy,
+            reasons: Vec::new(),
+            nodes_up: 3,
+            nodes_total: 3,
+            nodes: vec![node("a"), node("b"), node("c")],
+            instances: vec![instance("vi")],
+            replication: Vec::new(),
+            epoch: 7,
+        }
+    }
+
+    fn request(target: &str) -> SwitchoverRequest {
+        SwitchoverRequest {
+            target_node: target.into(),
+            instance: None,
+            reason: "maintenance of a".into(),
+            dry_run: true,
+            max_lag_bytes: None,
+            scheduled_at: None,
+        }
+    }
+
+    /// The refusal's code (`not_found` for a 404) and message.
+    fn refused(c: &ClusterView, req: &SwitchoverRequest) -> (String, String) {
+        match plan(c, req) {
+            Ok(p) => panic!("planned {p:?}"),
+            Err(SwitchoverError::Invalid { field, message, .. }) => (field, message),
+            Err(SwitchoverError::Conflict { code, message }) => (code.to_string(), message),
+            Err(SwitchoverError::NotFound(what)) => ("not_found".into(), what),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn names(steps: &[Step]) -> Vec<&str> {
+        steps.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    #[test]
+    fn a_vip_only_switchover() {
+        let p = plan(&cluster(), &request("b")).unwrap();
+        assert_eq!(
+            (p.kind.as_str(), p.instance.as_str(), p.old_master.as_str()),
+            ("switchover", "vi", "a")
+        );
+        assert_eq!((p.link, p.expected_seconds), (None, 3));
+        assert_eq!(p.vips, ["10.0.0.10"]);
+        assert_eq!(
+            names(&p.steps),
+            [
+                "pre_hook",
+                "set_priorities",
+                "move_vip",
+                "verify",
+                "post_hook"
+            ]
+        );
+        assert!(p.steps.iter().all(|s| s.state == "pending"));
+        let described: Vec<&str> = p.steps.iter().map(|s| s.description.as_str()).collect();
+        assert_eq!(
+            described,
+            [
+                "run the pre-switchover hook on a and b (where enabled); a failure aborts",
+                "make it stick: lower every other member of vi below b's priority",
+                "fence vi on a (FAULT, priority-0 advert) until b is MASTER, then lift the fence",
+                "b is MASTER and holds the VIP, a is not, for 3 s",
+                "run the post-switchover hook (where enabled)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_database_moves_with_its_instance() {
+        let mut c = cluster();
+        c.replication.push(link());
+        let p = plan(&c, &request("b")).unwrap();
+        assert_eq!(p.link.as_deref(), Some("postgresql:pg"));
+        assert_eq!(
+            (p.target_lag_bytes, p.data_at_risk_bytes),
+            (Some(128), Some(128))
+        );
+        assert_eq!((p.target_lag_seconds, p.expected_seconds), (Some(0.5), 10));
+        assert_eq!(
+            names(&p.steps),
+            [
+                "pre_hook",
+                "stop_old_primary",
+                "wait_for_catch_up",
+                "promote_target",
+                "set_priorities",
+                "move_vip",
+                "verify",
+                "post_hook"
+            ]
+        );
+        assert_eq!(p.steps[1].description, "stop writes: fast shutdown of the postgresql:pg primary on a (its standbys receive all WAL first)");
+        assert_eq!(
+            p.steps[2].description,
+            "wait until b has replayed everything it received"
+        );
+        assert_eq!(p.steps[3].description, "promote b to postgresql:pg primary");
+    }
+
+    #[test]
+    fn the_request_itself_is_checked_first() {
+        let mut c = cluster();
+        let mut req = request("nobody");
+        req.instance = Some("other".into());
+        assert_eq!(
+            refused(&c, &req),
+            (
+                "instance".into(),
+                "cluster c has no VRRP instance \"other\"".into()
+            )
+        );
+        c.instances.push(instance("vi2"));
+        assert_eq!(
+            refused(&c, &request("nobody")),
+            (
+                "instance".into(),
+                "cluster c has several instances; name one".into()
+            )
+        );
+        let mut req = request("nobody");
+        req.instance = Some("vi".into());
+        req.reason = "two\nlines".into();
+        assert_eq!(
+            refused(&c, &req),
+            (
+                "reason".into(),
+                "say why, in at most 1000 bytes, on one line".into()
+            )
+        );
+        req.reason = "ok".into();
+        req.scheduled_at = Some(Utc::now() + chrono::Duration::days(8));
+        assert_eq!(
+            refused(&c, &req),
+            (
+                "scheduled_at".into(),
+                "must be between now and 7 days ahead".into()
+            )
+        );
+        req.scheduled_at = None;
+        assert_eq!(
+            refused(&c, &req),
+            (
+                "not_found".into(),
+                "target node \"nobody\" in cluster c".into()
+            )
+        );
+    }
+
+    #[test]
+    fn the_target_must_be_an_up_backup_member() {
+        let mut c = cluster();
+        c.instances[0].members.retain(|m| m.node_id != "c");
+        assert_eq!(
+            refused(&c, &request("c")),
+            ("target_not_member".into(), "c is not a member of vi".into())
+        );
+        let mut c = cluster();
+        c.nodes[1].status = NodeStatus::Suspect;
+        assert_eq!(
+            refused(&c, &request("b")),
+            ("target_down".into(), "b is suspect: it must be up".into())
+        );
+        assert_eq!(
+            refused(&cluster(), &request("a")),
+            (
+                "target_not_backup".into(),
+                "a is MASTER in vi: it must be BACKUP".into()
+            )
+        );
+    }
+
+    #[test]
+    fn one_master_and_every_member_up() {
+        let mut c = cluster();
+        c.instances[0].master = None;
+        c.instances[0].masters = vec!["a".into(), "c".into()];
+        assert_eq!(
+            refused(&c, &request("b")),
+            (
+                "no_single_master".into(),
+                "vi has 2 masters (a, c); a switchover needs one healthy master".into()
+            )
+        );
+        let mut c = cluster();
+        c.instances[0].members[2].node_status = NodeStatus::Down;
+        assert_eq!(
+            refused(&c, &request("b")),
+            (
+                "member_down".into(),
+                "c is down: every member of vi must be up to change priorities safely".into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_tied_database_must_follow_and_the_target_stream() {
+        let mut c = cluster();
+        let mut l = link();
+        l.primary = None;
+        l.primaries = Vec::new();
+        c.replication.push(l);
+        assert_eq!(
+            refused(&c, &request("b")),
+            (
+                "primary_elsewhere".into(),
+                "postgresql:pg is tied to vi but its primary is nobody, not the master a: fix that first".into()
+            )
+        );
+        let mut c = cluster();
+        let mut l = link();
+        l.members[1].state = LinkState::CatchingUp;
+        c.replication.push(l);
+        assert_eq!(
+            refused(&c, &request("b")),
+            (
+                "target_not_standby".into(),
+                "b is secondary and catching_up on postgresql:pg: it must be a streaming standby"
+                    .into()
+            )
+        );
+        let mut c = cluster();
+        c.replication.push(link());
+        assert_eq!(
+            refused(&c, &request("c")),
+            (
+                "target_not_standby".into(),
+                "c does not report postgresql:pg".into()
+            )
+        );
+    }
+
+    #[test]
+    fn the_lag_limit() {
+        let mut c = cluster();
+        c.replication.push(link());
+        let mut req = request("b");
+        req.max_lag_bytes = Some(100);
+        assert_eq!(
+            refused(&c, &req),
+            (
+                "lag_too_high".into(),
+                "b's lag is 128 bytes, above the limit of 100".into()
+            )
+        );
+        req.max_lag_bytes = Some(128);
+        assert!(plan(&c, &req).is_ok());
+        c.replication[0].members[1].lag_bytes = None;
+        assert_eq!(
+            refused(&c, &req),
+            (
+                "lag_unknown".into(),
+                "b's lag on postgresql:pg is unknown, so max_lag_bytes cannot be checked".into()
+            )
+        );
+        // Without a database there is no lag to check.
+        assert!(plan(&cluster(), &req).is_ok());
+    }
+
+    #[test]
+    fn a_failover_plan() {
+        let mut c = cluster();
+        c.replication.push(link());
+        let p = failover_plan(&c, "vi", Some("postgresql:pg"), "a", "b");
+        assert_eq!((p.kind.as_str(), p.expected_seconds), ("failover", 5));
+        assert_eq!(p.target_lag_bytes, Some(128));
+        assert_eq!(
+            names(&p.steps),
+            [
+                "fence_old_master",
+                "promote_target",
+                "set_priorities",
+                "take_vip",
+                "verify"
+            ]
+        );
+        let p = failover_plan(&c, "vi", None, "a", "b");
+        assert_eq!(p.expected_seconds, 2);
+        assert_eq!(
+            names(&p.steps),
+            ["fence_old_master", "set_priorities", "take_vip", "verify"]
+        );
+    }
+
+    #[test]
+    fn every_planned_step_is_one_the_executor_knows() {
+        let mut c = cluster();
+        c.replication.push(link());
+        let switchover = plan(&c, &request("b")).unwrap().steps;
+        let failover = failover_plan(&c, "vi", Some("postgresql:pg"), "a", "b").steps;
+        for s in switchover.iter().chain(&failover) {
+            assert!(StepName::parse(&s.name).is_some(), "{}", s.name);
+        }
+    }
+}
