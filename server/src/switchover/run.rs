@@ -1,8 +1,7 @@
 //! The life of a run: started in the background ([`spawn`], and [`recover`] at start-up), it
 //! waits for its scheduled time, checks the plan again against the cluster as it is now, runs
-//! the steps in order through the executor ([`super::executor`]) with a timeout each, and —
-//! however it ends — lifts a fence it set, expires its commands and records the outcome, the
-//! event and the audit row.
+//! the steps in order through the executor with a timeout each, and — however it ends — lifts
+//! a fence it set, expires its commands and records the outcome, the event and the audit row.
 //!
 //! Steps: `pre_hook` → (`stop_old_primary` → `wait_for_catch_up` → `promote_target`, with a
 //! database) → `set_priorities` → `move_vip` → `verify` → `post_hook` for a switchover;

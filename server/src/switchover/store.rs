@@ -1,7 +1,9 @@
 //! The stored runs: a switchover or failover row (`switchovers`) with its steps, accepted in one
 //! transaction with the cluster's epoch raise and its audit row, loaded, cancelled while still
-//! scheduled, and the events a run leaves in the cluster's history. A partial unique index
-//! (`switchovers_one_active`) lets only one run per cluster be scheduled or running.
+//! scheduled; the bookkeeping of a run as it goes (started, steps saved, end recorded, runs a
+//! stopped server left behind failed at start-up) and the events it leaves in the cluster's
+//! history. A partial unique index (`switchovers_one_active`) lets only one run per cluster be
+//! scheduled or running.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
