@@ -59,7 +59,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let tables = prepare_database(&settings, &pool).await?;
     let (state, history_task) = build_state(&settings, &pool, &shutdown).await?;
-    crate::switchover::engine::recover(&state)
+    crate::switchover::run::recover(&state)
         .await
         .context("recovering switchovers")?;
     let tasks = CancellationToken::new();

@@ -673,11 +673,11 @@ async fn act(state: &AppState, c: &ClusterView, g: &Gathered, decision: &Decisio
         Decision::Failover {
             candidate, reason, ..
         } => {
-            crate::switchover::engine::start_failover(state, c, g, candidate, reason, true, &who)
+            crate::switchover::request::start_failover(state, c, g, candidate, reason, true, &who)
                 .await
         }
         Decision::StepDown { candidate, reason } => {
-            let req = crate::switchover::engine::SwitchoverRequest {
+            let req = crate::switchover::plan::SwitchoverRequest {
                 target_node: candidate.clone(),
                 instance: Some(g.instance.clone()),
                 reason: reason.clone(),
@@ -685,11 +685,11 @@ async fn act(state: &AppState, c: &ClusterView, g: &Gathered, decision: &Decisio
                 max_lag_bytes: None,
                 scheduled_at: None,
             };
-            match crate::switchover::engine::plan(c, &req) {
-                Ok(plan) => crate::switchover::engine::create(state, &plan, &req, &who, true)
+            match crate::switchover::plan::plan(c, &req) {
+                Ok(plan) => crate::switchover::store::create(state, &plan, &req, &who, true)
                     .await
                     .map(|(id, _)| {
-                        crate::switchover::engine::spawn(state.clone(), id);
+                        crate::switchover::run::spawn(state.clone(), id);
                         id
                     }),
                 Err(e) => Err(e),

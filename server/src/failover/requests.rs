@@ -161,7 +161,7 @@ pub async fn request_failover(
             "say why, in at most 1000 bytes, on one line",
         ));
     }
-    let view = crate::switchover::engine::cluster_view(state, cluster).await?;
+    let view = crate::switchover::plan::cluster_view(state, cluster).await?;
     let target = format!("{cluster} → {}", req.target_node);
     let verdict = state
         .verdicts
@@ -211,7 +211,7 @@ pub async fn request_failover(
                 ""
             };
             let reason = format!("{} (confirmed{loss}: {reason})", req.reason);
-            crate::switchover::engine::start_failover(
+            crate::switchover::request::start_failover(
                 state,
                 &view,
                 &g,
@@ -259,7 +259,7 @@ pub async fn acknowledge_failover(
     me: &Principal,
 ) -> Result<(), FailoverError> {
     check_reason(reason)?;
-    let sw = crate::switchover::engine::get(&state.db, id)
+    let sw = crate::switchover::store::get(&state.db, id)
         .await?
         .filter(|s| me.may_see(&s.cluster) && s.kind == "failover")
         .ok_or_else(|| FailoverError::NotFound(format!("failover {id}")))?;
@@ -299,7 +299,7 @@ pub async fn unfence(
     me: &Principal,
 ) -> Result<i32, FailoverError> {
     check_reason(reason)?;
-    let view = crate::switchover::engine::cluster_view(state, cluster).await?;
+    let view = crate::switchover::plan::cluster_view(state, cluster).await?;
     let g = leader_evidence(state, cluster)?;
     let offset = rejoined(&view, &g, cluster, node)?;
     let mut tx = state.db.begin().await?;

@@ -44,4 +44,12 @@ impl SwitchoverError {
             message: message.into(),
         }
     }
+
+    /// A [`SwitchoverError::Conflict`] with its stable `code`.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        SwitchoverError::Conflict {
+            code,
+            message: message.into(),
+        }
+    }
 }

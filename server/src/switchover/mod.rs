@@ -1,6 +1,14 @@
-//! Switchovers and failover runs: the plan (preflight checks and steps), the stored runs, and
-//! the engine that drives a run step by step with epoch-fenced commands to agents.
+//! Switchovers and failover runs, in the order their modules import each other: the kinds of
+//! step ([`steps`]); the plan with its preflight checks ([`plan`]); the stored runs and their
+//! events ([`store`]); the executor that carries out one step at a time with epoch-fenced
+//! commands to agents (`executor`, private); the run's life from start to recorded end
+//! ([`run`]); and starting one, on request or on a failover decision ([`request`]). Why one is
+//! refused: [`error`].
 
-pub mod engine;
 pub mod error;
+mod executor;
+pub mod plan;
 pub mod request;
+pub mod run;
+pub mod steps;
+pub mod store;

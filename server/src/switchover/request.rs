@@ -1,6 +1,7 @@
-//! Asking for a switchover: preflight against the cluster as it is now (with its epoch), the
-//! plan, and — unless it is a dry run — the stored run, started at once or at its scheduled time.
-//! Shared by the REST API and the dashboard; refusals are audited too.
+//! Starting a run. A switchover request: preflight against the cluster as it is now (with its
+//! epoch), the plan, and — unless it is a dry run — the stored run, started at once or at its
+//! scheduled time; shared by the REST API and the dashboard, refusals audited too. A failover:
+//! the arbiter's (or a person's confirmed) decision, planned, stored and started at once.
 
 use chrono::Utc;
 use serde::Serialize;
@@ -8,9 +9,13 @@ use uuid::Uuid;
 
 use crate::access::audit::Audit;
 use crate::access::auth::Principal;
+use crate::failover::evidence::Gathered;
+use crate::fleet::view::ClusterView;
 use crate::state::AppState;
-use crate::switchover::engine::{cluster_view, create, plan, spawn, Plan, SwitchoverRequest};
 use crate::switchover::error::SwitchoverError;
+use crate::switchover::plan::{cluster_view, failover_plan, plan, Plan, SwitchoverRequest};
+use crate::switchover::run::spawn;
+use crate::switchover::store::create;
 
 /// Answer of a switchover request: the plan, and the id once accepted.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -86,4 +91,36 @@ pub async fn request_switchover(
         epoch: Some(epoch),
         plan,
     })
+}
+
+/// Accepts and starts a failover of `g.instance` from the leader to `candidate` (the arbiter's
+/// decision, or a person's confirmation): raises the epoch, stores it, runs it. 409 when another
+/// switchover or failover of the cluster is scheduled or running.
+pub async fn start_failover(
+    state: &AppState,
+    cluster: &ClusterView,
+    g: &Gathered,
+    candidate: &str,
+    reason: &str,
+    automatic: bool,
+    who: &Principal,
+) -> Result<Uuid, SwitchoverError> {
+    let plan = failover_plan(
+        cluster,
+        &g.instance,
+        g.link.as_deref(),
+        &g.leader,
+        candidate,
+    );
+    let req = SwitchoverRequest {
+        target_node: candidate.to_string(),
+        instance: Some(g.instance.clone()),
+        reason: reason.chars().take(1000).collect(),
+        dry_run: false,
+        max_lag_bytes: None,
+        scheduled_at: None,
+    };
+    let (id, _) = create(state, &plan, &req, who, automatic).await?;
+    spawn(state.clone(), id);
+    Ok(id)
 }

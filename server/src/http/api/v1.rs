@@ -14,8 +14,9 @@ use crate::http::auth::Auth;
 use crate::http::error::AppError;
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::state::AppState;
-use crate::switchover::engine::{self as switchover, Switchover, SwitchoverRequest};
+use crate::switchover::plan::SwitchoverRequest;
 use crate::switchover::request::{self, SwitchoverAccepted};
+use crate::switchover::store::{self as switchovers, Switchover};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
@@ -342,7 +343,7 @@ pub async fn get_switchover(
     Auth(me): Auth,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Switchover>, AppError> {
-    switchover::get(&state.db, id)
+    switchovers::get(&state.db, id)
         .await?
         .filter(|s| me.may_see(&s.cluster))
         .map(Json)
@@ -355,11 +356,11 @@ pub async fn cancel_switchover(
     Auth(me): Auth,
     Path(id): Path<Uuid>,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    let sw = switchover::get(&state.db, id)
+    let sw = switchovers::get(&state.db, id)
         .await?
         .filter(|s| me.may_see(&s.cluster))
         .ok_or_else(|| AppError::NotFound(format!("switchover {id}")))?;
-    switchover::cancel(&state, sw.id, &me).await?;
+    switchovers::cancel(&state, sw.id, &me).await?;
     Ok(Json(serde_json::json!({ "id": id, "state": "cancelled" })))
 }
 

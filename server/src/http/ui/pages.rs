@@ -26,8 +26,9 @@ use crate::http::error::AppError;
 use crate::http::extract::ApiQuery;
 use crate::http::ui::charts::{self, Unit};
 use crate::state::AppState;
-use crate::switchover::engine::{self as switchover, Plan, Switchover, SwitchoverRequest};
 use crate::switchover::error::SwitchoverError;
+use crate::switchover::plan::{cluster_view, plan as plan_switchover, Plan, SwitchoverRequest};
+use crate::switchover::store::{self as switchovers, Switchover};
 use axum::extract::ConnectInfo;
 use axum::response::Redirect;
 use axum::Form;
@@ -422,8 +423,8 @@ async fn preview_page(
         max_lag_bytes: None,
         scheduled_at: None,
     };
-    let view = crate::switchover::engine::cluster_view(state, cluster).await?;
-    let (plan, status, error) = match switchover::plan(&view, &req) {
+    let view = cluster_view(state, cluster).await?;
+    let (plan, status, error) = match plan_switchover(&view, &req) {
         Ok(plan) => (
             Some(plan),
             if error.is_some() {
@@ -600,7 +601,7 @@ pub async fn switchover_progress(
     Path(id): Path<Uuid>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Response, AppError> {
-    let sw = switchover::get(&state.db, id)
+    let sw = switchovers::get(&state.db, id)
         .await?
         .filter(|s| me.may_see(&s.cluster))
         .ok_or_else(|| AppError::NotFound(format!("switchover {id}")))?;

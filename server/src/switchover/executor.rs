@@ -1,0 +1,661 @@
+//! The executor of one run: the `Run` that carries out a step at a time — epoch-fenced
+//! commands to agents with their results awaited, waits on the live state until the cluster
+//! follows, the fencing hook — and records each step's state as it goes. A run that stops
+//! lifts a fence it set (with a newer epoch) and describes the state it left the cluster in.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::Utc;
+use hapulse_protocol::{Action, LinkState, RefusalReason, ReplicationRole, VrrpState};
+
+use crate::agents::commands::{self, NewCommand};
+use crate::fleet::live::NodeStatus;
+use crate::fleet::view::{self, ClusterView};
+use crate::state::AppState;
+use crate::switchover::steps::StepName;
+use crate::switchover::store::{self, log_db, Switchover};
+
+/// How a step that did not fail ended, with what happened (the step's message).
+enum StepOutcome {
+    /// It did its work (`succeeded`).
+    Done(String),
+    /// It had nothing to do (`skipped`): no hook enabled, no fencing hook and the risk accepted.
+    Skipped(String),
+}
+
+/// The executor of one run: the stored switchover, its steps' states as they go, and what a
+/// stop must undo.
+pub(super) struct Run<'a> {
+    /// The server's state: database, live state, agents' command queue, settings.
+    state: &'a AppState,
+    /// The run as stored, its steps updated as they go.
+    sw: Switchover,
+    /// The old master's fence is set and must be lifted if the run stops.
+    fenced: bool,
+    /// The epoch commands carry: the switchover's, or a newer one for the compensation after a
+    /// failure (so a late copy of one of its own commands cannot undo it).
+    epoch: u64,
+    /// The old primary's shutdown checkpoint, as its agent reported it after the stop.
+    checkpoint_lsn: Option<u64>,
+}
+
+impl<'a> Run<'a> {
+    /// The executor of `sw`, with its epoch and no fence set yet.
+    pub(super) fn new(state: &'a AppState, sw: Switchover) -> Self {
+        Run {
+            state,
+            epoch: sw.epoch,
+            sw,
+            fenced: false,
+            checkpoint_lsn: None,
+        }
+    }
+
+    /// Carries out the steps in order, recording each one's state, until one fails: `None` when
+    /// all succeeded or were skipped, else the failed step's name and why it failed.
+    pub(super) async fn run_steps(&mut self) -> Option<(String, String)> {
+        for index in 0..self.sw.steps.len() {
+            let name = self.sw.steps[index].name.clone();
+            log_db(self.mark(index, "running", None).await);
+            match self.run_step(&name).await {
+                Ok(StepOutcome::Done(message)) => {
+                    log_db(self.mark(index, "succeeded", Some(message)).await)
+                }
+                Ok(StepOutcome::Skipped(message)) => {
+                    log_db(self.mark(index, "skipped", Some(message)).await)
+                }
+                Err(message) => {
+                    log_db(self.mark(index, "failed", Some(message.clone())).await);
+                    return Some((name, message));
+                }
+            }
+        }
+        None
+    }
+
+    /// After the run stopped at `step` (or `preflight`) because of `message`: lifts a fence it
+    /// set, and says where and why it stopped and what state the cluster is in (the run's
+    /// stored error).
+    pub(super) async fn stopped(&mut self, step: &str, message: &str) -> String {
+        let mut described = format!("stopped at {step}: {message}.");
+        if step == StepName::PromoteTarget.as_str() {
+            described.push_str(" The promotion may still complete on its own: check the target before restarting the old primary, or there will be two primaries.");
+        }
+        if self.fenced {
+            described.push_str(&self.lift_fence().await);
+        }
+        described.push_str(&self.describe_state());
+        described
+    }
+
+    /// Carries out the step stored as `name` within its timeout. A name this server does not
+    /// know (one a newer server stored) fails the step, and so stops the run there.
+    async fn run_step(&mut self, name: &str) -> Result<StepOutcome, String> {
+        let kind = StepName::parse(name).ok_or_else(|| format!("unknown step {name}"))?;
+        let limit = kind.timeout();
+        tokio::time::timeout(limit, self.step(kind))
+            .await
+            .unwrap_or_else(|_| Err(format!("timed out after {limit:?}")))
+    }
+
+    /// Records step `index` as `state` (`running`, `succeeded`, `skipped`, `failed`) with its
+    /// time and message, and tells the dashboards.
+    async fn mark(
+        &mut self,
+        index: usize,
+        state: &str,
+        message: Option<String>,
+    ) -> Result<(), sqlx::Error> {
+        let now = Utc::now();
+        if let Some(step) = self.sw.steps.get_mut(index) {
+            if state == "running" {
+                step.started_at = Some(now);
+            } else {
+                step.finished_at = Some(now);
+            }
+            step.state = state.to_string();
+            step.message = message;
+            tracing::info!(switchover = %self.sw.id, step = %step.name, state, message = ?step.message, "switchover step");
+        }
+        store::save_steps(&self.state.db, self.sw.id, &self.sw.steps).await?;
+        self.state.announce(&self.sw.cluster);
+        Ok(())
+    }
+
+    /// Issues one command to `node` (with the run's epoch) and waits for its result:
+    /// Ok((message, facts)) when it succeeded; Err((description, refused)) when it failed, was
+    /// refused, or no result came in time.
+    async fn command(
+        &self,
+        node: &str,
+        action: Action,
+    ) -> Result<(String, BTreeMap<String, String>), (String, Option<RefusalReason>)> {
+        let new = NewCommand {
+            cluster: self.sw.cluster.clone(),
+            node_id: node.to_string(),
+            epoch: self.epoch,
+            action,
+            deadline: Duration::from_secs(30),
+            switchover_id: Some(self.sw.id),
+            requested_by: self.sw.requested_by.clone(),
+        };
+        let id = async {
+            let mut tx = self.state.db.begin().await?;
+            let id = commands::insert(&mut tx, &new).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(id)
+        }
+        .await
+        .map_err(|e| (format!("cannot store the command for {node}: {e}"), None))?;
+        // NOTIFY wakes every replica's long polls; this wakes ours even if the listener is
+        // reconnecting.
+        self.state.commands.wake(node);
+        let kind = new.action.kind();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(85);
+        loop {
+            let waiting = self.state.commands.result_arrived();
+            let status = commands::status(&self.state.db, id)
+                .await
+                .map_err(|e| (format!("reading command {id}: {e}"), None))?;
+            match status {
+                Some(s) if s.state == "succeeded" => {
+                    return Ok((format!("{node}: {}", s.result.unwrap_or_default()), s.data))
+                }
+                Some(s) if s.state == "refused" => {
+                    return Err((
+                        format!("{node} refused {kind}: {}", s.result.unwrap_or_default()),
+                        s.refusal,
+                    ))
+                }
+                Some(s) if s.state == "failed" || s.state == "expired" => {
+                    return Err((
+                        format!(
+                            "{node}: {kind} {}: {}",
+                            s.state,
+                            s.result
+                                .unwrap_or_else(|| "no result before the deadline".into())
+                        ),
+                        None,
+                    ))
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err((format!("{node} did not answer {kind}"), None));
+            }
+            tokio::select! {
+                _ = waiting => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+
+    /// [`Run::command`], keeping only the message.
+    async fn command_message(&self, node: &str, action: Action) -> Result<String, String> {
+        self.command(node, action)
+            .await
+            .map(|(m, _)| m)
+            .map_err(|(m, _)| m)
+    }
+
+    /// Polls live state every 50 ms until `check` holds, or fails with `what` after `limit`.
+    async fn until(
+        &self,
+        limit: Duration,
+        what: &str,
+        check: impl Fn(&ClusterView) -> bool,
+    ) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let holds = view::cluster_view(&self.state.live(), &self.sw.cluster, Utc::now())
+                .is_some_and(|c| check(&c));
+            if holds {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("{what} did not happen within {limit:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The target's link as live state shows it.
+    fn target_link(&self) -> Option<view::LinkMemberView> {
+        let key = self.sw.link.as_ref()?;
+        let live = self.state.live();
+        let c = view::cluster_view(&live, &self.sw.cluster, Utc::now())?;
+        Self::link_member(&c, key, &self.sw.target_node).cloned()
+    }
+
+    /// The replay position the target last reported (raw `replay_lsn` of its standby link).
+    fn target_replay_lsn(&self) -> Option<u64> {
+        let key = self.sw.link.as_ref()?;
+        let live = self.state.live();
+        let node = live.nodes.get(&self.sw.target_node)?;
+        let link = node.link(key)?;
+        hapulse_protocol::parse_lsn(link.raw.get("replay_lsn")?)
+    }
+
+    /// `node`'s member of replication link `link` in `c`.
+    fn link_member<'c>(
+        c: &'c ClusterView,
+        link: &str,
+        node: &str,
+    ) -> Option<&'c view::LinkMemberView> {
+        c.replication
+            .iter()
+            .find(|r| r.link == link)?
+            .members
+            .iter()
+            .find(|m| m.node_id == node)
+    }
+
+    /// The instance's masters and VIP holders and the link's primaries as live state shows them
+    /// now, as a sentence to append to an error.
+    fn describe_state(&self) -> String {
+        let live = self.state.live();
+        let Some(c) = view::cluster_view(&live, &self.sw.cluster, Utc::now()) else {
+            return String::new();
+        };
+        let mut out = String::new();
+        if let Some(i) = c.instances.iter().find(|i| i.name == self.sw.instance) {
+            out.push_str(&format!(
+                " Now: {} master {}, VIP on {}.",
+                i.name,
+                if i.masters.is_empty() {
+                    "none".into()
+                } else {
+                    i.masters.join(", ")
+                },
+                i.vips
+                    .iter()
+                    .flat_map(|v| v.holders.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if let Some(l) = self
+            .sw
+            .link
+            .as_ref()
+            .and_then(|k| c.replication.iter().find(|r| &r.link == k))
+        {
+            out.push_str(&format!(
+                " {} primary: {}.",
+                l.link,
+                if l.primaries.is_empty() {
+                    "none".into()
+                } else {
+                    l.primaries.join(", ")
+                }
+            ));
+        }
+        out
+    }
+
+    /// Lifts the old master's fence with a newer epoch; says how that went.
+    async fn lift_fence(&mut self) -> String {
+        let raised: Result<i64, sqlx::Error> = sqlx::query_scalar(
+            "UPDATE clusters SET epoch = epoch + 1 WHERE name = $1 RETURNING epoch",
+        )
+        .bind(&self.sw.cluster)
+        .fetch_one(&self.state.db)
+        .await;
+        if let Ok(epoch) = raised {
+            self.epoch = epoch as u64;
+        }
+        let old = self.sw.old_master.clone();
+        match self.command(&old, Action::Fence { instance: self.sw.instance.clone(), fenced: false }).await {
+            Ok(_) => {
+                self.fenced = false;
+                " The fence on the old master was lifted.".into()
+            }
+            Err((e, _)) => format!(" The fence on the old master could NOT be lifted ({e}): its instance stays in FAULT until its fence file holds 0."),
+        }
+    }
+
+    /// Carries out one step; `Err` says why it failed.
+    async fn step(&mut self, name: StepName) -> Result<StepOutcome, String> {
+        match name {
+            StepName::PreHook => self.hooks("pre").await,
+            StepName::StopOldPrimary => self.stop_old_primary().await,
+            StepName::WaitForCatchUp => self.wait_for_catch_up().await,
+            StepName::PromoteTarget => self.promote_target().await,
+            StepName::SetPriorities => self.set_priorities().await,
+            StepName::MoveVip => self.move_vip().await,
+            StepName::Verify => self.verify().await,
+            StepName::PostHook => self.hooks("post").await,
+            StepName::FenceOldMaster => self.fence_old_master().await,
+            StepName::TakeVip => self.take_vip().await,
+        }
+    }
+
+    /// The replication link's name without its kind (`pg` for `postgresql:pg`), as the agents'
+    /// actions name it.
+    fn link_name(&self) -> Result<String, String> {
+        let link = self.sw.link.as_ref().ok_or("no link")?;
+        Ok(link
+            .split_once(':')
+            .map_or(link.as_str(), |(_, n)| n)
+            .to_string())
+    }
+
+    /// `pre_hook`, `post_hook`: the hook of `phase` on the old master, then on the target. A
+    /// host that has not enabled hooks is left out; any other failure fails the step.
+    async fn hooks(&self, phase: &str) -> Result<StepOutcome, String> {
+        let sw = &self.sw;
+        let env = BTreeMap::from([
+            ("CLUSTER".to_string(), sw.cluster.clone()),
+            ("INSTANCE".to_string(), sw.instance.clone()),
+            ("TARGET".to_string(), sw.target_node.clone()),
+            ("OLD_MASTER".to_string(), sw.old_master.clone()),
+            ("REASON".to_string(), sw.reason.clone()),
+            ("EPOCH".to_string(), sw.epoch.to_string()),
+        ]);
+        let mut ran = Vec::new();
+        for node in [&sw.old_master, &sw.target_node] {
+            let hook = Action::Hook {
+                phase: phase.into(),
+                env: env.clone(),
+            };
+            match self.command(node, hook).await {
+                Ok((m, _)) => ran.push(m),
+                // A host that has not enabled hooks has none to run.
+                Err((_, Some(RefusalReason::NotEnabled))) => {}
+                Err((m, _)) => return Err(m),
+            }
+        }
+        Ok(if ran.is_empty() {
+            StepOutcome::Skipped("no hook enabled on either node".into())
+        } else {
+            StepOutcome::Done(ran.join("; "))
+        })
+    }
+
+    /// `stop_old_primary`: stops writes with a fast shutdown of the old primary, once the target
+    /// streams, and keeps the shutdown checkpoint its agent reports.
+    async fn stop_old_primary(&mut self) -> Result<StepOutcome, String> {
+        let link = self.link_name()?;
+        let target = &self.sw.target_node;
+        // Only a standby that is streaming now receives the WAL the shutdown sends.
+        match self.target_link() {
+            Some(m) if m.state == LinkState::Streaming => {}
+            Some(m) => {
+                return Err(format!(
+                    "{} is {} on {}, not streaming: stopping the primary now could lose data",
+                    target,
+                    m.state.as_str(),
+                    link
+                ))
+            }
+            None => return Err(format!("{target} does not report the link")),
+        }
+        let (message, data) = self
+            .command(&self.sw.old_master, Action::PostgresStop { link })
+            .await
+            .map_err(|(m, _)| m)?;
+        self.checkpoint_lsn = data
+            .get("shutdown_checkpoint_lsn")
+            .and_then(|l| hapulse_protocol::parse_lsn(l));
+        Ok(StepOutcome::Done(match self.checkpoint_lsn {
+            Some(_) => format!(
+                "{message} (shutdown checkpoint {})",
+                data.get("shutdown_checkpoint_lsn")
+                    .map_or("", String::as_str)
+            ),
+            None => message,
+        }))
+    }
+
+    /// `wait_for_catch_up`: polls every 250 ms (55 s at most) until the target has replayed
+    /// everything the old primary sent.
+    async fn wait_for_catch_up(&self) -> Result<StepOutcome, String> {
+        let target = &self.sw.target_node;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(55);
+        let mut seen = 0;
+        loop {
+            if self.caught_up(&mut seen) {
+                return Ok(StepOutcome::Done(match self.checkpoint_lsn {
+                    Some(_) => format!("{target} has replayed past the old primary's shutdown checkpoint"),
+                    None => format!("{target} has replayed all it received (no shutdown checkpoint reported: configure data_directory and pg_controldata)"),
+                }));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "{} has not caught up (replayed {:?})",
+                    target,
+                    self.target_replay_lsn()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// One look at the target's replay. With the old primary's shutdown checkpoint: replayed
+    /// past it. Without: two looks in a row (`seen` counts them) with nothing received left to
+    /// replay.
+    fn caught_up(&self, seen: &mut u32) -> bool {
+        match self.checkpoint_lsn {
+            Some(checkpoint) => self
+                .target_replay_lsn()
+                .is_some_and(|replayed| replayed > checkpoint),
+            None => {
+                *seen = if self.target_link().and_then(|m| m.lag_bytes) == Some(0) {
+                    *seen + 1
+                } else {
+                    0
+                };
+                *seen >= 2
+            }
+        }
+    }
+
+    /// `promote_target`: promotes the target's database.
+    async fn promote_target(&self) -> Result<StepOutcome, String> {
+        // pg_promote(true, …) returns once the promotion is complete; `verify` checks that the
+        // target reports itself primary.
+        let link = self.link_name()?;
+        let message = self
+            .command_message(&self.sw.target_node, Action::PostgresPromote { link })
+            .await?;
+        Ok(StepOutcome::Done(message))
+    }
+
+    /// The instance's members that are up, with their base priorities, as live state shows
+    /// them now.
+    fn members_up(&self) -> Vec<(String, Option<u8>)> {
+        let live = self.state.live();
+        view::cluster_view(&live, &self.sw.cluster, Utc::now())
+            .and_then(|c| c.instances.into_iter().find(|i| i.name == self.sw.instance))
+            .map(|i| {
+                // A failover leaves out the lost old master (and any member that is down): it is
+                // kept fenced until it rejoins.
+                i.members
+                    .into_iter()
+                    .filter(|m| m.node_status == NodeStatus::Up)
+                    .map(|m| (m.node_id, m.base_priority))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `set_priorities`: makes the move stick by lowering every other member that is up at
+    /// least 10 below the target's base priority (the target's own offset back to 0).
+    async fn set_priorities(&self) -> Result<StepOutcome, String> {
+        let sw = &self.sw;
+        let members = self.members_up();
+        let target_base = members
+            .iter()
+            .find(|(n, _)| *n == sw.target_node)
+            .and_then(|(_, b)| *b)
+            .ok_or("the target's base priority is unknown (no JSON dump yet)")?;
+        // The target first, the old master last: while the others are lowered, no third node can
+        // rank above the target and preempt.
+        let mut order: Vec<&(String, Option<u8>)> = members.iter().collect();
+        order.sort_by_key(|(n, _)| (*n != sw.target_node, *n == sw.old_master));
+        let mut done = Vec::new();
+        for (node, base) in order {
+            let offset = if *node == sw.target_node {
+                0
+            } else {
+                let base = base.ok_or(format!("{node}'s base priority is unknown"))?;
+                (i32::from(target_base) - 10 - i32::from(base)).clamp(-253, 0)
+            };
+            let action = Action::SetPriorityOffset {
+                instance: sw.instance.clone(),
+                offset,
+            };
+            let message = self.command_message(node, action).await?;
+            done.push(format!("{node} {offset:+}: {message}"));
+        }
+        Ok(StepOutcome::Done(done.join("; ")))
+    }
+
+    /// `move_vip`: fences the old master's instance until the target is MASTER with the VIP,
+    /// then lifts the fence.
+    async fn move_vip(&mut self) -> Result<StepOutcome, String> {
+        let (old, instance) = (self.sw.old_master.clone(), self.sw.instance.clone());
+        // Counted as set from the moment it is asked for: if the answer is lost, the fence is
+        // lifted anyway on failure.
+        self.fenced = true;
+        let fence = Action::Fence {
+            instance: instance.clone(),
+            fenced: true,
+        };
+        self.command_message(&old, fence).await?;
+        self.target_takes_vip().await?;
+        let lift = Action::Fence {
+            instance,
+            fenced: false,
+        };
+        self.command_message(&old, lift).await?;
+        self.fenced = false;
+        Ok(StepOutcome::Done(format!(
+            "{} is MASTER with the VIP; the fence on {} is lifted",
+            self.sw.target_node, old
+        )))
+    }
+
+    /// Waits (15 s at most) until the target is the instance's only MASTER and holds the VIP.
+    async fn target_takes_vip(&self) -> Result<(), String> {
+        let (target, instance) = (self.sw.target_node.clone(), self.sw.instance.clone());
+        self.until(
+            Duration::from_secs(15),
+            "the target becoming MASTER with the VIP",
+            |c| {
+                c.instances.iter().any(|i| {
+                    i.name == instance
+                        && i.master.as_deref() == Some(target.as_str())
+                        && i.members.iter().any(|m| m.node_id == target && m.holds_vip)
+                })
+            },
+        )
+        .await
+    }
+
+    /// Whether `c` shows the roles the run set up: the target the instance's MASTER with the
+    /// VIP, the old master neither (or down), and the target primary of the link, if any.
+    fn new_roles_hold(&self, c: &ClusterView) -> bool {
+        let sw = &self.sw;
+        let (target, old) = (sw.target_node.as_str(), sw.old_master.as_str());
+        let vrrp = c.instances.iter().any(|i| {
+            i.name == sw.instance
+                && i.master.as_deref() == Some(target)
+                && i.members.iter().any(|m| m.node_id == target && m.holds_vip)
+                && i.members.iter().any(|m| {
+                    m.node_id == old
+                        && (m.node_status != NodeStatus::Up
+                            || (m.state != VrrpState::Master && !m.holds_vip))
+                })
+        });
+        let db = sw.link.as_ref().is_none_or(|k| {
+            Self::link_member(c, k, target).is_some_and(|m| m.role == ReplicationRole::Primary)
+        });
+        vrrp && db
+    }
+
+    /// `verify`: the new roles settle within 15 s and still hold 3 s later.
+    async fn verify(&self) -> Result<StepOutcome, String> {
+        let holds = |c: &ClusterView| self.new_roles_hold(c);
+        self.until(Duration::from_secs(15), "the new roles settling", holds)
+            .await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let still = view::cluster_view(&self.state.live(), &self.sw.cluster, Utc::now())
+            .is_some_and(|c| holds(&c));
+        if still {
+            Ok(StepOutcome::Done(format!(
+                "{} is MASTER with the VIP and stays",
+                self.sw.target_node
+            )))
+        } else {
+            Err(format!(
+                "{} did not keep the master role for 3 s",
+                self.sw.target_node
+            ))
+        }
+    }
+
+    /// `fence_old_master` (failover): STONITH before a promotion: the cluster's fencing hook must succeed; without one the step
+    /// is skipped only when the cluster accepts the risk.
+    async fn fence_old_master(&self) -> Result<StepOutcome, String> {
+        let sw = &self.sw;
+        let policy = self.state.settings.failover.clusters.get(&sw.cluster);
+        let Some(hook) = policy.and_then(|p| p.fencing_hook.as_ref()) else {
+            return if policy.is_some_and(|p| p.accept_unfenced) {
+                Ok(StepOutcome::Skipped(format!(
+                    "no fencing hook: the cluster accepts the risk (failover.clusters.{}.accept_unfenced); agents that self-fence are the only fence",
+                    sw.cluster
+                )))
+            } else {
+                Err(format!(
+                    "{} cannot be fenced: no fencing hook (failover.clusters.{}.fencing_hook) and the cluster does not accept the risk",
+                    sw.old_master, sw.cluster
+                ))
+            };
+        };
+        let limit = policy.map_or(Duration::from_secs(30), |p| p.fencing_timeout);
+        // Validated non-empty at start-up (failover.clusters.*.fencing_hook).
+        let (program, args) = hook.split_first().ok_or("empty fencing hook")?;
+        let child = tokio::process::Command::new(program)
+            .args(args)
+            .env("HAPULSE_CLUSTER", &sw.cluster)
+            .env("HAPULSE_NODE_ID", &sw.old_master)
+            .env("HAPULSE_TARGET", &sw.target_node)
+            .env("HAPULSE_EPOCH", sw.epoch.to_string())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(limit, child)
+            .await
+            .map_err(|_| format!("the fencing hook {program} did not finish within {limit:?}"))?
+            .map_err(|e| format!("cannot run the fencing hook {program}: {e}"))?;
+        let text = String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr);
+        let tail: String = {
+            let t = text.trim();
+            let start = t.len().saturating_sub(300);
+            t.get(start..).unwrap_or(t).to_string()
+        };
+        if output.status.success() {
+            Ok(StepOutcome::Done(format!(
+                "fencing hook fenced {}: {tail}",
+                sw.old_master
+            )))
+        } else {
+            Err(format!(
+                "the fencing hook failed ({}): {tail}; no promotion without a fenced old master",
+                output.status
+            ))
+        }
+    }
+
+    /// `take_vip` (failover): the target becomes MASTER with the VIP.
+    async fn take_vip(&self) -> Result<StepOutcome, String> {
+        self.target_takes_vip().await?;
+        Ok(StepOutcome::Done(format!(
+            "{} is MASTER with the VIP",
+            self.sw.target_node
+        )))
+    }
+}

@@ -1,0 +1,840 @@
+//! The plan of a move: what a switchover request says, the preflight that checks it against the
+//! cluster as it is now (the target exists, is up, is a BACKUP member of the instance and, with a
+//! database, its streaming standby within the lag limit; the instance has exactly one master),
+//! and the ordered steps a run will take. A failover's plan skips the preflight: the arbiter's
+//! evidence decided it. Pure functions of a [`ClusterView`], apart from [`cluster_view`].
+
+use chrono::{DateTime, Utc};
+use hapulse_protocol::{LinkState, ReplicationRole, VrrpState};
+use serde::{Deserialize, Serialize};
+
+use crate::fleet::live::NodeStatus;
+use crate::fleet::view::{self, ClusterView};
+use crate::state::AppState;
+use crate::switchover::error::SwitchoverError;
+use crate::switchover::steps::StepName;
+
+/// Body of `POST /api/v1/clusters/{cluster}/switchover`.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchoverRequest {
+    /// The node that should become master.
+    pub target_node: String,
+    /// VRRP instance to move; may be left out when the cluster has one.
+    #[serde(default)]
+    pub instance: Option<String>,
+    /// Why (kept in the audit log and the event).
+    pub reason: String,
+    /// Only plan and preview; change nothing (200 instead of 202).
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Refuse when the target's replication lag is above this many bytes.
+    #[serde(default)]
+    pub max_lag_bytes: Option<u64>,
+    /// Start at this time instead of now.
+    #[serde(default)]
+    pub scheduled_at: Option<DateTime<Utc>>,
+}
+
+/// One step of the plan and, once running, how it went.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct Step {
+    /// Step name (`move_vip`, …): [`StepName::as_str`].
+    pub name: String,
+    /// What it does, for people.
+    pub description: String,
+    /// `pending`, `running`, `succeeded`, `skipped`, `failed`.
+    pub state: String,
+    /// When it started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// What happened.
+    pub message: Option<String>,
+}
+
+/// The preview of a switchover (or the plan of a failover).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Plan {
+    /// `switchover` (planned, the old master alive) or `failover` (the old master lost).
+    pub kind: String,
+    /// Cluster.
+    pub cluster: String,
+    /// VRRP instance.
+    pub instance: String,
+    /// The current master.
+    pub old_master: String,
+    /// The future master.
+    pub target_node: String,
+    /// The replication link moved with it (`postgresql:pg`), if the cluster has one tied to the
+    /// instance with its primary on the old master.
+    pub link: Option<String>,
+    /// The target's replication lag now, bytes.
+    pub target_lag_bytes: Option<u64>,
+    /// The target's replication lag now, seconds.
+    pub target_lag_seconds: Option<f64>,
+    /// What would be lost if the old primary died now instead: the target's lag. A switchover
+    /// itself loses nothing: it stops writes and waits for the target to catch up.
+    pub data_at_risk_bytes: Option<u64>,
+    /// Expected duration in seconds (VIP move ≈ 1 s with fencing; a database adds a shutdown,
+    /// catch-up and promotion).
+    pub expected_seconds: u64,
+    /// The VIPs that move.
+    pub vips: Vec<String>,
+    /// The ordered steps.
+    pub steps: Vec<Step>,
+}
+
+/// A pending step of kind `name`.
+fn step(name: StepName, description: String) -> Step {
+    Step {
+        name: name.as_str().into(),
+        description,
+        state: "pending".into(),
+        started_at: None,
+        finished_at: None,
+        message: None,
+    }
+}
+
+/// The view of `name` with its epoch, or [`SwitchoverError::NotFound`].
+pub async fn cluster_view(state: &AppState, name: &str) -> Result<ClusterView, SwitchoverError> {
+    crate::fleet::clusters::with_epoch(state, name)
+        .await?
+        .ok_or_else(|| SwitchoverError::NotFound(format!("cluster {name:?}")))
+}
+
+/// Preflight and plan. Errors name the reason: 404 unknown cluster or target, 400 a missing
+/// instance, 409 for a state that forbids the move. The checks run in a fixed order and the
+/// first that fails answers.
+pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, SwitchoverError> {
+    let instance = pick_instance(cluster, req)?;
+    check_request(req)?;
+    check_target(cluster, instance, req)?;
+    let old_master = single_master(instance)?;
+    check_members_up(instance)?;
+    let link = tied_link(cluster, instance, &old_master)?;
+    let target_link = match link {
+        Some(l) => Some(streaming_standby(l, &req.target_node)?),
+        None => None,
+    };
+    let lag_bytes = target_link.and_then(|m| m.lag_bytes);
+    check_lag(req, lag_bytes, link)?;
+    let link_name = link.map(|l| l.link.as_str());
+    let steps = switchover_steps(&instance.name, &old_master, &req.target_node, link_name);
+    Ok(Plan {
+        kind: "switchover".into(),
+        cluster: cluster.name.clone(),
+        instance: instance.name.clone(),
+        old_master,
+        target_node: req.target_node.clone(),
+        link: link_name.map(str::to_string),
+        target_lag_bytes: lag_bytes,
+        target_lag_seconds: target_link.and_then(|m| m.lag_seconds),
+        data_at_risk_bytes: lag_bytes,
+        expected_seconds: if link.is_some() { 10 } else { 3 },
+        vips: instance.vips.iter().map(|v| v.vip.clone()).collect(),
+        steps,
+    })
+}
+
+/// The instance the request names, or the cluster's only one (400 otherwise).
+fn pick_instance<'c>(
+    cluster: &'c ClusterView,
+    req: &SwitchoverRequest,
+) -> Result<&'c view::InstanceView, SwitchoverError> {
+    match &req.instance {
+        Some(name) => cluster
+            .instances
+            .iter()
+            .find(|i| &i.name == name)
+            .ok_or_else(|| {
+                SwitchoverError::invalid(
+                    "invalid_body",
+                    "instance",
+                    format!("cluster {} has no VRRP instance {name:?}", cluster.name),
+                )
+            }),
+        None if cluster.instances.len() == 1 => Ok(&cluster.instances[0]),
+        None => Err(SwitchoverError::invalid(
+            "invalid_body",
+            "instance",
+            format!("cluster {} has several instances; name one", cluster.name),
+        )),
+    }
+}
+
+/// The request's own fields (400): a reason on one line of at most 1000 bytes, a start time
+/// between now and 7 days ahead.
+fn check_request(req: &SwitchoverRequest) -> Result<(), SwitchoverError> {
+    if req.reason.trim().is_empty()
+        || req.reason.len() > 1000
+        || req.reason.chars().any(char::is_control)
+    {
+        return Err(SwitchoverError::invalid(
+            "invalid_body",
+            "reason",
+            "say why, in at most 1000 bytes, on one line",
+        ));
+    }
+    if let Some(at) = req.scheduled_at {
+        let now = Utc::now();
+        if at < now - chrono::Duration::minutes(1) || at > now + chrono::Duration::days(7) {
+            return Err(SwitchoverError::invalid(
+                "invalid_body",
+                "scheduled_at",
+                "must be between now and 7 days ahead",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The target is a node of the cluster (404), a member of the instance, up, and BACKUP (409).
+fn check_target(
+    cluster: &ClusterView,
+    instance: &view::InstanceView,
+    req: &SwitchoverRequest,
+) -> Result<(), SwitchoverError> {
+    let Some(target_summary) = cluster.nodes.iter().find(|n| n.node_id == req.target_node) else {
+        return Err(SwitchoverError::NotFound(format!(
+            "target node {:?} in cluster {}",
+            req.target_node, cluster.name
+        )));
+    };
+    let Some(target) = instance
+        .members
+        .iter()
+        .find(|m| m.node_id == req.target_node)
+    else {
+        return Err(SwitchoverError::conflict(
+            "target_not_member",
+            format!("{} is not a member of {}", req.target_node, instance.name),
+        ));
+    };
+    if target_summary.status != NodeStatus::Up {
+        return Err(SwitchoverError::conflict(
+            "target_down",
+            format!(
+                "{} is {}: it must be up",
+                req.target_node,
+                target_summary.status.as_str()
+            ),
+        ));
+    }
+    if target.state != VrrpState::Backup {
+        return Err(SwitchoverError::conflict(
+            "target_not_backup",
+            format!(
+                "{} is {} in {}: it must be BACKUP",
+                req.target_node, target.state, instance.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The instance's one master (409 when it has none or several).
+fn single_master(instance: &view::InstanceView) -> Result<String, SwitchoverError> {
+    instance.master.clone().ok_or_else(|| {
+        SwitchoverError::conflict(
+            "no_single_master",
+            format!(
+                "{} has {} masters ({}); a switchover needs one healthy master",
+                instance.name,
+                instance.masters.len(),
+                instance.masters.join(", ")
+            ),
+        )
+    })
+}
+
+/// Every member of the instance is up, so its priority can be changed safely (409).
+fn check_members_up(instance: &view::InstanceView) -> Result<(), SwitchoverError> {
+    match instance
+        .members
+        .iter()
+        .find(|m| m.node_status != NodeStatus::Up)
+    {
+        Some(down) => Err(SwitchoverError::conflict(
+            "member_down",
+            format!(
+                "{} is {}: every member of {} must be up to change priorities safely",
+                down.node_id,
+                down.node_status.as_str(),
+                instance.name
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The replication link tied to the instance, if any: a database tied to it moves with it, and
+/// only from the old master (409 when a tied link's primary is elsewhere).
+fn tied_link<'c>(
+    cluster: &'c ClusterView,
+    instance: &view::InstanceView,
+    old_master: &str,
+) -> Result<Option<&'c view::ReplicationView>, SwitchoverError> {
+    let tied: Vec<&view::ReplicationView> = cluster
+        .replication
+        .iter()
+        .filter(|r| r.vrrp_instance.as_deref() == Some(instance.name.as_str()))
+        .collect();
+    if let Some(elsewhere) = tied
+        .iter()
+        .find(|r| r.primary.as_deref() != Some(old_master))
+    {
+        return Err(SwitchoverError::conflict(
+            "primary_elsewhere",
+            format!(
+                "{} is tied to {} but its primary is {}, not the master {old_master}: fix that first",
+                elsewhere.link,
+                instance.name,
+                if elsewhere.primaries.is_empty() { "nobody".into() } else { elsewhere.primaries.join(", ") }
+            ),
+        ));
+    }
+    Ok(tied.first().copied())
+}
+
+/// The target's member of `link`, which must be a streaming standby (409): only one receives the
+/// WAL the old primary's shutdown sends.
+fn streaming_standby<'c>(
+    link: &'c view::ReplicationView,
+    target: &str,
+) -> Result<&'c view::LinkMemberView, SwitchoverError> {
+    match link.members.iter().find(|m| m.node_id == target) {
+        Some(m) if m.role == ReplicationRole::Secondary && m.state == LinkState::Streaming => Ok(m),
+        Some(m) => Err(SwitchoverError::conflict(
+            "target_not_standby",
+            format!(
+                "{} is {} and {} on {}: it must be a streaming standby",
+                target,
+                m.role.as_str(),
+                m.state.as_str(),
+                link.link
+            ),
+        )),
+        None => Err(SwitchoverError::conflict(
+            "target_not_standby",
+            format!("{} does not report {}", target, link.link),
+        )),
+    }
+}
+
+/// The target's lag is within `max_lag_bytes`, and known when a limit is set (409).
+fn check_lag(
+    req: &SwitchoverRequest,
+    lag_bytes: Option<u64>,
+    link: Option<&view::ReplicationView>,
+) -> Result<(), SwitchoverError> {
+    match (req.max_lag_bytes, lag_bytes, link) {
+        (Some(max), Some(lag), _) if lag > max => Err(SwitchoverError::conflict(
+            "lag_too_high",
+            format!(
+                "{}'s lag is {lag} bytes, above the limit of {max}",
+                req.target_node
+            ),
+        )),
+        (Some(_), None, Some(l)) => Err(SwitchoverError::conflict(
+            "lag_unknown",
+            format!(
+                "{}'s lag on {} is unknown, so max_lag_bytes cannot be checked",
+                req.target_node, l.link
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The steps of a switchover of `instance` from `old_master` to `target`, with the database
+/// steps when `link` moves with it.
+fn switchover_steps(
+    instance: &str,
+    old_master: &str,
+    target: &str,
+    link: Option<&str>,
+) -> Vec<Step> {
+    let mut steps = vec![step(
+        StepName::PreHook,
+        format!(
+            "run the pre-switchover hook on {old_master} and {target} (where enabled); a failure aborts"
+        ),
+    )];
+    if let Some(l) = link {
+        steps.push(step(StepName::StopOldPrimary, format!("stop writes: fast shutdown of the {l} primary on {old_master} (its standbys receive all WAL first)")));
+        steps.push(step(
+            StepName::WaitForCatchUp,
+            format!("wait until {target} has replayed everything it received"),
+        ));
+        steps.push(step(
+            StepName::PromoteTarget,
+            format!("promote {target} to {l} primary"),
+        ));
+    }
+    steps.push(step(
+        StepName::SetPriorities,
+        format!("make it stick: lower every other member of {instance} below {target}'s priority"),
+    ));
+    steps.push(step(StepName::MoveVip, format!("fence {instance} on {old_master} (FAULT, priority-0 advert) until {target} is MASTER, then lift the fence")));
+    steps.push(step(
+        StepName::Verify,
+        format!("{target} is MASTER and holds the VIP, {old_master} is not, for 3 s"),
+    ));
+    steps.push(step(
+        StepName::PostHook,
+        "run the post-switchover hook (where enabled)".into(),
+    ));
+    steps
+}
+
+/// The plan of a failover: the old master `old_master` is lost (the arbiter's evidence says so),
+/// `target` takes over. Steps: fence the old master (the cluster's fencing hook, or nothing when
+/// the cluster accepts the risk), promote the target's database, lower every other reachable
+/// member's priority, wait for the target to be MASTER with the VIP, verify.
+pub fn failover_plan(
+    cluster: &ClusterView,
+    instance: &str,
+    link: Option<&str>,
+    old_master: &str,
+    target: &str,
+) -> Plan {
+    let mut steps = vec![step(
+        StepName::FenceOldMaster,
+        format!("fence {old_master}: run the fencing hook (STONITH) and require its success, unless the cluster accepts the risk"),
+    )];
+    if let Some(l) = link {
+        steps.push(step(
+            StepName::PromoteTarget,
+            format!("promote {target} to {l} primary"),
+        ));
+    }
+    steps.push(step(
+        StepName::SetPriorities,
+        format!("make it stick: lower every other reachable member of {instance} below {target}'s priority"),
+    ));
+    steps.push(step(
+        StepName::TakeVip,
+        format!("{target} is MASTER of {instance} with the VIP"),
+    ));
+    steps.push(step(
+        StepName::Verify,
+        format!("{target} is MASTER and holds the VIP, {old_master} is not, for 3 s"),
+    ));
+    let view = cluster.instances.iter().find(|i| i.name == instance);
+    let target_link = link.and_then(|k| {
+        cluster
+            .replication
+            .iter()
+            .find(|r| r.link == k)?
+            .members
+            .iter()
+            .find(|m| m.node_id == target)
+    });
+    Plan {
+        kind: "failover".into(),
+        cluster: cluster.name.clone(),
+        instance: instance.to_string(),
+        old_master: old_master.to_string(),
+        target_node: target.to_string(),
+        link: link.map(str::to_string),
+        target_lag_bytes: target_link.and_then(|m| m.lag_bytes),
+        target_lag_seconds: target_link.and_then(|m| m.lag_seconds),
+        data_at_risk_bytes: target_link.and_then(|m| m.lag_bytes),
+        expected_seconds: if link.is_some() { 5 } else { 2 },
+        vips: view.map_or_else(Vec::new, |i| i.vips.iter().map(|v| v.vip.clone()).collect()),
+        steps,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The plan as it was before the module was split: codes, messages, steps, figures.
+
+    use hapulse_protocol::ReplicationKind;
+
+    use super::*;
+    use crate::fleet::view::{
+        Health, InstanceView, LinkMemberView, MemberView, NodeSummary, ReplicationView, VipView,
+    };
+
+    fn member(node: &str, state: VrrpState) -> MemberView {
+        MemberView {
+            node_id: node.into(),
+            node_status: NodeStatus::Up,
+            state,
+            base_priority: Some(100),
+            effective_priority: Some(100),
+            holds_vip: state == VrrpState::Master,
+            held_vips: Vec::new(),
+            last_transition: None,
+        }
+    }
+
+    fn node(id: &str) -> NodeSummary {
+        NodeSummary {
+            node_id: id.into(),
+            hostname: id.into(),
+            status: NodeStatus::Up,
+            status_since: Utc::now(),
+            last_heartbeat_at: Utc::now(),
+            heartbeat_age_ms: 0,
+            keepalived_running: true,
+            agent_version: "test".into(),
+        }
+    }
+
+    fn instance(name: &str) -> InstanceView {
+        InstanceView {
+            name: name.into(),
+            vrid: Some(51),
+            health: Health::Healthy,
+            reasons: Vec::new(),
+            master: Some("a".into()),
+            masters: vec!["a".into()],
+            vips: vec![VipView {
+                vip: "10.0.0.10".into(),
+                holders: vec!["a".into()],
+            }],
+            members: vec![
+                member("a", VrrpState::Master),
+                member("b", VrrpState::Backup),
+                member("c", VrrpState::Backup),
+            ],
+        }
+    }
+
+    fn link_member(node: &str, role: ReplicationRole, lag: Option<u64>) -> LinkMemberView {
+        LinkMemberView {
+            node_id: node.into(),
+            node_status: NodeStatus::Up,
+            role,
+            state: LinkState::Streaming,
+            peer: None,
+            lag_bytes: lag,
+            lag_seconds: lag.map(|_| 0.5),
+            error: None,
+        }
+    }
+
+    fn link() -> ReplicationView {
+        ReplicationView {
+            link: "postgresql:pg".into(),
+            kind: ReplicationKind::Postgresql,
+            name: "pg".into(),
+            health: Health::Healthy,
+            reasons: Vec::new(),
+            primary: Some("a".into()),
+            primaries: vec!["a".into()],
+            vrrp_instance: Some("vi".into()),
+            vip_holders: vec!["a".into()],
+            vip_on_primary: Some(true),
+            members: vec![
+                link_member("a", ReplicationRole::Primary, None),
+                link_member("b", ReplicationRole::Secondary, Some(128)),
+            ],
+        }
+    }
+
+    /// Cluster `c`: nodes a (MASTER), b and c (BACKUP) of instance `vi`, no database.
+    fn cluster() -> ClusterView {
+        ClusterView {
+            name: "c".into(),
+            health: Health::Healthy,
+            reasons: Vec::new(),
+            nodes_up: 3,
+            nodes_total: 3,
+            nodes: vec![node("a"), node("b"), node("c")],
+            instances: vec![instance("vi")],
+            replication: Vec::new(),
+            epoch: 7,
+        }
+    }
+
+    fn request(target: &str) -> SwitchoverRequest {
+        SwitchoverRequest {
+            target_node: target.into(),
+            instance: None,
+            reason: "maintenance of a".into(),
+            dry_run: true,
+            max_lag_bytes: None,
+            scheduled_at: None,
+        }
+    }
+
+    /// The refusal's code (`not_found` for a 404) and message.
+    fn refused(c: &ClusterView, req: &SwitchoverRequest) -> (String, String) {
+        match plan(c, req) {
+            Ok(p) => panic!("planned {p:?}"),
+            Err(SwitchoverError::Invalid { field, message, .. }) => (field, message),
+            Err(SwitchoverError::Conflict { code, message }) => (code.to_string(), message),
+            Err(SwitchoverError::NotFound(what)) => ("not_found".into(), what),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn names(steps: &[Step]) -> Vec<&str> {
+        steps.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    #[test]
+    fn a_vip_only_switchover() {
+        let p = plan(&cluster(), &request("b")).unwrap();
+        assert_eq!(
+            (p.kind.as_str(), p.instance.as_str(), p.old_master.as_str()),
+            ("switchover", "vi", "a")
+        );
+        assert_eq!((p.link, p.expected_seconds), (None, 3));
+        assert_eq!(p.vips, ["10.0.0.10"]);
+        assert_eq!(
+            names(&p.steps),
+            [
+                "pre_hook",
+                "set_priorities",
+                "move_vip",
+                "verify",
+                "post_hook"
+            ]
+        );
+        assert!(p.steps.iter().all(|s| s.state == "pending"));
+        let described: Vec<&str> = p.steps.iter().map(|s| s.description.as_str()).collect();
+        assert_eq!(
+            described,
+            [
+                "run the pre-switchover hook on a and b (where enabled); a failure aborts",
+                "make it stick: lower every other member of vi below b's priority",
+                "fence vi on a (FAULT, priority-0 advert) until b is MASTER, then lift the fence",
+                "b is MASTER and holds the VIP, a is not, for 3 s",
+                "run the post-switchover hook (where enabled)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_database_moves_with_its_instance() {
+        let mut c = cluster();
+        c.replication.push(link());
+        let p = plan(&c, &request("b")).unwrap();
+        assert_eq!(p.link.as_deref(), Some("postgresql:pg"));
+        assert_eq!(
+            (p.target_lag_bytes, p.data_at_risk_bytes),
+            (Some(128), Some(128))
+        );
+        assert_eq!((p.target_lag_seconds, p.expected_seconds), (Some(0.5), 10));
+        assert_eq!(
+            names(&p.steps),
+            [
+                "pre_hook",
+                "stop_old_primary",
+                "wait_for_catch_up",
+                "promote_target",
+                "set_priorities",
+                "move_vip",
+                "verify",
+                "post_hook"
+            ]
+        );
+        assert_eq!(p.steps[1].description, "stop writes: fast shutdown of the postgresql:pg primary on a (its standbys receive all WAL first)");
+        assert_eq!(
+            p.steps[2].description,
+            "wait until b has replayed everything it received"
+        );
+        assert_eq!(p.steps[3].description, "promote b to postgresql:pg primary");
+    }
+
+    #[test]
+    fn the_request_itself_is_checked_first() {
+        let mut c = cluster();
+        let mut req = request("nobody");
+        req.instance = Some("other".into());
+        assert_eq!(
+            refused(&c, &req),
+            (
+                "instance".into(),
+                "cluster c has no VRRP instance \"other\"".into()
+            )
+        );
+        c.instances.push(instance("vi2"));
+        assert_eq!(
+            refused(&c, &request("nobody")),
+            (
+                "instance".into(),
+                "cluster c has several instances; name one".into()
+            )
+        );
+        let mut req = request("nobody");
+        req.instance = Some("vi".into());
+        req.reason = "two\nlines".into();
+        assert_eq!(
+            refused(&c, &req),
+            (
+                "reason".into(),
+                "say why, in at most 1000 bytes, on one line".into()
+            )
+        );
+        req.reason = "ok".into();
+        req.scheduled_at = Some(Utc::now() + chrono::Duration::days(8));
+        assert_eq!(
+            refused(&c, &req),
+            (
+                "scheduled_at".into(),
+                "must be between now and 7 days ahead".into()
+            )
+        );
+        req.scheduled_at = None;
+        assert_eq!(
+            refused(&c, &req),
+            (
+                "not_found".into(),
+                "target node \"nobody\" in cluster c".into()
+            )
+        );
+    }
+
+    #[test]
+    fn the_target_must_be_an_up_backup_member() {
+        let mut c = cluster();
+        c.instances[0].members.retain(|m| m.node_id != "c");
+        assert_eq!(
+            refused(&c, &request("c")),
+            ("target_not_member".into(), "c is not a member of vi".into())
+        );
+        let mut c = cluster();
+        c.nodes[1].status = NodeStatus::Suspect;
+        assert_eq!(
+            refused(&c, &request("b")),
+            ("target_down".into(), "b is suspect: it must be up".into())
+        );
+        assert_eq!(
+            refused(&cluster(), &request("a")),
+            (
+                "target_not_backup".into(),
+                "a is MASTER in vi: it must be BACKUP".into()
+            )
+        );
+    }
+
+    #[test]
+    fn one_master_and_every_member_up() {
+        let mut c = cluster();
+        c.instances[0].master = None;
+        c.instances[0].masters = vec!["a".into(), "c".into()];
+        assert_eq!(
+            refused(&c, &request("b")),
+            (
+                "no_single_master".into(),
+                "vi has 2 masters (a, c); a switchover needs one healthy master".into()
+            )
+        );
+        let mut c = cluster();
+        c.instances[0].members[2].node_status = NodeStatus::Down;
+        assert_eq!(
+            refused(&c, &request("b")),
+            (
+                "member_down".into(),
+                "c is down: every member of vi must be up to change priorities safely".into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_tied_database_must_follow_and_the_target_stream() {
+        let mut c = cluster();
+        let mut l = link();
+        l.primary = None;
+        l.primaries = Vec::new();
+        c.replication.push(l);
+        assert_eq!(
+            refused(&c, &request("b")),
+            (
+                "primary_elsewhere".into(),
+                "postgresql:pg is tied to vi but its primary is nobody, not the master a: fix that first".into()
+            )
+        );
+        let mut c = cluster();
+        let mut l = link();
+        l.members[1].state = LinkState::CatchingUp;
+        c.replication.push(l);
+        assert_eq!(
+            refused(&c, &request("b")),
+            (
+                "target_not_standby".into(),
+                "b is secondary and catching_up on postgresql:pg: it must be a streaming standby"
+                    .into()
+            )
+        );
+        let mut c = cluster();
+        c.replication.push(link());
+        assert_eq!(
+            refused(&c, &request("c")),
+            (
+                "target_not_standby".into(),
+                "c does not report postgresql:pg".into()
+            )
+        );
+    }
+
+    #[test]
+    fn the_lag_limit() {
+        let mut c = cluster();
+        c.replication.push(link());
+        let mut req = request("b");
+        req.max_lag_bytes = Some(100);
+        assert_eq!(
+            refused(&c, &req),
+            (
+                "lag_too_high".into(),
+                "b's lag is 128 bytes, above the limit of 100".into()
+            )
+        );
+        req.max_lag_bytes = Some(128);
+        assert!(plan(&c, &req).is_ok());
+        c.replication[0].members[1].lag_bytes = None;
+        assert_eq!(
+            refused(&c, &req),
+            (
+                "lag_unknown".into(),
+                "b's lag on postgresql:pg is unknown, so max_lag_bytes cannot be checked".into()
+            )
+        );
+        // Without a database there is no lag to check.
+        assert!(plan(&cluster(), &req).is_ok());
+    }
+
+    #[test]
+    fn a_failover_plan() {
+        let mut c = cluster();
+        c.replication.push(link());
+        let p = failover_plan(&c, "vi", Some("postgresql:pg"), "a", "b");
+        assert_eq!((p.kind.as_str(), p.expected_seconds), ("failover", 5));
+        assert_eq!(p.target_lag_bytes, Some(128));
+        assert_eq!(
+            names(&p.steps),
+            [
+                "fence_old_master",
+                "promote_target",
+                "set_priorities",
+                "take_vip",
+                "verify"
+            ]
+        );
+        let p = failover_plan(&c, "vi", None, "a", "b");
+        assert_eq!(p.expected_seconds, 2);
+        assert_eq!(
+            names(&p.steps),
+            ["fence_old_master", "set_priorities", "take_vip", "verify"]
+        );
+    }
+
+    #[test]
+    fn every_planned_step_is_one_the_executor_knows() {
+        let mut c = cluster();
+        c.replication.push(link());
+        let switchover = plan(&c, &request("b")).unwrap().steps;
+        let failover = failover_plan(&c, "vi", Some("postgresql:pg"), "a", "b").steps;
+        for s in switchover.iter().chain(&failover) {
+            assert!(StepName::parse(&s.name).is_some(), "{}", s.name);
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The stored runs: a switchover or failover row (`switchovers`) with its steps, accepted in one
+//! transaction with the cluster's epoch raise and its audit row, loaded, cancelled while still
+//! scheduled; the bookkeeping of a run as it goes (started, steps saved, end recorded, runs a
+//! stopped server left behind failed at start-up) and the events it leaves in the cluster's
+//! history. A partial unique index (`switchovers_one_active`) lets only one run per cluster be
+//! scheduled or running.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::access::audit::Audit;
+use crate::access::auth::Principal;
+use crate::fleet::live::{EventKind, NewEvent};
+use crate::state::AppState;
+use crate::switchover::error::SwitchoverError;
+use crate::switchover::plan::{Plan, Step, SwitchoverRequest};
+
+/// A stored switchover, as `GET /api/v1/switchovers/{id}` shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Switchover {
+    /// Id.
+    pub id: Uuid,
+    /// `switchover` or `failover`.
+    pub kind: String,
+    /// Started by the arbiter, not a person.
+    pub automatic: bool,
+    /// When a person acknowledged this automatic failover (lifts the anti-flapping hold).
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    /// Who acknowledged it.
+    pub acknowledged_by: Option<String>,
+    /// Cluster.
+    pub cluster: String,
+    /// VRRP instance.
+    pub instance: String,
+    /// Future master.
+    pub target_node: String,
+    /// Master when it was requested.
+    pub old_master: String,
+    /// Replication link moved with it.
+    pub link: Option<String>,
+    /// Why.
+    pub reason: String,
+    /// Who asked.
+    pub requested_by: String,
+    /// `scheduled`, `running`, `succeeded`, `failed`, `cancelled`.
+    pub state: String,
+    /// The cluster epoch it raised.
+    pub epoch: u64,
+    /// When it was requested.
+    pub created_at: DateTime<Utc>,
+    /// When it should start.
+    pub scheduled_at: Option<DateTime<Utc>>,
+    /// When it started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Steps with their states.
+    pub steps: Vec<Step>,
+    /// Where and why it stopped, and the state it left the cluster in.
+    pub error: Option<String>,
+}
+
+/// Loads a switchover.
+pub async fn get(pool: &sqlx::PgPool, id: Uuid) -> Result<Option<Switchover>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT id, kind, automatic, acknowledged_at, acknowledged_by, cluster, instance, target_node,
+                old_master, link, reason, requested_by, state, epoch,
+                created_at, scheduled_at, started_at, finished_at, steps, error
+           FROM switchovers WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let steps: sqlx::types::Json<Vec<Step>> = r.try_get("steps")?;
+    Ok(Some(Switchover {
+        id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
+        automatic: r.try_get("automatic")?,
+        acknowledged_at: r.try_get("acknowledged_at")?,
+        acknowledged_by: r.try_get("acknowledged_by")?,
+        cluster: r.try_get("cluster")?,
+        instance: r.try_get("instance")?,
+        target_node: r.try_get("target_node")?,
+        old_master: r.try_get("old_master")?,
+        link: r.try_get("link")?,
+        reason: r.try_get("reason")?,
+        requested_by: r.try_get("requested_by")?,
+        state: r.try_get("state")?,
+        epoch: r.try_get::<i64, _>("epoch")? as u64,
+        created_at: r.try_get("created_at")?,
+        scheduled_at: r.try_get("scheduled_at")?,
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+        steps: steps.0,
+        error: r.try_get("error")?,
+    }))
+}
+
+/// Accepts a planned switchover or a failover (`plan.kind`; `automatic` when the arbiter started
+/// it): raises the cluster's epoch and stores it in one transaction. 409 `switchover_running`
+/// when another one is scheduled or running.
+pub async fn create(
+    state: &AppState,
+    plan: &Plan,
+    req: &SwitchoverRequest,
+    who: &Principal,
+    automatic: bool,
+) -> Result<(Uuid, u64), SwitchoverError> {
+    let id = Uuid::new_v4();
+    let mut tx = state.db.begin().await?;
+    let epoch: i64 =
+        sqlx::query_scalar("UPDATE clusters SET epoch = epoch + 1 WHERE name = $1 RETURNING epoch")
+            .bind(&plan.cluster)
+            .fetch_one(&mut *tx)
+            .await?;
+    let inserted = sqlx::query(
+        "INSERT INTO switchovers (id, cluster, instance, target_node, old_master, link, reason, requested_by,
+                                  requested_from, state, epoch, max_lag_bytes, scheduled_at, steps, kind, automatic)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'scheduled', $10, $11, $12, $13, $14, $15)",
+    )
+    .bind(id)
+    .bind(&plan.cluster)
+    .bind(&plan.instance)
+    .bind(&plan.target_node)
+    .bind(&plan.old_master)
+    .bind(&plan.link)
+    .bind(&req.reason)
+    .bind(&who.name)
+    .bind(&who.source)
+    .bind(epoch)
+    .bind(req.max_lag_bytes.map(|b| b.min(i64::MAX as u64) as i64))
+    .bind(req.scheduled_at)
+    .bind(sqlx::types::Json(&plan.steps))
+    .bind(&plan.kind)
+    .bind(automatic)
+    .execute(&mut *tx)
+    .await;
+    if let Err(sqlx::Error::Database(e)) = &inserted {
+        if e.constraint() == Some("switchovers_one_active") {
+            return Err(SwitchoverError::conflict(
+                "switchover_running",
+                format!(
+                    "another switchover or failover of {} is scheduled or running",
+                    plan.cluster
+                ),
+            ));
+        }
+    }
+    inserted?;
+    // The audit row commits with the switchover: accepted means recorded.
+    let target = format!("{}/{} → {}", plan.cluster, plan.instance, plan.target_node);
+    Audit::by(who, &plan.kind, &target, "accepted")
+        .reason(&req.reason)
+        .detail(serde_json::json!({ "switchover_id": id, "epoch": epoch, "automatic": automatic }))
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((id, epoch as u64))
+}
+
+/// Cancels a switchover that has not started. 409 when it has.
+pub async fn cancel(state: &AppState, id: Uuid, who: &Principal) -> Result<(), SwitchoverError> {
+    let updated = sqlx::query("UPDATE switchovers SET state = 'cancelled', finished_at = now() WHERE id = $1 AND state = 'scheduled' AND started_at IS NULL")
+        .bind(id)
+        .execute(&state.db)
+        .await?;
+    if updated.rows_affected() == 0 {
+        return match get(&state.db, id).await? {
+            None => Err(SwitchoverError::NotFound(format!("switchover {id}"))),
+            Some(s) => Err(SwitchoverError::conflict(
+                "switchover_started",
+                format!(
+                    "switchover {id} is {}; only a scheduled one can be cancelled",
+                    s.state
+                ),
+            )),
+        };
+    }
+    Audit::by(who, "switchover_cancel", &id.to_string(), "cancelled")
+        .record(&state.db)
+        .await?;
+    Ok(())
+}
+
+/// Marks scheduled run `id` running; `false` when it is no longer scheduled (cancelled
+/// meanwhile).
+pub(super) async fn start(pool: &sqlx::PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let started = sqlx::query("UPDATE switchovers SET state = 'running', started_at = now() WHERE id = $1 AND state = 'scheduled'")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(started.rows_affected() > 0)
+}
+
+/// Stores the steps of run `id` with their states.
+pub(super) async fn save_steps(
+    pool: &sqlx::PgPool,
+    id: Uuid,
+    steps: &[Step],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE switchovers SET steps = $2 WHERE id = $1")
+        .bind(id)
+        .bind(sqlx::types::Json(steps))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Records how running run `id` ended: `state` (`succeeded`, `failed`) and the error.
+pub(super) async fn finish(
+    pool: &sqlx::PgPool,
+    id: Uuid,
+    state: &str,
+    error: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE switchovers SET state = $2, finished_at = now(), error = $3 WHERE id = $1 AND state = 'running'")
+        .bind(id)
+        .bind(state)
+        .bind(error)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Marks the runs a previous server process left running as failed; their ids and clusters.
+pub(super) async fn fail_interrupted(
+    pool: &sqlx::PgPool,
+) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE switchovers SET state = 'failed', finished_at = now(),
+                error = 'interrupted: the server stopped while it ran; check the cluster page before acting (a fence may still be set)'
+          WHERE state = 'running' RETURNING id, cluster",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// The ids of the scheduled runs.
+pub(super) async fn scheduled(pool: &sqlx::PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM switchovers WHERE state = 'scheduled'")
+        .fetch_all(pool)
+        .await
+}
+
+/// Logs a database error that must not stop a running switchover's bookkeeping.
+pub(super) fn log_db(result: Result<(), sqlx::Error>) {
+    if let Err(e) = result {
+        tracing::error!(error = %e, "switchover bookkeeping failed");
+    }
+}
+
+/// Records an event of run `sw` in its cluster's history and tells the dashboards.
+pub(super) async fn event(
+    state: &AppState,
+    sw: &Switchover,
+    kind: EventKind,
+    message: String,
+) -> Result<(), sqlx::Error> {
+    let e = NewEvent {
+        at: Utc::now(),
+        cluster: sw.cluster.clone(),
+        node_id: Some(sw.target_node.clone()),
+        instance: Some(sw.instance.clone()),
+        link: sw.link.clone(),
+        kind,
+        from_state: Some(sw.old_master.clone()),
+        to_state: Some(sw.target_node.clone()),
+        message,
+        detail: serde_json::json!({ "switchover_id": sw.id, "epoch": sw.epoch, "reason": sw.reason, "requested_by": sw.requested_by }),
+    };
+    let mut tx = state.db.begin().await?;
+    crate::fleet::store::insert_events(&mut tx, std::slice::from_ref(&e)).await?;
+    tx.commit().await?;
+    state.metrics.event(kind);
+    state.announce(&sw.cluster);
+    Ok(())
+}
