@@ -8,6 +8,6 @@ fuzz_target!(|data: &[u8]| {
     let parsed: Result<hapulse_protocol::HeartbeatReport, _> =
         serde::Deserialize::deserialize(&mut de);
     if let Ok(report) = parsed {
-        let _ = hapulse_server::ingest::validate(&report);
+        let _ = hapulse_server::fleet::validate::validate(&report);
     }
 });
