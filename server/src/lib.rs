@@ -17,6 +17,7 @@ pub mod history;
 pub mod http;
 pub mod launch;
 pub mod metrics;
+pub mod refusal;
 pub mod shared_views;
 pub mod state;
 pub mod switchover;

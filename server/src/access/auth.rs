@@ -25,33 +25,15 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::refusal::Refusal;
+
 /// Why an access operation (users, tokens, sessions, a role check) was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
-    /// A field is not acceptable (HTTP 400); nothing was changed.
-    #[error("{message}")]
-    Invalid {
-        /// Stable code (`invalid_body`).
-        code: &'static str,
-        /// The field at fault.
-        field: String,
-        /// For people.
-        message: String,
-    },
-    /// It conflicts with what exists (HTTP 409; `code` says how: `user_exists`).
-    #[error("{message}")]
-    Conflict {
-        /// Stable code.
-        code: &'static str,
-        /// For people.
-        message: String,
-    },
-    /// The named user or token does not exist (HTTP 404).
-    #[error("{0} not found")]
-    NotFound(String),
-    /// The principal may not do this (HTTP 403).
-    #[error("{0}")]
-    Forbidden(String),
+    /// Refused: a field that is not acceptable (400, naming it), an unknown user or token (404),
+    /// a principal without the role (403), a name taken (409 `user_exists`). Nothing was changed.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// PostgreSQL failed (HTTP 503 when it is unavailable, else 500).
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -59,21 +41,6 @@ pub enum AccessError {
     /// log.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
-}
-
-impl AccessError {
-    /// An [`AccessError::Invalid`] naming `field`.
-    pub fn invalid(
-        code: &'static str,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        AccessError::Invalid {
-            code,
-            field: field.into(),
-            message: message.into(),
-        }
-    }
 }
 
 /// What a principal may do; each role includes the ones before it.
@@ -171,12 +138,12 @@ impl Principal {
         if self.role >= role {
             Ok(())
         } else {
-            Err(AccessError::Forbidden(format!(
+            Err(AccessError::from(Refusal::forbidden(format!(
                 "{} has role {}; this needs {}",
                 self.name,
                 self.role.as_str(),
                 role.as_str()
-            )))
+            ))))
         }
     }
 
@@ -240,21 +207,21 @@ fn check_name(field: &'static str, name: &str) -> Result<(), AccessError> {
     if hapulse_protocol::valid_name(name) {
         Ok(())
     } else {
-        Err(AccessError::invalid(
+        Err(AccessError::from(Refusal::invalid(
             "invalid_body",
             field,
             "1-64 characters of A-Z a-z 0-9 . _ -",
-        ))
+        )))
     }
 }
 
 fn check_clusters(clusters: &Option<Vec<String>>) -> Result<(), AccessError> {
     match clusters {
-        Some(cs) if cs.is_empty() => Err(AccessError::invalid(
+        Some(cs) if cs.is_empty() => Err(AccessError::from(Refusal::invalid(
             "invalid_body",
             "clusters",
             "leave it out for every cluster, or name at least one",
-        )),
+        ))),
         Some(cs) => cs.iter().try_for_each(|c| check_name("clusters", c)),
         None => Ok(()),
     }
@@ -275,11 +242,11 @@ pub async fn create_user(
     check_name("name", name)?;
     check_clusters(clusters)?;
     if password.chars().count() < MIN_PASSWORD_CHARS {
-        return Err(AccessError::invalid(
+        return Err(AccessError::from(Refusal::invalid(
             "invalid_body",
             "password",
             format!("at least {MIN_PASSWORD_CHARS} characters"),
-        ));
+        )));
     }
     let hash = hash_password(password)?;
     let inserted = sqlx::query(
@@ -293,10 +260,10 @@ pub async fn create_user(
     .execute(pool)
     .await?;
     if inserted.rows_affected() == 0 {
-        return Err(AccessError::Conflict {
-            code: "user_exists",
-            message: format!("a user named {name:?} exists"),
-        });
+        return Err(AccessError::from(Refusal::conflict(
+            "user_exists",
+            format!("a user named {name:?} exists"),
+        )));
     }
     Ok(())
 }
@@ -305,11 +272,11 @@ pub async fn create_user(
 /// an unknown or disabled user.
 pub async fn set_password(pool: &PgPool, name: &str, password: &str) -> Result<(), AccessError> {
     if password.chars().count() < MIN_PASSWORD_CHARS {
-        return Err(AccessError::invalid(
+        return Err(AccessError::from(Refusal::invalid(
             "invalid_body",
             "password",
             format!("at least {MIN_PASSWORD_CHARS} characters"),
-        ));
+        )));
     }
     let hash = hash_password(password)?;
     let mut tx = pool.begin().await?;
@@ -320,7 +287,9 @@ pub async fn set_password(pool: &PgPool, name: &str, password: &str) -> Result<(
             .execute(&mut *tx)
             .await?;
     if done.rows_affected() == 0 {
-        return Err(AccessError::NotFound(format!("user {name:?}")));
+        return Err(AccessError::from(Refusal::not_found(format!(
+            "user {name:?}"
+        ))));
     }
     sqlx::query("UPDATE sessions SET ended_at = now() WHERE user_name = $1 AND ended_at IS NULL")
         .bind(name)
@@ -339,7 +308,9 @@ pub async fn disable_user(pool: &PgPool, name: &str) -> Result<(), AccessError> 
             .execute(&mut *tx)
             .await?;
     if done.rows_affected() == 0 {
-        return Err(AccessError::NotFound(format!("user {name:?}")));
+        return Err(AccessError::from(Refusal::not_found(format!(
+            "user {name:?}"
+        ))));
     }
     sqlx::query("UPDATE sessions SET ended_at = now() WHERE user_name = $1 AND ended_at IS NULL")
         .bind(name)
@@ -429,7 +400,7 @@ pub async fn revoke_token(pool: &PgPool, id: Uuid) -> Result<(), AccessError> {
     .execute(pool)
     .await?;
     if done.rows_affected() == 0 {
-        return Err(AccessError::NotFound(format!("token {id}")));
+        return Err(AccessError::from(Refusal::not_found(format!("token {id}"))));
     }
     Ok(())
 }

@@ -18,48 +18,23 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::access::auth::{digest, new_secret};
+use crate::refusal::Refusal;
 
 /// Why an enrollment, a node's first contact or a revocation was refused or failed; nothing
 /// was changed.
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollmentError {
-    /// The request is malformed (HTTP 400): `field` names the culprit.
-    #[error("{message}")]
-    Invalid {
-        /// Stable code (`invalid_body`).
-        code: &'static str,
-        /// The request field at fault (`node_id`, `lifetime`).
-        field: String,
-        /// For people.
-        message: String,
-    },
-    /// The enrollment token is unknown, used or expired (HTTP 401; which one is not said).
-    #[error("missing or invalid credentials")]
-    Unauthorized,
-    /// The node has no credential or token to revoke (HTTP 404).
-    #[error("{0} not found")]
-    NotFound(String),
+    /// Refused: a malformed request (400, naming the field: `node_id`, `lifetime`), an
+    /// enrollment token that is unknown, used or expired (401; which one is not said), a node
+    /// with nothing to revoke (404).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// PostgreSQL failed (HTTP 503 when it is unavailable, else 500).
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     /// Anything else (HTTP 500, details only in the log).
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
-}
-
-impl EnrollmentError {
-    /// An [`EnrollmentError::Invalid`] naming `field`.
-    pub fn invalid(
-        code: &'static str,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        EnrollmentError::Invalid {
-            code,
-            field: field.into(),
-            message: message.into(),
-        }
-    }
 }
 
 /// Longest life of an enrollment token.
@@ -122,18 +97,18 @@ pub async fn create(
     created_by: &str,
 ) -> Result<NewEnrollment, EnrollmentError> {
     if !hapulse_protocol::valid_name(node_id) {
-        return Err(EnrollmentError::invalid(
+        return Err(EnrollmentError::from(Refusal::invalid(
             "invalid_body",
             "node_id",
             "1-64 characters of A-Z a-z 0-9 . _ -",
-        ));
+        )));
     }
     if lifetime.is_zero() || lifetime > MAX_TOKEN_LIFETIME {
-        return Err(EnrollmentError::invalid(
+        return Err(EnrollmentError::from(Refusal::invalid(
             "invalid_body",
             "expires_in",
             "more than 0 and at most 7 days",
-        ));
+        )));
     }
     let (token, hash) = new_secret("hpe_");
     let expires_at = Utc::now()
@@ -174,7 +149,7 @@ pub async fn enroll(
     .fetch_optional(&mut *tx)
     .await?;
     if used.is_none() {
-        return Err(EnrollmentError::Unauthorized);
+        return Err(EnrollmentError::from(Refusal::unauthorized()));
     }
     let (secret, hash) = new_secret("hpn_");
     sqlx::query(
@@ -205,9 +180,9 @@ pub async fn revoke(
     .execute(pool)
     .await?;
     if done.rows_affected() == 0 {
-        return Err(EnrollmentError::NotFound(format!(
+        return Err(EnrollmentError::from(Refusal::not_found(format!(
             "credential of node {node_id:?}"
-        )));
+        ))));
     }
     credentials.replace(node_id, None);
     Ok(())

@@ -23,6 +23,7 @@ use crate::alerting::rules::{
 };
 use crate::config::AlertSettings;
 use crate::fleet::view;
+use crate::refusal::Refusal;
 use crate::state::AppState;
 
 /// An open (pending or firing) alert.
@@ -494,9 +495,9 @@ pub async fn acknowledge(
         .execute(pool)
         .await?;
     if done.rows_affected() == 0 {
-        return Err(crate::alerting::error::AlertingError::NotFound(format!(
-            "open alert {id}"
-        )));
+        return Err(crate::alerting::error::AlertingError::from(
+            Refusal::not_found(format!("open alert {id}")),
+        ));
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use crate::access::audit::Audit;
 use crate::access::auth::{Principal, Role};
 use crate::alerting::error::AlertingError;
 use crate::alerting::silences::{self, NewSilence, Silence};
+use crate::refusal::Refusal;
 use crate::state::AppState;
 
 /// Acknowledges open alert `id` for `who` and audits it. 400 (field `comment`) without a
@@ -19,18 +20,20 @@ pub async fn acknowledge(
     who: &Principal,
 ) -> Result<(), AlertingError> {
     if comment.trim().is_empty() || comment.len() > 1000 || comment.chars().any(char::is_control) {
-        return Err(AlertingError::invalid(
+        return Err(AlertingError::from(Refusal::invalid(
             "invalid_body",
             "comment",
             "a comment is required, one line of at most 1000 bytes",
-        ));
+        )));
     }
     let cluster: Option<String> = sqlx::query_scalar("SELECT cluster FROM alerts WHERE id = $1")
         .bind(id)
         .fetch_optional(&state.db)
         .await?;
     if !cluster.is_some_and(|c| who.may_see(&c)) {
-        return Err(AlertingError::NotFound(format!("open alert {id}")));
+        return Err(AlertingError::from(Refusal::not_found(format!(
+            "open alert {id}"
+        ))));
     }
     crate::alerting::engine::acknowledge(&state.db, id, &who.name, comment).await?;
     Audit::by(who, "alert_ack", &id.to_string(), "acknowledged")
@@ -52,10 +55,10 @@ pub async fn silence(
         who.require(Role::Admin)?;
     }
     if who.clusters.is_some() && !new.cluster.as_deref().is_some_and(|c| who.may_see(c)) {
-        return Err(AlertingError::Forbidden(format!(
+        return Err(AlertingError::from(Refusal::forbidden(format!(
             "{} may only silence its own clusters: name one",
             who.name
-        )));
+        ))));
     }
     new.author = who.name.clone();
     let silence = silences::create(&state.db, &new, None).await?;
@@ -82,7 +85,9 @@ pub async fn end_silence(state: &AppState, id: Uuid, who: &Principal) -> Result<
         .iter()
         .find(|s| s.id == id && s.cluster.as_deref().is_none_or(|c| who.may_see(c)))
     else {
-        return Err(AlertingError::NotFound(format!("silence {id}")));
+        return Err(AlertingError::from(Refusal::not_found(format!(
+            "silence {id}"
+        ))));
     };
     if s.maintenance {
         who.require(Role::Admin)?;

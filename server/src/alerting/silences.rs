@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::alerting::error::AlertingError;
 use crate::alerting::rules::{Condition, RULES};
+use crate::refusal::Refusal;
 
 /// A silence as stored and listed.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -114,55 +115,55 @@ pub async fn create(
     switchover: Option<Uuid>,
 ) -> Result<Silence, AlertingError> {
     if s.cluster.is_none() && s.node_id.is_none() && s.rules.is_empty() && s.severity.is_none() {
-        return Err(AlertingError::invalid(
+        return Err(AlertingError::from(Refusal::invalid(
             "invalid_body",
             "matchers",
             "a silence must match something: cluster, node_id, rules or severity",
-        ));
+        )));
     }
     if let Some(bad) = s.rules.iter().find(|r| !RULES.contains(&r.as_str())) {
-        return Err(AlertingError::invalid(
+        return Err(AlertingError::from(Refusal::invalid(
             "invalid_body",
             "rules",
             format!("unknown rule {bad:?}; known: {}", RULES.join(", ")),
-        ));
+        )));
     }
     if s.severity
         .as_deref()
         .is_some_and(|v| !["critical", "warning", "info"].contains(&v))
     {
-        return Err(AlertingError::invalid(
+        return Err(AlertingError::from(Refusal::invalid(
             "invalid_body",
             "severity",
             "critical, warning or info",
-        ));
+        )));
     }
     for (field, value) in [("cluster", &s.cluster), ("node_id", &s.node_id)] {
         if value
             .as_deref()
             .is_some_and(|v| !hapulse_protocol::valid_name(v))
         {
-            return Err(AlertingError::invalid(
+            return Err(AlertingError::from(Refusal::invalid(
                 "invalid_body",
                 field,
                 "1-64 characters of A-Z a-z 0-9 . _ -",
-            ));
+            )));
         }
     }
     if !text_ok(&s.author, 200) || !text_ok(&s.reason, 1000) {
-        return Err(AlertingError::invalid(
+        return Err(AlertingError::from(Refusal::invalid(
             "invalid_body",
             "reason",
             "author and reason are required, one line each",
-        ));
+        )));
     }
     let starts = s.starts_at.unwrap_or_else(Utc::now);
     if s.ends_at <= starts || s.ends_at - starts > chrono::Duration::days(90) {
-        return Err(AlertingError::invalid(
+        return Err(AlertingError::from(Refusal::invalid(
             "invalid_body",
             "ends_at",
             "must be after starts_at and within 90 days of it",
-        ));
+        )));
     }
     let id = Uuid::new_v4();
     let silence = sqlx::query_as::<_, Silence>(
@@ -203,7 +204,9 @@ pub async fn expire(pool: &sqlx::PgPool, id: Uuid) -> Result<(), AlertingError> 
         .execute(pool)
         .await?;
     if done.rows_affected() == 0 {
-        return Err(AlertingError::NotFound(format!("current silence {id}")));
+        return Err(AlertingError::from(Refusal::not_found(format!(
+            "current silence {id}"
+        ))));
     }
     Ok(())
 }

@@ -17,55 +17,24 @@ use crate::failover::evidence;
 use crate::failover::status::{DecisionRow, FailoverStatus, PolicyView};
 use crate::fleet::live::NodeStatus;
 use crate::fleet::view::ClusterView;
+use crate::refusal::Refusal;
 use crate::state::AppState;
 use crate::switchover::error::SwitchoverError;
 
 /// Why a request about automatic failover was refused or failed; nothing was changed.
 #[derive(Debug, thiserror::Error)]
 pub enum FailoverError {
-    /// The request is malformed (HTTP 400): `field` names the culprit.
-    #[error("{message}")]
-    Invalid {
-        /// Stable code (`invalid_body`).
-        code: &'static str,
-        /// The request field at fault (`reason`).
-        field: String,
-        /// For people.
-        message: String,
-    },
-    /// Refused in the cluster's current state (HTTP 409): `code` says why (`no_evidence`,
+    /// Refused: a malformed request (400, naming the field: `reason`), an unknown cluster, node
+    /// or failover (404), or the cluster's current state (409, with its code: `no_evidence`,
     /// `failover_refused`, `already_acknowledged`, `not_rejoined`).
-    #[error("{message}")]
-    Conflict {
-        /// Stable code.
-        code: &'static str,
-        /// For people.
-        message: String,
-    },
-    /// The cluster, node or failover does not exist (HTTP 404).
-    #[error("{0} not found")]
-    NotFound(String),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// Starting the failover run was refused or failed.
     #[error(transparent)]
     Run(#[from] SwitchoverError),
     /// PostgreSQL failed (HTTP 503 when it is unavailable, else 500).
     #[error(transparent)]
     Database(#[from] sqlx::Error),
-}
-
-impl FailoverError {
-    /// A [`FailoverError::Invalid`] naming `field`.
-    pub fn invalid(
-        code: &'static str,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        FailoverError::Invalid {
-            code,
-            field: field.into(),
-            message: message.into(),
-        }
-    }
 }
 
 /// The failover status of `cluster` (shared with the dashboard).
@@ -76,7 +45,9 @@ pub async fn load_status(state: &AppState, cluster: &str) -> Result<FailoverStat
             .fetch_optional(&state.db)
             .await?;
     let Some(leader) = leader else {
-        return Err(FailoverError::NotFound(format!("cluster {cluster:?}")));
+        return Err(FailoverError::from(Refusal::not_found(format!(
+            "cluster {cluster:?}"
+        ))));
     };
     let rows = sqlx::query(
         "SELECT at, action, candidate, reason FROM failover_decisions
@@ -155,11 +126,11 @@ pub async fn request_failover(
         || req.reason.len() > 1000
         || req.reason.chars().any(char::is_control)
     {
-        return Err(FailoverError::invalid(
+        return Err(FailoverError::from(Refusal::invalid(
             "invalid_body",
             "reason",
             "say why, in at most 1000 bytes, on one line",
-        ));
+        )));
     }
     let view = crate::switchover::plan::cluster_view(state, cluster).await?;
     let target = format!("{cluster} → {}", req.target_node);
@@ -170,10 +141,10 @@ pub async fn request_failover(
         .get(cluster)
         .cloned();
     let Some(g) = verdict.and_then(|v| v.evidence) else {
-        return Err(FailoverError::Conflict {
-            code: "no_evidence",
-            message: format!("the arbiter knows no leader of {cluster} yet"),
-        });
+        return Err(FailoverError::from(Refusal::conflict(
+            "no_evidence",
+            format!("the arbiter knows no leader of {cluster} yet"),
+        )));
     };
     let mut policy = state.settings.failover.policy(cluster, true);
     policy.mode = Mode::Auto;
@@ -186,10 +157,10 @@ pub async fn request_failover(
     let mut candidates = evidence::candidates(&g);
     candidates.retain(|c| c.node_id == req.target_node);
     if candidates.is_empty() {
-        return Err(FailoverError::NotFound(format!(
+        return Err(FailoverError::from(Refusal::not_found(format!(
             "node {:?} in cluster {cluster} (other than the leader {})",
             req.target_node, g.leader
-        )));
+        ))));
     }
     let decision = failover::decide(&failover::Situation {
         now: Utc::now(),
@@ -223,10 +194,10 @@ pub async fn request_failover(
             .await
             .map_err(FailoverError::from)
         }
-        other => Err(FailoverError::Conflict {
-            code: "failover_refused",
-            message: other.reason().to_string(),
-        }),
+        other => Err(FailoverError::from(Refusal::conflict(
+            "failover_refused",
+            other.reason().to_string(),
+        ))),
     };
     if let Err(e) = &started {
         Audit::by(who, "failover", &target, &format!("refused: {e}"))
@@ -242,11 +213,11 @@ pub async fn request_failover(
 /// with control characters.
 fn check_reason(reason: &str) -> Result<(), FailoverError> {
     if reason.trim().is_empty() || reason.len() > 1000 || reason.chars().any(char::is_control) {
-        return Err(FailoverError::invalid(
+        return Err(FailoverError::from(Refusal::invalid(
             "invalid_body",
             "reason",
             "say why, in at most 1000 bytes, on one line",
-        ));
+        )));
     }
     Ok(())
 }
@@ -262,7 +233,7 @@ pub async fn acknowledge_failover(
     let sw = crate::switchover::store::get(&state.db, id)
         .await?
         .filter(|s| me.may_see(&s.cluster) && s.kind == "failover")
-        .ok_or_else(|| FailoverError::NotFound(format!("failover {id}")))?;
+        .ok_or_else(|| FailoverError::from(Refusal::not_found(format!("failover {id}"))))?;
     let mut tx = state.db.begin().await?;
     let done = sqlx::query(
         "UPDATE switchovers SET acknowledged_at = now(), acknowledged_by = $2
@@ -273,10 +244,10 @@ pub async fn acknowledge_failover(
     .execute(&mut *tx)
     .await?;
     if done.rows_affected() == 0 {
-        return Err(FailoverError::Conflict {
-            code: "already_acknowledged",
-            message: format!("failover {id} is acknowledged already"),
-        });
+        return Err(FailoverError::from(Refusal::conflict(
+            "already_acknowledged",
+            format!("failover {id} is acknowledged already"),
+        )));
     }
     Audit::by(me, "failover_acknowledge", &id.to_string(), "acknowledged")
         .reason(reason)
@@ -351,20 +322,17 @@ fn leader_evidence(state: &AppState, cluster: &str) -> Result<evidence::Gathered
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .get(cluster)
         .cloned();
-    verdict
-        .and_then(|v| v.evidence)
-        .ok_or_else(|| FailoverError::Conflict {
-            code: "no_evidence",
-            message: format!("the arbiter knows no leader of {cluster} yet"),
-        })
+    verdict.and_then(|v| v.evidence).ok_or_else(|| {
+        FailoverError::from(Refusal::conflict(
+            "no_evidence",
+            format!("the arbiter knows no leader of {cluster} yet"),
+        ))
+    })
 }
 
 /// A `not_rejoined` conflict.
 fn not_rejoined(message: String) -> FailoverError {
-    FailoverError::Conflict {
-        code: "not_rejoined",
-        message,
-    }
+    FailoverError::from(Refusal::conflict("not_rejoined", message))
 }
 
 /// Checks that `node` has rejoined `cluster` under leader `g.leader`: it is not the leader, it
@@ -383,7 +351,11 @@ fn rejoined(
         .nodes
         .iter()
         .find(|n| n.node_id == node)
-        .ok_or_else(|| FailoverError::NotFound(format!("node {node:?} in cluster {cluster}")))?;
+        .ok_or_else(|| {
+            FailoverError::from(Refusal::not_found(format!(
+                "node {node:?} in cluster {cluster}"
+            )))
+        })?;
     if summary.status != NodeStatus::Up {
         return Err(not_rejoined(format!(
             "{node} is {}",

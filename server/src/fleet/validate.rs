@@ -5,38 +5,19 @@ use hapulse_protocol::{
     valid_name, HeartbeatReport, ReplicationLinkReport, VrrpInstanceReport, PROTOCOL_VERSION,
 };
 
+use crate::refusal::Refusal;
+
 /// Why a heartbeat report was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    /// The report is malformed (HTTP 400): nothing of it was applied.
-    #[error("{message}")]
-    Invalid {
-        /// Stable code (`protocol_version`, `invalid_body`, …).
-        code: &'static str,
-        /// For people.
-        message: String,
-        /// The report field at fault (`keepalived.instances[0].vips[1]`).
-        field: Option<String>,
-    },
+    /// The report is malformed (HTTP 400, naming the field:
+    /// `keepalived.instances[0].vips[1]`): nothing of it was applied.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// PostgreSQL could not store the report (HTTP 503): nothing was applied, and the agent
     /// keeps it and retries. The cause was logged where it happened.
     #[error("database unavailable, retry later")]
     Unavailable,
-}
-
-impl IngestError {
-    /// An [`IngestError::Invalid`] naming `field`.
-    pub fn invalid(
-        code: &'static str,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        IngestError::Invalid {
-            code,
-            message: message.into(),
-            field: Some(field.into()),
-        }
-    }
 }
 
 /// Most VRRP instances one report may carry.
@@ -70,42 +51,42 @@ fn text_ok(s: &str, max: usize) -> bool {
 /// The report's header: protocol version, node and cluster names, sequence number, interval.
 fn check_header(report: &HeartbeatReport) -> Result<(), IngestError> {
     if report.protocol_version != PROTOCOL_VERSION {
-        return Err(IngestError::Invalid {
-            code: "protocol_version",
-            message: format!(
+        return Err(IngestError::from(Refusal::invalid(
+            "protocol_version",
+            "protocol_version",
+            format!(
                 "protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}",
                 report.protocol_version
             ),
-            field: Some("protocol_version".into()),
-        });
+        )));
     }
     if !valid_name(&report.node_id) {
-        return Err(IngestError::invalid(
+        return Err(IngestError::from(Refusal::invalid(
             "invalid_body",
             "node_id",
             "1-64 characters of A-Z a-z 0-9 . _ -",
-        ));
+        )));
     }
     if !valid_name(&report.cluster) {
-        return Err(IngestError::invalid(
+        return Err(IngestError::from(Refusal::invalid(
             "invalid_body",
             "cluster",
             "1-64 characters of A-Z a-z 0-9 . _ -",
-        ));
+        )));
     }
     if report.seq == 0 || report.seq > i64::MAX as u64 {
-        return Err(IngestError::invalid(
+        return Err(IngestError::from(Refusal::invalid(
             "invalid_body",
             "seq",
             "must be between 1 and 2^63-1",
-        ));
+        )));
     }
     if !(100..=3_600_000).contains(&report.heartbeat_interval_ms) {
-        return Err(IngestError::invalid(
+        return Err(IngestError::from(Refusal::invalid(
             "invalid_body",
             "heartbeat_interval_ms",
             "must be 100..=3600000",
-        ));
+        )));
     }
     Ok(())
 }
@@ -113,25 +94,25 @@ fn check_header(report: &HeartbeatReport) -> Result<(), IngestError> {
 /// What the report says of its host and agent: hostname, agent version, load.
 fn check_host(report: &HeartbeatReport) -> Result<(), IngestError> {
     if !text_ok(&report.hostname, 255) {
-        return Err(IngestError::invalid(
+        return Err(IngestError::from(Refusal::invalid(
             "invalid_body",
             "hostname",
             "at most 255 bytes, no control characters",
-        ));
+        )));
     }
     if !text_ok(&report.agent_version, 64) {
-        return Err(IngestError::invalid(
+        return Err(IngestError::from(Refusal::invalid(
             "invalid_body",
             "agent_version",
             "at most 64 bytes, no control characters",
-        ));
+        )));
     }
     if !report.load1.is_finite() || report.load1 < 0.0 {
-        return Err(IngestError::invalid(
+        return Err(IngestError::from(Refusal::invalid(
             "invalid_body",
             "load1",
             "must be a finite number ≥ 0",
-        ));
+        )));
     }
     Ok(())
 }
@@ -139,18 +120,18 @@ fn check_host(report: &HeartbeatReport) -> Result<(), IngestError> {
 /// At most [`MAX_INSTANCES`] VRRP instances and [`MAX_LINKS`] replication links.
 fn check_counts(report: &HeartbeatReport) -> Result<(), IngestError> {
     if report.keepalived.instances.len() > MAX_INSTANCES {
-        return Err(IngestError::invalid(
+        return Err(IngestError::from(Refusal::invalid(
             "invalid_body",
             "keepalived.instances",
             format!("at most {MAX_INSTANCES} instances"),
-        ));
+        )));
     }
     if report.replication.len() > MAX_LINKS {
-        return Err(IngestError::invalid(
+        return Err(IngestError::from(Refusal::invalid(
             "invalid_body",
             "replication",
             format!("at most {MAX_LINKS} links"),
-        ));
+        )));
     }
     Ok(())
 }
@@ -164,18 +145,18 @@ fn check_link(
 ) -> Result<(), IngestError> {
     let field = |name: &str| format!("replication[{n}].{name}");
     if !valid_name(&l.name) {
-        return Err(IngestError::invalid(
+        return Err(IngestError::from(Refusal::invalid(
             "invalid_body",
             field("name"),
             "1-64 characters of A-Z a-z 0-9 . _ -",
-        ));
+        )));
     }
     if before.iter().any(|o| o.key() == l.key()) {
-        return Err(IngestError::invalid(
+        return Err(IngestError::from(Refusal::invalid(
             "invalid_body",
             field("name"),
             format!("link {} appears twice", l.key()),
-        ));
+        )));
     }
     for (name, value, max) in [
         ("peer", &l.peer, 1024),
@@ -183,30 +164,30 @@ fn check_link(
         ("error", &l.error, 4096),
     ] {
         if value.as_deref().is_some_and(|v| !text_ok(v, max)) {
-            return Err(IngestError::invalid(
+            return Err(IngestError::from(Refusal::invalid(
                 "invalid_body",
                 field(name),
                 format!("at most {max} bytes, no control characters"),
-            ));
+            )));
         }
     }
     if l.lag_seconds.is_some_and(|s| !s.is_finite() || s < 0.0) {
-        return Err(IngestError::invalid(
+        return Err(IngestError::from(Refusal::invalid(
             "invalid_body",
             field("lag_seconds"),
             "must be a finite number ≥ 0",
-        ));
+        )));
     }
     if l.raw.len() > 256
         || l.raw
             .iter()
             .any(|(k, v)| k.len() > 128 || v.len() > 4096 || k.contains('\0') || v.contains('\0'))
     {
-        return Err(IngestError::invalid(
+        return Err(IngestError::from(Refusal::invalid(
             "invalid_body",
             field("raw"),
             "at most 256 fields, names ≤ 128 and values ≤ 4096 bytes, no NUL",
-        ));
+        )));
     }
     Ok(())
 }
@@ -220,25 +201,25 @@ fn check_instance(
 ) -> Result<(), IngestError> {
     let field = |name: &str| format!("keepalived.instances[{n}].{name}");
     if i.name.is_empty() || i.name.len() > 64 || i.name.chars().any(char::is_control) {
-        return Err(IngestError::invalid(
+        return Err(IngestError::from(Refusal::invalid(
             "invalid_body",
             field("name"),
             "1-64 printable characters",
-        ));
+        )));
     }
     if before.iter().any(|o| o.name == i.name) {
-        return Err(IngestError::invalid(
+        return Err(IngestError::from(Refusal::invalid(
             "invalid_body",
             field("name"),
             format!("instance {:?} appears twice", i.name),
-        ));
+        )));
     }
     if i.interface.as_ref().is_some_and(|s| !text_ok(s, 64)) {
-        return Err(IngestError::invalid(
+        return Err(IngestError::from(Refusal::invalid(
             "invalid_body",
             field("interface"),
             "at most 64 bytes, no control characters",
-        ));
+        )));
     }
     check_vips(n, i)
 }
@@ -247,27 +228,27 @@ fn check_instance(
 /// among them.
 fn check_vips(n: usize, i: &VrrpInstanceReport) -> Result<(), IngestError> {
     if i.vips.len() > MAX_VIPS {
-        return Err(IngestError::invalid(
+        return Err(IngestError::from(Refusal::invalid(
             "invalid_body",
             format!("keepalived.instances[{n}].vips"),
             format!("at most {MAX_VIPS} VIPs"),
-        ));
+        )));
     }
     for (v, vip) in i.vips.iter().enumerate() {
         if vip.parse::<std::net::IpAddr>().is_err() {
-            return Err(IngestError::invalid(
+            return Err(IngestError::from(Refusal::invalid(
                 "invalid_body",
                 format!("keepalived.instances[{n}].vips[{v}]"),
                 format!("{vip:?} is not an IP address"),
-            ));
+            )));
         }
     }
     if let Some(v) = i.held_vips.iter().position(|h| !i.vips.contains(h)) {
-        return Err(IngestError::invalid(
+        return Err(IngestError::from(Refusal::invalid(
             "invalid_body",
             format!("keepalived.instances[{n}].held_vips[{v}]"),
             "a held VIP must be one of the instance's vips",
-        ));
+        )));
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ use sqlx::Row;
 
 use crate::access::auth::{digest, Principal, Role, Via};
 use crate::http::error::AppError;
+use crate::refusal::Refusal;
 use crate::state::AppState;
 
 /// The session cookie's name for this server (see the module docs).
@@ -69,7 +70,7 @@ async fn identify(
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(AppError::Unauthorized)?;
+            .ok_or(AppError::from(Refusal::unauthorized()))?;
         let row = sqlx::query(
             "SELECT id, name, role, clusters,
                     last_used_at IS NULL OR last_used_at < now() - interval '1 minute' AS stale
@@ -78,7 +79,7 @@ async fn identify(
         .bind(digest(token))
         .fetch_optional(&state.db)
         .await?
-        .ok_or(AppError::Unauthorized)?;
+        .ok_or(AppError::from(Refusal::unauthorized()))?;
         // Last use to the minute: a write per minute per token, not per request.
         if row.try_get::<bool, _>("stale")? {
             sqlx::query("UPDATE api_tokens SET last_used_at = now() WHERE id = $1")
@@ -226,7 +227,7 @@ async fn authorize(state: &AppState, mut req: Request) -> Result<Request, Respon
             source,
             via: Via::Anonymous,
         },
-        None if api || !safe => return Err(AppError::Unauthorized.into_response()),
+        None if api || !safe => return Err(AppError::from(Refusal::unauthorized()).into_response()),
         None => {
             let next = req
                 .uri()
@@ -243,10 +244,10 @@ async fn authorize(state: &AppState, mut req: Request) -> Result<Request, Respon
         .map_err(|e| AppError::from(e).into_response())?;
     if let Some(cluster) = cluster_of(&path) {
         if !principal.may_see(cluster) {
-            return Err(AppError::Forbidden(format!(
+            return Err(AppError::from(Refusal::forbidden(format!(
                 "{} may not see cluster {cluster:?}",
                 principal.name
-            ))
+            )))
             .into_response());
         }
     }
@@ -257,10 +258,10 @@ async fn authorize(state: &AppState, mut req: Request) -> Result<Request, Respon
                 .get("x-csrf-token")
                 .and_then(|v| v.to_str().ok());
             if presented != Some(csrf.as_str()) {
-                return Err(
-                    AppError::Forbidden("missing or wrong X-CSRF-Token header".into())
-                        .into_response(),
-                );
+                return Err(AppError::from(Refusal::forbidden(
+                    "missing or wrong X-CSRF-Token header",
+                ))
+                .into_response());
             }
         } else {
             req = check_form_csrf(req, csrf).await?;
@@ -276,8 +277,9 @@ async fn check_form_csrf(req: Request, csrf: &str) -> Result<Request, Response> 
     let bytes = axum::body::to_bytes(body, MAX_FORM_BYTES)
         .await
         .map_err(|_| AppError::PayloadTooLarge(MAX_FORM_BYTES).into_response())?;
-    let mut fields: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes)
-        .map_err(|e| AppError::invalid("invalid_body", "form", e.to_string()).into_response())?;
+    let mut fields: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes).map_err(|e| {
+        AppError::from(Refusal::invalid("invalid_body", "form", e.to_string())).into_response()
+    })?;
     let presented: Vec<String> = fields
         .iter()
         .filter(|(k, _)| k == "csrf")
@@ -310,7 +312,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Auth {
             .get::<Principal>()
             .cloned()
             .map(Auth)
-            .ok_or(AppError::Unauthorized)
+            .ok_or(AppError::from(Refusal::unauthorized()))
     }
 }
 

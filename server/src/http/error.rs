@@ -1,41 +1,28 @@
-//! HTTP errors: every failure becomes a JSON [`ApiError`] body with a stable code. Internal
-//! causes are logged, never shown: clients see a safe message.
+//! HTTP errors: every failure becomes a JSON [`ApiError`] body with a stable code. Each domain's
+//! error type is mapped here (and only here) to a status: its refusals by their kind, its
+//! database failures to 503 (unavailable) or 500. Internal causes are logged, never shown:
+//! clients see a safe message.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hapulse_protocol::ApiError;
 
+use crate::access::auth::AccessError;
+use crate::agents::enrollment::EnrollmentError;
+use crate::alerting::error::AlertingError;
+use crate::failover::requests::FailoverError;
+use crate::fleet::validate::IngestError;
+use crate::refusal::{Refusal, RefusalKind};
+use crate::switchover::error::SwitchoverError;
+
 /// An error a handler returns.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// 400: the request is malformed; `field` names the culprit when one is.
-    #[error("{message}")]
-    BadRequest {
-        /// Stable code (`invalid_body`, `invalid_query`, `protocol_version`, …).
-        code: &'static str,
-        /// For people.
-        message: String,
-        /// The field at fault.
-        field: Option<String>,
-    },
-    /// 401: missing or wrong credentials.
-    #[error("missing or invalid credentials")]
-    Unauthorized,
-    /// 403: authenticated, but not allowed to do this.
-    #[error("{0}")]
-    Forbidden(String),
-    /// 409: the request conflicts with the current state; `code` says how.
-    #[error("{message}")]
-    Conflict {
-        /// Stable code (`switchover_running`, `target_not_backup`, …).
-        code: &'static str,
-        /// For people.
-        message: String,
-    },
-    /// 404: the named thing does not exist.
-    #[error("{0} not found")]
-    NotFound(String),
+    /// 400, 401, 403, 404 or 409 (by its kind): the request was refused for a reason the
+    /// client can act on; the body carries its stable code, message and field.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// 429: too many attempts; retry later.
     #[error("{0}")]
     TooManyRequests(String),
@@ -52,21 +39,6 @@ pub enum AppError {
     /// 500: a bug or an unexpected failure; details only in the log.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
-}
-
-impl AppError {
-    /// A 400 with a field.
-    pub fn invalid(
-        code: &'static str,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        AppError::BadRequest {
-            code,
-            message: message.into(),
-            field: Some(field.into()),
-        }
-    }
 }
 
 impl From<sqlx::Error> for AppError {
@@ -93,103 +65,58 @@ impl From<sqlx::Error> for AppError {
     }
 }
 
-impl From<crate::fleet::validate::IngestError> for AppError {
-    fn from(e: crate::fleet::validate::IngestError) -> Self {
-        use crate::fleet::validate::IngestError;
+impl From<IngestError> for AppError {
+    fn from(e: IngestError) -> Self {
         match e {
-            IngestError::Invalid {
-                code,
-                message,
-                field,
-            } => AppError::BadRequest {
-                code,
-                message,
-                field,
-            },
+            IngestError::Refused(r) => AppError::Refused(r),
             IngestError::Unavailable => AppError::DatabaseUnavailable,
         }
     }
 }
 
-impl From<crate::access::auth::AccessError> for AppError {
-    fn from(e: crate::access::auth::AccessError) -> Self {
-        use crate::access::auth::AccessError;
+impl From<AccessError> for AppError {
+    fn from(e: AccessError) -> Self {
         match e {
-            AccessError::Invalid {
-                code,
-                field,
-                message,
-            } => AppError::invalid(code, field, message),
-            AccessError::Conflict { code, message } => AppError::Conflict { code, message },
-            AccessError::NotFound(what) => AppError::NotFound(what),
-            AccessError::Forbidden(why) => AppError::Forbidden(why),
+            AccessError::Refused(r) => AppError::Refused(r),
             AccessError::Database(e) => AppError::from(e),
             AccessError::Internal(e) => AppError::Internal(e),
         }
     }
 }
 
-impl From<crate::switchover::error::SwitchoverError> for AppError {
-    fn from(e: crate::switchover::error::SwitchoverError) -> Self {
-        use crate::switchover::error::SwitchoverError;
+impl From<EnrollmentError> for AppError {
+    fn from(e: EnrollmentError) -> Self {
         match e {
-            SwitchoverError::Invalid {
-                code,
-                field,
-                message,
-            } => AppError::invalid(code, field, message),
-            SwitchoverError::Conflict { code, message } => AppError::Conflict { code, message },
-            SwitchoverError::NotFound(what) => AppError::NotFound(what),
-            SwitchoverError::Database(e) => AppError::from(e),
-        }
-    }
-}
-
-impl From<crate::failover::requests::FailoverError> for AppError {
-    fn from(e: crate::failover::requests::FailoverError) -> Self {
-        use crate::failover::requests::FailoverError;
-        match e {
-            FailoverError::Invalid {
-                code,
-                field,
-                message,
-            } => AppError::invalid(code, field, message),
-            FailoverError::Conflict { code, message } => AppError::Conflict { code, message },
-            FailoverError::NotFound(what) => AppError::NotFound(what),
-            FailoverError::Run(e) => AppError::from(e),
-            FailoverError::Database(e) => AppError::from(e),
-        }
-    }
-}
-
-impl From<crate::agents::enrollment::EnrollmentError> for AppError {
-    fn from(e: crate::agents::enrollment::EnrollmentError) -> Self {
-        use crate::agents::enrollment::EnrollmentError;
-        match e {
-            EnrollmentError::Invalid {
-                code,
-                field,
-                message,
-            } => AppError::invalid(code, field, message),
-            EnrollmentError::Unauthorized => AppError::Unauthorized,
-            EnrollmentError::NotFound(what) => AppError::NotFound(what),
+            EnrollmentError::Refused(r) => AppError::Refused(r),
             EnrollmentError::Database(e) => AppError::from(e),
             EnrollmentError::Internal(e) => AppError::Internal(e),
         }
     }
 }
 
-impl From<crate::alerting::error::AlertingError> for AppError {
-    fn from(e: crate::alerting::error::AlertingError) -> Self {
-        use crate::alerting::error::AlertingError;
+impl From<SwitchoverError> for AppError {
+    fn from(e: SwitchoverError) -> Self {
         match e {
-            AlertingError::Invalid {
-                code,
-                field,
-                message,
-            } => AppError::invalid(code, field, message),
-            AlertingError::NotFound(what) => AppError::NotFound(what),
-            AlertingError::Forbidden(why) => AppError::Forbidden(why),
+            SwitchoverError::Refused(r) => AppError::Refused(r),
+            SwitchoverError::Database(e) => AppError::from(e),
+        }
+    }
+}
+
+impl From<FailoverError> for AppError {
+    fn from(e: FailoverError) -> Self {
+        match e {
+            FailoverError::Refused(r) => AppError::Refused(r),
+            FailoverError::Run(e) => AppError::from(e),
+            FailoverError::Database(e) => AppError::from(e),
+        }
+    }
+}
+
+impl From<AlertingError> for AppError {
+    fn from(e: AlertingError) -> Self {
+        match e {
+            AlertingError::Refused(r) => AppError::Refused(r),
             AlertingError::Access(e) => AppError::from(e),
             AlertingError::Database(e) => AppError::from(e),
         }
@@ -199,16 +126,19 @@ impl From<crate::alerting::error::AlertingError> for AppError {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, code, field) = match &self {
-            AppError::BadRequest { code, field, .. } => {
-                (StatusCode::BAD_REQUEST, *code, field.clone())
+            AppError::Refused(r) => {
+                let status = match r.kind {
+                    RefusalKind::Invalid => StatusCode::BAD_REQUEST,
+                    RefusalKind::Unauthorized => StatusCode::UNAUTHORIZED,
+                    RefusalKind::Forbidden => StatusCode::FORBIDDEN,
+                    RefusalKind::NotFound => StatusCode::NOT_FOUND,
+                    RefusalKind::Conflict => StatusCode::CONFLICT,
+                };
+                (status, r.code, r.field.clone())
             }
-            AppError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
-            AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
-            AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
             AppError::TooManyRequests(_) => {
                 (StatusCode::TOO_MANY_REQUESTS, "too_many_requests", None)
             }
-            AppError::Conflict { code, .. } => (StatusCode::CONFLICT, *code, None),
             AppError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", None),
             AppError::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -7,6 +7,7 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::http::error::AppError;
+use crate::refusal::{Refusal, RefusalKind};
 use crate::state::AppState;
 
 /// Largest JSON body accepted, in bytes (256 KiB: a report with 256 instances fits easily).
@@ -43,16 +44,20 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
-            AppError::BadRequest {
+            AppError::from(Refusal {
+                kind: RefusalKind::Invalid,
                 code: "invalid_body",
                 message: e.inner().to_string(),
                 field: (path != ".").then_some(path),
-            }
+            })
         })?;
-        de.end().map_err(|e| AppError::BadRequest {
-            code: "invalid_body",
-            message: e.to_string(),
-            field: None,
+        de.end().map_err(|e| {
+            AppError::from(Refusal {
+                kind: RefusalKind::Invalid,
+                code: "invalid_body",
+                message: e.to_string(),
+                field: None,
+            })
         })?;
         Ok(ApiJson(value))
     }
@@ -68,10 +73,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         let query = parts.uri.query().unwrap_or("");
         serde_urlencoded::from_str(query)
             .map(ApiQuery)
-            .map_err(|e| AppError::BadRequest {
-                code: "invalid_query",
-                message: e.to_string(),
-                field: None,
+            .map_err(|e| {
+                AppError::from(Refusal {
+                    kind: RefusalKind::Invalid,
+                    code: "invalid_query",
+                    message: e.to_string(),
+                    field: None,
+                })
             })
     }
 }
@@ -86,10 +94,10 @@ impl AgentAuth {
         if self.0 == node_id {
             Ok(())
         } else {
-            Err(AppError::Forbidden(format!(
+            Err(AppError::from(Refusal::forbidden(format!(
                 "the credential of node {:?} cannot act for node {node_id:?}",
                 self.0
-            )))
+            ))))
         }
     }
 }
@@ -103,11 +111,11 @@ impl FromRequestParts<AppState> for AgentAuth {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(AppError::Unauthorized)?;
+            .ok_or(AppError::from(Refusal::unauthorized()))?;
         let node = state
             .credentials
             .node_of(presented)
-            .ok_or(AppError::Unauthorized)?;
+            .ok_or(AppError::from(Refusal::unauthorized()))?;
         require_client_certificate(
             parts.extensions.get::<crate::tls::PeerCertificate>(),
             state,
@@ -136,9 +144,9 @@ pub fn require_client_certificate(
         Some(crate::tls::PeerCertificate(Some(cert))) if crate::tls::names_node(cert, node_id) => {
             Ok(())
         }
-        Some(crate::tls::PeerCertificate(Some(_))) => Err(AppError::Forbidden(format!(
-            "the client certificate does not name node {node_id:?}"
+        Some(crate::tls::PeerCertificate(Some(_))) => Err(AppError::from(Refusal::forbidden(
+            format!("the client certificate does not name node {node_id:?}"),
         ))),
-        _ => Err(AppError::Unauthorized),
+        _ => Err(AppError::from(Refusal::unauthorized())),
     }
 }

@@ -12,6 +12,7 @@ use crate::http::api;
 use crate::http::error::AppError;
 use crate::http::extract;
 use crate::http::ui::pages as ui;
+use crate::refusal::Refusal;
 use crate::state::AppState;
 
 /// Every route of the server, testable without a socket.
@@ -187,7 +188,7 @@ async fn security_headers(req: Request, next: axum::middleware::Next) -> Respons
 }
 
 async fn not_found() -> AppError {
-    AppError::NotFound("route".into())
+    AppError::from(Refusal::not_found("route"))
 }
 
 /// `GET /metrics`: Prometheus text format.

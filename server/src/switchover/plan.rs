@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fleet::live::NodeStatus;
 use crate::fleet::view::{self, ClusterView};
+use crate::refusal::Refusal;
 use crate::state::AppState;
 use crate::switchover::error::SwitchoverError;
 use crate::switchover::steps::StepName;
@@ -101,7 +102,7 @@ fn step(name: StepName, description: String) -> Step {
 pub async fn cluster_view(state: &AppState, name: &str) -> Result<ClusterView, SwitchoverError> {
     crate::fleet::clusters::with_epoch(state, name)
         .await?
-        .ok_or_else(|| SwitchoverError::NotFound(format!("cluster {name:?}")))
+        .ok_or_else(|| SwitchoverError::from(Refusal::not_found(format!("cluster {name:?}"))))
 }
 
 /// Preflight and plan. Errors name the reason: 404 unknown cluster or target, 400 a missing
@@ -149,18 +150,18 @@ fn pick_instance<'c>(
             .iter()
             .find(|i| &i.name == name)
             .ok_or_else(|| {
-                SwitchoverError::invalid(
+                SwitchoverError::from(Refusal::invalid(
                     "invalid_body",
                     "instance",
                     format!("cluster {} has no VRRP instance {name:?}", cluster.name),
-                )
+                ))
             }),
         None if cluster.instances.len() == 1 => Ok(&cluster.instances[0]),
-        None => Err(SwitchoverError::invalid(
+        None => Err(SwitchoverError::from(Refusal::invalid(
             "invalid_body",
             "instance",
             format!("cluster {} has several instances; name one", cluster.name),
-        )),
+        ))),
     }
 }
 
@@ -171,20 +172,20 @@ fn check_request(req: &SwitchoverRequest) -> Result<(), SwitchoverError> {
         || req.reason.len() > 1000
         || req.reason.chars().any(char::is_control)
     {
-        return Err(SwitchoverError::invalid(
+        return Err(SwitchoverError::from(Refusal::invalid(
             "invalid_body",
             "reason",
             "say why, in at most 1000 bytes, on one line",
-        ));
+        )));
     }
     if let Some(at) = req.scheduled_at {
         let now = Utc::now();
         if at < now - chrono::Duration::minutes(1) || at > now + chrono::Duration::days(7) {
-            return Err(SwitchoverError::invalid(
+            return Err(SwitchoverError::from(Refusal::invalid(
                 "invalid_body",
                 "scheduled_at",
                 "must be between now and 7 days ahead",
-            ));
+            )));
         }
     }
     Ok(())
@@ -197,39 +198,39 @@ fn check_target(
     req: &SwitchoverRequest,
 ) -> Result<(), SwitchoverError> {
     let Some(target_summary) = cluster.nodes.iter().find(|n| n.node_id == req.target_node) else {
-        return Err(SwitchoverError::NotFound(format!(
+        return Err(SwitchoverError::from(Refusal::not_found(format!(
             "target node {:?} in cluster {}",
             req.target_node, cluster.name
-        )));
+        ))));
     };
     let Some(target) = instance
         .members
         .iter()
         .find(|m| m.node_id == req.target_node)
     else {
-        return Err(SwitchoverError::conflict(
+        return Err(SwitchoverError::from(Refusal::conflict(
             "target_not_member",
             format!("{} is not a member of {}", req.target_node, instance.name),
-        ));
+        )));
     };
     if target_summary.status != NodeStatus::Up {
-        return Err(SwitchoverError::conflict(
+        return Err(SwitchoverError::from(Refusal::conflict(
             "target_down",
             format!(
                 "{} is {}: it must be up",
                 req.target_node,
                 target_summary.status.as_str()
             ),
-        ));
+        )));
     }
     if target.state != VrrpState::Backup {
-        return Err(SwitchoverError::conflict(
+        return Err(SwitchoverError::from(Refusal::conflict(
             "target_not_backup",
             format!(
                 "{} is {} in {}: it must be BACKUP",
                 req.target_node, target.state, instance.name
             ),
-        ));
+        )));
     }
     Ok(())
 }
@@ -237,7 +238,7 @@ fn check_target(
 /// The instance's one master (409 when it has none or several).
 fn single_master(instance: &view::InstanceView) -> Result<String, SwitchoverError> {
     instance.master.clone().ok_or_else(|| {
-        SwitchoverError::conflict(
+        SwitchoverError::from(Refusal::conflict(
             "no_single_master",
             format!(
                 "{} has {} masters ({}); a switchover needs one healthy master",
@@ -245,7 +246,7 @@ fn single_master(instance: &view::InstanceView) -> Result<String, SwitchoverErro
                 instance.masters.len(),
                 instance.masters.join(", ")
             ),
-        )
+        ))
     })
 }
 
@@ -256,7 +257,7 @@ fn check_members_up(instance: &view::InstanceView) -> Result<(), SwitchoverError
         .iter()
         .find(|m| m.node_status != NodeStatus::Up)
     {
-        Some(down) => Err(SwitchoverError::conflict(
+        Some(down) => Err(SwitchoverError::from(Refusal::conflict(
             "member_down",
             format!(
                 "{} is {}: every member of {} must be up to change priorities safely",
@@ -264,7 +265,7 @@ fn check_members_up(instance: &view::InstanceView) -> Result<(), SwitchoverError
                 down.node_status.as_str(),
                 instance.name
             ),
-        )),
+        ))),
         None => Ok(()),
     }
 }
@@ -285,7 +286,7 @@ fn tied_link<'c>(
         .iter()
         .find(|r| r.primary.as_deref() != Some(old_master))
     {
-        return Err(SwitchoverError::conflict(
+        return Err(SwitchoverError::from(Refusal::conflict(
             "primary_elsewhere",
             format!(
                 "{} is tied to {} but its primary is {}, not the master {old_master}: fix that first",
@@ -293,7 +294,7 @@ fn tied_link<'c>(
                 instance.name,
                 if elsewhere.primaries.is_empty() { "nobody".into() } else { elsewhere.primaries.join(", ") }
             ),
-        ));
+        )));
     }
     Ok(tied.first().copied())
 }
@@ -306,7 +307,7 @@ fn streaming_standby<'c>(
 ) -> Result<&'c view::LinkMemberView, SwitchoverError> {
     match link.members.iter().find(|m| m.node_id == target) {
         Some(m) if m.role == ReplicationRole::Secondary && m.state == LinkState::Streaming => Ok(m),
-        Some(m) => Err(SwitchoverError::conflict(
+        Some(m) => Err(SwitchoverError::from(Refusal::conflict(
             "target_not_standby",
             format!(
                 "{} is {} and {} on {}: it must be a streaming standby",
@@ -315,11 +316,11 @@ fn streaming_standby<'c>(
                 m.state.as_str(),
                 link.link
             ),
-        )),
-        None => Err(SwitchoverError::conflict(
+        ))),
+        None => Err(SwitchoverError::from(Refusal::conflict(
             "target_not_standby",
             format!("{} does not report {}", target, link.link),
-        )),
+        ))),
     }
 }
 
@@ -330,20 +331,20 @@ fn check_lag(
     link: Option<&view::ReplicationView>,
 ) -> Result<(), SwitchoverError> {
     match (req.max_lag_bytes, lag_bytes, link) {
-        (Some(max), Some(lag), _) if lag > max => Err(SwitchoverError::conflict(
+        (Some(max), Some(lag), _) if lag > max => Err(SwitchoverError::from(Refusal::conflict(
             "lag_too_high",
             format!(
                 "{}'s lag is {lag} bytes, above the limit of {max}",
                 req.target_node
             ),
-        )),
-        (Some(_), None, Some(l)) => Err(SwitchoverError::conflict(
+        ))),
+        (Some(_), None, Some(l)) => Err(SwitchoverError::from(Refusal::conflict(
             "lag_unknown",
             format!(
                 "{}'s lag on {} is unknown, so max_lag_bytes cannot be checked",
                 req.target_node, l.link
             ),
-        )),
+        ))),
         _ => Ok(()),
     }
 }
@@ -563,13 +564,14 @@ mod tests {
         }
     }
 
-    /// The refusal's code (`not_found` for a 404) and message.
+    /// The refusal's field (400) or code (404, 409), and its message.
     fn refused(c: &ClusterView, req: &SwitchoverRequest) -> (String, String) {
         match plan(c, req) {
             Ok(p) => panic!("planned {p:?}"),
-            Err(SwitchoverError::Invalid { field, message, .. }) => (field, message),
-            Err(SwitchoverError::Conflict { code, message }) => (code.to_string(), message),
-            Err(SwitchoverError::NotFound(what)) => ("not_found".into(), what),
+            Err(SwitchoverError::Refused(r)) => match r.field {
+                Some(field) => (field, r.message),
+                None => (r.code.to_string(), r.message),
+            },
             Err(e) => panic!("{e}"),
         }
     }
@@ -687,7 +689,7 @@ mod tests {
             refused(&c, &req),
             (
                 "not_found".into(),
-                "target node \"nobody\" in cluster c".into()
+                "target node \"nobody\" in cluster c not found".into()
             )
         );
     }

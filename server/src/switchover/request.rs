@@ -11,6 +11,7 @@ use crate::access::audit::Audit;
 use crate::access::auth::Principal;
 use crate::failover::evidence::Gathered;
 use crate::fleet::view::ClusterView;
+use crate::refusal::Refusal;
 use crate::state::AppState;
 use crate::switchover::error::SwitchoverError;
 use crate::switchover::plan::{cluster_view, failover_plan, plan, Plan, SwitchoverRequest};
@@ -50,15 +51,15 @@ pub async fn request_switchover(
                 && s.cluster.as_deref() == Some(cluster)
         });
     let planned = match in_maintenance {
-        Some(m) => Err(SwitchoverError::Conflict {
-            code: "cluster_in_maintenance",
-            message: format!(
+        Some(m) => Err(SwitchoverError::from(Refusal::conflict(
+            "cluster_in_maintenance",
+            format!(
                 "{cluster} is in maintenance until {} ({}: {})",
                 m.ends_at.format("%Y-%m-%d %H:%M UTC"),
                 m.author,
                 m.reason
             ),
-        }),
+        ))),
         None => plan(&view, &req),
     };
     let plan = match planned {

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::access::audit::Audit;
 use crate::access::auth::Principal;
 use crate::fleet::live::{EventKind, NewEvent};
+use crate::refusal::Refusal;
 use crate::state::AppState;
 use crate::switchover::error::SwitchoverError;
 use crate::switchover::plan::{Plan, Step, SwitchoverRequest};
@@ -140,13 +141,13 @@ pub async fn create(
     .await;
     if let Err(sqlx::Error::Database(e)) = &inserted {
         if e.constraint() == Some("switchovers_one_active") {
-            return Err(SwitchoverError::conflict(
+            return Err(SwitchoverError::from(Refusal::conflict(
                 "switchover_running",
                 format!(
                     "another switchover or failover of {} is scheduled or running",
                     plan.cluster
                 ),
-            ));
+            )));
         }
     }
     inserted?;
@@ -169,14 +170,16 @@ pub async fn cancel(state: &AppState, id: Uuid, who: &Principal) -> Result<(), S
         .await?;
     if updated.rows_affected() == 0 {
         return match get(&state.db, id).await? {
-            None => Err(SwitchoverError::NotFound(format!("switchover {id}"))),
-            Some(s) => Err(SwitchoverError::conflict(
+            None => Err(SwitchoverError::from(Refusal::not_found(format!(
+                "switchover {id}"
+            )))),
+            Some(s) => Err(SwitchoverError::from(Refusal::conflict(
                 "switchover_started",
                 format!(
                     "switchover {id} is {}; only a scheduled one can be cancelled",
                     s.state
                 ),
-            )),
+            ))),
         };
     }
     Audit::by(who, "switchover_cancel", &id.to_string(), "cancelled")

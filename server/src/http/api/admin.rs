@@ -12,11 +12,17 @@ use crate::access::auth::{self, Role};
 use crate::http::auth::Auth;
 use crate::http::error::AppError;
 use crate::http::extract::{ApiJson, ApiQuery};
+use crate::refusal::Refusal;
 use crate::state::AppState;
 
 fn role(field_value: &str) -> Result<Role, AppError> {
-    Role::parse(field_value)
-        .ok_or_else(|| AppError::invalid("invalid_body", "role", "viewer, operator or admin"))
+    Role::parse(field_value).ok_or_else(|| {
+        AppError::from(Refusal::invalid(
+            "invalid_body",
+            "role",
+            "viewer, operator or admin",
+        ))
+    })
 }
 
 /// Body of `POST /api/v1/users`.
@@ -171,11 +177,11 @@ pub async fn audit(
 ) -> Result<Json<AuditList>, AppError> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(AppError::BadRequest {
-            code: "invalid_query",
-            message: "limit must be 1..=1000".into(),
-            field: Some("limit".into()),
-        });
+        return Err(AppError::from(Refusal::invalid(
+            "invalid_query",
+            "limit",
+            "limit must be 1..=1000",
+        )));
     }
     Ok(Json(AuditList {
         audit: crate::access::audit::list(&state.db, limit, q.before).await?,

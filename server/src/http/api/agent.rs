@@ -17,6 +17,7 @@ use crate::fleet::ingest;
 use crate::fleet::validate::validate;
 use crate::http::error::AppError;
 use crate::http::extract::{AgentAuth, ApiJson, ApiQuery};
+use crate::refusal::Refusal;
 use crate::state::AppState;
 
 /// `POST /api/agent/v1/heartbeat`: one [`HeartbeatReport`]. Answers 200 with a
@@ -123,10 +124,12 @@ pub async fn command_result(
             state.commands.wake_orchestrator();
             Ok(Json(serde_json::json!({ "recorded": true })))
         }
-        Err(ResultError::Unknown(_)) => Err(AppError::NotFound(format!("command {id}"))),
-        Err(ResultError::WrongNode(..)) => Err(AppError::Forbidden(
-            "the command belongs to another node".into(),
-        )),
+        Err(ResultError::Unknown(_)) => {
+            Err(AppError::from(Refusal::not_found(format!("command {id}"))))
+        }
+        Err(ResultError::WrongNode(..)) => Err(AppError::from(Refusal::forbidden(
+            "the command belongs to another node",
+        ))),
         Err(ResultError::Sql(e)) => Err(e.into()),
     }
 }

@@ -13,6 +13,7 @@ use crate::history::series::{self, Metric, Point, SeriesQuery, Source};
 use crate::http::auth::Auth;
 use crate::http::error::AppError;
 use crate::http::extract::{ApiJson, ApiQuery};
+use crate::refusal::Refusal;
 use crate::state::AppState;
 use crate::switchover::plan::SwitchoverRequest;
 use crate::switchover::request::{self, SwitchoverAccepted};
@@ -61,11 +62,11 @@ pub async fn clusters(
 ) -> Result<Response, AppError> {
     let limit = q.limit.unwrap_or(CLUSTER_PAGE_DEFAULT);
     if !(1..=CLUSTER_PAGE_MAX).contains(&limit) {
-        return Err(AppError::invalid(
+        return Err(AppError::from(Refusal::invalid(
             "invalid_query",
             "limit",
             format!("1 to {CLUSTER_PAGE_MAX}"),
-        ));
+        )));
     }
     let fleet = crate::http::snapshot::fleet(&state).await?;
     let json = fleet.clusters_json().await.map_err(AppError::Internal)?;
@@ -106,7 +107,7 @@ pub async fn cluster(
     crate::fleet::clusters::with_epoch(&state, &name)
         .await?
         .map(Json)
-        .ok_or_else(|| AppError::NotFound(format!("cluster {name:?}")))
+        .ok_or_else(|| AppError::from(Refusal::not_found(format!("cluster {name:?}"))))
 }
 
 /// `GET /api/v1/clusters/{cluster}/availability`: uptime with and without a MASTER, failures,
@@ -118,7 +119,7 @@ pub async fn availability(
 ) -> Result<Json<AvailabilityList>, AppError> {
     let windows = crate::history::availability::of_cluster(&state.db, &name, Utc::now())
         .await?
-        .ok_or_else(|| AppError::NotFound(format!("cluster {name:?}")))?;
+        .ok_or_else(|| AppError::from(Refusal::not_found(format!("cluster {name:?}"))))?;
     Ok(Json(AvailabilityList {
         cluster: name,
         windows,
@@ -143,7 +144,7 @@ pub async fn node(
     view::node_view(&state.live(), &node_id, Utc::now())
         .filter(|n| me.may_see(&n.cluster))
         .map(Json)
-        .ok_or_else(|| AppError::NotFound(format!("node {node_id:?}")))
+        .ok_or_else(|| AppError::from(Refusal::not_found(format!("node {node_id:?}"))))
 }
 
 /// 404 unless `node_id` is a node of a cluster `who` may see.
@@ -151,7 +152,9 @@ pub fn node_in_scope(state: &AppState, who: &Principal, node_id: &str) -> Result
     let live = state.live();
     match live.nodes.get(node_id) {
         Some(n) if who.may_see(&n.cluster) => Ok(()),
-        _ => Err(AppError::NotFound(format!("node {node_id:?}"))),
+        _ => Err(AppError::from(Refusal::not_found(format!(
+            "node {node_id:?}"
+        )))),
     }
 }
 
@@ -184,11 +187,11 @@ pub async fn events(
 ) -> Result<Json<EventList>, AppError> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(AppError::BadRequest {
-            code: "invalid_query",
-            message: "limit must be 1..=1000".into(),
-            field: Some("limit".into()),
-        });
+        return Err(AppError::from(Refusal::invalid(
+            "invalid_query",
+            "limit",
+            "limit must be 1..=1000",
+        )));
     }
     let filter = EventFilter {
         cluster: q.cluster,
@@ -249,7 +252,7 @@ pub fn history_query(
         let node = live
             .nodes
             .get(node_id)
-            .ok_or_else(|| AppError::NotFound(format!("node {node_id:?}")))?;
+            .ok_or_else(|| AppError::from(Refusal::not_found(format!("node {node_id:?}"))))?;
         node.replication.iter().map(|l| l.key()).collect()
     };
     let link = match (q.metric.needs_link(), q.link) {
@@ -257,7 +260,7 @@ pub fn history_query(
         (true, Some(link)) => Some(link),
         (true, None) if links.len() == 1 => links.first().cloned(),
         (true, None) => {
-            return Err(AppError::invalid(
+            return Err(AppError::from(Refusal::invalid(
                 "invalid_query",
                 "link",
                 format!(
@@ -268,14 +271,19 @@ pub fn history_query(
                         links.join(", ")
                     }
                 ),
-            ))
+            )))
         }
     };
     let step = q
         .step
         .map(|s| {
-            humantime::parse_duration(&s)
-                .map_err(|e| AppError::invalid("invalid_query", "step", format!("{s:?}: {e}")))
+            humantime::parse_duration(&s).map_err(|e| {
+                AppError::from(Refusal::invalid(
+                    "invalid_query",
+                    "step",
+                    format!("{s:?}: {e}"),
+                ))
+            })
         })
         .transpose()?;
     let (from, to, step, source) = series::plan(
@@ -285,7 +293,7 @@ pub fn history_query(
         step,
         state.settings.history.retention,
     )
-    .map_err(|e| AppError::invalid("invalid_query", e.field, e.message))?;
+    .map_err(|e| AppError::from(Refusal::invalid("invalid_query", e.field, e.message)))?;
     Ok(SeriesQuery {
         node_id: node_id.to_string(),
         metric: q.metric,
@@ -347,7 +355,7 @@ pub async fn get_switchover(
         .await?
         .filter(|s| me.may_see(&s.cluster))
         .map(Json)
-        .ok_or_else(|| AppError::NotFound(format!("switchover {id}")))
+        .ok_or_else(|| AppError::from(Refusal::not_found(format!("switchover {id}"))))
 }
 
 /// `DELETE /api/v1/switchovers/{id}`: cancels a switchover that has not started (409 otherwise).
@@ -359,7 +367,7 @@ pub async fn cancel_switchover(
     let sw = switchovers::get(&state.db, id)
         .await?
         .filter(|s| me.may_see(&s.cluster))
-        .ok_or_else(|| AppError::NotFound(format!("switchover {id}")))?;
+        .ok_or_else(|| AppError::from(Refusal::not_found(format!("switchover {id}"))))?;
     switchovers::cancel(&state, sw.id, &me).await?;
     Ok(Json(serde_json::json!({ "id": id, "state": "cancelled" })))
 }

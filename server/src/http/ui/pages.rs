@@ -25,6 +25,7 @@ use crate::http::auth::{self, Auth};
 use crate::http::error::AppError;
 use crate::http::extract::ApiQuery;
 use crate::http::ui::charts::{self, Unit};
+use crate::refusal::{Refusal, RefusalKind};
 use crate::state::AppState;
 use crate::switchover::error::SwitchoverError;
 use crate::switchover::plan::{cluster_view, plan as plan_switchover, Plan, SwitchoverRequest};
@@ -242,7 +243,11 @@ pub async fn overview(
 ) -> Result<Response, AppError> {
     let page_number = q.page.unwrap_or(1);
     if page_number == 0 {
-        return Err(AppError::invalid("invalid_query", "page", "1 or more"));
+        return Err(AppError::from(Refusal::invalid(
+            "invalid_query",
+            "page",
+            "1 or more",
+        )));
     }
     let filter = q.q.as_deref().unwrap_or("").trim().to_lowercase();
     let fleet = crate::http::snapshot::fleet(&state).await?;
@@ -307,7 +312,7 @@ pub async fn cluster(
     let now = fleet.now;
     let cluster = fleet
         .cluster(&name)
-        .ok_or_else(|| AppError::NotFound(format!("cluster {name:?}")))?;
+        .ok_or_else(|| AppError::from(Refusal::not_found(format!("cluster {name:?}"))))?;
     let extras = crate::http::snapshot::cluster(&state, &name).await?;
     let nodes: Vec<&str> = cluster.nodes.iter().map(|n| n.node_id.as_str()).collect();
     let maintenance =
@@ -334,15 +339,15 @@ pub async fn node(
     let now = Utc::now();
     let range = q.range.as_deref().unwrap_or("1h");
     let Some((range, hours)) = RANGES.iter().copied().find(|(name, _)| *name == range) else {
-        return Err(AppError::invalid(
+        return Err(AppError::from(Refusal::invalid(
             "invalid_query",
             "range",
             "one of 1h, 24h, 7d",
-        ));
+        )));
     };
     let node = view::node_view(&state.live(), &node_id, now)
         .filter(|n| me.may_see(&n.cluster))
-        .ok_or_else(|| AppError::NotFound(format!("node {node_id:?}")))?;
+        .ok_or_else(|| AppError::from(Refusal::not_found(format!("node {node_id:?}"))))?;
     let charts = node_charts(&state, &node, hours, now).await?;
     let filter = EventFilter {
         node_id: Some(node_id.clone()),
@@ -516,11 +521,12 @@ pub async fn switchover_confirm(
                 "accepted switchover without id"
             ))),
         },
-        Err(
-            e @ (SwitchoverError::Conflict { .. }
-            | SwitchoverError::Invalid { .. }
-            | SwitchoverError::NotFound(_)),
-        ) => {
+        Err(SwitchoverError::Refused(e))
+            if matches!(
+                e.kind,
+                RefusalKind::Conflict | RefusalKind::Invalid | RefusalKind::NotFound
+            ) =>
+        {
             let (status, page) = preview_page(
                 &state,
                 &me,
@@ -562,9 +568,9 @@ pub async fn failover_confirm(
     let authenticated = sessions::recently_authenticated(&state, &me)
         || sessions::reauthenticate(&state, &me, &form.password).await?;
     if !authenticated {
-        return Err(AppError::Forbidden(
-            "your password, again: a failover needs it".into(),
-        ));
+        return Err(AppError::from(Refusal::forbidden(
+            "your password, again: a failover needs it",
+        )));
     }
     let req = crate::failover::requests::FailoverRequest {
         target_node: form.target,
@@ -604,7 +610,7 @@ pub async fn switchover_progress(
     let sw = switchovers::get(&state.db, id)
         .await?
         .filter(|s| me.may_see(&s.cluster))
-        .ok_or_else(|| AppError::NotFound(format!("switchover {id}")))?;
+        .ok_or_else(|| AppError::from(Refusal::not_found(format!("switchover {id}"))))?;
     let body = render(&SwitchoverPartial {
         now: Utc::now(),
         sw: &sw,
@@ -676,13 +682,18 @@ async fn after_form(
 ) -> Result<Response, AppError> {
     match outcome {
         Ok(()) => Ok(Redirect::to("/alerts").into_response()),
-        Err(e @ (AppError::BadRequest { .. } | AppError::NotFound(_) | AppError::Forbidden(_))) => {
-            let status = if matches!(e, AppError::Forbidden(_)) {
+        Err(AppError::Refused(r))
+            if matches!(
+                r.kind,
+                RefusalKind::Invalid | RefusalKind::NotFound | RefusalKind::Forbidden
+            ) =>
+        {
+            let status = if r.kind == RefusalKind::Forbidden {
                 StatusCode::FORBIDDEN
             } else {
                 StatusCode::BAD_REQUEST
             };
-            let page = alerts_page(state, me, &PageQuery::default(), Some(e.to_string())).await?;
+            let page = alerts_page(state, me, &PageQuery::default(), Some(r.to_string())).await?;
             Ok((status, page).into_response())
         }
         Err(e) => Err(e),
@@ -735,11 +746,11 @@ pub async fn create_silence(
 ) -> Result<Response, AppError> {
     let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
     let outcome = if !(form.hours > 0.0 && form.hours <= 24.0 * 90.0) {
-        Err(AppError::invalid(
+        Err(AppError::from(Refusal::invalid(
             "invalid_body",
             "hours",
             "a duration from 0 to 2160 hours (90 days)",
-        ))
+        )))
     } else {
         let silence = crate::alerting::silences::NewSilence {
             cluster: some(&form.cluster),
