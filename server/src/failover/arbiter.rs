@@ -199,7 +199,7 @@ impl Stored {
         .await?
         .into_iter()
         .collect();
-        let last_automatic = last_automatic_failovers(&state.db).await?;
+        let last_automatic = last_automatic_moves(&state.db).await?;
         let mut kept: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (cluster, node) in
             sqlx::query_as::<_, (String, String)>("SELECT cluster, node_id FROM kept_fenced")
@@ -218,13 +218,14 @@ impl Stored {
     }
 }
 
-/// Each cluster's latest automatic failover: when it was created, whether acknowledged.
-async fn last_automatic_failovers(
+/// Each cluster's latest automatic move (failover or step-down): when it was created, whether
+/// acknowledged. It holds the next one back (anti-flapping).
+async fn last_automatic_moves(
     db: &sqlx::PgPool,
 ) -> Result<BTreeMap<String, (DateTime<Utc>, bool)>, sqlx::Error> {
     Ok(sqlx::query(
         "SELECT DISTINCT ON (cluster) cluster, created_at, acknowledged_at IS NOT NULL AS acked
-           FROM switchovers WHERE automatic AND kind = 'failover'
+           FROM switchovers WHERE automatic
           ORDER BY cluster, created_at DESC",
     )
     .fetch_all(db)
@@ -508,6 +509,9 @@ fn gather(
                 && n.instance(instance)
                     .is_some_and(|i| i.state == VrrpState::Backup);
             let own = link.as_deref().and_then(|k| n.link(k));
+            // With a tied link, only a standby of it holds the data; without one, every node.
+            let standby = link.is_none()
+                || own.is_some_and(|l| l.role == hapulse_protocol::ReplicationRole::Secondary);
             let max_opt = |a: Option<u64>, b: Option<u64>| match (a, b) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
@@ -523,17 +527,24 @@ fn gather(
                 sees_leader: pings_leader == Some(true) || hears_adverts,
                 reaches_reference: reference(n),
                 priority: settings.candidate_priority(&c.name, &n.node_id),
+                // The leader's figure is for its standbys: a node that is none has no lag.
                 lag_bytes: max_opt(
                     own.and_then(|l| l.lag_bytes),
-                    leader_link.and_then(|l| l.lag_bytes),
+                    leader_link
+                        .filter(|_| own.is_some())
+                        .and_then(|l| l.lag_bytes),
                 ),
                 lag_seconds: match (
                     own.and_then(|l| l.lag_seconds),
-                    leader_link.and_then(|l| l.lag_seconds),
+                    leader_link
+                        .filter(|_| own.is_some())
+                        .and_then(|l| l.lag_seconds),
                 ) {
                     (Some(a), Some(b)) => Some(a.max(b)),
                     (a, b) => a.or(b),
                 },
+                standby,
+                in_maintenance: false,
             }
         })
         .collect();
@@ -983,6 +994,37 @@ mod tests {
         )
         .unwrap();
         assert_eq!(g.leader, "b");
+    }
+
+    #[test]
+    fn only_a_standby_of_the_tied_link_is_a_candidate() {
+        // w is an arbitration-only witness: it runs keepalived (BACKUP) but holds no database.
+        let mut witness = node("w", Backup, Secondary, Up, &[("a", false)]);
+        witness.replication.clear();
+        let g = judge(
+            vec![
+                node("a", Fault, Primary, Down, &[]),
+                node("b", Backup, Secondary, Up, &[("a", false)]),
+                witness,
+            ],
+            Some("a"),
+        )
+        .unwrap();
+        let by_id = |id: &str| g.witnesses.iter().find(|w| w.node_id == id).unwrap();
+        assert!(by_id("b").standby);
+        assert!(!by_id("w").standby, "a node without the link is no standby");
+        assert_eq!(
+            by_id("w").lag_bytes,
+            None,
+            "the leader's lag for its standbys is not the witness's"
+        );
+        let candidates = candidates(&g);
+        let promotable: Vec<&str> = candidates
+            .iter()
+            .filter(|c| c.standby)
+            .map(|c| c.node_id.as_str())
+            .collect();
+        assert_eq!(promotable, ["b"]);
     }
 
     #[test]

@@ -12,13 +12,15 @@
 //!    is partitioned from the server, not dead: no failover.
 //! 4. A master the server hears but that cannot reach the cluster's reference address (the
 //!    gateway) while a candidate can should step down.
-//! 5. A candidate must be up, promotable (priority > 0), reach the reference address (an
-//!    isolated node must not take over) and have lost no more than the data-loss bound. The best
-//!    is the highest priority, then the least lag.
+//! 5. A candidate must be up, a standby of the data the master serves (never a witness or a
+//!    host of other data), out of maintenance, promotable (priority > 0), reach the reference
+//!    address (an isolated node must not take over) and have lost no more than the data-loss
+//!    bound. The best is the highest priority, then the least lag.
 //! 6. Policy: `off` only alerts, `notify` proposes the failover to a person, `auto` acts — and
 //!    the global switch turns every automatic action off.
-//! 7. Anti-flapping: after an automatic failover, no other on the cluster within the anti-flap
-//!    period unless a person acknowledged the previous one.
+//! 7. Anti-flapping: after an automatic move (a failover or a step-down), no other automatic
+//!    move on the cluster within the anti-flap period unless a person acknowledged the previous
+//!    one: one hold per cluster.
 //! 8. Fence first: the old master cannot be reached (rule 3), so it is fenced by the configured
 //!    fencing hook (STONITH), which must succeed before the promotion — unless the cluster is
 //!    configured to accept the risk.
@@ -51,8 +53,8 @@ pub struct Policy {
     pub max_lag_bytes: u64,
     /// Largest replication lag of a candidate, seconds.
     pub max_lag_seconds: f64,
-    /// After an automatic failover, no other automatic one for this long (default 1 h), unless
-    /// a person acknowledged the previous one.
+    /// After an automatic move (failover or step-down), no other automatic move for this long
+    /// (default 1 h), unless a person acknowledged the previous one.
     pub anti_flap: Duration,
     /// A fencing hook (STONITH: the operator's script that powers the old master off) is
     /// configured.
@@ -94,6 +96,12 @@ pub struct Candidate {
     pub lag_bytes: Option<u64>,
     /// Its replication lag, seconds (`None`: unknown).
     pub lag_seconds: Option<f64>,
+    /// It holds the data the master serves: a standby of the replication link tied to the
+    /// instance (always true in a cluster without one). A node without it — an arbitration-only
+    /// witness, a host of other data — is never promoted, whatever its priority.
+    pub standby: bool,
+    /// A maintenance window covers it: it is never promoted while the window lasts.
+    pub in_maintenance: bool,
 }
 
 /// What is known about the current master.
@@ -118,7 +126,8 @@ pub struct History {
     pub operation_running: bool,
     /// When this server process started.
     pub server_started_at: DateTime<Utc>,
-    /// The last automatic failover of this cluster, and whether a person acknowledged it.
+    /// The last automatic move of this cluster (a failover or a step-down), and whether a
+    /// person acknowledged it.
     pub last_automatic: Option<(DateTime<Utc>, bool)>,
 }
 
@@ -251,10 +260,28 @@ fn lag_text(c: &Candidate) -> String {
 
 /// The best candidate that may take over, or why none may.
 fn best_candidate(s: &Situation) -> Result<&Candidate, String> {
-    let promotable: Vec<&Candidate> = s
+    let members: Vec<&Candidate> = s
         .candidates
         .iter()
-        .filter(|c| c.up && c.priority > 0 && c.node_id != s.evidence.master)
+        .filter(|c| c.standby && c.node_id != s.evidence.master)
+        .collect();
+    if members.is_empty() {
+        return Err(
+            "no other node is a standby of the master's data (a witness is never promoted)".into(),
+        );
+    }
+    let available: Vec<&Candidate> = members
+        .iter()
+        .copied()
+        .filter(|c| !c.in_maintenance)
+        .collect();
+    if available.is_empty() {
+        return Err("every standby is in maintenance".into());
+    }
+    let promotable: Vec<&Candidate> = available
+        .iter()
+        .copied()
+        .filter(|c| c.up && c.priority > 0)
         .collect();
     if promotable.is_empty() {
         return Err("no candidate is up and promotable (priority > 0)".into());
@@ -298,6 +325,20 @@ fn best_candidate(s: &Situation) -> Result<&Candidate, String> {
     }
 }
 
+/// The anti-flapping hold, if one is on: an automatic move within the anti-flap period that
+/// nobody acknowledged.
+fn held(s: &Situation) -> Option<String> {
+    let (at, acknowledged) = s.history.last_automatic?;
+    let since = (s.now - at).to_std().unwrap_or_default();
+    (since < s.policy.anti_flap && !acknowledged).then(|| {
+        format!(
+            "an automatic failover or step-down ran {} min ago and nobody acknowledged it (anti-flapping: {} min)",
+            since.as_secs() / 60,
+            s.policy.anti_flap.as_secs() / 60
+        )
+    })
+}
+
 /// The decision for one cluster. Pure: the same situation gives the same decision.
 pub fn decide(s: &Situation) -> Decision {
     let e = &s.evidence;
@@ -322,12 +363,20 @@ pub fn decide(s: &Situation) -> Decision {
     if e.server_hears_master {
         if e.master_reaches_reference == Some(false) {
             return match best_candidate(s) {
-                Ok(c) if p.mode == Mode::Auto && p.automatic_enabled => Decision::StepDown {
+                Ok(c) if p.mode == Mode::Auto && p.automatic_enabled => match held(s) {
+                    Some(hold) => Decision::Alert {
+                        reason: format!(
+                            "{} cannot reach the reference address and {} can; {hold}",
+                            e.master, c.node_id
+                        ),
+                    },
+                    None => Decision::StepDown {
                     candidate: c.node_id.clone(),
-                    reason: format!(
-                        "{} cannot reach the reference address and {} can: the master steps down",
-                        e.master, c.node_id
-                    ),
+                        reason: format!(
+                            "{} cannot reach the reference address and {} can: the master steps down",
+                            e.master, c.node_id
+                        ),
+                    },
                 },
                 Ok(c) => Decision::Alert {
                     reason: format!(
@@ -402,17 +451,10 @@ pub fn decide(s: &Situation) -> Decision {
             reason: format!("{chosen}; automatic actions are switched off"),
         };
     }
-    if let Some((at, acknowledged)) = s.history.last_automatic {
-        let since = (s.now - at).to_std().unwrap_or_default();
-        if since < p.anti_flap && !acknowledged {
-            return Decision::Alert {
-                reason: format!(
-                    "{chosen}; but an automatic failover ran {} min ago and nobody acknowledged it (anti-flapping: {} min)",
-                    since.as_secs() / 60,
-                    p.anti_flap.as_secs() / 60
-                ),
-            };
-        }
+    if let Some(hold) = held(s) {
+        return Decision::Alert {
+            reason: format!("{chosen}; but {hold}"),
+        };
     }
     let fencing = if p.fencing_hook {
         Fencing::Hook
@@ -450,6 +492,8 @@ mod tests {
             reaches_reference: reaches,
             lag_bytes: Some(lag),
             lag_seconds: Some(0.0),
+            standby: true,
+            in_maintenance: false,
         }
     }
 
@@ -1285,6 +1329,85 @@ mod tests {
             "step_down",
             Some("b"),
         ),
+        (
+            "step down held by an unacknowledged automatic move (one hold per cluster)",
+            |s| {
+                s.evidence.server_hears_master = true;
+                s.evidence.master_reaches_reference = Some(false);
+                s.history.last_automatic = Some((at(9_000), false))
+            },
+            "alert",
+            None,
+        ),
+        (
+            "step down after the last automatic move was acknowledged",
+            |s| {
+                s.evidence.server_hears_master = true;
+                s.evidence.master_reaches_reference = Some(false);
+                s.history.last_automatic = Some((at(9_000), true))
+            },
+            "step_down",
+            Some("a"),
+        ),
+        (
+            "step down after the anti-flap period",
+            |s| {
+                s.evidence.server_hears_master = true;
+                s.evidence.master_reaches_reference = Some(false);
+                s.history.last_automatic = Some((at(5_000), false))
+            },
+            "step_down",
+            Some("a"),
+        ),
+        // Only a standby of the master's data, out of maintenance, is promoted.
+        (
+            "a witness with the highest priority is passed over",
+            |s| s.candidates[0].standby = false,
+            "failover",
+            Some("b"),
+        ),
+        (
+            "only witnesses: no failover",
+            |s| s.candidates.iter_mut().for_each(|c| c.standby = false),
+            "alert",
+            None,
+        ),
+        (
+            "only witnesses: nothing to propose either",
+            |s| {
+                s.policy.mode = Mode::Notify;
+                s.candidates.iter_mut().for_each(|c| c.standby = false)
+            },
+            "alert",
+            None,
+        ),
+        (
+            "a witness is never stepped down to",
+            |s| {
+                s.evidence.server_hears_master = true;
+                s.evidence.master_reaches_reference = Some(false);
+                s.candidates[1].standby = false;
+                s.candidates[0].reaches_reference = false
+            },
+            "alert",
+            None,
+        ),
+        (
+            "a standby in maintenance is passed over",
+            |s| s.candidates[0].in_maintenance = true,
+            "failover",
+            Some("b"),
+        ),
+        (
+            "every standby in maintenance: no failover",
+            |s| {
+                s.candidates
+                    .iter_mut()
+                    .for_each(|c| c.in_maintenance = true)
+            },
+            "alert",
+            None,
+        ),
     ];
 
     #[test]
@@ -1307,8 +1430,10 @@ mod tests {
 
     /// Every combination of the inputs that matter, checked against the safety rules: never a
     /// failover while the master is heard or a majority of peers sees it, during an operation
-    /// or the grace period, to an isolated, down, unpromotable or lagging node, within the
-    /// anti-flap period unacknowledged, or without fencing or accepted risk.
+    /// or the grace period, to an isolated, down, unpromotable or lagging node, to a witness or
+    /// a node in maintenance, within the anti-flap period unacknowledged, or without fencing or
+    /// accepted risk; never a step-down but of a heard master that cannot reach the reference
+    /// address, under the same rules for its candidate and the same anti-flap hold.
     #[test]
     fn safety_over_every_combination() {
         let mut cases = 0;
@@ -1328,16 +1453,22 @@ mod tests {
                     for fresh_start in bools {
                         for mode in [Mode::Off, Mode::Notify, Mode::Auto] {
                             for enabled in bools {
-                                for (reaches, up, priority, lag) in [
-                                    (true, true, 100, 0u64),
-                                    (false, true, 100, 0),
-                                    (true, false, 100, 0),
-                                    (true, true, 0, 0),
-                                    (true, true, 100, 1 << 30),
+                                for (reaches, up, priority, lag, standby, maintenance) in [
+                                    (true, true, 100, 0u64, true, false),
+                                    (false, true, 100, 0, true, false),
+                                    (true, false, 100, 0, true, false),
+                                    (true, true, 0, 0, true, false),
+                                    (true, true, 100, 1 << 30, true, false),
+                                    (true, true, 100, 0, false, false),
+                                    (true, true, 100, 0, true, true),
                                 ] {
                                     for recent in [None, Some(false), Some(true)] {
-                                        for (hook, risk) in
+                                        for ((hook, risk), master_reaches) in
                                             [(true, false), (false, true), (false, false)]
+                                                .into_iter()
+                                                .flat_map(|h| {
+                                                    [Some(true), Some(false)].map(move |r| (h, r))
+                                                })
                                         {
                                             let s = Situation {
                                                 now: at(10_000),
@@ -1353,7 +1484,7 @@ mod tests {
                                                     server_hears_master: hears,
                                                     peers_reporting: reporting,
                                                     peers_seeing_master: seeing,
-                                                    master_reaches_reference: Some(true),
+                                                    master_reaches_reference: master_reaches,
                                                 },
                                                 candidates: vec![Candidate {
                                                     node_id: "a".into(),
@@ -1362,6 +1493,8 @@ mod tests {
                                                     reaches_reference: reaches,
                                                     lag_bytes: Some(lag),
                                                     lag_seconds: Some(0.0),
+                                                    standby,
+                                                    in_maintenance: maintenance,
                                                 }],
                                                 history: History {
                                                     operation_running: running,
@@ -1390,11 +1523,32 @@ mod tests {
                                                     reaches
                                                         && up
                                                         && priority > 0
-                                                        && lag <= s.policy.max_lag_bytes,
+                                                        && lag <= s.policy.max_lag_bytes
+                                                        && standby
+                                                        && !maintenance,
                                                     "{ctx}"
                                                 );
                                                 assert!(recent != Some(false), "{ctx}");
                                                 assert!(hook || risk, "{ctx}");
+                                            }
+                                            if let Decision::StepDown { .. } = d {
+                                                let ctx = format!("{s:?} → {d:?}");
+                                                assert!(
+                                                    hears && master_reaches == Some(false),
+                                                    "{ctx}"
+                                                );
+                                                assert!(!running && !fresh_start, "{ctx}");
+                                                assert!(mode == Mode::Auto && enabled, "{ctx}");
+                                                assert!(
+                                                    reaches
+                                                        && up
+                                                        && priority > 0
+                                                        && lag <= s.policy.max_lag_bytes
+                                                        && standby
+                                                        && !maintenance,
+                                                    "{ctx}"
+                                                );
+                                                assert!(recent != Some(false), "{ctx}");
                                             }
                                             if running {
                                                 assert_eq!(d.action(), "nothing", "{s:?}");

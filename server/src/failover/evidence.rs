@@ -34,6 +34,12 @@ pub struct Witness {
     pub lag_bytes: Option<u64>,
     /// The same in seconds.
     pub lag_seconds: Option<f64>,
+    /// It is a standby of the tied replication link (always true without one): only a standby
+    /// may be promoted.
+    pub standby: bool,
+    /// A node maintenance window covers it: it is not a candidate.
+    #[serde(default)]
+    pub in_maintenance: bool,
 }
 
 /// What the arbiter knew about a cluster when it decided.
@@ -90,6 +96,8 @@ pub fn candidates(g: &Gathered) -> Vec<Candidate> {
             reaches_reference: w.reaches_reference == Some(true),
             lag_bytes: w.lag_bytes,
             lag_seconds: w.lag_seconds,
+            standby: w.standby,
+            in_maintenance: w.in_maintenance,
         })
         .collect()
 }

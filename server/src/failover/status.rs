@@ -53,7 +53,7 @@ pub struct FailoverStatus {
     pub verdict: Option<Verdict>,
     /// The last 20 changes of verdict, newest first.
     pub decisions: Vec<DecisionRow>,
-    /// The latest automatic failover when nobody acknowledged it yet: while it is within the
-    /// anti-flapping hold, no other automatic failover runs.
+    /// The latest automatic move (failover or step-down) when nobody acknowledged it yet: while
+    /// it is within the anti-flapping hold, no other automatic move runs.
     pub unacknowledged_failover: Option<Uuid>,
 }

@@ -54,9 +54,10 @@ pub struct ReasonRequest {
     pub reason: String,
 }
 
-/// `POST /api/v1/switchovers/{id}/acknowledge` (operator): a person has looked at this automatic
-/// failover; the anti-flapping hold it set is lifted and its `failover_failed` alert ends. 404
-/// for an unknown (or not automatic) failover, 409 when already acknowledged.
+/// `POST /api/v1/switchovers/{id}/acknowledge` (operator): a person has looked at this failover
+/// or automatic step-down; the anti-flapping hold it set is lifted and its `failover_failed`
+/// alert ends. 404 for an unknown run (or a planned switchover a person asked for), 409 when
+/// already acknowledged.
 pub async fn acknowledge(
     State(state): State<AppState>,
     Auth(me): Auth,
