@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::auth::Principal;
 use crate::agents::commands::{self, NewCommand};
+use crate::alerting::silences::{self, Silence};
 use crate::failover::decision::{self as failover, Decision, History, Situation};
 use crate::failover::evidence::{candidates, evidence, Gathered, Verdict, Witness};
 use crate::failover::fences::keep_fenced;
@@ -173,8 +174,12 @@ struct Stored {
     enabled: bool,
     /// The leader stored for each selected cluster.
     leaders: BTreeMap<String, Option<String>>,
-    /// Clusters with a switchover or failover scheduled or running.
+    /// Clusters with a switchover or failover running (one only scheduled holds back other
+    /// planned operations, not the arbiter: a failover cancels it).
     running: BTreeSet<String>,
+    /// Maintenance windows and silences not over yet: a cluster's window pauses it, a node's
+    /// keeps that node from being a candidate.
+    windows: Vec<Silence>,
     /// Each cluster's latest automatic failover: when it was created, whether acknowledged.
     last_automatic: BTreeMap<String, (DateTime<Utc>, bool)>,
     /// The nodes the server keeps fenced, per cluster.
@@ -192,13 +197,12 @@ impl Stored {
                 .await?
                 .into_iter()
                 .collect();
-        let running: BTreeSet<String> = sqlx::query_scalar(
-            "SELECT cluster FROM switchovers WHERE state IN ('scheduled', 'running')",
-        )
-        .fetch_all(&state.db)
-        .await?
-        .into_iter()
-        .collect();
+        let running: BTreeSet<String> =
+            sqlx::query_scalar("SELECT cluster FROM switchovers WHERE state = 'running'")
+                .fetch_all(&state.db)
+                .await?
+                .into_iter()
+                .collect();
         let last_automatic = last_automatic_moves(&state.db).await?;
         let mut kept: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (cluster, node) in
@@ -212,9 +216,33 @@ impl Stored {
             enabled,
             leaders,
             running,
+            windows: silences::current(&state.db).await?,
             last_automatic,
             kept,
         })
+    }
+
+    /// Why `cluster` is paused at `now` (a maintenance window over the whole cluster: who, until
+    /// when, why), if it is.
+    fn paused(&self, cluster: &str, now: DateTime<Utc>) -> Option<String> {
+        silences::maintenance_for(&self.windows, now, cluster, &[])
+            .into_iter()
+            .find(|w| w.node_id.is_none())
+            .map(|w| {
+                format!(
+                    "maintenance by {} until {}: {}",
+                    w.author,
+                    w.ends_at.format("%Y-%m-%d %H:%M UTC"),
+                    w.reason
+                )
+            })
+    }
+
+    /// Is `node` of `cluster` under a node maintenance window at `now`?
+    fn node_in_maintenance(&self, cluster: &str, node: &str, now: DateTime<Utc>) -> bool {
+        silences::maintenance_for(&self.windows, now, cluster, &[node])
+            .iter()
+            .any(|w| w.node_id.as_deref() == Some(node))
     }
 }
 
@@ -300,7 +328,14 @@ fn decide_all<'j>(
             }
         }
         let operation_running = stored.running.contains(&c.name);
-        let decision = match gathered {
+        let paused = stored.paused(&c.name, now);
+        let mut gathered = gathered.clone();
+        if let Some(g) = &mut gathered {
+            for w in &mut g.witnesses {
+                w.in_maintenance = stored.node_in_maintenance(&c.name, &w.node_id, now);
+            }
+        }
+        let decision = match &gathered {
             None => Decision::Nothing {
                 reason: "no leader known: no single MASTER (or primary) has been seen yet".into(),
             },
@@ -313,14 +348,16 @@ fn decide_all<'j>(
                     operation_running,
                     server_started_at: state.started_at,
                     last_automatic: stored.last_automatic.get(&c.name).copied(),
+                    paused: paused.clone(),
                 },
             }),
         };
         verdicts.push(Verdict {
             at: now,
             mode: policy.mode,
+            paused,
             decision,
-            evidence: gathered.clone(),
+            evidence: gathered,
         });
     }
     (verdicts, new_leaders)
@@ -349,6 +386,7 @@ async fn carry_out(
         let policy = state.settings.failover.policy(&c.name, stored.enabled);
         let operation_running = stored.running.contains(&c.name);
         let decision = verdict.decision.clone();
+        let verdict_paused = verdict.paused.clone();
         state
             .verdicts
             .write()
@@ -364,8 +402,9 @@ async fn carry_out(
                     .refused
                     .insert(c.name.clone(), tokio::time::Instant::now());
             }
-            // A running switchover or failover fences and promotes by itself.
-            if !operation_running {
+            // A running switchover or failover fences and promotes by itself; a paused cluster
+            // is only observed.
+            if !operation_running && verdict_paused.is_none() {
                 let split_brain = policy.mode == failover::Mode::Auto && policy.automatic_enabled;
                 let kept = stored.kept.get(&c.name).cloned().unwrap_or_default();
                 enforce_epoch(state, memory, c, g, members, split_brain, &kept).await?;

@@ -24,6 +24,8 @@
 //! 8. Fence first: the old master cannot be reached (rule 3), so it is fenced by the configured
 //!    fencing hook (STONITH), which must succeed before the promotion — unless the cluster is
 //!    configured to accept the risk.
+//! 9. Pause means pause: in a paused cluster (a maintenance window) the verdict is still reached
+//!    and recorded, but what would be an automatic failover or step-down is only an alert.
 
 use std::time::Duration;
 
@@ -129,6 +131,9 @@ pub struct History {
     /// The last automatic move of this cluster (a failover or a step-down), and whether a
     /// person acknowledged it.
     pub last_automatic: Option<(DateTime<Utc>, bool)>,
+    /// Why the cluster is paused (a maintenance window: who, until when), if it is: no
+    /// automatic action then.
+    pub paused: Option<String>,
 }
 
 /// Everything [`decide`] looks at.
@@ -341,6 +346,19 @@ fn held(s: &Situation) -> Option<String> {
 
 /// The decision for one cluster. Pure: the same situation gives the same decision.
 pub fn decide(s: &Situation) -> Decision {
+    let decision = decide_unpaused(s);
+    match (&s.history.paused, decision) {
+        (Some(why), Decision::Failover { reason, .. } | Decision::StepDown { reason, .. }) => {
+            Decision::Alert {
+                reason: format!("{reason}; but the cluster is paused ({why}): no automatic action"),
+            }
+        }
+        (_, decision) => decision,
+    }
+}
+
+/// [`decide`] as if the cluster were not paused.
+fn decide_unpaused(s: &Situation) -> Decision {
     let e = &s.evidence;
     let p = &s.policy;
     if s.history.operation_running {
@@ -518,6 +536,7 @@ mod tests {
                 operation_running: false,
                 server_started_at: at(0),
                 last_automatic: None,
+                paused: None,
             },
         }
     }
@@ -1399,6 +1418,31 @@ mod tests {
             Some("b"),
         ),
         (
+            "paused cluster: a dead master is only an alert",
+            |s| s.history.paused = Some("maintenance by ops until 12:00".into()),
+            "alert",
+            None,
+        ),
+        (
+            "paused cluster: no step-down either",
+            |s| {
+                s.history.paused = Some("maintenance".into());
+                s.evidence.server_hears_master = true;
+                s.evidence.master_reaches_reference = Some(false)
+            },
+            "alert",
+            None,
+        ),
+        (
+            "paused cluster, notify: a person may still be asked",
+            |s| {
+                s.history.paused = Some("maintenance".into());
+                s.policy.mode = Mode::Notify
+            },
+            "propose",
+            Some("a"),
+        ),
+        (
             "every standby in maintenance: no failover",
             |s| {
                 s.candidates
@@ -1462,7 +1506,10 @@ mod tests {
                                     (true, true, 100, 0, false, false),
                                     (true, true, 100, 0, true, true),
                                 ] {
-                                    for recent in [None, Some(false), Some(true)] {
+                                    for (recent, paused) in [None, Some(false), Some(true)]
+                                        .into_iter()
+                                        .flat_map(|r| [(r, false), (r, true)])
+                                    {
                                         for ((hook, risk), master_reaches) in
                                             [(true, false), (false, true), (false, false)]
                                                 .into_iter()
@@ -1505,6 +1552,7 @@ mod tests {
                                                     },
                                                     last_automatic: recent
                                                         .map(|ack| (at(9_000), ack)),
+                                                    paused: paused.then(|| "maintenance".into()),
                                                 },
                                             };
                                             let d = decide(&s);
@@ -1530,6 +1578,7 @@ mod tests {
                                                 );
                                                 assert!(recent != Some(false), "{ctx}");
                                                 assert!(hook || risk, "{ctx}");
+                                                assert!(!paused, "{ctx}");
                                             }
                                             if let Decision::StepDown { .. } = d {
                                                 let ctx = format!("{s:?} → {d:?}");
@@ -1549,6 +1598,7 @@ mod tests {
                                                     "{ctx}"
                                                 );
                                                 assert!(recent != Some(false), "{ctx}");
+                                                assert!(!paused, "{ctx}");
                                             }
                                             if running {
                                                 assert_eq!(d.action(), "nothing", "{s:?}");

@@ -66,6 +66,10 @@ pub struct Verdict {
     pub at: DateTime<Utc>,
     /// The cluster's mode: `off`, `notify`, `auto`.
     pub mode: failover::Mode,
+    /// Why the cluster is paused (a maintenance window), if it is: verdicts are reached and
+    /// recorded, but nothing is done automatically.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
     /// What to do and why.
     #[schema(value_type = Object)]
     pub decision: Decision,

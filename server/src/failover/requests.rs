@@ -171,6 +171,8 @@ pub async fn request_failover(
             operation_running: false,
             server_started_at: state.started_at,
             last_automatic: None,
+            // A person acts: a pause holds back automatic actions only.
+            paused: None,
         },
     });
     let started = match &decision {

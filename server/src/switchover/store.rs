@@ -117,6 +117,9 @@ pub async fn create(
             .bind(&plan.cluster)
             .fetch_one(&mut *tx)
             .await?;
+    if plan.kind == "failover" {
+        cancel_moot(&mut tx, &plan.cluster, who).await?;
+    }
     let inserted = sqlx::query(
         "INSERT INTO switchovers (id, cluster, instance, target_node, old_master, link, reason, requested_by,
                                   requested_from, state, epoch, max_lag_bytes, scheduled_at, steps, kind, automatic)
@@ -160,6 +163,34 @@ pub async fn create(
         .await?;
     tx.commit().await?;
     Ok((id, epoch as u64))
+}
+
+/// A failover makes a switchover of its cluster that is scheduled but not started moot (it was
+/// planned against the master that is gone): cancels it in the failover's transaction, says why
+/// in its `error`, and audits it.
+async fn cancel_moot(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    cluster: &str,
+    who: &Principal,
+) -> Result<(), sqlx::Error> {
+    const WHY: &str = "cancelled: a failover of the cluster made it moot";
+    let moot: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE switchovers SET state = 'cancelled', finished_at = now(), error = $2
+          WHERE cluster = $1 AND state = 'scheduled' AND started_at IS NULL
+          RETURNING id",
+    )
+    .bind(cluster)
+    .bind(WHY)
+    .fetch_all(&mut **tx)
+    .await?;
+    for id in moot {
+        tracing::warn!(cluster, switchover_id = %id, "scheduled switchover cancelled by a failover");
+        Audit::by(who, "switchover_cancel", &id.to_string(), "cancelled")
+            .reason(WHY)
+            .record(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Cancels a switchover that has not started. 409 when it has.

@@ -324,3 +324,231 @@ async fn keep_heartbeating(agent: AgentClient, report: Arc<Mutex<HeartbeatReport
         agent.send_heartbeat(&next).await.unwrap();
     }
 }
+
+/// A three-node cluster in `auto` (a, the master and primary; b, a streaming standby; w, a
+/// witness that runs keepalived but holds no database and has the highest candidate priority)
+/// with a switchover to b scheduled for later. The master dies while a maintenance window pauses
+/// the cluster: the verdict is reached and shown paused, nothing moves. The window ends: the
+/// arbiter fails over — to b, never to the witness — and the scheduled switchover, made moot,
+/// is cancelled by the failover.
+#[sqlx::test(migrations = false)]
+async fn a_pause_holds_back_failover_a_scheduled_switchover_does_not_and_a_witness_is_never_promoted(
+    pool: PgPool,
+) {
+    let mut s = settings();
+    s.failover.grace = Duration::ZERO;
+    s.failover.clusters.insert(
+        "c".into(),
+        ClusterFailover {
+            mode: Mode::Auto,
+            candidates: [("w".to_string(), 100), ("b".to_string(), 1)].into(),
+            default_candidate_priority: 1,
+            max_lag_bytes: 1000,
+            max_lag_seconds: 10.0,
+            anti_flap: Duration::from_secs(3600),
+            fencing_hook: None,
+            fencing_timeout: Duration::from_secs(30),
+            accept_unfenced: true,
+        },
+    );
+    let server = TestServer::start_on(pool, s).await;
+    let client = |secret: String| {
+        AgentClient::new(
+            &server.url,
+            SecretString::from(secret),
+            Duration::from_secs(10),
+            &Default::default(),
+        )
+        .unwrap()
+    };
+    let (a, b, w) = (
+        client(server.credential("a").await),
+        client(server.credential("b").await),
+        client(server.credential("w").await),
+    );
+    let sees = |peers: &[(&str, bool)]| {
+        Some(ArbitrationReport {
+            reference: Some(reach(true)),
+            peers: peers
+                .iter()
+                .map(|(p, ok)| PeerReachability {
+                    node_id: p.to_string(),
+                    reach: reach(*ok),
+                })
+                .collect(),
+            self_fenced_at: None,
+        })
+    };
+    let mut ra = report("a", Uuid::new_v4(), 1, VrrpState::Master, true);
+    ra.heartbeat_interval_ms = 1000;
+    ra.replication = vec![pg_report_link(
+        ReplicationRole::Primary,
+        LinkState::Streaming,
+        0,
+    )];
+    ra.arbitration = sees(&[("b", true), ("w", true)]);
+    let mut rb = report("b", Uuid::new_v4(), 1, VrrpState::Backup, false);
+    rb.replication = vec![pg_report_link(
+        ReplicationRole::Secondary,
+        LinkState::Streaming,
+        500,
+    )];
+    rb.arbitration = sees(&[("a", true), ("w", true)]);
+    let mut rw = report("w", Uuid::new_v4(), 1, VrrpState::Backup, false);
+    rw.arbitration = sees(&[("a", true), ("b", true)]);
+    for (agent, r) in [(&a, &ra), (&b, &rb), (&w, &rw)] {
+        agent.send_heartbeat(r).await.unwrap();
+    }
+    let a_heartbeats = tokio::spawn(keep_heartbeating(a, Arc::new(Mutex::new(ra))));
+    let rb = Arc::new(Mutex::new(rb));
+    let rw = Arc::new(Mutex::new(rw));
+    let b_heartbeats = tokio::spawn(keep_heartbeating(b.clone(), rb.clone()));
+    let w_heartbeats = tokio::spawn(keep_heartbeating(w.clone(), rw.clone()));
+    eventually(10, "a leading, nothing to do", || async {
+        let (_, f) = server.get_json("/api/v1/clusters/c/failover").await;
+        (f["leader"] == "a" && f["verdict"]["decision"]["action"] == "nothing").then_some(())
+    })
+    .await;
+
+    // A switchover to b tomorrow, and a maintenance window over the cluster now.
+    let tomorrow = chrono::Utc::now() + chrono::Duration::days(1);
+    let (status, body) = server
+        .post_json(
+            "/api/v1/clusters/c/switchover",
+            serde_json::json!({"target_node": "b", "reason": "kernel update on a", "scheduled_at": tomorrow}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let scheduled = body["id"].as_str().unwrap().to_string();
+    let (status, body) = server
+        .post_json(
+            "/api/v1/silences",
+            serde_json::json!({
+                "cluster": "c", "maintenance": true, "reason": "storage firmware",
+                "ends_at": chrono::Utc::now() + chrono::Duration::hours(1),
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let window = body["id"].as_str().unwrap().to_string();
+
+    // a dies: b takes the VIP; nobody sees a any more.
+    a_heartbeats.abort();
+    {
+        let mut rb = rb.lock().unwrap();
+        let (boot, seq) = (rb.boot_id, rb.seq);
+        *rb = report("b", boot, seq, VrrpState::Master, true);
+        rb.replication = vec![pg_report_link(
+            ReplicationRole::Secondary,
+            LinkState::Disconnected,
+            500,
+        )];
+        rb.arbitration = sees(&[("a", false), ("w", true)]);
+    }
+    rw.lock().unwrap().arbitration = sees(&[("a", false), ("b", true)]);
+    let f = eventually(15, "a paused verdict on the dead master", || async {
+        let (_, f) = server.get_json("/api/v1/clusters/c/failover").await;
+        (f["verdict"]["decision"]["action"] == "alert" && f["verdict"]["paused"].is_string())
+            .then_some(f)
+    })
+    .await;
+    let reason = f["verdict"]["decision"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("b is the best candidate") && reason.contains("paused"),
+        "the verdict names what it would do and why it does not: {reason}"
+    );
+    let witness = f["verdict"]["evidence"]["witnesses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["node_id"] == "w")
+        .unwrap();
+    assert_eq!(witness["standby"], false, "{f:#}");
+    assert_eq!(
+        count(
+            &server.pool,
+            "SELECT count(*) FROM switchovers WHERE kind = 'failover'"
+        )
+        .await,
+        0,
+        "no automatic action in a paused cluster"
+    );
+    assert_eq!(
+        count(&server.pool, "SELECT count(*) FROM commands").await,
+        0,
+        "nothing sent to any agent in a paused cluster"
+    );
+
+    // The window ends: the arbiter acts, though a switchover is scheduled.
+    let r = server
+        .http
+        .delete(format!("{}/api/v1/silences/{window}", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // Play b's and w's agents: answer their commands, report b's promotion.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let failover = loop {
+        for (agent, node, report) in [(&b, "b", &rb), (&w, "w", &rw)] {
+            for command in agent
+                .poll_commands(node, Duration::from_millis(100))
+                .await
+                .unwrap_or_default()
+            {
+                if matches!(command.action, Action::PostgresPromote { .. }) {
+                    report.lock().unwrap().replication = vec![pg_report_link(
+                        ReplicationRole::Primary,
+                        LinkState::Disconnected,
+                        0,
+                    )];
+                }
+                agent
+                    .send_result(
+                        command.id,
+                        &CommandResult {
+                            refusal: None,
+                            node_id: node.into(),
+                            outcome: CommandOutcome::Succeeded,
+                            message: format!("did {}", command.action.kind()),
+                            data: Default::default(),
+                        },
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        let (_, f) = server.get_json("/api/v1/clusters/c/failover").await;
+        if let Some(id) = f["unacknowledged_failover"].as_str() {
+            let (_, sw) = server.get_json(&format!("/api/v1/switchovers/{id}")).await;
+            if matches!(sw["state"].as_str(), Some("succeeded" | "failed")) {
+                break sw;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no automatic failover ended after the pause: {f:#}"
+        );
+    };
+    assert_eq!(
+        (
+            failover["kind"].as_str(),
+            failover["automatic"].as_bool(),
+            failover["target_node"].as_str()
+        ),
+        (Some("failover"), Some(true), Some("b")),
+        "the standby, never the witness: {failover:#}"
+    );
+    assert_eq!(failover["state"], "succeeded", "{failover:#}");
+    let (_, sw) = server
+        .get_json(&format!("/api/v1/switchovers/{scheduled}"))
+        .await;
+    assert_eq!(sw["state"], "cancelled", "{sw:#}");
+    assert!(
+        sw["error"].as_str().unwrap_or("").contains("failover"),
+        "says why: {sw:#}"
+    );
+    b_heartbeats.abort();
+    w_heartbeats.abort();
+    server.stop().await;
+}

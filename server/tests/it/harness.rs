@@ -26,9 +26,12 @@ pub struct TestServer {
     task: JoinHandle<anyhow::Result<()>>,
 }
 
+/// Settings for a test server: a port the system picks (tests run in parallel), a fast
+/// failure detector.
 pub fn settings() -> Settings {
     let mut s = Settings {
         database_url: SecretString::from("unused: the test passes a pool"),
+        listen: "127.0.0.1:0".parse().unwrap(),
         ..Settings::default()
     };
     s.detector.check_interval = Duration::from_millis(20);
@@ -37,9 +40,7 @@ pub fn settings() -> Settings {
 
 impl TestServer {
     pub async fn start(pool: PgPool) -> TestServer {
-        let mut s = settings();
-        s.listen = "127.0.0.1:0".parse().unwrap();
-        Self::start_on(pool, s).await
+        Self::start_on(pool, settings()).await
     }
 
     /// Starts on `settings.listen` (the default harness uses 127.0.0.1:0).
