@@ -1,7 +1,5 @@
-//! The dashboard: server-rendered pages that work without JavaScript. Each page is a partial
-//! (`*_partial.html`) wrapped in `base.html`; `?partial=1` returns the partial alone, which
-//! `hapulse.js` fetches whenever the server-sent event stream (`/ui/stream`) says the page's
-//! cluster changed.
+//! The dashboard's pages, forms, event stream and static files; what they share is in
+//! [`crate::http::ui::page`].
 
 use std::convert::Infallible;
 
@@ -25,6 +23,8 @@ use crate::http::auth::{self, Auth};
 use crate::http::error::AppError;
 use crate::http::extract::ApiQuery;
 use crate::http::ui::charts::{self, Unit};
+use crate::http::ui::filters;
+use crate::http::ui::page::{full_page, render, respond, PageQuery};
 use crate::refusal::{Refusal, RefusalKind};
 use crate::state::AppState;
 use crate::switchover::error::SwitchoverError;
@@ -35,25 +35,6 @@ use axum::response::Redirect;
 use axum::Form;
 use hapulse_protocol::ReplicationKind;
 use uuid::Uuid;
-
-/// `?partial=1` asks for the fragment only.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct PageQuery {
-    #[serde(default)]
-    partial: Option<u8>,
-}
-
-#[derive(Template)]
-#[template(path = "base.html")]
-struct Base<'a> {
-    title: &'a str,
-    /// Cluster whose changes refresh this page (`*`: any).
-    scope: &'a str,
-    body: &'a str,
-    /// Who is looking (`None` on the login page).
-    me: Option<&'a Principal>,
-}
 
 #[derive(Template)]
 #[template(path = "overview_partial.html")]
@@ -211,29 +192,6 @@ struct EventsPartial<'a> {
     events: &'a [Event],
 }
 
-fn render(t: &impl Template) -> Result<String, AppError> {
-    t.render().map_err(|e| AppError::Internal(e.into()))
-}
-
-fn page(
-    me: &Principal,
-    q: &PageQuery,
-    title: &str,
-    scope: &str,
-    body: String,
-) -> Result<Response, AppError> {
-    if q.partial == Some(1) {
-        return Ok(Html(body).into_response());
-    }
-    let full = render(&Base {
-        title,
-        scope,
-        body: &body,
-        me: Some(me),
-    })?;
-    Ok(Html(full).into_response())
-}
-
 /// `GET /?page=&q=`: clusters with their verdict, masters and VIP holders, the worst first,
 /// [`OVERVIEW_PAGE_SIZE`] per page, with a count per health; `q` filters by name.
 pub async fn overview(
@@ -297,7 +255,7 @@ pub async fn overview(
         last: start + shown.len(),
     })?;
     let q = PageQuery { partial: q.partial };
-    page(&me, &q, "Clusters", "*", body)
+    respond(&me, &q, "Clusters", "*", body)
 }
 
 /// `GET /clusters/{cluster}`: nodes, instances, roles, priorities, VIP holders, heartbeat ages,
@@ -326,7 +284,7 @@ pub async fn cluster(
         failover: &extras.failover,
         csrf: me.csrf(),
     })?;
-    page(&me, &q, &format!("Cluster {name}"), &name, body)
+    respond(&me, &q, &format!("Cluster {name}"), &name, body)
 }
 
 /// `GET /nodes/{node_id}`: one node, its instances and its events.
@@ -367,7 +325,7 @@ pub async fn node(
         maintenance: &maintenance,
     })?;
     let q = PageQuery { partial: q.partial };
-    page(&me, &q, &format!("Node {node_id}"), &node.cluster, body)
+    respond(&me, &q, &format!("Node {node_id}"), &node.cluster, body)
 }
 
 #[derive(Template)]
@@ -454,13 +412,8 @@ async fn preview_page(
         csrf: me.csrf(),
         needs_password: !sessions::recently_authenticated(state, me),
     })?;
-    let full = render(&Base {
-        title: &format!("Switchover in {cluster}"),
-        // Not live: the page holds a form to fill in.
-        scope: "none",
-        body: &body,
-        me: Some(me),
-    })?;
+    // Not live (scope `none`): the page holds a form to fill in.
+    let full = full_page(Some(me), &format!("Switchover in {cluster}"), "none", &body)?;
     Ok((status, Html(full).into_response()))
 }
 
@@ -615,7 +568,7 @@ pub async fn switchover_progress(
         now: Utc::now(),
         sw: &sw,
     })?;
-    page(&me, &q, &format!("Switchover {id}"), &sw.cluster, body)
+    respond(&me, &q, &format!("Switchover {id}"), &sw.cluster, body)
 }
 
 #[derive(Template)]
@@ -671,7 +624,7 @@ async fn alerts_page(
         operator: me.role >= Role::Operator,
         admin: me.role >= Role::Admin,
     })?;
-    page(me, q, "Alerts", "*", body)
+    respond(me, q, "Alerts", "*", body)
 }
 
 /// A form's answer: back to the alerts page, or the page again with what was wrong (400).
@@ -803,7 +756,7 @@ pub async fn events(
         now,
         events: &events,
     })?;
-    page(&me, &q, "Events", "*", body)
+    respond(&me, &q, "Events", "*", body)
 }
 
 /// `GET /ui/stream`: server-sent events; `event: change`, `data: <cluster>` whenever a cluster's
@@ -843,55 +796,6 @@ pub async fn asset(Path(file): Path<String>) -> Response {
         .into_response()
 }
 
-/// Helpers the templates call.
-mod filters {
-    use chrono::{DateTime, Utc};
-
-    /// A byte count for people (`1.5 MiB`); `—` when absent.
-    pub fn bytes(value: &Option<u64>, _: &dyn askama::Values) -> askama::Result<String> {
-        Ok(value.map_or("—".into(), |v| {
-            crate::http::ui::charts::format_value(v as f64, crate::http::ui::charts::Unit::Bytes)
-        }))
-    }
-
-    /// Seconds for people (`250 ms`); `—` when absent.
-    /// Seconds as `3d 4h`, `2h 5m`, `4m 10s` or `12.3s`.
-    pub fn duration(value: &f64, _: &dyn askama::Values) -> askama::Result<String> {
-        let s = value.max(0.0);
-        let whole = s as u64;
-        Ok(match whole {
-            0..60 => format!("{s:.1}s"),
-            60..3600 => format!("{}m {}s", whole / 60, whole % 60),
-            3600..86_400 => format!("{}h {}m", whole / 3600, whole % 3600 / 60),
-            _ => format!("{}d {}h", whole / 86_400, whole % 86_400 / 3600),
-        })
-    }
-
-    pub fn seconds(value: &Option<f64>, _: &dyn askama::Values) -> askama::Result<String> {
-        Ok(value.map_or("—".into(), |v| {
-            crate::http::ui::charts::format_value(v, crate::http::ui::charts::Unit::Seconds)
-        }))
-    }
-
-    /// `1.2 s`, `3 min`, `2 h` since `then`.
-    pub fn age(
-        then: &DateTime<Utc>,
-        _: &dyn askama::Values,
-        now: &DateTime<Utc>,
-    ) -> askama::Result<String> {
-        let ms = (*now - *then).num_milliseconds().max(0);
-        Ok(if ms < 10_000 {
-            format!("{:.1} s", ms as f64 / 1000.0)
-        } else if ms < 120_000 {
-            format!("{} s", ms / 1000)
-        } else if ms < 7_200_000 {
-            format!("{} min", ms / 60_000)
-        } else {
-            format!("{} h", ms / 3_600_000)
-        })
-    }
-}
-
 #[derive(Template)]
 #[template(path = "login.html")]
 struct LoginPage<'a> {
@@ -917,12 +821,7 @@ fn local_path(next: Option<&str>) -> &str {
 
 fn login_page(status: StatusCode, next: &str, error: Option<&str>) -> Result<Response, AppError> {
     let body = render(&LoginPage { next, error })?;
-    let full = render(&Base {
-        title: "Log in",
-        scope: "none",
-        body: &body,
-        me: None,
-    })?;
+    let full = full_page(None, "Log in", "none", &body)?;
     Ok((status, Html(full)).into_response())
 }
 
@@ -1041,5 +940,5 @@ pub async fn audit(
         now: Utc::now(),
         entries: &entries,
     })?;
-    page(&me, &q, "Audit log", "none", body)
+    respond(&me, &q, "Audit log", "none", body)
 }
