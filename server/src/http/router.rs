@@ -11,7 +11,7 @@ use tower_http::trace::TraceLayer;
 use crate::http::api;
 use crate::http::error::AppError;
 use crate::http::extract;
-use crate::http::ui::pages as ui;
+use crate::http::ui;
 use crate::refusal::Refusal;
 use crate::state::AppState;
 
@@ -20,29 +20,29 @@ pub fn router(state: AppState) -> Router {
     let timeout = state.settings.request_timeout;
     Router::new()
         // Dashboard.
-        .route("/", get(ui::overview))
-        .route("/clusters/{cluster}", get(ui::cluster))
-        .route("/nodes/{node_id}", get(ui::node))
-        .route("/events", get(ui::events))
-        .route("/login", get(ui::login_form).post(ui::login))
-        .route("/logout", post(ui::logout))
-        .route("/audit", get(ui::audit))
-        .route("/alerts", get(ui::alerts))
-        .route("/alerts/{id}/ack", post(ui::ack_alert))
-        .route("/alerts/silences", post(ui::create_silence))
-        .route("/alerts/silences/{id}/end", post(ui::end_silence))
+        .route("/", get(ui::overview::page))
+        .route("/clusters/{cluster}", get(ui::cluster::page))
+        .route("/nodes/{node_id}", get(ui::node::page))
+        .route("/events", get(ui::events::page))
+        .route("/login", get(ui::login::form).post(ui::login::login))
+        .route("/logout", post(ui::login::logout))
+        .route("/audit", get(ui::audit::page))
+        .route("/alerts", get(ui::alerts::page))
+        .route("/alerts/{id}/ack", post(ui::alerts::ack))
+        .route("/alerts/silences", post(ui::alerts::create_silence))
+        .route("/alerts/silences/{id}/end", post(ui::alerts::end_silence))
         .route(
             "/clusters/{cluster}/switchover",
-            get(ui::switchover_preview).post(ui::switchover_confirm),
+            get(ui::switchover::preview).post(ui::switchover::confirm),
         )
-        .route("/switchovers/{id}", get(ui::switchover_progress))
+        .route("/switchovers/{id}", get(ui::switchover::progress))
         .route(
             "/switchovers/{id}/acknowledge",
-            post(ui::failover_acknowledge),
+            post(ui::failover::acknowledge),
         )
-        .route("/clusters/{cluster}/failover", post(ui::failover_confirm))
-        .route("/ui/stream", get(ui::stream))
-        .route("/static/{file}", get(ui::asset))
+        .route("/clusters/{cluster}/failover", post(ui::failover::confirm))
+        .route("/ui/stream", get(ui::stream::changes))
+        .route("/static/{file}", get(ui::assets::asset))
         // Agent API.
         .route(
             hapulse_protocol::HEARTBEAT_PATH,

@@ -1,0 +1,143 @@
+//! Logging in and out: the login form (`/login`), the login itself (throttled, audited, a new
+//! session and its cookie), and the logout (`/logout`) that ends the session.
+
+use askama::Template;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::Form;
+use serde::Deserialize;
+
+use crate::access::sessions;
+use crate::http::auth::{self, Auth};
+use crate::http::error::AppError;
+use crate::http::extract::ApiQuery;
+use crate::http::ui::page::{full_page, render};
+use crate::state::AppState;
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage<'a> {
+    next: &'a str,
+    error: Option<&'a str>,
+}
+
+/// Query of the login page: where to go after.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LoginQuery {
+    #[serde(default)]
+    next: Option<String>,
+}
+
+/// Only a path on this server: `/…`, never `//host` or a URL.
+fn local_path(next: Option<&str>) -> &str {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n,
+        _ => "/",
+    }
+}
+
+/// The login page with `status`: nobody is looking yet, and it is never live.
+fn login_page(status: StatusCode, next: &str, error: Option<&str>) -> Result<Response, AppError> {
+    let body = render(&LoginPage { next, error })?;
+    let full = full_page(None, "Log in", "none", &body)?;
+    Ok((status, Html(full)).into_response())
+}
+
+/// `GET /login`: the login form.
+pub async fn form(ApiQuery(q): ApiQuery<LoginQuery>) -> Result<Response, AppError> {
+    login_page(StatusCode::OK, local_path(q.next.as_deref()), None)
+}
+
+/// The login form's fields.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginForm {
+    name: String,
+    password: String,
+    #[serde(default)]
+    next: Option<String>,
+}
+
+/// `POST /login`: checks the name and password (throttled per account and per address), opens a
+/// session with a new id and sets its cookie; every attempt is audited.
+pub async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Form(form): Form<LoginForm>,
+) -> Result<Response, AppError> {
+    let source = peer.ip().to_string();
+    let next = local_path(form.next.as_deref()).to_string();
+    let outcome = sessions::login(&state, &form.name, &form.password, &source).await?;
+    let audit = |outcome: &'static str| crate::access::audit::Audit {
+        actor: "",
+        role: None,
+        source: Some(&source),
+        action: "login",
+        target: "",
+        reason: None,
+        outcome,
+        detail: serde_json::json!({}),
+    };
+    // The name is recorded as given, cut short: it may be anything.
+    let name: String = form.name.chars().take(64).collect();
+    match outcome {
+        Ok(session) => {
+            crate::access::audit::Audit {
+                actor: &name,
+                target: &name,
+                ..audit("succeeded")
+            }
+            .record(&state.db)
+            .await?;
+            tracing::info!(user = %name, source = %source, "login");
+            Ok((
+                [(
+                    header::SET_COOKIE,
+                    auth::session_cookie(&state, Some(&session.id)),
+                )],
+                Redirect::to(&next),
+            )
+                .into_response())
+        }
+        Err(e) => {
+            let (status, message, outcome) = match e {
+                sessions::LoginError::Throttled => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too many failed logins for this account or from this address; wait a few minutes.",
+                    "refused: throttled",
+                ),
+                sessions::LoginError::Wrong => (
+                    StatusCode::UNAUTHORIZED,
+                    "Wrong name or password.",
+                    "failed",
+                ),
+            };
+            crate::access::audit::Audit {
+                actor: &name,
+                target: &name,
+                ..audit(outcome)
+            }
+            .record(&state.db)
+            .await?;
+            tracing::warn!(user = %name, source = %source, outcome, "login refused");
+            login_page(status, &next, Some(message))
+        }
+    }
+}
+
+/// `POST /logout`: ends the session on the server and clears the cookie.
+pub async fn logout(State(state): State<AppState>, Auth(me): Auth) -> Result<Response, AppError> {
+    if matches!(me.via, crate::access::auth::Via::Session { .. }) {
+        sessions::logout(&state, &me).await?;
+        crate::access::audit::Audit::by(&me, "logout", &me.name, "succeeded")
+            .record(&state.db)
+            .await?;
+    }
+    Ok((
+        [(header::SET_COOKIE, auth::session_cookie(&state, None))],
+        Redirect::to("/login"),
+    )
+        .into_response())
+}
