@@ -15,9 +15,12 @@ use std::path::{Path, PathBuf};
 const MAX_FUNCTION_LINES: usize = 100;
 
 /// Functions allowed to be longer, as `crate-relative file: function`: the route table is one
-/// list read top to bottom, and the pure failover decision stays whole because it is the model
-/// the exhaustive tests check.
-const LONG_ALLOWED: [&str; 2] = ["http/router.rs: router", "failover/decision.rs: decide"];
+/// list read top to bottom, and the pure failover decision (`decide` applies the pause to it)
+/// stays whole because it is the model the exhaustive tests check.
+const LONG_ALLOWED: [&str; 2] = [
+    "http/router.rs: router",
+    "failover/decision.rs: decide_unpaused",
+];
 
 fn source_roots() -> [(&'static str, PathBuf); 2] {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
