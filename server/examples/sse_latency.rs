@@ -141,7 +141,7 @@ fn probe_report(boot_id: Uuid, seq: u64, state: VrrpState) -> HeartbeatReport {
         .agent_version(env!("CARGO_PKG_VERSION"))
         .boot_id(boot_id)
         .seq(seq)
-        .interval_ms(60_000)
+        .interval_ms(10_000)
         .instance(instance)
         .build()
 }

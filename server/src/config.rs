@@ -495,6 +495,12 @@ pub struct DetectorSettings {
     /// look is one pass over the nodes in memory (10,000 nodes: tens of microseconds).
     #[serde(with = "humantime_serde")]
     pub check_interval: Duration,
+    /// Longest heartbeat interval an agent may declare (default 10 s). Silence is counted in the
+    /// node's own interval, so without a bound one misconfigured agent (an hour) would make the
+    /// detection of its death take hours: a report declaring a longer one is refused (400, field
+    /// `heartbeat_interval_ms`).
+    #[serde(with = "humantime_serde")]
+    pub max_heartbeat_interval: Duration,
 }
 
 /// Heartbeat samples.
@@ -540,6 +546,7 @@ impl Default for Settings {
                 suspect_after_missed: 2,
                 down_after_missed: 3,
                 check_interval: Duration::from_millis(50),
+                max_heartbeat_interval: Duration::from_secs(10),
             },
             alerts: AlertSettings::default(),
             auth: AuthSettings::default(),
@@ -623,6 +630,14 @@ impl Settings {
         }
         if d.check_interval < Duration::from_millis(10) {
             return invalid("detector.check_interval", "must be at least 10ms");
+        }
+        if d.max_heartbeat_interval < Duration::from_millis(100)
+            || d.max_heartbeat_interval > Duration::from_secs(3600)
+        {
+            return invalid(
+                "detector.max_heartbeat_interval",
+                "must be between 100ms and 1h",
+            );
         }
         if self.history.retention < Duration::from_secs(24 * 3600) {
             return invalid("history.retention", "must be at least 1 day");

@@ -134,6 +134,7 @@ mod tests {
         suspect_after_missed: 2,
         down_after_missed: 3,
         check_interval: Duration::from_millis(100),
+        max_heartbeat_interval: Duration::from_secs(10),
     };
 
     #[test]

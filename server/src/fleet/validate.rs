@@ -20,6 +20,28 @@ pub enum IngestError {
     Unavailable,
 }
 
+/// Refuses a report declaring a heartbeat interval longer than `max` (the server's
+/// `detector.max_heartbeat_interval`): the failure detector counts silence in that interval.
+pub fn check_interval(
+    report: &HeartbeatReport,
+    max: std::time::Duration,
+) -> Result<(), IngestError> {
+    let max_ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
+    if report.heartbeat_interval_ms > max_ms {
+        return Err(IngestError::from(Refusal::invalid(
+            "invalid_body",
+            "heartbeat_interval_ms",
+            format!(
+                "a heartbeat interval of {} ms is longer than this server accepts ({max_ms} ms, \
+                 detector.max_heartbeat_interval): a node's death would be noticed only after \
+                 several of them; lower the agent's heartbeat_interval",
+                report.heartbeat_interval_ms
+            ),
+        )));
+    }
+    Ok(())
+}
+
 /// Most VRRP instances one report may carry.
 pub const MAX_INSTANCES: usize = 256;
 /// Most VIPs one instance may carry.

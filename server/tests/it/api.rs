@@ -324,6 +324,14 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_written(pool: PgP
             .unwrap(),
     )
     .await;
+    // Longer than detector.max_heartbeat_interval (ten minutes in the test settings): its
+    // death would be noticed only an hour later.
+    let mut slow = good.clone();
+    slow["heartbeat_interval_ms"] = 1_200_000.into();
+    check(400, "invalid_body", Some("heartbeat_interval_ms"))(
+        post(slow.to_string(), Some(cred)).await.unwrap(),
+    )
+    .await;
     let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(300 * 1024));
     check(413, "body_too_large", None)(post(huge, Some(cred)).await.unwrap()).await;
     let r = server

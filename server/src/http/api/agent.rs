@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::agents::commands::{self, ResultError};
 use crate::fleet::ingest;
-use crate::fleet::validate::validate;
+use crate::fleet::validate::{check_interval, validate};
 use crate::http::error::AppError;
 use crate::http::extract::{AgentAuth, ApiJson, ApiQuery};
 use crate::refusal::Refusal;
@@ -31,7 +31,12 @@ pub async fn heartbeat(
     body: Result<ApiJson<HeartbeatReport>, AppError>,
 ) -> Result<Json<HeartbeatAck>, AppError> {
     let report = match body
-        .and_then(|ApiJson(r)| validate(&r).map(|()| r).map_err(AppError::from))
+        .and_then(|ApiJson(r)| {
+            validate(&r)
+                .and_then(|()| check_interval(&r, state.settings.detector.max_heartbeat_interval))
+                .map(|()| r)
+                .map_err(AppError::from)
+        })
         .and_then(|r| auth.require_node(&r.node_id).map(|()| r))
     {
         Ok(r) => r,
