@@ -40,6 +40,7 @@ use crate::alerting::silences::{self, Silence};
 use crate::failover::decision::{self as failover, Decision, History, Situation};
 use crate::failover::evidence::{candidates, evidence, Gathered, Verdict, Witness};
 use crate::failover::fences::keep_fenced;
+use crate::failover::pauses::{self, Pause};
 use crate::fleet::live::{NodeLive, NodeStatus};
 use crate::fleet::view::{self, ClusterView};
 use crate::state::AppState;
@@ -180,6 +181,8 @@ struct Stored {
     /// Maintenance windows and silences not over yet: a cluster's window pauses it, a node's
     /// keeps that node from being a candidate.
     windows: Vec<Silence>,
+    /// Clusters paused by hand, until resumed.
+    pauses: BTreeMap<String, Pause>,
     /// Each cluster's latest automatic failover: when it was created, whether acknowledged.
     last_automatic: BTreeMap<String, (DateTime<Utc>, bool)>,
     /// The nodes the server keeps fenced, per cluster.
@@ -217,14 +220,18 @@ impl Stored {
             leaders,
             running,
             windows: silences::current(&state.db).await?,
+            pauses: pauses::all(&state.db).await?,
             last_automatic,
             kept,
         })
     }
 
-    /// Why `cluster` is paused at `now` (a maintenance window over the whole cluster: who, until
-    /// when, why), if it is.
+    /// Why `cluster` is paused at `now` (by hand, or by a maintenance window over the whole
+    /// cluster: who, until when, why), if it is.
     fn paused(&self, cluster: &str, now: DateTime<Utc>) -> Option<String> {
+        if let Some(p) = self.pauses.get(cluster) {
+            return Some(p.describe());
+        }
         silences::maintenance_for(&self.windows, now, cluster, &[])
             .into_iter()
             .find(|w| w.node_id.is_none())

@@ -7,5 +7,6 @@ pub mod arbiter;
 pub mod decision;
 pub mod evidence;
 pub mod fences;
+pub mod pauses;
 pub mod requests;
 pub mod status;

@@ -14,6 +14,7 @@ use crate::agents::commands::{self, NewCommand};
 use crate::failover::arbiter;
 use crate::failover::decision::{self as failover, Decision, Mode};
 use crate::failover::evidence;
+use crate::failover::pauses::{self, Pause};
 use crate::failover::status::{DecisionRow, FailoverStatus, PolicyView};
 use crate::fleet::live::NodeStatus;
 use crate::fleet::view::ClusterView;
@@ -77,6 +78,7 @@ pub async fn load_status(state: &AppState, cluster: &str) -> Result<FailoverStat
     .fetch_optional(&state.db)
     .await?;
     let enabled = arbiter::automatic_enabled(state).await?;
+    let pause = pauses::of(&state.db, cluster).await?;
     let p = state.settings.failover.policy(cluster, enabled);
     Ok(FailoverStatus {
         cluster: cluster.to_string(),
@@ -98,6 +100,7 @@ pub async fn load_status(state: &AppState, cluster: &str) -> Result<FailoverStat
             .cloned(),
         decisions,
         unacknowledged_failover,
+        pause,
     })
 }
 
@@ -442,5 +445,53 @@ pub async fn set_automatic(
     tx.commit().await?;
     tracing::warn!(by = %me.name, enabled = enabled, reason = %reason, "automatic failover switched");
     state.announce("*");
+    Ok(())
+}
+
+/// Pauses `cluster` for `me` until it is resumed (`reason` says why; a pause already there is
+/// replaced), audited: the arbiter keeps judging and recording it, and acts on nothing. 404 for
+/// a cluster the server does not know.
+pub async fn pause(
+    state: &AppState,
+    cluster: &str,
+    reason: &str,
+    me: &Principal,
+) -> Result<Pause, FailoverError> {
+    check_reason(reason)?;
+    let mut tx = state.db.begin().await?;
+    let known: Option<i32> = sqlx::query_scalar("SELECT 1 FROM clusters WHERE name = $1")
+        .bind(cluster)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if known.is_none() {
+        return Err(FailoverError::from(Refusal::not_found(format!(
+            "cluster {cluster:?}"
+        ))));
+    }
+    let pause = pauses::set(&mut tx, cluster, &me.name, reason).await?;
+    Audit::by(me, "cluster_pause", cluster, "paused")
+        .reason(reason)
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::warn!(cluster, by = %me.name, reason, "cluster paused: no automatic action until resumed");
+    state.announce(cluster);
+    Ok(pause)
+}
+
+/// Lifts `cluster`'s pause for `me`, audited. 404 when it is not paused.
+pub async fn resume(state: &AppState, cluster: &str, me: &Principal) -> Result<(), FailoverError> {
+    let mut tx = state.db.begin().await?;
+    if !pauses::clear(&mut tx, cluster).await? {
+        return Err(FailoverError::from(Refusal::not_found(format!(
+            "a pause of cluster {cluster:?}"
+        ))));
+    }
+    Audit::by(me, "cluster_resume", cluster, "resumed")
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::warn!(cluster, by = %me.name, "cluster resumed: automatic actions allowed again");
+    state.announce(cluster);
     Ok(())
 }

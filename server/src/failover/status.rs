@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::failover::decision::Mode;
 use crate::failover::evidence::Verdict;
+use crate::failover::pauses::Pause;
 
 /// One stored verdict.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -56,4 +57,8 @@ pub struct FailoverStatus {
     /// The latest automatic move (failover or step-down) when nobody acknowledged it yet: while
     /// it is within the anti-flapping hold, no other automatic move runs.
     pub unacknowledged_failover: Option<Uuid>,
+    /// The pause set by hand (`PUT /api/v1/clusters/{cluster}/pause`), if the cluster is
+    /// paused: no automatic action until it is resumed. A maintenance window pauses it too (see
+    /// the verdict's `paused`).
+    pub pause: Option<Pause>,
 }

@@ -118,6 +118,10 @@ pub fn router(state: AppState) -> Router {
             get(api::failover::status).post(api::failover::confirm),
         )
         .route(
+            "/api/v1/clusters/{cluster}/pause",
+            axum::routing::put(api::failover::pause).delete(api::failover::resume),
+        )
+        .route(
             "/api/v1/clusters/{cluster}/nodes/{node_id}/unfence",
             post(api::failover::unfence),
         )

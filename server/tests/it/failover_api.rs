@@ -552,3 +552,81 @@ async fn a_pause_holds_back_failover_a_scheduled_switchover_does_not_and_a_witne
     w_heartbeats.abort();
     server.stop().await;
 }
+
+/// A cluster paused by hand (`PUT /api/v1/clusters/{cluster}/pause`) until resumed: shown in the
+/// failover status and in the arbiter's verdict, audited; refused for an unknown cluster or
+/// without a reason; resuming twice is a 404.
+#[sqlx::test(migrations = false)]
+async fn a_cluster_is_paused_by_hand_until_resumed(pool: PgPool) {
+    let mut s = settings();
+    s.failover.grace = Duration::ZERO;
+    let server = TestServer::start_on(pool, s).await;
+    let a = AgentClient::new(
+        &server.url,
+        SecretString::from(server.credential("a").await),
+        Duration::from_secs(10),
+        &Default::default(),
+    )
+    .unwrap();
+    a.send_heartbeat(&report("a", Uuid::new_v4(), 1, VrrpState::Master, true))
+        .await
+        .unwrap();
+    let put = |cluster: &str, body: serde_json::Value| {
+        server
+            .http
+            .put(format!("{}/api/v1/clusters/{cluster}/pause", server.url))
+            .json(&body)
+            .send()
+    };
+    let r = put("nowhere", serde_json::json!({"reason": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let r = put("c", serde_json::json!({"reason": ""})).await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let r = put("c", serde_json::json!({"reason": "storage firmware"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let pause: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(pause["reason"], "storage firmware", "{pause}");
+    let (_, f) = server.get_json("/api/v1/clusters/c/failover").await;
+    assert_eq!(f["pause"]["reason"], "storage firmware", "{f:#}");
+    eventually(
+        15,
+        "the arbiter's verdict says the cluster is paused",
+        || async {
+            let (_, f) = server.get_json("/api/v1/clusters/c/failover").await;
+            f["verdict"]["paused"]
+                .as_str()?
+                .contains("storage firmware")
+                .then_some(())
+        },
+    )
+    .await;
+
+    let delete = || {
+        server
+            .http
+            .delete(format!("{}/api/v1/clusters/c/pause", server.url))
+            .send()
+    };
+    assert_eq!(delete().await.unwrap().status().as_u16(), 200);
+    assert_eq!(delete().await.unwrap().status().as_u16(), 404);
+    let (_, f) = server.get_json("/api/v1/clusters/c/failover").await;
+    assert!(f["pause"].is_null(), "{f:#}");
+    eventually(15, "the verdict no longer paused", || async {
+        let (_, f) = server.get_json("/api/v1/clusters/c/failover").await;
+        (f["verdict"].is_object() && f["verdict"]["paused"].is_null()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        count(
+            &server.pool,
+            "SELECT count(*) FROM audit_log WHERE action IN ('cluster_pause', 'cluster_resume')"
+        )
+        .await,
+        2
+    );
+    server.stop().await;
+}

@@ -8,6 +8,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::failover::pauses::Pause;
 use crate::failover::requests::{self, FailoverRequest};
 use crate::failover::status::FailoverStatus;
 use crate::http::auth::Auth;
@@ -106,5 +107,33 @@ pub async fn set_switch(
     requests::set_automatic(&state, req.automatic_enabled, &req.reason, &me).await?;
     Ok(Json(
         serde_json::json!({ "automatic_enabled": req.automatic_enabled }),
+    ))
+}
+
+/// `PUT /api/v1/clusters/{cluster}/pause` (operator): pauses the cluster until it is resumed —
+/// verdicts are reached and recorded, nothing is done automatically (no failover, step-down or
+/// fencing). 200 with the pause; 400 without a one-line reason; 404 for an unknown cluster.
+pub async fn pause(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    Path(cluster): Path<String>,
+    ApiJson(req): ApiJson<ReasonRequest>,
+) -> Result<Json<Pause>, AppError> {
+    Ok(Json(
+        requests::pause(&state, &cluster, &req.reason, &me).await?,
+    ))
+}
+
+/// `DELETE /api/v1/clusters/{cluster}/pause` (operator): resumes automatic actions. 404 when the
+/// cluster is not paused by hand (a maintenance window ends by itself or at
+/// `DELETE /api/v1/silences/{id}`).
+pub async fn resume(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    Path(cluster): Path<String>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    requests::resume(&state, &cluster, &me).await?;
+    Ok(Json(
+        serde_json::json!({ "cluster": cluster, "paused": false }),
     ))
 }
