@@ -98,7 +98,7 @@ fn step(name: StepName, description: String) -> Step {
     }
 }
 
-/// The view of `name` with its epoch, or [`SwitchoverError::NotFound`].
+/// The view of `name` with its epoch, or a 404 refusal.
 pub async fn cluster_view(state: &AppState, name: &str) -> Result<ClusterView, SwitchoverError> {
     crate::fleet::clusters::with_epoch(state, name)
         .await?
