@@ -599,6 +599,7 @@ fn gather(
         link: link.clone(),
         leader: leader.to_string(),
         leader_status,
+        leader_vrrp: node.and_then(|n| n.instance(instance)).map(|i| i.state),
         leader_reaches_reference: node.filter(|_| heard).and_then(reference),
         witnesses,
     }
@@ -796,10 +797,8 @@ async fn enforce_epoch(
     for (node, vrrp, primary) in members.iter().cloned() {
         let key = (c.name.clone(), node.clone());
         let master = vrrp == Some(VrrpState::Master);
-        // A second master beside a leader that is up, or a MASTER that cannot reach the
-        // reference address (it must not take over, whatever became of the leader).
-        let second = split_brain
-            && ((leader_up && (master || primary)) || (master && isolated.contains(node.as_str())));
+        let second =
+            split_brain && second_master(g, vrrp, primary, isolated.contains(node.as_str()));
         let unfenced = kept.contains(&node) && (vrrp != Some(VrrpState::Fault) || primary);
         if !second && !unfenced {
             memory.enforced.remove(&key);
@@ -845,6 +844,21 @@ fn kept_fenced_reason(g: &Gathered, node: &str, vrrp: Option<VrrpState>, primary
             ""
         },
     )
+}
+
+/// Is a member in `vrrp` (a primary of the tied link when `primary`, unable to reach the
+/// reference address when `isolated`) a second master the epoch must fence? A primary beside a
+/// leader that is up is; so is a MASTER that cannot reach the reference address (it must not
+/// take over, whatever became of the leader). A MASTER beside a leader that is up is a split
+/// brain only while keepalived on the leader can hold the VIP again (it runs: MASTER or
+/// BACKUP); beside a leader whose keepalived is stopped, killed or in FAULT it is where
+/// keepalived rightly put the VIP, and fencing it would leave the VIP without a live holder —
+/// worse than keepalived alone.
+fn second_master(g: &Gathered, vrrp: Option<VrrpState>, primary: bool, isolated: bool) -> bool {
+    let leader_up = g.leader_status == NodeStatus::Up;
+    let master = vrrp == Some(VrrpState::Master);
+    let leader_can_hold = matches!(g.leader_vrrp, Some(VrrpState::Master | VrrpState::Backup));
+    (leader_up && (primary || (master && leader_can_hold))) || (master && isolated)
 }
 
 /// Why a second master is fenced: it is MASTER (`master`) and/or a primary beside the leader
@@ -1040,6 +1054,42 @@ mod tests {
         )
         .unwrap();
         assert_eq!(g.leader, "b");
+    }
+
+    #[test]
+    fn a_master_beside_a_leader_whose_keepalived_cannot_hold_the_vip_is_not_fenced() {
+        let fenced = |leader_state: VrrpState| {
+            let g = judge(
+                vec![
+                    node("a", leader_state, Primary, Up, &[("b", true)]),
+                    node("b", Master, Secondary, Up, &[("a", true)]),
+                ],
+                Some("a"),
+            )
+            .unwrap();
+            assert_eq!(g.leader_vrrp, Some(leader_state));
+            second_master(&g, Some(Master), false, false)
+        };
+        // Both MASTER (a cut VRRP link): a split brain, the epoch's master keeps the VIP.
+        assert!(fenced(Master));
+        // keepalived on a runs as BACKUP: fencing b hands the VIP back to the primary at once.
+        assert!(fenced(Backup));
+        // keepalived on a stopped (or killed: its VIP left configured) or in FAULT: b is where
+        // keepalived rightly put the VIP; fencing it would leave no live holder.
+        assert!(!fenced(VrrpState::Stop));
+        assert!(!fenced(Fault));
+        // A second primary database beside a leader that is up is always stopped.
+        let g = judge(
+            vec![
+                node("a", VrrpState::Stop, Primary, Up, &[("b", true)]),
+                node("b", Master, Secondary, Up, &[("a", true)]),
+            ],
+            Some("a"),
+        )
+        .unwrap();
+        assert!(second_master(&g, Some(Master), true, false));
+        // An isolated MASTER is fenced whatever became of the leader.
+        assert!(second_master(&g, Some(Master), false, true));
     }
 
     #[test]

@@ -53,6 +53,11 @@ pub struct Gathered {
     pub leader: String,
     /// Detector verdict on the leader.
     pub leader_status: NodeStatus,
+    /// The leader's state in the instance as its agent last reported it (`STOP` when its
+    /// keepalived is not running; None: it does not report the instance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub leader_vrrp: Option<hapulse_protocol::VrrpState>,
     /// The leader reaches the reference address (None: unknown).
     pub leader_reaches_reference: Option<bool>,
     /// Every other node.
