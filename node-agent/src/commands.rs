@@ -243,11 +243,34 @@ impl Executor {
                 .await
             }
             Action::Hook { phase, env } => self.run_hook(phase, env, switchover).await,
+            Action::RemoveVip { instance, address } => self.remove_vip(instance, address).await,
         }
     }
 
     /// Writes the instance's fence file: 1 to fence, 0 to lift the fence, which also removes
     /// the self-fence marker.
+    /// Removes a VIP keepalived left configured here when it died; refuses while keepalived
+    /// runs (it owns its addresses then).
+    async fn remove_vip(&self, instance: &str, address: &str) -> Result<String, String> {
+        let ip: std::net::IpAddr = address
+            .parse()
+            .map_err(|_| format!("{address:?} is not an IP address"))?;
+        if let Some(pid) = crate::keepalived::live_pid(&self.settings.keepalived.pid_file) {
+            return Err(format!(
+                "keepalived runs here (pid {pid}) and owns the addresses of {instance}: {ip} left as it is"
+            ));
+        }
+        let table = crate::keepalived::vips::AddressTable::open()
+            .map_err(|e| format!("cannot open a netlink socket: {e}"))?;
+        match table.remove(ip).await {
+            Ok(true) => Ok(format!(
+                "removed {ip} ({instance}), which keepalived left configured: it is not running here"
+            )),
+            Ok(false) => Ok(format!("{ip} ({instance}) is not configured here: nothing to remove")),
+            Err(e) => Err(format!("removing {ip}: {e}")),
+        }
+    }
+
     fn fence(&self, instance: &str, fenced: bool) -> Result<String, String> {
         let files = self.track_files(instance)?;
         if !fenced {
@@ -656,6 +679,37 @@ mod tests {
         assert_eq!(late.outcome, CommandOutcome::Refused);
         assert_eq!(late.refusal, Some(RefusalReason::DeadlinePassed));
         assert!(!dir.path().join("fence").exists(), "nothing ran");
+    }
+
+    #[tokio::test]
+    async fn a_vip_is_left_alone_while_keepalived_runs() {
+        // keepalived's pid file names a live process (this one): it owns its addresses.
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path(), &["remove_vip"]);
+        s.keepalived.pid_file = dir.path().join("keepalived.pid");
+        std::fs::write(&s.keepalived.pid_file, std::process::id().to_string()).unwrap();
+        let mut ex = Executor::open(s).unwrap();
+        let result = ex
+            .handle(&command(
+                1,
+                Action::RemoveVip {
+                    instance: "VI_1".into(),
+                    address: "127.0.0.1".into(),
+                },
+            ))
+            .await;
+        assert_eq!(result.outcome, CommandOutcome::Failed, "{}", result.message);
+        assert!(
+            result.message.contains("keepalived runs here"),
+            "{}",
+            result.message
+        );
+        let loopback = crate::keepalived::vips::AddressTable::open()
+            .unwrap()
+            .addresses()
+            .await
+            .unwrap();
+        assert!(loopback.contains(&std::net::IpAddr::from([127, 0, 0, 1])));
     }
 
     #[tokio::test]

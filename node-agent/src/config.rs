@@ -87,7 +87,7 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 pub struct ActionSettings {
     /// Action kinds allowed: `set_priority_offset`, `fence`, `postgres_stop`,
-    /// `postgres_promote`, `drbd_role`, `hook`.
+    /// `postgres_promote`, `drbd_role`, `hook`, `remove_vip`.
     #[serde(default)]
     pub enabled: Vec<String>,
     /// keepalived track files per VRRP instance.
@@ -491,13 +491,14 @@ impl Settings {
 }
 
 /// The action kinds `actions.enabled` may list (as [`hapulse_protocol::Action::kind`] names them).
-const ACTION_KINDS: [&str; 6] = [
+const ACTION_KINDS: [&str; 7] = [
     "set_priority_offset",
     "fence",
     "postgres_stop",
     "postgres_promote",
     "drbd_role",
     "hook",
+    "remove_vip",
 ];
 
 /// A refusal of `key` with a fixed reason.

@@ -487,6 +487,17 @@ pub enum Action {
         /// `HAPULSE_*` variables for the hook (names without the prefix, values as text).
         env: std::collections::BTreeMap<String, String>,
     },
+    /// Remove `address` (a VIP of `instance`) from this host's interfaces because keepalived is
+    /// not running here: a keepalived that was killed (SIGKILL sends no goodbye) leaves its
+    /// addresses configured, and a stale VIP beside the live holder answers clients that then
+    /// reach a host without the service. The agent checks that keepalived is not running before
+    /// it removes anything (while it runs, it owns its addresses: the command fails).
+    RemoveVip {
+        /// VRRP instance the address belongs to.
+        instance: String,
+        /// The address, as keepalived reports it (`10.0.0.100`).
+        address: String,
+    },
 }
 
 impl Action {
@@ -500,6 +511,7 @@ impl Action {
             Action::PostgresPromote { .. } => "postgres_promote",
             Action::DrbdRole { .. } => "drbd_role",
             Action::Hook { .. } => "hook",
+            Action::RemoveVip { .. } => "remove_vip",
         }
     }
 }

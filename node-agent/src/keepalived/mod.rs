@@ -14,4 +14,4 @@ pub mod fifo;
 mod probe;
 pub mod vips;
 
-pub use probe::KeepalivedProbe;
+pub use probe::{live_pid, KeepalivedProbe};

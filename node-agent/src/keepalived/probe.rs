@@ -23,6 +23,18 @@ pub struct KeepalivedProbe {
     addresses: vips::AddressTable,
 }
 
+/// The pid in the pid file `path`, when that process is alive: it exists and is not a zombie (a
+/// killed keepalived whose parent has not reaped it yet still answers kill(pid, 0)).
+pub fn live_pid(path: &std::path::Path) -> Option<i32> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let pid: i32 = text.trim().parse().ok()?;
+    crate::sys::kill(pid, 0).ok()?;
+    // /proc/PID/stat: "pid (comm) state …"; comm may hold spaces and parentheses.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+    (!matches!(state, "Z" | "X")).then_some(pid)
+}
+
 impl KeepalivedProbe {
     /// Opens the netlink socket and asks keepalived for its JSON signal number.
     pub async fn new(settings: KeepalivedSettings) -> std::io::Result<Self> {
@@ -59,16 +71,9 @@ impl KeepalivedProbe {
         }
     }
 
-    /// The pid in keepalived's pid file, when that process is alive: it exists and is not a
-    /// zombie (a killed keepalived whose parent has not reaped it yet still answers kill(pid, 0)).
+    /// The pid in keepalived's pid file, when that process is alive ([`live_pid`]).
     pub fn keepalived_pid(&self) -> Option<i32> {
-        let text = std::fs::read_to_string(&self.settings.pid_file).ok()?;
-        let pid: i32 = text.trim().parse().ok()?;
-        crate::sys::kill(pid, 0).ok()?;
-        // /proc/PID/stat: "pid (comm) state …"; comm may hold spaces and parentheses.
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
-        (!matches!(state, "Z" | "X")).then_some(pid)
+        live_pid(&self.settings.pid_file)
     }
 
     /// Applies one FIFO line. Returns true when it changed what the probe knows.

@@ -38,6 +38,32 @@ impl AddressTable {
     }
 }
 
+impl AddressTable {
+    /// Removes `ip` from the interface that has it (`ip addr del`); false when no interface has
+    /// it.
+    pub async fn remove(&self, ip: IpAddr) -> Result<bool, rtnetlink::Error> {
+        let mut stream = self.handle.address().get().execute();
+        let mut found = None;
+        while let Some(message) = stream.try_next().await? {
+            let holds = message.attributes.iter().any(|a| {
+                matches!(a, AddressAttribute::Local(a) | AddressAttribute::Address(a) if *a == ip)
+            });
+            if holds {
+                found = Some(message);
+                break;
+            }
+        }
+        drop(stream);
+        match found {
+            Some(message) => {
+                self.handle.address().del(message).execute().await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,8 +72,9 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
 struct Memory {
     /// The last recorded (action, candidate, reason without digits) per cluster.
     recorded: BTreeMap<String, (String, Option<String>, String)>,
-    /// (cluster, node) fenced or stopped by the split-brain rule and not yet seen obeying, with
-    /// when: the commands are issued again after a minute (their deadline).
+    /// (cluster, node) fenced or stopped by the split-brain rule, and (cluster, "node address")
+    /// told to remove a stale VIP, not yet seen obeying, with when: the commands are issued
+    /// again after a minute (their deadline).
     enforced: BTreeMap<(String, String), tokio::time::Instant>,
     /// Clusters whose last attempt to act was refused, with when: not tried again for 30 s.
     refused: BTreeMap<String, tokio::time::Instant>,
@@ -415,6 +416,9 @@ async fn carry_out(
                 let split_brain = policy.mode == failover::Mode::Auto && policy.automatic_enabled;
                 let kept = stored.kept.get(&c.name).cloned().unwrap_or_default();
                 enforce_epoch(state, memory, c, g, members, split_brain, &kept).await?;
+                if split_brain {
+                    remove_stale_vips(state, memory, c, g).await?;
+                }
             }
         }
         if quiet(
@@ -846,6 +850,98 @@ fn kept_fenced_reason(g: &Gathered, node: &str, vrrp: Option<VrrpState>, primary
     )
 }
 
+/// The VIPs of `instance` that a node (up) keeps configured while its keepalived is not running
+/// — a killed keepalived sends no goodbye and leaves its addresses — and that another node,
+/// whose keepalived runs, holds as well: (node, address). A stale address that is the only one
+/// left still serves; it is kept.
+fn stale_vips(c: &ClusterView, instance: &str) -> Vec<(String, String)> {
+    let Some(i) = c.instances.iter().find(|i| i.name == instance) else {
+        return Vec::new();
+    };
+    let keepalived_runs = |node: &str| {
+        c.nodes
+            .iter()
+            .any(|n| n.node_id == node && n.keepalived_running)
+    };
+    let live_holder = |vip: &str, other_than: &str| {
+        i.members.iter().any(|m| {
+            m.node_id != other_than
+                && m.node_status == NodeStatus::Up
+                && keepalived_runs(&m.node_id)
+                && m.held_vips.iter().any(|v| v == vip)
+        })
+    };
+    i.members
+        .iter()
+        .filter(|m| m.node_status == NodeStatus::Up && !keepalived_runs(&m.node_id))
+        .flat_map(|m| {
+            m.held_vips
+                .iter()
+                .filter(|vip| live_holder(vip, &m.node_id))
+                .map(|vip| (m.node_id.clone(), vip.clone()))
+        })
+        .collect()
+}
+
+/// Removes every [`stale_vips`] address of the cluster's instance, under the current epoch (at
+/// most once a minute per node and address), each with its decision on record.
+async fn remove_stale_vips(
+    state: &AppState,
+    memory: &mut Memory,
+    c: &ClusterView,
+    g: &Gathered,
+) -> Result<(), sqlx::Error> {
+    for (node, vip) in stale_vips(c, &g.instance) {
+        let key = (c.name.clone(), format!("{node} {vip}"));
+        let now = tokio::time::Instant::now();
+        if memory
+            .enforced
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(60))
+        {
+            continue;
+        }
+        memory.enforced.insert(key, now);
+        let reason = format!(
+            "{node} keeps {vip} configured while its keepalived is not running, beside the live holder: the stale address is removed"
+        );
+        tracing::warn!(cluster = %c.name, node = %node, vip = %vip, "{reason}");
+        insert_decision(
+            state,
+            &c.name,
+            "remove_vip",
+            Some(&node),
+            &reason,
+            &Some(g.clone()),
+        )
+        .await?;
+        let mut tx = state.db.begin().await?;
+        let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM clusters WHERE name = $1")
+            .bind(&c.name)
+            .fetch_one(&mut *tx)
+            .await?;
+        commands::insert(
+            &mut tx,
+            &NewCommand {
+                cluster: c.name.clone(),
+                node_id: node.clone(),
+                epoch: epoch as u64,
+                action: Action::RemoveVip {
+                    instance: g.instance.clone(),
+                    address: vip,
+                },
+                deadline: Duration::from_secs(60),
+                switchover_id: None,
+                requested_by: ACTOR.into(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        state.commands.wake(&node);
+    }
+    Ok(())
+}
+
 /// Is a member in `vrrp` (a primary of the tied link when `primary`, unable to reach the
 /// reference address when `isolated`) a second master the epoch must fence? A primary beside a
 /// leader that is up is; so is a MASTER that cannot reach the reference address (it must not
@@ -1090,6 +1186,43 @@ mod tests {
         assert!(second_master(&g, Some(Master), true, false));
         // An isolated MASTER is fenced whatever became of the leader.
         assert!(second_master(&g, Some(Master), false, true));
+    }
+
+    #[test]
+    fn a_vip_left_by_a_killed_keepalived_is_stale_only_beside_a_live_holder() {
+        // keepalived on a was killed: its agent reports it not running, the instance STOP, and
+        // the kernel still has the VIP.
+        let killed = || {
+            let mut a = node("a", VrrpState::Stop, Primary, Up, &[("b", true)]);
+            a.keepalived_running = false;
+            a.instances[0].held_vips = vec!["10.0.0.100".into()];
+            a
+        };
+        let stale = |nodes: Vec<NodeLive>| {
+            let nodes: Vec<&NodeLive> = nodes.iter().collect();
+            let c = view::cluster_view_of("c", nodes, Utc::now()).unwrap();
+            stale_vips(&c, "VI_1")
+        };
+        // b took over: a's address is stale.
+        assert_eq!(
+            stale(vec![
+                killed(),
+                node("b", Master, Secondary, Up, &[("a", true)])
+            ]),
+            [("a".to_string(), "10.0.0.100".to_string())]
+        );
+        // Nobody else holds it: the stale address is all that serves; kept.
+        assert!(stale(vec![
+            killed(),
+            node("b", Backup, Secondary, Up, &[("a", true)])
+        ])
+        .is_empty());
+        // keepalived runs on a: its addresses are its own.
+        assert!(stale(vec![
+            node("a", Master, Primary, Up, &[("b", true)]),
+            node("b", Master, Secondary, Up, &[("a", true)]),
+        ])
+        .is_empty());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use hapulse_server::config::{ClusterFailover, Settings};
 use hapulse_server::failover::decision::Mode;
 
-use crate::harness::{eventually, settings, TestServer};
+use crate::harness::{count, eventually, settings, TestServer};
 use crate::lab::{finished_switchover, require_root_and_tools, Lab};
 
 /// Three hosts: h1 primary, h2 and h3 standbys.
@@ -456,6 +456,55 @@ async fn a_frozen_agent_or_a_cut_heartbeat_link_never_fails_over(pool: PgPool) {
     );
     lab.run(&["isolate", "h2", "off"]);
     lab.run(&["agent", "h1", "thaw"]);
+    unfence_when_rejoined(&server, name, "h2").await;
+    settled(&server, name, "h1", 1).await;
+
+    // keepalived on the primary's host is killed: no goodbye, so h2 takes the VIP after the
+    // master-down timer while h1's kernel keeps the address. h2 is where keepalived rightly put
+    // the VIP: it is not fenced; the stale address on h1 is removed (one holder again).
+    let fences_before = count(
+        &pool,
+        "SELECT count(*) FROM failover_decisions WHERE action = 'fence' AND candidate = 'h2'",
+    )
+    .await;
+    lab.run(&["keepalived", "h1", "kill"]);
+    eventually(
+        30,
+        "the stale VIP on h1 removed, h2 the only holder",
+        || async {
+            let (_, n) = server.get_json("/api/v1/nodes/h2").await;
+            (n["instances"][0]["state"] == "MASTER" && lab.holds_vip("h2") && !lab.holds_vip("h1"))
+                .then_some(())
+        },
+    )
+    .await;
+    let f = failover_status(&server, name).await;
+    assert!(
+        f["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["action"] == "remove_vip" && d["candidate"] == "h1"),
+        "{f:#}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(lab.holds_vip("h2"), "the live holder keeps the VIP");
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM failover_decisions WHERE action = 'fence' AND candidate = 'h2'",
+        )
+        .await,
+        fences_before,
+        "the live holder is never fenced in favour of a leader without keepalived"
+    );
+    // keepalived back on h1: its higher priority takes the VIP back (preemption).
+    lab.run(&["keepalived", "h1", "start"]);
+    eventually(30, "h1 holding the VIP again", || async {
+        (lab.holds_vip("h1") && !lab.holds_vip("h2")).then_some(())
+    })
+    .await;
+    settled(&server, name, "h1", 1).await;
     assert!(failovers(&pool, name).await.is_empty());
     server.stop().await;
 }
