@@ -16,12 +16,16 @@
 //!    or a step-down switchover; `propose` waits for a person (`POST
 //!    /api/v1/clusters/{cluster}/failover`);
 //! 5. keeps the epoch's master the only one ([`enforce_epoch`]): while the leader is up, another
-//!    node that is MASTER of the instance (a split brain after a cut heartbeat link) is fenced,
-//!    and another primary database stopped, with the current epoch — in clusters whose policy is
-//!    `auto`; and a node the server keeps fenced (the old master of a failover that comes back)
-//!    is fenced again whenever it reports itself unfenced, until a person lifts the fence. The
-//!    global switch stops the first, not the second: a fence already set is kept. Nothing is
-//!    enforced while a switchover or failover runs.
+//!    node that is MASTER of the instance (a split brain after a cut heartbeat link) is fenced —
+//!    unless keepalived on the leader cannot hold the VIP (stopped, killed, FAULT): the other
+//!    MASTER is then where keepalived rightly put it — and another primary database stopped,
+//!    with the current epoch, in clusters whose policy is `auto`; a VIP a killed keepalived left
+//!    configured beside the live holder is removed ([`stale_vips`]); and a node the server keeps
+//!    fenced (the old master of a failover that comes back) is fenced again whenever it reports
+//!    itself unfenced, until a person lifts the fence. The global switch stops the first two,
+//!    not the last: a fence already set is kept. Nothing is enforced while a switchover or
+//!    failover runs, or in a paused cluster (a maintenance window, or paused by hand), whose
+//!    verdicts are still reached and recorded but never acted on.
 //!
 //! Replication connection state is shown as evidence but not counted: a dead primary's
 //! connection still looks `streaming` until `wal_receiver_timeout` (60 s by default) ends it.
@@ -184,7 +188,8 @@ struct Stored {
     windows: Vec<Silence>,
     /// Clusters paused by hand, until resumed.
     pauses: BTreeMap<String, Pause>,
-    /// Each cluster's latest automatic failover: when it was created, whether acknowledged.
+    /// Each cluster's latest automatic move (failover or step-down): when it was created,
+    /// whether acknowledged.
     last_automatic: BTreeMap<String, (DateTime<Utc>, bool)>,
     /// The nodes the server keeps fenced, per cluster.
     kept: BTreeMap<String, BTreeSet<String>>,
