@@ -74,9 +74,14 @@ pub struct Plan {
     pub target_lag_bytes: Option<u64>,
     /// The target's replication lag now, seconds.
     pub target_lag_seconds: Option<f64>,
-    /// What would be lost if the old primary died now instead: the target's lag. A switchover
-    /// itself loses nothing: it stops writes and waits for the target to catch up.
+    /// What would be lost if the old primary died now instead, bytes: the larger of the
+    /// target's own lag (received, not replayed) and the primary's (its current WAL position
+    /// less its standbys' replay position), so WAL the target has not received yet counts. A
+    /// switchover itself loses nothing: it stops writes and waits for the target to catch up.
     pub data_at_risk_bytes: Option<u64>,
+    /// When the older of the reports these figures come from (the target's and the primary's)
+    /// arrived: the figures are that old.
+    pub figures_as_of: Option<DateTime<Utc>>,
     /// Expected duration in seconds (VIP move ≈ 1 s with fencing; a database adds a shutdown,
     /// catch-up and promotion).
     pub expected_seconds: u64,
@@ -132,7 +137,8 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, Swit
         link: link_name.map(str::to_string),
         target_lag_bytes: lag_bytes,
         target_lag_seconds: target_link.and_then(|m| m.lag_seconds),
-        data_at_risk_bytes: lag_bytes,
+        data_at_risk_bytes: link.and_then(|l| at_risk(l, &req.target_node)),
+        figures_as_of: link.and_then(|l| figures_as_of(cluster, l, &req.target_node)),
         expected_seconds: if link.is_some() { 10 } else { 3 },
         vips: instance.vips.iter().map(|v| v.vip.clone()).collect(),
         steps,
@@ -324,6 +330,43 @@ fn streaming_standby<'c>(
     }
 }
 
+/// What `target` would lose if the primary of `link` died now, bytes: the larger of its own lag
+/// (received, not replayed) and the primary's (its current position less its standbys' replay
+/// position, which counts what the target has not received); `None` when neither is known.
+fn at_risk(link: &view::ReplicationView, target: &str) -> Option<u64> {
+    let lag = |node: &str| {
+        link.members
+            .iter()
+            .find(|m| m.node_id == node)
+            .and_then(|m| m.lag_bytes)
+    };
+    let primary = link.primary.as_deref().and_then(lag);
+    match (lag(target), primary) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// When the older of the target's and the primary's last reports arrived.
+fn figures_as_of(
+    cluster: &ClusterView,
+    link: &view::ReplicationView,
+    target: &str,
+) -> Option<DateTime<Utc>> {
+    let heard = |node: &str| {
+        cluster
+            .nodes
+            .iter()
+            .find(|n| n.node_id == node)
+            .map(|n| n.last_heartbeat_at)
+    };
+    [Some(target), link.primary.as_deref()]
+        .into_iter()
+        .flatten()
+        .filter_map(heard)
+        .min()
+}
+
 /// The target's lag is within `max_lag_bytes`, and known when a limit is set (409).
 fn check_lag(
     req: &SwitchoverRequest,
@@ -424,15 +467,8 @@ pub fn failover_plan(
         format!("{target} is MASTER and holds the VIP, {old_master} is not, for 3 s"),
     ));
     let view = cluster.instances.iter().find(|i| i.name == instance);
-    let target_link = link.and_then(|k| {
-        cluster
-            .replication
-            .iter()
-            .find(|r| r.link == k)?
-            .members
-            .iter()
-            .find(|m| m.node_id == target)
-    });
+    let link_view = link.and_then(|k| cluster.replication.iter().find(|r| r.link == k));
+    let target_link = link_view.and_then(|l| l.members.iter().find(|m| m.node_id == target));
     Plan {
         kind: "failover".into(),
         cluster: cluster.name.clone(),
@@ -442,7 +478,8 @@ pub fn failover_plan(
         link: link.map(str::to_string),
         target_lag_bytes: target_link.and_then(|m| m.lag_bytes),
         target_lag_seconds: target_link.and_then(|m| m.lag_seconds),
-        data_at_risk_bytes: target_link.and_then(|m| m.lag_bytes),
+        data_at_risk_bytes: link_view.and_then(|l| at_risk(l, target)),
+        figures_as_of: link_view.and_then(|l| figures_as_of(cluster, l, target)),
         expected_seconds: if link.is_some() { 5 } else { 2 },
         vips: view.map_or_else(Vec::new, |i| i.vips.iter().map(|v| v.vip.clone()).collect()),
         steps,
@@ -611,6 +648,33 @@ mod tests {
                 "run the post-switchover hook (where enabled)",
             ]
         );
+    }
+
+    #[test]
+    fn the_data_at_risk_counts_wal_the_target_has_not_received() {
+        let mut c = cluster();
+        let mut l = link();
+        // The primary is 4 KiB ahead of its standbys' replay; b has received only 128 bytes of
+        // what it has not replayed: the rest never reached it.
+        l.members[0].lag_bytes = Some(4096);
+        c.replication.push(l);
+        let an_hour_ago = Utc::now() - chrono::Duration::hours(1);
+        c.nodes[0].last_heartbeat_at = an_hour_ago;
+        let p = plan(&c, &request("b")).unwrap();
+        assert_eq!(
+            (p.target_lag_bytes, p.data_at_risk_bytes),
+            (Some(128), Some(4096))
+        );
+        assert_eq!(
+            p.figures_as_of,
+            Some(an_hour_ago),
+            "as old as the older report"
+        );
+        let f = failover_plan(&c, "vi", Some("postgresql:pg"), "a", "b");
+        assert_eq!(f.data_at_risk_bytes, Some(4096));
+        // Without a database nothing is at risk, and there are no figures.
+        let p = plan(&cluster(), &request("b")).unwrap();
+        assert_eq!((p.data_at_risk_bytes, p.figures_as_of), (None, None));
     }
 
     #[test]
