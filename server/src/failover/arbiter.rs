@@ -920,29 +920,11 @@ async fn remove_stale_vips(
             &Some(g.clone()),
         )
         .await?;
-        let mut tx = state.db.begin().await?;
-        let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM clusters WHERE name = $1")
-            .bind(&c.name)
-            .fetch_one(&mut *tx)
-            .await?;
-        commands::insert(
-            &mut tx,
-            &NewCommand {
-                cluster: c.name.clone(),
-                node_id: node.clone(),
-                epoch: epoch as u64,
-                action: Action::RemoveVip {
-                    instance: g.instance.clone(),
-                    address: vip,
-                },
-                deadline: Duration::from_secs(60),
-                switchover_id: None,
-                requested_by: ACTOR.into(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        state.commands.wake(&node);
+        let remove = Action::RemoveVip {
+            instance: g.instance.clone(),
+            address: vip,
+        };
+        queue(state, state.db.begin().await?, &c.name, &node, vec![remove]).await?;
     }
     Ok(())
 }
@@ -1022,16 +1004,28 @@ async fn fence(
         }
     }
     let mut tx = state.db.begin().await?;
+    keep_fenced(&mut tx, &c.name, node, reason).await?;
+    queue(state, tx, &c.name, node, actions).await
+}
+
+/// Queues `actions` for `node` under the cluster's current epoch, with a one-minute deadline,
+/// commits them with whatever `tx` already holds, and wakes the node.
+async fn queue(
+    state: &AppState,
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    cluster: &str,
+    node: &str,
+    actions: Vec<Action>,
+) -> Result<(), sqlx::Error> {
     let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM clusters WHERE name = $1")
-        .bind(&c.name)
+        .bind(cluster)
         .fetch_one(&mut *tx)
         .await?;
-    keep_fenced(&mut tx, &c.name, node, reason).await?;
     for action in actions {
         commands::insert(
             &mut tx,
             &NewCommand {
-                cluster: c.name.clone(),
+                cluster: cluster.to_string(),
                 node_id: node.to_string(),
                 epoch: epoch as u64,
                 action,

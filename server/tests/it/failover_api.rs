@@ -13,7 +13,7 @@ use secrecy::SecretString;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use hapulse_server::config::ClusterFailover;
+use hapulse_server::config::{ClusterFailover, Settings};
 use hapulse_server::failover::decision::Mode;
 
 use crate::harness::{count, eventually, pg_report_link, report, settings, TestServer};
@@ -39,24 +39,36 @@ fn arbitration(peer: &str, sees: bool) -> Option<ArbitrationReport> {
     })
 }
 
-#[sqlx::test(migrations = false)]
-async fn a_person_confirms_a_proposed_failover(pool: PgPool) {
+/// Cluster `c`'s policy in these tests: every node a candidate of priority 1, a 1000-byte lag
+/// bound, an hour of anti-flapping, no fencing hook and the risk accepted.
+fn policy() -> ClusterFailover {
+    ClusterFailover {
+        mode: Mode::Off,
+        candidates: Default::default(),
+        default_candidate_priority: 1,
+        max_lag_bytes: 1000,
+        max_lag_seconds: 10.0,
+        anti_flap: Duration::from_secs(3600),
+        fencing_hook: None,
+        fencing_timeout: Duration::from_secs(30),
+        accept_unfenced: true,
+    }
+}
+
+/// Test settings with `policy` for cluster `c` and no grace after the server's start.
+fn settings_with(policy: ClusterFailover) -> Settings {
     let mut s = settings();
     s.failover.grace = Duration::ZERO;
-    s.failover.clusters.insert(
-        "c".into(),
-        ClusterFailover {
-            mode: Mode::Notify,
-            candidates: Default::default(),
-            default_candidate_priority: 1,
-            max_lag_bytes: 1000,
-            max_lag_seconds: 10.0,
-            anti_flap: Duration::from_secs(3600),
-            fencing_hook: None,
-            fencing_timeout: Duration::from_secs(30),
-            accept_unfenced: true,
-        },
-    );
+    s.failover.clusters.insert("c".into(), policy);
+    s
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_person_confirms_a_proposed_failover(pool: PgPool) {
+    let s = settings_with(ClusterFailover {
+        mode: Mode::Notify,
+        ..policy()
+    });
     let server = TestServer::start_on(pool, s).await;
     let client = |secret: String| {
         AgentClient::new(
@@ -335,22 +347,11 @@ async fn keep_heartbeating(agent: AgentClient, report: Arc<Mutex<HeartbeatReport
 async fn a_pause_holds_back_failover_a_scheduled_switchover_does_not_and_a_witness_is_never_promoted(
     pool: PgPool,
 ) {
-    let mut s = settings();
-    s.failover.grace = Duration::ZERO;
-    s.failover.clusters.insert(
-        "c".into(),
-        ClusterFailover {
-            mode: Mode::Auto,
-            candidates: [("w".to_string(), 100), ("b".to_string(), 1)].into(),
-            default_candidate_priority: 1,
-            max_lag_bytes: 1000,
-            max_lag_seconds: 10.0,
-            anti_flap: Duration::from_secs(3600),
-            fencing_hook: None,
-            fencing_timeout: Duration::from_secs(30),
-            accept_unfenced: true,
-        },
-    );
+    let s = settings_with(ClusterFailover {
+        mode: Mode::Auto,
+        candidates: [("w".to_string(), 100), ("b".to_string(), 1)].into(),
+        ..policy()
+    });
     let server = TestServer::start_on(pool, s).await;
     let client = |secret: String| {
         AgentClient::new(
