@@ -57,6 +57,11 @@ pub struct FailoverSettings {
     /// a server restart never looks like a mass failure.
     #[serde(with = "humantime_serde")]
     pub grace: Duration,
+    /// How long keepalived may keep a VIP on another node than the database primary the server
+    /// hears before the database follows it (default 10 s): long enough for a keepalived restart
+    /// with preemption to take the VIP back by itself.
+    #[serde(with = "humantime_serde")]
+    pub vip_follow_grace: Duration,
     /// Policy per cluster.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub clusters: std::collections::BTreeMap<String, ClusterFailover>,
@@ -68,6 +73,7 @@ impl Default for FailoverSettings {
             automatic_enabled: true,
             interval: Duration::from_millis(250),
             grace: Duration::from_secs(30),
+            vip_follow_grace: Duration::from_secs(10),
             clusters: Default::default(),
         }
     }
@@ -92,8 +98,8 @@ pub struct ClusterFailover {
     /// …or this many seconds (default 10 s).
     #[serde(default = "default_failover_lag_seconds")]
     pub max_lag_seconds: f64,
-    /// After an automatic failover, no other automatic one for this long (default 1 h) unless a
-    /// person acknowledged the previous one.
+    /// After an automatic move (failover, step-down, VIP follow), no other automatic one for this
+    /// long (default 1 h) unless a person acknowledged the previous one.
     #[serde(default = "default_anti_flap", with = "humantime_serde")]
     pub anti_flap: Duration,
     /// STONITH: the operator's program and arguments, run on the server (no shell) with
@@ -137,6 +143,7 @@ impl FailoverSettings {
         let mut p = crate::failover::decision::Policy {
             automatic_enabled,
             grace: self.grace,
+            vip_follow_grace: self.vip_follow_grace,
             ..Default::default()
         };
         if let Some(c) = self.clusters.get(cluster) {

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access::auth::Principal;
 use crate::agents::commands::{self, NewCommand};
 use crate::alerting::silences::{self, Silence};
-use crate::failover::decision::{self as failover, Decision, History, Situation};
+use crate::failover::decision::{self as failover, Decision, History, Situation, VipElsewhere};
 use crate::failover::evidence::{candidates, evidence, Gathered, Verdict, Witness};
 use crate::failover::fences::keep_fenced;
 use crate::failover::pauses::{self, Pause};
@@ -87,6 +87,8 @@ struct Memory {
     attention: BTreeSet<String>,
     /// When every cluster was last looked at (None: never).
     last_sweep: Option<tokio::time::Instant>,
+    /// Clusters whose VIP is on another node than the leader: the holder and since when.
+    vip_elsewhere: BTreeMap<String, VipElsewhere>,
 }
 
 /// Every cluster is looked at this often, changed or not (the verdicts shown refresh, and a
@@ -142,7 +144,7 @@ async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error>
     // First every cluster's verdict; then new leaders and changed verdicts stored in one
     // transaction (thousands of clusters can change at once: one commit each took the
     // database's whole capacity); then, with every verdict on record, the actions.
-    let (verdicts, new_leaders) = decide_all(state, &stored, &judged, now);
+    let (verdicts, new_leaders) = decide_all(state, &stored, &judged, now, memory);
     record(state, memory, &new_leaders, &judged, &verdicts).await?;
     carry_out(state, memory, &stored, &judged, verdicts).await
 }
@@ -322,6 +324,7 @@ fn decide_all<'j>(
     stored: &Stored,
     judged: &'j [Judged],
     now: DateTime<Utc>,
+    memory: &mut Memory,
 ) -> (Vec<Verdict>, Vec<(&'j str, &'j str)>) {
     let mut verdicts = Vec::with_capacity(judged.len());
     let mut new_leaders: Vec<(&str, &str)> = Vec::new();
@@ -347,6 +350,7 @@ fn decide_all<'j>(
             for w in &mut g.witnesses {
                 w.in_maintenance = stored.node_in_maintenance(&c.name, &w.node_id, now);
             }
+            g.vip_elsewhere = remember_vip_elsewhere(memory, &c.name, g.vip_elsewhere.take());
         }
         let decision = match &gathered {
             None => Decision::Nothing {
@@ -374,6 +378,27 @@ fn decide_all<'j>(
         });
     }
     (verdicts, new_leaders)
+}
+
+/// The VIP found elsewhere this round (`seen`, dated now), dated from the first round that saw
+/// it with the same holder; forgotten once it is back.
+fn remember_vip_elsewhere(
+    memory: &mut Memory,
+    cluster: &str,
+    seen: Option<VipElsewhere>,
+) -> Option<VipElsewhere> {
+    let Some(seen) = seen else {
+        memory.vip_elsewhere.remove(cluster);
+        return None;
+    };
+    let kept = memory
+        .vip_elsewhere
+        .entry(cluster.to_string())
+        .or_insert_with(|| seen.clone());
+    if kept.holder != seen.holder {
+        *kept = seen;
+    }
+    Some(kept.clone())
 }
 
 /// With every verdict on record: publishes each, acts on it (unless the cluster's last attempt
@@ -603,15 +628,38 @@ fn gather(
             }
         })
         .collect();
+    let leader_vrrp = node.and_then(|n| n.instance(instance)).map(|i| i.state);
     Gathered {
         instance: instance.to_string(),
         link: link.clone(),
         leader: leader.to_string(),
         leader_status,
-        leader_vrrp: node.and_then(|n| n.instance(instance)).map(|i| i.state),
+        leader_vrrp,
         leader_reaches_reference: node.filter(|_| heard).and_then(reference),
+        vip_elsewhere: link
+            .as_ref()
+            .filter(|_| leader_vrrp != Some(VrrpState::Master))
+            .and_then(|_| vip_holder(c, instance, leader))
+            .map(|holder| VipElsewhere {
+                holder,
+                since: Utc::now(),
+            }),
         witnesses,
     }
+}
+
+/// The node other than `leader` that is the only MASTER of `instance` and the only holder of
+/// every one of its VIPs (a VIP also configured elsewhere — a stale address — is not yet
+/// settled: [`stale_vips`] removes it first).
+fn vip_holder(c: &ClusterView, instance: &str, leader: &str) -> Option<String> {
+    let i = c.instances.iter().find(|i| i.name == instance)?;
+    let holder = i.master.as_deref().filter(|m| *m != leader)?;
+    let up = i
+        .members
+        .iter()
+        .any(|m| m.node_id == holder && m.node_status == NodeStatus::Up);
+    let sole = !i.vips.is_empty() && i.vips.iter().all(|v| v.holders == [holder]);
+    (up && sole).then(|| holder.to_string())
 }
 
 /// Stores a round in one transaction: the clusters' new leaders, and each verdict that differs
@@ -741,6 +789,10 @@ async fn act(state: &AppState, c: &ClusterView, g: &Gathered, decision: &Decisio
             candidate, reason, ..
         } => {
             crate::switchover::request::start_failover(state, c, g, candidate, reason, true, &who)
+                .await
+        }
+        Decision::FollowVip { candidate, reason } => {
+            crate::switchover::request::start_vip_follow(state, c, g, candidate, reason, true, &who)
                 .await
         }
         Decision::StepDown { candidate, reason } => {
@@ -933,15 +985,15 @@ async fn remove_stale_vips(
 /// reference address when `isolated`) a second master the epoch must fence? A primary beside a
 /// leader that is up is; so is a MASTER that cannot reach the reference address (it must not
 /// take over, whatever became of the leader). A MASTER beside a leader that is up is a split
-/// brain only while keepalived on the leader can hold the VIP again (it runs: MASTER or
-/// BACKUP); beside a leader whose keepalived is stopped, killed or in FAULT it is where
-/// keepalived rightly put the VIP, and fencing it would leave the VIP without a live holder —
-/// worse than keepalived alone.
+/// brain only while the leader is MASTER too (two nodes claim the VIP). Beside a leader that is
+/// BACKUP (keepalived there defers to it), stopped, killed or in FAULT, it is where keepalived
+/// put the VIP: fencing it would leave the VIP without a live holder, or bounce it back and
+/// forth — worse than keepalived alone; the database follows it instead (decision rule 10).
 fn second_master(g: &Gathered, vrrp: Option<VrrpState>, primary: bool, isolated: bool) -> bool {
     let leader_up = g.leader_status == NodeStatus::Up;
     let master = vrrp == Some(VrrpState::Master);
-    let leader_can_hold = matches!(g.leader_vrrp, Some(VrrpState::Master | VrrpState::Backup));
-    (leader_up && (primary || (master && leader_can_hold))) || (master && isolated)
+    let leader_master = g.leader_vrrp == Some(VrrpState::Master);
+    (leader_up && (primary || (master && leader_master))) || (master && isolated)
 }
 
 /// Why a second master is fenced: it is MASTER (`master`) and/or a primary beside the leader
@@ -1152,26 +1204,34 @@ mod tests {
     }
 
     #[test]
-    fn a_master_beside_a_leader_whose_keepalived_cannot_hold_the_vip_is_not_fenced() {
-        let fenced = |leader_state: VrrpState| {
-            let g = judge(
-                vec![
-                    node("a", leader_state, Primary, Up, &[("b", true)]),
-                    node("b", Master, Secondary, Up, &[("a", true)]),
-                ],
-                Some("a"),
-            )
-            .unwrap();
+    fn a_master_beside_a_leader_that_is_not_master_is_not_fenced_but_followed() {
+        let gathered = |leader_state: VrrpState| {
+            let mut b = node("b", Master, Secondary, Up, &[("a", true)]);
+            b.instances[0].held_vips = vec!["10.0.0.100".into()];
+            let mut a = node("a", leader_state, Primary, Up, &[("b", true)]);
+            if leader_state == Master {
+                a.instances[0].held_vips = vec!["10.0.0.100".into()];
+            }
+            let g = judge(vec![a, b], Some("a")).unwrap();
             assert_eq!(g.leader_vrrp, Some(leader_state));
-            second_master(&g, Some(Master), false, false)
+            g
         };
+        let fenced =
+            |leader_state| second_master(&gathered(leader_state), Some(Master), false, false);
+        let g_holder = |leader_state| gathered(leader_state).vip_elsewhere.map(|v| v.holder);
         // Both MASTER (a cut VRRP link): a split brain, the epoch's master keeps the VIP.
         assert!(fenced(Master));
-        // keepalived on a runs as BACKUP: fencing b hands the VIP back to the primary at once.
-        assert!(fenced(Backup));
+        // keepalived on a runs as BACKUP (restarted without preemption, or lower now): it
+        // defers to b, the only holder; fencing b would bounce the VIP and keep b fenced, so
+        // the database follows the VIP instead.
+        assert!(!fenced(Backup));
+        assert_eq!(g_holder(Backup), Some("b".to_string()));
         // keepalived on a stopped (or killed: its VIP left configured) or in FAULT: b is where
         // keepalived rightly put the VIP; fencing it would leave no live holder.
         assert!(!fenced(VrrpState::Stop));
+        assert_eq!(g_holder(VrrpState::Stop), Some("b".to_string()));
+        // Both MASTER: no VIP follow (the split-brain rule decides).
+        assert_eq!(g_holder(Master), None);
         assert!(!fenced(Fault));
         // A second primary database beside a leader that is up is always stopped.
         let g = judge(

@@ -18,14 +18,22 @@
 //!    bound. The best is the highest priority, then the least lag.
 //! 6. Policy: `off` only alerts, `notify` proposes the failover to a person, `auto` acts — and
 //!    the global switch turns every automatic action off.
-//! 7. Anti-flapping: after an automatic move (a failover or a step-down), no other automatic
-//!    move on the cluster within the anti-flap period unless a person acknowledged the previous
-//!    one: one hold per cluster.
+//! 7. Anti-flapping: after an automatic move (a failover, a step-down, a VIP follow), no other
+//!    automatic move on the cluster within the anti-flap period unless a person acknowledged the
+//!    previous one: one hold per cluster.
 //! 8. Fence first: the old master cannot be reached (rule 3), so it is fenced by the configured
 //!    fencing hook (STONITH), which must succeed before the promotion — unless the cluster is
 //!    configured to accept the risk.
 //! 9. Pause means pause: in a paused cluster (a maintenance window) the verdict is still reached
-//!    and recorded, but what would be an automatic failover or step-down is only an alert.
+//!    and recorded, but what would be an automatic move (failover, step-down, VIP follow) is
+//!    only an alert.
+//! 10. The database follows the VIP: when keepalived has moved the VIP away from a primary the
+//!     server hears (its keepalived stopped, crashed, restarted without preemption, or went to
+//!     FAULT) and left it with a standby for `vip_follow_grace`, writes through the VIP fail
+//!     until the primary moves there. `auto` runs a lossless switchover to the holder (stop the
+//!     old primary, wait for catch-up, promote: nothing committed is lost), `notify` proposes
+//!     it, `off` alerts. The holder must be a promotable standby (rule 5, without the lag bound:
+//!     the switchover waits for it to catch up).
 
 use std::time::Duration;
 
@@ -66,6 +74,10 @@ pub struct Policy {
     pub accept_unfenced: bool,
     /// How long after the server starts every node is given before it is judged.
     pub grace: Duration,
+    /// How long the VIP may stay on another node than the primary the server hears before the
+    /// database follows it (rule 10; default 10 s, so a keepalived restart that takes the VIP
+    /// back by preemption moves nothing).
+    pub vip_follow_grace: Duration,
 }
 
 impl Default for Policy {
@@ -79,6 +91,7 @@ impl Default for Policy {
             fencing_hook: false,
             accept_unfenced: false,
             grace: Duration::from_secs(30),
+            vip_follow_grace: Duration::from_secs(10),
         }
     }
 }
@@ -119,6 +132,18 @@ pub struct Evidence {
     pub peers_seeing_master: usize,
     /// The master reaches the reference address (`None`: unknown, e.g. not heard).
     pub master_reaches_reference: Option<bool>,
+    /// Another node holds the VIP while the master (the database primary) is not MASTER.
+    pub vip_elsewhere: Option<VipElsewhere>,
+}
+
+/// The VIP is on another node than the master of the epoch (the database primary): keepalived
+/// moved it, and writes through it reach a standby.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct VipElsewhere {
+    /// The node that is MASTER of the instance and the only holder of its VIPs.
+    pub holder: String,
+    /// Since when the arbiter has seen it so (this server's rounds: a restart starts over).
+    pub since: DateTime<Utc>,
 }
 
 /// What happened before.
@@ -205,6 +230,14 @@ pub enum Decision {
         /// Why.
         reason: String,
     },
+    /// keepalived moved the VIP to `candidate`, a standby: the database follows it (a lossless
+    /// switchover of the primary to the VIP holder; the VIP stays where it is).
+    FollowVip {
+        /// The VIP holder, whose database is promoted.
+        candidate: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Mode {
@@ -227,7 +260,8 @@ impl Decision {
             | Decision::Alert { reason }
             | Decision::Propose { reason, .. }
             | Decision::Failover { reason, .. }
-            | Decision::StepDown { reason, .. } => reason,
+            | Decision::StepDown { reason, .. }
+            | Decision::FollowVip { reason, .. } => reason,
         }
     }
 
@@ -236,12 +270,13 @@ impl Decision {
         match self {
             Decision::Propose { candidate, .. }
             | Decision::Failover { candidate, .. }
-            | Decision::StepDown { candidate, .. } => Some(candidate),
+            | Decision::StepDown { candidate, .. }
+            | Decision::FollowVip { candidate, .. } => Some(candidate),
             _ => None,
         }
     }
 
-    /// `nothing`, `wait`, `alert`, `propose`, `failover`, `step_down`.
+    /// `nothing`, `wait`, `alert`, `propose`, `failover`, `step_down`, `follow_vip`.
     pub fn action(&self) -> &'static str {
         match self {
             Decision::Nothing { .. } => "nothing",
@@ -250,6 +285,7 @@ impl Decision {
             Decision::Propose { .. } => "propose",
             Decision::Failover { .. } => "failover",
             Decision::StepDown { .. } => "step_down",
+            Decision::FollowVip { .. } => "follow_vip",
         }
     }
 }
@@ -337,22 +373,84 @@ fn held(s: &Situation) -> Option<String> {
     let since = (s.now - at).to_std().unwrap_or_default();
     (since < s.policy.anti_flap && !acknowledged).then(|| {
         format!(
-            "an automatic failover or step-down ran {} min ago and nobody acknowledged it (anti-flapping: {} min)",
+            "an automatic move (failover, step-down or VIP follow) ran {} min ago and nobody acknowledged it (anti-flapping: {} min)",
             since.as_secs() / 60,
             s.policy.anti_flap.as_secs() / 60
         )
     })
 }
 
+/// Rule 10: the VIP is on `away.holder`, not on the master the server hears.
+fn follow_vip(s: &Situation, away: &VipElsewhere) -> Decision {
+    let (e, p) = (&s.evidence, &s.policy);
+    let since = (s.now - away.since).to_std().unwrap_or_default();
+    let moved = format!(
+        "keepalived moved the VIP from {}, the primary, to {}: writes through the VIP reach a standby",
+        e.master, away.holder
+    );
+    if since < p.vip_follow_grace {
+        return Decision::Wait {
+            reason: format!(
+                "{moved} since {} s; the database follows after {} s unless keepalived puts the VIP back",
+                since.as_secs(),
+                p.vip_follow_grace.as_secs()
+            ),
+        };
+    }
+    let holder = s.candidates.iter().find(|c| c.node_id == away.holder);
+    let unfit = match holder {
+        None => Some("it is not a member the arbiter knows"),
+        Some(c) if !c.standby => Some("it is not a standby of the master's data"),
+        Some(c) if c.in_maintenance => Some("it is in maintenance"),
+        Some(c) if !c.up => Some("it is not up"),
+        Some(c) if c.priority == 0 => Some("its candidate priority is 0 (never promoted)"),
+        Some(c) if !c.reaches_reference => Some("it does not reach the reference address"),
+        Some(_) => None,
+    };
+    if let Some(why) = unfit {
+        return Decision::Alert {
+            reason: format!("{moved}, but the database cannot follow: {why}"),
+        };
+    }
+    let follow = format!(
+        "{moved}; the database follows: a lossless switchover of the primary to {}",
+        away.holder
+    );
+    match p.mode {
+        Mode::Off => Decision::Alert {
+            reason: format!("{follow} is needed; failover policy is off"),
+        },
+        Mode::Notify => Decision::Propose {
+            candidate: away.holder.clone(),
+            reason: format!("{follow}; a person confirms"),
+        },
+        Mode::Auto if !p.automatic_enabled => Decision::Alert {
+            reason: format!("{follow} is needed; automatic actions are switched off"),
+        },
+        Mode::Auto => match held(s) {
+            Some(hold) => Decision::Alert {
+                reason: format!("{follow} is needed; but {hold}"),
+            },
+            None => Decision::FollowVip {
+                candidate: away.holder.clone(),
+                reason: follow,
+            },
+        },
+    }
+}
+
 /// The decision for one cluster. Pure: the same situation gives the same decision.
 pub fn decide(s: &Situation) -> Decision {
     let decision = decide_unpaused(s);
     match (&s.history.paused, decision) {
-        (Some(why), Decision::Failover { reason, .. } | Decision::StepDown { reason, .. }) => {
-            Decision::Alert {
-                reason: format!("{reason}; but the cluster is paused ({why}): no automatic action"),
-            }
-        }
+        (
+            Some(why),
+            Decision::Failover { reason, .. }
+            | Decision::StepDown { reason, .. }
+            | Decision::FollowVip { reason, .. },
+        ) => Decision::Alert {
+            reason: format!("{reason}; but the cluster is paused ({why}): no automatic action"),
+        },
         (_, decision) => decision,
     }
 }
@@ -409,6 +507,9 @@ fn decide_unpaused(s: &Situation) -> Decision {
                     ),
                 },
             };
+        }
+        if let Some(away) = &e.vip_elsewhere {
+            return follow_vip(s, away);
         }
         return Decision::Nothing {
             reason: format!("the server hears {}", e.master),
@@ -530,6 +631,7 @@ mod tests {
                 peers_reporting: 2,
                 peers_seeing_master: 0,
                 master_reaches_reference: None,
+                vip_elsewhere: None,
             },
             candidates: vec![candidate("a", 100, true, 0), candidate("b", 50, true, 0)],
             history: History {
@@ -1452,7 +1554,173 @@ mod tests {
             "alert",
             None,
         ),
+        // The database follows the VIP.
+        (
+            "VIP on a standby past the grace: the database follows",
+            |s| vip_on_a(s, 60),
+            "follow_vip",
+            Some("a"),
+        ),
+        (
+            "VIP on a standby within the grace: wait for keepalived",
+            |s| vip_on_a(s, 5),
+            "wait",
+            None,
+        ),
+        (
+            "VIP on a standby exactly the grace ago",
+            |s| vip_on_a(s, 10),
+            "follow_vip",
+            Some("a"),
+        ),
+        (
+            "VIP follow ignores the lag bound (the switchover waits for catch-up)",
+            |s| {
+                vip_on_a(s, 60);
+                s.candidates[0].lag_bytes = Some(1 << 30)
+            },
+            "follow_vip",
+            Some("a"),
+        ),
+        (
+            "VIP follow even to a lower-priority standby: the VIP is there",
+            |s| {
+                vip_on_a(s, 60);
+                s.candidates.swap(0, 1);
+                s.candidates[1].priority = 1
+            },
+            "follow_vip",
+            Some("a"),
+        ),
+        (
+            "VIP on a witness: alert, nothing to promote",
+            |s| {
+                vip_on_a(s, 60);
+                s.candidates[0].standby = false
+            },
+            "alert",
+            None,
+        ),
+        (
+            "VIP on a standby in maintenance: alert",
+            |s| {
+                vip_on_a(s, 60);
+                s.candidates[0].in_maintenance = true
+            },
+            "alert",
+            None,
+        ),
+        (
+            "VIP on a standby of priority 0: alert",
+            |s| {
+                vip_on_a(s, 60);
+                s.candidates[0].priority = 0
+            },
+            "alert",
+            None,
+        ),
+        (
+            "VIP on an isolated standby: alert",
+            |s| {
+                vip_on_a(s, 60);
+                s.candidates[0].reaches_reference = false
+            },
+            "alert",
+            None,
+        ),
+        (
+            "VIP on a node the arbiter does not know: alert",
+            |s| {
+                vip_on_a(s, 60);
+                s.candidates.remove(0);
+            },
+            "alert",
+            None,
+        ),
+        (
+            "VIP follow, notify: proposed",
+            |s| {
+                vip_on_a(s, 60);
+                s.policy.mode = Mode::Notify
+            },
+            "propose",
+            Some("a"),
+        ),
+        (
+            "VIP follow, off: alert",
+            |s| {
+                vip_on_a(s, 60);
+                s.policy.mode = Mode::Off
+            },
+            "alert",
+            None,
+        ),
+        (
+            "VIP follow with the global switch off: alert",
+            |s| {
+                vip_on_a(s, 60);
+                s.policy.automatic_enabled = false
+            },
+            "alert",
+            None,
+        ),
+        (
+            "VIP follow held by an unacknowledged automatic move",
+            |s| {
+                vip_on_a(s, 60);
+                s.history.last_automatic = Some((at(9_000), false))
+            },
+            "alert",
+            None,
+        ),
+        (
+            "VIP follow in a paused cluster: alert",
+            |s| {
+                vip_on_a(s, 60);
+                s.history.paused = Some("maintenance".into())
+            },
+            "alert",
+            None,
+        ),
+        (
+            "VIP follow needs no fencing hook (nobody is fenced)",
+            |s| {
+                vip_on_a(s, 60);
+                s.policy.fencing_hook = false
+            },
+            "follow_vip",
+            Some("a"),
+        ),
+        (
+            "a master that cannot reach the reference steps down rather than follow",
+            |s| {
+                vip_on_a(s, 60);
+                s.evidence.master_reaches_reference = Some(false);
+                s.candidates[0].reaches_reference = false
+            },
+            "step_down",
+            Some("b"),
+        ),
+        (
+            "VIP follow waits for a running operation",
+            |s| {
+                vip_on_a(s, 60);
+                s.history.operation_running = true
+            },
+            "nothing",
+            None,
+        ),
     ];
+
+    /// The master is heard and reaches the reference, but the VIP has been on `a` for `secs` s.
+    fn vip_on_a(s: &mut Situation, secs: i64) {
+        s.evidence.server_hears_master = true;
+        s.evidence.master_reaches_reference = Some(true);
+        s.evidence.vip_elsewhere = Some(VipElsewhere {
+            holder: "a".into(),
+            since: at(10_000 - secs),
+        });
+    }
 
     #[test]
     fn named_cases() {
@@ -1462,13 +1730,7 @@ mod tests {
             change(&mut s);
             let d = decide(&s);
             assert_eq!(d.action(), *action, "{name}: {d:?}");
-            let chosen = match &d {
-                Decision::Propose { candidate, .. }
-                | Decision::Failover { candidate, .. }
-                | Decision::StepDown { candidate, .. } => Some(candidate.as_str()),
-                _ => None,
-            };
-            assert_eq!(chosen, *candidate, "{name}: {d:?}");
+            assert_eq!(d.candidate(), *candidate, "{name}: {d:?}");
         }
     }
 
@@ -1477,7 +1739,8 @@ mod tests {
     /// or the grace period, to an isolated, down, unpromotable or lagging node, to a witness or
     /// a node in maintenance, within the anti-flap period unacknowledged, or without fencing or
     /// accepted risk; never a step-down but of a heard master that cannot reach the reference
-    /// address, under the same rules for its candidate and the same anti-flap hold.
+    /// address, under the same rules for its candidate and the same anti-flap hold; never a VIP
+    /// follow but to the VIP holder, a promotable standby, after the grace, under the same hold.
     #[test]
     fn safety_over_every_combination() {
         let mut cases = 0;
@@ -1510,11 +1773,15 @@ mod tests {
                                         .into_iter()
                                         .flat_map(|r| [(r, false), (r, true)])
                                     {
-                                        for ((hook, risk), master_reaches) in
+                                        for ((hook, risk), master_reaches, away) in
                                             [(true, false), (false, true), (false, false)]
                                                 .into_iter()
                                                 .flat_map(|h| {
                                                     [Some(true), Some(false)].map(move |r| (h, r))
+                                                })
+                                                .flat_map(|(h, r)| {
+                                                    [None, Some(3), Some(60)]
+                                                        .map(move |a| (h, r, a))
                                                 })
                                         {
                                             let s = Situation {
@@ -1532,6 +1799,10 @@ mod tests {
                                                     peers_reporting: reporting,
                                                     peers_seeing_master: seeing,
                                                     master_reaches_reference: master_reaches,
+                                                    vip_elsewhere: away.map(|secs| VipElsewhere {
+                                                        holder: "a".into(),
+                                                        since: at(10_000 - secs),
+                                                    }),
                                                 },
                                                 candidates: vec![Candidate {
                                                     node_id: "a".into(),
@@ -1593,6 +1864,28 @@ mod tests {
                                                         && up
                                                         && priority > 0
                                                         && lag <= s.policy.max_lag_bytes
+                                                        && standby
+                                                        && !maintenance,
+                                                    "{ctx}"
+                                                );
+                                                assert!(recent != Some(false), "{ctx}");
+                                                assert!(!paused, "{ctx}");
+                                            }
+                                            if let Decision::FollowVip { candidate, .. } = &d {
+                                                let ctx = format!("{s:?} → {d:?}");
+                                                assert_eq!(candidate, "a", "{ctx}");
+                                                assert!(
+                                                    hears
+                                                        && master_reaches == Some(true)
+                                                        && away == Some(60),
+                                                    "{ctx}"
+                                                );
+                                                assert!(!running && !fresh_start, "{ctx}");
+                                                assert!(mode == Mode::Auto && enabled, "{ctx}");
+                                                assert!(
+                                                    reaches
+                                                        && up
+                                                        && priority > 0
                                                         && standby
                                                         && !maintenance,
                                                     "{ctx}"

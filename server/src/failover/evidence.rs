@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::failover::decision::{self as failover, Candidate, Decision, Evidence};
+use crate::failover::decision::{self as failover, Candidate, Decision, Evidence, VipElsewhere};
 use crate::fleet::live::NodeStatus;
 
 /// One peer's view of the leader.
@@ -60,6 +60,10 @@ pub struct Gathered {
     pub leader_vrrp: Option<hapulse_protocol::VrrpState>,
     /// The leader reaches the reference address (None: unknown).
     pub leader_reaches_reference: Option<bool>,
+    /// With a tied replication link: another node is the instance's only MASTER and only VIP
+    /// holder while the leader (the primary) is not MASTER, and since when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip_elsewhere: Option<VipElsewhere>,
     /// Every other node.
     pub witnesses: Vec<Witness>,
 }
@@ -91,6 +95,7 @@ pub fn evidence(g: &Gathered) -> Evidence {
         peers_reporting: counted.len(),
         peers_seeing_master: counted.iter().filter(|w| w.sees_leader).count(),
         master_reaches_reference: g.leader_reaches_reference,
+        vip_elsewhere: g.vip_elsewhere.clone(),
     }
 }
 

@@ -199,6 +199,18 @@ pub async fn request_failover(
             .await
             .map_err(FailoverError::from)
         }
+        // The proposal was the database following the VIP: the same lossless switchover.
+        Decision::FollowVip { reason, .. } => crate::switchover::request::start_vip_follow(
+            state,
+            &view,
+            &g,
+            &req.target_node,
+            &format!("{} (confirmed: {reason})", req.reason),
+            false,
+            who,
+        )
+        .await
+        .map_err(FailoverError::from),
         other => Err(FailoverError::from(Refusal::conflict(
             "failover_refused",
             other.reason().to_string(),

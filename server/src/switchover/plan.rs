@@ -486,6 +486,75 @@ pub fn failover_plan(
     }
 }
 
+/// The plan of a VIP follow: keepalived has moved the VIP of `instance` from `old_primary` (the
+/// primary of `link`, still up) to `holder`, a streaming standby, and the database follows it
+/// with the lossless steps of a switchover — stop the old primary, wait for catch-up, promote
+/// the holder, lower every other member's priority so a restarted keepalived does not take the
+/// VIP back, verify. The VIP itself does not move. 409 when the holder is not a streaming
+/// standby of the link.
+pub fn vip_follow_plan(
+    cluster: &ClusterView,
+    instance: &str,
+    link: &str,
+    old_primary: &str,
+    holder: &str,
+) -> Result<Plan, SwitchoverError> {
+    let link_view = cluster
+        .replication
+        .iter()
+        .find(|r| r.link == link)
+        .ok_or_else(|| {
+            SwitchoverError::from(Refusal::conflict(
+                "target_not_standby",
+                format!("no node of {} reports {link}", cluster.name),
+            ))
+        })?;
+    let target_link = streaming_standby(link_view, holder)?;
+    let steps = vec![
+        step(
+            StepName::PreHook,
+            format!("run the pre-switchover hook on {old_primary} and {holder} (where enabled); a failure aborts"),
+        ),
+        step(StepName::StopOldPrimary, format!("stop writes: fast shutdown of the {link} primary on {old_primary} (its standbys receive all WAL first)")),
+        step(
+            StepName::WaitForCatchUp,
+            format!("wait until {holder} has replayed everything it received"),
+        ),
+        step(
+            StepName::PromoteTarget,
+            format!("promote {holder}, the VIP holder, to {link} primary"),
+        ),
+        step(
+            StepName::SetPriorities,
+            format!("make it stick: lower every other member of {instance} below {holder}'s priority, so a restarted keepalived does not take the VIP back"),
+        ),
+        step(
+            StepName::Verify,
+            format!("{holder} is MASTER, holds the VIP and is primary, {old_primary} is not, for 3 s"),
+        ),
+        step(
+            StepName::PostHook,
+            "run the post-switchover hook (where enabled)".into(),
+        ),
+    ];
+    let view = cluster.instances.iter().find(|i| i.name == instance);
+    Ok(Plan {
+        kind: "switchover".into(),
+        cluster: cluster.name.clone(),
+        instance: instance.to_string(),
+        old_master: old_primary.to_string(),
+        target_node: holder.to_string(),
+        link: Some(link.to_string()),
+        target_lag_bytes: target_link.lag_bytes,
+        target_lag_seconds: target_link.lag_seconds,
+        data_at_risk_bytes: at_risk(link_view, holder),
+        figures_as_of: figures_as_of(cluster, link_view, holder),
+        expected_seconds: 8,
+        vips: view.map_or_else(Vec::new, |i| i.vips.iter().map(|v| v.vip.clone()).collect()),
+        steps,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     //! The plan as it was before the module was split: codes, messages, steps, figures.
@@ -894,12 +963,53 @@ mod tests {
     }
 
     #[test]
+    fn a_vip_follow_plan_moves_the_database_not_the_vip() {
+        let mut c = cluster();
+        c.replication.push(link());
+        let p = vip_follow_plan(&c, "vi", "postgresql:pg", "a", "b").unwrap();
+        assert_eq!(
+            (
+                p.kind.as_str(),
+                p.old_master.as_str(),
+                p.target_node.as_str()
+            ),
+            ("switchover", "a", "b")
+        );
+        assert_eq!(p.link.as_deref(), Some("postgresql:pg"));
+        assert_eq!(p.target_lag_bytes, Some(128));
+        assert_eq!(
+            names(&p.steps),
+            [
+                "pre_hook",
+                "stop_old_primary",
+                "wait_for_catch_up",
+                "promote_target",
+                "set_priorities",
+                "verify",
+                "post_hook"
+            ]
+        );
+        // Only a streaming standby of the link can follow: c does not report it.
+        match vip_follow_plan(&c, "vi", "postgresql:pg", "a", "c") {
+            Err(SwitchoverError::Refused(r)) => assert_eq!(r.code, "target_not_standby"),
+            other => panic!("{other:?}"),
+        }
+        let mut lagging = c.clone();
+        lagging.replication[0].members[1].state = LinkState::CatchingUp;
+        assert!(vip_follow_plan(&lagging, "vi", "postgresql:pg", "a", "b").is_err());
+        assert!(vip_follow_plan(&c, "vi", "mysql:db", "a", "b").is_err());
+    }
+
+    #[test]
     fn every_planned_step_is_one_the_executor_knows() {
         let mut c = cluster();
         c.replication.push(link());
         let switchover = plan(&c, &request("b")).unwrap().steps;
         let failover = failover_plan(&c, "vi", Some("postgresql:pg"), "a", "b").steps;
-        for s in switchover.iter().chain(&failover) {
+        let follow = vip_follow_plan(&c, "vi", "postgresql:pg", "a", "b")
+            .unwrap()
+            .steps;
+        for s in switchover.iter().chain(&failover).chain(&follow) {
             assert!(StepName::parse(&s.name).is_some(), "{}", s.name);
         }
     }

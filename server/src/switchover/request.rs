@@ -14,7 +14,9 @@ use crate::fleet::view::ClusterView;
 use crate::refusal::Refusal;
 use crate::state::AppState;
 use crate::switchover::error::SwitchoverError;
-use crate::switchover::plan::{cluster_view, failover_plan, plan, Plan, SwitchoverRequest};
+use crate::switchover::plan::{
+    cluster_view, failover_plan, plan, vip_follow_plan, Plan, SwitchoverRequest,
+};
 use crate::switchover::run::spawn;
 use crate::switchover::store::create;
 
@@ -113,15 +115,52 @@ pub async fn start_failover(
         &g.leader,
         candidate,
     );
+    start(state, &plan, reason, automatic, who).await
+}
+
+/// Accepts and starts a VIP follow (the arbiter's decision, or a person's confirmation of its
+/// proposal): the database primary of `g.link` moves from the leader to `holder`, which keepalived
+/// made MASTER. 409 when the holder is not a streaming standby, there is no tied link, or another
+/// switchover or failover of the cluster is scheduled or running.
+pub async fn start_vip_follow(
+    state: &AppState,
+    cluster: &ClusterView,
+    g: &Gathered,
+    holder: &str,
+    reason: &str,
+    automatic: bool,
+    who: &Principal,
+) -> Result<Uuid, SwitchoverError> {
+    let link = g.link.as_deref().ok_or_else(|| {
+        SwitchoverError::from(Refusal::conflict(
+            "no_tied_link",
+            format!(
+                "{} has no database tied to {}: nothing follows the VIP",
+                cluster.name, g.instance
+            ),
+        ))
+    })?;
+    let plan = vip_follow_plan(cluster, &g.instance, link, &g.leader, holder)?;
+    start(state, &plan, reason, automatic, who).await
+}
+
+/// Stores `plan` under a new epoch and runs it at once.
+async fn start(
+    state: &AppState,
+    plan: &Plan,
+    reason: &str,
+    automatic: bool,
+    who: &Principal,
+) -> Result<Uuid, SwitchoverError> {
     let req = SwitchoverRequest {
-        target_node: candidate.to_string(),
-        instance: Some(g.instance.clone()),
+        target_node: plan.target_node.clone(),
+        instance: Some(plan.instance.clone()),
         reason: reason.chars().take(1000).collect(),
         dry_run: false,
         max_lag_bytes: None,
         scheduled_at: None,
     };
-    let (id, _) = create(state, &plan, &req, who, automatic).await?;
+    let (id, _) = create(state, plan, &req, who, automatic).await?;
     spawn(state.clone(), id);
     Ok(id)
 }

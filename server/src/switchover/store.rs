@@ -101,8 +101,9 @@ pub async fn get(pool: &sqlx::PgPool, id: Uuid) -> Result<Option<Switchover>, sq
 }
 
 /// Accepts a planned switchover or a failover (`plan.kind`; `automatic` when the arbiter started
-/// it): raises the cluster's epoch and stores it in one transaction. 409 `switchover_running`
-/// when another one is scheduled or running.
+/// it): raises the cluster's epoch and stores it in one transaction, cancelling a scheduled
+/// switchover a failover or an automatic move makes moot. 409 `switchover_running` when another
+/// one is running (or scheduled, for a person's switchover).
 pub async fn create(
     state: &AppState,
     plan: &Plan,
@@ -117,7 +118,9 @@ pub async fn create(
             .bind(&plan.cluster)
             .fetch_one(&mut *tx)
             .await?;
-    if plan.kind == "failover" {
+    // A failover, or any automatic move, answers the cluster as it is now: a switchover
+    // scheduled against the old roles is moot.
+    if plan.kind == "failover" || automatic {
         cancel_moot(&mut tx, &plan.cluster, who).await?;
     }
     let inserted = sqlx::query(
@@ -165,15 +168,15 @@ pub async fn create(
     Ok((id, epoch as u64))
 }
 
-/// A failover makes a switchover of its cluster that is scheduled but not started moot (it was
-/// planned against the master that is gone): cancels it in the failover's transaction, says why
-/// in its `error`, and audits it.
+/// A failover or an automatic move makes a switchover of its cluster that is scheduled but not
+/// started moot (it was planned against roles that are gone): cancels it in the move's
+/// transaction, says why in its `error`, and audits it.
 async fn cancel_moot(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     cluster: &str,
     who: &Principal,
 ) -> Result<(), sqlx::Error> {
-    const WHY: &str = "cancelled: a failover of the cluster made it moot";
+    const WHY: &str = "cancelled: a failover or automatic move of the cluster made it moot";
     let moot: Vec<Uuid> = sqlx::query_scalar(
         "UPDATE switchovers SET state = 'cancelled', finished_at = now(), error = $2
           WHERE cluster = $1 AND state = 'scheduled' AND started_at IS NULL
@@ -184,7 +187,7 @@ async fn cancel_moot(
     .fetch_all(&mut **tx)
     .await?;
     for id in moot {
-        tracing::warn!(cluster, switchover_id = %id, "scheduled switchover cancelled by a failover");
+        tracing::warn!(cluster, switchover_id = %id, "scheduled switchover cancelled by a failover or automatic move");
         Audit::by(who, "switchover_cancel", &id.to_string(), "cancelled")
             .reason(WHY)
             .record(&mut **tx)

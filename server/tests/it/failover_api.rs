@@ -631,3 +631,147 @@ async fn a_cluster_is_paused_by_hand_until_resumed(pool: PgPool) {
     );
     server.stop().await;
 }
+
+/// Two nodes in `mode`: a, the primary, whose keepalived came back as BACKUP (restarted
+/// without preemption), and b, a streaming standby that keepalived made MASTER with the VIP.
+/// Returns the server and the heartbeat tasks.
+async fn vip_moved_to_the_standby(
+    pool: PgPool,
+    mode: Mode,
+) -> (TestServer, Vec<tokio::task::JoinHandle<()>>) {
+    let mut s = settings_with(ClusterFailover { mode, ..policy() });
+    s.failover.vip_follow_grace = Duration::from_secs(2);
+    let server = TestServer::start_on(pool, s).await;
+    let mut tasks = Vec::new();
+    for (node, state, role, peer) in [
+        ("a", VrrpState::Backup, ReplicationRole::Primary, "b"),
+        ("b", VrrpState::Master, ReplicationRole::Secondary, "a"),
+    ] {
+        let agent = AgentClient::new(
+            &server.url,
+            SecretString::from(server.credential(node).await),
+            Duration::from_secs(10),
+            &Default::default(),
+        )
+        .unwrap();
+        let mut r = report(node, Uuid::new_v4(), 1, state, state == VrrpState::Master);
+        r.heartbeat_interval_ms = 1000;
+        r.replication = vec![pg_report_link(role, LinkState::Streaming, 0)];
+        r.arbitration = arbitration(peer, true);
+        agent.send_heartbeat(&r).await.unwrap();
+        tasks.push(tokio::spawn(keep_heartbeating(
+            agent,
+            Arc::new(Mutex::new(r)),
+        )));
+    }
+    (server, tasks)
+}
+
+/// The steps of the cluster's only switchover and whether the arbiter started it.
+async fn the_only_switchover(server: &TestServer) -> (Vec<String>, bool, String) {
+    let (steps, automatic, target): (serde_json::Value, bool, String) = sqlx::query_as(
+        "SELECT steps, automatic, target_node FROM switchovers WHERE cluster = 'c' AND kind = 'switchover'",
+    )
+    .fetch_one(&server.pool)
+    .await
+    .unwrap();
+    let names = steps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    (names, automatic, target)
+}
+
+const FOLLOW_STEPS: [&str; 7] = [
+    "pre_hook",
+    "stop_old_primary",
+    "wait_for_catch_up",
+    "promote_target",
+    "set_priorities",
+    "verify",
+    "post_hook",
+];
+
+/// keepalived moved the VIP to the standby's host and left it there past `vip_follow_grace`:
+/// in `auto` the arbiter waits out the grace (keepalived might take it back), then moves the
+/// database to the VIP holder with a lossless switchover (no VIP move, nobody fenced), on record.
+#[sqlx::test(migrations = false)]
+async fn the_database_follows_the_vip_in_auto(pool: PgPool) {
+    let (server, tasks) = vip_moved_to_the_standby(pool, Mode::Auto).await;
+    eventually(10, "the arbiter waits out the grace", || async {
+        let (_, f) = server.get_json("/api/v1/clusters/c/failover").await;
+        (f["leader"] == "a"
+            && f["verdict"]["decision"]["action"] == "wait"
+            && f["verdict"]["evidence"]["vip_elsewhere"]["holder"] == "b")
+            .then_some(())
+    })
+    .await;
+    eventually(15, "the database follows the VIP", || async {
+        (count(&server.pool, "SELECT count(*) FROM switchovers").await == 1).then_some(())
+    })
+    .await;
+    let (steps, automatic, target) = the_only_switchover(&server).await;
+    assert_eq!(
+        (steps.as_slice(), automatic, target.as_str()),
+        (&FOLLOW_STEPS.map(String::from)[..], true, "b")
+    );
+    assert_eq!(
+        count(
+            &server.pool,
+            "SELECT count(*) FROM failover_decisions WHERE action = 'follow_vip' AND candidate = 'b'
+                AND evidence -> 'vip_elsewhere' ->> 'holder' = 'b'"
+        )
+        .await,
+        1,
+        "the move is on record with its evidence"
+    );
+    assert_eq!(
+        count(
+            &server.pool,
+            "SELECT count(*) FROM commands WHERE action ->> 'type' = 'fence'"
+        )
+        .await,
+        0,
+        "the VIP holder is not fenced"
+    );
+    for t in tasks {
+        t.abort();
+    }
+    server.stop().await;
+}
+
+/// The same in `notify`: the arbiter proposes the move; a person's confirmation runs the same
+/// lossless switchover (not a failover: nobody is fenced). In `off` it is only an alert.
+#[sqlx::test(migrations = false)]
+async fn the_database_follows_the_vip_when_a_person_confirms(pool: PgPool) {
+    let (server, tasks) = vip_moved_to_the_standby(pool, Mode::Notify).await;
+    eventually(15, "the move is proposed", || async {
+        let (_, f) = server.get_json("/api/v1/clusters/c/failover").await;
+        (f["verdict"]["decision"]["action"] == "propose"
+            && f["verdict"]["decision"]["candidate"] == "b")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        count(&server.pool, "SELECT count(*) FROM switchovers").await,
+        0
+    );
+    let (status, body) = server
+        .post_json(
+            "/api/v1/clusters/c/failover",
+            serde_json::json!({"target_node": "b", "reason": "writes fail through the VIP"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let (steps, automatic, target) = the_only_switchover(&server).await;
+    assert_eq!(
+        (steps.as_slice(), automatic, target.as_str()),
+        (&FOLLOW_STEPS.map(String::from)[..], false, "b")
+    );
+    for t in tasks {
+        t.abort();
+    }
+    server.stop().await;
+}

@@ -36,7 +36,9 @@ pub struct FailoverAccepted {
 /// `target_node`. The same evidence rules as the arbiter's apply — the leader must be lost to
 /// the server and to a majority of its peers, the target must be up and reach the reference
 /// address — but not the mode, the global switch or the anti-flapping hold; beyond the
-/// data-loss bound only with `accept_data_loss`. 409 with the arbiter's reason otherwise.
+/// data-loss bound only with `accept_data_loss`. When the proposal was the database following
+/// the VIP (keepalived moved it to `target_node`, a standby), the confirmation runs that lossless
+/// switchover instead. 409 with the arbiter's reason otherwise.
 pub async fn confirm(
     State(state): State<AppState>,
     Auth(me): Auth,
