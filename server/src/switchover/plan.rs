@@ -57,7 +57,8 @@ pub struct Step {
 /// The preview of a switchover (or the plan of a failover).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Plan {
-    /// `switchover` (planned, the old master alive) or `failover` (the old master lost).
+    /// `switchover` (planned, the old master alive), `failover` (the old master lost) or
+    /// `vip_follow` (keepalived moved the VIP to a standby's host; the database follows it).
     pub kind: String,
     /// Cluster.
     pub cluster: String,
@@ -539,7 +540,7 @@ pub fn vip_follow_plan(
     ];
     let view = cluster.instances.iter().find(|i| i.name == instance);
     Ok(Plan {
-        kind: "switchover".into(),
+        kind: "vip_follow".into(),
         cluster: cluster.name.clone(),
         instance: instance.to_string(),
         old_master: old_primary.to_string(),
@@ -973,7 +974,7 @@ mod tests {
                 p.old_master.as_str(),
                 p.target_node.as_str()
             ),
-            ("switchover", "a", "b")
+            ("vip_follow", "a", "b")
         );
         assert_eq!(p.link.as_deref(), Some("postgresql:pg"));
         assert_eq!(p.target_lag_bytes, Some(128));

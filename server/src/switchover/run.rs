@@ -22,7 +22,7 @@ use crate::alerting::silences::{self, NewSilence, Silence};
 use crate::fleet::live::EventKind;
 use crate::state::AppState;
 use crate::switchover::executor::Run;
-use crate::switchover::plan::{cluster_view, plan, SwitchoverRequest};
+use crate::switchover::plan::{cluster_view, plan, vip_follow_plan, SwitchoverRequest};
 use crate::switchover::store::{self, event, get, log_db, Switchover};
 
 /// Marks switchovers a previous server process left running as failed, and starts the scheduled
@@ -142,7 +142,8 @@ async fn end_silence(state: &AppState, silence: &Silence) -> Result<(), sqlx::Er
 }
 
 /// Preflight again for a switchover: it was planned earlier, and the cluster must still allow it
-/// with the same master and link. A failover was decided on the evidence of this very moment.
+/// with the same master and link. A failover was decided on the evidence of this very moment. A
+/// VIP follow needs the target still MASTER of the instance and a streaming standby.
 async fn replan(state: &AppState, sw: &Switchover) -> Result<(), String> {
     if sw.kind == "failover" {
         return Ok(());
@@ -150,6 +151,24 @@ async fn replan(state: &AppState, sw: &Switchover) -> Result<(), String> {
     let view = cluster_view(state, &sw.cluster)
         .await
         .map_err(|e| e.to_string())?;
+    if sw.kind == "vip_follow" {
+        let link = sw.link.as_deref().ok_or("a VIP follow without a link")?;
+        vip_follow_plan(&view, &sw.instance, link, &sw.old_master, &sw.target_node)
+            .map_err(|e| e.to_string())?;
+        let holder = view
+            .instances
+            .iter()
+            .find(|i| i.name == sw.instance)
+            .and_then(|i| i.master.clone());
+        return if holder.as_deref() == Some(sw.target_node.as_str()) {
+            Ok(())
+        } else {
+            Err(format!(
+                "keepalived moved the VIP again (master now {}): nothing to follow",
+                holder.as_deref().unwrap_or("none")
+            ))
+        };
+    }
     let req = SwitchoverRequest {
         target_node: sw.target_node.clone(),
         instance: Some(sw.instance.clone()),

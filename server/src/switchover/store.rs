@@ -23,7 +23,7 @@ use crate::switchover::plan::{Plan, Step, SwitchoverRequest};
 pub struct Switchover {
     /// Id.
     pub id: Uuid,
-    /// `switchover` or `failover`.
+    /// `switchover`, `failover` or `vip_follow` ([`Plan::kind`](crate::switchover::plan::Plan)).
     pub kind: String,
     /// Started by the arbiter, not a person.
     pub automatic: bool,

@@ -634,7 +634,9 @@ async fn a_cluster_is_paused_by_hand_until_resumed(pool: PgPool) {
 
 /// Two nodes in `mode`: a, the primary, whose keepalived came back as BACKUP (restarted
 /// without preemption), and b, a streaming standby that keepalived made MASTER with the VIP.
-/// Returns the server and the heartbeat tasks.
+/// The test plays both agents: heartbeats every 250 ms, and every command answered as done (a
+/// stopped database reports no link; a promoted one reports itself primary). Returns the server
+/// and the agents' tasks.
 async fn vip_moved_to_the_standby(
     pool: PgPool,
     mode: Mode,
@@ -659,29 +661,81 @@ async fn vip_moved_to_the_standby(
         r.replication = vec![pg_report_link(role, LinkState::Streaming, 0)];
         r.arbitration = arbitration(peer, true);
         agent.send_heartbeat(&r).await.unwrap();
-        tasks.push(tokio::spawn(keep_heartbeating(
-            agent,
-            Arc::new(Mutex::new(r)),
-        )));
+        let r = Arc::new(Mutex::new(r));
+        tasks.push(tokio::spawn(keep_heartbeating(agent.clone(), r.clone())));
+        tasks.push(tokio::spawn(answer_commands(agent, node, r)));
     }
     (server, tasks)
 }
 
-/// The steps of the cluster's only switchover and whether the arbiter started it.
-async fn the_only_switchover(server: &TestServer) -> (Vec<String>, bool, String) {
-    let (steps, automatic, target): (serde_json::Value, bool, String) = sqlx::query_as(
-        "SELECT steps, automatic, target_node FROM switchovers WHERE cluster = 'c' AND kind = 'switchover'",
-    )
-    .fetch_one(&server.pool)
-    .await
-    .unwrap();
-    let names = steps
+/// Plays an agent's command loop: every command done; `postgres_stop` leaves no link to report,
+/// `postgres_promote` makes the link primary.
+async fn answer_commands(
+    agent: AgentClient,
+    node: &'static str,
+    report: Arc<Mutex<HeartbeatReport>>,
+) {
+    loop {
+        for command in agent
+            .poll_commands(node, Duration::from_millis(200))
+            .await
+            .unwrap_or_default()
+        {
+            match command.action {
+                Action::PostgresStop { .. } => report.lock().unwrap().replication.clear(),
+                Action::PostgresPromote { .. } => {
+                    report.lock().unwrap().replication = vec![pg_report_link(
+                        ReplicationRole::Primary,
+                        LinkState::Disconnected,
+                        0,
+                    )]
+                }
+                _ => {}
+            }
+            agent
+                .send_result(
+                    command.id,
+                    &CommandResult {
+                        refusal: None,
+                        node_id: node.into(),
+                        outcome: CommandOutcome::Succeeded,
+                        message: format!("did {}", command.action.kind()),
+                        data: Default::default(),
+                    },
+                )
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// The cluster's only VIP follow, once it has ended: its state, steps, whether the arbiter
+/// started it, and its target.
+async fn the_vip_follow(server: &TestServer) -> (String, Vec<String>, bool, String) {
+    let id: Uuid = eventually(15, "a VIP follow", || async {
+        sqlx::query_scalar("SELECT id FROM switchovers WHERE cluster = 'c' AND kind = 'vip_follow'")
+            .fetch_optional(&server.pool)
+            .await
+            .unwrap()
+    })
+    .await;
+    let sw = eventually(30, "the VIP follow ending", || async {
+        let (_, sw) = server.get_json(&format!("/api/v1/switchovers/{id}")).await;
+        matches!(sw["state"].as_str(), Some("succeeded" | "failed")).then_some(sw)
+    })
+    .await;
+    let steps = sw["steps"]
         .as_array()
         .unwrap()
         .iter()
         .map(|s| s["name"].as_str().unwrap().to_string())
         .collect();
-    (names, automatic, target)
+    (
+        sw["state"].as_str().unwrap().to_string(),
+        steps,
+        sw["automatic"].as_bool().unwrap(),
+        sw["target_node"].as_str().unwrap().to_string(),
+    )
 }
 
 const FOLLOW_STEPS: [&str; 7] = [
@@ -696,7 +750,8 @@ const FOLLOW_STEPS: [&str; 7] = [
 
 /// keepalived moved the VIP to the standby's host and left it there past `vip_follow_grace`:
 /// in `auto` the arbiter waits out the grace (keepalived might take it back), then moves the
-/// database to the VIP holder with a lossless switchover (no VIP move, nobody fenced), on record.
+/// database to the VIP holder with a lossless switchover (no VIP move, nobody fenced), on
+/// record; afterwards b leads and nothing is left to do.
 #[sqlx::test(migrations = false)]
 async fn the_database_follows_the_vip_in_auto(pool: PgPool) {
     let (server, tasks) = vip_moved_to_the_standby(pool, Mode::Auto).await;
@@ -708,14 +763,10 @@ async fn the_database_follows_the_vip_in_auto(pool: PgPool) {
             .then_some(())
     })
     .await;
-    eventually(15, "the database follows the VIP", || async {
-        (count(&server.pool, "SELECT count(*) FROM switchovers").await == 1).then_some(())
-    })
-    .await;
-    let (steps, automatic, target) = the_only_switchover(&server).await;
+    let (state, steps, automatic, target) = the_vip_follow(&server).await;
     assert_eq!(
-        (steps.as_slice(), automatic, target.as_str()),
-        (&FOLLOW_STEPS.map(String::from)[..], true, "b")
+        (state.as_str(), steps.as_slice(), automatic, target.as_str()),
+        ("succeeded", &FOLLOW_STEPS.map(String::from)[..], true, "b")
     );
     assert_eq!(
         count(
@@ -736,6 +787,11 @@ async fn the_database_follows_the_vip_in_auto(pool: PgPool) {
         0,
         "the VIP holder is not fenced"
     );
+    eventually(10, "b leads, nothing to do", || async {
+        let (_, f) = server.get_json("/api/v1/clusters/c/failover").await;
+        (f["leader"] == "b" && f["verdict"]["decision"]["action"] == "nothing").then_some(())
+    })
+    .await;
     for t in tasks {
         t.abort();
     }
@@ -743,7 +799,7 @@ async fn the_database_follows_the_vip_in_auto(pool: PgPool) {
 }
 
 /// The same in `notify`: the arbiter proposes the move; a person's confirmation runs the same
-/// lossless switchover (not a failover: nobody is fenced). In `off` it is only an alert.
+/// lossless switchover (not a failover: nobody is fenced).
 #[sqlx::test(migrations = false)]
 async fn the_database_follows_the_vip_when_a_person_confirms(pool: PgPool) {
     let (server, tasks) = vip_moved_to_the_standby(pool, Mode::Notify).await;
@@ -765,10 +821,10 @@ async fn the_database_follows_the_vip_when_a_person_confirms(pool: PgPool) {
         )
         .await;
     assert_eq!(status, 202, "{body}");
-    let (steps, automatic, target) = the_only_switchover(&server).await;
+    let (state, steps, automatic, target) = the_vip_follow(&server).await;
     assert_eq!(
-        (steps.as_slice(), automatic, target.as_str()),
-        (&FOLLOW_STEPS.map(String::from)[..], false, "b")
+        (state.as_str(), steps.as_slice(), automatic, target.as_str()),
+        ("succeeded", &FOLLOW_STEPS.map(String::from)[..], false, "b")
     );
     for t in tasks {
         t.abort();

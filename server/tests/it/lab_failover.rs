@@ -29,6 +29,12 @@ const PARTITION_LAB: Lab = Lab {
     net: "10.213.12",
     port: 18112,
 };
+/// Two hosts: keepalived stopped on the primary's host.
+const FOLLOW_LAB: Lab = Lab {
+    name: "hpfollow",
+    net: "10.213.17",
+    port: 18117,
+};
 /// Two hosts for the randomized faults.
 const CHAOS_LAB: Lab = Lab {
     name: "hpchaos",
@@ -461,7 +467,8 @@ async fn a_frozen_agent_or_a_cut_heartbeat_link_never_fails_over(pool: PgPool) {
 
     // keepalived on the primary's host is killed: no goodbye, so h2 takes the VIP after the
     // master-down timer while h1's kernel keeps the address. h2 is where keepalived rightly put
-    // the VIP: it is not fenced; the stale address on h1 is removed (one holder again).
+    // the VIP: it is not fenced; the stale address on h1 is removed (one holder again), and the
+    // database follows the VIP.
     let fences_before = count(
         &pool,
         "SELECT count(*) FROM failover_decisions WHERE action = 'fence' AND candidate = 'h2'",
@@ -498,13 +505,29 @@ async fn a_frozen_agent_or_a_cut_heartbeat_link_never_fails_over(pool: PgPool) {
         fences_before,
         "the live holder is never fenced in favour of a leader without keepalived"
     );
-    // keepalived back on h1: its higher priority takes the VIP back (preemption).
-    lab.run(&["keepalived", "h1", "start"]);
-    eventually(30, "h1 holding the VIP again", || async {
-        (lab.holds_vip("h1") && !lab.holds_vip("h2")).then_some(())
+    // The VIP stays on h2 past `vip_follow_grace`: the database follows it (a lossless
+    // switchover, nobody fenced) and writes through the VIP commit again.
+    let fault = Instant::now();
+    let (id, target) = eventually(40, "the database following the VIP", || async {
+        vip_follows(&pool, name).await.into_iter().next()
     })
     .await;
-    settled(&server, name, "h1", 1).await;
+    assert_eq!(target, "h2");
+    let sw = finished_switchover(&server, &id).await;
+    assert_eq!(sw["state"], "succeeded", "{sw:#}");
+    eventually(20, "a write through the VIP", || async {
+        psql(&lab, None, "CREATE TABLE after_kill AS SELECT 1 AS x")
+    })
+    .await;
+    eprintln!(
+        "vip follow: stale VIP removed → a write through the VIP committed after {} ms",
+        fault.elapsed().as_millis()
+    );
+    assert_eq!(
+        psql(&lab, Some("h2"), "SELECT pg_is_in_recovery()").as_deref(),
+        Some("f")
+    );
+    assert!(lab.holds_vip("h2") && !lab.holds_vip("h1"));
     assert!(failovers(&pool, name).await.is_empty());
     server.stop().await;
 }
@@ -697,5 +720,195 @@ async fn randomized_faults_never_make_two_masters_or_two_primaries(pool: PgPool)
             );
         }
     }
+    server.stop().await;
+}
+
+/// `auto_settings` with `mode` for the lab's cluster.
+fn settings_in(lab: &Lab, mode: Mode) -> Settings {
+    let mut s = auto_settings(lab);
+    if let Some(c) = s.failover.clusters.get_mut(lab.name) {
+        c.mode = mode;
+    }
+    s
+}
+
+/// The cluster's runs in which the database followed the VIP, oldest first: (id, target).
+async fn vip_follows(pool: &PgPool, lab: &str) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT id::text, target_node FROM switchovers
+          WHERE cluster = $1 AND kind = 'vip_follow' ORDER BY created_at",
+    )
+    .bind(lab)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// keepalived stops on the primary's host (an upgrade, a crash): keepalived alone moves the VIP
+/// to the standby's host, where the database is read-only, and every write through the VIP
+/// fails. In `off` hapulse only alerts and in `notify` it proposes the move (keepalived started
+/// again takes the VIP back by preemption); in `auto`, once the VIP has stayed away for
+/// `vip_follow_grace`, the database follows it with a lossless switchover: writes through the VIP
+/// commit again, no committed row is lost, and a restarted keepalived on the old primary's host
+/// does not take the VIP back.
+#[sqlx::test(migrations = false)]
+async fn keepalived_stopped_on_the_primary_makes_the_database_follow_the_vip(pool: PgPool) {
+    require_root_and_tools();
+    let lab = FOLLOW_LAB.up(&pool, &["2", "--postgres"]).await;
+    let name = lab.name;
+    psql(
+        &lab,
+        Some("h1"),
+        "CREATE TABLE orders (id bigint PRIMARY KEY); INSERT INTO orders SELECT generate_series(1, 1000)",
+    )
+    .expect("create the table on h1");
+
+    for (mode, expected) in [(Mode::Off, "alert"), (Mode::Notify, "propose")] {
+        let server = lab
+            .start_server_with(pool.clone(), settings_in(&lab, mode))
+            .await;
+        settled(&server, name, "h1", 1).await;
+        lab.run(&["keepalived", "h1", "stop"]);
+        eventually(30, "the verdict once the grace is over", || async {
+            let f = failover_status(&server, name).await;
+            (f["verdict"]["decision"]["action"] == expected
+                && f["verdict"]["evidence"]["vip_elsewhere"]["holder"] == "h2")
+                .then_some(())
+        })
+        .await;
+        let f = failover_status(&server, name).await;
+        assert!(
+            f["verdict"]["decision"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("the database follows: a lossless switchover of the primary to h2"),
+            "{mode:?}: {f:#}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            count(&pool, "SELECT count(*) FROM switchovers").await,
+            0,
+            "{mode:?}: nothing moves without a person"
+        );
+        assert!(lab.holds_vip("h2") && !lab.holds_vip("h1"));
+        lab.run(&["keepalived", "h1", "start"]);
+        eventually(30, "keepalived on h1 takes the VIP back", || async {
+            (lab.holds_vip("h1") && !lab.holds_vip("h2")).then_some(())
+        })
+        .await;
+        settled(&server, name, "h1", 1).await;
+        server.stop().await;
+    }
+
+    let server = lab
+        .start_server_with(pool.clone(), settings_in(&lab, Mode::Auto))
+        .await;
+    settled(&server, name, "h1", 1).await;
+    // A client writes through the VIP every 100 ms and keeps the ids the database committed.
+    let writer_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = writer_stop.clone();
+        let (lab_name, net) = (lab.name, lab.net);
+        std::thread::spawn(move || {
+            let mut committed = Vec::new();
+            let mut id = 1000;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                id += 1;
+                let sql = format!("INSERT INTO orders VALUES ({id})");
+                if psql_on(lab_name, net, None, &sql).is_some() {
+                    committed.push((id, Instant::now()));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            committed
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fault = Instant::now();
+    lab.run(&["keepalived", "h1", "stop"]);
+    let (id, target) = eventually(40, "the database following the VIP", || async {
+        vip_follows(&pool, name).await.into_iter().next()
+    })
+    .await;
+    assert_eq!(target, "h2");
+    let sw = finished_switchover(&server, &id).await;
+    assert_eq!(sw["state"], "succeeded", "{sw:#}");
+    let steps: Vec<&str> = sw["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "pre_hook",
+            "stop_old_primary",
+            "wait_for_catch_up",
+            "promote_target",
+            "set_priorities",
+            "verify",
+            "post_hook"
+        ]
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    writer_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let committed = writer.join().unwrap();
+    let back = committed
+        .iter()
+        .find(|(_, at)| *at > fault + Duration::from_secs(1))
+        .map(|(_, at)| at.duration_since(fault))
+        .expect("writes through the VIP commit again");
+    eprintln!(
+        "vip follow: keepalived stopped on the primary → a write through the VIP committed after {} ms",
+        back.as_millis()
+    );
+    // Every row a client saw committed is on the new primary: nothing lost.
+    let ids: Vec<String> = committed.iter().map(|(id, _)| id.to_string()).collect();
+    let found = psql(
+        &lab,
+        Some("h2"),
+        &format!(
+            "SELECT count(*) FROM orders WHERE id <= 1000 OR id IN ({})",
+            ids.join(",")
+        ),
+    );
+    assert_eq!(
+        found,
+        Some((1000 + ids.len()).to_string()),
+        "committed: {ids:?}"
+    );
+    assert_eq!(
+        psql(&lab, Some("h2"), "SELECT pg_is_in_recovery()").as_deref(),
+        Some("f")
+    );
+    assert_eq!(
+        psql(&lab, Some("h1"), "SELECT 1"),
+        None,
+        "h1's database stopped"
+    );
+    assert!(
+        failovers(&pool, name).await.is_empty(),
+        "nobody fenced, no failover"
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM failover_decisions WHERE action = 'fence'"
+        )
+        .await,
+        0
+    );
+    // keepalived back on h1: its priority was lowered, so the VIP stays with the primary.
+    lab.run(&["keepalived", "h1", "start"]);
+    eventually(30, "h1 a BACKUP again", || async {
+        let (_, n) = server.get_json("/api/v1/nodes/h1").await;
+        (n["instances"][0]["state"] == "BACKUP").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(lab.holds_vip("h2") && !lab.holds_vip("h1"));
+    let f = failover_status(&server, name).await;
+    assert_eq!(f["leader"], "h2", "{f:#}");
     server.stop().await;
 }
