@@ -216,11 +216,14 @@ fn spawn_components(
 
     let (links_tx, links_rx) = watch::channel(Vec::new());
     let probes = ReplicationProbes::new(settings);
-    let replication_task = (!probes.is_empty()).then(|| {
+    let (position_asks, asks_rx) = replication::PositionAsks::channel();
+    let has_probes = !probes.is_empty();
+    let replication_task = has_probes.then(|| {
         tokio::spawn(replication::run(
             probes,
             settings.heartbeat_interval,
             links_tx,
+            asks_rx,
             shutdown.child_token(),
         ))
     });
@@ -240,7 +243,10 @@ fn spawn_components(
 
     let sender_shutdown = CancellationToken::new();
     // Commands: a long poll of their own, plus those that arrive in heartbeat answers.
-    let executor = Executor::open(settings.clone())?;
+    let mut executor = Executor::open(settings.clone())?;
+    if has_probes {
+        executor = executor.with_positions(position_asks);
+    }
     let (fallback_tx, fallback_rx) = mpsc::channel(64);
     let commands_task = tokio::spawn(commands::run_loop(
         executor,

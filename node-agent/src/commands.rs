@@ -44,6 +44,8 @@ pub struct Executor {
     settings: Settings,
     path: PathBuf,
     state: FenceState,
+    /// Asks the replication probes for a fresh look (None: no probe configured).
+    positions: Option<crate::replication::PositionAsks>,
 }
 
 impl Executor {
@@ -63,7 +65,14 @@ impl Executor {
             settings,
             path,
             state,
+            positions: None,
         })
+    }
+
+    /// Answers `report_positions` from these probes.
+    pub fn with_positions(mut self, asks: crate::replication::PositionAsks) -> Self {
+        self.positions = Some(asks);
+        self
     }
 
     /// The highest epoch seen.
@@ -123,7 +132,7 @@ impl Executor {
             ));
         }
         let kind = command.action.kind();
-        if !self.settings.actions.enabled.iter().any(|k| k == kind) {
+        if !command.action.read_only() && !self.settings.actions.enabled.iter().any(|k| k == kind) {
             return Some((
                 RefusalReason::NotEnabled,
                 format!(
@@ -244,11 +253,42 @@ impl Executor {
             }
             Action::Hook { phase, env } => self.run_hook(phase, env, switchover).await,
             Action::RemoveVip { instance, address } => self.remove_vip(instance, address).await,
+            Action::ReportPositions {} => self.report_positions(data).await,
         }
     }
 
-    /// Writes the instance's fence file: 1 to fence, 0 to lift the fence, which also removes
-    /// the self-fence marker.
+    /// Probes every replication link now and puts what each says in `data`
+    /// ([`Action::ReportPositions`]).
+    async fn report_positions(
+        &self,
+        data: &mut BTreeMap<String, String>,
+    ) -> Result<String, String> {
+        let Some(asks) = &self.positions else {
+            return Ok("no replication probe configured here".into());
+        };
+        let links = asks
+            .ask(self.settings.actions.timeout)
+            .await
+            .ok_or("the replication probes did not answer in time")?;
+        for link in &links {
+            let key = link.key();
+            data.insert(format!("{key}.role"), link.role.as_str().to_string());
+            data.insert(format!("{key}.state"), link.state.as_str().to_string());
+            for field in ["receive_lsn", "replay_lsn"] {
+                if let Some(v) = link.raw.get(field) {
+                    data.insert(format!("{key}.{field}"), v.clone());
+                }
+            }
+            if let Some(b) = link.lag_bytes {
+                data.insert(format!("{key}.lag_bytes"), b.to_string());
+            }
+            if let Some(s) = link.lag_seconds {
+                data.insert(format!("{key}.lag_seconds"), s.to_string());
+            }
+        }
+        Ok(format!("{} replication link(s) probed now", links.len()))
+    }
+
     /// Removes a VIP keepalived left configured here when it died; refuses while keepalived
     /// runs (it owns its addresses then).
     async fn remove_vip(&self, instance: &str, address: &str) -> Result<String, String> {
@@ -271,6 +311,8 @@ impl Executor {
         }
     }
 
+    /// Writes the instance's fence file: 1 to fence, 0 to lift the fence, which also removes
+    /// the self-fence marker.
     fn fence(&self, instance: &str, fenced: bool) -> Result<String, String> {
         let files = self.track_files(instance)?;
         if !fenced {
@@ -642,6 +684,49 @@ mod tests {
             "1\n"
         );
         assert_eq!(ex.highest_epoch(), 4);
+    }
+
+    /// `report_positions` only reads: it runs without an entry in `actions.enabled`, answering
+    /// with the links as probed now (none here), and is still held to the epoch.
+    #[tokio::test]
+    async fn positions_are_reported_without_being_enabled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (asks, mut rx) = crate::replication::PositionAsks::channel();
+        let mut ex = Executor::open(settings(dir.path(), &[]))
+            .unwrap()
+            .with_positions(asks);
+        let probe = tokio::spawn(async move {
+            let reply = rx.recv().await.unwrap();
+            let mut link = hapulse_protocol::testing::pg_link(
+                ReplicationRole::Secondary,
+                hapulse_protocol::LinkState::Streaming,
+                16,
+            );
+            link.raw.insert("receive_lsn".into(), "0/3000200".into());
+            reply.send(vec![link]).unwrap();
+        });
+        let r = ex.handle(&command(5, Action::ReportPositions {})).await;
+        probe.await.unwrap();
+        assert_eq!(r.outcome, CommandOutcome::Succeeded, "{}", r.message);
+        assert_eq!(
+            r.data.get("postgresql:pg.receive_lsn").map(String::as_str),
+            Some("0/3000200")
+        );
+        assert_eq!(
+            r.data.get("postgresql:pg.role").map(String::as_str),
+            Some("secondary")
+        );
+        assert_eq!(
+            r.data.get("postgresql:pg.lag_bytes").map(String::as_str),
+            Some("16")
+        );
+        let stale = ex.handle(&command(4, Action::ReportPositions {})).await;
+        assert_eq!(stale.refusal, Some(RefusalReason::StaleEpoch));
+        // Without replication probes there is nothing to report, and nothing fails.
+        let mut bare = Executor::open(settings(&dir.path().join("bare"), &[])).unwrap();
+        let r = bare.handle(&command(1, Action::ReportPositions {})).await;
+        assert_eq!(r.outcome, CommandOutcome::Succeeded, "{}", r.message);
+        assert!(r.data.is_empty());
     }
 
     #[tokio::test]

@@ -498,6 +498,12 @@ pub enum Action {
         /// The address, as keepalived reports it (`10.0.0.100`).
         address: String,
     },
+    /// Probe every replication link now and answer with what it says, in the result's `data`
+    /// (`{link}.role`, `{link}.state`, `{link}.receive_lsn`, `{link}.replay_lsn`,
+    /// `{link}.lag_bytes`, `{link}.lag_seconds`, `{link}` being `postgresql:pg`): the arbiter asks
+    /// the candidates this before it picks one for a failover. Read-only, so it needs no entry in
+    /// `actions.enabled`.
+    ReportPositions {},
 }
 
 impl Action {
@@ -512,7 +518,13 @@ impl Action {
             Action::DrbdRole { .. } => "drbd_role",
             Action::Hook { .. } => "hook",
             Action::RemoveVip { .. } => "remove_vip",
+            Action::ReportPositions {} => "report_positions",
         }
+    }
+
+    /// It only reads: allowed without an entry in the agent's `actions.enabled`.
+    pub fn read_only(&self) -> bool {
+        matches!(self, Action::ReportPositions {})
     }
 }
 

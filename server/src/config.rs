@@ -62,6 +62,10 @@ pub struct FailoverSettings {
     /// with preemption to take the VIP back by itself.
     #[serde(with = "humantime_serde")]
     pub vip_follow_grace: Duration,
+    /// Before a failover picks its candidate, how long the arbiter waits for the candidates to
+    /// answer with their replication positions (default 1 s; 0 ranks them on their last reports).
+    #[serde(with = "humantime_serde")]
+    pub position_wait: Duration,
     /// Policy per cluster.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub clusters: std::collections::BTreeMap<String, ClusterFailover>,
@@ -74,6 +78,7 @@ impl Default for FailoverSettings {
             interval: Duration::from_millis(250),
             grace: Duration::from_secs(30),
             vip_follow_grace: Duration::from_secs(10),
+            position_wait: Duration::from_secs(1),
             clusters: Default::default(),
         }
     }

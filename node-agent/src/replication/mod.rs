@@ -7,4 +7,4 @@ pub mod mysql;
 pub mod postgres;
 mod probes;
 
-pub use probes::{run, state_key, ReplicationProbes};
+pub use probes::{run, state_key, PositionAsks, ReplicationProbes};

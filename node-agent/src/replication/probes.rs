@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hapulse_protocol::{LinkState, ReplicationKind, ReplicationLinkReport, ReplicationRole};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
@@ -137,26 +137,55 @@ impl ReplicationProbes {
     }
 }
 
-/// Polls every probe each `interval` until `shutdown`, publishing the links on `out`. The
-/// receiver sees a change (and the agent reports at once) only when a link's role or state
-/// changed; lag alone waits for the next heartbeat.
+/// A way to ask the probe task for a look at every link now (the `report_positions` command).
+#[derive(Clone)]
+pub struct PositionAsks(mpsc::Sender<oneshot::Sender<Vec<ReplicationLinkReport>>>);
+
+impl PositionAsks {
+    /// A channel of asks: this end for the executor, the other for [`run`].
+    pub fn channel() -> (
+        Self,
+        mpsc::Receiver<oneshot::Sender<Vec<ReplicationLinkReport>>>,
+    ) {
+        let (tx, rx) = mpsc::channel(8);
+        (PositionAsks(tx), rx)
+    }
+
+    /// Every link as probed now; None when the probe task does not answer within `limit`.
+    pub async fn ask(&self, limit: Duration) -> Option<Vec<ReplicationLinkReport>> {
+        let (tx, rx) = oneshot::channel();
+        self.0.send(tx).await.ok()?;
+        tokio::time::timeout(limit, rx).await.ok()?.ok()
+    }
+}
+
+/// Polls every probe each `interval`, and at once for each ask, until `shutdown`, publishing the
+/// links on `out` (and answering the ask with them). The receiver sees a change (and the agent
+/// reports at once) only when a link's role or state changed; lag alone waits for the next
+/// heartbeat.
 pub async fn run(
     mut probes: ReplicationProbes,
     interval: Duration,
     out: watch::Sender<Vec<ReplicationLinkReport>>,
+    mut asks: mpsc::Receiver<oneshot::Sender<Vec<ReplicationLinkReport>>>,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
-        tokio::select! {
+        let asked = tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+            _ = tick.tick() => None,
+            Some(reply) = asks.recv() => Some(reply),
+        };
         let links = tokio::select! {
             _ = shutdown.cancelled() => return,
             links = probes.collect() => links,
         };
+        if let Some(reply) = asked {
+            // The asker may have given up waiting: nothing to do then.
+            let _ = reply.send(links.clone());
+        }
         out.send_if_modified(|current| {
             let changed = state_key(current) != state_key(&links);
             *current = links;

@@ -45,6 +45,7 @@ use crate::failover::decision::{self as failover, Decision, History, Situation, 
 use crate::failover::evidence::{candidates, evidence, Gathered, Verdict, Witness};
 use crate::failover::fences::keep_fenced;
 use crate::failover::pauses::{self, Pause};
+use crate::failover::positions::{self, Progress};
 use crate::fleet::live::{NodeLive, NodeStatus};
 use crate::fleet::view::{self, ClusterView};
 use crate::state::AppState;
@@ -89,6 +90,8 @@ struct Memory {
     last_sweep: Option<tokio::time::Instant>,
     /// Clusters whose VIP is on another node than the leader: the holder and since when.
     vip_elsewhere: BTreeMap<String, VipElsewhere>,
+    /// Clusters whose candidates were asked for their positions before a failover.
+    asked: BTreeMap<String, positions::Asked>,
 }
 
 /// Every cluster is looked at this often, changed or not (the verdicts shown refresh, and a
@@ -144,7 +147,8 @@ async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error>
     // First every cluster's verdict; then new leaders and changed verdicts stored in one
     // transaction (thousands of clusters can change at once: one commit each took the
     // database's whole capacity); then, with every verdict on record, the actions.
-    let (verdicts, new_leaders) = decide_all(state, &stored, &judged, now, memory);
+    let (mut verdicts, new_leaders, situations) = decide_all(state, &stored, &judged, now, memory);
+    ask_positions(state, memory, &judged, &mut verdicts, &situations).await?;
     record(state, memory, &new_leaders, &judged, &verdicts).await?;
     carry_out(state, memory, &stored, &judged, verdicts).await
 }
@@ -317,16 +321,25 @@ fn judge(
         .collect()
 }
 
-/// Every judged cluster's verdict (in the same order), and the leaders found that differ from
-/// the stored ones, as (cluster, leader).
+/// What [`decide_all`] returns.
+type Decided<'j> = (
+    Vec<Verdict>,
+    Vec<(&'j str, &'j str)>,
+    Vec<Option<Situation>>,
+);
+
+/// Every judged cluster's verdict (in the same order), the leaders found that differ from the
+/// stored ones, as (cluster, leader), and the situation each verdict was decided on (None: no
+/// leader known).
 fn decide_all<'j>(
     state: &AppState,
     stored: &Stored,
     judged: &'j [Judged],
     now: DateTime<Utc>,
     memory: &mut Memory,
-) -> (Vec<Verdict>, Vec<(&'j str, &'j str)>) {
+) -> Decided<'j> {
     let mut verdicts = Vec::with_capacity(judged.len());
+    let mut situations = Vec::with_capacity(judged.len());
     let mut new_leaders: Vec<(&str, &str)> = Vec::new();
     for Judged {
         view: c,
@@ -352,23 +365,25 @@ fn decide_all<'j>(
             }
             g.vip_elsewhere = remember_vip_elsewhere(memory, &c.name, g.vip_elsewhere.take());
         }
-        let decision = match &gathered {
+        let situation = gathered.as_ref().map(|g| Situation {
+            now,
+            policy: policy.clone(),
+            evidence: evidence(g),
+            candidates: candidates(g),
+            history: History {
+                operation_running,
+                server_started_at: state.started_at,
+                last_automatic: stored.last_automatic.get(&c.name).copied(),
+                paused: paused.clone(),
+            },
+        });
+        let decision = match &situation {
             None => Decision::Nothing {
                 reason: "no leader known: no single MASTER (or primary) has been seen yet".into(),
             },
-            Some(g) => failover::decide(&Situation {
-                now,
-                policy: policy.clone(),
-                evidence: evidence(g),
-                candidates: candidates(g),
-                history: History {
-                    operation_running,
-                    server_started_at: state.started_at,
-                    last_automatic: stored.last_automatic.get(&c.name).copied(),
-                    paused: paused.clone(),
-                },
-            }),
+            Some(s) => failover::decide(s),
         };
+        situations.push(situation);
         verdicts.push(Verdict {
             at: now,
             mode: policy.mode,
@@ -377,7 +392,66 @@ fn decide_all<'j>(
             evidence: gathered,
         });
     }
-    (verdicts, new_leaders)
+    (verdicts, new_leaders, situations)
+}
+
+/// Before a verdict picks a failover candidate (`failover` or `propose`), the candidates are
+/// asked for their positions ([`positions`]): while the answers are awaited the verdict is to
+/// wait; then it is decided again on the evidence with the answers. Forgets the asking of a
+/// cluster whose verdict no longer picks a candidate.
+async fn ask_positions(
+    state: &AppState,
+    memory: &mut Memory,
+    judged: &[Judged],
+    verdicts: &mut [Verdict],
+    situations: &[Option<Situation>],
+) -> Result<(), sqlx::Error> {
+    let wait = state.settings.failover.position_wait;
+    for ((j, v), s) in judged.iter().zip(verdicts.iter_mut()).zip(situations) {
+        let name = &j.view.name;
+        let picks = matches!(
+            v.decision,
+            Decision::Failover { .. } | Decision::Propose { .. }
+        );
+        let (Some(g), Some(s)) = (v.evidence.as_mut(), s) else {
+            memory.asked.remove(name);
+            continue;
+        };
+        let Some(link) = g.link.clone().filter(|_| picks && !wait.is_zero()) else {
+            memory.asked.remove(name);
+            continue;
+        };
+        if memory.asked.get(name).is_some_and(|a| a.expired(wait)) {
+            memory.asked.remove(name);
+        }
+        if !memory.asked.contains_key(name) {
+            match positions::ask(state, name, g, wait, ACTOR).await? {
+                Some(asked) => memory.asked.insert(name.clone(), asked),
+                None => continue,
+            };
+        }
+        let Some(asked) = memory.asked.get_mut(name) else {
+            continue;
+        };
+        match asked.progress(&state.db, &link, wait).await? {
+            Progress::Waiting => {
+                v.decision = Decision::Wait {
+                    reason: format!(
+                        "{}; first asking the candidates for their positions (at most {} ms)",
+                        v.decision.reason(),
+                        wait.as_millis()
+                    ),
+                };
+            }
+            Progress::Answered(answers) => {
+                asked.apply(g, &answers);
+                let mut s = s.clone();
+                s.candidates = candidates(g);
+                v.decision = failover::decide(&s);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The VIP found elsewhere this round (`seen`, dated now), dated from the first round that saw
@@ -625,6 +699,8 @@ fn gather(
                 },
                 standby,
                 in_maintenance: false,
+                receive_lsn: own.and_then(|l| l.raw.get("receive_lsn").cloned()),
+                position_fresh: None,
             }
         })
         .collect();

@@ -15,7 +15,8 @@
 //! 5. A candidate must be up, a standby of the data the master serves (never a witness or a
 //!    host of other data), out of maintenance, promotable (priority > 0), reach the reference
 //!    address (an isolated node must not take over) and have lost no more than the data-loss
-//!    bound. The best is the highest priority, then the least lag.
+//!    bound. The best is the highest priority, then the most advanced position (asked of the
+//!    candidates at decision time), then the least lag.
 //! 6. Policy: `off` only alerts, `notify` proposes the failover to a person, `auto` acts — and
 //!    the global switch turns every automatic action off.
 //! 7. Anti-flapping: after an automatic move (a failover, a step-down, a VIP follow), no other
@@ -117,6 +118,10 @@ pub struct Candidate {
     pub standby: bool,
     /// A maintenance window covers it: it is never promoted while the window lasts.
     pub in_maintenance: bool,
+    /// How far it has received the master's data (PostgreSQL `pg_last_wal_receive_lsn()` as a
+    /// byte position), asked at decision time where it answered; `None`: unknown. Between
+    /// candidates of equal priority the most advanced wins.
+    pub position: Option<u64>,
 }
 
 /// What is known about the current master.
@@ -344,9 +349,11 @@ fn best_candidate(s: &Situation) -> Result<&Candidate, String> {
             && c.lag_seconds.is_none_or(|l| l <= p.max_lag_seconds)
     };
     let mut fit: Vec<&Candidate> = reaching.iter().copied().filter(within).collect();
+    // Option orders None first: the most advanced known position wins, an unknown one last.
     fit.sort_by(|a, b| {
         b.priority
             .cmp(&a.priority)
+            .then(b.position.cmp(&a.position))
             .then(a.lag_bytes.cmp(&b.lag_bytes))
             .then(a.node_id.cmp(&b.node_id))
     });
@@ -613,6 +620,7 @@ mod tests {
             lag_seconds: Some(0.0),
             standby: true,
             in_maintenance: false,
+            position: None,
         }
     }
 
@@ -786,6 +794,46 @@ mod tests {
             },
             "alert",
             None,
+        ),
+        // Positions asked at decision time.
+        (
+            "equal priority: the most advanced position wins over a smaller reported lag",
+            |s| {
+                s.candidates[1].priority = 100;
+                s.candidates[0].position = Some(1_000);
+                s.candidates[1].position = Some(2_000);
+                s.candidates[1].lag_bytes = Some(500)
+            },
+            "failover",
+            Some("b"),
+        ),
+        (
+            "priority before position",
+            |s| {
+                s.candidates[0].position = Some(1_000);
+                s.candidates[1].position = Some(2_000)
+            },
+            "failover",
+            Some("a"),
+        ),
+        (
+            "an unknown position ranks below a known one",
+            |s| {
+                s.candidates[1].priority = 100;
+                s.candidates[1].position = Some(1)
+            },
+            "failover",
+            Some("b"),
+        ),
+        (
+            "the most advanced position is still held to the lag bound",
+            |s| {
+                s.candidates[1].priority = 100;
+                s.candidates[1].position = Some(2_000);
+                s.candidates[1].lag_bytes = Some(1 << 30)
+            },
+            "failover",
+            Some("a"),
         ),
         (
             "a down: b",
@@ -1813,6 +1861,7 @@ mod tests {
                                                     lag_seconds: Some(0.0),
                                                     standby,
                                                     in_maintenance: maintenance,
+                                                    position: None,
                                                 }],
                                                 history: History {
                                                     operation_running: running,

@@ -40,6 +40,15 @@ pub struct Witness {
     /// A node maintenance window covers it: it is not a candidate.
     #[serde(default)]
     pub in_maintenance: bool,
+    /// How far it has received the leader's data (PostgreSQL `pg_last_wal_receive_lsn()`,
+    /// `0/3045B78`), from its answer at decision time or else its last report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receive_lsn: Option<String>,
+    /// Asked for its position before a failover: true when it answered in time (the position
+    /// and lag above are from that answer), false when it stayed silent (they are from its last
+    /// report); None when not asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position_fresh: Option<bool>,
 }
 
 /// What the arbiter knew about a cluster when it decided.
@@ -112,6 +121,10 @@ pub fn candidates(g: &Gathered) -> Vec<Candidate> {
             lag_seconds: w.lag_seconds,
             standby: w.standby,
             in_maintenance: w.in_maintenance,
+            position: w
+                .receive_lsn
+                .as_deref()
+                .and_then(hapulse_protocol::parse_lsn),
         })
         .collect()
 }

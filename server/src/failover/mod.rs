@@ -8,5 +8,6 @@ pub mod decision;
 pub mod evidence;
 pub mod fences;
 pub mod pauses;
+pub mod positions;
 pub mod requests;
 pub mod status;

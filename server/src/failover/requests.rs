@@ -125,16 +125,7 @@ pub async fn request_failover(
     req: &FailoverRequest,
     who: &Principal,
 ) -> Result<Uuid, FailoverError> {
-    if req.reason.trim().is_empty()
-        || req.reason.len() > 1000
-        || req.reason.chars().any(char::is_control)
-    {
-        return Err(FailoverError::from(Refusal::invalid(
-            "invalid_body",
-            "reason",
-            "say why, in at most 1000 bytes, on one line",
-        )));
-    }
+    check_reason(&req.reason)?;
     let view = crate::switchover::plan::cluster_view(state, cluster).await?;
     let target = format!("{cluster} → {}", req.target_node);
     let verdict = state
@@ -178,7 +169,29 @@ pub async fn request_failover(
             paused: None,
         },
     });
-    let started = match &decision {
+    let started = start_confirmed(state, &view, &g, req, &decision, who).await;
+    if let Err(e) = &started {
+        Audit::by(who, "failover", &target, &format!("refused: {e}"))
+            .reason(&req.reason)
+            .detail(serde_json::json!({ "accept_data_loss": req.accept_data_loss }))
+            .record(&state.db)
+            .await?;
+    }
+    started
+}
+
+/// Starts what the arbiter's rules decided for a person's request: a failover, or the database
+/// following the VIP (the lossless switchover the proposal was for); 409 with the reason for
+/// anything else.
+async fn start_confirmed(
+    state: &AppState,
+    view: &ClusterView,
+    g: &evidence::Gathered,
+    req: &FailoverRequest,
+    decision: &Decision,
+    who: &Principal,
+) -> Result<Uuid, FailoverError> {
+    match decision {
         Decision::Failover { reason, .. } => {
             // Kept with the failover and in its audit row.
             let loss = if req.accept_data_loss {
@@ -189,8 +202,8 @@ pub async fn request_failover(
             let reason = format!("{} (confirmed{loss}: {reason})", req.reason);
             crate::switchover::request::start_failover(
                 state,
-                &view,
-                &g,
+                view,
+                g,
                 &req.target_node,
                 &reason,
                 false,
@@ -202,8 +215,8 @@ pub async fn request_failover(
         // The proposal was the database following the VIP: the same lossless switchover.
         Decision::FollowVip { reason, .. } => crate::switchover::request::start_vip_follow(
             state,
-            &view,
-            &g,
+            view,
+            g,
             &req.target_node,
             &format!("{} (confirmed: {reason})", req.reason),
             false,
@@ -215,15 +228,7 @@ pub async fn request_failover(
             "failover_refused",
             other.reason().to_string(),
         ))),
-    };
-    if let Err(e) = &started {
-        Audit::by(who, "failover", &target, &format!("refused: {e}"))
-            .reason(&req.reason)
-            .detail(serde_json::json!({ "accept_data_loss": req.accept_data_loss }))
-            .record(&state.db)
-            .await?;
     }
-    started
 }
 
 /// One line saying why: refused (400, field `reason`) when empty, longer than 1000 bytes or

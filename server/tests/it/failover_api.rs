@@ -831,3 +831,225 @@ async fn the_database_follows_the_vip_when_a_person_confirms(pool: PgPool) {
     }
     server.stop().await;
 }
+
+/// The master a dies; b and c, standbys of equal priority, are the candidates. Their last
+/// reports rank b first (received further); asked at decision time, c answers with a position
+/// past b's while b stays silent: c is promoted, and the evidence says whose position is fresh.
+#[sqlx::test(migrations = false)]
+async fn candidates_are_ranked_on_positions_asked_at_decision_time(pool: PgPool) {
+    let server = TestServer::start_on(
+        pool,
+        settings_with(ClusterFailover {
+            mode: Mode::Auto,
+            ..policy()
+        }),
+    )
+    .await;
+    let client = |secret: String| {
+        AgentClient::new(
+            &server.url,
+            SecretString::from(secret),
+            Duration::from_secs(10),
+            &Default::default(),
+        )
+        .unwrap()
+    };
+    let sees = |peers: &[(&str, bool)]| {
+        Some(ArbitrationReport {
+            reference: Some(reach(true)),
+            peers: peers
+                .iter()
+                .map(|(p, ok)| PeerReachability {
+                    node_id: p.to_string(),
+                    reach: reach(*ok),
+                })
+                .collect(),
+            self_fenced_at: None,
+        })
+    };
+    let standby = |lsn: &str| {
+        let mut l = pg_report_link(ReplicationRole::Secondary, LinkState::Streaming, 0);
+        l.raw.insert("receive_lsn".into(), lsn.into());
+        vec![l]
+    };
+    let a = client(server.credential("a").await);
+    let mut ra = report("a", Uuid::new_v4(), 1, VrrpState::Master, true);
+    ra.heartbeat_interval_ms = 1000;
+    ra.replication = vec![pg_report_link(
+        ReplicationRole::Primary,
+        LinkState::Streaming,
+        0,
+    )];
+    ra.arbitration = sees(&[("b", true), ("c", true)]);
+    a.send_heartbeat(&ra).await.unwrap();
+    let a_heartbeats = tokio::spawn(keep_heartbeating(a, Arc::new(Mutex::new(ra))));
+    let mut others = Vec::new();
+    for (node, lsn, peers) in [
+        ("b", "0/3000100", [("a", true), ("c", true)]),
+        ("c", "0/3000050", [("a", true), ("b", true)]),
+    ] {
+        let agent = client(server.credential(node).await);
+        let mut r = report(node, Uuid::new_v4(), 1, VrrpState::Backup, false);
+        r.heartbeat_interval_ms = 1000;
+        r.replication = standby(lsn);
+        r.arbitration = sees(&peers);
+        agent.send_heartbeat(&r).await.unwrap();
+        let r = Arc::new(Mutex::new(r));
+        others.push((node, agent.clone(), r.clone()));
+        tokio::spawn(keep_heartbeating(agent, r));
+    }
+    eventually(10, "a leading, nothing to do", || async {
+        let (_, f) = server.get_json("/api/v1/clusters/c/failover").await;
+        (f["leader"] == "a" && f["verdict"]["decision"]["action"] == "nothing").then_some(())
+    })
+    .await;
+
+    // a dies; neither peer sees it any more, and keepalived makes b MASTER.
+    a_heartbeats.abort();
+    for (node, _, r) in &others {
+        let other = if *node == "b" { "c" } else { "b" };
+        let mut r = r.lock().unwrap();
+        if *node == "b" {
+            let (boot, seq, replication) = (r.boot_id, r.seq, r.replication.clone());
+            *r = report("b", boot, seq, VrrpState::Master, true);
+            r.heartbeat_interval_ms = 1000;
+            r.replication = replication;
+        }
+        r.arbitration = sees(&[("a", false), (other, true)]);
+    }
+    // The agents answer their commands: c's question about its position with one past b's;
+    // b's fails (an agent that does not know the action), so b is ranked on its last report.
+    // c's promotion makes it the primary and, as keepalived would after the new priorities,
+    // the MASTER with the VIP.
+    let (b_report, c_report) = (others[0].2.clone(), others[1].2.clone());
+    let mut players = Vec::new();
+    for (node, agent, _) in others.iter().cloned() {
+        let (b_report, c_report) = (b_report.clone(), c_report.clone());
+        players.push(tokio::spawn(async move {
+            loop {
+                for command in agent
+                    .poll_commands(node, Duration::from_millis(100))
+                    .await
+                    .unwrap_or_default()
+                {
+                    let mut data = std::collections::BTreeMap::new();
+                    let mut outcome = CommandOutcome::Succeeded;
+                    match command.action {
+                        Action::ReportPositions {} if node == "b" => {
+                            outcome = CommandOutcome::Failed
+                        }
+                        Action::ReportPositions {} => {
+                            data.insert(
+                                "postgresql:pg.receive_lsn".to_string(),
+                                "0/3000200".to_string(),
+                            );
+                        }
+                        Action::PostgresPromote { .. } => {
+                            let mut c = c_report.lock().unwrap();
+                            let (boot, seq, arbitration) =
+                                (c.boot_id, c.seq, c.arbitration.clone());
+                            *c = report("c", boot, seq, VrrpState::Master, true);
+                            c.heartbeat_interval_ms = 1000;
+                            c.arbitration = arbitration;
+                            c.replication = vec![pg_report_link(
+                                ReplicationRole::Primary,
+                                LinkState::Disconnected,
+                                0,
+                            )];
+                            let mut b = b_report.lock().unwrap();
+                            let (boot, seq, arbitration, replication) = (
+                                b.boot_id,
+                                b.seq,
+                                b.arbitration.clone(),
+                                b.replication.clone(),
+                            );
+                            *b = report("b", boot, seq, VrrpState::Backup, false);
+                            b.heartbeat_interval_ms = 1000;
+                            b.arbitration = arbitration;
+                            b.replication = replication;
+                        }
+                        _ => {}
+                    }
+                    agent
+                        .send_result(
+                            command.id,
+                            &CommandResult {
+                                refusal: None,
+                                node_id: node.into(),
+                                outcome,
+                                message: "done".into(),
+                                data,
+                            },
+                        )
+                        .await
+                        .unwrap();
+                }
+            }
+        }));
+    }
+    let target: String = eventually(20, "a failover", || async {
+        sqlx::query_scalar("SELECT target_node FROM switchovers WHERE kind = 'failover'")
+            .fetch_optional(&server.pool)
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(
+        target, "c",
+        "the most advanced position asked at decision time"
+    );
+    let evidence: serde_json::Value = sqlx::query_scalar(
+        "SELECT evidence FROM failover_decisions WHERE action = 'failover' ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(&server.pool)
+    .await
+    .unwrap();
+    let witness = |id: &str| {
+        evidence["witnesses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["node_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        (
+            witness("c")["receive_lsn"].as_str(),
+            witness("c")["position_fresh"].as_bool()
+        ),
+        (Some("0/3000200"), Some(true)),
+        "{evidence:#}"
+    );
+    assert_eq!(
+        (
+            witness("b")["receive_lsn"].as_str(),
+            witness("b")["position_fresh"].as_bool()
+        ),
+        (Some("0/3000100"), Some(false)),
+        "b's last report, marked as such: {evidence:#}"
+    );
+    assert_eq!(
+        count(
+            &server.pool,
+            "SELECT count(*) FROM commands WHERE action ->> 'type' = 'report_positions'"
+        )
+        .await,
+        2,
+        "both candidates asked once"
+    );
+    let id: String = sqlx::query_scalar("SELECT id::text FROM switchovers WHERE kind = 'failover'")
+        .fetch_one(&server.pool)
+        .await
+        .unwrap();
+    let sw = eventually(30, "the failover ending", || async {
+        let (_, sw) = server.get_json(&format!("/api/v1/switchovers/{id}")).await;
+        matches!(sw["state"].as_str(), Some("succeeded" | "failed")).then_some(sw)
+    })
+    .await;
+    assert_eq!(sw["state"], "succeeded", "{sw:#}");
+    for p in players {
+        p.abort();
+    }
+    server.stop().await;
+}

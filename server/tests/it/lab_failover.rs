@@ -825,6 +825,7 @@ async fn keepalived_stopped_on_the_primary_makes_the_database_follow_the_vip(poo
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
     let fault = Instant::now();
+    eprintln!("keepalived stopped on h1 at {}", chrono::Utc::now());
     lab.run(&["keepalived", "h1", "stop"]);
     let (id, target) = eventually(40, "the database following the VIP", || async {
         vip_follows(&pool, name).await.into_iter().next()
@@ -833,6 +834,13 @@ async fn keepalived_stopped_on_the_primary_makes_the_database_follow_the_vip(poo
     assert_eq!(target, "h2");
     let sw = finished_switchover(&server, &id).await;
     assert_eq!(sw["state"], "succeeded", "{sw:#}");
+    eprintln!("  requested at {}", sw["created_at"]);
+    for s in sw["steps"].as_array().unwrap() {
+        eprintln!(
+            "  {} {} → {}: {}",
+            s["name"], s["started_at"], s["finished_at"], s["message"]
+        );
+    }
     let steps: Vec<&str> = sw["steps"]
         .as_array()
         .unwrap()
