@@ -37,7 +37,7 @@ const CHAOS_LAB: Lab = Lab {
 };
 
 /// The server's settings: `auto` for the lab's cluster, the lab's STONITH hook, h2 preferred.
-fn auto_settings(lab: &Lab) -> Settings {
+pub(crate) fn auto_settings(lab: &Lab) -> Settings {
     let mut s = settings();
     // Long enough for every agent's first report; the restart case is in the unit cases.
     s.failover.grace = Duration::from_secs(3);
@@ -60,7 +60,7 @@ fn auto_settings(lab: &Lab) -> Settings {
 
 /// psql as postgres on `host` (or, with `host` = None, on the VIP over the network); None when
 /// it fails.
-fn psql(lab: &Lab, host: Option<&str>, sql: &str) -> Option<String> {
+pub(crate) fn psql(lab: &Lab, host: Option<&str>, sql: &str) -> Option<String> {
     psql_on(lab.name, lab.net, host, sql)
 }
 
@@ -82,7 +82,7 @@ fn psql_on(name: &str, net: &str, host: Option<&str>, sql: &str) -> Option<Strin
 }
 
 /// `GET /api/v1/clusters/{lab}/failover` (404 until the first report names the cluster).
-async fn failover_status(server: &TestServer, lab: &str) -> serde_json::Value {
+pub(crate) async fn failover_status(server: &TestServer, lab: &str) -> serde_json::Value {
     server
         .get_json(&format!("/api/v1/clusters/{lab}/failover"))
         .await
@@ -90,7 +90,7 @@ async fn failover_status(server: &TestServer, lab: &str) -> serde_json::Value {
 }
 
 /// Automatic failovers of the cluster, oldest first: (id, target).
-async fn failovers(pool: &PgPool, lab: &str) -> Vec<(String, String)> {
+pub(crate) async fn failovers(pool: &PgPool, lab: &str) -> Vec<(String, String)> {
     sqlx::query_as(
         "SELECT id::text, target_node FROM switchovers
           WHERE cluster = $1 AND kind = 'failover' ORDER BY created_at",
@@ -103,7 +103,7 @@ async fn failovers(pool: &PgPool, lab: &str) -> Vec<(String, String)> {
 
 /// Waits until `leader` leads, every other node is up, counts as a witness and streams, and the
 /// arbiter sees nothing to do.
-async fn settled(server: &TestServer, lab: &str, leader: &str, witnesses: usize) {
+pub(crate) async fn settled(server: &TestServer, lab: &str, leader: &str, witnesses: usize) {
     eventually(90, "the arbiter settled with every witness", || async {
         let f = failover_status(server, lab).await;
         let w = f["verdict"]["evidence"]["witnesses"].as_array()?.clone();
@@ -120,7 +120,7 @@ async fn settled(server: &TestServer, lab: &str, leader: &str, witnesses: usize)
     .await;
 }
 
-fn file(lab: &Lab, path: &str) -> String {
+pub(crate) fn file(lab: &Lab, path: &str) -> String {
     std::fs::read_to_string(format!("/run/hapulse-lab/{}/{path}", lab.name)).unwrap_or_default()
 }
 
