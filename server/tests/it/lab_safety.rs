@@ -31,14 +31,14 @@ const WITNESS_LAB: Lab = Lab {
 /// h1 primary, h2 standby, h3 witness: the pause.
 const PAUSE_LAB: Lab = Lab {
     name: "hppause",
-    net: "10.213.17",
-    port: 18117,
+    net: "10.213.21",
+    port: 18121,
 };
 /// h1 primary, h2 and h3 standbys: the flapping gateway.
 const FLAP_LAB: Lab = Lab {
     name: "hpflap",
-    net: "10.213.18",
-    port: 18118,
+    net: "10.213.22",
+    port: 18122,
 };
 
 /// The witness.
