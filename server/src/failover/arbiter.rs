@@ -666,6 +666,15 @@ fn gather(
             // With a tied link, only a standby of it holds the data; without one, every node.
             let standby = link.is_none()
                 || own.is_some_and(|l| l.role == hapulse_protocol::ReplicationRole::Secondary);
+            // A standby whose WAL receiver is disconnected while the leader reports no standby
+            // connected follows nobody (left on the timeline of a master that stepped down or
+            // died before the leader took over): what it received says nothing of how far
+            // behind the leader it is. Its lag is unknown: never promoted automatically.
+            let disconnected = |l: &hapulse_protocol::ReplicationLinkReport| {
+                l.state == hapulse_protocol::LinkState::Disconnected
+            };
+            let adrift = own.is_some_and(disconnected) && leader_link.is_none_or(disconnected);
+            let figures = own.filter(|_| !adrift);
             let max_opt = |a: Option<u64>, b: Option<u64>| match (a, b) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
@@ -683,15 +692,15 @@ fn gather(
                 priority: settings.candidate_priority(&c.name, &n.node_id),
                 // The leader's figure is for its standbys: a node that is none has no lag.
                 lag_bytes: max_opt(
-                    own.and_then(|l| l.lag_bytes),
+                    figures.and_then(|l| l.lag_bytes),
                     leader_link
-                        .filter(|_| own.is_some())
+                        .filter(|_| figures.is_some())
                         .and_then(|l| l.lag_bytes),
                 ),
                 lag_seconds: match (
-                    own.and_then(|l| l.lag_seconds),
+                    figures.and_then(|l| l.lag_seconds),
                     leader_link
-                        .filter(|_| own.is_some())
+                        .filter(|_| figures.is_some())
                         .and_then(|l| l.lag_seconds),
                 ) {
                     (Some(a), Some(b)) => Some(a.max(b)),
@@ -1389,6 +1398,48 @@ mod tests {
             .map(|c| c.node_id.as_str())
             .collect();
         assert_eq!(promotable, ["b"]);
+    }
+
+    #[test]
+    fn a_standby_that_follows_nobody_has_an_unknown_lag() {
+        let disconnected = |mut n: NodeLive| {
+            n.replication[0].state = LinkState::Disconnected;
+            n
+        };
+        let lag = |nodes: Vec<NodeLive>| {
+            let g = judge(nodes, Some("a")).unwrap();
+            let c = candidates(&g)
+                .into_iter()
+                .find(|c| c.node_id == "c")
+                .unwrap();
+            (c.lag_bytes, c.lag_seconds)
+        };
+        // a took over from a master that stepped down (or died); c still waits for that master:
+        // its receiver is disconnected and a streams to no standby. Its "0 bytes behind" is
+        // behind the old master, not a: unknown.
+        assert_eq!(
+            lag(vec![
+                disconnected(node("a", Fault, Primary, Down, &[])),
+                disconnected(node("c", Backup, Secondary, Up, &[("a", false)])),
+            ]),
+            (None, None)
+        );
+        // c lost a dead leader that last reported its standbys streaming: the figures count.
+        assert_eq!(
+            lag(vec![
+                node("a", Fault, Primary, Down, &[]),
+                disconnected(node("c", Backup, Secondary, Up, &[("a", false)])),
+            ]),
+            (Some(0), Some(0.0))
+        );
+        // c streams while a does not list it yet: its own figures count.
+        assert_eq!(
+            lag(vec![
+                disconnected(node("a", Master, Primary, Up, &[("c", true)])),
+                node("c", Backup, Secondary, Up, &[("a", true)]),
+            ]),
+            (Some(0), Some(0.0))
+        );
     }
 
     #[test]

@@ -43,7 +43,7 @@ const CHAOS_LAB: Lab = Lab {
 };
 
 /// The server's settings: `auto` for the lab's cluster, the lab's STONITH hook, h2 preferred.
-fn auto_settings(lab: &Lab) -> Settings {
+pub(crate) fn auto_settings(lab: &Lab) -> Settings {
     let mut s = settings();
     // Long enough for every agent's first report; the restart case is in the unit cases.
     s.failover.grace = Duration::from_secs(3);
@@ -66,7 +66,7 @@ fn auto_settings(lab: &Lab) -> Settings {
 
 /// psql as postgres on `host` (or, with `host` = None, on the VIP over the network); None when
 /// it fails.
-fn psql(lab: &Lab, host: Option<&str>, sql: &str) -> Option<String> {
+pub(crate) fn psql(lab: &Lab, host: Option<&str>, sql: &str) -> Option<String> {
     psql_on(lab.name, lab.net, host, sql)
 }
 
@@ -88,7 +88,7 @@ fn psql_on(name: &str, net: &str, host: Option<&str>, sql: &str) -> Option<Strin
 }
 
 /// `GET /api/v1/clusters/{lab}/failover` (404 until the first report names the cluster).
-async fn failover_status(server: &TestServer, lab: &str) -> serde_json::Value {
+pub(crate) async fn failover_status(server: &TestServer, lab: &str) -> serde_json::Value {
     server
         .get_json(&format!("/api/v1/clusters/{lab}/failover"))
         .await
@@ -96,7 +96,7 @@ async fn failover_status(server: &TestServer, lab: &str) -> serde_json::Value {
 }
 
 /// Automatic failovers of the cluster, oldest first: (id, target).
-async fn failovers(pool: &PgPool, lab: &str) -> Vec<(String, String)> {
+pub(crate) async fn failovers(pool: &PgPool, lab: &str) -> Vec<(String, String)> {
     sqlx::query_as(
         "SELECT id::text, target_node FROM switchovers
           WHERE cluster = $1 AND kind = 'failover' ORDER BY created_at",
@@ -109,7 +109,7 @@ async fn failovers(pool: &PgPool, lab: &str) -> Vec<(String, String)> {
 
 /// Waits until `leader` leads, every other node is up, counts as a witness and streams, and the
 /// arbiter sees nothing to do.
-async fn settled(server: &TestServer, lab: &str, leader: &str, witnesses: usize) {
+pub(crate) async fn settled(server: &TestServer, lab: &str, leader: &str, witnesses: usize) {
     eventually(90, "the arbiter settled with every witness", || async {
         let f = failover_status(server, lab).await;
         let w = f["verdict"]["evidence"]["witnesses"].as_array()?.clone();
@@ -126,7 +126,7 @@ async fn settled(server: &TestServer, lab: &str, leader: &str, witnesses: usize)
     .await;
 }
 
-fn file(lab: &Lab, path: &str) -> String {
+pub(crate) fn file(lab: &Lab, path: &str) -> String {
     std::fs::read_to_string(format!("/run/hapulse-lab/{}/{path}", lab.name)).unwrap_or_default()
 }
 
@@ -306,12 +306,14 @@ async fn a_master_losing_its_network_is_fenced_and_replaced_once(pool: PgPool) {
         "{body}"
     );
 
-    // A second failure inside the anti-flapping hold: no automatic action, a critical alert.
+    // A second failure inside the anti-flapping hold: no automatic action, a critical alert. h3
+    // still waits for the powered-off h1 (it never streamed from h2): how far behind h2 it is
+    // is unknown, so it is no candidate, hold or not.
     lab.run(&["link", "h2", "down"]);
     eventually(30, "the arbiter holding back", || async {
         let f = failover_status(&server, name).await;
         let reason = f["verdict"]["decision"]["reason"].as_str()?.to_string();
-        (f["verdict"]["decision"]["action"] == "alert" && reason.contains("anti-flapping"))
+        (f["verdict"]["decision"]["action"] == "alert" && reason.contains("h3 is lag unknown"))
             .then_some(())
     })
     .await;

@@ -11,6 +11,7 @@ mod harness;
 mod lab;
 mod lab_alerts;
 mod lab_failover;
+mod lab_safety;
 mod layout;
 mod openapi;
 mod security;
