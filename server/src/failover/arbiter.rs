@@ -452,10 +452,10 @@ struct Judged {
 
 /// A node other than the leader that is up: its id, its state in the leader's instance, and
 /// whether it says it is a primary of the leader's link.
-type Member = (String, Option<VrrpState>, bool);
+pub(crate) type Member = (String, Option<VrrpState>, bool);
 
 /// The [`Member`]s of a cluster.
-fn members(nodes: &[&NodeLive], g: &Gathered) -> Vec<Member> {
+pub(crate) fn members(nodes: &[&NodeLive], g: &Gathered) -> Vec<Member> {
     nodes
         .iter()
         .filter(|n| n.node_id != g.leader && n.status == NodeStatus::Up)
@@ -474,7 +474,7 @@ fn members(nodes: &[&NodeLive], g: &Gathered) -> Vec<Member> {
 }
 
 /// The leader of `c`, whose nodes are `nodes`: (instance, link key, node id).
-fn find_leader(
+pub(crate) fn find_leader(
     nodes: &[&NodeLive],
     c: &ClusterView,
     stored: Option<&str>,
@@ -525,7 +525,7 @@ fn find_leader(
 }
 
 /// The evidence about `leader` from the cluster's nodes.
-fn gather(
+pub(crate) fn gather(
     settings: &crate::config::FailoverSettings,
     nodes: &[&NodeLive],
     c: &ClusterView,
@@ -796,23 +796,19 @@ async fn enforce_epoch(
     split_brain: bool,
     kept: &BTreeSet<String>,
 ) -> Result<(), sqlx::Error> {
-    let leader_up = g.leader_status == NodeStatus::Up;
-    let isolated: BTreeSet<&str> = g
-        .witnesses
-        .iter()
-        .filter(|w| w.reaches_reference == Some(false))
-        .map(|w| w.node_id.as_str())
-        .collect();
-    for (node, vrrp, primary) in members.iter().cloned() {
-        let key = (c.name.clone(), node.clone());
-        let master = vrrp == Some(VrrpState::Master);
-        let second =
-            split_brain && second_master(g, vrrp, primary, isolated.contains(node.as_str()));
-        let unfenced = kept.contains(&node) && (vrrp != Some(VrrpState::Fault) || primary);
-        if !second && !unfenced {
-            memory.enforced.remove(&key);
-            continue;
+    let intents = fence_intents(g, members, split_brain, kept);
+    for (node, _, _) in members {
+        if !intents.iter().any(|i| i.node == *node) {
+            memory.enforced.remove(&(c.name.clone(), node.clone()));
         }
+    }
+    for FenceIntent {
+        node,
+        primary,
+        reason,
+    } in intents
+    {
+        let key = (c.name.clone(), node.clone());
         let now = tokio::time::Instant::now();
         if memory
             .enforced
@@ -822,14 +818,58 @@ async fn enforce_epoch(
             continue;
         }
         memory.enforced.insert(key, now);
+        fence(state, c, g, &node, primary, &reason).await?;
+    }
+    Ok(())
+}
+
+/// A member [`enforce_epoch`] fences: its id, whether it is a primary (its database is stopped
+/// too), and why.
+pub(crate) struct FenceIntent {
+    /// Node id.
+    pub node: String,
+    /// It says it is a primary of the tied link.
+    pub primary: bool,
+    /// Why, for the decision on record.
+    pub reason: String,
+}
+
+/// The members the epoch fences now, in `members` order: the decision half of
+/// [`enforce_epoch`] (pure, so the simulation drives the same rules).
+pub(crate) fn fence_intents(
+    g: &Gathered,
+    members: &[Member],
+    split_brain: bool,
+    kept: &BTreeSet<String>,
+) -> Vec<FenceIntent> {
+    let leader_up = g.leader_status == NodeStatus::Up;
+    let isolated: BTreeSet<&str> = g
+        .witnesses
+        .iter()
+        .filter(|w| w.reaches_reference == Some(false))
+        .map(|w| w.node_id.as_str())
+        .collect();
+    let mut intents = Vec::new();
+    for (node, vrrp, primary) in members.iter().cloned() {
+        let master = vrrp == Some(VrrpState::Master);
+        let second =
+            split_brain && second_master(g, vrrp, primary, isolated.contains(node.as_str()));
+        let unfenced = kept.contains(&node) && (vrrp != Some(VrrpState::Fault) || primary);
+        if !second && !unfenced {
+            continue;
+        }
         let reason = if unfenced {
             kept_fenced_reason(g, &node, vrrp, primary)
         } else {
             second_master_reason(g, &node, master, primary, leader_up)
         };
-        fence(state, c, g, &node, primary, &reason).await?;
+        intents.push(FenceIntent {
+            node,
+            primary,
+            reason,
+        });
     }
-    Ok(())
+    intents
 }
 
 /// Why a node the server keeps fenced is fenced again: it reports `vrrp` in the instance
@@ -859,7 +899,7 @@ fn kept_fenced_reason(g: &Gathered, node: &str, vrrp: Option<VrrpState>, primary
 /// — a killed keepalived sends no goodbye and leaves its addresses — and that another node,
 /// whose keepalived runs, holds as well: (node, address). A stale address that is the only one
 /// left still serves; it is kept.
-fn stale_vips(c: &ClusterView, instance: &str) -> Vec<(String, String)> {
+pub(crate) fn stale_vips(c: &ClusterView, instance: &str) -> Vec<(String, String)> {
     let Some(i) = c.instances.iter().find(|i| i.name == instance) else {
         return Vec::new();
     };
@@ -937,7 +977,12 @@ async fn remove_stale_vips(
 /// BACKUP); beside a leader whose keepalived is stopped, killed or in FAULT it is where
 /// keepalived rightly put the VIP, and fencing it would leave the VIP without a live holder —
 /// worse than keepalived alone.
-fn second_master(g: &Gathered, vrrp: Option<VrrpState>, primary: bool, isolated: bool) -> bool {
+pub(crate) fn second_master(
+    g: &Gathered,
+    vrrp: Option<VrrpState>,
+    primary: bool,
+    isolated: bool,
+) -> bool {
     let leader_up = g.leader_status == NodeStatus::Up;
     let master = vrrp == Some(VrrpState::Master);
     let leader_can_hold = matches!(g.leader_vrrp, Some(VrrpState::Master | VrrpState::Backup));
@@ -992,6 +1037,15 @@ async fn fence(
         &Some(g.clone()),
     )
     .await?;
+    let actions = fence_actions(g, primary);
+    let mut tx = state.db.begin().await?;
+    keep_fenced(&mut tx, &c.name, node, reason).await?;
+    queue(state, tx, &c.name, node, actions).await
+}
+
+/// The commands that fence a node: its instance's fence, and for a `primary` its database
+/// stopped.
+pub(crate) fn fence_actions(g: &Gathered, primary: bool) -> Vec<Action> {
     let mut actions = vec![Action::Fence {
         instance: g.instance.clone(),
         fenced: true,
@@ -1003,9 +1057,7 @@ async fn fence(
             });
         }
     }
-    let mut tx = state.db.begin().await?;
-    keep_fenced(&mut tx, &c.name, node, reason).await?;
-    queue(state, tx, &c.name, node, actions).await
+    actions
 }
 
 /// Queues `actions` for `node` under the cluster's current epoch, with a one-minute deadline,
