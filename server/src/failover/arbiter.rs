@@ -136,7 +136,7 @@ async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error>
         return Ok(());
     }
     let stored = Stored::load(state, &selected).await?;
-    let judged = judge(state, &selected, &stored.leaders, now);
+    let judged = judge(state, &selected, &stored.leaders, &stored.kept, now);
     // Looked at again next round unless found quiet below (also when this round fails midway).
     memory.attention.extend(selected);
     // First every cluster's verdict; then new leaders and changed verdicts stored in one
@@ -287,6 +287,7 @@ fn judge(
     state: &AppState,
     selected: &[String],
     leaders: &BTreeMap<String, Option<String>>,
+    kept: &BTreeMap<String, BTreeSet<String>>,
     now: DateTime<Utc>,
 ) -> Vec<Judged> {
     let live = state.live();
@@ -297,7 +298,9 @@ fn judge(
             let nodes = by_cluster.remove(name.as_str())?;
             let c = view::cluster_view_of(name, nodes.clone(), now)?;
             let stored = leaders.get(name).cloned().flatten();
-            let leader = find_leader(&nodes, &c, stored.as_deref());
+            let no_kept = BTreeSet::new();
+            let kept = kept.get(name).unwrap_or(&no_kept);
+            let leader = find_leader(&nodes, &c, stored.as_deref(), kept);
             let gathered = leader.as_ref().map(|(instance, link, leader)| {
                 gather(&state.settings.failover, &nodes, &c, instance, link, leader)
             });
@@ -473,11 +476,15 @@ pub(crate) fn members(nodes: &[&NodeLive], g: &Gathered) -> Vec<Member> {
         .collect()
 }
 
-/// The leader of `c`, whose nodes are `nodes`: (instance, link key, node id).
+/// The leader of `c`, whose nodes are `nodes`: (instance, link key, node id). A node the server
+/// keeps fenced (`kept`: the old master of a failover, a fenced second master) is never the
+/// leader, whatever it says: an old primary that boots before the new one reports again is not
+/// the master of the current epoch.
 pub(crate) fn find_leader(
     nodes: &[&NodeLive],
     c: &ClusterView,
     stored: Option<&str>,
+    kept: &BTreeSet<String>,
 ) -> Option<(String, Option<String>, String)> {
     let tied = c.replication.iter().find(|r| {
         r.vrrp_instance.is_some()
@@ -493,8 +500,9 @@ pub(crate) fn find_leader(
     let leader = match tied {
         Some(r) => {
             let says_primary = |n: &&&NodeLive| {
-                n.link(&r.link)
-                    .is_some_and(|l| l.role == ReplicationRole::Primary)
+                !kept.contains(&n.node_id)
+                    && n.link(&r.link)
+                        .is_some_and(|l| l.role == ReplicationRole::Primary)
             };
             let up: Vec<&&NodeLive> = nodes
                 .iter()
@@ -1152,7 +1160,7 @@ mod tests {
     fn judge(nodes: Vec<NodeLive>, stored: Option<&str>) -> Option<Gathered> {
         let nodes: Vec<&NodeLive> = nodes.iter().collect();
         let c = view::cluster_view_of("c", nodes.clone(), Utc::now())?;
-        let (instance, link, leader) = find_leader(&nodes, &c, stored)?;
+        let (instance, link, leader) = find_leader(&nodes, &c, stored, &BTreeSet::new())?;
         Some(gather(
             &Default::default(),
             &nodes,
@@ -1201,6 +1209,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(g.leader, "b");
+    }
+
+    #[test]
+    fn a_node_kept_fenced_is_never_the_leader() {
+        // Found by the failover simulation (seed 338): the old master of a failover boots
+        // (its database a primary again, its instance fenced) before the new primary reports
+        // again after a cut; as the only primary up it was taken for the leader, and the new
+        // primary was fenced as a second one.
+        let nodes = [
+            node("n1", VrrpState::Fault, Primary, Up, &[]),
+            node("n2", VrrpState::Backup, Primary, Down, &[]),
+        ];
+        let refs: Vec<&NodeLive> = nodes.iter().collect();
+        let c = view::cluster_view_of("c", refs.clone(), Utc::now()).unwrap();
+        let kept = BTreeSet::from(["n1".to_string()]);
+        let leader = |kept: &BTreeSet<String>| find_leader(&refs, &c, Some("n2"), kept).unwrap().2;
+        assert_eq!(leader(&BTreeSet::new()), "n1", "without the kept fence");
+        assert_eq!(leader(&kept), "n2");
     }
 
     #[test]
