@@ -9,4 +9,6 @@ pub mod evidence;
 pub mod fences;
 pub mod pauses;
 pub mod requests;
+#[cfg(test)]
+mod simulation;
 pub mod status;
