@@ -122,6 +122,10 @@ pub struct Candidate {
     /// byte position), asked at decision time where it answered; `None`: unknown. Between
     /// candidates of equal priority the most advanced wins.
     pub position: Option<u64>,
+    /// Its replication link streams (only a streaming standby can follow the VIP losslessly;
+    /// a dead primary's standbys still look streaming for a while, so failover does not count
+    /// it).
+    pub streaming: bool,
 }
 
 /// What is known about the current master.
@@ -412,6 +416,7 @@ fn follow_vip(s: &Situation, away: &VipElsewhere) -> Decision {
         Some(c) if !c.up => Some("it is not up"),
         Some(c) if c.priority == 0 => Some("its candidate priority is 0 (never promoted)"),
         Some(c) if !c.reaches_reference => Some("it does not reach the reference address"),
+        Some(c) if !c.streaming => Some("it is not a streaming standby, so it cannot catch up"),
         Some(_) => None,
     };
     if let Some(why) = unfit {
@@ -621,6 +626,7 @@ mod tests {
             standby: true,
             in_maintenance: false,
             position: None,
+            streaming: true,
         }
     }
 
@@ -1650,6 +1656,15 @@ mod tests {
             None,
         ),
         (
+            "VIP on a standby that does not stream: alert (it cannot catch up)",
+            |s| {
+                vip_on_a(s, 60);
+                s.candidates[0].streaming = false
+            },
+            "alert",
+            None,
+        ),
+        (
             "VIP on a standby in maintenance: alert",
             |s| {
                 vip_on_a(s, 60);
@@ -1862,6 +1877,7 @@ mod tests {
                                                     standby,
                                                     in_maintenance: maintenance,
                                                     position: None,
+                                                    streaming: true,
                                                 }],
                                                 history: History {
                                                     operation_running: running,

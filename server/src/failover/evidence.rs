@@ -125,6 +125,7 @@ pub fn candidates(g: &Gathered) -> Vec<Candidate> {
                 .receive_lsn
                 .as_deref()
                 .and_then(hapulse_protocol::parse_lsn),
+            streaming: w.replication_streaming == Some(true),
         })
         .collect()
 }

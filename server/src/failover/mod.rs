@@ -10,4 +10,6 @@ pub mod fences;
 pub mod pauses;
 pub mod positions;
 pub mod requests;
+#[cfg(test)]
+mod simulation;
 pub mod status;

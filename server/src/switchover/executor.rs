@@ -484,29 +484,14 @@ impl<'a> Run<'a> {
     /// least 10 below the target's base priority (the target's own offset back to 0).
     async fn set_priorities(&self) -> Result<StepOutcome, String> {
         let sw = &self.sw;
-        let members = self.members_up();
-        let target_base = members
-            .iter()
-            .find(|(n, _)| *n == sw.target_node)
-            .and_then(|(_, b)| *b)
-            .ok_or("the target's base priority is unknown (no JSON dump yet)")?;
-        // The target first, the old master last: while the others are lowered, no third node can
-        // rank above the target and preempt.
-        let mut order: Vec<&(String, Option<u8>)> = members.iter().collect();
-        order.sort_by_key(|(n, _)| (*n != sw.target_node, *n == sw.old_master));
+        let offsets = priority_offsets(&self.members_up(), &sw.target_node, &sw.old_master)?;
         let mut done = Vec::new();
-        for (node, base) in order {
-            let offset = if *node == sw.target_node {
-                0
-            } else {
-                let base = base.ok_or(format!("{node}'s base priority is unknown"))?;
-                (i32::from(target_base) - 10 - i32::from(base)).clamp(-253, 0)
-            };
+        for (node, offset) in offsets {
             let action = Action::SetPriorityOffset {
                 instance: sw.instance.clone(),
                 offset,
             };
-            let message = self.command_message(node, action).await?;
+            let message = self.command_message(&node, action).await?;
             done.push(format!("{node} {offset:+}: {message}"));
         }
         Ok(StepOutcome::Done(done.join("; ")))
@@ -543,13 +528,7 @@ impl<'a> Run<'a> {
         self.until(
             Duration::from_secs(15),
             "the target becoming MASTER with the VIP",
-            |c| {
-                c.instances.iter().any(|i| {
-                    i.name == instance
-                        && i.master.as_deref() == Some(target.as_str())
-                        && i.members.iter().any(|m| m.node_id == target && m.holds_vip)
-                })
-            },
+            |c| target_has_vip(c, &instance, &target),
         )
         .await
     }
@@ -558,21 +537,13 @@ impl<'a> Run<'a> {
     /// VIP, the old master neither (or down), and the target primary of the link, if any.
     fn new_roles_hold(&self, c: &ClusterView) -> bool {
         let sw = &self.sw;
-        let (target, old) = (sw.target_node.as_str(), sw.old_master.as_str());
-        let vrrp = c.instances.iter().any(|i| {
-            i.name == sw.instance
-                && i.master.as_deref() == Some(target)
-                && i.members.iter().any(|m| m.node_id == target && m.holds_vip)
-                && i.members.iter().any(|m| {
-                    m.node_id == old
-                        && (m.node_status != NodeStatus::Up
-                            || (m.state != VrrpState::Master && !m.holds_vip))
-                })
-        });
-        let db = sw.link.as_ref().is_none_or(|k| {
-            Self::link_member(c, k, target).is_some_and(|m| m.role == ReplicationRole::Primary)
-        });
-        vrrp && db
+        roles_hold(
+            c,
+            &sw.instance,
+            sw.link.as_deref(),
+            &sw.target_node,
+            &sw.old_master,
+        )
     }
 
     /// `verify`: the new roles settle within 15 s and still hold 3 s later.
@@ -658,4 +629,68 @@ impl<'a> Run<'a> {
             self.sw.target_node
         )))
     }
+}
+
+/// The priority offsets `set_priorities` writes, in the order it writes them, for the members
+/// that are up with their base priorities: the target's own offset back to 0, every other member
+/// at least 10 below the target's base priority. The target first, the old master last: while
+/// the others are lowered, no third node can rank above the target and preempt.
+pub(crate) fn priority_offsets(
+    members: &[(String, Option<u8>)],
+    target: &str,
+    old_master: &str,
+) -> Result<Vec<(String, i32)>, String> {
+    let target_base = members
+        .iter()
+        .find(|(n, _)| n == target)
+        .and_then(|(_, b)| *b)
+        .ok_or("the target's base priority is unknown (no JSON dump yet)")?;
+    let mut order: Vec<&(String, Option<u8>)> = members.iter().collect();
+    order.sort_by_key(|(n, _)| (n != target, n == old_master));
+    order
+        .into_iter()
+        .map(|(node, base)| {
+            let offset = if node == target {
+                0
+            } else {
+                let base = base.ok_or(format!("{node}'s base priority is unknown"))?;
+                (i32::from(target_base) - 10 - i32::from(base)).clamp(-253, 0)
+            };
+            Ok((node.clone(), offset))
+        })
+        .collect()
+}
+
+/// Whether `c` shows the roles a run set up: `target` the instance's MASTER with the VIP,
+/// `old` neither (or down), and `target` primary of the link, if any.
+pub(crate) fn roles_hold(
+    c: &ClusterView,
+    instance: &str,
+    link: Option<&str>,
+    target: &str,
+    old: &str,
+) -> bool {
+    let vrrp = c.instances.iter().any(|i| {
+        i.name == instance
+            && i.master.as_deref() == Some(target)
+            && i.members.iter().any(|m| m.node_id == target && m.holds_vip)
+            && i.members.iter().any(|m| {
+                m.node_id == old
+                    && (m.node_status != NodeStatus::Up
+                        || (m.state != VrrpState::Master && !m.holds_vip))
+            })
+    });
+    let db = link.is_none_or(|k| {
+        Run::link_member(c, k, target).is_some_and(|m| m.role == ReplicationRole::Primary)
+    });
+    vrrp && db
+}
+
+/// Whether `c` shows `target` the only MASTER of `instance`, holding the VIP.
+pub(crate) fn target_has_vip(c: &ClusterView, instance: &str, target: &str) -> bool {
+    c.instances.iter().any(|i| {
+        i.name == instance
+            && i.master.as_deref() == Some(target)
+            && i.members.iter().any(|m| m.node_id == target && m.holds_vip)
+    })
 }

@@ -6,7 +6,7 @@
 //! refused: [`error`].
 
 pub mod error;
-mod executor;
+pub(crate) mod executor;
 pub mod plan;
 pub mod request;
 pub mod run;
