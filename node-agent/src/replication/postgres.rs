@@ -3,7 +3,8 @@
 //! On a primary (`pg_is_in_recovery()` false), one row per standby from `pg_stat_replication`:
 //! `application_name`, `client_addr`, `state`, `sent_lsn`, `write_lsn`, `flush_lsn`,
 //! `replay_lsn`, `write_lag`, `flush_lag`, `replay_lag`, `sync_state`, and the byte lag
-//! `pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)`. On a standby: `pg_last_wal_receive_lsn()`,
+//! `pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)`, and its own `pg_current_wal_lsn()` (in
+//! `raw` as `current_lsn`: how far a standby that is not listed is behind). On a standby: `pg_last_wal_receive_lsn()`,
 //! `pg_last_wal_replay_lsn()`, `pg_last_xact_replay_timestamp()`, `pg_is_wal_replay_paused()`,
 //! and `pg_stat_wal_receiver` (`status`, `sender_host`, `sender_port`). Every value is fetched as
 //! text, so what the server said can be kept verbatim in `raw` and parsing is one tested step.
@@ -18,7 +19,8 @@ use sqlx::{Connection, PgConnection, Row};
 /// A result row as text: column → value (`None` for SQL NULL).
 pub type TextRow = BTreeMap<String, Option<String>>;
 
-const IN_RECOVERY: &str = "SELECT pg_is_in_recovery()::text AS in_recovery";
+const IN_RECOVERY: &str = "SELECT pg_is_in_recovery()::text AS in_recovery,
+        CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END AS current_lsn";
 
 const PRIMARY: &str = "SELECT application_name, host(client_addr) AS client_addr, state,
         sent_lsn::text AS sent_lsn, write_lsn::text AS write_lsn, flush_lsn::text AS flush_lsn,
@@ -216,10 +218,10 @@ impl PostgresProbe {
         let Some(conn) = self.connection.as_mut() else {
             return Err("no connection".into());
         };
-        let in_recovery: String = sqlx::query(IN_RECOVERY)
+        let (in_recovery, current_lsn): (String, Option<String>) = sqlx::query(IN_RECOVERY)
             .fetch_one(&mut *conn)
             .await
-            .and_then(|r| r.try_get("in_recovery"))
+            .and_then(|r| Ok((r.try_get("in_recovery")?, r.try_get("current_lsn")?)))
             .map_err(|e| format!("pg_is_in_recovery(): {e}"))?;
         if in_recovery == "true" {
             let row = sqlx::query(STANDBY)
@@ -233,7 +235,11 @@ impl PostgresProbe {
                 .await
                 .map_err(|e| format!("pg_stat_replication: {e}"))?;
             let rows = rows.iter().map(text_row).collect::<Result<Vec<_>, _>>()?;
-            primary_link(&self.name, &rows)
+            let mut link = primary_link(&self.name, &rows)?;
+            if let Some(lsn) = current_lsn.filter(|l| parse_lsn(l).is_some()) {
+                link.raw.insert("current_lsn".into(), lsn);
+            }
+            Ok(link)
         }
     }
 }

@@ -670,6 +670,9 @@ pub(crate) fn gather(
                 .is_some_and(|i| i.state == VrrpState::Master)
     });
     let leader_link = node.and_then(|n| link.as_deref().and_then(|k| n.link(k)));
+    let leader_current_lsn = leader_link
+        .filter(|l| l.role == hapulse_protocol::ReplicationRole::Primary)
+        .and_then(|l| l.raw.get("current_lsn").cloned());
     let witnesses = nodes
         .iter()
         .filter(|n| n.node_id != leader)
@@ -703,6 +706,12 @@ pub(crate) fn gather(
                 lag_seconds,
                 standby,
                 in_maintenance: false,
+                unreceived_bytes: crate::failover::evidence::unreceived(
+                    leader_current_lsn.as_deref(),
+                    own.filter(|l| l.role == hapulse_protocol::ReplicationRole::Secondary)
+                        .and_then(|l| l.raw.get("receive_lsn"))
+                        .map(String::as_str),
+                ),
                 receive_lsn: own.and_then(|l| l.raw.get("receive_lsn").cloned()),
                 position_fresh: None,
             }
@@ -716,6 +725,7 @@ pub(crate) fn gather(
         leader_status,
         leader_vrrp,
         leader_reaches_reference: node.filter(|_| heard).and_then(reference),
+        leader_current_lsn,
         vip_elsewhere: link
             .as_ref()
             .filter(|_| leader_vrrp != Some(VrrpState::Master))
@@ -1394,6 +1404,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(g.leader, "b");
+    }
+
+    #[test]
+    fn wal_a_standby_never_received_counts_against_the_bound() {
+        // a, the primary, last reported its own position 0/5000000 and no standby behind it
+        // (b restarted, so a's figure does not list it); b received up to 0/3000000 and has
+        // replayed all of it: "0 bytes behind" by its own figure, 32 MiB short in truth.
+        let mut a = node("a", Master, Primary, Up, &[("b", true)]);
+        a.replication[0]
+            .raw
+            .insert("current_lsn".into(), "0/5000000".into());
+        a.replication[0].lag_bytes = None;
+        let mut b = node("b", Backup, Secondary, Up, &[("a", true)]);
+        b.replication[0]
+            .raw
+            .insert("receive_lsn".into(), "0/3000000".into());
+        let g = judge(vec![a, b], Some("a")).unwrap();
+        assert_eq!(g.leader_current_lsn.as_deref(), Some("0/5000000"));
+        assert_eq!(g.witnesses[0].unreceived_bytes, Some(0x200_0000));
+        assert_eq!(candidates(&g)[0].lag_bytes, Some(0x200_0000));
     }
 
     #[test]

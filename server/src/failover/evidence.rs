@@ -40,6 +40,12 @@ pub struct Witness {
     /// A node maintenance window covers it: it is not a candidate.
     #[serde(default)]
     pub in_maintenance: bool,
+    /// WAL the leader had written by its last report ([`Gathered::leader_current_lsn`]) that
+    /// this standby had not received (by its `receive_lsn`), bytes: counted against the
+    /// data-loss bound beside `lag_bytes`, so a standby the leader no longer listed (restarted,
+    /// cut off) is not taken for "0 bytes behind". None: unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreceived_bytes: Option<u64>,
     /// How far it has received the leader's data (PostgreSQL `pg_last_wal_receive_lsn()`,
     /// `0/3045B78`), from its answer at decision time or else its last report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,6 +75,10 @@ pub struct Gathered {
     pub leader_vrrp: Option<hapulse_protocol::VrrpState>,
     /// The leader reaches the reference address (None: unknown).
     pub leader_reaches_reference: Option<bool>,
+    /// The leader's own WAL position by its last report (PostgreSQL `pg_current_wal_lsn()`),
+    /// if it was a primary that reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_current_lsn: Option<String>,
     /// With a tied replication link: another node is the instance's only MASTER and only VIP
     /// holder while the leader (the primary) is not MASTER, and since when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,7 +127,12 @@ pub fn candidates(g: &Gathered) -> Vec<Candidate> {
             up: w.status == NodeStatus::Up,
             priority: w.priority,
             reaches_reference: w.reaches_reference == Some(true),
-            lag_bytes: w.lag_bytes,
+            // Both count: what it received but has not replayed (and what the leader last said
+            // its standbys lacked), and what the leader had written that it never received.
+            lag_bytes: match (w.lag_bytes, w.unreceived_bytes) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, _) => a,
+            },
             lag_seconds: w.lag_seconds,
             standby: w.standby,
             in_maintenance: w.in_maintenance,
@@ -128,4 +143,12 @@ pub fn candidates(g: &Gathered) -> Vec<Candidate> {
             streaming: w.replication_streaming == Some(true),
         })
         .collect()
+}
+
+/// WAL written up to `current` (the leader's position, `0/3045B78`) that a standby received
+/// only up to `received`, bytes; None when either is unknown.
+pub fn unreceived(current: Option<&str>, received: Option<&str>) -> Option<u64> {
+    let current = hapulse_protocol::parse_lsn(current?)?;
+    let received = hapulse_protocol::parse_lsn(received?)?;
+    Some(current.saturating_sub(received))
 }

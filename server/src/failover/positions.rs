@@ -140,14 +140,21 @@ impl Asked {
     }
 
     /// Puts the answers into the evidence: an asked candidate that answered gets the position
-    /// it gave and `position_fresh: true`; one that did not keeps its last report, marked false.
+    /// it gave (and what it lacks of the leader's last position counted from it) and
+    /// `position_fresh: true`; one that did not keeps its last report, marked false.
     pub fn apply(&self, g: &mut Gathered, answers: &BTreeMap<String, String>) {
+        let current = g.leader_current_lsn.clone();
         for w in &mut g.witnesses {
             if !self.commands.iter().any(|(node, _)| *node == w.node_id) {
                 continue;
             }
             match answers.get(&w.node_id) {
                 Some(lsn) => {
+                    w.unreceived_bytes = crate::failover::evidence::unreceived(
+                        current.as_deref(),
+                        Some(lsn.as_str()),
+                    )
+                    .or(w.unreceived_bytes);
                     w.receive_lsn = Some(lsn.clone());
                     w.position_fresh = Some(true);
                 }

@@ -27,15 +27,6 @@ use crate::fleet::live::{NodeLive, NodeStatus};
 use crate::fleet::view::{self, ClusterView};
 use crate::switchover::plan::{failover_plan, plan, vip_follow_plan, SwitchoverRequest};
 
-/// Known gap, found by this simulation (seeds 6070, 7439, 7849, 9551): the lag counted against
-/// the bound is the larger of the candidate's own (received minus replayed) and the figure the
-/// old primary last reported for its standbys — which covers only the standbys streaming from
-/// it. A standby that restarted, or whose link was cut long enough, reports 0 and is not in the
-/// primary's figure, however far the primary wrote on without it: it is promoted as "0 bytes
-/// behind". True: a promotion beyond the bound of a standby the old primary's last report did
-/// not list is noted in the trace, not failed; false shows the failures.
-pub const UNLISTED_STANDBY_LAG_UNKNOWN: bool = true;
-
 /// A verdict on record (`failover_decisions`).
 #[derive(Debug, Clone)]
 pub struct StoredVerdict {
@@ -107,9 +98,8 @@ pub struct Server {
     pub outbox: Outbox,
     /// The cluster's fencing.
     pub stonith: Stonith,
-    /// Each node's WAL position (the truth) when its last report was accepted, while primary,
-    /// with the standbys that report listed (streaming from it).
-    pub reported_lsn: BTreeMap<String, (u64, BTreeSet<String>)>,
+    /// Each node's WAL position (the truth) when its last report was accepted, while primary.
+    pub reported_lsn: BTreeMap<String, u64>,
     /// The arbiter's next round.
     next_round: u64,
     /// Something changed since the last round (ingest and detector marks).
@@ -118,9 +108,6 @@ pub struct Server {
     attention: bool,
     /// The last sweep.
     last_sweep: u64,
-    /// Automatic promotions beyond the bound that
-    /// [`UNLISTED_STANDBY_LAG_UNKNOWN`] accepts.
-    pub lag_gaps: usize,
     /// The last round knew the leader.
     pub leader_known: bool,
     /// An automatic promotion beyond the lag bound: (node, bytes lost, bound).
@@ -164,7 +151,6 @@ impl Server {
             attention: true,
             last_sweep: 0,
             leader_known: false,
-            lag_gaps: 0,
             lag_violation: None,
         }
     }
@@ -206,18 +192,7 @@ impl Server {
         let h = &world.hosts[i];
         if h.is_primary() {
             let lsn = h.pg.as_ref().map_or(0, |p| p.lsn);
-            let listed = world
-                .hosts
-                .iter()
-                .filter(|s| {
-                    s.powered
-                        && s.pg
-                            .as_ref()
-                            .is_some_and(|p| p.running && !p.primary && p.upstream == Some(i))
-                })
-                .map(|s| s.id.clone())
-                .collect();
-            self.reported_lsn.insert(h.id.clone(), (lsn, listed));
+            self.reported_lsn.insert(h.id.clone(), lsn);
         }
         match self.live.get_mut(&report.node_id) {
             Some(n) if n.is_replay(report) => {}
@@ -289,21 +264,16 @@ impl Server {
         });
         drop(nodes);
         if let (Some(lsn), true) = (run.promoted.take(), run.automatic) {
-            let (old, listed) = self
+            let old = self
                 .reported_lsn
                 .get(&run.plan.old_master)
-                .cloned()
+                .copied()
                 .unwrap_or_default();
             let bound = self.settings.policy(CLUSTER, true).max_lag_bytes;
             let lost = old.saturating_sub(lsn);
             let target = run.plan.target_node.clone();
             if lost > bound {
-                if UNLISTED_STANDBY_LAG_UNKNOWN && !listed.contains(&target) {
-                    world.log(format!("known gap: {target} lost {lost} bytes, beyond the bound of {bound}, unseen: the old primary did not list it"));
-                    self.lag_gaps += 1;
-                } else {
-                    self.lag_violation = Some((target, lost, bound));
-                }
+                self.lag_violation = Some((target, lost, bound));
             }
         }
         self.epoch = epoch;

@@ -764,6 +764,10 @@ impl World {
                 .map(|s| pg.lsn.saturating_sub(s.replayed))
                 .max();
             link.lag_seconds = link.lag_bytes.map(|b| if b == 0 { 0.0 } else { 1.0 });
+            link.raw.insert(
+                "current_lsn".into(),
+                format!("{:X}/{:X}", pg.lsn >> 32, pg.lsn & 0xFFFF_FFFF),
+            );
         } else {
             link.role = ReplicationRole::Secondary;
             link.state = if pg.upstream.is_some() {
