@@ -1035,11 +1035,13 @@ pub(crate) fn fence_intents(
         .map(|w| w.node_id.as_str())
         .collect();
     // keepalived moved the VIP away from the primary, the database may not follow it (the
-    // verdict on it is an alert), and keepalived on the primary's host runs as BACKUP.
+    // verdict on it is an alert), and keepalived on the primary's host runs as BACKUP — and the
+    // primary reaches the reference address (else the VIP is no better off there).
     let vip_back = follow_blocked
         && leader_up
         && g.vip_elsewhere.is_some()
-        && g.leader_vrrp == Some(VrrpState::Backup);
+        && g.leader_vrrp == Some(VrrpState::Backup)
+        && g.leader_reaches_reference != Some(false);
     let mut intents = Vec::new();
     for (node, vrrp, primary) in members.iter().cloned() {
         let master = vrrp == Some(VrrpState::Master);
@@ -1424,6 +1426,35 @@ mod tests {
         assert_eq!(g.leader_current_lsn.as_deref(), Some("0/5000000"));
         assert_eq!(g.witnesses[0].unreceived_bytes, Some(0x200_0000));
         assert_eq!(candidates(&g)[0].lag_bytes, Some(0x200_0000));
+    }
+
+    #[test]
+    fn a_vip_holder_the_database_may_not_follow_is_fenced_only_beside_a_backup_primary() {
+        let fenced = |leader_state: VrrpState, follow_blocked: bool, split_brain: bool| {
+            let mut b = node("b", Master, Secondary, Up, &[("a", true)]);
+            b.instances[0].held_vips = vec!["10.0.0.100".into()];
+            let nodes = vec![node("a", leader_state, Primary, Up, &[("b", true)]), b];
+            let g = judge(nodes.clone(), Some("a")).unwrap();
+            let refs: Vec<&NodeLive> = nodes.iter().collect();
+            let rules = EpochRules {
+                split_brain,
+                follow_blocked,
+            };
+            fence_intents(&g, &members(&refs, &g), rules, &BTreeSet::new())
+                .into_iter()
+                .map(|i| i.node)
+                .collect::<Vec<_>>()
+        };
+        // The database may not follow (held, or b unfit): keepalived on a runs as BACKUP, so
+        // fencing b hands the VIP back to the primary.
+        assert_eq!(fenced(Backup, true, true), ["b"]);
+        // It may follow: b keeps the VIP and the database follows it.
+        assert!(fenced(Backup, false, true).is_empty());
+        // keepalived on a does not run: fencing b would leave no holder.
+        assert!(fenced(VrrpState::Stop, true, true).is_empty());
+        assert!(fenced(Fault, true, true).is_empty());
+        // Not auto (or the global switch off): nothing is fenced automatically.
+        assert!(fenced(Backup, true, false).is_empty());
     }
 
     #[test]
