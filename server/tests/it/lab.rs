@@ -94,18 +94,42 @@ impl Lab {
         self.run_with(args, &[])
     }
 
-    /// As [`Lab::run`], with extra environment.
-    pub fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    /// As [`Lab::run`], but on a blocking thread, so the server under test (in this test's
+    /// runtime) keeps running meanwhile: for a command that takes seconds (`keepalived stop`
+    /// waits for keepalived to exit) while what the server does is measured.
+    pub async fn run_aside(&self, args: &[&str]) -> std::process::Output {
+        let mut command = self.command(args, &[]);
+        let shown = format!("{args:?}");
+        let output = tokio::task::spawn_blocking(move || command.output())
+            .await
+            .unwrap()
+            .expect("run scripts/lab");
+        assert!(
+            output.status.success(),
+            "scripts/lab {shown} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    /// `scripts/lab ARGS` for this lab, with extra environment, not started.
+    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let (name, net, port) = (self.name, self.net, self.port);
-        let output = Command::new(repo_root().join("scripts/lab"))
+        let mut command = Command::new(repo_root().join("scripts/lab"));
+        command
             .args(args)
             .envs(env.iter().copied())
             .env("HAPULSE_LAB_NAME", name)
             .env("HAPULSE_LAB_NET", net)
             .env("HAPULSE_LAB_SERVER_URL", format!("http://{net}.1:{port}"))
-            .env("HAPULSE_LAB_AGENT_BIN", agent_binary())
-            .output()
-            .expect("run scripts/lab");
+            .env("HAPULSE_LAB_AGENT_BIN", agent_binary());
+        command
+    }
+
+    /// As [`Lab::run`], with extra environment.
+    pub fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let output = self.command(args, env).output().expect("run scripts/lab");
         assert!(
             output.status.success(),
             "scripts/lab {args:?} failed: {}{}",

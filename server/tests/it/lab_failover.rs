@@ -828,7 +828,7 @@ async fn keepalived_stopped_on_the_primary_makes_the_database_follow_the_vip(poo
     tokio::time::sleep(Duration::from_secs(1)).await;
     let fault = Instant::now();
     eprintln!("keepalived stopped on h1 at {}", chrono::Utc::now());
-    lab.run(&["keepalived", "h1", "stop"]);
+    lab.run_aside(&["keepalived", "h1", "stop"]).await;
     let (id, target) = eventually(40, "the database following the VIP", || async {
         vip_follows(&pool, name).await.into_iter().next()
     })
