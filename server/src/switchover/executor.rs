@@ -229,6 +229,19 @@ impl<'a> Run<'a> {
     }
 
     /// The replay position the target last reported (raw `replay_lsn` of its standby link).
+    /// The target's replay position as its agent probes it now (`report_positions`, answered
+    /// within a second); None from an agent that does not know the action, or too slow.
+    async fn target_replay_asked(&self) -> Option<u64> {
+        let key = self.sw.link.as_ref()?;
+        let ask = self.command(&self.sw.target_node, Action::ReportPositions {});
+        let (_, data) = tokio::time::timeout(Duration::from_secs(1), ask)
+            .await
+            .ok()?
+            .ok()?;
+        hapulse_protocol::parse_lsn(data.get(&format!("{key}.replay_lsn"))?)
+    }
+
+    /// The target's replay position as it last reported it.
     fn target_replay_lsn(&self) -> Option<u64> {
         let key = self.sw.link.as_ref()?;
         let live = self.state.live();
@@ -408,14 +421,22 @@ impl<'a> Run<'a> {
         }))
     }
 
-    /// `wait_for_catch_up`: polls every 250 ms (55 s at most) until the target has replayed
-    /// everything the old primary sent.
+    /// `wait_for_catch_up`: looks every 250 ms (55 s at most) until the target has replayed
+    /// everything the old primary sent — first asking the target for its position now
+    /// (`report_positions`), else at what it last reported.
     async fn wait_for_catch_up(&self) -> Result<StepOutcome, String> {
         let target = &self.sw.target_node;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(55);
         let mut seen = 0;
         loop {
-            if self.caught_up(&mut seen) {
+            let asked = match self.checkpoint_lsn {
+                Some(checkpoint) => self
+                    .target_replay_asked()
+                    .await
+                    .is_some_and(|replayed| replayed > checkpoint),
+                None => false,
+            };
+            if asked || self.caught_up(&mut seen) {
                 return Ok(StepOutcome::Done(match self.checkpoint_lsn {
                     Some(_) => format!("{target} has replayed past the old primary's shutdown checkpoint"),
                     None => format!("{target} has replayed all it received (no shutdown checkpoint reported: configure data_directory and pg_controldata)"),
