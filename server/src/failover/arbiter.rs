@@ -433,11 +433,10 @@ async fn ask_positions(
             memory.asked.remove(name);
             continue;
         };
-        if memory.asked.get(name).is_some_and(|a| a.expired(wait)) {
-            memory.asked.remove(name);
-        }
-        if !memory.asked.contains_key(name) {
-            match positions::ask(state, name, g, wait, ACTOR).await? {
+        let expired = memory.asked.get(name).is_none_or(|a| a.expired(wait));
+        if expired {
+            let before = memory.asked.remove(name);
+            match positions::ask(state, name, g, wait, ACTOR, before).await? {
                 Some(asked) => memory.asked.insert(name.clone(), asked),
                 None => continue,
             };

@@ -3,8 +3,9 @@
 //! agent's read-only `report_positions` command) and waits at most `failover.position_wait`
 //! (default 1 s) for the answers. A candidate that answers is ranked on the position it gives
 //! (`receive_lsn`); one that stays silent is ranked on its last report, and the evidence says
-//! which ([`Witness::position_fresh`]). The answers serve the rest of the episode for
-//! [`ANSWERS_KEEP`], after which the candidates are asked again.
+//! which ([`Witness::position_fresh`]). The answers serve for [`ANSWERS_KEEP`]; then the
+//! candidates are asked again, the previous answers serving until the new ones are in (a verdict
+//! that stands — a proposal waiting for a person — does not flicker to "wait").
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -30,6 +31,8 @@ pub struct Asked {
     /// Each answering node's receive position (`0/3045B78`), once every candidate answered or
     /// the wait ended; a silent node is absent.
     answers: Option<BTreeMap<String, String>>,
+    /// The answers of the asking before, which serve while this one's are awaited.
+    previous: Option<BTreeMap<String, String>>,
 }
 
 /// Where an asking stands.
@@ -49,13 +52,15 @@ fn asked_nodes(g: &Gathered) -> Vec<&Witness> {
 }
 
 /// Asks the up standbys of `g` for their positions (under the cluster's current epoch, with a
-/// deadline of `wait`, in the name of `actor`); None when there is nobody to ask.
+/// deadline of `wait`, in the name of `actor`), `before` being the asking this one renews; None
+/// when there is nobody to ask.
 pub async fn ask(
     state: &AppState,
     cluster: &str,
     g: &Gathered,
     wait: Duration,
     actor: &str,
+    before: Option<Asked>,
 ) -> Result<Option<Asked>, sqlx::Error> {
     let nodes = asked_nodes(g);
     if nodes.is_empty() {
@@ -91,6 +96,7 @@ pub async fn ask(
         at: tokio::time::Instant::now(),
         commands,
         answers: None,
+        previous: before.and_then(|b| b.answers),
     }))
 }
 
@@ -133,7 +139,10 @@ impl Asked {
             })
             .collect();
         if ended < self.commands.len() && self.at.elapsed() < wait {
-            return Ok(Progress::Waiting);
+            return Ok(match &self.previous {
+                Some(previous) => Progress::Answered(previous.clone()),
+                None => Progress::Waiting,
+            });
         }
         self.answers = Some(answers.clone());
         Ok(Progress::Answered(answers))
