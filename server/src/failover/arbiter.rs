@@ -94,6 +94,24 @@ struct Memory {
     asked: BTreeMap<String, positions::Asked>,
 }
 
+impl Memory {
+    /// Whether an enforcement command for `key` (in [`Memory::enforced`]) is due now: never
+    /// issued, or issued a minute ago or more (its deadline) and still not obeyed. Notes it as
+    /// issued now when due.
+    fn due(&mut self, key: (String, String)) -> bool {
+        let now = tokio::time::Instant::now();
+        if self
+            .enforced
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(60))
+        {
+            return false;
+        }
+        self.enforced.insert(key, now);
+        true
+    }
+}
+
 /// Every cluster is looked at this often, changed or not (the verdicts shown refresh, and a
 /// change the attention rules missed is caught); between sweeps a round looks only at the
 /// clusters that changed or need attention, so a round over 5,000 quiet clusters costs nothing.
@@ -978,16 +996,9 @@ async fn enforce_epoch(
         reason,
     } in intents
     {
-        let key = (c.name.clone(), node.clone());
-        let now = tokio::time::Instant::now();
-        if memory
-            .enforced
-            .get(&key)
-            .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(60))
-        {
+        if !memory.due((c.name.clone(), node.clone())) {
             continue;
         }
-        memory.enforced.insert(key, now);
         fence(state, c, g, &node, primary, &reason).await?;
     }
     Ok(())
@@ -1140,16 +1151,9 @@ async fn remove_stale_vips(
     g: &Gathered,
 ) -> Result<(), sqlx::Error> {
     for (node, vip) in stale_vips(c, &g.instance) {
-        let key = (c.name.clone(), format!("{node} {vip}"));
-        let now = tokio::time::Instant::now();
-        if memory
-            .enforced
-            .get(&key)
-            .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(60))
-        {
+        if !memory.due((c.name.clone(), format!("{node} {vip}"))) {
             continue;
         }
-        memory.enforced.insert(key, now);
         let reason = format!(
             "{node} keeps {vip} configured while its keepalived is not running, beside the live holder: the stale address is removed"
         );
