@@ -15,16 +15,15 @@ use hapulse_protocol::{
     Action, Command, CommandOutcome, CommandResult, RefusalReason, ReplicationRole,
 };
 use rand::Rng;
-use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
-use sqlx::Connection;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::child::{run, run_full};
+use crate::child::run;
 use crate::client::{AgentClient, SendError};
 use crate::config::Settings;
+use crate::replication::moves;
 use crate::track::write_track_file;
 
 /// Commands remembered for de-duplication.
@@ -224,16 +223,13 @@ impl Executor {
                 })
             }
             Action::Fence { instance, fenced } => self.fence(instance, *fenced),
-            Action::PostgresStop { link } => stop_postgres(&self.settings, link, data).await,
-            Action::PostgresPromote { link } => {
-                let probe = self
-                    .settings
-                    .postgresql
-                    .iter()
-                    .find(|p| &p.name == link)
-                    .ok_or_else(|| format!("no [[postgresql]] probe named {link:?}"))?;
-                promote(probe.dsn.expose_secret(), actions.timeout).await
-            }
+            Action::PostgresStop { link } => moves::stop(&self.settings, link, data).await,
+            Action::PostgresPromote { link } => moves::promote(&self.settings, link).await,
+            Action::PostgresFollow {
+                link,
+                primary_host,
+                primary_port,
+            } => moves::follow(&self.settings, link, primary_host, *primary_port).await,
             Action::DrbdRole { resource, role } => {
                 let verb = match role {
                     ReplicationRole::Primary => "primary",
@@ -382,87 +378,6 @@ impl Executor {
             .find(|t| t.instance == instance)
             .ok_or_else(|| format!("no actions.track_files entry for instance {instance:?}"))
     }
-}
-
-/// Stops the PostgreSQL server of `link` with its `[[actions.postgres]]` stop command and, with
-/// `pg_controldata` configured, puts its shutdown checkpoint in `data`
-/// (`shutdown_checkpoint_lsn`): every transaction committed before the stop is before it, so a
-/// standby that has replayed past it has everything. Err: no stop command for the link, the
-/// command failed, or the cluster did not shut down cleanly.
-pub async fn stop_postgres(
-    settings: &Settings,
-    link: &str,
-    data: &mut BTreeMap<String, String>,
-) -> Result<String, String> {
-    let actions = &settings.actions;
-    let config = actions
-        .postgres
-        .iter()
-        .find(|p| p.link == link)
-        .ok_or_else(|| format!("no actions.postgres entry for link {link:?}"))?;
-    let stopped = run(
-        &config.stop_command[0],
-        &config.stop_command[1..],
-        &BTreeMap::new(),
-        actions.timeout,
-    )
-    .await?;
-    if let (Some(controldata), Some(dir)) = (&config.pg_controldata, &config.data_directory) {
-        let out = run_full(
-            &controldata.to_string_lossy(),
-            &[dir.to_string_lossy().into_owned()],
-            &BTreeMap::new(),
-            actions.timeout,
-        )
-        .await?;
-        match shutdown_checkpoint(&out) {
-            Some(lsn) => {
-                data.insert("shutdown_checkpoint_lsn".into(), lsn);
-            }
-            None => return Err(format!("stopped, but pg_controldata does not show a clean shutdown with its checkpoint: {out}")),
-        }
-    }
-    Ok(stopped)
-}
-
-/// The "Latest checkpoint location" of `pg_controldata` output, when the cluster state says it
-/// was shut down cleanly (`shut down`, or `shut down in recovery` for a standby).
-pub fn shutdown_checkpoint(output: &str) -> Option<String> {
-    let field = |name: &str| {
-        output
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim_start_matches(':').trim().to_string())
-    };
-    let state = field("Database cluster state")?;
-    if !state.starts_with("shut down") {
-        return None;
-    }
-    field("Latest checkpoint location")
-        .filter(|lsn| crate::replication::postgres::parse_lsn(lsn).is_some())
-}
-
-/// `SELECT pg_promote(true, N)`: waits for the promotion to finish.
-async fn promote(dsn: &str, timeout: Duration) -> Result<String, String> {
-    let wait = timeout.as_secs().clamp(1, 3600) as i32;
-    let work = async {
-        let mut conn = sqlx::PgConnection::connect(dsn)
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        let promoted: bool = sqlx::query_scalar("SELECT pg_promote(true, $1)")
-            .bind(wait)
-            .fetch_one(&mut conn)
-            .await
-            .map_err(|e| format!("pg_promote(): {e}"))?;
-        if promoted {
-            Ok("promoted (pg_promote)".to_string())
-        } else {
-            Err(format!("pg_promote() did not finish within {wait} s"))
-        }
-    };
-    tokio::time::timeout(timeout + Duration::from_secs(5), work)
-        .await
-        .map_err(|_| "promotion timed out".to_string())?
 }
 
 /// Runs until `shutdown`: long-polls the server for commands (and takes those that arrive in
@@ -818,18 +733,6 @@ mod tests {
             "{}",
             result.message
         );
-    }
-
-    #[test]
-    fn shutdown_checkpoint_from_pg_controldata() {
-        // Lines as pg_controldata 15 prints them (from the lab).
-        let out = "pg_control version number:            1300\nDatabase cluster state:               shut down\nLatest checkpoint location:           0/5000028\nLatest checkpoint's REDO location:    0/5000028\n";
-        assert_eq!(shutdown_checkpoint(out).as_deref(), Some("0/5000028"));
-        assert_eq!(
-            shutdown_checkpoint(&out.replace("shut down", "in production")),
-            None
-        );
-        assert_eq!(shutdown_checkpoint("garbage"), None);
     }
 
     #[tokio::test]

@@ -87,7 +87,7 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 pub struct ActionSettings {
     /// Action kinds allowed: `set_priority_offset`, `fence`, `postgres_stop`,
-    /// `postgres_promote`, `drbd_role`, `hook`, `remove_vip`.
+    /// `postgres_promote`, `postgres_follow`, `drbd_role`, `hook`, `remove_vip`.
     #[serde(default)]
     pub enabled: Vec<String>,
     /// keepalived track files per VRRP instance.
@@ -139,6 +139,28 @@ pub struct PostgresActionSettings {
     /// The `pg_controldata` binary (e.g. `/usr/lib/postgresql/15/bin/pg_controldata`).
     #[serde(default)]
     pub pg_controldata: Option<PathBuf>,
+    /// Program and arguments that start the server (`postgres_follow` starts a stopped server
+    /// as a standby), e.g. `["pg_ctlcluster", "15", "main", "start"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub start_command: Vec<String>,
+    /// Program and arguments of `pg_rewind` for this server's data directory, run as the
+    /// PostgreSQL user, e.g. `["runuser", "-u", "postgres", "--",
+    /// "/usr/lib/postgresql/15/bin/pg_rewind", "-D", "/var/lib/postgresql/15/main"]`; the agent
+    /// appends `--source-server=CONNINFO --write-recovery-conf`. pg_rewind needs
+    /// `wal_log_hints = on` or data checksums. Empty: a stopped server is not rewound.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rewind_command: Vec<String>,
+    /// The operator's re-clone, run when the rewind fails (a fresh `pg_basebackup`, say), with
+    /// `HAPULSE_PRIMARY_HOST` and `HAPULSE_PRIMARY_PORT` in its environment; it must leave a
+    /// data directory that starts as a standby of that primary. Empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reclone_command: Vec<String>,
+    /// The connection string a standby here uses to reach a new primary, without host and
+    /// port, which `postgres_follow` appends (`user=replicator application_name=h1
+    /// passfile=/var/lib/postgresql/.pgpass`). Keep passwords in a passfile, not here: the
+    /// string ends up in `postgresql.auto.conf`.
+    #[serde(default)]
+    pub standby_conninfo: Option<String>,
 }
 
 impl Default for ActionSettings {
@@ -201,6 +223,12 @@ pub struct PostgresSettings {
     /// VRRP instance whose VIP should be on this link's primary.
     #[serde(default)]
     pub vrrp_instance: Option<String>,
+    /// Where the other hosts' standbys reach this PostgreSQL when it is the primary,
+    /// `HOST:PORT` (`10.0.0.11:5432`, `[2001:db8::11]:5432`). Reported with the link (raw
+    /// `advertise_address`): after a move the server re-points every standby to the new
+    /// primary's advertised address. Without it nothing can be re-pointed to this host.
+    #[serde(default)]
+    pub advertise_address: Option<String>,
 }
 
 /// A MySQL or MariaDB server on this host, asked through its `mysql` client.
@@ -486,16 +514,27 @@ impl Settings {
                 );
             }
         }
+        if let Some(bad) = self.postgresql.iter().find_map(|p| {
+            p.advertise_address
+                .as_deref()
+                .and_then(|a| hapulse_protocol::parse_host_port(a).err())
+        }) {
+            return Err(ConfigError::Invalid {
+                key: "postgresql.advertise_address",
+                reason: bad,
+            });
+        }
         Ok(())
     }
 }
 
 /// The action kinds `actions.enabled` may list (as [`hapulse_protocol::Action::kind`] names them).
-const ACTION_KINDS: [&str; 7] = [
+const ACTION_KINDS: [&str; 8] = [
     "set_priority_offset",
     "fence",
     "postgres_stop",
     "postgres_promote",
+    "postgres_follow",
     "drbd_role",
     "hook",
     "remove_vip",
@@ -552,6 +591,16 @@ impl ActionSettings {
         }
         if self.postgres.iter().any(|p| p.stop_command.is_empty()) {
             return invalid("actions.postgres.stop_command", "must name a program");
+        }
+        if let Some(bad) = self.postgres.iter().find_map(|p| {
+            p.standby_conninfo
+                .as_deref()
+                .and_then(|c| crate::replication::moves::check_standby_conninfo(c).err())
+        }) {
+            return Err(ConfigError::Invalid {
+                key: "actions.postgres.standby_conninfo",
+                reason: bad,
+            });
         }
         Ok(())
     }
@@ -691,8 +740,25 @@ mod tests {
                 stop_command: vec![],
                 data_directory: None,
                 pg_controldata: None,
+                start_command: vec![],
+                rewind_command: vec![],
+                reclone_command: vec![],
+                standby_conninfo: None,
             }]),
             "actions.postgres.stop_command"
+        );
+        assert_eq!(
+            key_at_fault(&|s| s.actions.postgres = vec![PostgresActionSettings {
+                link: "pg".into(),
+                stop_command: vec!["pg_ctl".into()],
+                data_directory: None,
+                pg_controldata: None,
+                start_command: vec![],
+                rewind_command: vec![],
+                reclone_command: vec![],
+                standby_conninfo: Some("host=10.0.0.1 user=r".into()),
+            }]),
+            "actions.postgres.standby_conninfo"
         );
         assert_eq!(
             key_at_fault(&|s| s.mysql = vec![MysqlSettings {
@@ -702,6 +768,15 @@ mod tests {
                 vrrp_instance: None,
             }]),
             "postgresql/mysql name"
+        );
+        assert_eq!(
+            key_at_fault(&|s| s.postgresql = vec![PostgresSettings {
+                name: "pg".into(),
+                dsn: SecretString::from("postgres:///postgres"),
+                vrrp_instance: None,
+                advertise_address: Some("10.0.0.11".into()),
+            }]),
+            "postgresql.advertise_address"
         );
         assert_eq!(
             key_at_fault(&|s| s.arbitration = Some(ArbitrationSettings {

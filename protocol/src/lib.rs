@@ -378,6 +378,26 @@ pub fn parse_lsn(text: &str) -> Option<u64> {
     (high <= u32::MAX as u64 && low <= u32::MAX as u64).then_some((high << 32) | low)
 }
 
+/// Splits a database address, `HOST:PORT` (`10.0.0.11:5432`, `db1.example:5432`,
+/// `[2001:db8::11]:5432`), into host and port. The host may hold only letters, digits, `.`,
+/// `-`, `_` and, in brackets, `:` (an IPv6 address), so it is safe inside a libpq connection
+/// string; the port is 1-65535. Err says what is wrong.
+pub fn parse_host_port(text: &str) -> Result<(String, u16), String> {
+    let bad = || format!("{text:?} is not HOST:PORT (10.0.0.11:5432, [2001:db8::11]:5432)");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(bad)?;
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        // An IPv6 address, which prints with letters, digits and colons only.
+        let ip: std::net::Ipv6Addr = v6.parse().map_err(|_| bad())?;
+        return Ok((ip.to_string(), port));
+    }
+    let safe = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_');
+    if host.is_empty() || host.len() > 253 || !host.bytes().all(safe) {
+        return Err(bad());
+    }
+    Ok((host.to_string(), port))
+}
+
 /// Path of the enrollment endpoint, relative to the server's base URL.
 pub const ENROLL_PATH: &str = "/api/agent/v1/enroll";
 
@@ -472,6 +492,24 @@ pub enum Action {
         /// Replication link name.
         link: String,
     },
+    /// Make the PostgreSQL server of `link` a streaming standby of the primary at
+    /// `primary_host:primary_port` (that primary's advertised address, raw `advertise_address`
+    /// of its report). A running standby is re-pointed (`ALTER SYSTEM SET primary_conninfo`, then
+    /// `pg_reload_conf()`: PostgreSQL 13 and later apply it without a restart). A stopped server
+    /// (the old primary after a move) is rewound from the new primary (`pg_rewind
+    /// --write-recovery-conf`, which also writes `standby.signal` and `primary_conninfo`; the
+    /// operator's re-clone command when the rewind fails) and started. A running primary is
+    /// refused: it must be stopped first, so the command never demotes a live primary. The
+    /// connection string is the agent's `standby_conninfo` plus `host` and `port`: no
+    /// credential travels in the command.
+    PostgresFollow {
+        /// Replication link name.
+        link: String,
+        /// Host (name or address) of the new primary.
+        primary_host: String,
+        /// Port of the new primary.
+        primary_port: u16,
+    },
     /// `drbdadm primary|secondary RESOURCE`.
     DrbdRole {
         /// DRBD resource.
@@ -515,6 +553,7 @@ impl Action {
             Action::Fence { .. } => "fence",
             Action::PostgresStop { .. } => "postgres_stop",
             Action::PostgresPromote { .. } => "postgres_promote",
+            Action::PostgresFollow { .. } => "postgres_follow",
             Action::DrbdRole { .. } => "drbd_role",
             Action::Hook { .. } => "hook",
             Action::RemoveVip { .. } => "remove_vip",
@@ -620,6 +659,29 @@ pub struct ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_addresses_are_host_and_port_safe_in_a_conninfo() {
+        let ok = |t: &str| parse_host_port(t).unwrap();
+        assert_eq!(ok("10.0.0.11:5432"), ("10.0.0.11".into(), 5432));
+        assert_eq!(ok("db-1.example_x:6432"), ("db-1.example_x".into(), 6432));
+        assert_eq!(ok("[2001:db8::11]:5432"), ("2001:db8::11".into(), 5432));
+        for bad in [
+            "",
+            "10.0.0.11",
+            "10.0.0.11:0",
+            "10.0.0.11:65536",
+            ":5432",
+            "a b:5432",
+            "h' dbname=x:5432",
+            "host=evil:5432",
+            "2001:db8::11:5432",
+            "[not-v6]:5432",
+            "h\n:5432",
+        ] {
+            assert!(parse_host_port(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn vrrp_state_round_trips_through_its_name() {

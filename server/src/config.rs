@@ -120,6 +120,12 @@ pub struct ClusterFailover {
     /// the risk of two primaries (the agents' self-fencing is then the only fence).
     #[serde(default)]
     pub accept_unfenced: bool,
+    /// After a move, make every standby follow the new primary and rejoin the old primary as
+    /// one of them (default true): full redundancy without a person. False for operators who
+    /// rebuild standbys by hand; the steps then say they were skipped, and `redundancy_lost`
+    /// alerts until the standbys stream again.
+    #[serde(default = "default_true")]
+    pub auto_rejoin: bool,
 }
 
 fn default_candidate_priority() -> u32 {

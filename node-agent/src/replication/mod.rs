@@ -3,6 +3,7 @@
 //! asked is reported as a link in state `down` with the reason, never as an agent failure.
 
 pub mod drbd;
+pub mod moves;
 pub mod mysql;
 pub mod postgres;
 mod probes;

@@ -23,6 +23,9 @@ struct Configured {
     probe: Probe,
     name: String,
     vrrp_instance: Option<String>,
+    /// Where standbys reach this host's server when it is primary (PostgreSQL's
+    /// `advertise_address`), added to the link's raw fields as `advertise_address`.
+    advertise_address: Option<String>,
 }
 
 /// Every configured probe.
@@ -59,6 +62,7 @@ impl ReplicationProbes {
                 )),
                 name: pg.name.clone(),
                 vrrp_instance: pg.vrrp_instance.clone(),
+                advertise_address: pg.advertise_address.clone(),
             });
         }
         for my in &settings.mysql {
@@ -71,6 +75,7 @@ impl ReplicationProbes {
                 )),
                 name: my.name.clone(),
                 vrrp_instance: my.vrrp_instance.clone(),
+                advertise_address: None,
             });
         }
         for d in &settings.drbd {
@@ -81,6 +86,7 @@ impl ReplicationProbes {
                 ),
                 name: "drbd".into(),
                 vrrp_instance: d.vrrp_instance.clone(),
+                advertise_address: None,
             });
         }
         ReplicationProbes { probes }
@@ -130,6 +136,9 @@ impl ReplicationProbes {
                     tracing::debug!(link = %link.key(), error = %error, "replication source not answering");
                 }
                 link.vrrp_instance.clone_from(&c.vrrp_instance);
+                if let Some(address) = &c.advertise_address {
+                    link.raw.insert("advertise_address".into(), address.clone());
+                }
             }
             out.extend(links);
         }

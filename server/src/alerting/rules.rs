@@ -321,6 +321,7 @@ fn replication_rules(f: &mut Findings<'_>, c: &ClusterView, t: &Thresholds) {
         {
             secondary_rules(f, &r.link, m, t);
         }
+        redundancy_lost(f, r);
         if r.vip_on_primary == Some(false) {
             f.push(
                 "vip_not_on_primary",
@@ -339,6 +340,47 @@ fn replication_rules(f: &mut Findings<'_>, c: &ClusterView, t: &Thresholds) {
                 AT_ONCE,
             );
         }
+    }
+}
+
+/// `redundancy_lost`: a link with one primary has a member that is up but is neither primary
+/// nor standby — its database is stopped or does not answer (an old primary a move left
+/// stopped, a rejoin that failed) — for a minute (a rejoin restarts it within that). The
+/// cluster then runs on fewer copies than it was built with.
+fn redundancy_lost(f: &mut Findings<'_>, r: &crate::fleet::view::ReplicationView) {
+    let Some(primary) = r.primary.as_deref() else {
+        return;
+    };
+    for m in r.members.iter().filter(|m| {
+        m.node_status == NodeStatus::Up
+            && m.node_id != primary
+            && !matches!(
+                m.role,
+                ReplicationRole::Primary | ReplicationRole::Secondary
+            )
+    }) {
+        let why = m
+            .error
+            .as_deref()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        f.push(
+            "redundancy_lost",
+            Severity::Critical,
+            format!("{}/{}", r.link, m.node_id),
+            Subject {
+                node: Some(&m.node_id),
+                link: Some(&r.link),
+                ..Subject::default()
+            },
+            format!(
+                "{} on {} is {}{why}, not a standby of {primary}: the cluster runs without that copy until it rejoins",
+                r.link,
+                m.node_id,
+                m.state.as_str()
+            ),
+            Duration::from_secs(60),
+        );
     }
 }
 
@@ -593,13 +635,14 @@ fn agent_version(f: &mut Findings<'_>, n: &NodeLive) {
 }
 
 /// The rules' names.
-pub const RULES: [&str; 15] = [
+pub const RULES: [&str; 16] = [
     "node_down",
     "no_master",
     "split_brain",
     "instance_fault",
     "replication_broken",
     "replication_lag",
+    "redundancy_lost",
     "vip_not_on_primary",
     "flapping",
     "failover",

@@ -614,12 +614,23 @@ pub(crate) fn find_leader(
     stored: Option<&str>,
     kept: &BTreeSet<String>,
 ) -> Option<(String, Option<String>, String)> {
-    let tied = c.replication.iter().find(|r| {
-        r.vrrp_instance.is_some()
-            && c.instances
-                .iter()
-                .any(|i| Some(&i.name) == r.vrrp_instance.as_ref())
-    });
+    // The database link that tells who the leader is: a tied link hapulse can move (the one a
+    // failover promotes), else the first tied one.
+    let tied_links: Vec<&crate::fleet::view::ReplicationView> = c
+        .replication
+        .iter()
+        .filter(|r| {
+            r.vrrp_instance.is_some()
+                && c.instances
+                    .iter()
+                    .any(|i| Some(&i.name) == r.vrrp_instance.as_ref())
+        })
+        .collect();
+    let tied = tied_links
+        .iter()
+        .find(|r| crate::switchover::drivers::Driver::of(r.kind).is_ok())
+        .or(tied_links.first())
+        .copied();
     let instance = match tied {
         Some(r) => r.vrrp_instance.clone()?,
         None if c.instances.len() == 1 => c.instances[0].name.clone(),
@@ -735,7 +746,9 @@ pub(crate) fn gather(
         })
         .collect();
     let leader_vrrp = node.and_then(|n| n.instance(instance)).map(|i| i.state);
+    let unmovable = crate::switchover::drivers::moved_link(c, instance).err();
     Gathered {
+        unmovable,
         instance: instance.to_string(),
         link: link.clone(),
         leader: leader.to_string(),

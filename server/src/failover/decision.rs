@@ -143,6 +143,9 @@ pub struct Evidence {
     pub master_reaches_reference: Option<bool>,
     /// Another node holds the VIP while the master (the database primary) is not MASTER.
     pub vip_elsewhere: Option<VipElsewhere>,
+    /// Why the instance's data cannot be moved (a tied link without a driver able to promote
+    /// it), when it cannot: then nothing is moved automatically or proposed.
+    pub unmovable: Option<String>,
 }
 
 /// The VIP is on another node than the master of the epoch (the database primary): keepalived
@@ -454,6 +457,18 @@ fn follow_vip(s: &Situation, away: &VipElsewhere) -> Decision {
 /// The decision for one cluster. Pure: the same situation gives the same decision.
 pub fn decide(s: &Situation) -> Decision {
     let decision = decide_unpaused(s);
+    let decision = match (&s.evidence.unmovable, decision) {
+        (
+            Some(why),
+            Decision::Failover { reason, .. }
+            | Decision::StepDown { reason, .. }
+            | Decision::FollowVip { reason, .. }
+            | Decision::Propose { reason, .. },
+        ) => Decision::Alert {
+            reason: format!("{reason}; but {why}: no automatic action, nothing is fenced"),
+        },
+        (_, decision) => decision,
+    };
     match (&s.history.paused, decision) {
         (
             Some(why),
@@ -646,6 +661,7 @@ mod tests {
                 peers_seeing_master: 0,
                 master_reaches_reference: None,
                 vip_elsewhere: None,
+                unmovable: None,
             },
             candidates: vec![candidate("a", 100, true, 0), candidate("b", 50, true, 0)],
             history: History {
@@ -693,6 +709,23 @@ mod tests {
             },
             "propose",
             Some("a"),
+        ),
+        (
+            "a tied link no driver can promote: nothing is fenced or promoted",
+            |s| {
+                s.evidence.unmovable = Some("drbd:r0 is tied to VI_1 and hapulse observes DRBD resources but cannot promote them yet".into())
+            },
+            "alert",
+            None,
+        ),
+        (
+            "a tied link no driver can promote: nothing is proposed either",
+            |s| {
+                s.policy.mode = Mode::Notify;
+                s.evidence.unmovable = Some("mysql:db is tied to VI_1".into())
+            },
+            "alert",
+            None,
         ),
         (
             "server hears the master",
@@ -1866,6 +1899,7 @@ mod tests {
                                                         holder: "a".into(),
                                                         since: at(10_000 - secs),
                                                     }),
+                                                    unmovable: None,
                                                 },
                                                 candidates: vec![Candidate {
                                                     node_id: "a".into(),

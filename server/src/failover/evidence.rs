@@ -83,6 +83,11 @@ pub struct Gathered {
     /// holder while the leader (the primary) is not MASTER, and since when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vip_elsewhere: Option<VipElsewhere>,
+    /// Why the instance's data cannot be moved, when it cannot: a tied replication link with
+    /// no driver able to promote it (see [`crate::switchover::drivers`]). Then no automatic
+    /// move is made and nothing is fenced for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmovable: Option<String>,
     /// Every other node.
     pub witnesses: Vec<Witness>,
 }
@@ -115,6 +120,7 @@ pub fn evidence(g: &Gathered) -> Evidence {
         peers_seeing_master: counted.iter().filter(|w| w.sees_leader).count(),
         master_reaches_reference: g.leader_reaches_reference,
         vip_elsewhere: g.vip_elsewhere.clone(),
+        unmovable: g.unmovable.clone(),
     }
 }
 

@@ -13,8 +13,11 @@ use crate::agents::commands::{self, NewCommand};
 use crate::fleet::live::NodeStatus;
 use crate::fleet::view::{self, ClusterView};
 use crate::state::AppState;
+use crate::switchover::drivers::{self, Driver};
 use crate::switchover::steps::StepName;
 use crate::switchover::store::{self, log_db, Switchover};
+
+mod redundancy;
 
 /// How a step that did not fail ended, with what happened (the step's message).
 enum StepOutcome {
@@ -38,6 +41,8 @@ pub(super) struct Run<'a> {
     epoch: u64,
     /// The old primary's shutdown checkpoint, as its agent reported it after the stop.
     checkpoint_lsn: Option<u64>,
+    /// Redundancy steps that failed (`step: why`); the move stands.
+    redundancy_failures: Vec<String>,
 }
 
 impl<'a> Run<'a> {
@@ -49,11 +54,15 @@ impl<'a> Run<'a> {
             sw,
             fenced: false,
             checkpoint_lsn: None,
+            redundancy_failures: Vec::new(),
         }
     }
 
     /// Carries out the steps in order, recording each one's state, until one fails: `None` when
-    /// all succeeded or were skipped, else the failed step's name and why it failed.
+    /// all succeeded or were skipped, else the failed step's name and why it failed. A step
+    /// that restores redundancy after the move ([`StepName::restores_redundancy`]) is recorded
+    /// as failed without stopping the run: the move itself is done, and what it could not
+    /// rebuild is in [`Run::redundancy_failures`].
     pub(super) async fn run_steps(&mut self) -> Option<(String, String)> {
         for index in 0..self.sw.steps.len() {
             let name = self.sw.steps[index].name.clone();
@@ -67,11 +76,20 @@ impl<'a> Run<'a> {
                 }
                 Err(message) => {
                     log_db(self.mark(index, "failed", Some(message.clone())).await);
+                    if StepName::parse(&name).is_some_and(StepName::restores_redundancy) {
+                        self.redundancy_failures.push(format!("{name}: {message}"));
+                        continue;
+                    }
                     return Some((name, message));
                 }
             }
         }
         None
+    }
+
+    /// What the redundancy steps could not rebuild, one entry per failed step (`step: why`).
+    pub(super) fn redundancy_failures(&self) -> &[String] {
+        &self.redundancy_failures
     }
 
     /// After the run stopped at `step` (or `preflight`) because of `message`: lifts a fence it
@@ -341,17 +359,21 @@ impl<'a> Run<'a> {
             StepName::PostHook => self.hooks("post").await,
             StepName::FenceOldMaster => self.fence_old_master().await,
             StepName::TakeVip => self.take_vip().await,
+            StepName::RepointStandbys => self.repoint_standbys().await,
+            StepName::RejoinOldPrimary => self.rejoin_old_primary().await,
         }
     }
 
-    /// The replication link's name without its kind (`pg` for `postgresql:pg`), as the agents'
-    /// actions name it.
-    fn link_name(&self) -> Result<String, String> {
-        let link = self.sw.link.as_ref().ok_or("no link")?;
-        Ok(link
-            .split_once(':')
-            .map_or(link.as_str(), |(_, n)| n)
-            .to_string())
+    /// The moved link's name without its kind (`pg` for `postgresql:pg`), as the agents' actions
+    /// name it, and its driver.
+    fn link_driver(&self) -> Result<(String, Driver), String> {
+        let key = self.sw.link.as_deref().ok_or("no link")?;
+        let live = self.state.live();
+        let kind = view::cluster_view(&live, &self.sw.cluster, Utc::now())
+            .and_then(|c| c.replication.into_iter().find(|r| r.link == key))
+            .map(|r| r.kind)
+            .ok_or_else(|| format!("no node reports {key}"))?;
+        Ok((drivers::link_name(key).to_string(), Driver::of(kind)?))
     }
 
     /// `pre_hook`, `post_hook`: the hook of `phase` on the old master, then on the target. A
@@ -389,7 +411,7 @@ impl<'a> Run<'a> {
     /// `stop_old_primary`: stops writes with a fast shutdown of the old primary, once the target
     /// streams, and keeps the shutdown checkpoint its agent reports.
     async fn stop_old_primary(&mut self) -> Result<StepOutcome, String> {
-        let link = self.link_name()?;
+        let (link, driver) = self.link_driver()?;
         let target = &self.sw.target_node;
         // Only a standby that is streaming now receives the WAL the shutdown sends.
         match self.target_link() {
@@ -405,7 +427,7 @@ impl<'a> Run<'a> {
             None => return Err(format!("{target} does not report the link")),
         }
         let (message, data) = self
-            .command(&self.sw.old_master, Action::PostgresStop { link })
+            .command(&self.sw.old_master, driver.stop(&link))
             .await
             .map_err(|(m, _)| m)?;
         self.checkpoint_lsn = data
@@ -476,9 +498,9 @@ impl<'a> Run<'a> {
     async fn promote_target(&self) -> Result<StepOutcome, String> {
         // pg_promote(true, …) returns once the promotion is complete; `verify` checks that the
         // target reports itself primary.
-        let link = self.link_name()?;
+        let (link, driver) = self.link_driver()?;
         let message = self
-            .command_message(&self.sw.target_node, Action::PostgresPromote { link })
+            .command_message(&self.sw.target_node, driver.promote(&link))
             .await?;
         Ok(StepOutcome::Done(message))
     }

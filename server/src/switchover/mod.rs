@@ -1,10 +1,12 @@
 //! Switchovers and failover runs, in the order their modules import each other: the kinds of
-//! step ([`steps`]); the plan with its preflight checks ([`plan`]); the stored runs and their
+//! step ([`steps`]); the replication drivers that say how each kind of link moves
+//! ([`drivers`]); the plan with its preflight checks ([`plan`]); the stored runs and their
 //! events ([`store`]); the executor that carries out one step at a time with epoch-fenced
 //! commands to agents (`executor`, private); the run's life from start to recorded end
 //! ([`run`]); and starting one, on request or on a failover decision ([`request`]). Why one is
 //! refused: [`error`].
 
+pub mod drivers;
 pub mod error;
 pub(crate) mod executor;
 pub mod plan;

@@ -1,17 +1,18 @@
 //! The plan of a move: what a switchover request says, the preflight that checks it against the
 //! cluster as it is now (the target exists, is up, is a BACKUP member of the instance and, with a
-//! database, its streaming standby within the lag limit; the instance has exactly one master),
-//! and the ordered steps a run will take. A failover's plan skips the preflight: the arbiter's
+//! database, its streaming standby within the lag limit; the instance has exactly one master;
+//! every replication link tied to the instance has a driver), and the ordered steps a run will take. A failover's plan skips the preflight: the arbiter's
 //! evidence decided it. Pure functions of a [`ClusterView`], apart from [`cluster_view`].
 
 use chrono::{DateTime, Utc};
-use hapulse_protocol::{LinkState, ReplicationRole, VrrpState};
+use hapulse_protocol::VrrpState;
 use serde::{Deserialize, Serialize};
 
 use crate::fleet::live::NodeStatus;
 use crate::fleet::view::{self, ClusterView};
 use crate::refusal::Refusal;
 use crate::state::AppState;
+use crate::switchover::drivers;
 use crate::switchover::error::SwitchoverError;
 use crate::switchover::steps::StepName;
 
@@ -277,33 +278,31 @@ fn check_members_up(instance: &view::InstanceView) -> Result<(), SwitchoverError
     }
 }
 
-/// The replication link tied to the instance, if any: a database tied to it moves with it, and
-/// only from the old master (409 when a tied link's primary is elsewhere).
+/// The replication link the move carries, if any: every link tied to the instance moves with
+/// it, so each needs a driver (409 `no_driver`, before anything is stopped or fenced), and
+/// only from the old master (409 `primary_elsewhere` when its primary is elsewhere).
 fn tied_link<'c>(
     cluster: &'c ClusterView,
     instance: &view::InstanceView,
     old_master: &str,
 ) -> Result<Option<&'c view::ReplicationView>, SwitchoverError> {
-    let tied: Vec<&view::ReplicationView> = cluster
-        .replication
-        .iter()
-        .filter(|r| r.vrrp_instance.as_deref() == Some(instance.name.as_str()))
-        .collect();
-    if let Some(elsewhere) = tied
-        .iter()
-        .find(|r| r.primary.as_deref() != Some(old_master))
-    {
+    let moved = drivers::moved_link(cluster, &instance.name)
+        .map_err(|why| SwitchoverError::from(Refusal::conflict("no_driver", why)))?;
+    let Some((link, _)) = moved else {
+        return Ok(None);
+    };
+    if link.primary.as_deref() != Some(old_master) {
         return Err(SwitchoverError::from(Refusal::conflict(
             "primary_elsewhere",
             format!(
                 "{} is tied to {} but its primary is {}, not the master {old_master}: fix that first",
-                elsewhere.link,
+                link.link,
                 instance.name,
-                if elsewhere.primaries.is_empty() { "nobody".into() } else { elsewhere.primaries.join(", ") }
+                if link.primaries.is_empty() { "nobody".into() } else { link.primaries.join(", ") }
             ),
         )));
     }
-    Ok(tied.first().copied())
+    Ok(Some(link))
 }
 
 /// The target's member of `link`, which must be a streaming standby (409): only one receives the
@@ -312,23 +311,22 @@ fn streaming_standby<'c>(
     link: &'c view::ReplicationView,
     target: &str,
 ) -> Result<&'c view::LinkMemberView, SwitchoverError> {
-    match link.members.iter().find(|m| m.node_id == target) {
-        Some(m) if m.role == ReplicationRole::Secondary && m.state == LinkState::Streaming => Ok(m),
-        Some(m) => Err(SwitchoverError::from(Refusal::conflict(
-            "target_not_standby",
-            format!(
-                "{} is {} and {} on {}: it must be a streaming standby",
-                target,
-                m.role.as_str(),
-                m.state.as_str(),
-                link.link
-            ),
-        ))),
-        None => Err(SwitchoverError::from(Refusal::conflict(
-            "target_not_standby",
-            format!("{} does not report {}", target, link.link),
-        ))),
-    }
+    let driver = drivers::Driver::of(link.kind)
+        .map_err(|why| SwitchoverError::from(Refusal::conflict("no_driver", why)))?;
+    let member = link
+        .members
+        .iter()
+        .find(|m| m.node_id == target)
+        .ok_or_else(|| {
+            SwitchoverError::from(Refusal::conflict(
+                "target_not_standby",
+                format!("{} does not report {}", target, link.link),
+            ))
+        })?;
+    driver
+        .promotable(&link.link, member)
+        .map_err(|why| SwitchoverError::from(Refusal::conflict("target_not_standby", why)))?;
+    Ok(member)
 }
 
 /// What `target` would lose if the primary of `link` died now, bytes: the larger of its own lag
@@ -431,13 +429,38 @@ fn switchover_steps(
         StepName::PostHook,
         "run the post-switchover hook (where enabled)".into(),
     ));
+    if let Some(l) = link {
+        steps.extend(redundancy_steps(l, old_master, target));
+    }
     steps
+}
+
+/// The steps that bring a move of `link` back to full redundancy: every other standby follows
+/// `target`, then the stopped `old_primary` rejoins as its standby.
+fn redundancy_steps(link: &str, old_primary: &str, target: &str) -> [Step; 2] {
+    [
+        repoint_step(link, target),
+        step(
+            StepName::RejoinOldPrimary,
+            format!("rejoin {old_primary} as a standby of {target} on {link} (rewound, or re-cloned, and started) and wait until it streams; if it cannot, it stays fenced"),
+        ),
+    ]
+}
+
+/// The step that makes every other standby of `link` follow `target`.
+fn repoint_step(link: &str, target: &str) -> Step {
+    step(
+        StepName::RepointStandbys,
+        format!("re-point every other standby of {link} to {target} and wait until each streams from it"),
+    )
 }
 
 /// The plan of a failover: the old master `old_master` is lost (the arbiter's evidence says so),
 /// `target` takes over. Steps: fence the old master (the cluster's fencing hook, or nothing when
 /// the cluster accepts the risk), promote the target's database, lower every other reachable
-/// member's priority, wait for the target to be MASTER with the VIP, verify.
+/// member's priority, wait for the target to be MASTER with the VIP, verify, and re-point the
+/// other standbys to the target. The arbiter decides a failover only when every tied link has
+/// a driver (see [`drivers::moved_link`]).
 pub fn failover_plan(
     cluster: &ClusterView,
     instance: &str,
@@ -467,6 +490,9 @@ pub fn failover_plan(
         StepName::Verify,
         format!("{target} is MASTER and holds the VIP, {old_master} is not, for 3 s"),
     ));
+    if let Some(l) = link {
+        steps.push(repoint_step(l, target));
+    }
     let view = cluster.instances.iter().find(|i| i.name == instance);
     let link_view = link.and_then(|k| cluster.replication.iter().find(|r| r.link == k));
     let target_link = link_view.and_then(|l| l.members.iter().find(|m| m.node_id == target));
@@ -491,8 +517,9 @@ pub fn failover_plan(
 /// primary of `link`, still up) to `holder`, a streaming standby, and the database follows it
 /// with the lossless steps of a switchover — stop the old primary, wait for catch-up, promote
 /// the holder, lower every other member's priority so a restarted keepalived does not take the
-/// VIP back, verify. The VIP itself does not move. 409 when the holder is not a streaming
-/// standby of the link.
+/// VIP back, verify, then re-point the other standbys and rejoin the old primary. The VIP
+/// itself does not move. 409 when the holder is not a streaming standby of the link, or a tied
+/// link has no driver.
 pub fn vip_follow_plan(
     cluster: &ClusterView,
     instance: &str,
@@ -510,8 +537,10 @@ pub fn vip_follow_plan(
                 format!("no node of {} reports {link}", cluster.name),
             ))
         })?;
+    drivers::moved_link(cluster, instance)
+        .map_err(|why| SwitchoverError::from(Refusal::conflict("no_driver", why)))?;
     let target_link = streaming_standby(link_view, holder)?;
-    let steps = vec![
+    let mut steps = vec![
         step(
             StepName::PreHook,
             format!("run the pre-switchover hook on {old_primary} and {holder} (where enabled); a failure aborts"),
@@ -538,6 +567,7 @@ pub fn vip_follow_plan(
             "run the post-switchover hook (where enabled)".into(),
         ),
     ];
+    steps.extend(redundancy_steps(link, old_primary, holder));
     let view = cluster.instances.iter().find(|i| i.name == instance);
     Ok(Plan {
         kind: "vip_follow".into(),
@@ -560,7 +590,7 @@ pub fn vip_follow_plan(
 mod tests {
     //! The plan as it was before the module was split: codes, messages, steps, figures.
 
-    use hapulse_protocol::ReplicationKind;
+    use hapulse_protocol::{LinkState, ReplicationKind, ReplicationRole};
 
     use super::*;
     use crate::fleet::view::{
@@ -768,7 +798,9 @@ mod tests {
                 "set_priorities",
                 "move_vip",
                 "verify",
-                "post_hook"
+                "post_hook",
+                "repoint_standbys",
+                "rejoin_old_primary"
             ]
         );
         assert_eq!(p.steps[1].description, "stop writes: fast shutdown of the postgresql:pg primary on a (its standbys receive all WAL first)");
@@ -875,6 +907,35 @@ mod tests {
     }
 
     #[test]
+    fn a_tied_link_without_a_driver_refuses_the_move_before_anything_runs() {
+        // A DRBD resource (or MySQL link) tied to the instance — here implicitly, as the
+        // cluster's only instance — beside the PostgreSQL link: no plan, whatever sorts first.
+        for (kind, name) in [
+            (ReplicationKind::Drbd, "r0"),
+            (ReplicationKind::Mysql, "my"),
+        ] {
+            let mut c = cluster();
+            let mut other = link();
+            other.kind = kind;
+            other.link = format!("{}:{name}", kind.as_str());
+            c.replication = vec![other, link()];
+            let (code, message) = refused(&c, &request("b"));
+            assert_eq!(code, "no_driver");
+            assert!(
+                message.starts_with(&format!(
+                    "{}:{name} is tied to vi and hapulse observes",
+                    kind.as_str()
+                )),
+                "{message}"
+            );
+            // A failover or VIP-follow plan of the same cluster is refused as well.
+            assert!(
+                vip_follow_plan(&c, "vi", &format!("{}:{name}", kind.as_str()), "a", "b").is_err()
+            );
+        }
+    }
+
+    #[test]
     fn a_tied_database_must_follow_and_the_target_stream() {
         let mut c = cluster();
         let mut l = link();
@@ -952,7 +1013,8 @@ mod tests {
                 "promote_target",
                 "set_priorities",
                 "take_vip",
-                "verify"
+                "verify",
+                "repoint_standbys"
             ]
         );
         let p = failover_plan(&c, "vi", None, "a", "b");
@@ -987,7 +1049,9 @@ mod tests {
                 "promote_target",
                 "set_priorities",
                 "verify",
-                "post_hook"
+                "post_hook",
+                "repoint_standbys",
+                "rejoin_old_primary"
             ]
         );
         // Only a streaming standby of the link can follow: c does not report it.

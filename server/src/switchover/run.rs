@@ -4,9 +4,11 @@
 //! a fence it set, expires its commands and records the outcome, the event and the audit row.
 //!
 //! Steps: `pre_hook` → (`stop_old_primary` → `wait_for_catch_up` → `promote_target`, with a
-//! database) → `set_priorities` → `move_vip` → `verify` → `post_hook` for a switchover;
-//! `fence_old_master` → (`promote_target`) → `set_priorities` → `take_vip` → `verify` for a
-//! failover. The move sticks: before the VIP moves, every other member's priority is lowered
+//! database) → `set_priorities` → `move_vip` → `verify` → `post_hook` (→ `repoint_standbys` →
+//! `rejoin_old_primary`, with a database) for a switchover; `fence_old_master` →
+//! (`promote_target`) → `set_priorities` → `take_vip` → `verify` (→ `repoint_standbys`) for a
+//! failover. The redundancy steps do not stop the run when they fail: the move stands, the
+//! event says what was not rebuilt and `redundancy_lost` alerts. The move sticks: before the VIP moves, every other member's priority is lowered
 //! below the target's through its priority track file, so preemption cannot take it back. The
 //! VIP then moves at once: the old master's instance is fenced (weight-0 track file → FAULT →
 //! priority-0 advert), and the fence is lifted as soon as the target is MASTER.
@@ -78,6 +80,7 @@ async fn run(state: &AppState, id: Uuid) -> Result<(), sqlx::Error> {
         None => None,
         Some((step, message)) => Some(run.stopped(&step, &message).await),
     };
+    let unrestored = run.redundancy_failures().join("; ");
     if let Some(silence) = &silence {
         log_db(end_silence(state, silence).await);
     }
@@ -92,7 +95,7 @@ async fn run(state: &AppState, id: Uuid) -> Result<(), sqlx::Error> {
         "failed"
     };
     record_end(state, id, final_state, error.as_deref()).await;
-    report_end(state, &sw, final_state, error).await;
+    report_end(state, &sw, final_state, error, &unrestored).await;
     Ok(())
 }
 
@@ -219,13 +222,27 @@ async fn record_end(state: &AppState, id: Uuid, final_state: &str, error: Option
     tracing::error!(switchover = %id, state = final_state, error = ?error, "the switchover's end is not recorded; the next server start marks it failed");
 }
 
-/// The end in the cluster's history and the audit log, and the dashboards told.
-async fn report_end(state: &AppState, sw: &Switchover, final_state: &str, error: Option<String>) {
+/// The end in the cluster's history and the audit log, and the dashboards told; `unrestored`
+/// says what the redundancy steps could not rebuild (empty: nothing).
+async fn report_end(
+    state: &AppState,
+    sw: &Switchover,
+    final_state: &str,
+    error: Option<String>,
+    unrestored: &str,
+) {
     let (kind, message) = match &error {
-        None => (
+        None if unrestored.is_empty() => (
             EventKind::SwitchoverSucceeded,
             format!(
                 "{} of {} to {} succeeded",
+                sw.kind, sw.instance, sw.target_node
+            ),
+        ),
+        None => (
+            EventKind::SwitchoverSucceeded,
+            format!(
+                "{} of {} to {} succeeded, but redundancy is not restored: {unrestored}",
                 sw.kind, sw.instance, sw.target_node
             ),
         ),
@@ -247,7 +264,11 @@ async fn report_end(state: &AppState, sw: &Switchover, final_state: &str, error:
         target: &target,
         reason: Some(&sw.reason),
         outcome: final_state,
-        detail: serde_json::json!({ "switchover_id": sw.id, "error": error }),
+        detail: serde_json::json!({
+            "switchover_id": sw.id,
+            "error": error,
+            "redundancy_not_restored": (!unrestored.is_empty()).then_some(unrestored),
+        }),
     };
     log_db(audit.record(&state.db).await);
     state.announce(&sw.cluster);

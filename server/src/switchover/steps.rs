@@ -28,11 +28,17 @@ pub enum StepName {
     FenceOldMaster,
     /// Failover: waits for the target to be MASTER with the VIP.
     TakeVip,
+    /// Makes every other standby of the link follow the new primary, and waits until each
+    /// streams from it.
+    RepointStandbys,
+    /// Rejoins the stopped old primary as a standby of the new one (rewound or re-cloned, then
+    /// started), and waits until it streams.
+    RejoinOldPrimary,
 }
 
 impl StepName {
     /// Every kind of step.
-    pub const ALL: [StepName; 10] = [
+    pub const ALL: [StepName; 12] = [
         StepName::PreHook,
         StepName::StopOldPrimary,
         StepName::WaitForCatchUp,
@@ -43,6 +49,8 @@ impl StepName {
         StepName::PostHook,
         StepName::FenceOldMaster,
         StepName::TakeVip,
+        StepName::RepointStandbys,
+        StepName::RejoinOldPrimary,
     ];
 
     /// The name stored in a run's steps and shown by the API (`move_vip`).
@@ -58,6 +66,8 @@ impl StepName {
             StepName::PostHook => "post_hook",
             StepName::FenceOldMaster => "fence_old_master",
             StepName::TakeVip => "take_vip",
+            StepName::RepointStandbys => "repoint_standbys",
+            StepName::RejoinOldPrimary => "rejoin_old_primary",
         }
     }
 
@@ -67,10 +77,13 @@ impl StepName {
         Self::ALL.into_iter().find(|s| s.as_str() == name)
     }
 
-    /// How long the step may take before the run stops: a database shutdown or promotion and
-    /// the hooks get 90 s, the catch-up 60 s, the rest 30 s.
+    /// How long the step may take before the run stops: a rejoin (rewind or re-clone, start,
+    /// catch-up) 180 s, a database shutdown or promotion, the hooks and re-pointing the
+    /// standbys 90 s, the catch-up 60 s, the rest 30 s.
     pub fn timeout(self) -> Duration {
         match self {
+            StepName::RejoinOldPrimary => Duration::from_secs(180),
+            StepName::RepointStandbys => Duration::from_secs(90),
             StepName::StopOldPrimary
             | StepName::PromoteTarget
             | StepName::PreHook
@@ -82,6 +95,14 @@ impl StepName {
             | StepName::FenceOldMaster
             | StepName::TakeVip => Duration::from_secs(30),
         }
+    }
+}
+
+impl StepName {
+    /// It restores redundancy after the move itself is done: its failure is reported (the step
+    /// fails, `redundancy_lost` alerts) but does not undo or fail the move.
+    pub fn restores_redundancy(self) -> bool {
+        matches!(self, StepName::RepointStandbys | StepName::RejoinOldPrimary)
     }
 }
 
@@ -120,7 +141,9 @@ mod tests {
                 "verify",
                 "post_hook",
                 "fence_old_master",
-                "take_vip"
+                "take_vip",
+                "repoint_standbys",
+                "rejoin_old_primary"
             ]
         );
     }

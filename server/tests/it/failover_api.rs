@@ -51,6 +51,7 @@ fn policy() -> ClusterFailover {
         anti_flap: Duration::from_secs(3600),
         fencing_hook: None,
         fencing_timeout: Duration::from_secs(30),
+        auto_rejoin: true,
         accept_unfenced: true,
     }
 }

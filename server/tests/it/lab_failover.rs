@@ -58,6 +58,7 @@ pub(crate) fn auto_settings(lab: &Lab) -> Settings {
             anti_flap: Duration::from_secs(3600),
             fencing_hook: Some(vec![format!("/run/hapulse-lab/{}/stonith", lab.name)]),
             fencing_timeout: Duration::from_secs(30),
+            auto_rejoin: true,
             accept_unfenced: false,
         },
     );

@@ -104,6 +104,7 @@ fn scenario(rng: &mut Rng) -> Scenario {
         fencing_hook: (stonith == Stonith::Hook).then(|| vec!["stonith".to_string()]),
         fencing_timeout: Duration::from_secs(30),
         accept_unfenced: stonith == Stonith::Accepted,
+        auto_rejoin: false,
     };
     let settings = FailoverSettings {
         grace: Duration::from_secs(rng.pick(&[0, 5])),

@@ -162,6 +162,11 @@ impl Run {
         match kind {
             // Hooks are not enabled on the simulated hosts: the step is skipped.
             StepName::PreHook | StepName::PostHook => Ok(Progress::Done),
+            // Not modelled: the redundancy steps act after the move is verified and only make
+            // standbys follow the new primary (they never promote, fence or move the VIP, and
+            // their failure does not fail the run); the lab tests run them for real. Simulated
+            // databases a move stopped stay stopped, as before.
+            StepName::RepointStandbys | StepName::RejoinOldPrimary => Ok(Progress::Done),
             StepName::FenceOldMaster => match cx.stonith {
                 Stonith::Hook => {
                     if let Some(i) = cx.world.index(&old) {

@@ -622,7 +622,9 @@ impl World {
                 }
                 Ok("probed".into())
             }
-            Action::Hook { .. } | Action::DrbdRole { .. } => Err("not enabled".into()),
+            Action::Hook { .. } | Action::DrbdRole { .. } | Action::PostgresFollow { .. } => {
+                Err("not enabled".into())
+            }
         }
     }
 
