@@ -724,9 +724,11 @@ async fn rest_switchover_moves_the_vip_for_good_and_fences_old_epochs(pool: PgPo
 }
 
 #[sqlx::test(migrations = false)]
-async fn postgresql_switchover_promotes_the_standby_and_loses_nothing(pool: PgPool) {
+async fn postgresql_switchover_promotes_the_standby_loses_nothing_and_rebuilds_every_standby(
+    pool: PgPool,
+) {
     require_root_and_tools();
-    let lab = SWITCHOVER_PG_LAB.up(&pool, &["2", "--postgres"]).await;
+    let lab = SWITCHOVER_PG_LAB.up(&pool, &["3", "--postgres"]).await;
     let name = lab.name;
     let server = lab.start_server(pool).await;
     eventually(60, "h1 master and primary, h2 streaming", || async {
@@ -773,8 +775,24 @@ async fn postgresql_switchover_promotes_the_standby_and_loses_nothing(pool: PgPo
             "set_priorities",
             "move_vip",
             "verify",
-            "post_hook"
+            "post_hook",
+            "repoint_standbys",
+            "rejoin_old_primary"
         ]
+    );
+    for s in sw["steps"].as_array().unwrap() {
+        eprintln!(
+            "  {} {} {} → {}: {}",
+            s["name"], s["state"], s["started_at"], s["finished_at"], s["message"]
+        );
+    }
+    assert!(
+        sw["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] == "succeeded" || s["state"] == "skipped"),
+        "{sw:#}"
     );
     // Caught up by position, not by appearance: past the old primary's shutdown checkpoint.
     assert!(
@@ -807,6 +825,53 @@ async fn postgresql_switchover_promotes_the_standby_and_loses_nothing(pool: PgPo
     assert_eq!(
         cluster["replication"][0]["vip_on_primary"], true,
         "{cluster}"
+    );
+
+    // Full redundancy without a person: h3 was re-pointed and the old primary h1 rejoined; both
+    // stream from h2 (its advertised address), as h2 itself and the API say, and replay what
+    // h2 commits now.
+    let h2 = format!("{}.12:5432", lab.net);
+    for host in ["h1", "h3"] {
+        let member = cluster["replication"][0]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["node_id"] == host)
+            .unwrap_or_else(|| panic!("{host} reports the link: {cluster}"));
+        assert_eq!(
+            (&member["role"], &member["state"], member["peer"].as_str()),
+            (
+                &serde_json::json!("secondary"),
+                &serde_json::json!("streaming"),
+                Some(h2.as_str())
+            ),
+            "{member}"
+        );
+    }
+    let out = lab.run(&[
+        "psql",
+        "h2",
+        "-qAt",
+        "-c",
+        "SELECT string_agg(application_name, ',' ORDER BY application_name) FROM pg_stat_replication WHERE state = 'streaming'",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "h1,h3");
+    lab.run(&["psql", "h2", "-qAt", "-c", "INSERT INTO orders VALUES (50001)"]);
+    eventually(30, "h1 and h3 replaying h2's new row", || async {
+        let counts = ["h1", "h3"].map(|h| {
+            let out = lab.run(&["psql", h, "-qAt", "-c", "SELECT count(*) FROM orders"]);
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        });
+        (counts == ["50001", "50001"]).then_some(())
+    })
+    .await;
+    let requested: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(sw["created_at"].clone()).unwrap();
+    let rebuilt: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(sw["steps"][9]["finished_at"].clone()).unwrap();
+    eprintln!(
+        "switchover: request → every standby streaming from h2 in {} ms",
+        (rebuilt - requested).num_milliseconds()
     );
     server.stop().await;
 }
