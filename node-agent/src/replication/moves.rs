@@ -108,6 +108,7 @@ pub async fn promote(settings: &Settings, link: &str) -> Result<String, String> 
             .await
             .map_err(|e| format!("pg_promote(): {e}"))?;
         if promoted {
+            checkpoint_later(dsn.to_string());
             Ok("promoted (pg_promote)".to_string())
         } else {
             Err(format!("pg_promote() did not finish within {wait} s"))
@@ -116,6 +117,28 @@ pub async fn promote(settings: &Settings, link: &str) -> Result<String, String> 
     tokio::time::timeout(timeout + Duration::from_secs(5), work)
         .await
         .map_err(|_| "promotion timed out".to_string())?
+}
+
+/// Runs a `CHECKPOINT` on the just promoted server at `dsn`, in the background (the promotion's
+/// answer does not wait for it): until its first checkpoint, a promoted server's control file
+/// still names the old timeline, and a `pg_rewind` from it (the old primary rejoining) would
+/// find "no rewind required" and leave a standby that cannot follow. Patroni does the same.
+fn checkpoint_later(dsn: String) {
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let done = async {
+            let mut conn = sqlx::PgConnection::connect(&dsn).await?;
+            sqlx::query("CHECKPOINT").execute(&mut conn).await
+        };
+        match tokio::time::timeout(Duration::from_secs(300), done).await {
+            Ok(Ok(_)) => tracing::info!(
+                took_ms = started.elapsed().as_millis() as u64,
+                "checkpoint after the promotion done"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %e, "checkpoint after the promotion failed"),
+            Err(_) => tracing::warn!("checkpoint after the promotion did not finish in 5 min"),
+        }
+    });
 }
 
 /// Checks an operator's `standby_conninfo`: `keyword=value` pairs with plain values (no quotes,
@@ -228,6 +251,15 @@ async fn repoint(dsn: &str, conninfo: &str, host: &str, port: u16) -> Result<Str
         .map_err(|_| "re-pointing timed out".to_string())?
 }
 
+/// The last non-empty line of a command's output (`pg_rewind: Done!`, `server started`).
+fn last_line(out: &str) -> &str {
+    out.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or_default()
+}
+
 /// Rewinds the stopped server from the primary (or re-clones it) and starts it as a standby.
 async fn rejoin(
     settings: &Settings,
@@ -254,7 +286,7 @@ async fn rejoin(
         run_command(&config.rewind_command, &args, &BTreeMap::new(), timeout).await
     };
     match rewind {
-        Ok(out) => done.push(format!("rewound from {host}:{port} ({out})")),
+        Ok(out) => done.push(format!("rewound from {host}:{port} ({})", last_line(&out))),
         Err(why) if config.reclone_command.is_empty() => {
             return Err(format!(
                 "cannot rewind from {host}:{port} ({why}) and no reclone_command is configured"
@@ -274,7 +306,7 @@ async fn rejoin(
         }
     }
     let started = run_command(&config.start_command, &[], &BTreeMap::new(), timeout).await?;
-    done.push(format!("started as a standby ({started})"));
+    done.push(format!("started as a standby ({})", last_line(&started)));
     Ok(done.join("; "))
 }
 

@@ -106,7 +106,8 @@ async fn evaluate_all(
     let role_changes = recent_role_changes(&state.db, longest_window).await?;
     let failed: Vec<(String, (Uuid, String))> = sqlx::query_as(
         "SELECT cluster, id, coalesce(error, 'failed') FROM switchovers
-          WHERE (kind = 'failover' OR automatic) AND state = 'failed' AND acknowledged_at IS NULL
+          WHERE (kind = 'failover' OR automatic) AND kind <> 'rejoin' AND state = 'failed'
+            AND acknowledged_at IS NULL
             AND finished_at > now() - interval '24 hours'",
     )
     .fetch_all(&state.db)

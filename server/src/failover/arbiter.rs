@@ -46,6 +46,7 @@ use crate::failover::evidence::{candidates, evidence, Gathered, Verdict, Witness
 use crate::failover::fences::keep_fenced;
 use crate::failover::pauses::{self, Pause};
 use crate::failover::positions::{self, Progress};
+use crate::failover::rejoins;
 use crate::fleet::live::{NodeLive, NodeStatus};
 use crate::fleet::view::{self, ClusterView};
 use crate::state::AppState;
@@ -92,6 +93,8 @@ struct Memory {
     vip_elsewhere: BTreeMap<String, VipElsewhere>,
     /// Clusters whose candidates were asked for their positions before a failover.
     asked: BTreeMap<String, positions::Asked>,
+    /// (cluster, node) whose rejoin was started, with when: not tried again for 10 minutes.
+    rejoins: BTreeMap<(String, String), tokio::time::Instant>,
 }
 
 impl Memory {
@@ -290,7 +293,7 @@ async fn last_automatic_moves(
 ) -> Result<BTreeMap<String, (DateTime<Utc>, bool)>, sqlx::Error> {
     Ok(sqlx::query(
         "SELECT DISTINCT ON (cluster) cluster, created_at, acknowledged_at IS NOT NULL AS acked
-           FROM switchovers WHERE automatic
+           FROM switchovers WHERE automatic AND kind <> 'rejoin'
           ORDER BY cluster, created_at DESC",
     )
     .fetch_all(db)
@@ -554,6 +557,9 @@ async fn carry_out(
                 enforce_epoch(state, memory, c, g, members, rules, &kept).await?;
                 if split_brain {
                     remove_stale_vips(state, memory, c, g).await?;
+                }
+                if matches!(decision, Decision::Nothing { .. }) {
+                    rejoins::rejoin_returned(state, &mut memory.rejoins, c, g, &kept).await;
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! Automatic failover: the pure decision (a function of the evidence, the policy and the
 //! history, exhaustively tested), the evidence gathered from the fleet, and the arbiter that
 //! decides every cluster's verdict, records it and acts on it (failover runs, step-downs,
-//! fencing of a second master, kept fences).
+//! fencing of a second master, kept fences, rejoins of kept-fenced nodes that come back).
 
 pub mod arbiter;
 pub mod decision;
@@ -9,6 +9,7 @@ pub mod evidence;
 pub mod fences;
 pub mod pauses;
 pub mod positions;
+pub(crate) mod rejoins;
 pub mod requests;
 #[cfg(test)]
 mod simulation;

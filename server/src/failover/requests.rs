@@ -70,7 +70,7 @@ pub async fn load_status(state: &AppState, cluster: &str) -> Result<FailoverStat
         .collect::<Result<_, sqlx::Error>>()?;
     let unacknowledged_failover: Option<Uuid> = sqlx::query_scalar(
         "SELECT id FROM (SELECT id, acknowledged_at FROM switchovers
-                          WHERE cluster = $1 AND automatic
+                          WHERE cluster = $1 AND automatic AND kind <> 'rejoin'
                           ORDER BY created_at DESC LIMIT 1) last
           WHERE acknowledged_at IS NULL",
     )
@@ -254,7 +254,9 @@ pub async fn acknowledge_failover(
     check_reason(reason)?;
     let sw = crate::switchover::store::get(&state.db, id)
         .await?
-        .filter(|s| me.may_see(&s.cluster) && (s.kind == "failover" || s.automatic))
+        .filter(|s| {
+            me.may_see(&s.cluster) && (s.kind == "failover" || s.automatic) && s.kind != "rejoin"
+        })
         .ok_or_else(|| FailoverError::from(Refusal::not_found(format!("failover {id}"))))?;
     let mut tx = state.db.begin().await?;
     let done = sqlx::query(

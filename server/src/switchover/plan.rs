@@ -586,6 +586,57 @@ pub fn vip_follow_plan(
     })
 }
 
+/// The plan of a rejoin: `node`, which the server keeps fenced (the old master of a failover),
+/// is up again and not a primary; its database rejoins `link` as a standby of `primary`, the
+/// leader, while it stays fenced (a person lifts the fence). 409 when the link has no driver,
+/// `primary` is not its one primary, or `node` reports itself a primary (it must be stopped
+/// first: the arbiter does that for a kept-fenced node).
+pub fn rejoin_plan(
+    cluster: &ClusterView,
+    instance: &str,
+    link: &str,
+    node: &str,
+    primary: &str,
+) -> Result<Plan, SwitchoverError> {
+    let no_driver = |why: String| SwitchoverError::from(Refusal::conflict("no_driver", why));
+    let (moved, _) = drivers::moved_link(cluster, instance)
+        .map_err(no_driver)?
+        .filter(|(l, _)| l.link == link)
+        .ok_or_else(|| no_driver(format!("{link} is not the database tied to {instance}")))?;
+    if moved.primary.as_deref() != Some(primary) {
+        return Err(SwitchoverError::from(Refusal::conflict(
+            "primary_elsewhere",
+            format!("{primary} is not the one primary of {link}: nothing to rejoin"),
+        )));
+    }
+    let member = moved.members.iter().find(|m| m.node_id == node);
+    if member.is_some_and(|m| m.role == hapulse_protocol::ReplicationRole::Primary) {
+        return Err(SwitchoverError::from(Refusal::conflict(
+            "still_primary",
+            format!("{node} runs as a primary of {link}: it is stopped before it can rejoin"),
+        )));
+    }
+    let view = cluster.instances.iter().find(|i| i.name == instance);
+    Ok(Plan {
+        kind: "rejoin".into(),
+        cluster: cluster.name.clone(),
+        instance: instance.to_string(),
+        old_master: node.to_string(),
+        target_node: primary.to_string(),
+        link: Some(link.to_string()),
+        target_lag_bytes: None,
+        target_lag_seconds: None,
+        data_at_risk_bytes: None,
+        figures_as_of: None,
+        expected_seconds: 10,
+        vips: view.map_or_else(Vec::new, |i| i.vips.iter().map(|v| v.vip.clone()).collect()),
+        steps: vec![step(
+            StepName::RejoinOldPrimary,
+            format!("rejoin {node} as a standby of {primary} on {link} (rewound, or re-cloned, and started) and wait until it streams; it stays fenced until a person lifts the fence"),
+        )],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     //! The plan as it was before the module was split: codes, messages, steps, figures.

@@ -15,7 +15,7 @@ use crate::refusal::Refusal;
 use crate::state::AppState;
 use crate::switchover::error::SwitchoverError;
 use crate::switchover::plan::{
-    cluster_view, failover_plan, plan, vip_follow_plan, Plan, SwitchoverRequest,
+    cluster_view, failover_plan, plan, rejoin_plan, vip_follow_plan, Plan, SwitchoverRequest,
 };
 use crate::switchover::run::spawn;
 use crate::switchover::store::create;
@@ -142,6 +142,30 @@ pub async fn start_vip_follow(
     })?;
     let plan = vip_follow_plan(cluster, &g.instance, link, &g.leader, holder)?;
     start(state, &plan, reason, automatic, who).await
+}
+
+/// Accepts and starts a rejoin (the arbiter's, for a kept-fenced node that came back): the
+/// database of `node` rejoins `g.link` as a standby of the leader. 409 as [`rejoin_plan`]
+/// refuses, or when another run of the cluster is scheduled or running.
+pub async fn start_rejoin(
+    state: &AppState,
+    cluster: &ClusterView,
+    g: &Gathered,
+    node: &str,
+    reason: &str,
+    who: &Principal,
+) -> Result<Uuid, SwitchoverError> {
+    let link = g.link.as_deref().ok_or_else(|| {
+        SwitchoverError::from(Refusal::conflict(
+            "no_tied_link",
+            format!(
+                "{} has no database tied to {}: nothing rejoins",
+                cluster.name, g.instance
+            ),
+        ))
+    })?;
+    let plan = rejoin_plan(cluster, &g.instance, link, node, &g.leader)?;
+    start(state, &plan, reason, true, who).await
 }
 
 /// Stores `plan` under a new epoch and runs it at once.

@@ -24,7 +24,9 @@ use crate::alerting::silences::{self, NewSilence, Silence};
 use crate::fleet::live::EventKind;
 use crate::state::AppState;
 use crate::switchover::executor::Run;
-use crate::switchover::plan::{cluster_view, plan, vip_follow_plan, SwitchoverRequest};
+use crate::switchover::plan::{
+    cluster_view, plan, rejoin_plan, vip_follow_plan, SwitchoverRequest,
+};
 use crate::switchover::store::{self, event, get, log_db, Switchover};
 
 /// Marks switchovers a previous server process left running as failed, and starts the scheduled
@@ -146,7 +148,8 @@ async fn end_silence(state: &AppState, silence: &Silence) -> Result<(), sqlx::Er
 
 /// Preflight again for a switchover: it was planned earlier, and the cluster must still allow it
 /// with the same master and link. A failover was decided on the evidence of this very moment. A
-/// VIP follow needs the target still MASTER of the instance and a streaming standby.
+/// VIP follow needs the target still MASTER of the instance and a streaming standby. A rejoin
+/// needs the target still the link's primary and the node not a primary.
 async fn replan(state: &AppState, sw: &Switchover) -> Result<(), String> {
     if sw.kind == "failover" {
         return Ok(());
@@ -154,6 +157,12 @@ async fn replan(state: &AppState, sw: &Switchover) -> Result<(), String> {
     let view = cluster_view(state, &sw.cluster)
         .await
         .map_err(|e| e.to_string())?;
+    if sw.kind == "rejoin" {
+        let link = sw.link.as_deref().ok_or("a rejoin without a link")?;
+        return rejoin_plan(&view, &sw.instance, link, &sw.old_master, &sw.target_node)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+    }
     if sw.kind == "vip_follow" {
         let link = sw.link.as_deref().ok_or("a VIP follow without a link")?;
         vip_follow_plan(&view, &sw.instance, link, &sw.old_master, &sw.target_node)

@@ -119,8 +119,8 @@ pub async fn create(
             .fetch_one(&mut *tx)
             .await?;
     // A failover, or any automatic move, answers the cluster as it is now: a switchover
-    // scheduled against the old roles is moot.
-    if plan.kind == "failover" || automatic {
+    // scheduled against the old roles is moot. A rejoin moves nothing.
+    if (plan.kind == "failover" || automatic) && plan.kind != "rejoin" {
         cancel_moot(&mut tx, &plan.cluster, who).await?;
     }
     let inserted = sqlx::query(

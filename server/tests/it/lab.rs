@@ -856,7 +856,13 @@ async fn postgresql_switchover_promotes_the_standby_loses_nothing_and_rebuilds_e
         "SELECT string_agg(application_name, ',' ORDER BY application_name) FROM pg_stat_replication WHERE state = 'streaming'",
     ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "h1,h3");
-    lab.run(&["psql", "h2", "-qAt", "-c", "INSERT INTO orders VALUES (50001)"]);
+    lab.run(&[
+        "psql",
+        "h2",
+        "-qAt",
+        "-c",
+        "INSERT INTO orders VALUES (50001)",
+    ]);
     eventually(30, "h1 and h3 replaying h2's new row", || async {
         let counts = ["h1", "h3"].map(|h| {
             let out = lab.run(&["psql", h, "-qAt", "-c", "SELECT count(*) FROM orders"]);

@@ -276,8 +276,8 @@ async fn a_master_losing_its_network_is_fenced_and_replaced_once(pool: PgPool) {
     );
 
     // The ex-master powers back on: it is kept fenced (FAULT, no VIP) — by its own fence file
-    // if it fenced itself, else by the server as soon as its agent reports — and cannot be
-    // unfenced until it has rejoined as a standby.
+    // if it fenced itself, else by the server as soon as its agent reports — until it has
+    // rejoined as a standby and a person lifts the fence.
     // As if it had not fenced itself first (that race is the hook's to win or lose): the
     // server alone must keep it fenced.
     std::fs::write(lab.host_dir("h1").join("track/VI_1.fence"), "0\n").unwrap();
@@ -324,17 +324,50 @@ async fn a_master_losing_its_network_is_fenced_and_replaced_once(pool: PgPool) {
                 && d["reason"].as_str().unwrap().contains("kept fenced")),
         "{f:#}"
     );
-    let (status, body) = server
-        .post_json(
-            &format!("/api/v1/clusters/{name}/nodes/h1/unfence"),
-            serde_json::json!({"reason": "try"}),
+    // Back, fenced and not a primary, h1 rejoins by itself: a run of kind rejoin rewinds its
+    // database from h2 and starts it as h2's standby, while h1 stays fenced.
+    let rejoin: String = eventually(30, "a rejoin run for h1", || async {
+        sqlx::query_scalar(
+            "SELECT id::text FROM switchovers WHERE cluster = $1 AND kind = 'rejoin' AND old_master = 'h1'",
         )
-        .await;
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (409, Some("not_rejoined")),
-        "{body}"
+        .bind(name)
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    let run = finished_switchover(&server, &rejoin).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["target_node"], "h2", "{run:#}");
+    eprintln!(
+        "  rejoin of h1: {}",
+        run["steps"][0]["message"].as_str().unwrap_or_default()
     );
+    eventually(
+        30,
+        "h1 streaming from h2 and replaying its writes",
+        || async {
+            let (_, c) = server.get_json(&format!("/api/v1/clusters/{name}")).await;
+            let h1 = c["replication"][0]["members"]
+                .as_array()?
+                .iter()
+                .find(|m| m["node_id"] == "h1")?
+                .clone();
+            let rows = psql(&lab, Some("h1"), "SELECT count(*) FROM orders");
+            (h1["state"] == "streaming"
+                && h1["peer"].as_str() == Some(h2.as_str())
+                && rows.as_deref() == Some("10001"))
+            .then_some(())
+        },
+    )
+    .await;
+    let (_, n) = server.get_json("/api/v1/nodes/h1").await;
+    assert_eq!(n["instances"][0]["state"], "FAULT", "still fenced: {n}");
+    assert!(lab.holds_vip("h2") && !lab.holds_vip("h1"));
+    // A person lifts the fence: h1 is a streaming standby now, so that is allowed; it comes back
+    // as a BACKUP below h2, and the VIP stays where it is.
+    unfence_when_rejoined(&server, name, "h1").await;
+    assert!(lab.holds_vip("h2") && !lab.holds_vip("h1"));
 
     // A second failure inside the anti-flapping hold: h3, a streaming standby of h2 now, would
     // be a candidate, but nobody acknowledged the first failover: no automatic action, a
