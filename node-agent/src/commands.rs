@@ -11,9 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hapulse_protocol::{
-    Action, Command, CommandOutcome, CommandResult, RefusalReason, ReplicationRole,
-};
+use hapulse_protocol::{Action, Command, CommandOutcome, CommandResult, RefusalReason};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -208,7 +206,6 @@ impl Executor {
         switchover: Option<Uuid>,
         data: &mut BTreeMap<String, String>,
     ) -> Result<String, String> {
-        let actions = &self.settings.actions;
         match action {
             Action::SetPriorityOffset { instance, offset } => {
                 if !(-253..=253).contains(offset) {
@@ -230,22 +227,9 @@ impl Executor {
                 primary_host,
                 primary_port,
             } => moves::follow(&self.settings, link, primary_host, *primary_port).await,
+            Action::PostgresStart { link } => moves::start(&self.settings, link).await,
             Action::DrbdRole { resource, role } => {
-                let verb = match role {
-                    ReplicationRole::Primary => "primary",
-                    ReplicationRole::Secondary => "secondary",
-                    ReplicationRole::Unknown => {
-                        return Err("role must be primary or secondary".into())
-                    }
-                };
-                let drbdadm = actions.drbdadm.to_string_lossy().into_owned();
-                run(
-                    &drbdadm,
-                    &[verb.to_string(), resource.clone()],
-                    &BTreeMap::new(),
-                    actions.timeout,
-                )
-                .await
+                crate::replication::drbd::set_role(&self.settings, resource, *role).await
             }
             Action::Hook { phase, env } => self.run_hook(phase, env, switchover).await,
             Action::RemoveVip { instance, address } => self.remove_vip(instance, address).await,
@@ -613,7 +597,7 @@ mod tests {
         let probe = tokio::spawn(async move {
             let reply = rx.recv().await.unwrap();
             let mut link = hapulse_protocol::testing::pg_link(
-                ReplicationRole::Secondary,
+                hapulse_protocol::ReplicationRole::Secondary,
                 hapulse_protocol::LinkState::Streaming,
                 16,
             );

@@ -87,7 +87,8 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 pub struct ActionSettings {
     /// Action kinds allowed: `set_priority_offset`, `fence`, `postgres_stop`,
-    /// `postgres_promote`, `postgres_follow`, `drbd_role`, `hook`, `remove_vip`.
+    /// `postgres_promote`, `postgres_follow`, `postgres_start`, `drbd_role`, `hook`,
+    /// `remove_vip`.
     #[serde(default)]
     pub enabled: Vec<String>,
     /// keepalived track files per VRRP instance.
@@ -529,12 +530,13 @@ impl Settings {
 }
 
 /// The action kinds `actions.enabled` may list (as [`hapulse_protocol::Action::kind`] names them).
-const ACTION_KINDS: [&str; 8] = [
+const ACTION_KINDS: [&str; 9] = [
     "set_priority_offset",
     "fence",
     "postgres_stop",
     "postgres_promote",
     "postgres_follow",
+    "postgres_start",
     "drbd_role",
     "hook",
     "remove_vip",

@@ -510,7 +510,16 @@ pub enum Action {
         /// Port of the new primary.
         primary_port: u16,
     },
-    /// `drbdadm primary|secondary RESOURCE`.
+    /// Start the stopped PostgreSQL server of `link` with its configured start command, as it
+    /// is (a primary on a DRBD device that this host just made Primary, say). Refused while it
+    /// runs.
+    PostgresStart {
+        /// Replication link name.
+        link: String,
+    },
+    /// `drbdadm primary|secondary RESOURCE`. Before `primary` the agent checks with
+    /// `drbdsetup status --json RESOURCE` that the local disk is `UpToDate`: an `Inconsistent`
+    /// or `Outdated` disk is never promoted.
     DrbdRole {
         /// DRBD resource.
         resource: String,
@@ -554,6 +563,7 @@ impl Action {
             Action::PostgresStop { .. } => "postgres_stop",
             Action::PostgresPromote { .. } => "postgres_promote",
             Action::PostgresFollow { .. } => "postgres_follow",
+            Action::PostgresStart { .. } => "postgres_start",
             Action::DrbdRole { .. } => "drbd_role",
             Action::Hook { .. } => "hook",
             Action::RemoveVip { .. } => "remove_vip",

@@ -207,9 +207,92 @@ impl DrbdProbe {
     }
 }
 
+/// `drbdadm primary|secondary RESOURCE` ([`hapulse_protocol::Action::DrbdRole`]). Before
+/// `primary`, every local disk of the resource must be `UpToDate` by `drbdsetup status --json
+/// RESOURCE` (the `[[drbd]]` section's `drbdsetup`): an `Inconsistent`, `Outdated` or missing
+/// disk is never promoted.
+pub async fn set_role(
+    settings: &crate::config::Settings,
+    resource: &str,
+    role: ReplicationRole,
+) -> Result<String, String> {
+    let timeout = settings.actions.timeout;
+    let verb = match role {
+        ReplicationRole::Primary => "primary",
+        ReplicationRole::Secondary => "secondary",
+        ReplicationRole::Unknown => return Err("role must be primary or secondary".into()),
+    };
+    if role == ReplicationRole::Primary {
+        let drbdsetup = settings
+            .drbd
+            .iter()
+            .find(|d| d.resources.is_empty() || d.resources.iter().any(|r| r == resource))
+            .map_or_else(|| PathBuf::from("drbdsetup"), |d| d.drbdsetup.clone());
+        let links = DrbdProbe::new(drbdsetup, vec![resource.to_string()], timeout)
+            .probe()
+            .await?;
+        check_promotable(&links, resource)?;
+    }
+    let drbdadm = settings.actions.drbdadm.to_string_lossy().into_owned();
+    crate::child::run(
+        &drbdadm,
+        &[verb.to_string(), resource.to_string()],
+        &BTreeMap::new(),
+        timeout,
+    )
+    .await
+}
+
+/// Every local disk of `resource` in `links` is `UpToDate`; Err names the first that is not.
+fn check_promotable(links: &[ReplicationLinkReport], resource: &str) -> Result<(), String> {
+    let link = links
+        .iter()
+        .find(|l| l.name == resource)
+        .ok_or_else(|| format!("{resource} is not in drbdsetup status: not promoted"))?;
+    let disks: Vec<(&String, &String)> = link
+        .raw
+        .iter()
+        .filter(|(k, _)| k.starts_with("devices[") && k.ends_with("].disk-state"))
+        .collect();
+    if disks.is_empty() {
+        return Err(format!("{resource} has no local disk: not promoted"));
+    }
+    match disks
+        .into_iter()
+        .find(|(_, state)| state.as_str() != "UpToDate")
+    {
+        Some((key, state)) => Err(format!(
+            "{resource}'s {key} is {state}, not UpToDate: never promoted"
+        )),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_up_to_date_disk_is_promoted() {
+        let links = parse_status(include_str!("fixtures/drbd_connected.json"), &[]).unwrap();
+        assert!(check_promotable(&links, "r1").is_ok());
+        assert!(check_promotable(&links, "r9")
+            .unwrap_err()
+            .contains("not in drbdsetup status"));
+        for state in ["Outdated", "Inconsistent", "Diskless"] {
+            let text = include_str!("fixtures/drbd_connected.json").replacen(
+                "\"disk-state\": \"UpToDate\"",
+                &format!("\"disk-state\": \"{state}\""),
+                1,
+            );
+            let links = parse_status(&text, &[]).unwrap();
+            let why = check_promotable(&links, "r0").unwrap_err();
+            assert!(
+                why.contains(state) && why.contains("never promoted"),
+                "{why}"
+            );
+        }
+    }
 
     #[test]
     fn connected_and_in_sync() {

@@ -226,6 +226,26 @@ pub async fn follow(
     }
 }
 
+/// Starts the stopped server of `link` as it is ([`hapulse_protocol::Action::PostgresStart`]):
+/// a database on a DRBD device this host just made Primary. Refused while it answers.
+pub async fn start(settings: &Settings, link: &str) -> Result<String, String> {
+    let config = entry(settings, link)?;
+    if in_recovery(dsn(settings, link)?).await.is_some() {
+        return Err(format!("{link} runs here already: nothing to start"));
+    }
+    if config.start_command.is_empty() {
+        return Err(format!("{link} has no start_command (actions.postgres)"));
+    }
+    let started = run_command(
+        &config.start_command,
+        &[],
+        &BTreeMap::new(),
+        settings.actions.timeout,
+    )
+    .await?;
+    Ok(format!("started ({})", last_line(&started)))
+}
+
 /// Re-points the running standby at `dsn` to `conninfo`.
 async fn repoint(dsn: &str, conninfo: &str, host: &str, port: u16) -> Result<String, String> {
     let work = async {

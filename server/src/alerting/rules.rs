@@ -321,7 +321,17 @@ fn replication_rules(f: &mut Findings<'_>, c: &ClusterView, t: &Thresholds) {
         {
             secondary_rules(f, &r.link, m, t);
         }
-        redundancy_lost(f, r);
+        // A database on a DRBD device runs on one host at a time: the DRBD resource under it
+        // holds the other copies.
+        let on_drbd = r.kind != hapulse_protocol::ReplicationKind::Drbd
+            && c.replication.iter().any(|d| {
+                d.kind == hapulse_protocol::ReplicationKind::Drbd
+                    && d.vrrp_instance.is_some()
+                    && d.vrrp_instance == r.vrrp_instance
+            });
+        if !on_drbd {
+            redundancy_lost(f, r);
+        }
         if r.vip_on_primary == Some(false) {
             f.push(
                 "vip_not_on_primary",
@@ -343,8 +353,8 @@ fn replication_rules(f: &mut Findings<'_>, c: &ClusterView, t: &Thresholds) {
     }
 }
 
-/// `redundancy_lost`: a link with one primary has a member that is up but is neither primary
-/// nor standby — its database is stopped or does not answer (an old primary a move left
+/// `redundancy_lost`: a link with one primary (not a database on a DRBD device) has a member
+/// that is up but is neither primary nor standby — its database is stopped or does not answer (an old primary a move left
 /// stopped, a rejoin that failed) — for a minute (a rejoin restarts it within that). The
 /// cluster then runs on fewer copies than it was built with.
 fn redundancy_lost(f: &mut Findings<'_>, r: &crate::fleet::view::ReplicationView) {
@@ -730,6 +740,67 @@ mod tests {
             ),
         ]);
         assert!(found.is_empty(), "{found:?}");
+    }
+
+    #[test]
+    fn a_database_left_stopped_beside_the_primary_is_lost_redundancy() {
+        let primary = || {
+            node(
+                "a",
+                VrrpState::Master,
+                true,
+                NodeStatus::Up,
+                Some((ReplicationRole::Primary, LinkState::Streaming, 0)),
+            )
+        };
+        // b is up, its database stopped (the probe says down, role unknown).
+        let found = rules(vec![
+            primary(),
+            node(
+                "b",
+                VrrpState::Backup,
+                false,
+                NodeStatus::Up,
+                Some((ReplicationRole::Unknown, LinkState::Down, 0)),
+            ),
+        ]);
+        assert!(
+            found.contains(&(
+                "redundancy_lost",
+                Severity::Critical,
+                "redundancy_lost:c/postgresql:pg/b".into()
+            )),
+            "{found:?}"
+        );
+        // A node that is down is node_down's; a standby, replication_broken's or nobody's.
+        for (status, role, state) in [
+            (NodeStatus::Down, ReplicationRole::Unknown, LinkState::Down),
+            (
+                NodeStatus::Up,
+                ReplicationRole::Secondary,
+                LinkState::Disconnected,
+            ),
+            (
+                NodeStatus::Up,
+                ReplicationRole::Secondary,
+                LinkState::Streaming,
+            ),
+        ] {
+            let found = rules(vec![
+                primary(),
+                node(
+                    "b",
+                    VrrpState::Backup,
+                    false,
+                    status,
+                    Some((role, state, 0)),
+                ),
+            ]);
+            assert!(
+                !found.iter().any(|(r, _, _)| *r == "redundancy_lost"),
+                "{status:?} {role:?} {state:?}: {found:?}"
+            );
+        }
     }
 
     #[test]

@@ -1263,25 +1263,30 @@ async fn fence(
         &Some(g.clone()),
     )
     .await?;
-    let actions = fence_actions(g, primary);
+    let layers = crate::switchover::drivers::stack(c, &g.instance).unwrap_or_default();
+    let actions = fence_actions(g, primary, &layers);
     let mut tx = state.db.begin().await?;
     keep_fenced(&mut tx, &c.name, node, reason).await?;
     queue(state, tx, &c.name, node, actions).await
 }
 
-/// The commands that fence a node: its instance's fence, and for a `primary` its database
-/// stopped.
-pub(crate) fn fence_actions(g: &Gathered, primary: bool) -> Vec<Action> {
+/// The commands that fence a node: its instance's fence, and for a `primary` writes stopped on
+/// every layer of the instance's stack (`layers`, bottom-up), top-down: the database stopped,
+/// a DRBD resource made Secondary.
+pub(crate) fn fence_actions(
+    g: &Gathered,
+    primary: bool,
+    layers: &[crate::switchover::drivers::Layer],
+) -> Vec<Action> {
     let mut actions = vec![Action::Fence {
         instance: g.instance.clone(),
         fenced: true,
     }];
     if primary {
-        if let Some((_, name)) = g.link.as_deref().and_then(|k| k.split_once(':')) {
-            actions.push(Action::PostgresStop {
-                link: name.to_string(),
-            });
-        }
+        actions.extend(layers.iter().rev().map(|l| {
+            l.driver
+                .stop(crate::switchover::drivers::link_name(&l.link))
+        }));
     }
     actions
 }

@@ -7,8 +7,14 @@
 //! cluster with one instance, always. A move of the instance moves every tied link, so it is
 //! refused before anything is fenced or stopped when a tied link has no driver that can move
 //! it: fencing a master and then finding that nothing can be promoted is worse than doing
-//! nothing. Today PostgreSQL streaming replication has a driver; MySQL/MariaDB and DRBD are
-//! observed but not moved (the refusal says so).
+//! nothing. PostgreSQL streaming replication and DRBD have drivers; MySQL/MariaDB is observed
+//! but not moved (the refusal says so).
+//!
+//! The tied links form a stack, bottom-up: at most one DRBD resource, and at most one database
+//! on top. A database tied beside a DRBD resource runs on its device (one copy, moved by stopping
+//! and starting it); without DRBD, the database replicates itself. The lowest replicated layer
+//! carries the data between hosts (the *carrier*: its standbys are the candidates, it is caught
+//! up, its standbys follow the new primary). A move demotes top-down and promotes bottom-up.
 
 use hapulse_protocol::{Action, LinkState, ReplicationKind, ReplicationRole};
 
@@ -18,8 +24,25 @@ use crate::fleet::view::{ClusterView, LinkMemberView, ReplicationView};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Driver {
     /// PostgreSQL streaming replication: fast shutdown of the old primary, catch-up to its
-    /// shutdown checkpoint, `pg_promote()`, then `postgres_follow` for the others.
+    /// shutdown checkpoint, `pg_promote()`, then `postgres_follow` for the others. On a DRBD
+    /// device: stopped on the old host, started on the new one.
     Postgresql,
+    /// A DRBD resource: `drbdadm secondary` on the old host, wait until the target's disk is
+    /// `UpToDate` with nothing out of sync, `drbdadm primary` on the target (its agent checks
+    /// the disk first). Secondaries follow the new primary by themselves.
+    Drbd,
+}
+
+/// One layer of a stack: a tied link, its driver, and whether it runs on the DRBD device below
+/// it (then it is stopped and started, not replicated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    /// Link key (`postgresql:pg`, `drbd:r0`).
+    pub link: String,
+    /// Its driver.
+    pub driver: Driver,
+    /// A database on the DRBD device of the layer below.
+    pub on_drbd: bool,
 }
 
 impl Driver {
@@ -27,60 +50,86 @@ impl Driver {
     pub fn of(kind: ReplicationKind) -> Result<Driver, String> {
         match kind {
             ReplicationKind::Postgresql => Ok(Driver::Postgresql),
+            ReplicationKind::Drbd => Ok(Driver::Drbd),
             ReplicationKind::Mysql => {
                 Err("hapulse observes MySQL/MariaDB replication but cannot promote it yet".into())
-            }
-            ReplicationKind::Drbd => {
-                Err("hapulse observes DRBD resources but cannot promote them yet".into())
             }
         }
     }
 
     /// The command that stops writes on the old primary of link `name` (its final position in
-    /// the result's data).
+    /// the result's data, where the kind has one).
     pub fn stop(self, name: &str) -> Action {
         match self {
             Driver::Postgresql => Action::PostgresStop { link: name.into() },
-        }
-    }
-
-    /// The command that promotes the target's member of link `name`.
-    pub fn promote(self, name: &str) -> Action {
-        match self {
-            Driver::Postgresql => Action::PostgresPromote { link: name.into() },
-        }
-    }
-
-    /// The command that makes a member of link `name` a standby of the primary reachable at
-    /// `host:port`: re-points a running standby, rejoins a stopped old primary.
-    pub fn follow(self, name: &str, host: &str, port: u16) -> Action {
-        match self {
-            Driver::Postgresql => Action::PostgresFollow {
-                link: name.into(),
-                primary_host: host.into(),
-                primary_port: port,
+            Driver::Drbd => Action::DrbdRole {
+                resource: name.into(),
+                role: ReplicationRole::Secondary,
             },
         }
     }
 
-    /// Whether `member` can be promoted now; Err says why not. PostgreSQL: a streaming standby
-    /// (only one receives the WAL the old primary's shutdown sends).
-    pub fn promotable(self, link: &str, member: &LinkMemberView) -> Result<(), String> {
-        match self {
-            Driver::Postgresql => {
-                if member.role == ReplicationRole::Secondary && member.state == LinkState::Streaming
-                {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "{} is {} and {} on {link}: it must be a streaming standby",
-                        member.node_id,
-                        member.role.as_str(),
-                        member.state.as_str()
-                    ))
-                }
+    /// The command that promotes the target's member of link `name` (starts it, for a database
+    /// on DRBD).
+    pub fn promote(self, name: &str, on_drbd: bool) -> Action {
+        match (self, on_drbd) {
+            (Driver::Postgresql, false) => Action::PostgresPromote { link: name.into() },
+            (Driver::Postgresql, true) => Action::PostgresStart { link: name.into() },
+            (Driver::Drbd, _) => Action::DrbdRole {
+                resource: name.into(),
+                role: ReplicationRole::Primary,
+            },
+        }
+    }
+
+    /// The command that makes a member of link `name` a standby of the primary reachable at
+    /// `host:port` (re-points a running standby, rejoins a stopped old primary); None when the
+    /// kind's secondaries follow by themselves (DRBD).
+    pub fn follow(self, name: &str, primary: Option<&(String, u16)>) -> Option<Action> {
+        match (self, primary) {
+            (Driver::Postgresql, Some((host, port))) => Some(Action::PostgresFollow {
+                link: name.into(),
+                primary_host: host.clone(),
+                primary_port: *port,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether following needs the new primary's advertised address.
+    pub fn needs_address(self) -> bool {
+        self == Driver::Postgresql
+    }
+
+    /// Whether `member` follows the primary at `primary` (its advertised address, for the kinds
+    /// that need one): a connected, up-to-date secondary.
+    pub fn follows(self, member: &LinkMemberView, primary: Option<&(String, u16)>) -> bool {
+        match (self, primary) {
+            (Driver::Postgresql, Some((host, port))) => streams_from(member, host, *port),
+            (Driver::Postgresql, None) => false,
+            (Driver::Drbd, _) => {
+                member.role == ReplicationRole::Secondary && member.state == LinkState::Streaming
             }
         }
+    }
+
+    /// Whether `member` can be promoted now; Err says why not. A streaming standby of
+    /// PostgreSQL (only one receives the WAL the old primary's shutdown sends); a connected
+    /// DRBD Secondary whose disk is UpToDate (what the probe reports as streaming).
+    pub fn promotable(self, link: &str, member: &LinkMemberView) -> Result<(), String> {
+        if member.role == ReplicationRole::Secondary && member.state == LinkState::Streaming {
+            return Ok(());
+        }
+        let must = match self {
+            Driver::Postgresql => "a streaming standby",
+            Driver::Drbd => "a connected Secondary with an UpToDate disk",
+        };
+        Err(format!(
+            "{} is {} and {} on {link}: it must be {must}",
+            member.node_id,
+            member.role.as_str(),
+            member.state.as_str()
+        ))
     }
 }
 
@@ -92,15 +141,13 @@ pub fn tied_links<'c>(c: &'c ClusterView, instance: &str) -> Vec<&'c Replication
         .collect()
 }
 
-/// The one link a move of `instance` carries and its driver (None: no link is tied), or why
-/// the instance cannot be moved: a tied link has no driver, or several database links are tied
-/// (hapulse moves one database per instance).
-pub fn moved_link<'c>(
-    c: &'c ClusterView,
-    instance: &str,
-) -> Result<Option<(&'c ReplicationView, Driver)>, String> {
+/// The stack a move of `instance` carries, bottom-up (empty: no link is tied), or why it cannot
+/// be moved: a tied link has no driver, or the links do not form a stack hapulse moves (two
+/// DRBD resources, two databases).
+pub fn stack(c: &ClusterView, instance: &str) -> Result<Vec<Layer>, String> {
     let tied = tied_links(c, instance);
-    let mut moved = None;
+    let mut drbd: Option<&ReplicationView> = None;
+    let mut database: Option<(&ReplicationView, Driver)> = None;
     for link in &tied {
         let driver = Driver::of(link.kind).map_err(|why| {
             format!(
@@ -108,15 +155,50 @@ pub fn moved_link<'c>(
                 link.link
             )
         })?;
-        if let Some((other, _)) = moved.replace((*link, driver)) {
-            let other: &ReplicationView = other;
+        let slot_taken = match driver {
+            Driver::Drbd => drbd.replace(link).map(|l| l.link.clone()),
+            _ => database
+                .replace((link, driver))
+                .map(|(l, _)| l.link.clone()),
+        };
+        if let Some(other) = slot_taken {
             return Err(format!(
-                "{} and {} are both tied to {instance}; hapulse moves one database per instance",
-                other.link, link.link
+                "{other} and {} are both tied to {instance}; hapulse moves one DRBD resource and one database per instance",
+                link.link
             ));
         }
     }
-    Ok(moved)
+    let mut layers: Vec<Layer> = drbd
+        .map(|l| Layer {
+            link: l.link.clone(),
+            driver: Driver::Drbd,
+            on_drbd: false,
+        })
+        .into_iter()
+        .collect();
+    if let Some((l, driver)) = database {
+        layers.push(Layer {
+            link: l.link.clone(),
+            driver,
+            on_drbd: drbd.is_some(),
+        });
+    }
+    Ok(layers)
+}
+
+/// The carrier of a move of `instance` (the lowest layer of its [`stack`]: the link whose
+/// standbys hold the data) and its driver; None when no link is tied. Err as [`stack`].
+pub fn moved_link<'c>(
+    c: &'c ClusterView,
+    instance: &str,
+) -> Result<Option<(&'c ReplicationView, Driver)>, String> {
+    let layers = stack(c, instance)?;
+    Ok(layers.first().and_then(|bottom| {
+        c.replication
+            .iter()
+            .find(|r| r.link == bottom.link)
+            .map(|r| (r, bottom.driver))
+    }))
 }
 
 /// A link's name without its kind (`pg` for `postgresql:pg`), as the agents' actions name it.
@@ -213,11 +295,11 @@ mod tests {
         assert_eq!((l.link.as_str(), d), ("postgresql:pg", Driver::Postgresql));
         assert!(moved_link(&c, "VI_2").unwrap().is_none(), "nothing tied");
 
-        // A DRBD resource or a MySQL link tied to the instance: the move is refused, whatever
-        // the order of the keys (drbd:… sorts before postgresql:…).
+        // A MySQL link tied to the instance: the move is refused, whatever the order of the
+        // keys.
         for other in [
-            link(ReplicationKind::Drbd, "r0", "VI_1"),
             link(ReplicationKind::Mysql, "my", "VI_1"),
+            link(ReplicationKind::Mysql, "a", "VI_1"),
         ] {
             let c = cluster(vec![other.clone(), pg.clone()]);
             let why = moved_link(&c, "VI_1").unwrap_err();
@@ -242,19 +324,20 @@ mod tests {
 
     #[test]
     fn only_a_streaming_standby_is_promotable() {
-        let d = Driver::Postgresql;
-        let ok = member("b", ReplicationRole::Secondary, LinkState::Streaming, None);
-        assert!(d.promotable("postgresql:pg", &ok).is_ok());
-        for (role, state) in [
-            (ReplicationRole::Secondary, LinkState::Disconnected),
-            (ReplicationRole::Primary, LinkState::Streaming),
-            (ReplicationRole::Unknown, LinkState::Down),
-        ] {
-            let m = member("b", role, state, None);
-            assert!(
-                d.promotable("postgresql:pg", &m).is_err(),
-                "{role:?} {state:?}"
-            );
+        for d in [Driver::Postgresql, Driver::Drbd] {
+            let ok = member("b", ReplicationRole::Secondary, LinkState::Streaming, None);
+            assert!(d.promotable("postgresql:pg", &ok).is_ok());
+            for (role, state) in [
+                (ReplicationRole::Secondary, LinkState::Disconnected),
+                (ReplicationRole::Primary, LinkState::Streaming),
+                (ReplicationRole::Unknown, LinkState::Down),
+            ] {
+                let m = member("b", role, state, None);
+                assert!(
+                    d.promotable("postgresql:pg", &m).is_err(),
+                    "{role:?} {state:?}"
+                );
+            }
         }
     }
 

@@ -13,7 +13,7 @@ use crate::agents::commands::{self, NewCommand};
 use crate::fleet::live::NodeStatus;
 use crate::fleet::view::{self, ClusterView};
 use crate::state::AppState;
-use crate::switchover::drivers::{self, Driver};
+use crate::switchover::drivers::{self, Layer};
 use crate::switchover::steps::StepName;
 use crate::switchover::store::{self, log_db, Switchover};
 
@@ -39,8 +39,11 @@ pub(super) struct Run<'a> {
     /// The epoch commands carry: the switchover's, or a newer one for the compensation after a
     /// failure (so a late copy of one of its own commands cannot undo it).
     epoch: u64,
-    /// The old primary's shutdown checkpoint, as its agent reported it after the stop.
-    checkpoint_lsn: Option<u64>,
+    /// The old primary's shutdown checkpoint, as its agent reported it after the stop, with the
+    /// link it belongs to.
+    checkpoint: Option<(String, u64)>,
+    /// The link the running step acts on (its stored `link`; else the run's).
+    step_link: Option<String>,
     /// Redundancy steps that failed (`step: why`); the move stands.
     redundancy_failures: Vec<String>,
 }
@@ -53,7 +56,8 @@ impl<'a> Run<'a> {
             epoch: sw.epoch,
             sw,
             fenced: false,
-            checkpoint_lsn: None,
+            checkpoint: None,
+            step_link: None,
             redundancy_failures: Vec::new(),
         }
     }
@@ -66,6 +70,7 @@ impl<'a> Run<'a> {
     pub(super) async fn run_steps(&mut self) -> Option<(String, String)> {
         for index in 0..self.sw.steps.len() {
             let name = self.sw.steps[index].name.clone();
+            self.step_link = self.sw.steps[index].link.clone();
             log_db(self.mark(index, "running", None).await);
             match self.run_step(&name).await {
                 Ok(StepOutcome::Done(message)) => {
@@ -238,9 +243,20 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// The link the running step acts on: the step's own, else the run's (the carrier).
+    fn link_key(&self) -> Option<&str> {
+        self.step_link.as_deref().or(self.sw.link.as_deref())
+    }
+
+    /// The old primary's shutdown checkpoint, when it belongs to the running step's link.
+    fn checkpoint_lsn(&self) -> Option<u64> {
+        let (link, lsn) = self.checkpoint.as_ref()?;
+        (Some(link.as_str()) == self.link_key()).then_some(*lsn)
+    }
+
     /// The target's link as live state shows it.
     fn target_link(&self) -> Option<view::LinkMemberView> {
-        let key = self.sw.link.as_ref()?;
+        let key = self.link_key()?;
         let live = self.state.live();
         let c = view::cluster_view(&live, &self.sw.cluster, Utc::now())?;
         Self::link_member(&c, key, &self.sw.target_node).cloned()
@@ -250,7 +266,7 @@ impl<'a> Run<'a> {
     /// The target's replay position as its agent probes it now (`report_positions`, answered
     /// within a second); None from an agent that does not know the action, or too slow.
     async fn target_replay_asked(&self) -> Option<u64> {
-        let key = self.sw.link.as_ref()?;
+        let key = self.link_key()?;
         let ask = self.command(&self.sw.target_node, Action::ReportPositions {});
         let (_, data) = tokio::time::timeout(Duration::from_secs(1), ask)
             .await
@@ -261,7 +277,7 @@ impl<'a> Run<'a> {
 
     /// The target's replay position as it last reported it.
     fn target_replay_lsn(&self) -> Option<u64> {
-        let key = self.sw.link.as_ref()?;
+        let key = self.link_key()?;
         let live = self.state.live();
         let node = live.nodes.get(&self.sw.target_node)?;
         let link = node.link(key)?;
@@ -364,16 +380,18 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// The moved link's name without its kind (`pg` for `postgresql:pg`), as the agents' actions
-    /// name it, and its driver.
-    fn link_driver(&self) -> Result<(String, Driver), String> {
-        let key = self.sw.link.as_deref().ok_or("no link")?;
+    /// The running step's link name without its kind (`pg` for `postgresql:pg`), as the agents'
+    /// actions name it, and its layer of the instance's stack as live state shows it.
+    fn layer(&self) -> Result<(String, Layer), String> {
+        let key = self.link_key().ok_or("no link")?;
         let live = self.state.live();
-        let kind = view::cluster_view(&live, &self.sw.cluster, Utc::now())
-            .and_then(|c| c.replication.into_iter().find(|r| r.link == key))
-            .map(|r| r.kind)
-            .ok_or_else(|| format!("no node reports {key}"))?;
-        Ok((drivers::link_name(key).to_string(), Driver::of(kind)?))
+        let c = view::cluster_view(&live, &self.sw.cluster, Utc::now())
+            .ok_or_else(|| format!("cluster {} is not in live state", self.sw.cluster))?;
+        let layer = drivers::stack(&c, &self.sw.instance)?
+            .into_iter()
+            .find(|l| l.link == key)
+            .ok_or_else(|| format!("{key} is not tied to {} any more", self.sw.instance))?;
+        Ok((drivers::link_name(key).to_string(), layer))
     }
 
     /// `pre_hook`, `post_hook`: the hook of `phase` on the old master, then on the target. A
@@ -411,10 +429,12 @@ impl<'a> Run<'a> {
     /// `stop_old_primary`: stops writes with a fast shutdown of the old primary, once the target
     /// streams, and keeps the shutdown checkpoint its agent reports.
     async fn stop_old_primary(&mut self) -> Result<StepOutcome, String> {
-        let (link, driver) = self.link_driver()?;
+        let (link, layer) = self.layer()?;
         let target = &self.sw.target_node;
-        // Only a standby that is streaming now receives the WAL the shutdown sends.
+        // Only a standby that is streaming now receives what the old primary still sends (a
+        // database on DRBD has no standby: the DRBD layer below carries its data).
         match self.target_link() {
+            _ if layer.on_drbd => {}
             Some(m) if m.state == LinkState::Streaming => {}
             Some(m) => {
                 return Err(format!(
@@ -427,13 +447,14 @@ impl<'a> Run<'a> {
             None => return Err(format!("{target} does not report the link")),
         }
         let (message, data) = self
-            .command(&self.sw.old_master, driver.stop(&link))
+            .command(&self.sw.old_master, layer.driver.stop(&link))
             .await
             .map_err(|(m, _)| m)?;
-        self.checkpoint_lsn = data
+        self.checkpoint = data
             .get("shutdown_checkpoint_lsn")
-            .and_then(|l| hapulse_protocol::parse_lsn(l));
-        Ok(StepOutcome::Done(match self.checkpoint_lsn {
+            .and_then(|l| hapulse_protocol::parse_lsn(l))
+            .map(|lsn| (layer.link.clone(), lsn));
+        Ok(StepOutcome::Done(match self.checkpoint {
             Some(_) => format!(
                 "{message} (shutdown checkpoint {})",
                 data.get("shutdown_checkpoint_lsn")
@@ -451,7 +472,7 @@ impl<'a> Run<'a> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(55);
         let mut seen = 0;
         loop {
-            let asked = match self.checkpoint_lsn {
+            let asked = match self.checkpoint_lsn() {
                 Some(checkpoint) => self
                     .target_replay_asked()
                     .await
@@ -459,7 +480,7 @@ impl<'a> Run<'a> {
                 None => false,
             };
             if asked || self.caught_up(&mut seen) {
-                return Ok(StepOutcome::Done(match self.checkpoint_lsn {
+                return Ok(StepOutcome::Done(match self.checkpoint_lsn() {
                     Some(_) => format!("{target} has replayed past the old primary's shutdown checkpoint"),
                     None => format!("{target} has replayed all it received (no shutdown checkpoint reported: configure data_directory and pg_controldata)"),
                 }));
@@ -479,7 +500,7 @@ impl<'a> Run<'a> {
     /// past it. Without: two looks in a row (`seen` counts them) with nothing received left to
     /// replay.
     fn caught_up(&self, seen: &mut u32) -> bool {
-        match self.checkpoint_lsn {
+        match self.checkpoint_lsn() {
             Some(checkpoint) => self
                 .target_replay_lsn()
                 .is_some_and(|replayed| replayed > checkpoint),
@@ -498,9 +519,12 @@ impl<'a> Run<'a> {
     async fn promote_target(&self) -> Result<StepOutcome, String> {
         // pg_promote(true, …) returns once the promotion is complete; `verify` checks that the
         // target reports itself primary.
-        let (link, driver) = self.link_driver()?;
+        let (link, layer) = self.layer()?;
         let message = self
-            .command_message(&self.sw.target_node, driver.promote(&link))
+            .command_message(
+                &self.sw.target_node,
+                layer.driver.promote(&link, layer.on_drbd),
+            )
             .await?;
         Ok(StepOutcome::Done(message))
     }
@@ -580,13 +604,18 @@ impl<'a> Run<'a> {
     /// VIP, the old master neither (or down), and the target primary of the link, if any.
     fn new_roles_hold(&self, c: &ClusterView) -> bool {
         let sw = &self.sw;
+        // Every layer the run promoted, not only the carrier.
+        let promoted = sw.steps.iter().filter_map(|s| s.link.as_deref());
         roles_hold(
             c,
             &sw.instance,
             sw.link.as_deref(),
             &sw.target_node,
             &sw.old_master,
-        )
+        ) && promoted.into_iter().all(|k| {
+            Self::link_member(c, k, &sw.target_node)
+                .is_some_and(|m| m.role == ReplicationRole::Primary)
+        })
     }
 
     /// `verify`: the new roles settle within 15 s and still hold 3 s later.

@@ -12,7 +12,7 @@ use crate::fleet::live::NodeStatus;
 use crate::fleet::view::{self, ClusterView};
 use crate::refusal::Refusal;
 use crate::state::AppState;
-use crate::switchover::drivers;
+use crate::switchover::drivers::{self, Driver, Layer};
 use crate::switchover::error::SwitchoverError;
 use crate::switchover::steps::StepName;
 
@@ -53,6 +53,10 @@ pub struct Step {
     pub finished_at: Option<DateTime<Utc>>,
     /// What happened.
     pub message: Option<String>,
+    /// The replication link the step acts on, for the steps of a layer of the moved stack
+    /// (`drbd:r0`, `postgresql:pg`); absent for the others, and in runs stored before stacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
 }
 
 /// The preview of a switchover (or the plan of a failover).
@@ -102,7 +106,61 @@ fn step(name: StepName, description: String) -> Step {
         started_at: None,
         finished_at: None,
         message: None,
+        link: None,
     }
+}
+
+/// A pending step of kind `name` acting on the stack's layer `layer`.
+fn layer_step(name: StepName, layer: &Layer, description: String) -> Step {
+    Step {
+        link: Some(layer.link.clone()),
+        ..step(name, description)
+    }
+}
+
+/// `stop_old_primary` of `layer`, on `old`.
+fn stop_step(layer: &Layer, old: &str) -> Step {
+    let l = &layer.link;
+    let what = match (layer.driver, layer.on_drbd) {
+        (Driver::Postgresql, false) => format!("stop writes: fast shutdown of the {l} primary on {old} (its standbys receive all WAL first)"),
+        (Driver::Postgresql, true) => format!("stop writes: fast shutdown of {l} on {old} (it runs on the DRBD device)"),
+        (Driver::Drbd, _) => format!("make {l} Secondary on {old} (nothing writes to it any more)"),
+    };
+    layer_step(StepName::StopOldPrimary, layer, what)
+}
+
+/// `wait_for_catch_up` of the carrier `layer`, on `target`.
+fn catch_up_step(layer: &Layer, target: &str) -> Step {
+    let what = match layer.driver {
+        Driver::Postgresql => format!("wait until {target} has replayed everything it received"),
+        Driver::Drbd => format!(
+            "wait until {target}'s disk of {} is UpToDate with nothing out of sync",
+            layer.link
+        ),
+    };
+    layer_step(StepName::WaitForCatchUp, layer, what)
+}
+
+/// `promote_target` of `layer`, on `target`.
+fn promote_step(layer: &Layer, target: &str) -> Step {
+    let l = &layer.link;
+    let what = match (layer.driver, layer.on_drbd) {
+        (Driver::Postgresql, false) => format!("promote {target} to {l} primary"),
+        (Driver::Postgresql, true) => {
+            format!("start {l} on {target}, on the DRBD device it made Primary")
+        }
+        (Driver::Drbd, _) => format!("make {l} Primary on {target} (its disk UpToDate)"),
+    };
+    layer_step(StepName::PromoteTarget, layer, what)
+}
+
+/// The steps that stop writes on `old` (top-down), catch the carrier up on `target` and promote
+/// `target` (bottom-up), for the stack `layers` (bottom-up).
+fn database_steps(layers: &[Layer], old: &str, target: &str) -> Vec<Step> {
+    let mut steps: Vec<Step> = layers.iter().rev().map(|l| stop_step(l, old)).collect();
+    steps.extend(layers.first().map(|carrier| catch_up_step(carrier, target)));
+    steps.extend(layers.iter().map(|l| promote_step(l, target)));
+    steps
 }
 
 /// The view of `name` with its epoch, or a 404 refusal.
@@ -121,7 +179,7 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, Swit
     check_target(cluster, instance, req)?;
     let old_master = single_master(instance)?;
     check_members_up(instance)?;
-    let link = tied_link(cluster, instance, &old_master)?;
+    let (link, layers) = tied_link(cluster, instance, &old_master)?;
     let target_link = match link {
         Some(l) => Some(streaming_standby(l, &req.target_node)?),
         None => None,
@@ -129,7 +187,7 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, Swit
     let lag_bytes = target_link.and_then(|m| m.lag_bytes);
     check_lag(req, lag_bytes, link)?;
     let link_name = link.map(|l| l.link.as_str());
-    let steps = switchover_steps(&instance.name, &old_master, &req.target_node, link_name);
+    let steps = switchover_steps(&instance.name, &old_master, &req.target_node, &layers);
     Ok(Plan {
         kind: "switchover".into(),
         cluster: cluster.name.clone(),
@@ -278,20 +336,25 @@ fn check_members_up(instance: &view::InstanceView) -> Result<(), SwitchoverError
     }
 }
 
-/// The replication link the move carries, if any: every link tied to the instance moves with
-/// it, so each needs a driver (409 `no_driver`, before anything is stopped or fenced), and
-/// only from the old master (409 `primary_elsewhere` when its primary is elsewhere).
+/// The replication link the move carries (the carrier of its stack), if any, and the stack's
+/// layers bottom-up: every link tied to the instance moves with it, so each needs a driver (409
+/// `no_driver`, before anything is stopped or fenced), and only from the old master (409
+/// `primary_elsewhere` when a layer's primary is elsewhere).
 fn tied_link<'c>(
     cluster: &'c ClusterView,
     instance: &view::InstanceView,
     old_master: &str,
-) -> Result<Option<&'c view::ReplicationView>, SwitchoverError> {
-    let moved = drivers::moved_link(cluster, &instance.name)
+) -> Result<(Option<&'c view::ReplicationView>, Vec<Layer>), SwitchoverError> {
+    let layers = drivers::stack(cluster, &instance.name)
         .map_err(|why| SwitchoverError::from(Refusal::conflict("no_driver", why)))?;
-    let Some((link, _)) = moved else {
-        return Ok(None);
-    };
-    if link.primary.as_deref() != Some(old_master) {
+    let views: Vec<&view::ReplicationView> = layers
+        .iter()
+        .filter_map(|l| cluster.replication.iter().find(|r| r.link == l.link))
+        .collect();
+    if let Some(link) = views
+        .iter()
+        .find(|l| l.primary.as_deref() != Some(old_master))
+    {
         return Err(SwitchoverError::from(Refusal::conflict(
             "primary_elsewhere",
             format!(
@@ -302,7 +365,7 @@ fn tied_link<'c>(
             ),
         )));
     }
-    Ok(Some(link))
+    Ok((views.first().copied(), layers))
 }
 
 /// The target's member of `link`, which must be a streaming standby (409): only one receives the
@@ -391,31 +454,16 @@ fn check_lag(
     }
 }
 
-/// The steps of a switchover of `instance` from `old_master` to `target`, with the database
-/// steps when `link` moves with it.
-fn switchover_steps(
-    instance: &str,
-    old_master: &str,
-    target: &str,
-    link: Option<&str>,
-) -> Vec<Step> {
+/// The steps of a switchover of `instance` from `old_master` to `target`, with the steps of
+/// the stack `layers` (bottom-up; empty without a tied link).
+fn switchover_steps(instance: &str, old_master: &str, target: &str, layers: &[Layer]) -> Vec<Step> {
     let mut steps = vec![step(
         StepName::PreHook,
         format!(
             "run the pre-switchover hook on {old_master} and {target} (where enabled); a failure aborts"
         ),
     )];
-    if let Some(l) = link {
-        steps.push(step(StepName::StopOldPrimary, format!("stop writes: fast shutdown of the {l} primary on {old_master} (its standbys receive all WAL first)")));
-        steps.push(step(
-            StepName::WaitForCatchUp,
-            format!("wait until {target} has replayed everything it received"),
-        ));
-        steps.push(step(
-            StepName::PromoteTarget,
-            format!("promote {target} to {l} primary"),
-        ));
-    }
+    steps.extend(database_steps(layers, old_master, target));
     steps.push(step(
         StepName::SetPriorities,
         format!("make it stick: lower every other member of {instance} below {target}'s priority"),
@@ -429,29 +477,38 @@ fn switchover_steps(
         StepName::PostHook,
         "run the post-switchover hook (where enabled)".into(),
     ));
-    if let Some(l) = link {
-        steps.extend(redundancy_steps(l, old_master, target));
-    }
+    steps.extend(redundancy_steps(layers, old_master, target));
     steps
 }
 
-/// The steps that bring a move of `link` back to full redundancy: every other standby follows
-/// `target`, then the stopped `old_primary` rejoins as its standby.
-fn redundancy_steps(link: &str, old_primary: &str, target: &str) -> [Step; 2] {
-    [
-        repoint_step(link, target),
-        step(
+/// The steps that bring a move of the stack `layers` back to full redundancy, on its carrier:
+/// every other standby follows `target`, then the stopped `old_primary` rejoins as its standby.
+fn redundancy_steps(layers: &[Layer], old_primary: &str, target: &str) -> Vec<Step> {
+    let Some(carrier) = layers.first() else {
+        return Vec::new();
+    };
+    vec![
+        repoint_step(carrier, target),
+        layer_step(
             StepName::RejoinOldPrimary,
-            format!("rejoin {old_primary} as a standby of {target} on {link} (rewound, or re-cloned, and started) and wait until it streams; if it cannot, it stays fenced"),
+            carrier,
+            match carrier.driver {
+                Driver::Postgresql => format!("rejoin {old_primary} as a standby of {target} on {} (rewound, or re-cloned, and started) and wait until it streams; if it cannot, it stays fenced", carrier.link),
+                Driver::Drbd => format!("wait until {old_primary} is a connected Secondary of {} with an UpToDate disk; if it is not, it stays fenced", carrier.link),
+            },
         ),
     ]
 }
 
-/// The step that makes every other standby of `link` follow `target`.
-fn repoint_step(link: &str, target: &str) -> Step {
-    step(
+/// The step that makes every other standby of the carrier follow `target`.
+fn repoint_step(carrier: &Layer, target: &str) -> Step {
+    layer_step(
         StepName::RepointStandbys,
-        format!("re-point every other standby of {link} to {target} and wait until each streams from it"),
+        carrier,
+        match carrier.driver {
+            Driver::Postgresql => format!("re-point every other standby of {} to {target} and wait until each streams from it", carrier.link),
+            Driver::Drbd => format!("wait until every other Secondary of {} is connected to {target} with an UpToDate disk", carrier.link),
+        },
     )
 }
 
@@ -468,16 +525,16 @@ pub fn failover_plan(
     old_master: &str,
     target: &str,
 ) -> Plan {
+    // The arbiter decides a failover only when the stack can be moved.
+    let layers = match link {
+        Some(_) => drivers::stack(cluster, instance).unwrap_or_default(),
+        None => Vec::new(),
+    };
     let mut steps = vec![step(
         StepName::FenceOldMaster,
         format!("fence {old_master}: run the fencing hook (STONITH) and require its success, unless the cluster accepts the risk"),
     )];
-    if let Some(l) = link {
-        steps.push(step(
-            StepName::PromoteTarget,
-            format!("promote {target} to {l} primary"),
-        ));
-    }
+    steps.extend(layers.iter().map(|l| promote_step(l, target)));
     steps.push(step(
         StepName::SetPriorities,
         format!("make it stick: lower every other reachable member of {instance} below {target}'s priority"),
@@ -490,9 +547,7 @@ pub fn failover_plan(
         StepName::Verify,
         format!("{target} is MASTER and holds the VIP, {old_master} is not, for 3 s"),
     ));
-    if let Some(l) = link {
-        steps.push(repoint_step(l, target));
-    }
+    steps.extend(layers.first().map(|carrier| repoint_step(carrier, target)));
     let view = cluster.instances.iter().find(|i| i.name == instance);
     let link_view = link.and_then(|k| cluster.replication.iter().find(|r| r.link == k));
     let target_link = link_view.and_then(|l| l.members.iter().find(|m| m.node_id == target));
@@ -537,37 +592,27 @@ pub fn vip_follow_plan(
                 format!("no node of {} reports {link}", cluster.name),
             ))
         })?;
-    drivers::moved_link(cluster, instance)
-        .map_err(|why| SwitchoverError::from(Refusal::conflict("no_driver", why)))?;
     let target_link = streaming_standby(link_view, holder)?;
-    let mut steps = vec![
-        step(
-            StepName::PreHook,
-            format!("run the pre-switchover hook on {old_primary} and {holder} (where enabled); a failure aborts"),
-        ),
-        step(StepName::StopOldPrimary, format!("stop writes: fast shutdown of the {link} primary on {old_primary} (its standbys receive all WAL first)")),
-        step(
-            StepName::WaitForCatchUp,
-            format!("wait until {holder} has replayed everything it received"),
-        ),
-        step(
-            StepName::PromoteTarget,
-            format!("promote {holder}, the VIP holder, to {link} primary"),
-        ),
-        step(
-            StepName::SetPriorities,
-            format!("make it stick: lower every other member of {instance} below {holder}'s priority, so a restarted keepalived does not take the VIP back"),
-        ),
-        step(
-            StepName::Verify,
-            format!("{holder} is MASTER, holds the VIP and is primary, {old_primary} is not, for 3 s"),
-        ),
-        step(
-            StepName::PostHook,
-            "run the post-switchover hook (where enabled)".into(),
-        ),
-    ];
-    steps.extend(redundancy_steps(link, old_primary, holder));
+    let layers = drivers::stack(cluster, instance)
+        .map_err(|why| SwitchoverError::from(Refusal::conflict("no_driver", why)))?;
+    let mut steps = vec![step(
+        StepName::PreHook,
+        format!("run the pre-switchover hook on {old_primary} and {holder} (where enabled); a failure aborts"),
+    )];
+    steps.extend(database_steps(&layers, old_primary, holder));
+    steps.push(step(
+        StepName::SetPriorities,
+        format!("make it stick: lower every other member of {instance} below {holder}'s priority, so a restarted keepalived does not take the VIP back"),
+    ));
+    steps.push(step(
+        StepName::Verify,
+        format!("{holder} is MASTER, holds the VIP and is primary, {old_primary} is not, for 3 s"),
+    ));
+    steps.push(step(
+        StepName::PostHook,
+        "run the post-switchover hook (where enabled)".into(),
+    ));
+    steps.extend(redundancy_steps(&layers, old_primary, holder));
     let view = cluster.instances.iter().find(|i| i.name == instance);
     Ok(Plan {
         kind: "vip_follow".into(),
@@ -599,10 +644,14 @@ pub fn rejoin_plan(
     primary: &str,
 ) -> Result<Plan, SwitchoverError> {
     let no_driver = |why: String| SwitchoverError::from(Refusal::conflict("no_driver", why));
-    let (moved, _) = drivers::moved_link(cluster, instance)
+    let (moved, driver) = drivers::moved_link(cluster, instance)
         .map_err(no_driver)?
         .filter(|(l, _)| l.link == link)
-        .ok_or_else(|| no_driver(format!("{link} is not the database tied to {instance}")))?;
+        .ok_or_else(|| {
+            no_driver(format!(
+                "{link} is not the link that carries {instance}'s data"
+            ))
+        })?;
     if moved.primary.as_deref() != Some(primary) {
         return Err(SwitchoverError::from(Refusal::conflict(
             "primary_elsewhere",
@@ -630,9 +679,17 @@ pub fn rejoin_plan(
         figures_as_of: None,
         expected_seconds: 10,
         vips: view.map_or_else(Vec::new, |i| i.vips.iter().map(|v| v.vip.clone()).collect()),
-        steps: vec![step(
+        steps: vec![layer_step(
             StepName::RejoinOldPrimary,
-            format!("rejoin {node} as a standby of {primary} on {link} (rewound, or re-cloned, and started) and wait until it streams; it stays fenced until a person lifts the fence"),
+            &Layer {
+                link: link.to_string(),
+                driver,
+                on_drbd: false,
+            },
+            match driver {
+                Driver::Postgresql => format!("rejoin {node} as a standby of {primary} on {link} (rewound, or re-cloned, and started) and wait until it streams; it stays fenced until a person lifts the fence"),
+                Driver::Drbd => format!("wait until {node} is a connected Secondary of {link} with an UpToDate disk; it stays fenced until a person lifts the fence"),
+            },
         )],
     })
 }
@@ -1114,6 +1171,86 @@ mod tests {
         lagging.replication[0].members[1].state = LinkState::CatchingUp;
         assert!(vip_follow_plan(&lagging, "vi", "postgresql:pg", "a", "b").is_err());
         assert!(vip_follow_plan(&c, "vi", "mysql:db", "a", "b").is_err());
+    }
+
+    /// `c` with a DRBD resource `r0` under the PostgreSQL link: a on the Primary, b connected
+    /// and UpToDate; PostgreSQL runs on a only (on the DRBD device).
+    fn drbd_stack() -> ClusterView {
+        let mut c = cluster();
+        let mut r0 = link();
+        r0.kind = ReplicationKind::Drbd;
+        r0.name = "r0".into();
+        r0.link = "drbd:r0".into();
+        r0.members[1].lag_bytes = Some(0);
+        let mut pg = link();
+        pg.members[1].role = ReplicationRole::Unknown;
+        pg.members[1].state = LinkState::Down;
+        c.replication = vec![r0, pg];
+        c
+    }
+
+    #[test]
+    fn a_drbd_stack_is_demoted_top_down_and_promoted_bottom_up() {
+        let c = drbd_stack();
+        let p = plan(&c, &request("b")).unwrap();
+        assert_eq!(p.link.as_deref(), Some("drbd:r0"), "DRBD carries the data");
+        let layered: Vec<(&str, Option<&str>)> = p
+            .steps
+            .iter()
+            .map(|s| (s.name.as_str(), s.link.as_deref()))
+            .collect();
+        assert_eq!(
+            layered,
+            [
+                ("pre_hook", None),
+                ("stop_old_primary", Some("postgresql:pg")),
+                ("stop_old_primary", Some("drbd:r0")),
+                ("wait_for_catch_up", Some("drbd:r0")),
+                ("promote_target", Some("drbd:r0")),
+                ("promote_target", Some("postgresql:pg")),
+                ("set_priorities", None),
+                ("move_vip", None),
+                ("verify", None),
+                ("post_hook", None),
+                ("repoint_standbys", Some("drbd:r0")),
+                ("rejoin_old_primary", Some("drbd:r0")),
+            ]
+        );
+        assert_eq!(
+            p.steps[2].description,
+            "make drbd:r0 Secondary on a (nothing writes to it any more)"
+        );
+        assert_eq!(
+            p.steps[5].description,
+            "start postgresql:pg on b, on the DRBD device it made Primary"
+        );
+        let f = failover_plan(&c, "vi", Some("drbd:r0"), "a", "b");
+        let layered: Vec<(&str, Option<&str>)> = f
+            .steps
+            .iter()
+            .map(|s| (s.name.as_str(), s.link.as_deref()))
+            .collect();
+        assert_eq!(
+            layered,
+            [
+                ("fence_old_master", None),
+                ("promote_target", Some("drbd:r0")),
+                ("promote_target", Some("postgresql:pg")),
+                ("set_priorities", None),
+                ("take_vip", None),
+                ("verify", None),
+                ("repoint_standbys", Some("drbd:r0")),
+            ]
+        );
+        // A target whose disk is not UpToDate (the probe reports it catching up) is refused.
+        let mut syncing = drbd_stack();
+        syncing.replication[0].members[1].state = LinkState::CatchingUp;
+        let (code, message) = refused(&syncing, &request("b"));
+        assert_eq!(code, "target_not_standby");
+        assert!(
+            message.contains("connected Secondary with an UpToDate disk"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -922,7 +922,9 @@ async fn keepalived_stopped_on_the_primary_makes_the_database_follow_the_vip(poo
             "promote_target",
             "set_priorities",
             "verify",
-            "post_hook"
+            "post_hook",
+            "repoint_standbys",
+            "rejoin_old_primary"
         ]
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -956,11 +958,24 @@ async fn keepalived_stopped_on_the_primary_makes_the_database_follow_the_vip(poo
         psql(&lab, Some("h2"), "SELECT pg_is_in_recovery()").as_deref(),
         Some("f")
     );
+    // The old primary rejoined as a standby of the new one, with every row.
     assert_eq!(
-        psql(&lab, Some("h1"), "SELECT 1"),
-        None,
-        "h1's database stopped"
+        psql(&lab, Some("h1"), "SELECT pg_is_in_recovery()").as_deref(),
+        Some("t"),
+        "h1 rejoined as a standby"
     );
+    eventually(30, "h1 replaying every committed row", || async {
+        let on_h1 = psql(
+            &lab,
+            Some("h1"),
+            &format!(
+                "SELECT count(*) FROM orders WHERE id <= 1000 OR id IN ({})",
+                ids.join(",")
+            ),
+        );
+        (on_h1 == found).then_some(())
+    })
+    .await;
     assert!(
         failovers(&pool, name).await.is_empty(),
         "nobody fenced, no failover"

@@ -484,7 +484,8 @@ impl Server {
         let mut orders: Vec<(String, String, &'static str, Vec<Action>)> = intents
             .into_iter()
             .map(|i| {
-                let actions = fence_actions(g, i.primary);
+                let layers = crate::switchover::drivers::stack(c, &g.instance).unwrap_or_default();
+                let actions = fence_actions(g, i.primary, &layers);
                 (i.node.clone(), i.node, "fence", actions)
             })
             .collect();

@@ -622,9 +622,10 @@ impl World {
                 }
                 Ok("probed".into())
             }
-            Action::Hook { .. } | Action::DrbdRole { .. } | Action::PostgresFollow { .. } => {
-                Err("not enabled".into())
-            }
+            Action::Hook { .. }
+            | Action::DrbdRole { .. }
+            | Action::PostgresFollow { .. }
+            | Action::PostgresStart { .. } => Err("not enabled".into()),
         }
     }
 

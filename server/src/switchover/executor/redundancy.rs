@@ -14,7 +14,10 @@ use hapulse_protocol::Action;
 use super::{Run, StepOutcome};
 use crate::fleet::live::NodeStatus;
 use crate::fleet::view;
-use crate::switchover::drivers::{self, Driver};
+use crate::switchover::drivers::{self, Layer};
+
+/// Where a primary's standbys reach it: host and port.
+type Address = (String, u16);
 
 /// A standby counts as redundant again below this many bytes to replay.
 const CAUGHT_UP_BYTES: u64 = 1 << 20;
@@ -39,39 +42,42 @@ impl Run<'_> {
         ))
     }
 
-    /// The link's driver and name, and the new primary's advertised address from its last
-    /// report.
-    fn follow_target(&self) -> Result<(String, Driver, String, u16), String> {
-        let (name, driver) = self.link_driver()?;
-        let key = self.sw.link.as_deref().ok_or("no link")?;
+    /// The running step's link name and layer, and the new primary's advertised address from
+    /// its last report, for the kinds whose standbys need one to follow.
+    fn follow_target(&self) -> Result<(String, Layer, Option<Address>), String> {
+        let (name, layer) = self.layer()?;
+        if !layer.driver.needs_address() {
+            return Ok((name, layer, None));
+        }
         let target = &self.sw.target_node;
         let live = self.state.live();
         let link = live
             .nodes
             .get(target)
-            .and_then(|n| n.link(key))
-            .ok_or_else(|| format!("{target} does not report {key}"))?;
-        let (host, port) = drivers::advertised(&link.raw, target)?;
-        Ok((name, driver, host, port))
+            .and_then(|n| n.link(&layer.link))
+            .ok_or_else(|| format!("{target} does not report {}", layer.link))?;
+        let address = drivers::advertised(&link.raw, target)?;
+        Ok((name, layer, Some(address)))
     }
 
-    /// Waits (at most `limit`) until each of `nodes` streams from `host:port` with less than
+    /// Waits (at most `limit`) until each of `nodes` follows the new primary (`layer`'s driver
+    /// decides: streaming from `address`, or a connected up-to-date Secondary) with less than
     /// 1 MiB to replay; Err names those that do not, and what they report.
     async fn until_streaming(
         &self,
         nodes: &[String],
-        host: &str,
-        port: u16,
+        layer: &Layer,
+        address: Option<&Address>,
         limit: Duration,
     ) -> Result<(), String> {
-        let key = self.sw.link.clone().unwrap_or_default();
+        let key = layer.link.as_str();
         let redundant = |c: &view::ClusterView, node: &str| {
-            Self::link_member(c, &key, node).is_some_and(|m| {
-                drivers::streams_from(m, host, port)
-                    && m.lag_bytes.is_some_and(|b| b < CAUGHT_UP_BYTES)
+            Self::link_member(c, key, node).is_some_and(|m| {
+                layer.driver.follows(m, address) && m.lag_bytes.is_some_and(|b| b < CAUGHT_UP_BYTES)
             })
         };
-        let what = format!("{} streaming from {host}:{port}", nodes.join(", "));
+        let whom = address.map_or(self.sw.target_node.clone(), |(h, p)| format!("{h}:{p}"));
+        let what = format!("{} following {whom}", nodes.join(", "));
         let waited = self
             .until(limit, &what, |c| nodes.iter().all(|n| redundant(c, n)))
             .await;
@@ -82,7 +88,7 @@ impl Run<'_> {
                 .iter()
                 .filter(|n| !now.as_ref().is_some_and(|c| redundant(c, n)))
                 .map(
-                    |n| match now.as_ref().and_then(|c| Self::link_member(c, &key, n)) {
+                    |n| match now.as_ref().and_then(|c| Self::link_member(c, key, n)) {
                         Some(m) => format!(
                             "{n} is {} and {} (from {}, {} bytes to replay)",
                             m.role.as_str(),
@@ -104,12 +110,11 @@ impl Run<'_> {
         if !self.auto_rejoin() {
             return Ok(self.rejoin_off());
         }
-        let (name, driver, host, port) = self.follow_target()?;
-        let key = self.sw.link.clone().unwrap_or_default();
+        let (name, layer, address) = self.follow_target()?;
         let (up, down): (Vec<view::LinkMemberView>, Vec<view::LinkMemberView>) = {
             let live = self.state.live();
             view::cluster_view(&live, &self.sw.cluster, Utc::now())
-                .and_then(|c| c.replication.into_iter().find(|r| r.link == key))
+                .and_then(|c| c.replication.into_iter().find(|r| r.link == layer.link))
                 .map(|r| r.members)
                 .unwrap_or_default()
                 .into_iter()
@@ -120,15 +125,20 @@ impl Run<'_> {
         let mut failed = Vec::new();
         let mut following = Vec::new();
         for m in &up {
-            if drivers::streams_from(m, &host, port) {
-                said.push(format!("{} streams from {host}:{port} already", m.node_id));
+            if layer.driver.follows(m, address.as_ref()) {
+                said.push(format!(
+                    "{} follows {} already",
+                    m.node_id, self.sw.target_node
+                ));
                 following.push(m.node_id.clone());
                 continue;
             }
-            match self
-                .command(&m.node_id, driver.follow(&name, &host, port))
-                .await
-            {
+            let Some(follow) = layer.driver.follow(&name, address.as_ref()) else {
+                said.push(format!("{} follows by itself ({})", m.node_id, layer.link));
+                following.push(m.node_id.clone());
+                continue;
+            };
+            match self.command(&m.node_id, follow).await {
                 Ok((message, _)) => {
                     said.push(message);
                     following.push(m.node_id.clone());
@@ -151,7 +161,12 @@ impl Run<'_> {
             }));
         }
         let streaming = self
-            .until_streaming(&following, &host, port, Duration::from_secs(60))
+            .until_streaming(
+                &following,
+                &layer,
+                address.as_ref(),
+                Duration::from_secs(60),
+            )
             .await;
         match (streaming, failed.is_empty()) {
             (Ok(()), true) => Ok(StepOutcome::Done(said.join("; "))),
@@ -168,18 +183,14 @@ impl Run<'_> {
         }
         let old = self.sw.old_master.clone();
         let rejoined = async {
-            let (name, driver, host, port) = self.follow_target()?;
-            let (message, _) = self
-                .command(&old, driver.follow(&name, &host, port))
-                .await
-                .map_err(|(m, _)| m)?;
-            self.until_streaming(
-                std::slice::from_ref(&old),
-                &host,
-                port,
-                Duration::from_secs(120),
-            )
-            .await?;
+            let (name, layer, address) = self.follow_target()?;
+            let message = match layer.driver.follow(&name, address.as_ref()) {
+                Some(follow) => self.command(&old, follow).await.map_err(|(m, _)| m)?.0,
+                None => format!("{old} follows by itself ({})", layer.link),
+            };
+            let old = std::slice::from_ref(&old);
+            self.until_streaming(old, &layer, address.as_ref(), Duration::from_secs(120))
+                .await?;
             Ok::<_, String>(message)
         }
         .await;
