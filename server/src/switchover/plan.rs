@@ -1016,12 +1016,9 @@ mod tests {
 
     #[test]
     fn a_tied_link_without_a_driver_refuses_the_move_before_anything_runs() {
-        // A DRBD resource (or MySQL link) tied to the instance — here implicitly, as the
-        // cluster's only instance — beside the PostgreSQL link: no plan, whatever sorts first.
-        for (kind, name) in [
-            (ReplicationKind::Drbd, "r0"),
-            (ReplicationKind::Mysql, "my"),
-        ] {
+        // A MySQL link tied to the instance — here implicitly, as the cluster's only instance —
+        // beside the PostgreSQL link: no plan, whatever sorts first.
+        for (kind, name) in [(ReplicationKind::Mysql, "a"), (ReplicationKind::Mysql, "z")] {
             let mut c = cluster();
             let mut other = link();
             other.kind = kind;
