@@ -467,6 +467,10 @@ pub fn decide(s: &Situation) -> Decision {
         ) => Decision::Alert {
             reason: format!("{reason}; but {why}: no automatic action, nothing is fenced"),
         },
+        // Held back for another reason: whoever reads it must also know nothing could move.
+        (Some(why), Decision::Alert { reason }) => Decision::Alert {
+            reason: format!("{reason}; besides, {why}"),
+        },
         (_, decision) => decision,
     };
     match (&s.history.paused, decision) {

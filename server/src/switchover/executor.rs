@@ -480,7 +480,11 @@ impl<'a> Run<'a> {
                 None => false,
             };
             if asked || self.caught_up(&mut seen) {
+                let drbd = self
+                    .layer()
+                    .is_ok_and(|(_, l)| l.driver == drivers::Driver::Drbd);
                 return Ok(StepOutcome::Done(match self.checkpoint_lsn() {
+                    _ if drbd => format!("{target}'s disk is UpToDate with nothing out of sync"),
                     Some(_) => format!("{target} has replayed past the old primary's shutdown checkpoint"),
                     None => format!("{target} has replayed all it received (no shutdown checkpoint reported: configure data_directory and pg_controldata)"),
                 }));

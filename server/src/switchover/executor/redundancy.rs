@@ -196,7 +196,7 @@ impl Run<'_> {
         .await;
         match rejoined {
             Ok(message) => Ok(StepOutcome::Done(format!(
-                "{message}; {old} streams from {}",
+                "{message}; {old} follows {}",
                 self.sw.target_node
             ))),
             Err(why) => Err(format!("{why}. {}", self.keep_fenced(&old, &why).await)),
