@@ -620,8 +620,8 @@ pub(crate) fn find_leader(
     stored: Option<&str>,
     kept: &BTreeSet<String>,
 ) -> Option<(String, Option<String>, String)> {
-    // The database link that tells who the leader is: a tied link hapulse can move (the one a
-    // failover promotes), else the first tied one.
+    // The link that tells who the leader is: the carrier of the instance's stack (the one a
+    // failover promotes first; kinds sort DRBD first), else the first tied one.
     let tied_links: Vec<&crate::fleet::view::ReplicationView> = c
         .replication
         .iter()

@@ -426,8 +426,10 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// `stop_old_primary`: stops writes with a fast shutdown of the old primary, once the target
-    /// streams, and keeps the shutdown checkpoint its agent reports.
+    /// `stop_old_primary`: stops writes on the step's layer of the old primary with its driver's
+    /// command (a fast shutdown, a DRBD resource made Secondary), once the target streams (a
+    /// database on DRBD has no standby of its own), and keeps the shutdown checkpoint its agent
+    /// reports.
     async fn stop_old_primary(&mut self) -> Result<StepOutcome, String> {
         let (link, layer) = self.layer()?;
         let target = &self.sw.target_node;
@@ -519,7 +521,8 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// `promote_target`: promotes the target's database.
+    /// `promote_target`: promotes the target's member of the step's layer with its driver's
+    /// command (`pg_promote()`, a DRBD resource made Primary, a database on DRBD started).
     async fn promote_target(&self) -> Result<StepOutcome, String> {
         // pg_promote(true, …) returns once the promotion is complete; `verify` checks that the
         // target reports itself primary.
@@ -608,15 +611,15 @@ impl<'a> Run<'a> {
     /// VIP, the old master neither (or down), and the target primary of the link, if any.
     fn new_roles_hold(&self, c: &ClusterView) -> bool {
         let sw = &self.sw;
-        // Every layer the run promoted, not only the carrier.
-        let promoted = sw.steps.iter().filter_map(|s| s.link.as_deref());
+        // Every layer of the stack, not only the carrier.
+        let mut layers = sw.steps.iter().filter_map(|s| s.link.as_deref());
         roles_hold(
             c,
             &sw.instance,
             sw.link.as_deref(),
             &sw.target_node,
             &sw.old_master,
-        ) && promoted.into_iter().all(|k| {
+        ) && layers.all(|k| {
             Self::link_member(c, k, &sw.target_node)
                 .is_some_and(|m| m.role == ReplicationRole::Primary)
         })
