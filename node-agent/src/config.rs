@@ -542,6 +542,33 @@ const ACTION_KINDS: [&str; 9] = [
     "remove_vip",
 ];
 
+/// Checks an operator's `standby_conninfo`: `keyword=value` pairs with plain values (no quotes,
+/// no backslashes, no control characters) and no `host`, `hostaddr` or `port` (the command
+/// names the primary). Err says what is wrong.
+pub fn check_standby_conninfo(conninfo: &str) -> Result<(), String> {
+    for pair in conninfo.split_whitespace() {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(format!("{pair:?} is not keyword=value"));
+        };
+        if matches!(key, "host" | "hostaddr" | "port") {
+            return Err(format!(
+                "{key} is set by the server's command (the new primary's advertised address); leave it out"
+            ));
+        }
+        if key.is_empty()
+            || value.is_empty()
+            || pair
+                .chars()
+                .any(|c| c == '\'' || c == '\\' || c.is_control())
+        {
+            return Err(format!(
+                "{key:?}: plain keyword=value pairs only (no quotes or backslashes)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A refusal of `key` with a fixed reason.
 fn invalid(key: &'static str, reason: &str) -> Result<(), ConfigError> {
     Err(ConfigError::Invalid {
@@ -597,7 +624,7 @@ impl ActionSettings {
         if let Some(bad) = self.postgres.iter().find_map(|p| {
             p.standby_conninfo
                 .as_deref()
-                .and_then(|c| crate::replication::moves::check_standby_conninfo(c).err())
+                .and_then(|c| check_standby_conninfo(c).err())
         }) {
             return Err(ConfigError::Invalid {
                 key: "actions.postgres.standby_conninfo",
@@ -665,6 +692,23 @@ impl ArbitrationSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_standby_conninfo_names_no_address_and_needs_no_quoting() {
+        assert!(check_standby_conninfo("user=r application_name=h1").is_ok());
+        assert!(check_standby_conninfo("").is_ok());
+        for bad in [
+            "host=10.0.0.1",
+            "user=r port=5432",
+            "hostaddr=1.2.3.4",
+            "password='x y'",
+            "user",
+            "user=a\\b",
+            "=x",
+        ] {
+            assert!(check_standby_conninfo(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn default_config_round_trips_and_hides_the_token() {

@@ -141,33 +141,6 @@ fn checkpoint_later(dsn: String) {
     });
 }
 
-/// Checks an operator's `standby_conninfo`: `keyword=value` pairs with plain values (no quotes,
-/// no backslashes, no control characters) and no `host`, `hostaddr` or `port` (the command
-/// names the primary). Err says what is wrong.
-pub fn check_standby_conninfo(conninfo: &str) -> Result<(), String> {
-    for pair in conninfo.split_whitespace() {
-        let Some((key, value)) = pair.split_once('=') else {
-            return Err(format!("{pair:?} is not keyword=value"));
-        };
-        if matches!(key, "host" | "hostaddr" | "port") {
-            return Err(format!(
-                "{key} is set by the server's command (the new primary's advertised address); leave it out"
-            ));
-        }
-        if key.is_empty()
-            || value.is_empty()
-            || pair
-                .chars()
-                .any(|c| c == '\'' || c == '\\' || c.is_control())
-        {
-            return Err(format!(
-                "{key:?}: plain keyword=value pairs only (no quotes or backslashes)"
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// The connection string to the primary at `host:port`: the entry's `standby_conninfo`, then
 /// host and port (checked by [`hapulse_protocol::parse_host_port`]'s rules).
 fn primary_conninfo(
@@ -184,7 +157,7 @@ fn primary_conninfo(
         }
     ))?;
     let own = config.standby_conninfo.as_deref().unwrap_or_default();
-    check_standby_conninfo(own)?;
+    crate::config::check_standby_conninfo(own)?;
     Ok(format!("{own} host={host} port={port}").trim().to_string())
 }
 
@@ -363,23 +336,6 @@ mod tests {
         // Whatever the server sends, nothing but an address gets into the string.
         for host in ["10.0.0.12 dbname=x", "h'", "", "a\nb"] {
             assert!(primary_conninfo(&e, host, 5432).is_err(), "{host:?}");
-        }
-    }
-
-    #[test]
-    fn a_standby_conninfo_names_no_address_and_needs_no_quoting() {
-        assert!(check_standby_conninfo("user=r application_name=h1").is_ok());
-        assert!(check_standby_conninfo("").is_ok());
-        for bad in [
-            "host=10.0.0.1",
-            "user=r port=5432",
-            "hostaddr=1.2.3.4",
-            "password='x y'",
-            "user",
-            "user=a\\b",
-            "=x",
-        ] {
-            assert!(check_standby_conninfo(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -559,7 +559,11 @@ async fn carry_out(
                     remove_stale_vips(state, memory, c, g).await?;
                 }
                 if matches!(decision, Decision::Nothing { .. }) {
-                    rejoins::rejoin_returned(state, &mut memory.rejoins, c, g, &kept).await;
+                    let who = Principal {
+                        name: ACTOR.into(),
+                        ..Principal::system()
+                    };
+                    rejoins::rejoin_returned(state, &mut memory.rejoins, c, g, &kept, &who).await;
                 }
             }
         }

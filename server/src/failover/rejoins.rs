@@ -55,14 +55,15 @@ pub(crate) fn returned(c: &ClusterView, g: &Gathered, kept: &BTreeSet<String>) -
 }
 
 /// Starts a rejoin for each node [`returned`] names that was not tried in the last 10 minutes
-/// (`tried`, by cluster and node), when the cluster rebuilds by itself (`auto_rejoin`). One run
-/// at a time per cluster: the next node waits for the next round.
+/// (`tried`, by cluster and node), when the cluster rebuilds by itself (`auto_rejoin`), as
+/// `who` (the arbiter). One run at a time per cluster: the next node waits for the next round.
 pub(crate) async fn rejoin_returned(
     state: &AppState,
     tried: &mut BTreeMap<(String, String), tokio::time::Instant>,
     c: &ClusterView,
     g: &Gathered,
     kept: &BTreeSet<String>,
+    who: &Principal,
 ) {
     let auto = state
         .settings
@@ -82,15 +83,11 @@ pub(crate) async fn rejoin_returned(
         return;
     };
     tried.insert((c.name.clone(), node.clone()), now);
-    let who = Principal {
-        name: crate::failover::arbiter::ACTOR.into(),
-        ..Principal::system()
-    };
     let reason = format!(
         "{node} is back and kept fenced: its database rejoins as a standby of {}",
         g.leader
     );
-    match crate::switchover::request::start_rejoin(state, c, g, &node, &reason, &who).await {
+    match crate::switchover::request::start_rejoin(state, c, g, &node, &reason, who).await {
         Ok(id) => {
             tracing::warn!(cluster = %c.name, node = %node, switchover = %id, "rejoining a returned node as a standby of the leader")
         }

@@ -739,7 +739,7 @@ async fn the_vip_follow(server: &TestServer) -> (String, Vec<String>, bool, Stri
     )
 }
 
-const FOLLOW_STEPS: [&str; 7] = [
+const FOLLOW_STEPS: [&str; 9] = [
     "pre_hook",
     "stop_old_primary",
     "wait_for_catch_up",
@@ -747,6 +747,8 @@ const FOLLOW_STEPS: [&str; 7] = [
     "set_priorities",
     "verify",
     "post_hook",
+    "repoint_standbys",
+    "rejoin_old_primary",
 ];
 
 /// keepalived moved the VIP to the standby's host and left it there past `vip_follow_grace`:
