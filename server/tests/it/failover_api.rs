@@ -784,11 +784,32 @@ async fn the_database_follows_the_vip_in_auto(pool: PgPool) {
     assert_eq!(
         count(
             &server.pool,
-            "SELECT count(*) FROM commands WHERE action ->> 'type' = 'fence'"
+            "SELECT count(*) FROM commands WHERE action ->> 'type' = 'fence' AND node_id = 'b'"
         )
         .await,
         0,
         "the VIP holder is not fenced"
+    );
+    // These test agents advertise no address for their database, so the old primary cannot
+    // rejoin: the step says why, and a stays fenced rather than holding a VIP without data.
+    assert_eq!(
+        count(
+            &server.pool,
+            "SELECT count(*) FROM switchovers, jsonb_array_elements(steps) s
+              WHERE kind = 'vip_follow' AND state = 'succeeded'
+                AND s ->> 'name' = 'rejoin_old_primary' AND s ->> 'state' = 'failed'
+                AND s ->> 'message' LIKE '%advertise_address%'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &server.pool,
+            "SELECT count(*) FROM kept_fenced WHERE node_id = 'a'"
+        )
+        .await,
+        1
     );
     eventually(10, "b leads, nothing to do", || async {
         let (_, f) = server.get_json("/api/v1/clusters/c/failover").await;
