@@ -1715,4 +1715,86 @@ mod tests {
         assert!(cands.iter().all(|c| c.reaches_reference && c.priority == 1));
         assert!(!cands.iter().find(|c| c.node_id == "c").unwrap().up);
     }
+    /// Who the arbiter rejoins: [`rejoins::returned`].
+    mod rejoins_returned {
+        use super::super::*;
+        use crate::failover::rejoins::returned;
+        use hapulse_protocol::testing::{pg_link, report, vrrp_instance};
+        use hapulse_protocol::{LinkState, ReplicationLinkReport, VrrpState};
+
+        /// A node of cluster `c`: its state in VI_1, its PostgreSQL link, its status.
+        fn node(id: &str, vrrp: VrrpState, role: ReplicationRole, link: LinkState) -> NodeLive {
+            let report = report(id, "c")
+                .instance(vrrp_instance(
+                    "VI_1",
+                    vrrp,
+                    "10.0.0.100",
+                    vrrp == VrrpState::Master,
+                ))
+                .link(ReplicationLinkReport {
+                    lag_seconds: Some(0.0),
+                    ..pg_link(role, link, 0)
+                })
+                .build();
+            NodeLive::from_report(&report, Utc::now(), tokio::time::Instant::now())
+        }
+
+        /// Who `returned` names among `nodes`, with `kept` kept fenced and `a` the leader.
+        fn returned_of(nodes: Vec<NodeLive>, kept: &[&str]) -> Vec<String> {
+            let kept: BTreeSet<String> = kept.iter().map(|k| k.to_string()).collect();
+            let nodes: Vec<&NodeLive> = nodes.iter().collect();
+            let c = view::cluster_view_of("c", nodes.clone(), Utc::now()).unwrap();
+            let (instance, link, leader) = find_leader(&nodes, &c, Some("a"), &kept).unwrap();
+            assert_eq!(leader, "a");
+            let g = gather(
+                &Default::default(),
+                &nodes,
+                &c,
+                &instance,
+                &link,
+                &leader,
+                Utc::now(),
+            );
+            returned(&c, &g, &kept)
+        }
+
+        use LinkState::{Disconnected, Down, Streaming};
+        use ReplicationRole::{Primary, Secondary, Unknown};
+        use VrrpState::{Backup, Fault, Master};
+
+        #[test]
+        fn a_kept_fenced_node_back_with_its_database_stopped_or_adrift_rejoins() {
+            let leader = || node("a", Master, Primary, Streaming);
+            // Its database stopped (powered off and back), or running but following nobody.
+            for (role, state) in [(Unknown, Down), (Secondary, Disconnected)] {
+                let back = node("b", Fault, role, state);
+                assert_eq!(
+                    returned_of(vec![leader(), back], &["b"]),
+                    ["b"],
+                    "{role:?} {state:?}"
+                );
+            }
+            // Streaming already: nothing to do. Not kept fenced: not this rule's.
+            let streaming = node("b", Fault, Secondary, Streaming);
+            assert!(returned_of(vec![leader(), streaming], &["b"]).is_empty());
+            let ordinary = node("b", Backup, Unknown, Down);
+            assert!(returned_of(vec![leader(), ordinary], &[]).is_empty());
+        }
+
+        #[test]
+        fn a_kept_fenced_primary_or_a_node_that_is_down_does_not_rejoin() {
+            let leader = || node("a", Master, Primary, Streaming);
+            // A second primary is stopped by the epoch's enforcement first, then rejoins.
+            let primary = node("b", Fault, Primary, Streaming);
+            assert!(returned_of(vec![leader(), primary], &["b"]).is_empty());
+            let mut down = node("b", Fault, Unknown, Down);
+            down.status = NodeStatus::Down;
+            assert!(returned_of(vec![leader(), down], &["b"]).is_empty());
+            // Nor while the leader itself is not heard.
+            let mut silent = leader();
+            silent.status = NodeStatus::Down;
+            let back = node("b", Fault, Unknown, Down);
+            assert!(returned_of(vec![silent, back], &["b"]).is_empty());
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Replication drivers on real keepalived hosts: PostgreSQL on a DRBD resource moved as a stack
-//! (demoted top-down, promoted bottom-up, each step naming its layer), and a tied link no driver
-//! can promote (MySQL) that keeps hapulse from fencing anything when the master dies.
+//! (demoted top-down, promoted bottom-up, each step naming its layer) by a switchover and, after
+//! the fencing hook, by a failover; and a tied link no driver can promote (MySQL) that keeps
+//! hapulse from fencing anything when the master dies.
 //!
 //! DRBD is a STAND-IN here: this machine's kernel has no DRBD module, so `scripts/drbd-standin`
 //! plays `drbdadm` and `drbdsetup` (DRBD 9's JSON, its refusals: promoting a disk that is not
@@ -16,13 +17,19 @@ use sqlx::PgPool;
 
 use crate::harness::eventually;
 use crate::lab::{finished_switchover, require_root_and_tools, Lab};
-use crate::lab_failover::{auto_settings, failover_status, failovers, file, psql};
+use crate::lab_failover::{auto_settings, failover_status, failovers, file, psql, settled};
 
 /// Two hosts, PostgreSQL on the stand-in DRBD resource r0, Primary on h1.
 const DRBD_LAB: Lab = Lab {
     name: "hpdrbd",
     net: "10.213.23",
     port: 18123,
+};
+/// The same, for a failover.
+const DRBD_FAILOVER_LAB: Lab = Lab {
+    name: "hpdrbdfo",
+    net: "10.213.25",
+    port: 18125,
 };
 /// Two hosts without a database, each probing a MySQL link tied to VI_1.
 const MYSQL_LAB: Lab = Lab {
@@ -97,17 +104,6 @@ async fn postgresql_on_drbd_moves_as_a_stack_and_an_outdated_disk_is_never_promo
         );
     }
     assert_eq!(sw["state"], "succeeded", "{sw:#}");
-    let layered: Vec<(String, String)> = sw["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().unwrap().to_string(),
-                s["link"].as_str().unwrap_or("-").to_string(),
-            )
-        })
-        .collect();
     let expected = [
         ("pre_hook", "-"),
         ("stop_old_primary", "postgresql:pg"),
@@ -123,7 +119,7 @@ async fn postgresql_on_drbd_moves_as_a_stack_and_an_outdated_disk_is_never_promo
         ("rejoin_old_primary", "drbd:r0"),
     ];
     assert_eq!(
-        layered,
+        layered(&sw),
         expected.map(|(n, l)| (n.to_string(), l.to_string())),
         "{sw:#}"
     );
@@ -195,6 +191,87 @@ async fn postgresql_on_drbd_moves_as_a_stack_and_an_outdated_disk_is_never_promo
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(drbd_calls(&lab), before, "nothing ran");
+    server.stop().await;
+}
+
+/// The steps of run `sw` as (name, link or "-").
+fn layered(sw: &serde_json::Value) -> Vec<(String, String)> {
+    sw["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["link"].as_str().unwrap_or("-").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_lost_master_of_a_drbd_stack_is_fenced_before_its_stack_is_promoted_bottom_up(
+    pool: PgPool,
+) {
+    require_root_and_tools();
+    let lab = DRBD_FAILOVER_LAB.up(&pool, &["2", "--drbd"]).await;
+    let name = lab.name;
+    let server = lab
+        .start_server_with(pool.clone(), auto_settings(&lab))
+        .await;
+    settled(&server, name, "h1", 1).await;
+    psql(
+        &lab,
+        Some("h1"),
+        "CREATE TABLE orders AS SELECT g AS id FROM generate_series(1, 5000) g",
+    )
+    .expect("write on h1");
+
+    // h1 loses its network: the fencing hook powers it off (the stand-in's peer sees it gone),
+    // then r0 is made Primary on h2 and the database started there.
+    lab.run(&["link", "h1", "down"]);
+    let (id, target) = eventually(30, "an automatic failover", || async {
+        failovers(&pool, name).await.into_iter().next()
+    })
+    .await;
+    assert_eq!(target, "h2");
+    let sw = finished_switchover(&server, &id).await;
+    for s in sw["steps"].as_array().unwrap() {
+        eprintln!(
+            "  {} [{}] {}: {}",
+            s["name"], s["link"], s["state"], s["message"]
+        );
+    }
+    assert_eq!(sw["state"], "succeeded", "{sw:#}");
+    let expected = [
+        ("fence_old_master", "-"),
+        ("promote_target", "drbd:r0"),
+        ("promote_target", "postgresql:pg"),
+        ("set_priorities", "-"),
+        ("take_vip", "-"),
+        ("verify", "-"),
+        ("repoint_standbys", "drbd:r0"),
+    ];
+    assert_eq!(
+        layered(&sw),
+        expected.map(|(n, l)| (n.to_string(), l.to_string()))
+    );
+    assert!(file(&lab, "stonith.log").contains("power off h1"));
+    assert_eq!(
+        drbd_calls(&lab),
+        ["h1 start pg", "h2 drbdadm primary r0", "h2 start pg"],
+        "promoted only after the fence, bottom-up"
+    );
+    assert!(lab.holds_vip("h2"));
+    assert_eq!(
+        psql(
+            &lab,
+            Some("h2"),
+            "SELECT count(*), pg_is_in_recovery() FROM orders"
+        )
+        .as_deref(),
+        Some("5000|f")
+    );
     server.stop().await;
 }
 
