@@ -4,7 +4,9 @@
 //! `Replica_SQL_Running`/`Slave_SQL_Running`, `Seconds_Behind_Source`/`Seconds_Behind_Master`,
 //! `Source_Host`/`Master_Host`, `Last_IO_Error`, `Last_SQL_Error`, `Executed_Gtid_Set` (MySQL),
 //! `Gtid_IO_Pos` (MariaDB). No row means this server is not a replica: it is a source, and
-//! `SHOW REPLICAS` (`SHOW SLAVE HOSTS`) lists who replicates from it.
+//! `SHOW REPLICAS` (`SHOW SLAVE HOSTS`) lists who replicates from it. The MariaDB fixtures were
+//! captured from MariaDB 10.11 in the lab (`scripts/lab up --mariadb`); the MySQL 8 one follows
+//! the documentation.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -229,6 +231,49 @@ mod tests {
             .raw
             .get("Executed_Gtid_Set")
             .is_some_and(|g| g.contains("3E11FA47")));
+    }
+
+    #[test]
+    fn replica_status_captured_from_mariadb_10_11() {
+        // `mariadb --batch --vertical -e 'SHOW REPLICA STATUS'` on a lab replica (scripts/lab
+        // up --mariadb): MariaDB 10.11 answers the new statement with the old field names.
+        let rows =
+            parse_vertical(include_str!("fixtures/mariadb_10_11_replica_status.txt")).unwrap();
+        assert_eq!(rows.len(), 1);
+        let link = replica_link("db", &rows[0]).unwrap();
+        assert_eq!(
+            (link.role, link.state, link.lag_seconds),
+            (ReplicationRole::Secondary, LinkState::Streaming, Some(0.0))
+        );
+        assert_eq!(link.peer.as_deref(), Some("10.213.40.11:3306"));
+        assert_eq!(
+            link.raw.get("Gtid_IO_Pos").map(String::as_str),
+            Some("0-1-5")
+        );
+        assert_eq!(link.error, None);
+    }
+
+    #[test]
+    fn an_errant_transaction_captured_from_mariadb_10_11_stops_the_sql_thread() {
+        // The same lab after a row written on the replica, then on the source: gtid strict
+        // mode stops the replica's SQL thread.
+        let rows = parse_vertical(include_str!(
+            "fixtures/mariadb_10_11_replica_status_sql_error.txt"
+        ))
+        .unwrap();
+        let link = replica_link("db", &rows[0]).unwrap();
+        assert_eq!(
+            (link.state, link.lag_seconds),
+            (LinkState::Disconnected, None)
+        );
+        assert!(
+            link.error
+                .as_deref()
+                .unwrap_or("")
+                .contains("out-of-order sequence number"),
+            "{:?}",
+            link.error
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! plays `drbdadm` and `drbdsetup` (DRBD 9's JSON, its refusals: promoting a disk that is not
 //! UpToDate, two Primaries, demoting a device held open) over a directory that stands for the
 //! replicated device. The MySQL client is a stand-in too (`--observed-mysql`): the link exists
-//! only to be observed.
+//! only to be observed. MariaDB, by contrast, runs for real (`--mariadb`): observed as it is,
+//! and refused every move until it has a driver.
 //!
 //! Needs root, keepalived, iproute2, nftables and PostgreSQL (scripts/setup installs them).
 
@@ -30,6 +31,12 @@ const DRBD_FAILOVER_LAB: Lab = Lab {
     name: "hpdrbdfo",
     net: "10.213.25",
     port: 18125,
+};
+/// Two hosts with a real MariaDB each: h1 the source, h2 a GTID replica.
+const MARIADB_LAB: Lab = Lab {
+    name: "hpmaria",
+    net: "10.213.26",
+    port: 18126,
 };
 /// Two hosts without a database, each probing a MySQL link tied to VI_1.
 const MYSQL_LAB: Lab = Lab {
@@ -355,5 +362,103 @@ async fn a_dead_master_beside_a_link_no_driver_can_promote_is_not_fenced(pool: P
         .unwrap();
     assert_eq!(fences, 0, "nobody kept fenced");
     assert!(lab.holds_vip("h2"), "keepalived alone moved the VIP");
+    server.stop().await;
+}
+
+/// `sql` through the mariadb client as root on `host`'s MariaDB: its output, trimmed, or None
+/// when it failed.
+fn mariadb(lab: &Lab, host: &str, sql: &str) -> Option<String> {
+    let out = lab.run(&["mariadb", host, "--batch", "--skip-column-names", "-e", sql]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `host`'s member of `link` in the cluster `c`.
+fn member<'c>(c: &'c serde_json::Value, link: &str, host: &str) -> Option<&'c serde_json::Value> {
+    link_view(c, link)?["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["node_id"] == host)
+}
+
+#[sqlx::test(migrations = false)]
+async fn real_mariadb_replication_is_observed_as_it_is_and_never_moved(pool: PgPool) {
+    require_root_and_tools();
+    let lab = MARIADB_LAB.up(&pool, &["2", "--mariadb"]).await;
+    let name = lab.name;
+    let server = lab.start_server(pool).await;
+    let source = format!("{}.11:3306", lab.net);
+    eventually(
+        60,
+        "h1 master and the source, h2 its replica, streaming",
+        || async {
+            let (_, c) = server.get_json(&format!("/api/v1/clusters/{name}")).await;
+            let h2 = member(&c, "mysql:db", "h2")?;
+            (c["instances"][0]["master"] == "h1"
+                && link_view(&c, "mysql:db")?["primary"] == "h1"
+                && h2["role"] == "secondary"
+                && h2["state"] == "streaming"
+                && h2["peer"].as_str() == Some(source.as_str()))
+            .then_some(())
+        },
+    )
+    .await;
+    mariadb(
+        &lab,
+        "h1",
+        "CREATE DATABASE shop; CREATE TABLE shop.orders (id INT PRIMARY KEY); INSERT INTO shop.orders VALUES (1), (2), (3)",
+    )
+    .expect("write on h1");
+    eventually(30, "h2 replicating h1's rows", || async {
+        (mariadb(&lab, "h2", "SELECT count(*) FROM shop.orders").as_deref() == Some("3"))
+            .then_some(())
+    })
+    .await;
+
+    // No driver moves MariaDB yet: a switchover is refused before anything runs.
+    let r = server
+        .http
+        .post(format!("{}/api/v1/clusters/{name}/switchover", server.url))
+        .json(&serde_json::json!({"target_node": "h2", "reason": "try"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+    let refusal: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(refusal["code"], "no_driver", "{refusal}");
+    assert!(
+        refusal["message"]
+            .as_str()
+            .unwrap()
+            .contains("mysql:db is tied to VI_1"),
+        "{refusal}"
+    );
+
+    // An errant transaction on the replica, then the same key on the source: MariaDB's GTID
+    // strict mode stops h2's SQL thread, and the server says so.
+    mariadb(&lab, "h2", "INSERT INTO shop.orders VALUES (4)").expect("write on h2");
+    mariadb(&lab, "h1", "INSERT INTO shop.orders VALUES (4)").expect("write on h1");
+    eventually(30, "h2's link broken, with MariaDB's reason", || async {
+        let (_, c) = server.get_json(&format!("/api/v1/clusters/{name}")).await;
+        let h2 = member(&c, "mysql:db", "h2")?;
+        (h2["state"] == "disconnected"
+            && h2["error"]
+                .as_str()?
+                .contains("out-of-order sequence number"))
+        .then_some(())
+    })
+    .await;
+    eventually(15, "a replication_broken alert for h2", || async {
+        let (_, a) = server.get_json("/api/v1/alerts").await;
+        a["alerts"]
+            .as_array()?
+            .iter()
+            .any(|a| {
+                a["rule"] == "replication_broken" && a["node_id"] == "h2" && a["state"] == "firing"
+            })
+            .then_some(())
+    })
+    .await;
     server.stop().await;
 }
