@@ -543,13 +543,20 @@ const ACTION_KINDS: [&str; 9] = [
 ];
 
 /// Checks an operator's `standby_conninfo`: `keyword=value` pairs with plain values (no quotes,
-/// no backslashes, no control characters) and no `host`, `hostaddr` or `port` (the command
-/// names the primary). Err says what is wrong.
+/// no backslashes, no control characters), no `host`, `hostaddr` or `port` (the command names
+/// the primary) and no `password` (a passfile keeps it out of `postgresql.auto.conf`). Err says
+/// what is wrong, without the value.
 pub fn check_standby_conninfo(conninfo: &str) -> Result<(), String> {
     for pair in conninfo.split_whitespace() {
         let Some((key, value)) = pair.split_once('=') else {
-            return Err(format!("{pair:?} is not keyword=value"));
+            return Err("every part must be keyword=value".into());
         };
+        if key == "password" {
+            return Err(
+                "keep the password in a passfile (passfile=…): this string is written to postgresql.auto.conf"
+                    .into(),
+            );
+        }
         if matches!(key, "host" | "hostaddr" | "port") {
             return Err(format!(
                 "{key} is set by the server's command (the new primary's advertised address); leave it out"
@@ -702,6 +709,7 @@ mod tests {
             "user=r port=5432",
             "hostaddr=1.2.3.4",
             "password='x y'",
+            "user=r password=secret",
             "user",
             "user=a\\b",
             "=x",

@@ -177,10 +177,11 @@ async fn in_recovery(dsn: &str) -> Option<bool> {
         .flatten()
 }
 
-/// Makes the server of `link` a standby of the primary at `host:port` ([`hapulse_protocol::Action::PostgresFollow`]):
-/// a running standby is re-pointed (`ALTER SYSTEM SET primary_conninfo`, `pg_reload_conf()`);
-/// a stopped server is rewound from the primary (`pg_rewind --write-recovery-conf`, or the
-/// re-clone command when that fails) and started. A running primary is refused.
+/// Makes the server of `link` a standby of the primary at `host:port`
+/// ([`hapulse_protocol::Action::PostgresFollow`]): a running standby is re-pointed
+/// (`ALTER SYSTEM SET primary_conninfo`, `pg_reload_conf()`); a stopped server is rewound from
+/// the primary (`pg_rewind --write-recovery-conf`, or the re-clone command when that fails) and
+/// started. A running primary is refused.
 pub async fn follow(
     settings: &Settings,
     link: &str,

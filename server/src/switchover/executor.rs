@@ -64,9 +64,9 @@ impl<'a> Run<'a> {
 
     /// Carries out the steps in order, recording each one's state, until one fails: `None` when
     /// all succeeded or were skipped, else the failed step's name and why it failed. A step
-    /// that restores redundancy after the move ([`StepName::restores_redundancy`]) is recorded
-    /// as failed without stopping the run: the move itself is done, and what it could not
-    /// rebuild is in [`Run::redundancy_failures`].
+    /// that restores redundancy after a move ([`StepName::restores_redundancy`]) is recorded as
+    /// failed without stopping the run: the move itself is done, and what it could not rebuild
+    /// is in [`Run::redundancy_failures`] (a rejoin run, which is only that step, fails).
     pub(super) async fn run_steps(&mut self) -> Option<(String, String)> {
         for index in 0..self.sw.steps.len() {
             let name = self.sw.steps[index].name.clone();
@@ -81,7 +81,10 @@ impl<'a> Run<'a> {
                 }
                 Err(message) => {
                     log_db(self.mark(index, "failed", Some(message.clone())).await);
-                    if StepName::parse(&name).is_some_and(StepName::restores_redundancy) {
+                    // A rejoin run is nothing but that step: its failure is the run's.
+                    if StepName::parse(&name).is_some_and(StepName::restores_redundancy)
+                        && self.sw.kind != "rejoin"
+                    {
                         self.redundancy_failures.push(format!("{name}: {message}"));
                         continue;
                     }

@@ -7,11 +7,14 @@
 //! database) → `set_priorities` → `move_vip` → `verify` → `post_hook` (→ `repoint_standbys` →
 //! `rejoin_old_primary`, with a database) for a switchover; `fence_old_master` →
 //! (`promote_target`) → `set_priorities` → `take_vip` → `verify` (→ `repoint_standbys`) for a
-//! failover. The redundancy steps do not stop the run when they fail: the move stands, the
-//! event says what was not rebuilt and `redundancy_lost` alerts. The move sticks: before the VIP moves, every other member's priority is lowered
-//! below the target's through its priority track file, so preemption cannot take it back. The
-//! VIP then moves at once: the old master's instance is fenced (weight-0 track file → FAULT →
-//! priority-0 advert), and the fence is lifted as soon as the target is MASTER.
+//! failover; `rejoin_old_primary` alone for a rejoin. The redundancy steps of a move do not stop
+//! the run when they fail: the move stands, the event says what was not rebuilt and
+//! `redundancy_lost` alerts. The move sticks: before the VIP moves, every other member's
+//! priority is lowered below the target's through its priority track file, so preemption cannot
+//! take it back. The VIP then moves at once: the old master's instance is fenced (weight-0 track
+//! file → FAULT → priority-0 advert), and the fence is lifted as soon as the target is MASTER.
+//! With a stack (DRBD under a database), the database steps run per layer: stops top-down,
+//! promotions bottom-up.
 
 use std::time::Duration;
 
