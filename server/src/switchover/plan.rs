@@ -1,7 +1,8 @@
 //! The plan of a move: what a switchover request says, the preflight that checks it against the
 //! cluster as it is now (the target exists, is up, is a BACKUP member of the instance and, with a
 //! database, its streaming standby within the lag limit; the instance has exactly one master;
-//! every replication link tied to the instance has a driver), and the ordered steps a run will take. A failover's plan skips the preflight: the arbiter's
+//! every replication link tied to the instance has a driver), and the ordered steps a run will
+//! take, per layer of the instance's stack. A failover's plan skips the preflight: the arbiter's
 //! evidence decided it. Pure functions of a [`ClusterView`], apart from [`cluster_view`].
 
 use chrono::{DateTime, Utc};

@@ -131,15 +131,7 @@ pub async fn start_vip_follow(
     automatic: bool,
     who: &Principal,
 ) -> Result<Uuid, SwitchoverError> {
-    let link = g.link.as_deref().ok_or_else(|| {
-        SwitchoverError::from(Refusal::conflict(
-            "no_tied_link",
-            format!(
-                "{} has no database tied to {}: nothing follows the VIP",
-                cluster.name, g.instance
-            ),
-        ))
-    })?;
+    let link = tied_link(cluster, g, "nothing follows the VIP")?;
     let plan = vip_follow_plan(cluster, &g.instance, link, &g.leader, holder)?;
     start(state, &plan, reason, automatic, who).await
 }
@@ -155,17 +147,26 @@ pub async fn start_rejoin(
     reason: &str,
     who: &Principal,
 ) -> Result<Uuid, SwitchoverError> {
-    let link = g.link.as_deref().ok_or_else(|| {
+    let link = tied_link(cluster, g, "nothing rejoins")?;
+    let plan = rejoin_plan(cluster, &g.instance, link, node, &g.leader)?;
+    start(state, &plan, reason, true, who).await
+}
+
+/// The link tied to the evidence's instance, or a 409 `no_tied_link` ending with `so`.
+fn tied_link<'g>(
+    cluster: &ClusterView,
+    g: &'g Gathered,
+    so: &str,
+) -> Result<&'g str, SwitchoverError> {
+    g.link.as_deref().ok_or_else(|| {
         SwitchoverError::from(Refusal::conflict(
             "no_tied_link",
             format!(
-                "{} has no database tied to {}: nothing rejoins",
+                "{} has no database tied to {}: {so}",
                 cluster.name, g.instance
             ),
         ))
-    })?;
-    let plan = rejoin_plan(cluster, &g.instance, link, node, &g.leader)?;
-    start(state, &plan, reason, true, who).await
+    })
 }
 
 /// Stores `plan` under a new epoch and runs it at once.

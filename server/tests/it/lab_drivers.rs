@@ -93,15 +93,13 @@ async fn postgresql_on_drbd_moves_as_a_stack_and_an_outdated_disk_is_never_promo
     )
     .expect("write on h1");
 
-    let r = server
-        .http
-        .post(format!("{}/api/v1/clusters/{name}/switchover", server.url))
-        .json(&serde_json::json!({"target_node": "h2", "reason": "move the stack"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
-    let body: serde_json::Value = r.json().await.unwrap();
+    let (status, body) = server
+        .post_json(
+            &format!("/api/v1/clusters/{name}/switchover"),
+            serde_json::json!({"target_node": "h2", "reason": "move the stack"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
     assert_eq!(body["plan"]["link"], "drbd:r0", "DRBD carries the data");
     let sw = finished_switchover(&server, body["id"].as_str().unwrap()).await;
     for s in sw["steps"].as_array().unwrap() {
@@ -179,16 +177,17 @@ async fn postgresql_on_drbd_moves_as_a_stack_and_an_outdated_disk_is_never_promo
     })
     .await;
     let before = drbd_calls(&lab);
-    let r = server
-        .http
-        .post(format!("{}/api/v1/clusters/{name}/switchover", server.url))
-        .json(&serde_json::json!({"target_node": "h1", "reason": "back"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 409);
-    let refusal: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(refusal["code"], "target_not_standby", "{refusal}");
+    let (status, refusal) = server
+        .post_json(
+            &format!("/api/v1/clusters/{name}/switchover"),
+            serde_json::json!({"target_node": "h1", "reason": "back"}),
+        )
+        .await;
+    assert_eq!(
+        (status, refusal["code"].as_str()),
+        (409, Some("target_not_standby")),
+        "{refusal}"
+    );
     assert!(
         refusal["message"]
             .as_str()
@@ -336,15 +335,12 @@ async fn a_dead_master_beside_a_link_no_driver_can_promote_is_not_fenced(pool: P
     })
     .await;
     // A person cannot force it either: the confirmed failover goes through the same decision.
-    let r = server
-        .http
-        .post(format!("{}/api/v1/clusters/{name}/failover", server.url))
-        .json(&serde_json::json!({"target_node": "h2", "reason": "force it", "accept_data_loss": true}))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let refusal: serde_json::Value = r.json().await.unwrap_or_default();
+    let (status, refusal) = server
+        .post_json(
+            &format!("/api/v1/clusters/{name}/failover"),
+            serde_json::json!({"target_node": "h2", "reason": "force it", "accept_data_loss": true}),
+        )
+        .await;
     assert_eq!(status, 409, "{refusal}");
     assert!(
         refusal["message"]
@@ -417,16 +413,17 @@ async fn real_mariadb_replication_is_observed_as_it_is_and_never_moved(pool: PgP
     .await;
 
     // No driver moves MariaDB yet: a switchover is refused before anything runs.
-    let r = server
-        .http
-        .post(format!("{}/api/v1/clusters/{name}/switchover", server.url))
-        .json(&serde_json::json!({"target_node": "h2", "reason": "try"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 409);
-    let refusal: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(refusal["code"], "no_driver", "{refusal}");
+    let (status, refusal) = server
+        .post_json(
+            &format!("/api/v1/clusters/{name}/switchover"),
+            serde_json::json!({"target_node": "h2", "reason": "try"}),
+        )
+        .await;
+    assert_eq!(
+        (status, refusal["code"].as_str()),
+        (409, Some("no_driver")),
+        "{refusal}"
+    );
     assert!(
         refusal["message"]
             .as_str()
