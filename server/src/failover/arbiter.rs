@@ -93,8 +93,8 @@ struct Memory {
     vip_elsewhere: BTreeMap<String, VipElsewhere>,
     /// Clusters whose candidates were asked for their positions before a failover.
     asked: BTreeMap<String, positions::Asked>,
-    /// (cluster, node) whose rejoin was started, with when: not tried again for 10 minutes.
-    rejoins: BTreeMap<(String, String), tokio::time::Instant>,
+    /// Rejoins started, and standbys adrift, with when.
+    rejoins: rejoins::Rejoins,
 }
 
 impl Memory {
@@ -563,7 +563,7 @@ async fn carry_out(
                         name: ACTOR.into(),
                         ..Principal::system()
                     };
-                    rejoins::rejoin_returned(state, &mut memory.rejoins, c, g, &kept, &who).await;
+                    memory.rejoins.round(state, c, g, &kept, &who).await;
                 }
             }
         }
@@ -1755,7 +1755,7 @@ mod tests {
                 &leader,
                 Utc::now(),
             );
-            returned(&c, &g, &kept)
+            returned(&c, &g, &kept, &BTreeSet::new())
         }
 
         use LinkState::{Disconnected, Down, Streaming};
@@ -1779,6 +1779,42 @@ mod tests {
             assert!(returned_of(vec![leader(), streaming], &["b"]).is_empty());
             let ordinary = node("b", Backup, Unknown, Down);
             assert!(returned_of(vec![leader(), ordinary], &[]).is_empty());
+        }
+
+        #[test]
+        fn a_standby_following_nobody_long_enough_is_made_to_follow_the_leader() {
+            let leader = || node("a", Master, Primary, Streaming);
+            let nodes = || vec![leader(), node("c", Backup, Secondary, Disconnected)];
+            let judged = |nodes: Vec<NodeLive>| {
+                let nodes_ref: Vec<&NodeLive> = nodes.iter().collect();
+                let c = view::cluster_view_of("c", nodes_ref.clone(), Utc::now()).unwrap();
+                let none = BTreeSet::new();
+                let (i, l, leader) = find_leader(&nodes_ref, &c, Some("a"), &none).unwrap();
+                let g = gather(
+                    &Default::default(),
+                    &nodes_ref,
+                    &c,
+                    &i,
+                    &l,
+                    &leader,
+                    Utc::now(),
+                );
+                (c, g)
+            };
+            let (c, g) = judged(nodes());
+            let none = BTreeSet::new();
+            assert_eq!(rejoins::adrift(&c, &g, &none), ["c"]);
+            // Not before the caller has seen it adrift for long enough; then it rejoins.
+            assert!(returned(&c, &g, &none, &none).is_empty());
+            let long = BTreeSet::from(["c".to_string()]);
+            assert_eq!(returned(&c, &g, &none, &long), ["c"]);
+            // Streaming again by itself: nothing to do, however long it was adrift.
+            let (c, g) = judged(vec![leader(), node("c", Backup, Secondary, Streaming)]);
+            assert!(rejoins::adrift(&c, &g, &none).is_empty());
+            assert!(returned(&c, &g, &none, &long).is_empty());
+            // A stopped database is not adrift (a person may have stopped it): not this rule's.
+            let (c, g) = judged(vec![leader(), node("c", Backup, Unknown, Down)]);
+            assert!(returned(&c, &g, &none, &long).is_empty());
         }
 
         #[test]

@@ -23,6 +23,12 @@ const AUTO_LAB: Lab = Lab {
     net: "10.213.11",
     port: 18111,
 };
+/// Three hosts: h3 is away while h1 fails over to h2.
+const HOMECOMING_LAB: Lab = Lab {
+    name: "hphome",
+    net: "10.213.27",
+    port: 18127,
+};
 /// Two hosts: h1 primary, h2 standby.
 const PARTITION_LAB: Lab = Lab {
     name: "hppart",
@@ -999,5 +1005,92 @@ async fn keepalived_stopped_on_the_primary_makes_the_database_follow_the_vip(poo
     assert!(lab.holds_vip("h2") && !lab.holds_vip("h1"));
     let f = failover_status(&server, name).await;
     assert_eq!(f["leader"], "h2", "{f:#}");
+    server.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_standby_away_during_a_failover_follows_the_new_primary_when_it_returns(pool: PgPool) {
+    require_root_and_tools();
+    let lab = HOMECOMING_LAB.up(&pool, &["3", "--postgres"]).await;
+    let name = lab.name;
+    let server = lab
+        .start_server_with(pool.clone(), auto_settings(&lab))
+        .await;
+    settled(&server, name, "h1", 2).await;
+    psql(
+        &lab,
+        Some("h1"),
+        "CREATE TABLE orders AS SELECT g AS id FROM generate_series(1, 1000) g",
+    )
+    .expect("write on h1");
+    eventually(30, "both standbys replayed the rows", || async {
+        let counts = ["h2", "h3"]
+            .map(|h| psql(&lab, Some(h), "SELECT count(*) FROM orders").unwrap_or_default());
+        (counts == ["1000", "1000"]).then_some(())
+    })
+    .await;
+
+    // h3 goes away, then h1 fails: the failover to h2 cannot re-point h3, and says so.
+    lab.run(&["link", "h3", "down"]);
+    eventually(30, "h3 down", || async {
+        let (_, n) = server.get_json("/api/v1/nodes/h3").await;
+        (n["status"] == "down").then_some(())
+    })
+    .await;
+    lab.run(&["link", "h1", "down"]);
+    let (id, target) = eventually(30, "an automatic failover", || async {
+        failovers(&pool, name).await.into_iter().next()
+    })
+    .await;
+    assert_eq!(target, "h2");
+    let sw = finished_switchover(&server, &id).await;
+    assert_eq!(sw["state"], "succeeded", "{sw:#}");
+    let repoint = sw["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "repoint_standbys")
+        .unwrap()
+        .clone();
+    assert!(
+        repoint["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("h3 is down"),
+        "{repoint}"
+    );
+
+    // h3 comes back still pointing at the dead h1: after following nobody for a while, a run
+    // of kind rejoin makes it follow h2, and it replays what h2 commits.
+    lab.run(&["link", "h3", "up"]);
+    let rejoin: String = eventually(90, "a rejoin run for h3", || async {
+        sqlx::query_scalar(
+            "SELECT id::text FROM switchovers WHERE cluster = $1 AND kind = 'rejoin' AND old_master = 'h3'",
+        )
+        .bind(name)
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    let run = finished_switchover(&server, &rejoin).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    eprintln!("  {}: {}", run["reason"], run["steps"][0]["message"]);
+    psql(&lab, Some("h2"), "INSERT INTO orders VALUES (1001)").expect("write on h2");
+    let h2 = format!("{}.12:5432", lab.net);
+    eventually(30, "h3 streaming from h2 with its new row", || async {
+        let (_, c) = server.get_json(&format!("/api/v1/clusters/{name}")).await;
+        let h3 = c["replication"][0]["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["node_id"] == "h3")?
+            .clone();
+        (h3["state"] == "streaming"
+            && h3["peer"].as_str() == Some(h2.as_str())
+            && psql(&lab, Some("h3"), "SELECT count(*) FROM orders").as_deref() == Some("1001"))
+        .then_some(())
+    })
+    .await;
+    assert!(lab.holds_vip("h2") && !lab.holds_vip("h3"));
     server.stop().await;
 }
