@@ -46,6 +46,10 @@ pub(super) struct Run<'a> {
     step_link: Option<String>,
     /// Redundancy steps that failed (`step: why`); the move stands.
     redundancy_failures: Vec<String>,
+    /// The layers whose old primary this run set out to stop, in the order it did.
+    stopped: Vec<Layer>,
+    /// A promotion was asked for: from then on the old primary is never started again here.
+    promotion_began: bool,
 }
 
 impl<'a> Run<'a> {
@@ -59,6 +63,8 @@ impl<'a> Run<'a> {
             checkpoint: None,
             step_link: None,
             redundancy_failures: Vec::new(),
+            stopped: Vec::new(),
+            promotion_began: false,
         }
     }
 
@@ -111,8 +117,51 @@ impl<'a> Run<'a> {
         if self.fenced {
             described.push_str(&self.lift_fence().await);
         }
+        if !self.promotion_began && !self.stopped.is_empty() {
+            described.push_str(&self.restart_old_primary().await);
+        }
         described.push_str(&self.describe_state());
         described
+    }
+
+    /// A newer epoch for the commands that undo what a stopped run did, so a late copy of one
+    /// of its own commands cannot undo them in turn (kept when the database cannot raise it).
+    async fn raise_epoch(&mut self) {
+        let raised: Result<i64, sqlx::Error> = sqlx::query_scalar(
+            "UPDATE clusters SET epoch = epoch + 1 WHERE name = $1 RETURNING epoch",
+        )
+        .bind(&self.sw.cluster)
+        .fetch_one(&self.state.db)
+        .await;
+        if let Ok(epoch) = raised {
+            self.epoch = epoch as u64;
+        }
+    }
+
+    /// The run stopped after it stopped the old primary and before any promotion: nobody is
+    /// primary now, so the old primary is started again as it was (bottom-up: a DRBD resource
+    /// made Primary again, then the database started), under a newer epoch. Says how it went.
+    async fn restart_old_primary(&mut self) -> String {
+        self.raise_epoch().await;
+        let old = self.sw.old_master.clone();
+        let mut done = Vec::new();
+        for layer in self.stopped.clone().iter().rev() {
+            let name = drivers::link_name(&layer.link);
+            let action = match layer.driver {
+                drivers::Driver::Postgresql => Action::PostgresStart { link: name.into() },
+                drivers::Driver::Drbd => layer.driver.promote(name, false),
+            };
+            match self.command(&old, action).await {
+                Ok((m, _)) => done.push(m),
+                Err((e, _)) => {
+                    return format!(" Nothing was promoted, but the old primary {old} could NOT be started again ({e}): start it by hand, nobody is primary.")
+                }
+            }
+        }
+        format!(
+            " Nothing was promoted, so the old primary {old} was started again ({}): it serves as before.",
+            done.join("; ")
+        )
     }
 
     /// Carries out the step stored as `name` within its timeout. A name this server does not
@@ -346,15 +395,7 @@ impl<'a> Run<'a> {
 
     /// Lifts the old master's fence with a newer epoch; says how that went.
     async fn lift_fence(&mut self) -> String {
-        let raised: Result<i64, sqlx::Error> = sqlx::query_scalar(
-            "UPDATE clusters SET epoch = epoch + 1 WHERE name = $1 RETURNING epoch",
-        )
-        .bind(&self.sw.cluster)
-        .fetch_one(&self.state.db)
-        .await;
-        if let Ok(epoch) = raised {
-            self.epoch = epoch as u64;
-        }
+        self.raise_epoch().await;
         let old = self.sw.old_master.clone();
         match self.command(&old, Action::Fence { instance: self.sw.instance.clone(), fenced: false }).await {
             Ok(_) => {
@@ -451,6 +492,9 @@ impl<'a> Run<'a> {
             }
             None => return Err(format!("{target} does not report the link")),
         }
+        // Counted from the moment it is asked for: if the answer is lost, a stop of the run
+        // before any promotion starts it again (a start of a server that runs is refused).
+        self.stopped.push(layer.clone());
         let (message, data) = self
             .command(&self.sw.old_master, layer.driver.stop(&link))
             .await
@@ -526,10 +570,11 @@ impl<'a> Run<'a> {
 
     /// `promote_target`: promotes the target's member of the step's layer with its driver's
     /// command (`pg_promote()`, a DRBD resource made Primary, a database on DRBD started).
-    async fn promote_target(&self) -> Result<StepOutcome, String> {
+    async fn promote_target(&mut self) -> Result<StepOutcome, String> {
         // pg_promote(true, …) returns once the promotion is complete; `verify` checks that the
         // target reports itself primary.
         let (link, layer) = self.layer()?;
+        self.promotion_began = true;
         let message = self
             .command_message(
                 &self.sw.target_node,

@@ -34,6 +34,12 @@ const SWITCHOVER_PG_LAB: Lab = Lab {
     net: "10.213.5",
     port: 18085,
 };
+/// A switchover that cannot complete after it stopped the old primary.
+const ROLLBACK_LAB: Lab = Lab {
+    name: "hproll",
+    net: "10.213.28",
+    port: 18128,
+};
 /// The PostgreSQL replication lab (runs beside the other: its own namespaces, bridge, subnet).
 const REPLICATION_LAB: Lab = Lab {
     name: "hprepl",
@@ -879,5 +885,60 @@ async fn postgresql_switchover_promotes_the_standby_loses_nothing_and_rebuilds_e
         "switchover: request → every standby streaming from h2 in {} ms",
         (rebuilt - requested).num_milliseconds()
     );
+    server.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_switchover_that_fails_after_stopping_the_old_primary_starts_it_again(pool: PgPool) {
+    require_root_and_tools();
+    let lab = ROLLBACK_LAB.up(&pool, &["2", "--postgres"]).await;
+    let name = lab.name;
+    let server = lab.start_server(pool).await;
+    eventually(60, "h1 master and primary, h2 streaming", || async {
+        let (_, c) = server.get_json(&format!("/api/v1/clusters/{name}")).await;
+        let link = c["replication"].as_array()?.first()?.clone();
+        (c["instances"][0]["master"] == "h1"
+            && link["primary"] == "h1"
+            && link["health"] == "healthy")
+            .then_some(())
+    })
+    .await;
+    // h2 receives but no longer replays: it can never catch up with h1's shutdown checkpoint.
+    let psql = |host: &str, sql: &str| {
+        let out = lab.run(&["psql", host, "-qAt", "-c", sql]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    psql("h2", "SELECT pg_wal_replay_pause()");
+    psql(
+        "h1",
+        "CREATE TABLE orders AS SELECT g AS id FROM generate_series(1, 1000) g",
+    );
+    let (status, body) = post_switchover(
+        &server,
+        name,
+        serde_json::json!({"target_node": "h2", "reason": "it will not catch up"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let sw = finished_switchover(&server, body["id"].as_str().unwrap()).await;
+    assert_eq!(sw["state"], "failed", "{sw:#}");
+    let error = sw["error"].as_str().unwrap_or_default();
+    eprintln!("  {error}");
+    assert!(error.starts_with("stopped at wait_for_catch_up"), "{error}");
+    assert!(
+        error.contains("Nothing was promoted, so the old primary h1 was started again"),
+        "{error}"
+    );
+    // h1 serves as before: primary, with the VIP, taking writes; h2 was never promoted.
+    assert_eq!(psql("h1", "SELECT pg_is_in_recovery()"), "f");
+    assert_eq!(psql("h2", "SELECT pg_is_in_recovery()"), "t");
+    psql("h1", "INSERT INTO orders VALUES (1001)");
+    assert_eq!(psql("h1", "SELECT count(*) FROM orders"), "1001");
+    assert!(lab.holds_vip("h1") && !lab.holds_vip("h2"));
+    psql("h2", "SELECT pg_wal_replay_resume()");
+    eventually(30, "h2 streaming from h1 again, with every row", || async {
+        (psql("h2", "SELECT count(*) FROM orders") == "1001").then_some(())
+    })
+    .await;
     server.stop().await;
 }
