@@ -1739,12 +1739,11 @@ mod tests {
             NodeLive::from_report(&report, Utc::now(), tokio::time::Instant::now())
         }
 
-        /// Who `returned` names among `nodes`, with `kept` kept fenced and `a` the leader.
-        fn returned_of(nodes: Vec<NodeLive>, kept: &[&str]) -> Vec<String> {
-            let kept: BTreeSet<String> = kept.iter().map(|k| k.to_string()).collect();
+        /// The view of `nodes` and the evidence about their leader, `a`, with `kept` kept fenced.
+        fn judged(nodes: &[NodeLive], kept: &BTreeSet<String>) -> (ClusterView, Gathered) {
             let nodes: Vec<&NodeLive> = nodes.iter().collect();
             let c = view::cluster_view_of("c", nodes.clone(), Utc::now()).unwrap();
-            let (instance, link, leader) = find_leader(&nodes, &c, Some("a"), &kept).unwrap();
+            let (instance, link, leader) = find_leader(&nodes, &c, Some("a"), kept).unwrap();
             assert_eq!(leader, "a");
             let g = gather(
                 &Default::default(),
@@ -1755,6 +1754,13 @@ mod tests {
                 &leader,
                 Utc::now(),
             );
+            (c, g)
+        }
+
+        /// Who `returned` names among `nodes`, with `kept` kept fenced and `a` the leader.
+        fn returned_of(nodes: Vec<NodeLive>, kept: &[&str]) -> Vec<String> {
+            let kept: BTreeSet<String> = kept.iter().map(|k| k.to_string()).collect();
+            let (c, g) = judged(&nodes, &kept);
             returned(&c, &g, &kept, &BTreeSet::new())
         }
 
@@ -1785,35 +1791,19 @@ mod tests {
         fn a_standby_following_nobody_long_enough_is_made_to_follow_the_leader() {
             let leader = || node("a", Master, Primary, Streaming);
             let nodes = || vec![leader(), node("c", Backup, Secondary, Disconnected)];
-            let judged = |nodes: Vec<NodeLive>| {
-                let nodes_ref: Vec<&NodeLive> = nodes.iter().collect();
-                let c = view::cluster_view_of("c", nodes_ref.clone(), Utc::now()).unwrap();
-                let none = BTreeSet::new();
-                let (i, l, leader) = find_leader(&nodes_ref, &c, Some("a"), &none).unwrap();
-                let g = gather(
-                    &Default::default(),
-                    &nodes_ref,
-                    &c,
-                    &i,
-                    &l,
-                    &leader,
-                    Utc::now(),
-                );
-                (c, g)
-            };
-            let (c, g) = judged(nodes());
             let none = BTreeSet::new();
+            let (c, g) = judged(&nodes(), &none);
             assert_eq!(rejoins::adrift(&c, &g, &none), ["c"]);
             // Not before the caller has seen it adrift for long enough; then it rejoins.
             assert!(returned(&c, &g, &none, &none).is_empty());
             let long = BTreeSet::from(["c".to_string()]);
             assert_eq!(returned(&c, &g, &none, &long), ["c"]);
             // Streaming again by itself: nothing to do, however long it was adrift.
-            let (c, g) = judged(vec![leader(), node("c", Backup, Secondary, Streaming)]);
+            let (c, g) = judged(&[leader(), node("c", Backup, Secondary, Streaming)], &none);
             assert!(rejoins::adrift(&c, &g, &none).is_empty());
             assert!(returned(&c, &g, &none, &long).is_empty());
             // A stopped database is not adrift (a person may have stopped it): not this rule's.
-            let (c, g) = judged(vec![leader(), node("c", Backup, Unknown, Down)]);
+            let (c, g) = judged(&[leader(), node("c", Backup, Unknown, Down)], &none);
             assert!(returned(&c, &g, &none, &long).is_empty());
         }
 

@@ -332,17 +332,7 @@ async fn a_master_losing_its_network_is_fenced_and_replaced_once(pool: PgPool) {
     );
     // Back, fenced and not a primary, h1 rejoins by itself: a run of kind rejoin rewinds its
     // database from h2 and starts it as h2's standby, while h1 stays fenced.
-    let rejoin: String = eventually(30, "a rejoin run for h1", || async {
-        sqlx::query_scalar(
-            "SELECT id::text FROM switchovers WHERE cluster = $1 AND kind = 'rejoin' AND old_master = 'h1'",
-        )
-        .bind(name)
-        .fetch_optional(&pool)
-        .await
-        .unwrap()
-    })
-    .await;
-    let run = finished_switchover(&server, &rejoin).await;
+    let run = rejoin_run(&server, &pool, name, "h1", 30).await;
     assert_eq!(run["state"], "succeeded", "{run:#}");
     assert_eq!(run["target_node"], "h2", "{run:#}");
     eprintln!(
@@ -682,6 +672,29 @@ impl Watcher {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.join().unwrap()
     }
+}
+
+/// The first run of kind rejoin for `node` of cluster `lab` (waiting up to `secs` for it), once
+/// it has ended.
+async fn rejoin_run(
+    server: &TestServer,
+    pool: &PgPool,
+    lab: &str,
+    node: &str,
+    secs: u64,
+) -> serde_json::Value {
+    let id: String = eventually(secs, &format!("a rejoin run for {node}"), || async {
+        sqlx::query_scalar(
+            "SELECT id::text FROM switchovers WHERE cluster = $1 AND kind = 'rejoin' AND old_master = $2",
+        )
+        .bind(lab)
+        .bind(node)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    finished_switchover(server, &id).await
 }
 
 /// Lifts the fence the arbiter set on `host` (a second master), once it is a streaming standby.
@@ -1063,17 +1076,7 @@ async fn a_standby_away_during_a_failover_follows_the_new_primary_when_it_return
     // h3 comes back still pointing at the dead h1: after following nobody for a while, a run
     // of kind rejoin makes it follow h2, and it replays what h2 commits.
     lab.run(&["link", "h3", "up"]);
-    let rejoin: String = eventually(90, "a rejoin run for h3", || async {
-        sqlx::query_scalar(
-            "SELECT id::text FROM switchovers WHERE cluster = $1 AND kind = 'rejoin' AND old_master = 'h3'",
-        )
-        .bind(name)
-        .fetch_optional(&pool)
-        .await
-        .unwrap()
-    })
-    .await;
-    let run = finished_switchover(&server, &rejoin).await;
+    let run = rejoin_run(&server, &pool, name, "h3", 90).await;
     assert_eq!(run["state"], "succeeded", "{run:#}");
     eprintln!("  {}: {}", run["reason"], run["steps"][0]["message"]);
     psql(&lab, Some("h2"), "INSERT INTO orders VALUES (1001)").expect("write on h2");
