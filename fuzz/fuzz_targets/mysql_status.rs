@@ -1,15 +1,13 @@
-//! The mysql client's vertical output of `SHOW REPLICA STATUS\G` / `SHOW SLAVE STATUS\G`, and
-//! the links made of its rows.
+//! A status row the MySQL/MariaDB probe reads (`SHOW REPLICA STATUS`, `SHOW REPLICAS`), as the
+//! JSON object of text columns it gets it as, and the links made of it.
 #![no_main]
-use hapulse_agent::replication::mysql;
+use hapulse_agent::replication::mysql::{self, StatusRow};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let text = String::from_utf8_lossy(data);
-    if let Ok(rows) = mysql::parse_vertical(&text) {
-        for row in &rows {
-            let _ = mysql::replica_link("shop", row);
-        }
-        let _ = mysql::source_link("shop", &rows);
+    if let Ok(row) = serde_json::from_slice::<StatusRow>(data) {
+        let _ = mysql::replica_link("shop", &row);
+        let _ = mysql::source_link("shop", std::slice::from_ref(&row));
+        let _ = mysql::read_only_link("shop", &row);
     }
 });

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::child::run;
 use crate::client::{AgentClient, SendError};
 use crate::config::Settings;
-use crate::replication::moves;
+use crate::replication::{moves, mysql_moves};
 use crate::track::write_track_file;
 
 /// Commands remembered for de-duplication.
@@ -228,6 +228,16 @@ impl Executor {
                 primary_port,
             } => moves::follow(&self.settings, link, primary_host, *primary_port).await,
             Action::PostgresStart { link } => moves::start(&self.settings, link).await,
+            Action::MysqlStop { link } => mysql_moves::stop(&self.settings, link, data).await,
+            Action::MysqlCatchUp { link, gtid_pos } => {
+                mysql_moves::catch_up(&self.settings, link, gtid_pos).await
+            }
+            Action::MysqlPromote { link } => mysql_moves::promote(&self.settings, link, data).await,
+            Action::MysqlFollow {
+                link,
+                primary_host,
+                primary_port,
+            } => mysql_moves::follow(&self.settings, link, primary_host, *primary_port).await,
             Action::DrbdRole { resource, role } => {
                 crate::replication::drbd::set_role(&self.settings, resource, *role).await
             }

@@ -87,8 +87,8 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 pub struct ActionSettings {
     /// Action kinds allowed: `set_priority_offset`, `fence`, `postgres_stop`,
-    /// `postgres_promote`, `postgres_follow`, `postgres_start`, `drbd_role`, `hook`,
-    /// `remove_vip`.
+    /// `postgres_promote`, `postgres_follow`, `postgres_start`, `mysql_stop`, `mysql_catch_up`,
+    /// `mysql_promote`, `mysql_follow`, `drbd_role`, `hook`, `remove_vip`.
     #[serde(default)]
     pub enabled: Vec<String>,
     /// keepalived track files per VRRP instance.
@@ -97,6 +97,9 @@ pub struct ActionSettings {
     /// How to stop the PostgreSQL server of a link (`postgres_stop`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub postgres: Vec<PostgresActionSettings>,
+    /// How this host's MySQL/MariaDB server of a link follows a new primary (`mysql_follow`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mysql: Vec<MysqlActionSettings>,
     /// The operator's hook, run as `HOOK pre|post` with `HAPULSE_*` variables (`hook`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hook: Option<PathBuf>,
@@ -164,12 +167,35 @@ pub struct PostgresActionSettings {
     pub standby_conninfo: Option<String>,
 }
 
+/// How this host's MySQL/MariaDB server of one link replicates from a new primary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlActionSettings {
+    /// Replication link name (as in `[[mysql]]`).
+    pub link: String,
+    /// The user replicas connect as (`MASTER_USER`), with `REPLICATION SLAVE` on every host.
+    pub replication_user: String,
+    /// Its password (`MASTER_PASSWORD`); none when the user has none. Never logged.
+    #[serde(
+        default,
+        serialize_with = "serialize_redacted_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub replication_password: Option<SecretString>,
+    /// Program and arguments that start the server when `mysql_follow` finds it stopped (an
+    /// old primary back after a power cut), e.g. `["systemctl", "start", "mariadb"]`. Configure
+    /// `read_only = ON` in the server's own configuration so that it never starts writable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub start_command: Vec<String>,
+}
+
 impl Default for ActionSettings {
     fn default() -> Self {
         ActionSettings {
             enabled: Vec::new(),
             track_files: Vec::new(),
             postgres: Vec::new(),
+            mysql: Vec::new(),
             hook: None,
             drbdadm: default_drbdadm(),
             timeout: default_action_timeout(),
@@ -232,22 +258,28 @@ pub struct PostgresSettings {
     pub advertise_address: Option<String>,
 }
 
-/// A MySQL or MariaDB server on this host, asked through its `mysql` client.
+/// A MySQL or MariaDB server on this host, asked through sqlx's MySQL driver.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MysqlSettings {
-    /// Link name, the same on every node of the cluster.
+    /// Link name, the same on every node of the cluster (`db`).
     pub name: String,
-    /// The `mysql` (or `mariadb`) client binary.
-    #[serde(default = "default_mysql_client")]
-    pub client: PathBuf,
-    /// Option file with the credentials (`[client] user=… password=…`), passed as
-    /// `--defaults-file`.
-    #[serde(default)]
-    pub defaults_file: Option<PathBuf>,
+    /// Connection URL: `mysql://hapulse:PASSWORD@127.0.0.1:3306/`, or the local socket,
+    /// `mysql://hapulse:PASSWORD@localhost/?socket=/run/mysqld/mysqld.sock`. The user needs
+    /// `REPLICATION CLIENT` (MariaDB: `SLAVE MONITOR`, `BINLOG MONITOR`) to observe and, for
+    /// the `mysql_*` actions, `SUPER` (MariaDB: `READ_ONLY ADMIN`, `REPLICATION SLAVE ADMIN`,
+    /// `CONNECTION ADMIN`). Password authentication (`mysql_native_password`,
+    /// `caching_sha2_password`); never logged.
+    #[serde(serialize_with = "serialize_redacted")]
+    pub url: SecretString,
     /// VRRP instance whose VIP should be on this link's primary.
     #[serde(default)]
     pub vrrp_instance: Option<String>,
+    /// Where the other hosts' replicas reach this server when it is the primary, `HOST:PORT`
+    /// (`10.0.0.11:3306`). Reported with the link (raw `advertise_address`): after a move the
+    /// server re-points every replica to the new primary's advertised address.
+    #[serde(default)]
+    pub advertise_address: Option<String>,
 }
 
 /// DRBD resources on this host.
@@ -309,10 +341,6 @@ fn default_arbitration_interval() -> Duration {
 
 fn default_arbitration_timeout() -> Duration {
     Duration::from_millis(500)
-}
-
-fn default_mysql_client() -> PathBuf {
-    PathBuf::from("mysql")
 }
 
 fn default_drbdsetup() -> PathBuf {
@@ -422,8 +450,7 @@ impl Settings {
              #\n\
              # [[mysql]]\n\
              # name = \"db\"\n\
-             # client = \"mysql\"\n\
-             # defaults_file = \"/etc/hapulse/mysql.cnf\"\n\
+             # url = \"mysql://hapulse:PASSWORD@localhost/?socket=/run/mysqld/mysqld.sock\"\n\
              #\n\
              # [[drbd]]\n\
              # drbdsetup = \"drbdsetup\"\n\
@@ -515,28 +542,39 @@ impl Settings {
                 );
             }
         }
-        if let Some(bad) = self.postgresql.iter().find_map(|p| {
-            p.advertise_address
+        for (key, address) in self
+            .postgresql
+            .iter()
+            .map(|p| ("postgresql.advertise_address", &p.advertise_address))
+            .chain(
+                self.mysql
+                    .iter()
+                    .map(|m| ("mysql.advertise_address", &m.advertise_address)),
+            )
+        {
+            if let Some(bad) = address
                 .as_deref()
                 .and_then(|a| hapulse_protocol::parse_host_port(a).err())
-        }) {
-            return Err(ConfigError::Invalid {
-                key: "postgresql.advertise_address",
-                reason: bad,
-            });
+            {
+                return Err(ConfigError::Invalid { key, reason: bad });
+            }
         }
         Ok(())
     }
 }
 
 /// The action kinds `actions.enabled` may list (as [`hapulse_protocol::Action::kind`] names them).
-const ACTION_KINDS: [&str; 9] = [
+const ACTION_KINDS: [&str; 13] = [
     "set_priority_offset",
     "fence",
     "postgres_stop",
     "postgres_promote",
     "postgres_follow",
     "postgres_start",
+    "mysql_stop",
+    "mysql_catch_up",
+    "mysql_promote",
+    "mysql_follow",
     "drbd_role",
     "hook",
     "remove_vip",
@@ -637,6 +675,12 @@ impl ActionSettings {
                 key: "actions.postgres.standby_conninfo",
                 reason: bad,
             });
+        }
+        if self.mysql.iter().any(|m| !valid_name(&m.replication_user)) {
+            return invalid(
+                "actions.mysql.replication_user",
+                "1-64 characters of A-Z a-z 0-9 . _ -",
+            );
         }
         Ok(())
     }
@@ -817,9 +861,9 @@ mod tests {
         assert_eq!(
             key_at_fault(&|s| s.mysql = vec![MysqlSettings {
                 name: "bad name".into(),
-                client: "mysql".into(),
-                defaults_file: None,
+                url: "mysql://u@localhost/".to_string().into(),
                 vrrp_instance: None,
+                advertise_address: None,
             }]),
             "postgresql/mysql name"
         );

@@ -517,6 +517,48 @@ pub enum Action {
         /// Replication link name.
         link: String,
     },
+    /// Stop writes on the MySQL/MariaDB server of `link`: `SET GLOBAL read_only = ON`, then
+    /// end every client session that could still write (not the replication threads), and
+    /// report the server's last binary-log position in the result's data (`gtid_binlog_pos`,
+    /// MariaDB's `@@gtid_binlog_pos`, e.g. `0-1-42`): every transaction committed before the
+    /// stop is at or before it. The server keeps running, read-only.
+    MysqlStop {
+        /// Replication link name (`db`).
+        link: String,
+    },
+    /// Wait until the replica of `link` has applied every transaction up to `gtid_pos` (the old
+    /// primary's final `gtid_binlog_pos`), with MariaDB's `MASTER_GTID_WAIT(gtid_pos, timeout)`.
+    MysqlCatchUp {
+        /// Replication link name.
+        link: String,
+        /// GTID position (`0-1-42`, several domains comma-separated).
+        gtid_pos: String,
+    },
+    /// Make the server of `link` the writable primary: a replica stops receiving
+    /// (`STOP SLAVE IO_THREAD`), applies everything it received (`MASTER_GTID_WAIT` on its
+    /// `Gtid_IO_Pos`, the SQL thread started if it was stopped), forgets its source
+    /// (`STOP SLAVE; RESET SLAVE ALL`) and turns `read_only` off; a server that replicates from
+    /// nobody (an old primary made read-only by `mysql_stop`) only turns `read_only` off.
+    MysqlPromote {
+        /// Replication link name.
+        link: String,
+    },
+    /// Make the server of `link` a replica of the primary at `primary_host:primary_port` (its
+    /// raw `advertise_address`), with GTIDs (`CHANGE MASTER TO … MASTER_USE_GTID=slave_pos;
+    /// START SLAVE`) and `read_only` on. A stopped server is started first (the agent's
+    /// `start_command`); an old primary takes its own `gtid_binlog_pos` as the position it
+    /// continues from, so a transaction the new primary never had stops it with MariaDB's
+    /// error instead of diverging silently. A writable server is refused: it is made read-only
+    /// (`mysql_stop`) first, so the command never demotes a live primary. The replication user
+    /// and password come from the agent's configuration: no credential travels in the command.
+    MysqlFollow {
+        /// Replication link name.
+        link: String,
+        /// Host (name or address) of the new primary.
+        primary_host: String,
+        /// Port of the new primary.
+        primary_port: u16,
+    },
     /// `drbdadm primary|secondary RESOURCE`. Before `primary` the agent checks with
     /// `drbdsetup status --json RESOURCE` that the local disk is `UpToDate`: an `Inconsistent`
     /// or `Outdated` disk is never promoted.
@@ -564,6 +606,10 @@ impl Action {
             Action::PostgresPromote { .. } => "postgres_promote",
             Action::PostgresFollow { .. } => "postgres_follow",
             Action::PostgresStart { .. } => "postgres_start",
+            Action::MysqlStop { .. } => "mysql_stop",
+            Action::MysqlCatchUp { .. } => "mysql_catch_up",
+            Action::MysqlPromote { .. } => "mysql_promote",
+            Action::MysqlFollow { .. } => "mysql_follow",
             Action::DrbdRole { .. } => "drbd_role",
             Action::Hook { .. } => "hook",
             Action::RemoveVip { .. } => "remove_vip",

@@ -5,6 +5,7 @@
 pub mod drbd;
 pub mod moves;
 pub mod mysql;
+pub mod mysql_moves;
 pub mod postgres;
 mod probes;
 

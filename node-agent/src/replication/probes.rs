@@ -23,8 +23,8 @@ struct Configured {
     probe: Probe,
     name: String,
     vrrp_instance: Option<String>,
-    /// Where standbys reach this host's server when it is primary (PostgreSQL's
-    /// `advertise_address`), added to the link's raw fields as `advertise_address`.
+    /// Where standbys reach this host's server when it is primary (`advertise_address` of
+    /// `[[postgresql]]` or `[[mysql]]`), added to the link's raw fields as `advertise_address`.
     advertise_address: Option<String>,
 }
 
@@ -69,13 +69,12 @@ impl ReplicationProbes {
             probes.push(Configured {
                 probe: Probe::Mysql(mysql::MysqlProbe::new(
                     my.name.clone(),
-                    my.client.clone(),
-                    my.defaults_file.clone(),
+                    my.url.clone(),
                     timeout,
                 )),
                 name: my.name.clone(),
                 vrrp_instance: my.vrrp_instance.clone(),
-                advertise_address: None,
+                advertise_address: my.advertise_address.clone(),
             });
         }
         for d in &settings.drbd {

@@ -636,11 +636,7 @@ pub(crate) fn find_leader(
                     .any(|i| Some(&i.name) == r.vrrp_instance.as_ref())
         })
         .collect();
-    let tied = tied_links
-        .iter()
-        .find(|r| crate::switchover::drivers::Driver::of(r.kind).is_ok())
-        .or(tied_links.first())
-        .copied();
+    let tied = tied_links.first().copied();
     let instance = match tied {
         Some(r) => r.vrrp_instance.clone()?,
         None if c.instances.len() == 1 => c.instances[0].name.clone(),

@@ -25,7 +25,6 @@ use crate::failover::evidence::Gathered;
 use crate::fleet::live::NodeStatus;
 use crate::fleet::view::{ClusterView, LinkMemberView, ReplicationView};
 use crate::state::AppState;
-use crate::switchover::drivers;
 
 /// A node whose rejoin was started is not tried again for this long (a rejoin that failed
 /// says why in its run, and `redundancy_lost` or `replication_broken` alerts meanwhile).
@@ -42,8 +41,7 @@ fn leaders_link<'c>(c: &'c ClusterView, g: &Gathered) -> Option<&'c ReplicationV
     let link = c.replication.iter().find(|r| r.link == key)?;
     let ready = g.leader_status == NodeStatus::Up
         && g.unmovable.is_none()
-        && link.primary.as_deref() == Some(g.leader.as_str())
-        && drivers::Driver::of(link.kind).is_ok();
+        && link.primary.as_deref() == Some(g.leader.as_str());
     ready.then_some(link)
 }
 

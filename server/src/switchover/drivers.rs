@@ -7,8 +7,7 @@
 //! cluster with one instance, always. A move of the instance moves every tied link, so it is
 //! refused before anything is fenced or stopped when a tied link has no driver that can move
 //! it: fencing a master and then finding that nothing can be promoted is worse than doing
-//! nothing. PostgreSQL streaming replication and DRBD have drivers; MySQL/MariaDB is observed
-//! but not moved (the refusal says so).
+//! nothing. PostgreSQL streaming replication, MariaDB GTID replication and DRBD have drivers.
 //!
 //! The tied links form a stack, bottom-up: at most one DRBD resource, and at most one database
 //! on top. A database tied beside a DRBD resource runs on its device (one copy, moved by stopping
@@ -31,6 +30,11 @@ pub enum Driver {
     /// `UpToDate` with nothing out of sync, `drbdadm primary` on the target (its agent checks
     /// the disk first). Secondaries follow the new primary by themselves.
     Drbd,
+    /// MariaDB GTID replication: `read_only` on the old primary (its final `gtid_binlog_pos`
+    /// reported), `MASTER_GTID_WAIT` on the target, then promotion (apply everything received,
+    /// `RESET SLAVE ALL`, `read_only` off), then `CHANGE MASTER TO … MASTER_USE_GTID=slave_pos`
+    /// for the others. Never on a DRBD device.
+    Mysql,
 }
 
 /// One layer of a stack: a tied link, its driver, and whether it runs on the DRBD device below
@@ -46,14 +50,12 @@ pub struct Layer {
 }
 
 impl Driver {
-    /// The driver of links of `kind`, or why there is none.
-    pub fn of(kind: ReplicationKind) -> Result<Driver, String> {
+    /// The driver of links of `kind`.
+    pub fn of(kind: ReplicationKind) -> Driver {
         match kind {
-            ReplicationKind::Postgresql => Ok(Driver::Postgresql),
-            ReplicationKind::Drbd => Ok(Driver::Drbd),
-            ReplicationKind::Mysql => {
-                Err("hapulse observes MySQL/MariaDB replication but cannot promote it yet".into())
-            }
+            ReplicationKind::Postgresql => Driver::Postgresql,
+            ReplicationKind::Drbd => Driver::Drbd,
+            ReplicationKind::Mysql => Driver::Mysql,
         }
     }
 
@@ -66,6 +68,17 @@ impl Driver {
                 resource: name.into(),
                 role: ReplicationRole::Secondary,
             },
+            Driver::Mysql => Action::MysqlStop { link: name.into() },
+        }
+    }
+
+    /// The command that undoes [`Driver::stop`] on the old primary of link `name` when nothing
+    /// was promoted: the server started again, the resource made Primary again, `read_only`
+    /// off.
+    pub fn resume(self, name: &str) -> Action {
+        match self {
+            Driver::Postgresql => Action::PostgresStart { link: name.into() },
+            Driver::Drbd | Driver::Mysql => self.promote(name, false),
         }
     }
 
@@ -79,6 +92,7 @@ impl Driver {
                 resource: name.into(),
                 role: ReplicationRole::Primary,
             },
+            (Driver::Mysql, _) => Action::MysqlPromote { link: name.into() },
         }
     }
 
@@ -92,21 +106,28 @@ impl Driver {
                 primary_host: host.clone(),
                 primary_port: *port,
             }),
+            (Driver::Mysql, Some((host, port))) => Some(Action::MysqlFollow {
+                link: name.into(),
+                primary_host: host.clone(),
+                primary_port: *port,
+            }),
             _ => None,
         }
     }
 
     /// Whether following needs the new primary's advertised address.
     pub fn needs_address(self) -> bool {
-        self == Driver::Postgresql
+        self != Driver::Drbd
     }
 
     /// Whether `member` follows the primary at `primary` (its advertised address, for the kinds
     /// that need one): a connected, up-to-date secondary.
     pub fn follows(self, member: &LinkMemberView, primary: Option<&(String, u16)>) -> bool {
         match (self, primary) {
-            (Driver::Postgresql, Some((host, port))) => streams_from(member, host, *port),
-            (Driver::Postgresql, None) => false,
+            (Driver::Postgresql | Driver::Mysql, Some((host, port))) => {
+                streams_from(member, host, *port)
+            }
+            (Driver::Postgresql | Driver::Mysql, None) => false,
             (Driver::Drbd, _) => {
                 member.role == ReplicationRole::Secondary && member.state == LinkState::Streaming
             }
@@ -122,6 +143,7 @@ impl Driver {
         }
         let must = match self {
             Driver::Postgresql => "a streaming standby",
+            Driver::Mysql => "a replica with both threads running",
             Driver::Drbd => "a connected Secondary with an UpToDate disk",
         };
         Err(format!(
@@ -142,19 +164,14 @@ pub fn tied_links<'c>(c: &'c ClusterView, instance: &str) -> Vec<&'c Replication
 }
 
 /// The stack a move of `instance` carries, bottom-up (empty: no link is tied), or why it cannot
-/// be moved: a tied link has no driver, or the links do not form a stack hapulse moves (two
-/// DRBD resources, two databases).
+/// be moved: the tied links do not form a stack hapulse moves (two DRBD resources, two
+/// databases, MariaDB on a DRBD device).
 pub fn stack(c: &ClusterView, instance: &str) -> Result<Vec<Layer>, String> {
     let tied = tied_links(c, instance);
     let mut drbd: Option<&ReplicationView> = None;
     let mut database: Option<(&ReplicationView, Driver)> = None;
     for link in &tied {
-        let driver = Driver::of(link.kind).map_err(|why| {
-            format!(
-                "{} is tied to {instance} and {why}: nothing is moved",
-                link.link
-            )
-        })?;
+        let driver = Driver::of(link.kind);
         let slot_taken = match driver {
             Driver::Drbd => drbd.replace(link).map(|l| l.link.clone()),
             _ => database
@@ -167,6 +184,12 @@ pub fn stack(c: &ClusterView, instance: &str) -> Result<Vec<Layer>, String> {
                 link.link
             ));
         }
+    }
+    if let (Some((l, Driver::Mysql)), Some(_)) = (database, drbd) {
+        return Err(format!(
+            "{} is tied to {instance} beside a DRBD resource: hapulse starts and stops only PostgreSQL on a DRBD device",
+            l.link
+        ));
     }
     let mut layers: Vec<Layer> = drbd
         .map(|l| Layer {
@@ -206,14 +229,15 @@ pub fn link_name(key: &str) -> &str {
     key.split_once(':').map_or(key, |(_, n)| n)
 }
 
-/// The address a primary advertises to its standbys (`advertise_address` of its PostgreSQL
-/// probe, raw field `advertise_address`), as host and port; Err says why there is none.
+/// The address a primary advertises to its standbys (`advertise_address` of its `[[postgresql]]`
+/// or `[[mysql]]` probe, raw field `advertise_address`), as host and port; Err says why there is
+/// none.
 pub fn advertised(
     raw: &std::collections::BTreeMap<String, String>,
     node: &str,
 ) -> Result<(String, u16), String> {
     let address = raw.get("advertise_address").ok_or_else(|| {
-        format!("{node} does not advertise where standbys reach it ([[postgresql]] advertise_address in its agent's configuration)")
+        format!("{node} does not advertise where standbys reach it (advertise_address of the link's probe in its agent's configuration)")
     })?;
     hapulse_protocol::parse_host_port(address)
         .map_err(|e| format!("{node}'s advertise_address: {e}"))
@@ -288,26 +312,22 @@ mod tests {
     }
 
     #[test]
-    fn every_tied_link_needs_a_driver_and_one_database_moves() {
+    fn one_database_and_one_drbd_resource_move_per_instance() {
         let pg = link(ReplicationKind::Postgresql, "pg", "VI_1");
         let c = cluster(vec![pg.clone()]);
         let (l, d) = moved_link(&c, "VI_1").unwrap().unwrap();
         assert_eq!((l.link.as_str(), d), ("postgresql:pg", Driver::Postgresql));
         assert!(moved_link(&c, "VI_2").unwrap().is_none(), "nothing tied");
+        let my = link(ReplicationKind::Mysql, "db", "VI_1");
+        let only_mysql = cluster(vec![my.clone()]);
+        let (l, d) = moved_link(&only_mysql, "VI_1").unwrap().unwrap();
+        assert_eq!((l.link.as_str(), d), ("mysql:db", Driver::Mysql));
 
-        // A MySQL link tied to the instance: the move is refused, whatever the order of the
-        // keys.
-        for other in [
-            link(ReplicationKind::Mysql, "my", "VI_1"),
-            link(ReplicationKind::Mysql, "a", "VI_1"),
-        ] {
+        // Two databases tied to one instance: refused, whatever the order of the keys.
+        for other in [my.clone(), link(ReplicationKind::Mysql, "a", "VI_1")] {
             let c = cluster(vec![other.clone(), pg.clone()]);
             let why = moved_link(&c, "VI_1").unwrap_err();
-            assert!(
-                why.starts_with(&format!("{} is tied to VI_1", other.link)),
-                "{why}"
-            );
-            assert!(why.contains("cannot promote"), "{why}");
+            assert!(why.contains("are both tied to VI_1"), "{why}");
             // Tied to another instance, it does not hold this one back.
             let mut elsewhere = other;
             elsewhere.vrrp_instance = Some("VI_2".into());
@@ -320,11 +340,44 @@ mod tests {
         assert!(moved_link(&two, "VI_1")
             .unwrap_err()
             .contains("one database per instance"));
+        // MariaDB is not started and stopped on a DRBD device.
+        let r0 = link(ReplicationKind::Drbd, "r0", "VI_1");
+        let why = moved_link(&cluster(vec![r0.clone(), my]), "VI_1").unwrap_err();
+        assert!(why.contains("beside a DRBD resource"), "{why}");
+        let layers = stack(&cluster(vec![pg, r0]), "VI_1").unwrap();
+        assert_eq!(
+            layers
+                .iter()
+                .map(|l| (l.link.as_str(), l.on_drbd))
+                .collect::<Vec<_>>(),
+            [("drbd:r0", false), ("postgresql:pg", true)]
+        );
+    }
+
+    #[test]
+    fn each_driver_stops_promotes_resumes_and_follows_with_its_own_commands() {
+        let at = ("10.0.0.12".to_string(), 3306);
+        assert_eq!(Driver::Mysql.stop("db").kind(), "mysql_stop");
+        assert_eq!(Driver::Mysql.promote("db", false).kind(), "mysql_promote");
+        assert_eq!(Driver::Mysql.resume("db").kind(), "mysql_promote");
+        assert_eq!(Driver::Postgresql.resume("pg").kind(), "postgres_start");
+        assert_eq!(Driver::Drbd.resume("r0").kind(), "drbd_role");
+        assert_eq!(
+            Driver::Mysql.follow("db", Some(&at)),
+            Some(Action::MysqlFollow {
+                link: "db".into(),
+                primary_host: "10.0.0.12".into(),
+                primary_port: 3306
+            })
+        );
+        assert_eq!(Driver::Mysql.follow("db", None), None);
+        assert_eq!(Driver::Drbd.follow("r0", Some(&at)), None);
+        assert!(Driver::Mysql.needs_address() && !Driver::Drbd.needs_address());
     }
 
     #[test]
     fn only_a_streaming_standby_is_promotable() {
-        for d in [Driver::Postgresql, Driver::Drbd] {
+        for d in [Driver::Postgresql, Driver::Drbd, Driver::Mysql] {
             let ok = member("b", ReplicationRole::Secondary, LinkState::Streaming, None);
             assert!(d.promotable("postgresql:pg", &ok).is_ok());
             for (role, state) in [

@@ -42,6 +42,9 @@ pub(super) struct Run<'a> {
     /// The old primary's shutdown checkpoint, as its agent reported it after the stop, with the
     /// link it belongs to.
     checkpoint: Option<(String, u64)>,
+    /// The old primary's last GTID position (MariaDB `gtid_binlog_pos`), as its agent reported
+    /// it after `mysql_stop`, with the link it belongs to.
+    final_gtid: Option<(String, String)>,
     /// The link the running step acts on (its stored `link`; else the run's).
     step_link: Option<String>,
     /// Redundancy steps that failed (`step: why`); the move stands.
@@ -61,6 +64,7 @@ impl<'a> Run<'a> {
             sw,
             fenced: false,
             checkpoint: None,
+            final_gtid: None,
             step_link: None,
             redundancy_failures: Vec::new(),
             stopped: Vec::new(),
@@ -147,11 +151,7 @@ impl<'a> Run<'a> {
         let mut done = Vec::new();
         for layer in self.stopped.clone().iter().rev() {
             let name = drivers::link_name(&layer.link);
-            let action = match layer.driver {
-                drivers::Driver::Postgresql => Action::PostgresStart { link: name.into() },
-                drivers::Driver::Drbd => layer.driver.promote(name, false),
-            };
-            match self.command(&old, action).await {
+            match self.command(&old, layer.driver.resume(name)).await {
                 Ok((m, _)) => done.push(m),
                 Err((e, _)) => {
                     return format!(" Nothing was promoted, but the old primary {old} could NOT be started again ({e}): start it by hand, nobody is primary.")
@@ -503,6 +503,9 @@ impl<'a> Run<'a> {
             .get("shutdown_checkpoint_lsn")
             .and_then(|l| hapulse_protocol::parse_lsn(l))
             .map(|lsn| (layer.link.clone(), lsn));
+        self.final_gtid = data
+            .get("gtid_binlog_pos")
+            .map(|p| (layer.link.clone(), p.clone()));
         Ok(StepOutcome::Done(match self.checkpoint {
             Some(_) => format!(
                 "{message} (shutdown checkpoint {})",
@@ -517,6 +520,10 @@ impl<'a> Run<'a> {
     /// everything the old primary sent — first asking the target for its position now
     /// (`report_positions`), else at what it last reported.
     async fn wait_for_catch_up(&self) -> Result<StepOutcome, String> {
+        let (link, layer) = self.layer()?;
+        if layer.driver == drivers::Driver::Mysql {
+            return self.gtid_catch_up(&link, &layer).await;
+        }
         let target = &self.sw.target_node;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(55);
         let mut seen = 0;
@@ -547,6 +554,26 @@ impl<'a> Run<'a> {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    /// `wait_for_catch_up` of a MariaDB layer: the target waits (`MASTER_GTID_WAIT`) until it
+    /// has applied up to the old primary's last GTID position.
+    async fn gtid_catch_up(&self, link: &str, layer: &Layer) -> Result<StepOutcome, String> {
+        let gtid_pos = match &self.final_gtid {
+            Some((key, position)) if *key == layer.link => position.clone(),
+            _ => {
+                return Err(format!(
+                    "the old primary reported no GTID position for {}: nothing to wait for safely",
+                    layer.link
+                ))
+            }
+        };
+        let wait = Action::MysqlCatchUp {
+            link: link.to_string(),
+            gtid_pos,
+        };
+        let message = self.command_message(&self.sw.target_node, wait).await?;
+        Ok(StepOutcome::Done(message))
     }
 
     /// One look at the target's replay. With the old primary's shutdown checkpoint: replayed

@@ -126,6 +126,7 @@ fn stop_step(layer: &Layer, old: &str) -> Step {
         (Driver::Postgresql, false) => format!("stop writes: fast shutdown of the {l} primary on {old} (its standbys receive all WAL first)"),
         (Driver::Postgresql, true) => format!("stop writes: fast shutdown of {l} on {old} (it runs on the DRBD device)"),
         (Driver::Drbd, _) => format!("make {l} Secondary on {old} (nothing writes to it any more)"),
+        (Driver::Mysql, _) => format!("stop writes: make the {l} primary on {old} read-only and note its last GTID position"),
     };
     layer_step(StepName::StopOldPrimary, layer, what)
 }
@@ -138,6 +139,9 @@ fn catch_up_step(layer: &Layer, target: &str) -> Step {
             "wait until {target}'s disk of {} is UpToDate with nothing out of sync",
             layer.link
         ),
+        Driver::Mysql => {
+            format!("wait until {target} has applied up to the old primary's last GTID position")
+        }
     };
     layer_step(StepName::WaitForCatchUp, layer, what)
 }
@@ -151,6 +155,7 @@ fn promote_step(layer: &Layer, target: &str) -> Step {
             format!("start {l} on {target}, on the DRBD device it made Primary")
         }
         (Driver::Drbd, _) => format!("make {l} Primary on {target} (its disk UpToDate)"),
+        (Driver::Mysql, _) => format!("promote {target} to {l} primary: apply all it received, forget its source, read_only off"),
     };
     layer_step(StepName::PromoteTarget, layer, what)
 }
@@ -375,8 +380,7 @@ fn streaming_standby<'c>(
     link: &'c view::ReplicationView,
     target: &str,
 ) -> Result<&'c view::LinkMemberView, SwitchoverError> {
-    let driver = drivers::Driver::of(link.kind)
-        .map_err(|why| SwitchoverError::from(Refusal::conflict("no_driver", why)))?;
+    let driver = drivers::Driver::of(link.kind);
     let member = link
         .members
         .iter()
@@ -496,6 +500,7 @@ fn redundancy_steps(layers: &[Layer], old_primary: &str, target: &str) -> Vec<St
             match carrier.driver {
                 Driver::Postgresql => format!("rejoin {old_primary} as a standby of {target} on {} (rewound, or re-cloned, and started) and wait until it streams; if it cannot, it stays fenced", carrier.link),
                 Driver::Drbd => format!("wait until {old_primary} is a connected Secondary of {} with an UpToDate disk; if it is not, it stays fenced", carrier.link),
+                Driver::Mysql => format!("rejoin {old_primary} as a read-only replica of {target} on {} (from its own GTID position) and wait until it replicates; if it cannot, it stays fenced", carrier.link),
             },
         ),
     ]
@@ -509,6 +514,7 @@ fn repoint_step(carrier: &Layer, target: &str) -> Step {
         match carrier.driver {
             Driver::Postgresql => format!("re-point every other standby of {} to {target} and wait until each streams from it", carrier.link),
             Driver::Drbd => format!("wait until every other Secondary of {} is connected to {target} with an UpToDate disk", carrier.link),
+            Driver::Mysql => format!("re-point every other replica of {} to {target} (CHANGE MASTER TO, GTIDs) and wait until each replicates from it", carrier.link),
         },
     )
 }
@@ -690,6 +696,7 @@ pub fn rejoin_plan(
             match driver {
                 Driver::Postgresql => format!("rejoin {node} as a standby of {primary} on {link} (rewound, or re-cloned, and started) and wait until it streams; it stays fenced until a person lifts the fence"),
                 Driver::Drbd => format!("wait until {node} is a connected Secondary of {link} with an UpToDate disk; it stays fenced until a person lifts the fence"),
+                Driver::Mysql => format!("rejoin {node} as a read-only replica of {primary} on {link} (started if stopped, from its own GTID position) and wait until it replicates; it stays fenced until a person lifts the fence"),
             },
         )],
     })
@@ -1016,9 +1023,10 @@ mod tests {
     }
 
     #[test]
-    fn a_tied_link_without_a_driver_refuses_the_move_before_anything_runs() {
+    fn a_stack_no_driver_moves_refuses_the_move_before_anything_runs() {
         // A MySQL link tied to the instance — here implicitly, as the cluster's only instance —
-        // beside the PostgreSQL link: no plan, whatever sorts first.
+        // beside the PostgreSQL link: two databases under one VIP, no plan, whatever sorts
+        // first.
         for (kind, name) in [(ReplicationKind::Mysql, "a"), (ReplicationKind::Mysql, "z")] {
             let mut c = cluster();
             let mut other = link();
@@ -1028,10 +1036,8 @@ mod tests {
             let (code, message) = refused(&c, &request("b"));
             assert_eq!(code, "no_driver");
             assert!(
-                message.starts_with(&format!(
-                    "{}:{name} is tied to vi and hapulse observes",
-                    kind.as_str()
-                )),
+                message.contains(&format!("{}:{name}", kind.as_str()))
+                    && message.contains("are both tied to vi"),
                 "{message}"
             );
             // A failover or VIP-follow plan of the same cluster is refused as well.

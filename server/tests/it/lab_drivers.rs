@@ -1,16 +1,17 @@
 //! Replication drivers on real keepalived hosts: PostgreSQL on a DRBD resource moved as a stack
 //! (demoted top-down, promoted bottom-up, each step naming its layer) by a switchover and, after
-//! the fencing hook, by a failover; and a tied link no driver can promote (MySQL) that keeps
-//! hapulse from fencing anything when the master dies.
+//! the fencing hook, by a failover; real MariaDB GTID replication moved by a switchover and a
+//! failover with every committed row kept, and rebuilt to full redundancy; and a stack hapulse
+//! cannot move (two databases under one VIP) that keeps it from fencing anything when the
+//! master dies.
 //!
 //! DRBD is a STAND-IN here: this machine's kernel has no DRBD module, so `scripts/drbd-standin`
 //! plays `drbdadm` and `drbdsetup` (DRBD 9's JSON, its refusals: promoting a disk that is not
 //! UpToDate, two Primaries, demoting a device held open) over a directory that stands for the
-//! replicated device. The MySQL client is a stand-in too (`--observed-mysql`): the link exists
-//! only to be observed. MariaDB, by contrast, runs for real (`--mariadb`): observed as it is,
-//! and refused every move until it has a driver.
+//! replicated device. MariaDB runs for real (Debian's mariadb-server, `--mariadb`).
 //!
-//! Needs root, keepalived, iproute2, nftables and PostgreSQL (scripts/setup installs them).
+//! Needs root, keepalived, iproute2, nftables, PostgreSQL and MariaDB (scripts/setup installs
+//! them).
 
 use std::time::Duration;
 
@@ -32,14 +33,14 @@ const DRBD_FAILOVER_LAB: Lab = Lab {
     net: "10.213.25",
     port: 18125,
 };
-/// Two hosts with a real MariaDB each: h1 the source, h2 a GTID replica.
+/// Three hosts with a real MariaDB each: h1 the source, h2 and h3 GTID replicas.
 const MARIADB_LAB: Lab = Lab {
     name: "hpmaria",
     net: "10.213.26",
     port: 18126,
 };
-/// Two hosts without a database, each probing a MySQL link tied to VI_1.
-const MYSQL_LAB: Lab = Lab {
+/// Two hosts with PostgreSQL and MariaDB, both tied to VI_1.
+const UNMOVABLE_LAB: Lab = Lab {
     name: "hpmysql",
     net: "10.213.24",
     port: 18124,
@@ -282,45 +283,39 @@ async fn a_lost_master_of_a_drbd_stack_is_fenced_before_its_stack_is_promoted_bo
 }
 
 #[sqlx::test(migrations = false)]
-async fn a_dead_master_beside_a_link_no_driver_can_promote_is_not_fenced(pool: PgPool) {
+async fn a_dead_master_beside_a_stack_no_driver_can_move_is_not_fenced(pool: PgPool) {
     require_root_and_tools();
-    let lab = MYSQL_LAB.up(&pool, &["2", "--observed-mysql"]).await;
+    // PostgreSQL and MariaDB both tied to VI_1: two databases under one VIP, which hapulse
+    // does not move (which one would follow the other?).
+    let lab = UNMOVABLE_LAB
+        .up(&pool, &["2", "--postgres", "--mariadb"])
+        .await;
     let name = lab.name;
     let server = lab
         .start_server_with(pool.clone(), auto_settings(&lab))
         .await;
-    eventually(
-        90,
-        "the arbiter settled on h1, the MySQL source",
-        || async {
-            let f = failover_status(&server, name).await;
-            (f["leader"] == "h1"
-                && f["verdict"]["decision"]["action"] == "nothing"
-                && f["verdict"]["evidence"]["link"] == "mysql:my")
-                .then_some(())
-        },
-    )
+    let both = "mysql:db and postgresql:pg are both tied to VI_1";
+    eventually(90, "the arbiter settled on h1, the primary", || async {
+        let f = failover_status(&server, name).await;
+        (f["leader"] == "h1"
+            && f["verdict"]["decision"]["action"] == "nothing"
+            && f["verdict"]["evidence"]["unmovable"]
+                .as_str()?
+                .contains(both))
+        .then_some(())
+    })
     .await;
-    let f = failover_status(&server, name).await;
-    assert!(
-        f["verdict"]["evidence"]["unmovable"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("mysql:my is tied to VI_1"),
-        "{f:#}"
-    );
 
     // The master host loses its network: keepalived moves the VIP by itself; hapulse would
-    // fail over, but nothing could promote the MySQL replica, so it fences nobody and says so.
+    // fail over, but nothing could move the stack, so it fences nobody and says so.
     lab.run(&["link", "h1", "down"]);
     let reason = eventually(30, "a failover_blocked verdict", || async {
         let f = failover_status(&server, name).await;
         let reason = f["verdict"]["decision"]["reason"].as_str()?.to_string();
-        // Held back (MySQL reports no byte lag, so the bound cannot be checked either), and
-        // the verdict says that nothing could be promoted anyway.
         (f["verdict"]["decision"]["action"] == "alert"
             && reason.contains("h1 is unreachable")
-            && reason.contains("mysql:my is tied to VI_1 and hapulse observes MySQL/MariaDB replication but cannot promote it yet"))
+            && reason.contains(both)
+            && reason.contains("nothing is fenced"))
         .then_some(reason)
     })
     .await;
@@ -346,7 +341,7 @@ async fn a_dead_master_beside_a_link_no_driver_can_promote_is_not_fenced(pool: P
         refusal["message"]
             .as_str()
             .unwrap_or_default()
-            .contains("mysql:my is tied to VI_1"),
+            .contains(both),
         "{refusal}"
     );
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -361,13 +356,66 @@ async fn a_dead_master_beside_a_link_no_driver_can_promote_is_not_fenced(pool: P
     server.stop().await;
 }
 
-/// `sql` through the mariadb client as root on `host`'s MariaDB: its output, trimmed, or None
-/// when it failed.
-fn mariadb(lab: &Lab, host: &str, sql: &str) -> Option<String> {
-    let out = lab.run(&["mariadb", host, "--batch", "--skip-column-names", "-e", sql]);
+/// `sql` through the mariadb client on `host`'s MariaDB in lab `lab` (as root, or as the
+/// application's user `app` with `as_app`): its output, trimmed, or None when it failed.
+fn mariadb_on(lab: &str, host: &str, as_app: bool, sql: &str) -> Option<String> {
+    let mut command = std::process::Command::new("mariadb");
+    command.arg(format!(
+        "--defaults-file=/run/hapulse-lab/{lab}/{host}/my.cnf"
+    ));
+    if as_app {
+        command.args(["-u", "app", "-plab-app"]);
+    } else {
+        command.args(["-u", "root"]);
+    }
+    let out = command
+        .args(["--batch", "--skip-column-names", "-e", sql])
+        .output()
+        .ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// [`mariadb_on`] for `lab`.
+fn mariadb_as(lab: &Lab, host: &str, as_app: bool, sql: &str) -> Option<String> {
+    mariadb_on(lab.name, host, as_app, sql)
+}
+
+/// [`mariadb_as`] as root.
+fn mariadb(lab: &Lab, host: &str, sql: &str) -> Option<String> {
+    mariadb_as(lab, host, false, sql)
+}
+
+/// The ids in `host`'s `shop.orders`.
+fn order_ids(lab: &Lab, host: &str) -> std::collections::BTreeSet<u64> {
+    mariadb(lab, host, "SELECT id FROM shop.orders")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// An application writing one row per transaction as `app` on `host` until `stop` is set; the
+/// ids whose commit MariaDB acknowledged, from `first` on.
+fn writer(
+    lab: &'static str,
+    host: &'static str,
+    first: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<u64>> {
+    std::thread::spawn(move || {
+        let mut acknowledged = Vec::new();
+        let mut id = first;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let sql = format!("INSERT INTO shop.orders VALUES ({id})");
+            if mariadb_on(lab, host, true, &sql).is_some() {
+                acknowledged.push(id);
+            }
+            id += 1;
+        }
+        acknowledged
+    })
 }
 
 /// `host`'s member of `link` in the cluster `c`.
@@ -378,84 +426,212 @@ fn member<'c>(c: &'c serde_json::Value, link: &str, host: &str) -> Option<&'c se
         .find(|m| m["node_id"] == host)
 }
 
-#[sqlx::test(migrations = false)]
-async fn real_mariadb_replication_is_observed_as_it_is_and_never_moved(pool: PgPool) {
-    require_root_and_tools();
-    let lab = MARIADB_LAB.up(&pool, &["2", "--mariadb"]).await;
-    let name = lab.name;
-    let server = lab.start_server(pool).await;
-    let source = format!("{}.11:3306", lab.net);
+/// Waits until every host of `replicas` replicates `mysql:db` from `primary`'s address.
+async fn replicating_from(
+    server: &crate::harness::TestServer,
+    lab: &Lab,
+    primary: &str,
+    replicas: &[&str],
+) {
+    let address = format!("{}.1{}:3306", lab.net, &primary[1..]);
     eventually(
         60,
-        "h1 master and the source, h2 its replica, streaming",
+        &format!("{replicas:?} replicating from {primary}"),
         || async {
-            let (_, c) = server.get_json(&format!("/api/v1/clusters/{name}")).await;
-            let h2 = member(&c, "mysql:db", "h2")?;
-            (c["instances"][0]["master"] == "h1"
-                && link_view(&c, "mysql:db")?["primary"] == "h1"
-                && h2["role"] == "secondary"
-                && h2["state"] == "streaming"
-                && h2["peer"].as_str() == Some(source.as_str()))
-            .then_some(())
+            let (_, c) = server
+                .get_json(&format!("/api/v1/clusters/{}", lab.name))
+                .await;
+            replicas
+                .iter()
+                .all(|h| {
+                    member(&c, "mysql:db", h).is_some_and(|m| {
+                        m["role"] == "secondary"
+                            && m["state"] == "streaming"
+                            && m["peer"].as_str() == Some(address.as_str())
+                    })
+                })
+                .then_some(())
         },
     )
     .await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn mariadb_moves_with_the_vip_and_keeps_every_committed_row(pool: PgPool) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    require_root_and_tools();
+    let lab = MARIADB_LAB.up(&pool, &["3", "--mariadb"]).await;
+    let name = lab.name;
+    let server = lab
+        .start_server_with(pool.clone(), auto_settings(&lab))
+        .await;
+    settled(&server, name, "h1", 2).await;
     mariadb(
         &lab,
         "h1",
-        "CREATE DATABASE shop; CREATE TABLE shop.orders (id INT PRIMARY KEY); INSERT INTO shop.orders VALUES (1), (2), (3)",
+        "CREATE DATABASE shop; CREATE TABLE shop.orders (id BIGINT PRIMARY KEY)",
     )
-    .expect("write on h1");
-    eventually(30, "h2 replicating h1's rows", || async {
-        (mariadb(&lab, "h2", "SELECT count(*) FROM shop.orders").as_deref() == Some("3"))
-            .then_some(())
+    .expect("create the table on h1");
+
+    // Switchover h1 → h2 while the application writes on h1: every acknowledged commit is on
+    // h2 afterwards (h1 turns read-only, h2 applies up to h1's last GTID before it is promoted).
+    let stop = Arc::new(AtomicBool::new(false));
+    let app = writer(name, "h1", 1, stop.clone());
+    eventually(30, "the application writing on h1", || async {
+        (order_ids(&lab, "h1").len() >= 20).then_some(())
     })
     .await;
-
-    // No driver moves MariaDB yet: a switchover is refused before anything runs.
-    let (status, refusal) = server
+    let (status, sw) = server
         .post_json(
             &format!("/api/v1/clusters/{name}/switchover"),
-            serde_json::json!({"target_node": "h2", "reason": "try"}),
+            serde_json::json!({"target_node": "h2", "reason": "MariaDB maintenance on h1"}),
         )
         .await;
+    assert_eq!(status, 202, "{sw}");
+    let sw = finished_switchover(&server, sw["id"].as_str().unwrap()).await;
+    stop.store(true, Ordering::SeqCst);
+    let acknowledged = app.join().unwrap();
+    for s in sw["steps"].as_array().unwrap() {
+        eprintln!("  {} [{}]: {}", s["name"], s["link"], s["message"]);
+    }
+    assert_eq!(sw["state"], "succeeded", "{sw:#}");
+    let steps: Vec<(&str, &str)> = sw["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| !s["link"].is_null())
+        .map(|s| (s["name"].as_str().unwrap(), s["link"].as_str().unwrap()))
+        .collect();
     assert_eq!(
-        (status, refusal["code"].as_str()),
-        (409, Some("no_driver")),
-        "{refusal}"
+        steps,
+        [
+            ("stop_old_primary", "mysql:db"),
+            ("wait_for_catch_up", "mysql:db"),
+            ("promote_target", "mysql:db"),
+            ("repoint_standbys", "mysql:db"),
+            ("rejoin_old_primary", "mysql:db"),
+        ]
     );
-    assert!(
-        refusal["message"]
-            .as_str()
-            .unwrap()
-            .contains("mysql:db is tied to VI_1"),
-        "{refusal}"
+    assert!(lab.holds_vip("h2") && !lab.holds_vip("h1"));
+    let on_h2 = order_ids(&lab, "h2");
+    let lost: Vec<&u64> = acknowledged
+        .iter()
+        .filter(|id| !on_h2.contains(id))
+        .collect();
+    eprintln!(
+        "switchover: {} commits acknowledged on h1, {} rows on h2",
+        acknowledged.len(),
+        on_h2.len()
     );
-
-    // An errant transaction on the replica, then the same key on the source: MariaDB's GTID
-    // strict mode stops h2's SQL thread, and the server says so.
-    mariadb(&lab, "h2", "INSERT INTO shop.orders VALUES (4)").expect("write on h2");
-    mariadb(&lab, "h1", "INSERT INTO shop.orders VALUES (4)").expect("write on h1");
-    eventually(30, "h2's link broken, with MariaDB's reason", || async {
-        let (_, c) = server.get_json(&format!("/api/v1/clusters/{name}")).await;
-        let h2 = member(&c, "mysql:db", "h2")?;
-        (h2["state"] == "disconnected"
-            && h2["error"]
-                .as_str()?
-                .contains("out-of-order sequence number"))
-        .then_some(())
-    })
-    .await;
-    eventually(15, "a replication_broken alert for h2", || async {
-        let (_, a) = server.get_json("/api/v1/alerts").await;
-        a["alerts"]
-            .as_array()?
+    assert!(acknowledged.len() >= 20);
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+    // Full redundancy without a person: h1 (read-only, rejoined from its own GTID position) and
+    // h3 (re-pointed) replicate from h2, and receive what the application writes there.
+    replicating_from(&server, &lab, "h2", &["h1", "h3"]).await;
+    assert_eq!(
+        mariadb(&lab, "h2", "SELECT @@read_only").as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        mariadb(&lab, "h1", "SELECT @@read_only").as_deref(),
+        Some("1")
+    );
+    mariadb_as(&lab, "h2", true, "INSERT INTO shop.orders VALUES (1000000)").expect("write on h2");
+    eventually(30, "h1 and h3 applying h2's write", || async {
+        ["h1", "h3"]
             .iter()
-            .any(|a| {
-                a["rule"] == "replication_broken" && a["node_id"] == "h2" && a["state"] == "firing"
-            })
+            .all(|h| order_ids(&lab, h).contains(&1_000_000))
             .then_some(())
     })
     .await;
+
+    // Failover: the preferred candidate h3 has received rows it has not applied yet (its SQL
+    // thread paused) when h2 loses its network. The promotion applies them before h3 takes
+    // writes: nothing h3 received is lost.
+    mariadb(&lab, "h3", "STOP SLAVE SQL_THREAD").expect("pause h3's SQL thread");
+    let stop = Arc::new(AtomicBool::new(false));
+    let app = writer(name, "h2", 2_000_000, stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+    let acknowledged = app.join().unwrap();
+    let h2_position = mariadb(&lab, "h2", "SELECT @@gtid_binlog_pos").unwrap();
+    eventually(30, "h3 received all of h2's binlog", || async {
+        let status = mariadb(&lab, "h3", "SELECT @@gtid_current_pos, @@gtid_slave_pos")?;
+        let received = mariadb(&lab, "h3", "SHOW SLAVE STATUS")?;
+        (received.contains(&h2_position) && !status.contains(&h2_position)).then_some(())
+    })
+    .await;
+    lab.run(&["link", "h2", "down"]);
+    let (id, target) = eventually(45, "an automatic failover", || async {
+        failovers(&pool, name).await.into_iter().next()
+    })
+    .await;
+    assert_eq!(target, "h3", "the preferred candidate");
+    let fo = finished_switchover(&server, &id).await;
+    for s in fo["steps"].as_array().unwrap() {
+        eprintln!("  {} [{}]: {}", s["name"], s["link"], s["message"]);
+    }
+    assert_eq!(
+        fo["state"],
+        "succeeded",
+        "{fo:#}\nh3: {:?}",
+        mariadb(&lab, "h3", "SHOW SLAVE STATUS\\G")
+    );
+    assert!(file(&lab, "stonith.log").contains("power off h2"));
+    let on_h3 = order_ids(&lab, "h3");
+    let lost: Vec<&u64> = acknowledged
+        .iter()
+        .filter(|id| !on_h3.contains(id))
+        .collect();
+    assert!(!acknowledged.is_empty());
+    assert!(lost.is_empty(), "received by h3 but lost: {lost:?}");
+    assert!(on_h3.contains(&1_000_000));
+    assert_eq!(
+        mariadb(&lab, "h3", "SELECT @@read_only").as_deref(),
+        Some("0")
+    );
+    // h1 follows the new primary by itself.
+    replicating_from(&server, &lab, "h3", &["h1"]).await;
+
+    // h2 powers back on: its MariaDB is down, it is kept fenced; the rejoin run starts it
+    // (read-only, from its configuration) as a replica of h3, from its own GTID position.
+    lab.run(&["link", "h2", "up"]);
+    lab.run(&["keepalived", "h2", "start"]);
+    lab.run(&["agent", "h2", "start"]);
+    let id: String = eventually(60, "a rejoin run for h2", || async {
+        sqlx::query_scalar(
+            "SELECT id::text FROM switchovers WHERE cluster = $1 AND kind = 'rejoin' AND old_master = 'h2'",
+        )
+        .bind(name)
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    let run = finished_switchover(&server, &id).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    eprintln!("  rejoin of h2: {}", run["steps"][0]["message"]);
+    replicating_from(&server, &lab, "h3", &["h1", "h2"]).await;
+    mariadb_as(&lab, "h3", true, "INSERT INTO shop.orders VALUES (3000000)").expect("write on h3");
+    eventually(30, "h1 and h2 applying h3's write", || async {
+        ["h1", "h2"]
+            .iter()
+            .all(|h| order_ids(&lab, h).contains(&3_000_000))
+            .then_some(())
+    })
+    .await;
+    assert!(lab.holds_vip("h3") && !lab.holds_vip("h2"));
+
+    // The agents' MariaDB password is in no answer and no log.
+    let (_, c) = server.get_json(&format!("/api/v1/clusters/{name}")).await;
+    let secret = "lab-agent-Secret-7";
+    assert!(!c.to_string().contains(secret));
+    for log in ["server.log", "h1/agent.log", "h2/agent.log", "h3/agent.log"] {
+        assert!(
+            !file(&lab, log).contains(secret),
+            "{log} names the password"
+        );
+    }
     server.stop().await;
 }

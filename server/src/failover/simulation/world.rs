@@ -625,7 +625,11 @@ impl World {
             Action::Hook { .. }
             | Action::DrbdRole { .. }
             | Action::PostgresFollow { .. }
-            | Action::PostgresStart { .. } => Err("not enabled".into()),
+            | Action::PostgresStart { .. }
+            | Action::MysqlStop { .. }
+            | Action::MysqlCatchUp { .. }
+            | Action::MysqlPromote { .. }
+            | Action::MysqlFollow { .. } => Err("not enabled".into()),
         }
     }
 
