@@ -370,9 +370,12 @@ async fn credentials(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
         Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
     };
-    let missing: Vec<String> = (0..args.nodes)
-        .map(|i| identity(args, i).0)
-        .filter(|n| !known.contains_key(n))
+    let missing: Vec<(String, String)> = (0..args.nodes)
+        .map(|i| {
+            let (node, cluster, ..) = identity(args, i);
+            (node, cluster)
+        })
+        .filter(|(n, _)| !known.contains_key(n))
         .collect();
     if missing.is_empty() {
         return Ok(known);
@@ -390,14 +393,14 @@ async fn credentials(
     Ok(known)
 }
 
-/// Enrolls each of `missing` (64 at a time): a one-time token from `POST /api/v1/enrollments`
-/// with the admin `api_token`, exchanged for the node's credential. Returns (node id,
+/// Enrolls each of `missing` (node id, cluster; 64 at a time): a one-time token from `POST
+/// /api/v1/enrollments` with the admin `api_token`, exchanged for the node's credential. Returns (node id,
 /// credential) pairs; the first failure is the error.
 async fn enroll(
     args: &SimulateArgs,
     base: &AgentClient,
     api_token: &str,
-    missing: &[String],
+    missing: &[(String, String)],
 ) -> anyhow::Result<Vec<(String, String)>> {
     let http = reqwest::Client::builder()
         .timeout(args.request_timeout)
@@ -410,7 +413,7 @@ async fn enroll(
     let mut batch = Vec::new();
     for chunk in missing.chunks(64) {
         for node in chunk {
-            let (http, url, token, base, node, enrolled) = (
+            let (http, url, token, base, (node, cluster), enrolled) = (
                 http.clone(),
                 url.clone(),
                 api_token.to_string(),
@@ -422,7 +425,7 @@ async fn enroll(
                 let response = http
                     .post(&url)
                     .bearer_auth(&token)
-                    .json(&serde_json::json!({ "node_id": node, "expires_in": "1h" }))
+                    .json(&serde_json::json!({ "node_id": node, "cluster": cluster, "expires_in": "1h" }))
                     .send()
                     .await?;
                 let status = response.status();

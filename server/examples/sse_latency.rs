@@ -45,7 +45,7 @@ async fn main() -> Result<(), String> {
     let enrollment: serde_json::Value = http
         .post(format!("{url}/api/v1/enrollments"))
         .bearer_auth(token)
-        .json(&serde_json::json!({ "node_id": PROBE, "expires_in": "1h" }))
+        .json(&serde_json::json!({ "node_id": PROBE, "cluster": PROBE, "expires_in": "1h" }))
         .send()
         .await
         .map_err(err("POST /api/v1/enrollments"))?

@@ -21,7 +21,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     version,
     after_help = "Example: HAPULSE_DATABASE_URL=postgres://hapulse:…@127.0.0.1/hapulse hapulse-server\n\
                   First admin:  hapulse-server user add --admin NAME\n\
-                  Enroll a node: hapulse-server enroll NODE_ID  (its agent's enrollment_token)\n\
+                  Enroll a node: hapulse-server enroll NODE_ID --cluster CLUSTER  (its agent's enrollment_token)\n\
                   Every key and its default: hapulse-server --print-default-config"
 )]
 struct Cli {
@@ -53,6 +53,9 @@ enum Command {
     Enroll {
         /// The node's id (its agent's `node_id`).
         node_id: String,
+        /// Its cluster (its agent's `cluster`): the credential reports into this cluster only.
+        #[arg(long)]
+        cluster: String,
         /// How long the token works unused (at most 7 days).
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         expires_in: std::time::Duration,
@@ -297,23 +300,25 @@ fn main() -> ExitCode {
             Command::Token { action } => token_command(&settings, action).await,
             Command::Enroll {
                 node_id,
+                cluster,
                 expires_in,
             } => {
                 let pool = hapulse_server::launch::connect(&settings).await?;
                 hapulse_server::fleet::store::migrate(&pool).await?;
-                let created =
-                    hapulse_server::agents::enrollment::create(&pool, &node_id, expires_in, "cli")
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let created = hapulse_server::agents::enrollment::create(
+                    &pool, &node_id, &cluster, expires_in, "cli",
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
                 audit_cli(
                     &pool,
                     "enrollment_create",
                     &node_id,
-                    serde_json::json!({ "expires_at": created.expires_at }),
+                    serde_json::json!({ "cluster": created.cluster, "expires_at": created.expires_at }),
                 )
                 .await?;
                 eprintln!(
-                    "enrollment token for {node_id}, valid until {} (once):",
+                    "enrollment token for {node_id} in cluster {cluster}, valid until {} (once):",
                     created.expires_at.format("%Y-%m-%d %H:%M UTC")
                 );
                 println!("{}", created.token);

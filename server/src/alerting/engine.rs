@@ -127,6 +127,11 @@ async fn evaluate_all(
     let role_changes = group(role_changes.iter().map(|r| (r.cluster.as_str(), r)));
     let failovers = group(failovers.iter().map(|f| (f.cluster.as_str(), f)));
     let failed = group(failed.iter().map(|(c, f)| (c.as_str(), f)));
+    let mismatches = state.credentials.recent_mismatches(now);
+    let mismatches = group(mismatches.iter().flat_map(|m| {
+        let claimed = (m.claimed != m.bound).then_some((m.claimed.as_str(), m));
+        std::iter::once((m.bound.as_str(), m)).chain(claimed)
+    }));
     let conditions: Vec<Condition> = {
         let live = state.live();
         let verdicts = state
@@ -144,6 +149,7 @@ async fn evaluate_all(
                     failovers: failovers.get(name).cloned().unwrap_or_default(),
                     verdict: verdicts.get(name),
                     failed_failovers: failed.get(name).cloned().unwrap_or_default(),
+                    cluster_mismatches: mismatches.get(name).cloned().unwrap_or_default(),
                 };
                 evaluate(c, &evidence, &settings.thresholds(name), now)
             })

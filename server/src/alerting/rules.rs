@@ -132,6 +132,10 @@ pub struct Evidence<'a> {
     pub verdict: Option<&'a crate::failover::evidence::Verdict>,
     /// Its failover runs that failed in the last 24 h and nobody acknowledged: (id, error).
     pub failed_failovers: Vec<&'a (uuid::Uuid, String)>,
+    /// Nodes refused in the last minute for reporting into another cluster than their
+    /// credential's: this cluster's nodes that claimed another, and other clusters' nodes that
+    /// claimed this one.
+    pub cluster_mismatches: Vec<&'a crate::agents::enrollment::Mismatch>,
 }
 
 /// `a.b.c` is older than `x.y.z` (numeric parts compared in order; anything unparsable is not
@@ -169,7 +173,30 @@ pub fn evaluate(
     arbiter_verdict(&mut f, evidence);
     failed_failovers(&mut f, evidence);
     agent_rules(&mut f, evidence, t);
+    cluster_mismatches(&mut f, evidence);
     f.out
+}
+
+/// `agent_cluster_mismatch`: a node's agent reported itself into a cluster its credential is
+/// not bound to (refused): a misconfigured agent, or one trying to become a vote, a candidate or
+/// a master where it does not belong.
+fn cluster_mismatches(f: &mut Findings<'_>, evidence: &Evidence<'_>) {
+    for m in &evidence.cluster_mismatches {
+        f.push(
+            "agent_cluster_mismatch",
+            Severity::Critical,
+            m.node_id.clone(),
+            Subject {
+                node: Some(&m.node_id),
+                ..Subject::default()
+            },
+            format!(
+                "node {} (enrolled in {}) reports itself into {}: refused; fix its agent's cluster, or move the node (POST /api/v1/nodes/{}/move)",
+                m.node_id, m.bound, m.claimed, m.node_id
+            ),
+            AT_ONCE,
+        );
+    }
 }
 
 /// Raised at once, without a hold.
@@ -645,7 +672,7 @@ fn agent_version(f: &mut Findings<'_>, n: &NodeLive) {
 }
 
 /// The rules' names.
-pub const RULES: [&str; 16] = [
+pub const RULES: [&str; 17] = [
     "node_down",
     "no_master",
     "split_brain",
@@ -662,6 +689,7 @@ pub const RULES: [&str; 16] = [
     "clock_skew",
     "agent_spool",
     "agent_version",
+    "agent_cluster_mismatch",
 ];
 
 /// Rules that report an event rather than a state: they end quietly, without a resolved

@@ -172,7 +172,8 @@ pub fn required_role(method: &Method, path: &str) -> Role {
     if admin_only
         .iter()
         .any(|p| path == *p || path.starts_with(&format!("{p}/")))
-        || (path.starts_with("/api/v1/nodes/") && path.ends_with("/revoke"))
+        || (path.starts_with("/api/v1/nodes/")
+            && (path.ends_with("/revoke") || path.ends_with("/move")))
     {
         return Role::Admin;
     }
@@ -336,6 +337,7 @@ mod tests {
             Role::Admin
         );
         assert_eq!(required_role(&post, "/api/v1/nodes/a/revoke"), Role::Admin);
+        assert_eq!(required_role(&post, "/api/v1/nodes/a/move"), Role::Admin);
         assert_eq!(required_role(&post, "/logout"), Role::Viewer);
         assert_eq!(cluster_of("/api/v1/clusters/prod/switchover"), Some("prod"));
         assert_eq!(cluster_of("/clusters/prod"), Some("prod"));

@@ -85,18 +85,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 }
 
 /// An enrolled agent: the request carries a live node credential (`Authorization: Bearer
-/// hpn_…`); holds the node id the credential is bound to. 401 otherwise.
-pub struct AgentAuth(pub String);
+/// hpn_…`); holds the node id and cluster the credential is bound to. 401 otherwise.
+pub struct AgentAuth(pub crate::agents::enrollment::Binding);
 
 impl AgentAuth {
     /// 403 unless `node_id` is the credential's own node.
     pub fn require_node(&self, node_id: &str) -> Result<(), AppError> {
-        if self.0 == node_id {
+        if self.0.node_id == node_id {
             Ok(())
         } else {
             Err(AppError::from(Refusal::forbidden(format!(
                 "the credential of node {:?} cannot act for node {node_id:?}",
-                self.0
+                self.0.node_id
             ))))
         }
     }
@@ -112,16 +112,16 @@ impl FromRequestParts<AppState> for AgentAuth {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(AppError::from(Refusal::unauthorized()))?;
-        let node = state
+        let binding = state
             .credentials
-            .node_of(presented)
+            .binding_of(presented)
             .ok_or(AppError::from(Refusal::unauthorized()))?;
         require_client_certificate(
             parts.extensions.get::<crate::tls::PeerCertificate>(),
             state,
-            &node,
+            &binding.node_id,
         )?;
-        Ok(AgentAuth(node))
+        Ok(AgentAuth(binding))
     }
 }
 

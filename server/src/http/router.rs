@@ -101,6 +101,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/nodes/{node_id}/revoke",
             post(api::admin::revoke_node),
         )
+        .route("/api/v1/nodes/{node_id}/move", post(api::admin::move_node))
         .route(
             "/api/v1/clusters/{cluster}/switchover",
             post(api::v1::switchover),

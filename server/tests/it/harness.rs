@@ -114,8 +114,10 @@ impl TestServer {
 
     /// A node credential for `node_id`: an enrollment token made in the database, traded at
     /// `POST /api/agent/v1/enroll`.
+    /// A credential of `node_id` bound to no cluster yet: its first report binds it (as a
+    /// credential from a token made before tokens named a cluster).
     pub async fn credential(&self, node_id: &str) -> String {
-        credential(&self.url, &self.pool, node_id).await
+        credential(&self.url, &self.pool, node_id, None).await
     }
 
     pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
@@ -160,11 +162,26 @@ impl TestServer {
     }
 }
 
-async fn credential(url: &str, pool: &PgPool, node_id: &str) -> String {
-    let enrollment =
-        hapulse_server::agents::enrollment::create(pool, node_id, Duration::from_secs(600), "test")
-            .await
-            .unwrap();
+/// A credential of `node_id` in `cluster`; with None, bound by its first report.
+async fn credential(url: &str, pool: &PgPool, node_id: &str, cluster: Option<&str>) -> String {
+    let enrollment = hapulse_server::agents::enrollment::create(
+        pool,
+        node_id,
+        cluster.unwrap_or("unbound"),
+        Duration::from_secs(600),
+        "test",
+    )
+    .await
+    .unwrap();
+    if cluster.is_none() {
+        sqlx::query(
+            "UPDATE enrollment_tokens SET cluster = NULL WHERE node_id = $1 AND used_at IS NULL",
+        )
+        .bind(node_id)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
     let client = AgentClient::new(
         url,
         SecretString::from(String::new()),
@@ -190,7 +207,13 @@ impl Agents {
     ) -> Result<hapulse_protocol::HeartbeatAck, hapulse_agent::client::SendError> {
         let mut clients = self.clients.lock().await;
         if !clients.contains_key(&report.node_id) {
-            let secret = credential(&self.url, &self.pool, &report.node_id).await;
+            let secret = credential(
+                &self.url,
+                &self.pool,
+                &report.node_id,
+                Some(&report.cluster),
+            )
+            .await;
             let client = AgentClient::new(
                 &self.url,
                 SecretString::from(secret),

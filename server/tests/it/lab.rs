@@ -156,6 +156,7 @@ impl Lab {
             let e = hapulse_server::agents::enrollment::create(
                 pool,
                 &host,
+                self.name,
                 Duration::from_secs(3600),
                 "test",
             )

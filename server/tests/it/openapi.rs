@@ -71,8 +71,11 @@ async fn the_openapi_document_describes_the_real_answers(pool: PgPool) {
     )
     .await;
     assert_eq!(status, 201);
-    let (status, enrollment) =
-        post("/api/v1/enrollments", serde_json::json!({"node_id": "c9"})).await;
+    let (status, enrollment) = post(
+        "/api/v1/enrollments",
+        serde_json::json!({"node_id": "c9", "cluster": "c"}),
+    )
+    .await;
     assert_eq!(status, 201);
     let (status, dry_run) = post(
         "/api/v1/clusters/c/switchover",

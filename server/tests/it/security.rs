@@ -521,6 +521,7 @@ async fn https_client_certificates_and_secure_cookies(pool: PgPool) {
     let enrollment = hapulse_server::agents::enrollment::create(
         &pool,
         "a",
+        "c",
         std::time::Duration::from_secs(600),
         "test",
     )
@@ -628,7 +629,7 @@ async fn a_node_credential_acts_for_its_own_node_only(pool: PgPool) {
         }
     };
     let hour = std::time::Duration::from_secs(3600);
-    let token = hapulse_server::agents::enrollment::create(&server.pool, "a", hour, "test")
+    let token = hapulse_server::agents::enrollment::create(&server.pool, "a", "c", hour, "test")
         .await
         .unwrap()
         .token;
@@ -703,7 +704,7 @@ async fn a_node_credential_acts_for_its_own_node_only(pool: PgPool) {
     let r: serde_json::Value = server
         .http
         .post(format!("{}/api/v1/enrollments", server.url))
-        .json(&serde_json::json!({"node_id": "a", "expires_in": "10m"}))
+        .json(&serde_json::json!({"node_id": "a", "cluster": "c", "expires_in": "10m"}))
         .send()
         .await
         .unwrap()
@@ -730,6 +731,139 @@ async fn a_node_credential_acts_for_its_own_node_only(pool: PgPool) {
             "node_enroll:enrolled"
         ]
     );
+    server.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_node_credential_reports_into_its_own_cluster_only(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let post = |http: reqwest::Client, path: String, body: serde_json::Value| {
+        let url = format!("{}{path}", server.url);
+        async move {
+            let r = http.post(url).json(&body).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    // An admin limited to cluster c enrolls a node into c, not into prod.
+    let (_, scoped) = create_token(
+        &server.pool,
+        "c-admin",
+        Role::Admin,
+        &Some(vec!["c".into()]),
+        "test",
+    )
+    .await
+    .unwrap();
+    let scoped = bearer_client(&scoped);
+    let (status, _) = post(
+        scoped.clone(),
+        "/api/v1/enrollments".into(),
+        serde_json::json!({"node_id": "dev1", "cluster": "prod"}),
+    )
+    .await;
+    assert_eq!(status, 403, "an enrollment beyond the admin's clusters");
+    let (status, e) = post(
+        scoped.clone(),
+        "/api/v1/enrollments".into(),
+        serde_json::json!({"node_id": "dev1", "cluster": "c"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{e}");
+    assert_eq!(e["cluster"], "c");
+    let credential = hapulse_agent::client::AgentClient::new(
+        &server.url,
+        secrecy::SecretString::from(String::new()),
+        std::time::Duration::from_secs(5),
+        &Default::default(),
+    )
+    .unwrap()
+    .enroll("dev1", e["token"].as_str().unwrap())
+    .await
+    .unwrap();
+    let dev1 = hapulse_agent::client::AgentClient::new(
+        &server.url,
+        secrecy::SecretString::from(credential),
+        std::time::Duration::from_secs(5),
+        &Default::default(),
+    )
+    .unwrap();
+    let into = |cluster: &str, seq: u64, boot: Uuid| {
+        let mut r = report("dev1", boot, seq, VrrpState::Backup, false);
+        r.cluster = cluster.into();
+        r
+    };
+    let boot = Uuid::new_v4();
+    dev1.send_heartbeat(&into("c", 1, boot)).await.unwrap();
+
+    // The same credential reporting into prod: refused, nothing stored, audited once, alerted.
+    for seq in 2..5 {
+        let refused = dev1.send_heartbeat(&into("prod", seq, boot)).await;
+        assert!(refused.is_err(), "a report into another cluster");
+    }
+    let cluster: String = sqlx::query_scalar("SELECT cluster FROM nodes WHERE node_id = 'dev1'")
+        .fetch_one(&server.pool)
+        .await
+        .unwrap();
+    assert_eq!(cluster, "c", "the refused reports changed nothing");
+    let audited: Vec<serde_json::Value> = sqlx::query_scalar(
+        "SELECT detail FROM audit_log WHERE action = 'agent_cluster_mismatch' AND target = 'dev1'",
+    )
+    .fetch_all(&server.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        audited,
+        [serde_json::json!({"bound_cluster": "c", "claimed_cluster": "prod"})],
+        "one audit row for the repeated refusal"
+    );
+    crate::harness::eventually(30, "an agent_cluster_mismatch alert", || async {
+        let (_, a) = server.get_json("/api/v1/alerts").await;
+        a["alerts"]
+            .as_array()?
+            .iter()
+            .any(|a| {
+                a["rule"] == "agent_cluster_mismatch"
+                    && a["node_id"] == "dev1"
+                    && a["state"] == "firing"
+            })
+            .then_some(())
+    })
+    .await;
+
+    // Moving the node is an admin's act within the admin's clusters, audited.
+    let move_to =
+        |cluster: &str| serde_json::json!({"cluster": cluster, "reason": "rebuilt for prod"});
+    let (status, _) = post(scoped, "/api/v1/nodes/dev1/move".into(), move_to("prod")).await;
+    assert_eq!(status, 403, "prod is beyond the scoped admin's clusters");
+    let (status, moved) = post(
+        server.http.clone(),
+        "/api/v1/nodes/dev1/move".into(),
+        move_to("prod"),
+    )
+    .await;
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!(
+        (&moved["from"], &moved["cluster"]),
+        (&serde_json::json!("c"), &serde_json::json!("prod"))
+    );
+    dev1.send_heartbeat(&into("prod", 5, boot)).await.unwrap();
+    assert!(dev1.send_heartbeat(&into("c", 6, boot)).await.is_err());
+    let (status, _) = post(
+        server.http.clone(),
+        "/api/v1/nodes/nobody/move".into(),
+        move_to("prod"),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let moves: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'node_move'")
+            .fetch_one(&server.pool)
+            .await
+            .unwrap();
+    assert_eq!(moves, 1);
     server.stop().await;
 }
 

@@ -194,36 +194,115 @@ pub async fn audit(
 pub struct EnrollmentRequest {
     /// The node to enroll.
     pub node_id: String,
+    /// The cluster it belongs to: its credential reports into this cluster only.
+    pub cluster: String,
     /// How long the token works unused, like `1h` (default 24 h, at most 7 days).
     #[serde(default, with = "humantime_serde")]
     pub expires_in: Option<std::time::Duration>,
 }
 
-/// `POST /api/v1/enrollments`: a one-time enrollment token for a node (201, shown once).
+/// `POST /api/v1/enrollments`: a one-time enrollment token for a node in a cluster (201, shown
+/// once); 403 for a cluster outside an admin's scope.
 pub async fn create_enrollment(
     State(state): State<AppState>,
     Auth(me): Auth,
     ApiJson(new): ApiJson<EnrollmentRequest>,
 ) -> Result<(StatusCode, Json<crate::agents::enrollment::NewEnrollment>), AppError> {
+    require_scope(&me, &new.cluster)?;
+    if let Some(bound) = node_cluster(&state, &new.node_id).await? {
+        require_scope(&me, &bound)?;
+    }
     let lifetime = new
         .expires_in
         .unwrap_or(std::time::Duration::from_secs(24 * 3600));
-    let created =
-        crate::agents::enrollment::create(&state.db, &new.node_id, lifetime, &me.name).await?;
+    let created = crate::agents::enrollment::create(
+        &state.db,
+        &new.node_id,
+        &new.cluster,
+        lifetime,
+        &me.name,
+    )
+    .await?;
     Audit::by(&me, "enrollment_create", &new.node_id, "created")
-        .detail(serde_json::json!({ "expires_at": created.expires_at }))
+        .detail(serde_json::json!({ "cluster": created.cluster, "expires_at": created.expires_at }))
         .record(&state.db)
         .await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+/// 403 unless `me` may act on `cluster`.
+fn require_scope(me: &crate::access::auth::Principal, cluster: &str) -> Result<(), AppError> {
+    if me.may_see(cluster) {
+        Ok(())
+    } else {
+        Err(AppError::from(crate::refusal::Refusal::forbidden(format!(
+            "cluster {cluster:?} is outside your scope"
+        ))))
+    }
+}
+
+/// The cluster a node's credential is bound to, else the one it last reported in; None for a
+/// node hapulse does not know.
+async fn node_cluster(state: &AppState, node_id: &str) -> Result<Option<String>, AppError> {
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce(
+            (SELECT cluster FROM node_credentials WHERE node_id = $1),
+            (SELECT cluster FROM nodes WHERE node_id = $1))",
+    )
+    .bind(node_id)
+    .fetch_one(&state.db)
+    .await?)
+}
+
+/// Body of `POST /api/v1/nodes/{node_id}/move`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoveRequest {
+    /// The cluster the node belongs to from now on.
+    pub cluster: String,
+    /// Why (audited).
+    pub reason: String,
+}
+
+/// `POST /api/v1/nodes/{node_id}/move`: the node's credential reports into `cluster` from now
+/// on; its kept fences are forgotten and it leaves its old cluster's live state (its votes and
+/// candidacy) until it reports into the new one. Audited. 404 without a live credential, 403
+/// when either cluster is outside an admin's scope.
+pub async fn move_node(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    Path(node_id): Path<String>,
+    ApiJson(req): ApiJson<MoveRequest>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    require_scope(&me, &req.cluster)?;
+    if let Some(bound) = node_cluster(&state, &node_id).await? {
+        require_scope(&me, &bound)?;
+    }
+    let old =
+        crate::agents::enrollment::move_node(&state.db, &state.credentials, &node_id, &req.cluster)
+            .await?;
+    state.live_mut().nodes.remove(&node_id);
+    Audit::by(&me, "node_move", &node_id, "moved")
+        .reason(&req.reason)
+        .detail(serde_json::json!({ "from": old, "to": req.cluster }))
+        .record(&state.db)
+        .await?;
+    state.changes.send(req.cluster.clone()).ok();
+    Ok(Json(
+        serde_json::json!({ "node_id": node_id, "from": old, "cluster": req.cluster }),
+    ))
+}
+
 /// `POST /api/v1/nodes/{node_id}/revoke`: the node's agent is refused from now on (404 without
-/// a live credential).
+/// a live credential; 403 for a node of a cluster outside an admin's scope).
 pub async fn revoke_node(
     State(state): State<AppState>,
     Auth(me): Auth,
     Path(node_id): Path<String>,
 ) -> Result<Json<serde_json::Value>, AppError> {
+    if let Some(bound) = node_cluster(&state, &node_id).await? {
+        require_scope(&me, &bound)?;
+    }
     crate::agents::enrollment::revoke(&state.db, &state.credentials, &node_id).await?;
     Audit::by(&me, "node_revoke", &node_id, "revoked")
         .record(&state.db)

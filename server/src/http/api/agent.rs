@@ -23,7 +23,8 @@ use crate::state::AppState;
 /// `POST /api/agent/v1/heartbeat`: one [`HeartbeatReport`]. Answers 200 with a
 /// [`HeartbeatAck`] once the report is durable (`accepted: false` for a replay), 400 naming the
 /// field for a malformed report, 401 without a node credential, 403 for a report of another
-/// node than the credential's, 503 when PostgreSQL is unavailable (the agent retries).
+/// node or into another cluster than the credential's (audited; alert
+/// `agent_cluster_mismatch`), 503 when PostgreSQL is unavailable (the agent retries).
 #[tracing::instrument(name = "POST /api/agent/v1/heartbeat", skip_all, fields(node_id, seq))]
 pub async fn heartbeat(
     State(state): State<AppState>,
@@ -39,7 +40,22 @@ pub async fn heartbeat(
         })
         .and_then(|r| auth.require_node(&r.node_id).map(|()| r))
     {
-        Ok(r) => r,
+        Ok(r) => match crate::agents::enrollment::check_cluster(
+            &state.db,
+            &state.credentials,
+            &auth.0,
+            &r.cluster,
+        )
+        .await
+        {
+            Ok(()) => r,
+            Err(e) => {
+                state
+                    .metrics
+                    .heartbeat("rejected", std::time::Duration::ZERO);
+                return Err(e.into());
+            }
+        },
         Err(e) => {
             state
                 .metrics

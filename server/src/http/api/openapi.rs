@@ -46,6 +46,7 @@ use crate::http::api::{admin, failover, v1};
         admin::TokenList,
         admin::AuditList,
         admin::EnrollmentRequest,
+        admin::MoveRequest,
         crate::agents::enrollment::NewEnrollment,
         crate::failover::status::FailoverStatus,
         crate::failover::pauses::Pause,
@@ -196,6 +197,14 @@ const OPS: &[Op] = &[
         body: None,
         ok: (200, None),
         errors: &[401, 403, 404],
+    },
+    Op {
+        method: HttpMethod::Post,
+        path: "/api/v1/nodes/{node_id}/move",
+        summary: "Move a node to another cluster (its credential, kept fences and live state)",
+        body: Some("MoveRequest"),
+        ok: (200, None),
+        errors: &[400, 401, 403, 404],
     },
     Op {
         method: HttpMethod::Get,
