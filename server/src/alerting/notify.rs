@@ -289,9 +289,13 @@ async fn deliver_due(state: &AppState, http: &reqwest::Client) -> Result<usize, 
     rows.sort_by_key(|(created, _)| *created);
     for m in group(rows.into_iter().map(|(_, r)| r).collect()) {
         let subject = m.text().0;
-        match send(&state.settings.alerts, http, &m).await {
+        let receiver = shown_receiver(&m.receiver);
+        match send(&state.settings.alerts, http, &m)
+            .await
+            .map_err(|e| redact(&state.settings.alerts, &e))
+        {
             Ok(()) => {
-                tracing::info!(notifications = m.ids.len(), receiver = %m.receiver, subject = %subject, "notification sent");
+                tracing::info!(notifications = m.ids.len(), receiver = %receiver, subject = %subject, "notification sent");
                 sqlx::query("UPDATE notifications SET state = 'sent', sent_at = now(), last_error = NULL WHERE id = ANY($1)")
                     .bind(&m.ids)
                     .execute(&state.db)
@@ -300,7 +304,7 @@ async fn deliver_due(state: &AppState, http: &reqwest::Client) -> Result<usize, 
             Err(e) => {
                 let give_up = m.attempts >= MAX_ATTEMPTS;
                 let backoff = Duration::from_secs((2u64 << m.attempts.clamp(0, 16)).min(300));
-                tracing::warn!(notifications = m.ids.len(), receiver = %m.receiver, attempts = m.attempts, error = %e, give_up, "notification not delivered");
+                tracing::warn!(notifications = m.ids.len(), receiver = %receiver, attempts = m.attempts, error = %e, give_up, "notification not delivered");
                 sqlx::query(
                     "UPDATE notifications SET last_error = $2, state = CASE WHEN $3 THEN 'failed' ELSE 'pending' END,
                             next_attempt_at = now() + $4 * interval '1 second' WHERE id = ANY($1)",
@@ -431,11 +435,15 @@ async fn send_sms(
     let response = request
         .send()
         .await
-        .map_err(|e| format!("SMS gateway: {e}"))?;
+        .map_err(|e| format!("SMS gateway {}: {}", r.name, transport_error(e)))?;
     if response.status().is_success() {
         Ok(())
     } else {
-        Err(format!("SMS gateway answered {}", response.status()))
+        Err(format!(
+            "SMS gateway {} answered {}",
+            r.name,
+            response.status()
+        ))
     }
 }
 
@@ -462,16 +470,21 @@ async fn send_twilio(
         .form(&[("To", to), ("From", from.as_str()), ("Body", message)])
         .send()
         .await
-        .map_err(|e| format!("Twilio API: {e}"))?;
+        .map_err(|e| format!("Twilio API ({}): {}", r.name, transport_error(e)))?;
     if response.status().is_success() {
         Ok(())
     } else {
+        // Twilio's message may quote the numbers: only its error code is kept.
         let status = response.status();
-        let detail = response.text().await.unwrap_or_default();
-        Err(format!(
-            "Twilio API answered {status}: {}",
-            detail.chars().take(200).collect::<String>()
-        ))
+        let code = response
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .and_then(|v| v["code"].as_u64());
+        Err(match code {
+            Some(code) => format!("Twilio API ({}) answered {status}, error {code}", r.name),
+            None => format!("Twilio API ({}) answered {status}", r.name),
+        })
     }
 }
 
@@ -495,11 +508,78 @@ async fn send_webhook(
         })
         .send()
         .await
-        .map_err(|e| format!("webhook: {e}"))?;
+        .map_err(|e| format!("webhook {}: {}", r.name, transport_error(e)))?;
     if response.status().is_success() {
         Ok(())
     } else {
-        Err(format!("webhook answered {}", response.status()))
+        Err(format!("webhook {} answered {}", r.name, response.status()))
+    }
+}
+
+/// What went wrong with an HTTP request, without its URL (a webhook's or gateway's URL often
+/// carries its secret): the error and its causes.
+fn transport_error(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// Every secret the receivers' configuration holds: URLs (with their paths and queries), header
+/// values, tokens, passwords, and the phone numbers and addresses messages go to.
+fn secrets(settings: &AlertSettings) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for r in &settings.webhook {
+        out.push(r.url.clone());
+    }
+    for r in &settings.sms {
+        out.push(r.url.clone());
+        out.extend(r.headers.values().cloned());
+        out.extend(r.auth_token.iter().map(|t| t.expose_secret().to_string()));
+        out.extend(r.to.iter().cloned());
+        out.extend(r.from.iter().cloned());
+    }
+    for r in &settings.email {
+        out.extend(r.password.iter().map(|p| p.expose_secret().to_string()));
+    }
+    // Longest first, so a URL is replaced whole before any part of it; very short values
+    // (a one-character header) would blank out ordinary words.
+    out.retain(|s| s.len() >= 4);
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out
+}
+
+/// `text` with every configured secret replaced by `***`: what is stored as `last_error` and
+/// logged.
+pub fn redact(settings: &AlertSettings, text: &str) -> String {
+    secrets(settings)
+        .iter()
+        .fold(text.to_string(), |t, secret| {
+            t.replace(secret.as_str(), "***")
+        })
+}
+
+/// A receiver as answers and logs show it: `sms:NAME:NUMBER` with the number hidden but its
+/// last two digits (`sms:pager:…42`); other receivers as they are.
+pub fn shown_receiver(receiver: &str) -> String {
+    match receiver.splitn(3, ':').collect::<Vec<_>>()[..] {
+        ["sms", name, number] => {
+            let tail: String = number
+                .chars()
+                .rev()
+                .take(2)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            format!("sms:{name}:…{tail}")
+        }
+        _ => receiver.to_string(),
     }
 }
 
@@ -510,7 +590,7 @@ pub struct Notification {
     pub id: Uuid,
     /// The alert.
     pub alert_id: Uuid,
-    /// `email:NAME`, `sms:NAME:NUMBER`, `webhook:NAME`.
+    /// `email:NAME`, `sms:NAME:…NN` (the number's last two digits only), `webhook:NAME`.
     pub receiver: String,
     /// `firing`, `repeat`, `resolved`.
     pub kind: String,
@@ -528,14 +608,26 @@ pub struct Notification {
     pub sent_at: Option<DateTime<Utc>>,
 }
 
-/// The latest 200 notifications.
-pub async fn list(pool: &PgPool) -> Result<Vec<Notification>, sqlx::Error> {
-    sqlx::query_as::<_, Notification>(
+/// The latest 200 notifications of `clusters` (None: every cluster), phone numbers hidden and
+/// errors redacted (rows stored before errors were redacted included).
+pub async fn list(
+    pool: &PgPool,
+    settings: &AlertSettings,
+    clusters: Option<&[String]>,
+) -> Result<Vec<Notification>, sqlx::Error> {
+    let mut rows = sqlx::query_as::<_, Notification>(
         "SELECT id, alert_id, receiver, kind, subject, state, attempts, last_error, created_at, sent_at
-           FROM notifications ORDER BY created_at DESC LIMIT 200",
+           FROM notifications WHERE $1::text[] IS NULL OR cluster = ANY($1)
+          ORDER BY created_at DESC LIMIT 200",
     )
+    .bind(clusters)
     .fetch_all(pool)
-    .await
+    .await?;
+    for n in &mut rows {
+        n.receiver = shown_receiver(&n.receiver);
+        n.last_error = n.last_error.as_deref().map(|e| redact(settings, e));
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]

@@ -710,3 +710,121 @@ async fn the_alerts_page_acknowledges_and_silences_with_forms(pool: PgPool) {
     );
     server.stop().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn receivers_secrets_are_in_no_answer_and_no_stored_error(pool: PgPool) {
+    // Nothing listens on this port: every delivery fails, with an error to store and show.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hook_url = format!("http://127.0.0.1:{closed}/hook/SECRET-hook-token-123");
+    let sms_url = format!("http://127.0.0.1:{closed}/sms?key=SECRET-sms-key-456");
+    let number = "+15550007777";
+    let header = "Bearer SECRET-header-789";
+    let mut s = settings();
+    s.listen = "127.0.0.1:0".parse().unwrap();
+    s.alerts.evaluate_interval = Duration::from_millis(100);
+    let mut sms = sms_receiver(sms_url.clone(), number);
+    sms.headers.insert("Authorization".into(), header.into());
+    s.alerts.sms = vec![sms];
+    s.alerts.webhook = vec![WebhookReceiver {
+        name: "chat".into(),
+        url: hook_url.clone(),
+        severities: vec![],
+        clusters: vec![],
+    }];
+    let server = TestServer::start_on(pool, s).await;
+    let mut ra = report("a", Uuid::new_v4(), 1, VrrpState::Master, true);
+    ra.heartbeat_interval_ms = 100;
+    server.agent().send_heartbeat(&ra).await.unwrap();
+
+    // node_down fires; both deliveries fail and keep their errors.
+    let log = eventually(30, "failed deliveries with their errors", || async {
+        let (_, log) = server.get_json("/api/v1/notifications").await;
+        let failed = log["notifications"]
+            .as_array()?
+            .iter()
+            .filter(|n| n["last_error"].is_string())
+            .count();
+        (failed >= 2).then_some(log)
+    })
+    .await;
+    eprintln!("{log:#}");
+    let secrets = [
+        hook_url.as_str(),
+        "SECRET-hook-token-123",
+        sms_url.as_str(),
+        "SECRET-sms-key-456",
+        "SECRET-header-789",
+        number,
+        "5550007777",
+    ];
+    let errors: Vec<&str> = log["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["last_error"].as_str())
+        .collect();
+    assert!(
+        errors.iter().any(|e| e.contains("webhook chat"))
+            && errors.iter().any(|e| e.contains("SMS gateway pager")),
+        "the errors name the receiver: {errors:?}"
+    );
+    assert!(
+        log["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["receiver"] == "sms:pager:…77"),
+        "the number shown by its last two digits: {log}"
+    );
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT coalesce(last_error, '') FROM notifications")
+            .fetch_all(&server.pool)
+            .await
+            .unwrap();
+    let (_, page) = server.get_text("/alerts").await;
+    let (_, alerts) = server.get_json("/api/v1/alerts").await;
+    for secret in secrets {
+        assert!(
+            !log.to_string().contains(secret),
+            "{secret} in GET /api/v1/notifications"
+        );
+        assert!(!page.contains(secret), "{secret} on /alerts");
+        assert!(
+            !alerts.to_string().contains(secret),
+            "{secret} in GET /api/v1/alerts"
+        );
+        assert!(
+            stored.iter().all(|e| !e.contains(secret)),
+            "{secret} stored as last_error: {stored:?}"
+        );
+    }
+
+    // A viewer limited to another cluster sees none of c's deliveries.
+    let (_, token) = hapulse_server::access::auth::create_token(
+        &server.pool,
+        "d-viewer",
+        Role::Viewer,
+        &Some(vec!["d".into()]),
+        "test",
+    )
+    .await
+    .unwrap();
+    let elsewhere: serde_json::Value = crate::harness::bearer_client(&token)
+        .get(format!("{}/api/v1/notifications", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        elsewhere["notifications"],
+        serde_json::json!([]),
+        "{elsewhere}"
+    );
+    server.stop().await;
+}

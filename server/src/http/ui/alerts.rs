@@ -56,12 +56,9 @@ async fn alerts_page(
     alerts.retain(|a| me.may_see(&a.cluster));
     let mut silences = crate::alerting::silences::current(&state.db).await?;
     silences.retain(|s| s.cluster.as_deref().is_none_or(|c| me.may_see(c)));
-    // The delivery log names clusters in its subjects: whole-fleet principals only.
-    let notifications = if me.clusters.is_none() {
-        crate::alerting::notify::list(&state.db).await?
-    } else {
-        Vec::new()
-    };
+    let notifications =
+        crate::alerting::notify::list(&state.db, &state.settings.alerts, me.clusters.as_deref())
+            .await?;
     let body = render(&AlertsPartial {
         now: Utc::now(),
         alerts: &alerts,
