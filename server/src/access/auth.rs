@@ -133,6 +133,40 @@ impl Principal {
             .is_none_or(|cs| cs.iter().any(|c| c == cluster))
     }
 
+    /// Does its scope cover a principal limited to `clusters` (None: all)? An unscoped
+    /// principal covers every one; a scoped one only principals limited to some of its own
+    /// clusters.
+    pub fn covers(&self, clusters: &Option<Vec<String>>) -> bool {
+        match (&self.clusters, clusters) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(_), Some(theirs)) => !theirs.is_empty() && theirs.iter().all(|c| self.may_see(c)),
+        }
+    }
+
+    /// 403 unless its scope covers a principal limited to `clusters` (see [`Principal::covers`]):
+    /// a scoped admin never creates or manages a principal wider than itself.
+    pub fn require_covers(&self, clusters: &Option<Vec<String>>) -> Result<(), Refusal> {
+        if self.covers(clusters) {
+            Ok(())
+        } else {
+            Err(Refusal::forbidden(format!(
+                "{} is limited to some clusters: it manages only principals limited to some of them",
+                self.name
+            )))
+        }
+    }
+
+    /// 403 for a principal limited to some clusters: `what` concerns every cluster.
+    pub fn require_unscoped(&self, what: &str) -> Result<(), Refusal> {
+        match self.clusters {
+            None => Ok(()),
+            Some(_) => Err(Refusal::forbidden(format!(
+                "{what} concerns every cluster: it needs an admin not limited to some clusters"
+            ))),
+        }
+    }
+
     /// 403 unless it has at least `role`.
     pub fn require(&self, role: Role) -> Result<(), AccessError> {
         if self.role >= role {

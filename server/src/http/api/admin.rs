@@ -47,20 +47,26 @@ pub struct UserList {
     pub users: Vec<auth::User>,
 }
 
-/// `GET /api/v1/users`.
-pub async fn users(State(state): State<AppState>) -> Result<Json<UserList>, AppError> {
-    Ok(Json(UserList {
-        users: auth::list_users(&state.db).await?,
-    }))
+/// `GET /api/v1/users`: the users the caller's scope covers (an admin limited to some clusters
+/// sees the users limited to some of them).
+pub async fn users(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+) -> Result<Json<UserList>, AppError> {
+    let mut users = auth::list_users(&state.db).await?;
+    users.retain(|u| me.covers(&u.clusters));
+    Ok(Json(UserList { users }))
 }
 
-/// `POST /api/v1/users`: 201; 400 naming the field, 409 `user_exists`.
+/// `POST /api/v1/users`: 201; 400 naming the field, 409 `user_exists`, 403 for a user wider
+/// than a scoped admin.
 pub async fn create_user(
     State(state): State<AppState>,
     Auth(me): Auth,
     ApiJson(new): ApiJson<NewUser>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), AppError> {
     let r = role(&new.role)?;
+    me.require_covers(&new.clusters)?;
     auth::create_user(&state.db, &new.name, &new.password, r, &new.clusters).await?;
     Audit::by(&me, "user_create", &new.name, "created")
         .detail(serde_json::json!({ "role": r.as_str(), "clusters": new.clusters }))
@@ -72,12 +78,21 @@ pub async fn create_user(
     ))
 }
 
-/// `DELETE /api/v1/users/{name}`: disables the user and ends its sessions.
+/// `DELETE /api/v1/users/{name}`: disables the user and ends its sessions (403 for a user
+/// beyond a scoped admin's clusters).
 pub async fn disable_user(
     State(state): State<AppState>,
     Auth(me): Auth,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, AppError> {
+    let scope: Option<Option<Vec<String>>> =
+        sqlx::query_scalar("SELECT clusters FROM users WHERE name = $1")
+            .bind(&name)
+            .fetch_optional(&state.db)
+            .await?;
+    if let Some(clusters) = scope {
+        me.require_covers(&clusters)?;
+    }
     auth::disable_user(&state.db, &name).await?;
     Audit::by(&me, "user_disable", &name, "disabled")
         .record(&state.db)
@@ -114,20 +129,24 @@ pub struct TokenList {
     pub tokens: Vec<auth::Token>,
 }
 
-/// `GET /api/v1/tokens`: every token, never the secrets.
-pub async fn tokens(State(state): State<AppState>) -> Result<Json<TokenList>, AppError> {
-    Ok(Json(TokenList {
-        tokens: auth::list_tokens(&state.db).await?,
-    }))
+/// `GET /api/v1/tokens`: the tokens the caller's scope covers, never the secrets.
+pub async fn tokens(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+) -> Result<Json<TokenList>, AppError> {
+    let mut tokens = auth::list_tokens(&state.db).await?;
+    tokens.retain(|t| me.covers(&t.clusters));
+    Ok(Json(TokenList { tokens }))
 }
 
-/// `POST /api/v1/tokens`: 201 with the secret.
+/// `POST /api/v1/tokens`: 201 with the secret; 403 for a token wider than a scoped admin.
 pub async fn create_token(
     State(state): State<AppState>,
     Auth(me): Auth,
     ApiJson(new): ApiJson<NewToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), AppError> {
     let r = role(&new.role)?;
+    me.require_covers(&new.clusters)?;
     let (id, token) = auth::create_token(&state.db, &new.name, r, &new.clusters, &me.name).await?;
     Audit::by(&me, "token_create", &id.to_string(), "created")
         .detail(
@@ -138,12 +157,21 @@ pub async fn create_token(
     Ok((StatusCode::CREATED, Json(CreatedToken { id, token })))
 }
 
-/// `DELETE /api/v1/tokens/{id}`: revokes a token at once.
+/// `DELETE /api/v1/tokens/{id}`: revokes a token at once (403 for a token beyond a scoped
+/// admin's clusters).
 pub async fn revoke_token(
     State(state): State<AppState>,
     Auth(me): Auth,
     Path(id): Path<Uuid>,
 ) -> Result<Json<serde_json::Value>, AppError> {
+    let scope: Option<Option<Vec<String>>> =
+        sqlx::query_scalar("SELECT clusters FROM api_tokens WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&state.db)
+            .await?;
+    if let Some(clusters) = scope {
+        me.require_covers(&clusters)?;
+    }
     auth::revoke_token(&state.db, id).await?;
     Audit::by(&me, "token_revoke", &id.to_string(), "revoked")
         .record(&state.db)
@@ -170,11 +198,14 @@ pub struct AuditList {
     pub audit: Vec<crate::access::audit::Entry>,
 }
 
-/// `GET /api/v1/audit?limit=&before=`: the audit log, newest first.
+/// `GET /api/v1/audit?limit=&before=`: the audit log, newest first. Its rows concern every
+/// cluster (and strangers' failed logins): an admin limited to some clusters is refused (403).
 pub async fn audit(
     State(state): State<AppState>,
+    Auth(me): Auth,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<AuditList>, AppError> {
+    me.require_unscoped("the audit log")?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(AppError::from(Refusal::invalid(

@@ -100,12 +100,14 @@ pub struct SwitchRequest {
     pub reason: String,
 }
 
-/// `PUT /api/v1/failover` (admin): the global switch. Stored, so it survives restarts.
+/// `PUT /api/v1/failover` (admin, not limited to some clusters: 403 otherwise): the global
+/// switch. Stored, so it survives restarts.
 pub async fn set_switch(
     State(state): State<AppState>,
     Auth(me): Auth,
     ApiJson(req): ApiJson<SwitchRequest>,
 ) -> Result<Json<serde_json::Value>, AppError> {
+    me.require_unscoped("the global automatic-failover switch")?;
     requests::set_automatic(&state, req.automatic_enabled, &req.reason, &me).await?;
     Ok(Json(
         serde_json::json!({ "automatic_enabled": req.automatic_enabled }),

@@ -25,6 +25,7 @@ pub async fn page(
     Auth(me): Auth,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Response, AppError> {
+    me.require_unscoped("the audit log")?;
     let entries = crate::access::audit::list(&state.db, 500, None).await?;
     let body = render(&AuditPartial {
         now: Utc::now(),
