@@ -92,6 +92,9 @@ pub async fn end_silence(state: &AppState, id: Uuid, who: &Principal) -> Result<
     if s.maintenance {
         who.require(Role::Admin)?;
     }
+    if s.cluster.is_none() {
+        who.require_unscoped("a silence that names no cluster")?;
+    }
     silences::expire(&state.db, id).await?;
     Audit::by(who, "silence_expire", &id.to_string(), "expired")
         .record(&state.db)

@@ -810,6 +810,8 @@ pub struct EventFilter {
     pub since: Option<DateTime<Utc>>,
     /// Most rows.
     pub limit: i64,
+    /// Only these clusters (the caller's scope, applied before the limit); None: all.
+    pub scope: Option<Vec<String>>,
 }
 
 /// Events matching `filter`, newest first.
@@ -820,6 +822,7 @@ pub async fn list_events(pool: &PgPool, filter: &EventFilter) -> Result<Vec<Even
           WHERE ($1::text IS NULL OR cluster = $1)
             AND ($2::text IS NULL OR node_id = $2)
             AND ($3::timestamptz IS NULL OR at >= $3)
+            AND ($5::text[] IS NULL OR cluster = ANY($5))
           ORDER BY at DESC, id DESC
           LIMIT $4",
     )
@@ -827,6 +830,7 @@ pub async fn list_events(pool: &PgPool, filter: &EventFilter) -> Result<Vec<Even
     .bind(&filter.node_id)
     .bind(filter.since)
     .bind(filter.limit)
+    .bind(&filter.scope)
     .fetch_all(pool)
     .await
 }

@@ -9,6 +9,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::http::api;
+use crate::http::auth::Auth;
 use crate::http::error::AppError;
 use crate::http::extract;
 use crate::http::ui;
@@ -197,7 +198,12 @@ async fn not_found() -> AppError {
 }
 
 /// `GET /metrics`: Prometheus text format.
-async fn metrics(State(state): State<AppState>) -> Response {
+/// `GET /metrics`: Prometheus exposition of every cluster; 403 for a principal limited to some
+/// clusters (a scrape concerns the whole fleet).
+async fn metrics(State(state): State<AppState>, Auth(me): Auth) -> Response {
+    if let Err(refusal) = me.require_unscoped("/metrics") {
+        return AppError::from(refusal).into_response();
+    }
     let body = state.metrics.render(&state.live(), chrono::Utc::now());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

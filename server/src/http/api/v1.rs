@@ -198,9 +198,9 @@ pub async fn events(
         node_id: q.node,
         since: q.since,
         limit,
+        scope: me.clusters.clone(),
     };
-    let mut events = db::list_events(&state.db, &filter).await?;
-    events.retain(|e| me.may_see(&e.cluster));
+    let events = db::list_events(&state.db, &filter).await?;
     Ok(Json(EventList { events }))
 }
 
@@ -440,10 +440,13 @@ pub struct SilenceList {
 }
 
 /// `GET /api/v1/silences`: current and future silences.
-pub async fn silences(State(state): State<AppState>) -> Result<Json<SilenceList>, AppError> {
-    Ok(Json(SilenceList {
-        silences: crate::alerting::silences::current(&state.db).await?,
-    }))
+pub async fn silences(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+) -> Result<Json<SilenceList>, AppError> {
+    let mut silences = crate::alerting::silences::current(&state.db).await?;
+    silences.retain(|s| s.cluster.as_deref().is_none_or(|c| me.may_see(c)));
+    Ok(Json(SilenceList { silences }))
 }
 
 /// `POST /api/v1/silences`: a silence or maintenance window (201). 400 naming the field for a

@@ -26,15 +26,15 @@ pub async fn page(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Response, AppError> {
     let now = Utc::now();
-    let mut events = db::list_events(
+    let events = db::list_events(
         &state.db,
         &EventFilter {
             limit: 200,
+            scope: me.clusters.clone(),
             ..Default::default()
         },
     )
     .await?;
-    events.retain(|e| me.may_see(&e.cluster));
     let body = render(&EventsPartial {
         now,
         events: &events,

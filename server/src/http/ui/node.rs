@@ -134,9 +134,12 @@ pub async fn page(
         .filter(|n| me.may_see(&n.cluster))
         .ok_or_else(|| AppError::from(Refusal::not_found(format!("node {node_id:?}"))))?;
     let charts = node_charts(&state, &node, hours, now).await?;
+    // Only its events in clusters the caller may see: a node moved from another cluster keeps
+    // that cluster's history to itself.
     let filter = EventFilter {
         node_id: Some(node_id.clone()),
         limit: 50,
+        scope: me.clusters.clone(),
         ..Default::default()
     };
     let events = db::list_events(&state.db, &filter).await?;

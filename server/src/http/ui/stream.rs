@@ -9,17 +9,22 @@ use futures::Stream;
 use futures::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
+use crate::http::auth::Auth;
 use crate::state::AppState;
 
-/// `GET /ui/stream`: server-sent events; `event: change`, `data: <cluster>` whenever a cluster's
-/// state changes (`*` when this stream fell behind and missed some).
+/// `GET /ui/stream`: server-sent events; `event: change`, `data: <cluster>` whenever a cluster
+/// the caller may see changes (`*` when this stream fell behind and missed some, or for a change
+/// of every cluster).
 pub async fn changes(
     State(state): State<AppState>,
+    Auth(me): Auth,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let changes = BroadcastStream::new(state.changes.subscribe())
-        .map(|change| {
+        .filter_map(move |change| {
             let cluster = change.unwrap_or_else(|_lagged| "*".to_string());
-            Ok(SseEvent::default().event("change").data(cluster))
+            let shown = (cluster == "*" || me.may_see(&cluster))
+                .then(|| Ok(SseEvent::default().event("change").data(cluster)));
+            std::future::ready(shown)
         })
         .take_until(state.shutdown.clone().cancelled_owned());
     Sse::new(changes).keep_alive(KeepAlive::default())
