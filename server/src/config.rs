@@ -195,8 +195,13 @@ pub struct AuthSettings {
     pub reauth_window: Duration,
     /// Let anyone read the dashboard and the REST API without logging in (default false).
     pub anonymous_read: bool,
-    /// Failed logins for one account within `login_window` before it is refused (default 5).
+    /// Failed logins for one account from one address (IPv6: one /64) within `login_window`
+    /// before that address is refused for that account (default 5).
     pub login_max_failures_per_account: usize,
+    /// Failed logins for one account from all addresses within `login_window` before the
+    /// account is refused everywhere (default 100: far above one address's limit, so that a
+    /// stranger cannot lock an admin out with a few wrong passwords).
+    pub login_max_failures_per_account_total: usize,
     /// Failed logins from one address within `login_window` before it is refused (default 20).
     pub login_max_failures_per_source: usize,
     /// See the two above (default 15 min).
@@ -212,6 +217,7 @@ impl Default for AuthSettings {
             reauth_window: Duration::from_secs(5 * 60),
             anonymous_read: false,
             login_max_failures_per_account: 5,
+            login_max_failures_per_account_total: 100,
             login_max_failures_per_source: 20,
             login_window: Duration::from_secs(15 * 60),
         }

@@ -19,6 +19,8 @@ pub enum RefusalKind {
     NotFound,
     /// The current state does not allow it (HTTP 409).
     Conflict,
+    /// Too many failed attempts from this caller: try later (HTTP 429).
+    Throttled,
 }
 
 /// A request refused, with a stable machine-readable code and a message safe to show.
@@ -76,6 +78,16 @@ impl Refusal {
         Refusal {
             kind: RefusalKind::Forbidden,
             code: "forbidden",
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// Too many failed attempts recently (code `throttled`).
+    pub fn throttled(message: impl Into<String>) -> Self {
+        Refusal {
+            kind: RefusalKind::Throttled,
+            code: "throttled",
             message: message.into(),
             field: None,
         }

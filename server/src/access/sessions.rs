@@ -12,11 +12,21 @@ use crate::state::AppState;
 /// Why a login failed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum LoginError {
-    /// Too many recent failures for this account or address: try later.
-    Throttled,
+    /// Too many recent failures for this account from this address, for this account from
+    /// anywhere, or from this address: try later. `first`: the first refusal of its lockout
+    /// (audited; later ones only counted).
+    Throttled {
+        /// The first refusal since the limit was reached.
+        first: bool,
+    },
+    /// Too many password checks run at once: try again in a moment.
+    Busy,
     /// Wrong name or password (which one is not said).
     Wrong,
 }
+
+/// Longest wait for a free password check before a login is refused as busy.
+const CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A new session.
 pub struct NewSession {
@@ -24,20 +34,38 @@ pub struct NewSession {
     pub id: String,
 }
 
-/// Checks a name and password (throttled per account and per source) and opens a session.
+/// Checks a name and password (throttled per account and address, per account, per address;
+/// the attempt reserved before the check, at most a few checks at once) and opens a session.
 pub async fn login(
     state: &AppState,
     name: &str,
     password: &str,
     source: &str,
 ) -> Result<Result<NewSession, LoginError>, AccessError> {
+    use crate::access::throttle::{source_key, Refused};
     let a = &state.settings.auth;
-    let (account, address) = (format!("user:{name}"), format!("addr:{source}"));
-    if state.login_throttle.recent(&account, a.login_window) >= a.login_max_failures_per_account
-        || state.login_throttle.recent(&address, a.login_window) >= a.login_max_failures_per_source
-    {
-        return Ok(Err(LoginError::Throttled));
-    }
+    let source = source_key(source);
+    let limits = [
+        (
+            format!("pair:{name}|{source}"),
+            a.login_max_failures_per_account,
+        ),
+        (
+            format!("user:{name}"),
+            a.login_max_failures_per_account_total,
+        ),
+        (format!("addr:{source}"), a.login_max_failures_per_source),
+    ];
+    let throttle = &state.login_throttle;
+    let reservation = match throttle.reserve(&limits, a.login_window) {
+        Ok(r) => r,
+        Err(Refused::Throttled { first }) => return Ok(Err(LoginError::Throttled { first })),
+        Err(Refused::Busy) => return Ok(Err(LoginError::Busy)),
+    };
+    let Ok(_permit) = throttle.check_permit(CHECK_WAIT).await else {
+        throttle.succeeded(reservation);
+        return Ok(Err(LoginError::Busy));
+    };
     let row =
         sqlx::query("SELECT password_hash FROM users WHERE name = $1 AND disabled_at IS NULL")
             .bind(name)
@@ -52,10 +80,10 @@ pub async fn login(
     .await
     .map_err(|e| AccessError::Internal(e.into()))?;
     if !ok {
-        state.login_throttle.record(&account);
-        state.login_throttle.record(&address);
+        // The reservation stays: a failure of each key.
         return Ok(Err(LoginError::Wrong));
     }
+    throttle.succeeded(reservation);
     let id = random_secret();
     sqlx::query(
         "INSERT INTO sessions (id_hash, user_name, csrf_token, source) VALUES ($1, $2, $3, $4)",

@@ -133,6 +133,7 @@ impl IntoResponse for AppError {
                     RefusalKind::Forbidden => StatusCode::FORBIDDEN,
                     RefusalKind::NotFound => StatusCode::NOT_FOUND,
                     RefusalKind::Conflict => StatusCode::CONFLICT,
+                    RefusalKind::Throttled => StatusCode::TOO_MANY_REQUESTS,
                 };
                 (status, r.code, r.field.clone())
             }

@@ -436,6 +436,50 @@ async fn sessions_end_at_logout_and_logins_are_throttled(pool: PgPool) {
     let r = attempt(PASSWORD).await.unwrap();
     assert_eq!(r.status().as_u16(), 429);
     assert!(r.text().await.unwrap().contains("Too many failed logins"));
+    // More refusals of the same lockout are counted, not written one row each.
+    for _ in 0..10 {
+        assert_eq!(attempt(PASSWORD).await.unwrap().status().as_u16(), 429);
+    }
+    // The lockout is vera's from this address: from another one, she logs in (a stranger
+    // cannot lock her out everywhere with a few wrong passwords).
+    let elsewhere = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = elsewhere
+        .post(format!("{}/login", server.url))
+        .form(&[("name", "vera"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303, "vera from 127.0.0.2");
+    // Thirty guesses at once against a fresh account: at most five are checked, the rest are
+    // refused before their password is looked at.
+    hapulse_server::access::auth::create_user(&server.pool, "wendy", PASSWORD, Role::Viewer, &None)
+        .await
+        .unwrap();
+    let guesses = (0..30).map(|_| {
+        elsewhere
+            .post(format!("{}/login", server.url))
+            .form(&[("name", "wendy"), ("password", "wrong password!")])
+            .send()
+    });
+    let statuses: Vec<u16> = futures::future::join_all(guesses)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    assert!(
+        checked <= 5,
+        "{checked} guesses checked at once: {statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        30 - checked,
+        "{statuses:?}"
+    );
     let audit: Vec<String> =
         sqlx::query_scalar("SELECT action || ':' || outcome FROM audit_log ORDER BY id")
             .fetch_all(&server.pool)
@@ -443,10 +487,17 @@ async fn sessions_end_at_logout_and_logins_are_throttled(pool: PgPool) {
             .unwrap();
     assert_eq!(
         audit.iter().filter(|a| *a == "login:failed").count(),
-        5,
-        "{audit:?}"
+        10,
+        "vera's five and wendy's five checked guesses: {audit:?}"
     );
-    assert!(audit.contains(&"login:refused: throttled".to_string()));
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|a| *a == "login:refused: throttled")
+            .count(),
+        2,
+        "one row per lockout (vera's, wendy's): {audit:?}"
+    );
     assert!(audit.contains(&"logout:succeeded".to_string()));
     server.stop().await;
 }
@@ -1261,6 +1312,39 @@ async fn a_scoped_principal_learns_nothing_of_other_clusters(pool: PgPool) {
         !page.contains("MASTER → BACKUP"),
         "c's history shown to d: {page}"
     );
+    server.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn strangers_cannot_grow_the_audit_log_with_bogus_enrollments(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for i in 0..40 {
+        let r = http
+            .post(format!("{}/api/agent/v1/enroll", server.url))
+            .json(&serde_json::json!({"node_id": format!("n{i}"), "token": "hpe_made_up"}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        20,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        20,
+        "{statuses:?}"
+    );
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'node_enroll'")
+            .fetch_one(&server.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, 21, "twenty refusals and one row for the lockout");
     server.stop().await;
 }
 

@@ -157,7 +157,9 @@ pub async fn command_result(
 
 /// `POST /api/agent/v1/enroll`: an [`EnrollRequest`] (no `Authorization`: the one-time token is
 /// the proof) → 200 with the node credential; 401 for a token that is unknown, used, expired or
-/// for another node (or, with mTLS, without a client certificate naming the node). Audited.
+/// for another node (or, with mTLS, without a client certificate naming the node); 429 after
+/// `auth.login_max_failures_per_source` failures from one address within `auth.login_window`.
+/// Audited, a throttled address's refusals once per lockout.
 pub async fn enroll(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
@@ -166,10 +168,40 @@ pub async fn enroll(
 ) -> Result<Json<EnrollResponse>, AppError> {
     crate::http::extract::require_client_certificate(certificate.as_deref(), &state, &req.node_id)?;
     let source = peer.ip().to_string();
+    let node: String = req.node_id.chars().take(64).collect();
+    let auth = &state.settings.auth;
+    let limits = [(
+        format!("enroll:{}", crate::access::throttle::source_key(&source)),
+        auth.login_max_failures_per_source,
+    )];
+    let reservation = match state.login_throttle.reserve(&limits, auth.login_window) {
+        Ok(r) => r,
+        Err(refused) => {
+            if refused == (crate::access::throttle::Refused::Throttled { first: true }) {
+                crate::access::audit::Audit {
+                    actor: &format!("agent:{node}"),
+                    role: None,
+                    source: Some(&source),
+                    action: "node_enroll",
+                    target: &node,
+                    reason: None,
+                    outcome: "refused: throttled",
+                    detail: serde_json::json!({}),
+                }
+                .record(&state.db)
+                .await?;
+            }
+            return Err(AppError::from(Refusal::throttled(
+                "too many failed enrollments from this address; wait a few minutes",
+            )));
+        }
+    };
     let outcome =
         crate::agents::enrollment::enroll(&state.db, &state.credentials, &req.node_id, &req.token)
             .await;
-    let node: String = req.node_id.chars().take(64).collect();
+    if outcome.is_ok() {
+        state.login_throttle.succeeded(reservation);
+    }
     crate::access::audit::Audit {
         actor: &format!("agent:{node}"),
         role: None,

@@ -102,25 +102,38 @@ pub async fn login(
                 .into_response())
         }
         Err(e) => {
-            let (status, message, outcome) = match e {
-                sessions::LoginError::Throttled => (
+            // Throttled and busy refusals are not one row each (strangers could grow the audit
+            // log without end): the first refusal of a lockout is recorded, the rest counted
+            // in the metrics and the log.
+            let (status, message, outcome, recorded) = match e {
+                sessions::LoginError::Throttled { first } => (
                     StatusCode::TOO_MANY_REQUESTS,
                     "Too many failed logins for this account or from this address; wait a few minutes.",
                     "refused: throttled",
+                    first,
+                ),
+                sessions::LoginError::Busy => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Too many logins at once; try again in a moment.",
+                    "refused: busy",
+                    false,
                 ),
                 sessions::LoginError::Wrong => (
                     StatusCode::UNAUTHORIZED,
                     "Wrong name or password.",
                     "failed",
+                    true,
                 ),
             };
-            crate::access::audit::Audit {
-                actor: &name,
-                target: &name,
-                ..audit(outcome)
+            if recorded {
+                crate::access::audit::Audit {
+                    actor: &name,
+                    target: &name,
+                    ..audit(outcome)
+                }
+                .record(&state.db)
+                .await?;
             }
-            .record(&state.db)
-            .await?;
             tracing::warn!(user = %name, source = %source, outcome, "login refused");
             login_page(status, &next, Some(message))
         }
