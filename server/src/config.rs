@@ -24,6 +24,17 @@ pub struct Settings {
     /// Longest time a request may take before the server answers 408 (default 30 s).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// A connection that has not sent a whole request head within this time — idle since its
+    /// last request, or sending its headers slowly — is closed (default 30 s, above the longest
+    /// heartbeat interval so that agents' idle keep-alive connections survive).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Most connections open at once; beyond, new ones are closed at once (default 32768: at
+    /// least two per agent, the heartbeat's and the command long poll's).
+    pub max_connections: usize,
+    /// Most dashboard event streams (`/ui/stream`) one principal holds open (default 10);
+    /// beyond, 429.
+    pub max_event_streams_per_principal: usize,
     /// Failure detector.
     pub detector: DetectorSettings,
     /// Heartbeat history.
@@ -542,13 +553,16 @@ pub struct HistorySettings {
 }
 
 /// Environment keys (after `HAPULSE_`, lower case) that belong to the server; `__` ends a section.
-const SERVER_ENV_KEYS: [&str; 10] = [
+const SERVER_ENV_KEYS: [&str; 13] = [
     "auth__",
     "tls__",
     "listen",
     "database_url",
     "database_max_connections",
     "request_timeout",
+    "header_read_timeout",
+    "max_connections",
+    "max_event_streams_per_principal",
     "detector__",
     "history__",
     "alerts__",
@@ -566,6 +580,9 @@ impl Default for Settings {
             database_url: SecretString::from(""),
             database_max_connections: 10,
             request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(30),
+            max_connections: 32_768,
+            max_event_streams_per_principal: 10,
             detector: DetectorSettings {
                 suspect_after_missed: 2,
                 down_after_missed: 3,
@@ -639,6 +656,21 @@ impl Settings {
         )
     }
 
+    /// The bounds on connections and event streams.
+    fn validate_connections(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason| Err(ConfigError::Invalid { key, reason });
+        if self.header_read_timeout < Duration::from_secs(1) {
+            return invalid("header_read_timeout", "must be at least 1s");
+        }
+        if self.max_connections == 0 {
+            return invalid("max_connections", "must be at least 1");
+        }
+        if self.max_event_streams_per_principal == 0 {
+            return invalid("max_event_streams_per_principal", "must be at least 1");
+        }
+        Ok(())
+    }
+
     /// Checks what the types cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason| Err(ConfigError::Invalid { key, reason });
@@ -663,6 +695,7 @@ impl Settings {
                 "must be between 100ms and 1h",
             );
         }
+        self.validate_connections()?;
         if self.history.retention < Duration::from_secs(24 * 3600) {
             return invalid("history.retention", "must be at least 1 day");
         }

@@ -171,35 +171,52 @@ async fn serve_http(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    use crate::http::limits::ConnectionLimit;
     let address = listener.local_addr()?;
     let app = crate::http::router::router(state)
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let handle = axum_server::Handle::new();
+    tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            shutdown.cancelled().await;
+            // Event streams end on the same signal; 10 s for the rest to finish.
+            handle.graceful_shutdown(Some(Duration::from_secs(10)));
+        }
+    });
+    let mut server = axum_server::from_tcp(listener.into_std()?).handle(handle);
+    // Idle and half-sent connections are closed: hyper's header-read timeout needs a timer.
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout);
+    let max = settings.max_connections;
     match &settings.tls {
         None => {
-            tracing::info!(%address, "hapulse-server listening (HTTP)");
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
+            tracing::info!(%address, max_connections = max, "hapulse-server listening (HTTP)");
+            server
+                .acceptor(ConnectionLimit::new(
+                    axum_server::accept::DefaultAcceptor::new(),
+                    max,
+                    settings.header_read_timeout,
+                ))
+                .serve(app)
                 .await
                 .context("serving HTTP")?;
         }
         Some(tls) => {
             let config =
                 axum_server::tls_rustls::RustlsConfig::from_config(crate::tls::server_config(tls)?);
-            let handle = axum_server::Handle::new();
-            tokio::spawn({
-                let handle = handle.clone();
-                async move {
-                    shutdown.cancelled().await;
-                    // Event streams end on the same signal; 10 s for the rest to finish.
-                    handle.graceful_shutdown(Some(Duration::from_secs(10)));
-                }
-            });
-            tracing::info!(%address, "hapulse-server listening (HTTPS)");
-            axum_server::from_tcp(listener.into_std()?)
-                .acceptor(crate::tls::ClientCertAcceptor(
-                    axum_server::tls_rustls::RustlsAcceptor::new(config),
+            tracing::info!(%address, max_connections = max, "hapulse-server listening (HTTPS)");
+            server
+                .acceptor(ConnectionLimit::new(
+                    crate::tls::ClientCertAcceptor(axum_server::tls_rustls::RustlsAcceptor::new(
+                        config,
+                    )),
+                    max,
+                    settings.header_read_timeout,
                 ))
-                .handle(handle)
                 .serve(app)
                 .await
                 .context("serving HTTPS")?;

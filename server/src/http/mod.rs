@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod router;
 pub mod snapshot;
 pub mod ui;

@@ -136,6 +136,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
+        .layer(axum::Extension(std::sync::Arc::new(
+            crate::http::limits::StreamCounts::default(),
+        )))
         // Innermost first: authentication sees the matched route's path, then the body limit,
         // the security headers on every answer (also errors and redirects), the timeout.
         .layer(axum::middleware::from_fn_with_state(

@@ -1348,6 +1348,102 @@ async fn strangers_cannot_grow_the_audit_log_with_bogus_enrollments(pool: PgPool
     server.stop().await;
 }
 
+/// Reads from `stream` until the server closes it (or resets it); how long that took, or None
+/// when it stays open past `limit`.
+async fn closed_within(
+    stream: &mut tokio::net::TcpStream,
+    limit: std::time::Duration,
+) -> Option<std::time::Duration> {
+    use tokio::io::AsyncReadExt;
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(start.elapsed()), stream.read(&mut buf))
+            .await
+        {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+            // An answer (a 408, say) before the close.
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn strangers_hold_nothing_open_for_long(pool: PgPool) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = crate::harness::settings();
+    s.header_read_timeout = std::time::Duration::from_secs(2);
+    s.max_connections = 6;
+    s.max_event_streams_per_principal = 2;
+    let server = TestServer::start_on(pool, s).await;
+    let address = server.url.trim_start_matches("http://").to_string();
+    let connect = || tokio::net::TcpStream::connect(address.clone());
+    let limit = std::time::Duration::from_secs(15);
+
+    // An idle connection and a slowloris (headers never finished) are both closed.
+    let mut idle = connect().await.unwrap();
+    let mut slow = connect().await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let idle_for = closed_within(&mut idle, limit)
+        .await
+        .expect("an idle connection closed");
+    let slow_for = closed_within(&mut slow, limit)
+        .await
+        .expect("a half-sent request closed");
+    eprintln!("idle connection closed after {idle_for:?}, half-sent one after {slow_for:?}");
+
+    // Beyond max_connections, a new connection is closed at once; once the held ones close,
+    // the server answers again.
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        held.push(connect().await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut extra = connect().await.unwrap();
+    let _ = extra
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let refused_for = closed_within(&mut extra, std::time::Duration::from_secs(1))
+        .await
+        .expect("a connection beyond the cap closed at once");
+    eprintln!("the 7th connection closed after {refused_for:?}");
+    for h in &mut held {
+        closed_within(h, limit)
+            .await
+            .expect("held connections time out");
+    }
+    let r = reqwest::get(format!("{}/healthz", server.url))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    // A principal holds at most two event streams.
+    let (_, token) = create_token(&server.pool, "tabs", Role::Viewer, &None, "test")
+        .await
+        .unwrap();
+    let http = bearer_client(&token);
+    let open = || http.get(format!("{}/ui/stream", server.url)).send();
+    let first = open().await.unwrap();
+    let second = open().await.unwrap();
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    assert_eq!(open().await.unwrap().status().as_u16(), 429);
+    drop(first);
+    let again =
+        crate::harness::eventually(10, "a stream slot freed by the closed stream", || async {
+            let r = open().await.ok()?;
+            (r.status().as_u16() == 200).then_some(r)
+        })
+        .await;
+    drop((second, again));
+    server.stop().await;
+}
+
 #[sqlx::test(migrations = false)]
 async fn switchovers_need_the_password_again_and_sessions_expire(pool: PgPool) {
     let mut s = crate::harness::settings();
