@@ -582,6 +582,9 @@ pub fn plan(
     let range_secs = range.num_seconds().max(1) as u64;
     let step = match step {
         Some(s) if s < Duration::from_secs(1) => return invalid("step", "must be at least 1s"),
+        Some(s) if s > Duration::from_secs(MAX_RANGE_DAYS as u64 * 86_400) => {
+            return invalid("step", &format!("must be at most {MAX_RANGE_DAYS} days"))
+        }
         Some(s) => Duration::from_secs(s.as_secs()),
         None => {
             let wanted = range_secs.div_ceil(240);

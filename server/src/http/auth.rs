@@ -71,10 +71,14 @@ async fn identify(
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(AppError::from(Refusal::unauthorized()))?;
+        // A token stops with the user who made it: disabling someone ends all they can do.
         let row = sqlx::query(
             "SELECT id, name, role, clusters,
                     last_used_at IS NULL OR last_used_at < now() - interval '1 minute' AS stale
-               FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+               FROM api_tokens t
+              WHERE token_hash = $1 AND revoked_at IS NULL
+                AND NOT EXISTS (SELECT 1 FROM users u
+                                 WHERE u.name = t.created_by AND u.disabled_at IS NOT NULL)",
         )
         .bind(digest(token))
         .fetch_optional(&state.db)
@@ -258,7 +262,7 @@ async fn authorize(state: &AppState, mut req: Request) -> Result<Request, Respon
                 .headers()
                 .get("x-csrf-token")
                 .and_then(|v| v.to_str().ok());
-            if presented != Some(csrf.as_str()) {
+            if !presented.is_some_and(|p| same_secret(p, csrf)) {
                 return Err(AppError::from(Refusal::forbidden(
                     "missing or wrong X-CSRF-Token header",
                 ))
@@ -270,6 +274,13 @@ async fn authorize(state: &AppState, mut req: Request) -> Result<Request, Respon
     }
     req.extensions_mut().insert(principal);
     Ok(req)
+}
+
+/// Whether a presented secret equals the expected one, in time that does not depend on where
+/// they differ (`subtle`).
+fn same_secret(presented: &str, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    presented.as_bytes().ct_eq(expected.as_bytes()).into()
 }
 
 /// Reads a dashboard form, checks its `csrf` field and hands the handler the form without it.
@@ -286,7 +297,7 @@ async fn check_form_csrf(req: Request, csrf: &str) -> Result<Request, Response> 
         .filter(|(k, _)| k == "csrf")
         .map(|(_, v)| v.clone())
         .collect();
-    if presented.len() != 1 || presented[0] != csrf {
+    if presented.len() != 1 || !same_secret(&presented[0], csrf) {
         return Err((
             StatusCode::FORBIDDEN,
             "This form is stale or did not come from this dashboard (CSRF token missing or wrong). Reload the page and try again.",

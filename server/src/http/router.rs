@@ -148,7 +148,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             extract::MAX_BODY_BYTES,
         ))
-        .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            security_headers,
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             timeout,
@@ -171,9 +174,20 @@ async fn openapi() -> Response {
 
 /// Headers on every answer: a Content-Security-Policy that allows no inline script and no
 /// framing, no MIME sniffing, no referrer.
-async fn security_headers(req: Request, next: axum::middleware::Next) -> Response {
+async fn security_headers(
+    State(state): State<AppState>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
     let mut response = next.run(req).await;
     let h = response.headers_mut();
+    // Under TLS, browsers must not come back over plain HTTP for a year.
+    if state.settings.tls.is_some() {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            header::HeaderValue::from_static("max-age=31536000"),
+        );
+    }
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         header::HeaderValue::from_static(

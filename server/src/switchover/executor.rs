@@ -742,8 +742,15 @@ impl<'a> Run<'a> {
         let limit = policy.map_or(Duration::from_secs(30), |p| p.fencing_timeout);
         // Validated non-empty at start-up (failover.clusters.*.fencing_hook).
         let (program, args) = hook.split_first().ok_or("empty fencing hook")?;
+        // A clean environment: the hook learns what to fence, not the server's database URL or
+        // any other secret the server was started with.
         let child = tokio::process::Command::new(program)
             .args(args)
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .env("HAPULSE_CLUSTER", &sw.cluster)
             .env("HAPULSE_NODE_ID", &sw.old_master)
             .env("HAPULSE_TARGET", &sw.target_node)

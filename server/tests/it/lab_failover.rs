@@ -233,6 +233,12 @@ async fn a_master_losing_its_network_is_fenced_and_replaced_once(pool: PgPool) {
     );
     assert!(cluster["epoch"].as_u64().unwrap() > epoch_before);
     assert!(file(&lab, "stonith.log").contains("power off h1"));
+    // The hook ran in a clean environment: not the database URL the server (this test) has.
+    let hook_env = file(&lab, "stonith.env");
+    assert!(
+        hook_env.contains("HAPULSE_NODE_ID") && !hook_env.contains("DATABASE_URL"),
+        "{hook_env}"
+    );
     eprintln!(
         "  h1 fenced itself before the hook powered it off: {}",
         !file(&lab, "h1/agent-state/self-fenced").is_empty()

@@ -741,6 +741,11 @@ async fn https_client_certificates_and_secure_cookies(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(
+        r.headers()["strict-transport-security"].to_str().unwrap(),
+        "max-age=31536000",
+        "HSTS under TLS"
+    );
     let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(
         cookie.starts_with("__Host-hapulse_session=")
@@ -1441,6 +1446,52 @@ async fn strangers_hold_nothing_open_for_long(pool: PgPool) {
         })
         .await;
     drop((second, again));
+    server.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn hardening_tokens_of_the_disabled_the_audit_log_and_huge_steps(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let agent = server.agent();
+    agent
+        .send_heartbeat(&report("a", Uuid::new_v4(), 1, VrrpState::Master, true))
+        .await
+        .unwrap();
+    // A token stops with the user who made it.
+    hapulse_server::access::auth::create_user(&server.pool, "una", PASSWORD, Role::Admin, &None)
+        .await
+        .unwrap();
+    let (_, token) = create_token(&server.pool, "una-bot", Role::Viewer, &None, "una")
+        .await
+        .unwrap();
+    let bot = bearer_client(&token);
+    let clusters = format!("{}/api/v1/clusters", server.url);
+    assert_eq!(
+        bot.get(&clusters).send().await.unwrap().status().as_u16(),
+        200
+    );
+    let r = server
+        .http
+        .delete(format!("{}/api/v1/users/una", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        bot.get(&clusters).send().await.unwrap().status().as_u16(),
+        401,
+        "una is disabled: her token stops"
+    );
+    // Nothing empties the audit log through SQL, TRUNCATE included.
+    let truncated = sqlx::query("TRUNCATE audit_log")
+        .execute(&server.pool)
+        .await;
+    assert!(truncated.is_err(), "TRUNCATE audit_log went through");
+    // A huge history step is a bad request, not a crash.
+    let (status, body) = server
+        .get_json("/api/v1/nodes/a/history?metric=heartbeats&step=100000d")
+        .await;
+    assert_eq!(status, 400, "{body}");
     server.stop().await;
 }
 

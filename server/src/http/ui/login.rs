@@ -31,10 +31,24 @@ pub struct LoginQuery {
 }
 
 /// Only a path on this server: `/…`, never `//host` or a URL.
+/// `next` when it is a path on this server, else `/`. A browser drops tabs and newlines from a
+/// URL and reads a backslash as a slash, so `/\t/evil` would become `//evil`, another site:
+/// only a path that still names this server once parsed the way a browser parses it (WHATWG,
+/// through reqwest's `Url`) and holds no whitespace, control character or backslash is kept.
 fn local_path(next: Option<&str>) -> &str {
-    match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n,
-        _ => "/",
+    let Some(n) = next else { return "/" };
+    let plain = n.starts_with('/')
+        && !n
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '\\');
+    let base = "http://hapulse.invalid/";
+    let same_origin = reqwest::Url::parse(base)
+        .and_then(|b| b.join(n))
+        .is_ok_and(|u| u.host_str() == Some("hapulse.invalid") && u.scheme() == "http");
+    if plain && same_origin && !n.starts_with("//") {
+        n
+    } else {
+        "/"
     }
 }
 
@@ -153,4 +167,31 @@ pub async fn logout(State(state): State<AppState>, Auth(me): Auth) -> Result<Res
         Redirect::to("/login"),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_path;
+
+    #[test]
+    fn only_a_path_of_this_server_is_a_place_to_go_after_login() {
+        for ok in ["/", "/clusters/prod", "/alerts?x=1#y", "/nodes/a%2Fb"] {
+            assert_eq!(local_path(Some(ok)), ok);
+        }
+        for bad in [
+            "//evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/\\evil.example",
+            "\\\\evil.example",
+            "https://evil.example/",
+            "evil.example",
+            "/ /evil.example",
+            "/\u{0}x",
+            "",
+        ] {
+            assert_eq!(local_path(Some(bad)), "/", "{bad:?}");
+        }
+        assert_eq!(local_path(None), "/");
+    }
 }
