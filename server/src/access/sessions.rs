@@ -132,6 +132,26 @@ pub async fn logout(state: &AppState, principal: &Principal) -> Result<(), Acces
     Ok(())
 }
 
+/// 403 `password_needed` when a session (not an API token) whose password was not given within
+/// `auth.reauth_window` asks for a write that moves a master through the REST API: the same
+/// re-check the dashboard makes, so a stolen cookie and CSRF token cannot skip it.
+pub fn require_recent_password(
+    state: &AppState,
+    principal: &Principal,
+) -> Result<(), crate::refusal::Refusal> {
+    match principal.via {
+        Via::Session { .. } if !recently_authenticated(state, principal) => {
+            Err(crate::refusal::Refusal {
+                kind: crate::refusal::RefusalKind::Forbidden,
+                code: "password_needed",
+                message: "moving a master with a session needs your password again: confirm on the dashboard, or use an API token".into(),
+                field: None,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Is the session's last password entry recent enough for a switchover (`auth.reauth_window`)?
 pub fn recently_authenticated(state: &AppState, principal: &Principal) -> bool {
     match &principal.via {

@@ -904,16 +904,18 @@ async fn a_switchover_that_fails_after_stopping_the_old_primary_starts_it_again(
             .then_some(())
     })
     .await;
-    // h2 receives but no longer replays: it can never catch up with h1's shutdown checkpoint.
     let psql = |host: &str, sql: &str| {
         let out = lab.run(&["psql", host, "-qAt", "-c", sql]);
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    psql("h2", "SELECT pg_wal_replay_pause()");
     psql(
         "h1",
         "CREATE TABLE orders AS SELECT g AS id FROM generate_series(1, 1000) g",
     );
+    // h2 will receive but no longer replay: it can never catch up with h1's shutdown
+    // checkpoint. Its pre hook pauses the replay, after preflight (a pause made before would be
+    // reported, and preflight would refuse a target that is not streaming).
+    std::fs::write(format!("/run/hapulse-lab/{name}/pause-target-replay"), "").unwrap();
     let (status, body) = post_switchover(
         &server,
         name,

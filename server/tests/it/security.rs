@@ -1543,6 +1543,34 @@ async fn switchovers_need_the_password_again_and_sessions_expire(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(switchovers, 0, "nothing started");
+    // The REST API with the same session cookie and CSRF header asks for the password too: it
+    // is not a way around the dashboard's re-check (an API token is not asked).
+    for (path, body) in [
+        (
+            "/api/v1/clusters/c/switchover",
+            serde_json::json!({"target_node": "b", "reason": "around the form"}),
+        ),
+        (
+            "/api/v1/clusters/c/failover",
+            serde_json::json!({"target_node": "b", "reason": "around the form"}),
+        ),
+    ] {
+        let r = otto
+            .http
+            .post(format!("{}{path}", server.url))
+            .header("x-csrf-token", otto.csrf.as_str())
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let refusal: serde_json::Value = r.json().await.unwrap_or_default();
+        assert_eq!(
+            (status, refusal["code"].as_str()),
+            (403, Some("password_needed")),
+            "{path}: {refusal}"
+        );
+    }
     // With the password the request reaches preflight (which refuses here: the cluster is in a
     // maintenance window, so no switchover runs in this test) and is audited as otto's.
     let r = server

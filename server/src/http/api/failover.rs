@@ -45,6 +45,7 @@ pub async fn confirm(
     Path(cluster): Path<String>,
     ApiJson(req): ApiJson<FailoverRequest>,
 ) -> Result<(StatusCode, Json<FailoverAccepted>), AppError> {
+    crate::access::sessions::require_recent_password(&state, &me)?;
     let id = requests::request_failover(&state, &cluster, &req, &me).await?;
     Ok((StatusCode::ACCEPTED, Json(FailoverAccepted { id })))
 }

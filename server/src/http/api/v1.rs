@@ -336,6 +336,9 @@ pub async fn switchover(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<SwitchoverRequest>,
 ) -> Result<(StatusCode, Json<SwitchoverAccepted>), AppError> {
+    if !req.dry_run {
+        crate::access::sessions::require_recent_password(&state, &me)?;
+    }
     let accepted = request::request_switchover(&state, &name, req, &me).await?;
     let status = if accepted.id.is_some() {
         StatusCode::ACCEPTED
