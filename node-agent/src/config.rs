@@ -16,8 +16,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Base URL of the hapulse server, e.g. `http://10.0.0.1:8080`.
+    /// Base URL of the hapulse server, e.g. `https://hapulse.example.net`. Plain `http://` only
+    /// to a loopback address, or with `allow_insecure_http`.
     pub server_url: String,
+    /// Allow a plain-HTTP `server_url` that is not on loopback: the node credential and every
+    /// report then cross the network in clear (default false; a lab or a network you trust).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
     /// Stable id of this node; unique across every cluster the server knows.
     pub node_id: String,
     /// Cluster this node belongs to.
@@ -368,6 +373,7 @@ impl Default for Settings {
             node_id: String::new(),
             cluster: String::new(),
             enrollment_token: None,
+            allow_insecure_http: false,
             heartbeat_interval: Duration::from_secs(1),
             request_timeout: Duration::from_secs(5),
             max_retry_backoff: Duration::from_secs(30),
@@ -511,6 +517,15 @@ impl Settings {
         if !(self.server_url.starts_with("http://") || self.server_url.starts_with("https://")) {
             return invalid("server_url", "must start with http:// or https://");
         }
+        if self.server_url.starts_with("http://")
+            && !self.allow_insecure_http
+            && !loopback_url(&self.server_url)
+        {
+            return invalid(
+                "server_url",
+                "plain http:// to a server not on loopback sends the node credential in clear: use https://, or set allow_insecure_http = true on a network you trust",
+            );
+        }
         // The server accepts heartbeat intervals of 100 ms to 1 h.
         if self.heartbeat_interval < Duration::from_millis(100)
             || self.heartbeat_interval > Duration::from_secs(3600)
@@ -561,6 +576,22 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// Whether `url` names a loopback host (`127.0.0.0/8`, `::1`, `localhost`).
+fn loopback_url(url: &str) -> bool {
+    let Some(host) = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+    else {
+        return false;
+    };
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|a| a.is_loopback())
 }
 
 /// The action kinds `actions.enabled` may list (as [`hapulse_protocol::Action::kind`] names them).
@@ -824,6 +855,29 @@ mod tests {
             key_at_fault(&|s| s.server_url = "ftp://x".into()),
             "server_url"
         );
+        // Plain HTTP crosses the network in clear: only to loopback, or when allowed.
+        assert_eq!(
+            key_at_fault(&|s| s.server_url = "http://10.0.0.1:8080".into()),
+            "server_url"
+        );
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://[::1]:8080",
+            "http://localhost",
+            "https://10.0.0.1",
+        ] {
+            let s = Settings {
+                server_url: ok.into(),
+                ..valid.clone()
+            };
+            assert!(s.validate().is_ok(), "{ok}");
+        }
+        let allowed = Settings {
+            server_url: "http://10.0.0.1:8080".into(),
+            allow_insecure_http: true,
+            ..valid.clone()
+        };
+        assert!(allowed.validate().is_ok());
         assert_eq!(
             key_at_fault(&|s| s.keepalived.dump_timeout = Duration::ZERO),
             "keepalived.dump_timeout"
