@@ -256,21 +256,28 @@ pub async fn connect(url: &SecretString) -> Result<MySqlConnection, String> {
         .map_err(|e| format!("cannot connect: {e}"))
 }
 
-/// The link of link `name` on the server behind `conn`.
+/// The link of link `name` on the server behind `conn`. Its raw fields always include the
+/// server's `version` (`10.11.6-MariaDB-0+deb12u1`): the server moves MariaDB only.
 pub async fn observe(
     conn: &mut MySqlConnection,
     name: &str,
 ) -> Result<ReplicationLinkReport, String> {
+    let vars = variables(
+        conn,
+        &["version", "read_only", "gtid_binlog_pos", "gtid_executed"],
+    )
+    .await?;
     let status = status_either(conn, "SHOW REPLICA STATUS", "SHOW SLAVE STATUS").await?;
-    if let Some(row) = status.first() {
-        return replica_link(name, row);
-    }
-    let vars = variables(conn, &["read_only", "gtid_binlog_pos", "gtid_executed"]).await?;
-    if vars.get("read_only").map(String::as_str) == Some("ON") {
-        return Ok(read_only_link(name, &vars));
-    }
-    let replicas = status_either(conn, "SHOW REPLICAS", "SHOW SLAVE HOSTS").await?;
-    let mut link = source_link(name, &replicas);
+    let mut link = match status.first() {
+        Some(row) => replica_link(name, row)?,
+        None if vars.get("read_only").map(String::as_str) == Some("ON") => {
+            read_only_link(name, &vars)
+        }
+        None => source_link(
+            name,
+            &status_either(conn, "SHOW REPLICAS", "SHOW SLAVE HOSTS").await?,
+        ),
+    };
     link.raw.extend(vars);
     Ok(link)
 }

@@ -207,15 +207,28 @@ pub async fn check_cluster(
             ))))
         }
         None => {
-            sqlx::query(
-                "UPDATE node_credentials SET cluster = $2
-                  WHERE node_id = $1 AND cluster IS NULL AND revoked_at IS NULL",
+            // Two first reports at once bind the credential once: whichever the database took.
+            let bound: Option<String> = sqlx::query_scalar(
+                "UPDATE node_credentials SET cluster = coalesce(cluster, $2)
+                  WHERE node_id = $1 AND revoked_at IS NULL
+                  RETURNING cluster",
             )
             .bind(node)
             .bind(claimed)
-            .execute(pool)
-            .await?;
-            credentials.rebind(node, claimed);
+            .fetch_optional(pool)
+            .await?
+            .flatten();
+            let Some(bound) = bound else {
+                return Err(EnrollmentError::from(Refusal::unauthorized()));
+            };
+            credentials.rebind(node, &bound);
+            if bound != claimed {
+                let binding = Binding {
+                    node_id: node.clone(),
+                    cluster: Some(bound),
+                };
+                return Box::pin(check_cluster(pool, credentials, &binding, claimed)).await;
+            }
             audit(pool, node, "node_cluster_bound", "bound", claimed, claimed).await?;
             tracing::info!(node_id = %node, cluster = %claimed, "node credential bound to the cluster of its first report");
             Ok(())

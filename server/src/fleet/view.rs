@@ -156,6 +156,10 @@ pub struct LinkMemberView {
     pub lag_seconds: Option<f64>,
     /// Why the source could not be asked.
     pub error: Option<String>,
+    /// Why hapulse cannot move this member's server, when it cannot: a MySQL server that is not
+    /// MariaDB (its raw `version`), or one whose agent does not report its version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unmovable: Option<String>,
 }
 
 /// A replication link across the nodes of a cluster: who is primary, how far behind each
@@ -599,6 +603,25 @@ fn link_member(node: &NodeLive, link: &ReplicationLinkReport) -> LinkMemberView 
         lag_bytes: link.lag_bytes,
         lag_seconds: link.lag_seconds,
         error: link.error.clone(),
+        unmovable: unmovable(node, link),
+    }
+}
+
+/// Why hapulse cannot move `node`'s server of `link` (see [`LinkMemberView::unmovable`]).
+fn unmovable(node: &NodeLive, link: &ReplicationLinkReport) -> Option<String> {
+    if link.kind != hapulse_protocol::ReplicationKind::Mysql || link.state == LinkState::Down {
+        return None;
+    }
+    match link.raw.get("version") {
+        Some(v) if v.contains("MariaDB") => None,
+        Some(v) => Some(format!(
+            "{} runs MySQL {v}: hapulse observes MySQL replication and moves only MariaDB's",
+            node.node_id
+        )),
+        None => Some(format!(
+            "{}'s agent does not report its MySQL server's version",
+            node.node_id
+        )),
     }
 }
 

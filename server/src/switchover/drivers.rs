@@ -185,6 +185,15 @@ pub fn stack(c: &ClusterView, instance: &str) -> Result<Vec<Layer>, String> {
             ));
         }
     }
+    if let Some(why) = database
+        .filter(|(_, d)| *d == Driver::Mysql)
+        .and_then(|(l, _)| l.members.iter().find_map(|m| m.unmovable.clone()))
+    {
+        return Err(format!(
+            "{} is tied to {instance} and {why}",
+            database.map_or("", |(l, _)| l.link.as_str())
+        ));
+    }
     if let (Some((l, Driver::Mysql)), Some(_)) = (database, drbd) {
         return Err(format!(
             "{} is tied to {instance} beside a DRBD resource: hapulse starts and stops only PostgreSQL on a DRBD device",
@@ -278,6 +287,7 @@ mod tests {
             lag_bytes: Some(0),
             lag_seconds: Some(0.0),
             error: None,
+            unmovable: None,
         }
     }
 
@@ -351,6 +361,29 @@ mod tests {
                 .map(|l| (l.link.as_str(), l.on_drbd))
                 .collect::<Vec<_>>(),
             [("drbd:r0", false), ("postgresql:pg", true)]
+        );
+    }
+
+    #[test]
+    fn a_mysql_server_that_is_not_mariadb_is_never_moved() {
+        let mut my = link(ReplicationKind::Mysql, "db", "VI_1");
+        let mut replica = member(
+            "b",
+            ReplicationRole::Secondary,
+            LinkState::Streaming,
+            Some("10.0.0.11:3306"),
+        );
+        my.members = vec![replica.clone()];
+        assert!(moved_link(&cluster(vec![my.clone()]), "VI_1").is_ok());
+        replica.unmovable = Some(
+            "b runs MySQL 8.0.36: hapulse observes MySQL replication and moves only MariaDB's"
+                .into(),
+        );
+        my.members = vec![replica];
+        let why = moved_link(&cluster(vec![my]), "VI_1").unwrap_err();
+        assert!(
+            why.starts_with("mysql:db is tied to VI_1 and b runs MySQL 8.0.36"),
+            "{why}"
         );
     }
 

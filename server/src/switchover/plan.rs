@@ -769,6 +769,7 @@ mod tests {
             lag_bytes: lag,
             lag_seconds: lag.map(|_| 0.5),
             error: None,
+            unmovable: None,
         }
     }
 
