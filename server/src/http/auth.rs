@@ -25,6 +25,33 @@ pub fn cookie_name(state: &AppState) -> &'static str {
     }
 }
 
+/// The name of the login form's CSRF cookie (`__Host-` under TLS).
+pub fn login_cookie_name(state: &AppState) -> &'static str {
+    if state.settings.tls.is_some() {
+        "__Host-hapulse_login"
+    } else {
+        "hapulse_login"
+    }
+}
+
+/// The login form's CSRF token this browser holds (its login cookie), if any.
+pub fn login_cookie<'a>(state: &AppState, headers: &'a HeaderMap) -> Option<&'a str> {
+    cookie(headers, login_cookie_name(state)).filter(|v| !v.is_empty() && v.len() <= 128)
+}
+
+/// The `Set-Cookie` value that gives a browser the login form's CSRF token `token` (an hour).
+pub fn login_cookie_header(state: &AppState, token: &str) -> String {
+    let secure = if state.settings.tls.is_some() {
+        "; Secure"
+    } else {
+        ""
+    };
+    format!(
+        "{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=3600{secure}",
+        login_cookie_name(state)
+    )
+}
+
 /// The `Set-Cookie` value for a new session, or (with `None`) one that removes it.
 pub fn session_cookie(state: &AppState, id: Option<&str>) -> String {
     let secure = if state.settings.tls.is_some() {
@@ -278,7 +305,7 @@ async fn authorize(state: &AppState, mut req: Request) -> Result<Request, Respon
 
 /// Whether a presented secret equals the expected one, in time that does not depend on where
 /// they differ (`subtle`).
-fn same_secret(presented: &str, expected: &str) -> bool {
+pub(crate) fn same_secret(presented: &str, expected: &str) -> bool {
     use subtle::ConstantTimeEq;
     presented.as_bytes().ct_eq(expected.as_bytes()).into()
 }

@@ -257,12 +257,7 @@ impl TestServer {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
-        let r = plain
-            .post(format!("{}/login", self.url))
-            .form(&[("name", name), ("password", PASSWORD), ("next", "/alerts")])
-            .send()
-            .await
-            .unwrap();
+        let r = post_login(&plain, &self.url, name, PASSWORD, Some("/alerts")).await;
         assert_eq!(r.status().as_u16(), 303, "login of {name}");
         let cookie = r
             .headers()
@@ -371,4 +366,54 @@ pub fn pg_report_link(
     lag_bytes: u64,
 ) -> ReplicationLinkReport {
     testing::pg_link(role, state, lag_bytes)
+}
+
+/// What a browser gets from `GET {url}/login`: its login cookie (`name=value`) and the form's
+/// CSRF token.
+pub async fn login_form(client: &reqwest::Client, url: &str) -> (String, String) {
+    let r = client.get(format!("{url}/login")).send().await.unwrap();
+    let cookie = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.contains("hapulse_login="))
+        .and_then(|v| v.split(';').next())
+        .expect("the login page sets its CSRF cookie")
+        .to_string();
+    let page = r.text().await.unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the login form carries its CSRF token")
+        .to_string();
+    (cookie, csrf)
+}
+
+/// Logs in through the form as a browser does: the login page first (its CSRF cookie and
+/// token), then the post. The answer to the post.
+pub async fn post_login(
+    client: &reqwest::Client,
+    url: &str,
+    name: &str,
+    password: &str,
+    next: Option<&str>,
+) -> reqwest::Response {
+    let (cookie, csrf) = login_form(client, url).await;
+    let mut form = vec![
+        ("name", name),
+        ("password", password),
+        ("csrf", csrf.as_str()),
+    ];
+    if let Some(next) = next {
+        form.push(("next", next));
+    }
+    client
+        .post(format!("{url}/login"))
+        .header(reqwest::header::COOKIE, cookie)
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
 }

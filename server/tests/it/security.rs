@@ -419,26 +419,46 @@ async fn sessions_end_at_logout_and_logins_are_throttled(pool: PgPool) {
         .unwrap();
     assert!(ended);
 
-    // Five wrong passwords: the sixth attempt is refused even with the right one.
+    // A login form posted from another site (no login cookie, or another browser's token) logs
+    // nobody in, and is not even counted as an attempt.
     let plain = reqwest::Client::new();
-    let attempt = |password: &'static str| {
-        plain
-            .post(format!("{}/login", server.url))
-            .form(&[("name", "vera"), ("password", password)])
+    let (cookie, csrf) = crate::harness::login_form(&plain, &server.url).await;
+    let (_, other_csrf) = crate::harness::login_form(&plain, &server.url).await;
+    for (cookie, csrf) in [
+        (None, csrf.as_str()),
+        (Some(cookie.as_str()), ""),
+        (Some(cookie.as_str()), other_csrf.as_str()),
+    ] {
+        let mut request = plain.post(format!("{}/login", server.url));
+        if let Some(c) = cookie {
+            request = request.header(reqwest::header::COOKIE, c);
+        }
+        let r = request
+            .form(&[("name", "vera"), ("password", PASSWORD), ("csrf", csrf)])
             .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403, "cookie {cookie:?}, csrf {csrf:?}");
+    }
+    let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions WHERE ended_at IS NULL")
+        .fetch_one(&server.pool)
+        .await
+        .unwrap();
+    assert_eq!(sessions, 0, "no session opened by a forged login form");
+
+    // Five wrong passwords: the sixth attempt is refused even with the right one.
+    let attempt = |password: &'static str| {
+        crate::harness::post_login(&plain, &server.url, "vera", password, None)
     };
     for _ in 0..5 {
-        assert_eq!(
-            attempt("wrong password!").await.unwrap().status().as_u16(),
-            401
-        );
+        assert_eq!(attempt("wrong password!").await.status().as_u16(), 401);
     }
-    let r = attempt(PASSWORD).await.unwrap();
+    let r = attempt(PASSWORD).await;
     assert_eq!(r.status().as_u16(), 429);
     assert!(r.text().await.unwrap().contains("Too many failed logins"));
     // More refusals of the same lockout are counted, not written one row each.
     for _ in 0..10 {
-        assert_eq!(attempt(PASSWORD).await.unwrap().status().as_u16(), 429);
+        assert_eq!(attempt(PASSWORD).await.status().as_u16(), 429);
     }
     // The lockout is vera's from this address: from another one, she logs in (a stranger
     // cannot lock her out everywhere with a few wrong passwords).
@@ -447,22 +467,23 @@ async fn sessions_end_at_logout_and_logins_are_throttled(pool: PgPool) {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let r = elsewhere
-        .post(format!("{}/login", server.url))
-        .form(&[("name", "vera"), ("password", PASSWORD)])
-        .send()
-        .await
-        .unwrap();
+    let r = crate::harness::post_login(&elsewhere, &server.url, "vera", PASSWORD, None).await;
     assert_eq!(r.status().as_u16(), 303, "vera from 127.0.0.2");
     // Thirty guesses at once against a fresh account: at most five are checked, the rest are
     // refused before their password is looked at.
     hapulse_server::access::auth::create_user(&server.pool, "wendy", PASSWORD, Role::Viewer, &None)
         .await
         .unwrap();
+    let (cookie, csrf) = crate::harness::login_form(&elsewhere, &server.url).await;
     let guesses = (0..30).map(|_| {
         elsewhere
             .post(format!("{}/login", server.url))
-            .form(&[("name", "wendy"), ("password", "wrong password!")])
+            .header(reqwest::header::COOKIE, cookie.as_str())
+            .form(&[
+                ("name", "wendy"),
+                ("password", "wrong password!"),
+                ("csrf", csrf.as_str()),
+            ])
             .send()
     });
     let statuses: Vec<u16> = futures::future::join_all(guesses)
@@ -734,12 +755,7 @@ async fn https_client_certificates_and_secure_cookies(pool: PgPool) {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let r = browser
-        .post(format!("{url}/login"))
-        .form(&[("name", "tess"), ("password", PASSWORD)])
-        .send()
-        .await
-        .unwrap();
+    let r = crate::harness::post_login(&browser, &url, "tess", PASSWORD, None).await;
     assert_eq!(r.status().as_u16(), 303);
     assert_eq!(
         r.headers()["strict-transport-security"].to_str().unwrap(),

@@ -1,9 +1,13 @@
 //! Logging in and out: the login form (`/login`), the login itself (throttled, audited, a new
 //! session and its cookie), and the logout (`/logout`) that ends the session.
+//!
+//! The login form carries a CSRF token before any session exists (a cookie and the same value in
+//! a hidden field): another site's form cannot log a victim into the attacker's account, since
+//! it can neither read the token nor send the cookie (`SameSite=Strict`).
 
 use askama::Template;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Form;
 use serde::Deserialize;
@@ -20,6 +24,7 @@ use crate::state::AppState;
 struct LoginPage<'a> {
     next: &'a str,
     error: Option<&'a str>,
+    csrf: &'a str,
 }
 
 /// Query of the login page: where to go after.
@@ -52,16 +57,46 @@ fn local_path(next: Option<&str>) -> &str {
     }
 }
 
-/// The login page with `status`: nobody is looking yet, and it is never live.
-fn login_page(status: StatusCode, next: &str, error: Option<&str>) -> Result<Response, AppError> {
-    let body = render(&LoginPage { next, error })?;
+/// The login page with `status`: nobody is looking yet, and it is never live. Carries the
+/// browser's login CSRF token `csrf` (in the form and, again, in its cookie).
+fn login_page(
+    state: &AppState,
+    status: StatusCode,
+    next: &str,
+    error: Option<&str>,
+    csrf: &str,
+) -> Result<Response, AppError> {
+    let body = render(&LoginPage { next, error, csrf })?;
     let full = full_page(None, "Log in", "none", &body)?;
-    Ok((status, Html(full)).into_response())
+    Ok((
+        status,
+        [(header::SET_COOKIE, auth::login_cookie_header(state, csrf))],
+        Html(full),
+    )
+        .into_response())
+}
+
+/// The browser's login CSRF token, or a new one.
+fn login_token(state: &AppState, headers: &HeaderMap) -> String {
+    auth::login_cookie(state, headers)
+        .map(str::to_string)
+        .unwrap_or_else(crate::access::auth::random_secret)
 }
 
 /// `GET /login`: the login form.
-pub async fn form(ApiQuery(q): ApiQuery<LoginQuery>) -> Result<Response, AppError> {
-    login_page(StatusCode::OK, local_path(q.next.as_deref()), None)
+pub async fn form(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<LoginQuery>,
+) -> Result<Response, AppError> {
+    let token = login_token(&state, &headers);
+    login_page(
+        &state,
+        StatusCode::OK,
+        local_path(q.next.as_deref()),
+        None,
+        &token,
+    )
 }
 
 /// The login form's fields.
@@ -72,6 +107,9 @@ pub struct LoginForm {
     password: String,
     #[serde(default)]
     next: Option<String>,
+    /// The login CSRF token from the form; it must equal the browser's login cookie.
+    #[serde(default)]
+    csrf: String,
 }
 
 /// `POST /login`: checks the name and password (throttled per account and per address), opens a
@@ -79,10 +117,25 @@ pub struct LoginForm {
 pub async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, AppError> {
     let source = peer.ip().to_string();
     let next = local_path(form.next.as_deref()).to_string();
+    // Before anything is checked or counted: a form that did not come from this server's login
+    // page (another site's, or a stale one) logs nobody in.
+    let token = login_token(&state, &headers);
+    let genuine = auth::login_cookie(&state, &headers)
+        .is_some_and(|cookie| auth::same_secret(&form.csrf, cookie));
+    if !genuine {
+        return login_page(
+            &state,
+            StatusCode::FORBIDDEN,
+            &next,
+            Some("This login form is stale or did not come from this server; try again."),
+            &token,
+        );
+    }
     let outcome = sessions::login(&state, &form.name, &form.password, &source).await?;
     let audit = |outcome: &'static str| crate::access::audit::Audit {
         actor: "",
@@ -149,7 +202,7 @@ pub async fn login(
                 .await?;
             }
             tracing::warn!(user = %name, source = %source, outcome, "login refused");
-            login_page(status, &next, Some(message))
+            login_page(&state, status, &next, Some(message), &token)
         }
     }
 }
