@@ -80,34 +80,28 @@ impl Throttle {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
-        let mut over = None;
-        for (key, limit) in limits {
-            let count = f.by_key.get_mut(key).map_or(0, |q| {
-                while q.front().is_some_and(|t| now.duration_since(*t) > window) {
-                    q.pop_front();
-                }
-                q.len()
-            });
-            if count >= *limit {
-                over = Some(key.clone());
-                break;
-            }
-            f.reported.remove(key);
-        }
-        if let Some(key) = over {
-            let first = f.reported.insert(key);
-            return Err(Refused::Throttled { first });
-        }
-        if f.by_key.len() + limits.len() > MAX_KEYS {
-            f.shrink(now, window);
-        }
-        for (key, _) in limits {
-            f.by_key.entry(key.clone()).or_default().push_back(now);
-        }
-        Ok(Reservation {
-            keys: limits.iter().map(|(k, _)| k.clone()).collect(),
-            at: now,
-        })
+        f.below_limits(limits, window, now)?;
+        let keys: Vec<String> = limits.iter().map(|(k, _)| k.clone()).collect();
+        f.record(&keys, now, window);
+        Ok(Reservation { keys, at: now })
+    }
+
+    /// Err when a key of `limits` has reached its limit, without reserving anything: for
+    /// attempts that cannot be guessed (a one-time enrollment token), where many may run at
+    /// once and only their failures count ([`Throttle::failed`]).
+    pub fn check(&self, limits: &[(String, usize)], window: Duration) -> Result<(), Refused> {
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .below_limits(limits, window, Instant::now())
+    }
+
+    /// Records a failure of each of `keys`.
+    pub fn failed(&self, keys: &[String], window: Duration) {
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .record(keys, Instant::now(), window);
     }
 
     /// Takes a reservation back: the attempt succeeded, or it was never made (busy).
@@ -141,6 +135,40 @@ impl Throttle {
 }
 
 impl Failures {
+    /// Err when a key of `limits` has `limit` failures within `window` (the first refusal of a
+    /// lockout says so); old failures are dropped on the way.
+    fn below_limits(
+        &mut self,
+        limits: &[(String, usize)],
+        window: Duration,
+        now: Instant,
+    ) -> Result<(), Refused> {
+        for (key, limit) in limits {
+            let count = self.by_key.get_mut(key).map_or(0, |q| {
+                while q.front().is_some_and(|t| now.duration_since(*t) > window) {
+                    q.pop_front();
+                }
+                q.len()
+            });
+            if count >= *limit {
+                let first = self.reported.insert(key.clone());
+                return Err(Refused::Throttled { first });
+            }
+            self.reported.remove(key);
+        }
+        Ok(())
+    }
+
+    /// One failure (or reservation) of each of `keys` at `now`.
+    fn record(&mut self, keys: &[String], now: Instant, window: Duration) {
+        if self.by_key.len() + keys.len() > MAX_KEYS {
+            self.shrink(now, window);
+        }
+        for key in keys {
+            self.by_key.entry(key.clone()).or_default().push_back(now);
+        }
+    }
+
     /// Drops the keys with nothing in `window`, then, while still too many, those with the
     /// fewest failures, the oldest first.
     fn shrink(&mut self, now: Instant, window: Duration) {
@@ -211,6 +239,24 @@ mod tests {
             t.succeeded(r);
         }
         assert!(t.reserve(&limits("ann", "10.0.0.1"), window).is_ok());
+    }
+
+    #[test]
+    fn checked_attempts_count_only_their_failures() {
+        let t = Throttle::default();
+        let window = Duration::from_secs(60);
+        let limits = vec![("enroll:10.0.0.1".to_string(), 20)];
+        // A fleet enrolling at once is never throttled by its own successes.
+        for _ in 0..64 {
+            assert!(t.check(&limits, window).is_ok());
+        }
+        for _ in 0..20 {
+            t.failed(&["enroll:10.0.0.1".to_string()], window);
+        }
+        assert_eq!(
+            t.check(&limits, window).unwrap_err(),
+            Refused::Throttled { first: true }
+        );
     }
 
     #[test]

@@ -174,33 +174,33 @@ pub async fn enroll(
         format!("enroll:{}", crate::access::throttle::source_key(&source)),
         auth.login_max_failures_per_source,
     )];
-    let reservation = match state.login_throttle.reserve(&limits, auth.login_window) {
-        Ok(r) => r,
-        Err(refused) => {
-            if refused == (crate::access::throttle::Refused::Throttled { first: true }) {
-                crate::access::audit::Audit {
-                    actor: &format!("agent:{node}"),
-                    role: None,
-                    source: Some(&source),
-                    action: "node_enroll",
-                    target: &node,
-                    reason: None,
-                    outcome: "refused: throttled",
-                    detail: serde_json::json!({}),
-                }
-                .record(&state.db)
-                .await?;
+    // Checked, not reserved: an agent fleet enrolls many nodes at once, and a one-time token
+    // cannot be guessed; only failures count.
+    if let Err(refused) = state.login_throttle.check(&limits, auth.login_window) {
+        if refused == (crate::access::throttle::Refused::Throttled { first: true }) {
+            crate::access::audit::Audit {
+                actor: &format!("agent:{node}"),
+                role: None,
+                source: Some(&source),
+                action: "node_enroll",
+                target: &node,
+                reason: None,
+                outcome: "refused: throttled",
+                detail: serde_json::json!({}),
             }
-            return Err(AppError::from(Refusal::throttled(
-                "too many failed enrollments from this address; wait a few minutes",
-            )));
+            .record(&state.db)
+            .await?;
         }
-    };
+        return Err(AppError::from(Refusal::throttled(
+            "too many failed enrollments from this address; wait a few minutes",
+        )));
+    }
     let outcome =
         crate::agents::enrollment::enroll(&state.db, &state.credentials, &req.node_id, &req.token)
             .await;
-    if outcome.is_ok() {
-        state.login_throttle.succeeded(reservation);
+    if outcome.is_err() {
+        let keys: Vec<String> = limits.into_iter().map(|(k, _)| k).collect();
+        state.login_throttle.failed(&keys, auth.login_window);
     }
     crate::access::audit::Audit {
         actor: &format!("agent:{node}"),
