@@ -35,6 +35,11 @@ pub struct Settings {
     /// Most dashboard event streams (`/ui/stream`) one principal holds open (default 10);
     /// beyond, 429.
     pub max_event_streams_per_principal: usize,
+    /// Reverse proxies (CIDRs, e.g. `["10.0.0.5/32"]`) whose `Forwarded` / `X-Forwarded-For`
+    /// names the client and whose `proto=https` / `X-Forwarded-Proto: https` makes cookies
+    /// Secure. From any other peer those headers are ignored. Default: none.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Failure detector.
     pub detector: DetectorSettings,
     /// Heartbeat history.
@@ -550,10 +555,14 @@ pub struct HistorySettings {
     /// Per-minute rollups (min/max/avg) are kept this long (default 90 days).
     #[serde(with = "humantime_serde")]
     pub rollup_retention: Duration,
+    /// Events (transitions, switchovers) are kept this long, in daily partitions by recording
+    /// day (default 90 days).
+    #[serde(with = "humantime_serde")]
+    pub event_retention: Duration,
 }
 
 /// Environment keys (after `HAPULSE_`, lower case) that belong to the server; `__` ends a section.
-const SERVER_ENV_KEYS: [&str; 13] = [
+const SERVER_ENV_KEYS: [&str; 14] = [
     "auth__",
     "tls__",
     "listen",
@@ -563,6 +572,7 @@ const SERVER_ENV_KEYS: [&str; 13] = [
     "header_read_timeout",
     "max_connections",
     "max_event_streams_per_principal",
+    "trusted_proxies",
     "detector__",
     "history__",
     "alerts__",
@@ -583,6 +593,7 @@ impl Default for Settings {
             header_read_timeout: Duration::from_secs(30),
             max_connections: 32_768,
             max_event_streams_per_principal: 10,
+            trusted_proxies: Vec::new(),
             detector: DetectorSettings {
                 suspect_after_missed: 2,
                 down_after_missed: 3,
@@ -597,6 +608,7 @@ impl Default for Settings {
                 retention: Duration::from_secs(7 * 24 * 3600),
                 batch_max_rows: 1000,
                 rollup_retention: Duration::from_secs(90 * 24 * 3600),
+                event_retention: Duration::from_secs(90 * 24 * 3600),
             },
         }
     }
@@ -705,6 +717,9 @@ impl Settings {
                 "must be at least history.retention",
             );
         }
+        if self.history.event_retention < Duration::from_secs(24 * 3600) {
+            return invalid("history.event_retention", "must be at least 1 day");
+        }
         let f = &self.failover;
         if f.interval < Duration::from_millis(50) || f.interval > Duration::from_secs(10) {
             return invalid("failover.interval", "must be between 50ms and 10s");
@@ -797,12 +812,17 @@ mod tests {
             jail.set_env("HAPULSE_LAB_NAME", "belongs-to-the-lab");
             jail.set_env("HAPULSE_LISTEN", "0.0.0.0:9000");
             jail.set_env("HAPULSE_DETECTOR__DOWN_AFTER_MISSED", "5");
+            jail.set_env("HAPULSE_TRUSTED_PROXIES", r#"["10.0.0.5/32", "fd00::/8"]"#);
             let s = Settings::load(None).unwrap();
             assert_eq!(s.listen.port(), 9000);
+            assert_eq!(s.trusted_proxies.len(), 2);
             assert_eq!(s.detector.down_after_missed, 5);
             jail.set_env("HAPULSE_DETECTOR__DOWN_AFTER_MISSED", "1");
             let err = Settings::load(None).unwrap_err().to_string();
             assert!(err.contains("detector"), "{err}");
+            jail.set_env("HAPULSE_DETECTOR__DOWN_AFTER_MISSED", "5");
+            jail.set_env("HAPULSE_TRUSTED_PROXIES", r#"["10.0.0.300/8"]"#);
+            assert!(Settings::load(None).is_err(), "not a CIDR");
             Ok(())
         });
     }

@@ -80,12 +80,9 @@ pub async fn serve(
 async fn prepare_database(
     settings: &Settings,
     pool: &PgPool,
-) -> anyhow::Result<[series::Partitioned; 4]> {
+) -> anyhow::Result<[series::Partitioned; 5]> {
     db::migrate(pool).await.context("running migrations")?;
-    let tables = series::partitioned_tables(
-        settings.history.retention,
-        settings.history.rollup_retention,
-    );
+    let tables = series::partitioned_tables(&settings.history);
     series::maintain_partitions(pool, &tables, chrono::Utc::now(), PARTITION_DAYS_AHEAD)
         .await
         .context("creating history partitions")?;
@@ -140,7 +137,7 @@ async fn build_state(
 fn spawn_tasks(
     state: &AppState,
     pool: &PgPool,
-    tables: [series::Partitioned; 4],
+    tables: [series::Partitioned; 5],
     tasks: &CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let detector = tokio::spawn(crate::fleet::detector::run(state.clone(), tasks.clone()));
@@ -227,7 +224,7 @@ async fn serve_http(
 
 /// Every 30 s: roll up the minutes that are complete. Hourly: create partitions ahead, drop
 /// those past retention.
-async fn maintain(pool: PgPool, tables: [series::Partitioned; 4], shutdown: CancellationToken) {
+async fn maintain(pool: PgPool, tables: [series::Partitioned; 5], shutdown: CancellationToken) {
     let mut rollup = tokio::time::interval(ROLLUP_INTERVAL);
     rollup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut partitions = tokio::time::interval(Duration::from_secs(3600));

@@ -262,6 +262,9 @@ pub enum EventKind {
     SwitchoverSucceeded,
     /// A planned switchover stopped on a failure.
     SwitchoverFailed,
+    /// One report changed more than [`MAX_EVENTS_PER_REPORT`] things: the rest were counted
+    /// (by kind, in `detail`) instead of recorded one by one.
+    EventsDropped,
 }
 
 impl EventKind {
@@ -285,11 +288,12 @@ impl EventKind {
             EventKind::SwitchoverStarted => "switchover_started",
             EventKind::SwitchoverSucceeded => "switchover_succeeded",
             EventKind::SwitchoverFailed => "switchover_failed",
+            EventKind::EventsDropped => "events_dropped",
         }
     }
 
     /// Every kind, for metrics and filters.
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 18] = [
         EventKind::NodeUp,
         EventKind::NodeSuspect,
         EventKind::NodeDown,
@@ -307,7 +311,79 @@ impl EventKind {
         EventKind::SwitchoverStarted,
         EventKind::SwitchoverSucceeded,
         EventKind::SwitchoverFailed,
+        EventKind::EventsDropped,
     ];
+
+    /// Which events a report over [`MAX_EVENTS_PER_REPORT`] keeps first (lower first): what
+    /// the node is and who is master before priorities and VIP details.
+    fn keep_rank(self) -> u8 {
+        match self {
+            EventKind::NodeUp
+            | EventKind::NodeSuspect
+            | EventKind::NodeDown
+            | EventKind::AgentRestarted
+            | EventKind::KeepalivedStarted
+            | EventKind::KeepalivedStopped
+            | EventKind::SwitchoverStarted
+            | EventKind::SwitchoverSucceeded
+            | EventKind::SwitchoverFailed
+            | EventKind::EventsDropped => 0,
+            EventKind::RoleChange | EventKind::ReplicationRole => 1,
+            EventKind::ReplicationState
+            | EventKind::InstanceRemoved
+            | EventKind::ReplicationRemoved => 2,
+            EventKind::PriorityChange => 3,
+            EventKind::VipAcquired | EventKind::VipReleased => 4,
+        }
+    }
+}
+
+/// Most events one report records. A report may carry 256 instances of 64 VIPs each, so an
+/// agent (or whoever holds its credential) could otherwise write thousands of rows per report;
+/// beyond this, the most telling events are kept and the rest counted in one `events_dropped`.
+pub const MAX_EVENTS_PER_REPORT: usize = 300;
+
+/// Keeps at most [`MAX_EVENTS_PER_REPORT`] of `out` (node and role events first, in their
+/// original order) and counts the rest, by kind, in one `events_dropped` event.
+fn cap_events(report: &HeartbeatReport, out: &mut Vec<NewEvent>) {
+    if out.len() <= MAX_EVENTS_PER_REPORT {
+        return;
+    }
+    let mut order: Vec<usize> = (0..out.len()).collect();
+    order.sort_by_key(|&i| out[i].kind.keep_rank());
+    let mut keep = vec![false; out.len()];
+    for &i in &order[..MAX_EVENTS_PER_REPORT - 1] {
+        keep[i] = true;
+    }
+    let mut by_kind = std::collections::BTreeMap::<&'static str, usize>::new();
+    let mut kept = Vec::with_capacity(MAX_EVENTS_PER_REPORT);
+    for (e, keep) in out.drain(..).zip(keep) {
+        if keep {
+            kept.push(e);
+        } else {
+            *by_kind.entry(e.kind.as_str()).or_default() += 1;
+        }
+    }
+    let dropped: usize = by_kind.values().sum();
+    let summary = by_kind
+        .iter()
+        .map(|(kind, n)| format!("{n} {kind}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    kept.push(node_event(
+        report,
+        EventKind::EventsDropped,
+        None,
+        None,
+        None,
+        format!(
+            "{} changed {dropped} more things in one report than the {MAX_EVENTS_PER_REPORT} \
+             events recorded per report ({summary}); its page shows its current state",
+            report.node_id
+        ),
+        serde_json::json!({ "dropped": dropped, "by_kind": by_kind }),
+    ));
+    *out = kept;
 }
 
 /// The events that accepting `report` causes, given what the server knew of the node before
@@ -328,6 +404,7 @@ pub fn transitions(
     }
     removed_instance_events(previous, report, &mut out);
     replication_events(previous, report, &mut out);
+    cap_events(report, &mut out);
     out
 }
 
@@ -739,5 +816,54 @@ mod tests {
             ]
         );
         assert_eq!(events[4].instance.as_deref(), Some("VI_2"));
+    }
+
+    /// The largest report the server accepts (256 instances of 64 VIPs, every one changing)
+    /// records at most [`MAX_EVENTS_PER_REPORT`] rows: every role change, then the count of the
+    /// rest by kind.
+    #[test]
+    fn a_huge_report_records_its_role_changes_and_counts_the_rest() {
+        let live = Live::default();
+        let many = |state: VrrpState, held: bool| {
+            (0..crate::fleet::validate::MAX_INSTANCES)
+                .map(|n| {
+                    let mut i = instance(&format!("VI_{n}"), state, held, 100);
+                    i.vips = (0..crate::fleet::validate::MAX_VIPS)
+                        .map(|v| format!("10.{}.{}.{v}", n / 256, n % 256))
+                        .collect();
+                    i.held_vips = if held { i.vips.clone() } else { vec![] };
+                    i
+                })
+                .collect::<Vec<_>>()
+        };
+        let first = report(1, many(VrrpState::Backup, false));
+        assert!(crate::fleet::validate::validate(&first).is_ok());
+        let before = NodeLive::from_report(&first, Utc::now(), Instant::now());
+        let next = report(2, many(VrrpState::Master, true));
+        assert!(crate::fleet::validate::validate(&next).is_ok());
+        let events = transitions(Some(&before), &next, &live);
+        assert_eq!(events.len(), MAX_EVENTS_PER_REPORT);
+        let roles = events
+            .iter()
+            .filter(|e| e.kind == EventKind::RoleChange)
+            .count();
+        assert_eq!(roles, crate::fleet::validate::MAX_INSTANCES);
+        let last = &events[MAX_EVENTS_PER_REPORT - 1];
+        assert_eq!(last.kind, EventKind::EventsDropped);
+        let total = crate::fleet::validate::MAX_INSTANCES * (1 + crate::fleet::validate::MAX_VIPS);
+        assert_eq!(
+            last.detail["dropped"],
+            serde_json::json!(total - (MAX_EVENTS_PER_REPORT - 1))
+        );
+        // Kept events stay in the order they happened: VI_0's role change, then its VIPs.
+        assert_eq!(events[0].kind, EventKind::RoleChange);
+        assert_eq!(events[1].kind, EventKind::VipAcquired);
+        assert_eq!(events[1].instance.as_deref(), Some("VI_0"));
+
+        // Below the cap nothing is dropped or added.
+        let small = report(3, vec![instance("VI_0", VrrpState::Backup, false, 100)]);
+        assert!(!transitions(Some(&before), &small, &live)
+            .iter()
+            .any(|e| e.kind == EventKind::EventsDropped));
     }
 }

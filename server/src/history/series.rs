@@ -4,13 +4,16 @@
 //!
 //! Raw samples (`heartbeat_samples`, `replication_samples`) are partitioned by arrival day and
 //! kept `history.retention` (default 7 days); per-minute rollups (`heartbeat_rollups_1m`,
-//! `replication_rollups_1m`) by minute, kept `history.rollup_retention` (default 90 days).
+//! `replication_rollups_1m`) by minute, kept `history.rollup_retention` (default 90 days);
+//! `events` by recording day, kept `history.event_retention` (default 90 days).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Duration as ChronoDuration, DurationRound, NaiveDate, Utc};
 use serde::Serialize;
 use sqlx::{PgPool, Row};
+
+use crate::config::HistorySettings;
 
 /// A partitioned table and how long its partitions live.
 #[derive(Debug, Clone, Copy)]
@@ -24,7 +27,9 @@ pub struct Partitioned {
 }
 
 /// The partitioned tables, with retentions from the configuration.
-pub fn partitioned_tables(raw: Duration, rollup: Duration) -> [Partitioned; 4] {
+pub fn partitioned_tables(history: &HistorySettings) -> [Partitioned; 5] {
+    let raw = history.retention;
+    let rollup = history.rollup_retention;
     let raw_days = (raw.as_secs() / 86_400) as i64 + 1;
     [
         Partitioned {
@@ -46,6 +51,11 @@ pub fn partitioned_tables(raw: Duration, rollup: Duration) -> [Partitioned; 4] {
             table: "replication_rollups_1m",
             retention: rollup,
             days_back: raw_days,
+        },
+        Partitioned {
+            table: "events",
+            retention: history.event_retention,
+            days_back: 1,
         },
     ]
 }
@@ -517,11 +527,10 @@ mod tests {
             partition_name("replication_samples", day),
             "replication_samples_p20261121"
         );
-        let tables = partitioned_tables(
-            Duration::from_secs(7 * 86_400),
-            Duration::from_secs(90 * 86_400),
-        );
+        let tables = partitioned_tables(&crate::config::Settings::default().history);
         assert_eq!(tables[2].days_back, 8);
+        assert_eq!(tables[4].table, "events");
+        assert_eq!(tables[4].retention, Duration::from_secs(90 * 86_400));
     }
 }
 

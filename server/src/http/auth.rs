@@ -3,15 +3,15 @@
 //! state-changing request made with a session. The policy itself is described in
 //! [`crate::access::auth`].
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
-use std::net::SocketAddr;
 
 use sqlx::Row;
 
 use crate::access::auth::{digest, Principal, Role, Via};
+use crate::http::client::ClientOrigin;
 use crate::http::error::AppError;
 use crate::refusal::Refusal;
 use crate::state::AppState;
@@ -39,26 +39,20 @@ pub fn login_cookie<'a>(state: &AppState, headers: &'a HeaderMap) -> Option<&'a 
     cookie(headers, login_cookie_name(state)).filter(|v| !v.is_empty() && v.len() <= 128)
 }
 
-/// The `Set-Cookie` value that gives a browser the login form's CSRF token `token` (an hour).
-pub fn login_cookie_header(state: &AppState, token: &str) -> String {
-    let secure = if state.settings.tls.is_some() {
-        "; Secure"
-    } else {
-        ""
-    };
+/// The `Set-Cookie` value that gives a browser the login form's CSRF token `token` (an hour);
+/// Secure when the browser speaks HTTPS (to this server or to a trusted proxy).
+pub fn login_cookie_header(state: &AppState, origin: ClientOrigin, token: &str) -> String {
+    let secure = if origin.https { "; Secure" } else { "" };
     format!(
         "{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=3600{secure}",
         login_cookie_name(state)
     )
 }
 
-/// The `Set-Cookie` value for a new session, or (with `None`) one that removes it.
-pub fn session_cookie(state: &AppState, id: Option<&str>) -> String {
-    let secure = if state.settings.tls.is_some() {
-        "; Secure"
-    } else {
-        ""
-    };
+/// The `Set-Cookie` value for a new session, or (with `None`) one that removes it; Secure when
+/// the browser speaks HTTPS (to this server or to a trusted proxy).
+pub fn session_cookie(state: &AppState, origin: ClientOrigin, id: Option<&str>) -> String {
+    let secure = if origin.https { "; Secure" } else { "" };
     match id {
         Some(id) => format!(
             "{}={id}; Path=/; HttpOnly; SameSite=Strict{secure}",
@@ -241,10 +235,13 @@ async fn authorize(state: &AppState, mut req: Request) -> Result<Request, Respon
     if public(&path) {
         return Ok(req);
     }
-    let source = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or_else(|| "unknown".to_string(), |c| c.0.ip().to_string());
+    let source = crate::http::client::client_origin(
+        req.extensions(),
+        req.headers(),
+        &state.settings.trusted_proxies,
+        state.settings.tls.is_some(),
+    )
+    .source();
     let api = path.starts_with("/api/") || path == "/metrics";
     let safe = matches!(*req.method(), Method::GET | Method::HEAD);
     let principal = identify(state, req.headers(), &source)

@@ -179,10 +179,18 @@ async fn security_headers(
     req: Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // Under TLS (here or at a trusted proxy), browsers must not come back over plain HTTP for a
+    // year.
+    let https = crate::http::client::client_origin(
+        req.extensions(),
+        req.headers(),
+        &state.settings.trusted_proxies,
+        state.settings.tls.is_some(),
+    )
+    .https;
     let mut response = next.run(req).await;
     let h = response.headers_mut();
-    // Under TLS, browsers must not come back over plain HTTP for a year.
-    if state.settings.tls.is_some() {
+    if https {
         h.insert(
             header::STRICT_TRANSPORT_SECURITY,
             header::HeaderValue::from_static("max-age=31536000"),

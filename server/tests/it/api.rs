@@ -528,6 +528,7 @@ async fn history_partitions_are_created_ahead_and_dropped_after_retention(pool: 
         "replication_samples",
         "heartbeat_rollups_1m",
         "replication_rollups_1m",
+        "events",
     ] {
         let names = partitions(pool.clone(), table).await;
         for offset in -1..=2 {
@@ -545,14 +546,29 @@ async fn history_partitions_are_created_ahead_and_dropped_after_retention(pool: 
         "{names:?}"
     );
 
-    // Ten days later with 7-day raw and 90-day rollup retention: old raw days go (detached
-    // concurrently, then dropped), rollups stay, new days exist.
-    let tables = partitioned_tables(
-        Duration::from_secs(7 * 86_400),
-        Duration::from_secs(90 * 86_400),
-    );
+    // An event recorded today, and one an agent dated a year ago but recorded today (kept by
+    // when the server recorded it, not by the agent's clock).
+    sqlx::query(
+        "INSERT INTO events (at, cluster, kind, message) VALUES
+           (now(), 'c', 'node_up', 'today'), (now() - interval '365 days', 'c', 'node_up', 'old clock')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let events = "SELECT count(*) FROM events";
+
+    // Ten days later with 7-day raw, 90-day rollup and 10-day event retention: old raw days go
+    // (detached concurrently, then dropped), rollups and today's events stay, new days exist.
+    let mut history = hapulse_server::config::Settings::default().history;
+    history.event_retention = Duration::from_secs(10 * 86_400);
+    let tables = partitioned_tables(&history);
     let later = today + chrono::Duration::days(10);
     let dropped = maintain_partitions(&pool, &tables, later, 2).await.unwrap();
+    assert_eq!(count(&pool, events).await, 2, "{dropped:?}");
+    assert!(
+        !dropped.contains(&name("events", 0)) && dropped.contains(&name("events", -1)),
+        "{dropped:?}"
+    );
     assert!(
         dropped.contains(&name("heartbeat_samples", 0))
             && dropped.contains(&name("replication_samples", 1)),
@@ -571,6 +587,69 @@ async fn history_partitions_are_created_ahead_and_dropped_after_retention(pool: 
     assert!(partitions(pool.clone(), "heartbeat_rollups_1m")
         .await
         .contains(&name("heartbeat_rollups_1m", 0)));
+
+    // A day later, today's events are past their 10 days and go; the events of the later days
+    // have their partitions.
+    let dropped = maintain_partitions(&pool, &tables, later + chrono::Duration::days(1), 2)
+        .await
+        .unwrap();
+    assert!(dropped.contains(&name("events", 0)), "{dropped:?}");
+    assert_eq!(count(&pool, events).await, 0);
+    assert!(partitions(pool.clone(), "events")
+        .await
+        .contains(&name("events", 13)));
+}
+
+/// Upgrading to partitioned events keeps every row with its id, whatever day it was recorded,
+/// and new events continue the same ids.
+#[sqlx::test(migrations = false)]
+async fn upgrading_to_partitioned_events_keeps_every_event(pool: PgPool) {
+    let full = sqlx::migrate!("../migrations");
+    let mut before = sqlx::migrate!("../migrations");
+    before.migrations = full
+        .migrations
+        .iter()
+        .filter(|m| m.version < 20261207000017)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    before.run(&pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO events (at, recorded_at, cluster, node_id, kind, message, detail, link)
+         SELECT now() - d * interval '1 day', now() - d * interval '1 day', 'c', 'n' || d, 'node_up',
+                'day ' || d, jsonb_build_object('d', d), CASE WHEN d % 2 = 0 THEN 'postgresql:pg' END
+           FROM generate_series(0, 40) d",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let snapshot = "SELECT string_agg(id || at::text || recorded_at::text || cluster || node_id || kind
+                                      || message || detail::text || coalesce(link, '-'), ',' ORDER BY id)
+                      FROM events";
+    let old: String = sqlx::query_scalar(snapshot).fetch_one(&pool).await.unwrap();
+    full.run(&pool).await.unwrap();
+    let new: String = sqlx::query_scalar(snapshot).fetch_one(&pool).await.unwrap();
+    assert_eq!(old, new);
+    let max_id: i64 = sqlx::query_scalar("SELECT max(id) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let next: i64 = sqlx::query_scalar(
+        "INSERT INTO events (at, cluster, kind, message) VALUES (now(), 'c', 'node_up', 'x') RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(next > max_id);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM pg_partitioned_table p JOIN pg_class c ON c.oid = p.partrelid
+              WHERE c.relname = 'events'"
+        )
+        .await,
+        1
+    );
 }
 
 #[sqlx::test(migrations = false)]

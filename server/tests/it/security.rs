@@ -1673,3 +1673,115 @@ async fn anonymous_read_access_is_an_option_and_reads_only(pool: PgPool) {
     assert!(page.contains("anonymous (viewer)"), "{page}");
     server.stop().await;
 }
+
+/// Behind a reverse proxy: `X-Forwarded-For` and `X-Forwarded-Proto` are believed from
+/// `trusted_proxies` only. From the proxy, a stranger's wrong passwords lock the stranger's
+/// address, not everyone behind the proxy; the audit log records the client, not the proxy;
+/// cookies are Secure when the proxy says the browser spoke HTTPS. From anyone else, the
+/// headers change nothing.
+#[sqlx::test(migrations = false)]
+async fn forwarded_addresses_count_only_from_trusted_proxies(pool: PgPool) {
+    let behind = |address: &str, proto: &str| {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("x-forwarded-for", address.parse().unwrap());
+        headers.insert("x-forwarded-proto", proto.parse().unwrap());
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    };
+    let sources = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, String>(
+            "SELECT coalesce(source, '-') || ' ' || outcome FROM audit_log WHERE action = 'login' ORDER BY id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let mut settings = crate::harness::settings();
+    settings.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    let server = TestServer::start_on(pool, settings).await;
+    server.user("vera", Role::Viewer, None).await;
+    let stranger = behind("198.51.100.1", "https");
+    for _ in 0..5 {
+        let r = crate::harness::post_login(&stranger, &server.url, "vera", "wrong!", None).await;
+        assert_eq!(r.status().as_u16(), 401);
+    }
+    let r = crate::harness::post_login(&stranger, &server.url, "vera", PASSWORD, None).await;
+    assert_eq!(r.status().as_u16(), 429, "the stranger's address is locked");
+    // Vera, behind the same proxy from her own address, logs in; over HTTPS at the proxy, her
+    // session cookie is Secure.
+    let vera = behind("203.0.113.7", "https");
+    let r = crate::harness::post_login(&vera, &server.url, "vera", PASSWORD, None).await;
+    assert_eq!(
+        r.status().as_u16(),
+        303,
+        "vera is not locked out by the stranger"
+    );
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("hapulse_session=") && cookie.ends_with("; Secure"),
+        "{cookie}"
+    );
+    assert!(r.headers().contains_key("strict-transport-security"));
+    // Plain HTTP at the proxy: no Secure cookie (the browser would drop it).
+    let r = crate::harness::post_login(
+        &behind("203.0.113.8", "http"),
+        &server.url,
+        "vera",
+        PASSWORD,
+        None,
+    )
+    .await;
+    assert!(!r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Secure"));
+    let audit = sources(server.pool.clone()).await;
+    assert_eq!(
+        audit,
+        [
+            vec!["198.51.100.1 failed"; 5],
+            vec![
+                "198.51.100.1 refused: throttled",
+                "203.0.113.7 succeeded",
+                "203.0.113.8 succeeded"
+            ],
+        ]
+        .concat(),
+    );
+    let pool = server.stop().await;
+
+    // Without trusted proxies, the same headers are the client's own words and ignored: the
+    // audit log records the peer, and a lockout is the peer's whatever it claims.
+    let server = TestServer::start(pool).await;
+    sqlx::query("DELETE FROM sessions")
+        .execute(&server.pool)
+        .await
+        .unwrap();
+    let before = sources(server.pool.clone()).await.len();
+    let liar = behind("198.51.100.9", "https");
+    for _ in 0..5 {
+        crate::harness::post_login(&liar, &server.url, "vera", "wrong!", None).await;
+    }
+    let r = crate::harness::post_login(
+        &behind("198.51.100.10", "https"),
+        &server.url,
+        "vera",
+        PASSWORD,
+        None,
+    )
+    .await;
+    assert_eq!(
+        r.status().as_u16(),
+        429,
+        "a made-up address does not escape the lockout"
+    );
+    let audit = sources(server.pool.clone()).await;
+    assert!(
+        audit[before..].iter().all(|a| a.starts_with("127.0.0.1 ")),
+        "{audit:?}"
+    );
+    server.stop().await;
+}

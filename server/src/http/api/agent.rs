@@ -6,7 +6,6 @@ use hapulse_protocol::{HeartbeatAck, HeartbeatReport};
 
 use std::time::Duration;
 
-use axum::extract::ConnectInfo;
 use axum::extract::Path;
 use hapulse_protocol::{Command, CommandResult, EnrollRequest, EnrollResponse};
 use serde::Deserialize;
@@ -162,12 +161,12 @@ pub async fn command_result(
 /// Audited, a throttled address's refusals once per lockout.
 pub async fn enroll(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    origin: crate::http::client::ClientOrigin,
     certificate: Option<axum::Extension<crate::tls::PeerCertificate>>,
     ApiJson(req): ApiJson<EnrollRequest>,
 ) -> Result<Json<EnrollResponse>, AppError> {
     crate::http::extract::require_client_certificate(certificate.as_deref(), &state, &req.node_id)?;
-    let source = peer.ip().to_string();
+    let source = origin.source();
     let node: String = req.node_id.chars().take(64).collect();
     let auth = &state.settings.auth;
     let limits = [(

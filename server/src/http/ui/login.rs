@@ -6,7 +6,7 @@
 //! it can neither read the token nor send the cookie (`SameSite=Strict`).
 
 use askama::Template;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Form;
@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::access::sessions;
 use crate::http::auth::{self, Auth};
+use crate::http::client::ClientOrigin;
 use crate::http::error::AppError;
 use crate::http::extract::ApiQuery;
 use crate::http::ui::page::{full_page, render};
@@ -61,6 +62,7 @@ fn local_path(next: Option<&str>) -> &str {
 /// browser's login CSRF token `csrf` (in the form and, again, in its cookie).
 fn login_page(
     state: &AppState,
+    origin: ClientOrigin,
     status: StatusCode,
     next: &str,
     error: Option<&str>,
@@ -70,7 +72,10 @@ fn login_page(
     let full = full_page(None, "Log in", "none", &body)?;
     Ok((
         status,
-        [(header::SET_COOKIE, auth::login_cookie_header(state, csrf))],
+        [(
+            header::SET_COOKIE,
+            auth::login_cookie_header(state, origin, csrf),
+        )],
         Html(full),
     )
         .into_response())
@@ -86,12 +91,14 @@ fn login_token(state: &AppState, headers: &HeaderMap) -> String {
 /// `GET /login`: the login form.
 pub async fn form(
     State(state): State<AppState>,
+    origin: ClientOrigin,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<LoginQuery>,
 ) -> Result<Response, AppError> {
     let token = login_token(&state, &headers);
     login_page(
         &state,
+        origin,
         StatusCode::OK,
         local_path(q.next.as_deref()),
         None,
@@ -116,11 +123,11 @@ pub struct LoginForm {
 /// session with a new id and sets its cookie; every attempt is audited.
 pub async fn login(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    origin: ClientOrigin,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, AppError> {
-    let source = peer.ip().to_string();
+    let source = origin.source();
     let next = local_path(form.next.as_deref()).to_string();
     // Before anything is checked or counted: a form that did not come from this server's login
     // page (another site's, or a stale one) logs nobody in.
@@ -130,6 +137,7 @@ pub async fn login(
     if !genuine {
         return login_page(
             &state,
+            origin,
             StatusCode::FORBIDDEN,
             &next,
             Some("This login form is stale or did not come from this server; try again."),
@@ -162,7 +170,7 @@ pub async fn login(
             Ok((
                 [(
                     header::SET_COOKIE,
-                    auth::session_cookie(&state, Some(&session.id)),
+                    auth::session_cookie(&state, origin, Some(&session.id)),
                 )],
                 Redirect::to(&next),
             )
@@ -202,13 +210,17 @@ pub async fn login(
                 .await?;
             }
             tracing::warn!(user = %name, source = %source, outcome, "login refused");
-            login_page(&state, status, &next, Some(message), &token)
+            login_page(&state, origin, status, &next, Some(message), &token)
         }
     }
 }
 
 /// `POST /logout`: ends the session on the server and clears the cookie.
-pub async fn logout(State(state): State<AppState>, Auth(me): Auth) -> Result<Response, AppError> {
+pub async fn logout(
+    State(state): State<AppState>,
+    origin: ClientOrigin,
+    Auth(me): Auth,
+) -> Result<Response, AppError> {
     if matches!(me.via, crate::access::auth::Via::Session { .. }) {
         sessions::logout(&state, &me).await?;
         crate::access::audit::Audit::by(&me, "logout", &me.name, "succeeded")
@@ -216,7 +228,10 @@ pub async fn logout(State(state): State<AppState>, Auth(me): Auth) -> Result<Res
             .await?;
     }
     Ok((
-        [(header::SET_COOKIE, auth::session_cookie(&state, None))],
+        [(
+            header::SET_COOKIE,
+            auth::session_cookie(&state, origin, None),
+        )],
         Redirect::to("/login"),
     )
         .into_response())
