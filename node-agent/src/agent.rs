@@ -46,6 +46,8 @@ struct Outbox {
 struct Shared {
     outbox: Mutex<Outbox>,
     wake: Notify,
+    /// The executor's highest epoch seen, for the reports.
+    highest_epoch: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Shared {
@@ -136,9 +138,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             next_seq: 1,
         }),
         wake: Notify::new(),
+        highest_epoch: Default::default(),
     });
     let boot_id = Uuid::new_v4();
-    tracing::info!(node_id = %settings.node_id, cluster = %settings.cluster, %boot_id, server = %settings.server_url, "agent starting");
+    tracing::info!(node_id = %settings.node_id, cluster = %settings.cluster, %boot_id, server = %settings.server_url.join(", "), "agent starting");
 
     let mut probe = KeepalivedProbe::new(settings.keepalived.clone()).await?;
     let (mut inputs, tasks) = spawn_components(&settings, client, &shared, &shutdown)?;
@@ -243,7 +246,8 @@ fn spawn_components(
 
     let sender_shutdown = CancellationToken::new();
     // Commands: a long poll of their own, plus those that arrive in heartbeat answers.
-    let mut executor = Executor::open(settings.clone())?;
+    let mut executor =
+        Executor::open(settings.clone())?.publishing_epoch(shared.highest_epoch.clone());
     if has_probes {
         executor = executor.with_positions(position_asks);
     }
@@ -380,6 +384,9 @@ fn stage(shared: &Shared, settings: &Settings, boot_id: Uuid, snap: Snapshot) {
         arbitration: snap.arbitration,
         spool_depth: outbox.spool.len() as u64,
         spool_dropped: outbox.spool.dropped(),
+        highest_epoch: shared
+            .highest_epoch
+            .load(std::sync::atomic::Ordering::Relaxed),
     };
     outbox.next_seq += 1;
     if report.state_change {

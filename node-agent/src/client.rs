@@ -63,22 +63,54 @@ pub struct ClientTls {
     pub client_key_file: Option<std::path::PathBuf>,
 }
 
+/// The base URLs of the server's replicas (`http://10.0.0.1:8080`, …), in the order tried.
+#[derive(Debug, Clone)]
+pub struct ServerUrls(Vec<String>);
+
+impl From<&str> for ServerUrls {
+    fn from(url: &str) -> Self {
+        ServerUrls(vec![url.trim_end_matches('/').to_string()])
+    }
+}
+
+impl From<&String> for ServerUrls {
+    fn from(url: &String) -> Self {
+        ServerUrls::from(url.as_str())
+    }
+}
+
+impl From<&Vec<String>> for ServerUrls {
+    fn from(urls: &Vec<String>) -> Self {
+        ServerUrls(
+            urls.iter()
+                .map(|u| u.trim_end_matches('/').to_string())
+                .collect(),
+        )
+    }
+}
+
 /// Client of `/api/agent/v1`.
+///
+/// With several server replicas it talks to one at a time, the leader: a replica that cannot be
+/// reached, or answers 503 `not_leader`, is left for the next (the one the answer names as
+/// leader when it is among them; never a URL that is not configured, which would receive the
+/// credential), within the same call.
 #[derive(Clone)]
 pub struct AgentClient {
     http: reqwest::Client,
-    base_url: String,
-    heartbeat_url: String,
+    bases: std::sync::Arc<Vec<String>>,
+    /// Index into `bases` of the replica in use; shared by clones.
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     token: SecretString,
 }
 
 impl AgentClient {
-    /// A client of the server at `server_url` (`http://10.0.0.1:8080` or `https://…`). An
-    /// HTTPS server's certificate is verified against the system's roots and the CAs in
-    /// `tls.ca_file`; `tls`'s client certificate is presented to servers that ask. Errors: a
-    /// file unreadable or not PEM.
+    /// A client of the server at `server` (`http://10.0.0.1:8080` or `https://…`, or several
+    /// replicas' URLs). An HTTPS server's certificate is verified against the system's roots
+    /// and the CAs in `tls.ca_file`; `tls`'s client certificate is presented to servers that
+    /// ask. Errors: no URL; a file unreadable or not PEM.
     pub fn new(
-        server_url: &str,
+        server: impl Into<ServerUrls>,
         token: SecretString,
         timeout: Duration,
         tls: &ClientTls,
@@ -106,13 +138,67 @@ impl AgentClient {
             );
         }
         let http = builder.build()?;
-        let base_url = server_url.trim_end_matches('/').to_string();
+        let ServerUrls(bases) = server.into();
+        anyhow::ensure!(!bases.is_empty(), "no server URL");
         Ok(AgentClient {
             http,
-            heartbeat_url: format!("{base_url}{HEARTBEAT_PATH}"),
-            base_url,
+            bases: std::sync::Arc::new(bases),
+            current: Default::default(),
             token,
         })
+    }
+
+    /// The server replica in use now.
+    pub fn server_url(&self) -> &str {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        &self.bases[i % self.bases.len()]
+    }
+
+    /// Sends the request `build` makes for a base URL to the replica in use, moving on to the
+    /// next (or the named leader) when one cannot be reached or does not lead; each replica is
+    /// tried at most once per call.
+    async fn send(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, SendError> {
+        use std::sync::atomic::Ordering;
+        let n = self.bases.len();
+        let mut failure = None;
+        for _ in 0..n {
+            let i = self.current.load(Ordering::Relaxed) % n;
+            let base = &self.bases[i];
+            let next = match build(base).send().await {
+                Err(e) => {
+                    failure = Some(SendError::Unreachable(e));
+                    (i + 1) % n
+                }
+                Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                    let body = r.text().await.unwrap_or_default();
+                    let error: Option<ApiError> = serde_json::from_str(&body).ok();
+                    let Some(error) = error.filter(|e| e.code == "not_leader") else {
+                        return Err(Self::error(503, body));
+                    };
+                    let named = error
+                        .leader
+                        .as_deref()
+                        .map(|l| l.trim_end_matches('/'))
+                        .and_then(|l| self.bases.iter().position(|b| b == l));
+                    failure = Some(Self::error(503, body));
+                    named.filter(|&j| j != i).unwrap_or((i + 1) % n)
+                }
+                Ok(r) => return Ok(r),
+            };
+            if n > 1 {
+                tracing::warn!(from = %base, to = %self.bases[next], "server replica unreachable or not the leader; moving on");
+                let _ =
+                    self.current
+                        .compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed);
+            }
+        }
+        Err(failure.unwrap_or(SendError::Server {
+            status: 503,
+            message: "no server replica answered".into(),
+        }))
     }
 
     /// The same client (connection pool, TLS) speaking for another node with `token`: how the
@@ -131,34 +217,34 @@ impl AgentClient {
         node_id: &str,
         wait: Duration,
     ) -> Result<Vec<Command>, SendError> {
+        let wait_ms = wait.as_millis().to_string();
         let response = self
-            .http
-            .get(format!("{}{COMMANDS_PATH}", self.base_url))
-            .query(&[
-                ("node_id", node_id),
-                ("wait_ms", &wait.as_millis().to_string()),
-            ])
-            .bearer_auth(self.token.expose_secret())
-            .timeout(wait + Duration::from_secs(10))
-            .send()
-            .await
-            .map_err(SendError::Unreachable)?;
-        Self::parse(response).await
+            .send(|base| {
+                self.http
+                    .get(format!("{base}{COMMANDS_PATH}"))
+                    .query(&[("node_id", node_id), ("wait_ms", &wait_ms)])
+                    .bearer_auth(self.token.expose_secret())
+                    .timeout(wait + Duration::from_secs(10))
+            })
+            .await?;
+        let values: Vec<serde_json::Value> = Self::parse(response).await?;
+        Ok(hapulse_protocol::readable_commands_of(values))
     }
 
     /// Trades a one-time enrollment token for this node's credential (`POST
     /// /api/agent/v1/enroll`; the client's own credential is not sent).
     pub async fn enroll(&self, node_id: &str, token: &str) -> Result<String, SendError> {
+        let request = EnrollRequest {
+            node_id: node_id.to_string(),
+            token: token.to_string(),
+        };
         let response = self
-            .http
-            .post(format!("{}{ENROLL_PATH}", self.base_url))
-            .json(&EnrollRequest {
-                node_id: node_id.to_string(),
-                token: token.to_string(),
+            .send(|base| {
+                self.http
+                    .post(format!("{base}{ENROLL_PATH}"))
+                    .json(&request)
             })
-            .send()
-            .await
-            .map_err(SendError::Unreachable)?;
+            .await?;
         Self::parse::<EnrollResponse>(response)
             .await
             .map(|r| r.credential)
@@ -167,13 +253,13 @@ impl AgentClient {
     /// Reports how command `id` ended.
     pub async fn send_result(&self, id: Uuid, result: &CommandResult) -> Result<(), SendError> {
         let response = self
-            .http
-            .post(format!("{}{}", self.base_url, command_result_path(id)))
-            .bearer_auth(self.token.expose_secret())
-            .json(result)
-            .send()
-            .await
-            .map_err(SendError::Unreachable)?;
+            .send(|base| {
+                self.http
+                    .post(format!("{base}{}", command_result_path(id)))
+                    .bearer_auth(self.token.expose_secret())
+                    .json(result)
+            })
+            .await?;
         Self::parse::<serde_json::Value>(response).await.map(|_| ())
     }
 
@@ -196,13 +282,13 @@ impl AgentClient {
         report: &HeartbeatReport,
     ) -> Result<HeartbeatAck, SendError> {
         let response = self
-            .http
-            .post(&self.heartbeat_url)
-            .bearer_auth(self.token.expose_secret())
-            .json(report)
-            .send()
-            .await
-            .map_err(SendError::Unreachable)?;
+            .send(|base| {
+                self.http
+                    .post(format!("{base}{HEARTBEAT_PATH}"))
+                    .bearer_auth(self.token.expose_secret())
+                    .json(report)
+            })
+            .await?;
         Self::parse(response).await
     }
 
@@ -211,6 +297,7 @@ impl AgentClient {
             code: "unexpected_response".into(),
             message: body.chars().take(200).collect(),
             field: None,
+            leader: None,
         });
         let message = match &error.field {
             Some(field) => format!("{} (field `{field}`)", error.message),

@@ -43,6 +43,8 @@ pub struct Executor {
     state: FenceState,
     /// Asks the replication probes for a fresh look (None: no probe configured).
     positions: Option<crate::replication::PositionAsks>,
+    /// The highest epoch, for the reports (`HeartbeatReport::highest_epoch`).
+    published_epoch: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Executor {
@@ -63,7 +65,18 @@ impl Executor {
             path,
             state,
             positions: None,
+            published_epoch: None,
         })
+    }
+
+    /// Keeps `epoch` at the highest epoch seen (from now on), for the reports.
+    pub fn publishing_epoch(mut self, epoch: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        epoch.store(
+            self.state.highest_epoch,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.published_epoch = Some(epoch);
+        self
     }
 
     /// Answers `report_positions` from these probes.
@@ -153,6 +166,9 @@ impl Executor {
         }
         // Durable before it runs: at most once, even across a crash.
         self.state.highest_epoch = command.epoch;
+        if let Some(published) = &self.published_epoch {
+            published.store(command.epoch, std::sync::atomic::Ordering::Relaxed);
+        }
         self.state.executed.push_back((command.id, None));
         while self.state.executed.len() > REMEMBERED {
             self.state.executed.pop_front();

@@ -16,9 +16,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Base URL of the hapulse server, e.g. `https://hapulse.example.net`. Plain `http://` only
-    /// to a loopback address, or with `allow_insecure_http`.
-    pub server_url: String,
+    /// Base URL of the hapulse server, e.g. `https://hapulse.example.net`, or of each of its
+    /// replicas (a list, or in the environment one string separated by commas): the agent
+    /// reports to the one that leads. Plain `http://` only to a loopback address, or with
+    /// `allow_insecure_http`.
+    #[serde(deserialize_with = "one_or_more_urls")]
+    pub server_url: Vec<String>,
     /// Allow a plain-HTTP `server_url` that is not on loopback: the node credential and every
     /// report then cross the network in clear (default false; a lab or a network you trust).
     #[serde(default)]
@@ -369,7 +372,7 @@ fn serialize_redacted_opt<S: serde::Serializer>(
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            server_url: "http://127.0.0.1:8080".into(),
+            server_url: vec!["http://127.0.0.1:8080".into()],
             node_id: String::new(),
             cluster: String::new(),
             enrollment_token: None,
@@ -514,17 +517,19 @@ impl Settings {
                 "needs client_key_file, and the other way round",
             );
         }
-        if !(self.server_url.starts_with("http://") || self.server_url.starts_with("https://")) {
-            return invalid("server_url", "must start with http:// or https://");
+        if self.server_url.is_empty() {
+            return invalid("server_url", "needs at least one URL");
         }
-        if self.server_url.starts_with("http://")
-            && !self.allow_insecure_http
-            && !loopback_url(&self.server_url)
-        {
-            return invalid(
-                "server_url",
-                "plain http:// to a server not on loopback sends the node credential in clear: use https://, or set allow_insecure_http = true on a network you trust",
-            );
+        for url in &self.server_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return invalid("server_url", "must start with http:// or https://");
+            }
+            if url.starts_with("http://") && !self.allow_insecure_http && !loopback_url(url) {
+                return invalid(
+                    "server_url",
+                    "plain http:// to a server not on loopback sends the node credential in clear: use https://, or set allow_insecure_http = true on a network you trust",
+                );
+            }
         }
         // The server accepts heartbeat intervals of 100 ms to 1 h.
         if self.heartbeat_interval < Duration::from_millis(100)
@@ -579,6 +584,26 @@ impl Settings {
 }
 
 /// Whether `url` names a loopback host (`127.0.0.0/8`, `::1`, `localhost`).
+/// `server_url` as one URL, several separated by commas (the environment), or a list.
+fn one_or_more_urls<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMore {
+        One(String),
+        More(Vec<String>),
+    }
+    let urls = match OneOrMore::deserialize(d)? {
+        OneOrMore::One(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_string)
+            .collect(),
+        OneOrMore::More(urls) => urls,
+    };
+    Ok(urls)
+}
+
 fn loopback_url(url: &str) -> bool {
     let Some(host) = reqwest::Url::parse(url)
         .ok()
@@ -852,14 +877,22 @@ mod tests {
             "client_cert_file"
         );
         assert_eq!(
-            key_at_fault(&|s| s.server_url = "ftp://x".into()),
+            key_at_fault(&|s| s.server_url = vec!["ftp://x".into()]),
             "server_url"
         );
         // Plain HTTP crosses the network in clear: only to loopback, or when allowed.
         assert_eq!(
-            key_at_fault(&|s| s.server_url = "http://10.0.0.1:8080".into()),
+            key_at_fault(&|s| s.server_url = vec!["http://10.0.0.1:8080".into()]),
             "server_url"
         );
+        // Every replica's URL is checked, and there is at least one.
+        assert_eq!(
+            key_at_fault(
+                &|s| s.server_url = vec!["https://10.0.0.1".into(), "http://10.0.0.2:8080".into()]
+            ),
+            "server_url"
+        );
+        assert_eq!(key_at_fault(&|s| s.server_url = vec![]), "server_url");
         for ok in [
             "http://127.0.0.1:8080",
             "http://[::1]:8080",
@@ -867,13 +900,13 @@ mod tests {
             "https://10.0.0.1",
         ] {
             let s = Settings {
-                server_url: ok.into(),
+                server_url: vec![ok.into()],
                 ..valid.clone()
             };
             assert!(s.validate().is_ok(), "{ok}");
         }
         let allowed = Settings {
-            server_url: "http://10.0.0.1:8080".into(),
+            server_url: vec!["http://10.0.0.1:8080".into()],
             allow_insecure_http: true,
             ..valid.clone()
         };
@@ -968,6 +1001,17 @@ mod tests {
             assert_eq!(s.node_id, "db1");
             assert_eq!(s.heartbeat_interval, Duration::from_millis(250));
             assert_eq!(s.keepalived.pid_file, PathBuf::from("/run/k.pid"));
+            assert_eq!(s.server_url, ["http://127.0.0.1:8080"]);
+            // Several replicas: a list in the file, commas in the environment.
+            jail.set_env(
+                "HAPULSE_AGENT_SERVER_URL",
+                "http://127.0.0.1:8080, http://127.0.0.2:8080/",
+            );
+            let s = Settings::load(Some(&path)).unwrap();
+            assert_eq!(
+                s.server_url,
+                ["http://127.0.0.1:8080", "http://127.0.0.2:8080/"]
+            );
             jail.set_env("HAPULSE_AGENT_KEEPALIVED__RECONCILE_INTERVAL", "0s");
             let err = Settings::load(Some(&path)).unwrap_err().to_string();
             assert!(err.contains("reconcile_interval"), "{err}");

@@ -623,6 +623,7 @@ fn report(
         arbitration: None,
         spool_depth: 0,
         spool_dropped: 0,
+        highest_epoch: 0,
     }
 }
 

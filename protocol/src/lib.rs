@@ -19,9 +19,15 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Version of the agent ↔ server protocol. The server refuses reports with a different major
-/// protocol version (HTTP 400, code `protocol_version`).
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of the agent ↔ server protocol. A server accepts reports of this version and of
+/// [`OLDEST_PROTOCOL_VERSION`] onwards (the previous one), so servers are upgraded first and
+/// agents one host at a time after; others are refused (HTTP 400, code `protocol_version`).
+///
+/// Version 2 added [`HeartbeatReport::highest_epoch`].
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest protocol version a server of this version still accepts.
+pub const OLDEST_PROTOCOL_VERSION: u32 = 1;
 
 /// Path of the heartbeat endpoint, relative to the server's base URL.
 pub const HEARTBEAT_PATH: &str = "/api/agent/v1/heartbeat";
@@ -70,6 +76,11 @@ pub struct HeartbeatReport {
     pub spool_depth: u64,
     /// Reports the agent's spool had to drop since it started because it was full.
     pub spool_dropped: u64,
+    /// The highest command epoch this agent has seen (it refuses lower ones): a server whose
+    /// database was restored from a backup raises its cluster's epoch above it before issuing
+    /// commands. 0 from agents of protocol version 1.
+    #[serde(default)]
+    pub highest_epoch: u64,
 }
 
 /// keepalived on one host.
@@ -433,8 +444,24 @@ pub struct HeartbeatAck {
     /// Server protocol version.
     pub protocol_version: u32,
     /// Commands waiting for this node: the fallback when the long poll is not connected.
-    #[serde(default)]
+    /// Commands this agent cannot read (an action a newer server added) are left out.
+    #[serde(default, deserialize_with = "readable_commands")]
     pub commands: Vec<Command>,
+}
+
+/// The commands of `values` this agent can read; the others (an action a newer server added,
+/// which this agent could not run anyway) are logged by the caller's absence and left to
+/// expire on the server at their deadline.
+pub fn readable_commands_of(values: Vec<serde_json::Value>) -> Vec<Command> {
+    values
+        .into_iter()
+        .filter_map(|v| serde_json::from_value(v).ok())
+        .collect()
+}
+
+fn readable_commands<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Command>, D::Error> {
+    let values: Vec<serde_json::Value> = Deserialize::deserialize(d)?;
+    Ok(readable_commands_of(values))
 }
 
 /// Path of the agent's long poll for commands, relative to the server's base URL.
@@ -442,8 +469,9 @@ pub const COMMANDS_PATH: &str = "/api/agent/v1/commands";
 
 /// Something the server asks one agent to do. Durable on the server before it is sent; the agent
 /// executes each `id` at most once and refuses an `epoch` lower than the highest it has seen.
+///
+/// An answer the agent reads: fields it does not know (from a newer server) are ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Command {
     /// Unique id.
     pub id: Uuid,
@@ -463,7 +491,7 @@ pub struct Command {
 
 /// The actions an agent can run; each must also be enabled in the agent's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Action {
     /// Write `offset` to the instance's priority track file (a keepalived `vrrp_track_file`
     /// with `weight 1`): effective priority = base priority + offset, no reload needed.
@@ -710,6 +738,10 @@ pub struct ApiError {
     /// The request field at fault, when there is one (e.g. `keepalived.instances[0].state`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// With code `not_leader` (HTTP 503 from a server replica that does not lead): the
+    /// leader's `advertise_url`, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 #[cfg(test)]

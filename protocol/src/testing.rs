@@ -44,6 +44,7 @@ pub fn report(node_id: &str, cluster: &str) -> ReportBuilder {
             arbitration: None,
             spool_depth: 0,
             spool_dropped: 0,
+            highest_epoch: 0,
         },
     }
 }

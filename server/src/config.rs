@@ -35,6 +35,16 @@ pub struct Settings {
     /// Most dashboard event streams (`/ui/stream`) one principal holds open (default 10);
     /// beyond, 429.
     pub max_event_streams_per_principal: usize,
+    /// Where agents and browsers reach this replica (`https://hapulse-1.example:8080`): what a
+    /// follower tells agents and redirects writes to when this replica leads. Default:
+    /// `http://` (or `https://` with `tls`) and the `listen` address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_url: Option<String>,
+    /// How long a leader's lease lasts without renewal (default 3 s; renewed every sixth of
+    /// it): the longest a dead leader's work waits for another replica, and the least time a
+    /// replica cut off from PostgreSQL keeps leading (it stops a sixth before the end).
+    #[serde(with = "humantime_serde")]
+    pub leader_lease: Duration,
     /// Reverse proxies (CIDRs, e.g. `["10.0.0.5/32"]`) whose `Forwarded` / `X-Forwarded-For`
     /// names the client and whose `proto=https` / `X-Forwarded-Proto: https` makes cookies
     /// Secure. From any other peer those headers are ignored. Default: none.
@@ -562,7 +572,7 @@ pub struct HistorySettings {
 }
 
 /// Environment keys (after `HAPULSE_`, lower case) that belong to the server; `__` ends a section.
-const SERVER_ENV_KEYS: [&str; 14] = [
+const SERVER_ENV_KEYS: [&str; 16] = [
     "auth__",
     "tls__",
     "listen",
@@ -573,6 +583,8 @@ const SERVER_ENV_KEYS: [&str; 14] = [
     "max_connections",
     "max_event_streams_per_principal",
     "trusted_proxies",
+    "advertise_url",
+    "leader_lease",
     "detector__",
     "history__",
     "alerts__",
@@ -581,6 +593,20 @@ const SERVER_ENV_KEYS: [&str; 14] = [
 
 fn serialize_redacted<S: serde::Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str("")
+}
+
+impl Settings {
+    /// Where agents and browsers reach this replica: `advertise_url`, or the `listen` address
+    /// (`local`: the address actually bound, when `listen` asked for port 0).
+    pub fn advertised(&self, local: SocketAddr) -> String {
+        match &self.advertise_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => {
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{local}")
+            }
+        }
+    }
 }
 
 impl Default for Settings {
@@ -594,6 +620,8 @@ impl Default for Settings {
             max_connections: 32_768,
             max_event_streams_per_principal: 10,
             trusted_proxies: Vec::new(),
+            advertise_url: None,
+            leader_lease: Duration::from_secs(3),
             detector: DetectorSettings {
                 suspect_after_missed: 2,
                 down_after_missed: 3,
@@ -676,6 +704,15 @@ impl Settings {
         }
         if self.max_connections == 0 {
             return invalid("max_connections", "must be at least 1");
+        }
+        if self.leader_lease < Duration::from_secs(1) || self.leader_lease > Duration::from_secs(60)
+        {
+            return invalid("leader_lease", "must be between 1s and 60s");
+        }
+        if let Some(url) = &self.advertise_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return invalid("advertise_url", "must start with http:// or https://");
+            }
         }
         if self.max_event_streams_per_principal == 0 {
             return invalid("max_event_streams_per_principal", "must be at least 1");

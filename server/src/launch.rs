@@ -1,5 +1,6 @@
 //! Start-up and shutdown of the whole server.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -48,9 +49,11 @@ pub async fn launch(
 }
 
 /// Runs the server on `listener` with `pool` until `shutdown` is cancelled: migrates the
-/// database, rebuilds live state from it, starts the failure detector, the history writer and
-/// partition maintenance, and serves HTTP. On shutdown it stops accepting, lets in-flight
-/// requests finish, writes the queued samples and returns.
+/// database, rebuilds live state from it, starts the history writer, campaigns for the lead
+/// (see [`crate::leadership`]; the leader runs the failure detector, the arbiter, alerting,
+/// switchovers and partition maintenance) and serves HTTP. On shutdown it stops accepting,
+/// stops leading and releases the lease, lets in-flight requests finish, writes the queued
+/// samples and returns.
 pub async fn serve(
     settings: Settings,
     pool: PgPool,
@@ -58,17 +61,32 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let tables = prepare_database(&settings, &pool).await?;
-    let (state, history_task) = build_state(&settings, &pool, &shutdown).await?;
-    crate::switchover::run::recover(&state)
-        .await
-        .context("recovering switchovers")?;
-    let tasks = CancellationToken::new();
-    let background = spawn_tasks(&state, &pool, tables, &tasks);
-    serve_http(&settings, state, listener, shutdown).await?;
-    tasks.cancel();
-    for task in background {
-        let _ = task.await;
-    }
+    let advertised = settings.advertised(listener.local_addr()?);
+    let (state, history_task) = build_state(&settings, &pool, &shutdown, advertised).await?;
+    let stop = shutdown.child_token();
+    let campaign = tokio::spawn({
+        let work = LeaderTasks {
+            state: state.clone(),
+            tables,
+            follows: AtomicU32::new(0),
+        };
+        let stop = stop.clone();
+        async move {
+            let state = &work.state;
+            crate::leadership::campaign(
+                &state.leadership,
+                &state.db,
+                state.settings.leader_lease,
+                &work,
+                stop,
+            )
+            .await;
+        }
+    });
+    let served = serve_http(&settings, state, listener, shutdown).await;
+    stop.cancel();
+    let _ = campaign.await;
+    served?;
     // The router and the tasks held the last handles of the history writer: it drains and stops.
     let _ = history_task.await;
     tracing::info!("hapulse-server stopped");
@@ -95,6 +113,7 @@ async fn build_state(
     settings: &Settings,
     pool: &PgPool,
     shutdown: &CancellationToken,
+    advertised: String,
 ) -> anyhow::Result<(AppState, tokio::task::JoinHandle<()>)> {
     let live = db::load_live(pool, tokio::time::Instant::now())
         .await
@@ -126,13 +145,69 @@ async fn build_state(
         login_throttle: Default::default(),
         shutdown: shutdown.clone(),
         started_at: chrono::Utc::now(),
+        leadership: crate::leadership::Leadership::new(advertised),
+        epoch_floors: Default::default(),
         verdicts: Default::default(),
         snapshots: Default::default(),
     }));
     Ok((state, history_task))
 }
 
-/// Starts the background tasks (failure detector, alerting and its sender, command
+/// What this replica does when it takes the lead, and while it follows.
+struct LeaderTasks {
+    state: AppState,
+    tables: [series::Partitioned; 5],
+    /// Renewals seen while following, to refresh the follower's view every fourth.
+    follows: AtomicU32,
+}
+
+impl crate::leadership::LeaderWork for LeaderTasks {
+    /// Rebuilds live state and credentials from the database (the last leader's, with every
+    /// node given a full window to report here), fails the switchovers the last leader left
+    /// running (never runs one twice), starts the scheduled ones and every leader task.
+    async fn start(
+        &self,
+        scope: CancellationToken,
+    ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+        let state = &self.state;
+        let live = db::load_live(&state.db, tokio::time::Instant::now())
+            .await
+            .context("loading state")?;
+        *state.live_mut() = live;
+        state
+            .verdicts
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        state
+            .credentials
+            .reload(&state.db)
+            .await
+            .context("loading node credentials")?;
+        state.announce("*");
+        crate::switchover::run::recover(state)
+            .await
+            .context("recovering switchovers")?;
+        Ok(spawn_tasks(state, &state.db, self.tables, &scope))
+    }
+
+    /// Every fourth renewal (2 s with the default lease): the view from the database, as the
+    /// leader last stored it (states, roles and VIPs as of their last change).
+    async fn follow(&self) {
+        if self.follows.fetch_add(1, Ordering::Relaxed) % 4 != 0 {
+            return;
+        }
+        match db::load_live(&self.state.db, tokio::time::Instant::now()).await {
+            Ok(live) => {
+                *self.state.live_mut() = live;
+                self.state.announce("*");
+            }
+            Err(e) => tracing::debug!(error = %e, "follower view not refreshed"),
+        }
+    }
+}
+
+/// Starts the leader's background tasks (failure detector, alerting and its sender, command
 /// notifications, history maintenance, failover arbiter), all stopped by `tasks`.
 fn spawn_tasks(
     state: &AppState,

@@ -16,6 +16,7 @@ pub mod fleet;
 pub mod history;
 pub mod http;
 pub mod launch;
+pub mod leadership;
 pub mod metrics;
 pub mod refusal;
 pub mod shared_views;

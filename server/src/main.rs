@@ -162,9 +162,22 @@ async fn audit_cli(
     Ok(())
 }
 
-async fn user_command(settings: &Settings, action: UserCommand) -> anyhow::Result<()> {
+/// Connects for an administrative command, refusing a database with pending migrations.
+async fn connect_migrated(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
     let pool = hapulse_server::launch::connect(settings).await?;
-    hapulse_server::fleet::store::migrate(&pool).await?;
+    let pending = hapulse_server::fleet::store::pending_migrations(&pool).await?;
+    if !pending.is_empty() {
+        anyhow::bail!(
+            "the database is not migrated to this version ({} migration(s) pending, from {}): run `hapulse-server migrate` first (or start the server)",
+            pending.len(),
+            pending[0]
+        );
+    }
+    Ok(pool)
+}
+
+async fn user_command(settings: &Settings, action: UserCommand) -> anyhow::Result<()> {
+    let pool = connect_migrated(settings).await?;
     match action {
         UserCommand::Add {
             name,
@@ -220,8 +233,7 @@ async fn user_command(settings: &Settings, action: UserCommand) -> anyhow::Resul
 }
 
 async fn token_command(settings: &Settings, action: TokenCommand) -> anyhow::Result<()> {
-    let pool = hapulse_server::launch::connect(settings).await?;
-    hapulse_server::fleet::store::migrate(&pool).await?;
+    let pool = connect_migrated(settings).await?;
     match action {
         TokenCommand::Create {
             name,
@@ -303,8 +315,7 @@ fn main() -> ExitCode {
                 cluster,
                 expires_in,
             } => {
-                let pool = hapulse_server::launch::connect(&settings).await?;
-                hapulse_server::fleet::store::migrate(&pool).await?;
+                let pool = connect_migrated(&settings).await?;
                 let created = hapulse_server::agents::enrollment::create(
                     &pool, &node_id, &cluster, expires_in, "cli",
                 )

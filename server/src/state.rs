@@ -51,8 +51,14 @@ pub struct App {
     pub login_throttle: crate::access::throttle::Throttle,
     /// Cancelled when the server shuts down; ends long-lived responses (event streams).
     pub shutdown: tokio_util::sync::CancellationToken,
-    /// When this server process started (the arbiter's grace period counts from it).
+    /// When this server process started.
     pub started_at: chrono::DateTime<chrono::Utc>,
+    /// Per cluster, the highest epoch an agent reported (see `HeartbeatReport::highest_epoch`)
+    /// that the database's epoch was checked against.
+    pub epoch_floors: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Whether this replica leads (runs the detector, the arbiter, alerting, switchovers and
+    /// takes agents' reports), and who does otherwise.
+    pub leadership: crate::leadership::Leadership,
     /// The arbiter's latest verdict per cluster.
     pub verdicts: RwLock<std::collections::BTreeMap<String, crate::failover::evidence::Verdict>>,
     /// Views shared by the dashboard and the cluster list, rebuilt after a change.
@@ -75,6 +81,14 @@ impl App {
     /// Writes live state (see [`App::live`] on poisoning).
     pub fn live_mut(&self) -> RwLockWriteGuard<'_, Live> {
         self.live.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Since when this replica judges nodes (the arbiter's grace counts from it): when it took
+    /// the lead, so a new leader gives every node a full window to report to it.
+    pub fn judging_since(&self) -> chrono::DateTime<chrono::Utc> {
+        self.leadership
+            .leading_since()
+            .unwrap_or_else(chrono::Utc::now)
     }
 
     /// Tells dashboard viewers that `cluster` changed (`*`: anything may have), after the

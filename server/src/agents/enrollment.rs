@@ -99,6 +99,18 @@ impl Credentials {
         })
     }
 
+    /// Replaces every credential with those stored now (a replica taking the lead: another
+    /// replica may have enrolled or revoked nodes meanwhile).
+    pub async fn reload(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let fresh = Credentials::load(pool).await?;
+        let by_hash = fresh
+            .by_hash
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        *self.by_hash.write().unwrap_or_else(PoisonError::into_inner) = by_hash;
+        Ok(())
+    }
+
     /// What a presented secret is bound to.
     pub fn binding_of(&self, secret: &str) -> Option<Binding> {
         self.by_hash

@@ -405,7 +405,7 @@ fn decide_all<'j>(
             candidates: candidates(g),
             history: History {
                 operation_running,
-                server_started_at: state.started_at,
+                server_started_at: state.judging_since(),
                 last_automatic: stored.last_automatic.get(&c.name).copied(),
                 paused: paused.clone(),
             },

@@ -163,7 +163,7 @@ pub async fn request_failover(
         candidates,
         history: failover::History {
             operation_running: false,
-            server_started_at: state.started_at,
+            server_started_at: state.judging_since(),
             last_automatic: None,
             // A person acts: a pause holds back automatic actions only.
             paused: None,

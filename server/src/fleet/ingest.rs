@@ -22,6 +22,7 @@ use crate::fleet::pending::PendingTransition;
 use crate::fleet::store::{self as db, Sample};
 use crate::fleet::validate::IngestError;
 use std::collections::HashMap;
+use std::sync::PoisonError;
 
 use crate::fleet::live::{transitions, NewEvent, NodeLive, NodeStatus};
 use crate::state::AppState;
@@ -172,6 +173,7 @@ pub async fn accept(
         // retry is a replay and only this sample is missing from the history.
         write_sample(sample).await?;
     }
+    raise_epoch_floor(state, &report).await?;
     state.metrics.heartbeat("accepted", started.elapsed());
     Ok(ack(true))
 }
@@ -340,4 +342,37 @@ async fn store_transitions(
     db::store_nodes(&mut tx, &nodes).await?;
     db::insert_events(&mut tx, &events).await?;
     tx.commit().await
+}
+
+/// An agent that has seen a higher epoch than the database holds (the database was restored from
+/// a backup taken before the agent's last command) raises its cluster's epoch to it, so the
+/// next switchover's commands are not refused as stale by every agent. Costs a database write
+/// only when a report names a higher epoch than this server has seen reported.
+async fn raise_epoch_floor(state: &AppState, report: &HeartbeatReport) -> Result<(), IngestError> {
+    let known = |floors: &std::collections::HashMap<String, u64>| {
+        floors.get(&report.cluster).copied().unwrap_or(0)
+    };
+    let floors = &state.epoch_floors;
+    if report.highest_epoch <= known(&floors.lock().unwrap_or_else(PoisonError::into_inner)) {
+        return Ok(());
+    }
+    let raised: Option<i64> = sqlx::query_scalar(
+        "UPDATE clusters SET epoch = $2 WHERE name = $1 AND epoch < $2 RETURNING epoch",
+    )
+    .bind(&report.cluster)
+    .bind(i64::try_from(report.highest_epoch).unwrap_or(i64::MAX))
+    .fetch_optional(&state.db)
+    .await
+    .map_err(|e| {
+        tracing::warn!(error = %e, "epoch floor not stored");
+        IngestError::Unavailable
+    })?;
+    if raised.is_some() {
+        tracing::warn!(cluster = %report.cluster, node_id = %report.node_id, epoch = report.highest_epoch,
+            "an agent has seen a higher epoch than the database holds (restored from a backup?): the cluster's epoch is raised to it");
+    }
+    let mut floors = floors.lock().unwrap_or_else(PoisonError::into_inner);
+    let entry = floors.entry(report.cluster.clone()).or_default();
+    *entry = (*entry).max(report.highest_epoch);
+    Ok(())
 }

@@ -18,6 +18,28 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     sqlx::migrate!("../migrations").run(pool).await
 }
 
+/// The migrations this binary knows that the database has not applied, by version: empty when
+/// it is up to date. The administrative commands (`user`, `token`, `enroll`) refuse to run
+/// while any are pending instead of migrating silently (a schema change is an explicit step of
+/// an upgrade: `hapulse-server migrate`, or starting the server).
+pub async fn pending_migrations(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
+    let applied: Vec<i64> =
+        match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await
+        {
+            Ok(v) => v,
+            // No bookkeeping table: nothing was ever applied.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Vec::new(),
+            Err(e) => return Err(e),
+        };
+    Ok(sqlx::migrate!("../migrations")
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| !applied.contains(v))
+        .collect())
+}
+
 /// Rebuilds live state from the tables. Nodes that were up get `now` as their last-seen
 /// instant: the server's own downtime is not their fault, so the detector gives each a full
 /// window to report again before suspecting it.

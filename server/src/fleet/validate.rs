@@ -2,7 +2,8 @@
 //! why the fleet refuses or cannot take one ([`IngestError`]).
 
 use hapulse_protocol::{
-    valid_name, HeartbeatReport, ReplicationLinkReport, VrrpInstanceReport, PROTOCOL_VERSION,
+    valid_name, HeartbeatReport, ReplicationLinkReport, VrrpInstanceReport,
+    OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 
 use crate::refusal::Refusal;
@@ -72,12 +73,13 @@ fn text_ok(s: &str, max: usize) -> bool {
 
 /// The report's header: protocol version, node and cluster names, sequence number, interval.
 fn check_header(report: &HeartbeatReport) -> Result<(), IngestError> {
-    if report.protocol_version != PROTOCOL_VERSION {
+    if !(OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&report.protocol_version) {
         return Err(IngestError::from(Refusal::invalid(
             "protocol_version",
             "protocol_version",
             format!(
-                "protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}",
+                "protocol version {} is not supported; this server speaks \
+                 {OLDEST_PROTOCOL_VERSION} to {PROTOCOL_VERSION} (upgrade servers first, then agents)",
                 report.protocol_version
             ),
         )));

@@ -157,6 +157,7 @@ impl IntoResponse for AppError {
             }
         };
         let body = ApiError {
+            leader: None,
             code: code.to_string(),
             message: self.to_string(),
             field,

@@ -145,6 +145,11 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             crate::http::auth::authenticate,
         ))
+        // A follower sends agents and writes to the leader before anyone is authenticated here.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            route_to_leader,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(
             extract::MAX_BODY_BYTES,
         ))
@@ -238,13 +243,77 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: 200 when PostgreSQL answers, 503 otherwise.
-async fn readyz(State(state): State<AppState>) -> Response {
-    match sqlx::query("SELECT 1").execute(&state.db).await {
-        Ok(_) => (StatusCode::OK, "ready").into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "not ready: database unavailable");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
-        }
+/// `GET /readyz[?role=leader]`: 200 when PostgreSQL answers (503 otherwise), with
+/// `{"role": "leader"|"follower", "leader": URL|null}` and the header `X-Hapulse-Role`. With
+/// `?role=leader`, 200 only on the leader: the check a load balancer or keepalived in front of
+/// the replicas uses to send agents and writes to the leader.
+async fn readyz(
+    State(state): State<AppState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let role = if state.leadership.is_leader() {
+        "leader"
+    } else {
+        "follower"
+    };
+    let body = serde_json::json!({ "role": role, "leader": state.leadership.leader_url() });
+    let answer = |status: StatusCode| {
+        (status, [("x-hapulse-role", role)], axum::Json(body.clone())).into_response()
+    };
+    if let Err(e) = sqlx::query("SELECT 1").execute(&state.db).await {
+        tracing::warn!(error = %e, "not ready: database unavailable");
+        return answer(StatusCode::SERVICE_UNAVAILABLE);
     }
+    if query.as_deref() == Some("role=leader") && role != "leader" {
+        return answer(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    answer(StatusCode::OK)
+}
+
+/// On a follower: agents' requests get 503 `not_leader` naming the leader's URL (the agent
+/// moves to it), and writes (other than logging in and out) a 307 to the same path on the
+/// leader; reads are served here. On the leader: everything passes.
+async fn route_to_leader(
+    State(state): State<AppState>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if state.leadership.is_leader() {
+        return next.run(req).await;
+    }
+    let path = req.uri().path();
+    let agent = path.starts_with("/api/agent/");
+    let read = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if !agent && (read || path == "/login" || path == "/logout") {
+        return next.run(req).await;
+    }
+    let leader = state.leadership.leader_url();
+    if let (false, Some(leader)) = (agent, &leader) {
+        let target = format!(
+            "{leader}{}",
+            req.uri().path_and_query().map_or("/", |p| p.as_str())
+        );
+        return axum::response::Redirect::temporary(&target).into_response();
+    }
+    let message = match &leader {
+        Some(url) => format!("this replica does not lead; the leader is {url}"),
+        None => "this replica does not lead and no leader is known yet; retry shortly".into(),
+    };
+    let mut response = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(hapulse_protocol::ApiError {
+            code: "not_leader".into(),
+            message,
+            field: None,
+            leader,
+        }),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    response
 }

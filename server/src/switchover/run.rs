@@ -45,10 +45,22 @@ pub async fn recover(state: &AppState) -> Result<(), sqlx::Error> {
 }
 
 /// Runs switchover `id` in the background.
+///
+/// Only while this replica leads: the run stops where it is (at its next await) the moment the
+/// lead is lost, and the next leader fails it as interrupted; on a follower nothing runs.
 pub fn spawn(state: AppState, id: Uuid) {
+    let scope = state.leadership.scope();
     tokio::spawn(async move {
-        if let Err(e) = run(&state, id).await {
-            tracing::error!(switchover = %id, error = %e, "switchover could not be recorded");
+        tokio::select! {
+            biased;
+            _ = scope.cancelled() => {
+                tracing::error!(switchover = %id, "this replica stopped leading: the switchover stops here; the next leader fails it as interrupted");
+            }
+            result = run(&state, id) => {
+                if let Err(e) = result {
+                    tracing::error!(switchover = %id, error = %e, "switchover could not be recorded");
+                }
+            }
         }
     });
 }

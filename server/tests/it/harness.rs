@@ -46,8 +46,14 @@ impl TestServer {
         Self::start_on(pool, settings()).await
     }
 
-    /// Starts on `settings.listen` (the default harness uses 127.0.0.1:0).
+    /// Starts on `settings.listen` (the default harness uses 127.0.0.1:0) and waits until it
+    /// leads.
     pub async fn start_on(pool: PgPool, settings: Settings) -> TestServer {
+        Self::start_replica(pool, settings, true).await
+    }
+
+    /// Starts a replica and waits until it serves (`leader`: until it leads).
+    pub async fn start_replica(pool: PgPool, settings: Settings, leader: bool) -> TestServer {
         // The server's log goes to the test's captured output: shown when the test fails.
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -70,7 +76,12 @@ impl TestServer {
         let http = reqwest::Client::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = http.get(format!("{url}/readyz")).send().await {
+            let check = if leader {
+                "/readyz?role=leader"
+            } else {
+                "/readyz"
+            };
+            if let Ok(r) = http.get(format!("{url}{check}")).send().await {
                 if r.status().is_success() {
                     break;
                 }

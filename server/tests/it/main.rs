@@ -15,5 +15,6 @@ mod lab_failover;
 mod lab_safety;
 mod layout;
 mod openapi;
+mod replicas;
 mod security;
 mod simulate;

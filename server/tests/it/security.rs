@@ -669,6 +669,17 @@ async fn https_client_certificates_and_secure_cookies(pool: PgPool) {
         listener,
         shutdown.clone(),
     ));
+    // Until it leads, the server sends agents away.
+    crate::harness::eventually(30, "the server leads", || async {
+        (crate::harness::count(
+            &pool,
+            "SELECT count(*) FROM server_leader WHERE expires_at > now()",
+        )
+        .await
+            == 1)
+            .then_some(())
+    })
+    .await;
     let tls = |ca: bool, client: Option<(&str, &str)>| hapulse_agent::client::ClientTls {
         ca_file: ca.then(|| ca_file.clone()),
         client_cert_file: client.map(|(c, _)| write(&format!("{}.pem", Uuid::new_v4()), c)),
