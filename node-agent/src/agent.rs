@@ -479,6 +479,13 @@ async fn send_loop(
                 }
             }
             Err(e) => {
+                if matches!(
+                    e,
+                    crate::client::SendError::Unauthorized { status: 401, .. }
+                ) && crate::credential::enroll_again(&settings, &client).await
+                {
+                    continue;
+                }
                 if !failing {
                     tracing::warn!(seq = report.seq, error = %e, "cannot deliver report; retrying with backoff");
                     failing = true;

@@ -101,7 +101,8 @@ pub struct AgentClient {
     bases: std::sync::Arc<Vec<String>>,
     /// Index into `bases` of the replica in use; shared by clones.
     current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    token: SecretString,
+    /// The node credential; shared by clones, replaced when the agent enrolls again.
+    token: std::sync::Arc<std::sync::RwLock<SecretString>>,
 }
 
 impl AgentClient {
@@ -144,8 +145,24 @@ impl AgentClient {
             http,
             bases: std::sync::Arc::new(bases),
             current: Default::default(),
-            token,
+            token: std::sync::Arc::new(std::sync::RwLock::new(token)),
         })
+    }
+
+    /// Replaces the node credential, for this client and every clone of it (the agent enrolled
+    /// again).
+    pub fn replace_credential(&self, token: SecretString) {
+        *self
+            .token
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = token;
+    }
+
+    fn credential(&self) -> SecretString {
+        self.token
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The server replica in use now.
@@ -205,7 +222,7 @@ impl AgentClient {
     /// simulator plays thousands of agents over a few connections.
     pub fn with_token(&self, token: SecretString) -> AgentClient {
         AgentClient {
-            token,
+            token: std::sync::Arc::new(std::sync::RwLock::new(token)),
             ..self.clone()
         }
     }
@@ -223,7 +240,7 @@ impl AgentClient {
                 self.http
                     .get(format!("{base}{COMMANDS_PATH}"))
                     .query(&[("node_id", node_id), ("wait_ms", &wait_ms)])
-                    .bearer_auth(self.token.expose_secret())
+                    .bearer_auth(self.credential().expose_secret())
                     .timeout(wait + Duration::from_secs(10))
             })
             .await?;
@@ -256,7 +273,7 @@ impl AgentClient {
             .send(|base| {
                 self.http
                     .post(format!("{base}{}", command_result_path(id)))
-                    .bearer_auth(self.token.expose_secret())
+                    .bearer_auth(self.credential().expose_secret())
                     .json(result)
             })
             .await?;
@@ -285,7 +302,7 @@ impl AgentClient {
             .send(|base| {
                 self.http
                     .post(format!("{base}{HEARTBEAT_PATH}"))
-                    .bearer_auth(self.token.expose_secret())
+                    .bearer_auth(self.credential().expose_secret())
                     .json(report)
             })
             .await?;

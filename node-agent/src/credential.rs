@@ -105,6 +105,33 @@ pub async fn obtain(
     }
 }
 
+/// After the server refused the node credential (401: the server's database was restored from
+/// a backup older than the enrollment, or the credential was revoked), enrolls again with the
+/// configured `enrollment_token`, if any, stores the new credential and gives it to `client`.
+/// True when it did; a refused token is logged and false (an operator must make a new one).
+pub async fn enroll_again(settings: &Settings, client: &AgentClient) -> bool {
+    let Some(token) = &settings.enrollment_token else {
+        return false;
+    };
+    match client
+        .enroll(&settings.node_id, token.expose_secret())
+        .await
+    {
+        Ok(credential) => {
+            if let Err(e) = write(&path(settings), &credential) {
+                tracing::error!(error = %e, "enrolled again, but the credential cannot be stored; using it until the agent restarts");
+            }
+            client.replace_credential(SecretString::from(credential));
+            tracing::warn!(node_id = %settings.node_id, "the server refused the node credential; enrolled again with the configured enrollment token");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the server refused the node credential, and enrolling again failed: create a new token with `hapulse-server enroll NODE_ID --cluster CLUSTER`");
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

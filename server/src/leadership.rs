@@ -257,27 +257,7 @@ pub async fn campaign<W: LeaderWork>(
                         // Our own lease lapsed and was taken again: a new term.
                         step_down(leadership, &mut leading, None).await;
                     }
-                    let scope = leadership.lead(term);
-                    let started = tokio::time::timeout_at(valid_until, work.start(scope))
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(anyhow::anyhow!("taking the lead outlasted the lease"))
-                        });
-                    match started {
-                        Ok(tasks) => {
-                            tracing::info!(term, "leading: detector, arbiter, alerting, switchovers and agents' reports run here");
-                            leading = Some((term, valid_until, tasks));
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "could not take the lead; giving it up");
-                            leadership.follow(None);
-                            let _ = tokio::time::timeout(
-                                renew_every * 2,
-                                release(c, leadership.holder),
-                            )
-                            .await;
-                        }
-                    }
+                    leading = take_lead(leadership, work, c, term, valid_until).await;
                 }
             },
             Ok(Ok(Attempt::Taken(leader))) => {
@@ -315,6 +295,37 @@ pub async fn campaign<W: LeaderWork>(
                 }
                 Err(_) => tracing::warn!("lease not released in time; it expires by itself"),
             }
+        }
+    }
+}
+
+/// Leads in `term`: starts `work` (within the lease), or gives the lease up again when that
+/// fails. The term, lease end and leader tasks on success.
+async fn take_lead<W: LeaderWork>(
+    leadership: &Leadership,
+    work: &W,
+    conn: &mut PgConnection,
+    term: i64,
+    valid_until: Instant,
+) -> Option<(i64, Instant, Vec<tokio::task::JoinHandle<()>>)> {
+    let scope = leadership.lead(term);
+    let started = tokio::time::timeout_at(valid_until, work.start(scope))
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("taking the lead outlasted the lease")));
+    match started {
+        Ok(tasks) => {
+            tracing::info!(
+                term,
+                "leading: detector, arbiter, alerting, switchovers and agents' reports run here"
+            );
+            Some((term, valid_until, tasks))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not take the lead; giving it up");
+            leadership.follow(None);
+            let _ = tokio::time::timeout(Duration::from_secs(1), release(conn, leadership.holder))
+                .await;
+            None
         }
     }
 }

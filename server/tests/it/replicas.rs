@@ -349,3 +349,87 @@ async fn administrative_commands_refuse_an_unmigrated_database(pool: PgPool) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A restore from a backup taken before a node enrolled forgets its credential: the server
+/// refuses it (401), and the agent, whose configuration still holds the enrollment token the
+/// backup remembers as unused, enrolls again and reports.
+#[sqlx::test(migrations = false)]
+async fn an_agent_refused_after_a_restore_enrolls_again(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let enrollment = hapulse_server::agents::enrollment::create(
+        &server.pool,
+        "n1",
+        "c",
+        Duration::from_secs(3600),
+        "test",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = hapulse_agent::config::Settings {
+        server_url: vec![server.url.clone()],
+        node_id: "n1".into(),
+        cluster: "c".into(),
+        enrollment_token: Some(secrecy::SecretString::from(enrollment.token.clone())),
+        state_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let credential = hapulse_agent::credential::obtain(&settings, &shutdown)
+        .await
+        .unwrap()
+        .unwrap();
+    let client = hapulse_agent::client::AgentClient::new(
+        &settings.server_url,
+        credential,
+        Duration::from_secs(3),
+        &Default::default(),
+    )
+    .unwrap();
+    let boot = Uuid::new_v4();
+    assert!(
+        client
+            .send_heartbeat(&report("n1", boot, 1, VrrpState::Master, true))
+            .await
+            .unwrap()
+            .accepted
+    );
+
+    // "Restore" the state of before the enrollment, and restart the server on it.
+    sqlx::raw_sql("DELETE FROM node_credentials; UPDATE enrollment_tokens SET used_at = NULL")
+        .execute(&server.pool)
+        .await
+        .unwrap();
+    let mut same_address = crate::harness::settings();
+    same_address.listen = server.url.trim_start_matches("http://").parse().unwrap();
+    let server = TestServer::start_on(server.stop().await, same_address).await;
+    let refused = client
+        .send_heartbeat(&report("n1", boot, 2, VrrpState::Master, true))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            hapulse_agent::client::SendError::Unauthorized { status: 401, .. }
+        ),
+        "{refused}"
+    );
+    assert!(hapulse_agent::credential::enroll_again(&settings, &client).await);
+    assert!(
+        client
+            .send_heartbeat(&report("n1", boot, 2, VrrpState::Master, true))
+            .await
+            .unwrap()
+            .accepted
+    );
+    // The new credential is stored for the agent's next start.
+    let stored = std::fs::read_to_string(dir.path().join("credential")).unwrap();
+    assert!(stored.trim().starts_with("hpn_"));
+    // Without a token, nothing to enroll with.
+    let without = hapulse_agent::config::Settings {
+        enrollment_token: None,
+        ..settings
+    };
+    assert!(!hapulse_agent::credential::enroll_again(&without, &client).await);
+    server.stop().await;
+}
