@@ -496,7 +496,9 @@ async fn send_loop(
                     return;
                 }
                 let wait = jitter(backoff);
-                backoff = (backoff * 2).min(settings.max_retry_backoff);
+                if !matches!(e, crate::client::SendError::NoLeader { .. }) {
+                    backoff = (backoff * 2).min(settings.max_retry_backoff);
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.cancelled() => {}

@@ -35,6 +35,14 @@ pub enum SendError {
         /// The server's message.
         message: String,
     },
+    /// No configured server replica leads now (each answered 503 `not_leader` or could not be
+    /// reached): a change of leader is under way; retry at the usual pace, not with a growing
+    /// backoff, so the new leader hears this node within its detector window.
+    #[error("no server replica leads yet: {message}")]
+    NoLeader {
+        /// The last replica's message.
+        message: String,
+    },
     /// The server failed (5xx) or answered something unexpected: retry later.
     #[error("server error ({status}): {message}")]
     Server {
@@ -181,6 +189,7 @@ impl AgentClient {
         use std::sync::atomic::Ordering;
         let n = self.bases.len();
         let mut failure = None;
+        let mut leaderless = false;
         for _ in 0..n {
             let i = self.current.load(Ordering::Relaxed) % n;
             let base = &self.bases[i];
@@ -200,6 +209,7 @@ impl AgentClient {
                         .as_deref()
                         .map(|l| l.trim_end_matches('/'))
                         .and_then(|l| self.bases.iter().position(|b| b == l));
+                    leaderless = true;
                     failure = Some(Self::error(503, body));
                     named.filter(|&j| j != i).unwrap_or((i + 1) % n)
                 }
@@ -212,10 +222,17 @@ impl AgentClient {
                         .compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed);
             }
         }
-        Err(failure.unwrap_or(SendError::Server {
+        let failure = failure.unwrap_or(SendError::Server {
             status: 503,
             message: "no server replica answered".into(),
-        }))
+        });
+        Err(if leaderless {
+            SendError::NoLeader {
+                message: failure.to_string(),
+            }
+        } else {
+            failure
+        })
     }
 
     /// The same client (connection pool, TLS) speaking for another node with `token`: how the

@@ -428,7 +428,9 @@ pub async fn run_loop(
             Err(e) => {
                 tracing::debug!(error = %e, "command poll failed; retrying");
                 let wait = backoff.mul_f64(rand::rng().random_range(0.8..1.2));
-                backoff = (backoff * 2).min(max_backoff);
+                if !matches!(e, crate::client::SendError::NoLeader { .. }) {
+                    backoff = (backoff * 2).min(max_backoff);
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(wait) => continue,

@@ -272,17 +272,26 @@ async fn readyz(
 
 /// On a follower: agents' requests get 503 `not_leader` naming the leader's URL (the agent
 /// moves to it), and writes (other than logging in and out) a 307 to the same path on the
-/// leader; reads are served here. On the leader: everything passes.
+/// leader; reads are served here. On the leader: everything passes, and an agent's request
+/// still in flight when it stops leading (a report waiting on a database it lost) is answered
+/// `not_leader` at once, so the agent moves on instead of waiting out its timeout.
 async fn route_to_leader(
     State(state): State<AppState>,
     req: Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if state.leadership.is_leader() {
-        return next.run(req).await;
-    }
     let path = req.uri().path();
     let agent = path.starts_with("/api/agent/");
+    if state.leadership.is_leader() {
+        if !agent {
+            return next.run(req).await;
+        }
+        let scope = state.leadership.scope();
+        return tokio::select! {
+            response = next.run(req) => response,
+            _ = scope.cancelled() => not_leader(state.leadership.leader_url()),
+        };
+    }
     let read = matches!(
         *req.method(),
         axum::http::Method::GET | axum::http::Method::HEAD
@@ -298,6 +307,11 @@ async fn route_to_leader(
         );
         return axum::response::Redirect::temporary(&target).into_response();
     }
+    not_leader(leader)
+}
+
+/// 503 `not_leader`, naming the leader's URL when known.
+fn not_leader(leader: Option<String>) -> Response {
     let message = match &leader {
         Some(url) => format!("this replica does not lead; the leader is {url}"),
         None => "this replica does not lead and no leader is known yet; retry shortly".into(),

@@ -125,11 +125,11 @@ impl Lab {
         let mut command = Command::new(repo_root().join("scripts/lab"));
         command
             .args(args)
-            .envs(env.iter().copied())
             .env("HAPULSE_LAB_NAME", name)
             .env("HAPULSE_LAB_NET", net)
             .env("HAPULSE_LAB_SERVER_URL", format!("http://{net}.1:{port}"))
-            .env("HAPULSE_LAB_AGENT_BIN", agent_binary());
+            .env("HAPULSE_LAB_AGENT_BIN", agent_binary())
+            .envs(env.iter().copied());
         command
     }
 
@@ -148,6 +148,11 @@ impl Lab {
     /// Brings the lab up (`args`: host count, options) with an enrollment token per host made in
     /// `pool`, the database of the server the test starts next.
     pub async fn up(self, pool: &PgPool, args: &[&str]) -> Lab {
+        self.up_with(pool, args, &[]).await
+    }
+
+    /// As [`Lab::up`], with extra environment for `scripts/lab up`.
+    pub async fn up_with(self, pool: &PgPool, args: &[&str], env: &[(&str, &str)]) -> Lab {
         hapulse_server::fleet::store::migrate(pool).await.unwrap();
         let hosts: usize = args[0].parse().unwrap();
         let mut tokens = Vec::new();
@@ -165,10 +170,9 @@ impl Lab {
             tokens.push(format!("{host}={}", e.token));
         }
         self.run(&["down"]);
-        self.run_with(
-            &[&["up"], args].concat(),
-            &[("HAPULSE_LAB_ENROLLMENT_TOKENS", &tokens.join(" "))],
-        );
+        let tokens = tokens.join(" ");
+        let env = [&[("HAPULSE_LAB_ENROLLMENT_TOKENS", tokens.as_str())], env].concat();
+        self.run_with(&[&["up"], args].concat(), &env);
         self
     }
 
@@ -507,7 +511,7 @@ async fn postgresql_replication_lag_is_reported_kept_and_charted(pool: PgPool) {
     server.stop().await;
 }
 
-async fn post_switchover(
+pub(crate) async fn post_switchover(
     server: &TestServer,
     lab: &str,
     body: serde_json::Value,

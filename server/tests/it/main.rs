@@ -12,6 +12,7 @@ mod lab;
 mod lab_alerts;
 mod lab_drivers;
 mod lab_failover;
+mod lab_replicas;
 mod lab_safety;
 mod layout;
 mod openapi;

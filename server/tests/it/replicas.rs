@@ -20,14 +20,14 @@ use crate::harness::{count, report, settings, TestServer};
 /// A TCP forwarder to PostgreSQL that can be cut like a network link: while cut, bytes are held
 /// (nothing is refused or reset; connections hang, as behind a dead switch), and flow again
 /// once healed.
-struct Link {
+pub(crate) struct Link {
     address: SocketAddr,
     cut: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Link {
-    async fn to(target: SocketAddr) -> Link {
+    pub(crate) async fn to(target: SocketAddr) -> Link {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
@@ -50,7 +50,21 @@ impl Link {
         Link { address, cut, task }
     }
 
-    fn set_cut(&self, cut: bool) {
+    /// A link to the PostgreSQL server behind `pool`.
+    pub(crate) async fn to_database_of(pool: &PgPool) -> Link {
+        let (host, port) = {
+            let o = pool.connect_options();
+            (o.get_host().to_string(), o.get_port())
+        };
+        let database = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .unwrap()
+            .find(SocketAddr::is_ipv4)
+            .unwrap();
+        Link::to(database).await
+    }
+
+    pub(crate) fn set_cut(&self, cut: bool) {
         self.cut.store(cut, Ordering::SeqCst);
     }
 }
@@ -82,7 +96,7 @@ async fn forward(
 }
 
 /// A pool for the same test database as `pool`, through `link`.
-async fn pool_through(pool: &PgPool, link: &Link) -> PgPool {
+pub(crate) async fn pool_through(pool: &PgPool, link: &Link) -> PgPool {
     let options = (*pool.connect_options())
         .clone()
         .host("127.0.0.1")
@@ -97,7 +111,7 @@ async fn pool_through(pool: &PgPool, link: &Link) -> PgPool {
 
 /// `/readyz`'s role on `url` (the role is read before the database is asked, so it is the
 /// role at the request's start), or None when no answer came in time.
-async fn role(url: &str) -> Option<(String, Option<String>)> {
+pub(crate) async fn role(url: &str) -> Option<(String, Option<String>)> {
     let r = reqwest::Client::new()
         .get(format!("{url}/readyz"))
         .timeout(Duration::from_millis(1500))
@@ -123,16 +137,7 @@ fn agent_client(urls: Vec<String>, credential: &str) -> hapulse_agent::client::A
 
 #[sqlx::test(migrations = false)]
 async fn replicas_follow_one_leader_that_stops_before_another_takes_over(pool: PgPool) {
-    let (host, port) = {
-        let o = pool.connect_options();
-        (o.get_host().to_string(), o.get_port())
-    };
-    let database = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .unwrap()
-        .find(SocketAddr::is_ipv4)
-        .unwrap();
-    let link = Link::to(database).await;
+    let link = Link::to_database_of(&pool).await;
     let a = TestServer::start_on(pool_through(&pool, &link).await, settings()).await;
     let b = TestServer::start_replica(pool.clone(), settings(), false).await;
 
@@ -432,4 +437,49 @@ async fn an_agent_refused_after_a_restore_enrolls_again(pool: PgPool) {
     };
     assert!(!hapulse_agent::credential::enroll_again(&without, &client).await);
     server.stop().await;
+}
+
+/// An alert fired by one leader is not fired again by the next: the new leader finds it open in
+/// the database (and its node down there), and the notification outbox is claimed row by row.
+#[sqlx::test(migrations = false)]
+async fn an_alert_is_sent_once_across_a_change_of_leader(pool: PgPool) {
+    let (gateway, requests) = crate::alerting::recording_gateway().await;
+    let mut s = settings();
+    s.alerts.evaluate_interval = Duration::from_millis(100);
+    s.alerts.webhook = vec![hapulse_server::config::WebhookReceiver {
+        name: "chat".into(),
+        url: format!("http://{gateway}/hook"),
+        severities: vec![],
+        clusters: vec![],
+    }];
+    let a = TestServer::start_on(pool.clone(), s.clone()).await;
+    let b = TestServer::start_replica(pool, s, false).await;
+    let agent = a.agent();
+    let mut ra = report("a", Uuid::new_v4(), 1, VrrpState::Master, true);
+    ra.heartbeat_interval_ms = 100;
+    agent.send_heartbeat(&ra).await.unwrap();
+    agent
+        .send_heartbeat(&report("b", Uuid::new_v4(), 1, VrrpState::Backup, false))
+        .await
+        .unwrap();
+    let fired = "[FIRING critical] node_down c/a";
+    crate::harness::eventually(10, "node_down posted", || async {
+        (crate::alerting::count(&requests, fired) == 1).then_some(())
+    })
+    .await;
+
+    a.stop().await;
+    crate::harness::eventually(10, "the other replica leads", || async {
+        (role(&b.url).await.map(|(r, _)| r) == Some("leader".into())).then_some(())
+    })
+    .await;
+    // Past the new leader's detector window and many alert evaluations.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        crate::alerting::count(&requests, fired),
+        1,
+        "{:?}",
+        requests.lock().unwrap()
+    );
+    b.stop().await;
 }
