@@ -156,3 +156,123 @@ async fn agents_follow_a_new_leader_and_a_switchover_it_inherits_runs_at_most_on
     );
     a.stop().await;
 }
+
+const RESTORE_LAB: Lab = Lab {
+    name: "hprest",
+    net: "10.213.30",
+    port: 18131,
+};
+
+/// The database restored from a backup taken before two switchovers: its epoch is behind what
+/// the agents have seen (and would refuse). The agents' first reports to the restarted server
+/// raise it, and the next switchover succeeds.
+#[sqlx::test(migrations = false)]
+async fn a_switchover_succeeds_after_the_database_is_restored_from_an_older_backup(pool: PgPool) {
+    require_root_and_tools();
+    let lab = RESTORE_LAB.up(&pool, &["2", "--postgres"]).await;
+    let name = lab.name;
+    let server = lab.start_server(pool.clone()).await;
+    let master_and_primary = |server: &TestServer, node: &'static str| {
+        let url = format!("{}/api/v1/clusters/{name}", server.url);
+        let http = server.http.clone();
+        async move {
+            let c: serde_json::Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+            let link = c["replication"].as_array()?.first()?.clone();
+            (c["instances"][0]["master"] == node
+                && link["primary"] == node
+                && link["health"] == "healthy")
+                .then_some(())
+        }
+    };
+    eventually(60, "h1 master and primary", || {
+        master_and_primary(&server, "h1")
+    })
+    .await;
+
+    // The backup, then two switchovers (epochs 1 and 2) it does not know of.
+    let database = pool.connect_options().get_database().unwrap().to_string();
+    let mut url = reqwest::Url::parse(&std::env::var("DATABASE_URL").unwrap()).unwrap();
+    url.set_path(&database);
+    let backup = std::env::temp_dir().join(format!("{name}-{}.dump", uuid::Uuid::new_v4()));
+    let out = std::process::Command::new("pg_dump")
+        .args(["-Fc", "-f", backup.to_str().unwrap(), url.as_str()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (target, expected_epoch) in [("h2", 1), ("h1", 2)] {
+        let (status, body) = post_switchover(
+            &server,
+            name,
+            serde_json::json!({"target_node": target, "reason": "before the restore"}),
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+        let sw = finished_switchover(&server, body["id"].as_str().unwrap()).await;
+        assert_eq!(sw["state"], "succeeded", "{sw:#}");
+        assert_eq!(sw["epoch"], expected_epoch);
+        eventually(60, "the cluster healthy again", || {
+            master_and_primary(&server, target)
+        })
+        .await;
+    }
+
+    // Restore the backup into an emptied database (epoch 0 again), as the README says, and
+    // start the server on it.
+    let pool = server.stop().await;
+    sqlx::raw_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let out = std::process::Command::new("pg_restore")
+        .args(["--no-owner", "-d", url.as_str()])
+        .arg(&backup)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&backup);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pool = PgPool::connect(url.as_str()).await.unwrap();
+    assert_eq!(
+        count(
+            &pool,
+            &format!("SELECT epoch FROM clusters WHERE name = '{name}'")
+        )
+        .await,
+        0,
+        "the backup's epoch"
+    );
+    let server = lab.start_server(pool).await;
+    eventually(60, "h1 master and primary on the restored server", || {
+        master_and_primary(&server, "h1")
+    })
+    .await;
+    // The restored rows say the same as the hosts (h1 leads again); the agents' first reports
+    // raise the epoch to what they have seen.
+    let epoch = format!("SELECT epoch FROM clusters WHERE name = '{name}'");
+    eventually(
+        10,
+        "the epoch raised to what the agents have seen",
+        || async { (count(&server.pool, &epoch).await == 2).then_some(()) },
+    )
+    .await;
+    let (status, body) = post_switchover(
+        &server,
+        name,
+        serde_json::json!({"target_node": "h2", "reason": "after the restore"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let sw = finished_switchover(&server, body["id"].as_str().unwrap()).await;
+    assert_eq!(sw["state"], "succeeded", "{sw:#}");
+    assert_eq!(sw["epoch"], 3);
+    assert!(lab.holds_vip("h2"));
+    server.stop().await.close().await;
+}

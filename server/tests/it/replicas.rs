@@ -483,3 +483,44 @@ async fn an_alert_is_sent_once_across_a_change_of_leader(pool: PgPool) {
     );
     b.stop().await;
 }
+
+/// Three replicas: one leads, two follow it; when the leader stops, exactly one of the two
+/// takes over and the other follows the new leader.
+#[sqlx::test(migrations = false)]
+async fn three_replicas_have_one_leader_at_a_time(pool: PgPool) {
+    let a = TestServer::start_on(pool.clone(), settings()).await;
+    let b = TestServer::start_replica(pool.clone(), settings(), false).await;
+    let c = TestServer::start_replica(pool.clone(), settings(), false).await;
+    for follower in [&b, &c] {
+        crate::harness::eventually(5, "a follower names the leader", || async {
+            (role(&follower.url).await == Some(("follower".into(), Some(a.url.clone()))))
+                .then_some(())
+        })
+        .await;
+    }
+    a.stop().await;
+    let (leader, follower) = crate::harness::eventually(10, "one new leader", || async {
+        let (rb, rc) = (role(&b.url).await?, role(&c.url).await?);
+        match (rb.0.as_str(), rc.0.as_str()) {
+            ("leader", "follower") if rc.1.as_deref() == Some(b.url.as_str()) => Some((&b, &c)),
+            ("follower", "leader") if rb.1.as_deref() == Some(c.url.as_str()) => Some((&c, &b)),
+            _ => None,
+        }
+    })
+    .await;
+    // And it stays that way.
+    for _ in 0..10 {
+        assert_eq!(
+            role(&leader.url).await.map(|(r, _)| r),
+            Some("leader".into())
+        );
+        assert_eq!(
+            role(&follower.url).await.map(|(r, _)| r),
+            Some("follower".into())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(count(&pool, "SELECT term FROM server_leader").await, 2);
+    b.stop().await;
+    c.stop().await;
+}
