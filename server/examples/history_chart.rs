@@ -97,7 +97,7 @@ async fn start_server(
     ));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !http
-        .get(format!("{base}/readyz"))
+        .get(format!("{base}/readyz?role=leader"))
         .send()
         .await
         .is_ok_and(|r| r.status().is_success())

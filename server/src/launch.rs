@@ -93,18 +93,14 @@ pub async fn serve(
     Ok(())
 }
 
-/// Migrates the database and creates the history partitions due; returns the partitioned
-/// tables, for maintenance.
+/// Migrates the database; returns the partitioned tables, for the leader's maintenance (it
+/// creates the partitions due before it takes reports).
 async fn prepare_database(
     settings: &Settings,
     pool: &PgPool,
 ) -> anyhow::Result<[series::Partitioned; 5]> {
     db::migrate(pool).await.context("running migrations")?;
-    let tables = series::partitioned_tables(&settings.history);
-    series::maintain_partitions(pool, &tables, chrono::Utc::now(), PARTITION_DAYS_AHEAD)
-        .await
-        .context("creating history partitions")?;
-    Ok(tables)
+    Ok(series::partitioned_tables(&settings.history))
 }
 
 /// The shared state: live state and node credentials loaded from the database, metrics, and
@@ -162,14 +158,23 @@ struct LeaderTasks {
 }
 
 impl crate::leadership::LeaderWork for LeaderTasks {
-    /// Rebuilds live state and credentials from the database (the last leader's, with every
-    /// node given a full window to report here), fails the switchovers the last leader left
-    /// running (never runs one twice), starts the scheduled ones and every leader task.
+    /// Creates the history partitions due, rebuilds live state and credentials from the
+    /// database (the last leader's, with every node given a full window to report here), fails
+    /// the switchovers the last leader left running (never runs one twice), starts the
+    /// scheduled ones and every leader task.
     async fn start(
         &self,
         scope: CancellationToken,
     ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
         let state = &self.state;
+        series::maintain_partitions(
+            &state.db,
+            &self.tables,
+            chrono::Utc::now(),
+            PARTITION_DAYS_AHEAD,
+        )
+        .await
+        .context("creating history partitions")?;
         let live = db::load_live(&state.db, tokio::time::Instant::now())
             .await
             .context("loading state")?;
@@ -177,6 +182,11 @@ impl crate::leadership::LeaderWork for LeaderTasks {
         state
             .verdicts
             .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        state
+            .epoch_floors
+            .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clear();
         state
