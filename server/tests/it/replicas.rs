@@ -444,8 +444,12 @@ async fn an_agent_refused_after_a_restore_enrolls_again(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn an_alert_is_sent_once_across_a_change_of_leader(pool: PgPool) {
     let (gateway, requests) = crate::alerting::recording_gateway().await;
+    let smtp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let smtp_port = smtp.local_addr().unwrap().port();
+    let mailbox = crate::alerting::Mailbox::serve(smtp);
     let mut s = settings();
     s.alerts.evaluate_interval = Duration::from_millis(100);
+    s.alerts.email = vec![crate::alerting::email_receiver(smtp_port)];
     s.alerts.webhook = vec![hapulse_server::config::WebhookReceiver {
         name: "chat".into(),
         url: format!("http://{gateway}/hook"),
@@ -463,10 +467,13 @@ async fn an_alert_is_sent_once_across_a_change_of_leader(pool: PgPool) {
         .await
         .unwrap();
     let fired = "[FIRING critical] node_down c/a";
-    crate::harness::eventually(10, "node_down posted", || async {
-        (crate::alerting::count(&requests, fired) == 1).then_some(())
+    crate::harness::eventually(10, "node_down posted and mailed", || async {
+        (crate::alerting::count(&requests, fired) == 1
+            && crate::alerting::count(&mailbox.received, "node_down") >= 1)
+            .then_some(())
     })
     .await;
+    let mails = mailbox.received.lock().unwrap().len();
 
     a.stop().await;
     crate::harness::eventually(10, "the other replica leads", || async {
@@ -480,6 +487,11 @@ async fn an_alert_is_sent_once_across_a_change_of_leader(pool: PgPool) {
         1,
         "{:?}",
         requests.lock().unwrap()
+    );
+    assert_eq!(
+        mailbox.received.lock().unwrap().len(),
+        mails,
+        "no mail sent again by the new leader"
     );
     b.stop().await;
 }
