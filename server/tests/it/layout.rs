@@ -22,11 +22,12 @@ const LONG_ALLOWED: [&str; 2] = [
     "failover/decision.rs: decide_unpaused",
 ];
 
-fn source_roots() -> [(&'static str, PathBuf); 2] {
+fn source_roots() -> [(&'static str, PathBuf); 3] {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     [
         ("server", manifest.join("src")),
         ("node-agent", manifest.join("../node-agent/src")),
+        ("cli", manifest.join("../cli/src")),
     ]
 }
 

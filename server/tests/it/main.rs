@@ -6,6 +6,7 @@
 mod alerting;
 mod api;
 mod browser;
+mod cli;
 mod failover_api;
 mod harness;
 mod lab;
