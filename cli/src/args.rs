@@ -94,9 +94,44 @@ pub enum Command {
         /// Most events.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Keep printing new events as they happen (every 2 s) until interrupted.
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Alerts firing now.
     Alerts,
+    /// Silences: matchers that mute alerts for a while (like amtool's).
+    Silence {
+        /// What to do with silences.
+        #[command(subcommand)]
+        action: SilenceAction,
+    },
+    /// A person's part in automatic failover.
+    Failover {
+        /// What to do.
+        #[command(subcommand)]
+        action: FailoverAction,
+    },
+    /// Nodes.
+    Nodes {
+        /// What to do.
+        #[command(subcommand)]
+        action: NodesAction,
+    },
+    /// A node's history: min/avg/max per step of one metric.
+    History {
+        /// The node.
+        node: String,
+        /// lag_bytes, lag_seconds (with --link), heartbeats or load1.
+        #[arg(long)]
+        metric: String,
+        /// The replication link, for lag (`postgresql:pg`).
+        #[arg(long)]
+        link: Option<String>,
+        /// How far back (`1h`, `7d`).
+        #[arg(long, default_value = "1h")]
+        since: humantime::Duration,
+    },
     /// Shell completions on standard output.
     Completions {
         /// The shell.
@@ -104,4 +139,79 @@ pub enum Command {
     },
     /// The man page (roff) on standard output.
     Man,
+}
+
+/// `hapulse silence …`.
+#[derive(Debug, Subcommand)]
+pub enum SilenceAction {
+    /// Mute matching alerts for a while. At least one matcher.
+    Add {
+        /// Cluster matcher.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Node matcher.
+        #[arg(long)]
+        node: Option<String>,
+        /// Rule matchers (`node_down`; repeat or separate by commas).
+        #[arg(long, value_delimiter = ',')]
+        rule: Vec<String>,
+        /// Severity matcher (`critical`, `warning`, `info`).
+        #[arg(long)]
+        severity: Option<String>,
+        /// How long (`2h`).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: humantime::Duration,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+    },
+    /// The silences in force.
+    List,
+    /// End a silence now.
+    Expire {
+        /// Its id (from `silence list`).
+        id: String,
+    },
+}
+
+/// `hapulse failover …`.
+#[derive(Debug, Subcommand)]
+pub enum FailoverAction {
+    /// Confirm a failover the arbiter proposed (policy `notify`), to a node.
+    Confirm {
+        /// The cluster.
+        cluster: String,
+        /// The node to promote.
+        #[arg(long)]
+        to: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        /// Go ahead even beyond the data-loss bound.
+        #[arg(long)]
+        accept_data_loss: bool,
+    },
+    /// Acknowledge an automatic failover or step-down: lifts its anti-flapping hold.
+    Ack {
+        /// The failover's id (`hapulse events`, the dashboard).
+        id: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// `hapulse nodes …`.
+#[derive(Debug, Subcommand)]
+pub enum NodesAction {
+    /// Lift the fence kept on a node that has rejoined (its priority is lowered first).
+    Unfence {
+        /// The cluster.
+        cluster: String,
+        /// The node.
+        node: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
 }

@@ -7,7 +7,7 @@ use clap::CommandFactory;
 use serde_json::Value;
 
 use crate::api::Api;
-use crate::args::{Cli, Command, Output};
+use crate::args::{Cli, Command, FailoverAction, NodesAction, Output, SilenceAction};
 use crate::exit;
 use crate::table::{render, terminal_width};
 
@@ -80,8 +80,52 @@ pub async fn dispatch(
             cluster,
             since,
             limit,
-        } => events(&api, cluster, since, limit, json, out).await,
+            follow,
+        } => {
+            events(
+                &api,
+                EventArgs {
+                    cluster,
+                    since,
+                    limit,
+                    follow,
+                },
+                json,
+                out,
+            )
+            .await
+        }
         Command::Alerts => alerts(&api, json, out).await,
+        Command::Silence { action } => silence(&api, action, json, out).await,
+        Command::Failover { action } => failover(&api, action, json, out).await,
+        Command::Nodes {
+            action:
+                NodesAction::Unfence {
+                    cluster,
+                    node,
+                    reason,
+                },
+        } => {
+            let path = format!(
+                "/api/v1/clusters/{}/nodes/{}/unfence",
+                segment(&cluster),
+                segment(&node)
+            );
+            let answer = api
+                .send_json(
+                    reqwest::Method::POST,
+                    &path,
+                    &serde_json::json!({ "reason": reason }),
+                )
+                .await?;
+            print_json_or(out, json, &answer, |out| writeln!(out, "{node} unfenced"))
+        }
+        Command::History {
+            node,
+            metric,
+            link,
+            since,
+        } => history(&api, &node, &metric, link, since, json, out).await,
         Command::Completions { .. } | Command::Man => Ok(exit::OK),
     }
 }
@@ -110,6 +154,16 @@ fn print_json_or(
         table(out)?;
     }
     Ok(exit::OK)
+}
+
+/// A time from the API (RFC 3339) as a cell: `2026-12-07 13:26:05` (UTC).
+fn time_cell(v: &Value) -> String {
+    v.as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map_or_else(
+            || cell(v),
+            |t| t.to_utc().format("%Y-%m-%d %H:%M:%S").to_string(),
+        )
 }
 
 /// A JSON value as a cell: strings bare, null as `-`.
@@ -444,38 +498,249 @@ async fn follow(
     }
 }
 
-async fn events(
-    api: &Api,
+/// What `hapulse events` was asked.
+struct EventArgs {
     cluster: Option<String>,
     since: Option<humantime::Duration>,
     limit: u32,
+    follow: bool,
+}
+
+async fn events(
+    api: &Api,
+    args: EventArgs,
     json: bool,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<i32> {
-    let mut query = vec![("limit", limit.to_string())];
-    if let Some(c) = cluster {
-        query.push(("cluster", c));
-    }
-    if let Some(since) = since {
-        let from = chrono::Utc::now() - chrono::Duration::from_std(*since)?;
-        query.push((
-            "since",
-            from.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        ));
-    }
-    let list = api.get("/api/v1/events", &query).await?;
-    print_json_or(out, json, &list, |out| {
-        let rows: Vec<Vec<String>> = list["events"]
+    let mut since = match args.since {
+        Some(since) => Some(chrono::Utc::now() - chrono::Duration::from_std(*since)?),
+        None => None,
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut first = true;
+    loop {
+        let mut query = vec![("limit", args.limit.to_string())];
+        if let Some(c) = &args.cluster {
+            query.push(("cluster", c.clone()));
+        }
+        if let Some(from) = since {
+            query.push((
+                "since",
+                from.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            ));
+        }
+        let list = api.get("/api/v1/events", &query).await?;
+        // Oldest first when following, so new lines come at the bottom.
+        let mut fresh: Vec<Value> = list["events"]
             .as_array()
             .into_iter()
             .flatten()
-            .map(|e| {
+            .filter(|e| seen.insert(e["id"].as_i64().unwrap_or_default()))
+            .cloned()
+            .collect();
+        if args.follow {
+            fresh.reverse();
+        }
+        if json {
+            for e in &fresh {
+                writeln!(out, "{e}")?;
+            }
+        } else {
+            let rows: Vec<Vec<String>> = fresh
+                .iter()
+                .map(|e| {
+                    vec![
+                        time_cell(&e["at"]),
+                        cell(&e["cluster"]),
+                        cell(&e["node_id"]),
+                        cell(&e["kind"]),
+                        cell(&e["message"]),
+                    ]
+                })
+                .collect();
+            let text = render(
+                &["AT", "CLUSTER", "NODE", "KIND", "WHAT"],
+                &rows,
+                terminal_width(),
+            );
+            // The header once.
+            let body = if first {
+                &text[..]
+            } else {
+                text.split_once('\n').map_or("", |(_, b)| b)
+            };
+            write!(out, "{body}")?;
+        }
+        first = false;
+        if !args.follow {
+            return Ok(exit::OK);
+        }
+        out.flush()?;
+        if let Some(latest) = fresh.last().and_then(|e| e["at"].as_str()) {
+            since = chrono::DateTime::parse_from_rfc3339(latest)
+                .ok()
+                .map(|t| t.to_utc())
+                .or(since);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+async fn silence(
+    api: &Api,
+    action: SilenceAction,
+    json: bool,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<i32> {
+    match action {
+        SilenceAction::Add {
+            cluster,
+            node,
+            rule,
+            severity,
+            duration,
+            reason,
+        } => {
+            let ends_at = chrono::Utc::now() + chrono::Duration::from_std(*duration)?;
+            let body = serde_json::json!({
+                "cluster": cluster, "node_id": node, "rules": rule, "severity": severity,
+                "ends_at": ends_at, "reason": reason,
+            });
+            let silence = api
+                .send_json(reqwest::Method::POST, "/api/v1/silences", &body)
+                .await?;
+            print_json_or(out, json, &silence, |out| {
+                writeln!(
+                    out,
+                    "silence {} until {}",
+                    cell(&silence["id"]),
+                    cell(&silence["ends_at"])
+                )
+            })
+        }
+        SilenceAction::List => {
+            let list = api.get("/api/v1/silences", &[]).await?;
+            print_json_or(out, json, &list, |out| {
+                let rows: Vec<Vec<String>> = list["silences"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| {
+                        let rules: Vec<String> = s["rules"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(cell)
+                            .collect();
+                        vec![
+                            cell(&s["id"]),
+                            cell(&s["cluster"]),
+                            cell(&s["node_id"]),
+                            if rules.is_empty() {
+                                "-".into()
+                            } else {
+                                rules.join(",")
+                            },
+                            time_cell(&s["ends_at"]),
+                            cell(&s["reason"]),
+                        ]
+                    })
+                    .collect();
+                write!(
+                    out,
+                    "{}",
+                    render(
+                        &["ID", "CLUSTER", "NODE", "RULES", "UNTIL", "WHY"],
+                        &rows,
+                        terminal_width()
+                    )
+                )
+            })
+        }
+        SilenceAction::Expire { id } => {
+            let path = format!("/api/v1/silences/{}", segment(&id));
+            let answer = api
+                .send_json(reqwest::Method::DELETE, &path, &Value::Null)
+                .await?;
+            print_json_or(out, json, &answer, |out| {
+                writeln!(out, "silence {id} ended")
+            })
+        }
+    }
+}
+
+async fn failover(
+    api: &Api,
+    action: FailoverAction,
+    json: bool,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<i32> {
+    match action {
+        FailoverAction::Confirm {
+            cluster,
+            to,
+            reason,
+            accept_data_loss,
+        } => {
+            let path = format!("/api/v1/clusters/{}/failover", segment(&cluster));
+            let body = serde_json::json!({
+                "target_node": to, "reason": reason, "accept_data_loss": accept_data_loss,
+            });
+            let accepted = api.send_json(reqwest::Method::POST, &path, &body).await?;
+            let id = cell(&accepted["id"]);
+            if !json {
+                writeln!(out, "failover {id} to {to} started")?;
+            }
+            follow(api, &id, json, out).await
+        }
+        FailoverAction::Ack { id, reason } => {
+            let path = format!("/api/v1/switchovers/{}/acknowledge", segment(&id));
+            let answer = api
+                .send_json(
+                    reqwest::Method::POST,
+                    &path,
+                    &serde_json::json!({ "reason": reason }),
+                )
+                .await?;
+            print_json_or(out, json, &answer, |out| writeln!(out, "{id} acknowledged"))
+        }
+    }
+}
+
+async fn history(
+    api: &Api,
+    node: &str,
+    metric: &str,
+    link: Option<String>,
+    since: humantime::Duration,
+    json: bool,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<i32> {
+    let from = chrono::Utc::now() - chrono::Duration::from_std(*since)?;
+    let mut query = vec![
+        ("metric", metric.to_string()),
+        (
+            "from",
+            from.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        ),
+    ];
+    if let Some(link) = link {
+        query.push(("link", link));
+    }
+    let path = format!("/api/v1/nodes/{}/history", segment(node));
+    let series = api.get(&path, &query).await?;
+    print_json_or(out, json, &series, |out| {
+        let rows: Vec<Vec<String>> = series["points"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
                 vec![
-                    cell(&e["at"]),
-                    cell(&e["cluster"]),
-                    cell(&e["node_id"]),
-                    cell(&e["kind"]),
-                    cell(&e["message"]),
+                    cell(&p["t"]),
+                    cell(&p["min"]),
+                    cell(&p["avg"]),
+                    cell(&p["max"]),
+                    cell(&p["count"]),
                 ]
             })
             .collect();
@@ -483,7 +748,7 @@ async fn events(
             out,
             "{}",
             render(
-                &["AT", "CLUSTER", "NODE", "KIND", "WHAT"],
+                &["AT", "MIN", "AVG", "MAX", "SAMPLES"],
                 &rows,
                 terminal_width()
             )

@@ -80,6 +80,85 @@ async fn every_command_against_a_real_server(pool: PgPool) {
     let (code, text) = hapulse(&server, &["resume", "c"], "").await;
     assert_eq!(code, exit::OK, "{text}");
 
+    // Silences, amtool-like.
+    let (code, text) = hapulse(
+        &server,
+        &[
+            "silence",
+            "add",
+            "--cluster",
+            "c",
+            "--rule",
+            "node_down",
+            "--for",
+            "2h",
+            "--reason",
+            "rebuild",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(code, exit::OK, "{text}");
+    let id = text.split_whitespace().nth(1).unwrap().to_string();
+    let (code, text) = hapulse(&server, &["silence", "list"], "").await;
+    assert_eq!(code, exit::OK, "{text}");
+    assert!(
+        text.contains(&id) && text.contains("node_down") && narrow(&text),
+        "{text}"
+    );
+    let (code, text) = hapulse(&server, &["silence", "expire", &id], "").await;
+    assert_eq!(code, exit::OK, "{text}");
+    let (_, text) = hapulse(&server, &["silence", "list"], "").await;
+    assert!(!text.contains(&id), "{text}");
+    let (code, text) = hapulse(
+        &server,
+        &["silence", "add", "--for", "1h", "--reason", "all"],
+        "",
+    )
+    .await;
+    assert_eq!(code, exit::REFUSED, "a silence matching everything: {text}");
+
+    // History of a node.
+    let (code, text) = hapulse(&server, &["history", "a", "--metric", "heartbeats"], "").await;
+    assert_eq!(code, exit::OK, "{text}");
+    assert!(text.starts_with("AT") && text.lines().count() > 1, "{text}");
+
+    // The server's refusals, each an exit 3 with its reason: no lost leader to fail over
+    // from, no such failover to acknowledge.
+    let (code, text) = hapulse(
+        &server,
+        &["failover", "confirm", "c", "--to", "b", "--reason", "test"],
+        "",
+    )
+    .await;
+    assert_eq!(code, exit::REFUSED, "{text}");
+    let (code, text) = hapulse(
+        &server,
+        &["nodes", "unfence", "c", "b", "--reason", "test"],
+        "",
+    )
+    .await;
+    // Nothing kept fenced: a no-op the server accepts, or refuses (409) while its arbiter has
+    // not judged the cluster yet; either way the server's answer, as an exit code.
+    assert!(
+        (code == exit::OK && text.trim() == "b unfenced")
+            || (code == exit::REFUSED && text.contains("409")),
+        "{code} {text}"
+    );
+    let (code, text) = hapulse(
+        &server,
+        &[
+            "failover",
+            "ack",
+            &Uuid::new_v4().to_string(),
+            "--reason",
+            "test",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(code, exit::REFUSED, "{text}");
+
     // The plan, then no: nothing starts (exit 5).
     let (code, text) = hapulse(&server, &["switchover", "c", "--to", "b"], "n\n").await;
     assert_eq!(code, exit::ABORTED, "{text}");
@@ -98,6 +177,38 @@ async fn every_command_against_a_real_server(pool: PgPool) {
     let (code, text) = hapulse(&server, &["switchover", "c", "--to", "nosuch", "--yes"], "").await;
     assert_eq!(code, exit::REFUSED, "{text}");
     assert!(text.contains("nosuch"), "{text}");
+
+    // Following events: a role change that happens meanwhile shows up, until interrupted.
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut writer = SharedWriter(shared.clone());
+    let mut input = std::io::Cursor::new(Vec::new());
+    let argv = [
+        "hapulse",
+        "--server",
+        &server.url,
+        "--token",
+        &server.admin_token,
+        "events",
+        "--follow",
+    ]
+    .iter()
+    .map(std::ffi::OsString::from)
+    .collect();
+    let run = hapulse_cli::run(argv, &mut writer, &mut input);
+    let change = async {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let mut b = report("b", Uuid::new_v4(), 1, VrrpState::Fault, false);
+        b.seq = 1;
+        agent.send_heartbeat(&b).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    };
+    tokio::select! {
+        code = run => panic!("--follow ended by itself ({code})"),
+        () = change => {}
+    }
+    let followed = String::from_utf8(shared.lock().unwrap().clone()).unwrap();
+    assert_eq!(followed.matches("AT ").count(), 1, "one header: {followed}");
+    assert!(followed.contains("agent_restarted"), "{followed}");
 
     // Errors scripts can tell apart; the token is never printed.
     let (code, text) = bare(
@@ -168,4 +279,17 @@ async fn every_command_against_a_real_server(pool: PgPool) {
     assert_eq!(code, exit::OK);
     assert!(text.contains(".TH hapulse"), "{text}");
     server.stop().await;
+}
+
+/// A writer the test can read while the command still runs.
+struct SharedWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
