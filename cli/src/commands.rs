@@ -53,28 +53,8 @@ pub async fn dispatch(
             };
             switchover(&api, request, json, out, input).await
         }
-        Command::Pause { cluster, reason } => {
-            let path = format!("/api/v1/clusters/{}/pause", segment(&cluster));
-            let answer = api
-                .send_json(
-                    reqwest::Method::PUT,
-                    &path,
-                    &serde_json::json!({ "reason": reason }),
-                )
-                .await?;
-            print_json_or(out, json, &answer, |out| {
-                writeln!(
-                    out,
-                    "{cluster} paused: no automatic action until `hapulse resume {cluster}`"
-                )
-            })
-        }
-        Command::Resume { cluster } => {
-            let path = format!("/api/v1/clusters/{}/pause", segment(&cluster));
-            let answer = api
-                .send_json(reqwest::Method::DELETE, &path, &Value::Null)
-                .await?;
-            print_json_or(out, json, &answer, |out| writeln!(out, "{cluster} resumed"))
+        command @ (Command::Pause { .. } | Command::Resume { .. } | Command::Nodes { .. }) => {
+            one_call(&api, command, json, out).await
         }
         Command::Events {
             cluster,
@@ -98,28 +78,6 @@ pub async fn dispatch(
         Command::Alerts => alerts(&api, json, out).await,
         Command::Silence { action } => silence(&api, action, json, out).await,
         Command::Failover { action } => failover(&api, action, json, out).await,
-        Command::Nodes {
-            action:
-                NodesAction::Unfence {
-                    cluster,
-                    node,
-                    reason,
-                },
-        } => {
-            let path = format!(
-                "/api/v1/clusters/{}/nodes/{}/unfence",
-                segment(&cluster),
-                segment(&node)
-            );
-            let answer = api
-                .send_json(
-                    reqwest::Method::POST,
-                    &path,
-                    &serde_json::json!({ "reason": reason }),
-                )
-                .await?;
-            print_json_or(out, json, &answer, |out| writeln!(out, "{node} unfenced"))
-        }
         Command::History {
             node,
             metric,
@@ -128,6 +86,53 @@ pub async fn dispatch(
         } => history(&api, &node, &metric, link, since, json, out).await,
         Command::Completions { .. } | Command::Man => Ok(exit::OK),
     }
+}
+
+/// The commands that are one call of the API: pause, resume, unfence.
+async fn one_call(
+    api: &Api,
+    command: Command,
+    json: bool,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<i32> {
+    let reason = |reason: String| serde_json::json!({ "reason": reason });
+    let (method, path, body, done) = match command {
+        Command::Pause {
+            cluster,
+            reason: why,
+        } => (
+            reqwest::Method::PUT,
+            format!("/api/v1/clusters/{}/pause", segment(&cluster)),
+            reason(why),
+            format!("{cluster} paused: no automatic action until `hapulse resume {cluster}`"),
+        ),
+        Command::Resume { cluster } => (
+            reqwest::Method::DELETE,
+            format!("/api/v1/clusters/{}/pause", segment(&cluster)),
+            Value::Null,
+            format!("{cluster} resumed"),
+        ),
+        Command::Nodes {
+            action:
+                NodesAction::Unfence {
+                    cluster,
+                    node,
+                    reason: why,
+                },
+        } => (
+            reqwest::Method::POST,
+            format!(
+                "/api/v1/clusters/{}/nodes/{}/unfence",
+                segment(&cluster),
+                segment(&node)
+            ),
+            reason(why),
+            format!("{node} unfenced"),
+        ),
+        _ => anyhow::bail!("not a single call"),
+    };
+    let answer = api.send_json(method, &path, &body).await?;
+    print_json_or(out, json, &answer, |out| writeln!(out, "{done}"))
 }
 
 /// A path segment, percent-encoded.

@@ -429,8 +429,9 @@ fn no_import_cycle_between_modules() {
     let mut report = String::new();
     for (krate, root) in source_roots() {
         let (nodes, edges) = module_edges(&root);
+        // The scan found the crate (the command line is the smallest, with five modules).
         assert!(
-            nodes.len() > 5,
+            nodes.len() >= 5,
             "{krate}: found only {} modules in {}",
             nodes.len(),
             root.display()
