@@ -109,15 +109,21 @@ impl Leadership {
         self.role.subscribe()
     }
 
-    /// Becomes leader of `term`: a fresh scope, returned for the leader tasks.
-    fn lead(&self, term: i64) -> CancellationToken {
+    /// A fresh scope for the leader tasks of a term about to start. The role stays as it was
+    /// until [`Leadership::lead`]: nobody is told this replica leads (no agent report, no
+    /// write is let in) before it is ready.
+    fn open_scope(&self) -> CancellationToken {
         let scope = CancellationToken::new();
         *self.scope.lock().unwrap_or_else(PoisonError::into_inner) = scope.clone();
+        scope
+    }
+
+    /// Leads in `term` from now on: its tasks are running and its state is loaded.
+    fn lead(&self, term: i64) {
         self.role.send_replace(Role::Leader {
             term,
             since: Utc::now(),
         });
-        scope
     }
 
     /// Stops leading (every leader task's scope is cancelled) or notes who leads now.
@@ -308,12 +314,13 @@ async fn take_lead<W: LeaderWork>(
     term: i64,
     valid_until: Instant,
 ) -> Option<(i64, Instant, Vec<tokio::task::JoinHandle<()>>)> {
-    let scope = leadership.lead(term);
+    let scope = leadership.open_scope();
     let started = tokio::time::timeout_at(valid_until, work.start(scope))
         .await
         .unwrap_or_else(|_| Err(anyhow::anyhow!("taking the lead outlasted the lease")));
     match started {
         Ok(tasks) => {
+            leadership.lead(term);
             tracing::info!(
                 term,
                 "leading: detector, arbiter, alerting, switchovers and agents' reports run here"
