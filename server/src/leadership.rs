@@ -337,20 +337,33 @@ async fn take_lead<W: LeaderWork>(
     }
 }
 
-/// Stops every leader task (cancelled, then aborted at their next await: none of them may act
-/// after this returns) and follows `leader`.
+/// How long stopping leader tasks wait for them to end on their own (at their next check of
+/// the cancelled scope, a transaction they are in finished) before they are aborted: well
+/// within the sixth of the lease a leader keeps in hand. Aborting a task in the middle of a
+/// database call can leave its pooled connection inside a transaction, so it is the last
+/// resort (a database that does not answer).
+const STOP_GRACE: Duration = Duration::from_millis(250);
+
+/// Stops every leader task (cancelled; those not ended within [`STOP_GRACE`] aborted at their
+/// next await: none of them acts after this returns) and follows `leader`.
 async fn step_down(
     leadership: &Leadership,
     leading: &mut Option<(i64, Instant, Vec<tokio::task::JoinHandle<()>>)>,
     leader: Option<String>,
 ) {
     leadership.follow(leader);
-    if let Some((term, _, tasks)) = leading.take() {
-        for task in &tasks {
-            task.abort();
-        }
-        for task in tasks {
-            let _ = task.await;
+    if let Some((term, _, mut tasks)) = leading.take() {
+        let ended = tokio::time::timeout(STOP_GRACE, async {
+            for task in tasks.iter_mut() {
+                let _ = task.await;
+            }
+        })
+        .await;
+        if ended.is_err() {
+            for task in tasks.into_iter().filter(|t| !t.is_finished()) {
+                task.abort();
+                let _ = task.await;
+            }
         }
         tracing::warn!(term, "stopped leading");
     }
