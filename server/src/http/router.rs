@@ -286,15 +286,9 @@ async fn route_to_leader(
         if !agent {
             return next.run(req).await;
         }
-        // The request runs on as a task of its own (dropping it in the middle of a database
-        // transaction could leave its connection inside one); its answer is not waited for.
         let scope = state.leadership.scope();
-        let request = tokio::spawn(next.run(req));
         return tokio::select! {
-            response = request => response.unwrap_or_else(|e| {
-                tracing::error!(error = %e, "agent request failed");
-                StatusCode::INTERNAL_SERVER_ERROR.into_response()
-            }),
+            response = next.run(req) => response,
             _ = scope.cancelled() => not_leader(state.leadership.leader_url()),
         };
     }

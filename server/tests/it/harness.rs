@@ -38,6 +38,17 @@ pub fn settings() -> Settings {
     // Test reports declare a minute, some ten (a node stays up while a loaded machine runs the
     // test).
     s.detector.max_heartbeat_interval = Duration::from_secs(600);
+    // The server runs in the test's runtime, which a test's blocking call (a `scripts/lab`
+    // command) stalls for seconds: with the default 3 s lease it would step down and lead again
+    // (a new term, the arbiter's grace again). Tests of replicas set the default lease back.
+    s.leader_lease = Duration::from_secs(30);
+    s
+}
+
+/// [`settings`] with the default leader lease (3 s), for the tests of replicas.
+pub fn replica_settings() -> Settings {
+    let mut s = settings();
+    s.leader_lease = Settings::default().leader_lease;
     s
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::harness::{count, eventually, settings, TestServer};
+use crate::harness::{count, eventually, replica_settings as settings, TestServer};
 use crate::lab::{finished_switchover, post_switchover, require_root_and_tools, Lab};
 use crate::replicas::{pool_through, role, Link};
 
@@ -171,7 +171,7 @@ async fn a_switchover_succeeds_after_the_database_is_restored_from_an_older_back
     require_root_and_tools();
     let lab = RESTORE_LAB.up(&pool, &["2", "--postgres"]).await;
     let name = lab.name;
-    let server = lab.start_server(pool.clone()).await;
+    let server = lab.start_server_with(pool.clone(), settings()).await;
     let master_and_primary = |server: &TestServer, node: &'static str| {
         let url = format!("{}/api/v1/clusters/{name}", server.url);
         let http = server.http.clone();
@@ -249,7 +249,7 @@ async fn a_switchover_succeeds_after_the_database_is_restored_from_an_older_back
         0,
         "the backup's epoch"
     );
-    let server = lab.start_server(pool).await;
+    let server = lab.start_server_with(pool, settings()).await;
     eventually(60, "h1 master and primary on the restored server", || {
         master_and_primary(&server, "h1")
     })

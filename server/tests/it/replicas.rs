@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::harness::{count, report, settings, TestServer};
+use crate::harness::{count, replica_settings as settings, report, TestServer};
 
 /// A TCP forwarder to PostgreSQL that can be cut like a network link: while cut, bytes are held
 /// (nothing is refused or reset; connections hang, as behind a dead switch), and flow again
@@ -405,7 +405,7 @@ async fn an_agent_refused_after_a_restore_enrolls_again(pool: PgPool) {
         .execute(&server.pool)
         .await
         .unwrap();
-    let mut same_address = crate::harness::settings();
+    let mut same_address = crate::harness::replica_settings();
     same_address.listen = server.url.trim_start_matches("http://").parse().unwrap();
     let server = TestServer::start_on(server.stop().await, same_address).await;
     let refused = client
