@@ -66,6 +66,32 @@ pub struct Settings {
     /// Automatic failover: policy per cluster, the arbiter's pace.
     #[serde(default)]
     pub failover: FailoverSettings,
+    /// Prometheus metrics (`/metrics`): which series are exported.
+    #[serde(default)]
+    pub metrics: MetricsSettings,
+}
+
+/// `[metrics]`: which series `/metrics` exports. The per-cluster series are always there; the
+/// per-node ones (about 22 series per node with one VRRP instance and one replication link: 5
+/// per instance for its state, 1 for its priority, 6 + 3 + 2 per link for its state, role and
+/// lag, 5 for the node's heartbeat age, detector status and keepalived) only up to a fleet size.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Export per-node series whatever the fleet's size (default false).
+    pub per_node_series: bool,
+    /// Per-node series are exported while the fleet has at most this many nodes (default 500:
+    /// about 11,000 series); beyond, only with `per_node_series = true`.
+    pub per_node_series_limit: usize,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            per_node_series: false,
+            per_node_series_limit: 500,
+        }
+    }
 }
 
 /// `[failover]`: when and how the server fails a cluster over by itself. Every cluster is `off`
@@ -632,6 +658,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             tls: None,
             failover: FailoverSettings::default(),
+            metrics: MetricsSettings::default(),
             history: HistorySettings {
                 retention: Duration::from_secs(7 * 24 * 3600),
                 batch_max_rows: 1000,

@@ -271,7 +271,11 @@ async fn step(
         let Some(a) = open.get_mut(&c.fingerprint) else {
             continue;
         };
+        let (was_firing, rule, severity) = (a.firing, c.rule, c.severity);
         round.extend(advance(&state.db, settings, a, c, mute, repeat, now).await?);
+        if a.firing && !was_firing {
+            state.metrics.alert_fired(rule, severity.as_str());
+        }
     }
     round.extend(resolve_gone(&state.db, settings, open, &seen, now).await?);
     // What one round stored becomes due at once, so it goes out grouped per cluster.
@@ -475,6 +479,15 @@ pub struct Alert {
     pub acked_by: Option<String>,
     /// What they said.
     pub ack_comment: Option<String>,
+}
+
+/// Firing alerts per (rule, severity), for `/metrics`.
+pub async fn firing_counts(pool: &sqlx::PgPool) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT rule, severity, count(*) FROM alerts WHERE state = 'firing' GROUP BY rule, severity",
+    )
+    .fetch_all(pool)
+    .await
 }
 
 /// Open alerts first, then the latest resolved ones (at most 200 rows).

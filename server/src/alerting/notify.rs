@@ -59,6 +59,18 @@ fn receivers(settings: &AlertSettings, severity: &str, cluster: &str) -> Vec<Str
     out
 }
 
+/// Every configured receiver as the `receiver` label of `hapulse_notifications_total` names it
+/// (`email:NAME`, `sms:NAME`, `webhook:NAME`: [`crate::metrics::receiver_label`]).
+pub fn receiver_labels(settings: &AlertSettings) -> Vec<String> {
+    let email = settings.email.iter().map(|e| format!("email:{}", e.name));
+    let sms = settings.sms.iter().map(|s| format!("sms:{}", s.name));
+    let webhook = settings
+        .webhook
+        .iter()
+        .map(|w| format!("webhook:{}", w.name));
+    email.chain(sms).chain(webhook).collect()
+}
+
 /// The message body (`web/templates/notification.txt`): what, where, since when, and the link
 /// to the cluster's dashboard page.
 #[derive(askama::Template)]
@@ -296,6 +308,9 @@ async fn deliver_due(state: &AppState, http: &reqwest::Client) -> Result<usize, 
         {
             Ok(()) => {
                 tracing::info!(notifications = m.ids.len(), receiver = %receiver, subject = %subject, "notification sent");
+                state
+                    .metrics
+                    .notifications(&m.receiver, "sent", m.ids.len());
                 sqlx::query("UPDATE notifications SET state = 'sent', sent_at = now(), last_error = NULL WHERE id = ANY($1)")
                     .bind(&m.ids)
                     .execute(&state.db)
@@ -305,6 +320,10 @@ async fn deliver_due(state: &AppState, http: &reqwest::Client) -> Result<usize, 
                 let give_up = m.attempts >= MAX_ATTEMPTS;
                 let backoff = Duration::from_secs((2u64 << m.attempts.clamp(0, 16)).min(300));
                 tracing::warn!(notifications = m.ids.len(), receiver = %receiver, attempts = m.attempts, error = %e, give_up, "notification not delivered");
+                let result = if give_up { "failed" } else { "retried" };
+                state
+                    .metrics
+                    .notifications(&m.receiver, result, m.ids.len());
                 sqlx::query(
                     "UPDATE notifications SET last_error = $2, state = CASE WHEN $3 THEN 'failed' ELSE 'pending' END,
                             next_attempt_at = now() + $4 * interval '1 second' WHERE id = ANY($1)",

@@ -9,6 +9,7 @@ pub mod client;
 pub mod error;
 pub mod extract;
 pub mod limits;
+pub mod metrics;
 pub mod router;
 pub mod snapshot;
 pub mod ui;

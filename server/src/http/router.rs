@@ -9,7 +9,6 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::http::api;
-use crate::http::auth::Auth;
 use crate::http::error::AppError;
 use crate::http::extract;
 use crate::http::ui;
@@ -132,7 +131,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::put(api::failover::set_switch),
         )
         // Operations.
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(crate::http::metrics::metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -225,17 +224,6 @@ async fn security_headers(
 
 async fn not_found() -> AppError {
     AppError::from(Refusal::not_found("route"))
-}
-
-/// `GET /metrics`: Prometheus text format.
-/// `GET /metrics`: Prometheus exposition of every cluster; 403 for a principal limited to some
-/// clusters (a scrape concerns the whole fleet).
-async fn metrics(State(state): State<AppState>, Auth(me): Auth) -> Response {
-    if let Err(refusal) = me.require_unscoped("/metrics") {
-        return AppError::from(refusal).into_response();
-    }
-    let body = state.metrics.render(&state.live(), chrono::Utc::now());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 /// `GET /healthz`: the process is alive.

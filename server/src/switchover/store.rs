@@ -262,6 +262,18 @@ pub(super) async fn finish(
     Ok(())
 }
 
+/// Finished runs per (kind, outcome: `succeeded`, `failed`, `cancelled`), for `/metrics`.
+pub async fn finished_counts(
+    pool: &sqlx::PgPool,
+) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT kind, state, count(*) FROM switchovers
+          WHERE state IN ('succeeded', 'failed', 'cancelled') GROUP BY kind, state",
+    )
+    .fetch_all(pool)
+    .await
+}
+
 /// Marks the runs a previous server process left running as failed; their ids and clusters.
 pub(super) async fn fail_interrupted(
     pool: &sqlx::PgPool,

@@ -488,7 +488,12 @@ async fn dashboard_pages_stream_and_metrics(pool: PgPool) {
 
     let (_, metrics) = server.get_text("/metrics").await;
     for needle in [
-        "hapulse_vrrp_instance_state{cluster=\"c\",instance=\"VI_1\",node=\"a\",state=\"MASTER\"} 1",
+        "hapulse_vrrp_instance_state{cluster=\"c\",node=\"a\",state=\"MASTER\",vrrp_instance=\"VI_1\"} 1",
+        "hapulse_vrrp_instance_masters{cluster=\"c\",vrrp_instance=\"VI_1\"} 1",
+        "hapulse_server_is_leader 1",
+        "hapulse_build_info{commit=",
+        "hapulse_alerts_firing{rule=\"node_down\",severity=\"critical\"} 0",
+        "hapulse_switchovers_total{kind=\"failover\",outcome=\"succeeded\"} 0",
         "hapulse_heartbeats_total{result=\"accepted\"} 1",
         "hapulse_node_heartbeat_age_seconds{cluster=\"c\",node=\"a\"}",
         "hapulse_cluster_health{cluster=\"c\",health=\"degraded\"} 1",
