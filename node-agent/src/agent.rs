@@ -143,6 +143,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let boot_id = Uuid::new_v4();
     tracing::info!(node_id = %settings.node_id, cluster = %settings.cluster, %boot_id, server = %settings.server_url.join(", "), "agent starting");
 
+    crate::systemd::status("waiting for the server to accept a first report");
     let mut probe = KeepalivedProbe::new(settings.keepalived.clone()).await?;
     let (mut inputs, tasks) = spawn_components(&settings, client, &shared, &shutdown)?;
     main_loop(
@@ -449,6 +450,7 @@ async fn send_loop(
         match client.send_heartbeat(&report).await {
             Ok(ack) => {
                 contact.touch();
+                crate::systemd::reporting();
                 for command in ack.commands {
                     // The executor de-duplicates: the long poll may deliver the same command.
                     if commands.try_send(command).is_err() {

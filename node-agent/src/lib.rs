@@ -5,7 +5,8 @@
 //! happens to it or to the server, keepalived keeps failing over on its own.
 //!
 //! Modules import one way, from the bottom up (none imports one above it):
-//! 1. [`client`] (HTTP client), [`spool`], [`host`], `sys` (system calls): nothing of the crate.
+//! 1. [`client`] (HTTP client), [`spool`], [`host`], `sys` (system calls), [`systemd`]
+//!    (readiness notifications): nothing of the crate.
 //! 2. [`config`]: every settings type.
 //! 3. `child` (child processes) and [`track`] (keepalived track files, the self-fence marker).
 //! 4. Probes: [`keepalived`], [`replication`]; [`credential`] (enrollment).
@@ -25,4 +26,5 @@ pub mod replication;
 pub mod simulate;
 pub mod spool;
 mod sys;
+pub mod systemd;
 pub mod track;

@@ -1,12 +1,22 @@
 //! `hapulse-agent`: parses flags and runs [`hapulse_agent::agent::run`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
 use hapulse_agent::config::Settings;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
+
+/// The configuration file read when neither `--config` nor `HAPULSE_AGENT_CONFIG` names one, if it
+/// exists (the Debian package installs it).
+const DEFAULT_CONFIG: &str = "/etc/hapulse/agent.toml";
+
+/// The configuration file to read: the one named, else `default` when it is a file, else none
+/// (defaults and the environment alone).
+fn config_file(named: Option<PathBuf>, default: &Path) -> Option<PathBuf> {
+    named.or_else(|| default.is_file().then(|| default.to_path_buf()))
+}
 
 /// hapulse node agent: reports this host's keepalived VRRP state (roles, priorities, VIPs) to the
 /// hapulse server every heartbeat interval, and every state change at once.
@@ -20,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(subcommand)]
     command: Option<Subcommand>,
-    /// TOML configuration file; every key can also be set as HAPULSE_AGENT_<KEY>
-    /// (nested: HAPULSE_AGENT_KEEPALIVED__PID_FILE).
+    /// TOML configuration file; without it, /etc/hapulse/agent.toml when that file exists.
+    /// Every key can also be set as HAPULSE_AGENT_<KEY> (nested: HAPULSE_AGENT_KEEPALIVED__PID_FILE).
     #[arg(long, short, env = "HAPULSE_AGENT_CONFIG")]
     config: Option<PathBuf>,
     /// Print every configuration key with its default value and exit.
@@ -54,13 +64,14 @@ fn main() -> ExitCode {
     if let Some(Subcommand::Simulate(args)) = cli.command {
         return simulate(args);
     }
-    let settings = match Settings::load(cli.config.as_deref()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("hapulse-agent: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let settings =
+        match Settings::load(config_file(cli.config, Path::new(DEFAULT_CONFIG)).as_deref()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("hapulse-agent: {e}");
+                return ExitCode::from(2);
+            }
+        };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -121,7 +132,40 @@ fn watch_signals(shutdown: CancellationToken) -> std::io::Result<()> {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
+        hapulse_agent::systemd::stopping();
         shutdown.cancel();
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_default_file_is_read_only_when_no_file_is_named_and_it_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = dir.path().join("agent.toml");
+        let named = PathBuf::from("/elsewhere/agent.toml");
+        assert_eq!(config_file(None, &default), None, "absent: defaults alone");
+        std::fs::write(&default, "").unwrap();
+        assert_eq!(config_file(None, &default), Some(default.clone()));
+        assert_eq!(config_file(Some(named.clone()), &default), Some(named));
+        // A directory by that name is not a configuration file.
+        let not_a_file = dir.path().join("dir.toml");
+        std::fs::create_dir(&not_a_file).unwrap();
+        assert_eq!(config_file(None, &not_a_file), None);
+    }
+
+    #[test]
+    fn help_names_the_default_file() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains(DEFAULT_CONFIG), "{help}");
+        assert!(
+            help.contains("hapulse node agent"),
+            "the about text: {help}"
+        );
+    }
 }

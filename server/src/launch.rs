@@ -83,6 +83,8 @@ pub async fn serve(
             .await;
         }
     });
+    // Migrated, state loaded, the listener bound (connections queue until it accepts).
+    crate::systemd::ready(listener.local_addr()?);
     let served = serve_http(&settings, state, listener, shutdown).await;
     stop.cancel();
     let _ = campaign.await;

@@ -22,4 +22,5 @@ pub mod refusal;
 pub mod shared_views;
 pub mod state;
 pub mod switchover;
+pub mod systemd;
 pub mod tls;

@@ -1,6 +1,6 @@
 //! `hapulse-server`: parses flags and calls [`hapulse_server::launch::launch`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -14,6 +14,16 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The configuration file read when neither `--config` nor `HAPULSE_CONFIG` names one, if it
+/// exists (the Debian package installs it).
+const DEFAULT_CONFIG: &str = "/etc/hapulse/server.toml";
+
+/// The configuration file to read: the one named, else `default` when it is a file, else none
+/// (defaults and the environment alone).
+fn config_file(named: Option<PathBuf>, default: &Path) -> Option<PathBuf> {
+    named.or_else(|| default.is_file().then(|| default.to_path_buf()))
+}
+
 /// hapulse central server: agent heartbeats in, history in PostgreSQL, live dashboard, REST API
 /// (/api/v1) and Prometheus metrics (/metrics) out.
 #[derive(Parser)]
@@ -25,8 +35,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
                   Every key and its default: hapulse-server --print-default-config"
 )]
 struct Cli {
-    /// TOML configuration file; every key can also be set as HAPULSE_<KEY>
-    /// (nested: HAPULSE_DETECTOR__DOWN_AFTER_MISSED).
+    /// TOML configuration file; without it, /etc/hapulse/server.toml when that file exists.
+    /// Every key can also be set as HAPULSE_<KEY> (nested: HAPULSE_DETECTOR__DOWN_AFTER_MISSED).
     #[arg(long, short, env = "HAPULSE_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Print every configuration key with its default value and exit.
@@ -286,13 +296,14 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let settings = match Settings::load(cli.config.as_deref()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("hapulse-server: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let settings =
+        match Settings::load(config_file(cli.config, Path::new(DEFAULT_CONFIG)).as_deref()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("hapulse-server: {e}");
+                return ExitCode::from(2);
+            }
+        };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -363,7 +374,40 @@ fn watch_signals(shutdown: CancellationToken) -> std::io::Result<()> {
             _ = term.recv() => tracing::info!("SIGTERM received: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT received: shutting down"),
         }
+        hapulse_server::systemd::stopping();
         shutdown.cancel();
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_default_file_is_read_only_when_no_file_is_named_and_it_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = dir.path().join("server.toml");
+        let named = PathBuf::from("/elsewhere/server.toml");
+        assert_eq!(config_file(None, &default), None, "absent: defaults alone");
+        std::fs::write(&default, "").unwrap();
+        assert_eq!(config_file(None, &default), Some(default.clone()));
+        assert_eq!(config_file(Some(named.clone()), &default), Some(named));
+        // A directory by that name is not a configuration file.
+        let not_a_file = dir.path().join("dir.toml");
+        std::fs::create_dir(&not_a_file).unwrap();
+        assert_eq!(config_file(None, &not_a_file), None);
+    }
+
+    #[test]
+    fn help_names_the_default_file() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains(DEFAULT_CONFIG), "{help}");
+        assert!(
+            help.contains("hapulse central server"),
+            "the about text: {help}"
+        );
+    }
 }

@@ -18,6 +18,7 @@ mod lab_replicas;
 mod lab_safety;
 mod layout;
 mod openapi;
+mod packaging;
 mod replicas;
 mod security;
 mod simulate;
