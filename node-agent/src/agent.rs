@@ -145,16 +145,30 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
     crate::systemd::status("waiting for the server to accept a first report");
     let mut probe = KeepalivedProbe::new(settings.keepalived.clone()).await?;
+    let (observed, observations) = watch::channel(None);
+    let health = match &settings.health {
+        Some(h) => Some(tokio::spawn(crate::health::serve(
+            crate::health::bind(h.listen).await?,
+            Arc::new(settings.clone()),
+            observations,
+            shared.highest_epoch.clone(),
+            shutdown.child_token(),
+        ))),
+        None => None,
+    };
     let (mut inputs, tasks) = spawn_components(&settings, client, &shared, &shutdown)?;
     main_loop(
         &mut probe,
         &mut inputs,
-        &shared,
+        (&shared, &observed),
         &settings,
         boot_id,
         &shutdown,
     )
     .await;
+    if let Some(health) = health {
+        let _ = health.await;
+    }
 
     tracing::info!("shutting down: flushing reports");
     tasks.join().await;
@@ -291,7 +305,7 @@ fn spawn_components(
 async fn main_loop(
     probe: &mut KeepalivedProbe,
     inputs: &mut Inputs,
-    shared: &Shared,
+    (shared, observed): (&Shared, &crate::health::Publisher),
     settings: &Settings,
     boot_id: Uuid,
     shutdown: &CancellationToken,
@@ -336,6 +350,11 @@ async fn main_loop(
         }
         last_running = Some(running);
         let snap = take_snapshot(probe, &inputs.links, &inputs.arbitration, &mut last_key).await;
+        observed.send_replace(Some(Arc::new(crate::health::Observation {
+            keepalived: snap.keepalived.clone(),
+            replication: snap.replication.clone(),
+            taken_at: std::time::Instant::now(),
+        })));
         if tick_due || snap.state_change {
             stage(shared, settings, boot_id, snap);
         }

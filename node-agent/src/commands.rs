@@ -188,6 +188,7 @@ impl Executor {
         let outcome = self
             .execute(&command.action, command.switchover_id, &mut data)
             .await;
+        self.reprobe_after(&command.action).await;
         let result = CommandResult {
             node_id: self.settings.node_id.clone(),
             outcome: if outcome.is_ok() {
@@ -214,6 +215,30 @@ impl Executor {
             tracing::error!(error = %e, "cannot record a command's result");
         }
         result
+    }
+
+    /// After an action that changes a database's role or runs (stop, start, promote, follow, a
+    /// DRBD role), probes every link at once instead of at the next tick: the report, and the
+    /// health endpoints a load balancer asks (`/primary`), say so within milliseconds, not up
+    /// to a heartbeat later. At most the probe timeout; a probe that does not answer changes
+    /// nothing.
+    async fn reprobe_after(&self, action: &Action) {
+        let changes_a_database = matches!(
+            action,
+            Action::PostgresStop { .. }
+                | Action::PostgresPromote { .. }
+                | Action::PostgresFollow { .. }
+                | Action::PostgresStart { .. }
+                | Action::MysqlStop { .. }
+                | Action::MysqlPromote { .. }
+                | Action::MysqlFollow { .. }
+                | Action::DrbdRole { .. }
+        );
+        if let (true, Some(asks)) = (changes_a_database, &self.positions) {
+            if asks.ask(self.settings.probe_timeout).await.is_none() {
+                tracing::debug!("the replication probes did not answer a re-probe in time");
+            }
+        }
     }
 
     async fn execute(

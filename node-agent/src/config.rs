@@ -87,6 +87,21 @@ pub struct Settings {
     /// the reference address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arbitration: Option<ArbitrationSettings>,
+    /// Health endpoints for load balancers (`[health]`, see [`crate::health`]). Absent: not
+    /// served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSettings>,
+}
+
+/// `[health]`: where the agent answers a load balancer's checks (`GET /primary`, `/replica`,
+/// `/read-only`, `/health`, `/liveness`, with Patroni's names and meanings).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSettings {
+    /// Address and port to listen on, e.g. `"10.0.0.11:8008"` (8008 is Patroni's port, so an
+    /// HAProxy configuration written for Patroni works unchanged). The answers say who is
+    /// primary: listen only where the load balancers reach it.
+    pub listen: std::net::SocketAddr,
 }
 
 /// Commands this agent accepts. An action not listed in `enabled` is refused, whatever the
@@ -391,6 +406,7 @@ impl Default for Settings {
             drbd: Vec::new(),
             actions: ActionSettings::default(),
             arbitration: None,
+            health: None,
             keepalived: KeepalivedSettings {
                 notify_fifo: PathBuf::from("/run/keepalived/hapulse.fifo"),
                 pid_file: PathBuf::from("/run/keepalived.pid"),
@@ -474,7 +490,12 @@ impl Settings {
              # isolated_primary_stop_command = [\"pg_ctlcluster\", \"15\", \"main\", \"stop\", \"-m\", \"immediate\"]\n\
              # [[arbitration.peers]]\n\
              # node_id = \"db2\"\n\
-             # address = \"10.0.0.12\"\n"
+             # address = \"10.0.0.12\"\n\
+             #\n\
+             # Health endpoints for HAProxy (Patroni's /primary, /replica?lag=, /read-only,\n\
+             # /health, /liveness), off by default. Example:\n\
+             # [health]\n\
+             # listen = \"10.0.0.11:8008\"\n"
         )
     }
 

@@ -10,7 +10,8 @@
 //! 2. [`config`]: every settings type.
 //! 3. `child` (child processes) and [`track`] (keepalived track files, the self-fence marker).
 //! 4. Probes: [`keepalived`], [`replication`]; [`credential`] (enrollment).
-//! 5. [`commands`] (the executor), then [`arbitration`] (which fences through `track`).
+//! 5. [`commands`] (the executor), then [`arbitration`] (which fences through `track`), and
+//!    [`health`] (load balancers' checks, on the observations and `track`).
 //! 6. [`agent`], which wires the components together; [`simulate`] stands apart, on [`client`].
 
 pub mod agent;
@@ -20,6 +21,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod credential;
+pub mod health;
 pub mod host;
 pub mod keepalived;
 pub mod replication;

@@ -13,6 +13,7 @@ mod lab;
 mod lab_alerts;
 mod lab_drivers;
 mod lab_failover;
+mod lab_haproxy;
 mod lab_prometheus;
 mod lab_replicas;
 mod lab_safety;

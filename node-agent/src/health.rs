@@ -1,0 +1,750 @@
+//! Health endpoints for load balancers, with the names and meanings of Patroni's REST API
+//! (Patroni documentation, "REST API", health check endpoints), so that an HAProxy
+//! configuration written for Patroni (`option httpchk OPTIONS /primary`, `http-check expect
+//! status 200`) works unchanged against hapulse-agent:
+//!
+//! | endpoint | 200 when | else |
+//! |---|---|---|
+//! | `/primary` (alias `/master`) | this host is the primary of the link, its database answers, it holds the tied VRRP instance's VIPs as MASTER (or the instance has no VIP), and it is not fenced | 503 |
+//! | `/replica` | the link's standby with its receiver connected (streaming, catching up or replay paused), within `?lag=` when given | 503 |
+//! | `/read-only` | `/primary` or `/replica` would answer 200 | 503 |
+//! | `/health` | the link's database answers (without a link: keepalived runs) | 503 |
+//! | `/liveness` | the agent's main loop observed the host recently | 503 |
+//!
+//! `GET`, `HEAD` and `OPTIONS` are all answered. `?link=NAME` picks a replication link (default:
+//! the first one the agent reports); `?lag=` is bytes (`16777216`, `16MB`, `1GB`, 1024-based as
+//! in Patroni) or time (`500ms`, `10s`, `1min`). A bad parameter is a 400 that says why.
+//!
+//! Fenced means the tied instance's fence file is non-zero or this host fenced itself (the
+//! self-fence marker). Both are read at each request; the executor writes the fence file only
+//! on a command of the newest epoch it has seen (older epochs are refused), so the file holds
+//! what the current epoch says: an old primary fenced by a switchover or a failover answers 503
+//! from the moment the fence is written, before its database is demoted.
+//!
+//! Every answer comes from this host's own observations: when the hapulse server is down,
+//! HAProxy keeps routing as the hosts are (never worse than keepalived alone). Observations
+//! older than [`stale_after`] (a hung main loop) make every endpoint 503. The JSON body:
+//! `{"role", "state", "link", "vrrp_state", "holds_vip", "fenced", "epoch", "lag_bytes",
+//! "lag_seconds", "reason"}`; `reason` says why an answer is 503.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use hapulse_protocol::{
+    KeepalivedReport, LinkState, ReplicationLinkReport, ReplicationRole, VrrpInstanceReport,
+    VrrpState,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+
+/// What the main loop last saw: keepalived and the replication links, and when.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    /// keepalived's instances as reported to the server.
+    pub keepalived: KeepalivedReport,
+    /// The replication links as reported to the server.
+    pub replication: Vec<ReplicationLinkReport>,
+    /// When the main loop took it.
+    pub taken_at: Instant,
+}
+
+/// Where the main loop publishes each [`Observation`] (None until the first).
+pub type Publisher = watch::Sender<Option<Arc<Observation>>>;
+
+/// How old an observation may be before every endpoint answers 503: three heartbeats plus the
+/// probe timeout, and at least 3 s.
+pub fn stale_after(settings: &Settings) -> Duration {
+    (settings.heartbeat_interval * 3).max(Duration::from_secs(3)) + settings.probe_timeout
+}
+
+/// A load balancer's question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// `/primary`: may writes go here?
+    Primary,
+    /// `/replica`: may reads go here, as a standby?
+    Replica,
+    /// `/read-only`: may reads go here, primary or standby?
+    ReadOnly,
+    /// `/health`: does the database answer?
+    Health,
+    /// `/liveness`: is the agent itself working?
+    Liveness,
+}
+
+/// The most a standby may lag for `/replica` (`?lag=`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LagBound {
+    /// WAL received but not replayed (PostgreSQL), relay log not applied (MySQL), or out of
+    /// sync (DRBD), in bytes.
+    Bytes(u64),
+    /// Age of the last replayed transaction while WAL waits to be replayed, in seconds.
+    Seconds(f64),
+}
+
+/// Parses `?lag=`: a plain integer is bytes; `B`, `kB`, `MB`, `GB`, `TB` are 1024-based (as
+/// Patroni reads them); `ms`, `s`, `min`, `h` are time. Errors name the accepted forms.
+pub fn parse_lag(text: &str) -> Result<LagBound, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let bad = || {
+        format!(
+            "lag {text:?}: a number of bytes (16777216, 16MB, 1GB: B kB MB GB TB) or a time (500ms, 10s, 1min, 1h)"
+        )
+    };
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(bad());
+    }
+    let bytes = |factor: f64| Ok(LagBound::Bytes((value * factor) as u64));
+    match unit.trim() {
+        "" | "B" => bytes(1.0),
+        "kB" | "KB" => bytes(1024.0),
+        "MB" => bytes(1024.0 * 1024.0),
+        "GB" => bytes(1024.0 * 1024.0 * 1024.0),
+        "TB" => bytes(1024.0 * 1024.0 * 1024.0 * 1024.0),
+        "ms" => Ok(LagBound::Seconds(value / 1000.0)),
+        "s" => Ok(LagBound::Seconds(value)),
+        "min" => Ok(LagBound::Seconds(value * 60.0)),
+        "h" => Ok(LagBound::Seconds(value * 3600.0)),
+        _ => Err(bad()),
+    }
+}
+
+/// The JSON body of every answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Answer {
+    /// `primary`, `replica` or `unknown` (the link's role; without a link, the VRRP role).
+    pub role: &'static str,
+    /// The link's state (`streaming`, `down`, …), or keepalived's (`running`, `stopped`).
+    pub state: &'static str,
+    /// The replication link answered for.
+    pub link: Option<String>,
+    /// The tied VRRP instance's state here.
+    pub vrrp_state: Option<VrrpState>,
+    /// Whether this host holds the tied instance's VIPs (None: no VIP configured).
+    pub holds_vip: Option<bool>,
+    /// The tied instance's fence file is non-zero, or this host fenced itself.
+    pub fenced: bool,
+    /// The highest fencing epoch this agent has seen in a command.
+    pub epoch: u64,
+    /// The link's lag in bytes.
+    pub lag_bytes: Option<u64>,
+    /// The link's lag in seconds.
+    pub lag_seconds: Option<f64>,
+    /// Why the answer is 503 (None on 200).
+    pub reason: Option<String>,
+}
+
+/// What a judgement needs besides the observation: read at the request.
+#[derive(Debug, Clone, Copy)]
+pub struct Local {
+    /// Fenced (see [`Answer::fenced`]).
+    pub fenced: bool,
+    /// The highest epoch seen.
+    pub epoch: u64,
+    /// The observation is older than [`stale_after`].
+    pub stale: bool,
+}
+
+/// Answers `check` from `obs` for `link` (None: the first link), bounded by `lag`: whether it
+/// passes, and the body. Errors (a 400): the link named is not reported here.
+pub fn judge(
+    check: Check,
+    obs: &Observation,
+    local: Local,
+    link: Option<&str>,
+    lag: Option<LagBound>,
+) -> Result<(bool, Answer), String> {
+    let chosen =
+        match link {
+            Some(name) => Some(obs.replication.iter().find(|l| l.name == name).ok_or_else(
+                || {
+                    let known: Vec<&str> =
+                        obs.replication.iter().map(|l| l.name.as_str()).collect();
+                    format!("no replication link {name:?} here (links: {known:?})")
+                },
+            )?),
+            None => obs.replication.first(),
+        };
+    let instance = tied_instance(&obs.keepalived, chosen);
+    // A link tied to an instance keepalived does not report (keepalived is down): its VIPs
+    // are not here.
+    let tied = chosen.is_some_and(|l| l.vrrp_instance.is_some());
+    let holds_vip = match instance {
+        Some(i) => (!i.vips.is_empty()).then_some(holds_vips(i)),
+        None => tied.then_some(false),
+    };
+    let mut answer = Answer {
+        role: role_name(chosen, instance),
+        state: chosen.map_or(
+            if obs.keepalived.running {
+                "running"
+            } else {
+                "stopped"
+            },
+            |l| l.state.as_str(),
+        ),
+        link: chosen.map(|l| l.name.clone()),
+        vrrp_state: instance.map(|i| i.state),
+        holds_vip,
+        fenced: local.fenced,
+        epoch: local.epoch,
+        lag_bytes: chosen.and_then(|l| l.lag_bytes),
+        lag_seconds: chosen.and_then(|l| l.lag_seconds),
+        reason: None,
+    };
+    let verdict = if local.stale {
+        Err("the agent's observations are stale (its main loop is not running)".to_string())
+    } else {
+        match check {
+            Check::Liveness => Ok(()),
+            Check::Health => health(obs, chosen),
+            Check::Primary => primary(chosen, instance, holds_vip, local.fenced),
+            Check::Replica => replica(chosen, lag),
+            Check::ReadOnly => primary(chosen, instance, holds_vip, local.fenced)
+                .or_else(|p| replica(chosen, lag).map_err(|r| format!("{p}; {r}"))),
+        }
+    };
+    answer.reason = verdict.as_ref().err().cloned();
+    Ok((verdict.is_ok(), answer))
+}
+
+/// The VRRP instance tied to `link`; without a link, the first instance.
+fn tied_instance<'a>(
+    k: &'a KeepalivedReport,
+    link: Option<&ReplicationLinkReport>,
+) -> Option<&'a VrrpInstanceReport> {
+    match link {
+        Some(l) => {
+            let name = l.vrrp_instance.as_deref()?;
+            k.instances.iter().find(|i| i.name == name)
+        }
+        None => k.instances.first(),
+    }
+}
+
+/// MASTER and holding every configured VIP.
+fn holds_vips(i: &VrrpInstanceReport) -> bool {
+    i.state == VrrpState::Master && i.vips.iter().all(|v| i.held_vips.contains(v))
+}
+
+fn role_name(link: Option<&ReplicationLinkReport>, i: Option<&VrrpInstanceReport>) -> &'static str {
+    match (link.map(|l| l.role), i.map(|i| i.state)) {
+        (Some(ReplicationRole::Primary), _) => "primary",
+        (Some(ReplicationRole::Secondary), _) => "replica",
+        (Some(ReplicationRole::Unknown), _) => "unknown",
+        (None, Some(VrrpState::Master)) => "primary",
+        (None, Some(VrrpState::Backup)) => "replica",
+        (None, _) => "unknown",
+    }
+}
+
+fn health(obs: &Observation, link: Option<&ReplicationLinkReport>) -> Result<(), String> {
+    match link {
+        Some(l) if l.state == LinkState::Down => Err(format!(
+            "the database of link {} does not answer{}",
+            l.name,
+            l.error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        )),
+        Some(_) => Ok(()),
+        None if obs.keepalived.running => Ok(()),
+        None => Err("keepalived is not running".into()),
+    }
+}
+
+fn primary(
+    link: Option<&ReplicationLinkReport>,
+    instance: Option<&VrrpInstanceReport>,
+    holds_vip: Option<bool>,
+    fenced: bool,
+) -> Result<(), String> {
+    if fenced {
+        return Err("this host is fenced".into());
+    }
+    match link {
+        Some(l) if l.state == LinkState::Down => {
+            return Err(format!("the database of link {} does not answer", l.name))
+        }
+        Some(l) if l.role != ReplicationRole::Primary => {
+            return Err(format!(
+                "not the primary of link {} (role {})",
+                l.name,
+                l.role.as_str()
+            ))
+        }
+        Some(_) => {}
+        None if instance.is_none() => {
+            return Err("no replication link and no VRRP instance to answer for".into())
+        }
+        None => {}
+    }
+    if let Some(i) = instance.filter(|_| link.is_none()) {
+        if i.state != VrrpState::Master {
+            return Err(format!("VRRP instance {} is {}", i.name, i.state));
+        }
+    }
+    match (holds_vip, instance) {
+        (Some(false), Some(i)) => Err(format!(
+            "does not hold the VIPs of VRRP instance {} ({})",
+            i.name, i.state
+        )),
+        (Some(false), None) => Err(format!(
+            "keepalived does not report VRRP instance {}: its VIPs are not here",
+            link.and_then(|l| l.vrrp_instance.as_deref()).unwrap_or("?")
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn replica(link: Option<&ReplicationLinkReport>, lag: Option<LagBound>) -> Result<(), String> {
+    let Some(l) = link else {
+        return Err("no replication link here".into());
+    };
+    if l.role != ReplicationRole::Secondary {
+        return Err(format!(
+            "not a standby of link {} (role {})",
+            l.name,
+            l.role.as_str()
+        ));
+    }
+    if !matches!(
+        l.state,
+        LinkState::Streaming | LinkState::CatchingUp | LinkState::Paused
+    ) {
+        return Err(format!(
+            "the standby of link {} is {}",
+            l.name,
+            l.state.as_str()
+        ));
+    }
+    match lag {
+        None => Ok(()),
+        Some(LagBound::Bytes(max)) => match l.lag_bytes {
+            Some(b) if b <= max => Ok(()),
+            Some(b) => Err(format!("lag {b} bytes is beyond {max}")),
+            None => Err("lag in bytes unknown".into()),
+        },
+        Some(LagBound::Seconds(max)) => match l.lag_seconds {
+            Some(s) if s <= max => Ok(()),
+            Some(s) => Err(format!("lag {s:.3} s is beyond {max} s")),
+            None => Err("lag in seconds unknown".into()),
+        },
+    }
+}
+
+/// Whether this host is fenced for `instance` (None: any instance): its fence file holds a
+/// non-zero integer, or the self-fence marker exists. A fence file that is missing or does
+/// not hold an integer counts as 0, as keepalived reads it.
+pub fn fenced(settings: &Settings, instance: Option<&str>) -> bool {
+    let self_fenced = crate::track::self_fenced_at(&settings.state_dir).is_some()
+        || crate::track::marker_path(&settings.state_dir).exists();
+    self_fenced
+        || settings
+            .actions
+            .track_files
+            .iter()
+            .filter(|t| instance.is_none_or(|name| t.instance == name))
+            .any(|t| fence_value(&t.fence_file) != 0)
+}
+
+fn fence_value(path: &Path) -> i64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+struct Ctx {
+    settings: Arc<Settings>,
+    observations: watch::Receiver<Option<Arc<Observation>>>,
+    epoch: Arc<AtomicU64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Params {
+    lag: Option<String>,
+    link: Option<String>,
+}
+
+/// The health endpoints' router.
+fn router(ctx: Ctx) -> Router {
+    let route = |check: Check| {
+        get(move |s: State<Ctx>, q: Query<Params>| answer(s, q, check))
+            .options(move |s: State<Ctx>, q: Query<Params>| answer(s, q, check))
+    };
+    Router::new()
+        .route("/primary", route(Check::Primary))
+        .route("/master", route(Check::Primary))
+        .route("/replica", route(Check::Replica))
+        .route("/read-only", route(Check::ReadOnly))
+        .route("/health", route(Check::Health))
+        .route("/liveness", route(Check::Liveness))
+        .with_state(ctx)
+}
+
+async fn answer(State(ctx): State<Ctx>, Query(p): Query<Params>, check: Check) -> Response {
+    let bad = |reason: String| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": reason })),
+        )
+            .into_response()
+    };
+    let lag = match p.lag.as_deref().map(parse_lag).transpose() {
+        Ok(lag) => lag,
+        Err(e) => return bad(e),
+    };
+    let Some(obs) = ctx.observations.borrow().clone() else {
+        let body = serde_json::json!({ "reason": "the agent has not observed this host yet" });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    };
+    let instance = match p.link.as_deref() {
+        Some(name) => obs.replication.iter().find(|l| l.name == name),
+        None => obs.replication.first(),
+    }
+    .and_then(|l| l.vrrp_instance.clone())
+    .or_else(|| {
+        obs.replication
+            .is_empty()
+            .then(|| obs.keepalived.instances.first().map(|i| i.name.clone()))
+            .flatten()
+    });
+    let local = Local {
+        fenced: fenced(&ctx.settings, instance.as_deref()),
+        epoch: ctx.epoch.load(Ordering::Relaxed),
+        stale: obs.taken_at.elapsed() > stale_after(&ctx.settings),
+    };
+    match judge(check, &obs, local, p.link.as_deref(), lag) {
+        Ok((true, body)) => (StatusCode::OK, Json(body)).into_response(),
+        Ok((false, body)) => (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response(),
+        Err(e) => bad(e),
+    }
+}
+
+/// Binds `listen` (an error here stops the agent at start: the port is taken or not ours).
+pub async fn bind(listen: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("[health] listen = {listen}: {e}"))
+}
+
+/// Serves the health endpoints on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    settings: Arc<Settings>,
+    observations: watch::Receiver<Option<Arc<Observation>>>,
+    epoch: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+) {
+    let app = router(Ctx {
+        settings,
+        observations,
+        epoch,
+    });
+    let addr = listener.local_addr().ok();
+    tracing::info!(listen = ?addr, "health endpoints for load balancers: /primary /replica /read-only /health /liveness");
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "health endpoints stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hapulse_protocol::{ReplicationKind, VrrpCounters};
+
+    fn instance(state: VrrpState, vips: &[&str], held: &[&str]) -> VrrpInstanceReport {
+        VrrpInstanceReport {
+            name: "VI_1".into(),
+            vrid: Some(51),
+            interface: Some("eth0".into()),
+            state,
+            base_priority: Some(100),
+            effective_priority: Some(100),
+            vips: vips.iter().map(|v| v.to_string()).collect(),
+            held_vips: held.iter().map(|v| v.to_string()).collect(),
+            last_transition: None,
+            counters: VrrpCounters::default(),
+        }
+    }
+
+    fn link(
+        role: ReplicationRole,
+        state: LinkState,
+        lag: Option<(u64, f64)>,
+    ) -> ReplicationLinkReport {
+        ReplicationLinkReport {
+            kind: ReplicationKind::Postgresql,
+            name: "pg".into(),
+            role,
+            peer: None,
+            state,
+            lag_bytes: lag.map(|l| l.0),
+            lag_seconds: lag.map(|l| l.1),
+            vrrp_instance: Some("VI_1".into()),
+            error: None,
+            raw: Default::default(),
+        }
+    }
+
+    fn obs(i: VrrpInstanceReport, links: Vec<ReplicationLinkReport>) -> Observation {
+        Observation {
+            keepalived: KeepalivedReport {
+                running: true,
+                instances: vec![i],
+            },
+            replication: links,
+            taken_at: Instant::now(),
+        }
+    }
+
+    const OK: Local = Local {
+        fenced: false,
+        epoch: 4,
+        stale: false,
+    };
+
+    fn passes(check: Check, o: &Observation, local: Local, lag: Option<LagBound>) -> bool {
+        judge(check, o, local, None, lag).unwrap().0
+    }
+
+    #[test]
+    fn primary_needs_the_database_role_the_vip_and_no_fence() {
+        let vip = "10.0.0.100/32";
+        let master = instance(VrrpState::Master, &[vip], &[vip]);
+        let primary = link(
+            ReplicationRole::Primary,
+            LinkState::Streaming,
+            Some((0, 0.0)),
+        );
+        let good = obs(master.clone(), vec![primary.clone()]);
+        let (ok, body) = judge(Check::Primary, &good, OK, None, None).unwrap();
+        assert!(ok, "{body:?}");
+        assert_eq!(
+            (body.role, body.holds_vip, body.epoch, body.reason),
+            ("primary", Some(true), 4, None)
+        );
+        assert!(passes(Check::ReadOnly, &good, OK, None));
+        assert!(!passes(Check::Replica, &good, OK, None));
+
+        let cases = [
+            (
+                "fenced",
+                obs(master.clone(), vec![primary.clone()]),
+                Local { fenced: true, ..OK },
+            ),
+            (
+                "stale",
+                obs(master.clone(), vec![primary.clone()]),
+                Local { stale: true, ..OK },
+            ),
+            (
+                "VIP elsewhere",
+                obs(
+                    instance(VrrpState::Backup, &[vip], &[]),
+                    vec![primary.clone()],
+                ),
+                OK,
+            ),
+            (
+                "FAULT (fenced by keepalived)",
+                obs(
+                    instance(VrrpState::Fault, &[vip], &[]),
+                    vec![primary.clone()],
+                ),
+                OK,
+            ),
+            (
+                "a standby holding the VIP",
+                obs(
+                    master.clone(),
+                    vec![link(ReplicationRole::Secondary, LinkState::Streaming, None)],
+                ),
+                OK,
+            ),
+            (
+                "database down",
+                obs(
+                    master.clone(),
+                    vec![link(ReplicationRole::Primary, LinkState::Down, None)],
+                ),
+                OK,
+            ),
+        ];
+        for (what, o, local) in cases {
+            let (ok, body) = judge(Check::Primary, &o, local, None, None).unwrap();
+            assert!(!ok, "{what}: {body:?}");
+            assert!(body.reason.is_some(), "{what} says why");
+        }
+        // keepalived down: the tied instance's VIPs are not here.
+        let no_keepalived = Observation {
+            keepalived: KeepalivedReport {
+                running: false,
+                instances: vec![],
+            },
+            ..good.clone()
+        };
+        let (ok, body) = judge(Check::Primary, &no_keepalived, OK, None, None).unwrap();
+        assert!(!ok && body.reason.unwrap().contains("VI_1"));
+        // An instance without VIPs: the database role decides.
+        let no_vip = obs(instance(VrrpState::Backup, &[], &[]), vec![primary]);
+        assert!(passes(Check::Primary, &no_vip, OK, None));
+    }
+
+    #[test]
+    fn replica_needs_a_connected_standby_within_the_lag_bound() {
+        let backup = instance(VrrpState::Backup, &["10.0.0.100/32"], &[]);
+        let standby = |state, lag| {
+            obs(
+                backup.clone(),
+                vec![link(ReplicationRole::Secondary, state, lag)],
+            )
+        };
+        let streaming = standby(LinkState::Streaming, Some((1000, 0.5)));
+        assert!(passes(Check::Replica, &streaming, OK, None));
+        assert!(passes(Check::ReadOnly, &streaming, OK, None));
+        assert!(!passes(Check::Primary, &streaming, OK, None));
+        assert!(passes(
+            Check::Replica,
+            &streaming,
+            OK,
+            Some(LagBound::Bytes(1000))
+        ));
+        assert!(!passes(
+            Check::Replica,
+            &streaming,
+            OK,
+            Some(LagBound::Bytes(999))
+        ));
+        assert!(passes(
+            Check::Replica,
+            &streaming,
+            OK,
+            Some(LagBound::Seconds(0.5))
+        ));
+        assert!(!passes(
+            Check::Replica,
+            &streaming,
+            OK,
+            Some(LagBound::Seconds(0.4))
+        ));
+        let paused = standby(LinkState::Paused, Some((10 << 20, 30.0)));
+        assert!(
+            passes(Check::Replica, &paused, OK, None),
+            "replay paused: still a replica"
+        );
+        assert!(!passes(
+            Check::Replica,
+            &paused,
+            OK,
+            Some(LagBound::Bytes(1 << 20))
+        ));
+        for state in [LinkState::Disconnected, LinkState::Down, LinkState::Stopped] {
+            assert!(
+                !passes(Check::Replica, &standby(state, None), OK, None),
+                "{state:?}"
+            );
+        }
+        let unknown = standby(LinkState::Streaming, None);
+        assert!(
+            !passes(Check::Replica, &unknown, OK, Some(LagBound::Bytes(1))),
+            "unknown lag is not within a bound"
+        );
+        assert!(passes(Check::Health, &unknown, OK, None));
+        assert!(!passes(
+            Check::Health,
+            &standby(LinkState::Down, None),
+            OK,
+            None
+        ));
+    }
+
+    #[test]
+    fn a_link_is_picked_by_name_and_an_unknown_one_is_a_bad_request() {
+        let o = obs(
+            instance(VrrpState::Master, &[], &[]),
+            vec![link(ReplicationRole::Primary, LinkState::Streaming, None)],
+        );
+        assert!(judge(Check::Primary, &o, OK, Some("pg"), None).unwrap().0);
+        let e = judge(Check::Primary, &o, OK, Some("nope"), None).unwrap_err();
+        assert!(e.contains("\"nope\"") && e.contains("pg"), "{e}");
+    }
+
+    #[test]
+    fn without_a_link_the_vrrp_instance_answers() {
+        let vip = "10.0.0.100/32";
+        let master = obs(instance(VrrpState::Master, &[vip], &[vip]), vec![]);
+        assert!(passes(Check::Primary, &master, OK, None));
+        assert!(passes(Check::Health, &master, OK, None));
+        assert!(!passes(Check::Replica, &master, OK, None));
+        let backup = obs(instance(VrrpState::Backup, &[vip], &[]), vec![]);
+        assert!(!passes(Check::Primary, &backup, OK, None));
+        assert!(passes(Check::Liveness, &backup, OK, None));
+    }
+
+    #[test]
+    fn lag_bounds_parse_like_patroni_plus_time() {
+        assert_eq!(parse_lag("16777216"), Ok(LagBound::Bytes(16 << 20)));
+        assert_eq!(parse_lag("16MB"), Ok(LagBound::Bytes(16 << 20)));
+        assert_eq!(parse_lag("64kB"), Ok(LagBound::Bytes(64 << 10)));
+        assert_eq!(parse_lag("1GB"), Ok(LagBound::Bytes(1 << 30)));
+        assert_eq!(parse_lag("10s"), Ok(LagBound::Seconds(10.0)));
+        assert_eq!(parse_lag("500ms"), Ok(LagBound::Seconds(0.5)));
+        assert_eq!(parse_lag("2min"), Ok(LagBound::Seconds(120.0)));
+        for bad in ["", "MB", "-1", "10 parsecs", "1e9", "NaN"] {
+            let e = parse_lag(bad).unwrap_err();
+            assert!(e.contains("bytes") && e.contains("time"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_fence_file_and_the_self_fence_marker_fence() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Settings {
+            state_dir: dir.path().join("state"),
+            ..Settings::default()
+        };
+        std::fs::create_dir_all(&s.state_dir).unwrap();
+        s.actions
+            .track_files
+            .push(crate::config::TrackFileSettings {
+                instance: "VI_1".into(),
+                priority_file: dir.path().join("prio"),
+                fence_file: dir.path().join("fence"),
+            });
+        assert!(!fenced(&s, Some("VI_1")), "no fence file: not fenced");
+        std::fs::write(dir.path().join("fence"), "1\n").unwrap();
+        assert!(fenced(&s, Some("VI_1")));
+        assert!(!fenced(&s, Some("VI_2")), "another instance's fence");
+        assert!(fenced(&s, None));
+        std::fs::write(dir.path().join("fence"), "0\n").unwrap();
+        assert!(!fenced(&s, Some("VI_1")));
+        std::fs::write(crate::track::marker_path(&s.state_dir), "garbage").unwrap();
+        assert!(
+            fenced(&s, Some("VI_1")),
+            "a self-fence marker, even unreadable, fences"
+        );
+    }
+}
