@@ -284,6 +284,24 @@ impl AgentClient {
             .map(|r| r.credential)
     }
 
+    /// `GET base + path` without the credential, with this client's TLS settings and timeout:
+    /// the status and at most 200 characters of the body (`hapulse-agent check` asks each
+    /// server URL for its public `/readyz`).
+    pub async fn get_public(
+        &self,
+        base: &str,
+        path: &str,
+    ) -> Result<(u16, String), reqwest::Error> {
+        let response = self
+            .http
+            .get(format!("{}{path}", base.trim_end_matches('/')))
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        Ok((status, body.chars().take(200).collect()))
+    }
+
     /// Reports how command `id` ended.
     pub async fn send_result(&self, id: Uuid, result: &CommandResult) -> Result<(), SendError> {
         let response = self

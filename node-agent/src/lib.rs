@@ -12,10 +12,12 @@
 //! 4. Probes: [`keepalived`], [`replication`]; [`credential`] (enrollment).
 //! 5. [`commands`] (the executor), then [`arbitration`] (which fences through `track`), and
 //!    [`health`] (load balancers' checks, on the observations and `track`).
-//! 6. [`agent`], which wires the components together; [`simulate`] stands apart, on [`client`].
+//! 6. [`agent`], which wires the components together; [`check`] (`hapulse-agent check`), which
+//!    asks each component once; [`simulate`] stands apart, on [`client`].
 
 pub mod agent;
 pub mod arbitration;
+pub mod check;
 mod child;
 pub mod client;
 pub mod commands;

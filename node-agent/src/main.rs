@@ -32,7 +32,7 @@ struct Cli {
     command: Option<Subcommand>,
     /// TOML configuration file; without it, /etc/hapulse/agent.toml when that file exists.
     /// Every key can also be set as HAPULSE_AGENT_<KEY> (nested: HAPULSE_AGENT_KEEPALIVED__PID_FILE).
-    #[arg(long, short, env = "HAPULSE_AGENT_CONFIG")]
+    #[arg(long, short, env = "HAPULSE_AGENT_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Print every configuration key with its default value and exit.
     #[arg(long)]
@@ -40,11 +40,17 @@ struct Cli {
 }
 
 #[derive(clap::Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start
 enum Subcommand {
     /// Play N agents against a server over the real agent API (load tests; trying hapulse
     /// without root): `hapulse-agent simulate --server-url URL --api-token TOKEN --nodes 1000
     /// --clusters 500 --churn 1`.
     Simulate(hapulse_agent::simulate::SimulateArgs),
+    /// Verify this host before the agent's first start (configuration, state directory,
+    /// keepalived's FIFO, pid file and JSON dump, replication probes, ICMP to the reference and
+    /// peers, the server and the credential or enrollment token, track files, the health
+    /// address): one line per check, exit status 1 when any fails.
+    Check,
 }
 
 fn main() -> ExitCode {
@@ -61,6 +67,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(Subcommand::Check) = cli.command {
+        return check(config_file(cli.config, Path::new(DEFAULT_CONFIG)).as_deref());
+    }
     if let Some(Subcommand::Simulate(args)) = cli.command {
         return simulate(args);
     }
@@ -96,6 +105,23 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `hapulse-agent check`: prints each check's line as it ends; failure when any failed.
+fn check(config: Option<&Path>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hapulse-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let results = runtime.block_on(hapulse_agent::check::run(config, |r| println!("{r}")));
+    if hapulse_agent::check::any_failed(&results) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// `hapulse-agent simulate`: runs until `--duration` or a signal.

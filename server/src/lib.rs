@@ -10,6 +10,7 @@
 pub mod access;
 pub mod agents;
 pub mod alerting;
+pub mod check;
 pub mod config;
 pub mod failover;
 pub mod fleet;

@@ -31,7 +31,8 @@ fn config_file(named: Option<PathBuf>, default: &Path) -> Option<PathBuf> {
     version,
     after_help = "Example: HAPULSE_DATABASE_URL=postgres://hapulse:…@127.0.0.1/hapulse hapulse-server\n\
                   First admin:  hapulse-server user add --admin NAME\n\
-                  Enroll a node: hapulse-server enroll NODE_ID --cluster CLUSTER  (its agent's enrollment_token)\n\
+                  Enroll nodes:  hapulse-server enroll --cluster CLUSTER NODE_ID…  (each agent's enrollment_token)\n\
+                  Before a start: hapulse-server check-config\n\
                   Every key and its default: hapulse-server --print-default-config"
 )]
 struct Cli {
@@ -60,16 +61,31 @@ enum Command {
     },
     /// Create a one-time enrollment token for a node and print it: the agent's
     /// `enrollment_token` (HAPULSE_AGENT_ENROLLMENT_TOKEN), traded for its credential.
+    ///
+    /// With several nodes (`enroll --cluster C node1 node2 …`) or `--output`, one token per
+    /// node as `node=token` lines (or `--format json`): the file a deployment tool hands out
+    /// (docs/deploy.md). A single node without `--output` prints the bare token.
     Enroll {
-        /// The node's id (its agent's `node_id`).
-        node_id: String,
-        /// Its cluster (its agent's `cluster`): the credential reports into this cluster only.
+        /// The nodes' ids (each agent's `node_id`).
+        #[arg(required = true, value_name = "NODE_ID")]
+        node_ids: Vec<String>,
+        /// Their cluster (each agent's `cluster`): the credential reports into this cluster only.
         #[arg(long)]
         cluster: String,
-        /// How long the token works unused (at most 7 days).
-        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        /// How long the tokens work unused (at most 7 days).
+        #[arg(long, visible_alias = "ttl", default_value = "24h", value_parser = humantime::parse_duration)]
         expires_in: std::time::Duration,
+        /// Write the tokens to this file (mode 0600, replaced) instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// `lines` (`node=token`) or `json` (`{"node": "token"}`).
+        #[arg(long, value_enum, default_value = "lines")]
+        format: hapulse_server::agents::bulk::Format,
     },
+    /// Check the configuration before a start: it loads and validates, the database answers
+    /// and is migrated, the listen address binds, the TLS files make a pair, alert receivers
+    /// and fencing hooks are usable. One line per check; exit status 1 when any fails.
+    CheckConfig,
     /// Manage API tokens, directly in the database.
     Token {
         #[command(subcommand)]
@@ -288,6 +304,9 @@ fn main() -> ExitCode {
         print!("{}", Settings::default_toml());
         return ExitCode::SUCCESS;
     }
+    if matches!(cli.command, Some(Command::CheckConfig)) {
+        return check_config(config_file(cli.config, Path::new(DEFAULT_CONFIG)).as_deref());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -322,30 +341,14 @@ fn main() -> ExitCode {
             Command::User { action } => user_command(&settings, action).await,
             Command::Token { action } => token_command(&settings, action).await,
             Command::Enroll {
-                node_id,
+                node_ids,
                 cluster,
                 expires_in,
-            } => {
-                let pool = connect_migrated(&settings).await?;
-                let created = hapulse_server::agents::enrollment::create(
-                    &pool, &node_id, &cluster, expires_in, "cli",
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-                audit_cli(
-                    &pool,
-                    "enrollment_create",
-                    &node_id,
-                    serde_json::json!({ "cluster": created.cluster, "expires_at": created.expires_at }),
-                )
-                .await?;
-                eprintln!(
-                    "enrollment token for {node_id} in cluster {cluster}, valid until {} (once):",
-                    created.expires_at.format("%Y-%m-%d %H:%M UTC")
-                );
-                println!("{}", created.token);
-                Ok(())
-            }
+                output,
+                format,
+            } => enroll_command(&settings, &node_ids, &cluster, expires_in, output, format).await,
+            // Handled before the configuration is loaded.
+            Command::CheckConfig => Ok(()),
             Command::Serve => {
                 let listener = tokio::net::TcpListener::bind(settings.listen)
                     .await
@@ -362,6 +365,74 @@ fn main() -> ExitCode {
             tracing::error!(error = %format!("{e:#}"), "hapulse-server failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `enroll`: one token per node, all or none of the names accepted, each audited.
+async fn enroll_command(
+    settings: &Settings,
+    node_ids: &[String],
+    cluster: &str,
+    expires_in: std::time::Duration,
+    output: Option<PathBuf>,
+    format: hapulse_server::agents::bulk::Format,
+) -> anyhow::Result<()> {
+    use hapulse_server::agents::bulk;
+    bulk::validate(node_ids, cluster, expires_in).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pool = connect_migrated(settings).await?;
+    let created = bulk::create_all(&pool, node_ids, cluster, expires_in, "cli")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for c in &created {
+        let detail = serde_json::json!({ "cluster": c.cluster, "expires_at": c.expires_at });
+        audit_cli(&pool, "enrollment_create", &c.node_id, detail).await?;
+    }
+    let until = created
+        .first()
+        .map(|c| c.expires_at.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_default();
+    match (&created[..], output) {
+        ([one], None) => {
+            eprintln!(
+                "enrollment token for {} in cluster {cluster}, valid until {until} (once):",
+                one.node_id
+            );
+            println!("{}", one.token);
+        }
+        (all, None) => {
+            eprintln!(
+                "{} enrollment tokens in cluster {cluster}, valid until {until} (once each):",
+                all.len()
+            );
+            print!("{}", bulk::render(all, format));
+        }
+        (all, Some(path)) => {
+            bulk::write_private(&path, &bulk::render(all, format))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            eprintln!(
+                "{} enrollment tokens in cluster {cluster}, valid until {until} (once each), written to {} (0600)",
+                all.len(),
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `check-config`: prints each check's line as it ends; failure when any failed.
+fn check_config(config: Option<&Path>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hapulse-server: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let results = runtime.block_on(hapulse_server::check::run(config, |r| println!("{r}")));
+    if hapulse_server::check::any_failed(&results) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

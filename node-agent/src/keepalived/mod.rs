@@ -14,4 +14,4 @@ pub mod fifo;
 mod probe;
 pub mod vips;
 
-pub use probe::{live_pid, KeepalivedProbe};
+pub use probe::{json_signal_number, live_pid, KeepalivedProbe};

@@ -187,7 +187,7 @@ impl KeepalivedProbe {
 }
 
 /// Asks `keepalived --signum=JSON` for the JSON dump signal number (36 on Debian's 2.2.7).
-async fn json_signal_number(binary: &std::path::Path) -> std::io::Result<i32> {
+pub async fn json_signal_number(binary: &std::path::Path) -> std::io::Result<i32> {
     let output = tokio::time::timeout(
         Duration::from_secs(5),
         tokio::process::Command::new(binary)

@@ -2,5 +2,6 @@
 //! epoch-fenced command channel (commands stored before they are sent, long polls woken when
 //! one is issued).
 
+pub mod bulk;
 pub mod commands;
 pub mod enrollment;

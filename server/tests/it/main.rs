@@ -3,9 +3,11 @@
 //! `DATABASE_URL`), and is driven through the agent's own HTTP client.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
+mod agent_check;
 mod alerting;
 mod api;
 mod browser;
+mod check_config;
 mod cli;
 mod failover_api;
 mod harness;
