@@ -347,6 +347,19 @@ impl Default for AlertSettings {
         AlertSettings {
             evaluate_interval: Duration::from_secs(1),
             repeat_interval: Duration::from_secs(4 * 3600),
+    /// Slack incoming webhooks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slack: Vec<crate::alerting::receivers::SlackReceiver>,
+    /// PagerDuty Events API v2 integrations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pagerduty: Vec<crate::alerting::receivers::PagerDutyReceiver>,
+    /// Alertmanagers alerts are forwarded to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alertmanager: Vec<crate::alerting::receivers::AlertmanagerReceiver>,
+    /// A directory whose `summary.txt`, `description.txt`, `slack.txt` replace the built-in
+    /// message templates of the HTTP receivers (minijinja; `alerting::templates`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_dir: Option<std::path::PathBuf>,
             lag_bytes_threshold: 64 << 20,
             lag_seconds_threshold: 60.0,
             lag_for: Duration::from_secs(60),
@@ -367,6 +380,10 @@ impl Default for AlertSettings {
 /// Thresholds for one cluster; any left out are the global ones in [`AlertSettings`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+            slack: Vec::new(),
+            pagerduty: Vec::new(),
+            alertmanager: Vec::new(),
+            template_dir: None,
 pub struct ClusterThresholds {
     /// See [`AlertSettings::lag_bytes_threshold`].
     pub lag_bytes_threshold: Option<u64>,
@@ -419,6 +436,56 @@ impl AlertSettings {
             lag_bytes: o.lag_bytes_threshold.unwrap_or(self.lag_bytes_threshold),
             lag_seconds: o
                 .lag_seconds_threshold
+    /// The HTTP receivers' URLs and formats, and every message template (parsed now, so that a
+    /// broken one stops the start rather than a message).
+    fn validate_receivers(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason| Err(ConfigError::Invalid { key, reason });
+        let http = |url: &str| url.starts_with("http://") || url.starts_with("https://");
+        if self.webhook.iter().any(|w| !http(&w.url)) {
+            return invalid("alerts.webhook", "url must be http(s)");
+        }
+        if self
+            .webhook
+            .iter()
+            .any(|w| !["", "plain", "hapulse"].contains(&w.format.as_str()))
+        {
+            return invalid("alerts.webhook", "format must be plain or hapulse");
+        }
+        if self.slack.iter().any(|r| !http(r.url.expose_secret()))
+            || self.pagerduty.iter().any(|r| !http(&r.url))
+            || self.alertmanager.iter().any(|r| !http(&r.url))
+        {
+            return invalid(
+                "alerts.slack, alerts.pagerduty, alerts.alertmanager",
+                "url must be http(s)",
+            );
+        }
+        use crate::alerting::templates::Templates;
+        let dir = self.template_dir.as_deref();
+        Templates::load(dir, None)?;
+        let own = self
+            .webhook
+            .iter()
+            .map(|r| ("description.txt", &r.template_file))
+            .chain(
+                self.alertmanager
+                    .iter()
+                    .map(|r| ("description.txt", &r.template_file)),
+            )
+            .chain(self.slack.iter().map(|r| ("slack.txt", &r.template_file)))
+            .chain(
+                self.pagerduty
+                    .iter()
+                    .map(|r| ("summary.txt", &r.template_file)),
+            );
+        for (name, file) in own {
+            if let Some(file) = file {
+                Templates::load(dir, Some((name, file)))?;
+            }
+        }
+        Ok(())
+    }
+
                 .unwrap_or(self.lag_seconds_threshold),
             lag_for: o.lag_for.unwrap_or(self.lag_for),
             flap_max_changes: o.flap_max_changes.unwrap_or(self.flap_max_changes),
@@ -510,8 +577,8 @@ pub struct SmsReceiver {
     pub clusters: Vec<String>,
 }
 
-/// A JSON POST per notification.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A JSON POST per message.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookReceiver {
     /// Name, for the delivery log.
@@ -525,6 +592,24 @@ pub struct WebhookReceiver {
     #[serde(default)]
     pub clusters: Vec<String>,
 }
+    /// `plain` (default: `{subject, text}`) or `hapulse` (structured: README, "Alerts").
+    #[serde(default)]
+    pub format: String,
+    /// Extra headers (e.g. `Authorization`). Values are secrets: never logged or printed.
+    #[serde(
+        default,
+        serialize_with = "crate::alerting::receivers::serialize_redacted_map"
+    )]
+    pub headers: std::collections::BTreeMap<String, SecretString>,
+    /// Signs each body: `X-Hapulse-Signature: sha256=<hex HMAC-SHA256 of the body>`. A secret.
+    #[serde(
+        default,
+        serialize_with = "crate::alerting::receivers::serialize_redacted_opt"
+    )]
+    pub hmac_secret: Option<SecretString>,
+    /// A minijinja template for each alert's `description` (format `hapulse`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_file: Option<std::path::PathBuf>,
 
 fn default_smtp_port() -> u16 {
     25
@@ -740,6 +825,9 @@ impl Settings {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return invalid("advertise_url", "must start with http:// or https://");
             }
+    /// A message template does not parse (`alerts.template_dir`, a receiver's `template_file`).
+    #[error("configuration: {0}")]
+    Template(#[from] crate::alerting::templates::TemplateError),
         }
         if self.max_event_streams_per_principal == 0 {
             return invalid("max_event_streams_per_principal", "must be at least 1");
@@ -891,3 +979,4 @@ mod tests {
         });
     }
 }
+        a.validate_receivers()?;

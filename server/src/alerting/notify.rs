@@ -1,5 +1,6 @@
 //! Notifications: a durable outbox in PostgreSQL, delivered by email (SMTP, with lettre), SMS (an
-//! HTTP gateway) and webhooks (a JSON POST).
+//! HTTP gateway), webhooks (a JSON POST), Slack, PagerDuty and Alertmanager (the last three and
+//! the webhook's `hapulse` format in `alerting::http_receivers`).
 //!
 //! A notification is a row before anything is sent. The sender claims due rows (moving their
 //! next attempt a minute ahead, so a crash mid-send retries rather than loses them), sends, and
@@ -19,8 +20,9 @@ use sqlx::{PgPool, Postgres, Row, Transaction};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::alerting::http_receivers::{self, transport_error};
 use crate::alerting::rules::Condition;
-use crate::config::{AlertSettings, EmailReceiver, SmsReceiver, WebhookReceiver};
+use crate::config::{AlertSettings, EmailReceiver, SmsReceiver};
 use crate::state::AppState;
 
 /// Attempts before a notification is given up as `failed`.
@@ -31,8 +33,8 @@ fn wants(list: &[String], value: &str) -> bool {
     list.is_empty() || list.iter().any(|s| s == value)
 }
 
-/// The receivers (`email:NAME`, `sms:NAME:NUMBER`, `webhook:NAME`) routed an alert of
-/// `severity` in `cluster`.
+/// The receivers (`email:NAME`, `sms:NAME:NUMBER`, `webhook:NAME`, `slack:NAME`,
+/// `pagerduty:NAME`, `alertmanager:NAME`) routed an alert of `severity` in `cluster`.
 fn receivers(settings: &AlertSettings, severity: &str, cluster: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     out.extend(
@@ -56,11 +58,37 @@ fn receivers(settings: &AlertSettings, severity: &str, cluster: &str) -> Vec<Str
             .filter(|w| wants(&w.severities, severity) && wants(&w.clusters, cluster))
             .map(|w| format!("webhook:{}", w.name)),
     );
+    out.extend(
+        http_routes(settings)
+            .filter(|(_, _, severities, clusters)| {
+                wants(severities, severity) && wants(clusters, cluster)
+            })
+            .map(|(kind, name, _, _)| format!("{kind}:{name}")),
+    );
     out
 }
 
+/// The Slack, PagerDuty and Alertmanager receivers: kind, name, severities, clusters.
+fn http_routes(
+    settings: &AlertSettings,
+) -> impl Iterator<Item = (&'static str, &str, &[String], &[String])> {
+    let slack = settings.slack.iter().map(|r| {
+        let (name, s, c) = (r.name.as_str(), &r.severities[..], &r.clusters[..]);
+        ("slack", name, s, c)
+    });
+    let pagerduty = settings.pagerduty.iter().map(|r| {
+        let (name, s, c) = (r.name.as_str(), &r.severities[..], &r.clusters[..]);
+        ("pagerduty", name, s, c)
+    });
+    let alertmanager = settings.alertmanager.iter().map(|r| {
+        let (name, s, c) = (r.name.as_str(), &r.severities[..], &r.clusters[..]);
+        ("alertmanager", name, s, c)
+    });
+    slack.chain(pagerduty).chain(alertmanager)
+}
+
 /// Every configured receiver as the `receiver` label of `hapulse_notifications_total` names it
-/// (`email:NAME`, `sms:NAME`, `webhook:NAME`: [`crate::metrics::receiver_label`]).
+/// (`email:NAME`, `sms:NAME`, `webhook:NAME`, `slack:NAME`, …: [`crate::metrics::receiver_label`]).
 pub fn receiver_labels(settings: &AlertSettings) -> Vec<String> {
     let email = settings.email.iter().map(|e| format!("email:{}", e.name));
     let sms = settings.sms.iter().map(|s| format!("sms:{}", s.name));
@@ -68,7 +96,8 @@ pub fn receiver_labels(settings: &AlertSettings) -> Vec<String> {
         .webhook
         .iter()
         .map(|w| format!("webhook:{}", w.name));
-    email.chain(sms).chain(webhook).collect()
+    let http = http_routes(settings).map(|(kind, name, _, _)| format!("{kind}:{name}"));
+    email.chain(sms).chain(webhook).chain(http).collect()
 }
 
 /// The message body (`web/templates/notification.txt`): what, where, since when, and the link
@@ -302,7 +331,7 @@ async fn deliver_due(state: &AppState, http: &reqwest::Client) -> Result<usize, 
     for m in group(rows.into_iter().map(|(_, r)| r).collect()) {
         let subject = m.text().0;
         let receiver = shown_receiver(&m.receiver);
-        match send(&state.settings.alerts, http, &m)
+        match send(&state.db, &state.settings.alerts, http, &m)
             .await
             .map_err(|e| redact(&state.settings.alerts, &e))
         {
@@ -342,6 +371,7 @@ async fn deliver_due(state: &AppState, http: &reqwest::Client) -> Result<usize, 
 
 /// Sends one message to the receiver named `kind:name[:to]`.
 async fn send(
+    db: &PgPool,
     settings: &AlertSettings,
     http: &reqwest::Client,
     m: &Outgoing,
@@ -377,7 +407,46 @@ async fn send(
                 .iter()
                 .find(|w| w.name == name)
                 .ok_or(format!("no webhook receiver {name:?} configured any more"))?;
-            send_webhook(http, r, subject, body).await
+            http_receivers::send_webhook(db, http, settings, r, &m.ids, (subject, body)).await
+        }
+        _ => send_http(db, settings, http, m, (kind, name), subject).await,
+    }
+}
+
+/// Sends one message to a Slack, PagerDuty or Alertmanager receiver.
+async fn send_http(
+    db: &PgPool,
+    settings: &AlertSettings,
+    http: &reqwest::Client,
+    m: &Outgoing,
+    (kind, name): (&str, &str),
+    subject: &str,
+) -> Result<(), String> {
+    let gone = || format!("no {kind} receiver {name:?} configured any more");
+    match kind {
+        "slack" => {
+            let r = settings
+                .slack
+                .iter()
+                .find(|r| r.name == name)
+                .ok_or_else(gone)?;
+            http_receivers::send_slack(db, http, settings, r, &m.ids, subject).await
+        }
+        "pagerduty" => {
+            let r = settings
+                .pagerduty
+                .iter()
+                .find(|r| r.name == name)
+                .ok_or_else(gone)?;
+            http_receivers::send_pagerduty(db, http, settings, r, &m.ids).await
+        }
+        "alertmanager" => {
+            let r = settings
+                .alertmanager
+                .iter()
+                .find(|r| r.name == name)
+                .ok_or_else(gone)?;
+            http_receivers::send_alertmanager(db, http, settings, r, &m.ids).await
         }
         other => Err(format!("unknown receiver kind {other:?}")),
     }
@@ -507,54 +576,32 @@ async fn send_twilio(
     }
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-struct WebhookBody<'a> {
-    subject: &'a str,
-    text: &'a str,
-}
-
-async fn send_webhook(
-    http: &reqwest::Client,
-    r: &WebhookReceiver,
-    subject: &str,
-    body: &str,
-) -> Result<(), String> {
-    let response = http
-        .post(&r.url)
-        .json(&WebhookBody {
-            subject,
-            text: body,
-        })
-        .send()
-        .await
-        .map_err(|e| format!("webhook {}: {}", r.name, transport_error(e)))?;
-    if response.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!("webhook {} answered {}", r.name, response.status()))
-    }
-}
-
-/// What went wrong with an HTTP request, without its URL (a webhook's or gateway's URL often
-/// carries its secret): the error and its causes.
-fn transport_error(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(&e);
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
 /// Every secret the receivers' configuration holds: URLs (with their paths and queries), header
 /// values, tokens, passwords, and the phone numbers and addresses messages go to.
 fn secrets(settings: &AlertSettings) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
+    let values = |h: &std::collections::BTreeMap<String, secrecy::SecretString>| {
+        h.values()
+            .map(|v| v.expose_secret().to_string())
+            .collect::<Vec<_>>()
+    };
     for r in &settings.webhook {
         out.push(r.url.clone());
+        out.extend(values(&r.headers));
+        out.extend(r.hmac_secret.iter().map(|t| t.expose_secret().to_string()));
+    }
+    for r in &settings.slack {
+        out.push(r.url.expose_secret().to_string());
+    }
+    for r in &settings.pagerduty {
+        out.push(r.routing_key.expose_secret().to_string());
+        if r.url != crate::alerting::receivers::PAGERDUTY_EVENTS_URL {
+            out.push(r.url.clone());
+        }
+    }
+    for r in &settings.alertmanager {
+        out.push(r.url.clone());
+        out.extend(values(&r.headers));
     }
     for r in &settings.sms {
         out.push(r.url.clone());
@@ -662,6 +709,7 @@ mod tests {
                 url: "http://127.0.0.1:9/".into(),
                 severities: severities.iter().map(|s| s.to_string()).collect(),
                 clusters: clusters.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
             };
         settings.webhook = vec![
             receiver("all", &[], &[]),

@@ -181,6 +181,7 @@ async fn node_down_is_mailed_texted_and_posted_once_and_resolved(pool: PgPool) {
         url: format!("http://{gateway_addr}/hook"),
         severities: vec![],
         clusters: vec![],
+        ..Default::default()
     }];
     let server = TestServer::start_on(pool, s).await;
     let agent = server.agent();
@@ -366,6 +367,7 @@ async fn silences_mute_and_acknowledgements_stop_repeats(pool: PgPool) {
         url: format!("http://{gateway_addr}/hook"),
         severities: vec![],
         clusters: vec![],
+        ..Default::default()
     }];
     let server = TestServer::start_on(pool, s).await;
     let post_json = |path: &str, body: serde_json::Value| {
@@ -734,6 +736,7 @@ async fn receivers_secrets_are_in_no_answer_and_no_stored_error(pool: PgPool) {
         url: hook_url.clone(),
         severities: vec![],
         clusters: vec![],
+        ..Default::default()
     }];
     let server = TestServer::start_on(pool, s).await;
     let mut ra = report("a", Uuid::new_v4(), 1, VrrpState::Master, true);

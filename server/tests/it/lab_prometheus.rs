@@ -376,6 +376,7 @@ async fn every_dashboard_and_alert_rule_query_returns_data_from_a_real_prometheu
         url: webhook_sink(lab.net).await,
         severities: Vec::new(),
         clusters: Vec::new(),
+        ..Default::default()
     }];
     let server = lab.start_server_with(pool.clone(), s).await;
     let (_, token) = hapulse_server::access::auth::create_token(

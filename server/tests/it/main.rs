@@ -22,6 +22,7 @@ mod lab_safety;
 mod layout;
 mod openapi;
 mod packaging;
+mod receivers;
 mod replicas;
 mod security;
 mod simulate;

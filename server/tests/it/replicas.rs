@@ -455,6 +455,7 @@ async fn an_alert_is_sent_once_across_a_change_of_leader(pool: PgPool) {
         url: format!("http://{gateway}/hook"),
         severities: vec![],
         clusters: vec![],
+        ..Default::default()
     }];
     let a = TestServer::start_on(pool.clone(), s.clone()).await;
     let b = TestServer::start_replica(pool, s, false).await;
