@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
+    /// Log lines on standard error: `text` (default) or `json`, one object per line, for a log
+    /// shipper. `RUST_LOG` sets the levels.
+    #[serde(default)]
+    pub log_format: hapulse_protocol::logging::LogFormat,
     /// Base URL of the hapulse server, e.g. `https://hapulse.example.net`, or of each of its
     /// replicas (a list, or in the environment one string separated by commas): the agent
     /// reports to the one that leads. Plain `http://` only to a loopback address, or with
@@ -388,6 +392,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             server_url: vec!["http://127.0.0.1:8080".into()],
+            log_format: Default::default(),
             node_id: String::new(),
             cluster: String::new(),
             enrollment_token: None,

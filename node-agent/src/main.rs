@@ -59,18 +59,11 @@ fn main() -> ExitCode {
         print!("{}", Settings::default_toml());
         return ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     if let Some(Subcommand::Check) = cli.command {
         return check(config_file(cli.config, Path::new(DEFAULT_CONFIG)).as_deref());
     }
     if let Some(Subcommand::Simulate(args)) = cli.command {
+        hapulse_protocol::logging::init(Default::default(), "info");
         return simulate(args);
     }
     let settings =
@@ -81,6 +74,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+    hapulse_protocol::logging::init(settings.log_format, "info");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

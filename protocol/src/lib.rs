@@ -12,6 +12,8 @@
 
 use std::fmt;
 
+#[cfg(feature = "logging")]
+pub mod logging;
 #[cfg(feature = "testing")]
 pub mod testing;
 

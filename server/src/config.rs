@@ -2,7 +2,7 @@
 //! environment variables (nested keys with a double underscore: `HAPULSE_DETECTOR__DOWN_AFTER_MISSED`).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -14,6 +14,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
+    /// Log lines on standard error: `text` (default) or `json`, one object per line, for a log
+    /// shipper. `RUST_LOG` sets the levels.
+    #[serde(default)]
+    pub log_format: hapulse_protocol::logging::LogFormat,
+    /// Where these settings were read from, so SIGHUP can read them again (not a key).
+    #[serde(skip)]
+    pub source: Source,
     /// Address of the HTTP listener (UI, REST API, agent API, /metrics). Default `127.0.0.1:8080`.
     pub listen: SocketAddr,
     /// PostgreSQL URL, e.g. `postgres://hapulse:secret@127.0.0.1:5432/hapulse`. Required.
@@ -340,13 +347,6 @@ pub struct AlertSettings {
     /// Webhook receivers (a JSON POST).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub webhook: Vec<WebhookReceiver>,
-}
-
-impl Default for AlertSettings {
-    fn default() -> Self {
-        AlertSettings {
-            evaluate_interval: Duration::from_secs(1),
-            repeat_interval: Duration::from_secs(4 * 3600),
     /// Slack incoming webhooks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub slack: Vec<crate::alerting::receivers::SlackReceiver>,
@@ -360,6 +360,13 @@ impl Default for AlertSettings {
     /// message templates of the HTTP receivers (minijinja; `alerting::templates`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        AlertSettings {
+            evaluate_interval: Duration::from_secs(1),
+            repeat_interval: Duration::from_secs(4 * 3600),
             lag_bytes_threshold: 64 << 20,
             lag_seconds_threshold: 60.0,
             lag_for: Duration::from_secs(60),
@@ -373,6 +380,10 @@ impl Default for AlertSettings {
             email: Vec::new(),
             sms: Vec::new(),
             webhook: Vec::new(),
+            slack: Vec::new(),
+            pagerduty: Vec::new(),
+            alertmanager: Vec::new(),
+            template_dir: None,
         }
     }
 }
@@ -380,10 +391,6 @@ impl Default for AlertSettings {
 /// Thresholds for one cluster; any left out are the global ones in [`AlertSettings`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-            slack: Vec::new(),
-            pagerduty: Vec::new(),
-            alertmanager: Vec::new(),
-            template_dir: None,
 pub struct ClusterThresholds {
     /// See [`AlertSettings::lag_bytes_threshold`].
     pub lag_bytes_threshold: Option<u64>,
@@ -429,13 +436,6 @@ pub struct Thresholds {
 }
 
 impl AlertSettings {
-    /// The thresholds for `cluster`.
-    pub fn thresholds(&self, cluster: &str) -> Thresholds {
-        let o = self.clusters.get(cluster).cloned().unwrap_or_default();
-        Thresholds {
-            lag_bytes: o.lag_bytes_threshold.unwrap_or(self.lag_bytes_threshold),
-            lag_seconds: o
-                .lag_seconds_threshold
     /// The HTTP receivers' URLs and formats, and every message template (parsed now, so that a
     /// broken one stops the start rather than a message).
     fn validate_receivers(&self) -> Result<(), ConfigError> {
@@ -486,6 +486,13 @@ impl AlertSettings {
         Ok(())
     }
 
+    /// The thresholds for `cluster`.
+    pub fn thresholds(&self, cluster: &str) -> Thresholds {
+        let o = self.clusters.get(cluster).cloned().unwrap_or_default();
+        Thresholds {
+            lag_bytes: o.lag_bytes_threshold.unwrap_or(self.lag_bytes_threshold),
+            lag_seconds: o
+                .lag_seconds_threshold
                 .unwrap_or(self.lag_seconds_threshold),
             lag_for: o.lag_for.unwrap_or(self.lag_for),
             flap_max_changes: o.flap_max_changes.unwrap_or(self.flap_max_changes),
@@ -585,13 +592,6 @@ pub struct WebhookReceiver {
     pub name: String,
     /// URL.
     pub url: String,
-    /// Severities sent here (default all).
-    #[serde(default)]
-    pub severities: Vec<String>,
-    /// Clusters sent here (default all).
-    #[serde(default)]
-    pub clusters: Vec<String>,
-}
     /// `plain` (default: `{subject, text}`) or `hapulse` (structured: README, "Alerts").
     #[serde(default)]
     pub format: String,
@@ -610,6 +610,13 @@ pub struct WebhookReceiver {
     /// A minijinja template for each alert's `description` (format `hapulse`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_file: Option<std::path::PathBuf>,
+    /// Severities sent here (default all).
+    #[serde(default)]
+    pub severities: Vec<String>,
+    /// Clusters sent here (default all).
+    #[serde(default)]
+    pub clusters: Vec<String>,
+}
 
 fn default_smtp_port() -> u16 {
     25
@@ -683,7 +690,63 @@ pub struct HistorySettings {
 }
 
 /// Environment keys (after `HAPULSE_`, lower case) that belong to the server; `__` ends a section.
-const SERVER_ENV_KEYS: [&str; 16] = [
+/// Where [`Settings`] came from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Source {
+    /// Built in code (tests, tools): nothing to read again.
+    #[default]
+    Code,
+    /// [`Settings::load`]ed from `file` (None: defaults and the environment only).
+    Loaded {
+        /// The `--config` file, if any.
+        file: Option<PathBuf>,
+    },
+}
+
+/// What a reload changed ([`Settings::reloaded`]).
+#[derive(Debug, Default, PartialEq)]
+pub struct Reload {
+    /// Keys now running with their new values, e.g. `failover.clusters.db.mode`.
+    pub applied: Vec<String>,
+    /// Keys that changed in the file but keep their running values until a restart.
+    pub needs_restart: Vec<String>,
+}
+
+/// The settings as JSON, secrets redacted (for [`changed_keys`]).
+fn json(s: &Settings) -> serde_json::Value {
+    serde_json::to_value(s).unwrap_or_default()
+}
+
+/// Appends to `out` the dotted paths (under `prefix`) where `a` and `b` differ: objects are
+/// compared key by key, anything else as a whole.
+fn changed_keys(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for key in keys {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                let none = Value::Null;
+                changed_keys(
+                    &path,
+                    x.get(key).unwrap_or(&none),
+                    y.get(key).unwrap_or(&none),
+                    out,
+                );
+            }
+        }
+        _ if a != b => out.push(prefix.to_string()),
+        _ => {}
+    }
+}
+
+const SERVER_ENV_KEYS: [&str; 18] = [
+    "log_format",
+    "metrics__",
     "auth__",
     "tls__",
     "listen",
@@ -724,6 +787,8 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            log_format: Default::default(),
+            source: Source::Code,
             database_url: SecretString::from(""),
             database_max_connections: 10,
             request_timeout: Duration::from_secs(30),
@@ -760,6 +825,9 @@ pub enum ConfigError {
     /// The file or an environment variable did not parse or has a wrong type.
     #[error("configuration: {0}")]
     Load(#[from] Box<figment::Error>),
+    /// A message template does not parse (`alerts.template_dir`, a receiver's `template_file`).
+    #[error("configuration: {0}")]
+    Template(#[from] crate::alerting::templates::TemplateError),
     /// A value parsed but is not acceptable.
     #[error("configuration key `{key}`: {reason}")]
     Invalid {
@@ -793,9 +861,52 @@ impl Settings {
                     .any(|k| key == *k || (k.ends_with("__") && key.starts_with(k)))
             })
             .split("__");
-        let settings: Settings = figment.merge(env).extract().map_err(Box::new)?;
+        let mut settings: Settings = figment.merge(env).extract().map_err(Box::new)?;
         settings.validate()?;
+        settings.source = Source::Loaded {
+            file: file.map(Path::to_path_buf),
+        };
         Ok(settings)
+    }
+
+    /// Reads the configuration again from where it was loaded (SIGHUP) and returns what to run
+    /// with ([`Settings::reloaded`]); `None` for settings built in code. Errors: the new
+    /// configuration does not load or validate (the running one stays as it is).
+    pub fn reload(&self) -> Result<Option<(Settings, Reload)>, ConfigError> {
+        match &self.source {
+            Source::Code => Ok(None),
+            Source::Loaded { file } => {
+                let new = Settings::load(file.as_deref())?;
+                Ok(Some(self.reloaded(&new)))
+            }
+        }
+    }
+
+    /// The settings to run with after reading `new`: the sections that can change while the
+    /// server runs — alert rules, thresholds and receivers (`[alerts]`), failover policies
+    /// (`[failover]`) and the failure detector's thresholds (`[detector]`) — from `new`;
+    /// everything else, and the period of those sections' own loops (`alerts.evaluate_interval`,
+    /// `failover.interval`, `detector.check_interval`), as they run now. The report names the
+    /// changed keys (dotted, never a value: some are secrets; a changed secret alone is applied
+    /// but not named).
+    pub fn reloaded(&self, new: &Settings) -> (Settings, Reload) {
+        let mut next = self.clone();
+        next.alerts = AlertSettings {
+            evaluate_interval: self.alerts.evaluate_interval,
+            ..new.alerts.clone()
+        };
+        next.failover = FailoverSettings {
+            interval: self.failover.interval,
+            ..new.failover.clone()
+        };
+        next.detector = DetectorSettings {
+            check_interval: self.detector.check_interval,
+            ..new.detector
+        };
+        let mut report = Reload::default();
+        changed_keys("", &json(self), &json(&next), &mut report.applied);
+        changed_keys("", &json(&next), &json(new), &mut report.needs_restart);
+        (next, report)
     }
 
     /// The defaults as TOML (`--print-default-config`).
@@ -825,9 +936,6 @@ impl Settings {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return invalid("advertise_url", "must start with http:// or https://");
             }
-    /// A message template does not parse (`alerts.template_dir`, a receiver's `template_file`).
-    #[error("configuration: {0}")]
-    Template(#[from] crate::alerting::templates::TemplateError),
         }
         if self.max_event_streams_per_principal == 0 {
             return invalid("max_event_streams_per_principal", "must be at least 1");
@@ -903,6 +1011,7 @@ impl Settings {
                 "security must be none, starttls or tls, and `to` must name someone",
             );
         }
+        a.validate_receivers()?;
         if a.sms.iter().any(|s| {
             s.to.is_empty() || !(s.url.starts_with("http://") || s.url.starts_with("https://"))
         }) {
@@ -942,6 +1051,67 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_key_can_be_set_from_the_environment() {
+        let value = json(&Settings::default());
+        for (key, v) in value.as_object().unwrap() {
+            let name = if v.is_object() {
+                format!("{key}__")
+            } else {
+                key.clone()
+            };
+            assert!(
+                SERVER_ENV_KEYS.contains(&name.as_str()),
+                "HAPULSE_{} is ignored",
+                name.to_uppercase()
+            );
+        }
+    }
+
+    #[test]
+    fn a_reload_takes_policies_thresholds_and_receivers_and_names_what_needs_a_restart() {
+        let running = Settings {
+            database_url: SecretString::from("postgres://u:old-secret@h/db"),
+            ..Settings::default()
+        };
+        let mut file = running.clone();
+        file.detector.down_after_missed = 5;
+        file.detector.check_interval = running.detector.check_interval * 3;
+        file.alerts.lag_bytes_threshold = 1 << 20;
+        file.failover.automatic_enabled = !running.failover.automatic_enabled;
+        file.listen = "127.0.0.1:9999".parse().unwrap();
+        file.database_url = SecretString::from("postgres://u:new-secret@h/db");
+        let (next, report) = running.reloaded(&file);
+        assert_eq!(next.detector.down_after_missed, 5);
+        assert_eq!(next.alerts.lag_bytes_threshold, 1 << 20);
+        assert_eq!(
+            next.failover.automatic_enabled,
+            file.failover.automatic_enabled
+        );
+        assert_eq!(next.listen, running.listen, "the listener needs a restart");
+        assert_eq!(
+            next.detector.check_interval,
+            running.detector.check_interval
+        );
+        assert_eq!(
+            next.database_url.expose_secret(),
+            "postgres://u:old-secret@h/db"
+        );
+        assert_eq!(
+            report.applied,
+            [
+                "alerts.lag_bytes_threshold",
+                "detector.down_after_missed",
+                "failover.automatic_enabled"
+            ]
+        );
+        assert_eq!(report.needs_restart, ["detector.check_interval", "listen"]);
+        let shown = format!("{report:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        // Nothing changed: nothing to say.
+        assert_eq!(running.reloaded(&running).1, Reload::default());
+    }
+
+    #[test]
     fn defaults_render_and_secrets_never_print() {
         let text = Settings::default_toml();
         assert!(text.contains("listen = \"127.0.0.1:8080\""), "{text}");
@@ -979,4 +1149,3 @@ mod tests {
         });
     }
 }
-        a.validate_receivers()?;

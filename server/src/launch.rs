@@ -76,13 +76,16 @@ pub async fn serve(
             crate::leadership::campaign(
                 &state.leadership,
                 &state.db,
-                state.settings.leader_lease,
+                state.settings().leader_lease,
                 &work,
                 stop,
             )
             .await;
         }
     });
+    if settings.source != crate::config::Source::Code {
+        tokio::spawn(reload_on_sighup(state.clone(), shutdown.clone()));
+    }
     // Migrated, state loaded, the listener bound (connections queue until it accepts).
     crate::systemd::ready(listener.local_addr()?);
     let served = serve_http(&settings, state, listener, shutdown).await;
@@ -93,6 +96,40 @@ pub async fn serve(
     let _ = history_task.await;
     tracing::info!("hapulse-server stopped");
     Ok(())
+}
+
+/// On each SIGHUP until `shutdown`: reads the configuration again and runs with its alert,
+/// failover and detector sections ([`Settings::reloaded`]), logging the keys it applied and
+/// those that need a restart; a configuration that does not load changes nothing (logged).
+async fn reload_on_sighup(state: AppState, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: the configuration is not reloadable");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            Some(()) = hangups.recv() => {}
+        }
+        match state.settings().reload() {
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: the configuration does not load; still running the previous one")
+            }
+            Ok(None) => {}
+            Ok(Some((next, report))) => {
+                state.replace_settings(next);
+                tracing::info!(applied = ?report.applied, "SIGHUP: configuration reloaded");
+                if !report.needs_restart.is_empty() {
+                    tracing::warn!(keys = ?report.needs_restart, "SIGHUP: these changed keys take effect only at a restart");
+                }
+                state.announce("*");
+            }
+        }
+    }
 }
 
 /// Migrates the database; returns the partitioned tables, for the leader's maintenance (it
@@ -130,7 +167,7 @@ async fn build_state(
     let (changes, _) = broadcast::channel(1024);
     let state = AppState(Arc::new(App {
         db: pool.clone(),
-        settings: settings.clone(),
+        settings: RwLock::new(Arc::new(settings.clone())),
         live: RwLock::new(live),
         transitions: Mutex::new(()),
         pending_transitions: Default::default(),

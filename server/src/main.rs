@@ -307,14 +307,6 @@ fn main() -> ExitCode {
     if matches!(cli.command, Some(Command::CheckConfig)) {
         return check_config(config_file(cli.config, Path::new(DEFAULT_CONFIG)).as_deref());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let settings =
         match Settings::load(config_file(cli.config, Path::new(DEFAULT_CONFIG)).as_deref()) {
             Ok(s) => s,
@@ -323,6 +315,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+    hapulse_protocol::logging::init(settings.log_format, "info,sqlx=warn");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -25,8 +25,10 @@ impl std::ops::Deref for AppState {
 pub struct App {
     /// PostgreSQL pool: the source of truth.
     pub db: PgPool,
-    /// Configuration the server started with.
-    pub settings: Settings,
+    /// The configuration running now: the one the server started with, until a reload
+    /// (SIGHUP, [`Settings::reloaded`]) swaps in new alert, failover and detector sections.
+    /// Read it with [`App::settings`].
+    pub(crate) settings: RwLock<Arc<Settings>>,
     /// Latest state of every node: a cache of the `nodes` and `vrrp_instances` tables. Locked
     /// briefly, never across an `.await`.
     pub live: RwLock<Live>,
@@ -72,6 +74,23 @@ impl AsRef<crate::agents::commands::CommandBus> for App {
 }
 
 impl App {
+    /// The configuration running now. Hold the `Arc` for one decision, not across a loop:
+    /// a reload swaps it.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Runs with `settings` from now on (a reload).
+    pub fn replace_settings(&self, settings: Settings) {
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(settings);
+    }
+
     /// Reads live state. A poisoned lock (a panic while writing) still holds a consistent map:
     /// every write replaces whole node entries.
     pub fn live(&self) -> RwLockReadGuard<'_, Live> {

@@ -43,7 +43,7 @@ pub async fn login(
     source: &str,
 ) -> Result<Result<NewSession, LoginError>, AccessError> {
     use crate::access::throttle::{source_key, Refused};
-    let a = &state.settings.auth;
+    let a = &state.settings().auth;
     let source = source_key(source);
     let limits = [
         (
@@ -157,7 +157,8 @@ pub fn recently_authenticated(state: &AppState, principal: &Principal) -> bool {
     match &principal.via {
         Via::Session { reauth_at, .. } => {
             Utc::now() - *reauth_at
-                <= chrono::Duration::from_std(state.settings.auth.reauth_window).unwrap_or_default()
+                <= chrono::Duration::from_std(state.settings().auth.reauth_window)
+                    .unwrap_or_default()
         }
         _ => false,
     }

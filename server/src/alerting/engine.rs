@@ -41,7 +41,9 @@ struct Open {
 
 /// Runs the rules until `shutdown`.
 pub async fn run(state: AppState, shutdown: CancellationToken) {
-    let settings = state.settings.alerts.clone();
+    // The period is the one the server started with; rules, thresholds and receivers are read
+    // again for each round (a reload may have changed them).
+    let evaluate_interval = state.settings().alerts.evaluate_interval;
     let mut open = match load_open(&state).await {
         Ok(o) => o,
         Err(e) => {
@@ -49,7 +51,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
             return;
         }
     };
-    let mut tick = tokio::time::interval(settings.evaluate_interval);
+    let mut tick = tokio::time::interval(evaluate_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut masters = MasterTracker::default();
     let mut failovers: Vec<Failover> = Vec::new();
@@ -68,8 +70,15 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
             }
         }
         last = tokio::time::Instant::now();
-        if let Err(e) =
-            evaluate_all(&state, &settings, &mut masters, &mut failovers, &mut open).await
+        let settings = state.settings();
+        if let Err(e) = evaluate_all(
+            &state,
+            &settings.alerts,
+            &mut masters,
+            &mut failovers,
+            &mut open,
+        )
+        .await
         {
             tracing::warn!(error = %e, "alert evaluation failed; retrying");
         }

@@ -331,9 +331,9 @@ async fn deliver_due(state: &AppState, http: &reqwest::Client) -> Result<usize, 
     for m in group(rows.into_iter().map(|(_, r)| r).collect()) {
         let subject = m.text().0;
         let receiver = shown_receiver(&m.receiver);
-        match send(&state.db, &state.settings.alerts, http, &m)
+        match send(&state.db, &state.settings().alerts, http, &m)
             .await
-            .map_err(|e| redact(&state.settings.alerts, &e))
+            .map_err(|e| redact(&state.settings().alerts, &e))
         {
             Ok(()) => {
                 tracing::info!(notifications = m.ids.len(), receiver = %receiver, subject = %subject, "notification sent");

@@ -59,7 +59,7 @@ pub const ACTOR: &str = "hapulse (automatic failover)";
 
 /// Runs the arbiter until `shutdown`.
 pub async fn run(state: AppState, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(state.settings.failover.interval);
+    let mut tick = tokio::time::interval(state.settings().failover.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut memory = Memory::default();
     loop {
@@ -151,7 +151,7 @@ pub async fn automatic_enabled(state: &AppState) -> Result<bool, sqlx::Error> {
             .bind(SWITCH_KEY)
             .fetch_optional(&state.db)
             .await?;
-    Ok(stored.map_or(state.settings.failover.automatic_enabled, |j| j.0))
+    Ok(stored.map_or(state.settings().failover.automatic_enabled, |j| j.0))
 }
 
 /// One round over every cluster.
@@ -330,7 +330,7 @@ fn judge(
             let leader = find_leader(&nodes, &c, stored.as_deref(), kept);
             let gathered = leader.as_ref().map(|(instance, link, leader)| {
                 gather(
-                    &state.settings.failover,
+                    &state.settings().failover,
                     &nodes,
                     &c,
                     instance,
@@ -381,7 +381,7 @@ fn decide_all<'j>(
         ..
     } in judged
     {
-        let policy = state.settings.failover.policy(&c.name, stored.enabled);
+        let policy = state.settings().failover.policy(&c.name, stored.enabled);
         if let Some((_, _, l)) = leader {
             if stored_leader.as_deref() != Some(l.as_str()) {
                 tracing::info!(cluster = %c.name, leader = %l, previous = ?stored_leader, "leader of the current epoch");
@@ -439,7 +439,7 @@ async fn ask_positions(
     verdicts: &mut [Verdict],
     situations: &[Option<Situation>],
 ) -> Result<(), sqlx::Error> {
-    let wait = state.settings.failover.position_wait;
+    let wait = state.settings().failover.position_wait;
     for ((j, v), s) in judged.iter().zip(verdicts.iter_mut()).zip(situations) {
         let name = &j.view.name;
         let picks = matches!(
@@ -526,7 +526,7 @@ async fn carry_out(
         verdict,
     ) in judged.iter().zip(verdicts)
     {
-        let policy = state.settings.failover.policy(&c.name, stored.enabled);
+        let policy = state.settings().failover.policy(&c.name, stored.enabled);
         let operation_running = stored.running.contains(&c.name);
         let decision = verdict.decision.clone();
         let verdict_paused = verdict.paused.clone();

@@ -118,7 +118,7 @@ impl Rejoins {
         who: &Principal,
     ) {
         let auto = state
-            .settings
+            .settings()
             .failover
             .clusters
             .get(&c.name)

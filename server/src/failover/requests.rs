@@ -79,7 +79,7 @@ pub async fn load_status(state: &AppState, cluster: &str) -> Result<FailoverStat
     .await?;
     let enabled = arbiter::automatic_enabled(state).await?;
     let pause = pauses::of(&state.db, cluster).await?;
-    let p = state.settings.failover.policy(cluster, enabled);
+    let p = state.settings().failover.policy(cluster, enabled);
     Ok(FailoverStatus {
         cluster: cluster.to_string(),
         automatic_enabled: enabled,
@@ -140,7 +140,7 @@ pub async fn request_failover(
             format!("the arbiter knows no leader of {cluster} yet"),
         )));
     };
-    let mut policy = state.settings.failover.policy(cluster, true);
+    let mut policy = state.settings().failover.policy(cluster, true);
     policy.mode = Mode::Auto;
     policy.anti_flap = std::time::Duration::ZERO;
     policy.grace = std::time::Duration::ZERO;

@@ -28,7 +28,7 @@ pub fn assess(silence: Duration, interval: Duration, settings: &DetectorSettings
 
 /// Runs the detector until `shutdown`.
 pub async fn run(state: AppState, shutdown: CancellationToken) {
-    let settings = state.settings.detector;
+    let settings = state.settings().detector;
     let mut tick = tokio::time::interval(settings.check_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
@@ -45,7 +45,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
 /// One pass: records every node whose verdict got worse since the last pass, all in one
 /// transaction (100 nodes lost at once cost one commit, not 100).
 pub async fn check(state: &AppState, now: Instant) -> Result<(), sqlx::Error> {
-    let settings = state.settings.detector;
+    let settings = state.settings().detector;
     let verdict_of = |n: &crate::fleet::live::NodeLive, now: Instant| {
         let silence = now.saturating_duration_since(n.last_seen);
         let verdict = assess(

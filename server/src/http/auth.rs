@@ -18,7 +18,7 @@ use crate::state::AppState;
 
 /// The session cookie's name for this server (see the module docs).
 pub fn cookie_name(state: &AppState) -> &'static str {
-    if state.settings.tls.is_some() {
+    if state.settings().tls.is_some() {
         "__Host-hapulse_session"
     } else {
         "hapulse_session"
@@ -27,7 +27,7 @@ pub fn cookie_name(state: &AppState) -> &'static str {
 
 /// The name of the login form's CSRF cookie (`__Host-` under TLS).
 pub fn login_cookie_name(state: &AppState) -> &'static str {
-    if state.settings.tls.is_some() {
+    if state.settings().tls.is_some() {
         "__Host-hapulse_login"
     } else {
         "hapulse_login"
@@ -127,7 +127,7 @@ async fn identify(
     let Some(id) = cookie(headers, cookie_name(state)) else {
         return Ok(None);
     };
-    let a = &state.settings.auth;
+    let a = &state.settings().auth;
     let id_hash = digest(id);
     let row = sqlx::query(
         "SELECT u.name, u.role, u.clusters, s.csrf_token, s.reauth_at,
@@ -238,8 +238,8 @@ async fn authorize(state: &AppState, mut req: Request) -> Result<Request, Respon
     let source = crate::http::client::client_origin(
         req.extensions(),
         req.headers(),
-        &state.settings.trusted_proxies,
-        state.settings.tls.is_some(),
+        &state.settings().trusted_proxies,
+        state.settings().tls.is_some(),
     )
     .source();
     let api = path.starts_with("/api/") || path == "/metrics";
@@ -249,7 +249,7 @@ async fn authorize(state: &AppState, mut req: Request) -> Result<Request, Respon
         .map_err(IntoResponse::into_response)?;
     let principal = match principal {
         Some(p) => p,
-        None if state.settings.auth.anonymous_read && safe => Principal {
+        None if state.settings().auth.anonymous_read && safe => Principal {
             name: "anonymous".into(),
             role: Role::Viewer,
             clusters: None,

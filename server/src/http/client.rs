@@ -153,8 +153,8 @@ impl FromRequestParts<AppState> for ClientOrigin {
         Ok(client_origin(
             &parts.extensions,
             &parts.headers,
-            &state.settings.trusted_proxies,
-            state.settings.tls.is_some(),
+            &state.settings().trusted_proxies,
+            state.settings().tls.is_some(),
         ))
     }
 }

@@ -133,7 +133,7 @@ pub fn require_client_certificate(
     node_id: &str,
 ) -> Result<(), AppError> {
     if state
-        .settings
+        .settings()
         .tls
         .as_ref()
         .is_none_or(|t| t.client_ca_file.is_none())

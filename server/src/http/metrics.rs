@@ -35,11 +35,11 @@ pub async fn metrics(State(state): State<AppState>, Auth(me): Auth) -> Response 
     let body = state.metrics.render(&Scrape {
         live: &state.live(),
         now: chrono::Utc::now(),
-        settings: &state.settings.metrics,
+        settings: &state.settings().metrics,
         is_leader: state.leadership.is_leader(),
         leader_url: state.leadership.leader_url(),
         verdicts,
-        receivers: crate::alerting::notify::receiver_labels(&state.settings.alerts),
+        receivers: crate::alerting::notify::receiver_labels(&state.settings().alerts),
         alerts_firing,
         runs,
     });

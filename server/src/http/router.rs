@@ -17,7 +17,7 @@ use crate::state::AppState;
 
 /// Every route of the server, testable without a socket.
 pub fn router(state: AppState) -> Router {
-    let timeout = state.settings.request_timeout;
+    let timeout = state.settings().request_timeout;
     Router::new()
         // Dashboard.
         .route("/", get(ui::overview::page))
@@ -188,8 +188,8 @@ async fn security_headers(
     let https = crate::http::client::client_origin(
         req.extensions(),
         req.headers(),
-        &state.settings.trusted_proxies,
-        state.settings.tls.is_some(),
+        &state.settings().trusted_proxies,
+        state.settings().tls.is_some(),
     )
     .https;
     let mut response = next.run(req).await;

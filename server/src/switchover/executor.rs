@@ -725,7 +725,8 @@ impl<'a> Run<'a> {
     /// is skipped only when the cluster accepts the risk.
     async fn fence_old_master(&self) -> Result<StepOutcome, String> {
         let sw = &self.sw;
-        let policy = self.state.settings.failover.clusters.get(&sw.cluster);
+        let settings = self.state.settings();
+        let policy = settings.failover.clusters.get(&sw.cluster);
         let Some(hook) = policy.and_then(|p| p.fencing_hook.as_ref()) else {
             return if policy.is_some_and(|p| p.accept_unfenced) {
                 Ok(StepOutcome::Skipped(format!(

@@ -205,6 +205,7 @@ fn terminate(child: &Child) {
 
 /// `hapulse-server serve` under a stand-in of systemd: READY=1 arrives once the database is
 /// migrated and the listener accepts connections; STOPPING=1 at SIGTERM, then a clean exit.
+/// It logs as JSON lines (`log_format = "json"`).
 #[sqlx::test(migrations = false)]
 async fn the_server_is_ready_for_systemd_once_migrated_and_listening(pool: PgPool) {
     let database = pool.connect_options().get_database().unwrap().to_string();
@@ -217,13 +218,15 @@ async fn the_server_is_ready_for_systemd_once_migrated_and_listening(pool: PgPoo
         .port();
     let notify = NotifySocket::new();
     let config = tempfile::NamedTempFile::new().unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_hapulse-server"))
+    let server = Command::new(env!("CARGO_BIN_EXE_hapulse-server"))
         .args(["--config", config.path().to_str().unwrap(), "serve"])
         .env("HAPULSE_DATABASE_URL", url.as_str())
         .env("HAPULSE_LISTEN", format!("127.0.0.1:{port}"))
         .env("NOTIFY_SOCKET", &notify.path)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info,sqlx=warn")
+        .env("HAPULSE_LOG_FORMAT", "json")
         .stdin(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let ready = notify.next(60).await;
@@ -245,14 +248,38 @@ async fn the_server_is_ready_for_systemd_once_migrated_and_listening(pool: PgPoo
     terminate(&server);
     let stopping = notify.next(10).await;
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
-    let status = tokio::task::spawn_blocking(move || server.wait().unwrap())
+    let out = tokio::task::spawn_blocking(move || server.wait_with_output().unwrap())
         .await
         .unwrap();
-    assert!(status.success(), "{status}");
+    assert!(out.status.success(), "{}", out.status);
+    let messages = json_log_messages(&out.stderr);
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("hapulse-server listening")),
+        "{messages:?}"
+    );
+}
+
+/// The `message` of every line of a `log_format = "json"` log, each line checked to be one
+/// JSON object with a timestamp, a level and a target.
+fn json_log_messages(stderr: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(stderr);
+    text.lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"));
+            for key in ["timestamp", "level", "target"] {
+                assert!(v[key].is_string(), "no {key}: {line}");
+            }
+            v["message"].as_str().unwrap_or_default().to_string()
+        })
+        .collect()
 }
 
 /// `hapulse-agent` under a stand-in of systemd: READY=1 only once the server has accepted its
 /// first report (the node is known to it then); STOPPING=1 at SIGTERM, then a clean exit.
+/// It logs as JSON lines (`log_format = "json"`).
 #[sqlx::test(migrations = false)]
 async fn the_agent_is_ready_for_systemd_once_its_first_report_is_accepted(pool: PgPool) {
     let server = TestServer::start(pool).await;
@@ -284,8 +311,10 @@ async fn the_agent_is_ready_for_systemd_once_its_first_report_is_accepted(pool: 
     let agent = Command::new(agent_bin)
         .args(["--config", config.to_str().unwrap()])
         .env("NOTIFY_SOCKET", &notify.path)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
+        .env("HAPULSE_AGENT_LOG_FORMAT", "json")
         .stdin(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let first = notify.next(30).await;
@@ -307,10 +336,153 @@ async fn the_agent_is_ready_for_systemd_once_its_first_report_is_accepted(pool: 
     terminate(&agent);
     let stopping = notify.next(10).await;
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
-    let mut agent = agent;
-    let status = tokio::task::spawn_blocking(move || agent.wait().unwrap())
+    let out = tokio::task::spawn_blocking(move || agent.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", out.status);
+    let messages = json_log_messages(&out.stderr);
+    assert!(
+        messages.iter().any(|m| m == "agent starting"),
+        "{messages:?}"
+    );
+    server.stop().await;
+}
+
+/// Lines a child writes on standard error, gathered on a thread as they come.
+struct StderrLines(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl StderrLines {
+    fn of(child: &mut Child) -> StderrLines {
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let out = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                out.lock().unwrap().push(line);
+            }
+        });
+        StderrLines(lines)
+    }
+
+    /// Waits (up to 20 s) for a JSON log line whose message is `message`; returns it.
+    async fn wait_for(&self, message: &str) -> serde_json::Value {
+        crate::harness::eventually(20, message, || async {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| v["message"] == message)
+        })
+        .await
+    }
+}
+
+/// SIGHUP reloads what can change while the server runs (alert receivers and thresholds,
+/// failover policies, detector thresholds), logs which keys it applied and which need a
+/// restart, and a configuration that does not load changes nothing.
+#[sqlx::test(migrations = false)]
+async fn sighup_reloads_receivers_and_thresholds_and_keeps_what_needs_a_restart(pool: PgPool) {
+    hapulse_server::fleet::store::migrate(&pool).await.unwrap();
+    let database = pool.connect_options().get_database().unwrap().to_string();
+    let mut url = reqwest::Url::parse(&std::env::var("DATABASE_URL").unwrap()).unwrap();
+    url.set_path(&database);
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.toml");
+    let base = format!("log_format = \"json\"\nlisten = \"127.0.0.1:{port}\"\n");
+    std::fs::write(&config, &base).unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_hapulse-server"))
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .env("HAPULSE_DATABASE_URL", url.as_str())
+        .env("RUST_LOG", "info,sqlx=warn")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = StderrLines::of(&mut server);
+    log.wait_for("hapulse-server listening (HTTP)").await;
+    let (_, token) = hapulse_server::access::auth::create_token(
+        &pool,
+        "scraper",
+        hapulse_server::access::auth::Role::Viewer,
+        &None,
+        "test",
+    )
+    .await
+    .unwrap();
+    let metrics = || {
+        let token = token.clone();
+        async move {
+            crate::harness::bearer_client(&token)
+                .get(format!("http://127.0.0.1:{port}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    assert!(!metrics().await.contains("receiver=\"webhook:ops\""));
+    let hup = |child: &Child| {
+        let status = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+
+    // A receiver and a threshold added, the listener moved: the first two apply at once.
+    std::fs::write(
+        &config,
+        format!(
+            "log_format = \"json\"\nlisten = \"127.0.0.1:{}\"\n\
+             [detector]\ndown_after_missed = 7\n\
+             [[alerts.webhook]]\nname = \"ops\"\nurl = \"http://127.0.0.1:9/hook\"\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    hup(&server);
+    let reloaded = log.wait_for("SIGHUP: configuration reloaded").await;
+    let applied = reloaded["applied"].as_str().unwrap();
+    assert!(
+        applied.contains("alerts.webhook") && applied.contains("detector.down_after_missed"),
+        "{reloaded}"
+    );
+    let restart = log
+        .wait_for("SIGHUP: these changed keys take effect only at a restart")
+        .await;
+    assert!(
+        restart["keys"].as_str().unwrap().contains("listen"),
+        "{restart}"
+    );
+    assert!(
+        metrics().await.contains("receiver=\"webhook:ops\""),
+        "the new receiver is live"
+    );
+
+    // A configuration that does not load changes nothing, and the server goes on.
+    std::fs::write(&config, format!("{base}detector = 5\n")).unwrap();
+    hup(&server);
+    log.wait_for("SIGHUP: the configuration does not load; still running the previous one")
+        .await;
+    assert!(metrics().await.contains("receiver=\"webhook:ops\""));
+    terminate(&server);
+    let status = tokio::task::spawn_blocking(move || server.wait().unwrap())
         .await
         .unwrap();
     assert!(status.success(), "{status}");
-    server.stop().await;
 }

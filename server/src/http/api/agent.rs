@@ -33,7 +33,7 @@ pub async fn heartbeat(
     let report = match body
         .and_then(|ApiJson(r)| {
             validate(&r)
-                .and_then(|()| check_interval(&r, state.settings.detector.max_heartbeat_interval))
+                .and_then(|()| check_interval(&r, state.settings().detector.max_heartbeat_interval))
                 .map(|()| r)
                 .map_err(AppError::from)
         })
@@ -168,7 +168,7 @@ pub async fn enroll(
     crate::http::extract::require_client_certificate(certificate.as_deref(), &state, &req.node_id)?;
     let source = origin.source();
     let node: String = req.node_id.chars().take(64).collect();
-    let auth = &state.settings.auth;
+    let auth = &state.settings().auth;
     let limits = [(
         format!("enroll:{}", crate::access::throttle::source_key(&source)),
         auth.login_max_failures_per_source,

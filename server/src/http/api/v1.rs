@@ -291,7 +291,7 @@ pub fn history_query(
         q.from,
         q.to,
         step,
-        state.settings.history.retention,
+        state.settings().history.retention,
     )
     .map_err(|e| AppError::from(Refusal::invalid("invalid_query", e.field, e.message)))?;
     Ok(SeriesQuery {
@@ -408,7 +408,7 @@ pub async fn notifications(
     Ok(Json(NotificationList {
         notifications: crate::alerting::notify::list(
             &state.db,
-            &state.settings.alerts,
+            &state.settings().alerts,
             me.clusters.as_deref(),
         )
         .await?,

@@ -57,7 +57,7 @@ async fn alerts_page(
     let mut silences = crate::alerting::silences::current(&state.db).await?;
     silences.retain(|s| s.cluster.as_deref().is_none_or(|c| me.may_see(c)));
     let notifications =
-        crate::alerting::notify::list(&state.db, &state.settings.alerts, me.clusters.as_deref())
+        crate::alerting::notify::list(&state.db, &state.settings().alerts, me.clusters.as_deref())
             .await?;
     let body = render(&AlertsPartial {
         now: Utc::now(),

@@ -66,7 +66,7 @@ async fn node_charts(
         Some(now - chrono::Duration::hours(hours)),
         Some(now),
         None,
-        state.settings.history.retention,
+        state.settings().history.retention,
     )
     .map_err(|e| AppError::Internal(anyhow::anyhow!("chart plan: {}", e.message)))?;
     let mut wanted: Vec<(Metric, Option<String>, String, Unit)> = Vec::new();

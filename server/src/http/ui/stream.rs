@@ -27,11 +27,12 @@ pub async fn changes(
     Auth(me): Auth,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, AppError> {
     let slot = counts
-        .open(&me.name, state.settings.max_event_streams_per_principal)
+        .open(&me.name, state.settings().max_event_streams_per_principal)
         .ok_or_else(|| {
             AppError::from(Refusal::throttled(format!(
                 "{} holds {} event streams already: close a dashboard tab",
-                me.name, state.settings.max_event_streams_per_principal
+                me.name,
+                state.settings().max_event_streams_per_principal
             )))
         })?;
     let changes = BroadcastStream::new(state.changes.subscribe())

@@ -27,7 +27,7 @@ impl Run<'_> {
     /// on by default and for clusters without a policy).
     fn auto_rejoin(&self) -> bool {
         self.state
-            .settings
+            .settings()
             .failover
             .clusters
             .get(&self.sw.cluster)
