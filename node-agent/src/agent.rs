@@ -407,6 +407,7 @@ fn stage(shared: &Shared, settings: &Settings, boot_id: Uuid, snap: Snapshot) {
         highest_epoch: shared
             .highest_epoch
             .load(std::sync::atomic::Ordering::Relaxed),
+        checks: Vec::new(),
     };
     outbox.next_seq += 1;
     if report.state_change {

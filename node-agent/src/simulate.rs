@@ -624,6 +624,7 @@ fn report(
         spool_depth: 0,
         spool_dropped: 0,
         highest_epoch: 0,
+        checks: Vec::new(),
     }
 }
 

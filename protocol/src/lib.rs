@@ -22,11 +22,11 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Version of the agent ↔ server protocol. A server accepts reports of this version and of
-/// [`OLDEST_PROTOCOL_VERSION`] onwards (the previous one), so servers are upgraded first and
+/// [`OLDEST_PROTOCOL_VERSION`] onwards, so servers are upgraded first and
 /// agents one host at a time after; others are refused (HTTP 400, code `protocol_version`).
 ///
-/// Version 2 added [`HeartbeatReport::highest_epoch`].
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 2 added [`HeartbeatReport::highest_epoch`]; version 3 [`HeartbeatReport::checks`].
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest protocol version a server of this version still accepts.
 pub const OLDEST_PROTOCOL_VERSION: u32 = 1;
@@ -83,6 +83,71 @@ pub struct HeartbeatReport {
     /// commands. 0 from agents of protocol version 1.
     #[serde(default)]
     pub highest_epoch: u64,
+    /// The host's service checks (`[[checks]]` in the agent), each with its state after its
+    /// rise/fall counts. Absent from agents without checks (and before protocol version 3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<ServiceCheckReport>,
+}
+
+/// How a service check asks its service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceCheckKind {
+    /// A TCP connection to `host:port` is accepted.
+    Tcp,
+    /// An HTTP(S) GET answers the expected status (and body text, when configured).
+    Http,
+    /// An ICMP echo to the address is answered.
+    Icmp,
+    /// A program (no shell) exits 0.
+    Exec,
+}
+
+impl ServiceCheckKind {
+    /// `tcp`, `http`, `icmp`, `exec`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceCheckKind::Tcp => "tcp",
+            ServiceCheckKind::Http => "http",
+            ServiceCheckKind::Icmp => "icmp",
+            ServiceCheckKind::Exec => "exec",
+        }
+    }
+}
+
+/// One service check on one host (the `mon` idea: a service asked every few seconds), as
+/// the agent reports it with every heartbeat; a change of `passing` is a state change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceCheckReport {
+    /// The check's name, unique on the host (`[[checks]] name`).
+    pub name: String,
+    /// How it asks.
+    pub kind: ServiceCheckKind,
+    /// What it asks, for people: `127.0.0.1:5432`, a URL without credentials, an address, a
+    /// program's name. Never a secret.
+    pub target: String,
+    /// The check's state after its rise/fall counts: passing until `fall` attempts in a row
+    /// failed, failing until `rise` in a row succeeded. A check not attempted yet is passing.
+    pub passing: bool,
+    /// The latest attempt succeeded.
+    pub last_ok: bool,
+    /// Attempts in a row with the latest attempt's outcome.
+    pub consecutive: u32,
+    /// What the latest attempt found: the error, the HTTP status, the program's exit code and
+    /// first line of output (at most 200 characters).
+    pub detail: String,
+    /// How long the latest attempt took, milliseconds.
+    pub duration_ms: Option<f64>,
+    /// When `passing` last changed (agent clock); None while it has not changed since the
+    /// agent started.
+    pub changed_at: Option<DateTime<Utc>>,
+    /// The VRRP instance whose service this is: a host where it fails is not promoted for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vrrp_instance: Option<String>,
+    /// The replication link whose service this is (`kind:name`, e.g. `postgresql:pg`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
 }
 
 /// keepalived on one host.

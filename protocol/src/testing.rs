@@ -45,6 +45,7 @@ pub fn report(node_id: &str, cluster: &str) -> ReportBuilder {
             spool_depth: 0,
             spool_dropped: 0,
             highest_epoch: 0,
+            checks: Vec::new(),
         },
     }
 }

@@ -728,6 +728,7 @@ impl World {
             spool_depth: 0,
             spool_dropped: 0,
             highest_epoch: 0,
+            checks: Vec::new(),
         }
     }
 
