@@ -254,6 +254,36 @@ fn clusters_table(list: &Value) -> String {
     )
 }
 
+/// One line per node of cluster `c` with service checks not passing: how many of how many, and
+/// each failing check with its latest detail; empty when every check passes.
+fn failing_checks(c: &Value) -> String {
+    let mut text = String::new();
+    for n in c["nodes"].as_array().into_iter().flatten() {
+        let checks = n["checks"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let failing: Vec<String> = checks
+            .iter()
+            .filter(|k| k["passing"] == Value::Bool(false))
+            .map(|k| match k["detail"].as_str() {
+                Some(d) if !d.is_empty() => format!("{} ({d})", cell(&k["name"])),
+                _ => cell(&k["name"]),
+            })
+            .collect();
+        if !failing.is_empty() {
+            text.push_str(&format!(
+                "  {}: {} of {} service checks failing: {}\n",
+                cell(&n["node_id"]),
+                failing.len(),
+                checks.len(),
+                failing.join(", ")
+            ));
+        }
+    }
+    text
+}
+
 fn cluster_table(c: &Value) -> String {
     let width = terminal_width();
     let mut text = format!(
@@ -265,6 +295,7 @@ fn cluster_table(c: &Value) -> String {
     for reason in c["reasons"].as_array().into_iter().flatten() {
         text.push_str(&format!("  {}\n", cell(reason)));
     }
+    text.push_str(&failing_checks(c));
     for instance in c["instances"].as_array().into_iter().flatten() {
         let vips: Vec<String> = instance["vips"]
             .as_array()

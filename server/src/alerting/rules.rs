@@ -173,8 +173,58 @@ pub fn evaluate(
     arbiter_verdict(&mut f, evidence);
     failed_failovers(&mut f, evidence);
     agent_rules(&mut f, evidence, t);
+    check_failing(&mut f, c, evidence);
     cluster_mismatches(&mut f, evidence);
     f.out
+}
+
+/// `check_failing`: per node not down and per service check it reports not passing (after the
+/// check's own fall count, so at once). Critical when the check is tied to an instance the node
+/// is MASTER of, or to a link it is primary of (the service people use is failing); warning
+/// otherwise (a standby's check: it could not take over). It resolves when the check passes
+/// again, when the node stops reporting it, or when the node is down (`node_down` then says
+/// more).
+fn check_failing(f: &mut Findings<'_>, c: &ClusterView, evidence: &Evidence<'_>) {
+    for n in evidence
+        .nodes
+        .iter()
+        .filter(|n| n.status != NodeStatus::Down)
+    {
+        for check in n.checks.iter().filter(|k| !k.passing) {
+            let master_of = check
+                .vrrp_instance
+                .as_deref()
+                .filter(|i| n.instance(i).is_some_and(|i| i.state == VrrpState::Master));
+            let primary_of = check.link.as_deref().filter(|l| {
+                n.link(l)
+                    .is_some_and(|l| l.role == ReplicationRole::Primary)
+            });
+            let (severity, serves) = match (master_of, primary_of) {
+                (Some(i), _) => (Severity::Critical, format!(", MASTER of {i},")),
+                (None, Some(l)) => (Severity::Critical, format!(", primary of {l},")),
+                (None, None) => (Severity::Warning, String::new()),
+            };
+            f.push(
+                "check_failing",
+                severity,
+                format!("{}/{}", n.node_id, check.name),
+                Subject {
+                    node: Some(&n.node_id),
+                    instance: check.vrrp_instance.as_deref(),
+                    link: check.link.as_deref(),
+                },
+                format!(
+                    "{} on {}{serves} in {}: {} {}",
+                    crate::fleet::live::failing_check_text(check),
+                    n.node_id,
+                    c.name,
+                    check.kind.as_str(),
+                    check.target
+                ),
+                AT_ONCE,
+            );
+        }
+    }
 }
 
 /// `agent_cluster_mismatch`: a node's agent reported itself into a cluster its credential is
@@ -672,7 +722,7 @@ fn agent_version(f: &mut Findings<'_>, n: &NodeLive) {
 }
 
 /// The rules' names.
-pub const RULES: [&str; 17] = [
+pub const RULES: [&str; 18] = [
     "node_down",
     "no_master",
     "split_brain",
@@ -690,6 +740,7 @@ pub const RULES: [&str; 17] = [
     "agent_spool",
     "agent_version",
     "agent_cluster_mismatch",
+    "check_failing",
 ];
 
 /// Rules that report an event rather than a state: they end quietly, without a resolved

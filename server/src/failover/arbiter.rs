@@ -707,6 +707,7 @@ pub(crate) fn gather(
     let leader_current_lsn = leader_link
         .filter(|l| l.role == hapulse_protocol::ReplicationRole::Primary)
         .and_then(|l| l.raw.get("current_lsn").cloned());
+    let tied = tied_links(c, instance, link);
     let witnesses = nodes
         .iter()
         .filter(|n| n.node_id != leader)
@@ -748,6 +749,10 @@ pub(crate) fn gather(
                 ),
                 receive_lsn: own.and_then(|l| l.raw.get("receive_lsn").cloned()),
                 position_fresh: None,
+                failing_check: n
+                    .failing_tied_checks(instance, &tied)
+                    .next()
+                    .map(crate::fleet::live::failing_check_text),
             }
         })
         .collect();
@@ -769,6 +774,21 @@ pub(crate) fn gather(
             .map(|holder| VipElsewhere { holder, since: now }),
         witnesses,
     }
+}
+
+/// The replication links tied to `instance` (its stack: every link whose members name it, and
+/// the carrier `link`), whose service checks count like the instance's own.
+fn tied_links<'a>(c: &'a ClusterView, instance: &str, link: &'a Option<String>) -> Vec<&'a str> {
+    let mut tied: Vec<&str> = c
+        .replication
+        .iter()
+        .filter(|r| r.vrrp_instance.as_deref() == Some(instance))
+        .map(|r| r.link.as_str())
+        .chain(link.as_deref())
+        .collect();
+    tied.sort_unstable();
+    tied.dedup();
+    tied
 }
 
 /// A member's lag counted against the data-loss bound, from its own link (`own`) and the

@@ -14,8 +14,9 @@
 //!    gateway) while a candidate can should step down.
 //! 5. A candidate must be up, a standby of the data the master serves (never a witness or a
 //!    host of other data), out of maintenance, promotable (priority > 0), reach the reference
-//!    address (an isolated node must not take over) and have lost no more than the data-loss
-//!    bound. The best is the highest priority, then the most advanced position (asked of the
+//!    address (an isolated node must not take over), have no failing service check tied to the
+//!    instance or its link (the service it would take over does not work there: `h2: check
+//!    pg-port failing (connection refused)`) and have lost no more than the data-loss bound. The best is the highest priority, then the most advanced position (asked of the
 //!    candidates at decision time), then the least lag.
 //! 6. Policy: `off` only alerts, `notify` proposes the failover to a person, `auto` acts — and
 //!    the global switch turns every automatic action off.
@@ -126,6 +127,10 @@ pub struct Candidate {
     /// a dead primary's standbys still look streaming for a while, so failover does not count
     /// it).
     pub streaming: bool,
+    /// Its first service check tied to the instance or its link that is not passing, for
+    /// people (`check pg-port failing (connection refused)`); `None` when every tied check
+    /// passes (or it has none). A candidate with one is never promoted.
+    pub failing_check: Option<String>,
 }
 
 /// What is known about the current master.
@@ -339,7 +344,22 @@ fn best_candidate(s: &Situation) -> Result<&Candidate, String> {
     if promotable.is_empty() {
         return Err("no candidate is up and promotable (priority > 0)".into());
     }
-    let reaching: Vec<&Candidate> = promotable
+    let checked: Vec<&Candidate> = promotable
+        .iter()
+        .copied()
+        .filter(|c| c.failing_check.is_none())
+        .collect();
+    if checked.is_empty() {
+        let failing: Vec<String> = promotable
+            .iter()
+            .filter_map(|c| Some(format!("{}: {}", c.node_id, c.failing_check.as_deref()?)))
+            .collect();
+        return Err(format!(
+            "every candidate has a failing service check tied to the instance ({})",
+            failing.join("; ")
+        ));
+    }
+    let reaching: Vec<&Candidate> = checked
         .iter()
         .copied()
         .filter(|c| c.reaches_reference)
@@ -420,11 +440,17 @@ fn follow_vip(s: &Situation, away: &VipElsewhere) -> Decision {
         Some(c) if c.priority == 0 => Some("its candidate priority is 0 (never promoted)"),
         Some(c) if !c.reaches_reference => Some("it does not reach the reference address"),
         Some(c) if !c.streaming => Some("it is not a streaming standby, so it cannot catch up"),
+        Some(c) if c.failing_check.is_some() => {
+            Some("a service check tied to the instance fails there")
+        }
         Some(_) => None,
     };
     if let Some(why) = unfit {
+        let check = holder
+            .and_then(|c| Some(format!(" ({}: {})", c.node_id, c.failing_check.as_deref()?)))
+            .unwrap_or_default();
         return Decision::Alert {
-            reason: format!("{moved}, but the database cannot follow: {why}"),
+            reason: format!("{moved}, but the database cannot follow: {why}{check}"),
         };
     }
     let follow = format!(
@@ -646,6 +672,7 @@ mod tests {
             in_maintenance: false,
             position: None,
             streaming: true,
+            failing_check: None,
         }
     }
 
@@ -1810,7 +1837,91 @@ mod tests {
             "nothing",
             None,
         ),
+        // Service checks tied to the instance or its link.
+        (
+            "a candidate whose tied check fails is passed over",
+            |s| s.candidates[0].failing_check = Some(PG_PORT.into()),
+            "failover",
+            Some("b"),
+        ),
+        (
+            "every candidate's tied check fails: no failover",
+            |s| {
+                s.candidates
+                    .iter_mut()
+                    .for_each(|c| c.failing_check = Some(PG_PORT.into()))
+            },
+            "alert",
+            None,
+        ),
+        (
+            "every candidate's tied check fails: nothing to propose either",
+            |s| {
+                s.policy.mode = Mode::Notify;
+                s.candidates
+                    .iter_mut()
+                    .for_each(|c| c.failing_check = Some(PG_PORT.into()))
+            },
+            "alert",
+            None,
+        ),
+        (
+            "a failing check outranks priority, not the other way round",
+            |s| {
+                s.candidates[1].failing_check = Some(PG_PORT.into());
+                s.candidates[0].priority = 1
+            },
+            "failover",
+            Some("a"),
+        ),
+        (
+            "a master stepping down does not step down to a candidate whose check fails",
+            |s| {
+                s.evidence.server_hears_master = true;
+                s.evidence.master_reaches_reference = Some(false);
+                s.candidates[0].failing_check = Some(PG_PORT.into())
+            },
+            "step_down",
+            Some("b"),
+        ),
+        (
+            "VIP on a standby whose tied check fails: the database does not follow",
+            |s| {
+                vip_on_a(s, 60);
+                s.candidates[0].failing_check = Some(PG_PORT.into())
+            },
+            "alert",
+            None,
+        ),
     ];
+
+    /// A failing check as the arbiter words it.
+    const PG_PORT: &str = "check pg-port failing (connection refused)";
+
+    /// The reason names the node and its failing check, as other disqualifications are named.
+    #[test]
+    fn a_failing_check_is_named_in_the_reason() {
+        let mut s = dead_master();
+        s.candidates
+            .iter_mut()
+            .for_each(|c| c.failing_check = Some(PG_PORT.into()));
+        let d = decide(&s);
+        assert!(
+            d.reason().contains(
+                "every candidate has a failing service check tied to the instance (a: check pg-port failing (connection refused); b: check pg-port failing (connection refused))"
+            ),
+            "{d:?}"
+        );
+        let mut s = dead_master();
+        vip_on_a(&mut s, 60);
+        s.candidates[0].failing_check = Some(PG_PORT.into());
+        let d = decide(&s);
+        assert!(
+            d.reason()
+                .ends_with("the database cannot follow: a service check tied to the instance fails there (a: check pg-port failing (connection refused))"),
+            "{d:?}"
+        );
+    }
 
     /// The master is heard and reaches the reference, but the VIP has been on `a` for `secs` s.
     fn vip_on_a(s: &mut Situation, secs: i64) {
@@ -1916,6 +2027,7 @@ mod tests {
                                                     in_maintenance: maintenance,
                                                     position: None,
                                                     streaming: true,
+                                                    failing_check: None,
                                                 }],
                                                 history: History {
                                                     operation_running: running,

@@ -55,6 +55,10 @@ pub struct Witness {
     /// report); None when not asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position_fresh: Option<bool>,
+    /// Its first service check tied to the instance or to a link tied to it that is not
+    /// passing (`check pg-port failing (connection refused)`): it is not a candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_check: Option<String>,
 }
 
 /// What the arbiter knew about a cluster when it decided.
@@ -147,6 +151,7 @@ pub fn candidates(g: &Gathered) -> Vec<Candidate> {
                 .as_deref()
                 .and_then(hapulse_protocol::parse_lsn),
             streaming: w.replication_streaming == Some(true),
+            failing_check: w.failing_check.clone(),
         })
         .collect()
 }

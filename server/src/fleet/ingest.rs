@@ -2,7 +2,8 @@
 //!
 //! Two paths. A report that changes nothing but counters and timestamps only updates live state
 //! and is written as a history sample (batched). A report that changes something (a new node, a
-//! node back from suspect/down, a new agent run, a role, a priority, a VIP, keepalived up/down)
+//! node back from suspect/down, a new agent run, a role, a priority, a VIP, keepalived up/down,
+//! a service check's state)
 //! takes the transition path: queued with the other changed reports of the moment and written
 //! together under the transitions lock, in one transaction (watermark rows locked and checked,
 //! nodes and instances stored, events inserted).
@@ -54,6 +55,38 @@ fn needs_store(previous: &NodeLive, report: &HeartbeatReport) -> bool {
             .zip(&instances)
             .any(|(a, b)| stored_key(a) != stored_key(b))
         || link_keys(&previous.replication) != link_keys(&report.replication)
+        || check_keys(&previous.checks) != check_keys(&report.checks)
+}
+
+/// A check's stored state: name, kind, target, passing, tie. The latest attempt's outcome,
+/// detail, count and duration alone change nothing stored (they stay in memory), so a failing
+/// check whose error text varies does not send every report down the transition path.
+type CheckKey<'a> = (
+    &'a str,
+    hapulse_protocol::ServiceCheckKind,
+    &'a str,
+    bool,
+    Option<&'a str>,
+    Option<&'a str>,
+);
+
+/// The stored fields of `checks`, by name.
+fn check_keys(checks: &[hapulse_protocol::ServiceCheckReport]) -> Vec<CheckKey<'_>> {
+    let mut keys: Vec<_> = checks
+        .iter()
+        .map(|c| {
+            (
+                c.name.as_str(),
+                c.kind,
+                c.target.as_str(),
+                c.passing,
+                c.vrrp_instance.as_deref(),
+                c.link.as_deref(),
+            )
+        })
+        .collect();
+    keys.sort_by(|a, b| a.0.cmp(b.0));
+    keys
 }
 
 /// A link's stored state: key, role, state, peer, VRRP instance, whether it has an error.

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use hapulse_protocol::{
-    ArbitrationReport, HeartbeatReport, ReplicationLinkReport, VrrpInstanceReport, VrrpState,
+    ArbitrationReport, HeartbeatReport, ReplicationLinkReport, ServiceCheckReport,
+    VrrpInstanceReport, VrrpState,
 };
 use serde::Serialize;
 use tokio::time::Instant;
@@ -94,6 +95,10 @@ pub struct NodeLive {
     /// What the agent reaches (reference address, peers), from its last report; in memory only
     /// (the arbiter's grace period after a server start covers its absence).
     pub arbitration: Option<ArbitrationReport>,
+    /// The host's service checks, sorted by name, as its last report gave them. Stored (in
+    /// `nodes.checks`) when a check appears, goes, or changes its state, target or tie; the
+    /// latest attempt's detail and duration alone are kept in memory.
+    pub checks: Vec<ServiceCheckReport>,
 }
 
 impl NodeLive {
@@ -121,6 +126,7 @@ impl NodeLive {
             spool_dropped: 0,
             replication: Vec::new(),
             arbitration: None,
+            checks: Vec::new(),
         };
         node.apply(report, received_at, now);
         node
@@ -150,6 +156,9 @@ impl NodeLive {
         links.sort_by_key(ReplicationLinkReport::key);
         self.replication = links;
         self.arbitration.clone_from(&report.arbitration);
+        let mut checks = report.checks.clone();
+        checks.sort_by(|a, b| a.name.cmp(&b.name));
+        self.checks = checks;
     }
 
     /// True when `report` was already accepted (same run, `seq` not above the watermark).
@@ -165,6 +174,35 @@ impl NodeLive {
     /// The instance named `name`.
     pub fn instance(&self, name: &str) -> Option<&VrrpInstanceReport> {
         self.instances.iter().find(|i| i.name == name)
+    }
+
+    /// Its service checks that are not passing and are tied to VRRP instance `instance` or to
+    /// one of the replication links `links` (`postgresql:pg`), by name.
+    pub fn failing_tied_checks<'a>(
+        &'a self,
+        instance: &'a str,
+        links: &'a [&'a str],
+    ) -> impl Iterator<Item = &'a ServiceCheckReport> + 'a {
+        self.checks
+            .iter()
+            .filter(|c| !c.passing)
+            .filter(move |c| check_tied(c, instance, links))
+    }
+}
+
+/// `check` is tied to VRRP instance `instance` or to one of the links `links`.
+pub fn check_tied(check: &ServiceCheckReport, instance: &str, links: &[&str]) -> bool {
+    check.vrrp_instance.as_deref() == Some(instance)
+        || check.link.as_deref().is_some_and(|l| links.contains(&l))
+}
+
+/// A failing check for people, as failover reasons and refusals show it: `check pg-port
+/// failing (connection refused)`.
+pub fn failing_check_text(check: &ServiceCheckReport) -> String {
+    if check.detail.is_empty() {
+        format!("check {} failing", check.name)
+    } else {
+        format!("check {} failing ({})", check.name, check.detail)
     }
 }
 
@@ -265,6 +303,11 @@ pub enum EventKind {
     /// One report changed more than [`MAX_EVENTS_PER_REPORT`] things: the rest were counted
     /// (by kind, in `detail`) instead of recorded one by one.
     EventsDropped,
+    /// A service check of a node stopped passing (after its fall count), or was first reported
+    /// failing.
+    CheckFailing,
+    /// A service check of a node passes again (after its rise count).
+    CheckPassing,
 }
 
 impl EventKind {
@@ -289,11 +332,13 @@ impl EventKind {
             EventKind::SwitchoverSucceeded => "switchover_succeeded",
             EventKind::SwitchoverFailed => "switchover_failed",
             EventKind::EventsDropped => "events_dropped",
+            EventKind::CheckFailing => "check_failing",
+            EventKind::CheckPassing => "check_passing",
         }
     }
 
     /// Every kind, for metrics and filters.
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 20] = [
         EventKind::NodeUp,
         EventKind::NodeSuspect,
         EventKind::NodeDown,
@@ -312,6 +357,8 @@ impl EventKind {
         EventKind::SwitchoverSucceeded,
         EventKind::SwitchoverFailed,
         EventKind::EventsDropped,
+        EventKind::CheckFailing,
+        EventKind::CheckPassing,
     ];
 
     /// Which events a report over [`MAX_EVENTS_PER_REPORT`] keeps first (lower first): what
@@ -331,7 +378,9 @@ impl EventKind {
             EventKind::RoleChange | EventKind::ReplicationRole => 1,
             EventKind::ReplicationState
             | EventKind::InstanceRemoved
-            | EventKind::ReplicationRemoved => 2,
+            | EventKind::ReplicationRemoved
+            | EventKind::CheckFailing
+            | EventKind::CheckPassing => 2,
             EventKind::PriorityChange => 3,
             EventKind::VipAcquired | EventKind::VipReleased => 4,
         }
@@ -404,6 +453,7 @@ pub fn transitions(
     }
     removed_instance_events(previous, report, &mut out);
     replication_events(previous, report, &mut out);
+    check_events(previous, report, &mut out);
     cap_events(report, &mut out);
     out
 }
@@ -742,6 +792,51 @@ fn link_events(
             link.role.as_str(),
             message,
         );
+    }
+}
+
+/// Service checks whose `passing` changed since the node's previous report
+/// (`check_passing`/`check_failing`), and checks first reported failing. A check first reported
+/// passing, and a check that is no longer reported, make no event.
+fn check_events(previous: Option<&NodeLive>, report: &HeartbeatReport, out: &mut Vec<NewEvent>) {
+    let node = &report.node_id;
+    let old: &[ServiceCheckReport] = previous.map_or(&[], |p| &p.checks);
+    for check in &report.checks {
+        let before = old.iter().find(|o| o.name == check.name).map(|o| o.passing);
+        if before == Some(check.passing) || (before.is_none() && check.passing) {
+            continue;
+        }
+        let (kind, message) = if check.passing {
+            (
+                EventKind::CheckPassing,
+                format!("check {} on {node} passes again", check.name),
+            )
+        } else {
+            (
+                EventKind::CheckFailing,
+                format!("{} on {node}", failing_check_text(check)),
+            )
+        };
+        let state = |passing: bool| if passing { "passing" } else { "failing" };
+        let mut e = node_event(
+            report,
+            kind,
+            check.vrrp_instance.as_deref(),
+            before.map(|b| state(b).to_string()),
+            Some(state(check.passing).to_string()),
+            message,
+            serde_json::json!({
+                "check": check.name,
+                "kind": check.kind.as_str(),
+                "target": check.target,
+                "detail": check.detail,
+                "consecutive": check.consecutive,
+                "duration_ms": check.duration_ms,
+                "changed_at": check.changed_at,
+            }),
+        );
+        e.link.clone_from(&check.link);
+        out.push(e);
     }
 }
 

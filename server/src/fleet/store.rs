@@ -4,7 +4,8 @@
 
 use chrono::{DateTime, Utc};
 use hapulse_protocol::{
-    HeartbeatReport, ReplicationLinkReport, VrrpCounters, VrrpInstanceReport, VrrpState,
+    HeartbeatReport, ReplicationLinkReport, ServiceCheckReport, VrrpCounters, VrrpInstanceReport,
+    VrrpState,
 };
 use serde::Serialize;
 use sqlx::{PgPool, Postgres, Row, Transaction};
@@ -64,7 +65,7 @@ async fn load_nodes(pool: &PgPool, now: Instant) -> Result<Live, sqlx::Error> {
                 greatest(n.last_seq, s.seq) AS last_seq, n.heartbeat_interval_ms,
                 greatest(n.last_heartbeat_at, s.received_at) AS last_heartbeat_at,
                 n.last_observed_at, n.status, n.status_since, n.uptime_seconds, n.load1,
-                n.keepalived_running, n.spool_depth, n.spool_dropped
+                n.keepalived_running, n.spool_depth, n.spool_dropped, n.checks
            FROM nodes n
            LEFT JOIN LATERAL (
                 SELECT max(h.seq) AS seq, max(h.received_at) AS received_at
@@ -76,8 +77,19 @@ async fn load_nodes(pool: &PgPool, now: Instant) -> Result<Live, sqlx::Error> {
     .await?;
     for row in rows {
         let status: String = row.try_get("status")?;
+        let node_id: String = row.try_get("node_id")?;
+        // Stored by this program from the same type: a value it cannot read back is a bug, and
+        // the node starts without checks (its next report brings them) rather than failing the
+        // start-up.
+        let checks = row
+            .try_get::<sqlx::types::Json<Vec<ServiceCheckReport>>, _>("checks")
+            .map(|c| c.0)
+            .unwrap_or_else(|e| {
+                tracing::error!(node_id = %node_id, error = %e, "unreadable nodes.checks skipped");
+                Vec::new()
+            });
         let node = NodeLive {
-            node_id: row.try_get("node_id")?,
+            node_id,
             cluster: row.try_get("cluster")?,
             hostname: row.try_get("hostname")?,
             agent_version: row.try_get("agent_version")?,
@@ -96,6 +108,7 @@ async fn load_nodes(pool: &PgPool, now: Instant) -> Result<Live, sqlx::Error> {
             instances: Vec::new(),
             replication: Vec::new(),
             arbitration: None,
+            checks,
             spool_depth: row.try_get::<i64, _>("spool_depth")? as u64,
             spool_dropped: row.try_get::<i64, _>("spool_dropped")? as u64,
         };
@@ -259,11 +272,11 @@ async fn upsert_node_rows(
         "INSERT INTO nodes (node_id, cluster, hostname, agent_version, protocol_version, boot_id,
                             last_seq, heartbeat_interval_ms, last_heartbeat_at, last_observed_at,
                             status, status_since, uptime_seconds, load1, keepalived_running,
-                            spool_depth, spool_dropped)
+                            spool_depth, spool_dropped, checks)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[],
                               $6::uuid[], $7::int8[], $8::int4[], $9::timestamptz[],
                               $10::timestamptz[], $11::text[], $12::timestamptz[], $13::int8[],
-                              $14::float8[], $15::bool[], $16::int8[], $17::int8[])
+                              $14::float8[], $15::bool[], $16::int8[], $17::int8[], $18::jsonb[])
          ON CONFLICT (node_id) DO UPDATE SET
             cluster = EXCLUDED.cluster, hostname = EXCLUDED.hostname,
             agent_version = EXCLUDED.agent_version, protocol_version = EXCLUDED.protocol_version,
@@ -273,7 +286,8 @@ async fn upsert_node_rows(
             status = EXCLUDED.status, status_since = EXCLUDED.status_since,
             uptime_seconds = EXCLUDED.uptime_seconds, load1 = EXCLUDED.load1,
             keepalived_running = EXCLUDED.keepalived_running,
-            spool_depth = EXCLUDED.spool_depth, spool_dropped = EXCLUDED.spool_dropped",
+            spool_depth = EXCLUDED.spool_depth, spool_dropped = EXCLUDED.spool_dropped,
+            checks = EXCLUDED.checks",
     )
     .bind(col(|n| n.node_id.clone()))
     .bind(col(|n| n.cluster.clone()))
@@ -292,6 +306,7 @@ async fn upsert_node_rows(
     .bind(nodes.iter().map(|n| n.keepalived_running).collect::<Vec<_>>())
     .bind(nodes.iter().map(|n| n.spool_depth as i64).collect::<Vec<_>>())
     .bind(nodes.iter().map(|n| n.spool_dropped as i64).collect::<Vec<_>>())
+    .bind(nodes.iter().map(|n| sqlx::types::Json(&n.checks)).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())

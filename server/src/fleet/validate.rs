@@ -2,7 +2,7 @@
 //! why the fleet refuses or cannot take one ([`IngestError`]).
 
 use hapulse_protocol::{
-    valid_name, HeartbeatReport, ReplicationLinkReport, VrrpInstanceReport,
+    valid_name, HeartbeatReport, ReplicationLinkReport, ServiceCheckReport, VrrpInstanceReport,
     OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 
@@ -49,6 +49,8 @@ pub const MAX_INSTANCES: usize = 256;
 pub const MAX_VIPS: usize = 64;
 /// Most replication links one report may carry.
 pub const MAX_LINKS: usize = 64;
+/// Most service checks one report may carry.
+pub const MAX_CHECKS: usize = 64;
 
 /// Checks what deserialisation cannot; the error names the field.
 pub fn validate(report: &HeartbeatReport) -> Result<(), IngestError> {
@@ -61,6 +63,55 @@ pub fn validate(report: &HeartbeatReport) -> Result<(), IngestError> {
     let instances = &report.keepalived.instances;
     for (n, i) in instances.iter().enumerate() {
         check_instance(n, i, &instances[..n])?;
+    }
+    for (n, c) in report.checks.iter().enumerate() {
+        check_service_check(n, c, &report.checks[..n])?;
+    }
+    Ok(())
+}
+
+/// Service check `c`, number `n`: its name (unique among the checks `before` it), texts and
+/// duration.
+fn check_service_check(
+    n: usize,
+    c: &ServiceCheckReport,
+    before: &[ServiceCheckReport],
+) -> Result<(), IngestError> {
+    let field = |name: &str| format!("checks[{n}].{name}");
+    if !valid_name(&c.name) {
+        return Err(IngestError::from(Refusal::invalid(
+            "invalid_body",
+            field("name"),
+            "1-64 characters of A-Z a-z 0-9 . _ -",
+        )));
+    }
+    if before.iter().any(|o| o.name == c.name) {
+        return Err(IngestError::from(Refusal::invalid(
+            "invalid_body",
+            field("name"),
+            format!("check {} appears twice", c.name),
+        )));
+    }
+    for (name, value, max) in [
+        ("target", Some(&c.target), 1024),
+        ("detail", Some(&c.detail), 1024),
+        ("vrrp_instance", c.vrrp_instance.as_ref(), 64),
+        ("link", c.link.as_ref(), 130),
+    ] {
+        if value.is_some_and(|v| !text_ok(v, max)) {
+            return Err(IngestError::from(Refusal::invalid(
+                "invalid_body",
+                field(name),
+                format!("at most {max} bytes, no control characters"),
+            )));
+        }
+    }
+    if c.duration_ms.is_some_and(|d| !d.is_finite() || d < 0.0) {
+        return Err(IngestError::from(Refusal::invalid(
+            "invalid_body",
+            field("duration_ms"),
+            "must be a finite number ≥ 0",
+        )));
     }
     Ok(())
 }
@@ -141,7 +192,8 @@ fn check_host(report: &HeartbeatReport) -> Result<(), IngestError> {
     Ok(())
 }
 
-/// At most [`MAX_INSTANCES`] VRRP instances and [`MAX_LINKS`] replication links.
+/// At most [`MAX_INSTANCES`] VRRP instances, [`MAX_LINKS`] replication links and
+/// [`MAX_CHECKS`] service checks.
 fn check_counts(report: &HeartbeatReport) -> Result<(), IngestError> {
     if report.keepalived.instances.len() > MAX_INSTANCES {
         return Err(IngestError::from(Refusal::invalid(
@@ -155,6 +207,13 @@ fn check_counts(report: &HeartbeatReport) -> Result<(), IngestError> {
             "invalid_body",
             "replication",
             format!("at most {MAX_LINKS} links"),
+        )));
+    }
+    if report.checks.len() > MAX_CHECKS {
+        return Err(IngestError::from(Refusal::invalid(
+            "invalid_body",
+            "checks",
+            format!("at most {MAX_CHECKS} checks"),
         )));
     }
     Ok(())

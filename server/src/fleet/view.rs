@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use hapulse_protocol::{
-    LinkState, ReplicationKind, ReplicationLinkReport, ReplicationRole, VrrpCounters, VrrpState,
+    LinkState, ReplicationKind, ReplicationLinkReport, ReplicationRole, ServiceCheckReport,
+    VrrpCounters, VrrpState,
 };
 use serde::Serialize;
 use uuid::Uuid;
@@ -112,6 +113,11 @@ pub struct NodeSummary {
     pub keepalived_running: bool,
     /// Agent version.
     pub agent_version: String,
+    /// Its service checks (`[[checks]]` in its agent), by name, as last reported: `passing`
+    /// after the check's rise/fall counts, the latest attempt's `detail`. Empty without checks.
+    pub checks: Vec<ServiceCheckReport>,
+    /// How many of them are not passing.
+    pub checks_failing: usize,
 }
 
 /// A cluster with its verdict.
@@ -262,6 +268,8 @@ fn summary(node: &NodeLive, now: DateTime<Utc>) -> NodeSummary {
         heartbeat_age_ms: (now - node.last_heartbeat_at).num_milliseconds().max(0),
         keepalived_running: node.keepalived_running,
         agent_version: node.agent_version.clone(),
+        checks: node.checks.clone(),
+        checks_failing: node.checks.iter().filter(|c| !c.passing).count(),
     }
 }
 

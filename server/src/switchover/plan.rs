@@ -186,6 +186,7 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, Swit
     let old_master = single_master(instance)?;
     check_members_up(instance)?;
     let (link, layers) = tied_link(cluster, instance, &old_master)?;
+    check_target_checks(cluster, instance, &layers, &req.target_node)?;
     let target_link = match link {
         Some(l) => Some(streaming_standby(l, &req.target_node)?),
         None => None,
@@ -372,6 +373,38 @@ fn tied_link<'c>(
         )));
     }
     Ok((views.first().copied(), layers))
+}
+
+/// No service check of the target tied to the instance or to a link of its stack `layers` is
+/// failing (409 `target_check_failing`, naming the check and its latest detail): the service
+/// would move to a host where it does not work. There is no override: fix the check, or pick
+/// another target.
+fn check_target_checks(
+    cluster: &ClusterView,
+    instance: &view::InstanceView,
+    layers: &[Layer],
+    target: &str,
+) -> Result<(), SwitchoverError> {
+    let links: Vec<&str> = layers.iter().map(|l| l.link.as_str()).collect();
+    let failing: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.node_id == target)
+        .flat_map(|n| n.checks.iter())
+        .filter(|c| !c.passing && crate::fleet::live::check_tied(c, &instance.name, &links))
+        .map(crate::fleet::live::failing_check_text)
+        .collect();
+    if failing.is_empty() {
+        return Ok(());
+    }
+    Err(SwitchoverError::from(Refusal::conflict(
+        "target_check_failing",
+        format!(
+            "{target}: {}; a service check tied to {} must pass on the target",
+            failing.join("; "),
+            instance.name
+        ),
+    )))
 }
 
 /// The target's member of `link`, which must be a streaming standby (409): only one receives the
@@ -736,6 +769,8 @@ mod tests {
             heartbeat_age_ms: 0,
             keepalived_running: true,
             agent_version: "test".into(),
+            checks: Vec::new(),
+            checks_failing: 0,
         }
     }
 
@@ -1083,6 +1118,48 @@ mod tests {
                 "c does not report postgresql:pg".into()
             )
         );
+    }
+
+    /// A check of the target tied to the instance or to its link refuses the move; one tied to
+    /// nothing, or passing, does not.
+    #[test]
+    fn a_target_whose_tied_check_fails_is_refused() {
+        let check = |name: &str, passing: bool, instance: Option<&str>, link: Option<&str>| {
+            hapulse_protocol::ServiceCheckReport {
+                name: name.into(),
+                kind: hapulse_protocol::ServiceCheckKind::Tcp,
+                target: "127.0.0.1:5432".into(),
+                passing,
+                last_ok: passing,
+                consecutive: 3,
+                detail: "connection refused".into(),
+                duration_ms: Some(0.2),
+                changed_at: None,
+                vrrp_instance: instance.map(str::to_string),
+                link: link.map(str::to_string),
+            }
+        };
+        let mut c = cluster();
+        c.replication.push(link());
+        c.nodes[1].checks = vec![
+            check("disk", false, None, None),
+            check("http", true, Some("vi"), None),
+        ];
+        assert!(plan(&c, &request("b")).is_ok());
+        c.nodes[1]
+            .checks
+            .push(check("pg-port", false, None, Some("postgresql:pg")));
+        assert_eq!(
+            refused(&c, &request("b")),
+            (
+                "target_check_failing".into(),
+                "b: check pg-port failing (connection refused); a service check tied to vi must pass on the target".into()
+            )
+        );
+        let mut c = cluster();
+        c.nodes[2].checks = vec![check("vip-http", false, Some("vi"), None)];
+        assert_eq!(refused(&c, &request("c")).0, "target_check_failing");
+        assert!(plan(&c, &request("b")).is_ok());
     }
 
     #[test]

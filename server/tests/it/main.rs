@@ -8,6 +8,7 @@ mod alerting;
 mod api;
 mod browser;
 mod check_config;
+mod checks;
 mod cli;
 mod failover_api;
 mod harness;
