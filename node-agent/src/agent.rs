@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use hapulse_protocol::{
     ArbitrationReport, HeartbeatReport, KeepalivedReport, LinkState, ReplicationLinkReport,
-    ReplicationRole, VrrpState, PROTOCOL_VERSION,
+    ReplicationRole, ServiceCheckReport, VrrpState, PROTOCOL_VERSION,
 };
 use rand::Rng;
 use tokio::sync::{mpsc, watch, Notify};
@@ -63,13 +63,15 @@ struct Snapshot {
     keepalived: KeepalivedReport,
     replication: Vec<ReplicationLinkReport>,
     arbitration: Option<ArbitrationReport>,
+    checks: Vec<ServiceCheckReport>,
     state_change: bool,
 }
 
 /// The part of a report that makes it a state change when it differs from the previous one:
 /// keepalived up/down and, per instance, state, priorities, VIPs and held VIPs; per replication
-/// link role and state; which arbitration targets answer, and a self-fence. Counters, lags,
-/// round-trip times and timestamps are left out: they change without anything happening.
+/// link role and state; which arbitration targets answer, and a self-fence; per service check
+/// whether it passes (after its rise/fall counts). Counters, lags, round-trip times, check
+/// details and timestamps are left out: they change without anything happening.
 type StateKey = (
     bool,
     Vec<(
@@ -82,12 +84,14 @@ type StateKey = (
     )>,
     Vec<(String, ReplicationRole, LinkState)>,
     Option<(bool, Vec<bool>, bool)>,
+    Vec<(String, bool)>,
 );
 
 fn state_key(
     k: &KeepalivedReport,
     replication: &[ReplicationLinkReport],
     arbitration: Option<&ArbitrationReport>,
+    checks: &[ServiceCheckReport],
 ) -> StateKey {
     let instances = k
         .instances
@@ -115,6 +119,7 @@ fn state_key(
         instances,
         replication::state_key(replication),
         arbitration,
+        checks.iter().map(|c| (c.name.clone(), c.passing)).collect(),
     )
 }
 
@@ -190,6 +195,9 @@ struct Inputs {
     links: watch::Receiver<Vec<ReplicationLinkReport>>,
     /// The latest arbitration report (stays None without `[arbitration]`).
     arbitration: watch::Receiver<Option<ArbitrationReport>>,
+    /// The service checks' latest reports (stays empty with none configured); notified when a
+    /// check starts or stops passing.
+    checks: watch::Receiver<Vec<ServiceCheckReport>>,
 }
 
 /// The components' tasks, to be joined at shutdown.
@@ -198,8 +206,8 @@ struct Tasks {
     sender: JoinHandle<()>,
     /// The sender's own token, cancelled once the main loop has stopped.
     sender_shutdown: CancellationToken,
-    /// FIFO reader, command executor, and the replication and arbitration probes when
-    /// configured; each stops on a child token of the agent's shutdown.
+    /// FIFO reader, command executor, and the replication and arbitration probes and the
+    /// service checks when configured; each stops on a child token of the agent's shutdown.
     others: Vec<JoinHandle<()>>,
 }
 
@@ -215,8 +223,8 @@ impl Tasks {
     }
 }
 
-/// Starts the FIFO reader, the replication and arbitration probes (when configured), the
-/// command executor and the report sender. Errors: the executor's fencing state is unreadable.
+/// Starts the FIFO reader, the replication and arbitration probes and the service checks (when
+/// configured), the command executor and the report sender. Errors: the executor's fencing state is unreadable.
 fn spawn_components(
     settings: &Settings,
     client: AgentClient,
@@ -259,6 +267,15 @@ fn spawn_components(
         ))
     });
 
+    let (checks_tx, checks_rx) = watch::channel(crate::checks::initial_reports(&settings.checks));
+    let checks_task = (!settings.checks.is_empty()).then(|| {
+        tokio::spawn(crate::checks::run(
+            settings.checks.clone(),
+            checks_tx,
+            shutdown.child_token(),
+        ))
+    });
+
     let sender_shutdown = CancellationToken::new();
     // Commands: a long poll of their own, plus those that arrive in heartbeat answers.
     let mut executor =
@@ -285,10 +302,11 @@ fn spawn_components(
         fifo: fifo_rx,
         links: links_rx,
         arbitration: arbitration_rx,
+        checks: checks_rx,
     };
     let others = [Some(fifo_task), Some(commands_task)]
         .into_iter()
-        .chain([replication_task, arbitration_task])
+        .chain([replication_task, arbitration_task, checks_task])
         .flatten()
         .collect();
     let tasks = Tasks {
@@ -300,7 +318,8 @@ fn spawn_components(
 }
 
 /// Until `shutdown`: reports on every heartbeat tick, and at once on a FIFO transition, a
-/// replication link's or an arbitration target's change, or keepalived starting or stopping;
+/// replication link's or an arbitration target's change, a service check starting or stopping
+/// to pass, or keepalived starting or stopping;
 /// reconciles the probe from keepalived's JSON dump every `reconcile_interval`.
 async fn main_loop(
     probe: &mut KeepalivedProbe,
@@ -326,7 +345,7 @@ async fn main_loop(
             Some(transition) = inputs.fifo.recv() => {
                 probe.apply_transition(&transition);
                 // Report the FIFO's news at once, then fill in the details from a fresh dump.
-                let snap = take_snapshot(probe, &inputs.links, &inputs.arbitration, &mut last_key).await;
+                let snap = take_snapshot(probe, inputs, &mut last_key).await;
                 stage(shared, settings, boot_id, snap);
                 probe.reconcile().await;
             }
@@ -335,6 +354,8 @@ async fn main_loop(
             Ok(()) = inputs.links.changed() => {}
             // An arbitration target stopped or started answering: report at once.
             Ok(()) = inputs.arbitration.changed() => {}
+            // A service check started or stopped passing: report at once.
+            Ok(()) = inputs.checks.changed() => {}
             _ = heartbeat.tick() => tick_due = true,
         }
         let running = probe.keepalived_pid().is_some();
@@ -349,7 +370,7 @@ async fn main_loop(
             }
         }
         last_running = Some(running);
-        let snap = take_snapshot(probe, &inputs.links, &inputs.arbitration, &mut last_key).await;
+        let snap = take_snapshot(probe, inputs, &mut last_key).await;
         observed.send_replace(Some(Arc::new(crate::health::Observation {
             keepalived: snap.keepalived.clone(),
             replication: snap.replication.clone(),
@@ -361,22 +382,25 @@ async fn main_loop(
     }
 }
 
+/// The probe's snapshot and the other components' latest reports (marking them seen), and
+/// whether they differ from the previous snapshot in a way that matters ([`StateKey`]).
 async fn take_snapshot(
     probe: &mut KeepalivedProbe,
-    links: &watch::Receiver<Vec<ReplicationLinkReport>>,
-    arbitration: &watch::Receiver<Option<ArbitrationReport>>,
+    inputs: &mut Inputs,
     last_key: &mut Option<StateKey>,
 ) -> Snapshot {
     let keepalived = probe.snapshot().await;
-    let replication = links.borrow().clone();
-    let arbitration = arbitration.borrow().clone();
-    let key = state_key(&keepalived, &replication, arbitration.as_ref());
+    let replication = inputs.links.borrow_and_update().clone();
+    let arbitration = inputs.arbitration.borrow_and_update().clone();
+    let checks = inputs.checks.borrow_and_update().clone();
+    let key = state_key(&keepalived, &replication, arbitration.as_ref(), &checks);
     let state_change = last_key.as_ref() != Some(&key);
     *last_key = Some(key);
     Snapshot {
         keepalived,
         replication,
         arbitration,
+        checks,
         state_change,
     }
 }
@@ -407,7 +431,7 @@ fn stage(shared: &Shared, settings: &Settings, boot_id: Uuid, snap: Snapshot) {
         highest_epoch: shared
             .highest_epoch
             .load(std::sync::atomic::Ordering::Relaxed),
-        checks: Vec::new(),
+        checks: snap.checks,
     };
     outbox.next_seq += 1;
     if report.state_change {

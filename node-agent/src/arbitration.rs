@@ -131,8 +131,7 @@ pub async fn run(
     report: watch::Sender<Option<ArbitrationReport>>,
     shutdown: CancellationToken,
 ) {
-    let v4 = Client::new(&Config::default());
-    let v6 = Client::new(&Config::builder().kind(ICMP::V6).build());
+    let (v4, v6) = icmp_clients();
     let mut targets = vec![Target::new(None, arbitration.reference_address)];
     targets.extend(
         arbitration
@@ -154,13 +153,20 @@ pub async fn run(
         seq = seq.wrapping_add(1);
         let rounds = targets.iter().map(|t| {
             let client = if t.address.is_ipv4() { &v4 } else { &v6 };
-            echo(
+            let round = echo(
                 client.as_ref().ok(),
                 t.address,
                 t.ident,
                 seq,
                 arbitration.timeout,
-            )
+            );
+            let address = t.address;
+            async move {
+                round
+                    .await
+                    .inspect_err(|e| tracing::trace!(%address, error = %e, "no echo reply"))
+                    .ok()
+            }
         });
         let results = futures::future::join_all(rounds).await;
         let now = Instant::now();
@@ -204,23 +210,34 @@ pub async fn run(
     }
 }
 
-/// One ICMP echo: the round-trip time, or None (no socket, no answer within `timeout`).
-async fn echo(
+/// The agent's ICMP sockets, IPv4 and IPv6 (raw sockets: root or `CAP_NET_RAW`), for
+/// arbitration and service checks alike.
+pub(crate) fn icmp_clients() -> (std::io::Result<Client>, std::io::Result<Client>) {
+    (
+        Client::new(&Config::default()),
+        Client::new(&Config::builder().kind(ICMP::V6).build()),
+    )
+}
+
+/// One ICMP echo with identifier `ident` and sequence `seq`: the round-trip time, or why none
+/// came back (no socket, no answer within `timeout`).
+pub(crate) async fn echo(
     client: Option<&Client>,
     address: IpAddr,
     ident: u16,
     seq: u16,
     timeout: Duration,
-) -> Option<Duration> {
-    let client = client?;
+) -> Result<Duration, String> {
+    let client =
+        client.ok_or("no ICMP socket (the agent needs root or CAP_NET_RAW)".to_string())?;
     let mut pinger = client.pinger(address, PingIdentifier(ident)).await;
     pinger.timeout(timeout);
     match pinger.ping(PingSequence(seq), &[0u8; 16]).await {
-        Ok((_, rtt)) => Some(rtt),
-        Err(e) => {
-            tracing::trace!(%address, error = %e, "no echo reply");
-            None
+        Ok((_, rtt)) => Ok(rtt),
+        Err(surge_ping::SurgeError::Timeout { .. }) => {
+            Err(format!("no echo reply within {timeout:?}"))
         }
+        Err(e) => Err(e.to_string()),
     }
 }
 

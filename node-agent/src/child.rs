@@ -5,16 +5,16 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Runs a program with arguments (no shell), a cleared environment plus `env`, and a timeout;
-/// Ok with its whole output (stdout, then stderr) on exit 0, Err with the exit status and the
-/// output's tail otherwise.
-pub(crate) async fn run_full(
+/// Runs a program with arguments (no shell), a cleared environment with a standard `PATH` plus
+/// `env`, and a timeout after which it is killed: its exit status and output, or Err when it
+/// could not be started (`cannot run PROGRAM: …`) or was killed (`PROGRAM: killed after 1s`).
+pub(crate) async fn output(
     program: &str,
     args: &[String],
     env: &BTreeMap<String, String>,
     timeout: Duration,
-) -> Result<String, String> {
-    let output = tokio::time::timeout(
+) -> Result<std::process::Output, String> {
+    tokio::time::timeout(
         timeout,
         tokio::process::Command::new(program)
             .args(args)
@@ -29,7 +29,18 @@ pub(crate) async fn run_full(
     )
     .await
     .map_err(|_| format!("{program}: killed after {timeout:?}"))?
-    .map_err(|e| format!("cannot run {program}: {e}"))?;
+    .map_err(|e| format!("cannot run {program}: {e}"))
+}
+
+/// Runs a program as [`output`] does: Ok with its whole output (stdout, then stderr) on exit 0,
+/// Err with the exit status and the output's tail otherwise.
+pub(crate) async fn run_full(
+    program: &str,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+    timeout: Duration,
+) -> Result<String, String> {
+    let output = output(program, args, env, timeout).await?;
     let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&output.stderr));
     if output.status.success() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
-use hapulse_protocol::valid_name;
+use hapulse_protocol::{valid_name, ServiceCheckKind};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
@@ -95,6 +95,79 @@ pub struct Settings {
     /// served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthSettings>,
+    /// Service checks (`[[checks]]`, see [`crate::checks`]), reported with every heartbeat.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckSettings>,
+}
+
+/// One `[[checks]]` entry: a service asked every `interval` (the `mon` idea).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSettings {
+    /// Unique on this host, 1-64 characters of `A-Z a-z 0-9 . _ -` (`pg-port`).
+    pub name: String,
+    /// How to ask: `tcp`, `http`, `icmp` or `exec`.
+    pub kind: ServiceCheckKind,
+    /// What to ask: `HOST:PORT` (tcp), an `http://` or `https://` URL (http), an IP address
+    /// (icmp). None for exec, which has `command`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// exec: the program and its arguments, run without a shell, with a cleared environment;
+    /// passing when it exits 0 within `timeout`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// http: the status that counts as passing (default 200). Redirects are not followed.
+    #[serde(default = "default_expect_status")]
+    pub expect_status: u16,
+    /// http: text the body must contain, besides the status (default none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_body: Option<String>,
+    /// Time between two attempts (default 2 s, at least 100 ms).
+    #[serde(default = "default_check_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Longest one attempt may take (default 1 s, below `interval`); beyond it the attempt
+    /// fails (an exec program is killed).
+    #[serde(default = "default_check_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Successes in a row that make a failing check pass again (default 2).
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Failures in a row that make a passing check fail (default 3).
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+    /// The VRRP instance whose service this is (`VI_1`): the server does not promote a host
+    /// where it fails for that instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vrrp_instance: Option<String>,
+    /// The replication link whose service this is, `kind:name` as the agent reports links
+    /// (`postgresql:pg`, `mysql:db`, `drbd:r0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    /// A keepalived track file the agent keeps at `0` while the check passes and `1` while it
+    /// fails: with `vrrp_track_file … weight -N` keepalived lowers the instance's priority by
+    /// N, as with a `vrrp_script`. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_file: Option<PathBuf>,
+}
+
+fn default_expect_status() -> u16 {
+    200
+}
+
+fn default_check_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_rise() -> u32 {
+    2
+}
+
+fn default_fall() -> u32 {
+    3
 }
 
 /// `[health]`: where the agent answers a load balancer's checks (`GET /primary`, `/replica`,
@@ -412,6 +485,7 @@ impl Default for Settings {
             actions: ActionSettings::default(),
             arbitration: None,
             health: None,
+            checks: Vec::new(),
             keepalived: KeepalivedSettings {
                 notify_fifo: PathBuf::from("/run/keepalived/hapulse.fifo"),
                 pid_file: PathBuf::from("/run/keepalived.pid"),
@@ -433,8 +507,8 @@ pub enum ConfigError {
     /// A value parsed but is not acceptable.
     #[error("configuration key `{key}`: {reason}")]
     Invalid {
-        /// The key at fault.
-        key: &'static str,
+        /// The key at fault (`checks[1].timeout` for an entry of a list).
+        key: String,
         /// Why it is refused.
         reason: String,
     },
@@ -448,7 +522,7 @@ impl Settings {
         if let Some(path) = file {
             if !path.exists() {
                 return Err(ConfigError::Invalid {
-                    key: "--config",
+                    key: "--config".into(),
                     reason: format!("{} does not exist", path.display()),
                 });
             }
@@ -500,7 +574,37 @@ impl Settings {
              # Health endpoints for HAProxy (Patroni's /primary, /replica?lag=, /read-only,\n\
              # /health, /liveness), off by default. Example:\n\
              # [health]\n\
-             # listen = \"10.0.0.11:8008\"\n"
+             # listen = \"10.0.0.11:8008\"\n\
+             #\n\
+             # Service checks, none by default (kind tcp, http, icmp or exec). Examples:\n\
+             # [[checks]]\n\
+             # name = \"pg-port\"\n\
+             # kind = \"tcp\"\n\
+             # target = \"10.0.0.11:5432\"\n\
+             # interval = \"2s\"\n\
+             # timeout = \"1s\"\n\
+             # rise = 2\n\
+             # fall = 3\n\
+             # vrrp_instance = \"VI_1\"\n\
+             # link = \"postgresql:pg\"\n\
+             # track_file = \"/run/hapulse/pg-port.track\"   # 0 passing, 1 failing\n\
+             #\n\
+             # [[checks]]\n\
+             # name = \"web\"\n\
+             # kind = \"http\"\n\
+             # target = \"https://10.0.0.11/health\"\n\
+             # expect_status = 200\n\
+             # expect_body = \"ok\"\n\
+             #\n\
+             # [[checks]]\n\
+             # name = \"gateway\"\n\
+             # kind = \"icmp\"\n\
+             # target = \"10.0.0.254\"\n\
+             #\n\
+             # [[checks]]\n\
+             # name = \"replica-sane\"\n\
+             # kind = \"exec\"\n\
+             # command = [\"/usr/local/bin/check-replica\", \"--quiet\"]\n"
         )
     }
 
@@ -523,8 +627,39 @@ impl Settings {
         if let Some(a) = &self.arbitration {
             a.validate(&self.node_id, &self.actions)?;
         }
+        self.validate_checks()?;
         if self.spool_capacity == 0 {
             return invalid("spool_capacity", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Every `[[checks]]` entry ([`CheckSettings::validate`]); names unique, and track files
+    /// unique and none of them one the executor writes (`actions.track_files`).
+    fn validate_checks(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut files: std::collections::BTreeSet<&Path> = self
+            .actions
+            .track_files
+            .iter()
+            .flat_map(|t| [t.priority_file.as_path(), t.fence_file.as_path()])
+            .collect();
+        for (i, check) in self.checks.iter().enumerate() {
+            check.validate(i)?;
+            if !names.insert(&check.name) {
+                return invalid(
+                    &format!("checks[{i}].name"),
+                    &format!("{:?} is the name of an earlier check", check.name),
+                );
+            }
+            if let Some(file) = &check.track_file {
+                if !files.insert(file) {
+                    return invalid(
+                        &format!("checks[{i}].track_file"),
+                        "already written by another check or by actions.track_files",
+                    );
+                }
+            }
         }
         Ok(())
     }
@@ -602,7 +737,10 @@ impl Settings {
                 .as_deref()
                 .and_then(|a| hapulse_protocol::parse_host_port(a).err())
             {
-                return Err(ConfigError::Invalid { key, reason: bad });
+                return Err(ConfigError::Invalid {
+                    key: key.into(),
+                    reason: bad,
+                });
             }
         }
         Ok(())
@@ -697,11 +835,107 @@ pub fn check_standby_conninfo(conninfo: &str) -> Result<(), String> {
 }
 
 /// A refusal of `key` with a fixed reason.
-fn invalid(key: &'static str, reason: &str) -> Result<(), ConfigError> {
+fn invalid(key: &str, reason: &str) -> Result<(), ConfigError> {
     Err(ConfigError::Invalid {
-        key,
+        key: key.to_string(),
         reason: reason.to_string(),
     })
+}
+
+impl CheckSettings {
+    /// The rules of one entry, `i` its index in `[[checks]]` (for the key in the error): a
+    /// valid name; the target its kind needs (or the command, for exec) and nothing meant for
+    /// another kind; timing within bounds; a well-formed tie.
+    fn validate(&self, i: usize) -> Result<(), ConfigError> {
+        let refuse = |key: &str, reason: &str| invalid(&format!("checks[{i}].{key}"), reason);
+        if !valid_name(&self.name) {
+            return refuse("name", "1-64 characters of A-Z a-z 0-9 . _ -");
+        }
+        match (self.kind, self.target.as_deref()) {
+            (ServiceCheckKind::Exec, Some(_)) => {
+                return refuse("target", "exec checks name their program in `command`");
+            }
+            (ServiceCheckKind::Exec, None) => {
+                if self.command.first().is_none_or(|p| p.is_empty()) {
+                    return refuse("command", "must name a program: [\"prog\", \"arg\"]");
+                }
+            }
+            (_, None) => return refuse("target", "required for tcp, http and icmp checks"),
+            (kind, Some(target)) => {
+                if !self.command.is_empty() {
+                    return refuse("command", "only for exec checks");
+                }
+                if let Err(reason) = check_target(kind, target) {
+                    return refuse("target", &reason);
+                }
+            }
+        }
+        if self.kind != ServiceCheckKind::Http {
+            if self.expect_body.is_some() {
+                return refuse("expect_body", "only for http checks");
+            }
+            if self.expect_status != default_expect_status() {
+                return refuse("expect_status", "only for http checks");
+            }
+        }
+        if !(100..=599).contains(&self.expect_status) {
+            return refuse("expect_status", "must be an HTTP status, 100-599");
+        }
+        if self.interval < Duration::from_millis(100) || self.interval > Duration::from_secs(3600) {
+            return refuse("interval", "must be between 100ms and 1h");
+        }
+        if self.timeout < Duration::from_millis(10) {
+            return refuse("timeout", "must be at least 10ms");
+        }
+        if self.timeout >= self.interval {
+            return refuse("timeout", "must be below interval");
+        }
+        if !(1..=1000).contains(&self.rise) {
+            return refuse("rise", "must be between 1 and 1000");
+        }
+        if !(1..=1000).contains(&self.fall) {
+            return refuse("fall", "must be between 1 and 1000");
+        }
+        if self
+            .vrrp_instance
+            .as_deref()
+            .is_some_and(|v| !valid_name(v))
+        {
+            return refuse("vrrp_instance", "1-64 characters of A-Z a-z 0-9 . _ -");
+        }
+        if let Some(link) = &self.link {
+            let ok = link.split_once(':').is_some_and(|(kind, name)| {
+                matches!(kind, "postgresql" | "mysql" | "drbd") && valid_name(name)
+            });
+            if !ok {
+                return refuse(
+                    "link",
+                    "kind:name, the kind postgresql, mysql or drbd (postgresql:pg)",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `target` suits a check of `kind` (not exec): `HOST:PORT` for tcp, an `http://` or
+/// `https://` URL with a host for http, an IP address for icmp. Err says what is wrong.
+fn check_target(kind: ServiceCheckKind, target: &str) -> Result<(), String> {
+    match kind {
+        ServiceCheckKind::Tcp => hapulse_protocol::parse_host_port(target).map(|_| ()),
+        ServiceCheckKind::Http => {
+            let url = reqwest::Url::parse(target).map_err(|e| format!("not a URL: {e}"))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err("must be an http:// or https:// URL with a host".into());
+            }
+            Ok(())
+        }
+        ServiceCheckKind::Icmp => target
+            .parse::<IpAddr>()
+            .map(|_| ())
+            .map_err(|_| format!("{target:?} is not an IP address")),
+        ServiceCheckKind::Exec => Ok(()),
+    }
 }
 
 impl KeepalivedSettings {
@@ -726,7 +960,7 @@ impl ActionSettings {
             .find(|k| !ACTION_KINDS.contains(&k.as_str()))
         {
             return Err(ConfigError::Invalid {
-                key: "actions.enabled",
+                key: "actions.enabled".into(),
                 reason: format!(
                     "unknown action {unknown:?}; known: {}",
                     ACTION_KINDS.join(", ")
@@ -754,7 +988,7 @@ impl ActionSettings {
                 .and_then(|c| check_standby_conninfo(c).err())
         }) {
             return Err(ConfigError::Invalid {
-                key: "actions.postgres.standby_conninfo",
+                key: "actions.postgres.standby_conninfo".into(),
                 reason: bad,
             });
         }
@@ -787,7 +1021,7 @@ impl ArbitrationSettings {
             .find(|p| !valid_name(&p.node_id) || p.node_id == node_id)
         {
             return Err(ConfigError::Invalid {
-                key: "arbitration.peers",
+                key: "arbitration.peers".into(),
                 reason: format!(
                     "{:?}: a peer is another node's id (1-64 characters of A-Z a-z 0-9 . _ -)",
                     p.node_id
@@ -855,7 +1089,7 @@ mod tests {
             &text
                 .replace("# [[postgresql]]\n# name", "[[postgresql]]\nname")
                 .replace("# dsn", "dsn")
-                .replace("# vrrp_instance", "vrrp_instance"),
+                .replacen("# vrrp_instance", "vrrp_instance", 1),
         )
         .unwrap();
         assert_eq!(
@@ -867,6 +1101,46 @@ mod tests {
             "the DSN is secret"
         );
         assert_eq!(parsed.heartbeat_interval, Duration::from_secs(1));
+        assert!(parsed.checks.is_empty());
+        // Every commented check example parses and validates once uncommented.
+        let checks_at = text.find("# [[checks]]").unwrap();
+        let uncommented = text[checks_at..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let with_checks: Settings =
+            toml::from_str(&format!("{}\n{uncommented}", &text[..checks_at])).unwrap();
+        let kinds: Vec<_> = with_checks.checks.iter().map(|c| c.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                ServiceCheckKind::Tcp,
+                ServiceCheckKind::Http,
+                ServiceCheckKind::Icmp,
+                ServiceCheckKind::Exec
+            ]
+        );
+        let pg = &with_checks.checks[0];
+        assert_eq!(pg.link.as_deref(), Some("postgresql:pg"));
+        assert_eq!((pg.rise, pg.fall), (2, 3));
+        assert_eq!(with_checks.checks[3].expect_status, 200, "the default");
+        assert_eq!(with_checks.checks[3].interval, Duration::from_secs(2));
+        assert_eq!(with_checks.checks[3].timeout, Duration::from_secs(1));
+        Settings {
+            node_id: "db1".into(),
+            cluster: "pg".into(),
+            ..with_checks.clone()
+        }
+        .validate()
+        .unwrap();
+        // And they serialize back to what they were.
+        let again: Settings = toml::from_str(&toml::to_string(&with_checks).unwrap()).unwrap();
+        assert_eq!(again.checks.len(), 4);
+        assert_eq!(
+            again.checks[3].command,
+            ["/usr/local/bin/check-replica", "--quiet"]
+        );
         let s = Settings {
             enrollment_token: Some(SecretString::from("hunter2")),
             ..Settings::default()
@@ -1008,6 +1282,165 @@ mod tests {
             "self-fencing without track files"
         );
         assert_eq!(key_at_fault(&|s| s.spool_capacity = 0), "spool_capacity");
+    }
+
+    #[test]
+    fn each_check_rule_names_the_entry_and_key() {
+        let tcp = CheckSettings {
+            name: "pg-port".into(),
+            kind: ServiceCheckKind::Tcp,
+            target: Some("127.0.0.1:5432".into()),
+            command: vec![],
+            expect_status: 200,
+            expect_body: None,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            vrrp_instance: Some("VI_1".into()),
+            link: Some("postgresql:pg".into()),
+            track_file: None,
+        };
+        let valid = Settings {
+            node_id: "db1".into(),
+            cluster: "pg".into(),
+            checks: vec![tcp.clone()],
+            ..Settings::default()
+        };
+        valid.validate().unwrap();
+        // The second entry is at fault, with a message naming it.
+        let refusal = |change: &dyn Fn(&mut CheckSettings)| {
+            let mut second = CheckSettings {
+                name: "second".into(),
+                ..tcp.clone()
+            };
+            change(&mut second);
+            let s = Settings {
+                checks: vec![tcp.clone(), second],
+                ..valid.clone()
+            };
+            match s.validate() {
+                Err(e @ ConfigError::Invalid { .. }) => {
+                    let ConfigError::Invalid { ref key, .. } = e else {
+                        unreachable!()
+                    };
+                    (key.clone(), e.to_string())
+                }
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        };
+        let (key, message) = refusal(&|c| c.timeout = Duration::from_secs(2));
+        assert_eq!(key, "checks[1].timeout");
+        assert!(message.contains("must be below interval"), "{message}");
+        assert_eq!(refusal(&|c| c.name = "pg-port".into()).0, "checks[1].name");
+        assert_eq!(refusal(&|c| c.name = "a b".into()).0, "checks[1].name");
+        assert_eq!(refusal(&|c| c.target = None).0, "checks[1].target");
+        assert_eq!(
+            refusal(&|c| c.target = Some("127.0.0.1".into())).0,
+            "checks[1].target",
+            "tcp needs a port"
+        );
+        assert_eq!(
+            refusal(&|c| c.expect_body = Some("ok".into())).0,
+            "checks[1].expect_body"
+        );
+        assert_eq!(
+            refusal(&|c| c.expect_status = 204).0,
+            "checks[1].expect_status"
+        );
+        assert_eq!(
+            refusal(&|c| c.interval = Duration::from_millis(50)).0,
+            "checks[1].interval"
+        );
+        assert_eq!(refusal(&|c| c.rise = 0).0, "checks[1].rise");
+        assert_eq!(refusal(&|c| c.fall = 0).0, "checks[1].fall");
+        assert_eq!(refusal(&|c| c.link = Some("pg".into())).0, "checks[1].link");
+        assert_eq!(
+            refusal(&|c| c.link = Some("redis:pg".into())).0,
+            "checks[1].link"
+        );
+        assert_eq!(
+            refusal(&|c| c.vrrp_instance = Some("VI 1".into())).0,
+            "checks[1].vrrp_instance"
+        );
+        let http = |c: &mut CheckSettings| {
+            c.kind = ServiceCheckKind::Http;
+            c.target = Some("https://user:pw@127.0.0.1/health?token=x".into());
+        };
+        let mut ok = tcp.clone();
+        http(&mut ok);
+        ok.expect_status = 204;
+        ok.expect_body = Some("ok".into());
+        ok.validate(0).unwrap();
+        assert_eq!(
+            refusal(&|c| {
+                http(c);
+                c.target = Some("ftp://127.0.0.1/".into());
+            })
+            .0,
+            "checks[1].target"
+        );
+        assert_eq!(
+            refusal(&|c| {
+                http(c);
+                c.expect_status = 42;
+            })
+            .0,
+            "checks[1].expect_status"
+        );
+        assert_eq!(
+            refusal(&|c| {
+                c.kind = ServiceCheckKind::Icmp;
+                c.target = Some("localhost".into());
+            })
+            .0,
+            "checks[1].target"
+        );
+        let exec = |c: &mut CheckSettings| {
+            c.kind = ServiceCheckKind::Exec;
+            c.target = None;
+            c.command = vec!["true".into()];
+        };
+        let mut ok = tcp.clone();
+        exec(&mut ok);
+        ok.validate(0).unwrap();
+        assert_eq!(
+            refusal(&|c| {
+                exec(c);
+                c.command = vec![];
+            })
+            .0,
+            "checks[1].command"
+        );
+        assert_eq!(
+            refusal(&|c| {
+                exec(c);
+                c.target = Some("127.0.0.1:1".into());
+            })
+            .0,
+            "checks[1].target"
+        );
+        assert_eq!(
+            refusal(&|c| c.command = vec!["true".into()]).0,
+            "checks[1].command",
+            "a command on a tcp check"
+        );
+        // A track file is written by one writer only.
+        let mut first = tcp.clone();
+        first.track_file = Some("/run/t".into());
+        let s = Settings {
+            checks: vec![
+                first.clone(),
+                CheckSettings {
+                    name: "second".into(),
+                    ..first
+                },
+            ],
+            ..valid.clone()
+        };
+        assert!(
+            matches!(s.validate(), Err(ConfigError::Invalid { key, .. }) if key == "checks[1].track_file")
+        );
     }
 
     #[test]

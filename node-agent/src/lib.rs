@@ -1,8 +1,10 @@
 //! hapulse node agent: watches keepalived on one host and reports to the hapulse server.
 //!
-//! Components (see [`agent`]): the keepalived probe ([`keepalived`]), the heartbeat outbox with
-//! its on-disk [`spool`], and the HTTP [`client`]. The agent is never in the data path: whatever
-//! happens to it or to the server, keepalived keeps failing over on its own.
+//! Components (see [`agent`]): the keepalived probe ([`keepalived`]), the replication probes
+//! ([`replication`]), arbitration ([`arbitration`]), the service checks ([`checks`]), the
+//! heartbeat outbox with its on-disk [`spool`], and the HTTP [`client`]. The agent is never in
+//! the data path: whatever happens to it or to the server, keepalived keeps failing over on its
+//! own.
 //!
 //! Modules import one way, from the bottom up (none imports one above it):
 //! 1. [`client`] (HTTP client), [`spool`], [`host`], `sys` (system calls), [`systemd`]
@@ -10,14 +12,17 @@
 //! 2. [`config`]: every settings type.
 //! 3. `child` (child processes) and [`track`] (keepalived track files, the self-fence marker).
 //! 4. Probes: [`keepalived`], [`replication`]; [`credential`] (enrollment).
-//! 5. [`commands`] (the executor), then [`arbitration`] (which fences through `track`), and
-//!    [`health`] (load balancers' checks, on the observations and `track`).
+//! 5. [`commands`] (the executor), then [`arbitration`] (which fences through `track`), then
+//!    [`checks`] (service checks: ICMP through arbitration's sockets, programs through `child`,
+//!    track files through `track`), and [`health`] (load balancers' checks, on the
+//!    observations and `track`).
 //! 6. [`agent`], which wires the components together; [`check`] (`hapulse-agent check`), which
 //!    asks each component once; [`simulate`] stands apart, on [`client`].
 
 pub mod agent;
 pub mod arbitration;
 pub mod check;
+pub mod checks;
 mod child;
 pub mod client;
 pub mod commands;

@@ -28,12 +28,17 @@ fn spools_state_changes_while_the_server_is_down_and_exits_zero_on_sigterm() {
     let config = dir.path().join("agent.toml");
     let fifo = dir.path().join("notify.fifo");
     let spool = dir.path().join("state/spool.jsonl");
+    // A service the agent checks: listening now, closed later.
+    let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let service_address = service.local_addr().unwrap();
     std::fs::write(
         &config,
         format!(
             "server_url = \"http://127.0.0.1:{port}\"\nnode_id = \"t1\"\ncluster = \"c\"\n\
              heartbeat_interval = \"100ms\"\nmax_retry_backoff = \"200ms\"\nstate_dir = \"{}\"\n\
-             [keepalived]\nnotify_fifo = \"{}\"\npid_file = \"{}\"\njson_dump = \"{}\"\nbinary = \"/bin/false\"\n",
+             [keepalived]\nnotify_fifo = \"{}\"\npid_file = \"{}\"\njson_dump = \"{}\"\nbinary = \"/bin/false\"\n\
+             [[checks]]\nname = \"svc\"\nkind = \"tcp\"\ntarget = \"{service_address}\"\n\
+             interval = \"100ms\"\ntimeout = \"50ms\"\nfall = 1\nvrrp_instance = \"VI_1\"\n",
             dir.path().join("state").display(),
             fifo.display(),
             dir.path().join("keepalived.pid").display(),
@@ -90,6 +95,18 @@ fn spools_state_changes_while_the_server_is_down_and_exits_zero_on_sigterm() {
         })
     });
 
+    // The checked service goes away: a state change at once, the check failing.
+    drop(service);
+    wait_for("the failing check in the spool", 10, || {
+        std::fs::read_to_string(&spool).is_ok_and(|s| {
+            s.lines().any(|l| {
+                l.contains("\"name\":\"svc\"")
+                    && l.contains("\"passing\":false")
+                    && l.contains("\"vrrp_instance\":\"VI_1\"")
+            })
+        })
+    });
+
     let status = Command::new("kill")
         .arg("-TERM")
         .arg(agent.id().to_string())
@@ -112,6 +129,10 @@ fn spools_state_changes_while_the_server_is_down_and_exits_zero_on_sigterm() {
     assert!(exit.success(), "exit {exit:?}; log:\n{log}");
     assert!(
         log.contains("malformed keepalived notify line skipped") && log.contains("garbage line"),
+        "{log}"
+    );
+    assert!(
+        log.contains("check svc failing: connection refused"),
         "{log}"
     );
     assert!(
