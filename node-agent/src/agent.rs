@@ -151,17 +151,22 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     crate::systemd::status("waiting for the server to accept a first report");
     let mut probe = KeepalivedProbe::new(settings.keepalived.clone()).await?;
     let (observed, observations) = watch::channel(None);
+    // When the server last accepted a report: arbitration and the health endpoints read it.
+    let contact = ServerContact::new();
     let health = match &settings.health {
         Some(h) => Some(tokio::spawn(crate::health::serve(
             crate::health::bind(h.listen).await?,
-            Arc::new(settings.clone()),
-            observations,
-            shared.highest_epoch.clone(),
+            crate::health::Sources {
+                settings: Arc::new(settings.clone()),
+                observations,
+                epoch: shared.highest_epoch.clone(),
+                contact: contact.clone(),
+            },
             shutdown.child_token(),
         ))),
         None => None,
     };
-    let (mut inputs, tasks) = spawn_components(&settings, client, &shared, &shutdown)?;
+    let (mut inputs, tasks) = spawn_components(&settings, client, &shared, contact, &shutdown)?;
     main_loop(
         &mut probe,
         &mut inputs,
@@ -229,6 +234,7 @@ fn spawn_components(
     settings: &Settings,
     client: AgentClient,
     shared: &Arc<Shared>,
+    contact: Arc<ServerContact>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(Inputs, Tasks)> {
     let (fifo_tx, fifo_rx) = mpsc::channel(256);
@@ -254,7 +260,6 @@ fn spawn_components(
         ))
     });
 
-    let contact = ServerContact::new();
     let (arbitration_tx, arbitration_rx) = watch::channel(None);
     let arbitration_task = settings.arbitration.clone().map(|a| {
         tokio::spawn(arbitration::run(
@@ -374,6 +379,7 @@ async fn main_loop(
         observed.send_replace(Some(Arc::new(crate::health::Observation {
             keepalived: snap.keepalived.clone(),
             replication: snap.replication.clone(),
+            arbitration: snap.arbitration.clone(),
             taken_at: std::time::Instant::now(),
         })));
         if tick_due || snap.state_change {

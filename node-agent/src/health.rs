@@ -22,8 +22,10 @@
 //! from the moment the fence is written, before its database is demoted.
 //!
 //! Every answer comes from this host's own observations: when the hapulse server is down,
-//! HAProxy keeps routing as the hosts are (never worse than keepalived alone). Observations
-//! older than [`stale_after`] (a hung main loop) make every endpoint 503. The JSON body:
+//! HAProxy keeps routing as the hosts are (never worse than keepalived alone) — except that a
+//! host with `[arbitration]` that hears neither the server nor a majority of its peers says no
+//! to `/primary` ([`cut_off`]): an automatic failover may have replaced it. Observations older
+//! than [`stale_after`] (a hung main loop) make every endpoint 503. The JSON body:
 //! `{"role", "state", "link", "vrrp_state", "holds_vip", "fenced", "epoch", "lag_bytes",
 //! "lag_seconds", "reason"}`; `reason` says why an answer is 503.
 
@@ -54,6 +56,8 @@ pub struct Observation {
     pub keepalived: KeepalivedReport,
     /// The replication links as reported to the server.
     pub replication: Vec<ReplicationLinkReport>,
+    /// The arbitration probes' latest report (None without `[arbitration]`).
+    pub arbitration: Option<hapulse_protocol::ArbitrationReport>,
     /// When the main loop took it.
     pub taken_at: Instant,
 }
@@ -150,7 +154,7 @@ pub struct Answer {
 }
 
 /// What a judgement needs besides the observation: read at the request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Local {
     /// Fenced (see [`Answer::fenced`]).
     pub fenced: bool,
@@ -158,28 +162,70 @@ pub struct Local {
     pub epoch: u64,
     /// The observation is older than [`stale_after`].
     pub stale: bool,
+    /// Why this host may have been replaced without knowing it ([`cut_off`]); None: it knows.
+    pub cut_off: Option<String>,
 }
 
-/// Answers `check` from `obs` for `link` (None: the first link), bounded by `lag`: whether it
-/// passes, and the body. Errors (a 400): the link named is not reported here.
+/// Whether this host may have been replaced by an automatic failover without knowing it: with
+/// `[arbitration]` (the setups where the server fails a lost master over), the server has not
+/// accepted a report for `limit` and the host reaches no majority of its peers. A failover
+/// needs the master lost to the server and to a majority of its peers, so a host that hears
+/// either cannot have been replaced; one that hears neither says no to `/primary`, before the
+/// server could promote another (a failover waits at least for the node to be judged down).
+/// Without `[arbitration]` nothing is automatic and the answer stays the host's own.
+/// `peers`: (reachable, configured).
+pub fn cut_off(
+    arbitration: bool,
+    server_silent_for: Duration,
+    limit: Duration,
+    peers: (usize, usize),
+) -> Option<String> {
+    let (reachable, configured) = peers;
+    let hears_majority = configured > 0 && reachable * 2 > configured;
+    (arbitration && server_silent_for > limit && !hears_majority).then(|| {
+        format!(
+            "cut off: no report accepted by the server for {} s and {reachable} of {configured} peers reachable; another host may have been promoted",
+            server_silent_for.as_secs()
+        )
+    })
+}
+
+/// How long the server may go without accepting a report before a host that also lost most of
+/// its peers stops answering `/primary`: three heartbeats, the silence after which the server
+/// judges a node down at the earliest (with the default detector).
+pub fn cut_off_after(settings: &Settings) -> Duration {
+    settings.heartbeat_interval * 3
+}
+
+/// The replication link a request is about: `link` (`?link=`), else the first one reported
+/// (None: no link here). Errors (a 400): no link of that name is reported here.
+pub fn chosen_link<'a>(
+    obs: &'a Observation,
+    link: Option<&str>,
+) -> Result<Option<&'a ReplicationLinkReport>, String> {
+    match link {
+        Some(name) => obs
+            .replication
+            .iter()
+            .find(|l| l.name == name)
+            .map(Some)
+            .ok_or_else(|| {
+                let known: Vec<&str> = obs.replication.iter().map(|l| l.name.as_str()).collect();
+                format!("no replication link {name:?} here (links: {known:?})")
+            }),
+        None => Ok(obs.replication.first()),
+    }
+}
+
+/// Answers `check` from `obs` about `chosen` (see [`chosen_link`]), bounded by `lag`: whether
+/// it passes, and the body.
 pub fn judge(
     check: Check,
     obs: &Observation,
     local: Local,
-    link: Option<&str>,
+    chosen: Option<&ReplicationLinkReport>,
     lag: Option<LagBound>,
-) -> Result<(bool, Answer), String> {
-    let chosen =
-        match link {
-            Some(name) => Some(obs.replication.iter().find(|l| l.name == name).ok_or_else(
-                || {
-                    let known: Vec<&str> =
-                        obs.replication.iter().map(|l| l.name.as_str()).collect();
-                    format!("no replication link {name:?} here (links: {known:?})")
-                },
-            )?),
-            None => obs.replication.first(),
-        };
+) -> (bool, Answer) {
     let instance = tied_instance(&obs.keepalived, chosen);
     // A link tied to an instance keepalived does not report (keepalived is down): its VIPs
     // are not here.
@@ -213,14 +259,14 @@ pub fn judge(
         match check {
             Check::Liveness => Ok(()),
             Check::Health => health(obs, chosen),
-            Check::Primary => primary(chosen, instance, holds_vip, local.fenced),
+            Check::Primary => primary(chosen, instance, holds_vip, &local),
             Check::Replica => replica(chosen, lag),
-            Check::ReadOnly => primary(chosen, instance, holds_vip, local.fenced)
+            Check::ReadOnly => primary(chosen, instance, holds_vip, &local)
                 .or_else(|p| replica(chosen, lag).map_err(|r| format!("{p}; {r}"))),
         }
     };
     answer.reason = verdict.as_ref().err().cloned();
-    Ok((verdict.is_ok(), answer))
+    (verdict.is_ok(), answer)
 }
 
 /// The VRRP instance tied to `link`; without a link, the first instance.
@@ -234,6 +280,15 @@ fn tied_instance<'a>(
             k.instances.iter().find(|i| i.name == name)
         }
         None => k.instances.first(),
+    }
+}
+
+/// The VRRP instance whose fence counts for `chosen`: the link's tied one; without links, the
+/// first instance; None (every instance's fence counts) for a link tied to none.
+fn fence_instance(obs: &Observation, chosen: Option<&ReplicationLinkReport>) -> Option<String> {
+    match chosen {
+        Some(l) => l.vrrp_instance.clone(),
+        None => tied_instance(&obs.keepalived, None).map(|i| i.name.clone()),
     }
 }
 
@@ -273,10 +328,13 @@ fn primary(
     link: Option<&ReplicationLinkReport>,
     instance: Option<&VrrpInstanceReport>,
     holds_vip: Option<bool>,
-    fenced: bool,
+    local: &Local,
 ) -> Result<(), String> {
-    if fenced {
+    if local.fenced {
         return Err("this host is fenced".into());
+    }
+    if let Some(why) = &local.cut_off {
+        return Err(why.clone());
     }
     match link {
         Some(l) if l.state == LinkState::Down => {
@@ -353,8 +411,8 @@ fn replica(link: Option<&ReplicationLinkReport>, lag: Option<LagBound>) -> Resul
 /// non-zero integer, or the self-fence marker exists. A fence file that is missing or does
 /// not hold an integer counts as 0, as keepalived reads it.
 pub fn fenced(settings: &Settings, instance: Option<&str>) -> bool {
-    let self_fenced = crate::track::self_fenced_at(&settings.state_dir).is_some()
-        || crate::track::marker_path(&settings.state_dir).exists();
+    // The marker counts whether or not its time reads: a self-fence is never ignored.
+    let self_fenced = crate::track::marker_path(&settings.state_dir).exists();
     self_fenced
         || settings
             .actions
@@ -377,6 +435,7 @@ struct Ctx {
     settings: Arc<Settings>,
     observations: watch::Receiver<Option<Arc<Observation>>>,
     epoch: Arc<AtomicU64>,
+    contact: Arc<crate::arbitration::ServerContact>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -417,26 +476,28 @@ async fn answer(State(ctx): State<Ctx>, Query(p): Query<Params>, check: Check) -
         let body = serde_json::json!({ "reason": "the agent has not observed this host yet" });
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     };
-    let instance = match p.link.as_deref() {
-        Some(name) => obs.replication.iter().find(|l| l.name == name),
-        None => obs.replication.first(),
-    }
-    .and_then(|l| l.vrrp_instance.clone())
-    .or_else(|| {
-        obs.replication
-            .is_empty()
-            .then(|| obs.keepalived.instances.first().map(|i| i.name.clone()))
-            .flatten()
+    let chosen = match chosen_link(&obs, p.link.as_deref()) {
+        Ok(chosen) => chosen,
+        Err(e) => return bad(e),
+    };
+    let peers = obs.arbitration.as_ref().map_or((0, 0), |a| {
+        let reachable = a.peers.iter().filter(|p| p.reach.reachable).count();
+        (reachable, a.peers.len())
     });
     let local = Local {
-        fenced: fenced(&ctx.settings, instance.as_deref()),
+        fenced: fenced(&ctx.settings, fence_instance(&obs, chosen).as_deref()),
         epoch: ctx.epoch.load(Ordering::Relaxed),
         stale: obs.taken_at.elapsed() > stale_after(&ctx.settings),
+        cut_off: cut_off(
+            ctx.settings.arbitration.is_some(),
+            ctx.contact.silent_for(),
+            cut_off_after(&ctx.settings),
+            peers,
+        ),
     };
-    match judge(check, &obs, local, p.link.as_deref(), lag) {
-        Ok((true, body)) => (StatusCode::OK, Json(body)).into_response(),
-        Ok((false, body)) => (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response(),
-        Err(e) => bad(e),
+    match judge(check, &obs, local, chosen, lag) {
+        (true, body) => (StatusCode::OK, Json(body)).into_response(),
+        (false, body) => (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response(),
     }
 }
 
@@ -447,18 +508,36 @@ pub async fn bind(listen: std::net::SocketAddr) -> anyhow::Result<tokio::net::Tc
         .map_err(|e| anyhow::anyhow!("[health] listen = {listen}: {e}"))
 }
 
+/// What the health endpoints read besides the request: the settings, the main loop's
+/// observations, the highest epoch seen and when the server last accepted a report.
+pub struct Sources {
+    /// The agent's settings (track files, timings, `[arbitration]`).
+    pub settings: Arc<Settings>,
+    /// The main loop's observations.
+    pub observations: watch::Receiver<Option<Arc<Observation>>>,
+    /// The executor's highest epoch seen.
+    pub epoch: Arc<AtomicU64>,
+    /// When the server last accepted a report.
+    pub contact: Arc<crate::arbitration::ServerContact>,
+}
+
 /// Serves the health endpoints on `listener` until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    settings: Arc<Settings>,
-    observations: watch::Receiver<Option<Arc<Observation>>>,
-    epoch: Arc<AtomicU64>,
+    sources: Sources,
     shutdown: CancellationToken,
 ) {
+    let Sources {
+        settings,
+        observations,
+        epoch,
+        contact,
+    } = sources;
     let app = router(Ctx {
         settings,
         observations,
         epoch,
+        contact,
     });
     let addr = listener.local_addr().ok();
     tracing::info!(listen = ?addr, "health endpoints for load balancers: /primary /replica /read-only /health /liveness");
@@ -487,6 +566,8 @@ mod tests {
             held_vips: held.iter().map(|v| v.to_string()).collect(),
             last_transition: None,
             counters: VrrpCounters::default(),
+            advert_interval_ms: None,
+            auth_type: None,
         }
     }
 
@@ -516,6 +597,7 @@ mod tests {
                 instances: vec![i],
             },
             replication: links,
+            arbitration: None,
             taken_at: Instant::now(),
         }
     }
@@ -524,10 +606,11 @@ mod tests {
         fenced: false,
         epoch: 4,
         stale: false,
+        cut_off: None,
     };
 
     fn passes(check: Check, o: &Observation, local: Local, lag: Option<LagBound>) -> bool {
-        judge(check, o, local, None, lag).unwrap().0
+        judge(check, o, local, o.replication.first(), lag).0
     }
 
     #[test]
@@ -540,7 +623,7 @@ mod tests {
             Some((0, 0.0)),
         );
         let good = obs(master.clone(), vec![primary.clone()]);
-        let (ok, body) = judge(Check::Primary, &good, OK, None, None).unwrap();
+        let (ok, body) = judge(Check::Primary, &good, OK, good.replication.first(), None);
         assert!(ok, "{body:?}");
         assert_eq!(
             (body.role, body.holds_vip, body.epoch, body.reason),
@@ -559,6 +642,14 @@ mod tests {
                 "stale",
                 obs(master.clone(), vec![primary.clone()]),
                 Local { stale: true, ..OK },
+            ),
+            (
+                "cut off from the server and its peers",
+                obs(master.clone(), vec![primary.clone()]),
+                Local {
+                    cut_off: Some("cut off".into()),
+                    ..OK
+                },
             ),
             (
                 "VIP elsewhere",
@@ -594,7 +685,7 @@ mod tests {
             ),
         ];
         for (what, o, local) in cases {
-            let (ok, body) = judge(Check::Primary, &o, local, None, None).unwrap();
+            let (ok, body) = judge(Check::Primary, &o, local, o.replication.first(), None);
             assert!(!ok, "{what}: {body:?}");
             assert!(body.reason.is_some(), "{what} says why");
         }
@@ -606,7 +697,13 @@ mod tests {
             },
             ..good.clone()
         };
-        let (ok, body) = judge(Check::Primary, &no_keepalived, OK, None, None).unwrap();
+        let (ok, body) = judge(
+            Check::Primary,
+            &no_keepalived,
+            OK,
+            no_keepalived.replication.first(),
+            None,
+        );
         assert!(!ok && body.reason.unwrap().contains("VI_1"));
         // An instance without VIPs: the database role decides.
         let no_vip = obs(instance(VrrpState::Backup, &[], &[]), vec![primary]);
@@ -687,8 +784,9 @@ mod tests {
             instance(VrrpState::Master, &[], &[]),
             vec![link(ReplicationRole::Primary, LinkState::Streaming, None)],
         );
-        assert!(judge(Check::Primary, &o, OK, Some("pg"), None).unwrap().0);
-        let e = judge(Check::Primary, &o, OK, Some("nope"), None).unwrap_err();
+        let pg = chosen_link(&o, Some("pg")).unwrap();
+        assert!(judge(Check::Primary, &o, OK, pg, None).0);
+        let e = chosen_link(&o, Some("nope")).unwrap_err();
         assert!(e.contains("\"nope\"") && e.contains("pg"), "{e}");
     }
 
@@ -702,6 +800,35 @@ mod tests {
         let backup = obs(instance(VrrpState::Backup, &[vip], &[]), vec![]);
         assert!(!passes(Check::Primary, &backup, OK, None));
         assert!(passes(Check::Liveness, &backup, OK, None));
+    }
+
+    #[test]
+    fn a_host_that_hears_neither_the_server_nor_most_peers_may_have_been_replaced() {
+        let limit = Duration::from_secs(3);
+        let (silent, heard) = (Duration::from_secs(4), Duration::from_secs(1));
+        assert!(cut_off(true, silent, limit, (0, 2)).is_some());
+        assert!(
+            cut_off(true, silent, limit, (1, 2)).is_some(),
+            "half is no majority"
+        );
+        assert!(
+            cut_off(true, silent, limit, (2, 3)).is_none(),
+            "a majority of peers"
+        );
+        assert!(
+            cut_off(true, heard, limit, (0, 2)).is_none(),
+            "the server hears it"
+        );
+        assert!(
+            cut_off(true, silent, limit, (0, 0)).is_some(),
+            "no peers to ask"
+        );
+        assert!(
+            cut_off(false, silent, limit, (0, 2)).is_none(),
+            "nothing automatic without [arbitration]"
+        );
+        let why = cut_off(true, silent, limit, (0, 2)).unwrap();
+        assert!(why.contains("4 s") && why.contains("0 of 2"), "{why}");
     }
 
     #[test]

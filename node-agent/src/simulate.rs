@@ -602,6 +602,8 @@ fn report(
                 held_vips: if master { vec![vip] } else { vec![] },
                 last_transition: None,
                 counters: Default::default(),
+                advert_interval_ms: None,
+                auth_type: None,
             }],
         },
         replication: vec![ReplicationLinkReport {

@@ -188,6 +188,14 @@ pub struct VrrpInstanceReport {
     /// keepalived's counters for this instance (`become_master`, `release_master`,
     /// `advert_rcvd`, `advert_sent`, `pri_zero_sent`, `pri_zero_rcvd`), as dumped.
     pub counters: VrrpCounters,
+    /// The configured advertisement interval in milliseconds (keepalived `adver_int`, seconds
+    /// in the dump); absent until the first JSON dump (and before protocol version 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advert_interval_ms: Option<u32>,
+    /// VRRP authentication (keepalived `auth_type`: `none`, `pass` or `ah`; never the
+    /// password, which keepalived itself dumps as asterisks); absent until the first dump.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_type: Option<String>,
 }
 
 impl VrrpInstanceReport {

@@ -125,6 +125,8 @@ pub fn vrrp_instance(name: &str, state: VrrpState, vip: &str, held: bool) -> Vrr
         held_vips: if held { vec![vip.into()] } else { Vec::new() },
         last_transition: None,
         counters: Default::default(),
+        advert_interval_ms: None,
+        auth_type: None,
     }
 }
 

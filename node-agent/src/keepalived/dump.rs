@@ -4,7 +4,9 @@
 //! `vrid`, `ifp_ifname`, `state` (0 INIT, 1 BACKUP, 2 MASTER, 3 FAULT, 98 STOP),
 //! `base_priority`, `effective_priority`, `vips` (strings such as
 //! `"10.0.0.100/24 dev eth0 scope global set"`), `last_transition` (seconds since the epoch, with
-//! a fraction) and the counters in `stats`.
+//! a fraction), `adver_int` (seconds: an integer in 2.2, a fraction in later versions),
+//! `auth_type` (`vrrp.h`: 0 none, 1 PASS, 2 AH; the password itself is dumped as asterisks and
+//! not read) and the counters in `stats`.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -34,6 +36,10 @@ pub struct DumpInstance {
     pub last_transition: Option<DateTime<Utc>>,
     /// keepalived's counters.
     pub counters: VrrpCounters,
+    /// Configured advertisement interval, milliseconds.
+    pub advert_interval_ms: Option<u32>,
+    /// `none`, `pass` or `ah`.
+    pub auth_type: Option<String>,
 }
 
 /// A dump that cannot be used, with the reason.
@@ -88,6 +94,10 @@ struct RawData {
     vips: Vec<String>,
     #[serde(default)]
     last_transition: Option<f64>,
+    #[serde(default)]
+    adver_int: Option<f64>,
+    #[serde(default)]
+    auth_type: Option<u8>,
 }
 
 #[derive(Deserialize, Default)]
@@ -174,6 +184,19 @@ pub fn parse_dump(text: &str) -> Result<Vec<DumpInstance>, DumpError> {
                     pri_zero_sent: stats.pri_zero_sent,
                     pri_zero_rcvd: stats.pri_zero_rcvd,
                 },
+                advert_interval_ms: data
+                    .adver_int
+                    .filter(|s| s.is_finite() && *s > 0.0 && *s < 256.0)
+                    .map(|s| (s * 1000.0).round() as u32),
+                auth_type: data.auth_type.map(|t| {
+                    match t {
+                        0 => "none",
+                        1 => "pass",
+                        2 => "ah",
+                        _ => "unknown",
+                    }
+                    .to_string()
+                }),
             })
         })
         .collect()
@@ -232,6 +255,10 @@ mod tests {
         let m = &master[0];
         assert_eq!(m.name, "VI_1");
         assert_eq!(m.vrid, 51);
+        assert_eq!(
+            (m.advert_interval_ms, m.auth_type.as_deref()),
+            (Some(1000), Some("none"))
+        );
         assert_eq!(m.interface, "eth0");
         assert_eq!(m.state, VrrpState::Master);
         assert_eq!((m.base_priority, m.effective_priority), (150, 150));

@@ -92,6 +92,8 @@ impl KeepalivedProbe {
                 held_vips: Vec::new(),
                 last_transition: None,
                 counters: VrrpCounters::default(),
+                advert_interval_ms: None,
+                auth_type: None,
             });
         let before = (entry.state, entry.effective_priority);
         entry.state = t.state;
@@ -135,6 +137,8 @@ impl KeepalivedProbe {
                             held_vips: Vec::new(),
                             last_transition: d.last_transition,
                             counters: d.counters,
+                            advert_interval_ms: d.advert_interval_ms,
+                            auth_type: d.auth_type,
                         };
                         (d.name, report)
                     })

@@ -866,6 +866,8 @@ mod tests {
             },
             last_transition: None,
             counters: Default::default(),
+            advert_interval_ms: None,
+            auth_type: None,
         }
     }
 

@@ -145,6 +145,8 @@ async fn load_instances(pool: &PgPool, live: &mut Live) -> Result<(), sqlx::Erro
             held_vips: row.try_get("held_vips")?,
             last_transition: row.try_get("last_transition")?,
             counters: counters.0,
+            advert_interval_ms: None,
+            auth_type: None,
         };
         if let Some(node) = live.nodes.get_mut(&node_id) {
             node.instances.push(instance);

@@ -687,6 +687,8 @@ impl World {
                 },
                 last_transition: None,
                 counters: VrrpCounters::default(),
+                advert_interval_ms: None,
+                auth_type: None,
             }]
         };
         let reach = |reachable: bool| Reachability {
