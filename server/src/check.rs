@@ -222,7 +222,8 @@ async fn smtp_reachable(host: &str, port: u16) -> Result<String, String> {
 }
 
 /// Every alert receiver: email senders' SMTP servers resolve and accept a connection (a
-/// warning otherwise), SMS gateways' and webhooks' URLs parse.
+/// warning otherwise), SMS gateways' and webhooks' URLs parse, Slack, PagerDuty and
+/// Alertmanager receivers are listed (validated with the configuration).
 pub async fn receivers(alerts: &AlertSettings) -> Vec<CheckResult> {
     let mut out = Vec::new();
     for e in &alerts.email {
@@ -236,7 +237,7 @@ pub async fn receivers(alerts: &AlertSettings) -> Vec<CheckResult> {
     }
     for s in &alerts.sms {
         let name = format!("alerts.sms {}", s.name);
-        out.push(match http_url(&s.url) {
+        out.push(match http_url(s.url.expose()) {
             Ok(()) => CheckResult::ok(
                 name,
                 format!("{} gateway, {} recipient(s)", s.kind, s.to.len()),
@@ -246,10 +247,23 @@ pub async fn receivers(alerts: &AlertSettings) -> Vec<CheckResult> {
     }
     for w in &alerts.webhook {
         let name = format!("alerts.webhook {}", w.name);
-        out.push(match http_url(&w.url) {
+        out.push(match http_url(w.url.expose()) {
             Ok(()) => CheckResult::ok(name, "url parses"),
             Err(why) => CheckResult::fail(name, format!("url: {why}")),
         });
+    }
+    // Slack, PagerDuty and Alertmanager: their URLs and keys were validated with the
+    // configuration; each is listed so that none goes unmentioned.
+    for label in crate::alerting::notify::receiver_labels(alerts) {
+        if let Some((kind, name)) = label
+            .split_once(':')
+            .filter(|(kind, _)| !matches!(*kind, "email" | "sms" | "webhook"))
+        {
+            out.push(CheckResult::ok(
+                format!("alerts.{kind} {name}"),
+                "url validated with the configuration",
+            ));
+        }
     }
     if out.is_empty() {
         out.push(CheckResult::warn(
@@ -314,6 +328,28 @@ mod tests {
         assert!(executable(shown).unwrap_err().contains("not an executable"));
         std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
         assert_eq!(executable(shown).unwrap(), hook);
+    }
+
+    #[tokio::test]
+    async fn every_kind_of_receiver_is_listed() {
+        let mut alerts = AlertSettings::default();
+        alerts
+            .slack
+            .push(crate::alerting::receivers::SlackReceiver {
+                name: "ops".into(),
+                url: secrecy::SecretString::from("https://hooks.example/T/B/secret-path"),
+                template_file: None,
+                severities: Vec::new(),
+                clusters: Vec::new(),
+            });
+        let lines: Vec<String> = receivers(&alerts)
+            .await
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("alerts.slack ops"), "{lines:?}");
+        assert!(!lines[0].contains("secret-path"), "{lines:?}");
     }
 
     #[test]

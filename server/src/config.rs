@@ -441,7 +441,7 @@ impl AlertSettings {
     fn validate_receivers(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason| Err(ConfigError::Invalid { key, reason });
         let http = |url: &str| url.starts_with("http://") || url.starts_with("https://");
-        if self.webhook.iter().any(|w| !http(&w.url)) {
+        if self.webhook.iter().any(|w| !http(w.url.expose())) {
             return invalid("alerts.webhook", "url must be http(s)");
         }
         if self
@@ -452,8 +452,8 @@ impl AlertSettings {
             return invalid("alerts.webhook", "format must be plain or hapulse");
         }
         if self.slack.iter().any(|r| !http(r.url.expose_secret()))
-            || self.pagerduty.iter().any(|r| !http(&r.url))
-            || self.alertmanager.iter().any(|r| !http(&r.url))
+            || self.pagerduty.iter().any(|r| !http(r.url.expose()))
+            || self.alertmanager.iter().any(|r| !http(r.url.expose()))
         {
             return invalid(
                 "alerts.slack, alerts.pagerduty, alerts.alertmanager",
@@ -551,7 +551,7 @@ pub struct SmsReceiver {
     #[serde(default = "default_sms_kind")]
     pub kind: String,
     /// Gateway URL (for `twilio`, the API base URL).
-    pub url: String,
+    pub url: crate::alerting::receivers::ReceiverUrl,
     /// Twilio account SID.
     #[serde(default)]
     pub account_sid: Option<String>,
@@ -591,7 +591,7 @@ pub struct WebhookReceiver {
     /// Name, for the delivery log.
     pub name: String,
     /// URL.
-    pub url: String,
+    pub url: crate::alerting::receivers::ReceiverUrl,
     /// `plain` (default: `{subject, text}`) or `hapulse` (structured: README, "Alerts").
     #[serde(default)]
     pub format: String,
@@ -689,7 +689,6 @@ pub struct HistorySettings {
     pub event_retention: Duration,
 }
 
-/// Environment keys (after `HAPULSE_`, lower case) that belong to the server; `__` ends a section.
 /// Where [`Settings`] came from.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub enum Source {
@@ -744,6 +743,7 @@ fn changed_keys(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out:
     }
 }
 
+/// Environment keys (after `HAPULSE_`, lower case) that belong to the server; `__` ends a section.
 const SERVER_ENV_KEYS: [&str; 18] = [
     "log_format",
     "metrics__",
@@ -887,8 +887,8 @@ impl Settings {
     /// (`[failover]`) and the failure detector's thresholds (`[detector]`) — from `new`;
     /// everything else, and the period of those sections' own loops (`alerts.evaluate_interval`,
     /// `failover.interval`, `detector.check_interval`), as they run now. The report names the
-    /// changed keys (dotted, never a value: some are secrets; a changed secret alone is applied
-    /// but not named).
+    /// changed keys (dotted, never a value: some are secrets; a changed receiver secret alone
+    /// is applied without being named, a changed `database_url` is named as needing a restart).
     pub fn reloaded(&self, new: &Settings) -> (Settings, Reload) {
         let mut next = self.clone();
         next.alerts = AlertSettings {
@@ -906,6 +906,11 @@ impl Settings {
         let mut report = Reload::default();
         changed_keys("", &json(self), &json(&next), &mut report.applied);
         changed_keys("", &json(&next), &json(new), &mut report.needs_restart);
+        // The JSON hides secrets; the one secret outside the reloadable sections is compared
+        // itself (its value is never shown).
+        if self.database_url.expose_secret() != new.database_url.expose_secret() {
+            report.needs_restart.push("database_url".into());
+        }
         (next, report)
     }
 
@@ -939,6 +944,74 @@ impl Settings {
         }
         if self.max_event_streams_per_principal == 0 {
             return invalid("max_event_streams_per_principal", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The failover policies' bounds.
+    fn validate_failover(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason| Err(ConfigError::Invalid { key, reason });
+        let f = &self.failover;
+        if f.interval < Duration::from_millis(50) || f.interval > Duration::from_secs(10) {
+            return invalid("failover.interval", "must be between 50ms and 10s");
+        }
+        for c in f.clusters.values() {
+            if c.fencing_hook.as_ref().is_some_and(|h| h.is_empty()) {
+                return invalid(
+                    "failover.clusters.*.fencing_hook",
+                    "must name a program (and its arguments)",
+                );
+            }
+            if c.max_lag_seconds.is_nan() || c.max_lag_seconds < 0.0 {
+                return invalid("failover.clusters.*.max_lag_seconds", "must be 0 or more");
+            }
+            if c.fencing_timeout < Duration::from_secs(1) {
+                return invalid("failover.clusters.*.fencing_timeout", "must be at least 1s");
+            }
+        }
+        Ok(())
+    }
+
+    /// The alert rules' period and the receivers.
+    fn validate_alerts(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason| Err(ConfigError::Invalid { key, reason });
+        let a = &self.alerts;
+        if a.evaluate_interval < Duration::from_millis(100) {
+            return invalid("alerts.evaluate_interval", "must be at least 100ms");
+        }
+        if a.email
+            .iter()
+            .any(|e| !["none", "starttls", "tls"].contains(&e.security.as_str()) || e.to.is_empty())
+        {
+            return invalid(
+                "alerts.email",
+                "security must be none, starttls or tls, and `to` must name someone",
+            );
+        }
+        a.validate_receivers()?;
+        if a.sms.iter().any(|s| {
+            s.to.is_empty()
+                || !(s.url.expose().starts_with("http://")
+                    || s.url.expose().starts_with("https://"))
+        }) {
+            return invalid(
+                "alerts.sms",
+                "url must be http(s) and `to` must name someone",
+            );
+        }
+        for s in &a.sms {
+            match s.kind.as_str() {
+                "generic" => {}
+                "twilio"
+                    if s.account_sid.is_some() && s.auth_token.is_some() && s.from.is_some() => {}
+                "twilio" => {
+                    return invalid(
+                        "alerts.sms",
+                        "kind = \"twilio\" needs account_sid, auth_token and from",
+                    )
+                }
+                _ => return invalid("alerts.sms", "kind must be generic or twilio"),
+            }
         }
         Ok(())
     }
@@ -980,60 +1053,9 @@ impl Settings {
         if self.history.event_retention < Duration::from_secs(24 * 3600) {
             return invalid("history.event_retention", "must be at least 1 day");
         }
-        let f = &self.failover;
-        if f.interval < Duration::from_millis(50) || f.interval > Duration::from_secs(10) {
-            return invalid("failover.interval", "must be between 50ms and 10s");
-        }
-        for c in f.clusters.values() {
-            if c.fencing_hook.as_ref().is_some_and(|h| h.is_empty()) {
-                return invalid(
-                    "failover.clusters.*.fencing_hook",
-                    "must name a program (and its arguments)",
-                );
-            }
-            if c.max_lag_seconds.is_nan() || c.max_lag_seconds < 0.0 {
-                return invalid("failover.clusters.*.max_lag_seconds", "must be 0 or more");
-            }
-            if c.fencing_timeout < Duration::from_secs(1) {
-                return invalid("failover.clusters.*.fencing_timeout", "must be at least 1s");
-            }
-        }
+        self.validate_failover()?;
+        self.validate_alerts()?;
         let a = &self.alerts;
-        if a.evaluate_interval < Duration::from_millis(100) {
-            return invalid("alerts.evaluate_interval", "must be at least 100ms");
-        }
-        if a.email
-            .iter()
-            .any(|e| !["none", "starttls", "tls"].contains(&e.security.as_str()) || e.to.is_empty())
-        {
-            return invalid(
-                "alerts.email",
-                "security must be none, starttls or tls, and `to` must name someone",
-            );
-        }
-        a.validate_receivers()?;
-        if a.sms.iter().any(|s| {
-            s.to.is_empty() || !(s.url.starts_with("http://") || s.url.starts_with("https://"))
-        }) {
-            return invalid(
-                "alerts.sms",
-                "url must be http(s) and `to` must name someone",
-            );
-        }
-        for s in &a.sms {
-            match s.kind.as_str() {
-                "generic" => {}
-                "twilio"
-                    if s.account_sid.is_some() && s.auth_token.is_some() && s.from.is_some() => {}
-                "twilio" => {
-                    return invalid(
-                        "alerts.sms",
-                        "kind = \"twilio\" needs account_sid, auth_token and from",
-                    )
-                }
-                _ => return invalid("alerts.sms", "kind must be generic or twilio"),
-            }
-        }
         let all = std::iter::once(a.flap_max_changes)
             .chain(a.clusters.values().filter_map(|c| c.flap_max_changes));
         if all.into_iter().any(|n| n == 0) {
@@ -1104,7 +1126,10 @@ mod tests {
                 "failover.automatic_enabled"
             ]
         );
-        assert_eq!(report.needs_restart, ["detector.check_interval", "listen"]);
+        assert_eq!(
+            report.needs_restart,
+            ["detector.check_interval", "listen", "database_url"]
+        );
         let shown = format!("{report:?}");
         assert!(!shown.contains("secret"), "{shown}");
         // Nothing changed: nothing to say.

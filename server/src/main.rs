@@ -372,6 +372,14 @@ async fn enroll_command(
 ) -> anyhow::Result<()> {
     use hapulse_server::agents::bulk;
     bulk::validate(node_ids, cluster, expires_in).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The output is opened before any token is made: a path that cannot be written costs none.
+    let output = output
+        .map(|path| {
+            bulk::PrivateOutput::open(&path)
+                .map(|file| (file, path.clone()))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        })
+        .transpose()?;
     let pool = connect_migrated(settings).await?;
     let created = bulk::create_all(&pool, node_ids, cluster, expires_in, "cli")
         .await
@@ -399,8 +407,8 @@ async fn enroll_command(
             );
             print!("{}", bulk::render(all, format));
         }
-        (all, Some(path)) => {
-            bulk::write_private(&path, &bulk::render(all, format))
+        (all, Some((file, path))) => {
+            file.commit(&bulk::render(all, format))
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             eprintln!(
                 "{} enrollment tokens in cluster {cluster}, valid until {until} (once each), written to {} (0600)",
@@ -429,14 +437,26 @@ fn check_config(config: Option<&Path>) -> ExitCode {
     }
 }
 
-/// SIGTERM and SIGINT start a graceful shutdown.
+/// SIGTERM and SIGINT start a graceful shutdown. SIGHUP is caught from here on, so one that
+/// arrives while the server starts (migrations can take minutes) does not kill it; the running
+/// server reloads on it (`launch`), and one during start-up is logged and otherwise ignored.
 fn watch_signals(shutdown: CancellationToken) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT received: shutting down"),
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM received: shutting down");
+                    break;
+                }
+                _ = int.recv() => {
+                    tracing::info!("SIGINT received: shutting down");
+                    break;
+                }
+                _ = hup.recv() => tracing::debug!("SIGHUP received"),
+            }
         }
         hapulse_server::systemd::stopping();
         shutdown.cancel();

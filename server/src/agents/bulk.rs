@@ -6,8 +6,8 @@
 //! and a shell with `grep`; `json` is one object `{"node": "token", …}`.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -98,18 +98,51 @@ pub fn render(tokens: &[NewEnrollment], format: Format) -> String {
     }
 }
 
-/// Writes `text` to `path` readable by its owner alone (0600, also when the file existed with
-/// another mode), replacing what was there.
-pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()
+/// The file the tokens go to, opened (readable by its owner alone, 0600) before any token is
+/// made: a path that cannot be written then costs no token. The text goes to a temporary file
+/// beside it, renamed over `path` by [`PrivateOutput::commit`]; dropped uncommitted, the
+/// temporary file is removed and `path` is left as it was.
+pub struct PrivateOutput {
+    path: PathBuf,
+    temporary: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl PrivateOutput {
+    /// Opens the temporary file beside `path`. Errors: the directory is not writable.
+    pub fn open(path: &Path) -> std::io::Result<PrivateOutput> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "tokens".into());
+        let temporary = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temporary)?;
+        Ok(PrivateOutput {
+            path: path.to_path_buf(),
+            temporary,
+            file: Some(file),
+        })
+    }
+
+    /// Writes `text`, flushes it to disk and puts the file in place of `path`.
+    pub fn commit(mut self, text: &str) -> std::io::Result<()> {
+        if let Some(mut file) = self.file.take() {
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+        }
+        std::fs::rename(&self.temporary, &self.path)
+    }
+}
+
+impl Drop for PrivateOutput {
+    fn drop(&mut self) {
+        // After a commit the temporary file is gone; before one, it held nothing of value.
+        let _ = std::fs::remove_file(&self.temporary);
+    }
 }
 
 #[cfg(test)]
@@ -146,14 +179,22 @@ mod tests {
     }
 
     #[test]
-    fn the_file_is_the_owners_alone() {
+    fn the_file_is_the_owners_alone_and_appears_only_when_committed() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens");
         std::fs::write(&path, "old, too long").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        write_private(&path, "a=b\n").unwrap();
+        // Opened, then given up (the tokens could not be made): the old file stays, no litter.
+        drop(PrivateOutput::open(&path).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old, too long");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        PrivateOutput::open(&path).unwrap().commit("a=b\n").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "a=b\n");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // A directory that cannot be written is refused before any token exists.
+        assert!(PrivateOutput::open(Path::new("/nonexistent/dir/tokens")).is_err());
     }
 }

@@ -147,7 +147,7 @@ pub async fn send_webhook(
             payloads::signature(secret.expose_secret().as_bytes(), &body),
         ));
     }
-    post_json(http, &r.url, &r.headers, &extra, body, &what)
+    post_json(http, r.url.expose(), &r.headers, &extra, body, &what)
         .await
         .map(|_| ())
 }
@@ -187,7 +187,7 @@ pub async fn send_pagerduty(
     for item in &items {
         let event = payloads::pagerduty_event(item, r.routing_key.expose_secret(), &t);
         let body = serde_json::to_vec(&event).map_err(|e| format!("{what}: {e}"))?;
-        post_json(http, &r.url, &BTreeMap::new(), &[], body, &what).await?;
+        post_json(http, r.url.expose(), &BTreeMap::new(), &[], body, &what).await?;
     }
     Ok(())
 }
@@ -210,7 +210,7 @@ pub async fn send_alertmanager(
         + chrono::Duration::minutes(10);
     let body = serde_json::to_vec(&payloads::alertmanager_alerts(&items, &t, expires))
         .map_err(|e| format!("{what}: {e}"))?;
-    let url = format!("{}/api/v2/alerts", r.url.trim_end_matches('/'));
+    let url = format!("{}/api/v2/alerts", r.url.expose().trim_end_matches('/'));
     post_json(http, &url, &r.headers, &[], body, &what)
         .await
         .map(|_| ())

@@ -331,9 +331,12 @@ async fn deliver_due(state: &AppState, http: &reqwest::Client) -> Result<usize, 
     for m in group(rows.into_iter().map(|(_, r)| r).collect()) {
         let subject = m.text().0;
         let receiver = shown_receiver(&m.receiver);
-        match send(&state.db, &state.settings().alerts, http, &m)
+        // One snapshot for the send and the redaction of its error: a reload in between must
+        // not hide the new secrets while showing the ones that were sent.
+        let settings = state.settings();
+        match send(&state.db, &settings.alerts, http, &m)
             .await
-            .map_err(|e| redact(&state.settings().alerts, &e))
+            .map_err(|e| redact(&settings.alerts, &e))
         {
             Ok(()) => {
                 tracing::info!(notifications = m.ids.len(), receiver = %receiver, subject = %subject, "notification sent");
@@ -513,7 +516,7 @@ async fn send_sms(
         .replace("{message}", &message);
     let method = reqwest::Method::from_bytes(r.method.as_bytes())
         .map_err(|e| format!("method {:?}: {e}", r.method))?;
-    let mut request = http.request(method, &r.url).body(body);
+    let mut request = http.request(method, r.url.expose()).body(body);
     if r.json_body {
         request = request.header(reqwest::header::CONTENT_TYPE, "application/json");
     }
@@ -550,7 +553,7 @@ async fn send_twilio(
     };
     let url = format!(
         "{}/2010-04-01/Accounts/{sid}/Messages.json",
-        r.url.trim_end_matches('/')
+        r.url.expose().trim_end_matches('/')
     );
     let response = http
         .post(&url)
@@ -586,7 +589,7 @@ fn secrets(settings: &AlertSettings) -> Vec<String> {
             .collect::<Vec<_>>()
     };
     for r in &settings.webhook {
-        out.push(r.url.clone());
+        out.push(r.url.expose().to_string());
         out.extend(values(&r.headers));
         out.extend(r.hmac_secret.iter().map(|t| t.expose_secret().to_string()));
     }
@@ -595,16 +598,16 @@ fn secrets(settings: &AlertSettings) -> Vec<String> {
     }
     for r in &settings.pagerduty {
         out.push(r.routing_key.expose_secret().to_string());
-        if r.url != crate::alerting::receivers::PAGERDUTY_EVENTS_URL {
-            out.push(r.url.clone());
+        if r.url.expose() != crate::alerting::receivers::PAGERDUTY_EVENTS_URL {
+            out.push(r.url.expose().to_string());
         }
     }
     for r in &settings.alertmanager {
-        out.push(r.url.clone());
+        out.push(r.url.expose().to_string());
         out.extend(values(&r.headers));
     }
     for r in &settings.sms {
-        out.push(r.url.clone());
+        out.push(r.url.expose().to_string());
         out.extend(r.headers.values().cloned());
         out.extend(r.auth_token.iter().map(|t| t.expose_secret().to_string()));
         out.extend(r.to.iter().cloned());

@@ -17,6 +17,7 @@ const CHECK_LAB: Lab = Lab {
     name: "hpchk",
     net: NET,
     port: 18135,
+    up: false,
 };
 
 fn agent_check(config: &Path) -> Output {

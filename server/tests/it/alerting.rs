@@ -93,7 +93,7 @@ pub(crate) fn sms_receiver(url: String, to: &str) -> SmsReceiver {
         account_sid: None,
         auth_token: None,
         from: None,
-        url,
+        url: url.into(),
         method: "POST".into(),
         headers: Default::default(),
         body_template: "{\"to\": \"{to}\", \"text\": \"{message}\"}".into(),
@@ -166,7 +166,7 @@ async fn node_down_is_mailed_texted_and_posted_once_and_resolved(pool: PgPool) {
             account_sid: Some("AC0123".into()),
             auth_token: Some("twilio-token".to_string().into()),
             from: Some("+15559999".into()),
-            url: format!("http://{gateway_addr}/twilio/"),
+            url: format!("http://{gateway_addr}/twilio/").into(),
             method: "POST".into(),
             headers: Default::default(),
             body_template: String::new(),
@@ -178,7 +178,7 @@ async fn node_down_is_mailed_texted_and_posted_once_and_resolved(pool: PgPool) {
     ];
     s.alerts.webhook = vec![WebhookReceiver {
         name: "chat".into(),
-        url: format!("http://{gateway_addr}/hook"),
+        url: format!("http://{gateway_addr}/hook").into(),
         severities: vec![],
         clusters: vec![],
         ..Default::default()
@@ -364,7 +364,7 @@ async fn silences_mute_and_acknowledgements_stop_repeats(pool: PgPool) {
     s.alerts.repeat_interval = Duration::from_secs(1);
     s.alerts.webhook = vec![WebhookReceiver {
         name: "chat".into(),
-        url: format!("http://{gateway_addr}/hook"),
+        url: format!("http://{gateway_addr}/hook").into(),
         severities: vec![],
         clusters: vec![],
         ..Default::default()
@@ -733,7 +733,7 @@ async fn receivers_secrets_are_in_no_answer_and_no_stored_error(pool: PgPool) {
     s.alerts.sms = vec![sms];
     s.alerts.webhook = vec![WebhookReceiver {
         name: "chat".into(),
-        url: hook_url.clone(),
+        url: hook_url.clone().into(),
         severities: vec![],
         clusters: vec![],
         ..Default::default()

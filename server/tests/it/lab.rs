@@ -21,30 +21,35 @@ pub(crate) const FAILOVER_LAB: Lab = Lab {
     name: "hptest",
     net: "10.213.1",
     port: 18080,
+    up: false,
 };
 /// The switchover lab (keepalived only).
 const SWITCHOVER_LAB: Lab = Lab {
     name: "hpswitch",
     net: "10.213.4",
     port: 18084,
+    up: false,
 };
 /// The switchover lab with a PostgreSQL primary and standby.
 const SWITCHOVER_PG_LAB: Lab = Lab {
     name: "hpswpg",
     net: "10.213.5",
     port: 18085,
+    up: false,
 };
 /// A switchover that cannot complete after it stopped the old primary.
 const ROLLBACK_LAB: Lab = Lab {
     name: "hproll",
     net: "10.213.28",
     port: 18128,
+    up: false,
 };
 /// The PostgreSQL replication lab (runs beside the other: its own namespaces, bridge, subnet).
 const REPLICATION_LAB: Lab = Lab {
     name: "hprepl",
     net: "10.213.3",
     port: 18082,
+    up: false,
 };
 
 pub(crate) fn repo_root() -> PathBuf {
@@ -87,12 +92,15 @@ pub(crate) fn require_root_and_tools() {
     }
 }
 
-/// A test's lab: its name (namespace prefix), private /24 and server port. `Drop` tears it down
-/// even when an assertion failed.
+/// A test's lab: its name (namespace prefix), private /24 and server port. A lab [`Lab::up`]
+/// returned is torn down by `Drop`, even when an assertion failed; the `const` a test declares
+/// (`up: false`) is not, so reading one of its fields is harmless.
 pub(crate) struct Lab {
     pub name: &'static str,
     pub net: &'static str,
     pub port: u16,
+    /// Made by [`Lab::up`]: torn down when dropped.
+    pub up: bool,
 }
 
 impl Lab {
@@ -173,7 +181,7 @@ impl Lab {
         let tokens = tokens.join(" ");
         let env = [&[("HAPULSE_LAB_ENROLLMENT_TOKENS", tokens.as_str())], env].concat();
         self.run_with(&[&["up"], args].concat(), &env);
-        self
+        Lab { up: true, ..self }
     }
 
     pub fn host_dir(&self, host: &str) -> PathBuf {
@@ -209,6 +217,9 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if !self.up {
+            return;
+        }
         let _ = Command::new(repo_root().join("scripts/lab"))
             .arg("down")
             .env("HAPULSE_LAB_NAME", self.name)

@@ -15,12 +15,14 @@ const ALERT_LAB: Lab = Lab {
     name: "hpalert",
     net: "10.213.7",
     port: 18087,
+    up: false,
 };
 /// The split-brain lab.
 const SPLIT_LAB: Lab = Lab {
     name: "hpsplit",
     net: "10.213.8",
     port: 18088,
+    up: false,
 };
 
 /// A lab server that mails every alert to a real SMTP server and texts critical ones, evaluating

@@ -26,24 +26,28 @@ const DRBD_LAB: Lab = Lab {
     name: "hpdrbd",
     net: "10.213.23",
     port: 18123,
+    up: false,
 };
 /// The same, for a failover.
 const DRBD_FAILOVER_LAB: Lab = Lab {
     name: "hpdrbdfo",
     net: "10.213.25",
     port: 18125,
+    up: false,
 };
 /// Three hosts with a real MariaDB each: h1 the source, h2 and h3 GTID replicas.
 const MARIADB_LAB: Lab = Lab {
     name: "hpmaria",
     net: "10.213.26",
     port: 18126,
+    up: false,
 };
 /// Two hosts with PostgreSQL and MariaDB, both tied to VI_1.
 const UNMOVABLE_LAB: Lab = Lab {
     name: "hpmysql",
     net: "10.213.24",
     port: 18124,
+    up: false,
 };
 
 /// The stand-in's record of what changed, one call per line, without the timestamps.

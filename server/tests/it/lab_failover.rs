@@ -22,30 +22,35 @@ const AUTO_LAB: Lab = Lab {
     name: "hpauto",
     net: "10.213.11",
     port: 18111,
+    up: false,
 };
 /// Three hosts: h3 is away while h1 fails over to h2.
 const HOMECOMING_LAB: Lab = Lab {
     name: "hphome",
     net: "10.213.27",
     port: 18127,
+    up: false,
 };
 /// Two hosts: h1 primary, h2 standby.
 const PARTITION_LAB: Lab = Lab {
     name: "hppart",
     net: "10.213.12",
     port: 18112,
+    up: false,
 };
 /// Two hosts: keepalived stopped on the primary's host.
 const FOLLOW_LAB: Lab = Lab {
     name: "hpfollow",
     net: "10.213.17",
     port: 18117,
+    up: false,
 };
 /// Two hosts for the randomized faults.
 const CHAOS_LAB: Lab = Lab {
     name: "hpchaos",
     net: "10.213.14",
     port: 18114,
+    up: false,
 };
 
 /// The server's settings: `auto` for the lab's cluster, the lab's STONITH hook, h2 preferred.

@@ -25,9 +25,9 @@ const LB_LAB: Lab = Lab {
     name: "hplb",
     net: NET,
     port: 18132,
+    up: false,
 };
-/// The lab's /24 (a constant of its own: naming `LB_LAB.net` makes a temporary `Lab`, whose
-/// drop tears the lab down).
+/// The lab's /24.
 const NET: &str = "10.213.31";
 /// HAProxy's write and read ports on the lab bridge.
 const WRITE_PORT: u16 = 15432;

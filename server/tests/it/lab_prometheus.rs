@@ -32,6 +32,7 @@ const PROMETHEUS_LAB: Lab = Lab {
     name: "hpprom",
     net: "10.213.32",
     port: 18133,
+    up: false,
 };
 
 /// What the dashboard's `$__rate_interval` becomes (4 scrapes at 1 s, as Grafana would pick).
@@ -373,7 +374,7 @@ async fn every_dashboard_and_alert_rule_query_returns_data_from_a_real_prometheu
     s.failover.grace = Duration::from_secs(1);
     s.alerts.webhook = vec![hapulse_server::config::WebhookReceiver {
         name: "chat".into(),
-        url: webhook_sink(lab.net).await,
+        url: webhook_sink(lab.net).await.into(),
         severities: Vec::new(),
         clusters: Vec::new(),
         ..Default::default()

@@ -16,6 +16,7 @@ const REPLICAS_LAB: Lab = Lab {
     name: "hpha",
     net: "10.213.29",
     port: 18129,
+    up: false,
 };
 
 #[sqlx::test(migrations = false)]
@@ -161,6 +162,7 @@ const RESTORE_LAB: Lab = Lab {
     name: "hprest",
     net: "10.213.30",
     port: 18131,
+    up: false,
 };
 
 /// The database restored from a backup taken before two switchovers: its epoch is behind what

@@ -27,18 +27,21 @@ const WITNESS_LAB: Lab = Lab {
     name: "hpsafe",
     net: "10.213.16",
     port: 18116,
+    up: false,
 };
 /// h1 primary, h2 standby, h3 witness: the pause.
 const PAUSE_LAB: Lab = Lab {
     name: "hppause",
     net: "10.213.21",
     port: 18121,
+    up: false,
 };
 /// h1 primary, h2 and h3 standbys: the flapping gateway.
 const FLAP_LAB: Lab = Lab {
     name: "hpflap",
     net: "10.213.22",
     port: 18122,
+    up: false,
 };
 
 /// The witness.

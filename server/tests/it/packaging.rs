@@ -195,12 +195,39 @@ impl NotifySocket {
 }
 
 /// SIGTERM, as systemd stops a service.
-fn terminate(child: &Child) {
+fn terminate(child: &Reaped) {
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.pid().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// A child process that is killed and reaped when dropped, so a failing test leaves nothing
+/// running (holding its port and its test database).
+struct Reaped(Option<Child>);
+
+impl Reaped {
+    fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// Waits for the child to exit by itself (on a blocking thread).
+    async fn wait(mut self) -> std::process::ExitStatus {
+        let mut child = self.0.take().unwrap();
+        tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// `hapulse-server serve` under a stand-in of systemd: READY=1 arrives once the database is
@@ -218,7 +245,7 @@ async fn the_server_is_ready_for_systemd_once_migrated_and_listening(pool: PgPoo
         .port();
     let notify = NotifySocket::new();
     let config = tempfile::NamedTempFile::new().unwrap();
-    let server = Command::new(env!("CARGO_BIN_EXE_hapulse-server"))
+    let mut server = Command::new(env!("CARGO_BIN_EXE_hapulse-server"))
         .args(["--config", config.path().to_str().unwrap(), "serve"])
         .env("HAPULSE_DATABASE_URL", url.as_str())
         .env("HAPULSE_LISTEN", format!("127.0.0.1:{port}"))
@@ -229,6 +256,8 @@ async fn the_server_is_ready_for_systemd_once_migrated_and_listening(pool: PgPoo
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let log = StderrLines::of(&mut server);
+    let server = Reaped(Some(server));
     let ready = notify.next(60).await;
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
     assert!(
@@ -248,33 +277,10 @@ async fn the_server_is_ready_for_systemd_once_migrated_and_listening(pool: PgPoo
     terminate(&server);
     let stopping = notify.next(10).await;
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
-    let out = tokio::task::spawn_blocking(move || server.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", out.status);
-    let messages = json_log_messages(&out.stderr);
-    assert!(
-        messages
-            .iter()
-            .any(|m| m.starts_with("hapulse-server listening")),
-        "{messages:?}"
-    );
-}
-
-/// The `message` of every line of a `log_format = "json"` log, each line checked to be one
-/// JSON object with a timestamp, a level and a target.
-fn json_log_messages(stderr: &[u8]) -> Vec<String> {
-    let text = String::from_utf8_lossy(stderr);
-    text.lines()
-        .map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"));
-            for key in ["timestamp", "level", "target"] {
-                assert!(v[key].is_string(), "no {key}: {line}");
-            }
-            v["message"].as_str().unwrap_or_default().to_string()
-        })
-        .collect()
+    let status = server.wait().await;
+    assert!(status.success(), "{status}");
+    log.wait_for("hapulse-server listening (HTTP)").await;
+    log.json_messages();
 }
 
 /// `hapulse-agent` under a stand-in of systemd: READY=1 only once the server has accepted its
@@ -308,7 +314,7 @@ async fn the_agent_is_ready_for_systemd_once_its_first_report_is_accepted(pool: 
     .unwrap();
     let notify = NotifySocket::new();
     let agent_bin = Path::new(env!("CARGO_BIN_EXE_hapulse-server")).with_file_name("hapulse-agent");
-    let agent = Command::new(agent_bin)
+    let mut agent = Command::new(agent_bin)
         .args(["--config", config.to_str().unwrap()])
         .env("NOTIFY_SOCKET", &notify.path)
         .env("RUST_LOG", "info")
@@ -317,6 +323,8 @@ async fn the_agent_is_ready_for_systemd_once_its_first_report_is_accepted(pool: 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let log = StderrLines::of(&mut agent);
+    let agent = Reaped(Some(agent));
     let first = notify.next(30).await;
     assert!(
         first.contains("STATUS=waiting for the server"),
@@ -336,15 +344,10 @@ async fn the_agent_is_ready_for_systemd_once_its_first_report_is_accepted(pool: 
     terminate(&agent);
     let stopping = notify.next(10).await;
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
-    let out = tokio::task::spawn_blocking(move || agent.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", out.status);
-    let messages = json_log_messages(&out.stderr);
-    assert!(
-        messages.iter().any(|m| m == "agent starting"),
-        "{messages:?}"
-    );
+    let status = agent.wait().await;
+    assert!(status.success(), "{status}");
+    log.wait_for("agent starting").await;
+    log.json_messages();
     server.stop().await;
 }
 
@@ -366,6 +369,24 @@ impl StderrLines {
             }
         });
         StderrLines(lines)
+    }
+
+    /// The `message` of every line so far, each line checked to be one JSON object with a
+    /// timestamp, a level and a target (`log_format = "json"`).
+    fn json_messages(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"));
+                for key in ["timestamp", "level", "target"] {
+                    assert!(v[key].is_string(), "no {key}: {line}");
+                }
+                v["message"].as_str().unwrap_or_default().to_string()
+            })
+            .collect()
     }
 
     /// Waits (up to 20 s) for a JSON log line whose message is `message`; returns it.
@@ -412,6 +433,7 @@ async fn sighup_reloads_receivers_and_thresholds_and_keeps_what_needs_a_restart(
         .spawn()
         .unwrap();
     let log = StderrLines::of(&mut server);
+    let server = Reaped(Some(server));
     log.wait_for("hapulse-server listening (HTTP)").await;
     let (_, token) = hapulse_server::access::auth::create_token(
         &pool,
@@ -436,9 +458,9 @@ async fn sighup_reloads_receivers_and_thresholds_and_keeps_what_needs_a_restart(
         }
     };
     assert!(!metrics().await.contains("receiver=\"webhook:ops\""));
-    let hup = |child: &Child| {
+    let hup = |child: &Reaped| {
         let status = Command::new("kill")
-            .args(["-HUP", &child.id().to_string()])
+            .args(["-HUP", &child.pid().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
@@ -481,8 +503,6 @@ async fn sighup_reloads_receivers_and_thresholds_and_keeps_what_needs_a_restart(
         .await;
     assert!(metrics().await.contains("receiver=\"webhook:ops\""));
     terminate(&server);
-    let status = tokio::task::spawn_blocking(move || server.wait().unwrap())
-        .await
-        .unwrap();
+    let status = server.wait().await;
     assert!(status.success(), "{status}");
 }

@@ -452,7 +452,7 @@ async fn an_alert_is_sent_once_across_a_change_of_leader(pool: PgPool) {
     s.alerts.email = vec![crate::alerting::email_receiver(smtp_port)];
     s.alerts.webhook = vec![hapulse_server::config::WebhookReceiver {
         name: "chat".into(),
-        url: format!("http://{gateway}/hook"),
+        url: format!("http://{gateway}/hook").into(),
         severities: vec![],
         clusters: vec![],
         ..Default::default()
