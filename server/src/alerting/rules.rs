@@ -313,7 +313,8 @@ fn nodes_down(f: &mut Findings<'_>, c: &ClusterView) {
     }
 }
 
-/// Per VRRP instance: `split_brain` or `no_master` from its health, then `instance_fault` for
+/// Per VRRP instance: `split_brain` or `no_master` from its health, `vrrp_config_drift` when its
+/// members' configurations disagree, then `instance_fault` for
 /// each up member in FAULT.
 fn instance_rules(f: &mut Findings<'_>, c: &ClusterView) {
     for i in &c.instances {
@@ -347,6 +348,21 @@ fn instance_rules(f: &mut Findings<'_>, c: &ClusterView) {
                 AT_ONCE,
             ),
             _ => {}
+        }
+        if !i.drift.is_empty() {
+            f.push(
+                "vrrp_config_drift",
+                Severity::Warning,
+                i.name.clone(),
+                about,
+                format!(
+                    "the nodes of {}/{} disagree on its keepalived configuration: {}",
+                    c.name,
+                    i.name,
+                    i.drift.join("; ")
+                ),
+                AT_ONCE,
+            );
         }
         for m in i
             .members
@@ -722,11 +738,12 @@ fn agent_version(f: &mut Findings<'_>, n: &NodeLive) {
 }
 
 /// The rules' names.
-pub const RULES: [&str; 18] = [
+pub const RULES: [&str; 19] = [
     "node_down",
     "no_master",
     "split_brain",
     "instance_fault",
+    "vrrp_config_drift",
     "replication_broken",
     "replication_lag",
     "redundancy_lost",
@@ -819,6 +836,32 @@ mod tests {
             ),
         ]);
         assert!(found.is_empty(), "{found:?}");
+    }
+
+    #[test]
+    fn nodes_that_disagree_on_the_advert_interval_raise_a_drift_warning() {
+        let with_advert = |id, state, held, ms| {
+            let mut n = node(id, state, held, NodeStatus::Up, None);
+            n.instances[0].advert_interval_ms = Some(ms);
+            n
+        };
+        let found = rules(vec![
+            with_advert("a", VrrpState::Master, true, 1000),
+            with_advert("b", VrrpState::Backup, false, 1000),
+        ]);
+        assert!(found.is_empty(), "{found:?}");
+        let found = rules(vec![
+            with_advert("a", VrrpState::Master, true, 1000),
+            with_advert("b", VrrpState::Backup, false, 2000),
+        ]);
+        assert_eq!(
+            found,
+            [(
+                "vrrp_config_drift",
+                Severity::Warning,
+                "vrrp_config_drift:c/VI_1".to_string()
+            )]
+        );
     }
 
     #[test]

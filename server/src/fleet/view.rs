@@ -92,6 +92,11 @@ pub struct InstanceView {
     pub vips: Vec<VipView>,
     /// Members, by node id.
     pub members: Vec<MemberView>,
+    /// Where the members' keepalived configurations disagree (VRID, advertisement interval,
+    /// VIPs, authentication type), one sentence each with every node's value: VRRP misbehaves
+    /// quietly when they do. Empty when they agree.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<String>,
 }
 
 /// A node in a cluster listing.
@@ -335,7 +340,49 @@ pub fn instance_view(name: &str, nodes: &[&NodeLive]) -> InstanceView {
             .map(|(vip, holders)| VipView { vip, holders })
             .collect(),
         members,
+        drift: config_drift(name, nodes),
     }
+}
+
+/// Where the nodes (not down) that report instance `name` disagree on its configuration: the
+/// virtual router id, the advertisement interval, the VIPs and the authentication type (values
+/// a node has not reported yet, before its first JSON dump, are left out). One sentence per
+/// setting that differs, naming each node's value: `advert interval differs: a 1000 ms, b 2000 ms`.
+pub fn config_drift(name: &str, nodes: &[&NodeLive]) -> Vec<String> {
+    let reports: Vec<(&str, &hapulse_protocol::VrrpInstanceReport)> = nodes
+        .iter()
+        .filter(|n| n.status != NodeStatus::Down)
+        .filter_map(|n| Some((n.node_id.as_str(), n.instance(name)?)))
+        .collect();
+    let mut drift = Vec::new();
+    let mut differs = |what: &str, values: Vec<(&str, String)>| {
+        let distinct: std::collections::BTreeSet<&String> = values.iter().map(|(_, v)| v).collect();
+        if distinct.len() > 1 {
+            let each: Vec<String> = values.iter().map(|(n, v)| format!("{n} {v}")).collect();
+            drift.push(format!("{what} differs: {}", each.join(", ")));
+        }
+    };
+    let each = |f: &dyn Fn(&hapulse_protocol::VrrpInstanceReport) -> Option<String>| {
+        reports
+            .iter()
+            .filter_map(|(n, i)| Some((*n, f(i)?)))
+            .collect::<Vec<_>>()
+    };
+    differs("VRID", each(&|i| i.vrid.map(|v| v.to_string())));
+    differs(
+        "advert interval",
+        each(&|i| i.advert_interval_ms.map(|ms| format!("{ms} ms"))),
+    );
+    differs(
+        "VIPs",
+        each(&|i| {
+            let mut vips = i.vips.clone();
+            vips.sort();
+            (!vips.is_empty()).then(|| format!("[{}]", vips.join(" ")))
+        }),
+    );
+    differs("authentication", each(&|i| i.auth_type.clone()));
+    drift
 }
 
 /// The members of instance `name`: every node of `nodes` that reports it, in order.
@@ -778,6 +825,42 @@ mod tests {
         assert_eq!(v.master.as_deref(), Some("a"));
         assert_eq!(v.vips[0].holders, vec!["a".to_string()]);
         assert_eq!(v.vrid, Some(51));
+    }
+
+    #[test]
+    fn members_that_disagree_on_their_configuration_are_named_with_their_values() {
+        let mut a = node("a", VrrpState::Master, VIP, NodeStatus::Up);
+        let mut b = node("b", VrrpState::Backup, &[], NodeStatus::Up);
+        let same = verdict(&[a.clone(), b.clone()]);
+        assert!(same.drift.is_empty(), "{:?}", same.drift);
+        let set = |n: &mut NodeLive, f: &dyn Fn(&mut hapulse_protocol::VrrpInstanceReport)| {
+            n.instances
+                .iter_mut()
+                .filter(|i| i.name == "VI_1")
+                .for_each(f)
+        };
+        set(&mut a, &|i| {
+            i.advert_interval_ms = Some(1000);
+            i.auth_type = Some("pass".into());
+        });
+        set(&mut b, &|i| {
+            i.advert_interval_ms = Some(3000);
+            i.vrid = Some(52);
+            i.vips = vec!["10.0.0.101".into()];
+        });
+        let v = verdict(&[a.clone(), b.clone()]);
+        assert_eq!(
+            v.drift,
+            [
+                "VRID differs: a 51, b 52",
+                "advert interval differs: a 1000 ms, b 3000 ms",
+                "VIPs differs: a [10.0.0.100], b [10.0.0.101]"
+            ],
+            "authentication not reported by b yet: not compared"
+        );
+        // A node that is down does not count.
+        b.status = NodeStatus::Down;
+        assert!(verdict(&[a, b]).drift.is_empty());
     }
 
     #[test]

@@ -791,6 +791,7 @@ mod tests {
                 member("b", VrrpState::Backup),
                 member("c", VrrpState::Backup),
             ],
+            drift: Vec::new(),
         }
     }
 
