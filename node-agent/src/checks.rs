@@ -129,18 +129,41 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// The reports of `checks` before any attempt: every check passing, not attempted.
+/// The state a check starts in: what its track file says from before (a restart must not
+/// hand keepalived's priority back to a host whose service was failing, nor report it
+/// passing), else passing, not attempted.
+fn starting_state(check: &CheckSettings) -> RiseFall {
+    let failing = check
+        .track_file
+        .as_ref()
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .and_then(|text| text.trim().parse::<i64>().ok())
+        .is_some_and(|v| v != 0);
+    RiseFall {
+        passing: !failing,
+        last_ok: !failing,
+        consecutive: 0,
+    }
+}
+
+/// The reports of `checks` before any attempt: each in its [`starting_state`].
 pub fn initial_reports(checks: &[CheckSettings]) -> Vec<ServiceCheckReport> {
     checks
         .iter()
-        .map(|c| ServiceCheckReport {
+        .map(|c| (c, starting_state(c)))
+        .map(|(c, start)| ServiceCheckReport {
             name: c.name.clone(),
             kind: c.kind,
             target: report_target(c),
-            passing: true,
-            last_ok: true,
+            passing: start.passing,
+            last_ok: start.last_ok,
             consecutive: 0,
-            detail: "not attempted yet".to_string(),
+            detail: if start.passing {
+                "not attempted yet".to_string()
+            } else {
+                "failing before the agent started (its track file says so); not attempted yet"
+                    .to_string()
+            },
             duration_ms: None,
             changed_at: None,
             vrrp_instance: c.vrrp_instance.clone(),
@@ -431,8 +454,11 @@ async fn run_one(
     shutdown: &CancellationToken,
 ) {
     let probe = Probe::new(check);
-    let mut state = RiseFall::new();
-    write_track(check, state.passing);
+    let mut state = starting_state(check);
+    // A track file is created when missing and otherwise left as it is until a verdict changes.
+    if check.track_file.as_ref().is_some_and(|p| !p.exists()) {
+        write_track(check, state.passing);
+    }
     let mut ticker = tokio::time::interval(check.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut seq: u16 = 0;
@@ -499,8 +525,10 @@ mod tests {
             command: command.iter().map(|s| s.to_string()).collect(),
             expect_status: 200,
             expect_body: None,
-            interval: Duration::from_millis(100),
-            timeout: Duration::from_millis(80),
+            // Quick rounds, but a timeout that a loaded CI machine's fork and exec, or a
+            // loopback connect, never reach: an attempt fails here only for its own reason.
+            interval: Duration::from_millis(200),
+            timeout: Duration::from_secs(2),
             rise: 2,
             fall: 3,
             vrrp_instance: None,
@@ -819,5 +847,27 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[test]
+    fn a_restarted_agent_starts_a_check_from_its_track_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let track = dir.path().join("svc.track");
+        let mut c = check(ServiceCheckKind::Tcp, Some("127.0.0.1:1"), &[]);
+        c.track_file = Some(track.clone());
+        assert!(
+            initial_reports(std::slice::from_ref(&c))[0].passing,
+            "no file: passing"
+        );
+        std::fs::write(&track, "1\n").unwrap();
+        let r = &initial_reports(std::slice::from_ref(&c))[0];
+        assert!(!r.passing && !r.last_ok, "{r:?}");
+        assert!(
+            r.detail.contains("before the agent started"),
+            "{}",
+            r.detail
+        );
+        std::fs::write(&track, "0\n").unwrap();
+        assert!(initial_reports(&[c])[0].passing);
     }
 }

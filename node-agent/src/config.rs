@@ -637,6 +637,32 @@ impl Settings {
     /// Every `[[checks]]` entry ([`CheckSettings::validate`]); names unique, and track files
     /// unique and none of them one the executor writes (`actions.track_files`).
     fn validate_checks(&self) -> Result<(), ConfigError> {
+        // The server refuses a whole report beyond these (and a node whose reports are refused
+        // looks dead to it): refused here, at start, instead.
+        if self.checks.len() > hapulse_protocol::MAX_SERVICE_CHECKS {
+            return invalid(
+                "checks",
+                &format!("at most {} checks", hapulse_protocol::MAX_SERVICE_CHECKS),
+            );
+        }
+        for (i, check) in self.checks.iter().enumerate() {
+            let target = check
+                .target
+                .as_deref()
+                .or(check.command.first().map(String::as_str))
+                .unwrap_or_default();
+            if target.len() > hapulse_protocol::MAX_CHECK_TEXT_BYTES
+                || target.chars().any(char::is_control)
+            {
+                return invalid(
+                    &format!("checks[{i}].target"),
+                    &format!(
+                        "at most {} bytes, no control characters",
+                        hapulse_protocol::MAX_CHECK_TEXT_BYTES
+                    ),
+                );
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         let mut files: std::collections::BTreeSet<&Path> = self
             .actions
@@ -1329,6 +1355,33 @@ mod tests {
                 other => panic!("expected a refusal, got {other:?}"),
             }
         };
+        // What the server would refuse in a report is refused here (a node whose reports are
+        // refused looks dead to the server).
+        let long = format!(
+            "{}:5432",
+            "h".repeat(hapulse_protocol::MAX_CHECK_TEXT_BYTES)
+        );
+        assert_eq!(
+            refusal(&|c| c.target = Some(long.clone())).0,
+            "checks[1].target"
+        );
+        assert_eq!(
+            refusal(&|c| c.target = Some("127.0.0.1:5432\u{1b}".into())).0,
+            "checks[1].target"
+        );
+        let too_many = Settings {
+            checks: (0..=hapulse_protocol::MAX_SERVICE_CHECKS)
+                .map(|i| CheckSettings {
+                    name: format!("c{i}"),
+                    ..tcp.clone()
+                })
+                .collect(),
+            ..valid.clone()
+        };
+        assert!(matches!(
+            too_many.validate(),
+            Err(ConfigError::Invalid { ref key, .. }) if key == "checks"
+        ));
         let (key, message) = refusal(&|c| c.timeout = Duration::from_secs(2));
         assert_eq!(key, "checks[1].timeout");
         assert!(message.contains("must be below interval"), "{message}");

@@ -172,7 +172,9 @@ pub struct Local {
 /// needs the master lost to the server and to a majority of its peers, so a host that hears
 /// either cannot have been replaced; one that hears neither says no to `/primary`, before the
 /// server could promote another (a failover waits at least for the node to be judged down).
-/// Without `[arbitration]` nothing is automatic and the answer stays the host's own.
+/// Without `[arbitration]` on this host the answer stays its own (the host has no peers to
+/// ask); with `[arbitration]` but no peers, `/primary` depends on the server being reachable,
+/// as Patroni's depends on its DCS.
 /// `peers`: (reachable, configured).
 pub fn cut_off(
     arbitration: bool,
@@ -191,10 +193,13 @@ pub fn cut_off(
 }
 
 /// How long the server may go without accepting a report before a host that also lost most of
-/// its peers stops answering `/primary`: three heartbeats, the silence after which the server
-/// judges a node down at the earliest (with the default detector).
+/// its peers stops answering `/primary`: two heartbeats, the silence after which the default
+/// detector calls a node suspect — the earliest the arbiter may start replacing it (the old
+/// master is fenced before the new one is promoted; this closes the gap where fencing cannot
+/// reach it). One late answer is tolerated; a detector configured tighter than the default
+/// leaves fencing alone to cover the difference.
 pub fn cut_off_after(settings: &Settings) -> Duration {
-    settings.heartbeat_interval * 3
+    settings.heartbeat_interval * 2
 }
 
 /// The replication link a request is about: `link` (`?link=`), else the first one reported

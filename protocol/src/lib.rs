@@ -115,6 +115,14 @@ impl ServiceCheckKind {
     }
 }
 
+/// Most service checks one report may carry; a server refuses a report with more (400), so an
+/// agent refuses a configuration with more.
+pub const MAX_SERVICE_CHECKS: usize = 64;
+
+/// Longest [`ServiceCheckReport::target`] and `detail` a server accepts, in bytes (no control
+/// characters either): an agent refuses a configured target beyond it.
+pub const MAX_CHECK_TEXT_BYTES: usize = 1024;
+
 /// One service check on one host (the `mon` idea: a service asked every few seconds), as
 /// the agent reports it with every heartbeat; a change of `passing` is a state change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -455,7 +455,7 @@ fn watch_signals(shutdown: CancellationToken) -> std::io::Result<()> {
                     tracing::info!("SIGINT received: shutting down");
                     break;
                 }
-                _ = hup.recv() => tracing::debug!("SIGHUP received"),
+                _ = hup.recv() => tracing::info!("SIGHUP received"),
             }
         }
         hapulse_server::systemd::stopping();

@@ -94,10 +94,11 @@ struct RawData {
     vips: Vec<String>,
     #[serde(default)]
     last_transition: Option<f64>,
+    // Read leniently: a build that dumps these differently must not cost the whole dump.
     #[serde(default)]
-    adver_int: Option<f64>,
+    adver_int: Option<serde_json::Value>,
     #[serde(default)]
-    auth_type: Option<u8>,
+    auth_type: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -186,13 +187,15 @@ pub fn parse_dump(text: &str) -> Result<Vec<DumpInstance>, DumpError> {
                 },
                 advert_interval_ms: data
                     .adver_int
+                    .as_ref()
+                    .and_then(serde_json::Value::as_f64)
                     .filter(|s| s.is_finite() && *s > 0.0 && *s < 256.0)
                     .map(|s| (s * 1000.0).round() as u32),
-                auth_type: data.auth_type.map(|t| {
-                    match t {
-                        0 => "none",
-                        1 => "pass",
-                        2 => "ah",
+                auth_type: data.auth_type.as_ref().map(|t| {
+                    match t.as_u64() {
+                        Some(0) => "none",
+                        Some(1) => "pass",
+                        Some(2) => "ah",
                         _ => "unknown",
                     }
                     .to_string()

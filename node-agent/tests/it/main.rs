@@ -38,7 +38,7 @@ fn spools_state_changes_while_the_server_is_down_and_exits_zero_on_sigterm() {
              heartbeat_interval = \"100ms\"\nmax_retry_backoff = \"200ms\"\nstate_dir = \"{}\"\n\
              [keepalived]\nnotify_fifo = \"{}\"\npid_file = \"{}\"\njson_dump = \"{}\"\nbinary = \"/bin/false\"\n\
              [[checks]]\nname = \"svc\"\nkind = \"tcp\"\ntarget = \"{service_address}\"\n\
-             interval = \"100ms\"\ntimeout = \"50ms\"\nfall = 1\nvrrp_instance = \"VI_1\"\n",
+             interval = \"1100ms\"\ntimeout = \"1s\"\nfall = 1\nvrrp_instance = \"VI_1\"\n",
             dir.path().join("state").display(),
             fifo.display(),
             dir.path().join("keepalived.pid").display(),

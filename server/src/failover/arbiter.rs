@@ -749,10 +749,13 @@ pub(crate) fn gather(
                 ),
                 receive_lsn: own.and_then(|l| l.raw.get("receive_lsn").cloned()),
                 position_fresh: None,
+                // The name only: the arbiter records a decision whenever its reason changes,
+                // and a failing check's detail may change every attempt (the detail is on the
+                // node's page, its events and its alert).
                 failing_check: n
                     .failing_tied_checks(instance, &tied)
                     .next()
-                    .map(crate::fleet::live::failing_check_text),
+                    .map(|check| format!("check {} failing", check.name)),
             }
         })
         .collect();

@@ -128,7 +128,8 @@ pub struct Candidate {
     /// it).
     pub streaming: bool,
     /// Its first service check tied to the instance or its link that is not passing, for
-    /// people (`check pg-port failing (connection refused)`); `None` when every tied check
+    /// people (`check pg-port failing`: the name, not the latest detail, so the reason does not
+    /// change with every attempt); `None` when every tied check
     /// passes (or it has none). A candidate with one is never promoted.
     pub failing_check: Option<String>,
 }

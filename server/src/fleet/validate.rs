@@ -50,7 +50,7 @@ pub const MAX_VIPS: usize = 64;
 /// Most replication links one report may carry.
 pub const MAX_LINKS: usize = 64;
 /// Most service checks one report may carry.
-pub const MAX_CHECKS: usize = 64;
+pub const MAX_CHECKS: usize = hapulse_protocol::MAX_SERVICE_CHECKS;
 
 /// Checks what deserialisation cannot; the error names the field.
 pub fn validate(report: &HeartbeatReport) -> Result<(), IngestError> {
@@ -93,8 +93,16 @@ fn check_service_check(
         )));
     }
     for (name, value, max) in [
-        ("target", Some(&c.target), 1024),
-        ("detail", Some(&c.detail), 1024),
+        (
+            "target",
+            Some(&c.target),
+            hapulse_protocol::MAX_CHECK_TEXT_BYTES,
+        ),
+        (
+            "detail",
+            Some(&c.detail),
+            hapulse_protocol::MAX_CHECK_TEXT_BYTES,
+        ),
         ("vrrp_instance", c.vrrp_instance.as_ref(), 64),
         ("link", c.link.as_ref(), 130),
     ] {
@@ -302,6 +310,16 @@ fn check_instance(
             "invalid_body",
             field("interface"),
             "at most 64 bytes, no control characters",
+        )));
+    }
+    if i.auth_type
+        .as_deref()
+        .is_some_and(|t| !["none", "pass", "ah", "unknown"].contains(&t))
+    {
+        return Err(IngestError::from(Refusal::invalid(
+            "invalid_body",
+            field("auth_type"),
+            "none, pass, ah or unknown",
         )));
     }
     check_vips(n, i)
