@@ -62,8 +62,20 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let tables = prepare_database(&settings, &pool).await?;
     let advertised = settings.advertised(listener.local_addr()?);
-    let (state, history_task) = build_state(&settings, &pool, &shutdown, advertised).await?;
-    let stop = shutdown.child_token();
+    // `shutdown` starts the stop; the server goes on serving and leading until no fencing hook
+    // runs (`closing`), then stops serving, then stops leading (`stop`).
+    let closing = CancellationToken::new();
+    let (state, history_task) = build_state(&settings, &pool, &closing, advertised).await?;
+    tokio::spawn({
+        let (state, closing) = (state.clone(), closing.clone());
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            wait_for_fencing_hooks(&state).await;
+            closing.cancel();
+        }
+    });
+    let stop = CancellationToken::new();
     let campaign = tokio::spawn({
         let work = LeaderTasks {
             state: state.clone(),
@@ -88,7 +100,7 @@ pub async fn serve(
     }
     // Migrated, state loaded, the listener bound (connections queue until it accepts).
     crate::systemd::ready(listener.local_addr()?);
-    let served = serve_http(&settings, state, listener, shutdown).await;
+    let served = serve_http(&settings, state, listener, closing).await;
     stop.cancel();
     let _ = campaign.await;
     served?;
@@ -96,6 +108,30 @@ pub async fn serve(
     let _ = history_task.await;
     tracing::info!("hapulse-server stopped");
     Ok(())
+}
+
+/// A stopping server waits for the fencing hooks running now (a STONITH call killed half-way
+/// leaves a host in an unknown state) before it stops serving and leading, for at most the
+/// longest `fencing_timeout` of any cluster: meanwhile it goes on as before (reports taken,
+/// leader tasks running).
+async fn wait_for_fencing_hooks(state: &AppState) {
+    use std::sync::atomic::Ordering;
+    let limit = state
+        .settings()
+        .failover
+        .clusters
+        .values()
+        .map(|c| c.fencing_timeout)
+        .max()
+        .unwrap_or_default()
+        + Duration::from_secs(1);
+    let deadline = tokio::time::Instant::now() + limit;
+    if state.fencing_hooks.load(Ordering::SeqCst) > 0 {
+        tracing::warn!(limit = ?limit, "stopping: waiting for the running fencing hook to finish first");
+    }
+    while state.fencing_hooks.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// On each SIGHUP until `shutdown`: reads the configuration again and runs with its alert,
@@ -168,6 +204,7 @@ async fn build_state(
     let state = AppState(Arc::new(App {
         db: pool.clone(),
         settings: RwLock::new(Arc::new(settings.clone())),
+        fencing_hooks: Default::default(),
         live: RwLock::new(live),
         transitions: Mutex::new(()),
         pending_transitions: Default::default(),

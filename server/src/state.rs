@@ -29,6 +29,8 @@ pub struct App {
     /// (SIGHUP, [`Settings::reloaded`]) swaps in new alert, failover and detector sections.
     /// Read it with [`App::settings`].
     pub(crate) settings: RwLock<Arc<Settings>>,
+    /// Fencing hooks running now (a stopping server lets them finish first).
+    pub fencing_hooks: std::sync::atomic::AtomicUsize,
     /// Latest state of every node: a cache of the `nodes` and `vrrp_instances` tables. Locked
     /// briefly, never across an `.await`.
     pub live: RwLock<Live>,

@@ -759,10 +759,12 @@ impl<'a> Run<'a> {
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
             .output();
+        let running = FencingHookRunning::new(self.state);
         let output = tokio::time::timeout(limit, child)
             .await
             .map_err(|_| format!("the fencing hook {program} did not finish within {limit:?}"))?
             .map_err(|e| format!("cannot run the fencing hook {program}: {e}"))?;
+        drop(running);
         let text = String::from_utf8_lossy(&output.stdout).to_string()
             + &String::from_utf8_lossy(&output.stderr);
         let tail: String = {
@@ -790,6 +792,26 @@ impl<'a> Run<'a> {
             "{} is MASTER with the VIP",
             self.sw.target_node
         )))
+    }
+}
+
+/// Counts a fencing hook as running (`App::fencing_hooks`) while it lives.
+struct FencingHookRunning<'a>(&'a AppState);
+
+impl<'a> FencingHookRunning<'a> {
+    fn new(state: &'a AppState) -> Self {
+        state
+            .fencing_hooks
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        FencingHookRunning(state)
+    }
+}
+
+impl Drop for FencingHookRunning<'_> {
+    fn drop(&mut self) {
+        self.0
+            .fencing_hooks
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -1077,3 +1077,81 @@ async fn candidates_are_ranked_on_positions_asked_at_decision_time(pool: PgPool)
     }
     server.stop().await;
 }
+
+/// A server stopped while its fencing hook runs lets the hook finish first (a STONITH call
+/// killed half-way leaves the old master in an unknown state); it goes on serving meanwhile.
+#[sqlx::test(migrations = false)]
+async fn a_stopping_server_lets_a_running_fencing_hook_finish(pool: PgPool) {
+    let dir = tempfile::tempdir().unwrap();
+    let (started, finished) = (dir.path().join("started"), dir.path().join("finished"));
+    let hook = dir.path().join("fence");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ntouch {}\nsleep 2\ntouch {}\n",
+            started.display(),
+            finished.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let s = settings_with(ClusterFailover {
+        mode: Mode::Notify,
+        fencing_hook: Some(vec![hook.display().to_string()]),
+        accept_unfenced: false,
+        ..policy()
+    });
+    let server = TestServer::start_on(pool, s).await;
+    let client = |secret: String| {
+        AgentClient::new(
+            &server.url,
+            SecretString::from(secret),
+            Duration::from_secs(10),
+            &Default::default(),
+        )
+        .unwrap()
+    };
+    let a = client(server.credential("a").await);
+    let b = client(server.credential("b").await);
+    let mut ra = report("a", Uuid::new_v4(), 1, VrrpState::Master, true);
+    ra.heartbeat_interval_ms = 500;
+    ra.replication = vec![pg_report_link(
+        ReplicationRole::Primary,
+        LinkState::Streaming,
+        0,
+    )];
+    ra.arbitration = arbitration("b", true);
+    a.send_heartbeat(&ra).await.unwrap();
+    // a falls silent; b lost it too, and keepalived made b MASTER with the VIP.
+    let mut rb = report("b", Uuid::new_v4(), 1, VrrpState::Master, true);
+    rb.replication = vec![pg_report_link(
+        ReplicationRole::Secondary,
+        LinkState::Disconnected,
+        500,
+    )];
+    rb.arbitration = arbitration("a", false);
+    let b_heartbeats = tokio::spawn(keep_heartbeating(b, Arc::new(Mutex::new(rb))));
+    eventually(20, "a failover proposed", || async {
+        let (_, f) = server.get_json("/api/v1/clusters/c/failover").await;
+        (f["verdict"]["decision"]["action"] == "propose").then_some(())
+    })
+    .await;
+    let (status, body) = server
+        .post_json(
+            "/api/v1/clusters/c/failover",
+            serde_json::json!({"target_node": "b", "reason": "a is gone"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    eventually(20, "the fencing hook running", || async {
+        started.exists().then_some(())
+    })
+    .await;
+    assert!(!finished.exists());
+    b_heartbeats.abort();
+    server.stop().await;
+    assert!(
+        finished.exists(),
+        "the server stopped before its fencing hook finished (the hook was killed)"
+    );
+}
