@@ -12,7 +12,6 @@
 //! of a command that cannot exist), the enrollment token is never traded (that would spend it),
 //! and no secret is ever printed.
 
-use std::fmt;
 use std::net::IpAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
@@ -28,68 +27,7 @@ use crate::config::{Settings, TrackFileSettings};
 use crate::keepalived::{self, dump};
 use crate::replication::ReplicationProbes;
 
-/// How a check came out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// As it should be.
-    Ok,
-    /// Works, but worth a look (the agent starts anyway).
-    Warn,
-    /// The agent would not work as configured: `check` exits non-zero.
-    Fail,
-}
-
-/// One line of `hapulse-agent check`: what was checked, how it came out, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckResult {
-    /// What was checked, e.g. `keepalived.pid_file`, `server https://hapulse.example.net`.
-    pub name: String,
-    /// How it came out.
-    pub outcome: Outcome,
-    /// What was found, or why it failed; never a secret.
-    pub detail: String,
-}
-
-impl CheckResult {
-    fn new(name: impl Into<String>, outcome: Outcome, detail: impl Into<String>) -> Self {
-        CheckResult {
-            name: name.into(),
-            outcome,
-            detail: detail.into(),
-        }
-    }
-
-    /// A passed check.
-    pub fn ok(name: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self::new(name, Outcome::Ok, detail)
-    }
-
-    /// A check that passed with a caveat.
-    pub fn warn(name: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self::new(name, Outcome::Warn, detail)
-    }
-
-    /// A failed check.
-    pub fn fail(name: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self::new(name, Outcome::Fail, detail)
-    }
-}
-
-impl fmt::Display for CheckResult {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let word = match self.outcome {
-            Outcome::Ok => "ok  ",
-            Outcome::Warn => "warn",
-            Outcome::Fail => "FAIL",
-        };
-        write!(f, "{word} {}: {}", self.name, self.detail)
-    }
-}
-
-/// True when any check failed.
-pub fn any_failed(results: &[CheckResult]) -> bool {
-    results.iter().any(|r| r.outcome == Outcome::Fail)
-}
+pub use hapulse_protocol::preflight::{any_failed, CheckResult, Outcome};
 
 /// Runs every check for the configuration `file` (None: defaults and the environment alone),
 /// calling `each` with every result as it comes (so a slow check does not hide the earlier

@@ -12,11 +12,7 @@ use tokio_util::sync::CancellationToken;
 /// exists (the Debian package installs it).
 const DEFAULT_CONFIG: &str = "/etc/hapulse/agent.toml";
 
-/// The configuration file to read: the one named, else `default` when it is a file, else none
-/// (defaults and the environment alone).
-fn config_file(named: Option<PathBuf>, default: &Path) -> Option<PathBuf> {
-    named.or_else(|| default.is_file().then(|| default.to_path_buf()))
-}
+use hapulse_protocol::preflight::config_file;
 
 /// hapulse node agent: reports this host's keepalived VRRP state (roles, priorities, VIPs) to the
 /// hapulse server every heartbeat interval, and every state change at once.
@@ -163,21 +159,6 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
-
-    #[test]
-    fn the_default_file_is_read_only_when_no_file_is_named_and_it_exists() {
-        let dir = tempfile::tempdir().unwrap();
-        let default = dir.path().join("agent.toml");
-        let named = PathBuf::from("/elsewhere/agent.toml");
-        assert_eq!(config_file(None, &default), None, "absent: defaults alone");
-        std::fs::write(&default, "").unwrap();
-        assert_eq!(config_file(None, &default), Some(default.clone()));
-        assert_eq!(config_file(Some(named.clone()), &default), Some(named));
-        // A directory by that name is not a configuration file.
-        let not_a_file = dir.path().join("dir.toml");
-        std::fs::create_dir(&not_a_file).unwrap();
-        assert_eq!(config_file(None, &not_a_file), None);
-    }
 
     #[test]
     fn help_names_the_default_file() {

@@ -14,6 +14,7 @@ use std::fmt;
 
 #[cfg(feature = "logging")]
 pub mod logging;
+pub mod preflight;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -10,6 +10,8 @@ use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::alerting::receivers::{serialize_redacted, serialize_redacted_opt};
+
 /// Everything the server needs. `Debug` never shows secrets.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -640,16 +642,6 @@ fn default_sms_severities() -> Vec<String> {
     vec!["critical".into()]
 }
 
-fn serialize_redacted_opt<S: serde::Serializer>(
-    value: &Option<SecretString>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    match value {
-        Some(_) => s.serialize_str(""),
-        None => s.serialize_none(),
-    }
-}
-
 /// When a silent node becomes suspect, then down. Counted in the node's own heartbeat intervals,
 /// which each report carries.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -764,10 +756,6 @@ const SERVER_ENV_KEYS: [&str; 18] = [
     "alerts__",
     "failover__",
 ];
-
-fn serialize_redacted<S: serde::Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str("")
-}
 
 impl Settings {
     /// Where agents and browsers reach this replica: `advertise_url`, or the `listen` address
