@@ -190,6 +190,9 @@ pub enum FailoverAction {
         /// Go ahead even beyond the data-loss bound.
         #[arg(long)]
         accept_data_loss: bool,
+        /// The VRRP instance to fail over (needed when the cluster has several).
+        #[arg(long)]
+        instance: Option<String>,
     },
     /// Acknowledge an automatic failover or step-down: lifts its anti-flapping hold.
     Ack {

@@ -717,11 +717,15 @@ async fn failover(
             to,
             reason,
             accept_data_loss,
+            instance,
         } => {
             let path = format!("/api/v1/clusters/{}/failover", segment(&cluster));
-            let body = serde_json::json!({
+            let mut body = serde_json::json!({
                 "target_node": to, "reason": reason, "accept_data_loss": accept_data_loss,
             });
+            if let Some(instance) = instance {
+                body["instance"] = serde_json::Value::String(instance);
+            }
             let accepted = api.send_json(reqwest::Method::POST, &path, &body).await?;
             let id = cell(&accepted["id"]);
             if !json {

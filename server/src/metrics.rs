@@ -379,12 +379,19 @@ impl ClusterGauges {
                 }
             }
         }
-        for (cluster, current) in verdicts {
+        // Each cluster's VRRP instances counted by their verdict's action (one instance: 1 for
+        // its action, 0 for the others).
+        for (cluster, _) in verdicts {
             for action in VERDICT_ACTIONS {
                 self.failover_verdict
                     .with_label_values(&[cluster, action])
-                    .set(i64::from(*current == action));
+                    .set(0);
             }
+        }
+        for (cluster, current) in verdicts {
+            self.failover_verdict
+                .with_label_values(&[cluster.as_str(), current])
+                .inc();
         }
     }
 }
@@ -592,8 +599,9 @@ fn cluster_gauges(registry: &Registry) -> Result<ClusterGauges, prometheus::Erro
         failover_verdict: int_gauges(
             registry,
             "failover_verdict",
-            "1 for the failover arbiter's latest verdict on a cluster (nothing, wait, alert, \
-             propose, failover, step_down, follow_vip), 0 for the others; on the leader only",
+            "How many of a cluster's VRRP instances the failover arbiter's latest verdict is \
+             this action for (nothing, wait, alert, propose, failover, step_down, follow_vip; \
+             one instance: 1 for its verdict, 0 for the others); on the leader only",
             &["cluster", "action"],
         )?,
     })

@@ -63,8 +63,10 @@ pub struct App {
     /// Whether this replica leads (runs the detector, the arbiter, alerting, switchovers and
     /// takes agents' reports), and who does otherwise.
     pub leadership: crate::leadership::Leadership,
-    /// The arbiter's latest verdict per cluster.
-    pub verdicts: RwLock<std::collections::BTreeMap<String, crate::failover::evidence::Verdict>>,
+    /// The arbiter's latest verdicts per cluster: one per VRRP instance (its unit), by instance
+    /// name.
+    pub verdicts:
+        RwLock<std::collections::BTreeMap<String, Vec<crate::failover::evidence::Verdict>>>,
     /// Views shared by the dashboard and the cluster list, rebuilt after a change.
     pub snapshots: crate::shared_views::Snapshots,
 }

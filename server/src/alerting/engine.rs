@@ -156,7 +156,7 @@ async fn evaluate_all(
                     nodes: nodes.remove(name).unwrap_or_default(),
                     role_changes: role_changes.get(name).cloned().unwrap_or_default(),
                     failovers: failovers.get(name).cloned().unwrap_or_default(),
-                    verdict: verdicts.get(name),
+                    verdicts: verdicts.get(name).map_or(&[], Vec::as_slice),
                     failed_failovers: failed.get(name).cloned().unwrap_or_default(),
                     cluster_mismatches: mismatches.get(name).cloned().unwrap_or_default(),
                 };

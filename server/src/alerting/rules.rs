@@ -128,8 +128,8 @@ pub struct Evidence<'a> {
     pub role_changes: Vec<&'a RoleChange>,
     /// Its unplanned MASTER changes still within `failover_notice_for`.
     pub failovers: Vec<&'a Failover>,
-    /// The arbiter's latest verdict on it.
-    pub verdict: Option<&'a crate::failover::evidence::Verdict>,
+    /// The arbiter's latest verdicts on it, one per VRRP instance.
+    pub verdicts: &'a [crate::failover::evidence::Verdict],
     /// Its failover runs that failed in the last 24 h and nobody acknowledged: (id, error).
     pub failed_failovers: Vec<&'a (uuid::Uuid, String)>,
     /// Nodes refused in the last minute for reporting into another cluster than their
@@ -602,20 +602,26 @@ fn recent_failovers(
 /// `failover_blocked` / `failover_proposed`: the arbiter (unless off) found a failover needed
 /// but not allowed, or proposed one for an operator to confirm.
 fn arbiter_verdict(f: &mut Findings<'_>, evidence: &Evidence<'_>) {
-    let Some(v) = evidence
-        .verdict
+    for v in evidence
+        .verdicts
+        .iter()
         .filter(|v| v.mode != crate::failover::decision::Mode::Off)
-    else {
-        return;
-    };
+    {
+        arbiter_verdict_on(f, v);
+    }
+}
+
+/// [`arbiter_verdict`] for one VRRP instance's verdict (an alert per instance).
+fn arbiter_verdict_on(f: &mut Findings<'_>, v: &crate::failover::evidence::Verdict) {
     let cluster = f.cluster;
     let (candidate, reason) = (v.decision.candidate(), v.decision.reason());
-    let instance = v.evidence.as_ref().map(|g| g.instance.as_str());
+    let instance = Some(v.instance.as_str());
+    let key = format!("arbiter {}", v.instance);
     match &v.decision {
         crate::failover::decision::Decision::Alert { .. } => f.push(
             "failover_blocked",
             Severity::Critical,
-            "arbiter".into(),
+            key,
             Subject {
                 instance,
                 ..Subject::default()
@@ -626,7 +632,7 @@ fn arbiter_verdict(f: &mut Findings<'_>, evidence: &Evidence<'_>) {
         crate::failover::decision::Decision::Propose { .. } => f.push(
             "failover_proposed",
             Severity::Critical,
-            "arbiter".into(),
+            key,
             Subject {
                 node: candidate,
                 instance,

@@ -1,11 +1,13 @@
 //! The arbiter: automatic failover, wired to the live state.
 //!
-//! Every `failover.interval`, for every cluster, it
+//! Every `failover.interval`, for every cluster and every **unit** of it — a VRRP instance with
+//! the replication link that carries its data ([`units`]): a dual-active pair has two, an N+1
+//! group one per service — it
 //!
-//! 1. finds the **leader**, the master of the current epoch: with a replication link tied to
-//!    the VRRP instance, the only primary among the nodes that are up (else the stored leader,
-//!    while it still says it is primary); without one, the only MASTER. The leader is stored in
-//!    `clusters.leader`, so a restart keeps it;
+//! 1. finds the unit's **leader**, the master of the current epoch: with a replication link
+//!    tied to the VRRP instance, the only primary among the nodes that are up (else the stored
+//!    leader, while it still says it is primary); without one, the only MASTER. The leader is
+//!    stored in `clusters.leaders` ([`leaders`]), so a restart keeps it;
 //! 2. gathers the **evidence** about it ([`Gathered`]): does the server hear it, which peers
 //!    still see it (an ICMP echo answered, or a BACKUP state that keepalived keeps only while
 //!    adverts arrive and no other node is MASTER), does it reach the reference address; and the
@@ -27,6 +29,10 @@
 //!    failover runs, or in a paused cluster (a maintenance window, or paused by hand), whose
 //!    verdicts are still reached and recorded but never acted on.
 //!
+//! Units are judged independently (a spare already MASTER of another instance is chosen only
+//! when no free candidate fits); moves stay one at a time per cluster: a second unit's move
+//! starts in the round after the first one's run ends.
+//!
 //! Replication connection state is shown as evidence but not counted: a dead primary's
 //! connection still looks `streaming` until `wal_receiver_timeout` (60 s by default) ends it.
 
@@ -44,6 +50,7 @@ use crate::alerting::silences::{self, Silence};
 use crate::failover::decision::{self as failover, Decision, History, Situation, VipElsewhere};
 use crate::failover::evidence::{candidates, evidence, Gathered, Verdict, Witness};
 use crate::failover::fences::keep_fenced;
+use crate::failover::leaders;
 use crate::failover::pauses::{self, Pause};
 use crate::failover::positions::{self, Progress};
 use crate::failover::rejoins;
@@ -76,22 +83,24 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
 /// What the arbiter remembers between rounds.
 #[derive(Default)]
 struct Memory {
-    /// The last recorded (action, candidate, reason without digits) per cluster.
+    /// The last recorded (action, candidate, reason without digits) per unit ([`unit_key`]).
     recorded: BTreeMap<String, (String, Option<String>, String)>,
-    /// (cluster, node) fenced or stopped by the split-brain rule, and (cluster, "node address")
+    /// (cluster, "node instance") fenced or stopped by the split-brain rule, and (cluster, "node address")
     /// told to remove a stale VIP, not yet seen obeying, with when: the commands are issued
     /// again after a minute (their deadline).
     enforced: BTreeMap<(String, String), tokio::time::Instant>,
-    /// Clusters whose last attempt to act was refused, with when: not tried again for 30 s.
+    /// Units ([`unit_key`]) whose last attempt to act was refused, with when: not tried again
+    /// for 30 s.
     refused: BTreeMap<String, tokio::time::Instant>,
     /// Clusters that were not quiet (see [`quiet`]) in the round that last looked at them: looked
     /// at again every round.
     attention: BTreeSet<String>,
     /// When every cluster was last looked at (None: never).
     last_sweep: Option<tokio::time::Instant>,
-    /// Clusters whose VIP is on another node than the leader: the holder and since when.
+    /// Units ([`unit_key`]) whose VIP is on another node than the leader: the holder and since
+    /// when.
     vip_elsewhere: BTreeMap<String, VipElsewhere>,
-    /// Clusters whose candidates were asked for their positions before a failover.
+    /// Units ([`unit_key`]) whose candidates were asked for their positions before a failover.
     asked: BTreeMap<String, positions::Asked>,
     /// Rejoins started, and standbys adrift, with when.
     rejoins: rejoins::Rejoins,
@@ -120,23 +129,25 @@ impl Memory {
 /// clusters that changed or need attention, so a round over 5,000 quiet clusters costs nothing.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// A cluster needs no look until something in it changes: healthy (one MASTER holding every VIP,
-/// every member up), nothing to do, no operation running, nobody kept fenced, nothing refused or
-/// being enforced.
+/// A unit needs no look until something in its cluster changes: the cluster healthy (one MASTER
+/// per instance holding its VIPs, every member up), nothing to do, no operation running, nobody
+/// kept fenced, nothing refused or being enforced. A cluster leaves the arbiter's attention when
+/// every one of its units is quiet.
 fn quiet(
-    c: &ClusterView,
+    j: &Judged,
     decision: &Decision,
     operation_running: bool,
     kept: bool,
     memory: &Memory,
 ) -> bool {
+    let c = &j.view;
     c.health == view::Health::Healthy
         && matches!(decision, Decision::Nothing { .. })
         && !operation_running
         && !kept
         && memory
             .refused
-            .get(&c.name)
+            .get(&unit_key(&c.name, &j.instance))
             .is_none_or(|at| at.elapsed() >= Duration::from_secs(30))
         && !memory
             .enforced
@@ -205,8 +216,10 @@ fn select_clusters(state: &AppState, memory: &mut Memory) -> Vec<String> {
 struct Stored {
     /// The global switch.
     enabled: bool,
-    /// The leader stored for each selected cluster.
-    leaders: BTreeMap<String, Option<String>>,
+    /// The leaders stored for each selected cluster, by VRRP instance (`clusters.leaders`;
+    /// `clusters.leader`, the leader a server before per-instance arbitration stored, under the
+    /// empty key).
+    leaders: BTreeMap<String, BTreeMap<String, String>>,
     /// Clusters with a switchover or failover running (one only scheduled holds back other
     /// planned operations, not the arbiter: a failover cancels it).
     running: BTreeSet<String>,
@@ -215,8 +228,8 @@ struct Stored {
     windows: Vec<Silence>,
     /// Clusters paused by hand, until resumed.
     pauses: BTreeMap<String, Pause>,
-    /// Each cluster's latest automatic move (failover or step-down): when it was created,
-    /// whether acknowledged.
+    /// Each unit's latest automatic move (failover or step-down), by [`unit_key`]: when it was
+    /// created, whether acknowledged.
     last_automatic: BTreeMap<String, (DateTime<Utc>, bool)>,
     /// The nodes the server keeps fenced, per cluster.
     kept: BTreeMap<String, BTreeSet<String>>,
@@ -226,13 +239,26 @@ impl Stored {
     /// Reads it, for the `selected` clusters.
     async fn load(state: &AppState, selected: &[String]) -> Result<Stored, sqlx::Error> {
         let enabled = automatic_enabled(state).await?;
-        let leaders: BTreeMap<String, Option<String>> =
-            sqlx::query_as("SELECT name, leader FROM clusters WHERE name = ANY($1)")
+        type Row = (
+            String,
+            Option<String>,
+            sqlx::types::Json<BTreeMap<String, String>>,
+        );
+        let rows: Vec<Row> =
+            sqlx::query_as("SELECT name, leader, leaders FROM clusters WHERE name = ANY($1)")
                 .bind(selected)
                 .fetch_all(&state.db)
-                .await?
-                .into_iter()
-                .collect();
+                .await?;
+        let leaders = rows
+            .into_iter()
+            .map(|(name, legacy, by_instance)| {
+                let mut by_instance = by_instance.0;
+                if let Some(l) = legacy {
+                    by_instance.insert(String::new(), l);
+                }
+                (name, by_instance)
+            })
+            .collect();
         let running: BTreeSet<String> =
             sqlx::query_scalar("SELECT cluster FROM switchovers WHERE state = 'running'")
                 .fetch_all(&state.db)
@@ -286,55 +312,83 @@ impl Stored {
     }
 }
 
-/// Each cluster's latest automatic move (failover or step-down): when it was created, whether
-/// acknowledged. It holds the next one back (anti-flapping).
+/// Each unit's latest automatic move (failover or step-down), by [`unit_key`]: when it was
+/// created, whether acknowledged. It holds the unit's next one back (anti-flapping); another
+/// instance's failure is not held back by it (N+1: two services failing one after the other).
 async fn last_automatic_moves(
     db: &sqlx::PgPool,
 ) -> Result<BTreeMap<String, (DateTime<Utc>, bool)>, sqlx::Error> {
     Ok(sqlx::query(
-        "SELECT DISTINCT ON (cluster) cluster, created_at, acknowledged_at IS NOT NULL AS acked
+        "SELECT DISTINCT ON (cluster, instance) cluster, instance, created_at,
+                acknowledged_at IS NOT NULL AS acked
            FROM switchovers WHERE automatic AND kind <> 'rejoin'
-          ORDER BY cluster, created_at DESC",
+          ORDER BY cluster, instance, created_at DESC",
     )
     .fetch_all(db)
     .await?
     .into_iter()
     .filter_map(|r| {
+        let cluster: String = r.try_get("cluster").ok()?;
+        let instance: String = r.try_get("instance").ok()?;
         Some((
-            r.try_get("cluster").ok()?,
+            unit_key(&cluster, &instance),
             (r.try_get("created_at").ok()?, r.try_get("acked").ok()?),
         ))
     })
     .collect())
 }
 
-/// The `selected` clusters as read from the live state, in one pass under one short lock: each
-/// one's view, its leader (stored and found now), the evidence about it, and the other members.
+/// The `selected` clusters as read from the live state, in one pass under one short lock: for
+/// each of their units ([`units`]), the cluster's view, the unit's leader (stored and found
+/// now), the evidence about it, and the other members.
 fn judge(
     state: &AppState,
     selected: &[String],
-    leaders: &BTreeMap<String, Option<String>>,
+    leaders: &BTreeMap<String, BTreeMap<String, String>>,
     kept: &BTreeMap<String, BTreeSet<String>>,
     now: DateTime<Utc>,
 ) -> Vec<Judged> {
     let live = state.live();
     let mut by_cluster = live.by_cluster();
-    selected
-        .iter()
-        .filter_map(|name| {
-            let nodes = by_cluster.remove(name.as_str())?;
-            let c = view::cluster_view_of(name, nodes.clone(), now)?;
-            let stored = leaders.get(name).cloned().flatten();
-            let no_kept = BTreeSet::new();
-            let kept = kept.get(name).unwrap_or(&no_kept);
-            let leader = find_leader(&nodes, &c, stored.as_deref(), kept);
-            let gathered = leader.as_ref().map(|(instance, link, leader)| {
+    let no_kept = BTreeSet::new();
+    let no_leaders = BTreeMap::new();
+    let mut judged = Vec::new();
+    for name in selected {
+        let Some(nodes) = by_cluster.remove(name.as_str()) else {
+            continue;
+        };
+        let Some(c) = view::cluster_view_of(name, nodes.clone(), now) else {
+            continue;
+        };
+        let kept = kept.get(name).unwrap_or(&no_kept);
+        let stored_leaders = leaders.get(name).unwrap_or(&no_leaders);
+        let units = units(&c);
+        let last = units.len().saturating_sub(1);
+        let mut c = Some(c);
+        for (index, (instance, link)) in units.into_iter().enumerate() {
+            // One view per unit: cloned for all but the last (one instance: no clone).
+            let Some(view) = (if index == last { c.take() } else { c.clone() }) else {
+                break;
+            };
+            // The leader a server before per-instance arbitration stored is the first unit's.
+            let stored = stored_leaders
+                .get(&instance)
+                .or_else(|| stored_leaders.get("").filter(|_| index == 0))
+                .cloned();
+            let leader = find_leader(
+                &nodes,
+                &view,
+                (&instance, link.as_deref()),
+                stored.as_deref(),
+                kept,
+            );
+            let gathered = leader.as_ref().map(|leader| {
                 gather(
                     &state.settings().failover,
                     &nodes,
-                    &c,
-                    instance,
-                    link,
+                    &view,
+                    &instance,
+                    &link,
                     leader,
                     now,
                 )
@@ -342,27 +396,28 @@ fn judge(
             let members = gathered
                 .as_ref()
                 .map_or_else(Vec::new, |g| members(&nodes, g));
-            Some(Judged {
-                view: c,
+            judged.push(Judged {
+                view,
+                instance,
                 stored,
                 leader,
                 gathered,
                 members,
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    judged
 }
 
-/// What [`decide_all`] returns.
-type Decided<'j> = (
-    Vec<Verdict>,
-    Vec<(&'j str, &'j str)>,
-    Vec<Option<Situation>>,
-);
+/// A unit's leader found in a round that differs from the stored one: (cluster, instance,
+/// leader).
+type NewLeader<'j> = (&'j str, &'j str, &'j str);
 
-/// Every judged cluster's verdict (in the same order), the leaders found that differ from the
-/// stored ones, as (cluster, leader), and the situation each verdict was decided on (None: no
-/// leader known).
+/// What [`decide_all`] returns.
+type Decided<'j> = (Vec<Verdict>, Vec<NewLeader<'j>>, Vec<Option<Situation>>);
+
+/// Every judged unit's verdict (in the same order), the leaders found that differ from the
+/// stored ones, and the situation each verdict was decided on (None: no leader known).
 fn decide_all<'j>(
     state: &AppState,
     stored: &Stored,
@@ -372,9 +427,10 @@ fn decide_all<'j>(
 ) -> Decided<'j> {
     let mut verdicts = Vec::with_capacity(judged.len());
     let mut situations = Vec::with_capacity(judged.len());
-    let mut new_leaders: Vec<(&str, &str)> = Vec::new();
+    let mut new_leaders: Vec<NewLeader<'j>> = Vec::new();
     for Judged {
         view: c,
+        instance,
         stored: stored_leader,
         leader,
         gathered,
@@ -382,12 +438,13 @@ fn decide_all<'j>(
     } in judged
     {
         let policy = state.settings().failover.policy(&c.name, stored.enabled);
-        if let Some((_, _, l)) = leader {
+        if let Some(l) = leader {
             if stored_leader.as_deref() != Some(l.as_str()) {
-                tracing::info!(cluster = %c.name, leader = %l, previous = ?stored_leader, "leader of the current epoch");
-                new_leaders.push((&c.name, l));
+                tracing::info!(cluster = %c.name, instance = %instance, leader = %l, previous = ?stored_leader, "leader of the current epoch");
+                new_leaders.push((&c.name, instance, l));
             }
         }
+        let key = unit_key(&c.name, instance);
         let operation_running = stored.running.contains(&c.name);
         let paused = stored.paused(&c.name, now);
         let mut gathered = gathered.clone();
@@ -396,7 +453,7 @@ fn decide_all<'j>(
                 w.in_maintenance = stored.node_in_maintenance(&c.name, &w.node_id, now);
             }
             g.vip_elsewhere =
-                remember_vip_elsewhere(&mut memory.vip_elsewhere, &c.name, g.vip_elsewhere.take());
+                remember_vip_elsewhere(&mut memory.vip_elsewhere, &key, g.vip_elsewhere.take());
         }
         let situation = gathered.as_ref().map(|g| Situation {
             now,
@@ -406,7 +463,7 @@ fn decide_all<'j>(
             history: History {
                 operation_running,
                 server_started_at: state.judging_since(),
-                last_automatic: stored.last_automatic.get(&c.name).copied(),
+                last_automatic: stored.last_automatic.get(&key).copied(),
                 paused: paused.clone(),
             },
         });
@@ -418,6 +475,7 @@ fn decide_all<'j>(
         };
         situations.push(situation);
         verdicts.push(Verdict {
+            instance: instance.clone(),
             at: now,
             mode: policy.mode,
             paused,
@@ -442,27 +500,28 @@ async fn ask_positions(
     let wait = state.settings().failover.position_wait;
     for ((j, v), s) in judged.iter().zip(verdicts.iter_mut()).zip(situations) {
         let name = &j.view.name;
+        let key = unit_key(name, &j.instance);
         let picks = matches!(
             v.decision,
             Decision::Failover { .. } | Decision::Propose { .. }
         );
         let (Some(g), Some(s)) = (v.evidence.as_mut(), s) else {
-            memory.asked.remove(name);
+            memory.asked.remove(&key);
             continue;
         };
         let Some(link) = g.link.clone().filter(|_| picks && !wait.is_zero()) else {
-            memory.asked.remove(name);
+            memory.asked.remove(&key);
             continue;
         };
-        let expired = memory.asked.get(name).is_none_or(|a| a.expired(wait));
+        let expired = memory.asked.get(&key).is_none_or(|a| a.expired(wait));
         if expired {
-            let before = memory.asked.remove(name);
+            let before = memory.asked.remove(&key);
             match positions::ask(state, name, g, wait, ACTOR, before).await? {
-                Some(asked) => memory.asked.insert(name.clone(), asked),
+                Some(asked) => memory.asked.insert(key.clone(), asked),
                 None => continue,
             };
         }
-        let Some(asked) = memory.asked.get_mut(name) else {
+        let Some(asked) = memory.asked.get_mut(&key) else {
             continue;
         };
         match asked.progress(&state.db, &link, wait).await? {
@@ -516,77 +575,108 @@ async fn carry_out(
     judged: &[Judged],
     verdicts: Vec<Verdict>,
 ) -> Result<(), sqlx::Error> {
-    for (
-        Judged {
-            view: c,
-            gathered,
-            members,
-            ..
-        },
-        verdict,
-    ) in judged.iter().zip(verdicts)
-    {
-        let policy = state.settings().failover.policy(&c.name, stored.enabled);
-        let operation_running = stored.running.contains(&c.name);
+    let mut published: BTreeMap<String, Vec<Verdict>> = BTreeMap::new();
+    let mut loud: BTreeSet<&str> = BTreeSet::new();
+    // Clusters where this round started a run: one move at a time per cluster, so the other
+    // units wait for the next round (after the run) instead of being refused and backing off.
+    let mut started: BTreeSet<&str> = BTreeSet::new();
+    for (j, verdict) in judged.iter().zip(verdicts) {
+        let c = &j.view;
+        let operation_running =
+            stored.running.contains(&c.name) || started.contains(c.name.as_str());
         let decision = verdict.decision.clone();
         let verdict_paused = verdict.paused.clone();
-        state
-            .verdicts
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(c.name.clone(), verdict);
-        if let Some(g) = gathered {
+        published.entry(c.name.clone()).or_default().push(verdict);
+        if let Some(g) = &j.gathered {
+            let key = unit_key(&c.name, &j.instance);
             let backing_off = memory
                 .refused
-                .get(&c.name)
+                .get(&key)
                 .is_some_and(|at| at.elapsed() < Duration::from_secs(30));
-            if !backing_off && !act(state, c, g, &decision).await {
-                memory
-                    .refused
-                    .insert(c.name.clone(), tokio::time::Instant::now());
+            if !backing_off && !operation_running {
+                match act(state, c, g, &decision).await {
+                    Some(true) => {
+                        started.insert(&c.name);
+                    }
+                    Some(false) => {
+                        memory.refused.insert(key, tokio::time::Instant::now());
+                    }
+                    None => {}
+                }
             }
             // A running switchover or failover fences and promotes by itself; a paused cluster
             // is only observed.
-            if !operation_running && verdict_paused.is_none() {
-                let split_brain = policy.mode == failover::Mode::Auto && policy.automatic_enabled;
-                let kept = stored.kept.get(&c.name).cloned().unwrap_or_default();
-                let rules = EpochRules {
-                    split_brain,
-                    follow_blocked: matches!(decision, Decision::Alert { .. }),
-                };
-                enforce_epoch(state, memory, c, g, members, rules, &kept).await?;
-                if split_brain {
-                    remove_stale_vips(state, memory, c, g).await?;
-                }
-                if matches!(decision, Decision::Nothing { .. }) {
-                    let who = Principal {
-                        name: ACTOR.into(),
-                        ..Principal::system()
-                    };
-                    memory.rejoins.round(state, c, g, &kept, &who).await;
-                }
+            if !operation_running && !started.contains(c.name.as_str()) && verdict_paused.is_none()
+            {
+                enforce_unit(state, memory, stored, j, g, &decision).await?;
             }
         }
-        if quiet(
-            c,
+        if !quiet(
+            j,
             &decision,
             operation_running,
             stored.kept.contains_key(&c.name),
             memory,
         ) {
-            memory.attention.remove(&c.name);
+            loud.insert(&c.name);
         }
+    }
+    for (cluster, verdicts) in published {
+        if !loud.contains(cluster.as_str()) {
+            memory.attention.remove(&cluster);
+        }
+        state
+            .verdicts
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(cluster, verdicts);
     }
     Ok(())
 }
 
-/// One cluster as read from the live state in a round.
+/// What the epoch needs of a unit while no operation runs and its cluster is not paused:
+/// second masters and primaries fenced, stale VIPs removed, standbys that follow nobody
+/// rejoined.
+async fn enforce_unit(
+    state: &AppState,
+    memory: &mut Memory,
+    stored: &Stored,
+    j: &Judged,
+    g: &Gathered,
+    decision: &Decision,
+) -> Result<(), sqlx::Error> {
+    let c = &j.view;
+    let policy = state.settings().failover.policy(&c.name, stored.enabled);
+    let split_brain = policy.mode == failover::Mode::Auto && policy.automatic_enabled;
+    let kept = stored.kept.get(&c.name).cloned().unwrap_or_default();
+    let rules = EpochRules {
+        split_brain,
+        follow_blocked: matches!(decision, Decision::Alert { .. }),
+    };
+    enforce_epoch(state, memory, c, g, &j.members, rules, &kept).await?;
+    if split_brain {
+        remove_stale_vips(state, memory, c, g).await?;
+    }
+    if matches!(decision, Decision::Nothing { .. }) {
+        let who = Principal {
+            name: ACTOR.into(),
+            ..Principal::system()
+        };
+        memory.rejoins.round(state, c, g, &kept, &who).await;
+    }
+    Ok(())
+}
+
+/// One unit of a cluster (a VRRP instance and the link carrying its data) as read from the
+/// live state in a round.
 struct Judged {
     view: ClusterView,
-    /// The leader stored before this round.
+    /// The unit's VRRP instance.
+    instance: String,
+    /// The unit's leader stored before this round.
     stored: Option<String>,
-    /// (instance, link key, leader) as found now.
-    leader: Option<(String, Option<String>, String)>,
+    /// The unit's leader as found now.
+    leader: Option<String>,
     gathered: Option<Gathered>,
     members: Vec<Member>,
 }
@@ -600,81 +690,104 @@ pub(crate) fn members(nodes: &[&NodeLive], g: &Gathered) -> Vec<Member> {
     nodes
         .iter()
         .filter(|n| n.node_id != g.leader && n.status == NodeStatus::Up)
-        .map(|n| {
+        .filter_map(|n| {
             let primary = g.link.as_deref().is_some_and(|k| {
                 n.link(k)
                     .is_some_and(|l| l.role == ReplicationRole::Primary)
             });
-            (
-                n.node_id.clone(),
-                n.instance(&g.instance).map(|i| i.state),
-                primary,
-            )
+            // A node of another instance only (N+1: the other service's master) is none of
+            // this one's business, unless it runs this unit's database as a primary.
+            (primary || !outside(n, &g.instance)).then(|| {
+                (
+                    n.node_id.clone(),
+                    n.instance(&g.instance).map(|i| i.state),
+                    primary,
+                )
+            })
         })
         .collect()
 }
 
-/// The leader of `c`, whose nodes are `nodes`: (instance, link key, node id). A node the server
-/// keeps fenced (`kept`: the old master of a failover, a fenced second master) is never the
-/// leader, whatever it says: an old primary that boots before the new one reports again is not
-/// the master of the current epoch.
+/// The arbitration units of `c`: each VRRP instance (by name) with the replication link that
+/// carries its data, the first link tied to it (kinds sort DRBD first: the one a failover
+/// promotes first), if any. Each unit has its own leader, verdict and moves: in a dual-active
+/// pair or an N+1 group, one instance fails over while the others are left alone.
+pub(crate) fn units(c: &ClusterView) -> Vec<(String, Option<String>)> {
+    c.instances
+        .iter()
+        .map(|i| {
+            let link = c
+                .replication
+                .iter()
+                .find(|r| r.vrrp_instance.as_deref() == Some(i.name.as_str()))
+                .map(|r| r.link.clone());
+            (i.name.clone(), link)
+        })
+        .collect()
+}
+
+/// The key of a unit in the arbiter's memory and in [`AppState::verdicts`]' order:
+/// `cluster/instance` (a cluster name never holds a `/`).
+pub(crate) fn unit_key(cluster: &str, instance: &str) -> String {
+    format!("{cluster}/{instance}")
+}
+
+/// The leader of the unit (`instance`, carried by `link`) of `c`, whose nodes are `nodes`: with
+/// a link, the only primary of it among the nodes that are up, else the `stored` leader while it
+/// still says it is primary, else the only node saying so; without one, the instance's only
+/// MASTER, else the stored leader while it is a member. A node the server keeps fenced (`kept`:
+/// the old master of a failover, a fenced second master) is never the leader, whatever it says:
+/// an old primary that boots before the new one reports again is not the master of the current
+/// epoch.
 pub(crate) fn find_leader(
+    nodes: &[&NodeLive],
+    c: &ClusterView,
+    (instance, link): (&str, Option<&str>),
+    stored: Option<&str>,
+    kept: &BTreeSet<String>,
+) -> Option<String> {
+    let Some(link) = link else {
+        let i = c.instances.iter().find(|i| i.name == instance)?;
+        return match (&i.master, stored) {
+            (Some(m), _) => Some(m.clone()),
+            (None, Some(s)) if i.members.iter().any(|m| m.node_id == s) => Some(s.to_string()),
+            _ => None,
+        };
+    };
+    let says_primary = |n: &&&NodeLive| {
+        !kept.contains(&n.node_id)
+            && n.link(link)
+                .is_some_and(|l| l.role == ReplicationRole::Primary)
+    };
+    let up: Vec<&&NodeLive> = nodes
+        .iter()
+        .filter(|n| n.status == NodeStatus::Up)
+        .filter(says_primary)
+        .collect();
+    let any: Vec<&&NodeLive> = nodes.iter().filter(says_primary).collect();
+    if up.len() == 1 {
+        Some(up[0].node_id.clone())
+    } else if let Some(s) = stored.filter(|s| any.iter().any(|n| n.node_id == *s)) {
+        Some(s.to_string())
+    } else if any.len() == 1 {
+        Some(any[0].node_id.clone())
+    } else {
+        None
+    }
+}
+
+/// The first unit of `c` ([`units`]) with its leader: (instance, link key, leader). For the
+/// tests and the simulation, which judge one-instance clusters.
+#[cfg(test)]
+pub(crate) fn first_unit_leader(
     nodes: &[&NodeLive],
     c: &ClusterView,
     stored: Option<&str>,
     kept: &BTreeSet<String>,
 ) -> Option<(String, Option<String>, String)> {
-    // The link that tells who the leader is: the carrier of the instance's stack (the one a
-    // failover promotes first; kinds sort DRBD first), else the first tied one.
-    let tied_links: Vec<&crate::fleet::view::ReplicationView> = c
-        .replication
-        .iter()
-        .filter(|r| {
-            r.vrrp_instance.is_some()
-                && c.instances
-                    .iter()
-                    .any(|i| Some(&i.name) == r.vrrp_instance.as_ref())
-        })
-        .collect();
-    let tied = tied_links.first().copied();
-    let instance = match tied {
-        Some(r) => r.vrrp_instance.clone()?,
-        None if c.instances.len() == 1 => c.instances[0].name.clone(),
-        None => return None,
-    };
-    let leader = match tied {
-        Some(r) => {
-            let says_primary = |n: &&&NodeLive| {
-                !kept.contains(&n.node_id)
-                    && n.link(&r.link)
-                        .is_some_and(|l| l.role == ReplicationRole::Primary)
-            };
-            let up: Vec<&&NodeLive> = nodes
-                .iter()
-                .filter(|n| n.status == NodeStatus::Up)
-                .filter(says_primary)
-                .collect();
-            let any: Vec<&&NodeLive> = nodes.iter().filter(says_primary).collect();
-            if up.len() == 1 {
-                up[0].node_id.clone()
-            } else if let Some(s) = stored.filter(|s| any.iter().any(|n| n.node_id == *s)) {
-                s.to_string()
-            } else if any.len() == 1 {
-                any[0].node_id.clone()
-            } else {
-                return None;
-            }
-        }
-        None => {
-            let i = c.instances.iter().find(|i| i.name == instance)?;
-            match (&i.master, stored) {
-                (Some(m), _) => m.clone(),
-                (None, Some(s)) if i.members.iter().any(|m| m.node_id == s) => s.to_string(),
-                _ => return None,
-            }
-        }
-    };
-    Some((instance, tied.map(|r| r.link.clone()), leader))
+    let (instance, link) = units(c).into_iter().next()?;
+    let leader = find_leader(nodes, c, (&instance, link.as_deref()), stored, kept)?;
+    Some((instance, link, leader))
 }
 
 /// The evidence about `leader` from the cluster's nodes.
@@ -722,9 +835,11 @@ pub(crate) fn gather(
                 && n.instance(instance)
                     .is_some_and(|i| i.state == VrrpState::Backup);
             let own = link.as_deref().and_then(|k| n.link(k));
-            // With a tied link, only a standby of it holds the data; without one, every node.
-            let standby = link.is_none()
-                || own.is_some_and(|l| l.role == hapulse_protocol::ReplicationRole::Secondary);
+            // With a tied link, only a standby of it holds the data; without one, every node
+            // that runs the instance.
+            let standby = !outside(n, instance)
+                && (link.is_none()
+                    || own.is_some_and(|l| l.role == hapulse_protocol::ReplicationRole::Secondary));
             let (lag_bytes, lag_seconds) = lag_against_the_bound(own, leader_link);
             Witness {
                 node_id: n.node_id.clone(),
@@ -756,6 +871,11 @@ pub(crate) fn gather(
                     .failing_tied_checks(instance, &tied)
                     .next()
                     .map(|check| format!("check {} failing", check.name)),
+                serves: n
+                    .instances
+                    .iter()
+                    .find(|i| i.name != instance && i.state == VrrpState::Master)
+                    .map(|i| i.name.clone()),
             }
         })
         .collect();
@@ -777,6 +897,13 @@ pub(crate) fn gather(
             .map(|holder| VipElsewhere { holder, since: now }),
         witnesses,
     }
+}
+
+/// Does `n` run VRRP instances, but not `instance`? Then it cannot hold the instance's VIPs: it
+/// is no candidate and nothing is enforced on it for the instance. (A node reporting no instance
+/// at all — its keepalived never seen — is not taken for outside.)
+fn outside(n: &NodeLive, instance: &str) -> bool {
+    !n.instances.is_empty() && n.instance(instance).is_none()
 }
 
 /// The replication links tied to `instance` (its stack: every link whose members name it, and
@@ -843,7 +970,7 @@ fn vip_holder(c: &ClusterView, instance: &str, leader: &str) -> Option<String> {
 async fn record(
     state: &AppState,
     memory: &mut Memory,
-    new_leaders: &[(&str, &str)],
+    new_leaders: &[NewLeader<'_>],
     judged: &[Judged],
     verdicts: &[Verdict],
 ) -> Result<(), sqlx::Error> {
@@ -852,6 +979,7 @@ async fn record(
         .iter()
         .zip(verdicts)
         .filter_map(|(j, v)| {
+            let unit = unit_key(&j.view.name, &j.instance);
             let key = (
                 v.decision.action().to_string(),
                 v.decision.candidate().map(str::to_string),
@@ -861,31 +989,22 @@ async fn record(
                     .filter(|c| !c.is_ascii_digit())
                     .collect(),
             );
-            (memory.recorded.get(&j.view.name) != Some(&key)).then_some((
-                j.view.name.as_str(),
-                v,
-                key,
-            ))
+            (memory.recorded.get(&unit) != Some(&key)).then_some((j.view.name.as_str(), v, key))
         })
         .collect();
     if new_leaders.is_empty() && changed.is_empty() {
         return Ok(());
     }
     let mut tx = state.db.begin().await?;
-    if !new_leaders.is_empty() {
-        let (names, leaders): (Vec<&str>, Vec<&str>) = new_leaders.iter().copied().unzip();
-        sqlx::query(
-            "UPDATE clusters SET leader = u.leader
-               FROM UNNEST($1::text[], $2::text[]) AS u(name, leader)
-              WHERE clusters.name = u.name",
-        )
-        .bind(&names)
-        .bind(&leaders)
-        .execute(&mut *tx)
-        .await?;
+    for (name, instance, leader) in new_leaders {
+        leaders::store(&mut tx, name, instance, leader).await?;
     }
     if !changed.is_empty() {
         let clusters: Vec<&str> = changed.iter().map(|(c, _, _)| *c).collect();
+        let instances: Vec<&str> = changed
+            .iter()
+            .map(|(_, v, _)| v.instance.as_str())
+            .collect();
         let actions: Vec<&str> = changed
             .iter()
             .map(|(_, v, _)| v.decision.action())
@@ -903,26 +1022,28 @@ async fn record(
             .map(|(_, v, _)| sqlx::types::Json(&v.evidence))
             .collect();
         sqlx::query(
-            "INSERT INTO failover_decisions (cluster, action, candidate, reason, evidence)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])",
+            "INSERT INTO failover_decisions (cluster, action, candidate, reason, evidence, instance)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
+                                  $6::text[])",
         )
         .bind(&clusters)
         .bind(&actions)
         .bind(&candidates)
         .bind(&reasons)
         .bind(&evidence)
+        .bind(&instances)
         .execute(&mut *tx)
         .await?;
     }
     tx.commit().await?;
     for (cluster, v, key) in changed {
-        let (action, reason) = (v.decision.action(), v.decision.reason());
+        let (action, reason, instance) = (v.decision.action(), v.decision.reason(), &v.instance);
         if matches!(v.decision, Decision::Nothing { .. } | Decision::Wait { .. }) {
-            tracing::info!(cluster, action, "arbiter: {reason}");
+            tracing::info!(cluster, instance, action, "arbiter: {reason}");
         } else {
-            tracing::warn!(cluster, action, candidate = ?key.1, "arbiter: {reason}");
+            tracing::warn!(cluster, instance, action, candidate = ?key.1, "arbiter: {reason}");
         }
-        memory.recorded.insert(cluster.to_string(), key);
+        memory.recorded.insert(unit_key(cluster, instance), key);
         state.announce(cluster);
     }
     Ok(())
@@ -937,24 +1058,26 @@ async fn insert_decision(
     evidence: &Option<Gathered>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO failover_decisions (cluster, action, candidate, reason, evidence)
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO failover_decisions (cluster, action, candidate, reason, evidence, instance)
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(cluster)
     .bind(action)
     .bind(candidate)
     .bind(reason)
     .bind(sqlx::types::Json(evidence))
+    .bind(evidence.as_ref().map(|g| g.instance.as_str()))
     .execute(&state.db)
     .await?;
     state.announce(cluster);
     Ok(())
 }
 
-/// Carries out a decision that acts; false when the switchover machinery refused (another
-/// operation started meanwhile, the cluster changed): logged, and tried again after 30 s if the
-/// verdict stands.
-async fn act(state: &AppState, c: &ClusterView, g: &Gathered, decision: &Decision) -> bool {
+/// Carries out a decision that acts: Some(true) when a run started, Some(false) when the
+/// switchover machinery refused (another operation started meanwhile, the cluster changed):
+/// logged, and tried again after 30 s if the verdict stands; None for a decision that does not
+/// act.
+async fn act(state: &AppState, c: &ClusterView, g: &Gathered, decision: &Decision) -> Option<bool> {
     let who = Principal {
         name: ACTOR.into(),
         ..Principal::system()
@@ -989,16 +1112,16 @@ async fn act(state: &AppState, c: &ClusterView, g: &Gathered, decision: &Decisio
                 Err(e) => Err(e),
             }
         }
-        _ => return true,
+        _ => return None,
     };
     match started {
         Ok(id) => {
-            tracing::warn!(cluster = %c.name, switchover = %id, action = decision.action(), "arbiter acting");
-            true
+            tracing::warn!(cluster = %c.name, instance = %g.instance, switchover = %id, action = decision.action(), "arbiter acting");
+            Some(true)
         }
         Err(e) => {
-            tracing::error!(cluster = %c.name, error = %e, action = decision.action(), "arbiter could not act; trying again in 30 s if the verdict stands");
-            false
+            tracing::error!(cluster = %c.name, instance = %g.instance, error = %e, action = decision.action(), "arbiter could not act; trying again in 30 s if the verdict stands");
+            Some(false)
         }
     }
 }
@@ -1027,9 +1150,11 @@ async fn enforce_epoch(
     kept: &BTreeSet<String>,
 ) -> Result<(), sqlx::Error> {
     let intents = fence_intents(g, members, rules, kept);
+    // Per node and instance: a node fenced in two instances gets both commands.
+    let key = |node: &str| (c.name.clone(), format!("{node} {}", g.instance));
     for (node, _, _) in members {
         if !intents.iter().any(|i| i.node == *node) {
-            memory.enforced.remove(&(c.name.clone(), node.clone()));
+            memory.enforced.remove(&key(node));
         }
     }
     for FenceIntent {
@@ -1038,7 +1163,7 @@ async fn enforce_epoch(
         reason,
     } in intents
     {
-        if !memory.due((c.name.clone(), node.clone())) {
+        if !memory.due(key(&node)) {
             continue;
         }
         fence(state, c, g, &node, primary, &reason).await?;
@@ -1406,7 +1531,7 @@ mod tests {
     fn judge(nodes: Vec<NodeLive>, stored: Option<&str>) -> Option<Gathered> {
         let nodes: Vec<&NodeLive> = nodes.iter().collect();
         let c = view::cluster_view_of("c", nodes.clone(), Utc::now())?;
-        let (instance, link, leader) = find_leader(&nodes, &c, stored, &BTreeSet::new())?;
+        let (instance, link, leader) = first_unit_leader(&nodes, &c, stored, &BTreeSet::new())?;
         Some(gather(
             &Default::default(),
             &nodes,
@@ -1421,6 +1546,212 @@ mod tests {
     use NodeStatus::{Down, Up};
     use ReplicationRole::{Primary, Secondary};
     use VrrpState::{Backup, Fault, Master};
+
+    /// Per-instance arbitration: several services (a VRRP instance each, with its own
+    /// PostgreSQL link) on a few hosts.
+    mod units {
+        use super::*;
+
+        /// A host of cluster `c` running `services`: (instance, its state here, the role of
+        /// the instance's link `pg_<instance>` here). Every host reaches the reference address
+        /// and pings every other host of `hosts` successfully unless it is down.
+        fn host(
+            id: &str,
+            status: NodeStatus,
+            services: &[(&str, VrrpState, ReplicationRole)],
+            hosts: &[&str],
+        ) -> NodeLive {
+            let mut r = report(id, "c");
+            for (i, (instance, state, role)) in services.iter().enumerate() {
+                r = r
+                    .instance(vrrp_instance(
+                        instance,
+                        *state,
+                        &format!("10.0.0.{}", 100 + i),
+                        *state == VrrpState::Master,
+                    ))
+                    .link(ReplicationLinkReport {
+                        name: format!("pg_{instance}"),
+                        vrrp_instance: Some(instance.to_string()),
+                        lag_seconds: Some(0.0),
+                        ..pg_link(*role, LinkState::Streaming, 0)
+                    });
+            }
+            let report = r
+                .arbitration(ArbitrationReport {
+                    reference: Some(Reachability {
+                        address: "10.0.0.254".parse().unwrap(),
+                        reachable: true,
+                        rtt_ms: Some(0.1),
+                        consecutive_failures: 0,
+                    }),
+                    peers: hosts
+                        .iter()
+                        .filter(|h| **h != id)
+                        .map(|peer| PeerReachability {
+                            node_id: peer.to_string(),
+                            reach: Reachability {
+                                address: "10.0.0.1".parse().unwrap(),
+                                reachable: true,
+                                rtt_ms: None,
+                                consecutive_failures: 0,
+                            },
+                        })
+                        .collect(),
+                    self_fenced_at: None,
+                })
+                .build();
+            let mut n = NodeLive::from_report(&report, Utc::now(), tokio::time::Instant::now());
+            n.status = status;
+            n
+        }
+
+        /// (instance, link, leader, evidence).
+        type JudgedUnit = (String, Option<String>, Option<String>, Option<Gathered>);
+
+        /// Every unit of the cluster made of `nodes`.
+        fn judge_units(nodes: &[NodeLive]) -> Vec<JudgedUnit> {
+            let nodes: Vec<&NodeLive> = nodes.iter().collect();
+            let c = view::cluster_view_of("c", nodes.clone(), Utc::now()).unwrap();
+            units(&c)
+                .into_iter()
+                .map(|(instance, link)| {
+                    let leader = find_leader(
+                        &nodes,
+                        &c,
+                        (&instance, link.as_deref()),
+                        None,
+                        &BTreeSet::new(),
+                    );
+                    let g = leader.as_ref().map(|l| {
+                        gather(
+                            &Default::default(),
+                            &nodes,
+                            &c,
+                            &instance,
+                            &link,
+                            l,
+                            Utc::now(),
+                        )
+                    });
+                    (instance, link, leader, g)
+                })
+                .collect()
+        }
+
+        fn candidate_ids(g: &Gathered) -> Vec<&str> {
+            g.witnesses
+                .iter()
+                .filter(|w| w.standby)
+                .map(|w| w.node_id.as_str())
+                .collect()
+        }
+
+        #[test]
+        fn a_dual_active_pair_has_a_leader_per_instance_and_each_fails_over_alone() {
+            let hosts = ["h1", "h2"];
+            let pair = |h1: NodeStatus| {
+                vec![
+                    host(
+                        "h1",
+                        h1,
+                        &[("VI_1", Master, Primary), ("VI_2", Backup, Secondary)],
+                        &hosts,
+                    ),
+                    host(
+                        "h2",
+                        Up,
+                        &[("VI_1", Backup, Secondary), ("VI_2", Master, Primary)],
+                        &hosts,
+                    ),
+                ]
+            };
+            let judged = judge_units(&pair(Up));
+            let leaders: Vec<(&str, Option<&str>, Option<&str>)> = judged
+                .iter()
+                .map(|(i, l, leader, _)| (i.as_str(), l.as_deref(), leader.as_deref()))
+                .collect();
+            assert_eq!(
+                leaders,
+                [
+                    ("VI_1", Some("postgresql:pg_VI_1"), Some("h1")),
+                    ("VI_2", Some("postgresql:pg_VI_2"), Some("h2"))
+                ]
+            );
+            // h1 is lost: VI_1's leader is not heard and h2 is its one candidate (it serves VI_2,
+            // said so); VI_2 is untouched.
+            let judged = judge_units(&pair(Down));
+            let g1 = judged[0].3.as_ref().unwrap();
+            assert_eq!(g1.leader_status, Down);
+            assert_eq!(candidate_ids(g1), ["h2"]);
+            assert_eq!(g1.witnesses[0].serves.as_deref(), Some("VI_2"));
+            let g2 = judged[1].3.as_ref().unwrap();
+            assert_eq!((g2.leader.as_str(), g2.leader_status), ("h2", Up));
+            let nodes = pair(Down);
+            let refs: Vec<&NodeLive> = nodes.iter().collect();
+            assert!(
+                members(&refs, g2)
+                    .iter()
+                    .all(|(_, vrrp, primary)| { !primary && *vrrp != Some(Master) }),
+                "nothing for VI_2 to enforce on h1"
+            );
+        }
+
+        #[test]
+        fn in_an_n_plus_1_group_the_candidates_are_the_instance_members_only() {
+            let hosts = ["h1", "h2", "h3"];
+            let nodes = [
+                host("h1", Down, &[("VI_1", Master, Primary)], &hosts),
+                host("h2", Up, &[("VI_2", Master, Primary)], &hosts),
+                host(
+                    "h3",
+                    Up,
+                    &[("VI_1", Backup, Secondary), ("VI_2", Backup, Secondary)],
+                    &hosts,
+                ),
+            ];
+            let judged = judge_units(&nodes);
+            let g1 = judged[0].3.as_ref().unwrap();
+            assert_eq!((g1.leader.as_str(), g1.leader_status), ("h1", Down));
+            assert_eq!(
+                candidate_ids(g1),
+                ["h3"],
+                "h2 runs VI_2 only: not a candidate"
+            );
+            // h2 still witnesses h1's loss (it pings it): quorum counts every host.
+            assert!(g1.witnesses.iter().any(|w| w.node_id == "h2" && w.counts));
+            let refs: Vec<&NodeLive> = nodes.iter().collect();
+            assert!(
+                members(&refs, g1).iter().all(|(id, _, _)| id != "h2"),
+                "nothing is enforced on h2 for VI_1"
+            );
+            let g2 = judged[1].3.as_ref().unwrap();
+            assert_eq!((g2.leader.as_str(), g2.leader_status), ("h2", Up));
+        }
+
+        #[test]
+        fn an_instance_without_a_link_is_a_unit_led_by_its_master() {
+            let hosts = ["h1", "h2"];
+            let mut h1 = host("h1", Up, &[("VI_1", Master, Primary)], &hosts);
+            let mut h2 = host("h2", Up, &[("VI_1", Backup, Secondary)], &hosts);
+            for (n, state) in [(&mut h1, Backup), (&mut h2, Master)] {
+                n.instances
+                    .push(vrrp_instance("WEB", state, "10.0.0.200", state == Master));
+            }
+            let judged = judge_units(&[h1, h2]);
+            let found: Vec<(&str, Option<&str>, Option<&str>)> = judged
+                .iter()
+                .map(|(i, l, leader, _)| (i.as_str(), l.as_deref(), leader.as_deref()))
+                .collect();
+            assert_eq!(
+                found,
+                [
+                    ("VI_1", Some("postgresql:pg_VI_1"), Some("h1")),
+                    ("WEB", None, Some("h2"))
+                ]
+            );
+        }
+    }
 
     #[test]
     fn the_leader_is_the_only_primary_that_is_up_else_the_stored_one() {
@@ -1520,7 +1851,8 @@ mod tests {
         let refs: Vec<&NodeLive> = nodes.iter().collect();
         let c = view::cluster_view_of("c", refs.clone(), Utc::now()).unwrap();
         let kept = BTreeSet::from(["n1".to_string()]);
-        let leader = |kept: &BTreeSet<String>| find_leader(&refs, &c, Some("n2"), kept).unwrap().2;
+        let leader =
+            |kept: &BTreeSet<String>| first_unit_leader(&refs, &c, Some("n2"), kept).unwrap().2;
         assert_eq!(leader(&BTreeSet::new()), "n1", "without the kept fence");
         assert_eq!(leader(&kept), "n2");
     }
@@ -1762,7 +2094,7 @@ mod tests {
         fn judged(nodes: &[NodeLive], kept: &BTreeSet<String>) -> (ClusterView, Gathered) {
             let nodes: Vec<&NodeLive> = nodes.iter().collect();
             let c = view::cluster_view_of("c", nodes.clone(), Utc::now()).unwrap();
-            let (instance, link, leader) = find_leader(&nodes, &c, Some("a"), kept).unwrap();
+            let (instance, link, leader) = first_unit_leader(&nodes, &c, Some("a"), kept).unwrap();
             assert_eq!(leader, "a");
             let g = gather(
                 &Default::default(),

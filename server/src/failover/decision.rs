@@ -132,6 +132,10 @@ pub struct Candidate {
     /// change with every attempt); `None` when every tied check
     /// passes (or it has none). A candidate with one is never promoted.
     pub failing_check: Option<String>,
+    /// Another VRRP instance it is MASTER of (N+1: a spare already serving another service):
+    /// among the fit candidates, a free one is chosen first, whatever the priorities, so one
+    /// host does not end up carrying every service while a spare idles.
+    pub serves: Option<String>,
 }
 
 /// What is known about the current master.
@@ -379,8 +383,10 @@ fn best_candidate(s: &Situation) -> Result<&Candidate, String> {
     let mut fit: Vec<&Candidate> = reaching.iter().copied().filter(within).collect();
     // Option orders None first: the most advanced known position wins, an unknown one last.
     fit.sort_by(|a, b| {
-        b.priority
-            .cmp(&a.priority)
+        a.serves
+            .is_some()
+            .cmp(&b.serves.is_some())
+            .then(b.priority.cmp(&a.priority))
             .then(b.position.cmp(&a.position))
             .then(a.lag_bytes.cmp(&b.lag_bytes))
             .then(a.node_id.cmp(&b.node_id))
@@ -674,6 +680,7 @@ mod tests {
             position: None,
             streaming: true,
             failing_check: None,
+            serves: None,
         }
     }
 
@@ -715,6 +722,31 @@ mod tests {
     /// Named cases: a change to the dead-master situation, the expected action and candidate.
     const CASES: &[Case] = &[
         ("dead master, auto", |_| {}, "failover", Some("a")),
+        (
+            "N+1: the best candidate is already MASTER of another instance, a free one fits",
+            |s| s.candidates[0].serves = Some("VI_2".into()),
+            "failover",
+            Some("b"),
+        ),
+        (
+            "N+1: every candidate serves another instance: priority decides",
+            |s| {
+                for c in &mut s.candidates {
+                    c.serves = Some("VI_2".into());
+                }
+            },
+            "failover",
+            Some("a"),
+        ),
+        (
+            "N+1: the free candidate is beyond the lag bound: the busy one takes over",
+            |s| {
+                s.candidates[0].serves = Some("VI_2".into());
+                s.candidates[1].lag_bytes = Some(u64::MAX);
+            },
+            "failover",
+            Some("a"),
+        ),
         (
             "dead master, notify",
             |s| s.policy.mode = Mode::Notify,
@@ -2029,6 +2061,7 @@ mod tests {
                                                     position: None,
                                                     streaming: true,
                                                     failing_check: None,
+                                                    serves: None,
                                                 }],
                                                 history: History {
                                                     operation_running: running,

@@ -1,5 +1,5 @@
 //! What the arbiter knew when it decided: each peer's view of the leader ([`Witness`]), the
-//! cluster's evidence ([`Gathered`]), the verdict kept per cluster ([`Verdict`]), and their
+//! unit's evidence ([`Gathered`]), the verdict kept per VRRP instance ([`Verdict`]), and their
 //! translation into the pure decision's inputs ([`evidence`], [`candidates`]).
 
 use chrono::{DateTime, Utc};
@@ -59,6 +59,10 @@ pub struct Witness {
     /// passing (`check pg-port failing (connection refused)`): it is not a candidate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failing_check: Option<String>,
+    /// Another VRRP instance of the cluster it is MASTER of (N+1: a spare already serving
+    /// another service): a free candidate is chosen before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serves: Option<String>,
 }
 
 /// What the arbiter knew about a cluster when it decided.
@@ -96,9 +100,12 @@ pub struct Gathered {
     pub witnesses: Vec<Witness>,
 }
 
-/// The arbiter's latest verdict on one cluster.
+/// The arbiter's latest verdict on one VRRP instance of a cluster (its unit: the instance and
+/// the link that carries its data).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Verdict {
+    /// The VRRP instance judged.
+    pub instance: String,
     /// When it was reached.
     pub at: DateTime<Utc>,
     /// The cluster's mode: `off`, `notify`, `auto`.
@@ -152,6 +159,7 @@ pub fn candidates(g: &Gathered) -> Vec<Candidate> {
                 .and_then(hapulse_protocol::parse_lsn),
             streaming: w.replication_streaming == Some(true),
             failing_check: w.failing_check.clone(),
+            serves: w.serves.clone(),
         })
         .collect()
 }

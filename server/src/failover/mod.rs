@@ -7,6 +7,7 @@ pub mod arbiter;
 pub mod decision;
 pub mod evidence;
 pub mod fences;
+pub mod leaders;
 pub mod pauses;
 pub mod positions;
 pub(crate) mod rejoins;

@@ -51,7 +51,7 @@ pub async fn load_status(state: &AppState, cluster: &str) -> Result<FailoverStat
         ))));
     };
     let rows = sqlx::query(
-        "SELECT at, action, candidate, reason FROM failover_decisions
+        "SELECT at, instance, action, candidate, reason FROM failover_decisions
           WHERE cluster = $1 ORDER BY id DESC LIMIT 20",
     )
     .bind(cluster)
@@ -62,6 +62,7 @@ pub async fn load_status(state: &AppState, cluster: &str) -> Result<FailoverStat
         .map(|r| {
             Ok(DecisionRow {
                 at: r.try_get("at")?,
+                instance: r.try_get("instance")?,
                 action: r.try_get("action")?,
                 candidate: r.try_get("candidate")?,
                 reason: r.try_get("reason")?,
@@ -79,6 +80,13 @@ pub async fn load_status(state: &AppState, cluster: &str) -> Result<FailoverStat
     .await?;
     let enabled = arbiter::automatic_enabled(state).await?;
     let pause = pauses::of(&state.db, cluster).await?;
+    let verdicts = state
+        .verdicts
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(cluster)
+        .cloned()
+        .unwrap_or_default();
     let p = state.settings().failover.policy(cluster, enabled);
     Ok(FailoverStatus {
         cluster: cluster.to_string(),
@@ -92,12 +100,8 @@ pub async fn load_status(state: &AppState, cluster: &str) -> Result<FailoverStat
             accept_unfenced: p.accept_unfenced,
         },
         leader,
-        verdict: state
-            .verdicts
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(cluster)
-            .cloned(),
+        verdict: verdicts.first().cloned(),
+        verdicts,
         decisions,
         unacknowledged_failover,
         pause,
@@ -116,6 +120,9 @@ pub struct FailoverRequest {
     /// transactions it has not received are lost.
     #[serde(default)]
     pub accept_data_loss: bool,
+    /// The VRRP instance to fail over; needed only in a cluster of several instances.
+    #[serde(default)]
+    pub instance: Option<String>,
 }
 
 /// Checks and starts a person's failover; audited whether accepted or refused.
@@ -128,18 +135,7 @@ pub async fn request_failover(
     check_reason(&req.reason)?;
     let view = crate::switchover::plan::cluster_view(state, cluster).await?;
     let target = format!("{cluster} → {}", req.target_node);
-    let verdict = state
-        .verdicts
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(cluster)
-        .cloned();
-    let Some(g) = verdict.and_then(|v| v.evidence) else {
-        return Err(FailoverError::from(Refusal::conflict(
-            "no_evidence",
-            format!("the arbiter knows no leader of {cluster} yet"),
-        )));
-    };
+    let g = unit_evidence(state, cluster, req.instance.as_deref())?;
     let mut policy = state.settings().failover.policy(cluster, true);
     policy.mode = Mode::Auto;
     policy.anti_flap = std::time::Duration::ZERO;
@@ -284,8 +280,9 @@ pub async fn acknowledge_failover(
 }
 
 /// Lifts the fence on `node` of `cluster` for `me` once it has rejoined (see the REST handler
-/// for the rules): lowers its priority below the leader's, then unfences it, under the current
-/// epoch; audited. Returns the priority offset set.
+/// for the rules) in every VRRP instance it runs: lowers its priority below each instance's
+/// leader, then unfences it, under the current epoch; audited. Returns the priority offset set
+/// (the lowest, with several instances).
 pub async fn unfence(
     state: &AppState,
     cluster: &str,
@@ -295,19 +292,35 @@ pub async fn unfence(
 ) -> Result<i32, FailoverError> {
     check_reason(reason)?;
     let view = crate::switchover::plan::cluster_view(state, cluster).await?;
-    let g = leader_evidence(state, cluster)?;
-    let offset = rejoined(&view, &g, cluster, node)?;
+    let mut lifts = Vec::new();
+    for g in all_evidence(state, cluster)? {
+        let runs_it = view
+            .instances
+            .iter()
+            .any(|i| i.name == g.instance && i.members.iter().any(|m| m.node_id == node));
+        if runs_it || g.leader == node {
+            lifts.push((g.instance.clone(), rejoined(&view, &g, cluster, node)?));
+        }
+    }
+    let Some(offset) = lifts.iter().map(|(_, o)| *o).min() else {
+        return Err(FailoverError::from(Refusal::not_found(format!(
+            "node {node:?} in a VRRP instance of cluster {cluster}"
+        ))));
+    };
     let mut tx = state.db.begin().await?;
-    for action in [
-        Action::SetPriorityOffset {
-            instance: g.instance.clone(),
-            offset,
-        },
-        Action::Fence {
-            instance: g.instance.clone(),
-            fenced: false,
-        },
-    ] {
+    let actions = lifts.into_iter().flat_map(|(instance, offset)| {
+        [
+            Action::SetPriorityOffset {
+                instance: instance.clone(),
+                offset,
+            },
+            Action::Fence {
+                instance,
+                fenced: false,
+            },
+        ]
+    });
+    for action in actions {
         commands::insert(
             &mut tx,
             &NewCommand {
@@ -337,21 +350,72 @@ pub async fn unfence(
     Ok(offset)
 }
 
-/// The evidence behind the arbiter's latest verdict on `cluster` (it names the leader); a
-/// `no_evidence` conflict while it knows no leader.
-fn leader_evidence(state: &AppState, cluster: &str) -> Result<evidence::Gathered, FailoverError> {
-    let verdict = state
+/// The evidence behind the arbiter's latest verdict on `instance` of `cluster` (it names the
+/// leader); `instance` may be left out when the cluster has one. A 400 `instance_required` when
+/// it has several and none is named, a 404 for an instance it does not have, a `no_evidence`
+/// conflict while the arbiter knows no leader.
+fn unit_evidence(
+    state: &AppState,
+    cluster: &str,
+    instance: Option<&str>,
+) -> Result<evidence::Gathered, FailoverError> {
+    let verdicts = state
         .verdicts
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .get(cluster)
-        .cloned();
-    verdict.and_then(|v| v.evidence).ok_or_else(|| {
-        FailoverError::from(Refusal::conflict(
-            "no_evidence",
-            format!("the arbiter knows no leader of {cluster} yet"),
-        ))
-    })
+        .cloned()
+        .unwrap_or_default();
+    let verdict = match instance {
+        Some(name) => verdicts
+            .into_iter()
+            .find(|v| v.instance == name)
+            .ok_or_else(|| {
+                Refusal::not_found(format!("VRRP instance {name:?} in cluster {cluster}"))
+            })?,
+        None if verdicts.len() > 1 => {
+            let names: Vec<&str> = verdicts.iter().map(|v| v.instance.as_str()).collect();
+            return Err(FailoverError::from(Refusal::invalid(
+                "instance_required",
+                "instance",
+                format!(
+                    "{cluster} has several VRRP instances ({}): name one",
+                    names.join(", ")
+                ),
+            )));
+        }
+        None => verdicts
+            .into_iter()
+            .next()
+            .ok_or_else(|| no_evidence(cluster))?,
+    };
+    verdict.evidence.ok_or_else(|| no_evidence(cluster))
+}
+
+/// A `no_evidence` conflict: the arbiter knows no leader yet.
+fn no_evidence(cluster: &str) -> FailoverError {
+    FailoverError::from(Refusal::conflict(
+        "no_evidence",
+        format!("the arbiter knows no leader of {cluster} yet"),
+    ))
+}
+
+/// The evidence behind each of the arbiter's latest verdicts on `cluster` that knows a leader
+/// (one per VRRP instance); a `no_evidence` conflict while it knows none.
+fn all_evidence(state: &AppState, cluster: &str) -> Result<Vec<evidence::Gathered>, FailoverError> {
+    let found: Vec<evidence::Gathered> = state
+        .verdicts
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(cluster)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.evidence.clone())
+        .collect();
+    if found.is_empty() {
+        return Err(no_evidence(cluster));
+    }
+    Ok(found)
 }
 
 /// A `not_rejoined` conflict.

@@ -14,6 +14,9 @@ use crate::failover::pauses::Pause;
 pub struct DecisionRow {
     /// When.
     pub at: DateTime<Utc>,
+    /// The VRRP instance judged (absent from verdicts recorded before per-instance
+    /// arbitration).
+    pub instance: Option<String>,
     /// `nothing`, `wait`, `alert`, `propose`, `failover`, `step_down`, `fence`.
     pub action: String,
     /// The node to promote (or, for `fence`, the node fenced).
@@ -48,10 +51,15 @@ pub struct FailoverStatus {
     pub automatic_enabled: bool,
     /// The cluster's policy.
     pub policy: PolicyView,
-    /// The master of the current epoch.
+    /// The master of the current epoch (with several VRRP instances: the leader found last;
+    /// each instance's is in its verdict's evidence).
     pub leader: Option<String>,
-    /// The arbiter's latest verdict with its evidence (absent until its first round).
+    /// The arbiter's latest verdict with its evidence on the cluster's first VRRP instance (by
+    /// name; a one-instance cluster's only verdict), absent until its first round.
     pub verdict: Option<Verdict>,
+    /// The arbiter's latest verdicts, one per VRRP instance (its unit: the instance and the
+    /// replication link that carries its data), by instance name.
+    pub verdicts: Vec<Verdict>,
     /// The last 20 changes of verdict, newest first.
     pub decisions: Vec<DecisionRow>,
     /// The latest automatic move (failover or step-down) when nobody acknowledged it yet: while

@@ -30,7 +30,7 @@ pub async fn metrics(State(state): State<AppState>, Auth(me): Auth) -> Response 
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .iter()
-        .map(|(cluster, v)| (cluster.clone(), v.decision.action()))
+        .flat_map(|(cluster, vs)| vs.iter().map(|v| (cluster.clone(), v.decision.action())))
         .collect();
     let body = state.metrics.render(&Scrape {
         live: &state.live(),

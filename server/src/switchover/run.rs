@@ -219,11 +219,7 @@ async fn replan(state: &AppState, sw: &Switchover) -> Result<(), String> {
 /// stays fenced.
 async fn record_new_master(state: &AppState, sw: &Switchover) -> Result<(), sqlx::Error> {
     let mut tx = state.db.begin().await?;
-    sqlx::query("UPDATE clusters SET leader = $2 WHERE name = $1")
-        .bind(&sw.cluster)
-        .bind(&sw.target_node)
-        .execute(&mut *tx)
-        .await?;
+    crate::failover::leaders::store(&mut tx, &sw.cluster, &sw.instance, &sw.target_node).await?;
     if sw.kind == "failover" {
         let reason = format!("the old master of failover {}", sw.id);
         crate::failover::fences::keep_fenced(&mut tx, &sw.cluster, &sw.old_master, &reason).await?;

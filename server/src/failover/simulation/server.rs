@@ -1,6 +1,6 @@
 //! The simulated server: heartbeats taken into the real live state (`NodeLive::from_report`,
 //! `NodeLive::apply`), the real failure detector's rule (`detector::assess`), and the arbiter's
-//! round on the real pure code — `view::cluster_view_of`, `find_leader`, `gather`, `members`,
+//! round on the real pure code — `view::cluster_view_of`, `first_unit_leader`, `gather`, `members`,
 //! `evidence`, `candidates`, `decide`, `fence_intents`, `fence_actions`, `stale_vips`, the real
 //! plans. What the arbiter does through the database (store a verdict, raise the epoch, create
 //! a run, queue commands, keep a node fenced) is re-expressed in memory here, as small as the
@@ -17,8 +17,8 @@ use super::run::{Run, RunCx, Stonith};
 use super::world::{World, CLUSTER, HEARTBEAT_MS};
 use crate::config::{DetectorSettings, FailoverSettings};
 use crate::failover::arbiter::{
-    fence_actions, fence_intents, find_leader, gather, members, remember_vip_elsewhere, stale_vips,
-    EpochRules,
+    fence_actions, fence_intents, first_unit_leader, gather, members, remember_vip_elsewhere,
+    stale_vips, EpochRules,
 };
 use crate::failover::decision::{self as failover, Decision, History, Situation, VipElsewhere};
 use crate::failover::evidence::{candidates, evidence, Gathered};
@@ -312,7 +312,7 @@ impl Server {
         let Some((c, nodes)) = Self::view(&self.live, at) else {
             return;
         };
-        let leader = find_leader(&nodes, &c, self.leader.as_deref(), &self.kept);
+        let leader = first_unit_leader(&nodes, &c, self.leader.as_deref(), &self.kept);
         let gathered = leader
             .as_ref()
             .map(|(i, link, l)| gather(&self.settings, &nodes, &c, i, link, l, at));

@@ -23,6 +23,9 @@ pub struct FailoverForm {
     /// A checkbox: present when ticked.
     #[serde(default)]
     accept_data_loss: Option<String>,
+    /// The VRRP instance the proposal is about (several per cluster: one form each).
+    #[serde(default)]
+    instance: Option<String>,
     /// The user's password, unless given within `auth.reauth_window`.
     #[serde(default)]
     password: String,
@@ -47,6 +50,7 @@ pub async fn confirm(
         target_node: form.target,
         reason: form.reason,
         accept_data_loss: form.accept_data_loss.is_some(),
+        instance: form.instance,
     };
     let id = crate::failover::requests::request_failover(&state, &cluster, &req, &me).await?;
     Ok(Redirect::to(&format!("/switchovers/{id}")).into_response())
