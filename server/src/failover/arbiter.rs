@@ -216,9 +216,9 @@ fn select_clusters(state: &AppState, memory: &mut Memory) -> Vec<String> {
 struct Stored {
     /// The global switch.
     enabled: bool,
-    /// The leaders stored for each selected cluster, by VRRP instance (`clusters.leaders`;
-    /// `clusters.leader`, the leader a server before per-instance arbitration stored, under the
-    /// empty key).
+    /// The leaders stored for each selected cluster, by VRRP instance (`clusters.leaders`; while
+    /// it is empty, `clusters.leader`, the leader a server before per-instance arbitration
+    /// stored, under the empty key).
     leaders: BTreeMap<String, BTreeMap<String, String>>,
     /// Clusters with a switchover or failover running (one only scheduled holds back other
     /// planned operations, not the arbiter: a failover cancels it).
@@ -253,7 +253,9 @@ impl Stored {
             .into_iter()
             .map(|(name, legacy, by_instance)| {
                 let mut by_instance = by_instance.0;
-                if let Some(l) = legacy {
+                // Only before the first per-instance leader is stored (just after an upgrade):
+                // `leader` is the leader found last of any instance afterwards.
+                if let Some(l) = legacy.filter(|_| by_instance.is_empty()) {
                     by_instance.insert(String::new(), l);
                 }
                 (name, by_instance)

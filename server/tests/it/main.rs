@@ -20,6 +20,7 @@ mod lab_haproxy;
 mod lab_prometheus;
 mod lab_replicas;
 mod lab_safety;
+mod lab_topologies;
 mod layout;
 mod openapi;
 mod packaging;
