@@ -220,8 +220,10 @@ struct Stored {
     /// it is empty, `clusters.leader`, the leader a server before per-instance arbitration
     /// stored, under the empty key).
     leaders: BTreeMap<String, BTreeMap<String, String>>,
-    /// Clusters with a switchover or failover running (one only scheduled holds back other
-    /// planned operations, not the arbiter: a failover cancels it).
+    /// Clusters with a switchover or failover running, or due to start now (created, its
+    /// executor not yet started: a round right after the arbiter started a run must not judge
+    /// the cluster as if nothing ran). One scheduled for later holds back other planned
+    /// operations, not the arbiter: a failover cancels it.
     running: BTreeSet<String>,
     /// Maintenance windows and silences not over yet: a cluster's window pauses it, a node's
     /// keeps that node from being a candidate.
@@ -261,12 +263,15 @@ impl Stored {
                 (name, by_instance)
             })
             .collect();
-        let running: BTreeSet<String> =
-            sqlx::query_scalar("SELECT cluster FROM switchovers WHERE state = 'running'")
-                .fetch_all(&state.db)
-                .await?
-                .into_iter()
-                .collect();
+        let running: BTreeSet<String> = sqlx::query_scalar(
+            "SELECT cluster FROM switchovers
+                  WHERE state = 'running'
+                     OR (state = 'scheduled' AND (scheduled_at IS NULL OR scheduled_at <= now()))",
+        )
+        .fetch_all(&state.db)
+        .await?
+        .into_iter()
+        .collect();
         let last_automatic = last_automatic_moves(&state.db).await?;
         let mut kept: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (cluster, node) in

@@ -1155,3 +1155,166 @@ async fn a_stopping_server_lets_a_running_fencing_hook_finish(pool: PgPool) {
         "the server stopped before its fencing hook finished (the hook was killed)"
     );
 }
+
+/// A dual-active pair played through the agent API: VI_1 (a master, link `pg`) and VI_2 (b
+/// master, link `pg2`), crossed. a goes silent: the arbiter proposes b for VI_1 only, VI_2's
+/// verdict stays `nothing` with b its leader; a person's failover must name the instance when
+/// the cluster has several (400 `instance_required`, 404 for one it does not have), and the
+/// run it starts is VI_1's. The cluster page shows a verdict per instance.
+#[sqlx::test(migrations = false)]
+async fn a_dual_active_pair_is_judged_per_instance(pool: PgPool) {
+    let s = settings_with(ClusterFailover {
+        mode: Mode::Notify,
+        ..policy()
+    });
+    let server = TestServer::start_on(pool, s).await;
+    let client = |secret: String| {
+        AgentClient::new(
+            &server.url,
+            SecretString::from(secret),
+            Duration::from_secs(10),
+            &Default::default(),
+        )
+        .unwrap()
+    };
+    let a = client(server.credential("a").await);
+    let b = client(server.credential("b").await);
+    // Each node: its own instance MASTER and primary of its link, the other's BACKUP and standby.
+    let crossed = |node: &str, own: &str, other: &str, sees: bool| {
+        let mut r = report(node, Uuid::new_v4(), 1, VrrpState::Backup, false);
+        r.heartbeat_interval_ms = 1000;
+        let instance = |name: &str, state, priority| {
+            let (vip, vrid) = if name == "VI_1" {
+                ("10.0.0.100", 51)
+            } else {
+                ("10.0.0.101", 52)
+            };
+            let mut i = hapulse_protocol::testing::vrrp_instance(
+                name,
+                state,
+                vip,
+                state == VrrpState::Master,
+            );
+            i.vrid = Some(vrid);
+            i.base_priority = Some(priority);
+            i.effective_priority = Some(priority);
+            i
+        };
+        let mine = instance(own, VrrpState::Master, 150);
+        let theirs = instance(other, VrrpState::Backup, 140);
+        r.keepalived.instances = vec![mine, theirs];
+        r.keepalived.instances.sort_by(|x, y| x.name.cmp(&y.name));
+        let link = |name: &str, instance: &str, role| hapulse_protocol::ReplicationLinkReport {
+            name: name.into(),
+            vrrp_instance: Some(instance.into()),
+            ..pg_report_link(role, LinkState::Streaming, 0)
+        };
+        let (own_link, other_link) = if own == "VI_1" {
+            ("pg", "pg2")
+        } else {
+            ("pg2", "pg")
+        };
+        r.replication = vec![
+            link(own_link, own, ReplicationRole::Primary),
+            link(other_link, other, ReplicationRole::Secondary),
+        ];
+        r.arbitration = arbitration(if node == "a" { "b" } else { "a" }, sees);
+        r
+    };
+    let ra = crossed("a", "VI_1", "VI_2", true);
+    let rb = Arc::new(Mutex::new(crossed("b", "VI_2", "VI_1", true)));
+    a.send_heartbeat(&ra).await.unwrap();
+    b.send_heartbeat(&rb.lock().unwrap().clone()).await.unwrap();
+    let a_heartbeats = tokio::spawn(keep_heartbeating(a, Arc::new(Mutex::new(ra))));
+    let b_heartbeats = tokio::spawn(keep_heartbeating(b, rb.clone()));
+    let unit = |f: &serde_json::Value, instance: &str| {
+        f["verdicts"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["instance"] == instance).cloned())
+            .unwrap_or_default()
+    };
+    eventually(10, "a leads VI_1, b leads VI_2", || async {
+        let (_, f) = server.get_json("/api/v1/clusters/c/failover").await;
+        let (v1, v2) = (unit(&f, "VI_1"), unit(&f, "VI_2"));
+        (v1["evidence"]["leader"] == "a"
+            && v2["evidence"]["leader"] == "b"
+            && v1["decision"]["action"] == "nothing"
+            && v2["decision"]["action"] == "nothing")
+            .then_some(())
+    })
+    .await;
+
+    // a goes silent and b lost it; keepalived made b MASTER of VI_1 too.
+    a_heartbeats.abort();
+    {
+        let mut r = rb.lock().unwrap();
+        let (boot, seq) = (r.boot_id, r.seq);
+        let mut next = crossed("b", "VI_2", "VI_1", false);
+        next.boot_id = boot;
+        next.seq = seq;
+        for i in &mut next.keepalived.instances {
+            i.state = VrrpState::Master;
+            i.held_vips = i.vips.clone();
+        }
+        next.replication[1].state = LinkState::Disconnected;
+        *r = next;
+    }
+    let f = eventually(
+        15,
+        "a failover of VI_1 proposed, VI_2 left alone",
+        || async {
+            let (_, f) = server.get_json("/api/v1/clusters/c/failover").await;
+            let (v1, v2) = (unit(&f, "VI_1"), unit(&f, "VI_2"));
+            (v1["decision"]["action"] == "propose"
+                && v1["decision"]["candidate"] == "b"
+                && v2["decision"]["action"] == "nothing"
+                && v2["evidence"]["leader"] == "b")
+                .then_some(f)
+        },
+    )
+    .await;
+    assert_eq!(
+        unit(&f, "VI_1")["evidence"]["witnesses"][0]["serves"],
+        "VI_2",
+        "b already serves VI_2, and the verdict says so: {f:#}"
+    );
+    let page = server.get_text("/clusters/c").await.1;
+    assert!(
+        page.contains("VRRP instance VI_1") && page.contains("VRRP instance VI_2"),
+        "a verdict per instance on the cluster page"
+    );
+
+    let confirm = |instance: Option<&str>| {
+        let mut body = serde_json::json!({"target_node": "b", "reason": "a is gone"});
+        if let Some(i) = instance {
+            body["instance"] = i.into();
+        }
+        body
+    };
+    let (status, body) = server
+        .post_json("/api/v1/clusters/c/failover", confirm(None))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("instance_required")),
+        "{body}"
+    );
+    let (status, body) = server
+        .post_json("/api/v1/clusters/c/failover", confirm(Some("VI_9")))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(
+        count(&server.pool, "SELECT count(*) FROM switchovers").await,
+        0
+    );
+    let (status, body) = server
+        .post_json("/api/v1/clusters/c/failover", confirm(Some("VI_1")))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let instance: String = sqlx::query_scalar("SELECT instance FROM switchovers")
+        .fetch_one(&server.pool)
+        .await
+        .unwrap();
+    assert_eq!(instance, "VI_1");
+    b_heartbeats.abort();
+}
