@@ -1224,7 +1224,8 @@ async fn a_dual_active_pair_is_judged_per_instance(pool: PgPool) {
     let ra = crossed("a", "VI_1", "VI_2", true);
     let rb = Arc::new(Mutex::new(crossed("b", "VI_2", "VI_1", true)));
     a.send_heartbeat(&ra).await.unwrap();
-    b.send_heartbeat(&rb.lock().unwrap().clone()).await.unwrap();
+    let first = rb.lock().unwrap().clone();
+    b.send_heartbeat(&first).await.unwrap();
     let a_heartbeats = tokio::spawn(keep_heartbeating(a, Arc::new(Mutex::new(ra))));
     let b_heartbeats = tokio::spawn(keep_heartbeating(b, rb.clone()));
     let unit = |f: &serde_json::Value, instance: &str| {
