@@ -9,3 +9,10 @@ ALTER TABLE clusters ADD COLUMN leaders jsonb NOT NULL DEFAULT '{}';
 
 -- The VRRP instance a verdict is about (NULL for verdicts recorded before).
 ALTER TABLE failover_decisions ADD COLUMN instance text;
+
+-- Kept fences per VRRP instance: the old master of a failover of VI_1 stays fenced in VI_1, not
+-- in the other instances it runs (a dual-active host coming back keeps serving as the other
+-- instance's backup). '' (rows from before) fences the node in every instance.
+ALTER TABLE kept_fenced ADD COLUMN instance text NOT NULL DEFAULT '';
+ALTER TABLE kept_fenced DROP CONSTRAINT kept_fenced_pkey;
+ALTER TABLE kept_fenced ADD PRIMARY KEY (cluster, node_id, instance);

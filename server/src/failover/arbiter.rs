@@ -29,8 +29,9 @@
 //!    failover runs, or in a paused cluster (a maintenance window, or paused by hand), whose
 //!    verdicts are still reached and recorded but never acted on.
 //!
-//! Units are judged independently (a spare already MASTER of another instance is chosen only
-//! when no free candidate fits); moves stay one at a time per cluster: a second unit's move
+//! Units are judged independently (between candidates of equal priority, a spare already
+//! MASTER of another service's instance goes after a free one; kept fences are per instance);
+//! moves stay one at a time per cluster: a second unit's move waits (its verdict says so) and
 //! starts in the round after the first one's run ends.
 //!
 //! Replication connection state is shown as evidence but not counted: a dead primary's
@@ -48,7 +49,7 @@ use crate::access::auth::Principal;
 use crate::agents::commands::{self, NewCommand};
 use crate::alerting::silences::{self, Silence};
 use crate::failover::decision::{self as failover, Decision, History, Situation, VipElsewhere};
-use crate::failover::evidence::{candidates, evidence, Gathered, Verdict, Witness};
+use crate::failover::evidence::{candidates, evidence, unit_key, Gathered, Verdict, Witness};
 use crate::failover::fences::keep_fenced;
 use crate::failover::leaders;
 use crate::failover::pauses::{self, Pause};
@@ -175,14 +176,50 @@ async fn round(state: &AppState, memory: &mut Memory) -> Result<(), sqlx::Error>
     let stored = Stored::load(state, &selected).await?;
     let judged = judge(state, &selected, &stored.leaders, &stored.kept, now);
     // Looked at again next round unless found quiet below (also when this round fails midway).
-    memory.attention.extend(selected);
+    memory.attention.extend(selected.iter().cloned());
     // First every cluster's verdict; then new leaders and changed verdicts stored in one
     // transaction (thousands of clusters can change at once: one commit each took the
     // database's whole capacity); then, with every verdict on record, the actions.
     let (mut verdicts, new_leaders, situations) = decide_all(state, &stored, &judged, now, memory);
     ask_positions(state, memory, &judged, &mut verdicts, &situations).await?;
     record(state, memory, &new_leaders, &judged, &verdicts).await?;
-    carry_out(state, memory, &stored, &judged, verdicts).await
+    carry_out(state, memory, &stored, &judged, verdicts).await?;
+    forget_gone_units(state, memory, &selected, &judged);
+    Ok(())
+}
+
+/// Of the `selected` clusters, drops what the arbiter remembers of units not judged this round
+/// (an instance no node reports any more), and publishes no verdict for a cluster left without
+/// any unit (instead of its last one).
+fn forget_gone_units(
+    state: &AppState,
+    memory: &mut Memory,
+    selected: &[String],
+    judged: &[Judged],
+) {
+    let live: BTreeSet<String> = judged
+        .iter()
+        .map(|j| unit_key(&j.view.name, &j.instance))
+        .collect();
+    let looked_at: BTreeSet<&str> = selected.iter().map(String::as_str).collect();
+    let gone = |key: &String| {
+        key.split_once('/')
+            .is_some_and(|(cluster, _)| looked_at.contains(cluster))
+            && !live.contains(key)
+    };
+    memory.recorded.retain(|k, _| !gone(k));
+    memory.refused.retain(|k, _| !gone(k));
+    memory.vip_elsewhere.retain(|k, _| !gone(k));
+    memory.asked.retain(|k, _| !gone(k));
+    let mut verdicts = state
+        .verdicts
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for cluster in selected {
+        if !judged.iter().any(|j| &j.view.name == cluster) {
+            verdicts.remove(cluster);
+        }
+    }
 }
 
 /// The clusters a round looks at: all of them at a sweep; otherwise those whose nodes changed
@@ -220,10 +257,11 @@ struct Stored {
     /// it is empty, `clusters.leader`, the leader a server before per-instance arbitration
     /// stored, under the empty key).
     leaders: BTreeMap<String, BTreeMap<String, String>>,
-    /// Clusters with a switchover or failover running, or due to start now (created, its
-    /// executor not yet started: a round right after the arbiter started a run must not judge
-    /// the cluster as if nothing ran). One scheduled for later holds back other planned
-    /// operations, not the arbiter: a failover cancels it.
+    /// Clusters with a switchover or failover running, or created for now less than a minute
+    /// ago and not yet started by its executor (a round right after the arbiter started a run
+    /// must not judge the cluster as if nothing ran; one never started, its executor lost to a
+    /// database error, stops counting after the minute). One scheduled for later holds back
+    /// other planned operations, not the arbiter: a failover cancels it.
     running: BTreeSet<String>,
     /// Maintenance windows and silences not over yet: a cluster's window pauses it, a node's
     /// keeps that node from being a candidate.
@@ -233,8 +271,9 @@ struct Stored {
     /// Each unit's latest automatic move (failover or step-down), by [`unit_key`]: when it was
     /// created, whether acknowledged.
     last_automatic: BTreeMap<String, (DateTime<Utc>, bool)>,
-    /// The nodes the server keeps fenced, per cluster.
-    kept: BTreeMap<String, BTreeSet<String>>,
+    /// The nodes the server keeps fenced, per cluster: (node, VRRP instance; empty: every
+    /// instance).
+    kept: BTreeMap<String, Vec<(String, String)>>,
 }
 
 impl Stored {
@@ -266,20 +305,22 @@ impl Stored {
         let running: BTreeSet<String> = sqlx::query_scalar(
             "SELECT cluster FROM switchovers
                   WHERE state = 'running'
-                     OR (state = 'scheduled' AND (scheduled_at IS NULL OR scheduled_at <= now()))",
+                     OR (state = 'scheduled' AND scheduled_at IS NULL
+                         AND created_at > now() - interval '1 minute')",
         )
         .fetch_all(&state.db)
         .await?
         .into_iter()
         .collect();
         let last_automatic = last_automatic_moves(&state.db).await?;
-        let mut kept: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for (cluster, node) in
-            sqlx::query_as::<_, (String, String)>("SELECT cluster, node_id FROM kept_fenced")
-                .fetch_all(&state.db)
-                .await?
+        let mut kept: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        for (cluster, node, instance) in sqlx::query_as::<_, (String, String, String)>(
+            "SELECT cluster, node_id, instance FROM kept_fenced",
+        )
+        .fetch_all(&state.db)
+        .await?
         {
-            kept.entry(cluster).or_default().insert(node);
+            kept.entry(cluster).or_default().push((node, instance));
         }
         Ok(Stored {
             enabled,
@@ -311,12 +352,26 @@ impl Stored {
             })
     }
 
+    /// The nodes of `cluster` the server keeps fenced in VRRP instance `instance`.
+    fn kept_in(&self, cluster: &str, instance: &str) -> BTreeSet<String> {
+        kept_in(self.kept.get(cluster).map_or(&[], Vec::as_slice), instance)
+    }
+
     /// Is `node` of `cluster` under a node maintenance window at `now`?
     fn node_in_maintenance(&self, cluster: &str, node: &str, now: DateTime<Utc>) -> bool {
         silences::maintenance_for(&self.windows, now, cluster, &[node])
             .iter()
             .any(|w| w.node_id.as_deref() == Some(node))
     }
+}
+
+/// Of the kept fences `kept` ((node, instance; empty: every instance)), the nodes kept fenced in
+/// `instance`.
+pub(crate) fn kept_in(kept: &[(String, String)], instance: &str) -> BTreeSet<String> {
+    kept.iter()
+        .filter(|(_, i)| i.is_empty() || i == instance)
+        .map(|(node, _)| node.clone())
+        .collect()
 }
 
 /// Each unit's latest automatic move (failover or step-down), by [`unit_key`]: when it was
@@ -352,12 +407,11 @@ fn judge(
     state: &AppState,
     selected: &[String],
     leaders: &BTreeMap<String, BTreeMap<String, String>>,
-    kept: &BTreeMap<String, BTreeSet<String>>,
+    kept: &BTreeMap<String, Vec<(String, String)>>,
     now: DateTime<Utc>,
 ) -> Vec<Judged> {
     let live = state.live();
     let mut by_cluster = live.by_cluster();
-    let no_kept = BTreeSet::new();
     let no_leaders = BTreeMap::new();
     let mut judged = Vec::new();
     for name in selected {
@@ -367,7 +421,7 @@ fn judge(
         let Some(c) = view::cluster_view_of(name, nodes.clone(), now) else {
             continue;
         };
-        let kept = kept.get(name).unwrap_or(&no_kept);
+        let kept_here = kept.get(name).map_or(&[][..], Vec::as_slice);
         let stored_leaders = leaders.get(name).unwrap_or(&no_leaders);
         let units = units(&c);
         let last = units.len().saturating_sub(1);
@@ -387,7 +441,7 @@ fn judge(
                 &view,
                 (&instance, link.as_deref()),
                 stored.as_deref(),
-                kept,
+                &kept_in(kept_here, &instance),
             );
             let gathered = leader.as_ref().map(|leader| {
                 gather(
@@ -435,6 +489,7 @@ fn decide_all<'j>(
     let mut verdicts = Vec::with_capacity(judged.len());
     let mut situations = Vec::with_capacity(judged.len());
     let mut new_leaders: Vec<NewLeader<'j>> = Vec::new();
+    let mut moving: BTreeSet<&str> = BTreeSet::new();
     for Judged {
         view: c,
         instance,
@@ -479,6 +534,24 @@ fn decide_all<'j>(
                 reason: "no leader known: no single MASTER (or primary) has been seen yet".into(),
             },
             Some(s) => failover::decide(s),
+        };
+        // One move per cluster at a time: a second instance's waits for the next round.
+        let decision = match decision {
+            d @ (Decision::Failover { .. }
+            | Decision::StepDown { .. }
+            | Decision::FollowVip { .. }) => {
+                if moving.insert(c.name.as_str()) {
+                    d
+                } else {
+                    Decision::Wait {
+                        reason: format!(
+                            "{}; another instance of the cluster moves first",
+                            d.reason()
+                        ),
+                    }
+                }
+            }
+            d => d,
         };
         situations.push(situation);
         verdicts.push(Verdict {
@@ -613,16 +686,19 @@ async fn carry_out(
             }
             // A running switchover or failover fences and promotes by itself; a paused cluster
             // is only observed.
-            if !operation_running && !started.contains(c.name.as_str()) && verdict_paused.is_none()
+            if !operation_running
+                && !started.contains(c.name.as_str())
+                && verdict_paused.is_none()
+                && enforce_unit(state, memory, stored, j, g, &decision).await?
             {
-                enforce_unit(state, memory, stored, j, g, &decision).await?;
+                started.insert(&c.name);
             }
         }
         if !quiet(
             j,
             &decision,
             operation_running,
-            stored.kept.contains_key(&c.name),
+            !stored.kept_in(&c.name, &j.instance).is_empty(),
             memory,
         ) {
             loud.insert(&c.name);
@@ -643,7 +719,7 @@ async fn carry_out(
 
 /// What the epoch needs of a unit while no operation runs and its cluster is not paused:
 /// second masters and primaries fenced, stale VIPs removed, standbys that follow nobody
-/// rejoined.
+/// rejoined. True when a rejoin run started.
 async fn enforce_unit(
     state: &AppState,
     memory: &mut Memory,
@@ -651,11 +727,11 @@ async fn enforce_unit(
     j: &Judged,
     g: &Gathered,
     decision: &Decision,
-) -> Result<(), sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     let c = &j.view;
     let policy = state.settings().failover.policy(&c.name, stored.enabled);
     let split_brain = policy.mode == failover::Mode::Auto && policy.automatic_enabled;
-    let kept = stored.kept.get(&c.name).cloned().unwrap_or_default();
+    let kept = stored.kept_in(&c.name, &j.instance);
     let rules = EpochRules {
         split_brain,
         follow_blocked: matches!(decision, Decision::Alert { .. }),
@@ -669,9 +745,9 @@ async fn enforce_unit(
             name: ACTOR.into(),
             ..Principal::system()
         };
-        memory.rejoins.round(state, c, g, &kept, &who).await;
+        return Ok(memory.rejoins.round(state, c, g, &kept, &who).await);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// One unit of a cluster (a VRRP instance and the link carrying its data) as read from the
@@ -731,12 +807,6 @@ pub(crate) fn units(c: &ClusterView) -> Vec<(String, Option<String>)> {
             (i.name.clone(), link)
         })
         .collect()
-}
-
-/// The key of a unit in the arbiter's memory and in [`AppState::verdicts`]' order:
-/// `cluster/instance` (a cluster name never holds a `/`).
-pub(crate) fn unit_key(cluster: &str, instance: &str) -> String {
-    format!("{cluster}/{instance}")
 }
 
 /// The leader of the unit (`instance`, carried by `link`) of `c`, whose nodes are `nodes`: with
@@ -832,12 +902,7 @@ pub(crate) fn gather(
         .iter()
         .filter(|n| n.node_id != leader)
         .map(|n| {
-            let pings_leader = n.arbitration.as_ref().and_then(|a| {
-                a.peers
-                    .iter()
-                    .find(|p| p.node_id == leader)
-                    .map(|p| p.reach.reachable)
-            });
+            let pings_leader = pings(n, leader);
             let hears_adverts = !other_master
                 && n.instance(instance)
                     .is_some_and(|i| i.state == VrrpState::Backup);
@@ -878,11 +943,7 @@ pub(crate) fn gather(
                     .failing_tied_checks(instance, &tied)
                     .next()
                     .map(|check| format!("check {} failing", check.name)),
-                serves: n
-                    .instances
-                    .iter()
-                    .find(|i| i.name != instance && i.state == VrrpState::Master)
-                    .map(|i| i.name.clone()),
+                serves: serves(c, n, instance),
             }
         })
         .collect();
@@ -904,6 +965,31 @@ pub(crate) fn gather(
             .map(|holder| VipElsewhere { holder, since: now }),
         witnesses,
     }
+}
+
+/// Whether `n`'s last ICMP echo to `leader` was answered (None: it does not probe it).
+fn pings(n: &NodeLive, leader: &str) -> Option<bool> {
+    n.arbitration.as_ref().and_then(|a| {
+        a.peers
+            .iter()
+            .find(|p| p.node_id == leader)
+            .map(|p| p.reach.reachable)
+    })
+}
+
+/// Another service's VRRP instance `n` is MASTER of, besides `instance`: only an instance with
+/// a database of its own counts (an application VIP meant to live beside the database does not).
+fn serves(c: &ClusterView, n: &NodeLive, instance: &str) -> Option<String> {
+    n.instances
+        .iter()
+        .find(|i| {
+            i.name != instance
+                && i.state == VrrpState::Master
+                && c.replication
+                    .iter()
+                    .any(|r| r.vrrp_instance.as_deref() == Some(i.name.as_str()))
+        })
+        .map(|i| i.name.clone())
 }
 
 /// Does `n` run VRRP instances, but not `instance`? Then it cannot hold the instance's VIPs: it
@@ -1421,7 +1507,7 @@ async fn fence(
     let layers = crate::switchover::drivers::stack(c, &g.instance).unwrap_or_default();
     let actions = fence_actions(g, primary, &layers);
     let mut tx = state.db.begin().await?;
-    keep_fenced(&mut tx, &c.name, node, reason).await?;
+    keep_fenced(&mut tx, &c.name, node, &g.instance, reason).await?;
     queue(state, tx, &c.name, node, actions).await
 }
 
@@ -1734,6 +1820,45 @@ mod tests {
             );
             let g2 = judged[1].3.as_ref().unwrap();
             assert_eq!((g2.leader.as_str(), g2.leader_status), ("h2", Up));
+        }
+
+        #[test]
+        fn a_host_kept_fenced_after_a_failover_is_fenced_in_that_instance_only() {
+            // h1 lost VI_1 to h2 and came back: BACKUP, unfenced, in both instances.
+            let hosts = ["h1", "h2"];
+            let nodes = [
+                host(
+                    "h1",
+                    Up,
+                    &[("VI_1", Backup, Secondary), ("VI_2", Backup, Secondary)],
+                    &hosts,
+                ),
+                host(
+                    "h2",
+                    Up,
+                    &[("VI_1", Master, Primary), ("VI_2", Master, Primary)],
+                    &hosts,
+                ),
+            ];
+            let refs: Vec<&NodeLive> = nodes.iter().collect();
+            let judged = judge_units(&nodes);
+            let rules = EpochRules {
+                split_brain: true,
+                follow_blocked: false,
+            };
+            let fenced_in = |kept: &[(String, String)], unit: usize| -> Vec<String> {
+                let g = judged[unit].3.as_ref().unwrap();
+                fence_intents(g, &members(&refs, g), rules, &kept_in(kept, &g.instance))
+                    .into_iter()
+                    .map(|i| i.node)
+                    .collect()
+            };
+            let vi_1 = [("h1".to_string(), "VI_1".to_string())];
+            assert_eq!(fenced_in(&vi_1, 0), ["h1"], "kept fenced in VI_1");
+            assert!(fenced_in(&vi_1, 1).is_empty(), "VI_2's backup stays");
+            // A fence kept from before per-instance arbitration holds everywhere.
+            let every = [("h1".to_string(), String::new())];
+            assert_eq!(fenced_in(&every, 1), ["h1"]);
         }
 
         #[test]

@@ -132,9 +132,10 @@ pub struct Candidate {
     /// change with every attempt); `None` when every tied check
     /// passes (or it has none). A candidate with one is never promoted.
     pub failing_check: Option<String>,
-    /// Another VRRP instance it is MASTER of (N+1: a spare already serving another service):
-    /// among the fit candidates, a free one is chosen first, whatever the priorities, so one
-    /// host does not end up carrying every service while a spare idles.
+    /// Another VRRP instance with a database of its own it is MASTER of (N+1: a spare already
+    /// serving another service): between fit candidates of equal priority a free one is chosen
+    /// first (before the more advanced position), so one host does not end up carrying every
+    /// service while a spare idles; a priority set by the operator still ranks first.
     pub serves: Option<String>,
 }
 
@@ -383,10 +384,9 @@ fn best_candidate(s: &Situation) -> Result<&Candidate, String> {
     let mut fit: Vec<&Candidate> = reaching.iter().copied().filter(within).collect();
     // Option orders None first: the most advanced known position wins, an unknown one last.
     fit.sort_by(|a, b| {
-        a.serves
-            .is_some()
-            .cmp(&b.serves.is_some())
-            .then(b.priority.cmp(&a.priority))
+        b.priority
+            .cmp(&a.priority)
+            .then(a.serves.is_some().cmp(&b.serves.is_some()))
             .then(b.position.cmp(&a.position))
             .then(a.lag_bytes.cmp(&b.lag_bytes))
             .then(a.node_id.cmp(&b.node_id))
@@ -723,10 +723,19 @@ mod tests {
     const CASES: &[Case] = &[
         ("dead master, auto", |_| {}, "failover", Some("a")),
         (
-            "N+1: the best candidate is already MASTER of another instance, a free one fits",
-            |s| s.candidates[0].serves = Some("VI_2".into()),
+            "N+1: the best candidate is already MASTER of another instance, a free one of equal priority fits",
+            |s| {
+                s.candidates[0].serves = Some("VI_2".into());
+                s.candidates[1].priority = s.candidates[0].priority;
+            },
             "failover",
             Some("b"),
+        ),
+        (
+            "N+1: a busy candidate the operator prefers still goes first",
+            |s| s.candidates[0].serves = Some("VI_2".into()),
+            "failover",
+            Some("a"),
         ),
         (
             "N+1: every candidate serves another instance: priority decides",

@@ -121,6 +121,12 @@ pub struct Verdict {
     pub evidence: Option<Gathered>,
 }
 
+/// The key of a unit (a VRRP instance of a cluster) in the arbiter's memory: `cluster/instance`
+/// (a cluster name never holds a `/`).
+pub fn unit_key(cluster: &str, instance: &str) -> String {
+    format!("{cluster}/{instance}")
+}
+
 /// The decision's view of the evidence.
 pub fn evidence(g: &Gathered) -> Evidence {
     let counted: Vec<&Witness> = g.witnesses.iter().filter(|w| w.counts).collect();

@@ -105,10 +105,12 @@ pub(crate) struct Rejoins {
 }
 
 impl Rejoins {
-    /// One round for cluster `c` (its leader's evidence `g`, its kept fences `kept`): notes who
+    /// One round for the unit of cluster `c` whose leader's evidence is `g` (`kept`: the nodes
+    /// kept fenced in its instance): notes who
     /// is adrift, then starts a rejoin, as `who` (the arbiter), for one node [`returned`] names
     /// that was not tried in the last 10 minutes — when the cluster rebuilds by itself
     /// (`auto_rejoin`). One run at a time per cluster: the next node waits for a next round.
+    /// True when a rejoin run started.
     pub(crate) async fn round(
         &mut self,
         state: &AppState,
@@ -116,7 +118,10 @@ impl Rejoins {
         g: &Gathered,
         kept: &BTreeSet<String>,
         who: &Principal,
-    ) {
+    ) -> bool {
+        // Remembered per unit (cluster and instance): a standby adrift on one instance's link
+        // may stream on another's.
+        let unit = crate::failover::evidence::unit_key(&c.name, &g.instance);
         let auto = state
             .settings()
             .failover
@@ -124,34 +129,34 @@ impl Rejoins {
             .get(&c.name)
             .is_none_or(|p| p.auto_rejoin);
         if !auto {
-            return;
+            return false;
         }
         let now = tokio::time::Instant::now();
         self.tried
             .retain(|_, at| now.duration_since(*at) < RETRY_AFTER);
         let adrift_now = adrift(c, g, kept);
         self.adrift_since
-            .retain(|(cluster, node), _| cluster != &c.name || adrift_now.contains(node));
+            .retain(|(u, node), _| u != &unit || adrift_now.contains(node));
         for node in &adrift_now {
             self.adrift_since
-                .entry((c.name.clone(), node.clone()))
+                .entry((unit.clone(), node.clone()))
                 .or_insert(now);
         }
         let long_adrift: BTreeSet<String> = adrift_now
             .into_iter()
             .filter(|n| {
                 self.adrift_since
-                    .get(&(c.name.clone(), n.clone()))
+                    .get(&(unit.clone(), n.clone()))
                     .is_some_and(|since| now.duration_since(*since) >= ADRIFT_FOR)
             })
             .collect();
         let Some(node) = returned(c, g, kept, &long_adrift)
             .into_iter()
-            .find(|n| !self.tried.contains_key(&(c.name.clone(), n.clone())))
+            .find(|n| !self.tried.contains_key(&(unit.clone(), n.clone())))
         else {
-            return;
+            return false;
         };
-        self.tried.insert((c.name.clone(), node.clone()), now);
+        self.tried.insert((unit, node.clone()), now);
         let reason = if kept.contains(&node) {
             format!(
                 "{node} is back and kept fenced: its database rejoins as a standby of {}",
@@ -166,10 +171,12 @@ impl Rejoins {
         };
         match crate::switchover::request::start_rejoin(state, c, g, &node, &reason, who).await {
             Ok(id) => {
-                tracing::warn!(cluster = %c.name, node = %node, switchover = %id, "{reason}")
+                tracing::warn!(cluster = %c.name, node = %node, switchover = %id, "{reason}");
+                true
             }
             Err(e) => {
-                tracing::error!(cluster = %c.name, node = %node, error = %e, "cannot start the rejoin of a node; trying again in 10 min")
+                tracing::error!(cluster = %c.name, node = %node, error = %e, "cannot start the rejoin of a node; trying again in 10 min");
+                false
             }
         }
     }

@@ -280,8 +280,10 @@ pub async fn acknowledge_failover(
 }
 
 /// Lifts the fence on `node` of `cluster` for `me` once it has rejoined (see the REST handler
-/// for the rules) in every VRRP instance it runs: lowers its priority below each instance's
-/// leader, then unfences it, under the current epoch; audited. Returns the priority offset set
+/// for the rules) in every VRRP instance it is kept fenced in (every instance it runs when kept
+/// without one): lowers its priority below each instance's leader, then unfences it, under the
+/// current epoch; audited. A `no_evidence` conflict, nothing lifted, while the arbiter knows no
+/// leader of one of those instances. Returns the priority offset set
 /// (the lowest, with several instances).
 pub async fn unfence(
     state: &AppState,
@@ -292,12 +294,35 @@ pub async fn unfence(
 ) -> Result<i32, FailoverError> {
     check_reason(reason)?;
     let view = crate::switchover::plan::cluster_view(state, cluster).await?;
+    // The instances it is kept fenced in ('' or none kept: every instance it runs).
+    let kept: Vec<String> =
+        sqlx::query_scalar("SELECT instance FROM kept_fenced WHERE cluster = $1 AND node_id = $2")
+            .bind(cluster)
+            .bind(node)
+            .fetch_all(&state.db)
+            .await?;
+    let everywhere = kept.is_empty() || kept.iter().any(String::is_empty);
     let mut lifts = Vec::new();
-    for g in all_evidence(state, cluster)? {
+    for v in unit_verdicts(state, cluster)? {
         let runs_it = view
             .instances
             .iter()
-            .any(|i| i.name == g.instance && i.members.iter().any(|m| m.node_id == node));
+            .any(|i| i.name == v.instance && i.members.iter().any(|m| m.node_id == node));
+        if !(everywhere || kept.contains(&v.instance)) {
+            continue;
+        }
+        let Some(g) = v.evidence else {
+            if runs_it {
+                return Err(FailoverError::from(Refusal::conflict(
+                    "no_evidence",
+                    format!(
+                        "the arbiter knows no leader of {} in {cluster} yet: {node} stays fenced there",
+                        v.instance
+                    ),
+                )));
+            }
+            continue;
+        };
         if runs_it || g.leader == node {
             lifts.push((g.instance.clone(), rejoined(&view, &g, cluster, node)?));
         }
@@ -400,18 +425,16 @@ fn no_evidence(cluster: &str) -> FailoverError {
     ))
 }
 
-/// The evidence behind each of the arbiter's latest verdicts on `cluster` that knows a leader
-/// (one per VRRP instance); a `no_evidence` conflict while it knows none.
-fn all_evidence(state: &AppState, cluster: &str) -> Result<Vec<evidence::Gathered>, FailoverError> {
-    let found: Vec<evidence::Gathered> = state
+/// The arbiter's latest verdicts on `cluster`, one per VRRP instance; a `no_evidence` conflict
+/// while it has none.
+fn unit_verdicts(state: &AppState, cluster: &str) -> Result<Vec<evidence::Verdict>, FailoverError> {
+    let found = state
         .verdicts
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .get(cluster)
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.evidence.clone())
-        .collect();
+        .cloned()
+        .unwrap_or_default();
     if found.is_empty() {
         return Err(no_evidence(cluster));
     }

@@ -222,7 +222,14 @@ async fn record_new_master(state: &AppState, sw: &Switchover) -> Result<(), sqlx
     crate::failover::leaders::store(&mut tx, &sw.cluster, &sw.instance, &sw.target_node).await?;
     if sw.kind == "failover" {
         let reason = format!("the old master of failover {}", sw.id);
-        crate::failover::fences::keep_fenced(&mut tx, &sw.cluster, &sw.old_master, &reason).await?;
+        crate::failover::fences::keep_fenced(
+            &mut tx,
+            &sw.cluster,
+            &sw.old_master,
+            &sw.instance,
+            &reason,
+        )
+        .await?;
     }
     tx.commit().await
 }

@@ -212,7 +212,14 @@ impl Run<'_> {
         );
         let kept = async {
             let mut tx = self.state.db.begin().await?;
-            crate::failover::fences::keep_fenced(&mut tx, &self.sw.cluster, node, &reason).await?;
+            crate::failover::fences::keep_fenced(
+                &mut tx,
+                &self.sw.cluster,
+                node,
+                &self.sw.instance,
+                &reason,
+            )
+            .await?;
             tx.commit().await
         }
         .await;
