@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hapulse_protocol::{
-    ArbitrationReport, HeartbeatReport, KeepalivedReport, LinkState, ReplicationLinkReport,
+    ArbitrationReport, ArpReport, HeartbeatReport, KeepalivedReport, LinkState, ReplicationLinkReport,
     ReplicationRole, ServiceCheckReport, VrrpState, PROTOCOL_VERSION,
 };
 use rand::Rng;
@@ -64,13 +64,15 @@ struct Snapshot {
     replication: Vec<ReplicationLinkReport>,
     arbitration: Option<ArbitrationReport>,
     checks: Vec<ServiceCheckReport>,
+    arp: Option<ArpReport>,
     state_change: bool,
 }
 
 /// The part of a report that makes it a state change when it differs from the previous one:
 /// keepalived up/down and, per instance, state, priorities, VIPs and held VIPs; per replication
 /// link role and state; which arbitration targets answer, and a self-fence; per service check
-/// whether it passes (after its rise/fall counts). Counters, lags, round-trip times, check
+/// whether it passes (after its rise/fall counts); per VIP asked over ARP, who answered
+/// ([`crate::arp::state_key`]). Counters, lags, round-trip times, check
 /// details and timestamps are left out: they change without anything happening.
 type StateKey = (
     bool,
@@ -85,6 +87,7 @@ type StateKey = (
     Vec<(String, ReplicationRole, LinkState)>,
     Option<(bool, Vec<bool>, bool)>,
     Vec<(String, bool)>,
+    Vec<(String, String, bool, Vec<String>, bool)>,
 );
 
 fn state_key(
@@ -92,6 +95,7 @@ fn state_key(
     replication: &[ReplicationLinkReport],
     arbitration: Option<&ArbitrationReport>,
     checks: &[ServiceCheckReport],
+    arp: Option<&ArpReport>,
 ) -> StateKey {
     let instances = k
         .instances
@@ -120,6 +124,7 @@ fn state_key(
         replication::state_key(replication),
         arbitration,
         checks.iter().map(|c| (c.name.clone(), c.passing)).collect(),
+        crate::arp::state_key(arp),
     )
 }
 
@@ -153,6 +158,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let (observed, observations) = watch::channel(None);
     // When the server last accepted a report: arbitration and the health endpoints read it.
     let contact = ServerContact::new();
+    let (arp_tx, arp_rx) = watch::channel(None);
+    let arp = (!settings.arp_check_interval.is_zero()).then(|| {
+        tokio::spawn(crate::arp::run(
+            settings.arp_check_interval,
+            observations.clone(),
+            arp_tx,
+            shutdown.child_token(),
+        ))
+    });
     let health = match &settings.health {
         Some(h) => Some(tokio::spawn(crate::health::serve(
             crate::health::bind(h.listen).await?,
@@ -166,7 +180,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         ))),
         None => None,
     };
-    let (mut inputs, tasks) = spawn_components(&settings, client, &shared, contact, &shutdown)?;
+    let (mut inputs, mut tasks) =
+        spawn_components(&settings, client, &shared, contact, &shutdown)?;
+    inputs.arp = arp_rx;
+    tasks.others.extend(arp);
     main_loop(
         &mut probe,
         &mut inputs,
@@ -203,6 +220,8 @@ struct Inputs {
     /// The service checks' latest reports (stays empty with none configured); notified when a
     /// check starts or stops passing.
     checks: watch::Receiver<Vec<ServiceCheckReport>>,
+    /// The ARP checks' latest round (stays None with `arp_check_interval = "0s"`).
+    arp: watch::Receiver<Option<ArpReport>>,
 }
 
 /// The components' tasks, to be joined at shutdown.
@@ -308,6 +327,8 @@ fn spawn_components(
         links: links_rx,
         arbitration: arbitration_rx,
         checks: checks_rx,
+        // Replaced by `run`: the ARP task reads the main loop's observations.
+        arp: watch::channel(None).1,
     };
     let others = [Some(fifo_task), Some(commands_task)]
         .into_iter()
@@ -361,6 +382,8 @@ async fn main_loop(
             Ok(()) = inputs.arbitration.changed() => {}
             // A service check started or stopped passing: report at once.
             Ok(()) = inputs.checks.changed() => {}
+            // An ARP round ended (a change of who answers is a state change).
+            Ok(()) = inputs.arp.changed() => {}
             _ = heartbeat.tick() => tick_due = true,
         }
         let running = probe.keepalived_pid().is_some();
@@ -399,7 +422,14 @@ async fn take_snapshot(
     let replication = inputs.links.borrow_and_update().clone();
     let arbitration = inputs.arbitration.borrow_and_update().clone();
     let checks = inputs.checks.borrow_and_update().clone();
-    let key = state_key(&keepalived, &replication, arbitration.as_ref(), &checks);
+    let arp = inputs.arp.borrow_and_update().clone();
+    let key = state_key(
+        &keepalived,
+        &replication,
+        arbitration.as_ref(),
+        &checks,
+        arp.as_ref(),
+    );
     let state_change = last_key.as_ref() != Some(&key);
     *last_key = Some(key);
     Snapshot {
@@ -407,6 +437,7 @@ async fn take_snapshot(
         replication,
         arbitration,
         checks,
+        arp,
         state_change,
     }
 }
@@ -438,6 +469,7 @@ fn stage(shared: &Shared, settings: &Settings, boot_id: Uuid, snap: Snapshot) {
             .highest_epoch
             .load(std::sync::atomic::Ordering::Relaxed),
         checks: snap.checks,
+        arp: snap.arp,
     };
     outbox.next_seq += 1;
     if report.state_change {

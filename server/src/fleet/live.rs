@@ -99,6 +99,10 @@ pub struct NodeLive {
     /// `nodes.checks`) when a check appears, goes, or changes its state, target or tie; the
     /// latest attempt's detail and duration alone are kept in memory.
     pub checks: Vec<ServiceCheckReport>,
+    /// Who answered ARP for the cluster's VIPs as this node last asked, and its interfaces' MAC
+    /// addresses (in memory only: every report carries the latest round again). None from
+    /// agents without ARP checks.
+    pub arp: Option<hapulse_protocol::ArpReport>,
 }
 
 impl NodeLive {
@@ -127,6 +131,7 @@ impl NodeLive {
             replication: Vec::new(),
             arbitration: None,
             checks: Vec::new(),
+            arp: None,
         };
         node.apply(report, received_at, now);
         node
@@ -159,6 +164,7 @@ impl NodeLive {
         let mut checks = report.checks.clone();
         checks.sort_by(|a, b| a.name.cmp(&b.name));
         self.checks = checks;
+        self.arp.clone_from(&report.arp);
     }
 
     /// True when `report` was already accepted (same run, `seq` not above the watermark).
@@ -308,6 +314,13 @@ pub enum EventKind {
     CheckFailing,
     /// A service check of a node passes again (after its rise count).
     CheckPassing,
+    /// More than one host answers ARP for a VIP (an IP-level split brain), as the nodes' ARP
+    /// checks heard it.
+    VipAnsweredBySeveral,
+    /// A host other than the instance's MASTER answers ARP for a VIP.
+    VipAnsweredByNonHolder,
+    /// A VIP flagged before is answered by its holder alone again (or by nobody).
+    VipArpConsistent,
 }
 
 impl EventKind {
@@ -334,11 +347,14 @@ impl EventKind {
             EventKind::EventsDropped => "events_dropped",
             EventKind::CheckFailing => "check_failing",
             EventKind::CheckPassing => "check_passing",
+            EventKind::VipAnsweredBySeveral => "vip_answered_by_several",
+            EventKind::VipAnsweredByNonHolder => "vip_answered_by_non_holder",
+            EventKind::VipArpConsistent => "vip_arp_consistent",
         }
     }
 
     /// Every kind, for metrics and filters.
-    pub const ALL: [EventKind; 20] = [
+    pub const ALL: [EventKind; 23] = [
         EventKind::NodeUp,
         EventKind::NodeSuspect,
         EventKind::NodeDown,
@@ -359,6 +375,9 @@ impl EventKind {
         EventKind::EventsDropped,
         EventKind::CheckFailing,
         EventKind::CheckPassing,
+        EventKind::VipAnsweredBySeveral,
+        EventKind::VipAnsweredByNonHolder,
+        EventKind::VipArpConsistent,
     ];
 
     /// Which events a report over [`MAX_EVENTS_PER_REPORT`] keeps first (lower first): what
@@ -380,7 +399,10 @@ impl EventKind {
             | EventKind::InstanceRemoved
             | EventKind::ReplicationRemoved
             | EventKind::CheckFailing
-            | EventKind::CheckPassing => 2,
+            | EventKind::CheckPassing
+            | EventKind::VipAnsweredBySeveral
+            | EventKind::VipAnsweredByNonHolder
+            | EventKind::VipArpConsistent => 2,
             EventKind::PriorityChange => 3,
             EventKind::VipAcquired | EventKind::VipReleased => 4,
         }

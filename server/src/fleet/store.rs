@@ -109,6 +109,8 @@ async fn load_nodes(pool: &PgPool, now: Instant) -> Result<Live, sqlx::Error> {
             replication: Vec::new(),
             arbitration: None,
             checks,
+            // Not stored: the next report carries the latest ARP round again.
+            arp: None,
             spool_depth: row.try_get::<i64, _>("spool_depth")? as u64,
             spool_dropped: row.try_get::<i64, _>("spool_dropped")? as u64,
         };
