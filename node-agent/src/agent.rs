@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hapulse_protocol::{
-    ArbitrationReport, ArpReport, HeartbeatReport, KeepalivedReport, LinkState, ReplicationLinkReport,
-    ReplicationRole, ServiceCheckReport, VrrpState, PROTOCOL_VERSION,
+    ArbitrationReport, ArpReport, HeartbeatReport, KeepalivedReport, LinkState,
+    ReplicationLinkReport, ReplicationRole, ServiceCheckReport, VrrpState, PROTOCOL_VERSION,
 };
 use rand::Rng;
 use tokio::sync::{mpsc, watch, Notify};
@@ -180,8 +180,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         ))),
         None => None,
     };
-    let (mut inputs, mut tasks) =
-        spawn_components(&settings, client, &shared, contact, &shutdown)?;
+    let (mut inputs, mut tasks) = spawn_components(&settings, client, &shared, contact, &shutdown)?;
     inputs.arp = arp_rx;
     tasks.others.extend(arp);
     main_loop(

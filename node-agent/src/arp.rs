@@ -53,7 +53,11 @@ const BROADCAST: Mac = [0xff; 6];
 /// An Ethernet frame carrying an ARP request "who has `target`? tell `sender_ip`" from
 /// `sender_mac`, broadcast (the frame `arping` sends; `sender_ip` 0.0.0.0 is an ARP probe,
 /// RFC 5227, which Linux answers too).
-pub fn request_frame(sender_mac: Mac, sender_ip: Ipv4Addr, target: Ipv4Addr) -> [u8; ARP_FRAME_LEN] {
+pub fn request_frame(
+    sender_mac: Mac,
+    sender_ip: Ipv4Addr,
+    target: Ipv4Addr,
+) -> [u8; ARP_FRAME_LEN] {
     let mut frame = [0u8; ARP_FRAME_LEN];
     let mut arp = [0u8; 28];
     if let Some(mut p) = MutableArpPacket::new(&mut arp) {
@@ -97,8 +101,8 @@ pub fn answer_for(frame: &[u8], ip: Ipv4Addr) -> Option<Mac> {
     }
     let operation = arp.get_operation();
     let reply = operation == ArpOperations::Reply;
-    let gratuitous = (reply || operation == ArpOperations::Request)
-        && arp.get_target_proto_addr() == ip;
+    let gratuitous =
+        (reply || operation == ArpOperations::Request) && arp.get_target_proto_addr() == ip;
     (reply || gratuitous).then(|| arp.get_sender_hw_addr().octets())
 }
 
@@ -221,7 +225,11 @@ fn probe_interface(
     let (mut tx, mut rx) = match pnet_datalink::channel(interface, config) {
         Ok(pnet_datalink::Channel::Ethernet(tx, rx)) => (tx, rx),
         Ok(_) => return Err(format!("{name}: not an Ethernet channel")),
-        Err(e) => return Err(format!("packet socket on {name}: {e} (the agent needs CAP_NET_RAW)")),
+        Err(e) => {
+            return Err(format!(
+                "packet socket on {name}: {e} (the agent needs CAP_NET_RAW)"
+            ))
+        }
     };
     for target in targets {
         let frame = request_frame(mac, sender_ip, *target);
@@ -403,15 +411,15 @@ mod tests {
     fn a_request_is_the_frame_arping_sends() {
         let frame = request_frame(A, Ipv4Addr::new(10, 0, 0, 11), VIP);
         let expected: Vec<u8> = [
-            &[0xff; 6][..],            // broadcast
-            &A,                        // source
-            &[0x08, 0x06],             // ARP
-            &[0, 1, 0x08, 0, 6, 4],    // Ethernet, IPv4, lengths
-            &[0, 1],                   // request
-            &A,                        // sender MAC
-            &[10, 0, 0, 11],           // sender IP
-            &[0; 6],                   // target MAC unknown
-            &[10, 0, 0, 100],          // target IP
+            &[0xff; 6][..],         // broadcast
+            &A,                     // source
+            &[0x08, 0x06],          // ARP
+            &[0, 1, 0x08, 0, 6, 4], // Ethernet, IPv4, lengths
+            &[0, 1],                // request
+            &A,                     // sender MAC
+            &[10, 0, 0, 11],        // sender IP
+            &[0; 6],                // target MAC unknown
+            &[10, 0, 0, 100],       // target IP
         ]
         .concat();
         assert_eq!(frame.to_vec(), expected);
@@ -423,7 +431,10 @@ mod tests {
     fn a_reply_names_its_sender_hardware_address() {
         assert_eq!(answer_for(&reply(B, VIP), VIP), Some(B));
         // For another address: not an answer for this VIP.
-        assert_eq!(answer_for(&reply(B, Ipv4Addr::new(10, 0, 0, 101)), VIP), None);
+        assert_eq!(
+            answer_for(&reply(B, Ipv4Addr::new(10, 0, 0, 101)), VIP),
+            None
+        );
         // The ARP sender address counts, not the Ethernet source (a proxy may relay it).
         let mut relayed = reply(B, VIP);
         relayed[6..12].copy_from_slice(&[0x52, 0x54, 0, 0, 0, 0x99]);
@@ -489,7 +500,14 @@ mod tests {
         let t = targets(&keepalived);
         let seen: Vec<_> = t
             .iter()
-            .map(|t| (t.instance.as_str(), t.vip.as_str(), t.interface.as_str(), t.held_here))
+            .map(|t| {
+                (
+                    t.instance.as_str(),
+                    t.vip.as_str(),
+                    t.interface.as_str(),
+                    t.held_here,
+                )
+            })
             .collect();
         assert_eq!(
             seen,
@@ -514,7 +532,10 @@ mod tests {
         );
         assert_eq!(report.interval_ms, 2000);
         assert_eq!(report.probes.len(), 1);
-        assert_eq!(report.probes[0].error.as_deref(), Some("no interface hpnosuch0"));
+        assert_eq!(
+            report.probes[0].error.as_deref(),
+            Some("no interface hpnosuch0")
+        );
         assert!(report.probes[0].answered_by.is_empty());
     }
 

@@ -21,8 +21,8 @@
 //!    asks each component once; [`simulate`] stands apart, on [`client`].
 
 pub mod agent;
-pub mod arp;
 pub mod arbitration;
+pub mod arp;
 pub mod check;
 pub mod checks;
 mod child;

@@ -171,8 +171,7 @@ pub fn valid_mac(mac: &str) -> bool {
     parts.len() == 6
         && parts.iter().all(|p| {
             p.len() == 2
-                && p
-                    .bytes()
+                && p.bytes()
                     .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         })
 }

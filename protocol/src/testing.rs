@@ -7,8 +7,9 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use crate::{
-    ArbitrationReport, ArpReport, InterfaceMac, VipArpProbe, HeartbeatReport, KeepalivedReport, LinkState, ReplicationKind,
-    ReplicationLinkReport, ReplicationRole, VrrpInstanceReport, VrrpState, PROTOCOL_VERSION,
+    ArbitrationReport, ArpReport, HeartbeatReport, InterfaceMac, KeepalivedReport, LinkState,
+    ReplicationKind, ReplicationLinkReport, ReplicationRole, VipArpProbe, VrrpInstanceReport,
+    VrrpState, PROTOCOL_VERSION,
 };
 
 /// A [`HeartbeatReport`] under construction; [`ReportBuilder::build`] returns it.

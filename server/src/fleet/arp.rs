@@ -155,7 +155,11 @@ pub fn vip_arp(
     let mut probed_at: Option<DateTime<Utc>> = None;
     for node in nodes {
         let Some(arp) = &node.arp else { continue };
-        for probe in arp.probes.iter().filter(|p| p.instance == instance && p.vip == vip) {
+        for probe in arp
+            .probes
+            .iter()
+            .filter(|p| p.instance == instance && p.vip == vip)
+        {
             if !counts(node, probe, arp.interval_ms) {
                 continue;
             }
@@ -180,7 +184,11 @@ pub fn vip_arp(
                     .iter()
                     .find(|i| i.name == probe.interface)
                     .map(|i| i.mac.as_str());
-                heard(format!("node:{}", node.node_id), Some(&node.node_id), own_mac);
+                heard(
+                    format!("node:{}", node.node_id),
+                    Some(&node.node_id),
+                    own_mac,
+                );
             }
             for mac in &probe.answered_by {
                 match owner(&owners, mac, master) {
@@ -258,25 +266,26 @@ pub fn events<'a>(
     }
     let old = cluster_arp(&old_nodes);
     let new = cluster_arp(&new_nodes);
-    let event = |kind: EventKind, (instance, vip): &(String, String), v: &VipArp, message: String| {
-        NewEvent {
-            at,
-            cluster: after.cluster.clone(),
-            node_id: None,
-            instance: Some(instance.clone()),
-            link: None,
-            kind,
-            from_state: None,
-            to_state: None,
-            message,
-            detail: serde_json::json!({
-                "vip": vip,
-                "answered_by": v.answered_by,
-                "non_holders": v.non_holders,
-                "probed_by": v.probed_by,
-            }),
-        }
-    };
+    let event =
+        |kind: EventKind, (instance, vip): &(String, String), v: &VipArp, message: String| {
+            NewEvent {
+                at,
+                cluster: after.cluster.clone(),
+                node_id: None,
+                instance: Some(instance.clone()),
+                link: None,
+                kind,
+                from_state: None,
+                to_state: None,
+                message,
+                detail: serde_json::json!({
+                    "vip": vip,
+                    "answered_by": v.answered_by,
+                    "non_holders": v.non_holders,
+                    "probed_by": v.probed_by,
+                }),
+            }
+        };
     let mut out = Vec::new();
     for (key, v) in &new {
         let was = old.get(key);
@@ -343,7 +352,13 @@ mod tests {
 
     /// Node `id` in `state`, holding the VIP when `held`, with interfaces `interfaces` and one
     /// probe of the VIP that heard `heard`.
-    fn node(id: &str, state: VrrpState, held: bool, interfaces: &[(&str, &str)], heard: &[&str]) -> NodeLive {
+    fn node(
+        id: &str,
+        state: VrrpState,
+        held: bool,
+        interfaces: &[(&str, &str)],
+        heard: &[&str],
+    ) -> NodeLive {
         let r = report(id, "c")
             .instance(vrrp_instance("VI_1", state, VIP, held))
             .arp(interfaces, vec![arp_probe("VI_1", VIP, held, heard)])
@@ -404,18 +419,30 @@ mod tests {
         assert_eq!(labels(&v), ["a", "b"]);
         assert!(v.answered_by_several);
         assert_eq!(v.non_holders, ["b"]);
-        assert_eq!(
-            v.answered_text(),
-            format!("a ({MAC_A}), b ({MAC_B})")
-        );
+        assert_eq!(v.answered_text(), format!("a ({MAC_A}), b ({MAC_B})"));
     }
 
     #[test]
     fn an_unknown_mac_is_a_host_of_its_own() {
-        let a = node("a", VrrpState::Master, true, &[("eth0", MAC_A)], &[STRANGER]);
-        let b = node("b", VrrpState::Backup, false, &[("eth0", MAC_B)], &[MAC_A, STRANGER]);
+        let a = node(
+            "a",
+            VrrpState::Master,
+            true,
+            &[("eth0", MAC_A)],
+            &[STRANGER],
+        );
+        let b = node(
+            "b",
+            VrrpState::Backup,
+            false,
+            &[("eth0", MAC_B)],
+            &[MAC_A, STRANGER],
+        );
         let v = verdict(&[a, b]).unwrap();
-        assert_eq!(labels(&v), ["a".to_string(), format!("unknown host {STRANGER}")]);
+        assert_eq!(
+            labels(&v),
+            ["a".to_string(), format!("unknown host {STRANGER}")]
+        );
         assert_eq!(v.answered_by[1].node_id, None);
         assert_eq!(v.answered_by[1].heard_by, ["a", "b"]);
         assert!(v.answered_by_several);
@@ -425,8 +452,20 @@ mod tests {
     #[test]
     fn a_node_answering_from_several_interfaces_is_one_host() {
         // ARP flux: a answers on both its interfaces.
-        let a = node("a", VrrpState::Master, true, &[("eth0", MAC_A), ("eth1", MAC_A2)], &[]);
-        let b = node("b", VrrpState::Backup, false, &[("eth0", MAC_B)], &[MAC_A2, MAC_A]);
+        let a = node(
+            "a",
+            VrrpState::Master,
+            true,
+            &[("eth0", MAC_A), ("eth1", MAC_A2)],
+            &[],
+        );
+        let b = node(
+            "b",
+            VrrpState::Backup,
+            false,
+            &[("eth0", MAC_B)],
+            &[MAC_A2, MAC_A],
+        );
         let v = verdict(&[a, b]).unwrap();
         assert_eq!(labels(&v), ["a"]);
         assert_eq!(v.answered_by[0].macs, [MAC_A, MAC_A2]);
@@ -454,8 +493,20 @@ mod tests {
     #[test]
     fn a_shared_virtual_mac_is_the_masters() {
         let vmac = "00:00:5e:00:01:33";
-        let a = node("a", VrrpState::Backup, false, &[("eth0", MAC_A), ("vrrp.51", vmac)], &[vmac]);
-        let b = node("b", VrrpState::Master, true, &[("eth0", MAC_B), ("vrrp.51", vmac)], &[]);
+        let a = node(
+            "a",
+            VrrpState::Backup,
+            false,
+            &[("eth0", MAC_A), ("vrrp.51", vmac)],
+            &[vmac],
+        );
+        let b = node(
+            "b",
+            VrrpState::Master,
+            true,
+            &[("eth0", MAC_B), ("vrrp.51", vmac)],
+            &[],
+        );
         let v = verdict(&[a, b]).unwrap();
         assert_eq!(labels(&v), ["b"]);
         assert!(!v.flagged(), "{v:?}");
@@ -482,11 +533,20 @@ mod tests {
         let appeared = events(&[&a], Some(&b), &stale_b, Utc::now());
         assert_eq!(
             kinds(appeared.clone()),
-            [EventKind::VipAnsweredBySeveral, EventKind::VipAnsweredByNonHolder]
+            [
+                EventKind::VipAnsweredBySeveral,
+                EventKind::VipAnsweredByNonHolder
+            ]
         );
         assert_eq!(appeared[0].instance.as_deref(), Some("VI_1"));
         assert_eq!(appeared[0].detail["vip"], VIP);
-        assert!(appeared[1].message.contains("answered by b which is not its MASTER"), "{}", appeared[1].message);
+        assert!(
+            appeared[1]
+                .message
+                .contains("answered by b which is not its MASTER"),
+            "{}",
+            appeared[1].message
+        );
         // The same again: nothing new.
         assert!(events(&[&a], Some(&stale_b), &stale_b, Utc::now()).is_empty());
         let gone = events(&[&a], Some(&stale_b), &b, Utc::now());

@@ -110,19 +110,29 @@ fn check_arp(arp: &hapulse_protocol::ArpReport) -> Result<(), IngestError> {
     for (n, p) in arp.probes.iter().enumerate() {
         let field = |name: &str| format!("arp.probes[{n}].{name}");
         if !valid_name(&p.instance) {
-            return refuse(field("instance"), "1-64 characters of A-Z a-z 0-9 . _ -".into());
+            return refuse(
+                field("instance"),
+                "1-64 characters of A-Z a-z 0-9 . _ -".into(),
+            );
         }
         if p.vip.parse::<std::net::IpAddr>().is_err() {
             return refuse(field("vip"), "an IP address".into());
         }
         if p.interface.is_empty() || !text_ok(&p.interface, 15) {
-            return refuse(field("interface"), "1-15 bytes, no control characters".into());
+            return refuse(
+                field("interface"),
+                "1-15 bytes, no control characters".into(),
+            );
         }
         if p.answered_by.len() > hapulse_protocol::MAX_ARP_ANSWERS {
             let max = hapulse_protocol::MAX_ARP_ANSWERS;
             return refuse(field("answered_by"), format!("at most {max} addresses"));
         }
-        if let Some(m) = p.answered_by.iter().position(|m| !hapulse_protocol::valid_mac(m)) {
+        if let Some(m) = p
+            .answered_by
+            .iter()
+            .position(|m| !hapulse_protocol::valid_mac(m))
+        {
             return refuse(
                 format!("arp.probes[{n}].answered_by[{m}]"),
                 "six lower-case hex pairs separated by colons".into(),
@@ -130,7 +140,10 @@ fn check_arp(arp: &hapulse_protocol::ArpReport) -> Result<(), IngestError> {
         }
         let max = hapulse_protocol::MAX_ARP_ERROR_BYTES;
         if p.error.as_ref().is_some_and(|e| !text_ok(e, max)) {
-            return refuse(field("error"), format!("at most {max} bytes, no control characters"));
+            return refuse(
+                field("error"),
+                format!("at most {max} bytes, no control characters"),
+            );
         }
     }
     Ok(())
@@ -437,7 +450,12 @@ mod tests {
         let good = report("a", "c")
             .arp(
                 &[("eth0", "52:54:00:00:00:0a")],
-                vec![arp_probe("VI_1", "10.0.0.100", true, &["52:54:00:00:00:0b"])],
+                vec![arp_probe(
+                    "VI_1",
+                    "10.0.0.100",
+                    true,
+                    &["52:54:00:00:00:0b"],
+                )],
             )
             .build();
         validate(&good).unwrap();
@@ -449,13 +467,22 @@ mod tests {
             refused_field(&r)
         };
         let cases: [(&dyn Fn(&mut hapulse_protocol::ArpReport), &str); 7] = [
-            (&|a| a.interfaces[0].mac = "52:54:00:00:00:0A".into(), "arp.interfaces[0].mac"),
-            (&|a| a.interfaces[0].name = "x".repeat(16), "arp.interfaces[0].name"),
+            (
+                &|a| a.interfaces[0].mac = "52:54:00:00:00:0A".into(),
+                "arp.interfaces[0].mac",
+            ),
+            (
+                &|a| a.interfaces[0].name = "x".repeat(16),
+                "arp.interfaces[0].name",
+            ),
             (
                 &|a| a.interfaces = vec![a.interfaces[0].clone(); 65],
                 "arp.interfaces",
             ),
-            (&|a| a.probes[0].vip = "not-an-ip".into(), "arp.probes[0].vip"),
+            (
+                &|a| a.probes[0].vip = "not-an-ip".into(),
+                "arp.probes[0].vip",
+            ),
             (
                 &|a| a.probes[0].answered_by = vec!["52:54:00:00:00:0b".into(); 17],
                 "arp.probes[0].answered_by",
@@ -464,7 +491,10 @@ mod tests {
                 &|a| a.probes[0].answered_by.push("zz".into()),
                 "arp.probes[0].answered_by[1]",
             ),
-            (&|a| a.probes[0].error = Some("a\nb".into()), "arp.probes[0].error"),
+            (
+                &|a| a.probes[0].error = Some("a\nb".into()),
+                "arp.probes[0].error",
+            ),
         ];
         for (change, field) in cases {
             let got = with(change);
