@@ -438,6 +438,8 @@ mod tests {
     use super::*;
     use hapulse_protocol::testing::{arp_probe, report};
 
+    type Change = dyn Fn(&mut hapulse_protocol::ArpReport);
+
     fn refused_field(r: &HeartbeatReport) -> String {
         match validate(r) {
             Err(IngestError::Refused(refusal)) => refusal.field.unwrap_or_default(),
@@ -459,14 +461,14 @@ mod tests {
             )
             .build();
         validate(&good).unwrap();
-        let with = |change: &dyn Fn(&mut hapulse_protocol::ArpReport)| {
+        let with = |change: &Change| {
             let mut r = good.clone();
             if let Some(arp) = r.arp.as_mut() {
                 change(arp);
             }
             refused_field(&r)
         };
-        let cases: [(&dyn Fn(&mut hapulse_protocol::ArpReport), &str); 7] = [
+        let cases: [(&Change, &str); 7] = [
             (
                 &|a| a.interfaces[0].mac = "52:54:00:00:00:0A".into(),
                 "arp.interfaces[0].mac",
