@@ -158,15 +158,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let (observed, observations) = watch::channel(None);
     // When the server last accepted a report: arbitration and the health endpoints read it.
     let contact = ServerContact::new();
-    let (arp_tx, arp_rx) = watch::channel(None);
-    let arp = (!settings.arp_check_interval.is_zero()).then(|| {
-        tokio::spawn(crate::arp::run(
-            settings.arp_check_interval,
-            observations.clone(),
-            arp_tx,
-            shutdown.child_token(),
-        ))
-    });
+    let arp_observations = observations.clone();
     let health = match &settings.health {
         Some(h) => Some(tokio::spawn(crate::health::serve(
             crate::health::bind(h.listen).await?,
@@ -180,9 +172,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         ))),
         None => None,
     };
-    let (mut inputs, mut tasks) = spawn_components(&settings, client, &shared, contact, &shutdown)?;
-    inputs.arp = arp_rx;
-    tasks.others.extend(arp);
+    let (mut inputs, tasks) = spawn_components(
+        &settings,
+        client,
+        (&shared, arp_observations),
+        contact,
+        &shutdown,
+    )?;
     main_loop(
         &mut probe,
         &mut inputs,
@@ -246,12 +242,13 @@ impl Tasks {
     }
 }
 
-/// Starts the FIFO reader, the replication and arbitration probes and the service checks (when
-/// configured), the command executor and the report sender. Errors: the executor's fencing state is unreadable.
+/// Starts the FIFO reader, the replication and arbitration probes, the service checks and the
+/// ARP checks (when configured; the ARP checks on the main loop's `observations`), the command
+/// executor and the report sender. Errors: the executor's fencing state is unreadable.
 fn spawn_components(
     settings: &Settings,
     client: AgentClient,
-    shared: &Arc<Shared>,
+    (shared, observations): (&Arc<Shared>, crate::health::Observations),
     contact: Arc<ServerContact>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(Inputs, Tasks)> {
@@ -299,12 +296,30 @@ fn spawn_components(
         ))
     });
 
+    let (arp_tx, arp_rx) = watch::channel(None);
+    let arp_now = Arc::new(Notify::new());
+    let arp_task = (!settings.arp_check_interval.is_zero()).then(|| {
+        tokio::spawn(crate::arp::run(
+            settings.arp_check_interval,
+            observations,
+            arp_tx,
+            arp_now.clone(),
+            shutdown.child_token(),
+        ))
+    });
+
     let sender_shutdown = CancellationToken::new();
     // Commands: a long poll of their own, plus those that arrive in heartbeat answers.
     let mut executor =
         Executor::open(settings.clone())?.publishing_epoch(shared.highest_epoch.clone());
     if has_probes {
         executor = executor.with_positions(position_asks);
+    }
+    if arp_task.is_some() {
+        executor = executor.with_arp(commands::ArpAsks {
+            now: arp_now,
+            rounds: arp_rx.clone(),
+        });
     }
     let (fallback_tx, fallback_rx) = mpsc::channel(64);
     let commands_task = tokio::spawn(commands::run_loop(
@@ -326,12 +341,11 @@ fn spawn_components(
         links: links_rx,
         arbitration: arbitration_rx,
         checks: checks_rx,
-        // Replaced by `run`: the ARP task reads the main loop's observations.
-        arp: watch::channel(None).1,
+        arp: arp_rx,
     };
     let others = [Some(fifo_task), Some(commands_task)]
         .into_iter()
-        .chain([replication_task, arbitration_task, checks_task])
+        .chain([replication_task, arbitration_task, checks_task, arp_task])
         .flatten()
         .collect();
     let tasks = Tasks {

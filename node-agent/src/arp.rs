@@ -350,11 +350,13 @@ pub fn state_key(report: Option<&ArpReport>) -> Vec<(String, String, bool, Vec<S
 }
 
 /// Until `shutdown`: a probe round every `interval` (the first at once, once the main loop has
-/// published an observation) on the VIPs of the latest observation, published on `out`.
+/// published an observation), and one whenever `now` is notified (the executor's
+/// `arp_check`), on the VIPs of the latest observation, published on `out`.
 pub async fn run(
     interval: Duration,
     mut observations: watch::Receiver<Option<Arc<Observation>>>,
     out: watch::Sender<Option<ArpReport>>,
+    now: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 ) {
     let mut ticks = tokio::time::interval(interval);
@@ -364,6 +366,7 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
+            _ = now.notified() => ticks.reset(),
         }
         let keepalived = match observations.borrow_and_update().as_ref() {
             Some(o) => o.keepalived.clone(),

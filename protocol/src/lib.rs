@@ -791,6 +791,12 @@ pub enum Action {
     /// the candidates this before it picks one for a failover. Read-only, so it needs no entry in
     /// `actions.enabled`.
     ReportPositions {},
+    /// Ask the LAN who has each VIP now (an ARP check round, see [`ArpReport`]) instead of at
+    /// the next `arp_check_interval`, and answer with what it heard in the result's `data`
+    /// (`{instance}/{vip}`: the answering MAC addresses separated by spaces, `self` first when
+    /// this host held the VIP, or `error: …`); the next report carries the round. Read-only, so
+    /// it needs no entry in `actions.enabled`.
+    ArpCheck {},
 }
 
 impl Action {
@@ -812,12 +818,13 @@ impl Action {
             Action::Hook { .. } => "hook",
             Action::RemoveVip { .. } => "remove_vip",
             Action::ReportPositions {} => "report_positions",
+            Action::ArpCheck {} => "arp_check",
         }
     }
 
     /// It only reads: allowed without an entry in the agent's `actions.enabled`.
     pub fn read_only(&self) -> bool {
-        matches!(self, Action::ReportPositions {})
+        matches!(self, Action::ReportPositions {} | Action::ArpCheck {})
     }
 }
 

@@ -185,4 +185,40 @@ async fn a_stale_vip_on_the_backup_is_flagged_within_one_arp_interval(pool: PgPo
     }
     let all = events(since).await;
     assert_eq!(of(&all, "vip_arp_consistent"), 1, "{all:#?}");
+
+    // 4. On request: an arp_check to each node runs a round at once; h1 answers for itself (it
+    //    holds the VIP), h2 heard h1's MAC.
+    let (status, asked) = server
+        .post_json(
+            &format!("/api/v1/clusters/{name}/arp-check"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, 202, "{asked:#}");
+    let commands = asked["commands"].as_array().unwrap().clone();
+    assert_eq!(commands.len(), 2, "{asked:#}");
+    let key = format!("VI_1/{}.100", lab.net);
+    for c in &commands {
+        let id: uuid::Uuid = c["command_id"].as_str().unwrap().parse().unwrap();
+        let data = eventually(15, "the arp_check command done", || async {
+            let row: (String, serde_json::Value) =
+                sqlx::query_as("SELECT state, result_data FROM commands WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&server.pool)
+                    .await
+                    .unwrap();
+            (row.0 != "pending" && row.0 != "delivered").then_some(row)
+        })
+        .await;
+        assert_eq!(data.0, "succeeded", "{c}: {data:?}");
+        let heard = data.1[&key].as_str().unwrap_or_default().to_string();
+        match c["node_id"].as_str() {
+            Some("h1") => assert_eq!(heard, "self", "{data:?}"),
+            _ => assert_eq!(heard, mac, "{data:?}"),
+        }
+    }
+    let (status, _) = server
+        .post_json("/api/v1/clusters/nosuch/arp-check", serde_json::json!({}))
+        .await;
+    assert_eq!(status, 404);
 }
