@@ -296,17 +296,8 @@ fn spawn_components(
         ))
     });
 
-    let (arp_tx, arp_rx) = watch::channel(None);
-    let arp_now = Arc::new(Notify::new());
-    let arp_task = (!settings.arp_check_interval.is_zero()).then(|| {
-        tokio::spawn(crate::arp::run(
-            settings.arp_check_interval,
-            observations,
-            arp_tx,
-            arp_now.clone(),
-            shutdown.child_token(),
-        ))
-    });
+    let (arp_rx, arp) = spawn_arp(settings, observations, shutdown);
+    let (arp_task, arp_asks) = arp.unzip();
 
     let sender_shutdown = CancellationToken::new();
     // Commands: a long poll of their own, plus those that arrive in heartbeat answers.
@@ -315,11 +306,8 @@ fn spawn_components(
     if has_probes {
         executor = executor.with_positions(position_asks);
     }
-    if arp_task.is_some() {
-        executor = executor.with_arp(commands::ArpAsks {
-            now: arp_now,
-            rounds: arp_rx.clone(),
-        });
+    if let Some(asks) = arp_asks {
+        executor = executor.with_arp(asks);
     }
     let (fallback_tx, fallback_rx) = mpsc::channel(64);
     let commands_task = tokio::spawn(commands::run_loop(
@@ -354,6 +342,35 @@ fn spawn_components(
         others,
     };
     Ok((inputs, tasks))
+}
+
+/// Where the ARP checks' rounds arrive.
+type ArpRounds = watch::Receiver<Option<ArpReport>>;
+
+/// Starts the ARP checks on the main loop's `observations` unless `arp_check_interval` is 0:
+/// where their rounds arrive, and the task with the executor's way to ask for a round now.
+fn spawn_arp(
+    settings: &Settings,
+    observations: crate::health::Observations,
+    shutdown: &CancellationToken,
+) -> (ArpRounds, Option<(JoinHandle<()>, commands::ArpAsks)>) {
+    let (tx, rx) = watch::channel(None);
+    if settings.arp_check_interval.is_zero() {
+        return (rx, None);
+    }
+    let now = Arc::new(Notify::new());
+    let task = tokio::spawn(crate::arp::run(
+        settings.arp_check_interval,
+        observations,
+        tx,
+        now.clone(),
+        shutdown.child_token(),
+    ));
+    let asks = commands::ArpAsks {
+        now,
+        rounds: rx.clone(),
+    };
+    (rx, Some((task, asks)))
 }
 
 /// Until `shutdown`: reports on every heartbeat tick, and at once on a FIFO transition, a

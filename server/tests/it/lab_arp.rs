@@ -191,7 +191,7 @@ async fn a_stale_vip_on_the_backup_is_flagged_within_one_arp_interval(pool: PgPo
     let (status, asked) = server
         .post_json(
             &format!("/api/v1/clusters/{name}/arp-check"),
-            serde_json::json!({}),
+            serde_json::json!({"reason": "lab: who has the VIP now?"}),
         )
         .await;
     assert_eq!(status, 202, "{asked:#}");
@@ -218,7 +218,17 @@ async fn a_stale_vip_on_the_backup_is_flagged_within_one_arp_interval(pool: PgPo
         }
     }
     let (status, _) = server
-        .post_json("/api/v1/clusters/nosuch/arp-check", serde_json::json!({}))
+        .post_json(
+            "/api/v1/clusters/nosuch/arp-check",
+            serde_json::json!({"reason": "lab"}),
+        )
         .await;
     assert_eq!(status, 404);
+    let (status, refused) = server
+        .post_json(
+            &format!("/api/v1/clusters/{name}/arp-check"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, 400, "without a reason: {refused:#}");
 }

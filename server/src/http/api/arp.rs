@@ -15,8 +15,10 @@ use uuid::Uuid;
 use crate::access::audit::Audit;
 use crate::agents::commands::{self, NewCommand};
 use crate::fleet::live::NodeStatus;
+use crate::http::api::failover::ReasonRequest;
 use crate::http::auth::Auth;
 use crate::http::error::AppError;
+use crate::http::extract::ApiJson;
 use crate::refusal::Refusal;
 use crate::state::AppState;
 
@@ -42,14 +44,25 @@ pub struct ArpCheckCommand {
     pub command_id: Uuid,
 }
 
-/// `POST /api/v1/clusters/{cluster}/arp-check` (operator): an `arp_check` command to every
-/// node of the cluster that is not down (audited). 202 with the commands; 404 for an unknown
+/// `POST /api/v1/clusters/{cluster}/arp-check` (operator), body `{reason}`: an `arp_check`
+/// command to every node of the cluster that is not down (audited with the reason). 202 with
+/// the commands; 400 without a reason (one line, at most 1000 bytes); 404 for an unknown
 /// cluster; 409 `no_node_up` when every node is down.
 pub async fn arp_check(
     State(state): State<AppState>,
     Auth(me): Auth,
     Path(cluster): Path<String>,
+    ApiJson(req): ApiJson<ReasonRequest>,
 ) -> Result<(StatusCode, Json<ArpCheckAccepted>), AppError> {
+    let reason = req.reason.as_str();
+    if reason.trim().is_empty() || reason.len() > 1000 || reason.chars().any(char::is_control) {
+        return Err(Refusal::invalid(
+            "invalid_body",
+            "reason",
+            "say why, in at most 1000 bytes, on one line",
+        )
+        .into());
+    }
     let mut tx = state.db.begin().await?;
     let epoch: Option<i64> = sqlx::query_scalar("SELECT epoch FROM clusters WHERE name = $1")
         .bind(&cluster)
@@ -92,6 +105,7 @@ pub async fn arp_check(
         });
     }
     Audit::by(&me, "arp_check", &cluster, "requested")
+        .reason(reason)
         .record(&mut *tx)
         .await?;
     tx.commit().await?;

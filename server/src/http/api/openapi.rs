@@ -139,9 +139,9 @@ const OPS: &[Op] = &[
         method: HttpMethod::Post,
         path: "/api/v1/clusters/{cluster}/arp-check",
         summary: "Ask the LAN who has each VIP now (an arp_check command to every node not down); the answers come in the cluster's vips[].arp",
-        body: None,
+        body: Some("ReasonRequest"),
         ok: (202, Some("ArpCheckAccepted")),
-        errors: &[401, 403, 404, 409],
+        errors: &[400, 401, 403, 404, 409],
     },
     Op {
         method: HttpMethod::Put,
