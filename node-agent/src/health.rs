@@ -576,6 +576,8 @@ mod tests {
             counters: VrrpCounters::default(),
             advert_interval_ms: None,
             auth_type: None,
+            garp_master_repeat: None,
+            garp_master_delay_s: None,
         }
     }
 

@@ -291,6 +291,17 @@ pub struct VrrpInstanceReport {
     /// password, which keepalived itself dumps as asterisks); absent until the first dump.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_type: Option<String>,
+    /// Gratuitous ARPs keepalived sends for each VIP the moment this instance becomes MASTER
+    /// (keepalived `garp_rep` in the dump's data, `vrrp_garp_master_repeat`, default 5). The
+    /// dump's `stats` count no gratuitous ARP (keepalived 2.2), so this is the configured burst,
+    /// not a count of frames sent. Absent until the first JSON dump.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub garp_master_repeat: Option<u32>,
+    /// Seconds after becoming MASTER when keepalived sends the same burst again (keepalived
+    /// `garp_delay`, `vrrp_garp_master_delay`, default 5; 0: no second burst). Absent until the
+    /// first JSON dump.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub garp_master_delay_s: Option<u32>,
 }
 
 impl VrrpInstanceReport {

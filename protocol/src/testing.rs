@@ -160,6 +160,8 @@ pub fn vrrp_instance(name: &str, state: VrrpState, vip: &str, held: bool) -> Vrr
         counters: Default::default(),
         advert_interval_ms: None,
         auth_type: None,
+        garp_master_repeat: None,
+        garp_master_delay_s: None,
     }
 }
 

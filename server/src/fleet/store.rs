@@ -149,6 +149,8 @@ async fn load_instances(pool: &PgPool, live: &mut Live) -> Result<(), sqlx::Erro
             counters: counters.0,
             advert_interval_ms: None,
             auth_type: None,
+            garp_master_repeat: None,
+            garp_master_delay_s: None,
         };
         if let Some(node) = live.nodes.get_mut(&node_id) {
             node.instances.push(instance);

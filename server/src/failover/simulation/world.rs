@@ -690,6 +690,8 @@ impl World {
                 counters: VrrpCounters::default(),
                 advert_interval_ms: None,
                 auth_type: None,
+                garp_master_repeat: None,
+                garp_master_delay_s: None,
             }]
         };
         let reach = |reachable: bool| Reachability {
