@@ -3,7 +3,8 @@
 //! VIP left configured on the BACKUP h2 (as a crash of a keepalived that never removed it would
 //! leave it) is answered by two hosts: the server flags it `vip_answered_by_several` and
 //! `vip_answered_by_non_holder` (events and alerts) within one interval, and clears both once
-//! the address is gone.
+//! the address is gone. An ARP check on request (`POST …/arp-check`) answers at once, and a
+//! takeover's event names keepalived's gratuitous ARPs.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -231,4 +232,27 @@ async fn a_stale_vip_on_the_backup_is_flagged_within_one_arp_interval(pool: PgPo
         )
         .await;
     assert_eq!(status, 400, "without a reason: {refused:#}");
+
+    // 5. A takeover's event names the gratuitous ARPs keepalived announces the VIP with (the
+    //    lab's keepalived: 5 at once, 5 more after vrrp_garp_master_delay 1 s).
+    let before_stop = Utc::now();
+    lab.run(&["keepalived", "h1", "stop"]);
+    let takeover = eventually(20, "h2's takeover event", || async {
+        events(before_stop).await.into_iter().find(|e| {
+            e["kind"] == "role_change" && e["node_id"] == "h2" && e["to_state"] == "MASTER"
+        })
+    })
+    .await;
+    assert_eq!(
+        takeover["detail"]["gratuitous_arps"],
+        serde_json::json!({"per_vip": 5, "again_after_s": 1, "vips": 1, "total": 10}),
+        "{takeover:#}"
+    );
+    assert!(
+        takeover["message"]
+            .as_str()
+            .unwrap()
+            .contains("5 gratuitous ARPs per VIP"),
+        "{takeover:#}"
+    );
 }
