@@ -325,6 +325,29 @@ pub fn probe_all(keepalived: &KeepalivedReport, interval: Duration) -> ArpReport
     }
 }
 
+/// A packet socket opens on the first interface with a hardware address (what each ARP round
+/// needs: root or `CAP_NET_RAW`, and `AF_PACKET` allowed): that interface's name, or why not.
+/// Blocking, briefly.
+pub fn packet_socket_opens() -> Result<String, String> {
+    let all = pnet_datalink::interfaces();
+    let interface = all
+        .iter()
+        .find(|i| i.mac.is_some_and(|m| m.octets() != [0; 6]))
+        .ok_or("no interface with a hardware address")?;
+    let config = pnet_datalink::Config {
+        read_timeout: Some(Duration::from_millis(10)),
+        ..Default::default()
+    };
+    match pnet_datalink::channel(interface, config) {
+        Ok(pnet_datalink::Channel::Ethernet(_, _)) => Ok(interface.name.clone()),
+        Ok(_) => Err(format!("{}: not an Ethernet channel", interface.name)),
+        Err(e) => Err(format!(
+            "packet socket on {}: {e} (the agent needs CAP_NET_RAW)",
+            interface.name
+        )),
+    }
+}
+
 /// What a probe round found, for deciding whether a report is a state change: per VIP, whether
 /// this host held it, the answering MACs (sorted) and whether the probe failed. Times are left
 /// out.
