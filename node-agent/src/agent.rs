@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hapulse_protocol::{
-    ArbitrationReport, HeartbeatReport, KeepalivedReport, LinkState, ReplicationLinkReport,
-    ReplicationRole, ServiceCheckReport, VrrpState, PROTOCOL_VERSION,
+    ArbitrationReport, ArpReport, HeartbeatReport, KeepalivedReport, LinkState,
+    ReplicationLinkReport, ReplicationRole, ServiceCheckReport, VrrpState, PROTOCOL_VERSION,
 };
 use rand::Rng;
 use tokio::sync::{mpsc, watch, Notify};
@@ -64,13 +64,15 @@ struct Snapshot {
     replication: Vec<ReplicationLinkReport>,
     arbitration: Option<ArbitrationReport>,
     checks: Vec<ServiceCheckReport>,
+    arp: Option<ArpReport>,
     state_change: bool,
 }
 
 /// The part of a report that makes it a state change when it differs from the previous one:
 /// keepalived up/down and, per instance, state, priorities, VIPs and held VIPs; per replication
 /// link role and state; which arbitration targets answer, and a self-fence; per service check
-/// whether it passes (after its rise/fall counts). Counters, lags, round-trip times, check
+/// whether it passes (after its rise/fall counts); per VIP asked over ARP, who answered
+/// ([`crate::arp::state_key`]). Counters, lags, round-trip times, check
 /// details and timestamps are left out: they change without anything happening.
 type StateKey = (
     bool,
@@ -85,6 +87,7 @@ type StateKey = (
     Vec<(String, ReplicationRole, LinkState)>,
     Option<(bool, Vec<bool>, bool)>,
     Vec<(String, bool)>,
+    Vec<(String, String, bool, Vec<String>, bool)>,
 );
 
 fn state_key(
@@ -92,6 +95,7 @@ fn state_key(
     replication: &[ReplicationLinkReport],
     arbitration: Option<&ArbitrationReport>,
     checks: &[ServiceCheckReport],
+    arp: Option<&ArpReport>,
 ) -> StateKey {
     let instances = k
         .instances
@@ -120,6 +124,7 @@ fn state_key(
         replication::state_key(replication),
         arbitration,
         checks.iter().map(|c| (c.name.clone(), c.passing)).collect(),
+        crate::arp::state_key(arp),
     )
 }
 
@@ -153,6 +158,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let (observed, observations) = watch::channel(None);
     // When the server last accepted a report: arbitration and the health endpoints read it.
     let contact = ServerContact::new();
+    let arp_observations = observations.clone();
     let health = match &settings.health {
         Some(h) => Some(tokio::spawn(crate::health::serve(
             crate::health::bind(h.listen).await?,
@@ -166,7 +172,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         ))),
         None => None,
     };
-    let (mut inputs, tasks) = spawn_components(&settings, client, &shared, contact, &shutdown)?;
+    let (mut inputs, tasks) = spawn_components(
+        &settings,
+        client,
+        (&shared, arp_observations),
+        contact,
+        &shutdown,
+    )?;
     main_loop(
         &mut probe,
         &mut inputs,
@@ -203,6 +215,8 @@ struct Inputs {
     /// The service checks' latest reports (stays empty with none configured); notified when a
     /// check starts or stops passing.
     checks: watch::Receiver<Vec<ServiceCheckReport>>,
+    /// The ARP checks' latest round (stays None with `arp_check_interval = "0s"`).
+    arp: watch::Receiver<Option<ArpReport>>,
 }
 
 /// The components' tasks, to be joined at shutdown.
@@ -228,12 +242,13 @@ impl Tasks {
     }
 }
 
-/// Starts the FIFO reader, the replication and arbitration probes and the service checks (when
-/// configured), the command executor and the report sender. Errors: the executor's fencing state is unreadable.
+/// Starts the FIFO reader, the replication and arbitration probes, the service checks and the
+/// ARP checks (when configured; the ARP checks on the main loop's `observations`), the command
+/// executor and the report sender. Errors: the executor's fencing state is unreadable.
 fn spawn_components(
     settings: &Settings,
     client: AgentClient,
-    shared: &Arc<Shared>,
+    (shared, observations): (&Arc<Shared>, crate::health::Observations),
     contact: Arc<ServerContact>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(Inputs, Tasks)> {
@@ -281,12 +296,18 @@ fn spawn_components(
         ))
     });
 
+    let (arp_rx, arp) = spawn_arp(settings, observations, shutdown);
+    let (arp_task, arp_asks) = arp.unzip();
+
     let sender_shutdown = CancellationToken::new();
     // Commands: a long poll of their own, plus those that arrive in heartbeat answers.
     let mut executor =
         Executor::open(settings.clone())?.publishing_epoch(shared.highest_epoch.clone());
     if has_probes {
         executor = executor.with_positions(position_asks);
+    }
+    if let Some(asks) = arp_asks {
+        executor = executor.with_arp(asks);
     }
     let (fallback_tx, fallback_rx) = mpsc::channel(64);
     let commands_task = tokio::spawn(commands::run_loop(
@@ -308,10 +329,11 @@ fn spawn_components(
         links: links_rx,
         arbitration: arbitration_rx,
         checks: checks_rx,
+        arp: arp_rx,
     };
     let others = [Some(fifo_task), Some(commands_task)]
         .into_iter()
-        .chain([replication_task, arbitration_task, checks_task])
+        .chain([replication_task, arbitration_task, checks_task, arp_task])
         .flatten()
         .collect();
     let tasks = Tasks {
@@ -320,6 +342,35 @@ fn spawn_components(
         others,
     };
     Ok((inputs, tasks))
+}
+
+/// Where the ARP checks' rounds arrive.
+type ArpRounds = watch::Receiver<Option<ArpReport>>;
+
+/// Starts the ARP checks on the main loop's `observations` unless `arp_check_interval` is 0:
+/// where their rounds arrive, and the task with the executor's way to ask for a round now.
+fn spawn_arp(
+    settings: &Settings,
+    observations: crate::health::Observations,
+    shutdown: &CancellationToken,
+) -> (ArpRounds, Option<(JoinHandle<()>, commands::ArpAsks)>) {
+    let (tx, rx) = watch::channel(None);
+    if settings.arp_check_interval.is_zero() {
+        return (rx, None);
+    }
+    let now = Arc::new(Notify::new());
+    let task = tokio::spawn(crate::arp::run(
+        settings.arp_check_interval,
+        observations,
+        tx,
+        now.clone(),
+        shutdown.child_token(),
+    ));
+    let asks = commands::ArpAsks {
+        now,
+        rounds: rx.clone(),
+    };
+    (rx, Some((task, asks)))
 }
 
 /// Until `shutdown`: reports on every heartbeat tick, and at once on a FIFO transition, a
@@ -361,6 +412,8 @@ async fn main_loop(
             Ok(()) = inputs.arbitration.changed() => {}
             // A service check started or stopped passing: report at once.
             Ok(()) = inputs.checks.changed() => {}
+            // An ARP round ended (a change of who answers is a state change).
+            Ok(()) = inputs.arp.changed() => {}
             _ = heartbeat.tick() => tick_due = true,
         }
         let running = probe.keepalived_pid().is_some();
@@ -399,7 +452,14 @@ async fn take_snapshot(
     let replication = inputs.links.borrow_and_update().clone();
     let arbitration = inputs.arbitration.borrow_and_update().clone();
     let checks = inputs.checks.borrow_and_update().clone();
-    let key = state_key(&keepalived, &replication, arbitration.as_ref(), &checks);
+    let arp = inputs.arp.borrow_and_update().clone();
+    let key = state_key(
+        &keepalived,
+        &replication,
+        arbitration.as_ref(),
+        &checks,
+        arp.as_ref(),
+    );
     let state_change = last_key.as_ref() != Some(&key);
     *last_key = Some(key);
     Snapshot {
@@ -407,6 +467,7 @@ async fn take_snapshot(
         replication,
         arbitration,
         checks,
+        arp,
         state_change,
     }
 }
@@ -438,6 +499,7 @@ fn stage(shared: &Shared, settings: &Settings, boot_id: Uuid, snap: Snapshot) {
             .highest_epoch
             .load(std::sync::atomic::Ordering::Relaxed),
         checks: snap.checks,
+        arp: snap.arp,
     };
     outbox.next_seq += 1;
     if report.state_change {

@@ -60,7 +60,24 @@ pub async fn run(file: Option<&Path>, mut each: impl FnMut(&CheckResult)) -> Vec
     push(track_files(&settings.actions.track_files), &mut results);
     push(hook(settings.actions.hook.as_deref()), &mut results);
     push(health(&settings).await, &mut results);
+    push(vec![arp(&settings)], &mut results);
     results
+}
+
+/// With ARP checks on (`arp_check_interval` not 0), a packet socket opens.
+pub fn arp(settings: &Settings) -> CheckResult {
+    let name = "arp_check_interval";
+    if settings.arp_check_interval.is_zero() {
+        return CheckResult::ok(name, "0s: no ARP checks");
+    }
+    let every = humantime::format_duration(settings.arp_check_interval);
+    match crate::arp::packet_socket_opens() {
+        Ok(interface) => CheckResult::ok(
+            name,
+            format!("every {every}: a packet socket opens on {interface}"),
+        ),
+        Err(e) => CheckResult::fail(name, e),
+    }
 }
 
 /// The configuration loads and validates.

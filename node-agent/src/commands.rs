@@ -45,6 +45,18 @@ pub struct Executor {
     positions: Option<crate::replication::PositionAsks>,
     /// The highest epoch, for the reports (`HeartbeatReport::highest_epoch`).
     published_epoch: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// Asks the ARP checks for a round now (None: `arp_check_interval = "0s"`).
+    arp: Option<ArpAsks>,
+}
+
+/// How the executor asks the ARP checks ([`crate::arp`]) for a round now: a wake-up, and the
+/// rounds as they end.
+#[derive(Clone)]
+pub struct ArpAsks {
+    /// Notified to start a round at once.
+    pub now: std::sync::Arc<tokio::sync::Notify>,
+    /// Each round's report, as it ends.
+    pub rounds: tokio::sync::watch::Receiver<Option<hapulse_protocol::ArpReport>>,
 }
 
 impl Executor {
@@ -66,6 +78,7 @@ impl Executor {
             state,
             positions: None,
             published_epoch: None,
+            arp: None,
         })
     }
 
@@ -82,6 +95,12 @@ impl Executor {
     /// Answers `report_positions` from these probes.
     pub fn with_positions(mut self, asks: crate::replication::PositionAsks) -> Self {
         self.positions = Some(asks);
+        self
+    }
+
+    /// Lets [`Action::ArpCheck`] ask the ARP checks for a round now.
+    pub fn with_arp(mut self, asks: ArpAsks) -> Self {
+        self.arp = Some(asks);
         self
     }
 
@@ -285,7 +304,46 @@ impl Executor {
             Action::Hook { phase, env } => self.run_hook(phase, env, switchover).await,
             Action::RemoveVip { instance, address } => self.remove_vip(instance, address).await,
             Action::ReportPositions {} => self.report_positions(data).await,
+            Action::ArpCheck {} => self.arp_check(data).await,
         }
+    }
+
+    /// Runs an ARP check round now and puts who answered each VIP in `data`
+    /// ([`Action::ArpCheck`]).
+    async fn arp_check(&self, data: &mut BTreeMap<String, String>) -> Result<String, String> {
+        let Some(asks) = &self.arp else {
+            return Err("ARP checks are off on this host (arp_check_interval = \"0s\")".into());
+        };
+        let mut rounds = asks.rounds.clone();
+        rounds.borrow_and_update();
+        asks.now.notify_one();
+        // A round takes about a second per interface; the main loop may hold it a little.
+        tokio::time::timeout(self.settings.actions.timeout, rounds.changed())
+            .await
+            .map_err(|_| "no ARP round ended in time".to_string())?
+            .map_err(|_| "the ARP checks stopped".to_string())?;
+        let report = rounds
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| hapulse_protocol::ArpReport {
+                interval_ms: 0,
+                interfaces: Vec::new(),
+                probes: Vec::new(),
+            });
+        for p in &report.probes {
+            let heard = match &p.error {
+                Some(e) => format!("error: {e}"),
+                None => p
+                    .held_here
+                    .then_some("self")
+                    .into_iter()
+                    .chain(p.answered_by.iter().map(String::as_str))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            };
+            data.insert(format!("{}/{}", p.instance, p.vip), heard);
+        }
+        Ok(format!("{} VIP(s) asked over ARP now", report.probes.len()))
     }
 
     /// Probes every replication link now and puts what each says in `data`
@@ -679,6 +737,56 @@ mod tests {
         let r = bare.handle(&command(1, Action::ReportPositions {})).await;
         assert_eq!(r.outcome, CommandOutcome::Succeeded, "{}", r.message);
         assert!(r.data.is_empty());
+    }
+
+    /// `arp_check` only reads: it runs without an entry in `actions.enabled`, starts a round at
+    /// once and answers with who answered each VIP (`self` first when this host held it).
+    #[tokio::test]
+    async fn an_arp_check_runs_a_round_now_and_reports_who_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (tx, rounds) = tokio::sync::watch::channel(None);
+        let mut ex = Executor::open(settings(dir.path(), &[]))
+            .unwrap()
+            .with_arp(ArpAsks {
+                now: now.clone(),
+                rounds,
+            });
+        let round = tokio::spawn(async move {
+            now.notified().await;
+            let mut failed = hapulse_protocol::testing::arp_probe("VI_2", "10.0.0.200", false, &[]);
+            failed.error = Some("no interface eth9".into());
+            tx.send_replace(Some(hapulse_protocol::ArpReport {
+                interval_ms: 10_000,
+                interfaces: Vec::new(),
+                probes: vec![
+                    hapulse_protocol::testing::arp_probe(
+                        "VI_1",
+                        "10.0.0.100",
+                        true,
+                        &["52:54:00:00:00:0b"],
+                    ),
+                    failed,
+                ],
+            }));
+            tx
+        });
+        let r = ex.handle(&command(1, Action::ArpCheck {})).await;
+        let _tx = round.await.unwrap();
+        assert_eq!(r.outcome, CommandOutcome::Succeeded, "{}", r.message);
+        assert_eq!(
+            r.data.get("VI_1/10.0.0.100").map(String::as_str),
+            Some("self 52:54:00:00:00:0b")
+        );
+        assert_eq!(
+            r.data.get("VI_2/10.0.0.200").map(String::as_str),
+            Some("error: no interface eth9")
+        );
+        // With the ARP checks off, it fails and says why.
+        let mut bare = Executor::open(settings(&dir.path().join("bare"), &[])).unwrap();
+        let r = bare.handle(&command(2, Action::ArpCheck {})).await;
+        assert_eq!(r.outcome, CommandOutcome::Failed, "{}", r.message);
+        assert!(r.message.contains("arp_check_interval"), "{}", r.message);
     }
 
     #[tokio::test]

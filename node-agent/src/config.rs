@@ -98,6 +98,15 @@ pub struct Settings {
     /// Service checks (`[[checks]]`, see [`crate::checks`]), reported with every heartbeat.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<CheckSettings>,
+    /// Time between two ARP checks of the cluster's VIPs (default 10 s; 2 s to 1 h, or `0s` for
+    /// none): the agent asks the LAN who has each VIP of its VRRP instances, as `arping` does,
+    /// and reports the MAC addresses that answered (see [`crate::arp`]). Needs `CAP_NET_RAW`.
+    #[serde(with = "humantime_serde", default = "default_arp_check_interval")]
+    pub arp_check_interval: Duration,
+}
+
+fn default_arp_check_interval() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// One `[[checks]]` entry: a service asked every `interval` (the `mon` idea).
@@ -486,6 +495,7 @@ impl Default for Settings {
             arbitration: None,
             health: None,
             checks: Vec::new(),
+            arp_check_interval: default_arp_check_interval(),
             keepalived: KeepalivedSettings {
                 notify_fifo: PathBuf::from("/run/keepalived/hapulse.fifo"),
                 pid_file: PathBuf::from("/run/keepalived.pid"),
@@ -628,6 +638,16 @@ impl Settings {
             a.validate(&self.node_id, &self.actions)?;
         }
         self.validate_checks()?;
+        // A round waits up to 1 s per interface for replies; 0 turns the checks off.
+        if !self.arp_check_interval.is_zero()
+            && (self.arp_check_interval < Duration::from_secs(2)
+                || self.arp_check_interval > Duration::from_secs(3600))
+        {
+            return invalid(
+                "arp_check_interval",
+                "must be 0s (no ARP checks) or between 2s and 1h",
+            );
+        }
         if self.spool_capacity == 0 {
             return invalid("spool_capacity", "must be at least 1");
         }
@@ -1308,6 +1328,12 @@ mod tests {
             "self-fencing without track files"
         );
         assert_eq!(key_at_fault(&|s| s.spool_capacity = 0), "spool_capacity");
+        for bad in [Duration::from_secs(1), Duration::from_secs(7200)] {
+            assert_eq!(
+                key_at_fault(&|s| s.arp_check_interval = bad),
+                "arp_check_interval"
+            );
+        }
     }
 
     #[test]

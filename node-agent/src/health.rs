@@ -65,6 +65,9 @@ pub struct Observation {
 /// Where the main loop publishes each [`Observation`] (None until the first).
 pub type Publisher = watch::Sender<Option<Arc<Observation>>>;
 
+/// Where the other components read each [`Observation`] (None until the first).
+pub type Observations = watch::Receiver<Option<Arc<Observation>>>;
+
 /// How old an observation may be before every endpoint answers 503: three heartbeats plus the
 /// probe timeout, and at least 3 s.
 pub fn stale_after(settings: &Settings) -> Duration {
@@ -573,6 +576,8 @@ mod tests {
             counters: VrrpCounters::default(),
             advert_interval_ms: None,
             auth_type: None,
+            garp_master_repeat: None,
+            garp_master_delay_s: None,
         }
     }
 

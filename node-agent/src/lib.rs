@@ -15,12 +15,14 @@
 //! 5. [`commands`] (the executor), then [`arbitration`] (which fences through `track`), then
 //!    [`checks`] (service checks: ICMP through arbitration's sockets, programs through `child`,
 //!    track files through `track`), and [`health`] (load balancers' checks, on the
-//!    observations and `track`).
+//!    observations and `track`), then [`arp`] (who answers ARP for the VIPs, on the
+//!    observations).
 //! 6. [`agent`], which wires the components together; [`check`] (`hapulse-agent check`), which
 //!    asks each component once; [`simulate`] stands apart, on [`client`].
 
 pub mod agent;
 pub mod arbitration;
+pub mod arp;
 pub mod check;
 pub mod checks;
 mod child;

@@ -604,6 +604,8 @@ fn report(
                 counters: Default::default(),
                 advert_interval_ms: None,
                 auth_type: None,
+                garp_master_repeat: None,
+                garp_master_delay_s: None,
             }],
         },
         replication: vec![ReplicationLinkReport {
@@ -627,6 +629,7 @@ fn report(
         spool_dropped: 0,
         highest_epoch: 0,
         checks: Vec::new(),
+        arp: None,
     }
 }
 

@@ -26,7 +26,8 @@ use uuid::Uuid;
 /// [`OLDEST_PROTOCOL_VERSION`] onwards, so servers are upgraded first and
 /// agents one host at a time after; others are refused (HTTP 400, code `protocol_version`).
 ///
-/// Version 2 added [`HeartbeatReport::highest_epoch`]; version 3 [`HeartbeatReport::checks`].
+/// Version 2 added [`HeartbeatReport::highest_epoch`]; version 3 [`HeartbeatReport::checks`]
+/// and [`HeartbeatReport::arp`].
 pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest protocol version a server of this version still accepts.
@@ -88,6 +89,91 @@ pub struct HeartbeatReport {
     /// rise/fall counts. Absent from agents without checks (and before protocol version 3).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<ServiceCheckReport>,
+    /// Who answers ARP for the cluster's VIPs on the LAN, as this host last asked, and this
+    /// host's interfaces' MAC addresses (so the server can name who answered). Absent from
+    /// agents with `arp_check_interval = "0s"` (and before protocol version 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arp: Option<ArpReport>,
+}
+
+/// Most interfaces an [`ArpReport`] may list; a server refuses a report with more (400).
+pub const MAX_ARP_INTERFACES: usize = 64;
+/// Most VIP probes an [`ArpReport`] may carry (one per VIP of the host's instances).
+pub const MAX_ARP_PROBES: usize = 256;
+/// Most distinct MAC addresses one [`VipArpProbe`] may list; an agent keeps the first ones
+/// heard and sets [`VipArpProbe::answers_dropped`].
+pub const MAX_ARP_ANSWERS: usize = 16;
+/// Longest [`VipArpProbe::error`] a server accepts, in bytes.
+pub const MAX_ARP_ERROR_BYTES: usize = 256;
+
+/// What the LAN answers for the cluster's VIPs, as one agent asked it (ARP requests, as
+/// `arping` sends them), every `arp_check_interval`. A host does not hear its own kernel's
+/// answer, so a probe also says whether the host held the VIP itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ArpReport {
+    /// The agent's `arp_check_interval`, milliseconds.
+    pub interval_ms: u64,
+    /// This host's interfaces that have a hardware address, by name, at most
+    /// [`MAX_ARP_INTERFACES`]: the server maps an answering MAC address to its node with them.
+    pub interfaces: Vec<InterfaceMac>,
+    /// The latest probe of each VIP of the host's VRRP instances, at most [`MAX_ARP_PROBES`].
+    pub probes: Vec<VipArpProbe>,
+}
+
+/// One interface of a host and its hardware address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceMac {
+    /// Interface name (`eth0`), at most 15 bytes as the kernel allows (`IFNAMSIZ` - 1).
+    pub name: String,
+    /// Its MAC address, lower-case, colon-separated (`52:54:00:12:34:56`).
+    pub mac: String,
+}
+
+/// One ARP probe of one VIP: who answered "who has VIP?" on the instance's interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VipArpProbe {
+    /// The VRRP instance the VIP belongs to.
+    pub instance: String,
+    /// The VIP (`10.0.0.100`).
+    pub vip: String,
+    /// The interface the request went out on (the instance's `ifp_ifname`).
+    pub interface: String,
+    /// When the request was sent (agent clock).
+    pub probed_at: DateTime<Utc>,
+    /// This host had the VIP on an interface when it asked: its kernel answers the LAN for it,
+    /// but a host does not hear its own answer, so it counts itself.
+    pub held_here: bool,
+    /// The distinct sender MAC addresses (ARP `sha`, lower-case, colon-separated) of the
+    /// replies for the VIP heard within the wait, in the order heard, at most
+    /// [`MAX_ARP_ANSWERS`]. Empty: nobody else answered.
+    pub answered_by: Vec<String>,
+    /// Replies from further MAC addresses beyond [`MAX_ARP_ANSWERS`] that were not listed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub answers_dropped: u32,
+    /// Why the probe could not be made (no such interface, no permission to open a raw
+    /// socket); `answered_by` is then empty and means nothing. At most
+    /// [`MAX_ARP_ERROR_BYTES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// True when `mac` is a MAC address as reports write it: six lower-case hex pairs separated by
+/// colons.
+pub fn valid_mac(mac: &str) -> bool {
+    let parts: Vec<&str> = mac.split(':').collect();
+    parts.len() == 6
+        && parts.iter().all(|p| {
+            p.len() == 2
+                && p.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
 }
 
 /// How a service check asks its service.
@@ -205,6 +291,17 @@ pub struct VrrpInstanceReport {
     /// password, which keepalived itself dumps as asterisks); absent until the first dump.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_type: Option<String>,
+    /// Gratuitous ARPs keepalived sends for each VIP the moment this instance becomes MASTER
+    /// (keepalived `garp_rep` in the dump's data, `vrrp_garp_master_repeat`, default 5). The
+    /// dump's `stats` count no gratuitous ARP (keepalived 2.2), so this is the configured burst,
+    /// not a count of frames sent. Absent until the first JSON dump.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub garp_master_repeat: Option<u32>,
+    /// Seconds after becoming MASTER when keepalived sends the same burst again (keepalived
+    /// `garp_delay`, `vrrp_garp_master_delay`, default 5; 0: no second burst). Absent until the
+    /// first JSON dump.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub garp_master_delay_s: Option<u32>,
 }
 
 impl VrrpInstanceReport {
@@ -705,6 +802,12 @@ pub enum Action {
     /// the candidates this before it picks one for a failover. Read-only, so it needs no entry in
     /// `actions.enabled`.
     ReportPositions {},
+    /// Ask the LAN who has each VIP now (an ARP check round, see [`ArpReport`]) instead of at
+    /// the next `arp_check_interval`, and answer with what it heard in the result's `data`
+    /// (`{instance}/{vip}`: the answering MAC addresses separated by spaces, `self` first when
+    /// this host held the VIP, or `error: …`); the next report carries the round. Read-only, so
+    /// it needs no entry in `actions.enabled`.
+    ArpCheck {},
 }
 
 impl Action {
@@ -726,12 +829,13 @@ impl Action {
             Action::Hook { .. } => "hook",
             Action::RemoveVip { .. } => "remove_vip",
             Action::ReportPositions {} => "report_positions",
+            Action::ArpCheck {} => "arp_check",
         }
     }
 
     /// It only reads: allowed without an entry in the agent's `actions.enabled`.
     pub fn read_only(&self) -> bool {
-        matches!(self, Action::ReportPositions {})
+        matches!(self, Action::ReportPositions {} | Action::ArpCheck {})
     }
 }
 
@@ -904,6 +1008,22 @@ mod tests {
             serde_json::from_str::<CommandResult>(&json).unwrap(),
             refused
         );
+    }
+
+    #[test]
+    fn macs_are_six_lower_case_hex_pairs() {
+        assert!(valid_mac("52:54:00:12:ab:cd"));
+        for bad in [
+            "",
+            "52:54:00:12:AB:CD",
+            "52:54:00:12:ab",
+            "52:54:00:12:ab:cd:ef",
+            "52-54-00-12-ab-cd",
+            "5:54:00:12:ab:cd0",
+            "g2:54:00:12:ab:cd",
+        ] {
+            assert!(!valid_mac(bad), "{bad:?} accepted");
+        }
     }
 
     #[test]

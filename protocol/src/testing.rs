@@ -7,8 +7,9 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use crate::{
-    ArbitrationReport, HeartbeatReport, KeepalivedReport, LinkState, ReplicationKind,
-    ReplicationLinkReport, ReplicationRole, VrrpInstanceReport, VrrpState, PROTOCOL_VERSION,
+    ArbitrationReport, ArpReport, HeartbeatReport, InterfaceMac, KeepalivedReport, LinkState,
+    ReplicationKind, ReplicationLinkReport, ReplicationRole, VipArpProbe, VrrpInstanceReport,
+    VrrpState, PROTOCOL_VERSION,
 };
 
 /// A [`HeartbeatReport`] under construction; [`ReportBuilder::build`] returns it.
@@ -46,6 +47,7 @@ pub fn report(node_id: &str, cluster: &str) -> ReportBuilder {
             spool_dropped: 0,
             highest_epoch: 0,
             checks: Vec::new(),
+            arp: None,
         },
     }
 }
@@ -105,9 +107,40 @@ impl ReportBuilder {
         self
     }
 
+    /// What its ARP probes heard: `interfaces` (name, MAC) and `probes`, interval 2 s.
+    pub fn arp(mut self, interfaces: &[(&str, &str)], probes: Vec<VipArpProbe>) -> Self {
+        self.report.arp = Some(ArpReport {
+            interval_ms: 2000,
+            interfaces: interfaces
+                .iter()
+                .map(|(name, mac)| InterfaceMac {
+                    name: (*name).into(),
+                    mac: (*mac).into(),
+                })
+                .collect(),
+            probes,
+        });
+        self
+    }
+
     /// The report.
     pub fn build(self) -> HeartbeatReport {
         self.report
+    }
+}
+
+/// An ARP probe of `vip` of instance `instance` on `eth0`, made now, that heard `answered_by`;
+/// `held_here` when the prober held the VIP itself.
+pub fn arp_probe(instance: &str, vip: &str, held_here: bool, answered_by: &[&str]) -> VipArpProbe {
+    VipArpProbe {
+        instance: instance.into(),
+        vip: vip.into(),
+        interface: "eth0".into(),
+        probed_at: Utc::now(),
+        held_here,
+        answered_by: answered_by.iter().map(|m| (*m).into()).collect(),
+        answers_dropped: 0,
+        error: None,
     }
 }
 
@@ -127,6 +160,8 @@ pub fn vrrp_instance(name: &str, state: VrrpState, vip: &str, held: bool) -> Vrr
         counters: Default::default(),
         advert_interval_ms: None,
         auth_type: None,
+        garp_master_repeat: None,
+        garp_master_delay_s: None,
     }
 }
 

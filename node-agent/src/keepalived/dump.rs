@@ -6,7 +6,9 @@
 //! `"10.0.0.100/24 dev eth0 scope global set"`), `last_transition` (seconds since the epoch, with
 //! a fraction), `adver_int` (seconds: an integer in 2.2, a fraction in later versions),
 //! `auth_type` (`vrrp.h`: 0 none, 1 PASS, 2 AH; the password itself is dumped as asterisks and
-//! not read) and the counters in `stats`.
+//! not read), `garp_rep` and `garp_delay` (the gratuitous ARP burst on becoming MASTER and the
+//! delay of the second: `vrrp_garp_master_repeat`, `vrrp_garp_master_delay`; the `stats` have no
+//! gratuitous ARP counter) and the counters in `stats`.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -40,6 +42,10 @@ pub struct DumpInstance {
     pub advert_interval_ms: Option<u32>,
     /// `none`, `pass` or `ah`.
     pub auth_type: Option<String>,
+    /// Gratuitous ARPs per VIP sent at once on becoming MASTER (`garp_rep`).
+    pub garp_master_repeat: Option<u32>,
+    /// Seconds until the second burst (`garp_delay`).
+    pub garp_master_delay_s: Option<u32>,
 }
 
 /// A dump that cannot be used, with the reason.
@@ -99,6 +105,10 @@ struct RawData {
     adver_int: Option<serde_json::Value>,
     #[serde(default)]
     auth_type: Option<serde_json::Value>,
+    #[serde(default)]
+    garp_rep: Option<serde_json::Value>,
+    #[serde(default)]
+    garp_delay: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -200,6 +210,8 @@ pub fn parse_dump(text: &str) -> Result<Vec<DumpInstance>, DumpError> {
                     }
                     .to_string()
                 }),
+                garp_master_repeat: small_count(data.garp_rep.as_ref()),
+                garp_master_delay_s: small_count(data.garp_delay.as_ref()),
             })
         })
         .collect()
@@ -247,6 +259,14 @@ pub async fn request_dump(
     }
 }
 
+/// A non-negative integer of at most 86400 (a day), read leniently: anything else is None.
+fn small_count(value: Option<&serde_json::Value>) -> Option<u32> {
+    value
+        .and_then(serde_json::Value::as_u64)
+        .filter(|n| *n <= 86_400)
+        .and_then(|n| u32::try_from(n).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +283,11 @@ mod tests {
             (Some(1000), Some("none"))
         );
         assert_eq!(m.interface, "eth0");
+        // Debian's default burst is 5; the lab sets vrrp_garp_master_delay 1.
+        assert_eq!(
+            (m.garp_master_repeat, m.garp_master_delay_s),
+            (Some(5), Some(1))
+        );
         assert_eq!(m.state, VrrpState::Master);
         assert_eq!((m.base_priority, m.effective_priority), (150, 150));
         assert_eq!(m.vips, vec!["10.213.0.100".to_string()]);

@@ -94,6 +94,8 @@ impl KeepalivedProbe {
                 counters: VrrpCounters::default(),
                 advert_interval_ms: None,
                 auth_type: None,
+                garp_master_repeat: None,
+                garp_master_delay_s: None,
             });
         let before = (entry.state, entry.effective_priority);
         entry.state = t.state;
@@ -139,6 +141,8 @@ impl KeepalivedProbe {
                             counters: d.counters,
                             advert_interval_ms: d.advert_interval_ms,
                             auth_type: d.auth_type,
+                            garp_master_repeat: d.garp_master_repeat,
+                            garp_master_delay_s: d.garp_master_delay_s,
                         };
                         (d.name, report)
                     })

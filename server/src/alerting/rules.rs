@@ -175,7 +175,63 @@ pub fn evaluate(
     agent_rules(&mut f, evidence, t);
     check_failing(&mut f, c, evidence);
     cluster_mismatches(&mut f, evidence);
+    arp_rules(&mut f, c);
     f.out
+}
+
+/// Per VIP the nodes' ARP checks asked for ([`crate::fleet::arp`]): `vip_answered_by_several`
+/// (critical: an IP-level split brain, clients reach whichever host their neighbour cache
+/// names) when more than one host answers, and `vip_answered_by_non_holder` when a host other
+/// than the instance's MASTER answers (critical when nobody else does: every client then reaches
+/// the wrong host; warning beside the holder, where `vip_answered_by_several` fires too). At
+/// once: each is the result of a whole ARP round. They resolve when the next rounds hear the
+/// holder alone, or when no node's check of the VIP counts any more.
+fn arp_rules(f: &mut Findings<'_>, c: &ClusterView) {
+    for i in &c.instances {
+        for v in &i.vips {
+            let Some(arp) = &v.arp else { continue };
+            let about = Subject {
+                instance: Some(&i.name),
+                ..Subject::default()
+            };
+            let heard = arp.answered_text();
+            if arp.answered_by_several {
+                f.push(
+                    "vip_answered_by_several",
+                    Severity::Critical,
+                    format!("{}/{}", i.name, v.vip),
+                    about,
+                    format!(
+                        "{} of {}/{} is answered on the LAN by several hosts: {heard}",
+                        v.vip, c.name, i.name
+                    ),
+                    AT_ONCE,
+                );
+            }
+            if !arp.non_holders.is_empty() {
+                let alone = arp.non_holders.len() == arp.answered_by.len();
+                f.push(
+                    "vip_answered_by_non_holder",
+                    if alone {
+                        Severity::Critical
+                    } else {
+                        Severity::Warning
+                    },
+                    format!("{}/{}", i.name, v.vip),
+                    about,
+                    format!(
+                        "{} of {}/{} is answered on the LAN by {}, not its MASTER ({}): {heard}",
+                        v.vip,
+                        c.name,
+                        i.name,
+                        arp.non_holders.join(", "),
+                        i.master.as_deref().unwrap_or("none")
+                    ),
+                    AT_ONCE,
+                );
+            }
+        }
+    }
 }
 
 /// `check_failing`: per node not down and per service check it reports not passing (after the
@@ -744,7 +800,7 @@ fn agent_version(f: &mut Findings<'_>, n: &NodeLive) {
 }
 
 /// The rules' names.
-pub const RULES: [&str; 19] = [
+pub const RULES: [&str; 21] = [
     "node_down",
     "no_master",
     "split_brain",
@@ -764,6 +820,8 @@ pub const RULES: [&str; 19] = [
     "agent_version",
     "agent_cluster_mismatch",
     "check_failing",
+    "vip_answered_by_several",
+    "vip_answered_by_non_holder",
 ];
 
 /// Rules that report an event rather than a state: they end quietly, without a resolved
@@ -867,6 +925,65 @@ mod tests {
                 Severity::Warning,
                 "vrrp_config_drift:c/VI_1".to_string()
             )]
+        );
+    }
+
+    #[test]
+    fn vips_answered_by_a_stranger_or_the_wrong_host_raise_the_arp_rules() {
+        let with_arp = |id, state, held: bool, mac: &str, heard: &[&str]| {
+            let mut n = node(id, state, held, NodeStatus::Up, None);
+            n.arp = report(id, "c")
+                .arp(
+                    &[("eth0", mac)],
+                    vec![hapulse_protocol::testing::arp_probe(
+                        "VI_1", "10.0.0.1", held, heard,
+                    )],
+                )
+                .build()
+                .arp;
+            n
+        };
+        let (mac_a, mac_b, stranger) = (
+            "52:54:00:00:00:0a",
+            "52:54:00:00:00:0b",
+            "52:54:00:00:00:99",
+        );
+        let fine = rules(vec![
+            with_arp("a", VrrpState::Master, true, mac_a, &[]),
+            with_arp("b", VrrpState::Backup, false, mac_b, &[mac_a]),
+        ]);
+        assert!(fine.is_empty(), "{fine:?}");
+        let found = rules(vec![
+            with_arp("a", VrrpState::Master, true, mac_a, &[stranger]),
+            with_arp("b", VrrpState::Backup, false, mac_b, &[mac_a, stranger]),
+        ]);
+        assert_eq!(
+            found,
+            [
+                (
+                    "vip_answered_by_several",
+                    Severity::Critical,
+                    "vip_answered_by_several:c/VI_1/10.0.0.1".to_string()
+                ),
+                (
+                    "vip_answered_by_non_holder",
+                    Severity::Warning,
+                    "vip_answered_by_non_holder:c/VI_1/10.0.0.1".to_string()
+                )
+            ]
+        );
+        // The master lost the address, a stranger answers alone: critical.
+        let found = rules(vec![
+            with_arp("a", VrrpState::Master, false, mac_a, &[stranger]),
+            with_arp("b", VrrpState::Backup, false, mac_b, &[stranger]),
+        ]);
+        assert!(
+            found.contains(&(
+                "vip_answered_by_non_holder",
+                Severity::Critical,
+                "vip_answered_by_non_holder:c/VI_1/10.0.0.1".to_string()
+            )),
+            "{found:?}"
         );
     }
 

@@ -56,6 +56,43 @@ fn needs_store(previous: &NodeLive, report: &HeartbeatReport) -> bool {
             .any(|(a, b)| stored_key(a) != stored_key(b))
         || link_keys(&previous.replication) != link_keys(&report.replication)
         || check_keys(&previous.checks) != check_keys(&report.checks)
+        || arp_key(previous.arp.as_ref()) != arp_key(report.arp.as_ref())
+}
+
+/// What of an ARP report can change a verdict: the interfaces' MACs and, per VIP probed, whether
+/// the node held it, who answered (sorted) and whether the probe failed. Probe times alone do
+/// not send a report down the transition path.
+type ArpKey<'a> = (
+    Vec<(&'a str, &'a str)>,
+    Vec<(&'a str, &'a str, bool, Vec<&'a str>, bool)>,
+);
+
+fn arp_key(arp: Option<&hapulse_protocol::ArpReport>) -> Option<ArpKey<'_>> {
+    arp.map(|a| {
+        let mut interfaces: Vec<_> = a
+            .interfaces
+            .iter()
+            .map(|i| (i.name.as_str(), i.mac.as_str()))
+            .collect();
+        interfaces.sort_unstable();
+        let mut probes: Vec<_> = a
+            .probes
+            .iter()
+            .map(|p| {
+                let mut macs: Vec<&str> = p.answered_by.iter().map(String::as_str).collect();
+                macs.sort_unstable();
+                (
+                    p.instance.as_str(),
+                    p.vip.as_str(),
+                    p.held_here,
+                    macs,
+                    p.error.is_some(),
+                )
+            })
+            .collect();
+        probes.sort_unstable();
+        (interfaces, probes)
+    })
 }
 
 /// A check's stored state: name, kind, target, passing, tie. The latest attempt's outcome,
@@ -283,7 +320,7 @@ async fn write_transitions(state: &AppState, batch: Vec<PendingTransition>) {
                 prepared.push(None);
                 continue;
             }
-            let events = transitions(previous, report, &live);
+            let mut events = transitions(previous, report, &live);
             let mut node = match previous {
                 Some(p) => {
                     let mut n = p.clone();
@@ -296,6 +333,16 @@ async fn write_transitions(state: &AppState, batch: Vec<PendingTransition>) {
                 node.status = NodeStatus::Up;
                 node.status_since = job.received_at;
             }
+            let others: Vec<&NodeLive> = live
+                .cluster_nodes(&report.cluster)
+                .filter(|n| n.node_id != report.node_id)
+                .collect();
+            events.extend(crate::fleet::arp::events(
+                &others,
+                previous,
+                &node,
+                report.observed_at,
+            ));
             batch_nodes.insert(&report.node_id, node.clone());
             prepared.push(Some((node, events)));
         }

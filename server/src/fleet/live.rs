@@ -99,6 +99,10 @@ pub struct NodeLive {
     /// `nodes.checks`) when a check appears, goes, or changes its state, target or tie; the
     /// latest attempt's detail and duration alone are kept in memory.
     pub checks: Vec<ServiceCheckReport>,
+    /// Who answered ARP for the cluster's VIPs as this node last asked, and its interfaces' MAC
+    /// addresses (in memory only: every report carries the latest round again). None from
+    /// agents without ARP checks.
+    pub arp: Option<hapulse_protocol::ArpReport>,
 }
 
 impl NodeLive {
@@ -127,6 +131,7 @@ impl NodeLive {
             replication: Vec::new(),
             arbitration: None,
             checks: Vec::new(),
+            arp: None,
         };
         node.apply(report, received_at, now);
         node
@@ -159,6 +164,7 @@ impl NodeLive {
         let mut checks = report.checks.clone();
         checks.sort_by(|a, b| a.name.cmp(&b.name));
         self.checks = checks;
+        self.arp.clone_from(&report.arp);
     }
 
     /// True when `report` was already accepted (same run, `seq` not above the watermark).
@@ -308,6 +314,13 @@ pub enum EventKind {
     CheckFailing,
     /// A service check of a node passes again (after its rise count).
     CheckPassing,
+    /// More than one host answers ARP for a VIP (an IP-level split brain), as the nodes' ARP
+    /// checks heard it.
+    VipAnsweredBySeveral,
+    /// A host other than the instance's MASTER answers ARP for a VIP.
+    VipAnsweredByNonHolder,
+    /// A VIP flagged before is answered by its holder alone again (or by nobody).
+    VipArpConsistent,
 }
 
 impl EventKind {
@@ -334,11 +347,14 @@ impl EventKind {
             EventKind::EventsDropped => "events_dropped",
             EventKind::CheckFailing => "check_failing",
             EventKind::CheckPassing => "check_passing",
+            EventKind::VipAnsweredBySeveral => "vip_answered_by_several",
+            EventKind::VipAnsweredByNonHolder => "vip_answered_by_non_holder",
+            EventKind::VipArpConsistent => "vip_arp_consistent",
         }
     }
 
     /// Every kind, for metrics and filters.
-    pub const ALL: [EventKind; 20] = [
+    pub const ALL: [EventKind; 23] = [
         EventKind::NodeUp,
         EventKind::NodeSuspect,
         EventKind::NodeDown,
@@ -359,6 +375,9 @@ impl EventKind {
         EventKind::EventsDropped,
         EventKind::CheckFailing,
         EventKind::CheckPassing,
+        EventKind::VipAnsweredBySeveral,
+        EventKind::VipAnsweredByNonHolder,
+        EventKind::VipArpConsistent,
     ];
 
     /// Which events a report over [`MAX_EVENTS_PER_REPORT`] keeps first (lower first): what
@@ -380,7 +399,10 @@ impl EventKind {
             | EventKind::InstanceRemoved
             | EventKind::ReplicationRemoved
             | EventKind::CheckFailing
-            | EventKind::CheckPassing => 2,
+            | EventKind::CheckPassing
+            | EventKind::VipAnsweredBySeveral
+            | EventKind::VipAnsweredByNonHolder
+            | EventKind::VipArpConsistent => 2,
             EventKind::PriorityChange => 3,
             EventKind::VipAcquired | EventKind::VipReleased => 4,
         }
@@ -552,6 +574,30 @@ fn keepalived_event(
 
 /// A reported instance's change of VRRP state (or its first state), and of its effective
 /// priority unless it is stopped; `before` is the instance in the node's previous report.
+/// For a takeover (the instance now MASTER, its burst known from keepalived's dump): the
+/// gratuitous ARPs keepalived announces the VIPs with, for the event's message and `detail`
+/// (`per_vip`, `again_after_s`, `vips`, `total`: every VIP, both bursts). The configured burst,
+/// not a count: keepalived's dump counts none.
+fn takeover_garps(instance: &VrrpInstanceReport) -> Option<(String, serde_json::Value)> {
+    if instance.state != VrrpState::Master {
+        return None;
+    }
+    let per_vip = instance.garp_master_repeat?;
+    let delay = instance.garp_master_delay_s.unwrap_or(0);
+    let vips = u32::try_from(instance.vips.len()).unwrap_or(u32::MAX);
+    let bursts = if delay > 0 { 2 } else { 1 };
+    let total = per_vip.saturating_mul(vips).saturating_mul(bursts);
+    let again = if delay > 0 {
+        format!(" and {per_vip} more after {delay} s")
+    } else {
+        String::new()
+    };
+    Some((
+        format!(" (keepalived announces it with {per_vip} gratuitous ARPs per VIP at once{again}: {total} for {vips} VIP(s))"),
+        serde_json::json!({ "per_vip": per_vip, "again_after_s": delay, "vips": vips, "total": total }),
+    ))
+}
+
 fn role_and_priority_events(
     report: &HeartbeatReport,
     before: Option<&VrrpInstanceReport>,
@@ -562,10 +608,15 @@ fn role_and_priority_events(
     let name = Some(instance.name.as_str());
     let old_state = before.map(|b| b.state);
     if old_state != Some(instance.state) {
-        let message = match old_state {
+        let mut message = match old_state {
             Some(old) => format!("{} on {node}: {old} → {}", instance.name, instance.state),
             None => format!("{} on {node}: {}", instance.name, instance.state),
         };
+        let mut detail = serde_json::json!({ "effective_priority": instance.effective_priority, "keepalived_last_transition": instance.last_transition });
+        if let Some((text, garp)) = takeover_garps(instance) {
+            message.push_str(&text);
+            detail["gratuitous_arps"] = garp;
+        }
         out.push(node_event(
             report,
             EventKind::RoleChange,
@@ -573,7 +624,7 @@ fn role_and_priority_events(
             old_state.map(|s| s.as_str().into()),
             Some(instance.state.as_str().into()),
             message,
-            serde_json::json!({ "effective_priority": instance.effective_priority, "keepalived_last_transition": instance.last_transition }),
+            detail,
         ));
     }
     if let Some(b) = before {
@@ -868,6 +919,8 @@ mod tests {
             counters: Default::default(),
             advert_interval_ms: None,
             auth_type: None,
+            garp_master_repeat: None,
+            garp_master_delay_s: None,
         }
     }
 
@@ -913,6 +966,49 @@ mod tests {
             ]
         );
         assert_eq!(events[4].instance.as_deref(), Some("VI_2"));
+    }
+
+    #[test]
+    fn a_takeover_event_names_keepalived_s_gratuitous_arps() {
+        let live = Live::default();
+        let first = report(1, vec![instance("VI_1", VrrpState::Backup, false, 100)]);
+        let before = NodeLive::from_report(&first, Utc::now(), Instant::now());
+        let mut master = instance("VI_1", VrrpState::Master, true, 100);
+        master.vips.push("10.0.0.2".into());
+        master.garp_master_repeat = Some(5);
+        master.garp_master_delay_s = Some(1);
+        let events = transitions(Some(&before), &report(2, vec![master.clone()]), &live);
+        let takeover = events
+            .iter()
+            .find(|e| e.kind == EventKind::RoleChange)
+            .unwrap();
+        assert!(
+            takeover
+                .message
+                .ends_with("(keepalived announces it with 5 gratuitous ARPs per VIP at once and 5 more after 1 s: 20 for 2 VIP(s))"),
+            "{}",
+            takeover.message
+        );
+        assert_eq!(
+            takeover.detail["gratuitous_arps"],
+            serde_json::json!({"per_vip": 5, "again_after_s": 1, "vips": 2, "total": 20})
+        );
+        // No second burst; and nothing said before the dump told, or when leaving MASTER.
+        master.garp_master_delay_s = Some(0);
+        let events = transitions(Some(&before), &report(3, vec![master.clone()]), &live);
+        assert_eq!(events[0].detail["gratuitous_arps"]["total"], 10);
+        master.garp_master_repeat = None;
+        let events = transitions(Some(&before), &report(4, vec![master]), &live);
+        assert!(events[0].detail.get("gratuitous_arps").is_none());
+        let after = NodeLive::from_report(
+            &report(5, vec![instance("VI_1", VrrpState::Master, true, 100)]),
+            Utc::now(),
+            Instant::now(),
+        );
+        let mut backup = instance("VI_1", VrrpState::Backup, false, 100);
+        backup.garp_master_repeat = Some(5);
+        let events = transitions(Some(&after), &report(6, vec![backup]), &live);
+        assert!(events[0].detail.get("gratuitous_arps").is_none());
     }
 
     /// The largest report the server accepts (256 instances of 64 VIPs, every one changing)

@@ -2,6 +2,7 @@
 //! and the transitions (events) derived from it, the failure detector, the stored node rows and
 //! events, and the per-instance / per-cluster views and verdicts built from live state.
 
+pub mod arp;
 pub mod clusters;
 pub mod detector;
 pub mod ingest;

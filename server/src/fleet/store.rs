@@ -109,6 +109,8 @@ async fn load_nodes(pool: &PgPool, now: Instant) -> Result<Live, sqlx::Error> {
             replication: Vec::new(),
             arbitration: None,
             checks,
+            // Not stored: the next report carries the latest ARP round again.
+            arp: None,
             spool_depth: row.try_get::<i64, _>("spool_depth")? as u64,
             spool_dropped: row.try_get::<i64, _>("spool_dropped")? as u64,
         };
@@ -147,6 +149,8 @@ async fn load_instances(pool: &PgPool, live: &mut Live) -> Result<(), sqlx::Erro
             counters: counters.0,
             advert_interval_ms: None,
             auth_type: None,
+            garp_master_repeat: None,
+            garp_master_delay_s: None,
         };
         if let Some(node) = live.nodes.get_mut(&node_id) {
             node.instances.push(instance);

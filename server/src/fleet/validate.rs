@@ -67,6 +67,85 @@ pub fn validate(report: &HeartbeatReport) -> Result<(), IngestError> {
     for (n, c) in report.checks.iter().enumerate() {
         check_service_check(n, c, &report.checks[..n])?;
     }
+    if let Some(arp) = &report.arp {
+        check_arp(arp)?;
+    }
+    Ok(())
+}
+
+/// The ARP report: at most [`hapulse_protocol::MAX_ARP_INTERFACES`] interfaces (names as the
+/// kernel allows, MACs as [`hapulse_protocol::valid_mac`]),
+/// [`hapulse_protocol::MAX_ARP_PROBES`] probes of
+/// [`hapulse_protocol::MAX_ARP_ANSWERS`] MACs each, VIPs that are IP addresses, bounded texts.
+fn check_arp(arp: &hapulse_protocol::ArpReport) -> Result<(), IngestError> {
+    let refuse = |field: String, why: String| {
+        Err(IngestError::from(Refusal::invalid(
+            "invalid_body",
+            field,
+            why,
+        )))
+    };
+    if arp.interfaces.len() > hapulse_protocol::MAX_ARP_INTERFACES {
+        let max = hapulse_protocol::MAX_ARP_INTERFACES;
+        return refuse("arp.interfaces".into(), format!("at most {max} interfaces"));
+    }
+    if arp.probes.len() > hapulse_protocol::MAX_ARP_PROBES {
+        let max = hapulse_protocol::MAX_ARP_PROBES;
+        return refuse("arp.probes".into(), format!("at most {max} probes"));
+    }
+    for (n, i) in arp.interfaces.iter().enumerate() {
+        if i.name.is_empty() || !text_ok(&i.name, 15) || i.name.contains(['/', ' ']) {
+            return refuse(
+                format!("arp.interfaces[{n}].name"),
+                "1-15 bytes, no spaces, slashes or control characters".into(),
+            );
+        }
+        if !hapulse_protocol::valid_mac(&i.mac) {
+            return refuse(
+                format!("arp.interfaces[{n}].mac"),
+                "six lower-case hex pairs separated by colons".into(),
+            );
+        }
+    }
+    for (n, p) in arp.probes.iter().enumerate() {
+        let field = |name: &str| format!("arp.probes[{n}].{name}");
+        if !valid_name(&p.instance) {
+            return refuse(
+                field("instance"),
+                "1-64 characters of A-Z a-z 0-9 . _ -".into(),
+            );
+        }
+        if p.vip.parse::<std::net::IpAddr>().is_err() {
+            return refuse(field("vip"), "an IP address".into());
+        }
+        if p.interface.is_empty() || !text_ok(&p.interface, 15) {
+            return refuse(
+                field("interface"),
+                "1-15 bytes, no control characters".into(),
+            );
+        }
+        if p.answered_by.len() > hapulse_protocol::MAX_ARP_ANSWERS {
+            let max = hapulse_protocol::MAX_ARP_ANSWERS;
+            return refuse(field("answered_by"), format!("at most {max} addresses"));
+        }
+        if let Some(m) = p
+            .answered_by
+            .iter()
+            .position(|m| !hapulse_protocol::valid_mac(m))
+        {
+            return refuse(
+                format!("arp.probes[{n}].answered_by[{m}]"),
+                "six lower-case hex pairs separated by colons".into(),
+            );
+        }
+        let max = hapulse_protocol::MAX_ARP_ERROR_BYTES;
+        if p.error.as_ref().is_some_and(|e| !text_ok(e, max)) {
+            return refuse(
+                field("error"),
+                format!("at most {max} bytes, no control characters"),
+            );
+        }
+    }
     Ok(())
 }
 
@@ -352,4 +431,78 @@ fn check_vips(n: usize, i: &VrrpInstanceReport) -> Result<(), IngestError> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hapulse_protocol::testing::{arp_probe, report};
+
+    type Change = dyn Fn(&mut hapulse_protocol::ArpReport);
+
+    fn refused_field(r: &HeartbeatReport) -> String {
+        match validate(r) {
+            Err(IngestError::Refused(refusal)) => refusal.field.unwrap_or_default(),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn arp_reports_are_bounded_and_well_formed() {
+        let good = report("a", "c")
+            .arp(
+                &[("eth0", "52:54:00:00:00:0a")],
+                vec![arp_probe(
+                    "VI_1",
+                    "10.0.0.100",
+                    true,
+                    &["52:54:00:00:00:0b"],
+                )],
+            )
+            .build();
+        validate(&good).unwrap();
+        let with = |change: &Change| {
+            let mut r = good.clone();
+            if let Some(arp) = r.arp.as_mut() {
+                change(arp);
+            }
+            refused_field(&r)
+        };
+        let cases: [(&Change, &str); 7] = [
+            (
+                &|a| a.interfaces[0].mac = "52:54:00:00:00:0A".into(),
+                "arp.interfaces[0].mac",
+            ),
+            (
+                &|a| a.interfaces[0].name = "x".repeat(16),
+                "arp.interfaces[0].name",
+            ),
+            (
+                &|a| a.interfaces = vec![a.interfaces[0].clone(); 65],
+                "arp.interfaces",
+            ),
+            (
+                &|a| a.probes[0].vip = "not-an-ip".into(),
+                "arp.probes[0].vip",
+            ),
+            (
+                &|a| a.probes[0].answered_by = vec!["52:54:00:00:00:0b".into(); 17],
+                "arp.probes[0].answered_by",
+            ),
+            (
+                &|a| a.probes[0].answered_by.push("zz".into()),
+                "arp.probes[0].answered_by[1]",
+            ),
+            (
+                &|a| a.probes[0].error = Some("a\nb".into()),
+                "arp.probes[0].error",
+            ),
+        ];
+        for (change, field) in cases {
+            let got = with(change);
+            assert_eq!(got, field);
+        }
+        let too_many = with(&|a| a.probes = vec![a.probes[0].clone(); 257]);
+        assert_eq!(too_many, "arp.probes");
+    }
 }

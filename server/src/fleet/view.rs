@@ -71,6 +71,11 @@ pub struct VipView {
     pub vip: String,
     /// Nodes (not down) whose kernel has it; more than one is a split brain.
     pub holders: Vec<String>,
+    /// Who the LAN says has it: the hosts that answered the nodes' ARP requests, and the
+    /// verdicts `answered_by_several` and `non_holders` (see [`crate::fleet::arp`]). Absent
+    /// while no node's ARP check of it counts (agents with `arp_check_interval = "0s"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arp: Option<crate::fleet::arp::VipArp>,
 }
 
 /// A VRRP instance across the nodes of a cluster.
@@ -324,6 +329,7 @@ pub fn instance_view(name: &str, nodes: &[&NodeLive]) -> InstanceView {
     }
     vip_placement_reasons(&masters, &vips, &mut verdict);
     member_reasons(name, &members, &masters, &mut verdict);
+    let single = crate::fleet::arp::single_master(name, nodes);
     InstanceView {
         name: name.to_string(),
         vrid,
@@ -337,7 +343,10 @@ pub fn instance_view(name: &str, nodes: &[&NodeLive]) -> InstanceView {
         masters,
         vips: vips
             .into_iter()
-            .map(|(vip, holders)| VipView { vip, holders })
+            .map(|(vip, holders)| {
+                let arp = crate::fleet::arp::vip_arp(name, &vip, single, nodes);
+                VipView { vip, holders, arp }
+            })
             .collect(),
         members,
         drift: config_drift(name, nodes),

@@ -119,6 +119,10 @@ pub fn router(state: AppState) -> Router {
             get(api::failover::status).post(api::failover::confirm),
         )
         .route(
+            "/api/v1/clusters/{cluster}/arp-check",
+            post(api::arp::arp_check),
+        )
+        .route(
             "/api/v1/clusters/{cluster}/pause",
             axum::routing::put(api::failover::pause).delete(api::failover::resume),
         )

@@ -785,6 +785,7 @@ mod tests {
             vips: vec![VipView {
                 vip: "10.0.0.10".into(),
                 holders: vec!["a".into()],
+                arp: None,
             }],
             members: vec![
                 member("a", VrrpState::Master),

@@ -161,6 +161,7 @@ async fn agent_check_passes_every_check_on_a_lab_host(pool: PgPool) {
         "credential at",
         "track file VI_1 fence_file",
         "health.listen",
+        "arp_check_interval: every 10s: a packet socket opens on eth0",
     ] {
         assert!(text.contains(part), "{part:?} in:\n{text}");
     }

@@ -14,6 +14,7 @@ mod failover_api;
 mod harness;
 mod lab;
 mod lab_alerts;
+mod lab_arp;
 mod lab_drivers;
 mod lab_failover;
 mod lab_haproxy;

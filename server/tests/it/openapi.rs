@@ -32,6 +32,19 @@ async fn the_openapi_document_describes_the_real_answers(pool: PgPool) {
         LinkState::Streaming,
         0,
     )];
+    // ARP truth in the answers (and its events and alerts): an unknown host answers beside a.
+    a.arp = hapulse_protocol::testing::report("a", "c")
+        .arp(
+            &[("eth0", "52:54:00:00:00:0a")],
+            vec![hapulse_protocol::testing::arp_probe(
+                "VI_1",
+                "10.0.0.100",
+                true,
+                &["52:54:00:00:00:99"],
+            )],
+        )
+        .build()
+        .arp;
     let mut b = report("b", Uuid::new_v4(), 1, VrrpState::Backup, false);
     b.heartbeat_interval_ms = 100; // goes down: an alert
     b.replication = vec![pg_report_link(
@@ -41,9 +54,14 @@ async fn the_openapi_document_describes_the_real_answers(pool: PgPool) {
     )];
     agent.send_heartbeat(&a).await.unwrap();
     agent.send_heartbeat(&b).await.unwrap();
-    eventually(10, "an alert", || async {
+    eventually(10, "b down and the ARP alerts", || async {
         let (_, list) = server.get_json("/api/v1/alerts").await;
-        (!list["alerts"].as_array()?.is_empty()).then_some(())
+        let rules: Vec<&str> = list["alerts"]
+            .as_array()?
+            .iter()
+            .filter_map(|a| a["rule"].as_str())
+            .collect();
+        (rules.contains(&"node_down") && rules.contains(&"vip_answered_by_several")).then_some(())
     })
     .await;
     let post = |path: &str, body: serde_json::Value| {

@@ -106,6 +106,11 @@ fn routes(alert: Uuid, switchover: Uuid) -> Vec<(Method, String, Role)> {
         ),
         (
             Method::POST,
+            "/api/v1/clusters/c/arp-check".into(),
+            Role::Operator,
+        ),
+        (
+            Method::POST,
             "/api/v1/clusters/c/nodes/a/unfence".into(),
             Role::Operator,
         ),

@@ -629,7 +629,8 @@ impl World {
             | Action::MysqlStop { .. }
             | Action::MysqlCatchUp { .. }
             | Action::MysqlPromote { .. }
-            | Action::MysqlFollow { .. } => Err("not enabled".into()),
+            | Action::MysqlFollow { .. }
+            | Action::ArpCheck {} => Err("not enabled".into()),
         }
     }
 
@@ -689,6 +690,8 @@ impl World {
                 counters: VrrpCounters::default(),
                 advert_interval_ms: None,
                 auth_type: None,
+                garp_master_repeat: None,
+                garp_master_delay_s: None,
             }]
         };
         let reach = |reachable: bool| Reachability {
@@ -731,6 +734,7 @@ impl World {
             spool_dropped: 0,
             highest_epoch: 0,
             checks: Vec::new(),
+            arp: None,
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod arp;
 pub mod failover;
 pub mod openapi;
 pub mod v1;

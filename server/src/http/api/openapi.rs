@@ -13,7 +13,7 @@ use utoipa::openapi::{
 };
 use utoipa::OpenApi as _;
 
-use crate::http::api::{admin, failover, v1};
+use crate::http::api::{admin, arp, failover, v1};
 
 /// Every schema the operations refer to, with the ones they contain.
 #[derive(utoipa::OpenApi)]
@@ -54,6 +54,7 @@ use crate::http::api::{admin, failover, v1};
         failover::FailoverAccepted,
         failover::ReasonRequest,
         failover::SwitchRequest,
+        arp::ArpCheckAccepted,
     ))
 )]
 struct Schemas;
@@ -132,6 +133,14 @@ const OPS: &[Op] = &[
         summary: "Confirm a failover to a node (the leader must be lost; accept_data_loss beyond the bound)",
         body: Some("FailoverRequest"),
         ok: (202, Some("FailoverAccepted")),
+        errors: &[400, 401, 403, 404, 409],
+    },
+    Op {
+        method: HttpMethod::Post,
+        path: "/api/v1/clusters/{cluster}/arp-check",
+        summary: "Ask the LAN who has each VIP now (an arp_check command to every node not down); the answers come in the cluster's vips[].arp",
+        body: Some("ReasonRequest"),
+        ok: (202, Some("ArpCheckAccepted")),
         errors: &[400, 401, 403, 404, 409],
     },
     Op {
