@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hapulse_protocol::{
-    ArbitrationReport, HeartbeatReport, KeepalivedReport, LinkState, ReplicationLinkReport,
-    ReplicationRole, ServiceCheckReport, VrrpState, PROTOCOL_VERSION,
+    ArbitrationReport, HeartbeatReport, KeepalivedReport, LinkState, PacemakerReport,
+    ReplicationLinkReport, ReplicationRole, ServiceCheckReport, VrrpState, PROTOCOL_VERSION,
 };
 use rand::Rng;
 use tokio::sync::{mpsc, watch, Notify};
@@ -64,13 +64,15 @@ struct Snapshot {
     replication: Vec<ReplicationLinkReport>,
     arbitration: Option<ArbitrationReport>,
     checks: Vec<ServiceCheckReport>,
+    pacemaker: Option<PacemakerReport>,
     state_change: bool,
 }
 
 /// The part of a report that makes it a state change when it differs from the previous one:
 /// keepalived up/down and, per instance, state, priorities, VIPs and held VIPs; per replication
 /// link role and state; which arbitration targets answer, and a self-fence; per service check
-/// whether it passes (after its rise/fall counts). Counters, lags, round-trip times, check
+/// whether it passes (after its rise/fall counts); Pacemaker's DC, quorum, nodes, resources
+/// and failed actions ([`crate::pacemaker::state_key`]). Counters, lags, round-trip times, check
 /// details and timestamps are left out: they change without anything happening.
 type StateKey = (
     bool,
@@ -85,6 +87,7 @@ type StateKey = (
     Vec<(String, ReplicationRole, LinkState)>,
     Option<(bool, Vec<bool>, bool)>,
     Vec<(String, bool)>,
+    Option<crate::pacemaker::StateKey>,
 );
 
 fn state_key(
@@ -92,6 +95,7 @@ fn state_key(
     replication: &[ReplicationLinkReport],
     arbitration: Option<&ArbitrationReport>,
     checks: &[ServiceCheckReport],
+    pacemaker: Option<&PacemakerReport>,
 ) -> StateKey {
     let instances = k
         .instances
@@ -120,6 +124,7 @@ fn state_key(
         replication::state_key(replication),
         arbitration,
         checks.iter().map(|c| (c.name.clone(), c.passing)).collect(),
+        crate::pacemaker::state_key(pacemaker),
     )
 }
 
@@ -203,6 +208,9 @@ struct Inputs {
     /// The service checks' latest reports (stays empty with none configured); notified when a
     /// check starts or stops passing.
     checks: watch::Receiver<Vec<ServiceCheckReport>>,
+    /// The Pacemaker probe's latest report (stays None without `[pacemaker]`); notified when
+    /// something that matters changed.
+    pacemaker: watch::Receiver<Option<PacemakerReport>>,
 }
 
 /// The components' tasks, to be joined at shutdown.
@@ -281,6 +289,16 @@ fn spawn_components(
         ))
     });
 
+    let (pacemaker_tx, pacemaker_rx) = watch::channel(None);
+    let pacemaker_task = settings.pacemaker.clone().map(|p| {
+        tokio::spawn(crate::pacemaker::run(
+            p,
+            crate::host::hostname(),
+            pacemaker_tx,
+            shutdown.child_token(),
+        ))
+    });
+
     let sender_shutdown = CancellationToken::new();
     // Commands: a long poll of their own, plus those that arrive in heartbeat answers.
     let mut executor =
@@ -308,10 +326,16 @@ fn spawn_components(
         links: links_rx,
         arbitration: arbitration_rx,
         checks: checks_rx,
+        pacemaker: pacemaker_rx,
     };
     let others = [Some(fifo_task), Some(commands_task)]
         .into_iter()
-        .chain([replication_task, arbitration_task, checks_task])
+        .chain([
+            replication_task,
+            arbitration_task,
+            checks_task,
+            pacemaker_task,
+        ])
         .flatten()
         .collect();
     let tasks = Tasks {
@@ -361,6 +385,8 @@ async fn main_loop(
             Ok(()) = inputs.arbitration.changed() => {}
             // A service check started or stopped passing: report at once.
             Ok(()) = inputs.checks.changed() => {}
+            // Pacemaker's view changed (DC, quorum, a resource's place, a failed action).
+            Ok(()) = inputs.pacemaker.changed() => {}
             _ = heartbeat.tick() => tick_due = true,
         }
         let running = probe.keepalived_pid().is_some();
@@ -399,7 +425,14 @@ async fn take_snapshot(
     let replication = inputs.links.borrow_and_update().clone();
     let arbitration = inputs.arbitration.borrow_and_update().clone();
     let checks = inputs.checks.borrow_and_update().clone();
-    let key = state_key(&keepalived, &replication, arbitration.as_ref(), &checks);
+    let pacemaker = inputs.pacemaker.borrow_and_update().clone();
+    let key = state_key(
+        &keepalived,
+        &replication,
+        arbitration.as_ref(),
+        &checks,
+        pacemaker.as_ref(),
+    );
     let state_change = last_key.as_ref() != Some(&key);
     *last_key = Some(key);
     Snapshot {
@@ -407,6 +440,7 @@ async fn take_snapshot(
         replication,
         arbitration,
         checks,
+        pacemaker,
         state_change,
     }
 }
@@ -438,6 +472,7 @@ fn stage(shared: &Shared, settings: &Settings, boot_id: Uuid, snap: Snapshot) {
             .highest_epoch
             .load(std::sync::atomic::Ordering::Relaxed),
         checks: snap.checks,
+        pacemaker: snap.pacemaker,
     };
     outbox.next_seq += 1;
     if report.state_change {

@@ -627,6 +627,7 @@ fn report(
         spool_dropped: 0,
         highest_epoch: 0,
         checks: Vec::new(),
+        pacemaker: None,
     }
 }
 

@@ -46,6 +46,7 @@ pub fn report(node_id: &str, cluster: &str) -> ReportBuilder {
             spool_dropped: 0,
             highest_epoch: 0,
             checks: Vec::new(),
+            pacemaker: None,
         },
     }
 }

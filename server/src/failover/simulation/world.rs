@@ -731,6 +731,7 @@ impl World {
             spool_dropped: 0,
             highest_epoch: 0,
             checks: Vec::new(),
+            pacemaker: None,
         }
     }
 
