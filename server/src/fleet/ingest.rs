@@ -56,6 +56,21 @@ fn needs_store(previous: &NodeLive, report: &HeartbeatReport) -> bool {
             .any(|(a, b)| stored_key(a) != stored_key(b))
         || link_keys(&previous.replication) != link_keys(&report.replication)
         || check_keys(&previous.checks) != check_keys(&report.checks)
+        || pacemaker_key(previous.pacemaker.as_ref()) != pacemaker_key(report.pacemaker.as_ref())
+}
+
+/// What of a Pacemaker view is stored as state: all but the nodes' resource counts (which
+/// change with every start and stop the resources' own fields already show).
+fn pacemaker_key(
+    p: Option<&hapulse_protocol::PacemakerReport>,
+) -> Option<hapulse_protocol::PacemakerReport> {
+    p.map(|p| {
+        let mut key = p.clone();
+        for n in &mut key.nodes {
+            n.resources_running = 0;
+        }
+        key
+    })
 }
 
 /// A check's stored state: name, kind, target, passing, tie. The latest attempt's outcome,

@@ -99,6 +99,10 @@ pub struct NodeLive {
     /// `nodes.checks`) when a check appears, goes, or changes its state, target or tie; the
     /// latest attempt's detail and duration alone are kept in memory.
     pub checks: Vec<ServiceCheckReport>,
+    /// The Pacemaker cluster as this node's `crm_mon` showed it in its last report (None from
+    /// agents without `[pacemaker]`). Stored (in `nodes.pacemaker`) when its DC, quorum, a
+    /// node's flags, a resource's role or place or the failed actions change.
+    pub pacemaker: Option<hapulse_protocol::PacemakerReport>,
 }
 
 impl NodeLive {
@@ -127,6 +131,7 @@ impl NodeLive {
             replication: Vec::new(),
             arbitration: None,
             checks: Vec::new(),
+            pacemaker: None,
         };
         node.apply(report, received_at, now);
         node
@@ -159,6 +164,7 @@ impl NodeLive {
         let mut checks = report.checks.clone();
         checks.sort_by(|a, b| a.name.cmp(&b.name));
         self.checks = checks;
+        self.pacemaker.clone_from(&report.pacemaker);
     }
 
     /// True when `report` was already accepted (same run, `seq` not above the watermark).
@@ -308,6 +314,18 @@ pub enum EventKind {
     CheckFailing,
     /// A service check of a node passes again (after its rise count).
     CheckPassing,
+    /// A Pacemaker resource runs on other nodes than before (a move, by `crm_resource --move`,
+    /// a constraint, a failure or a node leaving), as the partition's DC reports it.
+    PacemakerResourceMoved,
+    /// A Pacemaker resource's role changed other than by a move (`Started` → `Stopped`,
+    /// `Unpromoted` → `Promoted`, …), as the partition's DC reports it.
+    PacemakerResourceRole,
+    /// A failed Pacemaker resource action appeared (`crm_mon`'s failures), as the partition's
+    /// DC reports it.
+    PacemakerFailedAction,
+    /// A node's Pacemaker partition gained or lost quorum, or its DC changed, as that node
+    /// reports it.
+    PacemakerPartition,
 }
 
 impl EventKind {
@@ -334,11 +352,15 @@ impl EventKind {
             EventKind::EventsDropped => "events_dropped",
             EventKind::CheckFailing => "check_failing",
             EventKind::CheckPassing => "check_passing",
+            EventKind::PacemakerResourceMoved => "pacemaker_resource_moved",
+            EventKind::PacemakerResourceRole => "pacemaker_resource_role",
+            EventKind::PacemakerFailedAction => "pacemaker_failed_action",
+            EventKind::PacemakerPartition => "pacemaker_partition",
         }
     }
 
     /// Every kind, for metrics and filters.
-    pub const ALL: [EventKind; 20] = [
+    pub const ALL: [EventKind; 24] = [
         EventKind::NodeUp,
         EventKind::NodeSuspect,
         EventKind::NodeDown,
@@ -359,6 +381,10 @@ impl EventKind {
         EventKind::EventsDropped,
         EventKind::CheckFailing,
         EventKind::CheckPassing,
+        EventKind::PacemakerResourceMoved,
+        EventKind::PacemakerResourceRole,
+        EventKind::PacemakerFailedAction,
+        EventKind::PacemakerPartition,
     ];
 
     /// Which events a report over [`MAX_EVENTS_PER_REPORT`] keeps first (lower first): what
@@ -375,12 +401,17 @@ impl EventKind {
             | EventKind::SwitchoverSucceeded
             | EventKind::SwitchoverFailed
             | EventKind::EventsDropped => 0,
-            EventKind::RoleChange | EventKind::ReplicationRole => 1,
+            EventKind::RoleChange
+            | EventKind::ReplicationRole
+            | EventKind::PacemakerResourceMoved
+            | EventKind::PacemakerPartition => 1,
             EventKind::ReplicationState
             | EventKind::InstanceRemoved
             | EventKind::ReplicationRemoved
             | EventKind::CheckFailing
-            | EventKind::CheckPassing => 2,
+            | EventKind::CheckPassing
+            | EventKind::PacemakerResourceRole
+            | EventKind::PacemakerFailedAction => 2,
             EventKind::PriorityChange => 3,
             EventKind::VipAcquired | EventKind::VipReleased => 4,
         }
@@ -454,6 +485,11 @@ pub fn transitions(
     removed_instance_events(previous, report, &mut out);
     replication_events(previous, report, &mut out);
     check_events(previous, report, &mut out);
+    pacemaker_events(
+        previous.and_then(|p| p.pacemaker.as_ref()),
+        report,
+        &mut out,
+    );
     cap_events(report, &mut out);
     out
 }
@@ -837,6 +873,122 @@ fn check_events(previous: Option<&NodeLive>, report: &HeartbeatReport, out: &mut
         );
         e.link.clone_from(&check.link);
         out.push(e);
+    }
+}
+
+/// Pacemaker changes since the node's previous report. The node's own partition (quorum
+/// gained or lost, a new DC) from every member; the cluster's resources (moves, role changes)
+/// and new failed actions only from the member that is its partition's DC (its `local_node` is
+/// the `dc`), so a cluster of N members records each once, not N times.
+fn pacemaker_events(
+    before: Option<&hapulse_protocol::PacemakerReport>,
+    report: &HeartbeatReport,
+    out: &mut Vec<NewEvent>,
+) {
+    let (Some(before), Some(now)) = (before, report.pacemaker.as_ref()) else {
+        return;
+    };
+    if !now.connected || !before.connected {
+        return;
+    }
+    let node = &report.node_id;
+    let partition = |r: &hapulse_protocol::PacemakerReport| {
+        format!(
+            "DC {}, {}",
+            r.dc.as_deref().unwrap_or("none"),
+            if r.with_quorum { "quorum" } else { "no quorum" }
+        )
+    };
+    if (before.dc.as_ref(), before.with_quorum) != (now.dc.as_ref(), now.with_quorum) {
+        out.push(node_event(
+            report,
+            EventKind::PacemakerPartition,
+            None,
+            Some(partition(before)),
+            Some(partition(now)),
+            format!("Pacemaker on {node}: {} → {}", partition(before), partition(now)),
+            serde_json::json!({ "dc": now.dc, "with_quorum": now.with_quorum, "online": now.online_nodes() }),
+        ));
+    }
+    if now.local_node.is_none() || now.local_node != now.dc {
+        return;
+    }
+    pacemaker_resource_events(before, now, report, out);
+    let known = |f: &hapulse_protocol::PacemakerFailure| {
+        before
+            .failures
+            .iter()
+            .any(|o| (&o.resource, &o.task, &o.node) == (&f.resource, &f.task, &f.node))
+    };
+    for f in now.failures.iter().filter(|f| !known(f)) {
+        out.push(node_event(
+            report,
+            EventKind::PacemakerFailedAction,
+            None,
+            None,
+            Some(f.exit_reason.clone()),
+            format!(
+                "Pacemaker: {} of {} failed on {} (exit {}: {})",
+                f.task, f.resource, f.node, f.exit_code, f.exit_reason
+            ),
+            serde_json::to_value(f).unwrap_or_default(),
+        ));
+    }
+}
+
+/// Resources of `now` that run elsewhere than in `before` (`pacemaker_resource_moved`) or
+/// changed role in place (`pacemaker_resource_role`); resources new in `now` make no event.
+fn pacemaker_resource_events(
+    before: &hapulse_protocol::PacemakerReport,
+    now: &hapulse_protocol::PacemakerReport,
+    report: &HeartbeatReport,
+    out: &mut Vec<NewEvent>,
+) {
+    for r in &now.resources {
+        let Some(old) = before.resources.iter().find(|o| o.id == r.id) else {
+            continue;
+        };
+        let detail = serde_json::json!({ "resource": r.id, "agent": r.agent, "from_nodes": old.nodes, "to_nodes": r.nodes, "role": r.role, "target_role": r.target_role });
+        if !old.nodes.is_empty() && !r.nodes.is_empty() && old.nodes != r.nodes {
+            out.push(node_event(
+                report,
+                EventKind::PacemakerResourceMoved,
+                None,
+                Some(old.nodes.join(",")),
+                Some(r.nodes.join(",")),
+                format!(
+                    "Pacemaker resource {} moved: {} → {}",
+                    r.id,
+                    old.nodes.join(", "),
+                    r.nodes.join(", ")
+                ),
+                detail,
+            ));
+        } else if old.role != r.role {
+            let place = |n: &[String]| {
+                if n.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on {}", n.join(", "))
+                }
+            };
+            out.push(node_event(
+                report,
+                EventKind::PacemakerResourceRole,
+                None,
+                Some(old.role.clone()),
+                Some(r.role.clone()),
+                format!(
+                    "Pacemaker resource {}: {}{} → {}{}",
+                    r.id,
+                    old.role,
+                    place(&old.nodes),
+                    r.role,
+                    place(&r.nodes)
+                ),
+                detail,
+            ));
+        }
     }
 }
 

@@ -629,7 +629,8 @@ impl World {
             | Action::MysqlStop { .. }
             | Action::MysqlCatchUp { .. }
             | Action::MysqlPromote { .. }
-            | Action::MysqlFollow { .. } => Err("not enabled".into()),
+            | Action::MysqlFollow { .. }
+            | Action::PacemakerMove { .. } => Err("not enabled".into()),
         }
     }
 
