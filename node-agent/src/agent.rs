@@ -289,15 +289,7 @@ fn spawn_components(
         ))
     });
 
-    let (pacemaker_tx, pacemaker_rx) = watch::channel(None);
-    let pacemaker_task = settings.pacemaker.clone().map(|p| {
-        tokio::spawn(crate::pacemaker::run(
-            p,
-            crate::host::hostname(),
-            pacemaker_tx,
-            shutdown.child_token(),
-        ))
-    });
+    let (pacemaker_rx, pacemaker_task) = spawn_pacemaker(settings, shutdown);
 
     let sender_shutdown = CancellationToken::new();
     // Commands: a long poll of their own, plus those that arrive in heartbeat answers.
@@ -344,6 +336,27 @@ fn spawn_components(
         others,
     };
     Ok((inputs, tasks))
+}
+
+/// Starts the Pacemaker probe when `[pacemaker]` is configured: its reports' receiver (stays
+/// None without) and its task.
+fn spawn_pacemaker(
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> (
+    watch::Receiver<Option<PacemakerReport>>,
+    Option<JoinHandle<()>>,
+) {
+    let (tx, rx) = watch::channel(None);
+    let task = settings.pacemaker.clone().map(|p| {
+        tokio::spawn(crate::pacemaker::run(
+            p,
+            crate::host::hostname(),
+            tx,
+            shutdown.child_token(),
+        ))
+    });
+    (rx, task)
 }
 
 /// Until `shutdown`: reports on every heartbeat tick, and at once on a FIFO transition, a

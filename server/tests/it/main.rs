@@ -22,6 +22,7 @@ mod lab_replicas;
 mod lab_safety;
 mod layout;
 mod openapi;
+mod pacemaker;
 mod packaging;
 mod receivers;
 mod replicas;
