@@ -17,6 +17,7 @@ mod lab_alerts;
 mod lab_drivers;
 mod lab_failover;
 mod lab_haproxy;
+mod lab_pacemaker;
 mod lab_prometheus;
 mod lab_replicas;
 mod lab_safety;
