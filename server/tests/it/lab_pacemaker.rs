@@ -209,6 +209,36 @@ async fn a_real_pacemaker_cluster_is_reported_moved_and_split(pool: PgPool) {
     })
     .await;
 
+    // Back through the API: the server queues pacemaker_move for the DC's agent, which runs the
+    // real crm_resource; the resource returns and the constraint is cleared.
+    let (status, accepted) = server
+        .post_json(
+            "/api/v1/clusters/c/pacemaker/move",
+            serde_json::json!({ "resource": "dummy", "node": from, "reason": "back" }),
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    eventually(60, "the resource back, its constraint cleared", || async {
+        let c = pacemaker(&server).await;
+        let back = c["pacemaker"]["status"]["resources"][0]["nodes"] == serde_json::json!([from]);
+        let constraints = lab
+            .run(&["exec", "h1", "cibadmin", "-Q", "--scope", "constraints"])
+            .await;
+        (back && !constraints.contains("cli-prefer")).then_some(())
+    })
+    .await;
+    // It was the agent's command that moved it (not Pacemaker on its own), and it succeeded.
+    let id: uuid::Uuid = accepted["command_id"].as_str().unwrap().parse().unwrap();
+    let (state, result): (String, Option<String>) = eventually(30, "the command's result", || async {
+        sqlx::query_as("SELECT state, result FROM commands WHERE id = $1 AND state <> 'pending' AND state <> 'delivered'")
+            .bind(id)
+            .fetch_optional(&server.pool)
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(state, "succeeded", "{result:?}");
+
     // The link between the nodes is cut: each forms its own partition, without quorum.
     lab.run(&["link", "h2", "down"]).await;
     let c = eventually(30, "the split seen", || async {

@@ -89,11 +89,54 @@ async fn a_pacemaker_cluster_is_shown_evented_alerted_and_kept(pool: PgPool) {
     assert!(page.contains("ocf:pacemaker:Dummy"), "{page}");
     assert!(!page.contains("No VRRP instance reported"), "{page}");
 
+    // A move asked through the API: one pacemaker_move command to the DC's agent, under the
+    // cluster's epoch.
+    let body = |resource: &str, node: &str| serde_json::json!({ "resource": resource, "node": node, "reason": "patch pcmk-h1" });
+    let (status, accepted) = server
+        .post_json(
+            "/api/v1/clusters/c/pacemaker/move",
+            body("dummy", "pcmk-h2"),
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["node_id"], "db1", "{accepted}");
+    let ack = agent
+        .send_heartbeat(&pcmk_report("db1", b1, 2, "healthy"))
+        .await
+        .unwrap();
+    let command = ack
+        .commands
+        .iter()
+        .find(|c| c.id.to_string() == accepted["command_id"].as_str().unwrap())
+        .expect("the move is queued for db1");
+    assert_eq!(
+        command.action,
+        hapulse_protocol::Action::PacemakerMove {
+            resource: "dummy".into(),
+            node: "pcmk-h2".into()
+        }
+    );
+    assert_eq!(serde_json::json!(command.epoch), accepted["epoch"]);
+    let (status, e) = server
+        .post_json(
+            "/api/v1/clusters/c/pacemaker/move",
+            body("nosuch", "pcmk-h2"),
+        )
+        .await;
+    assert_eq!(status, 404, "{e}");
+    let (status, e) = server
+        .post_json(
+            "/api/v1/clusters/c/pacemaker/move",
+            body("dummy", "--force"),
+        )
+        .await;
+    assert_eq!((status, e["field"].as_str()), (400, Some("node")), "{e}");
+
     // The resource moves (crm_resource --move, as captured): one event, from the DC only.
-    send("db1", b1, 2, "moved").await;
+    send("db1", b1, 3, "moved").await;
     send("db2", b2, 2, "moved").await;
     // Then its monitor fails on pcmk-h2: a failed action, an event and an alert at once.
-    send("db1", b1, 3, "failed").await;
+    send("db1", b1, 4, "failed").await;
     send("db2", b2, 3, "failed").await;
     assert_eq!(
         pacemaker_events(&server).await,
@@ -129,7 +172,7 @@ async fn a_pacemaker_cluster_is_shown_evented_alerted_and_kept(pool: PgPool) {
     assert_eq!(c["health"], "degraded", "{c}");
 
     // The link between the hosts is cut (as captured): each side its own DC, no quorum.
-    send("db1", b1, 4, "split-h1").await;
+    send("db1", b1, 5, "split-h1").await;
     send("db2", b2, 4, "split-h2").await;
     let (_, c) = server.get_json("/api/v1/clusters/c").await;
     assert_eq!(c["health"], "split_brain", "{c}");

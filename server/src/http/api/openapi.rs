@@ -54,6 +54,8 @@ use crate::http::api::{admin, failover, v1};
         failover::FailoverAccepted,
         failover::ReasonRequest,
         failover::SwitchRequest,
+        crate::switchover::pacemaker::PacemakerMoveRequest,
+        crate::switchover::pacemaker::PacemakerMoveAccepted,
     ))
 )]
 struct Schemas;
@@ -156,6 +158,14 @@ const OPS: &[Op] = &[
         summary: "Lift the fence of a node that rejoined as a standby",
         body: Some("ReasonRequest"),
         ok: (200, None),
+        errors: &[400, 401, 403, 404, 409],
+    },
+    Op {
+        method: HttpMethod::Post,
+        path: "/api/v1/clusters/{cluster}/pacemaker/move",
+        summary: "Move a Pacemaker resource to a node (crm_resource --move, then --clear)",
+        body: Some("PacemakerMoveRequest"),
+        ok: (202, Some("PacemakerMoveAccepted")),
         errors: &[400, 401, 403, 404, 409],
     },
     Op {
