@@ -167,3 +167,94 @@ pub async fn request_move(
         epoch: view.epoch,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::pacemaker::PacemakerMemberView;
+    use hapulse_protocol::{PacemakerNode, PacemakerResource};
+
+    fn member(id: &str, status: NodeStatus, quorum: bool) -> PacemakerMemberView {
+        PacemakerMemberView {
+            node_id: id.into(),
+            node_status: status,
+            local_node: None,
+            connected: true,
+            error: None,
+            dc: Some("h1".into()),
+            with_quorum: quorum,
+            online: vec!["h1".into(), "h2".into()],
+        }
+    }
+
+    fn view(members: Vec<PacemakerMemberView>, reported_by: &str) -> PacemakerClusterView {
+        let node = |name: &str, standby: bool| PacemakerNode {
+            name: name.into(),
+            online: true,
+            standby,
+            maintenance: false,
+            unclean: false,
+            resources_running: 0,
+        };
+        PacemakerClusterView {
+            verdicts: Vec::new(),
+            members,
+            reported_by: Some(reported_by.into()),
+            status: Some(PacemakerReport {
+                connected: true,
+                error: None,
+                local_node: Some("h1".into()),
+                dc: Some("h1".into()),
+                with_quorum: true,
+                nodes: vec![node("h1", false), node("h2", false), node("h3", true)],
+                resources: vec![PacemakerResource {
+                    id: "ip".into(),
+                    parent: Some("web".into()),
+                    agent: "ocf:heartbeat:IPaddr2".into(),
+                    role: "Started".into(),
+                    target_role: None,
+                    active: true,
+                    failed: false,
+                    managed: true,
+                    blocked: false,
+                    nodes: vec!["h1".into()],
+                }],
+                resources_omitted: 0,
+                failures: Vec::new(),
+                failures_omitted: 0,
+            }),
+        }
+    }
+
+    #[test]
+    fn the_dcs_member_moves_a_known_resource_to_a_node_that_can_run_it() {
+        let v = view(
+            vec![
+                member("db1", NodeStatus::Up, true),
+                member("db2", NodeStatus::Up, true),
+            ],
+            "db1",
+        );
+        assert_eq!(pick_member(&v, "ip", "h2").unwrap().0, "db1");
+        assert_eq!(pick_member(&v, "web", "h2").unwrap().0, "db1", "a group");
+        let code = |r: Result<(&str, &PacemakerReport), Refusal>| r.unwrap_err().code;
+        assert_eq!(code(pick_member(&v, "db", "h2")), "not_found");
+        assert_eq!(code(pick_member(&v, "ip", "h9")), "not_found");
+        assert_eq!(code(pick_member(&v, "ip", "h3")), "target_cannot_run");
+    }
+
+    #[test]
+    fn nothing_moves_without_a_quorate_member_that_is_up() {
+        let down = view(
+            vec![
+                member("db1", NodeStatus::Down, true),
+                member("db2", NodeStatus::Up, false),
+            ],
+            "db1",
+        );
+        assert_eq!(
+            pick_member(&down, "ip", "h2").unwrap_err().code,
+            "no_quorate_member"
+        );
+    }
+}
