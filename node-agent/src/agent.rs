@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hapulse_protocol::{
-    ArbitrationReport, ArpReport, HeartbeatReport, KeepalivedReport, LinkState,
+    ArbitrationReport, ArpReport, HeartbeatReport, KeepalivedReport, LinkState, PacemakerReport,
     ReplicationLinkReport, ReplicationRole, ServiceCheckReport, VrrpState, PROTOCOL_VERSION,
 };
 use rand::Rng;
@@ -65,6 +65,7 @@ struct Snapshot {
     arbitration: Option<ArbitrationReport>,
     checks: Vec<ServiceCheckReport>,
     arp: Option<ArpReport>,
+    pacemaker: Option<PacemakerReport>,
     state_change: bool,
 }
 
@@ -72,7 +73,8 @@ struct Snapshot {
 /// keepalived up/down and, per instance, state, priorities, VIPs and held VIPs; per replication
 /// link role and state; which arbitration targets answer, and a self-fence; per service check
 /// whether it passes (after its rise/fall counts); per VIP asked over ARP, who answered
-/// ([`crate::arp::state_key`]). Counters, lags, round-trip times, check
+/// ([`crate::arp::state_key`]); Pacemaker's DC, quorum, nodes, resources and failed actions
+/// ([`crate::pacemaker::state_key`]). Counters, lags, round-trip times, check
 /// details and timestamps are left out: they change without anything happening.
 type StateKey = (
     bool,
@@ -88,6 +90,7 @@ type StateKey = (
     Option<(bool, Vec<bool>, bool)>,
     Vec<(String, bool)>,
     Vec<(String, String, bool, Vec<String>, bool)>,
+    Option<crate::pacemaker::StateKey>,
 );
 
 fn state_key(
@@ -96,6 +99,7 @@ fn state_key(
     arbitration: Option<&ArbitrationReport>,
     checks: &[ServiceCheckReport],
     arp: Option<&ArpReport>,
+    pacemaker: Option<&PacemakerReport>,
 ) -> StateKey {
     let instances = k
         .instances
@@ -125,6 +129,7 @@ fn state_key(
         arbitration,
         checks.iter().map(|c| (c.name.clone(), c.passing)).collect(),
         crate::arp::state_key(arp),
+        crate::pacemaker::state_key(pacemaker),
     )
 }
 
@@ -217,6 +222,9 @@ struct Inputs {
     checks: watch::Receiver<Vec<ServiceCheckReport>>,
     /// The ARP checks' latest round (stays None with `arp_check_interval = "0s"`).
     arp: watch::Receiver<Option<ArpReport>>,
+    /// The Pacemaker probe's latest report (stays None without `[pacemaker]`); notified when
+    /// something that matters changed.
+    pacemaker: watch::Receiver<Option<PacemakerReport>>,
 }
 
 /// The components' tasks, to be joined at shutdown.
@@ -298,6 +306,7 @@ fn spawn_components(
 
     let (arp_rx, arp) = spawn_arp(settings, observations, shutdown);
     let (arp_task, arp_asks) = arp.unzip();
+    let (pacemaker_rx, pacemaker_task) = spawn_pacemaker(settings, shutdown);
 
     let sender_shutdown = CancellationToken::new();
     // Commands: a long poll of their own, plus those that arrive in heartbeat answers.
@@ -330,10 +339,17 @@ fn spawn_components(
         arbitration: arbitration_rx,
         checks: checks_rx,
         arp: arp_rx,
+        pacemaker: pacemaker_rx,
     };
     let others = [Some(fifo_task), Some(commands_task)]
         .into_iter()
-        .chain([replication_task, arbitration_task, checks_task, arp_task])
+        .chain([
+            replication_task,
+            arbitration_task,
+            checks_task,
+            arp_task,
+            pacemaker_task,
+        ])
         .flatten()
         .collect();
     let tasks = Tasks {
@@ -371,6 +387,27 @@ fn spawn_arp(
         rounds: rx.clone(),
     };
     (rx, Some((task, asks)))
+}
+
+/// Starts the Pacemaker probe when `[pacemaker]` is configured: its reports' receiver (stays
+/// None without) and its task.
+fn spawn_pacemaker(
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> (
+    watch::Receiver<Option<PacemakerReport>>,
+    Option<JoinHandle<()>>,
+) {
+    let (tx, rx) = watch::channel(None);
+    let task = settings.pacemaker.clone().map(|p| {
+        tokio::spawn(crate::pacemaker::run(
+            p,
+            crate::host::hostname(),
+            tx,
+            shutdown.child_token(),
+        ))
+    });
+    (rx, task)
 }
 
 /// Until `shutdown`: reports on every heartbeat tick, and at once on a FIFO transition, a
@@ -414,6 +451,8 @@ async fn main_loop(
             Ok(()) = inputs.checks.changed() => {}
             // An ARP round ended (a change of who answers is a state change).
             Ok(()) = inputs.arp.changed() => {}
+            // Pacemaker's view changed (DC, quorum, a resource's place, a failed action).
+            Ok(()) = inputs.pacemaker.changed() => {}
             _ = heartbeat.tick() => tick_due = true,
         }
         let running = probe.keepalived_pid().is_some();
@@ -453,12 +492,14 @@ async fn take_snapshot(
     let arbitration = inputs.arbitration.borrow_and_update().clone();
     let checks = inputs.checks.borrow_and_update().clone();
     let arp = inputs.arp.borrow_and_update().clone();
+    let pacemaker = inputs.pacemaker.borrow_and_update().clone();
     let key = state_key(
         &keepalived,
         &replication,
         arbitration.as_ref(),
         &checks,
         arp.as_ref(),
+        pacemaker.as_ref(),
     );
     let state_change = last_key.as_ref() != Some(&key);
     *last_key = Some(key);
@@ -468,6 +509,7 @@ async fn take_snapshot(
         arbitration,
         checks,
         arp,
+        pacemaker,
         state_change,
     }
 }
@@ -500,6 +542,7 @@ fn stage(shared: &Shared, settings: &Settings, boot_id: Uuid, snap: Snapshot) {
             .load(std::sync::atomic::Ordering::Relaxed),
         checks: snap.checks,
         arp: snap.arp,
+        pacemaker: snap.pacemaker,
     };
     outbox.next_seq += 1;
     if report.state_change {

@@ -305,6 +305,18 @@ impl Executor {
             Action::RemoveVip { instance, address } => self.remove_vip(instance, address).await,
             Action::ReportPositions {} => self.report_positions(data).await,
             Action::ArpCheck {} => self.arp_check(data).await,
+            Action::PacemakerMove { resource, node } => match &self.settings.pacemaker {
+                Some(p) => {
+                    crate::pacemaker::move_resource(
+                        p,
+                        resource,
+                        node,
+                        self.settings.actions.timeout,
+                    )
+                    .await
+                }
+                None => Err("pacemaker_move: this agent has no [pacemaker] section".into()),
+            },
         }
     }
 
@@ -824,6 +836,68 @@ mod tests {
         assert_eq!(late.outcome, CommandOutcome::Refused);
         assert_eq!(late.refusal, Some(RefusalReason::DeadlinePassed));
         assert!(!dir.path().join("fence").exists(), "nothing ran");
+    }
+
+    #[tokio::test]
+    async fn a_pacemaker_move_is_epoch_checked_and_runs_crm_resource() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path(), &["pacemaker_move"]);
+        // Stand-ins: crm_resource logs its arguments and `--move` changes what crm_mon prints.
+        let status = dir.path().join("status.xml");
+        let moved = dir.path().join("moved.xml");
+        std::fs::write(&status, include_str!("pacemaker/fixtures/healthy.xml")).unwrap();
+        std::fs::write(&moved, include_str!("pacemaker/fixtures/moved.xml")).unwrap();
+        let calls = dir.path().join("calls");
+        let write_exec = |name: &str, body: String| {
+            use std::os::unix::fs::PermissionsExt;
+            let path = dir.path().join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            path
+        };
+        s.pacemaker = Some(crate::config::PacemakerSettings {
+            crm_mon: write_exec("crm_mon", format!("cat '{}'", status.display())),
+            crm_resource: write_exec(
+                "crm_resource",
+                format!(
+                    "echo \"$@\" >>'{}'; [ \"$1\" = --move ] && cp '{}' '{}'; exit 0",
+                    calls.display(),
+                    moved.display(),
+                    status.display()
+                ),
+            ),
+            legacy_xml: false,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
+        });
+        let mut ex = Executor::open(s).unwrap();
+        let move_to = |epoch, node: &str| {
+            command(
+                epoch,
+                Action::PacemakerMove {
+                    resource: "dummy".into(),
+                    node: node.into(),
+                },
+            )
+        };
+        let r = ex.handle(&move_to(3, "pcmk-h2")).await;
+        assert_eq!(r.outcome, CommandOutcome::Succeeded, "{}", r.message);
+        assert!(
+            r.message.starts_with("dummy runs on pcmk-h2"),
+            "{}",
+            r.message
+        );
+        assert_eq!(
+            std::fs::read_to_string(&calls).unwrap(),
+            "--move --resource dummy --node pcmk-h2\n--clear --resource dummy\n"
+        );
+        // An older switchover's move: refused, nothing run.
+        let stale = ex.handle(&move_to(2, "pcmk-h1")).await;
+        assert_eq!(stale.refusal, Some(RefusalReason::StaleEpoch));
+        // A name that could be an option fails before crm_resource runs.
+        let bad = ex.handle(&move_to(3, "--force")).await;
+        assert_eq!(bad.outcome, CommandOutcome::Failed);
+        assert_eq!(std::fs::read_to_string(&calls).unwrap().lines().count(), 2);
     }
 
     #[tokio::test]

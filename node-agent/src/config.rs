@@ -103,10 +103,65 @@ pub struct Settings {
     /// and reports the MAC addresses that answered (see [`crate::arp`]). Needs `CAP_NET_RAW`.
     #[serde(with = "humantime_serde", default = "default_arp_check_interval")]
     pub arp_check_interval: Duration,
+    /// The Pacemaker probe (`[pacemaker]`, see [`crate::pacemaker`]) for hosts run by
+    /// Pacemaker/Corosync. Absent: not probed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pacemaker: Option<PacemakerSettings>,
 }
 
 fn default_arp_check_interval() -> Duration {
     Duration::from_secs(10)
+}
+
+/// `[pacemaker]`: how the agent asks Pacemaker for the cluster's status and moves resources.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PacemakerSettings {
+    /// The `crm_mon` binary (default `crm_mon`, found on `PATH`).
+    #[serde(default = "default_crm_mon")]
+    pub crm_mon: PathBuf,
+    /// The `crm_resource` binary (`pacemaker_move`; default `crm_resource`).
+    #[serde(default = "default_crm_resource")]
+    pub crm_resource: PathBuf,
+    /// Ask with `crm_mon --as-xml` instead of `--output-as=xml`: Pacemaker before 2.0.3 only
+    /// knows the former (default false).
+    #[serde(default)]
+    pub legacy_xml: bool,
+    /// Time between two `crm_mon` runs (default 2 s, at least 500 ms).
+    #[serde(default = "default_pacemaker_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Longest one `crm_mon` or `crm_resource` run may take (default 5 s, at least 100 ms); it
+    /// is killed beyond it.
+    #[serde(default = "default_pacemaker_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_crm_mon() -> PathBuf {
+    PathBuf::from("crm_mon")
+}
+
+fn default_crm_resource() -> PathBuf {
+    PathBuf::from("crm_resource")
+}
+
+fn default_pacemaker_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_pacemaker_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl PacemakerSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.interval < Duration::from_millis(500) {
+            return invalid("pacemaker.interval", "must be at least 500ms");
+        }
+        if self.timeout < Duration::from_millis(100) {
+            return invalid("pacemaker.timeout", "must be at least 100ms");
+        }
+        Ok(())
+    }
 }
 
 /// One `[[checks]]` entry: a service asked every `interval` (the `mon` idea).
@@ -197,7 +252,8 @@ pub struct HealthSettings {
 pub struct ActionSettings {
     /// Action kinds allowed: `set_priority_offset`, `fence`, `postgres_stop`,
     /// `postgres_promote`, `postgres_follow`, `postgres_start`, `mysql_stop`, `mysql_catch_up`,
-    /// `mysql_promote`, `mysql_follow`, `drbd_role`, `hook`, `remove_vip`.
+    /// `mysql_promote`, `mysql_follow`, `drbd_role`, `hook`, `remove_vip`, `pacemaker_move`
+    /// (needs `[pacemaker]`).
     #[serde(default)]
     pub enabled: Vec<String>,
     /// keepalived track files per VRRP instance.
@@ -496,6 +552,7 @@ impl Default for Settings {
             health: None,
             checks: Vec::new(),
             arp_check_interval: default_arp_check_interval(),
+            pacemaker: None,
             keepalived: KeepalivedSettings {
                 notify_fifo: PathBuf::from("/run/keepalived/hapulse.fifo"),
                 pid_file: PathBuf::from("/run/keepalived.pid"),
@@ -614,7 +671,14 @@ impl Settings {
              # [[checks]]\n\
              # name = \"replica-sane\"\n\
              # kind = \"exec\"\n\
-             # command = [\"/usr/local/bin/check-replica\", \"--quiet\"]\n"
+             # command = [\"/usr/local/bin/check-replica\", \"--quiet\"]\n\
+             #\n\
+             # [pacemaker]   # hosts run by Pacemaker/Corosync, off by default\n\
+             # crm_mon = \"crm_mon\"\n\
+             # crm_resource = \"crm_resource\"\n\
+             # legacy_xml = false   # true: crm_mon --as-xml (Pacemaker before 2.0.3)\n\
+             # interval = \"2s\"\n\
+             # timeout = \"5s\"\n"
         )
     }
 
@@ -646,6 +710,14 @@ impl Settings {
             return invalid(
                 "arp_check_interval",
                 "must be 0s (no ARP checks) or between 2s and 1h",
+            );
+        }
+        if let Some(p) = &self.pacemaker {
+            p.validate()?;
+        } else if self.actions.enabled.iter().any(|k| k == "pacemaker_move") {
+            return invalid(
+                "actions.enabled",
+                "pacemaker_move needs a [pacemaker] section",
             );
         }
         if self.spool_capacity == 0 {
@@ -830,7 +902,7 @@ fn loopback_url(url: &str) -> bool {
 }
 
 /// The action kinds `actions.enabled` may list (as [`hapulse_protocol::Action::kind`] names them).
-const ACTION_KINDS: [&str; 13] = [
+const ACTION_KINDS: [&str; 14] = [
     "set_priority_offset",
     "fence",
     "postgres_stop",
@@ -844,6 +916,7 @@ const ACTION_KINDS: [&str; 13] = [
     "drbd_role",
     "hook",
     "remove_vip",
+    "pacemaker_move",
 ];
 
 /// Checks an operator's `standby_conninfo`: `keyword=value` pairs with plain values (no quotes,
@@ -1167,6 +1240,10 @@ mod tests {
                 ServiceCheckKind::Exec
             ]
         );
+        let pcmk = with_checks.pacemaker.as_ref().unwrap();
+        assert_eq!(pcmk.crm_mon, PathBuf::from("crm_mon"));
+        assert_eq!(pcmk.interval, Duration::from_secs(2));
+        assert!(!pcmk.legacy_xml);
         let pg = &with_checks.checks[0];
         assert_eq!(pg.link.as_deref(), Some("postgresql:pg"));
         assert_eq!((pg.rise, pg.fall), (2, 3));
@@ -1221,6 +1298,21 @@ mod tests {
         assert_eq!(
             key_at_fault(&|s| s.client_key_file = Some("/k".into())),
             "client_cert_file"
+        );
+        let pacemaker = PacemakerSettings {
+            crm_mon: default_crm_mon(),
+            crm_resource: default_crm_resource(),
+            legacy_xml: false,
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_secs(1),
+        };
+        assert_eq!(
+            key_at_fault(&|s| s.pacemaker = Some(pacemaker.clone())),
+            "pacemaker.interval"
+        );
+        assert_eq!(
+            key_at_fault(&|s| s.actions.enabled = vec!["pacemaker_move".into()]),
+            "actions.enabled"
         );
         assert_eq!(
             key_at_fault(&|s| s.server_url = vec!["ftp://x".into()]),

@@ -630,6 +630,7 @@ fn report(
         highest_epoch: 0,
         checks: Vec::new(),
         arp: None,
+        pacemaker: None,
     }
 }
 

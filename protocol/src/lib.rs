@@ -94,6 +94,10 @@ pub struct HeartbeatReport {
     /// agents with `arp_check_interval = "0s"` (and before protocol version 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arp: Option<ArpReport>,
+    /// The Pacemaker cluster this host is a member of, as its `crm_mon` shows it (`[pacemaker]`
+    /// in the agent). Absent from agents without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pacemaker: Option<PacemakerReport>,
 }
 
 /// Most interfaces an [`ArpReport`] may list; a server refuses a report with more (400).
@@ -243,6 +247,155 @@ pub struct ServiceCheckReport {
     /// The replication link whose service this is (`kind:name`, e.g. `postgresql:pg`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
+}
+
+/// Most Pacemaker nodes one report may carry ([`PacemakerReport::nodes`]).
+pub const MAX_PACEMAKER_NODES: usize = 32;
+/// Most Pacemaker resources one report may carry ([`PacemakerReport::resources`], primitives and
+/// clone instances); the agent keeps the first ones in `crm_mon`'s order and says how many it
+/// left out in [`PacemakerReport::resources_omitted`].
+pub const MAX_PACEMAKER_RESOURCES: usize = 128;
+/// Most failed actions one report may carry ([`PacemakerReport::failures`]); further ones are
+/// counted in [`PacemakerReport::failures_omitted`].
+pub const MAX_PACEMAKER_FAILURES: usize = 32;
+/// Longest Pacemaker name (node, resource, agent, task, role, error) a server accepts, in bytes,
+/// without control characters.
+pub const MAX_PACEMAKER_TEXT_BYTES: usize = 256;
+
+/// A Pacemaker/Corosync cluster as one member's `crm_mon --output-as=xml` shows it (Pacemaker
+/// 2.1; the older `--as-xml` form has the same elements). Each member reports its own view: members
+/// of one cluster that name different DCs or see different members online are in different
+/// partitions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PacemakerReport {
+    /// `crm_mon` answered with the cluster's status. False when Pacemaker is not running here or
+    /// `crm_mon` failed: `error` says why and the other fields are empty.
+    pub connected: bool,
+    /// Why `crm_mon` gave no status (its `status` message, the exit code, a parse error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The Pacemaker node name of this host (the node whose `name` is the host name), when found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_node: Option<String>,
+    /// The Designated Controller of this member's partition (`current_dc name`), None when there
+    /// is none (the partition is still electing, or Pacemaker is starting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dc: Option<String>,
+    /// This member's partition has quorum (`current_dc with_quorum`).
+    pub with_quorum: bool,
+    /// The cluster's nodes as this member sees them, in `crm_mon`'s order.
+    pub nodes: Vec<PacemakerNode>,
+    /// Resources: each primitive (inside groups, clones and bundles too; a clone's instances
+    /// have ids such as `web:0`), in `crm_mon`'s order.
+    pub resources: Vec<PacemakerResource>,
+    /// Resources left out beyond [`MAX_PACEMAKER_RESOURCES`].
+    #[serde(default)]
+    pub resources_omitted: u32,
+    /// Failed resource actions (`crm_mon`'s `failures`), until cleaned up.
+    pub failures: Vec<PacemakerFailure>,
+    /// Failed actions left out beyond [`MAX_PACEMAKER_FAILURES`].
+    #[serde(default)]
+    pub failures_omitted: u32,
+}
+
+impl PacemakerReport {
+    /// The node named `name`, if this member's view has it.
+    pub fn node(&self, name: &str) -> Option<&PacemakerNode> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Names of the nodes online in this member's view, sorted: its partition's membership.
+    pub fn online_nodes(&self) -> Vec<&str> {
+        let mut online: Vec<&str> = self
+            .nodes
+            .iter()
+            .filter(|n| n.online)
+            .map(|n| n.name.as_str())
+            .collect();
+        online.sort_unstable();
+        online
+    }
+}
+
+/// One Pacemaker node (`crm_mon`'s `nodes/node`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PacemakerNode {
+    /// Node name (`name`), as in Corosync's node list.
+    pub name: String,
+    /// A member of this partition (`online`).
+    pub online: bool,
+    /// In standby: runs no resources (`standby`, or `standby_onfail` after a failure).
+    pub standby: bool,
+    /// In maintenance mode: Pacemaker neither starts, stops nor monitors its resources
+    /// (`maintenance`).
+    pub maintenance: bool,
+    /// Unclean: its state is not known and it must be fenced (`unclean`).
+    pub unclean: bool,
+    /// Resources running on it (`resources_running`).
+    pub resources_running: u32,
+}
+
+/// One Pacemaker resource, a primitive or a clone instance (`crm_mon`'s `resources//resource`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PacemakerResource {
+    /// Resource id (`id`; a clone instance's has `:N`).
+    pub id: String,
+    /// The group, clone or bundle it belongs to (its `id`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Resource agent (`resource_agent`, `ocf:pacemaker:Dummy`).
+    pub agent: String,
+    /// Current role (`role`): `Started`, `Stopped`, `Promoted`, `Unpromoted` (`Master`/`Slave`
+    /// before Pacemaker 2.1), `Starting`, `Stopping`, `Migrating`, `Unknown`.
+    pub role: String,
+    /// The role the configuration asks for (`target_role`), when set: `Stopped` means it was
+    /// stopped on purpose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_role: Option<String>,
+    /// Running somewhere (`active`).
+    pub active: bool,
+    /// In a failed state (`failed`).
+    pub failed: bool,
+    /// Managed by Pacemaker (`managed`); false in maintenance or when made unmanaged.
+    pub managed: bool,
+    /// Blocked: Pacemaker cannot start or stop it until a person acts (`blocked`).
+    pub blocked: bool,
+    /// Nodes it runs on (its `node` children's `name`); more than one for a resource that must
+    /// run once means it is active in several places.
+    pub nodes: Vec<String>,
+}
+
+impl PacemakerResource {
+    /// Stopped although nobody asked for it (its `target_role` is not `Stopped`).
+    pub fn stopped_unexpectedly(&self) -> bool {
+        !self.active
+            && !self
+                .target_role
+                .as_deref()
+                .is_some_and(|r| r.eq_ignore_ascii_case("stopped"))
+    }
+}
+
+/// One failed resource action (`crm_mon`'s `failures/failure`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PacemakerFailure {
+    /// The resource (from `op_key`, `dummy_monitor_5000` → `dummy`).
+    pub resource: String,
+    /// The operation (`task`: `monitor`, `start`, `stop`, …).
+    pub task: String,
+    /// The node it failed on (`node`).
+    pub node: String,
+    /// The agent's exit code (`exitcode`, OCF: 7 not running, 1 generic error, …).
+    pub exit_code: i32,
+    /// The exit status's meaning (`exitstatus`, `not running`), with `exitreason` when given.
+    pub exit_reason: String,
+    /// When it failed, as `crm_mon` prints it (`last-rc-change`, `2026-12-07 16:48:20Z`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rc_change: Option<String>,
 }
 
 /// keepalived on one host.
@@ -562,6 +715,19 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// Pacemaker node names and resource ids as the server and agent accept them in a command: 1 to
+/// [`MAX_PACEMAKER_TEXT_BYTES`] bytes of `A-Z a-z 0-9 . _ - :` not starting with `-` (Pacemaker
+/// ids are XML ids, a clone instance adds `:N`; node names are host names), so one can never be
+/// read as an option of `crm_resource`.
+pub fn valid_pacemaker_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_PACEMAKER_TEXT_BYTES
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+}
+
 /// Parses a PostgreSQL LSN (`16/B374D848`, as `pg_lsn` prints it) into a byte position.
 pub fn parse_lsn(text: &str) -> Option<u64> {
     let (high, low) = text.split_once('/')?;
@@ -808,6 +974,17 @@ pub enum Action {
     /// this host held the VIP, or `error: …`); the next report carries the round. Read-only, so
     /// it needs no entry in `actions.enabled`.
     ArpCheck {},
+    /// Move a Pacemaker resource to `node`: `crm_resource --move --resource R --node N` (a
+    /// location constraint `cli-prefer-R` that Pacemaker obeys by stopping and starting it
+    /// there), then, once `crm_mon` shows it running on `node` (or the action's timeout passed),
+    /// `crm_resource --clear --resource R`, so the resource is not pinned there for ever. Fails
+    /// when it did not arrive; the constraint is cleared either way.
+    PacemakerMove {
+        /// Resource id (`dummy`, a group's id).
+        resource: String,
+        /// Pacemaker node name of the destination.
+        node: String,
+    },
 }
 
 impl Action {
@@ -830,6 +1007,7 @@ impl Action {
             Action::RemoveVip { .. } => "remove_vip",
             Action::ReportPositions {} => "report_positions",
             Action::ArpCheck {} => "arp_check",
+            Action::PacemakerMove { .. } => "pacemaker_move",
         }
     }
 

@@ -48,6 +48,7 @@ pub fn report(node_id: &str, cluster: &str) -> ReportBuilder {
             highest_epoch: 0,
             checks: Vec::new(),
             arp: None,
+            pacemaker: None,
         },
     }
 }

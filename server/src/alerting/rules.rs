@@ -176,6 +176,7 @@ pub fn evaluate(
     check_failing(&mut f, c, evidence);
     cluster_mismatches(&mut f, evidence);
     arp_rules(&mut f, c);
+    pacemaker(&mut f, c);
     f.out
 }
 
@@ -231,6 +232,40 @@ fn arp_rules(f: &mut Findings<'_>, c: &ClusterView) {
                 );
             }
         }
+    }
+}
+
+/// The Pacemaker verdicts of the cluster's view ([`crate::fleet::pacemaker::verdicts`]), each
+/// its own rule: `pacemaker_split` and `pacemaker_no_quorum` after 10 s (Corosync re-forms its
+/// membership within a few token timeouts), `pacemaker_resource_stopped` after 30 s (a
+/// resource moving or restarting is briefly stopped), `pacemaker_failed_action` and
+/// `pacemaker_not_connected` at once.
+fn pacemaker(f: &mut Findings<'_>, c: &ClusterView) {
+    let Some(p) = &c.pacemaker else { return };
+    for v in &p.verdicts {
+        let (rule, hold) = match v.kind {
+            "pacemaker_split" => ("pacemaker_split", Duration::from_secs(10)),
+            "pacemaker_no_quorum" => ("pacemaker_no_quorum", Duration::from_secs(10)),
+            "pacemaker_resource_stopped" => ("pacemaker_resource_stopped", Duration::from_secs(30)),
+            "pacemaker_failed_action" => ("pacemaker_failed_action", AT_ONCE),
+            _ => ("pacemaker_not_connected", AT_ONCE),
+        };
+        let severity = if v.severity == "critical" {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        };
+        f.push(
+            rule,
+            severity,
+            v.what.clone(),
+            Subject {
+                node: v.node_id.as_deref(),
+                ..Subject::default()
+            },
+            format!("{}: {}", c.name, v.message),
+            hold,
+        );
     }
 }
 
@@ -800,7 +835,7 @@ fn agent_version(f: &mut Findings<'_>, n: &NodeLive) {
 }
 
 /// The rules' names.
-pub const RULES: [&str; 21] = [
+pub const RULES: [&str; 26] = [
     "node_down",
     "no_master",
     "split_brain",
@@ -822,6 +857,11 @@ pub const RULES: [&str; 21] = [
     "check_failing",
     "vip_answered_by_several",
     "vip_answered_by_non_holder",
+    "pacemaker_split",
+    "pacemaker_no_quorum",
+    "pacemaker_resource_stopped",
+    "pacemaker_failed_action",
+    "pacemaker_not_connected",
 ];
 
 /// Rules that report an event rather than a state: they end quietly, without a resolved

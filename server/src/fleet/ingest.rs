@@ -57,6 +57,7 @@ fn needs_store(previous: &NodeLive, report: &HeartbeatReport) -> bool {
         || link_keys(&previous.replication) != link_keys(&report.replication)
         || check_keys(&previous.checks) != check_keys(&report.checks)
         || arp_key(previous.arp.as_ref()) != arp_key(report.arp.as_ref())
+        || pacemaker_key(previous.pacemaker.as_ref()) != pacemaker_key(report.pacemaker.as_ref())
 }
 
 /// What of an ARP report can change a verdict: the interfaces' MACs and, per VIP probed, whether
@@ -92,6 +93,20 @@ fn arp_key(arp: Option<&hapulse_protocol::ArpReport>) -> Option<ArpKey<'_>> {
             .collect();
         probes.sort_unstable();
         (interfaces, probes)
+    })
+}
+
+/// What of a Pacemaker view is stored as state: all but the nodes' resource counts (which
+/// change with every start and stop the resources' own fields already show).
+fn pacemaker_key(
+    p: Option<&hapulse_protocol::PacemakerReport>,
+) -> Option<hapulse_protocol::PacemakerReport> {
+    p.map(|p| {
+        let mut key = p.clone();
+        for n in &mut key.nodes {
+            n.resources_running = 0;
+        }
+        key
     })
 }
 

@@ -103,6 +103,10 @@ pub struct NodeLive {
     /// addresses (in memory only: every report carries the latest round again). None from
     /// agents without ARP checks.
     pub arp: Option<hapulse_protocol::ArpReport>,
+    /// The Pacemaker cluster as this node's `crm_mon` showed it in its last report (None from
+    /// agents without `[pacemaker]`). Stored (in `nodes.pacemaker`) when its DC, quorum, a
+    /// node's flags, a resource's role or place or the failed actions change.
+    pub pacemaker: Option<hapulse_protocol::PacemakerReport>,
 }
 
 impl NodeLive {
@@ -132,6 +136,7 @@ impl NodeLive {
             arbitration: None,
             checks: Vec::new(),
             arp: None,
+            pacemaker: None,
         };
         node.apply(report, received_at, now);
         node
@@ -165,6 +170,7 @@ impl NodeLive {
         checks.sort_by(|a, b| a.name.cmp(&b.name));
         self.checks = checks;
         self.arp.clone_from(&report.arp);
+        self.pacemaker.clone_from(&report.pacemaker);
     }
 
     /// True when `report` was already accepted (same run, `seq` not above the watermark).
@@ -321,6 +327,18 @@ pub enum EventKind {
     VipAnsweredByNonHolder,
     /// A VIP flagged before is answered by its holder alone again (or by nobody).
     VipArpConsistent,
+    /// A Pacemaker resource runs on other nodes than before (a move, by `crm_resource --move`,
+    /// a constraint, a failure or a node leaving), as the partition's DC reports it.
+    PacemakerResourceMoved,
+    /// A Pacemaker resource's role changed other than by a move (`Started` → `Stopped`,
+    /// `Unpromoted` → `Promoted`, …), as the partition's DC reports it.
+    PacemakerResourceRole,
+    /// A failed Pacemaker resource action appeared (`crm_mon`'s failures), as the partition's
+    /// DC reports it.
+    PacemakerFailedAction,
+    /// A node's Pacemaker partition gained or lost quorum, or its DC changed, as that node
+    /// reports it.
+    PacemakerPartition,
 }
 
 impl EventKind {
@@ -350,11 +368,15 @@ impl EventKind {
             EventKind::VipAnsweredBySeveral => "vip_answered_by_several",
             EventKind::VipAnsweredByNonHolder => "vip_answered_by_non_holder",
             EventKind::VipArpConsistent => "vip_arp_consistent",
+            EventKind::PacemakerResourceMoved => "pacemaker_resource_moved",
+            EventKind::PacemakerResourceRole => "pacemaker_resource_role",
+            EventKind::PacemakerFailedAction => "pacemaker_failed_action",
+            EventKind::PacemakerPartition => "pacemaker_partition",
         }
     }
 
     /// Every kind, for metrics and filters.
-    pub const ALL: [EventKind; 23] = [
+    pub const ALL: [EventKind; 27] = [
         EventKind::NodeUp,
         EventKind::NodeSuspect,
         EventKind::NodeDown,
@@ -378,6 +400,10 @@ impl EventKind {
         EventKind::VipAnsweredBySeveral,
         EventKind::VipAnsweredByNonHolder,
         EventKind::VipArpConsistent,
+        EventKind::PacemakerResourceMoved,
+        EventKind::PacemakerResourceRole,
+        EventKind::PacemakerFailedAction,
+        EventKind::PacemakerPartition,
     ];
 
     /// Which events a report over [`MAX_EVENTS_PER_REPORT`] keeps first (lower first): what
@@ -394,7 +420,10 @@ impl EventKind {
             | EventKind::SwitchoverSucceeded
             | EventKind::SwitchoverFailed
             | EventKind::EventsDropped => 0,
-            EventKind::RoleChange | EventKind::ReplicationRole => 1,
+            EventKind::RoleChange
+            | EventKind::ReplicationRole
+            | EventKind::PacemakerResourceMoved
+            | EventKind::PacemakerPartition => 1,
             EventKind::ReplicationState
             | EventKind::InstanceRemoved
             | EventKind::ReplicationRemoved
@@ -402,7 +431,9 @@ impl EventKind {
             | EventKind::CheckPassing
             | EventKind::VipAnsweredBySeveral
             | EventKind::VipAnsweredByNonHolder
-            | EventKind::VipArpConsistent => 2,
+            | EventKind::VipArpConsistent
+            | EventKind::PacemakerResourceRole
+            | EventKind::PacemakerFailedAction => 2,
             EventKind::PriorityChange => 3,
             EventKind::VipAcquired | EventKind::VipReleased => 4,
         }
@@ -476,6 +507,11 @@ pub fn transitions(
     removed_instance_events(previous, report, &mut out);
     replication_events(previous, report, &mut out);
     check_events(previous, report, &mut out);
+    pacemaker_events(
+        previous.and_then(|p| p.pacemaker.as_ref()),
+        report,
+        &mut out,
+    );
     cap_events(report, &mut out);
     out
 }
@@ -888,6 +924,122 @@ fn check_events(previous: Option<&NodeLive>, report: &HeartbeatReport, out: &mut
         );
         e.link.clone_from(&check.link);
         out.push(e);
+    }
+}
+
+/// Pacemaker changes since the node's previous report. The node's own partition (quorum
+/// gained or lost, a new DC) from every member; the cluster's resources (moves, role changes)
+/// and new failed actions only from the member that is its partition's DC (its `local_node` is
+/// the `dc`), so a cluster of N members records each once, not N times.
+fn pacemaker_events(
+    before: Option<&hapulse_protocol::PacemakerReport>,
+    report: &HeartbeatReport,
+    out: &mut Vec<NewEvent>,
+) {
+    let (Some(before), Some(now)) = (before, report.pacemaker.as_ref()) else {
+        return;
+    };
+    if !now.connected || !before.connected {
+        return;
+    }
+    let node = &report.node_id;
+    let partition = |r: &hapulse_protocol::PacemakerReport| {
+        format!(
+            "DC {}, {}",
+            r.dc.as_deref().unwrap_or("none"),
+            if r.with_quorum { "quorum" } else { "no quorum" }
+        )
+    };
+    if (before.dc.as_ref(), before.with_quorum) != (now.dc.as_ref(), now.with_quorum) {
+        out.push(node_event(
+            report,
+            EventKind::PacemakerPartition,
+            None,
+            Some(partition(before)),
+            Some(partition(now)),
+            format!("Pacemaker on {node}: {} → {}", partition(before), partition(now)),
+            serde_json::json!({ "dc": now.dc, "with_quorum": now.with_quorum, "online": now.online_nodes() }),
+        ));
+    }
+    if now.local_node.is_none() || now.local_node != now.dc {
+        return;
+    }
+    pacemaker_resource_events(before, now, report, out);
+    let known = |f: &hapulse_protocol::PacemakerFailure| {
+        before
+            .failures
+            .iter()
+            .any(|o| (&o.resource, &o.task, &o.node) == (&f.resource, &f.task, &f.node))
+    };
+    for f in now.failures.iter().filter(|f| !known(f)) {
+        out.push(node_event(
+            report,
+            EventKind::PacemakerFailedAction,
+            None,
+            None,
+            Some(f.exit_reason.clone()),
+            format!(
+                "Pacemaker: {} of {} failed on {} (exit {}: {})",
+                f.task, f.resource, f.node, f.exit_code, f.exit_reason
+            ),
+            serde_json::to_value(f).unwrap_or_default(),
+        ));
+    }
+}
+
+/// Resources of `now` that run elsewhere than in `before` (`pacemaker_resource_moved`) or
+/// changed role in place (`pacemaker_resource_role`); resources new in `now` make no event.
+fn pacemaker_resource_events(
+    before: &hapulse_protocol::PacemakerReport,
+    now: &hapulse_protocol::PacemakerReport,
+    report: &HeartbeatReport,
+    out: &mut Vec<NewEvent>,
+) {
+    for r in &now.resources {
+        let Some(old) = before.resources.iter().find(|o| o.id == r.id) else {
+            continue;
+        };
+        let detail = serde_json::json!({ "resource": r.id, "agent": r.agent, "from_nodes": old.nodes, "to_nodes": r.nodes, "role": r.role, "target_role": r.target_role });
+        if !old.nodes.is_empty() && !r.nodes.is_empty() && old.nodes != r.nodes {
+            out.push(node_event(
+                report,
+                EventKind::PacemakerResourceMoved,
+                None,
+                Some(old.nodes.join(",")),
+                Some(r.nodes.join(",")),
+                format!(
+                    "Pacemaker resource {} moved: {} → {}",
+                    r.id,
+                    old.nodes.join(", "),
+                    r.nodes.join(", ")
+                ),
+                detail,
+            ));
+        } else if old.role != r.role {
+            let place = |n: &[String]| {
+                if n.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on {}", n.join(", "))
+                }
+            };
+            out.push(node_event(
+                report,
+                EventKind::PacemakerResourceRole,
+                None,
+                Some(old.role.clone()),
+                Some(r.role.clone()),
+                format!(
+                    "Pacemaker resource {}: {}{} → {}{}",
+                    r.id,
+                    old.role,
+                    place(&old.nodes),
+                    r.role,
+                    place(&r.nodes)
+                ),
+                detail,
+            ));
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod clusters;
 pub mod detector;
 pub mod ingest;
 pub mod live;
+pub mod pacemaker;
 pub mod pending;
 pub mod store;
 pub mod validate;

@@ -4,8 +4,8 @@
 
 use chrono::{DateTime, Utc};
 use hapulse_protocol::{
-    HeartbeatReport, ReplicationLinkReport, ServiceCheckReport, VrrpCounters, VrrpInstanceReport,
-    VrrpState,
+    HeartbeatReport, PacemakerReport, ReplicationLinkReport, ServiceCheckReport, VrrpCounters,
+    VrrpInstanceReport, VrrpState,
 };
 use serde::Serialize;
 use sqlx::{PgPool, Postgres, Row, Transaction};
@@ -65,7 +65,7 @@ async fn load_nodes(pool: &PgPool, now: Instant) -> Result<Live, sqlx::Error> {
                 greatest(n.last_seq, s.seq) AS last_seq, n.heartbeat_interval_ms,
                 greatest(n.last_heartbeat_at, s.received_at) AS last_heartbeat_at,
                 n.last_observed_at, n.status, n.status_since, n.uptime_seconds, n.load1,
-                n.keepalived_running, n.spool_depth, n.spool_dropped, n.checks
+                n.keepalived_running, n.spool_depth, n.spool_dropped, n.checks, n.pacemaker
            FROM nodes n
            LEFT JOIN LATERAL (
                 SELECT max(h.seq) AS seq, max(h.received_at) AS received_at
@@ -88,7 +88,16 @@ async fn load_nodes(pool: &PgPool, now: Instant) -> Result<Live, sqlx::Error> {
                 tracing::error!(node_id = %node_id, error = %e, "unreadable nodes.checks skipped");
                 Vec::new()
             });
+        // As for checks: an unreadable view is dropped until the node's next report.
+        let pacemaker = row
+            .try_get::<Option<sqlx::types::Json<PacemakerReport>>, _>("pacemaker")
+            .map(|p| p.map(|p| p.0))
+            .unwrap_or_else(|e| {
+                tracing::error!(node_id = %node_id, error = %e, "unreadable nodes.pacemaker skipped");
+                None
+            });
         let node = NodeLive {
+            pacemaker,
             node_id,
             cluster: row.try_get("cluster")?,
             hostname: row.try_get("hostname")?,
@@ -278,11 +287,12 @@ async fn upsert_node_rows(
         "INSERT INTO nodes (node_id, cluster, hostname, agent_version, protocol_version, boot_id,
                             last_seq, heartbeat_interval_ms, last_heartbeat_at, last_observed_at,
                             status, status_since, uptime_seconds, load1, keepalived_running,
-                            spool_depth, spool_dropped, checks)
+                            spool_depth, spool_dropped, checks, pacemaker)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[],
                               $6::uuid[], $7::int8[], $8::int4[], $9::timestamptz[],
                               $10::timestamptz[], $11::text[], $12::timestamptz[], $13::int8[],
-                              $14::float8[], $15::bool[], $16::int8[], $17::int8[], $18::jsonb[])
+                              $14::float8[], $15::bool[], $16::int8[], $17::int8[], $18::jsonb[],
+                              $19::jsonb[])
          ON CONFLICT (node_id) DO UPDATE SET
             cluster = EXCLUDED.cluster, hostname = EXCLUDED.hostname,
             agent_version = EXCLUDED.agent_version, protocol_version = EXCLUDED.protocol_version,
@@ -293,7 +303,7 @@ async fn upsert_node_rows(
             uptime_seconds = EXCLUDED.uptime_seconds, load1 = EXCLUDED.load1,
             keepalived_running = EXCLUDED.keepalived_running,
             spool_depth = EXCLUDED.spool_depth, spool_dropped = EXCLUDED.spool_dropped,
-            checks = EXCLUDED.checks",
+            checks = EXCLUDED.checks, pacemaker = EXCLUDED.pacemaker",
     )
     .bind(col(|n| n.node_id.clone()))
     .bind(col(|n| n.cluster.clone()))
@@ -313,6 +323,12 @@ async fn upsert_node_rows(
     .bind(nodes.iter().map(|n| n.spool_depth as i64).collect::<Vec<_>>())
     .bind(nodes.iter().map(|n| n.spool_dropped as i64).collect::<Vec<_>>())
     .bind(nodes.iter().map(|n| sqlx::types::Json(&n.checks)).collect::<Vec<_>>())
+    .bind(
+        nodes
+            .iter()
+            .map(|n| n.pacemaker.as_ref().map(sqlx::types::Json))
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -70,6 +70,9 @@ pub fn validate(report: &HeartbeatReport) -> Result<(), IngestError> {
     if let Some(arp) = &report.arp {
         check_arp(arp)?;
     }
+    if let Some(p) = &report.pacemaker {
+        check_pacemaker(p)?;
+    }
     Ok(())
 }
 
@@ -147,6 +150,94 @@ fn check_arp(arp: &hapulse_protocol::ArpReport) -> Result<(), IngestError> {
         }
     }
     Ok(())
+}
+
+/// A Pacemaker view: lists within the protocol's bounds, names and texts within
+/// [`hapulse_protocol::MAX_PACEMAKER_TEXT_BYTES`] without control characters (the error within
+/// [`hapulse_protocol::MAX_CHECK_TEXT_BYTES`]).
+fn check_pacemaker(p: &hapulse_protocol::PacemakerReport) -> Result<(), IngestError> {
+    use hapulse_protocol::{
+        MAX_PACEMAKER_FAILURES as FAILURES, MAX_PACEMAKER_NODES as NODES,
+        MAX_PACEMAKER_RESOURCES as RESOURCES, MAX_PACEMAKER_TEXT_BYTES as TEXT,
+    };
+    let refuse = |field: String, why: String| {
+        Err(IngestError::from(Refusal::invalid(
+            "invalid_body",
+            field,
+            why,
+        )))
+    };
+    for (field, len, max) in [
+        ("pacemaker.nodes", p.nodes.len(), NODES),
+        ("pacemaker.resources", p.resources.len(), RESOURCES),
+        ("pacemaker.failures", p.failures.len(), FAILURES),
+    ] {
+        if len > max {
+            return refuse(field.into(), format!("at most {max} entries"));
+        }
+    }
+    let mut texts: Vec<(String, &str, usize)> = Vec::new();
+    if let Some(e) = &p.error {
+        texts.push((
+            "pacemaker.error".into(),
+            e,
+            hapulse_protocol::MAX_CHECK_TEXT_BYTES,
+        ));
+    }
+    for (name, v) in [("local_node", &p.local_node), ("dc", &p.dc)] {
+        if let Some(v) = v {
+            texts.push((format!("pacemaker.{name}"), v, TEXT));
+        }
+    }
+    for (n, x) in p.nodes.iter().enumerate() {
+        texts.push((format!("pacemaker.nodes[{n}].name"), &x.name, TEXT));
+    }
+    for (n, x) in p.resources.iter().enumerate() {
+        if x.nodes.len() > NODES {
+            return refuse(
+                format!("pacemaker.resources[{n}].nodes"),
+                format!("at most {NODES}"),
+            );
+        }
+        let field = |f: &str| format!("pacemaker.resources[{n}].{f}");
+        texts.extend([
+            (field("id"), x.id.as_str(), TEXT),
+            (field("agent"), &x.agent, TEXT),
+            (field("role"), &x.role, TEXT),
+        ]);
+        texts.extend(x.parent.as_deref().map(|v| (field("parent"), v, TEXT)));
+        texts.extend(
+            x.target_role
+                .as_deref()
+                .map(|v| (field("target_role"), v, TEXT)),
+        );
+        texts.extend(
+            x.nodes
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (field(&format!("nodes[{i}]")), v.as_str(), TEXT)),
+        );
+    }
+    for (n, f) in p.failures.iter().enumerate() {
+        let field = |x: &str| format!("pacemaker.failures[{n}].{x}");
+        texts.extend([
+            (field("resource"), f.resource.as_str(), TEXT),
+            (field("task"), &f.task, TEXT),
+            (field("node"), &f.node, TEXT),
+            (field("exit_reason"), &f.exit_reason, TEXT),
+        ]);
+        texts.extend(
+            f.last_rc_change
+                .as_deref()
+                .map(|v| (field("last_rc_change"), v, TEXT)),
+        );
+    }
+    match texts.into_iter().find(|(_, v, max)| !text_ok(v, *max)) {
+        Some((field, _, max)) => {
+            refuse(field, format!("at most {max} bytes, no control characters"))
+        }
+        None => Ok(()),
+    }
 }
 
 /// Service check `c`, number `n`: its name (unique among the checks `before` it), texts and

@@ -151,6 +151,10 @@ pub struct ClusterView {
     pub replication: Vec<ReplicationView>,
     /// The cluster's epoch: raised by every switchover; commands carry it (fencing token).
     pub epoch: u64,
+    /// The Pacemaker cluster its nodes report (`[pacemaker]` in their agents): verdicts, each
+    /// member's partition, the status. Absent when no node reports one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pacemaker: Option<crate::fleet::pacemaker::PacemakerClusterView>,
 }
 
 /// One node's end of a replication link.
@@ -551,7 +555,20 @@ pub fn cluster_view_of(
         .iter()
         .flat_map(|i| i.reasons.iter().map(move |r| format!("{}: {r}", i.name)))
         .collect();
-    if instances.is_empty() {
+    let pacemaker = crate::fleet::pacemaker::cluster_view(&nodes);
+    if let Some(p) = &pacemaker {
+        // A Pacemaker cluster without keepalived: its health is Pacemaker's.
+        if instances.is_empty() {
+            health = Health::Healthy;
+        }
+        for v in &p.verdicts {
+            health = health.max(match v.kind {
+                "pacemaker_split" => Health::SplitBrain,
+                _ => Health::Degraded,
+            });
+            reasons.push(format!("Pacemaker: {}", v.message));
+        }
+    } else if instances.is_empty() {
         reasons.push("no VRRP instance reported".into());
     }
     let mut keys: Vec<String> = nodes
@@ -592,6 +609,7 @@ pub fn cluster_view_of(
         instances,
         replication,
         epoch: 0,
+        pacemaker,
     })
 }
 

@@ -131,6 +131,10 @@ pub fn router(state: AppState) -> Router {
             post(api::failover::unfence),
         )
         .route(
+            "/api/v1/clusters/{cluster}/pacemaker/move",
+            post(api::failover::pacemaker_move),
+        )
+        .route(
             "/api/v1/failover",
             axum::routing::put(api::failover::set_switch),
         )

@@ -318,6 +318,7 @@ mod tests {
             instances: Vec::new(),
             replication: links,
             epoch: 1,
+            pacemaker: None,
         }
     }
 

@@ -4,11 +4,12 @@
 //! events ([`store`]); the executor that carries out one step at a time with epoch-fenced
 //! commands to agents (`executor`, private); the run's life from start to recorded end
 //! ([`run`]); and starting one, on request or on a failover decision ([`request`]). Why one is
-//! refused: [`error`].
+//! refused: [`error`]. A Pacemaker resource's move is one command ([`pacemaker`]).
 
 pub mod drivers;
 pub mod error;
 pub(crate) mod executor;
+pub mod pacemaker;
 pub mod plan;
 pub mod request;
 pub mod run;

@@ -841,6 +841,7 @@ mod tests {
             instances: vec![instance("vi")],
             replication: Vec::new(),
             epoch: 7,
+            pacemaker: None,
         }
     }
 

@@ -631,6 +631,7 @@ impl World {
             | Action::MysqlPromote { .. }
             | Action::MysqlFollow { .. }
             | Action::ArpCheck {} => Err("not enabled".into()),
+            Action::PacemakerMove { .. } => Err("not enabled".into()),
         }
     }
 
@@ -735,6 +736,7 @@ impl World {
             highest_epoch: 0,
             checks: Vec::new(),
             arp: None,
+            pacemaker: None,
         }
     }
 

@@ -91,6 +91,26 @@ pub async fn unfence(
     })))
 }
 
+/// `POST /api/v1/clusters/{cluster}/pacemaker/move` (operator): moves a Pacemaker resource to
+/// a node, through one member's agent (`pacemaker_move`: `crm_resource --move`, then `--clear`
+/// once it runs there), under the cluster's epoch. 202 with the queued command; 400, 404, 409
+/// as [`crate::switchover::pacemaker::request_move`] says.
+pub async fn pacemaker_move(
+    State(state): State<AppState>,
+    Auth(me): Auth,
+    Path(cluster): Path<String>,
+    ApiJson(req): ApiJson<crate::switchover::pacemaker::PacemakerMoveRequest>,
+) -> Result<
+    (
+        StatusCode,
+        Json<crate::switchover::pacemaker::PacemakerMoveAccepted>,
+    ),
+    AppError,
+> {
+    let accepted = crate::switchover::pacemaker::request_move(&state, &cluster, &req, &me).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
 /// Body of `PUT /api/v1/failover`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -55,6 +55,8 @@ use crate::http::api::{admin, arp, failover, v1};
         failover::ReasonRequest,
         failover::SwitchRequest,
         arp::ArpCheckAccepted,
+        crate::switchover::pacemaker::PacemakerMoveRequest,
+        crate::switchover::pacemaker::PacemakerMoveAccepted,
     ))
 )]
 struct Schemas;
@@ -165,6 +167,14 @@ const OPS: &[Op] = &[
         summary: "Lift the fence of a node that rejoined as a standby",
         body: Some("ReasonRequest"),
         ok: (200, None),
+        errors: &[400, 401, 403, 404, 409],
+    },
+    Op {
+        method: HttpMethod::Post,
+        path: "/api/v1/clusters/{cluster}/pacemaker/move",
+        summary: "Move a Pacemaker resource to a node (crm_resource --move, then --clear)",
+        body: Some("PacemakerMoveRequest"),
+        ok: (202, Some("PacemakerMoveAccepted")),
         errors: &[400, 401, 403, 404, 409],
     },
     Op {
