@@ -573,6 +573,9 @@ mod tests {
             counters: VrrpCounters::default(),
             advert_interval_ms: None,
             auth_type: None,
+            sync_group: None,
+            tracked_scripts: Vec::new(),
+            tracked_interfaces: Vec::new(),
         }
     }
 
@@ -600,6 +603,8 @@ mod tests {
             keepalived: KeepalivedReport {
                 running: true,
                 instances: vec![i],
+                sync_groups: Vec::new(),
+                virtual_servers: Vec::new(),
             },
             replication: links,
             arbitration: None,
@@ -699,6 +704,8 @@ mod tests {
             keepalived: KeepalivedReport {
                 running: false,
                 instances: vec![],
+                sync_groups: Vec::new(),
+                virtual_servers: Vec::new(),
             },
             ..good.clone()
         };

@@ -604,7 +604,12 @@ fn report(
                 counters: Default::default(),
                 advert_interval_ms: None,
                 auth_type: None,
+                sync_group: None,
+                tracked_scripts: Vec::new(),
+                tracked_interfaces: Vec::new(),
             }],
+            sync_groups: Vec::new(),
+            virtual_servers: Vec::new(),
         },
         replication: vec![ReplicationLinkReport {
             kind: ReplicationKind::Postgresql,

@@ -39,6 +39,8 @@ pub fn report(node_id: &str, cluster: &str) -> ReportBuilder {
             keepalived: KeepalivedReport {
                 running: true,
                 instances: Vec::new(),
+                sync_groups: Vec::new(),
+                virtual_servers: Vec::new(),
             },
             replication: Vec::new(),
             arbitration: None,
@@ -127,6 +129,9 @@ pub fn vrrp_instance(name: &str, state: VrrpState, vip: &str, held: bool) -> Vrr
         counters: Default::default(),
         advert_interval_ms: None,
         auth_type: None,
+        sync_group: None,
+        tracked_scripts: Vec::new(),
+        tracked_interfaces: Vec::new(),
     }
 }
 

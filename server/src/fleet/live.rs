@@ -868,6 +868,9 @@ mod tests {
             counters: Default::default(),
             advert_interval_ms: None,
             auth_type: None,
+            sync_group: None,
+            tracked_scripts: Vec::new(),
+            tracked_interfaces: Vec::new(),
         }
     }
 

@@ -147,6 +147,9 @@ async fn load_instances(pool: &PgPool, live: &mut Live) -> Result<(), sqlx::Erro
             counters: counters.0,
             advert_interval_ms: None,
             auth_type: None,
+            sync_group: None,
+            tracked_scripts: Vec::new(),
+            tracked_interfaces: Vec::new(),
         };
         if let Some(node) = live.nodes.get_mut(&node_id) {
             node.instances.push(instance);

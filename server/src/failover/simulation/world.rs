@@ -689,6 +689,9 @@ impl World {
                 counters: VrrpCounters::default(),
                 advert_interval_ms: None,
                 auth_type: None,
+                sync_group: None,
+                tracked_scripts: Vec::new(),
+                tracked_interfaces: Vec::new(),
             }]
         };
         let reach = |reachable: bool| Reachability {
@@ -720,6 +723,8 @@ impl World {
             keepalived: KeepalivedReport {
                 running: h.keepalived == Keepalived::Running,
                 instances,
+                sync_groups: Vec::new(),
+                virtual_servers: Vec::new(),
             },
             replication: self.link_report(i).into_iter().collect(),
             arbitration: Some(ArbitrationReport {
