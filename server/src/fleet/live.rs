@@ -86,6 +86,12 @@ pub struct NodeLive {
     pub keepalived_running: bool,
     /// VRRP instances, sorted by name.
     pub instances: Vec<VrrpInstanceReport>,
+    /// keepalived's sync groups on the node, from its last report; in memory only (every
+    /// heartbeat carries them).
+    pub sync_groups: Vec<hapulse_protocol::SyncGroupReport>,
+    /// keepalived's LVS virtual servers on the node with their real servers, from its last
+    /// report; in memory only, their changes are stored as `real_server_state` events.
+    pub virtual_servers: Vec<hapulse_protocol::VirtualServerReport>,
     /// Reports waiting in the agent's spool when it sent the last one.
     pub spool_depth: u64,
     /// Reports the agent's spool dropped.
@@ -122,6 +128,8 @@ impl NodeLive {
             load1: 0.0,
             keepalived_running: false,
             instances: Vec::new(),
+            sync_groups: Vec::new(),
+            virtual_servers: Vec::new(),
             spool_depth: 0,
             spool_dropped: 0,
             replication: Vec::new(),
@@ -150,6 +158,9 @@ impl NodeLive {
         let mut instances = report.keepalived.instances.clone();
         instances.sort_by(|a, b| a.name.cmp(&b.name));
         self.instances = instances;
+        self.sync_groups.clone_from(&report.keepalived.sync_groups);
+        self.virtual_servers
+            .clone_from(&report.keepalived.virtual_servers);
         self.spool_depth = report.spool_depth;
         self.spool_dropped = report.spool_dropped;
         let mut links = report.replication.clone();
@@ -308,6 +319,9 @@ pub enum EventKind {
     CheckFailing,
     /// A service check of a node passes again (after its rise count).
     CheckPassing,
+    /// An LVS real server (or a virtual server's quorum) went up or down on a node
+    /// (keepalived's `RS`/`VS` notify lines).
+    RealServerState,
 }
 
 impl EventKind {
@@ -334,11 +348,12 @@ impl EventKind {
             EventKind::EventsDropped => "events_dropped",
             EventKind::CheckFailing => "check_failing",
             EventKind::CheckPassing => "check_passing",
+            EventKind::RealServerState => "real_server_state",
         }
     }
 
     /// Every kind, for metrics and filters.
-    pub const ALL: [EventKind; 20] = [
+    pub const ALL: [EventKind; 21] = [
         EventKind::NodeUp,
         EventKind::NodeSuspect,
         EventKind::NodeDown,
@@ -359,6 +374,7 @@ impl EventKind {
         EventKind::EventsDropped,
         EventKind::CheckFailing,
         EventKind::CheckPassing,
+        EventKind::RealServerState,
     ];
 
     /// Which events a report over [`MAX_EVENTS_PER_REPORT`] keeps first (lower first): what
@@ -380,7 +396,8 @@ impl EventKind {
             | EventKind::InstanceRemoved
             | EventKind::ReplicationRemoved
             | EventKind::CheckFailing
-            | EventKind::CheckPassing => 2,
+            | EventKind::CheckPassing
+            | EventKind::RealServerState => 2,
             EventKind::PriorityChange => 3,
             EventKind::VipAcquired | EventKind::VipReleased => 4,
         }
@@ -454,6 +471,7 @@ pub fn transitions(
     removed_instance_events(previous, report, &mut out);
     replication_events(previous, report, &mut out);
     check_events(previous, report, &mut out);
+    real_server_events(previous, report, &mut out);
     cap_events(report, &mut out);
     out
 }
@@ -837,6 +855,57 @@ fn check_events(previous: Option<&NodeLive>, report: &HeartbeatReport, out: &mut
         );
         e.link.clone_from(&check.link);
         out.push(e);
+    }
+}
+
+/// `real_server_state` events: each LVS virtual server whose quorum, and each real server whose
+/// health, changed since the node's last report (or is first reported down): the history of a
+/// cluster's real servers.
+fn real_server_events(
+    previous: Option<&NodeLive>,
+    report: &HeartbeatReport,
+    out: &mut Vec<NewEvent>,
+) {
+    let node = &report.node_id;
+    let old: &[hapulse_protocol::VirtualServerReport] =
+        previous.map_or(&[], |p| &p.virtual_servers);
+    let word = |up: bool| if up { "up" } else { "down" };
+    for vs in &report.keepalived.virtual_servers {
+        let before = old.iter().find(|o| o.name == vs.name);
+        let mut changes: Vec<(Option<&str>, Option<bool>, bool)> = Vec::new();
+        let was_up = before.map(|b| b.up);
+        if was_up != Some(vs.up) && !(was_up.is_none() && vs.up) {
+            changes.push((None, was_up, vs.up));
+        }
+        for rs in &vs.real_servers {
+            let was = before
+                .and_then(|b| b.real_servers.iter().find(|o| o.address == rs.address))
+                .map(|o| o.up);
+            if was != Some(rs.up) && !(was.is_none() && rs.up) {
+                changes.push((Some(&rs.address), was, rs.up));
+            }
+        }
+        for (real, was, up) in changes {
+            let message = match real {
+                Some(rs) => format!(
+                    "real server {rs} of {} on {node} is {} ({} of {} live)",
+                    vs.name,
+                    word(up),
+                    vs.live_real_servers(),
+                    vs.real_servers.len()
+                ),
+                None => format!("virtual server {} on {node}: quorum {}", vs.name, word(up)),
+            };
+            out.push(node_event(
+                report,
+                EventKind::RealServerState,
+                None,
+                was.map(|w| word(w).to_string()),
+                Some(word(up).to_string()),
+                message,
+                serde_json::json!({ "virtual_server": vs.name, "real_server": real }),
+            ));
+        }
     }
 }
 

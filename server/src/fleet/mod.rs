@@ -4,6 +4,7 @@
 
 pub mod clusters;
 pub mod detector;
+pub mod groups;
 pub mod ingest;
 pub mod live;
 pub mod pending;

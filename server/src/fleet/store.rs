@@ -106,6 +106,8 @@ async fn load_nodes(pool: &PgPool, now: Instant) -> Result<Live, sqlx::Error> {
             load1: row.try_get("load1")?,
             keepalived_running: row.try_get("keepalived_running")?,
             instances: Vec::new(),
+            sync_groups: Vec::new(),
+            virtual_servers: Vec::new(),
             replication: Vec::new(),
             arbitration: None,
             checks,

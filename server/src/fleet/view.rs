@@ -146,6 +146,14 @@ pub struct ClusterView {
     pub replication: Vec<ReplicationView>,
     /// The cluster's epoch: raised by every switchover; commands carry it (fencing token).
     pub epoch: u64,
+    /// keepalived's sync groups (instances that move together), with a split verdict. Empty
+    /// when no node reports one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sync_groups: Vec<crate::fleet::groups::SyncGroupView>,
+    /// keepalived's LVS virtual servers, per node, with their real servers. Empty when no node
+    /// runs LVS.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_servers: Vec<crate::fleet::groups::VirtualServerView>,
 }
 
 /// One node's end of a replication link.
@@ -573,6 +581,21 @@ pub fn cluster_view_of(
             reasons.push(format!("node {} is {}", node.node_id, node.status.as_str()));
         }
     }
+    let sync_groups = crate::fleet::groups::sync_groups(&nodes);
+    for g in &sync_groups {
+        if let Some(reason) = &g.reason {
+            health = health.max(Health::Degraded);
+            reasons.push(reason.clone());
+        }
+    }
+    let virtual_servers = crate::fleet::groups::virtual_servers(&nodes);
+    for v in virtual_servers.iter().filter(|v| v.no_live_real_server()) {
+        health = health.max(Health::Degraded);
+        reasons.push(format!(
+            "virtual server {} on {} has no live real server",
+            v.name, v.node_id
+        ));
+    }
     Some(ClusterView {
         name: cluster.to_string(),
         health,
@@ -583,6 +606,8 @@ pub fn cluster_view_of(
         instances,
         replication,
         epoch: 0,
+        sync_groups,
+        virtual_servers,
     })
 }
 

@@ -318,6 +318,8 @@ mod tests {
             instances: Vec::new(),
             replication: links,
             epoch: 1,
+            sync_groups: Vec::new(),
+            virtual_servers: Vec::new(),
         }
     }
 

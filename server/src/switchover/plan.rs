@@ -840,6 +840,8 @@ mod tests {
             instances: vec![instance("vi")],
             replication: Vec::new(),
             epoch: 7,
+            sync_groups: Vec::new(),
+            virtual_servers: Vec::new(),
         }
     }
 
