@@ -216,6 +216,16 @@ pub enum TrackStatus {
     Bad,
 }
 
+impl TrackStatus {
+    /// `good` or `bad`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrackStatus::Good => "good",
+            TrackStatus::Bad => "bad",
+        }
+    }
+}
+
 /// One `track_script` or `track_interface` entry of a VRRP instance, from keepalived's data
 /// dump (`Tracked scripts :` / `Tracked interfaces :` → `NAME weight W`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

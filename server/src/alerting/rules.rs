@@ -416,7 +416,20 @@ fn instance_rules(f: &mut Findings<'_>, c: &ClusterView) {
                     node: Some(&m.node_id),
                     ..about
                 },
-                format!("{} is in FAULT on {} ({})", i.name, m.node_id, c.name),
+                {
+                    let why = m.failing_tracks();
+                    if why.is_empty() {
+                        format!("{} is in FAULT on {} ({})", i.name, m.node_id, c.name)
+                    } else {
+                        format!(
+                            "{} is in FAULT on {} ({}): {}",
+                            i.name,
+                            m.node_id,
+                            c.name,
+                            why.join(", ")
+                        )
+                    }
+                },
                 AT_ONCE,
             );
         }

@@ -62,6 +62,35 @@ pub struct MemberView {
     pub held_vips: Vec<String>,
     /// When keepalived last changed the state there.
     pub last_transition: Option<DateTime<Utc>>,
+    /// Its `track_script` entries there with their status (keepalived's data dump): why it is
+    /// in FAULT (a failing weight-0 script) or why its priority dropped (a failing script's
+    /// negative weight). Empty when none, or from agents that do not report them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tracked_scripts: Vec<hapulse_protocol::TrackedItem>,
+    /// Its `track_interface` entries there with their link status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tracked_interfaces: Vec<hapulse_protocol::TrackedItem>,
+}
+
+impl MemberView {
+    /// Its tracked scripts and interfaces that are failing (`BAD`), for people:
+    /// `script chk_db BAD (weight -10)`; empty when all pass.
+    pub fn failing_tracks(&self) -> Vec<String> {
+        let scripts = self.tracked_scripts.iter().map(|t| ("script", t));
+        let interfaces = self.tracked_interfaces.iter().map(|t| ("interface", t));
+        scripts
+            .chain(interfaces)
+            .filter(|(_, t)| t.status == Some(hapulse_protocol::TrackStatus::Bad))
+            .map(|(what, t)| {
+                let effect = if t.weight == 0 {
+                    "FAULT".to_string()
+                } else {
+                    format!("weight {:+}", t.weight)
+                };
+                format!("{what} {} BAD ({effect})", t.name)
+            })
+            .collect()
+    }
 }
 
 /// One VIP and who has it.
@@ -97,6 +126,10 @@ pub struct InstanceView {
     /// quietly when they do. Empty when they agree.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drift: Vec<String>,
+    /// The keepalived sync group it belongs to (as the first member naming one reports it):
+    /// a switchover moves the group's other instances with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_group: Option<String>,
 }
 
 /// A node in a cluster listing.
@@ -349,6 +382,10 @@ pub fn instance_view(name: &str, nodes: &[&NodeLive]) -> InstanceView {
             .collect(),
         members,
         drift: config_drift(name, nodes),
+        sync_group: nodes
+            .iter()
+            .filter_map(|n| n.instance(name))
+            .find_map(|i| i.sync_group.clone()),
     }
 }
 
@@ -393,6 +430,17 @@ pub fn config_drift(name: &str, nodes: &[&NodeLive]) -> Vec<String> {
     drift
 }
 
+/// `: script chk BAD (FAULT)` when the member has failing tracked scripts or interfaces (why it
+/// is in FAULT, or why its priority dropped), else nothing.
+fn tracks_text(m: &MemberView) -> String {
+    let failing = m.failing_tracks();
+    if failing.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", failing.join(", "))
+    }
+}
+
 /// The members of instance `name`: every node of `nodes` that reports it, in order.
 fn instance_members(name: &str, nodes: &[&NodeLive]) -> Vec<MemberView> {
     nodes
@@ -407,6 +455,8 @@ fn instance_members(name: &str, nodes: &[&NodeLive]) -> Vec<MemberView> {
             holds_vip: instance.holds_vip(),
             held_vips: instance.held_vips.clone(),
             last_transition: instance.last_transition,
+            tracked_scripts: instance.tracked_scripts.clone(),
+            tracked_interfaces: instance.tracked_interfaces.clone(),
         })
         .collect()
 }
@@ -503,7 +553,7 @@ fn member_reasons(name: &str, members: &[MemberView], masters: &[String], verdic
         ) {
             verdict.worsen(
                 Health::Degraded,
-                format!("{} is {} on {}", name, m.state, m.node_id),
+                format!("{} is {} on {}{}", name, m.state, m.node_id, tracks_text(m)),
             );
         }
     }

@@ -823,6 +823,8 @@ mod tests {
             holds_vip: state == VrrpState::Master,
             held_vips: Vec::new(),
             last_transition: None,
+            tracked_scripts: Vec::new(),
+            tracked_interfaces: Vec::new(),
         }
     }
 
@@ -859,6 +861,7 @@ mod tests {
                 member("c", VrrpState::Backup),
             ],
             drift: Vec::new(),
+            sync_group: None,
         }
     }
 
