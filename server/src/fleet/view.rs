@@ -891,6 +891,33 @@ mod tests {
     const VIP: &[&str] = &["10.0.0.100"];
 
     #[test]
+    fn a_member_in_fault_says_which_tracked_script_or_interface_fails() {
+        use hapulse_protocol::{TrackStatus, TrackedItem};
+        let a = node("a", VrrpState::Master, VIP, NodeStatus::Up);
+        let mut b = node("b", VrrpState::Fault, &[], NodeStatus::Up);
+        let item = |name: &str, weight, status| TrackedItem {
+            name: name.into(),
+            weight,
+            status: Some(status),
+        };
+        b.instances[0].tracked_scripts = vec![
+            item("chk_db", 0, TrackStatus::Bad),
+            item("chk_ok", 0, TrackStatus::Good),
+        ];
+        b.instances[0].tracked_interfaces = vec![item("eth1", -20, TrackStatus::Bad)];
+        let v = verdict(&[a, b]);
+        assert!(
+            v.reasons.contains(
+                &"VI_1 is FAULT on b: script chk_db BAD (FAULT), interface eth1 BAD (weight -20)"
+                    .to_string()
+            ),
+            "{:?}",
+            v.reasons
+        );
+        assert_eq!(v.members[1].tracked_scripts.len(), 2);
+    }
+
+    #[test]
     fn healthy_pair() {
         let v = verdict(&[
             node("a", VrrpState::Master, VIP, NodeStatus::Up),
