@@ -14,6 +14,7 @@ use crate::fleet::live::NodeStatus;
 use crate::fleet::view::{self, ClusterView};
 use crate::state::AppState;
 use crate::switchover::drivers::{self, Layer};
+use crate::switchover::plan::group_follows;
 use crate::switchover::steps::StepName;
 use crate::switchover::store::{self, log_db, Switchover};
 
@@ -894,22 +895,6 @@ pub(crate) fn roles_hold(
         Run::link_member(c, k, target).is_some_and(|m| m.role == ReplicationRole::Primary)
     });
     vrrp && db
-}
-
-/// Whether every other instance of `instance`'s keepalived sync group has followed it to
-/// `target`: `target` its only MASTER and holding each of its VIPs, no other node holding one.
-/// True outside a sync group. A member no node reports does not count as moved.
-pub(crate) fn group_follows(c: &ClusterView, instance: &str, target: &str) -> bool {
-    crate::fleet::groups::moves_with(instance, &c.sync_groups)
-        .into_iter()
-        .filter(|m| *m != instance)
-        .all(|m| {
-            c.instances.iter().any(|i| {
-                i.name == m
-                    && i.master.as_deref() == Some(target)
-                    && i.vips.iter().all(|v| v.holders == [target])
-            })
-        })
 }
 
 /// Whether `c` shows `target` the only MASTER of `instance`, holding the VIP.

@@ -802,6 +802,22 @@ pub fn rejoin_plan(
     })
 }
 
+/// Whether every other instance of `instance`'s keepalived sync group has followed it to
+/// `target`: `target` its only MASTER and holding each of its VIPs, no other node holding one.
+/// True outside a sync group. A member no node reports does not count as moved.
+pub(crate) fn group_follows(c: &ClusterView, instance: &str, target: &str) -> bool {
+    crate::fleet::groups::moves_with(instance, &c.sync_groups)
+        .into_iter()
+        .filter(|m| *m != instance)
+        .all(|m| {
+            c.instances.iter().any(|i| {
+                i.name == m
+                    && i.master.as_deref() == Some(target)
+                    && i.vips.iter().all(|v| v.holders == [target])
+            })
+        })
+}
+
 #[cfg(test)]
 mod tests {
     //! The plan as it was before the module was split: codes, messages, steps, figures.
@@ -987,16 +1003,12 @@ mod tests {
             i.master = Some(if moved { "b" } else { "a" }.into());
             i.vips[0].holders = vec![if moved { "b" } else { "a" }.into()];
         }
-        assert!(!crate::switchover::executor::group_follows(&c, "vi", "b"));
+        assert!(!group_follows(&c, "vi", "b"));
         c.instances[1].master = Some("b".into());
         c.instances[1].vips[0].holders = vec!["b".into()];
-        assert!(crate::switchover::executor::group_follows(&c, "vi", "b"));
+        assert!(group_follows(&c, "vi", "b"));
         // Outside a sync group nothing else has to follow.
-        assert!(crate::switchover::executor::group_follows(
-            &cluster(),
-            "vi",
-            "b"
-        ));
+        assert!(group_follows(&cluster(), "vi", "b"));
     }
 
     #[test]
