@@ -108,26 +108,34 @@ impl KeepalivedProbe {
                 {
                     return false;
                 }
-                let group =
-                    self.sync_groups
-                        .entry(g.name.clone())
-                        .or_insert_with(|| SyncGroupReport {
-                            name: g.name.clone(),
-                            state: g.state,
-                            members: Vec::new(),
-                        });
+                let Some(group) = self.sync_groups.get_mut(&g.name) else {
+                    let group = SyncGroupReport {
+                        name: g.name.clone(),
+                        state: g.state,
+                        members: Vec::new(),
+                    };
+                    self.sync_groups.insert(g.name.clone(), group);
+                    return true;
+                };
                 std::mem::replace(&mut group.state, g.state) != g.state
             }
             FifoLine::VirtualServer(v) => {
+                let new = !self.virtual_servers.contains_key(&v.name);
                 let Some(vs) = self.virtual_server(&v.name) else {
                     return false;
                 };
-                std::mem::replace(&mut vs.up, v.up) != v.up
+                std::mem::replace(&mut vs.up, v.up) != v.up || new
             }
             FifoLine::RealServer(r) => {
+                let new = !self.virtual_servers.contains_key(&r.virtual_server);
                 let Some(vs) = self.virtual_server(&r.virtual_server) else {
                     return false;
                 };
+                if new {
+                    // An RS line before its VS line: the quorum is unknown, taken as up while
+                    // this real server is.
+                    vs.up = r.up;
+                }
                 if let Some(rs) = vs.real_servers.iter_mut().find(|s| s.address == r.address) {
                     return std::mem::replace(&mut rs.up, r.up) != r.up;
                 }
@@ -369,4 +377,49 @@ pub async fn signal_number(binary: &std::path::Path, name: &str) -> std::io::Res
                 output.status
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keepalived::fifo::parse_line;
+
+    #[tokio::test]
+    async fn group_vs_and_rs_lines_build_the_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = crate::config::Settings::default().keepalived;
+        // No keepalived behind this pid file: the report says keepalived is not running.
+        settings.pid_file = dir.path().join("none.pid");
+        let mut probe = KeepalivedProbe::new(settings).await.unwrap();
+        for line in [
+            "GROUP \"G1\" MASTER 0",
+            "VS [10.213.40.100]:tcp:80 UP",
+            "RS [10.213.40.11]:tcp:80 [10.213.40.100]:tcp:80 UP",
+            "RS [10.213.40.12]:tcp:80 [10.213.40.100]:tcp:80 UP",
+            "RS [10.213.40.12]:tcp:80 [10.213.40.100]:tcp:80 DOWN",
+        ] {
+            assert!(probe.apply_line(&parse_line(line).unwrap()), "{line}");
+        }
+        // The same state again changes nothing.
+        assert!(!probe.apply_line(&parse_line("VS [10.213.40.100]:tcp:80 UP").unwrap()));
+        let report = probe.snapshot().await;
+        assert_eq!(report.sync_groups[0].name, "G1");
+        // keepalived is not running: its group is reported stopped, as its instances would be.
+        assert_eq!(report.sync_groups[0].state, VrrpState::Stop);
+        let vs = &report.virtual_servers[0];
+        assert_eq!((vs.name.as_str(), vs.up), ("[10.213.40.100]:tcp:80", true));
+        let rs: Vec<(&str, bool)> = vs
+            .real_servers
+            .iter()
+            .map(|r| (r.address.as_str(), r.up))
+            .collect();
+        assert_eq!(
+            rs,
+            [
+                ("[10.213.40.11]:tcp:80", true),
+                ("[10.213.40.12]:tcp:80", false)
+            ]
+        );
+        assert_eq!(vs.live_real_servers(), 1);
+    }
 }
