@@ -1,5 +1,5 @@
-//! A line keepalived writes to its notify FIFO (`INSTANCE "VI_1" MASTER 100`): parsed or
-//! refused, never a panic.
+//! A line keepalived writes to its notify FIFO (`INSTANCE "VI_1" MASTER 100`, `GROUP`, `VS`,
+//! `RS` lines): parsed or refused, never a panic.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 

@@ -31,7 +31,7 @@ use crate::arbitration::{self, ServerContact};
 use crate::client::AgentClient;
 use crate::commands::{self, Executor};
 use crate::config::Settings;
-use crate::keepalived::fifo::{self, InstanceTransition};
+use crate::keepalived::fifo::{self, FifoLine};
 use crate::keepalived::KeepalivedProbe;
 use crate::replication::{self, ReplicationProbes};
 use crate::spool::{ReportKey, Spool};
@@ -91,7 +91,45 @@ type StateKey = (
     Vec<(String, bool)>,
     Vec<(String, String, bool, Vec<String>, bool)>,
     Option<crate::pacemaker::StateKey>,
+    KeepalivedExtrasKey,
 );
+
+/// Sync group states, virtual servers' and their real servers' up/down, and tracked scripts'
+/// and interfaces' status per instance: each change is a state change too.
+type KeepalivedExtrasKey = (
+    Vec<(String, VrrpState)>,
+    Vec<(String, bool, Vec<bool>)>,
+    Vec<Vec<Option<hapulse_protocol::TrackStatus>>>,
+);
+
+fn keepalived_extras_key(k: &KeepalivedReport) -> KeepalivedExtrasKey {
+    (
+        k.sync_groups
+            .iter()
+            .map(|g| (g.name.clone(), g.state))
+            .collect(),
+        k.virtual_servers
+            .iter()
+            .map(|v| {
+                (
+                    v.name.clone(),
+                    v.up,
+                    v.real_servers.iter().map(|r| r.up).collect(),
+                )
+            })
+            .collect(),
+        k.instances
+            .iter()
+            .map(|i| {
+                i.tracked_scripts
+                    .iter()
+                    .chain(&i.tracked_interfaces)
+                    .map(|t| t.status)
+                    .collect()
+            })
+            .collect(),
+    )
+}
 
 fn state_key(
     k: &KeepalivedReport,
@@ -130,6 +168,7 @@ fn state_key(
         checks.iter().map(|c| (c.name.clone(), c.passing)).collect(),
         crate::arp::state_key(arp),
         crate::pacemaker::state_key(pacemaker),
+        keepalived_extras_key(k),
     )
 }
 
@@ -211,8 +250,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
 /// What the main loop hears from the other components.
 struct Inputs {
-    /// State transitions read from keepalived's notify FIFO.
-    fifo: mpsc::Receiver<InstanceTransition>,
+    /// Lines read from keepalived's notify FIFO (instance, group, virtual and real server
+    /// changes).
+    fifo: mpsc::Receiver<FifoLine>,
     /// The replication probes' latest links (stays empty with none configured).
     links: watch::Receiver<Vec<ReplicationLinkReport>>,
     /// The latest arbitration report (stays None without `[arbitration]`).
@@ -435,8 +475,8 @@ async fn main_loop(
         let mut tick_due = false;
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(transition) = inputs.fifo.recv() => {
-                probe.apply_transition(&transition);
+            Some(line) = inputs.fifo.recv() => {
+                probe.apply_line(&line);
                 // Report the FIFO's news at once, then fill in the details from a fresh dump.
                 let snap = take_snapshot(probe, inputs, &mut last_key).await;
                 stage(shared, settings, boot_id, snap);

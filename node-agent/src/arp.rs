@@ -522,6 +522,8 @@ mod tests {
         let keepalived = KeepalivedReport {
             running: true,
             instances: vec![held, other, no_interface],
+            sync_groups: Vec::new(),
+            virtual_servers: Vec::new(),
         };
         let t = targets(&keepalived);
         let seen: Vec<_> = t
@@ -553,6 +555,8 @@ mod tests {
             &KeepalivedReport {
                 running: true,
                 instances: vec![instance],
+                sync_groups: Vec::new(),
+                virtual_servers: Vec::new(),
             },
             Duration::from_secs(2),
         );

@@ -389,6 +389,11 @@ pub struct KeepalivedSettings {
     /// Where keepalived writes its JSON dump: always `/tmp/keepalived.json` in keepalived's own
     /// mount namespace.
     pub json_dump: PathBuf,
+    /// Where keepalived writes its data dump (`keepalived.data`, asked with
+    /// `keepalived --signum=DATA`): sync groups, tracked scripts and interfaces with their state.
+    /// Default: `keepalived.data` next to `json_dump`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dump: Option<PathBuf>,
     /// keepalived binary, asked once at start-up for the JSON-dump signal number
     /// (`keepalived --signum=JSON`).
     pub binary: PathBuf,
@@ -557,6 +562,7 @@ impl Default for Settings {
                 notify_fifo: PathBuf::from("/run/keepalived/hapulse.fifo"),
                 pid_file: PathBuf::from("/run/keepalived.pid"),
                 json_dump: PathBuf::from("/tmp/keepalived.json"),
+                data_dump: None,
                 binary: PathBuf::from("keepalived"),
                 reconcile_interval: Duration::from_secs(5),
                 dump_timeout: Duration::from_secs(1),
@@ -1058,6 +1064,16 @@ fn check_target(kind: ServiceCheckKind, target: &str) -> Result<(), String> {
 }
 
 impl KeepalivedSettings {
+    /// `data_dump`, or `keepalived.data` in `json_dump`'s directory.
+    pub fn data_dump_path(&self) -> PathBuf {
+        self.data_dump.clone().unwrap_or_else(|| {
+            self.json_dump
+                .parent()
+                .unwrap_or(std::path::Path::new("/tmp"))
+                .join("keepalived.data")
+        })
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.reconcile_interval < Duration::from_millis(100) {
             return invalid("keepalived.reconcile_interval", "must be at least 100ms");

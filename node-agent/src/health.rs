@@ -578,6 +578,9 @@ mod tests {
             auth_type: None,
             garp_master_repeat: None,
             garp_master_delay_s: None,
+            sync_group: None,
+            tracked_scripts: Vec::new(),
+            tracked_interfaces: Vec::new(),
         }
     }
 
@@ -605,6 +608,8 @@ mod tests {
             keepalived: KeepalivedReport {
                 running: true,
                 instances: vec![i],
+                sync_groups: Vec::new(),
+                virtual_servers: Vec::new(),
             },
             replication: links,
             arbitration: None,
@@ -704,6 +709,8 @@ mod tests {
             keepalived: KeepalivedReport {
                 running: false,
                 instances: vec![],
+                sync_groups: Vec::new(),
+                virtual_servers: Vec::new(),
             },
             ..good.clone()
         };

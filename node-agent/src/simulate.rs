@@ -606,7 +606,12 @@ fn report(
                 auth_type: None,
                 garp_master_repeat: None,
                 garp_master_delay_s: None,
+                sync_group: None,
+                tracked_scripts: Vec::new(),
+                tracked_interfaces: Vec::new(),
             }],
+            sync_groups: Vec::new(),
+            virtual_servers: Vec::new(),
         },
         replication: vec![ReplicationLinkReport {
             kind: ReplicationKind::Postgresql,

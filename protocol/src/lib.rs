@@ -407,6 +407,112 @@ pub struct KeepalivedReport {
     /// Every VRRP instance this host knows (from the JSON dump and the notify FIFO). When
     /// keepalived is not running, the instances it last had are reported in state `STOP`.
     pub instances: Vec<VrrpInstanceReport>,
+    /// keepalived's `vrrp_sync_group`s on this host (instances that move together), from its
+    /// data dump and the notify FIFO's `GROUP` lines. Absent from agents that do not read them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sync_groups: Vec<SyncGroupReport>,
+    /// keepalived's LVS `virtual_server`s on this host with their real servers, from the notify
+    /// FIFO's `VS` and `RS` lines. Absent when keepalived runs no checker (no LVS configured).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_servers: Vec<VirtualServerReport>,
+}
+
+/// Most sync groups, virtual servers, tracked scripts or tracked interfaces one report (or one
+/// instance) may carry, and most members of one sync group; a server refuses more (400).
+pub const MAX_KEEPALIVED_ITEMS: usize = 256;
+
+/// Most real servers of one virtual server a server accepts (400 beyond).
+pub const MAX_REAL_SERVERS: usize = 1024;
+
+/// Longest name of a sync group, tracked script or interface, virtual or real server a server
+/// accepts, in bytes (no control characters).
+pub const MAX_KEEPALIVED_NAME_BYTES: usize = 128;
+
+/// One keepalived `vrrp_sync_group` on one host: its members go to MASTER, BACKUP or FAULT
+/// together on this host (keepalived.conf(5), `vrrp_sync_group`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SyncGroupReport {
+    /// Group name (`VRRP Sync Group = NAME, STATE` in keepalived's data dump, `GROUP "NAME"` on
+    /// the notify FIFO).
+    pub name: String,
+    /// The group's state on this host, as keepalived last reported it.
+    pub state: VrrpState,
+    /// Member instance names (`VRRP member instances :` in the data dump); empty until the
+    /// first data dump.
+    pub members: Vec<String>,
+}
+
+/// Whether a tracked `vrrp_script` currently succeeds (keepalived's data dump, `Status = GOOD`
+/// or `BAD`: the script's result has reached `rise`, or not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TrackStatus {
+    /// Passing (keepalived `GOOD`, or an interface that is UP and RUNNING).
+    Good,
+    /// Failing (keepalived `BAD`, or an interface that is down or has no carrier): with weight
+    /// 0 the instance goes to FAULT, otherwise the weight is added to its priority.
+    Bad,
+}
+
+impl TrackStatus {
+    /// `good` or `bad`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrackStatus::Good => "good",
+            TrackStatus::Bad => "bad",
+        }
+    }
+}
+
+/// One `track_script` or `track_interface` entry of a VRRP instance, from keepalived's data
+/// dump (`Tracked scripts :` / `Tracked interfaces :` → `NAME weight W`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrackedItem {
+    /// Script name (`vrrp_script NAME`) or interface name.
+    pub name: String,
+    /// Weight keepalived applies: 0 means a failure puts the instance in FAULT; otherwise added
+    /// to the priority while failing (negative) or passing (positive), in priority points.
+    pub weight: i32,
+    /// Current status; absent when the dump did not say (a script with no `VRRP Script` block,
+    /// an interface missing from the `Interfaces` section).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<TrackStatus>,
+}
+
+/// One keepalived LVS `virtual_server` on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualServerReport {
+    /// The virtual server as keepalived names it on the notify FIFO (`check/check_data.c`
+    /// `format_vs`): `[10.0.0.1]:tcp:80`, `FWM 5`, or `[GROUP]:80` for a virtual server group.
+    pub name: String,
+    /// Its quorum is up (`VS NAME UP`): enough live real-server weight.
+    pub up: bool,
+    /// Its real servers, as the FIFO last reported them.
+    pub real_servers: Vec<RealServerReport>,
+}
+
+impl VirtualServerReport {
+    /// Real servers reported up.
+    pub fn live_real_servers(&self) -> usize {
+        self.real_servers.iter().filter(|r| r.up).count()
+    }
+}
+
+/// One LVS `real_server` of a virtual server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RealServerReport {
+    /// The real server as keepalived names it on the notify FIFO (`format_rs`):
+    /// `[192.168.1.10]:tcp:80`.
+    pub address: String,
+    /// Its health checks pass (`RS … UP`).
+    pub up: bool,
+    /// Its IPVS weight, when known; keepalived's FIFO lines do not carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i32>,
 }
 
 /// One keepalived `vrrp_instance` on one host.
@@ -455,6 +561,15 @@ pub struct VrrpInstanceReport {
     /// first JSON dump.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub garp_master_delay_s: Option<u32>,
+    /// The `vrrp_sync_group` this instance belongs to (data dump `Sync group = NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_group: Option<String>,
+    /// Its `track_script` entries with their status: why it is in FAULT or its priority dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tracked_scripts: Vec<TrackedItem>,
+    /// Its `track_interface` entries with their link status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tracked_interfaces: Vec<TrackedItem>,
 }
 
 impl VrrpInstanceReport {

@@ -40,6 +40,8 @@ pub fn report(node_id: &str, cluster: &str) -> ReportBuilder {
             keepalived: KeepalivedReport {
                 running: true,
                 instances: Vec::new(),
+                sync_groups: Vec::new(),
+                virtual_servers: Vec::new(),
             },
             replication: Vec::new(),
             arbitration: None,
@@ -163,6 +165,9 @@ pub fn vrrp_instance(name: &str, state: VrrpState, vip: &str, held: bool) -> Vrr
         auth_type: None,
         garp_master_repeat: None,
         garp_master_delay_s: None,
+        sync_group: None,
+        tracked_scripts: Vec::new(),
+        tracked_interfaces: Vec::new(),
     }
 }
 

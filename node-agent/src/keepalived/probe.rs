@@ -4,10 +4,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use hapulse_protocol::{KeepalivedReport, VrrpCounters, VrrpInstanceReport, VrrpState};
+use hapulse_protocol::{
+    KeepalivedReport, RealServerReport, SyncGroupReport, VirtualServerReport, VrrpCounters,
+    VrrpInstanceReport, VrrpState, MAX_KEEPALIVED_ITEMS, MAX_REAL_SERVERS,
+};
 
+use super::data::{self, InstanceTracking};
 use super::dump;
-use super::fifo::InstanceTransition;
+use super::fifo::{FifoLine, InstanceTransition};
 use super::vips;
 use crate::config::KeepalivedSettings;
 
@@ -18,8 +22,16 @@ pub struct KeepalivedProbe {
     json_signal: Option<i32>,
     /// The failure to learn `json_signal` was already logged at warning level.
     json_signal_warned: bool,
+    /// Signal number of keepalived's data dump (`--signum=DATA`); `None` until known.
+    data_signal: Option<i32>,
     /// Last known instances by name; `held_vips` is filled in at snapshot time.
     instances: BTreeMap<String, VrrpInstanceReport>,
+    /// Sync groups, tracked scripts and interfaces from the last data dump (and `GROUP` lines).
+    tracking: BTreeMap<String, InstanceTracking>,
+    /// Sync groups by name: members from the data dump, state from it or a later `GROUP` line.
+    sync_groups: BTreeMap<String, SyncGroupReport>,
+    /// LVS virtual servers by name, from the FIFO's `VS` and `RS` lines.
+    virtual_servers: BTreeMap<String, VirtualServerReport>,
     addresses: vips::AddressTable,
 }
 
@@ -43,7 +55,11 @@ impl KeepalivedProbe {
             settings,
             json_signal: None,
             json_signal_warned: false,
+            data_signal: None,
             instances: BTreeMap::new(),
+            tracking: BTreeMap::new(),
+            sync_groups: BTreeMap::new(),
+            virtual_servers: BTreeMap::new(),
             addresses,
         };
         probe.resolve_json_signal().await;
@@ -53,6 +69,12 @@ impl KeepalivedProbe {
     async fn resolve_json_signal(&mut self) {
         if self.json_signal.is_some() {
             return;
+        }
+        if self.data_signal.is_none() {
+            match signal_number(&self.settings.binary, "DATA").await {
+                Ok(n) => self.data_signal = Some(n),
+                Err(e) => tracing::debug!(error = %e, "keepalived DATA signal unknown"),
+            }
         }
         match json_signal_number(&self.settings.binary).await {
             Ok(n) => {
@@ -77,6 +99,80 @@ impl KeepalivedProbe {
     }
 
     /// Applies one FIFO line. Returns true when it changed what the probe knows.
+    pub fn apply_line(&mut self, line: &FifoLine) -> bool {
+        match line {
+            FifoLine::Instance(t) => self.apply_transition(t),
+            FifoLine::Group(g) => {
+                if !self.sync_groups.contains_key(&g.name)
+                    && self.sync_groups.len() >= MAX_KEEPALIVED_ITEMS
+                {
+                    return false;
+                }
+                let Some(group) = self.sync_groups.get_mut(&g.name) else {
+                    let group = SyncGroupReport {
+                        name: g.name.clone(),
+                        state: g.state,
+                        members: Vec::new(),
+                    };
+                    self.sync_groups.insert(g.name.clone(), group);
+                    return true;
+                };
+                std::mem::replace(&mut group.state, g.state) != g.state
+            }
+            FifoLine::VirtualServer(v) => {
+                let new = !self.virtual_servers.contains_key(&v.name);
+                let Some(vs) = self.virtual_server(&v.name) else {
+                    return false;
+                };
+                std::mem::replace(&mut vs.up, v.up) != v.up || new
+            }
+            FifoLine::RealServer(r) => {
+                let new = !self.virtual_servers.contains_key(&r.virtual_server);
+                let Some(vs) = self.virtual_server(&r.virtual_server) else {
+                    return false;
+                };
+                if new {
+                    // An RS line before its VS line: the quorum is unknown, taken as up while
+                    // this real server is.
+                    vs.up = r.up;
+                }
+                if let Some(rs) = vs.real_servers.iter_mut().find(|s| s.address == r.address) {
+                    return std::mem::replace(&mut rs.up, r.up) != r.up;
+                }
+                if vs.real_servers.len() >= MAX_REAL_SERVERS {
+                    return false;
+                }
+                vs.real_servers.push(RealServerReport {
+                    address: r.address.clone(),
+                    up: r.up,
+                    weight: None,
+                });
+                true
+            }
+            FifoLine::Other(_) => false,
+        }
+    }
+
+    /// The virtual server `name`, created (quorum down, no real servers) when new; `None` once
+    /// [`MAX_KEEPALIVED_ITEMS`] are known.
+    fn virtual_server(&mut self, name: &str) -> Option<&mut VirtualServerReport> {
+        if !self.virtual_servers.contains_key(name)
+            && self.virtual_servers.len() >= MAX_KEEPALIVED_ITEMS
+        {
+            return None;
+        }
+        Some(
+            self.virtual_servers
+                .entry(name.to_string())
+                .or_insert_with(|| VirtualServerReport {
+                    name: name.to_string(),
+                    up: false,
+                    real_servers: Vec::new(),
+                }),
+        )
+    }
+
+    /// Applies one instance transition. Returns true when it changed what the probe knows.
     pub fn apply_transition(&mut self, t: &InstanceTransition) -> bool {
         let entry = self
             .instances
@@ -96,6 +192,9 @@ impl KeepalivedProbe {
                 auth_type: None,
                 garp_master_repeat: None,
                 garp_master_delay_s: None,
+                sync_group: None,
+                tracked_scripts: Vec::new(),
+                tracked_interfaces: Vec::new(),
             });
         let before = (entry.state, entry.effective_priority);
         entry.state = t.state;
@@ -143,6 +242,10 @@ impl KeepalivedProbe {
                             auth_type: d.auth_type,
                             garp_master_repeat: d.garp_master_repeat,
                             garp_master_delay_s: d.garp_master_delay_s,
+                            // Filled in from the data dump at snapshot time.
+                            sync_group: None,
+                            tracked_scripts: Vec::new(),
+                            tracked_interfaces: Vec::new(),
                         };
                         (d.name, report)
                     })
@@ -153,6 +256,34 @@ impl KeepalivedProbe {
                 tracing::warn!(error = %reason, dump = %text, "malformed keepalived JSON dump skipped");
             }
             Err(e) => tracing::warn!(error = %e, "keepalived JSON dump failed"),
+        }
+        self.reconcile_data(pid).await;
+    }
+
+    /// Asks keepalived for its data dump and replaces sync groups and tracking with it. A
+    /// failure is logged (never the dump's text: it holds the VRRP password in clear) and leaves
+    /// them as they were.
+    async fn reconcile_data(&mut self, pid: i32) {
+        let Some(signal) = self.data_signal else {
+            return;
+        };
+        match data::request_data_dump(
+            pid,
+            signal,
+            &self.settings.data_dump_path(),
+            self.settings.dump_timeout,
+        )
+        .await
+        {
+            Ok(dump) => {
+                self.tracking = dump.instances;
+                self.sync_groups = dump
+                    .sync_groups
+                    .into_iter()
+                    .map(|g| (g.name.clone(), g))
+                    .collect();
+            }
+            Err(e) => tracing::warn!(error = %e, "keepalived data dump failed"),
         }
     }
 
@@ -187,19 +318,47 @@ impl KeepalivedProbe {
                         .cloned()
                         .collect();
                 }
+                if let Some(t) = self.tracking.get(&instance.name) {
+                    instance.sync_group.clone_from(&t.sync_group);
+                    instance.tracked_scripts.clone_from(&t.tracked_scripts);
+                    instance
+                        .tracked_interfaces
+                        .clone_from(&t.tracked_interfaces);
+                }
                 instance.clone()
             })
             .collect();
-        KeepalivedReport { running, instances }
+        let sync_groups = self
+            .sync_groups
+            .values_mut()
+            .map(|g| {
+                if !running {
+                    g.state = VrrpState::Stop;
+                }
+                g.clone()
+            })
+            .collect();
+        KeepalivedReport {
+            running,
+            instances,
+            sync_groups,
+            virtual_servers: self.virtual_servers.values().cloned().collect(),
+        }
     }
 }
 
 /// Asks `keepalived --signum=JSON` for the JSON dump signal number (36 on Debian's 2.2.7).
 pub async fn json_signal_number(binary: &std::path::Path) -> std::io::Result<i32> {
+    signal_number(binary, "JSON").await
+}
+
+/// Asks `keepalived --signum=NAME` for a signal number (`JSON` 36, `DATA` 10 on Debian's
+/// 2.2.7).
+pub async fn signal_number(binary: &std::path::Path, name: &str) -> std::io::Result<i32> {
     let output = tokio::time::timeout(
         Duration::from_secs(5),
         tokio::process::Command::new(binary)
-            .arg("--signum=JSON")
+            .arg(format!("--signum={name}"))
             .env_clear()
             .env(
                 "PATH",
@@ -222,4 +381,49 @@ pub async fn json_signal_number(binary: &std::path::Path) -> std::io::Result<i32
                 output.status
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keepalived::fifo::parse_line;
+
+    #[tokio::test]
+    async fn group_vs_and_rs_lines_build_the_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = crate::config::Settings::default().keepalived;
+        // No keepalived behind this pid file: the report says keepalived is not running.
+        settings.pid_file = dir.path().join("none.pid");
+        let mut probe = KeepalivedProbe::new(settings).await.unwrap();
+        for line in [
+            "GROUP \"G1\" MASTER 0",
+            "VS [10.213.40.100]:tcp:80 UP",
+            "RS [10.213.40.11]:tcp:80 [10.213.40.100]:tcp:80 UP",
+            "RS [10.213.40.12]:tcp:80 [10.213.40.100]:tcp:80 UP",
+            "RS [10.213.40.12]:tcp:80 [10.213.40.100]:tcp:80 DOWN",
+        ] {
+            assert!(probe.apply_line(&parse_line(line).unwrap()), "{line}");
+        }
+        // The same state again changes nothing.
+        assert!(!probe.apply_line(&parse_line("VS [10.213.40.100]:tcp:80 UP").unwrap()));
+        let report = probe.snapshot().await;
+        assert_eq!(report.sync_groups[0].name, "G1");
+        // keepalived is not running: its group is reported stopped, as its instances would be.
+        assert_eq!(report.sync_groups[0].state, VrrpState::Stop);
+        let vs = &report.virtual_servers[0];
+        assert_eq!((vs.name.as_str(), vs.up), ("[10.213.40.100]:tcp:80", true));
+        let rs: Vec<(&str, bool)> = vs
+            .real_servers
+            .iter()
+            .map(|r| (r.address.as_str(), r.up))
+            .collect();
+        assert_eq!(
+            rs,
+            [
+                ("[10.213.40.11]:tcp:80", true),
+                ("[10.213.40.12]:tcp:80", false)
+            ]
+        );
+        assert_eq!(vs.live_real_servers(), 1);
+    }
 }

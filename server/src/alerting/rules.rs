@@ -177,6 +177,7 @@ pub fn evaluate(
     cluster_mismatches(&mut f, evidence);
     arp_rules(&mut f, c);
     pacemaker(&mut f, c);
+    keepalived_group_rules(&mut f, c);
     f.out
 }
 
@@ -315,6 +316,44 @@ fn check_failing(f: &mut Findings<'_>, c: &ClusterView, evidence: &Evidence<'_>)
                 AT_ONCE,
             );
         }
+    }
+}
+
+/// `sync_group_split` (critical): members of one keepalived sync group are MASTER on different
+/// nodes, so what must be served together is served apart. `no_live_real_server` (critical):
+/// an LVS virtual server on a node that is up has no real server up, so nothing answers behind
+/// its address.
+fn keepalived_group_rules(f: &mut Findings<'_>, c: &ClusterView) {
+    for g in &c.sync_groups {
+        if let Some(reason) = &g.reason {
+            f.push(
+                "sync_group_split",
+                Severity::Critical,
+                g.name.clone(),
+                Subject::default(),
+                format!("{} in {}", reason, c.name),
+                AT_ONCE,
+            );
+        }
+    }
+    for v in c.virtual_servers.iter().filter(|v| v.no_live_real_server()) {
+        f.push(
+            "no_live_real_server",
+            Severity::Critical,
+            format!("{}/{}", v.node_id, v.name),
+            Subject {
+                node: Some(&v.node_id),
+                ..Subject::default()
+            },
+            format!(
+                "virtual server {} on {} in {} has no live real server ({} configured, none up)",
+                v.name,
+                v.node_id,
+                c.name,
+                v.real_servers.len()
+            ),
+            AT_ONCE,
+        );
     }
 }
 
@@ -468,7 +507,20 @@ fn instance_rules(f: &mut Findings<'_>, c: &ClusterView) {
                     node: Some(&m.node_id),
                     ..about
                 },
-                format!("{} is in FAULT on {} ({})", i.name, m.node_id, c.name),
+                {
+                    let why = m.failing_tracks();
+                    if why.is_empty() {
+                        format!("{} is in FAULT on {} ({})", i.name, m.node_id, c.name)
+                    } else {
+                        format!(
+                            "{} is in FAULT on {} ({}): {}",
+                            i.name,
+                            m.node_id,
+                            c.name,
+                            why.join(", ")
+                        )
+                    }
+                },
                 AT_ONCE,
             );
         }
@@ -835,7 +887,7 @@ fn agent_version(f: &mut Findings<'_>, n: &NodeLive) {
 }
 
 /// The rules' names.
-pub const RULES: [&str; 26] = [
+pub const RULES: [&str; 28] = [
     "node_down",
     "no_master",
     "split_brain",
@@ -862,6 +914,8 @@ pub const RULES: [&str; 26] = [
     "pacemaker_resource_stopped",
     "pacemaker_failed_action",
     "pacemaker_not_connected",
+    "sync_group_split",
+    "no_live_real_server",
 ];
 
 /// Rules that report an event rather than a state: they end quietly, without a resolved
@@ -919,6 +973,52 @@ mod tests {
         .into_iter()
         .map(|c| (c.rule, c.severity, c.fingerprint))
         .collect()
+    }
+
+    #[test]
+    fn a_split_sync_group_and_a_virtual_server_without_real_servers_alert() {
+        use hapulse_protocol::{RealServerReport, SyncGroupReport, VirtualServerReport};
+        // VI_1 (group G1 with VI_2) is MASTER on a; VI_2 is MASTER on b.
+        let mut a = node("a", VrrpState::Master, true, NodeStatus::Up, None);
+        let mut b = node("b", VrrpState::Backup, false, NodeStatus::Up, None);
+        let mut vi2_a = vrrp_instance("VI_2", VrrpState::Backup, "10.0.0.2", false);
+        let mut vi2_b = vrrp_instance("VI_2", VrrpState::Master, "10.0.0.2", true);
+        for (n, vi2) in [(&mut a, &mut vi2_a), (&mut b, &mut vi2_b)] {
+            n.instances[0].sync_group = Some("G1".into());
+            vi2.sync_group = Some("G1".into());
+            n.instances.push(vi2.clone());
+            n.sync_groups = vec![SyncGroupReport {
+                name: "G1".into(),
+                state: VrrpState::Master,
+                members: vec!["VI_1".into(), "VI_2".into()],
+            }];
+        }
+        a.virtual_servers = vec![VirtualServerReport {
+            name: "[10.0.0.1]:tcp:80".into(),
+            up: false,
+            real_servers: vec![RealServerReport {
+                address: "[10.0.0.11]:tcp:80".into(),
+                up: false,
+                weight: None,
+            }],
+        }];
+        let found = rules(vec![a, b]);
+        assert!(
+            found.contains(&(
+                "sync_group_split",
+                Severity::Critical,
+                "sync_group_split:c/G1".into()
+            )),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(&(
+                "no_live_real_server",
+                Severity::Critical,
+                "no_live_real_server:c/a/[10.0.0.1]:tcp:80".into()
+            )),
+            "{found:?}"
+        );
     }
 
     #[test]

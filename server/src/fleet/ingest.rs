@@ -58,6 +58,7 @@ fn needs_store(previous: &NodeLive, report: &HeartbeatReport) -> bool {
         || check_keys(&previous.checks) != check_keys(&report.checks)
         || arp_key(previous.arp.as_ref()) != arp_key(report.arp.as_ref())
         || pacemaker_key(previous.pacemaker.as_ref()) != pacemaker_key(report.pacemaker.as_ref())
+        || keepalived_extras_changed(previous, report, &instances)
 }
 
 /// What of an ARP report can change a verdict: the interfaces' MACs and, per VIP probed, whether
@@ -108,6 +109,26 @@ fn pacemaker_key(
         }
         key
     })
+}
+
+/// Sync groups, LVS virtual and real servers, or an instance's sync group or tracked scripts
+/// and interfaces changed: the transition path records the `real_server_state` events and the
+/// cluster's views are built again (none of it is stored in a row).
+fn keepalived_extras_changed(
+    previous: &NodeLive,
+    report: &HeartbeatReport,
+    sorted_instances: &[&VrrpInstanceReport],
+) -> bool {
+    previous.sync_groups != report.keepalived.sync_groups
+        || previous.virtual_servers != report.keepalived.virtual_servers
+        || previous
+            .instances
+            .iter()
+            .zip(sorted_instances)
+            .any(|(a, b)| {
+                (&a.sync_group, &a.tracked_scripts, &a.tracked_interfaces)
+                    != (&b.sync_group, &b.tracked_scripts, &b.tracked_interfaces)
+            })
 }
 
 /// A check's stored state: name, kind, target, passing, tie. The latest attempt's outcome,

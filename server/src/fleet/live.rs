@@ -86,6 +86,12 @@ pub struct NodeLive {
     pub keepalived_running: bool,
     /// VRRP instances, sorted by name.
     pub instances: Vec<VrrpInstanceReport>,
+    /// keepalived's sync groups on the node, from its last report; in memory only (every
+    /// heartbeat carries them).
+    pub sync_groups: Vec<hapulse_protocol::SyncGroupReport>,
+    /// keepalived's LVS virtual servers on the node with their real servers, from its last
+    /// report; in memory only, their changes are stored as `real_server_state` events.
+    pub virtual_servers: Vec<hapulse_protocol::VirtualServerReport>,
     /// Reports waiting in the agent's spool when it sent the last one.
     pub spool_depth: u64,
     /// Reports the agent's spool dropped.
@@ -130,6 +136,8 @@ impl NodeLive {
             load1: 0.0,
             keepalived_running: false,
             instances: Vec::new(),
+            sync_groups: Vec::new(),
+            virtual_servers: Vec::new(),
             spool_depth: 0,
             spool_dropped: 0,
             replication: Vec::new(),
@@ -160,6 +168,9 @@ impl NodeLive {
         let mut instances = report.keepalived.instances.clone();
         instances.sort_by(|a, b| a.name.cmp(&b.name));
         self.instances = instances;
+        self.sync_groups.clone_from(&report.keepalived.sync_groups);
+        self.virtual_servers
+            .clone_from(&report.keepalived.virtual_servers);
         self.spool_depth = report.spool_depth;
         self.spool_dropped = report.spool_dropped;
         let mut links = report.replication.clone();
@@ -339,6 +350,9 @@ pub enum EventKind {
     /// A node's Pacemaker partition gained or lost quorum, or its DC changed, as that node
     /// reports it.
     PacemakerPartition,
+    /// An LVS real server (or a virtual server's quorum) went up or down on a node
+    /// (keepalived's `RS`/`VS` notify lines).
+    RealServerState,
 }
 
 impl EventKind {
@@ -372,11 +386,12 @@ impl EventKind {
             EventKind::PacemakerResourceRole => "pacemaker_resource_role",
             EventKind::PacemakerFailedAction => "pacemaker_failed_action",
             EventKind::PacemakerPartition => "pacemaker_partition",
+            EventKind::RealServerState => "real_server_state",
         }
     }
 
     /// Every kind, for metrics and filters.
-    pub const ALL: [EventKind; 27] = [
+    pub const ALL: [EventKind; 28] = [
         EventKind::NodeUp,
         EventKind::NodeSuspect,
         EventKind::NodeDown,
@@ -404,6 +419,7 @@ impl EventKind {
         EventKind::PacemakerResourceRole,
         EventKind::PacemakerFailedAction,
         EventKind::PacemakerPartition,
+        EventKind::RealServerState,
     ];
 
     /// Which events a report over [`MAX_EVENTS_PER_REPORT`] keeps first (lower first): what
@@ -433,7 +449,8 @@ impl EventKind {
             | EventKind::VipAnsweredByNonHolder
             | EventKind::VipArpConsistent
             | EventKind::PacemakerResourceRole
-            | EventKind::PacemakerFailedAction => 2,
+            | EventKind::PacemakerFailedAction
+            | EventKind::RealServerState => 2,
             EventKind::PriorityChange => 3,
             EventKind::VipAcquired | EventKind::VipReleased => 4,
         }
@@ -512,6 +529,7 @@ pub fn transitions(
         report,
         &mut out,
     );
+    real_server_events(previous, report, &mut out);
     cap_events(report, &mut out);
     out
 }
@@ -1043,6 +1061,57 @@ fn pacemaker_resource_events(
     }
 }
 
+/// `real_server_state` events: each LVS virtual server whose quorum, and each real server whose
+/// health, changed since the node's last report (or is first reported down): the history of a
+/// cluster's real servers.
+fn real_server_events(
+    previous: Option<&NodeLive>,
+    report: &HeartbeatReport,
+    out: &mut Vec<NewEvent>,
+) {
+    let node = &report.node_id;
+    let old: &[hapulse_protocol::VirtualServerReport] =
+        previous.map_or(&[], |p| &p.virtual_servers);
+    let word = |up: bool| if up { "up" } else { "down" };
+    for vs in &report.keepalived.virtual_servers {
+        let before = old.iter().find(|o| o.name == vs.name);
+        let mut changes: Vec<(Option<&str>, Option<bool>, bool)> = Vec::new();
+        let was_up = before.map(|b| b.up);
+        if was_up != Some(vs.up) && !(was_up.is_none() && vs.up) {
+            changes.push((None, was_up, vs.up));
+        }
+        for rs in &vs.real_servers {
+            let was = before
+                .and_then(|b| b.real_servers.iter().find(|o| o.address == rs.address))
+                .map(|o| o.up);
+            if was != Some(rs.up) && !(was.is_none() && rs.up) {
+                changes.push((Some(&rs.address), was, rs.up));
+            }
+        }
+        for (real, was, up) in changes {
+            let message = match real {
+                Some(rs) => format!(
+                    "real server {rs} of {} on {node} is {} ({} of {} live)",
+                    vs.name,
+                    word(up),
+                    vs.live_real_servers(),
+                    vs.real_servers.len()
+                ),
+                None => format!("virtual server {} on {node}: quorum {}", vs.name, word(up)),
+            };
+            out.push(node_event(
+                report,
+                EventKind::RealServerState,
+                None,
+                was.map(|w| word(w).to_string()),
+                Some(word(up).to_string()),
+                message,
+                serde_json::json!({ "virtual_server": vs.name, "real_server": real }),
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1073,6 +1142,9 @@ mod tests {
             auth_type: None,
             garp_master_repeat: None,
             garp_master_delay_s: None,
+            sync_group: None,
+            tracked_scripts: Vec::new(),
+            tracked_interfaces: Vec::new(),
         }
     }
 

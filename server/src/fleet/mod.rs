@@ -5,6 +5,7 @@
 pub mod arp;
 pub mod clusters;
 pub mod detector;
+pub mod groups;
 pub mod ingest;
 pub mod live;
 pub mod pacemaker;

@@ -115,6 +115,8 @@ async fn load_nodes(pool: &PgPool, now: Instant) -> Result<Live, sqlx::Error> {
             load1: row.try_get("load1")?,
             keepalived_running: row.try_get("keepalived_running")?,
             instances: Vec::new(),
+            sync_groups: Vec::new(),
+            virtual_servers: Vec::new(),
             replication: Vec::new(),
             arbitration: None,
             checks,
@@ -160,6 +162,9 @@ async fn load_instances(pool: &PgPool, live: &mut Live) -> Result<(), sqlx::Erro
             auth_type: None,
             garp_master_repeat: None,
             garp_master_delay_s: None,
+            sync_group: None,
+            tracked_scripts: Vec::new(),
+            tracked_interfaces: Vec::new(),
         };
         if let Some(node) = live.nodes.get_mut(&node_id) {
             node.instances.push(instance);

@@ -3,7 +3,8 @@
 
 use hapulse_protocol::{
     valid_name, HeartbeatReport, ReplicationLinkReport, ServiceCheckReport, VrrpInstanceReport,
-    OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    MAX_KEEPALIVED_ITEMS, MAX_KEEPALIVED_NAME_BYTES, MAX_REAL_SERVERS, OLDEST_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
 };
 
 use crate::refusal::Refusal;
@@ -72,6 +73,88 @@ pub fn validate(report: &HeartbeatReport) -> Result<(), IngestError> {
     }
     if let Some(p) = &report.pacemaker {
         check_pacemaker(p)?;
+    }
+    check_keepalived_extras(report)
+}
+
+/// A refusal of `field` in the keepalived part of a report.
+fn refuse(field: String, reason: String) -> IngestError {
+    IngestError::from(Refusal::invalid("invalid_body", field, reason))
+}
+
+/// A name of a sync group, tracked item, virtual or real server: 1 to
+/// [`MAX_KEEPALIVED_NAME_BYTES`] bytes, no control characters.
+fn keepalived_name(field: String, name: &str) -> Result<(), IngestError> {
+    if name.is_empty() || !text_ok(name, MAX_KEEPALIVED_NAME_BYTES) {
+        return Err(refuse(
+            field,
+            format!("1-{MAX_KEEPALIVED_NAME_BYTES} bytes, no control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Sync groups, tracked scripts and interfaces, virtual and real servers: at most
+/// [`MAX_KEEPALIVED_ITEMS`] of each (and [`MAX_REAL_SERVERS`] real servers per virtual server),
+/// each name bounded.
+fn check_keepalived_extras(report: &HeartbeatReport) -> Result<(), IngestError> {
+    let k = &report.keepalived;
+    let many = |field: &str, len: usize, max: usize| {
+        (len > max).then(|| refuse(field.to_string(), format!("at most {max}")))
+    };
+    if let Some(e) = many(
+        "keepalived.sync_groups",
+        k.sync_groups.len(),
+        MAX_KEEPALIVED_ITEMS,
+    )
+    .or_else(|| {
+        many(
+            "keepalived.virtual_servers",
+            k.virtual_servers.len(),
+            MAX_KEEPALIVED_ITEMS,
+        )
+    }) {
+        return Err(e);
+    }
+    for (n, g) in k.sync_groups.iter().enumerate() {
+        keepalived_name(format!("keepalived.sync_groups[{n}].name"), &g.name)?;
+        if let Some(e) = many(
+            &format!("keepalived.sync_groups[{n}].members"),
+            g.members.len(),
+            MAX_KEEPALIVED_ITEMS,
+        ) {
+            return Err(e);
+        }
+        for (m, member) in g.members.iter().enumerate() {
+            keepalived_name(format!("keepalived.sync_groups[{n}].members[{m}]"), member)?;
+        }
+    }
+    for (n, i) in k.instances.iter().enumerate() {
+        if let Some(g) = &i.sync_group {
+            keepalived_name(format!("keepalived.instances[{n}].sync_group"), g)?;
+        }
+        for (what, items) in [
+            ("tracked_scripts", &i.tracked_scripts),
+            ("tracked_interfaces", &i.tracked_interfaces),
+        ] {
+            let field = format!("keepalived.instances[{n}].{what}");
+            if let Some(e) = many(&field, items.len(), MAX_KEEPALIVED_ITEMS) {
+                return Err(e);
+            }
+            for (t, item) in items.iter().enumerate() {
+                keepalived_name(format!("{field}[{t}].name"), &item.name)?;
+            }
+        }
+    }
+    for (n, v) in k.virtual_servers.iter().enumerate() {
+        keepalived_name(format!("keepalived.virtual_servers[{n}].name"), &v.name)?;
+        let field = format!("keepalived.virtual_servers[{n}].real_servers");
+        if let Some(e) = many(&field, v.real_servers.len(), MAX_REAL_SERVERS) {
+            return Err(e);
+        }
+        for (r, rs) in v.real_servers.iter().enumerate() {
+            keepalived_name(format!("{field}[{r}].address"), &rs.address)?;
+        }
     }
     Ok(())
 }
@@ -528,6 +611,7 @@ fn check_vips(n: usize, i: &VrrpInstanceReport) -> Result<(), IngestError> {
 mod tests {
     use super::*;
     use hapulse_protocol::testing::{arp_probe, report};
+    use hapulse_protocol::{RealServerReport, SyncGroupReport, VirtualServerReport, VrrpState};
 
     type Change = dyn Fn(&mut hapulse_protocol::ArpReport);
 
@@ -535,6 +619,13 @@ mod tests {
         match validate(r) {
             Err(IngestError::Refused(refusal)) => refusal.field.unwrap_or_default(),
             other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn refusal_text(r: &HeartbeatReport) -> String {
+        match validate(r) {
+            Err(IngestError::Refused(refusal)) => format!("{refusal:?}"),
+            other => panic!("accepted: {other:?}"),
         }
     }
 
@@ -595,5 +686,39 @@ mod tests {
         }
         let too_many = with(&|a| a.probes = vec![a.probes[0].clone(); 257]);
         assert_eq!(too_many, "arp.probes");
+    }
+
+    #[test]
+    fn keepalived_groups_and_virtual_servers_are_bounded() {
+        let mut r = report("a", "c").build();
+        r.keepalived.sync_groups = vec![SyncGroupReport {
+            name: "G1".into(),
+            state: VrrpState::Master,
+            members: vec!["VI_1".into()],
+        }];
+        let vs = VirtualServerReport {
+            name: "[10.0.0.1]:tcp:80".into(),
+            up: true,
+            real_servers: vec![RealServerReport {
+                address: "[10.0.0.11]:tcp:80".into(),
+                up: true,
+                weight: Some(1),
+            }],
+        };
+        r.keepalived.virtual_servers = vec![vs.clone()];
+        validate(&r).unwrap();
+
+        let mut long = r.clone();
+        long.keepalived.sync_groups[0].name = "g".repeat(MAX_KEEPALIVED_NAME_BYTES + 1);
+        assert!(refusal_text(&long).contains("keepalived.sync_groups[0].name"));
+
+        let mut many = r.clone();
+        many.keepalived.virtual_servers[0].real_servers =
+            vec![vs.real_servers[0].clone(); MAX_REAL_SERVERS + 1];
+        assert!(refusal_text(&many).contains("keepalived.virtual_servers[0].real_servers"));
+
+        let mut control = r;
+        control.keepalived.virtual_servers[0].real_servers[0].address = "[x]\n".into();
+        assert!(refusal_text(&control).contains("real_servers[0].address"));
     }
 }

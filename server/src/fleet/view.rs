@@ -62,6 +62,35 @@ pub struct MemberView {
     pub held_vips: Vec<String>,
     /// When keepalived last changed the state there.
     pub last_transition: Option<DateTime<Utc>>,
+    /// Its `track_script` entries there with their status (keepalived's data dump): why it is
+    /// in FAULT (a failing weight-0 script) or why its priority dropped (a failing script's
+    /// negative weight). Empty when none, or from agents that do not report them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tracked_scripts: Vec<hapulse_protocol::TrackedItem>,
+    /// Its `track_interface` entries there with their link status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tracked_interfaces: Vec<hapulse_protocol::TrackedItem>,
+}
+
+impl MemberView {
+    /// Its tracked scripts and interfaces that are failing (`BAD`), for people:
+    /// `script chk_db BAD (weight -10)`; empty when all pass.
+    pub fn failing_tracks(&self) -> Vec<String> {
+        let scripts = self.tracked_scripts.iter().map(|t| ("script", t));
+        let interfaces = self.tracked_interfaces.iter().map(|t| ("interface", t));
+        scripts
+            .chain(interfaces)
+            .filter(|(_, t)| t.status == Some(hapulse_protocol::TrackStatus::Bad))
+            .map(|(what, t)| {
+                let effect = if t.weight == 0 {
+                    "FAULT".to_string()
+                } else {
+                    format!("weight {:+}", t.weight)
+                };
+                format!("{what} {} BAD ({effect})", t.name)
+            })
+            .collect()
+    }
 }
 
 /// One VIP and who has it.
@@ -102,6 +131,10 @@ pub struct InstanceView {
     /// quietly when they do. Empty when they agree.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drift: Vec<String>,
+    /// The keepalived sync group it belongs to (as the first member naming one reports it):
+    /// a switchover moves the group's other instances with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_group: Option<String>,
 }
 
 /// A node in a cluster listing.
@@ -155,6 +188,14 @@ pub struct ClusterView {
     /// member's partition, the status. Absent when no node reports one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pacemaker: Option<crate::fleet::pacemaker::PacemakerClusterView>,
+    /// keepalived's sync groups (instances that move together), with a split verdict. Empty
+    /// when no node reports one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sync_groups: Vec<crate::fleet::groups::SyncGroupView>,
+    /// keepalived's LVS virtual servers, per node, with their real servers. Empty when no node
+    /// runs LVS.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_servers: Vec<crate::fleet::groups::VirtualServerView>,
 }
 
 /// One node's end of a replication link.
@@ -354,6 +395,10 @@ pub fn instance_view(name: &str, nodes: &[&NodeLive]) -> InstanceView {
             .collect(),
         members,
         drift: config_drift(name, nodes),
+        sync_group: nodes
+            .iter()
+            .filter_map(|n| n.instance(name))
+            .find_map(|i| i.sync_group.clone()),
     }
 }
 
@@ -398,6 +443,17 @@ pub fn config_drift(name: &str, nodes: &[&NodeLive]) -> Vec<String> {
     drift
 }
 
+/// `: script chk BAD (FAULT)` when the member has failing tracked scripts or interfaces (why it
+/// is in FAULT, or why its priority dropped), else nothing.
+fn tracks_text(m: &MemberView) -> String {
+    let failing = m.failing_tracks();
+    if failing.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", failing.join(", "))
+    }
+}
+
 /// The members of instance `name`: every node of `nodes` that reports it, in order.
 fn instance_members(name: &str, nodes: &[&NodeLive]) -> Vec<MemberView> {
     nodes
@@ -412,6 +468,8 @@ fn instance_members(name: &str, nodes: &[&NodeLive]) -> Vec<MemberView> {
             holds_vip: instance.holds_vip(),
             held_vips: instance.held_vips.clone(),
             last_transition: instance.last_transition,
+            tracked_scripts: instance.tracked_scripts.clone(),
+            tracked_interfaces: instance.tracked_interfaces.clone(),
         })
         .collect()
 }
@@ -508,7 +566,7 @@ fn member_reasons(name: &str, members: &[MemberView], masters: &[String], verdic
         ) {
             verdict.worsen(
                 Health::Degraded,
-                format!("{} is {} on {}", name, m.state, m.node_id),
+                format!("{} is {} on {}{}", name, m.state, m.node_id, tracks_text(m)),
             );
         }
     }
@@ -599,6 +657,21 @@ pub fn cluster_view_of(
             reasons.push(format!("node {} is {}", node.node_id, node.status.as_str()));
         }
     }
+    let sync_groups = crate::fleet::groups::sync_groups(&nodes);
+    for g in &sync_groups {
+        if let Some(reason) = &g.reason {
+            health = health.max(Health::Degraded);
+            reasons.push(reason.clone());
+        }
+    }
+    let virtual_servers = crate::fleet::groups::virtual_servers(&nodes);
+    for v in virtual_servers.iter().filter(|v| v.no_live_real_server()) {
+        health = health.max(Health::Degraded);
+        reasons.push(format!(
+            "virtual server {} on {} has no live real server",
+            v.name, v.node_id
+        ));
+    }
     Some(ClusterView {
         name: cluster.to_string(),
         health,
@@ -610,6 +683,8 @@ pub fn cluster_view_of(
         replication,
         epoch: 0,
         pacemaker,
+        sync_groups,
+        virtual_servers,
     })
 }
 
@@ -841,6 +916,33 @@ mod tests {
     }
 
     const VIP: &[&str] = &["10.0.0.100"];
+
+    #[test]
+    fn a_member_in_fault_says_which_tracked_script_or_interface_fails() {
+        use hapulse_protocol::{TrackStatus, TrackedItem};
+        let a = node("a", VrrpState::Master, VIP, NodeStatus::Up);
+        let mut b = node("b", VrrpState::Fault, &[], NodeStatus::Up);
+        let item = |name: &str, weight, status| TrackedItem {
+            name: name.into(),
+            weight,
+            status: Some(status),
+        };
+        b.instances[0].tracked_scripts = vec![
+            item("chk_db", 0, TrackStatus::Bad),
+            item("chk_ok", 0, TrackStatus::Good),
+        ];
+        b.instances[0].tracked_interfaces = vec![item("eth1", -20, TrackStatus::Bad)];
+        let v = verdict(&[a, b]);
+        assert!(
+            v.reasons.contains(
+                &"VI_1 is FAULT on b: script chk_db BAD (FAULT), interface eth1 BAD (weight -20)"
+                    .to_string()
+            ),
+            "{:?}",
+            v.reasons
+        );
+        assert_eq!(v.members[1].tracked_scripts.len(), 2);
+    }
 
     #[test]
     fn healthy_pair() {

@@ -319,6 +319,8 @@ mod tests {
             replication: links,
             epoch: 1,
             pacemaker: None,
+            sync_groups: Vec::new(),
+            virtual_servers: Vec::new(),
         }
     }
 

@@ -14,6 +14,7 @@ use crate::fleet::live::NodeStatus;
 use crate::fleet::view::{self, ClusterView};
 use crate::state::AppState;
 use crate::switchover::drivers::{self, Layer};
+use crate::switchover::plan::group_follows;
 use crate::switchover::steps::StepName;
 use crate::switchover::store::{self, log_db, Switchover};
 
@@ -611,12 +612,26 @@ impl<'a> Run<'a> {
         Ok(StepOutcome::Done(message))
     }
 
-    /// The instance's members that are up, with their base priorities, as live state shows
-    /// them now.
-    fn members_up(&self) -> Vec<(String, Option<u8>)> {
+    /// The other instances of the moved instance's keepalived sync group, as live state shows
+    /// them now: they move with it.
+    fn group_members(&self) -> Vec<String> {
+        view::cluster_view(&self.state.live(), &self.sw.cluster, Utc::now())
+            .map(|c| {
+                crate::fleet::groups::moves_with(&self.sw.instance, &c.sync_groups)
+                    .into_iter()
+                    .filter(|m| *m != self.sw.instance)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Instance `instance`'s members that are up, with their base priorities, as live state
+    /// shows them now.
+    fn instance_members_up(&self, instance: &str) -> Vec<(String, Option<u8>)> {
         let live = self.state.live();
         view::cluster_view(&live, &self.sw.cluster, Utc::now())
-            .and_then(|c| c.instances.into_iter().find(|i| i.name == self.sw.instance))
+            .and_then(|c| c.instances.into_iter().find(|i| i.name == instance))
             .map(|i| {
                 // A failover leaves out the lost old master (and any member that is down): it is
                 // kept fenced until it rejoins.
@@ -631,17 +646,28 @@ impl<'a> Run<'a> {
 
     /// `set_priorities`: makes the move stick by lowering every other member that is up at
     /// least 10 below the target's base priority (the target's own offset back to 0).
+    /// The other instances of its sync group get the same treatment, so none of them preempts
+    /// the group back.
     async fn set_priorities(&self) -> Result<StepOutcome, String> {
         let sw = &self.sw;
-        let offsets = priority_offsets(&self.members_up(), &sw.target_node, &sw.old_master)?;
         let mut done = Vec::new();
-        for (node, offset) in offsets {
-            let action = Action::SetPriorityOffset {
-                instance: sw.instance.clone(),
-                offset,
-            };
-            let message = self.command_message(&node, action).await?;
-            done.push(format!("{node} {offset:+}: {message}"));
+        let mut instances = vec![sw.instance.clone()];
+        instances.extend(self.group_members());
+        for instance in &instances {
+            let members = self.instance_members_up(instance);
+            let offsets = priority_offsets(&members, &sw.target_node, &sw.old_master)?;
+            for (node, offset) in offsets {
+                let action = Action::SetPriorityOffset {
+                    instance: instance.clone(),
+                    offset,
+                };
+                let message = self.command_message(&node, action).await?;
+                if instances.len() > 1 {
+                    done.push(format!("{instance} {node} {offset:+}: {message}"));
+                } else {
+                    done.push(format!("{node} {offset:+}: {message}"));
+                }
+            }
         }
         Ok(StepOutcome::Done(done.join("; ")))
     }
@@ -677,7 +703,7 @@ impl<'a> Run<'a> {
         self.until(
             Duration::from_secs(15),
             "the target becoming MASTER with the VIP",
-            |c| target_has_vip(c, &instance, &target),
+            |c| target_has_vip(c, &instance, &target) && group_follows(c, &instance, &target),
         )
         .await
     }
@@ -694,10 +720,11 @@ impl<'a> Run<'a> {
             sw.link.as_deref(),
             &sw.target_node,
             &sw.old_master,
-        ) && layers.all(|k| {
-            Self::link_member(c, k, &sw.target_node)
-                .is_some_and(|m| m.role == ReplicationRole::Primary)
-        })
+        ) && group_follows(c, &sw.instance, &sw.target_node)
+            && layers.all(|k| {
+                Self::link_member(c, k, &sw.target_node)
+                    .is_some_and(|m| m.role == ReplicationRole::Primary)
+            })
     }
 
     /// `verify`: the new roles settle within 15 s and still hold 3 s later.

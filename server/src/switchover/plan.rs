@@ -92,7 +92,12 @@ pub struct Plan {
     /// Expected duration in seconds (VIP move ≈ 1 s with fencing; a database adds a shutdown,
     /// catch-up and promotion).
     pub expected_seconds: u64,
-    /// The VIPs that move.
+    /// The other instances of the moved instance's keepalived sync group: they move with it
+    /// (keepalived keeps a group's members in one state on a host), so the run lowers their
+    /// priorities too and checks that each of their VIPs moved. Empty outside a sync group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moves_with: Vec<String>,
+    /// The VIPs that move (the sync group's too).
     pub vips: Vec<String>,
     /// The ordered steps.
     pub steps: Vec<Step>,
@@ -193,8 +198,26 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, Swit
     };
     let lag_bytes = target_link.and_then(|m| m.lag_bytes);
     check_lag(req, lag_bytes, link)?;
+    let group = sync_group_members(cluster, instance, &old_master, req)?;
     let link_name = link.map(|l| l.link.as_str());
-    let steps = switchover_steps(&instance.name, &old_master, &req.target_node, &layers);
+    let mut steps = switchover_steps(&instance.name, &old_master, &req.target_node, &layers);
+    if !group.is_empty() {
+        let names: Vec<&str> = group.iter().map(|g| g.name.as_str()).collect();
+        for s in steps.iter_mut() {
+            if s.name == StepName::SetPriorities.as_str() || s.name == StepName::Verify.as_str() {
+                s.description.push_str(&format!(
+                    "; the same for {} (its sync group)",
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+    let mut vips: Vec<String> = instance.vips.iter().map(|v| v.vip.clone()).collect();
+    vips.extend(
+        group
+            .iter()
+            .flat_map(|g| g.vips.iter().map(|v| v.vip.clone())),
+    );
     Ok(Plan {
         kind: "switchover".into(),
         cluster: cluster.name.clone(),
@@ -207,9 +230,50 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, Swit
         data_at_risk_bytes: link.and_then(|l| at_risk(l, &req.target_node)),
         figures_as_of: link.and_then(|l| figures_as_of(cluster, l, &req.target_node)),
         expected_seconds: if link.is_some() { 10 } else { 3 },
-        vips: instance.vips.iter().map(|v| v.vip.clone()).collect(),
+        moves_with: group.iter().map(|g| g.name.clone()).collect(),
+        vips,
         steps,
     })
+}
+
+/// The other instances of `instance`'s sync group, which a switchover moves with it: each must
+/// be known, have `old_master` as its one master (409 `sync_group_split` otherwise: the group is
+/// already apart) and the target as an up BACKUP member, with every member up (as for the
+/// instance itself).
+fn sync_group_members<'c>(
+    cluster: &'c ClusterView,
+    instance: &view::InstanceView,
+    old_master: &str,
+    req: &SwitchoverRequest,
+) -> Result<Vec<&'c view::InstanceView>, SwitchoverError> {
+    let names = crate::fleet::groups::moves_with(&instance.name, &cluster.sync_groups);
+    let mut group = Vec::new();
+    for name in names.into_iter().filter(|n| *n != instance.name) {
+        let Some(other) = cluster.instances.iter().find(|i| i.name == name) else {
+            return Err(SwitchoverError::from(Refusal::conflict(
+                "sync_group_member_unknown",
+                format!(
+                    "{name}, in the sync group of {}, is reported by no node",
+                    instance.name
+                ),
+            )));
+        };
+        if other.master.as_deref() != Some(old_master) {
+            return Err(SwitchoverError::from(Refusal::conflict(
+                "sync_group_split",
+                format!(
+                    "{name}, in the sync group of {}, has master(s) [{}], not {old_master}: the \
+                     group is split; bring it together before moving it",
+                    instance.name,
+                    other.masters.join(", ")
+                ),
+            )));
+        }
+        check_target(cluster, other, req)?;
+        check_members_up(other)?;
+        group.push(other);
+    }
+    Ok(group)
 }
 
 /// The instance the request names, or the cluster's only one (400 otherwise).
@@ -603,6 +667,7 @@ pub fn failover_plan(
         data_at_risk_bytes: link_view.and_then(|l| at_risk(l, target)),
         figures_as_of: link_view.and_then(|l| figures_as_of(cluster, l, target)),
         expected_seconds: if link.is_some() { 5 } else { 2 },
+        moves_with: Vec::new(),
         vips: view.map_or_else(Vec::new, |i| i.vips.iter().map(|v| v.vip.clone()).collect()),
         steps,
     }
@@ -666,6 +731,7 @@ pub fn vip_follow_plan(
         data_at_risk_bytes: at_risk(link_view, holder),
         figures_as_of: figures_as_of(cluster, link_view, holder),
         expected_seconds: 8,
+        moves_with: Vec::new(),
         vips: view.map_or_else(Vec::new, |i| i.vips.iter().map(|v| v.vip.clone()).collect()),
         steps,
     })
@@ -718,6 +784,7 @@ pub fn rejoin_plan(
         data_at_risk_bytes: None,
         figures_as_of: None,
         expected_seconds: 10,
+        moves_with: Vec::new(),
         vips: view.map_or_else(Vec::new, |i| i.vips.iter().map(|v| v.vip.clone()).collect()),
         steps: vec![layer_step(
             StepName::RejoinOldPrimary,
@@ -733,6 +800,22 @@ pub fn rejoin_plan(
             },
         )],
     })
+}
+
+/// Whether every other instance of `instance`'s keepalived sync group has followed it to
+/// `target`: `target` its only MASTER and holding each of its VIPs, no other node holding one.
+/// True outside a sync group. A member no node reports does not count as moved.
+pub(crate) fn group_follows(c: &ClusterView, instance: &str, target: &str) -> bool {
+    crate::fleet::groups::moves_with(instance, &c.sync_groups)
+        .into_iter()
+        .filter(|m| *m != instance)
+        .all(|m| {
+            c.instances.iter().any(|i| {
+                i.name == m
+                    && i.master.as_deref() == Some(target)
+                    && i.vips.iter().all(|v| v.holders == [target])
+            })
+        })
 }
 
 #[cfg(test)]
@@ -756,6 +839,8 @@ mod tests {
             holds_vip: state == VrrpState::Master,
             held_vips: Vec::new(),
             last_transition: None,
+            tracked_scripts: Vec::new(),
+            tracked_interfaces: Vec::new(),
         }
     }
 
@@ -793,6 +878,7 @@ mod tests {
                 member("c", VrrpState::Backup),
             ],
             drift: Vec::new(),
+            sync_group: None,
         }
     }
 
@@ -842,6 +928,8 @@ mod tests {
             replication: Vec::new(),
             epoch: 7,
             pacemaker: None,
+            sync_groups: Vec::new(),
+            virtual_servers: Vec::new(),
         }
     }
 
@@ -870,6 +958,71 @@ mod tests {
 
     fn names(steps: &[Step]) -> Vec<&str> {
         steps.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    /// `cluster()` with a second instance `vi2` (VIP 10.0.0.20, master a) in sync group G1
+    /// with `vi`.
+    fn grouped() -> ClusterView {
+        use crate::fleet::groups::{SyncGroupNodeView, SyncGroupView};
+        let mut c = cluster();
+        let mut vi2 = instance("vi2");
+        vi2.vips[0].vip = "10.0.0.20".into();
+        c.instances.push(vi2);
+        c.sync_groups = vec![SyncGroupView {
+            name: "G1".into(),
+            members: vec!["vi".into(), "vi2".into()],
+            nodes: vec![SyncGroupNodeView {
+                node_id: "a".into(),
+                node_status: NodeStatus::Up,
+                state: Some(VrrpState::Master),
+                master_of: vec!["vi".into(), "vi2".into()],
+            }],
+            split: false,
+            reason: None,
+        }];
+        c
+    }
+
+    #[test]
+    fn a_switchover_moves_the_whole_sync_group() {
+        let mut req = request("b");
+        req.instance = Some("vi".into());
+        let p = plan(&grouped(), &req).unwrap();
+        assert_eq!(p.moves_with, ["vi2"]);
+        assert_eq!(p.vips, ["10.0.0.10", "10.0.0.20"]);
+        let verify = p.steps.iter().find(|s| s.name == "verify").unwrap();
+        assert!(
+            verify
+                .description
+                .ends_with("; the same for vi2 (its sync group)"),
+            "{}",
+            verify.description
+        );
+        // The run checks every member's VIPs: vi on b is not enough while vi2 stays on a.
+        let mut c = grouped();
+        for i in &mut c.instances {
+            let moved = i.name == "vi";
+            i.master = Some(if moved { "b" } else { "a" }.into());
+            i.vips[0].holders = vec![if moved { "b" } else { "a" }.into()];
+        }
+        assert!(!group_follows(&c, "vi", "b"));
+        c.instances[1].master = Some("b".into());
+        c.instances[1].vips[0].holders = vec!["b".into()];
+        assert!(group_follows(&c, "vi", "b"));
+        // Outside a sync group nothing else has to follow.
+        assert!(group_follows(&cluster(), "vi", "b"));
+    }
+
+    #[test]
+    fn a_split_sync_group_is_not_moved() {
+        let mut c = grouped();
+        c.instances[1].master = Some("b".into());
+        c.instances[1].masters = vec!["b".into()];
+        let mut req = request("b");
+        req.instance = Some("vi".into());
+        let (code, message) = refused(&c, &req);
+        assert_eq!(code, "sync_group_split", "{message}");
+        assert!(message.contains("vi2"), "{message}");
     }
 
     #[test]

@@ -693,6 +693,9 @@ impl World {
                 auth_type: None,
                 garp_master_repeat: None,
                 garp_master_delay_s: None,
+                sync_group: None,
+                tracked_scripts: Vec::new(),
+                tracked_interfaces: Vec::new(),
             }]
         };
         let reach = |reachable: bool| Reachability {
@@ -724,6 +727,8 @@ impl World {
             keepalived: KeepalivedReport {
                 running: h.keepalived == Keepalived::Running,
                 instances,
+                sync_groups: Vec::new(),
+                virtual_servers: Vec::new(),
             },
             replication: self.link_report(i).into_iter().collect(),
             arbitration: Some(ArbitrationReport {
