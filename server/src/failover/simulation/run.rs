@@ -162,13 +162,7 @@ impl Run {
     fn step(&mut self, kind: StepName, cx: &mut RunCx<'_>) -> Result<Progress, String> {
         let (target, old) = (self.plan.target_node.clone(), self.plan.old_master.clone());
         let link = self.plan.link.clone();
-        let instance = self.plan.instance.clone();
-        // The link's name as actions name it (`postgresql:pg` → `pg`).
-        let link_name = link
-            .as_deref()
-            .map(crate::switchover::drivers::link_name)
-            .unwrap_or_default()
-            .to_string();
+        let (instance, link_name) = (self.plan.instance.clone(), self.link_name());
         match kind {
             // Hooks are not enabled on the simulated hosts: the step is skipped.
             StepName::PreHook | StepName::PostHook => Ok(Progress::Done),
@@ -264,6 +258,12 @@ impl Run {
             }
             StepName::MoveVip => self.move_vip(cx, &target, &old),
         }
+    }
+
+    /// The plan's link as actions name it (`postgresql:pg` → `pg`).
+    fn link_name(&self) -> String {
+        let link = self.plan.link.as_deref().unwrap_or_default();
+        crate::switchover::drivers::link_name(link).to_string()
     }
 
     /// `stop_old_primary`: the target must stream; then a fast shutdown of the old primary.
