@@ -300,14 +300,7 @@ fn spawn_components(
     contact: Arc<ServerContact>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(Inputs, Tasks)> {
-    let (fifo_tx, fifo_rx) = mpsc::channel(256);
-    let fifo_shutdown = shutdown.child_token();
-    let fifo_path = settings.keepalived.notify_fifo.clone();
-    let fifo_task = tokio::spawn(async move {
-        if let Err(e) = fifo::read_fifo(&fifo_path, fifo_tx, fifo_shutdown).await {
-            tracing::error!(path = %fifo_path.display(), error = %e, "notify FIFO reader stopped; relying on reconciliation");
-        }
-    });
+    let (fifo_rx, fifo_task) = spawn_fifo(settings, shutdown);
 
     let (links_tx, links_rx) = watch::channel(Vec::new());
     let probes = ReplicationProbes::new(settings);
@@ -398,6 +391,22 @@ fn spawn_components(
         others,
     };
     Ok((inputs, tasks))
+}
+
+/// Starts the reader of keepalived's notify FIFO: where its events arrive, and its task.
+fn spawn_fifo(
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> (mpsc::Receiver<FifoLine>, JoinHandle<()>) {
+    let (fifo_tx, fifo_rx) = mpsc::channel(256);
+    let fifo_shutdown = shutdown.child_token();
+    let fifo_path = settings.keepalived.notify_fifo.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = fifo::read_fifo(&fifo_path, fifo_tx, fifo_shutdown).await {
+            tracing::error!(path = %fifo_path.display(), error = %e, "notify FIFO reader stopped; relying on reconciliation");
+        }
+    });
+    (fifo_rx, task)
 }
 
 /// Where the ARP checks' rounds arrive.

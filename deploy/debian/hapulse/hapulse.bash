@@ -393,7 +393,7 @@ _hapulse() {
             return 0
             ;;
         hapulse__subcmd__failover__subcmd__confirm)
-            opts="-o -h --to --reason --accept-data-loss --server --token --config --output --help"
+            opts="-o -h --to --reason --accept-data-loss --instance --server --token --config --output --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -404,6 +404,10 @@ _hapulse() {
                     return 0
                     ;;
                 --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --instance)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

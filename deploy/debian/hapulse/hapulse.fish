@@ -141,6 +141,7 @@ complete -c hapulse -n "__fish_hapulse_using_subcommand failover; and not __fish
 complete -c hapulse -n "__fish_hapulse_using_subcommand failover; and not __fish_seen_subcommand_from confirm ack help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c hapulse -n "__fish_hapulse_using_subcommand failover; and __fish_seen_subcommand_from confirm" -l to -d 'The node to promote' -r
 complete -c hapulse -n "__fish_hapulse_using_subcommand failover; and __fish_seen_subcommand_from confirm" -l reason -d 'Why (recorded in the audit log)' -r
+complete -c hapulse -n "__fish_hapulse_using_subcommand failover; and __fish_seen_subcommand_from confirm" -l instance -d 'The VRRP instance to fail over (needed when the cluster has several)' -r
 complete -c hapulse -n "__fish_hapulse_using_subcommand failover; and __fish_seen_subcommand_from confirm" -l server -d 'The server\'s base URL (`https://hapulse.example:8080`)' -r
 complete -c hapulse -n "__fish_hapulse_using_subcommand failover; and __fish_seen_subcommand_from confirm" -l token -d 'An API token (`hpt_…`, from `hapulse-server token create`); never printed' -r
 complete -c hapulse -n "__fish_hapulse_using_subcommand failover; and __fish_seen_subcommand_from confirm" -l config -d 'A configuration file with `server` and `token` [default: ~/.config/hapulse/cli.toml]' -r -F

@@ -854,7 +854,7 @@ pub(crate) fn find_leader(
 }
 
 /// The first unit of `c` ([`units`]) with its leader: (instance, link key, leader). For the
-/// tests and the simulation, which judge one-instance clusters.
+/// tests of one-instance clusters.
 #[cfg(test)]
 pub(crate) fn first_unit_leader(
     nodes: &[&NodeLive],

@@ -657,21 +657,8 @@ pub fn cluster_view_of(
             reasons.push(format!("node {} is {}", node.node_id, node.status.as_str()));
         }
     }
-    let sync_groups = crate::fleet::groups::sync_groups(&nodes);
-    for g in &sync_groups {
-        if let Some(reason) = &g.reason {
-            health = health.max(Health::Degraded);
-            reasons.push(reason.clone());
-        }
-    }
-    let virtual_servers = crate::fleet::groups::virtual_servers(&nodes);
-    for v in virtual_servers.iter().filter(|v| v.no_live_real_server()) {
-        health = health.max(Health::Degraded);
-        reasons.push(format!(
-            "virtual server {} on {} has no live real server",
-            v.name, v.node_id
-        ));
-    }
+    let (sync_groups, virtual_servers) =
+        groups_and_virtual_servers(&nodes, &mut health, &mut reasons);
     Some(ClusterView {
         name: cluster.to_string(),
         health,
@@ -686,6 +673,34 @@ pub fn cluster_view_of(
         sync_groups,
         virtual_servers,
     })
+}
+
+/// keepalived's sync groups and LVS virtual servers of the cluster's `nodes`; a split group or
+/// a virtual server without a live real server degrades `health`, with its reason.
+fn groups_and_virtual_servers(
+    nodes: &[&NodeLive],
+    health: &mut Health,
+    reasons: &mut Vec<String>,
+) -> (
+    Vec<crate::fleet::groups::SyncGroupView>,
+    Vec<crate::fleet::groups::VirtualServerView>,
+) {
+    let sync_groups = crate::fleet::groups::sync_groups(nodes);
+    for g in &sync_groups {
+        if let Some(reason) = &g.reason {
+            *health = (*health).max(Health::Degraded);
+            reasons.push(reason.clone());
+        }
+    }
+    let virtual_servers = crate::fleet::groups::virtual_servers(nodes);
+    for v in virtual_servers.iter().filter(|v| v.no_live_real_server()) {
+        *health = (*health).max(Health::Degraded);
+        reasons.push(format!(
+            "virtual server {} on {} has no live real server",
+            v.name, v.node_id
+        ));
+    }
+    (sync_groups, virtual_servers)
 }
 
 /// The verdict on one replication link from its members' reports and the cluster's instances.

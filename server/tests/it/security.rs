@@ -111,6 +111,11 @@ fn routes(alert: Uuid, switchover: Uuid) -> Vec<(Method, String, Role)> {
         ),
         (
             Method::POST,
+            "/api/v1/clusters/c/pacemaker/move".into(),
+            Role::Operator,
+        ),
+        (
+            Method::POST,
             "/api/v1/clusters/c/nodes/a/unfence".into(),
             Role::Operator,
         ),

@@ -24,8 +24,8 @@ pub enum Fault {
     KeepalivedStart(usize),
     /// A track script fails (true) or passes again.
     TrackScript(usize, bool),
-    /// The database crashes.
-    DbCrash(usize),
+    /// The database of a service crashes (host, service).
+    DbCrash(usize, usize),
     /// Two hosts cannot reach each other (true) or can again.
     CutPeers(usize, usize, bool),
     /// A host cannot reach the reference address, or can again.
@@ -34,8 +34,8 @@ pub enum Fault {
     CutServer(usize, bool),
     /// The gateway goes down, or comes back.
     Gateway(bool),
-    /// Replay on a standby stalls for this many ms.
-    LagSpike(usize, u64),
+    /// Replay on a standby of a service stalls for this many ms (host, service, ms).
+    LagSpike(usize, usize, u64),
     /// The agent hangs, or resumes.
     Freeze(usize, bool),
     /// A person pauses the cluster, or resumes it.
@@ -51,6 +51,7 @@ pub fn draw(rng: &mut Rng, world: &World) -> Fault {
     let host = rng.below(n) as usize;
     let db = rng.below(dbs) as usize;
     let on = rng.chance(600);
+    let s = rng.below(world.services.len() as u64) as usize;
     match rng.below(15) {
         0 => Fault::PowerOff(host),
         1 => Fault::PowerOn(host),
@@ -58,7 +59,7 @@ pub fn draw(rng: &mut Rng, world: &World) -> Fault {
         3 => Fault::KeepalivedKill(db),
         4 => Fault::KeepalivedStart(db),
         5 => Fault::TrackScript(db, on),
-        6 => Fault::DbCrash(db),
+        6 => Fault::DbCrash(db, s),
         7 => {
             let other = (host + 1 + rng.below(n - 1) as usize) % n as usize;
             Fault::CutPeers(host, other, on)
@@ -66,7 +67,7 @@ pub fn draw(rng: &mut Rng, world: &World) -> Fault {
         8 => Fault::CutReference(host, on),
         9 => Fault::CutServer(host, on),
         10 => Fault::Gateway(on),
-        11 => Fault::LagSpike(db, rng.range(1, 40) * 1000),
+        11 => Fault::LagSpike(db, s, rng.range(1, 40) * 1000),
         12 => Fault::Freeze(host, on),
         13 => Fault::Pause(on && rng.chance(500)),
         _ => Fault::Switch(!on || rng.chance(500)),
@@ -76,6 +77,7 @@ pub fn draw(rng: &mut Rng, world: &World) -> Fault {
 /// Applies `fault`.
 pub fn apply(fault: Fault, world: &mut World, server: &mut Server) {
     world.log(format!("FAULT {fault:?}"));
+    disturb(fault, world);
     let now = world.now;
     match fault {
         Fault::PowerOff(i) => world.power_off(i),
@@ -84,8 +86,12 @@ pub fn apply(fault: Fault, world: &mut World, server: &mut Server) {
         Fault::KeepalivedKill(i) => world.stop_keepalived(i, true),
         Fault::KeepalivedStart(i) => world.start_keepalived(i),
         Fault::TrackScript(i, on) => world.hosts[i].track_fault = on,
-        Fault::DbCrash(i) => {
-            if let Some(p) = world.hosts[i].pg.as_mut().filter(|p| p.running) {
+        Fault::DbCrash(i, s) => {
+            if let Some(p) = world
+                .slot_mut(i, s)
+                .map(|x| &mut x.pg)
+                .filter(|p| p.running)
+            {
                 p.running = false;
                 p.crashed = true;
             }
@@ -101,14 +107,44 @@ pub fn apply(fault: Fault, world: &mut World, server: &mut Server) {
         Fault::CutReference(i, on) => toggle(&mut world.net.ref_cut, i, on),
         Fault::CutServer(i, on) => toggle(&mut world.net.server_cut, i, on),
         Fault::Gateway(down) => world.net.gateway_down = down,
-        Fault::LagSpike(i, ms) => {
-            if let Some(p) = world.hosts[i].pg.as_mut() {
-                p.stalled_until = now + ms;
+        Fault::LagSpike(i, s, ms) => {
+            if let Some(x) = world.slot_mut(i, s) {
+                x.pg.stalled_until = now + ms;
             }
         }
         Fault::Freeze(i, on) => world.hosts[i].frozen = on && world.hosts[i].powered,
         Fault::Pause(on) => server.paused = on,
         Fault::Switch(on) => server.enabled = on,
+    }
+}
+
+/// Notes in `world.disturbed` the (host, service) parts a fault touches: a database fault its
+/// own part; a host, process, agent or network fault every part of the host (both ends of a
+/// cut); the gateway every part; a pause or the switch none.
+fn disturb(fault: Fault, world: &mut World) {
+    let services = world.services.len();
+    let hosts: Vec<usize> = match fault {
+        Fault::DbCrash(i, s) | Fault::LagSpike(i, s, _) => {
+            world.disturbed.insert((i, s));
+            Vec::new()
+        }
+        Fault::PowerOff(i)
+        | Fault::PowerOn(i)
+        | Fault::KeepalivedStop(i)
+        | Fault::KeepalivedKill(i)
+        | Fault::KeepalivedStart(i)
+        | Fault::TrackScript(i, _)
+        | Fault::CutReference(i, _)
+        | Fault::CutServer(i, _)
+        | Fault::Freeze(i, _) => vec![i],
+        Fault::CutPeers(a, b, _) => vec![a, b],
+        Fault::Gateway(_) => (0..world.hosts.len()).collect(),
+        Fault::Pause(_) | Fault::Switch(_) => Vec::new(),
+    };
+    for i in hosts {
+        for s in 0..services {
+            world.disturbed.insert((i, s));
+        }
     }
 }
 
@@ -135,10 +171,12 @@ pub fn heal(world: &mut World, server: &mut Server) {
         let h = &mut world.hosts[i];
         h.frozen = false;
         h.track_fault = false;
-        if let Some(p) = h.pg.as_mut().filter(|p| p.crashed) {
-            p.running = true;
-            p.crashed = false;
-            p.upstream = None;
+        for x in h.slots.iter_mut().flatten() {
+            if x.pg.crashed {
+                x.pg.running = true;
+                x.pg.crashed = false;
+                x.pg.upstream = None;
+            }
         }
     }
 }

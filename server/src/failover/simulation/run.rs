@@ -9,7 +9,7 @@
 use hapulse_protocol::{parse_lsn, Action, CommandOutcome, LinkState};
 
 use super::outbox::Outbox;
-use super::world::{World, INSTANCE, LINK};
+use super::world::World;
 use crate::fleet::live::NodeLive;
 use crate::fleet::view::ClusterView;
 use crate::switchover::executor::{priority_offsets, roles_hold, target_has_vip};
@@ -123,8 +123,11 @@ impl Run {
                         self.promoted = cx
                             .world
                             .index(&self.plan.target_node)
-                            .and_then(|i| cx.world.hosts[i].pg.as_ref())
-                            .map(|p| p.fork_lsn);
+                            .and_then(|i| {
+                                let s = cx.world.service_of_instance(&self.plan.instance)?;
+                                cx.world.hosts[i].slot(s)
+                            })
+                            .map(|x| x.pg.fork_lsn);
                     }
                     self.step += 1;
                     self.step_started = now;
@@ -146,7 +149,7 @@ impl Run {
             self.epoch = *cx.epoch;
             if let Some(old) = cx.world.index(&self.plan.old_master) {
                 let lift = Action::Fence {
-                    instance: INSTANCE.into(),
+                    instance: self.plan.instance.clone(),
                     fenced: false,
                 };
                 cx.outbox.issue(cx.world.now, old, self.epoch, lift, 30_000);
@@ -159,6 +162,7 @@ impl Run {
     fn step(&mut self, kind: StepName, cx: &mut RunCx<'_>) -> Result<Progress, String> {
         let (target, old) = (self.plan.target_node.clone(), self.plan.old_master.clone());
         let link = self.plan.link.clone();
+        let (instance, link_name) = (self.plan.instance.clone(), self.link_name());
         match kind {
             // Hooks are not enabled on the simulated hosts: the step is skipped.
             StepName::PreHook | StepName::PostHook => Ok(Progress::Done),
@@ -181,7 +185,9 @@ impl Run {
             StepName::PromoteTarget => {
                 if !self.began {
                     self.began = true;
-                    let promote = Action::PostgresPromote { link: LINK.into() };
+                    let promote = Action::PostgresPromote {
+                        link: link_name.clone(),
+                    };
                     self.pending = vec![(target.clone(), promote)];
                 }
                 self.commands(cx)
@@ -191,7 +197,7 @@ impl Run {
                     .view
                     .instances
                     .iter()
-                    .filter(|i| i.name == INSTANCE)
+                    .filter(|i| i.name == instance)
                     .flat_map(|i| i.members.iter())
                     .filter(|m| m.node_status == crate::fleet::live::NodeStatus::Up)
                     .map(|m| (m.node_id.clone(), m.base_priority))
@@ -203,7 +209,7 @@ impl Run {
                         .into_iter()
                         .map(|(n, offset)| {
                             let a = Action::SetPriorityOffset {
-                                instance: INSTANCE.into(),
+                                instance: instance.clone(),
                                 offset,
                             };
                             (n, a)
@@ -213,11 +219,11 @@ impl Run {
                 self.commands(cx)
             }
             StepName::TakeVip => {
-                Ok(self.until(cx, 15_000, |c, _| target_has_vip(c, INSTANCE, &target))?)
+                Ok(self.until(cx, 15_000, |c, _| target_has_vip(c, &instance, &target))?)
             }
             StepName::Verify => {
                 let now = cx.world.now;
-                let holds = roles_hold(cx.view, INSTANCE, link.as_deref(), &target, &old);
+                let holds = roles_hold(cx.view, &instance, link.as_deref(), &target, &old);
                 match (holds, self.held_since) {
                     (true, None) => {
                         self.held_since = Some(now);
@@ -234,14 +240,15 @@ impl Run {
                     (false, None) => Ok(Progress::Busy),
                 }
             }
-            StepName::StopOldPrimary => self.stop_old_primary(cx, &target, &old),
+            StepName::StopOldPrimary => self.stop_old_primary(cx, &target, &old, &link_name),
             StepName::WaitForCatchUp => {
                 let checkpoint = self.checkpoint;
+                let key = link.clone().unwrap_or_default();
                 self.until(cx, 55_000, |_, live| {
                     let replayed = live
                         .iter()
                         .find(|n| n.node_id == target)
-                        .and_then(|n| n.link(super::world::LINK_KEY))
+                        .and_then(|n| n.link(&key))
                         .and_then(|l| parse_lsn(l.raw.get("replay_lsn")?));
                     match checkpoint {
                         Some(c) => replayed.is_some_and(|r| r > c),
@@ -253,25 +260,39 @@ impl Run {
         }
     }
 
+    /// The plan's link as actions name it (`postgresql:pg` → `pg`).
+    fn link_name(&self) -> String {
+        let link = self.plan.link.as_deref().unwrap_or_default();
+        crate::switchover::drivers::link_name(link).to_string()
+    }
+
     /// `stop_old_primary`: the target must stream; then a fast shutdown of the old primary.
     fn stop_old_primary(
         &mut self,
         cx: &mut RunCx<'_>,
         target: &str,
         old: &str,
+        link_name: &str,
     ) -> Result<Progress, String> {
         if !self.began {
             self.began = true;
+            let key = self.plan.link.clone();
             let streaming = cx
                 .view
                 .replication
                 .iter()
+                .filter(|r| Some(&r.link) == key.as_ref())
                 .flat_map(|r| r.members.iter())
                 .any(|m| m.node_id == target && m.state == LinkState::Streaming);
             if !streaming {
                 return Err(format!("{target} is not streaming"));
             }
-            self.pending = vec![(old.to_string(), Action::PostgresStop { link: LINK.into() })];
+            self.pending = vec![(
+                old.to_string(),
+                Action::PostgresStop {
+                    link: link_name.to_string(),
+                },
+            )];
         }
         let id = self.waiting;
         let progress = self.commands(cx)?;
@@ -293,11 +314,12 @@ impl Run {
         target: &str,
         old: &str,
     ) -> Result<Progress, String> {
+        let instance = self.plan.instance.clone();
         let fence = |fenced| {
             (
                 old.to_string(),
                 Action::Fence {
-                    instance: INSTANCE.into(),
+                    instance: instance.clone(),
                     fenced,
                 },
             )
@@ -315,7 +337,7 @@ impl Run {
             self.held_since = Some(cx.world.now);
         }
         if !self.lifting {
-            if !target_has_vip(cx.view, INSTANCE, target) {
+            if !target_has_vip(cx.view, &instance, target) {
                 return if cx.world.now - self.step_started > 15_000 {
                     Err("the target did not become MASTER with the VIP".into())
                 } else {

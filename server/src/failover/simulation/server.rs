@@ -1,10 +1,14 @@
 //! The simulated server: heartbeats taken into the real live state (`NodeLive::from_report`,
 //! `NodeLive::apply`), the real failure detector's rule (`detector::assess`), and the arbiter's
-//! round on the real pure code — `view::cluster_view_of`, `first_unit_leader`, `gather`, `members`,
+//! round, unit by unit (`units`: every VRRP instance with its link), on the real pure code —
+//! `view::cluster_view_of`, `units`, `find_leader`, `gather`, `members`,
 //! `evidence`, `candidates`, `decide`, `fence_intents`, `fence_actions`, `stale_vips`, the real
 //! plans. What the arbiter does through the database (store a verdict, raise the epoch, create
 //! a run, queue commands, keep a node fenced) is re-expressed in memory here, as small as the
-//! real `record`, `act`, `enforce_epoch` and `remove_stale_vips`.
+//! real `record`, `act`, `enforce_epoch` and `remove_stale_vips`: per unit a stored leader, a
+//! verdict, an anti-flap hold, a refusal back-off, fences per instance; per cluster the epoch,
+//! the nodes kept fenced and one move at a time (a unit's move starts in the round after the
+//! running one ends), as `judge`, `decide_all` and `carry_out` do.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -17,11 +21,11 @@ use super::run::{Run, RunCx, Stonith};
 use super::world::{World, CLUSTER, HEARTBEAT_MS};
 use crate::config::{DetectorSettings, FailoverSettings};
 use crate::failover::arbiter::{
-    fence_actions, fence_intents, first_unit_leader, gather, members, remember_vip_elsewhere,
-    stale_vips, EpochRules,
+    fence_actions, fence_intents, find_leader, gather, members, remember_vip_elsewhere, stale_vips,
+    units, EpochRules, Member,
 };
 use crate::failover::decision::{self as failover, Decision, History, Situation, VipElsewhere};
-use crate::failover::evidence::{candidates, evidence, Gathered};
+use crate::failover::evidence::{candidates, evidence, unit_key, Gathered};
 use crate::fleet::detector::assess;
 use crate::fleet::live::{NodeLive, NodeStatus};
 use crate::fleet::view::{self, ClusterView};
@@ -30,6 +34,8 @@ use crate::switchover::plan::{failover_plan, plan, vip_follow_plan, SwitchoverRe
 /// A verdict on record (`failover_decisions`).
 #[derive(Debug, Clone)]
 pub struct StoredVerdict {
+    /// The unit's VRRP instance.
+    pub instance: String,
     /// `failover`, `step_down`, `fence`, `remove_vip`, …
     pub action: String,
     /// The node it names.
@@ -43,8 +49,10 @@ pub struct StoredVerdict {
 pub struct Taken {
     /// When.
     pub at: u64,
-    /// `failover`, `step_down`, `fence`, `remove_vip`.
+    /// `failover`, `step_down`, `follow_vip`, `fence`, `remove_vip`.
     pub kind: &'static str,
+    /// The unit's VRRP instance.
+    pub instance: String,
     /// The node promoted or fenced.
     pub node: String,
     /// The cluster was paused then.
@@ -65,41 +73,42 @@ pub struct Server {
     base: tokio::time::Instant,
     /// The wall clock's origin (the server started then).
     pub started_at: DateTime<Utc>,
-    /// `clusters.leader`.
-    pub leader: Option<String>,
+    /// `clusters.leaders`: each unit's leader, by instance.
+    pub leaders: BTreeMap<String, String>,
     /// `clusters.epoch`.
     pub epoch: u64,
-    /// `kept_fenced`.
-    pub kept: BTreeSet<String>,
+    /// `kept_fenced`: (node, VRRP instance).
+    pub kept: BTreeSet<(String, String)>,
     /// Paused by hand.
     pub paused: bool,
     /// The global switch.
     pub enabled: bool,
-    /// The last automatic move: when, acknowledged.
-    pub last_automatic: Option<(DateTime<Utc>, bool)>,
-    /// The arbiter's memory: the last recorded (action, candidate, reason without digits).
-    recorded: Option<(String, Option<String>, String)>,
-    /// The arbiter's memory: the VIP on another node than the leader, since when.
+    /// Each unit's last automatic move (by instance): when, acknowledged.
+    pub last_automatic: BTreeMap<String, (DateTime<Utc>, bool)>,
+    /// The arbiter's memory: each unit's last recorded (action, candidate, reason without
+    /// digits).
+    recorded: BTreeMap<String, (String, Option<String>, String)>,
+    /// The arbiter's memory: the VIP on another node than the leader, since when (by unit).
     vip_elsewhere: BTreeMap<String, VipElsewhere>,
     /// Every verdict on record.
     pub verdicts: Vec<StoredVerdict>,
-    /// The last verdict `record` stored (index in `verdicts`); fences and VIP removals are
-    /// stored beside it.
-    last_recorded: Option<usize>,
+    /// Each unit's last verdict `record` stored (index in `verdicts`).
+    last_recorded: BTreeMap<String, usize>,
     /// Every automatic action.
     pub taken: Vec<Taken>,
-    /// Enforced (node, or "node address"), with when: again after a minute.
+    /// Enforced ("node instance", or "node address"), with when: again after a minute.
     enforced: BTreeMap<String, u64>,
-    /// The last attempt to act was refused: not again until then.
-    refused_until: u64,
+    /// A unit's last attempt to act was refused: not again until then (by instance).
+    refused_until: BTreeMap<String, u64>,
     /// The running switchover or failover.
     pub run: Option<Run>,
     /// The command queue.
     pub outbox: Outbox,
     /// The cluster's fencing.
     pub stonith: Stonith,
-    /// Each node's WAL position (the truth) when its last report was accepted, while primary.
-    pub reported_lsn: BTreeMap<String, u64>,
+    /// Each node's WAL position of each service (the truth) when its last report was
+    /// accepted, while primary: by (node, service).
+    pub reported_lsn: BTreeMap<(String, usize), u64>,
     /// The arbiter's next round.
     next_round: u64,
     /// Something changed since the last round (ingest and detector marks).
@@ -108,13 +117,24 @@ pub struct Server {
     attention: bool,
     /// The last sweep.
     last_sweep: u64,
-    /// The last round knew the leader.
-    pub leader_known: bool,
+    /// The instances whose leader the last round knew.
+    pub leader_known: BTreeSet<String>,
+    /// A candidate (or a node fenced for an instance) that is no member of the instance.
+    pub outsider: Option<String>,
     /// An automatic promotion beyond the lag bound: (node, bytes lost, bound).
     pub lag_violation: Option<(String, u64, u64)>,
 }
 
 impl Server {
+    /// The nodes kept fenced in `instance` (as `arbiter::kept_in` reads `kept_fenced`).
+    fn kept_in(&self, instance: &str) -> BTreeSet<String> {
+        self.kept
+            .iter()
+            .filter(|(_, i)| i == instance)
+            .map(|(node, _)| node.clone())
+            .collect()
+    }
+
     /// A server started at time 0 with `settings`.
     pub fn new(settings: FailoverSettings, stonith: Stonith, resend_per_mille: u64) -> Self {
         Server {
@@ -126,19 +146,19 @@ impl Server {
                 .with_ymd_and_hms(2030, 1, 1, 0, 0, 0)
                 .single()
                 .unwrap_or_default(),
-            leader: None,
+            leaders: BTreeMap::new(),
             epoch: 1,
             kept: BTreeSet::new(),
             paused: false,
             enabled: true,
-            last_automatic: None,
-            recorded: None,
+            last_automatic: BTreeMap::new(),
+            recorded: BTreeMap::new(),
             vip_elsewhere: BTreeMap::new(),
             verdicts: Vec::new(),
-            last_recorded: None,
+            last_recorded: BTreeMap::new(),
             taken: Vec::new(),
             enforced: BTreeMap::new(),
-            refused_until: 0,
+            refused_until: BTreeMap::new(),
             run: None,
             outbox: Outbox {
                 cmds: Vec::new(),
@@ -150,7 +170,8 @@ impl Server {
             changed: true,
             attention: true,
             last_sweep: 0,
-            leader_known: false,
+            leader_known: BTreeSet::new(),
+            outsider: None,
             lag_violation: None,
         }
     }
@@ -190,9 +211,10 @@ impl Server {
     fn ingest(&mut self, world: &World, i: usize, report: &HeartbeatReport) {
         let (at, instant) = (self.at(world.now), self.instant(world.now));
         let h = &world.hosts[i];
-        if h.is_primary() {
-            let lsn = h.pg.as_ref().map_or(0, |p| p.lsn);
-            self.reported_lsn.insert(h.id.clone(), lsn);
+        for (s, x) in h.slots.iter().enumerate() {
+            if let Some(x) = x.as_ref().filter(|_| h.is_primary(s)) {
+                self.reported_lsn.insert((h.id.clone(), s), x.pg.lsn);
+            }
         }
         match self.live.get_mut(&report.node_id) {
             Some(n) if n.is_replay(report) => {}
@@ -264,9 +286,12 @@ impl Server {
         });
         drop(nodes);
         if let (Some(lsn), true) = (run.promoted.take(), run.automatic) {
+            let s = world
+                .service_of_instance(&run.plan.instance)
+                .unwrap_or_default();
             let old = self
                 .reported_lsn
-                .get(&run.plan.old_master)
+                .get(&(run.plan.old_master.clone(), s))
                 .copied()
                 .unwrap_or_default();
             let bound = self.settings.policy(CLUSTER, true).max_lag_bytes;
@@ -284,9 +309,11 @@ impl Server {
                     "{} to {} succeeded",
                     run.plan.kind, run.plan.target_node
                 ));
-                self.leader = Some(run.plan.target_node.clone());
+                self.leaders
+                    .insert(run.plan.instance.clone(), run.plan.target_node.clone());
                 if run.plan.kind == "failover" {
-                    self.kept.insert(run.plan.old_master.clone());
+                    self.kept
+                        .insert((run.plan.old_master.clone(), run.plan.instance.clone()));
                 }
             }
             Some(Err(e)) => world.log(format!(
@@ -296,7 +323,10 @@ impl Server {
         }
     }
 
-    /// One arbiter round: select (as `select_clusters`), judge, decide, record, act, enforce.
+    /// One arbiter round: select (as `select_clusters`); then, as `judge`, `decide_all`,
+    /// `record` and `carry_out` do, every unit judged, every verdict decided and recorded, and
+    /// each acted on in turn (one move at a time: a unit whose turn comes while a run goes, or
+    /// after another unit's run started this round, waits) and its epoch enforced.
     fn round(&mut self, world: &mut World) {
         let now = world.now;
         let sweep = now >= self.last_sweep + 5_000;
@@ -312,42 +342,107 @@ impl Server {
         let Some((c, nodes)) = Self::view(&self.live, at) else {
             return;
         };
-        let leader = first_unit_leader(&nodes, &c, self.leader.as_deref(), &self.kept);
-        let gathered = leader
-            .as_ref()
-            .map(|(i, link, l)| gather(&self.settings, &nodes, &c, i, link, l, at));
-        let members = gathered
-            .as_ref()
-            .map_or_else(Vec::new, |g| members(&nodes, g));
+        let judged: Vec<Unit> = units(&c)
+            .into_iter()
+            .map(|(instance, link)| {
+                let stored = self.leaders.get(&instance).cloned();
+                let leader = find_leader(
+                    &nodes,
+                    &c,
+                    (&instance, link.as_deref()),
+                    stored.as_deref(),
+                    &self.kept_in(&instance),
+                );
+                let gathered = leader
+                    .as_ref()
+                    .map(|l| gather(&self.settings, &nodes, &c, &instance, &link, l, at));
+                let members = gathered
+                    .as_ref()
+                    .map_or_else(Vec::new, |g| members(&nodes, g));
+                Unit {
+                    instance,
+                    leader,
+                    gathered,
+                    members,
+                }
+            })
+            .collect();
         drop(nodes);
-        let mut gathered = gathered;
-        if let Some(g) = &mut gathered {
-            g.vip_elsewhere =
-                remember_vip_elsewhere(&mut self.vip_elsewhere, CLUSTER, g.vip_elsewhere.take());
-        }
-        if let Some((_, _, l)) = &leader {
-            if self.leader.as_deref() != Some(l.as_str()) {
-                world.log(format!("leader of the current epoch: {l}"));
-                self.leader = Some(l.clone());
+        let running = self.run.is_some();
+        self.leader_known = judged
+            .iter()
+            .filter(|u| u.leader.is_some())
+            .map(|u| u.instance.clone())
+            .collect();
+        let mut decided = Vec::with_capacity(judged.len());
+        for mut u in judged {
+            if let Some(g) = &mut u.gathered {
+                let key = unit_key(CLUSTER, &u.instance);
+                g.vip_elsewhere =
+                    remember_vip_elsewhere(&mut self.vip_elsewhere, &key, g.vip_elsewhere.take());
             }
+            if let Some(l) = &u.leader {
+                if self.leaders.get(&u.instance) != Some(l) {
+                    world.log(format!(
+                        "leader of {} in the current epoch: {l}",
+                        u.instance
+                    ));
+                    self.leaders.insert(u.instance.clone(), l.clone());
+                }
+            }
+            let decision = self.decide(now, &u.instance, u.gathered.as_ref(), running);
+            self.check_member(world, &u.instance, decision.candidate(), "candidate");
+            decided.push((u, decision));
         }
-        let decision = self.decide(now, gathered.as_ref());
-        self.record(world, &decision, gathered.is_some());
-        if let Some(g) = &gathered {
-            self.act(world, &c, g, &decision);
+        for (u, decision) in &decided {
+            self.record(world, &u.instance, decision, u.gathered.is_some());
+        }
+        let mut quiet = c.health == view::Health::Healthy && !running && self.kept.is_empty();
+        for (u, decision) in &decided {
+            let backing_off = self
+                .refused_until
+                .get(&u.instance)
+                .is_some_and(|t| now < *t);
+            quiet &= matches!(decision, Decision::Nothing { .. }) && !backing_off;
+            let Some(g) = &u.gathered else {
+                continue;
+            };
+            if self.run.is_none() && !backing_off {
+                self.act(world, &c, g, decision);
+            }
             if self.run.is_none() && !self.paused {
-                self.enforce(world, &c, g, &members, &decision);
+                self.enforce(world, &c, g, &u.members, decision);
             }
         }
-        self.attention = !(c.health == view::Health::Healthy
-            && matches!(decision, Decision::Nothing { .. })
-            && self.run.is_none()
-            && self.kept.is_empty()
-            && self.enforced.is_empty());
+        self.attention = !(quiet && self.run.is_none() && self.enforced.is_empty());
     }
 
-    /// The real decision on the gathered evidence.
-    fn decide(&self, now: u64, gathered: Option<&Gathered>) -> Decision {
+    /// Notes a `node` named as `what` for `instance` that is no member of it (the first only).
+    fn check_member(&mut self, world: &World, instance: &str, node: Option<&str>, what: &str) {
+        let Some(node) = node else {
+            return;
+        };
+        let member = world
+            .service_of_instance(instance)
+            .zip(world.index(node))
+            .is_some_and(|(s, i)| world.hosts[i].slot(s).is_some());
+        if !member && self.outsider.is_none() {
+            self.outsider = Some(format!(
+                "{node}, the {what} for {instance}, is no member of {instance} (at {} ms)",
+                world.now
+            ));
+        }
+    }
+
+    /// The real decision on a unit's gathered evidence (`running`: a run went when the round
+    /// began).
+    fn decide(
+        &self,
+        now: u64,
+        instance: &str,
+        gathered: Option<&Gathered>,
+        running: bool,
+    ) -> Decision {
         let Some(g) = gathered else {
             return Decision::Nothing {
                 reason: "no leader known".into(),
@@ -359,17 +454,17 @@ impl Server {
             evidence: evidence(g),
             candidates: candidates(g),
             history: History {
-                operation_running: self.run.is_some(),
+                operation_running: running,
                 server_started_at: self.started_at,
-                last_automatic: self.last_automatic,
+                last_automatic: self.last_automatic.get(instance).copied(),
                 paused: self.paused.then(|| "paused by hand".to_string()),
             },
         })
     }
 
-    /// Records a verdict that differs from the last one recorded (numbers in the reason aside),
-    /// as `record` does.
-    fn record(&mut self, world: &mut World, decision: &Decision, with_evidence: bool) {
+    /// Records a unit's verdict that differs from its last one recorded (numbers in the reason
+    /// aside), as `record` does.
+    fn record(&mut self, world: &mut World, instance: &str, decision: &Decision, evidence: bool) {
         let key = (
             decision.action().to_string(),
             decision.candidate().map(str::to_string),
@@ -379,29 +474,29 @@ impl Server {
                 .filter(|c| !c.is_ascii_digit())
                 .collect(),
         );
-        if self.recorded.as_ref() != Some(&key) {
+        if self.recorded.get(instance) != Some(&key) {
             world.log(format!(
-                "verdict {}: {}",
+                "verdict {instance} {}: {}",
                 decision.action(),
                 decision.reason()
             ));
             self.verdicts.push(StoredVerdict {
+                instance: instance.to_string(),
                 action: key.0.clone(),
                 candidate: key.1.clone(),
-                with_evidence,
+                with_evidence: evidence,
             });
-            self.last_recorded = Some(self.verdicts.len() - 1);
-            self.recorded = Some(key);
+            self.last_recorded
+                .insert(instance.to_string(), self.verdicts.len() - 1);
+            self.recorded.insert(instance.to_string(), key);
         }
     }
 
-    /// Carries out a decision that acts (as `act`): a failover run, or a step-down switchover
-    /// planned by the real `plan`; a refusal backs off 30 s.
+    /// Carries out a unit's decision that acts (as `act`): a failover run, a step-down
+    /// switchover planned by the real `plan`, or a VIP follow; a refusal backs the unit off
+    /// 30 s.
     fn act(&mut self, world: &mut World, c: &ClusterView, g: &Gathered, decision: &Decision) {
         let now = world.now;
-        if now < self.refused_until {
-            return;
-        }
         let (kind, candidate, plan) = match decision {
             Decision::Failover { candidate, .. } => {
                 let p = failover_plan(c, &g.instance, g.link.as_deref(), &g.leader, candidate);
@@ -428,44 +523,55 @@ impl Server {
             _ => return,
         };
         match plan {
-            Ok(p) if self.run.is_none() => {
+            Ok(p) => {
                 self.epoch += 1;
                 world.log(format!(
-                    "arbiter starts {kind} to {candidate}, epoch {}",
-                    self.epoch
+                    "arbiter starts {kind} of {} to {candidate}, epoch {}",
+                    g.instance, self.epoch
                 ));
-                self.note_taken(now, kind, candidate, self.last_recorded);
-                self.last_automatic = Some((self.at(now), false));
+                self.check_member(world, &p.instance, Some(&p.target_node), "run's target");
+                let verdict = self.last_recorded.get(&g.instance).copied();
+                self.note_taken(now, kind, &g.instance, candidate, verdict);
+                self.last_automatic
+                    .insert(g.instance.clone(), (self.at(now), false));
                 self.run = Some(Run::new(p, self.epoch, true, now));
             }
-            Ok(_) => self.refused_until = now + 30_000,
             Err(e) => {
-                world.log(format!("arbiter could not {kind}: {e}"));
-                self.refused_until = now + 30_000;
+                world.log(format!("arbiter could not {kind} {}: {e}", g.instance));
+                self.refused_until.insert(g.instance.clone(), now + 30_000);
             }
         }
     }
 
-    /// Notes an automatic action, with the verdict on record it follows.
-    fn note_taken(&mut self, at: u64, kind: &'static str, node: &str, verdict: Option<usize>) {
+    /// Notes an automatic action for `instance`, with the verdict on record it follows.
+    fn note_taken(
+        &mut self,
+        at: u64,
+        kind: &'static str,
+        instance: &str,
+        node: &str,
+        verdict: Option<usize>,
+    ) {
         self.taken.push(Taken {
             at,
             kind,
+            instance: instance.to_string(),
             node: node.to_string(),
             paused: self.paused,
             verdict,
         });
     }
 
-    /// Keeps the epoch's master the only one (`enforce_epoch` on the real `fence_intents`), and
-    /// removes stale VIPs (`remove_stale_vips` on the real `stale_vips`); each command at most
-    /// once a minute per node (and address), each with its verdict on record.
+    /// Keeps the unit's epoch master the only one (`enforce_epoch` on the real
+    /// `fence_intents`), and removes its stale VIPs (`remove_stale_vips` on the real
+    /// `stale_vips`); each command at most once a minute per node and instance (and address),
+    /// each with its verdict on record.
     fn enforce(
         &mut self,
         world: &mut World,
         c: &ClusterView,
         g: &Gathered,
-        members: &[crate::failover::arbiter::Member],
+        members: &[Member],
         decision: &Decision,
     ) {
         let now = world.now;
@@ -475,10 +581,11 @@ impl Server {
             split_brain,
             follow_blocked: matches!(decision, Decision::Alert { .. }),
         };
-        let intents = fence_intents(g, members, rules, &self.kept);
+        let intents = fence_intents(g, members, rules, &self.kept_in(&g.instance));
+        let key = |node: &str| format!("{node} {}", g.instance);
         for (node, _, _) in members {
             if !intents.iter().any(|i| i.node == *node) {
-                self.enforced.remove(node);
+                self.enforced.remove(&key(node));
             }
         }
         let mut orders: Vec<(String, String, &'static str, Vec<Action>)> = intents
@@ -486,7 +593,7 @@ impl Server {
             .map(|i| {
                 let layers = crate::switchover::drivers::stack(c, &g.instance).unwrap_or_default();
                 let actions = fence_actions(g, i.primary, &layers);
-                (i.node.clone(), i.node, "fence", actions)
+                (key(&i.node), i.node, "fence", actions)
             })
             .collect();
         if split_brain {
@@ -503,15 +610,18 @@ impl Server {
                 continue;
             }
             self.enforced.insert(key, now);
-            world.log(format!("arbiter: {kind} {node}"));
+            world.log(format!("arbiter: {kind} {node} in {}", g.instance));
+            self.check_member(world, &g.instance, Some(&node), kind);
             self.verdicts.push(StoredVerdict {
+                instance: g.instance.clone(),
                 action: kind.into(),
                 candidate: Some(node.clone()),
                 with_evidence: true,
             });
-            self.note_taken(now, kind, &node, self.verdicts.len().checked_sub(1));
+            let verdict = self.verdicts.len().checked_sub(1);
+            self.note_taken(now, kind, &g.instance, &node, verdict);
             if kind == "fence" {
-                self.kept.insert(node.clone());
+                self.kept.insert((node.clone(), g.instance.clone()));
             }
             let Some(i) = world.index(&node) else {
                 continue;
@@ -521,4 +631,16 @@ impl Server {
             }
         }
     }
+}
+
+/// One unit of the cluster as judged in a round (`Judged`).
+struct Unit {
+    /// Its VRRP instance.
+    instance: String,
+    /// Its leader found now.
+    leader: Option<String>,
+    /// The evidence about the leader.
+    gathered: Option<Gathered>,
+    /// The other members that are up.
+    members: Vec<Member>,
 }

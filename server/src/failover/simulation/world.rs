@@ -1,4 +1,6 @@
-//! The simulated hosts and network: keepalived's VRRP (priorities, preemption, advert timing,
+//! The simulated hosts and network: keepalived's VRRP, per instance (a host runs one or more
+//! services, each a VRRP instance with its own VIP and PostgreSQL link: one-instance clusters,
+//! dual-active pairs, N+1 groups) (priorities, preemption, advert timing,
 //! track-file weights, FAULT, a clean stop and a SIGKILL that leaves its VIP configured),
 //! PostgreSQL streaming replication (positions, lag, promotion to a new timeline, fast shutdown),
 //! the agent's command semantics (epochs, at most once, deadlines), and a network in which any
@@ -26,27 +28,37 @@ pub const HEARTBEAT_MS: u64 = 1000;
 pub const WAL_RECEIVER_TIMEOUT_MS: u64 = 60_000;
 /// The cluster.
 pub const CLUSTER: &str = "sim";
-/// Its VRRP instance.
-pub const INSTANCE: &str = "VI_1";
-/// The instance's VIP.
-pub const VIP: &str = "10.0.0.100";
-/// The replication link's name, as actions name it.
-pub const LINK: &str = "pg";
-/// The link's key.
-pub const LINK_KEY: &str = "postgresql:pg";
+
+/// A service: a VRRP instance with its VIP, and the PostgreSQL link carrying its data.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// The VRRP instance (`VI_1`).
+    pub instance: String,
+    /// The link's name, as actions name it (`pg`).
+    pub link: String,
+    /// The instance's VIP.
+    pub vip: String,
+}
+
+impl Service {
+    /// The link's key (`postgresql:pg`), as reports and views name it.
+    pub fn key(&self) -> String {
+        format!("postgresql:{}", self.link)
+    }
+}
 
 /// keepalived's process on a host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Keepalived {
     /// Running.
     Running,
-    /// Stopped cleanly: it said goodbye (priority 0) and removed its VIP.
+    /// Stopped cleanly: it said goodbye (priority 0) and removed its VIPs.
     Stopped,
-    /// SIGKILLed: no goodbye, and its VIP stays configured.
+    /// SIGKILLed: no goodbye, and its VIPs stay configured.
     Killed,
 }
 
-/// PostgreSQL on a host.
+/// PostgreSQL on a host (one per service it runs).
 #[derive(Debug, Clone)]
 pub struct Pg {
     /// The server runs.
@@ -91,6 +103,39 @@ pub struct Agent {
     pub seq: u64,
 }
 
+/// A host's part in one service: its VRRP instance and its database.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    /// The instance's state.
+    pub vrrp: VrrpState,
+    /// Configured priority.
+    pub base: u8,
+    /// The instance's priority track file (`weight 1`).
+    pub offset: i32,
+    /// The instance's fence track file (`weight 0`): FAULT while set. Survives reboots.
+    pub fenced: bool,
+    /// The kernel has the instance's VIP.
+    pub holds_vip: bool,
+    /// BACKUP: when the master-down timer was last reset.
+    pub timer_reset: u64,
+    /// MASTER: when the next advert goes out.
+    pub next_advert: u64,
+    /// The service's database here.
+    pub pg: Pg,
+}
+
+impl Slot {
+    /// Effective priority: base + track-file offset, 1..=254.
+    pub fn priority(&self) -> u8 {
+        (i32::from(self.base) + self.offset).clamp(1, 254) as u8
+    }
+
+    /// keepalived's master-down interval: 3 adverts plus the skew, (256 - priority)/256 s.
+    pub fn master_down_ms(&self) -> u64 {
+        3 * ADVERT_MS + (256 - u64::from(self.priority())) * ADVERT_MS / 256
+    }
+}
+
 /// One host.
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -104,47 +149,38 @@ pub struct Host {
     pub frozen: bool,
     /// keepalived's process.
     pub keepalived: Keepalived,
-    /// The instance's state.
-    pub vrrp: VrrpState,
-    /// Configured priority.
-    pub base: u8,
-    /// The priority track file (`weight 1`).
-    pub offset: i32,
-    /// The fence track file (`weight 0`): FAULT while set. Survives reboots.
-    pub fenced: bool,
-    /// A track script fails: FAULT.
+    /// A track script every instance tracks fails: FAULT.
     pub track_fault: bool,
-    /// The kernel has the VIP.
-    pub holds_vip: bool,
-    /// BACKUP: when the master-down timer was last reset.
-    pub timer_reset: u64,
-    /// MASTER: when the next advert goes out.
-    pub next_advert: u64,
-    /// The database (none on a witness).
-    pub pg: Option<Pg>,
+    /// Its part in each service of the world (by index), if it runs it.
+    pub slots: Vec<Option<Slot>>,
     /// The agent's disk.
     pub agent: Agent,
 }
 
 impl Host {
-    /// Effective priority: base + track-file offset, 1..=254.
-    pub fn priority(&self) -> u8 {
-        (i32::from(self.base) + self.offset).clamp(1, 254) as u8
+    /// Its part in service `s`.
+    pub fn slot(&self, s: usize) -> Option<&Slot> {
+        self.slots.get(s)?.as_ref()
     }
 
-    /// keepalived's master-down interval: 3 adverts plus the skew, (256 - priority)/256 s.
-    pub fn master_down_ms(&self) -> u64 {
-        3 * ADVERT_MS + (256 - u64::from(self.priority())) * ADVERT_MS / 256
-    }
-
-    /// A running primary.
-    pub fn is_primary(&self) -> bool {
-        self.powered && self.pg.as_ref().is_some_and(|p| p.running && p.primary)
+    /// A running primary of service `s`.
+    pub fn is_primary(&self, s: usize) -> bool {
+        self.powered && self.slot(s).is_some_and(|x| x.pg.running && x.pg.primary)
     }
 
     /// keepalived runs here (and the host is on).
     pub fn keepalived_runs(&self) -> bool {
         self.powered && self.keepalived == Keepalived::Running
+    }
+
+    /// MASTER of service `s`'s instance, keepalived running.
+    pub fn is_master(&self, s: usize) -> bool {
+        self.keepalived_runs() && self.slot(s).is_some_and(|x| x.vrrp == VrrpState::Master)
+    }
+
+    /// Holds service `s`'s VIP (and is on).
+    pub fn holds_vip(&self, s: usize) -> bool {
+        self.powered && self.slot(s).is_some_and(|x| x.holds_vip)
     }
 }
 
@@ -166,56 +202,85 @@ pub struct Net {
 pub struct World {
     /// Now, ms since the start.
     pub now: u64,
+    /// The services (VRRP instance, VIP, link).
+    pub services: Vec<Service>,
     /// The hosts; the database hosts first, a witness last.
     pub hosts: Vec<Host>,
     /// The network.
     pub net: Net,
-    /// Bytes the primary writes per step, through the VIP.
+    /// Bytes each primary writes per step, through its VIP.
     pub write_rate: u64,
     /// What happened, one line each.
     pub trace: Vec<String>,
+    /// The (host, service) parts a fault touched ([`super::faults`]).
+    pub disturbed: BTreeSet<(usize, usize)>,
+    /// Each service's first master (and primary).
+    pub first_masters: Vec<usize>,
 }
 
 impl World {
-    /// `dbs` database hosts with priorities `bases` (the first the primary, MASTER with the VIP,
-    /// the others streaming standbys), and a witness if `witness`.
-    pub fn new(bases: &[u8], witness: bool, write_rate: u64) -> Self {
-        let mut hosts: Vec<Host> = bases
-            .iter()
-            .enumerate()
-            .map(|(i, &base)| Host {
+    /// `dbs` database hosts (`n1`, …) and a witness (`w`) if `witness`; service `s` (`VI_{s+1}`
+    /// with link `pg` when alone, else `pg{s+1}`) runs on the hosts `layout[s]` names with their
+    /// priorities, the first the primary, MASTER with the VIP, the others its streaming
+    /// standbys.
+    pub fn new(dbs: usize, layout: &[Vec<(usize, u8)>], witness: bool, write_rate: u64) -> Self {
+        let services: Vec<Service> = (0..layout.len())
+            .map(|s| Service {
+                instance: format!("VI_{}", s + 1),
+                link: if layout.len() == 1 {
+                    "pg".into()
+                } else {
+                    format!("pg{}", s + 1)
+                },
+                vip: format!("10.0.0.{}", 100 + s),
+            })
+            .collect();
+        let slot = |first: bool, upstream: usize, base: u8| Slot {
+            vrrp: if first {
+                VrrpState::Master
+            } else {
+                VrrpState::Backup
+            },
+            base,
+            offset: 0,
+            fenced: false,
+            holds_vip: first,
+            timer_reset: 0,
+            next_advert: 0,
+            pg: Pg {
+                running: true,
+                crashed: false,
+                stopped: false,
+                primary: first,
+                epoch: 0,
+                timeline: 1,
+                fork_lsn: 0,
+                lsn: 0,
+                replayed: 0,
+                upstream: (!first).then_some(upstream),
+                upstream_heard: 0,
+                stalled_until: 0,
+                caught_up_at: 0,
+            },
+        };
+        let mut hosts: Vec<Host> = (0..dbs)
+            .map(|i| Host {
                 id: format!("n{}", i + 1),
                 witness: false,
                 powered: true,
                 frozen: false,
                 keepalived: Keepalived::Running,
-                vrrp: if i == 0 {
-                    VrrpState::Master
-                } else {
-                    VrrpState::Backup
-                },
-                base,
-                offset: 0,
-                fenced: false,
                 track_fault: false,
-                holds_vip: i == 0,
-                timer_reset: 0,
-                next_advert: 0,
-                pg: Some(Pg {
-                    running: true,
-                    crashed: false,
-                    stopped: false,
-                    primary: i == 0,
-                    epoch: 0,
-                    timeline: 1,
-                    fork_lsn: 0,
-                    lsn: 0,
-                    replayed: 0,
-                    upstream: (i != 0).then_some(0),
-                    upstream_heard: 0,
-                    stalled_until: 0,
-                    caught_up_at: 0,
-                }),
+                slots: layout
+                    .iter()
+                    .map(|members| {
+                        let first = members.first().map_or(i, |m| m.0);
+                        members
+                            .iter()
+                            .find(|m| m.0 == i)
+                            .map(|&(_, base)| slot(first == i, first, base))
+                    })
+                    .collect(),
                 agent: Agent::default(),
             })
             .collect();
@@ -226,24 +291,23 @@ impl World {
                 powered: true,
                 frozen: false,
                 keepalived: Keepalived::Stopped,
-                vrrp: VrrpState::Stop,
-                base: 1,
-                offset: 0,
-                fenced: false,
                 track_fault: false,
-                holds_vip: false,
-                timer_reset: 0,
-                next_advert: 0,
-                pg: None,
+                slots: vec![None; layout.len()],
                 agent: Agent::default(),
             });
         }
         World {
             now: 0,
+            services,
             hosts,
             net: Net::default(),
             write_rate,
             trace: Vec::new(),
+            disturbed: BTreeSet::new(),
+            first_masters: layout
+                .iter()
+                .map(|m| m.first().map_or(0, |f| f.0))
+                .collect(),
         }
     }
 
@@ -256,6 +320,23 @@ impl World {
             (t % 1000) / 100,
             line.as_ref()
         ));
+    }
+
+    /// Host `i`'s part in service `s`, to change.
+    pub fn slot_mut(&mut self, i: usize, s: usize) -> Option<&mut Slot> {
+        self.hosts.get_mut(i)?.slots.get_mut(s)?.as_mut()
+    }
+
+    /// The service whose instance is `instance`.
+    pub fn service_of_instance(&self, instance: &str) -> Option<usize> {
+        self.services.iter().position(|x| x.instance == instance)
+    }
+
+    /// The service whose link is named `link` (or keyed, `postgresql:pg`).
+    pub fn service_of_link(&self, link: &str) -> Option<usize> {
+        self.services
+            .iter()
+            .position(|x| x.link == link || x.key() == link)
     }
 
     /// Hosts `a` and `b` reach each other.
@@ -281,111 +362,146 @@ impl World {
         self.hosts.iter().position(|h| h.id == id)
     }
 
-    /// One step of time: VRRP, then replication.
+    /// One step of time: VRRP, then replication, service by service.
     pub fn step(&mut self) {
         self.now += STEP_MS;
-        self.vrrp_step();
-        self.replication_step();
+        for s in 0..self.services.len() {
+            self.vrrp_step(s);
+            self.replication_step(s);
+        }
     }
 
-    /// keepalived on every host, for one step.
-    fn vrrp_step(&mut self) {
+    /// keepalived's instance of service `s` on every host, for one step.
+    fn vrrp_step(&mut self, s: usize) {
         let now = self.now;
         for i in 0..self.hosts.len() {
             let h = &self.hosts[i];
+            let Some(x) = h.slot(s) else {
+                continue;
+            };
             if h.witness || !h.keepalived_runs() {
                 continue;
             }
-            let faulty = h.fenced || h.track_fault;
-            match (faulty, h.vrrp) {
+            let faulty = x.fenced || h.track_fault;
+            let (p, down, timer_reset, next_advert) = (
+                x.priority(),
+                x.master_down_ms(),
+                x.timer_reset,
+                x.next_advert,
+            );
+            match (faulty, x.vrrp) {
                 (true, VrrpState::Fault) => {}
                 (true, was) => {
-                    self.set_vrrp(i, VrrpState::Fault);
+                    self.set_vrrp(i, s, VrrpState::Fault);
                     if was == VrrpState::Master {
-                        self.advertise(i, 0);
+                        self.advertise(i, s, 0);
                     }
                 }
                 (false, VrrpState::Fault | VrrpState::Init | VrrpState::Stop) => {
-                    self.set_vrrp(i, VrrpState::Backup);
-                    self.hosts[i].timer_reset = now;
+                    self.set_vrrp(i, s, VrrpState::Backup);
+                    self.reset_timer(i, s, now);
                 }
                 (false, VrrpState::Master) => {
-                    if now >= h.next_advert {
-                        let p = h.priority();
-                        self.hosts[i].next_advert = now + ADVERT_MS;
-                        self.advertise(i, p);
+                    if now >= next_advert {
+                        if let Some(x) = self.slot_mut(i, s) {
+                            x.next_advert = now + ADVERT_MS;
+                        }
+                        self.advertise(i, s, p);
                     }
                 }
                 (false, VrrpState::Backup) => {
-                    if now.saturating_sub(h.timer_reset) >= h.master_down_ms() {
-                        self.set_vrrp(i, VrrpState::Master);
-                        self.hosts[i].next_advert = now + ADVERT_MS;
-                        let p = self.hosts[i].priority();
-                        self.advertise(i, p);
+                    if now.saturating_sub(timer_reset) >= down {
+                        self.set_vrrp(i, s, VrrpState::Master);
+                        if let Some(x) = self.slot_mut(i, s) {
+                            x.next_advert = now + ADVERT_MS;
+                        }
+                        self.advertise(i, s, p);
                     }
                 }
             }
         }
     }
 
-    /// Host `i`'s instance enters `state`: a MASTER takes the VIP, any other state releases it.
-    pub fn set_vrrp(&mut self, i: usize, state: VrrpState) {
-        let h = &mut self.hosts[i];
-        if h.vrrp == state {
-            return;
+    /// Resets host `i`'s master-down timer in service `s` to `at`.
+    fn reset_timer(&mut self, i: usize, s: usize, at: u64) {
+        if let Some(x) = self.slot_mut(i, s) {
+            x.timer_reset = at;
         }
-        h.vrrp = state;
-        h.holds_vip = state == VrrpState::Master;
-        let id = h.id.clone();
-        self.log(format!("{id} vrrp {}", state.as_str()));
     }
 
-    /// Host `from` sends a VRRP advert with `priority` (0: it gives the master role up) to every
-    /// host it reaches.
-    fn advertise(&mut self, from: usize, priority: u8) {
+    /// Host `i`'s instance of service `s` enters `state`: a MASTER takes the VIP, any other
+    /// state releases it.
+    pub fn set_vrrp(&mut self, i: usize, s: usize, state: VrrpState) {
+        let Some(x) = self.slot_mut(i, s) else {
+            return;
+        };
+        if x.vrrp == state {
+            return;
+        }
+        x.vrrp = state;
+        x.holds_vip = state == VrrpState::Master;
+        let line = format!(
+            "{} {} vrrp {}",
+            self.hosts[i].id,
+            self.services[s].instance,
+            state.as_str()
+        );
+        self.log(line);
+    }
+
+    /// Host `from` sends a VRRP advert of service `s` with `priority` (0: it gives the master
+    /// role up) to every host it reaches that runs the instance.
+    fn advertise(&mut self, from: usize, s: usize, priority: u8) {
         let now = self.now;
         for j in 0..self.hosts.len() {
             if !self.peers(from, j) || !self.hosts[j].keepalived_runs() || self.hosts[j].witness {
                 continue;
             }
-            let mine = (self.hosts[j].priority(), j);
-            match self.hosts[j].vrrp {
+            let Some(x) = self.hosts[j].slot(s) else {
+                continue;
+            };
+            let mine = (x.priority(), j);
+            match x.vrrp {
                 VrrpState::Backup if priority == 0 => {
                     // RFC 3768: the master-down timer is set to the skew time.
-                    self.hosts[j].timer_reset = now.saturating_sub(3 * ADVERT_MS);
+                    self.reset_timer(j, s, now.saturating_sub(3 * ADVERT_MS));
                 }
                 // Preemption: a lower advert is discarded, so a better backup takes over when
                 // its master-down timer runs out.
-                VrrpState::Backup if priority >= mine.0 => self.hosts[j].timer_reset = now,
+                VrrpState::Backup if priority >= mine.0 => self.reset_timer(j, s, now),
                 VrrpState::Master if priority > 0 && (priority, from) > mine => {
-                    self.set_vrrp(j, VrrpState::Backup);
-                    self.hosts[j].timer_reset = now;
+                    self.set_vrrp(j, s, VrrpState::Backup);
+                    self.reset_timer(j, s, now);
                 }
                 _ => {}
             }
         }
     }
 
-    /// Writes, streaming and replay, for one step.
-    fn replication_step(&mut self) {
+    /// Writes, streaming and replay of service `s`, for one step.
+    fn replication_step(&mut self, s: usize) {
         let now = self.now;
+        let rate = self.write_rate;
         // Clients write through the VIP: to a running primary that holds it.
         for h in &mut self.hosts {
-            if h.holds_vip && h.powered {
-                if let Some(p) = h.pg.as_mut().filter(|p| p.running && p.primary) {
-                    p.lsn += self.write_rate;
+            let powered = h.powered;
+            if let Some(x) = h.slots[s].as_mut() {
+                if x.holds_vip && powered && x.pg.running && x.pg.primary {
+                    x.pg.lsn += rate;
                 }
             }
         }
         for j in 0..self.hosts.len() {
-            let Some(pg) = self.hosts[j].pg.clone() else {
+            let Some(pg) = self.hosts[j].slot(s).map(|x| x.pg.clone()) else {
                 continue;
             };
             if !self.hosts[j].powered || !pg.running || pg.primary {
                 continue;
             }
-            let source = self.upstream_for(j, &pg);
-            let p = self.hosts[j].pg.as_mut().expect("a standby has a database");
+            let source = self.upstream_for(j, s, &pg);
+            let Some(p) = self.slot_mut(j, s).map(|x| &mut x.pg) else {
+                continue;
+            };
             match source {
                 Some((u, lsn, timeline)) => {
                     p.upstream = Some(u);
@@ -410,14 +526,14 @@ impl World {
         }
     }
 
-    /// The primary standby `j` streams from now, with its position and timeline: a running
-    /// primary it reaches whose timeline it can follow (the same, or a newer one that began at
-    /// or after what it received); the newest epoch first.
-    fn upstream_for(&self, j: usize, pg: &Pg) -> Option<(usize, u64, u32)> {
+    /// The primary of service `s` standby `j` streams from now, with its position and
+    /// timeline: a running primary it reaches whose timeline it can follow (the same, or a
+    /// newer one that began at or after what it received); the newest epoch first.
+    fn upstream_for(&self, j: usize, s: usize, pg: &Pg) -> Option<(usize, u64, u32)> {
         (0..self.hosts.len())
-            .filter(|&u| self.peers(j, u) && self.hosts[u].is_primary())
+            .filter(|&u| self.peers(j, u) && self.hosts[u].is_primary(s))
             .filter_map(|u| {
-                let p = self.hosts[u].pg.as_ref()?;
+                let p = &self.hosts[u].slot(s)?.pg;
                 let follows =
                     p.timeline == pg.timeline || (p.timeline > pg.timeline && pg.lsn <= p.fork_lsn);
                 follows.then_some((p.epoch, u, p.lsn, p.timeline))
@@ -426,24 +542,24 @@ impl World {
             .map(|(_, u, lsn, t)| (u, lsn, t))
     }
 
-    /// Host `i` loses power: its VIP, keepalived and database go with it.
+    /// Host `i` loses power: its VIPs, keepalived and databases go with it.
     pub fn power_off(&mut self, i: usize) {
         let h = &mut self.hosts[i];
         if !h.powered {
             return;
         }
         h.powered = false;
-        h.holds_vip = false;
-        h.vrrp = VrrpState::Stop;
-        if let Some(p) = h.pg.as_mut() {
-            p.running = false;
+        for x in h.slots.iter_mut().flatten() {
+            x.holds_vip = false;
+            x.vrrp = VrrpState::Stop;
+            x.pg.running = false;
         }
         let id = h.id.clone();
         self.log(format!("{id} powered off"));
     }
 
     /// Host `i` boots: keepalived starts (BACKUP, or FAULT while a track file fences it), the
-    /// database starts in the role it had (a lost primary comes back a primary), the agent
+    /// databases start in the role they had (a lost primary comes back a primary), the agent
     /// starts a new run.
     pub fn power_on(&mut self, i: usize) {
         let now = self.now;
@@ -457,26 +573,31 @@ impl World {
         h.agent.seq = 0;
         if !h.witness {
             h.keepalived = Keepalived::Running;
-            h.vrrp = VrrpState::Init;
-            h.timer_reset = now;
         }
-        if let Some(p) = h.pg.as_mut() {
-            p.running = true;
-            p.crashed = false;
-            p.upstream = None;
+        for x in h.slots.iter_mut().flatten() {
+            x.vrrp = VrrpState::Init;
+            x.timer_reset = now;
+            x.pg.running = true;
+            x.pg.crashed = false;
+            x.pg.upstream = None;
         }
         let id = h.id.clone();
         self.log(format!("{id} powered on"));
     }
 
-    /// keepalived on `i` stops cleanly (`kill = false`: goodbye advert, VIP removed) or is
-    /// SIGKILLed (the VIP stays configured).
+    /// keepalived on `i` stops cleanly (`kill = false`: goodbye adverts, VIPs removed) or is
+    /// SIGKILLed (the VIPs stay configured).
     pub fn stop_keepalived(&mut self, i: usize, kill: bool) {
         if !self.hosts[i].keepalived_runs() || self.hosts[i].witness {
             return;
         }
-        if !kill && self.hosts[i].vrrp == VrrpState::Master {
-            self.advertise(i, 0);
+        for s in 0..self.services.len() {
+            let master = self.hosts[i]
+                .slot(s)
+                .is_some_and(|x| x.vrrp == VrrpState::Master);
+            if !kill && master {
+                self.advertise(i, s, 0);
+            }
         }
         let h = &mut self.hosts[i];
         h.keepalived = if kill {
@@ -484,9 +605,11 @@ impl World {
         } else {
             Keepalived::Stopped
         };
-        h.vrrp = VrrpState::Stop;
-        if !kill {
-            h.holds_vip = false;
+        for x in h.slots.iter_mut().flatten() {
+            x.vrrp = VrrpState::Stop;
+            if !kill {
+                x.holds_vip = false;
+            }
         }
         let id = h.id.clone();
         self.log(format!(
@@ -503,9 +626,11 @@ impl World {
             return;
         }
         h.keepalived = Keepalived::Running;
-        h.vrrp = VrrpState::Init;
-        h.holds_vip = false;
-        h.timer_reset = now;
+        for x in h.slots.iter_mut().flatten() {
+            x.vrrp = VrrpState::Init;
+            x.holds_vip = false;
+            x.timer_reset = now;
+        }
         let id = h.id.clone();
         self.log(format!("{id} keepalived started"));
     }
@@ -573,24 +698,26 @@ impl World {
         data: &mut BTreeMap<String, String>,
     ) -> Result<String, String> {
         match action {
-            Action::SetPriorityOffset { offset, .. } => {
-                self.hosts[i].offset = *offset;
+            Action::SetPriorityOffset { instance, offset } => {
+                self.instance_slot(i, instance)?.offset = *offset;
                 Ok("offset written".into())
             }
-            Action::Fence { fenced, .. } => {
-                self.hosts[i].fenced = *fenced;
+            Action::Fence { instance, fenced } => {
+                self.instance_slot(i, instance)?.fenced = *fenced;
                 Ok("fence file written".into())
             }
-            Action::PostgresStop { .. } => {
-                let lsn = self.stop_postgres(i)?;
+            Action::PostgresStop { link } => {
+                let s = self.service_of_link(link).ok_or("no such link")?;
+                let lsn = self.stop_postgres(i, s)?;
                 data.insert(
                     "shutdown_checkpoint_lsn".into(),
                     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF),
                 );
                 Ok("stopped".into())
             }
-            Action::PostgresPromote { .. } => {
-                let p = self.hosts[i].pg.as_mut().ok_or("no database")?;
+            Action::PostgresPromote { link } => {
+                let s = self.service_of_link(link).ok_or("no such link")?;
+                let p = &mut self.slot_mut(i, s).ok_or("no database")?.pg;
                 if !p.running || p.primary {
                     return Err("not a running standby".into());
                 }
@@ -602,23 +729,24 @@ impl World {
                 p.upstream = None;
                 Ok("promoted".into())
             }
-            Action::RemoveVip { .. } => {
+            Action::RemoveVip { instance, .. } => {
                 if self.hosts[i].keepalived == Keepalived::Running {
                     return Err("keepalived runs: it owns its addresses".into());
                 }
-                self.hosts[i].holds_vip = false;
+                self.instance_slot(i, instance)?.holds_vip = false;
                 Ok("address removed".into())
             }
             Action::ReportPositions {} => {
-                if let Some(p) = self.hosts[i]
-                    .pg
-                    .as_ref()
-                    .filter(|p| p.running && !p.primary)
-                {
-                    data.insert(
-                        "postgresql:pg.receive_lsn".into(),
-                        format!("{:X}/{:X}", p.lsn >> 32, p.lsn & 0xFFFF_FFFF),
-                    );
+                for (s, x) in self.hosts[i].slots.iter().enumerate() {
+                    let Some(p) = x.as_ref().map(|x| &x.pg) else {
+                        continue;
+                    };
+                    if p.running && !p.primary {
+                        data.insert(
+                            format!("{}.receive_lsn", self.services[s].key()),
+                            format!("{:X}/{:X}", p.lsn >> 32, p.lsn & 0xFFFF_FFFF),
+                        );
+                    }
                 }
                 Ok("probed".into())
             }
@@ -635,10 +763,19 @@ impl World {
         }
     }
 
-    /// Fast shutdown of `i`'s database: every standby streaming from it receives its WAL first,
-    /// and its receiver sees the end at once. The shutdown checkpoint's position.
-    pub fn stop_postgres(&mut self, i: usize) -> Result<u64, String> {
-        let p = self.hosts[i].pg.as_mut().ok_or("no database")?;
+    /// Host `i`'s part in the service of `instance`, to change.
+    fn instance_slot(&mut self, i: usize, instance: &str) -> Result<&mut Slot, String> {
+        let s = self
+            .service_of_instance(instance)
+            .ok_or("no such instance")?;
+        self.slot_mut(i, s)
+            .ok_or_else(|| format!("{instance} does not run here"))
+    }
+
+    /// Fast shutdown of `i`'s database of service `s`: every standby streaming from it receives
+    /// its WAL first, and its receiver sees the end at once. The shutdown checkpoint's position.
+    pub fn stop_postgres(&mut self, i: usize, s: usize) -> Result<u64, String> {
+        let p = &mut self.slot_mut(i, s).ok_or("no database")?.pg;
         if !p.running {
             return Err("not running".into());
         }
@@ -652,10 +789,10 @@ impl World {
         let (end, was_primary) = (p.lsn, p.primary);
         for j in 0..self.hosts.len() {
             if was_primary && self.peers(i, j) {
-                if let Some(s) = self.hosts[j].pg.as_mut() {
-                    if s.upstream == Some(i) {
-                        s.lsn = end;
-                        s.upstream = None;
+                if let Some(x) = self.slot_mut(j, s) {
+                    if x.pg.upstream == Some(i) {
+                        x.pg.lsn = end;
+                        x.pg.upstream = None;
                     }
                 }
             }
@@ -667,37 +804,42 @@ impl World {
     pub fn report(&mut self, i: usize, at: DateTime<Utc>) -> HeartbeatReport {
         self.hosts[i].agent.seq += 1;
         let h = &self.hosts[i];
-        let instances = if h.witness {
-            Vec::new()
-        } else {
-            vec![VrrpInstanceReport {
-                name: INSTANCE.into(),
-                vrid: Some(51),
-                interface: Some("eth0".into()),
-                state: if h.keepalived == Keepalived::Running {
-                    h.vrrp
-                } else {
-                    VrrpState::Stop
-                },
-                base_priority: Some(h.base),
-                effective_priority: Some(h.priority()),
-                vips: vec![VIP.into()],
-                held_vips: if h.holds_vip {
-                    vec![VIP.into()]
-                } else {
-                    Vec::new()
-                },
-                last_transition: None,
-                counters: VrrpCounters::default(),
-                advert_interval_ms: None,
-                auth_type: None,
-                garp_master_repeat: None,
-                garp_master_delay_s: None,
-                sync_group: None,
-                tracked_scripts: Vec::new(),
-                tracked_interfaces: Vec::new(),
-            }]
-        };
+        let instances = self
+            .services
+            .iter()
+            .zip(&h.slots)
+            .enumerate()
+            .filter_map(|(s, (svc, x))| {
+                let x = x.as_ref()?;
+                Some(VrrpInstanceReport {
+                    name: svc.instance.clone(),
+                    vrid: Some(51 + s as u8),
+                    interface: Some("eth0".into()),
+                    state: if h.keepalived == Keepalived::Running {
+                        x.vrrp
+                    } else {
+                        VrrpState::Stop
+                    },
+                    base_priority: Some(x.base),
+                    effective_priority: Some(x.priority()),
+                    vips: vec![svc.vip.clone()],
+                    held_vips: if x.holds_vip {
+                        vec![svc.vip.clone()]
+                    } else {
+                        Vec::new()
+                    },
+                    last_transition: None,
+                    counters: VrrpCounters::default(),
+                    advert_interval_ms: None,
+                    auth_type: None,
+                    garp_master_repeat: None,
+                    garp_master_delay_s: None,
+                    sync_group: None,
+                    tracked_scripts: Vec::new(),
+                    tracked_interfaces: Vec::new(),
+                })
+            })
+            .collect();
         let reach = |reachable: bool| Reachability {
             address: std::net::IpAddr::from([10, 0, 0, 1]),
             reachable,
@@ -730,7 +872,9 @@ impl World {
                 sync_groups: Vec::new(),
                 virtual_servers: Vec::new(),
             },
-            replication: self.link_report(i).into_iter().collect(),
+            replication: (0..self.services.len())
+                .filter_map(|s| self.link_report(i, s))
+                .collect(),
             arbitration: Some(ArbitrationReport {
                 reference: Some(reach(self.reaches_reference(i))),
                 peers,
@@ -745,19 +889,19 @@ impl World {
         }
     }
 
-    /// Host `i`'s replication link as its probe reports it (`postgres.rs`): a primary folds its
-    /// standbys (the largest lag), a standby reports received minus replayed.
-    fn link_report(&self, i: usize) -> Option<ReplicationLinkReport> {
-        let pg = self.hosts[i].pg.as_ref()?;
+    /// Host `i`'s link of service `s` as its probe reports it (`postgres.rs`): a primary folds
+    /// its standbys (the largest lag), a standby reports received minus replayed.
+    fn link_report(&self, i: usize, s: usize) -> Option<ReplicationLinkReport> {
+        let pg = &self.hosts[i].slot(s)?.pg;
         let mut link = ReplicationLinkReport {
             kind: ReplicationKind::Postgresql,
-            name: LINK.into(),
+            name: self.services[s].link.clone(),
             role: ReplicationRole::Unknown,
             peer: None,
             state: LinkState::Down,
             lag_bytes: None,
             lag_seconds: None,
-            vrrp_instance: Some(INSTANCE.into()),
+            vrrp_instance: Some(self.services[s].instance.clone()),
             error: None,
             raw: BTreeMap::new(),
         };
@@ -771,8 +915,9 @@ impl World {
                 .hosts
                 .iter()
                 .filter_map(|h| {
-                    h.pg.as_ref()
-                        .filter(|s| h.powered && s.running && !s.primary)
+                    h.slot(s)
+                        .map(|x| &x.pg)
+                        .filter(|p| h.powered && p.running && !p.primary)
                 })
                 .filter(|s| s.upstream == Some(i))
                 .collect();
