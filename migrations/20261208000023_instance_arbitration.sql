@@ -12,7 +12,15 @@ ALTER TABLE failover_decisions ADD COLUMN instance text;
 
 -- Kept fences per VRRP instance: the old master of a failover of VI_1 stays fenced in VI_1, not
 -- in the other instances it runs (a dual-active host coming back keeps serving as the other
--- instance's backup). '' (rows from before) fences the node in every instance.
-ALTER TABLE kept_fenced ADD COLUMN instance text NOT NULL DEFAULT '';
-ALTER TABLE kept_fenced DROP CONSTRAINT kept_fenced_pkey;
-ALTER TABLE kept_fenced ADD PRIMARY KEY (cluster, node_id, instance);
+-- instance's backup). A table of its own, so that a server of the previous version, still
+-- running during a rolling upgrade, keeps writing `kept_fenced` (ON CONFLICT on its key) and
+-- its rows keep meaning what they meant: fenced in every instance. A later release folds
+-- `kept_fenced` into this table.
+CREATE TABLE kept_fences (
+    cluster   text NOT NULL REFERENCES clusters (name),
+    node_id   text NOT NULL,
+    instance  text NOT NULL,
+    since     timestamptz NOT NULL DEFAULT now(),
+    reason    text NOT NULL,
+    PRIMARY KEY (cluster, node_id, instance)
+);

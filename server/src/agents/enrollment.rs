@@ -423,10 +423,7 @@ pub async fn move_node(
             "credential of node {node_id:?}"
         ))));
     };
-    sqlx::query("DELETE FROM kept_fenced WHERE node_id = $1")
-        .bind(node_id)
-        .execute(&mut *tx)
-        .await?;
+    crate::failover::fences::forget(&mut tx, None, node_id).await?;
     tx.commit().await?;
     credentials.rebind(node_id, cluster);
     Ok(old)

@@ -314,11 +314,10 @@ impl Stored {
         .collect();
         let last_automatic = last_automatic_moves(&state.db).await?;
         let mut kept: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-        for (cluster, node, instance) in sqlx::query_as::<_, (String, String, String)>(
-            "SELECT cluster, node_id, instance FROM kept_fenced",
-        )
-        .fetch_all(&state.db)
-        .await?
+        for (cluster, node, instance) in
+            sqlx::query_as::<_, (String, String, String)>(crate::failover::fences::ALL_KEPT)
+                .fetch_all(&state.db)
+                .await?
         {
             kept.entry(cluster).or_default().push((node, instance));
         }

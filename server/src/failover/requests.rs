@@ -295,12 +295,14 @@ pub async fn unfence(
     check_reason(reason)?;
     let view = crate::switchover::plan::cluster_view(state, cluster).await?;
     // The instances it is kept fenced in ('' or none kept: every instance it runs).
-    let kept: Vec<String> =
-        sqlx::query_scalar("SELECT instance FROM kept_fenced WHERE cluster = $1 AND node_id = $2")
-            .bind(cluster)
-            .bind(node)
-            .fetch_all(&state.db)
-            .await?;
+    let kept: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT instance FROM ({}) kept WHERE cluster = $1 AND node_id = $2",
+        crate::failover::fences::ALL_KEPT
+    ))
+    .bind(cluster)
+    .bind(node)
+    .fetch_all(&state.db)
+    .await?;
     let everywhere = kept.is_empty() || kept.iter().any(String::is_empty);
     let mut lifts = Vec::new();
     for v in unit_verdicts(state, cluster)? {
@@ -360,11 +362,7 @@ pub async fn unfence(
         )
         .await?;
     }
-    sqlx::query("DELETE FROM kept_fenced WHERE cluster = $1 AND node_id = $2")
-        .bind(cluster)
-        .bind(node)
-        .execute(&mut *tx)
-        .await?;
+    crate::failover::fences::forget(&mut tx, Some(cluster), node).await?;
     Audit::by(me, "unfence", &format!("{cluster}/{node}"), "accepted")
         .reason(reason)
         .detail(serde_json::json!({ "priority_offset": offset, "epoch": view.epoch }))

@@ -171,6 +171,13 @@ fn check_arp(arp: &hapulse_protocol::ArpReport) -> Result<(), IngestError> {
             why,
         )))
     };
+    // The agent's own range (`arp_check_interval`): a probe's freshness is judged against it.
+    if !(2_000..=3_600_000).contains(&arp.interval_ms) {
+        return refuse(
+            "arp.interval_ms".into(),
+            "between 2000 and 3600000 (2 s to 1 h)".into(),
+        );
+    }
     if arp.interfaces.len() > hapulse_protocol::MAX_ARP_INTERFACES {
         let max = hapulse_protocol::MAX_ARP_INTERFACES;
         return refuse("arp.interfaces".into(), format!("at most {max} interfaces"));
@@ -195,11 +202,13 @@ fn check_arp(arp: &hapulse_protocol::ArpReport) -> Result<(), IngestError> {
     }
     for (n, p) in arp.probes.iter().enumerate() {
         let field = |name: &str| format!("arp.probes[{n}].{name}");
-        if !valid_name(&p.instance) {
-            return refuse(
-                field("instance"),
-                "1-64 characters of A-Z a-z 0-9 . _ -".into(),
-            );
+        // The rule of instance names themselves (keepalived allows `VI:1`, `web+db`): a
+        // stricter one here refused every heartbeat of such a node, which then looked down.
+        if p.instance.is_empty()
+            || p.instance.len() > 64
+            || p.instance.chars().any(char::is_control)
+        {
+            return refuse(field("instance"), "1-64 printable characters".into());
         }
         if p.vip.parse::<std::net::IpAddr>().is_err() {
             return refuse(field("vip"), "an IP address".into());
@@ -686,6 +695,13 @@ mod tests {
         }
         let too_many = with(&|a| a.probes = vec![a.probes[0].clone(); 257]);
         assert_eq!(too_many, "arp.probes");
+        assert_eq!(with(&|a| a.interval_ms = 0), "arp.interval_ms");
+        // Any name keepalived takes for an instance is a probe's instance too.
+        let mut colon = good.clone();
+        if let Some(arp) = colon.arp.as_mut() {
+            arp.probes[0].instance = "VI:1 web+db".into();
+        }
+        validate(&colon).unwrap();
     }
 
     #[test]

@@ -613,8 +613,14 @@ impl<'a> Run<'a> {
     }
 
     /// The other instances of the moved instance's keepalived sync group, as live state shows
-    /// them now: they move with it.
+    /// them now: they move with it (in a switchover; none in other runs).
     fn group_members(&self) -> Vec<String> {
+        // Only a person's switchover moves a group: the arbiter judges, and a failover or VIP
+        // follow moves, one instance at a time (keepalived moves the group's others by itself;
+        // its candidate need not run them).
+        if self.sw.kind != "switchover" {
+            return Vec::new();
+        }
         view::cluster_view(&self.state.live(), &self.sw.cluster, Utc::now())
             .map(|c| {
                 crate::fleet::groups::moves_with(&self.sw.instance, &c.sync_groups)

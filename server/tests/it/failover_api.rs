@@ -274,7 +274,7 @@ async fn a_person_confirms_a_proposed_failover(pool: PgPool) {
     assert_eq!(f["leader"], "b", "{f:#}");
     let kept = count(
         &server.pool,
-        "SELECT count(*) FROM kept_fenced WHERE node_id = 'a'",
+        "SELECT count(*) FROM kept_fences WHERE node_id = 'a'",
     )
     .await;
     assert_eq!(kept, 1, "the old master stays fenced");
@@ -806,7 +806,7 @@ async fn the_database_follows_the_vip_in_auto(pool: PgPool) {
     assert_eq!(
         count(
             &server.pool,
-            "SELECT count(*) FROM kept_fenced WHERE node_id = 'a'"
+            "SELECT count(*) FROM kept_fences WHERE node_id = 'a'"
         )
         .await,
         1
