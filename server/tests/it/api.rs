@@ -376,7 +376,9 @@ async fn a_silent_node_becomes_suspect_then_down_then_up_again(pool: PgPool) {
     let agent = server.agent();
     let boot = Uuid::new_v4();
     let mut r = report("a", boot, 1, VrrpState::Master, true);
-    r.heartbeat_interval_ms = 100;
+    // Long enough that a detector round delayed by a loaded machine still sees the node
+    // suspect before down (at 100 ms one ran late once and saw it down at once).
+    r.heartbeat_interval_ms = 300;
     agent.send_heartbeat(&r).await.unwrap();
     let verdicts = eventually(10, "node a down", || async {
         let (_, events) = server.get_json("/api/v1/events?node=a").await;
