@@ -80,13 +80,7 @@ pub async fn load_status(state: &AppState, cluster: &str) -> Result<FailoverStat
     .await?;
     let enabled = arbiter::automatic_enabled(state).await?;
     let pause = pauses::of(&state.db, cluster).await?;
-    let verdicts = state
-        .verdicts
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(cluster)
-        .cloned()
-        .unwrap_or_default();
+    let verdicts = verdicts_of(state, cluster);
     let p = state.settings().failover.policy(cluster, enabled);
     Ok(FailoverStatus {
         cluster: cluster.to_string(),
@@ -382,13 +376,7 @@ fn unit_evidence(
     cluster: &str,
     instance: Option<&str>,
 ) -> Result<evidence::Gathered, FailoverError> {
-    let verdicts = state
-        .verdicts
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(cluster)
-        .cloned()
-        .unwrap_or_default();
+    let verdicts = verdicts_of(state, cluster);
     let verdict = match instance {
         Some(name) => verdicts
             .into_iter()
@@ -423,16 +411,22 @@ fn no_evidence(cluster: &str) -> FailoverError {
     ))
 }
 
-/// The arbiter's latest verdicts on `cluster`, one per VRRP instance; a `no_evidence` conflict
-/// while it has none.
-fn unit_verdicts(state: &AppState, cluster: &str) -> Result<Vec<evidence::Verdict>, FailoverError> {
-    let found = state
+/// The arbiter's latest verdicts on `cluster`, one per VRRP instance (none before its first
+/// round).
+fn verdicts_of(state: &AppState, cluster: &str) -> Vec<evidence::Verdict> {
+    state
         .verdicts
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .get(cluster)
         .cloned()
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// The arbiter's latest verdicts on `cluster`, one per VRRP instance; a `no_evidence` conflict
+/// while it has none.
+fn unit_verdicts(state: &AppState, cluster: &str) -> Result<Vec<evidence::Verdict>, FailoverError> {
+    let found = verdicts_of(state, cluster);
     if found.is_empty() {
         return Err(no_evidence(cluster));
     }
