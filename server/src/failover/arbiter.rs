@@ -48,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access::auth::Principal;
 use crate::agents::commands::{self, NewCommand};
 use crate::alerting::silences::{self, Silence};
+use crate::failover::busy::Busy;
 use crate::failover::decision::{self as failover, Decision, History, Situation, VipElsewhere};
 use crate::failover::evidence::{candidates, evidence, unit_key, Gathered, Verdict, Witness};
 use crate::failover::fences::keep_fenced;
@@ -58,6 +59,7 @@ use crate::failover::rejoins;
 use crate::fleet::live::{NodeLive, NodeStatus};
 use crate::fleet::view::{self, ClusterView};
 use crate::state::AppState;
+use crate::switchover::plan::touched_nodes;
 
 /// Key of the global switch in `runtime_settings`.
 pub const SWITCH_KEY: &str = "automatic_failover_enabled";
@@ -257,12 +259,13 @@ struct Stored {
     /// it is empty, `clusters.leader`, the leader a server before per-instance arbitration
     /// stored, under the empty key).
     leaders: BTreeMap<String, BTreeMap<String, String>>,
-    /// Clusters with a switchover or failover running, or created for now less than a minute
-    /// ago and not yet started by its executor (a round right after the arbiter started a run
-    /// must not judge the cluster as if nothing ran; one never started, its executor lost to a
-    /// database error, stops counting after the minute). One scheduled for later holds back
-    /// other planned operations, not the arbiter: a failover cancels it.
-    running: BTreeSet<String>,
+    /// The switchovers and failovers running, or created for now less than a minute ago and
+    /// not yet started by their executor (a round right after the arbiter started a run must
+    /// not judge its unit as if nothing ran; one never started, its executor lost to a database
+    /// error, stops counting after the minute): the instance and nodes each holds. One
+    /// scheduled for later holds back other planned operations, not the arbiter: a failover
+    /// cancels it.
+    running: Busy,
     /// Maintenance windows and silences not over yet: a cluster's window pauses it, a node's
     /// keeps that node from being a candidate.
     windows: Vec<Silence>,
@@ -302,16 +305,18 @@ impl Stored {
                 (name, by_instance)
             })
             .collect();
-        let running: BTreeSet<String> = sqlx::query_scalar(
-            "SELECT cluster FROM switchovers
+        let mut running = Busy::default();
+        for (cluster, instance, nodes) in sqlx::query_as::<_, (String, String, Vec<String>)>(
+            "SELECT cluster, instance, nodes FROM switchovers
                   WHERE state = 'running'
                      OR (state = 'scheduled' AND scheduled_at IS NULL
                          AND created_at > now() - interval '1 minute')",
         )
         .fetch_all(&state.db)
         .await?
-        .into_iter()
-        .collect();
+        {
+            running.claim(&cluster, &instance, &nodes);
+        }
         let last_automatic = last_automatic_moves(&state.db).await?;
         let mut kept: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
         for (cluster, node, instance) in
@@ -456,11 +461,15 @@ fn judge(
             let members = gathered
                 .as_ref()
                 .map_or_else(Vec::new, |g| members(&nodes, g));
+            let touched = touched_nodes(&view, &[&instance], link.as_deref(), &[])
+                .into_iter()
+                .collect();
             judged.push(Judged {
                 view,
                 instance,
                 stored,
                 leader,
+                nodes: touched,
                 gathered,
                 members,
             });
@@ -488,13 +497,14 @@ fn decide_all<'j>(
     let mut verdicts = Vec::with_capacity(judged.len());
     let mut situations = Vec::with_capacity(judged.len());
     let mut new_leaders: Vec<NewLeader<'j>> = Vec::new();
-    let mut moving: BTreeSet<&str> = BTreeSet::new();
+    let mut moving = Busy::default();
     for Judged {
         view: c,
         instance,
         stored: stored_leader,
         leader,
         gathered,
+        nodes,
         ..
     } in judged
     {
@@ -506,7 +516,7 @@ fn decide_all<'j>(
             }
         }
         let key = unit_key(&c.name, instance);
-        let operation_running = stored.running.contains(&c.name);
+        let operation_running = stored.running.holder(&c.name, instance, nodes).is_some();
         let paused = stored.paused(&c.name, now);
         let mut gathered = gathered.clone();
         if let Some(g) = &mut gathered {
@@ -534,22 +544,20 @@ fn decide_all<'j>(
             },
             Some(s) => failover::decide(s),
         };
-        // One move per cluster at a time: a second instance's waits for the next round.
+        // One move per node at a time: an instance sharing a node with one that moves in this
+        // round waits for the next round.
         let decision = match decision {
             d @ (Decision::Failover { .. }
             | Decision::StepDown { .. }
-            | Decision::FollowVip { .. }) => {
-                if moving.insert(c.name.as_str()) {
+            | Decision::FollowVip { .. }) => match moving.holder(&c.name, instance, nodes) {
+                None => {
+                    moving.claim(&c.name, instance, nodes);
                     d
-                } else {
-                    Decision::Wait {
-                        reason: format!(
-                            "{}; another instance of the cluster moves first",
-                            d.reason()
-                        ),
-                    }
                 }
-            }
+                Some(first) => Decision::Wait {
+                    reason: format!("{}; the move of {first} goes first", d.reason()),
+                },
+            },
             d => d,
         };
         situations.push(situation);
@@ -656,13 +664,19 @@ async fn carry_out(
 ) -> Result<(), sqlx::Error> {
     let mut published: BTreeMap<String, Vec<Verdict>> = BTreeMap::new();
     let mut loud: BTreeSet<&str> = BTreeSet::new();
-    // Clusters where this round started a run: one move at a time per cluster, so the other
-    // units wait for the next round (after the run) instead of being refused and backing off.
-    let mut started: BTreeSet<&str> = BTreeSet::new();
+    // The runs this round started: a unit sharing their instance or a node waits for the next
+    // round (after the run) instead of being refused and backing off.
+    let mut started = Busy::default();
     for (j, verdict) in judged.iter().zip(verdicts) {
         let c = &j.view;
-        let operation_running =
-            stored.running.contains(&c.name) || started.contains(c.name.as_str());
+        let held = |started: &Busy| {
+            stored
+                .running
+                .holder(&c.name, &j.instance, &j.nodes)
+                .is_some()
+                || started.holder(&c.name, &j.instance, &j.nodes).is_some()
+        };
+        let operation_running = held(&started);
         let decision = verdict.decision.clone();
         let verdict_paused = verdict.paused.clone();
         published.entry(c.name.clone()).or_default().push(verdict);
@@ -674,9 +688,7 @@ async fn carry_out(
                 .is_some_and(|at| at.elapsed() < Duration::from_secs(30));
             if !backing_off && !operation_running {
                 match act(state, c, g, &decision).await {
-                    Some(true) => {
-                        started.insert(&c.name);
-                    }
+                    Some(true) => started.claim(&c.name, &j.instance, &j.nodes),
                     Some(false) => {
                         memory.refused.insert(key, tokio::time::Instant::now());
                     }
@@ -685,12 +697,11 @@ async fn carry_out(
             }
             // A running switchover or failover fences and promotes by itself; a paused cluster
             // is only observed.
-            if !operation_running
-                && !started.contains(c.name.as_str())
+            if !held(&started)
                 && verdict_paused.is_none()
                 && enforce_unit(state, memory, stored, j, g, &decision).await?
             {
-                started.insert(&c.name);
+                started.claim(&c.name, &j.instance, &j.nodes);
             }
         }
         if !quiet(
@@ -759,6 +770,8 @@ struct Judged {
     stored: Option<String>,
     /// The unit's leader as found now.
     leader: Option<String>,
+    /// The nodes a move of the unit touches ([`touched_nodes`]).
+    nodes: BTreeSet<String>,
     gathered: Option<Gathered>,
     members: Vec<Member>,
 }

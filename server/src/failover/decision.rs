@@ -4,7 +4,8 @@
 //!
 //! The rules, in the order they are applied:
 //!
-//! 1. One operation at a time: while a switchover or failover runs, nothing new.
+//! 1. One operation at a time per instance and per node: while a switchover or failover of the
+//!    instance, or touching one of its nodes, runs, nothing new.
 //! 2. A server that has just started knows nothing yet: every node gets a grace period.
 //! 3. Missed heartbeats alone prove nothing. The master counts as dead only when the server
 //!    does not hear it **and** a majority of the peers that report do not see it either (VRRP
@@ -21,8 +22,8 @@
 //! 6. Policy: `off` only alerts, `notify` proposes the failover to a person, `auto` acts — and
 //!    the global switch turns every automatic action off.
 //! 7. Anti-flapping: after an automatic move (a failover, a step-down, a VIP follow), no other
-//!    automatic move on the cluster within the anti-flap period unless a person acknowledged the
-//!    previous one: one hold per cluster.
+//!    automatic move of the instance within the anti-flap period unless a person acknowledged the
+//!    previous one: one hold per instance.
 //! 8. Fence first: the old master cannot be reached (rule 3), so it is fenced by the configured
 //!    fencing hook (STONITH), which must succeed before the promotion — unless the cluster is
 //!    configured to accept the risk.
@@ -525,7 +526,8 @@ fn decide_unpaused(s: &Situation) -> Decision {
     let p = &s.policy;
     if s.history.operation_running {
         return Decision::Nothing {
-            reason: "another switchover or failover of this cluster is running".into(),
+            reason: "a switchover or failover of this instance, or touching its nodes, is running"
+                .into(),
         };
     }
     let since_start = (s.now - s.history.server_started_at)

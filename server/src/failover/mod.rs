@@ -4,6 +4,7 @@
 //! fencing of a second master, kept fences, rejoins of kept-fenced nodes that come back).
 
 pub mod arbiter;
+pub(crate) mod busy;
 pub mod decision;
 pub mod evidence;
 pub mod fences;

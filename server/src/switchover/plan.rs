@@ -99,6 +99,9 @@ pub struct Plan {
     pub moves_with: Vec<String>,
     /// The VIPs that move (the sync group's too).
     pub vips: Vec<String>,
+    /// The nodes the move touches ([`touched_nodes`]), sorted: no other move of the cluster
+    /// touching one of them (or the same instance) runs at the same time.
+    pub nodes: Vec<String>,
     /// The ordered steps.
     pub steps: Vec<Step>,
 }
@@ -174,6 +177,38 @@ fn database_steps(layers: &[Layer], old: &str, target: &str) -> Vec<Step> {
     steps
 }
 
+/// The nodes a move of `instances` (an instance and the others of its sync group that move with
+/// it) touches, sorted and once each: the members of those instances (their priorities are
+/// lowered, their VIPs move), the members of every link carrying their data or named `link`
+/// (stopped, promoted, re-pointed, rejoined), and `ends` (the move's two ends, from and to). Two moves
+/// of a cluster that touch a common node never run at once (migration `moves_per_node`): each
+/// node sees one move's commands at a time, so the epochs it sees only grow.
+pub fn touched_nodes(
+    cluster: &ClusterView,
+    instances: &[&str],
+    link: Option<&str>,
+    ends: &[&str],
+) -> Vec<String> {
+    let mut nodes: std::collections::BTreeSet<&str> = ends.iter().copied().collect();
+    for i in cluster
+        .instances
+        .iter()
+        .filter(|i| instances.contains(&i.name.as_str()))
+    {
+        nodes.extend(i.members.iter().map(|m| m.node_id.as_str()));
+    }
+    let carries = |r: &&view::ReplicationView| {
+        link == Some(r.link.as_str())
+            || r.vrrp_instance
+                .as_deref()
+                .is_some_and(|i| instances.contains(&i))
+    };
+    for r in cluster.replication.iter().filter(carries) {
+        nodes.extend(r.members.iter().map(|m| m.node_id.as_str()));
+    }
+    nodes.into_iter().map(str::to_string).collect()
+}
+
 /// The view of `name` with its epoch, or a 404 refusal.
 pub async fn cluster_view(state: &AppState, name: &str) -> Result<ClusterView, SwitchoverError> {
     crate::fleet::clusters::with_epoch(state, name)
@@ -218,6 +253,10 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, Swit
             .iter()
             .flat_map(|g| g.vips.iter().map(|v| v.vip.clone())),
     );
+    let moved: Vec<&str> = std::iter::once(instance.name.as_str())
+        .chain(group.iter().map(|g| g.name.as_str()))
+        .collect();
+    let nodes = touched_nodes(cluster, &moved, link_name, &[&old_master, &req.target_node]);
     Ok(Plan {
         kind: "switchover".into(),
         cluster: cluster.name.clone(),
@@ -232,6 +271,7 @@ pub fn plan(cluster: &ClusterView, req: &SwitchoverRequest) -> Result<Plan, Swit
         expected_seconds: if link.is_some() { 10 } else { 3 },
         moves_with: group.iter().map(|g| g.name.clone()).collect(),
         vips,
+        nodes,
         steps,
     })
 }
@@ -669,6 +709,7 @@ pub fn failover_plan(
         expected_seconds: if link.is_some() { 5 } else { 2 },
         moves_with: Vec::new(),
         vips: view.map_or_else(Vec::new, |i| i.vips.iter().map(|v| v.vip.clone()).collect()),
+        nodes: touched_nodes(cluster, &[instance], link, &[old_master, target]),
         steps,
     }
 }
@@ -733,6 +774,7 @@ pub fn vip_follow_plan(
         expected_seconds: 8,
         moves_with: Vec::new(),
         vips: view.map_or_else(Vec::new, |i| i.vips.iter().map(|v| v.vip.clone()).collect()),
+        nodes: touched_nodes(cluster, &[instance], Some(link), &[old_primary, holder]),
         steps,
     })
 }
@@ -786,6 +828,7 @@ pub fn rejoin_plan(
         expected_seconds: 10,
         moves_with: Vec::new(),
         vips: view.map_or_else(Vec::new, |i| i.vips.iter().map(|v| v.vip.clone()).collect()),
+        nodes: touched_nodes(cluster, &[instance], Some(link), &[node, primary]),
         steps: vec![layer_step(
             StepName::RejoinOldPrimary,
             &Layer {

@@ -2,8 +2,10 @@
 //! transaction with the cluster's epoch raise and its audit row, loaded, cancelled while still
 //! scheduled; the bookkeeping of a run as it goes (started, steps saved, end recorded, runs a
 //! stopped server left behind failed at start-up) and the events it leaves in the cluster's
-//! history. A partial unique index (`switchovers_one_active`) lets only one run per cluster be
-//! scheduled or running.
+//! history. Runs of one cluster go at once only on different instances and nodes: a partial
+//! unique index (`switchovers_one_active`) allows one scheduled or running run per VRRP
+//! instance, and a trigger (`switchovers_nodes_free`) none that touches a node of another
+//! ([`Plan::nodes`]).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -103,7 +105,8 @@ pub async fn get(pool: &sqlx::PgPool, id: Uuid) -> Result<Option<Switchover>, sq
 /// Accepts a planned switchover or a failover (`plan.kind`; `automatic` when the arbiter started
 /// it): raises the cluster's epoch and stores it in one transaction, cancelling a scheduled
 /// switchover a failover or an automatic move makes moot. 409 `switchover_running` when another
-/// one is running (or scheduled, for a person's switchover).
+/// one of the same instance, or touching one of the same nodes, is running (or scheduled, for a
+/// person's switchover).
 pub async fn create(
     state: &AppState,
     plan: &Plan,
@@ -121,12 +124,12 @@ pub async fn create(
     // A failover, or any automatic move, answers the cluster as it is now: a switchover
     // scheduled against the old roles is moot. A rejoin moves nothing.
     if (plan.kind == "failover" || automatic) && plan.kind != "rejoin" {
-        cancel_moot(&mut tx, &plan.cluster, who).await?;
+        cancel_moot(&mut tx, plan, who).await?;
     }
     let inserted = sqlx::query(
         "INSERT INTO switchovers (id, cluster, instance, target_node, old_master, link, reason, requested_by,
-                                  requested_from, state, epoch, max_lag_bytes, scheduled_at, steps, kind, automatic)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'scheduled', $10, $11, $12, $13, $14, $15)",
+                                  requested_from, state, epoch, max_lag_bytes, scheduled_at, steps, kind, automatic, nodes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'scheduled', $10, $11, $12, $13, $14, $15, $16)",
     )
     .bind(id)
     .bind(&plan.cluster)
@@ -143,6 +146,7 @@ pub async fn create(
     .bind(sqlx::types::Json(&plan.steps))
     .bind(&plan.kind)
     .bind(automatic)
+    .bind(&plan.nodes)
     .execute(&mut *tx)
     .await;
     if let Err(sqlx::Error::Database(e)) = &inserted {
@@ -150,8 +154,10 @@ pub async fn create(
             return Err(SwitchoverError::from(Refusal::conflict(
                 "switchover_running",
                 format!(
-                    "another switchover or failover of {} is scheduled or running",
-                    plan.cluster
+                    "another switchover or failover of {} is scheduled or running on {} or on one of {}",
+                    plan.cluster,
+                    plan.instance,
+                    plan.nodes.join(", ")
                 ),
             )));
         }
@@ -168,22 +174,29 @@ pub async fn create(
     Ok((id, epoch as u64))
 }
 
-/// A failover or an automatic move makes a switchover of its cluster that is scheduled but not
-/// started moot (it was planned against roles that are gone): cancels it in the move's
-/// transaction, says why in its `error`, and audits it.
+/// A failover or an automatic move makes a switchover that is scheduled but not started moot
+/// when it would touch the same instance or nodes (it was planned against roles that are gone):
+/// cancels it in the move's transaction, says why in its `error`, and audits it. A move of
+/// another instance on other nodes is left alone.
 async fn cancel_moot(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    cluster: &str,
+    plan: &Plan,
     who: &Principal,
 ) -> Result<(), sqlx::Error> {
-    const WHY: &str = "cancelled: a failover or automatic move of the cluster made it moot";
+    const WHY: &str =
+        "cancelled: a failover or automatic move of the same instance or nodes made it moot";
+    let cluster = plan.cluster.as_str();
     let moot: Vec<Uuid> = sqlx::query_scalar(
         "UPDATE switchovers SET state = 'cancelled', finished_at = now(), error = $2
           WHERE cluster = $1 AND state = 'scheduled' AND started_at IS NULL
+            AND (instance = $3 OR cardinality(nodes) = 0 OR cardinality($4::text[]) = 0
+                 OR nodes && $4::text[])
           RETURNING id",
     )
     .bind(cluster)
     .bind(WHY)
+    .bind(&plan.instance)
+    .bind(&plan.nodes)
     .fetch_all(&mut **tx)
     .await?;
     for id in moot {

@@ -1,8 +1,9 @@
 //! Several services in one cluster, on real keepalived hosts, each service a VRRP instance with
 //! its own PostgreSQL (`scripts/lab up N --services …`): a dual-active pair (each host the master
 //! of one instance and the standby of the other's database) and an N+1 group (two active hosts,
-//! one spare standing by for both). The arbiter judges every instance on its own: a host lost
-//! moves its instance and database only, and the spare takes two failures one after the other.
+//! one spare standing by for both), and two pairs in one cluster. The arbiter judges every
+//! instance on its own: a host lost moves its instance and database only, the spare takes two
+//! failures one after the other, and the two pairs, sharing no node, fail over at once.
 //!
 //! Needs root, keepalived, iproute2 and PostgreSQL (scripts/setup installs them).
 
@@ -26,6 +27,14 @@ const N_PLUS_ONE_LAB: Lab = Lab {
     name: "hpspare",
     net: "10.213.42",
     port: 18142,
+    up: false,
+};
+
+/// Four hosts, two pairs in one cluster: VI_1 on h1 (h2 its standby), VI_2 on h3 (h4).
+const TWO_PAIRS_LAB: Lab = Lab {
+    name: "hpquad",
+    net: "10.213.47",
+    port: 18147,
     up: false,
 };
 
@@ -276,6 +285,85 @@ async fn n_plus_one_the_spare_takes_two_failures_one_after_the_other(pool: PgPoo
             ("VI_1".to_string(), "failover".to_string(), "h3".to_string()),
             ("VI_2".to_string(), "failover".to_string(), "h3".to_string())
         ],
+        "no instance moved that did not need to"
+    );
+    server.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn two_pairs_sharing_no_node_fail_over_at_once(pool: PgPool) {
+    require_root_and_tools();
+    let lab = TWO_PAIRS_LAB
+        .up(&pool, &["4", "--services", "h1:h2,h3:h4"])
+        .await;
+    let name = lab.name;
+    let server = lab
+        .start_server_with(pool.clone(), auto_settings(&lab))
+        .await;
+    settled(&server, name, &[("VI_1", "h1"), ("VI_2", "h3")]).await;
+    psql(
+        &lab,
+        "h1",
+        1,
+        "CREATE TABLE a AS SELECT g FROM generate_series(1, 200) g",
+    )
+    .expect("write on service 1's primary");
+    psql(
+        &lab,
+        "h3",
+        2,
+        "CREATE TABLE b AS SELECT g FROM generate_series(1, 600) g",
+    )
+    .expect("write on service 2's primary");
+    eventually(30, "both standbys replayed", || async {
+        (psql(&lab, "h2", 1, "SELECT count(*) FROM a")? == "200"
+            && psql(&lab, "h4", 2, "SELECT count(*) FROM b")? == "600")
+            .then_some(())
+    })
+    .await;
+
+    // Both masters lose power together: each pair's standby takes its service over, and
+    // neither failover waits for the other (they share no node). The two peers left are a
+    // majority of those reporting for each instance.
+    power_cut(&lab, "h1");
+    power_cut(&lab, "h3");
+    let mut done = vec![
+        nth_failover(&server, &pool, name, 0).await,
+        nth_failover(&server, &pool, name, 1).await,
+    ];
+    done.sort();
+    assert_eq!(
+        done,
+        [
+            ("VI_1".to_string(), "h2".to_string()),
+            ("VI_2".to_string(), "h4".to_string())
+        ]
+    );
+    let (overlapped, nodes): (bool, Vec<String>) = sqlx::query_as(
+        "SELECT max(started_at) < min(finished_at),
+                array_agg(array_to_string(nodes, ' ') ORDER BY instance)
+           FROM switchovers WHERE cluster = $1 AND kind = 'failover'",
+    )
+    .bind(name)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(nodes, ["h1 h2", "h3 h4"], "each run holds its pair only");
+    assert!(
+        overlapped,
+        "the second failover started before the first ended (a move per node, not per cluster)"
+    );
+    eventually(30, "each service primary on its standby's host", || async {
+        (psql(&lab, "h2", 1, "SELECT count(*), pg_is_in_recovery() FROM a")? == "200|f"
+            && psql(&lab, "h4", 2, "SELECT count(*), pg_is_in_recovery() FROM b")? == "600|f"
+            && holds(&lab, "h2", 1)
+            && holds(&lab, "h4", 2))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(
+        moves(&pool, name).await.len(),
+        2,
         "no instance moved that did not need to"
     );
     server.stop().await;

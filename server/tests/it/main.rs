@@ -25,6 +25,7 @@ mod lab_replicas;
 mod lab_safety;
 mod lab_topologies;
 mod layout;
+mod moves;
 mod openapi;
 mod pacemaker;
 mod packaging;
