@@ -101,6 +101,7 @@ async fn node_charts(
             node_id: node.summary.node_id.clone(),
             metric,
             link,
+            check: None,
             from,
             to,
             step,
