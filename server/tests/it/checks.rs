@@ -430,5 +430,13 @@ async fn check_history_is_a_series_raw_and_rolled_up(pool: PgPool) {
         assert_eq!((low, high, mean), (min, max, avg), "{metric}: {long}");
     }
 
+    // The node page: a chart per check, its state as a strip under its duration.
+    let (_, page) = server.get_text("/nodes/b").await;
+    assert!(
+        page.contains("check pg-port (tcp): duration, state")
+            && page.contains("class=\"strip-changed\"")
+            && page.contains("check db.http_v2 (tcp): duration, state"),
+        "{page}"
+    );
     server.stop().await;
 }
