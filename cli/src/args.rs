@@ -122,12 +122,16 @@ pub enum Command {
     History {
         /// The node.
         node: String,
-        /// lag_bytes, lag_seconds (with --link), heartbeats or load1.
+        /// lag_bytes, lag_seconds (with --link), heartbeats, load1, check_passing or
+        /// check_duration_ms (with --check).
         #[arg(long)]
         metric: String,
         /// The replication link, for lag (`postgresql:pg`).
         #[arg(long)]
         link: Option<String>,
+        /// The service check, for check_passing and check_duration_ms (`pg-port`).
+        #[arg(long)]
+        check: Option<String>,
         /// How far back (`1h`, `7d`).
         #[arg(long, default_value = "1h")]
         since: humantime::Duration,

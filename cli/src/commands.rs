@@ -82,8 +82,12 @@ pub async fn dispatch(
             node,
             metric,
             link,
+            check,
             since,
-        } => history(&api, &node, &metric, link, since, json, out).await,
+        } => {
+            let of = [("link", link), ("check", check)];
+            history(&api, &node, &metric, of, since, json, out).await
+        }
         Command::Completions { .. } | Command::Man => Ok(exit::OK),
     }
 }
@@ -751,7 +755,7 @@ async fn history(
     api: &Api,
     node: &str,
     metric: &str,
-    link: Option<String>,
+    of: [(&'static str, Option<String>); 2],
     since: humantime::Duration,
     json: bool,
     out: &mut (dyn Write + Send),
@@ -764,9 +768,11 @@ async fn history(
             from.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         ),
     ];
-    if let Some(link) = link {
-        query.push(("link", link));
-    }
+    // The link or check the metric is of, when given.
+    query.extend(
+        of.into_iter()
+            .filter_map(|(name, value)| Some((name, value?))),
+    );
     let path = format!("/api/v1/nodes/{}/history", segment(node));
     let series = api.get(&path, &query).await?;
     print_json_or(out, json, &series, |out| {

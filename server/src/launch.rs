@@ -173,7 +173,7 @@ async fn reload_on_sighup(state: AppState, shutdown: CancellationToken) {
 async fn prepare_database(
     settings: &Settings,
     pool: &PgPool,
-) -> anyhow::Result<[series::Partitioned; 5]> {
+) -> anyhow::Result<series::PartitionedTables> {
     db::migrate(pool).await.context("running migrations")?;
     Ok(series::partitioned_tables(&settings.history))
 }
@@ -228,7 +228,7 @@ async fn build_state(
 /// What this replica does when it takes the lead, and while it follows.
 struct LeaderTasks {
     state: AppState,
-    tables: [series::Partitioned; 5],
+    tables: series::PartitionedTables,
     /// Renewals seen while following, to refresh the follower's view every fourth.
     follows: AtomicU32,
 }
@@ -298,7 +298,7 @@ impl crate::leadership::LeaderWork for LeaderTasks {
 fn spawn_tasks(
     state: &AppState,
     pool: &PgPool,
-    tables: [series::Partitioned; 5],
+    tables: series::PartitionedTables,
     tasks: &CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let detector = tokio::spawn(crate::fleet::detector::run(state.clone(), tasks.clone()));
@@ -385,7 +385,7 @@ async fn serve_http(
 
 /// Every 30 s: roll up the minutes that are complete. Hourly: create partitions ahead, drop
 /// those past retention.
-async fn maintain(pool: PgPool, tables: [series::Partitioned; 5], shutdown: CancellationToken) {
+async fn maintain(pool: PgPool, tables: series::PartitionedTables, shutdown: CancellationToken) {
     let mut rollup = tokio::time::interval(ROLLUP_INTERVAL);
     rollup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut partitions = tokio::time::interval(Duration::from_secs(3600));

@@ -571,6 +571,8 @@ pub struct Sample {
     pub spool_depth: u64,
     /// Replication links: key, role, state, lag in bytes and seconds.
     pub links: Vec<LinkSample>,
+    /// Service checks: name, passing, the latest attempt's duration.
+    pub checks: Vec<CheckSample>,
 }
 
 /// One replication link in one heartbeat.
@@ -586,6 +588,17 @@ pub struct LinkSample {
     pub lag_bytes: Option<i64>,
     /// Lag in seconds.
     pub lag_seconds: Option<f64>,
+}
+
+/// One service check in one heartbeat.
+#[derive(Debug, Clone)]
+pub struct CheckSample {
+    /// The check's name (`[[checks]] name`).
+    pub name: String,
+    /// Passing after its rise/fall counts.
+    pub passing: bool,
+    /// How long its latest attempt took, milliseconds.
+    pub duration_ms: Option<f64>,
 }
 
 impl Sample {
@@ -633,6 +646,15 @@ impl Sample {
                     lag_seconds: l.lag_seconds,
                 })
                 .collect(),
+            checks: report
+                .checks
+                .iter()
+                .map(|c| CheckSample {
+                    name: c.name.clone(),
+                    passing: c.passing,
+                    duration_ms: c.duration_ms,
+                })
+                .collect(),
         }
     }
 }
@@ -660,14 +682,20 @@ pub async fn write_samples(
         heartbeat_copy_rows(samples),
     )
     .await?;
-    let links = replication_copy_rows(samples);
-    if !links.is_empty() {
-        copy_in(
-            &mut tx,
+    // One COPY per table for the whole batch, skipped when no sample has a row for it.
+    for (statement, rows) in [
+        (
             "COPY replication_samples (received_at, node_id, link, role, state, lag_bytes, lag_seconds) FROM STDIN",
-            links,
-        )
-        .await?;
+            replication_copy_rows(samples),
+        ),
+        (
+            "COPY check_samples (received_at, node_id, check_name, passing, duration_ms) FROM STDIN",
+            check_copy_rows(samples),
+        ),
+    ] {
+        if !rows.is_empty() {
+            copy_in(&mut tx, statement, rows).await?;
+        }
     }
     advance_watermarks(&mut tx, samples, advance_watermark).await?;
     tx.commit().await
@@ -696,32 +724,67 @@ fn heartbeat_copy_rows(samples: &[Sample]) -> String {
     rows
 }
 
-/// The `replication_samples` rows of `samples` (one per link per sample), in COPY's text
-/// format; empty when no sample has a link.
-fn replication_copy_rows(samples: &[Sample]) -> String {
+/// The rows of `samples`' parts (`parts`: one row each, after the sample's arrival time and
+/// node), in COPY's text format: `row` writes a part's own columns, tab-separated, without the
+/// line end. Empty when no sample has a part.
+fn per_part_copy_rows<T>(
+    samples: &[Sample],
+    parts: impl Fn(&Sample) -> &[T],
+    row: impl Fn(&mut String, &T),
+) -> String {
     use std::fmt::Write as _;
     // `write!` into a String cannot fail (its fmt::Write never returns an error).
-    let mut links = String::new();
+    let mut rows = String::new();
     for s in samples {
         let received = copy_timestamp(s.received_at);
-        for l in &s.links {
-            let _ = write!(
-                links,
-                "{received}\t{}\t{}\t{}\t{}\t",
-                s.node_id, l.link, l.role, l.state
-            );
-            // Node ids and link keys are names (A-Z a-z 0-9 . _ - :): nothing to escape.
-            let _ = match l.lag_bytes {
-                Some(b) => write!(links, "{b}\t"),
-                None => write!(links, "\\N\t"),
-            };
-            let _ = match l.lag_seconds {
-                Some(secs) => writeln!(links, "{secs}"),
-                None => writeln!(links, "\\N"),
-            };
+        for part in parts(s) {
+            // Node ids, link keys and check names are names (A-Z a-z 0-9 . _ - :): nothing
+            // to escape.
+            let _ = write!(rows, "{received}\t{}\t", s.node_id);
+            row(&mut rows, part);
+            rows.push('\n');
         }
     }
-    links
+    rows
+}
+
+/// `value` in COPY's text format: `\N` for none.
+fn copy_optional(rows: &mut String, value: Option<impl std::fmt::Display>) {
+    use std::fmt::Write as _;
+    let _ = match value {
+        Some(v) => write!(rows, "{v}"),
+        None => write!(rows, "\\N"),
+    };
+}
+
+/// The `replication_samples` rows of `samples` (one per link per sample).
+fn replication_copy_rows(samples: &[Sample]) -> String {
+    use std::fmt::Write as _;
+    // `write!` into a String cannot fail.
+    per_part_copy_rows(
+        samples,
+        |s| &s.links,
+        |rows, l| {
+            let _ = write!(rows, "{}\t{}\t{}\t", l.link, l.role, l.state);
+            copy_optional(rows, l.lag_bytes);
+            rows.push('\t');
+            copy_optional(rows, l.lag_seconds);
+        },
+    )
+}
+
+/// The `check_samples` rows of `samples` (one per service check per sample).
+fn check_copy_rows(samples: &[Sample]) -> String {
+    use std::fmt::Write as _;
+    // `write!` into a String cannot fail.
+    per_part_copy_rows(
+        samples,
+        |s| &s.checks,
+        |rows, c| {
+            let _ = write!(rows, "{}\t{}\t", c.name, if c.passing { 't' } else { 'f' });
+            copy_optional(rows, c.duration_ms);
+        },
+    )
 }
 
 /// Advances the watermark and last-heartbeat columns of the nodes `advance_watermark` names to

@@ -2,10 +2,11 @@
 //! dropped by retention, neither blocking ingest), the per-minute rollup job, and the queries
 //! behind `GET /api/v1/nodes/{node_id}/history`.
 //!
-//! Raw samples (`heartbeat_samples`, `replication_samples`) are partitioned by arrival day and
-//! kept `history.retention` (default 7 days); per-minute rollups (`heartbeat_rollups_1m`,
-//! `replication_rollups_1m`) by minute, kept `history.rollup_retention` (default 90 days);
-//! `events` by recording day, kept `history.event_retention` (default 90 days).
+//! Raw samples (`heartbeat_samples`, `replication_samples`, `check_samples`) are partitioned by
+//! arrival day and kept `history.retention` (default 7 days); per-minute rollups
+//! (`heartbeat_rollups_1m`, `replication_rollups_1m`, `check_rollups_1m`) by minute, kept
+//! `history.rollup_retention` (default 90 days); `events` by recording day, kept
+//! `history.event_retention` (default 90 days).
 
 use std::time::Duration;
 
@@ -26,32 +27,30 @@ pub struct Partitioned {
     pub days_back: i64,
 }
 
-/// The partitioned tables, with retentions from the configuration.
-pub fn partitioned_tables(history: &HistorySettings) -> [Partitioned; 5] {
-    let raw = history.retention;
-    let rollup = history.rollup_retention;
-    let raw_days = (raw.as_secs() / 86_400) as i64 + 1;
+/// Every partitioned table, as [`partitioned_tables`] lists them.
+pub type PartitionedTables = [Partitioned; 7];
+
+/// The partitioned tables, with retentions from the configuration: raw samples, their
+/// per-minute rollups (created for every day raw samples are kept), events.
+pub fn partitioned_tables(history: &HistorySettings) -> PartitionedTables {
+    let raw_days = (history.retention.as_secs() / 86_400) as i64 + 1;
+    let raw = |table| Partitioned {
+        table,
+        retention: history.retention,
+        days_back: 1,
+    };
+    let rollup = |table| Partitioned {
+        table,
+        retention: history.rollup_retention,
+        days_back: raw_days,
+    };
     [
-        Partitioned {
-            table: "heartbeat_samples",
-            retention: raw,
-            days_back: 1,
-        },
-        Partitioned {
-            table: "replication_samples",
-            retention: raw,
-            days_back: 1,
-        },
-        Partitioned {
-            table: "heartbeat_rollups_1m",
-            retention: rollup,
-            days_back: raw_days,
-        },
-        Partitioned {
-            table: "replication_rollups_1m",
-            retention: rollup,
-            days_back: raw_days,
-        },
+        raw("heartbeat_samples"),
+        raw("replication_samples"),
+        raw("check_samples"),
+        rollup("heartbeat_rollups_1m"),
+        rollup("replication_rollups_1m"),
+        rollup("check_rollups_1m"),
         Partitioned {
             table: "events",
             retention: history.event_retention,
@@ -194,37 +193,13 @@ pub async fn roll_up(
     let from = start.min(until) - RE_ROLL;
     let advanced = to > start;
     let mut tx = pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO heartbeat_rollups_1m (minute, node_id, heartbeats, load1_avg, load1_max)
-         SELECT date_trunc('minute', received_at), node_id, count(*), avg(load1), max(load1)
-           FROM heartbeat_samples WHERE received_at >= $1 AND received_at < $2
-          GROUP BY 1, 2
-         ON CONFLICT (node_id, minute) DO UPDATE SET heartbeats = EXCLUDED.heartbeats,
-            load1_avg = EXCLUDED.load1_avg, load1_max = EXCLUDED.load1_max",
-    )
-    .bind(from)
-    .bind(to)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO replication_rollups_1m (minute, node_id, link, samples,
-                lag_bytes_min, lag_bytes_max, lag_bytes_sum, lag_bytes_n,
-                lag_seconds_min, lag_seconds_max, lag_seconds_sum, lag_seconds_n)
-         SELECT date_trunc('minute', received_at), node_id, link, count(*),
-                min(lag_bytes), max(lag_bytes), sum(lag_bytes), count(lag_bytes),
-                min(lag_seconds), max(lag_seconds), sum(lag_seconds), count(lag_seconds)
-           FROM replication_samples WHERE received_at >= $1 AND received_at < $2
-          GROUP BY 1, 2, 3
-         ON CONFLICT (node_id, link, minute) DO UPDATE SET samples = EXCLUDED.samples,
-            lag_bytes_min = EXCLUDED.lag_bytes_min, lag_bytes_max = EXCLUDED.lag_bytes_max,
-            lag_bytes_sum = EXCLUDED.lag_bytes_sum, lag_bytes_n = EXCLUDED.lag_bytes_n,
-            lag_seconds_min = EXCLUDED.lag_seconds_min, lag_seconds_max = EXCLUDED.lag_seconds_max,
-            lag_seconds_sum = EXCLUDED.lag_seconds_sum, lag_seconds_n = EXCLUDED.lag_seconds_n",
-    )
-    .bind(from)
-    .bind(to)
-    .execute(&mut *tx)
-    .await?;
+    for statement in ROLLUPS {
+        sqlx::query(statement)
+            .bind(from)
+            .bind(to)
+            .execute(&mut *tx)
+            .await?;
+    }
     sqlx::query(
         "INSERT INTO rollup_progress (singleton, rolled_until) VALUES (true, $1)
          ON CONFLICT (singleton) DO UPDATE SET rolled_until = EXCLUDED.rolled_until",
@@ -235,6 +210,40 @@ pub async fn roll_up(
     tx.commit().await?;
     Ok(advanced.then_some(to))
 }
+
+/// The rollup of each raw table: the samples arriving in `[$1, $2)` into their minutes' rows.
+const ROLLUPS: [&str; 3] = [
+    "INSERT INTO heartbeat_rollups_1m (minute, node_id, heartbeats, load1_avg, load1_max)
+     SELECT date_trunc('minute', received_at), node_id, count(*), avg(load1), max(load1)
+       FROM heartbeat_samples WHERE received_at >= $1 AND received_at < $2
+      GROUP BY 1, 2
+     ON CONFLICT (node_id, minute) DO UPDATE SET heartbeats = EXCLUDED.heartbeats,
+        load1_avg = EXCLUDED.load1_avg, load1_max = EXCLUDED.load1_max",
+    "INSERT INTO replication_rollups_1m (minute, node_id, link, samples,
+            lag_bytes_min, lag_bytes_max, lag_bytes_sum, lag_bytes_n,
+            lag_seconds_min, lag_seconds_max, lag_seconds_sum, lag_seconds_n)
+     SELECT date_trunc('minute', received_at), node_id, link, count(*),
+            min(lag_bytes), max(lag_bytes), sum(lag_bytes), count(lag_bytes),
+            min(lag_seconds), max(lag_seconds), sum(lag_seconds), count(lag_seconds)
+       FROM replication_samples WHERE received_at >= $1 AND received_at < $2
+      GROUP BY 1, 2, 3
+     ON CONFLICT (node_id, link, minute) DO UPDATE SET samples = EXCLUDED.samples,
+        lag_bytes_min = EXCLUDED.lag_bytes_min, lag_bytes_max = EXCLUDED.lag_bytes_max,
+        lag_bytes_sum = EXCLUDED.lag_bytes_sum, lag_bytes_n = EXCLUDED.lag_bytes_n,
+        lag_seconds_min = EXCLUDED.lag_seconds_min, lag_seconds_max = EXCLUDED.lag_seconds_max,
+        lag_seconds_sum = EXCLUDED.lag_seconds_sum, lag_seconds_n = EXCLUDED.lag_seconds_n",
+    "INSERT INTO check_rollups_1m (minute, node_id, check_name, samples, passing,
+            duration_ms_min, duration_ms_max, duration_ms_sum, duration_ms_n)
+     SELECT date_trunc('minute', received_at), node_id, check_name, count(*),
+            count(*) FILTER (WHERE passing),
+            min(duration_ms), max(duration_ms), sum(duration_ms), count(duration_ms)
+       FROM check_samples WHERE received_at >= $1 AND received_at < $2
+      GROUP BY 1, 2, 3
+     ON CONFLICT (node_id, check_name, minute) DO UPDATE SET samples = EXCLUDED.samples,
+        passing = EXCLUDED.passing,
+        duration_ms_min = EXCLUDED.duration_ms_min, duration_ms_max = EXCLUDED.duration_ms_max,
+        duration_ms_sum = EXCLUDED.duration_ms_sum, duration_ms_n = EXCLUDED.duration_ms_n",
+];
 
 /// How far back each rollup call rolls again.
 const RE_ROLL: ChronoDuration = ChronoDuration::minutes(10);
@@ -251,12 +260,24 @@ pub enum Metric {
     Heartbeats,
     /// One-minute load average.
     Load1,
+    /// Whether one service check passed (after its rise/fall counts): 1 passing, 0 failing per
+    /// sample, so `avg` is the share of samples passing, `min` 0 when it failed in the bucket and
+    /// `max` 1 when it passed.
+    CheckPassing,
+    /// How long one service check's latest attempt took, milliseconds, as each heartbeat
+    /// carried it.
+    CheckDurationMs,
 }
 
 impl Metric {
     /// True for metrics of a replication link.
     pub fn needs_link(self) -> bool {
         matches!(self, Metric::LagBytes | Metric::LagSeconds)
+    }
+
+    /// True for metrics of a service check.
+    pub fn needs_check(self) -> bool {
+        matches!(self, Metric::CheckPassing | Metric::CheckDurationMs)
     }
 }
 
@@ -294,6 +315,8 @@ pub struct SeriesQuery {
     pub metric: Metric,
     /// Link key for lag metrics.
     pub link: Option<String>,
+    /// Check name for check metrics.
+    pub check: Option<String>,
     /// Range start (inclusive).
     pub from: DateTime<Utc>,
     /// Range end (exclusive).
@@ -307,10 +330,16 @@ pub struct SeriesQuery {
 /// The series: buckets in time order; empty buckets are left out (for `heartbeats`, filled with
 /// zero, since a missing heartbeat is the point).
 pub async fn series(pool: &PgPool, q: &SeriesQuery) -> Result<Vec<Point>, sqlx::Error> {
-    let link = q.link.clone().unwrap_or_default();
+    // What the series is of within the node: its link or its check (`$6` in the queries).
+    let part = q
+        .link
+        .as_ref()
+        .or(q.check.as_ref())
+        .cloned()
+        .unwrap_or_default();
     let step = q.step.as_secs_f64();
     let mut points = match q.source {
-        Source::Raw => fetch(pool, raw_sql(q.metric), q, q.from, q.to, &link, step).await?,
+        Source::Raw => fetch(pool, raw_sql(q.metric), q, q.from, q.to, &part, step).await?,
         Source::Rollup => {
             let rolled: Option<DateTime<Utc>> =
                 sqlx::query_scalar("SELECT rolled_until FROM rollup_progress")
@@ -318,8 +347,8 @@ pub async fn series(pool: &PgPool, q: &SeriesQuery) -> Result<Vec<Point>, sqlx::
                     .await?;
             let seam = rolled.unwrap_or(q.from).clamp(q.from, q.to);
             let mut points =
-                fetch(pool, rollup_sql(q.metric), q, q.from, seam, &link, step).await?;
-            points.extend(fetch(pool, raw_sql(q.metric), q, seam, q.to, &link, step).await?);
+                fetch(pool, rollup_sql(q.metric), q, q.from, seam, &part, step).await?;
+            points.extend(fetch(pool, raw_sql(q.metric), q, seam, q.to, &part, step).await?);
             merge(points, q.metric == Metric::Heartbeats)
         }
     };
@@ -335,7 +364,7 @@ async fn fetch(
     q: &SeriesQuery,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-    link: &str,
+    part: &str,
     step: f64,
 ) -> Result<Vec<Point>, sqlx::Error> {
     if from >= to {
@@ -348,7 +377,7 @@ async fn fetch(
         .bind(to)
         .bind(q.from)
         .bind(step)
-        .bind(link)
+        .bind(part)
         .fetch_all(pool)
         .await?;
     rows.iter()
@@ -387,6 +416,17 @@ fn raw_sql(metric: Metric) -> &'static str {
            FROM heartbeat_samples
           WHERE node_id = $1 AND ($6::text IS NULL OR TRUE) AND received_at >= $2 AND received_at < $3
           GROUP BY 1 ORDER BY 1",
+        Metric::CheckPassing => "SELECT date_bin($5::float8 * interval '1 second', received_at, $4) AS t,
+                min(passing::int)::float8 AS min, max(passing::int)::float8 AS max,
+                avg(passing::int)::float8 AS avg, count(*) AS count
+           FROM check_samples
+          WHERE node_id = $1 AND check_name = $6 AND received_at >= $2 AND received_at < $3
+          GROUP BY 1 ORDER BY 1",
+        Metric::CheckDurationMs => "SELECT date_bin($5::float8 * interval '1 second', received_at, $4) AS t,
+                min(duration_ms) AS min, max(duration_ms) AS max, avg(duration_ms) AS avg, count(*) AS count
+           FROM check_samples
+          WHERE node_id = $1 AND check_name = $6 AND received_at >= $2 AND received_at < $3
+          GROUP BY 1 ORDER BY 1",
     }
 }
 
@@ -415,6 +455,18 @@ fn rollup_sql(metric: Metric) -> &'static str {
                 sum(load1_avg * heartbeats) / nullif(sum(heartbeats), 0) AS avg, sum(heartbeats)::int8 AS count
            FROM heartbeat_rollups_1m
           WHERE node_id = $1 AND ($6::text IS NULL OR TRUE) AND minute >= $2 AND minute < $3
+          GROUP BY 1 ORDER BY 1",
+        Metric::CheckPassing => "SELECT date_bin($5::float8 * interval '1 second', minute, $4) AS t,
+                (sum(passing) = sum(samples))::int::float8 AS min, (sum(passing) > 0)::int::float8 AS max,
+                sum(passing)::float8 / nullif(sum(samples), 0) AS avg, sum(samples)::int8 AS count
+           FROM check_rollups_1m
+          WHERE node_id = $1 AND check_name = $6 AND minute >= $2 AND minute < $3
+          GROUP BY 1 ORDER BY 1",
+        Metric::CheckDurationMs => "SELECT date_bin($5::float8 * interval '1 second', minute, $4) AS t,
+                min(duration_ms_min) AS min, max(duration_ms_max) AS max,
+                sum(duration_ms_sum) / nullif(sum(duration_ms_n), 0) AS avg, sum(samples)::int8 AS count
+           FROM check_rollups_1m
+          WHERE node_id = $1 AND check_name = $6 AND minute >= $2 AND minute < $3
           GROUP BY 1 ORDER BY 1",
     }
 }
@@ -528,9 +580,12 @@ mod tests {
             "replication_samples_p20261121"
         );
         let tables = partitioned_tables(&crate::config::Settings::default().history);
-        assert_eq!(tables[2].days_back, 8);
-        assert_eq!(tables[4].table, "events");
-        assert_eq!(tables[4].retention, Duration::from_secs(90 * 86_400));
+        assert_eq!(tables[2].table, "check_samples");
+        assert_eq!(tables[2].days_back, 1);
+        assert_eq!(tables[5].table, "check_rollups_1m");
+        assert_eq!(tables[5].days_back, 8);
+        assert_eq!(tables[6].table, "events");
+        assert_eq!(tables[6].retention, Duration::from_secs(90 * 86_400));
     }
 }
 

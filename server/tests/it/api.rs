@@ -533,8 +533,10 @@ async fn history_partitions_are_created_ahead_and_dropped_after_retention(pool: 
     for table in [
         "heartbeat_samples",
         "replication_samples",
+        "check_samples",
         "heartbeat_rollups_1m",
         "replication_rollups_1m",
+        "check_rollups_1m",
         "events",
     ] {
         let names = partitions(pool.clone(), table).await;
@@ -547,11 +549,18 @@ async fn history_partitions_are_created_ahead_and_dropped_after_retention(pool: 
         }
     }
     // Rollups can be written for every day raw samples are kept.
-    let names = partitions(pool.clone(), "replication_rollups_1m").await;
-    assert!(
-        names.contains(&name("replication_rollups_1m", -7)),
-        "{names:?}"
-    );
+    for table in ["replication_rollups_1m", "check_rollups_1m"] {
+        let names = partitions(pool.clone(), table).await;
+        assert!(names.contains(&name(table, -7)), "{names:?}");
+    }
+    // A check sample of today, gone with its day.
+    sqlx::query(
+        "INSERT INTO check_samples (received_at, node_id, check_name, passing, duration_ms)
+         VALUES (now(), 'a', 'pg-port', false, 2.5)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
 
     // An event recorded today, and one an agent dated a year ago but recorded today (kept by
     // when the server recorded it, not by the agent's clock).
@@ -578,9 +587,11 @@ async fn history_partitions_are_created_ahead_and_dropped_after_retention(pool: 
     );
     assert!(
         dropped.contains(&name("heartbeat_samples", 0))
-            && dropped.contains(&name("replication_samples", 1)),
+            && dropped.contains(&name("replication_samples", 1))
+            && dropped.contains(&name("check_samples", 0)),
         "{dropped:?}"
     );
+    assert_eq!(count(&pool, "SELECT count(*) FROM check_samples").await, 0);
     assert!(
         !dropped.iter().any(|d| d.contains("rollups")),
         "{dropped:?}"

@@ -129,6 +129,23 @@ async fn screenshot(client: &Client, name: &str) {
     std::fs::write(screenshots_dir().join(format!("{name}.png")), png).unwrap();
 }
 
+/// A passing or failing `pg-port` check.
+fn pg_port(passing: bool) -> hapulse_protocol::ServiceCheckReport {
+    hapulse_protocol::ServiceCheckReport {
+        name: "pg-port".into(),
+        kind: hapulse_protocol::ServiceCheckKind::Tcp,
+        target: "127.0.0.1:5432".into(),
+        passing,
+        last_ok: passing,
+        consecutive: 1,
+        detail: String::new(),
+        duration_ms: Some(1.5),
+        changed_at: None,
+        vrrp_instance: None,
+        link: None,
+    }
+}
+
 #[sqlx::test(migrations = false)]
 async fn the_dashboard_in_headless_chromium(pool: PgPool) {
     let server = TestServer::start(pool).await;
@@ -147,6 +164,8 @@ async fn the_dashboard_in_headless_chromium(pool: PgPool) {
             LinkState::Streaming,
             (seq * 3) << 20,
         )];
+        // A service check that fails for the third report: its chart's strip shows it.
+        rb.checks = vec![pg_port(seq != 3)];
         agent.send_heartbeat(&ra).await.unwrap();
         agent.send_heartbeat(&rb).await.unwrap();
     }
@@ -316,6 +335,7 @@ async fn the_dashboard_in_headless_chromium(pool: PgPool) {
         LinkState::Streaming,
         0,
     )];
+    rb.checks = vec![pg_port(true)];
     agent.send_heartbeat(&ra).await.unwrap();
     agent.send_heartbeat(&rb).await.unwrap();
     let live_master = eventually(10, "the new master on the open page", || async {
@@ -348,12 +368,24 @@ async fn the_dashboard_in_headless_chromium(pool: PgPool) {
         .await
         .unwrap();
     let charts = client.find_all(Locator::Css("svg.chart")).await.unwrap();
-    assert_eq!(charts.len(), 3, "lag in bytes, lag in seconds, heartbeats");
+    assert_eq!(
+        charts.len(),
+        4,
+        "lag in bytes, lag in seconds, heartbeats, the check"
+    );
     let lines = client
         .find_all(Locator::Css("svg.chart polyline.line"))
         .await
         .unwrap();
     assert!(!lines.is_empty(), "the lag chart has a line");
+    // The check's state strip: it failed and passed within the range (one bucket or several).
+    let strip = client
+        .find_all(Locator::Css(
+            "svg.chart rect.strip-changed, svg.chart rect.strip-failing",
+        ))
+        .await
+        .unwrap();
+    assert!(!strip.is_empty(), "the check's strip shows its failure");
     screenshot(&client, "node").await;
     client
         .find(Locator::LinkText("7d"))

@@ -281,3 +281,162 @@ async fn a_malformed_check_is_refused_with_its_field(pool: PgPool) {
     let (status, _) = server.get_json("/api/v1/nodes/a").await;
     assert_eq!(status, 404);
 }
+
+/// Check history, kept like replication lag: every heartbeat's checks are samples (one COPY per
+/// batch with the heartbeats), a change reported between two periodic heartbeats is in the
+/// series at once, and the history API answers from raw samples and, for long ranges, from the
+/// per-minute rollups with the same figures.
+#[sqlx::test(migrations = false)]
+async fn check_history_is_a_series_raw_and_rolled_up(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let agent = server.agent();
+    let boot = Uuid::new_v4();
+    let from = (chrono::Utc::now() - chrono::Duration::seconds(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let raw = format!("from={from}&step=1h");
+    // pg-port passes, fails (reported at once, then again at the next heartbeat) and passes
+    // again; db.http_v2 passes throughout and reports no duration.
+    let states = [(true, 0.5), (false, 1000.0), (false, 1000.0), (true, 2.5)];
+    for (seq, (passing, ms)) in (1u64..).zip(states) {
+        let mut pg = check("pg-port", passing, "", None, Some("postgresql:pg"));
+        pg.duration_ms = Some(ms);
+        let mut http = check("db.http_v2", true, "HTTP 200", None, None);
+        http.duration_ms = None;
+        agent
+            .send_heartbeat(&with_checks("b", boot, seq, vec![pg, http]))
+            .await
+            .unwrap();
+        if seq == 2 {
+            // The change is in the series as soon as its report is acknowledged.
+            let (status, series) = server
+                .get_json(&format!(
+                    "/api/v1/nodes/b/history?metric=check_passing&check=pg-port&{raw}"
+                ))
+                .await;
+            assert_eq!(status, 200, "{series}");
+            assert_eq!(series["points"][0]["min"], 0.0, "{series}");
+            assert_eq!(series["points"][0]["count"], 2, "{series}");
+        }
+    }
+
+    // Raw: one bucket with both states, the share passing and the durations.
+    let (status, passing) = server
+        .get_json(&format!(
+            "/api/v1/nodes/b/history?metric=check_passing&check=pg-port&{raw}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{passing}");
+    assert_eq!(
+        (&passing["check"], &passing["link"], &passing["source"]),
+        (&"pg-port".into(), &serde_json::Value::Null, &"raw".into()),
+        "{passing}"
+    );
+    let point = &passing["points"][0];
+    assert_eq!(
+        (&point["min"], &point["max"], &point["avg"], &point["count"]),
+        (&0.0.into(), &1.0.into(), &0.5.into(), &4.into()),
+        "{passing}"
+    );
+    let (_, duration) = server
+        .get_json(&format!(
+            "/api/v1/nodes/b/history?metric=check_duration_ms&check=pg-port&{raw}"
+        ))
+        .await;
+    let point = &duration["points"][0];
+    assert_eq!(
+        (&point["min"], &point["max"], &point["avg"]),
+        (&0.5.into(), &1000.0.into(), &500.75.into()),
+        "{duration}"
+    );
+    let (_, no_duration) = server
+        .get_json(&format!(
+            "/api/v1/nodes/b/history?metric=check_duration_ms&check=db.http_v2&{raw}"
+        ))
+        .await;
+    assert_eq!(no_duration["points"][0]["avg"], serde_json::Value::Null);
+    assert_eq!(no_duration["points"][0]["count"], 4, "{no_duration}");
+    // Two checks: the check must be named; a lag answer has no `check` at all.
+    let (status, error) = server
+        .get_json("/api/v1/nodes/b/history?metric=check_passing")
+        .await;
+    assert_eq!((status, &error["field"]), (400, &"check".into()), "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("the node has: db.http_v2, pg-port"),
+        "{error}"
+    );
+    let (_, lag) = server
+        .get_json("/api/v1/nodes/b/history?metric=lag_bytes")
+        .await;
+    assert!(lag.get("check").is_none(), "{lag}");
+
+    // The samples in arrival order: the change between heartbeats is there.
+    let stored: Vec<(bool, Option<f64>)> = sqlx::query_as(
+        "SELECT passing, duration_ms FROM check_samples
+          WHERE node_id = 'b' AND check_name = 'pg-port' ORDER BY received_at",
+    )
+    .fetch_all(&server.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        stored,
+        states
+            .iter()
+            .map(|(p, ms)| (*p, Some(*ms)))
+            .collect::<Vec<_>>()
+    );
+
+    // Rolled up: a week's chart comes from the rollups, with the same figures.
+    hapulse_server::history::series::roll_up(
+        &server.pool,
+        chrono::Utc::now() + chrono::Duration::minutes(2),
+        std::time::Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    let (samples, passed): (i64, i64) = sqlx::query_as(
+        "SELECT sum(samples)::int8, sum(passing)::int8 FROM check_rollups_1m
+          WHERE node_id = 'b' AND check_name = 'pg-port'",
+    )
+    .fetch_one(&server.pool)
+    .await
+    .unwrap();
+    assert_eq!((samples, passed), (4, 2));
+    let week = (chrono::Utc::now() - chrono::Duration::days(6))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    for (metric, min, max, avg) in [
+        ("check_passing", 0.0, 1.0, 0.5),
+        ("check_duration_ms", 0.5, 1000.0, 500.75),
+    ] {
+        let (_, long) = server
+            .get_json(&format!(
+                "/api/v1/nodes/b/history?metric={metric}&check=pg-port&from={week}"
+            ))
+            .await;
+        assert_eq!(long["source"], "rollup", "{long}");
+        let points = long["points"].as_array().unwrap();
+        let f = |p: &serde_json::Value, k: &str| p[k].as_f64().unwrap();
+        let count: f64 = points.iter().map(|p| f(p, "count")).sum();
+        assert_eq!(count, 4.0, "{long}");
+        let low = points.iter().map(|p| f(p, "min")).fold(f64::MAX, f64::min);
+        let high = points.iter().map(|p| f(p, "max")).fold(0.0, f64::max);
+        let mean = points
+            .iter()
+            .map(|p| f(p, "avg") * f(p, "count"))
+            .sum::<f64>()
+            / count;
+        assert_eq!((low, high, mean), (min, max, avg), "{metric}: {long}");
+    }
+
+    // The node page: a chart per check, its state as a strip under its duration.
+    let (_, page) = server.get_text("/nodes/b").await;
+    assert!(
+        page.contains("check pg-port (tcp): duration, state")
+            && page.contains("class=\"strip-changed\"")
+            && page.contains("check db.http_v2 (tcp): duration, state"),
+        "{page}"
+    );
+    server.stop().await;
+}

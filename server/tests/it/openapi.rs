@@ -45,6 +45,20 @@ async fn the_openapi_document_describes_the_real_answers(pool: PgPool) {
         )
         .build()
         .arp;
+    // A service check: its history answer is checked below.
+    a.checks = vec![hapulse_protocol::ServiceCheckReport {
+        name: "pg-port".into(),
+        kind: hapulse_protocol::ServiceCheckKind::Tcp,
+        target: "127.0.0.1:5432".into(),
+        passing: true,
+        last_ok: true,
+        consecutive: 1,
+        detail: String::new(),
+        duration_ms: Some(0.4),
+        changed_at: None,
+        vrrp_instance: None,
+        link: None,
+    }];
     let mut b = report("b", Uuid::new_v4(), 1, VrrpState::Backup, false);
     b.heartbeat_interval_ms = 100; // goes down: an alert
     b.replication = vec![pg_report_link(
@@ -141,6 +155,14 @@ async fn the_openapi_document_describes_the_real_answers(pool: PgPool) {
         assert_eq!(status, 200, "{url}: {answer}");
         problems.extend(validate(&doc, schema, &answer));
         checked += 1;
+    }
+    for metric in ["check_passing", "check_duration_ms"] {
+        let (status, answer) = server
+            .get_json(&format!("/api/v1/nodes/a/history?metric={metric}"))
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["check"], "pg-port", "{answer}");
+        problems.extend(validate(&doc, "History", &answer));
     }
     assert!(problems.is_empty(), "{problems:#?}");
     assert!(checked >= 12, "only {checked} answers checked");

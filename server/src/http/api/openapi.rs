@@ -204,7 +204,7 @@ const OPS: &[Op] = &[
     Op {
         method: HttpMethod::Get,
         path: "/api/v1/nodes/{node_id}/history",
-        summary: "A time series of one node (metric, link, from, to, step)",
+        summary: "A time series of one node (metric, link or check, from, to, step): replication lag, heartbeats, load, a service check passing or its duration",
         body: None,
         ok: (200, Some("History")),
         errors: &[400, 401, 404],

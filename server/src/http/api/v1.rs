@@ -208,10 +208,14 @@ pub async fn events(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
-    /// `lag_bytes`, `lag_seconds`, `heartbeats` or `load1`.
+    /// `lag_bytes`, `lag_seconds`, `heartbeats`, `load1`, `check_passing` or
+    /// `check_duration_ms`.
     pub metric: Metric,
     /// Link key (`postgresql:pg`) for lag metrics; may be left out when the node has one link.
     pub link: Option<String>,
+    /// Service check name (`pg-port`) for check metrics; may be left out when the node reports
+    /// one check. A check the node no longer reports still has its history.
+    pub check: Option<String>,
     /// Range start, RFC 3339 (default: an hour before `to`).
     pub from: Option<DateTime<Utc>>,
     /// Range end, RFC 3339 (default: now).
@@ -229,6 +233,9 @@ pub struct History {
     pub metric: Metric,
     /// Link, for lag metrics.
     pub link: Option<String>,
+    /// Service check, for check metrics (absent for the others).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
     /// Range start.
     pub from: DateTime<Utc>,
     /// Range end.
@@ -241,39 +248,57 @@ pub struct History {
     pub points: Vec<Point>,
 }
 
-/// Resolves a history request against a node: which link, which range, which source.
+/// The link or check (`field`) a series is of: the one given, else the node's only one.
+fn series_part(
+    field: &'static str,
+    given: Option<String>,
+    known: Vec<String>,
+) -> Result<String, AppError> {
+    match (given, known.as_slice()) {
+        (Some(part), _) => Ok(part),
+        (None, [only]) => Ok(only.clone()),
+        (None, _) => Err(AppError::from(Refusal::invalid(
+            "invalid_query",
+            field,
+            format!(
+                "this metric needs a {field}; the node has: {}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        ))),
+    }
+}
+
+/// Resolves a history request against a node: which link or check, which range, which source.
 pub fn history_query(
     state: &AppState,
     node_id: &str,
     q: HistoryQuery,
 ) -> Result<SeriesQuery, AppError> {
-    let links: Vec<String> = {
+    let (links, checks): (Vec<String>, Vec<String>) = {
         let live = state.live();
         let node = live
             .nodes
             .get(node_id)
             .ok_or_else(|| AppError::from(Refusal::not_found(format!("node {node_id:?}"))))?;
-        node.replication.iter().map(|l| l.key()).collect()
+        (
+            node.replication.iter().map(|l| l.key()).collect(),
+            node.checks.iter().map(|c| c.name.clone()).collect(),
+        )
     };
-    let link = match (q.metric.needs_link(), q.link) {
-        (false, _) => None,
-        (true, Some(link)) => Some(link),
-        (true, None) if links.len() == 1 => links.first().cloned(),
-        (true, None) => {
-            return Err(AppError::from(Refusal::invalid(
-                "invalid_query",
-                "link",
-                format!(
-                    "this metric needs a link; the node has: {}",
-                    if links.is_empty() {
-                        "none".to_string()
-                    } else {
-                        links.join(", ")
-                    }
-                ),
-            )))
-        }
-    };
+    let link = q
+        .metric
+        .needs_link()
+        .then(|| series_part("link", q.link, links))
+        .transpose()?;
+    let check = q
+        .metric
+        .needs_check()
+        .then(|| series_part("check", q.check, checks))
+        .transpose()?;
     let step = q
         .step
         .map(|s| {
@@ -298,6 +323,7 @@ pub fn history_query(
         node_id: node_id.to_string(),
         metric: q.metric,
         link,
+        check,
         from,
         to,
         step,
@@ -320,6 +346,7 @@ pub async fn history(
         node_id,
         metric: query.metric,
         link: query.link,
+        check: query.check,
         from: query.from,
         to: query.to,
         step_seconds: query.step.as_secs(),

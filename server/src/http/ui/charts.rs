@@ -1,5 +1,6 @@
 //! Line charts drawn on the server as SVG: no JavaScript, no chart library, readable without
-//! styles. A chart shows the mean per bucket as a line and the min–max range as a band.
+//! styles. A chart shows the mean per bucket as a line and the min–max range as a band; a
+//! service check's chart adds a strip under it, its state per bucket.
 
 use std::fmt::Write as _;
 
@@ -16,6 +17,8 @@ pub enum Unit {
     Seconds,
     /// A plain count.
     Count,
+    /// Milliseconds (shown as ms, s, min, h).
+    Milliseconds,
 }
 
 const WIDTH: f64 = 720.0;
@@ -24,6 +27,8 @@ const LEFT: f64 = 72.0;
 const RIGHT: f64 = 12.0;
 const TOP: f64 = 24.0;
 const BOTTOM: f64 = 22.0;
+/// Height of the lane under the plot area where a check chart shows its state.
+const STRIP_H: f64 = 18.0;
 
 /// `&`, `<`, `>`, `"` and `'` as entities.
 fn escape(text: &str) -> String {
@@ -58,6 +63,10 @@ pub fn format_value(value: f64, unit: Unit) -> String {
         Unit::Seconds => format!("{:.1} h", value / 3600.0),
         Unit::Count if value.fract() == 0.0 => format!("{value:.0}"),
         Unit::Count => format!("{value:.2}"),
+        Unit::Milliseconds if value == 0.0 => "0 ms".into(),
+        Unit::Milliseconds if value < 10.0 => format!("{value:.1} ms"),
+        Unit::Milliseconds if value < 1000.0 => format!("{value:.0} ms"),
+        Unit::Milliseconds => format_value(value / 1000.0, Unit::Seconds),
     }
 }
 
@@ -88,6 +97,8 @@ const PLOT_H: f64 = HEIGHT - TOP - BOTTOM;
 
 /// Where a chart puts times and values: `[from, to]` across the plot area, `0..=ymax` up it.
 struct Frame {
+    /// Height of the whole chart: the plot area, a check's state strip if any, time labels.
+    height: f64,
     /// Left edge.
     from: DateTime<Utc>,
     /// Right edge.
@@ -101,12 +112,19 @@ struct Frame {
 impl Frame {
     /// The frame for `points` over `[from, to]`: the top is a round value at or above the
     /// highest maximum (or mean).
-    fn new(points: &[Point], unit: Unit, from: DateTime<Utc>, to: DateTime<Utc>) -> Frame {
+    fn new(
+        points: &[Point],
+        unit: Unit,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        strip: bool,
+    ) -> Frame {
         let top = points
             .iter()
             .filter_map(|p| p.max.or(p.avg))
             .fold(0.0f64, f64::max);
         Frame {
+            height: HEIGHT + if strip { STRIP_H } else { 0.0 },
             from,
             to,
             span: (to - from).num_milliseconds().max(1) as f64,
@@ -133,15 +151,55 @@ pub fn line_chart(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> String {
-    let frame = Frame::new(points, unit, from, to);
+    chart(title, unit, points, None, from, to)
+}
+
+/// An SVG chart of one service check over `[from, to]`: how long its attempts took
+/// (`duration`, the `check_duration_ms` series) as a line chart, and under it a strip of its
+/// state per bucket of `step` (`passing`, the `check_passing` series): green where it passed
+/// in every sample, red where it failed in every one, amber where it changed (both in one
+/// bucket); blank where no sample arrived.
+pub fn check_chart(
+    title: &str,
+    duration: &[Point],
+    passing: &[Point],
+    step: std::time::Duration,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> String {
+    chart(
+        title,
+        Unit::Milliseconds,
+        duration,
+        Some((passing, step)),
+        from,
+        to,
+    )
+}
+
+/// A line chart of `points`, with a state strip of `strip` (a check's passing series and its
+/// step) when given.
+fn chart(
+    title: &str,
+    unit: Unit,
+    points: &[Point],
+    strip: Option<(&[Point], std::time::Duration)>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> String {
+    let frame = Frame::new(points, unit, from, to, strip.is_some());
     let mut svg = String::new();
     let title = escape(title);
     let _ = write!(
         svg,
-        r#"<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{title}"><title>{title}</title><text class="chart-title" x="{LEFT}" y="15">{title}</text>"#
+        r#"<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {}" role="img" aria-label="{title}"><title>{title}</title><text class="chart-title" x="{LEFT}" y="15">{title}</text>"#,
+        frame.height
     );
     value_axis(&mut svg, &frame, unit);
     time_axis(&mut svg, &frame);
+    if let Some((passing, step)) = strip {
+        state_strip(&mut svg, &frame, passing, step);
+    }
     let with_range: Vec<&Point> = points
         .iter()
         .filter(|p| p.min.is_some() && p.max.is_some())
@@ -170,6 +228,50 @@ pub fn line_chart(
     }
     svg.push_str("</svg>");
     svg
+}
+
+/// A check's state under the plot area: one rectangle per run of buckets in the same state
+/// (`passing`'s mean: 1 passed throughout, 0 failed throughout, between: changed), each
+/// titled with its state and times. Colours are attributes, so the strip reads without styles.
+fn state_strip(svg: &mut String, frame: &Frame, passing: &[Point], step: std::time::Duration) {
+    let step = chrono::Duration::from_std(step).unwrap_or(chrono::Duration::minutes(1));
+    let y = TOP + PLOT_H + 6.0;
+    let height = STRIP_H - 8.0;
+    let _ = write!(
+        svg,
+        r##"<text class="axis" x="{}" y="{:.1}" text-anchor="end">state</text><rect class="strip-lane" x="{LEFT}" y="{y:.1}" width="{PLOT_W}" height="{height}" fill="#f6f8fa"/>"##,
+        LEFT - 6.0,
+        y + height - 1.0,
+    );
+    // Runs of adjacent buckets in one state: (state, start, end).
+    let mut runs: Vec<(&str, DateTime<Utc>, DateTime<Utc>)> = Vec::new();
+    for p in passing {
+        let state = match p.avg {
+            Some(a) if a >= 1.0 => "passing",
+            Some(a) if a <= 0.0 => "failing",
+            Some(_) => "changed",
+            None => continue,
+        };
+        match runs.last_mut() {
+            Some((s, _, end)) if *s == state && *end >= p.t => *end = p.t + step,
+            _ => runs.push((state, p.t, p.t + step)),
+        }
+    }
+    for (state, start, end) in runs {
+        let fill = match state {
+            "passing" => "#1a7f37",
+            "failing" => "#cf222e",
+            _ => "#bf8700",
+        };
+        let x = frame.x(start);
+        let width = (frame.x(end.min(frame.to)) - x).max(1.0);
+        let _ = write!(
+            svg,
+            r#"<rect class="strip-{state}" x="{x:.1}" y="{y:.1}" width="{width:.1}" height="{height}" fill="{fill}"><title>{state} {} – {}</title></rect>"#,
+            start.format("%Y-%m-%d %H:%M:%S"),
+            end.format("%H:%M:%S UTC"),
+        );
+    }
 }
 
 /// Grid lines with value labels at the bottom, middle and top.
@@ -205,7 +307,7 @@ fn time_axis(svg: &mut String, frame: &Frame) {
             svg,
             r#"<text class="axis" x="{:.1}" y="{}" text-anchor="{anchor}">{}</text>"#,
             frame.x(t),
-            HEIGHT - 6.0,
+            frame.height - 6.0,
             t.format(time_format)
         );
     }
@@ -304,5 +406,46 @@ mod tests {
         assert!(svg.contains("2.0 KiB"), "{svg}");
         let empty = line_chart("x", Unit::Count, &[], from, to);
         assert!(empty.contains("no samples in this range"));
+    }
+
+    #[test]
+    fn a_check_chart_shows_runs_of_its_state_under_the_duration() {
+        let from = DateTime::from_timestamp(0, 0).unwrap();
+        let to = DateTime::from_timestamp(60, 0).unwrap();
+        let state = |t: i64, avg: f64| Point {
+            t: DateTime::from_timestamp(t, 0).unwrap(),
+            min: Some(avg.floor()),
+            max: Some(avg.ceil()),
+            avg: Some(avg),
+            count: 2,
+        };
+        // Passing for two buckets, failing, one bucket with both, then a gap and passing.
+        let passing = [
+            state(0, 1.0),
+            state(10, 1.0),
+            state(20, 0.0),
+            state(30, 0.5),
+            state(50, 1.0),
+        ];
+        let svg = check_chart(
+            "pg-port",
+            &[point(0, 4.0), point(20, 1200.0)],
+            &passing,
+            std::time::Duration::from_secs(10),
+            from,
+            to,
+        );
+        assert_eq!(svg.matches("class=\"strip-passing\"").count(), 2, "{svg}");
+        assert_eq!(svg.matches("class=\"strip-failing\"").count(), 1, "{svg}");
+        assert_eq!(svg.matches("class=\"strip-changed\"").count(), 1, "{svg}");
+        assert!(
+            svg.contains("passing 1970-01-01 00:00:00 – 00:00:20 UTC"),
+            "{svg}"
+        );
+        assert!(svg.contains("<polyline class=\"line\""), "{svg}");
+        assert!(svg.contains("viewBox=\"0 0 720 188\""), "{svg}");
+        assert_eq!(format_value(0.4, Unit::Milliseconds), "0.4 ms");
+        assert_eq!(format_value(250.0, Unit::Milliseconds), "250 ms");
+        assert_eq!(format_value(1500.0, Unit::Milliseconds), "1.5 s");
     }
 }

@@ -1,6 +1,6 @@
 //! A node's page (`/nodes/{node_id}`): the node, its instances and replication links, its
-//! maintenance windows, its events, and SVG charts of its replication lag and heartbeats over
-//! the chosen range.
+//! maintenance windows, its events, and SVG charts of its replication lag, heartbeats and
+//! service checks over the chosen range.
 
 use askama::Template;
 use axum::extract::{Path, State};
@@ -54,7 +54,8 @@ pub struct NodePageQuery {
 /// The ranges the node page offers.
 const RANGES: [(&str, i64); 3] = [("1h", 1), ("24h", 24), ("7d", 168)];
 
-/// Charts of a node over the last `hours`: replication lag per link, heartbeats.
+/// Charts of a node over the last `hours`: replication lag per link, heartbeats, and per
+/// service check its duration with its state under it.
 async fn node_charts(
     state: &AppState,
     node: &NodeView,
@@ -69,46 +70,58 @@ async fn node_charts(
         state.settings().history.retention,
     )
     .map_err(|e| AppError::Internal(anyhow::anyhow!("chart plan: {}", e.message)))?;
-    let mut wanted: Vec<(Metric, Option<String>, String, Unit)> = Vec::new();
+    let query = |metric, link: Option<&String>, check: Option<&String>| SeriesQuery {
+        node_id: node.summary.node_id.clone(),
+        metric,
+        link: link.cloned(),
+        check: check.cloned(),
+        from,
+        to,
+        step,
+        source,
+    };
+    let mut wanted: Vec<(SeriesQuery, String, Unit)> = Vec::new();
     for link in &node.replication {
         let key = link.key();
         if link.kind != ReplicationKind::Mysql {
             wanted.push((
-                Metric::LagBytes,
-                Some(key.clone()),
+                query(Metric::LagBytes, Some(&key), None),
                 format!("{key} lag (bytes)"),
                 Unit::Bytes,
             ));
         }
         if link.kind != ReplicationKind::Drbd {
             wanted.push((
-                Metric::LagSeconds,
-                Some(key.clone()),
+                query(Metric::LagSeconds, Some(&key), None),
                 format!("{key} lag (seconds)"),
                 Unit::Seconds,
             ));
         }
     }
     wanted.push((
-        Metric::Heartbeats,
-        None,
+        query(Metric::Heartbeats, None, None),
         format!("heartbeats per {}", humantime::format_duration(step)),
         Unit::Count,
     ));
     let mut charts = Vec::new();
-    for (metric, link, title, unit) in wanted {
-        let query = SeriesQuery {
-            node_id: node.summary.node_id.clone(),
-            metric,
-            link,
-            from,
-            to,
-            step,
-            source,
-        };
+    for (query, title, unit) in wanted {
         let points = series::series(&state.db, &query).await?;
         charts.push(Chart {
             svg: charts::line_chart(&title, unit, &points, from, to),
+        });
+    }
+    for check in &node.summary.checks {
+        let name = Some(&check.name);
+        let duration =
+            series::series(&state.db, &query(Metric::CheckDurationMs, None, name)).await?;
+        let passing = series::series(&state.db, &query(Metric::CheckPassing, None, name)).await?;
+        let title = format!(
+            "check {} ({}): duration, state",
+            check.name,
+            check.kind.as_str()
+        );
+        charts.push(Chart {
+            svg: charts::check_chart(&title, &duration, &passing, step, from, to),
         });
     }
     Ok(charts)
