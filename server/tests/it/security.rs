@@ -1591,6 +1591,10 @@ async fn switchovers_need_the_password_again_and_sessions_expire(pool: PgPool) {
             "/api/v1/clusters/c/failover",
             serde_json::json!({"target_node": "b", "reason": "around the form"}),
         ),
+        (
+            "/api/v1/clusters/c/pacemaker/move",
+            serde_json::json!({"resource": "db", "node": "b", "reason": "around the form"}),
+        ),
     ] {
         let r = otto
             .http

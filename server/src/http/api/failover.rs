@@ -94,7 +94,9 @@ pub async fn unfence(
 /// `POST /api/v1/clusters/{cluster}/pacemaker/move` (operator): moves a Pacemaker resource to
 /// a node, through one member's agent (`pacemaker_move`: `crm_resource --move`, then `--clear`
 /// once it runs there), under the cluster's epoch. 202 with the queued command; 400, 404, 409
-/// as [`crate::switchover::pacemaker::request_move`] says.
+/// as [`crate::switchover::pacemaker::request_move`] says; 403 `password_needed` for a session
+/// whose password was not given within `auth.reauth_window` (it moves a master, as a
+/// switchover does).
 pub async fn pacemaker_move(
     State(state): State<AppState>,
     Auth(me): Auth,
@@ -107,6 +109,7 @@ pub async fn pacemaker_move(
     ),
     AppError,
 > {
+    crate::access::sessions::require_recent_password(&state, &me)?;
     let accepted = crate::switchover::pacemaker::request_move(&state, &cluster, &req, &me).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
