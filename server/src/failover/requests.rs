@@ -15,7 +15,7 @@ use crate::failover::arbiter;
 use crate::failover::decision::{self as failover, Decision, Mode};
 use crate::failover::evidence;
 use crate::failover::pauses::{self, Pause};
-use crate::failover::status::{DecisionRow, FailoverStatus, PolicyView};
+use crate::failover::status::{DecisionRow, FailoverStatus, PolicyView, UnacknowledgedMove};
 use crate::fleet::live::NodeStatus;
 use crate::fleet::view::ClusterView;
 use crate::refusal::Refusal;
@@ -69,15 +69,21 @@ pub async fn load_status(state: &AppState, cluster: &str) -> Result<FailoverStat
             })
         })
         .collect::<Result<_, sqlx::Error>>()?;
-    let unacknowledged_failover: Option<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM (SELECT id, acknowledged_at FROM switchovers
-                          WHERE cluster = $1 AND automatic AND kind <> 'rejoin'
-                          ORDER BY created_at DESC LIMIT 1) last
-          WHERE acknowledged_at IS NULL",
+    // Each instance's latest automatic move, when not acknowledged (an acknowledged one lifts
+    // its instance's hold even when an older one was not).
+    let unacknowledged: Vec<UnacknowledgedMove> = sqlx::query_as::<_, (String, Uuid)>(
+        "SELECT instance, id FROM (SELECT DISTINCT ON (instance) instance, id, acknowledged_at, created_at
+                                     FROM switchovers
+                                    WHERE cluster = $1 AND automatic AND kind <> 'rejoin'
+                                    ORDER BY instance, created_at DESC) last
+          WHERE acknowledged_at IS NULL ORDER BY created_at DESC",
     )
     .bind(cluster)
-    .fetch_optional(&state.db)
-    .await?;
+    .fetch_all(&state.db)
+    .await?
+    .into_iter()
+    .map(|(instance, id)| UnacknowledgedMove { instance, id })
+    .collect();
     let enabled = arbiter::automatic_enabled(state).await?;
     let pause = pauses::of(&state.db, cluster).await?;
     let verdicts = verdicts_of(state, cluster);
@@ -97,7 +103,8 @@ pub async fn load_status(state: &AppState, cluster: &str) -> Result<FailoverStat
         verdict: verdicts.first().cloned(),
         verdicts,
         decisions,
-        unacknowledged_failover,
+        unacknowledged_failover: unacknowledged.first().map(|u| u.id),
+        unacknowledged,
         pause,
     })
 }

@@ -62,11 +62,23 @@ pub struct FailoverStatus {
     pub verdicts: Vec<Verdict>,
     /// The last 20 changes of verdict, newest first.
     pub decisions: Vec<DecisionRow>,
-    /// The latest automatic move (failover or step-down) when nobody acknowledged it yet: while
-    /// it is within the anti-flapping hold, no other automatic move runs.
+    /// The newest of `unacknowledged` (kept for clients of the one-instance answer).
     pub unacknowledged_failover: Option<Uuid>,
+    /// Per VRRP instance, its latest automatic move (failover, step-down, VIP follow) when
+    /// nobody acknowledged it yet, newest first: while it is within the anti-flapping hold, no
+    /// other automatic move of that instance runs.
+    pub unacknowledged: Vec<UnacknowledgedMove>,
     /// The pause set by hand (`PUT /api/v1/clusters/{cluster}/pause`), if the cluster is
     /// paused: no automatic action until it is resumed. A maintenance window pauses it too (see
     /// the verdict's `paused`).
     pub pause: Option<Pause>,
+}
+
+/// An automatic move nobody acknowledged yet.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct UnacknowledgedMove {
+    /// The VRRP instance it moved.
+    pub instance: String,
+    /// The run (`GET /api/v1/switchovers/{id}`; `POST …/acknowledge` lifts its hold).
+    pub id: Uuid,
 }

@@ -366,5 +366,15 @@ async fn two_pairs_sharing_no_node_fail_over_at_once(pool: PgPool) {
         2,
         "no instance moved that did not need to"
     );
+    // Each instance's failover holds that instance until a person acknowledges it.
+    let f = failover_status(&server, name).await;
+    let mut held: Vec<&str> = f["unacknowledged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["instance"].as_str().unwrap())
+        .collect();
+    held.sort_unstable();
+    assert_eq!(held, ["VI_1", "VI_2"], "{f:#}");
     server.stop().await;
 }

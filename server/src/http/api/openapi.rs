@@ -49,6 +49,7 @@ use crate::http::api::{admin, arp, failover, v1};
         admin::MoveRequest,
         crate::agents::enrollment::NewEnrollment,
         crate::failover::status::FailoverStatus,
+        crate::failover::status::UnacknowledgedMove,
         crate::failover::pauses::Pause,
         crate::failover::requests::FailoverRequest,
         failover::FailoverAccepted,
