@@ -441,6 +441,12 @@ pub struct SyncGroupReport {
     /// Member instance names (`VRRP member instances :` in the data dump); empty until the
     /// first data dump.
     pub members: Vec<String>,
+    /// Whether the group is configured with `sync_group_tracking_weight` (the data dump's
+    /// `sync group tracking weight set`): without it keepalived ignores the weight of every
+    /// tracked file, script and interface of the group's instances, and with it hapulse's
+    /// priority lever. None until the first data dump (or from an agent before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking_weight: Option<bool>,
 }
 
 /// Whether a tracked `vrrp_script` currently succeeds (keepalived's data dump, `Status = GOOD`

@@ -19,6 +19,7 @@
 //!  VRRP Sync Group = G1, MASTER     (get_state_str: INIT BACKUP MASTER FAULT, else "unknown")
 //!    VRRP member instances :
 //!      VI_A
+//!    sync group tracking weight set (only with sync_group_tracking_weight)
 //! ------< VRRP Scripts >------
 //!  VRRP Script = chk_bad
 //!    Status = BAD                   (result >= rise ? GOOD : BAD)
@@ -152,6 +153,7 @@ impl Reader {
                             name: name.to_string(),
                             state,
                             members: Vec::new(),
+                            tracking_weight: Some(false),
                         });
                         self.group = Some(self.dump.sync_groups.len() - 1);
                     }
@@ -182,9 +184,13 @@ impl Reader {
             } else if line == "Tracked scripts :" {
                 self.list = Some(List::TrackedScripts);
             }
-        } else if self.group.is_some() {
+        } else if let Some(g) = self.group {
             if line == "VRRP member instances :" {
                 self.list = Some(List::Members);
+            } else if line == "sync group tracking weight set" {
+                if let Some(group) = self.dump.sync_groups.get_mut(g) {
+                    group.tracking_weight = Some(true);
+                }
             }
         } else if let Some(script) = &self.script {
             if let Some(status) = line.strip_prefix("Status = ") {
@@ -349,6 +355,7 @@ mod tests {
                 name: "G1".into(),
                 state: VrrpState::Master,
                 members: vec!["VI_A".into(), "VI_B".into()],
+                tracking_weight: Some(false),
             }]
         );
         let a = &dump.instances["VI_A"];
@@ -391,6 +398,32 @@ mod tests {
         assert_eq!(i.tracked_scripts[0].weight, -5);
         assert_eq!(i.tracked_scripts[0].status, None);
         assert_eq!(i.tracked_interfaces[0].status, None);
+    }
+
+    #[test]
+    fn reads_sync_group_tracking_weight_from_a_lab_dump() {
+        // `scripts/lab up 2 --sync-group`, h1: G1 = VI_1 + VI_2 with sync_group_tracking_weight,
+        // VI_2 tracking chk_lab (weight 0) and both hapulse's track files.
+        let dump = parse_data_dump(include_str!("fixtures/lab_sync_group.data")).unwrap();
+        assert_eq!(
+            dump.sync_groups,
+            vec![SyncGroupReport {
+                name: "G1".into(),
+                state: VrrpState::Master,
+                members: vec!["VI_1".into(), "VI_2".into()],
+                tracking_weight: Some(true),
+            }]
+        );
+        let vi2 = &dump.instances["VI_2"];
+        assert_eq!(vi2.sync_group.as_deref(), Some("G1"));
+        assert_eq!(
+            vi2.tracked_scripts,
+            vec![TrackedItem {
+                name: "chk_lab".into(),
+                weight: 0,
+                status: Some(TrackStatus::Good),
+            }]
+        );
     }
 
     #[test]

@@ -113,6 +113,7 @@ impl KeepalivedProbe {
                         name: g.name.clone(),
                         state: g.state,
                         members: Vec::new(),
+                        tracking_weight: None,
                     };
                     self.sync_groups.insert(g.name.clone(), group);
                     return true;

@@ -991,6 +991,7 @@ mod tests {
                 name: "G1".into(),
                 state: VrrpState::Master,
                 members: vec!["VI_1".into(), "VI_2".into()],
+                tracking_weight: Some(true),
             }];
         }
         a.virtual_servers = vec![VirtualServerReport {

@@ -27,6 +27,10 @@ pub struct SyncGroupNodeView {
     pub state: Option<VrrpState>,
     /// The group's instances that are MASTER there.
     pub master_of: Vec<String>,
+    /// Whether the group has `sync_group_tracking_weight` there (keepalived's data dump);
+    /// absent until the node's first data dump.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracking_weight: Option<bool>,
 }
 
 /// A `vrrp_sync_group` across the nodes of a cluster.
@@ -43,6 +47,28 @@ pub struct SyncGroupView {
     /// Why it is split, naming each node's MASTER members; absent when it is not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The nodes where keepalived ignores the weights tracked by the group's instances (no
+    /// `sync_group_tracking_weight`): hapulse's priority lever does not work there, so a
+    /// switchover of the group is refused (it would not stick: the old master would preempt
+    /// the VIPs back).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weights_ignored_on: Vec<String>,
+}
+
+impl SyncGroupView {
+    /// Why hapulse cannot move the group, when keepalived ignores its tracked weights on some
+    /// node.
+    pub fn weights_ignored(&self) -> Option<String> {
+        (!self.weights_ignored_on.is_empty()).then(|| {
+            format!(
+                "sync group {} has no sync_group_tracking_weight on {}: keepalived ignores the \
+                 weight of its tracked files there, and with it hapulse's priority lever (add \
+                 sync_group_tracking_weight to the vrrp_sync_group block)",
+                self.name,
+                self.weights_ignored_on.join(", ")
+            )
+        })
+    }
 }
 
 /// An LVS virtual server as one node reports it.
@@ -97,11 +123,8 @@ fn sync_group_view(name: &str, members: &BTreeSet<&str>, nodes: &[&NodeLive]) ->
     let group_nodes: Vec<SyncGroupNodeView> = nodes
         .iter()
         .filter_map(|n| {
-            let state = n
-                .sync_groups
-                .iter()
-                .find(|g| g.name == name)
-                .map(|g| g.state);
+            let reported_group = n.sync_groups.iter().find(|g| g.name == name);
+            let state = reported_group.map(|g| g.state);
             let reported: Vec<_> = n
                 .instances
                 .iter()
@@ -119,6 +142,7 @@ fn sync_group_view(name: &str, members: &BTreeSet<&str>, nodes: &[&NodeLive]) ->
                     .filter(|i| i.state == VrrpState::Master)
                     .map(|i| i.name.clone())
                     .collect(),
+                tracking_weight: reported_group.and_then(|g| g.tracking_weight),
             })
         })
         .collect();
@@ -137,12 +161,18 @@ fn sync_group_view(name: &str, members: &BTreeSet<&str>, nodes: &[&NodeLive]) ->
             each.join(", ")
         )
     });
+    let weights_ignored_on = group_nodes
+        .iter()
+        .filter(|n| n.tracking_weight == Some(false))
+        .map(|n| n.node_id.clone())
+        .collect();
     SyncGroupView {
         name: name.to_string(),
         members: members.iter().map(|m| m.to_string()).collect(),
         nodes: group_nodes,
         split,
         reason,
+        weights_ignored_on,
     }
 }
 
@@ -194,6 +224,7 @@ mod tests {
                 name: "G1".into(),
                 state,
                 members: vec!["VI_A".into(), "VI_B".into()],
+                tracking_weight: Some(true),
             }];
         }
         NodeLive::from_report(&report, chrono::Utc::now(), tokio::time::Instant::now())

@@ -711,6 +711,7 @@ mod tests {
             name: "G1".into(),
             state: VrrpState::Master,
             members: vec!["VI_1".into()],
+            tracking_weight: Some(true),
         }];
         let vs = VirtualServerReport {
             name: "[10.0.0.1]:tcp:80".into(),

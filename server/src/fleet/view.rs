@@ -687,9 +687,9 @@ fn groups_and_virtual_servers(
 ) {
     let sync_groups = crate::fleet::groups::sync_groups(nodes);
     for g in &sync_groups {
-        if let Some(reason) = &g.reason {
+        for reason in g.reason.iter().cloned().chain(g.weights_ignored()) {
             *health = (*health).max(Health::Degraded);
-            reasons.push(reason.clone());
+            reasons.push(reason);
         }
     }
     let virtual_servers = crate::fleet::groups::virtual_servers(nodes);

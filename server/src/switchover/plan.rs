@@ -287,6 +287,17 @@ fn sync_group_members<'c>(
     req: &SwitchoverRequest,
 ) -> Result<Vec<&'c view::InstanceView>, SwitchoverError> {
     let names = crate::fleet::groups::moves_with(&instance.name, &cluster.sync_groups);
+    if let Some(why) = cluster
+        .sync_groups
+        .iter()
+        .find(|g| g.members.contains(&instance.name))
+        .and_then(|g| g.weights_ignored())
+    {
+        return Err(SwitchoverError::from(Refusal::conflict(
+            "sync_group_weights_ignored",
+            format!("{why}; the switchover would not stick"),
+        )));
+    }
     let mut group = Vec::new();
     for name in names.into_iter().filter(|n| *n != instance.name) {
         let Some(other) = cluster.instances.iter().find(|i| i.name == name) else {
@@ -1019,11 +1030,26 @@ mod tests {
                 node_status: NodeStatus::Up,
                 state: Some(VrrpState::Master),
                 master_of: vec!["vi".into(), "vi2".into()],
+                tracking_weight: Some(true),
             }],
             split: false,
             reason: None,
+            weights_ignored_on: Vec::new(),
         }];
         c
+    }
+
+    #[test]
+    fn a_sync_group_whose_tracked_weights_keepalived_ignores_is_not_moved() {
+        let mut c = grouped();
+        c.sync_groups[0].weights_ignored_on = vec!["b".into()];
+        let mut req = request("b");
+        req.instance = Some("vi2".into());
+        let refusal = plan(&c, &req).unwrap_err().to_string();
+        assert!(
+            refusal.contains("sync_group_tracking_weight on b"),
+            "{refusal}"
+        );
     }
 
     #[test]

@@ -46,6 +46,7 @@ fn grouped(
             VrrpState::Backup
         },
         members: vec!["VI_1".into(), "VI_2".into()],
+        tracking_weight: Some(true),
     }];
     r
 }
