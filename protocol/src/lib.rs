@@ -424,6 +424,11 @@ pub const MAX_KEEPALIVED_ITEMS: usize = 256;
 /// Most real servers of one virtual server a server accepts (400 beyond).
 pub const MAX_REAL_SERVERS: usize = 1024;
 
+/// Most real servers one report lists, over all its virtual servers (400 beyond): about 100 KiB
+/// of JSON, well within the server's body limit. An agent counts the ones past it in each
+/// virtual server's `omitted_up`/`omitted_down` instead of listing them.
+pub const MAX_REAL_SERVERS_PER_REPORT: usize = 2048;
+
 /// Longest name of a sync group, tracked script or interface, virtual or real server a server
 /// accepts, in bytes (no control characters).
 pub const MAX_KEEPALIVED_NAME_BYTES: usize = 128;
@@ -496,15 +501,43 @@ pub struct VirtualServerReport {
     pub name: String,
     /// Its quorum is up (`VS NAME UP`): enough live real-server weight.
     pub up: bool,
-    /// Its real servers, as the FIFO last reported them.
+    /// Its real servers, as the FIFO last reported them (within
+    /// [`MAX_REAL_SERVERS_PER_REPORT`] over the report).
     pub real_servers: Vec<RealServerReport>,
+    /// Real servers up that the report does not list (past [`MAX_REAL_SERVERS_PER_REPORT`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted_up: u32,
+    /// Real servers down that the report does not list.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted_down: u32,
 }
 
 impl VirtualServerReport {
-    /// Real servers reported up.
+    /// Real servers reported up, listed or not.
     pub fn live_real_servers(&self) -> usize {
-        self.real_servers.iter().filter(|r| r.up).count()
+        self.real_servers.iter().filter(|r| r.up).count() + self.omitted_up as usize
     }
+}
+
+/// `servers` with at most [`MAX_REAL_SERVERS_PER_REPORT`] real servers listed over all of
+/// them, in order: the ones past it are counted in their virtual server's `omitted_up` and
+/// `omitted_down`, so a large LVS director's report stays within the server's body limit and
+/// its live counts stay right.
+pub fn bound_real_servers(mut servers: Vec<VirtualServerReport>) -> Vec<VirtualServerReport> {
+    let mut budget = MAX_REAL_SERVERS_PER_REPORT;
+    for vs in &mut servers {
+        let keep = vs.real_servers.len().min(budget);
+        budget -= keep;
+        for rs in vs.real_servers.drain(keep..) {
+            let omitted = if rs.up {
+                &mut vs.omitted_up
+            } else {
+                &mut vs.omitted_down
+            };
+            *omitted = omitted.saturating_add(1);
+        }
+    }
+    servers
 }
 
 /// One LVS `real_server` of a virtual server.

@@ -169,6 +169,8 @@ impl KeepalivedProbe {
                     name: name.to_string(),
                     up: false,
                     real_servers: Vec::new(),
+                    omitted_up: 0,
+                    omitted_down: 0,
                 }),
         )
     }
@@ -343,7 +345,9 @@ impl KeepalivedProbe {
             running,
             instances,
             sync_groups,
-            virtual_servers: self.virtual_servers.values().cloned().collect(),
+            virtual_servers: hapulse_protocol::bound_real_servers(
+                self.virtual_servers.values().cloned().collect(),
+            ),
         }
     }
 }
@@ -426,5 +430,36 @@ mod tests {
             ]
         );
         assert_eq!(vs.live_real_servers(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_large_lvs_director_lists_what_fits_and_counts_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = crate::config::Settings::default().keepalived;
+        settings.pid_file = dir.path().join("none.pid");
+        let mut probe = KeepalivedProbe::new(settings).await.unwrap();
+        // 200 virtual servers of 20 real servers (every third down): 4,000 in all.
+        for v in 0..200 {
+            let vs = format!("[10.213.{}.{}]:tcp:80", 100 + v / 200, v % 200);
+            for r in 0..20 {
+                let state = if r % 3 == 0 { "DOWN" } else { "UP" };
+                let line = format!("RS [10.214.{v}.{r}]:tcp:80 {vs} {state}");
+                probe.apply_line(&parse_line(&line).unwrap());
+            }
+        }
+        let report = probe.snapshot().await;
+        let vs = &report.virtual_servers;
+        assert_eq!(vs.len(), 200);
+        let listed: usize = vs.iter().map(|v| v.real_servers.len()).sum();
+        assert_eq!(listed, hapulse_protocol::MAX_REAL_SERVERS_PER_REPORT);
+        let total: usize = vs
+            .iter()
+            .map(|v| v.real_servers.len() + (v.omitted_up + v.omitted_down) as usize)
+            .sum();
+        assert_eq!(total, 4_000, "every real server listed or counted");
+        let live: usize = vs.iter().map(|v| v.live_real_servers()).sum();
+        assert_eq!(live, 200 * 13, "the live counts stay right");
+        let body = serde_json::to_vec(&report).unwrap();
+        assert!(body.len() < 256 * 1024, "{} bytes", body.len());
     }
 }

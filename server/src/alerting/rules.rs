@@ -1002,6 +1002,8 @@ mod tests {
                 up: false,
                 weight: None,
             }],
+            omitted_up: 0,
+            omitted_down: 0,
         }];
         let found = rules(vec![a, b]);
         assert!(

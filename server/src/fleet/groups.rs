@@ -82,10 +82,18 @@ pub struct VirtualServerView {
     pub name: String,
     /// Its quorum is up.
     pub up: bool,
-    /// Real servers reported up.
+    /// Real servers reported up (listed or not).
     pub live_real_servers: usize,
-    /// Its real servers.
+    /// Its real servers, as far as the report lists them.
     pub real_servers: Vec<RealServerReport>,
+    /// Real servers the report counts without listing them (a director with more than
+    /// `MAX_REAL_SERVERS_PER_REPORT` over its virtual servers).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub unlisted_real_servers: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl VirtualServerView {
@@ -188,6 +196,7 @@ pub fn virtual_servers(nodes: &[&NodeLive]) -> Vec<VirtualServerView> {
                 up: v.up,
                 live_real_servers: v.live_real_servers(),
                 real_servers: v.real_servers.clone(),
+                unlisted_real_servers: (v.omitted_up + v.omitted_down) as usize,
             })
         })
         .collect()
@@ -284,11 +293,15 @@ mod tests {
                     rs("[10.213.40.11]:tcp:80", true),
                     rs("[10.213.40.12]:tcp:80", false),
                 ],
+                omitted_up: 0,
+                omitted_down: 0,
             },
             VirtualServerReport {
                 name: "FWM 5".into(),
                 up: false,
                 real_servers: vec![rs("[10.213.40.13]:tcp:443", false)],
+                omitted_up: 0,
+                omitted_down: 0,
             },
         ];
         let v = virtual_servers(&[&a]);

@@ -65,6 +65,8 @@ fn web(up11: bool, up12: bool) -> VirtualServerReport {
             rs("[10.0.0.11]:tcp:80", up11),
             rs("[10.0.0.12]:tcp:80", up12),
         ],
+        omitted_up: 0,
+        omitted_down: 0,
     }
 }
 
