@@ -432,12 +432,21 @@ fn nodes_down(f: &mut Findings<'_>, c: &ClusterView) {
                 node: Some(&n.node_id),
                 ..Subject::default()
             },
-            format!(
-                "node {} in {} sends no heartbeats (down since {})",
-                n.node_id,
-                c.name,
-                n.status_since.format("%H:%M:%S UTC")
-            ),
+            match &n.refused_report {
+                None => format!(
+                    "node {} in {} sends no heartbeats (down since {})",
+                    n.node_id,
+                    c.name,
+                    n.status_since.format("%H:%M:%S UTC")
+                ),
+                Some(r) => format!(
+                    "node {} in {} sends heartbeats the server refuses (down since {}): {}",
+                    n.node_id,
+                    c.name,
+                    n.status_since.format("%H:%M:%S UTC"),
+                    r.reason
+                ),
+            },
             AT_ONCE,
         );
     }

@@ -113,6 +113,19 @@ pub struct NodeLive {
     /// agents without `[pacemaker]`). Stored (in `nodes.pacemaker`) when its DC, quorum, a
     /// node's flags, a resource's role or place or the failed actions change.
     pub pacemaker: Option<hapulse_protocol::PacemakerReport>,
+    /// The last report of this node the server refused (400: malformed, out of bounds) since
+    /// it last accepted one: a node whose reports are refused looks silent, and this says why.
+    /// In memory only; cleared by the next accepted report.
+    pub refused_report: Option<RefusedReport>,
+}
+
+/// A node's report the server refused.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct RefusedReport {
+    /// When (server clock).
+    pub at: DateTime<Utc>,
+    /// Why, as the agent was answered (the field and the rule; at most 300 characters).
+    pub reason: String,
 }
 
 impl NodeLive {
@@ -145,6 +158,7 @@ impl NodeLive {
             checks: Vec::new(),
             arp: None,
             pacemaker: None,
+            refused_report: None,
         };
         node.apply(report, received_at, now);
         node
@@ -173,6 +187,7 @@ impl NodeLive {
             .clone_from(&report.keepalived.virtual_servers);
         self.spool_depth = report.spool_depth;
         self.spool_dropped = report.spool_dropped;
+        self.refused_report = None;
         let mut links = report.replication.clone();
         links.sort_by_key(ReplicationLinkReport::key);
         self.replication = links;

@@ -124,6 +124,7 @@ async fn load_nodes(pool: &PgPool, now: Instant) -> Result<Live, sqlx::Error> {
             arp: None,
             spool_depth: row.try_get::<i64, _>("spool_depth")? as u64,
             spool_dropped: row.try_get::<i64, _>("spool_dropped")? as u64,
+            refused_report: None,
         };
         live.nodes.insert(node.node_id.clone(), node);
     }

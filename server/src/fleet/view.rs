@@ -161,6 +161,10 @@ pub struct NodeSummary {
     pub checks: Vec<ServiceCheckReport>,
     /// How many of them are not passing.
     pub checks_failing: usize,
+    /// Its last report the server refused, since it last accepted one (why a node that runs
+    /// looks silent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused_report: Option<crate::fleet::live::RefusedReport>,
 }
 
 /// A cluster with its verdict.
@@ -325,6 +329,7 @@ fn summary(node: &NodeLive, now: DateTime<Utc>) -> NodeSummary {
         agent_version: node.agent_version.clone(),
         checks: node.checks.clone(),
         checks_failing: node.checks.iter().filter(|c| !c.passing).count(),
+        refused_report: node.refused_report.clone(),
     }
 }
 
@@ -655,6 +660,15 @@ pub fn cluster_view_of(
         {
             health = health.max(Health::Degraded);
             reasons.push(format!("node {} is {}", node.node_id, node.status.as_str()));
+        }
+    }
+    for node in &nodes {
+        if let Some(r) = &node.refused_report {
+            health = health.max(Health::Degraded);
+            reasons.push(format!(
+                "the server refuses node {}'s reports: {}",
+                node.node_id, r.reason
+            ));
         }
     }
     let (sync_groups, virtual_servers) =

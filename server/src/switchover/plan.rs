@@ -910,6 +910,7 @@ mod tests {
             agent_version: "test".into(),
             checks: Vec::new(),
             checks_failing: 0,
+            refused_report: None,
         }
     }
 

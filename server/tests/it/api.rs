@@ -1083,3 +1083,43 @@ async fn transition_batches_store_every_node_instance_and_link(pool: PgPool) {
     );
     server.stop().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_node_whose_reports_are_refused_says_why(pool: PgPool) {
+    let server = TestServer::start(pool).await;
+    let boot = Uuid::new_v4();
+    let credential = server.credential("a").await;
+    let send = |body: serde_json::Value| {
+        server
+            .http
+            .post(format!("{}/api/agent/v1/heartbeat", server.url))
+            .bearer_auth(&credential)
+            .json(&body)
+            .send()
+    };
+    let good = |seq| serde_json::to_value(report("a", boot, seq, VrrpState::Master, true)).unwrap();
+    assert_eq!(send(good(1)).await.unwrap().status().as_u16(), 200);
+    // The agent runs, but what it sends is refused (here a VIP that is no address): the node
+    // will look silent, and the server keeps why.
+    let mut bad = good(2);
+    bad["keepalived"]["instances"][0]["vips"][0] = "not-an-ip".into();
+    assert_eq!(send(bad).await.unwrap().status().as_u16(), 400);
+    let (_, c) = server.get_json("/api/v1/clusters/c").await;
+    let refused = &c["nodes"][0]["refused_report"];
+    assert!(
+        refused["reason"].as_str().unwrap().contains("vips[0]"),
+        "{c:#}"
+    );
+    assert!(
+        c["reasons"]
+            .to_string()
+            .contains("the server refuses node a's reports"),
+        "{c:#}"
+    );
+    let (_, page) = server.get_text("/nodes/a").await;
+    assert!(page.contains("Reports refused"), "{page}");
+    // The next report it sends well clears it.
+    assert_eq!(send(good(3)).await.unwrap().status().as_u16(), 200);
+    let (_, c) = server.get_json("/api/v1/clusters/c").await;
+    assert!(c["nodes"][0].get("refused_report").is_none(), "{c:#}");
+}

@@ -19,6 +19,19 @@ use crate::http::extract::{AgentAuth, ApiJson, ApiQuery};
 use crate::refusal::Refusal;
 use crate::state::AppState;
 
+/// Keeps why `node_id`'s report was refused on the node (shown until it reports well again).
+fn remember_refusal(state: &AppState, node_id: &str, why: &str) {
+    let mut live = state.live_mut();
+    if let Some(node) = live.nodes.get_mut(node_id) {
+        node.refused_report = Some(crate::fleet::live::RefusedReport {
+            at: chrono::Utc::now(),
+            reason: why.chars().take(300).collect(),
+        });
+        let cluster = node.cluster.clone();
+        live.changed.insert(cluster);
+    }
+}
+
 /// `POST /api/agent/v1/heartbeat`: one [`HeartbeatReport`]. Answers 200 with a
 /// [`HeartbeatAck`] once the report is durable (`accepted: false` for a replay), 400 naming the
 /// field for a malformed report, 401 without a node credential, 403 for a report of another
@@ -59,7 +72,18 @@ pub async fn heartbeat(
             state
                 .metrics
                 .heartbeat("rejected", std::time::Duration::ZERO);
-            tracing::warn!(error = %e, "heartbeat refused");
+            tracing::warn!(node_id = %auth.0.node_id, error = %e, "heartbeat refused");
+            let why = match &e {
+                AppError::Refused(r) => Some(match &r.field {
+                    Some(field) => format!("{field}: {}", r.message),
+                    None => r.message.clone(),
+                }),
+                AppError::PayloadTooLarge(_) => Some(e.to_string()),
+                _ => None,
+            };
+            if let Some(why) = why {
+                remember_refusal(&state, &auth.0.node_id, &why);
+            }
             return Err(e);
         }
     };
