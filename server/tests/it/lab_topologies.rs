@@ -30,6 +30,13 @@ const N_PLUS_ONE_LAB: Lab = Lab {
     up: false,
 };
 
+/// Three hosts as `N_PLUS_ONE_LAB`, for two failures at once.
+const N_PLUS_ONE_TWICE_LAB: Lab = Lab {
+    name: "hpspar2",
+    net: "10.213.49",
+    port: 18149,
+    up: false,
+};
 /// Four hosts, two pairs in one cluster: VI_1 on h1 (h2 its standby), VI_2 on h3 (h4).
 const TWO_PAIRS_LAB: Lab = Lab {
     name: "hpquad",
@@ -376,5 +383,65 @@ async fn two_pairs_sharing_no_node_fail_over_at_once(pool: PgPool) {
         .collect();
     held.sort_unstable();
     assert_eq!(held, ["VI_1", "VI_2"], "{f:#}");
+    server.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn n_plus_one_two_failures_at_once_are_taken_one_after_the_other(pool: PgPool) {
+    require_root_and_tools();
+    let lab = N_PLUS_ONE_TWICE_LAB
+        .up(&pool, &["3", "--services", "h1:h3,h2:h3"])
+        .await;
+    let name = lab.name;
+    let server = lab
+        .start_server_with(pool.clone(), auto_settings(&lab))
+        .await;
+    settled(&server, name, &[("VI_1", "h1"), ("VI_2", "h2")]).await;
+    psql(&lab, "h1", 1, "CREATE TABLE a AS SELECT 1 AS g").expect("write on service 1");
+    psql(&lab, "h2", 2, "CREATE TABLE b AS SELECT 2 AS g").expect("write on service 2");
+    eventually(30, "the spare replayed both", || async {
+        (psql(&lab, "h3", 1, "SELECT count(*) FROM a")? == "1"
+            && psql(&lab, "h3", 2, "SELECT count(*) FROM b")? == "1")
+            .then_some(())
+    })
+    .await;
+
+    // Both active hosts lose power together. The spare takes both services, one failover after
+    // the other: each touches h3, and a node sees one move at a time.
+    power_cut(&lab, "h1");
+    power_cut(&lab, "h2");
+    let mut done = vec![
+        nth_failover(&server, &pool, name, 0).await,
+        nth_failover(&server, &pool, name, 1).await,
+    ];
+    done.sort();
+    assert_eq!(
+        done,
+        [
+            ("VI_1".to_string(), "h3".to_string()),
+            ("VI_2".to_string(), "h3".to_string())
+        ]
+    );
+    let one_after_the_other: bool = sqlx::query_scalar(
+        "SELECT max(started_at) >= min(finished_at) FROM switchovers
+          WHERE cluster = $1 AND kind = 'failover'",
+    )
+    .bind(name)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        one_after_the_other,
+        "the second started after the first ended"
+    );
+    eventually(30, "both services on the spare", || async {
+        (psql(&lab, "h3", 1, "SELECT count(*), pg_is_in_recovery() FROM a")? == "1|f"
+            && psql(&lab, "h3", 2, "SELECT count(*), pg_is_in_recovery() FROM b")? == "1|f"
+            && holds(&lab, "h3", 1)
+            && holds(&lab, "h3", 2))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(moves(&pool, name).await.len(), 2);
     server.stop().await;
 }
