@@ -27,8 +27,9 @@ use uuid::Uuid;
 /// agents one host at a time after; others are refused (HTTP 400, code `protocol_version`).
 ///
 /// Version 2 added [`HeartbeatReport::highest_epoch`]; version 3 [`HeartbeatReport::checks`]
-/// and [`HeartbeatReport::arp`].
-pub const PROTOCOL_VERSION: u32 = 3;
+/// and [`HeartbeatReport::arp`]; version 4 [`SyncGroupReport::tracking_weight`] and
+/// [`VirtualServerReport::omitted_up`]/`omitted_down`.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The oldest protocol version a server of this version still accepts.
 pub const OLDEST_PROTOCOL_VERSION: u32 = 1;
@@ -424,9 +425,10 @@ pub const MAX_KEEPALIVED_ITEMS: usize = 256;
 /// Most real servers of one virtual server a server accepts (400 beyond).
 pub const MAX_REAL_SERVERS: usize = 1024;
 
-/// Most real servers one report lists, over all its virtual servers (400 beyond): about 100 KiB
-/// of JSON, well within the server's body limit. An agent counts the ones past it in each
-/// virtual server's `omitted_up`/`omitted_down` instead of listing them.
+/// Most real servers one report lists, over all its virtual servers: about 100 KiB of JSON, well
+/// within the server's body limit. An agent counts the ones past it in each virtual server's
+/// `omitted_up`/`omitted_down` instead of listing them (and a server does the same with a
+/// report of an agent before this bound).
 pub const MAX_REAL_SERVERS_PER_REPORT: usize = 2048;
 
 /// Longest name of a sync group, tracked script or interface, virtual or real server a server

@@ -121,8 +121,17 @@ pub async fn insert(
         + chrono::Duration::from_std(c.deadline).unwrap_or(chrono::Duration::seconds(30));
     sqlx::query(
         // clock_timestamp(), not now(): commands inserted in one transaction keep their order.
+        // A command outside a run (a fence, an ARP check, an unfence) to a node a run of
+        // another instance holds carries that run's epoch, not a newer one another run raised:
+        // a node never sees an epoch above its run's, so none of its run's commands is stale.
         "INSERT INTO commands (id, cluster, node_id, epoch, action, deadline, switchover_id, state, requested_by, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, clock_timestamp())",
+         VALUES ($1, $2, $3,
+                 CASE WHEN $7::uuid IS NULL THEN
+                      LEAST($4, (SELECT max(epoch) FROM switchovers
+                                  WHERE cluster = $2 AND state = 'running'
+                                    AND (cardinality(nodes) = 0 OR $3 = ANY(nodes))))
+                 ELSE $4 END,
+                 $5, $6, $7, 'pending', $8, clock_timestamp())",
     )
     .bind(id)
     .bind(&c.cluster)

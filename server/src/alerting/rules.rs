@@ -350,7 +350,7 @@ fn keepalived_group_rules(f: &mut Findings<'_>, c: &ClusterView) {
                 v.name,
                 v.node_id,
                 c.name,
-                v.real_servers.len()
+                v.real_servers.len() + v.unlisted_real_servers
             ),
             AT_ONCE,
         );

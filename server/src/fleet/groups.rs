@@ -171,7 +171,7 @@ fn sync_group_view(name: &str, members: &BTreeSet<&str>, nodes: &[&NodeLive]) ->
     });
     let weights_ignored_on = group_nodes
         .iter()
-        .filter(|n| n.tracking_weight == Some(false))
+        .filter(|n| n.tracking_weight == Some(false) && n.node_status != NodeStatus::Down)
         .map(|n| n.node_id.clone())
         .collect();
     SyncGroupView {

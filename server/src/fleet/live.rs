@@ -1099,6 +1099,11 @@ fn real_server_events(
             let was = before
                 .and_then(|b| b.real_servers.iter().find(|o| o.address == rs.address))
                 .map(|o| o.up);
+            // Not listed before, but maybe counted unlisted (a large director): no news.
+            let unlisted_before = before.is_some_and(|b| b.omitted_up + b.omitted_down > 0);
+            if was.is_none() && unlisted_before {
+                continue;
+            }
             if was != Some(rs.up) && !(was.is_none() && rs.up) {
                 changes.push((Some(&rs.address), was, rs.up));
             }
@@ -1110,7 +1115,7 @@ fn real_server_events(
                     vs.name,
                     word(up),
                     vs.live_real_servers(),
-                    vs.real_servers.len()
+                    vs.real_servers.len() + (vs.omitted_up + vs.omitted_down) as usize
                 ),
                 None => format!("virtual server {} on {node}: quorum {}", vs.name, word(up)),
             };

@@ -156,14 +156,6 @@ fn check_keepalived_extras(report: &HeartbeatReport) -> Result<(), IngestError> 
             keepalived_name(format!("{field}[{r}].address"), &rs.address)?;
         }
     }
-    let listed: usize = k.virtual_servers.iter().map(|v| v.real_servers.len()).sum();
-    if let Some(e) = many(
-        "keepalived.virtual_servers[].real_servers (all together)",
-        listed,
-        hapulse_protocol::MAX_REAL_SERVERS_PER_REPORT,
-    ) {
-        return Err(e);
-    }
     Ok(())
 }
 
@@ -743,16 +735,6 @@ mod tests {
         many.keepalived.virtual_servers[0].real_servers =
             vec![vs.real_servers[0].clone(); MAX_REAL_SERVERS + 1];
         assert!(refusal_text(&many).contains("keepalived.virtual_servers[0].real_servers"));
-        // Within each virtual server's bound, but more than a report lists over all of them.
-        let mut all = r.clone();
-        all.keepalived.virtual_servers = vec![vs.clone(); 3];
-        for v in &mut all.keepalived.virtual_servers {
-            v.real_servers = vec![
-                vs.real_servers[0].clone();
-                hapulse_protocol::MAX_REAL_SERVERS_PER_REPORT / 3 + 1
-            ];
-        }
-        assert!(refusal_text(&all).contains("(all together)"));
 
         let mut control = r;
         control.keepalived.virtual_servers[0].real_servers[0].address = "[x]\n".into();

@@ -132,14 +132,8 @@ impl<'a> Run<'a> {
     /// A newer epoch for the commands that undo what a stopped run did, so a late copy of one
     /// of its own commands cannot undo them in turn (kept when the database cannot raise it).
     async fn raise_epoch(&mut self) {
-        let raised: Result<i64, sqlx::Error> = sqlx::query_scalar(
-            "UPDATE clusters SET epoch = epoch + 1 WHERE name = $1 RETURNING epoch",
-        )
-        .bind(&self.sw.cluster)
-        .fetch_one(&self.state.db)
-        .await;
-        if let Ok(epoch) = raised {
-            self.epoch = epoch as u64;
+        if let Ok(epoch) = crate::switchover::store::raise_epoch(&self.state.db, self.sw.id).await {
+            self.epoch = epoch;
         }
     }
 

@@ -25,10 +25,11 @@ use crate::access::audit::Audit;
 use crate::agents::commands;
 use crate::alerting::silences::{self, NewSilence, Silence};
 use crate::fleet::live::EventKind;
+use crate::fleet::view::ClusterView;
 use crate::state::AppState;
 use crate::switchover::executor::Run;
 use crate::switchover::plan::{
-    cluster_view, plan, rejoin_plan, vip_follow_plan, SwitchoverRequest,
+    cluster_view, plan, rejoin_plan, vip_follow_plan, Plan, SwitchoverRequest,
 };
 use crate::switchover::store::{self, event, get, log_db, Switchover};
 
@@ -79,9 +80,10 @@ async fn run(state: &AppState, id: Uuid) -> Result<(), sqlx::Error> {
             _ = state.shutdown.cancelled() => return Ok(()),
         }
     }
-    if !store::start(&state.db, id).await? {
+    let Some(epoch) = store::start(&state.db, id).await? else {
         return Ok(()); // cancelled meanwhile
-    }
+    };
+    let sw = Switchover { epoch, ..sw };
     let mut run = Run::new(state, sw.clone());
     let silence = silence_alerts(state, &sw).await;
     let started = format!(
@@ -172,15 +174,35 @@ async fn replan(state: &AppState, sw: &Switchover) -> Result<(), String> {
     let view = cluster_view(state, &sw.cluster)
         .await
         .map_err(|e| e.to_string())?;
+    let p = replanned(&view, sw)?;
+    // The run holds the nodes it was accepted with: one that joined the unit since (say a new
+    // member of the instance) may be in another run, and would get this run's commands.
+    let joined: Vec<&str> = p
+        .nodes
+        .iter()
+        .filter(|n| !sw.nodes.is_empty() && !sw.nodes.contains(n))
+        .map(String::as_str)
+        .collect();
+    if !joined.is_empty() {
+        return Err(format!(
+            "{} joined {} since the request: plan the move again",
+            joined.join(", "),
+            sw.instance
+        ));
+    }
+    Ok(())
+}
+
+/// The plan of `sw` made again on `view`, or why it no longer holds.
+fn replanned(view: &ClusterView, sw: &Switchover) -> Result<Plan, String> {
     if sw.kind == "rejoin" {
         let link = sw.link.as_deref().ok_or("a rejoin without a link")?;
-        return rejoin_plan(&view, &sw.instance, link, &sw.old_master, &sw.target_node)
-            .map(|_| ())
+        return rejoin_plan(view, &sw.instance, link, &sw.old_master, &sw.target_node)
             .map_err(|e| e.to_string());
     }
     if sw.kind == "vip_follow" {
         let link = sw.link.as_deref().ok_or("a VIP follow without a link")?;
-        vip_follow_plan(&view, &sw.instance, link, &sw.old_master, &sw.target_node)
+        let p = vip_follow_plan(view, &sw.instance, link, &sw.old_master, &sw.target_node)
             .map_err(|e| e.to_string())?;
         let holder = view
             .instances
@@ -188,7 +210,7 @@ async fn replan(state: &AppState, sw: &Switchover) -> Result<(), String> {
             .find(|i| i.name == sw.instance)
             .and_then(|i| i.master.clone());
         return if holder.as_deref() == Some(sw.target_node.as_str()) {
-            Ok(())
+            Ok(p)
         } else {
             Err(format!(
                 "keepalived moved the VIP again (master now {}): nothing to follow",
@@ -204,9 +226,9 @@ async fn replan(state: &AppState, sw: &Switchover) -> Result<(), String> {
         max_lag_bytes: None,
         scheduled_at: None,
     };
-    let p = plan(&view, &req).map_err(|e| e.to_string())?;
+    let p = plan(view, &req).map_err(|e| e.to_string())?;
     if p.old_master == sw.old_master && p.link == sw.link {
-        Ok(())
+        Ok(p)
     } else {
         Err(format!(
             "the cluster changed since the request (master now {}, link {:?})",

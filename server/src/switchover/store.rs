@@ -49,8 +49,12 @@ pub struct Switchover {
     pub requested_by: String,
     /// `scheduled`, `running`, `succeeded`, `failed`, `cancelled`.
     pub state: String,
-    /// The cluster epoch it raised.
+    /// Its epoch: the cluster's, raised when it was accepted, again when it started and when it
+    /// undid what it did.
     pub epoch: u64,
+    /// The nodes it touches (sorted; empty for a run stored by a server before moves per
+    /// node): no other active run touches one of them.
+    pub nodes: Vec<String>,
     /// When it was requested.
     pub created_at: DateTime<Utc>,
     /// When it should start.
@@ -69,7 +73,7 @@ pub struct Switchover {
 pub async fn get(pool: &sqlx::PgPool, id: Uuid) -> Result<Option<Switchover>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT id, kind, automatic, acknowledged_at, acknowledged_by, cluster, instance, target_node,
-                old_master, link, reason, requested_by, state, epoch,
+                old_master, link, reason, requested_by, state, epoch, nodes,
                 created_at, scheduled_at, started_at, finished_at, steps, error
            FROM switchovers WHERE id = $1",
     )
@@ -93,6 +97,7 @@ pub async fn get(pool: &sqlx::PgPool, id: Uuid) -> Result<Option<Switchover>, sq
         requested_by: r.try_get("requested_by")?,
         state: r.try_get("state")?,
         epoch: r.try_get::<i64, _>("epoch")? as u64,
+        nodes: r.try_get("nodes")?,
         created_at: r.try_get("created_at")?,
         scheduled_at: r.try_get("scheduled_at")?,
         started_at: r.try_get("started_at")?,
@@ -237,12 +242,42 @@ pub async fn cancel(state: &AppState, id: Uuid, who: &Principal) -> Result<(), S
 
 /// Marks scheduled run `id` running; `false` when it is no longer scheduled (cancelled
 /// meanwhile).
-pub(super) async fn start(pool: &sqlx::PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
-    let started = sqlx::query("UPDATE switchovers SET state = 'running', started_at = now() WHERE id = $1 AND state = 'scheduled'")
-        .bind(id)
-        .execute(pool)
-        .await?;
-    Ok(started.rows_affected() > 0)
+pub(super) async fn start(pool: &sqlx::PgPool, id: Uuid) -> Result<Option<u64>, sqlx::Error> {
+    // A run waits (scheduled for later, or for its executor) while moves of other instances on
+    // other nodes raise the cluster's epoch: it takes a new one as it starts, so its commands
+    // are never older than one its nodes have already seen.
+    let epoch: Option<i64> = sqlx::query_scalar(
+        "WITH raised AS (
+             UPDATE clusters SET epoch = epoch + 1
+              WHERE name = (SELECT cluster FROM switchovers WHERE id = $1 AND state = 'scheduled')
+              RETURNING epoch)
+         UPDATE switchovers SET state = 'running', started_at = now(),
+                                epoch = (SELECT epoch FROM raised)
+          WHERE id = $1 AND state = 'scheduled'
+          RETURNING epoch",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(epoch.map(|e| e as u64))
+}
+
+/// Raises the cluster's epoch for running run `id` (the commands that undo what a stopped run
+/// did) and records it as the run's: commands outside runs sent to its nodes meanwhile carry it
+/// ([`crate::agents::commands::insert`]).
+pub(super) async fn raise_epoch(pool: &sqlx::PgPool, id: Uuid) -> Result<u64, sqlx::Error> {
+    let epoch: i64 = sqlx::query_scalar(
+        "WITH raised AS (
+             UPDATE clusters SET epoch = epoch + 1
+              WHERE name = (SELECT cluster FROM switchovers WHERE id = $1)
+              RETURNING epoch)
+         UPDATE switchovers SET epoch = (SELECT epoch FROM raised) WHERE id = $1
+          RETURNING epoch",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await?;
+    Ok(epoch as u64)
 }
 
 /// Stores the steps of run `id` with their states.

@@ -93,3 +93,51 @@ async fn two_moves_racing_for_one_node_are_ordered(pool: PgPool) {
     first.commit().await.unwrap();
     assert!(refused(racing.await.unwrap()));
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_command_outside_a_run_never_carries_an_epoch_above_the_run_of_its_node(pool: PgPool) {
+    use hapulse_server::agents::commands::{insert as insert_command, NewCommand};
+    let server = TestServer::start(pool).await;
+    let db = &server.pool;
+    sqlx::query("INSERT INTO clusters (name, epoch) VALUES ('c', 12)")
+        .execute(db)
+        .await
+        .unwrap();
+    // A failover of VI_1 on h1/h2 runs at epoch 11; another instance's move raised the
+    // cluster's epoch to 12 since.
+    let run = insert(db, "VI_1", &["h1", "h2"]).await.unwrap();
+    sqlx::query("UPDATE switchovers SET epoch = 11 WHERE id = $1")
+        .bind(run)
+        .execute(db)
+        .await
+        .unwrap();
+    let queue = |node: &'static str, switchover_id: Option<Uuid>| async move {
+        let mut tx = db.begin().await.unwrap();
+        let id = insert_command(
+            &mut tx,
+            &NewCommand {
+                cluster: "c".into(),
+                node_id: node.into(),
+                epoch: 12,
+                action: hapulse_protocol::Action::ArpCheck {},
+                deadline: std::time::Duration::from_secs(30),
+                switchover_id,
+                requested_by: "test".into(),
+            },
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        sqlx::query_scalar::<_, i64>("SELECT epoch FROM commands WHERE id = $1")
+            .bind(id)
+            .fetch_one(db)
+            .await
+            .unwrap()
+    };
+    // An ARP check of h1 (in the run) carries the run's epoch: the run's next command to h1,
+    // at 11, is not stale there. h3 (in no run) gets the cluster's.
+    assert_eq!(queue("h1", None).await, 11);
+    assert_eq!(queue("h3", None).await, 12);
+    // A run's own command keeps its epoch.
+    assert_eq!(queue("h1", Some(run)).await, 12);
+}

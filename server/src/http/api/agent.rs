@@ -44,7 +44,11 @@ pub async fn heartbeat(
     body: Result<ApiJson<HeartbeatReport>, AppError>,
 ) -> Result<Json<HeartbeatAck>, AppError> {
     let report = match body
-        .and_then(|ApiJson(r)| {
+        .and_then(|ApiJson(mut r)| {
+            // An agent before the bound lists every real server: counted past it, not refused.
+            r.keepalived.virtual_servers = hapulse_protocol::bound_real_servers(std::mem::take(
+                &mut r.keepalived.virtual_servers,
+            ));
             validate(&r)
                 .and_then(|()| check_interval(&r, state.settings().detector.max_heartbeat_interval))
                 .map(|()| r)
