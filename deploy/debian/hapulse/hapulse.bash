@@ -775,7 +775,7 @@ _hapulse() {
             return 0
             ;;
         hapulse__subcmd__history)
-            opts="-o -h --metric --link --since --server --token --config --output --help"
+            opts="-o -h --metric --link --check --since --server --token --config --output --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -786,6 +786,10 @@ _hapulse() {
                     return 0
                     ;;
                 --link)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --check)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

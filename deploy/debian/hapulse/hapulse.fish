@@ -176,8 +176,9 @@ json\t'The server\'s JSON, for scripts'"
 complete -c hapulse -n "__fish_hapulse_using_subcommand nodes; and __fish_seen_subcommand_from unfence" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c hapulse -n "__fish_hapulse_using_subcommand nodes; and __fish_seen_subcommand_from help" -f -a "unfence" -d 'Lift the fence kept on a node that has rejoined (its priority is lowered first)'
 complete -c hapulse -n "__fish_hapulse_using_subcommand nodes; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c hapulse -n "__fish_hapulse_using_subcommand history" -l metric -d 'lag_bytes, lag_seconds (with --link), heartbeats or load1' -r
+complete -c hapulse -n "__fish_hapulse_using_subcommand history" -l metric -d 'lag_bytes, lag_seconds (with --link), heartbeats, load1, check_passing or check_duration_ms (with --check)' -r
 complete -c hapulse -n "__fish_hapulse_using_subcommand history" -l link -d 'The replication link, for lag (`postgresql:pg`)' -r
+complete -c hapulse -n "__fish_hapulse_using_subcommand history" -l check -d 'The service check, for check_passing and check_duration_ms (`pg-port`)' -r
 complete -c hapulse -n "__fish_hapulse_using_subcommand history" -l since -d 'How far back (`1h`, `7d`)' -r
 complete -c hapulse -n "__fish_hapulse_using_subcommand history" -l server -d 'The server\'s base URL (`https://hapulse.example:8080`)' -r
 complete -c hapulse -n "__fish_hapulse_using_subcommand history" -l token -d 'An API token (`hpt_…`, from `hapulse-server token create`); never printed' -r

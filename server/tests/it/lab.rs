@@ -648,14 +648,15 @@ async fn rest_switchover_moves_the_vip_for_good_and_fences_old_epochs(pool: PgPo
     println!("REST call → VIP on the target: {:?}", posted.elapsed());
     let sw = finished_switchover(&server, accepted["id"].as_str().unwrap()).await;
     assert_eq!(sw["state"], "succeeded", "{sw:#}");
-    assert_eq!(sw["epoch"], 1);
+    // Epoch 1 when accepted, 2 when it started (a run takes a new epoch as it starts).
+    assert_eq!(sw["epoch"], 2);
 
     // It sticks: h1 does not preempt back.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(lab.holds_vip("h2") && !lab.holds_vip("h1"));
     let (_, cluster) = server.get_json(&format!("/api/v1/clusters/{name}")).await;
     assert_eq!(cluster["instances"][0]["master"], "h2", "{cluster}");
-    assert_eq!(cluster["epoch"], 1);
+    assert_eq!(cluster["epoch"], 2);
     let (_, page) = server.get_text(&format!("/clusters/{name}")).await;
     assert!(
         page.contains("master: <span class=\"master\">h2</span>"),
@@ -678,7 +679,7 @@ async fn rest_switchover_moves_the_vip_for_good_and_fences_old_epochs(pool: PgPo
     let hook_log =
         std::fs::read_to_string(format!("/run/hapulse-lab/{name}/hook.log")).unwrap_or_default();
     assert!(
-        hook_log.contains("h1 pre target=h2 epoch=1") && hook_log.contains("h2 post target=h2"),
+        hook_log.contains("h1 pre target=h2 epoch=2") && hook_log.contains("h2 post target=h2"),
         "{hook_log}"
     );
 
@@ -712,7 +713,7 @@ async fn rest_switchover_moves_the_vip_for_good_and_fences_old_epochs(pool: PgPo
     assert_eq!(state, "refused");
     assert!(result
         .unwrap_or_default()
-        .contains("epoch 0 is older than epoch 1"));
+        .contains("epoch 0 is older than epoch 2"));
     assert_eq!(
         std::fs::read_to_string(lab.host_dir("h2").join("track/VI_1.fence"))
             .unwrap()
