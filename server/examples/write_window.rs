@@ -328,10 +328,11 @@ struct Setup {
     config: String,
 }
 
-/// One run: a fresh lab, the writers, a switchover to h2, then h2's power cut.
+/// One run: a fresh lab, the writers, then [`moves`].
 async fn run(lab: &Lab, setup: &Setup, n: usize) -> Result<(Figures, Figures), String> {
     let hosts = setup.hosts.to_string();
     lab.run(&["down"])?;
+    forget_kept_fences().await?;
     lab.run_with(
         &["up", &hosts, "--postgres", "--advert-int", &setup.advert],
         &[("HAPULSE_CONFIG", setup.config.as_str())],
@@ -357,7 +358,35 @@ async fn run(lab: &Lab, setup: &Setup, n: usize) -> Result<(Figures, Figures), S
         tokio::spawn(writer(1, true, Arc::clone(&pooled), Arc::clone(&stop))),
     ];
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let result = moves(lab, setup, n, &http, (&fresh, &pooled)).await;
+    // The writers stop whatever happened: the next run has a new lab.
+    *stop.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    for w in writers {
+        let _ = w.await;
+    }
+    result
+}
 
+/// Waits (on a blocking thread, the runtime's workers carry the writers) for the first VIP
+/// [`watch_vips`] sees, at most `limit`.
+async fn first_vip(
+    vips: std::sync::mpsc::Receiver<(Instant, String)>,
+    limit: Duration,
+) -> Option<(Instant, String)> {
+    tokio::task::spawn_blocking(move || vips.recv_timeout(limit).ok())
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The two moves of a run while the writers write: a switchover to h2, then h2's power cut.
+async fn moves(
+    lab: &Lab,
+    setup: &Setup,
+    n: usize,
+    http: &reqwest::Client,
+    (fresh, pooled): (&Arc<Mutex<Log>>, &Arc<Mutex<Log>>),
+) -> Result<(Figures, Figures), String> {
     // 1. A switchover to h2 through the REST API.
     let vips = watch_vips(lab, &["h2"])?;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -379,14 +408,14 @@ async fn run(lab: &Lab, setup: &Setup, n: usize) -> Result<(Figures, Figures), S
         .as_str()
         .ok_or(format!("switchover not accepted: {answer}"))?
         .to_string();
-    let vip = vips.recv_timeout(Duration::from_secs(30)).ok();
-    let sw = finished(&http, &id).await?;
-    let switchover = report("switchover", (&fresh, &pooled), asked, vip).await?;
+    let vip = first_vip(vips, Duration::from_secs(30)).await;
+    let sw = finished(http, &id).await?;
+    let switchover = report("switchover", (fresh, pooled), asked, vip).await?;
     println!(
         "    steps (ms after the request): {}",
         timeline(&sw, asked_wall)
     );
-    settled(&http, "h2", setup.hosts - 1).await?;
+    settled(http, "h2", setup.hosts - 1).await?;
 
     // 2. h2's power cut: its network and every process at once.
     let others: Vec<String> = (1..=setup.hosts)
@@ -399,19 +428,32 @@ async fn run(lab: &Lab, setup: &Setup, n: usize) -> Result<(Figures, Figures), S
     let (fault, fault_wall) = (Instant::now(), Utc::now());
     lab.run(&["link", "h2", "down"])?;
     lab.run(&["power", "h2", "off"])?;
-    let vip = vips.recv_timeout(Duration::from_secs(60)).ok();
+    let vip = first_vip(vips, Duration::from_secs(60)).await;
     let failover_id = wait_for_failover(fault_wall).await?;
-    let sw = finished(&http, &failover_id).await?;
-    let failover = report("failover", (&fresh, &pooled), fault, vip).await?;
+    let sw = finished(http, &failover_id).await?;
+    let failover = report("failover", (fresh, pooled), fault, vip).await?;
     println!(
         "    steps (ms after the fault): {}",
         timeline(&sw, fault_wall)
     );
-    *stop.lock().map_err(|e| e.to_string())? = true;
-    for w in writers {
-        let _ = w.await;
-    }
     Ok((switchover, failover))
+}
+
+/// Every run is a new lab on the same database: the previous run's failover kept its powered-off
+/// old master (h2) fenced (`kept_fences`, lifted by a person), which would keep the new lab's h2
+/// in FAULT.
+async fn forget_kept_fences() -> Result<(), String> {
+    let url =
+        std::env::var("HAPULSE_DATABASE_URL").map_err(|_| "HAPULSE_DATABASE_URL is not set")?;
+    let mut db = PgConnection::connect(&url)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Before the first run the table may not exist yet (the server makes it).
+    let _ = sqlx::query("DELETE FROM kept_fences WHERE cluster = $1")
+        .bind(LAB)
+        .execute(&mut db)
+        .await;
+    Ok(())
 }
 
 /// The automatic failover's id, once the lab server (its database: `HAPULSE_DATABASE_URL`) has
@@ -491,7 +533,11 @@ async fn main() -> Result<(), String> {
     let mut all = Vec::new();
     for n in 1..=runs {
         println!("run {n}:");
-        all.push(run(&lab, &setup, n).await?);
+        // A run that goes wrong is reported and not counted; the next one has a fresh lab.
+        match run(&lab, &setup, n).await {
+            Ok(figures) => all.push(figures),
+            Err(e) => println!("run {n} failed, not counted: {e}"),
+        }
     }
     for (what, pick) in [("switchover", 0usize), ("failover", 1usize)] {
         let moves: Vec<&Figures> = all

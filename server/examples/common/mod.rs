@@ -98,6 +98,7 @@ impl Lab {
         let mut child = Command::new("ip")
             .args(["-n", &format!("{}-{host}", self.name), "monitor", "address"])
             .stdout(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("ip monitor: {e}"))?;
         let stdout = child.stdout.take().ok_or("ip monitor has no stdout")?;
