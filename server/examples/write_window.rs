@@ -13,7 +13,8 @@
 //!
 //! RUNS times (default 3): a fresh lab `wdbench` (10.213.44.0/24, server port 18144) of HOSTS
 //! hosts (2 or 3; default 2) with keepalived's `advert_int` ADVERT_INT (default 1; a fraction
-//! means VRRPv3), a PostgreSQL primary on h1 and streaming standbys, a lab server whose policy
+//! means VRRPv3; the agents' heartbeat is then as short as the advert interval, see
+//! [`Setup::heartbeat`]), a PostgreSQL primary on h1 and streaming standbys, a lab server whose policy
 //! for the cluster is `auto` with the lab's STONITH hook. Two writers run through the VIP the
 //! whole time, each trying an `INSERT` every 20 ms: one on a fresh connection per write, one on
 //! a single connection that it opens again after any error (as a pool would). Then:
@@ -210,6 +211,11 @@ async fn get(http: &reqwest::Client, path: &str) -> serde_json::Value {
 /// Waits until `leader` leads with `witnesses` streaming witnesses and nothing to do.
 async fn settled(http: &reqwest::Client, leader: &str, witnesses: usize) -> Result<(), String> {
     wait_until(Duration::from_secs(120), "the arbiter settling", || async {
+        // The cluster as the server sees it now (the stored leader may be the previous run's).
+        let c = get(http, &format!("/api/v1/clusters/{LAB}")).await;
+        if c["instances"][0]["masters"] != serde_json::json!([leader]) {
+            return false;
+        }
         let f = get(http, &format!("/api/v1/clusters/{LAB}/failover")).await;
         let w = f["verdict"]["evidence"]["witnesses"]
             .as_array()
@@ -325,17 +331,24 @@ async fn report(
 struct Setup {
     hosts: usize,
     advert: String,
+    /// The agents' heartbeat interval: 1 s, or the advert interval when that is shorter (the
+    /// server must miss two heartbeats of a dead master before keepalived's takeover, three
+    /// adverts, else it takes the takeover for a split brain).
+    heartbeat: String,
     config: String,
 }
 
 /// One run: a fresh lab, the writers, then [`moves`].
-async fn run(lab: &Lab, setup: &Setup, n: usize) -> Result<(Figures, Figures), String> {
+async fn run(lab: &Lab, setup: &Setup, n: usize) -> Result<(Figures, Option<Figures>), String> {
     let hosts = setup.hosts.to_string();
     lab.run(&["down"])?;
     forget_kept_fences().await?;
     lab.run_with(
         &["up", &hosts, "--postgres", "--advert-int", &setup.advert],
-        &[("HAPULSE_CONFIG", setup.config.as_str())],
+        &[
+            ("HAPULSE_CONFIG", setup.config.as_str()),
+            ("HAPULSE_LAB_HEARTBEAT", setup.heartbeat.as_str()),
+        ],
     )?;
     let http = lab.api_client()?;
     settled(&http, "h1", setup.hosts - 1).await?;
@@ -386,7 +399,7 @@ async fn moves(
     n: usize,
     http: &reqwest::Client,
     (fresh, pooled): (&Arc<Mutex<Log>>, &Arc<Mutex<Log>>),
-) -> Result<(Figures, Figures), String> {
+) -> Result<(Figures, Option<Figures>), String> {
     // 1. A switchover to h2 through the REST API.
     let vips = watch_vips(lab, &["h2"])?;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -417,7 +430,24 @@ async fn moves(
     );
     settled(http, "h2", setup.hosts - 1).await?;
 
-    // 2. h2's power cut: its network and every process at once.
+    // 2. h2's power cut: its network and every process at once. A failover that goes wrong
+    // leaves the switchover's figures standing.
+    match power_cut(lab, setup, http, (fresh, pooled)).await {
+        Ok(failover) => Ok((switchover, Some(failover))),
+        Err(e) => {
+            println!("  failover failed, not counted: {e}");
+            Ok((switchover, None))
+        }
+    }
+}
+
+/// h2's power cut and the automatic failover that follows.
+async fn power_cut(
+    lab: &Lab,
+    setup: &Setup,
+    http: &reqwest::Client,
+    (fresh, pooled): (&Arc<Mutex<Log>>, &Arc<Mutex<Log>>),
+) -> Result<Figures, String> {
     let others: Vec<String> = (1..=setup.hosts)
         .map(|i| format!("h{i}"))
         .filter(|h| h != "h2")
@@ -436,7 +466,7 @@ async fn moves(
         "    steps (ms after the fault): {}",
         timeline(&sw, fault_wall)
     );
-    Ok((switchover, failover))
+    Ok(failover)
 }
 
 /// Every run is a new lab on the same database: the previous run's failover kept its powered-off
@@ -519,8 +549,14 @@ async fn main() -> Result<(), String> {
         ),
     )
     .map_err(|e| format!("{}: {e}", config.display()))?;
+    let advert_ms = advert
+        .parse::<f64>()
+        .map_err(|e| format!("ADVERT_INT {advert}: {e}"))?
+        * 1000.0;
+    let heartbeat = format!("{}ms", advert_ms.clamp(100.0, 1000.0).round());
     let setup = Setup {
         hosts,
+        heartbeat: heartbeat.clone(),
         advert: advert.clone(),
         config: config.display().to_string(),
     };
@@ -529,20 +565,27 @@ async fn main() -> Result<(), String> {
         net: NET,
         port: PORT,
     };
-    println!("{runs} runs, {hosts} hosts, advert_int {advert} s");
+    println!("{runs} runs, {hosts} hosts, advert_int {advert} s, agents' heartbeat {heartbeat}");
     let mut all = Vec::new();
     for n in 1..=runs {
         println!("run {n}:");
         // A run that goes wrong is reported and not counted; the next one has a fresh lab.
         match run(&lab, &setup, n).await {
             Ok(figures) => all.push(figures),
-            Err(e) => println!("run {n} failed, not counted: {e}"),
+            Err(e) => {
+                // The lab's logs, for a look: the next run starts with `scripts/lab down`.
+                let kept = format!("/tmp/{LAB}-run{n}-failed");
+                let _ = std::process::Command::new("cp")
+                    .args(["-a", &format!("/run/hapulse-lab/{LAB}"), &kept])
+                    .status();
+                println!("run {n} failed, not counted: {e} (the lab's logs: {kept})");
+            }
         }
     }
     for (what, pick) in [("switchover", 0usize), ("failover", 1usize)] {
         let moves: Vec<&Figures> = all
             .iter()
-            .map(|r| if pick == 0 { &r.0 } else { &r.1 })
+            .filter_map(|r| if pick == 0 { Some(&r.0) } else { r.1.as_ref() })
             .collect();
         summary(
             &format!("{what}: window, fresh-connection writer"),
