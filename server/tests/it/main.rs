@@ -23,6 +23,7 @@ mod lab_pacemaker;
 mod lab_prometheus;
 mod lab_replicas;
 mod lab_safety;
+mod lab_timing;
 mod lab_topologies;
 mod layout;
 mod openapi;
