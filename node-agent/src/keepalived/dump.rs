@@ -4,7 +4,9 @@
 //! `vrid`, `ifp_ifname`, `state` (0 INIT, 1 BACKUP, 2 MASTER, 3 FAULT, 98 STOP),
 //! `base_priority`, `effective_priority`, `vips` (strings such as
 //! `"10.0.0.100/24 dev eth0 scope global set"`), `last_transition` (seconds since the epoch, with
-//! a fraction), `adver_int` (seconds: an integer in 2.2, a fraction in later versions),
+//! a fraction), `adver_int` (seconds as a JSON number: `1` with VRRPv2, a fraction such as
+//! `0.25` with VRRPv3 and a centisecond `advert_int` — 2.2.7 dumps both; see
+//! `fixtures/*_vrrp3_advert_0_25.json`),
 //! `auth_type` (`vrrp.h`: 0 none, 1 PASS, 2 AH; the password itself is dumped as asterisks and
 //! not read), `garp_rep` and `garp_delay` (the gratuitous ARP burst on becoming MASTER and the
 //! delay of the second: `vrrp_garp_master_repeat`, `vrrp_garp_master_delay`; the `stats` have no
@@ -298,6 +300,48 @@ mod tests {
         assert_eq!(backup[0].state, VrrpState::Backup);
         assert_eq!(backup[0].base_priority, 140);
         assert!(backup[0].counters.advert_rcvd > 0);
+    }
+
+    #[test]
+    fn reads_a_sub_second_advert_interval_from_a_vrrp3_dump() {
+        // Captured from the lab (`scripts/lab up 2 --advert-int 0.25`: `vrrp_version 3` in
+        // global_defs, `advert_int 0.25`): keepalived 2.2.7 dumps `"adver_int":0.25`.
+        for (text, state) in [
+            (
+                include_str!("fixtures/master_vrrp3_advert_0_25.json"),
+                VrrpState::Master,
+            ),
+            (
+                include_str!("fixtures/backup_vrrp3_advert_0_25.json"),
+                VrrpState::Backup,
+            ),
+        ] {
+            let dump = parse_dump(text).unwrap();
+            assert_eq!(dump.len(), 1);
+            assert_eq!(dump[0].state, state);
+            assert_eq!(dump[0].advert_interval_ms, Some(250));
+        }
+        // Other centisecond values VRRPv3 allows, and what is no advert interval.
+        for (adver_int, ms) in [
+            ("0.01", Some(10)),
+            ("0.1", Some(100)),
+            ("0.35", Some(350)),
+            ("1.5", Some(1500)),
+            ("40.95", Some(40950)),
+            ("3", Some(3000)),
+            ("0", None),
+            ("-1", None),
+            ("\"1\"", None),
+        ] {
+            let text = format!(
+                r#"[{{"data":{{"iname":"VI_1","vrid":51,"state":1,"base_priority":1,"effective_priority":1,"adver_int":{adver_int}}}}}]"#
+            );
+            assert_eq!(
+                parse_dump(&text).unwrap()[0].advert_interval_ms,
+                ms,
+                "adver_int {adver_int}"
+            );
+        }
     }
 
     #[test]

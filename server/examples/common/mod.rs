@@ -1,4 +1,4 @@
-//! What the lab benchmarks share: running `scripts/lab` with release binaries, tearing the lab
+//! What the lab benchmarks share: running `scripts/lab` with the binaries of the example's profile, tearing the lab
 //! down, watching a VIP arrive in a host's namespace, medians.
 
 use std::io::{BufRead, BufReader};
@@ -24,15 +24,28 @@ fn root() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// The directory of the workspace binaries built with the same profile as this example
+/// (`target/release` for `cargo run --release --example …`, `target/debug` without), else
+/// `target/release`.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().ok();
+    match exe.as_deref().and_then(Path::parent) {
+        Some(dir) if dir.file_name().is_some_and(|n| n == "examples") => dir
+            .parent()
+            .map_or_else(|| root().join("target/release"), Path::to_path_buf),
+        _ => root().join("target/release"),
+    }
+}
+
 impl Lab {
-    /// Runs `scripts/lab ARGS` for this lab with the release binaries.
+    /// Runs `scripts/lab ARGS` for this lab with the binaries of this example's profile.
     pub fn run(&self, args: &[&str]) -> Result<(), String> {
         self.run_with(args, &[])
     }
 
     /// As [`Lab::run`], with extra environment (`HAPULSE_CONFIG` for the lab server).
     pub fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
-        let release = root().join("target/release");
+        let release = bin_dir();
         let status = Command::new(root().join("scripts/lab"))
             .args(args)
             .envs(env.iter().copied())
@@ -52,10 +65,10 @@ impl Lab {
 
     /// An HTTP client for the lab server's API: creates an admin API token with the release
     /// server's `token create` (against `HAPULSE_DATABASE_URL`, the lab server's database) and
-    /// sends it with every request.
+    /// sends it with every request (the server binary of this example's profile).
     #[allow(dead_code)] // alert_latency reads mail, not the API
     pub fn api_client(&self) -> Result<reqwest::Client, String> {
-        let out = Command::new(root().join("target/release/hapulse-server"))
+        let out = Command::new(bin_dir().join("hapulse-server"))
             .args(["token", "create", "--name", "benchmark", "--role", "admin"])
             .env("RUST_LOG", "warn")
             .stderr(Stdio::inherit())
@@ -85,6 +98,7 @@ impl Lab {
         let mut child = Command::new("ip")
             .args(["-n", &format!("{}-{host}", self.name), "monitor", "address"])
             .stdout(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("ip monitor: {e}"))?;
         let stdout = child.stdout.take().ok_or("ip monitor has no stdout")?;

@@ -13,3 +13,4 @@ pub mod pending;
 pub mod store;
 pub mod validate;
 pub mod view;
+pub mod vrrp_timing;

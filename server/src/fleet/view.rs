@@ -315,6 +315,10 @@ pub struct NodeInstanceView {
     pub last_transition: Option<DateTime<Utc>>,
     /// keepalived counters.
     pub counters: VrrpCounters,
+    /// The instance's advert interval in milliseconds as keepalived dumps it (`advert_int 1` →
+    /// 1000, `advert_int 0.25` with VRRPv3 → 250); absent before the node's first JSON dump.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advert_interval_ms: Option<u32>,
 }
 
 fn summary(node: &NodeLive, now: DateTime<Utc>) -> NodeSummary {
@@ -918,6 +922,7 @@ pub fn node_view(live: &Live, node_id: &str, now: DateTime<Utc>) -> Option<NodeV
                 holds_vip: i.holds_vip(),
                 last_transition: i.last_transition,
                 counters: i.counters.clone(),
+                advert_interval_ms: i.advert_interval_ms,
             })
             .collect(),
         replication: node.replication.clone(),

@@ -12,6 +12,7 @@ use hapulse_protocol::{Action, LinkState, RefusalReason, ReplicationRole, VrrpSt
 use crate::agents::commands::{self, NewCommand};
 use crate::fleet::live::NodeStatus;
 use crate::fleet::view::{self, ClusterView};
+use crate::fleet::vrrp_timing;
 use crate::state::AppState;
 use crate::switchover::drivers::{self, Layer};
 use crate::switchover::plan::group_follows;
@@ -727,23 +728,39 @@ impl<'a> Run<'a> {
             })
     }
 
-    /// `verify`: the new roles settle within 15 s and still hold 3 s later.
+    /// How long `verify` watches the new roles once they have settled: the instance's
+    /// master-down bound ([`vrrp_timing::master_down_bound`] of the advert interval its nodes
+    /// report), within which an old master coming back from FAULT with a higher priority would
+    /// have preempted: 4 s at `advert_int 1`, 1 s at `advert_int 0.25`.
+    fn verify_hold(&self) -> Duration {
+        let live = self.state.live();
+        let reports = live
+            .cluster_nodes(&self.sw.cluster)
+            .filter_map(|n| n.instance(&self.sw.instance));
+        vrrp_timing::master_down_bound(vrrp_timing::advert_interval(reports))
+    }
+
+    /// `verify`: the new roles settle within 15 s and still hold one master-down bound later
+    /// ([`Run::verify_hold`]).
     async fn verify(&self) -> Result<StepOutcome, String> {
         let holds = |c: &ClusterView| self.new_roles_hold(c);
         self.until(Duration::from_secs(15), "the new roles settling", holds)
             .await?;
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        let hold = self.verify_hold();
+        tokio::time::sleep(hold).await;
         let still = view::cluster_view(&self.state.live(), &self.sw.cluster, Utc::now())
             .is_some_and(|c| holds(&c));
         if still {
             Ok(StepOutcome::Done(format!(
-                "{} is MASTER with the VIP and stays",
-                self.sw.target_node
+                "{} is MASTER with the VIP and stays ({} ms held)",
+                self.sw.target_node,
+                hold.as_millis()
             )))
         } else {
             Err(format!(
-                "{} did not keep the master role for 3 s",
-                self.sw.target_node
+                "{} did not keep the master role for {} ms",
+                self.sw.target_node,
+                hold.as_millis()
             ))
         }
     }

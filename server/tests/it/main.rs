@@ -24,6 +24,7 @@ mod lab_prometheus;
 mod lab_replicas;
 mod lab_safety;
 mod lab_sync_group;
+mod lab_timing;
 mod lab_topologies;
 mod layout;
 mod moves;

@@ -9,12 +9,20 @@
 use hapulse_protocol::{parse_lsn, Action, CommandOutcome, LinkState};
 
 use super::outbox::Outbox;
-use super::world::World;
+use super::world::{World, ADVERT_MS};
 use crate::fleet::live::NodeLive;
 use crate::fleet::view::ClusterView;
+use crate::fleet::vrrp_timing;
 use crate::switchover::executor::{priority_offsets, roles_hold, target_has_vip};
 use crate::switchover::plan::Plan;
 use crate::switchover::steps::StepName;
+
+/// How long `verify` holds the new roles in simulated ms: the executor's master-down bound of
+/// the simulated advert interval.
+fn verify_hold_ms() -> u64 {
+    let hold = vrrp_timing::master_down_bound(std::time::Duration::from_millis(ADVERT_MS));
+    u64::try_from(hold.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// How the cluster's policy fences a lost old master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,11 +237,9 @@ impl Run {
                         self.held_since = Some(now);
                         Ok(Progress::Busy)
                     }
-                    (true, Some(at)) if now - at >= 3_000 => Ok(Progress::Done),
+                    (true, Some(at)) if now - at >= verify_hold_ms() => Ok(Progress::Done),
                     (true, Some(_)) => Ok(Progress::Busy),
-                    (false, Some(_)) => {
-                        Err(format!("{target} did not keep the master role for 3 s"))
-                    }
+                    (false, Some(_)) => Err(format!("{target} did not keep the master role")),
                     (false, None) if now - self.step_started > 15_000 => {
                         Err("the new roles did not settle".into())
                     }
