@@ -103,6 +103,10 @@ struct Memory {
     /// Units ([`unit_key`]) whose VIP is on another node than the leader: the holder and since
     /// when.
     vip_elsewhere: BTreeMap<String, VipElsewhere>,
+    /// (cluster, "node instance") seen MASTER beside a leader that is MASTER too, with when the
+    /// leader had last reported then: fenced only once the leader reports again (see
+    /// [`FenceIntent::confirm`]).
+    second_masters: BTreeMap<(String, String), Option<DateTime<Utc>>>,
     /// Units ([`unit_key`]) whose candidates were asked for their positions before a failover.
     asked: BTreeMap<String, positions::Asked>,
     /// Rejoins started, and standbys adrift, with when.
@@ -969,6 +973,7 @@ pub(crate) fn gather(
         leader_status,
         leader_vrrp,
         leader_reaches_reference: node.filter(|_| heard).and_then(reference),
+        leader_reported_at: node.map(|n| n.last_heartbeat_at),
         leader_current_lsn,
         vip_elsewhere: link
             .as_ref()
@@ -1261,13 +1266,30 @@ async fn enforce_epoch(
         if !intents.iter().any(|i| i.node == *node) {
             memory.enforced.remove(&key(node));
         }
+        if !intents.iter().any(|i| i.node == *node && i.confirm) {
+            memory.second_masters.remove(&key(node));
+        }
     }
     for FenceIntent {
         node,
         primary,
         reason,
+        confirm,
     } in intents
     {
+        if confirm {
+            // The leader's report that says MASTER may predate its death: keepalived on the
+            // other node took over (with sub-second adverts, before the server misses a
+            // heartbeat). Only a report the leader sends after this was first seen proves
+            // two live masters.
+            let first_seen = *memory
+                .second_masters
+                .entry(key(&node))
+                .or_insert(g.leader_reported_at);
+            if g.leader_reported_at <= first_seen {
+                continue;
+            }
+        }
         if !memory.due(key(&node)) {
             continue;
         }
@@ -1295,6 +1317,10 @@ pub(crate) struct FenceIntent {
     pub primary: bool,
     /// Why, for the decision on record.
     pub reason: String,
+    /// A split brain of VRRP alone (MASTER beside a leader that is up and MASTER, neither a
+    /// second primary nor isolated): fenced only once the leader has reported again since it
+    /// was first seen, since the leader's last report may predate its death.
+    pub confirm: bool,
 }
 
 /// The members the epoch fences now, in `members` order: the decision half of
@@ -1339,6 +1365,13 @@ pub(crate) fn fence_intents(
         if !second && !unfollowable && !unfenced {
             continue;
         }
+        let confirm = second
+            && !unfollowable
+            && !unfenced
+            && master
+            && !primary
+            && leader_up
+            && !isolated.contains(node.as_str());
         let reason = if unfenced {
             kept_fenced_reason(g, &node, vrrp, primary)
         } else if unfollowable {
@@ -1353,6 +1386,7 @@ pub(crate) fn fence_intents(
             node,
             primary,
             reason,
+            confirm,
         });
     }
     intents
@@ -1999,6 +2033,37 @@ mod tests {
             |kept: &BTreeSet<String>| first_unit_leader(&refs, &c, Some("n2"), kept).unwrap().2;
         assert_eq!(leader(&BTreeSet::new()), "n1", "without the kept fence");
         assert_eq!(leader(&kept), "n2");
+    }
+
+    #[test]
+    fn a_vrrp_only_second_master_waits_for_a_newer_report_of_the_leader() {
+        let intents = |b_primary: bool| {
+            let mut b = node(
+                "b",
+                Master,
+                if b_primary { Primary } else { Secondary },
+                Up,
+                &[("a", true)],
+            );
+            b.instances[0].held_vips = vec!["10.0.0.100".into()];
+            let nodes = vec![node("a", Master, Primary, Up, &[("b", true)]), b];
+            let g = judge(nodes.clone(), Some("a")).unwrap();
+            assert!(g.leader_reported_at.is_some());
+            let refs: Vec<&NodeLive> = nodes.iter().collect();
+            let rules = EpochRules {
+                split_brain: true,
+                follow_blocked: false,
+            };
+            fence_intents(&g, &members(&refs, &g), rules, &BTreeSet::new())
+                .into_iter()
+                .map(|i| (i.node, i.confirm))
+                .collect::<Vec<_>>()
+        };
+        // b MASTER beside a, whose last report says MASTER: a may have died since (keepalived
+        // on b took over): fenced only once a reports again.
+        assert_eq!(intents(false), [("b".to_string(), true)]);
+        // A second primary is stopped at once: keepalived never promotes a database.
+        assert_eq!(intents(true), [("b".to_string(), false)]);
     }
 
     #[test]

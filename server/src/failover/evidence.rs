@@ -83,6 +83,9 @@ pub struct Gathered {
     pub leader_vrrp: Option<hapulse_protocol::VrrpState>,
     /// The leader reaches the reference address (None: unknown).
     pub leader_reaches_reference: Option<bool>,
+    /// When the server last accepted a report of the leader (server clock; None: it never
+    /// reported).
+    pub leader_reported_at: Option<DateTime<Utc>>,
     /// The leader's own WAL position by its last report (PostgreSQL `pg_current_wal_lsn()`),
     /// if it was a primary that reported one.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -98,6 +98,9 @@ pub struct Server {
     pub taken: Vec<Taken>,
     /// Enforced ("node instance", or "node address"), with when: again after a minute.
     enforced: BTreeMap<String, u64>,
+    /// As the arbiter's `Memory::second_masters`: a VRRP-only second master, with when the
+    /// leader had last reported when it was first seen.
+    second_masters: BTreeMap<String, Option<chrono::DateTime<chrono::Utc>>>,
     /// A unit's last attempt to act was refused: not again until then (by instance).
     refused_until: BTreeMap<String, u64>,
     /// The running switchover or failover.
@@ -158,6 +161,7 @@ impl Server {
             last_recorded: BTreeMap::new(),
             taken: Vec::new(),
             enforced: BTreeMap::new(),
+            second_masters: BTreeMap::new(),
             refused_until: BTreeMap::new(),
             run: None,
             outbox: Outbox {
@@ -587,9 +591,22 @@ impl Server {
             if !intents.iter().any(|i| i.node == *node) {
                 self.enforced.remove(&key(node));
             }
+            if !intents.iter().any(|i| i.node == *node && i.confirm) {
+                self.second_masters.remove(&key(node));
+            }
         }
+        // As `enforce_epoch`: a VRRP-only second master waits for a newer report of the leader.
+        let second_masters = &mut self.second_masters;
         let mut orders: Vec<(String, String, &'static str, Vec<Action>)> = intents
             .into_iter()
+            .filter(|i| {
+                !i.confirm || {
+                    let first_seen = *second_masters
+                        .entry(key(&i.node))
+                        .or_insert(g.leader_reported_at);
+                    g.leader_reported_at > first_seen
+                }
+            })
             .map(|i| {
                 let layers = crate::switchover::drivers::stack(c, &g.instance).unwrap_or_default();
                 let actions = fence_actions(g, i.primary, &layers);
