@@ -624,7 +624,7 @@ fn switchover_steps(instance: &str, old_master: &str, target: &str, layers: &[La
     steps.push(step(StepName::MoveVip, format!("fence {instance} on {old_master} (FAULT, priority-0 advert) until {target} is MASTER, then lift the fence")));
     steps.push(step(
         StepName::Verify,
-        format!("{target} is MASTER and holds the VIP, {old_master} is not, for 3 s"),
+        format!("{target} is MASTER and holds the VIP, {old_master} is not, for a master-down interval (4 × the advert interval)"),
     ));
     steps.push(step(
         StepName::PostHook,
@@ -700,7 +700,7 @@ pub fn failover_plan(
     ));
     steps.push(step(
         StepName::Verify,
-        format!("{target} is MASTER and holds the VIP, {old_master} is not, for 3 s"),
+        format!("{target} is MASTER and holds the VIP, {old_master} is not, for a master-down interval (4 × the advert interval)"),
     ));
     steps.extend(layers.first().map(|carrier| repoint_step(carrier, target)));
     let view = cluster.instances.iter().find(|i| i.name == instance);
@@ -763,7 +763,7 @@ pub fn vip_follow_plan(
     ));
     steps.push(step(
         StepName::Verify,
-        format!("{holder} is MASTER, holds the VIP and is primary, {old_primary} is not, for 3 s"),
+        format!("{holder} is MASTER, holds the VIP and is primary, {old_primary} is not, for a master-down interval (4 × the advert interval)"),
     ));
     steps.push(step(
         StepName::PostHook,
@@ -1122,7 +1122,7 @@ mod tests {
                 "run the pre-switchover hook on a and b (where enabled); a failure aborts",
                 "make it stick: lower every other member of vi below b's priority",
                 "fence vi on a (FAULT, priority-0 advert) until b is MASTER, then lift the fence",
-                "b is MASTER and holds the VIP, a is not, for 3 s",
+                "b is MASTER and holds the VIP, a is not, for a master-down interval (4 × the advert interval)",
                 "run the post-switchover hook (where enabled)",
             ]
         );

@@ -20,7 +20,8 @@ pub enum StepName {
     SetPriorities,
     /// Fences the old master until the target is MASTER with the VIP, then lifts the fence.
     MoveVip,
-    /// Checks that the target is MASTER with the VIP (and primary) and stays so for 3 s.
+    /// Checks that the target is MASTER with the VIP (and primary) and stays so for the
+    /// instance's master-down interval (4 × its advert interval).
     Verify,
     /// Runs the post-switchover hook.
     PostHook,
