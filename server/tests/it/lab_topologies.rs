@@ -115,6 +115,26 @@ async fn settled(server: &TestServer, lab: &str, expected: &[(&str, &str)]) {
     .await;
 }
 
+/// Creates table `table` with `rows` rows on service `k`'s primary `primary`, for each entry
+/// `(k, primary, standby, table, rows)`, then waits until each `standby` has replayed it.
+async fn write_and_replay(lab: &Lab, writes: &[(u32, &str, &str, &str, u32)]) {
+    for (k, primary, _, table, rows) in writes {
+        let create = format!("CREATE TABLE {table} AS SELECT g FROM generate_series(1, {rows}) g");
+        psql(lab, primary, *k, &create)
+            .unwrap_or_else(|| panic!("write on service {k}'s primary {primary}"));
+    }
+    eventually(30, "every standby replayed", || async {
+        writes
+            .iter()
+            .all(|(k, _, standby, table, rows)| {
+                psql(lab, standby, *k, &format!("SELECT count(*) FROM {table}"))
+                    == Some(rows.to_string())
+            })
+            .then_some(())
+    })
+    .await;
+}
+
 /// `host` loses power: its network link goes down (nothing answers its address) and every
 /// process the lab runs on it is killed at once.
 fn power_cut(lab: &Lab, host: &str) {
@@ -174,25 +194,10 @@ async fn dual_active_a_lost_host_moves_its_instance_only(pool: PgPool) {
         (holds(&lab, "h1", 1) && holds(&lab, "h2", 2) && !holds(&lab, "h1", 2)).then_some(())
     })
     .await;
-    psql(
+    write_and_replay(
         &lab,
-        "h1",
-        1,
-        "CREATE TABLE a AS SELECT g FROM generate_series(1, 500) g",
+        &[(1, "h1", "h2", "a", 500), (2, "h2", "h1", "b", 700)],
     )
-    .expect("write on service 1's primary");
-    psql(
-        &lab,
-        "h2",
-        2,
-        "CREATE TABLE b AS SELECT g FROM generate_series(1, 700) g",
-    )
-    .expect("write on service 2's primary");
-    eventually(30, "both standbys replayed", || async {
-        (psql(&lab, "h2", 1, "SELECT count(*) FROM a")? == "500"
-            && psql(&lab, "h1", 2, "SELECT count(*) FROM b")? == "700")
-            .then_some(())
-    })
     .await;
     let vi2_started = psql(&lab, "h2", 2, "SELECT pg_postmaster_start_time()").unwrap();
 
@@ -242,25 +247,10 @@ async fn n_plus_one_the_spare_takes_two_failures_one_after_the_other(pool: PgPoo
         .start_server_with(pool.clone(), auto_settings(&lab))
         .await;
     settled(&server, name, &[("VI_1", "h1"), ("VI_2", "h2")]).await;
-    psql(
+    write_and_replay(
         &lab,
-        "h1",
-        1,
-        "CREATE TABLE a AS SELECT g FROM generate_series(1, 300) g",
+        &[(1, "h1", "h3", "a", 300), (2, "h2", "h3", "b", 400)],
     )
-    .expect("write on service 1's primary");
-    psql(
-        &lab,
-        "h2",
-        2,
-        "CREATE TABLE b AS SELECT g FROM generate_series(1, 400) g",
-    )
-    .expect("write on service 2's primary");
-    eventually(30, "the spare replayed both", || async {
-        (psql(&lab, "h3", 1, "SELECT count(*) FROM a")? == "300"
-            && psql(&lab, "h3", 2, "SELECT count(*) FROM b")? == "400")
-            .then_some(())
-    })
     .await;
 
     // The first active host fails: its service goes to the spare, the other stays.
@@ -308,25 +298,10 @@ async fn two_pairs_sharing_no_node_fail_over_at_once(pool: PgPool) {
         .start_server_with(pool.clone(), auto_settings(&lab))
         .await;
     settled(&server, name, &[("VI_1", "h1"), ("VI_2", "h3")]).await;
-    psql(
+    write_and_replay(
         &lab,
-        "h1",
-        1,
-        "CREATE TABLE a AS SELECT g FROM generate_series(1, 200) g",
+        &[(1, "h1", "h2", "a", 200), (2, "h3", "h4", "b", 600)],
     )
-    .expect("write on service 1's primary");
-    psql(
-        &lab,
-        "h3",
-        2,
-        "CREATE TABLE b AS SELECT g FROM generate_series(1, 600) g",
-    )
-    .expect("write on service 2's primary");
-    eventually(30, "both standbys replayed", || async {
-        (psql(&lab, "h2", 1, "SELECT count(*) FROM a")? == "200"
-            && psql(&lab, "h4", 2, "SELECT count(*) FROM b")? == "600")
-            .then_some(())
-    })
     .await;
 
     // Both masters lose power together: each pair's standby takes its service over, and
@@ -397,14 +372,7 @@ async fn n_plus_one_two_failures_at_once_are_taken_one_after_the_other(pool: PgP
         .start_server_with(pool.clone(), auto_settings(&lab))
         .await;
     settled(&server, name, &[("VI_1", "h1"), ("VI_2", "h2")]).await;
-    psql(&lab, "h1", 1, "CREATE TABLE a AS SELECT 1 AS g").expect("write on service 1");
-    psql(&lab, "h2", 2, "CREATE TABLE b AS SELECT 2 AS g").expect("write on service 2");
-    eventually(30, "the spare replayed both", || async {
-        (psql(&lab, "h3", 1, "SELECT count(*) FROM a")? == "1"
-            && psql(&lab, "h3", 2, "SELECT count(*) FROM b")? == "1")
-            .then_some(())
-    })
-    .await;
+    write_and_replay(&lab, &[(1, "h1", "h3", "a", 1), (2, "h2", "h3", "b", 1)]).await;
 
     // Both active hosts lose power together. The spare takes both services, one failover after
     // the other: each touches h3, and a node sees one move at a time.
