@@ -7,10 +7,12 @@
 //!
 //! Creates a scratch database next to `DATABASE_URL`'s, starts the server on it (migrations,
 //! partitions), writes 7 days of 1-second samples for one node with one replication link
-//! (604,800 heartbeat and 604,800 replication rows, generated inside PostgreSQL), rolls them up
+//! (604,800 of each, as the server stores them: a `heartbeat_minutes` and a
+//! `replication_minutes` row per minute, generated inside PostgreSQL), rolls them up
 //! the way the server's job does, then times `GET /api/v1/nodes/n1/history?metric=lag_bytes`
 //! over 7 days (served from rollups) and the node page with its three 7-day charts, 200 times
-//! each, and reports the on-disk size per node per day. Drops the scratch database at the end.
+//! each, and reports the on-disk size per node per day and per heartbeat. Drops the scratch
+//! database at the end.
 
 use std::time::{Duration, Instant};
 
@@ -146,12 +148,12 @@ async fn run(options: PgConnectOptions) -> Result<(), String> {
     let week = Duration::from_secs(8 * 86_400);
     let tables = [
         Partitioned {
-            table: "heartbeat_samples",
+            table: "heartbeat_minutes",
             retention: week,
             days_back: DAYS + 1,
         },
         Partitioned {
-            table: "replication_samples",
+            table: "replication_minutes",
             retention: week,
             days_back: DAYS + 1,
         },
@@ -187,10 +189,12 @@ async fn run(options: PgConnectOptions) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let loaded = Instant::now();
     sqlx::query(
-        "INSERT INTO heartbeat_samples (received_at, observed_at, node_id, boot_id, seq, load1, uptime_seconds, instances)
-         SELECT t, t, 'n1', '00000000-0000-0000-0000-000000000001', n, 0.5, n,
-                '[{\"name\":\"VI_1\",\"state\":\"BACKUP\",\"effective_priority\":100,\"holds_vip\":false}]'
-           FROM generate_series($1::timestamptz, $2::timestamptz, interval '1 second') WITH ORDINALITY AS g(t, n)",
+        "INSERT INTO heartbeat_minutes (minute, node_id, boot_id, last_seq, offsets_us, load1)
+         SELECT date_trunc('minute', t), 'n1', '00000000-0000-0000-0000-000000000001', max(n),
+                array_agg((extract(epoch FROM t - date_trunc('minute', t)) * 1000000)::int ORDER BY t),
+                array_agg(0.5::float8 ORDER BY t)
+           FROM generate_series($1::timestamptz, $2::timestamptz, interval '1 second') WITH ORDINALITY AS g(t, n)
+          GROUP BY 1",
     )
     .bind(start)
     .bind(now)
@@ -198,10 +202,13 @@ async fn run(options: PgConnectOptions) -> Result<(), String> {
     .await
     .map_err(|e| e.to_string())?;
     sqlx::query(
-        "INSERT INTO replication_samples (received_at, node_id, link, role, state, lag_bytes, lag_seconds)
-         SELECT t, 'n1', 'postgresql:pg', 'secondary', 'streaming',
-                (abs(sin(extract(epoch FROM t) / 3600)) * 8388608)::bigint, abs(sin(extract(epoch FROM t) / 3600)) * 4
-           FROM generate_series($1::timestamptz, $2::timestamptz, interval '1 second') AS g(t)",
+        "INSERT INTO replication_minutes (minute, node_id, link, offsets_us, lag_bytes, lag_seconds)
+         SELECT date_trunc('minute', t), 'n1', 'postgresql:pg',
+                array_agg((extract(epoch FROM t - date_trunc('minute', t)) * 1000000)::int ORDER BY t),
+                array_agg((abs(sin(extract(epoch FROM t) / 3600)) * 8388608)::bigint ORDER BY t),
+                array_agg(abs(sin(extract(epoch FROM t) / 3600)) * 4 ORDER BY t)
+           FROM generate_series($1::timestamptz, $2::timestamptz, interval '1 second') AS g(t)
+          GROUP BY 1",
     )
     .bind(start)
     .bind(now)
@@ -248,12 +255,12 @@ async fn run(options: PgConnectOptions) -> Result<(), String> {
     };
     let heartbeat_bytes = size(
         "SELECT sum(pg_total_relation_size(c.oid))::int8 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-           JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'heartbeat_samples'",
+           JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'heartbeat_minutes'",
     )
     .await?;
     let replication_bytes = size(
         "SELECT sum(pg_total_relation_size(c.oid))::int8 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-           JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'replication_samples'",
+           JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'replication_minutes'",
     )
     .await?;
     let rollup_bytes = size(
@@ -262,7 +269,8 @@ async fn run(options: PgConnectOptions) -> Result<(), String> {
     )
     .await?;
     let days = DAYS as f64;
-    println!("loaded {DAYS} days of 1 s samples (2 x {} rows) in {inserted:.1?}; rolled up in {rolled:.1?}", DAYS * 86_400);
+    let samples = (DAYS * 86_400) as f64;
+    println!("loaded {DAYS} days of 1 s samples (2 x {samples} in {} minute rows each) in {inserted:.1?}; rolled up in {rolled:.1?}", DAYS * 1440);
     println!(
         "GET history (7 d, lag_bytes, source {}, step {} s, {} points): p50 {api_p50:.2?}, p99 {api_p99:.2?} over {RUNS} requests",
         body["source"], body["step_seconds"], body["points"].as_array().map_or(0, Vec::len)
@@ -270,10 +278,17 @@ async fn run(options: PgConnectOptions) -> Result<(), String> {
     println!("GET node page fragment with three 7-day charts: p50 {page_p50:.2?}, p99 {page_p99:.2?} over {RUNS} requests");
     let mib = |b: i64| b as f64 / days / 1_048_576.0;
     println!(
-        "on disk per node per day (table + indexes): heartbeat samples {:.1} MiB, replication samples (one link) {:.1} MiB, rollups {:.1} KiB",
+        "on disk per node per day (table + indexes): heartbeat samples {:.2} MiB, replication samples (one link) {:.2} MiB, rollups {:.1} KiB",
         mib(heartbeat_bytes),
         mib(replication_bytes),
         rollup_bytes as f64 / days / 1024.0
+    );
+    println!(
+        "on disk per heartbeat: {:.1} bytes raw (heartbeat {:.1} + one link {:.1}), {:.1} bytes with the rollups",
+        (heartbeat_bytes + replication_bytes) as f64 / samples,
+        heartbeat_bytes as f64 / samples,
+        replication_bytes as f64 / samples,
+        (heartbeat_bytes + replication_bytes + rollup_bytes) as f64 / samples,
     );
     shutdown.cancel();
     let _ = server.await;

@@ -19,7 +19,7 @@ use crate::history::writer::HistoryWriter;
 use crate::metrics::Metrics;
 use crate::state::{App, AppState};
 
-/// Partitions of `heartbeat_samples` created ahead of today.
+/// Days of partitions of the history tables created ahead of today.
 const PARTITION_DAYS_AHEAD: i64 = 2;
 /// How often the rollup job looks for complete minutes.
 const ROLLUP_INTERVAL: Duration = Duration::from_secs(30);
@@ -53,7 +53,7 @@ pub async fn launch(
 /// (see [`crate::leadership`]; the leader runs the failure detector, the arbiter, alerting,
 /// switchovers and partition maintenance) and serves HTTP. On shutdown it stops accepting,
 /// stops leading and releases the lease, lets in-flight requests finish, writes the queued
-/// samples and returns.
+/// samples it holds and returns.
 pub async fn serve(
     settings: Settings,
     pool: PgPool,
@@ -100,12 +100,14 @@ pub async fn serve(
     }
     // Migrated, state loaded, the listener bound (connections queue until it accepts).
     crate::systemd::ready(listener.local_addr()?);
+    let state_history = state.history.clone();
     let served = serve_http(&settings, state, listener, closing).await;
     stop.cancel();
     let _ = campaign.await;
-    served?;
-    // The router and the tasks held the last handles of the history writer: it drains and stops.
+    // Nothing records samples any more: the writer writes every minute it holds and stops.
+    state_history.close();
     let _ = history_task.await;
+    served?;
     tracing::info!("hapulse-server stopped");
     Ok(())
 }

@@ -234,6 +234,13 @@ impl Metrics {
         self.events.with_label_values(&[kind.as_str()]).inc();
     }
 
+    /// Counts `samples` heartbeat samples dropped unwritten (PostgreSQL failed for too long).
+    pub fn history_dropped(&self, samples: usize) {
+        self.history_rows
+            .with_label_values(&["dropped"])
+            .inc_by(samples as u64);
+    }
+
     /// Records one history batch of `rows` samples, written (`ok`) or not, and its duration.
     pub fn history_batch(&self, rows: usize, elapsed: Duration, ok: bool) {
         self.history_rows
@@ -709,17 +716,17 @@ fn history_instruments(
     let history_rows = IntCounterVec::new(
         Opts::new(
             "history_rows_total",
-            "Heartbeat samples written, by result (ok, failed)",
+            "Heartbeat samples written, by result (ok; failed: kept for the next write; dropped: failed with too many held)",
         ),
         &["result"],
     )?;
-    for result in ["ok", "failed"] {
+    for result in ["ok", "failed", "dropped"] {
         history_rows.with_label_values(&[result]);
     }
     let history_batch_seconds = Histogram::with_opts(
         HistogramOpts::new(
             "history_batch_seconds",
-            "Time to write one batch of samples, in seconds",
+            "Time to write one batch of node-minutes of samples, in seconds",
         )
         .buckets(vec![
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,

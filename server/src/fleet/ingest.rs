@@ -1,13 +1,16 @@
 //! Accepting a heartbeat report: de-duplicate, derive transitions, store, update live state.
 //!
 //! Two paths. A report that changes nothing but counters and timestamps only updates live state
-//! and is written as a history sample (batched). A report that changes something (a new node, a
+//! and records its history sample in memory (written with its minute, see
+//! [`crate::history::writer`]). A report that changes something (a new node, a
 //! node back from suspect/down, a new agent run, a role, a priority, a VIP, keepalived up/down,
 //! a service check's state)
 //! takes the transition path: queued with the other changed reports of the moment and written
 //! together under the transitions lock, in one transaction (watermark rows locked and checked,
 //! nodes and instances stored, events inserted).
-//! Either way the answer waits for the commit, so an acknowledged report is never lost. The node
+//! A changed report is answered after its commit, so an acknowledged change is never lost; a
+//! report that changes nothing is answered from memory (a crash loses at most the raw samples
+//! of the minute in progress). The node
 //! counts as heard (for the failure detector) the moment its report arrives and again when it
 //! is answered: its agent sends the next report only after the answer, so time the server took
 //! is not the node's silence (an overloaded server would otherwise declare its fleet down,
@@ -20,7 +23,7 @@ use hapulse_protocol::{
 };
 
 use crate::fleet::pending::PendingTransition;
-use crate::fleet::store::{self as db, Sample};
+use crate::fleet::store as db;
 use crate::fleet::validate::IngestError;
 use std::collections::HashMap;
 use std::sync::PoisonError;
@@ -248,36 +251,29 @@ pub async fn accept(
         }
     };
     let received_at = Utc::now();
-    let sample = Sample::of(&report, received_at);
-    let write_sample = |sample| async {
-        state.history.write(sample).await.map_err(|e| {
-            tracing::warn!(node_id = %report.node_id, error = %e, "heartbeat sample not stored");
-            IngestError::Unavailable
-        })
-    };
     if fast_path {
-        // Durable first, then visible: a report the server failed to store is not applied (its
-        // seq is not marked accepted), so the agent's retry is accepted.
-        write_sample(sample).await?;
         let mut guard = state.live_mut();
         let live = &mut *guard;
         if let Some(node) = live.nodes.get_mut(&report.node_id) {
-            if !node.is_replay(&report) {
-                if reach(&node.arbitration) != reach(&report.arbitration) {
-                    live.changed.insert(report.cluster.clone());
-                }
-                // Heard again now, as it is answered.
-                node.apply(&report, received_at, tokio::time::Instant::now());
+            if node.is_replay(&report) {
+                // A copy of this report was accepted while this one was on its way.
+                state.metrics.heartbeat("duplicate", started.elapsed());
+                return Ok(ack(false));
             }
+            if reach(&node.arbitration) != reach(&report.arbitration) {
+                live.changed.insert(report.cluster.clone());
+            }
+            // Heard again now, as it is answered.
+            node.apply(&report, received_at, tokio::time::Instant::now());
         }
+        // Recorded under the live-state lock: the sample of a report is recorded once.
+        state.history.record(&report, received_at);
     } else {
         if !record_transition(state, report.clone(), received_at, arrived).await? {
             state.metrics.heartbeat("duplicate", started.elapsed());
             return Ok(ack(false));
         }
-        // The transition (state and events) is committed; should the sample fail, the agent's
-        // retry is a replay and only this sample is missing from the history.
-        write_sample(sample).await?;
+        state.history.record(&report, received_at);
     }
     raise_epoch_floor(state, &report).await?;
     state.metrics.heartbeat("accepted", started.elapsed());

@@ -4,8 +4,8 @@
 
 use chrono::{DateTime, Utc};
 use hapulse_protocol::{
-    HeartbeatReport, PacemakerReport, ReplicationLinkReport, ServiceCheckReport, VrrpCounters,
-    VrrpInstanceReport, VrrpState,
+    PacemakerReport, ReplicationLinkReport, ServiceCheckReport, VrrpCounters, VrrpInstanceReport,
+    VrrpState,
 };
 use serde::Serialize;
 use sqlx::{PgPool, Postgres, Row, Transaction};
@@ -45,10 +45,13 @@ pub async fn pending_migrations(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> 
 /// instant: the server's own downtime is not their fault, so the detector gives each a full
 /// window to report again before suspecting it.
 ///
-/// The stored watermark (`nodes.last_seq`) is advanced by the history writer at most every
-/// [`crate::history::writer::WATERMARK_EVERY`] per node; the samples stored since (each one an accepted
-/// report) carry it the rest of the way, so a report accepted before a restart is still a
-/// replay after it.
+/// The stored watermark (`nodes.last_seq`) is advanced by the history writer when it writes a
+/// node's minute of samples (see [`crate::history::minutes`]), except for a node row another
+/// transaction held; the samples stored since (each one an accepted report; the per-heartbeat
+/// rows an older server wrote, the per-minute rows) carry it the rest of the way, so a report
+/// accepted before a restart is still a replay after it. A report acknowledged in the minute
+/// before a crash is not (its sample was still in memory): accepting it again records its
+/// sample once.
 pub async fn load_live(pool: &PgPool, now: Instant) -> Result<Live, sqlx::Error> {
     let mut live = load_nodes(pool, now).await?;
     load_instances(pool, &mut live).await?;
@@ -62,8 +65,8 @@ async fn load_nodes(pool: &PgPool, now: Instant) -> Result<Live, sqlx::Error> {
     let mut live = Live::default();
     let rows = sqlx::query(
         "SELECT n.node_id, n.cluster, n.hostname, n.agent_version, n.protocol_version, n.boot_id,
-                greatest(n.last_seq, s.seq) AS last_seq, n.heartbeat_interval_ms,
-                greatest(n.last_heartbeat_at, s.received_at) AS last_heartbeat_at,
+                greatest(n.last_seq, s.seq, m.seq) AS last_seq, n.heartbeat_interval_ms,
+                greatest(n.last_heartbeat_at, s.received_at, m.received_at) AS last_heartbeat_at,
                 n.last_observed_at, n.status, n.status_since, n.uptime_seconds, n.load1,
                 n.keepalived_running, n.spool_depth, n.spool_dropped, n.checks, n.pacemaker
            FROM nodes n
@@ -71,7 +74,14 @@ async fn load_nodes(pool: &PgPool, now: Instant) -> Result<Live, sqlx::Error> {
                 SELECT max(h.seq) AS seq, max(h.received_at) AS received_at
                   FROM heartbeat_samples h
                  WHERE h.node_id = n.node_id AND h.boot_id = n.boot_id
-                   AND h.received_at >= n.last_heartbeat_at) s ON true",
+                   AND h.received_at >= n.last_heartbeat_at) s ON true
+           LEFT JOIN LATERAL (
+                SELECT max(m.last_seq) AS seq,
+                       max(m.minute + (SELECT max(o) FROM unnest(m.offsets_us) o)
+                                      * interval '1 microsecond') AS received_at
+                  FROM heartbeat_minutes m
+                 WHERE m.node_id = n.node_id AND m.boot_id = n.boot_id
+                   AND m.minute >= date_trunc('minute', n.last_heartbeat_at)) m ON true",
     )
     .fetch_all(pool)
     .await?;
@@ -547,354 +557,6 @@ pub async fn insert_events(
     .execute(&mut **tx)
     .await?;
     Ok(())
-}
-
-/// One accepted heartbeat, for the history table.
-#[derive(Debug, Clone)]
-pub struct Sample {
-    /// Arrival (server clock).
-    pub received_at: DateTime<Utc>,
-    /// Snapshot time (agent clock).
-    pub observed_at: DateTime<Utc>,
-    /// Node.
-    pub node_id: String,
-    /// Agent run.
-    pub boot_id: Uuid,
-    /// Sequence number.
-    pub seq: u64,
-    /// Load average.
-    pub load1: f64,
-    /// Host uptime (s).
-    pub uptime_seconds: u64,
-    /// Per instance: name, state, effective priority, holds_vip (JSON array, as text).
-    pub instances: String,
-    /// Reports waiting in the agent's spool.
-    pub spool_depth: u64,
-    /// Replication links: key, role, state, lag in bytes and seconds.
-    pub links: Vec<LinkSample>,
-    /// Service checks: name, passing, the latest attempt's duration.
-    pub checks: Vec<CheckSample>,
-}
-
-/// One replication link in one heartbeat.
-#[derive(Debug, Clone)]
-pub struct LinkSample {
-    /// `kind:name`.
-    pub link: String,
-    /// `primary`, `secondary`, `unknown`.
-    pub role: &'static str,
-    /// Link state name.
-    pub state: &'static str,
-    /// Lag in bytes.
-    pub lag_bytes: Option<i64>,
-    /// Lag in seconds.
-    pub lag_seconds: Option<f64>,
-}
-
-/// One service check in one heartbeat.
-#[derive(Debug, Clone)]
-pub struct CheckSample {
-    /// The check's name (`[[checks]] name`).
-    pub name: String,
-    /// Passing after its rise/fall counts.
-    pub passing: bool,
-    /// How long its latest attempt took, milliseconds.
-    pub duration_ms: Option<f64>,
-}
-
-impl Sample {
-    /// The sample of an accepted report.
-    pub fn of(report: &HeartbeatReport, received_at: DateTime<Utc>) -> Sample {
-        /// One instance in the `instances` column.
-        #[derive(Serialize)]
-        struct InstanceSample<'a> {
-            name: &'a str,
-            state: hapulse_protocol::VrrpState,
-            effective_priority: Option<u8>,
-            holds_vip: bool,
-        }
-        let instances: Vec<InstanceSample> = report
-            .keepalived
-            .instances
-            .iter()
-            .map(|i| InstanceSample {
-                name: &i.name,
-                state: i.state,
-                effective_priority: i.effective_priority,
-                holds_vip: i.holds_vip(),
-            })
-            .collect();
-        // Serialising plain strings, enums, integers and booleans cannot fail.
-        let instances = serde_json::to_string(&instances).unwrap_or_else(|_| "[]".into());
-        Sample {
-            received_at,
-            observed_at: report.observed_at,
-            node_id: report.node_id.clone(),
-            boot_id: report.boot_id,
-            seq: report.seq,
-            load1: report.load1,
-            uptime_seconds: report.uptime_seconds,
-            instances,
-            spool_depth: report.spool_depth,
-            links: report
-                .replication
-                .iter()
-                .map(|l| LinkSample {
-                    link: l.key(),
-                    role: l.role.as_str(),
-                    state: l.state.as_str(),
-                    lag_bytes: l.lag_bytes.map(|b| b.min(i64::MAX as u64) as i64),
-                    lag_seconds: l.lag_seconds,
-                })
-                .collect(),
-            checks: report
-                .checks
-                .iter()
-                .map(|c| CheckSample {
-                    name: c.name.clone(),
-                    passing: c.passing,
-                    duration_ms: c.duration_ms,
-                })
-                .collect(),
-        }
-    }
-}
-
-/// Writes a batch of samples and advances the watermark and last-heartbeat time of the nodes
-/// `advance_watermark` names, in one transaction: the samples by `COPY … FROM STDIN` (text
-/// format; one round trip for the whole batch, no per-row parameters), the watermarks by one
-/// `UPDATE … FROM UNNEST` (the rest is recovered from the samples, see [`load_live`]). Only the
-/// transition path starts a new agent run (boot id): a late sample of an older run never moves
-/// the watermark back.
-///
-/// A node row another transaction holds (the transition path storing that node, the detector
-/// its status) is skipped, not waited for: the samples carry its watermark until the next
-/// advance. Waiting made every report on the fast path wait behind a batch of transitions (lock
-/// waits over a second when 10,000 nodes sent their first reports at once).
-pub async fn write_samples(
-    pool: &PgPool,
-    samples: &[Sample],
-    advance_watermark: impl Fn(&str) -> bool,
-) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    copy_in(
-        &mut tx,
-        "COPY heartbeat_samples (received_at, observed_at, node_id, boot_id, seq, load1, uptime_seconds, instances) FROM STDIN",
-        heartbeat_copy_rows(samples),
-    )
-    .await?;
-    // One COPY per table for the whole batch, skipped when no sample has a row for it.
-    for (statement, rows) in [
-        (
-            "COPY replication_samples (received_at, node_id, link, role, state, lag_bytes, lag_seconds) FROM STDIN",
-            replication_copy_rows(samples),
-        ),
-        (
-            "COPY check_samples (received_at, node_id, check_name, passing, duration_ms) FROM STDIN",
-            check_copy_rows(samples),
-        ),
-    ] {
-        if !rows.is_empty() {
-            copy_in(&mut tx, statement, rows).await?;
-        }
-    }
-    advance_watermarks(&mut tx, samples, advance_watermark).await?;
-    tx.commit().await
-}
-
-/// The `heartbeat_samples` rows of `samples`, in COPY's text format.
-fn heartbeat_copy_rows(samples: &[Sample]) -> String {
-    use std::fmt::Write as _;
-    // `write!` into a String cannot fail (its fmt::Write never returns an error).
-    let mut rows = String::with_capacity(samples.len() * 200);
-    for s in samples {
-        let received = copy_timestamp(s.received_at);
-        let _ = write!(
-            rows,
-            "{received}\t{}\t{}\t{}\t{}\t{}\t{}\t",
-            copy_timestamp(s.observed_at),
-            s.node_id,
-            s.boot_id,
-            s.seq,
-            s.load1,
-            s.uptime_seconds,
-        );
-        copy_escape(&mut rows, &s.instances);
-        rows.push('\n');
-    }
-    rows
-}
-
-/// The rows of `samples`' parts (`parts`: one row each, after the sample's arrival time and
-/// node), in COPY's text format: `row` writes a part's own columns, tab-separated, without the
-/// line end. Empty when no sample has a part.
-fn per_part_copy_rows<T>(
-    samples: &[Sample],
-    parts: impl Fn(&Sample) -> &[T],
-    row: impl Fn(&mut String, &T),
-) -> String {
-    use std::fmt::Write as _;
-    // `write!` into a String cannot fail (its fmt::Write never returns an error).
-    let mut rows = String::new();
-    for s in samples {
-        let received = copy_timestamp(s.received_at);
-        for part in parts(s) {
-            // Node ids, link keys and check names are names (A-Z a-z 0-9 . _ - :): nothing
-            // to escape.
-            let _ = write!(rows, "{received}\t{}\t", s.node_id);
-            row(&mut rows, part);
-            rows.push('\n');
-        }
-    }
-    rows
-}
-
-/// `value` in COPY's text format: `\N` for none.
-fn copy_optional(rows: &mut String, value: Option<impl std::fmt::Display>) {
-    use std::fmt::Write as _;
-    let _ = match value {
-        Some(v) => write!(rows, "{v}"),
-        None => write!(rows, "\\N"),
-    };
-}
-
-/// The `replication_samples` rows of `samples` (one per link per sample).
-fn replication_copy_rows(samples: &[Sample]) -> String {
-    use std::fmt::Write as _;
-    // `write!` into a String cannot fail.
-    per_part_copy_rows(
-        samples,
-        |s| &s.links,
-        |rows, l| {
-            let _ = write!(rows, "{}\t{}\t{}\t", l.link, l.role, l.state);
-            copy_optional(rows, l.lag_bytes);
-            rows.push('\t');
-            copy_optional(rows, l.lag_seconds);
-        },
-    )
-}
-
-/// The `check_samples` rows of `samples` (one per service check per sample).
-fn check_copy_rows(samples: &[Sample]) -> String {
-    use std::fmt::Write as _;
-    // `write!` into a String cannot fail.
-    per_part_copy_rows(
-        samples,
-        |s| &s.checks,
-        |rows, c| {
-            let _ = write!(rows, "{}\t{}\t", c.name, if c.passing { 't' } else { 'f' });
-            copy_optional(rows, c.duration_ms);
-        },
-    )
-}
-
-/// Advances the watermark and last-heartbeat columns of the nodes `advance_watermark` names to
-/// their newest sample in `samples`, skipping node rows another transaction holds and never
-/// moving a watermark back or across agent runs (see [`write_samples`]).
-async fn advance_watermarks(
-    tx: &mut Transaction<'_, Postgres>,
-    samples: &[Sample],
-    advance_watermark: impl Fn(&str) -> bool,
-) -> Result<(), sqlx::Error> {
-    // The newest sample of each node in this batch (samples arrive in acceptance order).
-    let mut latest: std::collections::HashMap<&str, &Sample> = std::collections::HashMap::new();
-    for s in samples {
-        latest.insert(s.node_id.as_str(), s);
-    }
-    let (
-        mut l_node,
-        mut l_boot,
-        mut l_seq,
-        mut l_recv,
-        mut l_obs,
-        mut l_load,
-        mut l_up,
-        mut l_spool,
-    ) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
-    for s in latest.values().filter(|s| advance_watermark(&s.node_id)) {
-        l_node.push(s.node_id.as_str());
-        l_boot.push(s.boot_id);
-        l_seq.push(s.seq as i64);
-        l_recv.push(s.received_at);
-        l_obs.push(s.observed_at);
-        l_load.push(s.load1);
-        l_up.push(s.uptime_seconds as i64);
-        l_spool.push(s.spool_depth as i64);
-    }
-    if l_node.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "WITH free AS MATERIALIZED (SELECT node_id FROM nodes WHERE node_id = ANY($1)
-                        ORDER BY node_id FOR UPDATE SKIP LOCKED)
-         UPDATE nodes SET boot_id = u.boot_id, last_seq = u.seq, last_heartbeat_at = u.received_at,
-                          last_observed_at = u.observed_at, load1 = u.load1, uptime_seconds = u.uptime,
-                          spool_depth = u.spool
-           FROM UNNEST($1::text[], $2::uuid[], $3::int8[], $4::timestamptz[], $5::timestamptz[],
-                       $6::float8[], $7::int8[], $8::int8[])
-                AS u(node_id, boot_id, seq, received_at, observed_at, load1, uptime, spool)
-           JOIN free USING (node_id)
-          WHERE nodes.node_id = u.node_id
-            AND nodes.boot_id = u.boot_id AND nodes.last_seq < u.seq",
-    )
-    .bind(&l_node)
-    .bind(&l_boot)
-    .bind(&l_seq)
-    .bind(&l_recv)
-    .bind(&l_obs)
-    .bind(&l_load)
-    .bind(&l_up)
-    .bind(&l_spool)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// Sends `data` (rows in COPY's text format) to `statement` (a `COPY … FROM STDIN`).
-async fn copy_in(
-    tx: &mut Transaction<'_, Postgres>,
-    statement: &str,
-    data: String,
-) -> Result<(), sqlx::Error> {
-    let mut copy = tx.copy_in_raw(statement).await?;
-    match copy.send(data.into_bytes()).await {
-        Ok(_) => copy.finish().await.map(|_| ()),
-        Err(e) => {
-            // The connection must leave COPY mode before it is used again.
-            let _ = copy.abort("hapulse: sending the rows failed").await;
-            Err(e)
-        }
-    }
-}
-
-/// A timestamp as COPY's text format reads it (ISO 8601, microseconds, UTC).
-fn copy_timestamp(
-    at: DateTime<Utc>,
-) -> chrono::format::DelayedFormat<chrono::format::StrftimeItems<'static>> {
-    at.format("%Y-%m-%d %H:%M:%S%.6f+00")
-}
-
-/// Appends `text` as one column of COPY's text format: backslash, tab, newline and carriage
-/// return escaped (PostgreSQL documentation, COPY, "Text Format").
-fn copy_escape(out: &mut String, text: &str) {
-    for c in text.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
-        }
-    }
 }
 
 /// A stored event, as `/api/v1/events` returns it.

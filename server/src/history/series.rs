@@ -2,8 +2,11 @@
 //! dropped by retention, neither blocking ingest), the per-minute rollup job, and the queries
 //! behind `GET /api/v1/nodes/{node_id}/history`.
 //!
-//! Raw samples (`heartbeat_samples`, `replication_samples`, `check_samples`) are partitioned by
-//! arrival day and kept `history.retention` (default 7 days); per-minute rollups
+//! Raw samples (a row per node, link or check per minute: `heartbeat_minutes`,
+//! `replication_minutes`, `check_minutes`; and the row per heartbeat that servers before them
+//! wrote, `heartbeat_samples`, `replication_samples`, `check_samples`, read as long as their
+//! partitions are kept) are partitioned by arrival day and kept `history.retention` (default 7
+//! days); the samples not written yet come from the history writer's memory. Per-minute rollups
 //! (`heartbeat_rollups_1m`, `replication_rollups_1m`, `check_rollups_1m`) by minute, kept
 //! `history.rollup_retention` (default 90 days); `events` by recording day, kept
 //! `history.event_retention` (default 90 days).
@@ -15,6 +18,8 @@ use serde::Serialize;
 use sqlx::{PgPool, Row};
 
 use crate::config::HistorySettings;
+use crate::history::minutes::NodeMinute;
+use crate::history::writer::HistoryWriter;
 
 /// A partitioned table and how long its partitions live.
 #[derive(Debug, Clone, Copy)]
@@ -28,7 +33,7 @@ pub struct Partitioned {
 }
 
 /// Every partitioned table, as [`partitioned_tables`] lists them.
-pub type PartitionedTables = [Partitioned; 7];
+pub type PartitionedTables = [Partitioned; 10];
 
 /// The partitioned tables, with retentions from the configuration: raw samples, their
 /// per-minute rollups (created for every day raw samples are kept), events.
@@ -45,6 +50,9 @@ pub fn partitioned_tables(history: &HistorySettings) -> PartitionedTables {
         days_back: raw_days,
     };
     [
+        raw("heartbeat_minutes"),
+        raw("replication_minutes"),
+        raw("check_minutes"),
         raw("heartbeat_samples"),
         raw("replication_samples"),
         raw("check_samples"),
@@ -177,10 +185,12 @@ pub async fn roll_up(
     let start = match watermark {
         Some(w) => w,
         None => {
-            let oldest: Option<DateTime<Utc>> =
-                sqlx::query_scalar("SELECT min(received_at) FROM heartbeat_samples")
-                    .fetch_one(pool)
-                    .await?;
+            let oldest: Option<DateTime<Utc>> = sqlx::query_scalar(
+                "SELECT least((SELECT min(received_at) FROM heartbeat_samples),
+                              (SELECT min(minute) FROM heartbeat_minutes))",
+            )
+            .fetch_one(pool)
+            .await?;
             match oldest.and_then(|o| o.duration_trunc(minute).ok()) {
                 Some(o) => o,
                 None => until,
@@ -193,8 +203,8 @@ pub async fn roll_up(
     let from = start.min(until) - RE_ROLL;
     let advanced = to > start;
     let mut tx = pool.begin().await?;
-    for statement in ROLLUPS {
-        sqlx::query(statement)
+    for statement in rollups() {
+        sqlx::query(&statement)
             .bind(from)
             .bind(to)
             .execute(&mut *tx)
@@ -211,39 +221,127 @@ pub async fn roll_up(
     Ok(advanced.then_some(to))
 }
 
-/// The rollup of each raw table: the samples arriving in `[$1, $2)` into their minutes' rows.
-const ROLLUPS: [&str; 3] = [
-    "INSERT INTO heartbeat_rollups_1m (minute, node_id, heartbeats, load1_avg, load1_max)
-     SELECT date_trunc('minute', received_at), node_id, count(*), avg(load1), max(load1)
-       FROM heartbeat_samples WHERE received_at >= $1 AND received_at < $2
-      GROUP BY 1, 2
-     ON CONFLICT (node_id, minute) DO UPDATE SET heartbeats = EXCLUDED.heartbeats,
-        load1_avg = EXCLUDED.load1_avg, load1_max = EXCLUDED.load1_max",
-    "INSERT INTO replication_rollups_1m (minute, node_id, link, samples,
-            lag_bytes_min, lag_bytes_max, lag_bytes_sum, lag_bytes_n,
-            lag_seconds_min, lag_seconds_max, lag_seconds_sum, lag_seconds_n)
-     SELECT date_trunc('minute', received_at), node_id, link, count(*),
-            min(lag_bytes), max(lag_bytes), sum(lag_bytes), count(lag_bytes),
-            min(lag_seconds), max(lag_seconds), sum(lag_seconds), count(lag_seconds)
-       FROM replication_samples WHERE received_at >= $1 AND received_at < $2
-      GROUP BY 1, 2, 3
-     ON CONFLICT (node_id, link, minute) DO UPDATE SET samples = EXCLUDED.samples,
-        lag_bytes_min = EXCLUDED.lag_bytes_min, lag_bytes_max = EXCLUDED.lag_bytes_max,
-        lag_bytes_sum = EXCLUDED.lag_bytes_sum, lag_bytes_n = EXCLUDED.lag_bytes_n,
-        lag_seconds_min = EXCLUDED.lag_seconds_min, lag_seconds_max = EXCLUDED.lag_seconds_max,
-        lag_seconds_sum = EXCLUDED.lag_seconds_sum, lag_seconds_n = EXCLUDED.lag_seconds_n",
-    "INSERT INTO check_rollups_1m (minute, node_id, check_name, samples, passing,
-            duration_ms_min, duration_ms_max, duration_ms_sum, duration_ms_n)
-     SELECT date_trunc('minute', received_at), node_id, check_name, count(*),
-            count(*) FILTER (WHERE passing),
-            min(duration_ms), max(duration_ms), sum(duration_ms), count(duration_ms)
-       FROM check_samples WHERE received_at >= $1 AND received_at < $2
-      GROUP BY 1, 2, 3
-     ON CONFLICT (node_id, check_name, minute) DO UPDATE SET samples = EXCLUDED.samples,
-        passing = EXCLUDED.passing,
-        duration_ms_min = EXCLUDED.duration_ms_min, duration_ms_max = EXCLUDED.duration_ms_max,
-        duration_ms_sum = EXCLUDED.duration_ms_sum, duration_ms_n = EXCLUDED.duration_ms_n",
-];
+/// A kind of raw sample: where servers since issue 22 keep it (a row per node-minute, arrays
+/// of arrival offsets and values) and where older ones did (a row per heartbeat), the column
+/// naming what it is of within the node (a link, a check), and its value columns.
+struct RawKind {
+    minutes: &'static str,
+    per_heartbeat: &'static str,
+    part: Option<&'static str>,
+    values: &'static [&'static str],
+}
+
+const HEARTBEATS: RawKind = RawKind {
+    minutes: "heartbeat_minutes",
+    per_heartbeat: "heartbeat_samples",
+    part: None,
+    values: &["load1"],
+};
+const LAGS: RawKind = RawKind {
+    minutes: "replication_minutes",
+    per_heartbeat: "replication_samples",
+    part: Some("link"),
+    values: &["lag_bytes", "lag_seconds"],
+};
+const CHECKS: RawKind = RawKind {
+    minutes: "check_minutes",
+    per_heartbeat: "check_samples",
+    part: Some("check_name"),
+    values: &["passing", "duration_ms"],
+};
+
+/// SQL giving `kind`'s raw samples arriving in `[from, to)` (SQL expressions) as rows of
+/// `received_at, node_id, [part,] values…`, from both tables; with `one`, only those of node
+/// `$1` (and of part `$6`). A node-minute row's samples are unnested with their arrival offsets
+/// (µs after the minute, so `received_at` is exact); the range is applied to `minute` too so the
+/// index and the partitions narrow the scan.
+fn sample_rows(kind: &RawKind, from: &str, to: &str, one: bool) -> String {
+    let values = kind.values.join(", ");
+    let unnested = kind
+        .values
+        .iter()
+        .map(|v| format!("u.{v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let arrays = kind
+        .values
+        .iter()
+        .map(|v| format!("m.{v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (part, m_part) = match kind.part {
+        Some(p) => (format!("{p}, "), format!("m.{p}, ")),
+        None => (String::new(), String::new()),
+    };
+    let (only, m_only) = match (one, kind.part) {
+        (false, _) => (String::new(), String::new()),
+        (true, Some(p)) => (
+            format!("node_id = $1 AND {p} = $6 AND "),
+            format!("m.node_id = $1 AND m.{p} = $6 AND "),
+        ),
+        (true, None) => ("node_id = $1 AND ".into(), "m.node_id = $1 AND ".into()),
+    };
+    format!(
+        "SELECT received_at, node_id, {part}{values} FROM {old}
+          WHERE {only}received_at >= {from} AND received_at < {to}
+         UNION ALL
+         SELECT m.minute + u.off * interval '1 microsecond', m.node_id, {m_part}{unnested}
+           FROM {minutes} m CROSS JOIN LATERAL unnest(m.offsets_us, {arrays}) AS u(off, {values})
+          WHERE {m_only}m.minute > {from} - interval '1 minute' AND m.minute < {to}",
+        old = kind.per_heartbeat,
+        minutes = kind.minutes,
+    )
+}
+
+/// The rollup of each kind of raw sample: the samples arriving in `[$1, $2)` (whole minutes)
+/// into their minutes' rows.
+fn rollups() -> [String; 3] {
+    let rows = |kind| sample_rows(kind, "$1", "$2", false);
+    [
+        format!(
+            "INSERT INTO heartbeat_rollups_1m (minute, node_id, heartbeats, load1_avg, load1_max)
+             SELECT date_trunc('minute', received_at), node_id, count(*), avg(load1), max(load1)
+               FROM ({}) s
+              WHERE received_at >= $1 AND received_at < $2
+              GROUP BY 1, 2
+             ON CONFLICT (node_id, minute) DO UPDATE SET heartbeats = EXCLUDED.heartbeats,
+                load1_avg = EXCLUDED.load1_avg, load1_max = EXCLUDED.load1_max",
+            rows(&HEARTBEATS)
+        ),
+        format!(
+            "INSERT INTO replication_rollups_1m (minute, node_id, link, samples,
+                    lag_bytes_min, lag_bytes_max, lag_bytes_sum, lag_bytes_n,
+                    lag_seconds_min, lag_seconds_max, lag_seconds_sum, lag_seconds_n)
+             SELECT date_trunc('minute', received_at), node_id, link, count(*),
+                    min(lag_bytes), max(lag_bytes), sum(lag_bytes), count(lag_bytes),
+                    min(lag_seconds), max(lag_seconds), sum(lag_seconds), count(lag_seconds)
+               FROM ({}) s
+              WHERE received_at >= $1 AND received_at < $2
+              GROUP BY 1, 2, 3
+             ON CONFLICT (node_id, link, minute) DO UPDATE SET samples = EXCLUDED.samples,
+                lag_bytes_min = EXCLUDED.lag_bytes_min, lag_bytes_max = EXCLUDED.lag_bytes_max,
+                lag_bytes_sum = EXCLUDED.lag_bytes_sum, lag_bytes_n = EXCLUDED.lag_bytes_n,
+                lag_seconds_min = EXCLUDED.lag_seconds_min, lag_seconds_max = EXCLUDED.lag_seconds_max,
+                lag_seconds_sum = EXCLUDED.lag_seconds_sum, lag_seconds_n = EXCLUDED.lag_seconds_n",
+            rows(&LAGS)
+        ),
+        format!(
+            "INSERT INTO check_rollups_1m (minute, node_id, check_name, samples, passing,
+                    duration_ms_min, duration_ms_max, duration_ms_sum, duration_ms_n)
+             SELECT date_trunc('minute', received_at), node_id, check_name, count(*),
+                    count(*) FILTER (WHERE passing),
+                    min(duration_ms), max(duration_ms), sum(duration_ms), count(duration_ms)
+               FROM ({}) s
+              WHERE received_at >= $1 AND received_at < $2
+              GROUP BY 1, 2, 3
+             ON CONFLICT (node_id, check_name, minute) DO UPDATE SET samples = EXCLUDED.samples,
+                passing = EXCLUDED.passing,
+                duration_ms_min = EXCLUDED.duration_ms_min, duration_ms_max = EXCLUDED.duration_ms_max,
+                duration_ms_sum = EXCLUDED.duration_ms_sum, duration_ms_n = EXCLUDED.duration_ms_n",
+            rows(&CHECKS)
+        ),
+    ]
+}
 
 /// How far back each rollup call rolls again.
 const RE_ROLL: ChronoDuration = ChronoDuration::minutes(10);
@@ -328,8 +426,13 @@ pub struct SeriesQuery {
 }
 
 /// The series: buckets in time order; empty buckets are left out (for `heartbeats`, filled with
-/// zero, since a missing heartbeat is the point).
-pub async fn series(pool: &PgPool, q: &SeriesQuery) -> Result<Vec<Point>, sqlx::Error> {
+/// zero, since a missing heartbeat is the point). The samples `writer` holds unwritten are in
+/// it, each once.
+pub async fn series(
+    pool: &PgPool,
+    writer: &HistoryWriter,
+    q: &SeriesQuery,
+) -> Result<Vec<Point>, sqlx::Error> {
     // What the series is of within the node: its link or its check (`$6` in the queries).
     let part = q
         .link
@@ -338,8 +441,10 @@ pub async fn series(pool: &PgPool, q: &SeriesQuery) -> Result<Vec<Point>, sqlx::
         .cloned()
         .unwrap_or_default();
     let step = q.step.as_secs_f64();
+    // Held until the stored samples are read: none of the unwritten ones is committed meanwhile.
+    let unwritten = writer.read_with_unwritten(&q.node_id).await;
     let mut points = match q.source {
-        Source::Raw => fetch(pool, raw_sql(q.metric), q, q.from, q.to, &part, step).await?,
+        Source::Raw => fetch(pool, &raw_sql(q.metric), q, q.from, q.to, &part, step).await?,
         Source::Rollup => {
             let rolled: Option<DateTime<Utc>> =
                 sqlx::query_scalar("SELECT rolled_until FROM rollup_progress")
@@ -348,14 +453,90 @@ pub async fn series(pool: &PgPool, q: &SeriesQuery) -> Result<Vec<Point>, sqlx::
             let seam = rolled.unwrap_or(q.from).clamp(q.from, q.to);
             let mut points =
                 fetch(pool, rollup_sql(q.metric), q, q.from, seam, &part, step).await?;
-            points.extend(fetch(pool, raw_sql(q.metric), q, seam, q.to, &part, step).await?);
-            merge(points, q.metric == Metric::Heartbeats)
+            points.extend(fetch(pool, &raw_sql(q.metric), q, seam, q.to, &part, step).await?);
+            points
         }
     };
+    points.extend(unwritten_points(&unwritten.minutes, q, &part));
+    drop(unwritten);
+    let mut points = merge(points, q.metric == Metric::Heartbeats);
     if q.metric == Metric::Heartbeats {
         points = fill_zero(points, q);
     }
     Ok(points)
+}
+
+/// The buckets of `q`'s metric over the samples of `minutes` (one node's, not written yet) in
+/// `q`'s range, as the raw query would compute them: `count` every sample, `min`/`max`/`avg`
+/// the present values (`heartbeats`: the count in each).
+fn unwritten_points(minutes: &[NodeMinute], q: &SeriesQuery, part: &str) -> Vec<Point> {
+    let step = (q.step.as_micros() as i64).max(1);
+    let mut buckets: std::collections::BTreeMap<i64, (Vec<f64>, i64)> = Default::default();
+    let mut add = |at: DateTime<Utc>, value: Option<f64>| {
+        if at < q.from || at >= q.to {
+            return;
+        }
+        let since = (at - q.from).num_microseconds().unwrap_or(0);
+        let bucket = buckets.entry(since / step).or_default();
+        bucket.0.extend(value);
+        bucket.1 += 1;
+    };
+    let at = |m: &NodeMinute, offset: i32| m.minute + ChronoDuration::microseconds(offset.into());
+    for m in minutes {
+        match q.metric {
+            Metric::Heartbeats | Metric::Load1 => {
+                for &(offset, load1) in &m.heartbeats {
+                    add(at(m, offset), Some(load1));
+                }
+            }
+            Metric::LagBytes | Metric::LagSeconds => {
+                for (_, series) in m.links.iter().filter(|(key, _)| key == part) {
+                    for &(offset, bytes, seconds) in series {
+                        let value = match q.metric {
+                            Metric::LagBytes => bytes.map(|b| b as f64),
+                            _ => seconds,
+                        };
+                        add(at(m, offset), value);
+                    }
+                }
+            }
+            Metric::CheckPassing | Metric::CheckDurationMs => {
+                for (_, series) in m.checks.iter().filter(|(name, _)| name == part) {
+                    for &(offset, passing, duration) in series {
+                        let value = match q.metric {
+                            Metric::CheckPassing => Some(f64::from(u8::from(passing))),
+                            _ => duration,
+                        };
+                        add(at(m, offset), value);
+                    }
+                }
+            }
+        }
+    }
+    buckets
+        .into_iter()
+        .map(|(index, (values, count))| {
+            let t = q.from + ChronoDuration::microseconds(index * step);
+            if q.metric == Metric::Heartbeats {
+                let n = Some(count as f64);
+                return Point {
+                    t,
+                    min: n,
+                    max: n,
+                    avg: n,
+                    count,
+                };
+            }
+            let present = !values.is_empty();
+            Point {
+                t,
+                min: present.then(|| values.iter().copied().fold(f64::INFINITY, f64::min)),
+                max: present.then(|| values.iter().copied().fold(f64::NEG_INFINITY, f64::max)),
+                avg: present.then(|| values.iter().sum::<f64>() / values.len() as f64),
+                count,
+            }
+        })
+        .collect()
 }
 
 async fn fetch(
@@ -393,41 +574,50 @@ async fn fetch(
         .collect()
 }
 
-fn raw_sql(metric: Metric) -> &'static str {
-    match metric {
-        Metric::LagBytes => "SELECT date_bin($5::float8 * interval '1 second', received_at, $4) AS t,
-                min(lag_bytes)::float8 AS min, max(lag_bytes)::float8 AS max, avg(lag_bytes)::float8 AS avg,
+/// The raw query of `metric`: buckets of `$5` seconds from `$4` over the samples of node `$1`
+/// (and part `$6`) arriving in `[$2, $3)`.
+fn raw_sql(metric: Metric) -> String {
+    let (kind, aggregates) = match metric {
+        Metric::LagBytes => (
+            &LAGS,
+            "min(lag_bytes)::float8 AS min, max(lag_bytes)::float8 AS max, avg(lag_bytes)::float8 AS avg",
+        ),
+        Metric::LagSeconds => (
+            &LAGS,
+            "min(lag_seconds) AS min, max(lag_seconds) AS max, avg(lag_seconds) AS avg",
+        ),
+        Metric::Heartbeats => (
+            &HEARTBEATS,
+            "count(*)::float8 AS min, count(*)::float8 AS max, count(*)::float8 AS avg",
+        ),
+        Metric::Load1 => (
+            &HEARTBEATS,
+            "min(load1) AS min, max(load1) AS max, avg(load1) AS avg",
+        ),
+        Metric::CheckPassing => (
+            &CHECKS,
+            "min(passing::int)::float8 AS min, max(passing::int)::float8 AS max,
+             avg(passing::int)::float8 AS avg",
+        ),
+        Metric::CheckDurationMs => (
+            &CHECKS,
+            "min(duration_ms) AS min, max(duration_ms) AS max, avg(duration_ms) AS avg",
+        ),
+    };
+    // Every query binds `$6`; a kind that is not of a part ignores it.
+    let unused = if kind.part.is_none() {
+        " AND ($6::text IS NULL OR TRUE)"
+    } else {
+        ""
+    };
+    format!(
+        "SELECT date_bin($5::float8 * interval '1 second', received_at, $4) AS t, {aggregates},
                 count(*) AS count
-           FROM replication_samples
-          WHERE node_id = $1 AND link = $6 AND received_at >= $2 AND received_at < $3
+           FROM ({}) s
+          WHERE received_at >= $2 AND received_at < $3{unused}
           GROUP BY 1 ORDER BY 1",
-        Metric::LagSeconds => "SELECT date_bin($5::float8 * interval '1 second', received_at, $4) AS t,
-                min(lag_seconds) AS min, max(lag_seconds) AS max, avg(lag_seconds) AS avg, count(*) AS count
-           FROM replication_samples
-          WHERE node_id = $1 AND link = $6 AND received_at >= $2 AND received_at < $3
-          GROUP BY 1 ORDER BY 1",
-        Metric::Heartbeats => "SELECT date_bin($5::float8 * interval '1 second', received_at, $4) AS t,
-                count(*)::float8 AS min, count(*)::float8 AS max, count(*)::float8 AS avg, count(*) AS count
-           FROM heartbeat_samples
-          WHERE node_id = $1 AND ($6::text IS NULL OR TRUE) AND received_at >= $2 AND received_at < $3
-          GROUP BY 1 ORDER BY 1",
-        Metric::Load1 => "SELECT date_bin($5::float8 * interval '1 second', received_at, $4) AS t,
-                min(load1) AS min, max(load1) AS max, avg(load1) AS avg, count(*) AS count
-           FROM heartbeat_samples
-          WHERE node_id = $1 AND ($6::text IS NULL OR TRUE) AND received_at >= $2 AND received_at < $3
-          GROUP BY 1 ORDER BY 1",
-        Metric::CheckPassing => "SELECT date_bin($5::float8 * interval '1 second', received_at, $4) AS t,
-                min(passing::int)::float8 AS min, max(passing::int)::float8 AS max,
-                avg(passing::int)::float8 AS avg, count(*) AS count
-           FROM check_samples
-          WHERE node_id = $1 AND check_name = $6 AND received_at >= $2 AND received_at < $3
-          GROUP BY 1 ORDER BY 1",
-        Metric::CheckDurationMs => "SELECT date_bin($5::float8 * interval '1 second', received_at, $4) AS t,
-                min(duration_ms) AS min, max(duration_ms) AS max, avg(duration_ms) AS avg, count(*) AS count
-           FROM check_samples
-          WHERE node_id = $1 AND check_name = $6 AND received_at >= $2 AND received_at < $3
-          GROUP BY 1 ORDER BY 1",
-    }
+        sample_rows(kind, "$2", "$3", true)
+    )
 }
 
 fn rollup_sql(metric: Metric) -> &'static str {
@@ -580,12 +770,14 @@ mod tests {
             "replication_samples_p20261121"
         );
         let tables = partitioned_tables(&crate::config::Settings::default().history);
-        assert_eq!(tables[2].table, "check_samples");
+        assert_eq!(tables[2].table, "check_minutes");
         assert_eq!(tables[2].days_back, 1);
-        assert_eq!(tables[5].table, "check_rollups_1m");
-        assert_eq!(tables[5].days_back, 8);
-        assert_eq!(tables[6].table, "events");
-        assert_eq!(tables[6].retention, Duration::from_secs(90 * 86_400));
+        assert_eq!(tables[5].table, "check_samples");
+        assert_eq!(tables[5].days_back, 1);
+        assert_eq!(tables[8].table, "check_rollups_1m");
+        assert_eq!(tables[8].days_back, 8);
+        assert_eq!(tables[9].table, "events");
+        assert_eq!(tables[9].retention, Duration::from_secs(90 * 86_400));
     }
 }
 

@@ -7,7 +7,7 @@ use hapulse_protocol::{LinkState, ReplicationRole, VrrpState};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::harness::{count, eventually, pg_report_link, report, TestServer};
+use crate::harness::{count, eventually, pg_report_link, report, stored_heartbeats, TestServer};
 
 #[sqlx::test(migrations = false)]
 async fn reports_name_the_master_and_vip_holder(pool: PgPool) {
@@ -97,10 +97,7 @@ async fn reports_name_the_master_and_vip_holder(pool: PgPool) {
         (400, Some("invalid_query"))
     );
     let pool = server.stop().await;
-    assert_eq!(
-        count(&pool, "SELECT count(*) FROM heartbeat_samples").await,
-        4
-    );
+    assert_eq!(stored_heartbeats(&pool).await, 4);
 }
 
 /// Time the server takes to answer is not the node's silence: a report held up for longer
@@ -171,15 +168,17 @@ async fn the_history_writer_skips_a_held_node_row(pool: PgPool) {
         .await
         .unwrap();
     let now = chrono::Utc::now();
-    let samples = [
-        hapulse_server::fleet::store::Sample::of(&report("a", a, 2, VrrpState::Master, true), now),
-        hapulse_server::fleet::store::Sample::of(&report("b", b, 2, VrrpState::Backup, false), now),
-    ];
+    let mut minutes = hapulse_server::history::minutes::Minutes::default();
+    minutes.record(&report("a", a, 2, VrrpState::Master, true), now);
+    minutes.record(&report("b", b, 2, VrrpState::Backup, false), now);
+    let batch = minutes.take(None);
     // A liveness bound, not a latency figure: waiting for a's row would never end.
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        hapulse_server::fleet::store::write_samples(&pool, &samples, |_| true),
-    )
+    tokio::time::timeout(Duration::from_secs(30), async {
+        hapulse_server::history::minutes::write(&pool, &batch)
+            .await?
+            .commit()
+            .await
+    })
     .await
     .expect("the writer waited for the held row")
     .unwrap();
@@ -193,7 +192,7 @@ async fn the_history_writer_skips_a_held_node_row(pool: PgPool) {
     assert_eq!(
         count(
             &pool,
-            "SELECT count(*) FROM heartbeat_samples WHERE seq = 2"
+            "SELECT count(*) FROM heartbeat_minutes WHERE last_seq = 2"
         )
         .await,
         2
@@ -246,10 +245,7 @@ async fn replays_are_acknowledged_but_never_doubled_even_across_a_restart(pool: 
         .await,
         1
     );
-    assert_eq!(
-        count(&pool, "SELECT count(*) FROM heartbeat_samples").await,
-        3
-    );
+    assert_eq!(stored_heartbeats(&pool).await, 3);
 }
 
 #[sqlx::test(migrations = false)]
@@ -364,10 +360,7 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_written(pool: PgP
     let pool = server.stop().await;
     assert_eq!(count(&pool, "SELECT count(*) FROM nodes").await, 0);
     assert_eq!(count(&pool, "SELECT count(*) FROM events").await, 0);
-    assert_eq!(
-        count(&pool, "SELECT count(*) FROM heartbeat_samples").await,
-        0
-    );
+    assert_eq!(stored_heartbeats(&pool).await, 0);
 }
 
 #[sqlx::test(migrations = false)]
@@ -531,6 +524,9 @@ async fn history_partitions_are_created_ahead_and_dropped_after_retention(pool: 
         )
     };
     for table in [
+        "heartbeat_minutes",
+        "replication_minutes",
+        "check_minutes",
         "heartbeat_samples",
         "replication_samples",
         "check_samples",
@@ -553,10 +549,18 @@ async fn history_partitions_are_created_ahead_and_dropped_after_retention(pool: 
         let names = partitions(pool.clone(), table).await;
         assert!(names.contains(&name(table, -7)), "{names:?}");
     }
-    // A check sample of today, gone with its day.
+    // Check samples of today (as an older server wrote them, and as a minute's row), gone with
+    // their day.
     sqlx::query(
         "INSERT INTO check_samples (received_at, node_id, check_name, passing, duration_ms)
          VALUES (now(), 'a', 'pg-port', false, 2.5)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO check_minutes (minute, node_id, check_name, offsets_us, passing, duration_ms)
+         VALUES (date_trunc('minute', now()), 'a', 'pg-port', '{5}', '{f}', '{2.5}')",
     )
     .execute(&pool)
     .await
@@ -588,10 +592,13 @@ async fn history_partitions_are_created_ahead_and_dropped_after_retention(pool: 
     assert!(
         dropped.contains(&name("heartbeat_samples", 0))
             && dropped.contains(&name("replication_samples", 1))
-            && dropped.contains(&name("check_samples", 0)),
+            && dropped.contains(&name("check_samples", 0))
+            && dropped.contains(&name("heartbeat_minutes", 0))
+            && dropped.contains(&name("check_minutes", 0)),
         "{dropped:?}"
     );
     assert_eq!(count(&pool, "SELECT count(*) FROM check_samples").await, 0);
+    assert_eq!(count(&pool, "SELECT count(*) FROM check_minutes").await, 0);
     assert!(
         !dropped.iter().any(|d| d.contains("rollups")),
         "{dropped:?}"
@@ -837,56 +844,58 @@ async fn replication_links_lag_history_and_the_vip_check(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn history_rows_keep_every_value_through_copy(pool: PgPool) {
-    // Samples go to PostgreSQL in COPY's text format: an instance name with a backslash, a
-    // quote and a non-ASCII letter, a missing lag and sub-millisecond times must come back as sent.
+    // Samples go to PostgreSQL in COPY's text format, as arrays in a row per node-minute: a
+    // load that is not a short decimal, a missing lag and the arrival time to the microsecond
+    // must come back as sent.
     let server = TestServer::start(pool).await;
     let agent = server.agent();
     let boot = Uuid::new_v4();
     let mut r = report("a", boot, 1, VrrpState::Master, true);
-    r.keepalived.instances[0].name = r#"VI\1 "ü""#.into();
-    r.load1 = 0.125;
+    r.load1 = 0.1 + 0.2;
     let mut lagging = pg_report_link(ReplicationRole::Primary, LinkState::Streaming, 4096);
     lagging.lag_seconds = None;
     r.replication = vec![lagging];
+    let before = chrono::Utc::now();
     assert!(agent.send_heartbeat(&r).await.unwrap().accepted);
+    let after = chrono::Utc::now();
     let pool = server.stop().await;
-    let (observed, seq, load1, instances): (
-        chrono::DateTime<chrono::Utc>,
-        i64,
-        f64,
-        serde_json::Value,
-    ) = sqlx::query_as(
-        "SELECT observed_at, seq, load1, instances FROM heartbeat_samples WHERE node_id = 'a'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let (received, stored_boot, seq, load1): (chrono::DateTime<chrono::Utc>, Uuid, i64, Vec<f64>) =
+        sqlx::query_as(
+            "SELECT minute + offsets_us[1] * interval '1 microsecond', boot_id, last_seq, load1
+           FROM heartbeat_minutes WHERE node_id = 'a'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(before <= received && received <= after, "{received}");
+    assert_eq!((stored_boot, seq, load1), (boot, 1, vec![0.1 + 0.2]));
+    let last_heartbeat: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT last_heartbeat_at FROM nodes WHERE node_id = 'a'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(
-        observed.timestamp_micros(),
-        r.observed_at.timestamp_micros()
+        last_heartbeat, received,
+        "the arrival is exact to the microsecond"
     );
-    assert_eq!((seq, load1), (1, 0.125));
-    assert_eq!(
-        instances,
-        serde_json::json!([{ "name": r#"VI\1 "ü""#, "state": "MASTER",
-                             "effective_priority": 150, "holds_vip": true }])
-    );
-    let (link, lag_bytes, lag_seconds): (String, Option<i64>, Option<f64>) = sqlx::query_as(
-        "SELECT link, lag_bytes, lag_seconds FROM replication_samples WHERE node_id = 'a'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let (link, lag_bytes, lag_seconds): (String, Vec<Option<i64>>, Vec<Option<f64>>) =
+        sqlx::query_as(
+            "SELECT link, lag_bytes, lag_seconds FROM replication_minutes WHERE node_id = 'a'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(
         (link.as_str(), lag_bytes, lag_seconds),
-        ("postgresql:pg", Some(4096), None)
+        ("postgresql:pg", vec![Some(4096)], vec![None])
     );
 }
 
 #[sqlx::test(migrations = false)]
 async fn a_quiet_report_accepted_before_a_restart_is_a_replay_after_it(pool: PgPool) {
-    // Reports that change nothing advance the stored watermark only every 10 s; the samples
-    // carry it across a restart.
+    // The node row's watermark is advanced with the node's minute of samples, unless another
+    // transaction held the row then (see the_history_writer_skips_a_held_node_row): the
+    // minute rows carry it across a restart.
     let server = TestServer::start(pool).await;
     let agent = server.agent();
     let boot = Uuid::new_v4();
@@ -895,11 +904,11 @@ async fn a_quiet_report_accepted_before_a_restart_is_a_replay_after_it(pool: PgP
         assert!(agent.send_heartbeat(&r).await.unwrap().accepted);
     }
     let pool = server.stop().await;
-    let stored: i64 = sqlx::query_scalar("SELECT last_seq FROM nodes WHERE node_id = 'a'")
-        .fetch_one(&pool)
+    // As a held row leaves it: the watermark of the first report (the transition path's).
+    sqlx::query("UPDATE nodes SET last_seq = 1 WHERE node_id = 'a'")
+        .execute(&pool)
         .await
         .unwrap();
-    assert!(stored < 3, "the watermark row was written for every report");
 
     let server = TestServer::start(pool).await;
     let agent = server.agent();
@@ -913,10 +922,7 @@ async fn a_quiet_report_accepted_before_a_restart_is_a_replay_after_it(pool: PgP
     let r = report("a", boot, 4, VrrpState::Master, true);
     assert!(agent.send_heartbeat(&r).await.unwrap().accepted);
     let pool = server.stop().await;
-    assert_eq!(
-        count(&pool, "SELECT count(*) FROM heartbeat_samples").await,
-        4
-    );
+    assert_eq!(stored_heartbeats(&pool).await, 4);
 }
 
 /// The cluster list and the overview come from one shared copy: paged, problems first on the

@@ -372,10 +372,15 @@ async fn check_history_is_a_series_raw_and_rolled_up(pool: PgPool) {
         .await;
     assert!(lag.get("check").is_none(), "{lag}");
 
-    // The samples in arrival order: the change between heartbeats is there.
+    // Stored when the server stops (the minute in progress is written then), in arrival
+    // order: the change between heartbeats is there.
+    let server = TestServer::start(server.stop().await).await;
     let stored: Vec<(bool, Option<f64>)> = sqlx::query_as(
-        "SELECT passing, duration_ms FROM check_samples
-          WHERE node_id = 'b' AND check_name = 'pg-port' ORDER BY received_at",
+        "SELECT u.passing, u.duration_ms
+           FROM check_minutes m, unnest(m.offsets_us, m.passing, m.duration_ms)
+                AS u(off, passing, duration_ms)
+          WHERE m.node_id = 'b' AND m.check_name = 'pg-port'
+          ORDER BY m.minute + u.off * interval '1 microsecond'",
     )
     .fetch_all(&server.pool)
     .await

@@ -381,6 +381,15 @@ pub async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
+/// Heartbeat samples stored (a row per node-minute holds one arrival offset per sample).
+pub async fn stored_heartbeats(pool: &PgPool) -> i64 {
+    count(
+        pool,
+        "SELECT coalesce(sum(cardinality(offsets_us)), 0)::int8 FROM heartbeat_minutes",
+    )
+    .await
+}
+
 /// A PostgreSQL link `pg` tied to VI_1, with `lag_bytes` of lag (and lag / 1e6 seconds).
 pub fn pg_report_link(
     role: ReplicationRole,

@@ -12,6 +12,7 @@ mod checks;
 mod cli;
 mod failover_api;
 mod harness;
+mod history_store;
 mod keepalived_groups;
 mod lab;
 mod lab_alerts;

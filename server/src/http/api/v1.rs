@@ -341,7 +341,7 @@ pub async fn history(
 ) -> Result<Json<History>, AppError> {
     node_in_scope(&state, &me, &node_id)?;
     let query = history_query(&state, &node_id, q)?;
-    let points = series::series(&state.db, &query).await?;
+    let points = series::series(&state.db, &state.history, &query).await?;
     Ok(Json(History {
         node_id,
         metric: query.metric,

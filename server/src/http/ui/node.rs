@@ -105,16 +105,25 @@ async fn node_charts(
     ));
     let mut charts = Vec::new();
     for (query, title, unit) in wanted {
-        let points = series::series(&state.db, &query).await?;
+        let points = series::series(&state.db, &state.history, &query).await?;
         charts.push(Chart {
             svg: charts::line_chart(&title, unit, &points, from, to),
         });
     }
     for check in &node.summary.checks {
         let name = Some(&check.name);
-        let duration =
-            series::series(&state.db, &query(Metric::CheckDurationMs, None, name)).await?;
-        let passing = series::series(&state.db, &query(Metric::CheckPassing, None, name)).await?;
+        let duration = series::series(
+            &state.db,
+            &state.history,
+            &query(Metric::CheckDurationMs, None, name),
+        )
+        .await?;
+        let passing = series::series(
+            &state.db,
+            &state.history,
+            &query(Metric::CheckPassing, None, name),
+        )
+        .await?;
         let title = format!(
             "check {} ({}): duration, state",
             check.name,
