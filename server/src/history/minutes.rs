@@ -365,6 +365,50 @@ fn copy_timestamp(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hapulse_protocol::testing;
+
+    fn at(seconds: i64, micros: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 - 1_800_000_000 % 60 + seconds, 0).unwrap()
+            + chrono::Duration::microseconds(micros)
+    }
+
+    #[test]
+    fn samples_go_to_their_minute_with_exact_offsets() {
+        let mut minutes = Minutes::default();
+        let mut r = testing::report("a", "c").build();
+        for (seq, (s, us)) in [(0, 0), (59, 999_999), (60, 0), (61, 5)]
+            .into_iter()
+            .enumerate()
+        {
+            r.seq = seq as u64 + 1;
+            minutes.record(&r, at(s, us));
+        }
+        assert_eq!(minutes.samples(), 4);
+        let held = minutes.of("a");
+        assert_eq!(held.len(), 2);
+        assert_eq!(held[0].minute, at(0, 0));
+        assert_eq!(
+            held[0].heartbeats.iter().map(|h| h.0).collect::<Vec<_>>(),
+            vec![0, 59_999_999]
+        );
+        assert_eq!(held[0].latest.seq, 2);
+        assert_eq!(
+            held[1].heartbeats.iter().map(|h| h.0).collect::<Vec<_>>(),
+            vec![0, 5]
+        );
+
+        // Only the ended minute is taken; a failed write puts it back beside newer samples of
+        // the same minute, each written as its own row.
+        let taken = minutes.take(Some(at(60, 0)));
+        assert_eq!((taken.len(), minutes.samples()), (1, 2));
+        r.seq = 5;
+        minutes.record(&r, at(30, 0));
+        minutes.restore(taken);
+        assert_eq!(minutes.samples(), 5);
+        let all = minutes.take(None);
+        assert_eq!((all.len(), minutes.samples()), (3, 0));
+        assert!(minutes.of("a").is_empty());
+    }
 
     #[test]
     fn arrays_are_written_as_postgresql_reads_them() {
