@@ -960,6 +960,7 @@ pub(crate) fn gather(
                     .next()
                     .map(|check| format!("check {} failing", check.name)),
                 serves: serves(c, n, instance),
+                holds_vip: holds_vip(n, instance),
             }
         })
         .collect();
@@ -1007,6 +1008,14 @@ fn serves(c: &ClusterView, n: &NodeLive, instance: &str) -> Option<String> {
                     .any(|r| r.vrrp_instance.as_deref() == Some(i.name.as_str()))
         })
         .map(|i| i.name.clone())
+}
+
+/// Whether `n` is MASTER of `instance` and its kernel holds every VIP of it: keepalived already
+/// made it the holder.
+fn holds_vip(n: &NodeLive, instance: &str) -> bool {
+    n.instance(instance).is_some_and(|i| {
+        i.state == VrrpState::Master && i.vips.iter().all(|v| i.held_vips.contains(v))
+    })
 }
 
 /// Does `n` run VRRP instances, but not `instance`? Then it cannot hold the instance's VIPs: it
@@ -2218,6 +2227,36 @@ mod tests {
             ]),
             (Some(0), Some(0.0))
         );
+    }
+
+    #[test]
+    fn a_candidate_keepalived_made_master_holds_the_vip() {
+        // a's link is down: keepalived gave the VIP to c (its VRRP priority is the highest
+        // left); b stays BACKUP.
+        let holding = |c_node: NodeLive| {
+            let g = judge(
+                vec![
+                    node("a", Fault, Primary, Down, &[]),
+                    node("b", Backup, Secondary, Up, &[("a", false)]),
+                    c_node,
+                ],
+                Some("a"),
+            )
+            .unwrap();
+            candidates(&g)
+                .into_iter()
+                .map(|c| (c.node_id, c.holds_vip))
+                .collect::<Vec<_>>()
+        };
+        let c = node("c", Master, Secondary, Up, &[("a", false)]);
+        assert_eq!(
+            holding(c.clone()),
+            [("b".into(), false), ("c".into(), true)]
+        );
+        // MASTER, but its kernel does not have the VIP yet: not a holder.
+        let mut without = c;
+        without.instances[0].held_vips.clear();
+        assert_eq!(holding(without), [("b".into(), false), ("c".into(), false)]);
     }
 
     #[test]

@@ -18,7 +18,9 @@
 //!    address (an isolated node must not take over), have no failing service check tied to the
 //!    instance or its link (the service it would take over does not work there: `h2: check
 //!    pg-port failing (connection refused)`) and have lost no more than the data-loss bound. The best is the highest priority, then the most advanced position (asked of the
-//!    candidates at decision time), then the least lag.
+//!    candidates at decision time), then the least lag; between candidates equal by all of
+//!    these, the one keepalived already made MASTER of the instance (holding its VIPs), so the
+//!    VIP does not have to move again.
 //! 6. Policy: `off` only alerts, `notify` proposes the failover to a person, `auto` acts — and
 //!    the global switch turns every automatic action off.
 //! 7. Anti-flapping: after an automatic move (a failover, a step-down, a VIP follow), no other
@@ -138,6 +140,11 @@ pub struct Candidate {
     /// first (before the more advanced position), so one host does not end up carrying every
     /// service while a spare idles; a priority set by the operator still ranks first.
     pub serves: Option<String>,
+    /// It is already MASTER of the instance, holding its VIPs (keepalived gave them to it): the
+    /// last tie-break, after priority, position and lag, before the node id — so a failover
+    /// promotes where keepalived put the VIP instead of moving the VIP by priorities (a
+    /// master-down interval of writes failing) to an equal candidate.
+    pub holds_vip: bool,
 }
 
 /// What is known about the current master.
@@ -390,6 +397,7 @@ fn best_candidate(s: &Situation) -> Result<&Candidate, String> {
             .then(a.serves.is_some().cmp(&b.serves.is_some()))
             .then(b.position.cmp(&a.position))
             .then(a.lag_bytes.cmp(&b.lag_bytes))
+            .then(b.holds_vip.cmp(&a.holds_vip))
             .then(a.node_id.cmp(&b.node_id))
     });
     match fit.first() {
@@ -683,6 +691,7 @@ mod tests {
             streaming: true,
             failing_check: None,
             serves: None,
+            holds_vip: false,
         }
     }
 
@@ -754,6 +763,72 @@ mod tests {
             |s| {
                 s.candidates[0].serves = Some("VI_2".into());
                 s.candidates[1].lag_bytes = Some(u64::MAX);
+            },
+            "failover",
+            Some("a"),
+        ),
+        (
+            "equal candidates: the one keepalived already made MASTER (holding the VIP) is promoted",
+            |s| {
+                s.candidates[1].priority = s.candidates[0].priority;
+                s.candidates[1].holds_vip = true;
+            },
+            "failover",
+            Some("b"),
+        ),
+        (
+            "the VIP holder never outranks a higher candidate priority",
+            |s| s.candidates[1].holds_vip = true,
+            "failover",
+            Some("a"),
+        ),
+        (
+            "the VIP holder never outranks a more advanced position",
+            |s| {
+                s.candidates[1].priority = s.candidates[0].priority;
+                s.candidates[0].position = Some(0x3000);
+                s.candidates[1].position = Some(0x2fff);
+                s.candidates[1].holds_vip = true;
+            },
+            "failover",
+            Some("a"),
+        ),
+        (
+            "the VIP holder never outranks less lag",
+            |s| {
+                s.candidates[1].priority = s.candidates[0].priority;
+                s.candidates[1].lag_bytes = Some(1);
+                s.candidates[1].holds_vip = true;
+            },
+            "failover",
+            Some("a"),
+        ),
+        (
+            "N+1: the VIP holder never outranks a free spare (it serves another instance)",
+            |s| {
+                s.candidates[1].priority = s.candidates[0].priority;
+                s.candidates[1].serves = Some("VI_2".into());
+                s.candidates[1].holds_vip = true;
+            },
+            "failover",
+            Some("a"),
+        ),
+        (
+            "a VIP holder that may not take over is not chosen (a failing check)",
+            |s| {
+                s.candidates[1].priority = s.candidates[0].priority;
+                s.candidates[1].holds_vip = true;
+                s.candidates[1].failing_check = Some("check pg-port failing".into());
+            },
+            "failover",
+            Some("a"),
+        ),
+        (
+            "a VIP holder that does not reach the reference address is not chosen",
+            |s| {
+                s.candidates[1].priority = s.candidates[0].priority;
+                s.candidates[1].holds_vip = true;
+                s.candidates[1].reaches_reference = false;
             },
             "failover",
             Some("a"),
@@ -2073,6 +2148,7 @@ mod tests {
                                                     streaming: true,
                                                     failing_check: None,
                                                     serves: None,
+                                                    holds_vip: false,
                                                 }],
                                                 history: History {
                                                     operation_running: running,

@@ -63,6 +63,11 @@ pub struct Witness {
     /// another service): a free candidate is chosen before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serves: Option<String>,
+    /// It is MASTER of the instance and its kernel holds every VIP of it (keepalived already gave
+    /// them to it: after the leader's adverts stopped, the highest remaining VRRP priority takes
+    /// over): between candidates equal by every other rule it is chosen, so the VIP stays put.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub holds_vip: bool,
 }
 
 /// What the arbiter knew about a cluster when it decided.
@@ -169,6 +174,7 @@ pub fn candidates(g: &Gathered) -> Vec<Candidate> {
             streaming: w.replication_streaming == Some(true),
             failing_check: w.failing_check.clone(),
             serves: w.serves.clone(),
+            holds_vip: w.holds_vip,
         })
         .collect()
 }
