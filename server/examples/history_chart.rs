@@ -216,6 +216,11 @@ async fn run(options: PgConnectOptions) -> Result<(), String> {
     .await
     .map_err(|e| e.to_string())?;
     let inserted = loaded.elapsed();
+    // The server's rollup job has already marked the (then empty) past as rolled up: start over.
+    sqlx::query("DELETE FROM rollup_progress")
+        .execute(&pool)
+        .await
+        .map_err(|e| e.to_string())?;
     let rolling = Instant::now();
     while series::roll_up(&pool, Utc::now(), Duration::from_secs(10))
         .await
