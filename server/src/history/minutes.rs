@@ -394,7 +394,7 @@ mod tests {
         assert_eq!(held[0].latest.seq, 2);
         assert_eq!(
             held[1].heartbeats.iter().map(|h| h.0).collect::<Vec<_>>(),
-            vec![0, 5]
+            vec![0, 1_000_005]
         );
 
         // Only the ended minute is taken; a failed write puts it back beside newer samples of
