@@ -21,6 +21,8 @@ use crate::state::{App, AppState};
 
 /// Days of partitions of the history tables created ahead of today.
 const PARTITION_DAYS_AHEAD: i64 = 2;
+/// How long a stopping server waits for the history writer to write what it holds.
+const HISTORY_DRAIN: Duration = Duration::from_secs(30);
 /// How often the rollup job looks for complete minutes.
 const ROLLUP_INTERVAL: Duration = Duration::from_secs(30);
 /// How long after a minute ends before it is rolled up (history batches still in flight).
@@ -102,11 +104,17 @@ pub async fn serve(
     crate::systemd::ready(listener.local_addr()?);
     let state_history = state.history.clone();
     let served = serve_http(&settings, state, listener, closing).await;
+    // Leading stops first (the detector must not judge nodes that cannot reach a server that
+    // stopped serving), then the writer writes every minute it holds, within a bound.
     stop.cancel();
     let _ = campaign.await;
-    // Nothing records samples any more: the writer writes every minute it holds and stops.
     state_history.close();
-    let _ = history_task.await;
+    if tokio::time::timeout(HISTORY_DRAIN, history_task)
+        .await
+        .is_err()
+    {
+        tracing::error!(timeout = ?HISTORY_DRAIN, "the history writer did not finish writing; samples it held are lost");
+    }
     served?;
     tracing::info!("hapulse-server stopped");
     Ok(())
@@ -311,7 +319,12 @@ fn spawn_tasks(
         state.0.clone(),
         tasks.clone(),
     ));
-    let maintenance = tokio::spawn(maintain(pool.clone(), tables, tasks.clone()));
+    let maintenance = tokio::spawn(maintain(
+        pool.clone(),
+        state.history.clone(),
+        tables,
+        tasks.clone(),
+    ));
     let arbiter = tokio::spawn(crate::failover::arbiter::run(state.clone(), tasks.clone()));
     vec![
         detector,
@@ -385,9 +398,15 @@ async fn serve_http(
     Ok(())
 }
 
-/// Every 30 s: roll up the minutes that are complete. Hourly: create partitions ahead, drop
-/// those past retention.
-async fn maintain(pool: PgPool, tables: series::PartitionedTables, shutdown: CancellationToken) {
+/// Every 30 s: roll up the minutes that are complete and written (none from the oldest minute
+/// `history` still holds on: a minute whose write failed is rolled up once it is written).
+/// Hourly: create partitions ahead, drop those past retention.
+async fn maintain(
+    pool: PgPool,
+    history: HistoryWriter,
+    tables: series::PartitionedTables,
+    shutdown: CancellationToken,
+) {
     let mut rollup = tokio::time::interval(ROLLUP_INTERVAL);
     rollup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut partitions = tokio::time::interval(Duration::from_secs(3600));
@@ -399,7 +418,12 @@ async fn maintain(pool: PgPool, tables: series::PartitionedTables, shutdown: Can
             _ = rollup.tick() => {
                 // Catch up a day per call until current (after downtime), then once per tick.
                 loop {
-                    match series::roll_up(&pool, chrono::Utc::now(), ROLLUP_SETTLE).await {
+                    let now = chrono::Utc::now();
+                    // `roll_up` stops at the minute of `now - settle`.
+                    let until = history.oldest_unwritten().map_or(now, |oldest| {
+                        now.min(oldest + chrono::Duration::from_std(ROLLUP_SETTLE).unwrap_or_default())
+                    });
+                    match series::roll_up(&pool, until, ROLLUP_SETTLE).await {
                         Ok(Some(until)) if chrono::Utc::now() - until > chrono::Duration::minutes(2) => continue,
                         Ok(_) => break,
                         Err(e) => {

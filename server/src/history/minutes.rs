@@ -81,6 +81,13 @@ impl NodeMinute {
         self.heartbeats.len()
     }
 
+    /// Values held: a heartbeat's, and one per link and per check of it.
+    pub fn entries(&self) -> usize {
+        self.heartbeats.len()
+            + self.links.iter().map(|(_, s)| s.len()).sum::<usize>()
+            + self.checks.iter().map(|(_, s)| s.len()).sum::<usize>()
+    }
+
     /// Adds the sample of `report`, accepted at `received_at` (within this minute).
     fn push(&mut self, report: &HeartbeatReport, received_at: DateTime<Utc>, latest: Watermark) {
         // Within the minute: 0 ≤ offset < 60,000,000 µs, which fits an i32.
@@ -119,6 +126,8 @@ pub struct Minutes {
     by_node: std::collections::HashMap<String, Vec<NodeMinute>>,
     /// Samples held.
     samples: usize,
+    /// Values held (see [`NodeMinute::entries`]): what the memory bound counts.
+    entries: usize,
 }
 
 impl Minutes {
@@ -147,6 +156,7 @@ impl Minutes {
             }
         }
         self.samples += 1;
+        self.entries += 1 + report.replication.len() + report.checks.len();
     }
 
     /// Puts minutes back (a write that failed): they are written with the next batch, as rows
@@ -154,6 +164,7 @@ impl Minutes {
     pub fn restore(&mut self, minutes: Vec<NodeMinute>) {
         for m in minutes {
             self.samples += m.samples();
+            self.entries += m.entries();
             self.by_node.entry(m.node_id.clone()).or_default().push(m);
         }
     }
@@ -170,6 +181,7 @@ impl Minutes {
             !minutes.is_empty()
         });
         self.samples -= taken.iter().map(NodeMinute::samples).sum::<usize>();
+        self.entries -= taken.iter().map(NodeMinute::entries).sum::<usize>();
         taken
     }
 
@@ -178,27 +190,34 @@ impl Minutes {
         self.samples
     }
 
+    /// Values held (see [`NodeMinute::entries`]).
+    pub fn entries(&self) -> usize {
+        self.entries
+    }
+
+    /// The start of the oldest minute held, if any.
+    pub fn oldest(&self) -> Option<DateTime<Utc>> {
+        self.by_node.values().flatten().map(|m| m.minute).min()
+    }
+
     /// The minutes of `node_id` held.
     pub fn of(&self, node_id: &str) -> &[NodeMinute] {
         self.by_node.get(node_id).map_or(&[], Vec::as_slice)
     }
 }
 
-/// Writes `minutes` in one transaction: a row per node-minute (and per link, per check) by
-/// `COPY … FROM STDIN` (text format; one round trip per table), and each node's watermark and
-/// last-heartbeat columns advanced to its newest sample by one `UPDATE … FROM UNNEST`. Only the
-/// transition path starts a new agent run (boot id): an older run's minute never moves the
-/// watermark back. A node row another transaction holds (the transition path storing that
-/// node, the detector its status) is skipped, not waited for: the rows written carry its
-/// watermark (see [`crate::fleet::store::load_live`]).
-///
-/// The commit is left to `commit`, which gets the open transaction: the writer commits while no
-/// history query is between reading the unwritten samples and reading the stored ones.
+/// Writes `minutes` in a transaction it leaves open: a row per node-minute (and per link, per
+/// check) by `COPY … FROM STDIN` (text format; one round trip per table). The caller commits
+/// (the writer does while no history query is between reading the unwritten samples and
+/// reading the stored ones), then advances the watermarks ([`advance_watermarks`]). Statements
+/// give up after [`STATEMENT_TIMEOUT`] and lock waits after [`LOCK_TIMEOUT`], so a stuck
+/// PostgreSQL fails the write instead of holding it.
 pub async fn write(
     pool: &PgPool,
     minutes: &[NodeMinute],
 ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    set_timeouts(&mut tx).await?;
     let (heartbeats, links, checks) = copy_rows(minutes);
     for (statement, rows) in [
         (
@@ -218,8 +237,38 @@ pub async fn write(
             copy_in(&mut tx, statement, rows).await?;
         }
     }
-    advance_watermarks(&mut tx, minutes).await?;
     Ok(tx)
+}
+
+/// How long one statement of the history writer may run.
+pub const STATEMENT_TIMEOUT: &str = "30s";
+/// How long one statement of the history writer may wait for a lock.
+pub const LOCK_TIMEOUT: &str = "5s";
+
+async fn set_timeouts(tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+    // `set_config(…, true)` is `SET LOCAL`: for this transaction only.
+    sqlx::query(
+        "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)",
+    )
+    .bind(STATEMENT_TIMEOUT)
+    .bind(LOCK_TIMEOUT)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Advances the watermark and last-heartbeat columns of the nodes of `minutes` (written) to
+/// their newest sample, in a transaction of its own, by one `UPDATE … FROM UNNEST`. Only the
+/// transition path starts a new agent run (boot id): an older run's minute never moves the
+/// watermark back. A node row another transaction holds (the transition path storing that
+/// node, the detector its status) is skipped, not waited for, and none is held while the
+/// minutes' rows wait to be committed: the rows written carry a skipped watermark (see
+/// [`crate::fleet::store::load_live`]).
+pub async fn advance_watermarks(pool: &PgPool, minutes: &[NodeMinute]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    set_timeouts(&mut tx).await?;
+    update_watermarks(&mut tx, minutes).await?;
+    tx.commit().await
 }
 
 /// The rows of the three tables for `minutes`, in COPY's text format.
@@ -287,10 +336,8 @@ fn optional(out: &mut String, value: Option<impl std::fmt::Display>) -> std::fmt
     }
 }
 
-/// Advances the watermark and last-heartbeat columns of the nodes of `minutes` to their newest
-/// sample, skipping node rows another transaction holds and never moving a watermark back or
-/// across agent runs (see [`write`]).
-async fn advance_watermarks(
+/// The statement of [`advance_watermarks`].
+async fn update_watermarks(
     tx: &mut Transaction<'_, Postgres>,
     minutes: &[NodeMinute],
 ) -> Result<(), sqlx::Error> {
@@ -311,7 +358,15 @@ async fn advance_watermarks(
         return Ok(());
     }
     let nodes: Vec<&str> = latest.keys().copied().collect();
-    let values = |f: fn(&Watermark) -> i64| -> Vec<i64> { latest.values().map(|w| f(w)).collect() };
+    let marks: Vec<&Watermark> = latest.values().copied().collect();
+    let capped = |v: u64| v.min(i64::MAX as u64) as i64;
+    let seqs: Vec<i64> = marks.iter().map(|w| capped(w.seq)).collect();
+    let uptimes: Vec<i64> = marks.iter().map(|w| capped(w.uptime_seconds)).collect();
+    let spools: Vec<i64> = marks.iter().map(|w| capped(w.spool_depth)).collect();
+    let boots: Vec<Uuid> = marks.iter().map(|w| w.boot_id).collect();
+    let received: Vec<DateTime<Utc>> = marks.iter().map(|w| w.received_at).collect();
+    let observed: Vec<DateTime<Utc>> = marks.iter().map(|w| w.observed_at).collect();
+    let loads: Vec<f64> = marks.iter().map(|w| w.load1).collect();
     sqlx::query(
         "WITH free AS MATERIALIZED (SELECT node_id FROM nodes WHERE node_id = ANY($1)
                         ORDER BY node_id FOR UPDATE SKIP LOCKED)
@@ -326,13 +381,13 @@ async fn advance_watermarks(
             AND nodes.boot_id = u.boot_id AND nodes.last_seq < u.seq",
     )
     .bind(&nodes)
-    .bind(latest.values().map(|w| w.boot_id).collect::<Vec<_>>())
-    .bind(values(|w| w.seq.min(i64::MAX as u64) as i64))
-    .bind(latest.values().map(|w| w.received_at).collect::<Vec<_>>())
-    .bind(latest.values().map(|w| w.observed_at).collect::<Vec<_>>())
-    .bind(latest.values().map(|w| w.load1).collect::<Vec<_>>())
-    .bind(values(|w| w.uptime_seconds.min(i64::MAX as u64) as i64))
-    .bind(values(|w| w.spool_depth.min(i64::MAX as u64) as i64))
+    .bind(boots)
+    .bind(seqs)
+    .bind(received)
+    .bind(observed)
+    .bind(loads)
+    .bind(uptimes)
+    .bind(spools)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -368,7 +423,8 @@ mod tests {
     use hapulse_protocol::testing;
 
     fn at(seconds: i64, micros: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_800_000_000 - 1_800_000_000 % 60 + seconds, 0).unwrap()
+        // 1,800,000,000 s after the epoch is a whole minute.
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
             + chrono::Duration::microseconds(micros)
     }
 

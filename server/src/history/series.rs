@@ -402,6 +402,10 @@ pub struct Point {
     pub avg: Option<f64>,
     /// Samples in the bucket.
     pub count: i64,
+    /// Samples with a value (a lag or duration may be missing): what `avg` is over, to weight it
+    /// when buckets from two sources are joined. Not part of the answer.
+    #[serde(skip)]
+    pub values: i64,
 }
 
 /// What to fetch.
@@ -525,6 +529,7 @@ fn unwritten_points(minutes: &[NodeMinute], q: &SeriesQuery, part: &str) -> Vec<
                     max: n,
                     avg: n,
                     count,
+                    values: count,
                 };
             }
             let present = !values.is_empty();
@@ -534,6 +539,7 @@ fn unwritten_points(minutes: &[NodeMinute], q: &SeriesQuery, part: &str) -> Vec<
                 max: present.then(|| values.iter().copied().fold(f64::NEG_INFINITY, f64::max)),
                 avg: present.then(|| values.iter().sum::<f64>() / values.len() as f64),
                 count,
+                values: values.len() as i64,
             }
         })
         .collect()
@@ -569,6 +575,7 @@ async fn fetch(
                 max: r.try_get("max")?,
                 avg: r.try_get("avg")?,
                 count: r.try_get("count")?,
+                values: r.try_get("n")?,
             })
         })
         .collect()
@@ -580,28 +587,31 @@ fn raw_sql(metric: Metric) -> String {
     let (kind, aggregates) = match metric {
         Metric::LagBytes => (
             &LAGS,
-            "min(lag_bytes)::float8 AS min, max(lag_bytes)::float8 AS max, avg(lag_bytes)::float8 AS avg",
+            "min(lag_bytes)::float8 AS min, max(lag_bytes)::float8 AS max, avg(lag_bytes)::float8 AS avg,
+             count(lag_bytes) AS n",
         ),
         Metric::LagSeconds => (
             &LAGS,
-            "min(lag_seconds) AS min, max(lag_seconds) AS max, avg(lag_seconds) AS avg",
+            "min(lag_seconds) AS min, max(lag_seconds) AS max, avg(lag_seconds) AS avg,
+             count(lag_seconds) AS n",
         ),
         Metric::Heartbeats => (
             &HEARTBEATS,
-            "count(*)::float8 AS min, count(*)::float8 AS max, count(*)::float8 AS avg",
+            "count(*)::float8 AS min, count(*)::float8 AS max, count(*)::float8 AS avg, count(*) AS n",
         ),
         Metric::Load1 => (
             &HEARTBEATS,
-            "min(load1) AS min, max(load1) AS max, avg(load1) AS avg",
+            "min(load1) AS min, max(load1) AS max, avg(load1) AS avg, count(load1) AS n",
         ),
         Metric::CheckPassing => (
             &CHECKS,
             "min(passing::int)::float8 AS min, max(passing::int)::float8 AS max,
-             avg(passing::int)::float8 AS avg",
+             avg(passing::int)::float8 AS avg, count(passing) AS n",
         ),
         Metric::CheckDurationMs => (
             &CHECKS,
-            "min(duration_ms) AS min, max(duration_ms) AS max, avg(duration_ms) AS avg",
+            "min(duration_ms) AS min, max(duration_ms) AS max, avg(duration_ms) AS avg,
+             count(duration_ms) AS n",
         ),
     };
     // Every query binds `$6`; a kind that is not of a part ignores it.
@@ -624,37 +634,42 @@ fn rollup_sql(metric: Metric) -> &'static str {
     match metric {
         Metric::LagBytes => "SELECT date_bin($5::float8 * interval '1 second', minute, $4) AS t,
                 min(lag_bytes_min)::float8 AS min, max(lag_bytes_max)::float8 AS max,
-                (sum(lag_bytes_sum) / nullif(sum(lag_bytes_n), 0))::float8 AS avg, sum(samples)::int8 AS count
+                (sum(lag_bytes_sum) / nullif(sum(lag_bytes_n), 0))::float8 AS avg, sum(samples)::int8 AS count,
+                sum(lag_bytes_n)::int8 AS n
            FROM replication_rollups_1m
           WHERE node_id = $1 AND link = $6 AND minute >= $2 AND minute < $3
           GROUP BY 1 ORDER BY 1",
         Metric::LagSeconds => "SELECT date_bin($5::float8 * interval '1 second', minute, $4) AS t,
                 min(lag_seconds_min) AS min, max(lag_seconds_max) AS max,
-                sum(lag_seconds_sum) / nullif(sum(lag_seconds_n), 0) AS avg, sum(samples)::int8 AS count
+                sum(lag_seconds_sum) / nullif(sum(lag_seconds_n), 0) AS avg, sum(samples)::int8 AS count,
+                sum(lag_seconds_n)::int8 AS n
            FROM replication_rollups_1m
           WHERE node_id = $1 AND link = $6 AND minute >= $2 AND minute < $3
           GROUP BY 1 ORDER BY 1",
         Metric::Heartbeats => "SELECT date_bin($5::float8 * interval '1 second', minute, $4) AS t,
                 sum(heartbeats)::float8 AS min, sum(heartbeats)::float8 AS max, sum(heartbeats)::float8 AS avg,
-                sum(heartbeats)::int8 AS count
+                sum(heartbeats)::int8 AS count, sum(heartbeats)::int8 AS n
            FROM heartbeat_rollups_1m
           WHERE node_id = $1 AND ($6::text IS NULL OR TRUE) AND minute >= $2 AND minute < $3
           GROUP BY 1 ORDER BY 1",
         Metric::Load1 => "SELECT date_bin($5::float8 * interval '1 second', minute, $4) AS t,
                 min(load1_avg) AS min, max(load1_max) AS max,
-                sum(load1_avg * heartbeats) / nullif(sum(heartbeats), 0) AS avg, sum(heartbeats)::int8 AS count
+                sum(load1_avg * heartbeats) / nullif(sum(heartbeats), 0) AS avg, sum(heartbeats)::int8 AS count,
+                sum(heartbeats)::int8 AS n
            FROM heartbeat_rollups_1m
           WHERE node_id = $1 AND ($6::text IS NULL OR TRUE) AND minute >= $2 AND minute < $3
           GROUP BY 1 ORDER BY 1",
         Metric::CheckPassing => "SELECT date_bin($5::float8 * interval '1 second', minute, $4) AS t,
                 (sum(passing) = sum(samples))::int::float8 AS min, (sum(passing) > 0)::int::float8 AS max,
-                sum(passing)::float8 / nullif(sum(samples), 0) AS avg, sum(samples)::int8 AS count
+                sum(passing)::float8 / nullif(sum(samples), 0) AS avg, sum(samples)::int8 AS count,
+                sum(samples)::int8 AS n
            FROM check_rollups_1m
           WHERE node_id = $1 AND check_name = $6 AND minute >= $2 AND minute < $3
           GROUP BY 1 ORDER BY 1",
         Metric::CheckDurationMs => "SELECT date_bin($5::float8 * interval '1 second', minute, $4) AS t,
                 min(duration_ms_min) AS min, max(duration_ms_max) AS max,
-                sum(duration_ms_sum) / nullif(sum(duration_ms_n), 0) AS avg, sum(samples)::int8 AS count
+                sum(duration_ms_sum) / nullif(sum(duration_ms_n), 0) AS avg, sum(samples)::int8 AS count,
+                sum(duration_ms_n)::int8 AS n
            FROM check_rollups_1m
           WHERE node_id = $1 AND check_name = $6 AND minute >= $2 AND minute < $3
           GROUP BY 1 ORDER BY 1",
@@ -675,11 +690,13 @@ fn merge(mut points: Vec<Point>, additive: bool) -> Vec<Point> {
                 last.max = sum(last.max, p.max);
                 last.avg = sum(last.avg, p.avg);
                 last.count += p.count;
+                last.values += p.values;
             }
             Some(last) if last.t == p.t => {
-                let n = (last.count + p.count).max(1) as f64;
+                // Each mean is over its bucket's samples with a value.
+                let n = (last.values + p.values).max(1) as f64;
                 last.avg = match (last.avg, p.avg) {
-                    (Some(a), Some(b)) => Some((a * last.count as f64 + b * p.count as f64) / n),
+                    (Some(a), Some(b)) => Some((a * last.values as f64 + b * p.values as f64) / n),
                     (a, b) => a.or(b),
                 };
                 last.min = match (last.min, p.min) {
@@ -691,6 +708,7 @@ fn merge(mut points: Vec<Point>, additive: bool) -> Vec<Point> {
                     (a, b) => a.or(b),
                 };
                 last.count += p.count;
+                last.values += p.values;
             }
             _ => out.push(p),
         }
@@ -719,6 +737,7 @@ fn fill_zero(points: Vec<Point>, q: &SeriesQuery) -> Vec<Point> {
             max: Some(0.0),
             avg: Some(0.0),
             count: 0,
+            values: 0,
         });
         t += step;
     }
@@ -736,6 +755,7 @@ mod tests {
             max: Some(max),
             avg: Some(avg),
             count,
+            values: count,
         }
     }
 

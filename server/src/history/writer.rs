@@ -26,10 +26,16 @@ use crate::metrics::Metrics;
 /// its own).
 const WRITE_AFTER_MINUTE: Duration = Duration::from_secs(1);
 
-/// Samples held in memory, at most, after failed writes (about 40 bytes each with one link):
-/// past it the minutes of a failed write are dropped, counted and logged, rather than growing
-/// without bound while PostgreSQL is down. 10,000 nodes at 1 Hz fill it in about 8 minutes.
-const MAX_UNWRITTEN_SAMPLES: usize = 5_000_000;
+/// Values held in memory, at most (see [`NodeMinute::entries`]: a heartbeat's and one per link
+/// and check, 16 to 40 bytes each before the vectors' spare room): past it new samples are
+/// dropped, and the minutes of a failed write too, counted and logged, rather than memory
+/// growing without bound while PostgreSQL fails. 10,000 nodes at 1 Hz with one link each fill
+/// it in about 8 minutes (a few hundred MB).
+const MAX_UNWRITTEN_ENTRIES: usize = 10_000_000;
+
+/// How long one batch (its rows, commit and watermarks) may take before it counts as failed:
+/// beyond the statement timeouts, a connection that stopped answering.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Shared {
     minutes: Mutex<Minutes>,
@@ -46,6 +52,7 @@ struct Shared {
 pub struct HistoryWriter {
     shared: Arc<Shared>,
     closing: CancellationToken,
+    metrics: Metrics,
 }
 
 /// A consistent view of the samples not written yet, for one history query: hold it while
@@ -72,18 +79,47 @@ impl HistoryWriter {
                 commit_gate: RwLock::new(()),
             }),
             closing: CancellationToken::new(),
+            metrics,
         };
-        let task = tokio::spawn(run(writer.clone(), pool, max_rows.max(1), metrics));
+        let task = tokio::spawn(run(writer.clone(), pool, max_rows.max(1)));
         (writer, task)
     }
 
-    /// Records the sample of `report`, accepted at `received_at`. Memory only.
+    /// Records the sample of `report`, accepted at `received_at`. Memory only; dropped (and
+    /// counted) when [`MAX_UNWRITTEN_ENTRIES`] are held.
     pub fn record(&self, report: &HeartbeatReport, received_at: DateTime<Utc>) {
-        self.shared
+        let mut held = self
+            .shared
             .minutes
             .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if held.entries() >= MAX_UNWRITTEN_ENTRIES {
+            drop(held);
+            self.metrics.history_dropped(1);
+            return;
+        }
+        held.record(report, received_at);
+    }
+
+    /// The start of the oldest minute not written yet (held or being written): the rollup job
+    /// rolls only the minutes before it, so a minute whose write failed and is retried later is
+    /// rolled up once it is written.
+    pub fn oldest_unwritten(&self) -> Option<DateTime<Utc>> {
+        // Lock order: minutes, then writing.
+        let held = self
+            .shared
+            .minutes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let writing = self
+            .shared
+            .writing
+            .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .record(report, received_at);
+            .iter()
+            .flat_map(|batch| batch.iter().map(|m| m.minute))
+            .min();
+        held.oldest().into_iter().chain(writing).min()
     }
 
     /// Asks the writer to write everything it holds and stop; wait for its task after.
@@ -119,7 +155,7 @@ impl HistoryWriter {
     }
 }
 
-async fn run(writer: HistoryWriter, pool: sqlx::PgPool, max_rows: usize, metrics: Metrics) {
+async fn run(writer: HistoryWriter, pool: sqlx::PgPool, max_rows: usize) {
     loop {
         let now = Utc::now();
         let next_minute = minutes::minute_of(now) + chrono::Duration::minutes(1);
@@ -128,29 +164,56 @@ async fn run(writer: HistoryWriter, pool: sqlx::PgPool, max_rows: usize, metrics
             _ = tokio::time::sleep(wait) => {}
             _ = writer.closing.cancelled() => break,
         }
-        write_due(
-            &writer,
-            &pool,
-            Some(minutes::minute_of(Utc::now())),
-            max_rows,
-            &metrics,
-        )
-        .await;
+        let before = minutes::minute_of(Utc::now());
+        write_due(writer.clone(), pool.clone(), Some(before), max_rows, false).await;
     }
-    write_due(&writer, &pool, None, max_rows, &metrics).await;
+    write_due(writer, pool, None, max_rows, true).await;
+}
+
+/// Why a batch was not written.
+enum BatchError {
+    /// PostgreSQL refused or failed it.
+    Database(sqlx::Error),
+    /// It took longer than [`BATCH_TIMEOUT`].
+    TimedOut,
+}
+
+impl std::fmt::Display for BatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchError::Database(e) => write!(f, "{e}"),
+            BatchError::TimedOut => write!(f, "no answer within {BATCH_TIMEOUT:?}"),
+        }
+    }
+}
+
+impl BatchError {
+    /// A refusal of the data itself (SQLSTATE class 22, data exception, or 23, integrity
+    /// constraint violation, such as a minute with no partition): writing it again cannot succeed.
+    fn is_of_the_data(&self) -> bool {
+        match self {
+            BatchError::Database(sqlx::Error::Database(e)) => e
+                .code()
+                .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+            _ => false,
+        }
+    }
 }
 
 /// Writes the minutes that started before `before` (all with `None`), `max_rows` node-minutes
 /// per transaction. A batch that fails is put back and written with the next minute, unless
-/// the memory bound is reached.
+/// PostgreSQL refused its data or the memory bound is reached (then it is dropped, counted and
+/// logged). At shutdown (`last`) the first failure drops the rest: the server does not wait
+/// for a PostgreSQL that does not answer.
 async fn write_due(
-    writer: &HistoryWriter,
-    pool: &sqlx::PgPool,
+    writer: HistoryWriter,
+    pool: sqlx::PgPool,
     before: Option<DateTime<Utc>>,
     max_rows: usize,
-    metrics: &Metrics,
+    last: bool,
 ) {
     let shared = &writer.shared;
+    let metrics = &writer.metrics;
     let batches: Vec<Arc<Vec<NodeMinute>>> = {
         // Lock order: minutes, then writing; both held so a reader sees each minute in one.
         let mut held = shared
@@ -169,39 +232,65 @@ async fn write_due(
             .extend(batches.iter().cloned());
         batches
     };
+    let mut give_up = false;
     for batch in batches {
         let started = Instant::now();
         let samples: usize = batch.iter().map(NodeMinute::samples).sum();
-        let written = match minutes::write(pool, &batch).await {
-            Ok(tx) => {
-                let _gate = shared.commit_gate.write().await;
-                let committed = tx.commit().await;
-                if committed.is_ok() {
-                    forget_writing(shared, &batch);
-                }
-                committed
-            }
-            Err(e) => Err(e),
+        let written = if give_up {
+            Err(BatchError::TimedOut)
+        } else {
+            tokio::time::timeout(
+                BATCH_TIMEOUT,
+                write_batch(Arc::clone(shared), pool.clone(), Arc::clone(&batch)),
+            )
+            .await
+            .unwrap_or(Err(BatchError::TimedOut))
         };
         metrics.history_batch(samples, started.elapsed(), written.is_ok());
-        if let Err(e) = written {
-            let mut held = shared
-                .minutes
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if held.samples() + samples > MAX_UNWRITTEN_SAMPLES {
-                tracing::error!(error = %e, samples, rows = batch.len(),
-                    "writing heartbeat samples failed; dropped them: too many unwritten samples held");
-                metrics.history_dropped(samples);
-            } else {
-                tracing::error!(error = %e, samples, rows = batch.len(),
-                    "writing heartbeat samples failed; kept them for the next write");
-                held.restore(batch.as_ref().clone());
+        let Err(e) = written else { continue };
+        let mut held = shared
+            .minutes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let entries: usize = batch.iter().map(NodeMinute::entries).sum();
+        if last || e.is_of_the_data() || held.entries() + entries > MAX_UNWRITTEN_ENTRIES {
+            if !give_up {
+                tracing::error!(error = %e, samples, rows = batch.len(), shutting_down = last,
+                    "writing heartbeat samples failed; dropped them");
             }
-            // Under the minutes lock: a reader sees the batch in one place or the other.
-            forget_writing(shared, &batch);
+            metrics.history_dropped(samples);
+            give_up = last;
+        } else {
+            tracing::error!(error = %e, samples, rows = batch.len(),
+                "writing heartbeat samples failed; kept them for the next write");
+            held.restore(batch.as_ref().clone());
         }
+        // Under the minutes lock: a reader sees the batch in one place or the other.
+        forget_writing(shared, &batch);
     }
+}
+
+/// Writes one batch: its rows, the commit (under the gate, so no history query sees its
+/// samples twice or not at all), then the watermarks (a failure there is logged: the rows
+/// carry them).
+async fn write_batch(
+    shared: Arc<Shared>,
+    pool: sqlx::PgPool,
+    batch: Arc<Vec<NodeMinute>>,
+) -> Result<(), BatchError> {
+    let tx = minutes::write(&pool, &batch)
+        .await
+        .map_err(BatchError::Database)?;
+    {
+        let _gate = shared.commit_gate.write().await;
+        tx.commit().await.map_err(BatchError::Database)?;
+        forget_writing(&shared, &batch);
+    }
+    if let Err(e) = minutes::advance_watermarks(&pool, &batch).await {
+        tracing::warn!(error = %e, rows = batch.len(),
+            "advancing watermarks after writing samples failed; the rows carry them");
+    }
+    Ok(())
 }
 
 /// Removes `batch` from the minutes being written.

@@ -177,7 +177,8 @@ async fn the_history_writer_skips_a_held_node_row(pool: PgPool) {
         hapulse_server::history::minutes::write(&pool, &batch)
             .await?
             .commit()
-            .await
+            .await?;
+        hapulse_server::history::minutes::advance_watermarks(&pool, &batch).await
     })
     .await
     .expect("the writer waited for the held row")

@@ -370,6 +370,7 @@ mod tests {
             max: Some(v),
             avg: Some(v * 0.75),
             count: 1,
+            values: 1,
         }
     }
 
@@ -418,6 +419,7 @@ mod tests {
             max: Some(avg.ceil()),
             avg: Some(avg),
             count: 2,
+            values: 2,
         };
         // Passing for two buckets, failing, one bucket with both, then a gap and passing.
         let passing = [
