@@ -343,8 +343,12 @@ fn rollups() -> [String; 3] {
     ]
 }
 
-/// How far back each rollup call rolls again.
-const RE_ROLL: ChronoDuration = ChronoDuration::minutes(10);
+/// How far back each rollup call rolls again. The leader's own unwritten minutes are never
+/// rolled early (the job stops before them); what is left to catch is a row another server
+/// committed late (an older replica's batch during an upgrade, a former leader writing what it
+/// held). Each call re-reads these minutes of every node: 3 minutes at 10,000 nodes is about 4
+/// million values every 30 s (10 minutes was 12 million).
+const RE_ROLL: ChronoDuration = ChronoDuration::minutes(3);
 
 /// What a history series measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
