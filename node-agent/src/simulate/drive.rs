@@ -9,8 +9,8 @@
 //!
 //! Each worker reuses one [`HeartbeatReport`] for all its nodes (strings overwritten in place)
 //! and one serialisation buffer; over plain HTTP a report goes out on a lane of the worker's
-//! keep-alive pool ([`super::wire`]), its head (with the node's credential) kept per node. The
-//! one allocation left per report is the in-flight entry of the worker's `FuturesUnordered`.
+//! keep-alive pool ([`super::wire`], hyper's HTTP/1.1 client), its `authorization` header (with
+//! the node's credential) kept per node.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -24,6 +24,7 @@ use hapulse_protocol::{
     HeartbeatAck, HeartbeatReport, KeepalivedReport, LinkState, ReplicationKind,
     ReplicationLinkReport, ReplicationRole, VrrpInstanceReport, VrrpState, PROTOCOL_VERSION,
 };
+use hyper::header::HeaderValue;
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
@@ -128,7 +129,7 @@ pub struct NodeSpec {
 /// How one node's reports go out: the head of its requests (holding its credential: never
 /// logged), or its handle of the agent's client.
 enum Way {
-    Plain(Box<[u8]>, Arc<Target>),
+    Plain(HeaderValue, Arc<Target>),
     Client(AgentClient),
 }
 

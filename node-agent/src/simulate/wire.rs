@@ -1,19 +1,21 @@
-//! The simulator's own HTTP/1.1 client for heartbeats to a plain-HTTP server: a request is
-//! written from bytes the caller assembled in a reused buffer, the answer is read into another
-//! reused buffer, and the connection (a "lane") goes back to its worker's pool for the next
-//! report of any node (each request carries its own node's credential, so any keep-alive
-//! connection can carry any node's report). No allocation per report once a lane's buffers have
-//! grown to a report's size. HTTPS servers go through the agent's own client instead.
+//! The simulator's keep-alive pool for heartbeats to a plain-HTTP server, over hyper's HTTP/1.1
+//! client (`hyper::client::conn::http1`): each connection (a "lane") goes back to its worker's
+//! pool for the next report of any node (each request carries its own node's credential, so
+//! any keep-alive connection can carry any node's report). HTTPS servers go through the
+//! agent's own client instead.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Uri};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// Largest answer head read, bytes.
-const MAX_HEAD: usize = 16 * 1024;
 /// Largest answer body read, bytes (a heartbeat's acknowledgement is under 200 bytes, but it
 /// may carry commands).
 const MAX_BODY: usize = 1024 * 1024;
@@ -26,8 +28,10 @@ pub const MAX_IDLE: Duration = Duration::from_secs(20);
 #[derive(Debug)]
 pub struct Target {
     addr: SocketAddr,
-    /// `POST PATH HTTP/1.1\r\nhost: …\r\nuser-agent: …\r\n`.
-    start: String,
+    /// The heartbeat's path (origin form).
+    path: Uri,
+    host: HeaderValue,
+    user_agent: HeaderValue,
 }
 
 impl Target {
@@ -65,50 +69,54 @@ impl Target {
         );
         Ok(Some(Target {
             addr,
-            start: format!(
-                "POST {path} HTTP/1.1\r\nhost: {host_header}\r\nuser-agent: hapulse-agent/{}\r\naccept: */*\r\ncontent-type: application/json\r\n",
+            path: path
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--server-url {server_url}: {e}"))?,
+            host: HeaderValue::try_from(host_header)
+                .map_err(|e| anyhow::anyhow!("--server-url {server_url}: {e}"))?,
+            user_agent: HeaderValue::from_static(concat!(
+                "hapulse-agent/",
                 env!("CARGO_PKG_VERSION")
-            ),
+            )),
         }))
     }
 
-    /// The head of a heartbeat request of the node with `credential`, up to its content length:
-    /// kept per node, so a report only copies it. Holds the credential: never log it.
-    pub fn head(&self, credential: &str) -> Box<[u8]> {
-        format!("{}authorization: Bearer {credential}\r\n", self.start)
-            .into_bytes()
-            .into_boxed_slice()
+    /// The `authorization` header of the node with `credential`: kept per node, so a report
+    /// only clones it. Marked sensitive; holds the credential: never log it. A credential that
+    /// cannot be a header value (never one the server issued) becomes an empty bearer, which
+    /// the server refuses: the node's reports count as failed.
+    pub fn head(&self, credential: &str) -> HeaderValue {
+        let mut value = HeaderValue::try_from(format!("Bearer {credential}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("Bearer "));
+        value.set_sensitive(true);
+        value
     }
 }
 
 /// One connection to the server (opened when first needed, and again after a failure) and the
-/// buffers of its request and answer.
+/// request it carries next.
 #[derive(Default)]
 pub struct Lane {
-    stream: Option<TcpStream>,
-    /// The request being sent: head, length and body.
-    pub out: Vec<u8>,
-    answer: Vec<u8>,
+    sender: Option<SendRequest<Full<Bytes>>>,
+    authorization: Option<HeaderValue>,
+    body: Bytes,
+    answer: Bytes,
     last_used: Option<Instant>,
 }
 
-/// A complete answer: its status and where its body is in the lane's buffer.
+/// A complete answer: its status (its body is the lane's, [`Lane::body`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     /// HTTP status.
     pub status: u16,
-    body: std::ops::Range<usize>,
 }
 
 impl Lane {
-    /// Puts the request `head` (from [`Target::head`]) + `body` in the lane's buffer.
-    pub fn request(&mut self, head: &[u8], body: &[u8]) {
-        use std::io::Write;
-        self.out.clear();
-        self.out.extend_from_slice(head);
-        // Writing into a Vec cannot fail.
-        let _ = write!(self.out, "content-length: {}\r\n\r\n", body.len());
-        self.out.extend_from_slice(body);
+    /// Makes the lane's next request: the node's `authorization` (from [`Target::head`]) and
+    /// the report's `body`.
+    pub fn request(&mut self, authorization: &HeaderValue, body: &[u8]) {
+        self.authorization = Some(authorization.clone());
+        self.body = Bytes::copy_from_slice(body);
     }
 
     /// True when the lane has not carried a request for longer than `idle`.
@@ -116,26 +124,28 @@ impl Lane {
         self.last_used.is_some_and(|t| t.elapsed() > idle)
     }
 
-    /// The body of `answer`, which this lane read last.
-    pub fn body(&self, answer: &Answer) -> &[u8] {
-        self.answer.get(answer.body.clone()).unwrap_or_default()
+    /// The body of the answer this lane read last.
+    pub fn body(&self, _answer: &Answer) -> &[u8] {
+        &self.answer
     }
 
-    /// Sends the request in the lane's buffer to `target` and reads the answer, within
-    /// `timeout`. A connection kept from earlier that turns out closed by the server (no byte
-    /// of an answer) is replaced by a new one once. On any error the connection is closed.
+    /// Sends the lane's request to `target` and reads the answer, within `timeout`. A
+    /// connection kept from earlier that turns out closed by the server (before an answer) is
+    /// replaced by a new one once. On any error the connection is closed.
     pub async fn exchange(&mut self, target: &Target, timeout: Duration) -> io::Result<Answer> {
         let result = tokio::time::timeout(timeout, async {
-            if self.idle_longer_than(MAX_IDLE) {
-                self.stream = None;
+            if self.idle_longer_than(MAX_IDLE)
+                || self.sender.as_ref().is_some_and(|s| s.is_closed())
+            {
+                self.sender = None;
             }
-            let reused = self.stream.is_some();
+            let reused = self.sender.is_some();
             match self.once(target).await {
-                Err(Stale) if reused => {
-                    self.stream = None;
-                    self.once(target).await.map_err(Failure::into)
+                Err(e) if reused && stale(&e) => {
+                    self.sender = None;
+                    self.once(target).await
                 }
-                other => other.map_err(Failure::into),
+                other => other,
             }
         })
         .await
@@ -143,214 +153,99 @@ impl Lane {
         match &result {
             Ok(_) => self.last_used = Some(Instant::now()),
             Err(_) => {
-                self.stream = None;
+                self.sender = None;
                 self.last_used = None;
             }
         }
         result
     }
 
-    /// One attempt: connect when needed, write, read the answer.
-    async fn once(&mut self, target: &Target) -> Result<Answer, Failure> {
-        let stream = match self.stream.take() {
+    /// One attempt: connect when needed, send, read the answer.
+    async fn once(&mut self, target: &Target) -> io::Result<Answer> {
+        let sender = match self.sender.take() {
             Some(s) => s,
-            None => {
-                let s = TcpStream::connect(target.addr).await.map_err(Failure::Io)?;
-                s.set_nodelay(true).map_err(Failure::Io)?;
-                s
-            }
+            None => connect(target).await?,
         };
-        let stream = self.stream.insert(stream);
-        if let Err(e) = stream.write_all(&self.out).await {
-            return Err(stale_or(e));
+        let sender = self.sender.insert(sender);
+        sender.ready().await.map_err(to_io)?;
+        let mut request = Request::new(Full::new(self.body.clone()));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = target.path.clone();
+        let headers = request.headers_mut();
+        headers.insert(header::HOST, target.host.clone());
+        headers.insert(header::USER_AGENT, target.user_agent.clone());
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(authorization) = &self.authorization {
+            headers.insert(header::AUTHORIZATION, authorization.clone());
         }
-        let (answer, keep) = read_answer(stream, &mut self.answer).await?;
-        if !keep {
-            self.stream = None;
-        }
-        Ok(answer)
+        let response = sender.send_request(request).await.map_err(to_io)?;
+        let status = response.status().as_u16();
+        self.answer = Limited::new(response.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+            .to_bytes();
+        Ok(Answer { status })
     }
 }
 
-/// Why an attempt failed: the kept connection was closed before any answer (try a new one), or
-/// anything else.
-enum Failure {
-    Stale,
-    Io(io::Error),
+/// A new connection to `target`, its hyper connection driven by a task of its own (which ends
+/// when the lane drops its sender or the server closes the connection).
+async fn connect(target: &Target) -> io::Result<SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(target.addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(to_io)?;
+    tokio::spawn(async move {
+        // Its end (closed by either side, or broken) shows in the sender's next request.
+        let _ = connection.await;
+    });
+    Ok(sender)
 }
-use Failure::Stale;
 
-impl From<Failure> for io::Error {
-    fn from(f: Failure) -> io::Error {
-        match f {
-            Stale => io::Error::new(
-                io::ErrorKind::ConnectionReset,
-                "the server closed the connection before answering",
-            ),
-            Failure::Io(e) => e,
-        }
+/// Marks a kept connection the server closed before answering, so the request goes again on
+/// a new one.
+#[derive(Debug)]
+struct Stale(hyper::Error);
+
+impl std::fmt::Display for Stale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the server closed the connection before answering: {}",
+            self.0
+        )
     }
 }
 
-fn stale_or(e: io::Error) -> Failure {
-    match e.kind() {
-        io::ErrorKind::BrokenPipe
-        | io::ErrorKind::ConnectionReset
-        | io::ErrorKind::ConnectionAborted
-        | io::ErrorKind::UnexpectedEof => Stale,
-        _ => Failure::Io(e),
+impl std::error::Error for Stale {}
+
+fn to_io(e: hyper::Error) -> io::Error {
+    if e.is_canceled() || e.is_closed() || e.is_incomplete_message() {
+        io::Error::new(io::ErrorKind::ConnectionReset, Stale(e))
+    } else {
+        io::Error::other(e)
     }
 }
 
-/// Reads one answer into `buf` (cleared first): the head, then a body of its `content-length`.
-/// Returns the answer and whether the connection may carry another request. Errors: a closed
-/// connection before the first byte ([`Stale`]), a head or body over the limits, a chunked
-/// body, or a malformed head.
-async fn read_answer(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(Answer, bool), Failure> {
-    buf.clear();
-    let head_end = loop {
-        if let Some(i) = find_head_end(buf) {
-            break i;
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(invalid("an answer head over 16 KiB"));
-        }
-        buf.reserve(4096);
-        match stream.read_buf(buf).await {
-            Ok(0) if buf.is_empty() => return Err(Stale),
-            Ok(0) => return Err(invalid("the connection closed within an answer head")),
-            Ok(_) => {}
-            Err(e) if buf.is_empty() => return Err(stale_or(e)),
-            Err(e) => return Err(Failure::Io(e)),
-        }
-    };
-    let head = parse_head(&buf[..head_end]).map_err(invalid)?;
-    if head.chunked {
-        return Err(invalid(
-            "a chunked answer (the simulator reads only content-length)",
-        ));
-    }
-    let keep = head.keep_alive && head.length.is_some();
-    let length = match head.length {
-        Some(n) if n > MAX_BODY => return Err(invalid("an answer body over 1 MiB")),
-        Some(n) => n,
-        None => usize::MAX, // until the server closes the connection
-    };
-    while buf.len() - head_end < length {
-        if buf.len() - head_end > MAX_BODY {
-            return Err(invalid("an answer body over 1 MiB"));
-        }
-        buf.reserve(4096);
-        match stream.read_buf(buf).await {
-            Ok(0) if length == usize::MAX => break,
-            Ok(0) => return Err(invalid("the connection closed within an answer body")),
-            Ok(_) => {}
-            Err(e) => return Err(Failure::Io(e)),
-        }
-    }
-    let end = buf.len().min(head_end.saturating_add(length));
-    Ok((
-        Answer {
-            status: head.status,
-            body: head_end..end,
-        },
-        keep,
-    ))
-}
-
-fn invalid(message: &'static str) -> Failure {
-    Failure::Io(io::Error::new(io::ErrorKind::InvalidData, message))
-}
-
-/// The offset just past the blank line that ends an answer's head, if it is in `buf`.
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
-}
-
-/// What the simulator needs of an answer's head.
-#[derive(Debug, PartialEq, Eq)]
-struct Head {
-    status: u16,
-    length: Option<usize>,
-    chunked: bool,
-    keep_alive: bool,
-}
-
-/// Parses `HTTP/1.x NNN reason` and the headers of an answer head (with its blank line).
-fn parse_head(head: &[u8]) -> Result<Head, &'static str> {
-    let text = std::str::from_utf8(head).map_err(|_| "an answer head that is not UTF-8")?;
-    let mut lines = text.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let (version, rest) = status_line
-        .split_once(' ')
-        .ok_or("an answer without a status line")?;
-    let status: u16 = rest
-        .get(..3)
-        .and_then(|s| s.parse().ok())
-        .filter(|s| (100..600).contains(s))
-        .ok_or("an answer without a status")?;
-    let mut parsed = Head {
-        status,
-        length: None,
-        chunked: false,
-        keep_alive: version == "HTTP/1.1",
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Err("an answer that is not HTTP/1");
-    }
-    for line in lines.filter(|l| !l.is_empty()) {
-        let (name, value) = line.split_once(':').ok_or("a malformed answer header")?;
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            parsed.length = Some(value.parse().map_err(|_| "a malformed content-length")?);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            parsed.chunked = value.to_ascii_lowercase().contains("chunked");
-        } else if name.eq_ignore_ascii_case("connection") {
-            let value = value.to_ascii_lowercase();
-            if value.contains("close") {
-                parsed.keep_alive = false;
-            } else if value.contains("keep-alive") {
-                parsed.keep_alive = true;
-            }
-        }
-    }
-    if matches!(status, 204 | 304) || (100..200).contains(&status) {
-        parsed.length = Some(0);
-    }
-    Ok(parsed)
+fn stale(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Stale>())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    #[test]
-    fn heads_are_parsed() {
-        let head = parse_head(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\ncontent-type: application/json\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!(
-            head,
-            Head {
-                status: 200,
-                length: Some(42),
-                chunked: false,
-                keep_alive: true
-            }
-        );
-        let head = parse_head(b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n").unwrap();
-        assert!(head.chunked && !head.keep_alive && head.status == 503);
-        assert!(
-            parse_head(b"HTTP/1.0 204 No Content\r\n\r\n")
-                .unwrap()
-                .length
-                == Some(0)
-        );
-        assert!(parse_head(b"SSH-2.0\r\n\r\n").is_err());
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n").is_err());
+    /// The offset just past the blank line that ends a head, if it is in `buf`.
+    fn find_head_end(buf: &[u8]) -> Option<usize> {
+        buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
     }
 
     /// A server that reads `requests` requests on one connection (each a head with a
@@ -432,8 +327,54 @@ mod tests {
         let (first, second) = server.await.unwrap();
         assert!(first[0].starts_with("POST /base/api/agent/v1/heartbeat HTTP/1.1\r\n"));
         assert!(first[0].contains("\r\nauthorization: Bearer cred-1\r\n"));
-        assert!(first[0].ends_with("content-length: 7\r\n\r\n{\"a\":1}"));
+        assert!(first[0].contains("\r\ncontent-length: 7\r\n"));
+        assert!(first[0].ends_with("\r\n\r\n{\"a\":1}"));
         assert!(first[1].ends_with("\r\n\r\n{}") && second[0].ends_with("\r\n\r\n{}"));
+    }
+
+    #[tokio::test]
+    async fn a_request_on_a_connection_closed_unanswered_goes_again_on_a_new_one() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = Target::of(&format!("http://{}", listener.local_addr().unwrap()))
+            .await
+            .unwrap()
+            .unwrap();
+        let server = tokio::spawn(async move {
+            // The first connection answers one request, reads the second and closes without
+            // answering it (as a server closing an idle connection just as a request comes).
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            drop(s);
+            one_connection(
+                &listener,
+                1,
+                b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext",
+            )
+            .await
+        });
+        let mut lane = Lane::default();
+        let head = target.head("c");
+        lane.request(&head, b"{}");
+        let answer = lane
+            .exchange(&target, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200);
+        lane.request(&head, b"{\"b\":2}");
+        let answer = lane
+            .exchange(&target, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(lane.body(&answer), b"next");
+        let again = server.await.unwrap();
+        assert!(again[0].ends_with("\r\n\r\n{\"b\":2}"));
     }
 
     #[tokio::test]
