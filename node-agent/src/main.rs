@@ -114,9 +114,14 @@ fn check(config: Option<&Path>) -> ExitCode {
     }
 }
 
-/// `hapulse-agent simulate`: runs until `--duration` or a signal.
+/// `hapulse-agent simulate`: runs until `--duration` or a signal, on one thread: its workers
+/// wake for each due report and each answer, and on one thread a wake-up is not also a
+/// hand-over to another thread (docs/benchmarks.md, "A leaner simulator").
 fn simulate(args: hapulse_agent::simulate::SimulateArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("hapulse-agent: cannot start the async runtime: {e}");

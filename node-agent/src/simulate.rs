@@ -9,6 +9,14 @@
 //! something happens: a cluster's master moves to another node, a node dies (stops reporting for
 //! 10-30 s), and dead nodes come back. It prints what it sent and what the server acknowledged
 //! every `--report-every`, and a summary at the end.
+//!
+//! It is built to cost the server it measures little CPU: one task per thousand nodes
+//! ([`drive`]), a keep-alive connection pool per task that any node's report may use (each
+//! request carries its own node's credential), and reports rewritten in place into reused
+//! buffers ([`wire`] over plain HTTP; over HTTPS the agent's own client).
+
+pub mod drive;
+pub mod wire;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,17 +24,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use hapulse_protocol::{
-    HeartbeatReport, KeepalivedReport, LinkState, ReplicationKind, ReplicationLinkReport,
-    ReplicationRole, VrrpInstanceReport, VrrpState, PROTOCOL_VERSION,
-};
 use rand::Rng;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::client::{AgentClient, ClientTls};
+use crate::simulate::drive::{NodeSpec, Plan, Stats, Transport, World, NODES_PER_WORKER};
 
 /// `hapulse-agent simulate` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -82,54 +85,11 @@ pub struct SimulateArgs {
     pub ca_file: Option<PathBuf>,
 }
 
-/// Counters shared by every simulated node.
-#[derive(Default)]
-struct Stats {
-    sent: AtomicU64,
-    acked: AtomicU64,
-    failed: AtomicU64,
-    /// Acknowledgement latencies since the last print, microseconds.
-    latencies: Mutex<Vec<u32>>,
-    /// All latencies, microseconds (for the summary).
-    all: Mutex<Vec<u32>>,
-}
-
-/// The fleet's shared, changing state: per cluster the index of its master, per node whether
-/// it is dead (not reporting).
-struct World {
-    masters: Vec<AtomicU64>,
-    dead: Vec<AtomicBool>,
-}
-
-/// One simulated node.
-struct SimNode {
-    node_id: String,
-    cluster: String,
-    cluster_index: usize,
-    member_index: usize,
-    client: AgentClient,
-}
-
-impl Stats {
-    /// Starts over: counters to zero, latencies forgotten (the end of the warm-up).
-    fn reset(&self) {
-        for counter in [&self.sent, &self.acked, &self.failed] {
-            counter.store(0, Ordering::Relaxed);
-        }
-        for latencies in [&self.latencies, &self.all] {
-            latencies
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clear();
-        }
-    }
-}
-
 /// Runs the simulation until `shutdown` or `--duration`. Errors: the state directory or the
 /// server refusing enrollment.
 pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     check_args(&args)?;
-    let nodes = fleet(&args).await?;
+    let (transport, nodes) = fleet(&args).await?;
     let world = Arc::new(World {
         masters: (0..args.clusters).map(|_| AtomicU64::new(0)).collect(),
         dead: (0..args.nodes).map(|_| AtomicBool::new(false)).collect(),
@@ -151,21 +111,28 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> anyhow::Res
         "simulation starting"
     );
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(nodes.len());
-    for (i, node) in nodes.iter().enumerate() {
-        tasks.push(tokio::spawn(play(
-            node.clone(),
-            i,
-            args.interval,
-            world.clone(),
-            stats.clone(),
-            stop.clone(),
-        )));
+    let plan = Arc::new(Plan {
+        interval: args.interval,
+        request_timeout: args.request_timeout,
+        transport,
+        world: world.clone(),
+        stats: stats.clone(),
+        stop: stop.clone(),
+    });
+    // One task per thousand nodes, the nodes split evenly between them.
+    let workers = args.nodes.div_ceil(NODES_PER_WORKER);
+    let mut shares: Vec<Vec<NodeSpec>> = (0..workers).map(|_| Vec::new()).collect();
+    for node in nodes {
+        shares[node.index % workers].push(node);
     }
+    let tasks: Vec<_> = shares
+        .into_iter()
+        .map(|share| tokio::spawn(drive::drive(plan.clone(), share)))
+        .collect();
     if args.stop_count > 0 {
         tokio::spawn(stop_nodes(
+            args.clone(),
             world.clone(),
-            nodes.clone(),
             args.stop_count,
             args.stop_after,
             stop.clone(),
@@ -175,7 +142,7 @@ pub async fn run(args: SimulateArgs, shutdown: CancellationToken) -> anyhow::Res
         tokio::spawn(churn(
             args.clone(),
             world.clone(),
-            nodes.iter().map(|n| n.cluster_index).collect(),
+            (0..args.nodes).map(|i| identity(&args, i).2).collect(),
             stop.clone(),
         ));
     }
@@ -206,8 +173,9 @@ fn check_args(args: &SimulateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every simulated node with its own client and credential, enrolling those without one.
-async fn fleet(args: &SimulateArgs) -> anyhow::Result<Vec<Arc<SimNode>>> {
+/// How reports travel, and every simulated node with its own credential, enrolling those
+/// without one.
+async fn fleet(args: &SimulateArgs) -> anyhow::Result<(Transport, Vec<NodeSpec>)> {
     let base = AgentClient::new(
         &args.server_url,
         SecretString::from(String::new()),
@@ -217,27 +185,33 @@ async fn fleet(args: &SimulateArgs) -> anyhow::Result<Vec<Arc<SimNode>>> {
             ..Default::default()
         },
     )?;
+    let transport = match wire::Target::of(&args.server_url).await? {
+        Some(target) => Transport::Plain(Arc::new(target)),
+        None => Transport::Client(base.clone()),
+    };
     let credentials = credentials(args, &base).await?;
-    Ok((0..args.nodes)
+    let nodes = (0..args.nodes)
         .map(|i| {
             let (node_id, cluster, c, m) = identity(args, i);
             let credential = credentials.get(&node_id).cloned().unwrap_or_default();
-            Arc::new(SimNode {
+            NodeSpec {
+                index: i,
                 node_id,
                 cluster,
                 cluster_index: c,
                 member_index: m,
-                client: base.with_token(SecretString::from(credential)),
-            })
+                credential: SecretString::from(credential),
+            }
         })
-        .collect())
+        .collect();
+    Ok((transport, nodes))
 }
 
 /// `--stop-count`: `after` the start, `count` nodes spread evenly over the fleet die for good;
 /// prints their ids and the time.
 async fn stop_nodes(
+    args: SimulateArgs,
     world: Arc<World>,
-    nodes: Vec<Arc<SimNode>>,
     count: usize,
     after: Duration,
     stop: CancellationToken,
@@ -246,11 +220,11 @@ async fn stop_nodes(
         _ = stop.cancelled() => return,
         _ = tokio::time::sleep(after) => {}
     }
-    let step = nodes.len() / count;
-    let ids: Vec<&str> = (0..count)
+    let step = args.nodes / count;
+    let ids: Vec<String> = (0..count)
         .map(|i| {
             world.dead[i * step].store(true, Ordering::Relaxed);
-            nodes[i * step].node_id.as_str()
+            identity(&args, i * step).0
         })
         .collect();
     println!(
@@ -481,161 +455,6 @@ trait Mode0600 {
 impl Mode0600 for std::fs::OpenOptions {
     fn mode_0600(&mut self) -> &mut Self {
         std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
-    }
-}
-
-/// One node's life: a report every `interval` (first at a random phase), unless dead.
-async fn play(
-    node: Arc<SimNode>,
-    index: usize,
-    interval: Duration,
-    world: Arc<World>,
-    stats: Arc<Stats>,
-    stop: CancellationToken,
-) {
-    let phase = interval.mul_f64(rand::rng().random_range(0.0..1.0));
-    tokio::select! {
-        _ = stop.cancelled() => return,
-        _ = tokio::time::sleep(phase) => {}
-    }
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let boot_id = Uuid::new_v4();
-    let started = Instant::now();
-    let mut seq = 0;
-    let mut lag: f64 = 0.0;
-    let mut last_role = None;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        if world.dead[index].load(Ordering::Relaxed) {
-            continue;
-        }
-        let master =
-            world.masters[node.cluster_index].load(Ordering::Relaxed) as usize == node.member_index;
-        // A random walk of the standby's lag, in bytes.
-        lag = (lag + rand::rng().random_range(-4096.0..4096.0)).clamp(0.0, 1e7);
-        seq += 1;
-        let role = if master {
-            VrrpState::Master
-        } else {
-            VrrpState::Backup
-        };
-        let report = report(
-            &node,
-            boot_id,
-            seq,
-            interval,
-            started,
-            role,
-            lag as u64,
-            last_role != Some(role),
-        );
-        last_role = Some(role);
-        stats.sent.fetch_add(1, Ordering::Relaxed);
-        let t = Instant::now();
-        match node.client.send_heartbeat(&report).await {
-            Ok(_) => {
-                let micros = t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-                stats.acked.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .latencies
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(micros);
-                stats
-                    .all
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(micros);
-            }
-            Err(e) => {
-                stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(node = %node.node_id, error = %e, "report failed");
-            }
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn report(
-    node: &SimNode,
-    boot_id: Uuid,
-    seq: u64,
-    interval: Duration,
-    started: Instant,
-    role: VrrpState,
-    lag: u64,
-    state_change: bool,
-) -> HeartbeatReport {
-    let vip = format!(
-        "10.{}.{}.100",
-        200 + node.cluster_index / 256 % 50,
-        node.cluster_index % 256
-    );
-    let master = role == VrrpState::Master;
-    HeartbeatReport {
-        protocol_version: PROTOCOL_VERSION,
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        node_id: node.node_id.clone(),
-        cluster: node.cluster.clone(),
-        boot_id,
-        seq,
-        observed_at: Utc::now(),
-        state_change,
-        heartbeat_interval_ms: interval.as_millis() as u64,
-        hostname: node.node_id.clone(),
-        uptime_seconds: 86_400 + started.elapsed().as_secs(),
-        load1: 0.1,
-        keepalived: KeepalivedReport {
-            running: true,
-            instances: vec![VrrpInstanceReport {
-                name: "VI_1".into(),
-                vrid: Some(51),
-                interface: Some("eth0".into()),
-                state: role,
-                base_priority: Some(150u8.saturating_sub(node.member_index.min(100) as u8)),
-                effective_priority: Some(150u8.saturating_sub(node.member_index.min(100) as u8)),
-                vips: vec![vip.clone()],
-                held_vips: if master { vec![vip] } else { vec![] },
-                last_transition: None,
-                counters: Default::default(),
-                advert_interval_ms: None,
-                auth_type: None,
-                garp_master_repeat: None,
-                garp_master_delay_s: None,
-                sync_group: None,
-                tracked_scripts: Vec::new(),
-                tracked_interfaces: Vec::new(),
-            }],
-            sync_groups: Vec::new(),
-            virtual_servers: Vec::new(),
-        },
-        replication: vec![ReplicationLinkReport {
-            kind: ReplicationKind::Postgresql,
-            name: "pg".into(),
-            role: if master {
-                ReplicationRole::Primary
-            } else {
-                ReplicationRole::Secondary
-            },
-            peer: None,
-            state: LinkState::Streaming,
-            lag_bytes: Some(if master { 0 } else { lag }),
-            lag_seconds: Some(if master { 0.0 } else { lag as f64 / 1e6 }),
-            vrrp_instance: Some("VI_1".into()),
-            error: None,
-            raw: Default::default(),
-        }],
-        arbitration: None,
-        spool_depth: 0,
-        spool_dropped: 0,
-        highest_epoch: 0,
-        checks: Vec::new(),
-        arp: None,
-        pacemaker: None,
     }
 }
 
