@@ -33,8 +33,8 @@ const WRITE_AFTER_MINUTE: Duration = Duration::from_secs(1);
 /// it in about 8 minutes (a few hundred MB).
 const MAX_UNWRITTEN_ENTRIES: usize = 10_000_000;
 
-/// How long one batch (its rows, commit and watermarks) may take before it counts as failed:
-/// beyond the statement timeouts, a connection that stopped answering.
+/// How long one batch (its rows and commit; then its watermarks) may take before it counts as
+/// failed: beyond the statement timeouts, a connection that stopped answering.
 const BATCH_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Shared {
@@ -247,7 +247,19 @@ async fn write_due(
             .unwrap_or(Err(BatchError::TimedOut))
         };
         metrics.history_batch(samples, started.elapsed(), written.is_ok());
-        let Err(e) = written else { continue };
+        let Err(e) = written else {
+            // Committed: the watermarks follow (bounded too; on failure the rows carry them).
+            let advanced =
+                tokio::time::timeout(BATCH_TIMEOUT, minutes::advance_watermarks(&pool, &batch))
+                    .await;
+            if !matches!(advanced, Ok(Ok(()))) {
+                tracing::warn!(
+                    rows = batch.len(),
+                    "advancing watermarks after writing samples failed; the rows carry them"
+                );
+            }
+            continue;
+        };
         let mut held = shared
             .minutes
             .lock()
@@ -270,9 +282,8 @@ async fn write_due(
     }
 }
 
-/// Writes one batch: its rows, the commit (under the gate, so no history query sees its
-/// samples twice or not at all), then the watermarks (a failure there is logged: the rows
-/// carry them).
+/// Writes one batch: its rows, then the commit under the gate (so no history query sees its
+/// samples twice or not at all).
 async fn write_batch(
     shared: Arc<Shared>,
     pool: sqlx::PgPool,
@@ -285,10 +296,6 @@ async fn write_batch(
         let _gate = shared.commit_gate.write().await;
         tx.commit().await.map_err(BatchError::Database)?;
         forget_writing(&shared, &batch);
-    }
-    if let Err(e) = minutes::advance_watermarks(&pool, &batch).await {
-        tracing::warn!(error = %e, rows = batch.len(),
-            "advancing watermarks after writing samples failed; the rows carry them");
     }
     Ok(())
 }
