@@ -97,15 +97,20 @@ impl NodeMinute {
             .clamp(0, 59_999_999) as i32;
         self.heartbeats.push((offset, report.load1));
         for l in &report.replication {
-            let key = l.key();
             let lag = (
                 offset,
                 l.lag_bytes.map(|b| b.min(i64::MAX as u64) as i64),
                 l.lag_seconds,
             );
-            match self.links.iter_mut().find(|(k, _)| *k == key) {
+            // The link's key (`kind:name`) is built once per minute, not per heartbeat.
+            let is_this_link = |key: &str| {
+                key.strip_prefix(l.kind.as_str())
+                    .and_then(|rest| rest.strip_prefix(':'))
+                    == Some(l.name.as_str())
+            };
+            match self.links.iter_mut().find(|(k, _)| is_this_link(k)) {
                 Some((_, series)) => series.push(lag),
-                None => self.links.push((key, vec![lag])),
+                None => self.links.push((l.key(), vec![lag])),
             }
         }
         for c in &report.checks {

@@ -176,6 +176,8 @@ enum BatchError {
     Database(sqlx::Error),
     /// It took longer than [`BATCH_TIMEOUT`].
     TimedOut,
+    /// Not tried: an earlier batch failed while the server was stopping.
+    Skipped,
 }
 
 impl std::fmt::Display for BatchError {
@@ -183,6 +185,7 @@ impl std::fmt::Display for BatchError {
         match self {
             BatchError::Database(e) => write!(f, "{e}"),
             BatchError::TimedOut => write!(f, "no answer within {BATCH_TIMEOUT:?}"),
+            BatchError::Skipped => write!(f, "not tried after an earlier failure at shutdown"),
         }
     }
 }
@@ -237,7 +240,7 @@ async fn write_due(
         let started = Instant::now();
         let samples: usize = batch.iter().map(NodeMinute::samples).sum();
         let written = if give_up {
-            Err(BatchError::TimedOut)
+            Err(BatchError::Skipped)
         } else {
             tokio::time::timeout(
                 BATCH_TIMEOUT,
